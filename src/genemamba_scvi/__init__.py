@@ -1,0 +1,33 @@
+"""GeneMamba for scverse: a bidirectional Mamba-2 foundation model for single-cell RNA-seq.
+
+Public names are imported lazily so that ``genemamba_scvi.nn`` (pure PyTorch) can be used on
+machines without scvi-tools / anndata installed (e.g. kernel benchmarks on a GPU box).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "GeneMambaModel": "genemamba_scvi.model",
+    "GeneMambaModule": "genemamba_scvi.module",
+    "GeneVocab": "genemamba_scvi.data.vocab",
+    "benchmark_integration": "genemamba_scvi.metrics",
+    "datasets": "genemamba_scvi.datasets",
+    "data": "genemamba_scvi.data",
+    "nn": "genemamba_scvi.nn",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if _LAZY[name].endswith("." + name) else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'genemamba_scvi' has no attribute {name!r}")

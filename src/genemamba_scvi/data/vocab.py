@@ -1,0 +1,547 @@
+"""Gene vocabulary: special tokens, gene <-> token id, and matching a dataset's genes to it.
+
+Token ids: ``<pad>`` = 0, ``<cls>`` = 1, ``<mask>`` = 2, then the genes in order from id 3.
+Vocabulary genes are kept exactly as given (gene symbols, Ensembl ids, with or without version).
+
+:meth:`GeneVocab.match` maps a dataset's ``var_names`` (symbols or Ensembl ids, versioned or not, even
+mixed) to token ids. Every name is resolved on its own, in this order of priority:
+
+1. ``direct``: the name is a vocabulary gene.
+2. ``version``: both are Ensembl ids and agree once version suffixes are stripped and case ignored
+   (``ENSG00000141510.12`` -> ``ENSG00000141510``; ``_PAR_Y`` suffixes are kept).
+3. ``case``: a symbol that equals exactly one vocabulary gene when case is ignored.
+4. ``mapped``: through the embedded Ensembl id <-> symbol tables (GENCODE v44 and org.Hs.eg.db 3.16.0,
+   see :func:`genemamba_scvi.datasets.load_gene_id_table`): Ensembl id -> symbols, or symbol -> Ensembl
+   ids (exact case first, then case-insensitive), then one more hop (symbol -> id -> other symbol, e.g.
+   a renamed gene). The first candidate in the vocabulary that no higher-priority name has taken wins.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "CLS_TOKEN",
+    "MASK_TOKEN",
+    "MATCH_METHODS",
+    "PAD_TOKEN",
+    "SPECIAL_TOKENS",
+    "GeneMatch",
+    "GeneVocab",
+    "strip_ensembl_version",
+]
+
+PAD_TOKEN = "<pad>"
+CLS_TOKEN = "<cls>"
+MASK_TOKEN = "<mask>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, CLS_TOKEN, MASK_TOKEN)
+
+MATCH_METHODS: tuple[str, ...] = ("direct", "version", "case", "mapped")
+"""Names of the match stages, in priority order; ``GeneMatch.method`` holds their index (-1: unmatched)."""
+
+_FORMAT = "genemamba-scvi/vocab"
+_FORMAT_VERSION = 1
+_AMBIGUOUS = -2
+
+# ENSG00000141510, ENSG00000141510.12, ENSMUSG..., ENSG00000182378.15_PAR_Y
+_ENSEMBL_RE = re.compile(r"^(ENS[A-Z]*G\d+)(?:\.\d+)?(_PAR_Y)?$", re.IGNORECASE)
+
+
+def strip_ensembl_version(name: str) -> str | None:
+    """Upper-case Ensembl gene id without version suffix, or ``None`` if ``name`` is not an Ensembl gene id.
+
+    ``"ENSG00000141510.12"`` -> ``"ENSG00000141510"``; a ``_PAR_Y`` suffix is kept
+    (``"ENSG00000182378.15_PAR_Y"`` -> ``"ENSG00000182378_PAR_Y"``) because it names a different locus.
+    """
+    m = _ENSEMBL_RE.match(name.strip())
+    if m is None:
+        return None
+    return m.group(1).upper() + (m.group(2).upper() if m.group(2) else "")
+
+
+def _examples(items: Iterable[Any], n: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(repr(x) for x in items[:n])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _duplicates(names: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    dup: dict[str, None] = {}
+    for g in names:
+        if g in seen:
+            dup[g] = None
+        seen.add(g)
+    return list(dup)
+
+
+@dataclass(frozen=True)
+class _GeneTables:
+    id2sym: dict[str, list[str]]
+    sym2id: dict[str, list[str]]
+    sym2id_lower: dict[str, list[str]]
+
+
+@functools.lru_cache(maxsize=1)
+def _gene_tables() -> _GeneTables:
+    """Ensembl id <-> symbol dictionaries from the embedded tables (loaded once per process)."""
+    from genemamba_scvi.datasets import _gene_id_table_cached
+
+    table = _gene_id_table_cached()
+    id2sym: dict[str, list[str]] = {}
+    sym2id: dict[str, list[str]] = {}
+    sym2id_lower: dict[str, list[str]] = {}
+    for ens, sym in zip(table["ensembl_id"].tolist(), table["symbol"].tolist()):
+        ens = ens.upper()
+        id2sym.setdefault(ens, []).append(sym)
+        sym2id.setdefault(sym, []).append(ens)
+        lst = sym2id_lower.setdefault(sym.lower(), [])
+        if ens not in lst:
+            lst.append(ens)
+    return _GeneTables(id2sym, sym2id, sym2id_lower)
+
+
+@dataclass(frozen=True)
+class GeneMatch:
+    """Result of :meth:`GeneVocab.match`.
+
+    Attributes
+    ----------
+    var_names
+        The dataset's gene names, in order.
+    token_ids
+        ``int64`` array of ``len(var_names)``: the token id of each gene, -1 where it is not in the vocabulary.
+    method
+        ``int8`` array: index into :data:`MATCH_METHODS` of the stage that matched each gene, -1 if unmatched.
+    n_vocab_genes
+        Number of genes in the vocabulary (specials excluded).
+    min_overlap
+        The threshold that was applied.
+    collisions
+        ``(dropped var_name, kept var_name, vocabulary gene)`` for names dropped because another name of the
+        same priority took their token (only with ``on_collision="first"``).
+    """
+
+    var_names: list[str]
+    token_ids: np.ndarray
+    method: np.ndarray
+    n_vocab_genes: int
+    min_overlap: float
+    collisions: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def matched(self) -> np.ndarray:
+        """Boolean mask of the var_names that have a token."""
+        return self.token_ids >= 0
+
+    @property
+    def n_matched(self) -> int:
+        """Number of var_names with a token."""
+        return int(self.matched.sum())
+
+    @property
+    def overlap(self) -> float:
+        """Fraction of var_names with a token."""
+        return self.n_matched / max(len(self.var_names), 1)
+
+    @property
+    def unmatched_names(self) -> list[str]:
+        """var_names without a token (not in the vocabulary, or dropped as collisions)."""
+        return [g for g, t in zip(self.var_names, self.token_ids.tolist()) if t < 0]
+
+    def counts(self) -> dict[str, int]:
+        """Number of var_names matched by each stage (keys of :data:`MATCH_METHODS`) and ``"unmatched"``."""
+        out = {name: int((self.method == i).sum()) for i, name in enumerate(MATCH_METHODS)}
+        out["unmatched"] = int((self.method < 0).sum())
+        return out
+
+    def report(self) -> str:
+        """Human-readable coverage report: matched (by stage), dropped, duplicates, examples."""
+        c = self.counts()
+        n = len(self.var_names)
+        n_dup = len(self.collisions)
+        n_missing = c["unmatched"] - n_dup
+        dup_names = {d for d, _, _ in self.collisions}
+        missing = [g for g in self.unmatched_names if g not in dup_names]
+        n_hit = len(np.unique(self.token_ids[self.token_ids >= 0]))
+        lines = [
+            f"GeneMamba gene matching: {self.n_matched:,} of {n:,} var_names matched "
+            f"({100 * self.overlap:.1f}%; min_overlap {100 * self.min_overlap:.0f}%)",
+            f"  directly:                          {c['direct']:>8,}",
+            f"  after stripping version suffixes:  {c['version']:>8,}",
+            f"  case-insensitively (symbols):      {c['case']:>8,}",
+            f"  via symbol<->Ensembl mapping:      {c['mapped']:>8,}",
+            f"  dropped, not in vocabulary:        {n_missing:>8,}" + (f"  e.g. {_examples(missing)}" if missing else ""),
+            f"  dropped, duplicate of another gene:{n_dup:>8,}"
+            + (f"  e.g. {_examples([f'{d}->{g} (kept {k})' for d, k, g in self.collisions])}" if n_dup else ""),
+            f"vocabulary coverage: {n_hit:,} of {self.n_vocab_genes:,} vocabulary genes present in the data "
+            f"({100 * n_hit / max(self.n_vocab_genes, 1):.1f}%)",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+class GeneVocab:
+    """Vocabulary of gene tokens: ``<pad>`` = 0, ``<cls>`` = 1, ``<mask>`` = 2, genes from id 3.
+
+    Parameters
+    ----------
+    genes
+        Gene identifiers (symbols or Ensembl ids), kept exactly as given. Must be unique non-empty strings
+        that are not special tokens.
+
+    Attributes
+    ----------
+    genes
+        The genes, in token order (token id of ``genes[i]`` is ``i + n_special``).
+    pad_id, cls_id, mask_id
+        Ids of the special tokens (0, 1, 2).
+    n_special
+        Number of special tokens (3).
+
+    Examples
+    --------
+    >>> vocab = GeneVocab(["CD3E", "MS4A1", "ENSG00000141510"])
+    >>> len(vocab), vocab["MS4A1"]
+    (6, 4)
+    >>> vocab.match(["ENSG00000198851.10", "TP53", "MS4A1", "XIST"], min_overlap=0.5).token_ids.tolist()
+    [3, 5, 4, -1]
+    """
+
+    pad_id: int = 0
+    cls_id: int = 1
+    mask_id: int = 2
+    n_special: int = len(SPECIAL_TOKENS)
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS
+
+    def __init__(self, genes: Sequence[str]) -> None:
+        genes = list(genes)
+        bad = [g for g in genes if not isinstance(g, str) or not g.strip()]
+        if bad:
+            raise ValueError(f"gene names must be non-empty strings; got {_examples(bad)}")
+        special = [g for g in genes if g in SPECIAL_TOKENS]
+        if special:
+            raise ValueError(f"gene names may not be special tokens {SPECIAL_TOKENS}; got {_examples(special)}")
+        dup = _duplicates(genes)
+        if dup:
+            raise ValueError(f"duplicated genes in vocabulary: {_examples(dup)}; make the gene names unique first")
+        self.genes: list[str] = genes
+        self._index: dict[str, int] = {g: i + self.n_special for i, g in enumerate(genes)}
+        self._by_base_cache: dict[str, int] | None = None
+        self._by_lower_cache: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ basics
+    @classmethod
+    def from_var_names(cls, var_names: Iterable[Any]) -> GeneVocab:
+        """Vocabulary of a dataset's genes, in ``var_names`` order (names kept as given).
+
+        Raises
+        ------
+        ValueError
+            If ``var_names`` has duplicates (examples are named).
+        """
+        names = [str(g) for g in var_names]
+        dup = _duplicates(names)
+        if dup:
+            raise ValueError(
+                f"var_names has {len(dup)} duplicated names, e.g. {_examples(dup)}; "
+                "call adata.var_names_make_unique() or use unique gene ids"
+            )
+        return cls(names)
+
+    def __len__(self) -> int:
+        return self.n_special + len(self.genes)
+
+    def __getitem__(self, gene: str) -> int:
+        if gene in self._index:
+            return self._index[gene]
+        if gene in SPECIAL_TOKENS:
+            return SPECIAL_TOKENS.index(gene)
+        raise KeyError(f"gene {gene!r} is not in the vocabulary (use vocab.match() to map symbols/Ensembl ids)")
+
+    def __contains__(self, gene: object) -> bool:
+        return gene in self._index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GeneVocab) and self.genes == other.genes
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"GeneVocab({len(self.genes)} genes + {self.n_special} special tokens, e.g. {_examples(self.genes, 3)})"
+
+    @property
+    def tokens(self) -> list[str]:
+        """All tokens in id order (special tokens, then genes)."""
+        return [*SPECIAL_TOKENS, *self.genes]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens of the given ids."""
+        toks = self.tokens
+        return [toks[int(i)] for i in ids]
+
+    # ------------------------------------------------------------- persistence
+    def sha256(self) -> str:
+        """SHA-256 hex digest of the gene list (UTF-8, joined by newlines; special tokens are fixed)."""
+        return hashlib.sha256("\n".join(self.genes).encode("utf-8")).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable representation (format tag, special tokens, genes, sha256)."""
+        return {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "special_tokens": list(SPECIAL_TOKENS),
+            "genes": list(self.genes),
+            "sha256": self.sha256(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GeneVocab:
+        """Inverse of :meth:`to_dict`; checks the format, the special tokens and the checksum.
+
+        Raises
+        ------
+        ValueError
+            If the dictionary is not a GeneMamba vocabulary, its special tokens differ, or its sha256
+            does not match its gene list.
+        """
+        if not isinstance(d, dict) or "genes" not in d:
+            raise ValueError("not a GeneMamba vocabulary: expected a dict with a 'genes' list")
+        if d.get("format", _FORMAT) != _FORMAT:
+            raise ValueError(f"not a GeneMamba vocabulary: format is {d.get('format')!r}, expected {_FORMAT!r}")
+        if int(d.get("format_version", _FORMAT_VERSION)) > _FORMAT_VERSION:
+            raise ValueError(
+                f"vocabulary format_version {d['format_version']} is newer than this genemamba-scvi understands "
+                f"({_FORMAT_VERSION}); upgrade genemamba-scvi"
+            )
+        special = tuple(d.get("special_tokens", SPECIAL_TOKENS))
+        if special != SPECIAL_TOKENS:
+            raise ValueError(f"vocabulary special tokens {special} differ from {SPECIAL_TOKENS}")
+        vocab = cls(d["genes"])
+        expected = d.get("sha256")
+        if expected is not None and expected != vocab.sha256():
+            raise ValueError(
+                f"vocabulary checksum mismatch: file says sha256 {expected[:12]}..., gene list gives "
+                f"{vocab.sha256()[:12]}... (file edited or corrupted)"
+            )
+        return vocab
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the vocabulary as JSON (see :meth:`to_dict`)."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, ensure_ascii=False, indent=0)
+            f.write("\n")
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> GeneVocab:
+        """Read a vocabulary written by :meth:`to_json` (checksum verified)."""
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{os.fspath(path)!r} is not valid JSON: {e}") from e
+        return cls.from_dict(d)
+
+    # ---------------------------------------------------------------- matching
+    @property
+    def _by_base(self) -> dict[str, int]:
+        if self._by_base_cache is None:
+            idx: dict[str, int] = {}
+            for g, i in self._index.items():
+                base = strip_ensembl_version(g)
+                if base is not None:
+                    idx[base] = _AMBIGUOUS if base in idx else i
+            self._by_base_cache = idx
+        return self._by_base_cache
+
+    @property
+    def _by_lower(self) -> dict[str, int]:
+        if self._by_lower_cache is None:
+            idx: dict[str, int] = {}
+            for g, i in self._index.items():
+                if strip_ensembl_version(g) is None:
+                    key = g.strip().lower()
+                    idx[key] = _AMBIGUOUS if key in idx else i
+            self._by_lower_cache = idx
+        return self._by_lower_cache
+
+    def _symbol_candidates(self, symbol: str) -> list[int]:
+        i = self._index.get(symbol)
+        if i is not None:
+            return [i]
+        i = self._by_lower.get(symbol.lower(), -1)
+        return [i] if i >= 0 else []
+
+    def _id_candidates(self, ens: str) -> list[int]:
+        i = self._by_base.get(ens, -1)
+        return [i] if i >= 0 else []
+
+    def _candidates(self, name: str, stage: int) -> list[int]:
+        """Candidate token ids of one name at one stage, best first."""
+        if stage == 0:
+            i = self._index.get(name)
+            return [] if i is None else [i]
+        base = strip_ensembl_version(name)
+        if stage == 1:
+            return [] if base is None else self._id_candidates(base)
+        if stage == 2:
+            if base is not None:
+                return []
+            i = self._by_lower.get(name.strip().lower(), -1)
+            return [i] if i >= 0 else []
+        # stage 3: symbol <-> Ensembl id through the embedded tables, then one more hop.
+        tables = _gene_tables()
+        cands: list[int] = []
+        if base is not None:
+            syms = tables.id2sym.get(base.removesuffix("_PAR_Y"), [])
+            for s in syms:
+                cands += self._symbol_candidates(s)
+            for s in syms:
+                for e in tables.sym2id.get(s, []):
+                    cands += self._id_candidates(e)
+        else:
+            sym = name.strip()
+            ids = tables.sym2id.get(sym) or tables.sym2id_lower.get(sym.lower(), [])
+            for e in ids:
+                cands += self._id_candidates(e)
+            for e in ids:
+                for s in tables.id2sym.get(e, []):
+                    cands += self._symbol_candidates(s)
+        return list(dict.fromkeys(cands))
+
+    def lookup(self, names: Iterable[Any]) -> np.ndarray:
+        """Token ids of gene names with the same resolution rules as :meth:`match`, without its checks.
+
+        Duplicates and several names mapping to one token are allowed here (used for gene sets).
+
+        Returns
+        -------
+        ``int64`` array, -1 for names not in the vocabulary.
+        """
+        out = []
+        for name in names:
+            name = str(name)
+            tok = -1
+            for stage in range(len(MATCH_METHODS)):
+                cands = self._candidates(name, stage)
+                if cands:
+                    tok = cands[0]
+                    break
+            out.append(tok)
+        return np.asarray(out, dtype=np.int64)
+
+    def match(
+        self,
+        var_names: Iterable[Any],
+        min_overlap: float = 0.5,
+        on_collision: Literal["raise", "first"] = "raise",
+    ) -> GeneMatch:
+        """Map a dataset's genes to token ids.
+
+        Parameters
+        ----------
+        var_names
+            The dataset's gene names: symbols or Ensembl ids, with or without version suffix, or a mix.
+            Each name is resolved on its own (see the module docstring for the rules and their priority).
+        min_overlap
+            Smallest accepted fraction of ``var_names`` that must match (default 0.5). A dataset with no
+            match at all is always refused.
+        on_collision
+            When two names of the same priority resolve to the same token (e.g. ``ENSG...1.1`` and
+            ``ENSG...1.2``): ``"raise"`` (default) raises, ``"first"`` keeps the first name and drops the
+            others (they are listed in the report). A name never takes a token claimed by a higher-priority
+            match (e.g. an alias mapped through the tables yields to the exact gene).
+
+        Returns
+        -------
+        :class:`GeneMatch` with ``token_ids`` (``int64``, -1 for genes not in the vocabulary) and ``report()``.
+
+        Raises
+        ------
+        ValueError
+            If ``var_names`` has duplicates, if two names collide on one token (``on_collision="raise"``), or
+            if fewer than ``min_overlap`` of the names match (the message says how many matched of how many,
+            with examples of unmatched names and of vocabulary genes).
+        """
+        if on_collision not in ("raise", "first"):
+            raise ValueError(f"on_collision must be 'raise' or 'first', got {on_collision!r}")
+        if not 0.0 <= float(min_overlap) <= 1.0:
+            raise ValueError(f"min_overlap must be in [0, 1], got {min_overlap}")
+        names = [str(g) for g in var_names]
+        n = len(names)
+        if n == 0:
+            raise ValueError("var_names is empty: the dataset has no genes")
+        dup = _duplicates(names)
+        if dup:
+            raise ValueError(
+                f"var_names has {len(dup)} duplicated names, e.g. {_examples(dup)}; "
+                "call adata.var_names_make_unique() or use unique gene ids (e.g. Ensembl ids)"
+            )
+
+        token_ids = np.full(n, -1, dtype=np.int64)
+        method = np.full(n, -1, dtype=np.int8)
+        claimed: dict[int, int] = {}  # token id -> position of the var_name holding it
+        collisions: list[tuple[str, str, str]] = []
+        pending = list(range(n))
+        for stage in range(len(MATCH_METHODS)):
+            if not pending:
+                break
+            stage_claims: dict[int, int] = {}
+            conflicts: list[tuple[int, int, int]] = []
+            still: list[int] = []
+            for pos in pending:
+                cands = [c for c in self._candidates(names[pos], stage) if c not in claimed]
+                if not cands:
+                    still.append(pos)
+                    continue
+                tok = cands[0]
+                if tok in stage_claims:
+                    conflicts.append((pos, stage_claims[tok], tok))
+                    continue
+                stage_claims[tok] = pos
+                token_ids[pos] = tok
+                method[pos] = stage
+            if conflicts:
+                if on_collision == "raise":
+                    shown = "; ".join(
+                        f"{names[a]!r} and {names[b]!r} -> {self.tokens[t]!r}" for a, b, t in conflicts[:5]
+                    )
+                    raise ValueError(
+                        f"{len(conflicts)} var_names map to a token already taken by another var_name "
+                        f"({MATCH_METHODS[stage]} match): {shown}. Remove or rename one of each pair, or pass "
+                        "on_collision='first' to keep the first"
+                    )
+                collisions += [(names[a], names[b], self.tokens[t]) for a, b, t in conflicts]
+            claimed.update(stage_claims)
+            pending = still
+
+        result = GeneMatch(
+            var_names=names,
+            token_ids=token_ids,
+            method=method,
+            n_vocab_genes=len(self.genes),
+            min_overlap=float(min_overlap),
+            collisions=collisions,
+        )
+        n_matched = result.n_matched
+        if n_matched == 0 or result.overlap < min_overlap:
+            unmatched = result.unmatched_names
+            raise ValueError(
+                f"only {n_matched} of {n} var_names ({100 * result.overlap:.1f}%) match the vocabulary of "
+                f"{len(self.genes)} genes; min_overlap is {100 * min_overlap:.0f}%. "
+                f"Unmatched var_names e.g. {_examples(unmatched)}; vocabulary genes e.g. {_examples(self.genes)}. "
+                "var_names must be human gene symbols or Ensembl gene ids (set adata.var_names from the right "
+                "adata.var column), or lower min_overlap"
+            )
+        return result

@@ -1,0 +1,183 @@
+"""Token data loaders: rank-tokenize rows of the registered AnnData on the fly.
+
+Design choice (issue 4): tokens are *not* cached in the AnnData. Each minibatch reads its rows of the
+registered count layer (CSR), normalises them by the model's gene medians and ranks them with the
+vectorised :func:`~genemamba_scvi.data.tokenize.rank_tokenize`. Ranking a 128-cell batch costs well
+under a millisecond per cell, needs no memory proportional to the dataset (a cached ``[n_cells, 2048]``
+int32 table would be 8 GB for a million cells) and means a cell's tokens depend only on that cell and
+the model (its vocabulary and medians), never on which other cells are in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.dataloaders import DataSplitter
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from genemamba_scvi.data.tokenize import rank_tokenize
+
+if TYPE_CHECKING:
+    from scvi.data import AnnDataManager
+
+TOKENS_KEY = "tokens"
+LENGTHS_KEY = "lengths"
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Everything needed to turn count rows of one AnnData into model tokens.
+
+    Attributes
+    ----------
+    gene_token_ids
+        Token id of each column of the AnnData (``-1``: gene unknown to the vocabulary, ignored).
+    gene_medians
+        Non-zero median of count / cell total of each column (from the model, not from this AnnData).
+    max_genes
+        Sequence length (top-k genes per cell).
+    add_cls
+        Whether position 0 is ``<cls>``.
+    """
+
+    gene_token_ids: np.ndarray
+    gene_medians: np.ndarray
+    max_genes: int
+    add_cls: bool = False
+
+    def __call__(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        return rank_tokenize(
+            rows, self.gene_token_ids, self.gene_medians, max_genes=self.max_genes, add_cls=self.add_cls
+        )
+
+
+class _IndexDataset(Dataset):
+    """A dataset whose items are positions into ``indices``; batches are gathered in ``collate``."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _rows_as_csr(matrix: Any, idx: np.ndarray) -> sp.csr_matrix:
+    """Read rows ``idx`` of a (possibly backed / dense / CSC) matrix as CSR, in the order of ``idx``."""
+    order = np.argsort(idx, kind="stable")
+    sorted_idx = idx[order]
+    rows = matrix[sorted_idx]  # h5py-backed datasets need increasing indices
+    rows = sp.csr_matrix(rows) if not sp.issparse(rows) else rows.tocsr()
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return rows[inverse]
+
+
+class TokenDataLoader(DataLoader):
+    """DataLoader that yields ``{"tokens", "lengths", "batch", "labels", "index"}`` minibatches.
+
+    It has the call signature of :class:`scvi.dataloaders.AnnDataLoader`, so it plugs into
+    scvi-tools' :class:`~scvi.dataloaders.DataSplitter` and ``_make_data_loader``.
+
+    Parameters
+    ----------
+    adata_manager
+        Manager of the registered AnnData.
+    tokenizer
+        :class:`TokenizerSpec` of the model for this AnnData.
+    indices
+        Cells to iterate over (default: all).
+    batch_size
+        Cells per minibatch.
+    shuffle
+        Shuffle cells every epoch (seeded by the global torch seed, i.e. ``scvi.settings.seed``).
+    drop_last
+        Drop the last incomplete batch.
+    distributed_sampler
+        Use :class:`torch.utils.data.DistributedSampler` (DDP: each cell once per epoch over ranks).
+    labels
+        Optional integer label codes for every cell of the AnnData (used by classifier fine-tuning);
+        otherwise the registered labels are used when present.
+    **kwargs
+        Passed to :class:`torch.utils.data.DataLoader` (``num_workers``, ``pin_memory``, ...). The scvi
+        arguments ``load_sparse_tensor`` and ``data_and_attributes`` are accepted and ignored.
+    """
+
+    def __init__(
+        self,
+        adata_manager: AnnDataManager,
+        tokenizer: TokenizerSpec,
+        indices: np.ndarray | None = None,
+        batch_size: int = 64,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        distributed_sampler: bool = False,
+        labels: np.ndarray | None = None,
+        **kwargs: Any,
+    ):
+        for ignored in ("load_sparse_tensor", "data_and_attributes", "iter_ndarray", "sampler"):
+            kwargs.pop(ignored, None)
+        adata = adata_manager.adata
+        self.adata_manager = adata_manager
+        self.tokenizer = tokenizer
+        self.indices = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        if self.indices.dtype == bool:
+            self.indices = np.where(self.indices)[0]
+        self._matrix = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        registry = adata_manager.data_registry
+        self._batch = (
+            np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+            if REGISTRY_KEYS.BATCH_KEY in registry
+            else None
+        )
+        if labels is None and REGISTRY_KEYS.LABELS_KEY in registry:
+            labels = np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+        self._labels = None if labels is None else np.asarray(labels).astype(np.int64)
+
+        dataset = _IndexDataset(len(self.indices))
+        if distributed_sampler:
+            sampler = DistributedSampler(dataset, shuffle=shuffle, drop_last=drop_last)
+        elif shuffle:
+            sampler = RandomSampler(dataset)
+        else:
+            sampler = SequentialSampler(dataset)
+        self._sampler = sampler
+        batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
+        super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=self._collate, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to a distributed sampler (so every epoch shuffles differently)."""
+        if isinstance(self._sampler, DistributedSampler):
+            self._sampler.set_epoch(epoch)
+
+    def _collate(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        idx = self.indices[np.asarray(positions, dtype=np.int64)]
+        rows = _rows_as_csr(self._matrix, idx)
+        tokens, lengths = self.tokenizer(rows)
+        longest = max(int(lengths.max(initial=0)), 1)
+        out = {
+            TOKENS_KEY: torch.from_numpy(np.ascontiguousarray(tokens[:, :longest])).long(),
+            LENGTHS_KEY: torch.from_numpy(lengths).long(),
+            REGISTRY_KEYS.INDICES_KEY: torch.from_numpy(idx).long(),
+        }
+        if self._batch is not None:
+            out[REGISTRY_KEYS.BATCH_KEY] = torch.from_numpy(self._batch[idx].astype(np.int64))
+        if self._labels is not None:
+            out[REGISTRY_KEYS.LABELS_KEY] = torch.from_numpy(self._labels[idx])
+        return out
+
+
+class TokenDataSplitter(DataSplitter):
+    """scvi-tools :class:`~scvi.dataloaders.DataSplitter` that builds :class:`TokenDataLoader` s."""
+
+    data_loader_cls = TokenDataLoader
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:  # noqa: D102
+        return batch

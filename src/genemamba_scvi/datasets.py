@@ -1,0 +1,160 @@
+"""Small real data sets shipped with the package (offline; nothing is downloaded).
+
+The files live under ``genemamba_scvi/_resources`` (see ``SOURCES.md`` there for provenance):
+
+- a 559-cell human sample with raw UMI counts (celltypist 1.7.1),
+- Ensembl id <-> gene symbol tables (GENCODE v44 and org.Hs.eg.db 3.16.0),
+- GO biological-process (2022) and KEGG (2011) gene sets in GMT format (gene symbols).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from anndata import AnnData
+
+__all__ = [
+    "GENE_SET_FILES",
+    "gene_set_path",
+    "load_celltypist_sample",
+    "load_gene_id_table",
+    "load_gene_sets",
+    "resource_path",
+]
+
+_PACKAGE = "genemamba_scvi._resources"
+
+GENE_SET_FILES: dict[str, str] = {
+    "go_bp": "gene_sets/go_bp_human_2022.gmt",
+    "kegg": "gene_sets/kegg_human_2011.gmt",
+}
+"""Names accepted by :func:`gene_set_path` / :func:`load_gene_sets` and their files."""
+
+_SAMPLE_FILE = "celltypist_sample_559cells_counts.h5ad"
+_GENCODE_FILE = "genes/gencode_v44_gene_id2name.csv"
+_ORGHS_FILE = "genes/human_genes_orghs_2022.tsv"
+
+_EXIT_STACK = contextlib.ExitStack()
+atexit.register(_EXIT_STACK.close)
+
+
+def resource_path(relative: str) -> Path:
+    """Path on disk of an embedded resource file.
+
+    Parameters
+    ----------
+    relative
+        Path relative to ``genemamba_scvi/_resources``, e.g. ``"genes/gencode_v44_gene_id2name.csv"``.
+
+    Returns
+    -------
+    A :class:`pathlib.Path` to the file. When the package is imported from a zip archive the file is
+    extracted to a temporary location that lives until the interpreter exits.
+    """
+    traversable = resources.files(_PACKAGE).joinpath(*relative.split("/"))
+    if not traversable.is_file():
+        raise FileNotFoundError(f"embedded resource {relative!r} not found in {_PACKAGE} (broken installation?)")
+    if isinstance(traversable, Path):
+        return traversable
+    return Path(_EXIT_STACK.enter_context(resources.as_file(traversable)))
+
+
+def load_celltypist_sample() -> AnnData:
+    """Load the 559-cell human sample with raw counts.
+
+    559 cells x 32,786 genes of raw integer UMI counts (CSR, float32) with gene symbols in
+    ``var_names`` and no labels; about 1,840 detected genes per cell. It is the sample matrix that
+    ships inside celltypist 1.7.1 (``celltypist/data/samples/sample_cell_by_gene.csv``).
+
+    Returns
+    -------
+    A new :class:`~anndata.AnnData` each call, with the raw counts in ``X`` and a copy of them in
+    ``layers["counts"]``.
+
+    Examples
+    --------
+    >>> from genemamba_scvi.datasets import load_celltypist_sample
+    >>> adata = load_celltypist_sample()
+    >>> adata.shape
+    (559, 32786)
+    """
+    import anndata
+
+    adata = anndata.read_h5ad(resource_path(_SAMPLE_FILE))
+    adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
+def gene_set_path(name: Literal["go_bp", "kegg"]) -> Path:
+    """Path of an embedded gene-set collection in GMT format.
+
+    Parameters
+    ----------
+    name
+        ``"go_bp"``: 5,233 GO biological-process sets of 15-500 genes (GO 2022-07-01, org.Hs.eg.db
+        3.16.0); ``"kegg"``: 229 KEGG pathways (2011-03-15 snapshot; ids only, names not shipped).
+        Genes are human gene symbols.
+
+    Returns
+    -------
+    Path to a plain-text ``.gmt`` file (tab-separated: set name, description, genes...).
+    """
+    if name not in GENE_SET_FILES:
+        raise ValueError(f"unknown gene-set collection {name!r}; choose one of {sorted(GENE_SET_FILES)}")
+    return resource_path(GENE_SET_FILES[name])
+
+
+def load_gene_sets(name: Literal["go_bp", "kegg"]) -> dict[str, list[str]]:
+    """Load an embedded gene-set collection.
+
+    Parameters
+    ----------
+    name
+        ``"go_bp"`` or ``"kegg"`` (see :func:`gene_set_path`).
+
+    Returns
+    -------
+    Mapping of set name to its gene symbols (file order, duplicates removed).
+    """
+    from genemamba_scvi.data.gene_sets import read_gmt
+
+    return read_gmt(gene_set_path(name))
+
+
+@functools.lru_cache(maxsize=1)
+def _gene_id_table_cached() -> pd.DataFrame:
+    import pandas as pd
+
+    gencode = pd.read_csv(
+        resource_path(_GENCODE_FILE), header=None, names=["ensembl_id", "symbol"], dtype=str, keep_default_na=False
+    )
+    orghs = pd.read_csv(resource_path(_ORGHS_FILE), sep="\t", dtype=str, keep_default_na=False)
+    orghs = orghs.loc[orghs["ensembl_id"] != "", ["ensembl_id", "symbol"]]
+    orghs = orghs.assign(ensembl_id=orghs["ensembl_id"].str.split(",")).explode("ensembl_id")
+    table = pd.concat([gencode, orghs[["ensembl_id", "symbol"]]], ignore_index=True)
+    table["ensembl_id"] = table["ensembl_id"].str.strip()
+    table["symbol"] = table["symbol"].str.strip()
+    table = table[(table["ensembl_id"] != "") & (table["symbol"] != "")]
+    return table.drop_duplicates(ignore_index=True)
+
+
+def load_gene_id_table() -> pd.DataFrame:
+    """Human Ensembl gene id <-> gene symbol table.
+
+    The union of GENCODE v44 (``gencode_v44_gene_id2name.csv``, shipped in celltypist 1.7.1) and
+    org.Hs.eg.db 3.16.0 (Entrez Gene 2022-09-12; one row per Ensembl id of a gene). GENCODE rows
+    come first; exact duplicate pairs are dropped. Ensembl ids carry no version suffix. An id can
+    have several symbols (renamed genes) and a symbol several ids (e.g. alternative haplotypes).
+
+    Returns
+    -------
+    A new :class:`pandas.DataFrame` with string columns ``ensembl_id`` and ``symbol``.
+    """
+    return _gene_id_table_cached().copy()

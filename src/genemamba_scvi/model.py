@@ -1,0 +1,788 @@
+"""GeneMambaModel: the scvi-tools face of GeneMamba."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model._utils import use_distributed_sampler
+from scvi.model.base import BaseModelClass
+from scvi.train import TrainRunner
+
+from genemamba_scvi import __version__
+from genemamba_scvi.data.gene_sets import gene_sets_to_token_ids, read_gmt
+from genemamba_scvi.data.normalize import compute_gene_medians, validate_counts
+from genemamba_scvi.data.vocab import GeneVocab
+from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
+from genemamba_scvi.module import GeneMambaModule
+from genemamba_scvi.train import GeneMambaTrainingPlan
+
+logger = logging.getLogger("genemamba_scvi")
+
+LATENT_KEY = "X_genemamba"
+"""Default ``adata.obsm`` key for GeneMamba cell embeddings."""
+
+_ENCODER_ARGS = (
+    "d_model",
+    "n_layers",
+    "d_state",
+    "d_conv",
+    "expand",
+    "headdim",
+    "chunk_size",
+    "bidirectional",
+    "merge",
+    "shared_merge",
+    "block",
+    "backend",
+    "pooling",
+)
+
+
+def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
+    if key is None:
+        return
+    if key not in adata.obs:
+        raise ValueError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]}).")
+    n_missing = int(pd.isna(adata.obs[key]).sum())
+    if n_missing:
+        raise ValueError(
+            f"adata.obs[{key!r}] ({what}) has {n_missing} missing (NaN) values; fill them "
+            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).fillna('Unknown')) or drop those cells."
+        )
+
+
+def _count_matrix(adata: AnnData, layer: str | None) -> Any:
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
+    return adata.layers[layer]
+
+
+def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
+    """Raise a clear ValueError for anything GeneMamba cannot tokenize."""
+    where = "adata.X" if layer is None else f"layer {layer!r}"
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    if adata.isbacked:
+        raise ValueError(
+            "backed AnnData is not supported by GeneMambaModel: load it with adata.to_memory(), or build a "
+            "token corpus out of core with genemamba_scvi.data.build_corpus for pre-training."
+        )
+    X = _count_matrix(adata, layer)
+    if sp.issparse(X) and X.format == "coo":
+        raise ValueError(f"{where} is a COO sparse matrix; convert it with .tocsr() first.")
+    validate_counts(X, where)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    n_empty = int((totals == 0).sum())
+    if n_empty:
+        raise ValueError(
+            f"{n_empty} of {adata.n_obs} cells have zero total counts in {where}; GeneMamba cannot rank genes of "
+            "an empty cell. Remove them, e.g. sc.pp.filter_cells(adata, min_counts=1)."
+        )
+
+
+class GeneMambaModel(BaseModelClass):
+    """GeneMamba: a bidirectional Mamba-2 foundation model of ranked gene tokens.
+
+    Each cell becomes the sequence of its top ``max_genes`` genes ranked by count / cell total / the
+    gene's non-zero median over the training corpus (Geneformer-style). A stack of Bi-Mamba blocks reads
+    it in both directions with shared weights, merged by a learned gate. Cell embeddings are the mean of
+    the final hidden states over real tokens.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    vocab
+        A :class:`~genemamba_scvi.data.vocab.GeneVocab`, a path to its JSON, or ``None`` to build one from
+        the genes of ``adata``.
+    gene_medians
+        Non-zero medians per token id (length ``len(vocab)``), e.g. from a pre-trained model; ``None``
+        computes them from ``adata`` (exact, streamed over chunks).
+    max_genes
+        Genes per cell (sequence length), 2048 by default; 4096 is supported.
+    d_model, n_layers
+        Width and depth (the published GeneMamba uses 512 x 24).
+    d_state, d_conv, expand, headdim, chunk_size
+        Mamba-2 mixer hyper-parameters.
+    bidirectional
+        ``False`` gives the unidirectional ablation (GeneMamba_U).
+    merge
+        How the two directions are merged: ``"gate"`` (default), ``"mean"``, ``"sum"``, ``"concat"``.
+    shared_merge
+        One merge layer shared by all blocks (the published layout) instead of one per block.
+    block
+        ``"prenorm"`` (our default: residual + pre-RMSNorm) or ``"official"`` (published layer, no norm).
+    backend
+        ``"auto"``, ``"torch"`` or ``"mamba_ssm"``.
+    pooling
+        ``"mean"`` over real tokens, or ``"cls"`` (a ``<cls>`` token is prepended).
+    tie_lm_head
+        Tie the masked-gene head to the token embedding.
+    mask_prob
+        Masking rate of the masked-gene objective.
+    min_gene_overlap
+        Smallest fraction of the vocabulary's... of ``adata``'s genes that must map to the vocabulary.
+    """
+
+    _module_cls = GeneMambaModule
+    _training_plan_cls = GeneMambaTrainingPlan
+    _data_splitter_cls = TokenDataSplitter
+    _data_loader_cls = TokenDataLoader
+    _train_runner_cls = TrainRunner
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        vocab: GeneVocab | str | os.PathLike | None = None,
+        gene_medians: np.ndarray | None = None,
+        max_genes: int = 2048,
+        d_model: int = 512,
+        n_layers: int = 24,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        chunk_size: int = 256,
+        bidirectional: bool = True,
+        merge: Literal["gate", "mean", "sum", "concat"] = "gate",
+        shared_merge: bool = False,
+        block: Literal["prenorm", "official"] = "prenorm",
+        backend: Literal["auto", "torch", "mamba_ssm"] = "auto",
+        pooling: Literal["mean", "cls"] = "mean",
+        tie_lm_head: bool = True,
+        mask_prob: float = 0.15,
+        min_gene_overlap: float = 0.5,
+    ):
+        if adata is None:
+            raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
+        super().__init__(adata)
+        if isinstance(vocab, str | os.PathLike):
+            vocab = GeneVocab.from_json(vocab)
+        if vocab is None:
+            vocab = GeneVocab.from_var_names(self._gene_ids(adata))
+        self.vocab_ = vocab
+        self.max_genes = int(max_genes)
+        self.min_gene_overlap = float(min_gene_overlap)
+        if gene_medians is None:
+            gene_medians = self._medians_from(adata)
+        gene_medians = np.asarray(gene_medians, dtype=np.float64)
+        if gene_medians.shape != (len(vocab),):
+            raise ValueError(f"gene_medians has shape {gene_medians.shape}; expected ({len(vocab)},) (one per token).")
+        self.gene_medians_ = gene_medians
+        self.label_names_: list[str] | None = None
+        self.classifier_hidden_: int | None = None
+        self._config = {
+            "max_genes": self.max_genes,
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "d_state": d_state,
+            "d_conv": d_conv,
+            "expand": expand,
+            "headdim": headdim,
+            "chunk_size": chunk_size,
+            "bidirectional": bidirectional,
+            "merge": merge,
+            "shared_merge": shared_merge,
+            "block": block,
+            "backend": backend,
+            "pooling": pooling,
+            "tie_lm_head": tie_lm_head,
+            "mask_prob": mask_prob,
+            "min_gene_overlap": self.min_gene_overlap,
+        }
+        encoder_kwargs = {k: self._config[k] for k in _ENCODER_ARGS}
+        self.module = self._module_cls(
+            len(vocab),
+            encoder_kwargs=encoder_kwargs,
+            mask_prob=mask_prob,
+            tie_lm_head=tie_lm_head,
+            mask_id=vocab.mask_id,
+            n_special=vocab.n_special,
+        )
+        n_params = sum(p.numel() for p in self.module.parameters())
+        self._model_summary_string = (
+            f"GeneMamba model: {n_layers} x d_model {d_model}, "
+            f"{'bidirectional (' + merge + ')' if bidirectional else 'unidirectional'}, vocab {len(vocab)}, "
+            f"top-{self.max_genes} genes, {n_params / 1e6:.2f}M parameters, backend {self.module.encoder.backend}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ AnnData set-up
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        gene_id_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Register an AnnData of raw counts with GeneMamba.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes AnnData with raw integer counts (CSR recommended; CSC/dense are read per batch).
+        layer
+            Layer holding the raw counts (``None``: ``adata.X``).
+        batch_key
+            Optional ``adata.obs`` column with the batch of each cell (kept for evaluation).
+        labels_key
+            Optional ``adata.obs`` column with cell-type labels (used by :meth:`train_classifier`).
+        gene_id_key
+            Optional ``adata.var`` column with the gene ids (symbols or Ensembl ids) to use instead of
+            ``adata.var_names``.
+
+        Raises
+        ------
+        ValueError
+            For non-count data (floats, negatives, NaN/inf) naming the layer, empty cells, an empty or backed
+            AnnData, duplicated gene ids, missing keys or NaN in ``batch_key`` / ``labels_key``.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        _validate_count_layer(adata, layer)
+        _check_obs_key(adata, batch_key, "batch_key")
+        _check_obs_key(adata, labels_key, "labels_key")
+        if gene_id_key is not None and gene_id_key not in adata.var:
+            raise ValueError(f"gene_id_key={gene_id_key!r} is not a column of adata.var.")
+        genes = pd.Index(adata.var[gene_id_key].astype(str) if gene_id_key else adata.var_names)
+        if genes.has_duplicates:
+            dup = genes[genes.duplicated()].unique()[:5].tolist()
+            raise ValueError(
+                f"{int(genes.duplicated().sum())} duplicated gene ids (e.g. {dup}); make them unique "
+                "(adata.var_names_make_unique()) or aggregate them before set-up."
+            )
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def _setup_arg(self, name: str) -> Any:
+        return self.adata_manager.registry["setup_args"].get(name)
+
+    def _gene_ids(self, adata: AnnData) -> list[str]:
+        key = self._setup_arg("gene_id_key")
+        return list(adata.var[key].astype(str)) if key else list(map(str, adata.var_names))
+
+    def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
+        match = self.vocab_.match(self._gene_ids(adata), min_overlap=self.min_gene_overlap)
+        n_unknown = int((match.token_ids < 0).sum())
+        if warn_unknown and n_unknown:
+            warnings.warn(
+                f"{n_unknown} of {adata.n_vars} genes of this AnnData are not in the model's vocabulary and are "
+                f"ignored.\n{match.report()}",
+                UserWarning,
+                stacklevel=3,
+            )
+        return match.token_ids
+
+    def _medians_from(self, adata: AnnData) -> np.ndarray:
+        token_ids = self._match_genes(adata, warn_unknown=False)
+        col_medians = compute_gene_medians(adata, layer=self._setup_arg("layer"), method="exact")
+        medians = np.full(len(self.vocab_), np.nan)
+        keep = token_ids >= 0
+        medians[token_ids[keep]] = col_medians[keep]
+        return medians
+
+    def _tokenizer_for(self, adata: AnnData, warn_unknown: bool = True) -> TokenizerSpec:
+        token_ids = self._match_genes(adata, warn_unknown=warn_unknown)
+        medians = np.where(token_ids >= 0, self.gene_medians_[np.clip(token_ids, 0, None)], np.nan)
+        return TokenizerSpec(
+            gene_token_ids=token_ids,
+            gene_medians=medians,
+            max_genes=self.max_genes,
+            add_cls=self._config["pooling"] == "cls",
+        )
+
+    def _token_loader(
+        self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None, **kwargs: Any
+    ) -> TokenDataLoader:
+        adata = self._validate_anndata(adata)
+        _validate_count_layer(adata, self._setup_arg("layer"))
+        return self._make_data_loader(
+            adata=adata,
+            indices=indices,
+            batch_size=batch_size or 64,
+            tokenizer=self._tokenizer_for(adata),
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ training
+    def _resolve_gene_sets(self, gene_sets: Any) -> list[torch.Tensor] | None:
+        if gene_sets is None:
+            return None
+        if isinstance(gene_sets, str) and gene_sets in ("go_bp", "kegg"):
+            from genemamba_scvi.datasets import load_gene_sets
+
+            gene_sets = load_gene_sets(gene_sets)
+        elif isinstance(gene_sets, str | os.PathLike):
+            gene_sets = read_gmt(gene_sets)
+        token_sets = gene_sets_to_token_ids(gene_sets, self.vocab_, min_size=2)
+        if not token_sets:
+            raise ValueError("none of the gene sets has two or more genes in the model's vocabulary.")
+        logger.info("pathway InfoNCE: %d gene sets with >= 2 vocabulary genes", len(token_sets))
+        return [torch.as_tensor(np.asarray(v), dtype=torch.long) for v in token_sets.values()]
+
+    def _run_training(
+        self,
+        *,
+        max_epochs: int,
+        lr: float,
+        batch_size: int,
+        accelerator: str,
+        devices: Any,
+        train_size: float | None,
+        validation_size: float | None,
+        early_stopping: bool,
+        checkpoint_dir: str | os.PathLike | None,
+        checkpoint_every_n_steps: int | None,
+        ckpt_path: str | None,
+        labels: np.ndarray | None,
+        plan_kwargs: dict | None,
+        datasplitter_kwargs: dict | None,
+        trainer_kwargs: dict,
+    ):
+        tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
+        data_splitter = self._data_splitter_cls(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+            tokenizer=tokenizer,
+            labels=labels,
+            **(datasplitter_kwargs or {}),
+        )
+        plan = self._training_plan_cls(self.module, lr=lr, **(plan_kwargs or {}))
+        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        if checkpoint_dir is not None:
+            from lightning.pytorch.callbacks import ModelCheckpoint
+
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=str(checkpoint_dir),
+                    save_last=True,
+                    save_top_k=-1 if checkpoint_every_n_steps else 1,
+                    every_n_train_steps=checkpoint_every_n_steps,
+                    filename="{epoch}-{step}",
+                )
+            )
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=data_splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            callbacks=callbacks,
+            ckpt_path=ckpt_path,
+            **trainer_kwargs,
+        )
+        return runner()
+
+    def train(
+        self,
+        max_epochs: int = 10,
+        *,
+        objective: Literal["mlm", "next_token"] = "mlm",
+        gene_sets: str | os.PathLike | dict[str, Sequence[str]] | None = None,
+        gamma: float = 0.1,
+        lr: float = 1e-3,
+        batch_size: int = 32,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int | None = None,
+        ckpt_path: str | None = None,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
+    ):
+        """Pre-train GeneMamba on the registered AnnData.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        objective
+            ``"mlm"`` (masked-gene prediction) or ``"next_token"`` (unidirectional models only).
+        gene_sets
+            Gene sets for the pathway InfoNCE term: ``"go_bp"`` / ``"kegg"`` (shipped GMTs), a GMT path, or a
+            ``{name: [genes]}`` mapping. ``None`` trains with the LM loss alone.
+        gamma
+            Weight of the pathway InfoNCE term (0.1 as in the paper).
+        lr
+            Peak AdamW learning rate (linear warm-up, cosine decay).
+        batch_size
+            Cells per minibatch.
+        accelerator, devices
+            Lightning accelerator and devices; ``"auto"`` uses a GPU when there is one.
+        train_size, validation_size
+            Split of the cells (scvi-tools :class:`~scvi.dataloaders.DataSplitter` semantics).
+        early_stopping
+            Stop when ``validation_loss`` stops improving (``early_stopping_patience`` etc. in kwargs).
+        checkpoint_dir
+            Write Lightning checkpoints (weights, optimizer, scheduler, loop state) here; ``last.ckpt`` is
+            refreshed at every save. Resume with ``ckpt_path=".../last.ckpt"``.
+        checkpoint_every_n_steps
+            Save every N optimiser steps (default: every epoch).
+        ckpt_path
+            Resume training from this Lightning checkpoint.
+        plan_kwargs
+            Passed to :class:`~genemamba_scvi.train.GeneMambaTrainingPlan` (``weight_decay``,
+            ``warmup_fraction``, ...).
+        datasplitter_kwargs
+            Passed to the data splitter / loader (``num_workers``, ...).
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` / Lightning (``precision="bf16-mixed"``,
+            ``accumulate_grad_batches``, ``strategy="ddp"``, ``max_steps``, ...).
+        """
+        self.module.mode = "pretrain"
+        self.module.set_objective(objective)
+        self.module.set_gene_sets(self._resolve_gene_sets(gene_sets), gamma=gamma)
+        return self._run_training(
+            max_epochs=max_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            early_stopping=early_stopping,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            ckpt_path=ckpt_path,
+            labels=None,
+            plan_kwargs=plan_kwargs,
+            datasplitter_kwargs=datasplitter_kwargs,
+            trainer_kwargs=trainer_kwargs,
+        )
+
+    def train_classifier(
+        self,
+        labels_key: str | None = None,
+        max_epochs: int = 10,
+        *,
+        lr: float = 5e-4,
+        batch_size: int = 32,
+        freeze_encoder: bool = False,
+        hidden: int | None = None,
+        dropout: float = 0.1,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
+    ):
+        """Fine-tune a cell-type classifier head (and, unless frozen, the encoder).
+
+        Parameters
+        ----------
+        labels_key
+            ``adata.obs`` column with the labels; defaults to the ``labels_key`` given to
+            :meth:`setup_anndata`.
+        max_epochs
+            Fine-tuning epochs.
+        lr
+            Peak learning rate.
+        batch_size
+            Cells per minibatch.
+        freeze_encoder
+            Train the head only (linear probing) instead of fine-tuning the whole model.
+        hidden
+            Hidden width of the classifier MLP (``None``: a linear head).
+        dropout
+            Dropout before the head.
+        accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
+            As in :meth:`train`.
+        """
+        labels_key = labels_key or self._setup_arg("labels_key")
+        if labels_key is None:
+            raise ValueError("train_classifier needs labels: pass labels_key= or set it in setup_anndata.")
+        _check_obs_key(self.adata, labels_key, "labels_key")
+        codes, names = pd.factorize(self.adata.obs[labels_key].astype(str), sort=True)
+        if len(names) < 2:
+            raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
+        self.label_names_ = [str(n) for n in names]
+        self.labels_key_ = labels_key
+        self.classifier_hidden_ = hidden
+        self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
+        self.module.mode = "classify"
+        self.module.encoder.requires_grad_(not freeze_encoder)
+        try:
+            return self._run_training(
+                max_epochs=max_epochs,
+                lr=lr,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                validation_size=validation_size,
+                early_stopping=early_stopping,
+                checkpoint_dir=None,
+                checkpoint_every_n_steps=None,
+                ckpt_path=None,
+                labels=codes.astype(np.int64),
+                plan_kwargs=plan_kwargs,
+                datasplitter_kwargs=None,
+                trainer_kwargs=trainer_kwargs,
+            )
+        finally:
+            self.module.encoder.requires_grad_(True)
+            self.module.mode = "pretrain"
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def _embed(self, adata, indices, batch_size) -> torch.Tensor:
+        self.module.eval()
+        loader = self._token_loader(adata, indices, batch_size)
+        out = []
+        for tensors in loader:
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            out.append(inf["z"].float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self.module.encoder.d_model)
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Cell embeddings (mean of the final hidden states over each cell's real gene tokens).
+
+        Store them with ``adata.obsm["X_genemamba"] = model.get_latent_representation()``.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same kind of genes (any order; unknown genes are ignored with a warning);
+            ``None`` uses the AnnData the model was set up with.
+        indices
+            Cells to embed (default: all).
+        batch_size
+            Cells per forward pass (default 64). A cell's embedding does not depend on it.
+
+        Returns
+        -------
+        ``float32`` array of shape ``(n_cells, d_model)``.
+        """
+        return self._embed(adata, indices, batch_size).numpy()
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        soft: bool = False,
+        batch_size: int | None = None,
+    ) -> np.ndarray | pd.DataFrame:
+        """Predict cell types with the classifier head trained by :meth:`train_classifier`.
+
+        Returns
+        -------
+        With ``soft=False`` an array of label names; with ``soft=True`` a DataFrame of class probabilities
+        (cells x labels, rows sum to 1, indexed by ``obs_names``).
+        """
+        if self.module.classifier is None or self.label_names_ is None:
+            raise RuntimeError("No classifier has been trained: call model.train_classifier(labels_key=...) first.")
+        adata = self._validate_anndata(adata)
+        z = self._embed(adata, indices, batch_size)
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        probs = torch.softmax(self.module.classify(z.to(device)).float(), dim=-1).cpu().numpy()
+        if soft:
+            obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+            return pd.DataFrame(probs, index=obs_names, columns=self.label_names_)
+        return np.asarray(self.label_names_, dtype=object)[probs.argmax(axis=1)]
+
+    def get_gene_embeddings(self) -> pd.DataFrame:
+        """Input gene embeddings (the token embedding table), genes x ``d_model``, indexed by vocabulary gene."""
+        weight = self.module.encoder.embedding.weight.detach().float().cpu().numpy()
+        return pd.DataFrame(weight[self.vocab_.n_special :], index=pd.Index(self.vocab_.genes, name="gene"))
+
+    # ------------------------------------------------------------------ persistence
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            "genemamba_scvi_version": __version__,
+            "setup_args": dict(self.adata_manager.registry["setup_args"]),
+            "label_names": self.label_names_,
+            "labels_key": getattr(self, "labels_key_", None),
+            "classifier_hidden": self.classifier_hidden_,
+            "objective": self.module.objective,
+            "is_trained": bool(self.is_trained_),
+        }
+
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Save weights (safetensors), config, vocabulary and gene medians to ``dir_path``, atomically.
+
+        The directory is written next to its destination and renamed into place, so a crash leaves any
+        previous model intact. Without ``overwrite=True`` an existing ``dir_path`` raises
+        :class:`FileExistsError` and is not touched. ``save_anndata`` is not supported (save the AnnData
+        with ``adata.write_h5ad``).
+        """
+        from genemamba_scvi.io import write_checkpoint
+
+        if save_anndata:
+            raise NotImplementedError("save_anndata=True is not supported: write the AnnData with adata.write_h5ad.")
+        if prefix:
+            dir_path = Path(dir_path) / f"{prefix}model"
+        write_checkpoint(
+            dir_path,
+            self.module.state_dict(),
+            config=dict(self._config),
+            vocab=self.vocab_,
+            gene_medians=self.gene_medians_,
+            extra=self._checkpoint_extra(),
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def _from_parts(
+        cls,
+        adata: AnnData,
+        config: dict[str, Any],
+        vocab: GeneVocab,
+        gene_medians: np.ndarray | None,
+        setup_args: dict[str, Any] | None,
+    ) -> GeneMambaModel:
+        if cls._get_most_recent_anndata_manager(adata) is None:
+            cls.setup_anndata(adata, **(setup_args or {}))
+        return cls(adata, vocab=vocab, gene_medians=gene_medians, **config)
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        **kwargs: Any,
+    ) -> GeneMambaModel:
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            AnnData to attach (required; its genes are matched to the saved vocabulary in any order, and a
+            poor overlap raises ``ValueError``). If not set up yet, :meth:`setup_anndata` is run with the
+            saved arguments.
+        accelerator, device
+            Where to put the model.
+
+        Raises
+        ------
+        FileNotFoundError
+            Missing directory or file.
+        ValueError
+            Tampered or truncated files (checksums), or genes that do not match the vocabulary.
+        """
+        from genemamba_scvi.io import read_checkpoint
+        from scvi.model._utils import parse_device_args
+
+        if prefix:
+            dir_path = Path(dir_path) / f"{prefix}model"
+        ckpt = read_checkpoint(dir_path)
+        if adata is None:
+            raise ValueError("GeneMambaModel.load needs the AnnData to attach: load(dir_path, adata=adata).")
+        extra = ckpt.extra or {}
+        model = cls._from_parts(adata, ckpt.config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"))
+        if extra.get("label_names"):
+            model.label_names_ = list(extra["label_names"])
+            model.labels_key_ = extra.get("labels_key")
+            model.classifier_hidden_ = extra.get("classifier_hidden")
+            model.module.add_classifier(len(model.label_names_), hidden=model.classifier_hidden_)
+        model.module.set_objective(extra.get("objective", "mlm"))
+        missing, unexpected = model.module.load_state_dict(ckpt.state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {dir_path} does not fit this model: missing keys {missing[:5]}, "
+                f"unexpected keys {unexpected[:5]}"
+            )
+        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        model.to_device(dev)
+        model.module.eval()
+        model.is_trained_ = bool(extra.get("is_trained", True))
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        adata: AnnData,
+        gene_medians: np.ndarray | None = None,
+        max_genes: int = 2048,
+        backend: Literal["auto", "torch", "mamba_ssm"] = "auto",
+        **setup_kwargs: Any,
+    ) -> GeneMambaModel:
+        """Load an official GeneMamba checkpoint directory (Hugging Face layout) offline.
+
+        The directory must hold ``config.json``, ``model.safetensors`` and the tokenizer file of the
+        published model (e.g. downloaded elsewhere with
+        ``huggingface-cli download mineself2016/GeneMamba --local-dir DIR``). Our encoder is built with
+        the published layer (``block="official"``: Mamba-2 + residual, no norm) and the official merge,
+        and the weights are mapped key by key (strict). See the "Pre-trained checkpoints" docs page.
+
+        Parameters
+        ----------
+        path
+            Local checkpoint directory (or one of its size-variant subfolders).
+        adata
+            AnnData of raw counts; set up with :meth:`setup_anndata` (done here with ``setup_kwargs`` if not).
+        gene_medians
+            Medians per token id, if the checkpoint ships none; otherwise computed from ``adata``.
+        max_genes
+            Sequence length.
+        backend
+            Mixer backend.
+        """
+        from genemamba_scvi.io import read_official_checkpoint
+
+        enc_kwargs, enc_state, lm_state, vocab, info = read_official_checkpoint(path)
+        if gene_medians is None and info.get("gene_medians") is not None:
+            gene_medians = np.asarray(info["gene_medians"], dtype=np.float64)
+        config = {k: v for k, v in enc_kwargs.items() if k in _ENCODER_ARGS}
+        config.update(max_genes=max_genes, backend=backend, tie_lm_head=False)
+        model = cls._from_parts(adata, config, vocab, gene_medians, setup_kwargs)
+        model.module.encoder.load_state_dict(enc_state, strict=True)
+        model.module.lm_head.load_state_dict(lm_state, strict=True)
+        model.module.eval()
+        model.is_trained_ = True
+        return model

@@ -1,0 +1,192 @@
+"""GeneMambaModule: the scvi-tools module wrapping the pure-PyTorch GeneMamba encoder and heads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+
+from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
+from genemamba_scvi.nn import (
+    ClassifierHead,
+    GeneMambaEncoder,
+    MaskedLMHead,
+    PathwayInfoNCE,
+    mask_tokens,
+    masked_lm_loss,
+    next_token_loss,
+)
+
+Objective = Literal["mlm", "next_token"]
+Mode = Literal["pretrain", "classify"]
+
+
+class GeneMambaModule(BaseModuleClass):
+    """Encoder + heads + losses in the scvi-tools module protocol.
+
+    ``inference`` runs the Bi-Mamba encoder on the tokens (masking them first when pre-training with
+    the masked-gene objective) and pools a cell embedding ``z``; ``generative`` is empty (GeneMamba
+    decodes nothing per cell); ``loss`` is, in ``mode="pretrain"``, the masked-gene (or, for the
+    unidirectional ablation, next-token) cross-entropy plus ``gamma`` x the pathway InfoNCE, and in
+    ``mode="classify"`` the cross-entropy of the classifier head.
+
+    Parameters
+    ----------
+    vocab_size
+        Number of tokens including the special tokens.
+    encoder_kwargs
+        Keyword arguments of :class:`~genemamba_scvi.nn.GeneMambaEncoder` (``d_model``, ``n_layers``,
+        ``bidirectional``, ``backend``, ``pooling``, ...).
+    objective
+        ``"mlm"`` (masked-gene prediction, default) or ``"next_token"`` (only with a unidirectional
+        encoder: a bidirectional stack sees token t+1 and would leak it).
+    mask_prob
+        Fraction of real tokens masked per cell for ``"mlm"``.
+    gamma
+        Weight of the pathway InfoNCE term.
+    temperature
+        InfoNCE temperature.
+    tie_lm_head
+        Tie the LM head weights to the token embedding.
+    mask_id, n_special
+        Id of ``<mask>`` and number of special tokens (they are never masked or predicted).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        encoder_kwargs: dict | None = None,
+        objective: Objective = "mlm",
+        mask_prob: float = 0.15,
+        gamma: float = 0.1,
+        temperature: float = 0.1,
+        tie_lm_head: bool = True,
+        mask_id: int = 2,
+        n_special: int = 3,
+    ):
+        super().__init__()
+        self.encoder = GeneMambaEncoder(vocab_size, **(encoder_kwargs or {}))
+        self.vocab_size = vocab_size
+        d_model = self.encoder.d_model
+        self.lm_head = MaskedLMHead(d_model, vocab_size, tied_embedding=self.encoder.embedding if tie_lm_head else None)
+        self.classifier: ClassifierHead | None = None
+        self.mask_prob = mask_prob
+        self.mask_id = mask_id
+        self.n_special = n_special
+        self.gamma = gamma
+        self.temperature = temperature
+        self.pathway_loss: PathwayInfoNCE | None = None
+        self.mode: Mode = "pretrain"
+        self.set_objective(objective)
+
+    # ------------------------------------------------------------------ configuration
+    def set_objective(self, objective: Objective) -> None:
+        """Choose the pre-training objective; refuses next-token prediction on a bidirectional encoder."""
+        if objective not in ("mlm", "next_token"):
+            raise ValueError(f"objective must be 'mlm' or 'next_token', got {objective!r}")
+        if objective == "next_token" and self.encoder.bidirectional:
+            raise ValueError(
+                "objective='next_token' leaks the target on a bidirectional encoder (every layer reads token "
+                "t+1 in the backward pass). Use objective='mlm', or build the model with bidirectional=False "
+                "(the GeneMamba_U ablation)."
+            )
+        self.objective = objective
+
+    def set_gene_sets(self, gene_sets: list[torch.Tensor] | None, gamma: float | None = None) -> None:
+        """Set the token-id gene sets of the pathway InfoNCE (``None`` disables it)."""
+        if gamma is not None:
+            self.gamma = float(gamma)
+        self.pathway_loss = (
+            PathwayInfoNCE(gene_sets, temperature=self.temperature) if gene_sets and self.gamma > 0 else None
+        )
+
+    def add_classifier(self, n_labels: int, hidden: int | None = None, dropout: float = 0.1) -> None:
+        """Attach (or replace) the cell-type classifier head."""
+        self.classifier = ClassifierHead(self.encoder.d_model, n_labels, hidden=hidden, dropout=dropout)
+        self.classifier.to(next(self.encoder.parameters()).device)
+        self.n_labels = n_labels
+
+    # ------------------------------------------------------------------ scvi protocol
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"tokens": tensors[TOKENS_KEY], "lengths": tensors[LENGTHS_KEY]}
+
+    def _get_generative_input(self, tensors, inference_outputs) -> dict:
+        return {}
+
+    @auto_move_data
+    def inference(self, tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Encode tokens; returns ``hidden`` [B, L, d], cell embedding ``z`` [B, d] and MLM targets."""
+        mlm_labels = None
+        inputs = tokens
+        if self.training and self.mode == "pretrain" and self.objective == "mlm":
+            inputs, mlm_labels = mask_tokens(
+                tokens,
+                lengths,
+                mask_prob=self.mask_prob,
+                mask_id=self.mask_id,
+                n_special=self.n_special,
+                vocab_size=self.vocab_size,
+            )
+        hidden = self.encoder(inputs, lengths)
+        z = self.encoder.pool(hidden, lengths)
+        return {"hidden": hidden, "z": z, "mlm_labels": mlm_labels}
+
+    def generative(self) -> dict:
+        """GeneMamba has no per-cell generative model; the heads are applied in :meth:`loss`."""
+        return {}
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Classifier logits from cell embeddings."""
+        if self.classifier is None:
+            raise RuntimeError("No classifier head: train one with GeneMambaModel.train_classifier().")
+        return self.classifier(z)
+
+    def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
+        """Pre-training or classification loss (see class docstring)."""
+        hidden, z = inference_outputs["hidden"], inference_outputs["z"]
+        n_obs = hidden.shape[0]
+        if self.mode == "classify":
+            logits = self.classify(z)
+            labels = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
+            ce = F.cross_entropy(logits, labels)
+            acc = (logits.argmax(-1) == labels).float().mean()
+            return LossOutput(
+                loss=ce,
+                n_obs_minibatch=n_obs,
+                classification_loss=ce,
+                logits=logits,
+                true_labels=labels.view(-1, 1),
+                extra_metrics={"accuracy": acc.detach()},
+            )
+
+        metrics: dict[str, torch.Tensor] = {}
+        if self.objective == "mlm":
+            labels = inference_outputs["mlm_labels"]
+            if labels is None:  # evaluation mode: mask deterministically-seeded fresh targets
+                inputs, labels = mask_tokens(
+                    tensors[TOKENS_KEY].to(hidden.device),
+                    tensors[LENGTHS_KEY].to(hidden.device),
+                    mask_prob=self.mask_prob,
+                    mask_id=self.mask_id,
+                    n_special=self.n_special,
+                    vocab_size=self.vocab_size,
+                )
+                hidden = self.encoder(inputs, tensors[LENGTHS_KEY].to(hidden.device))
+            selected = labels != -100
+            logits = self.lm_head(hidden[selected])
+            lm = masked_lm_loss(logits, labels[selected])
+            metrics["mlm_accuracy"] = (logits.argmax(-1) == labels[selected]).float().mean().detach()
+        else:
+            tokens = tensors[TOKENS_KEY].to(hidden.device)
+            lengths = tensors[LENGTHS_KEY].to(hidden.device)
+            lm = next_token_loss(self.lm_head(hidden), tokens, lengths, encoder=self.encoder)
+        metrics["lm_loss"] = lm.detach()
+        total = lm
+        if self.pathway_loss is not None and self.gamma > 0:
+            pw = self.pathway_loss(self.encoder.embedding.weight)
+            metrics["pathway_loss"] = pw.detach()
+            total = total + self.gamma * pw
+        return LossOutput(loss=total, n_obs_minibatch=n_obs, extra_metrics=metrics)

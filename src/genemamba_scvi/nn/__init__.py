@@ -1,0 +1,62 @@
+"""Pure-PyTorch GeneMamba network code (optional mamba-ssm kernels, imported lazily).
+
+Nothing here imports scvi-tools, AnnData or data code, so it runs on a GPU box with only torch
+(+ the mamba-ssm / causal-conv1d kernels).
+"""
+
+from genemamba_scvi.nn.bimamba import (
+    BiMambaBlock,
+    merge_directions,
+    reversal_index,
+    reversal_index_packed,
+    reverse_sequences,
+)
+from genemamba_scvi.nn.encoder import MAMBA_SSM_MAX_CALL_ELEMENTS, GeneMambaEncoder, pool_hidden
+from genemamba_scvi.nn.heads import ClassifierHead, MaskedLMHead
+from genemamba_scvi.nn.losses import (
+    IGNORE_INDEX,
+    PathwayInfoNCE,
+    mask_tokens,
+    masked_lm_loss,
+    next_token_loss,
+    supervised_contrastive_loss,
+)
+from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm, RMSNormGated
+from genemamba_scvi.nn.ssd import (
+    INSTALL_HINT,
+    causal_conv1d_available,
+    causal_conv1d_torch,
+    mamba_ssm_available,
+    resolve_backend,
+    ssd_chunked,
+    ssd_sequential,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "INSTALL_HINT",
+    "MAMBA_SSM_MAX_CALL_ELEMENTS",
+    "BiMambaBlock",
+    "ClassifierHead",
+    "GeneMambaEncoder",
+    "Mamba2Mixer",
+    "MaskedLMHead",
+    "PathwayInfoNCE",
+    "RMSNorm",
+    "RMSNormGated",
+    "causal_conv1d_available",
+    "causal_conv1d_torch",
+    "mamba_ssm_available",
+    "mask_tokens",
+    "masked_lm_loss",
+    "merge_directions",
+    "next_token_loss",
+    "pool_hidden",
+    "resolve_backend",
+    "reversal_index",
+    "reversal_index_packed",
+    "reverse_sequences",
+    "ssd_chunked",
+    "ssd_sequential",
+    "supervised_contrastive_loss",
+]

@@ -1,0 +1,257 @@
+"""GeneMamba encoder: token embedding -> N Bi-Mamba blocks -> final RMSNorm, plus cell pooling."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from genemamba_scvi.nn.bimamba import (
+    BLOCKS,
+    MERGE_MODES,
+    BiMambaBlock,
+    reversal_index,
+    reversal_index_packed,
+)
+from genemamba_scvi.nn.mamba2 import RMSNorm
+from genemamba_scvi.nn.ssd import BACKENDS, resolve_backend
+
+__all__ = ["MAMBA_SSM_MAX_CALL_ELEMENTS", "POOLINGS", "GeneMambaEncoder", "pool_hidden"]
+
+logger = logging.getLogger("genemamba_scvi")
+
+POOLINGS = ("mean", "cls")
+#: mamba-ssm 2.3.2 kernels fail (illegal memory access) near 2^31 elements in one call; stay under 2^30.
+MAMBA_SSM_MAX_CALL_ELEMENTS = 2**30
+
+
+def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
+    """Cell embedding from token states.
+
+    Parameters
+    ----------
+    hidden
+        ``[batch, L, d]``.
+    lengths
+        ``[batch]`` real lengths (default: all ``L``).
+    pooling
+        ``"mean"`` over real tokens (pads excluded; a cell of length 0 gives zeros) or ``"cls"``
+        (position 0).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, d]``.
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling != "mean":
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    batch, L, _ = hidden.shape
+    if lengths is None:
+        return hidden.mean(dim=1)
+    mask = torch.arange(L, device=hidden.device).unsqueeze(0) < lengths.to(hidden.device).unsqueeze(1)
+    summed = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(dim=1)
+    return summed / lengths.clamp(min=1).to(summed.dtype).unsqueeze(-1)
+
+
+class GeneMambaEncoder(nn.Module):
+    """GeneMamba encoder over rank-ordered gene tokens.
+
+    Parameters
+    ----------
+    vocab_size
+        Number of tokens, specials included (``<pad>`` = 0 is the padding index).
+    d_model
+        Width.
+    n_layers
+        Number of :class:`~genemamba_scvi.nn.BiMambaBlock` layers (0 gives the bag-of-genes baseline:
+        embedding + ``norm_f`` + pooling).
+    d_state, d_conv, expand, headdim, chunk_size
+        Mamba-2 mixer settings (``mamba_ssm.Mamba2`` names).
+    bidirectional
+        Bi-Mamba (default) or the unidirectional (causal) ablation, the only one where next-token
+        prediction is not a leak.
+    merge
+        ``"gate"`` (default), ``"concat"``, ``"mean"`` or ``"sum"``.
+    shared_merge
+        One merge ``Linear(2d, d)`` at encoder level (``merge.weight``/``merge.bias``) used by every
+        layer, as in the published code; otherwise one per layer (``layers.{i}.merge``).
+    block
+        ``"prenorm"`` (default; ``x + merge(mixer(norm(x)))``) or ``"official"`` (published layer, no norm).
+    backend
+        ``"auto"``, ``"torch"`` or ``"mamba_ssm"``.
+    pooling
+        ``"mean"`` over real tokens or ``"cls"`` (position 0).
+    ngroups
+        B/C groups of the mixer.
+    norm_eps
+        RMSNorm epsilon.
+
+    Attributes
+    ----------
+    max_call_elements
+        When set, batches whose ``n_directions * B * L * d_in_proj`` exceeds it are run in sub-batches
+        (on any backend). ``None`` (default) applies :data:`MAMBA_SSM_MAX_CALL_ELEMENTS` on the
+        mamba_ssm backend only.
+    last_n_sub_batches
+        Number of sub-batches used by the last forward call.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 512,
+        n_layers: int = 24,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        chunk_size: int = 256,
+        bidirectional: bool = True,
+        merge: str = "gate",
+        shared_merge: bool = False,
+        block: str = "prenorm",
+        backend: str = "auto",
+        pooling: str = "mean",
+        ngroups: int = 1,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if merge not in MERGE_MODES:
+            raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self._bidirectional = bidirectional
+        self.merge_mode = merge
+        self.block = block
+        self.backend = backend
+        self.pooling = pooling
+        self.max_call_elements: int | None = None
+        self.last_n_sub_batches = 0
+
+        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        self.layers = nn.ModuleList(
+            [
+                BiMambaBlock(
+                    d_model,
+                    d_state=d_state,
+                    d_conv=d_conv,
+                    expand=expand,
+                    headdim=headdim,
+                    ngroups=ngroups,
+                    chunk_size=chunk_size,
+                    bidirectional=bidirectional,
+                    merge=merge,
+                    shared_merge=shared_merge,
+                    block=block,
+                    backend=backend,
+                    norm_eps=norm_eps,
+                )
+                for _ in range(n_layers)
+            ]
+        )
+        use_shared = shared_merge and bidirectional and merge in ("gate", "concat")
+        self.merge = nn.Linear(2 * d_model, d_model) if use_shared else None
+        self.norm_f = RMSNorm(d_model, eps=norm_eps)
+        self.d_in_proj = 2 * expand * d_model + 2 * ngroups * d_state + (expand * d_model) // headdim
+
+    @property
+    def bidirectional(self) -> bool:
+        """True for Bi-Mamba (next-token prediction would leak), False for the causal ablation."""
+        return self._bidirectional
+
+    def resolved_backend(self, device: torch.device | str | None = None) -> str:
+        """The SSD backend that runs for inputs on ``device`` (default: the module's device)."""
+        if device is None:
+            device = self.embedding.weight.device
+        return resolve_backend(self.backend, device)
+
+    def _sub_batch_size(self, batch: int, seq_len: int, device: torch.device) -> int:
+        limit = self.max_call_elements
+        if limit is None:
+            if self.n_layers == 0 or self.resolved_backend(device) != "mamba_ssm":
+                return batch
+            limit = MAMBA_SSM_MAX_CALL_ELEMENTS
+        per_seq = (2 if self._bidirectional else 1) * max(seq_len, 1) * self.d_in_proj
+        size = max(1, int(limit) // per_seq)
+        if size == 1 and per_seq > limit:
+            logger.warning(
+                "genemamba_scvi: one sequence of length %d needs %d elements per mixer call (> %d); "
+                "running one cell at a time may still exceed the kernel limit",
+                seq_len,
+                per_seq,
+                limit,
+            )
+        return min(batch, size)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        *,
+        seq_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Contextual token states.
+
+        Parameters
+        ----------
+        tokens
+            ``[batch, L]`` token ids, right-padded with 0.
+        lengths
+            ``[batch]`` real lengths (default: all ``L``). Positions ``>= length`` are padding: their
+            outputs are meaningless and never affect real tokens.
+        seq_idx
+            Packed-sequence ids ``[batch, L]`` (several cells per row; state and conv reset at
+            boundaries, reversal per cell). Hook for the packed path; when given, ``lengths`` is ignored
+            for the reversal.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, L, d_model]`` after ``norm_f``.
+        """
+        batch, seq_len = tokens.shape
+        if lengths is None:
+            lengths = torch.full((batch,), seq_len, dtype=torch.long, device=tokens.device)
+        sub = self._sub_batch_size(batch, seq_len, tokens.device)
+        if sub >= batch:
+            self.last_n_sub_batches = 1
+            return self._forward(tokens, lengths, seq_idx)
+        outs = []
+        for start in range(0, batch, sub):
+            sl = slice(start, start + sub)
+            outs.append(self._forward(tokens[sl], lengths[sl], seq_idx[sl] if seq_idx is not None else None))
+        self.last_n_sub_batches = len(outs)
+        return torch.cat(outs, dim=0)
+
+    def _forward(self, tokens: torch.Tensor, lengths: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
+        x = self.embedding(tokens)
+        rev_index = None
+        if self._bidirectional and self.n_layers > 0:
+            if seq_idx is not None:
+                rev_index = reversal_index_packed(seq_idx)
+            else:
+                rev_index = reversal_index(lengths.to(tokens.device), tokens.shape[1])
+        for layer in self.layers:
+            x = layer(x, rev_index=rev_index, seq_idx=seq_idx, merge_linear=self.merge)
+        return self.norm_f(x)
+
+    def pool(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Cell embeddings ``[batch, d]`` by the encoder's pooling (see :func:`pool_hidden`)."""
+        return pool_hidden(hidden, lengths, self.pooling)
+
+    def embed_cells(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``pool(forward(tokens, lengths), lengths)``."""
+        return self.pool(self(tokens, lengths), lengths)
