@@ -40,10 +40,9 @@ def _demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         accelerator="cpu",
         enable_progress_bar=not args.quiet,
-        logger=False,
     )
     history = model.history
-    train_loss = history["train_loss_epoch"]["train_loss_epoch"].to_numpy() if history else np.array([])
+    train_loss = history["train_loss"]["train_loss"].to_numpy() if history else np.array([])
     adata.obsm["X_genemamba"] = model.get_latent_representation()
     print(f"[train] {args.epochs} epochs; train loss {train_loss[0]:.3f} -> {train_loss[-1]:.3f}")
 

@@ -99,7 +99,7 @@ def gene_set_path(name: Literal["go_bp", "kegg"]) -> Path:
     ----------
     name
         ``"go_bp"``: 5,233 GO biological-process sets of 15-500 genes (GO 2022-07-01, org.Hs.eg.db
-        3.16.0); ``"kegg"``: 229 KEGG pathways (2011-03-15 snapshot; ids only, names not shipped).
+        3.16.0); ``"kegg"``: 223 KEGG pathways (2011-03-15 snapshot; ids only, names not shipped).
         Genes are human gene symbols.
 
     Returns
@@ -129,7 +129,8 @@ def load_gene_sets(name: Literal["go_bp", "kegg"]) -> dict[str, list[str]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _gene_id_table_cached() -> pd.DataFrame:
+def _gene_id_tables_by_source() -> dict[str, pd.DataFrame]:
+    """The two embedded id tables, cleaned (``ensembl_id``, ``symbol``), in priority order."""
     import pandas as pd
 
     gencode = pd.read_csv(
@@ -138,11 +139,19 @@ def _gene_id_table_cached() -> pd.DataFrame:
     orghs = pd.read_csv(resource_path(_ORGHS_FILE), sep="\t", dtype=str, keep_default_na=False)
     orghs = orghs.loc[orghs["ensembl_id"] != "", ["ensembl_id", "symbol"]]
     orghs = orghs.assign(ensembl_id=orghs["ensembl_id"].str.split(",")).explode("ensembl_id")
-    table = pd.concat([gencode, orghs[["ensembl_id", "symbol"]]], ignore_index=True)
-    table["ensembl_id"] = table["ensembl_id"].str.strip()
-    table["symbol"] = table["symbol"].str.strip()
-    table = table[(table["ensembl_id"] != "") & (table["symbol"] != "")]
-    return table.drop_duplicates(ignore_index=True)
+    out = {}
+    for name, table in (("gencode", gencode), ("orghs", orghs)):
+        table = table.assign(ensembl_id=table["ensembl_id"].str.strip(), symbol=table["symbol"].str.strip())
+        table = table[(table["ensembl_id"] != "") & (table["symbol"] != "")]
+        out[name] = table.drop_duplicates(ignore_index=True)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _gene_id_table_cached() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.concat(list(_gene_id_tables_by_source().values()), ignore_index=True).drop_duplicates(ignore_index=True)
 
 
 def load_gene_id_table() -> pd.DataFrame:

@@ -400,7 +400,7 @@ def read_official_checkpoint(
         raise FileNotFoundError(f"{CONFIG_FILE} is missing from {directory}{hint}")
     config = _load_json(config_path)
     raw, weight_files = _load_official_weights(directory)
-    tokens, specials_declared, tokenizer_file = _load_official_tokens(directory, root if subfolder else None)
+    tokens, specials_declared, tokenizer_file = _load_official_tokens(directory)
     notes: list[str] = []
 
     backbone, lm_head, prefix = _split_official_keys(raw)
@@ -665,9 +665,13 @@ def _load_official_weights(directory: Path) -> tuple[dict[str, torch.Tensor], li
     raise FileNotFoundError(f"{WEIGHTS_FILE} is missing from {directory}")
 
 
-def _load_official_tokens(directory: Path, root: Path | None) -> tuple[dict[str, int], dict[str, str], Path]:
-    """Token -> id from tokenizer.json (any HF tokenizers model), vocab.json or vocab.txt."""
-    for folder in (directory, root) if root is not None else (directory,):
+def _load_official_tokens(directory: Path) -> tuple[dict[str, int], dict[str, str], Path]:
+    """Token -> id from tokenizer.json (any HF tokenizers model), vocab.json or vocab.txt.
+
+    A size-variant subfolder without its own tokenizer uses the repository root's (its parent).
+    """
+    folders = (directory, directory.parent)
+    for folder in folders:
         for name in ("tokenizer.json", "vocab.json", "vocab.txt"):
             candidate = folder / name
             if candidate.is_file():
@@ -680,8 +684,7 @@ def _load_official_tokens(directory: Path, root: Path | None) -> tuple[dict[str,
                         if isinstance(content, str) and role in _SPECIAL_ROLES:
                             declared[content] = role
                 return tokens, declared, candidate
-    searched = ", ".join(str(f) for f in ((directory, root) if root is not None else (directory,)))
-    raise FileNotFoundError(f"no tokenizer.json, vocab.json or vocab.txt in {searched}")
+    raise FileNotFoundError(f"no tokenizer.json, vocab.json or vocab.txt in {directory} or {directory.parent}")
 
 
 def _parse_tokenizer_file(path: Path) -> tuple[dict[str, int], dict[str, str]]:

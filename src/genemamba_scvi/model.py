@@ -180,6 +180,8 @@ class GeneMambaModel(BaseModelClass):
         self.min_gene_overlap = float(min_gene_overlap)
         if gene_medians is None:
             gene_medians = self._medians_from(adata)
+        else:
+            self._match_genes(adata)  # refuses a poor overlap with the vocabulary, warns about unknown genes
         gene_medians = np.asarray(gene_medians, dtype=np.float64)
         if gene_medians.shape != (len(vocab),):
             raise ValueError(f"gene_medians has shape {gene_medians.shape}; expected ({len(vocab)},) (one per token).")
@@ -387,6 +389,7 @@ class GeneMambaModel(BaseModelClass):
                     filename="{epoch}-{step}",
                 )
             )
+        self.module.train()  # Lightning keeps each submodule's mode; a previous inference left them in eval
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         runner = self._train_runner_cls(
@@ -750,6 +753,8 @@ class GeneMambaModel(BaseModelClass):
         gene_medians: np.ndarray | None = None,
         max_genes: int = 2048,
         backend: Literal["auto", "torch", "mamba_ssm"] = "auto",
+        subfolder: str | None = None,
+        merge: str | None = None,
         **setup_kwargs: Any,
     ) -> GeneMambaModel:
         """Load an official GeneMamba checkpoint directory (Hugging Face layout) offline.
@@ -772,17 +777,27 @@ class GeneMambaModel(BaseModelClass):
             Sequence length.
         backend
             Mixer backend.
+        subfolder
+            Size-variant subfolder of ``path`` (e.g. ``"12l-256d"``), if any.
+        merge
+            Merge mode, only needed when ``config.json`` does not state it.
+
+        Notes
+        -----
+        The published checkpoints ship no gene medians; unless ``gene_medians`` is given they are computed
+        from ``adata``, which may rank genes differently from the corpus the model was pre-trained on.
         """
         from genemamba_scvi.io import read_official_checkpoint
 
-        enc_kwargs, enc_state, lm_state, vocab, info = read_official_checkpoint(path)
+        enc_kwargs, enc_state, lm_state, vocab, info = read_official_checkpoint(path, subfolder=subfolder, merge=merge)
         if gene_medians is None and info.get("gene_medians") is not None:
             gene_medians = np.asarray(info["gene_medians"], dtype=np.float64)
         config = {k: v for k, v in enc_kwargs.items() if k in _ENCODER_ARGS}
         config.update(max_genes=max_genes, backend=backend, tie_lm_head=False)
         model = cls._from_parts(adata, config, vocab, gene_medians, setup_kwargs)
         model.module.encoder.load_state_dict(enc_state, strict=True)
-        model.module.lm_head.load_state_dict(lm_state, strict=True)
+        if lm_state is not None:
+            model.module.lm_head.load_state_dict(lm_state, strict=True)
         model.module.eval()
         model.is_trained_ = True
         return model

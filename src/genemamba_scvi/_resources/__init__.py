@@ -1,1 +1,4 @@
-"""Package data of genemamba-scvi (real, small, offline). See ``SOURCES.md``; load through :mod:`genemamba_scvi.datasets`."""
+"""Package data of genemamba-scvi (real, small, offline); see ``SOURCES.md``.
+
+Load it through :mod:`genemamba_scvi.datasets`.
+"""

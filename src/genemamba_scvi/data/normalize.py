@@ -10,7 +10,6 @@ pass over the data with bounded memory (``method="tdigest"``) or memory ``O(nnz)
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -75,7 +74,11 @@ def validate_counts(X: Any, where: str) -> None:
 
 def _as_csr(chunk: Any) -> sp.csr_matrix:
     if sp.issparse(chunk):
-        return chunk if chunk.format == "csr" else chunk.tocsr()
+        X = chunk if chunk.format == "csr" else chunk.tocsr()
+        if not X.has_canonical_format:  # duplicated entries: sum them, on a copy
+            X = X.copy()
+            X.sum_duplicates()
+        return X
     return sp.csr_matrix(np.asarray(chunk))
 
 
@@ -87,13 +90,14 @@ class GeneMedianAccumulator:
     n_genes
         Number of gene columns of every chunk.
     method
-        ``"exact"``: keeps every non-zero value (8 bytes per non-zero entry, plus a transient copy in
-        :meth:`result`), exact medians (mean of the two middle values for an even count).
+        ``"exact"``: keeps every non-zero value (8 bytes per non-zero entry, plus per-chunk temporaries),
+        exact medians (mean of the two middle values for an even count).
         ``"tdigest"``: one t-digest per gene (Dunning & Ertl 2019, "Computing extremely accurate quantiles
         using t-digests", arXiv:1902.04023; implementation ``fastdigest``) with at most ``max_centroids``
         centroids, so memory is bounded by ``n_genes * max_centroids`` regardless of the number of cells.
         Exact for genes seen in at most ``max_centroids`` cells; otherwise a rank error of the order of
-        ``1 / max_centroids`` around the median (well below 1% relative on real data).
+        ``1 / max_centroids`` around the median (on resampled real counts: median relative error 0.03%,
+        worst gene a few %, where the data around the median are sparse and discrete).
     max_centroids
         Compression of the t-digests (``method="tdigest"`` only).
 
@@ -152,23 +156,28 @@ class GeneMedianAccumulator:
             return
         indptr = X.indptr.astype(np.int64, copy=False)
         row_nnz = np.diff(indptr)
-        rows = np.repeat(np.arange(n_rows, dtype=np.int32), row_nnz)
-        data = np.asarray(X.data, dtype=np.float64)
+        frac = np.array(X.data, dtype=np.float64)  # own copy, turned into count / total in place
         if totals is None:
-            totals = np.bincount(rows, weights=data, minlength=n_rows)
+            totals = np.zeros(n_rows, dtype=np.float64)
+            nonempty = row_nnz > 0
+            totals[nonempty] = np.add.reduceat(frac, indptr[:-1][nonempty])
         else:
             totals = np.asarray(totals, dtype=np.float64).reshape(-1)
             if totals.shape[0] != n_rows:
                 raise ValueError(f"totals has {totals.shape[0]} entries for a chunk of {n_rows} cells")
         self.n_empty_cells += int((totals == 0).sum())
-        keep = data > 0
+        keep = frac > 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            frac = data / totals[rows]
+            frac /= np.repeat(totals, row_nnz)
         # Gene-major layout of this chunk's fractions (scipy's CSR -> CSC transposition, O(nnz + n_genes)).
-        vals = sp.csr_matrix((np.where(keep, frac, 0.0), X.indices, indptr), shape=X.shape)
-        if not keep.all():
-            vals.eliminate_zeros()
+        if keep.all():
+            vals = sp.csr_matrix((frac, X.indices, X.indptr), shape=X.shape)
+        else:  # drop stored zeros into new arrays (never modify the caller's matrix)
+            kept_before = np.zeros(keep.size + 1, dtype=np.int64)
+            np.cumsum(keep, out=kept_before[1:])
+            vals = sp.csr_matrix((frac[keep], X.indices[keep], kept_before[indptr]), shape=X.shape)
         csc = vals.tocsc()
+        del vals, frac
         gene_nnz = np.diff(csc.indptr)
         self.n_nonzero += gene_nnz
         if self.method == "exact":
@@ -211,7 +220,8 @@ class GeneMedianAccumulator:
         np.cumsum(counts, out=starts[1:])
         allv = np.empty(int(starts[-1]), dtype=np.float64)
         filled = starts[:-1].copy()
-        for gp, v in self._chunks:
+        while self._chunks:  # free each chunk once copied: peak memory ~ one copy of the values
+            gp, v = self._chunks.pop(0)
             seg = np.diff(gp)
             if v.size == 0:
                 continue
@@ -219,6 +229,8 @@ class GeneMedianAccumulator:
             dest = np.repeat(filled - gp[:-1], seg) + np.arange(v.size, dtype=np.int64)
             allv[dest] = v
             filled += seg
+            del gp, v, dest
+        self._chunks = [(starts, allv)]  # merged, gene-major: result() can be called again, update() continue
         for g in np.flatnonzero(counts).tolist():
             seg = allv[starts[g] : starts[g + 1]]
             n = seg.size
@@ -254,6 +266,7 @@ def compute_gene_medians(
     method: Literal["exact", "tdigest"] = "exact",
     genes: Sequence[str] | None = None,
     validate: bool = True,
+    max_centroids: int = 1000,
 ) -> np.ndarray:
     """Per-gene median of ``count / cell total`` over the cells expressing the gene, in one streaming pass.
 
@@ -274,6 +287,8 @@ def compute_gene_medians(
         Only for a list of paths: the gene order of the result (default: the first file's ``var_names``).
     validate
         Check every chunk with :func:`validate_counts` (one extra pass over the non-zeros).
+    max_centroids
+        t-digest compression (``method="tdigest"`` only); larger is more accurate and uses more memory.
 
     Returns
     -------
@@ -291,12 +306,20 @@ def compute_gene_medians(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     chunk_size = int(chunk_size)
 
-    if isinstance(source, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in source):
-        return _medians_from_files([os.fspath(p) for p in source], layer, chunk_size, method, genes, validate)
+    opts = {"method": method, "max_centroids": max_centroids}
+    if isinstance(source, (list, tuple)):
+        if not all(isinstance(p, (str, os.PathLike)) for p in source):
+            raise TypeError("a list source must hold .h5ad paths (str or os.PathLike)")
+        return _medians_from_files([os.fspath(p) for p in source], layer, chunk_size, opts, genes, validate)
     if isinstance(source, (str, os.PathLike)):
-        return _medians_from_files([os.fspath(source)], layer, chunk_size, method, genes, validate)
+        return _medians_from_files([os.fspath(source)], layer, chunk_size, opts, genes, validate)
     if genes is not None:
         raise ValueError("genes= is only used with a list of .h5ad paths")
+    if not (sp.issparse(source) or isinstance(source, np.ndarray) or hasattr(source, "layers")):
+        raise TypeError(
+            f"source must be an AnnData, a scipy sparse matrix, a numpy array or a list of .h5ad paths, "
+            f"got {type(source).__name__}"
+        )
 
     if sp.issparse(source) or isinstance(source, np.ndarray):
         X, where = source, "matrix"
@@ -306,7 +329,7 @@ def compute_gene_medians(
         X, where = _matrix_of(source, layer), _where(layer)
         if sp.issparse(X) and X.format != "csr":
             X = X.tocsr()
-    acc = GeneMedianAccumulator(X.shape[1], method=method)
+    acc = GeneMedianAccumulator(X.shape[1], **opts)
     for chunk in _iter_row_chunks(X, chunk_size):
         chunk = _as_csr(chunk)
         if validate:
@@ -328,7 +351,7 @@ def _medians_from_files(
     paths: list[str],
     layer: str | None,
     chunk_size: int,
-    method: Literal["exact", "tdigest"],
+    opts: dict[str, Any],
     genes: Sequence[str] | None,
     validate: bool,
 ) -> np.ndarray:
@@ -348,7 +371,7 @@ def _medians_from_files(
             if len(ref_index) != len(ref):
                 raise ValueError("the reference gene list has duplicated names")
             if acc is None:
-                acc = GeneMedianAccumulator(len(ref), method=method)
+                acc = GeneMedianAccumulator(len(ref), **opts)
             col_map = np.array([ref_index.get(g, -1) for g in var_names], dtype=np.int64)
             if not (col_map >= 0).any():
                 raise ValueError(f"{path!r} shares no gene (var_names) with the reference gene list")

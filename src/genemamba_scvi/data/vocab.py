@@ -11,9 +11,13 @@ mixed) to token ids. Every name is resolved on its own, in this order of priorit
    (``ENSG00000141510.12`` -> ``ENSG00000141510``; ``_PAR_Y`` suffixes are kept).
 3. ``case``: a symbol that equals exactly one vocabulary gene when case is ignored.
 4. ``mapped``: through the embedded Ensembl id <-> symbol tables (GENCODE v44 and org.Hs.eg.db 3.16.0,
-   see :func:`genemamba_scvi.datasets.load_gene_id_table`): Ensembl id -> symbols, or symbol -> Ensembl
-   ids (exact case first, then case-insensitive), then one more hop (symbol -> id -> other symbol, e.g.
-   a renamed gene). The first candidate in the vocabulary that no higher-priority name has taken wins.
+   see :func:`genemamba_scvi.datasets.load_gene_id_table`), in sub-steps of decreasing priority:
+   Ensembl id -> symbols / symbol -> Ensembl ids with exact case, GENCODE then org.Hs.eg.db; the same
+   ignoring case; then one more hop through both tables (symbol -> id -> other symbol of that id, e.g. a
+   renamed gene; id -> symbol -> other ids).
+
+A name never takes a token already claimed at a higher priority (e.g. ``C1ORF220`` yields to
+``C1orf220``); two names that claim the same token at the same priority are a collision.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, CLS_TOKEN, MASK_TOKEN)
 MATCH_METHODS: tuple[str, ...] = ("direct", "version", "case", "mapped")
 """Names of the match stages, in priority order; ``GeneMatch.method`` holds their index (-1: unmatched)."""
 
+# internal match stages in priority order -> reported method (index into MATCH_METHODS)
+# 3/4: GENCODE / org.Hs.eg.db table, exact case; 5/6: the same ignoring case; 7: two hops through the union
+_STAGE_METHOD: tuple[int, ...] = (0, 1, 2, 3, 3, 3, 3, 3)
+
 _FORMAT = "genemamba-scvi/vocab"
 _FORMAT_VERSION = 1
 _AMBIGUOUS = -2
@@ -56,6 +64,7 @@ _AMBIGUOUS = -2
 _ENSEMBL_RE = re.compile(r"^(ENS[A-Z]*G\d+)(?:\.\d+)?(_PAR_Y)?$", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def strip_ensembl_version(name: str) -> str | None:
     """Upper-case Ensembl gene id without version suffix, or ``None`` if ``name`` is not an Ensembl gene id.
 
@@ -85,29 +94,38 @@ def _duplicates(names: Sequence[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _GeneTables:
+class _GeneTable:
     id2sym: dict[str, list[str]]
     sym2id: dict[str, list[str]]
     sym2id_lower: dict[str, list[str]]
 
 
-@functools.lru_cache(maxsize=1)
-def _gene_tables() -> _GeneTables:
-    """Ensembl id <-> symbol dictionaries from the embedded tables (loaded once per process)."""
-    from genemamba_scvi.datasets import _gene_id_table_cached
-
-    table = _gene_id_table_cached()
+def _build_table(ensembl_ids: Iterable[str], symbols: Iterable[str]) -> _GeneTable:
     id2sym: dict[str, list[str]] = {}
     sym2id: dict[str, list[str]] = {}
     sym2id_lower: dict[str, list[str]] = {}
-    for ens, sym in zip(table["ensembl_id"].tolist(), table["symbol"].tolist()):
+    for ens, sym in zip(ensembl_ids, symbols):
         ens = ens.upper()
         id2sym.setdefault(ens, []).append(sym)
         sym2id.setdefault(sym, []).append(ens)
         lst = sym2id_lower.setdefault(sym.lower(), [])
         if ens not in lst:
             lst.append(ens)
-    return _GeneTables(id2sym, sym2id, sym2id_lower)
+    return _GeneTable(id2sym, sym2id, sym2id_lower)
+
+
+@functools.lru_cache(maxsize=1)
+def _gene_tables() -> tuple[_GeneTable, ...]:
+    """Ensembl id <-> symbol dictionaries: GENCODE v44, org.Hs.eg.db, and their union (loaded once)."""
+    from genemamba_scvi.datasets import _gene_id_table_cached, _gene_id_tables_by_source
+
+    by_source = _gene_id_tables_by_source()
+    union = _gene_id_table_cached()
+    return (
+        _build_table(by_source["gencode"]["ensembl_id"], by_source["gencode"]["symbol"]),
+        _build_table(by_source["orghs"]["ensembl_id"], by_source["orghs"]["symbol"]),
+        _build_table(union["ensembl_id"], union["symbol"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -180,7 +198,8 @@ class GeneMatch:
             f"  after stripping version suffixes:  {c['version']:>8,}",
             f"  case-insensitively (symbols):      {c['case']:>8,}",
             f"  via symbol<->Ensembl mapping:      {c['mapped']:>8,}",
-            f"  dropped, not in vocabulary:        {n_missing:>8,}" + (f"  e.g. {_examples(missing)}" if missing else ""),
+            f"  dropped, not in vocabulary:        {n_missing:>8,}"
+            + (f"  e.g. {_examples(missing)}" if missing else ""),
             f"  dropped, duplicate of another gene:{n_dup:>8,}"
             + (f"  e.g. {_examples([f'{d}->{g} (kept {k})' for d, k, g in self.collisions])}" if n_dup else ""),
             f"vocabulary coverage: {n_hit:,} of {self.n_vocab_genes:,} vocabulary genes present in the data "
@@ -287,9 +306,21 @@ class GeneVocab:
         return [*SPECIAL_TOKENS, *self.genes]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
-        """Tokens of the given ids."""
+        """Tokens of the given ids.
+
+        Raises
+        ------
+        ValueError
+            For an id outside ``[0, len(vocab))`` (e.g. the -1 of an unmatched gene).
+        """
         toks = self.tokens
-        return [toks[int(i)] for i in ids]
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(toks):
+                raise ValueError(f"token id {i} is outside the vocabulary (0..{len(toks) - 1})")
+            out.append(toks[i])
+        return out
 
     # ------------------------------------------------------------- persistence
     def sha256(self) -> str:
@@ -388,7 +419,7 @@ class GeneVocab:
         return [i] if i >= 0 else []
 
     def _candidates(self, name: str, stage: int) -> list[int]:
-        """Candidate token ids of one name at one stage, best first."""
+        """Candidate token ids of one name at one internal stage (see ``_STAGE_METHOD``), best first."""
         if stage == 0:
             i = self._index.get(name)
             return [] if i is None else [i]
@@ -400,24 +431,27 @@ class GeneVocab:
                 return []
             i = self._by_lower.get(name.strip().lower(), -1)
             return [i] if i >= 0 else []
-        # stage 3: symbol <-> Ensembl id through the embedded tables, then one more hop.
-        tables = _gene_tables()
+        # stages 3-7: symbol <-> Ensembl id through the embedded tables (GENCODE before org.Hs.eg.db)
+        gencode, orghs, union = _gene_tables()
+        table = union if stage == 7 else (gencode, orghs)[(stage - 3) % 2]
+        any_case = stage in (5, 6)
         cands: list[int] = []
         if base is not None:
-            syms = tables.id2sym.get(base.removesuffix("_PAR_Y"), [])
-            for s in syms:
-                cands += self._symbol_candidates(s)
-            for s in syms:
-                for e in tables.sym2id.get(s, []):
-                    cands += self._id_candidates(e)
+            syms = table.id2sym.get(base.removesuffix("_PAR_Y"), [])
+            if stage == 7:  # id -> symbol -> other ids of that symbol
+                cands = [c for s in syms for e in table.sym2id.get(s, []) for c in self._id_candidates(e)]
+            elif any_case:
+                cands = [i for s in syms if (i := self._by_lower.get(s.lower(), -1)) >= 0]
+            else:
+                cands = [self._index[s] for s in syms if s in self._index]
         else:
             sym = name.strip()
-            ids = tables.sym2id.get(sym) or tables.sym2id_lower.get(sym.lower(), [])
-            for e in ids:
-                cands += self._id_candidates(e)
-            for e in ids:
-                for s in tables.id2sym.get(e, []):
-                    cands += self._symbol_candidates(s)
+            if stage == 7:  # symbol -> ids -> other symbols of those ids (renamed genes, aliases)
+                ids = table.sym2id.get(sym) or table.sym2id_lower.get(sym.lower(), [])
+                cands = [c for e in ids for s in table.id2sym.get(e, []) for c in self._symbol_candidates(s)]
+            else:
+                ids = table.sym2id_lower.get(sym.lower(), []) if any_case else table.sym2id.get(sym, [])
+                cands = [c for e in ids for c in self._id_candidates(e)]
         return list(dict.fromkeys(cands))
 
     def lookup(self, names: Iterable[Any]) -> np.ndarray:
@@ -433,7 +467,7 @@ class GeneVocab:
         for name in names:
             name = str(name)
             tok = -1
-            for stage in range(len(MATCH_METHODS)):
+            for stage in range(len(_STAGE_METHOD)):
                 cands = self._candidates(name, stage)
                 if cands:
                     tok = cands[0]
@@ -494,7 +528,7 @@ class GeneVocab:
         claimed: dict[int, int] = {}  # token id -> position of the var_name holding it
         collisions: list[tuple[str, str, str]] = []
         pending = list(range(n))
-        for stage in range(len(MATCH_METHODS)):
+        for stage, how in enumerate(_STAGE_METHOD):
             if not pending:
                 break
             stage_claims: dict[int, int] = {}
@@ -511,15 +545,15 @@ class GeneVocab:
                     continue
                 stage_claims[tok] = pos
                 token_ids[pos] = tok
-                method[pos] = stage
+                method[pos] = how
             if conflicts:
                 if on_collision == "raise":
                     shown = "; ".join(
-                        f"{names[a]!r} and {names[b]!r} -> {self.tokens[t]!r}" for a, b, t in conflicts[:5]
+                        f"{names[b]!r} and {names[a]!r} -> {self.tokens[t]!r}" for a, b, t in conflicts[:5]
                     )
                     raise ValueError(
                         f"{len(conflicts)} var_names map to a token already taken by another var_name "
-                        f"({MATCH_METHODS[stage]} match): {shown}. Remove or rename one of each pair, or pass "
+                        f"({MATCH_METHODS[how]} match): {shown}. Remove or rename one of each pair, or pass "
                         "on_collision='first' to keep the first"
                     )
                 collisions += [(names[a], names[b], self.tokens[t]) for a, b, t in conflicts]

@@ -48,7 +48,7 @@ def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooli
         return hidden[:, 0]
     if pooling != "mean":
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    batch, L, _ = hidden.shape
+    L = hidden.shape[1]
     if lengths is None:
         return hidden.mean(dim=1)
     mask = torch.arange(L, device=hidden.device).unsqueeze(0) < lengths.to(hidden.device).unsqueeze(1)

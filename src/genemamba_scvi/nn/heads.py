@@ -68,20 +68,20 @@ class ClassifierHead(nn.Module):
         Embedding width.
     n_classes
         Number of classes.
-    hidden_dim
+    hidden
         ``None``: ``Dropout -> Linear(d_in, n_classes)``. An int: ``Linear(d_in, hidden) -> GELU ->
         Dropout -> Linear(hidden, n_classes)`` (``n_hidden_layers`` hidden layers).
     dropout
         Dropout probability.
     n_hidden_layers
-        Hidden layers of the MLP (ignored without ``hidden_dim``).
+        Hidden layers of the MLP (ignored without ``hidden``).
     """
 
     def __init__(
         self,
         d_in: int,
         n_classes: int,
-        hidden_dim: int | None = None,
+        hidden: int | None = None,
         dropout: float = 0.1,
         n_hidden_layers: int = 1,
     ) -> None:
@@ -89,13 +89,13 @@ class ClassifierHead(nn.Module):
         self.d_in = d_in
         self.n_classes = n_classes
         layers: list[nn.Module] = []
-        if hidden_dim is None:
+        if hidden is None:
             layers += [nn.Dropout(dropout), nn.Linear(d_in, n_classes)]
         else:
             width = d_in
             for _ in range(max(1, n_hidden_layers)):
-                layers += [nn.Linear(width, hidden_dim), nn.GELU(), nn.Dropout(dropout)]
-                width = hidden_dim
+                layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
+                width = hidden
             layers.append(nn.Linear(width, n_classes))
         self.net = nn.Sequential(*layers)
 

@@ -80,7 +80,9 @@ def mask_tokens(
         # add one random candidate in cells with too few selections
         short = (selected.sum(1) < min_masked) & candidate.any(1)
         if short.any():
-            scores = torch.where(candidate & ~selected, rand(batch, L), torch.full_like(selected, -1.0, dtype=torch.float))
+            scores = torch.where(
+                candidate & ~selected, rand(batch, L), torch.full_like(selected, -1.0, dtype=torch.float)
+            )
             pick = scores.argmax(1)
             extra = torch.zeros_like(selected)
             extra[torch.arange(batch, device=device), pick] = True
@@ -163,7 +165,7 @@ def next_token_loss(
             "next-token prediction with a bidirectional encoder is a leak (each state already sees token t+1); "
             "use masked_lm_loss, or an encoder with bidirectional=False"
         )
-    batch, L = tokens.shape
+    L = tokens.shape[1]
     targets = tokens[:, 1:].long()
     valid = torch.arange(1, L, device=tokens.device).unsqueeze(0) < lengths.to(tokens.device).unsqueeze(1)
     labels = torch.where(valid, targets, torch.full_like(targets, IGNORE_INDEX))
@@ -275,7 +277,9 @@ class PathwayInfoNCE(nn.Module):
         self.max_token = int(flat.max()) + 1 if flat.numel() else 0
 
     def extra_repr(self) -> str:
-        return f"n_gene_sets={self.n_total_sets}, temperature={self.temperature}, n_sets={self.n_sets}, gamma={self.gamma}"
+        return (
+            f"n_gene_sets={self.n_total_sets}, temperature={self.temperature}, n_sets={self.n_sets}, gamma={self.gamma}"
+        )
 
     def forward(
         self,
@@ -306,6 +310,9 @@ class PathwayInfoNCE(nn.Module):
         token_ids = token_ids.to(device).long().reshape(-1)
         if token_ids.shape[0] != n_items:
             raise ValueError("token_ids must have one id per row of embeddings")
+        if self.set_genes.device != device:  # e.g. created after the model moved to the GPU
+            self.set_genes = self.set_genes.to(device)
+            self.set_owner = self.set_owner.to(device)
         zero = embeddings.sum() * 0.0
         if self.n_total_sets < 2 or n_items < 2:
             return zero

@@ -249,9 +249,7 @@ class Mamba2Mixer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
     def _split(self, zxbcdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return torch.split(
-            zxbcdt, [self.d_inner, self.d_inner + 2 * self.ngroups * self.d_state, self.nheads], dim=-1
-        )
+        return torch.split(zxbcdt, [self.d_inner, self.d_inner + 2 * self.ngroups * self.d_state, self.nheads], dim=-1)
 
     def _ssm_inputs(self, xBC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, L, _ = xBC.shape
@@ -269,7 +267,7 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = self._split(zxbcdt)
         xBC = causal_conv1d_torch(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, seq_idx, self.activation)
         x, B, C = self._ssm_inputs(xBC)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.double() if self.A_log.dtype == torch.float64 else self.A_log.float())
         y = ssd_chunked(
             x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, seq_idx=seq_idx
         )

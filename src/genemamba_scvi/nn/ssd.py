@@ -140,7 +140,9 @@ def resolve_backend(backend: str, device: torch.device | str | None = None) -> s
             )
         ops = load_mamba_ssm_ops()
         if ops["chunk_scan"] is None:
-            raise RuntimeError(f'backend="mamba_ssm" but mamba-ssm cannot be imported ({ops["error"]}); {INSTALL_HINT}.')
+            raise RuntimeError(
+                f'backend="mamba_ssm" but mamba-ssm cannot be imported ({ops["error"]}); {INSTALL_HINT}.'
+            )
         return "mamba_ssm"
     # auto
     if on_cuda and mamba_ssm_available():

@@ -1,0 +1,224 @@
+"""Token corpus: streamed build over several real .h5ad files, exactly-once, crash/resume, mismatch errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import anndata
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import genemamba_scvi.data.corpus as corpus_mod
+from genemamba_scvi.data.corpus import Manifest, TokenCorpus, build_corpus, resolve_inputs
+from genemamba_scvi.data.normalize import compute_gene_medians
+from genemamba_scvi.data.tokenize import rank_tokenize
+from genemamba_scvi.data.vocab import GeneVocab
+from genemamba_scvi.datasets import load_celltypist_sample, load_gene_id_table
+
+EMPTY_ROW = 50  # file 0 gets an all-zero cell inserted here
+
+
+def _ensembl_names(symbols) -> list[str]:
+    """Symbols -> Ensembl ids where the GENCODE/org.Hs.eg.db pair is one-to-one (else keep the symbol)."""
+    t = load_gene_id_table()
+    t = t[t["ensembl_id"].str.startswith("ENSG")]
+    n_ids = t.groupby("symbol")["ensembl_id"].nunique()
+    n_syms = t.groupby("ensembl_id")["symbol"].nunique()
+    t = t[t["symbol"].map(n_ids).eq(1) & t["ensembl_id"].map(n_syms).eq(1)].drop_duplicates("symbol")
+    mapping = dict(zip(t["symbol"], t["ensembl_id"]))
+    return [mapping.get(g, g) for g in symbols]
+
+
+@pytest.fixture(scope="module")
+def sample():
+    adata = load_celltypist_sample()
+    del adata.layers["counts"]
+    return adata
+
+
+@pytest.fixture(scope="module")
+def files(sample, tmp_path_factory):
+    """Three real files: symbols (+ one empty cell), permuted genes, Ensembl ids (+ a dense 'counts' layer)."""
+    d = tmp_path_factory.mktemp("h5ad")
+    a0 = sample[:200].copy()
+    X0 = sp.vstack([a0.X[:EMPTY_ROW], sp.csr_matrix((1, a0.n_vars), dtype=a0.X.dtype), a0.X[EMPTY_ROW:]]).tocsr()
+    a0 = anndata.AnnData(X0, var=a0.var.copy())
+    a1 = sample[200:400].copy()
+    a1 = a1[:, np.random.default_rng(1).permutation(a1.n_vars)].copy()
+    a2 = sample[400:].copy()
+    a2.var_names = _ensembl_names(a2.var_names)
+    paths = [d / "a_symbols.h5ad", d / "b_permuted.h5ad", d / "c_ensembl.h5ad"]
+    for a, p in zip((a0, a1, a2), paths):
+        a.write_h5ad(p)
+    return paths
+
+
+def _direct(paths, vocab: GeneVocab, medians: np.ndarray, max_genes: int) -> dict[tuple[int, int], tuple]:
+    """(file, row) -> tokens of every non-empty cell, tokenized in memory file by file."""
+    out = {}
+    for fi, p in enumerate(paths):
+        a = anndata.read_h5ad(p)
+        tok = vocab.match(list(a.var_names)).token_ids
+        col_med = np.where(tok >= 0, medians[np.clip(tok, 0, None)], np.nan)
+        tokens, lengths = rank_tokenize(sp.csr_matrix(a.X), tok, col_med, max_genes=max_genes)
+        for r in range(a.n_obs):
+            if lengths[r]:
+                out[(fi, r)] = tuple(tokens[r, : lengths[r]].tolist())
+    return out
+
+
+def _from_corpus(root) -> dict[tuple[int, int], tuple]:
+    c = TokenCorpus(root, verify=True)
+    cells = np.arange(c.n_cells)
+    fi, rows = c.cell_ids(cells)
+    tokens, lengths = c.get(cells, trim=False)
+    out = {}
+    for f, r, t, n in zip(fi.tolist(), rows.tolist(), tokens, lengths.tolist()):
+        assert (f, r) not in out, f"cell {(f, r)} appears twice"
+        assert not t[n:].any(), "padding must be zero"
+        out[(f, r)] = tuple(t[:n].astype(np.int64).tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the empty cell is reported by the medians pass
+        manifest = build_corpus(files, out, max_genes=256, shard_size=64, chunk_size=30, median_method="exact")
+    return out, manifest
+
+
+def test_every_cell_once_equal_to_direct_tokenization(files, corpus, sample):
+    out, manifest = corpus
+    assert manifest.is_complete
+    assert manifest.n_input_cells == 560 and manifest.n_rows == 560
+    assert manifest.n_empty == 1 and manifest.n_cells == 559
+    vocab = GeneVocab.from_json(out / "vocab.json")
+    assert vocab.genes == list(sample.var_names)  # default vocabulary: the first file's genes
+    medians = np.load(out / "gene_medians.npy")
+    # streamed exact medians over the three files (genes permuted / renamed) = medians of the original sample
+    np.testing.assert_allclose(medians[3:], compute_gene_medians(sample.X, method="exact"), rtol=1e-12, equal_nan=True)
+    expected = _direct(files, vocab, medians, 256)
+    got = _from_corpus(out)
+    assert len(expected) == 559
+    assert got == expected  # order-insensitive: same (file, row) keys, same tokens
+    assert (0, EMPTY_ROW) not in got
+    # uint16 storage, shards within files
+    c = TokenCorpus(out)
+    assert c._shard(0)[0].dtype == np.uint16
+    assert all(s["row_stop"] - s["row_start"] <= 64 for s in manifest.shards)
+    on_disk = Manifest.read(out)
+    assert on_disk.to_dict()["shards"] == manifest.to_dict()["shards"]
+    assert on_disk.config["vocab_sha256"] == vocab.sha256()
+
+
+def test_loader_view(corpus):
+    out, _ = corpus
+    c = TokenCorpus(out)
+    cells = np.array([558, 3, 200, 0])
+    tokens, lengths = c.get(cells)
+    assert tokens.shape == (4, int(lengths.max()))
+    np.testing.assert_array_equal(c.lengths_of(cells), lengths)
+    fi, rows = c.cell_ids(np.array([EMPTY_ROW - 1, EMPTY_ROW, 200]))
+    assert fi.tolist() == [0, 0, 1] and rows.tolist() == [EMPTY_ROW - 1, EMPTY_ROW + 1, 0]  # skips the empty row
+    with pytest.raises(IndexError):
+        c.get(np.array([559]))
+
+
+def test_crash_and_resume_exactly_once(files, corpus, tmp_path, monkeypatch):
+    ref_dir, ref = corpus
+    out = tmp_path / "c"
+    real = corpus_mod._write_shard
+    calls = {"n": 0}
+
+    def flaky(shard_dir, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die half-way through the third shard, leaving a partial temp file
+            (shard_dir / "tokens.npy").write_bytes(b"partial")
+            raise KeyboardInterrupt("simulated crash")
+        return real(shard_dir, *args, **kwargs)
+
+    monkeypatch.setattr(corpus_mod, "_write_shard", flaky)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(KeyboardInterrupt):
+            build_corpus(files, out, max_genes=256, shard_size=64, chunk_size=30, median_method="exact")
+    partial = Manifest.read(out)
+    assert partial.status == "building" and len(partial.shards) == 2
+    assert any(p.name.startswith(".tmp-") for p in (out / "shards").iterdir())
+    with pytest.raises(ValueError, match="incomplete"):
+        TokenCorpus(out)
+    # an unrecorded (renamed but not yet in the manifest) shard must be redone, not trusted
+    (out / "shards" / "shard_000005").mkdir()
+    (out / "shards" / "shard_000005" / "tokens.npy").write_bytes(b"junk")
+
+    monkeypatch.setattr(corpus_mod, "_write_shard", real)
+    manifest = build_corpus(files, out, max_genes=256, shard_size=64, chunk_size=30, median_method="exact")
+    assert manifest.is_complete and manifest.n_rows == 560
+    assert not any(p.name.startswith(".tmp-") for p in (out / "shards").iterdir())
+    assert [s["sha256"] for s in manifest.shards] == [s["sha256"] for s in ref.shards]
+    assert _from_corpus(out) == _from_corpus(ref_dir)
+    # re-running a complete corpus is a no-op
+    again = build_corpus(files, out, max_genes=256, shard_size=64, chunk_size=30, median_method="exact")
+    assert [s["sha256"] for s in again.shards] == [s["sha256"] for s in ref.shards]
+
+
+def test_manifest_mismatch_is_a_clear_error(files, corpus, sample):
+    out, _ = corpus
+    with pytest.raises(ValueError, match=r"max_genes: corpus has 256, this call gives 128"):
+        build_corpus(files, out, max_genes=128, shard_size=64, chunk_size=30, median_method="exact")
+    other = GeneVocab(list(sample.var_names[::-1]))
+    with pytest.raises(ValueError, match="vocab_sha256"):
+        build_corpus(files, out, vocab=other, max_genes=256, shard_size=64, median_method="exact")
+    with pytest.raises(ValueError, match="number of input files"):
+        build_corpus(files[:2], out, max_genes=256, shard_size=64, median_method="exact")
+    with pytest.raises(ValueError, match="shard_size"):
+        build_corpus(files, out, max_genes=256, shard_size=100, median_method="exact")
+    medians = np.load(out / "gene_medians.npy") * 2
+    with pytest.raises(ValueError, match="different gene_medians"):
+        build_corpus(files, out, max_genes=256, shard_size=64, gene_medians=medians)
+    with pytest.raises(ValueError, match="medians_source"):
+        build_corpus(files, out, max_genes=256, shard_size=64, median_method="tdigest")
+    assert Manifest.read(out).is_complete  # refused runs leave the corpus untouched
+
+
+def test_layer_dense_given_medians_and_cli(sample, tmp_path):
+    a = sample[:40].copy()
+    a.layers["counts"] = a.X.toarray()  # dense layer on disk
+    a.X = sp.csr_matrix(a.X.shape, dtype=np.float32)
+    p = tmp_path / "dense.h5ad"
+    a.write_h5ad(p)
+    vocab = GeneVocab(list(sample.var_names))
+    medians = np.full(len(vocab), np.nan)
+    medians[3:] = compute_gene_medians(sample.X, method="exact")
+    vocab.to_json(tmp_path / "vocab.json")
+    m = build_corpus(tmp_path, tmp_path / "c1", vocab=tmp_path / "vocab.json", layer="counts",
+                     gene_medians=medians, max_genes=64, add_cls=True)
+    assert m.config["medians_source"] == "given" and m.n_cells == 40
+    tokens, lengths = TokenCorpus(tmp_path / "c1").get(np.arange(40), trim=False)
+    ref_t, ref_l = rank_tokenize(sp.csr_matrix(a.layers["counts"]), vocab.match(list(a.var_names)).token_ids,
+                                 medians[3:], max_genes=64, add_cls=True)
+    np.testing.assert_array_equal(tokens, ref_t)
+    np.testing.assert_array_equal(lengths, ref_l)
+    with pytest.raises(ValueError, match="layer 'nope' not found"):
+        build_corpus(p, tmp_path / "c2", layer="nope")
+
+    from genemamba_scvi.cli import main
+
+    assert main(["build-corpus", str(p), "--out", str(tmp_path / "c3"), "--layer", "counts", "--max-genes", "32",
+                 "--chunk-size", "16"]) == 0
+    d = json.loads((tmp_path / "c3" / "manifest.json").read_text())
+    assert d["status"] == "complete" and d["n_cells"] == 40 and d["config"]["max_genes"] == 32
+
+
+def test_resolve_inputs_errors(files, tmp_path):
+    assert resolve_inputs(files[0].parent) == sorted(files)
+    with pytest.raises(FileNotFoundError):
+        resolve_inputs(tmp_path / "missing.h5ad")
+    with pytest.raises(FileNotFoundError, match="no .h5ad"):
+        resolve_inputs(tmp_path)
+    with pytest.raises(ValueError, match="more than once"):
+        resolve_inputs([files[0], files[0]])

@@ -1,0 +1,178 @@
+"""End-to-end tests of GeneMambaModel on the shipped real 559-cell sample (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+import torch
+
+from genemamba_scvi import GeneMambaModel
+from genemamba_scvi.datasets import load_celltypist_sample
+
+TINY = {"d_model": 32, "n_layers": 2, "max_genes": 128, "backend": "torch", "chunk_size": 32, "headdim": 16}
+TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 32}
+
+
+def _pseudo_labels(adata) -> pd.Series:
+    """Deterministic two-class labels from a real marker-free property: total counts above/below the median."""
+    totals = np.asarray(adata.layers["counts"].sum(axis=1)).ravel()
+    return pd.Series(np.where(totals > np.median(totals), "high_depth", "low_depth"), index=adata.obs_names)
+
+
+@pytest.fixture(scope="module")
+def small_adata():
+    adata = load_celltypist_sample()
+    adata = adata[:160].copy()
+    adata.obs["depth_class"] = _pseudo_labels(adata).astype("category")
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained(small_adata):
+    scvi.settings.seed = 0
+    adata = small_adata.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="depth_class")
+    model = GeneMambaModel(adata, **TINY)
+    model.train(max_epochs=2, gene_sets="kegg", gamma=0.1, **TRAIN)
+    model.train_classifier(max_epochs=3, **TRAIN)
+    return model, adata
+
+
+def test_latent_shape_and_obsm(trained):
+    model, adata = trained
+    z = model.get_latent_representation()
+    assert z.shape == (adata.n_obs, 32)
+    assert z.dtype == np.float32
+    assert np.isfinite(z).all()
+    adata.obsm["X_genemamba"] = z
+    assert adata.obsm["X_genemamba"].shape[0] == adata.n_obs
+    # Embeddings are not constant across cells.
+    assert z.std(axis=0).mean() > 1e-4
+
+
+def test_training_history_has_losses(trained):
+    model, _ = trained
+    hist = model.history
+    assert "train_loss" in hist
+    assert "lm_loss_train" in hist and "pathway_loss_train" in hist
+    assert np.isfinite(hist["train_loss"].astype(float).to_numpy()).all()
+
+
+def test_embedding_independent_of_batch_size_and_order(trained):
+    model, adata = trained
+    full = model.get_latent_representation(batch_size=64)
+    single = model.get_latent_representation(indices=[5, 3, 100], batch_size=1)
+    np.testing.assert_allclose(single, full[[5, 3, 100]], atol=1e-5)
+
+
+def test_predict_hard_and_soft(trained):
+    model, adata = trained
+    hard = model.predict()
+    assert hard.shape == (adata.n_obs,)
+    assert set(hard) <= {"high_depth", "low_depth"}
+    soft = model.predict(soft=True)
+    assert isinstance(soft, pd.DataFrame)
+    assert list(soft.columns) == ["high_depth", "low_depth"]
+    assert (soft.index == adata.obs_names).all()
+    np.testing.assert_allclose(soft.to_numpy().sum(axis=1), 1.0, atol=1e-5)
+    assert (soft.idxmax(axis=1).to_numpy() == hard).all()
+
+
+def test_gene_embeddings_frame(trained):
+    model, _ = trained
+    genes = model.get_gene_embeddings()
+    assert genes.shape == (len(model.vocab_.genes), 32)
+    assert genes.index[0] == model.vocab_.genes[0]
+
+
+def test_save_load_identical_embeddings(trained, tmp_path):
+    model, adata = trained
+    z = model.get_latent_representation()
+    probs = model.predict(soft=True)
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), z)
+    pd.testing.assert_frame_equal(loaded.predict(soft=True), probs)
+    np.testing.assert_array_equal(loaded.gene_medians_, model.gene_medians_)
+
+
+def test_save_refuses_existing_dir(trained, tmp_path):
+    model, _ = trained
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="m"):
+        model.save(target)
+    assert (target / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+
+
+def test_permuted_genes_same_embeddings(trained):
+    model, adata = trained
+    z = model.get_latent_representation()
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(adata.n_vars)
+    permuted = adata[:, perm].copy()
+    z_perm = model.get_latent_representation(permuted)
+    np.testing.assert_allclose(z_perm, z, atol=1e-6)
+
+
+def test_load_into_permuted_adata(trained, tmp_path):
+    model, adata = trained
+    z = model.get_latent_representation()
+    model.save(tmp_path / "m")
+    perm = np.random.default_rng(1).permutation(adata.n_vars)
+    other = adata[:, perm].copy()
+    del other.uns["_scvi_uuid"], other.uns["_scvi_manager_uuid"]
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=other)
+    np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)
+
+
+def test_load_mismatched_genes_fails(trained, tmp_path):
+    model, adata = trained
+    model.save(tmp_path / "m")
+    other = adata.copy()
+    other.var_names = [f"NOTAGENE{i}" for i in range(other.n_vars)]
+    del other.uns["_scvi_uuid"], other.uns["_scvi_manager_uuid"]
+    with pytest.raises(ValueError, match="(?i)overlap|match"):
+        GeneMambaModel.load(tmp_path / "m", adata=other)
+
+
+def test_same_seed_same_embeddings(small_adata):
+    outs = []
+    for _ in range(2):
+        scvi.settings.seed = 7
+        adata = small_adata[:64].copy()
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+        model = GeneMambaModel(adata, **TINY)
+        model.train(max_epochs=1, **TRAIN)
+        outs.append(model.get_latent_representation())
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_next_token_refused_for_bidirectional(small_adata):
+    adata = small_adata[:32].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    with pytest.raises(ValueError, match="leak"):
+        model.train(max_epochs=1, objective="next_token", **TRAIN)
+
+
+def test_unidirectional_next_token_trains(small_adata):
+    scvi.settings.seed = 0
+    adata = small_adata[:64].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, bidirectional=False, **TINY)
+    model.train(max_epochs=1, objective="next_token", **TRAIN)
+    assert np.isfinite(model.history["train_loss"].astype(float).to_numpy()).all()
+
+
+def test_cls_pooling_runs(small_adata):
+    adata = small_adata[:32].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, pooling="cls", **TINY)
+    z = model.get_latent_representation()
+    assert z.shape == (32, 32)
+    torch.testing.assert_close(torch.from_numpy(z[:4]), torch.from_numpy(model.get_latent_representation(indices=range(4))))

@@ -1,0 +1,120 @@
+"""Losses: BERT-style masking, masked-LM loss, pathway InfoNCE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genemamba_scvi.nn import PathwayInfoNCE, mask_tokens, masked_lm_loss, supervised_contrastive_loss
+
+
+def test_mask_tokens_never_masks_pads_or_specials_and_has_bert_rates():
+    g = torch.Generator().manual_seed(0)
+    V, B, L = 1000, 64, 256
+    tokens = torch.randint(3, V, (B, L), generator=g)
+    tokens[:, 0] = 1  # <cls>
+    lengths = torch.randint(0, L + 1, (B,), generator=g)
+    lengths[0] = 0
+    lengths[1:] = lengths[1:].clamp(min=1)
+    pad = torch.arange(L).unsqueeze(0) >= lengths.unsqueeze(1)
+    tokens[pad] = 0
+    inputs, labels = mask_tokens(tokens, lengths, mask_prob=0.15, vocab_size=V, generator=g)
+    sel = labels != -100
+    assert not sel[pad].any() and not sel[:, 0].any()
+    assert torch.equal(inputs[pad], tokens[pad]) and torch.all(inputs[1:, 0] == 1)
+    assert torch.equal(labels[sel], tokens[sel])
+    assert torch.equal(inputs[~sel], tokens[~sel])
+    n_cand = int((~pad).sum() - (lengths > 0).sum())
+    rate = sel.sum().item() / n_cand
+    assert 0.13 < rate < 0.17
+    frac_mask = (inputs[sel] == 2).float().mean().item()
+    frac_keep = (inputs[sel] == tokens[sel]).float().mean().item()
+    assert 0.77 < frac_mask < 0.83 and 0.08 < frac_keep < 0.13
+    replaced = sel & (inputs != 2) & (inputs != tokens)
+    assert replaced.any() and inputs[replaced].min() >= 3 and inputs[replaced].max() < V
+
+
+def test_mask_tokens_min_one_per_nonempty_cell_and_reproducible():
+    tokens = torch.randint(3, 50, (8, 4))
+    lengths = torch.tensor([4, 1, 2, 0, 4, 3, 1, 2])
+    tokens[torch.arange(4).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
+    a = mask_tokens(tokens, lengths, mask_prob=0.0, vocab_size=50, generator=torch.Generator().manual_seed(1))
+    b = mask_tokens(tokens, lengths, mask_prob=0.0, vocab_size=50, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    n_sel = (a[1] != -100).sum(1)
+    assert torch.equal(n_sel, (lengths > 0).long())
+
+
+def test_masked_lm_loss():
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    labels = torch.tensor([[-100, 4, -100], [1, -100, -100]])
+    ref = torch.nn.functional.cross_entropy(torch.stack([logits[0, 1], logits[1, 0]]), torch.tensor([4, 1]))
+    torch.testing.assert_close(masked_lm_loss(logits, labels), ref)
+    empty = masked_lm_loss(logits, torch.full((2, 3), -100))
+    assert empty.item() == 0.0
+    empty.backward()
+
+
+def _disjoint_sets(n_sets=8, size=5, offset=3):
+    return [torch.arange(offset + i * size, offset + (i + 1) * size) for i in range(n_sets)]
+
+
+def test_infonce_decreases_when_sets_pulled_together():
+    torch.manual_seed(0)
+    sets = _disjoint_sets()
+    V, d = 3 + 8 * 5, 16
+    emb = torch.randn(V, d)
+    loss_fn = PathwayInfoNCE(sets, temperature=0.1, n_sets=8)
+
+    def loss_of(e, seeds=range(10)):
+        return torch.stack([loss_fn(e, generator=torch.Generator().manual_seed(s)) for s in seeds]).mean()
+
+    before = loss_of(emb)
+    moved = emb.clone()
+    for s in sets:
+        centroid = emb[s].mean(0)
+        moved[s] = emb[s] + 0.7 * (centroid - emb[s])
+    after = loss_of(moved)
+    assert after < before - 0.1
+
+    param = torch.nn.Parameter(emb.clone())
+    opt = torch.optim.SGD([param], lr=0.5)
+    for step in range(30):
+        opt.zero_grad()
+        loss_fn(param, generator=torch.Generator().manual_seed(100 + step)).backward()
+        opt.step()
+    assert loss_of(param.detach()) < before - 0.1
+
+
+def test_infonce_contextual_mode_and_weight():
+    sets = _disjoint_sets(4, 3)
+    loss_fn = PathwayInfoNCE(sets, temperature=0.1, n_sets=4, gamma=0.1)
+    token_ids = torch.tensor([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 3, 3, 40, 41])
+    hidden = torch.randn(len(token_ids), 8, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    loss = loss_fn(hidden, token_ids, generator=g)
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert hidden.grad[14:].abs().sum() == 0  # tokens outside every set are never drawn
+    torch.testing.assert_close(
+        loss_fn.weighted(hidden, token_ids, generator=torch.Generator().manual_seed(0)), 0.1 * loss.detach()
+    )
+    # too few eligible sets -> zero with a gradient path
+    zero = loss_fn(hidden[:2], token_ids[:2])
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_supcon_equals_infonce_for_pairs():
+    torch.manual_seed(0)
+    z = torch.randn(6, 4)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    zn = torch.nn.functional.normalize(z, dim=-1)
+    sim = zn @ zn.T / 0.1
+    sim.fill_diagonal_(float("-inf"))
+    ref = torch.nn.functional.cross_entropy(sim, torch.tensor([1, 0, 3, 2, 5, 4]))
+    torch.testing.assert_close(supervised_contrastive_loss(z, labels, 0.1), ref)
+
+
+def test_infonce_rejects_bad_args():
+    with pytest.raises(ValueError):
+        PathwayInfoNCE(_disjoint_sets(), temperature=0.0)

@@ -1,0 +1,196 @@
+"""Pre-training from a token corpus: permutation, DDP sampler (exactly once), stateful resume, exact loss resume."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from genemamba_scvi.data.corpus import TokenCorpus, build_corpus
+from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
+from genemamba_scvi.datasets import resource_path
+from genemamba_scvi.pretrain import (
+    CorpusBatchSampler,
+    CorpusDataModule,
+    CorpusDataset,
+    FeistelPermutation,
+    StepLossHistory,
+    pretrain_from_corpus,
+)
+
+TINY = {"d_model": 32, "n_layers": 2, "headdim": 16, "chunk_size": 32, "backend": "torch"}
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain") / "corpus"
+    build_corpus(resource_path("celltypist_sample_559cells_counts.h5ad"), out, max_genes=64, shard_size=100,
+                 median_method="exact")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- permutation
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 559, 1000, 4097])
+def test_feistel_is_a_permutation(n):
+    p = FeistelPermutation(n, (0, 1))
+    img = p(np.arange(n))
+    assert sorted(img.tolist()) == list(range(n))
+    if n >= 64:
+        assert not np.array_equal(img, FeistelPermutation(n, (0, 2))(np.arange(n)))  # epochs differ
+        assert np.abs(np.corrcoef(np.arange(n), img)[0, 1]) < 4 / np.sqrt(n)  # shuffled like a random permutation
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize(("n", "batch"), [(559, 16), (559, 279), (560, 7), (5, 4), (1, 3)])
+def test_ddp_sampler_each_cell_once_per_epoch(world, n, batch):
+    samplers = [CorpusBatchSampler(n, batch, num_replicas=world, rank=r, seed=3) for r in range(world)]
+    assert len({len(s) for s in samplers}) == 1  # every rank runs the same number of steps
+    for epoch in (0, 1):
+        seen = []
+        for s in samplers:
+            s.set_epoch(epoch)
+            batches = list(s)
+            assert all(0 < b.size <= batch for b in batches[:-1])
+            seen.extend(np.concatenate(batches).tolist())
+        counts = np.bincount(seen, minlength=n)
+        last = n % (batch * world)
+        if last == 0 or last >= world:
+            assert (counts == 1).all()  # exactly once over all ranks
+        else:  # tail shorter than the world: at most world - 1 repeats, nothing lost
+            assert (counts >= 1).all() and counts.sum() - n <= world - 1
+    orders = []
+    for epoch in (0, 1):
+        samplers[0].set_epoch(epoch)
+        orders.append(np.concatenate(list(samplers[0])))
+    if n > 10:
+        assert not np.array_equal(orders[0], orders[1])
+
+
+def test_ddp_sampler_drop_last_and_no_shuffle():
+    s = [CorpusBatchSampler(559, 16, num_replicas=2, rank=r, drop_last=True) for r in range(2)]
+    cells = [np.concatenate(list(x)) for x in s]
+    assert len(s[0]) == 559 // 32 and all(c.size == 16 * len(s[0]) for c in cells)
+    assert len(set(cells[0].tolist()) | set(cells[1].tolist())) == 32 * (559 // 32)
+    plain = CorpusBatchSampler(10, 4, shuffle=False)
+    assert [b.tolist() for b in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_bucketing_keeps_each_cell_once_and_groups_lengths():
+    lengths = np.random.default_rng(0).integers(1, 2000, size=559)
+    samplers = [
+        CorpusBatchSampler(559, 16, num_replicas=2, rank=r, bucket_window=8, lengths_fn=lambda c: lengths[c])
+        for r in range(2)
+    ]
+    batches = [list(s) for s in samplers]
+    seen = np.concatenate([np.concatenate(b) for b in batches])
+    assert np.array_equal(np.sort(seen), np.arange(559))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches[0][:-1]])
+    plain = CorpusBatchSampler(559, 16, num_replicas=2, rank=0)
+    assert spread < 0.5 * np.mean([np.ptp(lengths[b]) for b in list(plain)[:-1]])
+
+
+def test_sampler_state_resumes_mid_epoch_and_across_world_sizes():
+    full = CorpusBatchSampler(559, 8, seed=5)
+    full.set_epoch(2)
+    ref = list(full)
+    s = CorpusBatchSampler(559, 8, seed=5)
+    s.set_epoch(2)
+    it = iter(s)
+    head = [next(it) for _ in range(10)]
+    state = s.state_dict()
+    assert state["epoch"] == 2 and state["cells_consumed"] == 80
+    resumed = CorpusBatchSampler(559, 8, seed=5)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)  # Lightning sets the (same) epoch again: the position is kept
+    rest = list(resumed)
+    assert all(np.array_equal(a, b) for a, b in zip(head + rest, ref)) and len(head + rest) == len(ref)
+    # the same position on 2 ranks of 4 cells each: the union continues the same global order
+    two = [CorpusBatchSampler(559, 4, num_replicas=2, rank=r, seed=5) for r in range(2)]
+    for t in two:
+        t.load_state_dict(state)
+    nxt = np.concatenate([next(iter(t)) for t in two])
+    assert np.array_equal(nxt, ref[10])
+    # end of epoch -> next epoch from its start
+    done = dict(state, cells_consumed=559)
+    resumed.load_state_dict(done)
+    assert resumed.epoch == 3 and resumed._start_step == 0
+    with pytest.raises(ValueError, match="seed"):
+        CorpusBatchSampler(559, 8, seed=6).load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_dataset_batches(corpus_dir):
+    ds = CorpusDataset(corpus_dir)
+    assert len(ds) == 559
+    batch = ds[np.array([5, 1, 300])]
+    assert set(batch) == {TOKENS_KEY, LENGTHS_KEY, "ind_x"}
+    assert batch["ind_x"].tolist() == [5, 1, 300]
+    assert batch[TOKENS_KEY].dtype == torch.long and batch[LENGTHS_KEY].dtype == torch.long
+    assert batch[TOKENS_KEY].shape == (3, int(batch[LENGTHS_KEY].max()))
+    tok, _ = TokenCorpus(corpus_dir).get(np.array([1]))
+    assert torch.equal(batch[TOKENS_KEY][1, : tok.shape[1]], torch.from_numpy(tok[0].astype(np.int64)))
+    dm = CorpusDataModule(corpus_dir, batch_size=100)
+    loader = dm.train_dataloader()
+    cells = np.concatenate([b["ind_x"].numpy() for b in loader])
+    assert np.array_equal(np.sort(cells), np.arange(559)) and len(loader) == 6
+
+
+# ---------------------------------------------------------------------------------------------- exact resume
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one intra-op thread (and do not suffer from a busy shared CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _CrashAt(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def _train(corpus_dir, **kwargs):
+    history = StepLossHistory()
+    callbacks = [history, *kwargs.pop("callbacks", [])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pretrain_from_corpus(
+            corpus_dir, **TINY, max_steps=6, lr=3e-3, seed=11, callbacks=callbacks, enable_progress_bar=False,
+            accelerator="cpu", enable_model_summary=False, **kwargs
+        )
+    return history, result
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "accumulate", "every", "crash_at"),
+    [(160, 1, 3, 3), (64, 2, 2, 4)],  # 4 batches/epoch: resume crosses an epoch; and gradient accumulation
+)
+def test_resume_reproduces_uninterrupted_losses(
+    corpus_dir, tmp_path, one_thread, batch_size, accumulate, every, crash_at
+):
+    common = {"batch_size": batch_size, "accumulate_grad_batches": accumulate}
+    ref, ref_result = _train(corpus_dir, **common)
+    assert ref_result.trainer.global_step == 6
+    ckpt_dir = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(corpus_dir, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=every, callbacks=[_CrashAt(crash_at)],
+               **common)
+    ckpt = ckpt_dir / f"step{crash_at:09d}.ckpt"
+    assert ckpt.is_file() and (ckpt_dir / "last.ckpt").is_file()
+    resumed, result = _train(corpus_dir, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=every, ckpt_path=ckpt,
+                             **common)
+    n_done = next(i for i, r in enumerate(ref.records) if r["step"] > crash_at)
+    assert [r["step"] for r in resumed.records] == [r["step"] for r in ref.records[n_done:]]
+    np.testing.assert_allclose(resumed.losses, ref.losses[n_done:], rtol=0, atol=1e-6)
+    for a, b in zip(result.module.state_dict().values(), ref_result.module.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert result.vocab.genes and result.gene_medians.shape == (len(result.vocab),)
