@@ -67,8 +67,13 @@ def _machine() -> dict:
 
     from genemamba_scvi import __version__
 
-    info.update(numpy=np.__version__, scipy=scipy.__version__, anndata=anndata.__version__, h5py=h5py.__version__,
-                genemamba_scvi=__version__)
+    info.update(
+        numpy=np.__version__,
+        scipy=scipy.__version__,
+        anndata=anndata.__version__,
+        h5py=h5py.__version__,
+        genemamba_scvi=__version__,
+    )
     return info
 
 
@@ -123,8 +128,13 @@ def synthesize(workdir: Path, target_bytes: int, n_files: int, chunk_cells: int,
         n_cells_total += n_cells
         csr_bytes_total += nbytes
         print(f"[gen] {path.name}: {n_cells} cells, {nbytes / MB:.0f} MB CSR", flush=True)
-    return {"files": files, "cells": n_cells_total, "csr_bytes": csr_bytes_total,
-            "file_bytes": sum(f["file_bytes"] for f in files), "seconds": time.perf_counter() - t0}
+    return {
+        "files": files,
+        "cells": n_cells_total,
+        "csr_bytes": csr_bytes_total,
+        "file_bytes": sum(f["file_bytes"] for f in files),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- build (child)
@@ -189,12 +199,15 @@ def _summarise_phase(samples: list, phase: str, n_cells: int) -> dict:
     if not pts:
         return {}
     t_start, t_end = pts[0][0], pts[-1][0]
-    out = {"seconds": round(t_end - t_start, 2), "cells_per_s": round(n_cells / max(t_end - t_start, 1e-9), 1),
-           "peak_rss_mb": round(max(r for _, _, r in pts) / 1024, 1)}
+    out = {
+        "seconds": round(t_end - t_start, 2),
+        "cells_per_s": round(n_cells / max(t_end - t_start, 1e-9), 1),
+        "peak_rss_mb": round(max(r for _, _, r in pts) / 1024, 1),
+    }
     c0 = pts[0][1]
     for q in (0.1, 0.5, 0.9):
         target = c0 + q * (n_cells)
-        t, c, r = next((p for p in pts if p[1] >= target), pts[-1])
+        t, _, r = next((p for p in pts if p[1] >= target), pts[-1])
         window = [rr for tt, _, rr in pts if abs(tt - t) <= 0.5]
         out[f"rss_mb_at_{int(q * 100)}pct"] = round(r / 1024, 1)
         out[f"rss_mb_max_near_{int(q * 100)}pct"] = round(max(window) / 1024, 1)
@@ -232,9 +245,23 @@ def main() -> None:
     print(f"[gen] {gen['cells']} cells, {gen['csr_bytes'] / MB:.0f} MB CSR in {gen['seconds']:.0f} s", flush=True)
 
     trace_path = workdir / "trace.json"
-    cmd = [sys.executable, __file__, "--_child", "--inputs", *[f["path"] for f in gen["files"]],
-           "--out-dir", str(workdir / "corpus"), "--trace", str(trace_path), "--max-genes", str(args.max_genes),
-           "--chunk-size", str(args.chunk_size), "--shard-size", str(args.shard_size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_child",
+        "--inputs",
+        *[f["path"] for f in gen["files"]],
+        "--out-dir",
+        str(workdir / "corpus"),
+        "--trace",
+        str(trace_path),
+        "--max-genes",
+        str(args.max_genes),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--shard-size",
+        str(args.shard_size),
+    ]
     subprocess.run(cmd, check=True)
     trace = json.loads(trace_path.read_text())
     samples = trace["samples"]
@@ -246,23 +273,37 @@ def main() -> None:
     result = {
         "benchmark": "corpus_memory",
         "what": "build_corpus (t-digest medians pass + tokenize pass) over synthetic .h5ad files of resampled real "
-                "cells (celltypist sample, binomially down-sampled); RSS of the build process sampled every 20 ms",
-        "settings": {"budget_mb": args.budget_mb, "factor_requested": args.factor, "n_files": args.n_files,
-                     "chunk_size": args.chunk_size, "shard_size": args.shard_size, "max_genes": args.max_genes,
-                     "median_method": "tdigest"},
-        "input": {"cells": n, "csr_bytes": gen["csr_bytes"], "file_bytes": gen["file_bytes"],
-                  "csr_mb": round(gen["csr_bytes"] / MB, 1),
-                  "input_over_budget": round(gen["csr_bytes"] / (args.budget_mb * MB), 2)},
+        "cells (celltypist sample, binomially down-sampled); RSS of the build process sampled every 20 ms",
+        "settings": {
+            "budget_mb": args.budget_mb,
+            "factor_requested": args.factor,
+            "n_files": args.n_files,
+            "chunk_size": args.chunk_size,
+            "shard_size": args.shard_size,
+            "max_genes": args.max_genes,
+            "median_method": "tdigest",
+        },
+        "input": {
+            "cells": n,
+            "csr_bytes": gen["csr_bytes"],
+            "file_bytes": gen["file_bytes"],
+            "csr_mb": round(gen["csr_bytes"] / MB, 1),
+            "input_over_budget": round(gen["csr_bytes"] / (args.budget_mb * MB), 2),
+        },
         "output": {"rows": trace["n_rows"], "shards": trace["n_shards"], "bytes": corpus_bytes},
-        "rss": {"baseline_after_imports_mb": round(baseline, 1), "peak_mb": round(peak, 1),
-                "peak_growth_mb": round(peak - baseline, 1),
-                "within_budget": bool(peak <= args.budget_mb)},
+        "rss": {
+            "baseline_after_imports_mb": round(baseline, 1),
+            "peak_mb": round(peak, 1),
+            "peak_growth_mb": round(peak - baseline, 1),
+            "within_budget": bool(peak <= args.budget_mb),
+        },
         "medians_pass": _summarise_phase(samples, "gene medians", n),
         "tokenize_pass": _summarise_phase(samples, "tokenize", n),
         "total_seconds": round(trace["seconds"], 1),
         "cells_per_s_overall": round(n / trace["seconds"], 1),
-        "rss_timeline": [{"t": round(t, 2), "phase": p, "cells": c, "rss_mb": round(r / 1024, 1)}
-                         for t, p, c, r in samples[::step]],
+        "rss_timeline": [
+            {"t": round(t, 2), "phase": p, "cells": c, "rss_mb": round(r / 1024, 1)} for t, p, c, r in samples[::step]
+        ],
         "machine": _machine(),
     }
     out = Path(args.out)

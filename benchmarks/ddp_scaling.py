@@ -91,25 +91,44 @@ def train(args: argparse.Namespace) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.steps.append({
-                "step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
-                "seconds": time.perf_counter() - self._t, "tokens": int(batch["lengths"].sum()),
-                "cells": int(batch["lengths"].numel()), "loss": float(outputs["loss"].detach().float().cpu()),
-            })
+            self.steps.append(
+                {
+                    "step": int(trainer.global_step),
+                    "epoch": int(trainer.current_epoch),
+                    "seconds": time.perf_counter() - self._t,
+                    "tokens": int(batch["lengths"].sum()),
+                    "cells": int(batch["lengths"].numel()),
+                    "loss": float(outputs["loss"].detach().float().cpu()),
+                }
+            )
 
     rec = Recorder()
     t0 = time.perf_counter()
     res = pretrain_from_corpus(
-        args.corpus, d_model=args.d_model, n_layers=args.n_layers, backend=args.backend,
-        max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=0,
-        accelerator=args.accelerator, devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
+        args.corpus,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        backend=args.backend,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=0,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
         precision="bf16-mixed" if args.accelerator == "gpu" else "32-true",
-        callbacks=[rec], enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[rec],
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     rank = res.trainer.global_rank
     out = {
-        "rank": rank, "world_size": res.trainer.world_size, "wall_seconds": time.perf_counter() - t0,
-        "backend": res.module.encoder.backend, "steps": rec.steps, "cells_epoch0": rec.cells_epoch0,
+        "rank": rank,
+        "world_size": res.trainer.world_size,
+        "wall_seconds": time.perf_counter() - t0,
+        "backend": res.module.encoder.resolved_backend(next(res.module.parameters()).device),
+        "steps": rec.steps,
+        "cells_epoch0": rec.cells_epoch0,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
         "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
     }
@@ -140,9 +159,13 @@ def summarise(rank_files: list[Path], warmup: int, n_cells: int, steps_per_epoch
         "median_step_seconds": sorted(step_time[timed])[len(step_time[timed]) // 2],
         "loss_rank0": [s["loss"] for s in ranks[0]["steps"]],
         "loss_mean_over_ranks": [sum(r["steps"][i]["loss"] for r in ranks) / len(ranks) for i in range(n)],
-        "epoch0": {"cells": n_cells, "distinct_seen": len(counts), "max_times_seen": max(counts.values()),
-                   "complete_epoch": n >= steps_per_epoch,
-                   "each_cell_once": len(counts) == n_cells and max(counts.values()) == 1},
+        "epoch0": {
+            "cells": n_cells,
+            "distinct_seen": len(counts),
+            "max_times_seen": max(counts.values()),
+            "complete_epoch": n >= steps_per_epoch,
+            "each_cell_once": len(counts) == n_cells and max(counts.values()) == 1,
+        },
     }
 
 
@@ -183,15 +206,39 @@ def main() -> None:
         stem = workdir / f"run_d{devices}"
         for old in workdir.glob(f"run_d{devices}.rank*.json"):
             old.unlink()
-        cmd = [sys.executable, os.path.abspath(__file__), "--_train", "--corpus", str(corpus), "--devices", str(devices),
-               "--rank-out", str(stem), "--accelerator", args.accelerator, "--d-model", str(args.d_model),
-               "--n-layers", str(args.n_layers), "--backend", args.backend, "--batch-size", str(args.batch_size),
-               "--steps", str(args.steps), "--lr", str(args.lr), "--max-genes", str(args.max_genes)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--_train",
+            "--corpus",
+            str(corpus),
+            "--devices",
+            str(devices),
+            "--rank-out",
+            str(stem),
+            "--accelerator",
+            args.accelerator,
+            "--d-model",
+            str(args.d_model),
+            "--n-layers",
+            str(args.n_layers),
+            "--backend",
+            args.backend,
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--lr",
+            str(args.lr),
+            "--max-genes",
+            str(args.max_genes),
+        ]
         print("[run]", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         steps_per_epoch = -(-n_cells // (args.batch_size * devices))
-        results[str(devices)] = summarise(list(workdir.glob(f"run_d{devices}.rank*.json")), args.warmup, n_cells,
-                                          steps_per_epoch)
+        results[str(devices)] = summarise(
+            list(workdir.glob(f"run_d{devices}.rank*.json")), args.warmup, n_cells, steps_per_epoch
+        )
         print(json.dumps({k: v for k, v in results[str(devices)].items() if not k.startswith("loss")}), flush=True)
     if "1" in results and "2" in results:
         speedup = results["2"]["tokens_per_s"] / results["1"]["tokens_per_s"]
@@ -200,15 +247,32 @@ def main() -> None:
 
     out = {
         "benchmark": "ddp_scaling",
-        "settings": {k: getattr(args, k) for k in ("accelerator", "copies", "max_genes", "d_model", "n_layers",
-                                                   "backend", "batch_size", "steps", "warmup", "lr")},
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "accelerator",
+                "copies",
+                "max_genes",
+                "d_model",
+                "n_layers",
+                "backend",
+                "batch_size",
+                "steps",
+                "warmup",
+                "lr",
+            )
+        },
         "precision": "bf16-mixed" if args.accelerator == "gpu" else "32-true",
         "strategy": "ddp (NCCL on GPU, gloo on CPU)",
         "corpus_cells": n_cells,
         "corpus_build_seconds": build_seconds,
         "results": results,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "cuda_devices": torch.cuda.device_count(), "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE")},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda_devices": torch.cuda.device_count(),
+            "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE"),
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -8,7 +8,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 project = "genemamba-scvi"
 author = "genemamba-scvi developers"
-copyright = "2026, genemamba-scvi developers"  # noqa: A001
+copyright = "2026, genemamba-scvi developers"
 
 extensions = [
     "myst_nb",

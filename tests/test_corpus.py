@@ -195,12 +195,24 @@ def test_layer_dense_given_medians_and_cli(sample, tmp_path):
     medians = np.full(len(vocab), np.nan)
     medians[3:] = compute_gene_medians(sample.X, method="exact")
     vocab.to_json(tmp_path / "vocab.json")
-    m = build_corpus(tmp_path, tmp_path / "c1", vocab=tmp_path / "vocab.json", layer="counts",
-                     gene_medians=medians, max_genes=64, add_cls=True)
+    m = build_corpus(
+        tmp_path,
+        tmp_path / "c1",
+        vocab=tmp_path / "vocab.json",
+        layer="counts",
+        gene_medians=medians,
+        max_genes=64,
+        add_cls=True,
+    )
     assert m.config["medians_source"] == "given" and m.n_cells == 40
     tokens, lengths = TokenCorpus(tmp_path / "c1").get(np.arange(40), trim=False)
-    ref_t, ref_l = rank_tokenize(sp.csr_matrix(a.layers["counts"]), vocab.match(list(a.var_names)).token_ids,
-                                 medians[3:], max_genes=64, add_cls=True)
+    ref_t, ref_l = rank_tokenize(
+        sp.csr_matrix(a.layers["counts"]),
+        vocab.match(list(a.var_names)).token_ids,
+        medians[3:],
+        max_genes=64,
+        add_cls=True,
+    )
     np.testing.assert_array_equal(tokens, ref_t)
     np.testing.assert_array_equal(lengths, ref_l)
     with pytest.raises(ValueError, match="layer 'nope' not found"):
@@ -208,8 +220,23 @@ def test_layer_dense_given_medians_and_cli(sample, tmp_path):
 
     from genemamba_scvi.cli import main
 
-    assert main(["build-corpus", str(p), "--out", str(tmp_path / "c3"), "--layer", "counts", "--max-genes", "32",
-                 "--chunk-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "build-corpus",
+                str(p),
+                "--out",
+                str(tmp_path / "c3"),
+                "--layer",
+                "counts",
+                "--max-genes",
+                "32",
+                "--chunk-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     d = json.loads((tmp_path / "c3" / "manifest.json").read_text())
     assert d["status"] == "complete" and d["n_cells"] == 40 and d["config"]["max_genes"] == 32
 
@@ -218,7 +245,7 @@ def test_resolve_inputs_errors(files, tmp_path):
     assert resolve_inputs(files[0].parent) == sorted(files)
     with pytest.raises(FileNotFoundError):
         resolve_inputs(tmp_path / "missing.h5ad")
-    with pytest.raises(FileNotFoundError, match="no .h5ad"):
+    with pytest.raises(FileNotFoundError, match=r"no \.h5ad"):
         resolve_inputs(tmp_path)
     with pytest.raises(ValueError, match="more than once"):
         resolve_inputs([files[0], files[0]])

@@ -61,7 +61,7 @@ def test_training_history_has_losses(trained):
 
 
 def test_embedding_independent_of_batch_size_and_order(trained):
-    model, adata = trained
+    model, _ = trained
     full = model.get_latent_representation(batch_size=64)
     single = model.get_latent_representation(indices=[5, 3, 100], batch_size=1)
     np.testing.assert_allclose(single, full[[5, 3, 100]], atol=1e-5)
@@ -136,7 +136,7 @@ def test_load_mismatched_genes_fails(trained, tmp_path):
     other = adata.copy()
     other.var_names = [f"NOTAGENE{i}" for i in range(other.n_vars)]
     del other.uns["_scvi_uuid"], other.uns["_scvi_manager_uuid"]
-    with pytest.raises(ValueError, match="(?i)overlap|match"):
+    with pytest.raises(ValueError, match=r"(?i)overlap|match"):
         GeneMambaModel.load(tmp_path / "m", adata=other)
 
 
@@ -175,4 +175,5 @@ def test_cls_pooling_runs(small_adata):
     model = GeneMambaModel(adata, pooling="cls", **TINY)
     z = model.get_latent_representation()
     assert z.shape == (32, 32)
-    torch.testing.assert_close(torch.from_numpy(z[:4]), torch.from_numpy(model.get_latent_representation(indices=range(4))))
+    z4 = model.get_latent_representation(indices=range(4))
+    torch.testing.assert_close(torch.from_numpy(z[:4]), torch.from_numpy(z4))

@@ -27,8 +27,13 @@ TINY = {"d_model": 32, "n_layers": 2, "headdim": 16, "chunk_size": 32, "backend"
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "corpus"
-    build_corpus(resource_path("celltypist_sample_559cells_counts.h5ad"), out, max_genes=64, shard_size=100,
-                 median_method="exact")
+    build_corpus(
+        resource_path("celltypist_sample_559cells_counts.h5ad"),
+        out,
+        max_genes=64,
+        shard_size=100,
+        median_method="exact",
+    )
     return out
 
 
@@ -164,8 +169,16 @@ def _train(corpus_dir, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = pretrain_from_corpus(
-            corpus_dir, **TINY, max_steps=6, lr=3e-3, seed=11, callbacks=callbacks, enable_progress_bar=False,
-            accelerator="cpu", enable_model_summary=False, **kwargs
+            corpus_dir,
+            **TINY,
+            max_steps=6,
+            lr=3e-3,
+            seed=11,
+            callbacks=callbacks,
+            enable_progress_bar=False,
+            accelerator="cpu",
+            enable_model_summary=False,
+            **kwargs,
         )
     return history, result
 
@@ -182,12 +195,18 @@ def test_resume_reproduces_uninterrupted_losses(
     assert ref_result.trainer.global_step == 6
     ckpt_dir = tmp_path / "ckpt"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _train(corpus_dir, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=every, callbacks=[_CrashAt(crash_at)],
-               **common)
+        _train(
+            corpus_dir,
+            checkpoint_dir=ckpt_dir,
+            checkpoint_every_n_steps=every,
+            callbacks=[_CrashAt(crash_at)],
+            **common,
+        )
     ckpt = ckpt_dir / f"step{crash_at:09d}.ckpt"
     assert ckpt.is_file() and (ckpt_dir / "last.ckpt").is_file()
-    resumed, result = _train(corpus_dir, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=every, ckpt_path=ckpt,
-                             **common)
+    resumed, result = _train(
+        corpus_dir, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=every, ckpt_path=ckpt, **common
+    )
     n_done = next(i for i, r in enumerate(ref.records) if r["step"] > crash_at)
     assert [r["step"] for r in resumed.records] == [r["step"] for r in ref.records[n_done:]]
     np.testing.assert_allclose(resumed.losses, ref.losses[n_done:], rtol=0, atol=1e-6)

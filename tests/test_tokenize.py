@@ -222,3 +222,21 @@ def test_duplicated_entries_are_summed():
     np.testing.assert_array_equal(tokens, [[4, 3, 0]])
     np.testing.assert_array_equal(lengths, [2])
     assert X.nnz == 3  # input untouched
+
+
+def test_speed_benchmark_runs_small(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tokenize_speed.py"
+    if not script.is_file():
+        pytest.skip("benchmarks/ not available")
+    spec = importlib.util.spec_from_file_location("tokenize_speed", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "speed.json"
+    result = module.main(["--out", str(out), "--n-cells", "300", "--n-genes", "12000", "--n-baseline", "40"])
+    assert json.loads(out.read_text()) == result
+    assert result["data"]["n_cells"] == 300 and result["data"]["n_genes"] == 12000
+    assert result["baseline"]["matches_python_reference"] and result["baseline"]["matches_numpy_per_cell_loop"]

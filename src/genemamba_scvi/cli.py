@@ -95,8 +95,10 @@ def _demo(args: argparse.Namespace) -> int:
         "seconds": time.perf_counter() - t0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"[done] wrote {out}/demo_adata.h5ad (obsm['X_genemamba']), umap_genemamba.png, model/, summary.json "
-          f"in {summary['seconds']:.0f} s")
+    print(
+        f"[done] wrote {out}/demo_adata.h5ad (obsm['X_genemamba']), umap_genemamba.png, model/, summary.json "
+        f"in {summary['seconds']:.0f} s"
+    )
     return 0
 
 

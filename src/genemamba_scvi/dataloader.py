@@ -179,5 +179,5 @@ class TokenDataSplitter(DataSplitter):
 
     data_loader_cls = TokenDataLoader
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:  # noqa: D102
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         return batch

@@ -14,12 +14,13 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from lightning.pytorch.callbacks import ModelCheckpoint
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass
-from scvi.train import TrainRunner
+from scvi.train import SaveCheckpoint, TrainRunner
 
 from genemamba_scvi import __version__
 from genemamba_scvi.data.gene_sets import gene_sets_to_token_ids, read_gmt
@@ -72,6 +73,33 @@ def _count_matrix(adata: AnnData, layer: str | None) -> Any:
     return adata.layers[layer]
 
 
+class _ResumableCheckpoint(SaveCheckpoint):
+    """Plain Lightning checkpoints (weights, optimizer, scheduler, loop state) for ``train(ckpt_path=...)``.
+
+    Subclasses scvi-tools' :class:`~scvi.train.SaveCheckpoint` only so that scvi's Trainer recognises a
+    checkpoint callback and does not add its own; unlike it, this writes Lightning ``.ckpt`` files
+    (``last.ckpt`` refreshed at every save) rather than full model directories.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None):
+        super().__init__(
+            dirpath=dirpath,
+            filename="{epoch}-{step}",
+            monitor=None,
+            save_top_k=-1 if every_n_train_steps else 1,
+            every_n_train_steps=every_n_train_steps,
+        )
+        self.save_last = True  # SaveCheckpoint drops save_last from its kwargs; we want last.ckpt
+
+    # Lightning's own behaviour everywhere scvi's SaveCheckpoint would write model dirs instead.
+    on_save_checkpoint = ModelCheckpoint.on_save_checkpoint
+    on_train_batch_end = ModelCheckpoint.on_train_batch_end
+    on_train_end = ModelCheckpoint.on_train_end
+    on_exception = ModelCheckpoint.on_exception
+    _update_best_and_save = ModelCheckpoint._update_best_and_save
+    _remove_checkpoint = ModelCheckpoint._remove_checkpoint
+
+
 def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
     """Raise a clear ValueError for anything GeneMamba cannot tokenize."""
     where = "adata.X" if layer is None else f"layer {layer!r}"
@@ -83,8 +111,6 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
             "token corpus out of core with genemamba_scvi.data.build_corpus for pre-training."
         )
     X = _count_matrix(adata, layer)
-    if sp.issparse(X) and X.format == "coo":
-        raise ValueError(f"{where} is a COO sparse matrix; convert it with .tocsr() first.")
     validate_counts(X, where)
     totals = np.asarray(X.sum(axis=1)).ravel()
     n_empty = int((totals == 0).sum())
@@ -279,6 +305,27 @@ class GeneMambaModel(BaseModelClass):
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
+        """Register a new AnnData by re-running :meth:`setup_anndata` with the model's arguments.
+
+        scvi-tools would *transfer* the registry, which demands the same number and order of genes.
+        GeneMamba matches genes by id through its vocabulary instead, so a query AnnData may hold its
+        genes in any order, miss some, or carry genes the model never saw (ignored with a warning).
+        """
+        if adata is None or self.get_anndata_manager(adata) is not None:
+            return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+        if adata.is_view:
+            if not copy_if_view:
+                raise ValueError("adata is a view; pass a copy (adata.copy()).")
+            adata._init_as_actual(adata.copy())
+        args = {k: v for k, v in self.adata_manager.registry["setup_args"].items()}
+        for key in ("batch_key", "labels_key"):
+            if args.get(key) is not None and args[key] not in adata.obs:
+                args[key] = None  # query data need not carry batches or labels
+        type(self).setup_anndata(adata, **args)
+        self._register_manager_for_instance(self._get_most_recent_anndata_manager(adata, required=True))
+        return adata
+
     def _setup_arg(self, name: str) -> Any:
         return self.adata_manager.registry["setup_args"].get(name)
 
@@ -378,17 +425,7 @@ class GeneMambaModel(BaseModelClass):
         plan = self._training_plan_cls(self.module, lr=lr, **(plan_kwargs or {}))
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if checkpoint_dir is not None:
-            from lightning.pytorch.callbacks import ModelCheckpoint
-
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=str(checkpoint_dir),
-                    save_last=True,
-                    save_top_k=-1 if checkpoint_every_n_steps else 1,
-                    every_n_train_steps=checkpoint_every_n_steps,
-                    filename="{epoch}-{step}",
-                )
-            )
+            callbacks.append(_ResumableCheckpoint(str(checkpoint_dir), checkpoint_every_n_steps))
         self.module.train()  # Lightning keeps each submodule's mode; a previous inference left them in eval
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
@@ -717,8 +754,9 @@ class GeneMambaModel(BaseModelClass):
         ValueError
             Tampered or truncated files (checksums), or genes that do not match the vocabulary.
         """
-        from genemamba_scvi.io import read_checkpoint
         from scvi.model._utils import parse_device_args
+
+        from genemamba_scvi.io import read_checkpoint
 
         if prefix:
             dir_path = Path(dir_path) / f"{prefix}model"

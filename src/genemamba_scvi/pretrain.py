@@ -402,7 +402,7 @@ class CorpusDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.corpus: TokenCorpus | None = None
 
-    def setup(self, stage: str | None = None) -> None:  # noqa: D102
+    def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:
             self.corpus = TokenCorpus(self.corpus_dir)
 
@@ -422,7 +422,7 @@ class CorpusDataModule(pl.LightningDataModule):
             lengths_fn=self.corpus.lengths_of,
         )
 
-    def train_dataloader(self) -> CorpusDataLoader:  # noqa: D102
+    def train_dataloader(self) -> CorpusDataLoader:
         self.setup()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -464,10 +464,22 @@ class CorpusTrainingPlan(GeneMambaTrainingPlan):
         super().__init__(module, **kwargs)
         self.mask_seed = int(mask_seed)
 
-    def training_step(self, batch, batch_idx):  # noqa: D102
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
+        # scvi-tools runs this under torch.inference_mode(), so the epoch-level results Lightning creates for the
+        # logged extra metrics are inference tensors, and their DDP reduction at epoch end fails ("Inplace update
+        # to inference tensor outside InferenceMode"). Same logging, under no_grad instead.
+        from scvi.train import TrainingPlan
+
+        log = getattr(TrainingPlan.compute_and_log_metrics, "__wrapped__", TrainingPlan.compute_and_log_metrics)
+        with torch.no_grad():
+            return log(self, loss_output, metrics, mode)
+
+    def training_step(self, batch, batch_idx):
         seed = _step_seed(self.mask_seed, self.global_rank, self.current_epoch, batch_idx)
         device = self.device
-        devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        devices = (
+            [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        )
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
             torch.manual_seed(seed)
             return super().training_step(batch, batch_idx)
@@ -491,7 +503,7 @@ class StepLossHistory(pl.Callback):
         """Loss of each recorded batch."""
         return [r["loss"] for r in self.records]
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         self.records.append(
             {
@@ -592,7 +604,9 @@ def pretrain_from_corpus(
     module
         Continue from this :class:`~genemamba_scvi.module.GeneMambaModule` (its vocabulary size must match the
         corpus); ``None`` builds a new one from the architecture arguments below.
-    d_model, n_layers, d_state, d_conv, expand, headdim, chunk_size, bidirectional, merge, shared_merge, block, backend, pooling
+    d_model, n_layers, d_state, d_conv, expand, headdim, chunk_size
+        Mamba-2 encoder size (see :class:`~genemamba_scvi.nn.GeneMambaEncoder`).
+    bidirectional, merge, shared_merge, block, backend, pooling
         Encoder architecture (see :class:`~genemamba_scvi.nn.GeneMambaEncoder`). ``pooling="cls"`` needs a
         corpus built with ``add_cls=True``.
     tie_lm_head, objective, mask_prob

@@ -57,12 +57,12 @@ class GeneMambaTrainingPlan(TrainingPlan):
                 "Lower the learning rate, check the input counts, or resume from the last checkpoint."
             )
 
-    def training_step(self, batch, batch_idx):  # noqa: D102
+    def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
         self._check_finite(loss)
         return loss
 
-    def configure_optimizers(self):  # noqa: D102
+    def configure_optimizers(self):
         decay, no_decay = [], []
         for name, param in self.module.named_parameters():
             if not param.requires_grad:

@@ -796,7 +796,8 @@ class TokenCorpus:
         if not self.manifest.is_complete:
             raise ValueError(
                 f"the corpus in {str(self.root)!r} is incomplete ({self.manifest.n_rows} of "
-                f"{self.manifest.n_input_cells} cells written): re-run build_corpus with the same arguments to finish it"
+                f"{self.manifest.n_input_cells} cells written): re-run build_corpus with the same arguments to "
+                "finish it"
             )
         self.max_genes = self.manifest.max_genes
         n = np.array([s["n"] for s in self.manifest.shards], dtype=np.int64)

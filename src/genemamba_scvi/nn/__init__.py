@@ -6,12 +6,23 @@ Nothing here imports scvi-tools, AnnData or data code, so it runs on a GPU box w
 
 from genemamba_scvi.nn.bimamba import (
     BiMambaBlock,
+    PackedCells,
+    bipack,
     merge_directions,
+    merge_packed,
+    pack_cells,
     reversal_index,
     reversal_index_packed,
     reverse_sequences,
 )
-from genemamba_scvi.nn.encoder import MAMBA_SSM_MAX_CALL_ELEMENTS, GeneMambaEncoder, pool_hidden
+from genemamba_scvi.nn.encoder import (
+    MAMBA_SSM_MAX_CALL_ELEMENTS,
+    GeneMambaEncoder,
+    pack_tokens,
+    pool_hidden,
+    pool_packed,
+    unpack_hidden,
+)
 from genemamba_scvi.nn.heads import ClassifierHead, MaskedLMHead
 from genemamba_scvi.nn.losses import (
     IGNORE_INDEX,
@@ -41,17 +52,23 @@ __all__ = [
     "GeneMambaEncoder",
     "Mamba2Mixer",
     "MaskedLMHead",
+    "PackedCells",
     "PathwayInfoNCE",
     "RMSNorm",
     "RMSNormGated",
+    "bipack",
     "causal_conv1d_available",
     "causal_conv1d_torch",
     "mamba_ssm_available",
     "mask_tokens",
     "masked_lm_loss",
     "merge_directions",
+    "merge_packed",
     "next_token_loss",
+    "pack_cells",
+    "pack_tokens",
     "pool_hidden",
+    "pool_packed",
     "resolve_backend",
     "reversal_index",
     "reversal_index_packed",
@@ -59,4 +76,5 @@ __all__ = [
     "ssd_chunked",
     "ssd_sequential",
     "supervised_contrastive_loss",
+    "unpack_hidden",
 ]

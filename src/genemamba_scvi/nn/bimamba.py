@@ -21,6 +21,8 @@ Merge modes (``f``, ``b`` the two directions): ``"mean"`` ``(f+b)/2``; ``"sum"``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +33,11 @@ __all__ = [
     "BLOCKS",
     "MERGE_MODES",
     "BiMambaBlock",
+    "PackedCells",
+    "bipack",
     "merge_directions",
+    "merge_packed",
+    "pack_cells",
     "reversal_index",
     "reversal_index_packed",
     "reverse_sequences",
@@ -128,6 +134,143 @@ def merge_directions(
         return proj
     z = torch.sigmoid(proj)
     return h_bwd + z * (h_fwd - h_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Packed (varlen) batches: the real tokens of all cells in one row, pads never computed
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class PackedCells:
+    """Index tensors of a packed batch of ``n_cells`` cells holding ``n_tokens`` real tokens in all.
+
+    Built by :func:`pack_cells`. Both directions run as one varlen row of ``2 * n_tokens`` tokens: the
+    cells in order, then each cell reversed in place (``[c0, c1, ..., rev(c0), rev(c1), ...]``), with
+    one sequence id per cell and direction, so the scan state and the causal convolution reset at every
+    cell boundary and one mixer call covers both directions.
+
+    Attributes
+    ----------
+    cu_seqlens
+        ``[n_cells + 1]`` int64 cumulative lengths (``cu_seqlens[i]:cu_seqlens[i+1]`` is cell ``i``).
+    n_tokens, n_cells
+        Sizes (host integers).
+    rev
+        ``[n_tokens]`` int64 gather index reversing every cell in place (its own inverse).
+    both_index
+        ``[2 * n_tokens]`` int64: ``[0..T-1, rev]``, builds the two-direction row in one gather.
+    seq_idx
+        ``[1, n_tokens]`` int32 cell id of every token (forward direction only).
+    seq_idx_both
+        ``[1, 2 * n_tokens]`` int32: cell ids, then ``n_cells + id`` for the reversed copies.
+    """
+
+    cu_seqlens: torch.Tensor
+    n_tokens: int
+    n_cells: int
+    rev: torch.Tensor
+    both_index: torch.Tensor
+    seq_idx: torch.Tensor
+    seq_idx_both: torch.Tensor
+
+
+def pack_cells(cu_seqlens: torch.Tensor, n_tokens: int | None = None) -> PackedCells:
+    """Index tensors for a packed batch (no host synchronisation when ``n_tokens`` is given).
+
+    Parameters
+    ----------
+    cu_seqlens
+        ``[n_cells + 1]`` cumulative lengths starting at 0 (cells of length 0 are allowed).
+    n_tokens
+        ``cu_seqlens[-1]`` as a host integer (read from the device when omitted).
+
+    Returns
+    -------
+    PackedCells
+    """
+    cu = cu_seqlens.to(torch.long)
+    if n_tokens is None:
+        n_tokens = int(cu[-1])
+    n_cells = cu.numel() - 1
+    device = cu.device
+    lengths = cu[1:] - cu[:-1]
+    seq = torch.repeat_interleave(torch.arange(n_cells, device=device), lengths, output_size=n_tokens)
+    pos = torch.arange(n_tokens, device=device)
+    rev = cu[:-1].index_select(0, seq) + cu[1:].index_select(0, seq) - 1 - pos
+    seq32 = seq.to(torch.int32)
+    return PackedCells(
+        cu_seqlens=cu,
+        n_tokens=n_tokens,
+        n_cells=n_cells,
+        rev=rev,
+        both_index=torch.cat([pos, rev]),
+        seq_idx=seq32.unsqueeze(0),
+        seq_idx_both=torch.cat([seq32, seq32 + n_cells]).unsqueeze(0),
+    )
+
+
+class _BiPack(torch.autograd.Function):
+    """``[h; h[rev]]`` in one gather; backward ``g[:T] + g[T:][rev]`` (no atomics, deterministic)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, both_index: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rev)
+        return h.index_select(0, both_index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rev,) = ctx.saved_tensors
+        n = rev.shape[0]
+        return grad[n:].index_select(0, rev).add_(grad[:n]), None, None
+
+
+def bipack(h: torch.Tensor, pack: PackedCells) -> torch.Tensor:
+    """Two-direction row ``[2T, d]`` from packed tokens ``h`` ``[T, d]``: the cells, then each reversed."""
+    return _BiPack.apply(h, pack.both_index, pack.rev)
+
+
+def merge_packed(
+    out2: torch.Tensor,
+    rev: torch.Tensor,
+    mode: str = "gate",
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Merge the two halves of a two-direction mixer output (see :func:`bipack`).
+
+    Parameters
+    ----------
+    out2
+        ``[2T, d]``: forward outputs, then the outputs of the reversed cells (in reversed order).
+    rev
+        ``[T]`` per-cell reversal index (:attr:`PackedCells.rev`).
+    mode, weight, bias
+        As :func:`merge_directions`.
+    residual
+        Added to both directions before the merge (the ``"official"`` block), or None.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[T, d]``. ``"gate"`` is computed as ``lerp(b, f, sigmoid(f W_f^T + b W_b^T + c))`` with two
+        chained ``addmm`` (no ``[f; b]`` concatenation), the same function as :func:`merge_directions`.
+    """
+    n = rev.shape[0]
+    f = out2[:n]
+    b = out2[n:].index_select(0, rev)
+    if residual is not None:
+        f = residual + f
+        b = residual + b
+    if mode != "gate":
+        return merge_directions(f, b, mode, weight, bias)
+    if weight is None:
+        raise ValueError("merge='gate' needs a Linear(2d, d) weight")
+    d = f.shape[-1]
+    w_f, w_b = weight[:, :d].t(), weight[:, d:].t()
+    proj = torch.mm(f, w_f) if bias is None else torch.addmm(bias, f, w_f)
+    proj = torch.addmm(proj, b, w_b)
+    z = torch.sigmoid(proj).to(f.dtype)
+    return torch.lerp(b, f, z)
 
 
 class BiMambaBlock(nn.Module):
@@ -253,3 +396,51 @@ class BiMambaBlock(nn.Module):
             # published layer: each direction is Mamba2(x) + x, then the merge of the two
             return merge_directions(x + m_fwd, x + m_bwd, self.merge_mode, weight, bias)
         return x + merge_directions(m_fwd, m_bwd, self.merge_mode, weight, bias)
+
+    # ------------------------------------------------------------------------------------------------
+    # Packed (varlen) path
+    # ------------------------------------------------------------------------------------------------
+    def _merge_weights(self, merge_linear: nn.Linear | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        linear = self.merge if self.merge is not None else merge_linear
+        if self.needs_merge_linear and linear is None:
+            raise ValueError("shared_merge=True: pass the encoder's merge layer as merge_linear")
+        return (linear.weight, linear.bias) if linear is not None else (None, None)
+
+    def mix_packed(self, h: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:
+        """Mixer (both directions in one varlen call) and merge on packed, already normalised tokens.
+
+        Parameters
+        ----------
+        h
+            ``[T, d_model]`` packed tokens (the input of the mixer).
+        pack
+            Index tensors from :func:`pack_cells`.
+        merge_linear
+            The shared merge layer when ``shared_merge=True``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[T, d_model]``: the update that the ``"prenorm"`` block adds to its residual stream.
+        """
+        if not self.bidirectional:
+            return self.mixer(h.unsqueeze(0), seq_idx=pack.seq_idx)[0]
+        out2 = self.mixer(bipack(h, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
+        weight, bias = self._merge_weights(merge_linear)
+        return merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
+
+    def forward_packed(
+        self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None
+    ) -> torch.Tensor:
+        """The layer on packed tokens ``x`` ``[T, d_model]`` (same function as :meth:`forward` per cell).
+
+        Pads are never computed: the real tokens of all cells form one row, each cell and its reversal
+        are two sequences of that row (:func:`pack_cells`), and one mixer call covers both directions.
+        """
+        if self.block == "prenorm":
+            return x + self.mix_packed(self.norm(x), pack, merge_linear)
+        if not self.bidirectional:
+            return x + self.mixer(x.unsqueeze(0), seq_idx=pack.seq_idx)[0]
+        out2 = self.mixer(bipack(x, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
+        weight, bias = self._merge_weights(merge_linear)
+        return merge_packed(out2, pack.rev, self.merge_mode, weight, bias, residual=x)

@@ -5,19 +5,29 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from genemamba_scvi.nn.bimamba import (
     BLOCKS,
     MERGE_MODES,
     BiMambaBlock,
+    pack_cells,
     reversal_index,
     reversal_index_packed,
 )
 from genemamba_scvi.nn.mamba2 import RMSNorm
-from genemamba_scvi.nn.ssd import BACKENDS, resolve_backend
+from genemamba_scvi.nn.ssd import BACKENDS, load_mamba_ssm_ops, resolve_backend
 
-__all__ = ["MAMBA_SSM_MAX_CALL_ELEMENTS", "POOLINGS", "GeneMambaEncoder", "pool_hidden"]
+__all__ = [
+    "MAMBA_SSM_MAX_CALL_ELEMENTS",
+    "POOLINGS",
+    "GeneMambaEncoder",
+    "pack_tokens",
+    "pool_hidden",
+    "pool_packed",
+    "unpack_hidden",
+]
 
 logger = logging.getLogger("genemamba_scvi")
 
@@ -53,6 +63,46 @@ def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooli
         return hidden.mean(dim=1)
     mask = torch.arange(L, device=hidden.device).unsqueeze(0) < lengths.to(hidden.device).unsqueeze(1)
     summed = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(dim=1)
+    return summed / lengths.clamp(min=1).to(summed.dtype).unsqueeze(-1)
+
+
+def pack_tokens(tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[batch, L]`` tokens to the packed form of :meth:`GeneMambaEncoder.forward_packed`.
+
+    Returns
+    -------
+    tuple
+        ``tokens_packed`` ``[T]`` (the real tokens of every cell, in order) and ``cu_seqlens``
+        ``[batch + 1]`` int64 on the device of ``tokens``.
+    """
+    batch, L = tokens.shape
+    if lengths is None:
+        lengths = torch.full((batch,), L, dtype=torch.long, device=tokens.device)
+    lengths = lengths.to(device=tokens.device, dtype=torch.long).clamp(0, L)
+    mask = torch.arange(L, device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)
+    cu = F.pad(torch.cumsum(lengths, 0), (1, 0))
+    return tokens[mask], cu
+
+
+def unpack_hidden(hidden: torch.Tensor, lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Packed ``[T, d]`` states back to right-padded ``[batch, seq_len, d]`` (zeros at pads)."""
+    lengths = lengths.to(device=hidden.device, dtype=torch.long).clamp(0, seq_len)
+    mask = torch.arange(seq_len, device=hidden.device).unsqueeze(0) < lengths.unsqueeze(1)
+    out = hidden.new_zeros(lengths.shape[0], seq_len, hidden.shape[-1])
+    return out.masked_scatter(mask.unsqueeze(-1), hidden)
+
+
+def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Cell embeddings ``[n_cells, d]`` from packed states ``[T, d]`` (mean over each cell, or its first token)."""
+    cu = cu_seqlens.to(device=hidden.device, dtype=torch.long)
+    n_cells = cu.numel() - 1
+    if pooling == "cls":
+        return hidden.index_select(0, cu[:-1].clamp(max=max(hidden.shape[0] - 1, 0)))
+    if pooling != "mean":
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    lengths = cu[1:] - cu[:-1]
+    seq = torch.repeat_interleave(torch.arange(n_cells, device=hidden.device), lengths, output_size=hidden.shape[0])
+    summed = hidden.new_zeros(n_cells, hidden.shape[-1]).index_add_(0, seq, hidden)
     return summed / lengths.clamp(min=1).to(summed.dtype).unsqueeze(-1)
 
 
@@ -97,6 +147,9 @@ class GeneMambaEncoder(nn.Module):
         mamba_ssm backend only.
     last_n_sub_batches
         Number of sub-batches used by the last forward call.
+    fused_add_norm
+        Packed path only: use mamba-ssm's fused residual-add + RMSNorm Triton kernel (fp32 residual
+        stream) between layers. ``None`` (default) uses it on the mamba_ssm backend when importable.
     """
 
     def __init__(
@@ -137,6 +190,7 @@ class GeneMambaEncoder(nn.Module):
         self.pooling = pooling
         self.max_call_elements: int | None = None
         self.last_n_sub_batches = 0
+        self.fused_add_norm: bool | None = None
 
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -202,6 +256,7 @@ class GeneMambaEncoder(nn.Module):
         lengths: torch.Tensor | None = None,
         *,
         seq_idx: torch.Tensor | None = None,
+        packed: bool = False,
     ) -> torch.Tensor:
         """Contextual token states.
 
@@ -216,6 +271,9 @@ class GeneMambaEncoder(nn.Module):
             Packed-sequence ids ``[batch, L]`` (several cells per row; state and conv reset at
             boundaries, reversal per cell). Hook for the packed path; when given, ``lengths`` is ignored
             for the reversal.
+        packed
+            Compute only the real tokens: pack them (:func:`pack_tokens`), run :meth:`forward_packed`
+            and scatter back. Same function and output as the padded path (pads are zeros), less work.
 
         Returns
         -------
@@ -225,6 +283,11 @@ class GeneMambaEncoder(nn.Module):
         batch, seq_len = tokens.shape
         if lengths is None:
             lengths = torch.full((batch,), seq_len, dtype=torch.long, device=tokens.device)
+        if packed:
+            if seq_idx is not None:
+                raise ValueError("packed=True packs by lengths; do not pass seq_idx")
+            tokens_packed, cu = pack_tokens(tokens, lengths)
+            return unpack_hidden(self.forward_packed(tokens_packed, cu), lengths, seq_len)
         sub = self._sub_batch_size(batch, seq_len, tokens.device)
         if sub >= batch:
             self.last_n_sub_batches = 1
@@ -247,6 +310,109 @@ class GeneMambaEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, rev_index=rev_index, seq_idx=seq_idx, merge_linear=self.merge)
         return self.norm_f(x)
+
+    # ------------------------------------------------------------------------------------------------
+    # Packed (varlen) path
+    # ------------------------------------------------------------------------------------------------
+    def _call_limit(self, device: torch.device) -> int | None:
+        if self.max_call_elements is not None:
+            return int(self.max_call_elements)
+        if self.n_layers == 0 or self.resolved_backend(device) != "mamba_ssm":
+            return None
+        return MAMBA_SSM_MAX_CALL_ELEMENTS
+
+    def _packed_groups(self, cu: torch.Tensor, n_tokens: int) -> list[tuple[int, int]] | None:
+        """Cell ranges ``[c0, c1)`` whose packed mixer call stays under the element limit (None: one call)."""
+        limit = self._call_limit(cu.device)
+        per_token = (2 if self._bidirectional else 1) * self.d_in_proj
+        if limit is None or n_tokens * per_token <= limit:
+            return None
+        lengths = (cu[1:] - cu[:-1]).tolist()
+        groups, start, tokens = [], 0, 0
+        for i, n in enumerate(lengths):
+            if i > start and (tokens + n) * per_token > limit:
+                groups.append((start, i))
+                start, tokens = i, 0
+            tokens += n
+            if n * per_token > limit:
+                logger.warning(
+                    "genemamba_scvi: one cell of %d tokens needs %d elements per mixer call (> %d); "
+                    "it runs alone and may still exceed the kernel limit",
+                    n,
+                    n * per_token,
+                    limit,
+                )
+        groups.append((start, len(lengths)))
+        return groups
+
+    def _use_fused_add_norm(self, device: torch.device) -> bool:
+        if self.fused_add_norm is not None:
+            return bool(self.fused_add_norm)
+        if device.type != "cuda" or self.resolved_backend(device) != "mamba_ssm":
+            return False
+        return load_mamba_ssm_ops()["rms_norm_fn"] is not None
+
+    def forward_packed(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Contextual token states of packed cells: only real tokens are computed.
+
+        The real tokens of all cells form one row; each cell and its per-cell reversal are two sequences
+        of one varlen mixer call per layer (state and convolution reset at every boundary, see
+        :func:`~genemamba_scvi.nn.bimamba.pack_cells`). A cell's output depends on that cell only, and
+        equals the padded :meth:`forward`. Batches larger than the kernel limit (``max_call_elements``)
+        run in groups of whole cells.
+
+        Parameters
+        ----------
+        tokens
+            ``[T]`` (or ``[1, T]``) token ids of all cells, concatenated (no pads).
+        cu_seqlens
+            ``[n_cells + 1]`` cumulative lengths starting at 0 (see :func:`pack_tokens`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[T, d_model]`` after ``norm_f``.
+        """
+        tokens = tokens.reshape(-1)
+        cu = cu_seqlens.to(device=tokens.device, dtype=torch.long)
+        n_tokens = tokens.shape[0]
+        groups = self._packed_groups(cu, n_tokens)
+        if groups is None:
+            self.last_n_sub_batches = 1
+            return self._forward_packed(tokens, cu, n_tokens)
+        bounds = cu.tolist()
+        outs = []
+        for c0, c1 in groups:
+            t0, t1 = bounds[c0], bounds[c1]
+            outs.append(self._forward_packed(tokens[t0:t1], cu[c0 : c1 + 1] - bounds[c0], t1 - t0))
+        self.last_n_sub_batches = len(outs)
+        return torch.cat(outs, dim=0)
+
+    def _forward_packed(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        x = self.embedding(tokens)
+        if self.n_layers == 0 or n_tokens == 0:
+            return self.norm_f(x)
+        pack = pack_cells(cu, n_tokens)
+        if self.block != "prenorm":
+            for layer in self.layers:
+                x = layer.forward_packed(x, pack, self.merge)
+            return self.norm_f(x)
+        # pre-norm blocks as a residual stream: h_i = norm_i(r_i), r_{i+1} = r_i + mix_i(h_i)
+        fused = load_mamba_ssm_ops()["rms_norm_fn"] if self._use_fused_add_norm(x.device) else None
+        residual, delta = x, None
+        for layer in self.layers:
+            if fused is not None:
+                # one Triton kernel: residual += delta (float32), h = RMSNorm(residual) * weight
+                inp = residual if delta is None else delta
+                res = None if delta is None else residual
+                h, residual = fused(
+                    inp, layer.norm.weight, None, residual=res, eps=layer.norm.eps, prenorm=True, residual_in_fp32=True
+                )
+            else:
+                residual = residual if delta is None else residual + delta
+                h = layer.norm(residual)
+            delta = layer.mix_packed(h, pack, self.merge)
+        return self.norm_f(residual + delta)
 
     def pool(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Cell embeddings ``[batch, d]`` by the encoder's pooling (see :func:`pool_hidden`)."""

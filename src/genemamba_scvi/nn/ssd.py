@@ -69,11 +69,12 @@ def load_mamba_ssm_ops() -> dict[str, Any]:
     -------
     dict
         ``{"chunk_scan": mamba_chunk_scan_combined or None, "split_conv1d_scan":
-        mamba_split_conv1d_scan_combined or None (needs causal-conv1d), "error": str or None}``.
+        mamba_split_conv1d_scan_combined or None (needs causal-conv1d), "rms_norm_fn": the fused
+        residual-add + RMSNorm of ``mamba_ssm.ops.triton.layer_norm`` or None, "error": str or None}``.
     """
     if "ops" in _OPS_CACHE:
         return _OPS_CACHE["ops"]
-    ops: dict[str, Any] = {"chunk_scan": None, "split_conv1d_scan": None, "error": None}
+    ops: dict[str, Any] = {"chunk_scan": None, "split_conv1d_scan": None, "rms_norm_fn": None, "error": None}
     try:
         mod = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
         ops["chunk_scan"] = mod.mamba_chunk_scan_combined
@@ -81,6 +82,11 @@ def load_mamba_ssm_ops() -> dict[str, Any]:
             ops["split_conv1d_scan"] = mod.mamba_split_conv1d_scan_combined
     except Exception as err:  # ImportError, but also broken CUDA extensions (OSError, RuntimeError)
         ops["error"] = f"{type(err).__name__}: {err}"
+    if ops["chunk_scan"] is not None:
+        try:  # fused residual-add + RMSNorm (Triton), used by the packed encoder path
+            ops["rms_norm_fn"] = importlib.import_module("mamba_ssm.ops.triton.layer_norm").rms_norm_fn
+        except Exception:  # noqa: BLE001 - optional
+            ops["rms_norm_fn"] = None
     _OPS_CACHE["ops"] = ops
     return ops
 

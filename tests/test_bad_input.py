@@ -1,0 +1,321 @@
+"""The bad-input matrix (issue 7): one test per row; each asserts the error type and that the message
+names the problem. Real data: the shipped 559-cell count sample (a slice of it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scvi
+import torch
+
+from genemamba_scvi import GeneMambaModel
+from genemamba_scvi.datasets import load_celltypist_sample
+from genemamba_scvi.train import NonFiniteLossError
+
+TINY = {"d_model": 16, "n_layers": 1, "max_genes": 64, "backend": "torch", "chunk_size": 16, "headdim": 8}
+TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 16, "train_size": 0.75}
+
+
+@pytest.fixture(scope="module")
+def base():
+    adata = load_celltypist_sample()[:48].copy()
+    # keep the genes expressed in these cells plus some never-expressed ones (fast, still real)
+    expressed = np.asarray((adata.layers["counts"] > 0).sum(axis=0)).ravel() > 0
+    keep = np.where(expressed)[0].tolist() + np.where(~expressed)[0][:50].tolist()
+    return adata[:, sorted(keep)].copy()
+
+
+@pytest.fixture
+def adata(base):
+    return base.copy()
+
+
+@pytest.fixture(scope="module")
+def model_and_data(base):
+    scvi.settings.seed = 0
+    adata = base.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    return GeneMambaModel(adata, **TINY), adata
+
+
+def _fresh(adata):
+    for key in ("_scvi_uuid", "_scvi_manager_uuid"):
+        adata.uns.pop(key, None)
+    return adata
+
+
+# ----------------------------------------------------------------------------- counts
+def test_log_normalised_floats_rejected(adata):
+    adata.layers["counts"] = adata.layers["counts"].copy()
+    adata.layers["counts"].data = np.log1p(adata.layers["counts"].data)
+    with pytest.raises(ValueError, match=r"layer 'counts'.*non-integer"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_negative_counts_rejected(adata):
+    adata.layers["counts"].data[3] = -2
+    with pytest.raises(ValueError, match=r"layer 'counts'.*negative"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+@pytest.mark.parametrize(("value", "word"), [(np.nan, "NaN"), (np.inf, "inf")])
+def test_nan_inf_rejected(adata, value, word):
+    adata.layers["counts"].data[5] = value
+    with pytest.raises(ValueError, match=rf"layer 'counts'.*{word}"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_x_non_counts_named_as_adata_x(adata):
+    adata.X = adata.X.copy()
+    adata.X.data = adata.X.data / 3.0
+    with pytest.raises(ValueError, match=r"adata\.X.*non-integer"):
+        GeneMambaModel.setup_anndata(adata)
+
+
+def test_empty_anndata_rejected(adata):
+    with pytest.raises(ValueError, match="empty"):
+        GeneMambaModel.setup_anndata(adata[:0].copy(), layer="counts")
+
+
+def test_zero_count_cells_rejected(adata):
+    counts = adata.layers["counts"].tolil()
+    counts[2, :] = 0
+    counts[7, :] = 0
+    adata.layers["counts"] = counts.tocsr()
+    with pytest.raises(ValueError, match=r"2 of 48 cells have zero total counts.*filter_cells"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_all_zero_genes_are_accepted_and_never_emitted(model_and_data):
+    model, adata = model_and_data
+    zero_genes = np.where(np.asarray(adata.layers["counts"].sum(axis=0)).ravel() == 0)[0]
+    assert len(zero_genes) >= 10
+    spec = model._tokenizer_for(adata)
+    tokens, _ = spec(adata.layers["counts"])
+    zero_tokens = spec.gene_token_ids[zero_genes]
+    assert not np.isin(tokens, zero_tokens).any()
+    assert np.isnan(model.gene_medians_[zero_tokens]).all()
+
+
+# ----------------------------------------------------------------------------- genes
+def test_duplicated_var_names_rejected(adata):
+    names = adata.var_names.to_numpy().copy()
+    names[10] = names[11]
+    adata.var_names = names
+    with pytest.raises(ValueError, match=r"duplicated gene ids.*var_names_make_unique"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_unknown_gene_ids_report_overlap(model_and_data, adata):
+    model, _ = model_and_data
+    adata.var_names = [f"GENE_X{i}" for i in range(adata.n_vars)]
+    with pytest.raises(ValueError, match=r"(?s)0 of \d+.*GENE_X"):
+        model.get_latent_representation(_fresh(adata))
+
+
+def test_overlap_below_threshold_rejected(model_and_data, adata):
+    model, _ = model_and_data
+    names = adata.var_names.to_numpy().copy()
+    n_bad = int(0.7 * len(names))
+    names[:n_bad] = [f"NOPE{i}" for i in range(n_bad)]
+    adata.var_names = names
+    with pytest.raises(ValueError, match=r"(?i)overlap"):
+        model.get_latent_representation(_fresh(adata))
+
+
+def test_mixed_symbols_and_ensembl_ids_match(model_and_data, adata):
+    from genemamba_scvi.datasets import load_gene_id_table
+
+    model, reference_adata = model_and_data
+    z = model.get_latent_representation(reference_adata)
+    table = load_gene_id_table().drop_duplicates("symbol").set_index("symbol")["ensembl_id"]
+    names = adata.var_names.to_numpy().astype(object)
+    converted = 0
+    for i, name in enumerate(names):
+        if i % 2 == 0 and name in table.index and isinstance(table[name], str):
+            names[i] = table[name] + ".7"  # versioned Ensembl id
+            converted += 1
+    assert converted > 100
+    adata.var_names = names
+    adata = _fresh(adata)
+    if adata.var_names.has_duplicates:
+        pytest.skip("mapping produced duplicated ids")
+    np.testing.assert_allclose(model.get_latent_representation(adata), z, atol=1e-6)
+
+
+def test_unseen_genes_ignored_with_warning(model_and_data):
+    model, adata = model_and_data
+    z = model.get_latent_representation(adata)
+    extra = ad.AnnData(
+        X=sp.csr_matrix(np.ones((adata.n_obs, 3), dtype=np.float32)),
+        obs=adata.obs[[]].copy(),
+        var={"_": ["a", "b", "c"]},
+    )
+    extra.var_names = ["NOVELGENE1", "NOVELGENE2", "NOVELGENE3"]
+    extra.layers["counts"] = extra.X.copy()
+    wider = _fresh(ad.concat([adata, extra], axis=1, merge="same"))
+    with pytest.warns(UserWarning, match=r"3 of \d+ genes .* not in the model's vocabulary"):
+        z_wide = model.get_latent_representation(wider)
+    np.testing.assert_allclose(z_wide, z, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- obs keys / formats
+@pytest.mark.parametrize("what", ["batch_key", "labels_key"])
+def test_missing_obs_key(adata, what):
+    with pytest.raises(ValueError, match=rf"{what}='nope' is not a column of adata\.obs"):
+        GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "nope"})
+
+
+@pytest.mark.parametrize("what", ["batch_key", "labels_key"])
+def test_nan_in_obs_key(adata, what):
+    adata.obs["col"] = ["a"] * 20 + [np.nan] * 3 + ["b"] * 25
+    with pytest.raises(ValueError, match=r"adata\.obs\['col'\].*3 missing \(NaN\)"):
+        GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
+
+
+def test_backed_anndata_rejected(adata, tmp_path):
+    path = tmp_path / "x.h5ad"
+    adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match=r"backed AnnData.*to_memory"):
+        GeneMambaModel.setup_anndata(backed)
+
+
+def test_coo_rejected_by_anndata(adata):
+    # AnnData itself refuses COO matrices (in X and in layers) with a message naming the accepted formats.
+    with pytest.raises(ValueError, match="Only CSR and CSC"):
+        adata.layers["coo"] = sp.coo_matrix(adata.layers["counts"])
+
+
+def test_csc_and_dense_accepted_with_identical_embeddings(model_and_data):
+    model, adata = model_and_data
+    z = model.get_latent_representation(adata)
+    for layer in (sp.csc_matrix(adata.layers["counts"]), adata.layers["counts"].toarray()):
+        other = adata.copy()
+        other.layers["counts"] = layer
+        np.testing.assert_allclose(model.get_latent_representation(_fresh(other)), z, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- model files
+def test_load_missing_dir(model_and_data, tmp_path):
+    _, adata = model_and_data
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        GeneMambaModel.load(tmp_path / "nothing_here", adata=adata)
+
+
+def test_load_truncated_weights(model_and_data, tmp_path):
+    model, adata = model_and_data
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        GeneMambaModel.load(tmp_path / "m", adata=adata)
+
+
+def test_load_tampered_weights(model_and_data, tmp_path):
+    model, adata = model_and_data
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"(?i)checksum.*model\.safetensors|model\.safetensors.*checksum"):
+        GeneMambaModel.load(tmp_path / "m", adata=adata)
+
+
+def test_load_never_unpickles(model_and_data, tmp_path):
+    model, adata = model_and_data
+    model.save(tmp_path / "m")
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert "model.safetensors" in files
+    assert not any(name.endswith((".pt", ".pkl", ".ckpt")) for name in files)
+    json.loads((tmp_path / "m" / "config.json").read_text())
+
+
+def test_save_crash_keeps_old_model(model_and_data, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    model, adata = model_and_data
+    model.save(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError, match="simulated"):
+        model.save(tmp_path / "m", overwrite=True)
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp dir left behind
+    GeneMambaModel.load(tmp_path / "m", adata=adata)
+
+
+# ----------------------------------------------------------------------------- training
+def test_nan_loss_stops_with_step_and_keeps_weights_finite(base, monkeypatch):
+    scvi.settings.seed = 0
+    adata = base.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    original = type(model.module).loss
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            return type(out)(loss=out.loss * float("nan"), n_obs_minibatch=out.n_obs_minibatch)
+        return out
+
+    monkeypatch.setattr(type(model.module), "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"global step 1"):
+        model.train(max_epochs=2, **TRAIN)
+    assert all(torch.isfinite(p).all() for p in model.module.parameters())
+
+
+def test_kill_and_resume_from_last_checkpoint(base, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    class Killer(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                raise RuntimeError("killed (simulated)")
+
+    scvi.settings.seed = 0
+    adata = base.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    ckpt_dir = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="killed"):
+        model.train(max_epochs=3, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=1, callbacks=[Killer()], **TRAIN)
+    last = ckpt_dir / "last.ckpt"
+    assert last.exists()
+    saved_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert saved_step == 2  # the kill came at the end of step 3, before that step's checkpoint
+
+    class Counter(Callback):
+        steps = 0
+
+        def on_train_batch_end(self, *args):
+            Counter.steps += 1
+
+    resumed = GeneMambaModel(adata, **TINY)
+    resumed.train(
+        max_epochs=3,
+        checkpoint_dir=ckpt_dir,
+        checkpoint_every_n_steps=1,
+        ckpt_path=str(last),
+        callbacks=[Counter()],
+        **TRAIN,
+    )
+    final = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 9  # 3 epochs x 3 batches in total
+    assert Counter.steps == 9 - saved_step  # continued from the checkpoint, not restarted
+    assert Path(ckpt_dir / "last.ckpt").exists()
+    assert np.isfinite(resumed.get_latent_representation()).all()
