@@ -213,7 +213,7 @@ def test_load_truncated_weights(model_and_data, tmp_path):
     model.save(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="model.safetensors"):
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
         GeneMambaModel.load(tmp_path / "m", adata=adata)
 
 
@@ -229,7 +229,7 @@ def test_load_tampered_weights(model_and_data, tmp_path):
 
 
 def test_load_never_unpickles(model_and_data, tmp_path):
-    model, adata = model_and_data
+    model, _ = model_and_data
     model.save(tmp_path / "m")
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert "model.safetensors" in files

@@ -9,23 +9,21 @@ import scvi
 import torch
 
 from genemamba_scvi import GeneMambaModel
-from genemamba_scvi.datasets import load_celltypist_sample
+from genemamba_scvi.datasets import load_celltypist_sample, load_pbmc68k_counts
 
 TINY = {"d_model": 32, "n_layers": 2, "max_genes": 128, "backend": "torch", "chunk_size": 32, "headdim": 16}
 TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 32}
 
 
-def _pseudo_labels(adata) -> pd.Series:
-    """Deterministic two-class labels from a real marker-free property: total counts above/below the median."""
-    totals = np.asarray(adata.layers["counts"].sum(axis=1)).ravel()
-    return pd.Series(np.where(totals > np.median(totals), "high_depth", "low_depth"), index=adata.obs_names)
-
-
 @pytest.fixture(scope="module")
 def small_adata():
-    adata = load_celltypist_sample()
-    adata = adata[:160].copy()
-    adata.obs["depth_class"] = _pseudo_labels(adata).astype("category")
+    """240 real PBMCs (scanpy's pbmc68k_reduced, integer counts recovered) with their cell-type labels."""
+    adata = load_pbmc68k_counts()
+    keep = adata.obs["bulk_labels"].isin(["CD14+ Monocyte", "CD19+ B", "CD56+ NK", "Dendritic"])
+    adata = adata[keep.to_numpy()].copy()
+    rng = np.random.default_rng(0)
+    adata = adata[np.sort(rng.choice(adata.n_obs, 240, replace=False))].copy()
+    adata.obs["cell_type"] = adata.obs["bulk_labels"].astype(str).astype("category")
     return adata
 
 
@@ -33,10 +31,10 @@ def small_adata():
 def trained(small_adata):
     scvi.settings.seed = 0
     adata = small_adata.copy()
-    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="depth_class")
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="cell_type")
     model = GeneMambaModel(adata, **TINY)
     model.train(max_epochs=2, gene_sets="kegg", gamma=0.1, **TRAIN)
-    model.train_classifier(max_epochs=3, **TRAIN)
+    model.train_classifier(max_epochs=10, lr=3e-3, **TRAIN)
     return model, adata
 
 
@@ -69,15 +67,29 @@ def test_embedding_independent_of_batch_size_and_order(trained):
 
 def test_predict_hard_and_soft(trained):
     model, adata = trained
+    labels = ["CD14+ Monocyte", "CD19+ B", "CD56+ NK", "Dendritic"]
     hard = model.predict()
     assert hard.shape == (adata.n_obs,)
-    assert set(hard) <= {"high_depth", "low_depth"}
+    assert set(hard) <= set(labels)
     soft = model.predict(soft=True)
     assert isinstance(soft, pd.DataFrame)
-    assert list(soft.columns) == ["high_depth", "low_depth"]
+    assert list(soft.columns) == labels
     assert (soft.index == adata.obs_names).all()
     np.testing.assert_allclose(soft.to_numpy().sum(axis=1), 1.0, atol=1e-5)
     assert (soft.idxmax(axis=1).to_numpy() == hard).all()
+    # Real cell types: a fine-tuned tiny model must beat the majority class on its training cells.
+    majority = adata.obs["cell_type"].value_counts(normalize=True).max()
+    assert (hard == adata.obs["cell_type"].to_numpy()).mean() > majority
+
+
+def test_celltypist_sample_pretrains_with_go_sets():
+    scvi.settings.seed = 0
+    adata = load_celltypist_sample()[:64].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    model.train(max_epochs=1, gene_sets="go_bp", **TRAIN)
+    assert "pathway_loss_train" in model.history
+    assert model.get_latent_representation().shape == (64, 32)
 
 
 def test_gene_embeddings_frame(trained):

@@ -213,3 +213,25 @@ def test_resume_reproduces_uninterrupted_losses(
     for a, b in zip(result.module.state_dict().values(), ref_result.module.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert result.vocab.genes and result.gene_medians.shape == (len(result.vocab),)
+
+
+# ---------------------------------------------------------------------------------------------- model wrapper
+def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path):
+    from genemamba_scvi import GeneMambaModel
+    from genemamba_scvi.datasets import load_celltypist_sample
+
+    result = GeneMambaModel.pretrain(
+        corpus_dir, tmp_path / "model", max_steps=2, batch_size=16, accelerator="cpu", enable_progress_bar=False, **TINY
+    )
+    adata = load_celltypist_sample()[:40].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel.load(tmp_path / "model", adata=adata)
+    assert model.max_genes == 64
+    np.testing.assert_array_equal(model.gene_medians_, result.gene_medians)
+    z = model.get_latent_representation()
+    assert z.shape == (40, 32) and np.isfinite(z).all()
+    # the saved weights are the trained ones
+    trained = result.module.encoder.embedding.weight.detach()
+    torch.testing.assert_close(model.module.encoder.embedding.weight.detach(), trained)
+    with pytest.raises(FileExistsError):
+        GeneMambaModel.pretrain(corpus_dir, tmp_path / "model", max_steps=1, accelerator="cpu", **TINY)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,48 +70,214 @@ def benchmark_integration(
 
 
 def levenshtein(a: Sequence, b: Sequence) -> int:
-    """Edit distance (insertions, deletions, substitutions of one token cost 1) between two sequences."""
+    """Edit distance between two token sequences (insertion, deletion and substitution of one token cost 1).
+
+    Tokens are compared with ``==`` (gene symbols, token ids, ...). Runs in ``O(len(a) * len(b))`` time with one
+    vectorised row update per token of the longer sequence.
+
+    Examples
+    --------
+    >>> levenshtein("kitten", "sitting")
+    3
+    """
+    a, b = list(a), list(b)
     if len(a) < len(b):
         a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        current = [i]
-        for j, y in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
+    if not b:
+        return len(a)
+    codes: dict = {}
+    a_ids = np.fromiter((codes.setdefault(x, len(codes)) for x in a), dtype=np.int64, count=len(a))
+    b_ids = np.fromiter((codes.setdefault(y, len(codes)) for y in b), dtype=np.int64, count=len(b))
+    ramp = np.arange(len(b) + 1, dtype=np.int64)
+    previous = ramp.copy()
+    for i, x in enumerate(a_ids, start=1):
+        # deletion / substitution, then insertions as a running minimum: cur[j] = min_k(tmp[k] + j - k)
+        tmp = np.empty_like(previous)
+        tmp[0] = i
+        tmp[1:] = np.minimum(previous[1:] + 1, previous[:-1] + (b_ids != x))
+        previous = np.minimum.accumulate(tmp - ramp) + ramp
+    return int(previous[-1])
 
 
 def normalized_levenshtein(a: Sequence, b: Sequence) -> float:
-    """Levenshtein distance divided by the longer length (0 = identical, 1 = nothing in common)."""
+    """Levenshtein distance divided by the longer length: 0 = identical, 1 = no token in place in common.
+
+    Two empty sequences are identical (0.0).
+    """
     longest = max(len(a), len(b))
     return 0.0 if longest == 0 else levenshtein(a, b) / longest
+
+
+def _ngram_counts(tokens: Sequence, n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 def bleu(candidate: Sequence, reference: Sequence, max_n: int = 4, smooth: bool = True) -> float:
     """Sentence BLEU of a token sequence against one reference (Papineni et al., 2002).
 
-    Geometric mean of clipped n-gram precisions for n = 1..``max_n`` times the brevity penalty. With
-    ``smooth`` an n-gram order with no match counts as 1/(2 x its number of candidate n-grams)
-    (Lin & Och 2004, "smoothing 1"-like add-epsilon), so short sequences do not collapse to 0.
+    ``BP * exp(mean_n log p_n)`` over n-gram orders ``n = 1..max_n`` (uniform weights), where ``p_n`` is the
+    clipped n-gram precision (each candidate n-gram counts at most as often as it occurs in the reference) and
+    the brevity penalty is ``BP = 1`` if ``c > r`` else ``exp(1 - r / c)`` for candidate / reference lengths
+    ``c`` and ``r``.
+
+    Parameters
+    ----------
+    candidate, reference
+        Token sequences (e.g. gene symbols or token ids in rank order).
+    max_n
+        Highest n-gram order (4: BLEU-4).
+    smooth
+        ``False``: plain BLEU, 0 as soon as one order has no match or the candidate is shorter than ``max_n``.
+        ``True`` (default, sentence-level use): the "exp" smoothing of Chen & Cherry (2014, method 3; NIST,
+        sacrebleu's default), where the k-th order with no match gets ``p_n = 1 / (2**k * n_candidate_ngrams)``,
+        and the effective order of sacrebleu: orders longer than the candidate are left out of the mean.
+
+    Returns
+    -------
+    A float in ``[0, 1]``; 1 for identical non-empty sequences (with ``smooth`` or length ``>= max_n``), 1 for
+    two empty sequences, 0 when only one of them is empty.
+
+    Examples
+    --------
+    >>> bleu([1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 0], smooth=False)  # (8/9 7/8 6/7 5/6)^(1/4)
+    0.8633400213704505
     """
-    if len(candidate) == 0:
-        return 0.0
-    log_precision = 0.0
+    if max_n < 1:
+        raise ValueError(f"max_n must be >= 1, got {max_n}")
+    candidate, reference = list(candidate), list(reference)
+    c, r = len(candidate), len(reference)
+    if c == 0 or r == 0:
+        return 1.0 if c == r else 0.0
+    log_precisions = []
+    k = 0
     for n in range(1, max_n + 1):
-        cand = Counter(tuple(candidate[i : i + n]) for i in range(len(candidate) - n + 1))
-        ref = Counter(tuple(reference[i : i + n]) for i in range(len(reference) - n + 1))
+        cand = _ngram_counts(candidate, n)
         total = sum(cand.values())
-        if total == 0:
-            return 0.0 if not smooth else float(np.exp(log_precision / n))  # shorter than n: use orders so far
-        matched = sum(min(c, ref[g]) for g, c in cand.items())
+        if total == 0:  # candidate shorter than n
+            if not smooth:
+                return 0.0
+            break  # effective order: only orders the candidate has
+        ref = _ngram_counts(reference, n)
+        matched = sum(min(count, ref[g]) for g, count in cand.items())
         if matched == 0:
             if not smooth:
                 return 0.0
-            precision = 1.0 / (2.0 * total)
+            k += 1
+            log_precisions.append(-np.log(2.0**k * total))
         else:
-            precision = matched / total
-        log_precision += np.log(precision)
-    c, r = len(candidate), len(reference)
-    brevity = 1.0 if c > r else float(np.exp(1 - r / c))
-    return float(brevity * np.exp(log_precision / max_n))
+            log_precisions.append(np.log(matched / total))
+    brevity = 1.0 if c > r else float(np.exp(1.0 - r / c))
+    return float(brevity * np.exp(np.mean(log_precisions)))
+
+
+def rank_reconstruction_scores(
+    candidates: Sequence[Sequence], references: Sequence[Sequence], max_n: int = 4, smooth: bool = True
+) -> dict[str, float]:
+    """Mean and standard deviation over cells of BLEU and normalised Levenshtein distance.
+
+    Parameters
+    ----------
+    candidates
+        Predicted gene sequence (rank order) of each cell.
+    references
+        Input gene sequence of each cell.
+    max_n, smooth
+        As in :func:`bleu`.
+
+    Returns
+    -------
+    ``{"bleu", "bleu_std", "norm_levenshtein", "norm_levenshtein_std", "n_cells"}``.
+    """
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
+    b = np.array([bleu(c, r, max_n=max_n, smooth=smooth) for c, r in zip(candidates, references)])
+    d = np.array([normalized_levenshtein(c, r) for c, r in zip(candidates, references)])
+    empty = float("nan")
+    return {
+        "bleu": float(b.mean()) if b.size else empty,
+        "bleu_std": float(b.std()) if b.size else empty,
+        "norm_levenshtein": float(d.mean()) if d.size else empty,
+        "norm_levenshtein_std": float(d.std()) if d.size else empty,
+        "n_cells": len(b),
+    }
+
+
+def pathway_pair_auroc(
+    embeddings: pd.DataFrame,
+    gene_sets: Mapping[str, Sequence[str]],
+    n_negative: int | None = None,
+    exclude_pairs: set[tuple[str, str]] | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How well cosine similarity of gene embeddings separates same-set gene pairs from random pairs (AUROC).
+
+    Positives are all unordered pairs of distinct genes that share a set of ``gene_sets`` (genes missing from
+    ``embeddings`` are dropped). Negatives are random unordered pairs of genes from the union of the sets that
+    share none of them. AUROC = probability that a random positive pair is more similar than a random negative
+    pair (0.5: no signal).
+
+    Parameters
+    ----------
+    embeddings
+        Genes x dimensions, indexed by gene.
+    gene_sets
+        Set name -> genes (e.g. held-out pathways).
+    n_negative
+        Number of negative pairs (default: as many as positives, at least 1,000).
+    exclude_pairs
+        Pairs ``(g1, g2)`` with ``g1 < g2`` to drop from the positives (e.g. pairs that also share a set used in
+        training).
+    seed
+        Seed of the negative sampling.
+
+    Returns
+    -------
+    ``{"auroc", "n_genes", "n_positive", "n_negative", "mean_cos_positive", "mean_cos_negative"}``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    index = {g: i for i, g in enumerate(map(str, embeddings.index))}
+    positives: set[tuple[int, int]] = set()
+    genes: set[int] = set()
+    for members in gene_sets.values():
+        ids = sorted({index[g] for g in members if g in index})
+        genes.update(ids)
+        for x in range(len(ids)):
+            for y in range(x + 1, len(ids)):
+                positives.add((ids[x], ids[y]))
+    if exclude_pairs:
+        names = list(index)
+        positives = {(i, j) for i, j in positives if tuple(sorted((names[i], names[j]))) not in exclude_pairs}
+    if not positives:
+        raise ValueError("no same-set gene pair has both genes in the embeddings")
+    pool = np.array(sorted(genes))
+    n_neg = n_negative or max(len(positives), 1000)
+    rng = np.random.default_rng(seed)
+    negatives: set[tuple[int, int]] = set()
+    max_pairs = len(pool) * (len(pool) - 1) // 2 - len(positives)
+    n_neg = min(n_neg, max_pairs)
+    while len(negatives) < n_neg:
+        pairs = rng.choice(pool, size=(2 * (n_neg - len(negatives)) + 16, 2))
+        for i, j in pairs.tolist():
+            if i == j:
+                continue
+            pair = (min(i, j), max(i, j))
+            if pair not in positives:
+                negatives.add(pair)
+                if len(negatives) >= n_neg:
+                    break
+    x = embeddings.to_numpy(dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    pos = np.array(sorted(positives))
+    neg = np.array(sorted(negatives))
+    cos_pos = np.einsum("ij,ij->i", x[pos[:, 0]], x[pos[:, 1]])
+    cos_neg = np.einsum("ij,ij->i", x[neg[:, 0]], x[neg[:, 1]])
+    y = np.r_[np.ones(len(cos_pos)), np.zeros(len(cos_neg))]
+    return {
+        "auroc": float(roc_auc_score(y, np.r_[cos_pos, cos_neg])),
+        "n_genes": len(pool),
+        "n_positive": len(cos_pos),
+        "n_negative": len(cos_neg),
+        "mean_cos_positive": float(cos_pos.mean()),
+        "mean_cos_negative": float(cos_neg.mean()),
+    }

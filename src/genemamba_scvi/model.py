@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -782,6 +781,69 @@ class GeneMambaModel(BaseModelClass):
         model.module.eval()
         model.is_trained_ = bool(extra.get("is_trained", True))
         return model
+
+    @classmethod
+    def pretrain(
+        cls,
+        corpus_dir: str | os.PathLike,
+        save_dir: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ):
+        """Pre-train on a token corpus built by :func:`genemamba_scvi.data.build_corpus` (out of core, DDP).
+
+        Runs :func:`genemamba_scvi.pretrain.pretrain_from_corpus` (memory does not grow with the corpus;
+        ``strategy="ddp"``, ``precision="bf16-mixed"``, ``accumulate_grad_batches``, checkpoints every N
+        steps and exact resume with ``ckpt_path``) and writes the result to ``save_dir`` in the format of
+        :meth:`save`, so that ``GeneMambaModel.load(save_dir, adata=adata)`` embeds any AnnData.
+
+        Parameters
+        ----------
+        corpus_dir
+            Corpus directory (manifest, shards, vocabulary and gene medians).
+        save_dir
+            Where to write the trained model (atomic; refuses an existing directory unless ``overwrite``).
+        overwrite
+            Replace an existing model directory.
+        **kwargs
+            Passed to :func:`~genemamba_scvi.pretrain.pretrain_from_corpus` (architecture, ``max_steps``,
+            ``batch_size``, ``lr``, ``devices``, ``strategy``, ``checkpoint_dir``, ``gene_sets``, ``gamma``, ...).
+
+        Returns
+        -------
+        :class:`~genemamba_scvi.pretrain.PretrainResult` (module, vocab, gene medians, Lightning trainer).
+        """
+        import inspect
+
+        from genemamba_scvi.data.corpus import TokenCorpus
+        from genemamba_scvi.io import write_checkpoint
+        from genemamba_scvi.pretrain import pretrain_from_corpus
+
+        if Path(save_dir).exists() and not overwrite:  # fail before hours of training, not after
+            raise FileExistsError(f"{save_dir} already exists; pass overwrite=True to replace it")
+        result = pretrain_from_corpus(corpus_dir, **kwargs)
+        if result.trainer.is_global_zero:
+            defaults = inspect.signature(cls.__init__).parameters
+            keys = (*_ENCODER_ARGS, "tie_lm_head", "mask_prob", "min_gene_overlap")
+            config = {k: kwargs.get(k, defaults[k].default) for k in keys}
+            config["max_genes"] = int(TokenCorpus(corpus_dir).max_genes)
+            extra = {
+                "genemamba_scvi_version": __version__,
+                "objective": result.module.objective,
+                "is_trained": True,
+                "pretrained_on": str(corpus_dir),
+            }
+            write_checkpoint(
+                save_dir,
+                result.module.state_dict(),
+                config=config,
+                vocab=result.vocab,
+                gene_medians=result.gene_medians,
+                extra=extra,
+                overwrite=overwrite,
+            )
+        return result
 
     @classmethod
     def from_pretrained(

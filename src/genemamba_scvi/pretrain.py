@@ -464,16 +464,6 @@ class CorpusTrainingPlan(GeneMambaTrainingPlan):
         super().__init__(module, **kwargs)
         self.mask_seed = int(mask_seed)
 
-    def compute_and_log_metrics(self, loss_output, metrics, mode):
-        # scvi-tools runs this under torch.inference_mode(), so the epoch-level results Lightning creates for the
-        # logged extra metrics are inference tensors, and their DDP reduction at epoch end fails ("Inplace update
-        # to inference tensor outside InferenceMode"). Same logging, under no_grad instead.
-        from scvi.train import TrainingPlan
-
-        log = getattr(TrainingPlan.compute_and_log_metrics, "__wrapped__", TrainingPlan.compute_and_log_metrics)
-        with torch.no_grad():
-            return log(self, loss_output, metrics, mode)
-
     def training_step(self, batch, batch_idx):
         seed = _step_seed(self.mask_seed, self.global_rank, self.current_epoch, batch_idx)
         device = self.device

@@ -3,6 +3,7 @@
 numpy / scipy / anndata only (no torch model code).
 """
 
+from .corpus import Manifest, TokenCorpus, build_corpus
 from .gene_sets import gene_sets_to_token_ids, read_gmt, split_gene_sets
 from .normalize import GeneMedianAccumulator, compute_gene_medians, validate_counts
 from .tokenize import fallback_median, rank_tokenize
@@ -16,6 +17,9 @@ __all__ = [
     "GeneMatch",
     "GeneMedianAccumulator",
     "GeneVocab",
+    "Manifest",
+    "TokenCorpus",
+    "build_corpus",
     "compute_gene_medians",
     "fallback_median",
     "gene_sets_to_token_ids",

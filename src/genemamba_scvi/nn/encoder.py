@@ -418,6 +418,11 @@ class GeneMambaEncoder(nn.Module):
         """Cell embeddings ``[batch, d]`` by the encoder's pooling (see :func:`pool_hidden`)."""
         return pool_hidden(hidden, lengths, self.pooling)
 
-    def embed_cells(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``pool(forward(tokens, lengths), lengths)``."""
-        return self.pool(self(tokens, lengths), lengths)
+    def embed_cells(
+        self, tokens: torch.Tensor, lengths: torch.Tensor | None = None, packed: bool = False
+    ) -> torch.Tensor:
+        """``pool(forward(tokens, lengths), lengths)``; ``packed=True`` computes real tokens only."""
+        if not packed:
+            return self.pool(self(tokens, lengths), lengths)
+        tokens_packed, cu = pack_tokens(tokens, lengths)
+        return pool_packed(self.forward_packed(tokens_packed, cu), cu, self.pooling)

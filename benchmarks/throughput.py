@@ -1,0 +1,854 @@
+"""Throughput of GeneMamba vs a same-width, same-depth PyTorch SDPA transformer (training and inference).
+
+Both models go through the same data pipeline: every step draws a batch of cells whose lengths are
+``min(n_expressed, k)`` of real cells (``benchmarks/data/celltypist_gene_counts.npy``: genes with a
+non-zero count per cell of the shipped 559-cell celltypist sample), or full-length sequences of ``L``
+tokens, as right-padded ``[batch, Lmax]`` token ids + lengths.
+
+- **GeneMamba** (``genemamba_scvi.nn.GeneMambaEncoder``, mamba-ssm kernels on CUDA): packs the real
+  tokens of the batch (``pack_tokens``, timed) and runs ``forward_packed``: pads are never computed; each
+  cell and its per-cell reversal are two sequences of one varlen row, so one fused
+  ``mamba_split_conv1d_scan_combined`` call per layer covers both directions; residual add + RMSNorm is
+  mamba-ssm's fused Triton kernel.
+- **Transformer** baseline: pre-LN, MHA (head dim 64) through ``F.scaled_dot_product_attention``
+  (flash without a mask; with a key-padding mask PyTorch picks the efficient or cuDNN kernel; the math
+  fallback is disabled on CUDA), MLP 4x with GELU, same ``d_model`` / ``n_layers`` / vocabulary; pads each
+  batch to its longest cell.
+
+Training step = forward + backward + fused AdamW under bf16 autocast (fp32 master weights), loss = mean
+square of the final hidden states over real tokens (no head, so the encoders are compared alone).
+Inference step = forward under ``torch.inference_mode`` + mean pooling to cell embeddings.
+
+FLOPs (2 x MACs of every matmul; real tokens only for "mfu", pads included for "mfu_incl_pad")::
+
+    GeneMamba, per real token and layer, forward (d = d_model, E = expand*d, N = d_state, P = headdim,
+    H = E/P, G = ngroups, Q = chunk_size, D_in = 2E + 2GN + H):
+        2 directions x [ 2*d*D_in (in_proj) + 2*E*d (out_proj)
+                         + 2*(Q*G*N (C.B^T of the chunk, full block) + (Q/2)*H*P (intra-chunk scan, causal)
+                              + H*P*N (chunk states) + H*P*N (states -> outputs)) ]
+        + 2*(2d)*d (gate merge Linear(2d, d))
+    Transformer, per token and layer, forward (n = the cell's length; Lpad for pads included):
+        2*(3d^2 + d^2 + 8d^2) + 2*2*n*d (QK^T and PV, non-causal)
+    training = 3 x forward; MFU = FLOPs / step time / peak dense bf16 FLOP/s of the GPU.
+
+Memory: peak allocated during the step minus what was allocated before it (weights, optimizer state),
+per real token of the step.
+
+Run (GPU, see shared/gpu/README.md)::
+
+    python benchmarks/throughput.py --out $OUT            # writes throughput_<gpu>.json + .png
+    python benchmarks/throughput.py --smoke --out /tmp/t  # CPU, tiny model, seconds
+    python benchmarks/throughput.py --plot-only benchmarks/results/throughput_h100.json
+
+The JSON is rewritten after every measurement; ``--budget-s`` bounds the whole run (remaining settings
+are skipped and recorded as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
+SAMPLE_H5AD = "celltypist_sample_559cells_counts.h5ad"
+
+# dense bf16 tensor-core peak (no sparsity), FLOP/s
+PEAK_BF16 = [
+    (r"H100.*PCIe", 756e12),
+    (r"H100.*NVL", 835e12),
+    (r"H100|H800", 989.4e12),
+    (r"H200", 989.4e12),
+    (r"A100", 312e12),
+]
+
+TARGETS = {
+    "real_train_ratio_top2048": 2.0,
+    "real_train_ratio_top4096": 3.0,
+    "real_infer_cells_per_s_top2048": 1500.0,
+    "real_infer_ratio": 2.0,
+    "full_train_ratio_L2048": 1.5,
+    "full_train_ratio_L8192": 3.0,
+    "mfu_train": 0.35,
+    "mfu_infer": 0.50,
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: per-cell number of expressed genes
+# ----------------------------------------------------------------------------------------------------
+def extract_lengths(h5ad: Path, out: Path = LENGTHS_NPY) -> np.ndarray:
+    """Genes with a non-zero count per cell, from the CSR ``X`` of an ``.h5ad`` read with h5py only."""
+    import h5py
+
+    with h5py.File(h5ad, "r") as f:
+        X = f["X"]
+        if X.attrs.get("encoding-type", "") != "csr_matrix":
+            raise ValueError(f"{h5ad}: X is {X.attrs.get('encoding-type')!r}, expected csr_matrix")
+        indptr = X["indptr"][:]
+        nonzero = (X["data"][:] != 0).astype(np.int64)
+    counts = np.add.reduceat(nonzero, indptr[:-1]) if nonzero.size else np.zeros(len(indptr) - 1, np.int64)
+    counts[np.diff(indptr) == 0] = 0  # reduceat quirk on empty rows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, counts.astype(np.int32))
+    return counts
+
+
+def load_lengths(path: Path = LENGTHS_NPY) -> np.ndarray:
+    if path.is_file():
+        return np.load(path).astype(np.int64)
+    for cand in (ROOT.parent / "shared" / "data" / SAMPLE_H5AD, ROOT / "shared" / "data" / SAMPLE_H5AD):
+        if cand.is_file():
+            return extract_lengths(cand, path).astype(np.int64)
+    raise FileNotFoundError(f"{path} missing and no {SAMPLE_H5AD} to compute it from")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Transformer baseline
+# ----------------------------------------------------------------------------------------------------
+class TransformerBlock(nn.Module):
+    def __init__(self, d: int, n_heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, mlp_ratio * d)
+        self.fc2 = nn.Linear(mlp_ratio * d, d)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, L, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        x = x + self.proj(o.transpose(1, 2).reshape(B, L, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+
+
+class SDPATransformer(nn.Module):
+    """Pre-LN transformer encoder (bidirectional attention), PyTorch SDPA, MLP 4x."""
+
+    def __init__(self, vocab: int, d_model: int, n_layers: int, head_dim: int = 64):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, d_model, padding_idx=0)
+        self.layers = nn.ModuleList([TransformerBlock(d_model, d_model // head_dim) for _ in range(n_layers)])
+        self.norm_f = nn.LayerNorm(d_model)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, has_pads: bool) -> torch.Tensor:
+        x = self.embedding(tokens)
+        mask = None
+        if has_pads:  # additive key-padding mask in the attention dtype (the efficient kernel's native form)
+            L = tokens.shape[1]
+            keep = (torch.arange(L, device=tokens.device)[None] < lengths[:, None])[:, None, None, :]
+            dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            mask = torch.zeros(keep.shape, dtype=dt, device=x.device).masked_fill(~keep, float("-inf"))
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm_f(x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# FLOPs
+# ----------------------------------------------------------------------------------------------------
+def mamba_flops_per_token_layer(cfg: dict[str, Any]) -> float:
+    d, E, N, P, G, Q = cfg["d_model"], cfg["expand"] * cfg["d_model"], cfg["d_state"], cfg["headdim"], 1, cfg["chunk_size"]
+    H = E // P
+    d_in = 2 * E + 2 * G * N + H
+    direction = 2 * d * d_in + 2 * E * d + 2 * (Q * G * N + (Q / 2) * H * P + H * P * N + H * P * N)
+    return 2 * direction + 2 * (2 * d) * d
+
+
+def mamba_forward_flops(lengths: np.ndarray, cfg: dict[str, Any]) -> float:
+    return float(lengths.sum()) * cfg["n_layers"] * mamba_flops_per_token_layer(cfg)
+
+
+def transformer_forward_flops(lengths: np.ndarray, cfg: dict[str, Any], pad_to: int | None = None) -> float:
+    d, nl = cfg["d_model"], cfg["n_layers"]
+    if pad_to is None:
+        n = lengths.astype(np.float64)
+        return float(nl * (n.sum() * 2 * 12 * d * d + (n * n).sum() * 4 * d))
+    tokens = len(lengths) * pad_to
+    return float(nl * (tokens * 2 * 12 * d * d + tokens * pad_to * 4 * d))
+
+
+def peak_flops(name: str) -> float | None:
+    for pat, val in PEAK_BF16:
+        if re.search(pat, name):
+            return val
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# mamba-ssm Triton autotuning: prune / pin / dump
+# ----------------------------------------------------------------------------------------------------
+_TUNER_MODULES = [
+    "mamba_ssm.ops.triton.ssd_bmm",
+    "mamba_ssm.ops.triton.ssd_chunk_state",
+    "mamba_ssm.ops.triton.ssd_chunk_scan",
+    "mamba_ssm.ops.triton.ssd_state_passing",
+    "mamba_ssm.ops.triton.ssd_combined",
+    "mamba_ssm.ops.triton.layer_norm",
+    "mamba_ssm.ops.triton.layernorm_gated",
+]
+
+
+def _tuners() -> dict[str, Any]:
+    try:
+        from triton.runtime.autotuner import Autotuner
+    except Exception:  # noqa: BLE001
+        return {}
+    out = {}
+    for m in _TUNER_MODULES:
+        try:
+            mod = importlib.import_module(m)
+        except Exception:  # noqa: BLE001
+            continue
+        for name, obj in vars(mod).items():
+            if isinstance(obj, Autotuner):
+                out[f"{m.rsplit('.', 1)[-1]}.{name}"] = obj
+    return out
+
+
+def _sig(cfg: Any) -> str:
+    return json.dumps(
+        {"kw": sorted((k, v) for k, v in cfg.kwargs.items()), "w": cfg.num_warps, "s": cfg.num_stages}
+    )
+
+
+def configure_autotune(policy: str, pinned: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """``full``: the kernels' own config lists; ``prune``: drop 2-warp configs of the matmul kernels;
+    ``pin``: keep only the winners recorded by an earlier run (configs kept with their pre-hooks)."""
+    info: dict[str, Any] = {"policy": policy, "n_configs_before": 0, "n_configs_after": 0}
+    for name, t in _tuners().items():
+        cfgs = list(t.configs)
+        info["n_configs_before"] += len(cfgs)
+        keep = cfgs
+        if policy in ("prune", "pin") and any("BLOCK_SIZE_M" in c.kwargs for c in cfgs):
+            keep = [c for c in cfgs if c.num_warps >= 4] or cfgs
+        if policy == "pin" and pinned and name in pinned:
+            sel = [c for c in cfgs if _sig(c) in set(pinned[name])]
+            keep = sel or keep
+        t.configs = keep
+        info["n_configs_after"] += len(keep)
+    return info
+
+
+def autotune_winners() -> dict[str, list[str]]:
+    out = {}
+    for name, t in _tuners().items():
+        cache = getattr(t, "cache", None) or {}
+        wins = sorted({_sig(c) for c in cache.values()})
+        if wins:
+            out[name] = wins
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Benchmark machinery
+# ----------------------------------------------------------------------------------------------------
+def gpu_tag(name: str) -> str:
+    m = re.search(r"(H100|H200|H800|A100|L40S|L4|A10G|GH200|B200)", name)
+    return m.group(1).lower() if m else re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "device"
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.t_start = time.perf_counter()
+        self.dev = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+        self.cuda = self.dev.type == "cuda"
+        self.amp = torch.bfloat16 if (self.cuda or args.dtype == "bf16") and args.dtype != "fp32" else None
+        self.rng = np.random.default_rng(args.seed)
+        self.counts = load_lengths(Path(args.lengths))
+        self.results: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.fatal: str | None = None
+        self.out_dir = Path(args.out)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.gpu_name = torch.cuda.get_device_name(0) if self.cuda else f"CPU ({platform.processor() or 'cpu'})"
+        tag = gpu_tag(self.gpu_name) if self.cuda else "cpu"
+        if args.smoke:
+            tag += "_smoke"
+        self.json_path = self.out_dir / f"throughput_{tag}.json"
+        self.png_path = self.out_dir / f"throughput_{tag}.png"
+        self.cfg = self._model_cfg()
+        self.meta: dict[str, Any] = {}
+        self.autotune: dict[str, Any] = {}
+        self.sdpa_restrict = True  # no silent fallback to the O(L^2)-memory math kernel
+
+    # -- config ----------------------------------------------------------------------------------------
+    def _model_cfg(self) -> dict[str, Any]:
+        a = self.args
+        if a.smoke:
+            return dict(vocab=500, d_model=64, n_layers=2, d_state=16, headdim=32, expand=2, chunk_size=32)
+        return dict(
+            vocab=a.vocab, d_model=a.d_model, n_layers=a.n_layers, d_state=64, headdim=64, expand=2, chunk_size=a.chunk_size
+        )
+
+    def settings(self) -> list[dict[str, Any]]:
+        a = self.args
+        if a.smoke:
+            ks, Ls, tr_cells, inf_cells, tr_tok, inf_tok = (64, 128), (32, 64, 128, 256), 6, 12, 512, 1024
+            real = [("real", k, m, tr_cells if m == "train" else inf_cells) for k in ks for m in ("train", "infer")]
+            full = [("full", L, m, max(1, (tr_tok if m == "train" else inf_tok) // L)) for m in ("train", "infer") for L in Ls]
+            extra = [("ablation_no_fused_norm", 64, "train", tr_cells), ("stress", 128, "infer", 40)]
+        else:
+            real = [
+                ("real", 2048, "train", a.train_cells_2048),
+                ("real", 2048, "infer", a.infer_cells_2048),
+                ("real", 4096, "train", a.train_cells_4096),
+                ("real", 4096, "infer", a.infer_cells_4096),
+            ]
+            tt, it = a.train_tokens, a.infer_tokens
+            order = [(2048, "train"), (8192, "train"), (2048, "infer"), (8192, "infer"),
+                     (1024, "train"), (4096, "train"), (1024, "infer"), (4096, "infer")]  # fmt: skip
+            full = [("full", L, m, max(1, (tt if m == "train" else it) // L)) for L, m in order]
+            extra = [("ablation_no_fused_norm", 2048, "train", a.train_cells_2048), ("stress", 4096, "infer", 1024)]
+        out = []
+        for kind, n, mode, cells in real + full + extra:
+            name = f"{kind}_{'top' if kind != 'full' else 'L'}{n}_{mode}"
+            if a.only and not any(sub in name for sub in a.only.split(",")):
+                continue
+            out.append(dict(kind=kind, n=n, mode=mode, cells=cells, name=name))
+        return out
+
+    # -- models ----------------------------------------------------------------------------------------
+    def build(self) -> None:
+        from genemamba_scvi.nn import GeneMambaEncoder, causal_conv1d_available, mamba_ssm_available
+
+        c = self.cfg
+        torch.manual_seed(0)
+        backend = "auto" if self.args.backend == "auto" else self.args.backend
+        self.mamba = GeneMambaEncoder(
+            c["vocab"], d_model=c["d_model"], n_layers=c["n_layers"], d_state=c["d_state"], headdim=c["headdim"],
+            expand=c["expand"], chunk_size=c["chunk_size"], backend=backend,
+        ).to(self.dev)  # fmt: skip
+        self.transformer = SDPATransformer(c["vocab"], c["d_model"], c["n_layers"], head_dim=min(64, c["d_model"])).to(
+            self.dev
+        )
+        fused = dict(fused=True) if self.cuda else {}
+        self.opt = {
+            "genemamba": torch.optim.AdamW(self.mamba.parameters(), lr=1e-4, **fused),
+            "transformer": torch.optim.AdamW(self.transformer.parameters(), lr=1e-4, **fused),
+        }
+        resolved = self.mamba.resolved_backend(self.dev)
+        self.meta["models"] = {
+            "genemamba": {
+                "params": sum(p.numel() for p in self.mamba.parameters()),
+                "params_without_embedding": sum(p.numel() for n, p in self.mamba.named_parameters() if "embedding" not in n),
+                "backend": resolved,
+                "fused_conv_scan_norm_outproj": bool(resolved == "mamba_ssm" and causal_conv1d_available()),
+                "fused_add_rmsnorm": bool(self.mamba._use_fused_add_norm(self.dev)),
+                "path": "forward_packed: real tokens only, both directions in one varlen call per layer",
+                "mamba_ssm_importable": bool(self.cuda and mamba_ssm_available()),
+            },
+            "transformer": {
+                "params": sum(p.numel() for p in self.transformer.parameters()),
+                "params_without_embedding": sum(
+                    p.numel() for n, p in self.transformer.named_parameters() if "embedding" not in n
+                ),
+                "backend": "torch SDPA (flash without mask; efficient/cuDNN with key-padding mask; math disabled on CUDA)",
+                "heads": c["d_model"] // min(64, c["d_model"]),
+            },
+        }
+        if self.cuda:
+            self.meta["models"]["transformer"]["sdpa_kernels_seen"] = self._probe_sdpa()
+
+    def _probe_sdpa(self) -> dict[str, list[str]]:
+        """Names of the attention kernels that SDPA runs with and without a padding mask (profiler)."""
+        out: dict[str, list[str]] = {}
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            blk = self.transformer.layers[0]
+            x = torch.randn(2, 256, self.cfg["d_model"], device=self.dev)
+            lengths = torch.tensor([256, 100], device=self.dev)
+            for label, mask in (
+                ("no_mask", None),
+                ("key_padding_mask", (torch.arange(256, device=self.dev)[None] < lengths[:, None])[:, None, None, :]),
+            ):
+                with self._sdpa_ctx(), torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+                    blk(x, mask)
+                    torch.cuda.synchronize()
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        blk(x, mask)
+                        torch.cuda.synchronize()
+                names = {e.name for e in prof.events() if re.search(r"flash|fmha|attention|cudnn|sdpa|mha", e.name, re.I)}
+                out[label] = sorted(n[:120] for n in names)[:6]
+        except Exception as err:  # noqa: BLE001
+            out["error"] = [repr(err)[:300]]
+        return out
+
+    def _sdpa_ctx(self):
+        if not self.cuda or not self.sdpa_restrict:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backs = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        if hasattr(SDPBackend, "CUDNN_ATTENTION"):
+            backs.append(SDPBackend.CUDNN_ATTENTION)
+        return sdpa_kernel(backs)
+
+    # -- batches ---------------------------------------------------------------------------------------
+    def make_batch(self, s: dict[str, Any]) -> dict[str, Any]:
+        if s["kind"] == "full":
+            lens = np.full(s["cells"], s["n"], dtype=np.int64)
+        else:
+            lens = np.minimum(self.rng.choice(self.counts, size=s["cells"], replace=True), s["n"]).astype(np.int64)
+            lens = np.maximum(lens, 1)
+        Lmax = int(lens.max())
+        lengths = torch.from_numpy(lens).to(self.dev)
+        tokens = torch.randint(3, self.cfg["vocab"], (len(lens), Lmax), device=self.dev)
+        tokens.masked_fill_(torch.arange(Lmax, device=self.dev)[None] >= lengths[:, None], 0)
+        return dict(tokens=tokens, lengths=lengths, lens=lens, Lmax=Lmax, has_pads=bool((lens < Lmax).any()))
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dev.type, dtype=self.amp)
+
+    def step(self, model: str, mode: str, b: dict[str, Any]) -> None:
+        try:
+            self._step(model, mode, b)
+        except RuntimeError as err:
+            if model != "transformer" or not self.sdpa_restrict or "kernel" not in str(err).lower():
+                raise
+            self.sdpa_restrict = False
+            self.notes.append(f"SDPA: no flash/efficient/cuDNN kernel applied ({str(err)[:200]}); math kernel allowed")
+            self._step(model, mode, b)
+
+    def _step(self, model: str, mode: str, b: dict[str, Any]) -> None:
+        from genemamba_scvi.nn import pack_tokens, pool_hidden, pool_packed
+
+        if mode == "train":
+            opt = self.opt[model]
+            opt.zero_grad(set_to_none=True)
+            with self._autocast(), self._sdpa_ctx():
+                if model == "genemamba":
+                    tp, cu = pack_tokens(b["tokens"], b["lengths"])
+                    h = self.mamba.forward_packed(tp, cu)
+                    loss = h.float().square().mean()
+                else:
+                    h = self.transformer(b["tokens"], b["lengths"], b["has_pads"])
+                    mask = torch.arange(b["Lmax"], device=self.dev)[None] < b["lengths"][:, None]
+                    loss = (h.float().square().mean(-1) * mask).sum() / mask.sum()
+            loss.backward()
+            opt.step()
+        else:
+            with torch.inference_mode(), self._autocast(), self._sdpa_ctx():
+                if model == "genemamba":
+                    tp, cu = pack_tokens(b["tokens"], b["lengths"])
+                    emb = pool_packed(self.mamba.forward_packed(tp, cu), cu)
+                else:
+                    emb = pool_hidden(self.transformer(b["tokens"], b["lengths"], b["has_pads"]), b["lengths"])
+                emb.float().sum().item() if not self.cuda else None
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def measure(self, s: dict[str, Any], model: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
+        a = self.args
+        rec: dict[str, Any] = dict(setting=s["name"], kind=s["kind"], n=s["n"], mode=s["mode"], model=model, cells_per_step=s["cells"])
+        times, mem_act, mem_peak, real_tok, pad_tok = [], [], [], [], []
+        t_first = None
+        n_warm = a.warmup
+        for i, b in enumerate(batches):
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            self._sync()
+            t0 = time.perf_counter()
+            self.step(model, s["mode"], b)
+            self._sync()
+            dt = time.perf_counter() - t0
+            if i == 0:
+                t_first = dt
+            if i < n_warm:
+                continue
+            times.append(dt)
+            real_tok.append(int(b["lens"].sum()))
+            pad_tok.append(len(b["lens"]) * b["Lmax"])
+            if self.cuda:
+                peak = torch.cuda.max_memory_allocated()
+                mem_peak.append(peak)
+                mem_act.append((peak - before) / real_tok[-1])
+        total_t = float(np.sum(times))
+        lens_all = np.concatenate([b["lens"] for b in batches[n_warm:]])
+        mult = 3.0 if s["mode"] == "train" else 1.0
+        if model == "genemamba":
+            flops = mult * mamba_forward_flops(lens_all, self.cfg)
+            flops_pad = flops
+        else:
+            flops = mult * transformer_forward_flops(lens_all, self.cfg)
+            flops_pad = mult * sum(transformer_forward_flops(b["lens"], self.cfg, b["Lmax"]) for b in batches[n_warm:])
+        pk = self.meta.get("peak_flops")
+        rec.update(
+            steps=len(times),
+            first_step_s=round(t_first, 3) if t_first is not None else None,
+            step_time_s_median=float(np.median(times)),
+            step_time_s_mean=total_t / len(times),
+            real_tokens_per_step=float(np.mean(real_tok)),
+            computed_tokens_per_step=float(np.mean(pad_tok)) if model == "transformer" else float(np.mean(real_tok)),
+            padding_efficiency=float(np.sum(real_tok) / np.sum(pad_tok)),
+            tokens_per_s=float(np.sum(real_tok) / total_t),
+            cells_per_s=float(len(times) * s["cells"] / total_t),
+            tflops_per_s=flops / total_t / 1e12,
+            mfu=(flops / total_t / pk) if pk else None,
+            mfu_incl_pad=(flops_pad / total_t / pk) if pk else None,
+        )
+        if mem_peak:
+            rec.update(
+                peak_mem_gib=max(mem_peak) / 2**30,
+                act_mem_bytes_per_real_token=float(np.median(mem_act)),
+            )
+        if model == "genemamba":
+            rec["mixer_calls_split_into"] = self.mamba.last_n_sub_batches
+        return rec
+
+    # -- output ----------------------------------------------------------------------------------------
+    def ratios(self) -> dict[str, Any]:
+        by = {}
+        for r in self.results:
+            if "tokens_per_s" in r:
+                by[(r["setting"], r["model"])] = r
+        out = {}
+        for (setting, model), r in by.items():
+            if model != "genemamba" or (setting, "transformer") not in by:
+                continue
+            t = by[(setting, "transformer")]
+            out[setting] = {
+                "tokens_per_s_ratio": r["tokens_per_s"] / t["tokens_per_s"],
+                "cells_per_s_ratio": r["cells_per_s"] / t["cells_per_s"],
+                "act_mem_per_real_token_ratio": (
+                    r["act_mem_bytes_per_real_token"] / t["act_mem_bytes_per_real_token"]
+                    if "act_mem_bytes_per_real_token" in r and "act_mem_bytes_per_real_token" in t
+                    else None
+                ),
+            }
+        return out
+
+    def targets(self, ratios: dict[str, Any]) -> dict[str, Any]:
+        by = {(r["setting"], r["model"]): r for r in self.results if "tokens_per_s" in r}
+        T = TARGETS
+        out: dict[str, Any] = {}
+
+        def chk(name, value, target, higher=True):
+            if value is None:
+                out[name] = {"target": target, "value": None, "met": None}
+            else:
+                out[name] = {"target": target, "value": value, "met": bool(value >= target if higher else value <= target)}
+
+        g = lambda s, k: ratios.get(s, {}).get(k)  # noqa: E731
+        chk("real_train_tokens_ratio_top2048", g("real_top2048_train", "tokens_per_s_ratio"), T["real_train_ratio_top2048"])
+        chk("real_train_tokens_ratio_top4096", g("real_top4096_train", "tokens_per_s_ratio"), T["real_train_ratio_top4096"])
+        r = by.get(("real_top2048_infer", "genemamba"))
+        chk("real_infer_cells_per_s_top2048", r["cells_per_s"] if r else None, T["real_infer_cells_per_s_top2048"])
+        chk("real_infer_cells_ratio_top2048", g("real_top2048_infer", "cells_per_s_ratio"), T["real_infer_ratio"])
+        chk("real_infer_cells_ratio_top4096", g("real_top4096_infer", "cells_per_s_ratio"), T["real_infer_ratio"])
+        chk("full_train_tokens_ratio_L2048", g("full_L2048_train", "tokens_per_s_ratio"), T["full_train_ratio_L2048"])
+        chk("full_train_tokens_ratio_L8192", g("full_L8192_train", "tokens_per_s_ratio"), T["full_train_ratio_L8192"])
+        mt = [r["mfu"] for (s, m), r in by.items() if m == "genemamba" and r["mode"] == "train" and r.get("mfu") and r["kind"] in ("real", "full")]
+        mi = [r["mfu"] for (s, m), r in by.items() if m == "genemamba" and r["mode"] == "infer" and r.get("mfu") and r["kind"] in ("real", "full")]
+        chk("mfu_train_best", max(mt) if mt else None, T["mfu_train"])
+        chk("mfu_infer_best", max(mi) if mi else None, T["mfu_infer"])
+        mem = {s: v["act_mem_per_real_token_ratio"] for s, v in ratios.items() if v.get("act_mem_per_real_token_ratio")}
+        chk("act_mem_per_real_token_ratio_worst", max(mem.values()) if mem else None, 1.0, higher=False)
+        return out
+
+    def write(self, complete: bool = False) -> None:
+        ratios = self.ratios()
+        doc = {
+            "what": "GeneMamba (packed, mamba-ssm kernels) vs same-width/depth PyTorch SDPA transformer: "
+            "training (fwd+bwd+AdamW) and inference throughput on real-cell lengths and full-length sequences",
+            "gpu": self.gpu_name,
+            **self.meta,
+            "config": {**self.cfg, "dtype": "bf16 autocast" if self.amp else "fp32", "warmup_steps": self.args.warmup,
+                       "timed_steps": self.args.steps, "seed": self.args.seed, "smoke": self.args.smoke},  # fmt: skip
+            "lengths_source": f"{LENGTHS_NPY.relative_to(ROOT)}: genes with non-zero counts per cell of the shipped "
+            f"{SAMPLE_H5AD} ({len(self.counts)} cells, median {int(np.median(self.counts))}); cell length = min(n, k)",
+            "flops_formula": FLOPS_DOC,
+            "memory": "act_mem_bytes_per_real_token = (peak allocated during the step - allocated before it) / real tokens",
+            "autotune": self.autotune,
+            "results": self.results,
+            "ratios_genemamba_over_transformer": ratios,
+            "targets": self.targets(ratios),
+            "notes": self.notes,
+            "fatal": self.fatal,
+            "elapsed_s": round(time.perf_counter() - self.t_start, 1),
+            "complete": complete,
+        }
+        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
+        tmp.replace(self.json_path)
+
+    # -- main loop -------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def run(self) -> None:
+        a = self.args
+        self.meta.update(versions())
+        self.meta["peak_flops"] = peak_flops(self.gpu_name) if self.cuda else None
+        if self.cuda and not a.smoke:
+            pinned = None
+            if a.autotune.startswith("pin:"):
+                pinned = json.loads(Path(a.autotune[4:]).read_text()).get("autotune", {}).get("winners")
+            self.autotune = configure_autotune(a.autotune.split(":")[0], pinned)
+        self.build()
+        self.write()
+        est_step = {"genemamba": 1.0, "transformer": 1.0}
+        for s in self.settings():
+            if self.fatal:
+                break
+            models = ["genemamba", "transformer"]
+            if s["kind"] in ("ablation_no_fused_norm", "stress"):
+                models = ["genemamba"]
+            batches = None
+            for model in models:
+                n_steps = a.warmup + a.steps
+                need = est_step[model] * n_steps * 1.2 + 2
+                if self.elapsed() + need > a.budget_s:
+                    self.results.append(dict(setting=s["name"], model=model, mode=s["mode"], kind=s["kind"], n=s["n"],
+                                             skipped=f"time budget ({self.elapsed():.0f}s used, ~{need:.0f}s needed)"))  # fmt: skip
+                    print(f"[skip] {s['name']} {model}: budget", flush=True)
+                    continue
+                if batches is None:
+                    batches = [self.make_batch(s) for _ in range(n_steps)]
+                prev_fused = self.mamba.fused_add_norm
+                if s["kind"] == "ablation_no_fused_norm":
+                    self.mamba.fused_add_norm = False
+                t0 = time.perf_counter()
+                try:
+                    rec = self.measure(s, model, batches)
+                    if s["kind"] == "ablation_no_fused_norm":
+                        rec["note"] = "fused residual-add+RMSNorm replaced by eager add + RMSNorm"
+                    self.results.append(rec)
+                    est_step[model] = max(rec["step_time_s_median"], 0.05)
+                    print(
+                        f"[ok] {s['name']:28s} {model:11s} {rec['tokens_per_s']/1e3:9.1f}k real tok/s "
+                        f"{rec['cells_per_s']:8.1f} cells/s step {rec['step_time_s_median']*1e3:7.1f} ms "
+                        f"mfu {rec['mfu'] if rec['mfu'] is not None else float('nan'):.3f} "
+                        f"mem {rec.get('peak_mem_gib', float('nan')):.1f} GiB first {rec['first_step_s']:.1f}s",
+                        flush=True,
+                    )
+                except torch.cuda.OutOfMemoryError as err:
+                    self.results.append(dict(setting=s["name"], model=model, mode=s["mode"], kind=s["kind"], n=s["n"],
+                                             cells_per_step=s["cells"], error=f"OOM: {str(err)[:200]}"))  # fmt: skip
+                    print(f"[oom] {s['name']} {model}", flush=True)
+                except Exception as err:  # noqa: BLE001
+                    msg = f"{type(err).__name__}: {str(err)[:500]}"
+                    self.results.append(dict(setting=s["name"], model=model, mode=s["mode"], kind=s["kind"], n=s["n"],
+                                             cells_per_step=s["cells"], error=msg))  # fmt: skip
+                    print(f"[error] {s['name']} {model}: {msg}\n{traceback.format_exc()[-1500:]}", flush=True)
+                    if "CUDA error" in msg or "illegal memory" in msg or "AcceleratorError" in msg:
+                        self.fatal = msg
+                    elif model == "genemamba" and self.mamba._use_fused_add_norm(self.dev) and prev_fused is None:
+                        self.notes.append(f"fused add+RMSNorm disabled after an error in {s['name']}: {msg[:200]}")
+                        self.mamba.fused_add_norm = False
+                        self.meta["models"]["genemamba"]["fused_add_rmsnorm"] = False
+                finally:
+                    if s["kind"] == "ablation_no_fused_norm":
+                        self.mamba.fused_add_norm = prev_fused
+                    self.opt[model].zero_grad(set_to_none=True)
+                    gc.collect()
+                    if self.cuda and not self.fatal:
+                        torch.cuda.empty_cache()
+                if model == "genemamba" and self.cuda and "winners" not in self.autotune and s["mode"] == "train":
+                    self.autotune["winners"] = autotune_winners()
+                    self.autotune["first_train_step_s"] = self.results[-1].get("first_step_s")
+                if model == "genemamba" and not self.fatal and "self_check" not in self.meta and s["mode"] == "train":
+                    self.meta["self_check"] = self.self_check()
+                self.write()
+                print(f"    ({time.perf_counter() - t0:.1f}s, total {self.elapsed():.0f}s)", flush=True)
+        self.write(complete=not self.fatal)
+        try:
+            plot(self.json_path, self.png_path)
+        except Exception as err:  # noqa: BLE001
+            print(f"plot failed: {err!r}", flush=True)
+        print_table(self.json_path)
+
+    def self_check(self) -> dict[str, Any]:
+        """Packed mamba_ssm path (bf16) vs the padded torch-backend reference on the same weights, and
+        cell independence, on a small ragged batch. Runs after the first training step so that Triton
+        autotuning has already seen realistic shapes."""
+        out: dict[str, Any] = {}
+        try:
+            enc = self.mamba
+            g = torch.Generator(device=self.dev).manual_seed(0)
+            lens = torch.tensor([300, 17, 1, 1000, 512] if not self.args.smoke else [30, 17, 1, 100, 51], device=self.dev)
+            L = int(lens.max())
+            tokens = torch.randint(3, self.cfg["vocab"], (len(lens), L), device=self.dev, generator=g)
+            mask = torch.arange(L, device=self.dev)[None] < lens[:, None]
+            tokens.masked_fill_(~mask, 0)
+            with torch.no_grad(), self._autocast():
+                packed = enc(tokens, lens, packed=True).float()
+                n3 = int(lens[3])
+                alone = enc(tokens[3:4, :n3], lens[3:4], packed=True).float()
+                saved = (enc.backend, [layer.mixer.backend for layer in enc.layers])
+                try:
+                    enc.backend = "torch"
+                    for layer in enc.layers:
+                        layer.mixer.backend = "torch"
+                    ref = enc(tokens, lens).float()
+                finally:
+                    enc.backend = saved[0]
+                    for layer, b in zip(enc.layers, saved[1]):
+                        layer.mixer.backend = b
+            rel = float((packed[mask] - ref[mask]).norm() / ref[mask].norm())
+            indep = float((packed[3, :n3] - alone[0]).abs().max())
+            out = {
+                "packed_mamba_ssm_vs_padded_torch_backend_norm_rel_bf16": rel,
+                "cell_alone_vs_in_batch_max_abs": indep,
+                "pass": bool(rel < 5e-2 and math.isfinite(rel)),
+            }
+        except Exception as err:  # noqa: BLE001
+            out = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+        print(f"[self-check] {out}", flush=True)
+        return out
+
+
+FLOPS_DOC = __doc__[__doc__.index("FLOPs (2 x MACs") : __doc__.index("Memory: peak")].strip()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)
+
+
+def versions() -> dict[str, Any]:
+    v: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("mamba_ssm", "causal_conv1d", "triton"):
+        try:
+            v[name] = importlib.import_module(name).__version__
+        except Exception as err:  # noqa: BLE001
+            v[name] = f"not importable ({type(err).__name__})"
+    v["cuda"] = torch.version.cuda
+    v["env"] = {k: os.environ.get(k) for k in ("MAMBA_DETERMINISTIC", "TRITON_CACHE_DIR") if os.environ.get(k)}
+    return v
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plot and table
+# ----------------------------------------------------------------------------------------------------
+def plot(json_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(Path(json_path).read_text())
+    res = [r for r in doc["results"] if "tokens_per_s" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"genemamba": ("tab:green", "GeneMamba (packed, mamba-ssm)"), "transformer": ("tab:blue", "Transformer (SDPA)")}
+    for ax, mode in zip(axes, ("train", "infer")):
+        for model, (color, label) in styles.items():
+            full = sorted((r["n"], r["tokens_per_s"]) for r in res if r["kind"] == "full" and r["mode"] == mode and r["model"] == model)
+            if full:
+                ax.plot([x for x, _ in full], [y / 1e3 for _, y in full], "-o", color=color, label=f"{label}, full length L")
+            real = sorted((r["n"], r["tokens_per_s"]) for r in res if r["kind"] == "real" and r["mode"] == mode and r["model"] == model)
+            if real:
+                ax.plot([x for x, _ in real], [y / 1e3 for _, y in real], "s", ms=9, mfc="none", color=color,
+                        label=f"{label}, real cells top-k (real tokens/s)")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("L (full length) or k (real cells, top-k genes)")
+        ax.set_ylabel("real tokens/s (thousands)")
+        ax.set_title(f"{'training (fwd+bwd+AdamW)' if mode == 'train' else 'inference (forward)'}")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=7, loc="best")
+    c = doc["config"]
+    fig.suptitle(f"{doc['gpu']}: {c['n_layers']} layers x d_model {c['d_model']}, {c['dtype']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(json_path: Path) -> None:
+    doc = json.loads(Path(json_path).read_text())
+    rat = doc.get("ratios_genemamba_over_transformer", {})
+    print(f"\n{doc['gpu']} | torch {doc.get('torch')} | mamba_ssm {doc.get('mamba_ssm')} | elapsed {doc['elapsed_s']}s")
+    print(f"{'setting':26s} {'model':11s} {'realtok/s':>10s} {'cells/s':>9s} {'step ms':>8s} {'MFU':>6s} {'GiB':>6s} {'B/tok':>8s} {'ratio':>6s}")
+    for r in doc["results"]:
+        if "tokens_per_s" not in r:
+            print(f"{r['setting']:26s} {r['model']:11s} {r.get('error') or r.get('skipped')}")
+            continue
+        ratio = rat.get(r["setting"], {}).get("tokens_per_s_ratio") if r["model"] == "genemamba" else None
+        print(
+            f"{r['setting']:26s} {r['model']:11s} {r['tokens_per_s']:10.0f} {r['cells_per_s']:9.1f} "
+            f"{r['step_time_s_median']*1e3:8.1f} {(r['mfu'] or 0):6.3f} {r.get('peak_mem_gib', 0):6.1f} "
+            f"{r.get('act_mem_bytes_per_real_token', 0):8.0f} {ratio if ratio is not None else float('nan'):6.2f}"
+        )
+    for k, v in doc.get("targets", {}).items():
+        print(f"target {k:40s} {v}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--smoke", "--tiny", action="store_true", help="tiny model, few steps (CPU-friendly)")
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "mamba_ssm"))
+    p.add_argument("--vocab", type=int, default=32768)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--n-layers", type=int, default=24)
+    p.add_argument("--chunk-size", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--budget-s", type=float, default=330.0)
+    p.add_argument("--train-cells-2048", type=int, default=48)
+    p.add_argument("--train-cells-4096", type=int, default=24)
+    p.add_argument("--infer-cells-2048", type=int, default=256)
+    p.add_argument("--infer-cells-4096", type=int, default=128)
+    p.add_argument("--train-tokens", type=int, default=65536, help="tokens per training step at full length")
+    p.add_argument("--infer-tokens", type=int, default=262144, help="tokens per inference step at full length")
+    p.add_argument("--only", default="", help="comma-separated substrings of setting names to run")
+    p.add_argument("--autotune", default="prune", help="full | prune | pin:<earlier throughput json>")
+    p.add_argument("--lengths", default=str(LENGTHS_NPY))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot-only", default="", help="re-draw the PNG (and print the table) of a JSON")
+    p.add_argument("--extract-lengths", default="", help="write the lengths .npy from this .h5ad and exit")
+    args = p.parse_args(argv)
+    if args.extract_lengths:
+        c = extract_lengths(Path(args.extract_lengths), Path(args.lengths))
+        print(f"{len(c)} cells, median {np.median(c)}, written to {args.lengths}")
+        return
+    if args.plot_only:
+        jp = Path(args.plot_only)
+        plot(jp, jp.with_suffix(".png"))
+        print_table(jp)
+        return
+    if args.smoke:
+        args.warmup, args.steps = min(args.warmup, 1), min(args.steps, 2)
+        if args.dtype == "auto" and not torch.cuda.is_available():
+            args.dtype = "fp32"
+    Runner(args).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Packed (varlen) encoder path: same function as the padded path, cells independent, splitting, grads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genemamba_scvi.nn import (
+    GeneMambaEncoder,
+    bipack,
+    pack_cells,
+    pack_tokens,
+    pool_hidden,
+    pool_packed,
+    reversal_index_packed,
+    unpack_hidden,
+)
+from genemamba_scvi.nn import ssd as ssd_mod
+
+TINY = dict(d_model=32, d_state=8, headdim=16, chunk_size=16, backend="torch")
+V = 60
+# ragged: a length-1 cell, cells crossing several 16-token chunks, one full-length cell
+LENGTHS = [9, 4, 40, 1, 17, 33]
+L = 40
+
+CONFIGS = [
+    dict(),
+    dict(merge="concat"),
+    dict(shared_merge=True),
+    dict(block="official", shared_merge=True),
+    dict(block="official", merge="mean"),
+    dict(bidirectional=False),
+]
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(3, V, (len(LENGTHS), L), generator=g)
+    lengths = torch.tensor(LENGTHS)
+    mask = torch.arange(L)[None] < lengths[:, None]
+    return tokens.masked_fill(~mask, 0), lengths, mask
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_packed_equals_padded_fp32(cfg):
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=3, **TINY, **cfg)
+    tokens, lengths, mask = _batch()
+    padded = enc(tokens, lengths)
+    packed = enc(tokens, lengths, packed=True)
+    assert packed.shape == padded.shape
+    torch.testing.assert_close(packed[mask], padded[mask], atol=1e-5, rtol=1e-5)
+    assert torch.all(packed[~mask] == 0)
+    # the direct packed API gives the same states
+    tp, cu = pack_tokens(tokens, lengths)
+    torch.testing.assert_close(enc.forward_packed(tp, cu), padded[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_packed_gradients_equal_padded():
+    # float64: the two paths sum in different orders; in float32 gradients of size ~500 differ by ~1e-4
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=2, **TINY).double()
+    tokens, lengths, mask = _batch(1)
+    w = torch.randn(int(mask.sum()), 32, dtype=torch.float64)
+
+    def grads(packed):
+        enc.zero_grad(set_to_none=True)
+        (enc(tokens, lengths, packed=packed)[mask] * w).sum().backward()
+        return {n: p.grad.clone() for n, p in enc.named_parameters()}
+
+    g_pad, g_pk = grads(False), grads(True)
+    assert g_pad.keys() == g_pk.keys()
+    for n in g_pad:
+        torch.testing.assert_close(g_pk[n], g_pad[n], atol=1e-9, rtol=1e-9, msg=n)
+
+
+def test_cell_output_does_not_depend_on_the_other_cells():
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=2, **TINY).eval()
+    tokens, lengths, mask = _batch(2)
+    alone = [enc.forward_packed(tokens[i, : lengths[i]], torch.tensor([0, int(lengths[i])])) for i in range(len(LENGTHS))]
+    together = enc(tokens, lengths, packed=True)
+    for i, a in enumerate(alone):
+        torch.testing.assert_close(together[i, : lengths[i]], a, atol=1e-5, rtol=1e-5)
+    # change every other cell: cell 2 unchanged
+    other = torch.randint(3, V, tokens.shape).masked_fill(~mask, 0)
+    other[2] = tokens[2]
+    torch.testing.assert_close(enc(other, lengths, packed=True)[2], together[2], atol=1e-5, rtol=1e-5)
+
+
+def test_packed_splits_under_the_element_limit():
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=2, **TINY)
+    tokens, lengths, mask = _batch(3)
+    full = enc(tokens, lengths, packed=True)
+    assert enc.last_n_sub_batches == 1
+    per_token = 2 * enc.d_in_proj
+    enc.max_call_elements = 45 * per_token  # at most 45 real tokens (both directions) per mixer call
+    split = enc(tokens, lengths, packed=True)
+    assert enc.last_n_sub_batches > 2
+    torch.testing.assert_close(split, full, atol=1e-6, rtol=1e-6)
+    groups = enc._packed_groups(pack_tokens(tokens, lengths)[1], int(lengths.sum()))
+    assert [c for g in groups for c in range(*g)] == list(range(len(LENGTHS)))  # every cell once, in order
+
+
+def test_pack_cells_indices():
+    cu = torch.tensor([0, 3, 3, 5])  # a length-0 cell in the middle
+    p = pack_cells(cu)
+    assert p.n_tokens == 5 and p.n_cells == 3
+    assert p.rev.tolist() == [2, 1, 0, 4, 3]
+    assert p.seq_idx.tolist() == [[0, 0, 0, 2, 2]]
+    assert p.seq_idx_both.tolist() == [[0, 0, 0, 2, 2, 3, 3, 3, 5, 5]]
+    assert torch.equal(p.rev, reversal_index_packed(p.seq_idx)[0])
+    h = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(bipack(h, p), torch.cat([h, h[p.rev]]))
+    torch.autograd.gradcheck(lambda t: bipack(t, p), (h,))
+
+
+def test_pool_and_unpack_helpers():
+    tokens, lengths, mask = _batch(4)
+    hidden = torch.randn(len(LENGTHS), L, 8)
+    tp, cu = pack_tokens(tokens, lengths)
+    assert torch.equal(tp, tokens[mask])
+    hp = hidden[mask]
+    torch.testing.assert_close(pool_packed(hp, cu), pool_hidden(hidden, lengths))
+    torch.testing.assert_close(pool_packed(hp, cu, "cls"), pool_hidden(hidden, lengths, "cls"))
+    back = unpack_hidden(hp, lengths, L)
+    assert torch.equal(back[mask], hp) and torch.all(back[~mask] == 0)
+
+
+def _rms_norm_fn_reference(x, weight, bias, residual=None, eps=1e-6, prenorm=False, residual_in_fp32=False):
+    """Semantics of ``mamba_ssm.ops.triton.layer_norm.rms_norm_fn`` (its ``rms_norm_ref``) for the calls we make."""
+    assert bias is None and prenorm
+    r = x.float() if residual_in_fp32 else x
+    if residual is not None:
+        r = r + residual
+    y = r * torch.rsqrt(r.square().mean(-1, keepdim=True) + eps) * weight
+    return y.to(x.dtype), r
+
+
+def test_fused_add_norm_path_matches(monkeypatch):
+    """The residual-stream loop with the fused add+RMSNorm call (here its reference) = the padded path."""
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=3, **TINY)
+    tokens, lengths, mask = _batch(5)
+    ref = enc(tokens, lengths)
+    ops = dict(ssd_mod.load_mamba_ssm_ops())
+    ops["rms_norm_fn"] = _rms_norm_fn_reference
+    monkeypatch.setitem(ssd_mod._OPS_CACHE, "ops", ops)
+    enc.fused_add_norm = True
+    torch.testing.assert_close(enc(tokens, lengths, packed=True)[mask], ref[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_embed_cells_packed():
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=1, **TINY)
+    tokens, lengths, _ = _batch(6)
+    torch.testing.assert_close(
+        enc.embed_cells(tokens, lengths, packed=True), enc.embed_cells(tokens, lengths), atol=1e-5, rtol=1e-5
+    )
