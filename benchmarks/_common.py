@@ -70,14 +70,18 @@ def set_threads(n: int) -> None:
 def add_common_args(parser: argparse.ArgumentParser, epochs: int, quick_epochs: int) -> None:
     """Flags shared by every biology benchmark (model size, ablations, speed)."""
     g = parser.add_argument_group("GeneMamba model and pre-training")
-    g.add_argument("--quick", action="store_true", help="tiny CI-speed configuration (1-2 minutes; numbers meaningless)")
+    g.add_argument(
+        "--quick", action="store_true", help="tiny CI-speed configuration (1-2 minutes; numbers meaningless)"
+    )
     g.add_argument("--unidirectional", action="store_true", help="ablation: causal (GeneMamba_U) instead of Bi-Mamba")
     g.add_argument("--gamma", type=float, default=0.1, help="weight of the pathway InfoNCE (ablation: 0)")
     g.add_argument("--gene-sets", default="kegg", choices=["kegg", "go_bp"], help="gene sets of the pathway loss")
     g.add_argument("--d-model", type=int, default=64)
     g.add_argument("--n-layers", type=int, default=2)
     g.add_argument("--max-genes", type=int, default=256)
-    g.add_argument("--epochs", type=int, default=None, help=f"pre-training epochs (default {epochs}; quick {quick_epochs})")
+    g.add_argument(
+        "--epochs", type=int, default=None, help=f"pre-training epochs (default {epochs}; quick {quick_epochs})"
+    )
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--lr", type=float, default=3e-3)
     g.add_argument("--seed", type=int, default=0)
@@ -260,10 +264,31 @@ def split_cells(n: int, test_fraction: float, seed: int, stratify: np.ndarray | 
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(n)
-    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
+    train, _ = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
     train_mask = np.zeros(n, bool)
     train_mask[train] = True
     return train_mask, ~train_mask
+
+
+def celltypist_split(test_fraction: float = 0.2, seed: int = 0, min_cells: int = 5):
+    """The celltypist sample split into pre-training cells and held-out cells.
+
+    Genes are those detected in at least ``min_cells`` training cells (chosen on the training cells only).
+
+    Returns
+    -------
+    ``(adata, train_mask, test_mask, data_name)`` with counts in ``layers["counts"]``.
+    """
+    from genemamba_scvi.datasets import load_celltypist_sample
+
+    full = load_celltypist_sample()
+    train_mask, test_mask = split_cells(full.n_obs, test_fraction, seed)
+    adata = filter_genes(full, cells=train_mask, min_cells=min_cells)
+    name = (
+        f"celltypist_sample train split ({int(train_mask.sum())} of {full.n_obs} cells, seed {seed}; "
+        f"{adata.n_vars} genes detected in >= {min_cells} train cells)"
+    )
+    return adata, train_mask, test_mask, name
 
 
 def pathway_split(name: str, held_out_fraction: float = 0.2, seed: int = 0):
@@ -310,6 +335,8 @@ class PretrainConfig:
             "lr": args.lr,
             "seed": args.seed,
         }
+        if args.quick:
+            kw["max_genes"] = min(kw["max_genes"], 128)
         kw.update(overrides)
         return cls(**kw)
 
@@ -356,6 +383,7 @@ def pretrain_genemamba(
         with open(path / "info.json") as f:
             info = json.load(f)
         info["loaded_from_cache"] = str(path)
+        info["saved_to"] = str(path / "model")
         print(f"loaded pre-trained GeneMamba from cache {path}")
         return model, info
 
@@ -419,9 +447,14 @@ def pretrain_genemamba(
         "history_per_epoch": {k: v.round(4).tolist() for k, v in curves.items()},
         "backend": "torch (CPU)",
     }
+    if not use_cache:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="genemamba_bench_"))
+    path.mkdir(parents=True, exist_ok=True)
+    model.save(path / "model", overwrite=True)
+    info["saved_to"] = str(path / "model")
     if use_cache:
-        path.mkdir(parents=True, exist_ok=True)
-        model.save(path / "model", overwrite=True)
         write_json(path / "info.json", info)
     return model, info
 

@@ -52,7 +52,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+import _common as C
 
 
 def corpus_mean_order(model, adata, cells: np.ndarray) -> np.ndarray:
@@ -139,7 +139,7 @@ def reconstruct_next_token(model, tokens, lengths, order: np.ndarray):
         seq = tokens[b, :n].numpy()
         lg = logits[b, : n - 1].copy()  # logits at t predict t+1
         lg[:, :n_special] = -np.inf
-        am = [int(seq[0])] + lg.argmax(axis=1).tolist()
+        am = [int(seq[0]), *lg.argmax(axis=1).tolist()]
         con, seen = [int(seq[0])], {int(seq[0])}
         for t in range(n - 1):
             row = lg[t].copy()
@@ -203,21 +203,13 @@ def main(argv=None) -> dict:
     C.quiet()
     C.set_threads(args.threads)
     t_start = time.perf_counter()
-    from genemamba_scvi.datasets import load_celltypist_sample
-
-    full = load_celltypist_sample()
-    train_mask, test_mask = C.split_cells(full.n_obs, args.test_fraction, args.seed)
+    adata, train_mask, test_mask, data_name = C.celltypist_split(args.test_fraction, args.seed)
     if args.quick:
         test_mask &= np.cumsum(test_mask) <= 24
-    adata = C.filter_genes(full, cells=train_mask, min_cells=5)
     train = adata[train_mask].copy()
-    data_name = f"celltypist_sample train split ({train.n_obs} cells, {adata.n_vars} genes detected in >=5 train cells)"
     cfg = C.PretrainConfig.from_args(args, objective=args.objective)
-    if args.quick:
-        cfg.max_genes = min(cfg.max_genes, 128)
     model, info = C.pretrain_genemamba(train, cfg, data_name, args)
     cfg0 = C.PretrainConfig.from_args(args, objective=args.objective, n_layers=0)
-    cfg0.max_genes = cfg.max_genes
     model0, info0 = C.pretrain_genemamba(train.copy(), cfg0, data_name, args)
 
     test = adata[test_mask].copy()

@@ -323,7 +323,7 @@ class Runner:
             order = [(2048, "train"), (8192, "train"), (2048, "infer"), (8192, "infer"),
                      (1024, "train"), (4096, "train"), (1024, "infer"), (4096, "infer")]  # fmt: skip
             full = [("full", L, m, max(1, (tt if m == "train" else it) // L)) for L, m in order]
-            extra = [("ablation_no_fused_norm", 2048, "train", a.train_cells_2048), ("stress", 4096, "infer", 1024)]
+            extra = [("ablation_no_fused_norm", 2048, "train", a.train_cells_2048), ("stress", 4096, "infer", a.stress_cells)]
         out = []
         for kind, n, mode, cells in real + full + extra:
             name = f"{kind}_{'top' if kind != 'full' else 'L'}{n}_{mode}"
@@ -359,6 +359,7 @@ class Runner:
                 "backend": resolved,
                 "fused_conv_scan_norm_outproj": bool(resolved == "mamba_ssm" and causal_conv1d_available()),
                 "fused_add_rmsnorm": bool(self.mamba._use_fused_add_norm(self.dev)),
+                "pack_multiple": self.mamba._pack_multiple(self.dev),
                 "path": "forward_packed: real tokens only, both directions in one varlen call per layer",
                 "mamba_ssm_importable": bool(self.cuda and mamba_ssm_available()),
             },
@@ -616,10 +617,20 @@ class Runner:
             if a.autotune.startswith("pin:"):
                 pinned = json.loads(Path(a.autotune[4:]).read_text()).get("autotune", {}).get("winners")
             self.autotune = configure_autotune(a.autotune.split(":")[0], pinned)
+            if pinned:
+                self.autotune["pinned_from"] = a.autotune[4:]
+                self.autotune["pinned"] = pinned
         self.build()
         self.write()
+        if not a.no_prewarm:
+            self.prewarm()
+            self.write()
         est_step = {"genemamba": 1.0, "transformer": 1.0}
         for s in self.settings():
+            if s["kind"] == "ablation_no_fused_norm" and not a.no_profile and "profile" not in self.meta:
+                if self.elapsed() + 15 < a.budget_s:
+                    self.meta["profile"] = self.profile()
+                    self.write()
             if self.fatal:
                 break
             models = ["genemamba", "transformer"]
@@ -689,6 +700,90 @@ class Runner:
             print(f"plot failed: {err!r}", flush=True)
         print_table(self.json_path)
 
+    def prewarm(self) -> None:
+        """Untimed steps before any measurement: Triton autotuning (on a realistic real-cell batch) and
+        compilation of every kernel specialisation the settings will meet (row lengths that are and are
+        not multiples of 16 chunks), for training and inference, then the transformer's first calls."""
+        t0 = time.perf_counter()
+        info: dict[str, Any] = {}
+        try:
+            sm = self.args.smoke
+            real = dict(kind="real", n=64 if sm else 2048, cells=6 if sm else self.args.train_cells_2048, mode="train")
+            mult = 64 if sm else 256 * 16  # a row of a multiple of 16 chunks of 256 tokens
+            full = dict(kind="full", n=mult, cells=max(1, (512 if sm else self.args.train_tokens) // mult), mode="train")
+            for mode in ("train", "infer"):
+                for spec in (real, full, real):
+                    b = self.make_batch({**spec, "mode": mode})
+                    t1 = time.perf_counter()
+                    self.step("genemamba", mode, b)
+                    self._sync()
+                    info.setdefault(f"genemamba_{mode}_s", []).append(round(time.perf_counter() - t1, 2))
+                self.opt["genemamba"].zero_grad(set_to_none=True)
+            for mode in ("train", "infer"):
+                b = self.make_batch({**real, "mode": mode})
+                self.step("transformer", mode, b)
+                self._sync()
+            self.opt["transformer"].zero_grad(set_to_none=True)
+        except Exception as err:  # noqa: BLE001
+            info["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        info["total_s"] = round(time.perf_counter() - t0, 1)
+        if self.cuda:
+            self.autotune["winners"] = {**self.autotune.get("pinned", {}), **autotune_winners()}
+            self.autotune["prewarm_s"] = info["total_s"]
+            torch.cuda.empty_cache()
+        self.meta["prewarm"] = info
+        print(f"[prewarm] {info}", flush=True)
+        if "self_check" not in self.meta:
+            self.meta["self_check"] = self.self_check()
+
+    def profile(self) -> dict[str, Any]:
+        """GPU time of one training step of each model on a real top-2048 batch, by kernel family."""
+        out: dict[str, Any] = {}
+        if not self.cuda:
+            return {"skipped": "CPU"}
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            families = [
+                ("ssd_scan_triton", r"_chunk_scan|_chunk_state|_bmm_chunk|_state_passing|_chunk_cumsum"),
+                ("causal_conv1d", r"causal_conv1d|conv1d_"),
+                ("rmsnorm_layernorm", r"layer_norm|rms_norm|_layer_norm|LayerNorm|layernorm|rmsnorm"),
+                ("attention", r"flash|fmha|sdpa|cudnn|attention|mha"),
+                ("gemm", r"gemm|cutlass|sm90_xmma|nvjet|cublas|Kernel2|matmul"),
+                ("optimizer", r"adam|multi_tensor|fused_adam"),
+                ("gather_scatter_copy", r"index|gather|scatter|copy|cat|masked|nonzero|Cat"),
+                ("elementwise_reduce", r"elementwise|vectorized|reduce|Reduce|sigmoid|lerp|softplus|silu|gelu"),
+            ]
+            b = self.make_batch(dict(kind="real", n=2048, cells=self.args.train_cells_2048, mode="train"))
+            for model in ("genemamba", "transformer"):
+                self.step(model, "train", b)
+                self._sync()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    self.step(model, "train", b)
+                    self._sync()
+                tot: dict[str, float] = {}
+                top = []
+                for e in prof.key_averages():
+                    t = float(getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0) or 0)
+                    if t <= 0:
+                        continue
+                    fam = next((f for f, pat in families if re.search(pat, e.key)), "other")
+                    tot[fam] = tot.get(fam, 0.0) + t
+                    top.append((t, e.key[:90], e.count))
+                total = sum(tot.values()) or 1.0
+                top.sort(reverse=True)
+                out[model] = {
+                    "gpu_time_ms": total / 1e3,
+                    "share_by_family": {k: round(v / total, 3) for k, v in sorted(tot.items(), key=lambda kv: -kv[1])},
+                    "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in top[:14]],
+                }
+                self.opt[model].zero_grad(set_to_none=True)
+            out["batch"] = {"cells": self.args.train_cells_2048, "real_tokens": int(b["lens"].sum()), "Lmax": b["Lmax"]}
+        except Exception as err:  # noqa: BLE001
+            out["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        print(f"[profile] {json.dumps(out)[:3000]}", flush=True)
+        return out
+
     def self_check(self) -> dict[str, Any]:
         """Packed mamba_ssm path (bf16) vs the padded torch-backend reference on the same weights, and
         cell independence, on a small ragged batch. Runs after the first training step so that Triton
@@ -748,7 +843,11 @@ def versions() -> dict[str, Any]:
         except Exception as err:  # noqa: BLE001
             v[name] = f"not importable ({type(err).__name__})"
     v["cuda"] = torch.version.cuda
-    v["env"] = {k: os.environ.get(k) for k in ("MAMBA_DETERMINISTIC", "TRITON_CACHE_DIR") if os.environ.get(k)}
+    v["env"] = {
+        k: os.environ.get(k)
+        for k in ("MAMBA_DETERMINISTIC", "TRITON_CACHE_DIR", "PYTORCH_CUDA_ALLOC_CONF")
+        if os.environ.get(k)
+    }
     return v
 
 
@@ -827,6 +926,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--infer-cells-4096", type=int, default=128)
     p.add_argument("--train-tokens", type=int, default=65536, help="tokens per training step at full length")
     p.add_argument("--infer-tokens", type=int, default=262144, help="tokens per inference step at full length")
+    p.add_argument("--stress-cells", type=int, default=512, help="cells per inference step of the stress setting")
+    p.add_argument("--no-prewarm", action="store_true")
+    p.add_argument("--no-profile", action="store_true")
     p.add_argument("--only", default="", help="comma-separated substrings of setting names to run")
     p.add_argument("--autotune", default="prune", help="full | prune | pin:<earlier throughput json>")
     p.add_argument("--lengths", default=str(LENGTHS_NPY))

@@ -101,6 +101,8 @@ def test_packed_splits_under_the_element_limit():
     torch.testing.assert_close(split, full, atol=1e-6, rtol=1e-6)
     groups = enc._packed_groups(pack_tokens(tokens, lengths)[1], int(lengths.sum()))
     assert [c for g in groups for c in range(*g)] == list(range(len(LENGTHS)))  # every cell once, in order
+    enc.pack_multiple = 16  # groups leave room for the dummy cell; same result
+    torch.testing.assert_close(enc(tokens, lengths, packed=True), full, atol=1e-6, rtol=1e-6)
 
 
 def test_pack_cells_indices():
@@ -158,3 +160,22 @@ def test_embed_cells_packed():
     torch.testing.assert_close(
         enc.embed_cells(tokens, lengths, packed=True), enc.embed_cells(tokens, lengths), atol=1e-5, rtol=1e-5
     )
+
+
+def test_pack_multiple_dummy_cell_changes_nothing():
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=2, **TINY).double()
+    tokens, lengths, mask = _batch(7)
+    w = torch.randn(int(mask.sum()), 32, dtype=torch.float64)
+    outs, grads = [], []
+    for m in (1, 16):
+        enc.pack_multiple = m
+        enc.zero_grad(set_to_none=True)
+        out = enc(tokens, lengths, packed=True)
+        (out[mask] * w).sum().backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters()})
+    assert int(lengths.sum()) % 16 != 0
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=1e-12)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-12, rtol=1e-12, msg=n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -41,7 +42,8 @@ def benchmark_integration(
         scores.
     bio_conservation_metrics, batch_correction_metrics
         :class:`scib_metrics.benchmark.BioConservation` / :class:`~scib_metrics.benchmark.BatchCorrection`
-        settings (default: all metrics).
+        settings (default: all metrics). ``batch_correction_metrics=False`` skips batch metrics, as happens
+        automatically (with a warning) when ``batch_key`` holds a single batch.
 
     Returns
     -------
@@ -55,6 +57,16 @@ def benchmark_integration(
     for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
         if key not in adata.obs:
             raise ValueError(f"{what}={key!r} is not a column of adata.obs.")
+    if batch_correction_metrics is None:
+        batch_correction_metrics = BatchCorrection()
+    n_batches = adata.obs[batch_key].nunique()
+    if n_batches < 2 and batch_correction_metrics is not False:
+        warnings.warn(
+            f"adata.obs[{batch_key!r}] holds a single batch: batch-correction metrics are undefined and skipped.",
+            UserWarning,
+            stacklevel=2,
+        )
+        batch_correction_metrics = False
     bm = Benchmarker(
         adata,
         batch_key=batch_key,
@@ -62,7 +74,7 @@ def benchmark_integration(
         embedding_obsm_keys=list(embedding_keys),
         pre_integrated_embedding_obsm_key=pre_integrated_key,
         bio_conservation_metrics=bio_conservation_metrics or BioConservation(),
-        batch_correction_metrics=batch_correction_metrics or BatchCorrection(),
+        batch_correction_metrics=batch_correction_metrics or None,
         n_jobs=n_jobs,
     )
     bm.benchmark()

@@ -150,6 +150,12 @@ class GeneMambaEncoder(nn.Module):
     fused_add_norm
         Packed path only: use mamba-ssm's fused residual-add + RMSNorm Triton kernel (fp32 residual
         stream) between layers. ``None`` (default) uses it on the mamba_ssm backend when importable.
+    pack_multiple
+        Packed path only: round each packed row up to a multiple of this many tokens with one dummy
+        cell of pad tokens (its outputs are dropped; it cannot touch real cells). Stable divisibility
+        of the row length stops Triton from compiling a new kernel specialisation when a batch
+        happens to have a token count divisible by 16. ``None`` (default): 16 on the mamba_ssm
+        backend, 1 (off) otherwise.
     """
 
     def __init__(
@@ -191,6 +197,7 @@ class GeneMambaEncoder(nn.Module):
         self.max_call_elements: int | None = None
         self.last_n_sub_batches = 0
         self.fused_add_norm: bool | None = None
+        self.pack_multiple: int | None = None
 
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -325,7 +332,10 @@ class GeneMambaEncoder(nn.Module):
         """Cell ranges ``[c0, c1)`` whose packed mixer call stays under the element limit (None: one call)."""
         limit = self._call_limit(cu.device)
         per_token = (2 if self._bidirectional else 1) * self.d_in_proj
-        if limit is None or n_tokens * per_token <= limit:
+        if limit is None:
+            return None
+        limit = max(limit - (self._pack_multiple(cu.device) - 1) * per_token, per_token)  # room for the dummy cell
+        if n_tokens * per_token <= limit:
             return None
         lengths = (cu[1:] - cu[:-1]).tolist()
         groups, start, tokens = [], 0, 0
@@ -344,6 +354,11 @@ class GeneMambaEncoder(nn.Module):
                 )
         groups.append((start, len(lengths)))
         return groups
+
+    def _pack_multiple(self, device: torch.device) -> int:
+        if self.pack_multiple is not None:
+            return max(1, int(self.pack_multiple))
+        return 16 if self.n_layers > 0 and self.resolved_backend(device) == "mamba_ssm" else 1
 
     def _use_fused_add_norm(self, device: torch.device) -> bool:
         if self.fused_add_norm is not None:
@@ -389,6 +404,15 @@ class GeneMambaEncoder(nn.Module):
         return torch.cat(outs, dim=0)
 
     def _forward_packed(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        pad = (-n_tokens) % self._pack_multiple(tokens.device)
+        if pad and n_tokens > 0:
+            # one dummy cell of pad tokens rounds the row up; its own sequence id keeps it apart
+            tokens = torch.cat([tokens, tokens.new_zeros(pad)])
+            cu = torch.cat([cu, cu.new_full((1,), n_tokens + pad)])
+            return self._forward_packed_row(tokens, cu, n_tokens + pad)[:n_tokens]
+        return self._forward_packed_row(tokens, cu, n_tokens)
+
+    def _forward_packed_row(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
         x = self.embedding(tokens)
         if self.n_layers == 0 or n_tokens == 0:
             return self.norm_f(x)

@@ -1,0 +1,188 @@
+"""Do GeneMamba's gene embeddings put genes of one pathway together? AUROC on pathways the loss never saw.
+
+Gene sets of the chosen collection (KEGG 2011 by default, or GO BP 2022) are split once with
+``split_gene_sets(sets, held_out_fraction=0.2, seed=0)``: the pathway InfoNCE of every GeneMamba in these
+benchmarks uses only the training 80%. For each embedding, the cosine similarity of gene pairs that share a
+set is compared with random gene pairs (from the same genes) that share none: AUROC (0.5 = no signal).
+
+Reported for the training sets (did the loss do its job?), the held-out sets, and the held-out pairs that do not
+also share a training set ("leak-free": a held-out pair whose genes sit together in a training pathway was
+pulled together by the loss directly).
+
+Embeddings compared (same genes, same pairs):
+
+- GeneMamba input gene embeddings (token embedding table) pre-trained with ``gamma = --gamma`` (0.1) and with
+  ``gamma = 0`` (masked-gene loss only), same data, size and steps;
+- the same model untrained (random init: the floor);
+- co-expression baseline: each gene's PCA loadings (50 PCs x singular values) of the log-normalised training
+  cells, i.e. what plain co-expression in these cells gives without any model.
+
+Genes: vocabulary genes that appear in the top ``--max-genes`` of at least 5 pre-training cells (the genes the
+masked-gene loss actually sees), intersected with the gene sets.
+
+Data: the real 559-cell celltypist sample, the same 80% training cells as ``rank_reconstruction.py`` (so the
+pre-trained models are shared through the cache).
+
+Usage::
+
+    python benchmarks/gene_pathways.py                    # KEGG, Bi-Mamba
+    python benchmarks/gene_pathways.py --unidirectional   # ablation
+    python benchmarks/gene_pathways.py --gene-sets go_bp  # GO biological process
+    python benchmarks/gene_pathways.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C
+
+
+def seen_genes(model, adata, min_cells: int = 5) -> set[str]:
+    """Genes present in the token sequences (top-k) of at least ``min_cells`` cells of ``adata``."""
+    counts = np.zeros(len(model.vocab_), np.int64)
+    for tokens, lengths in C.iter_tokens(model, adata, None, 128):
+        for b in range(tokens.shape[0]):
+            counts[np.unique(tokens[b, : int(lengths[b])].numpy())] += 1
+    names = C.gene_symbols(model)
+    return {str(names[i]) for i in np.nonzero(counts >= min_cells)[0] if i >= model.vocab_.n_special}
+
+
+def pca_gene_embedding(adata, n_comps: int = 50) -> pd.DataFrame:
+    """Genes x PCs: loadings scaled by the singular values, from log-normalised, scaled training cells."""
+    import scanpy as sc
+
+    ln = C.log_normalize(adata)
+    sc.pp.scale(ln, max_value=10)
+    sc.pp.pca(ln, n_comps=n_comps, random_state=0)
+    load = ln.varm["PCs"] * np.sqrt(ln.uns["pca"]["variance"])[None, :]
+    return pd.DataFrame(load, index=ln.var_names.astype(str))
+
+
+def pairs_within(sets: dict[str, list[str]], genes: set[str]) -> set[tuple[str, str]]:
+    out = set()
+    for members in sets.values():
+        for a, b in combinations(sorted(set(members) & genes), 2):
+            out.add((a, b))
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(parser, epochs=8, quick_epochs=1)
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out cells (as rank_reconstruction)")
+    parser.add_argument("--min-set-size", type=int, default=5, help="evaluate sets with >= this many genes in the pool")
+    args = parser.parse_args(argv)
+    C.quiet()
+    C.set_threads(args.threads)
+    t_start = time.perf_counter()
+    from genemamba_scvi.metrics import pathway_pair_auroc
+
+    adata, train_mask, _, data_name = C.celltypist_split(args.test_fraction, args.seed)
+    train = adata[train_mask].copy()
+    train_sets, held_sets = C.pathway_split(args.gene_sets)
+
+    gammas = sorted({args.gamma, 0.0}, reverse=True)
+    name = "GeneMamba_U" if args.unidirectional else "GeneMamba"
+    models, infos = {}, {}
+    for gamma in gammas:
+        cfg = C.PretrainConfig.from_args(args, gamma=gamma)
+        m, info = C.pretrain_genemamba(train.copy(), cfg, data_name, args)
+        models[f"{name} gamma={gamma:g}"] = m
+        infos[f"{name} gamma={gamma:g}"] = info
+    cfg = C.PretrainConfig.from_args(args, epochs=0)
+    m, info = C.pretrain_genemamba(train.copy(), cfg, data_name, args)
+    models[f"{name} untrained (random init)"] = m
+    infos[f"{name} untrained (random init)"] = info
+
+    first = next(iter(models.values()))
+    pool = seen_genes(first, train, min_cells=5)
+    set_genes = {g for s in list(train_sets.values()) + list(held_sets.values()) for g in s}
+    pool &= set_genes
+    embeddings = {k: v.get_gene_embeddings() for k, v in models.items()}
+    embeddings["co-expression (PCA loadings, no model)"] = pca_gene_embedding(train)
+    embeddings = {k: e.loc[e.index.isin(pool)] for k, e in embeddings.items()}
+    pool = set.intersection(*(set(e.index) for e in embeddings.values()))
+
+    def restrict(sets):
+        out = {k: [g for g in v if g in pool] for k, v in sets.items()}
+        return {k: v for k, v in out.items() if len(v) >= args.min_set_size}
+
+    ev_train, ev_held = restrict(train_sets), restrict(held_sets)
+    train_pairs = pairs_within(train_sets, pool)
+    rows = []
+    for emb_name, emb in embeddings.items():
+        for split, sets, exclude in (
+            ("train sets (in the loss)", ev_train, None),
+            ("held-out sets", ev_held, None),
+            ("held-out sets, leak-free pairs", ev_held, train_pairs),
+        ):
+            r = pathway_pair_auroc(emb, sets, exclude_pairs=exclude, seed=args.seed)
+            rows.append({"embedding": emb_name, "pairs": split, "n_sets": len(sets), **r})
+    df = pd.DataFrame(rows)
+    print(df[["embedding", "pairs", "auroc", "n_positive", "n_negative", "n_genes"]].round(4).to_string())
+
+    suffix = C.run_suffix(args)
+    out_dir = args.out_dir
+    df.to_csv(out_dir / f"gene_pathways{suffix}.csv", index=False)
+    _plot(df, out_dir / f"gene_pathways{suffix}.png", args.gene_sets)
+    out = {
+        "benchmark": "gene_pathways",
+        "metric": "AUROC of cosine similarity, same-set gene pairs vs random pairs sharing no set",
+        "gene_sets": {
+            "collection": args.gene_sets,
+            "n_train_sets": len(train_sets),
+            "n_held_out_sets": len(held_sets),
+            "split": "split_gene_sets(held_out_fraction=0.2, seed=0)",
+            "n_train_sets_evaluated": len(ev_train),
+            "n_held_out_sets_evaluated": len(ev_held),
+            "min_set_size_in_pool": args.min_set_size,
+        },
+        "gene_pool": {
+            "n_genes": len(pool),
+            "rule": "vocabulary genes in the top-k tokens of >= 5 pre-training cells and in a gene set",
+        },
+        "data": {"name": "celltypist_sample (real, 559 cells, raw UMI counts)", "pretraining": data_name},
+        "models": infos,
+        "results": df.to_dict(orient="records"),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "environment": C.environment(),
+    }
+    C.write_json(out_dir / f"gene_pathways{suffix}.json", out)
+    return out
+
+
+def _plot(df: pd.DataFrame, path: Path, collection: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pivot = df.pivot(index="embedding", columns="pairs", values="auroc")
+    pivot = pivot[[c for c in ("train sets (in the loss)", "held-out sets", "held-out sets, leak-free pairs")]]
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(pivot) + 2))
+    pivot.plot.barh(ax=ax, width=0.8)
+    ax.axvline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("AUROC (same-pathway vs random gene pairs, cosine similarity)")
+    ax.set_ylabel("")
+    ax.set_xlim(0.3, 1.0)
+    ax.set_title(f"Gene embeddings vs {collection.upper()} pathways (real celltypist sample)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
