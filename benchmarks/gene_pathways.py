@@ -78,7 +78,7 @@ def pairs_within(sets: dict[str, list[str]], genes: set[str]) -> set[tuple[str, 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(parser, epochs=8, quick_epochs=1)
+    C.add_common_args(parser)
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out cells (as rank_reconstruction)")
     parser.add_argument("--min-set-size", type=int, default=5, help="evaluate sets with >= this many genes in the pool")
     args = parser.parse_args(argv)
@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
         m, info = C.pretrain_genemamba(train.copy(), cfg, data_name, args)
         models[f"{name} gamma={gamma:g}"] = m
         infos[f"{name} gamma={gamma:g}"] = info
-    cfg = C.PretrainConfig.from_args(args, epochs=0)
+    cfg = C.PretrainConfig.from_args(args, steps=0)
     m, info = C.pretrain_genemamba(train.copy(), cfg, data_name, args)
     models[f"{name} untrained (random init)"] = m
     infos[f"{name} untrained (random init)"] = info

@@ -140,13 +140,11 @@ def reconstruct_next_token(model, tokens, lengths, order: np.ndarray):
         lg = logits[b, : n - 1].copy()  # logits at t predict t+1
         lg[:, :n_special] = -np.inf
         am = [int(seq[0]), *lg.argmax(axis=1).tolist()]
-        con, seen = [int(seq[0])], {int(seq[0])}
+        con = [int(seq[0])]
         for t in range(n - 1):
             row = lg[t].copy()
-            prefix = set(seq[: t + 1].tolist())
-            row[list(prefix)] = -np.inf
+            row[seq[: t + 1]] = -np.inf  # genes of the prefix cannot come again
             con.append(int(row.argmax()))
-            seen.update(prefix)
         cm = [int(seq[0])]
         for t in range(1, n):
             prefix = set(seq[:t].tolist())
@@ -194,7 +192,7 @@ def evaluate(model, adata, test_idx, order, objective: str, with_model: bool = T
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(parser, epochs=8, quick_epochs=1)
+    C.add_common_args(parser)
     parser.add_argument("--objective", default="mlm", choices=["mlm", "next_token"])
     parser.add_argument("--test-fraction", type=float, default=0.2)
     args = parser.parse_args(argv)

@@ -171,7 +171,14 @@ class SDPATransformer(nn.Module):
 # FLOPs
 # ----------------------------------------------------------------------------------------------------
 def mamba_flops_per_token_layer(cfg: dict[str, Any]) -> float:
-    d, E, N, P, G, Q = cfg["d_model"], cfg["expand"] * cfg["d_model"], cfg["d_state"], cfg["headdim"], 1, cfg["chunk_size"]
+    d, E, N, P, G, Q = (
+        cfg["d_model"],
+        cfg["expand"] * cfg["d_model"],
+        cfg["d_state"],
+        cfg["headdim"],
+        1,
+        cfg["chunk_size"],
+    )
     H = E // P
     d_in = 2 * E + 2 * G * N + H
     direction = 2 * d * d_in + 2 * E * d + 2 * (Q * G * N + (Q / 2) * H * P + H * P * N + H * P * N)
@@ -215,13 +222,13 @@ _TUNER_MODULES = [
 def _tuners() -> dict[str, Any]:
     try:
         from triton.runtime.autotuner import Autotuner
-    except Exception:  # noqa: BLE001
+    except Exception:
         return {}
     out = {}
     for m in _TUNER_MODULES:
         try:
             mod = importlib.import_module(m)
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
         for name, obj in vars(mod).items():
             if isinstance(obj, Autotuner):
@@ -230,9 +237,7 @@ def _tuners() -> dict[str, Any]:
 
 
 def _sig(cfg: Any) -> str:
-    return json.dumps(
-        {"kw": sorted((k, v) for k, v in cfg.kwargs.items()), "w": cfg.num_warps, "s": cfg.num_stages}
-    )
+    return json.dumps({"kw": sorted((k, v) for k, v in cfg.kwargs.items()), "w": cfg.num_warps, "s": cfg.num_stages})
 
 
 def configure_autotune(policy: str, pinned: dict[str, list[str]] | None = None) -> dict[str, Any]:
@@ -302,7 +307,13 @@ class Runner:
         if a.smoke:
             return dict(vocab=500, d_model=64, n_layers=2, d_state=16, headdim=32, expand=2, chunk_size=32)
         return dict(
-            vocab=a.vocab, d_model=a.d_model, n_layers=a.n_layers, d_state=64, headdim=64, expand=2, chunk_size=a.chunk_size
+            vocab=a.vocab,
+            d_model=a.d_model,
+            n_layers=a.n_layers,
+            d_state=64,
+            headdim=64,
+            expand=2,
+            chunk_size=a.chunk_size,
         )
 
     def settings(self) -> list[dict[str, Any]]:
@@ -310,7 +321,11 @@ class Runner:
         if a.smoke:
             ks, Ls, tr_cells, inf_cells, tr_tok, inf_tok = (64, 128), (32, 64, 128, 256), 6, 12, 512, 1024
             real = [("real", k, m, tr_cells if m == "train" else inf_cells) for k in ks for m in ("train", "infer")]
-            full = [("full", L, m, max(1, (tr_tok if m == "train" else inf_tok) // L)) for m in ("train", "infer") for L in Ls]
+            full = [
+                ("full", L, m, max(1, (tr_tok if m == "train" else inf_tok) // L))
+                for m in ("train", "infer")
+                for L in Ls
+            ]
             extra = [("ablation_no_fused_norm", 64, "train", tr_cells), ("stress", 128, "infer", 40)]
         else:
             real = [
@@ -320,10 +335,21 @@ class Runner:
                 ("real", 4096, "infer", a.infer_cells_4096),
             ]
             tt, it = a.train_tokens, a.infer_tokens
-            order = [(2048, "train"), (8192, "train"), (2048, "infer"), (8192, "infer"),
-                     (1024, "train"), (4096, "train"), (1024, "infer"), (4096, "infer")]  # fmt: skip
+            order = [
+                (2048, "train"),
+                (8192, "train"),
+                (2048, "infer"),
+                (8192, "infer"),
+                (1024, "train"),
+                (4096, "train"),
+                (1024, "infer"),
+                (4096, "infer"),
+            ]
             full = [("full", L, m, max(1, (tt if m == "train" else it) // L)) for L, m in order]
-            extra = [("ablation_no_fused_norm", 2048, "train", a.train_cells_2048), ("stress", 4096, "infer", a.stress_cells)]
+            extra = [
+                ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
+                ("stress", 4096, "infer", a.stress_cells),
+            ]
         out = []
         for kind, n, mode, cells in real + full + extra:
             name = f"{kind}_{'top' if kind != 'full' else 'L'}{n}_{mode}"
@@ -340,9 +366,15 @@ class Runner:
         torch.manual_seed(0)
         backend = "auto" if self.args.backend == "auto" else self.args.backend
         self.mamba = GeneMambaEncoder(
-            c["vocab"], d_model=c["d_model"], n_layers=c["n_layers"], d_state=c["d_state"], headdim=c["headdim"],
-            expand=c["expand"], chunk_size=c["chunk_size"], backend=backend,
-        ).to(self.dev)  # fmt: skip
+            c["vocab"],
+            d_model=c["d_model"],
+            n_layers=c["n_layers"],
+            d_state=c["d_state"],
+            headdim=c["headdim"],
+            expand=c["expand"],
+            chunk_size=c["chunk_size"],
+            backend=backend,
+        ).to(self.dev)
         self.transformer = SDPATransformer(c["vocab"], c["d_model"], c["n_layers"], head_dim=min(64, c["d_model"])).to(
             self.dev
         )
@@ -355,7 +387,9 @@ class Runner:
         self.meta["models"] = {
             "genemamba": {
                 "params": sum(p.numel() for p in self.mamba.parameters()),
-                "params_without_embedding": sum(p.numel() for n, p in self.mamba.named_parameters() if "embedding" not in n),
+                "params_without_embedding": sum(
+                    p.numel() for n, p in self.mamba.named_parameters() if "embedding" not in n
+                ),
                 "backend": resolved,
                 "fused_conv_scan_norm_outproj": bool(resolved == "mamba_ssm" and causal_conv1d_available()),
                 "fused_add_rmsnorm": bool(self.mamba._use_fused_add_norm(self.dev)),
@@ -368,7 +402,8 @@ class Runner:
                 "params_without_embedding": sum(
                     p.numel() for n, p in self.transformer.named_parameters() if "embedding" not in n
                 ),
-                "backend": "torch SDPA (flash without mask; efficient/cuDNN with key-padding mask; math disabled on CUDA)",
+                "backend": "torch SDPA (flash without mask; efficient/cuDNN with key-padding mask; "
+                "math disabled on CUDA)",
                 "heads": c["d_model"] // min(64, c["d_model"]),
             },
         }
@@ -394,9 +429,11 @@ class Runner:
                     with profile(activities=[ProfilerActivity.CUDA]) as prof:
                         blk(x, mask)
                         torch.cuda.synchronize()
-                names = {e.name for e in prof.events() if re.search(r"flash|fmha|attention|cudnn|sdpa|mha", e.name, re.I)}
+                names = {
+                    e.name for e in prof.events() if re.search(r"flash|fmha|attention|cudnn|sdpa|mha", e.name, re.I)
+                }
                 out[label] = sorted(n[:120] for n in names)[:6]
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             out["error"] = [repr(err)[:300]]
         return out
 
@@ -471,7 +508,9 @@ class Runner:
 
     def measure(self, s: dict[str, Any], model: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
         a = self.args
-        rec: dict[str, Any] = dict(setting=s["name"], kind=s["kind"], n=s["n"], mode=s["mode"], model=model, cells_per_step=s["cells"])
+        rec: dict[str, Any] = dict(
+            setting=s["name"], kind=s["kind"], n=s["n"], mode=s["mode"], model=model, cells_per_step=s["cells"]
+        )
         times, mem_act, mem_peak, real_tok, pad_tok = [], [], [], [], []
         t_first = None
         n_warm = a.warmup
@@ -559,19 +598,39 @@ class Runner:
             if value is None:
                 out[name] = {"target": target, "value": None, "met": None}
             else:
-                out[name] = {"target": target, "value": value, "met": bool(value >= target if higher else value <= target)}
+                out[name] = {
+                    "target": target,
+                    "value": value,
+                    "met": bool(value >= target if higher else value <= target),
+                }
 
-        g = lambda s, k: ratios.get(s, {}).get(k)  # noqa: E731
-        chk("real_train_tokens_ratio_top2048", g("real_top2048_train", "tokens_per_s_ratio"), T["real_train_ratio_top2048"])
-        chk("real_train_tokens_ratio_top4096", g("real_top4096_train", "tokens_per_s_ratio"), T["real_train_ratio_top4096"])
+        g = lambda s, k: ratios.get(s, {}).get(k)
+        chk(
+            "real_train_tokens_ratio_top2048",
+            g("real_top2048_train", "tokens_per_s_ratio"),
+            T["real_train_ratio_top2048"],
+        )
+        chk(
+            "real_train_tokens_ratio_top4096",
+            g("real_top4096_train", "tokens_per_s_ratio"),
+            T["real_train_ratio_top4096"],
+        )
         r = by.get(("real_top2048_infer", "genemamba"))
         chk("real_infer_cells_per_s_top2048", r["cells_per_s"] if r else None, T["real_infer_cells_per_s_top2048"])
         chk("real_infer_cells_ratio_top2048", g("real_top2048_infer", "cells_per_s_ratio"), T["real_infer_ratio"])
         chk("real_infer_cells_ratio_top4096", g("real_top4096_infer", "cells_per_s_ratio"), T["real_infer_ratio"])
         chk("full_train_tokens_ratio_L2048", g("full_L2048_train", "tokens_per_s_ratio"), T["full_train_ratio_L2048"])
         chk("full_train_tokens_ratio_L8192", g("full_L8192_train", "tokens_per_s_ratio"), T["full_train_ratio_L8192"])
-        mt = [r["mfu"] for (s, m), r in by.items() if m == "genemamba" and r["mode"] == "train" and r.get("mfu") and r["kind"] in ("real", "full")]
-        mi = [r["mfu"] for (s, m), r in by.items() if m == "genemamba" and r["mode"] == "infer" and r.get("mfu") and r["kind"] in ("real", "full")]
+        mt = [
+            r["mfu"]
+            for (s, m), r in by.items()
+            if m == "genemamba" and r["mode"] == "train" and r.get("mfu") and r["kind"] in ("real", "full")
+        ]
+        mi = [
+            r["mfu"]
+            for (s, m), r in by.items()
+            if m == "genemamba" and r["mode"] == "infer" and r.get("mfu") and r["kind"] in ("real", "full")
+        ]
         chk("mfu_train_best", max(mt) if mt else None, T["mfu_train"])
         chk("mfu_infer_best", max(mi) if mi else None, T["mfu_infer"])
         mem = {s: v["act_mem_per_real_token_ratio"] for s, v in ratios.items() if v.get("act_mem_per_real_token_ratio")}
@@ -585,12 +644,19 @@ class Runner:
             "training (fwd+bwd+AdamW) and inference throughput on real-cell lengths and full-length sequences",
             "gpu": self.gpu_name,
             **self.meta,
-            "config": {**self.cfg, "dtype": "bf16 autocast" if self.amp else "fp32", "warmup_steps": self.args.warmup,
-                       "timed_steps": self.args.steps, "seed": self.args.seed, "smoke": self.args.smoke},  # fmt: skip
+            "config": {
+                **self.cfg,
+                "dtype": "bf16 autocast" if self.amp else "fp32",
+                "warmup_steps": self.args.warmup,
+                "timed_steps": self.args.steps,
+                "seed": self.args.seed,
+                "smoke": self.args.smoke,
+            },
             "lengths_source": f"{LENGTHS_NPY.relative_to(ROOT)}: genes with non-zero counts per cell of the shipped "
             f"{SAMPLE_H5AD} ({len(self.counts)} cells, median {int(np.median(self.counts))}); cell length = min(n, k)",
             "flops_formula": FLOPS_DOC,
-            "memory": "act_mem_bytes_per_real_token = (peak allocated during the step - allocated before it) / real tokens",
+            "memory": "act_mem_bytes_per_real_token = (peak allocated during the step - allocated before it) "
+            "/ real tokens",
             "autotune": self.autotune,
             "results": self.results,
             "ratios_genemamba_over_transformer": ratios,
@@ -641,8 +707,16 @@ class Runner:
                 n_steps = a.warmup + a.steps
                 need = est_step[model] * n_steps * 1.2 + 2
                 if self.elapsed() + need > a.budget_s:
-                    self.results.append(dict(setting=s["name"], model=model, mode=s["mode"], kind=s["kind"], n=s["n"],
-                                             skipped=f"time budget ({self.elapsed():.0f}s used, ~{need:.0f}s needed)"))  # fmt: skip
+                    self.results.append(
+                        dict(
+                            setting=s["name"],
+                            model=model,
+                            mode=s["mode"],
+                            kind=s["kind"],
+                            n=s["n"],
+                            skipped=f"time budget ({self.elapsed():.0f}s used, ~{need:.0f}s needed)",
+                        )
+                    )
                     print(f"[skip] {s['name']} {model}: budget", flush=True)
                     continue
                 if batches is None:
@@ -658,20 +732,38 @@ class Runner:
                     self.results.append(rec)
                     est_step[model] = max(rec["step_time_s_median"], 0.05)
                     print(
-                        f"[ok] {s['name']:28s} {model:11s} {rec['tokens_per_s']/1e3:9.1f}k real tok/s "
-                        f"{rec['cells_per_s']:8.1f} cells/s step {rec['step_time_s_median']*1e3:7.1f} ms "
+                        f"[ok] {s['name']:28s} {model:11s} {rec['tokens_per_s'] / 1e3:9.1f}k real tok/s "
+                        f"{rec['cells_per_s']:8.1f} cells/s step {rec['step_time_s_median'] * 1e3:7.1f} ms "
                         f"mfu {rec['mfu'] if rec['mfu'] is not None else float('nan'):.3f} "
                         f"mem {rec.get('peak_mem_gib', float('nan')):.1f} GiB first {rec['first_step_s']:.1f}s",
                         flush=True,
                     )
                 except torch.cuda.OutOfMemoryError as err:
-                    self.results.append(dict(setting=s["name"], model=model, mode=s["mode"], kind=s["kind"], n=s["n"],
-                                             cells_per_step=s["cells"], error=f"OOM: {str(err)[:200]}"))  # fmt: skip
+                    self.results.append(
+                        dict(
+                            setting=s["name"],
+                            model=model,
+                            mode=s["mode"],
+                            kind=s["kind"],
+                            n=s["n"],
+                            cells_per_step=s["cells"],
+                            error=f"OOM: {str(err)[:200]}",
+                        )
+                    )
                     print(f"[oom] {s['name']} {model}", flush=True)
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:
                     msg = f"{type(err).__name__}: {str(err)[:500]}"
-                    self.results.append(dict(setting=s["name"], model=model, mode=s["mode"], kind=s["kind"], n=s["n"],
-                                             cells_per_step=s["cells"], error=msg))  # fmt: skip
+                    self.results.append(
+                        dict(
+                            setting=s["name"],
+                            model=model,
+                            mode=s["mode"],
+                            kind=s["kind"],
+                            n=s["n"],
+                            cells_per_step=s["cells"],
+                            error=msg,
+                        )
+                    )
                     print(f"[error] {s['name']} {model}: {msg}\n{traceback.format_exc()[-1500:]}", flush=True)
                     if "CUDA error" in msg or "illegal memory" in msg or "AcceleratorError" in msg:
                         self.fatal = msg
@@ -696,7 +788,7 @@ class Runner:
         self.write(complete=not self.fatal)
         try:
             plot(self.json_path, self.png_path)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             print(f"plot failed: {err!r}", flush=True)
         print_table(self.json_path)
 
@@ -710,7 +802,9 @@ class Runner:
             sm = self.args.smoke
             real = dict(kind="real", n=64 if sm else 2048, cells=6 if sm else self.args.train_cells_2048, mode="train")
             mult = 64 if sm else 256 * 16  # a row of a multiple of 16 chunks of 256 tokens
-            full = dict(kind="full", n=mult, cells=max(1, (512 if sm else self.args.train_tokens) // mult), mode="train")
+            full = dict(
+                kind="full", n=mult, cells=max(1, (512 if sm else self.args.train_tokens) // mult), mode="train"
+            )
             for mode in ("train", "infer"):
                 for spec in (real, full, real):
                     b = self.make_batch({**spec, "mode": mode})
@@ -724,7 +818,7 @@ class Runner:
                 self.step("transformer", mode, b)
                 self._sync()
             self.opt["transformer"].zero_grad(set_to_none=True)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             info["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         info["total_s"] = round(time.perf_counter() - t0, 1)
         if self.cuda:
@@ -779,7 +873,7 @@ class Runner:
                 }
                 self.opt[model].zero_grad(set_to_none=True)
             out["batch"] = {"cells": self.args.train_cells_2048, "real_tokens": int(b["lens"].sum()), "Lmax": b["Lmax"]}
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             out["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         print(f"[profile] {json.dumps(out)[:3000]}", flush=True)
         return out
@@ -792,7 +886,9 @@ class Runner:
         try:
             enc = self.mamba
             g = torch.Generator(device=self.dev).manual_seed(0)
-            lens = torch.tensor([300, 17, 1, 1000, 512] if not self.args.smoke else [30, 17, 1, 100, 51], device=self.dev)
+            lens = torch.tensor(
+                [300, 17, 1, 1000, 512] if not self.args.smoke else [30, 17, 1, 100, 51], device=self.dev
+            )
             L = int(lens.max())
             tokens = torch.randint(3, self.cfg["vocab"], (len(lens), L), device=self.dev, generator=g)
             mask = torch.arange(L, device=self.dev)[None] < lens[:, None]
@@ -818,7 +914,7 @@ class Runner:
                 "cell_alone_vs_in_batch_max_abs": indep,
                 "pass": bool(rel < 5e-2 and math.isfinite(rel)),
             }
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             out = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
         print(f"[self-check] {out}", flush=True)
         return out
@@ -840,7 +936,7 @@ def versions() -> dict[str, Any]:
     for name in ("mamba_ssm", "causal_conv1d", "triton"):
         try:
             v[name] = importlib.import_module(name).__version__
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             v[name] = f"not importable ({type(err).__name__})"
     v["cuda"] = torch.version.cuda
     v["env"] = {
@@ -863,16 +959,36 @@ def plot(json_path: Path, png_path: Path) -> None:
     doc = json.loads(Path(json_path).read_text())
     res = [r for r in doc["results"] if "tokens_per_s" in r]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"genemamba": ("tab:green", "GeneMamba (packed, mamba-ssm)"), "transformer": ("tab:blue", "Transformer (SDPA)")}
+    styles = {
+        "genemamba": ("tab:green", "GeneMamba (packed, mamba-ssm)"),
+        "transformer": ("tab:blue", "Transformer (SDPA)"),
+    }
     for ax, mode in zip(axes, ("train", "infer")):
         for model, (color, label) in styles.items():
-            full = sorted((r["n"], r["tokens_per_s"]) for r in res if r["kind"] == "full" and r["mode"] == mode and r["model"] == model)
+            full = sorted(
+                (r["n"], r["tokens_per_s"])
+                for r in res
+                if r["kind"] == "full" and r["mode"] == mode and r["model"] == model
+            )
             if full:
-                ax.plot([x for x, _ in full], [y / 1e3 for _, y in full], "-o", color=color, label=f"{label}, full length L")
-            real = sorted((r["n"], r["tokens_per_s"]) for r in res if r["kind"] == "real" and r["mode"] == mode and r["model"] == model)
+                ax.plot(
+                    [x for x, _ in full], [y / 1e3 for _, y in full], "-o", color=color, label=f"{label}, full length L"
+                )
+            real = sorted(
+                (r["n"], r["tokens_per_s"])
+                for r in res
+                if r["kind"] == "real" and r["mode"] == mode and r["model"] == model
+            )
             if real:
-                ax.plot([x for x, _ in real], [y / 1e3 for _, y in real], "s", ms=9, mfc="none", color=color,
-                        label=f"{label}, real cells top-k (real tokens/s)")  # fmt: skip
+                ax.plot(
+                    [x for x, _ in real],
+                    [y / 1e3 for _, y in real],
+                    "s",
+                    ms=9,
+                    mfc="none",
+                    color=color,
+                    label=f"{label}, real cells top-k (real tokens/s)",
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("L (full length) or k (real cells, top-k genes)")
         ax.set_ylabel("real tokens/s (thousands)")
@@ -891,7 +1007,10 @@ def print_table(json_path: Path) -> None:
     doc = json.loads(Path(json_path).read_text())
     rat = doc.get("ratios_genemamba_over_transformer", {})
     print(f"\n{doc['gpu']} | torch {doc.get('torch')} | mamba_ssm {doc.get('mamba_ssm')} | elapsed {doc['elapsed_s']}s")
-    print(f"{'setting':26s} {'model':11s} {'realtok/s':>10s} {'cells/s':>9s} {'step ms':>8s} {'MFU':>6s} {'GiB':>6s} {'B/tok':>8s} {'ratio':>6s}")
+    print(
+        f"{'setting':26s} {'model':11s} {'realtok/s':>10s} {'cells/s':>9s} {'step ms':>8s} "
+        f"{'MFU':>6s} {'GiB':>6s} {'B/tok':>8s} {'ratio':>6s}"
+    )
     for r in doc["results"]:
         if "tokens_per_s" not in r:
             print(f"{r['setting']:26s} {r['model']:11s} {r.get('error') or r.get('skipped')}")
@@ -899,7 +1018,7 @@ def print_table(json_path: Path) -> None:
         ratio = rat.get(r["setting"], {}).get("tokens_per_s_ratio") if r["model"] == "genemamba" else None
         print(
             f"{r['setting']:26s} {r['model']:11s} {r['tokens_per_s']:10.0f} {r['cells_per_s']:9.1f} "
-            f"{r['step_time_s_median']*1e3:8.1f} {(r['mfu'] or 0):6.3f} {r.get('peak_mem_gib', 0):6.1f} "
+            f"{r['step_time_s_median'] * 1e3:8.1f} {(r['mfu'] or 0):6.3f} {r.get('peak_mem_gib', 0):6.1f} "
             f"{r.get('act_mem_bytes_per_real_token', 0):8.0f} {ratio if ratio is not None else float('nan'):6.2f}"
         )
     for k, v in doc.get("targets", {}).items():

@@ -78,7 +78,9 @@ def test_cell_output_does_not_depend_on_the_other_cells():
     torch.manual_seed(0)
     enc = GeneMambaEncoder(V, n_layers=2, **TINY).eval()
     tokens, lengths, mask = _batch(2)
-    alone = [enc.forward_packed(tokens[i, : lengths[i]], torch.tensor([0, int(lengths[i])])) for i in range(len(LENGTHS))]
+    alone = [
+        enc.forward_packed(tokens[i, : lengths[i]], torch.tensor([0, int(lengths[i])])) for i in range(len(LENGTHS))
+    ]
     together = enc(tokens, lengths, packed=True)
     for i, a in enumerate(alone):
         torch.testing.assert_close(together[i, : lengths[i]], a, atol=1e-5, rtol=1e-5)
@@ -91,7 +93,7 @@ def test_cell_output_does_not_depend_on_the_other_cells():
 def test_packed_splits_under_the_element_limit():
     torch.manual_seed(0)
     enc = GeneMambaEncoder(V, n_layers=2, **TINY)
-    tokens, lengths, mask = _batch(3)
+    tokens, lengths, _ = _batch(3)
     full = enc(tokens, lengths, packed=True)
     assert enc.last_n_sub_batches == 1
     per_token = 2 * enc.d_in_proj

@@ -22,11 +22,10 @@ from scvi.model.base import BaseModelClass
 from scvi.train import SaveCheckpoint, TrainRunner
 
 from genemamba_scvi import __version__
-from genemamba_scvi.data.gene_sets import gene_sets_to_token_ids, read_gmt
 from genemamba_scvi.data.normalize import compute_gene_medians, validate_counts
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
-from genemamba_scvi.module import GeneMambaModule
+from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.train import GeneMambaTrainingPlan
 
 logger = logging.getLogger("genemamba_scvi")
@@ -376,21 +375,6 @@ class GeneMambaModel(BaseModelClass):
         )
 
     # ------------------------------------------------------------------ training
-    def _resolve_gene_sets(self, gene_sets: Any) -> list[torch.Tensor] | None:
-        if gene_sets is None:
-            return None
-        if isinstance(gene_sets, str) and gene_sets in ("go_bp", "kegg"):
-            from genemamba_scvi.datasets import load_gene_sets
-
-            gene_sets = load_gene_sets(gene_sets)
-        elif isinstance(gene_sets, str | os.PathLike):
-            gene_sets = read_gmt(gene_sets)
-        token_sets = gene_sets_to_token_ids(gene_sets, self.vocab_, min_size=2)
-        if not token_sets:
-            raise ValueError("none of the gene sets has two or more genes in the model's vocabulary.")
-        logger.info("pathway InfoNCE: %d gene sets with >= 2 vocabulary genes", len(token_sets))
-        return [torch.as_tensor(np.asarray(v), dtype=torch.long) for v in token_sets.values()]
-
     def _run_training(
         self,
         *,
@@ -504,7 +488,7 @@ class GeneMambaModel(BaseModelClass):
         """
         self.module.mode = "pretrain"
         self.module.set_objective(objective)
-        self.module.set_gene_sets(self._resolve_gene_sets(gene_sets), gamma=gamma)
+        self.module.set_gene_sets(gene_set_tensors(gene_sets, self.vocab_), gamma=gamma)
         return self._run_training(
             max_epochs=max_epochs,
             lr=lr,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
@@ -21,7 +25,45 @@ from genemamba_scvi.nn import (
 )
 
 Objective = Literal["mlm", "next_token"]
+GeneSetsLike = Union[str, "os.PathLike", Mapping[str, Sequence[str]], None]
 Mode = Literal["pretrain", "classify"]
+
+
+if TYPE_CHECKING:
+    from genemamba_scvi.data.vocab import GeneVocab
+
+logger = logging.getLogger("genemamba_scvi")
+
+
+def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Tensor] | None:
+    """Token-id tensors of the gene sets for the pathway InfoNCE.
+
+    Parameters
+    ----------
+    gene_sets
+        ``"go_bp"`` / ``"kegg"`` (the shipped GMTs), a GMT path, a ``{name: [genes]}`` mapping, or ``None``.
+    vocab
+        Vocabulary mapping gene symbols / Ensembl ids to token ids (unknown genes are dropped).
+
+    Returns
+    -------
+    One ``LongTensor`` of token ids per set with at least two vocabulary genes, or ``None``.
+    """
+    from genemamba_scvi.data.gene_sets import gene_sets_to_token_ids, read_gmt
+
+    if gene_sets is None:
+        return None
+    if isinstance(gene_sets, str) and gene_sets in ("go_bp", "kegg"):
+        from genemamba_scvi.datasets import load_gene_sets
+
+        gene_sets = load_gene_sets(gene_sets)
+    elif isinstance(gene_sets, str | os.PathLike):
+        gene_sets = read_gmt(gene_sets)
+    token_sets = gene_sets_to_token_ids(gene_sets, vocab, min_size=2)
+    if not token_sets:
+        raise ValueError("none of the gene sets has two or more genes in the model's vocabulary.")
+    logger.info("pathway InfoNCE: %d gene sets with >= 2 vocabulary genes", len(token_sets))
+    return [torch.as_tensor(np.asarray(v), dtype=torch.long) for v in token_sets.values()]
 
 
 class GeneMambaModule(BaseModuleClass):
@@ -109,6 +151,12 @@ class GeneMambaModule(BaseModuleClass):
         self.classifier.to(next(self.encoder.parameters()).device)
         self.n_labels = n_labels
 
+    def _encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # On the mamba-ssm kernels, pack the real tokens of all cells (each cell and its reversal as two
+        # sequences of one varlen row): pads are never computed (benchmarks/results/throughput_h100.json).
+        packed = self.encoder.resolved_backend(tokens.device) == "mamba_ssm"
+        return self.encoder(tokens, lengths, packed=packed)
+
     # ------------------------------------------------------------------ scvi protocol
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"tokens": tensors[TOKENS_KEY], "lengths": tensors[LENGTHS_KEY]}
@@ -130,7 +178,7 @@ class GeneMambaModule(BaseModuleClass):
                 n_special=self.n_special,
                 vocab_size=self.vocab_size,
             )
-        hidden = self.encoder(inputs, lengths)
+        hidden = self._encode(inputs, lengths)
         z = self.encoder.pool(hidden, lengths)
         return {"hidden": hidden, "z": z, "mlm_labels": mlm_labels}
 
@@ -174,7 +222,7 @@ class GeneMambaModule(BaseModuleClass):
                     n_special=self.n_special,
                     vocab_size=self.vocab_size,
                 )
-                hidden = self.encoder(inputs, tensors[LENGTHS_KEY].to(hidden.device))
+                hidden = self._encode(inputs, tensors[LENGTHS_KEY].to(hidden.device))
             selected = labels != -100
             logits = self.lm_head(hidden[selected])
             lm = masked_lm_loss(logits, labels[selected])

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
-from genemamba_scvi.module import GeneMambaModule
+from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.train import GeneMambaTrainingPlan
 
 __all__ = [
@@ -515,23 +515,6 @@ class PretrainResult(NamedTuple):
     trainer: pl.Trainer
 
 
-def _resolve_gene_sets(gene_sets: Any, vocab: GeneVocab) -> list[torch.Tensor] | None:
-    from genemamba_scvi.data.gene_sets import gene_sets_to_token_ids, read_gmt
-
-    if gene_sets is None:
-        return None
-    if isinstance(gene_sets, str) and gene_sets in ("go_bp", "kegg"):
-        from genemamba_scvi.datasets import load_gene_sets
-
-        gene_sets = load_gene_sets(gene_sets)
-    elif isinstance(gene_sets, str | os.PathLike):
-        gene_sets = read_gmt(gene_sets)
-    token_sets = gene_sets_to_token_ids(gene_sets, vocab, min_size=2)
-    if not token_sets:
-        raise ValueError("none of the gene sets has two or more genes in the corpus vocabulary")
-    return [torch.as_tensor(np.asarray(v), dtype=torch.long) for v in token_sets.values()]
-
-
 def _default_precision(accelerator: str) -> str:
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return "bf16-mixed" if gpu else "32-true"
@@ -686,7 +669,7 @@ def pretrain_from_corpus(
             raise ValueError(f"module has a vocabulary of {module.vocab_size} tokens, the corpus {len(vocab)}")
         module.set_objective(objective)
     module.mode = "pretrain"
-    module.set_gene_sets(_resolve_gene_sets(gene_sets, vocab), gamma=gamma)
+    module.set_gene_sets(gene_set_tensors(gene_sets, vocab), gamma=gamma)
 
     plan = CorpusTrainingPlan(module, mask_seed=seed, lr=lr, **(plan_kwargs or {}))
     datamodule = CorpusDataModule(

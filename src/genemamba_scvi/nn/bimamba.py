@@ -429,9 +429,7 @@ class BiMambaBlock(nn.Module):
         weight, bias = self._merge_weights(merge_linear)
         return merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
 
-    def forward_packed(
-        self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None
-    ) -> torch.Tensor:
+    def forward_packed(self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:
         """The layer on packed tokens ``x`` ``[T, d_model]`` (same function as :meth:`forward` per cell).
 
         Pads are never computed: the real tokens of all cells form one row, each cell and its reversal

@@ -85,7 +85,7 @@ def load_mamba_ssm_ops() -> dict[str, Any]:
     if ops["chunk_scan"] is not None:
         try:  # fused residual-add + RMSNorm (Triton), used by the packed encoder path
             ops["rms_norm_fn"] = importlib.import_module("mamba_ssm.ops.triton.layer_norm").rms_norm_fn
-        except Exception:  # noqa: BLE001 - optional
+        except Exception:
             ops["rms_norm_fn"] = None
     _OPS_CACHE["ops"] = ops
     return ops
