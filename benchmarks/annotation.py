@@ -58,6 +58,21 @@ def scores(y_true, y_pred, classes) -> tuple[dict, pd.Series]:
     )
 
 
+def bootstrap_ci(y_true, y_pred, classes, n_boot: int = 1000, seed: int = 0) -> dict:
+    """95% percentile intervals of accuracy and macro-F1 over resamples of the held-out cells."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    acc, mf1 = [], []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y_true), len(y_true))
+        acc.append(float(np.mean(y_true[i] == y_pred[i])))
+        mf1.append(float(f1_score(y_true[i], y_pred[i], labels=classes, average="macro", zero_division=0)))
+    (a_lo, a_hi), (f_lo, f_hi) = np.percentile(acc, [2.5, 97.5]), np.percentile(mf1, [2.5, 97.5])
+    return {"accuracy_ci95": [float(a_lo), float(a_hi)], "macro_f1_ci95": [float(f_lo), float(f_hi)]}
+
+
 def logistic(train_x, train_y, test_x, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -183,6 +198,9 @@ def main(argv=None) -> dict:
     y = test.obs[LABEL].astype(str).to_numpy()
     for k, p in preds.items():
         results[k], per_class[k] = scores(y, p, classes)
+        ci = bootstrap_ci(y, p, classes, n_boot=200 if args.quick else 1000, seed=args.seed)
+        results[k]["accuracy_ci95_low"], results[k]["accuracy_ci95_high"] = ci["accuracy_ci95"]
+        results[k]["macro_f1_ci95_low"], results[k]["macro_f1_ci95_high"] = ci["macro_f1_ci95"]
     summary = pd.DataFrame(results).T
     summary.index.name = "method"
     per_class_df = pd.DataFrame(per_class)

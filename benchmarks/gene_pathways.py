@@ -76,11 +76,31 @@ def pairs_within(sets: dict[str, list[str]], genes: set[str]) -> set[tuple[str, 
     return out
 
 
+def set_bootstrap_ci(emb, sets, exclude, n_boot: int, seed: int) -> tuple[float, float]:
+    """95% interval of the AUROC when the gene sets are resampled with replacement (sets are the unit)."""
+    from genemamba_scvi.metrics import pathway_pair_auroc
+
+    names = list(sets)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        pick = rng.choice(len(names), len(names), replace=True)
+        boot = {f"{names[k]}#{i}": sets[names[k]] for i, k in enumerate(pick)}
+        try:
+            r = pathway_pair_auroc(emb, boot, exclude_pairs=exclude, seed=int(rng.integers(1 << 31)))
+        except ValueError:  # a resample without any usable pair
+            continue
+        vals.append(r["auroc"])
+    lo, hi = np.percentile(vals, [2.5, 97.5]) if vals else (np.nan, np.nan)
+    return float(lo), float(hi)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(parser)
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out cells (as rank_reconstruction)")
     parser.add_argument("--min-set-size", type=int, default=5, help="evaluate sets with >= this many genes in the pool")
+    parser.add_argument("--n-boot", type=int, default=50, help="set-bootstrap resamples for the held-out 95%% CI")
     args = parser.parse_args(argv)
     C.quiet()
     C.set_threads(args.threads)
@@ -127,9 +147,12 @@ def main(argv=None) -> dict:
             ("held-out sets, leak-free pairs", ev_held, train_pairs),
         ):
             r = pathway_pair_auroc(emb, sets, exclude_pairs=exclude, seed=args.seed)
+            if split.startswith("held-out") and args.n_boot > 0:
+                r["ci95_low"], r["ci95_high"] = set_bootstrap_ci(emb, sets, exclude, args.n_boot, args.seed)
             rows.append({"embedding": emb_name, "pairs": split, "n_sets": len(sets), **r})
     df = pd.DataFrame(rows)
-    print(df[["embedding", "pairs", "auroc", "n_positive", "n_negative", "n_genes"]].round(4).to_string())
+    cols = ["embedding", "pairs", "auroc", "ci95_low", "ci95_high", "n_positive", "n_negative", "n_genes"]
+    print(df[[c for c in cols if c in df]].round(4).to_string())
 
     suffix = C.run_suffix(args)
     out_dir = args.out_dir
@@ -138,6 +161,7 @@ def main(argv=None) -> dict:
     out = {
         "benchmark": "gene_pathways",
         "metric": "AUROC of cosine similarity, same-set gene pairs vs random pairs sharing no set",
+        "ci": f"held-out rows: 2.5-97.5 percentiles over {args.n_boot} resamples of the gene sets (with replacement)",
         "gene_sets": {
             "collection": args.gene_sets,
             "n_train_sets": len(train_sets),
@@ -168,10 +192,15 @@ def _plot(df: pd.DataFrame, path: Path, collection: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pivot = df.pivot(index="embedding", columns="pairs", values="auroc")
-    pivot = pivot[[c for c in ("train sets (in the loss)", "held-out sets", "held-out sets, leak-free pairs")]]
+    order = ["train sets (in the loss)", "held-out sets", "held-out sets, leak-free pairs"]
+    pivot = df.pivot(index="embedding", columns="pairs", values="auroc")[order]
+    err = None
+    if "ci95_low" in df:
+        lo = pivot - df.pivot(index="embedding", columns="pairs", values="ci95_low")[order]
+        hi = df.pivot(index="embedding", columns="pairs", values="ci95_high")[order] - pivot
+        err = np.stack([lo.fillna(0).to_numpy().T, hi.fillna(0).to_numpy().T], axis=1)  # [series, 2, rows]
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(pivot) + 2))
-    pivot.plot.barh(ax=ax, width=0.8)
+    pivot.plot.barh(ax=ax, width=0.8, xerr=err, capsize=2)
     ax.axvline(0.5, color="k", lw=0.8, ls="--")
     ax.set_xlabel("AUROC (same-pathway vs random gene pairs, cosine similarity)")
     ax.set_ylabel("")
