@@ -118,8 +118,8 @@ def scanvi(train, test, seed: int, quick: bool):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(parser)
-    parser.add_argument("--finetune-epochs", type=int, default=None, help="classifier fine-tuning epochs (default 2)")
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="classifier fine-tuning epochs (default 6)")
+    parser.add_argument("--finetune-lr", type=float, default=5e-3)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--no-scanvi", action="store_true")
     args = parser.parse_args(argv)
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
     z_test = model.get_latent_representation(test)
     model0 = GeneMambaModel.load(info0["saved_to"], adata=train, accelerator="cpu")
     z0_train, z0_test = model0.get_latent_representation(train), model0.get_latent_representation(test)
-    ft_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.quick else 2)
+    ft_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.quick else 6)
     t0 = time.perf_counter()
     model.train_classifier(
         labels_key=LABEL,

@@ -155,7 +155,28 @@ def reconstruct_next_token(model, tokens, lengths, order: np.ndarray):
     return preds
 
 
-def evaluate(model, adata, test_idx, order, objective: str, with_model: bool = True, batch_size: int = 64):
+def _prefix_scores(cands, refs, prefixes) -> dict[str, float]:
+    """BLEU / normalised Levenshtein on the first ``n`` ranks only (the most highly ranked genes)."""
+    from genemamba_scvi.metrics import rank_reconstruction_scores
+
+    out = {}
+    for n in prefixes:
+        s = rank_reconstruction_scores([c[:n] for c in cands], [r[:n] for r in refs])
+        out[f"bleu_top{n}"] = s["bleu"]
+        out[f"norm_levenshtein_top{n}"] = s["norm_levenshtein"]
+    return out
+
+
+def evaluate(
+    model,
+    adata,
+    test_idx,
+    order,
+    objective: str,
+    with_model: bool = True,
+    batch_size: int = 64,
+    prefixes: tuple[int, ...] = (16, 64),
+):
     from genemamba_scvi.metrics import rank_reconstruction_scores
 
     n_rounds = round(1 / model.module.mask_prob)
@@ -174,6 +195,7 @@ def evaluate(model, adata, test_idx, order, objective: str, with_model: bool = T
         if not with_model and k != "corpus_mean":
             continue
         s = rank_reconstruction_scores(cands, refs)
+        s.update(_prefix_scores(cands, refs, prefixes))
         first = 1 if objective == "next_token" else 0  # position 0 is given, not predicted, for next-token
         hits = np.concatenate([(c == r)[first:] for c, r in zip(cands, refs)])
         s["position_accuracy"] = float(hits.mean())
@@ -183,6 +205,7 @@ def evaluate(model, adata, test_idx, order, objective: str, with_model: bool = T
     rank_of = {int(g): i for i, g in enumerate(order)}
     oracle = [np.array(sorted(r.tolist(), key=lambda g: rank_of.get(int(g), len(rank_of)))) for r in refs]
     s = rank_reconstruction_scores(oracle, refs)
+    s.update(_prefix_scores(oracle, refs, prefixes))
     s["position_accuracy"] = float(np.mean(np.concatenate([o == r for o, r in zip(oracle, refs)])))
     s["distinct_genes_fraction"] = 1.0
     scores["set_oracle_corpus_order"] = s
@@ -232,9 +255,11 @@ def main(argv=None) -> dict:
     df = pd.DataFrame(table).T
     df.index.name = "method"
     cols = ["bleu", "bleu_std", "norm_levenshtein", "norm_levenshtein_std", "position_accuracy"]
+    cols += ["bleu_top16", "norm_levenshtein_top16", "bleu_top64", "norm_levenshtein_top64"]
     cols += ["distinct_genes_fraction", "n_cells"]
     df = df[cols]
-    print(df.round(4).to_string())
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(df.round(4).to_string())
 
     suffix = C.run_suffix(args) + ("_next_token" if args.objective == "next_token" else "")
     out = {
