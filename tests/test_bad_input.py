@@ -77,6 +77,11 @@ def test_x_non_counts_named_as_adata_x(adata):
         GeneMambaModel.setup_anndata(adata)
 
 
+def test_missing_layer_named(adata):
+    with pytest.raises(ValueError, match=r"layer 'raw_counts' not found.*counts"):
+        GeneMambaModel.setup_anndata(adata, layer="raw_counts")
+
+
 def test_empty_anndata_rejected(adata):
     with pytest.raises(ValueError, match="empty"):
         GeneMambaModel.setup_anndata(adata[:0].copy(), layer="counts")

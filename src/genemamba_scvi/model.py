@@ -22,7 +22,7 @@ from scvi.model.base import BaseModelClass
 from scvi.train import SaveCheckpoint, TrainRunner
 
 from genemamba_scvi import __version__
-from genemamba_scvi.data.normalize import compute_gene_medians, validate_counts
+from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix, validate_counts
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
@@ -63,14 +63,6 @@ def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
         )
 
 
-def _count_matrix(adata: AnnData, layer: str | None) -> Any:
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        raise ValueError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
-    return adata.layers[layer]
-
-
 class _ResumableCheckpoint(SaveCheckpoint):
     """Plain Lightning checkpoints (weights, optimizer, scheduler, loop state) for ``train(ckpt_path=...)``.
 
@@ -108,7 +100,7 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
             "backed AnnData is not supported by GeneMambaModel: load it with adata.to_memory(), or build a "
             "token corpus out of core with genemamba_scvi.data.build_corpus for pre-training."
         )
-    X = _count_matrix(adata, layer)
+    X = count_matrix(adata, layer)
     validate_counts(X, where)
     totals = np.asarray(X.sum(axis=1)).ravel()
     n_empty = int((totals == 0).sum())

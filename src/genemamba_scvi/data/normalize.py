@@ -246,7 +246,8 @@ def _iter_row_chunks(X: Any, chunk_size: int) -> Iterator[Any]:
         yield X[start : min(start + chunk_size, n)]
 
 
-def _matrix_of(adata: AnnData, layer: str | None) -> Any:
+def count_matrix(adata: AnnData, layer: str | None) -> Any:
+    """``adata.X`` or ``adata.layers[layer]``; a missing layer is a ``ValueError`` that lists the layers."""
     if layer is None:
         return adata.X
     if layer not in adata.layers:
@@ -326,7 +327,7 @@ def compute_gene_medians(
         if sp.issparse(X) and X.format != "csr":
             X = X.tocsr()  # row chunks need CSR (one sparse copy, never dense)
     else:
-        X, where = _matrix_of(source, layer), _where(layer)
+        X, where = count_matrix(source, layer), _where(layer)
         if sp.issparse(X) and X.format != "csr":
             X = X.tocsr()
     acc = GeneMedianAccumulator(X.shape[1], **opts)
@@ -376,7 +377,7 @@ def _medians_from_files(
             if not (col_map >= 0).any():
                 raise ValueError(f"{path!r} shares no gene (var_names) with the reference gene list")
             identity = len(var_names) == len(ref) and bool((col_map == np.arange(len(ref))).all())
-            X = _matrix_of(adata, layer)
+            X = count_matrix(adata, layer)
             where = _where(layer, path)
             for chunk in _iter_row_chunks(X, chunk_size):
                 chunk = _as_csr(chunk)
