@@ -189,3 +189,48 @@ def test_cls_pooling_runs(small_adata):
     assert z.shape == (32, 32)
     z4 = model.get_latent_representation(indices=range(4))
     torch.testing.assert_close(torch.from_numpy(z[:4]), torch.from_numpy(z4))
+
+
+def test_balanced_class_weights_values_and_loss(trained):
+    from scvi import REGISTRY_KEYS
+
+    from genemamba_scvi.model import _class_weights
+
+    codes = np.array([0, 0, 0, 1])
+    w = _class_weights("balanced", codes, ["a", "b"])
+    np.testing.assert_allclose(w.numpy(), [4 / (2 * 3), 4 / (2 * 1)], rtol=1e-6)
+    np.testing.assert_allclose(_class_weights({"b": 3.0}, codes, ["a", "b"]).numpy(), [1.0, 3.0])
+    with pytest.raises(ValueError, match="not in the data"):
+        _class_weights({"c": 2.0}, codes, ["a", "b"])
+    with pytest.raises(ValueError, match="balanced"):
+        _class_weights("inverse", codes, ["a", "b"])
+
+    model, _ = trained
+    module = model.module
+    torch.manual_seed(0)
+    z = torch.randn(6, module.encoder.d_model)
+    labels = torch.tensor([0, 0, 0, 0, 1, 2])
+    weights = torch.tensor([0.5, 2.0, 3.0, 1.0])
+    module.mode, module.class_weights = "classify", weights
+    module.eval()
+    try:
+        out = module.loss({REGISTRY_KEYS.LABELS_KEY: labels}, {"hidden": z[:, None], "z": z}, {})
+    finally:
+        module.mode, module.class_weights = "pretrain", None
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(module.classify(z), labels, weight=weights)
+        unweighted = torch.nn.functional.cross_entropy(module.classify(z), labels)
+    torch.testing.assert_close(out.loss, expected)
+    assert not torch.isclose(out.loss, unweighted)
+
+
+def test_train_classifier_balanced_runs_and_resets(small_adata):
+    scvi.settings.seed = 0
+    adata = small_adata[:96].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="cell_type")
+    model = GeneMambaModel(adata, **TINY)
+    model.train_classifier(max_epochs=1, class_weight="balanced", **TRAIN)
+    assert model.module.class_weights is None  # not left behind for later pre-training
+    assert np.isfinite(model.history["train_loss"].astype(float).to_numpy()).all()
+    probs = model.predict(soft=True)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

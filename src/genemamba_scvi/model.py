@@ -63,6 +63,29 @@ def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
         )
 
 
+def _class_weights(
+    class_weight: str | dict[str, float] | None, codes: np.ndarray, names: Sequence[str]
+) -> torch.Tensor | None:
+    """Cross-entropy weights per label code (see :meth:`GeneMambaModel.train_classifier`)."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be 'balanced', a dict or None, got {class_weight!r}")
+        counts = np.bincount(codes, minlength=len(names)).astype(np.float64)
+        weights = codes.size / (len(names) * np.maximum(counts, 1.0))
+    else:
+        unknown = sorted(set(map(str, class_weight)) - set(names))
+        if unknown:
+            raise ValueError(
+                f"class_weight names labels that are not in the data: {unknown[:5]}; labels: {list(names)[:10]}"
+            )
+        weights = np.array([float(class_weight.get(n, 1.0)) for n in names])
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+            raise ValueError(f"class_weight values must be finite, non-negative and not all zero, got {class_weight}")
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
 class _ResumableCheckpoint(SaveCheckpoint):
     """Plain Lightning checkpoints (weights, optimizer, scheduler, loop state) for ``train(ckpt_path=...)``.
 
@@ -509,6 +532,7 @@ class GeneMambaModel(BaseModelClass):
         freeze_encoder: bool = False,
         hidden: int | None = None,
         dropout: float = 0.1,
+        class_weight: Literal["balanced"] | dict[str, float] | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float | None = 0.9,
@@ -536,6 +560,11 @@ class GeneMambaModel(BaseModelClass):
             Hidden width of the classifier MLP (``None``: a linear head).
         dropout
             Dropout before the head.
+        class_weight
+            Weights of the cross-entropy per cell type, for unbalanced labels (the usual case: rare types
+            are otherwise ignored). ``"balanced"``: ``n_cells / (n_types * n_cells_of_type)`` from the
+            label counts in ``adata`` (scikit-learn's convention); a dict maps label -> weight (labels
+            not in it get 1); ``None`` (default): unweighted.
         accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
             As in :meth:`train`.
         """
@@ -550,6 +579,7 @@ class GeneMambaModel(BaseModelClass):
         self.labels_key_ = labels_key
         self.classifier_hidden_ = hidden
         self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
+        self.module.class_weights = _class_weights(class_weight, codes, self.label_names_)
         self.module.mode = "classify"
         self.module.encoder.requires_grad_(not freeze_encoder)
         try:
@@ -573,6 +603,7 @@ class GeneMambaModel(BaseModelClass):
         finally:
             self.module.encoder.requires_grad_(True)
             self.module.mode = "pretrain"
+            self.module.class_weights = None
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()

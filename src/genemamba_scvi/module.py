@@ -115,6 +115,8 @@ class GeneMambaModule(BaseModuleClass):
         d_model = self.encoder.d_model
         self.lm_head = MaskedLMHead(d_model, vocab_size, tied_embedding=self.encoder.embedding if tie_lm_head else None)
         self.classifier: ClassifierHead | None = None
+        # per-class weights of the classification cross-entropy (None: unweighted); set by train_classifier
+        self.class_weights: torch.Tensor | None = None
         self.mask_prob = mask_prob
         self.mask_id = mask_id
         self.n_special = n_special
@@ -199,7 +201,8 @@ class GeneMambaModule(BaseModuleClass):
         if self.mode == "classify":
             logits = self.classify(z)
             labels = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
-            ce = F.cross_entropy(logits, labels)
+            weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+            ce = F.cross_entropy(logits, labels, weight=weight)
             acc = (logits.argmax(-1) == labels).float().mean()
             return LossOutput(
                 loss=ce,

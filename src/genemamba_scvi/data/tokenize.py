@@ -130,7 +130,9 @@ def _tokenize_chunk(
         key |= inv.astype(np.uint64) << np.uint64(_TOKEN_BITS)
         del inv
         key |= t.astype(np.uint64)
-        key.sort(kind="stable")  # timsort: faster than introsort on these row-blocked keys
+        # Keys are unique (a token occurs once per row), so stability is irrelevant; numpy >= 2 sorts uint64
+        # with the vectorised x86-simd-sort quicksort (AVX2/AVX-512), ~2x faster than timsort here.
+        key.sort()
         t_sorted = (key & np.uint64(_MAX_KEY_TOKEN)).astype(np.int32)
         del key
     else:
