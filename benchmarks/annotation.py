@@ -167,23 +167,32 @@ def main(argv=None) -> dict:
     model0 = GeneMambaModel.load(info0["saved_to"], adata=train, accelerator="cpu")
     z0_train, z0_test = model0.get_latent_representation(train), model0.get_latent_representation(test)
     ft_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.quick else 6)
+
+    def finetune(m, class_weight):
+        m.train_classifier(
+            labels_key=LABEL,
+            max_epochs=ft_epochs,
+            lr=args.finetune_lr,
+            batch_size=args.batch_size,
+            class_weight=class_weight,
+            accelerator=args.accelerator,
+            devices=1,
+            train_size=1.0,
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+
     t0 = time.perf_counter()
-    model.train_classifier(
-        labels_key=LABEL,
-        max_epochs=ft_epochs,
-        lr=args.finetune_lr,
-        batch_size=args.batch_size,
-        accelerator=args.accelerator,
-        devices=1,
-        train_size=1.0,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    finetune(model, None)
     timings["genemamba_finetune_seconds"] = round(time.perf_counter() - t0, 1)
+    # the same pre-trained weights fine-tuned with balanced class weights (rare types weigh more)
+    model_bal = GeneMambaModel.load(info["saved_to"], adata=train, accelerator="cpu")
+    finetune(model_bal, "balanced")
     GeneMambaModel.setup_anndata(test, layer="counts")
     preds[f"{name} fine-tuned"] = np.asarray(model.predict(test)).astype(str)
+    preds[f"{name} fine-tuned, balanced"] = np.asarray(model_bal.predict(test)).astype(str)
     preds[f"{name} embedding + LR"] = logistic(z_train, train.obs[LABEL].astype(str), z_test, args.seed)
     preds["GeneMamba 0-layer embedding + LR"] = logistic(z0_train, train.obs[LABEL].astype(str), z0_test, args.seed)
     t0 = time.perf_counter()
@@ -233,6 +242,7 @@ def main(argv=None) -> dict:
             "lr": args.finetune_lr,
             "head": "linear",
             "encoder": "fine-tuned (not frozen)",
+            "class_weight": "None; the ', balanced' row: class_weight='balanced' (n / (n_types * n_type))",
             "cells": train.n_obs,
         },
         "scanvi": scanvi_info,

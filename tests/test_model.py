@@ -234,3 +234,16 @@ def test_train_classifier_balanced_runs_and_resets(small_adata):
     assert np.isfinite(model.history["train_loss"].astype(float).to_numpy()).all()
     probs = model.predict(soft=True)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_gradient_checkpointing_same_training(small_adata):
+    outs = []
+    for ckpt in (False, True):
+        scvi.settings.seed = 3
+        adata = small_adata[:64].copy()
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+        model = GeneMambaModel(adata, **TINY)
+        model.train(max_epochs=1, gradient_checkpointing=ckpt, **TRAIN)
+        assert model.module.encoder.gradient_checkpointing is False  # switched off again after training
+        outs.append(model.get_latent_representation())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)

@@ -408,6 +408,7 @@ class GeneMambaModel(BaseModelClass):
         plan_kwargs: dict | None,
         datasplitter_kwargs: dict | None,
         trainer_kwargs: dict,
+        gradient_checkpointing: bool = False,
     ):
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
         data_splitter = self._data_splitter_cls(
@@ -439,7 +440,11 @@ class GeneMambaModel(BaseModelClass):
             ckpt_path=ckpt_path,
             **trainer_kwargs,
         )
-        return runner()
+        self.module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
+        try:
+            return runner()
+        finally:
+            self.module.encoder.gradient_checkpointing = False
 
     def train(
         self,
@@ -458,6 +463,7 @@ class GeneMambaModel(BaseModelClass):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int | None = None,
         ckpt_path: str | None = None,
+        gradient_checkpointing: bool = False,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         **trainer_kwargs: Any,
@@ -492,6 +498,9 @@ class GeneMambaModel(BaseModelClass):
             Save every N optimiser steps (default: every epoch).
         ckpt_path
             Resume training from this Lightning checkpoint.
+        gradient_checkpointing
+            Recompute each Bi-Mamba layer in the backward pass instead of keeping its activations: much less
+            memory (long cells, big batches) for one more forward pass per step; same gradients.
         plan_kwargs
             Passed to :class:`~genemamba_scvi.train.GeneMambaTrainingPlan` (``weight_decay``,
             ``warmup_fraction``, ...).
@@ -520,6 +529,7 @@ class GeneMambaModel(BaseModelClass):
             plan_kwargs=plan_kwargs,
             datasplitter_kwargs=datasplitter_kwargs,
             trainer_kwargs=trainer_kwargs,
+            gradient_checkpointing=gradient_checkpointing,
         )
 
     def train_classifier(
@@ -533,6 +543,7 @@ class GeneMambaModel(BaseModelClass):
         hidden: int | None = None,
         dropout: float = 0.1,
         class_weight: Literal["balanced"] | dict[str, float] | None = None,
+        gradient_checkpointing: bool = False,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float | None = 0.9,
@@ -565,6 +576,8 @@ class GeneMambaModel(BaseModelClass):
             are otherwise ignored). ``"balanced"``: ``n_cells / (n_types * n_cells_of_type)`` from the
             label counts in ``adata`` (scikit-learn's convention); a dict maps label -> weight (labels
             not in it get 1); ``None`` (default): unweighted.
+        gradient_checkpointing
+            As in :meth:`train`.
         accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
             As in :meth:`train`.
         """
@@ -599,6 +612,7 @@ class GeneMambaModel(BaseModelClass):
                 plan_kwargs=plan_kwargs,
                 datasplitter_kwargs=None,
                 trainer_kwargs=trainer_kwargs,
+                gradient_checkpointing=gradient_checkpointing,
             )
         finally:
             self.module.encoder.requires_grad_(True)

@@ -547,6 +547,7 @@ def pretrain_from_corpus(
     batch_size: int = 32,
     lr: float = 1e-3,
     accumulate_grad_batches: int = 1,
+    gradient_checkpointing: bool = False,
     gradient_clip_val: float | None = 1.0,
     precision: str | None = None,
     accelerator: str = "auto",
@@ -594,6 +595,9 @@ def pretrain_from_corpus(
         Peak AdamW learning rate (warm-up + cosine decay over the run).
     accumulate_grad_batches
         Batches per optimiser step.
+    gradient_checkpointing
+        Recompute each Bi-Mamba layer in the backward pass instead of keeping its activations (much less
+        memory for one more forward pass; same gradients).
     gradient_clip_val
         Gradient-norm clipping (``None``: off).
     precision
@@ -716,6 +720,10 @@ def pretrain_from_corpus(
         num_sanity_val_steps=0,
         **trainer_kwargs,
     )
-    trainer.fit(plan, datamodule=datamodule, ckpt_path=os.fspath(ckpt_path) if ckpt_path is not None else None)
+    module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
+    try:
+        trainer.fit(plan, datamodule=datamodule, ckpt_path=os.fspath(ckpt_path) if ckpt_path is not None else None)
+    finally:
+        module.encoder.gradient_checkpointing = False
     module.eval()
     return PretrainResult(module, vocab, medians, trainer)

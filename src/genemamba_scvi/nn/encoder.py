@@ -7,6 +7,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from genemamba_scvi.nn.bimamba import (
     BLOCKS,
@@ -156,6 +157,10 @@ class GeneMambaEncoder(nn.Module):
         of the row length stops Triton from compiling a new kernel specialisation when a batch
         happens to have a token count divisible by 16. ``None`` (default): 16 on the mamba_ssm
         backend, 1 (off) otherwise.
+    gradient_checkpointing
+        In training, keep only each layer's input for the backward pass and recompute the layer there
+        (one more forward per layer, much less activation memory: for long cells or big batches).
+        Same outputs and gradients. Default ``False``.
     """
 
     def __init__(
@@ -198,6 +203,7 @@ class GeneMambaEncoder(nn.Module):
         self.last_n_sub_batches = 0
         self.fused_add_norm: bool | None = None
         self.pack_multiple: int | None = None
+        self.gradient_checkpointing = False
 
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -315,8 +321,16 @@ class GeneMambaEncoder(nn.Module):
             else:
                 rev_index = reversal_index(lengths.to(tokens.device), tokens.shape[1])
         for layer in self.layers:
-            x = layer(x, rev_index=rev_index, seq_idx=seq_idx, merge_linear=self.merge)
+            x = self._run(layer, x, rev_index=rev_index, seq_idx=seq_idx, merge_linear=self.merge)
         return self.norm_f(x)
+
+    def _run(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``; under :attr:`gradient_checkpointing` in training, its activations are not
+        kept for the backward pass but recomputed there (Chen et al. 2016, "Training deep nets with
+        sublinear memory cost"; :func:`torch.utils.checkpoint.checkpoint`, non-reentrant)."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        return fn(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
     # Packed (varlen) path
@@ -419,7 +433,7 @@ class GeneMambaEncoder(nn.Module):
         pack = pack_cells(cu, n_tokens)
         if self.block != "prenorm":
             for layer in self.layers:
-                x = layer.forward_packed(x, pack, self.merge)
+                x = self._run(layer.forward_packed, x, pack, self.merge)
             return self.norm_f(x)
         # pre-norm blocks as a residual stream: h_i = norm_i(r_i), r_{i+1} = r_i + mix_i(h_i)
         fused = load_mamba_ssm_ops()["rms_norm_fn"] if self._use_fused_add_norm(x.device) else None
@@ -435,7 +449,7 @@ class GeneMambaEncoder(nn.Module):
             else:
                 residual = residual if delta is None else residual + delta
                 h = layer.norm(residual)
-            delta = layer.mix_packed(h, pack, self.merge)
+            delta = self._run(layer.mix_packed, h, pack, self.merge)
         return self.norm_f(residual + delta)
 
     def pool(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
