@@ -169,6 +169,9 @@ def main(argv=None) -> dict:
     ft_epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.quick else 6)
 
     def finetune(m, class_weight):
+        import scvi
+
+        scvi.settings.seed = args.seed  # same shuffling whether or not the pre-training came from the cache
         m.train_classifier(
             labels_key=LABEL,
             max_epochs=ft_epochs,
