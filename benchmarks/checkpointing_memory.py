@@ -4,10 +4,17 @@ For each sequence length ``L`` a batch of full-length cells goes through one tra
 backward of the mean square of the final hidden states) of ``GeneMambaEncoder`` twice: with
 ``gradient_checkpointing`` off (the baseline) and on. Reported per setting:
 
-- ``saved_bytes``: bytes of every tensor autograd keeps for the backward pass during the forward
-  (``torch.autograd.graph.saved_tensors_hooks``; exact and device-independent, parameters included);
+- ``saved_bytes``: bytes of the distinct storages of the tensors autograd keeps for the backward pass
+  during the forward (``torch.autograd.graph.saved_tensors_hooks``; device-independent; parameters
+  included);
 - ``peak_cuda_bytes``: ``torch.cuda.max_memory_allocated`` over the step, above the memory before it
   (CUDA only);
+- ``peak_rss_growth_bytes`` (CPU): growth of the peak resident memory of a fresh process over one
+  training step after a warm-up step (high-water mark ``VmHWM``, reset just before the step, minus the
+  resident memory then; gradients already allocated; glibc told to mmap every block >= 64 kB so freed
+  memory leaves the resident set). Unlike
+  ``saved_bytes`` it includes the transient activations of the layer being recomputed in the backward
+  pass, the gradients and the allocator's slack;
 - ``step_seconds``: median of ``--repeats`` timed steps after one warm-up step;
 - ratios on / off for all three, and the largest gradient difference (checkpointing recomputes, it
   must not change the gradients).
@@ -20,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,15 +39,18 @@ import torch
 
 from genemamba_scvi.nn import GeneMambaEncoder
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import peak_bytes, reset_peak, rss_bytes
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _step(enc, tokens, lengths, device, bf16: bool) -> tuple[int, int | None, float]:
-    saved = 0
+    storages: dict[int, int] = {}
 
     def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
+        st = t.untyped_storage()  # count each storage once: views and expanded tensors share memory
+        storages[st.data_ptr()] = st.nbytes()
         return t
 
     if device.type == "cuda":
@@ -50,6 +63,7 @@ def _step(enc, tokens, lengths, device, bf16: bool) -> tuple[int, int | None, fl
             h = enc(tokens, lengths, packed=device.type == "cuda")
         loss = h.float().pow(2).mean()
     loss.backward()
+    saved = sum(storages.values())
     peak = None
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -96,6 +110,40 @@ def measure(enc, L: int, batch: int, device, bf16: bool, repeats: int, vocab: in
     }
 
 
+def _single_step_rss(args, L: int, ckpt: bool) -> int:
+    """Run one training step in a fresh process (``--single``) and return its peak RSS growth."""
+    cmd = [sys.executable, __file__, "--single", str(L), str(int(ckpt)), *_model_argv(args)]
+    # glibc returns mmapped blocks to the OS on free: with every block >= 64 kB mmapped, the resident set
+    # follows the live tensors instead of keeping freed activations cached in the heap
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def _model_argv(args) -> list[str]:
+    keys = ("d_model", "n_layers", "d_state", "headdim", "chunk_size", "batch_size", "vocab", "backend", "threads")
+    argv = []
+    for k in keys:
+        v = getattr(args, k)
+        if v is not None:
+            argv += [f"--{k.replace('_', '-')}", str(v)]
+    return argv
+
+
+def _build(args, device):
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(
+        args.vocab,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        d_state=args.d_state,
+        headdim=args.headdim,
+        chunk_size=args.chunk_size,
+        backend=args.backend,
+    ).to(device)
+    return enc.train()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d-model", type=int, default=128)
@@ -111,22 +159,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--single", nargs=2, type=int, metavar=("L", "CKPT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    enc = GeneMambaEncoder(
-        args.vocab,
-        d_model=args.d_model,
-        n_layers=args.n_layers,
-        d_state=args.d_state,
-        headdim=args.headdim,
-        chunk_size=args.chunk_size,
-        backend=args.backend,
-    ).to(device)
-    enc.train()
+    enc = _build(args, device)
+    if args.single:  # child process of _single_step_rss: one step, print the peak RSS growth
+        L, ckpt = args.single
+        tokens = torch.randint(3, args.vocab, (args.batch_size, L), generator=torch.Generator().manual_seed(L))
+        enc.gradient_checkpointing = bool(ckpt)
+        lengths = torch.full((args.batch_size,), L)
+        _step(enc, tokens, lengths, device, False)  # warm-up: one-time allocations (grads, thread pools)
+        enc.zero_grad(set_to_none=False)
+        before = rss_bytes()
+        reset_peak()
+        _step(enc, tokens, lengths, device, False)
+        print(peak_bytes() - before)
+        return {}
     rows = [measure(enc, L, args.batch_size, device, args.bf16, args.repeats, args.vocab) for L in args.lengths]
+    if device.type == "cpu":
+        for r in rows:
+            for mode, ckpt in (("off", False), ("on", True)):
+                r[mode]["peak_rss_growth_bytes"] = _single_step_rss(args, r["L"], ckpt)
+            r["peak_rss_growth_ratio_on_over_off"] = (
+                r["on"]["peak_rss_growth_bytes"] / r["off"]["peak_rss_growth_bytes"]
+            )
     for r in rows:
         off, on = r["off"], r["on"]
         print(
@@ -135,6 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{on['step_seconds']:.3f} (x{r['step_time_ratio_on_over_off']:.2f})"
             f"  grad rel diff {r['grad_max_rel_diff']:.1e}"
         )
+        if "peak_rss_growth_ratio_on_over_off" in r:
+            print(
+                f"         peak RSS growth MB off/on {off['peak_rss_growth_bytes'] / 2**20:8.1f} / "
+                f"{on['peak_rss_growth_bytes'] / 2**20:7.1f}  (x{r['peak_rss_growth_ratio_on_over_off']:.3f})"
+            )
     name = torch.cuda.get_device_name().split()[-1].lower() if device.type == "cuda" else "cpu"
     out = {
         "benchmark": "checkpointing_memory",

@@ -35,18 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import status_kb
+
 MB = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
-
 def _machine() -> dict:
     info = {
         "platform": platform.platform(),
@@ -162,12 +157,12 @@ def _child(args: argparse.Namespace) -> None:
             pass
 
     corpus_mod._progress_bar = lambda progress, total, initial, desc: _Counter(desc, initial)
-    baseline_kb = _status_kb("VmRSS")
+    baseline_kb = status_kb("VmRSS")
     t0 = time.perf_counter()
 
     def sampler() -> None:
         while not stop.is_set():
-            samples.append((time.perf_counter() - t0, state["phase"], state["cells"], _status_kb("VmRSS")))
+            samples.append((time.perf_counter() - t0, state["phase"], state["cells"], status_kb("VmRSS")))
             time.sleep(0.02)
 
     th = threading.Thread(target=sampler, daemon=True)
@@ -185,7 +180,7 @@ def _child(args: argparse.Namespace) -> None:
     total = time.perf_counter() - t0
     trace = {
         "baseline_rss_kb": baseline_kb,
-        "peak_rss_kb": _status_kb("VmHWM"),
+        "peak_rss_kb": status_kb("VmHWM"),
         "seconds": total,
         "samples": samples,
         "n_rows": manifest.n_rows,

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import time
 import tracemalloc
@@ -37,40 +36,8 @@ import scipy.sparse as sp
 from genemamba_scvi.data import compute_gene_medians, rank_tokenize
 from genemamba_scvi.datasets import load_celltypist_sample
 
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def rss_bytes() -> int:
-    kb = _status_kb("VmRSS")
-    if kb is not None:
-        return kb * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_peak() -> bool:
-    """Reset the peak-RSS high-water mark to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_bytes() -> int:
-    kb = _status_kb("VmHWM")
-    if kb is not None:
-        return kb * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import peak_bytes, reset_peak, rss_bytes
 
 
 def build_matrix(n_cells: int, n_genes: int, seed: int) -> tuple[sp.csr_matrix, dict]:

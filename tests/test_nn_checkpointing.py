@@ -22,16 +22,16 @@ def _batch():
 
 def _forward_saved_bytes(enc, tokens, lengths, packed) -> tuple[torch.Tensor, int]:
     """The encoder's output and the bytes of the tensors autograd keeps for its backward pass."""
-    total = 0
+    storages: dict[int, int] = {}
 
     def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
+        st = t.untyped_storage()  # views share a storage: count it once
+        storages[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         h = enc(tokens, lengths, packed=packed)
-    return h, total
+    return h, sum(storages.values())
 
 
 @pytest.mark.parametrize("packed", [False, True])
