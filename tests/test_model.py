@@ -247,3 +247,12 @@ def test_gradient_checkpointing_same_training(small_adata):
         assert model.module.encoder.gradient_checkpointing is False  # switched off again after training
         outs.append(model.get_latent_representation())
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+
+
+def test_train_without_validation_cells(small_adata):
+    adata = small_adata[:32].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    model.train(max_epochs=1, train_size=1.0, **TRAIN)  # no validation split: validation is skipped
+    assert "validation_loss" not in model.history
+    assert np.isfinite(model.history["train_loss"].astype(float).to_numpy()).all()

@@ -181,3 +181,12 @@ class TokenDataSplitter(DataSplitter):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         return batch
+
+    def val_dataloader(self):
+        """The validation loader; no loaders (``[]``, validation skipped) when the split has no validation cells.
+
+        scvi-tools returns ``None`` there, which Lightning rejects as soon as validation is scheduled
+        (``train(train_size=1.0)`` with ``check_val_every_n_epoch`` set).
+        """
+        loader = super().val_dataloader()
+        return [] if loader is None else loader
