@@ -588,11 +588,12 @@ class GeneMambaModel(BaseModelClass):
         codes, names = pd.factorize(self.adata.obs[labels_key].astype(str), sort=True)
         if len(names) < 2:
             raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
+        weights = _class_weights(class_weight, codes, [str(n) for n in names])  # validate before changing state
         self.label_names_ = [str(n) for n in names]
         self.labels_key_ = labels_key
         self.classifier_hidden_ = hidden
         self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
-        self.module.class_weights = _class_weights(class_weight, codes, self.label_names_)
+        self.module.class_weights = weights
         self.module.mode = "classify"
         self.module.encoder.requires_grad_(not freeze_encoder)
         try:
