@@ -144,6 +144,35 @@ def _build(args, device):
     return enc.train()
 
 
+def _write(args, enc, device, rows: list[dict]) -> dict:
+    """Write the result JSON (after every length, so a run cut short keeps what it measured)."""
+    name = torch.cuda.get_device_name().split()[-1].lower() if device.type == "cuda" else "cpu"
+    out = {
+        "benchmark": "checkpointing_memory",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor()})",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "backend": enc.resolved_backend(device),
+        "model": {
+            "d_model": args.d_model,
+            "n_layers": args.n_layers,
+            "d_state": args.d_state,
+            "headdim": args.headdim,
+            "chunk_size": args.chunk_size,
+            "vocab": args.vocab,
+            "params": sum(p.numel() for p in enc.parameters()),
+            "bf16_autocast": args.bf16,
+        },
+        "baseline": "the same encoder and batch with gradient_checkpointing=False, same run",
+        "rows": rows,
+    }
+    path = args.out or RESULTS / f"checkpointing_{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d-model", type=int, default=128)
@@ -177,7 +206,10 @@ def main(argv: list[str] | None = None) -> dict:
         _step(enc, tokens, lengths, device, False)
         print(peak_bytes() - before)
         return {}
-    rows = [measure(enc, L, args.batch_size, device, args.bf16, args.repeats, args.vocab) for L in args.lengths]
+    rows = []
+    for L in args.lengths:
+        rows.append(measure(enc, L, args.batch_size, device, args.bf16, args.repeats, args.vocab))
+        _write(args, enc, device, rows)
     if device.type == "cpu":
         for r in rows:
             for mode, ckpt in (("off", False), ("on", True)):
@@ -198,31 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"         peak RSS growth MB off/on {off['peak_rss_growth_bytes'] / 2**20:8.1f} / "
                 f"{on['peak_rss_growth_bytes'] / 2**20:7.1f}  (x{r['peak_rss_growth_ratio_on_over_off']:.3f})"
             )
-    name = torch.cuda.get_device_name().split()[-1].lower() if device.type == "cuda" else "cpu"
-    out = {
-        "benchmark": "checkpointing_memory",
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor()})",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "backend": enc.resolved_backend(device),
-        "model": {
-            "d_model": args.d_model,
-            "n_layers": args.n_layers,
-            "d_state": args.d_state,
-            "headdim": args.headdim,
-            "chunk_size": args.chunk_size,
-            "vocab": args.vocab,
-            "params": sum(p.numel() for p in enc.parameters()),
-            "bf16_autocast": args.bf16,
-        },
-        "baseline": "the same encoder and batch with gradient_checkpointing=False, same run",
-        "rows": rows,
-    }
-    path = args.out or RESULTS / f"checkpointing_{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
-    return out
+    return _write(args, enc, device, rows)
 
 
 if __name__ == "__main__":
