@@ -432,7 +432,6 @@ def pretrain_genemamba(
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
-            limit_val_batches=0,
         )
     wall = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.module.parameters())

@@ -181,7 +181,6 @@ def main(argv=None) -> dict:
             accelerator=args.accelerator,
             devices=1,
             train_size=1.0,
-            limit_val_batches=0,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
