@@ -20,8 +20,10 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass
 from scvi.train import SaveCheckpoint, TrainRunner
+from tqdm.auto import tqdm
 
 from genemamba_scvi import __version__
+from genemamba_scvi._precision import inference_autocast, resolve_precision, training_on_gpu
 from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix, validate_counts
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
@@ -32,6 +34,19 @@ logger = logging.getLogger("genemamba_scvi")
 
 LATENT_KEY = "X_genemamba"
 """Default ``adata.obsm`` key for GeneMamba cell embeddings."""
+
+_PROGRESS_MIN_CELLS = 5_000  # progress_bar=None shows a bar from this many cells on
+_MAX_INFERENCE_CELLS = 1_024  # GPU inference batch: at most this many cells ...
+_MAX_INFERENCE_TOKENS = 1 << 20  # ... and this many token slots (cells x max_genes)
+
+
+def _save_kernel_cache() -> None:
+    """Remember Triton winners found in this process (GPU only; see :mod:`genemamba_scvi.nn.kernel_configs`)."""
+    if torch.cuda.is_available():
+        from genemamba_scvi.nn.kernel_configs import save_kernel_cache
+
+        save_kernel_cache()
+
 
 _ENCODER_ARGS = (
     "d_model",
@@ -409,7 +424,9 @@ class GeneMambaModel(BaseModelClass):
         datasplitter_kwargs: dict | None,
         trainer_kwargs: dict,
         gradient_checkpointing: bool = False,
+        precision: str | int | None = "auto",
     ):
+        precision = resolve_precision(precision, training_on_gpu(accelerator, devices))
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
         data_splitter = self._data_splitter_cls(
             self.adata_manager,
@@ -438,6 +455,7 @@ class GeneMambaModel(BaseModelClass):
             early_stopping=early_stopping,
             callbacks=callbacks,
             ckpt_path=ckpt_path,
+            precision=precision,
             **trainer_kwargs,
         )
         self.module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
@@ -445,6 +463,7 @@ class GeneMambaModel(BaseModelClass):
             return runner()
         finally:
             self.module.encoder.gradient_checkpointing = False
+            _save_kernel_cache()
 
     def train(
         self,
@@ -464,6 +483,7 @@ class GeneMambaModel(BaseModelClass):
         checkpoint_every_n_steps: int | None = None,
         ckpt_path: str | None = None,
         gradient_checkpointing: bool = False,
+        precision: str | int | None = "auto",
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         **trainer_kwargs: Any,
@@ -501,14 +521,18 @@ class GeneMambaModel(BaseModelClass):
         gradient_checkpointing
             Recompute each Bi-Mamba layer in the backward pass instead of keeping its activations: much less
             memory (long cells, big batches) for one more forward pass per step; same gradients.
+        precision
+            ``"auto"`` (default): ``"bf16-mixed"`` when training runs on a CUDA GPU (float32 weights, bf16
+            matrix products and kernels: about 3x the speed of float32 there), ``"32-true"`` on CPU.
+            Or one of ``"bf16-mixed"``, ``"16-mixed"``, ``"32-true"`` (Lightning's names).
         plan_kwargs
             Passed to :class:`~genemamba_scvi.train.GeneMambaTrainingPlan` (``weight_decay``,
             ``warmup_fraction``, ...).
         datasplitter_kwargs
             Passed to the data splitter / loader (``num_workers``, ...).
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` / Lightning (``precision="bf16-mixed"``,
-            ``accumulate_grad_batches``, ``strategy="ddp"``, ``max_steps``, ...).
+            Passed to :class:`scvi.train.Trainer` / Lightning (``accumulate_grad_batches``,
+            ``strategy="ddp"``, ``max_steps``, ...).
         """
         self.module.mode = "pretrain"
         self.module.set_objective(objective)
@@ -530,6 +554,7 @@ class GeneMambaModel(BaseModelClass):
             datasplitter_kwargs=datasplitter_kwargs,
             trainer_kwargs=trainer_kwargs,
             gradient_checkpointing=gradient_checkpointing,
+            precision=precision,
         )
 
     def train_classifier(
@@ -544,6 +569,7 @@ class GeneMambaModel(BaseModelClass):
         dropout: float = 0.1,
         class_weight: Literal["balanced"] | dict[str, float] | None = None,
         gradient_checkpointing: bool = False,
+        precision: str | int | None = "auto",
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float | None = 0.9,
@@ -576,7 +602,7 @@ class GeneMambaModel(BaseModelClass):
             are otherwise ignored). ``"balanced"``: ``n_cells / (n_types * n_cells_of_type)`` from the
             label counts in ``adata`` (scikit-learn's convention); a dict maps label -> weight (labels
             not in it get 1); ``None`` (default): unweighted.
-        gradient_checkpointing
+        gradient_checkpointing, precision
             As in :meth:`train`.
         accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
             As in :meth:`train`.
@@ -614,6 +640,7 @@ class GeneMambaModel(BaseModelClass):
                 datasplitter_kwargs=None,
                 trainer_kwargs=trainer_kwargs,
                 gradient_checkpointing=gradient_checkpointing,
+                precision=precision,
             )
         finally:
             self.module.encoder.requires_grad_(True)
@@ -621,14 +648,43 @@ class GeneMambaModel(BaseModelClass):
             self.module.class_weights = None
 
     # ------------------------------------------------------------------ inference
+    def _device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def _inference_batch_size(self, device: torch.device) -> int:
+        """Cells per inference batch: 64 on CPU; on a GPU, as many as fit a token budget of its free memory."""
+        if device.type != "cuda":
+            return 64
+        free, _ = torch.cuda.mem_get_info(device)
+        enc = self.module.encoder
+        # transient bytes per real token in one layer: both directions' in_proj output and about as much
+        # again for conv / scan outputs (bf16), plus a few float32 d_model vectors (residual stream, padded
+        # output); x2 for allocator slack
+        per_token = 2 * (2 * 2 * 2 * enc.d_in_proj + 4 * 4 * enc.d_model)
+        budget_tokens = min(int(0.25 * free) // per_token, _MAX_INFERENCE_TOKENS)
+        return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(self.max_genes, 1))))
+
     @torch.inference_mode()
-    def _embed(self, adata, indices, batch_size) -> torch.Tensor:
+    def _embed(self, adata, indices, batch_size, precision, progress_bar) -> torch.Tensor:
         self.module.eval()
-        loader = self._token_loader(adata, indices, batch_size)
+        device = self._device()
+        resolved = resolve_precision(precision, device.type == "cuda")
+        if batch_size is None:
+            batch_size = self._inference_batch_size(device)
+        elif int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive number of cells, got {batch_size!r}")
+        loader = self._token_loader(adata, indices, int(batch_size))
+        n_cells = len(loader.indices)
+        show = n_cells >= _PROGRESS_MIN_CELLS if progress_bar is None else bool(progress_bar)
         out = []
-        for tensors in loader:
-            inf = self.module.inference(**self.module._get_inference_input(tensors))
-            out.append(inf["z"].float().cpu())
+        with tqdm(total=n_cells, desc="Embedding cells", unit="cells", disable=not show, leave=False) as bar:
+            for tensors in loader:
+                with inference_autocast(resolved, device):
+                    inf = self.module.inference(**self.module._get_inference_input(tensors))
+                out.append(inf["z"].float().cpu())
+                bar.update(len(out[-1]))
+        if device.type == "cuda":
+            _save_kernel_cache()
         return torch.cat(out) if out else torch.empty(0, self.module.encoder.d_model)
 
     def get_latent_representation(
@@ -636,6 +692,9 @@ class GeneMambaModel(BaseModelClass):
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        *,
+        precision: str | int | None = "auto",
+        progress_bar: bool | None = None,
     ) -> np.ndarray:
         """Cell embeddings (mean of the final hidden states over each cell's real gene tokens).
 
@@ -649,13 +708,21 @@ class GeneMambaModel(BaseModelClass):
         indices
             Cells to embed (default: all).
         batch_size
-            Cells per forward pass (default 64). A cell's embedding does not depend on it.
+            Cells per forward pass. ``None`` (default): 64 on CPU; on a GPU, as many cells as a token budget of
+            a quarter of its free memory allows (at most 1,024). A cell's embedding does not depend on it, and
+            batches larger than the mamba-ssm kernels' 2^31-element limit are split by the encoder.
+        precision
+            ``"auto"`` (default): bf16 autocast on a CUDA GPU (about 4.5x faster than float32 there; cosine
+            similarity to the float32 embedding above 0.9999), float32 on CPU. ``"32-true"`` forces
+            float32; ``"bf16-mixed"`` / ``"16-mixed"`` force autocast. The result is float32 either way.
+        progress_bar
+            Show a progress bar (tqdm). ``None`` (default): only for 5,000 cells or more.
 
         Returns
         -------
         ``float32`` array of shape ``(n_cells, d_model)``.
         """
-        return self._embed(adata, indices, batch_size).numpy()
+        return self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
 
     @torch.inference_mode()
     def predict(
@@ -664,8 +731,23 @@ class GeneMambaModel(BaseModelClass):
         indices: Sequence[int] | None = None,
         soft: bool = False,
         batch_size: int | None = None,
+        *,
+        precision: str | int | None = "auto",
+        progress_bar: bool | None = None,
     ) -> np.ndarray | pd.DataFrame:
         """Predict cell types with the classifier head trained by :meth:`train_classifier`.
+
+        Parameters
+        ----------
+        adata
+            AnnData to annotate (``None``: the registered one); genes are matched as in
+            :meth:`get_latent_representation`.
+        indices
+            Cells to predict (default: all).
+        soft
+            Return class probabilities instead of labels.
+        batch_size, precision, progress_bar
+            As in :meth:`get_latent_representation`.
 
         Returns
         -------
@@ -675,9 +757,9 @@ class GeneMambaModel(BaseModelClass):
         if self.module.classifier is None or self.label_names_ is None:
             raise RuntimeError("No classifier has been trained: call model.train_classifier(labels_key=...) first.")
         adata = self._validate_anndata(adata)
-        z = self._embed(adata, indices, batch_size)
+        z = self._embed(adata, indices, batch_size, precision, progress_bar)
         self.module.eval()
-        device = next(self.module.parameters()).device
+        device = self._device()
         probs = torch.softmax(self.module.classify(z.to(device)).float(), dim=-1).cpu().numpy()
         if soft:
             obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]

@@ -30,6 +30,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from genemamba_scvi._precision import resolve_precision, training_on_gpu
 from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
@@ -515,11 +516,6 @@ class PretrainResult(NamedTuple):
     trainer: pl.Trainer
 
 
-def _default_precision(accelerator: str) -> str:
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if gpu else "32-true"
-
-
 def pretrain_from_corpus(
     corpus_dir: str | os.PathLike,
     *,
@@ -549,7 +545,7 @@ def pretrain_from_corpus(
     accumulate_grad_batches: int = 1,
     gradient_checkpointing: bool = False,
     gradient_clip_val: float | None = 1.0,
-    precision: str | None = None,
+    precision: str | int | None = "auto",
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
     strategy: str | Any = "auto",
@@ -601,7 +597,8 @@ def pretrain_from_corpus(
     gradient_clip_val
         Gradient-norm clipping (``None``: off).
     precision
-        Lightning precision; default ``"bf16-mixed"`` on GPU, ``"32-true"`` on CPU.
+        ``"auto"`` (default: ``"bf16-mixed"`` on a GPU, ``"32-true"`` on CPU), ``"bf16-mixed"``,
+        ``"16-mixed"`` or ``"32-true"``.
     accelerator, devices, strategy, num_nodes
         Lightning device settings, e.g. ``accelerator="gpu", devices=8, strategy="ddp"`` (launch as a script:
         Lightning starts one process per device; use ``"ddp_notebook"`` in notebooks).
@@ -707,7 +704,7 @@ def pretrain_from_corpus(
         devices=devices,
         strategy=strategy,
         num_nodes=num_nodes,
-        precision=precision or _default_precision(accelerator),
+        precision=resolve_precision(precision, training_on_gpu(accelerator, devices)),
         max_steps=max_steps,
         max_epochs=max_epochs if max_epochs is not None else -1,
         accumulate_grad_batches=accumulate_grad_batches,

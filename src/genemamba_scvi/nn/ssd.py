@@ -88,6 +88,14 @@ def load_mamba_ssm_ops() -> dict[str, Any]:
         except Exception:
             ops["rms_norm_fn"] = None
     _OPS_CACHE["ops"] = ops
+    if ops["chunk_scan"] is not None and torch.cuda.is_available():
+        # shipped / remembered Triton launch configurations: no minute of autotuning on the first call
+        from genemamba_scvi.nn.kernel_configs import install_tuned_configs
+
+        try:
+            install_tuned_configs()
+        except Exception as err:  # never let a cache problem stop the kernels themselves
+            logger.warning("genemamba_scvi: tuned kernel configurations not installed (%s)", err)
     return ops
 
 
