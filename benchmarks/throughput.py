@@ -144,6 +144,19 @@ class TransformerBlock(nn.Module):
         x = x + self.proj(o.transpose(1, 2).reshape(B, L, d))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
 
+    def forward_packed(self, x: torch.Tensor, cu: torch.Tensor, max_len: int) -> torch.Tensor:
+        """Same block on packed real tokens ``[T, d]`` (cells delimited by int32 ``cu``): no pad computed.
+
+        Attention is ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention varlen kernels, torch >= 2.10).
+        """
+        from torch.nn.attention.varlen import varlen_attn
+
+        T, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(T, 3, self.n_heads, d // self.n_heads).unbind(1)
+        o = varlen_attn(q, k, v, cu, cu, max_len, max_len)
+        x = x + self.proj(o.reshape(T, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+
 
 class SDPATransformer(nn.Module):
     """Pre-LN transformer encoder (bidirectional attention), PyTorch SDPA, MLP 4x."""
@@ -164,6 +177,14 @@ class SDPATransformer(nn.Module):
             mask = torch.zeros(keep.shape, dtype=dt, device=x.device).masked_fill(~keep, float("-inf"))
         for layer in self.layers:
             x = layer(x, mask)
+        return self.norm_f(x)
+
+    def forward_packed(self, tokens: torch.Tensor, cu: torch.Tensor, max_len: int) -> torch.Tensor:
+        """``[T, d]`` hidden states of packed cells (the ``transformer_varlen`` baseline: same weights)."""
+        x = self.embedding(tokens)
+        cu = cu.to(torch.int32)
+        for layer in self.layers:
+            x = layer.forward_packed(x, cu, max_len)
         return self.norm_f(x)
 
 
@@ -271,6 +292,14 @@ def autotune_winners() -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------------------------------
 # Benchmark machinery
 # ----------------------------------------------------------------------------------------------------
+def _has_varlen_attn() -> bool:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def gpu_tag(name: str) -> str:
     m = re.search(r"(H100|H200|H800|A100|L40S|L4|A10G|GH200|B200)", name)
     return m.group(1).lower() if m else re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "device"
@@ -470,7 +499,7 @@ class Runner:
         try:
             self._step(model, mode, b)
         except RuntimeError as err:
-            if model != "transformer" or not self.sdpa_restrict or "kernel" not in str(err).lower():
+            if model != "transformer" or not self.sdpa_restrict or "kernel" not in str(err).lower():  # padded only
                 raise
             self.sdpa_restrict = False
             self.notes.append(f"SDPA: no flash/efficient/cuDNN kernel applied ({str(err)[:200]}); math kernel allowed")
@@ -480,12 +509,16 @@ class Runner:
         from genemamba_scvi.nn import pack_tokens, pool_hidden, pool_packed
 
         if mode == "train":
-            opt = self.opt[model]
+            opt = self.opt[model.removesuffix("_varlen")]
             opt.zero_grad(set_to_none=True)
             with self._autocast(), self._sdpa_ctx():
                 if model == "genemamba":
                     tp, cu = pack_tokens(b["tokens"], b["lengths"])
                     h = self.mamba.forward_packed(tp, cu)
+                    loss = h.float().square().mean()
+                elif model == "transformer_varlen":
+                    tp, cu = pack_tokens(b["tokens"], b["lengths"])
+                    h = self.transformer.forward_packed(tp, cu, b["Lmax"])
                     loss = h.float().square().mean()
                 else:
                     h = self.transformer(b["tokens"], b["lengths"], b["has_pads"])
@@ -498,6 +531,9 @@ class Runner:
                 if model == "genemamba":
                     tp, cu = pack_tokens(b["tokens"], b["lengths"])
                     emb = pool_packed(self.mamba.forward_packed(tp, cu), cu)
+                elif model == "transformer_varlen":
+                    tp, cu = pack_tokens(b["tokens"], b["lengths"])
+                    emb = pool_packed(self.transformer.forward_packed(tp, cu, b["Lmax"]), cu)
                 else:
                     emb = pool_hidden(self.transformer(b["tokens"], b["lengths"], b["has_pads"]), b["lengths"])
                 emb.float().sum().item() if not self.cuda else None
@@ -540,6 +576,8 @@ class Runner:
         if model == "genemamba":
             flops = mult * mamba_forward_flops(lens_all, self.cfg)
             flops_pad = flops
+        elif model == "transformer_varlen":
+            flops = flops_pad = mult * transformer_forward_flops(lens_all, self.cfg)
         else:
             flops = mult * transformer_forward_flops(lens_all, self.cfg)
             flops_pad = mult * sum(transformer_forward_flops(b["lens"], self.cfg, b["Lmax"]) for b in batches[n_warm:])
@@ -568,16 +606,16 @@ class Runner:
         return rec
 
     # -- output ----------------------------------------------------------------------------------------
-    def ratios(self) -> dict[str, Any]:
+    def ratios(self, baseline: str = "transformer") -> dict[str, Any]:
         by = {}
         for r in self.results:
             if "tokens_per_s" in r:
                 by[(r["setting"], r["model"])] = r
         out = {}
         for (setting, model), r in by.items():
-            if model != "genemamba" or (setting, "transformer") not in by:
+            if model != "genemamba" or (setting, baseline) not in by:
                 continue
-            t = by[(setting, "transformer")]
+            t = by[(setting, baseline)]
             out[setting] = {
                 "tokens_per_s_ratio": r["tokens_per_s"] / t["tokens_per_s"],
                 "cells_per_s_ratio": r["cells_per_s"] / t["cells_per_s"],
@@ -637,6 +675,23 @@ class Runner:
         chk("act_mem_per_real_token_ratio_worst", max(mem.values()) if mem else None, 1.0, higher=False)
         return out
 
+    def targets_packed(self) -> dict[str, Any]:
+        """Issue 14's targets against the packed (varlen) transformer, real top-2048 cells."""
+        rv = self.ratios("transformer_varlen")
+        by = {(r["setting"], r["model"]): r for r in self.results if "tokens_per_s" in r}
+        inf = by.get(("real_top2048_infer", "genemamba"))
+        tr = rv.get("real_top2048_train", {}).get("tokens_per_s_ratio")
+        ir = rv.get("real_top2048_infer", {}).get("cells_per_s_ratio")
+
+        def chk(target: float, value: float | None) -> dict[str, Any]:
+            return {"target": target, "value": value, "met": None if value is None else value >= target}
+
+        return {
+            "train_tokens_ratio_vs_varlen_top2048": chk(1.0, tr),
+            "infer_cells_ratio_vs_varlen_top2048": chk(1.3, ir),
+            "infer_cells_per_s_top2048": chk(1200, inf["cells_per_s"] if inf else None),
+        }
+
     def write(self, complete: bool = False) -> None:
         ratios = self.ratios()
         doc = {
@@ -660,6 +715,8 @@ class Runner:
             "autotune": self.autotune,
             "results": self.results,
             "ratios_genemamba_over_transformer": ratios,
+            "ratios_genemamba_over_transformer_varlen": self.ratios("transformer_varlen"),
+            "targets_issue14": self.targets_packed(),
             "targets": self.targets(ratios),
             "notes": self.notes,
             "fatal": self.fatal,
@@ -691,7 +748,7 @@ class Runner:
         if not a.no_prewarm:
             self.prewarm()
             self.write()
-        est_step = {"genemamba": 1.0, "transformer": 1.0}
+        est_step = {"genemamba": 1.0, "transformer": 1.0, "transformer_varlen": 1.0}
         for s in self.settings():
             if s["kind"] == "ablation_no_fused_norm" and not a.no_profile and "profile" not in self.meta:
                 if self.elapsed() + 15 < a.budget_s:
@@ -700,6 +757,8 @@ class Runner:
             if self.fatal:
                 break
             models = ["genemamba", "transformer"]
+            if s["kind"] == "real" and self.cuda and _has_varlen_attn():
+                models.append("transformer_varlen")
             if s["kind"] in ("ablation_no_fused_norm", "stress"):
                 models = ["genemamba"]
             batches = None
@@ -774,7 +833,7 @@ class Runner:
                 finally:
                     if s["kind"] == "ablation_no_fused_norm":
                         self.mamba.fused_add_norm = prev_fused
-                    self.opt[model].zero_grad(set_to_none=True)
+                    self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)
                     gc.collect()
                     if self.cuda and not self.fatal:
                         torch.cuda.empty_cache()
@@ -961,7 +1020,8 @@ def plot(json_path: Path, png_path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {
         "genemamba": ("tab:green", "GeneMamba (packed, mamba-ssm)"),
-        "transformer": ("tab:blue", "Transformer (SDPA)"),
+        "transformer": ("tab:blue", "Transformer (SDPA, padded)"),
+        "transformer_varlen": ("tab:purple", "Transformer (varlen FlashAttention, packed)"),
     }
     for ax, mode in zip(axes, ("train", "infer")):
         for model, (color, label) in styles.items():
@@ -1008,20 +1068,20 @@ def print_table(json_path: Path) -> None:
     rat = doc.get("ratios_genemamba_over_transformer", {})
     print(f"\n{doc['gpu']} | torch {doc.get('torch')} | mamba_ssm {doc.get('mamba_ssm')} | elapsed {doc['elapsed_s']}s")
     print(
-        f"{'setting':26s} {'model':11s} {'realtok/s':>10s} {'cells/s':>9s} {'step ms':>8s} "
+        f"{'setting':26s} {'model':18s} {'realtok/s':>10s} {'cells/s':>9s} {'step ms':>8s} "
         f"{'MFU':>6s} {'GiB':>6s} {'B/tok':>8s} {'ratio':>6s}"
     )
     for r in doc["results"]:
         if "tokens_per_s" not in r:
-            print(f"{r['setting']:26s} {r['model']:11s} {r.get('error') or r.get('skipped')}")
+            print(f"{r['setting']:26s} {r['model']:18s} {r.get('error') or r.get('skipped')}")
             continue
         ratio = rat.get(r["setting"], {}).get("tokens_per_s_ratio") if r["model"] == "genemamba" else None
         print(
-            f"{r['setting']:26s} {r['model']:11s} {r['tokens_per_s']:10.0f} {r['cells_per_s']:9.1f} "
+            f"{r['setting']:26s} {r['model']:18s} {r['tokens_per_s']:10.0f} {r['cells_per_s']:9.1f} "
             f"{r['step_time_s_median'] * 1e3:8.1f} {(r['mfu'] or 0):6.3f} {r.get('peak_mem_gib', 0):6.1f} "
             f"{r.get('act_mem_bytes_per_real_token', 0):8.0f} {ratio if ratio is not None else float('nan'):6.2f}"
         )
-    for k, v in doc.get("targets", {}).items():
+    for k, v in {**doc.get("targets", {}), **doc.get("targets_issue14", {})}.items():
         print(f"target {k:40s} {v}")
 
 

@@ -236,8 +236,10 @@ def save_kernel_cache(device: torch.device | int | None = None) -> Path | None:
     Returns the file written, or ``None`` when there was nothing new (or the cache is off). Never
     raises on an unwritable cache directory: it logs a warning and returns ``None``.
     """
+    if not _enabled():
+        return None
     path = kernel_cache_path(device)
-    if path is None or not _enabled():
+    if path is None:
         return None
     new = {
         name: [e for e in entries if (name, json.dumps(e["key"])) not in _STATE["known"]]

@@ -1,0 +1,64 @@
+"""GPU tests of the public API path (bf16 by default, shipped kernel configurations); via the device tool.
+
+Skipped cleanly without CUDA and the mamba-ssm kernels. Run with ``pytest -m gpu tests/test_model_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scvi
+import torch
+
+from genemamba_scvi.nn import mamba_ssm_available
+
+
+def _first_linear(model) -> torch.nn.Linear:
+    """The first matrix product of the encoder's first layer (its output dtype shows the autocast)."""
+    return next(m for m in model.module.encoder.layers[0].modules() if isinstance(m, torch.nn.Linear))
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.skipif(not (torch.cuda.is_available() and mamba_ssm_available()), reason="needs mamba-ssm kernels"),
+]
+
+
+@pytest.fixture(scope="module")
+def gpu_model(_sample_adata_session):
+    from genemamba_scvi import GeneMambaModel
+
+    adata = _sample_adata_session[:256].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    scvi.settings.seed = 0
+    model = GeneMambaModel(adata, d_model=256, n_layers=2, max_genes=1024)
+    model.to_device("cuda")
+    return model
+
+
+def test_gpu_embedding_defaults_to_bf16_and_returns_float32(gpu_model):
+    seen: list[torch.dtype] = []
+    handle = _first_linear(gpu_model).register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    try:
+        z = gpu_model.get_latent_representation()
+    finally:
+        handle.remove()
+    assert torch.bfloat16 in seen
+    assert z.dtype == np.float32
+    z32 = gpu_model.get_latent_representation(precision="32-true")
+    cos = (z * z32).sum(1) / (np.linalg.norm(z, axis=1) * np.linalg.norm(z32, axis=1))
+    assert cos.min() > 0.999
+
+
+def test_gpu_training_defaults_to_bf16_mixed(gpu_model):
+    gpu_model.train(max_epochs=1, max_steps=2, batch_size=16, enable_progress_bar=False)
+    assert str(gpu_model.trainer.precision) == "bf16-mixed"
+
+
+def test_shipped_configurations_are_installed_on_hopper(gpu_model):
+    from genemamba_scvi.nn.kernel_configs import install_tuned_configs
+
+    stats = install_tuned_configs()
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert stats["shipped"] is not None and stats["installed"] >= 16
