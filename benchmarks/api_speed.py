@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"api_speed_{tag}.json"
+    if args.skip_steady and path.is_file():  # keep the steady-state numbers of an earlier run beside the new ones
+        result = {**json.loads(path.read_text()), **result}
     if not args.skip_steady:
         steady_state(args, result)
         path.write_text(json.dumps(result, indent=2))
