@@ -355,7 +355,11 @@ class Runner:
                 for m in ("train", "infer")
                 for L in Ls
             ]
-            extra = [("ablation_no_fused_norm", 64, "train", tr_cells), ("stress", 128, "infer", 40)]
+            extra = [
+                ("ablation_gather_then_project", 64, "train", tr_cells),
+                ("ablation_no_fused_norm", 64, "train", tr_cells),
+                ("stress", 128, "infer", 40),
+            ]
         else:
             real = [
                 ("real", 2048, "train", a.train_cells_2048),
@@ -376,6 +380,8 @@ class Runner:
             ]
             full = [("full", L, m, max(1, (tt if m == "train" else it) // L)) for L, m in order]
             extra = [
+                ("ablation_gather_then_project", 2048, "train", a.train_cells_2048),
+                ("ablation_gather_then_project", 2048, "infer", a.infer_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]
@@ -759,7 +765,7 @@ class Runner:
             models = ["genemamba", "transformer"]
             if s["kind"] == "real" and self.cuda and _has_varlen_attn():
                 models.append("transformer_varlen")
-            if s["kind"] in ("ablation_no_fused_norm", "stress"):
+            if s["kind"] in ("ablation_no_fused_norm", "ablation_gather_then_project", "stress"):
                 models = ["genemamba"]
             batches = None
             for model in models:
@@ -783,11 +789,17 @@ class Runner:
                 prev_fused = self.mamba.fused_add_norm
                 if s["kind"] == "ablation_no_fused_norm":
                     self.mamba.fused_add_norm = False
+                from genemamba_scvi.nn import BiMambaBlock
+
+                if s["kind"] == "ablation_gather_then_project":
+                    BiMambaBlock.project_once = False
                 t0 = time.perf_counter()
                 try:
                     rec = self.measure(s, model, batches)
                     if s["kind"] == "ablation_no_fused_norm":
                         rec["note"] = "fused residual-add+RMSNorm replaced by eager add + RMSNorm"
+                    if s["kind"] == "ablation_gather_then_project":
+                        rec["note"] = "tokens gathered into the two-direction row, then in_proj on 2T rows"
                     self.results.append(rec)
                     est_step[model] = max(rec["step_time_s_median"], 0.05)
                     print(
@@ -831,6 +843,7 @@ class Runner:
                         self.mamba.fused_add_norm = False
                         self.meta["models"]["genemamba"]["fused_add_rmsnorm"] = False
                 finally:
+                    BiMambaBlock.project_once = True
                     if s["kind"] == "ablation_no_fused_norm":
                         self.mamba.fused_add_norm = prev_fused
                     self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)

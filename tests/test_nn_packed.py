@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from genemamba_scvi.nn import (
+    BiMambaBlock,
     GeneMambaEncoder,
     bipack,
     pack_cells,
@@ -181,3 +182,26 @@ def test_pack_multiple_dummy_cell_changes_nothing():
     torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=1e-12)
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-12, rtol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(block="official", shared_merge=True)])
+def test_projecting_once_then_gathering_equals_gathering_then_projecting(cfg, monkeypatch):
+    # the packed path runs in_proj on T tokens and gathers its output for the reversed copies;
+    # the earlier path gathered the tokens and projected 2T rows: same function, same gradients
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=2, **TINY, **cfg).double()
+    tokens, lengths, mask = _batch(2)
+    w = torch.randn(int(mask.sum()), 32, dtype=torch.float64)
+
+    def run(project_once):
+        monkeypatch.setattr(BiMambaBlock, "project_once", project_once)
+        enc.zero_grad(set_to_none=True)
+        out = enc(tokens, lengths, packed=True)[mask]
+        (out * w).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in enc.named_parameters()}
+
+    out_new, g_new = run(True)
+    out_old, g_old = run(False)
+    torch.testing.assert_close(out_new, out_old, atol=1e-12, rtol=1e-12)
+    for n in g_old:
+        torch.testing.assert_close(g_new[n], g_old[n], atol=1e-10, rtol=1e-10, msg=n)

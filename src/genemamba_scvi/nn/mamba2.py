@@ -242,10 +242,26 @@ class Mamba2Mixer(nn.Module):
         torch.Tensor
             ``[batch, seqlen, d_model]``.
         """
-        backend = resolve_backend(self.backend, u.device)
+        return self.forward_projected(self.in_proj(u), seq_idx)
+
+    def forward_projected(self, zxbcdt: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything after ``in_proj``: ``forward(u) == forward_projected(in_proj(u))``.
+
+        ``in_proj`` acts on each token alone, so a caller that runs the mixer on a sequence and on its
+        reversal can project once and reorder the projection (the Bi-Mamba packed path does: half the
+        ``in_proj`` work of projecting both directions).
+
+        Parameters
+        ----------
+        zxbcdt
+            ``[batch, seqlen, d_in_proj]`` output of ``in_proj``.
+        seq_idx
+            As in :meth:`forward`.
+        """
+        backend = resolve_backend(self.backend, zxbcdt.device)
         if backend == "mamba_ssm":
-            return self._forward_mamba_ssm(u, seq_idx)
-        return self._forward_torch(u, seq_idx)
+            return self._forward_mamba_ssm(zxbcdt, seq_idx)
+        return self._forward_torch(zxbcdt, seq_idx)
 
     # ------------------------------------------------------------------------------------------------
     def _split(self, zxbcdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -261,9 +277,8 @@ class Mamba2Mixer(nn.Module):
             C.reshape(b, L, self.ngroups, self.d_state),
         )
 
-    def _forward_torch(self, u: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
-        b, L, _ = u.shape
-        zxbcdt = self.in_proj(u)
+    def _forward_torch(self, zxbcdt: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
+        b, L, _ = zxbcdt.shape
         z, xBC, dt = self._split(zxbcdt)
         xBC = causal_conv1d_torch(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, seq_idx, self.activation)
         x, B, C = self._ssm_inputs(xBC)
@@ -274,12 +289,11 @@ class Mamba2Mixer(nn.Module):
         y = self.norm(y.reshape(b, L, self.d_inner), z)
         return self.out_proj(y)
 
-    def _forward_mamba_ssm(self, u: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
+    def _forward_mamba_ssm(self, zxbcdt: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
         ops = load_mamba_ssm_ops()
         if seq_idx is not None:
             seq_idx = seq_idx.to(torch.int32).contiguous()
-        b, L, _ = u.shape
-        zxbcdt = self.in_proj(u)
+        b, L, _ = zxbcdt.shape
         A = -torch.exp(self.A_log.float())
         if self.use_mem_eff_path and ops["split_conv1d_scan"] is not None:
             return ops["split_conv1d_scan"](
