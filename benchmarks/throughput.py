@@ -229,32 +229,11 @@ def peak_flops(name: str) -> float | None:
 # ----------------------------------------------------------------------------------------------------
 # mamba-ssm Triton autotuning: prune / pin / dump
 # ----------------------------------------------------------------------------------------------------
-_TUNER_MODULES = [
-    "mamba_ssm.ops.triton.ssd_bmm",
-    "mamba_ssm.ops.triton.ssd_chunk_state",
-    "mamba_ssm.ops.triton.ssd_chunk_scan",
-    "mamba_ssm.ops.triton.ssd_state_passing",
-    "mamba_ssm.ops.triton.ssd_combined",
-    "mamba_ssm.ops.triton.layer_norm",
-    "mamba_ssm.ops.triton.layernorm_gated",
-]
-
-
 def _tuners() -> dict[str, Any]:
-    try:
-        from triton.runtime.autotuner import Autotuner
-    except Exception:
-        return {}
-    out = {}
-    for m in _TUNER_MODULES:
-        try:
-            mod = importlib.import_module(m)
-        except Exception:
-            continue
-        for name, obj in vars(mod).items():
-            if isinstance(obj, Autotuner):
-                out[f"{m.rsplit('.', 1)[-1]}.{name}"] = obj
-    return out
+    """The mamba-ssm autotuners (the package's own lookup, :mod:`genemamba_scvi.nn.kernel_configs`)."""
+    from genemamba_scvi.nn.kernel_configs import autotuners
+
+    return autotuners()
 
 
 def _sig(cfg: Any) -> str:
