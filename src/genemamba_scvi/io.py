@@ -490,7 +490,7 @@ def read_official_checkpoint(
         warn.append(
             "every layer's mixer still has mamba_ssm's initial D = 1 and norm weight = 1: the layers were "
             "probably never trained, as happens with the identity-layer variant (identity_layers=True); "
-            "see 'Which variant do I have?' in docs/pretrained.md"
+            "see 'The identity-layer variant: which one do I have?' in docs/pretrained.md"
         )
         notes.append(warn[-1])
     for text in warn:
