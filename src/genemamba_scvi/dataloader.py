@@ -20,7 +20,7 @@ from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-from genemamba_scvi.data.tokenize import rank_tokenize
+from genemamba_scvi.data.tokenize import published_tokenize, rank_tokenize
 
 if TYPE_CHECKING:
     from scvi.data import AnnDataManager
@@ -43,14 +43,25 @@ class TokenizerSpec:
         Sequence length (top-k genes per cell).
     add_cls
         Whether position 0 is ``<cls>``.
+    method
+        ``"ranked"`` (:func:`~genemamba_scvi.data.tokenize.rank_tokenize`) or ``"published"``
+        (:func:`~genemamba_scvi.data.tokenize.published_tokenize`, which ignores ``gene_medians``).
+    unk_id
+        ``"published"`` only: token id of genes outside the vocabulary (``None``: dropped).
     """
 
     gene_token_ids: np.ndarray
     gene_medians: np.ndarray
     max_genes: int
     add_cls: bool = False
+    method: str = "ranked"
+    unk_id: int | None = None
 
     def __call__(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        if self.method == "published":
+            return published_tokenize(
+                rows, self.gene_token_ids, max_genes=self.max_genes, add_cls=self.add_cls, unk_id=self.unk_id
+            )
         return rank_tokenize(
             rows, self.gene_token_ids, self.gene_medians, max_genes=self.max_genes, add_cls=self.add_cls
         )

@@ -20,7 +20,8 @@ Reading verifies every checksum before anything is parsed, and nothing is ever u
 
 **Official layout** (``mineself2016/GeneMamba`` on the Hugging Face Hub and the ``MambaModel``
 of ``xiamengxxx/GeneMamba``): ``config.json``, ``model.safetensors`` and ``tokenizer.json``
-(or ``vocab.json``). :func:`read_official_checkpoint` maps it onto
+(GitHub: ``gene_tokenizer.json``; or ``vocab.json`` / ``vocab.txt``), optionally
+``special_tokens_map.json`` and ``tokenizer_config.json``. :func:`read_official_checkpoint` maps it onto
 :class:`~genemamba_scvi.nn.GeneMambaEncoder` (``block="official"``) and our :class:`GeneVocab`;
 :func:`write_official_checkpoint` writes that layout (used by the tests to fabricate official
 checkpoints, since the real weights cannot be downloaded here). See ``docs/pretrained.md``.
@@ -37,6 +38,7 @@ import re
 import shutil
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,6 +348,8 @@ def read_official_checkpoint(
     subfolder: str | None = None,
     merge: str | None = None,
     pooling: str | None = None,
+    keep_unk: bool = False,
+    identity_layers: bool = False,
 ) -> OfficialCheckpoint:
     """Read an official GeneMamba checkpoint directory and map it onto our encoder and vocabulary.
 
@@ -359,10 +363,21 @@ def read_official_checkpoint(
         folder has no tokenizer file, the repository root's is used.
     merge
         Bidirectional merge mode (``"gate"``, ``"concat"``, ``"mean"``, ``"sum"``) for checkpoints
-        whose ``config.json`` does not state it; if it does, both must agree.
+        whose ``config.json`` does not state it; if it does, both must agree. When neither says and
+        the weights have no ``aggr`` layer, ``"mean"`` is used with a warning: the published
+        ``GeneMamba2`` sets ``config.mode = "mean"`` when no mode is given, and its cell-annotation
+        script gives none.
     pooling
         Override the cell-embedding pooling (``"mean"`` or ``"cls"``); default from
-        ``config.json`` (``embedding_pooling``), else ``"mean"``.
+        ``config.json`` (``embedding_pooling``), else ``"mean"`` (with a warning).
+    keep_unk
+        Keep the official unknown-gene token (``[UNK]``) as a vocabulary entry under its official
+        name, with its trained rows, for the published tokenization that maps genes outside the
+        vocabulary to it. By default it is dropped (listed in ``info["dropped_tokens"]``).
+    identity_layers
+        Build the encoder with ``block="official_identity"``: every layer returns its input, as in
+        the ``EncoderLayer`` of the MineSelf2016/mamba_dev copy of the published code. Only for
+        weights trained with that code (see ``docs/pretrained.md`` for how to tell).
 
     Returns
     -------
@@ -384,10 +399,17 @@ def read_official_checkpoint(
     Token ids are remapped: our vocabulary has ``<pad>=0, <cls>=1, <mask>=2`` and genes from 3;
     the official tokenizer's gene tokens keep their relative (official id) order. Embedding and
     LM-head rows (and LM-head bias) are permuted accordingly. Official ``[PAD]``/``[CLS]``/
-    ``[MASK]`` rows are carried over to our specials; a special the official vocabulary lacks gets
-    the mean of the gene rows (what the official ``resize_token_embeddings`` does), except
-    ``<pad>``, which gets zeros. Official tokens with no counterpart (``[UNK]``, ...) are dropped
-    and listed in ``info["dropped_tokens"]``.
+    ``[MASK]`` rows are carried over to our specials. A ``<cls>`` or ``<mask>`` the official
+    vocabulary lacks gets the mean of *all* official rows, specials included: the published
+    ``MambaModel.resize_token_embeddings`` (genemamba/models/models.py of xiamengxxx/GeneMamba),
+    which its cell classifier calls after adding ``[CLS]``, sets the new embedding row and the new
+    LM-head weight row to ``torch.mean(old_weight, dim=0)`` over every existing row. (Its new
+    LM-head *bias* is a fresh ``nn.Linear`` initialisation for every token; we use the mean of the
+    official biases instead.) A missing ``<pad>`` gets zeros. Official tokens with no counterpart
+    (``[UNK]`` unless ``keep_unk``, ...) are dropped and listed in ``info["dropped_tokens"]``.
+
+    Assumptions (a merge mode or pooling the checkpoint does not state) are warned about with a
+    :class:`UserWarning` and listed in ``info["assumptions"]``.
     """
     root = Path(path)
     directory = root / subfolder if subfolder else root
@@ -402,6 +424,7 @@ def read_official_checkpoint(
     raw, weight_files = _load_official_weights(directory)
     tokens, specials_declared, tokenizer_file = _load_official_tokens(directory)
     notes: list[str] = []
+    assumptions: list[str] = []
 
     backbone, lm_head, prefix = _split_official_keys(raw)
     n_rows, d_model = backbone["embedding.weight"].shape
@@ -418,6 +441,12 @@ def read_official_checkpoint(
     has_shared = "merge.weight" in backbone
     has_layer = any(k.startswith("layers.") and ".merge." in k for k in backbone)
     merge_mode = _resolve_merge(kwargs_cfg.get("merge"), merge, has_shared or has_layer, config_path)
+    if kwargs_cfg.get("merge") is None and merge is None:
+        assumptions.append(
+            f"{config_path} states no bidirectional merge mode and the weights have no 'aggr' layer: "
+            "assuming merge='mean', the published code's default when no mode is given (GeneMamba2 in "
+            "genemamba/models/models.py); pass merge='sum' if the weights were trained with the sum merge"
+        )
     if has_layer and has_shared:
         raise ValueError(f"{directory}: both a shared 'aggr' and per-layer 'aggr' weights were found")
     shared_merge = not has_layer
@@ -427,12 +456,19 @@ def read_official_checkpoint(
     pool = pooling if pooling is not None else kwargs_cfg.get("pooling")
     if pool is None:
         pool = "mean"
-        notes.append("config.json states no pooling; using mean pooling (the official default)")
+        assumptions.append(
+            f"{config_path} states no embedding pooling: assuming mean pooling, as the published "
+            "embedding example (examples/1_extract_embeddings.py of mineself2016/GeneMamba, "
+            "embedding_pooling='mean') and ALGORITHM.md do; pass pooling='cls' for the first-position "
+            "[CLS] state that the published cell-annotation script uses"
+        )
     if str(pool).lower() not in _POOLING:
         raise ValueError(f"unsupported pooling {pool!r}; expected one of {sorted(_POOLING)}")
     pool = _POOLING[str(pool).lower()]
 
-    vocab, src_rows, remap_info = _official_vocab_map(tokens, specials_declared, n_rows, kwargs_cfg.get("pad_token_id"))
+    vocab, src_rows, remap_info = _official_vocab_map(
+        tokens, specials_declared, n_rows, kwargs_cfg.get("pad_token_id"), keep_unk=keep_unk
+    )
     state_dict = dict(backbone)
     state_dict["embedding.weight"] = _gather_rows(
         backbone["embedding.weight"], src_rows, remap_info, vocab, "embedding"
@@ -448,6 +484,17 @@ def read_official_checkpoint(
             lm_state["bias"] = _gather_rows(lm_head["bias"], src_rows, remap_info, vocab, "lm_head")
     else:
         notes.append("the checkpoint has no lm_head (backbone only)")
+    at_init = _layers_at_init(backbone, n_layers)
+    warn = list(assumptions)
+    if at_init and not identity_layers:
+        warn.append(
+            "every layer's mixer still has mamba_ssm's initial D = 1 and norm weight = 1: the layers were "
+            "probably never trained, as happens with the identity-layer variant (identity_layers=True); "
+            "see 'The identity-layer variant: which one do I have?' in docs/pretrained.md"
+        )
+        notes.append(warn[-1])
+    for text in warn:
+        warnings.warn(text, UserWarning, stacklevel=2)
 
     encoder_kwargs = {
         "vocab_size": len(vocab),
@@ -458,7 +505,7 @@ def read_official_checkpoint(
         "bidirectional": True,
         "merge": merge_mode,
         "shared_merge": shared_merge,
-        "block": "official",
+        "block": "official_identity" if identity_layers else "official",
         "pooling": pool,
     }
     info = {
@@ -468,6 +515,8 @@ def read_official_checkpoint(
         "key_prefix": prefix,
         "config": config,
         "notes": notes,
+        "assumptions": assumptions,
+        "layers_at_init": at_init,
         **remap_info,
     }
     return OfficialCheckpoint(encoder_kwargs, state_dict, lm_state, vocab, info)
@@ -665,26 +714,43 @@ def _load_official_weights(directory: Path) -> tuple[dict[str, torch.Tensor], li
     raise FileNotFoundError(f"{WEIGHTS_FILE} is missing from {directory}")
 
 
+# tokenizer.json: Hugging Face; gene_tokenizer.json: the same format under the name used in the GitHub
+# repository (MineSelf2016/mamba_dev, passed as --tokenizer_path to its scripts).
+_TOKENIZER_FILES = ("tokenizer.json", "gene_tokenizer.json", "vocab.json", "vocab.txt")
+
+
 def _load_official_tokens(directory: Path) -> tuple[dict[str, int], dict[str, str], Path]:
-    """Token -> id from tokenizer.json (any HF tokenizers model), vocab.json or vocab.txt.
+    """Token -> id from tokenizer.json / gene_tokenizer.json (any HF tokenizers model), vocab.json or vocab.txt.
 
     A size-variant subfolder without its own tokenizer uses the repository root's (its parent).
     """
     folders = (directory, directory.parent)
     for folder in folders:
-        for name in ("tokenizer.json", "vocab.json", "vocab.txt"):
+        for name in _TOKENIZER_FILES:
             candidate = folder / name
             if candidate.is_file():
                 tokens, declared = _parse_tokenizer_file(candidate)
-                stm = folder / "special_tokens_map.json"
-                if stm.is_file():
-                    for key, value in _load_json(stm).items():
-                        content = value.get("content") if isinstance(value, dict) else value
-                        role = key.removesuffix("_token")
-                        if isinstance(content, str) and role in _SPECIAL_ROLES:
-                            declared[content] = role
+                for extra in ("tokenizer_config.json", "special_tokens_map.json"):
+                    if (folder / extra).is_file():
+                        declared.update(_declared_specials(_load_json(folder / extra)))
                 return tokens, declared, candidate
-    raise FileNotFoundError(f"no tokenizer.json, vocab.json or vocab.txt in {directory} or {directory.parent}")
+    raise FileNotFoundError(f"no {', '.join(_TOKENIZER_FILES)} in {directory} or {directory.parent}")
+
+
+def _declared_specials(data: Any) -> dict[str, str]:
+    """Token -> role from ``special_tokens_map.json`` or ``tokenizer_config.json`` (Hugging Face names)."""
+    declared: dict[str, str] = {}
+    if not isinstance(data, dict):
+        return declared
+    for added in (data.get("added_tokens_decoder") or {}).values():
+        if isinstance(added, dict) and added.get("special") and isinstance(added.get("content"), str):
+            declared[added["content"]] = _special_role(added["content"]) or "other"
+    for key, value in data.items():
+        content = value.get("content") if isinstance(value, dict) else value
+        role = key.removesuffix("_token")
+        if key.endswith("_token") and isinstance(content, str) and role in _SPECIAL_ROLES:
+            declared[content] = role
+    return declared
 
 
 def _parse_tokenizer_file(path: Path) -> tuple[dict[str, int], dict[str, str]]:
@@ -706,6 +772,11 @@ def _parse_tokenizer_file(path: Path) -> tuple[dict[str, int], dict[str, str]]:
             vocab = {**vocab, added["content"]: int(added["id"])}
             if added.get("special"):
                 declared[added["content"]] = _special_role(added["content"]) or "other"
+        # WordLevel models name their unknown token (and gene_tokenizer.json also a pad token) here
+        for role in ("unk", "pad"):
+            token = model.get(f"{role}_token")
+            if isinstance(token, str) and isinstance(vocab, dict) and token in vocab:
+                declared[token] = role
     if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab.values()):
         raise ValueError(f"{path}: the vocabulary is not a token -> integer id table")
     return dict(vocab), declared
@@ -722,7 +793,7 @@ def _special_role(token: str) -> str | None:
 
 
 def _official_vocab_map(
-    tokens: dict[str, int], declared: dict[str, str], n_rows: int, pad_token_id: int | None
+    tokens: dict[str, int], declared: dict[str, str], n_rows: int, pad_token_id: int | None, keep_unk: bool = False
 ) -> tuple[GeneVocab, torch.Tensor, dict[str, Any]]:
     from genemamba_scvi.data.vocab import GeneVocab
 
@@ -756,9 +827,11 @@ def _official_vocab_map(
         by_role["pad"] = pad_token_id
         pad_token = next(t for t, i in tokens.items() if i == pad_token_id)
         roles[pad_token] = "pad"
-    genes = [t for t, _ in sorted(tokens.items(), key=lambda kv: kv[1]) if t not in roles]
-    if not genes:
+    unk_token = next((t for t, r in roles.items() if r == "unk"), None) if keep_unk else None
+    if not [t for t in tokens if t not in roles]:
         raise ValueError("official token ids cannot be mapped: the tokenizer has no gene tokens")
+    # with keep_unk the unknown-gene token stays, under its official name, in its official id order
+    genes = [t for t, _ in sorted(tokens.items(), key=lambda kv: kv[1]) if t not in roles or t == unk_token]
     vocab = GeneVocab(genes)
     src = torch.full((len(vocab),), -1, dtype=torch.long)
     for gene in genes:
@@ -777,18 +850,38 @@ def _official_vocab_map(
         "dropped_tokens": dropped,
         "filled_specials": filled,
         "n_official_tokens": n_rows,
+        "unk_token": unk_token,
     }
     return vocab, src, info
 
 
 def _gather_rows(t: torch.Tensor, src: torch.Tensor, info: dict[str, Any], vocab: GeneVocab, what: str) -> torch.Tensor:
     out = t[src.clamp(min=0)].clone()
-    gene_rows = t[src[vocab.n_special :]]
-    mean = gene_rows.float().mean(dim=0).to(t.dtype)
+    # The mean over *every* official row, specials included, in the weights' dtype: what the published
+    # MambaModel.resize_token_embeddings computes (torch.mean(old_embeddings.weight.data, dim=0)) for the
+    # [CLS] row its cell classifier adds (genemamba/models/models.py of xiamengxxx/GeneMamba).
+    compute = t if t.dtype in (torch.float32, torch.float64) else t.float()
+    mean = compute.mean(dim=0).to(t.dtype)
     for role in info["filled_specials"]:
         our_id = {"pad": vocab.pad_id, "cls": vocab.cls_id, "mask": vocab.mask_id}[role]
         out[our_id] = 0 if (role == "pad" and what == "embedding") else mean
     return out.contiguous()
+
+
+def _layers_at_init(backbone: dict[str, torch.Tensor], n_layers: int) -> bool:
+    """True when every layer's ``D`` and gated-norm weight are exactly 1 (mamba_ssm's initial values).
+
+    A layer whose output is discarded (the identity-layer variant) receives no gradient, so an optimiser
+    without weight decay leaves these parameters at their initial values.
+    """
+    if n_layers == 0:
+        return False
+    for i in range(n_layers):
+        for name in ("D", "norm.weight"):
+            value = backbone.get(f"layers.{i}.mixer.{name}")
+            if value is None or not bool(torch.all(value == 1)):
+                return False
+    return True
 
 
 def _split_official_keys(
@@ -893,11 +986,16 @@ def _resolve_merge(stated: Any, override: str | None, has_weights: bool, config_
         if mode is not None and mode != override:
             raise ValueError(f"{config_path} says merge mode {mode!r} but merge={override!r} was passed")
         mode = override
+    if mode is None and not has_weights:
+        # the published default: GeneMamba2.__init__ sets config.mode = "mean" when no mode is given
+        # (genemamba/models/models.py of xiamengxxx/GeneMamba); the caller warns about the assumption
+        mode = "mean"
     if mode is None:
-        options = "'gate' or 'concat'" if has_weights else "'mean' or 'sum'"
+        # The published code itself would fail here: with its default "mean" it builds no 'aggr' layer
+        # and load_state_dict(strict) refuses the checkpoint's aggr weights. Gate and concat share them.
         raise ValueError(
-            f"{config_path} does not state the bidirectional merge mode and the weights cannot tell "
-            f"{options} apart; pass merge=..."
+            f"{config_path} does not state the bidirectional merge mode and the weights (which have an "
+            "'aggr' layer) cannot tell 'gate' or 'concat' apart; pass merge='gate' or merge='concat'"
         )
     if mode not in _MERGE_MODES:
         raise ValueError(f"{config_path}: unknown merge mode {mode!r}; expected one of {_MERGE_MODES}")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from genemamba_scvi import __version__
 from genemamba_scvi._precision import inference_autocast, resolve_precision, training_on_gpu
 from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix, validate_counts
+from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
@@ -180,7 +181,8 @@ class GeneMambaModel(BaseModelClass):
     shared_merge
         One merge layer shared by all blocks (the published layout) instead of one per block.
     block
-        ``"prenorm"`` (our default: residual + pre-RMSNorm) or ``"official"`` (published layer, no norm).
+        ``"prenorm"`` (our default: residual + pre-RMSNorm), ``"official"`` (published layer, no norm) or
+        ``"official_identity"`` (published layer that returns its input, see :meth:`from_pretrained`).
     backend
         ``"auto"``, ``"torch"`` or ``"mamba_ssm"``.
     pooling
@@ -191,6 +193,15 @@ class GeneMambaModel(BaseModelClass):
         Masking rate of the masked-gene objective.
     min_gene_overlap
         Smallest fraction of the vocabulary's... of ``adata``'s genes that must map to the vocabulary.
+    tokenization
+        ``"ranked"`` (default: genes ranked by count / cell total / gene median, zero counts and unknown
+        genes left out, :func:`~genemamba_scvi.data.tokenize.rank_tokenize`) or ``"published"`` (the
+        preprocessing of the published GeneMamba code, for its weights: raw-value ranks, zero counts
+        kept, unknown genes as ``unk_token``; :func:`~genemamba_scvi.data.tokenize.published_tokenize`).
+        Saved with the model.
+    unk_token
+        ``"published"`` only: the vocabulary entry that genes outside the vocabulary become (the
+        official ``[UNK]``, kept by :meth:`from_pretrained`); ``None`` drops them.
     """
 
     _module_cls = GeneMambaModule
@@ -215,21 +226,29 @@ class GeneMambaModel(BaseModelClass):
         bidirectional: bool = True,
         merge: Literal["gate", "mean", "sum", "concat"] = "gate",
         shared_merge: bool = False,
-        block: Literal["prenorm", "official"] = "prenorm",
+        block: Literal["prenorm", "official", "official_identity"] = "prenorm",
         backend: Literal["auto", "torch", "mamba_ssm"] = "auto",
         pooling: Literal["mean", "cls"] = "mean",
         tie_lm_head: bool = True,
         mask_prob: float = 0.15,
         min_gene_overlap: float = 0.5,
+        tokenization: Literal["ranked", "published"] = "ranked",
+        unk_token: str | None = None,
     ):
         if adata is None:
             raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
+        if tokenization not in TOKENIZATIONS:
+            raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
         super().__init__(adata)
         if isinstance(vocab, str | os.PathLike):
             vocab = GeneVocab.from_json(vocab)
         if vocab is None:
             vocab = GeneVocab.from_var_names(self._gene_ids(adata))
+        if unk_token is not None and unk_token not in vocab:
+            raise ValueError(f"unk_token={unk_token!r} is not an entry of the vocabulary")
         self.vocab_ = vocab
+        self._tokenization = tokenization
+        self._unk_token = unk_token
         self.max_genes = int(max_genes)
         self.min_gene_overlap = float(min_gene_overlap)
         if gene_medians is None:
@@ -260,6 +279,8 @@ class GeneMambaModel(BaseModelClass):
             "tie_lm_head": tie_lm_head,
             "mask_prob": mask_prob,
             "min_gene_overlap": self.min_gene_overlap,
+            "tokenization": tokenization,
+            "unk_token": unk_token,
         }
         encoder_kwargs = {k: self._config[k] for k in _ENCODER_ARGS}
         self.module = self._module_cls(
@@ -365,9 +386,12 @@ class GeneMambaModel(BaseModelClass):
         match = self.vocab_.match(self._gene_ids(adata), min_overlap=self.min_gene_overlap)
         n_unknown = int((match.token_ids < 0).sum())
         if warn_unknown and n_unknown:
+            fate = "ignored"
+            if self._tokenization == "published" and self._unk_token is not None:
+                fate = f"tokenised as {self._unk_token} (published tokenization)"
             warnings.warn(
                 f"{n_unknown} of {adata.n_vars} genes of this AnnData are not in the model's vocabulary and are "
-                f"ignored.\n{match.report()}",
+                f"{fate}.\n{match.report()}",
                 UserWarning,
                 stacklevel=3,
             )
@@ -389,6 +413,8 @@ class GeneMambaModel(BaseModelClass):
             gene_medians=medians,
             max_genes=self.max_genes,
             add_cls=self._config["pooling"] == "cls",
+            method=self._tokenization,
+            unk_id=None if self._unk_token is None else self.vocab_[self._unk_token],
         )
 
     def _token_loader(
@@ -959,15 +985,19 @@ class GeneMambaModel(BaseModelClass):
         backend: Literal["auto", "torch", "mamba_ssm"] = "auto",
         subfolder: str | None = None,
         merge: str | None = None,
+        pooling: Literal["mean", "cls"] | None = None,
+        tokenization: Literal["published", "ranked"] = "published",
+        identity_layers: bool = False,
         **setup_kwargs: Any,
     ) -> GeneMambaModel:
-        """Load an official GeneMamba checkpoint directory (Hugging Face layout) offline.
+        """Load an official GeneMamba checkpoint directory (Hugging Face or GitHub layout) offline.
 
         The directory must hold ``config.json``, ``model.safetensors`` and the tokenizer file of the
-        published model (e.g. downloaded elsewhere with
-        ``huggingface-cli download mineself2016/GeneMamba --local-dir DIR``). Our encoder is built with
-        the published layer (``block="official"``: Mamba-2 + residual, no norm) and the official merge,
-        and the weights are mapped key by key (strict). See the "Pre-trained checkpoints" docs page.
+        published model (``tokenizer.json`` from Hugging Face, e.g. downloaded elsewhere with
+        ``huggingface-cli download mineself2016/GeneMamba --local-dir DIR``, or ``gene_tokenizer.json``
+        from the GitHub code). Our encoder is built with the published layer (``block="official"``:
+        Mamba-2 + residual, no norm) and the official merge, and the weights are mapped key by key
+        (strict). See the "Pre-trained checkpoints" docs page.
 
         Parameters
         ----------
@@ -976,28 +1006,67 @@ class GeneMambaModel(BaseModelClass):
         adata
             AnnData of raw counts; set up with :meth:`setup_anndata` (done here with ``setup_kwargs`` if not).
         gene_medians
-            Medians per token id, if the checkpoint ships none; otherwise computed from ``adata``.
+            ``tokenization="ranked"`` only: medians per token id; otherwise computed from ``adata``.
         max_genes
-            Sequence length.
+            Genes per cell (the published ``seq_len``, 2048).
         backend
             Mixer backend.
         subfolder
             Size-variant subfolder of ``path`` (e.g. ``"12l-256d"``), if any.
         merge
-            Merge mode, only needed when ``config.json`` does not state it.
+            Merge mode, only needed when ``config.json`` does not state it; without it a checkpoint
+            with no ``aggr`` weights gets the published default ``"mean"`` (with a warning).
+        pooling
+            ``"mean"`` over the real tokens or ``"cls"`` (a ``<cls>`` token in front, its final state).
+            Default: ``config.json``'s ``embedding_pooling``, else ``"mean"`` (with a warning), as in the
+            published embedding example.
+        tokenization
+            ``"published"`` (default): the input the published weights saw (genes ranked by raw value,
+            zero counts kept, genes outside the vocabulary as the official ``[UNK]``);
+            ``"ranked"``: this package's median-normalised ranks (see :class:`GeneMambaModel`).
+        identity_layers
+            Every layer returns its input (``block="official_identity"``), as in the ``EncoderLayer``
+            of the MineSelf2016/mamba_dev copy of the published code. Only for weights trained with
+            that code; see the docs for how to tell.
 
         Notes
         -----
-        The published checkpoints ship no gene medians; unless ``gene_medians`` is given they are computed
-        from ``adata``, which may rank genes differently from the corpus the model was pre-trained on.
+        The published checkpoints ship no gene medians; with ``tokenization="ranked"`` and no
+        ``gene_medians`` they are computed from ``adata``, which may rank genes differently from the
+        corpus the model was pre-trained on.
         """
         from genemamba_scvi.io import read_official_checkpoint
 
-        enc_kwargs, enc_state, lm_state, vocab, info = read_official_checkpoint(path, subfolder=subfolder, merge=merge)
+        if tokenization not in TOKENIZATIONS:
+            raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
+        published = tokenization == "published"
+        enc_kwargs, enc_state, lm_state, vocab, info = read_official_checkpoint(
+            path,
+            subfolder=subfolder,
+            merge=merge,
+            pooling=pooling,
+            keep_unk=published,
+            identity_layers=identity_layers,
+        )
+        if published and info.get("unk_token") is None:
+            warnings.warn(
+                "the official tokenizer has no unknown-gene token: genes outside its vocabulary are dropped "
+                "instead of being tokenised as [UNK] as the published code does",
+                UserWarning,
+                stacklevel=2,
+            )
         if gene_medians is None and info.get("gene_medians") is not None:
             gene_medians = np.asarray(info["gene_medians"], dtype=np.float64)
+        if gene_medians is None and published:
+            gene_medians = np.full(len(vocab), np.nan)  # not used by the published tokenization
         config = {k: v for k, v in enc_kwargs.items() if k in _ENCODER_ARGS}
-        config.update(max_genes=max_genes, backend=backend, tie_lm_head=False)
+        config.update(
+            max_genes=max_genes,
+            backend=backend,
+            tie_lm_head=False,
+            tokenization=tokenization,
+            unk_token=info.get("unk_token"),
+        )
         model = cls._from_parts(adata, config, vocab, gene_medians, setup_kwargs)
         model.module.encoder.load_state_dict(enc_state, strict=True)
         if lm_state is not None:

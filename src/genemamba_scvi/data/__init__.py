@@ -6,7 +6,7 @@ numpy / scipy / anndata only (no torch model code).
 from .corpus import Manifest, TokenCorpus, build_corpus
 from .gene_sets import gene_sets_to_token_ids, read_gmt, split_gene_sets
 from .normalize import GeneMedianAccumulator, compute_gene_medians, validate_counts
-from .tokenize import fallback_median, rank_tokenize
+from .tokenize import fallback_median, published_tokenize, rank_tokenize
 from .vocab import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneMatch, GeneVocab, strip_ensembl_version
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "compute_gene_medians",
     "fallback_median",
     "gene_sets_to_token_ids",
+    "published_tokenize",
     "rank_tokenize",
     "read_gmt",
     "split_gene_sets",

@@ -10,6 +10,9 @@ so that a single ``np.sort`` orders entries by row, then by value descending (th
 non-negative float32 is monotone in its value), then by token id ascending. The first ``k`` entries of
 each row are scattered into the output. Vocabularies with token ids >= 2**17 fall back to
 ``np.lexsort`` on the same three keys (same result, slower).
+
+:func:`published_tokenize` is the preprocessing of the published GeneMamba code instead (raw values,
+zero-count genes kept, unknown genes as ``[UNK]``), for the published weights; see its docstring.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ import scipy.sparse as sp
 
 from .vocab import CLS_TOKEN, SPECIAL_TOKENS
 
-__all__ = ["fallback_median", "rank_tokenize"]
+__all__ = ["TOKENIZATIONS", "fallback_median", "published_tokenize", "rank_tokenize"]
+
+TOKENIZATIONS: tuple[str, ...] = ("ranked", "published")
+"""``"ranked"``: :func:`rank_tokenize` (the paper's median-normalised ranks, our default);
+``"published"``: :func:`published_tokenize` (what the published GeneMamba code feeds its weights)."""
 
 _CLS_ID = SPECIAL_TOKENS.index(CLS_TOKEN)
 _TOKEN_BITS = 17
@@ -252,4 +259,104 @@ def rank_tokenize(
             futures = [pool.submit(_tokenize_chunk, *args, r0, r1, *rest) for r0, r1 in bounds]
             for f in futures:
                 f.result()
+    return tokens, lengths
+
+
+_PUBLISHED_CHUNK_ELEMENTS = 1 << 22
+
+
+def published_tokenize(
+    X: Any,
+    gene_token_ids: np.ndarray,
+    max_genes: int = 2048,
+    add_cls: bool = False,
+    unk_id: int | None = None,
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenise cells as the published GeneMamba code does: every gene, ranked by its raw value.
+
+    Written from ``permute_genes_by_expression`` (``genemamba/utils/utils.py``) and
+    ``examples/annotation/cell_type_annotation.py`` of the GitHub repository MineSelf2016/mamba_dev:
+    each column gets its token id (``tokenizer.convert_tokens_to_ids``, which returns the ``[UNK]`` id
+    for a gene outside the vocabulary), each cell's columns are ordered by ``np.argsort(-x)`` of the
+    cell's dense row, the first ``seq_len`` are kept, and ``[CLS]`` is put in front.
+
+    Parameters
+    ----------
+    X
+        ``(n_cells, n_genes)`` values, sparse or dense (never densified beyond a chunk of rows).
+        Ranking is invariant to any per-cell positive scaling and to monotone transforms such as
+        ``log1p``, so raw counts, ``normalize_total`` and ``log1p`` data give the same tokens.
+    gene_token_ids
+        ``(n_genes,)`` token id of each column; ``-1`` for genes outside the vocabulary.
+    max_genes
+        Genes per cell (the published ``--seq_len``, default 2048). ``<cls>`` comes on top.
+    add_cls
+        Put ``<cls>`` (id 1) at position 0, followed by ``max_genes`` genes, as the published
+        annotation script does; rows are then ``max_genes + 1`` long.
+    unk_id
+        Token id that genes outside the vocabulary take (the official ``[UNK]`` kept as a vocabulary
+        entry); ``None`` drops those columns (for vocabularies without an unknown token).
+    chunk_size
+        Rows densified at a time; default: about 4 million values per chunk.
+
+    Returns
+    -------
+    tokens
+        ``int32 (n_cells, max_genes + add_cls)``, right-padded with 0 (``<pad>``) only when fewer than
+        ``max_genes`` columns take part.
+    lengths
+        ``int32 (n_cells,)``: ``min(max_genes, columns taking part) + add_cls`` for every cell.
+
+    Notes
+    -----
+    - Genes with a zero value are ranked like any other (after all expressed genes), so every cell
+      has the same length and a cell with few expressed genes is filled up with unexpressed ones.
+    - Ties (equal values, in particular all the zeros) are ordered by column, i.e. by the order of
+      ``adata.var``. The published ``np.argsort(-x)`` uses numpy's default, unstable sort, whose tie
+      order is not specified; the stable order is the reproducible choice closest to it.
+    - NaN or negative values raise ``ValueError``.
+    """
+    Xc = _to_csr(X)
+    n_cells, n_genes = Xc.shape
+    tok = np.asarray(gene_token_ids)
+    if tok.ndim != 1 or tok.shape[0] != n_genes:
+        raise ValueError(f"gene_token_ids has shape {tok.shape}, expected ({n_genes},) = one id per column of X")
+    if not np.issubdtype(tok.dtype, np.integer):
+        raise ValueError(f"gene_token_ids must be integers, got dtype {tok.dtype}")
+    tok = tok.astype(np.int64)
+    if n_genes and tok.min() < -1:
+        raise ValueError(f"gene_token_ids must be >= -1 (-1: no token), got {int(tok.min())}")
+    if unk_id is not None:
+        if int(unk_id) < len(SPECIAL_TOKENS):
+            raise ValueError(f"unk_id must be a vocabulary entry >= {len(SPECIAL_TOKENS)}, got {unk_id}")
+        tok = np.where(tok < 0, int(unk_id), tok)
+    max_genes = int(max_genes)
+    if max_genes < 1:
+        raise ValueError(f"max_genes must be >= 1, got {max_genes}")
+    columns = np.flatnonzero(tok >= 0)
+    col_ids = tok[columns].astype(np.int32)
+    k = min(max_genes, columns.size)
+    offset = int(bool(add_cls))
+    tokens = np.zeros((n_cells, max_genes + offset), dtype=np.int32)
+    lengths = np.full(n_cells, k + offset, dtype=np.int32)
+    if add_cls:
+        tokens[:, 0] = _CLS_ID
+    if n_cells == 0 or k == 0:
+        return tokens, lengths
+    if Xc.nnz:
+        dmin = Xc.data.min()
+        if not dmin >= 0:
+            raise ValueError(
+                f"X contains {'NaN' if np.isnan(dmin) else 'negative'} values (e.g. {dmin}); "
+                "published_tokenize ranks expression values, which must be >= 0"
+            )
+    sub = Xc[:, columns] if columns.size < n_genes else Xc
+    step = int(chunk_size) if chunk_size is not None else max(1, _PUBLISHED_CHUNK_ELEMENTS // max(columns.size, 1))
+    if step < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    for r0 in range(0, n_cells, step):
+        dense = sub[r0 : r0 + step].toarray().astype(np.float64, copy=False)
+        order = np.argsort(-dense, axis=1, kind="stable")[:, :k]
+        tokens[r0 : r0 + step, offset : offset + k] = col_ids[order]
     return tokens, lengths

@@ -12,6 +12,10 @@ Blocks
     ``out = x + merge(mixer(norm(x)), rev(mixer(rev(norm(x)))))``.
 ``block="official"`` (the published GeneMamba layer: ``Mamba2`` + residual, no norm)
     ``f = x + mixer(x)``, ``b = x + rev(mixer(rev(x)))``, ``out = merge(f, b)``.
+``block="official_identity"`` (the published layer of the MineSelf2016/mamba_dev copy, whose
+    ``EncoderLayer.forward`` computes ``self.mamba(X) + X`` but returns ``X``)
+    ``f = b = x``, ``out = merge(x, x)``; the mixer weights are kept (they are in the checkpoint) but
+    never run.
 
 Merge modes (``f``, ``b`` the two directions): ``"mean"`` ``(f+b)/2``; ``"sum"`` ``f+b``; ``"concat"``
 ``W[f; b] + c``; ``"gate"`` ``z*f + (1-z)*b`` with ``z = sigmoid(W[f; b] + c)``. ``W`` is
@@ -44,7 +48,7 @@ __all__ = [
 ]
 
 MERGE_MODES = ("gate", "concat", "mean", "sum")
-BLOCKS = ("prenorm", "official")
+BLOCKS = ("prenorm", "official", "official_identity")
 
 
 def reversal_index(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -291,7 +295,8 @@ class BiMambaBlock(nn.Module):
         The merge ``Linear(2d, d)`` is owned by the caller (the encoder) and passed to
         :meth:`forward`; this block then has no ``merge`` parameters.
     block
-        ``"prenorm"`` (``norm`` + residual around the merge) or ``"official"`` (published layer).
+        ``"prenorm"`` (``norm`` + residual around the merge), ``"official"`` (published layer) or
+        ``"official_identity"`` (published layer that returns its input; see the module docstring).
     norm_eps
         RMSNorm epsilon.
     """
@@ -376,6 +381,8 @@ class BiMambaBlock(nn.Module):
         torch.Tensor
             ``[batch, L, d_model]``.
         """
+        if self.block == "official_identity":
+            return self._identity_merge(x, merge_linear)
         h = self.norm(x) if self.norm is not None else x
         if not self.bidirectional:
             return x + self.mixer(h, seq_idx=seq_idx)
@@ -400,6 +407,13 @@ class BiMambaBlock(nn.Module):
             # published layer: each direction is Mamba2(x) + x, then the merge of the two
             return merge_directions(x + m_fwd, x + m_bwd, self.merge_mode, weight, bias)
         return x + merge_directions(m_fwd, m_bwd, self.merge_mode, weight, bias)
+
+    def _identity_merge(self, x: torch.Tensor, merge_linear: nn.Linear | None) -> torch.Tensor:
+        """The ``"official_identity"`` layer: both directions are the input itself, then the merge."""
+        if not self.bidirectional:
+            return x
+        weight, bias = self._merge_weights(merge_linear)
+        return merge_directions(x, x, self.merge_mode, weight, bias)
 
     # ------------------------------------------------------------------------------------------------
     # Packed (varlen) path
@@ -452,6 +466,8 @@ class BiMambaBlock(nn.Module):
         """
         if self.block == "prenorm":
             return x + self.mix_packed(self.norm(x), pack, merge_linear)
+        if self.block == "official_identity":
+            return self._identity_merge(x, merge_linear)
         if not self.bidirectional:
             return x + self.mixer(x.unsqueeze(0), seq_idx=pack.seq_idx)[0]
         out2 = self._mix_both(x, pack)

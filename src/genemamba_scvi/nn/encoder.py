@@ -130,7 +130,8 @@ class GeneMambaEncoder(nn.Module):
         One merge ``Linear(2d, d)`` at encoder level (``merge.weight``/``merge.bias``) used by every
         layer, as in the published code; otherwise one per layer (``layers.{i}.merge``).
     block
-        ``"prenorm"`` (default; ``x + merge(mixer(norm(x)))``) or ``"official"`` (published layer, no norm).
+        ``"prenorm"`` (default; ``x + merge(mixer(norm(x)))``), ``"official"`` (published layer, no norm)
+        or ``"official_identity"`` (published layer that returns its input: ``merge(x, x)``).
     backend
         ``"auto"``, ``"torch"`` or ``"mamba_ssm"``.
     pooling
