@@ -301,8 +301,11 @@ class GeneMambaModel(BaseModelClass):
         computes them from ``adata`` (exact, streamed over chunks).
     max_genes
         Genes per cell (sequence length), 2048 by default; 4096 is supported.
-    d_model, n_layers
-        Width and depth (the published GeneMamba uses 512 x 24).
+    d_model
+        Width: size of the token embeddings, of every layer's output and of the cell embedding (the published
+        GeneMamba uses 512).
+    n_layers
+        Depth: number of Bi-Mamba blocks (the published GeneMamba uses 24).
     d_state, d_conv, expand, headdim, chunk_size
         Mamba-2 mixer hyper-parameters.
     bidirectional
@@ -322,7 +325,8 @@ class GeneMambaModel(BaseModelClass):
     mask_prob
         Masking rate of the masked-gene objective.
     min_gene_overlap
-        Smallest fraction of the vocabulary's... of ``adata``'s genes that must map to the vocabulary.
+        Smallest fraction of ``adata``'s genes that must be found in the vocabulary; below it, set-up (and any
+        later query AnnData) is refused with a report of the matched and unmatched genes.
     """
 
     _module_cls = GeneMambaModule
