@@ -31,6 +31,7 @@ autodoc_typehints = "description"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = True
+napoleon_use_ivar = True  # "Attributes" sections as fields: no duplicates of the generated attribute pages
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 nb_execution_mode = os.environ.get("NB_EXECUTION_MODE", "force")
 nb_execution_timeout = 1200

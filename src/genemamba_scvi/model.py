@@ -483,7 +483,8 @@ class GeneMambaModel(BaseModelClass):
             if not copy_if_view:
                 raise ValueError("adata is a view; pass a copy (adata.copy()).")
             adata._init_as_actual(adata.copy())
-        _register_afresh(type(self), adata, self.adata_manager.registry["setup_args"])
+        # a query needs no labels to be embedded or predicted (and scvi would warn about rare ones)
+        _register_afresh(type(self), adata, {**self.adata_manager.registry["setup_args"], "labels_key": None})
         self._register_manager_for_instance(self._get_most_recent_anndata_manager(adata, required=True))
         return adata
 
