@@ -123,3 +123,37 @@ def test_skip_marks_name_a_reason():
         for line in page.read_text(encoding="utf-8").splitlines():
             if line.startswith(SKIP_MARK):
                 assert re.match(r"<!-- docs-test: skip \(.+\) -->$", line), f"{page.name}: {line}"
+
+
+def test_docs_build_refuses_a_plotting_cell_without_image(monkeypatch):
+    """The Sphinx hook in docs/conf.py fails the build when an executed notebook cell plots nothing."""
+    import importlib.util
+    import os
+    from types import SimpleNamespace
+
+    from docutils import nodes
+    from sphinx.errors import ExtensionError
+
+    for var in ("MPLBACKEND", "PYTHONWARNINGS"):  # conf.py sets them for the notebook kernels; restore after
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    spec = importlib.util.spec_from_file_location("docs_conf", ROOT / "docs" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+
+    def cell(code: str, with_image: bool) -> nodes.container:
+        source = nodes.container(nb_element="cell_code_source")
+        source += nodes.literal_block(code, code)
+        output = nodes.container(nb_element="cell_code_output")
+        if with_image:
+            output += nodes.image(uri="umap.png")
+        node = nodes.container(nb_element="cell_code")
+        node += [source, output]
+        return node
+
+    app = SimpleNamespace(env=SimpleNamespace(docname="tutorials/quickstart"))
+    doc = nodes.section()
+    doc += [cell("x = 1", False), cell('sc.pl.umap(adata, color="leiden")', True)]
+    conf._check_plots_have_images(app, doc)  # fine: the plotting cell has its picture
+    doc += cell('sc.pl.umap(adata, color="leiden")', False)
+    with pytest.raises(ExtensionError, match="produced no image"):
+        conf._check_plots_have_images(app, doc)
