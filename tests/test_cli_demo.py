@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import anndata as ad
 import numpy as np
@@ -10,10 +11,14 @@ import numpy as np
 from genemamba_scvi.cli import main
 
 
-def test_demo_writes_embeddings_model_and_summary(tmp_path):
+def test_demo_writes_embeddings_model_and_summary(tmp_path, recwarn):
     out = tmp_path / "demo"
+    root_handlers = list(logging.getLogger().handlers)
     rc = main(["demo", "--out", str(out), "--epochs", "1", "--d-model", "32", "--max-genes", "64", "--quiet"])
     assert rc == 0
+    # a root handler would print every Lightning INFO line twice; the demo's own calls trigger no FutureWarning
+    assert logging.getLogger().handlers == root_handlers
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning) and "scanpy" in w.filename]
     adata = ad.read_h5ad(out / "demo_adata.h5ad")
     assert adata.obsm["X_genemamba"].shape == (adata.n_obs, 32)
     assert np.isfinite(adata.obsm["X_genemamba"]).all()

@@ -153,13 +153,57 @@ def test_overwrite_fallback_without_exchange(tmp_path, vocab, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
-def test_overwrite_refuses_a_directory_that_is_not_a_checkpoint(tmp_path, vocab):
+def test_overwrite_into_a_directory_that_is_not_a_checkpoint_keeps_its_files(tmp_path, vocab):
     other = tmp_path / "thesis"
     other.mkdir()
     (other / "chapter1.tex").write_text("precious")
-    with pytest.raises(ValueError, match="does not look like"):
-        write_checkpoint(other, {"w": torch.zeros(1)}, {}, vocab, overwrite=True)
+    write_checkpoint(other, {"w": torch.zeros(1)}, {}, vocab, overwrite=True)
     assert (other / "chapter1.tex").read_text() == "precious"
+    assert set(read_checkpoint(other).state_dict) == {"w"}
+    assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_refuses_to_replace_a_foreign_file_of_a_checkpoint_name(tmp_path, vocab):
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "vocab.json").write_text("my own vocabulary")
+    with pytest.raises(ValueError, match=r"refusing to overwrite vocab\.json"):
+        write_checkpoint(other, {"w": torch.zeros(1)}, {}, vocab, overwrite=True)
+    assert (other / "vocab.json").read_text() == "my own vocabulary"
+    assert sorted(p.name for p in other.iterdir()) == ["vocab.json"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2_exchange", "rename_aside"])
+def test_overwrite_keeps_user_files_and_folders(tmp_path, vocab, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(gio, "_exchange_dirs", lambda a, b: False)
+    path = _write(tmp_path / "model", vocab)
+    (path / "notes.md").write_text("keep me")
+    (path / "plots").mkdir()
+    (path / "plots" / "loss.png").write_bytes(b"png")
+    (path / "link").symlink_to("notes.md")
+    write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "second"}, vocab, overwrite=True)
+    assert read_checkpoint(path).config == {"note": "second"}
+    assert (path / "notes.md").read_text() == "keep me"
+    assert (path / "plots" / "loss.png").read_bytes() == b"png"
+    assert (path / "link").is_symlink() and (path / "link").read_text() == "keep me"
+    assert not (path / "gene_medians.npy").exists()  # a file of the old model, not kept
+    assert _leftovers(tmp_path) == []
+
+
+def test_crash_before_the_swap_leaves_old_model_and_user_files(tmp_path, vocab, monkeypatch):
+    path = _write(tmp_path / "model", vocab)
+    (path / "notes.md").write_text("keep me")
+    before = _snapshot(path)
+
+    def boom(a, b):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(gio, "_exchange_dirs", boom)
+    with pytest.raises(OSError, match="disk on fire"):
+        write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "second"}, vocab, overwrite=True)
+    assert _snapshot(path) == before
+    assert _leftovers(tmp_path) == []
 
 
 def test_crash_in_weight_writer_leaves_old_model(tmp_path, vocab, monkeypatch):

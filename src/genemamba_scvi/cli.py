@@ -62,6 +62,7 @@ def _demo(args: argparse.Namespace) -> int:
     sc.pp.highly_variable_genes(ref, n_top_genes=2000)
     sc.pp.pca(ref, n_comps=30, mask_var="highly_variable")
     sc.pp.neighbors(ref, use_rep="X_pca")
+    # scanpy's igraph flavour: needs python-igraph only (plain sc.tl.leiden needs leidenalg)
     sc.tl.leiden(ref, resolution=0.5, key_added="leiden_pca", flavor="igraph", n_iterations=2, directed=False)
     adata.obsm["X_pca"] = ref.obsm["X_pca"]
     adata.obs["leiden_pca"] = ref.obs["leiden_pca"].values
@@ -72,7 +73,14 @@ def _demo(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    fig = sc.pl.umap(adata, color="leiden_pca", return_fig=True, show=False, title="GeneMamba embedding")
+    fig = sc.pl.umap(
+        adata,
+        color="leiden_pca",
+        return_fig=True,
+        show=False,
+        title="UMAP of the GeneMamba embedding, coloured by Leiden clusters of a PCA",
+    )
+    fig.axes[0].get_legend().set_title("Leiden cluster\n(log-normalised PCA)")
     fig.savefig(out / "umap_genemamba.png", dpi=100, bbox_inches="tight")
 
     from scib_metrics.benchmark import BioConservation
@@ -82,6 +90,7 @@ def _demo(args: argparse.Namespace) -> int:
         ["X_genemamba", "X_pca"],
         batch_key="batch",
         label_key="leiden_pca",
+        pre_integrated_key="X_pca",  # the PCA above (scib-metrics would otherwise run its own, deprecated call)
         bio_conservation_metrics=BioConservation(isolated_labels=False),
         batch_correction_metrics=False,
     )
@@ -150,7 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     corpus.set_defaults(func=_build_corpus)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    # Our own messages only: a handler on the root logger would print every Lightning INFO line a second time.
+    package_logger = logging.getLogger("genemamba_scvi")
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.WARNING)
     return int(args.func(args))
 
 

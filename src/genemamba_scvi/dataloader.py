@@ -20,6 +20,7 @@ from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
+from genemamba_scvi.data.normalize import as_scipy_dtype
 from genemamba_scvi.data.tokenize import published_tokenize, rank_tokenize
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def _rows_as_csr(matrix: Any, idx: np.ndarray) -> sp.csr_matrix:
     order = np.argsort(idx, kind="stable")
     sorted_idx = idx[order]
     rows = matrix[sorted_idx]  # h5py-backed datasets need increasing indices
-    rows = sp.csr_matrix(rows) if not sp.issparse(rows) else rows.tocsr()
+    rows = sp.csr_matrix(as_scipy_dtype(np.asarray(rows))) if not sp.issparse(rows) else rows.tocsr()
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return rows[inverse]

@@ -5,6 +5,9 @@ The files live under ``genemamba_scvi/_resources`` (see ``SOURCES.md`` there for
 - a 559-cell human sample with raw UMI counts (celltypist 1.7.1),
 - Ensembl id <-> gene symbol tables (GENCODE v44 and org.Hs.eg.db 3.16.0),
 - GO biological-process (2022) and KEGG (2011) gene sets in GMT format (gene symbols).
+
+:func:`load_pbmc68k_counts` adds 700 labelled PBMCs from the copy of ``pbmc68k_reduced`` that ships with
+scanpy (counts recovered from its log-normalised values).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "load_celltypist_sample",
     "load_gene_id_table",
     "load_gene_sets",
+    "load_pbmc68k_counts",
     "resource_path",
 ]
 

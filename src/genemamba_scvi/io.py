@@ -16,6 +16,8 @@ same file system), files and directory are fsync'ed, and only then is the direct
 place. With ``overwrite=True`` the new directory is swapped in with one atomic
 ``renameat2(RENAME_EXCHANGE)`` on Linux (elsewhere: old renamed aside, new renamed in, old
 deleted), so a crash at any point leaves either the complete old or the complete new model.
+Only the files above are ever replaced: anything else a user keeps in the directory is hard-linked
+(copied where links are impossible) into the new directory before the swap, so it survives unchanged.
 Reading verifies every checksum before anything is parsed, and nothing is ever unpickled.
 
 **Official layout** (``mineself2016/GeneMamba`` on the Hugging Face Hub and the ``MambaModel``
@@ -39,7 +41,7 @@ import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -73,6 +75,7 @@ MEDIANS_FILE = "gene_medians.npy"
 EXTRA_FILE = "extra.json"
 CHECKSUMS_FILE = "checksums.json"
 _REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, EXTRA_FILE)
+_OWN_FILES = frozenset({*_REQUIRED_FILES, MEDIANS_FILE, CHECKSUMS_FILE})  # all that write_checkpoint replaces
 
 _ALIAS_METADATA_KEY = "genemamba_scvi.aliases"
 
@@ -155,8 +158,9 @@ def write_checkpoint(
         JSON-serialisable extras. numpy arrays/scalars and pandas indexes are converted to lists /
         Python scalars, so they come back as lists.
     overwrite
-        Replace an existing checkpoint directory. Without it an existing ``path`` raises
-        :class:`FileExistsError` and nothing is touched.
+        Write into an existing directory, replacing the checkpoint files there (the files listed in
+        the module docstring). Every other file or folder in it is kept. Without it an existing
+        ``path`` raises :class:`FileExistsError` and nothing is touched.
 
     Returns
     -------
@@ -167,13 +171,18 @@ def write_checkpoint(
     FileExistsError
         ``path`` exists and ``overwrite`` is false.
     ValueError
-        Something is not serialisable, or ``overwrite`` would replace a directory that is not a
-        checkpoint of this format.
+        Something is not serialisable, or ``overwrite`` would replace a file of a checkpoint's name
+        (``config.json``, ...) in a directory that is not a checkpoint of this format.
     """
     path = Path(path)
-    _check_target(
-        path, overwrite, looks_like=lambda p: (p / CHECKSUMS_FILE).is_file(), what="genemamba-scvi checkpoint"
-    )
+    _check_target(path, overwrite, looks_like=lambda p: True, what="genemamba-scvi checkpoint")
+    if overwrite and path.is_dir() and not (path / CHECKSUMS_FILE).is_file():
+        clash = sorted(name for name in _OWN_FILES if (path / name).exists())
+        if clash:
+            raise ValueError(
+                f"refusing to overwrite {', '.join(clash)} in {path}: it is not a genemamba-scvi checkpoint "
+                "directory, so these files are not ours to replace; save to another directory"
+            )
     # Serialise everything up front so that bad input fails before any file is created.
     tensors, aliases = _prepare_tensors(state_dict)
     config_text = _dumps(dict(config), "config")
@@ -202,8 +211,17 @@ def write_checkpoint(
         }
         (tmp / CHECKSUMS_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
 
-    _atomic_write_dir(path, fill, overwrite)
+    _atomic_write_dir(path, fill, overwrite, own_files=_OWN_FILES | _manifest_files(path))
     return path
+
+
+def _manifest_files(path: Path) -> set[str]:
+    """Names listed in the checksums manifest of an existing checkpoint directory (empty if none)."""
+    try:
+        files = json.loads((path / CHECKSUMS_FILE).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in files if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
 
 
 def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
@@ -1184,7 +1202,35 @@ def _move_into_place(src: Path, dst: Path) -> None:
         os.rename(src, dst)
 
 
-def _atomic_write_dir(path: Path, fill: Callable[[Path], None], overwrite: bool) -> None:
+def _keep_user_entries(old: Path, new: Path, own_files: Collection[str]) -> None:
+    """Hard-link (or copy) every entry of ``old`` not named in ``own_files`` into ``new``, recursively."""
+    for entry in old.iterdir():
+        if entry.name not in own_files and not (new / entry.name).exists():
+            _link_tree(entry, new / entry.name)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        dst.mkdir()
+        for entry in src.iterdir():
+            _link_tree(entry, dst / entry.name)
+        shutil.copystat(src, dst)
+    else:
+        try:
+            os.link(src, dst)  # same file system (sibling directory): the data is never copied or lost
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _atomic_write_dir(
+    path: Path, fill: Callable[[Path], None], overwrite: bool, own_files: Collection[str] | None = None
+) -> None:
+    """Write a directory atomically with ``fill``; see the module docstring.
+
+    With ``own_files``, overwriting keeps every entry of the old directory that is not named there.
+    """
     parent = path.parent
     tmp = parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
@@ -1192,10 +1238,13 @@ def _atomic_write_dir(path: Path, fill: Callable[[Path], None], overwrite: bool)
         fill(tmp)
         for child in tmp.iterdir():
             _fsync_path(child)
-        _fsync_path(tmp)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+            if own_files is not None:
+                _keep_user_entries(path, tmp, own_files)
+        _fsync_path(tmp)
+        if path.exists():
             if _exchange_dirs(tmp, path):
                 _fsync_path(parent)  # tmp now holds the old model
             else:

@@ -21,6 +21,7 @@ def benchmark_integration(
     min_max_scale: bool = False,
     bio_conservation_metrics=None,
     batch_correction_metrics=None,
+    progress_bar: bool = True,
 ) -> pd.DataFrame:
     """Score embeddings in ``adata.obsm`` with :class:`scib_metrics.benchmark.Benchmarker`.
 
@@ -44,6 +45,8 @@ def benchmark_integration(
         :class:`scib_metrics.benchmark.BioConservation` / :class:`~scib_metrics.benchmark.BatchCorrection`
         settings (default: all metrics). ``batch_correction_metrics=False`` skips batch metrics, as happens
         automatically (with a warning) when ``batch_key`` holds a single batch.
+    progress_bar
+        Show scib-metrics' progress bars (``False`` in notebooks rendered to HTML, where they leave fragments).
 
     Returns
     -------
@@ -76,6 +79,7 @@ def benchmark_integration(
         bio_conservation_metrics=bio_conservation_metrics or BioConservation(),
         batch_correction_metrics=batch_correction_metrics or None,
         n_jobs=n_jobs,
+        progress_bar=progress_bar,
     )
     bm.benchmark()
     return bm.get_results(min_max_scale=min_max_scale)

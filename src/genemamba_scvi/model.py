@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -11,11 +12,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import rich.pretty  # noqa: F401  (scvi's view_anndata_setup uses rich.pretty without importing it)
 import torch
 from anndata import AnnData
 from lightning.pytorch.callbacks import ModelCheckpoint
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
+from scvi.data._constants import _SCVI_UUID_KEY
+from scvi.data._utils import _assign_adata_uuid
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass
@@ -29,7 +33,7 @@ from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
-from genemamba_scvi.train import GeneMambaTrainingPlan
+from genemamba_scvi.train import GeneMambaTrainingPlan, StepProgressBar
 
 logger = logging.getLogger("genemamba_scvi")
 
@@ -79,6 +83,15 @@ def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
         )
 
 
+def _label_codes(labels: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """Integer codes and the sorted label values, which keep their type (integer labels stay integers)."""
+    try:
+        codes, uniques = pd.factorize(labels, sort=True)
+    except TypeError:  # labels of mixed types cannot be sorted
+        codes, uniques = pd.factorize(labels.astype(str), sort=True)
+    return codes, np.asarray(uniques).tolist()
+
+
 def _class_weights(
     class_weight: str | dict[str, float] | None, codes: np.ndarray, names: Sequence[str]
 ) -> torch.Tensor | None:
@@ -91,15 +104,106 @@ def _class_weights(
         counts = np.bincount(codes, minlength=len(names)).astype(np.float64)
         weights = codes.size / (len(names) * np.maximum(counts, 1.0))
     else:
-        unknown = sorted(set(map(str, class_weight)) - set(names))
+        by_name = {str(k): v for k, v in class_weight.items()}
+        unknown = sorted(set(by_name) - set(names))
         if unknown:
             raise ValueError(
                 f"class_weight names labels that are not in the data: {unknown[:5]}; labels: {list(names)[:10]}"
             )
-        weights = np.array([float(class_weight.get(n, 1.0)) for n in names])
+        weights = np.array([float(by_name.get(n, 1.0)) for n in names])
         if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
             raise ValueError(f"class_weight values must be finite, non-negative and not all zero, got {class_weight}")
     return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def _history_to_json(history: Any) -> dict[str, dict[str, Any]] | None:
+    """``model.history`` (a dict of one-column DataFrames indexed by epoch) as plain JSON-able lists."""
+    if not isinstance(history, dict):
+        return None
+    out = {}
+    for key, frame in history.items():
+        frame = pd.DataFrame(frame)
+        try:
+            values = frame.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            continue  # not numeric: not a metric curve
+        out[str(key)] = {
+            "index_name": frame.index.name,
+            "index": frame.index.tolist(),
+            "columns": [str(c) for c in frame.columns],
+            "data": values.tolist(),
+        }
+    return out
+
+
+def _history_from_json(saved: dict[str, dict[str, Any]] | None) -> dict[str, pd.DataFrame] | None:
+    """Inverse of :func:`_history_to_json`."""
+    if not saved:
+        return None
+    return {
+        key: pd.DataFrame(
+            np.asarray(item["data"], dtype=np.float64).reshape(len(item["index"]), len(item["columns"])),
+            index=pd.Index(item["index"], name=item.get("index_name")),
+            columns=item["columns"],
+        )
+        for key, item in saved.items()
+    }
+
+
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's advertising tips and its note on estimating the number of steps from the log."""
+
+    _NOISE = ("Tip: ", "to estimate number of stepping batches")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self._NOISE)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """While training: no Lightning tips, no deprecation noise from its internals, each INFO line once.
+
+    The ``lightning`` logger has a handler of its own *and* propagates to the root logger, so once the root
+    logger has a handler (``logging.basicConfig``, many notebook set-ups) every Lightning INFO line is printed
+    twice. Everything is restored afterwards.
+    """
+    loggers = [logging.getLogger(f"lightning.{pkg}.utilities.rank_zero") for pkg in ("pytorch", "fabric")]
+    tips = _DropLightningTips()
+    top = logging.getLogger("lightning")
+    propagate = top.propagate
+    for lg in loggers:
+        lg.addFilter(tips)
+    if top.handlers:
+        top.propagate = False
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
+    finally:
+        top.propagate = propagate
+        for lg in loggers:
+            lg.removeFilter(tips)
+
+
+class _GeneMambaTrainRunner(TrainRunner):
+    """scvi-tools' TrainRunner; a later run (``train_classifier`` after ``train``) also adds its new history keys.
+
+    scvi keeps only the keys of the first run, so the classification loss and accuracy would be dropped.
+    New keys are indexed by the epochs of the run that logged them (continuing after the earlier runs).
+    """
+
+    def _update_history(self) -> None:
+        previous = self.model.history_ if self.model.is_trained_ and isinstance(self.model.history_, dict) else None
+        offset = len(previous["train_loss"]) if previous and "train_loss" in previous else 0
+        super()._update_history()
+        if not previous or not self.trainer.is_global_zero:
+            return
+        for key, frame in (getattr(self.trainer.logger, "history", None) or {}).items():
+            if key not in self.model.history_:
+                frame = frame.copy()
+                frame.index = pd.RangeIndex(offset, offset + len(frame), name="epoch")
+                self.model.history_[key] = frame
 
 
 class _ResumableCheckpoint(SaveCheckpoint):
@@ -150,6 +254,49 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
         )
 
 
+def _check_known_genes_expressed(
+    adata: AnnData, layer: str | None, token_ids: np.ndarray, indices: Sequence[int] | None = None
+) -> None:
+    """Refuse cells whose counts all fall in genes outside the vocabulary (they have no tokens to embed)."""
+    known = np.asarray(token_ids) >= 0
+    if known.all():
+        return  # cells without any count are refused by _validate_count_layer
+    known_totals = np.asarray(count_matrix(adata, layer) @ known.astype(np.float32)).ravel()
+    idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    bad = idx[known_totals[idx] == 0]
+    if bad.size:
+        where = "adata.X" if layer is None else f"layer {layer!r}"
+        raise ValueError(
+            f"{bad.size} of {idx.size} cells have counts in {where} only in genes that are not in the model's "
+            f"vocabulary (e.g. {adata.obs_names[bad[:3]].tolist()}), so GeneMamba has no gene tokens to embed them. "
+            "Check the gene ids (symbols or Ensembl ids in var_names, or gene_id_key=), or remove those cells."
+        )
+
+
+def _copy_of_registered(store: dict, adata: AnnData) -> bool:
+    """Whether ``adata`` carries the scvi id of another AnnData registered in ``store`` (it is a copy of it)."""
+    manager = store.get(adata.uns.get(_SCVI_UUID_KEY))
+    return manager is not None and manager.adata is not adata
+
+
+def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args: dict[str, Any]) -> None:
+    """Run ``setup_anndata`` on ``adata``; a copy of a registered AnnData first gets its own scvi id.
+
+    scvi-tools refuses copies ("Did you make a copy?") or transfers the registry, which demands the same genes in
+    the same order. GeneMamba matches genes by id, so a copy (also with permuted or fewer genes) is simply set up
+    again with the model's arguments. Query data need not carry the batch or label columns.
+    """
+    args = dict(setup_args)
+    for key in ("batch_key", "labels_key"):
+        if args.get(key) is not None and args[key] not in adata.obs:
+            args[key] = None
+    if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
+        _assign_adata_uuid(adata, overwrite=True)
+    model_cls.setup_anndata(adata, **args)
+
+
 class GeneMambaModel(BaseModelClass):
     """GeneMamba: a bidirectional Mamba-2 foundation model of ranked gene tokens.
 
@@ -170,8 +317,11 @@ class GeneMambaModel(BaseModelClass):
         computes them from ``adata`` (exact, streamed over chunks).
     max_genes
         Genes per cell (sequence length), 2048 by default; 4096 is supported.
-    d_model, n_layers
-        Width and depth (the published GeneMamba uses 512 x 24).
+    d_model
+        Width: size of the token embeddings, of every layer's output and of the cell embedding (the published
+        GeneMamba uses 512).
+    n_layers
+        Depth: number of Bi-Mamba blocks (the published GeneMamba uses 24).
     d_state, d_conv, expand, headdim, chunk_size
         Mamba-2 mixer hyper-parameters.
     bidirectional
@@ -192,7 +342,8 @@ class GeneMambaModel(BaseModelClass):
     mask_prob
         Masking rate of the masked-gene objective.
     min_gene_overlap
-        Smallest fraction of the vocabulary's... of ``adata``'s genes that must map to the vocabulary.
+        Smallest fraction of ``adata``'s genes that must be found in the vocabulary; below it, set-up (and any
+        later query AnnData) is refused with a report of the matched and unmatched genes.
     tokenization
         ``"ranked"`` (default: genes ranked by count / cell total / gene median, zero counts and unknown
         genes left out, :func:`~genemamba_scvi.data.tokenize.rank_tokenize`) or ``"published"`` (the
@@ -208,7 +359,7 @@ class GeneMambaModel(BaseModelClass):
     _training_plan_cls = GeneMambaTrainingPlan
     _data_splitter_cls = TokenDataSplitter
     _data_loader_cls = TokenDataLoader
-    _train_runner_cls = TrainRunner
+    _train_runner_cls = _GeneMambaTrainRunner
 
     def __init__(
         self,
@@ -346,7 +497,8 @@ class GeneMambaModel(BaseModelClass):
                 "(adata.var_names_make_unique()) or aggregate them before set-up."
             )
         anndata_fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            # counts were checked exactly above; scvi's sampled check would refuse scipy sparse *arrays*
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
@@ -361,19 +513,22 @@ class GeneMambaModel(BaseModelClass):
         GeneMamba matches genes by id through its vocabulary instead, so a query AnnData may hold its
         genes in any order, miss some, or carry genes the model never saw (ignored with a warning).
         """
-        if adata is None or self.get_anndata_manager(adata) is not None:
+        if adata is None or self._registered_here(adata):
             return super()._validate_anndata(adata, copy_if_view=copy_if_view)
         if adata.is_view:
             if not copy_if_view:
                 raise ValueError("adata is a view; pass a copy (adata.copy()).")
             adata._init_as_actual(adata.copy())
-        args = {k: v for k, v in self.adata_manager.registry["setup_args"].items()}
-        for key in ("batch_key", "labels_key"):
-            if args.get(key) is not None and args[key] not in adata.obs:
-                args[key] = None  # query data need not carry batches or labels
-        type(self).setup_anndata(adata, **args)
+        # a query needs no labels to be embedded or predicted (and scvi would warn about rare ones)
+        _register_afresh(type(self), adata, {**self.adata_manager.registry["setup_args"], "labels_key": None})
         self._register_manager_for_instance(self._get_most_recent_anndata_manager(adata, required=True))
         return adata
+
+    def _registered_here(self, adata: AnnData) -> bool:
+        """Whether this very AnnData object (not a copy of it) is registered with this model instance."""
+        store = type(self)._per_instance_manager_store.get(self.id, {})
+        manager = store.get(adata.uns.get(_SCVI_UUID_KEY))
+        return manager is not None and manager.adata is adata
 
     def _setup_arg(self, name: str) -> Any:
         return self.adata_manager.registry["setup_args"].get(name)
@@ -421,12 +576,15 @@ class GeneMambaModel(BaseModelClass):
         self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None, **kwargs: Any
     ) -> TokenDataLoader:
         adata = self._validate_anndata(adata)
-        _validate_count_layer(adata, self._setup_arg("layer"))
+        layer = self._setup_arg("layer")
+        _validate_count_layer(adata, layer)
+        tokenizer = self._tokenizer_for(adata)
+        _check_known_genes_expressed(adata, layer, tokenizer.gene_token_ids, indices)
         return self._make_data_loader(
             adata=adata,
             indices=indices,
             batch_size=batch_size or 64,
-            tokenizer=self._tokenizer_for(adata),
+            tokenizer=tokenizer,
             **kwargs,
         )
 
@@ -454,6 +612,7 @@ class GeneMambaModel(BaseModelClass):
     ):
         precision = resolve_precision(precision, training_on_gpu(accelerator, devices))
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
+        _check_known_genes_expressed(self.adata, self._setup_arg("layer"), tokenizer.gene_token_ids)
         data_splitter = self._data_splitter_cls(
             self.adata_manager,
             train_size=train_size,
@@ -468,28 +627,33 @@ class GeneMambaModel(BaseModelClass):
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if checkpoint_dir is not None:
             callbacks.append(_ResumableCheckpoint(str(checkpoint_dir), checkpoint_every_n_steps))
+        # progress within the epoch (scvi's simple bar moves once per epoch); simple_progress_bar=True restores it
+        trainer_kwargs.setdefault("simple_progress_bar", False)
+        if trainer_kwargs.get("enable_progress_bar", True) and not trainer_kwargs["simple_progress_bar"]:
+            callbacks.append(StepProgressBar())
         self.module.train()  # Lightning keeps each submodule's mode; a previous inference left them in eval
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=data_splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            callbacks=callbacks,
-            ckpt_path=ckpt_path,
-            precision=precision,
-            **trainer_kwargs,
-        )
-        self.module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
-        try:
-            return runner()
-        finally:
-            self.module.encoder.gradient_checkpointing = False
-            _save_kernel_cache()
+        with _quiet_lightning():
+            runner = self._train_runner_cls(
+                self,
+                training_plan=plan,
+                data_splitter=data_splitter,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                early_stopping=early_stopping,
+                callbacks=callbacks,
+                ckpt_path=ckpt_path,
+                precision=precision,
+                **trainer_kwargs,
+            )
+            self.module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
+            try:
+                return runner()
+            finally:
+                self.module.encoder.gradient_checkpointing = False
+                _save_kernel_cache()
 
     def train(
         self,
@@ -637,11 +801,11 @@ class GeneMambaModel(BaseModelClass):
         if labels_key is None:
             raise ValueError("train_classifier needs labels: pass labels_key= or set it in setup_anndata.")
         _check_obs_key(self.adata, labels_key, "labels_key")
-        codes, names = pd.factorize(self.adata.obs[labels_key].astype(str), sort=True)
+        codes, names = _label_codes(self.adata.obs[labels_key])
         if len(names) < 2:
             raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
         weights = _class_weights(class_weight, codes, [str(n) for n in names])  # validate before changing state
-        self.label_names_ = [str(n) for n in names]
+        self.label_names_ = names
         self.labels_key_ = labels_key
         self.classifier_hidden_ = hidden
         self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
@@ -766,8 +930,8 @@ class GeneMambaModel(BaseModelClass):
         Parameters
         ----------
         adata
-            AnnData to annotate (``None``: the registered one); genes are matched as in
-            :meth:`get_latent_representation`.
+            AnnData to predict (genes in any order; unknown genes are ignored with a warning); ``None`` uses
+            the AnnData the model was set up with.
         indices
             Cells to predict (default: all).
         soft
@@ -777,8 +941,9 @@ class GeneMambaModel(BaseModelClass):
 
         Returns
         -------
-        With ``soft=False`` an array of label names; with ``soft=True`` a DataFrame of class probabilities
-        (cells x labels, rows sum to 1, indexed by ``obs_names``).
+        With ``soft=False`` an array of labels of the same type as the training labels (integer labels give
+        integers, so ``pred == adata.obs[key]`` compares as expected); with ``soft=True`` a DataFrame of class
+        probabilities (cells x labels, rows sum to 1, indexed by ``obs_names``).
         """
         if self.module.classifier is None or self.label_names_ is None:
             raise RuntimeError("No classifier has been trained: call model.train_classifier(labels_key=...) first.")
@@ -790,7 +955,7 @@ class GeneMambaModel(BaseModelClass):
         if soft:
             obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
             return pd.DataFrame(probs, index=obs_names, columns=self.label_names_)
-        return np.asarray(self.label_names_, dtype=object)[probs.argmax(axis=1)]
+        return pd.Index(self.label_names_)[probs.argmax(axis=1)].to_numpy()
 
     def get_gene_embeddings(self) -> pd.DataFrame:
         """Input gene embeddings (the token embedding table), genes x ``d_model``, indexed by vocabulary gene."""
@@ -807,6 +972,7 @@ class GeneMambaModel(BaseModelClass):
             "classifier_hidden": self.classifier_hidden_,
             "objective": self.module.objective,
             "is_trained": bool(self.is_trained_),
+            "history": _history_to_json(self.history_),
         }
 
     def save(
@@ -817,12 +983,27 @@ class GeneMambaModel(BaseModelClass):
         save_anndata: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Save weights (safetensors), config, vocabulary and gene medians to ``dir_path``, atomically.
+        """Save weights (safetensors), config, vocabulary, gene medians and training history, atomically.
 
-        The directory is written next to its destination and renamed into place, so a crash leaves any
-        previous model intact. Without ``overwrite=True`` an existing ``dir_path`` raises
-        :class:`FileExistsError` and is not touched. ``save_anndata`` is not supported (save the AnnData
-        with ``adata.write_h5ad``).
+        The model directory is written next to its destination and renamed into place, so a crash leaves
+        any previous model intact. :meth:`load` restores the model and ``model.history``.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to write (created).
+        prefix
+            Write into ``dir_path / f"{prefix}model"`` instead.
+        overwrite
+            Write into an existing directory, as scvi-tools does: the files this package writes there
+            (``model.safetensors``, ``config.json``, ``vocab.json``, ``gene_medians.npy``, ``extra.json``,
+            ``checksums.json``) are replaced; any other file or folder in it is kept unchanged. A directory
+            that is not a saved model but holds a file of one of those names is refused. Without
+            ``overwrite`` an existing ``dir_path`` raises :class:`FileExistsError` and is not touched.
+        save_anndata
+            Not supported: write the AnnData with ``adata.write_h5ad``.
+        **kwargs
+            Ignored (scvi-tools compatibility).
         """
         from genemamba_scvi.io import write_checkpoint
 
@@ -849,8 +1030,9 @@ class GeneMambaModel(BaseModelClass):
         gene_medians: np.ndarray | None,
         setup_args: dict[str, Any] | None,
     ) -> GeneMambaModel:
-        if cls._get_most_recent_anndata_manager(adata) is None:
-            cls.setup_anndata(adata, **(setup_args or {}))
+        manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
+        if manager is None or manager.adata is not adata:  # not set up yet, or a copy of a registered AnnData
+            _register_afresh(cls, adata, setup_args or {})
         return cls(adata, vocab=vocab, gene_medians=gene_medians, **config)
 
     @classmethod
@@ -910,6 +1092,7 @@ class GeneMambaModel(BaseModelClass):
         model.to_device(dev)
         model.module.eval()
         model.is_trained_ = bool(extra.get("is_trained", True))
+        model.history_ = _history_from_json(extra.get("history"))  # None for models saved before it was kept
         return model
 
     @classmethod

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from scvi.train import TrainingPlan
+from scvi.utils import track
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -62,6 +64,31 @@ class GeneMambaTrainingPlan(TrainingPlan):
         self._check_finite(loss)
         return loss
 
+    def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
+        """Log the terms GeneMamba optimises as ``{name}_{mode}`` (``mode``: ``train`` / ``validation``).
+
+        scvi-tools' plan would log ELBO, reconstruction and KL terms, which are always zero for a model that is
+        not a VAE. Logged instead: the module's ``extra_metrics`` (pre-training: ``lm_loss``, the masked-gene
+        or next-token cross-entropy, ``mlm_accuracy`` and ``pathway_loss``, the pathway InfoNCE; fine-tuning:
+        ``accuracy``) and ``classification_loss``. ``train_loss`` / ``validation_loss`` are logged as before.
+        """
+        values = dict(loss_output.extra_metrics or {})
+        if loss_output.classification_loss is not None:
+            values["classification_loss"] = loss_output.classification_loss
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                if value.ndim:
+                    continue  # only scalars make a history column
+                value = value.detach()
+            self.log(
+                f"{key}_{mode}",
+                value,
+                on_step=self.on_step,
+                on_epoch=self.on_epoch,
+                batch_size=loss_output.n_obs_minibatch,
+                sync_dist=self.use_sync_dist,
+            )
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, param in self.module.named_parameters():
@@ -89,3 +116,69 @@ class GeneMambaTrainingPlan(TrainingPlan):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class StepProgressBar(ProgressBar):
+    """One progress bar over all minibatches of a training run, moved after every step.
+
+    scvi-tools' default bar moves once per epoch, which leaves a CPU user a minute or more without
+    feedback. This one shows ``Epoch e/N`` and the running ``train_loss`` while the epoch runs; it is what
+    :meth:`~genemamba_scvi.model.GeneMambaModel.train` uses unless ``simple_progress_bar=True`` is passed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._bar = None
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self._enabled
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_bar"] = None  # tqdm objects do not pickle
+        return state
+
+    def _total(self, trainer) -> int | None:
+        per_epoch = trainer.num_training_batches
+        if not math.isfinite(per_epoch):
+            return None
+        total = int(per_epoch) * max(int(trainer.max_epochs or 1), 1)
+        if trainer.max_steps and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps * trainer.accumulate_grad_batches)
+        return total
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.is_enabled:
+            self._bar = track(None, total=self._total(trainer), description="Training", style="tqdm", unit="step")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self._bar is not None:
+            self._bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._bar is not None:
+            self._bar.update(1)
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # this minibatch's loss
+            if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+                self._bar.set_postfix(train_loss=f"{float(loss):.3f}", refresh=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

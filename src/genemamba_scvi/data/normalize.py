@@ -69,7 +69,16 @@ def validate_counts(X: Any, where: str) -> None:
             frac = block != np.floor(block)
             if frac.any():
                 bad = block[frac][0]
-                raise ValueError(f"{where} contains non-integer values (e.g. {bad:.4g}); {_RAW_HINT}")
+                off = abs(float(bad) - round(float(bad)))
+                raise ValueError(
+                    f"{where} contains non-integer values (e.g. {_exact(bad)}, {off:.2g} from the nearest integer); "
+                    f"{_RAW_HINT}"
+                )
+
+
+def _exact(value: Any) -> str:
+    """A value with all the digits needed to tell it from its neighbours (``1.0000001``, not ``1``)."""
+    return np.format_float_positional(value, unique=True, trim="-")
 
 
 def _as_csr(chunk: Any) -> sp.csr_matrix:
@@ -79,7 +88,12 @@ def _as_csr(chunk: Any) -> sp.csr_matrix:
             X = X.copy()
             X.sum_duplicates()
         return X
-    return sp.csr_matrix(np.asarray(chunk))
+    return sp.csr_matrix(as_scipy_dtype(np.asarray(chunk)))
+
+
+def as_scipy_dtype(X: np.ndarray) -> np.ndarray:
+    """``X`` itself, or a float32 copy of a dense float16 array (scipy.sparse has no float16)."""
+    return X.astype(np.float32) if X.dtype == np.float16 else X
 
 
 class GeneMedianAccumulator:

@@ -63,7 +63,7 @@ def _to_csr(X: Any) -> sp.csr_matrix | sp.csr_array:
             X.sum_duplicates()
         return X
     if isinstance(X, np.ndarray):
-        return sp.csr_matrix(X)
+        return sp.csr_matrix(X.astype(np.float32) if X.dtype == np.float16 else X)  # scipy has no float16
     raise TypeError(f"X must be a scipy sparse matrix (CSR preferred) or a numpy array, got {type(X).__name__}")
 
 

@@ -1,0 +1,254 @@
+"""A scvi-tools user's first hour (issue 17): each path that used to fail, on real cells with a tiny model.
+
+Data: 64 real PBMCs of scanpy's ``pbmc68k_reduced`` with integer counts recovered
+(``datasets.load_pbmc68k_counts``) and their labels; the model is 1 layer x d_model 16, untrained unless a
+test trains it for one epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import scvi
+
+from genemamba_scvi import GeneMambaModel
+from genemamba_scvi.datasets import load_pbmc68k_counts
+from genemamba_scvi.io import read_checkpoint, write_checkpoint
+
+TINY = {"d_model": 16, "n_layers": 1, "max_genes": 64, "backend": "torch", "chunk_size": 16, "headdim": 8}
+TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 16}
+_ELBO_KEYS = ("elbo", "reconstruction_loss", "kl_local", "kl_global")
+
+
+@pytest.fixture(scope="module")
+def cells():
+    adata = load_pbmc68k_counts()
+    adata = adata[np.random.default_rng(0).choice(adata.n_obs, 64, replace=False)].copy()
+    adata.obs["cell_type"] = adata.obs["bulk_labels"].astype(str)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def model_and_data(cells):
+    scvi.settings.seed = 0
+    adata = cells.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    return GeneMambaModel(adata, **TINY), adata
+
+
+@pytest.fixture(scope="module")
+def trained(cells):
+    """Pre-trained for one epoch, then a classifier on integer labels for one epoch."""
+    scvi.settings.seed = 0
+    adata = cells.copy()
+    adata.obs["type_id"] = pd.factorize(adata.obs["cell_type"], sort=True)[0] + 10  # integer labels 10, 11, ...
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    model.train(max_epochs=1, gene_sets="kegg", **TRAIN)
+    model.train_classifier(labels_key="type_id", max_epochs=1, lr=3e-3, **TRAIN)
+    return model, adata
+
+
+def _fresh(adata: ad.AnnData) -> ad.AnnData:
+    """The same cells and genes as a new AnnData that was never set up."""
+    return ad.AnnData(X=adata.X.copy(), obs=adata.obs[[]].copy(), var=adata.var[[]].copy(), layers=dict(adata.layers))
+
+
+# ------------------------------------------------------------------ 2: load into a copy
+def test_load_into_a_copy_and_a_permuted_copy(model_and_data, tmp_path):
+    model, adata = model_and_data
+    z = model.get_latent_representation()
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata.copy())
+    np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)
+    perm = np.random.default_rng(1).permutation(adata.n_vars)
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata[:, perm].copy())
+    np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)
+    # the original AnnData is still registered with the first model
+    np.testing.assert_array_equal(model.get_latent_representation(adata), z)
+
+
+# ------------------------------------------------------------------ 3: a query with a subset of the genes
+def test_query_copy_with_a_subset_of_the_genes(model_and_data):
+    model, adata = model_and_data
+    genes = adata.var_names[::2]
+    z_copy = model.get_latent_representation(adata[:, genes].copy())
+    z_fresh = model.get_latent_representation(_fresh(adata[:, genes]))
+    assert z_copy.shape == (adata.n_obs, 16)
+    np.testing.assert_array_equal(z_copy, z_fresh)
+
+
+# ------------------------------------------------------------------ 4: float16 dense and csr_array layers
+@pytest.mark.parametrize(
+    "convert",
+    [lambda m: m.toarray().astype(np.float16), lambda m: sp.csr_array(m)],
+    ids=["dense_float16", "csr_array"],
+)
+def test_float16_and_sparse_array_layers(model_and_data, convert):
+    model, adata = model_and_data
+    z = model.get_latent_representation()
+    other = _fresh(adata)
+    other.layers["counts"] = convert(other.layers["counts"])
+    GeneMambaModel.setup_anndata(other, layer="counts")
+    np.testing.assert_array_equal(model.get_latent_representation(other), z)
+    own = GeneMambaModel(other, **TINY)  # medians and vocabulary computed from that layer
+    np.testing.assert_array_equal(own.gene_medians_, model.gene_medians_)
+
+
+# ------------------------------------------------------------------ 5: cells with no known gene
+def test_cell_with_counts_only_in_unknown_genes_is_refused(model_and_data):
+    model, adata = model_and_data
+    extra = sp.csr_matrix(np.ones((adata.n_obs, 2), dtype=np.float32))
+    counts = sp.hstack([adata.layers["counts"], extra]).tocsr().tolil()
+    counts[5, : adata.n_vars] = 0  # cell 5 keeps counts only in the two unknown genes
+    query = ad.AnnData(
+        X=sp.csr_matrix(counts),
+        obs=pd.DataFrame(index=adata.obs_names),
+        var=pd.DataFrame(index=[*adata.var_names, "NOT_A_GENE_1", "NOT_A_GENE_2"]),
+    )
+    query.layers["counts"] = query.X.copy()
+    with pytest.warns(UserWarning, match="not in the model's vocabulary"):
+        with pytest.raises(ValueError, match=rf"1 of {adata.n_obs} cells .*only in genes that are not in"):
+            model.get_latent_representation(query)
+    with pytest.warns(UserWarning, match="not in the model's vocabulary"):
+        z = model.get_latent_representation(query, indices=[0, 1, 2])  # the other cells still embed
+    assert np.abs(z).sum(axis=1).min() > 0
+
+
+# ------------------------------------------------------------------ 6: integer labels
+def test_integer_labels_predict_integers(trained, tmp_path):
+    model, adata = trained
+    pred = model.predict()
+    assert np.issubdtype(pred.dtype, np.integer)
+    assert set(pred) <= set(adata.obs["type_id"])
+    assert (pred == adata.obs["type_id"].to_numpy()).mean() > 0  # comparable with the obs column
+    soft = model.predict(soft=True)
+    assert list(soft.columns) == sorted(adata.obs["type_id"].unique())
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata)
+    np.testing.assert_array_equal(loaded.predict(), pred)
+
+
+def test_string_labels_still_predict_strings(model_and_data):
+    from genemamba_scvi.model import _label_codes
+
+    codes, names = _label_codes(pd.Series(["b", "a", "b"], dtype="category"))
+    assert names == ["a", "b"] and codes.tolist() == [1, 0, 1]
+    codes, names = _label_codes(pd.Series([3, 1, 3]))
+    assert names == [1, 3] and isinstance(names[0], int)
+
+
+# ------------------------------------------------------------------ 7: save(overwrite=True) keeps user files
+def test_overwrite_keeps_the_users_other_files(model_and_data, tmp_path):
+    model, adata = model_and_data
+    target = tmp_path / "m"
+    model.save(target)
+    (target / "notes.txt").write_text("precious")
+    (target / "figures").mkdir()
+    (target / "figures" / "umap.png").write_bytes(b"\x89PNG user figure")
+    model.save(target, overwrite=True)
+    assert (target / "notes.txt").read_text() == "precious"
+    assert (target / "figures" / "umap.png").read_bytes() == b"\x89PNG user figure"
+    np.testing.assert_array_equal(
+        GeneMambaModel.load(target, adata=adata).get_latent_representation(), model.get_latent_representation()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary directory left behind
+
+
+def test_overwrite_into_a_plain_directory_keeps_it_and_refuses_name_clashes(model_and_data, tmp_path):
+    model, adata = model_and_data
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "table.csv").write_text("a,b\n1,2\n")
+    model.save(results, overwrite=True)  # scvi-tools writes into an existing directory as well
+    assert (results / "table.csv").read_text() == "a,b\n1,2\n"
+    assert GeneMambaModel.load(results, adata=adata) is not None
+
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "config.json").write_text('{"mine": true}')
+    with pytest.raises(ValueError, match=r"refusing to overwrite config\.json"):
+        model.save(other, overwrite=True)
+    assert (other / "config.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in other.iterdir()) == ["config.json"]
+
+
+# ------------------------------------------------------------------ 8: near-integer values shown exactly
+def test_near_integer_value_is_shown_with_its_digits(cells):
+    adata = cells.copy()
+    adata.layers["counts"] = adata.layers["counts"].copy()
+    adata.layers["counts"].data[0] = np.float32(1.0000001)
+    with pytest.raises(ValueError, match=r"non-integer values \(e\.g\. 1\.0000001, 1\.2e-07 from the nearest"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+# ------------------------------------------------------------------ 9: view_anndata_setup and history
+def test_view_anndata_setup_runs(model_and_data, capsys):
+    model, adata = model_and_data
+    model.view_anndata_setup()
+    model.view_anndata_setup(adata)
+    assert "Data Registry" in capsys.readouterr().out
+
+
+def test_history_logs_what_the_model_optimises(trained):
+    model, _ = trained
+    keys = set(model.history)
+    assert {"train_loss", "lm_loss_train", "mlm_accuracy_train", "pathway_loss_train"} <= keys
+    assert {"classification_loss_train", "accuracy_train"} <= keys  # added by train_classifier
+    assert not [k for k in keys if k.startswith(_ELBO_KEYS)]
+    assert len(model.history["train_loss"]) == 2  # one epoch of each run
+    acc = model.history["mlm_accuracy_train"].to_numpy()
+    assert ((acc >= 0) & (acc <= 1)).all()
+
+
+def test_history_survives_save_and_load(trained, tmp_path):
+    model, adata = trained
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata)
+    assert set(loaded.history) == set(model.history)
+    for key, frame in model.history.items():
+        pd.testing.assert_frame_equal(loaded.history[key], frame.astype(np.float64), check_index_type=False)
+
+
+def test_model_saved_without_history_still_loads(model_and_data, tmp_path):
+    model, adata = model_and_data
+    model.save(tmp_path / "m")
+    ckpt = read_checkpoint(tmp_path / "m")
+    extra = {k: v for k, v in ckpt.extra.items() if k != "history"}  # as written before history was kept
+    write_checkpoint(tmp_path / "old", ckpt.state_dict, ckpt.config, ckpt.vocab, ckpt.gene_medians, extra)
+    loaded = GeneMambaModel.load(tmp_path / "old", adata=adata)
+    assert loaded.history is None
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+
+
+# ------------------------------------------------------------------ console: progress within the epoch, logs once
+def test_progress_bar_moves_every_step_and_lightning_logs_once(cells, monkeypatch, capsys):
+    adata = cells[:48].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    # the state Lightning is in when the root logger had a handler at import (logging.basicConfig, notebooks)
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "handlers", [])
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handlers = [(logging.getLogger("lightning"), Collect()), (logging.getLogger(), Collect())]
+    for lg, h in handlers:
+        lg.addHandler(h)
+    try:
+        model.train(max_epochs=2, accelerator="cpu", batch_size=16, train_size=1.0)
+    finally:
+        for lg, h in handlers:
+            lg.removeHandler(h)
+    out = capsys.readouterr().out
+    assert "Epoch 2/2" in out and "6/6" in out  # 3 minibatches per epoch, counted step by step
+    assert sum("GPU available" in m for m in seen) == 1
+    assert not [m for m in seen if "Tip: " in m]
