@@ -43,16 +43,24 @@ class TokenizerSpec:
         Sequence length (top-k genes per cell).
     add_cls
         Whether position 0 is ``<cls>``.
+    tie_break
+        Order of genes of equal count in a cell (see :func:`~genemamba_scvi.data.tokenize.rank_tokenize`).
     """
 
     gene_token_ids: np.ndarray
     gene_medians: np.ndarray
     max_genes: int
     add_cls: bool = False
+    tie_break: str = "median"
 
     def __call__(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         return rank_tokenize(
-            rows, self.gene_token_ids, self.gene_medians, max_genes=self.max_genes, add_cls=self.add_cls
+            rows,
+            self.gene_token_ids,
+            self.gene_medians,
+            max_genes=self.max_genes,
+            add_cls=self.add_cls,
+            tie_break=self.tie_break,
         )
 
 

@@ -134,6 +134,14 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
         )
 
 
+def _check_tie_break(tie_break: str) -> str:
+    from genemamba_scvi.data.tokenize import TIE_BREAKS
+
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+    return tie_break
+
+
 class GeneMambaModel(BaseModelClass):
     """GeneMamba: a bidirectional Mamba-2 foundation model of ranked gene tokens.
 
@@ -174,6 +182,11 @@ class GeneMambaModel(BaseModelClass):
         Tie the masked-gene head to the token embedding.
     mask_prob
         Masking rate of the masked-gene objective.
+    tie_break
+        Order of genes of equal raw count within a cell: ``"median"`` (default; by gene median, a fixed
+        order shared by all cells, as in Geneformer) or ``"random"`` (a pseudo-random order seeded by the
+        cell's own counts; see :func:`~genemamba_scvi.data.tokenize.rank_tokenize`). Saved with the model;
+        models saved without it load with ``"median"``.
     min_gene_overlap
         Smallest fraction of the vocabulary's... of ``adata``'s genes that must map to the vocabulary.
     """
@@ -206,6 +219,7 @@ class GeneMambaModel(BaseModelClass):
         tie_lm_head: bool = True,
         mask_prob: float = 0.15,
         min_gene_overlap: float = 0.5,
+        tie_break: Literal["median", "random"] = "median",
     ):
         if adata is None:
             raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
@@ -245,6 +259,7 @@ class GeneMambaModel(BaseModelClass):
             "tie_lm_head": tie_lm_head,
             "mask_prob": mask_prob,
             "min_gene_overlap": self.min_gene_overlap,
+            "tie_break": _check_tie_break(tie_break),
         }
         encoder_kwargs = {k: self._config[k] for k in _ENCODER_ARGS}
         self.module = self._module_cls(
@@ -374,6 +389,7 @@ class GeneMambaModel(BaseModelClass):
             gene_medians=medians,
             max_genes=self.max_genes,
             add_cls=self._config["pooling"] == "cls",
+            tie_break=self._config.get("tie_break", "median"),
         )
 
     def _token_loader(
