@@ -281,6 +281,11 @@ def load_combined(seed: int = 0):
     return adata, info
 
 
+def combined_data_name(adata) -> str:
+    """Name of the pre-training data of :func:`load_combined` (part of the pre-training cache key)."""
+    return f"celltypist_sample + pbmc68k, all {adata.n_obs} cells, {adata.n_vars} shared genes (no labels used)"
+
+
 def split_cells(n: int, test_fraction: float, seed: int, stratify: np.ndarray | None = None):
     """Boolean train mask and test mask (stratified when ``stratify`` is given)."""
     from sklearn.model_selection import train_test_split

@@ -166,7 +166,8 @@ def embedding_report(ev: dict, adata, seed: int) -> dict:
                 r[f"r2_log_depth_within_{bb}"] = cv_r2(z[m], depth[m], seed)
                 r[f"r2_log_length_within_{bb}"] = cv_r2(z[m], n_seq[m], seed)
             pb = b == "pbmc68k"
-            r["knn_acc_pbmc68k_bulk_labels"] = knn_scores(z[pb], adata.obs["cell_type"].astype(str).to_numpy()[pb], seed)
+            cell_type = adata.obs["cell_type"].astype(str).to_numpy()
+            r["knn_acc_pbmc68k_bulk_labels"] = knn_scores(z[pb], cell_type[pb], seed)
             lin = adata.obs["lineage"].astype(str).to_numpy()
             r["knn_acc_lineage_both_batches"] = knn_scores(z, lin, seed)
             r["other_batch_neighbour_fraction_shared_lineages"] = batch_mixing(z, b, lin, ["T", "NK", "Monocyte"])
@@ -186,7 +187,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     if args.data == "panel":
         adata, _ = C.load_combined(seed=0)
-        data_name = f"celltypist_sample + pbmc68k, all {adata.n_obs} cells, {adata.n_vars} shared genes (no labels used)"
+        data_name = C.combined_data_name(adata)
     else:
         full, train_mask, _, data_name = C.celltypist_split(0.2, 0)
         adata = full[train_mask].copy()
