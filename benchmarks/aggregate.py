@@ -120,6 +120,32 @@ def summarise(long: pd.DataFrame, references: list[str]) -> tuple[list[dict], li
     return means, diffs
 
 
+def markdown(summary: dict, table: str, score: str) -> str:
+    """Markdown rows ``method | mean +- sd | difference vs each reference [95% CI]`` for one score."""
+    t = summary["tables"][table]
+    refs = list(dict.fromkeys(d["reference"] for d in t["paired_differences"]))
+    head = f"| method | {score}: mean +- s.d. over seeds | " + " | ".join(f"minus {r} [95% CI]" for r in refs) + " |"
+    lines = [head, "|" + "---|" * (2 + len(refs))]
+    for m in (x for x in t["means"] if x["score"] == score):
+        cells = [f"{m['mean']:.3f} +- {m['sd']:.3f}"]
+        for r in refs:
+            d = next(
+                (
+                    d
+                    for d in t["paired_differences"]
+                    if d["method"] == m["method"] and d["reference"] == r and d["score"] == score
+                ),
+                None,
+            )
+            if d is None:
+                cells.append("")
+            else:
+                star = " *" if d["established"] else ""
+                cells.append(f"{d['mean_difference']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]{star}")
+        lines.append(f"| {m['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suffix", default="", help="run suffix, e.g. _tierandom")
@@ -146,6 +172,10 @@ def main(argv=None) -> dict:
             print(f"== {table} (seeds {sorted(runs)})")
             print(pd.DataFrame(means).drop(columns="per_seed").round(3).to_string(index=False))
             print(pd.DataFrame(diffs).round(3).to_string(index=False))
+    for table, t in summary["tables"].items():
+        for score in dict.fromkeys(m["score"] for m in t["means"]):
+            print(f"\n{table} / {score} (seeds {t['seeds']}; * = interval excludes 0)")
+            print(markdown(summary, table, score))
     C.write_json(args.out_dir / f"biology_summary{args.suffix}.json", summary)
     if flat:
         pd.DataFrame(flat).to_csv(args.out_dir / f"biology_summary{args.suffix}.csv", index=False)
