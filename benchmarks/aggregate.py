@@ -37,6 +37,13 @@ SCORES = {
 }
 
 
+# paired differences are computed against these methods (when present)
+REFERENCES = {
+    "integration": ["GeneMamba", "GM 0-layer"],
+    "annotation": ["GeneMamba fine-tuned", "GeneMamba embedding + LR", "GeneMamba 0-layer embedding + LR"],
+}
+
+
 def load_seeds(out_dir: Path, benchmark: str, suffix: str) -> dict[int, dict]:
     pattern = re.compile(rf"^{benchmark}{re.escape(suffix)}_seed(\d+)\.json$")
     runs = {}
@@ -146,6 +153,48 @@ def markdown(summary: dict, table: str, score: str) -> str:
     return "\n".join(lines)
 
 
+def cell_bootstrap(runs: dict[int, dict], references: list[str], n_boot: int = 500, seed: int = 0) -> list[dict]:
+    """Annotation only: paired bootstrap over test cells, resampled within each seed and averaged over seeds.
+
+    It captures the sampling noise of the test cells (not the training noise between seeds, which the
+    t-interval over seeds holds); percentile 95% interval of ``method - reference``.
+    """
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    methods = list(next(iter(runs.values()))["predictions"])
+    out = []
+    for ref in references:
+        for method in methods:
+            if method == ref:
+                continue
+            acc, mf1 = np.zeros(n_boot), np.zeros(n_boot)
+            for r in runs.values():
+                y = np.asarray(r["y_test"])
+                a, b = np.asarray(r["predictions"][method]), np.asarray(r["predictions"][ref])
+                major = r["data"]["macro_f1_classes"]
+                for k in range(n_boot):
+                    i = rng.integers(0, y.size, y.size)
+                    acc[k] += np.mean(a[i] == y[i]) - np.mean(b[i] == y[i])
+                    mf1[k] += f1_score(y[i], a[i], labels=major, average="macro", zero_division=0) - f1_score(
+                        y[i], b[i], labels=major, average="macro", zero_division=0
+                    )
+            for score, v in (("accuracy", acc / len(runs)), ("macro_f1", mf1 / len(runs))):
+                lo, hi = np.percentile(v, [2.5, 97.5])
+                out.append(
+                    {
+                        "method": method,
+                        "reference": ref,
+                        "score": score,
+                        "n_seeds": len(runs),
+                        "ci95_low_test_cells": float(lo),
+                        "ci95_high_test_cells": float(hi),
+                        "excludes_0": bool(lo > 0 or hi < 0),
+                    }
+                )
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suffix", default="", help="run suffix, e.g. _tierandom")
@@ -162,11 +211,13 @@ def main(argv=None) -> dict:
             continue
         for table, long in tables(runs, benchmark).items():
             methods = list(dict.fromkeys(long["method"]))
-            gm = [m for m in methods if m.startswith(("GeneMamba", "GeneMamba_U")) and "0-layer" not in m]
-            refs = [gm[0]] if gm else []
-            refs += [m for m in methods if "0-layer" in m and "random" not in m][:1]
+            refs = [m for m in REFERENCES[benchmark] if m in methods]
             means, diffs = summarise(long, refs)
             summary["tables"][table] = {"seeds": sorted(runs), "means": means, "paired_differences": diffs}
+            if benchmark == "annotation":
+                boot = cell_bootstrap(runs, refs)
+                summary["tables"][table]["paired_differences_test_cell_bootstrap"] = boot
+                print(pd.DataFrame(boot).round(3).to_string(index=False))
             for d in diffs:
                 flat.append({"table": table, **d})
             print(f"== {table} (seeds {sorted(runs)})")

@@ -11,19 +11,22 @@ They differ in laboratory, donor, protocol and processing, so "batch" here is a 
 confounded with composition (the celltypist sample has macrophages, pbmc68k has DCs and CD34+ cells) - which
 is what real integration tasks look like, but with two batches only. The genes are the 764 shared by both.
 
-Labels: scib-metrics needs a label for every cell. pbmc68k cells have ``bulk_labels``, coarsened to lineages
-(T, NK, B, Monocyte, DC, Progenitor); the unlabelled celltypist cells get a lineage from marker genes per
-Leiden cluster of their own full transcriptome (``_common.annotate_celltypist_sample``; marker panel in
-``_common.LINEAGE_MARKERS``; no benchmarked embedding is involved; a cluster whose best lineage does not beat
-the second by 1.25x is "unresolved" and its cells are left out). These celltypist labels are derived, not
-ground truth; the cluster table is saved in the JSON.
+Two tables, in order of trust:
 
-Two tables:
+1. ``integration_pbmc68k[...].csv`` (**main**): the 700 pbmc68k cells alone with their 10 curated
+   ``bulk_labels`` (correlation with FACS-sorted bulk profiles of the 68k PBMC study: not derived from any
+   compared method), bio conservation only (one batch: batch metrics would be meaningless).
+2. ``integration[...].csv`` (**indicative**): both data sets, batch = data set, label = lineage; all
+   scib-metrics. pbmc68k cells get their ``bulk_labels`` coarsened to lineages; the unlabelled celltypist
+   cells get a lineage from marker genes per Leiden cluster of a PCA of their own full transcriptome
+   (``_common.annotate_celltypist_sample``; a cluster whose best lineage does not beat the second by 1.25x is
+   "unresolved" and left out). Those labels come from a PCA + clustering, which favours the PCA embedding on
+   the bio metrics, and two batches of different composition make the batch metrics coarse.
 
-1. ``integration[...].csv``: both batches, batch = data set, label = lineage; all scib-metrics (bio
-   conservation + batch correction).
-2. ``integration_pbmc68k[...].csv``: the pbmc68k cells alone with their 10 original ``bulk_labels``: bio
-   conservation only (one batch: batch metrics would be meaningless and are not computed).
+Seeds: ``--seed`` sets every model's initialisation and shuffling and scVI's seed; the labels and cells do not
+change with it (the celltypist clustering always uses seed 0). Each run writes
+``results/seeds/integration[...]_seed<n>.json``; ``aggregate.py`` summarises the seeds with paired-difference
+intervals. Tables, figures and UMAPs are written for seed 0 only.
 
 Embeddings (all on the same cells and genes, computed in this run):
 
@@ -32,7 +35,9 @@ Embeddings (all on the same cells and genes, computed in this run):
 - ``scVI``: 30 latent dims, ``batch_key`` = data set (it is told the batch; GeneMamba is not);
 - ``GeneMamba``: cell embeddings of GeneMamba pre-trained on all cells' counts (masked-gene + ``gamma`` x
   pathway InfoNCE on the training KEGG sets);
-- ``GeneMamba 0-layer``: the bag-of-genes model (zero Bi-Mamba layers), pre-trained identically.
+- ``GeneMamba 0-layer``: the bag-of-genes model (zero Bi-Mamba layers), pre-trained identically;
+- ``GeneMamba random init`` and ``GM 0-layer random init``: the same two models untrained (random
+  initialisation), embedded the same way: what the architecture gives without any pre-training.
 
 Usage::
 
