@@ -89,6 +89,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-2, help="peak AdamW learning rate (5%% warm-up, cosine decay)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--tie-break",
+        default="median",
+        choices=["median", "random"],
+        help="order of genes of equal count within a cell (GeneMambaModel(tie_break=...))",
+    )
     g.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     g.add_argument("--accelerator", default="cpu")
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="pre-trained models are reused from here")
@@ -111,6 +117,8 @@ def run_suffix(args: argparse.Namespace) -> str:
         parts.append(f"gamma{args.gamma:g}")
     if args.gene_sets != "kegg":
         parts.append(args.gene_sets)
+    if getattr(args, "tie_break", "median") != "median":
+        parts.append(f"tie{args.tie_break}")
     if args.quick:
         parts.append("quick")
     return "".join("_" + p for p in parts)
@@ -273,6 +281,11 @@ def load_combined(seed: int = 0):
     return adata, info
 
 
+def combined_data_name(adata) -> str:
+    """Name of the pre-training data of :func:`load_combined` (part of the pre-training cache key)."""
+    return f"celltypist_sample + pbmc68k, all {adata.n_obs} cells, {adata.n_vars} shared genes (no labels used)"
+
+
 def split_cells(n: int, test_fraction: float, seed: int, stratify: np.ndarray | None = None):
     """Boolean train mask and test mask (stratified when ``stratify`` is given)."""
     from sklearn.model_selection import train_test_split
@@ -333,6 +346,7 @@ class PretrainConfig:
     batch_size: int = 16
     lr: float = 1e-2
     seed: int = 0
+    tie_break: str = "median"
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -348,6 +362,7 @@ class PretrainConfig:
             "batch_size": args.batch_size,
             "lr": args.lr,
             "seed": args.seed,
+            "tie_break": getattr(args, "tie_break", "median"),
         }
         if args.quick:
             kw["max_genes"] = min(kw["max_genes"], 128)
@@ -355,8 +370,28 @@ class PretrainConfig:
         return cls(**kw)
 
 
+def code_version() -> str:
+    """Package version plus a hash of the ``genemamba_scvi`` source files that can change a trained model.
+
+    Part of the pre-training cache key: a change in the model, tokenizer, data loading or training code
+    gives a new key, so a cached model never comes from older code. Only the evaluation helpers
+    (``metrics.py``) and the command line (``cli.py``) are left out.
+    """
+    import genemamba_scvi
+
+    root = Path(genemamba_scvi.__file__).resolve().parent
+    h = hashlib.sha256(genemamba_scvi.__version__.encode())
+    for f in sorted(root.rglob("*.py")):
+        if f.name in ("metrics.py", "cli.py") and f.parent == root:
+            continue
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return f"{genemamba_scvi.__version__}+{h.hexdigest()[:12]}"
+
+
 def _fingerprint(adata, cfg: PretrainConfig, data_name: str) -> str:
     h = hashlib.sha256()
+    h.update(code_version().encode())
     h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
     h.update(data_name.encode())
     h.update("\n".join(map(str, adata.obs_names)).encode())
@@ -412,6 +447,7 @@ def pretrain_genemamba(
         chunk_size=cfg.chunk_size,
         bidirectional=cfg.bidirectional,
         backend="torch",
+        **({"tie_break": cfg.tie_break} if cfg.tie_break != "median" else {}),
     )
     train_sets, held_out = pathway_split(cfg.gene_sets, cfg.held_out_fraction)
     t0 = time.perf_counter()
@@ -462,6 +498,7 @@ def pretrain_genemamba(
         "final_train_metrics": final,
         "history_per_epoch": {k: v.round(4).tolist() for k, v in curves.items()},
         "backend": "torch (CPU)",
+        "code_version": code_version(),
     }
     if not use_cache:
         import tempfile

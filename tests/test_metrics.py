@@ -11,11 +11,35 @@ import pytest
 
 from genemamba_scvi.metrics import (
     bleu,
+    gene_set_pairs,
+    leak_free_held_out_sets,
     levenshtein,
     normalized_levenshtein,
     pathway_pair_auroc,
+    rank_order_scores,
+    rank_order_summary,
     rank_reconstruction_scores,
 )
+
+
+def _previous_levenshtein(a, b) -> int:
+    """The hand-written, row-vectorised implementation that rapidfuzz replaced (kept as the reference)."""
+    a, b = list(a), list(b)
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return len(a)
+    codes: dict = {}
+    a_ids = np.fromiter((codes.setdefault(x, len(codes)) for x in a), dtype=np.int64, count=len(a))
+    b_ids = np.fromiter((codes.setdefault(y, len(codes)) for y in b), dtype=np.int64, count=len(b))
+    ramp = np.arange(len(b) + 1, dtype=np.int64)
+    previous = ramp.copy()
+    for i, x in enumerate(a_ids, start=1):
+        tmp = np.empty_like(previous)
+        tmp[0] = i
+        tmp[1:] = np.minimum(previous[1:] + 1, previous[:-1] + (b_ids != x))
+        previous = np.minimum.accumulate(tmp - ramp) + ramp
+    return int(previous[-1])
 
 
 # ----------------------------------------------------------------------------- Levenshtein
@@ -60,6 +84,18 @@ def test_levenshtein_matches_textbook_dynamic_programme():
         a = [rng.randint(0, 3) for _ in range(rng.randint(0, 8))]
         b = [rng.randint(0, 3) for _ in range(rng.randint(0, 8))]
         assert levenshtein(a, b) == textbook(a, b)
+
+
+def test_levenshtein_matches_the_previous_implementation_on_gene_rankings():
+    rng = np.random.default_rng(0)
+    genes = np.array([f"G{i}" for i in range(40)])
+    for _ in range(200):
+        a = rng.choice(40, size=rng.integers(0, 60))  # repeats allowed, like argmax reconstructions
+        b = rng.permutation(40)[: rng.integers(0, 40)]
+        assert levenshtein(a, b) == _previous_levenshtein(a, b)
+        assert levenshtein(genes[a].tolist(), genes[b].tolist()) == _previous_levenshtein(genes[a], genes[b])
+    long_a, long_b = rng.integers(0, 300, 256), rng.integers(0, 300, 256)
+    assert levenshtein(long_a, long_b) == _previous_levenshtein(long_a, long_b)
 
 
 def test_normalized_levenshtein():
@@ -141,6 +177,25 @@ def test_bleu_short_candidate_effective_order():
     assert bleu([1, 3], [1, 2]) == pytest.approx(math.sqrt(1 / 2 * 1 / (2 * 1)))
 
 
+def test_bleu_matches_nltk_exp_smoothing():
+    """Chen & Cherry's method 3 in nltk equals our smoothing when the candidate has all four orders.
+
+    (nltk returns 0 outright when no unigram matches; we smooth that order too, so such cases are skipped.)
+    """
+    bleu_score = pytest.importorskip("nltk.translate.bleu_score")
+    smooth = bleu_score.SmoothingFunction().method3
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        ref = rng.permutation(30)[: rng.integers(4, 30)].tolist()
+        cand = rng.integers(0, 30, rng.integers(4, 35)).tolist()
+        if rng.random() < 0.5:  # some near-copies so that long n-grams match too
+            cand = [g if rng.random() < 0.8 else int(rng.integers(0, 30)) for g in ref]
+        if not set(cand) & set(ref):
+            continue
+        expected = bleu_score.sentence_bleu([ref], cand, smoothing_function=smooth)
+        assert bleu(cand, ref) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
 def test_bleu_rejects_bad_order():
     with pytest.raises(ValueError):
         bleu([1], [1], max_n=0)
@@ -178,3 +233,41 @@ def test_pathway_pair_auroc_exclude_pairs():
     assert out["n_positive"] == 2  # (a, c), (b, c)
     with pytest.raises(ValueError):
         pathway_pair_auroc(emb, {"S": ["a", "zzz"]})
+
+
+# ----------------------------------------------------------------------------- interpretable rank scores
+def test_rank_order_scores_hand_cases():
+    ref = [1, 2, 3, 4]
+    same = rank_order_scores(ref, ref)
+    assert same["recovered_fraction"] == 1.0 and same["position_accuracy"] == 1.0
+    assert same["spearman"] == pytest.approx(1.0) and same["norm_levenshtein"] == 0.0
+    rev = rank_order_scores([4, 3, 2, 1], ref)
+    assert rev["recovered_fraction"] == 1.0 and rev["position_accuracy"] == 0.0
+    assert rev["spearman"] == pytest.approx(-1.0)
+    # genes 1, 2, 3 recovered at candidate positions 1, 2, 0 (first occurrence; the repeat of 3 is ignored)
+    out = rank_order_scores([3, 1, 2, 3], ref)
+    assert out["recovered_fraction"] == 0.75 and out["n_recovered"] == 3
+    assert out["spearman"] == pytest.approx(-0.5)
+    none = rank_order_scores([7, 8, 9, 9], ref)
+    assert none["recovered_fraction"] == 0.0 and math.isnan(none["spearman"])
+
+
+def test_rank_order_summary_means_and_nan_spearman():
+    out = rank_order_summary([[1, 2, 3], [9, 9, 9]], [[1, 2, 3], [1, 2, 3]])
+    assert out["n_cells"] == 2
+    assert out["recovered_fraction"] == pytest.approx(0.5)
+    assert out["spearman"] == pytest.approx(1.0)  # the second cell has no Spearman (nothing recovered)
+    assert out["position_accuracy"] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        rank_order_summary([[1]], [])
+
+
+def test_leak_free_held_out_sets_keep_only_genes_in_no_training_set():
+    train = {"T1": ["a", "b"], "T2": ["c"]}
+    held = {"H1": ["a", "x", "y"], "H2": ["b", "c", "z"], "H3": ["w", "v", "u"]}
+    free = leak_free_held_out_sets(held, train)
+    assert free == {"H1": ["x", "y"], "H3": ["u", "v", "w"]}  # H2 keeps only z: dropped
+    pairs = gene_set_pairs(free)
+    assert pairs == {("x", "y"), ("u", "v"), ("u", "w"), ("v", "w")}
+    assert not any(g in {"a", "b", "c"} for p in pairs for g in p)
+    assert gene_set_pairs(held, genes={"a", "x", "b"}) == {("a", "x")}

@@ -240,3 +240,68 @@ def test_speed_benchmark_runs_small(tmp_path):
     assert json.loads(out.read_text()) == result
     assert result["data"]["n_cells"] == 300 and result["data"]["n_genes"] == 12000
     assert result["baseline"]["matches_python_reference"] and result["baseline"]["matches_numpy_per_cell_loop"]
+
+
+# ----------------------------------------------------------------------------- tie_break="random"
+def _reference_random_ties(X: sp.csr_matrix, tok: np.ndarray, med: np.ndarray) -> list[list[int]]:
+    """Per cell: the "median" ranking, then each equal-count group's genes re-dealt to that group's slots.
+
+    The genes of a group go to its slots (in rank order) sorted by ``tie_break_keys`` of the cell.
+    """
+    from genemamba_scvi.data.tokenize import tie_break_keys
+
+    out = []
+    for i, order in enumerate(_reference_order(X, tok, med)):
+        s, e = X.indptr[i], X.indptr[i + 1]
+        count = {int(tok[j]): float(c) for j, c in zip(X.indices[s:e], X.data[s:e]) if tok[j] >= 0 and c > 0}
+        t = np.array(order, dtype=np.int64)
+        c = np.array([count[g] for g in order], dtype=np.float32)
+        key = tie_break_keys(t, c, np.zeros(t.size, dtype=np.int64))
+        row = list(order)
+        for value in np.unique(c):
+            slots = np.flatnonzero(c == value)
+            genes = t[slots][np.argsort(key[slots], kind="stable")]
+            for slot, g in zip(slots, genes):
+                row[slot] = int(g)
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("max_genes", [64, 4096])
+def test_random_tie_break_matches_reference(setup, max_genes):
+    X, tok, med, _ = setup
+    X = X[:120]
+    ref_tokens, ref_lengths = _reference_tokens(_reference_random_ties(X, tok, med), max_genes, False)
+    tokens, lengths = rank_tokenize(X, tok, med, max_genes=max_genes, tie_break="random", n_jobs=1)
+    np.testing.assert_array_equal(lengths, ref_lengths)
+    np.testing.assert_array_equal(tokens, ref_tokens)
+
+
+def test_random_tie_break_reorders_only_equal_counts_and_depends_on_the_cell_only(setup):
+    X, tok, med, _ = setup
+    X = X[:200]
+    base, lengths = rank_tokenize(X, tok, med, max_genes=4096)
+    rand, lengths_r = rank_tokenize(X, tok, med, max_genes=4096, tie_break="random")
+    np.testing.assert_array_equal(lengths, lengths_r)
+    col = np.full(int(tok.max()) + 1, -1)
+    col[tok[tok >= 0]] = np.flatnonzero(tok >= 0)
+    dense = X.toarray()
+    changed = 0
+    for i in range(X.shape[0]):
+        n = lengths[i]
+        counts_base = dense[i, col[base[i, :n]]]
+        counts_rand = dense[i, col[rand[i, :n]]]
+        np.testing.assert_array_equal(counts_base, counts_rand)  # every slot keeps its count
+        assert sorted(base[i, :n]) == sorted(rand[i, :n])  # same genes
+        changed += int((base[i, :n] != rand[i, :n]).sum())
+    assert changed > 0.2 * lengths.sum()  # count-1 genes are about half of a cell's genes
+    perm = np.random.default_rng(3).permutation(X.shape[0])  # other rows around it: same tokens
+    np.testing.assert_array_equal(rank_tokenize(X[perm], tok, med, 4096, tie_break="random")[0], rand[perm])
+    cols = np.random.default_rng(4).permutation(X.shape[1])  # column order: same tokens
+    np.testing.assert_array_equal(rank_tokenize(X[:, cols], tok[cols], med[cols], 4096, tie_break="random")[0], rand)
+
+
+def test_unknown_tie_break_is_refused(setup):
+    X, tok, med, _ = setup
+    with pytest.raises(ValueError, match="tie_break"):
+        rank_tokenize(X[:2], tok, med, tie_break="alphabetical")

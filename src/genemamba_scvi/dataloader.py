@@ -49,6 +49,8 @@ class TokenizerSpec:
         (:func:`~genemamba_scvi.data.tokenize.published_tokenize`, which ignores ``gene_medians``).
     unk_id
         ``"published"`` only: token id of genes outside the vocabulary (``None``: dropped).
+    tie_break
+        Order of genes of equal count in a cell (see :func:`~genemamba_scvi.data.tokenize.rank_tokenize`).
     """
 
     gene_token_ids: np.ndarray
@@ -57,6 +59,7 @@ class TokenizerSpec:
     add_cls: bool = False
     method: str = "ranked"
     unk_id: int | None = None
+    tie_break: str = "median"
 
     def __call__(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         if self.method == "published":
@@ -64,7 +67,12 @@ class TokenizerSpec:
                 rows, self.gene_token_ids, max_genes=self.max_genes, add_cls=self.add_cls, unk_id=self.unk_id
             )
         return rank_tokenize(
-            rows, self.gene_token_ids, self.gene_medians, max_genes=self.max_genes, add_cls=self.add_cls
+            rows,
+            self.gene_token_ids,
+            self.gene_medians,
+            max_genes=self.max_genes,
+            add_cls=self.add_cls,
+            tie_break=self.tie_break,
         )
 
 

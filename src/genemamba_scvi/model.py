@@ -297,6 +297,14 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     model_cls.setup_anndata(adata, **args)
 
 
+def _check_tie_break(tie_break: str) -> str:
+    from genemamba_scvi.data.tokenize import TIE_BREAKS
+
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+    return tie_break
+
+
 class GeneMambaModel(BaseModelClass):
     """GeneMamba: a bidirectional Mamba-2 foundation model of ranked gene tokens.
 
@@ -341,6 +349,11 @@ class GeneMambaModel(BaseModelClass):
         Tie the masked-gene head to the token embedding.
     mask_prob
         Masking rate of the masked-gene objective.
+    tie_break
+        Order of genes of equal raw count within a cell: ``"median"`` (default; by gene median, a fixed
+        order shared by all cells, as in Geneformer) or ``"random"`` (a pseudo-random order seeded by the
+        cell's own counts; see :func:`~genemamba_scvi.data.tokenize.rank_tokenize`). Saved with the model;
+        models saved without it load with ``"median"``.
     min_gene_overlap
         Smallest fraction of ``adata``'s genes that must be found in the vocabulary; below it, set-up (and any
         later query AnnData) is refused with a report of the matched and unmatched genes.
@@ -385,6 +398,7 @@ class GeneMambaModel(BaseModelClass):
         min_gene_overlap: float = 0.5,
         tokenization: Literal["ranked", "published"] = "ranked",
         unk_token: str | None = None,
+        tie_break: Literal["median", "random"] = "median",
     ):
         if adata is None:
             raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
@@ -432,6 +446,7 @@ class GeneMambaModel(BaseModelClass):
             "min_gene_overlap": self.min_gene_overlap,
             "tokenization": tokenization,
             "unk_token": unk_token,
+            "tie_break": _check_tie_break(tie_break),
         }
         encoder_kwargs = {k: self._config[k] for k in _ENCODER_ARGS}
         self.module = self._module_cls(
@@ -570,6 +585,7 @@ class GeneMambaModel(BaseModelClass):
             add_cls=self._config["pooling"] == "cls",
             method=self._tokenization,
             unk_id=None if self._unk_token is None else self.vocab_[self._unk_token],
+            tie_break=self._config.get("tie_break", "median"),
         )
 
     def _token_loader(

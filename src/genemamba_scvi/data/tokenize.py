@@ -26,11 +26,13 @@ import scipy.sparse as sp
 
 from .vocab import CLS_TOKEN, SPECIAL_TOKENS
 
-__all__ = ["TOKENIZATIONS", "fallback_median", "published_tokenize", "rank_tokenize"]
+__all__ = ["TIE_BREAKS", "TOKENIZATIONS", "fallback_median", "published_tokenize", "rank_tokenize", "tie_break_keys"]
 
 TOKENIZATIONS: tuple[str, ...] = ("ranked", "published")
 """``"ranked"``: :func:`rank_tokenize` (the paper's median-normalised ranks, our default);
 ``"published"``: :func:`published_tokenize` (what the published GeneMamba code feeds its weights)."""
+
+TIE_BREAKS = ("median", "random")
 
 _CLS_ID = SPECIAL_TOKENS.index(CLS_TOKEN)
 _TOKEN_BITS = 17
@@ -51,6 +53,60 @@ def fallback_median(gene_medians: np.ndarray, gene_token_ids: np.ndarray | None 
     if gene_token_ids is not None:
         ok &= np.asarray(gene_token_ids) >= 0
     return float(np.median(med[ok])) if ok.any() else 1.0
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a bijective, well-mixed hash of ``uint64`` values (wraps modulo 2**64)."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def tie_break_keys(token_ids: np.ndarray, counts: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Pseudo-random ``uint64`` key of each (cell, gene) entry, seeded by that cell's own counts only.
+
+    ``tie_break="random"`` orders the genes of equal raw count within a cell by this key. The per-cell seed
+    is an order-independent hash of the cell's ``(token id, count)`` entries, so the result depends on
+    nothing but the cell (not its row, the other cells or the column order) and is reproducible.
+
+    Parameters
+    ----------
+    token_ids
+        Token id of each entry.
+    counts
+        Raw count of each entry (any float; compared bit for bit as ``float32``).
+    cell
+        Cell (row) index of each entry, ``0 .. n_cells - 1``, entries of one cell contiguous.
+
+    Returns
+    -------
+    ``uint64`` keys, one per entry.
+    """
+    t = np.asarray(token_ids).astype(np.uint64)
+    c = np.asarray(counts, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    cell = np.asarray(cell, dtype=np.int64)
+    entry = _mix64((t << np.uint64(32)) | c)
+    n_cells = int(cell.max()) + 1 if cell.size else 0
+    salt = np.zeros(n_cells, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        np.add.at(salt, cell, entry)  # wraps modulo 2**64: an order-independent sum
+        return _mix64(_mix64(salt)[cell] ^ (t * np.uint64(0x9E3779B97F4A7C15)))
+
+
+def _shuffle_equal_counts(t_sorted: np.ndarray, c_sorted: np.ndarray, row_sorted: np.ndarray) -> np.ndarray:
+    """Permute, within each (cell, equal count) group, which gene sits in which of the group's slots."""
+    rand = tie_break_keys(t_sorted, c_sorted, row_sorted)
+    cbits = c_sorted.astype(np.float32).view(np.uint32)
+    slots = np.lexsort((np.arange(t_sorted.size), cbits, row_sorted))  # group's slots, in rank order
+    drawn = np.lexsort((rand, cbits, row_sorted))  # group's genes, in pseudo-random order
+    out = np.empty_like(t_sorted)
+    out[slots] = t_sorted[drawn]
+    return out
 
 
 def _to_csr(X: Any) -> sp.csr_matrix | sp.csr_array:
@@ -96,6 +152,7 @@ def _tokenize_chunk(
     lengths: np.ndarray,
     max_genes: int,
     use_keys: bool,
+    tie_break: str = "median",
 ) -> None:
     s, e = int(indptr[r0]), int(indptr[r1])
     if e == s:
@@ -131,7 +188,12 @@ def _tokenize_chunk(
     v /= med[cols]
     v32 = v.astype(np.float32)
     del v
-    if use_keys:
+    if tie_break == "random":
+        rows = np.repeat(np.arange(n), counts)
+        order = np.lexsort((t, -v32, rows))
+        t_sorted = _shuffle_equal_counts(t[order], d[order], rows[order]).astype(np.int32)
+        del order, rows
+    elif use_keys:
         key = np.repeat(np.arange(n, dtype=np.uint64) << np.uint64(64 - _ROW_BITS), counts)
         inv = np.uint32(0x7FFFFFFF) - v32.view(np.uint32)
         key |= inv.astype(np.uint64) << np.uint64(_TOKEN_BITS)
@@ -170,6 +232,7 @@ def rank_tokenize(
     add_cls: bool = False,
     chunk_size: int | None = None,
     n_jobs: int | None = None,
+    tie_break: str = "median",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tokenise cells: their genes ranked by ``count / cell total / gene median``, descending, top ``k``.
 
@@ -197,6 +260,14 @@ def rank_tokenize(
     n_jobs
         Worker threads over chunks (numpy releases the GIL in the heavy steps); default ``os.cpu_count()``,
         at most 8.
+    tie_break
+        How genes of equal raw count in a cell are ordered. ``"median"`` (default, Geneformer's ranking):
+        by ``count / total / median`` like all genes, i.e. by ascending gene median, a fixed order shared by
+        every cell. ``"random"``: genes of equal count are exchangeable; the slots they occupy in the
+        ``"median"`` ranking are kept, but which of them goes to which slot follows
+        :func:`tie_break_keys`, a pseudo-random order seeded by the cell's own counts (reproducible, and
+        independent of the row, of the other cells and of the column order). With ``"random"``, genes of
+        equal count that straddle the top-``k`` cut are thus a pseudo-random subset.
 
     Returns
     -------
@@ -238,6 +309,8 @@ def rank_tokenize(
         raise ValueError(f"max_genes must be >= {2 if add_cls else 1}, got {max_genes}")
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     k = max_genes - int(bool(add_cls))
 
     tokens = np.zeros((n_cells, max_genes), dtype=np.int32)
@@ -249,7 +322,7 @@ def rank_tokenize(
     bounds = _chunk_bounds(indptr, chunk_size)
     out_flat = tokens.reshape(-1)
     args = (indptr, Xc.indices, Xc.data)
-    rest = (tok, med, k, bool(add_cls), out_flat, lengths, max_genes, use_keys)
+    rest = (tok, med, k, bool(add_cls), out_flat, lengths, max_genes, use_keys, tie_break)
     workers = min(n_jobs or min(os.cpu_count() or 1, 8), len(bounds))
     if workers <= 1:
         for r0, r1 in bounds:
