@@ -27,6 +27,7 @@ from scvi.train import SaveCheckpoint, TrainRunner
 from tqdm.auto import tqdm
 
 from genemamba_scvi import __version__
+from genemamba_scvi._config import ENCODER_FIELDS, MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import inference_autocast, resolve_precision, training_on_gpu
 from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix, validate_counts
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
@@ -53,21 +54,10 @@ def _save_kernel_cache() -> None:
         save_kernel_cache()
 
 
-_ENCODER_ARGS = (
-    "d_model",
-    "n_layers",
-    "d_state",
-    "d_conv",
-    "expand",
-    "headdim",
-    "chunk_size",
-    "bidirectional",
-    "merge",
-    "shared_merge",
-    "block",
-    "backend",
-    "pooling",
-)
+#: Encoder settings that are model arguments (the official reader's settings are filtered by them).
+_ENCODER_ARGS = tuple(k for k in ENCODER_FIELDS if k in MODEL_ARG_FIELDS)
+#: Default of ``min_gene_overlap`` (also written by :meth:`GeneMambaModel.pretrain`).
+_MIN_GENE_OVERLAP = 0.5
 
 
 def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
@@ -382,7 +372,7 @@ class GeneMambaModel(BaseModelClass):
         pooling: Literal["mean", "cls"] = "mean",
         tie_lm_head: bool = True,
         mask_prob: float = 0.15,
-        min_gene_overlap: float = 0.5,
+        min_gene_overlap: float = _MIN_GENE_OVERLAP,
         tokenization: Literal["ranked", "published"] = "ranked",
         unk_token: str | None = None,
     ):
@@ -390,6 +380,7 @@ class GeneMambaModel(BaseModelClass):
             raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
         if tokenization not in TOKENIZATIONS:
             raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
+        config = GeneMambaConfig.from_dict({k: v for k, v in locals().items() if k in MODEL_ARG_FIELDS})
         super().__init__(adata)
         if isinstance(vocab, str | os.PathLike):
             vocab = GeneVocab.from_json(vocab)
@@ -412,36 +403,15 @@ class GeneMambaModel(BaseModelClass):
         self.gene_medians_ = gene_medians
         self.label_names_: list[str] | None = None
         self.classifier_hidden_: int | None = None
+        # the keys and order of config.json, as every earlier version wrote it
         self._config = {
             "max_genes": self.max_genes,
-            "d_model": d_model,
-            "n_layers": n_layers,
-            "d_state": d_state,
-            "d_conv": d_conv,
-            "expand": expand,
-            "headdim": headdim,
-            "chunk_size": chunk_size,
-            "bidirectional": bidirectional,
-            "merge": merge,
-            "shared_merge": shared_merge,
-            "block": block,
-            "backend": backend,
-            "pooling": pooling,
-            "tie_lm_head": tie_lm_head,
-            "mask_prob": mask_prob,
+            **config.to_dict(model_args_only=True),
             "min_gene_overlap": self.min_gene_overlap,
             "tokenization": tokenization,
             "unk_token": unk_token,
         }
-        encoder_kwargs = {k: self._config[k] for k in _ENCODER_ARGS}
-        self.module = self._module_cls(
-            len(vocab),
-            encoder_kwargs=encoder_kwargs,
-            mask_prob=mask_prob,
-            tie_lm_head=tie_lm_head,
-            mask_id=vocab.mask_id,
-            n_special=vocab.n_special,
-        )
+        self.module = self._module_cls(len(vocab), mask_id=vocab.mask_id, n_special=vocab.n_special, config=config)
         n_params = sum(p.numel() for p in self.module.parameters())
         self._model_summary_string = (
             f"GeneMamba model: {n_layers} x d_model {d_model}, "
@@ -1127,8 +1097,6 @@ class GeneMambaModel(BaseModelClass):
         -------
         :class:`~genemamba_scvi.pretrain.PretrainResult` (module, vocab, gene medians, Lightning trainer).
         """
-        import inspect
-
         from genemamba_scvi.data.corpus import TokenCorpus
         from genemamba_scvi.io import write_checkpoint
         from genemamba_scvi.pretrain import pretrain_from_corpus
@@ -1137,10 +1105,11 @@ class GeneMambaModel(BaseModelClass):
             raise FileExistsError(f"{save_dir} already exists; pass overwrite=True to replace it")
         result = pretrain_from_corpus(corpus_dir, **kwargs)
         if result.trainer.is_global_zero:
-            defaults = inspect.signature(cls.__init__).parameters
-            keys = (*_ENCODER_ARGS, "tie_lm_head", "mask_prob", "min_gene_overlap")
-            config = {k: kwargs.get(k, defaults[k].default) for k in keys}
-            config["max_genes"] = int(TokenCorpus(corpus_dir).max_genes)
+            config = {
+                **result.module.config.to_dict(model_args_only=True),
+                "min_gene_overlap": _MIN_GENE_OVERLAP,
+                "max_genes": int(TokenCorpus(corpus_dir).max_genes),
+            }
             extra = {
                 "genemamba_scvi_version": __version__,
                 "objective": result.module.objective,

@@ -35,6 +35,7 @@ from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
+from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.train import GeneMambaTrainingPlan
 
 __all__ = [
@@ -520,22 +521,8 @@ def pretrain_from_corpus(
     corpus_dir: str | os.PathLike,
     *,
     module: GeneMambaModule | None = None,
-    d_model: int = 512,
-    n_layers: int = 24,
-    d_state: int = 64,
-    d_conv: int = 4,
-    expand: int = 2,
-    headdim: int = 64,
-    chunk_size: int = 256,
-    bidirectional: bool = True,
-    merge: Literal["gate", "mean", "sum", "concat"] = "gate",
-    shared_merge: bool = False,
-    block: Literal["prenorm", "official"] = "prenorm",
-    backend: Literal["auto", "torch", "mamba_ssm"] = "auto",
-    pooling: Literal["mean", "cls"] = "mean",
-    tie_lm_head: bool = True,
+    config: GeneMambaConfig | None = None,
     objective: Literal["mlm", "next_token"] = "mlm",
-    mask_prob: float = 0.15,
     gene_sets: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
     gamma: float = 0.1,
     max_steps: int = -1,
@@ -573,14 +560,14 @@ def pretrain_from_corpus(
         Directory written by :func:`~genemamba_scvi.data.corpus.build_corpus`.
     module
         Continue from this :class:`~genemamba_scvi.module.GeneMambaModule` (its vocabulary size must match the
-        corpus); ``None`` builds a new one from the architecture arguments below.
-    d_model, n_layers, d_state, d_conv, expand, headdim, chunk_size
-        Mamba-2 encoder size (see :class:`~genemamba_scvi.nn.GeneMambaEncoder`).
-    bidirectional, merge, shared_merge, block, backend, pooling
-        Encoder architecture (see :class:`~genemamba_scvi.nn.GeneMambaEncoder`). ``pooling="cls"`` needs a
-        corpus built with ``add_cls=True``.
-    tie_lm_head, objective, mask_prob
-        Head and objective (see :class:`~genemamba_scvi.module.GeneMambaModule`).
+        corpus); ``None`` builds a new one from ``config``.
+    config
+        Encoder and objective settings of a new module (:class:`~genemamba_scvi.nn.config.GeneMambaConfig`:
+        ``d_model``, ``n_layers``, ..., ``pooling``, ``tie_lm_head``, ``mask_prob``); each setting may also
+        be given as a keyword argument (``d_model=64``), which overrides ``config``. ``pooling="cls"``
+        needs a corpus built with ``add_cls=True``.
+    objective
+        ``"mlm"`` or ``"next_token"`` (see :class:`~genemamba_scvi.module.GeneMambaModule`).
     gene_sets, gamma
         Pathway InfoNCE: ``"go_bp"`` / ``"kegg"``, a GMT path or a mapping; ``None`` disables it.
     max_steps, max_epochs
@@ -621,7 +608,7 @@ def pretrain_from_corpus(
     callbacks
         Extra Lightning callbacks.
     logger, enable_progress_bar, **trainer_kwargs
-        Passed to :class:`lightning.pytorch.Trainer`.
+        Passed to :class:`lightning.pytorch.Trainer` (all but the settings of ``config``).
 
     Returns
     -------
@@ -634,36 +621,21 @@ def pretrain_from_corpus(
     vocab, medians = corpus.vocab, corpus.gene_medians
     add_cls = bool(corpus.manifest.config.get("add_cls", False))
     pl.seed_everything(seed, workers=True, verbose=False)
+    settings, trainer_kwargs = GeneMambaConfig.split_dict(trainer_kwargs)
     if module is None:
-        if (pooling == "cls") != add_cls:
+        config = (config or GeneMambaConfig()).replace(**settings)
+        if (config.pooling == "cls") != add_cls:
             raise ValueError(
-                f"pooling={pooling!r} needs a corpus built with add_cls={pooling == 'cls'}, but this corpus has "
-                f"add_cls={add_cls}"
+                f"pooling={config.pooling!r} needs a corpus built with add_cls={config.pooling == 'cls'}, but this "
+                f"corpus has add_cls={add_cls}"
             )
-        encoder_kwargs = {
-            "d_model": d_model,
-            "n_layers": n_layers,
-            "d_state": d_state,
-            "d_conv": d_conv,
-            "expand": expand,
-            "headdim": headdim,
-            "chunk_size": chunk_size,
-            "bidirectional": bidirectional,
-            "merge": merge,
-            "shared_merge": shared_merge,
-            "block": block,
-            "backend": backend,
-            "pooling": pooling,
-        }
         module = GeneMambaModule(
             len(vocab),
-            encoder_kwargs=encoder_kwargs,
             objective=objective,
-            mask_prob=mask_prob,
             gamma=gamma,
-            tie_lm_head=tie_lm_head,
             mask_id=vocab.mask_id,
             n_special=vocab.n_special,
+            config=config,
         )
     else:
         if module.vocab_size != len(vocab):
