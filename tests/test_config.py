@@ -135,3 +135,14 @@ def test_hand_written_legacy_config_dict_loads(legacy_adata, tmp_path):
     model = GeneMambaModel.load(tmp_path / "m", adata=legacy_adata)
     assert model.module.config == GeneMambaConfig.from_dict(config, unknown="ignore")
     np.testing.assert_allclose(model.get_latent_representation(), np.load(LEGACY / "embeddings.npy"), atol=1e-5)
+
+
+def test_tensor_keys_and_special_tokens_live_in_constants_and_old_names_still_import():
+    from genemamba_scvi import _constants, dataloader
+    from genemamba_scvi.data import vocab
+
+    assert dataloader.TOKENS_KEY == _constants.TOKENS_KEY == "tokens"
+    assert dataloader.LENGTHS_KEY == _constants.LENGTHS_KEY == "lengths"
+    assert vocab.SPECIAL_TOKENS == _constants.SPECIAL_TOKENS == ("<pad>", "<cls>", "<mask>")
+    v = vocab.GeneVocab(["A", "B"])
+    assert (v.pad_id, v.cls_id, v.mask_id) == (_constants.PAD_ID, _constants.CLS_ID, _constants.MASK_ID)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
+from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.nn import (
     ClassifierHead,
     GeneMambaConfig,

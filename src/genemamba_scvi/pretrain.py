@@ -30,10 +30,10 @@ import torch
 from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi._precision import resolve_precision, training_on_gpu
 from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
-from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.train import GeneMambaTrainingPlan

@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from genemamba_scvi._constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
+
 __all__ = [
     "CLS_TOKEN",
     "MASK_TOKEN",
@@ -44,10 +46,6 @@ __all__ = [
     "strip_ensembl_version",
 ]
 
-PAD_TOKEN = "<pad>"
-CLS_TOKEN = "<cls>"
-MASK_TOKEN = "<mask>"
-SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, CLS_TOKEN, MASK_TOKEN)
 
 MATCH_METHODS: tuple[str, ...] = ("direct", "version", "case", "mapped")
 """Names of the match stages, in priority order; ``GeneMatch.method`` holds their index (-1: unmatched)."""
