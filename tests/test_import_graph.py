@@ -107,3 +107,12 @@ def test_nn_imports_only_torch_and_itself():
                 assert root not in ("scvi", "anndata", "scanpy", "pandas", "lightning"), (path, root)
             if roots and roots[0] == PACKAGE:
                 assert (node.module or "").startswith("genemamba_scvi.nn"), (path, node.module)
+
+
+def test_no_source_file_over_600_lines_and_no_class_over_400():
+    for path in (SRC / PACKAGE).rglob("*.py"):
+        text = path.read_text()
+        assert text.count("\n") <= 600, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno - node.lineno + 1 <= 400, (path, node.name)
