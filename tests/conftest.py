@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+from genemamba_scvi.nn.config import GeneMambaConfig
+
+# test helpers (e.g. ``_official_writer``) are imported as top-level modules (pytest runs with importlib mode)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 _SAMPLE = "celltypist_sample_559cells_counts.h5ad"
+
+
+def settings(config: GeneMambaConfig) -> dict:
+    """The settings of ``config`` that differ from the defaults, as keyword arguments (``**settings(cfg)``)."""
+    defaults = GeneMambaConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if v != defaults[k]}
+
+
+#: The tiny network of the ``nn`` tests: 32 wide, 8 states, heads of 16, chunks of 16, pure PyTorch.
+TINY_CONFIG = GeneMambaConfig(d_model=32, d_state=8, headdim=16, chunk_size=16, backend="torch")
+TINY = settings(TINY_CONFIG)
+
+#: The tiny model of the AnnData-level tests: one 16-wide layer, heads of 8, top 64 genes.
+TINY_MODEL_CONFIG = GeneMambaConfig(d_model=16, n_layers=1, headdim=8, chunk_size=16, backend="torch")
+TINY_MODEL = {**settings(TINY_MODEL_CONFIG), "max_genes": 64}
 
 
 def _shared_data_dir() -> Path:

@@ -13,11 +13,11 @@ import scipy.sparse as sp
 import scvi
 import torch
 
+from conftest import TINY_MODEL as TINY
 from genemamba_scvi import GeneMambaModel
 from genemamba_scvi.datasets import load_celltypist_sample
 from genemamba_scvi.train import NonFiniteLossError
 
-TINY = {"d_model": 16, "n_layers": 1, "max_genes": 64, "backend": "torch", "chunk_size": 16, "headdim": 8}
 TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 16, "train_size": 0.75}
 
 

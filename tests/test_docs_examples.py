@@ -70,9 +70,9 @@ def _inputs(workdir: Path) -> dict:
     import scvi
     import torch
 
+    from _official_writer import write_official_checkpoint
     from genemamba_scvi.data.vocab import GeneVocab
     from genemamba_scvi.datasets import load_celltypist_sample
-    from genemamba_scvi.io import write_official_checkpoint
     from genemamba_scvi.nn import GeneMambaEncoder, MaskedLMHead
 
     scvi.settings.seed = 0

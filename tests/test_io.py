@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import genemamba_scvi.io as gio
+import genemamba_scvi.io._files as gio_files
+from _official_writer import write_official_checkpoint
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.io import (
     read_checkpoint,
     read_official_checkpoint,
     write_checkpoint,
-    write_official_checkpoint,
 )
 from genemamba_scvi.nn.encoder import GeneMambaEncoder
 from genemamba_scvi.nn.heads import MaskedLMHead
@@ -146,7 +147,7 @@ def test_overwrite_replaces(tmp_path, vocab):
 
 
 def test_overwrite_fallback_without_exchange(tmp_path, vocab, monkeypatch):
-    monkeypatch.setattr(gio, "_exchange_dirs", lambda a, b: False)  # e.g. not Linux
+    monkeypatch.setattr(gio_files, "_exchange_dirs", lambda a, b: False)  # e.g. not Linux
     path = _write(tmp_path / "model", vocab)
     write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "second"}, vocab, overwrite=True)
     assert read_checkpoint(path).config == {"note": "second"}
@@ -176,7 +177,7 @@ def test_overwrite_refuses_to_replace_a_foreign_file_of_a_checkpoint_name(tmp_pa
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2_exchange", "rename_aside"])
 def test_overwrite_keeps_user_files_and_folders(tmp_path, vocab, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr(gio, "_exchange_dirs", lambda a, b: False)
+        monkeypatch.setattr(gio_files, "_exchange_dirs", lambda a, b: False)
     path = _write(tmp_path / "model", vocab)
     (path / "notes.md").write_text("keep me")
     (path / "plots").mkdir()
@@ -199,7 +200,7 @@ def test_crash_before_the_swap_leaves_old_model_and_user_files(tmp_path, vocab, 
     def boom(a, b):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(gio, "_exchange_dirs", boom)
+    monkeypatch.setattr(gio_files, "_exchange_dirs", boom)
     with pytest.raises(OSError, match="disk on fire"):
         write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "second"}, vocab, overwrite=True)
     assert _snapshot(path) == before
@@ -239,7 +240,7 @@ def test_crash_in_rename_leaves_old_model(tmp_path, vocab, monkeypatch):
             raise OSError("simulated crash")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(gio, "_exchange_dirs", lambda a, b: False)
+    monkeypatch.setattr(gio_files, "_exchange_dirs", lambda a, b: False)
     monkeypatch.setattr(os, "rename", flaky_rename)
     with pytest.raises(OSError, match="simulated crash"):
         write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "second"}, vocab, overwrite=True)
@@ -254,7 +255,7 @@ def test_crash_in_exchange_leaves_old_model(tmp_path, vocab, monkeypatch):
     def boom(a, b):
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(gio, "_exchange_dirs", boom)
+    monkeypatch.setattr(gio_files, "_exchange_dirs", boom)
     with pytest.raises(OSError, match="simulated crash"):
         write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "second"}, vocab, overwrite=True)
     assert _snapshot(path) == before
@@ -299,7 +300,7 @@ def test_nothing_is_unpickled(tmp_path, vocab, monkeypatch):
     path = _write(tmp_path / "model", vocab)
     np.save(path / "gene_medians.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     manifest = json.loads((path / "checksums.json").read_text())
-    manifest["files"]["gene_medians.npy"] = gio._sha256(path / "gene_medians.npy")
+    manifest["files"]["gene_medians.npy"] = gio_files._sha256(path / "gene_medians.npy")
     (path / "checksums.json").write_text(json.dumps(manifest))
 
     def no_torch_load(*args, **kwargs):

@@ -8,10 +8,11 @@ import pytest
 import scvi
 import torch
 
+from conftest import TINY_MODEL_CONFIG, settings
 from genemamba_scvi import GeneMambaModel
 from genemamba_scvi.datasets import load_celltypist_sample, load_pbmc68k_counts
 
-TINY = {"d_model": 32, "n_layers": 2, "max_genes": 128, "backend": "torch", "chunk_size": 32, "headdim": 16}
+TINY = {**settings(TINY_MODEL_CONFIG.replace(d_model=32, n_layers=2, chunk_size=32, headdim=16)), "max_genes": 128}
 TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 32}
 
 

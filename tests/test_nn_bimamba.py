@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TINY
 from genemamba_scvi.nn import (
     BiMambaBlock,
     GeneMambaEncoder,
@@ -13,8 +14,6 @@ from genemamba_scvi.nn import (
     reversal_index_packed,
     reverse_sequences,
 )
-
-TINY = dict(d_model=32, d_state=8, headdim=16, chunk_size=16, backend="torch")
 
 
 def test_reversal_index_matches_hand_built_reversal_on_ragged_batch():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TINY_CONFIG, settings
 from genemamba_scvi.nn import GeneMambaEncoder
 
-TINY = dict(d_model=32, d_state=8, headdim=16, chunk_size=16, backend="torch", n_layers=3)
+TINY = settings(TINY_CONFIG.replace(n_layers=3))
 LENGTHS = [9, 4, 40, 1, 17, 33]
 L = 40
 

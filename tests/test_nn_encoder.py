@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from conftest import TINY
 from genemamba_scvi.nn import (
     ClassifierHead,
     GeneMambaEncoder,
@@ -17,7 +18,6 @@ from genemamba_scvi.nn import (
     next_token_loss,
 )
 
-TINY = dict(d_model=32, d_state=8, headdim=16, chunk_size=16, backend="torch")
 V = 40
 
 

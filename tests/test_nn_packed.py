@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TINY
 from genemamba_scvi.nn import (
     BiMambaBlock,
     GeneMambaEncoder,
@@ -18,7 +19,6 @@ from genemamba_scvi.nn import (
 )
 from genemamba_scvi.nn import ssd as ssd_mod
 
-TINY = dict(d_model=32, d_state=8, headdim=16, chunk_size=16, backend="torch")
 V = 60
 # ragged: a length-1 cell, cells crossing several 16-token chunks, one full-length cell
 LENGTHS = [9, 4, 40, 1, 17, 33]

@@ -7,16 +7,16 @@ import pytest
 import scvi
 import torch
 
+from conftest import TINY_MODEL_CONFIG, settings
 from genemamba_scvi import GeneMambaModel
 from genemamba_scvi._precision import inference_autocast, resolve_precision, training_on_gpu
+
+TINY = {**settings(TINY_MODEL_CONFIG.replace(d_model=32, headdim=16)), "max_genes": 64}
 
 
 def _first_linear(model) -> torch.nn.Linear:
     """The first matrix product of the encoder's first layer (its output dtype shows the autocast)."""
     return next(m for m in model.module.encoder.layers[0].modules() if isinstance(m, torch.nn.Linear))
-
-
-TINY = {"d_model": 32, "n_layers": 1, "max_genes": 64, "backend": "torch", "chunk_size": 16, "headdim": 16}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_MODEL_CONFIG, settings
 from genemamba_scvi.data.corpus import TokenCorpus, build_corpus
 from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.datasets import resource_path
@@ -21,7 +22,7 @@ from genemamba_scvi.pretrain import (
     pretrain_from_corpus,
 )
 
-TINY = {"d_model": 32, "n_layers": 2, "headdim": 16, "chunk_size": 32, "backend": "torch"}
+TINY = settings(TINY_MODEL_CONFIG.replace(d_model=32, n_layers=2, chunk_size=32, headdim=16))
 
 
 @pytest.fixture(scope="module")

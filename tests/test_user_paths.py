@@ -16,11 +16,11 @@ import pytest
 import scipy.sparse as sp
 import scvi
 
+from conftest import TINY_MODEL as TINY
 from genemamba_scvi import GeneMambaModel
 from genemamba_scvi.datasets import load_pbmc68k_counts
 from genemamba_scvi.io import read_checkpoint, write_checkpoint
 
-TINY = {"d_model": 16, "n_layers": 1, "max_genes": 64, "backend": "torch", "chunk_size": 16, "headdim": 8}
 TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 16}
 _ELBO_KEYS = ("elbo", "reconstruction_loss", "kl_local", "kl_global")
 

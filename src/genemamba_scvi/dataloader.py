@@ -20,14 +20,12 @@ from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
+from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.data.normalize import as_scipy_dtype
 from genemamba_scvi.data.tokenize import published_tokenize, rank_tokenize
 
 if TYPE_CHECKING:
     from scvi.data import AnnDataManager
-
-TOKENS_KEY = "tokens"
-LENGTHS_KEY = "lengths"
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,13 @@ scanpy (counts recovered from its log-normalised values).
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from genemamba_scvi._resources import resource_path
+from genemamba_scvi.data.gene_ids import load_gene_id_table
+
 if TYPE_CHECKING:
-    import pandas as pd
     from anndata import AnnData
 
 __all__ = [
@@ -33,8 +31,6 @@ __all__ = [
     "resource_path",
 ]
 
-_PACKAGE = "genemamba_scvi._resources"
-
 GENE_SET_FILES: dict[str, str] = {
     "go_bp": "gene_sets/go_bp_human_2022.gmt",
     "kegg": "gene_sets/kegg_human_2011.gmt",
@@ -42,32 +38,6 @@ GENE_SET_FILES: dict[str, str] = {
 """Names accepted by :func:`gene_set_path` / :func:`load_gene_sets` and their files."""
 
 _SAMPLE_FILE = "celltypist_sample_559cells_counts.h5ad"
-_GENCODE_FILE = "genes/gencode_v44_gene_id2name.csv"
-_ORGHS_FILE = "genes/human_genes_orghs_2022.tsv"
-
-_EXIT_STACK = contextlib.ExitStack()
-atexit.register(_EXIT_STACK.close)
-
-
-def resource_path(relative: str) -> Path:
-    """Path on disk of an embedded resource file.
-
-    Parameters
-    ----------
-    relative
-        Path relative to ``genemamba_scvi/_resources``, e.g. ``"genes/gencode_v44_gene_id2name.csv"``.
-
-    Returns
-    -------
-    A :class:`pathlib.Path` to the file. When the package is imported from a zip archive the file is
-    extracted to a temporary location that lives until the interpreter exits.
-    """
-    traversable = resources.files(_PACKAGE).joinpath(*relative.split("/"))
-    if not traversable.is_file():
-        raise FileNotFoundError(f"embedded resource {relative!r} not found in {_PACKAGE} (broken installation?)")
-    if isinstance(traversable, Path):
-        return traversable
-    return Path(_EXIT_STACK.enter_context(resources.as_file(traversable)))
 
 
 def load_celltypist_sample() -> AnnData:
@@ -130,47 +100,6 @@ def load_gene_sets(name: Literal["go_bp", "kegg"]) -> dict[str, list[str]]:
     from genemamba_scvi.data.gene_sets import read_gmt
 
     return read_gmt(gene_set_path(name))
-
-
-@functools.lru_cache(maxsize=1)
-def _gene_id_tables_by_source() -> dict[str, pd.DataFrame]:
-    """The two embedded id tables, cleaned (``ensembl_id``, ``symbol``), in priority order."""
-    import pandas as pd
-
-    gencode = pd.read_csv(
-        resource_path(_GENCODE_FILE), header=None, names=["ensembl_id", "symbol"], dtype=str, keep_default_na=False
-    )
-    orghs = pd.read_csv(resource_path(_ORGHS_FILE), sep="\t", dtype=str, keep_default_na=False)
-    orghs = orghs.loc[orghs["ensembl_id"] != "", ["ensembl_id", "symbol"]]
-    orghs = orghs.assign(ensembl_id=orghs["ensembl_id"].str.split(",")).explode("ensembl_id")
-    out = {}
-    for name, table in (("gencode", gencode), ("orghs", orghs)):
-        table = table.assign(ensembl_id=table["ensembl_id"].str.strip(), symbol=table["symbol"].str.strip())
-        table = table[(table["ensembl_id"] != "") & (table["symbol"] != "")]
-        out[name] = table.drop_duplicates(ignore_index=True)
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _gene_id_table_cached() -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.concat(list(_gene_id_tables_by_source().values()), ignore_index=True).drop_duplicates(ignore_index=True)
-
-
-def load_gene_id_table() -> pd.DataFrame:
-    """Human Ensembl gene id <-> gene symbol table.
-
-    The union of GENCODE v44 (``gencode_v44_gene_id2name.csv``, shipped in celltypist 1.7.1) and
-    org.Hs.eg.db 3.16.0 (Entrez Gene 2022-09-12; one row per Ensembl id of a gene). GENCODE rows
-    come first; exact duplicate pairs are dropped. Ensembl ids carry no version suffix. An id can
-    have several symbols (renamed genes) and a symbol several ids (e.g. alternative haplotypes).
-
-    Returns
-    -------
-    A new :class:`pandas.DataFrame` with string columns ``ensembl_id`` and ``symbol``.
-    """
-    return _gene_id_table_cached().copy()
 
 
 def load_pbmc68k_counts() -> AnnData:

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
+from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.nn import (
     ClassifierHead,
+    GeneMambaConfig,
     GeneMambaEncoder,
     MaskedLMHead,
     PathwayInfoNCE,
@@ -80,21 +81,24 @@ class GeneMambaModule(BaseModuleClass):
     vocab_size
         Number of tokens including the special tokens.
     encoder_kwargs
-        Keyword arguments of :class:`~genemamba_scvi.nn.GeneMambaEncoder` (``d_model``, ``n_layers``,
-        ``bidirectional``, ``backend``, ``pooling``, ...).
+        Encoder settings that override those of ``config`` (``d_model``, ``n_layers``, ``bidirectional``,
+        ``backend``, ``pooling``, ...; see :class:`~genemamba_scvi.nn.config.GeneMambaConfig`).
     objective
         ``"mlm"`` (masked-gene prediction, default) or ``"next_token"`` (only with a unidirectional
         encoder: a bidirectional stack sees token t+1 and would leak it).
     mask_prob
-        Fraction of real tokens masked per cell for ``"mlm"``.
+        Fraction of real tokens masked per cell for ``"mlm"`` (``None``: ``config.mask_prob``, 0.15).
     gamma
         Weight of the pathway InfoNCE term.
     temperature
         InfoNCE temperature.
     tie_lm_head
-        Tie the LM head weights to the token embedding.
+        Tie the LM head weights to the token embedding (``None``: ``config.tie_lm_head``, ``True``).
     mask_id, n_special
         Id of ``<mask>`` and number of special tokens (they are never masked or predicted).
+    config
+        Encoder and objective settings (:class:`~genemamba_scvi.nn.config.GeneMambaConfig`; default: all
+        defaults).
     """
 
     def __init__(
@@ -102,15 +106,23 @@ class GeneMambaModule(BaseModuleClass):
         vocab_size: int,
         encoder_kwargs: dict | None = None,
         objective: Objective = "mlm",
-        mask_prob: float = 0.15,
+        mask_prob: float | None = None,
         gamma: float = 0.1,
         temperature: float = 0.1,
-        tie_lm_head: bool = True,
+        tie_lm_head: bool | None = None,
         mask_id: int = 2,
         n_special: int = 3,
+        config: GeneMambaConfig | None = None,
     ):
         super().__init__()
-        self.encoder = GeneMambaEncoder(vocab_size, **(encoder_kwargs or {}))
+        config = (config or GeneMambaConfig()).replace(**(encoder_kwargs or {}))
+        if mask_prob is not None:
+            config = config.replace(mask_prob=mask_prob)
+        if tie_lm_head is not None:
+            config = config.replace(tie_lm_head=tie_lm_head)
+        mask_prob, tie_lm_head = config.mask_prob, config.tie_lm_head
+        self.config = config
+        self.encoder = GeneMambaEncoder(vocab_size, config)
         self.vocab_size = vocab_size
         d_model = self.encoder.d_model
         self.lm_head = MaskedLMHead(d_model, vocab_size, tied_embedding=self.encoder.embedding if tie_lm_head else None)

@@ -29,21 +29,45 @@ and ``shards/``. :class:`TokenCorpus` reads it back (memory-mapped, numpy only).
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import hashlib
-import json
 import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
+from ._corpus_io import (  # noqa: F401  (names of this module before the split)
+    _FINGERPRINT_BYTES,
+    _TMP_PREFIX,
+    CORPUS_FORMAT,
+    CORPUS_VERSION,
+    MANIFEST_FILE,
+    MEDIANS_FILE,
+    SHARD_DIR,
+    VOCAB_FILE,
+    _atomic_save_npy,
+    _atomic_write_bytes,
+    _fingerprint,
+    _fsync_dir,
+    _H5adRows,
+    _match_genes,
+    _now,
+    _sha256_array,
+    resolve_inputs,
+    token_dtype,
+)
+from ._corpus_manifest import (  # noqa: F401  (names of this module before the split)
+    _COMPARED_CONFIG,
+    Manifest,
+    _config_differences,
+    _mismatch_error,
+    _plan_shards,
+)
+from ._corpus_reader import TokenCorpus
 from .normalize import GeneMedianAccumulator, validate_counts
 from .tokenize import rank_tokenize
 from .vocab import GeneVocab
@@ -51,361 +75,6 @@ from .vocab import GeneVocab
 __all__ = ["CORPUS_FORMAT", "CORPUS_VERSION", "Manifest", "TokenCorpus", "build_corpus", "resolve_inputs"]
 
 logger = logging.getLogger("genemamba_scvi")
-
-CORPUS_FORMAT = "genemamba-scvi/token-corpus"
-CORPUS_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-VOCAB_FILE = "vocab.json"
-MEDIANS_FILE = "gene_medians.npy"
-SHARD_DIR = "shards"
-_TMP_PREFIX = ".tmp-"
-_FINGERPRINT_BYTES = 1 << 20  # bytes hashed at the head and at the tail of each input file
-
-
-# ---------------------------------------------------------------------------------------------- utilities
-def _sha256_array(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform / file system
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(_TMP_PREFIX + path.name)
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    _atomic_write_bytes(path, buf.getvalue())
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """Storage dtype of token ids: ``uint16`` for vocabularies of at most 65,536 tokens, else ``int32``."""
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
-
-
-def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand ``inputs`` (files and/or directories) to the ordered list of ``.h5ad`` files.
-
-    A directory contributes its ``*.h5ad`` files (not recursive) in sorted order; files are kept in the
-    order given.
-
-    Raises
-    ------
-    FileNotFoundError
-        For a path that does not exist, or when no ``.h5ad`` file is found.
-    ValueError
-        If the same file is listed twice.
-    """
-    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-    files: list[Path] = []
-    for item in items:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(q for q in p.glob("*.h5ad") if q.is_file())
-            if not found:
-                raise FileNotFoundError(f"directory {str(p)!r} contains no .h5ad file")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"input {str(p)!r} does not exist")
-    if not files:
-        raise FileNotFoundError("no .h5ad input files given")
-    resolved = [f.resolve() for f in files]
-    seen: set[Path] = set()
-    for f in resolved:
-        if f in seen:
-            raise ValueError(f"input file {str(f)!r} is listed more than once")
-        seen.add(f)
-    return resolved
-
-
-def _fingerprint(path: Path) -> str:
-    """SHA-256 of a file's size and its first and last MiB (cheap, detects replaced or rewritten files)."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(_FINGERPRINT_BYTES))
-        if size > _FINGERPRINT_BYTES:
-            f.seek(max(size - _FINGERPRINT_BYTES, _FINGERPRINT_BYTES))
-            h.update(f.read(_FINGERPRINT_BYTES))
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- reading
-class _H5adRows:
-    """Row-chunk reader of the count matrix of one ``.h5ad`` file (``X`` or a layer), never the whole matrix."""
-
-    def __init__(self, path: Path, layer: str | None, gene_id_key: str | None):
-        import anndata.io
-        import h5py
-
-        self.path = path
-        self.where = ("adata.X" if layer is None else f"layer {layer!r}") + f" of {str(path)!r}"
-        self._file = h5py.File(path, "r")
-        try:
-            f = self._file
-            if layer is None:
-                if "X" not in f:
-                    raise ValueError(f"{str(path)!r} has no X matrix; pass layer=... naming the raw-count layer")
-                elem = f["X"]
-            else:
-                if "layers" not in f or layer not in f["layers"]:
-                    have = list(f["layers"].keys()) if "layers" in f else []
-                    raise ValueError(f"layer {layer!r} not found in {str(path)!r}; available layers: {have}")
-                elem = f["layers"][layer]
-            if isinstance(elem, h5py.Group):
-                self._matrix = anndata.io.sparse_dataset(elem)
-                self.format = self._matrix.format
-                if self.format == "csc":
-                    logger.warning(
-                        "%s is stored as CSC: reading row chunks of it is slow; rewrite it as CSR for large corpora",
-                        self.where,
-                    )
-            else:
-                self._matrix = elem
-                self.format = "dense"
-            self.n_obs, self.n_vars = (int(s) for s in self._matrix.shape)
-            var = anndata.io.read_elem(f["var"])
-            if gene_id_key is not None:
-                if gene_id_key not in var.columns:
-                    raise ValueError(f"gene_id_key={gene_id_key!r} is not a var column of {str(path)!r}")
-                self.genes = [str(g) for g in var[gene_id_key]]
-            else:
-                self.genes = [str(g) for g in var.index]
-            if len(self.genes) != self.n_vars:
-                raise ValueError(f"{str(path)!r}: var has {len(self.genes)} genes but the matrix {self.n_vars} columns")
-        except BaseException:
-            self._file.close()
-            raise
-
-    def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` as CSR."""
-        chunk = self._matrix[start:stop]
-        if sp.issparse(chunk):
-            return chunk.tocsr() if chunk.format != "csr" else chunk
-        return sp.csr_matrix(np.asarray(chunk))
-
-    def chunks(self, start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, sp.csr_matrix]]:
-        """``(first_row, rows)`` for consecutive chunks of at most ``chunk_size`` rows of ``start:stop``."""
-        for a in range(start, stop, chunk_size):
-            b = min(a + chunk_size, stop)
-            yield a, self.rows(a, b)
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> _H5adRows:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _match_genes(vocab: GeneVocab, reader: _H5adRows, min_gene_overlap: float) -> np.ndarray:
-    try:
-        match = vocab.match(reader.genes, min_overlap=min_gene_overlap)
-    except ValueError as e:
-        raise ValueError(f"{str(reader.path)!r}: {e}") from e
-    logger.info("%s\n%s", reader.path, match.report())
-    return np.asarray(match.token_ids, dtype=np.int64)
-
-
-# ---------------------------------------------------------------------------------------------- manifest
-@dataclass
-class Manifest:
-    """Contents of a corpus directory's ``manifest.json``.
-
-    Attributes
-    ----------
-    config
-        What determines the tokens: ``max_genes``, ``add_cls``, ``layer``, ``gene_id_key``, ``shard_size``,
-        ``token_dtype``, ``vocab_size``, ``vocab_sha256``, ``medians_sha256``, ``medians_source``.
-    files
-        One entry per input file: ``path``, ``name``, ``size``, ``fingerprint`` (SHA-256 of the size and of
-        the first and last MiB), ``n_obs``, ``n_vars``.
-    shards
-        Completed shards in order: ``name``, ``file`` (index into ``files``), ``row_start``, ``row_stop``,
-        ``n`` (rows), ``n_empty`` (rows of length 0), ``sha256`` (of the token then length bytes).
-    status
-        ``"building"`` or ``"complete"``.
-    root
-        Directory of the corpus (not stored in the JSON).
-    """
-
-    config: dict[str, Any]
-    files: list[dict[str, Any]]
-    shards: list[dict[str, Any]] = field(default_factory=list)
-    status: Literal["building", "complete"] = "building"
-    created: str = ""
-    updated: str = ""
-    package_version: str = ""
-    root: Path | None = None
-
-    # ------------------------------------------------------------------ derived quantities
-    @property
-    def n_rows(self) -> int:
-        """Rows written (cells, empty ones included)."""
-        return int(sum(s["n"] for s in self.shards))
-
-    @property
-    def n_empty(self) -> int:
-        """Rows with an empty tokenization (skipped by the loader)."""
-        return int(sum(s["n_empty"] for s in self.shards))
-
-    @property
-    def n_cells(self) -> int:
-        """Trainable cells (rows with at least one token)."""
-        return self.n_rows - self.n_empty
-
-    @property
-    def n_input_cells(self) -> int:
-        """Cells over all input files."""
-        return int(sum(f["n_obs"] for f in self.files))
-
-    @property
-    def max_genes(self) -> int:
-        """Sequence length of the shards."""
-        return int(self.config["max_genes"])
-
-    @property
-    def is_complete(self) -> bool:
-        """Whether every input row has been written."""
-        return self.status == "complete"
-
-    def shard_path(self, shard: dict[str, Any] | int) -> Path:
-        """Directory of a shard (entry or index)."""
-        if self.root is None:
-            raise ValueError("manifest has no root directory")
-        entry = self.shards[shard] if isinstance(shard, int) else shard
-        return self.root / SHARD_DIR / entry["name"]
-
-    # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {
-            "format": CORPUS_FORMAT,
-            "version": CORPUS_VERSION,
-            "status": self.status,
-            "created": self.created,
-            "updated": self.updated,
-            "genemamba_scvi_version": self.package_version,
-            "n_input_cells": self.n_input_cells,
-            "n_rows": self.n_rows,
-            "n_cells": self.n_cells,
-            "n_empty": self.n_empty,
-            "config": self.config,
-            "files": self.files,
-            "shards": self.shards,
-        }
-
-    def write(self, root: str | os.PathLike | None = None) -> None:
-        """Atomically (re)write ``manifest.json`` in ``root`` (default: :attr:`root`)."""
-        root = Path(root) if root is not None else self.root
-        if root is None:
-            raise ValueError("no directory to write the manifest to")
-        self.updated = _now()
-        _atomic_write_bytes(root / MANIFEST_FILE, (json.dumps(self.to_dict(), indent=1) + "\n").encode())
-
-    @classmethod
-    def read(cls, root: str | os.PathLike) -> Manifest:
-        """Read ``root/manifest.json``.
-
-        Raises
-        ------
-        FileNotFoundError
-            If there is no manifest.
-        ValueError
-            If it is not a GeneMamba corpus manifest or has a newer version.
-        """
-        root = Path(root)
-        path = root / MANIFEST_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{str(path)!r} not found: not a GeneMamba token corpus (run build_corpus first)")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from e
-        if d.get("format") != CORPUS_FORMAT:
-            raise ValueError(f"{str(path)!r} is not a GeneMamba corpus manifest (format {d.get('format')!r})")
-        if int(d.get("version", 0)) > CORPUS_VERSION:
-            raise ValueError(
-                f"corpus version {d['version']} is newer than this genemamba-scvi understands ({CORPUS_VERSION})"
-            )
-        return cls(
-            config=d["config"],
-            files=d["files"],
-            shards=d.get("shards", []),
-            status=d.get("status", "building"),
-            created=d.get("created", ""),
-            updated=d.get("updated", ""),
-            package_version=d.get("genemamba_scvi_version", ""),
-            root=root,
-        )
-
-
-_COMPARED_CONFIG = ("max_genes", "add_cls", "layer", "gene_id_key", "shard_size", "token_dtype", "vocab_sha256")
-
-
-def _config_differences(old: Manifest, config: dict[str, Any], files: list[dict[str, Any]]) -> list[str]:
-    diffs = []
-    for key in _COMPARED_CONFIG:
-        if old.config.get(key) != config.get(key):
-            diffs.append(f"{key}: corpus has {old.config.get(key)!r}, this call gives {config.get(key)!r}")
-    if len(old.files) != len(files):
-        diffs.append(f"number of input files: corpus has {len(old.files)}, this call gives {len(files)}")
-    for i, (a, b) in enumerate(zip(old.files, files)):
-        for key in ("name", "size", "fingerprint", "n_obs", "n_vars"):
-            if a.get(key) != b.get(key):
-                diffs.append(
-                    f"input file {i} {key}: corpus has {a.get(key)!r} ({a['path']}), this call gives "
-                    f"{b.get(key)!r} ({b['path']})"
-                )
-                break
-    return diffs
-
-
-def _mismatch_error(root: Path, diffs: list[str]) -> ValueError:
-    return ValueError(
-        f"the corpus in {str(root)!r} was built with a different configuration, so it cannot be resumed:\n  - "
-        + "\n  - ".join(diffs)
-        + "\nRe-run with the original arguments to resume it, or choose a new (or empty) out_dir."
-    )
-
-
-def _plan_shards(files: list[dict[str, Any]], shard_size: int) -> list[dict[str, Any]]:
-    plan = []
-    for fi, f in enumerate(files):
-        for a in range(0, f["n_obs"], shard_size):
-            plan.append(
-                {
-                    "name": f"shard_{len(plan):06d}",
-                    "file": fi,
-                    "row_start": a,
-                    "row_stop": min(a + shard_size, f["n_obs"]),
-                }
-            )
-    return plan
 
 
 # ---------------------------------------------------------------------------------------------- medians
@@ -767,148 +436,3 @@ def build_corpus(
         "corpus %s: %d cells (%d empty) in %d shards", out, manifest.n_rows, manifest.n_empty, len(manifest.shards)
     )
     return manifest
-
-
-# ---------------------------------------------------------------------------------------------- reading back
-class TokenCorpus:
-    """Read-only, memory-mapped view of a corpus written by :func:`build_corpus` (numpy only).
-
-    Cells are addressed by a *cell index* ``0 .. n_cells - 1`` over the non-empty rows of all shards in
-    manifest order. Shards are opened lazily with ``np.load(mmap_mode="r")``; the object pickles without
-    its memory maps, so it can be sent to data-loader worker processes.
-
-    Parameters
-    ----------
-    root
-        Corpus directory.
-    verify
-        Re-hash every shard and compare with the manifest (reads the whole corpus once).
-
-    Raises
-    ------
-    ValueError
-        If the corpus is incomplete (re-run :func:`build_corpus` to finish it) or a shard is corrupt.
-    """
-
-    def __init__(self, root: str | os.PathLike, verify: bool = False):
-        self.root = Path(root).expanduser().resolve()
-        self.manifest = Manifest.read(self.root)
-        if not self.manifest.is_complete:
-            raise ValueError(
-                f"the corpus in {str(self.root)!r} is incomplete ({self.manifest.n_rows} of "
-                f"{self.manifest.n_input_cells} cells written): re-run build_corpus with the same arguments to "
-                "finish it"
-            )
-        self.max_genes = self.manifest.max_genes
-        n = np.array([s["n"] for s in self.manifest.shards], dtype=np.int64)
-        self._offsets = np.zeros(n.size + 1, dtype=np.int64)
-        np.cumsum(n, out=self._offsets[1:])
-        # global row ids of empty rows (normally none); cell index -> row: v + #empties before it
-        empties = []
-        for i, s in enumerate(self.manifest.shards):
-            if s["n_empty"]:
-                lengths = np.load(self.manifest.shard_path(s) / "lengths.npy", mmap_mode="r")
-                empties.append(np.flatnonzero(np.asarray(lengths) == 0) + self._offsets[i])
-        self._empty_rows = np.concatenate(empties) if empties else np.zeros(0, dtype=np.int64)
-        self._empty_key = self._empty_rows - np.arange(self._empty_rows.size)
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if verify:
-            self.verify()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_maps"] = {}
-        return state
-
-    def __len__(self) -> int:
-        return self.n_cells
-
-    @property
-    def n_cells(self) -> int:
-        """Number of trainable (non-empty) cells."""
-        return int(self._offsets[-1]) - int(self._empty_rows.size)
-
-    @property
-    def vocab(self) -> GeneVocab:
-        """The corpus vocabulary."""
-        return GeneVocab.from_json(self.root / VOCAB_FILE)
-
-    @property
-    def gene_medians(self) -> np.ndarray:
-        """Medians per token id used to tokenize the corpus."""
-        return np.load(self.root / MEDIANS_FILE)
-
-    def _shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        m = self._maps.get(i)
-        if m is None:
-            d = self.manifest.shard_path(i)
-            m = (np.load(d / "tokens.npy", mmap_mode="r"), np.load(d / "lengths.npy", mmap_mode="r"))
-            self._maps[i] = m
-        return m
-
-    def rows_of(self, cells: np.ndarray) -> np.ndarray:
-        """Global row ids (over all shards, empty rows included) of cell indices."""
-        cells = np.asarray(cells, dtype=np.int64)
-        if cells.size and (cells.min() < 0 or cells.max() >= self.n_cells):
-            raise IndexError(f"cell index out of range [0, {self.n_cells})")
-        if self._empty_rows.size == 0:
-            return cells
-        return cells + np.searchsorted(self._empty_key, cells, side="right")
-
-    def cell_ids(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(file index, row in that file)`` of cell indices (trace a cell to its input file)."""
-        rows = self.rows_of(cells)
-        shard = np.searchsorted(self._offsets, rows, side="right") - 1
-        file_of = np.array([s["file"] for s in self.manifest.shards], dtype=np.int64)
-        start = np.array([s["row_start"] for s in self.manifest.shards], dtype=np.int64)
-        return file_of[shard], start[shard] + rows - self._offsets[shard]
-
-    def lengths_of(self, cells: np.ndarray) -> np.ndarray:
-        """Token counts (``int32``) of cell indices, in the order given (reads only the length arrays)."""
-        rows = self.rows_of(cells)
-        shard = np.searchsorted(self._offsets, rows, side="right") - 1
-        out = np.zeros(rows.size, dtype=np.int32)
-        for i in np.unique(shard).tolist():
-            sel = np.flatnonzero(shard == i)
-            out[sel] = self._shard(i)[1][rows[sel] - self._offsets[i]]
-        return out
-
-    def get(self, cells: np.ndarray, trim: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens and lengths of cell indices, in the order given.
-
-        Parameters
-        ----------
-        cells
-            Cell indices.
-        trim
-            Cut the token columns to the longest cell of the request.
-
-        Returns
-        -------
-        ``tokens`` (storage dtype, ``[n, L]``) and ``lengths`` (``int32 [n]``).
-        """
-        rows = self.rows_of(cells)
-        shard = np.searchsorted(self._offsets, rows, side="right") - 1
-        tokens = np.zeros((rows.size, self.max_genes), dtype=token_dtype(int(self.manifest.config["vocab_size"])))
-        lengths = np.zeros(rows.size, dtype=np.int32)
-        for i in np.unique(shard).tolist():
-            sel = np.flatnonzero(shard == i)
-            local = rows[sel] - self._offsets[i]
-            order = np.argsort(local, kind="stable")  # increasing offsets: sequential reads of the map
-            tok_map, len_map = self._shard(i)
-            tokens[sel[order]] = tok_map[local[order]]
-            lengths[sel[order]] = len_map[local[order]]
-        if trim:
-            tokens = tokens[:, : max(int(lengths.max(initial=0)), 1)]
-        return tokens, lengths
-
-    def verify(self) -> None:
-        """Re-hash every shard; raise ``ValueError`` naming the first corrupt one."""
-        for i, s in enumerate(self.manifest.shards):
-            tok, lens = self._shard(i)
-            digest = hashlib.sha256()
-            for a in range(0, tok.shape[0], 8192):
-                digest.update(np.ascontiguousarray(tok[a : a + 8192]).tobytes())
-            digest.update(np.ascontiguousarray(lens).tobytes())
-            if digest.hexdigest() != s["sha256"]:
-                raise ValueError(f"shard {s['name']} of {str(self.root)!r} is corrupt (sha256 mismatch)")

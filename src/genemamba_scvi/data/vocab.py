@@ -33,6 +33,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from genemamba_scvi._constants import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
+from genemamba_scvi.data.gene_ids import _gene_id_table_cached, _gene_id_tables_by_source
+
 __all__ = [
     "CLS_TOKEN",
     "MASK_TOKEN",
@@ -44,10 +47,6 @@ __all__ = [
     "strip_ensembl_version",
 ]
 
-PAD_TOKEN = "<pad>"
-CLS_TOKEN = "<cls>"
-MASK_TOKEN = "<mask>"
-SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, CLS_TOKEN, MASK_TOKEN)
 
 MATCH_METHODS: tuple[str, ...] = ("direct", "version", "case", "mapped")
 """Names of the match stages, in priority order; ``GeneMatch.method`` holds their index (-1: unmatched)."""
@@ -117,8 +116,6 @@ def _build_table(ensembl_ids: Iterable[str], symbols: Iterable[str]) -> _GeneTab
 @functools.lru_cache(maxsize=1)
 def _gene_tables() -> tuple[_GeneTable, ...]:
     """Ensembl id <-> symbol dictionaries: GENCODE v44, org.Hs.eg.db, and their union (loaded once)."""
-    from genemamba_scvi.datasets import _gene_id_table_cached, _gene_id_tables_by_source
-
     by_source = _gene_id_tables_by_source()
     union = _gene_id_table_cached()
     return (

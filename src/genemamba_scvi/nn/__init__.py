@@ -15,6 +15,7 @@ from genemamba_scvi.nn.bimamba import (
     reversal_index_packed,
     reverse_sequences,
 )
+from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.nn.encoder import (
     MAMBA_SSM_MAX_CALL_ELEMENTS,
     GeneMambaEncoder,
@@ -49,6 +50,7 @@ __all__ = [
     "MAMBA_SSM_MAX_CALL_ELEMENTS",
     "BiMambaBlock",
     "ClassifierHead",
+    "GeneMambaConfig",
     "GeneMambaEncoder",
     "Mamba2Mixer",
     "MaskedLMHead",

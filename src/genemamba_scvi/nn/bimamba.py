@@ -26,11 +26,13 @@ Merge modes (``f``, ``b`` the two directions): ``"mean"`` ``(f+b)/2``; ``"sum"``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
 
 __all__ = [
@@ -283,41 +285,28 @@ class BiMambaBlock(nn.Module):
     Parameters
     ----------
     d_model
-        Width.
-    d_state, d_conv, expand, headdim, ngroups, chunk_size, backend
-        Passed to :class:`~genemamba_scvi.nn.mamba2.Mamba2Mixer` (``mixer``).
-    bidirectional
-        Run the mixer on the sequence and its per-sequence reversal; ``False`` gives the
-        unidirectional (causal) ablation.
-    merge
-        ``"gate"``, ``"concat"``, ``"mean"`` or ``"sum"``.
-    shared_merge
-        The merge ``Linear(2d, d)`` is owned by the caller (the encoder) and passed to
-        :meth:`forward`; this block then has no ``merge`` parameters.
-    block
-        ``"prenorm"`` (``norm`` + residual around the merge), ``"official"`` (published layer) or
-        ``"official_identity"`` (published layer that returns its input; see the module docstring).
-    norm_eps
-        RMSNorm epsilon.
+        Width (default: ``config.d_model``).
+    config
+        The settings (:class:`~genemamba_scvi.nn.config.GeneMambaConfig`); this block uses the Mamba-2
+        mixer settings (``d_state``, ``d_conv``, ``expand``, ``headdim``, ``ngroups``, ``chunk_size``,
+        ``backend``, passed to :class:`~genemamba_scvi.nn.mamba2.Mamba2Mixer`), ``bidirectional`` (run
+        the mixer on the sequence and its per-sequence reversal; ``False`` gives the unidirectional
+        ablation), ``merge`` (``"gate"``, ``"concat"``, ``"mean"`` or ``"sum"``), ``shared_merge`` (the
+        merge ``Linear(2d, d)`` is owned by the encoder and passed to :meth:`forward`; this block then
+        has no ``merge`` parameters), ``block`` (``"prenorm"``: ``norm`` + residual around the merge,
+        ``"official"``: published layer, ``"official_identity"``: published layer that returns its
+        input; see the module docstring) and ``norm_eps``.
+    **settings
+        Settings that override those of ``config``.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        d_state: int = 64,
-        d_conv: int = 4,
-        expand: int = 2,
-        headdim: int = 64,
-        ngroups: int = 1,
-        chunk_size: int = 256,
-        bidirectional: bool = True,
-        merge: str = "gate",
-        shared_merge: bool = False,
-        block: str = "prenorm",
-        backend: str = "auto",
-        norm_eps: float = 1e-5,
-    ):
+    def __init__(self, d_model: int | None = None, config: GeneMambaConfig | None = None, **settings: Any):
         super().__init__()
+        cfg = (config or GeneMambaConfig()).replace(**settings)
+        if d_model is not None:
+            cfg = cfg.replace(d_model=d_model)
+        d_model, bidirectional, merge, block = cfg.d_model, cfg.bidirectional, cfg.merge, cfg.block
+        shared_merge, norm_eps = cfg.shared_merge, cfg.norm_eps
         if merge not in MERGE_MODES:
             raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
         if block not in BLOCKS:
@@ -330,13 +319,13 @@ class BiMambaBlock(nn.Module):
         self.norm = RMSNorm(d_model, eps=norm_eps) if block == "prenorm" else None
         self.mixer = Mamba2Mixer(
             d_model,
-            d_state=d_state,
-            d_conv=d_conv,
-            expand=expand,
-            headdim=headdim,
-            ngroups=ngroups,
-            chunk_size=chunk_size,
-            backend=backend,
+            d_state=cfg.d_state,
+            d_conv=cfg.d_conv,
+            expand=cfg.expand,
+            headdim=cfg.headdim,
+            ngroups=cfg.ngroups,
+            chunk_size=cfg.chunk_size,
+            backend=cfg.backend,
         )
         needs_linear = bidirectional and merge in ("gate", "concat")
         self.merge = nn.Linear(2 * d_model, d_model) if needs_linear and not shared_merge else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from genemamba_scvi.nn.bimamba import (
     reversal_index,
     reversal_index_packed,
 )
+from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.nn.mamba2 import RMSNorm
 from genemamba_scvi.nn.ssd import BACKENDS, load_mamba_ssm_ops, resolve_backend
 
@@ -114,32 +116,14 @@ class GeneMambaEncoder(nn.Module):
     ----------
     vocab_size
         Number of tokens, specials included (``<pad>`` = 0 is the padding index).
-    d_model
-        Width.
-    n_layers
-        Number of :class:`~genemamba_scvi.nn.BiMambaBlock` layers (0 gives the bag-of-genes baseline:
-        embedding + ``norm_f`` + pooling).
-    d_state, d_conv, expand, headdim, chunk_size
-        Mamba-2 mixer settings (``mamba_ssm.Mamba2`` names).
-    bidirectional
-        Bi-Mamba (default) or the unidirectional (causal) ablation, the only one where next-token
-        prediction is not a leak.
-    merge
-        ``"gate"`` (default), ``"concat"``, ``"mean"`` or ``"sum"``.
-    shared_merge
-        One merge ``Linear(2d, d)`` at encoder level (``merge.weight``/``merge.bias``) used by every
-        layer, as in the published code; otherwise one per layer (``layers.{i}.merge``).
-    block
-        ``"prenorm"`` (default; ``x + merge(mixer(norm(x)))``), ``"official"`` (published layer, no norm)
-        or ``"official_identity"`` (published layer that returns its input: ``merge(x, x)``).
-    backend
-        ``"auto"``, ``"torch"`` or ``"mamba_ssm"``.
-    pooling
-        ``"mean"`` over real tokens or ``"cls"`` (position 0).
-    ngroups
-        B/C groups of the mixer.
-    norm_eps
-        RMSNorm epsilon.
+    config
+        The settings (:class:`~genemamba_scvi.nn.config.GeneMambaConfig`: ``d_model``, ``n_layers`` (0
+        gives the bag-of-genes baseline: embedding + ``norm_f`` + pooling), the Mamba-2 mixer settings,
+        ``bidirectional``, ``merge``, ``shared_merge`` (one merge ``Linear(2d, d)`` at encoder level,
+        ``merge.weight``/``merge.bias``, used by every layer, as in the published code), ``block``,
+        ``backend``, ``pooling``, ``ngroups``, ``norm_eps``); default: all defaults.
+    **settings
+        Settings that override those of ``config`` (e.g. ``d_model=64, n_layers=2``).
 
     Attributes
     ----------
@@ -164,26 +148,13 @@ class GeneMambaEncoder(nn.Module):
         Same outputs and gradients. Default ``False``.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 512,
-        n_layers: int = 24,
-        d_state: int = 64,
-        d_conv: int = 4,
-        expand: int = 2,
-        headdim: int = 64,
-        chunk_size: int = 256,
-        bidirectional: bool = True,
-        merge: str = "gate",
-        shared_merge: bool = False,
-        block: str = "prenorm",
-        backend: str = "auto",
-        pooling: str = "mean",
-        ngroups: int = 1,
-        norm_eps: float = 1e-5,
-    ):
+    def __init__(self, vocab_size: int, config: GeneMambaConfig | None = None, **settings: Any):
         super().__init__()
+        cfg = (config or GeneMambaConfig()).replace(**settings)
+        self.config = cfg
+        d_model, n_layers, d_state, expand, headdim = cfg.d_model, cfg.n_layers, cfg.d_state, cfg.expand, cfg.headdim
+        bidirectional, merge, shared_merge, block = cfg.bidirectional, cfg.merge, cfg.shared_merge, cfg.block
+        backend, pooling, ngroups, norm_eps = cfg.backend, cfg.pooling, cfg.ngroups, cfg.norm_eps
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if merge not in MERGE_MODES:
@@ -210,26 +181,7 @@ class GeneMambaEncoder(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.02)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
-        self.layers = nn.ModuleList(
-            [
-                BiMambaBlock(
-                    d_model,
-                    d_state=d_state,
-                    d_conv=d_conv,
-                    expand=expand,
-                    headdim=headdim,
-                    ngroups=ngroups,
-                    chunk_size=chunk_size,
-                    bidirectional=bidirectional,
-                    merge=merge,
-                    shared_merge=shared_merge,
-                    block=block,
-                    backend=backend,
-                    norm_eps=norm_eps,
-                )
-                for _ in range(n_layers)
-            ]
-        )
+        self.layers = nn.ModuleList([BiMambaBlock(config=cfg) for _ in range(n_layers)])
         use_shared = shared_merge and bidirectional and merge in ("gate", "concat")
         self.merge = nn.Linear(2 * d_model, d_model) if use_shared else None
         self.norm_f = RMSNorm(d_model, eps=norm_eps)

@@ -1,0 +1,196 @@
+"""Token corpus: file names, file helpers and the streaming ``.h5ad`` row reader (of :mod:`~.corpus`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .vocab import GeneVocab
+
+logger = logging.getLogger("genemamba_scvi")
+
+CORPUS_FORMAT = "genemamba-scvi/token-corpus"
+CORPUS_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+VOCAB_FILE = "vocab.json"
+MEDIANS_FILE = "gene_medians.npy"
+SHARD_DIR = "shards"
+_TMP_PREFIX = ".tmp-"
+_FINGERPRINT_BYTES = 1 << 20  # bytes hashed at the head and at the tail of each input file
+
+
+# ---------------------------------------------------------------------------------------------- utilities
+def _sha256_array(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not supported on every platform / file system
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(_TMP_PREFIX + path.name)
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Storage dtype of token ids: ``uint16`` for vocabularies of at most 65,536 tokens, else ``int32``."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
+
+
+def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand ``inputs`` (files and/or directories) to the ordered list of ``.h5ad`` files.
+
+    A directory contributes its ``*.h5ad`` files (not recursive) in sorted order; files are kept in the
+    order given.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a path that does not exist, or when no ``.h5ad`` file is found.
+    ValueError
+        If the same file is listed twice.
+    """
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.glob("*.h5ad") if q.is_file())
+            if not found:
+                raise FileNotFoundError(f"directory {str(p)!r} contains no .h5ad file")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input {str(p)!r} does not exist")
+    if not files:
+        raise FileNotFoundError("no .h5ad input files given")
+    resolved = [f.resolve() for f in files]
+    seen: set[Path] = set()
+    for f in resolved:
+        if f in seen:
+            raise ValueError(f"input file {str(f)!r} is listed more than once")
+        seen.add(f)
+    return resolved
+
+
+def _fingerprint(path: Path) -> str:
+    """SHA-256 of a file's size and its first and last MiB (cheap, detects replaced or rewritten files)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_FINGERPRINT_BYTES))
+        if size > _FINGERPRINT_BYTES:
+            f.seek(max(size - _FINGERPRINT_BYTES, _FINGERPRINT_BYTES))
+            h.update(f.read(_FINGERPRINT_BYTES))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- reading
+class _H5adRows:
+    """Row-chunk reader of the count matrix of one ``.h5ad`` file (``X`` or a layer), never the whole matrix."""
+
+    def __init__(self, path: Path, layer: str | None, gene_id_key: str | None):
+        import anndata.io
+        import h5py
+
+        self.path = path
+        self.where = ("adata.X" if layer is None else f"layer {layer!r}") + f" of {str(path)!r}"
+        self._file = h5py.File(path, "r")
+        try:
+            f = self._file
+            if layer is None:
+                if "X" not in f:
+                    raise ValueError(f"{str(path)!r} has no X matrix; pass layer=... naming the raw-count layer")
+                elem = f["X"]
+            else:
+                if "layers" not in f or layer not in f["layers"]:
+                    have = list(f["layers"].keys()) if "layers" in f else []
+                    raise ValueError(f"layer {layer!r} not found in {str(path)!r}; available layers: {have}")
+                elem = f["layers"][layer]
+            if isinstance(elem, h5py.Group):
+                self._matrix = anndata.io.sparse_dataset(elem)
+                self.format = self._matrix.format
+                if self.format == "csc":
+                    logger.warning(
+                        "%s is stored as CSC: reading row chunks of it is slow; rewrite it as CSR for large corpora",
+                        self.where,
+                    )
+            else:
+                self._matrix = elem
+                self.format = "dense"
+            self.n_obs, self.n_vars = (int(s) for s in self._matrix.shape)
+            var = anndata.io.read_elem(f["var"])
+            if gene_id_key is not None:
+                if gene_id_key not in var.columns:
+                    raise ValueError(f"gene_id_key={gene_id_key!r} is not a var column of {str(path)!r}")
+                self.genes = [str(g) for g in var[gene_id_key]]
+            else:
+                self.genes = [str(g) for g in var.index]
+            if len(self.genes) != self.n_vars:
+                raise ValueError(f"{str(path)!r}: var has {len(self.genes)} genes but the matrix {self.n_vars} columns")
+        except BaseException:
+            self._file.close()
+            raise
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` as CSR."""
+        chunk = self._matrix[start:stop]
+        if sp.issparse(chunk):
+            return chunk.tocsr() if chunk.format != "csr" else chunk
+        return sp.csr_matrix(np.asarray(chunk))
+
+    def chunks(self, start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """``(first_row, rows)`` for consecutive chunks of at most ``chunk_size`` rows of ``start:stop``."""
+        for a in range(start, stop, chunk_size):
+            b = min(a + chunk_size, stop)
+            yield a, self.rows(a, b)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _H5adRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _match_genes(vocab: GeneVocab, reader: _H5adRows, min_gene_overlap: float) -> np.ndarray:
+    try:
+        match = vocab.match(reader.genes, min_overlap=min_gene_overlap)
+    except ValueError as e:
+        raise ValueError(f"{str(reader.path)!r}: {e}") from e
+    logger.info("%s\n%s", reader.path, match.report())
+    return np.asarray(match.token_ids, dtype=np.int64)

@@ -1,0 +1,246 @@
+"""Our checkpoint format (``GeneMambaModel.save`` / ``load``); see :mod:`genemamba_scvi.io`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+
+from genemamba_scvi.io._files import (
+    _atomic_write_dir,
+    _check_target,
+    _dumps,
+    _interrupted_hint,
+    _load_json,
+    _load_safetensors,
+    _prepare_tensors,
+    _sha256,
+)
+
+if TYPE_CHECKING:
+    from genemamba_scvi.data.vocab import GeneVocab
+
+CHECKPOINT_FORMAT = "genemamba-scvi-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+VOCAB_FILE = "vocab.json"
+MEDIANS_FILE = "gene_medians.npy"
+EXTRA_FILE = "extra.json"
+CHECKSUMS_FILE = "checksums.json"
+_REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, EXTRA_FILE)
+_OWN_FILES = frozenset({*_REQUIRED_FILES, MEDIANS_FILE, CHECKSUMS_FILE})  # all that write_checkpoint replaces
+
+_ALIAS_METADATA_KEY = "genemamba_scvi.aliases"
+
+
+@dataclass
+class Checkpoint:
+    """The content of one checkpoint directory in our format.
+
+    Attributes
+    ----------
+    state_dict
+        Tensors by name (tied names point at the same tensor again).
+    config
+        The model configuration as written.
+    vocab
+        The gene vocabulary.
+    gene_medians
+        Per-gene non-zero medians (float64), or ``None`` if none were saved.
+    extra
+        Everything else that was saved (scvi registry, attributes, label names, ...).
+    path
+        The directory it was read from.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    vocab: GeneVocab
+    gene_medians: np.ndarray | None
+    extra: dict[str, Any]
+    path: Path | None = field(default=None, repr=False)
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    vocab: GeneVocab,
+    gene_medians: np.ndarray | None = None,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model directory in our format, atomically.
+
+    Parameters
+    ----------
+    path
+        The directory to create.
+    state_dict
+        Module state dict. Tensors are detached, moved to the CPU and made contiguous; tensors that
+        share memory (tied weights) are stored once and restored as one tensor by
+        :func:`read_checkpoint`.
+    config
+        JSON-serialisable model configuration.
+    vocab
+        The gene vocabulary (``GeneVocab``).
+    gene_medians
+        Per-gene non-zero medians, 1-D; stored as float64 ``.npy`` (read without pickle).
+    extra
+        JSON-serialisable extras. numpy arrays/scalars and pandas indexes are converted to lists /
+        Python scalars, so they come back as lists.
+    overwrite
+        Write into an existing directory, replacing the checkpoint files there (the files listed in
+        the module docstring). Every other file or folder in it is kept. Without it an existing
+        ``path`` raises :class:`FileExistsError` and nothing is touched.
+
+    Returns
+    -------
+    The path written.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false.
+    ValueError
+        Something is not serialisable, or ``overwrite`` would replace a file of a checkpoint's name
+        (``config.json``, ...) in a directory that is not a checkpoint of this format.
+    """
+    path = Path(path)
+    _check_target(path, overwrite, looks_like=lambda p: True, what="genemamba-scvi checkpoint")
+    if overwrite and path.is_dir() and not (path / CHECKSUMS_FILE).is_file():
+        clash = sorted(name for name in _OWN_FILES if (path / name).exists())
+        if clash:
+            raise ValueError(
+                f"refusing to overwrite {', '.join(clash)} in {path}: it is not a genemamba-scvi checkpoint "
+                "directory, so these files are not ours to replace; save to another directory"
+            )
+    # Serialise everything up front so that bad input fails before any file is created.
+    tensors, aliases = _prepare_tensors(state_dict)
+    config_text = _dumps(dict(config), "config")
+    extra_text = _dumps(dict(extra or {}), "extra")
+    medians = None
+    if gene_medians is not None:
+        medians = np.asarray(gene_medians, dtype=np.float64)
+        if medians.ndim != 1:
+            raise ValueError(f"gene_medians must be 1-D, got shape {medians.shape}")
+
+    def fill(tmp: Path) -> None:
+        (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+        metadata = {"format": CHECKPOINT_FORMAT, _ALIAS_METADATA_KEY: json.dumps(aliases, sort_keys=True)}
+        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
+        vocab.to_json(tmp / VOCAB_FILE)
+        if medians is not None:
+            with open(tmp / MEDIANS_FILE, "wb") as fh:
+                np.save(fh, medians, allow_pickle=False)
+        (tmp / EXTRA_FILE).write_text(extra_text, encoding="utf-8")
+        names = [*_REQUIRED_FILES, *([MEDIANS_FILE] if medians is not None else [])]
+        manifest = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "algorithm": "sha256",
+            "files": {name: _sha256(tmp / name) for name in sorted(names)},
+        }
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+
+    _atomic_write_dir(path, fill, overwrite, own_files=_OWN_FILES | _manifest_files(path))
+    return path
+
+
+def _manifest_files(path: Path) -> set[str]:
+    """Names listed in the checksums manifest of an existing checkpoint directory (empty if none)."""
+    try:
+        files = json.loads((path / CHECKSUMS_FILE).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in files if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
+
+
+def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
+    """Read a model directory written by :func:`write_checkpoint`.
+
+    Parameters
+    ----------
+    path
+        The checkpoint directory.
+    verify
+        Check the sha256 of every file against ``checksums.json`` before parsing (default).
+
+    Returns
+    -------
+    The :class:`Checkpoint`.
+
+    Raises
+    ------
+    FileNotFoundError
+        The directory or one of its files is missing (the message names what is missing).
+    ValueError
+        A checksum does not match (tampered or truncated file), a file is corrupt, or the format
+        is not ours.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint directory at {path}{_interrupted_hint(path)}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint path {path} is not a directory")
+    manifest_path = path / CHECKSUMS_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{CHECKSUMS_FILE} is missing from checkpoint directory {path}")
+    manifest = _load_json(manifest_path)
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{manifest_path} is not a {CHECKPOINT_FORMAT} manifest (format={manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format version {version!r}; this genemamba-scvi reads up to "
+            f"{CHECKPOINT_FORMAT_VERSION} (upgrade genemamba-scvi)"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ValueError(f"{manifest_path} has no 'files' table")
+    missing = [name for name in sorted({*_REQUIRED_FILES, *files}) if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {path} is missing {', '.join(missing)}")
+    uncovered = [name for name in _REQUIRED_FILES if name not in files]
+    if uncovered:
+        raise ValueError(f"{manifest_path} has no checksum for {', '.join(uncovered)}")
+    if verify:
+        for name, expected in files.items():
+            actual = _sha256(path / name)
+            if actual != expected:
+                raise ValueError(
+                    f"checksum mismatch for {path / name}: expected sha256 {expected}, got {actual} "
+                    "(the file was modified or truncated after saving)"
+                )
+
+    config = _load_json(path / CONFIG_FILE)
+    extra = _load_json(path / EXTRA_FILE)
+    state_dict, metadata = _load_safetensors(path / WEIGHTS_FILE)
+    aliases = json.loads(metadata.get(_ALIAS_METADATA_KEY, "{}"))
+    for alias, target in aliases.items():
+        if target not in state_dict:
+            raise ValueError(f"{path / WEIGHTS_FILE}: tied tensor {alias!r} points at missing {target!r}")
+        state_dict[alias] = state_dict[target]
+    from genemamba_scvi.data.vocab import GeneVocab
+
+    try:
+        vocab = GeneVocab.from_json(path / VOCAB_FILE)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"corrupt vocabulary file {path / VOCAB_FILE}: {err}") from err
+    gene_medians = None
+    if MEDIANS_FILE in files:
+        try:
+            gene_medians = np.load(path / MEDIANS_FILE, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"corrupt gene medians file {path / MEDIANS_FILE}: {err}") from err
+    return Checkpoint(state_dict, config, vocab, gene_medians, extra, path)

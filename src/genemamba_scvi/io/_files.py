@@ -1,0 +1,231 @@
+"""File helpers of the checkpoint formats: tensors, JSON, hashing, fsync and atomic directory swaps."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+
+
+def _prepare_tensors(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Detach, move to CPU, make contiguous; tensors that are the same view are stored once."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple, str] = {}
+    storages: set[tuple[str, int]] = set()
+    for name, tensor in state_dict.items():
+        if not isinstance(name, str):
+            raise ValueError(f"state dict keys must be strings, got {name!r}")
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach()
+        if tensor.numel() > 0:
+            storage = (str(tensor.device), tensor.untyped_storage().data_ptr())
+            view = (*storage, tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+            if view in views:
+                aliases[name] = views[view]
+                continue
+            views[view] = name
+            if storage in storages:
+                tensor = tensor.clone()  # overlapping but different view: store a copy
+            storages.add(storage)
+        tensors[name] = tensor.to("cpu").contiguous()
+    return tensors, aliases
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors raises SafetensorError / OSError / ValueError on corrupt input
+        raise ValueError(f"corrupt safetensors file {path}: {err}") from err
+    return tensors, metadata
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # pandas Index / Categorical
+        return obj.tolist()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _dumps(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} is not JSON serialisable: {err}") from err
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"corrupt JSON file {path}: {err}") from err
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if path.is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. directories on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_target(path: Path, overwrite: bool, looks_like: Callable[[Path], bool], what: str) -> None:
+    if not path.exists() and not path.is_symlink():
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"parent directory {path.parent} does not exist")
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"refusing to overwrite {path}: it is not a directory")
+    if any(path.iterdir()) and not looks_like(path):
+        raise ValueError(f"refusing to overwrite {path}: it does not look like a {what} directory")
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux renameat2; False where unavailable (other OS, old kernel/libc, unsupported fs)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _exchange_dirs(a: Path, b: Path) -> bool:
+    """Atomically swap two directories. False if the platform cannot."""
+    return _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def _move_into_place(src: Path, dst: Path) -> None:
+    """Rename ``src`` to a not-yet-existing ``dst`` without ever replacing a directory."""
+    if not _renameat2(src, dst, _RENAME_NOREPLACE):
+        if dst.exists():
+            raise FileExistsError(f"{dst} already exists")
+        os.rename(src, dst)
+
+
+def _keep_user_entries(old: Path, new: Path, own_files: Collection[str]) -> None:
+    """Hard-link (or copy) every entry of ``old`` not named in ``own_files`` into ``new``, recursively."""
+    for entry in old.iterdir():
+        if entry.name not in own_files and not (new / entry.name).exists():
+            _link_tree(entry, new / entry.name)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        dst.mkdir()
+        for entry in src.iterdir():
+            _link_tree(entry, dst / entry.name)
+        shutil.copystat(src, dst)
+    else:
+        try:
+            os.link(src, dst)  # same file system (sibling directory): the data is never copied or lost
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _atomic_write_dir(
+    path: Path, fill: Callable[[Path], None], overwrite: bool, own_files: Collection[str] | None = None
+) -> None:
+    """Write a directory atomically with ``fill``; see the module docstring.
+
+    With ``own_files``, overwriting keeps every entry of the old directory that is not named there.
+    """
+    parent = path.parent
+    tmp = parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        for child in tmp.iterdir():
+            _fsync_path(child)
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+            if own_files is not None:
+                _keep_user_entries(path, tmp, own_files)
+        _fsync_path(tmp)
+        if path.exists():
+            if _exchange_dirs(tmp, path):
+                _fsync_path(parent)  # tmp now holds the old model
+            else:
+                aside = parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
+                os.rename(path, aside)
+                try:
+                    os.rename(tmp, path)
+                except BaseException:
+                    os.rename(aside, path)
+                    raise
+                _fsync_path(parent)
+                shutil.rmtree(aside, ignore_errors=True)
+        else:
+            _move_into_place(tmp, path)
+            _fsync_path(parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _interrupted_hint(path: Path) -> str:
+    if not path.parent.is_dir():
+        return ""
+    leftovers = sorted(path.parent.glob(f".{path.name}.old-*"))
+    if leftovers:
+        return f" (an interrupted overwrite left the previous model at {leftovers[-1]})"
+    return ""

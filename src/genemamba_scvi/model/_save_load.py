@@ -1,0 +1,291 @@
+"""Persistence of :class:`~genemamba_scvi.model.GeneMambaModel`: ``save``, ``load``, ``from_pretrained``."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scvi.data._constants import _SCVI_UUID_KEY
+
+from genemamba_scvi import __version__
+from genemamba_scvi.data.tokenize import TOKENIZATIONS
+from genemamba_scvi.data.vocab import GeneVocab
+from genemamba_scvi.model._utils import _ENCODER_ARGS, _register_afresh
+
+
+def _history_to_json(history: Any) -> dict[str, dict[str, Any]] | None:
+    """``model.history`` (a dict of one-column DataFrames indexed by epoch) as plain JSON-able lists."""
+    if not isinstance(history, dict):
+        return None
+    out = {}
+    for key, frame in history.items():
+        frame = pd.DataFrame(frame)
+        try:
+            values = frame.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            continue  # not numeric: not a metric curve
+        out[str(key)] = {
+            "index_name": frame.index.name,
+            "index": frame.index.tolist(),
+            "columns": [str(c) for c in frame.columns],
+            "data": values.tolist(),
+        }
+    return out
+
+
+def _history_from_json(saved: dict[str, dict[str, Any]] | None) -> dict[str, pd.DataFrame] | None:
+    """Inverse of :func:`_history_to_json`."""
+    if not saved:
+        return None
+    return {
+        key: pd.DataFrame(
+            np.asarray(item["data"], dtype=np.float64).reshape(len(item["index"]), len(item["columns"])),
+            index=pd.Index(item["index"], name=item.get("index_name")),
+            columns=item["columns"],
+        )
+        for key, item in saved.items()
+    }
+
+
+class GeneMambaSaveLoadMixin:
+    """``save`` / ``load`` in our checkpoint format and ``from_pretrained`` for the official checkpoints.
+
+    Mixed into :class:`~genemamba_scvi.model.GeneMambaModel` (as scvi-tools' ``base/_save_load.py``).
+    """
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            "genemamba_scvi_version": __version__,
+            "setup_args": dict(self.adata_manager.registry["setup_args"]),
+            "label_names": self.label_names_,
+            "labels_key": getattr(self, "labels_key_", None),
+            "classifier_hidden": self.classifier_hidden_,
+            "objective": self.module.objective,
+            "is_trained": bool(self.is_trained_),
+            "history": _history_to_json(self.history_),
+        }
+
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Save weights (safetensors), config, vocabulary, gene medians and training history, atomically.
+
+        The model directory is written next to its destination and renamed into place, so a crash leaves
+        any previous model intact. :meth:`load` restores the model and ``model.history``.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to write (created).
+        prefix
+            Write into ``dir_path / f"{prefix}model"`` instead.
+        overwrite
+            Write into an existing directory, as scvi-tools does: the files this package writes there
+            (``model.safetensors``, ``config.json``, ``vocab.json``, ``gene_medians.npy``, ``extra.json``,
+            ``checksums.json``) are replaced; any other file or folder in it is kept unchanged. A directory
+            that is not a saved model but holds a file of one of those names is refused. Without
+            ``overwrite`` an existing ``dir_path`` raises :class:`FileExistsError` and is not touched.
+        save_anndata
+            Not supported: write the AnnData with ``adata.write_h5ad``.
+        **kwargs
+            Ignored (scvi-tools compatibility).
+        """
+        from genemamba_scvi.io import write_checkpoint
+
+        if save_anndata:
+            raise NotImplementedError("save_anndata=True is not supported: write the AnnData with adata.write_h5ad.")
+        if prefix:
+            dir_path = Path(dir_path) / f"{prefix}model"
+        write_checkpoint(
+            dir_path,
+            self.module.state_dict(),
+            config=dict(self._config),
+            vocab=self.vocab_,
+            gene_medians=self.gene_medians_,
+            extra=self._checkpoint_extra(),
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def _from_parts(
+        cls,
+        adata: AnnData,
+        config: dict[str, Any],
+        vocab: GeneVocab,
+        gene_medians: np.ndarray | None,
+        setup_args: dict[str, Any] | None,
+    ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
+        manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
+        if manager is None or manager.adata is not adata:  # not set up yet, or a copy of a registered AnnData
+            _register_afresh(cls, adata, setup_args or {})
+        return cls(adata, vocab=vocab, gene_medians=gene_medians, **config)
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        **kwargs: Any,
+    ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            AnnData to attach (required; its genes are matched to the saved vocabulary in any order, and a
+            poor overlap raises ``ValueError``). If not set up yet, :meth:`setup_anndata` is run with the
+            saved arguments.
+        accelerator, device
+            Where to put the model.
+
+        Raises
+        ------
+        FileNotFoundError
+            Missing directory or file.
+        ValueError
+            Tampered or truncated files (checksums), or genes that do not match the vocabulary.
+        """
+        from scvi.model._utils import parse_device_args
+
+        from genemamba_scvi.io import read_checkpoint
+
+        if prefix:
+            dir_path = Path(dir_path) / f"{prefix}model"
+        ckpt = read_checkpoint(dir_path)
+        if adata is None:
+            raise ValueError("GeneMambaModel.load needs the AnnData to attach: load(dir_path, adata=adata).")
+        extra = ckpt.extra or {}
+        model = cls._from_parts(adata, ckpt.config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"))
+        if extra.get("label_names"):
+            model.label_names_ = list(extra["label_names"])
+            model.labels_key_ = extra.get("labels_key")
+            model.classifier_hidden_ = extra.get("classifier_hidden")
+            model.module.add_classifier(len(model.label_names_), hidden=model.classifier_hidden_)
+        model.module.set_objective(extra.get("objective", "mlm"))
+        missing, unexpected = model.module.load_state_dict(ckpt.state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {dir_path} does not fit this model: missing keys {missing[:5]}, "
+                f"unexpected keys {unexpected[:5]}"
+            )
+        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        model.to_device(dev)
+        model.module.eval()
+        model.is_trained_ = bool(extra.get("is_trained", True))
+        model.history_ = _history_from_json(extra.get("history"))  # None for models saved before it was kept
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        adata: AnnData,
+        gene_medians: np.ndarray | None = None,
+        max_genes: int = 2048,
+        backend: Literal["auto", "torch", "mamba_ssm"] = "auto",
+        subfolder: str | None = None,
+        merge: str | None = None,
+        pooling: Literal["mean", "cls"] | None = None,
+        tokenization: Literal["published", "ranked"] = "published",
+        identity_layers: bool = False,
+        **setup_kwargs: Any,
+    ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
+        """Load an official GeneMamba checkpoint directory (Hugging Face or GitHub layout) offline.
+
+        The directory must hold ``config.json``, ``model.safetensors`` and the tokenizer file of the
+        published model (``tokenizer.json`` from Hugging Face, e.g. downloaded elsewhere with
+        ``huggingface-cli download mineself2016/GeneMamba --local-dir DIR``, or ``gene_tokenizer.json``
+        from the GitHub code). Our encoder is built with the published layer (``block="official"``:
+        Mamba-2 + residual, no norm) and the official merge, and the weights are mapped key by key
+        (strict). See the "Pre-trained checkpoints" docs page.
+
+        Parameters
+        ----------
+        path
+            Local checkpoint directory (or one of its size-variant subfolders).
+        adata
+            AnnData of raw counts; set up with :meth:`setup_anndata` (done here with ``setup_kwargs`` if not).
+        gene_medians
+            ``tokenization="ranked"`` only: medians per token id; otherwise computed from ``adata``.
+        max_genes
+            Genes per cell (the published ``seq_len``, 2048).
+        backend
+            Mixer backend.
+        subfolder
+            Size-variant subfolder of ``path`` (e.g. ``"12l-256d"``), if any.
+        merge
+            Merge mode, only needed when ``config.json`` does not state it; without it a checkpoint
+            with no ``aggr`` weights gets the published default ``"mean"`` (with a warning).
+        pooling
+            ``"mean"`` over the real tokens or ``"cls"`` (a ``<cls>`` token in front, its final state).
+            Default: ``config.json``'s ``embedding_pooling``, else ``"mean"`` (with a warning), as in the
+            published embedding example.
+        tokenization
+            ``"published"`` (default): the input the published weights saw (genes ranked by raw value,
+            zero counts kept, genes outside the vocabulary as the official ``[UNK]``);
+            ``"ranked"``: this package's median-normalised ranks (see :class:`GeneMambaModel`).
+        identity_layers
+            Every layer returns its input (``block="official_identity"``), as in the ``EncoderLayer``
+            of the MineSelf2016/mamba_dev copy of the published code. Only for weights trained with
+            that code; see the docs for how to tell.
+
+        Notes
+        -----
+        The published checkpoints ship no gene medians; with ``tokenization="ranked"`` and no
+        ``gene_medians`` they are computed from ``adata``, which may rank genes differently from the
+        corpus the model was pre-trained on.
+        """
+        from genemamba_scvi.io import read_official_checkpoint
+
+        if tokenization not in TOKENIZATIONS:
+            raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
+        published = tokenization == "published"
+        enc_kwargs, enc_state, lm_state, vocab, info = read_official_checkpoint(
+            path,
+            subfolder=subfolder,
+            merge=merge,
+            pooling=pooling,
+            keep_unk=published,
+            identity_layers=identity_layers,
+        )
+        if published and info.get("unk_token") is None:
+            warnings.warn(
+                "the official tokenizer has no unknown-gene token: genes outside its vocabulary are dropped "
+                "instead of being tokenised as [UNK] as the published code does",
+                UserWarning,
+                stacklevel=2,
+            )
+        if gene_medians is None and info.get("gene_medians") is not None:
+            gene_medians = np.asarray(info["gene_medians"], dtype=np.float64)
+        if gene_medians is None and published:
+            gene_medians = np.full(len(vocab), np.nan)  # not used by the published tokenization
+        config = {k: v for k, v in enc_kwargs.items() if k in _ENCODER_ARGS}
+        config.update(
+            max_genes=max_genes,
+            backend=backend,
+            tie_lm_head=False,
+            tokenization=tokenization,
+            unk_token=info.get("unk_token"),
+        )
+        model = cls._from_parts(adata, config, vocab, gene_medians, setup_kwargs)
+        model.module.encoder.load_state_dict(enc_state, strict=True)
+        if lm_state is not None:
+            model.module.lm_head.load_state_dict(lm_state, strict=True)
+        model.module.eval()
+        model.is_trained_ = True
+        return model

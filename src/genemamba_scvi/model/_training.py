@@ -1,0 +1,462 @@
+"""Training of :class:`~genemamba_scvi.model.GeneMambaModel`: ``train``, ``train_classifier``, ``pretrain``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from scvi.model._utils import use_distributed_sampler
+from scvi.train import SaveCheckpoint, TrainRunner
+
+from genemamba_scvi import __version__
+from genemamba_scvi._precision import resolve_precision, training_on_gpu
+from genemamba_scvi.model._utils import (
+    _MIN_GENE_OVERLAP,
+    _check_known_genes_expressed,
+    _check_obs_key,
+    _save_kernel_cache,
+)
+from genemamba_scvi.module import gene_set_tensors
+from genemamba_scvi.train import StepProgressBar
+
+
+def _label_codes(labels: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """Integer codes and the sorted label values, which keep their type (integer labels stay integers)."""
+    try:
+        codes, uniques = pd.factorize(labels, sort=True)
+    except TypeError:  # labels of mixed types cannot be sorted
+        codes, uniques = pd.factorize(labels.astype(str), sort=True)
+    return codes, np.asarray(uniques).tolist()
+
+
+def _class_weights(
+    class_weight: str | dict[str, float] | None, codes: np.ndarray, names: Sequence[str]
+) -> torch.Tensor | None:
+    """Cross-entropy weights per label code (see :meth:`GeneMambaModel.train_classifier`)."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be 'balanced', a dict or None, got {class_weight!r}")
+        counts = np.bincount(codes, minlength=len(names)).astype(np.float64)
+        weights = codes.size / (len(names) * np.maximum(counts, 1.0))
+    else:
+        by_name = {str(k): v for k, v in class_weight.items()}
+        unknown = sorted(set(by_name) - set(names))
+        if unknown:
+            raise ValueError(
+                f"class_weight names labels that are not in the data: {unknown[:5]}; labels: {list(names)[:10]}"
+            )
+        weights = np.array([float(by_name.get(n, 1.0)) for n in names])
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+            raise ValueError(f"class_weight values must be finite, non-negative and not all zero, got {class_weight}")
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's advertising tips and its note on estimating the number of steps from the log."""
+
+    _NOISE = ("Tip: ", "to estimate number of stepping batches")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self._NOISE)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """While training: no Lightning tips, no deprecation noise from its internals, each INFO line once.
+
+    The ``lightning`` logger has a handler of its own *and* propagates to the root logger, so once the root
+    logger has a handler (``logging.basicConfig``, many notebook set-ups) every Lightning INFO line is printed
+    twice. Everything is restored afterwards.
+    """
+    loggers = [logging.getLogger(f"lightning.{pkg}.utilities.rank_zero") for pkg in ("pytorch", "fabric")]
+    tips = _DropLightningTips()
+    top = logging.getLogger("lightning")
+    propagate = top.propagate
+    for lg in loggers:
+        lg.addFilter(tips)
+    if top.handlers:
+        top.propagate = False
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
+    finally:
+        top.propagate = propagate
+        for lg in loggers:
+            lg.removeFilter(tips)
+
+
+class _GeneMambaTrainRunner(TrainRunner):
+    """scvi-tools' TrainRunner; a later run (``train_classifier`` after ``train``) also adds its new history keys.
+
+    scvi keeps only the keys of the first run, so the classification loss and accuracy would be dropped.
+    New keys are indexed by the epochs of the run that logged them (continuing after the earlier runs).
+    """
+
+    def _update_history(self) -> None:
+        previous = self.model.history_ if self.model.is_trained_ and isinstance(self.model.history_, dict) else None
+        offset = len(previous["train_loss"]) if previous and "train_loss" in previous else 0
+        super()._update_history()
+        if not previous or not self.trainer.is_global_zero:
+            return
+        for key, frame in (getattr(self.trainer.logger, "history", None) or {}).items():
+            if key not in self.model.history_:
+                frame = frame.copy()
+                frame.index = pd.RangeIndex(offset, offset + len(frame), name="epoch")
+                self.model.history_[key] = frame
+
+
+class _ResumableCheckpoint(SaveCheckpoint):
+    """Plain Lightning checkpoints (weights, optimizer, scheduler, loop state) for ``train(ckpt_path=...)``.
+
+    Subclasses scvi-tools' :class:`~scvi.train.SaveCheckpoint` only so that scvi's Trainer recognises a
+    checkpoint callback and does not add its own; unlike it, this writes Lightning ``.ckpt`` files
+    (``last.ckpt`` refreshed at every save) rather than full model directories.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None):
+        super().__init__(
+            dirpath=dirpath,
+            filename="{epoch}-{step}",
+            monitor=None,
+            save_top_k=-1 if every_n_train_steps else 1,
+            every_n_train_steps=every_n_train_steps,
+        )
+        self.save_last = True  # SaveCheckpoint drops save_last from its kwargs; we want last.ckpt
+
+    # Lightning's own behaviour everywhere scvi's SaveCheckpoint would write model dirs instead.
+    on_save_checkpoint = ModelCheckpoint.on_save_checkpoint
+    on_train_batch_end = ModelCheckpoint.on_train_batch_end
+    on_train_end = ModelCheckpoint.on_train_end
+    on_exception = ModelCheckpoint.on_exception
+    _update_best_and_save = ModelCheckpoint._update_best_and_save
+    _remove_checkpoint = ModelCheckpoint._remove_checkpoint
+
+
+class GeneMambaTrainingMixin:
+    """``train`` (pre-training on the registered AnnData), ``train_classifier`` and ``pretrain`` (on a corpus).
+
+    Mixed into :class:`~genemamba_scvi.model.GeneMambaModel` (as scvi-tools' ``UnsupervisedTrainingMixin``).
+    """
+
+    def _run_training(
+        self,
+        *,
+        max_epochs: int,
+        lr: float,
+        batch_size: int,
+        accelerator: str,
+        devices: Any,
+        train_size: float | None,
+        validation_size: float | None,
+        early_stopping: bool,
+        checkpoint_dir: str | os.PathLike | None,
+        checkpoint_every_n_steps: int | None,
+        ckpt_path: str | None,
+        labels: np.ndarray | None,
+        plan_kwargs: dict | None,
+        datasplitter_kwargs: dict | None,
+        trainer_kwargs: dict,
+        gradient_checkpointing: bool = False,
+        precision: str | int | None = "auto",
+    ):
+        precision = resolve_precision(precision, training_on_gpu(accelerator, devices))
+        tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
+        _check_known_genes_expressed(self.adata, self._setup_arg("layer"), tokenizer.gene_token_ids)
+        data_splitter = self._data_splitter_cls(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+            tokenizer=tokenizer,
+            labels=labels,
+            **(datasplitter_kwargs or {}),
+        )
+        plan = self._training_plan_cls(self.module, lr=lr, **(plan_kwargs or {}))
+        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        if checkpoint_dir is not None:
+            callbacks.append(_ResumableCheckpoint(str(checkpoint_dir), checkpoint_every_n_steps))
+        # progress within the epoch (scvi's simple bar moves once per epoch); simple_progress_bar=True restores it
+        trainer_kwargs.setdefault("simple_progress_bar", False)
+        if trainer_kwargs.get("enable_progress_bar", True) and not trainer_kwargs["simple_progress_bar"]:
+            callbacks.append(StepProgressBar())
+        self.module.train()  # Lightning keeps each submodule's mode; a previous inference left them in eval
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        with _quiet_lightning():
+            runner = self._train_runner_cls(
+                self,
+                training_plan=plan,
+                data_splitter=data_splitter,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                early_stopping=early_stopping,
+                callbacks=callbacks,
+                ckpt_path=ckpt_path,
+                precision=precision,
+                **trainer_kwargs,
+            )
+            self.module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
+            try:
+                return runner()
+            finally:
+                self.module.encoder.gradient_checkpointing = False
+                _save_kernel_cache()
+
+    def train(
+        self,
+        max_epochs: int = 10,
+        *,
+        objective: Literal["mlm", "next_token"] = "mlm",
+        gene_sets: str | os.PathLike | dict[str, Sequence[str]] | None = None,
+        gamma: float = 0.1,
+        lr: float = 1e-3,
+        batch_size: int = 32,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int | None = None,
+        ckpt_path: str | None = None,
+        gradient_checkpointing: bool = False,
+        precision: str | int | None = "auto",
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
+    ):
+        """Pre-train GeneMamba on the registered AnnData.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        objective
+            ``"mlm"`` (masked-gene prediction) or ``"next_token"`` (unidirectional models only).
+        gene_sets
+            Gene sets for the pathway InfoNCE term: ``"go_bp"`` / ``"kegg"`` (shipped GMTs), a GMT path, or a
+            ``{name: [genes]}`` mapping. ``None`` trains with the LM loss alone.
+        gamma
+            Weight of the pathway InfoNCE term (0.1 as in the paper).
+        lr
+            Peak AdamW learning rate (linear warm-up, cosine decay).
+        batch_size
+            Cells per minibatch.
+        accelerator, devices
+            Lightning accelerator and devices; ``"auto"`` uses a GPU when there is one.
+        train_size, validation_size
+            Split of the cells (scvi-tools :class:`~scvi.dataloaders.DataSplitter` semantics).
+        early_stopping
+            Stop when ``validation_loss`` stops improving (``early_stopping_patience`` etc. in kwargs).
+        checkpoint_dir
+            Write Lightning checkpoints (weights, optimizer, scheduler, loop state) here; ``last.ckpt`` is
+            refreshed at every save. Resume with ``ckpt_path=".../last.ckpt"``.
+        checkpoint_every_n_steps
+            Save every N optimiser steps (default: every epoch).
+        ckpt_path
+            Resume training from this Lightning checkpoint.
+        gradient_checkpointing
+            Recompute each Bi-Mamba layer in the backward pass instead of keeping its activations: much less
+            memory (long cells, big batches) for one more forward pass per step; same gradients.
+        precision
+            ``"auto"`` (default): ``"bf16-mixed"`` when training runs on a CUDA GPU (float32 weights, bf16
+            matrix products and kernels: about 3x the speed of float32 there), ``"32-true"`` on CPU.
+            Or one of ``"bf16-mixed"``, ``"16-mixed"``, ``"32-true"`` (Lightning's names).
+        plan_kwargs
+            Passed to :class:`~genemamba_scvi.train.GeneMambaTrainingPlan` (``weight_decay``,
+            ``warmup_fraction``, ...).
+        datasplitter_kwargs
+            Passed to the data splitter / loader (``num_workers``, ...).
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` / Lightning (``accumulate_grad_batches``,
+            ``strategy="ddp"``, ``max_steps``, ...).
+        """
+        self.module.mode = "pretrain"
+        self.module.set_objective(objective)
+        self.module.set_gene_sets(gene_set_tensors(gene_sets, self.vocab_), gamma=gamma)
+        return self._run_training(
+            max_epochs=max_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            early_stopping=early_stopping,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_n_steps=checkpoint_every_n_steps,
+            ckpt_path=ckpt_path,
+            labels=None,
+            plan_kwargs=plan_kwargs,
+            datasplitter_kwargs=datasplitter_kwargs,
+            trainer_kwargs=trainer_kwargs,
+            gradient_checkpointing=gradient_checkpointing,
+            precision=precision,
+        )
+
+    def train_classifier(
+        self,
+        labels_key: str | None = None,
+        max_epochs: int = 10,
+        *,
+        lr: float = 5e-4,
+        batch_size: int = 32,
+        freeze_encoder: bool = False,
+        hidden: int | None = None,
+        dropout: float = 0.1,
+        class_weight: Literal["balanced"] | dict[str, float] | None = None,
+        gradient_checkpointing: bool = False,
+        precision: str | int | None = "auto",
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
+    ):
+        """Fine-tune a cell-type classifier head (and, unless frozen, the encoder).
+
+        Parameters
+        ----------
+        labels_key
+            ``adata.obs`` column with the labels; defaults to the ``labels_key`` given to
+            :meth:`setup_anndata`.
+        max_epochs
+            Fine-tuning epochs.
+        lr
+            Peak learning rate.
+        batch_size
+            Cells per minibatch.
+        freeze_encoder
+            Train the head only (linear probing) instead of fine-tuning the whole model.
+        hidden
+            Hidden width of the classifier MLP (``None``: a linear head).
+        dropout
+            Dropout before the head.
+        class_weight
+            Weights of the cross-entropy per cell type, for unbalanced labels (the usual case: rare types
+            are otherwise ignored). ``"balanced"``: ``n_cells / (n_types * n_cells_of_type)`` from the
+            label counts in ``adata`` (scikit-learn's convention); a dict maps label -> weight (labels
+            not in it get 1); ``None`` (default): unweighted.
+        gradient_checkpointing, precision
+            As in :meth:`train`.
+        accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
+            As in :meth:`train`.
+        """
+        labels_key = labels_key or self._setup_arg("labels_key")
+        if labels_key is None:
+            raise ValueError("train_classifier needs labels: pass labels_key= or set it in setup_anndata.")
+        _check_obs_key(self.adata, labels_key, "labels_key")
+        codes, names = _label_codes(self.adata.obs[labels_key])
+        if len(names) < 2:
+            raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
+        weights = _class_weights(class_weight, codes, [str(n) for n in names])  # validate before changing state
+        self.label_names_ = names
+        self.labels_key_ = labels_key
+        self.classifier_hidden_ = hidden
+        self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
+        self.module.class_weights = weights
+        self.module.mode = "classify"
+        self.module.encoder.requires_grad_(not freeze_encoder)
+        try:
+            return self._run_training(
+                max_epochs=max_epochs,
+                lr=lr,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                validation_size=validation_size,
+                early_stopping=early_stopping,
+                checkpoint_dir=None,
+                checkpoint_every_n_steps=None,
+                ckpt_path=None,
+                labels=codes.astype(np.int64),
+                plan_kwargs=plan_kwargs,
+                datasplitter_kwargs=None,
+                trainer_kwargs=trainer_kwargs,
+                gradient_checkpointing=gradient_checkpointing,
+                precision=precision,
+            )
+        finally:
+            self.module.encoder.requires_grad_(True)
+            self.module.mode = "pretrain"
+            self.module.class_weights = None
+
+    @classmethod
+    def pretrain(
+        cls,
+        corpus_dir: str | os.PathLike,
+        save_dir: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ):
+        """Pre-train on a token corpus built by :func:`genemamba_scvi.data.build_corpus` (out of core, DDP).
+
+        Runs :func:`genemamba_scvi.pretrain.pretrain_from_corpus` (memory does not grow with the corpus;
+        ``strategy="ddp"``, ``precision="bf16-mixed"``, ``accumulate_grad_batches``, checkpoints every N
+        steps and exact resume with ``ckpt_path``) and writes the result to ``save_dir`` in the format of
+        :meth:`save`, so that ``GeneMambaModel.load(save_dir, adata=adata)`` embeds any AnnData.
+
+        Parameters
+        ----------
+        corpus_dir
+            Corpus directory (manifest, shards, vocabulary and gene medians).
+        save_dir
+            Where to write the trained model (atomic; refuses an existing directory unless ``overwrite``).
+        overwrite
+            Replace an existing model directory.
+        **kwargs
+            Passed to :func:`~genemamba_scvi.pretrain.pretrain_from_corpus` (architecture, ``max_steps``,
+            ``batch_size``, ``lr``, ``devices``, ``strategy``, ``checkpoint_dir``, ``gene_sets``, ``gamma``, ...).
+
+        Returns
+        -------
+        :class:`~genemamba_scvi.pretrain.PretrainResult` (module, vocab, gene medians, Lightning trainer).
+        """
+        from genemamba_scvi.data.corpus import TokenCorpus
+        from genemamba_scvi.io import write_checkpoint
+        from genemamba_scvi.pretrain import pretrain_from_corpus
+
+        if Path(save_dir).exists() and not overwrite:  # fail before hours of training, not after
+            raise FileExistsError(f"{save_dir} already exists; pass overwrite=True to replace it")
+        result = pretrain_from_corpus(corpus_dir, **kwargs)
+        if result.trainer.is_global_zero:
+            config = {
+                **result.module.config.to_dict(model_args_only=True),
+                "min_gene_overlap": _MIN_GENE_OVERLAP,
+                "max_genes": int(TokenCorpus(corpus_dir).max_genes),
+            }
+            extra = {
+                "genemamba_scvi_version": __version__,
+                "objective": result.module.objective,
+                "is_trained": True,
+                "pretrained_on": str(corpus_dir),
+            }
+            write_checkpoint(
+                save_dir,
+                result.module.state_dict(),
+                config=config,
+                vocab=result.vocab,
+                gene_medians=result.gene_medians,
+                extra=extra,
+                overwrite=overwrite,
+            )
+        return result

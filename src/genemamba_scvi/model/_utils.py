@@ -1,0 +1,114 @@
+"""AnnData checks and helpers shared by the parts of :class:`~genemamba_scvi.model.GeneMambaModel`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi.data._constants import _SCVI_UUID_KEY
+from scvi.data._utils import _assign_adata_uuid
+from scvi.model.base import BaseModelClass
+
+from genemamba_scvi._config import ENCODER_FIELDS, MODEL_ARG_FIELDS
+from genemamba_scvi.data.normalize import count_matrix, validate_counts
+
+
+def _save_kernel_cache() -> None:
+    """Remember Triton winners found in this process (GPU only; see :mod:`genemamba_scvi.nn.kernel_configs`)."""
+    if torch.cuda.is_available():
+        from genemamba_scvi.nn.kernel_configs import save_kernel_cache
+
+        save_kernel_cache()
+
+
+#: Encoder settings that are model arguments (the official reader's settings are filtered by them).
+_ENCODER_ARGS = tuple(k for k in ENCODER_FIELDS if k in MODEL_ARG_FIELDS)
+#: Default of ``min_gene_overlap`` (also written by :meth:`GeneMambaModel.pretrain`).
+_MIN_GENE_OVERLAP = 0.5
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """Refuse a setting that is not one of ``allowed``, naming them."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
+    if key is None:
+        return
+    if key not in adata.obs:
+        raise ValueError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]}).")
+    n_missing = int(pd.isna(adata.obs[key]).sum())
+    if n_missing:
+        raise ValueError(
+            f"adata.obs[{key!r}] ({what}) has {n_missing} missing (NaN) values; fill them "
+            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).fillna('Unknown')) or drop those cells."
+        )
+
+
+def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
+    """Raise a clear ValueError for anything GeneMamba cannot tokenize."""
+    where = "adata.X" if layer is None else f"layer {layer!r}"
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    if adata.isbacked:
+        raise ValueError(
+            "backed AnnData is not supported by GeneMambaModel: load it with adata.to_memory(), or build a "
+            "token corpus out of core with genemamba_scvi.data.build_corpus for pre-training."
+        )
+    X = count_matrix(adata, layer)
+    validate_counts(X, where)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    n_empty = int((totals == 0).sum())
+    if n_empty:
+        raise ValueError(
+            f"{n_empty} of {adata.n_obs} cells have zero total counts in {where}; GeneMamba cannot rank genes of "
+            "an empty cell. Remove them, e.g. sc.pp.filter_cells(adata, min_counts=1)."
+        )
+
+
+def _check_known_genes_expressed(
+    adata: AnnData, layer: str | None, token_ids: np.ndarray, indices: Sequence[int] | None = None
+) -> None:
+    """Refuse cells whose counts all fall in genes outside the vocabulary (they have no tokens to embed)."""
+    known = np.asarray(token_ids) >= 0
+    if known.all():
+        return  # cells without any count are refused by _validate_count_layer
+    known_totals = np.asarray(count_matrix(adata, layer) @ known.astype(np.float32)).ravel()
+    idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    bad = idx[known_totals[idx] == 0]
+    if bad.size:
+        where = "adata.X" if layer is None else f"layer {layer!r}"
+        raise ValueError(
+            f"{bad.size} of {idx.size} cells have counts in {where} only in genes that are not in the model's "
+            f"vocabulary (e.g. {adata.obs_names[bad[:3]].tolist()}), so GeneMamba has no gene tokens to embed them. "
+            "Check the gene ids (symbols or Ensembl ids in var_names, or gene_id_key=), or remove those cells."
+        )
+
+
+def _copy_of_registered(store: dict, adata: AnnData) -> bool:
+    """Whether ``adata`` carries the scvi id of another AnnData registered in ``store`` (it is a copy of it)."""
+    manager = store.get(adata.uns.get(_SCVI_UUID_KEY))
+    return manager is not None and manager.adata is not adata
+
+
+def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args: dict[str, Any]) -> None:
+    """Run ``setup_anndata`` on ``adata``; a copy of a registered AnnData first gets its own scvi id.
+
+    scvi-tools refuses copies ("Did you make a copy?") or transfers the registry, which demands the same genes in
+    the same order. GeneMamba matches genes by id, so a copy (also with permuted or fewer genes) is simply set up
+    again with the model's arguments. Query data need not carry the batch or label columns.
+    """
+    args = dict(setup_args)
+    for key in ("batch_key", "labels_key"):
+        if args.get(key) is not None and args[key] not in adata.obs:
+            args[key] = None
+    if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
+        _assign_adata_uuid(adata, overwrite=True)
+    model_cls.setup_anndata(adata, **args)

@@ -1,0 +1,144 @@
+"""Dataset, data loader and Lightning data module over a token corpus."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from scvi import REGISTRY_KEYS
+from torch.utils.data import DataLoader, Dataset
+
+from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
+from genemamba_scvi.data.corpus import TokenCorpus
+from genemamba_scvi.pretrain._sampler import CorpusBatchSampler
+
+
+# ---------------------------------------------------------------------------------------------- data
+class CorpusDataset(Dataset):
+    """Map-style dataset over a :class:`~genemamba_scvi.data.corpus.TokenCorpus`; an item is a whole batch.
+
+    ``dataset[cells]`` (an array of cell indices) returns ``{"tokens": LongTensor [B, L_max_in_batch],
+    "lengths": LongTensor [B], "ind_x": LongTensor [B]}``: the keys of :mod:`genemamba_scvi.dataloader`
+    (``ind_x`` = :attr:`scvi.REGISTRY_KEYS.INDICES_KEY`, the corpus cell indices, traceable to their input
+    file and row with :meth:`TokenCorpus.cell_ids <genemamba_scvi.data.corpus.TokenCorpus.cell_ids>`).
+    """
+
+    def __init__(self, corpus: TokenCorpus | str | os.PathLike):
+        self.corpus = corpus if isinstance(corpus, TokenCorpus) else TokenCorpus(corpus)
+
+    def __len__(self) -> int:
+        return self.corpus.n_cells
+
+    def __getitem__(self, cells: Any) -> dict[str, torch.Tensor]:
+        cells = np.atleast_1d(np.asarray(cells, dtype=np.int64))
+        tokens, lengths = self.corpus.get(cells)
+        return {
+            TOKENS_KEY: torch.from_numpy(tokens.astype(np.int64)),
+            LENGTHS_KEY: torch.from_numpy(lengths.astype(np.int64)),
+            REGISTRY_KEYS.INDICES_KEY: torch.from_numpy(cells.copy()),
+        }
+
+
+class CorpusDataLoader(DataLoader):
+    """DataLoader over a :class:`CorpusDataset` driven by a :class:`CorpusBatchSampler`, stateful for Lightning.
+
+    Lightning saves :meth:`state_dict` in every checkpoint and calls :meth:`load_state_dict` on resume, so a
+    run resumed mid-epoch continues with the next unseen batch.
+    """
+
+    def __init__(self, dataset: CorpusDataset, sampler: CorpusBatchSampler, **kwargs: Any):
+        super().__init__(dataset, batch_size=None, sampler=sampler, **kwargs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's position."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the sampler's position."""
+        self.sampler.load_state_dict(state_dict)
+
+
+class CorpusDataModule(pl.LightningDataModule):
+    """Lightning DataModule over a token corpus directory (memory-mapped shards).
+
+    Parameters
+    ----------
+    corpus_dir
+        Directory written by :func:`~genemamba_scvi.data.corpus.build_corpus`.
+    batch_size
+        Cells per batch *per rank* (the global batch is ``batch_size x world size``, times
+        ``accumulate_grad_batches`` per optimiser step).
+    shuffle, seed, drop_last, bucket_window
+        See :class:`CorpusBatchSampler`.
+    num_workers, pin_memory, persistent_workers
+        Passed to the :class:`~torch.utils.data.DataLoader` (workers read the memory maps; the sampler runs
+        in the main process).
+
+    Notes
+    -----
+    Rank and world size are taken from the attached trainer. No validation loader is defined.
+    """
+
+    def __init__(
+        self,
+        corpus_dir: str | os.PathLike,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        bucket_window: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ):
+        super().__init__()
+        self.corpus_dir = Path(corpus_dir)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.bucket_window = int(bucket_window)
+        self.num_workers = int(num_workers)
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.corpus: TokenCorpus | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is None:
+            self.corpus = TokenCorpus(self.corpus_dir)
+
+    def make_sampler(self, num_replicas: int = 1, rank: int = 0) -> CorpusBatchSampler:
+        """The batch sampler of one rank."""
+        self.setup()
+        assert self.corpus is not None
+        return CorpusBatchSampler(
+            self.corpus.n_cells,
+            self.batch_size,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            drop_last=self.drop_last,
+            bucket_window=self.bucket_window,
+            lengths_fn=self.corpus.lengths_of,
+        )
+
+    def train_dataloader(self) -> CorpusDataLoader:
+        self.setup()
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = self.make_sampler(world, rank)
+        if trainer is not None:
+            sampler.progress_fn = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return CorpusDataLoader(
+            CorpusDataset(self.corpus),
+            sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )

@@ -1,0 +1,278 @@
+"""Corpus pre-training: the step-seeded training plan and :func:`pretrain_from_corpus`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from genemamba_scvi._constants import LENGTHS_KEY
+from genemamba_scvi._precision import resolve_precision, training_on_gpu
+from genemamba_scvi.data.corpus import TokenCorpus
+from genemamba_scvi.data.vocab import GeneVocab
+from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
+from genemamba_scvi.nn.config import GeneMambaConfig
+from genemamba_scvi.pretrain._data import CorpusDataModule
+from genemamba_scvi.train import GeneMambaTrainingPlan
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _step_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class CorpusTrainingPlan(GeneMambaTrainingPlan):
+    """:class:`~genemamba_scvi.train.GeneMambaTrainingPlan` whose per-step randomness is a function of the step.
+
+    Each training step runs under a forked torch RNG seeded from ``(mask_seed, rank, epoch, batch index)``,
+    so the masked positions (and any dropout) of a step are the same whether the run was interrupted and
+    resumed or not, and differ between ranks, steps and epochs. The global RNG is left untouched.
+
+    Parameters
+    ----------
+    module
+        A :class:`~genemamba_scvi.module.GeneMambaModule`.
+    mask_seed
+        Seed of the per-step randomness.
+    **kwargs
+        Passed to :class:`~genemamba_scvi.train.GeneMambaTrainingPlan` (``lr``, ``weight_decay``, ...).
+    """
+
+    def __init__(self, module: GeneMambaModule, mask_seed: int = 0, **kwargs: Any):
+        super().__init__(module, **kwargs)
+        self.mask_seed = int(mask_seed)
+
+    def training_step(self, batch, batch_idx):
+        seed = _step_seed(self.mask_seed, self.global_rank, self.current_epoch, batch_idx)
+        device = self.device
+        devices = (
+            [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        )
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            torch.manual_seed(seed)
+            return super().training_step(batch, batch_idx)
+
+
+class StepLossHistory(pl.Callback):
+    """Records ``(global_step, epoch, batch_idx, loss)`` of every training batch on this rank.
+
+    Attributes
+    ----------
+    records
+        List of dicts with keys ``step``, ``epoch``, ``batch_idx``, ``loss``, ``n_tokens`` (real tokens of the
+        batch on this rank).
+    """
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    @property
+    def losses(self) -> list[float]:
+        """Loss of each recorded batch."""
+        return [r["loss"] for r in self.records]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        self.records.append(
+            {
+                "step": int(trainer.global_step),
+                "epoch": int(trainer.current_epoch),
+                "batch_idx": int(batch_idx),
+                "loss": float(loss.detach().float().cpu()),
+                "n_tokens": int(batch[LENGTHS_KEY].sum()),
+            }
+        )
+
+
+class PretrainResult(NamedTuple):
+    """What :func:`pretrain_from_corpus` returns (unpacks as ``module, vocab, gene_medians, trainer``)."""
+
+    module: GeneMambaModule
+    vocab: GeneVocab
+    gene_medians: np.ndarray
+    trainer: pl.Trainer
+
+
+def pretrain_from_corpus(
+    corpus_dir: str | os.PathLike,
+    *,
+    module: GeneMambaModule | None = None,
+    config: GeneMambaConfig | None = None,
+    objective: Literal["mlm", "next_token"] = "mlm",
+    gene_sets: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
+    gamma: float = 0.1,
+    max_steps: int = -1,
+    max_epochs: int | None = None,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    accumulate_grad_batches: int = 1,
+    gradient_checkpointing: bool = False,
+    gradient_clip_val: float | None = 1.0,
+    precision: str | int | None = "auto",
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    strategy: str | Any = "auto",
+    num_nodes: int = 1,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every_n_steps: int | None = None,
+    keep_checkpoints: int = 3,
+    ckpt_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    bucket_window: int = 0,
+    num_workers: int = 0,
+    plan_kwargs: dict[str, Any] | None = None,
+    callbacks: Sequence[pl.Callback] | None = None,
+    logger: Any = False,
+    enable_progress_bar: bool = True,
+    **trainer_kwargs: Any,
+) -> PretrainResult:
+    """Pre-train a GeneMamba module on a token corpus (out of core; one or many GPUs).
+
+    Parameters
+    ----------
+    corpus_dir
+        Directory written by :func:`~genemamba_scvi.data.corpus.build_corpus`.
+    module
+        Continue from this :class:`~genemamba_scvi.module.GeneMambaModule` (its vocabulary size must match the
+        corpus); ``None`` builds a new one from ``config``.
+    config
+        Encoder and objective settings of a new module (:class:`~genemamba_scvi.nn.config.GeneMambaConfig`:
+        ``d_model``, ``n_layers``, ..., ``pooling``, ``tie_lm_head``, ``mask_prob``); each setting may also
+        be given as a keyword argument (``d_model=64``), which overrides ``config``. ``pooling="cls"``
+        needs a corpus built with ``add_cls=True``.
+    objective
+        ``"mlm"`` or ``"next_token"`` (see :class:`~genemamba_scvi.module.GeneMambaModule`).
+    gene_sets, gamma
+        Pathway InfoNCE: ``"go_bp"`` / ``"kegg"``, a GMT path or a mapping; ``None`` disables it.
+    max_steps, max_epochs
+        Training length (optimiser steps, or passes over the corpus). Without either, one epoch.
+    batch_size
+        Cells per batch per device.
+    lr
+        Peak AdamW learning rate (warm-up + cosine decay over the run).
+    accumulate_grad_batches
+        Batches per optimiser step.
+    gradient_checkpointing
+        Recompute each Bi-Mamba layer in the backward pass instead of keeping its activations (much less
+        memory for one more forward pass; same gradients).
+    gradient_clip_val
+        Gradient-norm clipping (``None``: off).
+    precision
+        ``"auto"`` (default: ``"bf16-mixed"`` on a GPU, ``"32-true"`` on CPU), ``"bf16-mixed"``,
+        ``"16-mixed"`` or ``"32-true"``.
+    accelerator, devices, strategy, num_nodes
+        Lightning device settings, e.g. ``accelerator="gpu", devices=8, strategy="ddp"`` (launch as a script:
+        Lightning starts one process per device; use ``"ddp_notebook"`` in notebooks).
+    checkpoint_dir
+        Write Lightning checkpoints (weights, optimiser, scheduler, loop and sampler state) here.
+    checkpoint_every_n_steps
+        Save every N optimiser steps (default: at the end of every epoch). ``last.ckpt`` always follows the
+        latest save.
+    keep_checkpoints
+        Keep the latest K step checkpoints (-1: all).
+    ckpt_path
+        Resume from this checkpoint (or ``"last"``): training continues with the next unseen batch, and the
+        losses are the same as those of an uninterrupted run (exactly on CPU).
+    seed
+        Seeds the initialisation, the epoch shuffles and the masking.
+    shuffle, drop_last, bucket_window, num_workers
+        Data loading (see :class:`CorpusDataModule`).
+    plan_kwargs
+        Passed to :class:`CorpusTrainingPlan` (``weight_decay``, ``warmup_fraction``, ...).
+    callbacks
+        Extra Lightning callbacks.
+    logger, enable_progress_bar, **trainer_kwargs
+        Passed to :class:`lightning.pytorch.Trainer` (all but the settings of ``config``).
+
+    Returns
+    -------
+    :class:`PretrainResult` ``(module, vocab, gene_medians, trainer)``: the trained module (on the training
+    device), the corpus vocabulary and gene medians (to build a ``GeneMambaModel`` around it), and the trainer.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    corpus = TokenCorpus(corpus_dir)
+    vocab, medians = corpus.vocab, corpus.gene_medians
+    add_cls = bool(corpus.manifest.config.get("add_cls", False))
+    pl.seed_everything(seed, workers=True, verbose=False)
+    settings, trainer_kwargs = GeneMambaConfig.split_dict(trainer_kwargs)
+    if module is None:
+        config = (config or GeneMambaConfig()).replace(**settings)
+        if (config.pooling == "cls") != add_cls:
+            raise ValueError(
+                f"pooling={config.pooling!r} needs a corpus built with add_cls={config.pooling == 'cls'}, but this "
+                f"corpus has add_cls={add_cls}"
+            )
+        module = GeneMambaModule(
+            len(vocab),
+            objective=objective,
+            gamma=gamma,
+            mask_id=vocab.mask_id,
+            n_special=vocab.n_special,
+            config=config,
+        )
+    else:
+        if module.vocab_size != len(vocab):
+            raise ValueError(f"module has a vocabulary of {module.vocab_size} tokens, the corpus {len(vocab)}")
+        module.set_objective(objective)
+    module.mode = "pretrain"
+    module.set_gene_sets(gene_set_tensors(gene_sets, vocab), gamma=gamma)
+
+    plan = CorpusTrainingPlan(module, mask_seed=seed, lr=lr, **(plan_kwargs or {}))
+    datamodule = CorpusDataModule(
+        corpus_dir,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        bucket_window=bucket_window,
+        num_workers=num_workers,
+    )
+    datamodule.corpus = corpus
+    cbs = list(callbacks or [])
+    if checkpoint_dir is not None:
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=str(checkpoint_dir),
+                filename="step{step:09d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=checkpoint_every_n_steps,
+                save_last=True,
+                monitor="step",
+                mode="max",
+                save_top_k=keep_checkpoints,
+            )
+        )
+    if max_steps == -1 and max_epochs is None:
+        max_epochs = 1
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        precision=resolve_precision(precision, training_on_gpu(accelerator, devices)),
+        max_steps=max_steps,
+        max_epochs=max_epochs if max_epochs is not None else -1,
+        accumulate_grad_batches=accumulate_grad_batches,
+        gradient_clip_val=gradient_clip_val,
+        callbacks=cbs,
+        logger=logger,
+        enable_checkpointing=checkpoint_dir is not None,
+        enable_progress_bar=enable_progress_bar,
+        use_distributed_sampler=False,  # CorpusBatchSampler splits the data over ranks itself
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
+    module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
+    try:
+        trainer.fit(plan, datamodule=datamodule, ckpt_path=os.fspath(ckpt_path) if ckpt_path is not None else None)
+    finally:
+        module.encoder.gradient_checkpointing = False
+    module.eval()
+    return PretrainResult(module, vocab, medians, trainer)

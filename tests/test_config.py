@@ -1,0 +1,149 @@
+"""GeneMambaConfig: one set of settings, dict round trip, and models saved by earlier versions loading unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pytest
+import torch
+
+from genemamba_scvi import GeneMambaModel
+from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
+from genemamba_scvi.io import read_checkpoint, write_checkpoint
+from genemamba_scvi.module import GeneMambaModule
+from genemamba_scvi.nn import GeneMambaEncoder
+
+LEGACY = Path(__file__).parent / "data" / "legacy_model_v1"
+
+#: config.json exactly as versions up to 0.x wrote it (keys and order)
+LEGACY_KEYS = [
+    "max_genes",
+    "d_model",
+    "n_layers",
+    "d_state",
+    "d_conv",
+    "expand",
+    "headdim",
+    "chunk_size",
+    "bidirectional",
+    "merge",
+    "shared_merge",
+    "block",
+    "backend",
+    "pooling",
+    "tie_lm_head",
+    "mask_prob",
+    "min_gene_overlap",
+    "tokenization",
+    "unk_token",
+]
+
+
+def test_config_round_trips_through_a_dict_and_json():
+    cfg = GeneMambaConfig(d_model=64, n_layers=3, merge="mean", pooling="cls", mask_prob=0.2)
+    assert GeneMambaConfig.from_dict(cfg.to_dict()) == cfg
+    assert GeneMambaConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_config_from_dict_rejects_unknown_keys_by_name_or_ignores_them():
+    with pytest.raises(ValueError, match="d_modle"):
+        GeneMambaConfig.from_dict({"d_modle": 64})
+    assert GeneMambaConfig.from_dict({"d_model": 64, "max_genes": 10}, unknown="ignore").d_model == 64
+    with pytest.raises(TypeError, match="d_modle"):
+        GeneMambaConfig().replace(d_modle=3)
+
+
+def test_config_defaults_equal_the_model_defaults():
+    import inspect
+
+    params = inspect.signature(GeneMambaModel.__init__).parameters
+    defaults = GeneMambaConfig().to_dict(model_args_only=True)
+    assert set(defaults) <= set(params)
+    assert {k: params[k].default for k in defaults} == defaults
+    assert set(MODEL_ARG_FIELDS) == set(LEGACY_KEYS) - {"max_genes", "min_gene_overlap", "tokenization", "unk_token"}
+
+
+def test_encoder_from_config_equals_encoder_from_keywords():
+    cfg = GeneMambaConfig(d_model=32, n_layers=2, d_state=8, headdim=16, chunk_size=16, backend="torch")
+    torch.manual_seed(0)
+    a = GeneMambaEncoder(50, cfg)
+    torch.manual_seed(0)
+    b = GeneMambaEncoder(50, d_model=32, n_layers=2, d_state=8, headdim=16, chunk_size=16, backend="torch")
+    assert a.config == b.config
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(TypeError, match="not_a_setting"):
+        GeneMambaEncoder(50, not_a_setting=1)
+
+
+def test_module_takes_objective_settings_from_config_and_keywords():
+    cfg = GeneMambaConfig(d_model=16, n_layers=1, headdim=8, backend="torch", mask_prob=0.3, tie_lm_head=False)
+    module = GeneMambaModule(20, config=cfg)
+    assert module.mask_prob == 0.3
+    assert "weight" in module.lm_head.state_dict()  # untied head
+    assert GeneMambaModule(20, config=cfg, mask_prob=0.1).mask_prob == 0.1
+    assert GeneMambaModule(20, encoder_kwargs={"d_model": 16, "n_layers": 1, "headdim": 8}).encoder.d_model == 16
+
+
+@pytest.fixture
+def legacy_adata():
+    return anndata.read_h5ad(LEGACY / "adata.h5ad")
+
+
+def test_model_saved_by_the_previous_version_loads_unchanged(legacy_adata):
+    """tests/data/legacy_model_v1 was written by the code before GeneMambaConfig (main at d04ab05)."""
+    model = GeneMambaModel.load(LEGACY / "model", adata=legacy_adata)
+    np.testing.assert_allclose(model.get_latent_representation(), np.load(LEGACY / "embeddings.npy"), atol=1e-5)
+
+
+def test_saved_config_json_keeps_the_previous_keys(legacy_adata, tmp_path):
+    model = GeneMambaModel.load(LEGACY / "model", adata=legacy_adata)
+    model.save(tmp_path / "again")
+    old = json.loads((LEGACY / "model" / "config.json").read_text())
+    new = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert list(new)[: len(old)] == LEGACY_KEYS == list(old)
+    assert {k: new[k] for k in old} == old
+    assert {k: v for k, v in new.items() if k not in old} == {"tie_break": "median"}  # the one key added since v1
+    reloaded = GeneMambaModel.load(tmp_path / "again", adata=legacy_adata)
+    np.testing.assert_allclose(reloaded.get_latent_representation(), np.load(LEGACY / "embeddings.npy"), atol=1e-5)
+
+
+def test_hand_written_legacy_config_dict_loads(legacy_adata, tmp_path):
+    ckpt = read_checkpoint(LEGACY / "model")
+    config = {  # as an earlier version wrote it, in another key order
+        "d_model": 16,
+        "n_layers": 1,
+        "d_state": 8,
+        "d_conv": 4,
+        "expand": 2,
+        "headdim": 8,
+        "chunk_size": 16,
+        "bidirectional": True,
+        "merge": "mean",
+        "shared_merge": False,
+        "block": "prenorm",
+        "backend": "torch",
+        "pooling": "mean",
+        "tie_lm_head": True,
+        "mask_prob": 0.15,
+        "min_gene_overlap": 0.5,
+        "max_genes": 32,
+    }
+    write_checkpoint(tmp_path / "m", ckpt.state_dict, config, ckpt.vocab, ckpt.gene_medians, ckpt.extra)
+    model = GeneMambaModel.load(tmp_path / "m", adata=legacy_adata)
+    assert model.module.config == GeneMambaConfig.from_dict(config, unknown="ignore")
+    np.testing.assert_allclose(model.get_latent_representation(), np.load(LEGACY / "embeddings.npy"), atol=1e-5)
+
+
+def test_tensor_keys_and_special_tokens_live_in_constants_and_old_names_still_import():
+    from genemamba_scvi import _constants, dataloader
+    from genemamba_scvi.data import vocab
+
+    assert dataloader.TOKENS_KEY == _constants.TOKENS_KEY == "tokens"
+    assert dataloader.LENGTHS_KEY == _constants.LENGTHS_KEY == "lengths"
+    assert vocab.SPECIAL_TOKENS == _constants.SPECIAL_TOKENS == ("<pad>", "<cls>", "<mask>")
+    v = vocab.GeneVocab(["A", "B"])
+    assert (v.pad_id, v.cls_id, v.mask_id) == (_constants.PAD_ID, _constants.CLS_ID, _constants.MASK_ID)
