@@ -717,6 +717,8 @@ class Runner:
         return time.perf_counter() - self.t_start
 
     def run(self) -> None:
+        from genemamba_scvi.nn import BiMambaBlock
+
         a = self.args
         self.meta.update(versions())
         self.meta["peak_flops"] = peak_flops(self.gpu_name) if self.cuda else None
@@ -768,8 +770,6 @@ class Runner:
                 prev_fused = self.mamba.fused_add_norm
                 if s["kind"] == "ablation_no_fused_norm":
                     self.mamba.fused_add_norm = False
-                from genemamba_scvi.nn import BiMambaBlock
-
                 if s["kind"] == "ablation_gather_then_project":
                     BiMambaBlock.project_once = False
                 t0 = time.perf_counter()

@@ -31,7 +31,7 @@ def tuners(monkeypatch):
         "layer_norm._layer_norm_fwd_1pass_kernel": _Tuner([_config(1, 4, 1)]),
     }
     monkeypatch.setattr(kc, "autotuners", lambda: found)
-    monkeypatch.setattr(kc, "_STATE", {"installed": False, "entries": {}, "known": set(), "stats": None})
+    monkeypatch.setattr(kc, "_STATE", {"installed": False, "known": set(), "stats": None})
     return found
 
 
@@ -104,6 +104,6 @@ def test_kernel_cache_can_be_turned_off(monkeypatch):
 
 
 def test_without_triton_or_cuda_nothing_is_installed(monkeypatch):
-    monkeypatch.setattr(kc, "_STATE", {"installed": False, "entries": {}, "known": set(), "stats": None})
+    monkeypatch.setattr(kc, "_STATE", {"installed": False, "known": set(), "stats": None})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert kc.install_tuned_configs()["installed"] == 0

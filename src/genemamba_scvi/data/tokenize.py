@@ -109,6 +109,19 @@ def _shuffle_equal_counts(t_sorted: np.ndarray, c_sorted: np.ndarray, row_sorted
     return out
 
 
+def _checked_token_ids(gene_token_ids: Any, n_genes: int) -> np.ndarray:
+    """``gene_token_ids`` as int64, one id (or -1: no token) per column; a clear error otherwise."""
+    tok = np.asarray(gene_token_ids)
+    if tok.ndim != 1 or tok.shape[0] != n_genes:
+        raise ValueError(f"gene_token_ids has shape {tok.shape}, expected ({n_genes},) = one id per column of X")
+    if not np.issubdtype(tok.dtype, np.integer):
+        raise ValueError(f"gene_token_ids must be integers, got dtype {tok.dtype}")
+    tok = tok.astype(np.int64, copy=False)
+    if n_genes and tok.min() < -1:
+        raise ValueError(f"gene_token_ids must be >= -1 (-1: no token), got {int(tok.min())}")
+    return tok
+
+
 def _to_csr(X: Any) -> sp.csr_matrix | sp.csr_array:
     if sp.issparse(X):
         if X.format != "csr":
@@ -288,14 +301,7 @@ def rank_tokenize(
     """
     Xc = _to_csr(X)
     n_cells, n_genes = Xc.shape
-    tok = np.asarray(gene_token_ids)
-    if tok.ndim != 1 or tok.shape[0] != n_genes:
-        raise ValueError(f"gene_token_ids has shape {tok.shape}, expected ({n_genes},) = one id per column of X")
-    if not np.issubdtype(tok.dtype, np.integer):
-        raise ValueError(f"gene_token_ids must be integers, got dtype {tok.dtype}")
-    tok = tok.astype(np.int64, copy=False)
-    if n_genes and tok.min() < -1:
-        raise ValueError(f"gene_token_ids must be >= -1 (-1: no token), got {int(tok.min())}")
+    tok = _checked_token_ids(gene_token_ids, n_genes)
     if np.any((tok >= 0) & (tok < len(SPECIAL_TOKENS))):
         raise ValueError(f"gene_token_ids use special-token ids 0..{len(SPECIAL_TOKENS) - 1}; gene ids start at 3")
     med = np.asarray(gene_medians, dtype=np.float64)
@@ -392,14 +398,7 @@ def published_tokenize(
     """
     Xc = _to_csr(X)
     n_cells, n_genes = Xc.shape
-    tok = np.asarray(gene_token_ids)
-    if tok.ndim != 1 or tok.shape[0] != n_genes:
-        raise ValueError(f"gene_token_ids has shape {tok.shape}, expected ({n_genes},) = one id per column of X")
-    if not np.issubdtype(tok.dtype, np.integer):
-        raise ValueError(f"gene_token_ids must be integers, got dtype {tok.dtype}")
-    tok = tok.astype(np.int64)
-    if n_genes and tok.min() < -1:
-        raise ValueError(f"gene_token_ids must be >= -1 (-1: no token), got {int(tok.min())}")
+    tok = _checked_token_ids(gene_token_ids, n_genes)
     if unk_id is not None:
         if int(unk_id) < len(SPECIAL_TOKENS):
             raise ValueError(f"unk_id must be a vocabulary entry >= {len(SPECIAL_TOKENS)}, got {unk_id}")

@@ -61,7 +61,7 @@ TUNER_MODULES = (
     "mamba_ssm.ops.triton.k_activations",
 )
 SHIPPED_DIR = Path(__file__).resolve().parent / "tuned"
-_STATE: dict[str, Any] = {"installed": False, "entries": {}, "known": set(), "stats": None}
+_STATE: dict[str, Any] = {"installed": False, "known": set(), "stats": None}
 
 
 def _autotuner_of(obj: Any, autotuner_cls: type) -> Any | None:
