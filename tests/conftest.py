@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels (``nn.fused``) run on CPU tensors through Triton's interpreter on machines without CUDA.
+# Triton reads this when it is first imported, so it is set before any test module can import it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from genemamba_scvi.nn.config import GeneMambaConfig
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genemamba_scvi.nn.config import GeneMambaConfig
+from genemamba_scvi.nn.fused import fused_available, mixer_both
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
 
 __all__ = [
@@ -333,6 +334,10 @@ class BiMambaBlock(nn.Module):
     #: Packed path: project the ``T`` tokens once and gather the projection for both directions (True),
     #: or gather the tokens and project ``2T`` rows (False; same function, the pre-issue-14 path).
     project_once: bool = True
+    #: Packed path on the mamba-ssm backend: run both directions through :func:`~genemamba_scvi.nn.fused.mixer_both`
+    #: (convolution and gated norm of both directions read the ``T``-token projection; no ``[2T, d_in_proj]``
+    #: gather). False: gather the projection and call mamba-ssm's fused ``mamba_split_conv1d_scan_combined``.
+    fused_both: bool = True
 
     @property
     def needs_merge_linear(self) -> bool:
@@ -445,6 +450,8 @@ class BiMambaBlock(nn.Module):
         if not self.project_once:  # the earlier path, kept for the benchmark's ablation
             return self.mixer(bipack(h, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
         zxbcdt = self.mixer.in_proj(h)
+        if self.fused_both and self.mixer.resolved_backend(h.device) == "mamba_ssm" and fused_available(h.device):
+            return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both)
         return self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
 
     def forward_packed(self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:

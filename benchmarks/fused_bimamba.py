@@ -1,0 +1,191 @@
+"""GPU parity and timing of the fused Bi-Mamba layer (``nn.fused.mixer_both``) against the unfused path.
+
+One Bi-Mamba layer (``BiMambaBlock.forward_packed``, prenorm, gated merge, d_state 64, headdim 64, chunk 256) on
+packed real-length cells (lengths drawn from the shipped celltypist cells, top-2048), three ways:
+
+- ``fused``: ``BiMambaBlock.fused_both = True`` (conv and gated norm of both directions read the ``T``-token
+  projection; Triton kernels of this package around mamba-ssm's SSD scan);
+- ``unfused``: the projection gathered into the ``[2T]`` row, then mamba-ssm's ``mamba_split_conv1d_scan_combined``;
+- ``fp64``: the pure-torch backend in float64 (the reference).
+
+**Parity**: output, input gradient and every parameter gradient of ``fused`` and ``unfused`` against ``fp64``
+(``norm_rel`` = ||a - ref|| / ||ref||, ``max_rel`` = max|a - ref| / max|ref|), in float32 and bf16 autocast.
+The pass bands are parity_gpu.py's: float32 kernels with TF32 dots 5e-3 / 1e-2, bf16 3e-2 / 6e-2.
+
+**Timing**: the median of CUDA-event times of the layer forward (inference, no grad) and forward + backward
+(bf16 autocast) at 48 cells (training batch) and 256 cells (inference batch), fused and unfused in the same
+process on the same batches, alternating, after warm-up; the ratio is unfused / fused time.
+
+Usage (GPU machine; see shared/gpu/README.md)::
+
+    python benchmarks/fused_bimamba.py --out $OUT/fused_bimamba.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from genemamba_scvi.nn import GeneMambaConfig  # noqa: E402
+from genemamba_scvi.nn.bimamba import BiMambaBlock, pack_cells  # noqa: E402
+
+LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
+BANDS = {"float32": {"norm_rel": 5e-3, "max_rel": 1e-2}, "bf16": {"norm_rel": 3e-2, "max_rel": 6e-2}}
+
+
+def _lengths(n_cells: int, k: int, rng: np.random.Generator) -> torch.Tensor:
+    counts = np.load(LENGTHS_NPY)
+    return torch.from_numpy(np.minimum(rng.choice(counts, n_cells), k).astype(np.int64))
+
+
+def _pack(lengths: torch.Tensor, dev: str):
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(dev)
+    return pack_cells(cu, int(cu[-1]))
+
+
+def _metrics(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    a, ref = a.double(), ref.double()
+    return {
+        "norm_rel": float((a - ref).norm() / ref.norm().clamp_min(1e-30)),
+        "max_rel": float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)),
+    }
+
+
+def _run(block: BiMambaBlock, x: torch.Tensor, pack, dout: torch.Tensor, fused: bool, bf16: bool) -> dict:
+    BiMambaBlock.fused_both = fused
+    x = x.detach().clone().requires_grad_()
+    block.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        y = block.forward_packed(x, pack)
+    (y.to(dout.dtype) * dout).sum().backward()
+    out = {"output": y.detach(), "grad_input": x.grad.detach()}
+    out.update({f"grad_{n}": p.grad.detach() for n, p in block.named_parameters()})
+    BiMambaBlock.fused_both = True
+    return out
+
+
+def parity(d_model: int, n_cells: int, seed: int, dev: str) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    cfg = GeneMambaConfig(d_model=d_model, d_state=64, headdim=64, chunk_size=256, backend="mamba_ssm")
+    block = BiMambaBlock(config=cfg).to(dev)
+    ref = BiMambaBlock(config=cfg.replace(backend="torch")).to(dev).double()
+    ref.load_state_dict({k: v.double() for k, v in block.state_dict().items()})
+    lengths = _lengths(n_cells, 2048, np.random.default_rng(seed))
+    pack = _pack(lengths, dev)
+    g = torch.Generator(device=dev).manual_seed(seed + 1)
+    x = torch.randn(pack.n_tokens, d_model, device=dev, generator=g)
+    dout = torch.randn(pack.n_tokens, d_model, device=dev, generator=g)
+    r64 = _run(ref, x.double(), pack, dout.double(), fused=False, bf16=False)
+    case: dict[str, Any] = {"d_model": d_model, "n_cells": n_cells, "n_tokens": pack.n_tokens}
+    for prec, bf16 in (("float32", False), ("bf16", True)):
+        for path in ("fused", "unfused"):
+            res = _run(block, x, pack, dout, fused=path == "fused", bf16=bf16)
+            per = {k: _metrics(res[k], r64[k]) for k in r64}
+            worst = {m: max(v[m] for v in per.values()) for m in ("norm_rel", "max_rel")}
+            case[f"{path}_{prec}"] = {"per_tensor": per, "worst": worst,
+                                      "pass": all(worst[m] <= BANDS[prec][m] for m in worst)}
+    return case
+
+
+def _time(fn, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return times
+
+
+def timing(d_model: int, n_cells: int, mode: str, reps: int, dev: str) -> dict[str, Any]:
+    torch.manual_seed(0)
+    cfg = GeneMambaConfig(d_model=d_model, d_state=64, headdim=64, chunk_size=256, backend="mamba_ssm")
+    block = BiMambaBlock(config=cfg).to(dev)
+    rng = np.random.default_rng(7)
+    batches = []
+    for _ in range(3):  # rotate among batches: not one cached input
+        pack = _pack(_lengths(n_cells, 2048, rng), dev)
+        batches.append((pack, torch.randn(pack.n_tokens, d_model, device=dev)))
+    n_tok = sum(b[0].n_tokens for b in batches) / len(batches)
+    it = {"i": 0}
+
+    def step(fused: bool):
+        pack, x = batches[it["i"] % len(batches)]
+        it["i"] += 1
+        BiMambaBlock.fused_both = fused
+        if mode == "infer":
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                block.forward_packed(x, pack)
+        else:
+            xx = x.detach().requires_grad_()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = block.forward_packed(xx, pack)
+            y.float().square().mean().backward()
+        BiMambaBlock.fused_both = True
+
+    res: dict[str, Any] = {"d_model": d_model, "n_cells": n_cells, "mode": mode, "mean_real_tokens": n_tok}
+    for fused in (True, False):
+        _time(lambda f=fused: step(f), 5)  # warm-up (compiles)
+    t = {True: [], False: []}
+    for _ in range(reps):  # alternate so that clocks and allocator state affect both alike
+        for fused in (True, False):
+            t[fused] += _time(lambda f=fused: step(f), 1)
+    for fused, name in ((True, "fused"), (False, "unfused")):
+        med = float(np.median(t[fused]))
+        res[name] = {"median_ms": med, "ns_per_token": med * 1e6 / n_tok,
+                     "spread_ms": [float(np.percentile(t[fused], 10)), float(np.percentile(t[fused], 90))]}
+    res["speedup_unfused_over_fused"] = res["unfused"]["median_ms"] / res["fused"]["median_ms"]
+    if mode == "train":
+        for fused, name in ((True, "fused"), (False, "unfused")):
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step(fused)
+            torch.cuda.synchronize()
+            res[name]["peak_activation_bytes_per_token"] = (torch.cuda.max_memory_allocated() - base) / n_tok
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fused_bimamba.json"))
+    p.add_argument("--reps", type=int, default=20)
+    a = p.parse_args(argv)
+    dev = "cuda"
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "bands": BANDS,
+        "parity": [],
+        "timing": [],
+    }
+    for d_model, n_cells in ((512, 16), (256, 24)):
+        case = parity(d_model, n_cells, seed=d_model, dev=dev)
+        out["parity"].append(case)
+        print({k: (v["worst"], v["pass"]) for k, v in case.items() if isinstance(v, dict)}, flush=True)
+    for n_cells, mode in ((48, "train"), (256, "infer")):
+        r = timing(512, n_cells, mode, a.reps, dev)
+        out["timing"].append(r)
+        print(f"{mode} {n_cells} cells: fused {r['fused']['ns_per_token']:.1f} ns/token/layer, unfused "
+              f"{r['unfused']['ns_per_token']:.1f}; speed-up {r['speedup_unfused_over_fused']:.3f}x", flush=True)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

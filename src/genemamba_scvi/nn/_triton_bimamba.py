@@ -1,0 +1,398 @@
+"""Triton kernels of the fused Bi-Mamba mixer (:mod:`genemamba_scvi.nn.fused`); imported lazily.
+
+Two kernel families, both reading the *single-direction* projection ``zxbcdt`` ``[T, d_in_proj]`` of the
+packed tokens and producing (or consuming) the two-direction row ``[2T, .]`` (cells, then each cell
+reversed in place) without materialising the reversed copy of the projection:
+
+- **conv_both**: the depthwise causal convolution + SiLU of Mamba-2 for both directions. Row ``r < T`` is
+  token ``r`` (taps ``r, r-1, ..., r-K+1``); row ``T + j`` is the reversed-direction output whose anchor is
+  token ``a = rev[j]`` (taps ``a, a+1, ..., a+K-1``: a causal convolution of the reversed cell is an
+  anti-causal one of the cell). Taps outside the anchor's cell are zero (the state reset of ``seq_idx``).
+  The backward writes the pre-activation gradient of both directions in token order and then sums, per
+  token, the ``2K`` outputs its value fed: no atomics, deterministic.
+- **gated_norm_both**: Mamba-2's gated grouped RMSNorm ``RMSNorm(y * silu(z))`` (``norm_before_gate=False``)
+  where row ``T + j`` takes its gate from token ``rev[j]``: the gate ``z`` is read from the projection, not
+  gathered. The backward treats the two rows fed by one token together and writes ``dz`` once per token.
+
+Written for this package (after the algorithms of Dao & Gu 2024, "Transformers are SSMs", and the
+causal-conv1d / layernorm_gated kernels of mamba-ssm, which compute the same functions per direction).
+Index arithmetic is int64 (rows of ``2T`` x 2192 elements pass 2^31 at ~490k tokens).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _anchor(rows, T, rev_ptr, rmask):
+    """Token whose value anchors row ``rows`` of the two-direction row, and whether the row is reversed."""
+    is_rev = rows >= T
+    tok = tl.where(is_rev, rows - T, rows)
+    rv = tl.load(rev_ptr + tok, mask=rmask & is_rev, other=0)
+    anchor = tl.where(is_rev, rv, tok)
+    return tl.where(rmask, anchor, 0), is_rev
+
+
+@triton.jit
+def _conv_pre(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    seq_ptr,
+    anchor,
+    is_rev,
+    rmask,
+    cols,
+    cmask,
+    T,
+    stride_x,
+    stride_w,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Pre-activation of the convolution at rows with anchors ``anchor`` (fp32 ``[BLOCK_R, BLOCK_C]``)."""
+    cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    for m in tl.static_range(K):
+        u = tl.where(is_rev, anchor + m, anchor - m)
+        ok = rmask & (u >= 0) & (u < T)
+        cu = tl.load(seq_ptr + u, mask=ok, other=-2)
+        ok = ok & (cu == cell)
+        xv = tl.load(
+            x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
+        ).to(tl.float32)
+        wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
+        acc += xv * wv[None, :]
+    return acc
+
+
+@triton.jit
+def conv_both_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    rev_ptr,
+    seq_ptr,
+    out_ptr,
+    T,
+    C,
+    stride_x,
+    stride_w,
+    stride_out,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < 2 * T
+    cmask = cols < C
+    anchor, is_rev = _anchor(rows, T, rev_ptr, rmask)
+    acc = _conv_pre(
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        seq_ptr,
+        anchor,
+        is_rev,
+        rmask,
+        cols,
+        cmask,
+        T,
+        stride_x,
+        stride_w,
+        K,
+        HAS_BIAS,
+        BLOCK_R,
+        BLOCK_C,
+    )
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(
+        out_ptr + rows.to(tl.int64)[:, None] * stride_out + cols[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=rmask[:, None] & cmask[None, :],
+    )
+
+
+@triton.jit
+def conv_both_bwd_pre_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    rev_ptr,
+    seq_ptr,
+    dout_ptr,
+    dpre_ptr,
+    dw_part_ptr,
+    db_part_ptr,
+    T,
+    C,
+    stride_x,
+    stride_w,
+    stride_dout,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Pre-activation gradient of every row, stored by anchor (``[2, T, C]`` fp32), and partial dW, db."""
+    pid_r = tl.program_id(0)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < 2 * T
+    cmask = cols < C
+    mask2 = rmask[:, None] & cmask[None, :]
+    anchor, is_rev = _anchor(rows, T, rev_ptr, rmask)
+    g = tl.load(dout_ptr + rows.to(tl.int64)[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(
+        tl.float32
+    )
+    if SILU:
+        pre = _conv_pre(
+            x_ptr,
+            w_ptr,
+            b_ptr,
+            seq_ptr,
+            anchor,
+            is_rev,
+            rmask,
+            cols,
+            cmask,
+            T,
+            stride_x,
+            stride_w,
+            K,
+            HAS_BIAS,
+            BLOCK_R,
+            BLOCK_C,
+        )
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
+    g = tl.where(mask2, g, 0.0)
+    dst = (tl.where(is_rev, T, 0) + anchor).to(tl.int64)
+    tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g, mask=mask2)
+    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(g, axis=0), mask=cmask)
+    cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
+    for m in tl.static_range(K):
+        u = tl.where(is_rev, anchor + m, anchor - m)
+        ok = rmask & (u >= 0) & (u < T)
+        cu = tl.load(seq_ptr + u, mask=ok, other=-2)
+        ok = ok & (cu == cell)
+        xv = tl.load(
+            x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
+        ).to(tl.float32)
+        tl.store(dw_part_ptr + (pid_r * C + cols) * K + (K - 1 - m), tl.sum(g * xv, axis=0), mask=cmask)
+
+
+@triton.jit
+def conv_both_bwd_dx_kernel(
+    w_ptr,
+    seq_ptr,
+    dpre_ptr,
+    dx_ptr,
+    T,
+    C,
+    stride_w,
+    stride_dx,
+    K: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """``dx[u] = sum_m w[K-1-m] (dpre_fwd[u+m] + dpre_rev[u-m])`` over taps inside ``u``'s cell."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < T
+    cmask = cols < C
+    cell = tl.load(seq_ptr + rows, mask=rmask, other=-1)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for m in tl.static_range(K):
+        wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
+        i = rows + m
+        ok = rmask & (i < T)
+        ok = ok & (tl.load(seq_ptr + i, mask=ok, other=-2) == cell)
+        d = tl.load(
+            dpre_ptr + i.to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
+        )
+        a = rows - m
+        ok = rmask & (a >= 0)
+        ok = ok & (tl.load(seq_ptr + a, mask=ok, other=-2) == cell)
+        d += tl.load(
+            dpre_ptr + (T + a).to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
+        )
+        acc += d * wv[None, :]
+    tl.store(
+        dx_ptr + rows.to(tl.int64)[:, None] * stride_dx + cols[None, :],
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=rmask[:, None] & cmask[None, :],
+    )
+
+
+@triton.jit
+def gated_norm_both_fwd_kernel(
+    y_ptr,
+    z_ptr,
+    rev_ptr,
+    w_ptr,
+    out_ptr,
+    rstd_ptr,
+    T,
+    G,
+    n_groups,
+    eps,
+    stride_y,
+    stride_z,
+    stride_out,
+    BLOCK_G: tl.constexpr,
+):
+    row = tl.program_id(0)
+    grp = tl.program_id(1)
+    is_rev = row >= T
+    rv = tl.load(rev_ptr + tl.where(is_rev, row - T, 0))
+    anchor = tl.where(is_rev, rv, row.to(tl.int64))
+    offs = tl.arange(0, BLOCK_G)
+    mask = offs < G
+    cols = grp * G + offs
+    y = tl.load(y_ptr + row.to(tl.int64) * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + anchor.to(tl.int64) * stride_z + cols, mask=mask, other=0.0).to(tl.float32)
+    xs = y * z * tl.sigmoid(z)
+    rstd = 1.0 / tl.sqrt(tl.sum(xs * xs, axis=0) / G + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row.to(tl.int64) * stride_out + cols, (xs * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(rstd_ptr + row * n_groups + grp, rstd)
+
+
+@triton.jit
+def _gated_norm_row_bwd(
+    y_ptr,
+    dn_ptr,
+    yn_ptr,
+    dy_ptr,
+    rstd_ptr,
+    row,
+    grp,
+    n_groups,
+    z,
+    sz,
+    w,
+    cols,
+    mask,
+    G,
+    stride_y,
+    stride_dn,
+    stride_yn,
+    stride_dy,
+    RECOMPUTE: tl.constexpr,
+):
+    """Backward of one row: writes dy (and the recomputed output); returns (dz contribution, dw contribution)."""
+    r64 = row.to(tl.int64)
+    y = tl.load(y_ptr + r64 * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
+    dn = tl.load(dn_ptr + r64 * stride_dn + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.load(rstd_ptr + row * n_groups + grp)
+    silu_z = z * sz
+    xs = y * silu_z
+    n = xs * rstd
+    dnw = dn * w
+    c1 = tl.sum(n * dnw, axis=0) / G
+    dxs = (dnw - n * c1) * rstd
+    tl.store(dy_ptr + r64 * stride_dy + cols, (dxs * silu_z).to(dy_ptr.dtype.element_ty), mask=mask)
+    if RECOMPUTE:
+        tl.store(yn_ptr + r64 * stride_yn + cols, (n * w).to(yn_ptr.dtype.element_ty), mask=mask)
+    dz = dxs * y * sz * (1.0 + z * (1.0 - sz))
+    return dz, dn * n
+
+
+@triton.jit
+def gated_norm_both_bwd_kernel(
+    y_ptr,
+    z_ptr,
+    rev_ptr,
+    w_ptr,
+    rstd_ptr,
+    dn_ptr,
+    dy_ptr,
+    dz_ptr,
+    yn_ptr,
+    dw_part_ptr,
+    T,
+    G,
+    n_groups,
+    stride_y,
+    stride_z,
+    stride_dn,
+    stride_dy,
+    stride_dz,
+    stride_yn,
+    ROWS: tl.constexpr,
+    RECOMPUTE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    """Per token ``u``: the rows ``u`` and ``T + rev[u]`` (both gated by ``z[u]``); ``dz[u]`` sums the two."""
+    pid = tl.program_id(0)
+    grp = tl.program_id(1)
+    offs = tl.arange(0, BLOCK_G)
+    mask = offs < G
+    cols = grp * G + offs
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    start = pid * ROWS
+    for i in tl.static_range(ROWS):
+        u = start + i
+        if u < T:
+            u64 = u.to(tl.int64)
+            z = tl.load(z_ptr + u64 * stride_z + cols, mask=mask, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            dz_f, dw_f = _gated_norm_row_bwd(
+                y_ptr,
+                dn_ptr,
+                yn_ptr,
+                dy_ptr,
+                rstd_ptr,
+                u,
+                grp,
+                n_groups,
+                z,
+                sz,
+                w,
+                cols,
+                mask,
+                G,
+                stride_y,
+                stride_dn,
+                stride_yn,
+                stride_dy,
+                RECOMPUTE,
+            )
+            row_b = T + tl.load(rev_ptr + u)
+            dz_b, dw_b = _gated_norm_row_bwd(
+                y_ptr,
+                dn_ptr,
+                yn_ptr,
+                dy_ptr,
+                rstd_ptr,
+                row_b,
+                grp,
+                n_groups,
+                z,
+                sz,
+                w,
+                cols,
+                mask,
+                G,
+                stride_y,
+                stride_dn,
+                stride_yn,
+                stride_dy,
+                RECOMPUTE,
+            )
+            tl.store(dz_ptr + u64 * stride_dz + cols, (dz_f + dz_b).to(dz_ptr.dtype.element_ty), mask=mask)
+            dw += dw_f + dw_b
+    tl.store(dw_part_ptr + pid * (n_groups * G) + cols, dw, mask=mask)

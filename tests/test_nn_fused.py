@@ -1,0 +1,129 @@
+"""The fused Bi-Mamba mixer (``nn.fused``): its Triton kernels equal the pure-torch path.
+
+On a CPU machine the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, set here before the
+kernels are first compiled); on a CUDA machine the same checks run the compiled kernels on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:  # conftest.py sets it first; a run of this file alone without conftest still needs it
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton", reason="the fused kernels are written in Triton (pip install triton)")
+
+from genemamba_scvi.nn import GeneMambaConfig  # noqa: E402
+from genemamba_scvi.nn.bimamba import BiMambaBlock, bipack, pack_cells  # noqa: E402
+from genemamba_scvi.nn.fused import (  # noqa: E402
+    conv_both,
+    conv_both_reference,
+    gated_norm_out_proj_both,
+    gated_norm_out_proj_both_reference,
+    mixer_both,
+)
+from genemamba_scvi.nn.ssd import ssd_chunked  # noqa: E402
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+# ragged cells, an empty one, cells shorter than the convolution and longer than a chunk of 8
+LENGTHS = [5, 1, 3, 0, 17, 2, 9]
+
+
+def _pack(lengths=LENGTHS):
+    lens = torch.tensor(lengths)
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE)
+    return pack_cells(cu)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _leaves(*tensors):
+    a = [t.detach().clone().requires_grad_(True) for t in tensors]
+    b = [t.detach().clone().requires_grad_(True) for t in tensors]
+    return a, b
+
+
+@pytest.mark.parametrize("silu", [True, False])
+def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(silu):
+    torch.manual_seed(1)
+    p = _pack()
+    T, C, K = p.n_tokens, 12, 4
+    # the kernel reads a strided column slice of the projection, as in the mixer
+    (full, w, b), (full_r, w_r, b_r) = _leaves(torch.randn(T, C + 7), torch.randn(C, K), torch.randn(C))
+    out = conv_both(full[:, 3 : 3 + C], w, b, p.rev, p.seq_idx[0], silu)
+    ref = conv_both_reference(full_r[:, 3 : 3 + C], w_r, b_r, p.rev, p.seq_idx[0], silu)
+    assert out.shape == (2 * T, C)
+    assert _rel(out, ref) < 1e-5
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    for got, want in ((full, full_r), (w, w_r), (b, b_r)):
+        assert _rel(got.grad, want.grad) < 1e-5
+    assert torch.count_nonzero(full.grad[:, :3]) == 0  # nothing leaks into other columns
+
+
+def test_conv_both_never_mixes_tokens_of_different_cells():
+    torch.manual_seed(2)
+    p = _pack([4, 6])
+    T, C = p.n_tokens, 8
+    x = torch.randn(T, C, device=DEVICE)
+    w, b = torch.randn(C, 4, device=DEVICE), torch.randn(C, device=DEVICE)
+    out = conv_both(x, w, b, p.rev, p.seq_idx[0])
+    x2 = x.clone()
+    x2[4:] = torch.randn(6, C, device=DEVICE)  # change only the second cell
+    out2 = conv_both(x2, w, b, p.rev, p.seq_idx[0])
+    first_cell_rows = torch.cat([torch.arange(4), T + torch.arange(4)]).to(DEVICE)
+    torch.testing.assert_close(out[first_cell_rows], out2[first_cell_rows], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("group_size", [16, 8])
+def test_gated_norm_out_proj_both_equals_gathered_gate_reference(group_size):
+    torch.manual_seed(3)
+    p = _pack()
+    T, D, dm = p.n_tokens, 16, 6
+    leaves, leaves_r = _leaves(
+        torch.randn(2 * T, D), torch.randn(T, D + 5), torch.rand(D) + 0.5, torch.randn(dm, D), torch.randn(dm)
+    )
+    y, zf, nw, ow, ob = leaves
+    out = gated_norm_out_proj_both(y, zf[:, 2 : 2 + D], p.rev, nw, ow, ob, 1e-5, group_size)
+    y_r, zf_r, nw_r, ow_r, ob_r = leaves_r
+    ref = gated_norm_out_proj_both_reference(y_r, zf_r[:, 2 : 2 + D], p.rev, nw_r, ow_r, ob_r, 1e-5, group_size)
+    assert _rel(out, ref) < 1e-5
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    for got, want in zip(leaves, leaves_r):
+        assert _rel(got.grad, want.grad) < 1e-5
+
+
+def _torch_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, seq_idx=None):
+    assert z is None
+    return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, seq_idx=seq_idx)
+
+
+def test_mixer_both_equals_the_gathered_two_direction_mixer():
+    torch.manual_seed(4)
+    cfg = GeneMambaConfig(d_model=16, d_state=8, headdim=8, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    p = _pack()
+    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    (h1,), (h2,) = _leaves(h)
+    out = mixer_both(block.mixer, block.mixer.in_proj(h1), p.rev, p.seq_idx[0], p.seq_idx_both, scan=_torch_scan)
+    params = list(block.mixer.parameters())
+    grads = torch.autograd.grad(
+        (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)).sum(), [h1, *params]
+    )
+    ref = block.mixer(bipack(h2, p).unsqueeze(0), seq_idx=p.seq_idx_both)[0]
+    grads_r = torch.autograd.grad(
+        (ref * torch.linspace(-1, 1, ref.numel(), device=DEVICE).view_as(ref)).sum(), [h2, *params]
+    )
+    assert _rel(out, ref) < 1e-5
+    for got, want in zip(grads, grads_r):
+        assert _rel(got, want) < 1e-4
