@@ -377,7 +377,7 @@ class Runner:
 
     # -- models ----------------------------------------------------------------------------------------
     def build(self) -> None:
-        from genemamba_scvi.nn import GeneMambaEncoder, causal_conv1d_available, mamba_ssm_available
+        from genemamba_scvi.nn import BiMambaBlock, GeneMambaEncoder, causal_conv1d_available, mamba_ssm_available
 
         c = self.cfg
         torch.manual_seed(0)
@@ -750,7 +750,12 @@ class Runner:
             models = ["genemamba", "transformer"]
             if s["kind"] == "real" and self.cuda and _has_varlen_attn():
                 models.append("transformer_varlen")
-            if s["kind"] in ("ablation_no_fused_norm", "ablation_gather_then_project", "ablation_unfused_both", "stress"):
+            if s["kind"] in (
+                "ablation_no_fused_norm",
+                "ablation_gather_then_project",
+                "ablation_unfused_both",
+                "stress",
+            ):
                 models = ["genemamba"]
             batches = None
             for model in models:

@@ -45,8 +45,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _leaves(*tensors):
-    a = [t.detach().clone().requires_grad_(True) for t in tensors]
-    b = [t.detach().clone().requires_grad_(True) for t in tensors]
+    a = [t.detach().to(DEVICE).clone().requires_grad_(True) for t in tensors]
+    b = [t.detach().to(DEVICE).clone().requires_grad_(True) for t in tensors]
     return a, b
 
 
