@@ -164,12 +164,53 @@ def timing(d_model: int, n_cells: int, mode: str, reps: int, dev: str) -> dict[s
     return res
 
 
+def profile(dev: str) -> None:
+    """Kernel table (CUDA time) of 5 training and 5 inference steps of one layer, fused and unfused."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.manual_seed(0)
+    cfg = GeneMambaConfig(d_model=512, d_state=64, headdim=64, chunk_size=256, backend="mamba_ssm")
+    block = BiMambaBlock(config=cfg).to(dev)
+    rng = np.random.default_rng(7)
+    for mode, n_cells in (("train", 48), ("infer", 256)):
+        pack = _pack(_lengths(n_cells, 2048, rng), dev)
+        x = torch.randn(pack.n_tokens, 512, device=dev)
+        for fused in (True, False):
+            BiMambaBlock.fused_both = fused
+
+            def step(mode=mode, x=x, pack=pack):
+                if mode == "infer":
+                    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                        block.forward_packed(x, pack)
+                    return
+                xx = x.detach().requires_grad_()
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    y = block.forward_packed(xx, pack)
+                y.float().square().mean().backward()
+
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    step()
+                torch.cuda.synchronize()
+            print(f"=== {mode} fused={fused} tokens={pack.n_tokens}")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
+    BiMambaBlock.fused_both = True
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fused_bimamba.json"))
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--profile", action="store_true", help="only print the kernel table of one layer's steps")
     a = p.parse_args(argv)
     dev = "cuda"
+    if a.profile:
+        profile(dev)
+        return
     t0 = time.perf_counter()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {
