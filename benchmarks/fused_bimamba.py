@@ -201,15 +201,81 @@ def profile(dev: str) -> None:
     BiMambaBlock.fused_both = True
 
 
+def sweep_conv(dev: str) -> list[dict[str, Any]]:
+    """Median time of conv_both forward and backward per launch configuration (T of a 256-cell batch)."""
+    import triton
+
+    from genemamba_scvi.nn import fused
+
+    rng = np.random.default_rng(3)
+    pack = _pack(_lengths(256, 2048, rng), dev)
+    T, C, K = pack.n_tokens, 1152, 4
+    full = torch.randn(T, 2192, device=dev, dtype=torch.bfloat16)
+    xbc = full[:, 1024 : 1024 + C]
+    w, b = torch.randn(C, K, device=dev), torch.randn(C, device=dev)
+    dout = torch.randn(2 * T, C, device=dev, dtype=torch.bfloat16)
+    rows = []
+    seq = pack.seq_idx[0]
+    for cfg in ((32, 128, 4), (64, 64, 4), (16, 256, 4), (64, 128, 8), (128, 64, 8), (32, 64, 2)):
+        k = fused._kernels()
+        out = torch.empty(2 * T, C, device=dev, dtype=torch.bfloat16)
+
+        def fwd(cfg=cfg, out=out, k=k):
+            k.conv_both_fwd_kernel[(fused._cdiv(2 * T, cfg[0]), fused._cdiv(C, cfg[1]))](
+                xbc,
+                w,
+                b,
+                pack.rev,
+                seq,
+                out,
+                T,
+                C,
+                xbc.stride(0),
+                w.stride(0),
+                out.stride(0),
+                K=K,
+                HAS_BIAS=True,
+                SILU=True,
+                BLOCK_R=cfg[0],
+                BLOCK_C=cfg[1],
+                num_warps=cfg[2],
+            )
+
+        ms = triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median")
+        rows.append({"kernel": "fwd", "config": cfg, "ms": ms, "GBps": (T * C * 2 + 2 * T * C * 2) / ms / 1e6})
+    fused._CONV_BLOCK = (32, 128)
+    for cfg in ((32, 32, 8), (32, 64, 4), (16, 64, 8), (64, 32, 4), (32, 32, 16)):
+        fused._CONV_BWD_BLOCK = cfg
+        xx = xbc.detach().requires_grad_()
+        ww, bb = w.detach().requires_grad_(), b.detach().requires_grad_()
+        y = fused.conv_both(xx, ww, bb, pack.rev, seq)
+
+        def bwd(y=y, xx=xx, ww=ww, bb=bb):
+            torch.autograd.grad(y, [xx, ww, bb], dout, retain_graph=True)
+
+        ms = triton.testing.do_bench(bwd, warmup=25, rep=100, return_mode="median")
+        rows.append({"kernel": "bwd", "config": cfg, "ms": ms})
+    fused._CONV_BWD_BLOCK = (32, 32, 8)
+    for r in rows:
+        print(r, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fused_bimamba.json"))
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--profile", action="store_true", help="only print the kernel table of one layer's steps")
+    p.add_argument("--sweep-conv", action="store_true", help="only time conv_both's launch configurations")
     a = p.parse_args(argv)
     dev = "cuda"
     if a.profile:
         profile(dev)
+        return
+    if a.sweep_conv:
+        sweep = sweep_conv(dev)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "sweep_conv": sweep}, indent=1))
         return
     t0 = time.perf_counter()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

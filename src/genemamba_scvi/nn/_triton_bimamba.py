@@ -140,57 +140,64 @@ def conv_both_bwd_pre_kernel(
     stride_w,
     stride_dout,
     K: tl.constexpr,
+    KP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    ROW_ITERS: tl.constexpr,
 ):
-    """Pre-activation gradient of every row, stored by anchor (``[2, T, C]`` fp32), and partial dW, db."""
+    """Pre-activation gradient of every row, stored by anchor (``[2T, C]`` fp32), and partial dW, db.
+
+    Each program walks ``ROW_ITERS`` row blocks of one channel block. The ``K`` taps of a row are loaded once
+    into a ``[rows, channels, KP]`` tile that serves both the recomputed pre-activation and the weight
+    gradient; the row sums of dW and db are taken once per program, not once per row block.
+    """
     pid_r = tl.program_id(0)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    rmask = rows < 2 * T
     cmask = cols < C
-    mask2 = rmask[:, None] & cmask[None, :]
-    anchor, is_rev = _anchor(rows, T, rev_ptr, rmask)
-    g = tl.load(dout_ptr + rows.to(tl.int64)[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(
+    taps = tl.arange(0, KP)
+    tmask = taps < K
+    # weight tile [BLOCK_C, KP]: tap slot k holds w[:, k]
+    w3 = tl.load(w_ptr + cols[:, None] * stride_w + taps[None, :], mask=cmask[:, None] & tmask[None, :], other=0.0).to(
         tl.float32
     )
-    if SILU:
-        pre = _conv_pre(
-            x_ptr,
-            w_ptr,
-            b_ptr,
-            seq_ptr,
-            anchor,
-            is_rev,
-            rmask,
-            cols,
-            cmask,
-            T,
-            stride_x,
-            stride_w,
-            K,
-            HAS_BIAS,
-            BLOCK_R,
-            BLOCK_C,
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    acc_w = tl.zeros((BLOCK_R, BLOCK_C, KP), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for it in range(ROW_ITERS):
+        rows = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = rows < 2 * T
+        mask2 = rmask[:, None] & cmask[None, :]
+        anchor, is_rev = _anchor(rows, T, rev_ptr, rmask)
+        cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
+        xs = tl.zeros((BLOCK_R, BLOCK_C, KP), dtype=tl.float32)
+        for m in tl.static_range(K):
+            u = tl.where(is_rev, anchor + m, anchor - m)
+            ok = rmask & (u >= 0) & (u < T)
+            cu = tl.load(seq_ptr + u, mask=ok, other=-2)
+            ok = ok & (cu == cell)
+            xv = tl.load(
+                x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
+            ).to(tl.float32)
+            xs += xv[:, :, None] * (taps == K - 1 - m).to(tl.float32)[None, None, :]
+        g = tl.load(dout_ptr + rows.to(tl.int64)[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(
+            tl.float32
         )
-        s = tl.sigmoid(pre)
-        g = g * s * (1.0 + pre * (1.0 - s))
-    g = tl.where(mask2, g, 0.0)
-    dst = (tl.where(is_rev, T, 0) + anchor).to(tl.int64)
-    tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g, mask=mask2)
-    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(g, axis=0), mask=cmask)
-    cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
-    for m in tl.static_range(K):
-        u = tl.where(is_rev, anchor + m, anchor - m)
-        ok = rmask & (u >= 0) & (u < T)
-        cu = tl.load(seq_ptr + u, mask=ok, other=-2)
-        ok = ok & (cu == cell)
-        xv = tl.load(
-            x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
-        ).to(tl.float32)
-        tl.store(dw_part_ptr + (pid_r * C + cols) * K + (K - 1 - m), tl.sum(g * xv, axis=0), mask=cmask)
+        if SILU:
+            pre = tl.sum(xs * w3[None, :, :], axis=2) + bias[None, :]
+            s = tl.sigmoid(pre)
+            g = g * s * (1.0 + pre * (1.0 - s))
+        g = tl.where(mask2, g, 0.0)
+        dst = (tl.where(is_rev, T, 0) + anchor).to(tl.int64)
+        tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g, mask=mask2)
+        acc_b += g
+        acc_w += g[:, :, None] * xs
+    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
+    dw = tl.sum(acc_w, axis=0)  # [BLOCK_C, KP]
+    tl.store(dw_part_ptr + (pid_r * C + cols)[:, None] * K + taps[None, :], dw, mask=cmask[:, None] & tmask[None, :])
 
 
 @triton.jit

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 _CONV_BLOCK = (32, 128)  # rows x channels of the forward conv kernel
-_CONV_BWD_BLOCK = (64, 64)
+_CONV_BWD_BLOCK = (32, 32, 8)  # rows x channels x row blocks per program of the conv backward
 _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward
 
 
@@ -116,8 +116,8 @@ class _ConvBoth(torch.autograd.Function):
         K = weight.shape[-1]
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
-        br, bc = _CONV_BWD_BLOCK
-        n_r = _cdiv(2 * T, br)
+        br, bc, iters = _CONV_BWD_BLOCK
+        n_r = _cdiv(2 * T, br * iters)
         dpre = torch.empty(2 * T, C, dtype=torch.float32, device=xbc.device)
         dw_part = torch.empty(n_r, C, K, dtype=torch.float32, device=xbc.device)
         db_part = torch.empty(n_r, C, dtype=torch.float32, device=xbc.device)
@@ -138,13 +138,16 @@ class _ConvBoth(torch.autograd.Function):
             weight.stride(0),
             dout.stride(0),
             K=K,
+            KP=_next_pow2(K),
             HAS_BIAS=bias is not None,
             SILU=ctx.silu,
             BLOCK_R=br,
             BLOCK_C=bc,
+            ROW_ITERS=iters,
             num_warps=4,
         )
         dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
+        br, bc = _CONV_BLOCK
         k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
             weight,
             seq,
