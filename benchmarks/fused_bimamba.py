@@ -63,7 +63,7 @@ def _metrics(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 
 def _run(block: BiMambaBlock, x: torch.Tensor, pack, dout: torch.Tensor, fused: bool, bf16: bool) -> dict:
-    BiMambaBlock.fused_both = fused
+    BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
     x = x.detach().clone().requires_grad_()
     block.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
@@ -71,7 +71,7 @@ def _run(block: BiMambaBlock, x: torch.Tensor, pack, dout: torch.Tensor, fused: 
     (y.to(dout.dtype) * dout).sum().backward()
     out = {"output": y.detach(), "grad_input": x.grad.detach()}
     out.update({f"grad_{n}": p.grad.detach() for n, p in block.named_parameters()})
-    BiMambaBlock.fused_both = True
+    BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
     return out
 
 
@@ -128,7 +128,7 @@ def timing(d_model: int, n_cells: int, mode: str, reps: int, dev: str) -> dict[s
     def step(fused: bool):
         pack, x = batches[it["i"] % len(batches)]
         it["i"] += 1
-        BiMambaBlock.fused_both = fused
+        BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
         if mode == "infer":
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 block.forward_packed(x, pack)
@@ -137,7 +137,7 @@ def timing(d_model: int, n_cells: int, mode: str, reps: int, dev: str) -> dict[s
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 y = block.forward_packed(xx, pack)
             y.float().square().mean().backward()
-        BiMambaBlock.fused_both = True
+        BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
 
     res: dict[str, Any] = {"d_model": d_model, "n_cells": n_cells, "mode": mode, "mean_real_tokens": n_tok}
     for fused in (True, False):
@@ -177,7 +177,7 @@ def profile(dev: str) -> None:
         pack = _pack(_lengths(n_cells, 2048, rng), dev)
         x = torch.randn(pack.n_tokens, 512, device=dev)
         for fused in (True, False):
-            BiMambaBlock.fused_both = fused
+            BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
 
             def step(mode=mode, x=x, pack=pack):
                 if mode == "infer":
@@ -198,7 +198,7 @@ def profile(dev: str) -> None:
                 torch.cuda.synchronize()
             print(f"=== {mode} fused={fused} tokens={pack.n_tokens}")
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
-    BiMambaBlock.fused_both = True
+    BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
 
 
 def sweep_conv(dev: str) -> list[dict[str, Any]]:

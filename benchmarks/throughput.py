@@ -336,7 +336,7 @@ class Runner:
             ]
             extra = [
                 ("ablation_gather_then_project", 64, "train", tr_cells),
-                ("ablation_unfused_both", 64, "train", tr_cells),
+                ("ablation_fused_training", 64, "train", tr_cells),
                 ("ablation_no_fused_norm", 64, "train", tr_cells),
                 ("stress", 128, "infer", 40),
             ]
@@ -362,7 +362,7 @@ class Runner:
             extra = [
                 ("ablation_gather_then_project", 2048, "train", a.train_cells_2048),
                 ("ablation_gather_then_project", 2048, "infer", a.infer_cells_2048),
-                ("ablation_unfused_both", 2048, "train", a.train_cells_2048),
+                ("ablation_fused_training", 2048, "train", a.train_cells_2048),
                 ("ablation_unfused_both", 2048, "infer", a.infer_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
@@ -410,7 +410,10 @@ class Runner:
                 "backend": resolved,
                 "fused_conv_scan_norm_outproj": bool(resolved == "mamba_ssm" and causal_conv1d_available()),
                 "fused_add_rmsnorm": bool(self.mamba._use_fused_add_norm(self.dev)),
-                "fused_bimamba_both": bool(BiMambaBlock.fused_both and resolved == "mamba_ssm" and self.cuda),
+                "fused_bimamba_both_inference": bool(BiMambaBlock.fused_both and resolved == "mamba_ssm" and self.cuda),
+                "fused_bimamba_both_training": bool(
+                    BiMambaBlock.fused_both_training and resolved == "mamba_ssm" and self.cuda
+                ),
                 "pack_multiple": self.mamba._pack_multiple(self.dev),
                 "path": "forward_packed: real tokens only, both directions in one varlen call per layer",
                 "mamba_ssm_importable": bool(self.cuda and mamba_ssm_available()),
@@ -754,6 +757,7 @@ class Runner:
                 "ablation_no_fused_norm",
                 "ablation_gather_then_project",
                 "ablation_unfused_both",
+                "ablation_fused_training",
                 "stress",
             ):
                 models = ["genemamba"]
@@ -783,6 +787,8 @@ class Runner:
                     BiMambaBlock.project_once = False
                 if s["kind"] == "ablation_unfused_both":
                     BiMambaBlock.fused_both = False
+                if s["kind"] == "ablation_fused_training":
+                    BiMambaBlock.fused_both_training = True
                 t0 = time.perf_counter()
                 try:
                     rec = self.measure(s, model, batches)
@@ -792,6 +798,8 @@ class Runner:
                         rec["note"] = "tokens gathered into the two-direction row, then in_proj on 2T rows"
                     if s["kind"] == "ablation_unfused_both":
                         rec["note"] = "projection gathered into the [2T] row, then mamba_split_conv1d_scan_combined"
+                    if s["kind"] == "ablation_fused_training":
+                        rec["note"] = "nn.fused.mixer_both also in training (Triton conv/gated-norm backward)"
                     self.results.append(rec)
                     est_step[model] = max(rec["step_time_s_median"], 0.05)
                     print(
@@ -836,7 +844,7 @@ class Runner:
                         self.meta["models"]["genemamba"]["fused_add_rmsnorm"] = False
                 finally:
                     BiMambaBlock.project_once = True
-                    BiMambaBlock.fused_both = True
+                    BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
                     if s["kind"] == "ablation_no_fused_norm":
                         self.mamba.fused_add_norm = prev_fused
                     self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)

@@ -336,8 +336,12 @@ class BiMambaBlock(nn.Module):
     project_once: bool = True
     #: Packed path on the mamba-ssm backend: run both directions through :func:`~genemamba_scvi.nn.fused.mixer_both`
     #: (convolution and gated norm of both directions read the ``T``-token projection; no ``[2T, d_in_proj]``
-    #: gather). False: gather the projection and call mamba-ssm's fused ``mamba_split_conv1d_scan_combined``.
+    #: gather) when no gradient is taken (inference: +10% on an H200, ``benchmarks/results/fused_bimamba_h200.json``).
+    #: False: gather the projection and call mamba-ssm's fused ``mamba_split_conv1d_scan_combined``.
     fused_both: bool = True
+    #: Also use the fused path when gradients are taken. Off by default: on the H200 its backward measured no
+    #: faster than mamba-ssm's (0.97-1.02x per layer) although it keeps less activation memory.
+    fused_both_training: bool = False
 
     @property
     def needs_merge_linear(self) -> bool:
@@ -450,7 +454,8 @@ class BiMambaBlock(nn.Module):
         if not self.project_once:  # the earlier path, kept for the benchmark's ablation
             return self.mixer(bipack(h, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
         zxbcdt = self.mixer.in_proj(h)
-        if self.fused_both and self.mixer.resolved_backend(h.device) == "mamba_ssm" and fused_available(h.device):
+        use_fused = self.fused_both and (self.fused_both_training or not torch.is_grad_enabled())
+        if use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm" and fused_available(h.device):
             return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both)
         return self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
 
