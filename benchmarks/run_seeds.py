@@ -25,7 +25,7 @@ Usage::
 
     # the GPU machine: 5 seeds of both benchmarks, then the tie_break="random" variant
     python benchmarks/run_seeds.py --out-dir /tmp/seeds --accelerator gpu --variants default tierandom \\
-        --jobs 20 --threads 1 --deadline-s 420 --archive $OUT/seeds.tar.gz
+        --ablations-without-baselines --jobs 20 --threads 1 --deadline-s 430 --archive $OUT/seeds.tar.gz
     # a smoke test on a CPU
     python benchmarks/run_seeds.py --out-dir /tmp/seeds_quick --seeds 0 1 --jobs 2 --threads 1 --extra-args=--quick
 """
