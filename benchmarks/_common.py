@@ -96,7 +96,24 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="order of genes of equal count within a cell (GeneMambaModel(tie_break=...))",
     )
     g.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    g.add_argument("--accelerator", default="cpu")
+    g.add_argument(
+        "--accelerator",
+        default="cpu",
+        help="Lightning accelerator of every trained model (GeneMamba, scVI, scANVI) and of GeneMamba inference: "
+        "cpu or gpu",
+    )
+    g.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "auto", "mamba_ssm"],
+        help="Mamba-2 backend of the GeneMamba models. torch (default) runs the same code on CPU and GPU and needs "
+        "no Triton autotuning (mamba-ssm ships no tuned kernels for these small sizes); auto = mamba_ssm on CUDA",
+    )
+    g.add_argument(
+        "--precision",
+        default="auto",
+        help="GeneMamba training / inference precision: auto (bf16-mixed on a GPU, float32 on CPU), 32, bf16",
+    )
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="pre-trained models are reused from here")
     g.add_argument("--no-cache", action="store_true", help="always pre-train afresh")
     g.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -136,6 +153,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -364,6 +382,16 @@ class PretrainConfig:
             "seed": args.seed,
             "tie_break": getattr(args, "tie_break", "median"),
         }
+        # where and how it is trained is part of the cache key, but only when not the CPU default (keys of
+        # CPU runs stay as they were)
+        extra = {}
+        if getattr(args, "backend", "torch") != "torch":
+            extra["backend"] = args.backend
+        if getattr(args, "accelerator", "cpu") != "cpu":
+            extra["accelerator"] = args.accelerator
+            extra["precision"] = str(getattr(args, "precision", "auto"))
+        if extra:
+            kw["extra"] = extra
         if args.quick:
             kw["max_genes"] = min(kw["max_genes"], 128)
         kw.update(overrides)
@@ -424,11 +452,13 @@ def pretrain_genemamba(
     cache_dir = Path(args.cache_dir) if args is not None else DEFAULT_CACHE
     use_cache = args is None or not args.no_cache
     accelerator = args.accelerator if args is not None else "cpu"
+    backend = getattr(args, "backend", "torch") if args is not None else "torch"
+    precision = getattr(args, "precision", "auto") if args is not None else "auto"
     key = _fingerprint(adata, cfg, data_name)
     path = cache_dir / f"genemamba_{key}"
     GeneMambaModel.setup_anndata(adata, layer="counts")
     if use_cache and (path / "info.json").is_file():
-        model = GeneMambaModel.load(path / "model", adata=adata, accelerator="cpu")
+        model = GeneMambaModel.load(path / "model", adata=adata, accelerator=accelerator)
         with open(path / "info.json") as f:
             info = json.load(f)
         info["loaded_from_cache"] = str(path)
@@ -446,7 +476,7 @@ def pretrain_genemamba(
         headdim=cfg.headdim,
         chunk_size=cfg.chunk_size,
         bidirectional=cfg.bidirectional,
-        backend="torch",
+        backend=backend,
         **({"tie_break": cfg.tie_break} if cfg.tie_break != "median" else {}),
     )
     train_sets, held_out = pathway_split(cfg.gene_sets, cfg.held_out_fraction)
@@ -464,6 +494,7 @@ def pretrain_genemamba(
             batch_size=cfg.batch_size,
             accelerator=accelerator,
             devices=1,
+            precision=precision,
             train_size=1.0,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -497,7 +528,9 @@ def pretrain_genemamba(
         "n_pathway_held_out_sets": len(held_out),
         "final_train_metrics": final,
         "history_per_epoch": {k: v.round(4).tolist() for k, v in curves.items()},
-        "backend": "torch (CPU)",
+        "backend": backend,
+        "accelerator": accelerator,
+        "precision": precision,
         "code_version": code_version(),
     }
     if not use_cache:
@@ -509,7 +542,18 @@ def pretrain_genemamba(
     info["saved_to"] = str(path / "model")
     if use_cache:
         write_json(path / "info.json", info)
+    model.to_device(torch_device(accelerator))  # an untrained (random init) model is embedded there too
     return model, info
+
+
+def torch_device(accelerator: str) -> str:
+    """The torch device a Lightning ``accelerator`` name trains on (one device): ``"cpu"`` or ``"cuda:0"``."""
+    import torch
+
+    acc = accelerator.lower()
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return "cuda:0"
+    return "cpu"
 
 
 # ----------------------------------------------------------------------------- GeneMamba inference helpers

@@ -37,10 +37,16 @@ SCORES = {
 }
 
 
-# paired differences are computed against these methods (when present)
+# paired differences are computed against these methods (when present; GeneMamba_U: --unidirectional runs)
 REFERENCES = {
-    "integration": ["GeneMamba", "GM 0-layer"],
-    "annotation": ["GeneMamba fine-tuned", "GeneMamba embedding + LR", "GeneMamba 0-layer embedding + LR"],
+    "integration": ["GeneMamba", "GeneMamba_U", "GM 0-layer"],
+    "annotation": [
+        "GeneMamba fine-tuned",
+        "GeneMamba_U fine-tuned",
+        "GeneMamba embedding + LR",
+        "GeneMamba_U embedding + LR",
+        "GeneMamba 0-layer embedding + LR",
+    ],
 }
 
 

@@ -113,14 +113,14 @@ def pca_embed(train, test, seed: int, n_comps: int = 50) -> tuple[np.ndarray, np
     return tr.obsm["X_pca"], X_te @ tr.varm["PCs"]
 
 
-def scanvi(train, test, seed: int, quick: bool, n_latent: int = 10):
+def scanvi(train, test, seed: int, quick: bool, n_latent: int = 10, accelerator: str = "cpu"):
     import scvi
 
     scvi.settings.seed = seed
     tr = train.copy()
     scvi.model.SCVI.setup_anndata(tr, layer="counts", labels_key=LABEL)
     vae = scvi.model.SCVI(tr, n_latent=n_latent)
-    kw = {"accelerator": "cpu", "enable_progress_bar": False}
+    kw = {"accelerator": accelerator, "devices": 1, "enable_progress_bar": False}
     vae.train(max_epochs=20 if quick else 200, **kw)
     lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown", labels_key=LABEL)
     lvae.train(max_epochs=5 if quick else 50, n_samples_per_label=None, **kw)
@@ -140,6 +140,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--validation-fraction", type=float, default=0.2, help="of the training cells")
     parser.add_argument("--no-scanvi", action="store_true")
+    parser.add_argument("--no-figures", action="store_true", help="seed 0: write the tables but not the figure")
     args = parser.parse_args(argv)
     C.quiet()
     C.set_threads(args.threads)
@@ -200,8 +201,12 @@ def main(argv=None) -> dict:
         chosen[label] = {"chosen": best, "validation": trials}
 
     for key, info in infos.items():
-        m = GeneMambaModel.load(info["saved_to"], adata=train, accelerator="cpu")
-        probe(f"{key} embedding + LR", m.get_latent_representation(train), m.get_latent_representation(test))
+        m = GeneMambaModel.load(info["saved_to"], adata=train, accelerator=args.accelerator)
+        probe(
+            f"{key} embedding + LR",
+            m.get_latent_representation(train, precision=args.precision),
+            m.get_latent_representation(test, precision=args.precision),
+        )
     t0 = time.perf_counter()
     probe("PCA (50) + LR", *pca_embed(train, test, args.seed))
     timings["pca_lr_seconds"] = round(time.perf_counter() - t0, 1)
@@ -213,7 +218,7 @@ def main(argv=None) -> dict:
 
         a = train if cells is None else train[cells].copy()
         GeneMambaModel.setup_anndata(a, layer="counts")
-        m = GeneMambaModel.load(infos[name]["saved_to"], adata=a, accelerator="cpu")
+        m = GeneMambaModel.load(infos[name]["saved_to"], adata=a, accelerator=args.accelerator)
         scvi.settings.seed = args.seed  # same shuffling whether or not the pre-training came from the cache
         m.train_classifier(
             labels_key=LABEL,
@@ -223,6 +228,7 @@ def main(argv=None) -> dict:
             class_weight=setting["class_weight"],
             accelerator=args.accelerator,
             devices=1,
+            precision=args.precision,
             train_size=1.0,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -233,8 +239,12 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     val_ad = train[val_idx].copy()
     GeneMambaModel.setup_anndata(val_ad, layer="counts")
-    best, trials = select(FINETUNE_GRID, lambda s: np.asarray(finetune(s, fit_idx).predict(val_ad)).astype(str), y_val)
-    preds[f"{name} fine-tuned"] = np.asarray(finetune(best, None).predict(test)).astype(str)
+    best, trials = select(
+        FINETUNE_GRID,
+        lambda s: np.asarray(finetune(s, fit_idx).predict(val_ad, precision=args.precision)).astype(str),
+        y_val,
+    )
+    preds[f"{name} fine-tuned"] = np.asarray(finetune(best, None).predict(test, precision=args.precision)).astype(str)
     chosen[f"{name} fine-tuned"] = {"chosen": best, "validation": trials}
     timings["genemamba_finetune_seconds_incl_selection"] = round(time.perf_counter() - t0, 1)
 
@@ -242,8 +252,11 @@ def main(argv=None) -> dict:
     if not args.no_scanvi:
         t0 = time.perf_counter()
         fit_ad = train[fit_idx].copy()
-        best, trials = select(SCANVI_GRID, lambda s: scanvi(fit_ad, val_ad, args.seed, args.quick, **s)[0], y_val)
-        preds["scANVI"], scanvi_info = scanvi(train, test, args.seed, args.quick, **best)
+        acc = args.accelerator
+        best, trials = select(
+            SCANVI_GRID, lambda s: scanvi(fit_ad, val_ad, args.seed, args.quick, accelerator=acc, **s)[0], y_val
+        )
+        preds["scANVI"], scanvi_info = scanvi(train, test, args.seed, args.quick, accelerator=acc, **best)
         chosen["scANVI"] = {"chosen": best, "validation": trials}
         timings["scanvi_seconds_incl_selection"] = round(time.perf_counter() - t0, 1)
 
@@ -260,10 +273,12 @@ def main(argv=None) -> dict:
 
     suffix = C.run_suffix(args)
     out_dir = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     if args.seed == 0:
         summary.to_csv(out_dir / f"annotation{suffix}.csv")
         per_class_df.to_csv(out_dir / f"annotation_per_class{suffix}.csv")
-        _plot(per_class_df, summary, out_dir / f"annotation{suffix}.png")
+        if not args.no_figures:
+            _plot(per_class_df, summary, out_dir / f"annotation{suffix}.png")
     out = {
         "benchmark": "annotation",
         "seed": args.seed,

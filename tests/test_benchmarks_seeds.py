@@ -1,0 +1,145 @@
+"""The seed driver and the aggregation of the biology benchmarks (``benchmarks/run_seeds.py``, ``aggregate.py``).
+
+Fast: the driver runs stand-in processes (no benchmark is run), the aggregation reads synthetic seed files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+run_seeds = pytest.importorskip("run_seeds")
+aggregate = pytest.importorskip("aggregate")
+
+
+def test_runs_are_ordered_main_variant_first_with_their_suffixes(tmp_path):
+    args = run_seeds.parse_args(
+        ["--out-dir", str(tmp_path), "--seeds", "0", "1", "--variants", "default", "tierandom", "--accelerator", "gpu"]
+    )
+    runs = run_seeds.build_runs(args)
+    names = [Path(r.log).stem for r in runs]
+    assert names == [
+        "integration_seed0",
+        "annotation_seed0",
+        "integration_seed1",
+        "annotation_seed1",
+        "integration_tierandom_seed0",
+        "annotation_tierandom_seed0",
+        "integration_tierandom_seed1",
+        "annotation_tierandom_seed1",
+    ]
+    assert [r.nice for r in runs] == [0] * 4 + [10] * 4
+    assert all(Path(r.result).name == Path(r.log).stem + ".json" for r in runs)
+    flags = runs[0].argv
+    assert flags[flags.index("--accelerator") + 1] == "gpu"
+    assert flags[flags.index("--cache-dir") + 1] == str(tmp_path / "cache")
+    assert "--n-jobs" in flags and "--n-jobs" not in runs[1].argv
+    assert "--no-scvi" not in flags and "--no-figures" in flags
+    lean = run_seeds.build_runs(
+        run_seeds.parse_args(
+            [
+                "--out-dir",
+                str(tmp_path),
+                "--seeds",
+                "0",
+                "--variants",
+                "default",
+                "gamma0",
+                "--ablations-without-baselines",
+            ]
+        )
+    )
+    assert ["--no-scvi" in r.argv or "--no-scanvi" in r.argv for r in lean] == [False, False, True, True]
+    assert "--no-scvi" in lean[2].argv and "--no-scanvi" in lean[3].argv
+    quick = run_seeds.build_runs(run_seeds.parse_args(["--out-dir", str(tmp_path), "--extra-args=--quick --gamma 0"]))
+    assert Path(quick[0].log).stem == "integration_gamma0_quick_seed0"
+
+
+def test_deadline_kills_stragglers_and_keeps_what_finished(tmp_path, monkeypatch):
+    """A finished run is kept, a running one is killed at the deadline, a pending one never starts."""
+
+    real = run_seeds.build_runs
+
+    def fake_runs(args):
+        runs = real(args)
+        ok, slow, never = runs[:3]
+        ok.argv = [sys.executable, "-c", f"open({ok.result!r}, 'w').write('{{}}')"]
+        slow.argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+        never.argv = [sys.executable, "-c", "raise SystemExit(3)"]
+        return [ok, slow, never]
+
+    monkeypatch.setattr(run_seeds, "build_runs", fake_runs)
+    (tmp_path / "seeds").mkdir()
+    t = time.monotonic()
+    manifest = run_seeds.main(
+        ["--out-dir", str(tmp_path), "--seeds", "0", "1", "--jobs", "1", "--deadline-s", "4", "--no-aggregate"]
+    )
+    assert time.monotonic() - t < 30
+    status = [r["status"] for r in manifest["runs"]]
+    assert status == ["ok", "killed_at_deadline", "not_started"]
+    assert manifest["runs"][0]["returncode"] == 0 and manifest["runs"][0]["wall_seconds"] is not None
+    on_disk = json.loads((tmp_path / "run_seeds_manifest.json").read_text())
+    assert [r["status"] for r in on_disk["runs"]] == status
+    assert on_disk["machine"]["cpu_count"] and "torch" in on_disk["machine"]
+    assert (tmp_path / "logs" / "integration_seed0.log").is_file()
+
+
+def _integration_seed(seed: int, rng) -> dict:
+    base = {"PCA": 0.66, "scVI": 0.60, "GeneMamba": 0.50, "GM 0-layer": 0.55}
+    res = {m: {"Bio conservation": v + 0.005 * rng.standard_normal(), "KMeans ARI": v} for m, v in base.items()}
+    return {"benchmark": "integration", "seed": seed, "results_pbmc68k_bio_only": res, "results_both_batches": None}
+
+
+def _annotation_seed(seed: int) -> dict:
+    y = np.array(["a"] * 20 + ["b"] * 20)
+    good = y.copy()
+    bad = y.copy()
+    bad[20 : 30 + seed % 3] = "a"  # 10-12 errors, all on class b
+    preds = {"GeneMamba fine-tuned": bad, "PCA (50) + LR": good}
+    results = []
+    for method, p in preds.items():
+        acc = float((p == y).mean())
+        results.append({"method": method, "accuracy": acc, "macro_f1": acc, "macro_f1_all_classes": acc})
+    return {
+        "benchmark": "annotation",
+        "seed": seed,
+        "results": results,
+        "predictions": {k: v.tolist() for k, v in preds.items()},
+        "y_test": y.tolist(),
+        "data": {"macro_f1_classes": ["a", "b"]},
+    }
+
+
+def test_aggregate_reads_and_writes_another_out_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for s in range(5):
+        (seeds / f"integration_seed{s}.json").write_text(json.dumps(_integration_seed(s, rng)))
+        (seeds / f"annotation_seed{s}.json").write_text(json.dumps(_annotation_seed(s)))
+    (seeds / "integration_tierandom_seed0.json").write_text(json.dumps(_integration_seed(0, rng)))  # other suffix
+    summary = aggregate.main(["--out-dir", str(tmp_path)])
+    assert (tmp_path / "biology_summary.json").is_file() and (tmp_path / "biology_summary.csv").is_file()
+    t = summary["tables"]["integration_pbmc68k"]
+    assert t["seeds"] == [0, 1, 2, 3, 4]
+    d = next(
+        d
+        for d in t["paired_differences"]
+        if d["method"] == "PCA" and d["reference"] == "GeneMamba" and d["score"] == "Bio conservation"
+    )
+    assert d["n_seeds"] == 5 and d["established"] and d["ci95_low"] > 0
+    a = summary["tables"]["annotation"]
+    d = next(
+        d
+        for d in a["paired_differences"]
+        if d["method"] == "PCA (50) + LR" and d["reference"] == "GeneMamba fine-tuned" and d["score"] == "accuracy"
+    )
+    assert d["established"] and d["mean_difference"] == pytest.approx(np.mean([10 + s % 3 for s in range(5)]) / 40)
