@@ -166,6 +166,7 @@ class GeneMambaTrainingMixin:
         checkpoint_every_n_steps: int | None,
         ckpt_path: str | None,
         labels: np.ndarray | None,
+        loss_kwargs: dict[str, Any],
         plan_kwargs: dict | None,
         datasplitter_kwargs: dict | None,
         trainer_kwargs: dict,
@@ -185,7 +186,8 @@ class GeneMambaTrainingMixin:
             labels=labels,
             **(datasplitter_kwargs or {}),
         )
-        plan = self._training_plan_cls(self.module, lr=lr, **(plan_kwargs or {}))
+        # loss_kwargs reach module.loss through the plan (scvi's TrainingPlan(**loss_kwargs)); plan_kwargs win
+        plan = self._training_plan_cls(self.module, lr=lr, **{**loss_kwargs, **(plan_kwargs or {})})
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if checkpoint_dir is not None:
             callbacks.append(_ResumableCheckpoint(str(checkpoint_dir), checkpoint_every_n_steps))
@@ -286,9 +288,9 @@ class GeneMambaTrainingMixin:
             Passed to :class:`scvi.train.Trainer` / Lightning (``accumulate_grad_batches``,
             ``strategy="ddp"``, ``max_steps``, ...).
         """
-        self.module.mode = "pretrain"
         self.module.set_objective(objective)
-        self.module.set_gene_sets(gene_set_tensors(gene_sets, self.vocab_), gamma=gamma)
+        token_sets = gene_set_tensors(gene_sets, self.vocab_)
+        self.module.set_gene_sets(token_sets if gamma > 0 else None)
         return self._run_training(
             max_epochs=max_epochs,
             lr=lr,
@@ -302,6 +304,7 @@ class GeneMambaTrainingMixin:
             checkpoint_every_n_steps=checkpoint_every_n_steps,
             ckpt_path=ckpt_path,
             labels=None,
+            loss_kwargs={"mode": "pretrain", "gamma": gamma},
             plan_kwargs=plan_kwargs,
             datasplitter_kwargs=datasplitter_kwargs,
             trainer_kwargs=trainer_kwargs,
@@ -371,8 +374,6 @@ class GeneMambaTrainingMixin:
         self.labels_key_ = labels_key
         self.classifier_hidden_ = hidden
         self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
-        self.module.class_weights = weights
-        self.module.mode = "classify"
         self.module.encoder.requires_grad_(not freeze_encoder)
         try:
             return self._run_training(
@@ -388,6 +389,7 @@ class GeneMambaTrainingMixin:
                 checkpoint_every_n_steps=None,
                 ckpt_path=None,
                 labels=codes.astype(np.int64),
+                loss_kwargs={"mode": "classify", "class_weights": weights},
                 plan_kwargs=plan_kwargs,
                 datasplitter_kwargs=None,
                 trainer_kwargs=trainer_kwargs,
@@ -396,8 +398,6 @@ class GeneMambaTrainingMixin:
             )
         finally:
             self.module.encoder.requires_grad_(True)
-            self.module.mode = "pretrain"
-            self.module.class_weights = None
 
     @classmethod
     def pretrain(

@@ -221,10 +221,11 @@ def pretrain_from_corpus(
         if module.vocab_size != len(vocab):
             raise ValueError(f"module has a vocabulary of {module.vocab_size} tokens, the corpus {len(vocab)}")
         module.set_objective(objective)
-    module.mode = "pretrain"
-    module.set_gene_sets(gene_set_tensors(gene_sets, vocab), gamma=gamma)
+    token_sets = gene_set_tensors(gene_sets, vocab)
+    module.set_gene_sets(token_sets if gamma > 0 else None)
 
-    plan = CorpusTrainingPlan(module, mask_seed=seed, lr=lr, **(plan_kwargs or {}))
+    # gamma reaches module.loss through the plan (scvi's loss_kwargs)
+    plan = CorpusTrainingPlan(module, mask_seed=seed, lr=lr, **{"gamma": gamma, **(plan_kwargs or {})})
     datamodule = CorpusDataModule(
         corpus_dir,
         batch_size=batch_size,
