@@ -122,14 +122,12 @@ class GeneMambaModule(BaseModuleClass):
             config = config.replace(mask_prob=mask_prob)
         if tie_lm_head is not None:
             config = config.replace(tie_lm_head=tie_lm_head)
-        mask_prob, tie_lm_head = config.mask_prob, config.tie_lm_head
         self.config = config
         self.encoder = GeneMambaEncoder(vocab_size, config)
         self.vocab_size = vocab_size
-        d_model = self.encoder.d_model
-        self.lm_head = MaskedLMHead(d_model, vocab_size, tied_embedding=self.encoder.embedding if tie_lm_head else None)
+        tied = self.encoder.embedding if config.tie_lm_head else None
+        self.lm_head = MaskedLMHead(self.encoder.d_model, vocab_size, tied_embedding=tied)
         self.classifier: ClassifierHead | None = None
-        self.mask_prob = mask_prob
         self.mask_id = mask_id
         self.n_special = n_special
         self.gamma = gamma
@@ -138,6 +136,11 @@ class GeneMambaModule(BaseModuleClass):
         self.set_objective(objective)
 
     # ------------------------------------------------------------------ configuration
+    @property
+    def mask_prob(self) -> float:
+        """Masking rate of the masked-gene objective (``config.mask_prob``)."""
+        return self.config.mask_prob
+
     def set_objective(self, objective: Objective) -> None:
         """Choose the pre-training objective; refuses next-token prediction on a bidirectional encoder."""
         if objective not in ("mlm", "next_token"):
@@ -201,15 +204,8 @@ class GeneMambaModule(BaseModuleClass):
         """scvi-tools' forward pass; with ``loss_kwargs={"mode": "classify"}`` the tokens are not masked."""
         if (loss_kwargs or {}).get("mode") == "classify":
             inference_kwargs = {"mask": False, **(inference_kwargs or {})}
-        return super().forward(
-            tensors,
-            get_inference_input_kwargs=get_inference_input_kwargs,
-            get_generative_input_kwargs=get_generative_input_kwargs,
-            inference_kwargs=inference_kwargs,
-            generative_kwargs=generative_kwargs,
-            loss_kwargs=loss_kwargs,
-            compute_loss=compute_loss,
-        )
+        inputs_kwargs = (get_inference_input_kwargs, get_generative_input_kwargs)
+        return super().forward(tensors, *inputs_kwargs, inference_kwargs, generative_kwargs, loss_kwargs, compute_loss)
 
     @auto_move_data
     def inference(

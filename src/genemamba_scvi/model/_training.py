@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import warnings
@@ -145,6 +146,15 @@ class _ResumableCheckpoint(SaveCheckpoint):
     _remove_checkpoint = ModelCheckpoint._remove_checkpoint
 
 
+def _run_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``train`` / ``train_classifier`` (their ``locals()``) for ``_run_training``.
+
+    Its own arguments, and the settings of scvi's ``TrainRunner`` / ``Trainer`` merged with ``trainer_kwargs``.
+    """
+    runner = {k: v for k, v in args.items() if k in _RUN_TRAINING_ARGS or k in _RUNNER_ARGS}
+    return {**runner, **args["trainer_kwargs"]}
+
+
 class GeneMambaTrainingMixin:
     """``train`` (pre-training on the registered AnnData), ``train_classifier`` and ``pretrain`` (on a corpus).
 
@@ -154,26 +164,28 @@ class GeneMambaTrainingMixin:
     def _run_training(
         self,
         *,
-        max_epochs: int,
-        lr: float,
-        batch_size: int,
-        accelerator: str,
-        devices: Any,
-        train_size: float | None,
-        validation_size: float | None,
-        early_stopping: bool,
-        checkpoint_dir: str | os.PathLike | None,
-        checkpoint_every_n_steps: int | None,
-        ckpt_path: str | None,
         labels: np.ndarray | None,
         loss_kwargs: dict[str, Any],
+        lr: float,
+        batch_size: int,
+        train_size: float | None,
+        validation_size: float | None,
+        gradient_checkpointing: bool,
         plan_kwargs: dict | None,
-        datasplitter_kwargs: dict | None,
-        trainer_kwargs: dict,
-        gradient_checkpointing: bool = False,
-        precision: str | int | None = "auto",
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
     ):
-        precision = resolve_precision(precision, training_on_gpu(accelerator, devices))
+        """One training run through scvi's ``TrainRunner``, for :meth:`train` and :meth:`train_classifier`.
+
+        ``labels`` (classifier codes) go to the data splitter, ``loss_kwargs`` to the module's ``loss`` through
+        the training plan; the other arguments are those of :meth:`train` (see :func:`_run_args`), and
+        ``trainer_kwargs`` hold the runner's settings (``max_epochs``, ``accelerator``, ``devices``,
+        ``precision``, ``early_stopping``, ``ckpt_path``, ...).
+        """
+        on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
+        trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
         _check_known_genes_expressed(self.adata, self._setup_arg("layer"), tokenizer.gene_token_ids)
         data_splitter = self._data_splitter_cls(
@@ -200,17 +212,7 @@ class GeneMambaTrainingMixin:
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         with _quiet_lightning():
             runner = self._train_runner_cls(
-                self,
-                training_plan=plan,
-                data_splitter=data_splitter,
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                early_stopping=early_stopping,
-                callbacks=callbacks,
-                ckpt_path=ckpt_path,
-                precision=precision,
-                **trainer_kwargs,
+                self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
             )
             self.module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
             try:
@@ -288,29 +290,11 @@ class GeneMambaTrainingMixin:
             Passed to :class:`scvi.train.Trainer` / Lightning (``accumulate_grad_batches``,
             ``strategy="ddp"``, ``max_steps``, ...).
         """
+        run_args = _run_args(locals())
         self.module.set_objective(objective)
         token_sets = gene_set_tensors(gene_sets, self.vocab_)
         self.module.set_gene_sets(token_sets if gamma > 0 else None)
-        return self._run_training(
-            max_epochs=max_epochs,
-            lr=lr,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            validation_size=validation_size,
-            early_stopping=early_stopping,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every_n_steps=checkpoint_every_n_steps,
-            ckpt_path=ckpt_path,
-            labels=None,
-            loss_kwargs={"mode": "pretrain", "gamma": gamma},
-            plan_kwargs=plan_kwargs,
-            datasplitter_kwargs=datasplitter_kwargs,
-            trainer_kwargs=trainer_kwargs,
-            gradient_checkpointing=gradient_checkpointing,
-            precision=precision,
-        )
+        return self._run_training(labels=None, loss_kwargs={"mode": "pretrain", "gamma": gamma}, **run_args)
 
     def train_classifier(
         self,
@@ -362,6 +346,7 @@ class GeneMambaTrainingMixin:
         accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
             As in :meth:`train`.
         """
+        run_args = _run_args(locals())
         labels_key = labels_key or self._setup_arg("labels_key")
         if labels_key is None:
             raise ValueError("train_classifier needs labels: pass labels_key= or set it in setup_anndata.")
@@ -377,24 +362,7 @@ class GeneMambaTrainingMixin:
         self.module.encoder.requires_grad_(not freeze_encoder)
         try:
             return self._run_training(
-                max_epochs=max_epochs,
-                lr=lr,
-                batch_size=batch_size,
-                accelerator=accelerator,
-                devices=devices,
-                train_size=train_size,
-                validation_size=validation_size,
-                early_stopping=early_stopping,
-                checkpoint_dir=None,
-                checkpoint_every_n_steps=None,
-                ckpt_path=None,
-                labels=codes.astype(np.int64),
-                loss_kwargs={"mode": "classify", "class_weights": weights},
-                plan_kwargs=plan_kwargs,
-                datasplitter_kwargs=None,
-                trainer_kwargs=trainer_kwargs,
-                gradient_checkpointing=gradient_checkpointing,
-                precision=precision,
+                labels=codes.astype(np.int64), loss_kwargs={"mode": "classify", "class_weights": weights}, **run_args
             )
         finally:
             self.module.encoder.requires_grad_(True)
@@ -460,3 +428,13 @@ class GeneMambaTrainingMixin:
                 overwrite=overwrite,
             )
         return result
+
+
+_RUN_TRAINING_ARGS = frozenset(inspect.signature(GeneMambaTrainingMixin._run_training).parameters) - {
+    "self",
+    "labels",
+    "loss_kwargs",
+    "trainer_kwargs",
+}
+#: The arguments of ``train`` / ``train_classifier`` that go to scvi's ``TrainRunner``.
+_RUNNER_ARGS = frozenset({"max_epochs", "accelerator", "devices", "precision", "early_stopping", "ckpt_path"})
