@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,9 +11,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from scvi.model._utils import use_distributed_sampler
-from scvi.train import SaveCheckpoint, TrainRunner
+from scvi.train import TrainRunner
 
 from genemamba_scvi import __version__
 from genemamba_scvi._precision import resolve_precision, training_on_gpu
@@ -27,7 +23,7 @@ from genemamba_scvi.model._utils import (
     _save_kernel_cache,
 )
 from genemamba_scvi.module import gene_set_tensors
-from genemamba_scvi.train import StepProgressBar
+from genemamba_scvi.train import LightningCheckpoint, StepProgressBar, training_session
 
 
 def _label_codes(labels: pd.Series) -> tuple[np.ndarray, list[Any]]:
@@ -63,40 +59,19 @@ def _class_weights(
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-class _DropLightningTips(logging.Filter):
-    """Drops Lightning's advertising tips and its note on estimating the number of steps from the log."""
+class _ResumableCheckpoint(LightningCheckpoint):
+    """Lightning checkpoints of ``train(checkpoint_dir=...)``: every epoch, or every N steps (all kept)."""
 
-    _NOISE = ("Tip: ", "to estimate number of stepping batches")
+    state_name = "_ResumableCheckpoint"  # the key its state always had in checkpoint files
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(noise in message for noise in self._NOISE)
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """While training: no Lightning tips, no deprecation noise from its internals, each INFO line once.
-
-    The ``lightning`` logger has a handler of its own *and* propagates to the root logger, so once the root
-    logger has a handler (``logging.basicConfig``, many notebook set-ups) every Lightning INFO line is printed
-    twice. Everything is restored afterwards.
-    """
-    loggers = [logging.getLogger(f"lightning.{pkg}.utilities.rank_zero") for pkg in ("pytorch", "fabric")]
-    tips = _DropLightningTips()
-    top = logging.getLogger("lightning")
-    propagate = top.propagate
-    for lg in loggers:
-        lg.addFilter(tips)
-    if top.handlers:
-        top.propagate = False
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-            yield
-    finally:
-        top.propagate = propagate
-        for lg in loggers:
-            lg.removeFilter(tips)
+    def __init__(self, dirpath: str, every_n_train_steps: int | None):
+        super().__init__(
+            dirpath,
+            filename="{epoch}-{step}",
+            monitor=None,
+            save_top_k=-1 if every_n_train_steps else 1,
+            every_n_train_steps=every_n_train_steps,
+        )
 
 
 class _GeneMambaTrainRunner(TrainRunner):
@@ -117,33 +92,6 @@ class _GeneMambaTrainRunner(TrainRunner):
                 frame = frame.copy()
                 frame.index = pd.RangeIndex(offset, offset + len(frame), name="epoch")
                 self.model.history_[key] = frame
-
-
-class _ResumableCheckpoint(SaveCheckpoint):
-    """Plain Lightning checkpoints (weights, optimizer, scheduler, loop state) for ``train(ckpt_path=...)``.
-
-    Subclasses scvi-tools' :class:`~scvi.train.SaveCheckpoint` only so that scvi's Trainer recognises a
-    checkpoint callback and does not add its own; unlike it, this writes Lightning ``.ckpt`` files
-    (``last.ckpt`` refreshed at every save) rather than full model directories.
-    """
-
-    def __init__(self, dirpath: str, every_n_train_steps: int | None):
-        super().__init__(
-            dirpath=dirpath,
-            filename="{epoch}-{step}",
-            monitor=None,
-            save_top_k=-1 if every_n_train_steps else 1,
-            every_n_train_steps=every_n_train_steps,
-        )
-        self.save_last = True  # SaveCheckpoint drops save_last from its kwargs; we want last.ckpt
-
-    # Lightning's own behaviour everywhere scvi's SaveCheckpoint would write model dirs instead.
-    on_save_checkpoint = ModelCheckpoint.on_save_checkpoint
-    on_train_batch_end = ModelCheckpoint.on_train_batch_end
-    on_train_end = ModelCheckpoint.on_train_end
-    on_exception = ModelCheckpoint.on_exception
-    _update_best_and_save = ModelCheckpoint._update_best_and_save
-    _remove_checkpoint = ModelCheckpoint._remove_checkpoint
 
 
 def _run_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -210,15 +158,13 @@ class GeneMambaTrainingMixin:
         self.module.train()  # Lightning keeps each submodule's mode; a previous inference left them in eval
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        with _quiet_lightning():
+        with training_session(self.module.encoder, gradient_checkpointing):
             runner = self._train_runner_cls(
                 self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
             )
-            self.module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
             try:
                 return runner()
             finally:
-                self.module.encoder.gradient_checkpointing = False
                 _save_kernel_cache()
 
     def train(
