@@ -124,6 +124,21 @@ class PretrainResult(NamedTuple):
     trainer: pl.Trainer
 
 
+#: The arguments of :func:`pretrain_from_corpus` that go to the Trainer as they are.
+_LIGHTNING_ARGS = frozenset(
+    {
+        "accelerator",
+        "strategy",
+        "num_nodes",
+        "max_steps",
+        "accumulate_grad_batches",
+        "gradient_clip_val",
+        "logger",
+        "enable_progress_bar",
+    }
+)
+
+
 def pretrain_from_corpus(
     corpus_dir: str | os.PathLike,
     *,
@@ -225,6 +240,7 @@ def pretrain_from_corpus(
     Lightning leaves it), the corpus vocabulary and gene medians (to build a ``GeneMambaModel`` around it), and
     the trainer.
     """
+    lightning_args = {k: v for k, v in locals().items() if k in _LIGHTNING_ARGS}
     corpus = TokenCorpus(corpus_dir)
     vocab, medians = corpus.vocab, corpus.gene_medians
     add_cls = bool(corpus.manifest.config.get("add_cls", False))
@@ -279,28 +295,21 @@ def pretrain_from_corpus(
         )
     if max_steps == -1 and max_epochs is None:
         max_epochs = 1
-    # Lightning's defaults where scvi's Trainer has others that would change the run (cudnn autotuning, bar)
-    trainer_kwargs = {"benchmark": None, "simple_progress_bar": False, **trainer_kwargs}
+    trainer_kwargs = {
+        # Lightning's defaults where scvi's Trainer has others that would change the run (cudnn autotuning, bar)
+        "benchmark": None,
+        "simple_progress_bar": False,
+        **lightning_args,
+        "devices": _lightning_devices(accelerator, devices),
+        "precision": resolve_precision(precision, training_on_gpu(accelerator, devices)),
+        "max_epochs": max_epochs if max_epochs is not None else -1,
+        "use_distributed_sampler": False,  # CorpusBatchSampler splits the data over ranks itself
+        "ckpt_path": os.fspath(ckpt_path) if ckpt_path is not None else None,
+        **trainer_kwargs,
+    }
     with training_session(module.encoder, gradient_checkpointing):
         runner = TrainRunner(
-            _CorpusRun(module),
-            training_plan=plan,
-            data_splitter=datamodule,
-            max_epochs=max_epochs if max_epochs is not None else -1,
-            accelerator=accelerator,
-            devices=_lightning_devices(accelerator, devices),
-            strategy=strategy,
-            num_nodes=num_nodes,
-            precision=resolve_precision(precision, training_on_gpu(accelerator, devices)),
-            max_steps=max_steps,
-            accumulate_grad_batches=accumulate_grad_batches,
-            gradient_clip_val=gradient_clip_val,
-            callbacks=cbs,
-            logger=logger,
-            enable_progress_bar=enable_progress_bar,
-            use_distributed_sampler=False,  # CorpusBatchSampler splits the data over ranks itself
-            ckpt_path=os.fspath(ckpt_path) if ckpt_path is not None else None,
-            **trainer_kwargs,
+            _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
         )
         runner()
     return PretrainResult(module, vocab, medians, runner.trainer)
