@@ -70,6 +70,7 @@ class GeneMambaTrainingPlan(TrainingPlan):
             )
 
     def training_step(self, batch, batch_idx):
+        """The training step of scvi's plan; raises :class:`NonFiniteLossError` on a NaN/inf loss before any update."""
         loss = super().training_step(batch, batch_idx)
         self._check_finite(loss)
         return loss
@@ -100,6 +101,7 @@ class GeneMambaTrainingPlan(TrainingPlan):
             )
 
     def configure_optimizers(self):
+        """AdamW (no weight decay on biases, norms, the embedding, the SSM's A, dt bias and D), per-step schedule."""
         decay, no_decay = [], []
         for name, param in self.module.named_parameters():
             if not param.requires_grad:
@@ -143,16 +145,20 @@ class StepProgressBar(ProgressBar):
 
     @property
     def is_enabled(self) -> bool:
+        """Whether the bar is shown."""
         return self._enabled
 
     @property
     def is_disabled(self) -> bool:
+        """Whether the bar is hidden."""
         return not self._enabled
 
     def disable(self) -> None:
+        """Hide the bar (Lightning does on non-zero ranks)."""
         self._enabled = False
 
     def enable(self) -> None:
+        """Show the bar."""
         self._enabled = True
 
     def __getstate__(self):
@@ -170,16 +176,19 @@ class StepProgressBar(ProgressBar):
         return total
 
     def on_train_start(self, trainer, pl_module) -> None:
+        """Open the bar over all steps of the run."""
         super().on_train_start(trainer, pl_module)
         if self.is_enabled:
             self._bar = track(None, total=self._total(trainer), description="Training", style="tqdm", unit="step")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        """Show the epoch."""
         super().on_train_epoch_start(trainer, pl_module)
         if self._bar is not None:
             self._bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Advance the bar by one step and show this minibatch's loss."""
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._bar is not None:
             self._bar.update(1)
@@ -188,6 +197,7 @@ class StepProgressBar(ProgressBar):
                 self._bar.set_postfix(train_loss=f"{float(loss):.3f}", refresh=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Close the bar."""
         super().on_train_end(trainer, pl_module)
         if self._bar is not None:
             self._bar.close()

@@ -273,6 +273,7 @@ class PathwayInfoNCE(nn.Module):
         self.max_token = int(flat.max()) + 1 if flat.numel() else 0
 
     def extra_repr(self) -> str:
+        """The settings, for ``repr``."""
         return f"n_gene_sets={self.n_total_sets}, temperature={self.temperature}, n_sets={self.n_sets}"
 
     def forward(
