@@ -65,3 +65,29 @@ def _sample_adata_session(shared_data: Path):
 def sample_adata(_sample_adata_session):
     """The 559-cell celltypist sample (raw counts in ``X`` and ``layers["counts"]``); a fresh copy per test."""
     return _sample_adata_session.copy()
+
+
+@pytest.fixture(scope="module")
+def sample48():
+    """The first 48 cells of the celltypist sample: the genes they express plus 50 never-expressed ones (real, fast)."""
+    import numpy as np
+
+    from genemamba_scvi.datasets import load_celltypist_sample
+
+    adata = load_celltypist_sample()[:48].copy()
+    expressed = np.asarray((adata.layers["counts"] > 0).sum(axis=0)).ravel() > 0
+    keep = np.where(expressed)[0].tolist() + np.where(~expressed)[0][:50].tolist()
+    return adata[:, sorted(keep)].copy()
+
+
+@pytest.fixture(scope="module")
+def sample48_model(sample48):
+    """``(model, adata)``: an untrained tiny model set up on a copy of :func:`sample48` (``layer="counts"``)."""
+    import scvi
+
+    from genemamba_scvi import GeneMambaModel
+
+    scvi.settings.seed = 0
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    return GeneMambaModel(adata, **TINY_MODEL), adata

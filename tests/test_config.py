@@ -56,14 +56,29 @@ def test_config_from_dict_rejects_unknown_keys_by_name_or_ignores_them():
         GeneMambaConfig().replace(d_modle=3)
 
 
-def test_config_defaults_equal_the_model_defaults():
+def test_model_settings_are_the_config_settings():
     import inspect
 
     params = inspect.signature(GeneMambaModel.__init__).parameters
-    defaults = GeneMambaConfig().to_dict(model_args_only=True)
-    assert set(defaults) <= set(params)
-    assert {k: params[k].default for k in defaults} == defaults
+    assert params["config"].default is None and params["settings"].kind is inspect.Parameter.VAR_KEYWORD
+    assert not set(MODEL_ARG_FIELDS) & set(params)  # spelled out once, in GeneMambaConfig
     assert set(MODEL_ARG_FIELDS) == set(LEGACY_KEYS) - {"max_genes", "min_gene_overlap", "tokenization", "unk_token"}
+
+
+def test_model_takes_a_config_or_its_settings_and_refuses_unknown_ones(legacy_adata):
+    GeneMambaModel.setup_anndata(legacy_adata)
+    tiny = {"d_model": 16, "n_layers": 1, "d_state": 8, "headdim": 8, "chunk_size": 16, "backend": "torch"}
+    by_keywords = GeneMambaModel(legacy_adata, max_genes=32, **tiny)
+    assert by_keywords.module.config == GeneMambaConfig(**tiny)
+    by_config = GeneMambaModel(legacy_adata, max_genes=32, config=GeneMambaConfig(**tiny), merge="mean")
+    assert by_config.module.config == GeneMambaConfig(**tiny, merge="mean")
+    assert by_config._config["merge"] == "mean" and list(by_config._config)[1:16] == list(MODEL_ARG_FIELDS)
+    with pytest.raises(TypeError, match="d_modle"):
+        GeneMambaModel(legacy_adata, d_modle=16)
+    with pytest.raises(TypeError, match="ngroups"):  # not saved with a model
+        GeneMambaModel(legacy_adata, ngroups=2, **tiny)
+    with pytest.raises(ValueError, match="norm_eps"):
+        GeneMambaModel(legacy_adata, config=GeneMambaConfig(norm_eps=1e-3, **tiny))
 
 
 def test_encoder_from_config_equals_encoder_from_keywords():

@@ -212,17 +212,43 @@ def test_balanced_class_weights_values_and_loss(trained):
     z = torch.randn(6, module.encoder.d_model)
     labels = torch.tensor([0, 0, 0, 0, 1, 2])
     weights = torch.tensor([0.5, 2.0, 3.0, 1.0])
-    module.mode, module.class_weights = "classify", weights
     module.eval()
-    try:
-        out = module.loss({REGISTRY_KEYS.LABELS_KEY: labels}, {"hidden": z[:, None], "z": z}, {})
-    finally:
-        module.mode, module.class_weights = "pretrain", None
+    out = module.loss(
+        {REGISTRY_KEYS.LABELS_KEY: labels}, {"hidden": z[:, None], "z": z}, {}, mode="classify", class_weights=weights
+    )
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(module.classify(z), labels, weight=weights)
         unweighted = torch.nn.functional.cross_entropy(module.classify(z), labels)
     torch.testing.assert_close(out.loss, expected)
     assert not torch.isclose(out.loss, unweighted)
+
+
+def test_loss_settings_are_keyword_arguments(trained):
+    """mode / gamma / class_weights reach module.loss as loss_kwargs (scvi's training plan), not as state."""
+    from scvi import REGISTRY_KEYS
+
+    from genemamba_scvi.train import GeneMambaTrainingPlan
+
+    model, _ = trained
+    module = model.module
+    plan = GeneMambaTrainingPlan(module, mode="classify", class_weights=None)
+    assert plan.loss_kwargs == {"mode": "classify", "class_weights": None}
+    tokens = torch.randint(3, module.vocab_size, (4, 12), generator=torch.Generator().manual_seed(0))
+    tensors = {"tokens": tokens, "lengths": torch.full((4,), 12), REGISTRY_KEYS.LABELS_KEY: torch.zeros(4, 1)}
+    assert module.pathway_loss is not None  # trained with gene_sets="kegg"
+    try:
+        module.train()
+        inference, _, out = module(tensors, loss_kwargs={"mode": "classify"})
+        assert inference["mlm_labels"] is None  # the classifier reads unmasked cells
+        assert "accuracy" in out.extra_metrics
+        inference, _, with_pathways = module(tensors, loss_kwargs={"gamma": 0.5})
+        assert inference["mlm_labels"] is not None
+        _, _, without = module(tensors, loss_kwargs={"gamma": 0.0})
+        assert "pathway_loss" in with_pathways.extra_metrics and "pathway_loss" not in without.extra_metrics
+        with pytest.raises(ValueError, match="mode"):
+            module(tensors, loss_kwargs={"mode": "finetune"})
+    finally:
+        module.eval()
 
 
 def test_train_classifier_balanced_runs_and_resets(small_adata):
@@ -231,7 +257,7 @@ def test_train_classifier_balanced_runs_and_resets(small_adata):
     GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="cell_type")
     model = GeneMambaModel(adata, **TINY)
     model.train_classifier(max_epochs=1, class_weight="balanced", **TRAIN)
-    assert model.module.class_weights is None  # not left behind for later pre-training
+    assert not hasattr(model.module, "class_weights")  # a loss argument, not module state
     assert np.isfinite(model.history["train_loss"].astype(float).to_numpy()).all()
     probs = model.predict(soft=True)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -86,9 +86,9 @@ def test_infonce_decreases_when_sets_pulled_together():
     assert loss_of(param.detach()) < before - 0.1
 
 
-def test_infonce_contextual_mode_and_weight():
+def test_infonce_contextual_mode_and_determinism():
     sets = _disjoint_sets(4, 3)
-    loss_fn = PathwayInfoNCE(sets, temperature=0.1, n_sets=4, gamma=0.1)
+    loss_fn = PathwayInfoNCE(sets, temperature=0.1, n_sets=4)
     token_ids = torch.tensor([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 3, 3, 40, 41])
     hidden = torch.randn(len(token_ids), 8, requires_grad=True)
     g = torch.Generator().manual_seed(0)
@@ -96,9 +96,7 @@ def test_infonce_contextual_mode_and_weight():
     assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
     loss.backward()
     assert hidden.grad[14:].abs().sum() == 0  # tokens outside every set are never drawn
-    torch.testing.assert_close(
-        loss_fn.weighted(hidden, token_ids, generator=torch.Generator().manual_seed(0)), 0.1 * loss.detach()
-    )
+    torch.testing.assert_close(loss_fn(hidden, token_ids, generator=torch.Generator().manual_seed(0)), loss.detach())
     # too few eligible sets -> zero with a gradient path
     zero = loss_fn(hidden[:2], token_ids[:2])
     assert zero.item() == 0.0 and zero.requires_grad

@@ -205,6 +205,9 @@ def test_resume_reproduces_uninterrupted_losses(
         )
     ckpt = ckpt_dir / f"step{crash_at:09d}.ckpt"
     assert ckpt.is_file() and (ckpt_dir / "last.ckpt").is_file()
+    # the checkpoint callback's state sits under Lightning's ModelCheckpoint key, as in files of earlier versions
+    states = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"]
+    assert any(key.startswith("ModelCheckpoint{'monitor': 'step'") for key in states)
     resumed, result = _train(
         corpus_dir, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=every, ckpt_path=ckpt, **common
     )

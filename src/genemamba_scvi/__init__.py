@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "GeneMambaModel": "genemamba_scvi.model",
+    "GeneMambaConfig": "genemamba_scvi.nn.config",
     "GeneMambaModule": "genemamba_scvi.module",
     "GeneVocab": "genemamba_scvi.data.vocab",
     "benchmark_integration": "genemamba_scvi.metrics",

@@ -60,6 +60,7 @@ class TokenizerSpec:
     tie_break: str = "median"
 
     def __call__(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and lengths of the cells in ``rows`` (a CSR block of counts), by ``method``."""
         if self.method == "published":
             return published_tokenize(
                 rows, self.gene_token_ids, max_genes=self.max_genes, add_cls=self.add_cls, unk_id=self.unk_id
@@ -198,6 +199,7 @@ class TokenDataSplitter(DataSplitter):
     data_loader_cls = TokenDataLoader
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Return the batch as it is (the tokenized minibatch needs no change on the device)."""
         return batch
 
     def val_dataloader(self):

@@ -72,9 +72,11 @@ class GeneMambaModule(BaseModuleClass):
 
     ``inference`` runs the Bi-Mamba encoder on the tokens (masking them first when pre-training with
     the masked-gene objective) and pools a cell embedding ``z``; ``generative`` is empty (GeneMamba
-    decodes nothing per cell); ``loss`` is, in ``mode="pretrain"``, the masked-gene (or, for the
-    unidirectional ablation, next-token) cross-entropy plus ``gamma`` x the pathway InfoNCE, and in
-    ``mode="classify"`` the cross-entropy of the classifier head.
+    decodes nothing per cell); ``loss`` is, with ``mode="pretrain"``, the masked-gene (or, for the
+    unidirectional ablation, next-token) cross-entropy plus ``gamma`` x the pathway InfoNCE, and with
+    ``mode="classify"`` the cross-entropy of the classifier head. ``mode``, ``gamma`` and ``class_weights``
+    are keyword arguments of :meth:`loss`, given by the training plan (scvi-tools' ``loss_kwargs``: the
+    plan's extra keyword arguments), not module state.
 
     Parameters
     ----------
@@ -89,7 +91,7 @@ class GeneMambaModule(BaseModuleClass):
     mask_prob
         Fraction of real tokens masked per cell for ``"mlm"`` (``None``: ``config.mask_prob``, 0.15).
     gamma
-        Weight of the pathway InfoNCE term.
+        Default weight of the pathway InfoNCE term (when :meth:`loss` is not given ``gamma``).
     temperature
         InfoNCE temperature.
     tie_lm_head
@@ -120,25 +122,25 @@ class GeneMambaModule(BaseModuleClass):
             config = config.replace(mask_prob=mask_prob)
         if tie_lm_head is not None:
             config = config.replace(tie_lm_head=tie_lm_head)
-        mask_prob, tie_lm_head = config.mask_prob, config.tie_lm_head
         self.config = config
         self.encoder = GeneMambaEncoder(vocab_size, config)
         self.vocab_size = vocab_size
-        d_model = self.encoder.d_model
-        self.lm_head = MaskedLMHead(d_model, vocab_size, tied_embedding=self.encoder.embedding if tie_lm_head else None)
+        tied = self.encoder.embedding if config.tie_lm_head else None
+        self.lm_head = MaskedLMHead(self.encoder.d_model, vocab_size, tied_embedding=tied)
         self.classifier: ClassifierHead | None = None
-        # per-class weights of the classification cross-entropy (None: unweighted); set by train_classifier
-        self.class_weights: torch.Tensor | None = None
-        self.mask_prob = mask_prob
         self.mask_id = mask_id
         self.n_special = n_special
         self.gamma = gamma
         self.temperature = temperature
         self.pathway_loss: PathwayInfoNCE | None = None
-        self.mode: Mode = "pretrain"
         self.set_objective(objective)
 
     # ------------------------------------------------------------------ configuration
+    @property
+    def mask_prob(self) -> float:
+        """Masking rate of the masked-gene objective (``config.mask_prob``)."""
+        return self.config.mask_prob
+
     def set_objective(self, objective: Objective) -> None:
         """Choose the pre-training objective; refuses next-token prediction on a bidirectional encoder."""
         if objective not in ("mlm", "next_token"):
@@ -152,12 +154,13 @@ class GeneMambaModule(BaseModuleClass):
         self.objective = objective
 
     def set_gene_sets(self, gene_sets: list[torch.Tensor] | None, gamma: float | None = None) -> None:
-        """Set the token-id gene sets of the pathway InfoNCE (``None`` disables it)."""
+        """Set the token-id gene sets of the pathway InfoNCE (``None`` disables it).
+
+        ``gamma``, if given, replaces the default weight of the term (:meth:`loss` may also be given one).
+        """
         if gamma is not None:
             self.gamma = float(gamma)
-        self.pathway_loss = (
-            PathwayInfoNCE(gene_sets, temperature=self.temperature) if gene_sets and self.gamma > 0 else None
-        )
+        self.pathway_loss = PathwayInfoNCE(gene_sets, temperature=self.temperature) if gene_sets else None
 
     def add_classifier(self, n_labels: int, hidden: int | None = None, dropout: float = 0.1) -> None:
         """Attach (or replace) the cell-type classifier head."""
@@ -178,20 +181,44 @@ class GeneMambaModule(BaseModuleClass):
     def _get_generative_input(self, tensors, inference_outputs) -> dict:
         return {}
 
+    def _mask(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return mask_tokens(
+            tokens,
+            lengths,
+            mask_prob=self.mask_prob,
+            mask_id=self.mask_id,
+            n_special=self.n_special,
+            vocab_size=self.vocab_size,
+        )
+
+    def forward(
+        self,
+        tensors,
+        get_inference_input_kwargs: dict | None = None,
+        get_generative_input_kwargs: dict | None = None,
+        inference_kwargs: dict | None = None,
+        generative_kwargs: dict | None = None,
+        loss_kwargs: dict | None = None,
+        compute_loss: bool = True,
+    ):
+        """scvi-tools' forward pass; with ``loss_kwargs={"mode": "classify"}`` the tokens are not masked."""
+        if (loss_kwargs or {}).get("mode") == "classify":
+            inference_kwargs = {"mask": False, **(inference_kwargs or {})}
+        inputs_kwargs = (get_inference_input_kwargs, get_generative_input_kwargs)
+        return super().forward(tensors, *inputs_kwargs, inference_kwargs, generative_kwargs, loss_kwargs, compute_loss)
+
     @auto_move_data
-    def inference(self, tokens: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """Encode tokens; returns ``hidden`` [B, L, d], cell embedding ``z`` [B, d] and MLM targets."""
+    def inference(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, mask: bool = True
+    ) -> dict[str, torch.Tensor | None]:
+        """Encode tokens; returns ``hidden`` [B, L, d], cell embedding ``z`` [B, d] and MLM targets.
+
+        While training with the masked-gene objective, tokens are masked first (``mask=False``: never).
+        """
         mlm_labels = None
         inputs = tokens
-        if self.training and self.mode == "pretrain" and self.objective == "mlm":
-            inputs, mlm_labels = mask_tokens(
-                tokens,
-                lengths,
-                mask_prob=self.mask_prob,
-                mask_id=self.mask_id,
-                n_special=self.n_special,
-                vocab_size=self.vocab_size,
-            )
+        if mask and self.training and self.objective == "mlm":
+            inputs, mlm_labels = self._mask(tokens, lengths)
         hidden = self._encode(inputs, lengths)
         z = self.encoder.pool(hidden, lengths)
         return {"hidden": hidden, "z": z, "mlm_labels": mlm_labels}
@@ -206,14 +233,42 @@ class GeneMambaModule(BaseModuleClass):
             raise RuntimeError("No classifier head: train one with GeneMambaModel.train_classifier().")
         return self.classifier(z)
 
-    def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Pre-training or classification loss (see class docstring)."""
+    def loss(
+        self,
+        tensors,
+        inference_outputs,
+        generative_outputs,
+        mode: Mode = "pretrain",
+        gamma: float | None = None,
+        class_weights: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """Pre-training or classification loss (see the class docstring).
+
+        Parameters
+        ----------
+        tensors, inference_outputs, generative_outputs
+            As in scvi-tools' module protocol.
+        mode
+            ``"pretrain"`` (masked-gene or next-token cross-entropy + ``gamma`` x pathway InfoNCE) or
+            ``"classify"`` (cross-entropy of the classifier head).
+        gamma
+            Weight of the pathway InfoNCE term (``None``: the module's ``gamma``); used when gene sets are set.
+        class_weights
+            ``"classify"``: per-class weights of the cross-entropy (``None``: unweighted).
+
+        Returns
+        -------
+        LossOutput
+            The loss and the metrics to log.
+        """
+        if mode not in ("pretrain", "classify"):
+            raise ValueError(f"mode must be 'pretrain' or 'classify', got {mode!r}")
         hidden, z = inference_outputs["hidden"], inference_outputs["z"]
         n_obs = hidden.shape[0]
-        if self.mode == "classify":
+        if mode == "classify":
             logits = self.classify(z)
             labels = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
-            weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+            weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
             ce = F.cross_entropy(logits, labels, weight=weight)
             acc = (logits.argmax(-1) == labels).float().mean()
             return LossOutput(
@@ -228,16 +283,10 @@ class GeneMambaModule(BaseModuleClass):
         metrics: dict[str, torch.Tensor] = {}
         if self.objective == "mlm":
             labels = inference_outputs["mlm_labels"]
-            if labels is None:  # evaluation mode: mask deterministically-seeded fresh targets
-                inputs, labels = mask_tokens(
-                    tensors[TOKENS_KEY].to(hidden.device),
-                    tensors[LENGTHS_KEY].to(hidden.device),
-                    mask_prob=self.mask_prob,
-                    mask_id=self.mask_id,
-                    n_special=self.n_special,
-                    vocab_size=self.vocab_size,
-                )
-                hidden = self._encode(inputs, tensors[LENGTHS_KEY].to(hidden.device))
+            if labels is None:  # evaluation mode: mask fresh targets
+                lengths = tensors[LENGTHS_KEY].to(hidden.device)
+                inputs, labels = self._mask(tensors[TOKENS_KEY].to(hidden.device), lengths)
+                hidden = self._encode(inputs, lengths)
             selected = labels != -100
             logits = self.lm_head(hidden[selected])
             lm = masked_lm_loss(logits, labels[selected])
@@ -248,8 +297,9 @@ class GeneMambaModule(BaseModuleClass):
             lm = next_token_loss(self.lm_head(hidden), tokens, lengths, encoder=self.encoder)
         metrics["lm_loss"] = lm.detach()
         total = lm
-        if self.pathway_loss is not None and self.gamma > 0:
+        gamma = self.gamma if gamma is None else float(gamma)
+        if self.pathway_loss is not None and gamma > 0:
             pw = self.pathway_loss(self.encoder.embedding.weight)
             metrics["pathway_loss"] = pw.detach()
-            total = total + self.gamma * pw
+            total = total + gamma * pw
         return LossOutput(loss=total, n_obs_minibatch=n_obs, extra_metrics=metrics)

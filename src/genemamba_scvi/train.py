@@ -1,12 +1,22 @@
-"""Training plan: scvi-tools' TrainingPlan with AdamW, linear warm-up + cosine decay and a NaN guard."""
+"""Training plan: scvi-tools' TrainingPlan with AdamW, linear warm-up + cosine decay and a NaN guard.
+
+Also the pieces that AnnData training (:mod:`genemamba_scvi.model`) and corpus pre-training
+(:mod:`genemamba_scvi.pretrain`) share around scvi's ``TrainRunner``: Lightning checkpoints, a per-step
+progress bar, a quiet training session.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ProgressBar
-from scvi.train import TrainingPlan
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from scvi.train import SaveCheckpoint, TrainingPlan
 from scvi.utils import track
 
 
@@ -60,6 +70,7 @@ class GeneMambaTrainingPlan(TrainingPlan):
             )
 
     def training_step(self, batch, batch_idx):
+        """The training step of scvi's plan; raises :class:`NonFiniteLossError` on a NaN/inf loss before any update."""
         loss = super().training_step(batch, batch_idx)
         self._check_finite(loss)
         return loss
@@ -90,6 +101,7 @@ class GeneMambaTrainingPlan(TrainingPlan):
             )
 
     def configure_optimizers(self):
+        """AdamW (no weight decay on biases, norms, the embedding, the SSM's A, dt bias and D), per-step schedule."""
         decay, no_decay = [], []
         for name, param in self.module.named_parameters():
             if not param.requires_grad:
@@ -133,16 +145,20 @@ class StepProgressBar(ProgressBar):
 
     @property
     def is_enabled(self) -> bool:
+        """Whether the bar is shown."""
         return self._enabled
 
     @property
     def is_disabled(self) -> bool:
+        """Whether the bar is hidden."""
         return not self._enabled
 
     def disable(self) -> None:
+        """Hide the bar (Lightning does on non-zero ranks)."""
         self._enabled = False
 
     def enable(self) -> None:
+        """Show the bar."""
         self._enabled = True
 
     def __getstate__(self):
@@ -160,16 +176,19 @@ class StepProgressBar(ProgressBar):
         return total
 
     def on_train_start(self, trainer, pl_module) -> None:
+        """Open the bar over all steps of the run."""
         super().on_train_start(trainer, pl_module)
         if self.is_enabled:
             self._bar = track(None, total=self._total(trainer), description="Training", style="tqdm", unit="step")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        """Show the epoch."""
         super().on_train_epoch_start(trainer, pl_module)
         if self._bar is not None:
             self._bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Advance the bar by one step and show this minibatch's loss."""
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._bar is not None:
             self._bar.update(1)
@@ -178,7 +197,87 @@ class StepProgressBar(ProgressBar):
                 self._bar.set_postfix(train_loss=f"{float(loss):.3f}", refresh=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Close the bar."""
         super().on_train_end(trainer, pl_module)
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class LightningCheckpoint(SaveCheckpoint):
+    """Lightning's ``ModelCheckpoint``, typed as scvi's :class:`~scvi.train.SaveCheckpoint`.
+
+    scvi's Trainer adds a checkpoint callback of its own (writing model directories) unless it finds a
+    ``SaveCheckpoint`` among the callbacks. This is one by type, with Lightning's behaviour wherever scvi's
+    differs: plain ``.ckpt`` files (weights, optimiser, scheduler, loop and sampler state), ``last.ckpt``
+    refreshed at every save. Its state inside a checkpoint file is kept under the key Lightning's
+    ``ModelCheckpoint`` uses (``state_name``), so checkpoints written with one resume with the other.
+
+    Parameters
+    ----------
+    dirpath
+        Directory of the checkpoint files.
+    **kwargs
+        Passed to :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (``filename``, ``monitor``,
+        ``every_n_train_steps``, ``save_top_k``, ...).
+    """
+
+    state_name = "ModelCheckpoint"
+
+    def __init__(self, dirpath: str, **kwargs: Any):
+        super().__init__(dirpath=dirpath, **kwargs)
+        self.save_last = True  # SaveCheckpoint drops save_last from its kwargs; we want last.ckpt
+
+    @property
+    def state_key(self) -> str:
+        """Key of this callback's state in a checkpoint file (see the class docstring)."""
+        key = ModelCheckpoint.state_key.fget(self)
+        return self.state_name + key[len(type(self).__qualname__) :]
+
+    # Lightning's own behaviour everywhere scvi's SaveCheckpoint would write model dirs instead.
+    on_save_checkpoint = ModelCheckpoint.on_save_checkpoint
+    on_train_batch_end = ModelCheckpoint.on_train_batch_end
+    on_train_end = ModelCheckpoint.on_train_end
+    on_exception = ModelCheckpoint.on_exception
+    _update_best_and_save = ModelCheckpoint._update_best_and_save
+    _remove_checkpoint = ModelCheckpoint._remove_checkpoint
+
+
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's advertising tips and its note on estimating the number of steps from the log."""
+
+    _NOISE = ("Tip: ", "to estimate number of stepping batches")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self._NOISE)
+
+
+@contextlib.contextmanager
+def training_session(encoder: torch.nn.Module, gradient_checkpointing: bool = False) -> Iterator[None]:
+    """While training: the encoder's gradient checkpointing on request, Lightning quiet.
+
+    No Lightning tips, no deprecation noise from its internals, each INFO line once: the ``lightning`` logger
+    has a handler of its own *and* propagates to the root logger, so once the root logger has a handler
+    (``logging.basicConfig``, many notebook set-ups) every Lightning INFO line would be printed twice.
+    Everything is restored afterwards.
+    """
+    loggers = [logging.getLogger(f"lightning.{pkg}.utilities.rank_zero") for pkg in ("pytorch", "fabric")]
+    tips = _DropLightningTips()
+    top = logging.getLogger("lightning")
+    propagate = top.propagate
+    for lg in loggers:
+        lg.addFilter(tips)
+    if top.handlers:
+        top.propagate = False
+    encoder.gradient_checkpointing = bool(gradient_checkpointing)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            warnings.filterwarnings("ignore", message="early_stopping was automatically disabled due to the use of DDP")
+            yield
+    finally:
+        encoder.gradient_checkpointing = False
+        top.propagate = propagate
+        for lg in loggers:
+            lg.removeFilter(tips)

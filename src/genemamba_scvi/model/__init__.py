@@ -15,7 +15,6 @@ from genemamba_scvi.model._training import (  # noqa: F401
     _class_weights,
     _GeneMambaTrainRunner,
     _label_codes,
-    _quiet_lightning,
     _ResumableCheckpoint,
 )
 from genemamba_scvi.model._utils import (  # noqa: F401

@@ -47,6 +47,22 @@ _MAX_INFERENCE_CELLS = 1_024  # GPU inference batch: at most this many cells ...
 _MAX_INFERENCE_TOKENS = 1 << 20  # ... and this many token slots (cells x max_genes)
 
 
+def _model_config(config: GeneMambaConfig | None, settings: dict[str, Any]) -> GeneMambaConfig:
+    """``config`` with ``settings`` applied; only the settings a saved model keeps (its ``config.json``) are taken."""
+    unknown = sorted(set(settings) - set(MODEL_ARG_FIELDS))
+    if unknown:
+        raise TypeError(
+            f"GeneMambaModel got unexpected setting(s) {unknown}; the model's settings are {list(MODEL_ARG_FIELDS)} "
+            "(see GeneMambaConfig) and max_genes, min_gene_overlap, tokenization, unk_token, tie_break"
+        )
+    config = (config or GeneMambaConfig()).replace(**settings)
+    defaults = GeneMambaConfig().to_dict()
+    changed = sorted(k for k, v in config.to_dict().items() if k not in MODEL_ARG_FIELDS and v != defaults[k])
+    if changed:
+        raise ValueError(f"GeneMambaModel keeps the defaults of {changed} (they are not saved with a model)")
+    return config
+
+
 class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelClass):
     """GeneMamba: a bidirectional Mamba-2 foundation model of ranked gene tokens.
 
@@ -67,33 +83,6 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         computes them from ``adata`` (exact, streamed over chunks).
     max_genes
         Genes per cell (sequence length), 2048 by default; 4096 is supported.
-    d_model
-        Width: size of the token embeddings, of every layer's output and of the cell embedding (the published
-        GeneMamba uses 512).
-    n_layers
-        Depth: number of Bi-Mamba blocks (the published GeneMamba uses 24).
-    d_state, d_conv, expand, headdim, chunk_size
-        Mamba-2 mixer hyper-parameters.
-    bidirectional
-        ``False`` gives the unidirectional ablation (GeneMamba_U).
-    merge
-        How the two directions are merged: ``"gate"`` (default), ``"mean"``, ``"sum"``, ``"concat"``.
-    shared_merge
-        One merge layer shared by all blocks (the published layout) instead of one per block.
-    block
-        ``"prenorm"`` (our default: residual + pre-RMSNorm), ``"official"`` (published layer, no norm) or
-        ``"official_identity"`` (published layer that returns its input, see :meth:`from_pretrained`).
-    backend
-        ``"auto"``, ``"torch"`` or ``"mamba_ssm"``.
-    pooling
-        ``"mean"`` over real tokens, or ``"cls"`` (a ``<cls>`` token is prepended).
-    tie_lm_head
-        Tie the masked-gene head to the token embedding.
-    mask_prob
-        Masking rate of the masked-gene objective.
-    tie_break
-        Order of equal counts in a cell, ``"median"`` (default) or ``"random"``
-        (:func:`~genemamba_scvi.data.tokenize.rank_tokenize`).
     min_gene_overlap
         Smallest fraction of ``adata``'s genes that must be found in the vocabulary; below it, set-up (and any
         later query AnnData) is refused with a report of the matched and unmatched genes.
@@ -105,6 +94,24 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         Saved with the model.
     unk_token
         ``"published"`` only: the entry unknown genes become (``[UNK]`` by :meth:`from_pretrained`); ``None``: dropped.
+    tie_break
+        Order of equal counts in a cell, ``"median"`` (default) or ``"random"``
+        (:func:`~genemamba_scvi.data.tokenize.rank_tokenize`).
+    config
+        The network and objective settings, a :class:`~genemamba_scvi.nn.config.GeneMambaConfig` (default: its
+        defaults, the published 24 x 512 GeneMamba).
+    **settings
+        Any setting of :class:`~genemamba_scvi.nn.config.GeneMambaConfig` saved with a model, overriding
+        ``config``: ``d_model`` (width, 512), ``n_layers`` (depth, 24), the Mamba-2 mixer's ``d_state``,
+        ``d_conv``, ``expand``, ``headdim``, ``chunk_size``, ``bidirectional`` (``False``: the GeneMamba_U
+        ablation), ``merge``, ``shared_merge``, ``block``, ``backend``, ``pooling``, ``tie_lm_head`` and
+        ``mask_prob``; their meaning and defaults are on the :class:`~genemamba_scvi.nn.config.GeneMambaConfig`
+        page. Any other name raises :class:`TypeError` naming it.
+
+    Examples
+    --------
+    >>> model = GeneMambaModel(adata, d_model=64, n_layers=2)  # doctest: +SKIP
+    >>> model = GeneMambaModel(adata, config=GeneMambaConfig(d_model=64, n_layers=2))  # doctest: +SKIP
     """
 
     _module_cls = GeneMambaModule
@@ -119,31 +126,18 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         vocab: GeneVocab | str | os.PathLike | None = None,
         gene_medians: np.ndarray | None = None,
         max_genes: int = 2048,
-        d_model: int = 512,
-        n_layers: int = 24,
-        d_state: int = 64,
-        d_conv: int = 4,
-        expand: int = 2,
-        headdim: int = 64,
-        chunk_size: int = 256,
-        bidirectional: bool = True,
-        merge: Literal["gate", "mean", "sum", "concat"] = "gate",
-        shared_merge: bool = False,
-        block: Literal["prenorm", "official", "official_identity"] = "prenorm",
-        backend: Literal["auto", "torch", "mamba_ssm"] = "auto",
-        pooling: Literal["mean", "cls"] = "mean",
-        tie_lm_head: bool = True,
-        mask_prob: float = 0.15,
         min_gene_overlap: float = _MIN_GENE_OVERLAP,
         tokenization: Literal["ranked", "published"] = "ranked",
         unk_token: str | None = None,
         tie_break: Literal["median", "random"] = "median",
+        config: GeneMambaConfig | None = None,
+        **settings: Any,
     ):
         if adata is None:
             raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
         _check_choice("tokenization", tokenization, TOKENIZATIONS)
         _check_choice("tie_break", tie_break, TIE_BREAKS)
-        config = GeneMambaConfig.from_dict({k: v for k, v in locals().items() if k in MODEL_ARG_FIELDS})
+        config = _model_config(config, settings)
         super().__init__(adata)
         if isinstance(vocab, str | os.PathLike):
             vocab = GeneVocab.from_json(vocab)
@@ -177,9 +171,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         }
         self.module = self._module_cls(len(vocab), mask_id=vocab.mask_id, n_special=vocab.n_special, config=config)
         n_params = sum(p.numel() for p in self.module.parameters())
+        directions = f"bidirectional ({config.merge})" if config.bidirectional else "unidirectional"
         self._model_summary_string = (
-            f"GeneMamba model: {n_layers} x d_model {d_model}, "
-            f"{'bidirectional (' + merge + ')' if bidirectional else 'unidirectional'}, vocab {len(vocab)}, "
+            f"GeneMamba model: {config.n_layers} x d_model {config.d_model}, {directions}, vocab {len(vocab)}, "
             f"top-{self.max_genes} genes, {n_params / 1e6:.2f}M parameters, backend {self.module.encoder.backend}"
         )
         self.init_params_ = self._get_init_params(locals())

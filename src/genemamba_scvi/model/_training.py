@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import inspect
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -13,9 +11,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from scvi.model._utils import use_distributed_sampler
-from scvi.train import SaveCheckpoint, TrainRunner
+from scvi.train import TrainRunner
 
 from genemamba_scvi import __version__
 from genemamba_scvi._precision import resolve_precision, training_on_gpu
@@ -26,7 +23,7 @@ from genemamba_scvi.model._utils import (
     _save_kernel_cache,
 )
 from genemamba_scvi.module import gene_set_tensors
-from genemamba_scvi.train import StepProgressBar
+from genemamba_scvi.train import LightningCheckpoint, StepProgressBar, training_session
 
 
 def _label_codes(labels: pd.Series) -> tuple[np.ndarray, list[Any]]:
@@ -62,40 +59,19 @@ def _class_weights(
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-class _DropLightningTips(logging.Filter):
-    """Drops Lightning's advertising tips and its note on estimating the number of steps from the log."""
+class _ResumableCheckpoint(LightningCheckpoint):
+    """Lightning checkpoints of ``train(checkpoint_dir=...)``: every epoch, or every N steps (all kept)."""
 
-    _NOISE = ("Tip: ", "to estimate number of stepping batches")
+    state_name = "_ResumableCheckpoint"  # the key its state always had in checkpoint files
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(noise in message for noise in self._NOISE)
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """While training: no Lightning tips, no deprecation noise from its internals, each INFO line once.
-
-    The ``lightning`` logger has a handler of its own *and* propagates to the root logger, so once the root
-    logger has a handler (``logging.basicConfig``, many notebook set-ups) every Lightning INFO line is printed
-    twice. Everything is restored afterwards.
-    """
-    loggers = [logging.getLogger(f"lightning.{pkg}.utilities.rank_zero") for pkg in ("pytorch", "fabric")]
-    tips = _DropLightningTips()
-    top = logging.getLogger("lightning")
-    propagate = top.propagate
-    for lg in loggers:
-        lg.addFilter(tips)
-    if top.handlers:
-        top.propagate = False
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-            yield
-    finally:
-        top.propagate = propagate
-        for lg in loggers:
-            lg.removeFilter(tips)
+    def __init__(self, dirpath: str, every_n_train_steps: int | None):
+        super().__init__(
+            dirpath,
+            filename="{epoch}-{step}",
+            monitor=None,
+            save_top_k=-1 if every_n_train_steps else 1,
+            every_n_train_steps=every_n_train_steps,
+        )
 
 
 class _GeneMambaTrainRunner(TrainRunner):
@@ -118,31 +94,13 @@ class _GeneMambaTrainRunner(TrainRunner):
                 self.model.history_[key] = frame
 
 
-class _ResumableCheckpoint(SaveCheckpoint):
-    """Plain Lightning checkpoints (weights, optimizer, scheduler, loop state) for ``train(ckpt_path=...)``.
+def _run_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``train`` / ``train_classifier`` (their ``locals()``) for ``_run_training``.
 
-    Subclasses scvi-tools' :class:`~scvi.train.SaveCheckpoint` only so that scvi's Trainer recognises a
-    checkpoint callback and does not add its own; unlike it, this writes Lightning ``.ckpt`` files
-    (``last.ckpt`` refreshed at every save) rather than full model directories.
+    Its own arguments, and the settings of scvi's ``TrainRunner`` / ``Trainer`` merged with ``trainer_kwargs``.
     """
-
-    def __init__(self, dirpath: str, every_n_train_steps: int | None):
-        super().__init__(
-            dirpath=dirpath,
-            filename="{epoch}-{step}",
-            monitor=None,
-            save_top_k=-1 if every_n_train_steps else 1,
-            every_n_train_steps=every_n_train_steps,
-        )
-        self.save_last = True  # SaveCheckpoint drops save_last from its kwargs; we want last.ckpt
-
-    # Lightning's own behaviour everywhere scvi's SaveCheckpoint would write model dirs instead.
-    on_save_checkpoint = ModelCheckpoint.on_save_checkpoint
-    on_train_batch_end = ModelCheckpoint.on_train_batch_end
-    on_train_end = ModelCheckpoint.on_train_end
-    on_exception = ModelCheckpoint.on_exception
-    _update_best_and_save = ModelCheckpoint._update_best_and_save
-    _remove_checkpoint = ModelCheckpoint._remove_checkpoint
+    runner = {k: v for k, v in args.items() if k in _RUN_TRAINING_ARGS or k in _RUNNER_ARGS}
+    return {**runner, **args["trainer_kwargs"]}
 
 
 class GeneMambaTrainingMixin:
@@ -154,25 +112,28 @@ class GeneMambaTrainingMixin:
     def _run_training(
         self,
         *,
-        max_epochs: int,
+        labels: np.ndarray | None,
+        loss_kwargs: dict[str, Any],
         lr: float,
         batch_size: int,
-        accelerator: str,
-        devices: Any,
         train_size: float | None,
         validation_size: float | None,
-        early_stopping: bool,
-        checkpoint_dir: str | os.PathLike | None,
-        checkpoint_every_n_steps: int | None,
-        ckpt_path: str | None,
-        labels: np.ndarray | None,
+        gradient_checkpointing: bool,
         plan_kwargs: dict | None,
-        datasplitter_kwargs: dict | None,
-        trainer_kwargs: dict,
-        gradient_checkpointing: bool = False,
-        precision: str | int | None = "auto",
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs: Any,
     ):
-        precision = resolve_precision(precision, training_on_gpu(accelerator, devices))
+        """One training run through scvi's ``TrainRunner``, for :meth:`train` and :meth:`train_classifier`.
+
+        ``labels`` (classifier codes) go to the data splitter, ``loss_kwargs`` to the module's ``loss`` through
+        the training plan; the other arguments are those of :meth:`train` (see :func:`_run_args`), and
+        ``trainer_kwargs`` hold the runner's settings (``max_epochs``, ``accelerator``, ``devices``,
+        ``precision``, ``early_stopping``, ``ckpt_path``, ...).
+        """
+        on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
+        trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
         _check_known_genes_expressed(self.adata, self._setup_arg("layer"), tokenizer.gene_token_ids)
         data_splitter = self._data_splitter_cls(
@@ -185,7 +146,8 @@ class GeneMambaTrainingMixin:
             labels=labels,
             **(datasplitter_kwargs or {}),
         )
-        plan = self._training_plan_cls(self.module, lr=lr, **(plan_kwargs or {}))
+        # loss_kwargs reach module.loss through the plan (scvi's TrainingPlan(**loss_kwargs)); plan_kwargs win
+        plan = self._training_plan_cls(self.module, lr=lr, **{**loss_kwargs, **(plan_kwargs or {})})
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if checkpoint_dir is not None:
             callbacks.append(_ResumableCheckpoint(str(checkpoint_dir), checkpoint_every_n_steps))
@@ -196,25 +158,13 @@ class GeneMambaTrainingMixin:
         self.module.train()  # Lightning keeps each submodule's mode; a previous inference left them in eval
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        with _quiet_lightning():
+        with training_session(self.module.encoder, gradient_checkpointing):
             runner = self._train_runner_cls(
-                self,
-                training_plan=plan,
-                data_splitter=data_splitter,
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                early_stopping=early_stopping,
-                callbacks=callbacks,
-                ckpt_path=ckpt_path,
-                precision=precision,
-                **trainer_kwargs,
+                self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
             )
-            self.module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
             try:
                 return runner()
             finally:
-                self.module.encoder.gradient_checkpointing = False
                 _save_kernel_cache()
 
     def train(
@@ -286,28 +236,11 @@ class GeneMambaTrainingMixin:
             Passed to :class:`scvi.train.Trainer` / Lightning (``accumulate_grad_batches``,
             ``strategy="ddp"``, ``max_steps``, ...).
         """
-        self.module.mode = "pretrain"
+        run_args = _run_args(locals())
         self.module.set_objective(objective)
-        self.module.set_gene_sets(gene_set_tensors(gene_sets, self.vocab_), gamma=gamma)
-        return self._run_training(
-            max_epochs=max_epochs,
-            lr=lr,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            validation_size=validation_size,
-            early_stopping=early_stopping,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every_n_steps=checkpoint_every_n_steps,
-            ckpt_path=ckpt_path,
-            labels=None,
-            plan_kwargs=plan_kwargs,
-            datasplitter_kwargs=datasplitter_kwargs,
-            trainer_kwargs=trainer_kwargs,
-            gradient_checkpointing=gradient_checkpointing,
-            precision=precision,
-        )
+        token_sets = gene_set_tensors(gene_sets, self.vocab_)
+        self.module.set_gene_sets(token_sets if gamma > 0 else None)
+        return self._run_training(labels=None, loss_kwargs={"mode": "pretrain", "gamma": gamma}, **run_args)
 
     def train_classifier(
         self,
@@ -359,6 +292,7 @@ class GeneMambaTrainingMixin:
         accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
             As in :meth:`train`.
         """
+        run_args = _run_args(locals())
         labels_key = labels_key or self._setup_arg("labels_key")
         if labels_key is None:
             raise ValueError("train_classifier needs labels: pass labels_key= or set it in setup_anndata.")
@@ -371,33 +305,13 @@ class GeneMambaTrainingMixin:
         self.labels_key_ = labels_key
         self.classifier_hidden_ = hidden
         self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
-        self.module.class_weights = weights
-        self.module.mode = "classify"
         self.module.encoder.requires_grad_(not freeze_encoder)
         try:
             return self._run_training(
-                max_epochs=max_epochs,
-                lr=lr,
-                batch_size=batch_size,
-                accelerator=accelerator,
-                devices=devices,
-                train_size=train_size,
-                validation_size=validation_size,
-                early_stopping=early_stopping,
-                checkpoint_dir=None,
-                checkpoint_every_n_steps=None,
-                ckpt_path=None,
-                labels=codes.astype(np.int64),
-                plan_kwargs=plan_kwargs,
-                datasplitter_kwargs=None,
-                trainer_kwargs=trainer_kwargs,
-                gradient_checkpointing=gradient_checkpointing,
-                precision=precision,
+                labels=codes.astype(np.int64), loss_kwargs={"mode": "classify", "class_weights": weights}, **run_args
             )
         finally:
             self.module.encoder.requires_grad_(True)
-            self.module.mode = "pretrain"
-            self.module.class_weights = None
 
     @classmethod
     def pretrain(
@@ -460,3 +374,13 @@ class GeneMambaTrainingMixin:
                 overwrite=overwrite,
             )
         return result
+
+
+_RUN_TRAINING_ARGS = frozenset(inspect.signature(GeneMambaTrainingMixin._run_training).parameters) - {
+    "self",
+    "labels",
+    "loss_kwargs",
+    "trainer_kwargs",
+}
+#: The arguments of ``train`` / ``train_classifier`` that go to scvi's ``TrainRunner``.
+_RUNNER_ARGS = frozenset({"max_epochs", "accelerator", "devices", "precision", "early_stopping", "ckpt_path"})

@@ -236,8 +236,6 @@ class PathwayInfoNCE(nn.Module):
         Sets sampled per call.
     n_per_set
         Items drawn per sampled set (2: one anchor, one positive).
-    gamma
-        Weight of this term in the total loss, applied by the caller (:meth:`weighted`).
 
     Notes
     -----
@@ -255,7 +253,6 @@ class PathwayInfoNCE(nn.Module):
         temperature: float = 0.1,
         n_sets: int = 64,
         n_per_set: int = 2,
-        gamma: float = 0.1,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -267,7 +264,6 @@ class PathwayInfoNCE(nn.Module):
         self.temperature = float(temperature)
         self.n_sets = int(n_sets)
         self.n_per_set = int(n_per_set)
-        self.gamma = float(gamma)
         flat = torch.cat(sets) if sets else torch.zeros(0, dtype=torch.long)
         owner = torch.cat([torch.full((len(s),), i, dtype=torch.long) for i, s in enumerate(sets)]) if sets else flat
         # flattened (gene, set) membership; buffers move with .to(device) but stay out of checkpoints
@@ -277,9 +273,8 @@ class PathwayInfoNCE(nn.Module):
         self.max_token = int(flat.max()) + 1 if flat.numel() else 0
 
     def extra_repr(self) -> str:
-        return (
-            f"n_gene_sets={self.n_total_sets}, temperature={self.temperature}, n_sets={self.n_sets}, gamma={self.gamma}"
-        )
+        """The settings, for ``repr``."""
+        return f"n_gene_sets={self.n_total_sets}, temperature={self.temperature}, n_sets={self.n_sets}"
 
     def forward(
         self,
@@ -342,9 +337,3 @@ class PathwayInfoNCE(nn.Module):
         # exclude pairs (anchor i, item j) where j's gene is in i's set but j was drawn for another set
         exclude = member[labels][:, token_ids[items]]
         return supervised_contrastive_loss(embeddings[items], labels, self.temperature, exclude=exclude)
-
-    def weighted(
-        self, embeddings: torch.Tensor, token_ids: torch.Tensor | None = None, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """``gamma * forward(...)``: the term to add to the main loss."""
-        return self.gamma * self(embeddings, token_ids, generator)

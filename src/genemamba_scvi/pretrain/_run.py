@@ -9,6 +9,7 @@ from typing import Any, Literal, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from scvi.train import TrainRunner
 
 from genemamba_scvi._constants import LENGTHS_KEY
 from genemamba_scvi._precision import resolve_precision, training_on_gpu
@@ -17,7 +18,7 @@ from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.pretrain._data import CorpusDataModule
-from genemamba_scvi.train import GeneMambaTrainingPlan
+from genemamba_scvi.train import GeneMambaTrainingPlan, LightningCheckpoint, training_session
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -88,6 +89,32 @@ class StepLossHistory(pl.Callback):
         )
 
 
+class _CorpusRun:
+    """What scvi's :class:`~scvi.train.TrainRunner` reads and writes of a model, for a module trained on a corpus.
+
+    There is no AnnData (and so no :class:`~genemamba_scvi.model.GeneMambaModel`) while pre-training on a
+    corpus; the runner records the training state and ``history_`` here.
+    """
+
+    def __init__(self, module: GeneMambaModule):
+        self.module = module
+        self.is_trained_ = False
+        self.history_: dict | None = None
+        self.run_name: str | None = None
+
+    def to_device(self, device: Any) -> None:
+        """Leave the module where Lightning left it (on the CPU, as before: the runner would pick one GPU)."""
+
+
+def _lightning_devices(accelerator: str, devices: int | str | list[int]) -> int | str | list[int]:
+    """``devices`` as Lightning resolves them: ``"auto"`` on GPUs means all of them to Lightning, one to scvi."""
+    if devices != "auto":
+        return devices
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    return _AcceleratorConnector(accelerator=accelerator, devices="auto")._devices_flag
+
+
 class PretrainResult(NamedTuple):
     """What :func:`pretrain_from_corpus` returns (unpacks as ``module, vocab, gene_medians, trainer``)."""
 
@@ -95,6 +122,21 @@ class PretrainResult(NamedTuple):
     vocab: GeneVocab
     gene_medians: np.ndarray
     trainer: pl.Trainer
+
+
+#: The arguments of :func:`pretrain_from_corpus` that go to the Trainer as they are.
+_LIGHTNING_ARGS = frozenset(
+    {
+        "accelerator",
+        "strategy",
+        "num_nodes",
+        "max_steps",
+        "accumulate_grad_batches",
+        "gradient_clip_val",
+        "logger",
+        "enable_progress_bar",
+    }
+)
 
 
 def pretrain_from_corpus(
@@ -188,15 +230,17 @@ def pretrain_from_corpus(
     callbacks
         Extra Lightning callbacks.
     logger, enable_progress_bar, **trainer_kwargs
-        Passed to :class:`lightning.pytorch.Trainer` (all but the settings of ``config``).
+        Passed to :class:`scvi.train.Trainer` / :class:`lightning.pytorch.Trainer` (all but the settings of
+        ``config``). Training runs through scvi's :class:`~scvi.train.TrainRunner`, with the corpus as its
+        data module, as :meth:`~genemamba_scvi.model.GeneMambaModel.train` runs on an AnnData.
 
     Returns
     -------
-    :class:`PretrainResult` ``(module, vocab, gene_medians, trainer)``: the trained module (on the training
-    device), the corpus vocabulary and gene medians (to build a ``GeneMambaModel`` around it), and the trainer.
+    :class:`PretrainResult` ``(module, vocab, gene_medians, trainer)``: the trained module (on the CPU, where
+    Lightning leaves it), the corpus vocabulary and gene medians (to build a ``GeneMambaModel`` around it), and
+    the trainer.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
+    lightning_args = {k: v for k, v in locals().items() if k in _LIGHTNING_ARGS}
     corpus = TokenCorpus(corpus_dir)
     vocab, medians = corpus.vocab, corpus.gene_medians
     add_cls = bool(corpus.manifest.config.get("add_cls", False))
@@ -221,10 +265,11 @@ def pretrain_from_corpus(
         if module.vocab_size != len(vocab):
             raise ValueError(f"module has a vocabulary of {module.vocab_size} tokens, the corpus {len(vocab)}")
         module.set_objective(objective)
-    module.mode = "pretrain"
-    module.set_gene_sets(gene_set_tensors(gene_sets, vocab), gamma=gamma)
+    token_sets = gene_set_tensors(gene_sets, vocab)
+    module.set_gene_sets(token_sets if gamma > 0 else None)
 
-    plan = CorpusTrainingPlan(module, mask_seed=seed, lr=lr, **(plan_kwargs or {}))
+    # gamma reaches module.loss through the plan (scvi's loss_kwargs)
+    plan = CorpusTrainingPlan(module, mask_seed=seed, lr=lr, **{"gamma": gamma, **(plan_kwargs or {})})
     datamodule = CorpusDataModule(
         corpus_dir,
         batch_size=batch_size,
@@ -238,12 +283,11 @@ def pretrain_from_corpus(
     cbs = list(callbacks or [])
     if checkpoint_dir is not None:
         cbs.append(
-            ModelCheckpoint(
-                dirpath=str(checkpoint_dir),
+            LightningCheckpoint(
+                str(checkpoint_dir),
                 filename="step{step:09d}",
                 auto_insert_metric_name=False,
                 every_n_train_steps=checkpoint_every_n_steps,
-                save_last=True,
                 monitor="step",
                 mode="max",
                 save_top_k=keep_checkpoints,
@@ -251,28 +295,21 @@ def pretrain_from_corpus(
         )
     if max_steps == -1 and max_epochs is None:
         max_epochs = 1
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        precision=resolve_precision(precision, training_on_gpu(accelerator, devices)),
-        max_steps=max_steps,
-        max_epochs=max_epochs if max_epochs is not None else -1,
-        accumulate_grad_batches=accumulate_grad_batches,
-        gradient_clip_val=gradient_clip_val,
-        callbacks=cbs,
-        logger=logger,
-        enable_checkpointing=checkpoint_dir is not None,
-        enable_progress_bar=enable_progress_bar,
-        use_distributed_sampler=False,  # CorpusBatchSampler splits the data over ranks itself
-        num_sanity_val_steps=0,
+    trainer_kwargs = {
+        # Lightning's defaults where scvi's Trainer has others that would change the run (cudnn autotuning, bar)
+        "benchmark": None,
+        "simple_progress_bar": False,
+        **lightning_args,
+        "devices": _lightning_devices(accelerator, devices),
+        "precision": resolve_precision(precision, training_on_gpu(accelerator, devices)),
+        "max_epochs": max_epochs if max_epochs is not None else -1,
+        "use_distributed_sampler": False,  # CorpusBatchSampler splits the data over ranks itself
+        "ckpt_path": os.fspath(ckpt_path) if ckpt_path is not None else None,
         **trainer_kwargs,
-    )
-    module.encoder.gradient_checkpointing = bool(gradient_checkpointing)
-    try:
-        trainer.fit(plan, datamodule=datamodule, ckpt_path=os.fspath(ckpt_path) if ckpt_path is not None else None)
-    finally:
-        module.encoder.gradient_checkpointing = False
-    module.eval()
-    return PretrainResult(module, vocab, medians, trainer)
+    }
+    with training_session(module.encoder, gradient_checkpointing):
+        runner = TrainRunner(
+            _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
+        )
+        runner()
+    return PretrainResult(module, vocab, medians, runner.trainer)

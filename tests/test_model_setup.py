@@ -1,0 +1,181 @@
+"""GeneMambaModel set-up and gene matching (model/_model.py, model/_utils.py): counts, genes, obs keys, formats.
+
+From the bad-input matrix (issue 7): each test asserts the error type and that the message names the problem.
+Real data: a slice of the shipped 559-cell count sample (``sample48`` in conftest)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from genemamba_scvi import GeneMambaModel
+
+
+@pytest.fixture
+def adata(sample48):
+    return sample48.copy()
+
+
+def _fresh(adata):
+    for key in ("_scvi_uuid", "_scvi_manager_uuid"):
+        adata.uns.pop(key, None)
+    return adata
+
+
+# ----------------------------------------------------------------------------- counts
+def test_log_normalised_floats_rejected(adata):
+    adata.layers["counts"] = adata.layers["counts"].copy()
+    adata.layers["counts"].data = np.log1p(adata.layers["counts"].data)
+    with pytest.raises(ValueError, match=r"layer 'counts'.*non-integer"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_negative_counts_rejected(adata):
+    adata.layers["counts"].data[3] = -2
+    with pytest.raises(ValueError, match=r"layer 'counts'.*negative"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+@pytest.mark.parametrize(("value", "word"), [(np.nan, "NaN"), (np.inf, "inf")])
+def test_nan_inf_rejected(adata, value, word):
+    adata.layers["counts"].data[5] = value
+    with pytest.raises(ValueError, match=rf"layer 'counts'.*{word}"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_x_non_counts_named_as_adata_x(adata):
+    adata.X = adata.X.copy()
+    adata.X.data = adata.X.data / 3.0
+    with pytest.raises(ValueError, match=r"adata\.X.*non-integer"):
+        GeneMambaModel.setup_anndata(adata)
+
+
+def test_missing_layer_named(adata):
+    with pytest.raises(ValueError, match=r"layer 'raw_counts' not found.*counts"):
+        GeneMambaModel.setup_anndata(adata, layer="raw_counts")
+
+
+def test_empty_anndata_rejected(adata):
+    with pytest.raises(ValueError, match="empty"):
+        GeneMambaModel.setup_anndata(adata[:0].copy(), layer="counts")
+
+
+def test_zero_count_cells_rejected(adata):
+    counts = adata.layers["counts"].tolil()
+    counts[2, :] = 0
+    counts[7, :] = 0
+    adata.layers["counts"] = counts.tocsr()
+    with pytest.raises(ValueError, match=r"2 of 48 cells have zero total counts.*filter_cells"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_all_zero_genes_are_accepted_and_never_emitted(sample48_model):
+    model, adata = sample48_model
+    zero_genes = np.where(np.asarray(adata.layers["counts"].sum(axis=0)).ravel() == 0)[0]
+    assert len(zero_genes) >= 10
+    spec = model._tokenizer_for(adata)
+    tokens, _ = spec(adata.layers["counts"])
+    zero_tokens = spec.gene_token_ids[zero_genes]
+    assert not np.isin(tokens, zero_tokens).any()
+    assert np.isnan(model.gene_medians_[zero_tokens]).all()
+
+
+# ----------------------------------------------------------------------------- genes
+def test_duplicated_var_names_rejected(adata):
+    names = adata.var_names.to_numpy().copy()
+    names[10] = names[11]
+    adata.var_names = names
+    with pytest.raises(ValueError, match=r"duplicated gene ids.*var_names_make_unique"):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_unknown_gene_ids_report_overlap(sample48_model, adata):
+    model, _ = sample48_model
+    adata.var_names = [f"GENE_X{i}" for i in range(adata.n_vars)]
+    with pytest.raises(ValueError, match=r"(?s)0 of \d+.*GENE_X"):
+        model.get_latent_representation(_fresh(adata))
+
+
+def test_overlap_below_threshold_rejected(sample48_model, adata):
+    model, _ = sample48_model
+    names = adata.var_names.to_numpy().copy()
+    n_bad = int(0.7 * len(names))
+    names[:n_bad] = [f"NOPE{i}" for i in range(n_bad)]
+    adata.var_names = names
+    with pytest.raises(ValueError, match=r"(?i)overlap"):
+        model.get_latent_representation(_fresh(adata))
+
+
+def test_mixed_symbols_and_ensembl_ids_match(sample48_model, adata):
+    from genemamba_scvi.datasets import load_gene_id_table
+
+    model, reference_adata = sample48_model
+    z = model.get_latent_representation(reference_adata)
+    table = load_gene_id_table().drop_duplicates("symbol").set_index("symbol")["ensembl_id"]
+    names = adata.var_names.to_numpy().astype(object)
+    converted = 0
+    for i, name in enumerate(names):
+        if i % 2 == 0 and name in table.index and isinstance(table[name], str):
+            names[i] = table[name] + ".7"  # versioned Ensembl id
+            converted += 1
+    assert converted > 100
+    adata.var_names = names
+    adata = _fresh(adata)
+    if adata.var_names.has_duplicates:
+        pytest.skip("mapping produced duplicated ids")
+    np.testing.assert_allclose(model.get_latent_representation(adata), z, atol=1e-6)
+
+
+def test_unseen_genes_ignored_with_warning(sample48_model):
+    model, adata = sample48_model
+    z = model.get_latent_representation(adata)
+    extra = ad.AnnData(
+        X=sp.csr_matrix(np.ones((adata.n_obs, 3), dtype=np.float32)),
+        obs=adata.obs[[]].copy(),
+        var={"_": ["a", "b", "c"]},
+    )
+    extra.var_names = ["NOVELGENE1", "NOVELGENE2", "NOVELGENE3"]
+    extra.layers["counts"] = extra.X.copy()
+    wider = _fresh(ad.concat([adata, extra], axis=1, merge="same"))
+    with pytest.warns(UserWarning, match=r"3 of \d+ genes .* not in the model's vocabulary"):
+        z_wide = model.get_latent_representation(wider)
+    np.testing.assert_allclose(z_wide, z, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- obs keys / formats
+@pytest.mark.parametrize("what", ["batch_key", "labels_key"])
+def test_missing_obs_key(adata, what):
+    with pytest.raises(ValueError, match=rf"{what}='nope' is not a column of adata\.obs"):
+        GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "nope"})
+
+
+@pytest.mark.parametrize("what", ["batch_key", "labels_key"])
+def test_nan_in_obs_key(adata, what):
+    adata.obs["col"] = ["a"] * 20 + [np.nan] * 3 + ["b"] * 25
+    with pytest.raises(ValueError, match=r"adata\.obs\['col'\].*3 missing \(NaN\)"):
+        GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
+
+
+def test_backed_anndata_rejected(adata, tmp_path):
+    path = tmp_path / "x.h5ad"
+    adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match=r"backed AnnData.*to_memory"):
+        GeneMambaModel.setup_anndata(backed)
+
+
+def test_coo_rejected_by_anndata(adata):
+    # AnnData itself refuses COO matrices (in X and in layers) with a message naming the accepted formats.
+    with pytest.raises(ValueError, match="Only CSR and CSC"):
+        adata.layers["coo"] = sp.coo_matrix(adata.layers["counts"])
+
+
+def test_csc_and_dense_accepted_with_identical_embeddings(sample48_model):
+    model, adata = sample48_model
+    z = model.get_latent_representation(adata)
+    for layer in (sp.csc_matrix(adata.layers["counts"]), adata.layers["counts"].toarray()):
+        other = adata.copy()
+        other.layers["counts"] = layer
+        np.testing.assert_allclose(model.get_latent_representation(_fresh(other)), z, atol=1e-6)

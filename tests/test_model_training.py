@@ -1,0 +1,83 @@
+"""GeneMambaModel training failures: NaN loss, killed runs resumed (model/_training.py, train.py).
+
+From the bad-input matrix (issue 7): each test asserts the error type and that the message names the problem.
+Real data: a slice of the shipped 559-cell count sample (``sample48`` in conftest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scvi
+import torch
+
+from conftest import TINY_MODEL as TINY
+from genemamba_scvi import GeneMambaModel
+from genemamba_scvi.train import NonFiniteLossError
+
+TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 16, "train_size": 0.75}
+
+
+# ----------------------------------------------------------------------------- training
+def test_nan_loss_stops_with_step_and_keeps_weights_finite(sample48, monkeypatch):
+    scvi.settings.seed = 0
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    original = type(model.module).loss
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            return type(out)(loss=out.loss * float("nan"), n_obs_minibatch=out.n_obs_minibatch)
+        return out
+
+    monkeypatch.setattr(type(model.module), "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"global step 1"):
+        model.train(max_epochs=2, **TRAIN)
+    assert all(torch.isfinite(p).all() for p in model.module.parameters())
+
+
+def test_kill_and_resume_from_last_checkpoint(sample48, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    class Killer(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                raise RuntimeError("killed (simulated)")
+
+    scvi.settings.seed = 0
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    ckpt_dir = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="killed"):
+        model.train(max_epochs=3, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=1, callbacks=[Killer()], **TRAIN)
+    last = ckpt_dir / "last.ckpt"
+    assert last.exists()
+    saved_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert saved_step == 2  # the kill came at the end of step 3, before that step's checkpoint
+
+    class Counter(Callback):
+        steps = 0
+
+        def on_train_batch_end(self, *args):
+            Counter.steps += 1
+
+    resumed = GeneMambaModel(adata, **TINY)
+    resumed.train(
+        max_epochs=3,
+        checkpoint_dir=ckpt_dir,
+        checkpoint_every_n_steps=1,
+        ckpt_path=str(last),
+        callbacks=[Counter()],
+        **TRAIN,
+    )
+    final = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 9  # 3 epochs x 3 batches in total
+    assert Counter.steps == 9 - saved_step  # continued from the checkpoint, not restarted
+    assert Path(ckpt_dir / "last.ckpt").exists()
+    assert np.isfinite(resumed.get_latent_representation()).all()
