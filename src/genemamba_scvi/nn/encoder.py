@@ -278,9 +278,12 @@ class GeneMambaEncoder(nn.Module):
         return self.norm_f(x)
 
     def _run(self, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)``; under :attr:`gradient_checkpointing` in training, its activations are not
-        kept for the backward pass but recomputed there (Chen et al. 2016, "Training deep nets with
-        sublinear memory cost"; :func:`torch.utils.checkpoint.checkpoint`, non-reentrant)."""
+        """Run ``fn(*args, **kwargs)``, with activation checkpointing in training when it is on.
+
+        Under :attr:`gradient_checkpointing` in training, the activations of ``fn`` are not kept for the
+        backward pass but recomputed there (Chen et al. 2016, "Training deep nets with sublinear memory
+        cost"; :func:`torch.utils.checkpoint.checkpoint`, non-reentrant).
+        """
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False, **kwargs)
         return fn(*args, **kwargs)

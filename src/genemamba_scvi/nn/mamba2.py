@@ -216,6 +216,7 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory)
 
     def extra_repr(self) -> str:
+        """The settings shown by ``repr(mixer)``."""
         return (
             f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
             f"headdim={self.headdim}, ngroups={self.ngroups}, chunk_size={self.chunk_size}, backend={self.backend!r}"

@@ -1,4 +1,4 @@
-"""Mamba-2 SSD (state-space duality) scan backends.
+r"""Mamba-2 SSD (state-space duality) scan backends.
 
 The selective state-space recurrence of Mamba-2 (Dao & Gu 2024, "Transformers are SSMs: Generalized
 Models and Efficient Algorithms Through Structured State Space Duality", ICML 2024, arXiv:2405.21060)
@@ -6,7 +6,7 @@ is, per head ``h`` with a scalar decay,
 
 .. math::
 
-    H_t = \\exp(\\Delta_t A) H_{t-1} + \\Delta_t x_t B_t^\\top, \\qquad y_t = H_t C_t + D x_t,
+    H_t = \exp(\Delta_t A) H_{t-1} + \Delta_t x_t B_t^\top, \qquad y_t = H_t C_t + D x_t,
 
 with ``x_t`` of size ``headdim`` (P), ``B_t, C_t`` of size ``d_state`` (N) and ``H_t`` of shape
 ``(P, N)``. Two backends compute it:
