@@ -17,20 +17,39 @@ if not CUDA:  # conftest.py sets it first; a run of this file alone without conf
 
 pytest.importorskip("triton", reason="the fused kernels are written in Triton (pip install triton)")
 
+import torch.nn.functional as F  # noqa: E402
+
 from genemamba_scvi.nn import GeneMambaConfig  # noqa: E402
 from genemamba_scvi.nn.bimamba import BiMambaBlock, bipack, pack_cells  # noqa: E402
-from genemamba_scvi.nn.fused import (  # noqa: E402
-    conv_both,
-    conv_both_reference,
-    gated_norm_out_proj_both,
-    gated_norm_out_proj_both_reference,
-    mixer_both,
-)
-from genemamba_scvi.nn.ssd import ssd_chunked  # noqa: E402
+from genemamba_scvi.nn.fused import conv_both, gated_norm_out_proj_both, mixer_both  # noqa: E402
+from genemamba_scvi.nn.ssd import causal_conv1d_torch, ssd_chunked  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 # ragged cells, an empty one, cells shorter than the convolution and longer than a chunk of 8
 LENGTHS = [5, 1, 3, 0, 17, 2, 9]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pure-torch references: gather the reversed copies, then the per-direction functions of the mixer
+# ----------------------------------------------------------------------------------------------------
+def conv_both_reference(xbc, weight, bias, rev, seq, silu=True):
+    """``conv_both`` by gathering ``[x; x[rev]]``, then the causal convolution per sequence."""
+    both = torch.cat([xbc, xbc.index_select(0, rev)])
+    seq = seq.to(torch.long)
+    seq_both = torch.cat([seq, seq + int(seq.max()) + 1]) if seq.numel() else seq
+    act = "silu" if silu else None
+    return causal_conv1d_torch(both.unsqueeze(0), weight, bias, seq_both.unsqueeze(0), act)[0]
+
+
+def gated_norm_out_proj_both_reference(y, z, rev, norm_weight, out_weight, out_bias=None, eps=1e-5, group_size=None):
+    """``gated_norm_out_proj_both`` with the gates gathered (``RMSNormGated`` of Mamba-2, then out_proj)."""
+    D = y.shape[-1]
+    group_size = group_size or D
+    zb = torch.cat([z, z.index_select(0, rev)])
+    xs = (y * F.silu(zb)).reshape(y.shape[0], D // group_size, group_size)
+    xs = xs * torch.rsqrt(xs.square().mean(-1, keepdim=True) + eps)
+    yn = xs.reshape(y.shape[0], D) * norm_weight
+    return F.linear(yn, out_weight, out_bias)
 
 
 def _pack(lengths=LENGTHS):

@@ -24,6 +24,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Triton kernels: argument lists kept compact.
+# fmt: off
+
 
 @triton.jit
 def _anchor(rows, T, rev_ptr, rmask):
@@ -36,23 +39,18 @@ def _anchor(rows, T, rev_ptr, rmask):
 
 
 @triton.jit
-def _conv_pre(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    seq_ptr,
-    anchor,
-    is_rev,
-    rmask,
-    cols,
-    cmask,
-    T,
-    stride_x,
-    stride_w,
-    K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+def _tap(x_ptr, seq_ptr, anchor, is_rev, cell, m, rmask, cols, cmask, T, stride_x):
+    """Tap ``m`` of every row (fp32): token ``anchor - m`` or ``anchor + m`` (reversed rows); 0 outside the cell."""
+    u = tl.where(is_rev, anchor + m, anchor - m)
+    ok = rmask & (u >= 0) & (u < T)
+    ok = ok & (tl.load(seq_ptr + u, mask=ok, other=-2) == cell)
+    return tl.load(x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_pre(x_ptr, w_ptr, b_ptr, seq_ptr, anchor, is_rev, rmask, cols, cmask, T, stride_x, stride_w,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
     """Pre-activation of the convolution at rows with anchors ``anchor`` (fp32 ``[BLOCK_R, BLOCK_C]``)."""
     cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
@@ -60,92 +58,35 @@ def _conv_pre(
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     for m in tl.static_range(K):
-        u = tl.where(is_rev, anchor + m, anchor - m)
-        ok = rmask & (u >= 0) & (u < T)
-        cu = tl.load(seq_ptr + u, mask=ok, other=-2)
-        ok = ok & (cu == cell)
-        xv = tl.load(
-            x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
-        ).to(tl.float32)
+        xv = _tap(x_ptr, seq_ptr, anchor, is_rev, cell, m, rmask, cols, cmask, T, stride_x)
         wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
         acc += xv * wv[None, :]
     return acc
 
 
 @triton.jit
-def conv_both_fwd_kernel(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    rev_ptr,
-    seq_ptr,
-    out_ptr,
-    T,
-    C,
-    stride_x,
-    stride_w,
-    stride_out,
-    K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SILU: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+def conv_both_fwd_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, out_ptr, T, C, stride_x, stride_w, stride_out,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rmask = rows < 2 * T
     cmask = cols < C
     anchor, is_rev = _anchor(rows, T, rev_ptr, rmask)
-    acc = _conv_pre(
-        x_ptr,
-        w_ptr,
-        b_ptr,
-        seq_ptr,
-        anchor,
-        is_rev,
-        rmask,
-        cols,
-        cmask,
-        T,
-        stride_x,
-        stride_w,
-        K,
-        HAS_BIAS,
-        BLOCK_R,
-        BLOCK_C,
+    acc = _conv_pre(x_ptr, w_ptr, b_ptr, seq_ptr, anchor, is_rev, rmask, cols, cmask, T, stride_x, stride_w, K,
+        HAS_BIAS, BLOCK_R, BLOCK_C
     )
     if SILU:
         acc = acc * tl.sigmoid(acc)
-    tl.store(
-        out_ptr + rows.to(tl.int64)[:, None] * stride_out + cols[None, :],
-        acc.to(out_ptr.dtype.element_ty),
-        mask=rmask[:, None] & cmask[None, :],
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * stride_out + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+        mask=rmask[:, None] & cmask[None, :]
     )
 
 
 @triton.jit
-def conv_both_bwd_pre_kernel(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    rev_ptr,
-    seq_ptr,
-    dout_ptr,
-    dpre_ptr,
-    dw_part_ptr,
-    db_part_ptr,
-    T,
-    C,
-    stride_x,
-    stride_w,
-    stride_dout,
-    K: tl.constexpr,
-    KP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SILU: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    ROW_ITERS: tl.constexpr,
+def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dpre_ptr, dw_part_ptr, db_part_ptr, T,
+    C, stride_x, stride_w, stride_dout, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
 ):
     """Pre-activation gradient of every row, stored by anchor (``[2T, C]`` fp32), and partial dW, db.
 
@@ -175,13 +116,7 @@ def conv_both_bwd_pre_kernel(
         cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
         xs = tl.zeros((BLOCK_R, BLOCK_C, KP), dtype=tl.float32)
         for m in tl.static_range(K):
-            u = tl.where(is_rev, anchor + m, anchor - m)
-            ok = rmask & (u >= 0) & (u < T)
-            cu = tl.load(seq_ptr + u, mask=ok, other=-2)
-            ok = ok & (cu == cell)
-            xv = tl.load(
-                x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
-            ).to(tl.float32)
+            xv = _tap(x_ptr, seq_ptr, anchor, is_rev, cell, m, rmask, cols, cmask, T, stride_x)
             xs += xv[:, :, None] * (taps == K - 1 - m).to(tl.float32)[None, None, :]
         g = tl.load(dout_ptr + rows.to(tl.int64)[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(
             tl.float32
@@ -201,18 +136,8 @@ def conv_both_bwd_pre_kernel(
 
 
 @triton.jit
-def conv_both_bwd_dx_kernel(
-    w_ptr,
-    seq_ptr,
-    dpre_ptr,
-    dx_ptr,
-    T,
-    C,
-    stride_w,
-    stride_dx,
-    K: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+def conv_both_bwd_dx_kernel(w_ptr, seq_ptr, dpre_ptr, dx_ptr, T, C, stride_w, stride_dx, K: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
     """``dx[u] = sum_m w[K-1-m] (dpre_fwd[u+m] + dpre_rev[u-m])`` over taps inside ``u``'s cell."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -236,29 +161,14 @@ def conv_both_bwd_dx_kernel(
             dpre_ptr + (T + a).to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
         )
         acc += d * wv[None, :]
-    tl.store(
-        dx_ptr + rows.to(tl.int64)[:, None] * stride_dx + cols[None, :],
-        acc.to(dx_ptr.dtype.element_ty),
-        mask=rmask[:, None] & cmask[None, :],
+    tl.store(dx_ptr + rows.to(tl.int64)[:, None] * stride_dx + cols[None, :], acc.to(dx_ptr.dtype.element_ty),
+        mask=rmask[:, None] & cmask[None, :]
     )
 
 
 @triton.jit
-def gated_norm_both_fwd_kernel(
-    y_ptr,
-    z_ptr,
-    rev_ptr,
-    w_ptr,
-    out_ptr,
-    rstd_ptr,
-    T,
-    G,
-    n_groups,
-    eps,
-    stride_y,
-    stride_z,
-    stride_out,
-    BLOCK_G: tl.constexpr,
+def gated_norm_both_fwd_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, out_ptr, rstd_ptr, T, G, n_groups, eps, stride_y,
+    stride_z, stride_out, BLOCK_G: tl.constexpr
 ):
     row = tl.program_id(0)
     grp = tl.program_id(1)
@@ -278,26 +188,8 @@ def gated_norm_both_fwd_kernel(
 
 
 @triton.jit
-def _gated_norm_row_bwd(
-    y_ptr,
-    dn_ptr,
-    yn_ptr,
-    dy_ptr,
-    rstd_ptr,
-    row,
-    grp,
-    n_groups,
-    z,
-    sz,
-    w,
-    cols,
-    mask,
-    G,
-    stride_y,
-    stride_dn,
-    stride_yn,
-    stride_dy,
-    RECOMPUTE: tl.constexpr,
+def _gated_norm_row_bwd(y_ptr, dn_ptr, yn_ptr, dy_ptr, rstd_ptr, row, grp, n_groups, z, sz, w, cols, mask, G,
+    stride_y, stride_dn, stride_yn, stride_dy, RECOMPUTE: tl.constexpr
 ):
     """Backward of one row: writes dy (and the recomputed output); returns (dz contribution, dw contribution)."""
     r64 = row.to(tl.int64)
@@ -318,29 +210,9 @@ def _gated_norm_row_bwd(
 
 
 @triton.jit
-def gated_norm_both_bwd_kernel(
-    y_ptr,
-    z_ptr,
-    rev_ptr,
-    w_ptr,
-    rstd_ptr,
-    dn_ptr,
-    dy_ptr,
-    dz_ptr,
-    yn_ptr,
-    dw_part_ptr,
-    T,
-    G,
-    n_groups,
-    stride_y,
-    stride_z,
-    stride_dn,
-    stride_dy,
-    stride_dz,
-    stride_yn,
-    ROWS: tl.constexpr,
-    RECOMPUTE: tl.constexpr,
-    BLOCK_G: tl.constexpr,
+def gated_norm_both_bwd_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, rstd_ptr, dn_ptr, dy_ptr, dz_ptr, yn_ptr, dw_part_ptr, T,
+    G, n_groups, stride_y, stride_z, stride_dn, stride_dy, stride_dz, stride_yn, ROWS: tl.constexpr,
+    RECOMPUTE: tl.constexpr, BLOCK_G: tl.constexpr
 ):
     """Per token ``u``: the rows ``u`` and ``T + rev[u]`` (both gated by ``z[u]``); ``dz[u]`` sums the two."""
     pid = tl.program_id(0)
@@ -357,49 +229,17 @@ def gated_norm_both_bwd_kernel(
             u64 = u.to(tl.int64)
             z = tl.load(z_ptr + u64 * stride_z + cols, mask=mask, other=0.0).to(tl.float32)
             sz = tl.sigmoid(z)
-            dz_f, dw_f = _gated_norm_row_bwd(
-                y_ptr,
-                dn_ptr,
-                yn_ptr,
-                dy_ptr,
-                rstd_ptr,
-                u,
-                grp,
-                n_groups,
-                z,
-                sz,
-                w,
-                cols,
-                mask,
-                G,
-                stride_y,
-                stride_dn,
-                stride_yn,
-                stride_dy,
-                RECOMPUTE,
-            )
-            row_b = T + tl.load(rev_ptr + u)
-            dz_b, dw_b = _gated_norm_row_bwd(
-                y_ptr,
-                dn_ptr,
-                yn_ptr,
-                dy_ptr,
-                rstd_ptr,
-                row_b,
-                grp,
-                n_groups,
-                z,
-                sz,
-                w,
-                cols,
-                mask,
-                G,
-                stride_y,
-                stride_dn,
-                stride_yn,
-                stride_dy,
-                RECOMPUTE,
-            )
-            tl.store(dz_ptr + u64 * stride_dz + cols, (dz_f + dz_b).to(dz_ptr.dtype.element_ty), mask=mask)
-            dw += dw_f + dw_b
+            dz = tl.zeros((BLOCK_G,), dtype=tl.float32)
+            for d in tl.static_range(2):  # the forward row of token u, then the reversed row anchored at u
+                if d == 0:
+                    row = u64
+                else:
+                    row = T + tl.load(rev_ptr + u)
+                dz_d, dw_d = _gated_norm_row_bwd(
+                    y_ptr, dn_ptr, yn_ptr, dy_ptr, rstd_ptr, row, grp, n_groups, z, sz, w, cols, mask, G,
+                    stride_y, stride_dn, stride_yn, stride_dy, RECOMPUTE
+                )  # fmt: skip
+                dz += dz_d
+                dw += dw_d
+            tl.store(dz_ptr + u64 * stride_dz + cols, dz.to(dz_ptr.dtype.element_ty), mask=mask)
     tl.store(dw_part_ptr + pid * (n_groups * G) + cols, dw, mask=mask)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genemamba_scvi.nn.config import GeneMambaConfig
+from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
 from genemamba_scvi.nn.fused import fused_available, mixer_both
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
 
@@ -308,10 +308,8 @@ class BiMambaBlock(nn.Module):
             cfg = cfg.replace(d_model=d_model)
         d_model, bidirectional, merge, block = cfg.d_model, cfg.bidirectional, cfg.merge, cfg.block
         shared_merge, norm_eps = cfg.shared_merge, cfg.norm_eps
-        if merge not in MERGE_MODES:
-            raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
-        if block not in BLOCKS:
-            raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+        check_choice("merge", merge, MERGE_MODES)
+        check_choice("block", block, BLOCKS)
         self.d_model = d_model
         self.bidirectional = bidirectional
         self.merge_mode = merge

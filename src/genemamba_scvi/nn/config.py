@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ENCODER_FIELDS", "MODEL_ARG_FIELDS", "GeneMambaConfig"]
+__all__ = ["ENCODER_FIELDS", "MODEL_ARG_FIELDS", "GeneMambaConfig", "check_choice"]
 
 
 def _internal(default: Any) -> Any:
@@ -164,3 +164,9 @@ class GeneMambaConfig:
 ENCODER_FIELDS: tuple[str, ...] = tuple(GeneMambaConfig().encoder_dict())
 #: Names of the settings that are :class:`~genemamba_scvi.model.GeneMambaModel` arguments.
 MODEL_ARG_FIELDS: tuple[str, ...] = tuple(GeneMambaConfig().to_dict(model_args_only=True))
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise :class:`ValueError` naming the setting ``name`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")

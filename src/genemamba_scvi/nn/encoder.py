@@ -18,7 +18,7 @@ from genemamba_scvi.nn.bimamba import (
     reversal_index,
     reversal_index_packed,
 )
-from genemamba_scvi.nn.config import GeneMambaConfig
+from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
 from genemamba_scvi.nn.mamba2 import RMSNorm
 from genemamba_scvi.nn.ssd import BACKENDS, load_mamba_ssm_ops, resolve_backend
 
@@ -155,14 +155,10 @@ class GeneMambaEncoder(nn.Module):
         d_model, n_layers, d_state, expand, headdim = cfg.d_model, cfg.n_layers, cfg.d_state, cfg.expand, cfg.headdim
         bidirectional, merge, shared_merge, block = cfg.bidirectional, cfg.merge, cfg.shared_merge, cfg.block
         backend, pooling, ngroups, norm_eps = cfg.backend, cfg.pooling, cfg.ngroups, cfg.norm_eps
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if merge not in MERGE_MODES:
-            raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
-        if block not in BLOCKS:
-            raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_choice("backend", backend, BACKENDS)
+        check_choice("merge", merge, MERGE_MODES)
+        check_choice("block", block, BLOCKS)
+        check_choice("pooling", pooling, POOLINGS)
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.n_layers = n_layers

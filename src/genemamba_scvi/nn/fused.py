@@ -20,8 +20,8 @@ backward (about 13 KB of traffic forward, more backward), half of the projection
 (4.4 of 8.8 KB), the channel-last causal-conv1d kernel that ``seq_idx`` forces, and the gather of ``z``.
 
 The Triton kernels are in :mod:`genemamba_scvi.nn._triton_bimamba` (imported on first use, so ``nn`` still
-imports nothing but torch). Every function has a pure-torch reference here (``*_reference``), used by the
-tests (which run the kernels on the CPU under ``TRITON_INTERPRET=1``) and by nothing else.
+imports nothing but torch). ``tests/test_nn_fused.py`` checks every function against a pure-torch reference
+that gathers the reversed copies (on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -33,14 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn.ssd import causal_conv1d_torch
-
 __all__ = [
     "conv_both",
-    "conv_both_reference",
     "fused_available",
     "gated_norm_out_proj_both",
-    "gated_norm_out_proj_both_reference",
     "mixer_both",
 ]
 
@@ -194,25 +190,10 @@ def conv_both(
     -------
     torch.Tensor
         ``[2T, C]`` in the dtype of ``xbc``: rows ``0..T-1`` the causal convolution of each cell, rows
-        ``T..2T-1`` that of each reversed cell (in reversed order); equal to :func:`conv_both_reference`.
+        ``T..2T-1`` that of each reversed cell (in reversed order); the same as gathering
+        ``[x; x[rev]]`` and convolving each sequence.
     """
     return _ConvBoth.apply(xbc, weight, bias, rev, seq.to(torch.int32).contiguous(), silu)
-
-
-def conv_both_reference(
-    xbc: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    rev: torch.Tensor,
-    seq: torch.Tensor,
-    silu: bool = True,
-) -> torch.Tensor:
-    """Pure-torch :func:`conv_both`: gather ``[x; x[rev]]``, then the causal convolution per sequence."""
-    both = torch.cat([xbc, xbc.index_select(0, rev)])
-    seq = seq.to(torch.long)
-    seq_both = torch.cat([seq, seq + int(seq.max()) + 1]) if seq.numel() else seq
-    act = "silu" if silu else None
-    return causal_conv1d_torch(both.unsqueeze(0), weight, bias, seq_both.unsqueeze(0), act)[0]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -339,27 +320,6 @@ def gated_norm_out_proj_both(
     """
     group_size = group_size or y.shape[-1]
     return _GatedNormOutProjBoth.apply(y, z, rev, norm_weight, out_weight, out_bias, float(eps), int(group_size))
-
-
-def gated_norm_out_proj_both_reference(
-    y: torch.Tensor,
-    z: torch.Tensor,
-    rev: torch.Tensor,
-    norm_weight: torch.Tensor,
-    out_weight: torch.Tensor,
-    out_bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
-    group_size: int | None = None,
-) -> torch.Tensor:
-    """Pure-torch :func:`gated_norm_out_proj_both` (gathers the gates)."""
-    D = y.shape[-1]
-    group_size = group_size or D
-    cdt = torch.float64 if y.dtype == torch.float64 else torch.float32
-    zb = torch.cat([z, z.index_select(0, rev)]).to(cdt)
-    xs = (y.to(cdt) * F.silu(zb)).reshape(y.shape[0], D // group_size, group_size)
-    xs = xs * torch.rsqrt(xs.square().mean(-1, keepdim=True) + eps)
-    yn = (xs.reshape(y.shape[0], D) * norm_weight.to(cdt)).to(y.dtype)
-    return F.linear(yn, out_weight.to(y.dtype), out_bias.to(y.dtype) if out_bias is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.ssd import (
     BACKENDS,
     INSTALL_HINT,
@@ -170,8 +171,7 @@ class Mamba2Mixer(nn.Module):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_choice("backend", backend, BACKENDS)
         if backend == "mamba_ssm":
             ops = load_mamba_ssm_ops()
             if ops["chunk_scan"] is None or not torch.cuda.is_available():
