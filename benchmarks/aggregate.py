@@ -9,10 +9,21 @@ seeds. This script reads every seed present and writes ``results/biology_summary
   t-interval over seeds (``n - 1`` degrees of freedom); a difference is called *established* when that interval
   excludes 0. With n seeds the interval is ``mean +- t_{0.975, n-1} sd / sqrt(n)``.
 
+With ``--compare-suffix S`` it compares two variants of the same seeds instead (for example the default
+ranking and ``--tie-break random``: a seed gives both the same split and the same initialisation seeds) and
+writes ``results/biology_compare<S>_vs<suffix or _default>.{json,csv}``:
+
+- ``same_method``: per method present in both and score, the paired difference ``variant - base`` per seed;
+- ``gap_change``: per pair (method, reference), the change of the paired gap, i.e. per seed
+  ``(method - reference) in the variant - (method - reference) in the base`` (does the variant close a gap?);
+
+both with the same 95% t-interval over the seeds present in both variants.
+
 Usage::
 
     python benchmarks/aggregate.py
     python benchmarks/aggregate.py --suffix _tierandom
+    python benchmarks/aggregate.py --compare-suffix _tierandom
 """
 
 from __future__ import annotations
@@ -31,7 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
 SCORES = {
-    "integration_pbmc68k": ["Bio conservation", "KMeans NMI", "KMeans ARI", "Silhouette label", "Isolated labels"],
+    "integration_pbmc68k": [
+        "Bio conservation",
+        "KMeans NMI",
+        "KMeans ARI",
+        "Silhouette label",
+        "Isolated labels",
+        "cLISI",
+    ],
     "integration_two_batch": ["Total", "Batch correction", "Bio conservation"],
     "annotation": ["accuracy", "macro_f1", "macro_f1_all_classes"],
 }
@@ -39,13 +57,14 @@ SCORES = {
 
 # paired differences are computed against these methods (when present; GeneMamba_U: --unidirectional runs)
 REFERENCES = {
-    "integration": ["GeneMamba", "GeneMamba_U", "GM 0-layer"],
+    "integration": ["GeneMamba", "GeneMamba_U", "GM 0-layer", "PCA"],
     "annotation": [
         "GeneMamba fine-tuned",
         "GeneMamba_U fine-tuned",
         "GeneMamba embedding + LR",
         "GeneMamba_U embedding + LR",
         "GeneMamba 0-layer embedding + LR",
+        "PCA (50) + LR",
     ],
 }
 
@@ -117,20 +136,81 @@ def summarise(long: pd.DataFrame, references: list[str]) -> tuple[list[dict], li
                 d = (wide.loc[score, method] - wide.loc[score, ref]).dropna().to_numpy(float)
                 if not d.size:
                     continue
-                mean, lo, hi = t_interval(d)
-                diffs.append(
-                    {
-                        "method": method,
-                        "reference": ref,
-                        "score": score,
-                        "n_seeds": int(d.size),
-                        "mean_difference": mean,
-                        "ci95_low": lo,
-                        "ci95_high": hi,
-                        "established": bool(np.isfinite(lo) and (lo > 0 or hi < 0)),
-                    }
-                )
+                diffs.append(_diff_row(d, method=method, reference=ref, score=score))
     return means, diffs
+
+
+def _diff_row(d: np.ndarray, **keys) -> dict:
+    mean, lo, hi = t_interval(d)
+    return {
+        **keys,
+        "n_seeds": int(d.size),
+        "mean_difference": mean,
+        "ci95_low": lo,
+        "ci95_high": hi,
+        "established": bool(np.isfinite(lo) and (lo > 0 or hi < 0)),
+    }
+
+
+def compare(base: pd.DataFrame, variant: pd.DataFrame, references: list[str]) -> dict:
+    """Paired by seed across two variants of one table (long frames ``seed, method, score, value``)."""
+    wb = base.pivot_table(index=["score", "seed"], columns="method", values="value")
+    wv = variant.pivot_table(index=["score", "seed"], columns="method", values="value")
+    methods = [m for m in dict.fromkeys(variant["method"]) if m in wb.columns]
+    scores = [s for s in dict.fromkeys(variant["score"]) if s in wb.index.get_level_values(0)]
+    same, gaps = [], []
+    for score in scores:
+        b, v = wb.loc[score], wv.loc[score]
+        seeds = b.index.intersection(v.index)
+        b, v = b.loc[seeds], v.loc[seeds]
+        for method in methods:
+            d = (v[method] - b[method]).dropna().to_numpy(float)
+            if d.size:
+                same.append(_diff_row(d, method=method, score=score))
+        for ref in (r for r in references if r in methods):
+            for method in methods:
+                if method == ref:
+                    continue
+                d = ((v[method] - v[ref]) - (b[method] - b[ref])).dropna().to_numpy(float)
+                if d.size:
+                    gaps.append(_diff_row(d, method=method, reference=ref, score=score))
+    seeds = sorted(set(base["seed"]) & set(variant["seed"]))
+    return {"seeds": seeds, "same_method": same, "gap_change": gaps}
+
+
+def compare_main(out_dir: Path, suffix: str, compare_suffix: str) -> dict:
+    """``--compare-suffix``: both variants' seeds, paired by seed; writes ``biology_compare*.{json,csv}``."""
+    name = f"{compare_suffix}_vs{suffix or '_default'}"
+    out: dict = {
+        "interval": "paired by seed across the two variants; mean and 95% t-interval over seeds; "
+        "established = excludes 0",
+        "base_suffix": suffix,
+        "variant_suffix": compare_suffix,
+        "same_method": "variant - base, per seed",
+        "gap_change": "(method - reference) in the variant - (method - reference) in the base, per seed",
+        "tables": {},
+    }
+    flat = []
+    for benchmark in ("integration", "annotation"):
+        base_runs = load_seeds(out_dir, benchmark, suffix)
+        var_runs = load_seeds(out_dir, benchmark, compare_suffix)
+        if not base_runs or not var_runs:
+            continue
+        base_t, var_t = tables(base_runs, benchmark), tables(var_runs, benchmark)
+        for table in (t for t in var_t if t in base_t):
+            res = compare(base_t[table], var_t[table], REFERENCES[benchmark])
+            out["tables"][table] = res
+            for kind in ("same_method", "gap_change"):
+                flat += [
+                    {"table": table, "comparison": kind, "method": d["method"], "reference": d.get("reference"), **d}
+                    for d in res[kind]
+                ]
+                print(f"== {table}: {kind} ({compare_suffix} vs {suffix or 'default'}, seeds {res['seeds']})")
+                print(pd.DataFrame(res[kind]).round(3).to_string(index=False))
+    C.write_json(out_dir / f"biology_compare{name}.json", out)
+    if flat:
+        pd.DataFrame(flat).to_csv(out_dir / f"biology_compare{name}.csv", index=False)
+    return out
 
 
 def markdown(summary: dict, table: str, score: str) -> str:
@@ -212,7 +292,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suffix", default="", help="run suffix, e.g. _tierandom")
     parser.add_argument("--out-dir", type=Path, default=C.RESULTS)
+    parser.add_argument(
+        "--compare-suffix",
+        default=None,
+        help="compare this variant (e.g. _tierandom) with --suffix's, paired by seed, instead of summarising",
+    )
     args = parser.parse_args(argv)
+    if args.compare_suffix is not None:
+        return compare_main(args.out_dir, args.suffix, args.compare_suffix)
     summary: dict = {
         "interval": "paired difference per seed, mean and 95% t-interval over seeds; established = excludes 0",
         "tables": {},

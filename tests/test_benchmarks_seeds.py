@@ -143,3 +143,64 @@ def test_aggregate_reads_and_writes_another_out_dir(tmp_path):
         if d["method"] == "PCA (50) + LR" and d["reference"] == "GeneMamba fine-tuned" and d["score"] == "accuracy"
     )
     assert d["established"] and d["mean_difference"] == pytest.approx(np.mean([10 + s % 3 for s in range(5)]) / 40)
+
+
+def test_aggregate_compares_two_variants_paired_by_seed(tmp_path):
+    """``--compare-suffix``: same method across variants and the change of a gap, on the seeds both have."""
+    rng = np.random.default_rng(1)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for s in range(5):
+        base = _integration_seed(s, rng)
+        (seeds / f"integration_seed{s}.json").write_text(json.dumps(base))
+        if s == 4:  # the variant lacks seed 4: only seeds 0-3 are paired
+            continue
+        res = {m: dict(row) for m, row in base["results_pbmc68k_bio_only"].items() if m != "scVI"}  # no baseline
+        res["GeneMamba"]["Bio conservation"] += 0.05 + 0.002 * rng.standard_normal()
+        res["GM 0-layer"]["Bio conservation"] += 0.002 * rng.standard_normal()
+        variant = {**base, "results_pbmc68k_bio_only": res}
+        (seeds / f"integration_tierandom_seed{s}.json").write_text(json.dumps(variant))
+    out = aggregate.main(["--out-dir", str(tmp_path), "--compare-suffix", "_tierandom"])
+    assert (tmp_path / "biology_compare_tierandom_vs_default.json").is_file()
+    assert (tmp_path / "biology_compare_tierandom_vs_default.csv").is_file()
+    t = out["tables"]["integration_pbmc68k"]
+    assert t["seeds"] == [0, 1, 2, 3]
+
+    def row(kind, method, score="Bio conservation", reference=None):
+        return next(
+            d for d in t[kind] if d["method"] == method and d["score"] == score and d.get("reference") == reference
+        )
+
+    gm = row("same_method", "GeneMamba")
+    assert gm["n_seeds"] == 4 and gm["established"] and gm["mean_difference"] == pytest.approx(0.05, abs=0.01)
+    pca = row("same_method", "PCA")
+    assert pca["mean_difference"] == 0 and not pca["established"]
+    assert not row("same_method", "GeneMamba", score="KMeans ARI")["established"]  # unchanged: exactly 0
+    assert all(d["method"] != "scVI" for d in t["same_method"] + t["gap_change"])
+    gap = row("gap_change", "GeneMamba", reference="GM 0-layer")
+    assert gap["established"] and gap["mean_difference"] == pytest.approx(0.05, abs=0.01)
+    assert row("gap_change", "GM 0-layer", reference="GeneMamba")["mean_difference"] == pytest.approx(
+        -gap["mean_difference"]
+    )
+
+
+def test_biology_page_tables_are_the_committed_seed_summaries():
+    """The main tables of ``docs/biology.md`` are what ``seed_tables.py`` prints from the committed H200 seeds."""
+    seed_tables = pytest.importorskip("seed_tables")
+    results = BENCH / "results" / "seeds_h200"
+    if not (results / "biology_compare_tierandom_vs_default.json").is_file():
+        pytest.skip("no committed seed summaries")
+    text = seed_tables.main(["--dir", str(results)])
+    doc = (BENCH.parent / "docs" / "biology.md").read_text()
+    blocks = dict(zip(text.split("\n\n")[0::2], text.split("\n\n")[1::2]))
+    for title in (
+        "### integration, pbmc68k curated labels (default): means",
+        "### integration, pbmc68k curated labels (default): paired differences",
+        "### two batches, indicative (default): means",
+        "### integration, pbmc68k curated labels (_tierandom): means",
+        "### annotation (default): means",
+        "### annotation (default): paired differences",
+        "### annotation (_tierandom): means",
+    ):
+        rows = blocks[title].splitlines()[2:]
+        assert rows and all(r.split(" | ", 1)[1] in doc for r in rows), title
