@@ -390,6 +390,10 @@ class PretrainConfig:
         if getattr(args, "accelerator", "cpu") != "cpu":
             extra["accelerator"] = args.accelerator
             extra["precision"] = str(getattr(args, "precision", "auto"))
+        # init experiment of diagnosis.py (issue 18); absent from the key when not set
+        scale = getattr(args, "out_proj_init_scale", None)
+        if scale is not None:
+            extra["out_proj_init_scale"] = float(scale)
         if extra:
             kw["extra"] = extra
         if args.quick:
@@ -479,6 +483,13 @@ def pretrain_genemamba(
         backend=backend,
         **({"tie_break": cfg.tie_break} if cfg.tie_break != "median" else {}),
     )
+    scale = cfg.extra.get("out_proj_init_scale")
+    if scale is not None:  # multiply each Bi-Mamba layer's mixer output projection (its residual update) at init
+        import torch
+
+        with torch.no_grad():
+            for layer in model.module.encoder.layers:
+                layer.mixer.out_proj.weight.mul_(scale)
     train_sets, held_out = pathway_split(cfg.gene_sets, cfg.held_out_fraction)
     t0 = time.perf_counter()
     steps_per_epoch = int(np.ceil(adata.n_obs / cfg.batch_size))

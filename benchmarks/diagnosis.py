@@ -181,6 +181,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", default="panel", choices=["panel", "celltypist"])
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="models to train (default: 0 and 2)")
     parser.add_argument("--tag", default=None, help="output name (default from the settings)")
+    parser.add_argument(
+        "--out-proj-init-scale",
+        type=float,
+        default=None,
+        help="multiply each layer's mixer out_proj weight by this at init (0: the layers start as identities, "
+        "the model as its 0-layer baseline); default: unchanged",
+    )
+    parser.add_argument("--skip-embedding", action="store_true", help="masked-gene accuracy only (no embedding report)")
     args = parser.parse_args(argv)
     C.quiet()
     C.set_threads(args.threads)
@@ -199,7 +207,7 @@ def main(argv=None) -> dict:
         ev = evaluate(model, adata, seed=args.seed)
         runs[f"{n_layers}L"] = {
             "accuracy": ev["accuracy"],
-            "embedding": embedding_report(ev, adata, args.seed),
+            "embedding": None if args.skip_embedding else embedding_report(ev, adata, args.seed),
             "learning_curve_per_epoch": info.get("history_per_epoch"),
             "final_train_metrics": info.get("final_train_metrics"),
             "wall_seconds": info.get("wall_seconds"),
@@ -208,13 +216,23 @@ def main(argv=None) -> dict:
             "code_version": info.get("code_version"),
         }
         print(n_layers, "layers", ev["accuracy"])
-        for k, v in runs[f"{n_layers}L"]["embedding"].items():
+        for k, v in (runs[f"{n_layers}L"]["embedding"] or {}).items():
             print("  ", k, {a: round(b, 3) for a, b in v.items()})
     tag = args.tag or f"{args.data}_tie{args.tie_break}_lr{args.lr:g}_steps{C.resolve_steps(args)}_seed{args.seed}"
+    if args.out_proj_init_scale is not None and args.tag is None:
+        tag += f"_outproj{args.out_proj_init_scale:g}"
+    if args.layers is not None and args.tag is None:
+        tag += "_layers" + "-".join(map(str, layers))
     out = {
         "benchmark": "diagnosis",
         "data": data_name,
-        "recipe": {"tie_break": args.tie_break, "lr": args.lr, "steps": C.resolve_steps(args), "seed": args.seed},
+        "recipe": {
+            "tie_break": args.tie_break,
+            "lr": args.lr,
+            "steps": C.resolve_steps(args),
+            "seed": args.seed,
+            **({"out_proj_init_scale": args.out_proj_init_scale} if args.out_proj_init_scale is not None else {}),
+        },
         "runs": runs,
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "environment": C.environment(),
