@@ -101,6 +101,22 @@ def parity(d_model: int, n_cells: int, seed: int, dev: str) -> dict[str, Any]:
     return case
 
 
+def _layer_step(block: BiMambaBlock, x: torch.Tensor, pack, mode: str, fused: bool) -> None:
+    """One layer step (bf16 autocast): forward without grad (``"infer"``) or forward + backward (``"train"``)."""
+    BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
+    try:
+        if mode == "infer":
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                block.forward_packed(x, pack)
+            return
+        xx = x.detach().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = block.forward_packed(xx, pack)
+        y.float().square().mean().backward()
+    finally:
+        BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
+
+
 def _time(fn, reps: int) -> list[float]:
     times = []
     for _ in range(reps):
@@ -128,16 +144,7 @@ def timing(d_model: int, n_cells: int, mode: str, reps: int, dev: str) -> dict[s
     def step(fused: bool):
         pack, x = batches[it["i"] % len(batches)]
         it["i"] += 1
-        BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
-        if mode == "infer":
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                block.forward_packed(x, pack)
-        else:
-            xx = x.detach().requires_grad_()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                y = block.forward_packed(xx, pack)
-            y.float().square().mean().backward()
-        BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
+        _layer_step(block, x, pack, mode, fused)
 
     res: dict[str, Any] = {"d_model": d_model, "n_cells": n_cells, "mode": mode, "mean_real_tokens": n_tok}
     for fused in (True, False):
@@ -177,17 +184,9 @@ def profile(dev: str) -> None:
         pack = _pack(_lengths(n_cells, 2048, rng), dev)
         x = torch.randn(pack.n_tokens, 512, device=dev)
         for fused in (True, False):
-            BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
 
-            def step(mode=mode, x=x, pack=pack):
-                if mode == "infer":
-                    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                        block.forward_packed(x, pack)
-                    return
-                xx = x.detach().requires_grad_()
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    y = block.forward_packed(xx, pack)
-                y.float().square().mean().backward()
+            def step(mode=mode, x=x, pack=pack, fused=fused):
+                _layer_step(block, x, pack, mode, fused)
 
             for _ in range(3):
                 step()
@@ -198,7 +197,6 @@ def profile(dev: str) -> None:
                 torch.cuda.synchronize()
             print(f"=== {mode} fused={fused} tokens={pack.n_tokens}")
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
-    BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
 
 
 def sweep_conv(dev: str) -> list[dict[str, Any]]:

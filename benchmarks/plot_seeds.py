@@ -22,16 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-INTEGRATION = ["PCA", "scVI", "GeneMamba", "GM 0-layer", "GeneMamba random init", "GM 0-layer random init"]
-ANNOTATION = [
-    "PCA (50) + LR",
-    "scANVI",
-    "GeneMamba fine-tuned",
-    "GeneMamba embedding + LR",
-    "GeneMamba 0-layer embedding + LR",
-    "GeneMamba random init embedding + LR",
-    "GeneMamba 0-layer random init embedding + LR",
-]
+from seed_tables import ANNOTATION, INTEGRATION
+
 SHORT = {
     "PCA (50) + LR": "PCA + LR",
     "GeneMamba fine-tuned": "GM fine-tuned",

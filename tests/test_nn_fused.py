@@ -6,14 +6,10 @@ kernels are first compiled); on a CUDA machine the same checks run the compiled 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:  # conftest.py sets it first; a run of this file alone without conftest still needs it
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+CUDA = torch.cuda.is_available()  # without CUDA, conftest.py runs the kernels through Triton's interpreter
 
 pytest.importorskip("triton", reason="the fused kernels are written in Triton (pip install triton)")
 
