@@ -101,9 +101,15 @@ def parity(d_model: int, n_cells: int, seed: int, dev: str) -> dict[str, Any]:
     return case
 
 
-def _layer_step(block: BiMambaBlock, x: torch.Tensor, pack, mode: str, fused: bool) -> None:
+#: Layer paths timed: (BiMambaBlock.fused_both and fused_both_training, BiMambaBlock.fused_ssd).
+VARIANTS = {"fused": (True, True), "fused_mamba_ssd": (True, False), "unfused": (False, False)}
+
+
+def _layer_step(block: BiMambaBlock, x: torch.Tensor, pack, mode: str, variant: str) -> None:
     """One layer step (bf16 autocast): forward without grad (``"infer"``) or forward + backward (``"train"``)."""
+    fused, fused_ssd = VARIANTS[variant]
     BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
+    BiMambaBlock.fused_ssd = fused_ssd
     try:
         if mode == "infer":
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -114,7 +120,7 @@ def _layer_step(block: BiMambaBlock, x: torch.Tensor, pack, mode: str, fused: bo
             y = block.forward_packed(xx, pack)
         y.float().square().mean().backward()
     finally:
-        BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
+        BiMambaBlock.fused_both, BiMambaBlock.fused_both_training, BiMambaBlock.fused_ssd = True, False, True
 
 
 def _time(fn, reps: int) -> list[float]:
@@ -141,31 +147,32 @@ def timing(d_model: int, n_cells: int, mode: str, reps: int, dev: str) -> dict[s
     n_tok = sum(b[0].n_tokens for b in batches) / len(batches)
     it = {"i": 0}
 
-    def step(fused: bool):
+    def step(variant: str):
         pack, x = batches[it["i"] % len(batches)]
         it["i"] += 1
-        _layer_step(block, x, pack, mode, fused)
+        _layer_step(block, x, pack, mode, variant)
 
     res: dict[str, Any] = {"d_model": d_model, "n_cells": n_cells, "mode": mode, "mean_real_tokens": n_tok}
-    for fused in (True, False):
-        _time(lambda f=fused: step(f), 5)  # warm-up (compiles)
-    t = {True: [], False: []}
-    for _ in range(reps):  # alternate so that clocks and allocator state affect both alike
-        for fused in (True, False):
-            t[fused] += _time(lambda f=fused: step(f), 1)
-    for fused, name in ((True, "fused"), (False, "unfused")):
-        med = float(np.median(t[fused]))
+    for v in VARIANTS:
+        _time(lambda v=v: step(v), 5)  # warm-up (compiles)
+    t: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(reps):  # alternate so that clocks and allocator state affect all alike
+        for v in VARIANTS:
+            t[v] += _time(lambda v=v: step(v), 1)
+    for name in VARIANTS:
+        med = float(np.median(t[name]))
         res[name] = {
             "median_ms": med,
             "ns_per_token": med * 1e6 / n_tok,
-            "spread_ms": [float(np.percentile(t[fused], 10)), float(np.percentile(t[fused], 90))],
+            "spread_ms": [float(np.percentile(t[name], 10)), float(np.percentile(t[name], 90))],
         }
     res["speedup_unfused_over_fused"] = res["unfused"]["median_ms"] / res["fused"]["median_ms"]
+    res["speedup_fused_mamba_ssd_over_fused"] = res["fused_mamba_ssd"]["median_ms"] / res["fused"]["median_ms"]
     if mode == "train":
-        for fused, name in ((True, "fused"), (False, "unfused")):
+        for name in VARIANTS:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            step(fused)
+            step(name)
             torch.cuda.synchronize()
             res[name]["peak_activation_bytes_per_token"] = (torch.cuda.max_memory_allocated() - base) / n_tok
     return res
@@ -183,10 +190,10 @@ def profile(dev: str) -> None:
     for mode, n_cells in (("train", 48), ("infer", 256)):
         pack = _pack(_lengths(n_cells, 2048, rng), dev)
         x = torch.randn(pack.n_tokens, 512, device=dev)
-        for fused in (True, False):
+        for variant in VARIANTS:
 
-            def step(mode=mode, x=x, pack=pack, fused=fused):
-                _layer_step(block, x, pack, mode, fused)
+            def step(mode=mode, x=x, pack=pack, variant=variant):
+                _layer_step(block, x, pack, mode, variant)
 
             for _ in range(3):
                 step()
@@ -195,7 +202,7 @@ def profile(dev: str) -> None:
                 for _ in range(5):
                     step()
                 torch.cuda.synchronize()
-            print(f"=== {mode} fused={fused} tokens={pack.n_tokens}")
+            print(f"=== {mode} {variant} tokens={pack.n_tokens}")
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
 
 
@@ -259,16 +266,92 @@ def sweep_conv(dev: str) -> list[dict[str, Any]]:
     return rows
 
 
+def sweep_ssd(dev: str) -> dict[str, Any]:
+    """The SSD scan of both directions of a 256-cell batch: mamba-ssm's chunked scan against ``ssd_varlen``.
+
+    Forward time per launch configuration of the one-pass kernel, forward + backward (mamba-ssm's backward in
+    both), and the relative difference of the outputs (bf16 inputs, as under autocast).
+    """
+    import triton
+
+    from genemamba_scvi.nn import fused
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    scan = load_mamba_ssm_ops()["chunk_scan"]
+    rng = np.random.default_rng(3)
+    pack = _pack(_lengths(256, 2048, rng), dev)
+    T, H, P, N = pack.n_tokens, 16, 64, 64
+    L = 2 * T
+    g = torch.Generator(device=dev).manual_seed(0)
+    xbc = torch.randn(L, H * P + 2 * N, device=dev, generator=g).to(torch.bfloat16)
+    dt = (torch.randn(L, H, device=dev, generator=g) - 2).to(torch.bfloat16)
+    A = -torch.rand(H, device=dev, generator=g) * 4 - 0.5
+    D, dt_bias = torch.randn(H, device=dev, generator=g), torch.randn(H, device=dev, generator=g) * 0.5
+    cu = torch.cat([pack.cu_seqlens[:-1], pack.cu_seqlens + T])
+    seq = pack.seq_idx_both.contiguous()
+    x, B, C = torch.split(xbc, [H * P, N, N], dim=-1)
+
+    def mamba(x=x, B=B, C=C, dt=dt):
+        return scan(x.view(1, L, H, P), dt.unsqueeze(0), A, B.view(1, L, 1, N), C.view(1, L, 1, N), 256, D=D,
+                    dt_bias=dt_bias, dt_softplus=True, seq_idx=seq)[0].view(L, H * P)  # fmt: skip
+
+    def ours(xbc=xbc, dt=dt):
+        return fused.ssd_varlen(xbc, dt, A, cu, seq, nheads=H, headdim=P, ngroups=1, d_state=N, D=D,
+                                dt_bias=dt_bias, chunk_size=256)  # fmt: skip
+
+    ref = mamba().float()
+    res: dict[str, Any] = {"rows": L, "n_sequences": cu.numel() - 1, "heads": H, "headdim": P, "d_state": N}
+    res["mamba_fwd_ms"] = triton.testing.do_bench(mamba, warmup=25, rep=200, return_mode="median")
+    default = dict(fused.SSD_FWD_CONFIG)
+    configs = []
+    for q in (32, 64, 128):
+        for warps in (4, 8):
+            for stages in (1, 2, 3):
+                fused.SSD_FWD_CONFIG.update(Q=q, num_warps=warps, num_stages=stages)
+                row: dict[str, Any] = {"Q": q, "num_warps": warps, "num_stages": stages}
+                try:
+                    y = ours().float()
+                    row["rel_diff_vs_mamba"] = float((y - ref).norm() / ref.norm())
+                    row["ms"] = triton.testing.do_bench(ours, warmup=25, rep=200, return_mode="median")
+                    row["speedup_vs_mamba"] = res["mamba_fwd_ms"] / row["ms"]
+                except Exception as err:  # a shape Triton cannot compile (registers, shared memory)
+                    row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                configs.append(row)
+                print(row, flush=True)
+    fused.SSD_FWD_CONFIG.clear()
+    fused.SSD_FWD_CONFIG.update(default)
+    res["configs"] = configs
+    ok = [r for r in configs if "ms" in r]
+    res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
+    dy = torch.randn(L, H * P, device=dev, generator=g).to(torch.bfloat16)
+    for name, fn, leaves in (("mamba", mamba, (x, B, C, dt)), ("ours", ours, (xbc, dt))):
+        req = [t.detach().requires_grad_() for t in leaves]
+
+        def train(fn=fn, req=req):
+            torch.autograd.grad(fn(*req), req, dy)
+
+        res[f"{name}_fwd_bwd_ms"] = triton.testing.do_bench(train, warmup=10, rep=100, return_mode="median")
+    res["fwd_bwd_speedup"] = res["mamba_fwd_bwd_ms"] / res["ours_fwd_bwd_ms"]
+    print({k: v for k, v in res.items() if k != "configs"}, flush=True)
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fused_bimamba.json"))
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--profile", action="store_true", help="only print the kernel table of one layer's steps")
     p.add_argument("--sweep-conv", action="store_true", help="only time conv_both's launch configurations")
+    p.add_argument("--sweep-ssd", action="store_true", help="only time ssd_varlen against mamba-ssm's scan")
     a = p.parse_args(argv)
     dev = "cuda"
     if a.profile:
         profile(dev)
+        return
+    if a.sweep_ssd:
+        res = sweep_ssd(dev)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "sweep_ssd": res}, indent=1))
         return
     if a.sweep_conv:
         sweep = sweep_conv(dev)

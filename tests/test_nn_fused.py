@@ -142,3 +142,80 @@ def test_mixer_both_equals_the_gathered_two_direction_mixer():
     assert _rel(out, ref) < 1e-5
     for got, want in zip(grads, grads_r):
         assert _rel(got, want) < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------
+# One-pass SSD forward (ssd_varlen)
+# ----------------------------------------------------------------------------------------------------
+# compiled on a GPU, tl.dot takes fp32 inputs as tf32 (as mamba-ssm's kernels do), and the backward there is
+# mamba-ssm's chunked one: agreement to tf32 precision; under the interpreter the products are exact fp32
+SSD_TOL = 5e-3 if CUDA else 1e-5
+
+
+@pytest.mark.parametrize(("q", "ngroups"), [(16, 1), (64, 2)])
+def test_ssd_varlen_equals_the_chunked_scan_outputs_and_gradients(monkeypatch, q, ngroups):
+    """Ragged, empty, one-row and multi-chunk sequences; the state restarts at every sequence."""
+    import genemamba_scvi.nn.fused as fused
+
+    monkeypatch.setitem(fused.SSD_FWD_CONFIG, "Q", q)
+    torch.manual_seed(5)
+    H, P, N = 4, 16, 16
+    lens = torch.tensor([70, 1, 0, 33, 130, 5])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE)
+    L = int(cu[-1])
+    seq = torch.repeat_interleave(torch.arange(lens.numel()), lens).to(DEVICE, torch.int32).unsqueeze(0)
+    xbc = torch.randn(L, H * P + 2 * ngroups * N, device=DEVICE)
+    dt = torch.randn(L, H, device=DEVICE)
+    A = -torch.rand(H, device=DEVICE) - 0.5
+    D = torch.randn(H, device=DEVICE)
+    dt_bias = torch.randn(H, device=DEVICE)
+    (a, b) = _leaves(xbc, dt, A, D, dt_bias)
+    y = fused.ssd_varlen(a[0], a[1], a[2], cu, seq, nheads=H, headdim=P, ngroups=ngroups, d_state=N, D=a[3],
+                         dt_bias=a[4], chunk_size=32)  # fmt: skip
+    x, B, C = torch.split(b[0], [H * P, ngroups * N, ngroups * N], dim=-1)
+    ref = ssd_chunked(
+        x.reshape(1, L, H, P), b[1].unsqueeze(0), b[2], B.reshape(1, L, ngroups, N), C.reshape(1, L, ngroups, N),
+        32, D=b[3], dt_bias=b[4], dt_softplus=True, seq_idx=seq,
+    ).reshape(L, H * P)  # fmt: skip
+    assert _rel(y, ref) < SSD_TOL
+    w = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad((y * w).sum(), a), torch.autograd.grad((ref * w).sum(), b)):
+        assert _rel(got, want) < max(SSD_TOL, 1e-4)
+
+
+def test_ssd_varlen_restarts_the_state_at_every_sequence():
+    """Changing one sequence's inputs leaves every other sequence's outputs bit-identical."""
+    from genemamba_scvi.nn.fused import ssd_varlen
+
+    torch.manual_seed(6)
+    H, P, N = 2, 16, 16
+    lens = torch.tensor([20, 40, 9])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE)
+    seq = torch.repeat_interleave(torch.arange(3), lens).to(DEVICE, torch.int32).unsqueeze(0)
+    xbc = torch.randn(69, H * P + 2 * N, device=DEVICE)
+    dt, A = torch.randn(69, H, device=DEVICE), -torch.rand(H, device=DEVICE)
+    kw = dict(nheads=H, headdim=P, ngroups=1, d_state=N)
+    y1 = ssd_varlen(xbc, dt, A, cu, seq, **kw)
+    xbc2 = xbc.clone()
+    xbc2[20:60] = torch.randn(40, xbc.shape[1], device=DEVICE)
+    y2 = ssd_varlen(xbc2, dt, A, cu, seq, **kw)
+    assert torch.equal(y1[:20], y2[:20]) and torch.equal(y1[60:], y2[60:])
+    assert not torch.equal(y1[20:60], y2[20:60])
+
+
+def test_mixer_both_with_the_one_pass_ssd_equals_the_gathered_mixer():
+    torch.manual_seed(7)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    p = _pack()
+    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    (h1,), (h2,) = _leaves(h)
+    out = mixer_both(block.mixer, block.mixer.in_proj(h1), p.rev, p.seq_idx[0], p.seq_idx_both,
+                     cu_seqlens=p.cu_seqlens)  # fmt: skip
+    ref = block.mixer(bipack(h2, p).unsqueeze(0), seq_idx=p.seq_idx_both)[0]
+    assert _rel(out, ref) < SSD_TOL
+    params = list(block.mixer.parameters())
+    w = torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)
+    for got, want in zip(torch.autograd.grad((out * w).sum(), [h1, *params]),
+                         torch.autograd.grad((ref * w).sum(), [h2, *params])):  # fmt: skip
+        assert _rel(got, want) < max(SSD_TOL, 1e-4)

@@ -340,6 +340,9 @@ class BiMambaBlock(nn.Module):
     #: Also use the fused path when gradients are taken. Off by default: on the H200 its backward measured no
     #: faster than mamba-ssm's (0.97-1.02x per layer) although it keeps less activation memory.
     fused_both_training: bool = False
+    #: In the fused path, run the SSD scan forward as one Triton pass per (head, sequence)
+    #: (:func:`~genemamba_scvi.nn.fused.ssd_varlen`; mamba-ssm's backward). False: mamba-ssm's chunked scan.
+    fused_ssd: bool = True
 
     @property
     def needs_merge_linear(self) -> bool:
@@ -454,7 +457,8 @@ class BiMambaBlock(nn.Module):
         zxbcdt = self.mixer.in_proj(h)
         use_fused = self.fused_both and (self.fused_both_training or not torch.is_grad_enabled())
         if use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm" and fused_available(h.device):
-            return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both)
+            cu = pack.cu_seqlens if self.fused_ssd else None
+            return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both, cu_seqlens=cu)
         return self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
 
     def forward_packed(self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:

@@ -27,6 +27,7 @@ that gathers the reversed copies (on the CPU through Triton's interpreter, ``TRI
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -38,11 +39,14 @@ __all__ = [
     "fused_available",
     "gated_norm_out_proj_both",
     "mixer_both",
+    "ssd_varlen",
 ]
 
 _CONV_BLOCK = (32, 128)  # rows x channels of the forward conv kernel
 _CONV_BWD_BLOCK = (32, 32, 8)  # rows x channels x row blocks per program of the conv backward
 _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward
+#: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages.
+SSD_FWD_CONFIG = {"Q": 64, "num_warps": 4, "num_stages": 2}
 
 
 @functools.cache
@@ -50,6 +54,17 @@ def _kernels() -> Any:
     import genemamba_scvi.nn._triton_bimamba as kernels
 
     return kernels
+
+
+@functools.cache
+def _ssd_kernels() -> Any:
+    import genemamba_scvi.nn._triton_ssd as kernels
+
+    return kernels
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @functools.cache
@@ -323,6 +338,148 @@ def gated_norm_out_proj_both(
 
 
 # ----------------------------------------------------------------------------------------------------
+# One-pass SSD forward over a packed varlen row (mamba-ssm's backward)
+# ----------------------------------------------------------------------------------------------------
+def _split_xbc(xbc: torch.Tensor, nheads: int, headdim: int, ngroups: int, d_state: int):
+    """``[L, H*P + 2*G*N]`` -> views ``x [1, L, H, P]``, ``B``, ``C`` ``[1, L, G, N]``."""
+    L, d_inner, gn = xbc.shape[0], nheads * headdim, ngroups * d_state
+    x, B, C = torch.split(xbc, [d_inner, gn, gn], dim=-1)
+    return (
+        x.view(1, L, nheads, headdim),
+        B.view(1, L, ngroups, d_state),
+        C.view(1, L, ngroups, d_state),
+    )
+
+
+class _SSDVarlen(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus):
+        nheads, headdim, ngroups, d_state = shape
+        if xbc.stride(-1) != 1:
+            xbc = xbc.contiguous()
+        dt = dt.contiguous()
+        L, d_inner, gn = xbc.shape[0], nheads * headdim, ngroups * d_state
+        y = torch.empty(L, d_inner, dtype=xbc.dtype, device=xbc.device)
+        n_seq = cu.numel() - 1
+        if L and n_seq:
+            order = torch.argsort(cu[1:] - cu[:-1], descending=True)  # longest sequences start first
+            cfg = SSD_FWD_CONFIG
+            _ssd_kernels().ssd_varlen_fwd_kernel[(nheads, n_seq)](
+                xbc,
+                dt,
+                dt_bias if dt_bias is not None else A,
+                A,
+                xbc[:, d_inner:],
+                xbc[:, d_inner + gn :],
+                D if D is not None else A,
+                y,
+                cu,
+                order,
+                xbc.stride(0),
+                dt.stride(0),
+                xbc.stride(0),
+                xbc.stride(0),
+                y.stride(0),
+                nheads // ngroups,
+                P=headdim,
+                N=d_state,
+                Q=cfg["Q"],
+                HAS_D=D is not None,
+                HAS_DT_BIAS=dt_bias is not None,
+                DT_SOFTPLUS=dt_softplus,
+                NUM_STAGES=cfg["num_stages"],
+                INTERPRET=_interpreting(),
+                num_warps=cfg["num_warps"],
+            )
+        ctx.save_for_backward(xbc, dt, A, D, dt_bias, seq_idx)
+        ctx.shape, ctx.chunk_size, ctx.dt_softplus = shape, chunk_size, dt_softplus
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xbc, dt, A, D, dt_bias, seq_idx = ctx.saved_tensors
+        L = xbc.shape[0]
+        shape = ctx.shape
+        dy = dy.contiguous().view(1, L, shape[0], shape[1])
+        from genemamba_scvi.nn.ssd import load_mamba_ssm_ops, ssd_chunked
+
+        if xbc.is_cuda and load_mamba_ssm_ops()["chunk_scan"] is not None:
+            from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd
+
+            # mamba-ssm's backward (it recomputes the chunk states from the inputs) writes dx, dB and dC
+            # into views of one buffer: the gradient of xbc needs no concatenation
+            dxbc = torch.empty_like(xbc)
+            x, B, C = _split_xbc(xbc, *shape)
+            dx, dB, dC = _split_xbc(dxbc, *shape)
+            _, ddt, dA, _, _, dD, _, ddt_bias, _ = _mamba_chunk_scan_combined_bwd(
+                dy, x, dt.unsqueeze(0), A, B, C, x,  # "out" is only read with z, which is None here
+                ctx.chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=ctx.dt_softplus,
+                dx=dx, dB=dB, dC=dC,
+            )  # fmt: skip
+            ddt = ddt[0]
+        else:  # CPU (Triton's interpreter) or no mamba-ssm: differentiate the pure-torch chunked scan
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None
+                          for t in (xbc, dt, A, D, dt_bias)]  # fmt: skip
+                xbc_, dt_, A_, D_, dtb_ = leaves
+                x_, B_, C_ = _split_xbc(xbc_, *shape)
+                y = ssd_chunked(x_, dt_.unsqueeze(0), A_, B_, C_, ctx.chunk_size, D=D_, dt_bias=dtb_,
+                                dt_softplus=ctx.dt_softplus, seq_idx=seq_idx)  # fmt: skip
+                inputs = [t for t in leaves if t is not None]
+                grads = iter(torch.autograd.grad(y, inputs, dy))
+                dxbc, ddt, dA, dD, ddt_bias = (next(grads) if t is not None else None for t in leaves)
+        return dxbc, ddt, dA, dD, ddt_bias, None, None, None, None, None
+
+
+def ssd_varlen(
+    xbc: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    seq_idx: torch.Tensor,
+    *,
+    nheads: int,
+    headdim: int,
+    ngroups: int,
+    d_state: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """Mamba-2's SSD scan of a packed varlen row in one Triton kernel (forward); mamba-ssm's backward.
+
+    Parameters
+    ----------
+    xbc
+        ``[L, H*P + 2*G*N]``: the convolved ``x``, ``B`` and ``C`` columns of every row (``conv_both``'s
+        output).
+    dt
+        ``[L, H]`` raw time steps (before ``dt_bias`` and softplus).
+    A
+        ``[H]`` (negative) decay rates.
+    cu_seqlens
+        ``[n_seq + 1]`` sequence starts in the row (empty sequences allowed); the state starts at 0 in each.
+    seq_idx
+        ``[1, L]`` int32 sequence id of every row (for mamba-ssm's backward).
+    nheads, headdim, ngroups, d_state
+        ``H``, ``P``, ``G``, ``N``.
+    D, dt_bias, dt_softplus, chunk_size
+        As ``mamba_chunk_scan_combined`` (``chunk_size`` is the backward's; the forward walks chunks of
+        ``SSD_FWD_CONFIG["Q"]`` rows).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[L, H*P]`` in the dtype of ``xbc``: the same function as ``mamba_chunk_scan_combined`` with
+        ``seq_idx`` (no ``z``).
+    """
+    shape = (nheads, headdim, ngroups, d_state)
+    cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
+    return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus)
+
+
+# ----------------------------------------------------------------------------------------------------
 # The whole mixer for both directions
 # ----------------------------------------------------------------------------------------------------
 Scan = Callable[..., torch.Tensor]
@@ -335,6 +492,7 @@ def mixer_both(
     seq: torch.Tensor,
     seq_both: torch.Tensor,
     scan: Scan | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mamba-2 mixer outputs of the cells and of their reversals from the projection of the cells alone.
 
@@ -349,25 +507,47 @@ def mixer_both(
     seq_both
         ``[1, 2T]`` int32 sequence ids of the two-direction row (``PackedCells.seq_idx_both``).
     scan
-        The SSD chunk scan (``mamba_chunk_scan_combined`` signature, without ``z``); default mamba-ssm's.
+        The SSD chunk scan (``mamba_chunk_scan_combined`` signature, without ``z``). Default: the one-pass
+        :func:`ssd_varlen` when ``cu_seqlens`` is given, else mamba-ssm's.
+    cu_seqlens
+        ``[n_cells + 1]`` cell starts (``PackedCells.cu_seqlens``); enables :func:`ssd_varlen`.
 
     Returns
     -------
     torch.Tensor
         ``[2T, d_model]``, the same function as ``mixer.forward_projected(bipack(zxbcdt))``.
     """
-    if scan is None:
-        from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
-
-        scan = load_mamba_ssm_ops()["chunk_scan"]
     T = zxbcdt.shape[0]
     d_inner, H, P = mixer.d_inner, mixer.nheads, mixer.headdim
     gn = mixer.ngroups * mixer.d_state
     z, xbc, dt = torch.split(zxbcdt, [d_inner, d_inner + 2 * gn, H], dim=-1)
     xbc2 = conv_both(xbc, mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, rev, seq, silu=True)
     dt2 = torch.cat([dt, dt.index_select(0, rev)])
-    x, B, C = torch.split(xbc2, [d_inner, gn, gn], dim=-1)
     A = -torch.exp(mixer.A_log.float())
+    seq_both = seq_both.to(torch.int32).contiguous()
+    if scan is None and cu_seqlens is not None:
+        cu = cu_seqlens.to(torch.int64)
+        y = ssd_varlen(
+            xbc2,
+            dt2,
+            A,
+            torch.cat([cu[:-1], cu + T]),  # the cells, then the reversed cells
+            seq_both,
+            nheads=H,
+            headdim=P,
+            ngroups=mixer.ngroups,
+            d_state=mixer.d_state,
+            D=mixer.D,
+            dt_bias=mixer.dt_bias,
+            dt_softplus=True,
+            chunk_size=mixer.chunk_size,
+        )
+        return _norm_out(mixer, y, z, rev)
+    if scan is None:
+        from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+        scan = load_mamba_ssm_ops()["chunk_scan"]
+    x, B, C = torch.split(xbc2, [d_inner, gn, gn], dim=-1)
     y = scan(
         x.reshape(1, 2 * T, H, P),
         dt2.unsqueeze(0),
@@ -379,10 +559,14 @@ def mixer_both(
         z=None,
         dt_bias=mixer.dt_bias,
         dt_softplus=True,
-        seq_idx=seq_both.to(torch.int32).contiguous(),
+        seq_idx=seq_both,
     )
+    return _norm_out(mixer, y.reshape(2 * T, d_inner), z, rev)
+
+
+def _norm_out(mixer: Any, y: torch.Tensor, z: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
     return gated_norm_out_proj_both(
-        y.reshape(2 * T, d_inner),
+        y,
         z,
         rev,
         mixer.norm.weight,
