@@ -19,6 +19,8 @@ process on the same batches, alternating, after warm-up; the ratio is unfused / 
 Usage (GPU machine; see shared/gpu/README.md)::
 
     python benchmarks/fused_bimamba.py --out $OUT/fused_bimamba.json
+    python benchmarks/fused_bimamba.py --sweep-conv --out $OUT/sweep_conv.json  # conv_both launch shapes and
+                                                                                 # backward variants only
 """
 
 from __future__ import annotations
@@ -207,7 +209,10 @@ def profile(dev: str) -> None:
 
 
 def sweep_conv(dev: str) -> list[dict[str, Any]]:
-    """Median time of conv_both forward and backward per launch configuration (T of a 256-cell batch)."""
+    """Median time of conv_both forward and backward per launch configuration (T of a 256-cell batch).
+
+    The backward rows cover every variant of ``nn.fused._CONV_BWD_VARIANT`` (:func:`sweep_conv_bwd`).
+    """
     import triton
 
     from genemamba_scvi.nn import fused
@@ -248,21 +253,61 @@ def sweep_conv(dev: str) -> list[dict[str, Any]]:
 
         ms = triton.testing.do_bench(fwd, warmup=25, rep=100, return_mode="median")
         rows.append({"kernel": "fwd", "config": cfg, "ms": ms, "GBps": (T * C * 2 + 2 * T * C * 2) / ms / 1e6})
+        print(rows[-1], flush=True)
     fused._CONV_BLOCK = (32, 128)
-    for cfg in ((32, 32, 8), (32, 64, 4), (16, 64, 8), (64, 32, 4), (32, 32, 16)):
-        fused._CONV_BWD_BLOCK = cfg
-        xx = xbc.detach().requires_grad_()
-        ww, bb = w.detach().requires_grad_(), b.detach().requires_grad_()
-        y = fused.conv_both(xx, ww, bb, pack.rev, seq)
+    return rows + sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout)
 
-        def bwd(y=y, xx=xx, ww=ww, bb=bb):
-            torch.autograd.grad(y, [xx, ww, bb], dout, retain_graph=True)
 
-        ms = triton.testing.do_bench(bwd, warmup=25, rep=100, return_mode="median")
-        rows.append({"kernel": "bwd", "config": cfg, "ms": ms})
-    fused._CONV_BWD_BLOCK = (32, 32, 8)
-    for r in rows:
-        print(r, flush=True)
+# launch shapes of the conv backward: (rows, channels, row blocks per program) of "v2" and "bf16dpre";
+# (tokens, channels, token blocks per program, warps) of "fused"
+SWEEP_BWD_TWO_PASS = ((32, 32, 8), (32, 64, 4), (16, 64, 8), (64, 32, 4), (32, 32, 16))
+SWEEP_BWD_FUSED = ((32, 64, 4, 8), (32, 32, 4, 4), (16, 64, 4, 4), (32, 64, 4, 4), (64, 64, 4, 8), (32, 128, 4, 8))
+
+
+def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout) -> list[dict[str, Any]]:
+    """Median time of conv_both's backward per variant (``fused._CONV_BWD_VARIANT``) and launch shape.
+
+    Every row also holds the largest relative difference (``max|a - ref| / max|ref|``) of dx, dW and db from the
+    default (``"v2"`` with its default shape) on the same tensors, so a variant that compiles differently from
+    the interpreter shows here.
+    """
+    import triton
+
+    saved = fused._CONV_BWD_VARIANT, fused._CONV_BWD_BLOCK, fused._CONV_BWD_FUSED_BLOCK
+    T = xbc.shape[0]
+    xx = xbc.detach().requires_grad_()
+    ww, bb = w.detach().requires_grad_(), b.detach().requires_grad_()
+    y = fused.conv_both(xx, ww, bb, rev, seq)
+
+    def grads():
+        return torch.autograd.grad(y, [xx, ww, bb], dout, retain_graph=True)
+
+    fused._CONV_BWD_VARIANT = "v2"
+    ref = grads()  # the reference: "v2" with its default shape
+    runs = [("v2", cfg) for cfg in SWEEP_BWD_TWO_PASS]
+    runs += [("bf16dpre", cfg) for cfg in SWEEP_BWD_TWO_PASS]
+    runs += [("fused", cfg) for cfg in SWEEP_BWD_FUSED]
+    rows = []
+    try:
+        for variant, cfg in runs:
+            fused._CONV_BWD_VARIANT = variant
+            if variant == "fused":
+                fused._CONV_BWD_FUSED_BLOCK = cfg
+            else:
+                fused._CONV_BWD_BLOCK = cfg
+            got = grads()
+            diff = {
+                n: float((a.double() - r.double()).abs().max() / r.double().abs().max().clamp_min(1e-30))
+                for n, a, r in zip(("dx", "dw", "db"), got, ref)
+            }
+            ms = triton.testing.do_bench(grads, warmup=25, rep=100, return_mode="median")
+            rows.append(
+                {"kernel": "bwd", "variant": variant, "config": cfg, "ms": ms, "ns_per_token": ms * 1e6 / T}
+                | {f"max_rel_vs_v2_{n}": v for n, v in diff.items()}
+            )
+            print(rows[-1], flush=True)
+    finally:
+        fused._CONV_BWD_VARIANT, fused._CONV_BWD_BLOCK, fused._CONV_BWD_FUSED_BLOCK = saved
     return rows
 
 
@@ -345,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep-ssd", action="store_true", help="only time ssd_varlen against mamba-ssm's scan")
     a = p.parse_args(argv)
     dev = "cuda"
+    if not torch.cuda.is_available():
+        p.error("this benchmark times CUDA kernels: run it on a GPU machine")
     if a.profile:
         profile(dev)
         return
@@ -356,7 +403,16 @@ def main(argv: list[str] | None = None) -> None:
     if a.sweep_conv:
         sweep = sweep_conv(dev)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "sweep_conv": sweep}, indent=1))
+        info = {
+            "device": torch.cuda.get_device_name(),
+            "triton": __import__("triton").__version__,
+            "bwd_config_fields": {
+                "v2": "BLOCK_R, BLOCK_C, ROW_ITERS (nn.fused._CONV_BWD_BLOCK)",
+                "bf16dpre": "BLOCK_R, BLOCK_C, ROW_ITERS (nn.fused._CONV_BWD_BLOCK)",
+                "fused": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_FUSED_BLOCK)",
+            },
+        }
+        Path(a.out).write_text(json.dumps({**info, "sweep_conv": sweep}, indent=1))
         return
     t0 = time.perf_counter()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

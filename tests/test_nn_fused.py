@@ -65,8 +65,19 @@ def _leaves(*tensors):
     return a, b
 
 
+@pytest.fixture(params=["v2", "bf16dpre", "fused"])
+def conv_bwd_variant(request, monkeypatch):
+    """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test."""
+    from genemamba_scvi.nn import fused
+
+    monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", request.param)
+    if request.param == "fused":  # several token blocks per program and a partial last block
+        monkeypatch.setattr(fused, "_CONV_BWD_FUSED_BLOCK", (8, 8, 2, 4))
+    return request.param
+
+
 @pytest.mark.parametrize("silu", [True, False])
-def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(silu):
+def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(silu, conv_bwd_variant):
     torch.manual_seed(1)
     p = _pack()
     T, C, K = p.n_tokens, 12, 4
@@ -82,9 +93,59 @@ def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(silu):
     for got, want in ((full, full_r), (w, w_r), (b, b_r)):
         assert _rel(got.grad, want.grad) < 1e-5
     assert torch.count_nonzero(full.grad[:, :3]) == 0  # nothing leaks into other columns
+    assert torch.count_nonzero(full.grad[:, 3 + C :]) == 0
 
 
-def test_conv_both_never_mixes_tokens_of_different_cells():
+def test_conv_both_without_bias_and_every_variant_gives_the_same_gradients(monkeypatch):
+    from genemamba_scvi.nn import fused
+
+    torch.manual_seed(5)
+    p = _pack()
+    T, C, K = p.n_tokens, 12, 4
+    x, w = torch.randn(T, C, device=DEVICE), torch.randn(C, K, device=DEVICE)
+    g = torch.randn(2 * T, C, device=DEVICE)
+    (x_r, w_r), _ = _leaves(x, w)
+    ref = conv_both_reference(x_r, w_r, None, p.rev, p.seq_idx[0])
+    want = torch.autograd.grad(ref, [x_r, w_r], g)
+    for variant in ("v2", "bf16dpre", "fused"):
+        monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", variant)
+        (xx, ww), _ = _leaves(x, w)
+        got = torch.autograd.grad(conv_both(xx, ww, None, p.rev, p.seq_idx[0]), [xx, ww], g)
+        for a, b in zip(got, want):
+            assert _rel(a, b) < 1e-5, variant
+    monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", "no-such-variant")
+    (xx, ww), _ = _leaves(x, w)
+    with pytest.raises(ValueError, match="_CONV_BWD_VARIANT"):
+        conv_both(xx, ww, None, p.rev, p.seq_idx[0]).backward(g)
+
+
+def test_conv_both_bf16_inputs_match_the_fp32_reference_loosely(conv_bwd_variant):
+    """bf16 tensors (the GPU's autocast dtype; ``bf16dpre`` then keeps its gradient buffer in bf16)."""
+    torch.manual_seed(6)
+    p = _pack()
+    T, C, K = p.n_tokens, 12, 4
+    full = torch.randn(T, C + 5, device=DEVICE).to(torch.bfloat16)
+    w, b = torch.randn(C, K, device=DEVICE), torch.randn(C, device=DEVICE)
+    g = torch.randn(2 * T, C, device=DEVICE).to(torch.bfloat16)
+    (xx, ww, bb), _ = _leaves(full, w, b)
+    try:
+        out = conv_both(xx[:, 2 : 2 + C], ww, bb, p.rev, p.seq_idx[0])
+        got = torch.autograd.grad(out, [xx, ww, bb], g)
+    except Exception as e:  # pragma: no cover - depends on the Triton interpreter's dtype support
+        if CUDA:
+            raise
+        pytest.skip(f"Triton's interpreter cannot run the conv kernels on bf16 tensors: {e!r}")
+    (xr, wr, br), _ = _leaves(full.float(), w, b)
+    ref = conv_both_reference(xr[:, 2 : 2 + C], wr, br, p.rev, p.seq_idx[0])
+    want = torch.autograd.grad(ref, [xr, wr, br], g.float())
+    assert out.dtype == torch.bfloat16 and got[0].dtype == torch.bfloat16
+    assert _rel(out, ref) < 1e-2
+    for a, b_ in zip(got, want):
+        assert _rel(a, b_) < 1e-2
+    assert torch.count_nonzero(got[0][:, :2]) == 0 and torch.count_nonzero(got[0][:, 2 + C :]) == 0
+
+
+def test_conv_both_never_mixes_tokens_of_different_cells(conv_bwd_variant):
     torch.manual_seed(2)
     p = _pack([4, 6])
     T, C = p.n_tokens, 8
@@ -96,6 +157,14 @@ def test_conv_both_never_mixes_tokens_of_different_cells():
     out2 = conv_both(x2, w, b, p.rev, p.seq_idx[0])
     first_cell_rows = torch.cat([torch.arange(4), T + torch.arange(4)]).to(DEVICE)
     torch.testing.assert_close(out[first_cell_rows], out2[first_cell_rows], rtol=0, atol=0)
+    # backward: gradients of the second cell's rows reach only the second cell's tokens
+    xx = x.clone().requires_grad_(True)
+    g = torch.zeros(2 * T, C, device=DEVICE)
+    second_cell_rows = torch.cat([torch.arange(4, T), T + torch.arange(4, T)]).to(DEVICE)
+    g[second_cell_rows] = torch.randn(len(second_cell_rows), C, device=DEVICE)
+    (dx,) = torch.autograd.grad(conv_both(xx, w, b, p.rev, p.seq_idx[0]), [xx], g)
+    assert torch.count_nonzero(dx[:4]) == 0
+    assert torch.count_nonzero(dx[4:]) > 0
 
 
 @pytest.mark.parametrize("group_size", [16, 8])

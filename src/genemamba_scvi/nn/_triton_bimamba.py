@@ -9,7 +9,9 @@ reversed in place) without materialising the reversed copy of the projection:
   token ``a = rev[j]`` (taps ``a, a+1, ..., a+K-1``: a causal convolution of the reversed cell is an
   anti-causal one of the cell). Taps outside the anchor's cell are zero (the state reset of ``seq_idx``).
   The backward writes the pre-activation gradient of both directions in token order and then sums, per
-  token, the ``2K`` outputs its value fed: no atomics, deterministic.
+  token, the ``2K`` outputs its value fed (``conv_both_bwd_pre_kernel``, ``conv_both_bwd_dx_kernel``; the
+  buffer fp32 or in the input dtype), or recomputes those ``2K`` gradients per token in one kernel with no
+  buffer (``conv_both_bwd_fused_kernel``): no atomics, deterministic.
 - **gated_norm_both**: Mamba-2's gated grouped RMSNorm ``RMSNorm(y * silu(z))`` (``norm_before_gate=False``)
   where row ``T + j`` takes its gate from token ``rev[j]``: the gate ``z`` is read from the projection, not
   gathered. The backward treats the two rows fed by one token together and writes ``dz`` once per token.
@@ -88,7 +90,9 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
     C, stride_x, stride_w, stride_dout, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
 ):
-    """Pre-activation gradient of every row, stored by anchor (``[2T, C]`` fp32), and partial dW, db.
+    """Pre-activation gradient of every row, stored by anchor (``[2T, C]``), and partial dW, db.
+
+    ``dpre`` is fp32 or the dtype of ``x`` (the store casts); dW and db are summed from the fp32 gradient.
 
     Each program walks ``ROW_ITERS`` row blocks of one channel block. The ``K`` taps of a row are loaded once
     into a ``[rows, channels, KP]`` tile that serves both the recomputed pre-activation and the weight
@@ -127,7 +131,7 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
             g = g * s * (1.0 + pre * (1.0 - s))
         g = tl.where(mask2, g, 0.0)
         dst = (tl.where(is_rev, T, 0) + anchor).to(tl.int64)
-        tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g, mask=mask2)
+        tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g.to(dpre_ptr.dtype.element_ty), mask=mask2)
         acc_b += g
         acc_w += g[:, :, None] * xs
     tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
@@ -153,16 +157,117 @@ def conv_both_bwd_dx_kernel(w_ptr, seq_ptr, dpre_ptr, dx_ptr, T, C, stride_w, st
         ok = ok & (tl.load(seq_ptr + i, mask=ok, other=-2) == cell)
         d = tl.load(
             dpre_ptr + i.to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
-        )
+        ).to(tl.float32)
         a = rows - m
         ok = rmask & (a >= 0)
         ok = ok & (tl.load(seq_ptr + a, mask=ok, other=-2) == cell)
         d += tl.load(
             dpre_ptr + (T + a).to(tl.int64)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0
-        )
+        ).to(tl.float32)
         acc += d * wv[None, :]
     tl.store(dx_ptr + rows.to(tl.int64)[:, None] * stride_dx + cols[None, :], acc.to(dx_ptr.dtype.element_ty),
         mask=rmask[:, None] & cmask[None, :]
+    )
+
+
+@triton.jit
+def _shifted(x_ptr, seq_ptr, rows, cell, d, rmask, cols, cmask, T, stride_x):
+    """``x[u + d]`` of every token ``u`` of ``rows`` (fp32), 0 where token ``u + d`` is outside ``u``'s cell."""
+    u = rows + d
+    ok = rmask & (u >= 0) & (u < T)
+    ok = ok & (tl.load(seq_ptr + u, mask=ok, other=-2) == cell)
+    return tl.load(x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_grad(x_ptr, w_ptr, rev_ptr, seq_ptr, dout_ptr, rows, cell, m, bias, rmask, cols, cmask, T, stride_x, stride_w,
+    stride_dout, K: tl.constexpr, SILU: tl.constexpr, REV: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr
+):
+    """Pre-activation gradient (fp32) of the row anchored at token ``u + m`` (forward) or ``u - m`` (``REV``).
+
+    0 where that anchor is outside ``u``'s cell. The pre-activation is recomputed from the taps of ``x``
+    around ``u`` (all inside ``u``'s cell, hence inside the anchor's), the gradient of output row
+    ``a`` (forward) or ``T + rev[a]`` (reversed) read from ``dout``.
+    """
+    if REV:
+        a = rows - m
+    else:
+        a = rows + m
+    ok = rmask & (a >= 0) & (a < T)
+    ok = ok & (tl.load(seq_ptr + a, mask=ok, other=-2) == cell)
+    if REV:
+        drow = T + tl.load(rev_ptr + a, mask=ok, other=0).to(tl.int64)
+    else:
+        drow = a.to(tl.int64)
+    mask2 = ok[:, None] & cmask[None, :]
+    g = tl.load(dout_ptr + drow[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
+    if SILU:
+        pre = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32) + bias[None, :]
+        for j in tl.static_range(K):  # tap j of the anchor: token a - j (forward) or a + j (reversed)
+            if REV:
+                xv = _shifted(x_ptr, seq_ptr, rows, cell, j - m, rmask, cols, cmask, T, stride_x)
+            else:
+                xv = _shifted(x_ptr, seq_ptr, rows, cell, m - j, rmask, cols, cmask, T, stride_x)
+            wv = tl.load(w_ptr + cols * stride_w + (K - 1 - j), mask=cmask, other=0.0).to(tl.float32)
+            pre += xv * wv[None, :]
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
+    return tl.where(mask2, g, 0.0)
+
+
+@triton.jit
+def conv_both_bwd_fused_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dx_ptr, dw_part_ptr, db_part_ptr, T,
+    C, stride_x, stride_w, stride_dout, stride_dx, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
+):
+    """dx, partial dW and db in one pass, no pre-activation gradient buffer.
+
+    Each program walks ``ROW_ITERS`` blocks of ``BLOCK_R`` tokens of one channel block. For its tokens ``u`` it
+    recomputes the pre-activation gradients ``gF(u + m)`` (forward rows) and ``gR(u - m)`` (reversed rows
+    anchored at ``u - m``) for ``m < K`` from the ``2K - 1`` in-cell taps of ``x`` around ``u`` (repeated
+    loads, served by L1/L2) and sums ``dx[u] = sum_m w[K-1-m] (gF(u + m) + gR(u - m))``. dW and db take the
+    ``m = 0`` terms only, so that each of the ``2T`` rows (forward row ``u``, reversed row anchored at
+    ``u``) is counted once; their row sums are folded into ``[BLOCK_C, KP]`` per row block.
+    """
+    pid_r = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    taps = tl.arange(0, KP)
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    acc_w = tl.zeros((BLOCK_C, KP), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for it in range(ROW_ITERS):
+        rows = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = rows < T
+        cell = tl.load(seq_ptr + rows, mask=rmask, other=-1)
+        dx = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+        for m in tl.static_range(K):
+            gf = _row_grad(x_ptr, w_ptr, rev_ptr, seq_ptr, dout_ptr, rows, cell, m, bias, rmask, cols, cmask, T,
+                stride_x, stride_w, stride_dout, K, SILU, False, BLOCK_R, BLOCK_C
+            )
+            gr = _row_grad(x_ptr, w_ptr, rev_ptr, seq_ptr, dout_ptr, rows, cell, m, bias, rmask, cols, cmask, T,
+                stride_x, stride_w, stride_dout, K, SILU, True, BLOCK_R, BLOCK_C
+            )
+            wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
+            dx += (gf + gr) * wv[None, :]
+            if m == 0:  # the two rows anchored at u: forward taps x[u - j], reversed taps x[u + j]
+                acc_b += tl.sum(gf + gr, axis=0)
+                for j in tl.static_range(K):
+                    xb = _shifted(x_ptr, seq_ptr, rows, cell, -j, rmask, cols, cmask, T, stride_x)
+                    xa = _shifted(x_ptr, seq_ptr, rows, cell, j, rmask, cols, cmask, T, stride_x)
+                    dwj = tl.sum(gf * xb + gr * xa, axis=0)
+                    acc_w += dwj[:, None] * (taps == K - 1 - j).to(tl.float32)[None, :]
+        tl.store(dx_ptr + rows.to(tl.int64)[:, None] * stride_dx + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
+            mask=rmask[:, None] & cmask[None, :]
+        )
+    tl.store(db_part_ptr + pid_r * C + cols, acc_b, mask=cmask)
+    tmask = taps < K
+    tl.store(dw_part_ptr + (pid_r * C + cols)[:, None] * K + taps[None, :], acc_w,
+        mask=cmask[:, None] & tmask[None, :]
     )
 
 

@@ -43,7 +43,15 @@ __all__ = [
 ]
 
 _CONV_BLOCK = (32, 128)  # rows x channels of the forward conv kernel
-_CONV_BWD_BLOCK = (32, 32, 8)  # rows x channels x row blocks per program of the conv backward
+_CONV_BWD_BLOCK = (32, 32, 8)  # rows x channels x row blocks per program of the conv backward ("v2", "bf16dpre")
+# conv_both backward: "v2" (pre-activation gradient of both directions in an fp32 [2T, C] buffer, then dx from it;
+# two kernels), "bf16dpre" (the same, the buffer in the dtype of the input), "fused" (one kernel, no buffer: each
+# token recomputes the 2K gradients it needs)
+_CONV_BWD_VARIANT = "v2"
+_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused")
+_CONV_BWD_FUSED_BLOCK = (32, 64, 4, 8)  # tokens x channels x token blocks per program x warps ("fused")
+# (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
+# 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
 _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward
 #: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages.
 SSD_FWD_CONFIG = {"Q": 64, "num_warps": 4, "num_stages": 2}
@@ -123,59 +131,109 @@ class _ConvBoth(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         xbc, weight, bias, rev, seq = ctx.saved_tensors
-        T, C = xbc.shape
-        K = weight.shape[-1]
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
-        br, bc, iters = _CONV_BWD_BLOCK
-        n_r = _cdiv(2 * T, br * iters)
-        dpre = torch.empty(2 * T, C, dtype=torch.float32, device=xbc.device)
-        dw_part = torch.empty(n_r, C, K, dtype=torch.float32, device=xbc.device)
-        db_part = torch.empty(n_r, C, dtype=torch.float32, device=xbc.device)
-        k = _kernels()
-        k.conv_both_bwd_pre_kernel[(n_r, _cdiv(C, bc))](
-            xbc,
-            weight,
-            bias if bias is not None else weight,
-            rev,
-            seq,
-            dout,
-            dpre,
-            dw_part,
-            db_part,
-            T,
-            C,
-            xbc.stride(0),
-            weight.stride(0),
-            dout.stride(0),
-            K=K,
-            KP=_next_pow2(K),
-            HAS_BIAS=bias is not None,
-            SILU=ctx.silu,
-            BLOCK_R=br,
-            BLOCK_C=bc,
-            ROW_ITERS=iters,
-            num_warps=4,
-        )
-        dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
-        br, bc = _CONV_BLOCK
-        k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
-            weight,
-            seq,
-            dpre,
-            dx,
-            T,
-            C,
-            weight.stride(0),
-            dx.stride(0),
-            K=K,
-            BLOCK_R=br,
-            BLOCK_C=bc,
-            num_warps=4,
-        )
+        variant = _CONV_BWD_VARIANT
+        if variant == "fused":
+            dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu)
+        elif variant in ("v2", "bf16dpre"):
+            dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
+            dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype)
+        else:
+            raise ValueError(f"_CONV_BWD_VARIANT must be one of {_CONV_BWD_VARIANTS}, not {variant!r}")
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None, None
+
+
+def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype):
+    """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``."""
+    T, C = xbc.shape
+    K = weight.shape[-1]
+    br, bc, iters = _CONV_BWD_BLOCK
+    n_r = _cdiv(2 * T, br * iters)
+    dpre = torch.empty(2 * T, C, dtype=dpre_dtype, device=xbc.device)
+    dw_part = torch.empty(n_r, C, K, dtype=torch.float32, device=xbc.device)
+    db_part = torch.empty(n_r, C, dtype=torch.float32, device=xbc.device)
+    k = _kernels()
+    k.conv_both_bwd_pre_kernel[(n_r, _cdiv(C, bc))](
+        xbc,
+        weight,
+        bias if bias is not None else weight,
+        rev,
+        seq,
+        dout,
+        dpre,
+        dw_part,
+        db_part,
+        T,
+        C,
+        xbc.stride(0),
+        weight.stride(0),
+        dout.stride(0),
+        K=K,
+        KP=_next_pow2(K),
+        HAS_BIAS=bias is not None,
+        SILU=silu,
+        BLOCK_R=br,
+        BLOCK_C=bc,
+        ROW_ITERS=iters,
+        num_warps=4,
+    )
+    dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
+    br, bc = _CONV_BLOCK
+    k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
+        weight,
+        seq,
+        dpre,
+        dx,
+        T,
+        C,
+        weight.stride(0),
+        dx.stride(0),
+        K=K,
+        BLOCK_R=br,
+        BLOCK_C=bc,
+        num_warps=4,
+    )
+    return dx, dw_part, db_part
+
+
+def _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, silu):
+    """Backward of ``conv_both`` in one kernel (``_CONV_BWD_FUSED_BLOCK``), no gradient buffer."""
+    T, C = xbc.shape
+    K = weight.shape[-1]
+    br, bc, iters, warps = _CONV_BWD_FUSED_BLOCK
+    n_r = max(_cdiv(T, br * iters), 1)
+    dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
+    dw_part = torch.empty(n_r, C, K, dtype=torch.float32, device=xbc.device)
+    db_part = torch.empty(n_r, C, dtype=torch.float32, device=xbc.device)
+    _kernels().conv_both_bwd_fused_kernel[(n_r, _cdiv(C, bc))](
+        xbc,
+        weight,
+        bias if bias is not None else weight,
+        rev,
+        seq,
+        dout,
+        dx,
+        dw_part,
+        db_part,
+        T,
+        C,
+        xbc.stride(0),
+        weight.stride(0),
+        dout.stride(0),
+        dx.stride(0),
+        K=K,
+        KP=_next_pow2(K),
+        HAS_BIAS=bias is not None,
+        SILU=silu,
+        BLOCK_R=br,
+        BLOCK_C=bc,
+        ROW_ITERS=iters,
+        num_warps=warps,
+    )
+    return dx, dw_part, db_part
 
 
 def conv_both(
