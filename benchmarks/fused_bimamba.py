@@ -311,6 +311,11 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout) -> list[dict[str, Any]]:
     return rows
 
 
+#: Launch shapes of ``ssd_varlen``'s forward swept by ``--sweep-ssd`` (the first sweep, ``ssd_sweep_h200.json``,
+#: covered Q 32/64/128 x warps 4/8 x stages 1/2/3: Q 32, 4 warps, 2 stages best; 8 warps always slower).
+SSD_SWEEP = {"Q": (16, 32, 64), "num_warps": (2, 4), "num_stages": (2, 3)}
+
+
 def sweep_ssd(dev: str) -> dict[str, Any]:
     """The SSD scan of both directions of a 256-cell batch: mamba-ssm's chunked scan against ``ssd_varlen``.
 
@@ -349,9 +354,9 @@ def sweep_ssd(dev: str) -> dict[str, Any]:
     res["mamba_fwd_ms"] = triton.testing.do_bench(mamba, warmup=25, rep=200, return_mode="median")
     default = dict(fused.SSD_FWD_CONFIG)
     configs = []
-    for q in (32, 64, 128):
-        for warps in (4, 8):
-            for stages in (1, 2, 3):
+    for q in SSD_SWEEP["Q"]:
+        for warps in SSD_SWEEP["num_warps"]:
+            for stages in SSD_SWEEP["num_stages"]:
                 fused.SSD_FWD_CONFIG.update(Q=q, num_warps=warps, num_stages=stages)
                 row: dict[str, Any] = {"Q": q, "num_warps": warps, "num_stages": stages}
                 try:
@@ -381,6 +386,24 @@ def sweep_ssd(dev: str) -> dict[str, Any]:
     return res
 
 
+def _set_conv_bwd(spec: str) -> dict[str, Any]:
+    """Set ``nn.fused``'s conv backward variant (and launch shape) from a name or a ``--sweep-conv`` JSON."""
+    from genemamba_scvi.nn import fused
+
+    if Path(spec).is_file():
+        rows = [r for r in json.loads(Path(spec).read_text())["sweep_conv"] if r.get("kernel") == "bwd" and "ms" in r]
+        best = min(rows, key=lambda r: r["ms"])
+        variant, cfg = best["variant"], tuple(best["config"])
+        if variant == "fused":
+            fused._CONV_BWD_FUSED_BLOCK = cfg
+        else:
+            fused._CONV_BWD_BLOCK = cfg
+        fused._CONV_BWD_VARIANT = variant
+        return {"variant": variant, "config": cfg, "ms": best["ms"]}
+    fused._CONV_BWD_VARIANT = spec
+    return {"variant": spec}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fused_bimamba.json"))
@@ -388,8 +411,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="only print the kernel table of one layer's steps")
     p.add_argument("--sweep-conv", action="store_true", help="only time conv_both's launch configurations")
     p.add_argument("--sweep-ssd", action="store_true", help="only time ssd_varlen against mamba-ssm's scan")
+    p.add_argument(
+        "--conv-bwd",
+        default=None,
+        help="conv backward for the timing/profile: a variant name, or a --sweep-conv JSON (its fastest backward)",
+    )
     a = p.parse_args(argv)
     dev = "cuda"
+    from genemamba_scvi.nn import fused
+
+    conv_bwd = _set_conv_bwd(a.conv_bwd) if a.conv_bwd else {"variant": fused._CONV_BWD_VARIANT}
+    print("conv backward:", conv_bwd, flush=True)
     if not torch.cuda.is_available():
         p.error("this benchmark times CUDA kernels: run it on a GPU machine")
     if a.profile:
@@ -421,6 +453,8 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "bands": BANDS,
+        "conv_bwd": conv_bwd,
+        "ssd_fwd_config": dict(fused.SSD_FWD_CONFIG),
         "parity": [],
         "timing": [],
     }

@@ -54,7 +54,8 @@ _CONV_BWD_FUSED_BLOCK = (32, 64, 4, 8)  # tokens x channels x token blocks per p
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
 _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward
 #: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages.
-SSD_FWD_CONFIG = {"Q": 64, "num_warps": 4, "num_stages": 2}
+#: Q 32, 4 warps, 2 stages was the fastest of 18 shapes on an H200 (benchmarks/results/ssd_sweep_h200.json).
+SSD_FWD_CONFIG = {"Q": 32, "num_warps": 4, "num_stages": 2}
 
 
 @functools.cache
