@@ -364,6 +364,7 @@ class Runner:
                 ("ablation_gather_then_project", 2048, "infer", a.infer_cells_2048),
                 ("ablation_fused_training", 2048, "train", a.train_cells_2048),
                 ("ablation_unfused_both", 2048, "infer", a.infer_cells_2048),
+                ("ablation_mamba_ssd", 2048, "infer", a.infer_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]
@@ -378,6 +379,7 @@ class Runner:
     # -- models ----------------------------------------------------------------------------------------
     def build(self) -> None:
         from genemamba_scvi.nn import BiMambaBlock, GeneMambaEncoder, causal_conv1d_available, mamba_ssm_available
+        from genemamba_scvi.nn import fused as fused_mod
 
         c = self.cfg
         torch.manual_seed(0)
@@ -414,6 +416,9 @@ class Runner:
                 "fused_bimamba_both_training": bool(
                     BiMambaBlock.fused_both_training and resolved == "mamba_ssm" and self.cuda
                 ),
+                "fused_ssd_forward": bool(BiMambaBlock.fused_ssd),
+                "ssd_fwd_config": dict(fused_mod.SSD_FWD_CONFIG),
+                "conv_bwd": [fused_mod._CONV_BWD_VARIANT, list(fused_mod._CONV_BWD_BLOCK)],
                 "pack_multiple": self.mamba._pack_multiple(self.dev),
                 "path": "forward_packed: real tokens only, both directions in one varlen call per layer",
                 "mamba_ssm_importable": bool(self.cuda and mamba_ssm_available()),
@@ -757,6 +762,7 @@ class Runner:
                 "ablation_no_fused_norm",
                 "ablation_gather_then_project",
                 "ablation_unfused_both",
+                "ablation_mamba_ssd",
                 "ablation_fused_training",
                 "stress",
             ):
@@ -787,6 +793,8 @@ class Runner:
                     BiMambaBlock.project_once = False
                 if s["kind"] == "ablation_unfused_both":
                     BiMambaBlock.fused_both = False
+                if s["kind"] == "ablation_mamba_ssd":
+                    BiMambaBlock.fused_ssd = False
                 if s["kind"] == "ablation_fused_training":
                     BiMambaBlock.fused_both_training = True
                 t0 = time.perf_counter()
@@ -798,6 +806,8 @@ class Runner:
                         rec["note"] = "tokens gathered into the two-direction row, then in_proj on 2T rows"
                     if s["kind"] == "ablation_unfused_both":
                         rec["note"] = "projection gathered into the [2T] row, then mamba_split_conv1d_scan_combined"
+                    if s["kind"] == "ablation_mamba_ssd":
+                        rec["note"] = "fused path with mamba-ssm's chunked SSD forward instead of nn.fused.ssd_varlen"
                     if s["kind"] == "ablation_fused_training":
                         rec["note"] = "nn.fused.mixer_both also in training (Triton conv/gated-norm backward)"
                     self.results.append(rec)
@@ -845,6 +855,7 @@ class Runner:
                 finally:
                     BiMambaBlock.project_once = True
                     BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
+                    BiMambaBlock.fused_ssd = True
                     if s["kind"] == "ablation_no_fused_norm":
                         self.mamba.fused_add_norm = prev_fused
                     self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)

@@ -43,19 +43,21 @@ __all__ = [
 ]
 
 _CONV_BLOCK = (32, 128)  # rows x channels of the forward conv kernel
-_CONV_BWD_BLOCK = (32, 32, 8)  # rows x channels x row blocks per program of the conv backward ("v2", "bf16dpre")
+_CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the conv backward ("v2", "bf16dpre")
 # conv_both backward: "v2" (pre-activation gradient of both directions in an fp32 [2T, C] buffer, then dx from it;
 # two kernels), "bf16dpre" (the same, the buffer in the dtype of the input), "fused" (one kernel, no buffer: each
-# token recomputes the 2K gradients it needs)
-_CONV_BWD_VARIANT = "v2"
+# token recomputes the 2K gradients it needs). H200, 359k tokens (benchmarks/results/conv_sweep_v3_h200.json):
+# bf16dpre 16x64x8 9.7 ms, fused 32x32x4 (4 warps) 10.8 ms, v2 13.7-14.0 ms at its best shapes.
+_CONV_BWD_VARIANT = "bf16dpre"
 _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused")
-_CONV_BWD_FUSED_BLOCK = (32, 64, 4, 8)  # tokens x channels x token blocks per program x warps ("fused")
+_CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
 _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward
 #: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages.
-#: Q 32, 4 warps, 2 stages was the fastest of 18 shapes on an H200 (benchmarks/results/ssd_sweep_h200.json).
-SSD_FWD_CONFIG = {"Q": 32, "num_warps": 4, "num_stages": 2}
+#: Q 16, 4 warps, 3 stages: the fastest of 30 shapes on an H200, 2.96 ms against mamba-ssm's 6.18 ms for both
+#: directions of 256 cells (benchmarks/results/ssd_sweep_h200.json, ssd_sweep2_h200.json).
+SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
 
 @functools.cache
