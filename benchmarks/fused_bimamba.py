@@ -73,7 +73,7 @@ def _run(block: BiMambaBlock, x: torch.Tensor, pack, dout: torch.Tensor, fused: 
     (y.to(dout.dtype) * dout).sum().backward()
     out = {"output": y.detach(), "grad_input": x.grad.detach()}
     out.update({f"grad_{n}": p.grad.detach() for n, p in block.named_parameters()})
-    BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, False
+    BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, True
     return out
 
 
@@ -122,7 +122,7 @@ def _layer_step(block: BiMambaBlock, x: torch.Tensor, pack, mode: str, variant: 
             y = block.forward_packed(xx, pack)
         y.float().square().mean().backward()
     finally:
-        BiMambaBlock.fused_both, BiMambaBlock.fused_both_training, BiMambaBlock.fused_ssd = True, False, True
+        BiMambaBlock.fused_both, BiMambaBlock.fused_both_training, BiMambaBlock.fused_ssd = True, True, True
 
 
 def _time(fn, reps: int) -> list[float]:

@@ -333,13 +333,13 @@ class BiMambaBlock(nn.Module):
     #: or gather the tokens and project ``2T`` rows (False; same function, the pre-issue-14 path).
     project_once: bool = True
     #: Packed path on the mamba-ssm backend: run both directions through :func:`~genemamba_scvi.nn.fused.mixer_both`
-    #: (convolution and gated norm of both directions read the ``T``-token projection; no ``[2T, d_in_proj]``
-    #: gather) when no gradient is taken (inference: +10% on an H200, ``benchmarks/results/fused_bimamba_h200.json``).
-    #: False: gather the projection and call mamba-ssm's fused ``mamba_split_conv1d_scan_combined``.
+    #: (convolution, SSD forward and gated norm of both directions read the ``T``-token projection; no
+    #: ``[2T, d_in_proj]`` gather). False: gather the projection and call mamba-ssm's fused
+    #: ``mamba_split_conv1d_scan_combined``. On an H200 (24 x 512, bf16, ``benchmarks/results/throughput_h200.json``)
+    #: the fused path embeds 981 cells/s against 642 and trains 231-235k real tokens/s against 205-207k.
     fused_both: bool = True
-    #: Also use the fused path when gradients are taken. Off by default: on the H200 its backward measured no
-    #: faster than mamba-ssm's (0.97-1.02x per layer) although it keeps less activation memory.
-    fused_both_training: bool = False
+    #: Also use the fused path when gradients are taken (training; +13% on the H200, two seeds).
+    fused_both_training: bool = True
     #: In the fused path, run the SSD scan forward as one Triton pass per (head, sequence)
     #: (:func:`~genemamba_scvi.nn.fused.ssd_varlen`; mamba-ssm's backward). False: mamba-ssm's chunked scan.
     fused_ssd: bool = True
