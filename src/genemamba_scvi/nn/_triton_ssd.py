@@ -63,17 +63,21 @@ def _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr,
 
 @triton.jit
 def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, cu_ptr, order_ptr,
-    stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group,
+    stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr
 ):
-    """Grid ``(n_heads, n_sequences)``: sequence ``order[pid1]`` (longest first), head ``pid0``.
+    """Grid ``(n_heads * n_sequences,)``: program ``i`` runs head ``i % n_heads`` of sequence ``order[i // n_heads]``.
+
+    Sequences are ordered longest first; the heads of one sequence are neighbouring programs (they share B and C
+    in L2). A 1-D grid, as a 2-D one would cap the sequences at 65,535.
 
     ``INTERPRET``: walk the chunks with a ``while`` loop (Triton's CPU interpreter cannot take a loaded bound in
     ``tl.range``); compiled, ``tl.range`` lets Triton prefetch the next chunk (``NUM_STAGES``).
     """
-    h = tl.program_id(0)
-    s = tl.load(order_ptr + tl.program_id(1))
+    pid = tl.program_id(0)
+    h = pid % n_heads
+    s = tl.load(order_ptr + pid // n_heads)
     g = h // heads_per_group
     start = tl.load(cu_ptr + s)
     end = tl.load(cu_ptr + s + 1)

@@ -425,7 +425,7 @@ class _SSDVarlen(torch.autograd.Function):
         if L and n_seq:
             order = torch.argsort(cu[1:] - cu[:-1], descending=True)  # longest sequences start first
             cfg = SSD_FWD_CONFIG
-            _ssd_kernels().ssd_varlen_fwd_kernel[(nheads, n_seq)](
+            _ssd_kernels().ssd_varlen_fwd_kernel[(nheads * n_seq,)](
                 xbc,
                 dt,
                 dt_bias if dt_bias is not None else A,
@@ -442,6 +442,7 @@ class _SSDVarlen(torch.autograd.Function):
                 xbc.stride(0),
                 y.stride(0),
                 nheads // ngroups,
+                nheads,
                 P=headdim,
                 N=d_state,
                 Q=cfg["Q"],
