@@ -21,6 +21,9 @@ from genemamba_scvi.nn.fused import conv_both, gated_norm_out_proj_both, mixer_b
 from genemamba_scvi.nn.ssd import causal_conv1d_torch, ssd_chunked  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
+# the one-pass SSD (ssd_varlen): compiled on a GPU, tl.dot takes fp32 inputs as tf32 (as mamba-ssm's kernels
+# do) and the backward is mamba-ssm's chunked one, so agreement is to tf32 precision; exact fp32 in the interpreter
+SSD_TOL = 5e-3 if CUDA else 1e-5
 # ragged cells, an empty one, cells shorter than the convolution and longer than a chunk of 8
 LENGTHS = [5, 1, 3, 0, 17, 2, 9]
 
@@ -192,14 +195,19 @@ def _torch_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_sof
     return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, seq_idx=seq_idx)
 
 
-def test_mixer_both_equals_the_gathered_two_direction_mixer():
+@pytest.mark.parametrize("one_pass_ssd", [False, True])
+def test_mixer_both_equals_the_gathered_two_direction_mixer(one_pass_ssd):
+    """With the pure-torch scan, and with the one-pass SSD forward (``cu_seqlens``; dots need sizes >= 16)."""
     torch.manual_seed(4)
-    cfg = GeneMambaConfig(d_model=16, d_state=8, headdim=8, expand=2, chunk_size=8, backend="torch")
+    size = 16 if one_pass_ssd else 8
+    cfg = GeneMambaConfig(d_model=16, d_state=size, headdim=size, expand=2, chunk_size=8, backend="torch")
     block = BiMambaBlock(config=cfg).to(DEVICE)
     p = _pack()
     h = torch.randn(p.n_tokens, 16, device=DEVICE)
     (h1,), (h2,) = _leaves(h)
-    out = mixer_both(block.mixer, block.mixer.in_proj(h1), p.rev, p.seq_idx[0], p.seq_idx_both, scan=_torch_scan)
+    kw = {"cu_seqlens": p.cu_seqlens} if one_pass_ssd else {"scan": _torch_scan}
+    tol = SSD_TOL if one_pass_ssd else 1e-5
+    out = mixer_both(block.mixer, block.mixer.in_proj(h1), p.rev, p.seq_idx[0], p.seq_idx_both, **kw)
     params = list(block.mixer.parameters())
     grads = torch.autograd.grad(
         (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)).sum(), [h1, *params]
@@ -208,17 +216,14 @@ def test_mixer_both_equals_the_gathered_two_direction_mixer():
     grads_r = torch.autograd.grad(
         (ref * torch.linspace(-1, 1, ref.numel(), device=DEVICE).view_as(ref)).sum(), [h2, *params]
     )
-    assert _rel(out, ref) < 1e-5
+    assert _rel(out, ref) < tol
     for got, want in zip(grads, grads_r):
-        assert _rel(got, want) < 1e-4
+        assert _rel(got, want) < max(tol, 1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------
 # One-pass SSD forward (ssd_varlen)
 # ----------------------------------------------------------------------------------------------------
-# compiled on a GPU, tl.dot takes fp32 inputs as tf32 (as mamba-ssm's kernels do), and the backward there is
-# mamba-ssm's chunked one: agreement to tf32 precision; under the interpreter the products are exact fp32
-SSD_TOL = 5e-3 if CUDA else 1e-5
 
 
 @pytest.mark.parametrize(("q", "ngroups"), [(16, 1), (64, 2)])
@@ -270,21 +275,3 @@ def test_ssd_varlen_restarts_the_state_at_every_sequence():
     y2 = ssd_varlen(xbc2, dt, A, cu, seq, **kw)
     assert torch.equal(y1[:20], y2[:20]) and torch.equal(y1[60:], y2[60:])
     assert not torch.equal(y1[20:60], y2[20:60])
-
-
-def test_mixer_both_with_the_one_pass_ssd_equals_the_gathered_mixer():
-    torch.manual_seed(7)
-    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
-    block = BiMambaBlock(config=cfg).to(DEVICE)
-    p = _pack()
-    h = torch.randn(p.n_tokens, 16, device=DEVICE)
-    (h1,), (h2,) = _leaves(h)
-    out = mixer_both(block.mixer, block.mixer.in_proj(h1), p.rev, p.seq_idx[0], p.seq_idx_both,
-                     cu_seqlens=p.cu_seqlens)  # fmt: skip
-    ref = block.mixer(bipack(h2, p).unsqueeze(0), seq_idx=p.seq_idx_both)[0]
-    assert _rel(out, ref) < SSD_TOL
-    params = list(block.mixer.parameters())
-    w = torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)
-    for got, want in zip(torch.autograd.grad((out * w).sum(), [h1, *params]),
-                         torch.autograd.grad((ref * w).sum(), [h2, *params])):  # fmt: skip
-        assert _rel(got, want) < max(SSD_TOL, 1e-4)

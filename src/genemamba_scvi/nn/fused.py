@@ -149,93 +149,49 @@ class _ConvBoth(torch.autograd.Function):
         return dx, dw, db, None, None, None
 
 
+def _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r):
+    """What both backward variants pass their kernel: leading pointers, constants, dW/db partial buffers."""
+    C = xbc.shape[1]
+    K = weight.shape[-1]
+    dw_part = torch.empty(n_r, C, K, dtype=torch.float32, device=xbc.device)
+    db_part = torch.empty(n_r, C, dtype=torch.float32, device=xbc.device)
+    head = (xbc, weight, bias if bias is not None else weight, rev, seq, dout)
+    consts = {"K": K, "KP": _next_pow2(K), "HAS_BIAS": bias is not None, "SILU": silu}
+    return head, consts, dw_part, db_part
+
+
 def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype):
     """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``."""
     T, C = xbc.shape
-    K = weight.shape[-1]
     br, bc, iters = _CONV_BWD_BLOCK
     n_r = _cdiv(2 * T, br * iters)
+    head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dpre = torch.empty(2 * T, C, dtype=dpre_dtype, device=xbc.device)
-    dw_part = torch.empty(n_r, C, K, dtype=torch.float32, device=xbc.device)
-    db_part = torch.empty(n_r, C, dtype=torch.float32, device=xbc.device)
     k = _kernels()
     k.conv_both_bwd_pre_kernel[(n_r, _cdiv(C, bc))](
-        xbc,
-        weight,
-        bias if bias is not None else weight,
-        rev,
-        seq,
-        dout,
-        dpre,
-        dw_part,
-        db_part,
-        T,
-        C,
-        xbc.stride(0),
-        weight.stride(0),
-        dout.stride(0),
-        K=K,
-        KP=_next_pow2(K),
-        HAS_BIAS=bias is not None,
-        SILU=silu,
-        BLOCK_R=br,
-        BLOCK_C=bc,
-        ROW_ITERS=iters,
-        num_warps=4,
-    )
+        *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
+        BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
+    )  # fmt: skip
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
     br, bc = _CONV_BLOCK
     k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
-        weight,
-        seq,
-        dpre,
-        dx,
-        T,
-        C,
-        weight.stride(0),
-        dx.stride(0),
-        K=K,
-        BLOCK_R=br,
-        BLOCK_C=bc,
+        weight, seq, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br, BLOCK_C=bc,
         num_warps=4,
-    )
+    )  # fmt: skip
     return dx, dw_part, db_part
 
 
 def _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, silu):
     """Backward of ``conv_both`` in one kernel (``_CONV_BWD_FUSED_BLOCK``), no gradient buffer."""
     T, C = xbc.shape
-    K = weight.shape[-1]
     br, bc, iters, warps = _CONV_BWD_FUSED_BLOCK
     n_r = max(_cdiv(T, br * iters), 1)
+    head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
-    dw_part = torch.empty(n_r, C, K, dtype=torch.float32, device=xbc.device)
-    db_part = torch.empty(n_r, C, dtype=torch.float32, device=xbc.device)
     _kernels().conv_both_bwd_fused_kernel[(n_r, _cdiv(C, bc))](
-        xbc,
-        weight,
-        bias if bias is not None else weight,
-        rev,
-        seq,
-        dout,
-        dx,
-        dw_part,
-        db_part,
-        T,
-        C,
-        xbc.stride(0),
-        weight.stride(0),
-        dout.stride(0),
-        dx.stride(0),
-        K=K,
-        KP=_next_pow2(K),
-        HAS_BIAS=bias is not None,
-        SILU=silu,
-        BLOCK_R=br,
-        BLOCK_C=bc,
-        ROW_ITERS=iters,
-        num_warps=warps,
-    )
+        *head, dx, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), dx.stride(0),
+        BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
+    )  # fmt: skip
     return dx, dw_part, db_part
 
 
