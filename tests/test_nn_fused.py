@@ -275,3 +275,24 @@ def test_ssd_varlen_restarts_the_state_at_every_sequence():
     y2 = ssd_varlen(xbc2, dt, A, cu, seq, **kw)
     assert torch.equal(y1[:20], y2[:20]) and torch.equal(y1[60:], y2[60:])
     assert not torch.equal(y1[20:60], y2[20:60])
+
+
+def test_mixer_both_falls_back_to_the_chunked_scan_for_sizes_the_one_pass_kernel_cannot_take():
+    """headdim 8 is below Triton's smallest dot: ``ssd_varlen`` refuses it by name, ``mixer_both`` falls back."""
+    from genemamba_scvi.nn.fused import ssd_varlen, ssd_varlen_supports
+
+    assert ssd_varlen_supports(64, 64) and ssd_varlen_supports(16, 128)
+    assert not ssd_varlen_supports(8, 64) and not ssd_varlen_supports(48, 64)
+    p = _pack()
+    with pytest.raises(ValueError, match="powers of two"):
+        ssd_varlen(torch.zeros(p.n_tokens, 24), torch.zeros(p.n_tokens, 2), torch.zeros(2), p.cu_seqlens,
+                   p.seq_idx, nheads=2, headdim=8, ngroups=1, d_state=4)  # fmt: skip
+    if not CUDA:  # the fallback is mamba-ssm's scan, a GPU library; on CPU check the refusal only
+        return
+    torch.manual_seed(8)
+    cfg = GeneMambaConfig(d_model=16, d_state=8, headdim=8, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    out = mixer_both(block.mixer, block.mixer.in_proj(h), p.rev, p.seq_idx[0], p.seq_idx_both, cu_seqlens=p.cu_seqlens)
+    ref = block.mixer(bipack(h, p).unsqueeze(0), seq_idx=p.seq_idx_both)[0]
+    assert _rel(out, ref) < 5e-3

@@ -449,6 +449,11 @@ class _SSDVarlen(torch.autograd.Function):
         return dxbc, ddt, dA, dD, ddt_bias, None, None, None, None, None
 
 
+def ssd_varlen_supports(headdim: int, d_state: int) -> bool:
+    """Whether :func:`ssd_varlen` takes these sizes: powers of two from 16 (Triton's block and dot sizes)."""
+    return all(n >= 16 and n & (n - 1) == 0 for n in (headdim, d_state))
+
+
 def ssd_varlen(
     xbc: torch.Tensor,
     dt: torch.Tensor,
@@ -492,6 +497,8 @@ def ssd_varlen(
         ``[L, H*P]`` in the dtype of ``xbc``: the same function as ``mamba_chunk_scan_combined`` with
         ``seq_idx`` (no ``z``).
     """
+    if not ssd_varlen_supports(headdim, d_state):
+        raise ValueError(f"ssd_varlen needs headdim and d_state that are powers of two >= 16, not {headdim}, {d_state}")
     shape = (nheads, headdim, ngroups, d_state)
     cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
     return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus)
@@ -526,7 +533,7 @@ def mixer_both(
         ``[1, 2T]`` int32 sequence ids of the two-direction row (``PackedCells.seq_idx_both``).
     scan
         The SSD chunk scan (``mamba_chunk_scan_combined`` signature, without ``z``). Default: the one-pass
-        :func:`ssd_varlen` when ``cu_seqlens`` is given, else mamba-ssm's.
+        :func:`ssd_varlen` when ``cu_seqlens`` is given and it supports the sizes, else mamba-ssm's.
     cu_seqlens
         ``[n_cells + 1]`` cell starts (``PackedCells.cu_seqlens``); enables :func:`ssd_varlen`.
 
@@ -543,7 +550,7 @@ def mixer_both(
     dt2 = torch.cat([dt, dt.index_select(0, rev)])
     A = -torch.exp(mixer.A_log.float())
     seq_both = seq_both.to(torch.int32).contiguous()
-    if scan is None and cu_seqlens is not None:
+    if scan is None and cu_seqlens is not None and ssd_varlen_supports(P, mixer.d_state):
         cu = cu_seqlens.to(torch.int64)
         y = ssd_varlen(
             xbc2,
