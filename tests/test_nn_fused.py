@@ -296,3 +296,39 @@ def test_mixer_both_falls_back_to_the_chunked_scan_for_sizes_the_one_pass_kernel
     out = mixer_both(block.mixer, block.mixer.in_proj(h), p.rev, p.seq_idx[0], p.seq_idx_both, cu_seqlens=p.cu_seqlens)
     ref = block.mixer(bipack(h, p).unsqueeze(0), seq_idx=p.seq_idx_both)[0]
     assert _rel(out, ref) < 5e-3
+
+
+def test_block_falls_back_to_mamba_ssms_layer_once_when_the_fused_kernels_fail(monkeypatch, caplog):
+    """A GPU on which Triton cannot build the kernels gets one warning and the unfused layer, not a crash."""
+    import genemamba_scvi.nn.bimamba as bimamba
+
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    p = _pack()
+    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("PTX assembly failed (simulated)")
+
+    # pretend to be a GPU with mamba-ssm whose fused kernels fail
+    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
+    monkeypatch.setattr(bimamba, "mixer_both", broken)
+    monkeypatch.setattr(block.mixer, "resolved_backend", lambda device: "mamba_ssm")
+    monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
+    ref = block.mixer(bipack(h, p).unsqueeze(0), seq_idx=p.seq_idx_both)[0]
+    with caplog.at_level("WARNING", logger="genemamba_scvi"):
+        out1 = block._mix_both(h, p)
+        out2 = block._mix_both(h, p)
+    assert _rel(out1, ref) < 1e-5 and _rel(out2, ref) < 1e-5
+    assert len(calls) == 1  # not tried again on that device
+    assert "fused Bi-Mamba kernels failed" in caplog.text and "simulated" in caplog.text
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(bimamba, "mixer_both", oom)
+    monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # out of memory is the user's to see, not a kernel problem
+        block._mix_both(h, p)

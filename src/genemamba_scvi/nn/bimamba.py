@@ -25,6 +25,7 @@ Merge modes (``f``, ``b`` the two directions): ``"mean"`` ``(f+b)/2``; ``"sum"``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,10 @@ __all__ = [
     "reversal_index_packed",
     "reverse_sequences",
 ]
+
+logger = logging.getLogger("genemamba_scvi")
+#: Devices on which the fused kernels raised (device -> error): they are not tried again in this process.
+_FUSED_FAILED: dict[str, str] = {}
 
 MERGE_MODES = ("gate", "concat", "mean", "sum")
 BLOCKS = ("prenorm", "official", "official_identity")
@@ -146,6 +151,8 @@ def merge_directions(
 # ----------------------------------------------------------------------------------------------------
 # Packed (varlen) batches: the real tokens of all cells in one row, pads never computed
 # ----------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class PackedCells:
     """Index tensors of a packed batch of ``n_cells`` cells holding ``n_tokens`` real tokens in all.
@@ -457,8 +464,21 @@ class BiMambaBlock(nn.Module):
         zxbcdt = self.mixer.in_proj(h)
         use_fused = self.fused_both and (self.fused_both_training or not torch.is_grad_enabled())
         if use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm" and fused_available(h.device):
-            cu = pack.cu_seqlens if self.fused_ssd else None
-            return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both, cu_seqlens=cu)
+            key = str(h.device)
+            if key not in _FUSED_FAILED:
+                cu = pack.cu_seqlens if self.fused_ssd else None
+                try:
+                    return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both, cu_seqlens=cu)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as err:  # Triton cannot compile or launch the kernels on this GPU
+                    _FUSED_FAILED[key] = f"{type(err).__name__}: {err}"
+                    logger.warning(
+                        "genemamba_scvi: the fused Bi-Mamba kernels failed on %s (%s); using mamba-ssm's layer "
+                        "from now on in this process (same function, slower)",
+                        key,
+                        _FUSED_FAILED[key][:300],
+                    )
         return self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
 
     def forward_packed(self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:
