@@ -1,0 +1,181 @@
+"""One-pass SSD scan forward over a packed varlen row (Triton), with mamba-ssm's backward.
+
+Used by :func:`genemamba_scvi.nn.fused.mixer_both` for both directions of a packed Bi-Mamba layer; the kernel is
+in :mod:`genemamba_scvi.nn._triton_ssd` (imported on first use, so this module imports nothing but torch).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+
+__all__ = ["SSD_FWD_CONFIG", "ssd_varlen", "ssd_varlen_supports"]
+
+#: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages.
+#: Q 16, 4 warps, 3 stages: the fastest of 30 shapes on an H200, 2.96 ms against mamba-ssm's 6.18 ms for both
+#: directions of 256 cells (benchmarks/results/ssd_sweep_h200.json, ssd_sweep2_h200.json).
+SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
+
+
+@functools.cache
+def _ssd_kernels() -> Any:
+    import genemamba_scvi.nn._triton_ssd as kernels
+
+    return kernels
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------------------------------
+# One-pass SSD forward over a packed varlen row (mamba-ssm's backward)
+# ----------------------------------------------------------------------------------------------------
+def _split_xbc(xbc: torch.Tensor, nheads: int, headdim: int, ngroups: int, d_state: int):
+    """``[L, H*P + 2*G*N]`` -> views ``x [1, L, H, P]``, ``B``, ``C`` ``[1, L, G, N]``."""
+    L, d_inner, gn = xbc.shape[0], nheads * headdim, ngroups * d_state
+    x, B, C = torch.split(xbc, [d_inner, gn, gn], dim=-1)
+    return (
+        x.view(1, L, nheads, headdim),
+        B.view(1, L, ngroups, d_state),
+        C.view(1, L, ngroups, d_state),
+    )
+
+
+class _SSDVarlen(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus):
+        nheads, headdim, ngroups, d_state = shape
+        if xbc.stride(-1) != 1:
+            xbc = xbc.contiguous()
+        dt = dt.contiguous()
+        L, d_inner, gn = xbc.shape[0], nheads * headdim, ngroups * d_state
+        y = torch.empty(L, d_inner, dtype=xbc.dtype, device=xbc.device)
+        n_seq = cu.numel() - 1
+        if L and n_seq:
+            order = torch.argsort(cu[1:] - cu[:-1], descending=True)  # longest sequences start first
+            cfg = SSD_FWD_CONFIG
+            _ssd_kernels().ssd_varlen_fwd_kernel[(nheads * n_seq,)](
+                xbc,
+                dt,
+                dt_bias if dt_bias is not None else A,
+                A,
+                xbc[:, d_inner:],
+                xbc[:, d_inner + gn :],
+                D if D is not None else A,
+                y,
+                cu,
+                order,
+                xbc.stride(0),
+                dt.stride(0),
+                xbc.stride(0),
+                xbc.stride(0),
+                y.stride(0),
+                nheads // ngroups,
+                nheads,
+                P=headdim,
+                N=d_state,
+                Q=cfg["Q"],
+                HAS_D=D is not None,
+                HAS_DT_BIAS=dt_bias is not None,
+                DT_SOFTPLUS=dt_softplus,
+                NUM_STAGES=cfg["num_stages"],
+                INTERPRET=_interpreting(),
+                num_warps=cfg["num_warps"],
+            )
+        ctx.save_for_backward(xbc, dt, A, D, dt_bias, seq_idx)
+        ctx.shape, ctx.chunk_size, ctx.dt_softplus = shape, chunk_size, dt_softplus
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xbc, dt, A, D, dt_bias, seq_idx = ctx.saved_tensors
+        L = xbc.shape[0]
+        shape = ctx.shape
+        dy = dy.contiguous().view(1, L, shape[0], shape[1])
+        from genemamba_scvi.nn.ssd import load_mamba_ssm_ops, ssd_chunked
+
+        if xbc.is_cuda and load_mamba_ssm_ops()["chunk_scan"] is not None:
+            from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd
+
+            # mamba-ssm's backward (it recomputes the chunk states from the inputs) writes dx, dB and dC
+            # into views of one buffer: the gradient of xbc needs no concatenation
+            dxbc = torch.empty_like(xbc)
+            x, B, C = _split_xbc(xbc, *shape)
+            dx, dB, dC = _split_xbc(dxbc, *shape)
+            _, ddt, dA, _, _, dD, _, ddt_bias, _ = _mamba_chunk_scan_combined_bwd(
+                dy, x, dt.unsqueeze(0), A, B, C, x,  # "out" is only read with z, which is None here
+                ctx.chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=ctx.dt_softplus,
+                dx=dx, dB=dB, dC=dC,
+            )  # fmt: skip
+            ddt = ddt[0]
+        else:  # CPU (Triton's interpreter) or no mamba-ssm: differentiate the pure-torch chunked scan
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None
+                          for t in (xbc, dt, A, D, dt_bias)]  # fmt: skip
+                xbc_, dt_, A_, D_, dtb_ = leaves
+                x_, B_, C_ = _split_xbc(xbc_, *shape)
+                y = ssd_chunked(x_, dt_.unsqueeze(0), A_, B_, C_, ctx.chunk_size, D=D_, dt_bias=dtb_,
+                                dt_softplus=ctx.dt_softplus, seq_idx=seq_idx)  # fmt: skip
+                inputs = [t for t in leaves if t is not None]
+                grads = iter(torch.autograd.grad(y, inputs, dy))
+                dxbc, ddt, dA, dD, ddt_bias = (next(grads) if t is not None else None for t in leaves)
+        return dxbc, ddt, dA, dD, ddt_bias, None, None, None, None, None
+
+
+def ssd_varlen_supports(headdim: int, d_state: int) -> bool:
+    """Whether :func:`ssd_varlen` takes these sizes: powers of two from 16 (Triton's block and dot sizes)."""
+    return all(n >= 16 and n & (n - 1) == 0 for n in (headdim, d_state))
+
+
+def ssd_varlen(
+    xbc: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    seq_idx: torch.Tensor,
+    *,
+    nheads: int,
+    headdim: int,
+    ngroups: int,
+    d_state: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """Mamba-2's SSD scan of a packed varlen row in one Triton kernel (forward); mamba-ssm's backward.
+
+    Parameters
+    ----------
+    xbc
+        ``[L, H*P + 2*G*N]``: the convolved ``x``, ``B`` and ``C`` columns of every row (``conv_both``'s
+        output).
+    dt
+        ``[L, H]`` raw time steps (before ``dt_bias`` and softplus).
+    A
+        ``[H]`` (negative) decay rates.
+    cu_seqlens
+        ``[n_seq + 1]`` sequence starts in the row (empty sequences allowed); the state starts at 0 in each.
+    seq_idx
+        ``[1, L]`` int32 sequence id of every row (for mamba-ssm's backward).
+    nheads, headdim, ngroups, d_state
+        ``H``, ``P``, ``G``, ``N``.
+    D, dt_bias, dt_softplus, chunk_size
+        As ``mamba_chunk_scan_combined`` (``chunk_size`` is the backward's; the forward walks chunks of
+        ``SSD_FWD_CONFIG["Q"]`` rows).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[L, H*P]`` in the dtype of ``xbc``: the same function as ``mamba_chunk_scan_combined`` with
+        ``seq_idx`` (no ``z``).
+    """
+    if not ssd_varlen_supports(headdim, d_state):
+        raise ValueError(f"ssd_varlen needs headdim and d_state that are powers of two >= 16, not {headdim}, {d_state}")
+    shape = (nheads, headdim, ngroups, d_state)
+    cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
+    return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus)
