@@ -365,6 +365,7 @@ class Runner:
                 ("ablation_unfused_training", 2048, "train", a.train_cells_2048),
                 ("ablation_unfused_both", 2048, "infer", a.infer_cells_2048),
                 ("ablation_mamba_ssd", 2048, "infer", a.infer_cells_2048),
+                ("ablation_fused_merge", 2048, "infer", a.infer_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]
@@ -763,6 +764,7 @@ class Runner:
                 "ablation_gather_then_project",
                 "ablation_unfused_both",
                 "ablation_mamba_ssd",
+                "ablation_fused_merge",
                 "ablation_unfused_training",
                 "stress",
             ):
@@ -795,6 +797,8 @@ class Runner:
                     BiMambaBlock.fused_both = False
                 if s["kind"] == "ablation_mamba_ssd":
                     BiMambaBlock.fused_ssd = False
+                if s["kind"] == "ablation_fused_merge":
+                    BiMambaBlock.fused_merge = True
                 if s["kind"] == "ablation_unfused_training":
                     BiMambaBlock.fused_both_training = False
                 t0 = time.perf_counter()
@@ -808,6 +812,8 @@ class Runner:
                         rec["note"] = "projection gathered into the [2T] row, then mamba_split_conv1d_scan_combined"
                     if s["kind"] == "ablation_mamba_ssd":
                         rec["note"] = "fused path with mamba-ssm's chunked SSD forward instead of nn.fused.ssd_varlen"
+                    if s["kind"] == "ablation_fused_merge":
+                        rec["note"] = "gated merge in one Triton pass (nn.fused.gate_merge_both), not yet the default"
                     if s["kind"] == "ablation_unfused_training":
                         rec["note"] = "training through mamba_split_conv1d_scan_combined (not nn.fused.mixer_both)"
                     self.results.append(rec)
@@ -855,7 +861,7 @@ class Runner:
                 finally:
                     BiMambaBlock.project_once = True
                     BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, True
-                    BiMambaBlock.fused_ssd = True
+                    BiMambaBlock.fused_ssd, BiMambaBlock.fused_merge = True, False
                     if s["kind"] == "ablation_no_fused_norm":
                         self.mamba.fused_add_norm = prev_fused
                     self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)

@@ -332,3 +332,46 @@ def test_block_falls_back_to_mamba_ssms_layer_once_when_the_fused_kernels_fail(m
     monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
     with pytest.raises(torch.cuda.OutOfMemoryError):  # out of memory is the user's to see, not a kernel problem
         block._mix_both(h, p)
+
+
+def test_gate_merge_both_equals_merge_packed_and_refuses_gradients():
+    from genemamba_scvi.nn.bimamba import merge_packed
+    from genemamba_scvi.nn.fused import gate_merge_both
+
+    torch.manual_seed(9)
+    p = _pack()
+    d = 24  # not a multiple of the channel block: the column mask is exercised
+    out2 = torch.randn(2 * p.n_tokens, d, device=DEVICE)
+    weight, bias = torch.randn(d, 2 * d, device=DEVICE) / d**0.5, torch.randn(d, device=DEVICE)
+    with torch.no_grad():
+        got = gate_merge_both(out2, p.rev, weight, bias)
+        want = merge_packed(out2, p.rev, "gate", weight, bias)
+        assert _rel(got, want) < (5e-3 if CUDA else 1e-5)
+        assert _rel(gate_merge_both(out2, p.rev, weight, None), merge_packed(out2, p.rev, "gate", weight)) < (
+            5e-3 if CUDA else 1e-5
+        )
+    with pytest.raises(RuntimeError, match="no backward"):
+        gate_merge_both(out2.requires_grad_(), p.rev, weight, bias)
+
+
+def test_block_uses_the_one_pass_merge_only_when_switched_on_and_without_gradients(monkeypatch):
+    import genemamba_scvi.nn.bimamba as bimamba
+
+    torch.manual_seed(10)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    p = _pack()
+    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)  # as on a GPU with Triton
+    calls = []
+    real = bimamba.gate_merge_both
+    monkeypatch.setattr(bimamba, "gate_merge_both", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        ref = block.mix_packed(h, p)
+        assert not calls  # off by default (not measured on a GPU yet)
+        monkeypatch.setattr(BiMambaBlock, "fused_merge", True)
+        got = block.mix_packed(h, p)
+    assert calls and _rel(got, ref) < (5e-3 if CUDA else 1e-5)
+    n = len(calls)
+    block.mix_packed(h, p).sum().backward()  # with gradients: the differentiable merge
+    assert len(calls) == n

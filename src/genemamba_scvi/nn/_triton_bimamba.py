@@ -348,3 +348,26 @@ def gated_norm_both_bwd_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, rstd_ptr, dn_ptr, d
                 dw += dw_d
             tl.store(dz_ptr + u64 * stride_dz + cols, dz.to(dz_ptr.dtype.element_ty), mask=mask)
     tl.store(dw_part_ptr + pid * (n_groups * G) + cols, dw, mask=mask)
+
+
+@triton.jit
+def gate_merge_both_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, y_ptr, T, D, stride_o, stride_pf, stride_pb, stride_y,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """``y[u] = b + sigmoid(pf[u] + pb[j]) * (f - b)`` with ``f = out2[u]``, ``j = rev[u]``, ``b = out2[T + j]``.
+
+    ``pf = f W_f^T + c`` and ``pb = out2[T:] W_b^T`` come from two GEMMs on the rows as they lie; the reversed
+    direction's rows are read through ``rev`` here, so neither ``b`` nor its projection is gathered first.
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < T
+    mask = rmask[:, None] & (cols < D)[None, :]
+    u = rows.to(tl.int64)
+    j = tl.load(rev_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    f = tl.load(out2_ptr + u[:, None] * stride_o + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(out2_ptr + (T + j)[:, None] * stride_o + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    p = tl.load(pf_ptr + u[:, None] * stride_pf + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    p += tl.load(pb_ptr + j[:, None] * stride_pb + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    y = b + tl.sigmoid(p) * (f - b)
+    tl.store(y_ptr + u[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
-from genemamba_scvi.nn.fused import fused_available, mixer_both
+from genemamba_scvi.nn.fused import fused_available, gate_merge_both, mixer_both
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
 
 __all__ = [
@@ -350,6 +350,10 @@ class BiMambaBlock(nn.Module):
     #: In the fused path, run the SSD scan forward as one Triton pass per (head, sequence)
     #: (:func:`~genemamba_scvi.nn.fused.ssd_varlen`; mamba-ssm's backward). False: mamba-ssm's chunked scan.
     fused_ssd: bool = True
+    #: In inference on a GPU, merge the two directions with :func:`~genemamba_scvi.nn.fused.gate_merge_both` (two
+    #: GEMMs, then gather + gate + interpolation in one Triton pass). Off until measured on a GPU
+    #: (``throughput.py``'s ``ablation_fused_merge``).
+    fused_merge: bool = False
 
     @property
     def needs_merge_linear(self) -> bool:
@@ -451,6 +455,14 @@ class BiMambaBlock(nn.Module):
             return self.mixer(h.unsqueeze(0), seq_idx=pack.seq_idx)[0]
         out2 = self._mix_both(h, pack)
         weight, bias = self._merge_weights(merge_linear)
+        if (
+            self.fused_merge
+            and self.merge_mode == "gate"
+            and not torch.is_grad_enabled()
+            and fused_available(h.device)
+            and str(h.device) not in _FUSED_FAILED
+        ):
+            return gate_merge_both(out2, pack.rev, weight, bias)
         return merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
 
     def _mix_both(self, h: torch.Tensor, pack: PackedCells) -> torch.Tensor:

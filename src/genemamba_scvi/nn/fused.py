@@ -40,6 +40,7 @@ __all__ = [
     "SSD_FWD_CONFIG",
     "conv_both",
     "fused_available",
+    "gate_merge_both",
     "gated_norm_out_proj_both",
     "mixer_both",
     "ssd_varlen",
@@ -341,6 +342,50 @@ def gated_norm_out_proj_both(
     """
     group_size = group_size or y.shape[-1]
     return _GatedNormOutProjBoth.apply(y, z, rev, norm_weight, out_weight, out_bias, float(eps), int(group_size))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gated merge of the two directions (inference)
+# ----------------------------------------------------------------------------------------------------
+_MERGE_BLOCK = (16, 128)  # tokens x channels per program of the merge kernel (not tuned on a GPU yet)
+
+
+def gate_merge_both(out2: torch.Tensor, rev: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """The ``"gate"`` merge of a two-direction row in one pass after two GEMMs (no gradient).
+
+    Parameters
+    ----------
+    out2
+        ``[2T, d]`` mixer outputs: the cells, then each cell reversed in place (``BiMambaBlock._mix_both``).
+    rev
+        ``[T]`` int64 per-cell reversal index.
+    weight, bias
+        The merge ``Linear(2d, d)``: ``[d, 2d]`` and ``[d]`` or None.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[T, d]`` in the dtype of ``out2``: the same function as
+        :func:`~genemamba_scvi.nn.bimamba.merge_packed` with ``mode="gate"`` and no residual, with the gate
+        and the interpolation in float32.
+    """
+    if torch.is_grad_enabled() and (out2.requires_grad or weight.requires_grad):
+        raise RuntimeError("gate_merge_both has no backward: call it under torch.no_grad() / inference_mode()")
+    T = rev.shape[0]
+    d = out2.shape[1]
+    if out2.stride(-1) != 1:
+        out2 = out2.contiguous()
+    w = weight.to(out2.dtype)
+    pf = F.linear(out2[:T], w[:, :d], bias.to(out2.dtype) if bias is not None else None)
+    pb = F.linear(out2[T:], w[:, d:])  # row j belongs to token rev[j]
+    y = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
+    br, bd = _MERGE_BLOCK
+    if T:
+        _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
+            out2, pf, pb, rev, y, T, d, out2.stride(0), pf.stride(0), pb.stride(0), y.stride(0),
+            BLOCK_R=br, BLOCK_D=bd, num_warps=4,
+        )  # fmt: skip
+    return y
 
 
 # ----------------------------------------------------------------------------------------------------
