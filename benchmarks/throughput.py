@@ -271,6 +271,36 @@ def autotune_winners() -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------------------------------
 # Benchmark machinery
 # ----------------------------------------------------------------------------------------------------
+#: Ablations of one BiMambaBlock switch: setting kind -> (class attribute, value during the setting, note).
+BLOCK_ABLATIONS = {
+    "ablation_gather_then_project": (
+        "project_once",
+        False,
+        "tokens gathered into the two-direction row, then in_proj on 2T rows",
+    ),
+    "ablation_unfused_both": (
+        "fused_both",
+        False,
+        "projection gathered into the [2T] row, then mamba_split_conv1d_scan_combined",
+    ),
+    "ablation_mamba_ssd": (
+        "fused_ssd",
+        False,
+        "fused path with mamba-ssm's chunked SSD forward instead of nn.fused.ssd_varlen",
+    ),
+    "ablation_fused_merge": (
+        "fused_merge",
+        True,
+        "gated merge in one Triton pass (nn.fused.gate_merge_both), not yet the default",
+    ),
+    "ablation_unfused_training": (
+        "fused_both_training",
+        False,
+        "training through mamba_split_conv1d_scan_combined (not nn.fused.mixer_both)",
+    ),
+}
+
+
 def _has_varlen_attn() -> bool:
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
@@ -759,15 +789,7 @@ class Runner:
             models = ["genemamba", "transformer"]
             if s["kind"] == "real" and self.cuda and _has_varlen_attn():
                 models.append("transformer_varlen")
-            if s["kind"] in (
-                "ablation_no_fused_norm",
-                "ablation_gather_then_project",
-                "ablation_unfused_both",
-                "ablation_mamba_ssd",
-                "ablation_fused_merge",
-                "ablation_unfused_training",
-                "stress",
-            ):
+            if s["kind"] in BLOCK_ABLATIONS or s["kind"] in ("ablation_no_fused_norm", "stress"):
                 models = ["genemamba"]
             batches = None
             for model in models:
@@ -791,31 +813,17 @@ class Runner:
                 prev_fused = self.mamba.fused_add_norm
                 if s["kind"] == "ablation_no_fused_norm":
                     self.mamba.fused_add_norm = False
-                if s["kind"] == "ablation_gather_then_project":
-                    BiMambaBlock.project_once = False
-                if s["kind"] == "ablation_unfused_both":
-                    BiMambaBlock.fused_both = False
-                if s["kind"] == "ablation_mamba_ssd":
-                    BiMambaBlock.fused_ssd = False
-                if s["kind"] == "ablation_fused_merge":
-                    BiMambaBlock.fused_merge = True
-                if s["kind"] == "ablation_unfused_training":
-                    BiMambaBlock.fused_both_training = False
+                ablation = BLOCK_ABLATIONS.get(s["kind"])
+                if ablation is not None:
+                    saved_switch = getattr(BiMambaBlock, ablation[0])
+                    setattr(BiMambaBlock, ablation[0], ablation[1])
                 t0 = time.perf_counter()
                 try:
                     rec = self.measure(s, model, batches)
                     if s["kind"] == "ablation_no_fused_norm":
                         rec["note"] = "fused residual-add+RMSNorm replaced by eager add + RMSNorm"
-                    if s["kind"] == "ablation_gather_then_project":
-                        rec["note"] = "tokens gathered into the two-direction row, then in_proj on 2T rows"
-                    if s["kind"] == "ablation_unfused_both":
-                        rec["note"] = "projection gathered into the [2T] row, then mamba_split_conv1d_scan_combined"
-                    if s["kind"] == "ablation_mamba_ssd":
-                        rec["note"] = "fused path with mamba-ssm's chunked SSD forward instead of nn.fused.ssd_varlen"
-                    if s["kind"] == "ablation_fused_merge":
-                        rec["note"] = "gated merge in one Triton pass (nn.fused.gate_merge_both), not yet the default"
-                    if s["kind"] == "ablation_unfused_training":
-                        rec["note"] = "training through mamba_split_conv1d_scan_combined (not nn.fused.mixer_both)"
+                    if ablation is not None:
+                        rec["note"] = ablation[2]
                     self.results.append(rec)
                     est_step[model] = max(rec["step_time_s_median"], 0.05)
                     print(
@@ -859,9 +867,8 @@ class Runner:
                         self.mamba.fused_add_norm = False
                         self.meta["models"]["genemamba"]["fused_add_rmsnorm"] = False
                 finally:
-                    BiMambaBlock.project_once = True
-                    BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, True
-                    BiMambaBlock.fused_ssd, BiMambaBlock.fused_merge = True, False
+                    if ablation is not None:
+                        setattr(BiMambaBlock, ablation[0], saved_switch)
                     if s["kind"] == "ablation_no_fused_norm":
                         self.mamba.fused_add_norm = prev_fused
                     self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)
