@@ -55,6 +55,12 @@ logger = logging.getLogger("genemamba_scvi")
 #: Devices on which the fused kernels raised (device -> error): they are not tried again in this process.
 _FUSED_FAILED: dict[str, str] = {}
 
+
+def _fused_usable(device: torch.device) -> bool:
+    """Whether this package's Triton kernels may run on ``device`` (CUDA with Triton, no earlier failure there)."""
+    return fused_available(device) and str(device) not in _FUSED_FAILED
+
+
 MERGE_MODES = ("gate", "concat", "mean", "sum")
 BLOCKS = ("prenorm", "official", "official_identity")
 
@@ -151,8 +157,6 @@ def merge_directions(
 # ----------------------------------------------------------------------------------------------------
 # Packed (varlen) batches: the real tokens of all cells in one row, pads never computed
 # ----------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class PackedCells:
     """Index tensors of a packed batch of ``n_cells`` cells holding ``n_tokens`` real tokens in all.
@@ -455,13 +459,7 @@ class BiMambaBlock(nn.Module):
             return self.mixer(h.unsqueeze(0), seq_idx=pack.seq_idx)[0]
         out2 = self._mix_both(h, pack)
         weight, bias = self._merge_weights(merge_linear)
-        if (
-            self.fused_merge
-            and self.merge_mode == "gate"
-            and not torch.is_grad_enabled()
-            and fused_available(h.device)
-            and str(h.device) not in _FUSED_FAILED
-        ):
+        if self.fused_merge and self.merge_mode == "gate" and not torch.is_grad_enabled() and _fused_usable(h.device):
             return gate_merge_both(out2, pack.rev, weight, bias)
         return merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
 
@@ -475,22 +473,21 @@ class BiMambaBlock(nn.Module):
             return self.mixer(bipack(h, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
         zxbcdt = self.mixer.in_proj(h)
         use_fused = self.fused_both and (self.fused_both_training or not torch.is_grad_enabled())
-        if use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm" and fused_available(h.device):
-            key = str(h.device)
-            if key not in _FUSED_FAILED:
-                cu = pack.cu_seqlens if self.fused_ssd else None
-                try:
-                    return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both, cu_seqlens=cu)
-                except torch.cuda.OutOfMemoryError:
-                    raise
-                except Exception as err:  # Triton cannot compile or launch the kernels on this GPU
-                    _FUSED_FAILED[key] = f"{type(err).__name__}: {err}"
-                    logger.warning(
-                        "genemamba_scvi: the fused Bi-Mamba kernels failed on %s (%s); using mamba-ssm's layer "
-                        "from now on in this process (same function, slower)",
-                        key,
-                        _FUSED_FAILED[key][:300],
-                    )
+        if use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm" and _fused_usable(h.device):
+            cu = pack.cu_seqlens if self.fused_ssd else None
+            try:
+                return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both, cu_seqlens=cu)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as err:  # Triton cannot compile or launch the kernels on this GPU
+                key = str(h.device)
+                _FUSED_FAILED[key] = f"{type(err).__name__}: {err}"
+                logger.warning(
+                    "genemamba_scvi: the fused Bi-Mamba kernels failed on %s (%s); using mamba-ssm's layer "
+                    "from now on in this process (same function, slower)",
+                    key,
+                    _FUSED_FAILED[key][:300],
+                )
         return self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
 
     def forward_packed(self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:

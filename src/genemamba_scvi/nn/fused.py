@@ -34,7 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn.fused_ssd import SSD_FWD_CONFIG, ssd_varlen, ssd_varlen_supports
+from genemamba_scvi.nn.config import check_choice
+from genemamba_scvi.nn.fused_ssd import SSD_FWD_CONFIG, _split_xbc, ssd_varlen, ssd_varlen_supports
 
 __all__ = [
     "SSD_FWD_CONFIG",
@@ -127,13 +128,12 @@ class _ConvBoth(torch.autograd.Function):
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
         variant = _CONV_BWD_VARIANT
+        check_choice("_CONV_BWD_VARIANT", variant, _CONV_BWD_VARIANTS)
         if variant == "fused":
             dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu)
-        elif variant in ("v2", "bf16dpre"):
+        else:
             dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
             dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype)
-        else:
-            raise ValueError(f"_CONV_BWD_VARIANT must be one of {_CONV_BWD_VARIANTS}, not {variant!r}")
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None, None
@@ -428,52 +428,25 @@ def mixer_both(
     """
     T = zxbcdt.shape[0]
     d_inner, H, P = mixer.d_inner, mixer.nheads, mixer.headdim
-    gn = mixer.ngroups * mixer.d_state
-    z, xbc, dt = torch.split(zxbcdt, [d_inner, d_inner + 2 * gn, H], dim=-1)
+    G, N = mixer.ngroups, mixer.d_state
+    z, xbc, dt = torch.split(zxbcdt, [d_inner, d_inner + 2 * G * N, H], dim=-1)
     xbc2 = conv_both(xbc, mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, rev, seq, silu=True)
     dt2 = torch.cat([dt, dt.index_select(0, rev)])
     A = -torch.exp(mixer.A_log.float())
     seq_both = seq_both.to(torch.int32).contiguous()
-    if scan is None and cu_seqlens is not None and ssd_varlen_supports(P, mixer.d_state):
+    if scan is None and cu_seqlens is not None and ssd_varlen_supports(P, N):
         cu = cu_seqlens.to(torch.int64)
-        y = ssd_varlen(
-            xbc2,
-            dt2,
-            A,
-            torch.cat([cu[:-1], cu + T]),  # the cells, then the reversed cells
-            seq_both,
-            nheads=H,
-            headdim=P,
-            ngroups=mixer.ngroups,
-            d_state=mixer.d_state,
-            D=mixer.D,
-            dt_bias=mixer.dt_bias,
-            dt_softplus=True,
-            chunk_size=mixer.chunk_size,
-        )
-        return _norm_out(mixer, y, z, rev)
-    if scan is None:
-        from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+        cu_both = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells
+        y = ssd_varlen(xbc2, dt2, A, cu_both, seq_both, nheads=H, headdim=P, ngroups=G, d_state=N, D=mixer.D,
+                       dt_bias=mixer.dt_bias, dt_softplus=True, chunk_size=mixer.chunk_size)  # fmt: skip
+    else:
+        if scan is None:
+            from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
 
-        scan = load_mamba_ssm_ops()["chunk_scan"]
-    x, B, C = torch.split(xbc2, [d_inner, gn, gn], dim=-1)
-    y = scan(
-        x.reshape(1, 2 * T, H, P),
-        dt2.unsqueeze(0),
-        A,
-        B.reshape(1, 2 * T, mixer.ngroups, mixer.d_state),
-        C.reshape(1, 2 * T, mixer.ngroups, mixer.d_state),
-        mixer.chunk_size,
-        D=mixer.D,
-        z=None,
-        dt_bias=mixer.dt_bias,
-        dt_softplus=True,
-        seq_idx=seq_both,
-    )
-    return _norm_out(mixer, y.reshape(2 * T, d_inner), z, rev)
-
-
-def _norm_out(mixer: Any, y: torch.Tensor, z: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
+            scan = load_mamba_ssm_ops()["chunk_scan"]
+        x, B, C = _split_xbc(xbc2, H, P, G, N)
+        y = scan(x, dt2.unsqueeze(0), A, B, C, mixer.chunk_size, D=mixer.D, z=None, dt_bias=mixer.dt_bias,
+                 dt_softplus=True, seq_idx=seq_both).reshape(2 * T, d_inner)  # fmt: skip
     return gated_norm_out_proj_both(
         y,
         z,
