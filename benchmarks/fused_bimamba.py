@@ -26,6 +26,7 @@ Usage (GPU machine; see shared/gpu/README.md)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -64,16 +65,34 @@ def _metrics(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _run(block: BiMambaBlock, x: torch.Tensor, pack, dout: torch.Tensor, fused: bool, bf16: bool) -> dict:
-    BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
+#: Layer paths: (BiMambaBlock.fused_both and fused_both_training, BiMambaBlock.fused_ssd).
+VARIANTS = {"fused": (True, True), "fused_mamba_ssd": (True, False), "unfused": (False, False)}
+
+
+@contextlib.contextmanager
+def _path(variant: str):
+    """Run the layer on one of ``VARIANTS``; the class switches are restored afterwards."""
+    names = ("fused_both", "fused_both_training", "fused_ssd")
+    saved = [getattr(BiMambaBlock, n) for n in names]
+    fused, fused_ssd = VARIANTS[variant]
+    for n, v in zip(names, (fused, fused, fused_ssd)):
+        setattr(BiMambaBlock, n, v)
+    try:
+        yield
+    finally:
+        for n, v in zip(names, saved):
+            setattr(BiMambaBlock, n, v)
+
+
+def _run(block: BiMambaBlock, x: torch.Tensor, pack, dout: torch.Tensor, variant: str, bf16: bool) -> dict:
     x = x.detach().clone().requires_grad_()
     block.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-        y = block.forward_packed(x, pack)
-    (y.to(dout.dtype) * dout).sum().backward()
+    with _path(variant):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            y = block.forward_packed(x, pack)
+        (y.to(dout.dtype) * dout).sum().backward()
     out = {"output": y.detach(), "grad_input": x.grad.detach()}
     out.update({f"grad_{n}": p.grad.detach() for n, p in block.named_parameters()})
-    BiMambaBlock.fused_both, BiMambaBlock.fused_both_training = True, True
     return out
 
 
@@ -88,11 +107,11 @@ def parity(d_model: int, n_cells: int, seed: int, dev: str) -> dict[str, Any]:
     g = torch.Generator(device=dev).manual_seed(seed + 1)
     x = torch.randn(pack.n_tokens, d_model, device=dev, generator=g)
     dout = torch.randn(pack.n_tokens, d_model, device=dev, generator=g)
-    r64 = _run(ref, x.double(), pack, dout.double(), fused=False, bf16=False)
+    r64 = _run(ref, x.double(), pack, dout.double(), "unfused", bf16=False)
     case: dict[str, Any] = {"d_model": d_model, "n_cells": n_cells, "n_tokens": pack.n_tokens}
     for prec, bf16 in (("float32", False), ("bf16", True)):
         for path in ("fused", "unfused"):
-            res = _run(block, x, pack, dout, fused=path == "fused", bf16=bf16)
+            res = _run(block, x, pack, dout, path, bf16=bf16)
             per = {k: _metrics(res[k], r64[k]) for k in r64}
             worst = {m: max(v[m] for v in per.values()) for m in ("norm_rel", "max_rel")}
             case[f"{path}_{prec}"] = {
@@ -103,16 +122,9 @@ def parity(d_model: int, n_cells: int, seed: int, dev: str) -> dict[str, Any]:
     return case
 
 
-#: Layer paths timed: (BiMambaBlock.fused_both and fused_both_training, BiMambaBlock.fused_ssd).
-VARIANTS = {"fused": (True, True), "fused_mamba_ssd": (True, False), "unfused": (False, False)}
-
-
 def _layer_step(block: BiMambaBlock, x: torch.Tensor, pack, mode: str, variant: str) -> None:
     """One layer step (bf16 autocast): forward without grad (``"infer"``) or forward + backward (``"train"``)."""
-    fused, fused_ssd = VARIANTS[variant]
-    BiMambaBlock.fused_both = BiMambaBlock.fused_both_training = fused
-    BiMambaBlock.fused_ssd = fused_ssd
-    try:
+    with _path(variant):
         if mode == "infer":
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 block.forward_packed(x, pack)
@@ -121,8 +133,6 @@ def _layer_step(block: BiMambaBlock, x: torch.Tensor, pack, mode: str, variant: 
         with torch.autocast("cuda", dtype=torch.bfloat16):
             y = block.forward_packed(xx, pack)
         y.float().square().mean().backward()
-    finally:
-        BiMambaBlock.fused_both, BiMambaBlock.fused_both_training, BiMambaBlock.fused_ssd = True, True, True
 
 
 def _time(fn, reps: int) -> list[float]:

@@ -119,22 +119,21 @@ def main(argv=None) -> str:
     base = json.loads((args.dir / "biology_summary.json").read_text())
     var = json.loads((args.dir / f"biology_summary{args.suffix}.json").read_text())
     cmp = json.loads((args.dir / f"biology_compare{args.suffix}_vs_default.json").read_text())
+    # (summary key, title, methods, method pairs, score columns, their headers)
+    sections = (
+        ("integration_pbmc68k", "integration, pbmc68k curated labels", INTEGRATION, INTEGRATION_PAIRS, BIO, BIO),
+        ("integration_two_batch", "two batches, indicative", INTEGRATION, INTEGRATION_PAIRS, TWO_BATCH, TWO_BATCH),
+        ("annotation", "annotation", ANNOTATION, ANNOTATION_PAIRS, ANN_SCORES, ANN_HEAD),
+    )
     out = []
     for name, s in (("default", base), (args.suffix, var)):
-        out += [
-            f"### integration, pbmc68k curated labels ({name}): means",
-            means_table(s, "integration_pbmc68k", INTEGRATION, BIO, BIO),
-            f"### integration, pbmc68k curated labels ({name}): paired differences",
-            pairs_table(s, "integration_pbmc68k", INTEGRATION_PAIRS, BIO, BIO),
-            f"### two batches, indicative ({name}): means",
-            means_table(s, "integration_two_batch", INTEGRATION, TWO_BATCH, TWO_BATCH),
-            f"### two batches, indicative ({name}): paired differences",
-            pairs_table(s, "integration_two_batch", INTEGRATION_PAIRS, TWO_BATCH, TWO_BATCH),
-            f"### annotation ({name}): means",
-            means_table(s, "annotation", ANNOTATION, ANN_SCORES, ANN_HEAD),
-            f"### annotation ({name}): paired differences",
-            pairs_table(s, "annotation", ANNOTATION_PAIRS, ANN_SCORES, ANN_HEAD),
-        ]
+        for key, title, methods, pairs, scores, head in sections:
+            out += [
+                f"### {title} ({name}): means",
+                means_table(s, key, methods, scores, head),
+                f"### {title} ({name}): paired differences",
+                pairs_table(s, key, pairs, scores, head),
+            ]
     gm_rows = [
         ("same_method", "GeneMamba", None, "GeneMamba (2 layers)"),
         ("same_method", "GM 0-layer", None, "GM 0-layer"),
