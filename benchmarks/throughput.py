@@ -780,7 +780,8 @@ class Runner:
             self.write()
         est_step = {"genemamba": 1.0, "transformer": 1.0, "transformer_varlen": 1.0}
         for s in self.settings():
-            if s["kind"] == "ablation_no_fused_norm" and not a.no_profile and "profile" not in self.meta:
+            profile_now = a.profile_first or s["kind"] == "ablation_no_fused_norm"
+            if profile_now and not a.no_profile and "profile" not in self.meta:
                 if self.elapsed() + 15 < a.budget_s:
                     self.meta["profile"] = self.profile()
                     self.write()
@@ -928,7 +929,7 @@ class Runner:
             self.meta["self_check"] = self.self_check()
 
     def profile(self) -> dict[str, Any]:
-        """GPU time of one training step of each model on a real top-2048 batch, by kernel family."""
+        """GPU time of one step of each model on a real top-2048 batch, by kernel family (``--profile-modes``)."""
         out: dict[str, Any] = {}
         if not self.cuda:
             return {"skipped": "CPU"}
@@ -945,12 +946,14 @@ class Runner:
                 ("gather_scatter_copy", r"index|gather|scatter|copy|cat|masked|nonzero|Cat"),
                 ("elementwise_reduce", r"elementwise|vectorized|reduce|Reduce|sigmoid|lerp|softplus|silu|gelu"),
             ]
-            b = self.make_batch(dict(kind="real", n=2048, cells=self.args.train_cells_2048, mode="train"))
-            for model in ("genemamba", "transformer"):
-                self.step(model, "train", b)
+            models = ["genemamba", "transformer"] + (["transformer_varlen"] if _has_varlen_attn() else [])
+            cells = {"train": self.args.train_cells_2048, "infer": self.args.infer_cells_2048}
+            for mode, model in [(m, x) for m in self.args.profile_modes.split(",") for x in models]:
+                b = self.make_batch(dict(kind="real", n=2048, cells=cells[mode], mode=mode))
+                self.step(model, mode, b)
                 self._sync()
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    self.step(model, "train", b)
+                    self.step(model, mode, b)
                     self._sync()
                 tot: dict[str, float] = {}
                 top = []
@@ -963,13 +966,14 @@ class Runner:
                     top.append((t, e.key[:90], e.count))
                 total = sum(tot.values()) or 1.0
                 top.sort(reverse=True)
-                out[model] = {
+                out[model if mode == "train" else f"{model}_infer"] = {
+                    "cells": cells[mode],
+                    "real_tokens": int(b["lens"].sum()),
                     "gpu_time_ms": total / 1e3,
                     "share_by_family": {k: round(v / total, 3) for k, v in sorted(tot.items(), key=lambda kv: -kv[1])},
-                    "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in top[:14]],
+                    "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in top[:24]],
                 }
-                self.opt[model].zero_grad(set_to_none=True)
-            out["batch"] = {"cells": self.args.train_cells_2048, "real_tokens": int(b["lens"].sum()), "Lmax": b["Lmax"]}
+                self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)
         except Exception as err:
             out["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         print(f"[profile] {json.dumps(out)[:3000]}", flush=True)
@@ -1146,6 +1150,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stress-cells", type=int, default=512, help="cells per inference step of the stress setting")
     p.add_argument("--no-prewarm", action="store_true")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--profile-first", action="store_true", help="profile before the first setting, not at the ablations")
+    p.add_argument("--profile-modes", default="train,infer", help="steps to profile: train, infer or both")
     p.add_argument("--only", default="", help="comma-separated substrings of setting names to run")
     p.add_argument("--autotune", default="prune", help="full | prune | pin:<earlier throughput json>")
     p.add_argument("--lengths", default=str(LENGTHS_NPY))
