@@ -1150,7 +1150,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stress-cells", type=int, default=512, help="cells per inference step of the stress setting")
     p.add_argument("--no-prewarm", action="store_true")
     p.add_argument("--no-profile", action="store_true")
-    p.add_argument("--profile-first", action="store_true", help="profile before the first setting, not at the ablations")
+    p.add_argument("--profile-first", action="store_true", help="profile before the first setting")
     p.add_argument("--profile-modes", default="train,infer", help="steps to profile: train, infer or both")
     p.add_argument("--only", default="", help="comma-separated substrings of setting names to run")
     p.add_argument("--autotune", default="prune", help="full | prune | pin:<earlier throughput json>")
