@@ -21,6 +21,7 @@ Usage (GPU machine; see shared/gpu/README.md)::
     python benchmarks/fused_bimamba.py --out $OUT/fused_bimamba.json
     python benchmarks/fused_bimamba.py --sweep-conv --out $OUT/sweep_conv.json  # conv_both launch shapes and
                                                                                  # backward variants only
+    python benchmarks/fused_bimamba.py --sweep-conv-ssd --out $OUT/sweep_conv_ssd.json  # conv inside the scan
 """
 
 from __future__ import annotations
@@ -65,17 +66,21 @@ def _metrics(a: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     }
 
 
-#: Layer paths: (BiMambaBlock.fused_both and fused_both_training, BiMambaBlock.fused_ssd).
-VARIANTS = {"fused": (True, True), "fused_mamba_ssd": (True, False), "unfused": (False, False)}
+#: Layer paths: BiMambaBlock switches (fused_both and fused_both_training, fused_ssd, fused_conv_ssd, fused_merge).
+VARIANTS = {
+    "fused": (True, True, True, True),
+    "fused_mamba_ssd": (True, False, False, True),
+    "unfused": (False, False, False, False),
+}
 
 
 @contextlib.contextmanager
 def _path(variant: str):
     """Run the layer on one of ``VARIANTS``; the class switches are restored afterwards."""
-    names = ("fused_both", "fused_both_training", "fused_ssd")
+    names = ("fused_both", "fused_both_training", "fused_ssd", "fused_conv_ssd", "fused_merge")
     saved = [getattr(BiMambaBlock, n) for n in names]
-    fused, fused_ssd = VARIANTS[variant]
-    for n, v in zip(names, (fused, fused, fused_ssd)):
+    fused, fused_ssd, conv_ssd, merge = VARIANTS[variant]
+    for n, v in zip(names, (fused, fused, fused_ssd, conv_ssd, merge)):
         setattr(BiMambaBlock, n, v)
     try:
         yield
@@ -396,6 +401,75 @@ def sweep_ssd(dev: str) -> dict[str, Any]:
     return res
 
 
+#: Launch shapes of ``ssd_conv_varlen`` swept by ``--sweep-conv-ssd``.
+SSD_CONV_SWEEP = {"Q": (16, 32), "num_warps": (2, 4, 8), "num_stages": (2, 3)}
+
+
+def sweep_conv_ssd(dev: str) -> dict[str, Any]:
+    """Inference: conv + SSD of both directions of a 256-cell batch, in one kernel or as two.
+
+    ``ssd_conv_varlen`` (the convolution inside the scan) per launch shape against ``conv_both`` then
+    ``ssd_varlen`` at their configured shapes, same inputs (bf16, the projection's column slices), and the
+    relative difference of the outputs.
+    """
+    import triton
+
+    from genemamba_scvi.nn import fused
+
+    rng = np.random.default_rng(3)
+    pack = _pack(_lengths(256, 2048, rng), dev)
+    T, H, P, N, K = pack.n_tokens, 16, 64, 64, 4
+    C = H * P + 2 * N
+    g = torch.Generator(device=dev).manual_seed(0)
+    proj = torch.randn(T, H * P + C + H, device=dev, generator=g).to(torch.bfloat16)  # [z | xBC | dt]
+    xbc, dt = proj[:, H * P : H * P + C], proj[:, H * P + C :]
+    w = (torch.randn(C, K, device=dev, generator=g) / 2).to(torch.bfloat16)
+    b = (torch.randn(C, device=dev, generator=g) / 4).to(torch.bfloat16)
+    A = -torch.rand(H, device=dev, generator=g) * 4 - 0.5
+    D, dt_bias = torch.randn(H, device=dev, generator=g), torch.randn(H, device=dev, generator=g) * 0.5 - 2
+    kw = dict(nheads=H, headdim=P, ngroups=1, d_state=N, D=D, dt_bias=dt_bias)
+    cu = pack.cu_seqlens
+    cu_both = torch.cat([cu[:-1], cu + T])
+    seq_both = pack.seq_idx_both.contiguous()
+    order, order_both = fused.ssd_order(cu_both), fused.ssd_order(cu, both=True)
+
+    def two_kernels():
+        xbc2 = fused.conv_both(xbc, w, b, pack.rev, pack.seq_idx[0])
+        dt2 = torch.cat([dt, dt.index_select(0, pack.rev)])
+        return fused.ssd_varlen(xbc2, dt2, A, cu_both, seq_both, order=order, **kw)
+
+    def one_kernel():
+        return fused.ssd_conv_varlen(xbc, dt, w, b, A, cu, order=order_both, **kw)
+
+    res: dict[str, Any] = {"tokens": T, "rows": 2 * T, "heads": H, "headdim": P, "d_state": N}
+    with torch.no_grad():
+        ref = two_kernels().float()
+        res["two_kernels_ms"] = triton.testing.do_bench(two_kernels, warmup=25, rep=200, return_mode="median")
+        default = dict(fused.SSD_CONV_FWD_CONFIG)
+        configs = []
+        for q in SSD_CONV_SWEEP["Q"]:
+            for warps in SSD_CONV_SWEEP["num_warps"]:
+                for stages in SSD_CONV_SWEEP["num_stages"]:
+                    fused.SSD_CONV_FWD_CONFIG.update(Q=q, num_warps=warps, num_stages=stages)
+                    row: dict[str, Any] = {"Q": q, "num_warps": warps, "num_stages": stages}
+                    try:
+                        y = one_kernel().float()
+                        row["rel_diff_vs_two_kernels"] = float((y - ref).norm() / ref.norm())
+                        row["ms"] = triton.testing.do_bench(one_kernel, warmup=25, rep=200, return_mode="median")
+                        row["speedup_vs_two_kernels"] = res["two_kernels_ms"] / row["ms"]
+                    except Exception as err:  # a shape Triton cannot compile (registers, shared memory)
+                        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                    configs.append(row)
+                    print(row, flush=True)
+        fused.SSD_CONV_FWD_CONFIG.clear()
+        fused.SSD_CONV_FWD_CONFIG.update(default)
+    res["configs"] = configs
+    ok = [r for r in configs if "ms" in r]
+    res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
+    print({k: v for k, v in res.items() if k != "configs"}, flush=True)
+    return res
+
+
 def _set_conv_bwd(spec: str) -> dict[str, Any]:
     """Set ``nn.fused``'s conv backward variant (and launch shape) from a name or a ``--sweep-conv`` JSON."""
     from genemamba_scvi.nn import fused
@@ -421,6 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="only print the kernel table of one layer's steps")
     p.add_argument("--sweep-conv", action="store_true", help="only time conv_both's launch configurations")
     p.add_argument("--sweep-ssd", action="store_true", help="only time ssd_varlen against mamba-ssm's scan")
+    p.add_argument("--sweep-conv-ssd", action="store_true", help="only time ssd_conv_varlen against two kernels")
     p.add_argument(
         "--conv-bwd",
         default=None,
@@ -437,11 +512,12 @@ def main(argv: list[str] | None = None) -> None:
     if a.profile:
         profile(dev)
         return
-    if a.sweep_ssd:
-        res = sweep_ssd(dev)
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "sweep_ssd": res}, indent=1))
-        return
+    for flag, key, fn in ((a.sweep_ssd, "sweep_ssd", sweep_ssd), (a.sweep_conv_ssd, "sweep_conv_ssd", sweep_conv_ssd)):
+        if flag:
+            res = fn(dev)
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), key: res}, indent=1))
+            return
     if a.sweep_conv:
         sweep = sweep_conv(dev)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

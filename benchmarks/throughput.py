@@ -272,30 +272,29 @@ def autotune_winners() -> dict[str, list[str]]:
 # Benchmark machinery
 # ----------------------------------------------------------------------------------------------------
 #: Ablations of one BiMambaBlock switch: setting kind -> (class attribute, value during the setting, note).
-BLOCK_ABLATIONS = {
+BLOCK_ABLATIONS = {  # setting kind -> (BiMambaBlock switches set for the run, note)
     "ablation_gather_then_project": (
-        "project_once",
-        False,
+        {"project_once": False},
         "tokens gathered into the two-direction row, then in_proj on 2T rows",
     ),
     "ablation_unfused_both": (
-        "fused_both",
-        False,
-        "projection gathered into the [2T] row, then mamba_split_conv1d_scan_combined",
+        {"fused_both": False, "fused_merge": False},
+        "projection gathered into the [2T] row, then mamba_split_conv1d_scan_combined; merge in torch",
     ),
     "ablation_mamba_ssd": (
-        "fused_ssd",
-        False,
+        {"fused_ssd": False},
         "fused path with mamba-ssm's chunked SSD forward instead of nn.fused.ssd_varlen",
     ),
-    "ablation_fused_merge": (
-        "fused_merge",
-        True,
-        "gated merge in one Triton pass (nn.fused.gate_merge_both), not yet the default",
+    "ablation_conv_outside_scan": (
+        {"fused_conv_ssd": False},
+        "inference: conv_both writes the [2T, C] convolved row, then ssd_varlen (not nn.fused.ssd_conv_varlen)",
+    ),
+    "ablation_unfused_merge": (
+        {"fused_merge": False},
+        "inference: gated merge in torch (gather, two addmm, sigmoid, lerp), not nn.fused.gate_merge_both",
     ),
     "ablation_unfused_training": (
-        "fused_both_training",
-        False,
+        {"fused_both_training": False},
         "training through mamba_split_conv1d_scan_combined (not nn.fused.mixer_both)",
     ),
 }
@@ -395,7 +394,8 @@ class Runner:
                 ("ablation_unfused_training", 2048, "train", a.train_cells_2048),
                 ("ablation_unfused_both", 2048, "infer", a.infer_cells_2048),
                 ("ablation_mamba_ssd", 2048, "infer", a.infer_cells_2048),
-                ("ablation_fused_merge", 2048, "infer", a.infer_cells_2048),
+                ("ablation_conv_outside_scan", 2048, "infer", a.infer_cells_2048),
+                ("ablation_unfused_merge", 2048, "infer", a.infer_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]
@@ -773,6 +773,16 @@ class Runner:
             if pinned:
                 self.autotune["pinned_from"] = a.autotune[4:]
                 self.autotune["pinned"] = pinned
+        if a.conv_ssd_sweep:  # the launch shape of ssd_conv_varlen: the fastest of a fused_bimamba.py sweep
+            from genemamba_scvi.nn import fused
+
+            best = json.loads(Path(a.conv_ssd_sweep).read_text())["sweep_conv_ssd"]["best"]
+            fused.SSD_CONV_FWD_CONFIG.update({k: best[k] for k in ("Q", "num_warps", "num_stages")})
+        if self.cuda:
+            from genemamba_scvi.nn import fused
+
+            cfgs = {"ssd_varlen": fused.SSD_FWD_CONFIG, "ssd_conv_varlen": fused.SSD_CONV_FWD_CONFIG}
+            self.meta["ssd_configs"] = {k: dict(v) for k, v in cfgs.items()}
         self.build()
         self.write()
         if not a.no_prewarm:
@@ -816,15 +826,16 @@ class Runner:
                     self.mamba.fused_add_norm = False
                 ablation = BLOCK_ABLATIONS.get(s["kind"])
                 if ablation is not None:
-                    saved_switch = getattr(BiMambaBlock, ablation[0])
-                    setattr(BiMambaBlock, ablation[0], ablation[1])
+                    saved_switches = {k: getattr(BiMambaBlock, k) for k in ablation[0]}
+                    for k, v in ablation[0].items():
+                        setattr(BiMambaBlock, k, v)
                 t0 = time.perf_counter()
                 try:
                     rec = self.measure(s, model, batches)
                     if s["kind"] == "ablation_no_fused_norm":
                         rec["note"] = "fused residual-add+RMSNorm replaced by eager add + RMSNorm"
                     if ablation is not None:
-                        rec["note"] = ablation[2]
+                        rec["note"] = ablation[1]
                     self.results.append(rec)
                     est_step[model] = max(rec["step_time_s_median"], 0.05)
                     print(
@@ -869,7 +880,8 @@ class Runner:
                         self.meta["models"]["genemamba"]["fused_add_rmsnorm"] = False
                 finally:
                     if ablation is not None:
-                        setattr(BiMambaBlock, ablation[0], saved_switch)
+                        for k, v in saved_switches.items():
+                            setattr(BiMambaBlock, k, v)
                     if s["kind"] == "ablation_no_fused_norm":
                         self.mamba.fused_add_norm = prev_fused
                     self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)
@@ -1152,6 +1164,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--profile-first", action="store_true", help="profile before the first setting")
     p.add_argument("--profile-modes", default="train,infer", help="steps to profile: train, infer or both")
+    p.add_argument("--conv-ssd-sweep", default="", help="fused_bimamba.py --sweep-conv-ssd JSON: use its best shape")
     p.add_argument("--only", default="", help="comma-separated substrings of setting names to run")
     p.add_argument("--autotune", default="prune", help="full | prune | pin:<earlier throughput json>")
     p.add_argument("--lengths", default=str(LENGTHS_NPY))

@@ -277,6 +277,71 @@ def test_ssd_varlen_restarts_the_state_at_every_sequence():
     assert not torch.equal(y1[20:60], y2[20:60])
 
 
+@pytest.mark.parametrize(("q", "ngroups", "conv_bias"), [(16, 1, True), (32, 2, False)])
+def test_ssd_conv_varlen_equals_conv_both_then_the_chunked_scan(monkeypatch, q, ngroups, conv_bias):
+    """Inference kernel with the convolution inside the scan: both directions, ragged cells (empty, shorter than
+    the taps, several chunks), read from a column slice of a wider projection; the state restarts per cell."""
+    import genemamba_scvi.nn.fused as fused
+
+    monkeypatch.setitem(fused.SSD_CONV_FWD_CONFIG, "Q", q)
+    torch.manual_seed(11)
+    H, P, N, K = 4, 16, 16, 4
+    p = _pack([70, 1, 0, 3, 33, 2, 50])
+    T, C = p.n_tokens, H * P + 2 * ngroups * N
+    proj = torch.randn(T, 8 + C + H, device=DEVICE)  # [z | xBC | dt] as the projection lays them out
+    xbc, dt = proj[:, 8 : 8 + C], proj[:, 8 + C :]
+    w = torch.randn(C, K, device=DEVICE) / 2
+    b = torch.randn(C, device=DEVICE) if conv_bias else None
+    A, D, dt_bias = -torch.rand(H, device=DEVICE) - 0.5, torch.randn(H, device=DEVICE), torch.randn(H, device=DEVICE)
+    kw = dict(nheads=H, headdim=P, ngroups=ngroups, d_state=N, D=D, dt_bias=dt_bias)
+    with torch.no_grad():
+        y = fused.ssd_conv_varlen(xbc, dt, w, b, A, p.cu_seqlens, **kw)
+        xbc2 = conv_both_reference(xbc, w, b, p.rev, p.seq_idx[0])
+        x, B, Cm = torch.split(xbc2, [H * P, ngroups * N, ngroups * N], dim=-1)
+        dt2 = torch.cat([dt, dt.index_select(0, p.rev)])
+        ref = ssd_chunked(
+            x.reshape(1, 2 * T, H, P), dt2.unsqueeze(0), A, B.reshape(1, 2 * T, ngroups, N),
+            Cm.reshape(1, 2 * T, ngroups, N), 8, D=D, dt_bias=dt_bias, dt_softplus=True, seq_idx=p.seq_idx_both,
+        ).reshape(2 * T, H * P)  # fmt: skip
+    assert y.shape == (2 * T, H * P)
+    assert _rel(y, ref) < SSD_TOL
+    with pytest.raises(RuntimeError, match="no backward"):
+        fused.ssd_conv_varlen(xbc, dt, w.requires_grad_(), b, A, p.cu_seqlens, **kw)
+
+
+def test_block_convolves_inside_the_scan_only_without_gradients(monkeypatch):
+    """``BiMambaBlock.fused_conv_ssd``: same layer output with and without it; training keeps the convolved row."""
+    import genemamba_scvi.nn.bimamba as bimamba
+    import genemamba_scvi.nn.fused as fused
+
+    torch.manual_seed(12)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    p = _pack()
+    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    zxbcdt = block.mixer.in_proj(h)
+    calls = []
+    real = fused.ssd_conv_varlen
+    monkeypatch.setattr(fused, "ssd_conv_varlen", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = (block.mixer, zxbcdt, p.rev, p.seq_idx[0], p.seq_idx_both)
+    with torch.no_grad():
+        got = mixer_both(*args, cu_seqlens=p.cu_seqlens, batch_cache=p.cache)
+        assert calls and "order_both" in p.cache
+        ref = mixer_both(*args, cu_seqlens=p.cu_seqlens, conv_in_scan=False)
+    assert _rel(got, ref) < SSD_TOL
+    n = len(calls)
+    mixer_both(*args, cu_seqlens=p.cu_seqlens).sum().backward()  # gradients: conv_both, then ssd_varlen
+    assert len(calls) == n
+    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)  # the block's switch, as on a GPU
+    monkeypatch.setattr(block.mixer, "resolved_backend", lambda device: "mamba_ssm")
+    monkeypatch.setattr(bimamba, "mixer_both", lambda *a, **k: calls.append(k["conv_in_scan"]) or mixer_both(*a, **k))
+    with torch.no_grad():
+        block.mix_packed(h, p)
+        monkeypatch.setattr(BiMambaBlock, "fused_conv_ssd", False)
+        block.mix_packed(h, p)
+    assert calls[-2:] == [True, False]
+
+
 def test_mixer_both_falls_back_to_the_chunked_scan_for_sizes_the_one_pass_kernel_cannot_take():
     """headdim 8 is below Triton's smallest dot: ``ssd_varlen`` refuses it by name, ``mixer_both`` falls back."""
     from genemamba_scvi.nn.fused import ssd_varlen, ssd_varlen_supports
@@ -367,11 +432,21 @@ def test_block_uses_the_one_pass_merge_only_when_switched_on_and_without_gradien
     real = bimamba.gate_merge_both
     monkeypatch.setattr(bimamba, "gate_merge_both", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
+        monkeypatch.setattr(BiMambaBlock, "fused_merge", False)
         ref = block.mix_packed(h, p)
-        assert not calls  # off by default (not measured on a GPU yet)
-        monkeypatch.setattr(BiMambaBlock, "fused_merge", True)
+        assert not calls
+        monkeypatch.setattr(BiMambaBlock, "fused_merge", True)  # the default
         got = block.mix_packed(h, p)
     assert calls and _rel(got, ref) < (5e-3 if CUDA else 1e-5)
     n = len(calls)
     block.mix_packed(h, p).sum().backward()  # with gradients: the differentiable merge
     assert len(calls) == n
+
+    def broken(*args):
+        raise RuntimeError("PTX assembly failed (simulated)")
+
+    monkeypatch.setattr(bimamba, "gate_merge_both", broken)  # a merge kernel that fails: warned, then the torch merge
+    monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
+    with torch.no_grad():
+        assert _rel(block.mix_packed(h, p), ref) < 1e-5
+    assert "simulated" in bimamba._FUSED_FAILED[str(h.device)]

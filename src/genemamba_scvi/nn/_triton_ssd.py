@@ -28,6 +28,36 @@ import triton.language as tl
 
 
 @triton.jit
+def _dt_of(dt_ptr, tok, stride_dt, h, rm, dt_bias, DT_SOFTPLUS: tl.constexpr):
+    """``dt`` of head ``h`` at rows ``tok`` after bias and softplus (fp32), 0 on masked rows."""
+    dt = tl.load(dt_ptr + tok * stride_dt + h, mask=rm, other=0.0).to(tl.float32) + dt_bias
+    if DT_SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    return tl.where(rm, dt, 0.0)
+
+
+@triton.jit
+def _ssd_step(state, xm, bm, cm, dt, A, D, Q: tl.constexpr, HAS_D: tl.constexpr):
+    """One chunk of ``Q`` rows: outputs (fp32 ``[Q, P]``) and the state after the chunk.
+
+    ``xm``, ``bm``, ``cm`` in the input dtype (0 on masked rows); ``dt`` fp32 after softplus, 0 on masked rows.
+    """
+    q = tl.arange(0, Q)
+    dA = dt * A
+    cs = tl.cumsum(dA, axis=0)
+    total = tl.sum(dA, axis=0)  # cs at the chunk's last row (padded rows add 0)
+    cb = tl.dot(cm, tl.trans(bm))  # [Q, Q] fp32
+    seg = tl.where(q[:, None] >= q[None, :], cs[:, None] - cs[None, :], float("-inf"))
+    w = cb * tl.exp(seg) * dt[None, :]
+    y = tl.dot(w.to(xm.dtype), xm)
+    y += tl.dot(cm, state.to(cm.dtype)) * tl.exp(cs)[:, None]
+    if HAS_D:
+        y += D * xm.to(tl.float32)
+    bw = (bm.to(tl.float32) * (tl.exp(total - cs) * dt)[:, None]).to(xm.dtype)
+    return y, state * tl.exp(total) + tl.dot(tl.trans(bw), xm)
+
+
+@triton.jit
 def _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt, stride_b,
     stride_c, stride_y, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HAS_D: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr
@@ -39,26 +69,13 @@ def _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr,
     rows = c0 + q
     rm = rows < end
     r64 = rows.to(tl.int64)
-    dt = tl.load(dt_ptr + r64 * stride_dt + h, mask=rm, other=0.0).to(tl.float32) + dt_bias
-    if DT_SOFTPLUS:
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-    dt = tl.where(rm, dt, 0.0)
-    dA = dt * A
-    cs = tl.cumsum(dA, axis=0)
-    total = tl.sum(dA, axis=0)  # cs at the chunk's last row (padded rows add 0)
+    dt = _dt_of(dt_ptr, r64, stride_dt, h, rm, dt_bias, DT_SOFTPLUS)
     xm = tl.load(x_ptr + r64[:, None] * stride_x + (h * P + p)[None, :], mask=rm[:, None], other=0.0)
     bm = tl.load(B_ptr + r64[:, None] * stride_b + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
     cm = tl.load(C_ptr + r64[:, None] * stride_c + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
-    cb = tl.dot(cm, tl.trans(bm))  # [Q, Q] fp32
-    seg = tl.where(q[:, None] >= q[None, :], cs[:, None] - cs[None, :], float("-inf"))
-    w = cb * tl.exp(seg) * dt[None, :]
-    y = tl.dot(w.to(xm.dtype), xm)
-    y += tl.dot(cm, state.to(cm.dtype)) * tl.exp(cs)[:, None]
-    if HAS_D:
-        y += D * xm.to(tl.float32)
+    y, state = _ssd_step(state, xm, bm, cm, dt, A, D, Q, HAS_D)
     tl.store(y_ptr + r64[:, None] * stride_y + (h * P + p)[None, :], y.to(y_ptr.dtype.element_ty), mask=rm[:, None])
-    bw = (bm.to(tl.float32) * (tl.exp(total - cs) * dt)[:, None]).to(xm.dtype)
-    return state * tl.exp(total) + tl.dot(tl.trans(bw), xm)
+    return state
 
 
 @triton.jit
@@ -99,3 +116,99 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
         for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
             state = _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x,
                 stride_dt, stride_b, stride_c, stride_y, P, N, Q, HAS_D, DT_SOFTPLUS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inference: the causal convolution of both directions inside the scan
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _conv_cols(xbc_ptr, w_ptr, cbias_ptr, base, sgn, pos, rm, cols, stride_xbc, stride_w, K: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr
+):
+    """SiLU(causal conv) of the columns ``cols`` at positions ``pos`` of one direction of a cell (fp32).
+
+    Position ``i`` is token ``base + sgn * i`` (``sgn`` -1 walks the cell backwards); tap ``k`` reads position
+    ``i - (K-1) + k`` (0 before the cell's first position) with weight ``w[:, k]``.
+    """
+    acc = tl.zeros((BR, BC), dtype=tl.float32)
+    if HAS_CONV_BIAS:
+        acc += tl.load(cbias_ptr + cols).to(tl.float32)[None, :]
+    for k in tl.static_range(K):
+        j = pos - (K - 1) + k
+        ok = rm & (j >= 0)
+        tok = (base + sgn * j).to(tl.int64)
+        xv = tl.load(xbc_ptr + tok[:, None] * stride_xbc + cols[None, :], mask=ok[:, None], other=0.0)
+        acc += xv.to(tl.float32) * tl.load(w_ptr + cols * stride_w + k).to(tl.float32)[None, :]
+    acc = acc * tl.sigmoid(acc)
+    return tl.where(rm[:, None], acc, 0.0).to(xbc_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _ssd_conv_chunk(state, i0, length, base, sgn, out0, h, xcols, bcols, gn, A, dt_bias, D, xbc_ptr, dt_ptr, w_ptr,
+    cbias_ptr, y_ptr, stride_xbc, stride_dt, stride_w, stride_y, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
+    K: tl.constexpr, HAS_D: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr
+):
+    """Positions ``i0 .. i0+Q-1`` (those before ``length``) of one direction of a cell; returns the next state."""
+    pos = i0 + tl.arange(0, Q)
+    rm = pos < length
+    tok = (base + sgn * pos).to(tl.int64)
+    dt = _dt_of(dt_ptr, tok, stride_dt, h, rm, dt_bias, DT_SOFTPLUS)
+    xm = _conv_cols(xbc_ptr, w_ptr, cbias_ptr, base, sgn, pos, rm, xcols, stride_xbc, stride_w, K, HAS_CONV_BIAS, Q, P)
+    bm = _conv_cols(xbc_ptr, w_ptr, cbias_ptr, base, sgn, pos, rm, bcols, stride_xbc, stride_w, K, HAS_CONV_BIAS, Q, N)
+    cm = _conv_cols(xbc_ptr, w_ptr, cbias_ptr, base, sgn, pos, rm, bcols + gn, stride_xbc, stride_w, K, HAS_CONV_BIAS,
+                    Q, N)
+    y, state = _ssd_step(state, xm, bm, cm, dt, A, D, Q, HAS_D)
+    r64 = (out0 + pos).to(tl.int64)
+    tl.store(y_ptr + r64[:, None] * stride_y + xcols[None, :], y.to(y_ptr.dtype.element_ty), mask=rm[:, None])
+    return state
+
+
+@triton.jit
+def ssd_conv_varlen_fwd_kernel(xbc_ptr, dt_ptr, dt_bias_ptr, A_ptr, D_ptr, w_ptr, cbias_ptr, y_ptr, cu_ptr, order_ptr,
+    T, n_cells, stride_xbc, stride_dt, stride_w, stride_y, heads_per_group, n_heads, d_inner, gn,
+    P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, K: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr,
+    INTERPRET: tl.constexpr
+):
+    """Conv + SiLU + SSD of both directions read from the ``T``-token projection (inference; no ``[2T]`` input).
+
+    Grid ``(n_heads * 2 * n_cells,)``: program ``i`` runs head ``i % n_heads`` of sequence ``s = order[i // n_heads]``
+    of the two-direction row: cell ``s`` forward (``s < n_cells``) or cell ``s - n_cells`` reversed. The convolved
+    ``x``, ``B``, ``C`` of each chunk are computed from the taps of the projection's ``xBC`` columns (B and C are
+    recomputed by every head of the group: a few FMAs against a ``[2T, C]`` write and read), ``dt`` is read at the
+    token, and the outputs go to row ``t`` (forward) or ``T + rev[t]`` (reversed) of ``y`` ``[2T, H*P]``.
+    """
+    pid = tl.program_id(0)
+    h = pid % n_heads
+    s = tl.load(order_ptr + pid // n_heads)
+    is_rev = s >= n_cells
+    c = tl.where(is_rev, s - n_cells, s)
+    g = h // heads_per_group
+    start = tl.load(cu_ptr + c)
+    end = tl.load(cu_ptr + c + 1)
+    base = tl.where(is_rev, end - 1, start)
+    sgn = tl.where(is_rev, -1, 1)
+    out0 = tl.where(is_rev, T, 0) + start  # output row of position 0
+    A = tl.load(A_ptr + h).to(tl.float32)
+    dt_bias = 0.0
+    if HAS_DT_BIAS:
+        dt_bias = tl.load(dt_bias_ptr + h).to(tl.float32)
+    D = 0.0
+    if HAS_D:
+        D = tl.load(D_ptr + h).to(tl.float32)
+    xcols = h * P + tl.arange(0, P)
+    bcols = d_inner + g * N + tl.arange(0, N)
+    state = tl.zeros((N, P), dtype=tl.float32)
+    n_chunks = tl.cdiv(end - start, Q)
+    if INTERPRET:
+        ci = 0
+        while ci < n_chunks:
+            state = _ssd_conv_chunk(state, ci * Q, end - start, base, sgn, out0, h, xcols, bcols, gn, A, dt_bias, D,
+                xbc_ptr, dt_ptr, w_ptr, cbias_ptr, y_ptr, stride_xbc, stride_dt, stride_w, stride_y, P, N, Q, K, HAS_D,
+                HAS_CONV_BIAS, DT_SOFTPLUS)
+            ci += 1
+    else:
+        for ci in tl.range(0, n_chunks, num_stages=NUM_STAGES):
+            state = _ssd_conv_chunk(state, ci * Q, end - start, base, sgn, out0, h, xcols, bcols, gn, A, dt_bias, D,
+                xbc_ptr, dt_ptr, w_ptr, cbias_ptr, y_ptr, stride_xbc, stride_dt, stride_w, stride_y, P, N, Q, K, HAS_D,
+                HAS_CONV_BIAS, DT_SOFTPLUS)

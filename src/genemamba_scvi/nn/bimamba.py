@@ -26,7 +26,7 @@ Merge modes (``f``, ``b`` the two directions): ``"mean"`` ``(f+b)/2``; ``"sum"``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -59,6 +59,27 @@ _FUSED_FAILED: dict[str, str] = {}
 def _fused_usable(device: torch.device) -> bool:
     """Whether this package's Triton kernels may run on ``device`` (CUDA with Triton, no earlier failure there)."""
     return fused_available(device) and str(device) not in _FUSED_FAILED
+
+
+def _run_fused(device: torch.device, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, or None after a failure of the Triton kernels (then not tried again on ``device``).
+
+    Out-of-memory errors are raised: they are the user's to see, not a kernel problem.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as err:  # Triton cannot compile or launch the kernels on this GPU
+        key = str(device)
+        _FUSED_FAILED[key] = f"{type(err).__name__}: {err}"
+        logger.warning(
+            "genemamba_scvi: the fused Bi-Mamba kernels failed on %s (%s); using mamba-ssm's layer "
+            "from now on in this process (same function, slower)",
+            key,
+            _FUSED_FAILED[key][:300],
+        )
+        return None
 
 
 MERGE_MODES = ("gate", "concat", "mean", "sum")
@@ -180,6 +201,9 @@ class PackedCells:
         ``[1, n_tokens]`` int32 cell id of every token (forward direction only).
     seq_idx_both
         ``[1, 2 * n_tokens]`` int32: cell ids, then ``n_cells + id`` for the reversed copies.
+    cache
+        Tensors derived from these indices by the first layer that needs them (the fused kernels' launch
+        order), reused by the other layers of the batch.
     """
 
     cu_seqlens: torch.Tensor
@@ -189,6 +213,7 @@ class PackedCells:
     both_index: torch.Tensor
     seq_idx: torch.Tensor
     seq_idx_both: torch.Tensor
+    cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 def pack_cells(cu_seqlens: torch.Tensor, n_tokens: int | None = None) -> PackedCells:
@@ -354,10 +379,13 @@ class BiMambaBlock(nn.Module):
     #: In the fused path, run the SSD scan forward as one Triton pass per (head, sequence)
     #: (:func:`~genemamba_scvi.nn.fused.ssd_varlen`; mamba-ssm's backward). False: mamba-ssm's chunked scan.
     fused_ssd: bool = True
+    #: In inference with the one-pass SSD, convolve inside the scan kernel
+    #: (:func:`~genemamba_scvi.nn.fused.ssd_conv_varlen`): no ``[2T, C]`` convolved row is written and read back.
+    fused_conv_ssd: bool = True
     #: In inference on a GPU, merge the two directions with :func:`~genemamba_scvi.nn.fused.gate_merge_both` (two
-    #: GEMMs, then gather + gate + interpolation in one Triton pass). Off until measured on a GPU
-    #: (``throughput.py``'s ``ablation_fused_merge``).
-    fused_merge: bool = False
+    #: GEMMs, then gather + gate + interpolation in one Triton pass): 1,067 cells/s against 971 on an H200
+    #: (``benchmarks/results/throughput_h200_merge_ablation.json``, same run).
+    fused_merge: bool = True
 
     @property
     def needs_merge_linear(self) -> bool:
@@ -460,7 +488,9 @@ class BiMambaBlock(nn.Module):
         out2 = self._mix_both(h, pack)
         weight, bias = self._merge_weights(merge_linear)
         if self.fused_merge and self.merge_mode == "gate" and not torch.is_grad_enabled() and _fused_usable(h.device):
-            return gate_merge_both(out2, pack.rev, weight, bias)
+            merged = _run_fused(h.device, gate_merge_both, out2, pack.rev, weight, bias)
+            if merged is not None:
+                return merged
         return merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
 
     def _mix_both(self, h: torch.Tensor, pack: PackedCells) -> torch.Tensor:
@@ -475,19 +505,10 @@ class BiMambaBlock(nn.Module):
         use_fused = self.fused_both and (self.fused_both_training or not torch.is_grad_enabled())
         if use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm" and _fused_usable(h.device):
             cu = pack.cu_seqlens if self.fused_ssd else None
-            try:
-                return mixer_both(self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both, cu_seqlens=cu)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as err:  # Triton cannot compile or launch the kernels on this GPU
-                key = str(h.device)
-                _FUSED_FAILED[key] = f"{type(err).__name__}: {err}"
-                logger.warning(
-                    "genemamba_scvi: the fused Bi-Mamba kernels failed on %s (%s); using mamba-ssm's layer "
-                    "from now on in this process (same function, slower)",
-                    key,
-                    _FUSED_FAILED[key][:300],
-                )
+            out2 = _run_fused(h.device, mixer_both, self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both,
+                              cu_seqlens=cu, conv_in_scan=self.fused_conv_ssd, batch_cache=pack.cache)  # fmt: skip
+            if out2 is not None:
+                return out2
         return self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
 
     def forward_packed(self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:

@@ -35,15 +35,26 @@ import torch
 import torch.nn.functional as F
 
 from genemamba_scvi.nn.config import check_choice
-from genemamba_scvi.nn.fused_ssd import SSD_FWD_CONFIG, _split_xbc, ssd_varlen, ssd_varlen_supports
+from genemamba_scvi.nn.fused_ssd import (
+    SSD_CONV_FWD_CONFIG,
+    SSD_FWD_CONFIG,
+    _split_xbc,
+    ssd_conv_varlen,
+    ssd_order,
+    ssd_varlen,
+    ssd_varlen_supports,
+)
 
 __all__ = [
+    "SSD_CONV_FWD_CONFIG",
     "SSD_FWD_CONFIG",
     "conv_both",
     "fused_available",
     "gate_merge_both",
     "gated_norm_out_proj_both",
     "mixer_both",
+    "ssd_conv_varlen",
+    "ssd_order",
     "ssd_varlen",
     "ssd_varlen_supports",
 ]
@@ -402,6 +413,8 @@ def mixer_both(
     seq_both: torch.Tensor,
     scan: Scan | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    conv_in_scan: bool = True,
+    batch_cache: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mamba-2 mixer outputs of the cells and of their reversals from the projection of the cells alone.
 
@@ -420,6 +433,12 @@ def mixer_both(
         :func:`ssd_varlen` when ``cu_seqlens`` is given and it supports the sizes, else mamba-ssm's.
     cu_seqlens
         ``[n_cells + 1]`` cell starts (``PackedCells.cu_seqlens``); enables :func:`ssd_varlen`.
+    conv_in_scan
+        With the one-pass SSD and no gradient to take: convolve inside the scan (:func:`ssd_conv_varlen`, no
+        ``[2T, C]`` convolved row) instead of :func:`conv_both` then :func:`ssd_varlen`.
+    batch_cache
+        A dict that lives as long as the batch (``PackedCells.cache``): the launch order and the two-direction
+        ``cu_seqlens`` are computed by the first layer and reused by the others.
 
     Returns
     -------
@@ -430,23 +449,37 @@ def mixer_both(
     d_inner, H, P = mixer.d_inner, mixer.nheads, mixer.headdim
     G, N = mixer.ngroups, mixer.d_state
     z, xbc, dt = torch.split(zxbcdt, [d_inner, d_inner + 2 * G * N, H], dim=-1)
-    xbc2 = conv_both(xbc, mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, rev, seq, silu=True)
-    dt2 = torch.cat([dt, dt.index_select(0, rev)])
+    conv_w = mixer.conv1d.weight[:, 0, :]
     A = -torch.exp(mixer.A_log.float())
-    seq_both = seq_both.to(torch.int32).contiguous()
-    if scan is None and cu_seqlens is not None and ssd_varlen_supports(P, N):
+    one_pass = scan is None and cu_seqlens is not None and ssd_varlen_supports(P, N)
+    cache = batch_cache if batch_cache is not None else {}
+    kw = dict(nheads=H, headdim=P, ngroups=G, d_state=N, D=mixer.D, dt_bias=mixer.dt_bias, dt_softplus=True)
+    params = (zxbcdt, conv_w, mixer.A_log, mixer.D, mixer.dt_bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+    if one_pass and conv_in_scan and not needs_grad:
         cu = cu_seqlens.to(torch.int64)
-        cu_both = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells
-        y = ssd_varlen(xbc2, dt2, A, cu_both, seq_both, nheads=H, headdim=P, ngroups=G, d_state=N, D=mixer.D,
-                       dt_bias=mixer.dt_bias, dt_softplus=True, chunk_size=mixer.chunk_size)  # fmt: skip
+        if "order_both" not in cache:
+            cache["order_both"] = ssd_order(cu, both=True)
+        y = ssd_conv_varlen(xbc, dt, conv_w, mixer.conv1d.bias, A, cu, order=cache["order_both"], **kw)
     else:
-        if scan is None:
-            from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+        xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True)
+        dt2 = torch.cat([dt, dt.index_select(0, rev)])
+        seq_both = seq_both.to(torch.int32).contiguous()
+        if one_pass:
+            if "cu_both" not in cache:
+                cu = cu_seqlens.to(torch.int64)
+                cache["cu_both"] = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells
+                cache["order"] = ssd_order(cache["cu_both"])
+            y = ssd_varlen(xbc2, dt2, A, cache["cu_both"], seq_both, chunk_size=mixer.chunk_size,
+                           order=cache["order"], **kw)  # fmt: skip
+        else:
+            if scan is None:
+                from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
 
-            scan = load_mamba_ssm_ops()["chunk_scan"]
-        x, B, C = _split_xbc(xbc2, H, P, G, N)
-        y = scan(x, dt2.unsqueeze(0), A, B, C, mixer.chunk_size, D=mixer.D, z=None, dt_bias=mixer.dt_bias,
-                 dt_softplus=True, seq_idx=seq_both).reshape(2 * T, d_inner)  # fmt: skip
+                scan = load_mamba_ssm_ops()["chunk_scan"]
+            x, B, C = _split_xbc(xbc2, H, P, G, N)
+            y = scan(x, dt2.unsqueeze(0), A, B, C, mixer.chunk_size, D=mixer.D, z=None, dt_bias=mixer.dt_bias,
+                     dt_softplus=True, seq_idx=seq_both).reshape(2 * T, d_inner)  # fmt: skip
     return gated_norm_out_proj_both(
         y,
         z,

@@ -12,12 +12,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["SSD_FWD_CONFIG", "ssd_varlen", "ssd_varlen_supports"]
+__all__ = ["SSD_CONV_FWD_CONFIG", "SSD_FWD_CONFIG", "ssd_conv_varlen", "ssd_order", "ssd_varlen", "ssd_varlen_supports"]
 
 #: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages.
 #: Q 16, 4 warps, 3 stages: the fastest of 30 shapes on an H200, 2.96 ms against mamba-ssm's 6.18 ms for both
 #: directions of 256 cells (benchmarks/results/ssd_sweep_h200.json, ssd_sweep2_h200.json).
 SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
+#: Launch shape of :func:`ssd_conv_varlen` (the same walk, with the convolution's taps loaded in each chunk step).
+SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
 
 @functools.cache
@@ -47,7 +49,7 @@ def _split_xbc(xbc: torch.Tensor, nheads: int, headdim: int, ngroups: int, d_sta
 
 class _SSDVarlen(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus):
+    def forward(ctx, xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order):
         nheads, headdim, ngroups, d_state = shape
         if xbc.stride(-1) != 1:
             xbc = xbc.contiguous()
@@ -56,7 +58,8 @@ class _SSDVarlen(torch.autograd.Function):
         y = torch.empty(L, d_inner, dtype=xbc.dtype, device=xbc.device)
         n_seq = cu.numel() - 1
         if L and n_seq:
-            order = torch.argsort(cu[1:] - cu[:-1], descending=True)  # longest sequences start first
+            if order is None:
+                order = ssd_order(cu)
             cfg = SSD_FWD_CONFIG
             _ssd_kernels().ssd_varlen_fwd_kernel[(nheads * n_seq,)](
                 xbc,
@@ -123,7 +126,7 @@ class _SSDVarlen(torch.autograd.Function):
                 inputs = [t for t in leaves if t is not None]
                 grads = iter(torch.autograd.grad(y, inputs, dy))
                 dxbc, ddt, dA, dD, ddt_bias = (next(grads) if t is not None else None for t in leaves)
-        return dxbc, ddt, dA, dD, ddt_bias, None, None, None, None, None
+        return dxbc, ddt, dA, dD, ddt_bias, None, None, None, None, None, None
 
 
 def ssd_varlen_supports(headdim: int, d_state: int) -> bool:
@@ -146,6 +149,7 @@ def ssd_varlen(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = True,
     chunk_size: int = 256,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mamba-2's SSD scan of a packed varlen row in one Triton kernel (forward); mamba-ssm's backward.
 
@@ -167,6 +171,8 @@ def ssd_varlen(
     D, dt_bias, dt_softplus, chunk_size
         As ``mamba_chunk_scan_combined`` (``chunk_size`` is the backward's; the forward walks chunks of
         ``SSD_FWD_CONFIG["Q"]`` rows).
+    order
+        :func:`ssd_order` of ``cu_seqlens`` (computed here when omitted; a batch's layers can share it).
 
     Returns
     -------
@@ -178,4 +184,92 @@ def ssd_varlen(
         raise ValueError(f"ssd_varlen needs headdim and d_state that are powers of two >= 16, not {headdim}, {d_state}")
     shape = (nheads, headdim, ngroups, d_state)
     cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
-    return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus)
+    return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order)
+
+
+def ssd_order(cu_seqlens: torch.Tensor, both: bool = False) -> torch.Tensor:
+    """Launch order of the sequences for the one-pass kernels: longest first (the long ones set the kernel's time).
+
+    ``both``: ``cu_seqlens`` holds cells and the order runs over the two-direction row of :func:`ssd_conv_varlen`
+    (sequence ``i`` forward, ``n_cells + i`` reversed; the two directions of a cell are neighbours).
+    """
+    order = torch.argsort(cu_seqlens[1:] - cu_seqlens[:-1], descending=True)
+    if both:
+        order = torch.stack([order, order + (cu_seqlens.numel() - 1)], dim=1).reshape(-1)
+    return order
+
+
+def ssd_conv_varlen(
+    xbc: torch.Tensor,
+    dt: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    A: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    nheads: int,
+    headdim: int,
+    ngroups: int,
+    d_state: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    order: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal conv + SiLU + SSD of the cells and of their in-place reversals in one Triton kernel (inference).
+
+    The same function as ``ssd_varlen(conv_both(xbc, ...), cat([dt, dt[rev]]), ...)`` on the two-direction row,
+    without writing and re-reading the ``[2T, C]`` convolved row: each program convolves the taps of its chunk
+    straight from ``xbc``. No backward (training keeps the convolved row for mamba-ssm's SSD backward).
+
+    Parameters
+    ----------
+    xbc
+        ``[T, H*P + 2*G*N]`` unconvolved ``x``, ``B``, ``C`` columns of the packed tokens (a column slice of the
+        projection is fine).
+    dt
+        ``[T, H]`` raw time steps of the tokens (a column slice is fine).
+    conv_weight, conv_bias
+        ``[C, K]`` depthwise taps (``conv1d.weight[:, 0, :]``) and ``[C]`` or None.
+    A
+        ``[H]`` decay rates.
+    cu_seqlens
+        ``[n_cells + 1]`` cell starts (empty cells allowed).
+    nheads, headdim, ngroups, d_state, D, dt_bias, dt_softplus
+        As :func:`ssd_varlen`.
+    order
+        ``ssd_order(cu_seqlens, both=True)`` (computed when omitted).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[2T, H*P]`` in the dtype of ``xbc``: rows ``0..T-1`` the cells, rows ``T..2T-1`` each cell reversed.
+    """
+    if not ssd_varlen_supports(headdim, d_state):
+        raise ValueError(
+            f"ssd_conv_varlen needs headdim and d_state that are powers of two >= 16, not {headdim}, {d_state}"
+        )
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xbc, dt, conv_weight, A)):
+        raise RuntimeError("ssd_conv_varlen has no backward: call it under torch.no_grad() / inference_mode()")
+    T = xbc.shape[0]
+    d_inner, gn = nheads * headdim, ngroups * d_state
+    if xbc.stride(-1) != 1:
+        xbc = xbc.contiguous()
+    if dt.stride(-1) != 1:
+        dt = dt.contiguous()
+    cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
+    n_cells = cu.numel() - 1
+    y = torch.empty(2 * T, d_inner, dtype=xbc.dtype, device=xbc.device)
+    if T and n_cells:
+        if order is None:
+            order = ssd_order(cu, both=True)
+        cfg = SSD_CONV_FWD_CONFIG
+        _ssd_kernels().ssd_conv_varlen_fwd_kernel[(nheads * 2 * n_cells,)](
+            xbc, dt, dt_bias if dt_bias is not None else A, A, D if D is not None else A, conv_weight,
+            conv_bias if conv_bias is not None else conv_weight, y, cu, order, T, n_cells, xbc.stride(0),
+            dt.stride(0), conv_weight.stride(0), y.stride(0), nheads // ngroups, nheads, d_inner, gn,
+            P=headdim, N=d_state, Q=cfg["Q"], K=conv_weight.shape[-1], HAS_D=D is not None,
+            HAS_DT_BIAS=dt_bias is not None, HAS_CONV_BIAS=conv_bias is not None, DT_SOFTPLUS=dt_softplus,
+            NUM_STAGES=cfg["num_stages"], INTERPRET=_interpreting(), num_warps=cfg["num_warps"],
+        )  # fmt: skip
+    return y
