@@ -285,9 +285,9 @@ BLOCK_ABLATIONS = {  # setting kind -> (BiMambaBlock switches set for the run, n
         {"fused_ssd": False},
         "fused path with mamba-ssm's chunked SSD forward instead of nn.fused.ssd_varlen",
     ),
-    "ablation_conv_outside_scan": (
-        {"fused_conv_ssd": False},
-        "inference: conv_both writes the [2T, C] convolved row, then ssd_varlen (not nn.fused.ssd_conv_varlen)",
+    "ablation_conv_in_scan": (
+        {"fused_conv_ssd": True},
+        "inference: causal conv inside the scan (nn.fused.ssd_conv_varlen), not conv_both then ssd_varlen",
     ),
     "ablation_unfused_merge": (
         {"fused_merge": False},
@@ -394,7 +394,7 @@ class Runner:
                 ("ablation_unfused_training", 2048, "train", a.train_cells_2048),
                 ("ablation_unfused_both", 2048, "infer", a.infer_cells_2048),
                 ("ablation_mamba_ssd", 2048, "infer", a.infer_cells_2048),
-                ("ablation_conv_outside_scan", 2048, "infer", a.infer_cells_2048),
+                ("ablation_conv_in_scan", 2048, "infer", a.infer_cells_2048),
                 ("ablation_unfused_merge", 2048, "infer", a.infer_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),

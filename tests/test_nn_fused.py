@@ -309,8 +309,8 @@ def test_ssd_conv_varlen_equals_conv_both_then_the_chunked_scan(monkeypatch, q, 
         fused.ssd_conv_varlen(xbc, dt, w.requires_grad_(), b, A, p.cu_seqlens, **kw)
 
 
-def test_block_convolves_inside_the_scan_only_without_gradients(monkeypatch):
-    """``BiMambaBlock.fused_conv_ssd``: same layer output with and without it; training keeps the convolved row."""
+def test_convolution_inside_the_scan_only_without_gradients_and_when_switched_on(monkeypatch):
+    """``mixer_both(conv_in_scan=True)``: same outputs; training keeps the convolved row; the block's switch."""
     import genemamba_scvi.nn.bimamba as bimamba
     import genemamba_scvi.nn.fused as fused
 
@@ -334,12 +334,14 @@ def test_block_convolves_inside_the_scan_only_without_gradients(monkeypatch):
     assert len(calls) == n
     monkeypatch.setattr(bimamba, "fused_available", lambda device: True)  # the block's switch, as on a GPU
     monkeypatch.setattr(block.mixer, "resolved_backend", lambda device: "mamba_ssm")
-    monkeypatch.setattr(bimamba, "mixer_both", lambda *a, **k: calls.append(k["conv_in_scan"]) or mixer_both(*a, **k))
+    switches = []
+    spy = lambda *a, **k: switches.append(k["conv_in_scan"]) or mixer_both(*a, **k)
+    monkeypatch.setattr(bimamba, "mixer_both", spy)
     with torch.no_grad():
+        block.mix_packed(h, p)  # off by default (slower on an H200)
+        monkeypatch.setattr(BiMambaBlock, "fused_conv_ssd", True)
         block.mix_packed(h, p)
-        monkeypatch.setattr(BiMambaBlock, "fused_conv_ssd", False)
-        block.mix_packed(h, p)
-    assert calls[-2:] == [True, False]
+    assert switches == [False, True]
 
 
 def test_mixer_both_falls_back_to_the_chunked_scan_for_sizes_the_one_pass_kernel_cannot_take():

@@ -381,7 +381,10 @@ class BiMambaBlock(nn.Module):
     fused_ssd: bool = True
     #: In inference with the one-pass SSD, convolve inside the scan kernel
     #: (:func:`~genemamba_scvi.nn.fused.ssd_conv_varlen`): no ``[2T, C]`` convolved row is written and read back.
-    fused_conv_ssd: bool = True
+    #: Off: slower on an H200, where the scan is bound by the latency of its chunk steps and the taps lengthen
+    #: each step (7.75 ms against 4.97 for conv_both + ssd_varlen; 777 against 1,069 cells/s for the model;
+    #: ``benchmarks/results/conv_ssd_sweep_h200.json``, ``throughput_h200_conv_in_scan.json``).
+    fused_conv_ssd: bool = False
     #: In inference on a GPU, merge the two directions with :func:`~genemamba_scvi.nn.fused.gate_merge_both` (two
     #: GEMMs, then gather + gate + interpolation in one Triton pass): 1,067 cells/s against 971 on an H200
     #: (``benchmarks/results/throughput_h200_merge_ablation.json``, same run).
