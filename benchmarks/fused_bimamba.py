@@ -223,6 +223,11 @@ def profile(dev: str) -> None:
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
 
 
+#: Launch shapes (tokens, channels, warps) of the "tokens" conv_both forward swept by ``--sweep-conv``.
+CONV_TOK_SWEEP = ((16, 128, 4), (32, 128, 4), (64, 128, 4), (32, 256, 4), (64, 64, 4), (32, 128, 8), (64, 128, 8),
+                  (128, 64, 4), (64, 256, 8))  # fmt: skip
+
+
 def sweep_conv(dev: str) -> list[dict[str, Any]]:
     """Median time of conv_both forward and backward per launch configuration (T of a 256-cell batch).
 
@@ -270,6 +275,25 @@ def sweep_conv(dev: str) -> list[dict[str, Any]]:
         rows.append({"kernel": "fwd", "config": cfg, "ms": ms, "GBps": (T * C * 2 + 2 * T * C * 2) / ms / 1e6})
         print(rows[-1], flush=True)
     fused._CONV_BLOCK = (32, 128)
+    ref = fused.conv_both(xbc, w, b, pack.rev, seq)
+    saved = fused._CONV_FWD_VARIANT, fused._CONV_TOK_BLOCK
+    fused._CONV_FWD_VARIANT = "tokens"
+    for cfg in CONV_TOK_SWEEP:  # the token forward (both rows of a token from one program)
+        fused._CONV_TOK_BLOCK = cfg
+        row = {"kernel": "fwd_tokens", "config": cfg}
+        try:
+            got = fused.conv_both(xbc, w, b, pack.rev, seq, cu_seqlens=pack.cu_seqlens)
+            row["max_abs_diff_vs_rows"] = float((got.float() - ref.float()).abs().max())
+            row["ms"] = triton.testing.do_bench(
+                lambda: fused.conv_both(xbc, w, b, pack.rev, seq, cu_seqlens=pack.cu_seqlens),
+                warmup=25, rep=100, return_mode="median",
+            )  # fmt: skip
+            row["GBps"] = (T * C * 2 + 2 * T * C * 2) / row["ms"] / 1e6
+        except Exception as err:  # a shape Triton cannot compile
+            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        rows.append(row)
+        print(row, flush=True)
+    fused._CONV_FWD_VARIANT, fused._CONV_TOK_BLOCK = saved
     return rows + sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout)
 
 

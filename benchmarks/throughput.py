@@ -778,9 +778,20 @@ class Runner:
 
             best = json.loads(Path(a.conv_ssd_sweep).read_text())["sweep_conv_ssd"]["best"]
             fused.SSD_CONV_FWD_CONFIG.update({k: best[k] for k in ("Q", "num_warps", "num_stages")})
+        if a.conv_sweep:  # conv_both's forward: the fastest variant and shape of a fused_bimamba.py --sweep-conv
+            from genemamba_scvi.nn import fused
+
+            rows = [r for r in json.loads(Path(a.conv_sweep).read_text())["sweep_conv"] if "ms" in r]
+            best = min((r for r in rows if r["kernel"] in ("fwd", "fwd_tokens")), key=lambda r: r["ms"])
+            if best["kernel"] == "fwd_tokens":
+                fused._CONV_FWD_VARIANT, fused._CONV_TOK_BLOCK = "tokens", tuple(best["config"])
+            else:
+                fused._CONV_FWD_VARIANT, fused._CONV_BLOCK = "rows", tuple(best["config"][:2])
         if self.cuda:
             from genemamba_scvi.nn import fused
 
+            self.meta["conv_fwd"] = {"variant": fused._CONV_FWD_VARIANT, "rows": fused._CONV_BLOCK,
+                                     "tokens": fused._CONV_TOK_BLOCK}  # fmt: skip
             cfgs = {"ssd_varlen": fused.SSD_FWD_CONFIG, "ssd_conv_varlen": fused.SSD_CONV_FWD_CONFIG}
             self.meta["ssd_configs"] = {k: dict(v) for k, v in cfgs.items()}
         self.build()
@@ -1165,6 +1176,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile-first", action="store_true", help="profile before the first setting")
     p.add_argument("--profile-modes", default="train,infer", help="steps to profile: train, infer or both")
     p.add_argument("--conv-ssd-sweep", default="", help="fused_bimamba.py --sweep-conv-ssd JSON: use its best shape")
+    p.add_argument("--conv-sweep", default="", help="fused_bimamba.py --sweep-conv JSON: use its fastest forward")
     p.add_argument("--only", default="", help="comma-separated substrings of setting names to run")
     p.add_argument("--autotune", default="prune", help="full | prune | pin:<earlier throughput json>")
     p.add_argument("--lengths", default=str(LENGTHS_NPY))

@@ -99,6 +99,28 @@ def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(silu, co
     assert torch.count_nonzero(full.grad[:, 3 + C :]) == 0
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_both_token_forward_equals_the_row_forward_and_the_reference(monkeypatch, bias):
+    """``_CONV_FWD_VARIANT = "tokens"`` (taps checked against the cell bounds): ragged and empty cells, cells
+    shorter than the taps, a partial last token block and channel block, a strided column slice."""
+    from genemamba_scvi.nn import fused
+
+    monkeypatch.setattr(fused, "_CONV_TOK_BLOCK", (8, 8, 4))
+    torch.manual_seed(13)
+    p = _pack([5, 1, 3, 0, 17, 2, 9, 30])
+    T, C, K = p.n_tokens, 12, 4
+    full = torch.randn(T, C + 7, device=DEVICE)
+    w, b = torch.randn(C, K, device=DEVICE), torch.randn(C, device=DEVICE) if bias else None
+    args = (full[:, 3 : 3 + C], w, b, p.rev, p.seq_idx[0])
+    ref = conv_both_reference(*args)
+    monkeypatch.setattr(fused, "_CONV_FWD_VARIANT", "tokens")
+    got = conv_both(*args, cu_seqlens=p.cu_seqlens)
+    assert _rel(got, ref) < 1e-5
+    monkeypatch.setattr(fused, "_CONV_FWD_VARIANT", "rows")
+    assert torch.equal(conv_both(*args, cu_seqlens=p.cu_seqlens), conv_both(*args))  # rows: cu_seqlens unused
+    assert _rel(conv_both(*args), ref) < 1e-5
+
+
 def test_conv_both_without_bias_and_every_variant_gives_the_same_gradients(monkeypatch):
     from genemamba_scvi.nn import fused
 

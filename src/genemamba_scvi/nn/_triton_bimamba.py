@@ -86,6 +86,47 @@ def conv_both_fwd_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, out_ptr, T, C, s
 
 
 @triton.jit
+def conv_both_fwd_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, out_ptr, T, C, stride_x, stride_w, stride_out,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """``conv_both`` forward by token: both output rows of each token of a block.
+
+    Token ``t`` of cell ``[s, e)`` writes its forward row ``t`` and its reversed row ``T + s + e - 1 - t``; the two
+    share the centre tap, and a tap is inside the cell when ``t - m >= s`` (forward) or ``t + m < e`` (reversed):
+    the cell's bounds instead of one cell-id load per tap.
+    """
+    tok = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    tm = tok < T
+    cmask = cols < C
+    cell = tl.load(seq_ptr + tok, mask=tm, other=0)
+    s = tl.load(cu_ptr + cell, mask=tm, other=0)
+    e = tl.load(cu_ptr + cell + 1, mask=tm, other=0)
+    t64 = tok.to(tl.int64)
+    x0 = tl.load(x_ptr + t64[:, None] * stride_x + cols[None, :], mask=tm[:, None] & cmask[None, :], other=0.0)
+    w_c = tl.load(w_ptr + cols * stride_w + (K - 1), mask=cmask, other=0.0).to(tl.float32)
+    acc_f = x0.to(tl.float32) * w_c[None, :]
+    if HAS_BIAS:
+        acc_f += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    acc_r = acc_f
+    for m in tl.static_range(1, K):
+        wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)[None, :]
+        ok = tm & (tok - m >= s)
+        acc_f += tl.load(x_ptr + (t64 - m)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                         other=0.0).to(tl.float32) * wv
+        ok = tm & (tok + m < e)
+        acc_r += tl.load(x_ptr + (t64 + m)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                         other=0.0).to(tl.float32) * wv
+    if SILU:
+        acc_f = acc_f * tl.sigmoid(acc_f)
+        acc_r = acc_r * tl.sigmoid(acc_r)
+    mask = tm[:, None] & cmask[None, :]
+    tl.store(out_ptr + t64[:, None] * stride_out + cols[None, :], acc_f.to(out_ptr.dtype.element_ty), mask=mask)
+    r64 = (T + s + e - 1 - tok).to(tl.int64)
+    tl.store(out_ptr + r64[:, None] * stride_out + cols[None, :], acc_r.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dpre_ptr, dw_part_ptr, db_part_ptr, T,
     C, stride_x, stride_w, stride_dout, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr

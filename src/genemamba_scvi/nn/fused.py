@@ -59,7 +59,12 @@ __all__ = [
     "ssd_varlen_supports",
 ]
 
-_CONV_BLOCK = (32, 128)  # rows x channels of the forward conv kernel
+_CONV_BLOCK = (32, 128)  # rows x channels of the forward conv kernel ("rows")
+# conv_both forward: "rows" (one program per block of output rows: the anchor token through rev, one cell-id load per
+# tap) or "tokens" (one program per block of tokens writes both directions' rows; taps checked against the cell's
+# bounds, given cu_seqlens)
+_CONV_FWD_VARIANT = "rows"
+_CONV_TOK_BLOCK = (32, 128, 4)  # tokens x channels x warps of the "tokens" forward
 _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the conv backward ("v2", "bf16dpre")
 # conv_both backward: "v2" (pre-activation gradient of both directions in an fp32 [2T, C] buffer, then dx from it;
 # two kernels), "bf16dpre" (the same, the buffer in the dtype of the input), "fused" (one kernel, no buffer: each
@@ -103,32 +108,27 @@ def _cdiv(a: int, b: int) -> int:
 # ----------------------------------------------------------------------------------------------------
 class _ConvBoth(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xbc, weight, bias, rev, seq, silu):
+    def forward(ctx, xbc, weight, bias, rev, seq, silu, cu):
         T, C = xbc.shape
         K = weight.shape[-1]
         if xbc.stride(-1) != 1:
             xbc = xbc.contiguous()
         out = torch.empty(2 * T, C, dtype=xbc.dtype, device=xbc.device)
-        br, bc = _CONV_BLOCK
-        _kernels().conv_both_fwd_kernel[(_cdiv(2 * T, br), _cdiv(C, bc))](
-            xbc,
-            weight,
-            bias if bias is not None else weight,
-            rev,
-            seq,
-            out,
-            T,
-            C,
-            xbc.stride(0),
-            weight.stride(0),
-            out.stride(0),
-            K=K,
-            HAS_BIAS=bias is not None,
-            SILU=silu,
-            BLOCK_R=br,
-            BLOCK_C=bc,
-            num_warps=4,
-        )
+        b = bias if bias is not None else weight
+        consts = dict(K=K, HAS_BIAS=bias is not None, SILU=silu)
+        check_choice("_CONV_FWD_VARIANT", _CONV_FWD_VARIANT, ("rows", "tokens"))
+        if cu is not None and _CONV_FWD_VARIANT == "tokens":
+            br, bc, warps = _CONV_TOK_BLOCK
+            _kernels().conv_both_fwd_tok_kernel[(_cdiv(T, br), _cdiv(C, bc))](
+                xbc, weight, b, seq, cu, out, T, C, xbc.stride(0), weight.stride(0), out.stride(0), BLOCK_R=br,
+                BLOCK_C=bc, num_warps=warps, **consts,
+            )  # fmt: skip
+        else:
+            br, bc = _CONV_BLOCK
+            _kernels().conv_both_fwd_kernel[(_cdiv(2 * T, br), _cdiv(C, bc))](
+                xbc, weight, b, rev, seq, out, T, C, xbc.stride(0), weight.stride(0), out.stride(0), BLOCK_R=br,
+                BLOCK_C=bc, num_warps=4, **consts,
+            )  # fmt: skip
         ctx.save_for_backward(xbc, weight, bias, rev, seq)
         ctx.silu = silu
         return out
@@ -147,7 +147,7 @@ class _ConvBoth(torch.autograd.Function):
             dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype)
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 def _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r):
@@ -203,6 +203,7 @@ def conv_both(
     rev: torch.Tensor,
     seq: torch.Tensor,
     silu: bool = True,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Depthwise causal convolution (+ SiLU) of the cells and of their in-place reversals.
 
@@ -218,6 +219,9 @@ def conv_both(
         ``[T]`` int32 cell id of every token.
     silu
         Apply SiLU.
+    cu_seqlens
+        ``[n_cells + 1]`` cell starts: lets the ``"tokens"`` forward (``_CONV_FWD_VARIANT``) check taps against
+        the cell's bounds.
 
     Returns
     -------
@@ -226,7 +230,8 @@ def conv_both(
         ``T..2T-1`` that of each reversed cell (in reversed order); the same as gathering
         ``[x; x[rev]]`` and convolving each sequence.
     """
-    return _ConvBoth.apply(xbc, weight, bias, rev, seq.to(torch.int32).contiguous(), silu)
+    cu = cu_seqlens.to(torch.int64).contiguous() if cu_seqlens is not None else None
+    return _ConvBoth.apply(xbc, weight, bias, rev, seq.to(torch.int32).contiguous(), silu, cu)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -462,7 +467,7 @@ def mixer_both(
             cache["order_both"] = ssd_order(cu, both=True)
         y = ssd_conv_varlen(xbc, dt, conv_w, mixer.conv1d.bias, A, cu, order=cache["order_both"], **kw)
     else:
-        xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True)
+        xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True, cu_seqlens=cu_seqlens)
         dt2 = torch.cat([dt, dt.index_select(0, rev)])
         seq_both = seq_both.to(torch.int32).contiguous()
         if one_pass:
