@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import platform
 import sys
@@ -352,7 +353,7 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout) -> list[dict[str, Any]]:
 
 #: Launch shapes of ``ssd_varlen``'s forward swept by ``--sweep-ssd`` (the first sweep, ``ssd_sweep_h200.json``,
 #: covered Q 32/64/128 x warps 4/8 x stages 1/2/3: Q 32, 4 warps, 2 stages best; 8 warps always slower).
-SSD_SWEEP = {"Q": (16, 32, 64), "num_warps": (2, 4), "num_stages": (2, 3)}
+SSD_SWEEP = {"Q": (16, 32), "num_warps": (4, 8), "num_stages": (2, 3), "heads": (1, 2, 4)}
 
 
 def sweep_ssd(dev: str) -> dict[str, Any]:
@@ -393,20 +394,18 @@ def sweep_ssd(dev: str) -> dict[str, Any]:
     res["mamba_fwd_ms"] = triton.testing.do_bench(mamba, warmup=25, rep=200, return_mode="median")
     default = dict(fused.SSD_FWD_CONFIG)
     configs = []
-    for q in SSD_SWEEP["Q"]:
-        for warps in SSD_SWEEP["num_warps"]:
-            for stages in SSD_SWEEP["num_stages"]:
-                fused.SSD_FWD_CONFIG.update(Q=q, num_warps=warps, num_stages=stages)
-                row: dict[str, Any] = {"Q": q, "num_warps": warps, "num_stages": stages}
-                try:
-                    y = ours().float()
-                    row["rel_diff_vs_mamba"] = float((y - ref).norm() / ref.norm())
-                    row["ms"] = triton.testing.do_bench(ours, warmup=25, rep=200, return_mode="median")
-                    row["speedup_vs_mamba"] = res["mamba_fwd_ms"] / row["ms"]
-                except Exception as err:  # a shape Triton cannot compile (registers, shared memory)
-                    row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
-                configs.append(row)
-                print(row, flush=True)
+    for shape in itertools.product(*SSD_SWEEP.values()):
+        row: dict[str, Any] = dict(zip(SSD_SWEEP, shape))
+        fused.SSD_FWD_CONFIG.update(row)
+        try:
+            y = ours().float()
+            row["rel_diff_vs_mamba"] = float((y - ref).norm() / ref.norm())
+            row["ms"] = triton.testing.do_bench(ours, warmup=25, rep=200, return_mode="median")
+            row["speedup_vs_mamba"] = res["mamba_fwd_ms"] / row["ms"]
+        except Exception as err:  # a shape Triton cannot compile (registers, shared memory)
+            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        configs.append(row)
+        print(row, flush=True)
     fused.SSD_FWD_CONFIG.clear()
     fused.SSD_FWD_CONFIG.update(default)
     res["configs"] = configs

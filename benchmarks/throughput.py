@@ -773,14 +773,14 @@ class Runner:
             if pinned:
                 self.autotune["pinned_from"] = a.autotune[4:]
                 self.autotune["pinned"] = pinned
-        if a.conv_ssd_sweep:  # the launch shape of ssd_conv_varlen: the fastest of a fused_bimamba.py sweep
-            from genemamba_scvi.nn import fused
+        from genemamba_scvi.nn import fused
 
-            best = json.loads(Path(a.conv_ssd_sweep).read_text())["sweep_conv_ssd"]["best"]
-            fused.SSD_CONV_FWD_CONFIG.update({k: best[k] for k in ("Q", "num_warps", "num_stages")})
+        for path, key, cfg in ((a.ssd_sweep, "sweep_ssd", fused.SSD_FWD_CONFIG),
+                               (a.conv_ssd_sweep, "sweep_conv_ssd", fused.SSD_CONV_FWD_CONFIG)):  # fmt: skip
+            if path:  # the launch shape of ssd_varlen / ssd_conv_varlen: the fastest of a fused_bimamba.py sweep
+                best = json.loads(Path(path).read_text())[key]["best"]
+                cfg.update({k: best[k] for k in cfg if k in best})
         if a.conv_sweep:  # conv_both's forward: the fastest variant and shape of a fused_bimamba.py --sweep-conv
-            from genemamba_scvi.nn import fused
-
             rows = [r for r in json.loads(Path(a.conv_sweep).read_text())["sweep_conv"] if "ms" in r]
             best = min((r for r in rows if r["kernel"] in ("fwd", "fwd_tokens")), key=lambda r: r["ms"])
             if best["kernel"] == "fwd_tokens":
@@ -788,8 +788,6 @@ class Runner:
             else:
                 fused._CONV_FWD_VARIANT, fused._CONV_BLOCK = "rows", tuple(best["config"][:2])
         if self.cuda:
-            from genemamba_scvi.nn import fused
-
             self.meta["conv_fwd"] = {"variant": fused._CONV_FWD_VARIANT, "rows": fused._CONV_BLOCK,
                                      "tokens": fused._CONV_TOK_BLOCK}  # fmt: skip
             cfgs = {"ssd_varlen": fused.SSD_FWD_CONFIG, "ssd_conv_varlen": fused.SSD_CONV_FWD_CONFIG}
@@ -1175,6 +1173,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--profile-first", action="store_true", help="profile before the first setting")
     p.add_argument("--profile-modes", default="train,infer", help="steps to profile: train, infer or both")
+    p.add_argument("--ssd-sweep", default="", help="fused_bimamba.py --sweep-ssd JSON: use its best shape")
     p.add_argument("--conv-ssd-sweep", default="", help="fused_bimamba.py --sweep-conv-ssd JSON: use its best shape")
     p.add_argument("--conv-sweep", default="", help="fused_bimamba.py --sweep-conv JSON: use its fastest forward")
     p.add_argument("--only", default="", help="comma-separated substrings of setting names to run")

@@ -248,12 +248,14 @@ def test_mixer_both_equals_the_gathered_two_direction_mixer(one_pass_ssd):
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("q", "ngroups"), [(16, 1), (64, 2)])
-def test_ssd_varlen_equals_the_chunked_scan_outputs_and_gradients(monkeypatch, q, ngroups):
-    """Ragged, empty, one-row and multi-chunk sequences; the state restarts at every sequence."""
+@pytest.mark.parametrize(("q", "ngroups", "heads"), [(16, 1, 1), (64, 2, 1), (16, 1, 4), (32, 2, 2)])
+def test_ssd_varlen_equals_the_chunked_scan_outputs_and_gradients(monkeypatch, q, ngroups, heads):
+    """Ragged, empty, one-row and multi-chunk sequences; the state restarts at every sequence; one head per
+    program, or several heads of a group per program (``SSD_FWD_CONFIG["heads"]``)."""
     import genemamba_scvi.nn.fused as fused
 
     monkeypatch.setitem(fused.SSD_FWD_CONFIG, "Q", q)
+    monkeypatch.setitem(fused.SSD_FWD_CONFIG, "heads", heads)
     torch.manual_seed(5)
     H, P, N = 4, 16, 16
     lens = torch.tensor([70, 1, 0, 33, 130, 5])

@@ -119,6 +119,90 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
 
 
 # ----------------------------------------------------------------------------------------------------
+# Several heads of one group per program
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt,
+    stride_b, stride_c, stride_y, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr,
+    HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr
+):
+    """``_ssd_chunk`` for the ``HB`` heads ``hh`` of group ``g`` at once: ``state`` ``[HB, N, P]``.
+
+    The heads share the loads of B and C and the product ``C B^T``; their chains of chunk steps are independent,
+    so one program interleaves ``HB`` of them (batched dots over the head axis).
+    """
+    q = tl.arange(0, Q)
+    p = tl.arange(0, P)
+    n = tl.arange(0, N)
+    rows = c0 + q
+    rm = rows < end
+    r64 = rows.to(tl.int64)
+    dt = tl.load(dt_ptr + r64[None, :] * stride_dt + hh[:, None], mask=rm[None, :], other=0.0).to(tl.float32)
+    dt = dt + dt_bias[:, None]
+    if DT_SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    dt = tl.where(rm[None, :], dt, 0.0)  # [HB, Q]
+    dA = dt * A[:, None]
+    cs = tl.cumsum(dA, axis=1)
+    total = tl.sum(dA, axis=1)  # [HB]
+    xoff = r64[None, :, None] * stride_x + (hh[:, None, None] * P + p[None, None, :])
+    xm = tl.load(x_ptr + xoff, mask=rm[None, :, None], other=0.0)  # [HB, Q, P]
+    bm = tl.load(B_ptr + r64[:, None] * stride_b + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
+    cm = tl.load(C_ptr + r64[:, None] * stride_c + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
+    cb = tl.dot(cm, tl.trans(bm))  # [Q, Q] fp32, shared by the heads
+    causal = q[:, None] >= q[None, :]
+    seg = tl.where(causal[None, :, :], cs[:, :, None] - cs[:, None, :], float("-inf"))
+    w = cb[None, :, :] * tl.exp(seg) * dt[:, None, :]  # [HB, Q, Q]
+    y = tl.dot(w.to(xm.dtype), xm)
+    cmh = tl.broadcast_to(cm[None, :, :], (HB, Q, N))
+    y += tl.dot(cmh, state.to(cm.dtype)) * tl.exp(cs)[:, :, None]
+    if HAS_D:
+        y += D[:, None, None] * xm.to(tl.float32)
+    yoff = r64[None, :, None] * stride_y + (hh[:, None, None] * P + p[None, None, :])
+    tl.store(y_ptr + yoff, y.to(y_ptr.dtype.element_ty), mask=rm[None, :, None])
+    bw = (bm.to(tl.float32)[None, :, :] * (tl.exp(total[:, None] - cs) * dt)[:, :, None]).to(xm.dtype)  # [HB, Q, N]
+    return state * tl.exp(total)[:, None, None] + tl.dot(tl.permute(bw, (0, 2, 1)), xm)
+
+
+@triton.jit
+def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, cu_ptr, order_ptr,
+    stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads,
+    P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr
+):
+    """``ssd_varlen_fwd_kernel`` with ``HB`` heads per program (``HB`` divides the heads of a group).
+
+    Grid ``(n_heads // HB * n_sequences,)``: program ``i`` runs heads ``HB * (i % (n_heads // HB)) + [0, HB)`` of
+    sequence ``order[i // (n_heads // HB)]``.
+    """
+    pid = tl.program_id(0)
+    n_blocks = n_heads // HB
+    hh = (pid % n_blocks) * HB + tl.arange(0, HB)
+    s = tl.load(order_ptr + pid // n_blocks)
+    g = ((pid % n_blocks) * HB) // heads_per_group
+    start = tl.load(cu_ptr + s)
+    end = tl.load(cu_ptr + s + 1)
+    A = tl.load(A_ptr + hh).to(tl.float32)
+    dt_bias = tl.zeros((HB,), dtype=tl.float32)
+    if HAS_DT_BIAS:
+        dt_bias = tl.load(dt_bias_ptr + hh).to(tl.float32)
+    D = tl.zeros((HB,), dtype=tl.float32)
+    if HAS_D:
+        D = tl.load(D_ptr + hh).to(tl.float32)
+    state = tl.zeros((HB, N, P), dtype=tl.float32)
+    if INTERPRET:
+        c0 = start
+        while c0 < end:
+            state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
+                stride_x, stride_dt, stride_b, stride_c, stride_y, P, N, Q, HB, HAS_D, DT_SOFTPLUS)
+            c0 += Q
+    else:
+        for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
+            state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
+                stride_x, stride_dt, stride_b, stride_c, stride_y, P, N, Q, HB, HAS_D, DT_SOFTPLUS)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Inference: the causal convolution of both directions inside the scan
 # ----------------------------------------------------------------------------------------------------
 @triton.jit

@@ -14,10 +14,11 @@ import torch
 
 __all__ = ["SSD_CONV_FWD_CONFIG", "SSD_FWD_CONFIG", "ssd_conv_varlen", "ssd_order", "ssd_varlen", "ssd_varlen_supports"]
 
-#: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages.
+#: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages, and heads per
+#: program (``"heads"`` > 1: the heads of a group share B, C and ``C B^T``; ``ssd_varlen_heads_fwd_kernel``).
 #: Q 16, 4 warps, 3 stages: the fastest of 30 shapes on an H200, 2.96 ms against mamba-ssm's 6.18 ms for both
 #: directions of 256 cells (benchmarks/results/ssd_sweep_h200.json, ssd_sweep2_h200.json).
-SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
+SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3, "heads": 1}
 #: Launch shape of :func:`ssd_conv_varlen` (the same walk, with the convolution's taps loaded in each chunk step).
 SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
@@ -61,34 +62,21 @@ class _SSDVarlen(torch.autograd.Function):
             if order is None:
                 order = ssd_order(cu)
             cfg = SSD_FWD_CONFIG
-            _ssd_kernels().ssd_varlen_fwd_kernel[(nheads * n_seq,)](
-                xbc,
-                dt,
-                dt_bias if dt_bias is not None else A,
-                A,
-                xbc[:, d_inner:],
-                xbc[:, d_inner + gn :],
-                D if D is not None else A,
-                y,
-                cu,
-                order,
-                xbc.stride(0),
-                dt.stride(0),
-                xbc.stride(0),
-                xbc.stride(0),
-                y.stride(0),
-                nheads // ngroups,
-                nheads,
-                P=headdim,
-                N=d_state,
-                Q=cfg["Q"],
-                HAS_D=D is not None,
-                HAS_DT_BIAS=dt_bias is not None,
-                DT_SOFTPLUS=dt_softplus,
-                NUM_STAGES=cfg["num_stages"],
-                INTERPRET=_interpreting(),
-                num_warps=cfg["num_warps"],
-            )
+            hb = cfg.get("heads", 1)
+            hb = hb if hb > 1 and (nheads // ngroups) % hb == 0 else 1  # heads of one group per program
+            args = (
+                xbc, dt, dt_bias if dt_bias is not None else A, A, xbc[:, d_inner:], xbc[:, d_inner + gn :],
+                D if D is not None else A, y, cu, order, xbc.stride(0), dt.stride(0), xbc.stride(0), xbc.stride(0),
+                y.stride(0), nheads // ngroups, nheads,
+            )  # fmt: skip
+            consts = dict(P=headdim, N=d_state, Q=cfg["Q"], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None,
+                          DT_SOFTPLUS=dt_softplus, NUM_STAGES=cfg["num_stages"], INTERPRET=_interpreting(),
+                          num_warps=cfg["num_warps"])  # fmt: skip
+            k = _ssd_kernels()
+            if hb > 1:
+                k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, HB=hb, **consts)
+            else:
+                k.ssd_varlen_fwd_kernel[(nheads * n_seq,)](*args, **consts)
         ctx.save_for_backward(xbc, dt, A, D, dt_bias, seq_idx)
         ctx.shape, ctx.chunk_size, ctx.dt_softplus = shape, chunk_size, dt_softplus
         return y
