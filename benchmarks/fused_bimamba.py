@@ -229,7 +229,7 @@ CONV_TOK_SWEEP = ((16, 128, 4), (32, 128, 4), (64, 128, 4), (32, 256, 4), (64, 6
                   (128, 64, 4), (64, 256, 8))  # fmt: skip
 
 
-def sweep_conv(dev: str) -> list[dict[str, Any]]:
+def sweep_conv(dev: str, backward: bool = True) -> list[dict[str, Any]]:
     """Median time of conv_both forward and backward per launch configuration (T of a 256-cell batch).
 
     The backward rows cover every variant of ``nn.fused._CONV_BWD_VARIANT`` (:func:`sweep_conv_bwd`).
@@ -295,7 +295,7 @@ def sweep_conv(dev: str) -> list[dict[str, Any]]:
         rows.append(row)
         print(row, flush=True)
     fused._CONV_FWD_VARIANT, fused._CONV_TOK_BLOCK = saved
-    return rows + sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout)
+    return rows + (sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout) if backward else [])
 
 
 # launch shapes of the conv backward: (rows, channels, row blocks per program) of "v2" and "bf16dpre";
@@ -518,6 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="only print the kernel table of one layer's steps")
     p.add_argument("--sweep-conv", action="store_true", help="only time conv_both's launch configurations")
     p.add_argument("--sweep-ssd", action="store_true", help="only time ssd_varlen against mamba-ssm's scan")
+    p.add_argument("--conv-fwd-only", action="store_true", help="--sweep-conv: the forward shapes only")
     p.add_argument("--sweep-conv-ssd", action="store_true", help="only time ssd_conv_varlen against two kernels")
     p.add_argument(
         "--conv-bwd",
@@ -542,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
             Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), key: res}, indent=1))
             return
     if a.sweep_conv:
-        sweep = sweep_conv(dev)
+        sweep = sweep_conv(dev, backward=not a.conv_fwd_only)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         info = {
             "device": torch.cuda.get_device_name(),
