@@ -125,6 +125,10 @@ def parity(d_model: int, n_cells: int, seed: int, dev: str) -> dict[str, Any]:
                 "worst": worst,
                 "pass": all(worst[m] <= BANDS[prec][m] for m in worst),
             }
+        with torch.no_grad(), _path("fused"), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            y = block.forward_packed(x, pack)  # inference: the one-pass merge and the inference-only kernels
+        worst = _metrics(y, r64["output"])
+        case[f"fused_infer_{prec}"] = {"worst": worst, "pass": all(worst[m] <= BANDS[prec][m] for m in worst)}
     return case
 
 
@@ -518,6 +522,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="only print the kernel table of one layer's steps")
     p.add_argument("--sweep-conv", action="store_true", help="only time conv_both's launch configurations")
     p.add_argument("--sweep-ssd", action="store_true", help="only time ssd_varlen against mamba-ssm's scan")
+    p.add_argument("--parity-only", action="store_true", help="only the parity against the float64 reference")
     p.add_argument("--conv-fwd-only", action="store_true", help="--sweep-conv: the forward shapes only")
     p.add_argument("--sweep-conv-ssd", action="store_true", help="only time ssd_conv_varlen against two kernels")
     p.add_argument(
@@ -565,10 +570,11 @@ def main(argv: list[str] | None = None) -> None:
         "bands": BANDS,
         "conv_bwd": conv_bwd,
         "ssd_fwd_config": dict(fused.SSD_FWD_CONFIG),
+        "conv_fwd": {"variant": fused._CONV_FWD_VARIANT, "tokens": fused._CONV_TOK_BLOCK, "rows": fused._CONV_BLOCK},
         "parity": [],
         "timing": [],
     }
-    for n_cells, mode in ((48, "train"), (256, "infer")):
+    for n_cells, mode in ((48, "train"), (256, "infer")) if not a.parity_only else ():
         r = timing(512, n_cells, mode, a.reps, dev)
         out["timing"].append(r)
         print(

@@ -66,7 +66,7 @@ def _conv_pre(x_ptr, w_ptr, b_ptr, seq_ptr, anchor, is_rev, rmask, cols, cmask, 
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def conv_both_fwd_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, out_ptr, T, C, stride_x, stride_w, stride_out,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
@@ -85,7 +85,7 @@ def conv_both_fwd_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, out_ptr, T, C, s
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def conv_both_fwd_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, out_ptr, T, C, stride_x, stride_w, stride_out,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
@@ -126,7 +126,7 @@ def conv_both_fwd_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, out_ptr, T, C
     tl.store(out_ptr + r64[:, None] * stride_out + cols[None, :], acc_r.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dpre_ptr, dw_part_ptr, db_part_ptr, T,
     C, stride_x, stride_w, stride_dout, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
@@ -180,7 +180,7 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
     tl.store(dw_part_ptr + (pid_r * C + cols)[:, None] * K + taps[None, :], dw, mask=cmask[:, None] & tmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_dx_kernel(w_ptr, seq_ptr, dpre_ptr, dx_ptr, T, C, stride_w, stride_dx, K: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
@@ -258,7 +258,7 @@ def _row_grad(x_ptr, w_ptr, rev_ptr, seq_ptr, dout_ptr, rows, cell, m, bias, rma
     return tl.where(mask2, g, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_fused_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dx_ptr, dw_part_ptr, db_part_ptr, T,
     C, stride_x, stride_w, stride_dout, stride_dx, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
@@ -312,7 +312,7 @@ def conv_both_bwd_fused_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, 
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def gated_norm_both_fwd_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, out_ptr, rstd_ptr, T, G, n_groups, eps, stride_y,
     stride_z, stride_out, BLOCK_G: tl.constexpr
 ):
@@ -355,7 +355,7 @@ def _gated_norm_row_bwd(y_ptr, dn_ptr, yn_ptr, dy_ptr, rstd_ptr, row, grp, n_gro
     return dz, dn * n
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def gated_norm_both_bwd_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, rstd_ptr, dn_ptr, dy_ptr, dz_ptr, yn_ptr, dw_part_ptr, T,
     G, n_groups, stride_y, stride_z, stride_dn, stride_dy, stride_dz, stride_yn, ROWS: tl.constexpr,
     RECOMPUTE: tl.constexpr, BLOCK_G: tl.constexpr
@@ -391,7 +391,7 @@ def gated_norm_both_bwd_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, rstd_ptr, dn_ptr, d
     tl.store(dw_part_ptr + pid * (n_groups * G) + cols, dw, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def gate_merge_both_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, y_ptr, T, D, stride_o, stride_pf, stride_pb, stride_y,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
 ):

@@ -247,7 +247,7 @@ def _ssd_conv_chunk(state, i0, length, base, sgn, out0, h, xcols, bcols, gn, A, 
     return state
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "n_cells"])
 def ssd_conv_varlen_fwd_kernel(xbc_ptr, dt_ptr, dt_bias_ptr, A_ptr, D_ptr, w_ptr, cbias_ptr, y_ptr, cu_ptr, order_ptr,
     T, n_cells, stride_xbc, stride_dt, stride_w, stride_y, heads_per_group, n_heads, d_inner, gn,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, K: tl.constexpr, HAS_D: tl.constexpr,

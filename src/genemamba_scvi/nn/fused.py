@@ -62,9 +62,10 @@ __all__ = [
 _CONV_BLOCK = (32, 128)  # rows x channels of the forward conv kernel ("rows")
 # conv_both forward: "rows" (one program per block of output rows: the anchor token through rev, one cell-id load per
 # tap) or "tokens" (one program per block of tokens writes both directions' rows; taps checked against the cell's
-# bounds, given cu_seqlens)
-_CONV_FWD_VARIANT = "rows"
-_CONV_TOK_BLOCK = (32, 128, 4)  # tokens x channels x warps of the "tokens" forward
+# bounds, given cu_seqlens). H200, 359k tokens (benchmarks/results/conv_fwd_sweep_h200.json): tokens 16x128 (4 warps)
+# 1.17 ms (2.07 TB/s), rows 32x128 1.70 ms (1.42 TB/s), best of 9 and 6 shapes.
+_CONV_FWD_VARIANT = "tokens"
+_CONV_TOK_BLOCK = (16, 128, 4)  # tokens x channels x warps of the "tokens" forward
 _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the conv backward ("v2", "bf16dpre")
 # conv_both backward: "v2" (pre-activation gradient of both directions in an fp32 [2T, C] buffer, then dx from it;
 # two kernels), "bf16dpre" (the same, the buffer in the dtype of the input), "fused" (one kernel, no buffer: each

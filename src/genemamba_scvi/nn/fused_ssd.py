@@ -16,9 +16,10 @@ __all__ = ["SSD_CONV_FWD_CONFIG", "SSD_FWD_CONFIG", "ssd_conv_varlen", "ssd_orde
 
 #: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages, and heads per
 #: program (``"heads"`` > 1: the heads of a group share B, C and ``C B^T``; ``ssd_varlen_heads_fwd_kernel``).
-#: Q 16, 4 warps, 3 stages: the fastest of 30 shapes on an H200, 2.96 ms against mamba-ssm's 6.18 ms for both
-#: directions of 256 cells (benchmarks/results/ssd_sweep_h200.json, ssd_sweep2_h200.json).
-SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3, "heads": 1}
+#: Q 16, 4 warps, 2 stages, 4 heads: the fastest of 24 shapes on an H200, 2.48 ms against 2.92 ms with one head per
+#: program (Q 16, 4 warps, 3 stages) and 6.17 ms for mamba-ssm's scan, both directions of 256 cells
+#: (benchmarks/results/ssd_sweep3_h200.json; 2 heads per program were slower than 1 at every shape).
+SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 2, "heads": 4}
 #: Launch shape of :func:`ssd_conv_varlen` (the same walk, with the convolution's taps loaded in each chunk step).
 SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
