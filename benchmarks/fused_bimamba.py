@@ -355,6 +355,29 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout) -> list[dict[str, Any]]:
     return rows
 
 
+def _sweep_shapes(space: dict, config: dict, fn, ref: torch.Tensor, base_ms: float, base: str) -> list[dict]:
+    """Time ``fn`` at every launch shape of ``space`` (written into ``config``, restored after) against ``base``."""
+    import triton
+
+    saved = dict(config)
+    rows = []
+    for shape in itertools.product(*space.values()):
+        row: dict[str, Any] = dict(zip(space, shape))
+        config.update(row)
+        try:
+            y = fn().float()
+            row[f"rel_diff_vs_{base}"] = float((y - ref).norm() / ref.norm())
+            row["ms"] = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+            row[f"speedup_vs_{base}"] = base_ms / row["ms"]
+        except Exception as err:  # a shape Triton cannot compile (registers, shared memory)
+            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        rows.append(row)
+        print(row, flush=True)
+    config.clear()
+    config.update(saved)
+    return rows
+
+
 #: Launch shapes of ``ssd_varlen``'s forward swept by ``--sweep-ssd`` (the first sweep, ``ssd_sweep_h200.json``,
 #: covered Q 32/64/128 x warps 4/8 x stages 1/2/3: Q 32, 4 warps, 2 stages best; 8 warps always slower).
 SSD_SWEEP = {"Q": (16, 32), "num_warps": (4, 8), "num_stages": (2, 3), "heads": (1, 2, 4)}
@@ -396,24 +419,8 @@ def sweep_ssd(dev: str) -> dict[str, Any]:
     ref = mamba().float()
     res: dict[str, Any] = {"rows": L, "n_sequences": cu.numel() - 1, "heads": H, "headdim": P, "d_state": N}
     res["mamba_fwd_ms"] = triton.testing.do_bench(mamba, warmup=25, rep=200, return_mode="median")
-    default = dict(fused.SSD_FWD_CONFIG)
-    configs = []
-    for shape in itertools.product(*SSD_SWEEP.values()):
-        row: dict[str, Any] = dict(zip(SSD_SWEEP, shape))
-        fused.SSD_FWD_CONFIG.update(row)
-        try:
-            y = ours().float()
-            row["rel_diff_vs_mamba"] = float((y - ref).norm() / ref.norm())
-            row["ms"] = triton.testing.do_bench(ours, warmup=25, rep=200, return_mode="median")
-            row["speedup_vs_mamba"] = res["mamba_fwd_ms"] / row["ms"]
-        except Exception as err:  # a shape Triton cannot compile (registers, shared memory)
-            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
-        configs.append(row)
-        print(row, flush=True)
-    fused.SSD_FWD_CONFIG.clear()
-    fused.SSD_FWD_CONFIG.update(default)
-    res["configs"] = configs
-    ok = [r for r in configs if "ms" in r]
+    res["configs"] = _sweep_shapes(SSD_SWEEP, fused.SSD_FWD_CONFIG, ours, ref, res["mamba_fwd_ms"], "mamba")
+    ok = [r for r in res["configs"] if "ms" in r]
     res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
     dy = torch.randn(L, H * P, device=dev, generator=g).to(torch.bfloat16)
     for name, fn, leaves in (("mamba", mamba, (x, B, C, dt)), ("ours", ours, (xbc, dt))):
@@ -472,26 +479,10 @@ def sweep_conv_ssd(dev: str) -> dict[str, Any]:
     with torch.no_grad():
         ref = two_kernels().float()
         res["two_kernels_ms"] = triton.testing.do_bench(two_kernels, warmup=25, rep=200, return_mode="median")
-        default = dict(fused.SSD_CONV_FWD_CONFIG)
-        configs = []
-        for q in SSD_CONV_SWEEP["Q"]:
-            for warps in SSD_CONV_SWEEP["num_warps"]:
-                for stages in SSD_CONV_SWEEP["num_stages"]:
-                    fused.SSD_CONV_FWD_CONFIG.update(Q=q, num_warps=warps, num_stages=stages)
-                    row: dict[str, Any] = {"Q": q, "num_warps": warps, "num_stages": stages}
-                    try:
-                        y = one_kernel().float()
-                        row["rel_diff_vs_two_kernels"] = float((y - ref).norm() / ref.norm())
-                        row["ms"] = triton.testing.do_bench(one_kernel, warmup=25, rep=200, return_mode="median")
-                        row["speedup_vs_two_kernels"] = res["two_kernels_ms"] / row["ms"]
-                    except Exception as err:  # a shape Triton cannot compile (registers, shared memory)
-                        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
-                    configs.append(row)
-                    print(row, flush=True)
-        fused.SSD_CONV_FWD_CONFIG.clear()
-        fused.SSD_CONV_FWD_CONFIG.update(default)
-    res["configs"] = configs
-    ok = [r for r in configs if "ms" in r]
+        res["configs"] = _sweep_shapes(
+            SSD_CONV_SWEEP, fused.SSD_CONV_FWD_CONFIG, one_kernel, ref, res["two_kernels_ms"], "two_kernels"
+        )
+    ok = [r for r in res["configs"] if "ms" in r]
     res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
     print({k: v for k, v in res.items() if k != "configs"}, flush=True)
     return res

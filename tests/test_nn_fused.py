@@ -68,6 +68,16 @@ def _leaves(*tensors):
     return a, b
 
 
+def _tiny_block(seed: int | None):
+    """A torch-backend Bi-Mamba block (d_model 16, sizes the one-pass kernels take), a packed batch and its tokens."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    p = _pack()
+    return block, p, torch.randn(p.n_tokens, 16, device=DEVICE)
+
+
 @pytest.fixture(params=["v2", "bf16dpre", "fused"])
 def conv_bwd_variant(request, monkeypatch):
     """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test."""
@@ -338,11 +348,7 @@ def test_convolution_inside_the_scan_only_without_gradients_and_when_switched_on
     import genemamba_scvi.nn.bimamba as bimamba
     import genemamba_scvi.nn.fused as fused
 
-    torch.manual_seed(12)
-    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
-    block = BiMambaBlock(config=cfg).to(DEVICE)
-    p = _pack()
-    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    block, p, h = _tiny_block(12)
     zxbcdt = block.mixer.in_proj(h)
     calls = []
     real = fused.ssd_conv_varlen
@@ -393,10 +399,7 @@ def test_block_falls_back_to_mamba_ssms_layer_once_when_the_fused_kernels_fail(m
     """A GPU on which Triton cannot build the kernels gets one warning and the unfused layer, not a crash."""
     import genemamba_scvi.nn.bimamba as bimamba
 
-    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
-    block = BiMambaBlock(config=cfg).to(DEVICE)
-    p = _pack()
-    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    block, p, h = _tiny_block(None)
     calls = []
 
     def broken(*args, **kwargs):
@@ -448,11 +451,7 @@ def test_gate_merge_both_equals_merge_packed_and_refuses_gradients():
 def test_block_uses_the_one_pass_merge_only_when_switched_on_and_without_gradients(monkeypatch):
     import genemamba_scvi.nn.bimamba as bimamba
 
-    torch.manual_seed(10)
-    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
-    block = BiMambaBlock(config=cfg).to(DEVICE)
-    p = _pack()
-    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    block, p, h = _tiny_block(10)
     monkeypatch.setattr(bimamba, "fused_available", lambda device: True)  # as on a GPU with Triton
     calls = []
     real = bimamba.gate_merge_both

@@ -28,6 +28,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _head_params(A_ptr, dt_bias_ptr, D_ptr, h, HAS_DT_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """``A``, ``dt_bias`` and ``D`` (fp32) of head(s) ``h`` (a scalar or a vector of heads); 0 where absent."""
+    A = tl.load(A_ptr + h).to(tl.float32)
+    dt_bias = A * 0.0
+    if HAS_DT_BIAS:
+        dt_bias = tl.load(dt_bias_ptr + h).to(tl.float32)
+    D = A * 0.0
+    if HAS_D:
+        D = tl.load(D_ptr + h).to(tl.float32)
+    return A, dt_bias, D
+
+
+@triton.jit
 def _dt_of(dt_ptr, tok, stride_dt, h, rm, dt_bias, DT_SOFTPLUS: tl.constexpr):
     """``dt`` of head ``h`` at rows ``tok`` after bias and softplus (fp32), 0 on masked rows."""
     dt = tl.load(dt_ptr + tok * stride_dt + h, mask=rm, other=0.0).to(tl.float32) + dt_bias
@@ -98,13 +111,7 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
     g = h // heads_per_group
     start = tl.load(cu_ptr + s)
     end = tl.load(cu_ptr + s + 1)
-    A = tl.load(A_ptr + h).to(tl.float32)
-    dt_bias = 0.0
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dt_bias_ptr + h).to(tl.float32)
-    D = 0.0
-    if HAS_D:
-        D = tl.load(D_ptr + h).to(tl.float32)
+    A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, D_ptr, h, HAS_DT_BIAS, HAS_D)
     state = tl.zeros((N, P), dtype=tl.float32)
     if INTERPRET:
         c0 = start
@@ -182,13 +189,7 @@ def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr,
     g = ((pid % n_blocks) * HB) // heads_per_group
     start = tl.load(cu_ptr + s)
     end = tl.load(cu_ptr + s + 1)
-    A = tl.load(A_ptr + hh).to(tl.float32)
-    dt_bias = tl.zeros((HB,), dtype=tl.float32)
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dt_bias_ptr + hh).to(tl.float32)
-    D = tl.zeros((HB,), dtype=tl.float32)
-    if HAS_D:
-        D = tl.load(D_ptr + hh).to(tl.float32)
+    A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, D_ptr, hh, HAS_DT_BIAS, HAS_D)
     state = tl.zeros((HB, N, P), dtype=tl.float32)
     if INTERPRET:
         c0 = start
@@ -273,13 +274,7 @@ def ssd_conv_varlen_fwd_kernel(xbc_ptr, dt_ptr, dt_bias_ptr, A_ptr, D_ptr, w_ptr
     base = tl.where(is_rev, end - 1, start)
     sgn = tl.where(is_rev, -1, 1)
     out0 = tl.where(is_rev, T, 0) + start  # output row of position 0
-    A = tl.load(A_ptr + h).to(tl.float32)
-    dt_bias = 0.0
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dt_bias_ptr + h).to(tl.float32)
-    D = 0.0
-    if HAS_D:
-        D = tl.load(D_ptr + h).to(tl.float32)
+    A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, D_ptr, h, HAS_DT_BIAS, HAS_D)
     xcols = h * P + tl.arange(0, P)
     bcols = d_inner + g * N + tl.arange(0, N)
     state = tl.zeros((N, P), dtype=tl.float32)
