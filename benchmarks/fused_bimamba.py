@@ -299,16 +299,16 @@ def sweep_conv(dev: str, backward: bool = True) -> list[dict[str, Any]]:
         rows.append(row)
         print(row, flush=True)
     fused._CONV_FWD_VARIANT, fused._CONV_TOK_BLOCK = saved
-    return rows + (sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout) if backward else [])
+    return rows + (sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout, pack.cu_seqlens) if backward else [])
 
 
-# launch shapes of the conv backward: (rows, channels, row blocks per program) of "v2" and "bf16dpre";
+# launch shapes of the conv backward: (rows, channels, row blocks per program) of "v2", "bf16dpre" and "tokens";
 # (tokens, channels, token blocks per program, warps) of "fused"
 SWEEP_BWD_TWO_PASS = ((32, 32, 8), (32, 64, 4), (16, 64, 8), (64, 32, 4), (32, 32, 16))
 SWEEP_BWD_FUSED = ((32, 64, 4, 8), (32, 32, 4, 4), (16, 64, 4, 4), (32, 64, 4, 4), (64, 64, 4, 8), (32, 128, 4, 8))
 
 
-def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout) -> list[dict[str, Any]]:
+def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu) -> list[dict[str, Any]]:
     """Median time of conv_both's backward per variant (``fused._CONV_BWD_VARIANT``) and launch shape.
 
     Every row also holds the largest relative difference (``max|a - ref| / max|ref|``) of dx, dW and db from the
@@ -321,7 +321,7 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout) -> list[dict[str, Any]]:
     T = xbc.shape[0]
     xx = xbc.detach().requires_grad_()
     ww, bb = w.detach().requires_grad_(), b.detach().requires_grad_()
-    y = fused.conv_both(xx, ww, bb, rev, seq)
+    y = fused.conv_both(xx, ww, bb, rev, seq, cu_seqlens=cu)  # cu: the "tokens" backward's cell bounds
 
     def grads():
         return torch.autograd.grad(y, [xx, ww, bb], dout, retain_graph=True)
@@ -331,6 +331,7 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout) -> list[dict[str, Any]]:
     runs = [("v2", cfg) for cfg in SWEEP_BWD_TWO_PASS]
     runs += [("bf16dpre", cfg) for cfg in SWEEP_BWD_TWO_PASS]
     runs += [("fused", cfg) for cfg in SWEEP_BWD_FUSED]
+    runs += [("tokens", cfg) for cfg in SWEEP_BWD_TWO_PASS]
     rows = []
     try:
         for variant, cfg in runs:

@@ -78,7 +78,7 @@ def _tiny_block(seed: int | None):
     return block, p, torch.randn(p.n_tokens, 16, device=DEVICE)
 
 
-@pytest.fixture(params=["v2", "bf16dpre", "fused"])
+@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens"])
 def conv_bwd_variant(request, monkeypatch):
     """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test."""
     from genemamba_scvi.nn import fused
@@ -86,6 +86,8 @@ def conv_bwd_variant(request, monkeypatch):
     monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", request.param)
     if request.param == "fused":  # several token blocks per program and a partial last block
         monkeypatch.setattr(fused, "_CONV_BWD_FUSED_BLOCK", (8, 8, 2, 4))
+    if request.param == "tokens":  # the same for the token kernel (several programs, partial channel block)
+        monkeypatch.setattr(fused, "_CONV_BWD_BLOCK", (8, 8, 2))
     return request.param
 
 
@@ -96,7 +98,7 @@ def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(silu, co
     T, C, K = p.n_tokens, 12, 4
     # the kernel reads a strided column slice of the projection, as in the mixer
     (full, w, b), (full_r, w_r, b_r) = _leaves(torch.randn(T, C + 7), torch.randn(C, K), torch.randn(C))
-    out = conv_both(full[:, 3 : 3 + C], w, b, p.rev, p.seq_idx[0], silu)
+    out = conv_both(full[:, 3 : 3 + C], w, b, p.rev, p.seq_idx[0], silu, cu_seqlens=p.cu_seqlens)
     ref = conv_both_reference(full_r[:, 3 : 3 + C], w_r, b_r, p.rev, p.seq_idx[0], silu)
     assert out.shape == (2 * T, C)
     assert _rel(out, ref) < 1e-5
@@ -142,16 +144,16 @@ def test_conv_both_without_bias_and_every_variant_gives_the_same_gradients(monke
     (x_r, w_r), _ = _leaves(x, w)
     ref = conv_both_reference(x_r, w_r, None, p.rev, p.seq_idx[0])
     want = torch.autograd.grad(ref, [x_r, w_r], g)
-    for variant in ("v2", "bf16dpre", "fused"):
+    for variant in ("v2", "bf16dpre", "fused", "tokens"):
         monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", variant)
         (xx, ww), _ = _leaves(x, w)
-        got = torch.autograd.grad(conv_both(xx, ww, None, p.rev, p.seq_idx[0]), [xx, ww], g)
+        got = torch.autograd.grad(conv_both(xx, ww, None, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens), [xx, ww], g)
         for a, b in zip(got, want):
             assert _rel(a, b) < 1e-5, variant
     monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", "no-such-variant")
     (xx, ww), _ = _leaves(x, w)
     with pytest.raises(ValueError, match="_CONV_BWD_VARIANT"):
-        conv_both(xx, ww, None, p.rev, p.seq_idx[0]).backward(g)
+        conv_both(xx, ww, None, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens).backward(g)
 
 
 def test_conv_both_bf16_inputs_match_the_fp32_reference_loosely(conv_bwd_variant):
@@ -164,7 +166,7 @@ def test_conv_both_bf16_inputs_match_the_fp32_reference_loosely(conv_bwd_variant
     g = torch.randn(2 * T, C, device=DEVICE).to(torch.bfloat16)
     (xx, ww, bb), _ = _leaves(full, w, b)
     try:
-        out = conv_both(xx[:, 2 : 2 + C], ww, bb, p.rev, p.seq_idx[0])
+        out = conv_both(xx[:, 2 : 2 + C], ww, bb, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens)
         got = torch.autograd.grad(out, [xx, ww, bb], g)
     except Exception as e:  # pragma: no cover - depends on the Triton interpreter's dtype support
         if CUDA:
@@ -186,10 +188,10 @@ def test_conv_both_never_mixes_tokens_of_different_cells(conv_bwd_variant):
     T, C = p.n_tokens, 8
     x = torch.randn(T, C, device=DEVICE)
     w, b = torch.randn(C, 4, device=DEVICE), torch.randn(C, device=DEVICE)
-    out = conv_both(x, w, b, p.rev, p.seq_idx[0])
+    out = conv_both(x, w, b, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens)
     x2 = x.clone()
     x2[4:] = torch.randn(6, C, device=DEVICE)  # change only the second cell
-    out2 = conv_both(x2, w, b, p.rev, p.seq_idx[0])
+    out2 = conv_both(x2, w, b, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens)
     first_cell_rows = torch.cat([torch.arange(4), T + torch.arange(4)]).to(DEVICE)
     torch.testing.assert_close(out[first_cell_rows], out2[first_cell_rows], rtol=0, atol=0)
     # backward: gradients of the second cell's rows reach only the second cell's tokens
@@ -197,7 +199,7 @@ def test_conv_both_never_mixes_tokens_of_different_cells(conv_bwd_variant):
     g = torch.zeros(2 * T, C, device=DEVICE)
     second_cell_rows = torch.cat([torch.arange(4, T), T + torch.arange(4, T)]).to(DEVICE)
     g[second_cell_rows] = torch.randn(len(second_cell_rows), C, device=DEVICE)
-    (dx,) = torch.autograd.grad(conv_both(xx, w, b, p.rev, p.seq_idx[0]), [xx], g)
+    (dx,) = torch.autograd.grad(conv_both(xx, w, b, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens), [xx], g)
     assert torch.count_nonzero(dx[:4]) == 0
     assert torch.count_nonzero(dx[4:]) > 0
 

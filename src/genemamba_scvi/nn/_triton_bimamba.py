@@ -166,15 +166,82 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
         g = tl.load(dout_ptr + rows.to(tl.int64)[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(
             tl.float32
         )
-        if SILU:
-            pre = tl.sum(xs * w3[None, :, :], axis=2) + bias[None, :]
-            s = tl.sigmoid(pre)
-            g = g * s * (1.0 + pre * (1.0 - s))
-        g = tl.where(mask2, g, 0.0)
+        g = _dpre_rows(xs, w3, bias, g, mask2, SILU)
         dst = (tl.where(is_rev, T, 0) + anchor).to(tl.int64)
         tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g.to(dpre_ptr.dtype.element_ty), mask=mask2)
         acc_b += g
         acc_w += g[:, :, None] * xs
+    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
+    dw = tl.sum(acc_w, axis=0)  # [BLOCK_C, KP]
+    tl.store(dw_part_ptr + (pid_r * C + cols)[:, None] * K + taps[None, :], dw, mask=cmask[:, None] & tmask[None, :])
+
+
+@triton.jit
+def _dpre_rows(xs, w3, bias, g, mask2, SILU: tl.constexpr):
+    """Pre-activation gradient (fp32, 0 outside ``mask2``) of rows whose taps are ``xs`` and output gradient ``g``."""
+    if SILU:
+        pre = tl.sum(xs * w3[None, :, :], axis=2) + bias[None, :]
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
+    return tl.where(mask2, g, 0.0)
+
+
+@triton.jit(do_not_specialize=["T"])
+def conv_both_bwd_pre_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_ptr, dpre_ptr, dw_part_ptr, db_part_ptr,
+    T, C, stride_x, stride_w, stride_dout, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
+):
+    """``conv_both_bwd_pre_kernel`` by token: both rows of each token of a block (the ``"tokens"`` backward).
+
+    Token ``t`` of cell ``[s, e)`` anchors its forward row ``t`` (taps ``t - m``) and its reversed row
+    ``T + s + e - 1 - t`` (taps ``t + m``); the centre tap is loaded once for both and taps are checked against the
+    cell's bounds (as ``conv_both_fwd_tok_kernel``). Gradients are stored by anchor (``dpre[t]``, ``dpre[T + t]``),
+    the layout ``conv_both_bwd_dx_kernel`` reads.
+    """
+    pid_r = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    taps = tl.arange(0, KP)
+    tmask = taps < K
+    w3 = tl.load(w_ptr + cols[:, None] * stride_w + taps[None, :], mask=cmask[:, None] & tmask[None, :], other=0.0).to(
+        tl.float32
+    )
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    acc_w = tl.zeros((BLOCK_R, BLOCK_C, KP), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for it in range(ROW_ITERS):
+        tok = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
+        tm = tok < T
+        mask2 = tm[:, None] & cmask[None, :]
+        cell = tl.load(seq_ptr + tok, mask=tm, other=0)
+        s = tl.load(cu_ptr + cell, mask=tm, other=0)
+        e = tl.load(cu_ptr + cell + 1, mask=tm, other=0)
+        t64 = tok.to(tl.int64)
+        x0 = tl.load(x_ptr + t64[:, None] * stride_x + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
+        slot = (taps == K - 1).to(tl.float32)[None, None, :]
+        xs_f = x0[:, :, None] * slot
+        xs_r = x0[:, :, None] * slot
+        for m in tl.static_range(1, K):
+            slot = (taps == K - 1 - m).to(tl.float32)[None, None, :]
+            ok = tm & (tok - m >= s)
+            xv = tl.load(x_ptr + (t64 - m)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                         other=0.0).to(tl.float32)
+            xs_f += xv[:, :, None] * slot
+            ok = tm & (tok + m < e)
+            xv = tl.load(x_ptr + (t64 + m)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                         other=0.0).to(tl.float32)
+            xs_r += xv[:, :, None] * slot
+        r64 = (T + s + e - 1 - tok).to(tl.int64)  # the reversed row anchored at t
+        g_f = tl.load(dout_ptr + t64[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
+        g_r = tl.load(dout_ptr + r64[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
+        g_f = _dpre_rows(xs_f, w3, bias, g_f, mask2, SILU)
+        g_r = _dpre_rows(xs_r, w3, bias, g_r, mask2, SILU)
+        tl.store(dpre_ptr + t64[:, None] * C + cols[None, :], g_f.to(dpre_ptr.dtype.element_ty), mask=mask2)
+        tl.store(dpre_ptr + (T + t64)[:, None] * C + cols[None, :], g_r.to(dpre_ptr.dtype.element_ty), mask=mask2)
+        acc_b += g_f + g_r
+        acc_w += g_f[:, :, None] * xs_f + g_r[:, :, None] * xs_r
     tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
     dw = tl.sum(acc_w, axis=0)  # [BLOCK_C, KP]
     tl.store(dw_part_ptr + (pid_r * C + cols)[:, None] * K + taps[None, :], dw, mask=cmask[:, None] & tmask[None, :])

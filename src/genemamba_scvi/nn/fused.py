@@ -71,8 +71,10 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # two kernels), "bf16dpre" (the same, the buffer in the dtype of the input), "fused" (one kernel, no buffer: each
 # token recomputes the 2K gradients it needs). H200, 359k tokens (benchmarks/results/conv_sweep_v3_h200.json):
 # bf16dpre 16x64x8 9.7 ms, fused 32x32x4 (4 warps) 10.8 ms, v2 13.7-14.0 ms at its best shapes.
+# "tokens" (given cu_seqlens): "bf16dpre" whose first kernel takes both rows of a token per program, as the "tokens"
+# forward (not measured on a GPU yet).
 _CONV_BWD_VARIANT = "bf16dpre"
-_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused")
+_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
@@ -130,13 +132,13 @@ class _ConvBoth(torch.autograd.Function):
                 xbc, weight, b, rev, seq, out, T, C, xbc.stride(0), weight.stride(0), out.stride(0), BLOCK_R=br,
                 BLOCK_C=bc, num_warps=4, **consts,
             )  # fmt: skip
-        ctx.save_for_backward(xbc, weight, bias, rev, seq)
+        ctx.save_for_backward(xbc, weight, bias, rev, seq, cu)
         ctx.silu = silu
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        xbc, weight, bias, rev, seq = ctx.saved_tensors
+        xbc, weight, bias, rev, seq, cu = ctx.saved_tensors
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
         variant = _CONV_BWD_VARIANT
@@ -145,7 +147,8 @@ class _ConvBoth(torch.autograd.Function):
             dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu)
         else:
             dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
-            dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype)
+            by_token = cu if variant == "tokens" else None
+            dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, by_token)
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None, None, None
@@ -162,18 +165,27 @@ def _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r):
     return head, consts, dw_part, db_part
 
 
-def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype):
-    """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``."""
+def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None):
+    """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``.
+
+    With ``cu`` (cell starts) the buffer is written by token (``conv_both_bwd_pre_tok_kernel``), else by row.
+    """
     T, C = xbc.shape
     br, bc, iters = _CONV_BWD_BLOCK
-    n_r = _cdiv(2 * T, br * iters)
+    n_r = max(_cdiv(T if cu is not None else 2 * T, br * iters), 1)
     head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dpre = torch.empty(2 * T, C, dtype=dpre_dtype, device=xbc.device)
     k = _kernels()
-    k.conv_both_bwd_pre_kernel[(n_r, _cdiv(C, bc))](
-        *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
-        BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
-    )  # fmt: skip
+    if cu is not None:  # head: x, w, b, rev, seq, dout -> the token kernel takes seq and cu instead of rev and seq
+        k.conv_both_bwd_pre_tok_kernel[(n_r, _cdiv(C, bc))](
+            *head[:3], seq, cu, dout, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
+            BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
+        )  # fmt: skip
+    else:
+        k.conv_both_bwd_pre_kernel[(n_r, _cdiv(C, bc))](
+            *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
+            BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
+        )  # fmt: skip
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
     br, bc = _CONV_BLOCK
     k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
