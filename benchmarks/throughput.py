@@ -619,6 +619,8 @@ class Runner:
             computed_tokens_per_step=float(np.mean(pad_tok)) if model == "transformer" else float(np.mean(real_tok)),
             padding_efficiency=float(np.sum(real_tok) / np.sum(pad_tok)),
             tokens_per_s=float(np.sum(real_tok) / total_t),
+            # robust to one slow step (a Triton compilation, an allocator stall): the median of the per-step rates
+            tokens_per_s_median_step=float(np.median(np.asarray(real_tok) / np.asarray(times))),
             cells_per_s=float(len(times) * s["cells"] / total_t),
             tflops_per_s=flops / total_t / 1e12,
             mfu=(flops / total_t / pk) if pk else None,
@@ -849,6 +851,7 @@ class Runner:
                     est_step[model] = max(rec["step_time_s_median"], 0.05)
                     print(
                         f"[ok] {s['name']:28s} {model:11s} {rec['tokens_per_s'] / 1e3:9.1f}k real tok/s "
+                        f"(median step {rec['tokens_per_s_median_step'] / 1e3:.1f}k) "
                         f"{rec['cells_per_s']:8.1f} cells/s step {rec['step_time_s_median'] * 1e3:7.1f} ms "
                         f"mfu {rec['mfu'] if rec['mfu'] is not None else float('nan'):.3f} "
                         f"mem {rec.get('peak_mem_gib', float('nan')):.1f} GiB first {rec['first_step_s']:.1f}s",
