@@ -126,6 +126,35 @@ def conv_both_fwd_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, out_ptr, T, C
     tl.store(out_ptr + r64[:, None] * stride_out + cols[None, :], acc_r.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _bwd_tile(w_ptr, b_ptr, C, stride_w, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr
+):
+    """Channel block of a pre-activation-gradient program.
+
+    Returns its columns, their mask, the tap slots, the ``[BLOCK_C, KP]`` weight tile (slot ``k`` holds ``w[:, k]``)
+    and the bias (fp32).
+    """
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    taps = tl.arange(0, KP)
+    w3 = tl.load(w_ptr + cols[:, None] * stride_w + taps[None, :], mask=cmask[:, None] & (taps < K)[None, :],
+                 other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    return cols, cmask, taps, w3, bias
+
+
+@triton.jit
+def _store_dw_db(dw_part_ptr, db_part_ptr, pid_r, C, cols, cmask, taps, acc_w, acc_b, K: tl.constexpr):
+    """Program ``pid_r``'s partial db and dW: the row sums of its ``[rows, BLOCK_C(, KP)]`` accumulators."""
+    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
+    dw = tl.sum(acc_w, axis=0)  # [BLOCK_C, KP]
+    tl.store(dw_part_ptr + (pid_r * C + cols)[:, None] * K + taps[None, :], dw,
+             mask=cmask[:, None] & (taps < K)[None, :])
+
+
 @triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dpre_ptr, dw_part_ptr, db_part_ptr, T,
     C, stride_x, stride_w, stride_dout, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
@@ -140,17 +169,7 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
     gradient; the row sums of dW and db are taken once per program, not once per row block.
     """
     pid_r = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    taps = tl.arange(0, KP)
-    tmask = taps < K
-    # weight tile [BLOCK_C, KP]: tap slot k holds w[:, k]
-    w3 = tl.load(w_ptr + cols[:, None] * stride_w + taps[None, :], mask=cmask[:, None] & tmask[None, :], other=0.0).to(
-        tl.float32
-    )
-    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    cols, cmask, taps, w3, bias = _bwd_tile(w_ptr, b_ptr, C, stride_w, K, KP, HAS_BIAS, BLOCK_C)
     acc_w = tl.zeros((BLOCK_R, BLOCK_C, KP), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     for it in range(ROW_ITERS):
@@ -171,9 +190,7 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
         tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g.to(dpre_ptr.dtype.element_ty), mask=mask2)
         acc_b += g
         acc_w += g[:, :, None] * xs
-    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
-    dw = tl.sum(acc_w, axis=0)  # [BLOCK_C, KP]
-    tl.store(dw_part_ptr + (pid_r * C + cols)[:, None] * K + taps[None, :], dw, mask=cmask[:, None] & tmask[None, :])
+    _store_dw_db(dw_part_ptr, db_part_ptr, pid_r, C, cols, cmask, taps, acc_w, acc_b, K)
 
 
 @triton.jit
@@ -199,16 +216,7 @@ def conv_both_bwd_pre_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_ptr,
     the layout ``conv_both_bwd_dx_kernel`` reads.
     """
     pid_r = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    taps = tl.arange(0, KP)
-    tmask = taps < K
-    w3 = tl.load(w_ptr + cols[:, None] * stride_w + taps[None, :], mask=cmask[:, None] & tmask[None, :], other=0.0).to(
-        tl.float32
-    )
-    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    cols, cmask, taps, w3, bias = _bwd_tile(w_ptr, b_ptr, C, stride_w, K, KP, HAS_BIAS, BLOCK_C)
     acc_w = tl.zeros((BLOCK_R, BLOCK_C, KP), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     for it in range(ROW_ITERS):
@@ -242,9 +250,7 @@ def conv_both_bwd_pre_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_ptr,
         tl.store(dpre_ptr + (T + t64)[:, None] * C + cols[None, :], g_r.to(dpre_ptr.dtype.element_ty), mask=mask2)
         acc_b += g_f + g_r
         acc_w += g_f[:, :, None] * xs_f + g_r[:, :, None] * xs_r
-    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
-    dw = tl.sum(acc_w, axis=0)  # [BLOCK_C, KP]
-    tl.store(dw_part_ptr + (pid_r * C + cols)[:, None] * K + taps[None, :], dw, mask=cmask[:, None] & tmask[None, :])
+    _store_dw_db(dw_part_ptr, db_part_ptr, pid_r, C, cols, cmask, taps, acc_w, acc_b, K)
 
 
 @triton.jit(do_not_specialize=["T"])

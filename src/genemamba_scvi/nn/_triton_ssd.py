@@ -42,7 +42,7 @@ def _head_params(A_ptr, dt_bias_ptr, D_ptr, h, HAS_DT_BIAS: tl.constexpr, HAS_D:
 
 @triton.jit
 def _dt_of(dt_ptr, tok, stride_dt, h, rm, dt_bias, DT_SOFTPLUS: tl.constexpr):
-    """``dt`` of head ``h`` at rows ``tok`` after bias and softplus (fp32), 0 on masked rows."""
+    """``dt`` of head(s) ``h`` at rows ``tok`` after bias and softplus (fp32), 0 on masked rows (shapes broadcast)."""
     dt = tl.load(dt_ptr + tok * stride_dt + h, mask=rm, other=0.0).to(tl.float32) + dt_bias
     if DT_SOFTPLUS:
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
@@ -144,11 +144,7 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
     rows = c0 + q
     rm = rows < end
     r64 = rows.to(tl.int64)
-    dt = tl.load(dt_ptr + r64[None, :] * stride_dt + hh[:, None], mask=rm[None, :], other=0.0).to(tl.float32)
-    dt = dt + dt_bias[:, None]
-    if DT_SOFTPLUS:
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-    dt = tl.where(rm[None, :], dt, 0.0)  # [HB, Q]
+    dt = _dt_of(dt_ptr, r64[None, :], stride_dt, hh[:, None], rm[None, :], dt_bias[:, None], DT_SOFTPLUS)  # [HB, Q]
     dA = dt * A[:, None]
     cs = tl.cumsum(dA, axis=1)
     total = tl.sum(dA, axis=1)  # [HB]

@@ -123,6 +123,11 @@ def ssd_varlen_supports(headdim: int, d_state: int) -> bool:
     return all(n >= 16 and n & (n - 1) == 0 for n in (headdim, d_state))
 
 
+def _check_sizes(name: str, headdim: int, d_state: int) -> None:
+    if not ssd_varlen_supports(headdim, d_state):
+        raise ValueError(f"{name} needs headdim and d_state that are powers of two >= 16, not {headdim}, {d_state}")
+
+
 def ssd_varlen(
     xbc: torch.Tensor,
     dt: torch.Tensor,
@@ -169,8 +174,7 @@ def ssd_varlen(
         ``[L, H*P]`` in the dtype of ``xbc``: the same function as ``mamba_chunk_scan_combined`` with
         ``seq_idx`` (no ``z``).
     """
-    if not ssd_varlen_supports(headdim, d_state):
-        raise ValueError(f"ssd_varlen needs headdim and d_state that are powers of two >= 16, not {headdim}, {d_state}")
+    _check_sizes("ssd_varlen", headdim, d_state)
     shape = (nheads, headdim, ngroups, d_state)
     cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
     return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order)
@@ -234,10 +238,7 @@ def ssd_conv_varlen(
     torch.Tensor
         ``[2T, H*P]`` in the dtype of ``xbc``: rows ``0..T-1`` the cells, rows ``T..2T-1`` each cell reversed.
     """
-    if not ssd_varlen_supports(headdim, d_state):
-        raise ValueError(
-            f"ssd_conv_varlen needs headdim and d_state that are powers of two >= 16, not {headdim}, {d_state}"
-        )
+    _check_sizes("ssd_conv_varlen", headdim, d_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xbc, dt, conv_weight, A)):
         raise RuntimeError("ssd_conv_varlen has no backward: call it under torch.no_grad() / inference_mode()")
     T = xbc.shape[0]
