@@ -22,6 +22,7 @@ Usage (GPU machine; see shared/gpu/README.md)::
     python benchmarks/fused_bimamba.py --sweep-conv --out $OUT/sweep_conv.json  # conv_both launch shapes and
                                                                                  # backward variants only
     python benchmarks/fused_bimamba.py --sweep-conv-ssd --out $OUT/sweep_conv_ssd.json  # conv inside the scan
+    python benchmarks/fused_bimamba.py --sweep-ssd-gated --out $OUT/sweep_ssd_gated.json  # norm folded in the scan
 """
 
 from __future__ import annotations
@@ -356,8 +357,13 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu) -> list[dict[str, Any]]
     return rows
 
 
-def _sweep_shapes(space: dict, config: dict, fn, ref: torch.Tensor, base_ms: float, base: str) -> list[dict]:
-    """Time ``fn`` at every launch shape of ``space`` (written into ``config``, restored after) against ``base``."""
+def _sweep_shapes(
+    space: dict, config: dict, fn, ref: torch.Tensor, base_ms: float, base: str, check=None
+) -> list[dict]:
+    """Time ``fn`` at every launch shape of ``space`` (written into ``config``, restored after) against ``base``.
+
+    ``check``: compared with ``ref`` instead of ``fn``'s output (when ``fn`` returns an intermediate form).
+    """
     import triton
 
     saved = dict(config)
@@ -366,7 +372,7 @@ def _sweep_shapes(space: dict, config: dict, fn, ref: torch.Tensor, base_ms: flo
         row: dict[str, Any] = dict(zip(space, shape))
         config.update(row)
         try:
-            y = fn().float()
+            y = (check or fn)().float()
             row[f"rel_diff_vs_{base}"] = float((y - ref).norm() / ref.norm())
             row["ms"] = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
             row[f"speedup_vs_{base}"] = base_ms / row["ms"]
@@ -432,6 +438,62 @@ def sweep_ssd(dev: str) -> dict[str, Any]:
 
         res[f"{name}_fwd_bwd_ms"] = triton.testing.do_bench(train, warmup=10, rep=100, return_mode="median")
     res["fwd_bwd_speedup"] = res["mamba_fwd_bwd_ms"] / res["ours_fwd_bwd_ms"]
+    print({k: v for k, v in res.items() if k != "configs"}, flush=True)
+    return res
+
+
+def sweep_ssd_gated(dev: str) -> dict[str, Any]:
+    """Inference, both directions of a 256-cell batch: scan, gated RMSNorm and ``out_proj`` two ways.
+
+    Baseline (the unfolded path): ``dt`` gathered into the ``[2T]`` row, ``ssd_varlen``, then the gated-norm kernel
+    and ``out_proj`` (``gated_norm_out_proj_both``). Folded: ``ssd_varlen_gated`` (gate and per-row sums of squares
+    in the scan, ``dt`` read at the token), then ``out_proj`` with the norm's weight folded in; the row scale that
+    the merge applies is left out of the timing and put back for the comparison. Per launch shape of the scan.
+    """
+    import torch.nn.functional as F
+    import triton
+
+    from genemamba_scvi.nn import fused
+
+    rng = np.random.default_rng(3)
+    pack = _pack(_lengths(256, 2048, rng), dev)
+    T, H, P, N, d = pack.n_tokens, 16, 64, 64, 512
+    g = torch.Generator(device=dev).manual_seed(0)
+    bf = torch.bfloat16
+    xbc = torch.randn(2 * T, H * P + 2 * N, device=dev, generator=g).to(bf)
+    dt = (torch.randn(T, H, device=dev, generator=g) - 2).to(bf)
+    z = torch.randn(T, H * P, device=dev, generator=g).to(bf)
+    A = -torch.rand(H, device=dev, generator=g) * 4 - 0.5
+    D, dt_bias = torch.randn(H, device=dev, generator=g), torch.randn(H, device=dev, generator=g) * 0.5
+    w_norm = (torch.rand(H * P, device=dev, generator=g) + 0.5).to(bf)
+    w_out = (torch.randn(d, H * P, device=dev, generator=g) / (H * P) ** 0.5).to(bf)
+    cu = torch.cat([pack.cu_seqlens[:-1], pack.cu_seqlens + T])
+    seq = pack.seq_idx_both.contiguous()
+    order = fused.ssd_order(cu)
+    kw = dict(nheads=H, headdim=P, ngroups=1, d_state=N, D=D, dt_bias=dt_bias, order=order)
+
+    def unfolded():
+        dt2 = torch.cat([dt, dt.index_select(0, pack.rev)])
+        y = fused.ssd_varlen(xbc, dt2, A, cu, seq, chunk_size=256, **kw)
+        return fused.gated_norm_out_proj_both(y, z, pack.rev, w_norm, w_out, None, eps=1e-5)
+
+    def folded():
+        gz, ssq = fused.ssd_varlen_gated(xbc, dt, A, cu, z, **kw)
+        return F.linear(gz, (w_out.float() * w_norm.float()).to(bf)), ssq
+
+    def folded_scaled():
+        out, ssq = folded()
+        return out.float() * torch.rsqrt(ssq.sum(1, keepdim=True) / (H * P) + 1e-5)
+
+    with torch.no_grad():
+        ref = unfolded().float()
+        res: dict[str, Any] = {"rows": 2 * T, "heads": H, "headdim": P, "d_state": N, "d_model": d}
+        res["unfolded_ms"] = triton.testing.do_bench(unfolded, warmup=25, rep=200, return_mode="median")
+        res["configs"] = _sweep_shapes(
+            SSD_SWEEP, fused.SSD_FWD_CONFIG, folded, ref, res["unfolded_ms"], "unfolded", check=folded_scaled
+        )
+    ok = [r for r in res["configs"] if "ms" in r]
+    res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
     print({k: v for k, v in res.items() if k != "configs"}, flush=True)
     return res
 
@@ -517,6 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parity-only", action="store_true", help="only the parity against the float64 reference")
     p.add_argument("--conv-fwd-only", action="store_true", help="--sweep-conv: the forward shapes only")
     p.add_argument("--sweep-conv-ssd", action="store_true", help="only time ssd_conv_varlen against two kernels")
+    p.add_argument("--sweep-ssd-gated", action="store_true", help="only time the folded gated norm against its pass")
     p.add_argument(
         "--conv-bwd",
         default=None,
@@ -533,7 +596,12 @@ def main(argv: list[str] | None = None) -> None:
     if a.profile:
         profile(dev)
         return
-    for flag, key, fn in ((a.sweep_ssd, "sweep_ssd", sweep_ssd), (a.sweep_conv_ssd, "sweep_conv_ssd", sweep_conv_ssd)):
+    sweeps = (
+        (a.sweep_ssd, "sweep_ssd", sweep_ssd),
+        (a.sweep_conv_ssd, "sweep_conv_ssd", sweep_conv_ssd),
+        (a.sweep_ssd_gated, "sweep_ssd_gated", sweep_ssd_gated),
+    )
+    for flag, key, fn in sweeps:
         if flag:
             res = fn(dev)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)

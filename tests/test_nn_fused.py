@@ -457,7 +457,7 @@ def test_block_uses_the_one_pass_merge_only_when_switched_on_and_without_gradien
     monkeypatch.setattr(bimamba, "fused_available", lambda device: True)  # as on a GPU with Triton
     calls = []
     real = bimamba.gate_merge_both
-    monkeypatch.setattr(bimamba, "gate_merge_both", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(bimamba, "gate_merge_both", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.no_grad():
         monkeypatch.setattr(BiMambaBlock, "fused_merge", False)
         ref = block.mix_packed(h, p)
@@ -469,7 +469,7 @@ def test_block_uses_the_one_pass_merge_only_when_switched_on_and_without_gradien
     block.mix_packed(h, p).sum().backward()  # with gradients: the differentiable merge
     assert len(calls) == n
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("PTX assembly failed (simulated)")
 
     monkeypatch.setattr(bimamba, "gate_merge_both", broken)  # a merge kernel that fails: warned, then the torch merge
@@ -477,3 +477,78 @@ def test_block_uses_the_one_pass_merge_only_when_switched_on_and_without_gradien
     with torch.no_grad():
         assert _rel(block.mix_packed(h, p), ref) < 1e-5
     assert "simulated" in bimamba._FUSED_FAILED[str(h.device)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The gated norm folded into the scan and the merge (inference)
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("heads", [1, 2])
+def test_ssd_varlen_gated_equals_the_scan_then_the_gate_on_the_two_direction_row(monkeypatch, heads):
+    """Gate ``z`` and ``dt`` read at each row's token (row ``T + j`` is token ``rev[j]``); the partial sums of squares
+    add up to the gated row's; an empty cell, one-token cells, cells over a chunk of 16."""
+    import genemamba_scvi.nn.fused as fused
+
+    monkeypatch.setitem(fused.SSD_FWD_CONFIG, "heads", heads)
+    torch.manual_seed(11)
+    H, P, N = 4, 16, 16
+    p = _pack([5, 1, 0, 40, 2, 17])
+    T = p.n_tokens
+    cu2 = torch.cat([p.cu_seqlens[:-1], p.cu_seqlens + T])
+    xbc2 = torch.randn(2 * T, H * P + 2 * N, device=DEVICE)
+    dt = torch.randn(T, H, device=DEVICE)
+    z = torch.randn(T, H * P, device=DEVICE)
+    A, D, dt_bias = -torch.rand(H, device=DEVICE) - 0.5, torch.randn(H, device=DEVICE), torch.randn(H, device=DEVICE)
+    kw = dict(nheads=H, headdim=P, ngroups=1, d_state=N, D=D, dt_bias=dt_bias)
+    with torch.no_grad():
+        g, ssq = fused.ssd_varlen_gated(xbc2, dt, A, cu2, z, **kw)
+        y = fused.ssd_varlen(xbc2, torch.cat([dt, dt[p.rev]]), A, cu2, p.seq_idx_both, **kw)
+    want = y.float() * F.silu(torch.cat([z, z[p.rev]]))
+    assert ssq.shape == (2 * T, H // heads) and ssq.dtype == torch.float32
+    assert _rel(g, want) < SSD_TOL
+    assert _rel(ssq.sum(1), want.square().sum(1)) < SSD_TOL
+    with pytest.raises(ValueError, match="two-direction row"):
+        fused.ssd_varlen_gated(xbc2, dt, A, cu2, z[:-1], **kw)
+    with pytest.raises(RuntimeError, match="no backward"):
+        fused.ssd_varlen_gated(xbc2, dt, A.requires_grad_(), cu2, z, **kw)
+
+
+def test_folded_norm_with_the_scaled_merge_equals_the_gated_norm_then_the_merge():
+    """``mixer_both(fold_norm=True)`` + ``gate_merge_both(row_ssq=...)`` == ``mixer_both`` + ``gate_merge_both``."""
+    from genemamba_scvi.nn.fused import gate_merge_both
+
+    block, p, h = _tiny_block(12)
+    m = block.mixer
+    with torch.no_grad():
+        m.norm.weight.uniform_(0.5, 1.5)  # a norm weight other than ones: the fold into out_proj is exercised
+        merge = torch.nn.Linear(32, 16).to(DEVICE)
+        zx = m.in_proj(h)
+        args = (m, zx, p.rev, p.seq_idx[0], p.seq_idx_both)
+        kw = dict(cu_seqlens=p.cu_seqlens, conv_in_scan=False)
+        ref = gate_merge_both(mixer_both(*args, **kw), p.rev, merge.weight, merge.bias)
+        out2, ssq = mixer_both(*args, fold_norm=True, **kw)
+        assert ssq is not None
+        got = gate_merge_both(out2, p.rev, merge.weight, merge.bias, row_ssq=ssq, norm_dim=32, norm_eps=m.norm.eps)
+        assert _rel(got, ref) < SSD_TOL
+        out2, ssq = mixer_both(*args, fold_norm=True, scan=_torch_scan)  # no one-pass scan: nothing to fold
+        assert ssq is None and _rel(gate_merge_both(out2, p.rev, merge.weight, merge.bias), ref) < SSD_TOL
+        with pytest.raises(ValueError, match="row_ssq"):
+            gate_merge_both(out2, p.rev, merge.weight, merge.bias, row_ssq=torch.zeros(3, 1, device=DEVICE), norm_dim=8)
+
+
+def test_block_folds_the_norm_in_inference_only_when_switched_on(monkeypatch):
+    import genemamba_scvi.nn.bimamba as bimamba
+    import genemamba_scvi.nn.fused as fused
+
+    block, p, h = _tiny_block(13)
+    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)  # as on a GPU with Triton and mamba-ssm
+    monkeypatch.setattr(block.mixer, "resolved_backend", lambda device: "mamba_ssm")
+    calls = []
+    real = fused.ssd_varlen_gated
+    monkeypatch.setattr(fused, "ssd_varlen_gated", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        monkeypatch.setattr(BiMambaBlock, "fold_norm", False)
+        ref = block.mix_packed(h, p)
+        assert not calls
+        monkeypatch.setattr(BiMambaBlock, "fold_norm", True)  # the default
+        got = block.mix_packed(h, p)
+    assert len(calls) == 1 and _rel(got, ref) < SSD_TOL

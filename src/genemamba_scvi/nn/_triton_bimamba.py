@@ -464,14 +464,25 @@ def gated_norm_both_bwd_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, rstd_ptr, dn_ptr, d
     tl.store(dw_part_ptr + pid * (n_groups * G) + cols, dw, mask=mask)
 
 
+@triton.jit
+def _row_scale(ssq_ptr, r, rmask, NP, inv_dn, eps, BLOCK_NP: tl.constexpr):
+    """``rsqrt(sum(ssq[r, :NP]) * inv_dn + eps)`` per row (the folded gated norm's scale; ``ssd_varlen_gated``)."""
+    k = tl.arange(0, BLOCK_NP)
+    part = tl.load(ssq_ptr + r[:, None] * NP + k[None, :], mask=rmask[:, None] & (k < NP)[None, :], other=0.0)
+    return tl.rsqrt(tl.sum(part, axis=1) * inv_dn + eps)
+
+
 @triton.jit(do_not_specialize=["T"])
-def gate_merge_both_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, y_ptr, T, D, stride_o, stride_pf, stride_pb, stride_y,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+def gate_merge_both_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, y_ptr, bias_ptr, ssq_ptr, T, D, stride_o, stride_pf,
+    stride_pb, stride_y, NP, inv_dn, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, SCALED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_NP: tl.constexpr
 ):
     """``y[u] = b + sigmoid(pf[u] + pb[j]) * (f - b)`` with ``f = out2[u]``, ``j = rev[u]``, ``b = out2[T + j]``.
 
     ``pf = f W_f^T + c`` and ``pb = out2[T:] W_b^T`` come from two GEMMs on the rows as they lie; the reversed
     direction's rows are read through ``rev`` here, so neither ``b`` nor its projection is gathered first.
+    ``SCALED``: the rows of ``out2`` (and so of ``pf``, ``pb``) still lack the gated norm's per-row scale ``s``
+    (``_row_scale``): ``f = s_u f'``, ``b = s_{T+j} b'``, ``pf + pb = s_u pf' + s_{T+j} pb' (+ c)``.
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -482,6 +493,16 @@ def gate_merge_both_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, y_ptr, T, D, strid
     f = tl.load(out2_ptr + u[:, None] * stride_o + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     b = tl.load(out2_ptr + (T + j)[:, None] * stride_o + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     p = tl.load(pf_ptr + u[:, None] * stride_pf + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    p += tl.load(pb_ptr + j[:, None] * stride_pb + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    pb = tl.load(pb_ptr + j[:, None] * stride_pb + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if SCALED:
+        sf = _row_scale(ssq_ptr, u, rmask, NP, inv_dn, eps, BLOCK_NP)[:, None]
+        sb = _row_scale(ssq_ptr, T + j, rmask, NP, inv_dn, eps, BLOCK_NP)[:, None]
+        f = f * sf
+        b = b * sb
+        p = p * sf + pb * sb
+        if HAS_BIAS:
+            p += tl.load(bias_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    else:
+        p += pb
     y = b + tl.sigmoid(p) * (f - b)
     tl.store(y_ptr + u[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)

@@ -50,6 +50,26 @@ def _dt_of(dt_ptr, tok, stride_dt, h, rm, dt_bias, DT_SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _silu_gate(y, z_ptrs, mask):
+    """``y * silu(z)`` in fp32 (inference epilogue of the one-pass SSD, ``GATE``).
+
+    Mamba-2's gated RMSNorm (``norm_before_gate=False``, one group) is ``g * rsqrt(mean(g^2) + eps) * weight`` of
+    ``g = y * silu(z)``: its weight folds into ``out_proj`` and the per-row scale commutes with the GEMMs after it,
+    so with ``g`` and the row's sum of squares written here the norm's own pass over ``[2T, d_inner]`` goes
+    (``gate_merge_both`` applies the scale).
+    """
+    zv = tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
+    return y * zv * tl.sigmoid(zv)
+
+
+@triton.jit
+def _gate_map(start, end, T_half):
+    """Token of row ``r`` of a sequence ``[start, end)`` of the two-direction row: ``zbase + zsgn * r``."""
+    is_rev = start >= T_half
+    return tl.where(is_rev, -1, 1), tl.where(is_rev, start + end - 1 - T_half, 0)
+
+
+@triton.jit
 def _ssd_step(state, xm, bm, cm, dt, A, D, Q: tl.constexpr, HAS_D: tl.constexpr):
     """One chunk of ``Q`` rows: outputs (fp32 ``[Q, P]``) and the state after the chunk.
 
@@ -72,30 +92,38 @@ def _ssd_step(state, xm, bm, cm, dt, A, D, Q: tl.constexpr, HAS_D: tl.constexpr)
 
 @triton.jit
 def _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt, stride_b,
-    stride_c, stride_y, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HAS_D: tl.constexpr,
-    DT_SOFTPLUS: tl.constexpr
+    stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
+    HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr
 ):
-    """Outputs of rows ``c0 .. c0+Q-1`` (those before ``end``) from ``state``; returns the state after them."""
+    """Outputs of rows ``c0 .. c0+Q-1`` (those before ``end``) from ``state``; returns the state after them.
+
+    ``GATE``: read ``dt`` and ``z`` at the row's token ``zbase + zsgn * row``, write ``y * silu(z)`` and its sum of
+    squares per row.
+    """
     q = tl.arange(0, Q)
     p = tl.arange(0, P)
     n = tl.arange(0, N)
     rows = c0 + q
     rm = rows < end
     r64 = rows.to(tl.int64)
-    dt = _dt_of(dt_ptr, r64, stride_dt, h, rm, dt_bias, DT_SOFTPLUS)
+    ztok = (zbase + zsgn * rows).to(tl.int64)
+    dt = _dt_of(dt_ptr, ztok if GATE else r64, stride_dt, h, rm, dt_bias, DT_SOFTPLUS)
     xm = tl.load(x_ptr + r64[:, None] * stride_x + (h * P + p)[None, :], mask=rm[:, None], other=0.0)
     bm = tl.load(B_ptr + r64[:, None] * stride_b + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
     cm = tl.load(C_ptr + r64[:, None] * stride_c + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
     y, state = _ssd_step(state, xm, bm, cm, dt, A, D, Q, HAS_D)
+    if GATE:
+        y = _silu_gate(y, z_ptr + ztok[:, None] * stride_z + (h * P + p)[None, :], rm[:, None])
+        tl.store(ssq_ptr + r64 * NP + h, tl.sum(y * y, axis=1), mask=rm)
     tl.store(y_ptr + r64[:, None] * stride_y + (h * P + p)[None, :], y.to(y_ptr.dtype.element_ty), mask=rm[:, None])
     return state
 
 
 @triton.jit
 def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, cu_ptr, order_ptr,
-    stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads,
+    stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads, z_ptr, ssq_ptr, stride_z, T_half,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
-    DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr
+    DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr, GATE: tl.constexpr
 ):
     """Grid ``(n_heads * n_sequences,)``: program ``i`` runs head ``i % n_heads`` of sequence ``order[i // n_heads]``.
 
@@ -104,6 +132,12 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
 
     ``INTERPRET``: walk the chunks with a ``while`` loop (Triton's CPU interpreter cannot take a loaded bound in
     ``tl.range``); compiled, ``tl.range`` lets Triton prefetch the next chunk (``NUM_STAGES``).
+
+    ``GATE`` (inference on the two-direction row of ``T_half`` tokens): ``dt`` is ``[T_half, n_heads]`` and read at
+    the row's token, the output is ``y * silu(z)`` with the gate ``z`` ``[T_half, n_heads * P]`` of that token (a
+    sequence starting at or after ``T_half`` is a cell reversed in place, its row ``r`` is token
+    ``start + end - 1 - T_half - r``), and ``ssq[r, head block]`` the sum of squares of the program's channels (see
+    ``_silu_gate``).
     """
     pid = tl.program_id(0)
     h = pid % n_heads
@@ -112,17 +146,20 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
     start = tl.load(cu_ptr + s)
     end = tl.load(cu_ptr + s + 1)
     A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, D_ptr, h, HAS_DT_BIAS, HAS_D)
+    zsgn, zbase = _gate_map(start, end, T_half)
     state = tl.zeros((N, P), dtype=tl.float32)
     if INTERPRET:
         c0 = start
         while c0 < end:
             state = _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x,
-                stride_dt, stride_b, stride_c, stride_y, P, N, Q, HAS_D, DT_SOFTPLUS)
+                stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_heads, P, N, Q, HAS_D,
+                DT_SOFTPLUS, GATE)
             c0 += Q
     else:
         for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
             state = _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x,
-                stride_dt, stride_b, stride_c, stride_y, P, N, Q, HAS_D, DT_SOFTPLUS)
+                stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_heads, P, N, Q, HAS_D,
+                DT_SOFTPLUS, GATE)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -130,8 +167,8 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt,
-    stride_b, stride_c, stride_y, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr,
-    HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr
+    stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P: tl.constexpr, N: tl.constexpr,
+    Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr
 ):
     """``_ssd_chunk`` for the ``HB`` heads ``hh`` of group ``g`` at once: ``state`` ``[HB, N, P]``.
 
@@ -144,7 +181,9 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
     rows = c0 + q
     rm = rows < end
     r64 = rows.to(tl.int64)
-    dt = _dt_of(dt_ptr, r64[None, :], stride_dt, hh[:, None], rm[None, :], dt_bias[:, None], DT_SOFTPLUS)  # [HB, Q]
+    ztok = (zbase + zsgn * rows).to(tl.int64)
+    dtok = ztok if GATE else r64
+    dt = _dt_of(dt_ptr, dtok[None, :], stride_dt, hh[:, None], rm[None, :], dt_bias[:, None], DT_SOFTPLUS)  # [HB, Q]
     dA = dt * A[:, None]
     cs = tl.cumsum(dA, axis=1)
     total = tl.sum(dA, axis=1)  # [HB]
@@ -161,22 +200,28 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
     y += tl.dot(cmh, state.to(cm.dtype)) * tl.exp(cs)[:, :, None]
     if HAS_D:
         y += D[:, None, None] * xm.to(tl.float32)
-    yoff = r64[None, :, None] * stride_y + (hh[:, None, None] * P + p[None, None, :])
-    tl.store(y_ptr + yoff, y.to(y_ptr.dtype.element_ty), mask=rm[None, :, None])
     bw = (bm.to(tl.float32)[None, :, :] * (tl.exp(total[:, None] - cs) * dt)[:, :, None]).to(xm.dtype)  # [HB, Q, N]
-    return state * tl.exp(total)[:, None, None] + tl.dot(tl.permute(bw, (0, 2, 1)), xm)
+    state = state * tl.exp(total)[:, None, None] + tl.dot(tl.permute(bw, (0, 2, 1)), xm)
+    cols = hh[:, None, None] * P + p[None, None, :]
+    if GATE:  # off the state's chain: the next chunk does not wait for the gate
+        y = _silu_gate(y, z_ptr + ztok[None, :, None] * stride_z + cols, rm[None, :, None])
+        tl.store(ssq_ptr + r64 * NP + blk, tl.sum(tl.sum(y * y, axis=2), axis=0), mask=rm)
+    tl.store(y_ptr + r64[None, :, None] * stride_y + cols, y.to(y_ptr.dtype.element_ty), mask=rm[None, :, None])
+    return state
 
 
 @triton.jit
 def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, cu_ptr, order_ptr,
-    stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads,
+    stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads, z_ptr, ssq_ptr, stride_z, T_half,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr,
+    GATE: tl.constexpr
 ):
     """``ssd_varlen_fwd_kernel`` with ``HB`` heads per program (``HB`` divides the heads of a group).
 
     Grid ``(n_heads // HB * n_sequences,)``: program ``i`` runs heads ``HB * (i % (n_heads // HB)) + [0, HB)`` of
-    sequence ``order[i // (n_heads // HB)]``.
+    sequence ``order[i // (n_heads // HB)]``; with ``GATE`` its sums of squares go to column ``i % (n_heads // HB)``
+    of ``ssq``.
     """
     pid = tl.program_id(0)
     n_blocks = n_heads // HB
@@ -186,17 +231,20 @@ def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr,
     start = tl.load(cu_ptr + s)
     end = tl.load(cu_ptr + s + 1)
     A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, D_ptr, hh, HAS_DT_BIAS, HAS_D)
+    zsgn, zbase = _gate_map(start, end, T_half)
     state = tl.zeros((HB, N, P), dtype=tl.float32)
     if INTERPRET:
         c0 = start
         while c0 < end:
             state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
-                stride_x, stride_dt, stride_b, stride_c, stride_y, P, N, Q, HB, HAS_D, DT_SOFTPLUS)
+                stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks,
+                pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE)
             c0 += Q
     else:
         for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
             state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
-                stride_x, stride_dt, stride_b, stride_c, stride_y, P, N, Q, HB, HAS_D, DT_SOFTPLUS)
+                stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks,
+                pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE)
 
 
 # ----------------------------------------------------------------------------------------------------

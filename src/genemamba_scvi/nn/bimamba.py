@@ -389,6 +389,11 @@ class BiMambaBlock(nn.Module):
     #: GEMMs, then gather + gate + interpolation in one Triton pass): 1,067 cells/s against 971 on an H200
     #: (``benchmarks/results/throughput_h200_merge_ablation.json``, same run).
     fused_merge: bool = True
+    #: With the one-pass merge: fold the mixer's gated RMSNorm away. The scan gates its own output and writes each
+    #: row's sum of squares (:func:`~genemamba_scvi.nn.fused.ssd_varlen_gated`, reading ``dt`` at the token), the
+    #: norm's weight folds into ``out_proj`` and the merge applies the per-row scale, which commutes with the GEMMs
+    #: between them: no gated-norm pass over ``[2T, d_inner]`` and no ``[2T, H]`` gather of ``dt``.
+    fold_norm: bool = True
 
     @property
     def needs_merge_linear(self) -> bool:
@@ -488,31 +493,43 @@ class BiMambaBlock(nn.Module):
         """
         if not self.bidirectional:
             return self.mixer(h.unsqueeze(0), seq_idx=pack.seq_idx)[0]
-        out2 = self._mix_both(h, pack)
         weight, bias = self._merge_weights(merge_linear)
         if self.fused_merge and self.merge_mode == "gate" and not torch.is_grad_enabled() and _fused_usable(h.device):
-            merged = _run_fused(h.device, gate_merge_both, out2, pack.rev, weight, bias)
+            out2, ssq = self._mix_both(h, pack, fold_norm=self.fold_norm)
+            norm = self.mixer.norm
+            merged = _run_fused(h.device, gate_merge_both, out2, pack.rev, weight, bias, row_ssq=ssq,
+                                norm_dim=norm.group_size, norm_eps=norm.eps)  # fmt: skip
             if merged is not None:
                 return merged
+            if ssq is not None:  # rows without the norm's scale: run the mixer again on the fallback path
+                out2 = self._mix_both(h, pack)
+        else:
+            out2 = self._mix_both(h, pack)
         return merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
 
-    def _mix_both(self, h: torch.Tensor, pack: PackedCells) -> torch.Tensor:
+    def _mix_both(self, h: torch.Tensor, pack: PackedCells, fold_norm: bool | None = None) -> Any:
         """``[2T, d]`` mixer outputs of the cells and of their reversals, in one varlen call.
 
         ``in_proj`` runs once on the ``T`` tokens and its output is gathered into the two-direction row
         (``in_proj(h)[rev] == in_proj(h[rev])``): half the ``in_proj`` FLOPs of gathering ``h`` first.
+        ``fold_norm`` True or False: return ``(out2, row_ssq)``, ``row_ssq`` None where the norm was not folded (see
+        :func:`~genemamba_scvi.nn.fused.mixer_both`).
         """
-        if not self.project_once:  # the earlier path, kept for the benchmark's ablation
-            return self.mixer(bipack(h, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
-        zxbcdt = self.mixer.in_proj(h)
+        zxbcdt = self.mixer.in_proj(h) if self.project_once else None
         use_fused = self.fused_both and (self.fused_both_training or not torch.is_grad_enabled())
-        if use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm" and _fused_usable(h.device):
-            cu = pack.cu_seqlens if self.fused_ssd else None
-            out2 = _run_fused(h.device, mixer_both, self.mixer, zxbcdt, pack.rev, pack.seq_idx[0], pack.seq_idx_both,
-                              cu_seqlens=cu, conv_in_scan=self.fused_conv_ssd, batch_cache=pack.cache)  # fmt: skip
-            if out2 is not None:
-                return out2
-        return self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
+        if zxbcdt is not None and use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm":
+            if _fused_usable(h.device):
+                cu = pack.cu_seqlens if self.fused_ssd else None
+                out2 = _run_fused(h.device, mixer_both, self.mixer, zxbcdt, pack.rev, pack.seq_idx[0],
+                                  pack.seq_idx_both, cu_seqlens=cu, conv_in_scan=self.fused_conv_ssd,
+                                  batch_cache=pack.cache, fold_norm=bool(fold_norm))  # fmt: skip
+                if out2 is not None:
+                    return (out2, None) if fold_norm is False else out2
+        if zxbcdt is None:  # the earlier path, kept for the benchmark's ablation
+            out2 = self.mixer(bipack(h, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
+        else:
+            out2 = self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
+        return out2 if fold_norm is None else (out2, None)
 
     def forward_packed(self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:
         """The layer on packed tokens ``x`` ``[T, d_model]`` (same function as :meth:`forward` per cell).

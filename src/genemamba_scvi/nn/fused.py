@@ -42,6 +42,7 @@ from genemamba_scvi.nn.fused_ssd import (
     ssd_conv_varlen,
     ssd_order,
     ssd_varlen,
+    ssd_varlen_gated,
     ssd_varlen_supports,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "ssd_conv_varlen",
     "ssd_order",
     "ssd_varlen",
+    "ssd_varlen_gated",
     "ssd_varlen_supports",
 ]
 
@@ -379,7 +381,15 @@ def gated_norm_out_proj_both(
 _MERGE_BLOCK = (16, 128)  # tokens x channels per program of the merge kernel (not tuned on a GPU yet)
 
 
-def gate_merge_both(out2: torch.Tensor, rev: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+def gate_merge_both(
+    out2: torch.Tensor,
+    rev: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    row_ssq: torch.Tensor | None = None,
+    norm_dim: int | None = None,
+    norm_eps: float = 1e-5,
+) -> torch.Tensor:
     """The ``"gate"`` merge of a two-direction row in one pass after two GEMMs (no gradient).
 
     Parameters
@@ -390,6 +400,10 @@ def gate_merge_both(out2: torch.Tensor, rev: torch.Tensor, weight: torch.Tensor,
         ``[T]`` int64 per-cell reversal index.
     weight, bias
         The merge ``Linear(2d, d)``: ``[d, 2d]`` and ``[d]`` or None.
+    row_ssq, norm_dim, norm_eps
+        With the norm folded (``mixer_both(..., fold_norm=True)``): ``out2``'s rows still lack the gated norm's
+        per-row scale, ``rsqrt(row_ssq[r].sum() / norm_dim + norm_eps)``; it is applied here (it commutes with
+        the merge's GEMMs), so the merge reads unscaled rows and projections.
 
     Returns
     -------
@@ -404,15 +418,23 @@ def gate_merge_both(out2: torch.Tensor, rev: torch.Tensor, weight: torch.Tensor,
     d = out2.shape[1]
     if out2.stride(-1) != 1:
         out2 = out2.contiguous()
+    scaled = row_ssq is not None
+    if scaled and (row_ssq.shape[0] != 2 * T or row_ssq.dtype != torch.float32 or not norm_dim):
+        raise ValueError("row_ssq must be [2T, n] float32 partial sums of squares, with norm_dim > 0")
     w = weight.to(out2.dtype)
-    pf = F.linear(out2[:T], w[:, :d], bias.to(out2.dtype) if bias is not None else None)
+    c = bias.to(out2.dtype) if bias is not None else None
+    pf = F.linear(out2[:T], w[:, :d], None if scaled else c)  # scaled: the bias is added after the row scale
     pb = F.linear(out2[T:], w[:, d:])  # row j belongs to token rev[j]
     y = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
     br, bd = _MERGE_BLOCK
+    ssq = row_ssq.contiguous() if scaled else pf
+    n_part = ssq.shape[1] if scaled else 1
     if T:
         _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
-            out2, pf, pb, rev, y, T, d, out2.stride(0), pf.stride(0), pb.stride(0), y.stride(0),
-            BLOCK_R=br, BLOCK_D=bd, num_warps=4,
+            out2, pf, pb, rev, y, c if (scaled and c is not None) else pf, ssq, T, d, out2.stride(0), pf.stride(0),
+            pb.stride(0), y.stride(0), n_part, 1.0 / (norm_dim or 1), float(norm_eps),
+            BLOCK_R=br, BLOCK_D=bd, SCALED=scaled, HAS_BIAS=scaled and c is not None,
+            BLOCK_NP=_next_pow2(n_part), num_warps=4,
         )  # fmt: skip
     return y
 
@@ -433,7 +455,8 @@ def mixer_both(
     cu_seqlens: torch.Tensor | None = None,
     conv_in_scan: bool = True,
     batch_cache: dict[str, torch.Tensor] | None = None,
-) -> torch.Tensor:
+    fold_norm: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Mamba-2 mixer outputs of the cells and of their reversals from the projection of the cells alone.
 
     Parameters
@@ -457,11 +480,18 @@ def mixer_both(
     batch_cache
         A dict that lives as long as the batch (``PackedCells.cache``): the launch order and the two-direction
         ``cu_seqlens`` are computed by the first layer and reused by the others.
+    fold_norm
+        Return ``(out2, row_ssq)``. Where it applies (one-pass SSD without gradients, the norm in one group,
+        no ``out_proj`` bias), the scan gates its own output (:func:`ssd_varlen_gated`), ``out_proj`` runs with
+        the norm's weight folded in, and ``out2`` lacks the norm's per-row scale, which
+        ``gate_merge_both(..., row_ssq=row_ssq)`` applies: the gated norm's pass over ``[2T, d_inner]`` goes.
+        Elsewhere ``row_ssq`` is None and ``out2`` is the usual output.
 
     Returns
     -------
     torch.Tensor
-        ``[2T, d_model]``, the same function as ``mixer.forward_projected(bipack(zxbcdt))``.
+        ``[2T, d_model]``, the same function as ``mixer.forward_projected(bipack(zxbcdt))``; a tuple with
+        ``fold_norm`` (see there).
     """
     T = zxbcdt.shape[0]
     d_inner, H, P = mixer.d_inner, mixer.nheads, mixer.headdim
@@ -474,6 +504,9 @@ def mixer_both(
     kw = dict(nheads=H, headdim=P, ngroups=G, d_state=N, D=mixer.D, dt_bias=mixer.dt_bias, dt_softplus=True)
     params = (zxbcdt, conv_w, mixer.A_log, mixer.D, mixer.dt_bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+    norm, out_proj = mixer.norm, mixer.out_proj
+    fold = fold_norm and one_pass and not needs_grad and not conv_in_scan
+    fold = fold and norm.group_size == d_inner and not norm.norm_before_gate and out_proj.bias is None
     if one_pass and conv_in_scan and not needs_grad:
         cu = cu_seqlens.to(torch.int64)
         if "order_both" not in cache:
@@ -481,13 +514,17 @@ def mixer_both(
         y = ssd_conv_varlen(xbc, dt, conv_w, mixer.conv1d.bias, A, cu, order=cache["order_both"], **kw)
     else:
         xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True, cu_seqlens=cu_seqlens)
-        dt2 = torch.cat([dt, dt.index_select(0, rev)])
+        dt2 = None if fold else torch.cat([dt, dt.index_select(0, rev)])  # the gated scan reads dt at the token
         seq_both = seq_both.to(torch.int32).contiguous()
         if one_pass:
             if "cu_both" not in cache:
                 cu = cu_seqlens.to(torch.int64)
                 cache["cu_both"] = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells
                 cache["order"] = ssd_order(cache["cu_both"])
+            if fold:
+                g, ssq = ssd_varlen_gated(xbc2, dt, A, cache["cu_both"], z, order=cache["order"], **kw)
+                w_out = (out_proj.weight.float() * norm.weight.float()).to(g.dtype)  # the norm's weight folded
+                return F.linear(g, w_out), ssq
             y = ssd_varlen(xbc2, dt2, A, cache["cu_both"], seq_both, chunk_size=mixer.chunk_size,
                            order=cache["order"], **kw)  # fmt: skip
         else:
@@ -498,13 +535,7 @@ def mixer_both(
             x, B, C = _split_xbc(xbc2, H, P, G, N)
             y = scan(x, dt2.unsqueeze(0), A, B, C, mixer.chunk_size, D=mixer.D, z=None, dt_bias=mixer.dt_bias,
                      dt_softplus=True, seq_idx=seq_both).reshape(2 * T, d_inner)  # fmt: skip
-    return gated_norm_out_proj_both(
-        y,
-        z,
-        rev,
-        mixer.norm.weight,
-        mixer.out_proj.weight,
-        mixer.out_proj.bias,
-        eps=mixer.norm.eps,
-        group_size=mixer.norm.group_size,
+    out2 = gated_norm_out_proj_both(
+        y, z, rev, norm.weight, out_proj.weight, out_proj.bias, eps=norm.eps, group_size=norm.group_size
     )
+    return (out2, None) if fold_norm else out2

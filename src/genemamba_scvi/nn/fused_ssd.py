@@ -12,7 +12,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["SSD_CONV_FWD_CONFIG", "SSD_FWD_CONFIG", "ssd_conv_varlen", "ssd_order", "ssd_varlen", "ssd_varlen_supports"]
+__all__ = [
+    "SSD_CONV_FWD_CONFIG",
+    "SSD_FWD_CONFIG",
+    "ssd_conv_varlen",
+    "ssd_order",
+    "ssd_varlen",
+    "ssd_varlen_gated",
+    "ssd_varlen_supports",
+]
 
 #: Launch shape of the one-pass SSD forward: rows per chunk step, warps, software-pipeline stages, and heads per
 #: program (``"heads"`` > 1: the heads of a group share B, C and ``C B^T``; ``ssd_varlen_heads_fwd_kernel``).
@@ -49,35 +57,46 @@ def _split_xbc(xbc: torch.Tensor, nheads: int, headdim: int, ngroups: int, d_sta
     )
 
 
+def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None):
+    """Run the one-pass SSD forward; ``gate = (z, T_half)``: also gate the outputs (``ssd_varlen_gated``).
+
+    Returns ``y`` ``[L, H*P]`` (dtype of ``xbc``) and, with ``gate``, ``ssq`` ``[L, n_blocks]`` fp32 (else None).
+    """
+    nheads, headdim, ngroups, d_state = shape
+    L, d_inner, gn = xbc.shape[0], nheads * headdim, ngroups * d_state
+    y = torch.empty(L, d_inner, dtype=xbc.dtype, device=xbc.device)
+    cfg = SSD_FWD_CONFIG
+    hb = cfg.get("heads", 1)
+    hb = hb if hb > 1 and (nheads // ngroups) % hb == 0 else 1  # heads of one group per program
+    ssq = torch.empty(L, nheads // hb, dtype=torch.float32, device=xbc.device) if gate is not None else None
+    n_seq = cu.numel() - 1
+    if L and n_seq:
+        if order is None:
+            order = ssd_order(cu)
+        z, t_half = gate if gate is not None else (y, 0)
+        args = (
+            xbc, dt, dt_bias if dt_bias is not None else A, A, xbc[:, d_inner:], xbc[:, d_inner + gn :],
+            D if D is not None else A, y, cu, order, xbc.stride(0), dt.stride(0), xbc.stride(0), xbc.stride(0),
+            y.stride(0), nheads // ngroups, nheads, z, ssq if ssq is not None else y, z.stride(0), t_half,
+        )  # fmt: skip
+        consts = dict(P=headdim, N=d_state, Q=cfg["Q"], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None,
+                      DT_SOFTPLUS=dt_softplus, NUM_STAGES=cfg["num_stages"], INTERPRET=_interpreting(),
+                      GATE=gate is not None, num_warps=cfg["num_warps"])  # fmt: skip
+        k = _ssd_kernels()
+        if hb > 1:
+            k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, HB=hb, **consts)
+        else:
+            k.ssd_varlen_fwd_kernel[(nheads * n_seq,)](*args, **consts)
+    return y, ssq
+
+
 class _SSDVarlen(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order):
-        nheads, headdim, ngroups, d_state = shape
         if xbc.stride(-1) != 1:
             xbc = xbc.contiguous()
         dt = dt.contiguous()
-        L, d_inner, gn = xbc.shape[0], nheads * headdim, ngroups * d_state
-        y = torch.empty(L, d_inner, dtype=xbc.dtype, device=xbc.device)
-        n_seq = cu.numel() - 1
-        if L and n_seq:
-            if order is None:
-                order = ssd_order(cu)
-            cfg = SSD_FWD_CONFIG
-            hb = cfg.get("heads", 1)
-            hb = hb if hb > 1 and (nheads // ngroups) % hb == 0 else 1  # heads of one group per program
-            args = (
-                xbc, dt, dt_bias if dt_bias is not None else A, A, xbc[:, d_inner:], xbc[:, d_inner + gn :],
-                D if D is not None else A, y, cu, order, xbc.stride(0), dt.stride(0), xbc.stride(0), xbc.stride(0),
-                y.stride(0), nheads // ngroups, nheads,
-            )  # fmt: skip
-            consts = dict(P=headdim, N=d_state, Q=cfg["Q"], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None,
-                          DT_SOFTPLUS=dt_softplus, NUM_STAGES=cfg["num_stages"], INTERPRET=_interpreting(),
-                          num_warps=cfg["num_warps"])  # fmt: skip
-            k = _ssd_kernels()
-            if hb > 1:
-                k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, HB=hb, **consts)
-            else:
-                k.ssd_varlen_fwd_kernel[(nheads * n_seq,)](*args, **consts)
+        y, _ = _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus)
         ctx.save_for_backward(xbc, dt, A, D, dt_bias, seq_idx)
         ctx.shape, ctx.chunk_size, ctx.dt_softplus = shape, chunk_size, dt_softplus
         return y
@@ -178,6 +197,59 @@ def ssd_varlen(
     shape = (nheads, headdim, ngroups, d_state)
     cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
     return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order)
+
+
+def ssd_varlen_gated(
+    xbc: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    z: torch.Tensor,
+    *,
+    nheads: int,
+    headdim: int,
+    ngroups: int,
+    d_state: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    order: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ssd_varlen` on a two-direction row with the gate of Mamba-2's gated RMSNorm applied (inference).
+
+    Parameters
+    ----------
+    xbc, A, cu_seqlens
+        As :func:`ssd_varlen`, on the ``[2T]`` two-direction row: ``cu_seqlens`` holds the cells, then the cells
+        reversed in place (``BiMambaBlock``'s row: rows ``0..T-1`` the tokens, row ``T + j`` token ``rev[j]``).
+    dt
+        ``[T, H]`` raw time steps of the ``T`` tokens (read at each row's token: no ``[2T, H]`` gather).
+    z
+        ``[T, H*P]`` gates of the ``T`` tokens (a column slice of the projection is fine).
+    nheads, headdim, ngroups, d_state, D, dt_bias, dt_softplus, order
+        As :func:`ssd_varlen`.
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor]
+        ``g = y * silu(z)`` ``[2T, H*P]`` in the dtype of ``xbc``, and ``ssq`` ``[2T, n_blocks]`` float32: partial
+        sums of ``g^2`` (fp32, before rounding) whose row sum is the gated norm's sum of squares. Then
+        ``RMSNorm(g) * w == g * w * rsqrt(ssq.sum(1) / (H*P) + eps)``.
+    """
+    _check_sizes("ssd_varlen_gated", headdim, d_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xbc, dt, A, z)):
+        raise RuntimeError("ssd_varlen_gated has no backward: call it under torch.no_grad() / inference_mode()")
+    L = xbc.shape[0]
+    if L % 2 or z.shape[0] != L // 2 or z.shape[1] != nheads * headdim or dt.shape != (L // 2, nheads):
+        raise ValueError(f"a two-direction row of L = {L} rows takes z [L/2, H*P] = [{L // 2}, {nheads * headdim}] "
+                         f"and dt [L/2, H], not {list(z.shape)} and {list(dt.shape)}")  # fmt: skip
+    if xbc.stride(-1) != 1:
+        xbc = xbc.contiguous()
+    if z.stride(-1) != 1:
+        z = z.contiguous()
+    cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
+    shape = (nheads, headdim, ngroups, d_state)
+    return _launch_ssd(xbc, dt.contiguous(), A, D, dt_bias, cu, order, shape, dt_softplus, gate=(z, L // 2))
 
 
 def ssd_order(cu_seqlens: torch.Tensor, both: bool = False) -> torch.Tensor:
