@@ -446,7 +446,7 @@ def sweep_ssd_gated(dev: str) -> dict[str, Any]:
     """Inference, both directions of a 256-cell batch: scan, gated RMSNorm and ``out_proj`` two ways.
 
     Baseline (the unfolded path): ``dt`` gathered into the ``[2T]`` row, ``ssd_varlen``, then the gated-norm kernel
-    and ``out_proj`` (``gated_norm_out_proj_both``). Folded: ``ssd_varlen_gated`` (gate and per-row sums of squares
+    and ``out_proj`` (``gated_norm_out_proj_both``). Folded: ``ssd_varlen_both`` (gate and per-row sums of squares
     in the scan, ``dt`` read at the token), then ``out_proj`` with the norm's weight folded in; the row scale that
     the merge applies is left out of the timing and put back for the comparison. Per launch shape of the scan.
     """
@@ -478,7 +478,7 @@ def sweep_ssd_gated(dev: str) -> dict[str, Any]:
         return fused.gated_norm_out_proj_both(y, z, pack.rev, w_norm, w_out, None, eps=1e-5)
 
     def folded():
-        gz, ssq = fused.ssd_varlen_gated(xbc, dt, A, cu, z, **kw)
+        gz, ssq = fused.ssd_varlen_both(xbc, dt, A, cu, z, **kw)
         return F.linear(gz, (w_out.float() * w_norm.float()).to(bf)), ssq
 
     def folded_scaled():

@@ -297,9 +297,13 @@ BLOCK_ABLATIONS = {  # setting kind -> (BiMambaBlock switches set for the run, n
         {"fused_both_training": False},
         "training through mamba_split_conv1d_scan_combined (not nn.fused.mixer_both)",
     ),
-    "ablation_unfolded_norm": (
-        {"fold_norm": False},
-        "inference: gated RMSNorm as its own pass (dt gathered), not folded into ssd_varlen_gated + the merge",
+    "ablation_merge_then_norm": (
+        {"merge_add_norm": False},
+        "inference: the merge pass, then mamba-ssm's fused add + RMSNorm (not nn.fused.gate_merge_add_norm)",
+    ),
+    "ablation_folded_norm": (
+        {"fold_norm": True},
+        "inference: gated RMSNorm folded into the scan (ssd_varlen_both with z) and the merge, not its own pass",
     ),
 }
 
@@ -400,7 +404,8 @@ class Runner:
                 ("ablation_mamba_ssd", 2048, "infer", a.infer_cells_2048),
                 ("ablation_conv_in_scan", 2048, "infer", a.infer_cells_2048),
                 ("ablation_unfused_merge", 2048, "infer", a.infer_cells_2048),
-                ("ablation_unfolded_norm", 2048, "infer", a.infer_cells_2048),
+                ("ablation_folded_norm", 2048, "infer", a.infer_cells_2048),
+                ("ablation_merge_then_norm", 2048, "infer", a.infer_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]

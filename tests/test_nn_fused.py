@@ -483,7 +483,7 @@ def test_block_uses_the_one_pass_merge_only_when_switched_on_and_without_gradien
 # The gated norm folded into the scan and the merge (inference)
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("heads", [1, 2])
-def test_ssd_varlen_gated_equals_the_scan_then_the_gate_on_the_two_direction_row(monkeypatch, heads):
+def test_ssd_varlen_both_equals_the_scan_and_the_gate_on_the_two_direction_row(monkeypatch, heads):
     """Gate ``z`` and ``dt`` read at each row's token (row ``T + j`` is token ``rev[j]``); the partial sums of squares
     add up to the gated row's; an empty cell, one-token cells, cells over a chunk of 16."""
     import genemamba_scvi.nn.fused as fused
@@ -500,16 +500,20 @@ def test_ssd_varlen_gated_equals_the_scan_then_the_gate_on_the_two_direction_row
     A, D, dt_bias = -torch.rand(H, device=DEVICE) - 0.5, torch.randn(H, device=DEVICE), torch.randn(H, device=DEVICE)
     kw = dict(nheads=H, headdim=P, ngroups=1, d_state=N, D=D, dt_bias=dt_bias)
     with torch.no_grad():
-        g, ssq = fused.ssd_varlen_gated(xbc2, dt, A, cu2, z, **kw)
+        g, ssq = fused.ssd_varlen_both(xbc2, dt, A, cu2, z, **kw)
         y = fused.ssd_varlen(xbc2, torch.cat([dt, dt[p.rev]]), A, cu2, p.seq_idx_both, **kw)
+        y_tok, none = fused.ssd_varlen_both(xbc2, dt, A, cu2, **kw)  # no gate: dt at the token only
+    assert none is None and torch.equal(y_tok, y)
     want = y.float() * F.silu(torch.cat([z, z[p.rev]]))
     assert ssq.shape == (2 * T, H // heads) and ssq.dtype == torch.float32
     assert _rel(g, want) < SSD_TOL
     assert _rel(ssq.sum(1), want.square().sum(1)) < SSD_TOL
     with pytest.raises(ValueError, match="two-direction row"):
-        fused.ssd_varlen_gated(xbc2, dt, A, cu2, z[:-1], **kw)
+        fused.ssd_varlen_both(xbc2, dt, A, cu2, z[:-1], **kw)
+    with pytest.raises(ValueError, match="two-direction row"):
+        fused.ssd_varlen_both(xbc2, torch.cat([dt, dt]), A, cu2, **kw)
     with pytest.raises(RuntimeError, match="no backward"):
-        fused.ssd_varlen_gated(xbc2, dt, A.requires_grad_(), cu2, z, **kw)
+        fused.ssd_varlen_both(xbc2, dt, A.requires_grad_(), cu2, z, **kw)
 
 
 def test_folded_norm_with_the_scaled_merge_equals_the_gated_norm_then_the_merge():
@@ -543,12 +547,76 @@ def test_block_folds_the_norm_in_inference_only_when_switched_on(monkeypatch):
     monkeypatch.setattr(bimamba, "fused_available", lambda device: True)  # as on a GPU with Triton and mamba-ssm
     monkeypatch.setattr(block.mixer, "resolved_backend", lambda device: "mamba_ssm")
     calls = []
-    real = fused.ssd_varlen_gated
-    monkeypatch.setattr(fused, "ssd_varlen_gated", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fused.ssd_varlen_both
+    monkeypatch.setattr(fused, "ssd_varlen_both", lambda *a, **k: calls.append(a[4] is not None) or real(*a, **k))
     with torch.no_grad():
-        monkeypatch.setattr(BiMambaBlock, "fold_norm", False)
+        monkeypatch.setattr(BiMambaBlock, "fold_norm", False)  # the default
         ref = block.mix_packed(h, p)
-        assert not calls
-        monkeypatch.setattr(BiMambaBlock, "fold_norm", True)  # the default
+        monkeypatch.setattr(BiMambaBlock, "fold_norm", True)
         got = block.mix_packed(h, p)
-    assert len(calls) == 1 and _rel(got, ref) < SSD_TOL
+    assert calls == [False, True] and _rel(got, ref) < SSD_TOL  # dt at the token in both; the gate with the fold
+    block.mix_packed(h, p).sum().backward()  # with gradients: ssd_varlen and the gated-norm pass
+    assert len(calls) == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# The merge, the residual add and the next block's norm in one pass (inference)
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scaled", [False, True])
+def test_gate_merge_add_norm_equals_the_merge_then_the_residual_add_then_rmsnorm(scaled):
+    from genemamba_scvi.nn.fused import gate_merge_add_norm, gate_merge_both
+
+    torch.manual_seed(14)
+    p = _pack()
+    T, d = p.n_tokens, 24  # d not a power of two: the masked channels must not enter the norm
+    out2 = torch.randn(2 * T, d, device=DEVICE)
+    weight, bias = torch.randn(d, 2 * d, device=DEVICE) / d**0.5, torch.randn(d, device=DEVICE)
+    residual = torch.randn(T, d, device=DEVICE) * 3
+    w_norm = torch.rand(d, device=DEVICE) + 0.5
+    kw = dict(row_ssq=torch.rand(2 * T, 3, device=DEVICE) * 40, norm_dim=40, norm_eps=1e-5) if scaled else {}
+    tol = 5e-3 if CUDA else 1e-5
+    with torch.no_grad():
+        r_want = residual + gate_merge_both(out2, p.rev, weight, bias, **kw)
+        h_want = r_want * torch.rsqrt(r_want.square().mean(-1, keepdim=True) + 1e-6) * w_norm
+        r, h = gate_merge_add_norm(out2, p.rev, weight, bias, residual, w_norm, eps=1e-6, **kw)
+        assert r.dtype == torch.float32 and _rel(r, r_want) < tol and _rel(h, h_want) < tol
+        r2, none = gate_merge_add_norm(out2, p.rev, weight, bias, residual, None, **kw)  # after the last block
+        assert none is None and _rel(r2, r_want) < tol
+        with pytest.raises(ValueError, match="residual must be"):
+            gate_merge_add_norm(out2, p.rev, weight, bias, residual[1:], w_norm)
+
+
+def test_encoder_inference_merges_adds_and_normalises_in_one_pass(monkeypatch):
+    """Two blocks, as on a GPU with mamba-ssm (its fused add + norm replaced by the same function in torch): the
+    one-pass merge + add + norm gives the encoder's output of the merge followed by the add + norm."""
+    import genemamba_scvi.nn.bimamba as bimamba
+    import genemamba_scvi.nn.encoder as encoder_mod
+    from genemamba_scvi.nn import GeneMambaEncoder
+    from genemamba_scvi.nn.mamba2 import Mamba2Mixer
+
+    def rms_norm_fn(x, weight, bias, residual=None, eps=1e-5, prenorm=False, residual_in_fp32=False):
+        r = x.float() if residual is None else x.float() + residual.float()
+        h = (r * torch.rsqrt(r.square().mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+        return (h, r) if prenorm else h
+
+    real_ops = encoder_mod.load_mamba_ssm_ops
+    monkeypatch.setattr(encoder_mod, "load_mamba_ssm_ops", lambda: {**real_ops(), "rms_norm_fn": rms_norm_fn})
+    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
+    monkeypatch.setattr(Mamba2Mixer, "resolved_backend", lambda self, device=None: "mamba_ssm")
+    torch.manual_seed(15)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, n_layers=2, backend="torch")
+    enc = GeneMambaEncoder(50, config=cfg).to(DEVICE).eval()
+    enc.fused_add_norm = True  # as on CUDA with mamba-ssm
+    calls = []
+    real = bimamba.gate_merge_add_norm
+    monkeypatch.setattr(bimamba, "gate_merge_add_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lens = torch.tensor([5, 1, 17, 9])
+    tokens = torch.randint(1, 50, (int(lens.sum()),), device=DEVICE)
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE)
+    with torch.no_grad():
+        monkeypatch.setattr(BiMambaBlock, "merge_add_norm", False)
+        ref = enc.forward_packed(tokens, cu)
+        assert not calls
+        monkeypatch.setattr(BiMambaBlock, "merge_add_norm", True)  # the default
+        got = enc.forward_packed(tokens, cu)
+    assert len(calls) == 2 and _rel(got, ref) < (5e-3 if CUDA else 1e-5)

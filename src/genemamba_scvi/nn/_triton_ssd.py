@@ -93,12 +93,12 @@ def _ssd_step(state, xm, bm, cm, dt, A, D, Q: tl.constexpr, HAS_D: tl.constexpr)
 @triton.jit
 def _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt, stride_b,
     stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
-    HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr
+    HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr, DT_TOKEN: tl.constexpr
 ):
     """Outputs of rows ``c0 .. c0+Q-1`` (those before ``end``) from ``state``; returns the state after them.
 
-    ``GATE``: read ``dt`` and ``z`` at the row's token ``zbase + zsgn * row``, write ``y * silu(z)`` and its sum of
-    squares per row.
+    ``DT_TOKEN``: read ``dt`` at the row's token ``zbase + zsgn * row``; ``GATE``: also ``z`` there, and write
+    ``y * silu(z)`` and its sum of squares per row.
     """
     q = tl.arange(0, Q)
     p = tl.arange(0, P)
@@ -107,7 +107,7 @@ def _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr,
     rm = rows < end
     r64 = rows.to(tl.int64)
     ztok = (zbase + zsgn * rows).to(tl.int64)
-    dt = _dt_of(dt_ptr, ztok if GATE else r64, stride_dt, h, rm, dt_bias, DT_SOFTPLUS)
+    dt = _dt_of(dt_ptr, ztok if DT_TOKEN else r64, stride_dt, h, rm, dt_bias, DT_SOFTPLUS)
     xm = tl.load(x_ptr + r64[:, None] * stride_x + (h * P + p)[None, :], mask=rm[:, None], other=0.0)
     bm = tl.load(B_ptr + r64[:, None] * stride_b + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
     cm = tl.load(C_ptr + r64[:, None] * stride_c + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
@@ -123,7 +123,8 @@ def _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr,
 def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, cu_ptr, order_ptr,
     stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads, z_ptr, ssq_ptr, stride_z, T_half,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
-    DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr, GATE: tl.constexpr
+    DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr, GATE: tl.constexpr,
+    DT_TOKEN: tl.constexpr
 ):
     """Grid ``(n_heads * n_sequences,)``: program ``i`` runs head ``i % n_heads`` of sequence ``order[i // n_heads]``.
 
@@ -133,11 +134,11 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
     ``INTERPRET``: walk the chunks with a ``while`` loop (Triton's CPU interpreter cannot take a loaded bound in
     ``tl.range``); compiled, ``tl.range`` lets Triton prefetch the next chunk (``NUM_STAGES``).
 
-    ``GATE`` (inference on the two-direction row of ``T_half`` tokens): ``dt`` is ``[T_half, n_heads]`` and read at
-    the row's token, the output is ``y * silu(z)`` with the gate ``z`` ``[T_half, n_heads * P]`` of that token (a
-    sequence starting at or after ``T_half`` is a cell reversed in place, its row ``r`` is token
-    ``start + end - 1 - T_half - r``), and ``ssq[r, head block]`` the sum of squares of the program's channels (see
-    ``_silu_gate``).
+    ``DT_TOKEN`` (inference on the two-direction row of ``T_half`` tokens): ``dt`` is ``[T_half, n_heads]`` and read
+    at the row's token (a sequence starting at or after ``T_half`` is a cell reversed in place, its row ``r`` is token
+    ``start + end - 1 - T_half - r``). ``GATE`` (with ``DT_TOKEN``): the output is ``y * silu(z)`` with the gate
+    ``z`` ``[T_half, n_heads * P]`` of that token, and ``ssq[r, head block]`` the sum of squares of the program's
+    channels (see ``_silu_gate``).
     """
     pid = tl.program_id(0)
     h = pid % n_heads
@@ -153,13 +154,13 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
         while c0 < end:
             state = _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x,
                 stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_heads, P, N, Q, HAS_D,
-                DT_SOFTPLUS, GATE)
+                DT_SOFTPLUS, GATE, DT_TOKEN)
             c0 += Q
     else:
         for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
             state = _ssd_chunk(state, c0, end, h, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x,
                 stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_heads, P, N, Q, HAS_D,
-                DT_SOFTPLUS, GATE)
+                DT_SOFTPLUS, GATE, DT_TOKEN)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -168,7 +169,8 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
 @triton.jit
 def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt,
     stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P: tl.constexpr, N: tl.constexpr,
-    Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr
+    Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
+    DT_TOKEN: tl.constexpr
 ):
     """``_ssd_chunk`` for the ``HB`` heads ``hh`` of group ``g`` at once: ``state`` ``[HB, N, P]``.
 
@@ -182,7 +184,7 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
     rm = rows < end
     r64 = rows.to(tl.int64)
     ztok = (zbase + zsgn * rows).to(tl.int64)
-    dtok = ztok if GATE else r64
+    dtok = ztok if DT_TOKEN else r64
     dt = _dt_of(dt_ptr, dtok[None, :], stride_dt, hh[:, None], rm[None, :], dt_bias[:, None], DT_SOFTPLUS)  # [HB, Q]
     dA = dt * A[:, None]
     cs = tl.cumsum(dA, axis=1)
@@ -215,7 +217,7 @@ def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr,
     stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads, z_ptr, ssq_ptr, stride_z, T_half,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr,
-    GATE: tl.constexpr
+    GATE: tl.constexpr, DT_TOKEN: tl.constexpr
 ):
     """``ssd_varlen_fwd_kernel`` with ``HB`` heads per program (``HB`` divides the heads of a group).
 
@@ -238,13 +240,13 @@ def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr,
         while c0 < end:
             state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
                 stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks,
-                pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE)
+                pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN)
             c0 += Q
     else:
         for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
             state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
                 stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks,
-                pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE)
+                pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
-from genemamba_scvi.nn.fused import fused_available, gate_merge_both, mixer_both
+from genemamba_scvi.nn.fused import fused_available, gate_merge_add_norm, gate_merge_both, mixer_both
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
 
 __all__ = [
@@ -390,10 +390,16 @@ class BiMambaBlock(nn.Module):
     #: (``benchmarks/results/throughput_h200_merge_ablation.json``, same run).
     fused_merge: bool = True
     #: With the one-pass merge: fold the mixer's gated RMSNorm away. The scan gates its own output and writes each
-    #: row's sum of squares (:func:`~genemamba_scvi.nn.fused.ssd_varlen_gated`, reading ``dt`` at the token), the
-    #: norm's weight folds into ``out_proj`` and the merge applies the per-row scale, which commutes with the GEMMs
-    #: between them: no gated-norm pass over ``[2T, d_inner]`` and no ``[2T, H]`` gather of ``dt``.
-    fold_norm: bool = True
+    #: row's sum of squares (:func:`~genemamba_scvi.nn.fused.ssd_varlen_both` with ``z``), the norm's weight folds
+    #: into ``out_proj`` and the merge applies the per-row scale, which commutes with the GEMMs between them: no
+    #: gated-norm pass over ``[2T, d_inner]``, 15% less inference memory per token. Off: on an H200 the gate
+    #: lengthens each step of the latency-bound scan by as much as the norm's pass costs (4.79 against 4.78 ms
+    #: for scan + norm + out_proj, ``benchmarks/results/ssd_gated_sweep_h200.json``).
+    fold_norm: bool = False
+    #: In the encoder's inference on a GPU, the one-pass merge also adds the update to the residual stream and
+    #: applies the next block's pre-norm (:meth:`mix_packed_add_norm`): one pass instead of the merge's and
+    #: mamba-ssm's fused add + norm.
+    merge_add_norm: bool = True
 
     @property
     def needs_merge_linear(self) -> bool:
@@ -494,18 +500,62 @@ class BiMambaBlock(nn.Module):
         if not self.bidirectional:
             return self.mixer(h.unsqueeze(0), seq_idx=pack.seq_idx)[0]
         weight, bias = self._merge_weights(merge_linear)
-        if self.fused_merge and self.merge_mode == "gate" and not torch.is_grad_enabled() and _fused_usable(h.device):
-            out2, ssq = self._mix_both(h, pack, fold_norm=self.fold_norm)
-            norm = self.mixer.norm
-            merged = _run_fused(h.device, gate_merge_both, out2, pack.rev, weight, bias, row_ssq=ssq,
-                                norm_dim=norm.group_size, norm_eps=norm.eps)  # fmt: skip
-            if merged is not None:
-                return merged
-            if ssq is not None:  # rows without the norm's scale: run the mixer again on the fallback path
-                out2 = self._mix_both(h, pack)
+        merged, out2 = self._one_pass_merge(h, pack, weight, bias, gate_merge_both)
+        return merged if merged is not None else merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
+
+    def one_pass_merge_applies(self, device: torch.device) -> bool:
+        """Whether :meth:`mix_packed` merges in one Triton pass (inference on a GPU, ``"gate"``, ``fused_merge``)."""
+        return (
+            self.bidirectional
+            and self.fused_merge
+            and self.merge_mode == "gate"
+            and not torch.is_grad_enabled()
+            and _fused_usable(device)
+        )
+
+    def _one_pass_merge(self, h: torch.Tensor, pack: PackedCells, weight, bias, fn, **kwargs: Any) -> tuple[Any, Any]:
+        """The one-pass merge ``fn`` where it applies and runs: ``(fn(out2, rev, weight, bias, ...), None)``.
+
+        Else ``(None, out2)`` with the mixer's usual output, for the torch merge.
+        """
+        if not self.one_pass_merge_applies(h.device):
+            return None, self._mix_both(h, pack)
+        out2, ssq = self._mix_both(h, pack, fold_norm=self.fold_norm)
+        norm = self.mixer.norm
+        merged = _run_fused(h.device, fn, out2, pack.rev, weight, bias, row_ssq=ssq, norm_dim=norm.group_size,
+                            norm_eps=norm.eps, **kwargs)  # fmt: skip
+        if merged is not None:
+            return merged, None
+        # rows without the norm's scale (folded): run the mixer again on the fallback path
+        return None, (out2 if ssq is None else self._mix_both(h, pack))
+
+    def mix_packed_add_norm(
+        self,
+        h: torch.Tensor,
+        pack: PackedCells,
+        residual: torch.Tensor,
+        next_norm: RMSNorm | None,
+        merge_linear: nn.Linear | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inference: ``r = residual + mix_packed(h)`` and the next block's pre-norm ``next_norm(r)`` together.
+
+        Where the one-pass merge applies, the residual add and the norm run in the merge's pass
+        (:func:`~genemamba_scvi.nn.fused.gate_merge_add_norm`); elsewhere in torch. ``r`` is float32 (the residual
+        stream of mamba-ssm's fused add + norm, ``residual_in_fp32``), the norm's output is in the dtype of the
+        update; None without ``next_norm`` (after the last block).
+        """
+        weight, bias = self._merge_weights(merge_linear)
+        nw, eps = (next_norm.weight, next_norm.eps) if next_norm is not None else (None, 1e-5)
+        if self.bidirectional:
+            kw = dict(residual=residual, norm_weight=nw, eps=eps)
+            out, out2 = self._one_pass_merge(h, pack, weight, bias, gate_merge_add_norm, **kw)
+            if out is not None:
+                return out
+            delta = merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
         else:
-            out2 = self._mix_both(h, pack)
-        return merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
+            delta = self.mix_packed(h, pack, merge_linear)
+        r = residual.float() + delta.float()
+        return r, (next_norm(r).to(delta.dtype) if next_norm is not None else None)
 
     def _mix_both(self, h: torch.Tensor, pack: PackedCells, fold_norm: bool | None = None) -> Any:
         """``[2T, d]`` mixer outputs of the cells and of their reversals, in one varlen call.

@@ -389,20 +389,26 @@ class GeneMambaEncoder(nn.Module):
             return self.norm_f(x)
         # pre-norm blocks as a residual stream: h_i = norm_i(r_i), r_{i+1} = r_i + mix_i(h_i)
         fused = load_mamba_ssm_ops()["rms_norm_fn"] if self._use_fused_add_norm(x.device) else None
-        residual, delta = x, None
-        for layer in self.layers:
-            if fused is not None:
+        residual, delta, h = x, None, None
+        for i, layer in enumerate(self.layers):
+            if h is None and fused is not None:  # (h is set when the previous block's merge pass normalised)
                 # one Triton kernel: residual += delta (float32), h = RMSNorm(residual) * weight
                 inp = residual if delta is None else delta
                 res = None if delta is None else residual
                 h, residual = fused(
                     inp, layer.norm.weight, None, residual=res, eps=layer.norm.eps, prenorm=True, residual_in_fp32=True
                 )
-            else:
+            elif h is None:
                 residual = residual if delta is None else residual + delta
                 h = layer.norm(residual)
-            delta = self._run(layer.mix_packed, h, pack, self.merge)
-        return self.norm_f(residual + delta)
+            if fused is not None and layer.merge_add_norm and layer.one_pass_merge_applies(x.device):
+                # inference on a GPU: merge, residual add and the next block's norm in one pass
+                nxt = self.layers[i + 1].norm if i + 1 < len(self.layers) else None
+                residual, h = layer.mix_packed_add_norm(h, pack, residual, nxt, self.merge)
+                delta = None
+            else:
+                delta, h = self._run(layer.mix_packed, h, pack, self.merge), None
+        return self.norm_f(residual if delta is None else residual + delta)
 
     def pool(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Cell embeddings ``[batch, d]`` by the encoder's pooling (see :func:`pool_hidden`)."""

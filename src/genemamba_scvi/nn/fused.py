@@ -35,14 +35,18 @@ import torch
 import torch.nn.functional as F
 
 from genemamba_scvi.nn.config import check_choice
+from genemamba_scvi.nn.fused_merge import gate_merge_add_norm, gate_merge_both
 from genemamba_scvi.nn.fused_ssd import (
     SSD_CONV_FWD_CONFIG,
     SSD_FWD_CONFIG,
+    _cdiv,
+    _kernels,
+    _next_pow2,
     _split_xbc,
     ssd_conv_varlen,
     ssd_order,
     ssd_varlen,
-    ssd_varlen_gated,
+    ssd_varlen_both,
     ssd_varlen_supports,
 )
 
@@ -51,13 +55,14 @@ __all__ = [
     "SSD_FWD_CONFIG",
     "conv_both",
     "fused_available",
+    "gate_merge_add_norm",
     "gate_merge_both",
     "gated_norm_out_proj_both",
     "mixer_both",
     "ssd_conv_varlen",
     "ssd_order",
     "ssd_varlen",
-    "ssd_varlen_gated",
+    "ssd_varlen_both",
     "ssd_varlen_supports",
 ]
 
@@ -84,13 +89,6 @@ _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward
 
 
 @functools.cache
-def _kernels() -> Any:
-    import genemamba_scvi.nn._triton_bimamba as kernels
-
-    return kernels
-
-
-@functools.cache
 def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
@@ -102,10 +100,6 @@ def _triton_importable() -> bool:
 def fused_available(device: torch.device | str) -> bool:
     """Whether the fused kernels can run for tensors on ``device`` (CUDA with Triton)."""
     return torch.device(device).type == "cuda" and _triton_importable()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -252,10 +246,6 @@ def conv_both(
 # ----------------------------------------------------------------------------------------------------
 # Gated RMSNorm of both directions (gate read from the T tokens) and out_proj
 # ----------------------------------------------------------------------------------------------------
-def _next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
 class _GatedNormOutProjBoth(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, z, rev, norm_weight, out_weight, out_bias, eps, group_size):
@@ -376,70 +366,6 @@ def gated_norm_out_proj_both(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Gated merge of the two directions (inference)
-# ----------------------------------------------------------------------------------------------------
-_MERGE_BLOCK = (16, 128)  # tokens x channels per program of the merge kernel (not tuned on a GPU yet)
-
-
-def gate_merge_both(
-    out2: torch.Tensor,
-    rev: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    row_ssq: torch.Tensor | None = None,
-    norm_dim: int | None = None,
-    norm_eps: float = 1e-5,
-) -> torch.Tensor:
-    """The ``"gate"`` merge of a two-direction row in one pass after two GEMMs (no gradient).
-
-    Parameters
-    ----------
-    out2
-        ``[2T, d]`` mixer outputs: the cells, then each cell reversed in place (``BiMambaBlock._mix_both``).
-    rev
-        ``[T]`` int64 per-cell reversal index.
-    weight, bias
-        The merge ``Linear(2d, d)``: ``[d, 2d]`` and ``[d]`` or None.
-    row_ssq, norm_dim, norm_eps
-        With the norm folded (``mixer_both(..., fold_norm=True)``): ``out2``'s rows still lack the gated norm's
-        per-row scale, ``rsqrt(row_ssq[r].sum() / norm_dim + norm_eps)``; it is applied here (it commutes with
-        the merge's GEMMs), so the merge reads unscaled rows and projections.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[T, d]`` in the dtype of ``out2``: the same function as
-        :func:`~genemamba_scvi.nn.bimamba.merge_packed` with ``mode="gate"`` and no residual, with the gate
-        and the interpolation in float32.
-    """
-    if torch.is_grad_enabled() and (out2.requires_grad or weight.requires_grad):
-        raise RuntimeError("gate_merge_both has no backward: call it under torch.no_grad() / inference_mode()")
-    T = rev.shape[0]
-    d = out2.shape[1]
-    if out2.stride(-1) != 1:
-        out2 = out2.contiguous()
-    scaled = row_ssq is not None
-    if scaled and (row_ssq.shape[0] != 2 * T or row_ssq.dtype != torch.float32 or not norm_dim):
-        raise ValueError("row_ssq must be [2T, n] float32 partial sums of squares, with norm_dim > 0")
-    w = weight.to(out2.dtype)
-    c = bias.to(out2.dtype) if bias is not None else None
-    pf = F.linear(out2[:T], w[:, :d], None if scaled else c)  # scaled: the bias is added after the row scale
-    pb = F.linear(out2[T:], w[:, d:])  # row j belongs to token rev[j]
-    y = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
-    br, bd = _MERGE_BLOCK
-    ssq = row_ssq.contiguous() if scaled else pf
-    n_part = ssq.shape[1] if scaled else 1
-    if T:
-        _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
-            out2, pf, pb, rev, y, c if (scaled and c is not None) else pf, ssq, T, d, out2.stride(0), pf.stride(0),
-            pb.stride(0), y.stride(0), n_part, 1.0 / (norm_dim or 1), float(norm_eps),
-            BLOCK_R=br, BLOCK_D=bd, SCALED=scaled, HAS_BIAS=scaled and c is not None,
-            BLOCK_NP=_next_pow2(n_part), num_warps=4,
-        )  # fmt: skip
-    return y
-
-
-# ----------------------------------------------------------------------------------------------------
 # The whole mixer for both directions
 # ----------------------------------------------------------------------------------------------------
 Scan = Callable[..., torch.Tensor]
@@ -482,7 +408,7 @@ def mixer_both(
         ``cu_seqlens`` are computed by the first layer and reused by the others.
     fold_norm
         Return ``(out2, row_ssq)``. Where it applies (one-pass SSD without gradients, the norm in one group,
-        no ``out_proj`` bias), the scan gates its own output (:func:`ssd_varlen_gated`), ``out_proj`` runs with
+        no ``out_proj`` bias), the scan gates its own output (:func:`ssd_varlen_both`), ``out_proj`` runs with
         the norm's weight folded in, and ``out2`` lacks the norm's per-row scale, which
         ``gate_merge_both(..., row_ssq=row_ssq)`` applies: the gated norm's pass over ``[2T, d_inner]`` goes.
         Elsewhere ``row_ssq`` is None and ``out2`` is the usual output.
@@ -514,17 +440,19 @@ def mixer_both(
         y = ssd_conv_varlen(xbc, dt, conv_w, mixer.conv1d.bias, A, cu, order=cache["order_both"], **kw)
     else:
         xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True, cu_seqlens=cu_seqlens)
-        dt2 = None if fold else torch.cat([dt, dt.index_select(0, rev)])  # the gated scan reads dt at the token
         seq_both = seq_both.to(torch.int32).contiguous()
-        if one_pass:
-            if "cu_both" not in cache:
-                cu = cu_seqlens.to(torch.int64)
-                cache["cu_both"] = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells
-                cache["order"] = ssd_order(cache["cu_both"])
+        # inference with the one-pass scan: it reads dt at each row's token (no [2T, H] gather)
+        dt2 = None if one_pass and not needs_grad else torch.cat([dt, dt.index_select(0, rev)])
+        if one_pass and "cu_both" not in cache:
+            cu = cu_seqlens.to(torch.int64)
+            cache["cu_both"] = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells
+            cache["order"] = ssd_order(cache["cu_both"])
+        if dt2 is None:
+            y, ssq = ssd_varlen_both(xbc2, dt, A, cache["cu_both"], z if fold else None, order=cache["order"], **kw)
             if fold:
-                g, ssq = ssd_varlen_gated(xbc2, dt, A, cache["cu_both"], z, order=cache["order"], **kw)
-                w_out = (out_proj.weight.float() * norm.weight.float()).to(g.dtype)  # the norm's weight folded
-                return F.linear(g, w_out), ssq
+                w_out = (out_proj.weight.float() * norm.weight.float()).to(y.dtype)  # the norm's weight folded
+                return F.linear(y, w_out), ssq
+        elif one_pass:
             y = ssd_varlen(xbc2, dt2, A, cache["cu_both"], seq_both, chunk_size=mixer.chunk_size,
                            order=cache["order"], **kw)  # fmt: skip
         else:

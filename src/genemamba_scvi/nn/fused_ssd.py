@@ -18,7 +18,7 @@ __all__ = [
     "ssd_conv_varlen",
     "ssd_order",
     "ssd_varlen",
-    "ssd_varlen_gated",
+    "ssd_varlen_both",
     "ssd_varlen_supports",
 ]
 
@@ -37,6 +37,22 @@ def _ssd_kernels() -> Any:
     import genemamba_scvi.nn._triton_ssd as kernels
 
     return kernels
+
+
+@functools.cache
+def _kernels() -> Any:
+    """The Triton kernels of the fused mixer and merge (``_triton_bimamba``), imported on first use."""
+    import genemamba_scvi.nn._triton_bimamba as kernels
+
+    return kernels
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def _interpreting() -> bool:
@@ -58,9 +74,12 @@ def _split_xbc(xbc: torch.Tensor, nheads: int, headdim: int, ngroups: int, d_sta
 
 
 def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None):
-    """Run the one-pass SSD forward; ``gate = (z, T_half)``: also gate the outputs (``ssd_varlen_gated``).
+    """Run the one-pass SSD forward.
 
-    Returns ``y`` ``[L, H*P]`` (dtype of ``xbc``) and, with ``gate``, ``ssq`` ``[L, n_blocks]`` fp32 (else None).
+    ``gate = (z, T_half)``: a two-direction row (``ssd_varlen_both``), ``dt`` read at the token, and with ``z`` not
+    None the outputs gated.
+
+    Returns ``y`` ``[L, H*P]`` (dtype of ``xbc``) and, with ``z``, ``ssq`` ``[L, n_blocks]`` fp32 (else None).
     """
     nheads, headdim, ngroups, d_state = shape
     L, d_inner, gn = xbc.shape[0], nheads * headdim, ngroups * d_state
@@ -68,12 +87,13 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
     cfg = SSD_FWD_CONFIG
     hb = cfg.get("heads", 1)
     hb = hb if hb > 1 and (nheads // ngroups) % hb == 0 else 1  # heads of one group per program
-    ssq = torch.empty(L, nheads // hb, dtype=torch.float32, device=xbc.device) if gate is not None else None
+    z, t_half = gate if gate is not None else (None, 0)
+    ssq = torch.empty(L, nheads // hb, dtype=torch.float32, device=xbc.device) if z is not None else None
     n_seq = cu.numel() - 1
     if L and n_seq:
         if order is None:
             order = ssd_order(cu)
-        z, t_half = gate if gate is not None else (y, 0)
+        z = z if z is not None else y
         args = (
             xbc, dt, dt_bias if dt_bias is not None else A, A, xbc[:, d_inner:], xbc[:, d_inner + gn :],
             D if D is not None else A, y, cu, order, xbc.stride(0), dt.stride(0), xbc.stride(0), xbc.stride(0),
@@ -81,7 +101,7 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
         )  # fmt: skip
         consts = dict(P=headdim, N=d_state, Q=cfg["Q"], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None,
                       DT_SOFTPLUS=dt_softplus, NUM_STAGES=cfg["num_stages"], INTERPRET=_interpreting(),
-                      GATE=gate is not None, num_warps=cfg["num_warps"])  # fmt: skip
+                      GATE=ssq is not None, DT_TOKEN=gate is not None, num_warps=cfg["num_warps"])  # fmt: skip
         k = _ssd_kernels()
         if hb > 1:
             k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, HB=hb, **consts)
@@ -199,12 +219,12 @@ def ssd_varlen(
     return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order)
 
 
-def ssd_varlen_gated(
+def ssd_varlen_both(
     xbc: torch.Tensor,
     dt: torch.Tensor,
     A: torch.Tensor,
     cu_seqlens: torch.Tensor,
-    z: torch.Tensor,
+    z: torch.Tensor | None = None,
     *,
     nheads: int,
     headdim: int,
@@ -214,8 +234,8 @@ def ssd_varlen_gated(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = True,
     order: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`ssd_varlen` on a two-direction row with the gate of Mamba-2's gated RMSNorm applied (inference).
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`ssd_varlen` on a two-direction row, ``dt`` read at the token, optionally gated (inference).
 
     Parameters
     ----------
@@ -225,27 +245,29 @@ def ssd_varlen_gated(
     dt
         ``[T, H]`` raw time steps of the ``T`` tokens (read at each row's token: no ``[2T, H]`` gather).
     z
-        ``[T, H*P]`` gates of the ``T`` tokens (a column slice of the projection is fine).
+        ``[T, H*P]`` gates of the ``T`` tokens (a column slice of the projection is fine), or None: no gate.
     nheads, headdim, ngroups, d_state, D, dt_bias, dt_softplus, order
         As :func:`ssd_varlen`.
 
     Returns
     -------
-    tuple[torch.Tensor, torch.Tensor]
-        ``g = y * silu(z)`` ``[2T, H*P]`` in the dtype of ``xbc``, and ``ssq`` ``[2T, n_blocks]`` float32: partial
-        sums of ``g^2`` (fp32, before rounding) whose row sum is the gated norm's sum of squares. Then
-        ``RMSNorm(g) * w == g * w * rsqrt(ssq.sum(1) / (H*P) + eps)``.
+    tuple[torch.Tensor, torch.Tensor | None]
+        Without ``z``: ``y`` ``[2T, H*P]`` (dtype of ``xbc``) and None. With ``z``: ``g = y * silu(z)`` and ``ssq``
+        ``[2T, n_blocks]`` float32, partial sums of ``g^2`` (fp32, before rounding) whose row sum is the gated
+        norm's sum of squares: ``RMSNorm(g) * w == g * w * rsqrt(ssq.sum(1) / (H*P) + eps)``.
     """
-    _check_sizes("ssd_varlen_gated", headdim, d_state)
+    _check_sizes("ssd_varlen_both", headdim, d_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xbc, dt, A, z)):
-        raise RuntimeError("ssd_varlen_gated has no backward: call it under torch.no_grad() / inference_mode()")
+        raise RuntimeError("ssd_varlen_both has no backward: call it under torch.no_grad() / inference_mode()")
     L = xbc.shape[0]
-    if L % 2 or z.shape[0] != L // 2 or z.shape[1] != nheads * headdim or dt.shape != (L // 2, nheads):
-        raise ValueError(f"a two-direction row of L = {L} rows takes z [L/2, H*P] = [{L // 2}, {nheads * headdim}] "
-                         f"and dt [L/2, H], not {list(z.shape)} and {list(dt.shape)}")  # fmt: skip
+    zshape = (L // 2, nheads * headdim)
+    if L % 2 or dt.shape != (L // 2, nheads) or (z is not None and tuple(z.shape) != zshape):
+        got = list(z.shape) if z is not None else None
+        raise ValueError(f"a two-direction row of L = {L} rows takes dt [L/2, H] = [{L // 2}, {nheads}] and z "
+                         f"{list(zshape)} or None, not {list(dt.shape)} and {got}")  # fmt: skip
     if xbc.stride(-1) != 1:
         xbc = xbc.contiguous()
-    if z.stride(-1) != 1:
+    if z is not None and z.stride(-1) != 1:
         z = z.contiguous()
     cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
     shape = (nheads, headdim, ngroups, d_state)

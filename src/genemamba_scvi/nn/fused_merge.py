@@ -1,0 +1,132 @@
+"""The gated merge of the two directions in inference (``BiMambaBlock.fused_merge``): two GEMMs, then one pass.
+
+``gate_merge_both`` returns the merged update; ``gate_merge_add_norm`` also adds it to the residual stream (fp32)
+and applies the next block's pre-norm in the same pass (mamba-ssm's ``rms_norm_fn(prenorm=True,
+residual_in_fp32=True)`` with the update kept in fp32). Kernels in ``nn/_triton_bimamba.py``; no gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genemamba_scvi.nn.fused_ssd import _cdiv, _kernels, _next_pow2
+
+__all__ = ["gate_merge_add_norm", "gate_merge_both"]
+
+_MERGE_BLOCK = (16, 128)  # tokens x channels per program of the merge kernel (not tuned on a GPU yet)
+_MERGE_NORM_ROWS = 4  # tokens per program of the merge + residual + norm kernel (whole rows of d channels)
+
+
+def _merge_args(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, name):
+    """The merge's two GEMMs and the leading kernel arguments shared by both merge kernels.
+
+    Returns ``(out2, pf, pb, rev, bias, ssq, T, d, stride_o, stride_pf, stride_pb, NP, inv_dn, eps)`` (``_merge_tile``'s
+    arguments) and the constexprs.
+    """
+    if torch.is_grad_enabled() and (out2.requires_grad or weight.requires_grad):
+        raise RuntimeError(f"{name} has no backward: call it under torch.no_grad() / inference_mode()")
+    T, d = rev.shape[0], out2.shape[1]
+    if out2.stride(-1) != 1:
+        out2 = out2.contiguous()
+    scaled = row_ssq is not None
+    if scaled and (row_ssq.shape[0] != 2 * T or row_ssq.dtype != torch.float32 or not norm_dim):
+        raise ValueError("row_ssq must be [2T, n] float32 partial sums of squares, with norm_dim > 0")
+    w = weight.to(out2.dtype)
+    c = bias.to(out2.dtype) if bias is not None else None
+    pf = F.linear(out2[:T], w[:, :d], None if scaled else c)  # scaled: the bias is added after the row scale
+    pb = F.linear(out2[T:], w[:, d:])  # row j belongs to token rev[j]
+    ssq = row_ssq.contiguous() if scaled else pf
+    n_part = ssq.shape[1] if scaled else 1
+    args = (out2, pf, pb, rev, c if (scaled and c is not None) else pf, ssq, T, d, out2.stride(0), pf.stride(0),
+            pb.stride(0), n_part, 1.0 / (norm_dim or 1), float(norm_eps))  # fmt: skip
+    consts = dict(SCALED=scaled, HAS_BIAS=scaled and c is not None, BLOCK_NP=_next_pow2(n_part))
+    return args, consts
+
+
+def gate_merge_both(
+    out2: torch.Tensor,
+    rev: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    row_ssq: torch.Tensor | None = None,
+    norm_dim: int | None = None,
+    norm_eps: float = 1e-5,
+) -> torch.Tensor:
+    """The ``"gate"`` merge of a two-direction row in one pass after two GEMMs (no gradient).
+
+    Parameters
+    ----------
+    out2
+        ``[2T, d]`` mixer outputs: the cells, then each cell reversed in place (``BiMambaBlock._mix_both``).
+    rev
+        ``[T]`` int64 per-cell reversal index.
+    weight, bias
+        The merge ``Linear(2d, d)``: ``[d, 2d]`` and ``[d]`` or None.
+    row_ssq, norm_dim, norm_eps
+        With the norm folded (``mixer_both(..., fold_norm=True)``): ``out2``'s rows still lack the gated norm's
+        per-row scale, ``rsqrt(row_ssq[r].sum() / norm_dim + norm_eps)``; it is applied here (it commutes with
+        the merge's GEMMs), so the merge reads unscaled rows and projections.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[T, d]`` in the dtype of ``out2``: the same function as
+        :func:`~genemamba_scvi.nn.bimamba.merge_packed` with ``mode="gate"`` and no residual, with the gate
+        and the interpolation in float32.
+    """
+    T, d = rev.shape[0], out2.shape[1]
+    y = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
+    br, bd = _MERGE_BLOCK
+    args, consts = _merge_args(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, "gate_merge_both")
+    if T:
+        _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
+            *args, y, y.stride(0), BLOCK_R=br, BLOCK_D=bd, num_warps=4, **consts
+        )
+    return y
+
+
+def gate_merge_add_norm(
+    out2: torch.Tensor,
+    rev: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    eps: float = 1e-5,
+    row_ssq: torch.Tensor | None = None,
+    norm_dim: int | None = None,
+    norm_eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`gate_merge_both`, the residual add and the next block's RMSNorm in one pass (no gradient).
+
+    Parameters
+    ----------
+    out2, rev, weight, bias, row_ssq, norm_dim, norm_eps
+        As :func:`gate_merge_both`.
+    residual
+        ``[T, d]`` residual stream (any float dtype; the sum is kept in float32).
+    norm_weight, eps
+        The next block's ``RMSNorm`` (``[d]``), or None after the last block (no norm computed).
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor | None]
+        ``r = residual + merge`` ``[T, d]`` float32, and ``RMSNorm(r) * norm_weight`` in the dtype of ``out2`` (None
+        without ``norm_weight``): the pre-norm block's residual stream and the next block's input.
+    """
+    T, d = rev.shape[0], out2.shape[1]
+    if residual.shape != (T, d):
+        raise ValueError(f"residual must be [T, d] = [{T}, {d}], not {list(residual.shape)}")
+    r = torch.empty(T, d, dtype=torch.float32, device=out2.device)
+    h = torch.empty(T, d, dtype=out2.dtype, device=out2.device) if norm_weight is not None else None
+    args, consts = _merge_args(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, "gate_merge_add_norm")
+    if T:
+        residual = residual if residual.stride(-1) == 1 else residual.contiguous()
+        br = _MERGE_NORM_ROWS
+        _kernels().gate_merge_add_norm_kernel[(_cdiv(T, br),)](
+            *args, residual, r, h if h is not None else r, norm_weight if norm_weight is not None else r,
+            residual.stride(0), float(eps), BLOCK_R=br, BLOCK_D=_next_pow2(d), NORM=norm_weight is not None,
+            num_warps=4, **consts,
+        )  # fmt: skip
+    return r, h
