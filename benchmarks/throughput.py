@@ -312,9 +312,9 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"merge_add_norm": False},
         "inference: the merge pass, then mamba-ssm's fused add + RMSNorm (not nn.fused.gate_merge_add_norm)",
     ),
-    "ablation_norm_by_token": (
-        {"fused._NORM_FWD_VARIANT": "tokens"},
-        "gated-norm forward by token (both rows of a token, its gate read once), not one program per row",
+    "ablation_norm_by_row": (
+        {"fused._NORM_FWD_VARIANT": "rows"},
+        "gated-norm forward with one program per row, not by token (both rows of a token, its gate read once)",
     ),
     "ablation_folded_norm": (
         {"fold_norm": True},
@@ -421,8 +421,8 @@ class Runner:
                 ("ablation_unfused_merge", 2048, "infer", a.infer_cells_2048),
                 ("ablation_folded_norm", 2048, "infer", a.infer_cells_2048),
                 ("ablation_merge_then_norm", 2048, "infer", a.infer_cells_2048),
-                ("ablation_norm_by_token", 2048, "infer", a.infer_cells_2048),
-                ("ablation_norm_by_token", 2048, "train", a.train_cells_2048),
+                ("ablation_norm_by_row", 2048, "infer", a.infer_cells_2048),
+                ("ablation_norm_by_row", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]
