@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import platform
@@ -390,8 +391,8 @@ def _sweep_shapes(
 SSD_SWEEP = {"Q": (16, 32), "num_warps": (4, 8), "num_stages": (2, 3), "heads": (1, 2, 4)}
 
 
-def sweep_ssd(dev: str) -> dict[str, Any]:
-    """The SSD scan of both directions of a 256-cell batch: mamba-ssm's chunked scan against ``ssd_varlen``.
+def sweep_ssd(dev: str, n_cells: int = 256) -> dict[str, Any]:
+    """The SSD scan of both directions of ``n_cells`` cells: mamba-ssm's chunked scan against ``ssd_varlen``.
 
     Forward time per launch configuration of the one-pass kernel, forward + backward (mamba-ssm's backward in
     both), and the relative difference of the outputs (bf16 inputs, as under autocast).
@@ -403,7 +404,7 @@ def sweep_ssd(dev: str) -> dict[str, Any]:
 
     scan = load_mamba_ssm_ops()["chunk_scan"]
     rng = np.random.default_rng(3)
-    pack = _pack(_lengths(256, 2048, rng), dev)
+    pack = _pack(_lengths(n_cells, 2048, rng), dev)
     T, H, P, N = pack.n_tokens, 16, 64, 64
     L = 2 * T
     g = torch.Generator(device=dev).manual_seed(0)
@@ -424,7 +425,8 @@ def sweep_ssd(dev: str) -> dict[str, Any]:
                                 dt_bias=dt_bias, chunk_size=256)  # fmt: skip
 
     ref = mamba().float()
-    res: dict[str, Any] = {"rows": L, "n_sequences": cu.numel() - 1, "heads": H, "headdim": P, "d_state": N}
+    res: dict[str, Any] = {"cells": n_cells, "rows": L, "n_sequences": cu.numel() - 1, "heads": H, "headdim": P,
+                           "d_state": N}  # fmt: skip
     res["mamba_fwd_ms"] = triton.testing.do_bench(mamba, warmup=25, rep=200, return_mode="median")
     res["configs"] = _sweep_shapes(SSD_SWEEP, fused.SSD_FWD_CONFIG, ours, ref, res["mamba_fwd_ms"], "mamba")
     ok = [r for r in res["configs"] if "ms" in r]
@@ -580,6 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conv-fwd-only", action="store_true", help="--sweep-conv: the forward shapes only")
     p.add_argument("--sweep-conv-ssd", action="store_true", help="only time ssd_conv_varlen against two kernels")
     p.add_argument("--sweep-ssd-gated", action="store_true", help="only time the folded gated norm against its pass")
+    p.add_argument("--ssd-cells", type=int, default=256, help="--sweep-ssd: cells per batch (48: a training step)")
     p.add_argument(
         "--conv-bwd",
         default=None,
@@ -597,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
         profile(dev)
         return
     sweeps = (
-        (a.sweep_ssd, "sweep_ssd", sweep_ssd),
+        (a.sweep_ssd, "sweep_ssd", functools.partial(sweep_ssd, n_cells=a.ssd_cells)),
         (a.sweep_conv_ssd, "sweep_conv_ssd", sweep_conv_ssd),
         (a.sweep_ssd_gated, "sweep_ssd_gated", sweep_ssd_gated),
     )

@@ -273,11 +273,13 @@ def autotune_winners() -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------------------------------
 #: Ablations of one BiMambaBlock switch: setting kind -> (class attribute, value during the setting, note).
 def _switch(name: str) -> tuple[Any, str]:
-    """``(owner, attribute)`` of an ablation switch: ``BiMambaBlock``'s, or ``nn.fused``'s for ``"fused.<name>"``."""
-    if name.startswith("fused."):
-        from genemamba_scvi.nn import fused
+    """``(owner, attribute)`` of an ablation switch: ``BiMambaBlock``'s, or a module's of ``genemamba_scvi.nn`` for
+    ``"<module>.<name>"`` (``"fused._NORM_FWD_VARIANT"``)."""
+    if "." in name:
+        import importlib
 
-        return fused, name.split(".", 1)[1]
+        mod, attr = name.split(".", 1)
+        return importlib.import_module(f"genemamba_scvi.nn.{mod}"), attr
     from genemamba_scvi.nn import BiMambaBlock
 
     return BiMambaBlock, name
@@ -315,6 +317,14 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
     "ablation_norm_by_row": (
         {"fused._NORM_FWD_VARIANT": "rows"},
         "gated-norm forward with one program per row, not by token (both rows of a token, its gate read once)",
+    ),
+    "ablation_ssd_one_head_small": (
+        {"fused_ssd._SSD_MIN_PROGRAMS": 528},
+        "one head per SSD program when a batch gives fewer than 528 (4 per H200 SM) programs at 4 heads",
+    ),
+    "ablation_rev_scatter": (
+        {"fused._REV_ROWS_GATHER": False},
+        "training: the reversed rows' backward as autograd's scatter-add (index_add), not a gather",
     ),
     "ablation_folded_norm": (
         {"fold_norm": True},
@@ -423,6 +433,8 @@ class Runner:
                 ("ablation_merge_then_norm", 2048, "infer", a.infer_cells_2048),
                 ("ablation_norm_by_row", 2048, "infer", a.infer_cells_2048),
                 ("ablation_norm_by_row", 2048, "train", a.train_cells_2048),
+                ("ablation_ssd_one_head_small", 2048, "train", a.train_cells_2048),
+                ("ablation_rev_scatter", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]

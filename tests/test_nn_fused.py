@@ -626,3 +626,43 @@ def test_encoder_inference_merges_adds_and_normalises_in_one_pass(monkeypatch):
         monkeypatch.setattr(BiMambaBlock, "merge_add_norm", True)  # the default
         got = enc.forward_packed(tokens, cu)
     assert len(calls) == 2 and _rel(got, ref) < (5e-3 if CUDA else 1e-5)
+
+
+def test_rev_rows_backward_is_the_same_gather_as_autograds_scatter_add():
+    from genemamba_scvi.nn.fused import rev_rows
+
+    p = _pack()
+    assert torch.equal(p.rev.index_select(0, p.rev), torch.arange(p.n_tokens, device=DEVICE))  # an involution
+    x = torch.randn(p.n_tokens, 5, device=DEVICE, requires_grad=True)
+    g = torch.randn(p.n_tokens, 5, device=DEVICE)
+    (got,) = torch.autograd.grad((rev_rows(x, p.rev) * g).sum(), x)
+    (want,) = torch.autograd.grad((x.index_select(0, p.rev) * g).sum(), x)
+    assert torch.equal(rev_rows(x, p.rev), x.index_select(0, p.rev)) and torch.equal(got, want)
+
+
+def test_small_batches_run_one_head_per_ssd_program(monkeypatch):
+    """Below ``_SSD_MIN_PROGRAMS`` programs the scan takes one head per program (same function)."""
+    import genemamba_scvi.nn.fused_ssd as fused_ssd
+
+    used = []
+    real = fused_ssd._ssd_kernels()
+
+    class Spy:
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(fused_ssd, "_ssd_kernels", lambda: Spy())
+    monkeypatch.setitem(fused_ssd.SSD_FWD_CONFIG, "heads", 4)
+    torch.manual_seed(16)
+    H, P, N = 4, 16, 16
+    p = _pack([7, 20, 3])
+    xbc = torch.randn(p.n_tokens, H * P + 2 * N, device=DEVICE)
+    dt, A = torch.randn(p.n_tokens, H, device=DEVICE), -torch.rand(H, device=DEVICE) - 0.5
+    kw = dict(nheads=H, headdim=P, ngroups=1, d_state=N)
+    with torch.no_grad():
+        y4 = fused_ssd.ssd_varlen(xbc, dt, A, p.cu_seqlens, p.seq_idx, **kw)  # 1 x 3 programs, no threshold
+        monkeypatch.setattr(fused_ssd, "_SSD_MIN_PROGRAMS", 4)
+        y1 = fused_ssd.ssd_varlen(xbc, dt, A, p.cu_seqlens, p.seq_idx, **kw)
+    assert used == ["ssd_varlen_heads_fwd_kernel", "ssd_varlen_fwd_kernel"]
+    assert _rel(y1, y4) < SSD_TOL

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
-from genemamba_scvi.nn.fused import fused_available, gate_merge_add_norm, gate_merge_both, mixer_both
+from genemamba_scvi.nn.fused import fused_available, gate_merge_add_norm, gate_merge_both, mixer_both, rev_rows
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
 
 __all__ = [
@@ -300,7 +300,7 @@ def merge_packed(
     """
     n = rev.shape[0]
     f = out2[:n]
-    b = out2[n:].index_select(0, rev)
+    b = rev_rows(out2[n:], rev)
     if residual is not None:
         f = residual + f
         b = residual + b

@@ -59,6 +59,7 @@ __all__ = [
     "gate_merge_both",
     "gated_norm_out_proj_both",
     "mixer_both",
+    "rev_rows",
     "ssd_conv_varlen",
     "ssd_order",
     "ssd_varlen",
@@ -105,6 +106,32 @@ def _triton_importable() -> bool:
 def fused_available(device: torch.device | str) -> bool:
     """Whether the fused kernels can run for tensors on ``device`` (CUDA with Triton)."""
     return torch.device(device).type == "cuda" and _triton_importable()
+
+
+_REV_ROWS_GATHER = True  # rev_rows' backward as a gather (False: index_select's scatter-add; an ablation)
+
+
+class _RevRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rev)
+        return x.index_select(0, rev)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rev,) = ctx.saved_tensors
+        return grad.index_select(0, rev), None
+
+
+def rev_rows(x: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
+    """``x[rev]`` for a per-cell reversal index ``rev`` (``PackedCells.rev``, a permutation that is its own inverse).
+
+    The backward is the same gather (``g[rev]``), not autograd's scatter-add (``index_add``, atomics): the same
+    values, deterministic, and a fraction of the time on a GPU.
+    """
+    if not _REV_ROWS_GATHER:  # the ablation: autograd's scatter-add backward
+        return x.index_select(0, rev)
+    return _RevRows.apply(x, rev)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -442,7 +469,7 @@ def mixer_both(
         xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True, cu_seqlens=cu_seqlens)
         seq_both = seq_both.to(torch.int32).contiguous()
         # inference with the one-pass scan: it reads dt at each row's token (no [2T, H] gather)
-        dt2 = None if one_pass and not needs_grad else torch.cat([dt, dt.index_select(0, rev)])
+        dt2 = None if one_pass and not needs_grad else torch.cat([dt, rev_rows(dt, rev)])
         if one_pass and "cu_both" not in cache:
             cu = cu_seqlens.to(torch.int64)
             cache["cu_both"] = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells

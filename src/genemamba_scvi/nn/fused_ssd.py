@@ -28,6 +28,9 @@ __all__ = [
 #: program (Q 16, 4 warps, 3 stages) and 6.17 ms for mamba-ssm's scan, both directions of 256 cells
 #: (benchmarks/results/ssd_sweep3_h200.json; 2 heads per program were slower than 1 at every shape).
 SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 2, "heads": 4}
+#: Fewer programs than this (a small batch, e.g. a training step) and the scan runs one head per program: the
+#: latency-bound chains need many programs in flight more than shared loads (0: always ``heads``).
+_SSD_MIN_PROGRAMS = 0
 #: Launch shape of :func:`ssd_conv_varlen` (the same walk, with the convolution's taps loaded in each chunk step).
 SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
@@ -87,6 +90,8 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
     cfg = SSD_FWD_CONFIG
     hb = cfg.get("heads", 1)
     hb = hb if hb > 1 and (nheads // ngroups) % hb == 0 else 1  # heads of one group per program
+    if nheads // hb * (cu.numel() - 1) < _SSD_MIN_PROGRAMS:
+        hb = 1
     z, t_half = gate if gate is not None else (None, 0)
     ssq = torch.empty(L, nheads // hb, dtype=torch.float32, device=xbc.device) if z is not None else None
     n_seq = cu.numel() - 1
