@@ -28,8 +28,9 @@ __all__ = [
 #: program (Q 16, 4 warps, 3 stages) and 6.17 ms for mamba-ssm's scan, both directions of 256 cells
 #: (benchmarks/results/ssd_sweep3_h200.json; 2 heads per program were slower than 1 at every shape).
 SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 2, "heads": 4}
-#: Fewer programs than this (a small batch, e.g. a training step) and the scan runs one head per program: the
-#: latency-bound chains need many programs in flight more than shared loads (0: always ``heads``).
+#: Fewer programs than this and the scan runs one head per program (0: always ``heads``). Off: at a 48-cell
+#: training step (384 programs at 4 heads) one head per program trained 1.2% slower on an H200
+#: (``benchmarks/results/throughput_h200_train_s5.json``, ``ablation_ssd_one_head_small`` at 528).
 _SSD_MIN_PROGRAMS = 0
 #: Launch shape of :func:`ssd_conv_varlen` (the same walk, with the convolution's taps loaded in each chunk step).
 SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
