@@ -235,17 +235,20 @@ CONV_TOK_SWEEP = ((16, 128, 4), (32, 128, 4), (64, 128, 4), (32, 256, 4), (64, 6
                   (128, 64, 4), (64, 256, 8))  # fmt: skip
 
 
-def sweep_conv(dev: str, backward: bool = True) -> list[dict[str, Any]]:
-    """Median time of conv_both forward and backward per launch configuration (T of a 256-cell batch).
+def sweep_conv(
+    dev: str, backward: bool = True, forward: bool = True, bwd_variants=None, n_cells: int = 256
+) -> list[dict[str, Any]]:
+    """Median time of conv_both forward and backward per launch configuration (T of an ``n_cells`` batch).
 
-    The backward rows cover every variant of ``nn.fused._CONV_BWD_VARIANT`` (:func:`sweep_conv_bwd`).
+    The backward rows cover the variants ``bwd_variants`` of ``nn.fused._CONV_BWD_VARIANT`` (default: all of
+    ``CONV_BWD_SWEEP_VARIANTS``; :func:`sweep_conv_bwd`).
     """
     import triton
 
     from genemamba_scvi.nn import fused
 
     rng = np.random.default_rng(3)
-    pack = _pack(_lengths(256, 2048, rng), dev)
+    pack = _pack(_lengths(n_cells, 2048, rng), dev)
     T, C, K = pack.n_tokens, 1152, 4
     full = torch.randn(T, 2192, device=dev, dtype=torch.bfloat16)
     xbc = full[:, 1024 : 1024 + C]
@@ -253,6 +256,9 @@ def sweep_conv(dev: str, backward: bool = True) -> list[dict[str, Any]]:
     dout = torch.randn(2 * T, C, device=dev, dtype=torch.bfloat16)
     rows = []
     seq = pack.seq_idx[0]
+    variants = bwd_variants or CONV_BWD_SWEEP_VARIANTS
+    if not forward:
+        return sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout, pack.cu_seqlens, variants)
     for cfg in ((32, 128, 4), (64, 64, 4), (16, 256, 4), (64, 128, 8), (128, 64, 8), (32, 64, 2)):
         k = fused._kernels()
         out = torch.empty(2 * T, C, device=dev, dtype=torch.bfloat16)
@@ -301,7 +307,7 @@ def sweep_conv(dev: str, backward: bool = True) -> list[dict[str, Any]]:
         rows.append(row)
         print(row, flush=True)
     fused._CONV_FWD_VARIANT, fused._CONV_TOK_BLOCK = saved
-    return rows + (sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout, pack.cu_seqlens) if backward else [])
+    return rows + (sweep_conv_bwd(fused, xbc, w, b, pack.rev, seq, dout, pack.cu_seqlens, variants) if backward else [])
 
 
 # launch shapes of the conv backward: (rows, channels, row blocks per program) of "v2", "bf16dpre" and "tokens";
@@ -310,7 +316,11 @@ SWEEP_BWD_TWO_PASS = ((32, 32, 8), (32, 64, 4), (16, 64, 8), (64, 32, 4), (32, 3
 SWEEP_BWD_FUSED = ((32, 64, 4, 8), (32, 32, 4, 4), (16, 64, 4, 4), (32, 64, 4, 4), (64, 64, 4, 8), (32, 128, 4, 8))
 
 
-def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu) -> list[dict[str, Any]]:
+#: Backward variants swept by ``--sweep-conv`` (``--conv-bwd-variants`` narrows them).
+CONV_BWD_SWEEP_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span")
+
+
+def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP_VARIANTS) -> list[dict[str, Any]]:
     """Median time of conv_both's backward per variant (``fused._CONV_BWD_VARIANT``) and launch shape.
 
     Every row also holds the largest relative difference (``max|a - ref| / max|ref|``) of dx, dW and db from the
@@ -330,10 +340,7 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu) -> list[dict[str, Any]]
 
     fused._CONV_BWD_VARIANT = "v2"
     ref = grads()  # the reference: "v2" with its default shape
-    runs = [("v2", cfg) for cfg in SWEEP_BWD_TWO_PASS]
-    runs += [("bf16dpre", cfg) for cfg in SWEEP_BWD_TWO_PASS]
-    runs += [("fused", cfg) for cfg in SWEEP_BWD_FUSED]
-    runs += [("tokens", cfg) for cfg in SWEEP_BWD_TWO_PASS]
+    runs = [(v, cfg) for v in variants for cfg in (SWEEP_BWD_FUSED if v == "fused" else SWEEP_BWD_TWO_PASS)]
     rows = []
     try:
         for variant, cfg in runs:
@@ -583,6 +590,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep-conv-ssd", action="store_true", help="only time ssd_conv_varlen against two kernels")
     p.add_argument("--sweep-ssd-gated", action="store_true", help="only time the folded gated norm against its pass")
     p.add_argument("--ssd-cells", type=int, default=256, help="--sweep-ssd: cells per batch (48: a training step)")
+    p.add_argument("--conv-bwd-only", default="", help="--sweep-conv: only these backward variants (comma-separated)")
+    p.add_argument("--conv-cells", type=int, default=256, help="--sweep-conv: cells per batch")
     p.add_argument(
         "--conv-bwd",
         default=None,
@@ -611,7 +620,9 @@ def main(argv: list[str] | None = None) -> None:
             Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), key: res}, indent=1))
             return
     if a.sweep_conv:
-        sweep = sweep_conv(dev, backward=not a.conv_fwd_only)
+        bwd_only = tuple(v for v in a.conv_bwd_only.split(",") if v)
+        sweep = sweep_conv(dev, backward=not a.conv_fwd_only, forward=not bwd_only, bwd_variants=bwd_only or None,
+                           n_cells=a.conv_cells)  # fmt: skip
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         info = {
             "device": torch.cuda.get_device_name(),

@@ -326,6 +326,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused._REV_ROWS_GATHER": False},
         "training: the reversed rows' backward as autograd's scatter-add (index_add), not a gather",
     ),
+    "ablation_conv_bwd_span": (
+        {"fused._CONV_BWD_VARIANT": "span"},
+        "training: conv backward taps checked against each token's distances to its cell's ends (no seq load per tap)",
+    ),
     "ablation_folded_norm": (
         {"fold_norm": True},
         "inference: gated RMSNorm folded into the scan (ssd_varlen_both with z) and the merge, not its own pass",
@@ -435,6 +439,7 @@ class Runner:
                 ("ablation_norm_by_row", 2048, "train", a.train_cells_2048),
                 ("ablation_ssd_one_head_small", 2048, "train", a.train_cells_2048),
                 ("ablation_rev_scatter", 2048, "train", a.train_cells_2048),
+                ("ablation_conv_bwd_span", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]

@@ -78,7 +78,7 @@ def _tiny_block(seed: int | None):
     return block, p, torch.randn(p.n_tokens, 16, device=DEVICE)
 
 
-@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens"])
+@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span"])
 def conv_bwd_variant(request, monkeypatch):
     """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test."""
     from genemamba_scvi.nn import fused
@@ -86,7 +86,7 @@ def conv_bwd_variant(request, monkeypatch):
     monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", request.param)
     if request.param == "fused":  # several token blocks per program and a partial last block
         monkeypatch.setattr(fused, "_CONV_BWD_FUSED_BLOCK", (8, 8, 2, 4))
-    if request.param == "tokens":  # the same for the token kernel (several programs, partial channel block)
+    if request.param in ("tokens", "span"):  # several programs, several row blocks each, partial channel block
         monkeypatch.setattr(fused, "_CONV_BWD_BLOCK", (8, 8, 2))
     return request.param
 

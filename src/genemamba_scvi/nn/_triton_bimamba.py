@@ -51,6 +51,21 @@ def _tap(x_ptr, seq_ptr, anchor, is_rev, cell, m, rmask, cols, cmask, T, stride_
 
 
 @triton.jit
+def _tap_span(x_ptr, anchor, is_rev, dist, m, rmask, cols, cmask, T, stride_x):
+    """``_tap`` with the cell's extent known.
+
+    ``dist`` is how many tokens the row's cell has before the anchor in the row's direction, so tap ``m`` is inside
+    the cell when ``dist >= m``. The load does not wait for ``dist`` (it is masked to the row only); the tap is
+    zeroed after: no chain of dependent loads.
+    """
+    u = tl.where(is_rev, anchor + m, anchor - m)
+    inb = rmask & (u >= 0) & (u < T)
+    xv = tl.load(x_ptr + u.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=inb[:, None] & cmask[None, :],
+                 other=0.0).to(tl.float32)
+    return tl.where((dist >= m)[:, None], xv, 0.0)
+
+
+@triton.jit
 def _conv_pre(x_ptr, w_ptr, b_ptr, seq_ptr, anchor, is_rev, rmask, cols, cmask, T, stride_x, stride_w,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
@@ -157,8 +172,8 @@ def _store_dw_db(dw_part_ptr, db_part_ptr, pid_r, C, cols, cmask, taps, acc_w, a
 
 @triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dpre_ptr, dw_part_ptr, db_part_ptr, T,
-    C, stride_x, stride_w, stride_dout, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
+    C, stride_x, stride_w, stride_dout, lo_ptr, hi_ptr, K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr, SPAN: tl.constexpr
 ):
     """Pre-activation gradient of every row, stored by anchor (``[2T, C]``), and partial dW, db.
 
@@ -167,6 +182,9 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
     Each program walks ``ROW_ITERS`` row blocks of one channel block. The ``K`` taps of a row are loaded once
     into a ``[rows, channels, KP]`` tile that serves both the recomputed pre-activation and the weight
     gradient; the row sums of dW and db are taken once per program, not once per row block.
+
+    ``SPAN``: the cell checks read ``lo[t]`` / ``hi[t]`` (tokens of ``t``'s cell before / after it) at the anchor
+    instead of one cell-id load per tap (``_tap_span``).
     """
     pid_r = tl.program_id(0)
     cols, cmask, taps, w3, bias = _bwd_tile(w_ptr, b_ptr, C, stride_w, K, KP, HAS_BIAS, BLOCK_C)
@@ -177,11 +195,19 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
         rmask = rows < 2 * T
         mask2 = rmask[:, None] & cmask[None, :]
         anchor, is_rev = _anchor(rows, T, rev_ptr, rmask)
-        cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
         xs = tl.zeros((BLOCK_R, BLOCK_C, KP), dtype=tl.float32)
-        for m in tl.static_range(K):
-            xv = _tap(x_ptr, seq_ptr, anchor, is_rev, cell, m, rmask, cols, cmask, T, stride_x)
-            xs += xv[:, :, None] * (taps == K - 1 - m).to(tl.float32)[None, None, :]
+        if SPAN:
+            lo = tl.load(lo_ptr + anchor, mask=rmask & (rows < T), other=0)
+            hi = tl.load(hi_ptr + anchor, mask=rmask & (rows >= T), other=0)
+            dist = tl.where(rmask, tl.where(is_rev, hi, lo), -1)
+            for m in tl.static_range(K):
+                xv = _tap_span(x_ptr, anchor, is_rev, dist, m, rmask, cols, cmask, T, stride_x)
+                xs += xv[:, :, None] * (taps == K - 1 - m).to(tl.float32)[None, None, :]
+        else:
+            cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
+            for m in tl.static_range(K):
+                xv = _tap(x_ptr, seq_ptr, anchor, is_rev, cell, m, rmask, cols, cmask, T, stride_x)
+                xs += xv[:, :, None] * (taps == K - 1 - m).to(tl.float32)[None, None, :]
         g = tl.load(dout_ptr + rows.to(tl.int64)[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(
             tl.float32
         )

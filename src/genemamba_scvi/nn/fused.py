@@ -80,9 +80,11 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # token recomputes the 2K gradients it needs). H200, 359k tokens (benchmarks/results/conv_sweep_v3_h200.json):
 # bf16dpre 16x64x8 9.7 ms, fused 32x32x4 (4 warps) 10.8 ms, v2 13.7-14.0 ms at its best shapes.
 # "tokens" (given cu_seqlens): "bf16dpre" whose first kernel takes both rows of a token per program, as the "tokens"
-# forward (not measured on a GPU yet).
+# forward: 13.2 ms, slower (benchmarks/results/conv_bwd_sweep_h200.json). "span" (given cu_seqlens): "bf16dpre"
+# whose first kernel checks taps against each token's distances to its cell's ends (lo, hi) instead of one cell-id
+# load per tap, so the tap loads do not wait on other loads.
 _CONV_BWD_VARIANT = "bf16dpre"
-_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens")
+_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
@@ -176,7 +178,9 @@ class _ConvBoth(torch.autograd.Function):
         else:
             dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
             by_token = cu if variant == "tokens" else None
-            dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, by_token)
+            span = _cell_span(seq, cu) if variant == "span" and cu is not None else None
+            dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, by_token,
+                                                      span)  # fmt: skip
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None, None, None
@@ -193,10 +197,20 @@ def _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r):
     return head, consts, dw_part, db_part
 
 
-def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None):
+def _cell_span(seq: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lo[t]``, ``hi[t]`` (int32): the tokens of ``t``'s cell before and after ``t``."""
+    t = torch.arange(seq.shape[0], device=seq.device)
+    cell = seq.to(torch.long)
+    lo = (t - cu.index_select(0, cell)).to(torch.int32)
+    hi = (cu.index_select(0, cell + 1) - 1 - t).to(torch.int32)
+    return lo, hi
+
+
+def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, span=None):
     """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``.
 
-    With ``cu`` (cell starts) the buffer is written by token (``conv_both_bwd_pre_tok_kernel``), else by row.
+    With ``cu`` (cell starts) the buffer is written by token (``conv_both_bwd_pre_tok_kernel``), else by row;
+    ``span`` (``_cell_span``) checks the row kernel's taps against the cell's extent.
     """
     T, C = xbc.shape
     br, bc, iters = _CONV_BWD_BLOCK
@@ -210,9 +224,10 @@ def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=N
             BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
         )  # fmt: skip
     else:
+        lo, hi = span if span is not None else (seq, seq)
         k.conv_both_bwd_pre_kernel[(n_r, _cdiv(C, bc))](
-            *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
-            BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
+            *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), lo, hi,
+            BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, SPAN=span is not None, num_warps=4, **consts,
         )  # fmt: skip
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
     br, bc = _CONV_BLOCK
