@@ -82,7 +82,7 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # "tokens" (given cu_seqlens): "bf16dpre" whose first kernel takes both rows of a token per program, as the "tokens"
 # forward: 13.2 ms, slower (benchmarks/results/conv_bwd_sweep_h200.json). "span" (given cu_seqlens): "bf16dpre"
 # whose first kernel checks taps against each token's distances to its cell's ends (lo, hi) instead of one cell-id
-# load per tap, so the tap loads do not wait on other loads.
+# load per tap: training 9% slower on an H200 (benchmarks/results/throughput_h200_conv_span.json).
 _CONV_BWD_VARIANT = "bf16dpre"
 _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
