@@ -2,17 +2,29 @@
 
 ``gate_merge_both`` returns the merged update; ``gate_merge_add_norm`` also adds it to the residual stream (fp32)
 and applies the next block's pre-norm in the same pass (mamba-ssm's ``rms_norm_fn(prenorm=True,
-residual_in_fp32=True)`` with the update kept in fp32). Kernels in ``nn/_triton_bimamba.py``; no gradients.
+residual_in_fp32=True)`` with the update kept in fp32). Kernels in ``nn/_triton_merge.py``; no gradients.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn.fused_ssd import _cdiv, _kernels, _next_pow2
+from genemamba_scvi.nn.fused_ssd import _cdiv, _next_pow2
 
 __all__ = ["gate_merge_add_norm", "gate_merge_both"]
+
+
+@functools.cache
+def _kernels() -> Any:
+    """The merge's Triton kernels (``_triton_merge``), imported on first use."""
+    import genemamba_scvi.nn._triton_merge as kernels
+
+    return kernels
+
 
 _MERGE_BLOCK = (16, 128)  # tokens x channels per program of the merge kernel (not tuned on a GPU yet)
 _MERGE_NORM_ROWS = 4  # tokens per program of the merge + residual + norm kernel (whole rows of d channels)
