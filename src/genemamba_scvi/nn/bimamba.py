@@ -519,7 +519,7 @@ class BiMambaBlock(nn.Module):
         Else ``(None, out2)`` with the mixer's usual output, for the torch merge.
         """
         if not self.one_pass_merge_applies(h.device):
-            return None, self._mix_both(h, pack)
+            return None, self._mix_both(h, pack)[0]
         out2, ssq = self._mix_both(h, pack, fold_norm=self.fold_norm)
         norm = self.mixer.norm
         merged = _run_fused(h.device, fn, out2, pack.rev, weight, bias, row_ssq=ssq, norm_dim=norm.group_size,
@@ -527,7 +527,7 @@ class BiMambaBlock(nn.Module):
         if merged is not None:
             return merged, None
         # rows without the norm's scale (folded): run the mixer again on the fallback path
-        return None, (out2 if ssq is None else self._mix_both(h, pack))
+        return None, (out2 if ssq is None else self._mix_both(h, pack)[0])
 
     def mix_packed_add_norm(
         self,
@@ -557,12 +557,14 @@ class BiMambaBlock(nn.Module):
         r = residual.float() + delta.float()
         return r, (next_norm(r).to(delta.dtype) if next_norm is not None else None)
 
-    def _mix_both(self, h: torch.Tensor, pack: PackedCells, fold_norm: bool | None = None) -> Any:
-        """``[2T, d]`` mixer outputs of the cells and of their reversals, in one varlen call.
+    def _mix_both(
+        self, h: torch.Tensor, pack: PackedCells, fold_norm: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``([2T, d], row_ssq)``: mixer outputs of the cells and of their reversals, in one varlen call.
 
         ``in_proj`` runs once on the ``T`` tokens and its output is gathered into the two-direction row
         (``in_proj(h)[rev] == in_proj(h[rev])``): half the ``in_proj`` FLOPs of gathering ``h`` first.
-        ``fold_norm`` True or False: return ``(out2, row_ssq)``, ``row_ssq`` None where the norm was not folded (see
+        ``row_ssq`` is None unless ``fold_norm`` folded the gated norm away (see
         :func:`~genemamba_scvi.nn.fused.mixer_both`).
         """
         zxbcdt = self.mixer.in_proj(h) if self.project_once else None
@@ -572,14 +574,14 @@ class BiMambaBlock(nn.Module):
                 cu = pack.cu_seqlens if self.fused_ssd else None
                 out2 = _run_fused(h.device, mixer_both, self.mixer, zxbcdt, pack.rev, pack.seq_idx[0],
                                   pack.seq_idx_both, cu_seqlens=cu, conv_in_scan=self.fused_conv_ssd,
-                                  batch_cache=pack.cache, fold_norm=bool(fold_norm))  # fmt: skip
+                                  batch_cache=pack.cache, fold_norm=fold_norm)  # fmt: skip
                 if out2 is not None:
-                    return (out2, None) if fold_norm is False else out2
+                    return out2 if fold_norm else (out2, None)
         if zxbcdt is None:  # the earlier path, kept for the benchmark's ablation
             out2 = self.mixer(bipack(h, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
         else:
             out2 = self.mixer.forward_projected(bipack(zxbcdt, pack).unsqueeze(0), seq_idx=pack.seq_idx_both)[0]
-        return out2 if fold_norm is None else (out2, None)
+        return out2, None
 
     def forward_packed(self, x: torch.Tensor, pack: PackedCells, merge_linear: nn.Linear | None = None) -> torch.Tensor:
         """The layer on packed tokens ``x`` ``[T, d_model]`` (same function as :meth:`forward` per cell).
@@ -593,6 +595,6 @@ class BiMambaBlock(nn.Module):
             return self._identity_merge(x, merge_linear)
         if not self.bidirectional:
             return x + self.mixer(x.unsqueeze(0), seq_idx=pack.seq_idx)[0]
-        out2 = self._mix_both(x, pack)
+        out2 = self._mix_both(x, pack)[0]
         weight, bias = self._merge_weights(merge_linear)
         return merge_packed(out2, pack.rev, self.merge_mode, weight, bias, residual=x)

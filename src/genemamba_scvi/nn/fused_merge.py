@@ -7,23 +7,19 @@ residual_in_fp32=True)`` with the update kept in fp32). Kernels in ``nn/_triton_
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn.fused_ssd import _cdiv, _next_pow2
+from genemamba_scvi.nn.fused_ssd import _cdiv, _kernel_module, _next_pow2
 
 __all__ = ["gate_merge_add_norm", "gate_merge_both"]
 
 
-@functools.cache
 def _kernels() -> Any:
-    """The merge's Triton kernels (``_triton_merge``), imported on first use."""
-    import genemamba_scvi.nn._triton_merge as kernels
-
-    return kernels
+    """The merge's Triton kernels (``_triton_merge``)."""
+    return _kernel_module("_triton_merge")
 
 
 _MERGE_BLOCK = (16, 128)  # tokens x channels per program of the merge kernel (not tuned on a GPU yet)

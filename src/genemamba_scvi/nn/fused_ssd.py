@@ -7,6 +7,7 @@ in :mod:`genemamba_scvi.nn._triton_ssd` (imported on first use, so this module i
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from typing import Any
 
@@ -37,18 +38,19 @@ SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
 
 @functools.cache
+def _kernel_module(name: str) -> Any:
+    """A Triton kernel module of this package (``nn/<name>.py``), imported on first use (Triton may be absent)."""
+    return importlib.import_module(f"genemamba_scvi.nn.{name}")
+
+
 def _ssd_kernels() -> Any:
-    import genemamba_scvi.nn._triton_ssd as kernels
+    """The one-pass SSD kernels (``_triton_ssd``)."""
+    return _kernel_module("_triton_ssd")
 
-    return kernels
 
-
-@functools.cache
 def _kernels() -> Any:
-    """The Triton kernels of the fused mixer and merge (``_triton_bimamba``), imported on first use."""
-    import genemamba_scvi.nn._triton_bimamba as kernels
-
-    return kernels
+    """The kernels of the fused mixer (``_triton_bimamba``)."""
+    return _kernel_module("_triton_bimamba")
 
 
 def _cdiv(a: int, b: int) -> int:
