@@ -86,7 +86,7 @@ def _tiny_block(seed: int | None):
     return block, p, torch.randn(p.n_tokens, 16, device=DEVICE)
 
 
-@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span"])
+@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span", "rows2d"])
 def conv_bwd_variant(request, monkeypatch):
     """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test."""
     from genemamba_scvi.nn import fused
@@ -96,6 +96,8 @@ def conv_bwd_variant(request, monkeypatch):
         monkeypatch.setattr(fused, "_CONV_BWD_FUSED_BLOCK", (8, 8, 2, 4))
     if request.param in ("tokens", "span"):  # several programs, several row blocks each, partial channel block
         monkeypatch.setattr(fused, "_CONV_BWD_BLOCK", (8, 8, 2))
+    if request.param == "rows2d":
+        monkeypatch.setattr(fused, "_CONV_BWD_2D_BLOCK", (8, 8, 2, 4))
     return request.param
 
 
@@ -152,7 +154,7 @@ def test_conv_both_without_bias_and_every_variant_gives_the_same_gradients(monke
     (x_r, w_r), _ = _leaves(x, w)
     ref = conv_both_reference(x_r, w_r, None, p.rev, p.seq_idx[0])
     want = torch.autograd.grad(ref, [x_r, w_r], g)
-    for variant in ("v2", "bf16dpre", "fused", "tokens"):
+    for variant in ("v2", "bf16dpre", "fused", "tokens", "rows2d"):
         monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", variant)
         (xx, ww), _ = _leaves(x, w)
         got = torch.autograd.grad(conv_both(xx, ww, None, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens), [xx, ww], g)
@@ -210,6 +212,25 @@ def test_conv_both_never_mixes_tokens_of_different_cells(conv_bwd_variant):
     (dx,) = torch.autograd.grad(conv_both(xx, w, b, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens), [xx], g)
     assert torch.count_nonzero(dx[:4]) == 0
     assert torch.count_nonzero(dx[4:]) > 0
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 5])
+def test_conv_both_two_dimensional_backward_takes_any_tap_count(monkeypatch, K):
+    """``"rows2d"`` keeps one accumulator per tap for up to 4 taps (unused ones neither loaded nor stored) and falls
+    back to the 3-D kernel past 4: gradients equal the reference's for each count."""
+    from genemamba_scvi.nn import fused
+
+    monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", "rows2d")
+    monkeypatch.setattr(fused, "_CONV_BWD_2D_BLOCK", (8, 8, 3, 4))
+    torch.manual_seed(17)
+    p = _pack([5, 1, 3, 17, 2])
+    T, C = p.n_tokens, 10
+    (x, w, b), (x_r, w_r, b_r) = _leaves(torch.randn(T, C), torch.randn(C, K), torch.randn(C))
+    g = torch.randn(2 * T, C, device=DEVICE)
+    got = torch.autograd.grad(conv_both(x, w, b, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens), [x, w, b], g)
+    want = torch.autograd.grad(conv_both_reference(x_r, w_r, b_r, p.rev, p.seq_idx[0]), [x_r, w_r, b_r], g)
+    for a, b_ in zip(got, want):
+        assert _rel(a, b_) < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["rows", "tokens"])

@@ -40,6 +40,7 @@ from genemamba_scvi.nn.fused_ssd import (
     SSD_CONV_FWD_CONFIG,
     SSD_FWD_CONFIG,
     _cdiv,
+    _kernel_module,
     _kernels,
     _next_pow2,
     _split_xbc,
@@ -83,8 +84,11 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # forward: 13.2 ms, slower (benchmarks/results/conv_bwd_sweep_h200.json). "span" (given cu_seqlens): "bf16dpre"
 # whose first kernel checks taps against each token's distances to its cell's ends (lo, hi) instead of one cell-id
 # load per tap: training 9% slower on an H200 (benchmarks/results/throughput_h200_conv_span.json).
+# "rows2d": "bf16dpre" whose first kernel keeps one [rows, channels] tile per tap (nn/_triton_conv.py) instead of one
+# [rows, channels, taps] tile; K <= 4, else "bf16dpre".
 _CONV_BWD_VARIANT = "bf16dpre"
-_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span")
+_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
+_CONV_BWD_2D_BLOCK = (16, 64, 8, 4)  # rows x channels x row blocks per program x warps ("rows2d")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
@@ -179,8 +183,9 @@ class _ConvBoth(torch.autograd.Function):
             dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
             by_token = cu if variant == "tokens" else None
             span = _cell_span(seq, cu) if variant == "span" and cu is not None else None
+            two_d = variant == "rows2d" and weight.shape[-1] <= 4
             dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, by_token,
-                                                      span)  # fmt: skip
+                                                      span, two_d)  # fmt: skip
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None, None, None
@@ -206,19 +211,26 @@ def _cell_span(seq: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch
     return lo, hi
 
 
-def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, span=None):
+def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, span=None, two_d=False):
     """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``.
 
     With ``cu`` (cell starts) the buffer is written by token (``conv_both_bwd_pre_tok_kernel``), else by row;
-    ``span`` (``_cell_span``) checks the row kernel's taps against the cell's extent.
+    ``span`` (``_cell_span``) checks the row kernel's taps against the cell's extent; ``two_d`` writes it by row
+    with two-dimensional tiles (``_triton_conv.conv_both_bwd_pre2d_kernel``).
     """
     T, C = xbc.shape
-    br, bc, iters = _CONV_BWD_BLOCK
+    br, bc, iters, warps = (*_CONV_BWD_BLOCK, 4) if not two_d else _CONV_BWD_2D_BLOCK
     n_r = max(_cdiv(T if cu is not None else 2 * T, br * iters), 1)
     head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dpre = torch.empty(2 * T, C, dtype=dpre_dtype, device=xbc.device)
     k = _kernels()
-    if cu is not None:  # head: x, w, b, rev, seq, dout -> the token kernel takes seq and cu instead of rev and seq
+    if two_d:
+        consts.pop("KP")
+        _kernel_module("_triton_conv").conv_both_bwd_pre2d_kernel[(n_r, _cdiv(C, bc))](
+            *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), BLOCK_R=br,
+            BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
+        )  # fmt: skip
+    elif cu is not None:  # head: x, w, b, rev, seq, dout -> the token kernel takes seq and cu instead of rev and seq
         k.conv_both_bwd_pre_tok_kernel[(n_r, _cdiv(C, bc))](
             *head[:3], seq, cu, dout, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
             BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,

@@ -1,0 +1,105 @@
+"""Triton kernels of the convolution backward with two-dimensional tiles (:mod:`genemamba_scvi.nn.fused`).
+
+``conv_both_bwd_pre2d_kernel`` computes what ``_triton_bimamba.conv_both_bwd_pre_kernel`` computes (the
+pre-activation gradient of both directions, stored by anchor, and partial dW / db) with one ``[rows, channels]``
+tile per tap and per tap's weight-gradient accumulator, instead of one ``[rows, channels, taps]`` tile. The
+three-dimensional tile's reductions and broadcasts over its last axis of 4 cost layout conversions in every row
+block; the forward kernels, which are two-dimensional, run near the memory floor while the 3-D backward ran at
+about 7x its floor on an H200 (``benchmarks/NOTES_throughput.md``, section 10). Taps: up to 4 (Mamba-2's
+``d_conv``); :mod:`genemamba_scvi.nn.fused` falls back to the 3-D kernel for more. Written for this package.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from genemamba_scvi.nn._triton_bimamba import _anchor, _tap
+
+# fmt: off
+
+
+@triton.jit
+def _w_col(w_ptr, cols, cmask, stride_w, m: tl.constexpr, K: tl.constexpr):
+    """Weight of tap distance ``m``, ``w[:, K - 1 - m]`` (fp32); zeros when ``m >= K``."""
+    if m < K:
+        return tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
+    else:
+        return tl.zeros(cols.shape, dtype=tl.float32)
+
+
+@triton.jit
+def _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc, m: tl.constexpr, K: tl.constexpr):
+    """Program ``pid_r``'s partial ``dW[:, K - 1 - m]`` (tap distance ``m``): its accumulator's row sum."""
+    if m < K:
+        tl.store(dw_part_ptr + (pid_r * C + cols) * K + (K - 1 - m), tl.sum(acc, axis=0), mask=cmask)
+
+
+@triton.jit(do_not_specialize=["T"])
+def conv_both_bwd_pre2d_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dpre_ptr, dw_part_ptr, db_part_ptr,
+    T, C, stride_x, stride_w, stride_dout, K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
+):
+    """Pre-activation gradient of every row (stored by anchor, ``[2T, C]``) and partial dW, db; ``K <= 4``.
+
+    Tap ``m`` of a row (token ``anchor - m``, or ``anchor + m`` for a reversed row) meets weight column
+    ``K - 1 - m``; its values stay in registers between the recomputed pre-activation and the weight gradient.
+    """
+    pid_r = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    # weights by tap distance m (column K - 1 - m); a distance past the last tap has zero weight and no load
+    w0 = _w_col(w_ptr, cols, cmask, stride_w, 0, K)
+    w1 = _w_col(w_ptr, cols, cmask, stride_w, 1, K)
+    w2 = _w_col(w_ptr, cols, cmask, stride_w, 2, K)
+    w3 = _w_col(w_ptr, cols, cmask, stride_w, 3, K)
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc0 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for it in range(ROW_ITERS):
+        rows = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = rows < 2 * T
+        mask2 = rmask[:, None] & cmask[None, :]
+        anchor, is_rev = _anchor(rows, T, rev_ptr, rmask)
+        cell = tl.load(seq_ptr + anchor, mask=rmask, other=-1)
+        x0 = _tap(x_ptr, seq_ptr, anchor, is_rev, cell, 0, rmask, cols, cmask, T, stride_x)
+        pre = x0 * w0[None, :] + bias[None, :]
+        x1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+        x2 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+        x3 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+        if K > 1:
+            x1 = _tap(x_ptr, seq_ptr, anchor, is_rev, cell, 1, rmask, cols, cmask, T, stride_x)
+            pre += x1 * w1[None, :]
+        if K > 2:
+            x2 = _tap(x_ptr, seq_ptr, anchor, is_rev, cell, 2, rmask, cols, cmask, T, stride_x)
+            pre += x2 * w2[None, :]
+        if K > 3:
+            x3 = _tap(x_ptr, seq_ptr, anchor, is_rev, cell, 3, rmask, cols, cmask, T, stride_x)
+            pre += x3 * w3[None, :]
+        g = tl.load(dout_ptr + rows.to(tl.int64)[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(
+            tl.float32
+        )
+        if SILU:
+            s = tl.sigmoid(pre)
+            g = g * s * (1.0 + pre * (1.0 - s))
+        g = tl.where(mask2, g, 0.0)
+        dst = (tl.where(is_rev, T, 0) + anchor).to(tl.int64)
+        tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g.to(dpre_ptr.dtype.element_ty), mask=mask2)
+        acc_b += g
+        acc0 += g * x0
+        if K > 1:
+            acc1 += g * x1
+        if K > 2:
+            acc2 += g * x2
+        if K > 3:
+            acc3 += g * x3
+    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc0, 0, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc1, 1, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc2, 2, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc3, 3, K)
