@@ -138,18 +138,15 @@ class _SSDVarlen(torch.autograd.Function):
         from genemamba_scvi.nn.ssd import load_mamba_ssm_ops, ssd_chunked
 
         if xbc.is_cuda and load_mamba_ssm_ops()["chunk_scan"] is not None:
-            from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd
+            from genemamba_scvi.nn.fused_ssd_bwd import ssd_varlen_bwd
 
-            # mamba-ssm's backward (it recomputes the chunk states from the inputs) writes dx, dB and dC
-            # into views of one buffer: the gradient of xbc needs no concatenation
+            # mamba-ssm's chunk kernels (with the state walks run per sequence) write dx, dB and dC into views of
+            # one buffer: the gradient of xbc needs no concatenation
             dxbc = torch.empty_like(xbc)
             x, B, C = _split_xbc(xbc, *shape)
             dx, dB, dC = _split_xbc(dxbc, *shape)
-            _, ddt, dA, _, _, dD, _, ddt_bias, _ = _mamba_chunk_scan_combined_bwd(
-                dy, x, dt.unsqueeze(0), A, B, C, x,  # "out" is only read with z, which is None here
-                ctx.chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=ctx.dt_softplus,
-                dx=dx, dB=dB, dC=dC,
-            )  # fmt: skip
+            ddt, dA, dD, ddt_bias = ssd_varlen_bwd(dy, x, dt.unsqueeze(0), A, B, C, ctx.chunk_size, D, dt_bias,
+                                                   seq_idx, ctx.dt_softplus, dx, dB, dC)  # fmt: skip
             ddt = ddt[0]
         else:  # CPU (Triton's interpreter) or no mamba-ssm: differentiate the pure-torch chunked scan
             with torch.enable_grad():

@@ -1,0 +1,136 @@
+"""Backward of the packed one-pass SSD on CUDA: mamba-ssm's chunk kernels, with the state passing run per sequence.
+
+:class:`genemamba_scvi.nn.fused_ssd._SSDVarlen` differentiates the SSD with mamba-ssm's chunked backward
+(Dao & Gu 2024). mamba-ssm's ``_mamba_chunk_scan_combined_bwd`` passes states across the chunks of the whole packed
+row in one serial walk per block of the state (``_state_passing_fwd`` to recompute the states, then
+``_state_passing_bwd``); with ~576 chunks in a training batch of 48 cells, those two walks took 18.5 of 271 ms a
+step on an H200. :func:`ssd_varlen_bwd` runs the same sequence of mamba-ssm's chunk kernels (the recomputed chunk
+states, ``dstates`` from the output gradient, ``dx``, ``dB``, ``dC``, ``d(CB)``, ``ddA`` and the ``dt`` chain) and
+replaces only the two state walks by :mod:`genemamba_scvi.nn._triton_states` (one program per run of chunks
+between the sequence resets; same values, same layouts).
+
+``_SSD_BWD_STATES``: ``"runs"`` (the walks above) or ``"mamba"`` (mamba-ssm's own backward, unchanged).
+``_SSD_BWD_DDA``: where the intra-chunk gradient of the cumulative ``dt * A`` comes from: ``"stable"``
+(mamba-ssm's ``_chunk_scan_bwd_ddAcs_stable``, what its backward uses) or ``"dcb"`` (taken by the ``d(CB)``
+kernel from ``CB``, which mamba-ssm's backward leaves commented out as slower on its GPUs).
+CUDA only (mamba-ssm's kernels); the CPU path differentiates the pure-torch chunked scan.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from genemamba_scvi.nn.config import check_choice
+from genemamba_scvi.nn.fused_ssd import _cdiv, _kernel_module
+
+_SSD_BWD_STATES = "runs"
+_SSD_BWD_DDA = "stable"
+_STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
+
+
+def _runs() -> Any:
+    return _kernel_module("_triton_states")
+
+
+def state_passing_runs_fwd(states: torch.Tensor, dA_last: torch.Tensor, seq_idx: torch.Tensor, chunk_size: int):
+    """States entering every chunk, ``[nchunks, H, dim]`` fp32 (``out[0] = 0``), as mamba-ssm's ``_state_passing_fwd``.
+
+    Parameters
+    ----------
+    states
+        ``[nchunks, H, dim]`` each chunk's own final state (from zero).
+    dA_last
+        ``[H, nchunks]`` the sum of ``dt * A`` over each chunk.
+    seq_idx
+        ``[L]`` int32 sequence id of every token of the packed row.
+    chunk_size
+        Tokens per chunk.
+    """
+    nchunks, nheads, dim = states.shape
+    out = torch.empty(nchunks, nheads, dim, dtype=torch.float32, device=states.device)
+    if nchunks:
+        _runs().state_passing_runs_fwd_kernel[(_cdiv(dim, _STATES_BLOCK), nchunks, nheads)](
+            states, dA_last, seq_idx, out, dim, nchunks, seq_idx.shape[-1], chunk_size, states.stride(0),
+            states.stride(1), dA_last.stride(0), dA_last.stride(1), out.stride(0), out.stride(1), BLOCK=_STATES_BLOCK,
+        )  # fmt: skip
+    return out
+
+
+def state_passing_runs_bwd(out, dA_last, dout, seq_idx, chunk_size, dtype):
+    """Backward of :func:`state_passing_runs_fwd`, as mamba-ssm's ``_state_passing_bwd`` (no initial or final state).
+
+    Returns ``dstates`` ``[nchunks, H, dim]`` in ``dtype`` (entry ``c``: the gradient of the state leaving chunk
+    ``c``), ``ddA_last`` ``[H, nchunks]`` fp32 and ``out`` converted to ``dtype``.
+    """
+    nchunks, nheads, dim = out.shape
+    n_blocks = _cdiv(dim, _STATES_BLOCK)
+    dstates = torch.empty(nchunks, nheads, dim, dtype=dtype, device=out.device)
+    states_lo = torch.empty(nchunks, nheads, dim, dtype=dtype, device=out.device)
+    ddA = torch.empty(nheads, nchunks, n_blocks, dtype=torch.float32, device=out.device)
+    if nchunks:
+        _runs().state_passing_runs_bwd_kernel[(n_blocks, nchunks, nheads)](
+            out, dA_last, dout, seq_idx, dstates, ddA, states_lo, dim, nchunks, seq_idx.shape[-1], chunk_size,
+            out.stride(0), out.stride(1), dA_last.stride(0), dA_last.stride(1), dout.stride(0), dout.stride(1),
+            dstates.stride(0), dstates.stride(1), ddA.stride(0), ddA.stride(1), BLOCK=_STATES_BLOCK,
+        )  # fmt: skip
+    return dstates, ddA.sum(-1), states_lo
+
+
+def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softplus, dx, dB, dC):
+    """Gradients of the packed SSD (no gate, no initial state): returns ``ddt`` ``[1, L, H]``, ``dA``, ``dD``,
+    ``ddt_bias``; ``dx``, ``dB``, ``dC`` are written into the given buffers.
+
+    Shapes as mamba-ssm's ``_mamba_chunk_scan_combined_bwd`` (batch 1): ``dy``, ``x`` ``[1, L, H, P]``, ``dt``
+    ``[1, L, H]``, ``B``, ``C`` ``[1, L, G, N]``, ``seq_idx`` ``[1, L]``.
+    """
+    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined
+
+    check_choice("_SSD_BWD_STATES", _SSD_BWD_STATES, ("runs", "mamba"))
+    check_choice("_SSD_BWD_DDA", _SSD_BWD_DDA, ("stable", "dcb"))
+    if _SSD_BWD_STATES == "mamba":
+        _, ddt, dA, _, _, dD, _, ddt_bias, _ = ssd_combined._mamba_chunk_scan_combined_bwd(
+            dy, x, dt, A, B, C, x, chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=dt_softplus,
+            dx=dx, dB=dB, dC=dC,
+        )  # fmt: skip  # "out" (x here) is only read with z
+        return ddt, dA, dD, ddt_bias
+    _, L, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    dt_in = dt.clone()
+    # forward quantities, recomputed: cumulative dt*A per chunk, C B^T per chunk, each chunk's own state
+    dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt_in, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    CB = ssd_bmm._bmm_chunk_fwd(C, B, chunk_size, seq_idx=seq_idx, output_dtype=torch.float32)
+    own = ssd_chunk_state._chunk_state_fwd(B, x, dt_c, dA_cs, seq_idx=seq_idx, states_in_fp32=True)  # [1, c, H, P, N]
+    nchunks = own.shape[1]
+    seq = seq_idx[0]
+    dA_last = dA_cs[0, :, :, -1]  # [H, nchunks]
+    states = state_passing_runs_fwd(own[0].reshape(nchunks, nheads, -1), dA_last, seq, chunk_size)
+    # gradient of the state entering every chunk, from the outputs; then back through the state walk
+    dstates_in = ssd_chunk_scan._chunk_scan_bwd_dstates(C, dA_cs, dy, seq_idx=seq_idx, dtype=states.dtype)
+    dstates, ddA_last, states_lo = state_passing_runs_bwd(
+        states, dA_last, dstates_in[0].reshape(nchunks, nheads, -1), seq, chunk_size, x.dtype
+    )
+    dstates = dstates.view(1, nchunks, nheads, headdim, dstate)
+    states_lo = states_lo.view(1, nchunks, nheads, headdim, dstate)
+    dx, ddt, dD = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D,
+                                                             seq_idx=seq_idx, dx=dx)  # fmt: skip
+    dB_own, ddA_next = ssd_chunk_state._chunk_state_bwd_db(x, dt_c, dA_cs, dstates, seq_idx=seq_idx, B=B,
+                                                           ngroups=ngroups)  # fmt: skip
+    dC_own, ddA_prev = ssd_chunk_scan._chunk_scan_bwd_dC(states_lo, dA_cs, dy, seq_idx=seq_idx, C=C, ngroups=ngroups)
+    if _SSD_BWD_DDA == "dcb":
+        dCB, ddA_intra = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, CB=CB, ngroups=ngroups)
+    else:
+        dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
+        ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+    dCB = dCB.to(CB.dtype)
+    ssd_bmm._bmm_chunk_bwd(C, dCB, residual=dB_own, out=dB)
+    ssd_bmm._bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_own, out=dC)
+    # d(cumulative dt*A): the state read at each chunk's start, through the walk's scale, enters at the last
+    # position of the chunk and flows back by a reverse cumulative sum
+    ddA_prev[..., -1] += ddA_last[None]
+    ddA = ddA_intra + ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+    ddt_out = torch.empty_like(dt)
+    _, dA, ddt_bias = ssd_chunk_state._chunk_cumsum_bwd(ddA, ddt, dt_in, A, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                                                        ddt=ddt_out)  # fmt: skip
+    return ddt_out, dA, dD, ddt_bias

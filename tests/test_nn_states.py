@@ -1,0 +1,130 @@
+"""The state walks of the SSD backward run per sequence (``nn.fused_ssd_bwd``, ``nn._triton_states``).
+
+Each kernel is checked against a step-by-step torch transcription of the recurrence that mamba-ssm's
+``_state_passing_fwd/_bwd`` kernels compute over the whole packed row (one walk over every chunk, the scale set to
+zero where a chunk ends in another sequence than the chunk before). Under Triton's interpreter on a CPU; compiled
+on a GPU, where the last test also compares the whole backward with mamba-ssm's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the state walks are Triton kernels (pip install triton)")
+
+from genemamba_scvi.nn import fused_ssd_bwd  # noqa: E402
+from genemamba_scvi.nn.fused_ssd_bwd import state_passing_runs_bwd, state_passing_runs_fwd  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+
+
+def _last_seqs(seq: torch.Tensor, nchunks: int, Q: int) -> list[int]:
+    L = seq.numel()
+    return [int(seq[min((c + 1) * Q, L) - 1]) for c in range(nchunks)]
+
+
+def walk_reference(states, dA_last, dout, seq, Q):
+    """One walk over all chunks, as mamba-ssm's kernels (no initial or final state): ``out``, ``dstates``, ``ddA``."""
+    nchunks = states.shape[0]
+    last = _last_seqs(seq, nchunks, Q)
+    scale = [0.0 if last[c] != (last[c - 1] if c else 0) else None for c in range(nchunks)]
+    s = [torch.zeros_like(dA_last[:, c]) if scale[c] == 0.0 else dA_last[:, c].exp() for c in range(nchunks)]
+    out = torch.zeros_like(states)
+    r = torch.zeros_like(states[0])
+    for c in range(nchunks):
+        r = s[c][:, None] * r + states[c]
+        if c + 1 < nchunks:
+            out[c + 1] = r
+    dstates = torch.zeros_like(states)
+    ddA = torch.zeros_like(dA_last)
+    g = torch.zeros_like(states[0])
+    for k in range(nchunks - 1, 0, -1):
+        ddA[:, k] = s[k] * (out[k] * g).sum(-1)
+        g = s[k][:, None] * g + dout[k]
+        dstates[k - 1] = g
+    return out, dstates, ddA
+
+
+@pytest.mark.parametrize(
+    ("lengths", "Q"),
+    [
+        ([5, 1, 3, 17, 2, 9, 11], 4),  # boundaries inside chunks, a cell within one chunk, several chunks per cell
+        ([8, 4, 12], 4),  # boundaries exactly at chunk ends
+        ([30], 4),  # one sequence: one run over every chunk
+        ([3], 8),  # a single, partial chunk
+    ],
+)
+def test_state_walks_per_run_equal_the_walk_over_all_chunks(monkeypatch, lengths, Q):
+    monkeypatch.setattr(fused_ssd_bwd, "_STATES_BLOCK", 8)  # several blocks of the state, the last partial
+    torch.manual_seed(0)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).to(DEVICE)
+    nchunks, H, dim = math.ceil(seq.numel() / Q), 3, 12
+    states = torch.randn(nchunks, H, dim, device=DEVICE)
+    dA_last = -torch.rand(H, nchunks, device=DEVICE) * 2
+    dout = torch.randn(nchunks, H, dim, device=DEVICE)
+    out_ref, dstates_ref, ddA_ref = walk_reference(states, dA_last, dout, seq.cpu(), Q)
+    out = state_passing_runs_fwd(states, dA_last, seq, Q)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    dstates, ddA, states_lo = state_passing_runs_bwd(out, dA_last, dout, seq, Q, torch.bfloat16)
+    assert dstates.dtype == states_lo.dtype == torch.bfloat16
+    torch.testing.assert_close(dstates.float(), dstates_ref, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(states_lo.float(), out_ref, rtol=1e-2, atol=1e-2)
+    dstates32, ddA32, _ = state_passing_runs_bwd(out, dA_last, dout, seq, Q, torch.float32)
+    torch.testing.assert_close(dstates32, dstates_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ddA32, ddA_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ddA, ddA32)
+
+
+def test_state_walk_runs_never_mix_sequences():
+    """Changing one sequence's chunk states changes no state entering a chunk that ends in another sequence."""
+    torch.manual_seed(1)
+    Q, lengths = 4, [9, 10, 7]
+    seq = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths)).to(torch.int32).to(DEVICE)
+    nchunks = math.ceil(seq.numel() / Q)
+    states = torch.randn(nchunks, 2, 16, device=DEVICE)
+    dA_last = -torch.rand(2, nchunks, device=DEVICE)
+    last = _last_seqs(seq.cpu(), nchunks, Q)
+    first = state_passing_runs_fwd(states, dA_last, seq, Q)
+    changed = states.clone()
+    changed[[c for c in range(nchunks) if last[c] == 1]] += 1.0
+    second = state_passing_runs_fwd(changed, dA_last, seq, Q)
+    # out[c] is the state leaving chunk c - 1: untouched unless chunk c - 1 ends in sequence 1
+    for c in range(1, nchunks):
+        same = torch.equal(first[c], second[c])
+        assert same == (last[c - 1] != 1), c
+
+
+@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
+@pytest.mark.parametrize("dda", ["stable", "dcb"])
+def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda):
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    if load_mamba_ssm_ops()["chunk_scan"] is None:
+        pytest.skip("mamba-ssm is not installed")
+    torch.manual_seed(2)
+    lengths = [300, 5, 700, 256, 1000, 90]
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).cuda()[None]
+    L, H, P, N, Q = seq.shape[1], 4, 64, 64, 256
+    x = torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16)
+    dt = torch.randn(1, L, H, device="cuda")
+    A = -torch.rand(H, device="cuda") - 0.5
+    B, C = (torch.randn(1, L, 1, N, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    D, dt_bias = torch.randn(H, device="cuda"), torch.randn(H, device="cuda") * 0.1
+    dy = torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16)
+    got, want = {}, {}
+    for mode, store in (("mamba", want), ("runs", got)):
+        monkeypatch.setattr(fused_ssd_bwd, "_SSD_BWD_STATES", mode)
+        monkeypatch.setattr(fused_ssd_bwd, "_SSD_BWD_DDA", dda)
+        dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
+        ddt, dA, dD, ddt_bias = fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, Q, D, dt_bias, seq, True, dx, dB, dC)
+        store.update(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, dD=dD, ddt_bias=ddt_bias)
+    for name, w in want.items():
+        g = got[name].double()
+        rel = float((g - w.double()).norm() / w.double().norm())
+        # "stable": the same chunk kernels and the same walk in fp32 (bf16 roundings of dstates may flip);
+        # "dcb": another summation of the intra-chunk ddA
+        assert rel < (2e-3 if dda == "stable" else 1e-2), (name, rel)
