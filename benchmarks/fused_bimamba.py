@@ -314,10 +314,14 @@ def sweep_conv(
 # (tokens, channels, token blocks per program, warps) of "fused"
 SWEEP_BWD_TWO_PASS = ((32, 32, 8), (32, 64, 4), (16, 64, 8), (64, 32, 4), (32, 32, 16))
 SWEEP_BWD_FUSED = ((32, 64, 4, 8), (32, 32, 4, 4), (16, 64, 4, 4), (32, 64, 4, 4), (64, 64, 4, 8), (32, 128, 4, 8))
+# (rows, channels, row blocks per program, warps) of "rows2d"
+SWEEP_BWD_2D = ((16, 64, 8, 4), (32, 64, 4, 4), (32, 64, 8, 4), (16, 128, 8, 4), (32, 128, 4, 8), (64, 64, 4, 8),
+                (16, 64, 16, 4))
 
 
 #: Backward variants swept by ``--sweep-conv`` (``--conv-bwd-variants`` narrows them).
-CONV_BWD_SWEEP_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span")
+CONV_BWD_SWEEP_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
+_SWEEP_BWD = {"fused": ("_CONV_BWD_FUSED_BLOCK", SWEEP_BWD_FUSED), "rows2d": ("_CONV_BWD_2D_BLOCK", SWEEP_BWD_2D)}
 
 
 def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP_VARIANTS) -> list[dict[str, Any]]:
@@ -329,7 +333,7 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP
     """
     import triton
 
-    saved = fused._CONV_BWD_VARIANT, fused._CONV_BWD_BLOCK, fused._CONV_BWD_FUSED_BLOCK
+    saved = fused._CONV_BWD_VARIANT, fused._CONV_BWD_BLOCK, fused._CONV_BWD_FUSED_BLOCK, fused._CONV_BWD_2D_BLOCK
     T = xbc.shape[0]
     xx = xbc.detach().requires_grad_()
     ww, bb = w.detach().requires_grad_(), b.detach().requires_grad_()
@@ -340,15 +344,12 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP
 
     fused._CONV_BWD_VARIANT = "v2"
     ref = grads()  # the reference: "v2" with its default shape
-    runs = [(v, cfg) for v in variants for cfg in (SWEEP_BWD_FUSED if v == "fused" else SWEEP_BWD_TWO_PASS)]
+    runs = [(v, cfg) for v in variants for cfg in _SWEEP_BWD.get(v, ("_CONV_BWD_BLOCK", SWEEP_BWD_TWO_PASS))[1]]
     rows = []
     try:
         for variant, cfg in runs:
             fused._CONV_BWD_VARIANT = variant
-            if variant == "fused":
-                fused._CONV_BWD_FUSED_BLOCK = cfg
-            else:
-                fused._CONV_BWD_BLOCK = cfg
+            setattr(fused, _SWEEP_BWD.get(variant, ("_CONV_BWD_BLOCK",))[0], cfg)
             got = grads()
             diff = {
                 n: float((a.double() - r.double()).abs().max() / r.double().abs().max().clamp_min(1e-30))
@@ -361,7 +362,7 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP
             )
             print(rows[-1], flush=True)
     finally:
-        fused._CONV_BWD_VARIANT, fused._CONV_BWD_BLOCK, fused._CONV_BWD_FUSED_BLOCK = saved
+        fused._CONV_BWD_VARIANT, fused._CONV_BWD_BLOCK, fused._CONV_BWD_FUSED_BLOCK, fused._CONV_BWD_2D_BLOCK = saved
     return rows
 
 
@@ -631,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
                 "v2": "BLOCK_R, BLOCK_C, ROW_ITERS (nn.fused._CONV_BWD_BLOCK)",
                 "bf16dpre": "BLOCK_R, BLOCK_C, ROW_ITERS (nn.fused._CONV_BWD_BLOCK)",
                 "fused": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_FUSED_BLOCK)",
+                "rows2d": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_2D_BLOCK)",
             },
         }
         Path(a.out).write_text(json.dumps({**info, "sweep_conv": sweep}, indent=1))

@@ -86,7 +86,7 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # load per tap: training 9% slower on an H200 (benchmarks/results/throughput_h200_conv_span.json).
 # "rows2d": "bf16dpre" whose first kernel keeps one [rows, channels] tile per tap (nn/_triton_conv.py) instead of one
 # [rows, channels, taps] tile; K <= 4, else "bf16dpre".
-_CONV_BWD_VARIANT = "bf16dpre"
+_CONV_BWD_VARIANT = "rows2d"
 _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
 _CONV_BWD_2D_BLOCK = (16, 64, 8, 4)  # rows x channels x row blocks per program x warps ("rows2d")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
