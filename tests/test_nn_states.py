@@ -15,8 +15,8 @@ import torch
 
 pytest.importorskip("triton", reason="the state walks are Triton kernels (pip install triton)")
 
-from genemamba_scvi.nn import fused_ssd_bwd  # noqa: E402
-from genemamba_scvi.nn.fused_ssd_bwd import state_passing_runs_bwd, state_passing_runs_fwd  # noqa: E402
+from genemamba_scvi.nn import fused_ssd_bwd
+from genemamba_scvi.nn.fused_ssd_bwd import state_passing_runs_bwd, state_passing_runs_fwd
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

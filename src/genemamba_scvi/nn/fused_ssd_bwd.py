@@ -79,8 +79,10 @@ def state_passing_runs_bwd(out, dA_last, dout, seq_idx, chunk_size, dtype):
 
 
 def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softplus, dx, dB, dC):
-    """Gradients of the packed SSD (no gate, no initial state): returns ``ddt`` ``[1, L, H]``, ``dA``, ``dD``,
-    ``ddt_bias``; ``dx``, ``dB``, ``dC`` are written into the given buffers.
+    """Gradients of the packed SSD (no gate, no initial state).
+
+    Returns ``ddt`` ``[1, L, H]``, ``dA``, ``dD``, ``ddt_bias``; ``dx``, ``dB``, ``dC`` are written into the given
+    buffers.
 
     Shapes as mamba-ssm's ``_mamba_chunk_scan_combined_bwd`` (batch 1): ``dy``, ``x`` ``[1, L, H, P]``, ``dt``
     ``[1, L, H]``, ``B``, ``C`` ``[1, L, G, N]``, ``seq_idx`` ``[1, L]``.
@@ -95,7 +97,7 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
             dx=dx, dB=dB, dC=dC,
         )  # fmt: skip  # "out" (x here) is only read with z
         return ddt, dA, dD, ddt_bias
-    _, L, nheads, headdim = x.shape
+    nheads, headdim = x.shape[2], x.shape[3]
     ngroups, dstate = B.shape[2], B.shape[3]
     dt_in = dt.clone()
     # forward quantities, recomputed: cumulative dt*A per chunk, C B^T per chunk, each chunk's own state
