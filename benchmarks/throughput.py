@@ -338,10 +338,6 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_STATES": "mamba"},
         "training: mamba-ssm's SSD backward with its serial state walks over all chunks (not one walk per run)",
     ),
-    "ablation_dda_from_dcb": (
-        {"fused_ssd_bwd._SSD_BWD_DDA": "dcb"},
-        "training: the intra-chunk d(dt*A cumsum) from the d(CB) kernel (not _chunk_scan_bwd_ddAcs_stable)",
-    ),
     "ablation_folded_norm": (
         {"fold_norm": True},
         "inference: gated RMSNorm folded into the scan (ssd_varlen_both with z) and the merge, not its own pass",
@@ -454,7 +450,6 @@ class Runner:
                 ("ablation_conv_bwd_span", 2048, "train", a.train_cells_2048),
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
-                ("ablation_dda_from_dcb", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]

@@ -85,10 +85,11 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # whose first kernel checks taps against each token's distances to its cell's ends (lo, hi) instead of one cell-id
 # load per tap: training 9% slower on an H200 (benchmarks/results/throughput_h200_conv_span.json).
 # "rows2d": "bf16dpre" whose first kernel keeps one [rows, channels] tile per tap (nn/_triton_conv.py) instead of one
-# [rows, channels, taps] tile; K <= 4, else "bf16dpre".
+# [rows, channels, taps] tile; K <= 4, else "bf16dpre". H200, 48 cells (conv_bwd_sweep_s6_h200.json): 0.99 ms at
+# 16x64x16 (4 warps) against bf16dpre's best 1.82 ms; training +6.8% (throughput_h200_train_s6.json).
 _CONV_BWD_VARIANT = "rows2d"
 _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
-_CONV_BWD_2D_BLOCK = (16, 64, 8, 4)  # rows x channels x row blocks per program x warps ("rows2d")
+_CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program x warps ("rows2d")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)

@@ -9,11 +9,10 @@ states, ``dstates`` from the output gradient, ``dx``, ``dB``, ``dC``, ``d(CB)``,
 replaces only the two state walks by :mod:`genemamba_scvi.nn._triton_states` (one program per run of chunks
 between the sequence resets; same values, same layouts).
 
-``_SSD_BWD_STATES``: ``"runs"`` (the walks above) or ``"mamba"`` (mamba-ssm's own backward, unchanged).
-``_SSD_BWD_DDA``: where the intra-chunk gradient of the cumulative ``dt * A`` comes from: ``"stable"``
-(mamba-ssm's ``_chunk_scan_bwd_ddAcs_stable``, what its backward uses) or ``"dcb"`` (taken by the ``d(CB)``
-kernel from ``CB``, which mamba-ssm's backward leaves commented out as slower on its GPUs).
-CUDA only (mamba-ssm's kernels); the CPU path differentiates the pure-torch chunked scan.
+``_SSD_BWD_STATES``: ``"runs"`` (the walks above) or ``"mamba"`` (mamba-ssm's own backward, unchanged). On an
+H200, "runs" made a training step 6.4% faster (``benchmarks/results/throughput_h200_train_s6.json``). (The
+intra-chunk ``ddA`` from the ``d(CB)`` kernel, which would drop ``_chunk_scan_bwd_ddAcs_stable``, is not an
+option: mamba-ssm 2.3 refuses it with ``seq_idx``.) CUDA only (mamba-ssm's kernels); the CPU path differentiates the pure-torch chunked scan.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.fused_ssd import _cdiv, _kernel_module
 
 _SSD_BWD_STATES = "runs"
-_SSD_BWD_DDA = "stable"
 _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
 
 
@@ -90,7 +88,6 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined
 
     check_choice("_SSD_BWD_STATES", _SSD_BWD_STATES, ("runs", "mamba"))
-    check_choice("_SSD_BWD_DDA", _SSD_BWD_DDA, ("stable", "dcb"))
     if _SSD_BWD_STATES == "mamba":
         _, ddt, dA, _, _, dD, _, ddt_bias, _ = ssd_combined._mamba_chunk_scan_combined_bwd(
             dy, x, dt, A, B, C, x, chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=dt_softplus,
@@ -120,11 +117,8 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     dB_own, ddA_next = ssd_chunk_state._chunk_state_bwd_db(x, dt_c, dA_cs, dstates, seq_idx=seq_idx, B=B,
                                                            ngroups=ngroups)  # fmt: skip
     dC_own, ddA_prev = ssd_chunk_scan._chunk_scan_bwd_dC(states_lo, dA_cs, dy, seq_idx=seq_idx, C=C, ngroups=ngroups)
-    if _SSD_BWD_DDA == "dcb":
-        dCB, ddA_intra = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, CB=CB, ngroups=ngroups)
-    else:
-        dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
-        ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+    dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
+    ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
     dCB = dCB.to(CB.dtype)
     ssd_bmm._bmm_chunk_bwd(C, dCB, residual=dB_own, out=dB)
     ssd_bmm._bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_own, out=dC)
