@@ -338,6 +338,18 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_STATES": "mamba"},
         "training: mamba-ssm's SSD backward with its serial state walks over all chunks (not one walk per run)",
     ),
+    "ablation_norm_bwd_by_token": (
+        {"fused._NORM_BWD_VARIANT": "rows"},
+        "training: gated-norm backward one token at a time with 1-D vectors (not [tokens, group] tiles)",
+    ),
+    "ablation_norm_bwd_tiles_2x16": (
+        {"fused._NORM_BWD_2D": (2, 16, 4)},
+        "training: gated-norm backward tiles of 2 tokens, 16 blocks a program, 4 warps (default 4 x 8, 8 warps)",
+    ),
+    "ablation_mamba_add_norm": (
+        {"encoder._ADD_NORM": "mamba"},
+        "training: the stream's add + RMSNorm by mamba-ssm's rms_norm_fn (not nn.fused_norm.add_rms_norm)",
+    ),
     "ablation_folded_norm": (
         {"fold_norm": True},
         "inference: gated RMSNorm folded into the scan (ssd_varlen_both with z) and the merge, not its own pass",
@@ -450,6 +462,9 @@ class Runner:
                 ("ablation_conv_bwd_span", 2048, "train", a.train_cells_2048),
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
+                ("ablation_norm_bwd_by_token", 2048, "train", a.train_cells_2048),
+                ("ablation_norm_bwd_tiles_2x16", 2048, "train", a.train_cells_2048),
+                ("ablation_mamba_add_norm", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]

@@ -233,12 +233,17 @@ def test_conv_both_two_dimensional_backward_takes_any_tap_count(monkeypatch, K):
         assert _rel(a, b_) < 1e-5
 
 
+@pytest.mark.parametrize("bwd", ["rows", "tiles2d"])
 @pytest.mark.parametrize("variant", ["rows", "tokens"])
 @pytest.mark.parametrize("group_size", [16, 8])
-def test_gated_norm_out_proj_both_equals_gathered_gate_reference(monkeypatch, group_size, variant):
+def test_gated_norm_out_proj_both_equals_gathered_gate_reference(monkeypatch, group_size, variant, bwd):
+    """Forward by row or by token; backward by token or by ``[tokens, group]`` tile (here 2 tokens x 3 blocks a
+    program: several programs, the last one partial)."""
     import genemamba_scvi.nn.fused as fused
 
     monkeypatch.setattr(fused, "_NORM_FWD_VARIANT", variant)
+    monkeypatch.setattr(fused, "_NORM_BWD_VARIANT", bwd)
+    monkeypatch.setattr(fused, "_NORM_BWD_2D", (2, 3, 4))
     torch.manual_seed(3)
     p = _pack()
     T, D, dm = p.n_tokens, 16, 6

@@ -37,6 +37,9 @@ logger = logging.getLogger("genemamba_scvi")
 POOLINGS = ("mean", "cls")
 #: mamba-ssm 2.3.2 kernels fail (illegal memory access) near 2^31 elements in one call; stay under 2^30.
 MAMBA_SSM_MAX_CALL_ELEMENTS = 2**30
+#: The residual stream's add + RMSNorm on CUDA with mamba-ssm: "triton" (``nn.fused_norm.add_rms_norm``, tiles of
+#: rows) or "mamba" (mamba-ssm's ``rms_norm_fn``, the same values; its backward walks rows one at a time).
+_ADD_NORM = "triton"
 
 
 def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
@@ -389,6 +392,8 @@ class GeneMambaEncoder(nn.Module):
             return self.norm_f(x)
         # pre-norm blocks as a residual stream: h_i = norm_i(r_i), r_{i+1} = r_i + mix_i(h_i)
         fused = load_mamba_ssm_ops()["rms_norm_fn"] if self._use_fused_add_norm(x.device) else None
+        if fused is not None and _ADD_NORM == "triton":
+            from genemamba_scvi.nn.fused_norm import add_rms_norm as fused
         residual, delta, h = x, None, None
         for i, layer in enumerate(self.layers):
             if h is None and fused is not None:  # (h is set when the previous block's merge pass normalised)

@@ -93,7 +93,11 @@ _CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
-_NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward
+_NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward ("rows")
+#: Gated-norm backward: one token (its two rows) at a time with 1-D vectors ("rows"), or [tokens, group] tiles
+#: (``nn/_triton_norm.py``, "tiles2d").
+_NORM_BWD_VARIANT = "tiles2d"
+_NORM_BWD_2D = (4, 8, 8)  # tokens x token blocks per program x warps ("tiles2d")
 #: Gated-norm forward: one program per row ("rows"), or per block of tokens writing both rows of each token and
 #: reading its gate once ("tokens": 10 instead of 12 bytes moved per channel and token, bf16). "tokens": +2.3%
 #: inference and +1.9% training tokens/s on an H200, same run (benchmarks/results/throughput_h200_norm_tok.json).
@@ -352,33 +356,24 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         dy = torch.empty_like(y)
         dz = torch.empty(T, D, dtype=z.dtype, device=z.device)
         yn = torch.empty_like(y)
-        n_prog = max(_cdiv(T, _NORM_BWD_ROWS), 1)
-        dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=y.device)
-        _kernels().gated_norm_both_bwd_kernel[(n_prog, n_groups)](
-            y,
-            z,
-            rev,
-            norm_weight,
-            rstd,
-            dyn,
-            dy,
-            dz,
-            yn,
-            dw_part,
-            T,
-            G,
-            n_groups,
-            y.stride(0),
-            z.stride(0),
-            dyn.stride(0),
-            dy.stride(0),
-            dz.stride(0),
-            yn.stride(0),
-            ROWS=_NORM_BWD_ROWS,
-            RECOMPUTE=True,
-            BLOCK_G=_next_pow2(G),
-            num_warps=4 if G <= 1024 else 8,
-        )
+        check_choice("_NORM_BWD_VARIANT", _NORM_BWD_VARIANT, ("rows", "tiles2d"))
+        strides = (y.stride(0), z.stride(0), dyn.stride(0), dy.stride(0), dz.stride(0), yn.stride(0))
+        head = (y, z, rev, norm_weight, rstd, dyn, dy, dz, yn)
+        if _NORM_BWD_VARIANT == "tiles2d":
+            br, iters, warps = _NORM_BWD_2D
+            n_prog = max(_cdiv(T, br * iters), 1)
+            dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=y.device)
+            _kernel_module("_triton_norm").gated_norm_both_bwd2d_kernel[(n_prog, n_groups)](
+                *head, dw_part, T, G, n_groups, *strides, BLOCK_R=br, ROW_ITERS=iters, BLOCK_G=_next_pow2(G),
+                num_warps=warps,
+            )  # fmt: skip
+        else:
+            n_prog = max(_cdiv(T, _NORM_BWD_ROWS), 1)
+            dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=y.device)
+            _kernels().gated_norm_both_bwd_kernel[(n_prog, n_groups)](
+                *head, dw_part, T, G, n_groups, *strides, ROWS=_NORM_BWD_ROWS, RECOMPUTE=True,
+                BLOCK_G=_next_pow2(G), num_warps=4 if G <= 1024 else 8,
+            )  # fmt: skip
         d_out_weight = (dout.t() @ yn.to(dout.dtype)).to(out_weight.dtype)
         d_bias = dout.sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
         d_norm_weight = dw_part.sum(0).to(norm_weight.dtype)

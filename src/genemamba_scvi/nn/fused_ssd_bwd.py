@@ -12,7 +12,8 @@ between the sequence resets; same values, same layouts).
 ``_SSD_BWD_STATES``: ``"runs"`` (the walks above) or ``"mamba"`` (mamba-ssm's own backward, unchanged). On an
 H200, "runs" made a training step 6.4% faster (``benchmarks/results/throughput_h200_train_s6.json``). (The
 intra-chunk ``ddA`` from the ``d(CB)`` kernel, which would drop ``_chunk_scan_bwd_ddAcs_stable``, is not an
-option: mamba-ssm 2.3 refuses it with ``seq_idx``.) CUDA only (mamba-ssm's kernels); the CPU path differentiates the pure-torch chunked scan.
+option: mamba-ssm 2.3 refuses it with ``seq_idx``.) CUDA only (mamba-ssm's kernels); the CPU path differentiates
+the pure-torch chunked scan.
 """
 
 from __future__ import annotations

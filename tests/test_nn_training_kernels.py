@@ -1,4 +1,5 @@
-"""The state walks of the SSD backward run per sequence (``nn.fused_ssd_bwd``, ``nn._triton_states``).
+"""Kernels of the training path: the SSD backward's state walks per sequence (``nn.fused_ssd_bwd``,
+``nn._triton_states``) and the residual stream's add + RMSNorm (``nn.fused_norm``).
 
 Each kernel is checked against a step-by-step torch transcription of the recurrence that mamba-ssm's
 ``_state_passing_fwd/_bwd`` kernels compute over the whole packed row (one walk over every chunk, the scale set to
@@ -125,3 +126,34 @@ def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch):
         rel = float((g - w.double()).norm() / w.double().norm())
         # the same chunk kernels and the same walk in fp32 (bf16 roundings of dstates may flip)
         assert rel < 2e-3, (name, rel)
+
+
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("D", [16, 12])
+def test_add_rms_norm_equals_the_torch_stream(monkeypatch, with_residual, D):
+    """``nn.fused_norm.add_rms_norm``: ``h = RMSNorm(res + x) * w`` (dtype of x) and ``r = res + x`` (fp32), and the
+    gradients of x, res and w, against torch; several programs and a partial last one, a width not a power of two."""
+    from genemamba_scvi.nn import fused_norm
+
+    monkeypatch.setattr(fused_norm, "_ADD_NORM_BLOCK", (2, 3, 4))
+    torch.manual_seed(5)
+    T = 23
+    x = torch.randn(T, D, device=DEVICE, requires_grad=True)
+    res = torch.randn(T, D, device=DEVICE, requires_grad=True) if with_residual else None
+    w = (torch.rand(D, device=DEVICE) + 0.5).requires_grad_(True)
+    h, r = fused_norm.add_rms_norm(x, w, None, residual=res, eps=1e-5)
+    x2, w2 = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    res2 = res.detach().clone().requires_grad_(True) if with_residual else None
+    r2 = x2 + res2 if with_residual else x2
+    h2 = r2 * torch.rsqrt(r2.square().mean(-1, keepdim=True) + 1e-5) * w2
+    assert r.dtype == torch.float32 and h.dtype == x.dtype
+    torch.testing.assert_close(r, r2, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h, h2, rtol=1e-5, atol=1e-5)
+    gh, gr = torch.randn_like(h), torch.randn_like(r)  # the norm's output and the stream both feed later layers
+    (h * gh + r * gr).sum().backward()
+    (h2 * gh + r2 * gr).sum().backward()
+    pairs = [(x.grad, x2.grad), (w.grad, w2.grad)] + ([(res.grad, res2.grad)] if with_residual else [])
+    for got, want in pairs:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        fused_norm.add_rms_norm(x, w[:-1])
