@@ -342,9 +342,13 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused._NORM_BWD_VARIANT": "rows"},
         "training: gated-norm backward one token at a time with 1-D vectors (not [tokens, group] tiles)",
     ),
-    "ablation_norm_bwd_tiles_2x16": (
-        {"fused._NORM_BWD_2D": (2, 16, 4)},
-        "training: gated-norm backward tiles of 2 tokens, 16 blocks a program, 4 warps (default 4 x 8, 8 warps)",
+    "ablation_norm_bwd_tiles_4x8": (
+        {"fused._NORM_BWD_2D": (4, 8, 8)},
+        "training: gated-norm backward tiles of 4 tokens, 8 blocks a program, 8 warps (default 2 x 16, 4 warps)",
+    ),
+    "ablation_norm_bwd_tiles_1x32": (
+        {"fused._NORM_BWD_2D": (1, 32, 4)},
+        "training: gated-norm backward tiles of 1 token, 32 blocks a program, 4 warps (default 2 x 16, 4 warps)",
     ),
     "ablation_mamba_add_norm": (
         {"encoder._ADD_NORM": "mamba"},
@@ -463,7 +467,8 @@ class Runner:
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_by_token", 2048, "train", a.train_cells_2048),
-                ("ablation_norm_bwd_tiles_2x16", 2048, "train", a.train_cells_2048),
+                ("ablation_norm_bwd_tiles_4x8", 2048, "train", a.train_cells_2048),
+                ("ablation_norm_bwd_tiles_1x32", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_add_norm", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
@@ -1062,7 +1067,7 @@ class Runner:
                     "real_tokens": int(b["lens"].sum()),
                     "gpu_time_ms": total / 1e3,
                     "share_by_family": {k: round(v / total, 3) for k, v in sorted(tot.items(), key=lambda kv: -kv[1])},
-                    "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in top[:24]],
+                    "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in top[:48]],
                 }
                 self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)
         except Exception as err:
