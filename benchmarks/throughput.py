@@ -354,6 +354,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"encoder._ADD_NORM": "mamba"},
         "training: the stream's add + RMSNorm by mamba-ssm's rms_norm_fn (not nn.fused_norm.add_rms_norm)",
     ),
+    "ablation_torch_merge_training": (
+        {"fused_merge_training": False},
+        "training: the gate merge in torch (gather, addmm, sigmoid, lerp; autograd's backward), not gate_merge_train",
+    ),
     "ablation_folded_norm": (
         {"fold_norm": True},
         "inference: gated RMSNorm folded into the scan (ssd_varlen_both with z) and the merge, not its own pass",
@@ -470,6 +474,7 @@ class Runner:
                 ("ablation_norm_bwd_tiles_4x8", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_tiles_1x32", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_add_norm", 2048, "train", a.train_cells_2048),
+                ("ablation_torch_merge_training", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),
                 ("stress", 4096, "infer", a.stress_cells),
             ]

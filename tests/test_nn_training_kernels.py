@@ -157,3 +157,30 @@ def test_add_rms_norm_equals_the_torch_stream(monkeypatch, with_residual, D):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="do not match"):
         fused_norm.add_rms_norm(x, w[:-1])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, bias):
+    """``nn.fused_merge.gate_merge_train`` against ``merge_packed(mode="gate")``: output and the gradients of the
+    two-direction rows, the weight and the bias; ragged cells, an empty one, several partial blocks."""
+    from genemamba_scvi.nn import fused_merge
+    from genemamba_scvi.nn.bimamba import merge_packed, pack_cells
+
+    monkeypatch.setattr(fused_merge, "_MERGE_BLOCK", (4, 8))
+    torch.manual_seed(6)
+    lens = torch.tensor([5, 1, 3, 0, 17, 2, 9])
+    p = pack_cells(torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE))
+    T, d = p.n_tokens, 12
+    leaves = [torch.randn(2 * T, d), torch.randn(d, 2 * d) * 0.3, torch.randn(d)]
+    a = [t.to(DEVICE).requires_grad_(True) for t in leaves]
+    b = [t.detach().to(DEVICE).clone().requires_grad_(True) for t in leaves]
+    got = fused_merge.gate_merge_train(a[0], p.rev, a[1], a[2] if bias else None)
+    want = merge_packed(b[0], p.rev, "gate", b[1], b[2] if bias else None)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(got)
+    (got * g).sum().backward()
+    (want * g).sum().backward()
+    for x, y in zip(a[:3] if bias else a[:2], b[:3] if bias else b[:2]):
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        fused_merge.gate_merge_train(a[0][:-1], p.rev, a[1], None)

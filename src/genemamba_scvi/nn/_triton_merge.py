@@ -92,3 +92,33 @@ def gate_merge_add_norm_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, bias_ptr, ssq_
         w = tl.load(w_ptr + cols, mask=cm, other=0.0).to(tl.float32)
         h = r * rstd[:, None] * w[None, :]
         tl.store(h_ptr + u * D + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["T"])
+def gate_merge_bwd_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, g_ptr, dout2_ptr, dpf_ptr, dpb_ptr, T, D, stride_o,
+    stride_pf, stride_pb, stride_g, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """Backward of ``y = b + sigmoid(pf[u] + pb[j]) * (f - b)`` (unscaled rows) through the gate's elementwise part.
+
+    Writes ``dout2[u] = z g``, ``dout2[T + j] = (1 - z) g`` (the direct terms; the caller adds the GEMM terms) and
+    the gradient of the gate's pre-activation ``dp = g (f - b) z (1 - z)`` in the rows of ``pf`` (``dpf[u]``) and
+    of ``pb`` (``dpb[j]``).
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < T
+    mask = rmask[:, None] & (cols < D)[None, :]
+    u = rows.to(tl.int64)[:, None]
+    j = tl.load(rev_ptr + rows, mask=rmask, other=0).to(tl.int64)[:, None]
+    f = tl.load(out2_ptr + u * stride_o + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(out2_ptr + (T + j) * stride_o + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    p = tl.load(pf_ptr + u * stride_pf + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    p += tl.load(pb_ptr + j * stride_pb + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + u * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = tl.sigmoid(p)
+    dp = g * (f - b) * z * (1.0 - z)
+    ty = dout2_ptr.dtype.element_ty
+    tl.store(dout2_ptr + u * D + cols[None, :], (z * g).to(ty), mask=mask)
+    tl.store(dout2_ptr + (T + j) * D + cols[None, :], ((1.0 - z) * g).to(ty), mask=mask)
+    tl.store(dpf_ptr + u * D + cols[None, :], dp.to(dpf_ptr.dtype.element_ty), mask=mask)
+    tl.store(dpb_ptr + j * D + cols[None, :], dp.to(dpb_ptr.dtype.element_ty), mask=mask)

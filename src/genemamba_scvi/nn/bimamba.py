@@ -35,6 +35,7 @@ from torch import nn
 
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
 from genemamba_scvi.nn.fused import fused_available, gate_merge_add_norm, gate_merge_both, mixer_both, rev_rows
+from genemamba_scvi.nn.fused_merge import gate_merge_train
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
 
 __all__ = [
@@ -385,20 +386,17 @@ class BiMambaBlock(nn.Module):
     #: each step (7.75 ms against 4.97 for conv_both + ssd_varlen; 777 against 1,069 cells/s for the model;
     #: ``benchmarks/results/conv_ssd_sweep_h200.json``, ``throughput_h200_conv_in_scan.json``).
     fused_conv_ssd: bool = False
-    #: In inference on a GPU, merge the two directions with :func:`~genemamba_scvi.nn.fused.gate_merge_both` (two
-    #: GEMMs, then gather + gate + interpolation in one Triton pass): 1,067 cells/s against 971 on an H200
-    #: (``benchmarks/results/throughput_h200_merge_ablation.json``, same run).
+    #: In inference on a GPU, merge the directions by :func:`~genemamba_scvi.nn.fused.gate_merge_both` (two GEMMs,
+    #: one Triton pass): 1,067 against 971 cells/s on an H200 (``results/throughput_h200_merge_ablation.json``).
     fused_merge: bool = True
-    #: With the one-pass merge: fold the mixer's gated RMSNorm away. The scan gates its own output and writes each
-    #: row's sum of squares (:func:`~genemamba_scvi.nn.fused.ssd_varlen_both` with ``z``), the norm's weight folds
-    #: into ``out_proj`` and the merge applies the per-row scale, which commutes with the GEMMs between them: no
-    #: gated-norm pass over ``[2T, d_inner]``, 15% less inference memory per token. Off: on an H200 the gate
-    #: lengthens each step of the latency-bound scan by as much as the norm's pass costs (4.79 against 4.78 ms
-    #: for scan + norm + out_proj, ``benchmarks/results/ssd_gated_sweep_h200.json``).
+    #: With the one-pass merge: fold the gated RMSNorm into the scan (:func:`~genemamba_scvi.nn.fused.ssd_varlen_both`
+    #: with ``z``), ``out_proj`` and the merge's row scale: 15% less inference memory, same speed on an H200 (4.79
+    #: against 4.78 ms for scan + norm + out_proj, ``benchmarks/results/ssd_gated_sweep_h200.json``); off.
     fold_norm: bool = False
+    #: In training on a GPU, the ``"gate"`` merge with its own backward (:func:`~.fused_merge.gate_merge_train`).
+    fused_merge_training: bool = True
     #: In the encoder's inference on a GPU, the one-pass merge also adds the update to the residual stream and
-    #: applies the next block's pre-norm (:meth:`mix_packed_add_norm`): one pass instead of the merge's and
-    #: mamba-ssm's fused add + norm.
+    #: applies the next block's pre-norm (:meth:`mix_packed_add_norm`).
     merge_add_norm: bool = True
 
     @property
@@ -501,6 +499,8 @@ class BiMambaBlock(nn.Module):
             return self.mixer(h.unsqueeze(0), seq_idx=pack.seq_idx)[0]
         weight, bias = self._merge_weights(merge_linear)
         merged, out2 = self._one_pass_merge(h, pack, weight, bias, gate_merge_both)
+        if merged is None and self.fused_merge_training and self.merge_mode == "gate" and _fused_usable(h.device):
+            merged = _run_fused(h.device, gate_merge_train, out2, pack.rev, weight, bias)
         return merged if merged is not None else merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
 
     def one_pass_merge_applies(self, device: torch.device) -> bool:

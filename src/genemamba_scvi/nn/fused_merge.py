@@ -3,6 +3,7 @@
 ``gate_merge_both`` returns the merged update; ``gate_merge_add_norm`` also adds it to the residual stream (fp32)
 and applies the next block's pre-norm in the same pass (mamba-ssm's ``rms_norm_fn(prenorm=True,
 residual_in_fp32=True)`` with the update kept in fp32). Kernels in ``nn/_triton_merge.py``; no gradients.
+``gate_merge_train`` is ``gate_merge_both`` with a backward (training): one elementwise pass, then the GEMMs.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn.fused_ssd import _cdiv, _kernel_module, _next_pow2
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 
-__all__ = ["gate_merge_add_norm", "gate_merge_both"]
+__all__ = ["gate_merge_add_norm", "gate_merge_both", "gate_merge_train"]
 
 
 def _kernels() -> Any:
@@ -138,3 +139,72 @@ def gate_merge_add_norm(
             num_warps=4, **consts,
         )  # fmt: skip
     return r, h
+
+
+class _GateMergeTrain(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out2, rev, weight, bias):
+        T, d = rev.shape[0], out2.shape[1]
+        out2 = out2.contiguous()
+        w = weight.to(out2.dtype)
+        c = bias.to(out2.dtype) if bias is not None else None
+        pf = F.linear(out2[:T], w[:, :d], c)
+        pb = F.linear(out2[T:], w[:, d:])  # row j belongs to token rev[j]
+        y = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
+        br, bd = _MERGE_BLOCK
+        if T:
+            _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
+                out2, pf, pb, rev, pf, pf, T, d, out2.stride(0), pf.stride(0), pb.stride(0), 1, 1.0, 0.0, y,
+                y.stride(0), BLOCK_R=br, BLOCK_D=bd, SCALED=False, HAS_BIAS=False, BLOCK_NP=1, num_warps=4,
+            )  # fmt: skip
+        ctx.save_for_backward(out2, pf, pb, rev, w)
+        ctx.has_bias, ctx.w_dtype = bias is not None, weight.dtype
+        ctx.b_dtype = bias.dtype if bias is not None else None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        out2, pf, pb, rev, w = ctx.saved_tensors
+        T, d = rev.shape[0], out2.shape[1]
+        g = g.contiguous()
+        dout2 = torch.empty_like(out2)
+        dpf = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
+        dpb = torch.empty_like(dpf)
+        br, bd = _MERGE_BLOCK
+        if T:
+            _kernels().gate_merge_bwd_kernel[(_cdiv(T, br), _cdiv(d, bd))](
+                out2, pf, pb, rev, g, dout2, dpf, dpb, T, d, out2.stride(0), pf.stride(0), pb.stride(0), g.stride(0),
+                BLOCK_R=br, BLOCK_D=bd, num_warps=4,
+            )  # fmt: skip
+        # the GEMM terms: out2's rows feed pf (forward rows) and pb (reversed rows) through the two weight halves
+        dout2[:T].addmm_(dpf, w[:, :d])
+        dout2[T:].addmm_(dpb, w[:, d:])
+        dw = torch.cat([dpf.t() @ out2[:T], dpb.t() @ out2[T:]], dim=1).to(ctx.w_dtype)
+        db = dpf.float().sum(0).to(ctx.b_dtype) if ctx.has_bias else None
+        return dout2, None, dw, db
+
+
+def gate_merge_train(
+    out2: torch.Tensor, rev: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`gate_merge_both` (no folded norm) with a backward, for training.
+
+    The forward is the two GEMMs and the merge kernel; the backward one elementwise pass
+    (``gate_merge_bwd_kernel``: the direct terms of both rows and the gate's pre-activation gradient, written in the
+    row orders of both projections) and four GEMMs, with no gather, no ``[T, d]`` adds and no concatenation of
+    ``[f; b]``.
+
+    Parameters
+    ----------
+    out2, rev, weight, bias
+        As :func:`gate_merge_both`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[T, d]`` in the dtype of ``out2``: :func:`~genemamba_scvi.nn.bimamba.merge_packed` with ``mode="gate"``.
+    """
+    if out2.dim() != 2 or out2.shape[0] != 2 * rev.shape[0] or weight.shape != (out2.shape[1], 2 * out2.shape[1]):
+        raise ValueError(f"gate_merge_train: out2 {list(out2.shape)}, rev {list(rev.shape)}, weight "
+                         f"{list(weight.shape)} do not match ([2T, d], [T], [d, 2d])")  # fmt: skip
+    return _GateMergeTrain.apply(out2, rev, weight, bias)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from genemamba_scvi.nn.fused_ssd import _cdiv, _kernel_module, _next_pow2
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 
 _ADD_NORM_BLOCK = (4, 8, 4)  # rows x row blocks per program x warps
 

@@ -6,12 +6,11 @@ in :mod:`genemamba_scvi.nn._triton_ssd` (imported on first use, so this module i
 
 from __future__ import annotations
 
-import functools
-import importlib
-import os
 from typing import Any
 
 import torch
+
+from genemamba_scvi.nn._launch import _cdiv, _interpreting, _kernel_module, _next_pow2  # noqa: F401 (re-exported)
 
 __all__ = [
     "SSD_CONV_FWD_CONFIG",
@@ -37,12 +36,6 @@ _SSD_MIN_PROGRAMS = 0
 SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
 
-@functools.cache
-def _kernel_module(name: str) -> Any:
-    """A Triton kernel module of this package (``nn/<name>.py``), imported on first use (Triton may be absent)."""
-    return importlib.import_module(f"genemamba_scvi.nn.{name}")
-
-
 def _ssd_kernels() -> Any:
     """The one-pass SSD kernels (``_triton_ssd``)."""
     return _kernel_module("_triton_ssd")
@@ -51,18 +44,6 @@ def _ssd_kernels() -> Any:
 def _kernels() -> Any:
     """The kernels of the fused mixer (``_triton_bimamba``)."""
     return _kernel_module("_triton_bimamba")
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # ----------------------------------------------------------------------------------------------------

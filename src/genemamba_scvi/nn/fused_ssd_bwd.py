@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module
 from genemamba_scvi.nn.config import check_choice
-from genemamba_scvi.nn.fused_ssd import _cdiv, _kernel_module
 
 _SSD_BWD_STATES = "runs"
 _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
