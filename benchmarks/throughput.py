@@ -908,7 +908,12 @@ class Runner:
                     print(f"[skip] {s['name']} {model}: budget", flush=True)
                     continue
                 if batches is None:
+                    # the cells of a setting's timed steps depend on (seed, n, mode, cells) only, so an ablation
+                    # times the same batches as the "real" setting it is compared with
+                    saved_rng = self.rng
+                    self.rng = np.random.default_rng([self.args.seed, s["n"], s["mode"] == "train", s["cells"]])
                     batches = [self.make_batch(s) for _ in range(n_steps)]
+                    self.rng = saved_rng
                 prev_fused = self.mamba.fused_add_norm
                 if s["kind"] == "ablation_no_fused_norm":
                     self.mamba.fused_add_norm = False
