@@ -10,8 +10,9 @@ mamba-ssm's ``mamba_split_conv1d_scan_combined``. This module computes the same 
    ``[2T, C]`` (one Triton kernel; the reversed direction's causal convolution is an anti-causal one over
    the cell, so no reversed copy is read);
 3. the SSD scan on ``[2T]``, both directions in one varlen call with the state reset per cell and direction:
-   :func:`~genemamba_scvi.nn.fused_ssd.ssd_varlen` (one Triton pass per head and sequence forward, mamba-ssm's
-   backward; module :mod:`genemamba_scvi.nn.fused_ssd`), or mamba-ssm's chunked scan;
+   :func:`~genemamba_scvi.nn.fused_ssd.ssd_varlen` (one Triton pass per head and sequence forward; backward:
+   mamba-ssm's chunk kernels with the state walks run per sequence, :mod:`genemamba_scvi.nn.fused_ssd_bwd`), or
+   mamba-ssm's chunked scan;
 4. :func:`gated_norm_out_proj_both`: the gated RMSNorm ``RMSNorm(y * silu(z))`` with the gate read from the
    ``T`` tokens (row ``T + j`` uses token ``rev[j]``), then ``out_proj``; the backward recomputes the
    normalised activations instead of storing them, and writes ``dz`` once per token.
@@ -20,9 +21,13 @@ What this saves per token and layer (bf16, d_model 512): the ``[2T, 2192]`` gath
 backward (about 13 KB of traffic forward, more backward), half of the projection kept for the backward
 (4.4 of 8.8 KB), the channel-last causal-conv1d kernel that ``seq_idx`` forces, and the gather of ``z``.
 
-The Triton kernels are in :mod:`genemamba_scvi.nn._triton_bimamba` (imported on first use, so ``nn`` still
-imports nothing but torch). ``tests/test_nn_fused.py`` checks every function against a pure-torch reference
-that gathers the reversed copies (on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1``).
+Where things live (launch code -> kernels; kernels are imported on first use, so ``nn`` still imports nothing but
+torch): this module -> ``_triton_bimamba`` (conv forward and backward, gated norm), ``_triton_conv`` (the 2-D conv
+backward, default in training), ``_triton_norm`` (gated-norm backward tiles; the stream's add + RMSNorm);
+``fused_ssd`` -> ``_triton_ssd`` (one-pass scan); ``fused_ssd_bwd`` -> ``_triton_states`` (state walks);
+``fused_merge`` -> ``_triton_merge`` (merges, inference and training); ``fused_norm`` -> ``_triton_norm``;
+``_launch``: the shared launch helpers. ``tests/test_nn_fused.py`` and ``tests/test_nn_training_kernels.py`` check
+every function against a pure-torch reference (on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
