@@ -39,15 +39,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.fused_merge import gate_merge_add_norm, gate_merge_both
 from genemamba_scvi.nn.fused_ssd import (
     SSD_CONV_FWD_CONFIG,
     SSD_FWD_CONFIG,
-    _cdiv,
-    _kernel_module,
     _kernels,
-    _next_pow2,
     _split_xbc,
     ssd_conv_varlen,
     ssd_order,

@@ -84,15 +84,20 @@ def gate_merge_both(
         :func:`~genemamba_scvi.nn.bimamba.merge_packed` with ``mode="gate"`` and no residual, with the gate
         and the interpolation in float32.
     """
+    return _merge_launch(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, "gate_merge_both")[0]
+
+
+def _merge_launch(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, name):
+    """``gate_merge_both``'s two GEMMs and merge kernel: ``(y, args)``, ``args`` as :func:`_merge_args` returns."""
     T, d = rev.shape[0], out2.shape[1]
     y = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
     br, bd = _MERGE_BLOCK
-    args, consts = _merge_args(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, "gate_merge_both")
+    args, consts = _merge_args(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, name)
     if T:
         _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
             *args, y, y.stride(0), BLOCK_R=br, BLOCK_D=bd, num_warps=4, **consts
         )
-    return y
+    return y, args
 
 
 def gate_merge_add_norm(
@@ -144,30 +149,19 @@ def gate_merge_add_norm(
 class _GateMergeTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out2, rev, weight, bias):
-        T, d = rev.shape[0], out2.shape[1]
-        out2 = out2.contiguous()
-        w = weight.to(out2.dtype)
-        c = bias.to(out2.dtype) if bias is not None else None
-        pf = F.linear(out2[:T], w[:, :d], c)
-        pb = F.linear(out2[T:], w[:, d:])  # row j belongs to token rev[j]
-        y = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
-        br, bd = _MERGE_BLOCK
-        if T:
-            _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
-                out2, pf, pb, rev, pf, pf, T, d, out2.stride(0), pf.stride(0), pb.stride(0), 1, 1.0, 0.0, y,
-                y.stride(0), BLOCK_R=br, BLOCK_D=bd, SCALED=False, HAS_BIAS=False, BLOCK_NP=1, num_warps=4,
-            )  # fmt: skip
-        ctx.save_for_backward(out2, pf, pb, rev, w)
-        ctx.has_bias, ctx.w_dtype = bias is not None, weight.dtype
-        ctx.b_dtype = bias.dtype if bias is not None else None
+        # (autograd runs forward without grad, so _merge_args' inference-only check passes)
+        y, (out2, pf, pb, *_) = _merge_launch(out2, rev, weight, bias, None, None, 0.0, "gate_merge_train")
+        ctx.save_for_backward(out2, pf, pb, rev, weight)
+        ctx.has_bias, ctx.b_dtype = bias is not None, bias.dtype if bias is not None else None
         return y
 
     @staticmethod
     def backward(ctx, g):
-        out2, pf, pb, rev, w = ctx.saved_tensors
+        out2, pf, pb, rev, weight = ctx.saved_tensors
         T, d = rev.shape[0], out2.shape[1]
+        w = weight.to(out2.dtype)
         g = g.contiguous()
-        dout2 = torch.empty_like(out2)
+        dout2 = torch.empty(out2.shape, dtype=out2.dtype, device=out2.device)  # contiguous: the kernel writes rows of d
         dpf = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
         dpb = torch.empty_like(dpf)
         br, bd = _MERGE_BLOCK
@@ -179,7 +173,7 @@ class _GateMergeTrain(torch.autograd.Function):
         # the GEMM terms: out2's rows feed pf (forward rows) and pb (reversed rows) through the two weight halves
         dout2[:T].addmm_(dpf, w[:, :d])
         dout2[T:].addmm_(dpb, w[:, d:])
-        dw = torch.cat([dpf.t() @ out2[:T], dpb.t() @ out2[T:]], dim=1).to(ctx.w_dtype)
+        dw = torch.cat([dpf.t() @ out2[:T], dpb.t() @ out2[T:]], dim=1).to(weight.dtype)
         db = dpf.float().sum(0).to(ctx.b_dtype) if ctx.has_bias else None
         return dout2, None, dw, db
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from genemamba_scvi.nn._launch import _cdiv, _interpreting, _kernel_module, _next_pow2  # noqa: F401 (re-exported)
+from genemamba_scvi.nn._launch import _interpreting, _kernel_module
 
 __all__ = [
     "SSD_CONV_FWD_CONFIG",
