@@ -499,7 +499,8 @@ class BiMambaBlock(nn.Module):
             return self.mixer(h.unsqueeze(0), seq_idx=pack.seq_idx)[0]
         weight, bias = self._merge_weights(merge_linear)
         merged, out2 = self._one_pass_merge(h, pack, weight, bias, gate_merge_both)
-        if merged is None and self.fused_merge_training and self.merge_mode == "gate" and _fused_usable(h.device):
+        train_merge = self.fused_merge_training and torch.is_grad_enabled() and self.merge_mode == "gate"
+        if merged is None and train_merge and _fused_usable(h.device):  # training only: inference has fused_merge
             merged = _run_fused(h.device, gate_merge_train, out2, pack.rev, weight, bias)
         return merged if merged is not None else merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
 
@@ -557,9 +558,7 @@ class BiMambaBlock(nn.Module):
         r = residual.float() + delta.float()
         return r, (next_norm(r).to(delta.dtype) if next_norm is not None else None)
 
-    def _mix_both(
-        self, h: torch.Tensor, pack: PackedCells, fold_norm: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _mix_both(self, h: torch.Tensor, pack: PackedCells, fold_norm: bool = False) -> tuple[torch.Tensor, Any]:
         """``([2T, d], row_ssq)``: mixer outputs of the cells and of their reversals, in one varlen call.
 
         ``in_proj`` runs once on the ``T`` tokens and its output is gathered into the two-direction row
