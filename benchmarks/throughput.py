@@ -312,7 +312,7 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
     ),
     "ablation_merge_then_norm": (
         {"merge_add_norm": False},
-        "inference: the merge pass, then mamba-ssm's fused add + RMSNorm (not nn.fused.gate_merge_add_norm)",
+        "inference: the merge pass, then the stream's add + RMSNorm (encoder._ADD_NORM; not gate_merge_add_norm)",
     ),
     "ablation_norm_by_row": (
         {"fused._NORM_FWD_VARIANT": "rows"},
@@ -584,11 +584,14 @@ class Runner:
         return sdpa_kernel(backs)
 
     # -- batches ---------------------------------------------------------------------------------------
-    def make_batch(self, s: dict[str, Any]) -> dict[str, Any]:
+    def make_batch(self, s: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """A batch of setting ``s``: cell lengths drawn from ``rng`` (default: the runner's stream), random tokens."""
         if s["kind"] == "full":
             lens = np.full(s["cells"], s["n"], dtype=np.int64)
         else:
-            lens = np.minimum(self.rng.choice(self.counts, size=s["cells"], replace=True), s["n"]).astype(np.int64)
+            lens = np.minimum((rng or self.rng).choice(self.counts, size=s["cells"], replace=True), s["n"]).astype(
+                np.int64
+            )
             lens = np.maximum(lens, 1)
         Lmax = int(lens.max())
         lengths = torch.from_numpy(lens).to(self.dev)
@@ -910,10 +913,8 @@ class Runner:
                 if batches is None:
                     # the cells of a setting's timed steps depend on (seed, n, mode, cells) only, so an ablation
                     # times the same batches as the "real" setting it is compared with
-                    saved_rng = self.rng
-                    self.rng = np.random.default_rng([self.args.seed, s["n"], s["mode"] == "train", s["cells"]])
-                    batches = [self.make_batch(s) for _ in range(n_steps)]
-                    self.rng = saved_rng
+                    rng = np.random.default_rng([self.args.seed, s["n"], s["mode"] == "train", s["cells"]])
+                    batches = [self.make_batch(s, rng) for _ in range(n_steps)]
                 prev_fused = self.mamba.fused_add_norm
                 if s["kind"] == "ablation_no_fused_norm":
                     self.mamba.fused_add_norm = False

@@ -19,6 +19,7 @@ from genemamba_scvi.nn.bimamba import (
     reversal_index_packed,
 )
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
+from genemamba_scvi.nn.fused_norm import add_rms_norm
 from genemamba_scvi.nn.mamba2 import RMSNorm
 from genemamba_scvi.nn.ssd import BACKENDS, load_mamba_ssm_ops, resolve_backend
 
@@ -393,7 +394,7 @@ class GeneMambaEncoder(nn.Module):
         # pre-norm blocks as a residual stream: h_i = norm_i(r_i), r_{i+1} = r_i + mix_i(h_i)
         fused = load_mamba_ssm_ops()["rms_norm_fn"] if self._use_fused_add_norm(x.device) else None
         if fused is not None and _ADD_NORM == "triton":
-            from genemamba_scvi.nn.fused_norm import add_rms_norm as fused
+            fused = add_rms_norm
         residual, delta, h = x, None, None
         for i, layer in enumerate(self.layers):
             if h is None and fused is not None:  # (h is set when the previous block's merge pass normalised)
