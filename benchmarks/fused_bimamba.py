@@ -23,6 +23,7 @@ Usage (GPU machine; see shared/gpu/README.md)::
                                                                                  # backward variants only
     python benchmarks/fused_bimamba.py --sweep-conv-ssd --out $OUT/sweep_conv_ssd.json  # conv inside the scan
     python benchmarks/fused_bimamba.py --sweep-ssd-gated --out $OUT/sweep_ssd_gated.json  # norm folded in the scan
+    python benchmarks/fused_bimamba.py --sweep-ssd-bwd --out $OUT/sweep_ssd_bwd.json  # d(CB) + ddA in one pass
 """
 
 from __future__ import annotations
@@ -459,6 +460,69 @@ def sweep_ssd(dev: str, n_cells: int = 256) -> dict[str, Any]:
     return res
 
 
+#: Launch shapes of ``ssd_dcb_ddacs_kernel`` swept by ``--sweep-ssd-bwd``.
+SSD_BWD_SWEEP = {"BM": (32, 64, 128), "BN": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2)}
+
+
+def sweep_ssd_bwd(dev: str, n_cells: int = 48) -> dict[str, Any]:
+    """The intra-chunk d(CB) and ddA of the SSD backward at a training batch: mamba-ssm's two kernels against one.
+
+    mamba-ssm: ``_chunk_scan_bwd_dcb`` + ``_chunk_scan_bwd_ddAcs_stable``; ours: ``ssd_dcb_ddacs`` plus the reverse
+    cumulative sum that turns its output into the same ddA, per launch shape. Also the whole packed SSD backward
+    (``ssd_varlen_bwd``) with each, and the relative differences of d(CB) and ddA from mamba-ssm's.
+    """
+    import triton
+    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state
+
+    from genemamba_scvi.nn import fused_ssd_bwd
+
+    rng = np.random.default_rng(3)
+    pack = _pack(_lengths(n_cells, 2048, rng), dev)
+    T, H, P, N, Q = pack.n_tokens, 16, 64, 64, 256
+    L = 2 * T
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(1, L, H, P, device=dev, generator=g).to(torch.bfloat16)
+    dy = torch.randn(1, L, H, P, device=dev, generator=g).to(torch.bfloat16)
+    B, C = (torch.randn(1, L, 1, N, device=dev, generator=g).to(torch.bfloat16) for _ in range(2))
+    dt = torch.randn(1, L, H, device=dev, generator=g) - 2
+    A = -torch.rand(H, device=dev, generator=g) * 4 - 0.5
+    D, dt_bias = torch.randn(H, device=dev, generator=g), torch.randn(H, device=dev, generator=g) * 0.5
+    seq = pack.seq_idx_both.contiguous()
+    dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt, A, Q, dt_bias=dt_bias, dt_softplus=True)
+    CB = ssd_bmm._bmm_chunk_fwd(C, B, Q, seq_idx=seq, output_dtype=torch.float32)
+
+    def mamba():
+        dcb = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq, ngroups=1)
+        return dcb, ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+
+    def ours():
+        ddacs = torch.zeros_like(dA_cs)
+        dcb = fused_ssd_bwd.ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq, ddacs)
+        return dcb, ddacs.flip([-1]).cumsum(-1).flip([-1])
+
+    ref_dcb, ref_ddA = mamba()
+    res: dict[str, Any] = {"cells": n_cells, "rows": L, "chunks": int(dA_cs.shape[2]), "heads": H, "headdim": P,
+                           "d_state": N, "chunk_size": Q, "default": dict(fused_ssd_bwd.DCB_DDA_CONFIG)}  # fmt: skip
+    res["mamba_ms"] = triton.testing.do_bench(mamba, warmup=25, rep=200, return_mode="median")
+    res["dcb_rel_diff"] = float((ours()[0] - ref_dcb).norm() / ref_dcb.norm())
+    res["configs"] = _sweep_shapes(SSD_BWD_SWEEP, fused_ssd_bwd.DCB_DDA_CONFIG, ours, ref_ddA, res["mamba_ms"],
+                                   "mamba", check=lambda: ours()[1])  # fmt: skip
+    ok = [r for r in res["configs"] if "ms" in r]
+    res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
+    for mode in ("mamba", "fused"):
+        fused_ssd_bwd._SSD_BWD_DDA = mode
+
+        def bwd():
+            dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
+            return fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, Q, D, dt_bias, seq, True, dx, dB, dC)
+
+        res[f"ssd_varlen_bwd_ms_{mode}"] = triton.testing.do_bench(bwd, warmup=10, rep=100, return_mode="median")
+    fused_ssd_bwd._SSD_BWD_DDA = "fused"
+    res["ssd_varlen_bwd_speedup"] = res["ssd_varlen_bwd_ms_mamba"] / res["ssd_varlen_bwd_ms_fused"]
+    print({k: v for k, v in res.items() if k != "configs"}, flush=True)
+    return res
+
+
 def sweep_ssd_gated(dev: str) -> dict[str, Any]:
     """Inference, both directions of a 256-cell batch: scan, gated RMSNorm and ``out_proj`` two ways.
 
@@ -597,6 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conv-fwd-only", action="store_true", help="--sweep-conv: the forward shapes only")
     p.add_argument("--sweep-conv-ssd", action="store_true", help="only time ssd_conv_varlen against two kernels")
     p.add_argument("--sweep-ssd-gated", action="store_true", help="only time the folded gated norm against its pass")
+    p.add_argument("--sweep-ssd-bwd", action="store_true", help="only time the d(CB) + ddA pass against mamba-ssm's")
     p.add_argument("--ssd-cells", type=int, default=256, help="--sweep-ssd: cells per batch (48: a training step)")
     p.add_argument("--conv-bwd-only", default="", help="--sweep-conv: only these backward variants (comma-separated)")
     p.add_argument("--conv-cells", type=int, default=256, help="--sweep-conv: cells per batch")
@@ -620,6 +685,7 @@ def main(argv: list[str] | None = None) -> None:
         (a.sweep_ssd, "sweep_ssd", functools.partial(sweep_ssd, n_cells=a.ssd_cells)),
         (a.sweep_conv_ssd, "sweep_conv_ssd", sweep_conv_ssd),
         (a.sweep_ssd_gated, "sweep_ssd_gated", sweep_ssd_gated),
+        (a.sweep_ssd_bwd, "sweep_ssd_bwd", sweep_ssd_bwd),
     )
     for flag, key, fn in sweeps:
         if flag:

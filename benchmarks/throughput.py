@@ -338,6 +338,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_STATES": "mamba"},
         "training: mamba-ssm's SSD backward with its serial state walks over all chunks (not one walk per run)",
     ),
+    "ablation_mamba_dcb_ddA": (
+        {"fused_ssd_bwd._SSD_BWD_DDA": "mamba"},
+        "training: mamba-ssm's d(CB) and ddA kernels (two passes over dy . x) in the SSD backward, not ssd_dcb_ddacs",
+    ),
     "ablation_norm_bwd_by_token": (
         {"fused._NORM_BWD_VARIANT": "rows"},
         "training: gated-norm backward one token at a time with 1-D vectors (not [tokens, group] tiles)",
@@ -470,6 +474,7 @@ class Runner:
                 ("ablation_conv_bwd_span", 2048, "train", a.train_cells_2048),
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
+                ("ablation_mamba_dcb_ddA", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_by_token", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_tiles_4x8", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_tiles_1x32", 2048, "train", a.train_cells_2048),
@@ -855,10 +860,11 @@ class Runner:
             if pinned:
                 self.autotune["pinned_from"] = a.autotune[4:]
                 self.autotune["pinned"] = pinned
-        from genemamba_scvi.nn import fused
+        from genemamba_scvi.nn import fused, fused_ssd_bwd
 
         for path, key, cfg in ((a.ssd_sweep, "sweep_ssd", fused.SSD_FWD_CONFIG),
-                               (a.conv_ssd_sweep, "sweep_conv_ssd", fused.SSD_CONV_FWD_CONFIG)):  # fmt: skip
+                               (a.conv_ssd_sweep, "sweep_conv_ssd", fused.SSD_CONV_FWD_CONFIG),
+                               (a.ssd_bwd_sweep, "sweep_ssd_bwd", fused_ssd_bwd.DCB_DDA_CONFIG)):  # fmt: skip
             if path:  # the launch shape of ssd_varlen / ssd_conv_varlen: the fastest of a fused_bimamba.py sweep
                 best = json.loads(Path(path).read_text())[key]["best"]
                 cfg.update({k: best[k] for k in cfg if k in best})
@@ -873,6 +879,7 @@ class Runner:
             self.meta["conv_fwd"] = {"variant": fused._CONV_FWD_VARIANT, "rows": fused._CONV_BLOCK,
                                      "tokens": fused._CONV_TOK_BLOCK}  # fmt: skip
             cfgs = {"ssd_varlen": fused.SSD_FWD_CONFIG, "ssd_conv_varlen": fused.SSD_CONV_FWD_CONFIG}
+            cfgs["ssd_dcb_ddacs"] = fused_ssd_bwd.DCB_DDA_CONFIG
             self.meta["ssd_configs"] = {k: dict(v) for k, v in cfgs.items()}
         self.build()
         self.write()
@@ -1081,10 +1088,27 @@ class Runner:
                     "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in top[:48]],
                 }
                 self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)
+                if model == "genemamba" and mode == "train":
+                    out["genemamba_ops"] = self._profile_ops(mode, b)
         except Exception as err:
             out["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         print(f"[profile] {json.dumps(out)[:3000]}", flush=True)
         return out
+
+    def _profile_ops(self, mode: str, b: dict[str, Any]) -> list[dict[str, Any]]:
+        """GeneMamba's step by torch operator and input shapes: which op launches the glue kernels (top 40)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+            self.step("genemamba", mode, b)
+            self._sync()
+        rows = []
+        for e in prof.key_averages(group_by_input_shape=True):
+            t = float(getattr(e, "self_device_time_total", 0) or 0)
+            if t > 0 and ("::" in e.key or "Backward" in e.key) and not e.key.startswith("void"):  # torch ops
+                rows.append({"us": round(t), "calls": e.count, "op": e.key[:60], "shapes": str(e.input_shapes)[:160]})
+        self.opt["genemamba"].zero_grad(set_to_none=True)
+        return sorted(rows, key=lambda r: -r["us"])[:40]
 
     def self_check(self) -> dict[str, Any]:
         """Packed mamba_ssm path (bf16) vs the padded torch-backend reference on the same weights, and
@@ -1261,6 +1285,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile-modes", default="train,infer", help="steps to profile: train, infer or both")
     p.add_argument("--ssd-sweep", default="", help="fused_bimamba.py --sweep-ssd JSON: use its best shape")
     p.add_argument("--conv-ssd-sweep", default="", help="fused_bimamba.py --sweep-conv-ssd JSON: use its best shape")
+    p.add_argument("--ssd-bwd-sweep", default="", help="fused_bimamba.py --sweep-ssd-bwd JSON: use its best shape")
     p.add_argument("--conv-sweep", default="", help="fused_bimamba.py --sweep-conv JSON: use its fastest forward")
     p.add_argument("--only", default="", help="comma-separated substrings of setting names to run")
     p.add_argument("--autotune", default="prune", help="full | prune | pin:<earlier throughput json>")

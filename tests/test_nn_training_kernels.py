@@ -99,8 +99,63 @@ def test_state_walk_runs_never_mix_sequences():
         assert same == (last[c - 1] != 1), c
 
 
+def dcb_ddA_reference(x, dt, cs, dy, CB, seq, Q):
+    """mamba-ssm's ``_chunk_scan_bwd_dcb`` and ``_chunk_scan_bwd_ddAcs_stable`` transcribed pair by pair.
+
+    ``x``, ``dy`` ``[L, H, P]``; ``dt``, ``cs`` ``[H, nchunks, Q]``; ``CB`` ``[nchunks, G, Q, Q]``; ``seq`` ``[L]``.
+    Returns ``dcb`` ``[nchunks, G, Q, Q]`` and ``ddA`` ``[H, nchunks, Q]``: at position ``k`` the sum of
+    ``W_mn = (dy_m . x_n) dt_n exp(cs_m - cs_n) CB_mn`` over the pairs of one sequence with ``n < k <= m``.
+    """
+    L, H, _ = x.shape
+    nchunks, G = CB.shape[:2]
+    dcb = torch.zeros(nchunks, G, Q, Q, dtype=torch.float64)
+    ddA = torch.zeros(H, nchunks, Q, dtype=torch.float64)
+    for c in range(nchunks):
+        s, lim = c * Q, min(Q, L - c * Q)
+        i = torch.arange(lim)
+        sq = seq[s : s + lim]
+        pair = (i[:, None] >= i[None, :]) & (sq[:, None] == sq[None, :])
+        for h in range(H):
+            g = h // (H // G)
+            a = cs[h, c, :lim].double()
+            d = (dy[s : s + lim, h].double() @ x[s : s + lim, h].double().T) * dt[h, c, :lim].double()[None, :]
+            d = torch.where(pair, d * torch.exp(a[:, None] - a[None, :]), 0.0)
+            dcb[c, g, :lim, :lim] += d
+            w = d * CB[c, g, :lim, :lim].double()
+            for k in range(1, lim):
+                ddA[h, c, k] = w[k:, :k].sum()
+    return dcb, ddA
+
+
+@pytest.mark.parametrize(("lengths", "Q", "G"), [([5, 1, 40, 17, 30], 32, 2), ([64], 32, 1), ([7, 20], 64, 1)])
+def test_dcb_pass_also_gives_the_intra_chunk_ddA(monkeypatch, lengths, Q, G):
+    """``ssd_dcb_ddacs`` writes mamba-ssm's d(CB) and, after a reverse cumulative sum, its straddling-pair ddA."""
+    monkeypatch.setattr(fused_ssd_bwd, "DCB_DDA_CONFIG", {"BM": 16, "BN": 16, "num_warps": 4, "num_stages": 1})
+    torch.manual_seed(3)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
+    L, H, P = seq.numel(), 4, 16
+    nchunks = math.ceil(L / Q)
+    x, dy = (torch.randn(L, H, P).to(torch.bfloat16) for _ in range(2))
+    dt = torch.rand(H, nchunks, Q) * 0.5
+    cs = torch.cumsum(-dt * (torch.rand(H, 1, 1) + 0.2), dim=-1)
+    CB = torch.randn(nchunks, G, Q, Q)
+    dcb_ref, ddA_ref = dcb_ddA_reference(x, dt, cs, dy, CB, seq, Q)
+    ddacs = torch.randn(1, H, nchunks, Q)  # added into: an earlier share of the gradient
+    start = ddacs.clone()
+    dev = dict(device=DEVICE)
+    ddacs = ddacs.to(**dev)
+    dcb = fused_ssd_bwd.ssd_dcb_ddacs(x[None].to(**dev), dt[None].to(**dev), cs[None].to(**dev), dy[None].to(**dev),
+                                      CB[None].to(**dev), seq[None].to(**dev), ddacs)  # fmt: skip
+    torch.testing.assert_close(dcb[0].cpu().double(), dcb_ref, rtol=1e-4, atol=1e-4)
+    intra = (ddacs.cpu() - start)[0].double()
+    got = intra.flip([-1]).cumsum(-1).flip([-1])
+    torch.testing.assert_close(got, ddA_ref, rtol=1e-4, atol=1e-3)
+    assert float(ddA_ref.abs().max()) > 1.0  # the comparison is not between zeros
+
+
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
-def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch):
+@pytest.mark.parametrize("dda", ["fused", "mamba"])
+def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda):
     from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
 
     if load_mamba_ssm_ops()["chunk_scan"] is None:
@@ -116,6 +171,7 @@ def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch):
     D, dt_bias = torch.randn(H, device="cuda"), torch.randn(H, device="cuda") * 0.1
     dy = torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16)
     got, want = {}, {}
+    monkeypatch.setattr(fused_ssd_bwd, "_SSD_BWD_DDA", dda)  # d(CB) + ddA: our one pass, or mamba-ssm's two
     for mode, store in (("mamba", want), ("runs", got)):
         monkeypatch.setattr(fused_ssd_bwd, "_SSD_BWD_STATES", mode)
         dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
@@ -124,8 +180,37 @@ def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch):
     for name, w in want.items():
         g = got[name].double()
         rel = float((g - w.double()).norm() / w.double().norm())
-        # the same chunk kernels and the same walk in fp32 (bf16 roundings of dstates may flip)
+        # the same chunk kernels and the same walk in fp32 (bf16 roundings of dstates may flip); with "fused", ddA
+        # (in ddt, dA, ddt_bias) is summed in another order
         assert rel < 2e-3, (name, rel)
+
+
+@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
+def test_dcb_ddacs_equals_mamba_ssm_kernels():
+    """At the model's shapes (chunk 256, 16 heads of 64), d(CB) and ddA equal mamba-ssm's two kernels' output."""
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    if load_mamba_ssm_ops()["chunk_scan"] is None:
+        pytest.skip("mamba-ssm is not installed")
+    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state
+
+    torch.manual_seed(4)
+    lengths = [300, 5, 700, 256, 1000, 90, 2048]
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).cuda()[None]
+    L, H, P, N, Q = seq.shape[1], 16, 64, 64, 256
+    x, dy = (torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    B, C = (torch.randn(1, L, 1, N, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    dt, A = torch.randn(1, L, H, device="cuda") - 2, -torch.rand(H, device="cuda") * 4 - 0.5
+    dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt, A, Q, dt_bias=None, dt_softplus=True)
+    CB = ssd_bmm._bmm_chunk_fwd(C, B, Q, seq_idx=seq, output_dtype=torch.float32)
+    want_dcb = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq, ngroups=1)
+    want_ddA = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+    ddacs = torch.zeros_like(dA_cs)
+    dcb = fused_ssd_bwd.ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq, ddacs)
+    ddA = ddacs.flip([-1]).cumsum(-1).flip([-1])
+    for name, g, w in (("dcb", dcb, want_dcb), ("ddA", ddA, want_ddA)):
+        rel = float((g.double() - w.double()).norm() / w.double().norm())
+        assert rel < 1e-4, (name, rel)
 
 
 @pytest.mark.parametrize("with_residual", [True, False])

@@ -9,6 +9,11 @@ states, ``dstates`` from the output gradient, ``dx``, ``dB``, ``dC``, ``d(CB)``,
 replaces only the two state walks by :mod:`genemamba_scvi.nn._triton_states` (one program per run of chunks
 between the sequence resets; same values, same layouts).
 
+The intra-chunk ``d(C B^T)`` and the gradient of the cumulative ``dt*A`` come from one pass of our
+``ssd_dcb_ddacs_kernel`` (:mod:`genemamba_scvi.nn._triton_ssd_bwd`) instead of mamba-ssm's ``_chunk_scan_bwd_dcb``
+and ``_chunk_scan_bwd_ddAcs_stable`` (two passes over the same ``dy . x`` products); ``_SSD_BWD_DDA``:
+``"fused"`` (ours) or ``"mamba"``.
+
 ``_SSD_BWD_STATES``: ``"runs"`` (the walks above) or ``"mamba"`` (mamba-ssm's own backward, unchanged). On an
 H200, "runs" made a training step 6.4% faster (``benchmarks/results/throughput_h200_train_s6.json``). (The
 intra-chunk ``ddA`` from the ``d(CB)`` kernel, which would drop ``_chunk_scan_bwd_ddAcs_stable``, is not an
@@ -22,11 +27,15 @@ from typing import Any
 
 import torch
 
-from genemamba_scvi.nn._launch import _cdiv, _kernel_module
+from genemamba_scvi.nn._launch import _cdiv, _interpreting, _kernel_module, _next_pow2
 from genemamba_scvi.nn.config import check_choice
 
 _SSD_BWD_STATES = "runs"
 _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
+_SSD_BWD_DDA = "fused"
+#: Launch shape of ``ssd_dcb_ddacs_kernel``: rows and columns of a chunk's ``[Q, Q]`` tile per program, warps,
+#: pipeline stages.
+DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 2}
 
 
 def _runs() -> Any:
@@ -77,6 +86,52 @@ def state_passing_runs_bwd(out, dA_last, dout, seq_idx, chunk_size, dtype):
     return dstates, ddA.sum(-1), states_lo
 
 
+def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
+    """``d(C B^T)`` of the chunks, and the intra-chunk gradient of the cumulative ``dt*A`` added into ``ddacs``.
+
+    Parameters
+    ----------
+    x, dy
+        ``[1, L, H, P]`` the scan's input and output gradient (last dimension contiguous).
+    dt, dA_cs
+        ``[1, H, nchunks, Q]`` fp32 the per-chunk ``dt`` and cumulative ``dt*A`` (``_chunk_cumsum_fwd``).
+    CB
+        ``[1, nchunks, G, Q, Q]`` ``C B^T`` per chunk (zero across sequences, as ``_bmm_chunk_fwd`` writes it).
+    seq_idx
+        ``[1, L]`` int32 sequence ids, or None.
+    ddacs
+        ``[1, H, nchunks, Q]`` fp32, added into in place (last dimension contiguous).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[1, nchunks, G, Q, Q]`` fp32, what mamba-ssm's ``_chunk_scan_bwd_dcb`` returns. After the call,
+        ``ddacs`` holds its old value plus, at each position ``j``, ``sum_n W_jn - sum_m W_mj`` (module docstring
+        of :mod:`genemamba_scvi.nn._triton_ssd_bwd`); its reverse cumulative sum over the chunk is what
+        ``_chunk_scan_bwd_ddAcs_stable`` returns.
+    """
+    _, L, H, P = x.shape
+    _, nchunks, G, Q, _ = CB.shape
+    if x.stride(-1) != 1 or dy.stride(-1) != 1 or ddacs.stride(-1) != 1:
+        raise ValueError("ssd_dcb_ddacs: x, dy and ddacs need a contiguous last dimension")
+    if dA_cs.shape != (1, H, nchunks, Q) or ddacs.shape != dA_cs.shape or dt.shape != dA_cs.shape:
+        raise ValueError(f"ssd_dcb_ddacs: dt {tuple(dt.shape)}, dA_cs {tuple(dA_cs.shape)} and ddacs "
+                         f"{tuple(ddacs.shape)} must all be (1, {H}, {nchunks}, {Q})")  # fmt: skip
+    dcb = torch.empty(1, nchunks, G, Q, Q, dtype=torch.float32, device=x.device)
+    cfg = DCB_DDA_CONFIG
+    bm, bn = cfg["BM"], cfg["BN"]
+    if nchunks and L:
+        _kernel_module("_triton_ssd_bwd").ssd_dcb_ddacs_kernel[(_cdiv(Q, bm) * _cdiv(Q, bn), nchunks, G)](
+            x, dy, CB, dt, dA_cs, seq_idx if seq_idx is not None else dt, dcb, ddacs, L, Q, P,
+            x.stride(1), x.stride(2), dy.stride(1), dy.stride(2), CB.stride(1), CB.stride(2), CB.stride(3),
+            CB.stride(4), dt.stride(1), dt.stride(2), dA_cs.stride(1), dA_cs.stride(2), dcb.stride(1), dcb.stride(2),
+            dcb.stride(3), dcb.stride(4), ddacs.stride(1), ddacs.stride(2), HPG=H // G, HAS_SEQ=seq_idx is not None,
+            INTERPRET=_interpreting(), BM=bm, BN=bn, BK=max(_next_pow2(P), 16), num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    return dcb
+
+
 def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softplus, dx, dB, dC):
     """Gradients of the packed SSD (no gate, no initial state).
 
@@ -89,6 +144,7 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined
 
     check_choice("_SSD_BWD_STATES", _SSD_BWD_STATES, ("runs", "mamba"))
+    check_choice("_SSD_BWD_DDA", _SSD_BWD_DDA, ("fused", "mamba"))
     if _SSD_BWD_STATES == "mamba":
         _, ddt, dA, _, _, dD, _, ddt_bias, _ = ssd_combined._mamba_chunk_scan_combined_bwd(
             dy, x, dt, A, B, C, x, chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=dt_softplus,
@@ -118,15 +174,20 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     dB_own, ddA_next = ssd_chunk_state._chunk_state_bwd_db(x, dt_c, dA_cs, dstates, seq_idx=seq_idx, B=B,
                                                            ngroups=ngroups)  # fmt: skip
     dC_own, ddA_prev = ssd_chunk_scan._chunk_scan_bwd_dC(states_lo, dA_cs, dy, seq_idx=seq_idx, C=C, ngroups=ngroups)
-    dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
-    ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+    # d(cumulative dt*A): the state read at each chunk's start, through the walk's scale, enters at the last
+    # position of the chunk; a reverse cumulative sum turns it into d(dt*A) at each position
+    ddA_prev[..., -1] += ddA_last[None]
+    if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' share is added into ddA_prev by the dcb pass
+        ddA_prev = ddA_prev.contiguous()
+        dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, ddA_prev)
+        ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+    else:
+        dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
+        ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+        ddA = ddA_intra + ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
     dCB = dCB.to(CB.dtype)
     ssd_bmm._bmm_chunk_bwd(C, dCB, residual=dB_own, out=dB)
     ssd_bmm._bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_own, out=dC)
-    # d(cumulative dt*A): the state read at each chunk's start, through the walk's scale, enters at the last
-    # position of the chunk and flows back by a reverse cumulative sum
-    ddA_prev[..., -1] += ddA_last[None]
-    ddA = ddA_intra + ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
     ddt_out = torch.empty_like(dt)
     _, dA, ddt_bias = ssd_chunk_state._chunk_cumsum_bwd(ddA, ddt, dt_in, A, dt_bias=dt_bias, dt_softplus=dt_softplus,
                                                         ddt=ddt_out)  # fmt: skip

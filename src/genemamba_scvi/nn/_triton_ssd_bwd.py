@@ -1,0 +1,101 @@
+"""Triton kernel: the intra-chunk ``d(C B^T)`` and ``d(cumulative dt*A)`` of the chunked SSD backward in one pass.
+
+Inside a chunk the SSD (Dao & Gu 2024, "Transformers are SSMs", section 6) computes
+``y_m = sum_{n <= m} (C_m . B_n) exp(a_m - a_n) dt_n x_n`` (``a`` the cumulative sum of ``dt * A`` over the
+chunk, per head; pairs of tokens of different sequences of a packed row are masked). With the output gradient
+``dy``, let ``D_mn = (dy_m . x_n) dt_n exp(a_m - a_n)`` (per head, ``n <= m``, same sequence). Then
+
+- ``d(C B^T)_mn = sum over the heads of a group of D_mn``, which mamba-ssm's ``_chunk_scan_bwd_dcb`` writes;
+- with ``W_mn = D_mn (C_m . B_n)`` (per head), the gradient of ``a_j`` is ``sum_n W_jn - sum_m W_mj`` (``a_j``
+  enters the pairs whose row is ``j`` with a plus sign and those whose column is ``j`` with a minus sign).
+
+mamba-ssm computes the second term in ``_chunk_scan_bwd_ddAcs_stable``, a second pass over the same ``dy . x``
+products per head that takes, for each position ``k``, the sum of ``W`` over the pairs that straddle it
+(``n < k <= m``) with ``tl.cumsum`` inside the tile: on an H200 at a 48-cell training step that kernel took
+19.5 ms, the dcb kernel 8.9 ms (``benchmarks/NOTES_throughput.md``, section 10). Here the row and column sums of
+``W`` are taken in the dcb pass itself, while each head's ``D`` tile is in registers, and added into ``ddacs``
+(``[H, nchunks, Q]`` fp32, gradient of ``a``) with atomic adds; the caller's reverse cumulative sum over the chunk
+turns the gradient of ``a`` into the gradient of ``dt * A`` at each position, which is the straddling sum
+(``sum_{j >= k} (rows_j - cols_j)``: the pairs with both ends at or after ``k`` cancel). The diagonal pairs
+(``m == n``) do not depend on ``a`` and are left out of ``W``. Written for this package.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# fmt: off
+
+
+@triton.jit(do_not_specialize=["L"])
+def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr, ddacs_ptr,
+    L, Q, hdim,
+    stride_x_l, stride_x_h, stride_dy_l, stride_dy_h,
+    stride_cb_c, stride_cb_g, stride_cb_m, stride_cb_n,
+    stride_dt_h, stride_dt_c, stride_cs_h, stride_cs_c,
+    stride_dcb_c, stride_dcb_g, stride_dcb_m, stride_dcb_n,
+    stride_dd_h, stride_dd_c,
+    HPG: tl.constexpr, HAS_SEQ: tl.constexpr, INTERPRET: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """One ``[BM, BN]`` tile of one chunk and one group, all the group's heads in turn.
+
+    Grid ``(cdiv(Q, BM) * cdiv(Q, BN), nchunks, ngroups)``. ``x``, ``dy`` ``[L, H, P]`` (token stride, head
+    stride, P contiguous); ``cb`` ``[nchunks, G, Q, Q]``; ``dt``, ``cs`` (cumulative ``dt*A``) ``[H, nchunks, Q]``
+    fp32; ``seq`` ``[L]`` int32; writes ``dcb`` ``[nchunks, G, Q, Q]`` fp32 (zero above the diagonal) and adds into
+    ``ddacs`` ``[H, nchunks, Q]`` fp32.
+    """
+    pid_mn = tl.program_id(0)
+    c = tl.program_id(1)
+    g = tl.program_id(2)
+    num_n = tl.cdiv(Q, BN)
+    pid_m = pid_mn // num_n
+    pid_n = pid_mn % num_n
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    dcb_ptrs = (dcb_ptr + c.to(tl.int64) * stride_dcb_c + g * stride_dcb_g + offs_m[:, None] * stride_dcb_m
+                + offs_n[None, :] * stride_dcb_n)
+    in_q = (offs_m[:, None] < Q) & (offs_n[None, :] < Q)
+    if pid_n * BN >= (pid_m + 1) * BM:  # above the diagonal: no pair
+        tl.store(dcb_ptrs, tl.zeros((BM, BN), dtype=tl.float32), mask=in_q)
+        return
+    start = c * Q
+    limit = tl.minimum(Q, L - start)
+    in_m = offs_m < limit
+    in_n = offs_n < limit
+    pair = (offs_m[:, None] >= offs_n[None, :]) & in_m[:, None] & in_n[None, :]
+    if HAS_SEQ:
+        seq_m = tl.load(seq_ptr + start + offs_m, mask=in_m, other=-1)
+        seq_n = tl.load(seq_ptr + start + offs_n, mask=in_n, other=-2)
+        pair = pair & (seq_m[:, None] == seq_n[None, :])
+    strict = pair & (offs_m[:, None] > offs_n[None, :])
+    cb = tl.load(cb_ptr + c.to(tl.int64) * stride_cb_c + g * stride_cb_g + offs_m[:, None] * stride_cb_m
+                 + offs_n[None, :] * stride_cb_n, mask=strict, other=0.0).to(tl.float32)
+    offs_k = tl.arange(0, BK)
+    tok_m = (start + offs_m).to(tl.int64)
+    tok_n = (start + offs_n).to(tl.int64)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for i in range(HPG):  # the group's heads
+        h = g * HPG + i
+        dy = tl.load(dy_ptr + tok_m[:, None] * stride_dy_l + h * stride_dy_h + offs_k[None, :],
+                     mask=in_m[:, None] & (offs_k[None, :] < hdim), other=0.0)
+        xt = tl.load(x_ptr + tok_n[None, :] * stride_x_l + h * stride_x_h + offs_k[:, None],
+                     mask=(offs_k[:, None] < hdim) & in_n[None, :], other=0.0)
+        if INTERPRET:  # the interpreter's bf16 dot is wrong (Triton 3.6)
+            d = tl.dot(dy.to(tl.float32), xt.to(tl.float32))
+        else:
+            d = tl.dot(dy, xt)
+        hc_dt = dt_ptr + h * stride_dt_h + c * stride_dt_c
+        hc_cs = cs_ptr + h * stride_cs_h + c * stride_cs_c
+        dt_n = tl.load(hc_dt + offs_n, mask=in_n, other=0.0)
+        cs_m = tl.load(hc_cs + offs_m, mask=in_m, other=0.0)
+        cs_n = tl.load(hc_cs + offs_n, mask=in_n, other=0.0)
+        d = d * dt_n[None, :] * tl.exp(tl.minimum(cs_m[:, None] - cs_n[None, :], 0.0))
+        d = tl.where(pair, d, 0.0)
+        acc += d
+        w = d * cb  # cb is zero off the strict lower pairs
+        dd = ddacs_ptr + h * stride_dd_h + c * stride_dd_c
+        tl.atomic_add(dd + offs_m, tl.sum(w, axis=1), mask=in_m, sem="relaxed")
+        tl.atomic_add(dd + offs_n, -tl.sum(w, axis=0), mask=in_n, sem="relaxed")
+    tl.store(dcb_ptrs, acc, mask=in_q)
