@@ -342,6 +342,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_DDA": "mamba"},
         "training: mamba-ssm's d(CB) and ddA kernels (two passes over dy . x) in the SSD backward, not ssd_dcb_ddacs",
     ),
+    "ablation_split_cat": (
+        {"fused._SPLIT_GRAD_IN_PLACE": False},
+        "training: torch.split of the projection (autograd concatenates the z, xBC, dt gradients), not split_projection",
+    ),
     "ablation_norm_bwd_by_token": (
         {"fused._NORM_BWD_VARIANT": "rows"},
         "training: gated-norm backward one token at a time with 1-D vectors (not [tokens, group] tiles)",
@@ -475,6 +479,7 @@ class Runner:
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_dcb_ddA", 2048, "train", a.train_cells_2048),
+                ("ablation_split_cat", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_by_token", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_tiles_4x8", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_tiles_1x32", 2048, "train", a.train_cells_2048),

@@ -314,3 +314,80 @@ def test_encoder_training_step_on_the_fused_path_equals_the_torch_backend(monkey
     assert g1.keys() == g2.keys()
     bad = {n: rel(g1[n], g2[n]) for n in g2 if rel(g1[n], g2[n]) > 3e-2}
     assert not bad, bad
+
+
+def test_split_projection_gradient_equals_torch_split_and_keeps_in_place_blocks():
+    """The split's gradient is torch.split's; blocks written in place by their consumer are not copied."""
+    from genemamba_scvi.nn.fused_split import GradSlab, split_projection
+
+    torch.manual_seed(5)
+    sizes = [3, 5, 2]
+    proj = torch.randn(7, 10, requires_grad=True)
+    (a, b, c), slab = split_projection(proj, sizes)
+    assert [t.shape[1] for t in (a, b, c)] == sizes and torch.equal(torch.cat([a, b, c], 1), proj)
+    kept = []
+
+    class InPlace(torch.autograd.Function):  # a consumer whose backward writes into the slab, as conv_both's does
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            out = slab.block(1)
+            out.copy_(g * 2)
+            kept.append(out)
+            return out
+
+    copies = []
+    take = GradSlab.take
+    GradSlab.take = lambda self, grads: (
+        copies.append([not self.holds(i, g) for i, g in enumerate(grads)]) or take(self, grads)
+    )
+    try:
+        w = torch.randn(7, 5)
+        loss = (a.sin()).sum() + (InPlace.apply(b) * w).sum()  # c unused: a zero block
+        (g,) = torch.autograd.grad(loss, proj, retain_graph=True)
+        assert copies == [[True, False, True]]  # a copied, b held in place, c zero-filled
+        assert g.data_ptr() == kept[0].data_ptr() - 3 * g.element_size()  # the slab itself is the gradient
+        ref = torch.cat([a.detach().cos(), 2 * w, torch.zeros(7, 2)], 1)
+        torch.testing.assert_close(g, ref)
+        (g2,) = torch.autograd.grad(loss, proj)  # a second backward gets a fresh buffer, same values
+        assert g2.data_ptr() != g.data_ptr()
+        torch.testing.assert_close(g2, ref)
+    finally:
+        GradSlab.take = take
+    with pytest.raises(ValueError, match="do not add up"):
+        split_projection(proj, [3, 3])
+
+
+def test_mixer_training_writes_z_and_xbc_gradients_in_place(monkeypatch):
+    """On the fused training path only dt's gradient is copied into the projection's gradient buffer."""
+    from genemamba_scvi.nn import GeneMambaConfig
+    from genemamba_scvi.nn.bimamba import BiMambaBlock, pack_cells
+    from genemamba_scvi.nn.fused import mixer_both
+    from genemamba_scvi.nn.fused_split import GradSlab
+
+    torch.manual_seed(6)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg)
+    p = pack_cells(torch.tensor([0, 5, 14, 17]))
+    h = torch.randn(p.n_tokens, 16, requires_grad=True)
+    copied = []
+    take = GradSlab.take
+    monkeypatch.setattr(
+        GradSlab,
+        "take",
+        lambda self, grads: copied.append([not self.holds(i, g) for i, g in enumerate(grads)]) or take(self, grads),
+    )
+    out = mixer_both(block.mixer, block.mixer.in_proj(h), p.rev, p.seq_idx[0], p.seq_idx_both, cu_seqlens=p.cu_seqlens)
+    out.square().sum().backward()
+    assert copied == [[False, False, True]]  # z, xBC in place; dt copied
+    g = h.grad.clone()
+    h.grad = None
+    from genemamba_scvi.nn import fused
+
+    monkeypatch.setattr(fused, "_SPLIT_GRAD_IN_PLACE", False)
+    out = mixer_both(block.mixer, block.mixer.in_proj(h), p.rev, p.seq_idx[0], p.seq_idx_both, cu_seqlens=p.cu_seqlens)
+    out.square().sum().backward()
+    torch.testing.assert_close(h.grad, g)

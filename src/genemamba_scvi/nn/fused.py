@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.fused_merge import gate_merge_add_norm, gate_merge_both
+from genemamba_scvi.nn.fused_split import GradSlab, split_projection
 from genemamba_scvi.nn.fused_ssd import (
     SSD_CONV_FWD_CONFIG,
     SSD_FWD_CONFIG,
@@ -124,6 +125,9 @@ def fused_available(device: torch.device | str) -> bool:
 
 
 _REV_ROWS_GATHER = True  # rev_rows' backward as a gather (False: index_select's scatter-add; an ablation)
+#: Training: the gradients of z and xBC written by their backward kernels into one buffer of the projection's
+#: shape (``nn.fused_split``), not concatenated by autograd's split backward (False: ``torch.split``; an ablation).
+_SPLIT_GRAD_IN_PLACE = True
 
 
 class _RevRows(torch.autograd.Function):
@@ -136,6 +140,16 @@ class _RevRows(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (rev,) = ctx.saved_tensors
         return grad.index_select(0, rev), None
+
+
+def _grad_out(grad_slab: tuple[GradSlab, int] | None, shape, like: torch.Tensor) -> torch.Tensor:
+    """Where a backward writes an input's gradient: its block of a ``split_projection`` slab, or a new tensor."""
+    if grad_slab is not None:
+        slab, i = grad_slab
+        blk = slab.block(i)
+        if tuple(blk.shape) == tuple(shape) and blk.dtype == like.dtype:
+            return blk
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
 def rev_rows(x: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
@@ -154,7 +168,7 @@ def rev_rows(x: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 class _ConvBoth(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xbc, weight, bias, rev, seq, silu, cu):
+    def forward(ctx, xbc, weight, bias, rev, seq, silu, cu, grad_slab):
         T, C = xbc.shape
         K = weight.shape[-1]
         if xbc.stride(-1) != 1:
@@ -176,7 +190,7 @@ class _ConvBoth(torch.autograd.Function):
                 BLOCK_C=bc, num_warps=4, **consts,
             )  # fmt: skip
         ctx.save_for_backward(xbc, weight, bias, rev, seq, cu)
-        ctx.silu = silu
+        ctx.silu, ctx.grad_slab = silu, grad_slab
         return out
 
     @staticmethod
@@ -186,18 +200,19 @@ class _ConvBoth(torch.autograd.Function):
             dout = dout.contiguous()
         variant = _CONV_BWD_VARIANT
         check_choice("_CONV_BWD_VARIANT", variant, _CONV_BWD_VARIANTS)
+        dx = _grad_out(ctx.grad_slab, xbc.shape, xbc)
         if variant == "fused":
-            dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu)
+            dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu, dx)
         else:
             dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
             by_token = cu if variant == "tokens" else None
             span = _cell_span(seq, cu) if variant == "span" and cu is not None else None
             two_d = variant == "rows2d" and weight.shape[-1] <= 4
             dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, by_token,
-                                                      span, two_d)  # fmt: skip
+                                                      span, two_d, dx)  # fmt: skip
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
-        return dx, dw, db, None, None, None, None
+        return dx, dw, db, None, None, None, None, None
 
 
 def _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r):
@@ -220,7 +235,7 @@ def _cell_span(seq: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch
     return lo, hi
 
 
-def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, span=None, two_d=False):
+def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, span=None, two_d=False, dx=None):
     """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``.
 
     With ``cu`` (cell starts) the buffer is written by token (``conv_both_bwd_pre_tok_kernel``), else by row;
@@ -250,7 +265,7 @@ def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=N
             *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), lo, hi,
             BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, SPAN=span is not None, num_warps=4, **consts,
         )  # fmt: skip
-    dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
+    dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
     br, bc = _CONV_BLOCK
     k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
         weight, seq, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br, BLOCK_C=bc,
@@ -259,13 +274,13 @@ def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=N
     return dx, dw_part, db_part
 
 
-def _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, silu):
+def _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, silu, dx=None):
     """Backward of ``conv_both`` in one kernel (``_CONV_BWD_FUSED_BLOCK``), no gradient buffer."""
     T, C = xbc.shape
     br, bc, iters, warps = _CONV_BWD_FUSED_BLOCK
     n_r = max(_cdiv(T, br * iters), 1)
     head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
-    dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device)
+    dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
     _kernels().conv_both_bwd_fused_kernel[(n_r, _cdiv(C, bc))](
         *head, dx, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), dx.stride(0),
         BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
@@ -281,6 +296,7 @@ def conv_both(
     seq: torch.Tensor,
     silu: bool = True,
     cu_seqlens: torch.Tensor | None = None,
+    grad_slab: tuple[GradSlab, int] | None = None,
 ) -> torch.Tensor:
     """Depthwise causal convolution (+ SiLU) of the cells and of their in-place reversals.
 
@@ -299,6 +315,9 @@ def conv_both(
     cu_seqlens
         ``[n_cells + 1]`` cell starts: lets the ``"tokens"`` forward (``_CONV_FWD_VARIANT``) check taps against
         the cell's bounds.
+    grad_slab
+        ``(slab, i)``: write the gradient of ``xbc`` into block ``i`` of a
+        :func:`~genemamba_scvi.nn.fused_split.split_projection` slab (``xbc`` is that block of the projection).
 
     Returns
     -------
@@ -308,7 +327,7 @@ def conv_both(
         ``[x; x[rev]]`` and convolving each sequence.
     """
     cu = cu_seqlens.to(torch.int64).contiguous() if cu_seqlens is not None else None
-    return _ConvBoth.apply(xbc, weight, bias, rev, seq.to(torch.int32).contiguous(), silu, cu)
+    return _ConvBoth.apply(xbc, weight, bias, rev, seq.to(torch.int32).contiguous(), silu, cu, grad_slab)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -316,7 +335,7 @@ def conv_both(
 # ----------------------------------------------------------------------------------------------------
 class _GatedNormOutProjBoth(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, z, rev, norm_weight, out_weight, out_bias, eps, group_size):
+    def forward(ctx, y, z, rev, norm_weight, out_weight, out_bias, eps, group_size, grad_slab):
         n_rows, D = y.shape
         T = z.shape[0]
         if y.stride(-1) != 1:
@@ -343,7 +362,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         ctx.save_for_backward(y, z, rev, norm_weight, rstd, out_weight)
         ctx.has_bias = out_bias is not None
         ctx.bias_dtype = out_bias.dtype if out_bias is not None else None
-        ctx.eps, ctx.group_size = eps, group_size
+        ctx.eps, ctx.group_size, ctx.grad_slab = eps, group_size, grad_slab
         return out
 
     @staticmethod
@@ -358,7 +377,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         if dyn.dtype != y.dtype:
             dyn = dyn.to(y.dtype)
         dy = torch.empty_like(y)
-        dz = torch.empty(T, D, dtype=z.dtype, device=z.device)
+        dz = _grad_out(ctx.grad_slab, (T, D), z)
         yn = torch.empty_like(y)
         check_choice("_NORM_BWD_VARIANT", _NORM_BWD_VARIANT, ("rows", "tiles2d"))
         strides = (y.stride(0), z.stride(0), dyn.stride(0), dy.stride(0), dz.stride(0), yn.stride(0))
@@ -381,7 +400,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         d_out_weight = (dout.t() @ yn.to(dout.dtype)).to(out_weight.dtype)
         d_bias = dout.sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
         d_norm_weight = dw_part.sum(0).to(norm_weight.dtype)
-        return dy, dz, None, d_norm_weight, d_out_weight, d_bias, None, None
+        return dy, dz, None, d_norm_weight, d_out_weight, d_bias, None, None, None
 
 
 def gated_norm_out_proj_both(
@@ -393,6 +412,7 @@ def gated_norm_out_proj_both(
     out_bias: torch.Tensor | None = None,
     eps: float = 1e-5,
     group_size: int | None = None,
+    grad_slab: tuple[GradSlab, int] | None = None,
 ) -> torch.Tensor:
     """``out_proj(RMSNorm_group(y * silu(z_both)) * norm_weight)`` for a two-direction row.
 
@@ -409,6 +429,9 @@ def gated_norm_out_proj_both(
         ``[D]``; ``eps`` and ``group_size`` (default ``D``) as Mamba-2's ``RMSNormGated``.
     out_weight, out_bias
         ``out_proj`` (``[d_model, D]``, ``[d_model]`` or None), applied in the dtype of ``y``.
+    grad_slab
+        ``(slab, i)``: write the gradient of ``z`` into block ``i`` of a
+        :func:`~genemamba_scvi.nn.fused_split.split_projection` slab.
 
     Returns
     -------
@@ -416,7 +439,9 @@ def gated_norm_out_proj_both(
         ``[2T, d_model]`` in the dtype of ``y``.
     """
     group_size = group_size or y.shape[-1]
-    return _GatedNormOutProjBoth.apply(y, z, rev, norm_weight, out_weight, out_bias, float(eps), int(group_size))
+    return _GatedNormOutProjBoth.apply(
+        y, z, rev, norm_weight, out_weight, out_bias, float(eps), int(group_size), grad_slab
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -476,14 +501,19 @@ def mixer_both(
     T = zxbcdt.shape[0]
     d_inner, H, P = mixer.d_inner, mixer.nheads, mixer.headdim
     G, N = mixer.ngroups, mixer.d_state
-    z, xbc, dt = torch.split(zxbcdt, [d_inner, d_inner + 2 * G * N, H], dim=-1)
     conv_w = mixer.conv1d.weight[:, 0, :]
+    params = (zxbcdt, conv_w, mixer.A_log, mixer.D, mixer.dt_bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+    sizes = [d_inner, d_inner + 2 * G * N, H]
+    slab = None
+    if needs_grad and zxbcdt.requires_grad and _SPLIT_GRAD_IN_PLACE:  # backward kernels fill one gradient buffer
+        (z, xbc, dt), slab = split_projection(zxbcdt, sizes)
+    else:
+        z, xbc, dt = torch.split(zxbcdt, sizes, dim=-1)
     A = -torch.exp(mixer.A_log.float())
     one_pass = scan is None and cu_seqlens is not None and ssd_varlen_supports(P, N)
     cache = batch_cache if batch_cache is not None else {}
     kw = dict(nheads=H, headdim=P, ngroups=G, d_state=N, D=mixer.D, dt_bias=mixer.dt_bias, dt_softplus=True)
-    params = (zxbcdt, conv_w, mixer.A_log, mixer.D, mixer.dt_bias)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
     norm, out_proj = mixer.norm, mixer.out_proj
     fold = fold_norm and one_pass and not needs_grad and not conv_in_scan
     fold = fold and norm.group_size == d_inner and not norm.norm_before_gate and out_proj.bias is None
@@ -493,7 +523,8 @@ def mixer_both(
             cache["order_both"] = ssd_order(cu, both=True)
         y = ssd_conv_varlen(xbc, dt, conv_w, mixer.conv1d.bias, A, cu, order=cache["order_both"], **kw)
     else:
-        xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True, cu_seqlens=cu_seqlens)
+        xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True, cu_seqlens=cu_seqlens,
+                         grad_slab=(slab, 1) if slab is not None else None)  # fmt: skip
         seq_both = seq_both.to(torch.int32).contiguous()
         # inference with the one-pass scan: it reads dt at each row's token (no [2T, H] gather)
         dt2 = None if one_pass and not needs_grad else torch.cat([dt, rev_rows(dt, rev)])
@@ -517,7 +548,7 @@ def mixer_both(
             x, B, C = _split_xbc(xbc2, H, P, G, N)
             y = scan(x, dt2.unsqueeze(0), A, B, C, mixer.chunk_size, D=mixer.D, z=None, dt_bias=mixer.dt_bias,
                      dt_softplus=True, seq_idx=seq_both).reshape(2 * T, d_inner)  # fmt: skip
-    out2 = gated_norm_out_proj_both(
-        y, z, rev, norm.weight, out_proj.weight, out_proj.bias, eps=norm.eps, group_size=norm.group_size
-    )
+    z_slab = (slab, 0) if slab is not None else None
+    w, b = out_proj.weight, out_proj.bias
+    out2 = gated_norm_out_proj_both(y, z, rev, norm.weight, w, b, norm.eps, norm.group_size, grad_slab=z_slab)
     return (out2, None) if fold_norm else out2

@@ -174,7 +174,7 @@ class _GateMergeTrain(torch.autograd.Function):
         dout2[:T].addmm_(dpf, w[:, :d])
         dout2[T:].addmm_(dpb, w[:, d:])
         dw = torch.cat([dpf.t() @ out2[:T], dpb.t() @ out2[T:]], dim=1).to(weight.dtype)
-        db = dpf.float().sum(0).to(ctx.b_dtype) if ctx.has_bias else None
+        db = dpf.sum(0, dtype=torch.float32).to(ctx.b_dtype) if ctx.has_bias else None  # no fp32 copy of dpf
         return dout2, None, dw, db
 
 
