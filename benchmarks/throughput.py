@@ -344,7 +344,7 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
     ),
     "ablation_split_cat": (
         {"fused._SPLIT_GRAD_IN_PLACE": False},
-        "training: torch.split of the projection (autograd concatenates the z, xBC, dt gradients), not split_projection",
+        "training: torch.split of the projection (autograd concatenates the z, xBC, dt grads), not split_projection",
     ),
     "ablation_norm_bwd_by_token": (
         {"fused._NORM_BWD_VARIANT": "rows"},
