@@ -375,7 +375,7 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP
 
 
 def _sweep_shapes(
-    space: dict, config: dict, fn, ref: torch.Tensor, base_ms: float, base: str, check=None
+    space: dict, config: dict, fn, ref: torch.Tensor, base_ms: float, base: str, check=None, rep: int = 200
 ) -> list[dict]:
     """Time ``fn`` at every launch shape of ``space`` (written into ``config``, restored after) against ``base``.
 
@@ -391,7 +391,7 @@ def _sweep_shapes(
         try:
             y = (check or fn)().float()
             row[f"rel_diff_vs_{base}"] = float((y - ref).norm() / ref.norm())
-            row["ms"] = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+            row["ms"] = triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
             row[f"speedup_vs_{base}"] = base_ms / row["ms"]
         except Exception as err:  # a shape Triton cannot compile (registers, shared memory)
             row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
@@ -461,7 +461,9 @@ def sweep_ssd(dev: str, n_cells: int = 256) -> dict[str, Any]:
 
 
 #: Launch shapes of ``ssd_dcb_ddacs_kernel`` swept by ``--sweep-ssd-bwd``.
-SSD_BWD_SWEEP = {"BM": (32, 64, 128), "BN": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2)}
+#: The first sweep (H200, 48 cells) covered BM 32/64/128 x BN 32/64 x warps 4/8 x stages 1/2: 64 x 32, 4 warps, 2
+#: stages best (1.04 ms against mamba-ssm's 1.28 ms); 8 warps always slower.
+SSD_BWD_SWEEP = {"BM": (16, 32, 64), "BN": (32, 64), "num_warps": (1, 2, 4), "num_stages": (2,)}
 
 
 def sweep_ssd_bwd(dev: str, n_cells: int = 48) -> dict[str, Any]:
@@ -506,7 +508,7 @@ def sweep_ssd_bwd(dev: str, n_cells: int = 48) -> dict[str, Any]:
     res["mamba_ms"] = triton.testing.do_bench(mamba, warmup=25, rep=200, return_mode="median")
     res["dcb_rel_diff"] = float((ours()[0] - ref_dcb).norm() / ref_dcb.norm())
     res["configs"] = _sweep_shapes(SSD_BWD_SWEEP, fused_ssd_bwd.DCB_DDA_CONFIG, ours, ref_ddA, res["mamba_ms"],
-                                   "mamba", check=lambda: ours()[1])  # fmt: skip
+                                   "mamba", check=lambda: ours()[1], rep=60)  # fmt: skip
     ok = [r for r in res["configs"] if "ms" in r]
     res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
     for mode in ("mamba", "fused"):

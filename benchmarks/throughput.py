@@ -1095,6 +1095,7 @@ class Runner:
                 self.opt[model.removesuffix("_varlen")].zero_grad(set_to_none=True)
                 if model == "genemamba" and mode == "train":
                     out["genemamba_ops"] = self._profile_ops(mode, b)
+                    out["genemamba_host"] = self._host_check(mode, b)
         except Exception as err:
             out["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         print(f"[profile] {json.dumps(out)[:3000]}", flush=True)
@@ -1114,6 +1115,50 @@ class Runner:
                 rows.append({"us": round(t), "calls": e.count, "op": e.key[:60], "shapes": str(e.input_shapes)[:160]})
         self.opt["genemamba"].zero_grad(set_to_none=True)
         return sorted(rows, key=lambda r: -r["us"])[:40]
+
+    def _host_check(self, mode: str, b: dict[str, Any]) -> dict[str, Any]:
+        """Is GeneMamba's step bound by the host? Its wall time, the time to enqueue it, its GPU time with the
+        whole step queued behind a GPU sleep (no launch gaps), and the host synchronisations inside it."""
+        import warnings
+
+        res: dict[str, Any] = {}
+        walls, enq = [], []
+        for _ in range(3):
+            self._sync()
+            t0 = time.perf_counter()
+            self.step("genemamba", mode, b)
+            enq.append(time.perf_counter() - t0)
+            self._sync()
+            walls.append(time.perf_counter() - t0)
+        res["wall_ms"], res["enqueue_ms"] = 1e3 * float(np.median(walls)), 1e3 * float(np.median(enq))
+        gpu = []
+        for _ in range(3):
+            self._sync()
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(int(2e9))  # ~1 s of GPU spin: the host enqueues the whole step meanwhile
+            e0.record()
+            t0 = time.perf_counter()
+            self.step("genemamba", mode, b)
+            e1.record()
+            enq_s = time.perf_counter() - t0
+            self._sync()
+            gpu.append((e0.elapsed_time(e1), enq_s))
+        res["gpu_queued_ms"] = float(np.median([g for g, _ in gpu]))
+        res["enqueue_during_sleep_ms"] = 1e3 * float(np.median([e for _, e in gpu]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                self.step("genemamba", mode, b)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            self._sync()
+        syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
+        res["host_syncs"] = len(syncs)
+        res["host_sync_sites"] = {k: syncs.count(k) for k in dict.fromkeys(syncs)}
+        self.opt["genemamba"].zero_grad(set_to_none=True)
+        print(f"[host] {res}", flush=True)
+        return res
 
     def self_check(self) -> dict[str, Any]:
         """Packed mamba_ssm path (bf16) vs the padded torch-backend reference on the same weights, and

@@ -370,9 +370,9 @@ def test_mixer_training_writes_z_and_xbc_gradients_in_place(monkeypatch):
 
     torch.manual_seed(6)
     cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
-    block = BiMambaBlock(config=cfg)
-    p = pack_cells(torch.tensor([0, 5, 14, 17]))
-    h = torch.randn(p.n_tokens, 16, requires_grad=True)
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    p = pack_cells(torch.tensor([0, 5, 14, 17], device=DEVICE))
+    h = torch.randn(p.n_tokens, 16, device=DEVICE, requires_grad=True)
     copied = []
     take = GradSlab.take
     monkeypatch.setattr(

@@ -91,11 +91,12 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
         dt_n = tl.load(hc_dt + offs_n, mask=in_n, other=0.0)
         cs_m = tl.load(hc_cs + offs_m, mask=in_m, other=0.0)
         cs_n = tl.load(hc_cs + offs_n, mask=in_n, other=0.0)
+        # finite everywhere (exp of a non-positive number; rows and columns past the chunk load as zeros): the
+        # pair mask is applied once to the sum over heads, and cb is zero off the strict lower pairs
         d = d * dt_n[None, :] * tl.exp(tl.minimum(cs_m[:, None] - cs_n[None, :], 0.0))
-        d = tl.where(pair, d, 0.0)
         acc += d
-        w = d * cb  # cb is zero off the strict lower pairs
+        w = d * cb
         dd = ddacs_ptr + h * stride_dd_h + c * stride_dd_c
         tl.atomic_add(dd + offs_m, tl.sum(w, axis=1), mask=in_m, sem="relaxed")
         tl.atomic_add(dd + offs_n, -tl.sum(w, axis=0), mask=in_n, sem="relaxed")
-    tl.store(dcb_ptrs, acc, mask=in_q)
+    tl.store(dcb_ptrs, tl.where(pair, acc, 0.0), mask=in_q)
