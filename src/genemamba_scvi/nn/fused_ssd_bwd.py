@@ -154,7 +154,7 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
         return ddt, dA, dD, ddt_bias
     nheads, headdim = x.shape[2], x.shape[3]
     ngroups, dstate = B.shape[2], B.shape[3]
-    dt_in = dt.clone()
+    dt_in = dt  # read only by both cumsum kernels (mamba-ssm's combined backward clones it; no need)
     # forward quantities, recomputed: cumulative dt*A per chunk, C B^T per chunk, each chunk's own state
     dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt_in, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus)
     CB = ssd_bmm._bmm_chunk_fwd(C, B, chunk_size, seq_idx=seq_idx, output_dtype=torch.float32)
