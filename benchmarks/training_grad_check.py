@@ -1,0 +1,117 @@
+"""GPU check of the training levers at the benchmark's scale: every parameter gradient of one step, lever by lever.
+
+The 24 x 512 encoder of ``throughput.py`` (bf16 autocast, loss ``mean(h^2)``) on two batches: 48 real cells capped
+at 2048 genes, and 16 cells of 4096 tokens (a row of whole chunks, as ``throughput.py``'s prewarm uses). For each
+batch, one backward on the same weights with each combination of the session-7 switches
+(``fused_ssd_bwd._SSD_BWD_DDA``, ``fused._SPLIT_GRAD_IN_PLACE``); every gradient is compared with the one of both
+switches off (session 6's path) and checked finite. Then a few AdamW steps on the default path, with the outputs
+checked finite after each.
+
+Usage (GPU machine)::
+
+    python benchmarks/training_grad_check.py --out $OUT/training_grad_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from genemamba_scvi.nn import GeneMambaEncoder, fused, fused_ssd_bwd, pack_tokens  # noqa: E402
+
+LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
+CONFIGS = {  # name -> (_SSD_BWD_DDA, _SPLIT_GRAD_IN_PLACE)
+    "session6": ("mamba", False),
+    "fused_dda": ("fused", False),
+    "split_in_place": ("mamba", True),
+    "default": ("fused", True),
+}
+
+
+def _batch(lens: np.ndarray, vocab: int, dev: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator(device=dev).manual_seed(seed)
+    lengths = torch.from_numpy(lens.astype(np.int64)).to(dev)
+    tokens = torch.randint(3, vocab, (len(lens), int(lens.max())), device=dev, generator=g)
+    tokens.masked_fill_(torch.arange(tokens.shape[1], device=dev)[None] >= lengths[:, None], 0)
+    return pack_tokens(tokens, lengths)
+
+
+def _grads(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    enc.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        h = enc.forward_packed(tp, cu)
+        loss = h.float().square().mean()
+    loss.backward()
+    return float(loss), {n: p.grad.detach().float().clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_grad_check.json"))
+    p.add_argument("--layers", type=int, default=24)
+    p.add_argument("--steps", type=int, default=4)
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("this check runs the CUDA kernels: run it on a GPU machine")
+    dev, vocab, t0 = "cuda", 32768, time.perf_counter()
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(vocab, d_model=512, n_layers=a.layers, d_state=64, headdim=64, expand=2, chunk_size=256)
+    enc = enc.to(dev)
+    rng = np.random.default_rng(0)
+    counts = np.load(LENGTHS_NPY)
+    batches = {
+        "real_top2048_48": _batch(np.maximum(np.minimum(rng.choice(counts, 48), 2048), 1), vocab, dev, 1),
+        "full_4096_16": _batch(np.full(16, 4096), vocab, dev, 2),
+    }
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "layers": a.layers, "batches": {}}
+    saved = (fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE)
+    try:
+        for bname, (tp, cu) in batches.items():
+            res: dict[str, Any] = {"tokens": int(tp.numel())}
+            grads = {}
+            for cname, (dda, split) in CONFIGS.items():
+                fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE = dda, split
+                loss, grads[cname] = _grads(enc, tp, cu)
+                bad = [n for n, g in grads[cname].items() if not torch.isfinite(g).all()]
+                res[cname] = {"loss": loss, "nonfinite_grads": bad[:10], "n_nonfinite": len(bad)}
+            ref = grads["session6"]
+            for cname in CONFIGS:
+                rels = {}
+                for n, g in grads[cname].items():
+                    d = float((g - ref[n]).norm() / ref[n].norm().clamp_min(1e-30))
+                    rels[n] = d
+                worst = sorted(rels.items(), key=lambda kv: -kv[1] if kv[1] == kv[1] else -1e30)[:5]
+                res[cname]["worst_rel_vs_session6"] = worst
+                res[cname]["median_rel_vs_session6"] = float(np.nanmedian(list(rels.values())))
+            out["batches"][bname] = res
+            print(bname, json.dumps(res)[:1500], flush=True)
+        fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE = CONFIGS["default"]
+        opt = torch.optim.AdamW(enc.parameters(), lr=1e-4, fused=True)
+        steps = []
+        for i in range(a.steps):
+            tp, cu = list(batches.values())[i % 2]
+            loss, _ = _grads(enc, tp, cu)
+            opt.step()
+            finite = all(bool(torch.isfinite(q).all()) for q in enc.parameters())
+            steps.append({"loss": loss, "params_finite": finite})
+            print("step", i, steps[-1], flush=True)
+        out["default_steps"] = steps
+    finally:
+        fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE = saved
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
