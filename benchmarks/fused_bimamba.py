@@ -511,6 +511,7 @@ def sweep_ssd_bwd(dev: str, n_cells: int = 48) -> dict[str, Any]:
                                    "mamba", check=lambda: ours()[1], rep=60)  # fmt: skip
     ok = [r for r in res["configs"] if "ms" in r]
     res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
+    saved = fused_ssd_bwd._SSD_BWD_DDA
     for mode in ("mamba", "fused"):
         fused_ssd_bwd._SSD_BWD_DDA = mode
 
@@ -519,7 +520,7 @@ def sweep_ssd_bwd(dev: str, n_cells: int = 48) -> dict[str, Any]:
             return fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, Q, D, dt_bias, seq, True, dx, dB, dC)
 
         res[f"ssd_varlen_bwd_ms_{mode}"] = triton.testing.do_bench(bwd, warmup=10, rep=100, return_mode="median")
-    fused_ssd_bwd._SSD_BWD_DDA = "fused"
+    fused_ssd_bwd._SSD_BWD_DDA = saved
     res["ssd_varlen_bwd_speedup"] = res["ssd_varlen_bwd_ms_mamba"] / res["ssd_varlen_bwd_ms_fused"]
     print({k: v for k, v in res.items() if k != "configs"}, flush=True)
     return res

@@ -34,7 +34,8 @@ CONFIGS = {  # name -> (_SSD_BWD_DDA, _SPLIT_GRAD_IN_PLACE)
     "session6": ("mamba", False),
     "fused_dda": ("fused", False),
     "split_in_place": ("mamba", True),
-    "default": ("fused", True),
+    "fused_both": ("fused", True),
+    "default": ("mamba", True),
 }
 
 

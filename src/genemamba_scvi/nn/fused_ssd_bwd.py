@@ -12,7 +12,9 @@ between the sequence resets; same values, same layouts).
 The intra-chunk ``d(C B^T)`` and the gradient of the cumulative ``dt*A`` come from one pass of our
 ``ssd_dcb_ddacs_kernel`` (:mod:`genemamba_scvi.nn._triton_ssd_bwd`) instead of mamba-ssm's ``_chunk_scan_bwd_dcb``
 and ``_chunk_scan_bwd_ddAcs_stable`` (two passes over the same ``dy . x`` products); ``_SSD_BWD_DDA``:
-``"fused"`` (ours) or ``"mamba"``.
+``"mamba"`` (the default) or ``"fused"`` (ours, off: on an H200 it gave non-finite gradients on a real 48-cell
+training batch of the 24-layer encoder, from about layer 5 down, while it equals mamba-ssm's kernels on the test
+batches, compiled and interpreted; cause not found, ``benchmarks/results/training_grad_check_s7_h200.json``).
 
 ``_SSD_BWD_STATES``: ``"runs"`` (the walks above) or ``"mamba"`` (mamba-ssm's own backward, unchanged). On an
 H200, "runs" made a training step 6.4% faster (``benchmarks/results/throughput_h200_train_s6.json``). (The
@@ -32,7 +34,7 @@ from genemamba_scvi.nn.config import check_choice
 
 _SSD_BWD_STATES = "runs"
 _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
-_SSD_BWD_DDA = "fused"
+_SSD_BWD_DDA = "mamba"  # "fused": experimental, see the module docstring
 #: Launch shape of ``ssd_dcb_ddacs_kernel``: rows and columns of a chunk's ``[Q, Q]`` tile per program, warps,
 #: pipeline stages. H200, 48 cells (``--sweep-ssd-bwd``, call 1 of session 7): 64 x 32, 4 warps, 2 stages the
 #: fastest of 24 shapes, 1.04 ms against 1.28 ms for mamba-ssm's two kernels.
