@@ -36,9 +36,9 @@ _SSD_BWD_STATES = "runs"
 _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
 _SSD_BWD_DDA = "mamba"  # "fused": experimental, see the module docstring
 #: Launch shape of ``ssd_dcb_ddacs_kernel``: rows and columns of a chunk's ``[Q, Q]`` tile per program, warps,
-#: pipeline stages. H200, 48 cells (``--sweep-ssd-bwd``, call 1 of session 7): 64 x 32, 4 warps, 2 stages the
-#: fastest of 24 shapes, 1.04 ms against 1.28 ms for mamba-ssm's two kernels.
-DCB_DDA_CONFIG = {"BM": 64, "BN": 32, "num_warps": 4, "num_stages": 2}
+#: pipeline stages. H200, 48 cells (``--sweep-ssd-bwd``, session 7): 64 x 64 with 2 warps the fastest of 42 shapes,
+#: 0.87 ms against 1.28 ms for mamba-ssm's two kernels (64 x 32 with 4 warps: 1.04-1.11 ms).
+DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2}
 
 
 def _runs() -> Any:
