@@ -1,5 +1,9 @@
 """Triton kernel: the intra-chunk ``d(C B^T)`` and ``d(cumulative dt*A)`` of the chunked SSD backward in one pass.
 
+**Experimental, off by default** (``fused_ssd_bwd._SSD_BWD_DDA = "mamba"``): on an H200 it gave non-finite
+gradients on a real 48-cell batch of the 24-layer encoder (``benchmarks/training_grad_check.py``), though it
+equals mamba-ssm's kernels on the test batches; the cause is not found (``benchmarks/NOTES_throughput.md``, 11).
+
 Inside a chunk the SSD (Dao & Gu 2024, "Transformers are SSMs", section 6) computes
 ``y_m = sum_{n <= m} (C_m . B_n) exp(a_m - a_n) dt_n x_n`` (``a`` the cumulative sum of ``dt * A`` over the
 chunk, per head; pairs of tokens of different sequences of a packed row are masked). With the output gradient

@@ -9,7 +9,7 @@ states, ``dstates`` from the output gradient, ``dx``, ``dB``, ``dC``, ``d(CB)``,
 replaces only the two state walks by :mod:`genemamba_scvi.nn._triton_states` (one program per run of chunks
 between the sequence resets; same values, same layouts).
 
-The intra-chunk ``d(C B^T)`` and the gradient of the cumulative ``dt*A`` come from one pass of our
+The intra-chunk ``d(C B^T)`` and the gradient of the cumulative ``dt*A`` can come from one pass of our
 ``ssd_dcb_ddacs_kernel`` (:mod:`genemamba_scvi.nn._triton_ssd_bwd`) instead of mamba-ssm's ``_chunk_scan_bwd_dcb``
 and ``_chunk_scan_bwd_ddAcs_stable`` (two passes over the same ``dy . x`` products); ``_SSD_BWD_DDA``:
 ``"mamba"`` (the default) or ``"fused"`` (ours, off: on an H200 it gave non-finite gradients on a real 48-cell
