@@ -342,6 +342,14 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_DDA": "fused"},
         "training: d(CB) and ddA in one pass (ssd_dcb_ddacs; experimental: non-finite grads seen), not mamba-ssm's",
     ),
+    "ablation_fused_intra_bwd": (
+        {"fused_ssd_bwd._SSD_BWD_INTRA": "fused"},
+        "training: dx, ddt, dD, d(CB) and the pairs' ddA in one pass (ssd_chunk_bwd), not mamba-ssm's three kernels",
+    ),
+    "ablation_mamba_intra_bwd": (
+        {"fused_ssd_bwd._SSD_BWD_INTRA": "mamba"},
+        "training: mamba-ssm's dx, d(CB) and ddA kernels, not the one-pass intra-chunk backward (ssd_chunk_bwd)",
+    ),
     "ablation_split_cat": (
         {"fused._SPLIT_GRAD_IN_PLACE": False},
         "training: torch.split of the projection (autograd concatenates the z, xBC, dt grads), not split_projection",
@@ -480,6 +488,8 @@ class Runner:
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
                 ("ablation_fused_dcb_ddA", 2048, "train", a.train_cells_2048),
                 ("ablation_split_cat", 2048, "train", a.train_cells_2048),
+                ("ablation_fused_intra_bwd", 2048, "train", a.train_cells_2048),
+                ("ablation_mamba_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_by_token", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_tiles_4x8", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_tiles_1x32", 2048, "train", a.train_cells_2048),

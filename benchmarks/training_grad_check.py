@@ -2,10 +2,10 @@
 
 The 24 x 512 encoder of ``throughput.py`` (bf16 autocast, loss ``mean(h^2)``) on two batches: 48 real cells capped
 at 2048 genes, and 16 cells of 4096 tokens (a row of whole chunks, as ``throughput.py``'s prewarm uses). For each
-batch, one backward on the same weights with each combination of the session-7 switches
-(``fused_ssd_bwd._SSD_BWD_DDA``, ``fused._SPLIT_GRAD_IN_PLACE``); every gradient is compared with the one of both
-switches off (session 6's path) and checked finite. Then a few AdamW steps on the default path, with the outputs
-checked finite after each.
+batch, one backward on the same weights with each set of the session-7 and -8 switches in ``CONFIGS``
+(``fused_ssd_bwd._SSD_BWD_DDA``, ``fused._SPLIT_GRAD_IN_PLACE``, ``fused_ssd_bwd._SSD_BWD_INTRA``); every gradient
+is compared with session 6's path and checked finite. Then a few AdamW steps on the default path (or
+``--steps-config``), with the outputs checked finite after each.
 
 Usage (GPU machine)::
 
@@ -30,13 +30,20 @@ sys.path.insert(0, str(ROOT / "src"))
 from genemamba_scvi.nn import GeneMambaEncoder, fused, fused_ssd_bwd, pack_tokens  # noqa: E402
 
 LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
-CONFIGS = {  # name -> (_SSD_BWD_DDA, _SPLIT_GRAD_IN_PLACE)
-    "session6": ("mamba", False),
-    "fused_dda": ("fused", False),
-    "split_in_place": ("mamba", True),
-    "fused_both": ("fused", True),
-    "default": ("mamba", True),
+CONFIGS = {  # name -> (_SSD_BWD_DDA, _SPLIT_GRAD_IN_PLACE, _SSD_BWD_INTRA)
+    "session6": ("mamba", False, "mamba"),
+    "fused_dda": ("fused", False, "mamba"),
+    "split_in_place": ("mamba", True, "mamba"),
+    "fused_both": ("fused", True, "mamba"),
+    "fused_intra": ("mamba", True, "fused"),
+    "default": (fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE, fused_ssd_bwd._SSD_BWD_INTRA),
 }
+SWITCHES = ((fused_ssd_bwd, "_SSD_BWD_DDA"), (fused, "_SPLIT_GRAD_IN_PLACE"), (fused_ssd_bwd, "_SSD_BWD_INTRA"))
+
+
+def _set(values: tuple) -> None:
+    for (mod, name), v in zip(SWITCHES, values, strict=True):
+        setattr(mod, name, v)
 
 
 def _batch(lens: np.ndarray, vocab: int, dev: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_grad_check.json"))
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps-config", default="default", choices=sorted(CONFIGS), help="the path of the AdamW steps")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("this check runs the CUDA kernels: run it on a GPU machine")
@@ -75,13 +83,13 @@ def main(argv: list[str] | None = None) -> None:
         "full_4096_16": _batch(np.full(16, 4096), vocab, dev, 2),
     }
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "layers": a.layers, "batches": {}}
-    saved = (fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE)
+    saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
     try:
         for bname, (tp, cu) in batches.items():
             res: dict[str, Any] = {"tokens": int(tp.numel())}
             grads = {}
-            for cname, (dda, split) in CONFIGS.items():
-                fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE = dda, split
+            for cname, values in CONFIGS.items():
+                _set(values)
                 loss, grads[cname] = _grads(enc, tp, cu)
                 bad = [n for n, g in grads[cname].items() if not torch.isfinite(g).all()]
                 res[cname] = {"loss": loss, "nonfinite_grads": bad[:10], "n_nonfinite": len(bad)}
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                 res[cname]["median_rel_vs_session6"] = float(np.nanmedian(list(rels.values())))
             out["batches"][bname] = res
             print(bname, json.dumps(res)[:1500], flush=True)
-        fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE = CONFIGS["default"]
+        _set(CONFIGS[a.steps_config])
         opt = torch.optim.AdamW(enc.parameters(), lr=1e-4, fused=True)
         steps = []
         for i in range(a.steps):
@@ -106,9 +114,10 @@ def main(argv: list[str] | None = None) -> None:
             finite = all(bool(torch.isfinite(q).all()) for q in enc.parameters())
             steps.append({"loss": loss, "params_finite": finite})
             print("step", i, steps[-1], flush=True)
+        out["steps_config"] = a.steps_config
         out["default_steps"] = steps
     finally:
-        fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE = saved
+        _set(saved)
         out["seconds"] = round(time.perf_counter() - t0, 1)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(out, indent=1, default=str))

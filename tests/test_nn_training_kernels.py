@@ -153,9 +153,81 @@ def test_dcb_pass_also_gives_the_intra_chunk_ddA(monkeypatch, lengths, Q, G):
     assert float(ddA_ref.abs().max()) > 1.0  # the comparison is not between zeros
 
 
+def chunk_bwd_reference(x, dy, B, CB, dt, cs, seq, dstates, D, Q, round_bf16=CUDA):
+    """mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` (``dx``, ``ddt``, ``dD``) transcribed pair by pair, in fp64.
+
+    As in the compiled kernels, the weights ``(C_m . B_n) exp(a_m - a_n)`` are rounded to bf16 before their
+    product with ``dy`` (``round_bf16``; Triton's interpreter would truncate them, so there they stay fp32).
+
+    ``x``, ``dy`` ``[L, H, P]``; ``B`` ``[L, G, N]``; ``dstates`` ``[nchunks, H, P, N]`` (gradient of the state
+    leaving each chunk, which reaches the tokens of the chunk's last sequence); ``dt``, ``cs`` ``[H, nchunks, Q]``.
+    """
+    L, H, P = x.shape
+    nchunks, G = CB.shape[:2]
+    dx = torch.zeros(L, H, P, dtype=torch.float64)
+    ddt = torch.zeros(H, nchunks, Q, dtype=torch.float64)
+    dD = torch.zeros(H, dtype=torch.float64)
+    for c in range(nchunks):
+        s, lim = c * Q, min(Q, L - c * Q)
+        i = torch.arange(lim)
+        sq = seq[s : s + lim]
+        pair = (i[:, None] >= i[None, :]) & (sq[:, None] == sq[None, :])
+        tail = sq == sq[-1]
+        for h in range(H):
+            g = h // (H // G)
+            a = cs[h, c, :lim].double()
+            w = torch.where(pair, CB[c, g, :lim, :lim].double() * torch.exp(a[:, None] - a[None, :]), 0.0)
+            if round_bf16:  # the compiled kernels' dot takes C B^T x decay in bf16, as dy
+                w = w.to(torch.bfloat16).double()
+            acc = w.T @ dy[s : s + lim, h].double()  # [n, P]
+            inter = B[s : s + lim, g].double() @ dstates[c, h].double().T  # [n, P]
+            acc += torch.where(tail, torch.exp(a[-1] - a), 0.0)[:, None] * inter
+            xs, dys = x[s : s + lim, h].double(), dy[s : s + lim, h].double()
+            dx[s : s + lim, h] = acc * dt[h, c, :lim].double()[:, None] + D[h].double() * dys
+            ddt[h, c, :lim] = (acc * xs).sum(-1)
+            dD[h] += (dys * xs).sum()
+    return dx, ddt, dD
+
+
+@pytest.mark.parametrize(
+    ("lengths", "Q", "G", "BN"), [([5, 1, 40, 17, 30], 32, 2, 16), ([64], 32, 1, 32), ([7, 20, 50], 64, 1, 16)]
+)
+def test_chunk_bwd_pass_equals_the_pairs(monkeypatch, lengths, Q, G, BN):
+    """``ssd_chunk_bwd`` returns mamba-ssm's dx, ddt, dD, d(CB) and (after a reverse cumulative sum) intra-chunk ddA."""
+    monkeypatch.setattr(fused_ssd_bwd, "CHUNK_BWD_CONFIG", {"BN": BN, "num_warps": 4, "num_stages": 1})
+    torch.manual_seed(5)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
+    L, H, P, N = seq.numel(), 4, 16, 16
+    nchunks = math.ceil(L / Q)
+    x, dy = (torch.randn(L, H, P).to(torch.bfloat16) for _ in range(2))
+    B = torch.randn(L, G, N).to(torch.bfloat16)
+    dstates = torch.randn(nchunks, H, P, N).to(torch.bfloat16)
+    dt = torch.rand(H, nchunks, Q) * 0.5
+    cs = torch.cumsum(-dt * (torch.rand(H, 1, 1) + 0.2), dim=-1)
+    CB = torch.randn(nchunks, G, Q, Q)
+    D = torch.randn(H)
+    dx_ref, ddt_ref, dD_ref = chunk_bwd_reference(x, dy, B, CB, dt, cs, seq, dstates, D, Q)
+    dcb_ref, ddA_ref = dcb_ddA_reference(x, dt, cs, dy, CB, seq, Q)
+    dev = dict(device=DEVICE)
+    dx = torch.full((1, L, H, P), float("nan"), dtype=torch.bfloat16, **dev)
+    ddt, dD, dcb, raw = fused_ssd_bwd.ssd_chunk_bwd(
+        x[None].to(**dev), dy[None].to(**dev), B[None].to(**dev), CB[None].to(**dev), dt[None].to(**dev),
+        cs[None].to(**dev), seq[None].to(**dev), dstates[None].to(**dev), D.to(**dev), dx,
+    )  # fmt: skip
+    torch.testing.assert_close(dx[0].cpu().double(), dx_ref, rtol=2e-2, atol=2e-2)  # bf16 output
+    lim = L - (nchunks - 1) * Q
+    torch.testing.assert_close(ddt[0, :, -1, lim:].cpu(), torch.zeros(H, Q - lim))  # past the row: zeros
+    torch.testing.assert_close(ddt[0].cpu().double(), ddt_ref, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(dD.cpu().double(), dD_ref, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(dcb[0].cpu().double(), dcb_ref, rtol=1e-4, atol=1e-4)
+    got = raw[0].cpu().double().flip([-1]).cumsum(-1).flip([-1])
+    torch.testing.assert_close(got, ddA_ref, rtol=1e-4, atol=1e-3)
+    assert float(ddA_ref.abs().max()) > 1.0 and float(ddt_ref.abs().max()) > 1.0  # not a comparison of zeros
+
+
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
-@pytest.mark.parametrize("dda", ["fused", "mamba"])
-def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda):
+@pytest.mark.parametrize(("dda", "intra"), [("fused", "mamba"), ("mamba", "mamba"), ("mamba", "fused")])
+def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda, intra):
     from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
 
     if load_mamba_ssm_ops()["chunk_scan"] is None:
@@ -174,6 +246,8 @@ def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda
     monkeypatch.setattr(fused_ssd_bwd, "_SSD_BWD_DDA", dda)  # d(CB) + ddA: our one pass, or mamba-ssm's two
     for mode, store in (("mamba", want), ("runs", got)):
         monkeypatch.setattr(fused_ssd_bwd, "_SSD_BWD_STATES", mode)
+        # the intra-chunk backward (dx, ddt, dD, d(CB), ddA): our one pass or mamba-ssm's kernels
+        monkeypatch.setattr(fused_ssd_bwd, "_SSD_BWD_INTRA", intra if mode == "runs" else "mamba")
         dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
         ddt, dA, dD, ddt_bias = fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, Q, D, dt_bias, seq, True, dx, dB, dC)
         store.update(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, dD=dD, ddt_bias=ddt_bias)

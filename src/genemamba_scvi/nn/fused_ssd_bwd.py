@@ -39,6 +39,11 @@ _SSD_BWD_DDA = "mamba"  # "fused": experimental, see the module docstring
 #: pipeline stages. H200, 48 cells (``--sweep-ssd-bwd``, session 7): 64 x 64 with 2 warps the fastest of 42 shapes,
 #: 0.87 ms against 1.28 ms for mamba-ssm's two kernels (64 x 32 with 4 warps: 1.04-1.11 ms).
 DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2}
+#: The intra-chunk backward: ``"mamba"`` (mamba-ssm's dx, d(CB) and ddA kernels) or ``"fused"``
+#: (:func:`ssd_chunk_bwd`, one pass).
+_SSD_BWD_INTRA = "mamba"
+#: Launch shape of ``ssd_chunk_bwd_kernel``: source tokens per program, warps, pipeline stages.
+CHUNK_BWD_CONFIG = {"BN": 32, "num_warps": 8, "num_stages": 1}
 
 
 def _runs() -> Any:
@@ -135,6 +140,68 @@ def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
     return dcb
 
 
+def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
+    """The intra-chunk backward of the SSD in one pass (``ssd_chunk_bwd_kernel``).
+
+    Returns what mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` (``dx`` written into the given buffer, ``ddt``,
+    ``dD``) and ``_chunk_scan_bwd_dcb`` (``dCB``) return, and ``dda_raw`` ``[1, H, nchunks, Q]`` fp32: at each
+    position the gradient of the cumulative ``dt*A`` from the intra-chunk pairs, whose reverse cumulative sum over
+    the chunk is what ``_chunk_scan_bwd_ddAcs_stable`` returns.
+
+    Parameters
+    ----------
+    x, dy
+        ``[1, L, H, P]`` the scan's input and output gradient (last dimension contiguous).
+    B
+        ``[1, L, G, N]``.
+    CB
+        ``[1, nchunks, G, Q, Q]`` fp32 ``C B^T`` per chunk (contiguous).
+    dt, dA_cs
+        ``[1, H, nchunks, Q]`` fp32 (``_chunk_cumsum_fwd``; contiguous).
+    seq_idx
+        ``[1, L]`` int32 sequence ids, or None.
+    dstates
+        ``[1, nchunks, H, P, N]`` gradient of the state leaving each chunk.
+    D
+        ``[H]`` or None.
+    dx
+        ``[1, L, H, P]`` written.
+    """
+    _, L, H, P = x.shape
+    _, nchunks, G, Q, _ = CB.shape
+    N = B.shape[-1]
+    for name, t in (("x", x), ("dy", dy), ("B", B), ("dx", dx)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"ssd_chunk_bwd: {name} needs a contiguous last dimension")
+    if not (CB.is_contiguous() and dt.is_contiguous() and dA_cs.is_contiguous()):
+        raise ValueError("ssd_chunk_bwd: CB, dt and dA_cs must be contiguous")
+    if D is not None and D.dim() != 1:
+        raise ValueError("ssd_chunk_bwd: D must have one value per head")
+    cfg = CHUNK_BWD_CONFIG
+    bn = min(cfg["BN"], Q)
+    n_blocks = _cdiv(Q, bn)
+    dev = x.device
+    ddt = torch.empty_like(dt)
+    cols = torch.empty_like(dt)
+    dcb = torch.empty_like(CB)
+    rows = torch.empty(nchunks, n_blocks, H, Q, dtype=torch.float32, device=dev)
+    dd = torch.empty(nchunks, n_blocks, H, dtype=torch.float32, device=dev) if D is not None else None
+    if nchunks and L:
+        _kernel_module("_triton_ssd_chunk_bwd").ssd_chunk_bwd_kernel[(n_blocks, nchunks, G)](
+            x, dy, B, CB, dt, dA_cs, seq_idx if seq_idx is not None else dt, dstates,
+            D if D is not None else dt, dx, ddt, dd if dd is not None else dt, dcb, rows, cols, L,
+            x.stride(1), x.stride(2), dy.stride(1), dy.stride(2), B.stride(1), B.stride(2),
+            CB.stride(1), CB.stride(2), CB.stride(3), CB.stride(4), dt.stride(1), dt.stride(2),
+            dA_cs.stride(1), dA_cs.stride(2), dstates.stride(1), dstates.stride(2), dstates.stride(3),
+            dstates.stride(4), dx.stride(1), dx.stride(2),
+            HPG=H // G, Q=Q, P=P, N=N, BN=bn, HAS_SEQ=seq_idx is not None, HAS_D=D is not None,
+            INTERPRET=_interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    dda_raw = (rows.sum(1).transpose(0, 1) - cols[0])[None]
+    dD = dd.sum((0, 1)).to(D.dtype) if dd is not None else None
+    return ddt, dD, dcb, dda_raw
+
+
 def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softplus, dx, dB, dC):
     """Gradients of the packed SSD (no gate, no initial state).
 
@@ -148,6 +215,7 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
 
     check_choice("_SSD_BWD_STATES", _SSD_BWD_STATES, ("runs", "mamba"))
     check_choice("_SSD_BWD_DDA", _SSD_BWD_DDA, ("fused", "mamba"))
+    check_choice("_SSD_BWD_INTRA", _SSD_BWD_INTRA, ("fused", "mamba"))
     if _SSD_BWD_STATES == "mamba":
         _, ddt, dA, _, _, dD, _, ddt_bias, _ = ssd_combined._mamba_chunk_scan_combined_bwd(
             dy, x, dt, A, B, C, x, chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=dt_softplus,
@@ -172,22 +240,26 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     )
     dstates = dstates.view(1, nchunks, nheads, headdim, dstate)
     states_lo = states_lo.view(1, nchunks, nheads, headdim, dstate)
-    dx, ddt, dD = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D,
-                                                             seq_idx=seq_idx, dx=dx)  # fmt: skip
     dB_own, ddA_next = ssd_chunk_state._chunk_state_bwd_db(x, dt_c, dA_cs, dstates, seq_idx=seq_idx, B=B,
                                                            ngroups=ngroups)  # fmt: skip
     dC_own, ddA_prev = ssd_chunk_scan._chunk_scan_bwd_dC(states_lo, dA_cs, dy, seq_idx=seq_idx, C=C, ngroups=ngroups)
     # d(cumulative dt*A): the state read at each chunk's start, through the walk's scale, enters at the last
     # position of the chunk; a reverse cumulative sum turns it into d(dt*A) at each position
     ddA_prev[..., -1] += ddA_last[None]
-    if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' share is added into ddA_prev by the dcb pass
-        ddA_prev = ddA_prev.contiguous()
-        dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, ddA_prev)
-        ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+    if _SSD_BWD_INTRA == "fused":  # dx, ddt, dD, d(CB) and the pairs' ddA from one pass (ssd_chunk_bwd)
+        ddt, dD, dCB, dda_raw = ssd_chunk_bwd(x, dy, B, CB, dt_c, dA_cs, seq_idx, dstates, D, dx)
+        ddA = ddA_next + (ddA_prev + dda_raw).flip([-1]).cumsum(dim=-1).flip([-1])
     else:
-        dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
-        ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
-        ddA = ddA_intra + ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+        dx, ddt, dD = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D,
+                                                                 seq_idx=seq_idx, dx=dx)  # fmt: skip
+        if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' share is added into ddA_prev by the dcb pass
+            ddA_prev = ddA_prev.contiguous()
+            dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, ddA_prev)
+            ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+        else:
+            dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
+            ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+            ddA = ddA_intra + ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
     dCB = dCB.to(CB.dtype)
     ssd_bmm._bmm_chunk_bwd(C, dCB, residual=dB_own, out=dB)
     ssd_bmm._bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_own, out=dC)

@@ -1,0 +1,142 @@
+"""GPU benchmark: the one-pass intra-chunk SSD backward (``ssd_chunk_bwd``) against mamba-ssm's three kernels.
+
+At a real training step's shapes (48 cells of the shipped celltypist sample capped at 2048 genes, both directions
+packed in one row; 16 heads of 64, d_state 64, chunk 256, bf16), times ``fused_ssd_bwd.ssd_chunk_bwd`` for a few
+launch shapes against mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` + ``_chunk_scan_bwd_dcb`` +
+``_chunk_scan_bwd_ddAcs_stable`` on the same inputs (same run, CUDA events, median of ``--reps``), and compares every
+output with mamba-ssm's (relative norm of the difference). Writes a JSON file.
+
+Usage (GPU machine)::
+
+    python benchmarks/ssd_chunk_bwd_bench.py --out $OUT/ssd_chunk_bwd_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from genemamba_scvi.nn import fused_ssd_bwd  # noqa: E402
+
+LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
+CONFIGS = [(32, 8, 1), (32, 4, 1), (16, 4, 1), (16, 8, 1), (64, 8, 1), (32, 8, 2)]
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return float(np.median(times))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--cells", type=int, default=48)
+    a = p.parse_args(argv)
+    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    lens = np.maximum(np.minimum(rng.choice(np.load(LENGTHS_NPY), a.cells), 2048), 1)
+    lens = np.concatenate([lens, lens])  # both directions
+    dev = "cuda"
+    seq = torch.repeat_interleave(torch.arange(len(lens)), torch.from_numpy(lens)).to(torch.int32).to(dev)[None]
+    L, H, P, N, Q, G = seq.shape[1], 16, 64, 64, 256, 1
+    bf = torch.bfloat16
+    x = torch.nn.functional.silu(torch.randn(1, L, H, P, device=dev)).to(bf)
+    dy = (torch.randn(1, L, H, P, device=dev) * 0.05).to(bf)
+    B = torch.nn.functional.silu(torch.randn(1, L, G, N, device=dev)).to(bf)
+    C = torch.nn.functional.silu(torch.randn(1, L, G, N, device=dev)).to(bf)
+    A = -torch.exp(torch.empty(H, device=dev).uniform_(0, math.log(16)))
+    dt_bias = torch.log(torch.expm1(torch.exp(torch.empty(H, device=dev).uniform_(math.log(1e-3), math.log(0.1)))))
+    dt_raw = torch.randn(1, L, H, device=dev) * 0.5
+    D = torch.ones(H, device=dev)
+    dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt_raw, A, Q, dt_bias=dt_bias, dt_softplus=True)
+    CB = ssd_bmm._bmm_chunk_fwd(C, B, Q, seq_idx=seq, output_dtype=torch.float32)
+    nchunks = CB.shape[1]
+    dstates = (torch.randn(1, nchunks, H, P, N, device=dev) * 0.1).to(bf)
+    out = {"device": torch.cuda.get_device_name(), "L": L, "nchunks": nchunks, "cells": int(a.cells),
+           "shape": {"H": H, "P": P, "N": N, "Q": Q, "G": G}, "reps": a.reps}  # fmt: skip
+
+    def mamba():
+        dx = torch.empty_like(x)
+        dx, ddt, dD = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D,
+                                                                 seq_idx=seq, dx=dx)  # fmt: skip
+        dcb = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq, ngroups=G)
+        dda = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+        return dx, ddt, dD, dcb, dda
+
+    want = mamba()
+    out["mamba_ms"] = _time(mamba, a.reps)
+
+    def dx_only():
+        return ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D, seq_idx=seq)
+
+    out["mamba_parts_ms"] = {
+        "dx": _time(dx_only, a.reps),
+        "dcb": _time(lambda: ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq, ngroups=G), a.reps),
+        "ddAcs_stable": _time(lambda: ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB), a.reps),
+    }
+    print("mamba", out["mamba_ms"], out["mamba_parts_ms"], flush=True)
+    rows = []
+    saved = dict(fused_ssd_bwd.CHUNK_BWD_CONFIG)
+    try:
+        for bn, warps, stages in CONFIGS:
+            fused_ssd_bwd.CHUNK_BWD_CONFIG = {"BN": bn, "num_warps": warps, "num_stages": stages}
+            rec = {"BN": bn, "num_warps": warps, "num_stages": stages}
+            try:
+                dx = torch.empty_like(x)
+
+                def ours(dx=dx):
+                    return fused_ssd_bwd.ssd_chunk_bwd(x, dy, B, CB, dt_c, dA_cs, seq, dstates, D, dx)
+
+                t1 = time.perf_counter()
+                ddt, dD, dcb, raw = ours()
+                torch.cuda.synchronize()
+                rec["first_call_s"] = round(time.perf_counter() - t1, 2)
+                dda = raw.flip([-1]).cumsum(-1).flip([-1])
+                rec["finite"] = all(bool(torch.isfinite(t).all()) for t in (dx, ddt, dD, dcb, dda))
+                rec["rel"] = {"dx": _rel(dx, want[0]), "ddt": _rel(ddt, want[1]), "dD": _rel(dD, want[2]),
+                              "dcb": _rel(dcb, want[3]), "ddA": _rel(dda, want[4])}  # fmt: skip
+                rec["ms"] = _time(ours, a.reps)
+                rec["speedup_vs_mamba"] = out["mamba_ms"] / rec["ms"]
+            except Exception as err:  # a launch shape the compiler refuses (registers, shared memory)
+                rec["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            rows.append(rec)
+            print(json.dumps(rec), flush=True)
+            out["configs"] = rows
+            Path(a.out).write_text(json.dumps(out, indent=1))
+    finally:
+        fused_ssd_bwd.CHUNK_BWD_CONFIG = saved
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
