@@ -29,7 +29,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from genemamba_scvi.nn import fused_ssd_bwd  # noqa: E402
 
 LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
-CONFIGS = [(32, 8, 1), (32, 4, 1), (16, 4, 1), (16, 8, 1), (64, 8, 1), (32, 8, 2)]
+CONFIGS = [  # BN, warps, stages, second half's rows alone
+    (32, 8, 1, True), (32, 8, 1, False), (32, 4, 1, True), (16, 4, 1, True), (16, 8, 1, True), (64, 8, 1, True),
+    (32, 8, 2, True),
+]  # fmt: skip
 
 
 def _time(fn, reps: int) -> float:
@@ -106,9 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     saved = dict(fused_ssd_bwd.CHUNK_BWD_CONFIG)
     try:
-        for bn, warps, stages in CONFIGS:
-            fused_ssd_bwd.CHUNK_BWD_CONFIG = {"BN": bn, "num_warps": warps, "num_stages": stages}
-            rec = {"BN": bn, "num_warps": warps, "num_stages": stages}
+        for bn, warps, stages, split in CONFIGS:
+            cfg = {"BN": bn, "num_warps": warps, "num_stages": stages, "split_rows": split}
+            fused_ssd_bwd.CHUNK_BWD_CONFIG = cfg
+            rec = dict(cfg)
             try:
                 dx = torch.empty_like(x)
 

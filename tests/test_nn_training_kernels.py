@@ -190,11 +190,14 @@ def chunk_bwd_reference(x, dy, B, CB, dt, cs, seq, dstates, D, Q, round_bf16=CUD
 
 
 @pytest.mark.parametrize(
-    ("lengths", "Q", "G", "BN"), [([5, 1, 40, 17, 30], 32, 2, 16), ([64], 32, 1, 32), ([7, 20, 50], 64, 1, 16)]
-)
-def test_chunk_bwd_pass_equals_the_pairs(monkeypatch, lengths, Q, G, BN):
+    ("lengths", "Q", "G", "BN", "split"),
+    [([5, 1, 40, 17, 30], 32, 2, 16, True), ([64], 32, 1, 32, True), ([7, 20, 50], 64, 1, 16, True),
+     ([7, 20, 50], 64, 1, 16, False)],
+)  # fmt: skip
+def test_chunk_bwd_pass_equals_the_pairs(monkeypatch, lengths, Q, G, BN, split):
     """``ssd_chunk_bwd`` returns mamba-ssm's dx, ddt, dD, d(CB) and (after a reverse cumulative sum) intra-chunk ddA."""
-    monkeypatch.setattr(fused_ssd_bwd, "CHUNK_BWD_CONFIG", {"BN": BN, "num_warps": 4, "num_stages": 1})
+    cfg = {"BN": BN, "num_warps": 4, "num_stages": 1, "split_rows": split}  # split: the second half's rows alone
+    monkeypatch.setattr(fused_ssd_bwd, "CHUNK_BWD_CONFIG", cfg)
     torch.manual_seed(5)
     seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
     L, H, P, N = seq.numel(), 4, 16, 16
@@ -210,8 +213,9 @@ def test_chunk_bwd_pass_equals_the_pairs(monkeypatch, lengths, Q, G, BN):
     dcb_ref, ddA_ref = dcb_ddA_reference(x, dt, cs, dy, CB, seq, Q)
     dev = dict(device=DEVICE)
     dx = torch.full((1, L, H, P), float("nan"), dtype=torch.bfloat16, **dev)
+    CB = CB.to(**dev)
     ddt, dD, dcb, raw = fused_ssd_bwd.ssd_chunk_bwd(
-        x[None].to(**dev), dy[None].to(**dev), B[None].to(**dev), CB[None].to(**dev), dt[None].to(**dev),
+        x[None].to(**dev), dy[None].to(**dev), B[None].to(**dev), CB[None], dt[None].to(**dev),
         cs[None].to(**dev), seq[None].to(**dev), dstates[None].to(**dev), D.to(**dev), dx,
     )  # fmt: skip
     torch.testing.assert_close(dx[0].cpu().double(), dx_ref, rtol=2e-2, atol=2e-2)  # bf16 output

@@ -10,7 +10,8 @@ takes the backward of the intra-chunk pairs in three kernels that each rebuild t
 step they took 23.1, 8.9 and 19.5 ms of ~200 (``benchmarks/NOTES_throughput.md``, sections 11-12).
 
 ``ssd_chunk_bwd_kernel`` computes all three from one decay tile. One program owns a block of ``BN`` source tokens
-``n`` of one chunk and one group and visits every row ``m`` of the chunk (a ``[Q, BN]`` tile), head by head:
+``n`` of one chunk and one group and visits the rows ``m`` of the chunk (a ``[Q, BN]`` tile; ``[Q/2, BN]`` for the
+blocks of the second half), head by head:
 
 - ``acc_n = sum_m (C_m . B_n) exp(a_m - a_n) dy_m + [n in the chunk's last sequence] exp(a_last - a_n) B_n . dS``
   (``dS`` the gradient of the state leaving the chunk); ``dx_n = dt_n acc_n + D dy_n``,
@@ -46,13 +47,13 @@ def _dot(a, b, INTERPRET: tl.constexpr):
 @triton.jit(do_not_specialize=["L"])
 def ssd_chunk_bwd_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dst_ptr, d_ptr,
     dx_ptr, ddt_ptr, dd_ptr, dcb_ptr, rows_ptr, cols_ptr,
-    L,
+    L, NB0,
     stride_x_l, stride_x_h, stride_dy_l, stride_dy_h, stride_b_l, stride_b_g,
     stride_cb_c, stride_cb_g, stride_cb_m, stride_cb_n,
     stride_dt_h, stride_dt_c, stride_cs_h, stride_cs_c,
     stride_dst_c, stride_dst_h, stride_dst_p, stride_dst_n,
     stride_dx_l, stride_dx_h,
-    HPG: tl.constexpr, Q: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BN: tl.constexpr,
+    HPG: tl.constexpr, Q: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BN: tl.constexpr, ROW0: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Block ``pid(0)`` of ``BN`` source tokens of chunk ``pid(1)``, group ``pid(2)``; all the group's heads.
@@ -62,15 +63,19 @@ def ssd_chunk_bwd_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, 
     ``[nchunks, H, P, N]`` gradient of the state leaving each chunk; ``d`` ``[H]``. Writes ``dx`` ``[L, H, P]``,
     ``ddt`` ``[H, nchunks, Q]`` fp32 (zero past the row), ``dd`` ``[nchunks, NB, H]`` partial dD, ``dcb``
     ``[nchunks, G, Q, Q]`` fp32 (this block's columns, zero off the pairs), ``rows`` ``[nchunks, NB, H, Q]`` and
-    ``cols`` ``[H, nchunks, Q]`` fp32.
+    ``cols`` ``[H, nchunks, Q]`` fp32 (``rows`` zero-filled by the caller: a program writes its rows from ``ROW0``).
+
+    The programs of a launch take blocks ``NB0 + pid(0)``; a launch whose blocks all start at or after ``ROW0``
+    visits only the rows from ``ROW0`` (the rows above a block hold no pair with it), so the caller launches the
+    blocks of the chunk's second half with ``ROW0 = Q // 2``: a quarter of the work saved.
     """
-    nb = tl.program_id(0)
+    nb = NB0 + tl.program_id(0)
     c = tl.program_id(1)
     g = tl.program_id(2)
-    n_blocks = tl.num_programs(0)
+    n_blocks = Q // BN
     start = c * Q
     limit = tl.minimum(Q, L - start)
-    offs_m = tl.arange(0, Q)
+    offs_m = ROW0 + tl.arange(0, Q - ROW0)
     offs_n = nb * BN + tl.arange(0, BN)
     offs_p = tl.arange(0, P)
     offs_s = tl.arange(0, N)
@@ -92,7 +97,7 @@ def ssd_chunk_bwd_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, 
     tok_n = (start + offs_n).to(tl.int64)
     b_n = tl.load(b_ptr + tok_n[:, None] * stride_b_l + g * stride_b_g + offs_s[None, :], mask=in_n[:, None],
                   other=0.0)
-    dcb_acc = tl.zeros((Q, BN), dtype=tl.float32)
+    dcb_acc = tl.zeros((Q - ROW0, BN), dtype=tl.float32)
     for i in range(HPG):  # the group's heads
         h = g * HPG + i
         hc_dt = dt_ptr + h * stride_dt_h + c * stride_dt_c
@@ -129,12 +134,16 @@ def ssd_chunk_bwd_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, 
         ddt = tl.where(in_n, tl.sum(acc * x_f, axis=1), 0.0)
         tl.store(ddt_ptr + h * stride_dt_h + c * stride_dt_c + offs_n, ddt, mask=offs_n < Q)
         # d(C B^T) and the pairs' share of the gradient of the cumulative dt*A
-        s = _dot(dy_m, tl.trans(x_n), INTERPRET)  # [Q, BN]: dy_m . x_n
+        s = _dot(dy_m, tl.trans(x_n), INTERPRET)  # [Q - ROW0, BN]: dy_m . x_n
         d = s * decay * dt_n[None, :]
         dcb_acc += d
         w = tl.where(strict, d * cb, 0.0)
         tl.store(rows_ptr + ((c * n_blocks + nb) * (HPG * tl.num_programs(2)) + h).to(tl.int64) * Q + offs_m,
                  tl.sum(w, axis=1))
         tl.store(cols_ptr + h * stride_dt_h + c * stride_dt_c + offs_n, tl.sum(w, axis=0), mask=offs_n < Q)
-    tl.store(dcb_ptr + c.to(tl.int64) * stride_cb_c + g * stride_cb_g + offs_m[:, None] * stride_cb_m
-             + offs_n[None, :] * stride_cb_n, dcb_acc, mask=offs_n[None, :] < Q)
+    dcb_cols = dcb_ptr + c.to(tl.int64) * stride_cb_c + g * stride_cb_g + offs_n[None, :] * stride_cb_n
+    tl.store(dcb_cols + offs_m[:, None] * stride_cb_m, dcb_acc, mask=offs_n[None, :] < Q)
+    if ROW0 > 0:  # the rows above: no pairs
+        top = tl.arange(0, ROW0)
+        tl.store(dcb_cols + top[:, None] * stride_cb_m, tl.zeros((ROW0, BN), dtype=tl.float32),
+                 mask=offs_n[None, :] < Q)

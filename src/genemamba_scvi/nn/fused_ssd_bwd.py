@@ -42,8 +42,9 @@ DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2}
 #: The intra-chunk backward: ``"mamba"`` (mamba-ssm's dx, d(CB) and ddA kernels) or ``"fused"``
 #: (:func:`ssd_chunk_bwd`, one pass).
 _SSD_BWD_INTRA = "mamba"
-#: Launch shape of ``ssd_chunk_bwd_kernel``: source tokens per program, warps, pipeline stages.
-CHUNK_BWD_CONFIG = {"BN": 32, "num_warps": 8, "num_stages": 1}
+#: Launch shape of ``ssd_chunk_bwd_kernel``: source tokens per program, warps, pipeline stages, and whether the
+#: blocks of a chunk's second half visit only its second half's rows (a second launch).
+CHUNK_BWD_CONFIG = {"BN": 32, "num_warps": 8, "num_stages": 1, "split_rows": True}
 
 
 def _runs() -> Any:
@@ -179,24 +180,31 @@ def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
         raise ValueError("ssd_chunk_bwd: D must have one value per head")
     cfg = CHUNK_BWD_CONFIG
     bn = min(cfg["BN"], Q)
-    n_blocks = _cdiv(Q, bn)
+    if Q % bn or Q & (Q - 1):
+        raise ValueError(f"ssd_chunk_bwd: chunk size {Q} must be a power of two and a multiple of BN={bn}")
+    n_blocks = Q // bn
     dev = x.device
     ddt = torch.empty_like(dt)
     cols = torch.empty_like(dt)
     dcb = torch.empty_like(CB)
-    rows = torch.empty(nchunks, n_blocks, H, Q, dtype=torch.float32, device=dev)
+    rows = torch.zeros(nchunks, n_blocks, H, Q, dtype=torch.float32, device=dev)
     dd = torch.empty(nchunks, n_blocks, H, dtype=torch.float32, device=dev) if D is not None else None
+    # blocks of the chunk's first half visit all rows; those of the second half only the second half's rows
+    half = Q // 2 if (cfg.get("split_rows", True) and Q >= 2 * bn and (Q // 2) % bn == 0) else 0
+    launches = [(0, half // bn, 0), (half // bn, n_blocks - half // bn, half)] if half else [(0, n_blocks, 0)]
     if nchunks and L:
-        _kernel_module("_triton_ssd_chunk_bwd").ssd_chunk_bwd_kernel[(n_blocks, nchunks, G)](
-            x, dy, B, CB, dt, dA_cs, seq_idx if seq_idx is not None else dt, dstates,
-            D if D is not None else dt, dx, ddt, dd if dd is not None else dt, dcb, rows, cols, L,
-            x.stride(1), x.stride(2), dy.stride(1), dy.stride(2), B.stride(1), B.stride(2),
-            CB.stride(1), CB.stride(2), CB.stride(3), CB.stride(4), dt.stride(1), dt.stride(2),
-            dA_cs.stride(1), dA_cs.stride(2), dstates.stride(1), dstates.stride(2), dstates.stride(3),
-            dstates.stride(4), dx.stride(1), dx.stride(2),
-            HPG=H // G, Q=Q, P=P, N=N, BN=bn, HAS_SEQ=seq_idx is not None, HAS_D=D is not None,
-            INTERPRET=_interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )  # fmt: skip
+        kernel = _kernel_module("_triton_ssd_chunk_bwd").ssd_chunk_bwd_kernel
+        for nb0, count, row0 in launches:
+            kernel[(count, nchunks, G)](
+                x, dy, B, CB, dt, dA_cs, seq_idx if seq_idx is not None else dt, dstates,
+                D if D is not None else dt, dx, ddt, dd if dd is not None else dt, dcb, rows, cols, L, nb0,
+                x.stride(1), x.stride(2), dy.stride(1), dy.stride(2), B.stride(1), B.stride(2),
+                CB.stride(1), CB.stride(2), CB.stride(3), CB.stride(4), dt.stride(1), dt.stride(2),
+                dA_cs.stride(1), dA_cs.stride(2), dstates.stride(1), dstates.stride(2), dstates.stride(3),
+                dstates.stride(4), dx.stride(1), dx.stride(2),
+                HPG=H // G, Q=Q, P=P, N=N, BN=bn, ROW0=row0, HAS_SEQ=seq_idx is not None, HAS_D=D is not None,
+                INTERPRET=_interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            )  # fmt: skip
     dda_raw = (rows.sum(1).transpose(0, 1) - cols[0])[None]
     dD = dd.sum((0, 1)).to(D.dtype) if dd is not None else None
     return ddt, dD, dcb, dda_raw
