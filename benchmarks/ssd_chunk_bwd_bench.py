@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     print("mamba", out["mamba_ms"], out["mamba_parts_ms"], flush=True)
     rows = []
     saved = dict(fused_ssd_bwd.CHUNK_BWD_CONFIG)
+    intra_saved = fused_ssd_bwd._SSD_BWD_INTRA
     try:
         for bn, warps, stages, split in CONFIGS:
             cfg = {"BN": bn, "num_warps": warps, "num_stages": stages, "split_rows": split}
@@ -135,7 +136,26 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(rec), flush=True)
             out["configs"] = rows
             Path(a.out).write_text(json.dumps(out, indent=1))
+        # the whole packed SSD backward (ssd_varlen_bwd) with each intra-chunk path, default launch shape
+        fused_ssd_bwd.CHUNK_BWD_CONFIG = saved
+        whole = {}
+        grads = {}
+        for intra in ("mamba", "fused"):
+            fused_ssd_bwd._SSD_BWD_INTRA = intra
+            dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
+
+            def full(dx=dx, dB=dB, dC=dC):
+                return fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt_raw, A, B, C, Q, D, dt_bias, seq, True, dx, dB, dC)
+
+            ddt, dA, dD, ddt_bias = full()
+            grads[intra] = {"dx": dx, "dB": dB, "dC": dC, "ddt": ddt, "dA": dA, "dD": dD, "ddt_bias": ddt_bias}
+            whole[intra + "_ms"] = _time(full, a.reps)
+        whole["rel_fused_vs_mamba"] = {k: _rel(grads["fused"][k], v) for k, v in grads["mamba"].items()}
+        whole["speedup"] = whole["mamba_ms"] / whole["fused_ms"]
+        out["ssd_varlen_bwd"] = whole
+        print("ssd_varlen_bwd", json.dumps(whole), flush=True)
     finally:
+        fused_ssd_bwd._SSD_BWD_INTRA = intra_saved
         fused_ssd_bwd.CHUNK_BWD_CONFIG = saved
         out["seconds"] = round(time.perf_counter() - t0, 1)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
