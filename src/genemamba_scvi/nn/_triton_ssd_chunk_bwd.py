@@ -18,7 +18,7 @@ blocks of the second half), head by head:
   ``ddt_n = acc_n . x_n``, ``dD`` partial sums of ``dy_n . x_n``: what mamba-ssm's dx kernel returns;
 - ``Dt_mn = (dy_m . x_n) dt_n exp(a_m - a_n)`` summed over the group's heads: ``d(C B^T)`` (the program owns its
   columns, so no atomics);
-- ``W_mn = Dt_mn (C_m . B_n)`` for ``n < m``: its row sums (partial over this block, stored per block) and column
+- ``W_mn = Dt_mn (C_m . B_n)``: its row sums (partial over this block, stored per block) and column
   sums; the gradient of ``a_j`` is ``rows_j - cols_j`` and its reverse cumulative sum over the chunk is the
   gradient of ``dt_j * A`` that mamba-ssm's "stable" kernel computes as a sum over the pairs that straddle ``j``
   (only the pairs inside one chunk cancel, in fp32: the closed form over a whole sequence from ``dy . y - x . dx``
@@ -89,7 +89,6 @@ def ssd_chunk_bwd_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, 
         tail = in_n & (seq_n == tl.load(seq_ptr + start + limit - 1))
     else:
         tail = in_n
-    strict = pair & (offs_m[:, None] > offs_n[None, :])
     cb = tl.load(cb_ptr + c.to(tl.int64) * stride_cb_c + g * stride_cb_g + offs_m[:, None] * stride_cb_m
                  + offs_n[None, :] * stride_cb_n, mask=pair, other=0.0).to(tl.float32)
     cb = tl.where(pair, cb, 0.0)
@@ -137,7 +136,9 @@ def ssd_chunk_bwd_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, 
         s = _dot(dy_m, tl.trans(x_n), INTERPRET)  # [Q - ROW0, BN]: dy_m . x_n
         d = s * decay * dt_n[None, :]
         dcb_acc += d
-        w = tl.where(strict, d * cb, 0.0)
+        # W on the pairs, the diagonal included: a diagonal pair adds the same value to row j and column j, so it
+        # cancels in rows_j - cols_j (no mask needed; cb is zero off the pairs)
+        w = d * cb
         tl.store(rows_ptr + ((c * n_blocks + nb) * (HPG * tl.num_programs(2)) + h).to(tl.int64) * Q + offs_m,
                  tl.sum(w, axis=1))
         tl.store(cols_ptr + h * stride_dt_h + c * stride_dt_c + offs_n, tl.sum(w, axis=0), mask=offs_n < Q)
