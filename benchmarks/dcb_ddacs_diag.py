@@ -44,6 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--dump", default=None)
+    p.add_argument(
+        "--whole",
+        default=None,
+        choices=["dda", "intra"],
+        help="instead: at every layer's call run the whole SSD backward (ssd_varlen_bwd) with mamba-ssm's "
+        "intra-chunk kernels and with ours (the session-7 d(CB)+ddA, or the one-pass intra), "
+        "compare every output, and go on with ours",
+    )
     a = p.parse_args(argv)
     from mamba_ssm.ops.triton import ssd_chunk_scan
 
@@ -131,11 +139,41 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rec)[:1200], flush=True)
         return orig(x, dt, dA_cs, dy, CB, seq_idx, ddacs)
 
-    saved = fused_ssd_bwd._SSD_BWD_DDA
-    out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "tokens": int(tp.numel())}
+    orig_whole = fused_ssd_bwd.ssd_varlen_bwd
+    switch = {"dda": "_SSD_BWD_DDA", "intra": "_SSD_BWD_INTRA"}.get(a.whole or "", "")
+
+    def whole(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softplus, dx, dB, dC):
+        rec: dict[str, Any] = {
+            "layer_call": len(calls),
+            "dy_finite": bool(torch.isfinite(dy).all()),
+            "dy_absmax": float(dy.float().abs().max()),
+        }
+        res = {}
+        for mode in ("mamba", "fused"):
+            setattr(fused_ssd_bwd, switch, mode)
+            bufs = (torch.empty_like(dx), torch.empty_like(dB), torch.empty_like(dC))
+            r = orig_whole(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softplus, *bufs)
+            res[mode] = dict(zip(("ddt", "dA", "dD", "ddt_bias", "dx", "dB", "dC"), (*r, *bufs), strict=True))
+        rec["finite"] = {m: {k: bool(torch.isfinite(v).all()) for k, v in r.items()} for m, r in res.items()}
+        rec["rel"] = {
+            k: float((res["fused"][k].double() - v.double()).norm() / v.double().norm().clamp_min(1e-300))
+            for k, v in res["mamba"].items()
+        }
+        rec["absmax"] = {k: float(v.double().abs().max()) for k, v in res["mamba"].items()}
+        calls.append(rec)
+        print(json.dumps(rec)[:1500], flush=True)
+        for k, buf in zip(("dx", "dB", "dC"), (dx, dB, dC), strict=True):
+            buf.copy_(res["fused"][k])
+        return tuple(res["fused"][k] for k in ("ddt", "dA", "dD", "ddt_bias"))
+
+    saved = fused_ssd_bwd._SSD_BWD_DDA, fused_ssd_bwd._SSD_BWD_INTRA
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "tokens": int(tp.numel()), "whole": a.whole}
     try:
-        fused_ssd_bwd._SSD_BWD_DDA = "fused"
-        fused_ssd_bwd.ssd_dcb_ddacs = wrapped
+        if a.whole:
+            fused_ssd_bwd.ssd_varlen_bwd = whole
+        else:
+            fused_ssd_bwd._SSD_BWD_DDA = "fused"
+            fused_ssd_bwd.ssd_dcb_ddacs = wrapped
         enc.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             h = enc.forward_packed(tp, cu)
@@ -145,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
             n for n, q in enc.named_parameters() if q.grad is not None and not torch.isfinite(q.grad).all()
         ][:20]
     finally:
-        fused_ssd_bwd._SSD_BWD_DDA = saved
+        fused_ssd_bwd._SSD_BWD_DDA, fused_ssd_bwd._SSD_BWD_INTRA = saved
         fused_ssd_bwd.ssd_dcb_ddacs = orig
+        fused_ssd_bwd.ssd_varlen_bwd = orig_whole
         out["calls"] = calls
         out["seconds"] = round(time.perf_counter() - t0, 1)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

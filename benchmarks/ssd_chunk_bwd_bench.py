@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--cells", type=int, default=48)
+    p.add_argument("--configs", default=None, help="launch shapes 'BN,warps,stages,split;...' (default: CONFIGS)")
     a = p.parse_args(argv)
     from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined
 
@@ -110,7 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     saved = dict(fused_ssd_bwd.CHUNK_BWD_CONFIG)
     intra_saved = fused_ssd_bwd._SSD_BWD_INTRA
     try:
-        for bn, warps, stages, split in CONFIGS:
+        configs = CONFIGS
+        if a.configs:
+            configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")]
+        for bn, warps, stages, split in configs:
+            split = bool(split)
             cfg = {"BN": bn, "num_warps": warps, "num_stages": stages, "split_rows": split}
             fused_ssd_bwd.CHUNK_BWD_CONFIG = cfg
             rec = dict(cfg)

@@ -63,12 +63,40 @@ def _grads(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor) -> tuple[f
     return float(loss), {n: p.grad.detach().float().clone() for n, p in enc.named_parameters() if p.grad is not None}
 
 
+def _anomaly(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor, a: argparse.Namespace, out: dict) -> None:
+    saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
+    out["anomaly"] = {}
+    try:
+        for cname in a.anomaly:
+            _set(CONFIGS[cname])
+            try:
+                with torch.autograd.detect_anomaly(check_nan=True):
+                    _, grads = _grads(enc, tp, cu)
+                bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
+                out["anomaly"][cname] = {"error": None, "nonfinite_grads": bad[:10]}
+            except RuntimeError as err:
+                out["anomaly"][cname] = {"error": str(err)[:2000]}
+            print(cname, out["anomaly"][cname], flush=True)
+    finally:
+        _set(saved)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1, default=str))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_grad_check.json"))
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--steps-config", default="default", choices=sorted(CONFIGS), help="the path of the AdamW steps")
+    p.add_argument(
+        "--anomaly",
+        nargs="*",
+        default=[],
+        choices=sorted(CONFIGS),
+        help="only run these configs' backward on the real batch under autograd's anomaly detection, "
+        "which names the first backward function that returns a non-finite value",
+    )
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("this check runs the CUDA kernels: run it on a GPU machine")
@@ -83,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         "full_4096_16": _batch(np.full(16, 4096), vocab, dev, 2),
     }
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "layers": a.layers, "batches": {}}
+    if a.anomaly:
+        _anomaly(enc, *batches["real_top2048_48"], a, out)
+        return
     saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
     try:
         for bname, (tp, cu) in batches.items():
