@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         p.error("this check runs the CUDA kernels: run it on a GPU machine")
     dev, vocab, t0 = "cuda", 32768, time.perf_counter()
+    if a.fill_nan:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = True
     torch.manual_seed(0)
     enc = GeneMambaEncoder(vocab, d_model=512, n_layers=a.layers, d_state=64, headdim=64, expand=2, chunk_size=256)
     enc = enc.to(dev)
@@ -110,7 +113,12 @@ def main(argv: list[str] | None = None) -> None:
         "real_top2048_48": _batch(np.maximum(np.minimum(rng.choice(counts, 48), 2048), 1), vocab, dev, 1),
         "full_4096_16": _batch(np.full(16, 4096), vocab, dev, 2),
     }
-    out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "layers": a.layers, "batches": {}}
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(),
+        "layers": a.layers,
+        "batches": {},
+        "fill_nan": a.fill_nan,
+    }
     if a.anomaly:
         _anomaly(enc, *batches["real_top2048_48"], a, out)
         return
