@@ -54,11 +54,22 @@ def _batch(lens: np.ndarray, vocab: int, dev: str, seed: int) -> tuple[torch.Ten
     return pack_tokens(tokens, lengths)
 
 
+LOSS = {"kind": "square"}
+
+
 def _grads(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    """One backward. Loss ``"square"``: ``mean(h^2)`` (``throughput.py``'s; after the final RMSNorm its gradient is
+    only the norm's eps term, ~1e-12 per entry); ``"proj"``: ``mean(h . w)`` with a fixed random ``w`` per token and
+    feature (gradients of order 1 / T)."""
     enc.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         h = enc.forward_packed(tp, cu)
-        loss = h.float().square().mean()
+        if LOSS["kind"] == "proj":
+            g = torch.Generator(device=h.device).manual_seed(7)
+            w = torch.randn(h.shape, device=h.device, generator=g)
+            loss = (h.float() * w).mean()
+        else:
+            loss = h.float().square().mean()
     loss.backward()
     return float(loss), {n: p.grad.detach().float().clone() for n, p in enc.named_parameters() if p.grad is not None}
 
@@ -101,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         p.error("this check runs the CUDA kernels: run it on a GPU machine")
     dev, vocab, t0 = "cuda", 32768, time.perf_counter()
+    LOSS["kind"] = a.loss
     if a.fill_nan:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = True
