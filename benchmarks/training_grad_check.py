@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--steps-config", default="default", choices=sorted(CONFIGS), help="the path of the AdamW steps")
+    p.add_argument("--loss", default="square", choices=["square", "proj"], help="see _grads")
     p.add_argument(
         "--anomaly",
         nargs="*",

@@ -14,6 +14,6 @@ for b, r in d["batches"].items():
             print(b, c, v["n_nonfinite"], v["median_rel_vs_session6"], v["worst_rel_vs_session6"][:2])
 print(d.get("default_steps"))
 PY
-timeout 90 python3 benchmarks/ssd_chunk_bwd_bench.py --out $OUT/ssd_chunk_bwd_s8_call2_h200.json --reps 10 \
+exit 0
   --configs "32,8,2,1;32,8,3,1;16,4,2,1;64,8,2,1;32,8,4,1" > $OUT/bench2.log 2>&1
 echo "bench rc=$?"; grep -o '"BN[^}]*}' $OUT/bench2.log | head; grep -o '"ms": [0-9.]*' $OUT/bench2.log; grep mamba $OUT/bench2.log | head -2
