@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps-config", default="default", choices=sorted(CONFIGS), help="the path of the AdamW steps")
     p.add_argument("--loss", default="square", choices=["square", "proj"], help="see _grads")
     p.add_argument(
+        "--fill-nan",
+        action="store_true",
+        help="fill every uninitialised tensor (torch.empty) with NaN "
+        "(deterministic mode, warn only): a kernel that reads memory nobody wrote then gives NaN",
+    )
+    p.add_argument(
         "--anomaly",
         nargs="*",
         default=[],
