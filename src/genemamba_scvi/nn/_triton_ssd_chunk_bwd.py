@@ -1,5 +1,12 @@
 """Triton kernel: the whole intra-chunk part of the chunked SSD backward in one pass per block of source tokens.
 
+**Experimental, off by default** (``fused_ssd_bwd._SSD_BWD_INTRA = "mamba"``). Its values equal mamba-ssm's
+kernels' (5e-8 to 3e-7 relative on a real training step's inputs, H200), but it is slower (2.88 ms a layer against
+2.61 ms at its best of 12 launch shapes): the ``[256, 64]`` dy tile each program reloads per head, not the exps or
+the dots, sets its time. With it on, the 24-layer encoder's gradients on the real 48-cell check batch turn
+non-finite from layer 5 down (as with session 7's ``ssd_dcb_ddacs``), although every SSD backward output equals
+mamba-ssm's path but for bf16 roundings of ``ddt``; see ``benchmarks/NOTES_throughput.md``, section 12.
+
 Inside a chunk the SSD (Dao & Gu 2024, "Transformers are SSMs", section 6) computes, per head,
 ``y_m = sum_{n <= m} (C_m . B_n) exp(a_m - a_n) dt_n x_n + (C_m . h_in) exp(a_m) + D x_m`` (``a`` the cumulative
 sum of ``dt * A`` over the chunk; pairs of tokens of different sequences of a packed row are masked). mamba-ssm

@@ -39,12 +39,15 @@ _SSD_BWD_DDA = "mamba"  # "fused": experimental, see the module docstring
 #: pipeline stages. H200, 48 cells (``--sweep-ssd-bwd``, session 7): 64 x 64 with 2 warps the fastest of 42 shapes,
 #: 0.87 ms against 1.28 ms for mamba-ssm's two kernels (64 x 32 with 4 warps: 1.04-1.11 ms).
 DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2}
-#: The intra-chunk backward: ``"mamba"`` (mamba-ssm's dx, d(CB) and ddA kernels) or ``"fused"``
-#: (:func:`ssd_chunk_bwd`, one pass).
+#: The intra-chunk backward: ``"mamba"`` (mamba-ssm's dx, d(CB) and ddA kernels; the default) or ``"fused"``
+#: (:func:`ssd_chunk_bwd`, one pass; experimental and off: on an H200 it is 0.90x mamba-ssm's three kernels at its
+#: best launch shape, and like ``_SSD_BWD_DDA = "fused"`` it leads to non-finite gradients on the real 48-cell
+#: check batch, ``benchmarks/NOTES_throughput.md`` section 12).
 _SSD_BWD_INTRA = "mamba"
 #: Launch shape of ``ssd_chunk_bwd_kernel``: source tokens per program, warps, pipeline stages, and whether the
-#: blocks of a chunk's second half visit only its second half's rows (a second launch).
-CHUNK_BWD_CONFIG = {"BN": 32, "num_warps": 8, "num_stages": 1, "split_rows": True}
+#: blocks of a chunk's second half visit only its second half's rows (a second launch). H200, 48 cells: 2.88 ms a
+#: layer against 2.61 ms for mamba-ssm's three kernels (``ssd_chunk_bwd_s8_call2_h200.json``).
+CHUNK_BWD_CONFIG = {"BN": 32, "num_warps": 8, "num_stages": 4, "split_rows": True}
 
 
 def _runs() -> Any:
