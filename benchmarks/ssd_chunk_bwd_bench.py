@@ -25,7 +25,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import fused_bimamba  # noqa: E402
 from genemamba_scvi.nn import fused_ssd_bwd  # noqa: E402
 
 LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
@@ -36,17 +38,10 @@ CONFIGS = [  # BN, warps, stages, second half's rows alone
 
 
 def _time(fn, reps: int) -> float:
+    """Median of ``reps`` timed calls (CUDA events, ``fused_bimamba._time``) after one untimed call."""
     fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return float(np.median(times))
+    return float(np.median(fused_bimamba._time(fn, reps)))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -32,6 +32,22 @@ import triton.language as tl
 # fmt: off
 
 
+@triton.jit
+def chunk_pairs(seq_ptr, start, offs_m, offs_n, in_m, in_n, HAS_SEQ: tl.constexpr):
+    """The interacting pairs of a chunk's tile, and the sequence ids of its columns.
+
+    Pairs ``(m, n)``: ``n <= m``, both in the row, one sequence (``[BM, BN]``). Column ids ``[BN]``, zeros
+    without ``seq``.
+    """
+    pair = (offs_m[:, None] >= offs_n[None, :]) & in_m[:, None] & in_n[None, :]
+    seq_n = tl.zeros(offs_n.shape, dtype=tl.int32)
+    if HAS_SEQ:
+        seq_m = tl.load(seq_ptr + start + offs_m, mask=in_m, other=-1)
+        seq_n = tl.load(seq_ptr + start + offs_n, mask=in_n, other=-2)
+        pair = pair & (seq_m[:, None] == seq_n[None, :])
+    return pair, seq_n
+
+
 @triton.jit(do_not_specialize=["L"])
 def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr, ddacs_ptr,
     L, Q, hdim,
@@ -68,11 +84,7 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
     limit = tl.minimum(Q, L - start)
     in_m = offs_m < limit
     in_n = offs_n < limit
-    pair = (offs_m[:, None] >= offs_n[None, :]) & in_m[:, None] & in_n[None, :]
-    if HAS_SEQ:
-        seq_m = tl.load(seq_ptr + start + offs_m, mask=in_m, other=-1)
-        seq_n = tl.load(seq_ptr + start + offs_n, mask=in_n, other=-2)
-        pair = pair & (seq_m[:, None] == seq_n[None, :])
+    pair, _ = chunk_pairs(seq_ptr, start, offs_m, offs_n, in_m, in_n, HAS_SEQ)
     strict = pair & (offs_m[:, None] > offs_n[None, :])
     cb = tl.load(cb_ptr + c.to(tl.int64) * stride_cb_c + g * stride_cb_g + offs_m[:, None] * stride_cb_m
                  + offs_n[None, :] * stride_cb_n, mask=strict, other=0.0).to(tl.float32)

@@ -40,6 +40,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from genemamba_scvi.nn._triton_ssd_bwd import chunk_pairs
+
 # fmt: off
 
 
@@ -88,11 +90,8 @@ def ssd_chunk_bwd_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, 
     offs_s = tl.arange(0, N)
     in_m = offs_m < limit
     in_n = offs_n < limit
-    pair = (offs_m[:, None] >= offs_n[None, :]) & in_m[:, None] & in_n[None, :]
-    if HAS_SEQ:
-        seq_m = tl.load(seq_ptr + start + offs_m, mask=in_m, other=-1)
-        seq_n = tl.load(seq_ptr + start + offs_n, mask=in_n, other=-2)
-        pair = pair & (seq_m[:, None] == seq_n[None, :])
+    pair, seq_n = chunk_pairs(seq_ptr, start, offs_m, offs_n, in_m, in_n, HAS_SEQ)
+    if HAS_SEQ:  # the tokens of the chunk's last sequence receive the gradient of the state leaving it
         tail = in_n & (seq_n == tl.load(seq_ptr + start + limit - 1))
     else:
         tail = in_n
