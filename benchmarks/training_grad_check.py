@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -94,6 +95,120 @@ def _anomaly(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor, a: argpa
         Path(a.out).write_text(json.dumps(out, indent=1, default=str))
 
 
+class _Packed:
+    """A saved tensor and a bit checksum of it taken when autograd saved it (``--watch``)."""
+
+    __slots__ = ("__weakref__", "idx", "layer", "sum", "t")
+
+
+def _bitsum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of the raw bits of ``t`` (int64, on its device): changes when any element's bits change."""
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return (t if t.dtype == as_int else t.view(as_int)).sum(dtype=torch.int64)
+
+
+def _watch(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor, cname: str) -> dict[str, Any]:
+    """One backward of ``cname`` with two watches: every tensor autograd saved is checked, before every backward
+    node runs, against the bits it had when it was saved (a kernel that writes out of its bounds into a saved
+    tensor shows as a changed checksum, named by the node that ran just before); and every node's outputs are
+    checked finite, with their largest magnitude (the growth of the gradient through the layers)."""
+    import weakref
+
+    _set(CONFIGS[cname])
+    live: weakref.WeakSet = weakref.WeakSet()
+    state: dict[str, Any] = {"layer": -1, "n": 0, "last": None, "order": 0}
+    changed: list[dict] = []
+    nodes: list[dict] = []
+
+    def pack(t: torch.Tensor) -> _Packed:
+        pk = _Packed()
+        pk.t, pk.sum, pk.idx, pk.layer = t, _bitsum(t.detach()), state["n"], state["layer"]
+        state["n"] += 1
+        live.add(pk)
+        return pk
+
+    def unpack(pk: _Packed) -> torch.Tensor:
+        return pk.t
+
+    def pre(node, _grad_outputs) -> None:
+        items = list(live)
+        if items:
+            now = torch.stack([_bitsum(pk.t.detach()) for pk in items])
+            was = torch.stack([pk.sum for pk in items])
+            bad = (now != was).nonzero().flatten().tolist()
+            for i in bad:
+                pk = items[i]
+                changed.append({"before_node": state["order"], "node": node.name(), "after_node": state["last"],
+                                "saved_idx": pk.idx, "saved_in_layer": pk.layer, "shape": list(pk.t.shape),
+                                "dtype": str(pk.t.dtype)})  # fmt: skip
+                pk.sum = _bitsum(pk.t.detach())  # report each change once
+
+    def post(node, grad_inputs, _grad_outputs) -> None:
+        rec: dict[str, Any] = {"order": state["order"], "node": node.name(), "outs": []}
+        for g in grad_inputs:
+            if g is None:
+                rec["outs"].append(None)
+                continue
+            o: dict[str, Any] = {"shape": list(g.shape), "nonfinite": 0, "amax": 0.0}
+            if g.numel():  # reductions only (no tensor of g's size), so the watch leaves the allocator's layout be
+                lo, hi = (float(v) for v in torch.aminmax(g.detach()))
+                o["amax"] = max(abs(lo), abs(hi))
+                if not (math.isfinite(lo) and math.isfinite(hi)):
+                    o["nonfinite"] = int((~torch.isfinite(g)).sum())
+                    if g.dim() >= 2 and not state.get("rows_done"):
+                        state["rows_done"] = True
+                        rows = (~torch.isfinite(g)).reshape(g.shape[0], -1).any(1).nonzero().flatten()
+                        o["bad_rows"] = {"count": int(rows.numel()), "first": rows[:8].tolist(),
+                                         "last": rows[-8:].tolist()}  # fmt: skip
+            rec["outs"].append(o)
+        nodes.append(rec)
+        state["last"] = node.name()
+        state["order"] += 1
+
+    def tagged(fn, i):  # the block whose forward saves the tensors (blocks are called by method, not __call__)
+        def run(*args, **kw):
+            state["layer"] = i
+            return fn(*args, **kw)
+
+        return run
+
+    for i, layer in enumerate(enc.layers):
+        layer.mix_packed, layer.forward_packed = tagged(layer.mix_packed, i), tagged(layer.forward_packed, i)
+    enc.zero_grad(set_to_none=True)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack), torch.autocast("cuda", dtype=torch.bfloat16):
+            h = enc.forward_packed(tp, cu)
+            state["layer"] = -2  # after the last layer
+            loss = h.float().square().mean() if LOSS["kind"] == "square" else None
+            if loss is None:
+                g = torch.Generator(device=h.device).manual_seed(7)
+                loss = (h.float() * torch.randn(h.shape, device=h.device, generator=g)).mean()
+    finally:
+        for layer in enc.layers:
+            del layer.mix_packed, layer.forward_packed  # back to the class's methods
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ != "AccumulateGrad":
+            fn.register_prehook(lambda go, fn=fn: pre(fn, go))
+            fn.register_hook(lambda gi, go, fn=fn: post(fn, gi, go))
+        stack.extend(nf for nf, _ in fn.next_functions)
+    n_saved = state["n"]
+    loss.backward()
+    if tp.is_cuda:
+        torch.cuda.synchronize()
+    bad_params = [n for n, p in enc.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    first_bad = next((r for r in nodes if any(o and o["nonfinite"] for o in r["outs"])), None)
+    return {"config": cname, "saved_tensors": n_saved, "changed_saved_tensors": changed[:50],
+            "n_changed": len(changed), "nonfinite_params": len(bad_params), "first_nonfinite_node": first_bad,
+            "nodes": nodes}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_grad_check.json"))
@@ -115,6 +230,16 @@ def main(argv: list[str] | None = None) -> None:
         help="only run these configs' backward on the real batch under autograd's anomaly detection, "
         "which names the first backward function that returns a non-finite value",
     )
+    p.add_argument(
+        "--watch",
+        nargs="*",
+        default=[],
+        choices=sorted(CONFIGS),
+        help="only run these configs' backward on the real batch with the saved-tensor and node-output watches "
+        "(_watch)",
+    )
+    p.add_argument("--configs", nargs="*", default=None, choices=sorted(CONFIGS), help="compare only these")
+    p.add_argument("--batch", nargs="*", default=None, help="only these batches (real_top2048_48, full_4096_16)")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("this check runs the CUDA kernels: run it on a GPU machine")
@@ -138,21 +263,40 @@ def main(argv: list[str] | None = None) -> None:
         "batches": {},
         "fill_nan": a.fill_nan,
     }
+    out["cu_seqlens_real"] = batches["real_top2048_48"][1].tolist()
     if a.anomaly:
         _anomaly(enc, *batches["real_top2048_48"], a, out)
         return
+    if a.watch:
+        saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
+        out["watch"] = {}
+        try:
+            for cname in a.watch:
+                r = _watch(enc, *batches["real_top2048_48"], cname)
+                out["watch"][cname] = r
+                print(cname, "saved", r["saved_tensors"], "changed", r["n_changed"], r["changed_saved_tensors"][:3],
+                      "nonfinite params", r["nonfinite_params"], "first bad node", r["first_nonfinite_node"],
+                      flush=True)  # fmt: skip
+        finally:
+            _set(saved)
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(out, indent=1, default=str))
+        return
+    configs = {k: v for k, v in CONFIGS.items() if a.configs is None or k in a.configs or k == "session6"}
+    if a.batch is not None:
+        batches = {k: v for k, v in batches.items() if k in a.batch}
     saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
     try:
         for bname, (tp, cu) in batches.items():
             res: dict[str, Any] = {"tokens": int(tp.numel())}
             grads = {}
-            for cname, values in CONFIGS.items():
+            for cname, values in configs.items():
                 _set(values)
                 loss, grads[cname] = _grads(enc, tp, cu)
                 bad = [n for n, g in grads[cname].items() if not torch.isfinite(g).all()]
                 res[cname] = {"loss": loss, "nonfinite_grads": bad[:10], "n_nonfinite": len(bad)}
             ref = grads["session6"]
-            for cname in CONFIGS:
+            for cname in configs:
                 rels = {}
                 for n, g in grads[cname].items():
                     d = float((g - ref[n]).norm() / ref[n].norm().clamp_min(1e-30))
