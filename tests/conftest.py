@@ -22,6 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 _SAMPLE = "celltypist_sample_559cells_counts.h5ad"
 
 
+@pytest.fixture
+def triton_bounds():
+    """Fail the test if an interpreted Triton kernel loads, stores or adds outside its tensor arguments.
+
+    Only under Triton's interpreter (CPU machines); compiled kernels on a GPU are not watched. See
+    ``tests/triton_bounds.py``.
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        yield []
+        return
+    from triton_bounds import bounds_checked
+
+    with bounds_checked() as bad:
+        yield bad
+    assert not bad, f"out-of-bounds accesses by Triton kernels: {bad[:5]}"
+
+
 def settings(config: GeneMambaConfig) -> dict:
     """The settings of ``config`` that differ from the defaults, as keyword arguments (``**settings(cfg)``)."""
     defaults = GeneMambaConfig().to_dict()

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()  # without CUDA, conftest.py runs the kernels through Triton's interpreter
+# every kernel access checked against its tensors' bounds under the interpreter (conftest.triton_bounds)
+pytestmark = pytest.mark.usefixtures("triton_bounds")
 
 pytest.importorskip("triton", reason="the fused kernels are written in Triton (pip install triton)")
 

@@ -20,6 +20,8 @@ from genemamba_scvi.nn import fused_ssd_bwd
 from genemamba_scvi.nn.fused_ssd_bwd import state_passing_runs_bwd, state_passing_runs_fwd
 
 CUDA = torch.cuda.is_available()
+# every kernel access checked against its tensors' bounds under the interpreter (conftest.triton_bounds)
+pytestmark = pytest.mark.usefixtures("triton_bounds")
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 
 
