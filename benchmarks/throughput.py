@@ -1318,7 +1318,8 @@ def print_table(json_path: Path) -> None:
         print(f"target {k:40s} {v}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this benchmark (also what ``train_ab.py`` builds its :class:`Runner` from)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--smoke", "--tiny", action="store_true", help="tiny model, few steps (CPU-friendly)")
@@ -1353,7 +1354,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot-only", default="", help="re-draw the PNG (and print the table) of a JSON")
     p.add_argument("--extract-lengths", default="", help="write the lengths .npy from this .h5ad and exit")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.extract_lengths:
         c = extract_lengths(Path(args.extract_lengths), Path(args.lengths))
         print(f"{len(c)} cells, median {np.median(c)}, written to {args.lengths}")

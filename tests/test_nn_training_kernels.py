@@ -129,7 +129,9 @@ def dcb_ddA_reference(x, dt, cs, dy, CB, seq, Q):
     return dcb, ddA
 
 
-@pytest.mark.parametrize(("lengths", "Q", "G"), [([5, 1, 40, 17, 30], 32, 2), ([64], 32, 1), ([7, 20], 64, 1)])
+@pytest.mark.parametrize(
+    ("lengths", "Q", "G"), [([5, 1, 40, 17, 30], 32, 2), ([64], 32, 1), ([7, 20], 64, 1), ([20, 1, 30, 1, 9], 64, 1)]
+)
 def test_dcb_pass_also_gives_the_intra_chunk_ddA(monkeypatch, lengths, Q, G):
     """``ssd_dcb_ddacs`` writes mamba-ssm's d(CB) and, after a reverse cumulative sum, its straddling-pair ddA."""
     monkeypatch.setattr(fused_ssd_bwd, "DCB_DDA_CONFIG", {"BM": 16, "BN": 16, "num_warps": 4, "num_stages": 1})
@@ -149,10 +151,41 @@ def test_dcb_pass_also_gives_the_intra_chunk_ddA(monkeypatch, lengths, Q, G):
     dcb = fused_ssd_bwd.ssd_dcb_ddacs(x[None].to(**dev), dt[None].to(**dev), cs[None].to(**dev), dy[None].to(**dev),
                                       CB[None].to(**dev), seq[None].to(**dev), ddacs)  # fmt: skip
     torch.testing.assert_close(dcb[0].cpu().double(), dcb_ref, rtol=1e-4, atol=1e-4)
-    intra = (ddacs.cpu() - start)[0].double()
-    got = intra.flip([-1]).cumsum(-1).flip([-1])
+    intra = ddacs - start.to(**dev)
+    got = fused_ssd_bwd.reverse_sum_by_sequence(intra, seq[None].to(**dev), Q)[0].cpu().double()
     torch.testing.assert_close(got, ddA_ref, rtol=1e-4, atol=1e-3)
     assert float(ddA_ref.abs().max()) > 1.0  # the comparison is not between zeros
+    _assert_one_token_cells_get_zero(got, lengths, Q)
+
+
+def _assert_one_token_cells_get_zero(ddA, lengths, Q):
+    """No pair straddles a one-token cell (a pack's pad cell): its ddA is exactly zero, also with later cells in
+    its chunk, whose cancelling row and column sums leave a float32 remainder in a plain reverse cumulative sum
+    (that remainder, multiplied by 1/sqrt(eps) per layer at a pad token, grew to NaN on an H200)."""
+    starts = [sum(lengths[:i]) for i, n in enumerate(lengths) if n == 1]
+    for t in starts:
+        assert torch.equal(ddA[:, t // Q, t % Q], torch.zeros_like(ddA[:, 0, 0])), t
+
+
+@pytest.mark.parametrize(("lengths", "Q"), [([5, 1, 40, 17, 30], 32), ([70], 32), ([3, 1], 16)])
+def test_reverse_sum_by_sequence_restarts_at_every_sequence(lengths, Q):
+    """At each position the sum of ``r`` over the later positions of its chunk and sequence (loop reference)."""
+    torch.manual_seed(2)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
+    L, H = seq.numel(), 3
+    nchunks = math.ceil(L / Q)
+    r = torch.randn(1, H, nchunks, Q)
+    r.view(H, -1)[:, L:] = 0.0  # past the row (the kernels write zeros there)
+    want = torch.zeros(H, nchunks, Q, dtype=torch.float64)
+    for c in range(nchunks):
+        for j in range(min(Q, L - c * Q)):
+            for k in range(j, min(Q, L - c * Q)):
+                if seq[c * Q + k] == seq[c * Q + j]:
+                    want[:, c, j] += r[0, :, c, k].double()
+    got = fused_ssd_bwd.reverse_sum_by_sequence(r.to(DEVICE), seq[None].to(DEVICE), Q)[0].cpu().double()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    plain = fused_ssd_bwd.reverse_sum_by_sequence(r, None, Q)[0].double()  # no sequences: the plain reverse sum
+    torch.testing.assert_close(plain, r[0].double().flip([-1]).cumsum(-1).flip([-1]))
 
 
 def chunk_bwd_reference(x, dy, B, CB, dt, cs, seq, dstates, D, Q, round_bf16=CUDA):
@@ -226,9 +259,10 @@ def test_chunk_bwd_pass_equals_the_pairs(monkeypatch, lengths, Q, G, BN, split):
     torch.testing.assert_close(ddt[0].cpu().double(), ddt_ref, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(dD.cpu().double(), dD_ref, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(dcb[0].cpu().double(), dcb_ref, rtol=1e-4, atol=1e-4)
-    got = raw[0].cpu().double().flip([-1]).cumsum(-1).flip([-1])
+    got = fused_ssd_bwd.reverse_sum_by_sequence(raw.contiguous(), seq[None].to(**dev), Q)[0].cpu().double()
     torch.testing.assert_close(got, ddA_ref, rtol=1e-4, atol=1e-3)
     assert float(ddA_ref.abs().max()) > 1.0 and float(ddt_ref.abs().max()) > 1.0  # not a comparison of zeros
+    _assert_one_token_cells_get_zero(got, lengths, Q)
 
 
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")

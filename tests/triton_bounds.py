@@ -87,7 +87,9 @@ def bounds_checked() -> Iterator[list[dict[str, Any]]]:
         if launch["kernel"] is None:
             return
         p = np.asarray(ptrs.data).astype(np.uint64)
-        m = np.ones(p.shape, dtype=bool) if mask is None else np.broadcast_to(np.asarray(mask.data, dtype=bool), p.shape)
+        m = np.ones(p.shape, dtype=bool)
+        if mask is not None:
+            m = np.broadcast_to(np.asarray(mask.data, dtype=bool), p.shape)
         active = p[m].astype(np.int64)
         if active.size == 0:
             return

@@ -116,3 +116,33 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
         tl.atomic_add(dd + offs_m, tl.sum(w, axis=1), mask=in_m, sem="relaxed")
         tl.atomic_add(dd + offs_n, -tl.sum(w, axis=0), mask=in_n, sem="relaxed")
     tl.store(dcb_ptrs, tl.where(pair, acc, 0.0), mask=in_q)
+
+
+@triton.jit(do_not_specialize=["L"])
+def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c,
+                       Q: tl.constexpr, BK: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """``out_j = sum of r_k over the positions k >= j of j's chunk that belong to j's sequence``.
+
+    Grid ``(nchunks, H)``; ``r``, ``out`` ``[H, nchunks, Q]`` fp32 (``Q`` contiguous), ``seq`` ``[L]`` int32. The
+    reverse cumulative sum of ``rows_j - cols_j`` (module docstring) restarted at every sequence of the chunk: the
+    pairs of a later sequence never enter, so a position that no pair straddles (a sequence's first token, a
+    one-token pad cell) gets exactly zero, not the float32 remainder of the later sequences' cancelling sums.
+    """
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    start = c * Q
+    offs_j = tl.arange(0, Q)
+    base = h * stride_h + c.to(tl.int64) * stride_c
+    if HAS_SEQ:
+        seq_j = tl.load(seq_ptr + start + offs_j, mask=start + offs_j < L, other=-1)
+    acc = tl.zeros((Q,), dtype=tl.float32)
+    for k0 in range(0, Q, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        in_k = start + offs_k < L
+        r = tl.load(r_ptr + base + offs_k, mask=in_k, other=0.0)
+        keep = (offs_k[None, :] >= offs_j[:, None]) & in_k[None, :]
+        if HAS_SEQ:
+            seq_k = tl.load(seq_ptr + start + offs_k, mask=in_k, other=-2)
+            keep = keep & (seq_j[:, None] == seq_k[None, :])
+        acc += tl.sum(tl.where(keep, r[None, :], 0.0), axis=1)
+    tl.store(out_ptr + base + offs_j, acc)

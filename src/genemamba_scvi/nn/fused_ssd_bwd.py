@@ -144,6 +144,31 @@ def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
     return dcb
 
 
+def reverse_sum_by_sequence(r: torch.Tensor, seq_idx: torch.Tensor | None, chunk_size: int) -> torch.Tensor:
+    """The reverse cumulative sum of ``r`` over each chunk, restarted at every sequence (``seq_rev_sum_kernel``).
+
+    ``r`` ``[1, H, nchunks, Q]`` fp32 (per position ``rows_j - cols_j``, see :mod:`._triton_ssd_bwd`); returns the
+    same shape: at ``j``, the sum of ``r_k`` over ``k >= j`` in ``j``'s chunk and sequence, which is the gradient of
+    ``dt*A`` at ``j`` from the chunk's pairs. A plain reverse cumulative sum over the chunk also adds, at every
+    position before a later sequence, that sequence's sum of ``r``: zero in exact arithmetic, a float32 remainder
+    in practice. A one-token pad cell of a packed batch, whose hidden state is zero, multiplies the gradient it
+    receives by ``1/sqrt(eps)`` in every RMSNorm backward, so that remainder grew to NaN through 18 layers on a
+    real 48-cell batch (``benchmarks/NOTES_throughput.md``, section 13).
+    """
+    _, H, nchunks, Q = r.shape
+    if seq_idx is None:
+        return r.flip([-1]).cumsum(dim=-1).flip([-1])
+    if not r.is_contiguous() or Q != chunk_size or Q & (Q - 1):
+        raise ValueError("reverse_sum_by_sequence: r must be contiguous [1, H, nchunks, chunk_size], Q a power of 2")
+    out = torch.empty_like(r)
+    L = seq_idx.shape[-1]
+    if nchunks and L:
+        _kernel_module("_triton_ssd_bwd").seq_rev_sum_kernel[(nchunks, H)](
+            r, seq_idx, out, L, r.stride(1), r.stride(2), Q=Q, BK=min(Q, 32), HAS_SEQ=True, num_warps=4
+        )
+    return out
+
+
 def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
     """The intra-chunk backward of the SSD in one pass (``ssd_chunk_bwd_kernel``).
 
@@ -259,14 +284,16 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     ddA_prev[..., -1] += ddA_last[None]
     if _SSD_BWD_INTRA == "fused":  # dx, ddt, dD, d(CB) and the pairs' ddA from one pass (ssd_chunk_bwd)
         ddt, dD, dCB, dda_raw = ssd_chunk_bwd(x, dy, B, CB, dt_c, dA_cs, seq_idx, dstates, D, dx)
-        ddA = ddA_next + (ddA_prev + dda_raw).flip([-1]).cumsum(dim=-1).flip([-1])
+        ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+        ddA += reverse_sum_by_sequence(dda_raw.contiguous(), seq_idx, chunk_size)
     else:
         dx, ddt, dD = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D,
                                                                  seq_idx=seq_idx, dx=dx)  # fmt: skip
-        if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' share is added into ddA_prev by the dcb pass
-            ddA_prev = ddA_prev.contiguous()
-            dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, ddA_prev)
+        if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' row and column sums from the dcb pass
+            rowcol = torch.zeros(ddA_prev.shape, dtype=torch.float32, device=x.device)
+            dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, rowcol)
             ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+            ddA += reverse_sum_by_sequence(rowcol, seq_idx, chunk_size)
         else:
             dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
             ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)

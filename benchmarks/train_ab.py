@@ -1,0 +1,159 @@
+"""Interleaved A/B timing of training steps: GeneMamba settings and the packed transformer, same batches, same run.
+
+``throughput.py`` times each setting's steps one after another; across its runs the setting-to-setting noise was
+±4% (``NOTES_throughput.md``, section 11), larger than a 2-5% lever. Here every round runs one training step of
+each arm on the same batch (the arms' order rotates from round to round), so slow drifts (clocks, heat, the
+allocator's state) fall on all arms alike, and each arm's step is compared with the other arms' steps on the very
+same cells. An arm is ``genemamba`` with a set of switches (``throughput.BLOCK_ABLATIONS`` names, or ``name=value``
+switches as in ``throughput._switch``), or ``transformer_varlen`` (the packed transformer, the issue's baseline).
+
+Reported per arm: median step time, real tokens per second over all timed rounds; per arm against the first:
+the median of the per-round time ratios and its 95% bootstrap interval over rounds. Each GeneMamba arm's
+gradients are checked finite after its first and last timed step.
+
+Usage (GPU machine)::
+
+    python benchmarks/train_ab.py --arms default ablation_mamba_dcb_ddA transformer_varlen --rounds 30 \\
+        --out $OUT/train_ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import throughput as tp  # noqa: E402
+
+
+def _arm_switches(arm: str) -> tuple[str, dict[str, Any]]:
+    """``(model, switches)`` of an arm name: ``default``, ``transformer_varlen``, an ablation name, or
+    ``label:mod._NAME=value,...`` (values parsed as JSON, else kept as strings)."""
+    if arm in ("default", "transformer_varlen"):
+        return ("genemamba" if arm == "default" else arm), {}
+    if arm in tp.BLOCK_ABLATIONS:
+        return "genemamba", dict(tp.BLOCK_ABLATIONS[arm][0])
+    _, _, spec = arm.partition(":")
+    switches = {}
+    for item in filter(None, spec.split(",")):
+        k, _, v = item.partition("=")
+        try:
+            switches[k] = json.loads(v)
+        except json.JSONDecodeError:
+            switches[k] = v
+    if not switches:
+        raise SystemExit(f"unknown arm {arm!r}: default, transformer_varlen, an ablation or label:mod._NAME=value")
+    return "genemamba", switches
+
+
+def _grads_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+def _paired(times: dict[str, list[float]], arm: str, ref: str, rng: np.random.Generator) -> dict[str, float]:
+    r = np.asarray(times[arm]) / np.asarray(times[ref])  # per-round step-time ratio (same batch)
+    boot = np.median(rng.choice(r, size=(2000, len(r)), replace=True), axis=1)
+    return {
+        "time_ratio_median": float(np.median(r)),
+        "time_ratio_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+        "speedup_vs_ref": float(1.0 / np.median(r)),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arms", nargs="+", default=["default", "transformer_varlen"])
+    p.add_argument("--rounds", type=int, default=20, help="timed rounds (one step of every arm each)")
+    p.add_argument("--warmup-rounds", type=int, default=2)
+    p.add_argument("--batches", type=int, default=8, help="distinct batches, used in turn")
+    p.add_argument("--k", type=int, default=2048, help="cap on genes per cell (top-k)")
+    p.add_argument("--cells", type=int, default=48)
+    p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_ab.json"))
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    targs = tp.build_parser().parse_args(["--seed", str(a.seed)] + (["--smoke", "--cpu"] if a.smoke else []))
+    if a.smoke:
+        targs.dtype = "fp32"
+    run = tp.Runner(targs)
+    run.build()
+    arms = {arm: _arm_switches(arm) for arm in a.arms}
+    if any(m == "transformer_varlen" for m, _ in arms.values()) and not (run.cuda and tp._has_varlen_attn()):
+        raise SystemExit("transformer_varlen needs CUDA and torch.nn.attention.varlen")
+    setting = dict(kind="real", n=min(a.k, 128) if a.smoke else a.k, mode="train", cells=6 if a.smoke else a.cells)
+    rng = np.random.default_rng([a.seed, setting["n"], 1, setting["cells"]])
+    batches = [run.make_batch(setting, rng) for _ in range(a.batches)]
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    finite: dict[str, list[bool]] = {arm: [] for arm in arms}
+    names = list(arms)
+    t_start = time.perf_counter()
+    for rnd in range(a.warmup_rounds + a.rounds):
+        b = batches[rnd % len(batches)]
+        order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
+        for arm in order:
+            model, switches = arms[arm]
+            saved = {k: getattr(*tp._switch(k)) for k in switches}
+            for k, v in switches.items():
+                setattr(*tp._switch(k), v)
+            try:
+                run._sync()
+                t0 = time.perf_counter()
+                run.step(model, "train", b)
+                run._sync()
+                dt = time.perf_counter() - t0
+                if model == "genemamba" and rnd in (a.warmup_rounds, a.warmup_rounds + a.rounds - 1):
+                    finite[arm].append(_grads_finite(run.mamba))
+            finally:
+                for k, v in saved.items():
+                    setattr(*tp._switch(k), v)
+            if rnd >= a.warmup_rounds:
+                times[arm].append(dt)
+        if rnd == a.warmup_rounds - 1:
+            print(f"warm-up done in {time.perf_counter() - t_start:.0f} s", flush=True)
+    tok = [int(batches[r % len(batches)]["lens"].sum()) for r in range(a.warmup_rounds, a.warmup_rounds + a.rounds)]
+    brng = np.random.default_rng(1)
+    out: dict[str, Any] = {
+        "device": run.gpu_name,
+        "setting": {**setting, "rounds": a.rounds, "batches": a.batches, "seed": a.seed},
+        "model_cfg": run.cfg,
+        "method": "interleaved rounds, one step per arm per round on the same batch, arm order rotated",
+        "arms": {},
+    }
+    ref = names[0]
+    for arm in names:
+        t = np.asarray(times[arm])
+        rec = {
+            "switches": arms[arm][1],
+            "model": arms[arm][0],
+            "step_time_s_median": float(np.median(t)),
+            "real_tokens_per_s": float(np.sum(tok) / np.sum(t)),
+            "grads_finite": finite[arm] or None,
+        }
+        if arm != ref:
+            rec[f"vs_{ref}"] = _paired(times, arm, ref, brng)
+        out["arms"][arm] = rec
+        print(arm, json.dumps(rec), flush=True)
+    if "transformer_varlen" in times:
+        out["vs_transformer_varlen"] = {
+            arm: _paired(times, "transformer_varlen", arm, brng)["time_ratio_median"]
+            for arm in names
+            if arm != "transformer_varlen"
+        }
+        out["vs_transformer_varlen_note"] = "per arm: median of (packed transformer step time / arm step time)"
+    out["seconds"] = round(time.perf_counter() - t_start, 1)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
