@@ -38,14 +38,14 @@ import throughput as tp  # noqa: E402
 
 def _arm_switches(arm: str) -> tuple[str, dict[str, Any]]:
     """``(model, switches)`` of an arm name: ``default``, ``transformer_varlen``, an ablation name, or
-    ``label:mod._NAME=value,...`` (values parsed as JSON, else kept as strings)."""
+    ``label:mod._NAME=value;...`` (values parsed as JSON, else kept as strings)."""
     if arm in ("default", "transformer_varlen"):
         return ("genemamba" if arm == "default" else arm), {}
     if arm in tp.BLOCK_ABLATIONS:
         return "genemamba", dict(tp.BLOCK_ABLATIONS[arm][0])
     _, _, spec = arm.partition(":")
     switches = {}
-    for item in filter(None, spec.split(",")):
+    for item in filter(None, spec.split(";")):
         k, _, v = item.partition("=")
         try:
             switches[k] = json.loads(v)
@@ -58,6 +58,38 @@ def _arm_switches(arm: str) -> tuple[str, dict[str, Any]]:
 
 def _grads_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any]) -> dict[str, Any]:
+    """GPU time by kernel of one training step of each arm on batch ``b`` (torch.profiler, top 30)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for arm in names:
+        model, switches = arms[arm]
+        saved = {k: getattr(*tp._switch(k)) for k in switches}
+        for k, v in switches.items():
+            setattr(*tp._switch(k), v)
+        try:
+            run.step(model, "train", b)
+            run._sync()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                run.step(model, "train", b)
+                run._sync()
+        finally:
+            for k, v in saved.items():
+                setattr(*tp._switch(k), v)
+        rows = []
+        for e in prof.key_averages():
+            t = float(getattr(e, "self_device_time_total", 0) or 0)
+            if t > 0:
+                rows.append((t, e.key[:90], e.count))
+        rows.sort(reverse=True)
+        out[arm] = {
+            "gpu_time_ms": round(sum(r[0] for r in rows) / 1e3, 2),
+            "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in rows[:30]],
+        }
+    return out
 
 
 def _paired(times: dict[str, list[float]], arm: str, ref: str, rng: np.random.Generator) -> dict[str, float]:
@@ -81,13 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_ab.json"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="after the rounds: GPU time by kernel, one step per arm")
     a = p.parse_args(argv)
     targs = tp.build_parser().parse_args(["--seed", str(a.seed)] + (["--smoke", "--cpu"] if a.smoke else []))
     if a.smoke:
         targs.dtype = "fp32"
     run = tp.Runner(targs)
     run.build()
-    arms = {arm: _arm_switches(arm) for arm in a.arms}
+    arms = {arm.partition(":")[0] if ":" in arm else arm: _arm_switches(arm) for arm in a.arms}  # label: arm
     if any(m == "transformer_varlen" for m, _ in arms.values()) and not (run.cuda and tp._has_varlen_attn()):
         raise SystemExit("transformer_varlen needs CUDA and torch.nn.attention.varlen")
     setting = dict(kind="real", n=min(a.k, 128) if a.smoke else a.k, mode="train", cells=6 if a.smoke else a.cells)
@@ -150,6 +183,10 @@ def main(argv: list[str] | None = None) -> None:
             if arm != "transformer_varlen"
         }
         out["vs_transformer_varlen_note"] = "per arm: median of (packed transformer step time / arm step time)"
+    if a.profile and run.cuda:
+        out["profile"] = _profile(run, arms, names, batches[0])
+        for arm, prof in out["profile"].items():
+            print(arm, prof["gpu_time_ms"], "ms", prof["top_kernels"][:12], flush=True)
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
