@@ -118,31 +118,33 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
     tl.store(dcb_ptrs, tl.where(pair, acc, 0.0), mask=in_q)
 
 
+@triton.jit
+def _segment_add(v1, f1, v2, f2):
+    """Segmented sum (Blelloch 1990): ``f`` marks the first element of a segment in scan order."""
+    return tl.where(f2 != 0, v2, v1 + v2), f1 | f2
+
+
 @triton.jit(do_not_specialize=["L"])
-def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c,
-                       Q: tl.constexpr, BK: tl.constexpr, HAS_SEQ: tl.constexpr):
+def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
     """``out_j = sum of r_k over the positions k >= j of j's chunk that belong to j's sequence``.
 
     Grid ``(nchunks, H)``; ``r``, ``out`` ``[H, nchunks, Q]`` fp32 (``Q`` contiguous), ``seq`` ``[L]`` int32. The
     reverse cumulative sum of ``rows_j - cols_j`` (module docstring) restarted at every sequence of the chunk: the
     pairs of a later sequence never enter, so a position that no pair straddles (a sequence's first token, a
     one-token pad cell) gets exactly zero, not the float32 remainder of the later sequences' cancelling sums.
+    One segmented scan over the chunk read back to front (a segment starts where a sequence ends).
     """
     c = tl.program_id(0)
     h = tl.program_id(1)
-    start = c * Q
-    offs_j = tl.arange(0, Q)
+    offs = Q - 1 - tl.arange(0, Q)  # back to front
+    pos = c * Q + offs
     base = h * stride_h + c.to(tl.int64) * stride_c
+    r = tl.load(r_ptr + base + offs, mask=pos < L, other=0.0)
     if HAS_SEQ:
-        seq_j = tl.load(seq_ptr + start + offs_j, mask=start + offs_j < L, other=-1)
-    acc = tl.zeros((Q,), dtype=tl.float32)
-    for k0 in range(0, Q, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        in_k = start + offs_k < L
-        r = tl.load(r_ptr + base + offs_k, mask=in_k, other=0.0)
-        keep = (offs_k[None, :] >= offs_j[:, None]) & in_k[None, :]
-        if HAS_SEQ:
-            seq_k = tl.load(seq_ptr + start + offs_k, mask=in_k, other=-2)
-            keep = keep & (seq_j[:, None] == seq_k[None, :])
-        acc += tl.sum(tl.where(keep, r[None, :], 0.0), axis=1)
-    tl.store(out_ptr + base + offs_j, acc)
+        seq = tl.load(seq_ptr + pos, mask=pos < L, other=-1)
+        seq_next = tl.load(seq_ptr + pos + 1, mask=(pos + 1 < L) & (offs + 1 < Q), other=-2)
+        head = (seq != seq_next).to(tl.int32)  # the last position of its sequence in the chunk
+    else:
+        head = (offs == Q - 1).to(tl.int32)
+    out, _ = tl.associative_scan((r, head), axis=0, combine_fn=_segment_add)
+    tl.store(out_ptr + base + offs, out)

@@ -164,7 +164,7 @@ def reverse_sum_by_sequence(r: torch.Tensor, seq_idx: torch.Tensor | None, chunk
     L = seq_idx.shape[-1]
     if nchunks and L:
         _kernel_module("_triton_ssd_bwd").seq_rev_sum_kernel[(nchunks, H)](
-            r, seq_idx, out, L, r.stride(1), r.stride(2), Q=Q, BK=min(Q, 32), HAS_SEQ=True, num_warps=4
+            r, seq_idx, out, L, r.stride(1), r.stride(2), Q=Q, HAS_SEQ=True, num_warps=4
         )
     return out
 
