@@ -338,9 +338,9 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_STATES": "mamba"},
         "training: mamba-ssm's SSD backward with its serial state walks over all chunks (not one walk per run)",
     ),
-    "ablation_fused_dcb_ddA": (
-        {"fused_ssd_bwd._SSD_BWD_DDA": "fused"},
-        "training: d(CB) and ddA in one pass (ssd_dcb_ddacs; experimental: non-finite grads seen), not mamba-ssm's",
+    "ablation_mamba_dcb_ddA": (
+        {"fused_ssd_bwd._SSD_BWD_DDA": "mamba"},
+        "training: mamba-ssm's d(CB) and ddA kernels, not one pass (ssd_dcb_ddacs) + the per-sequence reverse sum",
     ),
     "ablation_fused_intra_bwd": (
         {"fused_ssd_bwd._SSD_BWD_INTRA": "fused"},
@@ -486,7 +486,7 @@ class Runner:
                 ("ablation_conv_bwd_span", 2048, "train", a.train_cells_2048),
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
-                ("ablation_fused_dcb_ddA", 2048, "train", a.train_cells_2048),
+                ("ablation_mamba_dcb_ddA", 2048, "train", a.train_cells_2048),
                 ("ablation_split_cat", 2048, "train", a.train_cells_2048),
                 ("ablation_fused_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_intra_bwd", 2048, "train", a.train_cells_2048),

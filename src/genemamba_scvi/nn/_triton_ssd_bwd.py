@@ -1,8 +1,8 @@
 """Triton kernel: the intra-chunk ``d(C B^T)`` and ``d(cumulative dt*A)`` of the chunked SSD backward in one pass.
 
-**Experimental, off by default** (``fused_ssd_bwd._SSD_BWD_DDA = "mamba"``): on an H200 it gave non-finite
-gradients on a real 48-cell batch of the 24-layer encoder (``benchmarks/training_grad_check.py``), though it
-equals mamba-ssm's kernels on the test batches; the cause is not found (``benchmarks/NOTES_throughput.md``, 11).
+The default of the training path (``fused_ssd_bwd._SSD_BWD_DDA = "fused"``) since session 9, when the reverse
+sum of its row and column sums was restarted at every sequence (``seq_rev_sum_kernel``); before that, it gave NaN
+gradients on real packed batches (``benchmarks/NOTES_throughput.md``, section 13).
 
 Inside a chunk the SSD (Dao & Gu 2024, "Transformers are SSMs", section 6) computes
 ``y_m = sum_{n <= m} (C_m . B_n) exp(a_m - a_n) dt_n x_n`` (``a`` the cumulative sum of ``dt * A`` over the
@@ -18,9 +18,10 @@ products per head that takes, for each position ``k``, the sum of ``W`` over the
 (``n < k <= m``) with ``tl.cumsum`` inside the tile: on an H200 at a 48-cell training step that kernel took
 19.5 ms, the dcb kernel 8.9 ms (``benchmarks/NOTES_throughput.md``, section 10). Here the row and column sums of
 ``W`` are taken in the dcb pass itself, while each head's ``D`` tile is in registers, and added into ``ddacs``
-(``[H, nchunks, Q]`` fp32, gradient of ``a``) with atomic adds; the caller's reverse cumulative sum over the chunk
-turns the gradient of ``a`` into the gradient of ``dt * A`` at each position, which is the straddling sum
-(``sum_{j >= k} (rows_j - cols_j)``: the pairs with both ends at or after ``k`` cancel). The diagonal pairs
+(``[H, nchunks, Q]`` fp32, gradient of ``a``) with atomic adds; the reverse cumulative sum over the positions of
+the same sequence (``seq_rev_sum_kernel``) turns the gradient of ``a`` into the gradient of ``dt * A`` at each
+position, which is the straddling sum (``sum_{j >= k} (rows_j - cols_j)``: the pairs with both ends at or after
+``k`` cancel). The diagonal pairs
 (``m == n``) do not depend on ``a`` and are left out of ``W``. Written for this package.
 """
 

@@ -9,12 +9,15 @@ states, ``dstates`` from the output gradient, ``dx``, ``dB``, ``dC``, ``d(CB)``,
 replaces only the two state walks by :mod:`genemamba_scvi.nn._triton_states` (one program per run of chunks
 between the sequence resets; same values, same layouts).
 
-The intra-chunk ``d(C B^T)`` and the gradient of the cumulative ``dt*A`` can come from one pass of our
+The intra-chunk ``d(C B^T)`` and the gradient of the cumulative ``dt*A`` come from one pass of our
 ``ssd_dcb_ddacs_kernel`` (:mod:`genemamba_scvi.nn._triton_ssd_bwd`) instead of mamba-ssm's ``_chunk_scan_bwd_dcb``
-and ``_chunk_scan_bwd_ddAcs_stable`` (two passes over the same ``dy . x`` products); ``_SSD_BWD_DDA``:
-``"mamba"`` (the default) or ``"fused"`` (ours, off: on an H200 it gave non-finite gradients on a real 48-cell
-training batch of the 24-layer encoder, from about layer 5 down, while it equals mamba-ssm's kernels on the test
-batches, compiled and interpreted; cause not found, ``benchmarks/results/training_grad_check_s7_h200.json``).
+and ``_chunk_scan_bwd_ddAcs_stable`` (two passes over the same ``dy . x`` products); its per-position row and
+column sums become the gradient of ``dt*A`` through a reverse sum restarted at every sequence of the chunk
+(:func:`reverse_sum_by_sequence`). ``_SSD_BWD_DDA``: ``"fused"`` (the default since session 9: a training step
+0.948x the time of mamba-ssm's pair, interleaved A/B on an H200, ``benchmarks/results/train_ab_s9_call4_h200.json``)
+or ``"mamba"``. (Sessions 7-8 saw NaN gradients with it: the reverse sum then ran over the whole chunk, and the
+float32 remainder of later cells' cancelling sums reached a one-token pad cell, whose zero hidden state multiplies
+its gradient by ``1/sqrt(eps)`` in every RMSNorm; ``benchmarks/NOTES_throughput.md``, section 13.)
 
 ``_SSD_BWD_STATES``: ``"runs"`` (the walks above) or ``"mamba"`` (mamba-ssm's own backward, unchanged). On an
 H200, "runs" made a training step 6.4% faster (``benchmarks/results/throughput_h200_train_s6.json``). (The
@@ -34,15 +37,14 @@ from genemamba_scvi.nn.config import check_choice
 
 _SSD_BWD_STATES = "runs"
 _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
-_SSD_BWD_DDA = "mamba"  # "fused": experimental, see the module docstring
+_SSD_BWD_DDA = "fused"  # or "mamba" (module docstring)
 #: Launch shape of ``ssd_dcb_ddacs_kernel``: rows and columns of a chunk's ``[Q, Q]`` tile per program, warps,
 #: pipeline stages. H200, 48 cells (``--sweep-ssd-bwd``, session 7): 64 x 64 with 2 warps the fastest of 42 shapes,
 #: 0.87 ms against 1.28 ms for mamba-ssm's two kernels (64 x 32 with 4 warps: 1.04-1.11 ms).
 DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2}
-#: The intra-chunk backward: ``"mamba"`` (mamba-ssm's dx, d(CB) and ddA kernels; the default) or ``"fused"``
-#: (:func:`ssd_chunk_bwd`, one pass; experimental and off: on an H200 it is 0.90x mamba-ssm's three kernels at its
-#: best launch shape, and like ``_SSD_BWD_DDA = "fused"`` it leads to non-finite gradients on the real 48-cell
-#: check batch, ``benchmarks/NOTES_throughput.md`` section 12).
+#: The intra-chunk backward: ``"mamba"`` (mamba-ssm's dx kernel, then d(CB) and ddA as ``_SSD_BWD_DDA`` says;
+#: the default) or ``"fused"`` (:func:`ssd_chunk_bwd`, one pass; off: on an H200 its kernel is 0.90x mamba-ssm's
+#: three at its best launch shape and a training step takes 1.125x the time, ``train_ab_s9_call2_h200.json``).
 _SSD_BWD_INTRA = "mamba"
 #: Launch shape of ``ssd_chunk_bwd_kernel``: source tokens per program, warps, pipeline stages, and whether the
 #: blocks of a chunk's second half visit only its second half's rows (a second launch). H200, 48 cells: 2.88 ms a
@@ -119,8 +121,8 @@ def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
     torch.Tensor
         ``[1, nchunks, G, Q, Q]`` fp32, what mamba-ssm's ``_chunk_scan_bwd_dcb`` returns. After the call,
         ``ddacs`` holds its old value plus, at each position ``j``, ``sum_n W_jn - sum_m W_mj`` (module docstring
-        of :mod:`genemamba_scvi.nn._triton_ssd_bwd`); its reverse cumulative sum over the chunk is what
-        ``_chunk_scan_bwd_ddAcs_stable`` returns.
+        of :mod:`genemamba_scvi.nn._triton_ssd_bwd`); its reverse cumulative sum over the positions of the same
+        sequence (:func:`reverse_sum_by_sequence`) is what ``_chunk_scan_bwd_ddAcs_stable`` returns.
     """
     _, L, H, P = x.shape
     _, nchunks, G, Q, _ = CB.shape
