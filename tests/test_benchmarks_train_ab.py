@@ -1,0 +1,51 @@
+"""The interleaved A/B benchmark of training steps (``benchmarks/train_ab.py``): arms, paired ratios, a CPU run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+train_ab = pytest.importorskip("train_ab")
+
+
+def test_arm_names_give_the_model_and_its_switches():
+    assert train_ab._arm_switches("default") == ("genemamba", {})
+    assert train_ab._arm_switches("transformer_varlen") == ("transformer_varlen", {})
+    assert train_ab._arm_switches("ablation_split_cat") == ("genemamba", {"fused._SPLIT_GRAD_IN_PLACE": False})
+    model, sw = train_ab._arm_switches('x:fused_ssd_bwd._SSD_BWD_DDA=mamba;fused_ssd_bwd.DCB_DDA_CONFIG={"BM":32}')
+    assert model == "genemamba" and sw == {
+        "fused_ssd_bwd._SSD_BWD_DDA": "mamba",
+        "fused_ssd_bwd.DCB_DDA_CONFIG": {"BM": 32},
+    }
+    with pytest.raises(SystemExit, match="unknown arm"):
+        train_ab._arm_switches("no_such_arm")
+
+
+def test_paired_ratio_is_per_round_with_an_interval_around_it():
+    ref = [1.0, 1.1, 0.9, 1.0, 1.2, 1.0]
+    arm = [0.95 * t for t in ref]  # 5% faster on every round, whatever the round's speed
+    r = train_ab._paired({"a": arm, "ref": ref}, "a", "ref", np.random.default_rng(0))
+    assert r["time_ratio_median"] == pytest.approx(0.95)
+    assert r["time_ratio_ci95"][0] == pytest.approx(0.95) and r["time_ratio_ci95"][1] == pytest.approx(0.95)
+    assert r["speedup_vs_ref"] == pytest.approx(1 / 0.95)
+
+
+def test_cpu_run_times_every_arm_and_restores_the_switches(tmp_path):
+    from genemamba_scvi.nn import fused
+
+    before = fused._SPLIT_GRAD_IN_PLACE
+    out = tmp_path / "ab.json"
+    train_ab.main(["--smoke", "--arms", "default", "ablation_split_cat", "--rounds", "2", "--batches", "2",
+                   "--warmup-rounds", "1", "--out", str(out)])  # fmt: skip
+    d = json.loads(out.read_text())
+    assert set(d["arms"]) == {"default", "ablation_split_cat"}
+    assert d["arms"]["default"]["grads_finite"] == [True, True]
+    assert d["arms"]["ablation_split_cat"]["vs_default"]["time_ratio_median"] > 0
+    assert fused._SPLIT_GRAD_IN_PLACE == before
