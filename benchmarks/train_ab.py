@@ -20,9 +20,11 @@ Usage (GPU machine)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,19 @@ def _arm_switches(arm: str) -> tuple[str, dict[str, Any]]:
     return "genemamba", switches
 
 
+@contextlib.contextmanager
+def _switched(switches: dict[str, Any]) -> Iterator[None]:
+    """Set an arm's switches for the block, then put the previous values back."""
+    saved = {k: getattr(*tp._switch(k)) for k in switches}
+    for k, v in switches.items():
+        setattr(*tp._switch(k), v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(*tp._switch(k), v)
+
+
 def _grads_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
@@ -67,18 +82,12 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any]) ->
     out = {}
     for arm in names:
         model, switches = arms[arm]
-        saved = {k: getattr(*tp._switch(k)) for k in switches}
-        for k, v in switches.items():
-            setattr(*tp._switch(k), v)
-        try:
+        with _switched(switches):
             run.step(model, "train", b)
             run._sync()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 run.step(model, "train", b)
                 run._sync()
-        finally:
-            for k, v in saved.items():
-                setattr(*tp._switch(k), v)
         rows = []
         for e in prof.key_averages():
             t = float(getattr(e, "self_device_time_total", 0) or 0)
@@ -135,10 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
         for arm in order:
             model, switches = arms[arm]
-            saved = {k: getattr(*tp._switch(k)) for k in switches}
-            for k, v in switches.items():
-                setattr(*tp._switch(k), v)
-            try:
+            with _switched(switches):
                 run._sync()
                 t0 = time.perf_counter()
                 run.step(model, "train", b)
@@ -146,9 +152,6 @@ def main(argv: list[str] | None = None) -> None:
                 dt = time.perf_counter() - t0
                 if model == "genemamba" and rnd in (a.warmup_rounds, a.warmup_rounds + a.rounds - 1):
                     finite[arm].append(_grads_finite(run.mamba))
-            finally:
-                for k, v in saved.items():
-                    setattr(*tp._switch(k), v)
             if rnd >= a.warmup_rounds:
                 times[arm].append(dt)
         if rnd == a.warmup_rounds - 1:
