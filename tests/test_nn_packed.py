@@ -184,6 +184,41 @@ def test_pack_multiple_dummy_cell_changes_nothing():
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-12, rtol=1e-12, msg=n)
 
 
+@pytest.mark.parametrize(("n_pad", "last"), [(1, 34), (5, 30)])
+def test_dummy_pad_cell_rows_get_exactly_zero_gradient(n_pad, last):
+    """No gradient reaches the dummy cell that rounds a packed row up (``pack_multiple``), not even a rounding
+    remainder. Its tokens embed to zero, so every RMSNorm backward multiplies whatever reaches its rows by
+    ``1/sqrt(eps)`` (~316): a float32 remainder of 1e-7 from the cells after it in its chunk grew to NaN through
+    18 layers on an H200 (``benchmarks/NOTES_throughput.md``, section 13). On a GPU with mamba-ssm this runs the
+    fused training kernels (the pad shares its SSD chunk with the first reversed cells); on a CPU the torch path."""
+    cuda = torch.cuda.is_available()
+    dev = "cuda" if cuda else "cpu"
+    kw = dict(d_model=128, d_state=64, headdim=64) if cuda else dict(d_model=64, d_state=16, headdim=16)
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(200, n_layers=3, chunk_size=64, **kw).to(dev)
+    enc.pack_multiple = 16
+    lengths = torch.tensor([150, 77, 9, 1, last])
+    T = int(lengths.sum())
+    assert (T + n_pad) % 16 == 0 and (T + n_pad) % 64 != 0  # the pad cell and the reversed cells share a chunk
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(dev)
+    tokens = torch.randint(3, 200, (T,), device=dev)
+    grads = {}
+    for i, layer in enumerate(enc.layers):  # the gradient of every block's input rows, pad rows included
+
+        def run(h, *args, _orig=layer.mix_packed, _i=i, **kwargs):
+            h.register_hook(lambda g: grads.__setitem__(_i, g))
+            return _orig(h, *args, **kwargs)
+
+        layer.mix_packed = run
+    h = enc.forward_packed(tokens, cu)
+    (h.float() * torch.randn(h.shape, device=dev)).sum().backward()
+    assert sorted(grads) == [0, 1, 2]
+    for i, g in grads.items():
+        assert g.shape[0] == T + n_pad
+        assert float(g[:T].abs().max()) > 0  # real cells do get gradients
+        assert torch.equal(g[T:], torch.zeros_like(g[T:])), (i, float(g[T:].abs().max()))
+
+
 @pytest.mark.parametrize("cfg", [dict(), dict(block="official", shared_merge=True)])
 def test_projecting_once_then_gathering_equals_gathering_then_projecting(cfg, monkeypatch):
     # the packed path runs in_proj on T tokens and gathers its output for the reversed copies;
