@@ -1,7 +1,10 @@
-"""GPU diagnosis of ``ssd_dcb_ddacs`` (session 7's fused d(CB) + intra-chunk ddA, off by default) on real inputs.
+"""GPU diagnosis of ``ssd_dcb_ddacs`` (session 7's fused d(CB) + intra-chunk ddA) on real inputs.
 
 Session 7 found non-finite gradients from the 24 x 512 encoder on a real 48-cell batch when the fused kernel was on,
-while the kernel equalled mamba-ssm's on the test batches. This script runs the encoder's backward on the same batch
+while the kernel equalled mamba-ssm's on the test batches. (Session 9 found the cause with ``training_grad_check.py
+--watch``: the reverse sum over the whole chunk below, ``dda``, hands a float32 remainder of later cells' sums to
+the packing's zero-embedding pad cell, whose gradient each RMSNorm backward multiplies by 316; the training path
+now sums per sequence, ``fused_ssd_bwd.reverse_sum_by_sequence``, and the kernel is the default.) This script runs the encoder's backward on the same batch
 as ``training_grad_check.py`` with ``_SSD_BWD_DDA = "fused"``, and at every layer's call compares the fused kernel
 (several launch shapes, and with the products taken in fp32) with mamba-ssm's ``_chunk_scan_bwd_dcb`` and
 ``_chunk_scan_bwd_ddAcs_stable`` on the same inputs: finiteness of inputs and outputs, where the non-finite values
