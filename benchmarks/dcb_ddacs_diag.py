@@ -3,13 +3,13 @@
 Session 7 found non-finite gradients from the 24 x 512 encoder on a real 48-cell batch when the fused kernel was on,
 while the kernel equalled mamba-ssm's on the test batches. (Session 9 found the cause with ``training_grad_check.py
 --watch``: the reverse sum over the whole chunk below, ``dda``, hands a float32 remainder of later cells' sums to
-the packing's zero-embedding pad cell, whose gradient each RMSNorm backward multiplies by 316; the training path
-now sums per sequence, ``fused_ssd_bwd.reverse_sum_by_sequence``, and the kernel is the default.) This script
-runs the encoder's backward on the same batch as ``training_grad_check.py`` with ``_SSD_BWD_DDA = "fused"``, and at every layer's call compares the fused kernel
-(several launch shapes, and with the products taken in fp32) with mamba-ssm's ``_chunk_scan_bwd_dcb`` and
-``_chunk_scan_bwd_ddAcs_stable`` on the same inputs: finiteness of inputs and outputs, where the non-finite values
-are (chunk, position, head, sequence), and the largest differences. The first failing chunk's inputs are saved
-(``--dump``) to reproduce it on the CPU.
+the packing's zero-embedding pad cell, whose gradient each RMSNorm backward multiplies by 316; the training path now
+sums per sequence, ``fused_ssd_bwd.reverse_sum_by_sequence``, and the kernel is the default.) This script runs the
+encoder's backward on the same batch as ``training_grad_check.py`` with ``_SSD_BWD_DDA = "fused"``, and at every
+layer's call compares the fused kernel (several launch shapes, and with the products taken in fp32) with mamba-ssm's
+``_chunk_scan_bwd_dcb`` and ``_chunk_scan_bwd_ddAcs_stable`` on the same inputs: finiteness of inputs and outputs,
+where the non-finite values are (chunk, position, head, sequence), and the largest differences. The first failing
+chunk's inputs are saved (``--dump``) to reproduce it on the CPU.
 
 Usage (GPU machine)::
 
