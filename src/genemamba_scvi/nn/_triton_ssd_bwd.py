@@ -126,7 +126,7 @@ def _segment_add(v1, f1, v2, f2):
 
 
 @triton.jit(do_not_specialize=["L"])
-def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c, Q: tl.constexpr, HAS_SEQ: tl.constexpr):
+def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c, Q: tl.constexpr):
     """``out_j = sum of r_k over the positions k >= j of j's chunk that belong to j's sequence``.
 
     Grid ``(nchunks, H)``; ``r``, ``out`` ``[H, nchunks, Q]`` fp32 (``Q`` contiguous), ``seq`` ``[L]`` int32. The
@@ -141,11 +141,8 @@ def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c, Q: tl.con
     pos = c * Q + offs
     base = h * stride_h + c.to(tl.int64) * stride_c
     r = tl.load(r_ptr + base + offs, mask=pos < L, other=0.0)
-    if HAS_SEQ:
-        seq = tl.load(seq_ptr + pos, mask=pos < L, other=-1)
-        seq_next = tl.load(seq_ptr + pos + 1, mask=(pos + 1 < L) & (offs + 1 < Q), other=-2)
-        head = (seq != seq_next).to(tl.int32)  # the last position of its sequence in the chunk
-    else:
-        head = (offs == Q - 1).to(tl.int32)
+    seq = tl.load(seq_ptr + pos, mask=pos < L, other=-1)
+    seq_next = tl.load(seq_ptr + pos + 1, mask=(pos + 1 < L) & (offs + 1 < Q), other=-2)
+    head = (seq != seq_next).to(tl.int32)  # the last position of its sequence in the chunk
     out, _ = tl.associative_scan((r, head), axis=0, combine_fn=_segment_add)
     tl.store(out_ptr + base + offs, out)

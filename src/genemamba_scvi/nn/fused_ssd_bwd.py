@@ -166,7 +166,7 @@ def reverse_sum_by_sequence(r: torch.Tensor, seq_idx: torch.Tensor | None, chunk
     L = seq_idx.shape[-1]
     if nchunks and L:
         _kernel_module("_triton_ssd_bwd").seq_rev_sum_kernel[(nchunks, H)](
-            r, seq_idx, out, L, r.stride(1), r.stride(2), Q=Q, HAS_SEQ=True, num_warps=4
+            r, seq_idx, out, L, r.stride(1), r.stride(2), Q=Q, num_warps=4
         )
     return out
 
@@ -177,7 +177,8 @@ def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
     Returns what mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` (``dx`` written into the given buffer, ``ddt``,
     ``dD``) and ``_chunk_scan_bwd_dcb`` (``dCB``) return, and ``dda_raw`` ``[1, H, nchunks, Q]`` fp32: at each
     position the gradient of the cumulative ``dt*A`` from the intra-chunk pairs, whose reverse cumulative sum over
-    the chunk is what ``_chunk_scan_bwd_ddAcs_stable`` returns.
+    the positions of the same sequence (:func:`reverse_sum_by_sequence`) is what ``_chunk_scan_bwd_ddAcs_stable``
+    returns.
 
     Parameters
     ----------
@@ -284,9 +285,9 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     # d(cumulative dt*A): the state read at each chunk's start, through the walk's scale, enters at the last
     # position of the chunk; a reverse cumulative sum turns it into d(dt*A) at each position
     ddA_prev[..., -1] += ddA_last[None]
+    ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])  # the inter-chunk share; the pairs' is added below
     if _SSD_BWD_INTRA == "fused":  # dx, ddt, dD, d(CB) and the pairs' ddA from one pass (ssd_chunk_bwd)
         ddt, dD, dCB, dda_raw = ssd_chunk_bwd(x, dy, B, CB, dt_c, dA_cs, seq_idx, dstates, D, dx)
-        ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
         ddA += reverse_sum_by_sequence(dda_raw.contiguous(), seq_idx, chunk_size)
     else:
         dx, ddt, dD = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D,
@@ -294,12 +295,10 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
         if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' row and column sums from the dcb pass
             rowcol = torch.zeros(ddA_prev.shape, dtype=torch.float32, device=x.device)
             dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, rowcol)
-            ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
             ddA += reverse_sum_by_sequence(rowcol, seq_idx, chunk_size)
         else:
             dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
-            ddA_intra = ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
-            ddA = ddA_intra + ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+            ddA += ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
     dCB = dCB.to(CB.dtype)
     ssd_bmm._bmm_chunk_bwd(C, dCB, residual=dB_own, out=dB)
     ssd_bmm._bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_own, out=dC)
