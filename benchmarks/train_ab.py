@@ -71,6 +71,15 @@ def _switched(switches: dict[str, Any]) -> Iterator[None]:
             setattr(*tp._switch(k), v)
 
 
+def _timed_step(run: tp.Runner, model: str, b: dict[str, Any]) -> float:
+    """Wall time in seconds of one training step of ``model`` on batch ``b``, the GPU synchronised around it."""
+    run._sync()
+    t0 = time.perf_counter()
+    run.step(model, "train", b)
+    run._sync()
+    return time.perf_counter() - t0
+
+
 def _grads_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
@@ -95,11 +104,7 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any]) ->
                 rows.append((t, e.key[:90], e.count))
         rows.sort(reverse=True)
         with _switched(switches):  # the same step unprofiled: its wall time against the kernels' sum
-            run._sync()
-            t0 = time.perf_counter()
-            run.step(model, "train", b)
-            run._sync()
-            wall_ms = (time.perf_counter() - t0) * 1e3
+            wall_ms = _timed_step(run, model, b) * 1e3
         gpu_ms = sum(r[0] for r in rows) / 1e3
         out[arm] = {
             "gpu_time_ms": round(gpu_ms, 2),
@@ -155,11 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         for arm in order:
             model, switches = arms[arm]
             with _switched(switches):
-                run._sync()
-                t0 = time.perf_counter()
-                run.step(model, "train", b)
-                run._sync()
-                dt = time.perf_counter() - t0
+                dt = _timed_step(run, model, b)
                 if model == "genemamba" and rnd in (a.warmup_rounds, a.warmup_rounds + a.rounds - 1):
                     finite[arm].append(_grads_finite(run.mamba))
             if rnd >= a.warmup_rounds:

@@ -15,10 +15,12 @@ Usage (GPU machine)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,41 +60,51 @@ def _batch(lens: np.ndarray, vocab: int, dev: str, seed: int) -> tuple[torch.Ten
 LOSS = {"kind": "square"}
 
 
+def _loss(h: torch.Tensor) -> torch.Tensor:
+    """The check's loss of the encoder output ``h`` (``LOSS["kind"]``, see :func:`_grads`)."""
+    if LOSS["kind"] == "proj":
+        g = torch.Generator(device=h.device).manual_seed(7)
+        return (h.float() * torch.randn(h.shape, device=h.device, generator=g)).mean()
+    return h.float().square().mean()
+
+
+@contextlib.contextmanager
+def _restored_and_written(out: dict[str, Any], path: str, t0: float) -> Iterator[None]:
+    """Run a block of configs; afterwards put the switches back and write ``out`` (with the seconds) to ``path``,
+    also when the block fails."""
+    saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
+    try:
+        yield
+    finally:
+        _set(saved)
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(out, indent=1, default=str))
+
+
 def _grads(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
     """One backward. Loss ``"square"``: ``mean(h^2)`` (``throughput.py``'s; after the final RMSNorm its gradient is
     only the norm's eps term, ~1e-12 per entry); ``"proj"``: ``mean(h . w)`` with a fixed random ``w`` per token and
     feature (gradients of order 1 / T)."""
     enc.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        h = enc.forward_packed(tp, cu)
-        if LOSS["kind"] == "proj":
-            g = torch.Generator(device=h.device).manual_seed(7)
-            w = torch.randn(h.shape, device=h.device, generator=g)
-            loss = (h.float() * w).mean()
-        else:
-            loss = h.float().square().mean()
+        loss = _loss(enc.forward_packed(tp, cu))
     loss.backward()
     return float(loss), {n: p.grad.detach().float().clone() for n, p in enc.named_parameters() if p.grad is not None}
 
 
-def _anomaly(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor, a: argparse.Namespace, out: dict) -> None:
-    saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
+def _anomaly(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor, configs: list[str], out: dict) -> None:
     out["anomaly"] = {}
-    try:
-        for cname in a.anomaly:
-            _set(CONFIGS[cname])
-            try:
-                with torch.autograd.detect_anomaly(check_nan=True):
-                    _, grads = _grads(enc, tp, cu)
-                bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
-                out["anomaly"][cname] = {"error": None, "nonfinite_grads": bad[:10]}
-            except RuntimeError as err:
-                out["anomaly"][cname] = {"error": str(err)[:2000]}
-            print(cname, out["anomaly"][cname], flush=True)
-    finally:
-        _set(saved)
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=1, default=str))
+    for cname in configs:
+        _set(CONFIGS[cname])
+        try:
+            with torch.autograd.detect_anomaly(check_nan=True):
+                _, grads = _grads(enc, tp, cu)
+            bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
+            out["anomaly"][cname] = {"error": None, "nonfinite_grads": bad[:10]}
+        except RuntimeError as err:
+            out["anomaly"][cname] = {"error": str(err)[:2000]}
+        print(cname, out["anomaly"][cname], flush=True)
 
 
 class _Packed:
@@ -181,10 +193,7 @@ def _watch(enc: GeneMambaEncoder, tp: torch.Tensor, cu: torch.Tensor, cname: str
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack), torch.autocast("cuda", dtype=torch.bfloat16):
             h = enc.forward_packed(tp, cu)
             state["layer"] = -2  # after the last layer
-            loss = h.float().square().mean() if LOSS["kind"] == "square" else None
-            if loss is None:
-                g = torch.Generator(device=h.device).manual_seed(7)
-                loss = (h.float() * torch.randn(h.shape, device=h.device, generator=g)).mean()
+            loss = _loss(h)
     finally:
         for layer in enc.layers:
             del layer.mix_packed, layer.forward_packed  # back to the class's methods
@@ -265,28 +274,23 @@ def main(argv: list[str] | None = None) -> None:
     }
     out["cu_seqlens_real"] = batches["real_top2048_48"][1].tolist()
     if a.anomaly:
-        _anomaly(enc, *batches["real_top2048_48"], a, out)
+        with _restored_and_written(out, a.out, t0):
+            _anomaly(enc, *batches["real_top2048_48"], a.anomaly, out)
         return
     if a.watch:
-        saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
         out["watch"] = {}
-        try:
+        with _restored_and_written(out, a.out, t0):
             for cname in a.watch:
                 r = _watch(enc, *batches["real_top2048_48"], cname)
                 out["watch"][cname] = r
                 print(cname, "saved", r["saved_tensors"], "changed", r["n_changed"], r["changed_saved_tensors"][:3],
                       "nonfinite params", r["nonfinite_params"], "first bad node", r["first_nonfinite_node"],
                       flush=True)  # fmt: skip
-        finally:
-            _set(saved)
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.out).write_text(json.dumps(out, indent=1, default=str))
         return
     configs = {k: v for k, v in CONFIGS.items() if a.configs is None or k in a.configs or k == "session6"}
     if a.batch is not None:
         batches = {k: v for k, v in batches.items() if k in a.batch}
-    saved = tuple(getattr(mod, name) for mod, name in SWITCHES)
-    try:
+    with _restored_and_written(out, a.out, t0):
         for bname, (tp, cu) in batches.items():
             res: dict[str, Any] = {"tokens": int(tp.numel())}
             grads = {}
@@ -318,11 +322,6 @@ def main(argv: list[str] | None = None) -> None:
             print("step", i, steps[-1], flush=True)
         out["steps_config"] = a.steps_config
         out["default_steps"] = steps
-    finally:
-        _set(saved)
-        out["seconds"] = round(time.perf_counter() - t0, 1)
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":

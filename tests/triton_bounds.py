@@ -68,18 +68,13 @@ def bounds_checked() -> Iterator[list[dict[str, Any]]]:
     def init(self, args_dev, kwargs):
         args_hst, kwargs_hst = init_args(self, args_dev, kwargs)
         names = list(self.arg_names) if hasattr(self, "arg_names") else []
+        named = [(names[i] if i < len(names) else str(i), a) for i, a in enumerate(args_hst)]
         spans = []
-        for i, a in enumerate(args_hst):
+        for base, a in [*named, *kwargs_hst.items()]:
             for sub, t in _tensors(a):
                 sp = _span(t)
                 if sp is not None:
-                    base = names[i] if i < len(names) else str(i)
                     spans.append((base + (f".{sub}" if sub else ""), *sp))
-        for k, v in kwargs_hst.items():
-            for sub, t in _tensors(v):
-                sp = _span(t)
-                if sp is not None:
-                    spans.append((k + (f".{sub}" if sub else ""), *sp))
         launch["spans"] = spans
         return args_hst, kwargs_hst
 
