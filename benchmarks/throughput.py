@@ -636,12 +636,14 @@ class Runner:
             self._step(model, mode, b)
 
     def _step(self, model: str, mode: str, b: dict[str, Any]) -> None:
+        from torch.profiler import record_function  # phase labels for train_ab's trace (free when not profiling)
+
         from genemamba_scvi.nn import pack_tokens, pool_hidden, pool_packed
 
         if mode == "train":
             opt = self.opt[model.removesuffix("_varlen")]
             opt.zero_grad(set_to_none=True)
-            with self._autocast(), self._sdpa_ctx():
+            with self._autocast(), self._sdpa_ctx(), record_function("phase:forward"):
                 if model == "genemamba":
                     tp, cu = pack_tokens(b["tokens"], b["lengths"])
                     h = self.mamba.forward_packed(tp, cu)
@@ -654,8 +656,10 @@ class Runner:
                     h = self.transformer(b["tokens"], b["lengths"], b["has_pads"])
                     mask = torch.arange(b["Lmax"], device=self.dev)[None] < b["lengths"][:, None]
                     loss = (h.float().square().mean(-1) * mask).sum() / mask.sum()
-            loss.backward()
-            opt.step()
+            with record_function("phase:backward"):
+                loss.backward()
+            with record_function("phase:optimizer"):
+                opt.step()
         else:
             with torch.inference_mode(), self._autocast(), self._sdpa_ctx():
                 if model == "genemamba":

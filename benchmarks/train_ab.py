@@ -84,8 +84,110 @@ def _grads_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
-def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any]) -> dict[str, Any]:
-    """GPU time by kernel of one training step of each arm on batch ``b`` (torch.profiler, top 30)."""
+def trace_gaps(trace: dict[str, Any], top: int = 15) -> dict[str, Any]:
+    """Where a profiled step's GPU sat idle, from a ``torch.profiler`` Chrome trace.
+
+    Device operations (kernels, memsets, copies) are taken in start order; an idle interval before one counts
+    as *launch-bound* when the operation was launched (its runtime call, matched by correlation id) after the
+    GPU had run out of work, and as *queued* otherwise (device-side latency between queued kernels). Each
+    interval is put in the ``phase:*`` annotation (``throughput.Runner._step``) that holds its launch.
+    """
+    ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "ts" in e]
+
+    def span(e: dict) -> tuple[float, float]:
+        return float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))
+
+    dev = sorted(
+        (*span(e), e.get("name", "?"), e.get("args", {}).get("correlation"))
+        for e in ev
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+    )
+    launch = {
+        e["args"]["correlation"]: float(e["ts"])
+        for e in ev
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
+    }
+    phases = sorted(
+        (*span(e), e["name"].removeprefix("phase:"))
+        for e in ev
+        if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith("phase:")
+    )
+    if not dev:
+        return {"error": "no device events in the trace"}
+    cpu_t0 = min(float(e["ts"]) for e in ev if e.get("cat") in ("cpu_op", "user_annotation"))
+
+    def phase_of(t: float | None) -> str:
+        for a, b, name in phases:
+            if t is not None and a <= t <= b:
+                return name
+        return "other"
+
+    busy_end = dev[0][1]
+    gaps = []
+    by_phase: dict[str, dict[str, float]] = {}
+    for t0, t1, name, corr in dev[1:]:
+        if t0 > busy_end:
+            lt = launch.get(corr)
+            bound = lt is not None and lt >= busy_end - 1.0
+            ph = phase_of(lt)
+            d = by_phase.setdefault(ph, {"launch_bound_us": 0.0, "queued_us": 0.0, "n": 0})
+            d["launch_bound_us" if bound else "queued_us"] += t0 - busy_end
+            d["n"] += 1
+            gaps.append((t0 - busy_end, name[:80], ph, bound))
+        busy_end = max(busy_end, t1)
+    by_next: dict[str, float] = {}
+    for g, name, _, bound in gaps:
+        if bound:
+            by_next[name] = by_next.get(name, 0.0) + g
+    span = busy_end - dev[0][0]
+    busy = sum(t1 - t0 for t0, t1, _, _ in dev)  # (overlap between streams counted twice; one stream here)
+    return {
+        "lead_us": round(dev[0][0] - cpu_t0, 1),
+        "device_span_us": round(span, 1),
+        "device_busy_us": round(busy, 1),
+        "idle_us": round(sum(g[0] for g in gaps), 1),
+        "idle_launch_bound_us": round(sum(g[0] for g in gaps if g[3]), 1),
+        "n_idle_intervals": len(gaps),
+        "idle_by_phase": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in by_phase.items()},
+        "phase_spans_us": {name: round(b - a, 1) for a, b, name in phases},
+        "largest_gaps": [
+            {"us": round(g, 1), "next": n, "phase": ph, "launch_bound": bd} for g, n, ph, bd in sorted(gaps)[::-1][:top]
+        ],
+        "launch_bound_by_next_op": {k: round(v, 1) for k, v in sorted(by_next.items(), key=lambda kv: -kv[1])[:top]},
+    }
+
+
+def _host_view(run: tp.Runner, model: str, b: dict[str, Any]) -> dict[str, Any]:
+    """Host time to enqueue one step against its wall time, and the host synchronisations inside it."""
+    import warnings
+
+    run._sync()
+    t0 = time.perf_counter()
+    run.step(model, "train", b)
+    t_host = time.perf_counter()
+    run._sync()
+    t_end = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode(1)
+        try:
+            run.step(model, "train", b)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        run._sync()
+    syncs: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message).lower():
+            where = f"{Path(w.filename).name}:{w.lineno}"
+            syncs[where] = syncs.get(where, 0) + 1
+    return {"enqueue_ms": round((t_host - t0) * 1e3, 2), "wall_ms": round((t_end - t0) * 1e3, 2), "host_syncs": syncs}
+
+
+def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], trace_dir: Path | None) -> dict[str, Any]:
+    """GPU time by kernel of one training step of each arm on batch ``b`` (torch.profiler, top 30), where the
+    GPU sat idle in it (:func:`trace_gaps`), and the host's share (:func:`_host_view`)."""
+    import tempfile
+
     from torch.profiler import ProfilerActivity, profile
 
     out = {}
@@ -94,7 +196,7 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any]) ->
         with _switched(switches):
             run.step(model, "train", b)
             run._sync()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 run.step(model, "train", b)
                 run._sync()
         rows = []
@@ -103,14 +205,26 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any]) ->
             if t > 0:
                 rows.append((t, e.key[:90], e.count))
         rows.sort(reverse=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(path))
+            trace = json.loads(path.read_text())
+            if trace_dir is not None:
+                import gzip
+
+                trace_dir.mkdir(parents=True, exist_ok=True)
+                (trace_dir / f"trace_{arm}.json.gz").write_bytes(gzip.compress(path.read_bytes()))
         with _switched(switches):  # the same step unprofiled: its wall time against the kernels' sum
             wall_ms = _timed_step(run, model, b) * 1e3
+            host = _host_view(run, model, b)
         gpu_ms = sum(r[0] for r in rows) / 1e3
         out[arm] = {
             "gpu_time_ms": round(gpu_ms, 2),
             "wall_ms_unprofiled": round(wall_ms, 2),
             "wall_minus_gpu_ms": round(wall_ms - gpu_ms, 2),
             "device_ops_per_step": int(sum(r[2] for r in rows)),  # kernels, memsets and copies
+            "host": host,
+            "gaps": trace_gaps(trace),
             "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in rows[:30]],
         }
     return out
@@ -138,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_ab.json"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="after the rounds: GPU time by kernel, one step per arm")
+    p.add_argument("--trace-dir", default=None, help="with --profile: also write each arm's Chrome trace (gzip) here")
     a = p.parse_args(argv)
     targs = tp.build_parser().parse_args(["--seed", str(a.seed)] + (["--smoke", "--cpu"] if a.smoke else []))
     if a.smoke:
@@ -198,9 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         }
         out["vs_transformer_varlen_note"] = "per arm: median of (packed transformer step time / arm step time)"
     if a.profile and run.cuda:
-        out["profile"] = _profile(run, arms, names, batches[0])
+        out["profile"] = _profile(run, arms, names, batches[0], Path(a.trace_dir) if a.trace_dir else None)
         for arm, prof in out["profile"].items():
-            print(arm, prof["gpu_time_ms"], "ms", prof["top_kernels"][:12], flush=True)
+            print(arm, prof["gpu_time_ms"], "ms", prof["host"], json.dumps(prof["gaps"])[:1500], flush=True)
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

@@ -49,3 +49,28 @@ def test_cpu_run_times_every_arm_and_restores_the_switches(tmp_path):
     assert d["arms"]["default"]["grads_finite"] == [True, True]
     assert d["arms"]["ablation_split_cat"]["vs_default"]["time_ratio_median"] > 0
     assert fused._SPLIT_GRAD_IN_PLACE == before
+
+
+def test_trace_gaps_tells_launch_bound_idle_from_queued_idle():
+    def op(name, ts, dur, cat, corr=None):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "cat": cat, "args": {"correlation": corr}}
+
+    trace = {
+        "traceEvents": [
+            op("phase:forward", 0, 100, "user_annotation"),
+            op("phase:backward", 100, 100, "user_annotation"),
+            op("cudaLaunchKernel", 1, 2, "cuda_runtime", 1),
+            op("cudaLaunchKernel", 3, 2, "cuda_runtime", 2),  # queued long before k1 ends
+            op("cudaLaunchKernel", 150, 2, "cuda_runtime", 3),  # launched after the GPU ran dry
+            op("k1", 10, 20, "kernel", 1),
+            op("k2", 32, 8, "kernel", 2),  # 2 us queued gap
+            op("k3", 155, 5, "kernel", 3),  # 115 us launch-bound gap, launched in the backward
+        ]
+    }
+    g = train_ab.trace_gaps(trace)
+    assert g["lead_us"] == 10 and g["device_busy_us"] == 33 and g["device_span_us"] == 150
+    assert g["idle_us"] == 117 and g["idle_launch_bound_us"] == 115 and g["n_idle_intervals"] == 2
+    assert g["idle_by_phase"]["backward"] == {"launch_bound_us": 115, "queued_us": 0, "n": 1}
+    assert g["idle_by_phase"]["forward"] == {"launch_bound_us": 0, "queued_us": 2, "n": 1}
+    assert g["largest_gaps"][0] == {"us": 115, "next": "k3", "phase": "backward", "launch_bound": True}
+    assert g["launch_bound_by_next_op"] == {"k3": 115}
