@@ -338,6 +338,18 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_STATES": "mamba"},
         "training: mamba-ssm's SSD backward with its serial state walks over all chunks (not one walk per run)",
     ),
+    "ablation_triton_launch": (
+        {"_launch.FAST_LAUNCH": False},
+        "every kernel of this package launched through Triton's own per-launch path, not the cached launcher",
+    ),
+    "ablation_conv_dx_cell_ids": (
+        {"fused._CONV_DX_BOUNDS": False},
+        "training: the conv backward's second pass checks taps with one cell-id load per tap, not the cell bounds",
+    ),
+    "ablation_merge_db_sum": (
+        {"fused_merge._MERGE_DB_IN_KERNEL": False},
+        "training: the gate bias' gradient as a column sum of the [T, d] bf16 gradient, not the kernel's block sums",
+    ),
     "ablation_mamba_dcb_ddA": (
         {"fused_ssd_bwd._SSD_BWD_DDA": "mamba"},
         "training: mamba-ssm's d(CB) and ddA kernels, not one pass (ssd_dcb_ddacs) + the per-sequence reverse sum",
@@ -487,6 +499,10 @@ class Runner:
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_dcb_ddA", 2048, "train", a.train_cells_2048),
+                ("ablation_triton_launch", 2048, "train", a.train_cells_2048),
+                ("ablation_triton_launch", 2048, "infer", a.infer_cells_2048),
+                ("ablation_conv_dx_cell_ids", 2048, "train", a.train_cells_2048),
+                ("ablation_merge_db_sum", 2048, "train", a.train_cells_2048),
                 ("ablation_split_cat", 2048, "train", a.train_cells_2048),
                 ("ablation_fused_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_intra_bwd", 2048, "train", a.train_cells_2048),

@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_ab.json"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="after the rounds: GPU time by kernel, one step per arm")
+    p.add_argument("--profile-arms", nargs="*", default=None, help="arms to profile (default: every arm)")
     p.add_argument("--trace-dir", default=None, help="with --profile: also write each arm's Chrome trace (gzip) here")
     a = p.parse_args(argv)
     targs = tp.build_parser().parse_args(["--seed", str(a.seed)] + (["--smoke", "--cpu"] if a.smoke else []))
@@ -313,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         out["vs_transformer_varlen_note"] = "per arm: median of (packed transformer step time / arm step time)"
     if a.profile and run.cuda:
-        out["profile"] = _profile(run, arms, names, batches[0], Path(a.trace_dir) if a.trace_dir else None)
+        prof_names = [n for n in names if a.profile_arms is None or n in a.profile_arms]
+        out["profile"] = _profile(run, arms, prof_names, batches[0], Path(a.trace_dir) if a.trace_dir else None)
         for arm, prof in out["profile"].items():
             print(arm, prof["gpu_time_ms"], "ms", prof["host"], json.dumps(prof["gaps"])[:1500], flush=True)
     out["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -103,8 +103,12 @@ def conv_bwd_variant(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("silu", [True, False])
-def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(silu, conv_bwd_variant):
+@pytest.mark.parametrize("silu,dx_bounds", [(True, True), (False, True), (True, False)])
+def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(monkeypatch, silu, dx_bounds, conv_bwd_variant):
+    """``dx_bounds``: the two-pass backward's second pass checks taps against the cell bounds (or cell ids)."""
+    from genemamba_scvi.nn import fused
+
+    monkeypatch.setattr(fused, "_CONV_DX_BOUNDS", dx_bounds)
     torch.manual_seed(1)
     p = _pack()
     T, C, K = p.n_tokens, 12, 4

@@ -358,14 +358,16 @@ def test_add_rms_norm_equals_the_torch_stream(monkeypatch, with_residual, D):
         fused_norm.add_rms_norm(x, w[:-1])
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, bias):
+@pytest.mark.parametrize("bias,db_in_kernel", [(True, True), (True, False), (False, True)])
+def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, bias, db_in_kernel):
     """``nn.fused_merge.gate_merge_train`` against ``merge_packed(mode="gate")``: output and the gradients of the
-    two-direction rows, the weight and the bias; ragged cells, an empty one, several partial blocks."""
+    two-direction rows, the weight and the bias (from the kernel's per-block column sums, or a column sum after
+    it); ragged cells, an empty one, several partial blocks."""
     from genemamba_scvi.nn import fused_merge
     from genemamba_scvi.nn.bimamba import merge_packed, pack_cells
 
     monkeypatch.setattr(fused_merge, "_MERGE_BLOCK", (4, 8))
+    monkeypatch.setattr(fused_merge, "_MERGE_DB_IN_KERNEL", db_in_kernel)
     torch.manual_seed(6)
     lens = torch.tensor([5, 1, 3, 0, 17, 2, 9])
     p = pack_cells(torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE))

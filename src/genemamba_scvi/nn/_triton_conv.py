@@ -103,3 +103,35 @@ def conv_both_bwd_pre2d_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, 
     _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc1, 1, K)
     _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc2, 2, K)
     _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc3, 3, K)
+
+
+@triton.jit(do_not_specialize=["T"])
+def conv_both_bwd_dx_bounds_kernel(w_ptr, seq_ptr, cu_ptr, dpre_ptr, dx_ptr, T, C, stride_w, stride_dx,
+    K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """``_triton_bimamba.conv_both_bwd_dx_kernel`` with each token's cell bounds ``[s, e)`` read once.
+
+    ``dx[u] = sum_m w[K-1-m] (dpre_fwd[u+m] + dpre_rev[u-m])`` over ``u + m < e`` and ``u - m >= s``: two dependent
+    loads per token (cell id, then bounds) instead of one cell-id load per tap and direction before each tap's
+    gradient load, as the ``"tokens"`` forward does (``conv_both_fwd_tok_kernel``).
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < T
+    cmask = cols < C
+    cell = tl.load(seq_ptr + rows, mask=rmask, other=0)
+    s = tl.load(cu_ptr + cell, mask=rmask, other=0)
+    e = tl.load(cu_ptr + cell + 1, mask=rmask, other=0)
+    r64 = rows.to(tl.int64)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for m in tl.static_range(K):
+        wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
+        ok = rmask & (rows + m < e)
+        d = tl.load(dpre_ptr + (r64 + m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                    other=0.0).to(tl.float32)
+        ok = rmask & (rows - m >= s)
+        d += tl.load(dpre_ptr + (T + r64 - m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                     other=0.0).to(tl.float32)
+        acc += d * wv[None, :]
+    tl.store(dx_ptr + r64[:, None] * stride_dx + cols[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=rmask[:, None] & cmask[None, :])

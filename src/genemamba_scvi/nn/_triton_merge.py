@@ -95,14 +95,15 @@ def gate_merge_add_norm_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, bias_ptr, ssq_
 
 
 @triton.jit(do_not_specialize=["T"])
-def gate_merge_bwd_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, g_ptr, dout2_ptr, dpf_ptr, dpb_ptr, T, D, stride_o,
-    stride_pf, stride_pb, stride_g, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+def gate_merge_bwd_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, g_ptr, dout2_ptr, dpf_ptr, dpb_ptr, db_part_ptr, T, D,
+    stride_o, stride_pf, stride_pb, stride_g, HAS_DB: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
 ):
     """Backward of ``y = b + sigmoid(pf[u] + pb[j]) * (f - b)`` (unscaled rows) through the gate's elementwise part.
 
     Writes ``dout2[u] = z g``, ``dout2[T + j] = (1 - z) g`` (the direct terms; the caller adds the GEMM terms) and
     the gradient of the gate's pre-activation ``dp = g (f - b) z (1 - z)`` in the rows of ``pf`` (``dpf[u]``) and
-    of ``pb`` (``dpb[j]``).
+    of ``pb`` (``dpb[j]``). ``HAS_DB``: also this program's column sums of ``dp`` (fp32, before rounding), row
+    ``program_id(0)`` of ``db_part`` ``[n_row_blocks, D]``, whose column sums are the gate bias' gradient.
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -122,3 +123,5 @@ def gate_merge_bwd_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, g_ptr, dout2_ptr, d
     tl.store(dout2_ptr + (T + j) * D + cols[None, :], ((1.0 - z) * g).to(ty), mask=mask)
     tl.store(dpf_ptr + u * D + cols[None, :], dp.to(dpf_ptr.dtype.element_ty), mask=mask)
     tl.store(dpb_ptr + j * D + cols[None, :], dp.to(dpb_ptr.dtype.element_ty), mask=mask)
+    if HAS_DB:  # masked rows have g = 0, hence dp = 0
+        tl.store(db_part_ptr + tl.program_id(0) * D + cols, tl.sum(dp, axis=0), mask=cols < D)

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2, launch
 from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.fused_merge import gate_merge_add_norm, gate_merge_both
 from genemamba_scvi.nn.fused_split import GradSlab, split_projection
@@ -93,6 +93,10 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # 16x64x16 (4 warps) against bf16dpre's best 1.82 ms; training +6.8% (throughput_h200_train_s6.json).
 _CONV_BWD_VARIANT = "rows2d"
 _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
+#: Second pass of the two-pass conv backward (dx from the pre-activation gradients): taps checked against each
+#: token's cell bounds, read once (given cu_seqlens; ``_triton_conv.conv_both_bwd_dx_bounds_kernel``), or one
+#: cell-id load per tap and direction (False; an ablation).
+_CONV_DX_BOUNDS = True
 _CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program x warps ("rows2d")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
@@ -179,13 +183,13 @@ class _ConvBoth(torch.autograd.Function):
         check_choice("_CONV_FWD_VARIANT", _CONV_FWD_VARIANT, ("rows", "tokens"))
         if cu is not None and _CONV_FWD_VARIANT == "tokens":
             br, bc, warps = _CONV_TOK_BLOCK
-            _kernels().conv_both_fwd_tok_kernel[(_cdiv(T, br), _cdiv(C, bc))](
+            launch(_kernels().conv_both_fwd_tok_kernel, (_cdiv(T, br), _cdiv(C, bc)),
                 xbc, weight, b, seq, cu, out, T, C, xbc.stride(0), weight.stride(0), out.stride(0), BLOCK_R=br,
                 BLOCK_C=bc, num_warps=warps, **consts,
             )  # fmt: skip
         else:
             br, bc = _CONV_BLOCK
-            _kernels().conv_both_fwd_kernel[(_cdiv(2 * T, br), _cdiv(C, bc))](
+            launch(_kernels().conv_both_fwd_kernel, (_cdiv(2 * T, br), _cdiv(C, bc)),
                 xbc, weight, b, rev, seq, out, T, C, xbc.stride(0), weight.stride(0), out.stride(0), BLOCK_R=br,
                 BLOCK_C=bc, num_warps=4, **consts,
             )  # fmt: skip
@@ -209,7 +213,7 @@ class _ConvBoth(torch.autograd.Function):
             span = _cell_span(seq, cu) if variant == "span" and cu is not None else None
             two_d = variant == "rows2d" and weight.shape[-1] <= 4
             dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, by_token,
-                                                      span, two_d, dx)  # fmt: skip
+                                                      span, two_d, dx, cu)  # fmt: skip
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None, None, None, None
@@ -235,12 +239,15 @@ def _cell_span(seq: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch
     return lo, hi
 
 
-def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, span=None, two_d=False, dx=None):
+def _conv_bwd_two_pass(
+    xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, span=None, two_d=False, dx=None, bounds=None
+):
     """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``.
 
     With ``cu`` (cell starts) the buffer is written by token (``conv_both_bwd_pre_tok_kernel``), else by row;
     ``span`` (``_cell_span``) checks the row kernel's taps against the cell's extent; ``two_d`` writes it by row
-    with two-dimensional tiles (``_triton_conv.conv_both_bwd_pre2d_kernel``).
+    with two-dimensional tiles (``_triton_conv.conv_both_bwd_pre2d_kernel``). ``bounds`` (``cu_seqlens``): the
+    second pass checks taps against each token's cell bounds (``_CONV_DX_BOUNDS``).
     """
     T, C = xbc.shape
     br, bc, iters, warps = (*_CONV_BWD_BLOCK, 4) if not two_d else _CONV_BWD_2D_BLOCK
@@ -250,27 +257,33 @@ def _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=N
     k = _kernels()
     if two_d:
         consts.pop("KP")
-        _kernel_module("_triton_conv").conv_both_bwd_pre2d_kernel[(n_r, _cdiv(C, bc))](
+        launch(_kernel_module("_triton_conv").conv_both_bwd_pre2d_kernel, (n_r, _cdiv(C, bc)),
             *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), BLOCK_R=br,
             BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
         )  # fmt: skip
     elif cu is not None:  # head: x, w, b, rev, seq, dout -> the token kernel takes seq and cu instead of rev and seq
-        k.conv_both_bwd_pre_tok_kernel[(n_r, _cdiv(C, bc))](
+        launch(k.conv_both_bwd_pre_tok_kernel, (n_r, _cdiv(C, bc)),
             *head[:3], seq, cu, dout, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
             BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
         )  # fmt: skip
     else:
         lo, hi = span if span is not None else (seq, seq)
-        k.conv_both_bwd_pre_kernel[(n_r, _cdiv(C, bc))](
+        launch(k.conv_both_bwd_pre_kernel, (n_r, _cdiv(C, bc)),
             *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), lo, hi,
             BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, SPAN=span is not None, num_warps=4, **consts,
         )  # fmt: skip
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
     br, bc = _CONV_BLOCK
-    k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
-        weight, seq, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br, BLOCK_C=bc,
-        num_warps=4,
-    )  # fmt: skip
+    if bounds is not None and _CONV_DX_BOUNDS:
+        launch(_kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel, (_cdiv(T, br), _cdiv(C, bc)),
+            weight, seq, bounds, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br,
+            BLOCK_C=bc, num_warps=4,
+        )  # fmt: skip
+    else:
+        launch(k.conv_both_bwd_dx_kernel, (_cdiv(T, br), _cdiv(C, bc)),
+            weight, seq, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br, BLOCK_C=bc,
+            num_warps=4,
+        )  # fmt: skip
     return dx, dw_part, db_part
 
 
@@ -281,7 +294,7 @@ def _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, silu, dx=None):
     n_r = max(_cdiv(T, br * iters), 1)
     head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
-    _kernels().conv_both_bwd_fused_kernel[(n_r, _cdiv(C, bc))](
+    launch(_kernels().conv_both_bwd_fused_kernel, (n_r, _cdiv(C, bc)),
         *head, dx, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), dx.stride(0),
         BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
     )  # fmt: skip
@@ -350,12 +363,21 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         check_choice("_NORM_FWD_VARIANT", _NORM_FWD_VARIANT, ("rows", "tokens"))
         if _NORM_FWD_VARIANT == "tokens" and n_rows == 2 * T:
             br = _NORM_FWD_TOK_ROWS
-            _kernels().gated_norm_both_fwd_tok_kernel[(_cdiv(T, br), n_groups)](
-                *args, BLOCK_R=br, BLOCK_G=_next_pow2(group_size), num_warps=warps
+            launch(
+                _kernels().gated_norm_both_fwd_tok_kernel,
+                (_cdiv(T, br), n_groups),
+                *args,
+                BLOCK_R=br,
+                BLOCK_G=_next_pow2(group_size),
+                num_warps=warps,
             )
         else:
-            _kernels().gated_norm_both_fwd_kernel[(n_rows, n_groups)](
-                *args, BLOCK_G=_next_pow2(group_size), num_warps=warps
+            launch(
+                _kernels().gated_norm_both_fwd_kernel,
+                (n_rows, n_groups),
+                *args,
+                BLOCK_G=_next_pow2(group_size),
+                num_warps=warps,
             )
         dtype = y.dtype
         out = F.linear(yn, out_weight.to(dtype), out_bias.to(dtype) if out_bias is not None else None)
@@ -386,14 +408,14 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
             br, iters, warps = _NORM_BWD_2D
             n_prog = max(_cdiv(T, br * iters), 1)
             dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=y.device)
-            _kernel_module("_triton_norm").gated_norm_both_bwd2d_kernel[(n_prog, n_groups)](
+            launch(_kernel_module("_triton_norm").gated_norm_both_bwd2d_kernel, (n_prog, n_groups),
                 *head, dw_part, T, G, n_groups, *strides, BLOCK_R=br, ROW_ITERS=iters, BLOCK_G=_next_pow2(G),
                 num_warps=warps,
             )  # fmt: skip
         else:
             n_prog = max(_cdiv(T, _NORM_BWD_ROWS), 1)
             dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=y.device)
-            _kernels().gated_norm_both_bwd_kernel[(n_prog, n_groups)](
+            launch(_kernels().gated_norm_both_bwd_kernel, (n_prog, n_groups),
                 *head, dw_part, T, G, n_groups, *strides, ROWS=_NORM_BWD_ROWS, RECOMPUTE=True,
                 BLOCK_G=_next_pow2(G), num_warps=4 if G <= 1024 else 8,
             )  # fmt: skip

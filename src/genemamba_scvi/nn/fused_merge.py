@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2, launch
 
 __all__ = ["gate_merge_add_norm", "gate_merge_both", "gate_merge_train"]
 
@@ -24,6 +24,9 @@ def _kernels() -> Any:
 
 
 _MERGE_BLOCK = (16, 128)  # tokens x channels per program of the merge kernel (not tuned on a GPU yet)
+#: Training merge backward: the gate bias' gradient from per-block column sums written by the backward kernel (False:
+#: a column sum of the bf16 ``[T, d]`` pre-activation gradient after it; an ablation).
+_MERGE_DB_IN_KERNEL = True
 _MERGE_NORM_ROWS = 4  # tokens per program of the merge + residual + norm kernel (whole rows of d channels)
 
 
@@ -94,8 +97,16 @@ def _merge_launch(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, name):
     br, bd = _MERGE_BLOCK
     args, consts = _merge_args(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, name)
     if T:
-        _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
-            *args, y, y.stride(0), BLOCK_R=br, BLOCK_D=bd, num_warps=4, **consts
+        launch(
+            _kernels().gate_merge_both_kernel,
+            (_cdiv(T, br), _cdiv(d, bd)),
+            *args,
+            y,
+            y.stride(0),
+            BLOCK_R=br,
+            BLOCK_D=bd,
+            num_warps=4,
+            **consts,
         )
     return y, args
 
@@ -138,7 +149,7 @@ def gate_merge_add_norm(
     if T:
         residual = residual if residual.stride(-1) == 1 else residual.contiguous()
         br = _MERGE_NORM_ROWS
-        _kernels().gate_merge_add_norm_kernel[(_cdiv(T, br),)](
+        launch(_kernels().gate_merge_add_norm_kernel, (_cdiv(T, br),),
             *args, residual, r, h if h is not None else r, norm_weight if norm_weight is not None else r,
             residual.stride(0), float(eps), BLOCK_R=br, BLOCK_D=_next_pow2(d), NORM=norm_weight is not None,
             num_warps=4, **consts,
@@ -165,16 +176,22 @@ class _GateMergeTrain(torch.autograd.Function):
         dpf = torch.empty(T, d, dtype=out2.dtype, device=out2.device)
         dpb = torch.empty_like(dpf)
         br, bd = _MERGE_BLOCK
+        db_in_kernel = ctx.has_bias and _MERGE_DB_IN_KERNEL and T > 0
+        db_part = torch.empty(_cdiv(T, br), d, dtype=torch.float32, device=out2.device) if db_in_kernel else dpf
         if T:
-            _kernels().gate_merge_bwd_kernel[(_cdiv(T, br), _cdiv(d, bd))](
-                out2, pf, pb, rev, g, dout2, dpf, dpb, T, d, out2.stride(0), pf.stride(0), pb.stride(0), g.stride(0),
-                BLOCK_R=br, BLOCK_D=bd, num_warps=4,
+            launch(_kernels().gate_merge_bwd_kernel, (_cdiv(T, br), _cdiv(d, bd)),
+                out2, pf, pb, rev, g, dout2, dpf, dpb, db_part, T, d, out2.stride(0), pf.stride(0), pb.stride(0),
+                g.stride(0), HAS_DB=db_in_kernel, BLOCK_R=br, BLOCK_D=bd, num_warps=4,
             )  # fmt: skip
         # the GEMM terms: out2's rows feed pf (forward rows) and pb (reversed rows) through the two weight halves
         dout2[:T].addmm_(dpf, w[:, :d])
         dout2[T:].addmm_(dpb, w[:, d:])
         dw = torch.cat([dpf.t() @ out2[:T], dpb.t() @ out2[T:]], dim=1).to(weight.dtype)
-        db = dpf.sum(0, dtype=torch.float32).to(ctx.b_dtype) if ctx.has_bias else None  # no fp32 copy of dpf
+        db = None
+        if db_in_kernel:  # the kernel's per-block column sums: ~2k x d fp32 instead of a [T, d] bf16 column sum
+            db = db_part.sum(0).to(ctx.b_dtype)
+        elif ctx.has_bias:
+            db = dpf.sum(0, dtype=torch.float32).to(ctx.b_dtype)  # no fp32 copy of dpf
         return dout2, None, dw, db
 
 

@@ -1,0 +1,139 @@
+"""Host time of launching this package's Triton kernels, and where a training step's host time goes (GPU).
+
+Two measurements, one JSON (``--out``):
+
+- ``per_launch_us``: host microseconds per launch of a small kernel (``conv_both_bwd_dx_bounds_kernel`` on 16
+  tokens, so the GPU never holds the host back), ``--n`` launches without synchronising, through Triton's own
+  path (``kernel[grid](...)``) and through :func:`genemamba_scvi.nn._launch.launch`'s cache; a small torch op
+  (``x.add_(1)``) as a reference measured in the same run.
+- ``step_host_profile``: ``cProfile`` of the host side of one training step of the default GeneMamba path on a
+  real top-2048 batch (``throughput.py``'s model and batches), by own time and by cumulative time, and the
+  step's host enqueue time against its wall time, with :data:`~genemamba_scvi.nn._launch.FAST_LAUNCH` on and off.
+
+Usage (GPU machine)::
+
+    python benchmarks/launch_overhead.py --out $OUT/launch_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def per_launch(n: int) -> dict[str, float]:
+    """Host microseconds per launch: Triton's path, the cached path, and a torch op."""
+    from genemamba_scvi.nn import _launch
+    from genemamba_scvi.nn._launch import _kernel_module, launch
+
+    k = _kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel
+    T, C = 16, 128
+    dev = torch.device("cuda")
+    w = torch.randn(C, 4, device=dev)
+    seq = torch.zeros(T, dtype=torch.int32, device=dev)
+    cu = torch.tensor([0, T], device=dev)
+    dpre = torch.randn(2 * T, C, device=dev, dtype=torch.bfloat16)
+    dx = torch.empty(T, C, device=dev, dtype=torch.bfloat16)
+    args = (w, seq, cu, dpre, dx, T, C, w.stride(0), dx.stride(0))
+    kw = dict(K=4, BLOCK_R=16, BLOCK_C=128, num_warps=4)
+    grid = (1, 1)
+
+    def triton_path():
+        k[grid](*args, **kw)
+
+    def cached_path():
+        launch(k, grid, *args, **kw)
+
+    x = torch.zeros(16, device=dev)
+    out = {}
+    for name, fn in (("triton", triton_path), ("cached", cached_path), ("torch_add_", lambda: x.add_(1))):
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        out[name] = (time.perf_counter() - t0) / n * 1e6
+        torch.cuda.synchronize()
+    out["cached_entries"] = len(_launch._LAUNCHERS)
+    ref = torch.empty_like(dx)
+    k[grid](w, seq, cu, dpre, ref, T, C, w.stride(0), ref.stride(0), **kw)
+    cached_path()
+    torch.cuda.synchronize()
+    out["cached_equals_triton"] = bool(torch.equal(ref, dx))
+    return {key: (round(v, 2) if isinstance(v, float) else v) for key, v in out.items()}
+
+
+def step_profile(top: int) -> dict:
+    """cProfile of one training step's host side, and the step's enqueue vs wall time with the cache on and off."""
+    import numpy as np
+
+    import throughput as tp
+    from genemamba_scvi.nn import _launch
+
+    run = tp.Runner(tp.build_parser().parse_args(["--seed", "0"]))
+    run.build()
+    setting = dict(kind="real", n=2048, mode="train", cells=48)
+    b = run.make_batch(setting, np.random.default_rng([0, 2048, 1, 48]))
+    res: dict = {}
+    for fast in (True, False, True):
+        _launch.FAST_LAUNCH = fast
+        for _ in range(3):
+            run.step("genemamba", "train", b)
+        enq, wall = [], []
+        for _ in range(5):
+            run._sync()
+            t0 = time.perf_counter()
+            run.step("genemamba", "train", b)
+            t1 = time.perf_counter()
+            run._sync()
+            enq.append((t1 - t0) * 1e3)
+            wall.append((time.perf_counter() - t0) * 1e3)
+        res.setdefault("fast_launch_on" if fast else "fast_launch_off", []).append(
+            {"enqueue_ms_median": round(float(np.median(enq)), 2), "wall_ms_median": round(float(np.median(wall)), 2)}
+        )
+    _launch.FAST_LAUNCH = True
+    run._sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    run.step("genemamba", "train", b)
+    prof.disable()
+    run._sync()
+    for order in ("tottime", "cumulative"):
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats(order).print_stats(top)
+        res[f"cprofile_by_{order}"] = s.getvalue().splitlines()[-top - 3 :]
+    res["real_tokens"] = int(b["lens"].sum())
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "launch_overhead.json"))
+    p.add_argument("--n", type=int, default=2000, help="launches timed per path")
+    p.add_argument("--top", type=int, default=30, help="cProfile rows kept")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("launch_overhead.py needs a CUDA GPU")
+    out = {"device": torch.cuda.get_device_name(0), "per_launch_us": per_launch(a.n)}
+    print(json.dumps(out), flush=True)
+    out["step_host_profile"] = step_profile(a.top)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out["step_host_profile"].items() if "cprofile" not in k}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
