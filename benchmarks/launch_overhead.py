@@ -4,11 +4,13 @@ Two measurements, one JSON (``--out``):
 
 - ``per_launch_us``: host microseconds per launch of a small kernel (``conv_both_bwd_dx_bounds_kernel`` on 16
   tokens, so the GPU never holds the host back), ``--n`` launches without synchronising, through Triton's own
-  path (``kernel[grid](...)``) and through :func:`genemamba_scvi.nn._launch.launch`'s cache; a small torch op
-  (``x.add_(1)``) as a reference measured in the same run.
+  path (``kernel[grid](...)``); mamba-ssm's autotuned ``_chunk_cumsum_fwd`` through ``Autotuner.run`` and through
+  :func:`genemamba_scvi.nn._launch.fast_autotuner_run`; a small torch op (``x.add_(1)``) as a reference, all
+  measured in the same run.
 - ``step_host_profile``: ``cProfile`` of the host side of one training step of the default GeneMamba path on a
   real top-2048 batch (``throughput.py``'s model and batches), by own time and by cumulative time, and the
-  step's host enqueue time against its wall time, with :data:`~genemamba_scvi.nn._launch.FAST_LAUNCH` on and off.
+  step's host enqueue time against its wall time, with :data:`~genemamba_scvi.nn._launch.FAST_AUTOTUNER` on and
+  off.
 
 Usage (GPU machine)::
 
@@ -34,9 +36,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def per_launch(n: int) -> dict[str, float]:
-    """Host microseconds per launch: Triton's path, the cached path, and a torch op."""
+    """Host microseconds per launch: a small kernel of ours through Triton's path, one of mamba-ssm's autotuned
+    SSD kernels (``_chunk_cumsum_fwd``'s) through ``Autotuner.run`` and through the tuned-key path, a torch op."""
+    from mamba_ssm.ops.triton import ssd_chunk_state
+
     from genemamba_scvi.nn import _launch
-    from genemamba_scvi.nn._launch import _kernel_module, launch
+    from genemamba_scvi.nn._launch import _kernel_module
 
     k = _kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel
     T, C = 16, 128
@@ -48,32 +53,39 @@ def per_launch(n: int) -> dict[str, float]:
     dx = torch.empty(T, C, device=dev, dtype=torch.bfloat16)
     args = (w, seq, cu, dpre, dx, T, C, w.stride(0), dx.stride(0))
     kw = dict(K=4, BLOCK_R=16, BLOCK_C=128, num_warps=4)
-    grid = (1, 1)
+    dt = torch.rand(1, 64, 16, device=dev)
+    A = -torch.rand(16, device=dev)
+    _launch.speed_up_autotuners([ssd_chunk_state])
 
-    def triton_path():
-        k[grid](*args, **kw)
+    def mamba_wrapper():  # allocates its outputs and launches one autotuned kernel
+        ssd_chunk_state._chunk_cumsum_fwd(dt, A, 32)
 
-    def cached_path():
-        launch(k, grid, *args, **kw)
+    def switched(fn, on):
+        def run():
+            _launch.FAST_AUTOTUNER = on
+            fn()
+
+        return run
 
     x = torch.zeros(16, device=dev)
+    paths = (
+        ("triton_jit_kernel", lambda: k[(1, 1)](*args, **kw)),
+        ("mamba_autotuned_wrapper_autotuner_run", switched(mamba_wrapper, False)),
+        ("mamba_autotuned_wrapper_tuned_key_path", switched(mamba_wrapper, True)),
+        ("torch_add_", lambda: x.add_(1)),
+    )
     out = {}
-    for name, fn in (("triton", triton_path), ("cached", cached_path), ("torch_add_", lambda: x.add_(1))):
+    for name, fn in paths:
         for _ in range(50):
             fn()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
-        out[name] = (time.perf_counter() - t0) / n * 1e6
+        out[name] = round((time.perf_counter() - t0) / n * 1e6, 2)
         torch.cuda.synchronize()
-    out["cached_entries"] = len(_launch._LAUNCHERS)
-    ref = torch.empty_like(dx)
-    k[grid](w, seq, cu, dpre, ref, T, C, w.stride(0), ref.stride(0), **kw)
-    cached_path()
-    torch.cuda.synchronize()
-    out["cached_equals_triton"] = bool(torch.equal(ref, dx))
-    return {key: (round(v, 2) if isinstance(v, float) else v) for key, v in out.items()}
+    _launch.FAST_AUTOTUNER = True
+    return out
 
 
 def step_profile(top: int) -> dict:
@@ -89,7 +101,7 @@ def step_profile(top: int) -> dict:
     b = run.make_batch(setting, np.random.default_rng([0, 2048, 1, 48]))
     res: dict = {}
     for fast in (True, False, True):
-        _launch.FAST_LAUNCH = fast
+        _launch.FAST_AUTOTUNER = fast
         for _ in range(3):
             run.step("genemamba", "train", b)
         enq, wall = [], []
@@ -101,10 +113,10 @@ def step_profile(top: int) -> dict:
             run._sync()
             enq.append((t1 - t0) * 1e3)
             wall.append((time.perf_counter() - t0) * 1e3)
-        res.setdefault("fast_launch_on" if fast else "fast_launch_off", []).append(
+        res.setdefault("fast_autotuner_on" if fast else "fast_autotuner_off", []).append(
             {"enqueue_ms_median": round(float(np.median(enq)), 2), "wall_ms_median": round(float(np.median(wall)), 2)}
         )
-    _launch.FAST_LAUNCH = True
+    _launch.FAST_AUTOTUNER = True
     run._sync()
     prof = cProfile.Profile()
     prof.enable()

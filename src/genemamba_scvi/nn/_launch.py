@@ -26,103 +26,60 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-#: Launch this package's Triton kernels through :func:`launch`'s cache of compiled kernels (False: every launch goes
-#: through ``kernel[grid](...)``, Triton's own per-launch Python path; an ablation).
-FAST_LAUNCH = True
-_LAUNCHERS: dict[tuple, Any] = {}
-_I32 = (-(2**31), 2**31)
+#: Launch mamba-ssm's autotuned SSD-backward kernels through :func:`fast_autotuner_run` once their key is tuned
+#: (False: Triton's ``Autotuner.run`` on every launch; an ablation).
+FAST_AUTOTUNER = True
 
 
-def _spec(a: Any) -> Any:
-    """What Triton specialises a kernel on, for one argument (at least as fine as Triton's own key).
+def fast_autotuner_run(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``triton.runtime.autotuner.Autotuner.run`` for a key already tuned, without its per-launch overhead.
 
-    Tensors: dtype and 16-byte alignment; ints: 32/64-bit range, equal to 1, divisible by 16; bools, floats and
-    None: their kind. Anything else (a dtype, a string) by value.
+    Triton 3.6's ``Autotuner.run`` filters every call's arguments with a membership test against the list of
+    argument names (quadratic in the ~25 arguments of mamba-ssm's SSD kernels) before it builds the key; the
+    SSD backward launches ten such kernels a layer and the host, not the GPU, then bounds a training step on
+    some hosts (``benchmarks/NOTES_throughput.md``, section 14). This builds the same key (the ``key`` arguments,
+    then the dtype of every named argument that has one, in call order) with a set, and for a key in the
+    autotuner's cache runs exactly what ``Autotuner.run`` runs for it: the config's pre-hook, then the kernel with
+    the config's keyword arguments. An untuned key, a single-config autotuner or :data:`FAST_AUTOTUNER` off goes
+    to ``Autotuner.run`` itself (which tunes, or reads its disk cache, as usual).
     """
-    if isinstance(a, bool) or a is None:
-        return a
-    if isinstance(a, int):
-        return ("i", _I32[0] <= a < _I32[1], a >= 2**63, a == 1, a % 16 == 0)
-    if isinstance(a, float):
-        return "f"
-    if hasattr(a, "data_ptr"):
-        return (a.dtype, a.data_ptr() % 16 == 0)
-    return a
+    from triton.runtime.autotuner import Autotuner
+
+    if not FAST_AUTOTUNER or len(self.configs) <= 1:
+        return Autotuner.run(self, *args, **kwargs)
+    names = self.__dict__.get("_genemamba_names")
+    if names is None:
+        names = self._genemamba_names = frozenset(self.arg_names)
+    nargs = dict(zip(self.arg_names, args))
+    all_args = {**nargs, **kwargs}
+    key = [all_args[k] for k in self.keys if k in names and k in all_args]
+    key.extend(str(v.dtype) for k, v in all_args.items() if k in names and hasattr(v, "dtype"))
+    config = self.cache.get(tuple(key))
+    if config is None:
+        return Autotuner.run(self, *args, **kwargs)
+    self.best_config = config
+    config_kwargs = config.all_kwargs()
+    if config.pre_hook is not None:
+        self.nargs = nargs
+        config.pre_hook({**all_args, **config_kwargs})
+        self.nargs = None
+    return self.fn.run(*args, **kwargs, **config_kwargs)
 
 
-def _current_stream(device: int) -> int:
-    import torch
+def speed_up_autotuners(modules: Any) -> int:
+    """Route every ``triton.autotune`` kernel defined in ``modules`` through :func:`fast_autotuner_run`.
 
-    return torch.cuda.current_stream(device).cuda_stream
-
-
-def _current_device() -> int:
-    import torch
-
-    return torch.cuda.current_device()
-
-
-def _hooked(hook: Any) -> bool:
-    """Whether a Triton launch hook is set: None or an empty ``HookChain`` (Triton 3.6's default) is not."""
-    return hook is not None and bool(getattr(hook, "calls", True))
-
-
-def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-    """``kernel[grid](*args, **kwargs)`` with Triton's per-launch Python work done once per specialisation.
-
-    Triton's launch path binds and specialises every argument, builds a cache key string and checks globals on
-    every call; at ~20 kernels a layer that host time starves the GPU between short kernels of the backward
-    (``benchmarks/NOTES_throughput.md``, section 14). Here the compiled kernel returned by the first launch is
-    kept under a key of the kernel, the device, each argument's specialisation (:func:`_spec`, at least as fine
-    as Triton's) and the keyword arguments (constexprs and launch options), and later launches call its
-    launcher directly with the arguments in the kernel's parameter order (keyword constexprs and defaults
-    appended, as Triton's binder passes them). Falls back to ``kernel[grid]`` under the interpreter, with
-    a Triton launch hook set (a profiler such as Proton), or when :data:`FAST_LAUNCH` is off.
+    Only the instances are changed (their ``run``), not Triton's class, so other autotuned kernels in the process
+    are untouched. Returns how many were routed (instances already routed are skipped).
     """
-    if not FAST_LAUNCH or _interpreting():
-        kernel[grid](*args, **kwargs)
-        return
-    from triton import knobs
+    from types import MethodType
 
-    if _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
-        kernel[grid](*args, **kwargs)
-        return
-    device = _current_device()
-    key = (kernel, device, tuple(map(_spec, args)), tuple(kwargs.items()))
-    try:
-        hit = _LAUNCHERS.get(key)
-    except TypeError:  # an unhashable keyword value
-        kernel[grid](*args, **kwargs)
-        return
-    if hit is None:
-        compiled = kernel[grid](*args, **kwargs)
-        _LAUNCHERS[key] = _cached_launch(kernel, compiled, len(args), kwargs)
-        return
-    if hit is False:  # not cacheable (see _cached_launch)
-        kernel[grid](*args, **kwargs)
-        return
-    compiled, tail = hit
-    g1 = grid[1] if len(grid) > 1 else 1
-    g2 = grid[2] if len(grid) > 2 else 1
-    compiled.run(grid[0], g1, g2, _current_stream(device), compiled.function, compiled.packed_metadata, None, None,
-                 None, *args, *tail)  # fmt: skip
+    from triton.runtime.autotuner import Autotuner
 
-
-def _cached_launch(kernel: Any, compiled: Any, n_args: int, kwargs: dict[str, Any]) -> tuple[Any, tuple] | bool:
-    """``(compiled, tail)`` for :func:`launch`'s cache, or False where the key would not pin the compiled kernel.
-
-    Not cached: a constexpr passed by position (its value is not in the key), or a runtime argument passed by
-    keyword.
-    """
-    params = getattr(kernel, "params", None)
-    if params is None or compiled is None or any(p.is_constexpr for p in params[:n_args]):
-        return False
-    tail = []
-    for p in params[n_args:]:  # keyword constexprs, then defaults, in the kernel's parameter order
-        if p.name in kwargs and p.is_constexpr:
-            tail.append(kwargs[p.name])
-        elif p.name not in kwargs and p.has_default:
-            tail.append(p.default)
-        else:
-            return False
-    return compiled, tuple(tail)
+    n = 0
+    for mod in modules:
+        for obj in vars(mod).values():
+            if isinstance(obj, Autotuner) and "run" not in obj.__dict__:
+                obj.run = MethodType(fast_autotuner_run, obj)
+                n += 1
+    return n

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2, launch
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.fused_merge import gate_merge_add_norm, gate_merge_both
 from genemamba_scvi.nn.fused_split import GradSlab, split_projection
@@ -95,7 +95,8 @@ _CONV_BWD_VARIANT = "rows2d"
 _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
 #: Second pass of the two-pass conv backward (dx from the pre-activation gradients): taps checked against each
 #: token's cell bounds, read once (given cu_seqlens; ``_triton_conv.conv_both_bwd_dx_bounds_kernel``), or one
-#: cell-id load per tap and direction (False; an ablation).
+#: cell-id load per tap and direction (False; an ablation). H200, interleaved A/B: the cell-id pass's step takes
+#: 1.016x the time (95% interval 1.009-1.040; benchmarks/results/train_ab_s10_call2_h200.json).
 _CONV_DX_BOUNDS = True
 _CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program x warps ("rows2d")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
@@ -183,13 +184,13 @@ class _ConvBoth(torch.autograd.Function):
         check_choice("_CONV_FWD_VARIANT", _CONV_FWD_VARIANT, ("rows", "tokens"))
         if cu is not None and _CONV_FWD_VARIANT == "tokens":
             br, bc, warps = _CONV_TOK_BLOCK
-            launch(_kernels().conv_both_fwd_tok_kernel, (_cdiv(T, br), _cdiv(C, bc)),
+            _kernels().conv_both_fwd_tok_kernel[(_cdiv(T, br), _cdiv(C, bc))](
                 xbc, weight, b, seq, cu, out, T, C, xbc.stride(0), weight.stride(0), out.stride(0), BLOCK_R=br,
                 BLOCK_C=bc, num_warps=warps, **consts,
             )  # fmt: skip
         else:
             br, bc = _CONV_BLOCK
-            launch(_kernels().conv_both_fwd_kernel, (_cdiv(2 * T, br), _cdiv(C, bc)),
+            _kernels().conv_both_fwd_kernel[(_cdiv(2 * T, br), _cdiv(C, bc))](
                 xbc, weight, b, rev, seq, out, T, C, xbc.stride(0), weight.stride(0), out.stride(0), BLOCK_R=br,
                 BLOCK_C=bc, num_warps=4, **consts,
             )  # fmt: skip
@@ -257,30 +258,30 @@ def _conv_bwd_two_pass(
     k = _kernels()
     if two_d:
         consts.pop("KP")
-        launch(_kernel_module("_triton_conv").conv_both_bwd_pre2d_kernel, (n_r, _cdiv(C, bc)),
+        _kernel_module("_triton_conv").conv_both_bwd_pre2d_kernel[(n_r, _cdiv(C, bc))](
             *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), BLOCK_R=br,
             BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
         )  # fmt: skip
     elif cu is not None:  # head: x, w, b, rev, seq, dout -> the token kernel takes seq and cu instead of rev and seq
-        launch(k.conv_both_bwd_pre_tok_kernel, (n_r, _cdiv(C, bc)),
+        k.conv_both_bwd_pre_tok_kernel[(n_r, _cdiv(C, bc))](
             *head[:3], seq, cu, dout, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
             BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
         )  # fmt: skip
     else:
         lo, hi = span if span is not None else (seq, seq)
-        launch(k.conv_both_bwd_pre_kernel, (n_r, _cdiv(C, bc)),
+        k.conv_both_bwd_pre_kernel[(n_r, _cdiv(C, bc))](
             *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), lo, hi,
             BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, SPAN=span is not None, num_warps=4, **consts,
         )  # fmt: skip
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
     br, bc = _CONV_BLOCK
     if bounds is not None and _CONV_DX_BOUNDS:
-        launch(_kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel, (_cdiv(T, br), _cdiv(C, bc)),
+        _kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel[(_cdiv(T, br), _cdiv(C, bc))](
             weight, seq, bounds, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br,
             BLOCK_C=bc, num_warps=4,
         )  # fmt: skip
     else:
-        launch(k.conv_both_bwd_dx_kernel, (_cdiv(T, br), _cdiv(C, bc)),
+        k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
             weight, seq, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br, BLOCK_C=bc,
             num_warps=4,
         )  # fmt: skip
@@ -294,7 +295,7 @@ def _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, silu, dx=None):
     n_r = max(_cdiv(T, br * iters), 1)
     head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
-    launch(_kernels().conv_both_bwd_fused_kernel, (n_r, _cdiv(C, bc)),
+    _kernels().conv_both_bwd_fused_kernel[(n_r, _cdiv(C, bc))](
         *head, dx, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), dx.stride(0),
         BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
     )  # fmt: skip
@@ -363,21 +364,12 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         check_choice("_NORM_FWD_VARIANT", _NORM_FWD_VARIANT, ("rows", "tokens"))
         if _NORM_FWD_VARIANT == "tokens" and n_rows == 2 * T:
             br = _NORM_FWD_TOK_ROWS
-            launch(
-                _kernels().gated_norm_both_fwd_tok_kernel,
-                (_cdiv(T, br), n_groups),
-                *args,
-                BLOCK_R=br,
-                BLOCK_G=_next_pow2(group_size),
-                num_warps=warps,
+            _kernels().gated_norm_both_fwd_tok_kernel[(_cdiv(T, br), n_groups)](
+                *args, BLOCK_R=br, BLOCK_G=_next_pow2(group_size), num_warps=warps
             )
         else:
-            launch(
-                _kernels().gated_norm_both_fwd_kernel,
-                (n_rows, n_groups),
-                *args,
-                BLOCK_G=_next_pow2(group_size),
-                num_warps=warps,
+            _kernels().gated_norm_both_fwd_kernel[(n_rows, n_groups)](
+                *args, BLOCK_G=_next_pow2(group_size), num_warps=warps
             )
         dtype = y.dtype
         out = F.linear(yn, out_weight.to(dtype), out_bias.to(dtype) if out_bias is not None else None)
@@ -408,14 +400,14 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
             br, iters, warps = _NORM_BWD_2D
             n_prog = max(_cdiv(T, br * iters), 1)
             dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=y.device)
-            launch(_kernel_module("_triton_norm").gated_norm_both_bwd2d_kernel, (n_prog, n_groups),
+            _kernel_module("_triton_norm").gated_norm_both_bwd2d_kernel[(n_prog, n_groups)](
                 *head, dw_part, T, G, n_groups, *strides, BLOCK_R=br, ROW_ITERS=iters, BLOCK_G=_next_pow2(G),
                 num_warps=warps,
             )  # fmt: skip
         else:
             n_prog = max(_cdiv(T, _NORM_BWD_ROWS), 1)
             dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=y.device)
-            launch(_kernels().gated_norm_both_bwd_kernel, (n_prog, n_groups),
+            _kernels().gated_norm_both_bwd_kernel[(n_prog, n_groups)](
                 *head, dw_part, T, G, n_groups, *strides, ROWS=_NORM_BWD_ROWS, RECOMPUTE=True,
                 BLOCK_G=_next_pow2(G), num_warps=4 if G <= 1024 else 8,
             )  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2, launch
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 
 __all__ = ["gate_merge_add_norm", "gate_merge_both", "gate_merge_train"]
 
@@ -97,16 +97,8 @@ def _merge_launch(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, name):
     br, bd = _MERGE_BLOCK
     args, consts = _merge_args(out2, rev, weight, bias, row_ssq, norm_dim, norm_eps, name)
     if T:
-        launch(
-            _kernels().gate_merge_both_kernel,
-            (_cdiv(T, br), _cdiv(d, bd)),
-            *args,
-            y,
-            y.stride(0),
-            BLOCK_R=br,
-            BLOCK_D=bd,
-            num_warps=4,
-            **consts,
+        _kernels().gate_merge_both_kernel[(_cdiv(T, br), _cdiv(d, bd))](
+            *args, y, y.stride(0), BLOCK_R=br, BLOCK_D=bd, num_warps=4, **consts
         )
     return y, args
 
@@ -149,7 +141,7 @@ def gate_merge_add_norm(
     if T:
         residual = residual if residual.stride(-1) == 1 else residual.contiguous()
         br = _MERGE_NORM_ROWS
-        launch(_kernels().gate_merge_add_norm_kernel, (_cdiv(T, br),),
+        _kernels().gate_merge_add_norm_kernel[(_cdiv(T, br),)](
             *args, residual, r, h if h is not None else r, norm_weight if norm_weight is not None else r,
             residual.stride(0), float(eps), BLOCK_R=br, BLOCK_D=_next_pow2(d), NORM=norm_weight is not None,
             num_warps=4, **consts,
@@ -179,7 +171,7 @@ class _GateMergeTrain(torch.autograd.Function):
         db_in_kernel = ctx.has_bias and _MERGE_DB_IN_KERNEL and T > 0
         db_part = torch.empty(_cdiv(T, br), d, dtype=torch.float32, device=out2.device) if db_in_kernel else dpf
         if T:
-            launch(_kernels().gate_merge_bwd_kernel, (_cdiv(T, br), _cdiv(d, bd)),
+            _kernels().gate_merge_bwd_kernel[(_cdiv(T, br), _cdiv(d, bd))](
                 out2, pf, pb, rev, g, dout2, dpf, dpb, db_part, T, d, out2.stride(0), pf.stride(0), pb.stride(0),
                 g.stride(0), HAS_DB=db_in_kernel, BLOCK_R=br, BLOCK_D=bd, num_warps=4,
             )  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2, launch
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 
 _ADD_NORM_BLOCK = (4, 8, 4)  # rows x row blocks per program x warps
 
@@ -28,7 +28,7 @@ class _AddRMSNorm(torch.autograd.Function):
         rstd = torch.empty(T, dtype=torch.float32, device=x.device)
         br, iters, warps = _ADD_NORM_BLOCK
         if T:
-            launch(_kernel_module("_triton_norm").add_rms_norm_fwd_kernel, (_cdiv(T, br * iters),),
+            _kernel_module("_triton_norm").add_rms_norm_fwd_kernel[(_cdiv(T, br * iters),)](
                 x, residual if residual is not None else x, weight, h, r, rstd, T, D, eps,
                 HAS_RES=residual is not None, BLOCK_R=br, ROW_ITERS=iters, BLOCK_D=_next_pow2(D), num_warps=warps,
             )  # fmt: skip
@@ -48,7 +48,7 @@ class _AddRMSNorm(torch.autograd.Function):
         if dh is None:
             dh = torch.zeros(T, D, dtype=ctx.x_dtype, device=r.device)
         if T:
-            launch(_kernel_module("_triton_norm").add_rms_norm_bwd_kernel, (n_prog,),
+            _kernel_module("_triton_norm").add_rms_norm_bwd_kernel[(n_prog,)](
                 r, rstd, weight, dh.contiguous(), dr.contiguous() if dr is not None else r, dx,
                 dres if dres is not None else dx, dw_part, T, D, HAS_DR=dr is not None, HAS_RES=ctx.has_res,
                 BLOCK_R=br, ROW_ITERS=iters, BLOCK_D=_next_pow2(D), num_warps=warps,

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from genemamba_scvi.nn._launch import _interpreting, _kernel_module, launch
+from genemamba_scvi.nn._launch import _interpreting, _kernel_module
 
 __all__ = [
     "SSD_CONV_FWD_CONFIG",
@@ -93,9 +93,9 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
                       GATE=ssq is not None, DT_TOKEN=gate is not None, num_warps=cfg["num_warps"])  # fmt: skip
         k = _ssd_kernels()
         if hb > 1:
-            launch(k.ssd_varlen_heads_fwd_kernel, (nheads // hb * n_seq,), *args, HB=hb, **consts)
+            k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, HB=hb, **consts)
         else:
-            launch(k.ssd_varlen_fwd_kernel, (nheads * n_seq,), *args, **consts)
+            k.ssd_varlen_fwd_kernel[(nheads * n_seq,)](*args, **consts)
     return y, ssq
 
 
@@ -334,7 +334,7 @@ def ssd_conv_varlen(
         if order is None:
             order = ssd_order(cu, both=True)
         cfg = SSD_CONV_FWD_CONFIG
-        launch(_ssd_kernels().ssd_conv_varlen_fwd_kernel, (nheads * 2 * n_cells,),
+        _ssd_kernels().ssd_conv_varlen_fwd_kernel[(nheads * 2 * n_cells,)](
             xbc, dt, dt_bias if dt_bias is not None else A, A, D if D is not None else A, conv_weight,
             conv_bias if conv_bias is not None else conv_weight, y, cu, order, T, n_cells, xbc.stride(0),
             dt.stride(0), conv_weight.stride(0), y.stride(0), nheads // ngroups, nheads, d_inner, gn,

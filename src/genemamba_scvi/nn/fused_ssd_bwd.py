@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 
-from genemamba_scvi.nn._launch import _cdiv, _interpreting, _kernel_module, _next_pow2, launch
+from genemamba_scvi.nn._launch import _cdiv, _interpreting, _kernel_module, _next_pow2, speed_up_autotuners
 from genemamba_scvi.nn.config import check_choice
 
+_AUTOTUNERS_ROUTED = False  # mamba-ssm's autotuned kernels routed through _launch.fast_autotuner_run
 _SSD_BWD_STATES = "runs"
 _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
 _SSD_BWD_DDA = "fused"  # or "mamba" (module docstring)
@@ -73,7 +74,7 @@ def state_passing_runs_fwd(states: torch.Tensor, dA_last: torch.Tensor, seq_idx:
     nchunks, nheads, dim = states.shape
     out = torch.empty(nchunks, nheads, dim, dtype=torch.float32, device=states.device)
     if nchunks:
-        launch(_runs().state_passing_runs_fwd_kernel, (_cdiv(dim, _STATES_BLOCK), nchunks, nheads),
+        _runs().state_passing_runs_fwd_kernel[(_cdiv(dim, _STATES_BLOCK), nchunks, nheads)](
             states, dA_last, seq_idx, out, dim, nchunks, seq_idx.shape[-1], chunk_size, states.stride(0),
             states.stride(1), dA_last.stride(0), dA_last.stride(1), out.stride(0), out.stride(1), BLOCK=_STATES_BLOCK,
         )  # fmt: skip
@@ -92,7 +93,7 @@ def state_passing_runs_bwd(out, dA_last, dout, seq_idx, chunk_size, dtype):
     states_lo = torch.empty(nchunks, nheads, dim, dtype=dtype, device=out.device)
     ddA = torch.empty(nheads, nchunks, n_blocks, dtype=torch.float32, device=out.device)
     if nchunks:
-        launch(_runs().state_passing_runs_bwd_kernel, (n_blocks, nchunks, nheads),
+        _runs().state_passing_runs_bwd_kernel[(n_blocks, nchunks, nheads)](
             out, dA_last, dout, seq_idx, dstates, ddA, states_lo, dim, nchunks, seq_idx.shape[-1], chunk_size,
             out.stride(0), out.stride(1), dA_last.stride(0), dA_last.stride(1), dout.stride(0), dout.stride(1),
             dstates.stride(0), dstates.stride(1), ddA.stride(0), ddA.stride(1), BLOCK=_STATES_BLOCK,
@@ -135,7 +136,7 @@ def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
     cfg = DCB_DDA_CONFIG
     bm, bn = cfg["BM"], cfg["BN"]
     if nchunks and L:
-        launch(_kernel_module("_triton_ssd_bwd").ssd_dcb_ddacs_kernel, (_cdiv(Q, bm) * _cdiv(Q, bn), nchunks, G),
+        _kernel_module("_triton_ssd_bwd").ssd_dcb_ddacs_kernel[(_cdiv(Q, bm) * _cdiv(Q, bn), nchunks, G)](
             x, dy, CB, dt, dA_cs, seq_idx if seq_idx is not None else dt, dcb, ddacs, L, Q, P,
             x.stride(1), x.stride(2), dy.stride(1), dy.stride(2), CB.stride(1), CB.stride(2), CB.stride(3),
             CB.stride(4), dt.stride(1), dt.stride(2), dA_cs.stride(1), dA_cs.stride(2), dcb.stride(1), dcb.stride(2),
@@ -165,17 +166,8 @@ def reverse_sum_by_sequence(r: torch.Tensor, seq_idx: torch.Tensor | None, chunk
     out = torch.empty_like(r)
     L = seq_idx.shape[-1]
     if nchunks and L:
-        launch(
-            _kernel_module("_triton_ssd_bwd").seq_rev_sum_kernel,
-            (nchunks, H),
-            r,
-            seq_idx,
-            out,
-            L,
-            r.stride(1),
-            r.stride(2),
-            Q=Q,
-            num_warps=4,
+        _kernel_module("_triton_ssd_bwd").seq_rev_sum_kernel[(nchunks, H)](
+            r, seq_idx, out, L, r.stride(1), r.stride(2), Q=Q, num_warps=4
         )
     return out
 
@@ -261,6 +253,10 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     """
     from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined
 
+    global _AUTOTUNERS_ROUTED
+    if not _AUTOTUNERS_ROUTED and not _interpreting():  # once: mamba-ssm's autotuned kernels, cheaper to launch
+        speed_up_autotuners((ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined))
+        _AUTOTUNERS_ROUTED = True
     check_choice("_SSD_BWD_STATES", _SSD_BWD_STATES, ("runs", "mamba"))
     check_choice("_SSD_BWD_DDA", _SSD_BWD_DDA, ("fused", "mamba"))
     check_choice("_SSD_BWD_INTRA", _SSD_BWD_INTRA, ("fused", "mamba"))
