@@ -4,13 +4,11 @@ Two measurements, one JSON (``--out``):
 
 - ``per_launch_us``: host microseconds per launch of a small kernel (``conv_both_bwd_dx_bounds_kernel`` on 16
   tokens, so the GPU never holds the host back), ``--n`` launches without synchronising, through Triton's own
-  path (``kernel[grid](...)``); mamba-ssm's autotuned ``_chunk_cumsum_fwd`` through ``Autotuner.run`` and through
-  :func:`genemamba_scvi.nn._launch.fast_autotuner_run`; a small torch op (``x.add_(1)``) as a reference, all
-  measured in the same run.
+  path (``kernel[grid](...)``); mamba-ssm's autotuned ``_chunk_cumsum_fwd`` wrapper (allocation and
+  ``Autotuner.run``); a small torch op (``x.add_(1)``) as a reference, all measured in the same run.
 - ``step_host_profile``: ``cProfile`` of the host side of one training step of the default GeneMamba path on a
   real top-2048 batch (``throughput.py``'s model and batches), by own time and by cumulative time, and the
-  step's host enqueue time against its wall time, with :data:`~genemamba_scvi.nn._launch.FAST_AUTOTUNER` on and
-  off.
+  step's host enqueue time against its wall time.
 
 Usage (GPU machine)::
 
@@ -36,11 +34,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def per_launch(n: int) -> dict[str, float]:
-    """Host microseconds per launch: a small kernel of ours through Triton's path, one of mamba-ssm's autotuned
-    SSD kernels (``_chunk_cumsum_fwd``'s) through ``Autotuner.run`` and through the tuned-key path, a torch op."""
+    """Host microseconds per launch: a small kernel of ours through Triton's path, mamba-ssm's autotuned
+    ``_chunk_cumsum_fwd`` wrapper (allocation + ``Autotuner.run``), a torch op."""
     from mamba_ssm.ops.triton import ssd_chunk_state
 
-    from genemamba_scvi.nn import _launch
     from genemamba_scvi.nn._launch import _kernel_module
 
     k = _kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel
@@ -55,23 +52,14 @@ def per_launch(n: int) -> dict[str, float]:
     kw = dict(K=4, BLOCK_R=16, BLOCK_C=128, num_warps=4)
     dt = torch.rand(1, 64, 16, device=dev)
     A = -torch.rand(16, device=dev)
-    _launch.speed_up_autotuners([ssd_chunk_state])
 
     def mamba_wrapper():  # allocates its outputs and launches one autotuned kernel
         ssd_chunk_state._chunk_cumsum_fwd(dt, A, 32)
 
-    def switched(fn, on):
-        def run():
-            _launch.FAST_AUTOTUNER = on
-            fn()
-
-        return run
-
     x = torch.zeros(16, device=dev)
     paths = (
         ("triton_jit_kernel", lambda: k[(1, 1)](*args, **kw)),
-        ("mamba_autotuned_wrapper_autotuner_run", switched(mamba_wrapper, False)),
-        ("mamba_autotuned_wrapper_tuned_key_path", switched(mamba_wrapper, True)),
+        ("mamba_autotuned_wrapper", mamba_wrapper),
         ("torch_add_", lambda: x.add_(1)),
     )
     out = {}
@@ -84,39 +72,33 @@ def per_launch(n: int) -> dict[str, float]:
             fn()
         out[name] = round((time.perf_counter() - t0) / n * 1e6, 2)
         torch.cuda.synchronize()
-    _launch.FAST_AUTOTUNER = True
     return out
 
 
 def step_profile(top: int) -> dict:
-    """cProfile of one training step's host side, and the step's enqueue vs wall time with the cache on and off."""
+    """cProfile of one training step's host side, and the step's enqueue vs wall time (medians of 5)."""
     import numpy as np
 
     import throughput as tp
-    from genemamba_scvi.nn import _launch
 
     run = tp.Runner(tp.build_parser().parse_args(["--seed", "0"]))
     run.build()
     setting = dict(kind="real", n=2048, mode="train", cells=48)
     b = run.make_batch(setting, np.random.default_rng([0, 2048, 1, 48]))
     res: dict = {}
-    for fast in (True, False, True):
-        _launch.FAST_AUTOTUNER = fast
-        for _ in range(3):
-            run.step("genemamba", "train", b)
-        enq, wall = [], []
-        for _ in range(5):
-            run._sync()
-            t0 = time.perf_counter()
-            run.step("genemamba", "train", b)
-            t1 = time.perf_counter()
-            run._sync()
-            enq.append((t1 - t0) * 1e3)
-            wall.append((time.perf_counter() - t0) * 1e3)
-        res.setdefault("fast_autotuner_on" if fast else "fast_autotuner_off", []).append(
-            {"enqueue_ms_median": round(float(np.median(enq)), 2), "wall_ms_median": round(float(np.median(wall)), 2)}
-        )
-    _launch.FAST_AUTOTUNER = True
+    for _ in range(3):
+        run.step("genemamba", "train", b)
+    enq, wall = [], []
+    for _ in range(5):
+        run._sync()
+        t0 = time.perf_counter()
+        run.step("genemamba", "train", b)
+        t1 = time.perf_counter()
+        run._sync()
+        enq.append((t1 - t0) * 1e3)
+        wall.append((time.perf_counter() - t0) * 1e3)
+    res["enqueue_ms_median"] = round(float(np.median(enq)), 2)
+    res["wall_ms_median"] = round(float(np.median(wall)), 2)
     run._sync()
     prof = cProfile.Profile()
     prof.enable()

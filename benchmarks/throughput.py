@@ -338,10 +338,6 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_STATES": "mamba"},
         "training: mamba-ssm's SSD backward with its serial state walks over all chunks (not one walk per run)",
     ),
-    "ablation_autotuner_run": (
-        {"_launch.FAST_AUTOTUNER": False},
-        "training: mamba-ssm's autotuned SSD-backward kernels launched through Autotuner.run, not the tuned-key path",
-    ),
     "ablation_conv_dx_cell_ids": (
         {"fused._CONV_DX_BOUNDS": False},
         "training: the conv backward's second pass checks taps with one cell-id load per tap, not the cell bounds",
@@ -499,7 +495,6 @@ class Runner:
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_dcb_ddA", 2048, "train", a.train_cells_2048),
-                ("ablation_autotuner_run", 2048, "train", a.train_cells_2048),
                 ("ablation_conv_dx_cell_ids", 2048, "train", a.train_cells_2048),
                 ("ablation_merge_db_sum", 2048, "train", a.train_cells_2048),
                 ("ablation_split_cat", 2048, "train", a.train_cells_2048),

@@ -157,6 +157,21 @@ def trace_gaps(trace: dict[str, Any], top: int = 15) -> dict[str, Any]:
     }
 
 
+def _device_ops(trace: dict[str, Any]) -> list[tuple[float, str, int]]:
+    """``(total µs, name, calls)`` of every device operation (kernel, memset, copy) of a trace, largest first.
+
+    (Taken from the trace, not from ``key_averages()``: with CPU activity profiled too, its device totals also
+    credit the CPU-side annotations and autograd nodes with their kernels' time.)
+    """
+    agg: dict[str, list[float]] = {}
+    for e in trace.get("traceEvents", []):
+        if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"):
+            a = agg.setdefault(str(e.get("name", "?"))[:90], [0.0, 0])
+            a[0] += float(e.get("dur", 0))
+            a[1] += 1
+    return sorted(((t, n, int(c)) for n, (t, c) in agg.items()), reverse=True)
+
+
 def _host_view(run: tp.Runner, model: str, b: dict[str, Any]) -> dict[str, Any]:
     """Host time to enqueue one step against its wall time, and the host synchronisations inside it."""
     import warnings
@@ -199,12 +214,6 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], tr
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 run.step(model, "train", b)
                 run._sync()
-        rows = []
-        for e in prof.key_averages():
-            t = float(getattr(e, "self_device_time_total", 0) or 0)
-            if t > 0:
-                rows.append((t, e.key[:90], e.count))
-        rows.sort(reverse=True)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "trace.json"
             prof.export_chrome_trace(str(path))
@@ -214,6 +223,7 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], tr
 
                 trace_dir.mkdir(parents=True, exist_ok=True)
                 (trace_dir / f"trace_{arm}.json.gz").write_bytes(gzip.compress(path.read_bytes()))
+        rows = _device_ops(trace)
         with _switched(switches):  # the same step unprofiled: its wall time against the kernels' sum
             wall_ms = _timed_step(run, model, b) * 1e3
             host = _host_view(run, model, b)

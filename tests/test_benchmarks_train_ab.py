@@ -74,3 +74,16 @@ def test_trace_gaps_tells_launch_bound_idle_from_queued_idle():
     assert g["idle_by_phase"]["forward"] == {"launch_bound_us": 0, "queued_us": 2, "n": 1}
     assert g["largest_gaps"][0] == {"us": 115, "next": "k3", "phase": "backward", "launch_bound": True}
     assert g["launch_bound_by_next_op"] == {"k3": 115}
+
+
+def test_device_ops_sum_kernels_only_by_name():
+    trace = {
+        "traceEvents": [
+            {"ph": "X", "cat": "kernel", "name": "k1", "ts": 0, "dur": 5},
+            {"ph": "X", "cat": "kernel", "name": "k1", "ts": 9, "dur": 7},
+            {"ph": "X", "cat": "gpu_memset", "name": "Memset", "ts": 20, "dur": 1},
+            {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 99},  # host side: not counted
+            {"ph": "X", "cat": "user_annotation", "name": "phase:backward", "ts": 0, "dur": 99},
+        ]
+    }
+    assert train_ab._device_ops(trace) == [(12.0, "k1", 2), (1.0, "Memset", 1)]

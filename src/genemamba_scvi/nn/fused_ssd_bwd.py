@@ -32,10 +32,9 @@ from typing import Any
 
 import torch
 
-from genemamba_scvi.nn._launch import _cdiv, _interpreting, _kernel_module, _next_pow2, speed_up_autotuners
+from genemamba_scvi.nn._launch import _cdiv, _interpreting, _kernel_module, _next_pow2
 from genemamba_scvi.nn.config import check_choice
 
-_AUTOTUNERS_ROUTED = False  # mamba-ssm's autotuned kernels routed through _launch.fast_autotuner_run
 _SSD_BWD_STATES = "runs"
 _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of the state walks
 _SSD_BWD_DDA = "fused"  # or "mamba" (module docstring)
@@ -253,10 +252,6 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     """
     from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined
 
-    global _AUTOTUNERS_ROUTED
-    if not _AUTOTUNERS_ROUTED and not _interpreting():  # once: mamba-ssm's autotuned kernels, cheaper to launch
-        speed_up_autotuners((ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined))
-        _AUTOTUNERS_ROUTED = True
     check_choice("_SSD_BWD_STATES", _SSD_BWD_STATES, ("runs", "mamba"))
     check_choice("_SSD_BWD_DDA", _SSD_BWD_DDA, ("fused", "mamba"))
     check_choice("_SSD_BWD_INTRA", _SSD_BWD_INTRA, ("fused", "mamba"))
