@@ -3,6 +3,7 @@
 # sequential full runs (throughput.py runs the default first): norm backward tiles 1 x 32, the scatter-add
 # reversed-row backward, the gated-norm forward by row.
 timeout 200 python3 benchmarks/train_ab.py --rounds 20 --out $OUT/train_ab_s10_call4_h200.json --arms default \
-  ablation_norm_bwd_tiles_1x32 ablation_rev_scatter ablation_norm_by_row transformer_varlen > $OUT/ab4.log 2>&1
+  ablation_norm_bwd_tiles_1x32 ablation_rev_scatter ablation_norm_by_row "tok2d:fused._CONV_BWD_VARIANT=tokens2d" \
+  transformer_varlen > $OUT/ab4.log 2>&1
 echo "ab rc=$?"; grep -v Warn $OUT/ab4.log | cut -c1-420 | tail -6
 exit 0

@@ -135,3 +135,92 @@ def conv_both_bwd_dx_bounds_kernel(w_ptr, seq_ptr, cu_ptr, dpre_ptr, dx_ptr, T, 
         acc += d * wv[None, :]
     tl.store(dx_ptr + r64[:, None] * stride_dx + cols[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _tok_tap(x_ptr, t64, m: tl.constexpr, ok, cols, cmask, stride_x, K: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr
+):
+    """``x[t + m]`` (fp32) where ``ok`` (the tap inside the token's cell), else 0.
+
+    Zeros without a load when the tap distance ``|m|`` is past the last tap.
+    """
+    if m * m < K * K:
+        return tl.load(x_ptr + (t64 + m)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                       other=0.0).to(tl.float32)
+    else:
+        return tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+
+
+@triton.jit
+def _silu_grad(g, pre, SILU: tl.constexpr):
+    if SILU:
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
+    return g
+
+
+@triton.jit(do_not_specialize=["T"])
+def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_ptr, dpre_ptr, dw_part_ptr,
+    db_part_ptr, T, C, stride_x, stride_w, stride_dout, K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
+):
+    """``conv_both_bwd_pre2d_kernel`` by token: both rows of each token of a block, ``[tokens, channels]`` tiles.
+
+    Token ``t`` of cell ``[s, e)`` anchors its forward row ``t`` (taps ``x[t - m]``, inside when ``t - m >= s``)
+    and its reversed row ``T + s + e - 1 - t`` (taps ``x[t + m]``, inside when ``t + m < e``): the cell's bounds
+    are read once per token (as ``conv_both_fwd_tok_kernel`` and ``conv_both_bwd_dx_bounds_kernel``) instead of a
+    reversal index per row and a cell id per tap, the centre tap is loaded once for both rows, and ``dpre`` is
+    stored by anchor (rows ``t`` and ``T + t``, contiguous). Tap distance ``m`` meets weight column
+    ``K - 1 - m`` in both directions, so one accumulator per tap takes both rows' terms. ``K <= 4``.
+    """
+    pid_r = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    w0 = _w_col(w_ptr, cols, cmask, stride_w, 0, K)[None, :]
+    w1 = _w_col(w_ptr, cols, cmask, stride_w, 1, K)[None, :]
+    w2 = _w_col(w_ptr, cols, cmask, stride_w, 2, K)[None, :]
+    w3 = _w_col(w_ptr, cols, cmask, stride_w, 3, K)[None, :]
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc0 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for it in range(ROW_ITERS):
+        tok = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
+        tm = tok < T
+        mask2 = tm[:, None] & cmask[None, :]
+        cell = tl.load(seq_ptr + tok, mask=tm, other=0)
+        s = tl.load(cu_ptr + cell, mask=tm, other=0)
+        e = tl.load(cu_ptr + cell + 1, mask=tm, other=0)
+        t64 = tok.to(tl.int64)
+        x0 = _tok_tap(x_ptr, t64, 0, tm, cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xf1 = _tok_tap(x_ptr, t64, -1, tm & (tok - 1 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xf2 = _tok_tap(x_ptr, t64, -2, tm & (tok - 2 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xf3 = _tok_tap(x_ptr, t64, -3, tm & (tok - 3 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xr1 = _tok_tap(x_ptr, t64, 1, tm & (tok + 1 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xr2 = _tok_tap(x_ptr, t64, 2, tm & (tok + 2 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xr3 = _tok_tap(x_ptr, t64, 3, tm & (tok + 3 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        centre = x0 * w0 + bias[None, :]
+        pre_f = centre + xf1 * w1 + xf2 * w2 + xf3 * w3
+        pre_r = centre + xr1 * w1 + xr2 * w2 + xr3 * w3
+        r64 = (T + s + e - 1 - tok).to(tl.int64)  # the reversed row anchored at t
+        g_f = tl.load(dout_ptr + t64[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
+        g_r = tl.load(dout_ptr + r64[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
+        g_f = tl.where(mask2, _silu_grad(g_f, pre_f, SILU), 0.0)
+        g_r = tl.where(mask2, _silu_grad(g_r, pre_r, SILU), 0.0)
+        tl.store(dpre_ptr + t64[:, None] * C + cols[None, :], g_f.to(dpre_ptr.dtype.element_ty), mask=mask2)
+        tl.store(dpre_ptr + (T + t64)[:, None] * C + cols[None, :], g_r.to(dpre_ptr.dtype.element_ty), mask=mask2)
+        acc_b += g_f + g_r
+        acc0 += (g_f + g_r) * x0
+        acc1 += g_f * xf1 + g_r * xr1
+        acc2 += g_f * xf2 + g_r * xr2
+        acc3 += g_f * xf3 + g_r * xr3
+    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc0, 0, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc1, 1, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc2, 2, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc3, 3, K)

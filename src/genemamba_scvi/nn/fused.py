@@ -92,13 +92,18 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # [rows, channels, taps] tile; K <= 4, else "bf16dpre". H200, 48 cells (conv_bwd_sweep_s6_h200.json): 0.99 ms at
 # 16x64x16 (4 warps) against bf16dpre's best 1.82 ms; training +6.8% (throughput_h200_train_s6.json).
 _CONV_BWD_VARIANT = "rows2d"
-_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
+# "tokens2d" (given cu_seqlens and K <= 4): "rows2d" whose first kernel takes both rows of a token per program, the
+# cell bounds read once per token, the centre tap shared (nn/_triton_conv.py, conv_both_bwd_pre_tok2d_kernel);
+# written in session 10 after the second pass's cell-bounds kernel cut that pass by 35%; CPU-tested, not yet timed
+# on a GPU, so not the default.
+_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d")
 #: Second pass of the two-pass conv backward (dx from the pre-activation gradients): taps checked against each
 #: token's cell bounds, read once (given cu_seqlens; ``_triton_conv.conv_both_bwd_dx_bounds_kernel``), or one
 #: cell-id load per tap and direction (False; an ablation). H200, interleaved A/B: the cell-id pass's step takes
 #: 1.016x the time (95% interval 1.009-1.040; benchmarks/results/train_ab_s10_call2_h200.json).
 _CONV_DX_BOUNDS = True
 _CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program x warps ("rows2d")
+_CONV_BWD_TOK2D_BLOCK = (16, 64, 8, 4)  # tokens x channels x token blocks per program x warps ("tokens2d")
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
@@ -210,9 +215,9 @@ class _ConvBoth(torch.autograd.Function):
             dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu, dx)
         else:
             dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
-            by_token = cu if variant == "tokens" else None
+            by_token = cu if variant in ("tokens", "tokens2d") else None
             span = _cell_span(seq, cu) if variant == "span" and cu is not None else None
-            two_d = variant == "rows2d" and weight.shape[-1] <= 4
+            two_d = variant in ("rows2d", "tokens2d") and weight.shape[-1] <= 4
             dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, by_token,
                                                       span, two_d, dx, cu)  # fmt: skip
         dw = dw_part.sum(0).to(weight.dtype)
@@ -246,17 +251,26 @@ def _conv_bwd_two_pass(
     """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``.
 
     With ``cu`` (cell starts) the buffer is written by token (``conv_both_bwd_pre_tok_kernel``), else by row;
-    ``span`` (``_cell_span``) checks the row kernel's taps against the cell's extent; ``two_d`` writes it by row
-    with two-dimensional tiles (``_triton_conv.conv_both_bwd_pre2d_kernel``). ``bounds`` (``cu_seqlens``): the
+    ``span`` (``_cell_span``) checks the row kernel's taps against the cell's extent; ``two_d`` writes it with
+    two-dimensional tiles, by row (``_triton_conv.conv_both_bwd_pre2d_kernel``) or with ``cu`` by token
+    (``_triton_conv.conv_both_bwd_pre_tok2d_kernel``). ``bounds`` (``cu_seqlens``): the
     second pass checks taps against each token's cell bounds (``_CONV_DX_BOUNDS``).
     """
     T, C = xbc.shape
     br, bc, iters, warps = (*_CONV_BWD_BLOCK, 4) if not two_d else _CONV_BWD_2D_BLOCK
+    if two_d and cu is not None:
+        br, bc, iters, warps = _CONV_BWD_TOK2D_BLOCK
     n_r = max(_cdiv(T if cu is not None else 2 * T, br * iters), 1)
     head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dpre = torch.empty(2 * T, C, dtype=dpre_dtype, device=xbc.device)
     k = _kernels()
-    if two_d:
+    if two_d and cu is not None:  # the token kernel takes seq and cu instead of rev and seq
+        consts.pop("KP")
+        _kernel_module("_triton_conv").conv_both_bwd_pre_tok2d_kernel[(n_r, _cdiv(C, bc))](
+            *head[:3], seq, cu, dout, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
+            BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
+        )  # fmt: skip
+    elif two_d:
         consts.pop("KP")
         _kernel_module("_triton_conv").conv_both_bwd_pre2d_kernel[(n_r, _cdiv(C, bc))](
             *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), BLOCK_R=br,
