@@ -41,6 +41,25 @@ def _anchor(rows, T, rev_ptr, rmask):
 
 
 @triton.jit
+def _cell_bounds(seq_ptr, cu_ptr, tok, tm):
+    """``[s, e)``: the bounds of each token's cell (two dependent loads a token: its cell id, then ``cu``)."""
+    cell = tl.load(seq_ptr + tok, mask=tm, other=0)
+    return tl.load(cu_ptr + cell, mask=tm, other=0), tl.load(cu_ptr + cell + 1, mask=tm, other=0)
+
+
+@triton.jit
+def _token_block(pid_r, it, ROW_ITERS: tl.constexpr, BLOCK_R: tl.constexpr, T, cmask, seq_ptr, cu_ptr):
+    """Token block ``it`` of program ``pid_r``.
+
+    Returns its tokens, their mask, the tile mask, their cells' bounds and the tokens as int64.
+    """
+    tok = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
+    tm = tok < T
+    s, e = _cell_bounds(seq_ptr, cu_ptr, tok, tm)
+    return tok, tm, tm[:, None] & cmask[None, :], s, e, tok.to(tl.int64)
+
+
+@triton.jit
 def _tap(x_ptr, seq_ptr, anchor, is_rev, cell, m, rmask, cols, cmask, T, stride_x):
     """Tap ``m`` of every row (fp32): token ``anchor - m`` or ``anchor + m`` (reversed rows); 0 outside the cell."""
     u = tl.where(is_rev, anchor + m, anchor - m)
@@ -114,9 +133,7 @@ def conv_both_fwd_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, out_ptr, T, C
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     tm = tok < T
     cmask = cols < C
-    cell = tl.load(seq_ptr + tok, mask=tm, other=0)
-    s = tl.load(cu_ptr + cell, mask=tm, other=0)
-    e = tl.load(cu_ptr + cell + 1, mask=tm, other=0)
+    s, e = _cell_bounds(seq_ptr, cu_ptr, tok, tm)
     t64 = tok.to(tl.int64)
     x0 = tl.load(x_ptr + t64[:, None] * stride_x + cols[None, :], mask=tm[:, None] & cmask[None, :], other=0.0)
     w_c = tl.load(w_ptr + cols * stride_w + (K - 1), mask=cmask, other=0.0).to(tl.float32)
@@ -246,13 +263,7 @@ def conv_both_bwd_pre_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_ptr,
     acc_w = tl.zeros((BLOCK_R, BLOCK_C, KP), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     for it in range(ROW_ITERS):
-        tok = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
-        tm = tok < T
-        mask2 = tm[:, None] & cmask[None, :]
-        cell = tl.load(seq_ptr + tok, mask=tm, other=0)
-        s = tl.load(cu_ptr + cell, mask=tm, other=0)
-        e = tl.load(cu_ptr + cell + 1, mask=tm, other=0)
-        t64 = tok.to(tl.int64)
+        tok, tm, mask2, s, e, t64 = _token_block(pid_r, it, ROW_ITERS, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
         x0 = tl.load(x_ptr + t64[:, None] * stride_x + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
         slot = (taps == K - 1).to(tl.float32)[None, None, :]
         xs_f = x0[:, :, None] * slot

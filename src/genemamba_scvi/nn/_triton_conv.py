@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from genemamba_scvi.nn._triton_bimamba import _anchor, _tap
+from genemamba_scvi.nn._triton_bimamba import _anchor, _cell_bounds, _tap, _token_block
 
 # fmt: off
 
@@ -26,6 +26,24 @@ def _w_col(w_ptr, cols, cmask, stride_w, m: tl.constexpr, K: tl.constexpr):
         return tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
     else:
         return tl.zeros(cols.shape, dtype=tl.float32)
+
+
+@triton.jit
+def _tap_weights(w_ptr, b_ptr, C, stride_w, K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The program's channel block: columns, mask, weights by tap distance ``m = 0..3`` and bias (fp32).
+
+    The bias is zeros without one. Distance ``m`` is weight column ``K - 1 - m``; a distance past the last tap
+    has zero weight and no load.
+    """
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    w0 = _w_col(w_ptr, cols, cmask, stride_w, 0, K)
+    w1 = _w_col(w_ptr, cols, cmask, stride_w, 1, K)
+    w2 = _w_col(w_ptr, cols, cmask, stride_w, 2, K)
+    return cols, cmask, w0, w1, w2, _w_col(w_ptr, cols, cmask, stride_w, 3, K), bias
 
 
 @triton.jit
@@ -46,21 +64,9 @@ def conv_both_bwd_pre2d_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, 
     ``K - 1 - m``; its values stay in registers between the recomputed pre-activation and the weight gradient.
     """
     pid_r = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    # weights by tap distance m (column K - 1 - m); a distance past the last tap has zero weight and no load
-    w0 = _w_col(w_ptr, cols, cmask, stride_w, 0, K)
-    w1 = _w_col(w_ptr, cols, cmask, stride_w, 1, K)
-    w2 = _w_col(w_ptr, cols, cmask, stride_w, 2, K)
-    w3 = _w_col(w_ptr, cols, cmask, stride_w, 3, K)
-    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc0 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    cols, cmask, w0, w1, w2, w3, bias = _tap_weights(w_ptr, b_ptr, C, stride_w, K, HAS_BIAS, BLOCK_C)
+    zero = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc_b, acc0, acc1, acc2, acc3 = zero, zero, zero, zero, zero  # (immutable values: each += rebinds)
     for it in range(ROW_ITERS):
         rows = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
         rmask = rows < 2 * T
@@ -119,9 +125,7 @@ def conv_both_bwd_dx_bounds_kernel(w_ptr, seq_ptr, cu_ptr, dpre_ptr, dx_ptr, T, 
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rmask = rows < T
     cmask = cols < C
-    cell = tl.load(seq_ptr + rows, mask=rmask, other=0)
-    s = tl.load(cu_ptr + cell, mask=rmask, other=0)
-    e = tl.load(cu_ptr + cell + 1, mask=rmask, other=0)
+    s, e = _cell_bounds(seq_ptr, cu_ptr, rows, rmask)
     r64 = rows.to(tl.int64)
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     for m in tl.static_range(K):
@@ -175,28 +179,11 @@ def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_pt
     ``K - 1 - m`` in both directions, so one accumulator per tap takes both rows' terms. ``K <= 4``.
     """
     pid_r = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    w0 = _w_col(w_ptr, cols, cmask, stride_w, 0, K)[None, :]
-    w1 = _w_col(w_ptr, cols, cmask, stride_w, 1, K)[None, :]
-    w2 = _w_col(w_ptr, cols, cmask, stride_w, 2, K)[None, :]
-    w3 = _w_col(w_ptr, cols, cmask, stride_w, 3, K)[None, :]
-    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    acc_b = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc0 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    cols, cmask, w0, w1, w2, w3, bias = _tap_weights(w_ptr, b_ptr, C, stride_w, K, HAS_BIAS, BLOCK_C)
+    zero = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc_b, acc0, acc1, acc2, acc3 = zero, zero, zero, zero, zero  # (immutable values: each += rebinds)
     for it in range(ROW_ITERS):
-        tok = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
-        tm = tok < T
-        mask2 = tm[:, None] & cmask[None, :]
-        cell = tl.load(seq_ptr + tok, mask=tm, other=0)
-        s = tl.load(cu_ptr + cell, mask=tm, other=0)
-        e = tl.load(cu_ptr + cell + 1, mask=tm, other=0)
-        t64 = tok.to(tl.int64)
+        tok, tm, mask2, s, e, t64 = _token_block(pid_r, it, ROW_ITERS, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
         x0 = _tok_tap(x_ptr, t64, 0, tm, cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
         xf1 = _tok_tap(x_ptr, t64, -1, tm & (tok - 1 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
         xf2 = _tok_tap(x_ptr, t64, -2, tm & (tok - 2 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
@@ -204,9 +191,9 @@ def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_pt
         xr1 = _tok_tap(x_ptr, t64, 1, tm & (tok + 1 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
         xr2 = _tok_tap(x_ptr, t64, 2, tm & (tok + 2 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
         xr3 = _tok_tap(x_ptr, t64, 3, tm & (tok + 3 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-        centre = x0 * w0 + bias[None, :]
-        pre_f = centre + xf1 * w1 + xf2 * w2 + xf3 * w3
-        pre_r = centre + xr1 * w1 + xr2 * w2 + xr3 * w3
+        centre = x0 * w0[None, :] + bias[None, :]
+        pre_f = centre + xf1 * w1[None, :] + xf2 * w2[None, :] + xf3 * w3[None, :]
+        pre_r = centre + xr1 * w1[None, :] + xr2 * w2[None, :] + xr3 * w3[None, :]
         r64 = (T + s + e - 1 - tok).to(tl.int64)  # the reversed row anchored at t
         g_f = tl.load(dout_ptr + t64[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
         g_r = tl.load(dout_ptr + r64[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
