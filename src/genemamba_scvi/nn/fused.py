@@ -102,8 +102,14 @@ _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "to
 #: cell-id load per tap and direction (False; an ablation). H200, interleaved A/B: the cell-id pass's step takes
 #: 1.016x the time (95% interval 1.009-1.040; benchmarks/results/train_ab_s10_call2_h200.json).
 _CONV_DX_BOUNDS = True
+#: tokens x channels x warps of that pass. 32 x 128 x 4 (timed) spills 596 bytes a thread at 255 registers, compiled
+#: offline for sm_90a (benchmarks/kernel_registers.py); 16 x 128 x 4 (215 registers) and 32 x 128 x 8 (255) do not
+#: spill: untimed candidates.
+_CONV_DX_BLOCK = (32, 128, 4)
 _CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program x warps ("rows2d")
-_CONV_BWD_TOK2D_BLOCK = (16, 64, 8, 4)  # tokens x channels x token blocks per program x warps ("tokens2d")
+#: tokens x channels x token blocks per program x warps ("tokens2d"; 166 registers a thread offline for sm_90a, 253
+#: with 4 warps)
+_CONV_BWD_TOK2D_BLOCK = (16, 64, 8, 8)
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
 # (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
 # 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
@@ -290,9 +296,10 @@ def _conv_bwd_two_pass(
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
     br, bc = _CONV_BLOCK
     if bounds is not None and _CONV_DX_BOUNDS:
+        br, bc, warps = _CONV_DX_BLOCK
         _kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel[(_cdiv(T, br), _cdiv(C, bc))](
             weight, seq, bounds, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br,
-            BLOCK_C=bc, num_warps=4,
+            BLOCK_C=bc, num_warps=warps,
         )  # fmt: skip
     else:
         k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](

@@ -1,0 +1,96 @@
+"""Registers and spills of this package's conv and merge kernels for an H100/H200, compiled offline (no GPU).
+
+Triton compiles a kernel for ``sm_90a`` without a device (``triton.compile`` with a ``GPUTarget``) and ships
+``ptxas``; ``ptxas -v`` then reports registers per thread and spill stores for each launch shape. A shape that
+spills, or that holds ~255 registers a thread (one block of 4 warps per SM quadrant at most), is a candidate to
+change before spending device time on timing it. Runs on the CPU; writes a JSON (``--out``).
+
+Usage::
+
+    TRITON_INTERPRET=0 python benchmarks/kernel_registers.py --out benchmarks/results/kernel_registers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+_P = "*"
+#: argument types of the kernels below (bf16 activations, fp32 weights and partial sums, int32 cell ids, int64 cu)
+TYPES = dict(
+    x_ptr="*bf16", w_ptr="*fp32", b_ptr="*fp32", seq_ptr="*i32", cu_ptr="*i64", rev_ptr="*i64", dout_ptr="*bf16",
+    dpre_ptr="*bf16", dw_part_ptr="*fp32", db_part_ptr="*fp32", dx_ptr="*bf16", out_ptr="*bf16", out2_ptr="*bf16",
+    pf_ptr="*bf16", pb_ptr="*bf16", g_ptr="*bf16", dout2_ptr="*bf16", dpf_ptr="*bf16", dpb_ptr="*bf16",
+)  # fmt: skip
+#: (module, kernel, constexprs, launch shapes as (constexprs overrides, num_warps))
+CASES = [
+    ("_triton_conv", "conv_both_bwd_pre2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True),
+     [(dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=16), 4)]),
+    ("_triton_conv", "conv_both_bwd_pre_tok2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True),
+     [(dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=8), 4), (dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=8), 8),
+      (dict(BLOCK_R=16, BLOCK_C=32, ROW_ITERS=8), 4)]),
+    ("_triton_bimamba", "conv_both_bwd_dx_kernel", dict(K=4), [(dict(BLOCK_R=32, BLOCK_C=128), 4)]),
+    ("_triton_conv", "conv_both_bwd_dx_bounds_kernel", dict(K=4),
+     [(dict(BLOCK_R=32, BLOCK_C=128), 4), (dict(BLOCK_R=32, BLOCK_C=128), 8), (dict(BLOCK_R=16, BLOCK_C=128), 4),
+      (dict(BLOCK_R=32, BLOCK_C=64), 4)]),
+    ("_triton_bimamba", "conv_both_fwd_tok_kernel", dict(K=4, HAS_BIAS=True, SILU=True),
+     [(dict(BLOCK_R=16, BLOCK_C=128), 4)]),
+    ("_triton_merge", "gate_merge_bwd_kernel", dict(HAS_DB=True), [(dict(BLOCK_R=16, BLOCK_D=128), 4)]),
+]  # fmt: skip
+
+
+def registers(fn, constexprs: dict, num_warps: int) -> dict:
+    """Compile ``fn`` for sm_90a with ``constexprs`` and report ``ptxas -v``'s registers and spill stores."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names
+    signature = {n: ("constexpr" if n in constexprs else TYPES.get(n, "i32")) for n in names}
+    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "k.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        out = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull], capture_output=True,
+                             text=True, check=True).stderr  # fmt: skip
+    regs = re.findall(r"Used (\d+) registers", out)
+    spills = re.findall(r"(\d+) bytes spill stores", out)
+    return {"registers": int(regs[-1]) if regs else None, "spill_store_bytes": int(spills[-1]) if spills else None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kernel_registers.json"))
+    a = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("run with TRITON_INTERPRET=0: the interpreter has nothing to compile")
+    import importlib
+
+    import triton
+
+    rows = []
+    for mod, name, consts, shapes in CASES:
+        fn = getattr(importlib.import_module(f"genemamba_scvi.nn.{mod}"), name)
+        for over, warps in shapes:
+            rec = {"kernel": name, "constexprs": {**consts, **over}, "num_warps": warps}
+            rec.update(registers(fn, {**consts, **over}, warps))
+            rows.append(rec)
+            print(json.dumps(rec), flush=True)
+    out = {"target": "sm_90a (H100/H200), compiled offline", "triton": triton.__version__, "kernels": rows}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
