@@ -31,33 +31,69 @@ TYPES = dict(
     dpre_ptr="*bf16", dw_part_ptr="*fp32", db_part_ptr="*fp32", dx_ptr="*bf16", out_ptr="*bf16", out2_ptr="*bf16",
     pf_ptr="*bf16", pb_ptr="*bf16", g_ptr="*bf16", dout2_ptr="*bf16", dpf_ptr="*bf16", dpb_ptr="*bf16",
 )  # fmt: skip
-#: (module, kernel, constexprs, launch shapes as (constexprs overrides, num_warps))
+_NORM = dict(
+    y_ptr="*bf16",
+    z_ptr="*bf16",
+    w_ptr="*fp32",
+    rstd_ptr="*fp32",
+    dn_ptr="*bf16",
+    dy_ptr="*bf16",
+    dz_ptr="*bf16",
+    yn_ptr="*bf16",
+    r_ptr="*fp32",
+    dh_ptr="*bf16",
+    dr_ptr="*fp32",
+    dres_ptr="*fp32",
+)
+_SSD = dict(
+    x_ptr="*bf16",
+    dy_ptr="*bf16",
+    cb_ptr="*fp32",
+    dt_ptr="*fp32",
+    cs_ptr="*fp32",
+    dcb_ptr="*fp32",
+    ddacs_ptr="*fp32",
+    r_ptr="*fp32",
+    out_ptr="*fp32",
+)
+#: (module, kernel, constexprs, argument types over TYPES, launch shapes as (constexpr overrides, options))
 CASES = [
-    ("_triton_conv", "conv_both_bwd_pre2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True),
+    ("_triton_conv", "conv_both_bwd_pre2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=16), 4)]),
-    ("_triton_conv", "conv_both_bwd_pre_tok2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True),
+    ("_triton_conv", "conv_both_bwd_pre_tok2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=8), 4), (dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=8), 8),
       (dict(BLOCK_R=16, BLOCK_C=32, ROW_ITERS=8), 4)]),
-    ("_triton_bimamba", "conv_both_bwd_dx_kernel", dict(K=4), [(dict(BLOCK_R=32, BLOCK_C=128), 4)]),
-    ("_triton_conv", "conv_both_bwd_dx_bounds_kernel", dict(K=4),
+    ("_triton_bimamba", "conv_both_bwd_dx_kernel", dict(K=4), {}, [(dict(BLOCK_R=32, BLOCK_C=128), 4)]),
+    ("_triton_conv", "conv_both_bwd_dx_bounds_kernel", dict(K=4), {},
      [(dict(BLOCK_R=32, BLOCK_C=128), 4), (dict(BLOCK_R=32, BLOCK_C=128), 8), (dict(BLOCK_R=16, BLOCK_C=128), 4),
       (dict(BLOCK_R=32, BLOCK_C=64), 4)]),
-    ("_triton_bimamba", "conv_both_fwd_tok_kernel", dict(K=4, HAS_BIAS=True, SILU=True),
+    ("_triton_bimamba", "conv_both_fwd_tok_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=128), 4)]),
-    ("_triton_merge", "gate_merge_bwd_kernel", dict(HAS_DB=True), [(dict(BLOCK_R=16, BLOCK_D=128), 4)]),
+    ("_triton_merge", "gate_merge_bwd_kernel", dict(HAS_DB=True), {}, [(dict(BLOCK_R=16, BLOCK_D=128), 4)]),
+    ("_triton_norm", "gated_norm_both_bwd2d_kernel", dict(BLOCK_G=1024), _NORM,
+     [(dict(BLOCK_R=2, ROW_ITERS=16), 4), (dict(BLOCK_R=2, ROW_ITERS=16), 8), (dict(BLOCK_R=1, ROW_ITERS=32), 4),
+      (dict(BLOCK_R=1, ROW_ITERS=32), 8), (dict(BLOCK_R=4, ROW_ITERS=8), 8)]),
+    ("_triton_norm", "add_rms_norm_bwd_kernel", dict(HAS_DR=True, HAS_RES=True, BLOCK_D=512), _NORM,
+     [(dict(BLOCK_R=4, ROW_ITERS=8), 4)]),
+    ("_triton_ssd_bwd", "ssd_dcb_ddacs_kernel", dict(HPG=16, HAS_SEQ=True, INTERPRET=False, BK=64), _SSD,
+     [(dict(BM=64, BN=64), {"num_warps": w, "num_stages": 2}) for w in (2, 4, 8)]
+     + [(dict(BM=64, BN=32), {"num_warps": 4, "num_stages": 2}),
+        (dict(BM=32, BN=32), {"num_warps": 1, "num_stages": 2}),
+        (dict(BM=32, BN=64), {"num_warps": 2, "num_stages": 2})]),
+    ("_triton_ssd_bwd", "seq_rev_sum_kernel", dict(Q=256), _SSD, [({}, 4)]),
 ]  # fmt: skip
 
 
-def registers(fn, constexprs: dict, num_warps: int) -> dict:
+def registers(fn, constexprs: dict, options: dict, types: dict) -> dict:
     """Compile ``fn`` for sm_90a with ``constexprs`` and report ``ptxas -v``'s registers and spill stores."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     names = fn.arg_names
-    signature = {n: ("constexpr" if n in constexprs else TYPES.get(n, "i32")) for n in names}
+    signature = {n: ("constexpr" if n in constexprs else types.get(n, TYPES.get(n, "i32"))) for n in names}
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "k.ptx"
@@ -80,11 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     import triton
 
     rows = []
-    for mod, name, consts, shapes in CASES:
+    for mod, name, consts, types, shapes in CASES:
         fn = getattr(importlib.import_module(f"genemamba_scvi.nn.{mod}"), name)
-        for over, warps in shapes:
-            rec = {"kernel": name, "constexprs": {**consts, **over}, "num_warps": warps}
-            rec.update(registers(fn, {**consts, **over}, warps))
+        for over, opts in shapes:
+            opts = {"num_warps": opts} if isinstance(opts, int) else opts
+            rec = {"kernel": name, "constexprs": {**consts, **over}, **opts}
+            rec.update(registers(fn, {**consts, **over}, opts, types))
             rows.append(rec)
             print(json.dumps(rec), flush=True)
     out = {"target": "sm_90a (H100/H200), compiled offline", "triton": triton.__version__, "kernels": rows}
