@@ -108,6 +108,7 @@ def registers(fn, constexprs: dict, options: dict, types: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kernel_registers.json"))
+    p.add_argument("--only", default="", help="only kernels whose name contains this")
     a = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("run with TRITON_INTERPRET=0: the interpreter has nothing to compile")
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for mod, name, consts, types, shapes in CASES:
+        if a.only not in name:
+            continue
         fn = getattr(importlib.import_module(f"genemamba_scvi.nn.{mod}"), name)
         for over, opts in shapes:
             opts = {"num_warps": opts} if isinstance(opts, int) else opts
