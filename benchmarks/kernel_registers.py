@@ -1,7 +1,8 @@
 """Registers and spills of this package's conv and merge kernels for an H100/H200, compiled offline (no GPU).
 
 Triton compiles a kernel for ``sm_90a`` without a device (``triton.compile`` with a ``GPUTarget``) and ships
-``ptxas``; ``ptxas -v`` then reports registers per thread and spill stores for each launch shape. A shape that
+``ptxas``; ``ptxas -v`` then reports registers per thread and spill stores for each launch shape, and the PTX shows
+whether the dots became Hopper warpgroup MMAs (``wgmma``) or Ampere-style ``mma.sync``. A shape that
 spills, or that holds ~255 registers a thread (one block of 4 warps per SM quadrant at most), is a candidate to
 change before spending device time on timing it. Runs on the CPU; writes a JSON (``--out``).
 
@@ -101,7 +102,14 @@ def registers(fn, constexprs: dict, options: dict, types: dict) -> dict:
                              text=True, check=True).stderr  # fmt: skip
     regs = re.findall(r"Used (\d+) registers", out)
     spills = re.findall(r"(\d+) bytes spill stores", out)
-    return {"registers": int(regs[-1]) if regs else None, "spill_store_bytes": int(spills[-1]) if spills else None}
+    ptx = compiled.asm["ptx"]
+    return {
+        "registers": int(regs[-1]) if regs else None,
+        "spill_store_bytes": int(spills[-1]) if spills else None,
+        # tensor-core instructions in the PTX: Hopper's warpgroup MMA (needs 4 warps a group) or Ampere's mma.sync
+        "wgmma_instructions": ptx.count("wgmma.mma_async"),
+        "mma_sync_instructions": ptx.count("mma.sync"),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
