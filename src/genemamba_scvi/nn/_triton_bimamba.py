@@ -237,12 +237,17 @@ def conv_both_bwd_pre_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, dp
 
 
 @triton.jit
+def _silu_grad(g, pre):
+    """Gradient through SiLU at pre-activation ``pre``: ``g * silu'(pre)``, ``silu' = s (1 + pre (1 - s))``."""
+    s = tl.sigmoid(pre)
+    return g * s * (1.0 + pre * (1.0 - s))
+
+
+@triton.jit
 def _dpre_rows(xs, w3, bias, g, mask2, SILU: tl.constexpr):
     """Pre-activation gradient (fp32, 0 outside ``mask2``) of rows whose taps are ``xs`` and output gradient ``g``."""
     if SILU:
-        pre = tl.sum(xs * w3[None, :, :], axis=2) + bias[None, :]
-        s = tl.sigmoid(pre)
-        g = g * s * (1.0 + pre * (1.0 - s))
+        g = _silu_grad(g, tl.sum(xs * w3[None, :, :], axis=2) + bias[None, :])
     return tl.where(mask2, g, 0.0)
 
 
@@ -363,8 +368,7 @@ def _row_grad(x_ptr, w_ptr, rev_ptr, seq_ptr, dout_ptr, rows, cell, m, bias, rma
                 xv = _shifted(x_ptr, seq_ptr, rows, cell, m - j, rmask, cols, cmask, T, stride_x)
             wv = tl.load(w_ptr + cols * stride_w + (K - 1 - j), mask=cmask, other=0.0).to(tl.float32)
             pre += xv * wv[None, :]
-        s = tl.sigmoid(pre)
-        g = g * s * (1.0 + pre * (1.0 - s))
+        g = _silu_grad(g, pre)
     return tl.where(mask2, g, 0.0)
 
 

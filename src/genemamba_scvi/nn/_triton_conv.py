@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from genemamba_scvi.nn._triton_bimamba import _anchor, _cell_bounds, _tap, _token_block
+from genemamba_scvi.nn._triton_bimamba import _anchor, _cell_bounds, _silu_grad, _tap, _token_block
 
 # fmt: off
 
@@ -91,8 +91,7 @@ def conv_both_bwd_pre2d_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, 
             tl.float32
         )
         if SILU:
-            s = tl.sigmoid(pre)
-            g = g * s * (1.0 + pre * (1.0 - s))
+            g = _silu_grad(g, pre)
         g = tl.where(mask2, g, 0.0)
         dst = (tl.where(is_rev, T, 0) + anchor).to(tl.int64)
         tl.store(dpre_ptr + dst[:, None] * C + cols[None, :], g.to(dpre_ptr.dtype.element_ty), mask=mask2)
@@ -156,14 +155,6 @@ def _tok_tap(x_ptr, t64, m: tl.constexpr, ok, cols, cmask, stride_x, K: tl.const
         return tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
 
 
-@triton.jit
-def _silu_grad(g, pre, SILU: tl.constexpr):
-    if SILU:
-        s = tl.sigmoid(pre)
-        g = g * s * (1.0 + pre * (1.0 - s))
-    return g
-
-
 @triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_ptr, dpre_ptr, dw_part_ptr,
     db_part_ptr, T, C, stride_x, stride_w, stride_dout, K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
@@ -197,8 +188,11 @@ def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_pt
         r64 = (T + s + e - 1 - tok).to(tl.int64)  # the reversed row anchored at t
         g_f = tl.load(dout_ptr + t64[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
         g_r = tl.load(dout_ptr + r64[:, None] * stride_dout + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
-        g_f = tl.where(mask2, _silu_grad(g_f, pre_f, SILU), 0.0)
-        g_r = tl.where(mask2, _silu_grad(g_r, pre_r, SILU), 0.0)
+        if SILU:
+            g_f = _silu_grad(g_f, pre_f)
+            g_r = _silu_grad(g_r, pre_r)
+        g_f = tl.where(mask2, g_f, 0.0)
+        g_r = tl.where(mask2, g_r, 0.0)
         tl.store(dpre_ptr + t64[:, None] * C + cols[None, :], g_f.to(dpre_ptr.dtype.element_ty), mask=mask2)
         tl.store(dpre_ptr + (T + t64)[:, None] * C + cols[None, :], g_r.to(dpre_ptr.dtype.element_ty), mask=mask2)
         acc_b += g_f + g_r

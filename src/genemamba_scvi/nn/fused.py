@@ -221,11 +221,11 @@ class _ConvBoth(torch.autograd.Function):
             dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu, dx)
         else:
             dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
-            by_token = cu if variant in ("tokens", "tokens2d") else None
+            by_token = cu is not None and variant in ("tokens", "tokens2d")
             span = _cell_span(seq, cu) if variant == "span" and cu is not None else None
             two_d = variant in ("rows2d", "tokens2d") and weight.shape[-1] <= 4
-            dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, by_token,
-                                                      span, two_d, dx, cu)  # fmt: skip
+            dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, cu,
+                                                      by_token, span, two_d, dx)  # fmt: skip
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None, None, None, None
@@ -252,40 +252,38 @@ def _cell_span(seq: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def _conv_bwd_two_pass(
-    xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, span=None, two_d=False, dx=None, bounds=None
+    xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, by_token=False, span=None, two_d=False, dx=None
 ):
     """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``.
 
-    With ``cu`` (cell starts) the buffer is written by token (``conv_both_bwd_pre_tok_kernel``), else by row;
-    ``span`` (``_cell_span``) checks the row kernel's taps against the cell's extent; ``two_d`` writes it with
-    two-dimensional tiles, by row (``_triton_conv.conv_both_bwd_pre2d_kernel``) or with ``cu`` by token
-    (``_triton_conv.conv_both_bwd_pre_tok2d_kernel``). ``bounds`` (``cu_seqlens``): the
-    second pass checks taps against each token's cell bounds (``_CONV_DX_BOUNDS``).
+    ``cu`` (cell starts, or None) and ``by_token``: the buffer is written by token (``conv_both_bwd_pre_tok_kernel``,
+    or with ``two_d`` ``_triton_conv.conv_both_bwd_pre_tok2d_kernel``), else by row; ``span`` (``_cell_span``) checks
+    the row kernel's taps against the cell's extent; ``two_d`` writes it by row with two-dimensional tiles
+    (``_triton_conv.conv_both_bwd_pre2d_kernel``). Given ``cu``, the second pass checks taps against each token's
+    cell bounds (``_CONV_DX_BOUNDS``).
     """
     T, C = xbc.shape
     br, bc, iters, warps = (*_CONV_BWD_BLOCK, 4) if not two_d else _CONV_BWD_2D_BLOCK
-    if two_d and cu is not None:
+    if two_d and by_token:
         br, bc, iters, warps = _CONV_BWD_TOK2D_BLOCK
-    n_r = max(_cdiv(T if cu is not None else 2 * T, br * iters), 1)
+    n_r = max(_cdiv(T if by_token else 2 * T, br * iters), 1)
     head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dpre = torch.empty(2 * T, C, dtype=dpre_dtype, device=xbc.device)
     k = _kernels()
-    if two_d and cu is not None:  # the token kernel takes seq and cu instead of rev and seq
+    if two_d:
         consts.pop("KP")
-        _kernel_module("_triton_conv").conv_both_bwd_pre_tok2d_kernel[(n_r, _cdiv(C, bc))](
+    if by_token:  # head: x, w, b, rev, seq, dout -> the token kernels take seq and cu instead of rev and seq
+        kernel = (
+            _kernel_module("_triton_conv").conv_both_bwd_pre_tok2d_kernel if two_d else k.conv_both_bwd_pre_tok_kernel
+        )
+        kernel[(n_r, _cdiv(C, bc))](
             *head[:3], seq, cu, dout, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
             BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
         )  # fmt: skip
     elif two_d:
-        consts.pop("KP")
         _kernel_module("_triton_conv").conv_both_bwd_pre2d_kernel[(n_r, _cdiv(C, bc))](
             *head, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0), BLOCK_R=br,
             BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
-        )  # fmt: skip
-    elif cu is not None:  # head: x, w, b, rev, seq, dout -> the token kernel takes seq and cu instead of rev and seq
-        k.conv_both_bwd_pre_tok_kernel[(n_r, _cdiv(C, bc))](
-            *head[:3], seq, cu, dout, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
-            BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=4, **consts,
         )  # fmt: skip
     else:
         lo, hi = span if span is not None else (seq, seq)
@@ -295,10 +293,10 @@ def _conv_bwd_two_pass(
         )  # fmt: skip
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
     br, bc = _CONV_BLOCK
-    if bounds is not None and _CONV_DX_BOUNDS:
+    if cu is not None and _CONV_DX_BOUNDS:
         br, bc, warps = _CONV_DX_BLOCK
         _kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel[(_cdiv(T, br), _cdiv(C, bc))](
-            weight, seq, bounds, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br,
+            weight, seq, cu, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br,
             BLOCK_C=bc, num_warps=warps,
         )  # fmt: skip
     else:
