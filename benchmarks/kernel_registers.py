@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-_P = "*"
 #: argument types of the kernels below (bf16 activations, fp32 weights and partial sums, int32 cell ids, int64 cu)
 TYPES = dict(
     x_ptr="*bf16", w_ptr="*fp32", b_ptr="*fp32", seq_ptr="*i32", cu_ptr="*i64", rev_ptr="*i64", dout_ptr="*bf16",
@@ -91,7 +90,11 @@ def registers(fn, constexprs: dict, options: dict, types: dict) -> dict:
     from triton.compiler import ASTSource
 
     names = fn.arg_names
-    signature = {n: ("constexpr" if n in constexprs else types.get(n, TYPES.get(n, "i32"))) for n in names}
+    types = {**TYPES, **types}
+    missing = [n for n in names if n.endswith("_ptr") and n not in constexprs and n not in types]
+    if missing:  # an untyped pointer would compile as an integer and fail deep inside Triton
+        raise KeyError(f"{fn.__name__ if hasattr(fn, '__name__') else fn}: no type for {missing} (add them to TYPES)")
+    signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"

@@ -80,6 +80,7 @@ def step_profile(top: int) -> dict:
     import numpy as np
 
     import throughput as tp
+    from train_ab import enqueue_and_wall_ms
 
     run = tp.Runner(tp.build_parser().parse_args(["--seed", "0"]))
     run.build()
@@ -88,15 +89,7 @@ def step_profile(top: int) -> dict:
     res: dict = {}
     for _ in range(3):
         run.step("genemamba", "train", b)
-    enq, wall = [], []
-    for _ in range(5):
-        run._sync()
-        t0 = time.perf_counter()
-        run.step("genemamba", "train", b)
-        t1 = time.perf_counter()
-        run._sync()
-        enq.append((t1 - t0) * 1e3)
-        wall.append((time.perf_counter() - t0) * 1e3)
+    enq, wall = zip(*(enqueue_and_wall_ms(run, "genemamba", b) for _ in range(5)))
     res["enqueue_ms_median"] = round(float(np.median(enq)), 2)
     res["wall_ms_median"] = round(float(np.median(wall)), 2)
     run._sync()

@@ -71,13 +71,19 @@ def _switched(switches: dict[str, Any]) -> Iterator[None]:
             setattr(*tp._switch(k), v)
 
 
-def _timed_step(run: tp.Runner, model: str, b: dict[str, Any]) -> float:
-    """Wall time in seconds of one training step of ``model`` on batch ``b``, the GPU synchronised around it."""
+def enqueue_and_wall_ms(run: tp.Runner, model: str, b: dict[str, Any]) -> tuple[float, float]:
+    """Milliseconds the host takes to enqueue one training step, and the step's wall time (GPU synchronised)."""
     run._sync()
     t0 = time.perf_counter()
     run.step(model, "train", b)
+    t_host = time.perf_counter()
     run._sync()
-    return time.perf_counter() - t0
+    return (t_host - t0) * 1e3, (time.perf_counter() - t0) * 1e3
+
+
+def _timed_step(run: tp.Runner, model: str, b: dict[str, Any]) -> float:
+    """Wall time in seconds of one training step of ``model`` on batch ``b``, the GPU synchronised around it."""
+    return enqueue_and_wall_ms(run, model, b)[1] / 1e3
 
 
 def _grads_finite(model: torch.nn.Module) -> bool:
@@ -176,12 +182,7 @@ def _host_view(run: tp.Runner, model: str, b: dict[str, Any]) -> dict[str, Any]:
     """Host time to enqueue one step against its wall time, and the host synchronisations inside it."""
     import warnings
 
-    run._sync()
-    t0 = time.perf_counter()
-    run.step(model, "train", b)
-    t_host = time.perf_counter()
-    run._sync()
-    t_end = time.perf_counter()
+    enqueue_ms, wall_ms = enqueue_and_wall_ms(run, model, b)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode(1)
@@ -195,7 +196,7 @@ def _host_view(run: tp.Runner, model: str, b: dict[str, Any]) -> dict[str, Any]:
         if "synchroniz" in str(w.message).lower():
             where = f"{Path(w.filename).name}:{w.lineno}"
             syncs[where] = syncs.get(where, 0) + 1
-    return {"enqueue_ms": round((t_host - t0) * 1e3, 2), "wall_ms": round((t_end - t0) * 1e3, 2), "host_syncs": syncs}
+    return {"enqueue_ms": round(enqueue_ms, 2), "wall_ms": round(wall_ms, 2), "host_syncs": syncs}
 
 
 def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], trace_dir: Path | None) -> dict[str, Any]:
