@@ -324,7 +324,19 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
     ),
     "ablation_rev_scatter": (
         {"fused._REV_ROWS_GATHER": False},
-        "training: the reversed rows' backward as autograd's scatter-add (index_add), not a gather",
+        "training: the reversed rows' backward as autograd's scatter-add (index_add) for wide rows as well",
+    ),
+    "ablation_rev_gather_all": (
+        {"fused._REV_GATHER_MIN_WIDTH": 0},
+        "training: the reversed rows' backward as a gather (a Python autograd function) for narrow rows (dt) too",
+    ),
+    "ablation_conv_bwd_rows2d": (
+        {"fused._CONV_BWD_VARIANT": "rows2d"},
+        "training: conv backward's first pass by row with 2-D tiles (a reversal index per row), not by token",
+    ),
+    "ablation_conv_dx_32x128": (
+        {"fused._CONV_DX_BLOCK": (32, 128, 4)},
+        "training: the conv backward's second pass in 32 x 128 tiles with 4 warps (spills; default 16 x 128)",
     ),
     "ablation_conv_bwd_span": (
         {"fused._CONV_BWD_VARIANT": "span"},
@@ -368,11 +380,11 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
     ),
     "ablation_norm_bwd_tiles_4x8": (
         {"fused._NORM_BWD_2D": (4, 8, 8)},
-        "training: gated-norm backward tiles of 4 tokens, 8 blocks a program, 8 warps (default 2 x 16, 4 warps)",
+        "training: gated-norm backward tiles of 4 tokens, 8 blocks a program, 8 warps (default 1 x 32, 4 warps)",
     ),
-    "ablation_norm_bwd_tiles_1x32": (
-        {"fused._NORM_BWD_2D": (1, 32, 4)},
-        "training: gated-norm backward tiles of 1 token, 32 blocks a program, 4 warps (default 2 x 16, 4 warps)",
+    "ablation_norm_bwd_tiles_2x16": (
+        {"fused._NORM_BWD_2D": (2, 16, 4)},
+        "training: gated-norm backward tiles of 2 tokens, 16 blocks a program, 4 warps (spills; default 1 x 32)",
     ),
     "ablation_mamba_add_norm": (
         {"encoder._ADD_NORM": "mamba"},
@@ -490,7 +502,9 @@ class Runner:
                 ("ablation_norm_by_row", 2048, "infer", a.infer_cells_2048),
                 ("ablation_norm_by_row", 2048, "train", a.train_cells_2048),
                 ("ablation_ssd_one_head_small", 2048, "train", a.train_cells_2048),
-                ("ablation_rev_scatter", 2048, "train", a.train_cells_2048),
+                ("ablation_rev_gather_all", 2048, "train", a.train_cells_2048),
+                ("ablation_conv_bwd_rows2d", 2048, "train", a.train_cells_2048),
+                ("ablation_conv_dx_32x128", 2048, "train", a.train_cells_2048),
                 ("ablation_conv_bwd_span", 2048, "train", a.train_cells_2048),
                 ("ablation_conv_bwd_3d", 2048, "train", a.train_cells_2048),
                 ("ablation_state_walk_serial", 2048, "train", a.train_cells_2048),
@@ -502,7 +516,7 @@ class Runner:
                 ("ablation_mamba_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_by_token", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_tiles_4x8", 2048, "train", a.train_cells_2048),
-                ("ablation_norm_bwd_tiles_1x32", 2048, "train", a.train_cells_2048),
+                ("ablation_norm_bwd_tiles_2x16", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_add_norm", 2048, "train", a.train_cells_2048),
                 ("ablation_torch_merge_training", 2048, "train", a.train_cells_2048),
                 ("ablation_no_fused_norm", 2048, "train", a.train_cells_2048),

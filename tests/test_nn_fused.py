@@ -664,16 +664,21 @@ def test_encoder_inference_merges_adds_and_normalises_in_one_pass(monkeypatch):
     assert len(calls) == 2 and _rel(got, ref) < (5e-3 if CUDA else 1e-5)
 
 
-def test_rev_rows_backward_is_the_same_gather_as_autograds_scatter_add():
+@pytest.mark.parametrize("width", [5, 130])
+def test_rev_rows_backward_is_the_same_gather_as_autograds_scatter_add(width, monkeypatch):
+    """Wide rows take the gather backward (``_RevRows``), narrow ones autograd's scatter-add; both give the same."""
+    from genemamba_scvi.nn import fused
     from genemamba_scvi.nn.fused import rev_rows
 
+    calls = _record_calls(monkeypatch, fused._RevRows, "apply")
     p = _pack()
     assert torch.equal(p.rev.index_select(0, p.rev), torch.arange(p.n_tokens, device=DEVICE))  # an involution
-    x = torch.randn(p.n_tokens, 5, device=DEVICE, requires_grad=True)
-    g = torch.randn(p.n_tokens, 5, device=DEVICE)
+    x = torch.randn(p.n_tokens, width, device=DEVICE, requires_grad=True)
+    g = torch.randn(p.n_tokens, width, device=DEVICE)
     (got,) = torch.autograd.grad((rev_rows(x, p.rev) * g).sum(), x)
     (want,) = torch.autograd.grad((x.index_select(0, p.rev) * g).sum(), x)
     assert torch.equal(rev_rows(x, p.rev), x.index_select(0, p.rev)) and torch.equal(got, want)
+    assert len(calls) == 2 * (width >= fused._REV_GATHER_MIN_WIDTH)  # two rev_rows calls above
 
 
 def test_small_batches_run_one_head_per_ssd_program(monkeypatch):

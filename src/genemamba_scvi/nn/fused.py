@@ -91,21 +91,23 @@ _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the
 # "rows2d": "bf16dpre" whose first kernel keeps one [rows, channels] tile per tap (nn/_triton_conv.py) instead of one
 # [rows, channels, taps] tile; K <= 4, else "bf16dpre". H200, 48 cells (conv_bwd_sweep_s6_h200.json): 0.99 ms at
 # 16x64x16 (4 warps) against bf16dpre's best 1.82 ms; training +6.8% (throughput_h200_train_s6.json).
-_CONV_BWD_VARIANT = "rows2d"
+_CONV_BWD_VARIANT = "tokens2d"
 # "tokens2d" (given cu_seqlens and K <= 4): "rows2d" whose first kernel takes both rows of a token per program, the
 # cell bounds read once per token, the centre tap shared (nn/_triton_conv.py, conv_both_bwd_pre_tok2d_kernel);
-# written in session 10 after the second pass's cell-bounds kernel cut that pass by 35%; CPU-tested, not yet timed
-# on a GPU, so not the default.
+# written in session 10 after the second pass's cell-bounds kernel cut that pass by 35%. H200, interleaved A/B
+# (benchmarks/results/train_ab_s11_call1_h200.json): step time 0.993x "rows2d"'s (95% interval 0.991-0.998). Without
+# cu_seqlens it runs "rows2d"; with K > 4, "tokens".
 _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d")
 #: Second pass of the two-pass conv backward (dx from the pre-activation gradients): taps checked against each
 #: token's cell bounds, read once (given cu_seqlens; ``_triton_conv.conv_both_bwd_dx_bounds_kernel``), or one
 #: cell-id load per tap and direction (False; an ablation). H200, interleaved A/B: the cell-id pass's step takes
 #: 1.016x the time (95% interval 1.009-1.040; benchmarks/results/train_ab_s10_call2_h200.json).
 _CONV_DX_BOUNDS = True
-#: tokens x channels x warps of that pass. 32 x 128 x 4 (timed) spills 596 bytes a thread at 255 registers, compiled
-#: offline for sm_90a (benchmarks/kernel_registers.py); 16 x 128 x 4 (215 registers) and 32 x 128 x 8 (255) do not
-#: spill: untimed candidates.
-_CONV_DX_BLOCK = (32, 128, 4)
+#: tokens x channels x warps of that pass. 32 x 128 x 4 spills 596 bytes a thread at 255 registers, compiled offline
+#: for sm_90a (benchmarks/kernel_registers.py); 16 x 128 x 4 (215 registers) and 32 x 128 x 8 (255) do not spill.
+#: H200, interleaved A/B against 32 x 128 x 4 (train_ab_s11_call1_h200.json): 16 x 128 x 4 0.994x the step time
+#: (0.992-0.997), 32 x 128 x 8 1.028x.
+_CONV_DX_BLOCK = (16, 128, 4)
 _CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program x warps ("rows2d")
 #: tokens x channels x token blocks per program x warps ("tokens2d"; 166 registers a thread offline for sm_90a, 253
 #: with 4 warps)
@@ -116,9 +118,12 @@ _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per p
 _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward ("rows")
 #: Gated-norm backward: one token (its two rows) at a time with 1-D vectors ("rows"), or [tokens, group] tiles
 #: (``nn/_triton_norm.py``, "tiles2d"). H200, training (throughput_h200_s6.json): tiles of 4 tokens x 8 blocks
-#: (8 warps) +0.5% over "rows", tiles of 2 x 16 (4 warps) +1.3% over 4 x 8.
+#: (8 warps) +0.5% over "rows", tiles of 2 x 16 (4 warps) +1.3% over 4 x 8. 2 x 16 with 4 warps spills 856 bytes a
+#: thread offline for sm_90a (benchmarks/kernel_registers.py); 1 x 32 (193 registers) does not. H200, interleaved
+#: A/B against 2 x 16 (train_ab_s11_call1_h200.json): 1 x 32 / 4 warps 0.978x the step time (0.975-0.980), 2 x 16
+#: / 8 warps 0.985x.
 _NORM_BWD_VARIANT = "tiles2d"
-_NORM_BWD_2D = (2, 16, 4)  # tokens x token blocks per program x warps ("tiles2d")
+_NORM_BWD_2D = (1, 32, 4)  # tokens x token blocks per program x warps ("tiles2d")
 #: Gated-norm forward: one program per row ("rows"), or per block of tokens writing both rows of each token and
 #: reading its gate once ("tokens": 10 instead of 12 bytes moved per channel and token, bf16). "tokens": +2.3%
 #: inference and +1.9% training tokens/s on an H200, same run (benchmarks/results/throughput_h200_norm_tok.json).
@@ -140,7 +145,14 @@ def fused_available(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and _triton_importable()
 
 
-_REV_ROWS_GATHER = True  # rev_rows' backward as a gather (False: index_select's scatter-add; an ablation)
+#: rev_rows' backward as a gather for rows of at least ``_REV_GATHER_MIN_WIDTH`` columns (False: index_select's
+#: scatter-add for all; an ablation). Narrow rows (the ``[T, heads]`` dt) take index_select's own backward: its
+#: scatter is a few microseconds there, less than the host cost of a Python autograd function; H200, interleaved A/B
+#: (train_ab_s11_call1_h200.json): scatter for every row 0.994x the step time of the gather for every row
+#: (0.991-0.998). Wide rows (the torch merge's ``[T, d]``) keep the gather: session 5 measured the scatter-add there
+#: at 7.3 ms a step.
+_REV_ROWS_GATHER = True
+_REV_GATHER_MIN_WIDTH = 128
 #: Training: the gradients of z and xBC written by their backward kernels into one buffer of the projection's
 #: shape (``nn.fused_split``), not concatenated by autograd's split backward (False: ``torch.split``; an ablation).
 _SPLIT_GRAD_IN_PLACE = True
@@ -171,11 +183,13 @@ def _grad_out(grad_slab: tuple[GradSlab, int] | None, shape, like: torch.Tensor)
 def rev_rows(x: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
     """``x[rev]`` for a per-cell reversal index ``rev`` (``PackedCells.rev``, a permutation that is its own inverse).
 
-    The backward is the same gather (``g[rev]``), not autograd's scatter-add (``index_add``, atomics): the same
-    values, deterministic, and a fraction of the time on a GPU.
+    For rows of at least ``_REV_GATHER_MIN_WIDTH`` columns the backward is the same gather (``g[rev]``), not
+    autograd's scatter-add (``index_add``, atomics): the same values (``rev`` is a permutation, so every row gets one
+    addition), deterministic, and a fraction of the time on a GPU. Narrower rows keep autograd's backward, which
+    costs less host time than a Python autograd function.
     """
-    if not _REV_ROWS_GATHER:  # the ablation: autograd's scatter-add backward
-        return x.index_select(0, rev)
+    if not _REV_ROWS_GATHER or (x.dim() > 1 and x.shape[-1] < _REV_GATHER_MIN_WIDTH):
+        return x.index_select(0, rev)  # autograd's scatter-add backward: narrow rows, or the ablation
     return _RevRows.apply(x, rev)
 
 
