@@ -48,7 +48,7 @@ _NORM = dict(
 _SSD = dict(
     x_ptr="*bf16", dy_ptr="*bf16", cb_ptr="*fp32", dt_ptr="*fp32", cs_ptr="*fp32", dcb_ptr="*fp32", ddacs_ptr="*fp32",
     r_ptr="*fp32", out_ptr="*fp32", b_ptr="*bf16", dst_ptr="*fp32", d_ptr="*fp32", dx_ptr="*bf16", ddt_ptr="*fp32",
-    dd_ptr="*fp32", rows_ptr="*fp32", cols_ptr="*fp32",
+    dd_ptr="*fp32", rows_ptr="*fp32", cols_ptr="*fp32", prev_ptr="*fp32", last_ptr="*fp32", next_ptr="*fp32",
 )  # fmt: skip
 #: (module, kernel, constexprs, argument types over TYPES, launch shapes as (constexpr overrides, options))
 CASES = [
@@ -74,7 +74,8 @@ CASES = [
      + [(dict(BM=64, BN=32), {"num_warps": 4, "num_stages": 2}),
         (dict(BM=32, BN=32), {"num_warps": 1, "num_stages": 2}),
         (dict(BM=32, BN=64), {"num_warps": 2, "num_stages": 2})]),
-    ("_triton_ssd_bwd", "seq_rev_sum_kernel", dict(Q=256), _SSD, [({}, 4)]),
+    ("_triton_ssd_bwd", "seq_rev_sum_kernel", dict(Q=256), _SSD,
+     [(dict(HAS_INTER=False), {"num_warps": 4}), (dict(HAS_INTER=True), {"num_warps": 4})]),
     ("_triton_ssd_chunk_bwd", "ssd_chunk_bwd_kernel",
      dict(HPG=16, Q=256, P=64, N=64, HAS_SEQ=True, HAS_D=True, INTERPRET=False), _SSD,
      [(dict(BN=32, ROW0=0), {"num_warps": 8, "num_stages": 4}),

@@ -354,6 +354,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused._CONV_DX_BOUNDS": False},
         "training: the conv backward's second pass checks taps with one cell-id load per tap, not the cell bounds",
     ),
+    "ablation_dda_torch": (
+        {"fused_ssd_bwd._DDA_IN_REV_SUM": False},
+        "training: the inter-chunk share of d(dt*A) by six torch ops, not in the pairs' reverse-sum kernel",
+    ),
     "ablation_merge_db_sum": (
         {"fused_merge._MERGE_DB_IN_KERNEL": False},
         "training: the gate bias' gradient as a column sum of the [T, d] bf16 gradient, not the kernel's block sums",
@@ -511,6 +515,7 @@ class Runner:
                 ("ablation_mamba_dcb_ddA", 2048, "train", a.train_cells_2048),
                 ("ablation_conv_dx_cell_ids", 2048, "train", a.train_cells_2048),
                 ("ablation_merge_db_sum", 2048, "train", a.train_cells_2048),
+                ("ablation_dda_torch", 2048, "train", a.train_cells_2048),
                 ("ablation_split_cat", 2048, "train", a.train_cells_2048),
                 ("ablation_fused_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_intra_bwd", 2048, "train", a.train_cells_2048),

@@ -19,9 +19,11 @@ def test_offline_compile_reports_registers_and_spills(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_registers.py"), "--only", "seq_rev_sum", "--out", str(out)]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    (rec,) = json.loads(out.read_text())["kernels"]
-    assert rec["kernel"] == "seq_rev_sum_kernel" and rec["num_warps"] == 4
-    assert 0 < rec["registers"] <= 255 and rec["spill_store_bytes"] == 0
+    recs = json.loads(out.read_text())["kernels"]
+    assert [r["constexprs"]["HAS_INTER"] for r in recs] == [False, True]  # one record per listed launch shape
+    for rec in recs:
+        assert rec["kernel"] == "seq_rev_sum_kernel" and rec["num_warps"] == 4
+        assert 0 < rec["registers"] <= 255 and rec["spill_store_bytes"] == 0
 
 
 def test_it_refuses_to_run_under_the_interpreter(tmp_path):

@@ -188,6 +188,30 @@ def test_reverse_sum_by_sequence_restarts_at_every_sequence(lengths, Q):
     torch.testing.assert_close(plain, r[0].double().flip([-1]).cumsum(-1).flip([-1]))
 
 
+@pytest.mark.parametrize(("lengths", "Q"), [([5, 1, 40, 17, 30], 32), ([3, 1], 16)])
+def test_reverse_sum_adds_the_inter_chunk_share_in_the_same_pass(lengths, Q):
+    """``inter``: the kernel adds ``next + reverse cumsum(prev, last at the chunk's end)`` as the torch ops do."""
+    torch.manual_seed(3)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
+    L, H = seq.numel(), 3
+    nchunks = math.ceil(L / Q)
+    r, prev, nxt = (torch.randn(1, H, nchunks, Q) for _ in range(3))
+    r.view(H, -1)[:, L:] = 0.0
+    last = torch.randn(H, nchunks)
+    want = fused_ssd_bwd.reverse_sum_by_sequence(r, seq[None], Q) + fused_ssd_bwd.inter_chunk_dda(
+        prev.clone(), last, nxt
+    )
+    dev = dict(device=DEVICE)
+    inter = (prev.to(**dev), last.t().contiguous().t().to(**dev), nxt.to(**dev))  # last: a strided [H, nchunks]
+    got = fused_ssd_bwd.reverse_sum_by_sequence(r.to(**dev), seq[None].to(**dev), Q, inter)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(inter[0].cpu(), prev)  # prev is read, not modified
+    share = fused_ssd_bwd.inter_chunk_dda(prev.clone(), last, nxt)  # at a chunk's first position: all of prev, last
+    torch.testing.assert_close(share[0, :, :, 0], nxt[0, :, :, 0] + prev[0].sum(-1) + last)
+    with pytest.raises(ValueError, match="inter needs"):
+        fused_ssd_bwd.reverse_sum_by_sequence(r.to(**dev), seq[None].to(**dev), Q, (prev.to(**dev), last[:1], nxt))
+
+
 def chunk_bwd_reference(x, dy, B, CB, dt, cs, seq, dstates, D, Q, round_bf16=CUDA):
     """mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` (``dx``, ``ddt``, ``dD``) transcribed pair by pair, in fp64.
 

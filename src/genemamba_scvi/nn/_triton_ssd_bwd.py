@@ -126,7 +126,9 @@ def _segment_add(v1, f1, v2, f2):
 
 
 @triton.jit(do_not_specialize=["L"])
-def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c, Q: tl.constexpr):
+def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, prev_ptr, last_ptr, next_ptr, L, stride_h, stride_c,
+                       stride_prev_h, stride_prev_c, stride_last_h, stride_last_c, stride_next_h, stride_next_c,
+                       Q: tl.constexpr, HAS_INTER: tl.constexpr):
     """``out_j = sum of r_k over the positions k >= j of j's chunk that belong to j's sequence``.
 
     Grid ``(nchunks, H)``; ``r``, ``out`` ``[H, nchunks, Q]`` fp32 (``Q`` contiguous), ``seq`` ``[L]`` int32. The
@@ -134,10 +136,16 @@ def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c, Q: tl.con
     pairs of a later sequence never enter, so a position that no pair straddles (a sequence's first token, a
     one-token pad cell) gets exactly zero, not the float32 remainder of the later sequences' cancelling sums.
     One segmented scan over the chunk read back to front (a segment starts where a sequence ends).
+
+    ``HAS_INTER``: also add the inter-chunk share of the gradient of ``dt*A``, which the SSD backward otherwise
+    assembles with six torch operations: ``next_j`` (``[H, nchunks, Q]``, from the chunk's own state) plus the plain
+    reverse cumulative sum over the chunk of ``prev`` (``[H, nchunks, Q]``, from the state read at the chunk's start)
+    with ``last`` (``[H, nchunks]``, from the state walk's scale) added at its last position.
     """
     c = tl.program_id(0)
     h = tl.program_id(1)
-    offs = Q - 1 - tl.arange(0, Q)  # back to front
+    rev = tl.arange(0, Q)
+    offs = Q - 1 - rev  # back to front
     pos = c * Q + offs
     base = h * stride_h + c.to(tl.int64) * stride_c
     r = tl.load(r_ptr + base + offs, mask=pos < L, other=0.0)
@@ -145,4 +153,10 @@ def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, L, stride_h, stride_c, Q: tl.con
     seq_next = tl.load(seq_ptr + pos + 1, mask=(pos + 1 < L) & (offs + 1 < Q), other=-2)
     head = (seq != seq_next).to(tl.int32)  # the last position of its sequence in the chunk
     out, _ = tl.associative_scan((r, head), axis=0, combine_fn=_segment_add)
+    if HAS_INTER:
+        prev = tl.load(prev_ptr + h * stride_prev_h + c.to(tl.int64) * stride_prev_c + offs)
+        last = tl.load(last_ptr + h * stride_last_h + c * stride_last_c)
+        prev = tl.where(rev == 0, prev + last, prev)  # rev == 0: the chunk's last position
+        nxt = tl.load(next_ptr + h * stride_next_h + c.to(tl.int64) * stride_next_c + offs)
+        out = out + tl.cumsum(prev, axis=0) + nxt
     tl.store(out_ptr + base + offs, out)

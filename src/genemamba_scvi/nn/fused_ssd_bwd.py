@@ -50,6 +50,9 @@ _SSD_BWD_INTRA = "mamba"
 #: blocks of a chunk's second half visit only its second half's rows (a second launch). H200, 48 cells: 2.88 ms a
 #: layer against 2.61 ms for mamba-ssm's three kernels (``ssd_chunk_bwd_s8_call2_h200.json``).
 CHUNK_BWD_CONFIG = {"BN": 32, "num_warps": 8, "num_stages": 4, "split_rows": True}
+#: The inter-chunk share of the gradient of ``dt*A`` added in the pairs' reverse-sum kernel (``seq_rev_sum_kernel``
+#: with ``HAS_INTER``), not by six torch operations (``inter_chunk_dda``; False: an ablation). Session 11.
+_DDA_IN_REV_SUM = True
 
 
 def _runs() -> Any:
@@ -146,7 +149,12 @@ def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
     return dcb
 
 
-def reverse_sum_by_sequence(r: torch.Tensor, seq_idx: torch.Tensor | None, chunk_size: int) -> torch.Tensor:
+def reverse_sum_by_sequence(
+    r: torch.Tensor,
+    seq_idx: torch.Tensor | None,
+    chunk_size: int,
+    inter: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The reverse cumulative sum of ``r`` over each chunk, restarted at every sequence (``seq_rev_sum_kernel``).
 
     ``r`` ``[1, H, nchunks, Q]`` fp32 (per position ``rows_j - cols_j``, see :mod:`._triton_ssd_bwd`); returns the
@@ -156,19 +164,42 @@ def reverse_sum_by_sequence(r: torch.Tensor, seq_idx: torch.Tensor | None, chunk
     in practice. A one-token pad cell of a packed batch, whose hidden state is zero, multiplies the gradient it
     receives by ``1/sqrt(eps)`` in every RMSNorm backward, so that remainder grew to NaN through 18 layers on a
     real 48-cell batch (``benchmarks/NOTES_throughput.md``, section 13).
+
+    ``inter``: ``(prev, last, next)``, the inter-chunk shares (:func:`inter_chunk_dda`), added in the same pass.
     """
     _, H, nchunks, Q = r.shape
     if seq_idx is None:
-        return r.flip([-1]).cumsum(dim=-1).flip([-1])
+        out = r.flip([-1]).cumsum(dim=-1).flip([-1])
+        return out if inter is None else out + inter_chunk_dda(*inter)
     if not r.is_contiguous() or Q != chunk_size or Q & (Q - 1):
         raise ValueError("reverse_sum_by_sequence: r must be contiguous [1, H, nchunks, chunk_size], Q a power of 2")
     out = torch.empty_like(r)
     L = seq_idx.shape[-1]
+    prev, last, nxt = inter if inter is not None else (r, r[0, :, :, 0], r)
+    if inter is not None and (prev.shape != r.shape or nxt.shape != r.shape or last.shape != (H, nchunks)
+                              or prev.stride(-1) != 1 or nxt.stride(-1) != 1):  # fmt: skip
+        raise ValueError(
+            "reverse_sum_by_sequence: inter needs prev and next shaped as r (last dimension contiguous) "
+            f"and last [H, nchunks]; got {tuple(prev.shape)}, {tuple(last.shape)}, {tuple(nxt.shape)}"
+        )
     if nchunks and L:
         _kernel_module("_triton_ssd_bwd").seq_rev_sum_kernel[(nchunks, H)](
-            r, seq_idx, out, L, r.stride(1), r.stride(2), Q=Q, num_warps=4
-        )
+            r, seq_idx, out, prev, last, nxt, L, r.stride(1), r.stride(2), prev.stride(1), prev.stride(2),
+            last.stride(0), last.stride(1), nxt.stride(1), nxt.stride(2), Q=Q, HAS_INTER=inter is not None,
+            num_warps=4,
+        )  # fmt: skip
     return out
+
+
+def inter_chunk_dda(prev: torch.Tensor, last: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+    """The inter-chunk share of the gradient of ``dt*A`` (torch; what ``seq_rev_sum_kernel`` adds with ``inter``).
+
+    ``nxt + reverse cumulative sum over the chunk of prev`` with ``last`` added at each chunk's last position:
+    ``prev``, ``nxt`` ``[1, H, nchunks, Q]`` (mamba-ssm's ``_chunk_scan_bwd_dC`` and ``_chunk_state_bwd_db``),
+    ``last`` ``[H, nchunks]`` (the state walk's backward). ``prev``'s last positions are modified in place.
+    """
+    prev[..., -1] += last[None]
+    return nxt + prev.flip([-1]).cumsum(dim=-1).flip([-1])
 
 
 def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
@@ -283,22 +314,25 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
                                                            ngroups=ngroups)  # fmt: skip
     dC_own, ddA_prev = ssd_chunk_scan._chunk_scan_bwd_dC(states_lo, dA_cs, dy, seq_idx=seq_idx, C=C, ngroups=ngroups)
     # d(cumulative dt*A): the state read at each chunk's start, through the walk's scale, enters at the last
-    # position of the chunk; a reverse cumulative sum turns it into d(dt*A) at each position
-    ddA_prev[..., -1] += ddA_last[None]
-    ddA = ddA_next + ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])  # the inter-chunk share; the pairs' is added below
+    # position of the chunk; a reverse cumulative sum turns it into d(dt*A) at each position (inter_chunk_dda, or
+    # in the reverse-sum kernel of the pairs' share)
+    inter = (ddA_prev, ddA_last, ddA_next)
     if _SSD_BWD_INTRA == "fused":  # dx, ddt, dD, d(CB) and the pairs' ddA from one pass (ssd_chunk_bwd)
         ddt, dD, dCB, dda_raw = ssd_chunk_bwd(x, dy, B, CB, dt_c, dA_cs, seq_idx, dstates, D, dx)
-        ddA += reverse_sum_by_sequence(dda_raw.contiguous(), seq_idx, chunk_size)
+        ddA = inter_chunk_dda(*inter) + reverse_sum_by_sequence(dda_raw.contiguous(), seq_idx, chunk_size)
     else:
         dx, ddt, dD = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D,
                                                                  seq_idx=seq_idx, dx=dx)  # fmt: skip
         if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' row and column sums from the dcb pass
             rowcol = torch.zeros(ddA_prev.shape, dtype=torch.float32, device=x.device)
             dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, rowcol)
-            ddA += reverse_sum_by_sequence(rowcol, seq_idx, chunk_size)
+            if _DDA_IN_REV_SUM:
+                ddA = reverse_sum_by_sequence(rowcol, seq_idx, chunk_size, inter)
+            else:
+                ddA = inter_chunk_dda(*inter) + reverse_sum_by_sequence(rowcol, seq_idx, chunk_size)
         else:
             dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
-            ddA += ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
+            ddA = inter_chunk_dda(*inter) + ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
     dCB = dCB.to(CB.dtype)
     ssd_bmm._bmm_chunk_bwd(C, dCB, residual=dB_own, out=dB)
     ssd_bmm._bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_own, out=dC)
