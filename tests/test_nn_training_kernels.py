@@ -198,10 +198,9 @@ def test_reverse_sum_adds_the_inter_chunk_share_in_the_same_pass(lengths, Q):
     r, prev, nxt = (torch.randn(1, H, nchunks, Q) for _ in range(3))
     r.view(H, -1)[:, L:] = 0.0
     last = torch.randn(H, nchunks)
-    want = fused_ssd_bwd.reverse_sum_by_sequence(r, seq[None], Q) + fused_ssd_bwd.inter_chunk_dda(
-        prev.clone(), last, nxt
-    )
     dev = dict(device=DEVICE)
+    want = fused_ssd_bwd.reverse_sum_by_sequence(r.to(**dev), seq[None].to(**dev), Q).cpu()
+    want = want + fused_ssd_bwd.inter_chunk_dda(prev.clone(), last, nxt)
     inter = (prev.to(**dev), last.t().contiguous().t().to(**dev), nxt.to(**dev))  # last: a strided [H, nchunks]
     got = fused_ssd_bwd.reverse_sum_by_sequence(r.to(**dev), seq[None].to(**dev), Q, inter)
     torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
