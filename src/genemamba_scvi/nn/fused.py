@@ -146,11 +146,9 @@ def fused_available(device: torch.device | str) -> bool:
 
 
 #: rev_rows' backward as a gather for rows of at least ``_REV_GATHER_MIN_WIDTH`` columns (False: index_select's
-#: scatter-add for all; an ablation). Narrow rows (the ``[T, heads]`` dt) take index_select's own backward: its
-#: scatter is a few microseconds there, less than the host cost of a Python autograd function; H200, interleaved A/B
-#: (train_ab_s11_call1_h200.json): scatter for every row 0.994x the step time of the gather for every row
-#: (0.991-0.998). Wide rows (the torch merge's ``[T, d]``) keep the gather: session 5 measured the scatter-add there
-#: at 7.3 ms a step.
+#: scatter-add for all; an ablation). Narrow rows (``[T, heads]`` dt) take index_select's own backward, cheaper than
+#: a Python autograd function's host time: H200, interleaved A/B (train_ab_s11_call1_h200.json), scatter for every row
+#: 0.994x the step time (0.991-0.998). Wide rows (the torch merge's ``[T, d]``): scatter-add 7.3 ms a step (session 5).
 _REV_ROWS_GATHER = True
 _REV_GATHER_MIN_WIDTH = 128
 #: Training: the gradients of z and xBC written by their backward kernels into one buffer of the projection's
