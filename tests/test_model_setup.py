@@ -5,6 +5,8 @@ Real data: a slice of the shipped 559-cell count sample (``sample48`` in conftes
 
 from __future__ import annotations
 
+import re
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -154,8 +156,14 @@ def test_missing_obs_key(adata, what):
 @pytest.mark.parametrize("what", ["batch_key", "labels_key"])
 def test_nan_in_obs_key(adata, what):
     adata.obs["col"] = ["a"] * 20 + [np.nan] * 3 + ["b"] * 25
-    with pytest.raises(ValueError, match=r"adata\.obs\['col'\].*3 missing \(NaN\)"):
+    with pytest.raises(ValueError, match=r"adata\.obs\['col'\].*3 missing \(NaN\)") as err:
         GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
+    fix = re.search(r"e\.g\. (adata\.obs\['col'\] = .*?)\) or drop", str(err.value)).group(1)
+    for col in (adata.obs["col"].copy(), adata.obs["col"].astype("category")):  # the advice works on both
+        adata.obs["col"] = col
+        exec(fix, {"adata": adata})
+        assert adata.obs["col"].tolist() == ["a"] * 20 + ["Unknown"] * 3 + ["b"] * 25
+    GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
 
 
 def test_backed_anndata_rejected(adata, tmp_path):

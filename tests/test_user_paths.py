@@ -252,3 +252,65 @@ def test_progress_bar_moves_every_step_and_lightning_logs_once(cells, monkeypatc
     assert "Epoch 2/2" in out and "6/6" in out  # 3 minibatches per epoch, counted step by step
     assert sum("GPU available" in m for m in seen) == 1
     assert not [m for m in seen if "Tip: " in m]
+
+
+# ------------------------------------------------------------------ session 11 audit: queries' genes, load and save
+def test_query_with_more_genes_than_the_model_is_embedded_as_the_filtered_cells(cells):
+    """A model set up on filtered genes takes the full matrix (the extra genes are ignored, not a poor overlap)."""
+    scvi.settings.seed = 0
+    full = cells.copy()
+    counts = full.layers["counts"]
+    keep = np.asarray((counts > 0).sum(axis=0)).ravel() >= 32  # as sc.pp.filter_genes(min_cells=32)
+    assert 0.1 < keep.mean() < 0.5  # most genes dropped: the full matrix has under half its genes in the vocab
+    filtered = full[:, keep].copy()
+    GeneMambaModel.setup_anndata(filtered, layer="counts")
+    model = GeneMambaModel(filtered, **TINY)
+    with pytest.warns(UserWarning, match="not in the model's vocabulary"):  # the extra genes, named
+        z_full = model.get_latent_representation(_fresh(full))
+    np.testing.assert_array_equal(z_full, model.get_latent_representation())
+
+
+def test_query_missing_most_of_the_models_genes_is_warned_and_wrong_ids_refused(model_and_data):
+    model, adata = model_and_data
+    few = _fresh(adata[:, : adata.n_vars // 20])
+    with pytest.warns(UserWarning, match=r"holds \d+ of the \d+ genes the model was set up with"):
+        z = model.get_latent_representation(few)
+    assert np.isfinite(z).all()
+    wrong = _fresh(adata)
+    wrong.var_names = [f"{g}_x{i}" if i % 10 else g for i, g in enumerate(adata.var_names)]  # 90% unknown ids
+    with pytest.raises(ValueError, match=r"do not fit the model.*min_gene_overlap"):
+        model.get_latent_representation(wrong)
+
+
+def test_load_takes_min_gene_overlap_and_refuses_unknown_keywords(model_and_data, tmp_path):
+    model, adata = model_and_data
+    model.save(tmp_path / "nested" / "dirs" / "m")  # missing parents are created, as scvi-tools does
+    model.save(tmp_path / "p", prefix="pre_")
+    assert (tmp_path / "p" / "pre_model" / "config.json").is_file()
+    loaded = GeneMambaModel.load(tmp_path / "nested" / "dirs" / "m", adata=adata.copy(), min_gene_overlap=0.1)
+    assert loaded.min_gene_overlap == 0.1
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['min_overlap'\\]"):
+        GeneMambaModel.load(tmp_path / "p", adata=adata.copy(), prefix="pre_", min_overlap=0.1)
+
+
+def test_query_without_counts_where_the_model_reads_them_says_where_to_put_them(model_and_data):
+    model, adata = model_and_data
+    query = _fresh(adata)
+    query.layers["counts"] = query.layers["counts"].astype(np.float32) * 0.5  # halves: not counts
+    with pytest.raises(ValueError, match=r"set up to read adata\.layers\['counts'\], so a query AnnData") as err:
+        model.get_latent_representation(query)
+    assert "layer=..." not in str(err.value)  # no advice the query path cannot take
+
+
+def test_small_run_has_no_logging_interval_warning(cells):
+    """Lightning's "smaller than the logging interval" warning is not shown for an epoch of a few minibatches."""
+    adata = cells[:48].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=1, **TRAIN)
+    assert not [w for w in caught if "logging interval" in str(w.message)]
+    assert model.trainer.log_every_n_steps == 3  # 48 cells x 0.9 -> 43 training cells, 16 a minibatch

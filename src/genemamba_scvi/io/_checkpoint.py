@@ -117,6 +117,8 @@ def write_checkpoint(
         (``config.json``, ...) in a directory that is not a checkpoint of this format.
     """
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True)  # as scvi-tools' save: missing parents are created
     _check_target(path, overwrite, looks_like=lambda p: True, what="genemamba-scvi checkpoint")
     if overwrite and path.is_dir() and not (path / CHECKSUMS_FILE).is_file():
         clash = sorted(name for name in _OWN_FILES if (path / name).exists())

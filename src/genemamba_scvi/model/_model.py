@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import inference_autocast, resolve_precision
-from genemamba_scvi.data.normalize import compute_gene_medians
+from genemamba_scvi.data.normalize import _RAW_HINT, compute_gene_medians
 from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
@@ -30,6 +30,7 @@ from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTra
 from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_choice,
+    _check_gene_coverage,
     _check_known_genes_expressed,
     _check_obs_key,
     _register_afresh,
@@ -203,7 +204,10 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             Optional ``adata.obs`` column with cell-type labels (used by :meth:`train_classifier`).
         gene_id_key
             Optional ``adata.var`` column with the gene ids (symbols or Ensembl ids) to use instead of
-            ``adata.var_names``.
+            ``adata.var_names``. Ids are matched to the model's vocabulary directly, then without an Ensembl
+            version suffix, then case-insensitively for symbols (so ``Cd3e`` matches ``CD3E``: mouse symbols
+            written this way reach the human genes of the same name), then through the shipped symbol <-> Ensembl
+            table; ``model.vocab_.match(ids).report()`` shows how each was matched.
 
         Raises
         ------
@@ -248,7 +252,17 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
                 raise ValueError("adata is a view; pass a copy (adata.copy()).")
             adata._init_as_actual(adata.copy())
         # a query needs no labels to be embedded or predicted (and scvi would warn about rare ones)
-        _register_afresh(type(self), adata, {**self.adata_manager.registry["setup_args"], "labels_key": None})
+        args = {**self.adata_manager.registry["setup_args"], "labels_key": None}
+        try:
+            _register_afresh(type(self), adata, args)
+        except ValueError as err:
+            if _RAW_HINT not in str(err):
+                raise
+            where = f"adata.layers[{args.get('layer')!r}]" if args.get("layer") else "adata.X"
+            raise ValueError(
+                f"{str(err).replace(_RAW_HINT, 'GeneMamba needs raw counts.')} This model was set up to read "
+                f"{where}, so a query AnnData must hold its raw counts there too (e.g. put them in {where})."
+            ) from None
         self._register_manager_for_instance(self._get_most_recent_anndata_manager(adata, required=True))
         return adata
 
@@ -266,7 +280,12 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         return list(adata.var[key].astype(str)) if key else list(map(str, adata.var_names))
 
     def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
-        match = self.vocab_.match(self._gene_ids(adata), min_overlap=self.min_gene_overlap)
+        medians = getattr(self, "gene_medians_", None)
+        if medians is None:  # setting up: the share of this AnnData's genes found in the vocabulary
+            match = self.vocab_.match(self._gene_ids(adata), min_overlap=self.min_gene_overlap)
+        else:  # a query: also the share of the model's genes it holds (a superset of them is fine)
+            match = self.vocab_.match(self._gene_ids(adata), min_overlap=0.0)
+            _check_gene_coverage(match, np.isfinite(medians), self.vocab_, self.min_gene_overlap)
         n_unknown = int((match.token_ids < 0).sum())
         if warn_unknown and n_unknown:
             fate = "ignored"

@@ -86,7 +86,7 @@ class GeneMambaSaveLoadMixin:
         Parameters
         ----------
         dir_path
-            Directory to write (created).
+            Directory to write (created, with any missing parent directories).
         prefix
             Write into ``dir_path / f"{prefix}model"`` instead.
         overwrite
@@ -138,6 +138,7 @@ class GeneMambaSaveLoadMixin:
         accelerator: str = "auto",
         device: int | str = "auto",
         prefix: str | None = None,
+        min_gene_overlap: float | None = None,
         **kwargs: Any,
     ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
         """Load a model saved with :meth:`save`.
@@ -152,6 +153,14 @@ class GeneMambaSaveLoadMixin:
             saved arguments.
         accelerator, device
             Where to put the model.
+        prefix
+            Read ``dir_path / f"{prefix}model"`` (as :meth:`save` wrote it).
+        min_gene_overlap
+            Override the saved ``min_gene_overlap`` (the share of ``adata``'s genes, or of the model's genes, that
+            must be found; see :meth:`GeneMambaModel.get_latent_representation`).
+        **kwargs
+            scvi-tools' ``backup_url`` and ``datamodule`` are refused with a clear error (files are read
+            offline from ``dir_path``); any other keyword raises :class:`TypeError`.
 
         Raises
         ------
@@ -160,6 +169,14 @@ class GeneMambaSaveLoadMixin:
         ValueError
             Tampered or truncated files (checksums), or genes that do not match the vocabulary.
         """
+        if kwargs.get("backup_url") is not None or kwargs.get("datamodule") is not None:
+            raise ValueError("GeneMambaModel.load reads a local directory: backup_url and datamodule are not supported")
+        unknown = sorted(set(kwargs) - {"backup_url", "datamodule"})
+        if unknown:
+            raise TypeError(
+                f"GeneMambaModel.load() got unexpected keyword arguments {unknown}; it takes dir_path, adata, "
+                "accelerator, device, prefix and min_gene_overlap"
+            )
         from scvi.model._utils import parse_device_args
 
         from genemamba_scvi.io import read_checkpoint
@@ -170,7 +187,10 @@ class GeneMambaSaveLoadMixin:
         if adata is None:
             raise ValueError("GeneMambaModel.load needs the AnnData to attach: load(dir_path, adata=adata).")
         extra = ckpt.extra or {}
-        model = cls._from_parts(adata, ckpt.config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"))
+        config = dict(ckpt.config)
+        if min_gene_overlap is not None:
+            config["min_gene_overlap"] = float(min_gene_overlap)
+        model = cls._from_parts(adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"))
         if extra.get("label_names"):
             model.label_names_ = list(extra["label_names"])
             model.labels_key_ = extra.get("labels_key")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ def _save_kernel_cache() -> None:
 _ENCODER_ARGS = tuple(k for k in ENCODER_FIELDS if k in MODEL_ARG_FIELDS)
 #: Default of ``min_gene_overlap`` (also written by :meth:`GeneMambaModel.pretrain`).
 _MIN_GENE_OVERLAP = 0.5
+#: A query holding fewer of the model's genes than this share gets a warning (:func:`_check_gene_coverage`).
+_GENE_COVERAGE_WARN = 0.9
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
@@ -46,7 +49,8 @@ def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
     if n_missing:
         raise ValueError(
             f"adata.obs[{key!r}] ({what}) has {n_missing} missing (NaN) values; fill them "
-            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).fillna('Unknown')) or drop those cells."
+            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(object).fillna('Unknown').astype(str)) or drop "
+            f"those cells (adata = adata[adata.obs[{key!r}].notna()].copy())."
         )
 
 
@@ -112,3 +116,41 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
         _assign_adata_uuid(adata, overwrite=True)
     model_cls.setup_anndata(adata, **args)
+
+
+def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap: float) -> None:
+    """Refuse a query whose genes do not fit the model; warn when it lacks many of the model's genes.
+
+    ``match``: the query's :class:`~genemamba_scvi.data.vocab.GeneMatch`; ``known``: per token, whether the model
+    was set up with that gene (a finite median). Two shares: of the query's var_names found in the vocabulary
+    (low for a full 10x matrix against a model set up on filtered genes, which is fine), and of the model's genes
+    present in the query (low for a panel, or a query filtered harder). Only both below ``min_overlap`` point to
+    the wrong gene ids or species, and raise; a query with under ``_GENE_COVERAGE_WARN`` of the model's genes
+    gets a warning: the missing genes rank as unexpressed in every cell, so its embeddings differ from those of
+    the same cells with all genes.
+    """
+    n_known = int(known.sum())
+    hit = np.unique(match.token_ids[match.token_ids >= 0])
+    n_have = int(known[hit].sum())
+    coverage = n_have / max(n_known, 1)
+    n = len(match.var_names)
+    if match.overlap < min_overlap and coverage < min_overlap:
+        raise ValueError(
+            f"this AnnData's genes do not fit the model: {match.n_matched} of its {n} var_names "
+            f"({100 * match.overlap:.1f}%) are in the model's vocabulary, and it holds {n_have} of the {n_known} genes "
+            f"the model was set up with ({100 * coverage:.1f}%); min_gene_overlap is {100 * min_overlap:.0f}%. "
+            f"Unmatched var_names e.g. {match.unmatched_names[:5]}. var_names must be human gene symbols or Ensembl "
+            "gene ids (set adata.var_names from the right adata.var column, or gene_id_key in setup_anndata), or "
+            "lower min_gene_overlap (GeneMambaModel.load(..., min_gene_overlap=...), or model.min_gene_overlap)."
+        )
+    if coverage < _GENE_COVERAGE_WARN:
+        missing = np.flatnonzero(known)
+        missing = missing[~np.isin(missing, hit)][:5]
+        toks = vocab.tokens
+        warnings.warn(
+            f"this AnnData holds {n_have} of the {n_known} genes the model was set up with ({100 * coverage:.1f}%; "
+            f"missing e.g. {[toks[t] for t in missing]}). Missing genes rank as unexpressed in every cell, "
+            "so these embeddings differ from those of the same cells measured on all the model's genes.",
+            UserWarning,
+            stacklevel=4,
+        )
