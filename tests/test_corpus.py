@@ -185,7 +185,7 @@ def test_manifest_mismatch_is_a_clear_error(files, corpus, sample):
     assert Manifest.read(out).is_complete  # refused runs leave the corpus untouched
 
 
-def test_layer_dense_given_medians_and_cli(sample, tmp_path):
+def test_layer_dense_given_medians_and_cli(sample, tmp_path, capsys):
     a = sample[:40].copy()
     a.layers["counts"] = a.X.toarray()  # dense layer on disk
     a.X = sp.csr_matrix(a.X.shape, dtype=np.float32)
@@ -239,6 +239,11 @@ def test_layer_dense_given_medians_and_cli(sample, tmp_path):
     )
     d = json.loads((tmp_path / "c3" / "manifest.json").read_text())
     assert d["status"] == "complete" and d["n_cells"] == 40 and d["config"]["max_genes"] == 32
+    # bad input on the command line: one line naming the problem, exit status 2, no traceback
+    assert main(["build-corpus", str(p), "--out", str(tmp_path / "c4"), "--layer", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "genemamba build-corpus: error:" in err and "layer 'nope' not found" in err and "Traceback" not in err
+    assert main(["build-corpus", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "c5")]) == 2
 
 
 def test_resolve_inputs_errors(files, tmp_path):

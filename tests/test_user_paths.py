@@ -314,3 +314,13 @@ def test_small_run_has_no_logging_interval_warning(cells):
         model.train(max_epochs=1, **TRAIN)
     assert not [w for w in caught if "logging interval" in str(w.message)]
     assert model.trainer.log_every_n_steps == 3  # 48 cells x 0.9 -> 43 training cells, 16 a minibatch
+
+
+def test_indices_outside_the_cells_are_named(model_and_data):
+    model, adata = model_and_data
+    with pytest.raises(IndexError, match=rf"outside the AnnData's {adata.n_obs} cells.*\[{adata.n_obs + 5}\]"):
+        model.get_latent_representation(indices=[0, adata.n_obs + 5])
+    with pytest.raises(TypeError, match="integer positions"):
+        model.get_latent_representation(indices=[0.5, 1.0])
+    np.testing.assert_array_equal(model.get_latent_representation(indices=[3, 1]),
+                                  model.get_latent_representation()[[3, 1]])  # fmt: skip

@@ -166,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.WARNING)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message, not a traceback
+        print(f"genemamba {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

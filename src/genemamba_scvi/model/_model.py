@@ -31,6 +31,7 @@ from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_choice,
     _check_gene_coverage,
+    _check_indices,
     _check_known_genes_expressed,
     _check_obs_key,
     _register_afresh,
@@ -324,6 +325,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None, **kwargs: Any
     ) -> TokenDataLoader:
         adata = self._validate_anndata(adata)
+        _check_indices(indices, adata.n_obs)
         layer = self._setup_arg("layer")
         _validate_count_layer(adata, layer)
         tokenizer = self._tokenizer_for(adata)

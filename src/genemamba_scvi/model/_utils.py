@@ -154,3 +154,20 @@ def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap:
             UserWarning,
             stacklevel=4,
         )
+
+
+def _check_indices(indices: Sequence[int] | None, n_obs: int) -> None:
+    """Refuse ``indices`` that are not integer positions of the AnnData's cells, naming the bad ones."""
+    if indices is None:
+        return
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        return
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integer positions of cells (0 to {n_obs - 1}), not {idx.dtype} values")
+    bad = idx[(idx < 0) | (idx >= n_obs)]
+    if bad.size:
+        raise IndexError(
+            f"{bad.size} of the {idx.size} indices are outside the AnnData's {n_obs} cells (0 to {n_obs - 1}), "
+            f"e.g. {bad[:5].tolist()}"
+        )
