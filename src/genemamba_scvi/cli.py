@@ -93,6 +93,7 @@ def _demo(args: argparse.Namespace) -> int:
         pre_integrated_key="X_pca",  # the PCA above (scib-metrics would otherwise run its own, deprecated call)
         bio_conservation_metrics=BioConservation(isolated_labels=False),
         batch_correction_metrics=False,
+        progress_bar=not args.quiet,
     )
     cols = [c for c in ["Leiden NMI", "Leiden ARI", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI"]]
     cols = [c for c in cols if c in results.columns]
