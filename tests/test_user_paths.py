@@ -302,7 +302,7 @@ def test_query_without_counts_where_the_model_reads_them_says_where_to_put_them(
     assert "layer=..." not in str(err.value)  # no advice the query path cannot take
 
 
-def test_small_run_has_no_logging_interval_warning(cells):
+def test_small_run_has_no_logging_interval_or_empty_validation_warning(cells):
     """Lightning's "smaller than the logging interval" warning is not shown for an epoch of a few minibatches."""
     adata = cells[:48].copy()
     GeneMambaModel.setup_anndata(adata, layer="counts")
@@ -314,6 +314,11 @@ def test_small_run_has_no_logging_interval_warning(cells):
         model.train(max_epochs=1, **TRAIN)
     assert not [w for w in caught if "logging interval" in str(w.message)]
     assert model.trainer.log_every_n_steps == 3  # 48 cells x 0.9 -> 43 training cells, 16 a minibatch
+    with warnings.catch_warnings(record=True) as caught:  # all cells in training: no validation loop, no warning
+        warnings.simplefilter("always")
+        model.train(max_epochs=1, **{**TRAIN, "train_size": 1.0})
+    assert not [w for w in caught if "logging interval" in str(w.message) or "Total length" in str(w.message)]
+    assert "train_loss" in model.history
 
 
 def test_indices_outside_the_cells_are_named(model_and_data):
