@@ -319,6 +319,8 @@ def test_small_run_has_no_logging_interval_or_empty_validation_warning(cells):
         model.train(max_epochs=1, **{**TRAIN, "train_size": 1.0})
     assert not [w for w in caught if "logging interval" in str(w.message) or "Total length" in str(w.message)]
     assert "train_loss" in model.history
+    with pytest.raises(ValueError, match="early_stopping=True monitors the validation loss"):
+        model.train(max_epochs=1, early_stopping=True, **{**TRAIN, "train_size": 1.0})
 
 
 def test_indices_outside_the_cells_are_named(model_and_data):

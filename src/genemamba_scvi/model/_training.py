@@ -180,6 +180,11 @@ class GeneMambaTrainingMixin:
         if sizes is not None:
             trainer_kwargs.setdefault("log_every_n_steps", _log_interval(sizes[0], batch_size))
             if sizes[1] == 0:  # no validation cells (train_size=1.0): no validation loop, no empty-loader warning
+                if trainer_kwargs.get("early_stopping"):
+                    raise ValueError(
+                        "early_stopping=True monitors the validation loss, but train_size=1.0 leaves no validation "
+                        "cells: pass train_size < 1.0 (e.g. 0.9) or early_stopping=False"
+                    )
                 trainer_kwargs.setdefault("limit_val_batches", 0)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
