@@ -422,6 +422,22 @@ def test_model_tokens_are_the_published_ones(tmp_path):
     assert ours == _published_tokens(adata.X.toarray(), list(adata.var_names), 10, len(official))
 
 
+def test_published_model_without_medians_judges_a_query_by_its_own_genes(tmp_path):
+    """No gene medians (published tokenization): no coverage warning on a query, and the query-side rule refuses."""
+    path = _write_github(tmp_path / "g", _official_tensors("mean"))
+    adata = _adata(seed=9)
+    model = _load(path, adata, max_genes=10)
+    assert not np.isfinite(model.gene_medians_).any()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.get_latent_representation(adata[:, 4:].copy())
+    assert not [w for w in caught if "genes the model was set up with" in str(w.message)]
+    wrong = adata.copy()
+    wrong.var_names = [f"X{i}" for i in range(adata.n_vars)]
+    with pytest.raises(ValueError, match="match the vocabulary"):
+        model.get_latent_representation(wrong)
+
+
 def test_ranked_tokenization_stays_available(tmp_path):
     path = _write_github(tmp_path / "g", _official_tensors("mean"))
     adata = _adata()

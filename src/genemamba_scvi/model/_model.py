@@ -282,11 +282,14 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
 
     def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
         medians = getattr(self, "gene_medians_", None)
-        if medians is None:  # setting up: the share of this AnnData's genes found in the vocabulary
+        known = np.isfinite(medians) if medians is not None else None
+        if known is None or not known.any():
+            # setting up, or a model without medians (the published tokenization): the share of this AnnData's
+            # genes found in the vocabulary
             match = self.vocab_.match(self._gene_ids(adata), min_overlap=self.min_gene_overlap)
         else:  # a query: also the share of the model's genes it holds (a superset of them is fine)
             match = self.vocab_.match(self._gene_ids(adata), min_overlap=0.0)
-            _check_gene_coverage(match, np.isfinite(medians), self.vocab_, self.min_gene_overlap)
+            _check_gene_coverage(match, known, self.vocab_, self.min_gene_overlap)
         n_unknown = int((match.token_ids < 0).sum())
         if warn_unknown and n_unknown:
             fate = "ignored"
