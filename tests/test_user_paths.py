@@ -255,7 +255,7 @@ def test_progress_bar_moves_every_step_and_lightning_logs_once(cells, monkeypatc
 
 
 # ------------------------------------------------------------------ session 11 audit: queries' genes, load and save
-def test_query_with_more_genes_than_the_model_is_embedded_as_the_filtered_cells(cells):
+def test_query_with_more_genes_than_the_model_is_embedded_as_the_filtered_cells(cells, tmp_path):
     """A model set up on filtered genes takes the full matrix (the extra genes are ignored, not a poor overlap)."""
     scvi.settings.seed = 0
     full = cells.copy()
@@ -265,9 +265,14 @@ def test_query_with_more_genes_than_the_model_is_embedded_as_the_filtered_cells(
     filtered = full[:, keep].copy()
     GeneMambaModel.setup_anndata(filtered, layer="counts")
     model = GeneMambaModel(filtered, **TINY)
-    with pytest.warns(UserWarning, match="not in the model's vocabulary"):  # the extra genes, named
+    with pytest.warns(UserWarning, match="not in the model's vocabulary") as rec:  # the extra genes, named
         z_full = model.get_latent_representation(_fresh(full))
     np.testing.assert_array_equal(z_full, model.get_latent_representation())
+    assert {w.filename for w in rec} == {__file__}  # the warning points at the user's call
+    model.save(tmp_path / "m")
+    with pytest.warns(UserWarning, match="not in the model's vocabulary"):
+        loaded = GeneMambaModel.load(tmp_path / "m", adata=_fresh(full))  # loading onto the full matrix too
+    np.testing.assert_array_equal(loaded.get_latent_representation(), z_full)
 
 
 def test_query_missing_most_of_the_models_genes_is_warned_and_wrong_ids_refused(model_and_data):
@@ -280,6 +285,10 @@ def test_query_missing_most_of_the_models_genes_is_warned_and_wrong_ids_refused(
     wrong.var_names = [f"{g}_x{i}" if i % 10 else g for i, g in enumerate(adata.var_names)]  # 90% unknown ids
     with pytest.raises(ValueError, match=r"do not fit the model.*min_gene_overlap"):
         model.get_latent_representation(wrong)
+    wrong.var_names = [f"{g}_x" for g in adata.var_names]  # none known: the ids are wrong, not the threshold
+    with pytest.raises(ValueError, match=r"0 of \d+ var_names of this AnnData match the model's vocabulary") as err:
+        model.get_latent_representation(wrong)
+    assert "min_overlap" not in str(err.value)
 
 
 def test_load_takes_min_gene_overlap_and_refuses_unknown_keywords(model_and_data, tmp_path):
@@ -291,6 +300,17 @@ def test_load_takes_min_gene_overlap_and_refuses_unknown_keywords(model_and_data
     assert loaded.min_gene_overlap == 0.1
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['min_overlap'\\]"):
         GeneMambaModel.load(tmp_path / "p", adata=adata.copy(), prefix="pre_", min_overlap=0.1)
+    GeneMambaModel.load(tmp_path / "p", adata=adata.copy(), prefix="pre_", allowed_classes_names_list=None)  # scvi's
+
+    def few():  # 20% of the model's genes, 80% unknown ids: both shares below 50% -> refused, unless lowered
+        out = _fresh(adata)
+        out.var_names = [g if i % 5 == 0 else f"{g}_x" for i, g in enumerate(adata.var_names)]
+        return out
+
+    with pytest.raises(ValueError, match="do not fit the model"):
+        GeneMambaModel.load(tmp_path / "p", adata=few(), prefix="pre_")
+    with pytest.warns(UserWarning, match="genes the model was set up with"):
+        GeneMambaModel.load(tmp_path / "p", adata=few(), prefix="pre_", min_gene_overlap=0.1)
 
 
 def test_query_without_counts_where_the_model_reads_them_says_where_to_put_them(model_and_data):
@@ -329,5 +349,13 @@ def test_indices_outside_the_cells_are_named(model_and_data):
         model.get_latent_representation(indices=[0, adata.n_obs + 5])
     with pytest.raises(TypeError, match="integer positions"):
         model.get_latent_representation(indices=[0.5, 1.0])
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[[1, 3]] = True  # a boolean mask, as scvi-tools takes
+    np.testing.assert_array_equal(model.get_latent_representation(indices=mask),
+                                  model.get_latent_representation(indices=[1, 3]))  # fmt: skip
+    np.testing.assert_array_equal(model.get_latent_representation(indices=[-1]),
+                                  model.get_latent_representation(indices=[adata.n_obs - 1]))  # fmt: skip
+    with pytest.raises(IndexError, match="one entry per cell"):
+        model.get_latent_representation(indices=mask[:-1])
     np.testing.assert_array_equal(model.get_latent_representation(indices=[3, 1]),
                                   model.get_latent_representation()[[3, 1]])  # fmt: skip

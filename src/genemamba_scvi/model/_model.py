@@ -30,12 +30,13 @@ from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTra
 from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_choice,
-    _check_gene_coverage,
     _check_indices,
     _check_known_genes_expressed,
     _check_obs_key,
+    _match_query_genes,
     _register_afresh,
     _save_kernel_cache,
+    _user_stacklevel,
     _validate_count_layer,
 )
 from genemamba_scvi.module import GeneMambaModule
@@ -154,12 +155,11 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         self.min_gene_overlap = float(min_gene_overlap)
         if gene_medians is None:
             gene_medians = self._medians_from(adata)
-        else:
-            self._match_genes(adata)  # refuses a poor overlap with the vocabulary, warns about unknown genes
         gene_medians = np.asarray(gene_medians, dtype=np.float64)
         if gene_medians.shape != (len(vocab),):
             raise ValueError(f"gene_medians has shape {gene_medians.shape}; expected ({len(vocab)},) (one per token).")
         self.gene_medians_ = gene_medians
+        self._match_genes(adata)  # refuses genes that do not fit the model, warns about unknown and missing ones
         self.label_names_: list[str] | None = None
         self.classifier_hidden_: int | None = None
         # the keys and order of config.json, as every earlier version wrote it
@@ -282,14 +282,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
 
     def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
         medians = getattr(self, "gene_medians_", None)
-        known = np.isfinite(medians) if medians is not None else None
-        if known is None or not known.any():
-            # setting up, or a model without medians (the published tokenization): the share of this AnnData's
-            # genes found in the vocabulary
-            match = self.vocab_.match(self._gene_ids(adata), min_overlap=self.min_gene_overlap)
-        else:  # a query: also the share of the model's genes it holds (a superset of them is fine)
-            match = self.vocab_.match(self._gene_ids(adata), min_overlap=0.0)
-            _check_gene_coverage(match, known, self.vocab_, self.min_gene_overlap)
+        match = _match_query_genes(self.vocab_, self._gene_ids(adata), medians, self.min_gene_overlap)
         n_unknown = int((match.token_ids < 0).sum())
         if warn_unknown and n_unknown:
             fate = "ignored"
@@ -299,7 +292,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
                 f"{n_unknown} of {adata.n_vars} genes of this AnnData are not in the model's vocabulary and are "
                 f"{fate}.\n{match.report()}",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
         return match.token_ids
 

@@ -160,7 +160,8 @@ class GeneMambaSaveLoadMixin:
             must be found; see :meth:`GeneMambaModel.get_latent_representation`).
         **kwargs
             scvi-tools' ``backup_url`` and ``datamodule`` are refused with a clear error (files are read
-            offline from ``dir_path``); any other keyword raises :class:`TypeError`.
+            offline from ``dir_path``), its ``allowed_classes_names_list`` is accepted and has no effect (the
+            files say what they hold); any other keyword raises :class:`TypeError`.
 
         Raises
         ------
@@ -171,7 +172,7 @@ class GeneMambaSaveLoadMixin:
         """
         if kwargs.get("backup_url") is not None or kwargs.get("datamodule") is not None:
             raise ValueError("GeneMambaModel.load reads a local directory: backup_url and datamodule are not supported")
-        unknown = sorted(set(kwargs) - {"backup_url", "datamodule"})
+        unknown = sorted(set(kwargs) - {"backup_url", "datamodule", "allowed_classes_names_list"})
         if unknown:
             raise TypeError(
                 f"GeneMambaModel.load() got unexpected keyword arguments {unknown}; it takes dir_path, adata, "

@@ -94,17 +94,6 @@ class _GeneMambaTrainRunner(TrainRunner):
                 self.model.history_[key] = frame
 
 
-def _split_sizes(n_obs: int, train_size: float | None, validation_size: float | None, batch_size: int):
-    """``(n_train, n_validation)`` cells as scvi's data splitter will draw them, or None where it will raise."""
-    from scvi.dataloaders._data_splitting import validate_data_split
-
-    try:
-        return validate_data_split(n_obs, 0.9 if train_size is None else train_size, validation_size, batch_size,
-                                   False, train_size is None)  # fmt: skip
-    except ValueError:  # let the data splitter raise it with its own message
-        return None
-
-
 def _log_interval(n_train: int, batch_size: int) -> int:
     """Lightning's ``log_every_n_steps``: its default 50, or the epoch's number of minibatches if fewer.
 
@@ -176,16 +165,17 @@ class GeneMambaTrainingMixin:
         if trainer_kwargs.get("enable_progress_bar", True) and not trainer_kwargs["simple_progress_bar"]:
             callbacks.append(StepProgressBar())
         self.module.train()  # Lightning keeps each submodule's mode; a previous inference left them in eval
-        sizes = _split_sizes(self.adata.n_obs, train_size, validation_size, batch_size)
-        if sizes is not None:
-            trainer_kwargs.setdefault("log_every_n_steps", _log_interval(sizes[0], batch_size))
-            if sizes[1] == 0:  # no validation cells (train_size=1.0): no validation loop, no empty-loader warning
-                if trainer_kwargs.get("early_stopping"):
-                    raise ValueError(
-                        "early_stopping=True monitors the validation loss, but train_size=1.0 leaves no validation "
-                        "cells: pass train_size < 1.0 (e.g. 0.9) or early_stopping=False"
-                    )
-                trainer_kwargs.setdefault("limit_val_batches", 0)
+        n_train, n_val = getattr(data_splitter, "n_train", None), getattr(data_splitter, "n_val", None)  # scvi's split
+        if n_train is not None:
+            trainer_kwargs.setdefault("log_every_n_steps", _log_interval(n_train, batch_size))
+        if n_val == 0:  # no validation cells (e.g. train_size=1.0): no validation loop, no empty-loader warning
+            if trainer_kwargs.get("early_stopping"):
+                raise ValueError(
+                    f"early_stopping=True monitors the validation loss, but the split of {self.adata.n_obs} cells "
+                    f"(train_size={train_size}, validation_size={validation_size}) leaves no validation cells: "
+                    "pass a train_size below 1.0 (e.g. 0.9) or a validation_size above 0, or early_stopping=False"
+                )
+            trainer_kwargs.setdefault("limit_val_batches", 0)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         with training_session(self.module.encoder, gradient_checkpointing):

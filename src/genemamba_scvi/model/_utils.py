@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,6 +121,21 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     model_cls.setup_anndata(adata, **args)
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_DECORATOR_FILES = ("contextlib.py",)  # torch.no_grad and contextmanager wrappers between the user and the package
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the caller: the first frame outside this package (the user's)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_code.co_filename.endswith(_DECORATOR_FILES)
+    ):
+        level += 1
+        frame = frame.f_back
+    return level
+
+
 def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap: float) -> None:
     """Refuse a query whose genes do not fit the model; warn when it lacks many of the model's genes.
 
@@ -152,22 +170,50 @@ def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap:
             f"missing e.g. {[toks[t] for t in missing]}). Missing genes rank as unexpressed in every cell, "
             "so these embeddings differ from those of the same cells measured on all the model's genes.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_user_stacklevel(),
         )
 
 
 def _check_indices(indices: Sequence[int] | None, n_obs: int) -> None:
-    """Refuse ``indices`` that are not integer positions of the AnnData's cells, naming the bad ones."""
+    """Refuse ``indices`` that are not positions (or a boolean mask) of the AnnData's cells, naming the bad ones."""
     if indices is None:
         return
     idx = np.asarray(indices)
+    if idx.dtype.kind == "b":
+        if idx.shape != (n_obs,):
+            raise IndexError(f"a boolean mask as indices needs one entry per cell ({n_obs}), not shape {idx.shape}")
+        return
     if idx.size == 0:
         return
     if idx.dtype.kind not in "iu":
         raise TypeError(f"indices must be integer positions of cells (0 to {n_obs - 1}), not {idx.dtype} values")
-    bad = idx[(idx < 0) | (idx >= n_obs)]
+    bad = idx[(idx < -n_obs) | (idx >= n_obs)]
     if bad.size:
         raise IndexError(
             f"{bad.size} of the {idx.size} indices are outside the AnnData's {n_obs} cells (0 to {n_obs - 1}), "
             f"e.g. {bad[:5].tolist()}"
         )
+
+
+def _match_query_genes(vocab: Any, ids: list[str], medians: np.ndarray | None, min_overlap: float) -> Any:
+    """The :class:`~genemamba_scvi.data.vocab.GeneMatch` of an AnnData's gene ids against a model's vocabulary.
+
+    Setting up, or a model without gene medians (the published tokenization): the share of the ids found in the
+    vocabulary must reach ``min_overlap``. A query of a model with medians: :func:`_check_gene_coverage` (a
+    superset of the model's genes is fine).
+    """
+    known = np.isfinite(medians) if medians is not None else None
+    if known is None or not known.any():
+        return vocab.match(ids, min_overlap=min_overlap)
+    try:
+        match = vocab.match(ids, min_overlap=0.0)
+    except ValueError as err:  # no gene matched at all: the ids themselves are wrong
+        raise ValueError(
+            f"0 of {len(ids)} var_names of this AnnData match the model's vocabulary of {len(vocab.genes)} genes "
+            f"(var_names e.g. {ids[:5]}; vocabulary genes e.g. {vocab.genes[:5]}). var_names must be human gene "
+            "symbols or Ensembl gene ids (set adata.var_names from the right adata.var column, or gene_id_key in "
+            "setup_anndata)."
+        ) from err
+    match = dataclasses.replace(match, min_overlap=min_overlap)  # what its report prints
+    _check_gene_coverage(match, known, vocab, min_overlap)
+    return match
