@@ -153,13 +153,15 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         self._unk_token = unk_token
         self.max_genes = int(max_genes)
         self.min_gene_overlap = float(min_gene_overlap)
-        if gene_medians is None:
-            gene_medians = self._medians_from(adata)
+        medians_given = gene_medians is not None
+        if not medians_given:
+            gene_medians = self._medians_from(adata)  # (matches the genes itself)
         gene_medians = np.asarray(gene_medians, dtype=np.float64)
         if gene_medians.shape != (len(vocab),):
             raise ValueError(f"gene_medians has shape {gene_medians.shape}; expected ({len(vocab)},) (one per token).")
         self.gene_medians_ = gene_medians
-        self._match_genes(adata)  # refuses genes that do not fit the model, warns about unknown and missing ones
+        if medians_given:  # after gene_medians_: a saved model judges adata as a query (superset of genes is fine)
+            self._match_genes(adata)  # refuses genes that do not fit the model, warns about unknown and missing ones
         self.label_names_: list[str] | None = None
         self.classifier_hidden_: int | None = None
         # the keys and order of config.json, as every earlier version wrote it
