@@ -21,10 +21,18 @@ import scipy.sparse as sp
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["GeneMedianAccumulator", "compute_gene_medians", "validate_counts"]
+__all__ = ["GeneMedianAccumulator", "NotCountsError", "compute_gene_medians", "validate_counts"]
 
 _BLOCK = 1 << 22  # elements checked at a time by validate_counts (bounds temporary memory)
 _RAW_HINT = "GeneMamba needs raw counts — pass the raw-count layer with layer=..."
+
+
+class NotCountsError(ValueError):
+    """A matrix that is not raw counts; ``problem`` says what is wrong, the message adds how to fix it."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem}; {_RAW_HINT}")
+        self.problem = problem
 
 
 def _values_of(X: Any) -> np.ndarray:
@@ -48,13 +56,13 @@ def validate_counts(X: Any, where: str) -> None:
 
     Raises
     ------
-    ValueError
-        Naming ``where`` and the problem with an example value: NaN or infinite values, negative values,
-        non-integer values (e.g. log-normalised data), or a non-numeric dtype.
+    NotCountsError
+        (a ``ValueError``) naming ``where`` and the problem with an example value: NaN or infinite values, negative
+        values, non-integer values (e.g. log-normalised data), or a non-numeric dtype.
     """
     data = _values_of(X).reshape(-1)
     if data.dtype == bool or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise ValueError(f"{where} has dtype {data.dtype}, not numeric counts; {_RAW_HINT}")
+        raise NotCountsError(f"{where} has dtype {data.dtype}, not numeric counts")
     is_int = np.issubdtype(data.dtype, np.integer)
     for start in range(0, data.size, _BLOCK):
         block = data[start : start + _BLOCK]
@@ -62,17 +70,16 @@ def validate_counts(X: Any, where: str) -> None:
             finite = np.isfinite(block)
             if not finite.all():
                 bad = block[~finite][0]
-                raise ValueError(f"{where} contains NaN or infinite values (e.g. {bad}); {_RAW_HINT}")
+                raise NotCountsError(f"{where} contains NaN or infinite values (e.g. {bad})")
         if block.size and block.min() < 0:
-            raise ValueError(f"{where} contains negative values (e.g. {block.min():.4g}); {_RAW_HINT}")
+            raise NotCountsError(f"{where} contains negative values (e.g. {block.min():.4g})")
         if not is_int:
             frac = block != np.floor(block)
             if frac.any():
                 bad = block[frac][0]
                 off = abs(float(bad) - round(float(bad)))
-                raise ValueError(
-                    f"{where} contains non-integer values (e.g. {_exact(bad)}, {off:.2g} from the nearest integer); "
-                    f"{_RAW_HINT}"
+                raise NotCountsError(
+                    f"{where} contains non-integer values (e.g. {_exact(bad)}, {off:.2g} from the nearest integer)"
                 )
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import inference_autocast, resolve_precision
-from genemamba_scvi.data.normalize import _RAW_HINT, compute_gene_medians
+from genemamba_scvi.data.normalize import NotCountsError, compute_gene_medians
 from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
@@ -258,13 +258,11 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         args = {**self.adata_manager.registry["setup_args"], "labels_key": None}
         try:
             _register_afresh(type(self), adata, args)
-        except ValueError as err:
-            if _RAW_HINT not in str(err):
-                raise
+        except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
             where = f"adata.layers[{args.get('layer')!r}]" if args.get("layer") else "adata.X"
             raise ValueError(
-                f"{str(err).replace(_RAW_HINT, 'GeneMamba needs raw counts.')} This model was set up to read "
-                f"{where}, so a query AnnData must hold its raw counts there too (e.g. put them in {where})."
+                f"{err.problem}; GeneMamba needs raw counts. This model was set up to read {where}, so a query "
+                f"AnnData must hold its raw counts there too (e.g. put them in {where})."
             ) from None
         self._register_manager_for_instance(self._get_most_recent_anndata_manager(adata, required=True))
         return adata
