@@ -129,13 +129,10 @@ def conv_both_fwd_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, out_ptr, T, C
     share the centre tap, and a tap is inside the cell when ``t - m >= s`` (forward) or ``t + m < e`` (reversed):
     the cell's bounds instead of one cell-id load per tap.
     """
-    tok = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    tm = tok < T
     cmask = cols < C
-    s, e = _cell_bounds(seq_ptr, cu_ptr, tok, tm)
-    t64 = tok.to(tl.int64)
-    x0 = tl.load(x_ptr + t64[:, None] * stride_x + cols[None, :], mask=tm[:, None] & cmask[None, :], other=0.0)
+    tok, tm, mask, s, e, t64 = _token_block(tl.program_id(0), 0, 1, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
+    x0 = tl.load(x_ptr + t64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     w_c = tl.load(w_ptr + cols * stride_w + (K - 1), mask=cmask, other=0.0).to(tl.float32)
     acc_f = x0.to(tl.float32) * w_c[None, :]
     if HAS_BIAS:
@@ -152,7 +149,6 @@ def conv_both_fwd_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, out_ptr, T, C
     if SILU:
         acc_f = acc_f * tl.sigmoid(acc_f)
         acc_r = acc_r * tl.sigmoid(acc_r)
-    mask = tm[:, None] & cmask[None, :]
     tl.store(out_ptr + t64[:, None] * stride_out + cols[None, :], acc_f.to(out_ptr.dtype.element_ty), mask=mask)
     r64 = (T + s + e - 1 - tok).to(tl.int64)
     tl.store(out_ptr + r64[:, None] * stride_out + cols[None, :], acc_r.to(out_ptr.dtype.element_ty), mask=mask)

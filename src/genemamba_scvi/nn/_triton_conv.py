@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from genemamba_scvi.nn._triton_bimamba import _anchor, _cell_bounds, _silu_grad, _tap, _token_block
+from genemamba_scvi.nn._triton_bimamba import _anchor, _silu_grad, _tap, _token_block
 
 # fmt: off
 
@@ -120,24 +120,20 @@ def conv_both_bwd_dx_bounds_kernel(w_ptr, seq_ptr, cu_ptr, dpre_ptr, dx_ptr, T, 
     loads per token (cell id, then bounds) instead of one cell-id load per tap and direction before each tap's
     gradient load, as the ``"tokens"`` forward does (``conv_both_fwd_tok_kernel``).
     """
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    rmask = rows < T
     cmask = cols < C
-    s, e = _cell_bounds(seq_ptr, cu_ptr, rows, rmask)
-    r64 = rows.to(tl.int64)
+    tok, tm, mask, s, e, t64 = _token_block(tl.program_id(0), 0, 1, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     for m in tl.static_range(K):
         wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
-        ok = rmask & (rows + m < e)
-        d = tl.load(dpre_ptr + (r64 + m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
+        ok = tm & (tok + m < e)
+        d = tl.load(dpre_ptr + (t64 + m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
                     other=0.0).to(tl.float32)
-        ok = rmask & (rows - m >= s)
-        d += tl.load(dpre_ptr + (T + r64 - m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
+        ok = tm & (tok - m >= s)
+        d += tl.load(dpre_ptr + (T + t64 - m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
                      other=0.0).to(tl.float32)
         acc += d * wv[None, :]
-    tl.store(dx_ptr + r64[:, None] * stride_dx + cols[None, :], acc.to(dx_ptr.dtype.element_ty),
-             mask=rmask[:, None] & cmask[None, :])
+    tl.store(dx_ptr + t64[:, None] * stride_dx + cols[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
