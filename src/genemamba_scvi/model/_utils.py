@@ -164,10 +164,9 @@ def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap:
     if coverage < _GENE_COVERAGE_WARN:
         missing = np.flatnonzero(known)
         missing = missing[~np.isin(missing, hit)][:5]
-        toks = vocab.tokens
         warnings.warn(
             f"this AnnData holds {n_have} of the {n_known} genes the model was set up with ({100 * coverage:.1f}%; "
-            f"missing e.g. {[toks[t] for t in missing]}). Missing genes rank as unexpressed in every cell, "
+            f"missing e.g. {vocab.decode(missing)}). Missing genes rank as unexpressed in every cell, "
             "so these embeddings differ from those of the same cells measured on all the model's genes.",
             UserWarning,
             stacklevel=_user_stacklevel(),
