@@ -329,6 +329,15 @@ def main(argv: list[str] | None = None) -> None:
         out["profile"] = _profile(run, arms, prof_names, batches[0], Path(a.trace_dir) if a.trace_dir else None)
         for arm, prof in out["profile"].items():
             print(arm, prof["gpu_time_ms"], "ms", prof["host"], json.dumps(prof["gaps"])[:1500], flush=True)
+    from genemamba_scvi.nn.graphs import _GRAPHS
+
+    if run.mamba in _GRAPHS:  # an arm ran with CUDA graphs: how often each path ran, and a capture's failure
+        g = _GRAPHS[run.mamba]
+        out["cuda_graphs"] = {"stats": g.stats, "buckets": len(g.entries), "bucket_tokens": g.bucket_tokens,
+                              "disabled": g.disabled, "error": g.last_error}  # fmt: skip
+        print("cuda_graphs", json.dumps(out["cuda_graphs"]), flush=True)
+    if run.cuda:
+        out["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ from genemamba_scvi.nn.bimamba import (
 )
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
 from genemamba_scvi.nn.fused_norm import add_rms_norm
+from genemamba_scvi.nn.graphs import embed_rows, graphs_of
 from genemamba_scvi.nn.mamba2 import RMSNorm
 from genemamba_scvi.nn.ssd import BACKENDS, load_mamba_ssm_ops, resolve_backend
 
@@ -41,6 +44,9 @@ MAMBA_SSM_MAX_CALL_ELEMENTS = 2**30
 #: The residual stream's add + RMSNorm on CUDA with mamba-ssm: "triton" (``nn.fused_norm.add_rms_norm``, tiles of
 #: rows) or "mamba" (mamba-ssm's ``rms_norm_fn``, the same values; its backward walks rows one at a time).
 _ADD_NORM = "triton"
+#: ``cuda_graphs=None`` and ``graph_bucket_tokens=None`` resolve to these (benchmarks switch them for A/B runs).
+_CUDA_GRAPHS = False
+_GRAPH_BUCKET_TOKENS = 2048
 
 
 def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
@@ -150,6 +156,16 @@ class GeneMambaEncoder(nn.Module):
         In training, keep only each layer's input for the backward pass and recompute the layer there
         (one more forward per layer, much less activation memory: for long cells or big batches).
         Same outputs and gradients. Default ``False``.
+    cuda_graphs
+        Packed path, training on CUDA: replay the encoder's forward and backward as CUDA graphs, one pair
+        per token bucket (:mod:`~genemamba_scvi.nn.graphs`): the host enqueues a step with a few launches
+        instead of thousands, which matters when the GPU outruns the host (small batches, fast GPUs).
+        Rows are padded to a multiple of ``graph_bucket_tokens`` (one dummy cell); the first batch of a
+        bucket runs eagerly, the second is captured. Same outputs; gradients equal up to the order of
+        floating-point sums. Ignored with ``gradient_checkpointing``, in inference and off CUDA. ``None``
+        (default): off.
+    graph_bucket_tokens
+        Token granularity of the CUDA-graph buckets (``None``: 2048).
     """
 
     def __init__(self, vocab_size: int, config: GeneMambaConfig | None = None, **settings: Any):
@@ -176,6 +192,9 @@ class GeneMambaEncoder(nn.Module):
         self.fused_add_norm: bool | None = None
         self.pack_multiple: int | None = None
         self.gradient_checkpointing = False
+        self.cuda_graphs: bool | None = None
+        self.graph_bucket_tokens: int | None = None
+        self._capturable_embedding = False
 
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -373,7 +392,30 @@ class GeneMambaEncoder(nn.Module):
         self.last_n_sub_batches = len(outs)
         return torch.cat(outs, dim=0)
 
+    def _graphs(self):
+        bucket = _GRAPH_BUCKET_TOKENS if self.graph_bucket_tokens is None else int(self.graph_bucket_tokens)
+        return graphs_of(self, bucket)
+
+    def _graphs_apply(self, tokens: torch.Tensor, n_tokens: int) -> bool:
+        on = _CUDA_GRAPHS if self.cuda_graphs is None else bool(self.cuda_graphs)
+        if not (on and tokens.is_cuda and self.training and torch.is_grad_enabled()):
+            return False
+        if self.gradient_checkpointing or n_tokens == 0 or self.n_layers == 0:
+            return False
+        return not torch.cuda.is_current_stream_capturing() and not self._graphs().disabled
+
+    @contextlib.contextmanager
+    def capturable(self) -> Iterator[None]:
+        """Within the block, the embedding's backward is one ``index_add_`` (a CUDA graph can record it)."""
+        saved, self._capturable_embedding = self._capturable_embedding, True
+        try:
+            yield
+        finally:
+            self._capturable_embedding = saved
+
     def _forward_packed(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        if self._graphs_apply(tokens, n_tokens):
+            return self._graphs()(tokens, cu, n_tokens)
         pad = (-n_tokens) % self._pack_multiple(tokens.device)
         if pad and n_tokens > 0:
             # one dummy cell of pad tokens rounds the row up; its own sequence id keeps it apart
@@ -383,7 +425,7 @@ class GeneMambaEncoder(nn.Module):
         return self._forward_packed_row(tokens, cu, n_tokens)
 
     def _forward_packed_row(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
-        x = self.embedding(tokens)
+        x = embed_rows(self.embedding, tokens) if self._capturable_embedding else self.embedding(tokens)
         if self.n_layers == 0 or n_tokens == 0:
             return self.norm_f(x)
         pack = pack_cells(cu, n_tokens)

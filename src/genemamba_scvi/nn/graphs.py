@@ -1,0 +1,239 @@
+"""CUDA graphs of the packed encoder's training pass: one graph pair (forward, backward) per token bucket.
+
+Why: a GeneMamba training step launches ~4,300 device operations (24 layers, ~178 each). On an H200 the host
+needs 138-151 ms to enqueue them whatever the batch size, so below ~48 cells of top-2048 genes the GPU waits
+for the host (``benchmarks/NOTES_throughput.md`` section 15). A CUDA graph replays a recorded sequence of
+kernels with one launch (``torch.cuda.graph``; NVIDIA's CUDA programming guide, "CUDA Graphs"), which takes
+the host out of the step.
+
+How, in the spirit of :func:`torch.cuda.make_graphed_callables` (written here because it knows neither the
+token buckets, nor autocast's weight cache, nor a pad cell):
+
+* A graph has fixed shapes, a batch does not. The packed row of ``n`` real tokens is padded up to a *bucket*
+  of ``bucket_tokens * ceil((n + 1) / bucket_tokens)`` tokens with one dummy cell of pad tokens (its own
+  sequence id keeps it apart, as the encoder's ``pack_multiple`` padding already does), so a bucket holds
+  every batch of the same cell count whose token total falls in it.
+* The first batch of a bucket runs eagerly (it compiles and autotunes the Triton kernels); the second is
+  captured (forward, then the backward of the parameters from a static output gradient) and replayed from
+  then on. All buckets of an encoder share one memory pool: a step replays one bucket's forward, then
+  the same bucket's backward, so one bucket's scratch memory is never live while another runs. A forward
+  while another graphed forward still waits for its backward (two forwards, one backward) runs eagerly.
+* Inside a capture the token embedding's backward is an ``index_add_`` (PyTorch's dense embedding backward
+  reads a count back to the host, which a capture forbids); autocast runs with its weight-cast cache off,
+  so the casts are recorded and see the optimizer's updates.
+* The replayed output is cloned (one copy), so a kept output is not overwritten by the next step; the
+  parameter gradients go through autograd as usual (accumulation, hooks, DDP).
+* Any change of the parameters' storage (``.to()``, a new parameter, ``requires_grad`` flipped) drops the
+  graphs; they are rebuilt on the next batches.
+
+Only :mod:`torch` is used here (``nn/`` stays free of scvi-tools).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["PackedGraphs", "embed_rows", "graphs_of"]
+
+logger = logging.getLogger("genemamba_scvi")
+
+
+class _EmbedRows(torch.autograd.Function):
+    """``weight[tokens]`` whose backward is one ``index_add_`` (capturable; row ``padding_idx`` gets no gradient)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, tokens: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+        ctx.save_for_backward(tokens)
+        ctx.shape, ctx.dtype, ctx.padding_idx = weight.shape, weight.dtype, padding_idx
+        return weight.index_select(0, tokens)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (tokens,) = ctx.saved_tensors
+        acc = torch.float32 if ctx.dtype in (torch.float16, torch.bfloat16) else ctx.dtype
+        gw = torch.zeros(ctx.shape, dtype=acc, device=grad.device).index_add_(0, tokens, grad.to(acc))
+        if ctx.padding_idx is not None:
+            gw[ctx.padding_idx].zero_()
+        return gw.to(ctx.dtype), None, None
+
+
+def embed_rows(embedding: torch.nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
+    """Same values and gradient as ``embedding(tokens)`` (no max_norm), with a backward a CUDA graph can hold."""
+    if embedding.max_norm is not None:
+        raise ValueError("embed_rows does not apply max_norm")
+    return _EmbedRows.apply(embedding.weight, tokens, embedding.padding_idx)
+
+
+@dataclass
+class _Entry:
+    """One bucket: its static inputs and outputs, and its two graphs once captured."""
+
+    n_tokens: int
+    tokens: torch.Tensor
+    cu: torch.Tensor
+    seen: int = 0
+    fwd: Any = None  # torch.cuda.CUDAGraph
+    bwd: Any = None
+    out: torch.Tensor | None = None
+    grad_out: torch.Tensor | None = None
+    grads: tuple[torch.Tensor | None, ...] = ()
+    pending: Any = field(default=None, repr=False)  # weakref to the output of a forward awaiting its backward
+
+
+class _Replay(torch.autograd.Function):
+    """Forward: replay the bucket's forward graph. Backward: copy in the output gradient, replay, hand out grads."""
+
+    @staticmethod
+    def forward(ctx, entry: _Entry, *params: torch.Tensor) -> torch.Tensor:
+        entry.fwd.replay()
+        ctx.entry = entry
+        return entry.out.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        e: _Entry = ctx.entry
+        e.grad_out.copy_(grad)
+        e.bwd.replay()
+        e.pending = None
+        # the static buffers themselves, as make_graphed_callables does: autograd's accumulation copies or adds
+        return (None, *(g.detach() if g is not None else None for g in e.grads))
+
+
+class PackedGraphs:
+    """Per-bucket CUDA graphs of an encoder's packed row (``_forward_packed_row``) in training.
+
+    Held per encoder in a weak table (:func:`graphs_of`), so the encoder itself stays picklable and
+    deep-copyable (a ``CUDAGraph`` is neither).
+
+    Parameters
+    ----------
+    encoder
+        A :class:`~genemamba_scvi.nn.GeneMambaEncoder` (referenced weakly).
+    bucket_tokens
+        Token granularity of the buckets (a multiple of 16).
+    max_buckets
+        Graph pairs kept (least recently used dropped first).
+    """
+
+    def __init__(self, encoder: torch.nn.Module, bucket_tokens: int = 2048, max_buckets: int = 16):
+        if bucket_tokens < 16 or bucket_tokens % 16:
+            raise ValueError(f"bucket_tokens must be a positive multiple of 16, got {bucket_tokens}")
+        self._encoder = weakref.ref(encoder)
+        self.bucket_tokens, self.max_buckets = int(bucket_tokens), int(max_buckets)
+        self.entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self.signature: tuple | None = None
+        self.pool = None
+        self.stream: torch.cuda.Stream | None = None
+        self.disabled = False
+        self.stats = {"eager": 0, "captured": 0, "replayed": 0}
+        self.last_error: str | None = None
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Drop every graph (and the shared memory pool)."""
+        self.entries.clear()
+        self.pool = None
+
+    def _trainable(self, encoder: torch.nn.Module) -> list[torch.nn.Parameter]:
+        params = [p for p in encoder.parameters() if p.requires_grad]
+        sig = tuple((p.data_ptr(), tuple(p.shape), p.dtype) for p in params)
+        if sig != self.signature:
+            self.reset()
+            self.signature = sig
+        return params
+
+    def bucket(self, n_tokens: int) -> int:
+        """Padded row length of a batch of ``n_tokens`` real tokens (at least one pad token: the dummy cell)."""
+        b = self.bucket_tokens
+        return b * ((n_tokens + b) // b)
+
+    def _pending(self) -> bool:
+        return any(e.pending is not None and e.pending() is not None for e in self.entries.values())
+
+    # -- the call -------------------------------------------------------------------------------------
+    def __call__(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """The encoder's packed row on the real cells (``[n_tokens, d]``), through the bucket's graphs."""
+        enc = self._encoder()
+        if enc is None:
+            raise RuntimeError("the encoder of these CUDA graphs no longer exists")
+        params = self._trainable(enc)
+        dev = tokens.device
+        amp = (torch.is_autocast_enabled(dev.type), torch.get_autocast_dtype(dev.type))
+        T = self.bucket(n_tokens)
+        key = (T, cu.numel(), amp)
+        e = self.entries.get(key)
+        if e is None:
+            e = _Entry(T, tokens.new_zeros(T), cu.new_empty(cu.numel() + 1))
+            self.entries[key] = e
+            while len(self.entries) > self.max_buckets:
+                self.entries.popitem(last=False)
+        self.entries.move_to_end(key)
+        # static inputs: the real tokens, pad tokens (0), the cells' bounds, then the dummy cell's end
+        e.tokens[:n_tokens].copy_(tokens)
+        e.tokens[n_tokens:].zero_()
+        e.cu[:-1].copy_(cu)
+        e.cu[-1:].fill_(T)
+        e.seen += 1
+        if (e.fwd is None and e.seen < 2) or self._pending():
+            # first batch of a bucket (compiles, autotunes), or a forward while another awaits its backward
+            self.stats["eager"] += 1
+            return enc._forward_packed_row(e.tokens.clone(), e.cu.clone(), T)[:n_tokens]
+        if e.fwd is None:
+            try:
+                self._capture(enc, e, params, amp, dev)
+            except Exception as err:  # any capture failure: run eagerly from now on, and say why
+                self.disabled = True
+                self.reset()
+                self.last_error = f"{type(err).__name__}: {err}"[:800]
+                logger.warning("genemamba_scvi: CUDA graph capture failed, training runs eagerly: %s", self.last_error)
+                return enc._forward_packed_row(e.tokens.clone(), e.cu.clone(), T)[:n_tokens]
+            self.stats["captured"] += 1
+        self.stats["replayed"] += 1
+        out = _Replay.apply(e, *params)
+        e.pending = weakref.ref(out)
+        return out[:n_tokens]
+
+    def _capture(self, enc, e: _Entry, params: list[torch.nn.Parameter], amp, dev: torch.device) -> None:
+        enabled, dtype = amp
+
+        def run() -> torch.Tensor:
+            # autocast without its weight-cast cache: the casts are recorded, so replays see updated weights
+            with torch.autocast(dev.type, dtype=dtype, enabled=enabled, cache_enabled=False):
+                return enc._forward_packed_row(e.tokens, e.cu, e.n_tokens)
+
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        with enc.capturable():
+            if self.stream is None:  # once: library handles (cuBLAS, ...) of the capture stream made outside a capture
+                self.stream = torch.cuda.Stream(dev)
+                self.stream.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(self.stream):
+                    out = run()
+                    torch.autograd.grad(out, params, torch.zeros_like(out), allow_unused=True)
+                    del out
+                torch.cuda.current_stream(dev).wait_stream(self.stream)
+            torch.cuda.synchronize(dev)
+            fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(fwd, pool=self.pool, stream=self.stream):
+                out = run()
+            grad_out = torch.zeros_like(out)
+            with torch.cuda.graph(bwd, pool=self.pool, stream=self.stream):
+                grads = torch.autograd.grad(out, params, grad_out, allow_unused=True)
+        e.fwd, e.bwd, e.out, e.grad_out, e.grads = fwd, bwd, out.detach(), grad_out, grads
+
+
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def graphs_of(encoder: torch.nn.Module, bucket_tokens: int = 2048) -> PackedGraphs:
+    """The encoder's :class:`PackedGraphs` (made on first use; a new one when ``bucket_tokens`` changes)."""
+    g = _GRAPHS.get(encoder)
+    if g is None or g.bucket_tokens != bucket_tokens:
+        g = _GRAPHS[encoder] = PackedGraphs(encoder, bucket_tokens)
+    return g

@@ -1,0 +1,156 @@
+"""CUDA graphs of the packed encoder's training pass (``nn/graphs.py``).
+
+The CPU tests check the capturable embedding and that the switch is ignored off CUDA; the GPU tests (run
+through the device tool) train a small encoder with and without graphs on the same batches and compare
+outputs and gradients step by step, across optimizer updates, buckets and the eager fallbacks.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from genemamba_scvi.nn import GeneMambaEncoder, mamba_ssm_available, pack_tokens
+from genemamba_scvi.nn.graphs import PackedGraphs, embed_rows, graphs_of
+
+gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and mamba_ssm_available()), reason="needs CUDA and mamba-ssm kernels"
+)
+
+
+def test_embed_rows_matches_embedding_values_and_gradient():
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(50, 8, padding_idx=0)
+    tokens = torch.tensor([3, 0, 7, 3, 49, 0, 7, 7])
+    g = torch.randn(8, 8)
+    a = emb(tokens)
+    (a * g).sum().backward()
+    ref = emb.weight.grad.clone()
+    emb.weight.grad = None
+    b = embed_rows(emb, tokens)
+    (b * g).sum().backward()
+    assert torch.equal(a, b)
+    torch.testing.assert_close(emb.weight.grad, ref)
+    assert emb.weight.grad[0].abs().sum() == 0  # the padding row gets no gradient
+
+
+def test_embed_rows_refuses_max_norm():
+    with pytest.raises(ValueError, match="max_norm"):
+        embed_rows(torch.nn.Embedding(5, 2, max_norm=1.0), torch.tensor([1]))
+
+
+def test_bucket_always_leaves_room_for_the_pad_cell():
+    enc = GeneMambaEncoder(10, d_model=16, n_layers=1, d_state=8, headdim=8, backend="torch")
+    g = PackedGraphs(enc, bucket_tokens=64)
+    assert [g.bucket(n) for n in (1, 63, 64, 65, 128)] == [64, 64, 128, 128, 192]
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PackedGraphs(enc, bucket_tokens=50)
+
+
+def test_switch_is_ignored_off_cuda():
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(30, d_model=16, n_layers=2, d_state=8, headdim=8, backend="torch")
+    tokens = torch.randint(3, 30, (3, 12))
+    tp, cu = pack_tokens(tokens, torch.tensor([12, 5, 9]))
+    ref = enc.forward_packed(tp, cu)
+    enc.cuda_graphs = True
+    enc.train()
+    out = enc.forward_packed(tp, cu)
+    assert torch.equal(out, ref)
+    assert graphs_of(enc).stats == {"eager": 0, "captured": 0, "replayed": 0}
+    copy.deepcopy(enc)  # graphs are held outside the module: it still deep-copies
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU: the graphs against eager training, same batches
+# ---------------------------------------------------------------------------------------------------------
+def _batch(rng: np.random.Generator, n_cells: int, lo: int, hi: int, vocab: int):
+    lens = rng.integers(lo, hi, size=n_cells)
+    L = int(lens.max())
+    tokens = torch.randint(3, vocab, (n_cells, L), device="cuda")
+    lengths = torch.as_tensor(lens, device="cuda")
+    tokens.masked_fill_(torch.arange(L, device="cuda")[None] >= lengths[:, None], 0)
+    return pack_tokens(tokens, lengths)
+
+
+def _pair(bucket: int = 256):
+    torch.manual_seed(0)
+    ref = GeneMambaEncoder(64, d_model=64, n_layers=2, d_state=16, headdim=32, chunk_size=64).cuda().train()
+    graphed = copy.deepcopy(ref)
+    graphed.cuda_graphs, graphed.graph_bucket_tokens = True, bucket
+    return ref, graphed
+
+
+def _step(enc, tp, cu, amp: bool):
+    enc.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        h = enc.forward_packed(tp, cu)
+    w = torch.linspace(-1, 1, h.shape[-1], device="cuda")
+    loss = (h.float() * w).square().mean()
+    loss.backward()
+    return h.detach().float(), {n: p.grad.detach().float().clone() for n, p in enc.named_parameters()}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@gpu
+@pytest.mark.parametrize("amp", [False, True])
+def test_graphed_training_matches_eager_across_updates_and_buckets(amp):
+    ref, graphed = _pair()
+    rng = np.random.default_rng(0)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (ref, graphed)]
+    tol = 2e-2 if amp else 1e-4
+    # 3 batches in one bucket (eager, capture, replay), then a second bucket, then the first again
+    sizes = [(6, 20, 40)] * 3 + [(6, 50, 80)] * 3 + [(6, 20, 40)]
+    for n_cells, lo, hi in sizes:
+        tp, cu = _batch(rng, n_cells, lo, hi, 64)
+        h_ref, g_ref = _step(ref, tp, cu, amp)
+        h_gr, g_gr = _step(graphed, tp, cu, amp)
+        assert h_gr.shape == h_ref.shape
+        assert _rel(h_gr, h_ref) < tol
+        for name, g in g_ref.items():
+            assert _rel(g_gr[name], g) < tol, name
+        for o in opts:
+            o.step()
+    stats = graphs_of(graphed, 256).stats
+    assert stats["captured"] == 2 and stats["replayed"] >= 3, stats
+
+
+@gpu
+def test_kept_output_is_not_overwritten_and_two_forwards_run_eagerly():
+    ref, graphed = _pair()
+    rng = np.random.default_rng(1)
+    batches = [_batch(rng, 4, 20, 40, 64) for _ in range(3)]
+    for tp, cu in batches[:2]:  # eager, then captured
+        _step(graphed, tp, cu, False)
+    tp, cu = batches[2]
+    h1 = graphed.forward_packed(tp, cu)
+    kept = h1.detach().clone()
+    h2 = graphed.forward_packed(*batches[0])  # a second forward before the first's backward: eager
+    assert torch.equal(h1.detach(), kept)
+    (h1.float().square().mean() + h2.float().square().mean()).backward()
+    grads = {n: p.grad.clone() for n, p in graphed.named_parameters()}
+    ref.zero_grad(set_to_none=True)
+    a, b = ref.forward_packed(tp, cu), ref.forward_packed(*batches[0])
+    (a.float().square().mean() + b.float().square().mean()).backward()
+    for n, p in ref.named_parameters():
+        assert _rel(grads[n], p.grad) < 1e-4, n
+
+
+@gpu
+def test_moving_parameters_drops_the_graphs():
+    _, graphed = _pair()
+    rng = np.random.default_rng(2)
+    tp, cu = _batch(rng, 4, 20, 40, 64)
+    for _ in range(3):
+        _step(graphed, tp, cu, False)
+    g = graphs_of(graphed, 256)
+    assert g.entries and g.stats["replayed"] >= 1
+    graphed.to(torch.float64).to(torch.float32)  # new parameter storage
+    _step(graphed, tp, cu, False)
+    assert all(e.fwd is None for e in g.entries.values())  # rebuilt from scratch: this batch ran eagerly
