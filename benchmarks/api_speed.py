@@ -220,6 +220,44 @@ def steady_state(args, result: dict[str, Any]) -> None:
     print(json.dumps({k: result[k] for k in ("api_train_real_tokens_per_s", "encoder_train_real_tokens_per_s")}))
 
 
+def graphs_compare(args, result: dict[str, Any]) -> None:
+    """``model.train`` with ``cuda_graphs`` off and on, per batch size, same model and cells, alternating runs.
+
+    Each run: ``--graphs-warmup`` untimed steps (they hold the eager first batch and the capture of each token
+    bucket), then ``--graphs-steps`` timed ones; real tokens / s between optimiser steps, peak GPU memory.
+    """
+    from genemamba_scvi.nn.graphs import graphs_of
+
+    adata = resampled_cells(args.cells)
+    model = build_model(adata, args.cfg)
+    enc = model.module.encoder
+    rows: list[dict[str, Any]] = []
+    for bs in args.graphs_batches:
+        for rep in range(args.graphs_repeats):
+            for graphs in (False, True) if rep % 2 == 0 else (True, False):
+                timer = _StepTimer(args.graphs_warmup)
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
+                model.train(max_epochs=1, max_steps=args.graphs_warmup + args.graphs_steps, batch_size=bs,
+                            train_size=1.0, cuda_graphs=graphs, callbacks=[timer.callback],
+                            enable_progress_bar=False)  # fmt: skip
+                g = graphs_of(enc, enc.graph_bucket_tokens or 1024)
+                row = {"batch_size": bs, "cuda_graphs": graphs, "repeat": rep, "real_tokens_per_s": timer.rate(),
+                       "timed_steps": timer.steps, "graph_stats": dict(g.stats) if graphs else None,
+                       "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                       if torch.cuda.is_available() else None}  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    result["graphs_compare"] = rows
+    summary = {}
+    for bs in args.graphs_batches:
+        on = [r["real_tokens_per_s"] for r in rows if r["batch_size"] == bs and r["cuda_graphs"]]
+        off = [r["real_tokens_per_s"] for r in rows if r["batch_size"] == bs and not r["cuda_graphs"]]
+        summary[str(bs)] = {"graphs_over_eager": float(np.mean(on) / np.mean(off)), "on": on, "off": off}
+    result["graphs_compare_summary"] = summary
+    print(json.dumps(summary), flush=True)
+
+
 def first_call_child(args) -> None:
     """In a fresh process: time the first embedding or the first training call (printed as JSON)."""
     t_start = time.perf_counter()
@@ -296,6 +334,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--train-warmup", type=int, default=5)
     p.add_argument("--skip-steady", action="store_true")
+    p.add_argument("--graphs-batches", type=int, nargs="*", default=[], help="compare cuda_graphs off/on at these")
+    p.add_argument("--graphs-warmup", type=int, default=30)
+    p.add_argument("--graphs-steps", type=int, default=40)
+    p.add_argument("--graphs-repeats", type=int, default=2)
     p.add_argument("--skip-first-call", action="store_true")
     p.add_argument("--baseline-first-call", action="store_true", help="also time plain autotuning (slow)")
     p.add_argument("--child-timeout", type=float, default=400)
@@ -331,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
         result = {**json.loads(path.read_text()), **result}
     if not args.skip_steady:
         steady_state(args, result)
+        path.write_text(json.dumps(result, indent=2))
+    if args.graphs_batches:
+        graphs_compare(args, result)
         path.write_text(json.dumps(result, indent=2))
     if not args.skip_first_call:
         first_calls(args, result)

@@ -276,6 +276,29 @@ def test_gradient_checkpointing_same_training(small_adata):
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
 
 
+def test_cuda_graphs_switch_is_set_for_the_run_only_and_ignored_on_cpu(small_adata):
+    outs = []
+    for graphs in (None, True):
+        scvi.settings.seed = 3
+        adata = small_adata[:64].copy()
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+        model = GeneMambaModel(adata, **TINY)
+        seen = []
+        enc = model.module.encoder
+        original = enc.forward
+
+        def spy(*args, _orig=original, _enc=enc, _seen=seen, **kwargs):
+            _seen.append(_enc.cuda_graphs)
+            return _orig(*args, **kwargs)
+
+        enc.forward = spy
+        model.train(max_epochs=1, cuda_graphs=graphs, **TRAIN)
+        assert seen and set(seen) == {graphs}  # the encoder's switch during the run
+        assert enc.cuda_graphs is None  # restored after training
+        outs.append(model.get_latent_representation())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)  # on CPU the switch changes nothing
+
+
 def test_train_without_validation_cells(small_adata):
     adata = small_adata[:32].copy()
     GeneMambaModel.setup_anndata(adata, layer="counts")

@@ -60,7 +60,7 @@ def test_switch_is_ignored_off_cuda():
     enc.train()
     out = enc.forward_packed(tp, cu)
     assert torch.equal(out, ref)
-    assert graphs_of(enc).stats == {"eager": 0, "captured": 0, "replayed": 0}
+    assert enc._graphs().stats == {"eager": 0, "captured": 0, "replayed": 0}
     copy.deepcopy(enc)  # graphs are held outside the module: it still deep-copies
 
 
@@ -103,8 +103,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_graphed_training_matches_eager_across_updates_and_buckets(amp):
     ref, graphed = _pair()
     rng = np.random.default_rng(0)
-    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (ref, graphed)]
-    tol = 2e-2 if amp else 1e-4
+    # Adam moves every weight by ~lr a step, so a graph that replayed stale weights (or stale bf16 casts of them)
+    # would be far off the eager model after a few steps
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (ref, graphed)]
+    tol = 5e-2 if amp else 1e-3
     # 3 batches in one bucket (eager, capture, replay), then a second bucket, then the first again
     sizes = [(6, 20, 40)] * 3 + [(6, 50, 80)] * 3 + [(6, 20, 40)]
     for n_cells, lo, hi in sizes:
@@ -112,7 +114,7 @@ def test_graphed_training_matches_eager_across_updates_and_buckets(amp):
         h_ref, g_ref = _step(ref, tp, cu, amp)
         h_gr, g_gr = _step(graphed, tp, cu, amp)
         assert h_gr.shape == h_ref.shape
-        assert _rel(h_gr, h_ref) < tol
+        assert _rel(h_gr, h_ref) < tol / 10
         for name, g in g_ref.items():
             assert _rel(g_gr[name], g) < tol, name
         for o in opts:
@@ -139,7 +141,23 @@ def test_kept_output_is_not_overwritten_and_two_forwards_run_eagerly():
     a, b = ref.forward_packed(tp, cu), ref.forward_packed(*batches[0])
     (a.float().square().mean() + b.float().square().mean()).backward()
     for n, p in ref.named_parameters():
-        assert _rel(grads[n], p.grad) < 1e-4, n
+        assert _rel(grads[n], p.grad) < 1e-3, n
+
+
+@gpu
+def test_gradients_accumulate_over_graphed_steps():
+    ref, graphed = _pair()
+    rng = np.random.default_rng(3)
+    batches = [_batch(rng, 4, 20, 40, 64) for _ in range(4)]
+    for tp, cu in batches[:2]:  # eager, then captured
+        _step(graphed, tp, cu, False)
+    for m in (ref, graphed):  # two replays into the same .grad, no zeroing in between
+        m.zero_grad(set_to_none=True)
+        for tp, cu in batches[2:]:
+            m.forward_packed(tp, cu).float().square().mean().backward()
+    assert graphs_of(graphed, 256).stats["replayed"] >= 3
+    for (n, p), q in zip(ref.named_parameters(), graphed.parameters(), strict=True):
+        assert _rel(q.grad, p.grad) < 1e-3, n
 
 
 @gpu

@@ -254,8 +254,10 @@ class _DropLightningTips(logging.Filter):
 
 
 @contextlib.contextmanager
-def training_session(encoder: torch.nn.Module, gradient_checkpointing: bool = False) -> Iterator[None]:
-    """While training: the encoder's gradient checkpointing on request, Lightning quiet.
+def training_session(
+    encoder: torch.nn.Module, gradient_checkpointing: bool = False, cuda_graphs: bool | None = None
+) -> Iterator[None]:
+    """While training: the encoder's gradient checkpointing and CUDA graphs as asked, Lightning quiet.
 
     No Lightning tips, no deprecation noise from its internals, each INFO line once: the ``lightning`` logger
     has a handler of its own *and* propagates to the root logger, so once the root logger has a handler
@@ -271,6 +273,9 @@ def training_session(encoder: torch.nn.Module, gradient_checkpointing: bool = Fa
     if top.handlers:
         top.propagate = False
     encoder.gradient_checkpointing = bool(gradient_checkpointing)
+    graphs_before = encoder.cuda_graphs
+    if cuda_graphs is not None:
+        encoder.cuda_graphs = bool(cuda_graphs)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -278,6 +283,7 @@ def training_session(encoder: torch.nn.Module, gradient_checkpointing: bool = Fa
             yield
     finally:
         encoder.gradient_checkpointing = False
+        encoder.cuda_graphs = graphs_before
         top.propagate = propagate
         for lg in loggers:
             lg.removeFilter(tips)

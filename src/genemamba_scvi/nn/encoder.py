@@ -46,7 +46,7 @@ MAMBA_SSM_MAX_CALL_ELEMENTS = 2**30
 _ADD_NORM = "triton"
 #: ``cuda_graphs=None`` and ``graph_bucket_tokens=None`` resolve to these (benchmarks switch them for A/B runs).
 _CUDA_GRAPHS = False
-_GRAPH_BUCKET_TOKENS = 2048
+_GRAPH_BUCKET_TOKENS = 1024
 
 
 def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
@@ -165,7 +165,7 @@ class GeneMambaEncoder(nn.Module):
         floating-point sums. Ignored with ``gradient_checkpointing``, in inference and off CUDA. ``None``
         (default): off.
     graph_bucket_tokens
-        Token granularity of the CUDA-graph buckets (``None``: 2048).
+        Token granularity of the CUDA-graph buckets (``None``: 1024).
     """
 
     def __init__(self, vocab_size: int, config: GeneMambaConfig | None = None, **settings: Any):
@@ -401,6 +401,8 @@ class GeneMambaEncoder(nn.Module):
         if not (on and tokens.is_cuda and self.training and torch.is_grad_enabled()):
             return False
         if self.gradient_checkpointing or n_tokens == 0 or self.n_layers == 0:
+            return False
+        if not any(p.requires_grad for p in self.parameters()):  # a frozen encoder has no backward to record
             return False
         return not torch.cuda.is_current_stream_capturing() and not self._graphs().disabled
 

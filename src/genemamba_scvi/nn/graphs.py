@@ -10,27 +10,32 @@ How, in the spirit of :func:`torch.cuda.make_graphed_callables` (written here be
 token buckets, nor autocast's weight cache, nor a pad cell):
 
 * A graph has fixed shapes, a batch does not. The packed row of ``n`` real tokens is padded up to a *bucket*
-  of ``bucket_tokens * ceil((n + 1) / bucket_tokens)`` tokens with one dummy cell of pad tokens (its own
-  sequence id keeps it apart, as the encoder's ``pack_multiple`` padding already does), so a bucket holds
-  every batch of the same cell count whose token total falls in it.
+  of ``bucket_tokens * floor((n + bucket_tokens) / bucket_tokens)`` tokens with one dummy cell of pad tokens
+  (its own sequence id keeps it apart, as the encoder's ``pack_multiple`` padding already does), so a bucket
+  holds every batch of the same cell count whose token total falls in it.
 * The first batch of a bucket runs eagerly (it compiles and autotunes the Triton kernels); the second is
   captured (forward, then the backward of the parameters from a static output gradient) and replayed from
-  then on. All buckets of an encoder share one memory pool: a step replays one bucket's forward, then
-  the same bucket's backward, so one bucket's scratch memory is never live while another runs. A forward
-  while another graphed forward still waits for its backward (two forwards, one backward) runs eagerly.
+  then on. All buckets share one memory pool, one output buffer and one gradient buffer per parameter: a
+  step replays one bucket's forward, then the same bucket's backward, so no bucket's memory is live while
+  another runs. A forward while another graphed forward still waits for its backward (two forwards, one
+  backward) runs eagerly.
 * Inside a capture the token embedding's backward is an ``index_add_`` (PyTorch's dense embedding backward
   reads a count back to the host, which a capture forbids); autocast runs with its weight-cast cache off,
-  so the casts are recorded and see the optimizer's updates.
+  so the casts are recorded and see the optimizer's updates; Python's garbage collector is paused (a
+  collection could free CUDA objects mid-capture), and the capture is thread-local (a pin-memory thread may
+  go on).
 * The replayed output is cloned (one copy), so a kept output is not overwritten by the next step; the
   parameter gradients go through autograd as usual (accumulation, hooks, DDP).
 * Any change of the parameters' storage (``.to()``, a new parameter, ``requires_grad`` flipped) drops the
-  graphs; they are rebuilt on the next batches.
+  graphs; they are rebuilt on the next batches. A capture that fails raises (CUDA's state may be unusable
+  after it) with the advice to train without graphs.
 
 Only :mod:`torch` is used here (``nn/`` stays free of scvi-tools).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import weakref
 from collections import OrderedDict
@@ -93,7 +98,7 @@ class _Replay(torch.autograd.Function):
     def forward(ctx, entry: _Entry, *params: torch.Tensor) -> torch.Tensor:
         entry.fwd.replay()
         ctx.entry = entry
-        return entry.out.clone()
+        return entry.out.clone()  # the shared buffer is overwritten by the next replay
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -101,8 +106,9 @@ class _Replay(torch.autograd.Function):
         e.grad_out.copy_(grad)
         e.bwd.replay()
         e.pending = None
-        # the static buffers themselves, as make_graphed_callables does: autograd's accumulation copies or adds
-        return (None, *(g.detach() if g is not None else None for g in e.grads))
+        # the shared buffers themselves (not detached aliases): this object holds them too, so autograd never
+        # adopts one as a .grad (it copies it, or adds it to an existing .grad) and accumulation stays right
+        return (None, *e.grads)
 
 
 class PackedGraphs:
@@ -110,6 +116,10 @@ class PackedGraphs:
 
     Held per encoder in a weak table (:func:`graphs_of`), so the encoder itself stays picklable and
     deep-copyable (a ``CUDAGraph`` is neither).
+
+    Memory: the buckets share one pool (its size is that of the largest bucket's step), one output buffer and
+    one output-gradient buffer (grown when a longer bucket comes), and one gradient buffer per parameter; a
+    bucket adds only its token and bound buffers.
 
     Parameters
     ----------
@@ -121,7 +131,7 @@ class PackedGraphs:
         Graph pairs kept (least recently used dropped first).
     """
 
-    def __init__(self, encoder: torch.nn.Module, bucket_tokens: int = 2048, max_buckets: int = 16):
+    def __init__(self, encoder: torch.nn.Module, bucket_tokens: int = 1024, max_buckets: int = 64):
         if bucket_tokens < 16 or bucket_tokens % 16:
             raise ValueError(f"bucket_tokens must be a positive multiple of 16, got {bucket_tokens}")
         self._encoder = weakref.ref(encoder)
@@ -130,15 +140,19 @@ class PackedGraphs:
         self.signature: tuple | None = None
         self.pool = None
         self.stream: torch.cuda.Stream | None = None
+        self._bufs: dict[str, torch.Tensor] = {}
+        self._grad_bufs: list[torch.Tensor] = []
         self.disabled = False
         self.stats = {"eager": 0, "captured": 0, "replayed": 0}
         self.last_error: str | None = None
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Drop every graph (and the shared memory pool)."""
+        """Drop every graph, the shared memory pool and the shared buffers."""
         self.entries.clear()
         self.pool = None
+        self._bufs.clear()
+        self._grad_bufs = []
 
     def _trainable(self, encoder: torch.nn.Module) -> list[torch.nn.Parameter]:
         params = [p for p in encoder.parameters() if p.requires_grad]
@@ -155,6 +169,17 @@ class PackedGraphs:
 
     def _pending(self) -> bool:
         return any(e.pending is not None and e.pending() is not None for e in self.entries.values())
+
+    def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A ``like``-shaped view of the shared buffer ``name``, grown by a quarter when too small.
+
+        Graphs captured with an older buffer keep their view of it (it lives as long as they do).
+        """
+        buf = self._bufs.get(name)
+        n = like.shape[0]
+        if buf is None or buf.shape[0] < n or buf.shape[1:] != like.shape[1:] or buf.dtype != like.dtype:
+            buf = self._bufs[name] = like.new_empty((n + n // 4, *like.shape[1:]))
+        return buf[:n]
 
     # -- the call -------------------------------------------------------------------------------------
     def __call__(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
@@ -187,12 +212,15 @@ class PackedGraphs:
         if e.fwd is None:
             try:
                 self._capture(enc, e, params, amp, dev)
-            except Exception as err:  # any capture failure: run eagerly from now on, and say why
+            except Exception as err:
                 self.disabled = True
                 self.reset()
                 self.last_error = f"{type(err).__name__}: {err}"[:800]
-                logger.warning("genemamba_scvi: CUDA graph capture failed, training runs eagerly: %s", self.last_error)
-                return enc._forward_packed_row(e.tokens.clone(), e.cu.clone(), T)[:n_tokens]
+                raise RuntimeError(
+                    "genemamba_scvi: recording the encoder's training pass as a CUDA graph failed "
+                    f"({self.last_error}). A failed capture can leave this process's CUDA state unusable: restart "
+                    "it and train with cuda_graphs=False (GeneMambaEncoder.cuda_graphs = False)."
+                ) from err
             self.stats["captured"] += 1
         self.stats["replayed"] += 1
         out = _Replay.apply(e, *params)
@@ -209,29 +237,44 @@ class PackedGraphs:
 
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        with enc.capturable():
-            if self.stream is None:  # once: library handles (cuBLAS, ...) of the capture stream made outside a capture
-                self.stream = torch.cuda.Stream(dev)
-                self.stream.wait_stream(torch.cuda.current_stream(dev))
-                with torch.cuda.stream(self.stream):
+        if not self._grad_bufs:
+            self._grad_bufs = [torch.zeros_like(p) for p in params]
+        gc_on = gc.isenabled()
+        gc.disable()  # a collection inside a capture may free CUDA objects (events, graphs): that breaks it
+        try:
+            with enc.capturable():
+                if self.stream is None:  # once: library handles (cuBLAS, ...) of the capture stream made outside
+                    self.stream = torch.cuda.Stream(dev)
+                    self.stream.wait_stream(torch.cuda.current_stream(dev))
+                    with torch.cuda.stream(self.stream):
+                        out = run()
+                        torch.autograd.grad(out, params, torch.zeros_like(out), allow_unused=True)
+                        del out
+                    torch.cuda.current_stream(dev).wait_stream(self.stream)
+                torch.cuda.synchronize(dev)
+                fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+                mode = "thread_local"  # other threads (a pin-memory thread, ...) may go on using CUDA meanwhile
+                with torch.cuda.graph(fwd, pool=self.pool, stream=self.stream, capture_error_mode=mode):
                     out = run()
-                    torch.autograd.grad(out, params, torch.zeros_like(out), allow_unused=True)
-                    del out
-                torch.cuda.current_stream(dev).wait_stream(self.stream)
-            torch.cuda.synchronize(dev)
-            fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(fwd, pool=self.pool, stream=self.stream):
-                out = run()
-            grad_out = torch.zeros_like(out)
-            with torch.cuda.graph(bwd, pool=self.pool, stream=self.stream):
-                grads = torch.autograd.grad(out, params, grad_out, allow_unused=True)
-        e.fwd, e.bwd, e.out, e.grad_out, e.grads = fwd, bwd, out.detach(), grad_out, grads
+                    e.out = self._buffer("out", out)
+                    e.out.copy_(out)
+                e.grad_out = self._buffer("grad_out", out)
+                with torch.cuda.graph(bwd, pool=self.pool, stream=self.stream, capture_error_mode=mode):
+                    grads = torch.autograd.grad(out, params, e.grad_out, allow_unused=True)
+                    for buf, g in zip(self._grad_bufs, grads, strict=True):
+                        if g is not None:
+                            buf.copy_(g)
+                e.grads = tuple(b if g is not None else None for b, g in zip(self._grad_bufs, grads, strict=True))
+                e.fwd, e.bwd = fwd, bwd
+        finally:
+            if gc_on:
+                gc.enable()
 
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def graphs_of(encoder: torch.nn.Module, bucket_tokens: int = 2048) -> PackedGraphs:
+def graphs_of(encoder: torch.nn.Module, bucket_tokens: int = 1024) -> PackedGraphs:
     """The encoder's :class:`PackedGraphs` (made on first use; a new one when ``bucket_tokens`` changes)."""
     g = _GRAPHS.get(encoder)
     if g is None or g.bucket_tokens != bucket_tokens:

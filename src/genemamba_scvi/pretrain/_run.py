@@ -153,6 +153,7 @@ def pretrain_from_corpus(
     lr: float = 1e-3,
     accumulate_grad_batches: int = 1,
     gradient_checkpointing: bool = False,
+    cuda_graphs: bool | None = None,
     gradient_clip_val: float | None = 1.0,
     precision: str | int | None = "auto",
     accelerator: str = "auto",
@@ -203,6 +204,9 @@ def pretrain_from_corpus(
     gradient_checkpointing
         Recompute each Bi-Mamba layer in the backward pass instead of keeping its activations (much less
         memory for one more forward pass; same gradients).
+    cuda_graphs
+        Replay the encoder's training pass as CUDA graphs (as :meth:`GeneMambaModel.train
+        <genemamba_scvi.model.GeneMambaModel.train>`; ``None``: the encoder's setting, off by default).
     gradient_clip_val
         Gradient-norm clipping (``None``: off).
     precision
@@ -307,7 +311,7 @@ def pretrain_from_corpus(
         "ckpt_path": os.fspath(ckpt_path) if ckpt_path is not None else None,
         **trainer_kwargs,
     }
-    with training_session(module.encoder, gradient_checkpointing):
+    with training_session(module.encoder, gradient_checkpointing, cuda_graphs):
         runner = TrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
         )
