@@ -78,7 +78,8 @@ def _batch(rng: np.random.Generator, n_cells: int, lo: int, hi: int, vocab: int)
 
 def _pair(bucket: int = 256):
     torch.manual_seed(0)
-    ref = GeneMambaEncoder(64, d_model=64, n_layers=2, d_state=16, headdim=32, chunk_size=64).cuda().train()
+    # the dimensions of the shipped kernel configurations (d_state 64, head 64, chunk 256): no autotuning
+    ref = GeneMambaEncoder(64, d_model=256, n_layers=2, d_state=64, headdim=64, chunk_size=256).cuda().train()
     graphed = copy.deepcopy(ref)
     graphed.cuda_graphs, graphed.graph_bucket_tokens = True, bucket
     return ref, graphed
@@ -130,25 +131,32 @@ def test_graphed_training_matches_eager_across_updates_and_buckets(amp):
     assert stats["captured"] == 2 and stats["replayed"] >= 3, stats
 
 
+def _bf16():
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
 @gpu
 def test_kept_output_is_not_overwritten_and_two_forwards_run_eagerly():
     ref, graphed = _pair()
     rng = np.random.default_rng(1)
     batches = [_batch(rng, 4, 20, 40, 64) for _ in range(3)]
     for tp, cu in batches[:2]:  # eager, then captured
-        _step(graphed, tp, cu, False)
+        _step(graphed, tp, cu, True)
     tp, cu = batches[2]
-    h1 = graphed.forward_packed(tp, cu)
-    kept = h1.detach().clone()
-    h2 = graphed.forward_packed(*batches[0])  # a second forward before the first's backward: eager
+    graphed.zero_grad(set_to_none=True)
+    with _bf16():
+        h1 = graphed.forward_packed(tp, cu)
+        kept = h1.detach().clone()
+        h2 = graphed.forward_packed(*batches[0])  # a second forward before the first's backward: eager
     assert torch.equal(h1.detach(), kept)
     (h1.float().square().mean() + h2.float().square().mean()).backward()
     grads = {n: p.grad.clone() for n, p in graphed.named_parameters()}
     ref.zero_grad(set_to_none=True)
-    a, b = ref.forward_packed(tp, cu), ref.forward_packed(*batches[0])
+    with _bf16():
+        a, b = ref.forward_packed(tp, cu), ref.forward_packed(*batches[0])
     (a.float().square().mean() + b.float().square().mean()).backward()
     for n, p in ref.named_parameters():
-        assert _rel(grads[n], p.grad) < 1e-3, n
+        assert _rel(grads[n], p.grad) < 5e-2, n
 
 
 @gpu
@@ -157,14 +165,16 @@ def test_gradients_accumulate_over_graphed_steps():
     rng = np.random.default_rng(3)
     batches = [_batch(rng, 4, 20, 40, 64) for _ in range(4)]
     for tp, cu in batches[:2]:  # eager, then captured
-        _step(graphed, tp, cu, False)
+        _step(graphed, tp, cu, True)
     for m in (ref, graphed):  # two replays into the same .grad, no zeroing in between
         m.zero_grad(set_to_none=True)
         for tp, cu in batches[2:]:
-            m.forward_packed(tp, cu).float().square().mean().backward()
+            with _bf16():
+                h = m.forward_packed(tp, cu)
+            h.float().square().mean().backward()
     assert graphs_of(graphed, 256).stats["replayed"] >= 3
     for (n, p), q in zip(ref.named_parameters(), graphed.parameters(), strict=True):
-        assert _rel(q.grad, p.grad) < 1e-3, n
+        assert _rel(q.grad, p.grad) < 5e-2, n
 
 
 @gpu
@@ -173,9 +183,9 @@ def test_moving_parameters_drops_the_graphs():
     rng = np.random.default_rng(2)
     tp, cu = _batch(rng, 4, 20, 40, 64)
     for _ in range(3):
-        _step(graphed, tp, cu, False)
+        _step(graphed, tp, cu, True)
     g = graphs_of(graphed, 256)
     assert g.entries and g.stats["replayed"] >= 1
     graphed.to(torch.float64).to(torch.float32)  # new parameter storage
-    _step(graphed, tp, cu, False)
+    _step(graphed, tp, cu, True)
     assert all(e.fwd is None for e in g.entries.values())  # rebuilt from scratch: this batch ran eagerly

@@ -189,7 +189,8 @@ class PackedGraphs:
             raise RuntimeError("the encoder of these CUDA graphs no longer exists")
         params = self._trainable(enc)
         dev = tokens.device
-        amp = (torch.is_autocast_enabled(dev.type), torch.get_autocast_dtype(dev.type))
+        enabled = torch.is_autocast_enabled(dev.type)
+        amp = (enabled, torch.get_autocast_dtype(dev.type) if enabled else None)
         T = self.bucket(n_tokens)
         key = (T, cu.numel(), amp)
         e = self.entries.get(key)
@@ -199,16 +200,18 @@ class PackedGraphs:
             while len(self.entries) > self.max_buckets:
                 self.entries.popitem(last=False)
         self.entries.move_to_end(key)
+        e.seen += 1
+        if (e.fwd is None and e.seen < 2) or self._pending():
+            # first batch of a bucket (compiles, autotunes), or a forward while another awaits its backward (whose
+            # graph still reads the static inputs): eagerly, on the same padded row, static buffers untouched
+            self.stats["eager"] += 1
+            row = torch.cat([tokens, tokens.new_zeros(T - n_tokens)])
+            return enc._forward_packed_row(row, torch.cat([cu, cu.new_full((1,), T)]), T)[:n_tokens]
         # static inputs: the real tokens, pad tokens (0), the cells' bounds, then the dummy cell's end
         e.tokens[:n_tokens].copy_(tokens)
         e.tokens[n_tokens:].zero_()
         e.cu[:-1].copy_(cu)
         e.cu[-1:].fill_(T)
-        e.seen += 1
-        if (e.fwd is None and e.seen < 2) or self._pending():
-            # first batch of a bucket (compiles, autotunes), or a forward while another awaits its backward
-            self.stats["eager"] += 1
-            return enc._forward_packed_row(e.tokens.clone(), e.cu.clone(), T)[:n_tokens]
         if e.fwd is None:
             try:
                 self._capture(enc, e, params, amp, dev)
@@ -228,7 +231,7 @@ class PackedGraphs:
         return out[:n_tokens]
 
     def _capture(self, enc, e: _Entry, params: list[torch.nn.Parameter], amp, dev: torch.device) -> None:
-        enabled, dtype = amp
+        enabled, dtype = amp[0], amp[1] or torch.get_autocast_dtype(dev.type)
 
         def run() -> torch.Tensor:
             # autocast without its weight-cast cache: the casts are recorded, so replays see updated weights
