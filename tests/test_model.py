@@ -263,13 +263,18 @@ def test_train_classifier_balanced_runs_and_resets(small_adata):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def _fresh_tiny(small_adata, n_cells: int = 64, seed: int = 3) -> GeneMambaModel:
+    """A tiny untrained model on the first ``n_cells`` cells, scvi's seed set first (same weights every call)."""
+    scvi.settings.seed = seed
+    adata = small_adata[:n_cells].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    return GeneMambaModel(adata, **TINY)
+
+
 def test_gradient_checkpointing_same_training(small_adata):
     outs = []
     for ckpt in (False, True):
-        scvi.settings.seed = 3
-        adata = small_adata[:64].copy()
-        GeneMambaModel.setup_anndata(adata, layer="counts")
-        model = GeneMambaModel(adata, **TINY)
+        model = _fresh_tiny(small_adata)
         model.train(max_epochs=1, gradient_checkpointing=ckpt, **TRAIN)
         assert model.module.encoder.gradient_checkpointing is False  # switched off again after training
         outs.append(model.get_latent_representation())
@@ -279,10 +284,7 @@ def test_gradient_checkpointing_same_training(small_adata):
 def test_cuda_graphs_switch_is_set_for_the_run_only_and_ignored_on_cpu(small_adata):
     outs = []
     for graphs in (None, True):
-        scvi.settings.seed = 3
-        adata = small_adata[:64].copy()
-        GeneMambaModel.setup_anndata(adata, layer="counts")
-        model = GeneMambaModel(adata, **TINY)
+        model = _fresh_tiny(small_adata)
         seen = []
         enc = model.module.encoder
         original = enc.forward

@@ -135,13 +135,19 @@ def _bf16():
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
+def _captured(graphed, seed: int, n_batches: int) -> list:
+    """``n_batches`` batches of one bucket; the first two trained on (eager, then captured)."""
+    rng = np.random.default_rng(seed)
+    batches = [_batch(rng, 4, 20, 40, 64) for _ in range(n_batches)]
+    for tp, cu in batches[:2]:
+        _step(graphed, tp, cu, True)
+    return batches
+
+
 @gpu
 def test_kept_output_is_not_overwritten_and_two_forwards_run_eagerly():
     ref, graphed = _pair()
-    rng = np.random.default_rng(1)
-    batches = [_batch(rng, 4, 20, 40, 64) for _ in range(3)]
-    for tp, cu in batches[:2]:  # eager, then captured
-        _step(graphed, tp, cu, True)
+    batches = _captured(graphed, 1, 3)
     tp, cu = batches[2]
     graphed.zero_grad(set_to_none=True)
     with _bf16():
@@ -162,10 +168,7 @@ def test_kept_output_is_not_overwritten_and_two_forwards_run_eagerly():
 @gpu
 def test_gradients_accumulate_over_graphed_steps():
     ref, graphed = _pair()
-    rng = np.random.default_rng(3)
-    batches = [_batch(rng, 4, 20, 40, 64) for _ in range(4)]
-    for tp, cu in batches[:2]:  # eager, then captured
-        _step(graphed, tp, cu, True)
+    batches = _captured(graphed, 3, 4)
     for m in (ref, graphed):  # two replays into the same .grad, no zeroing in between
         m.zero_grad(set_to_none=True)
         for tp, cu in batches[2:]:
