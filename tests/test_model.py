@@ -294,7 +294,12 @@ def test_cuda_graphs_switch_is_set_for_the_run_only_and_ignored_on_cpu(small_ada
             return _orig(*args, **kwargs)
 
         enc.forward = spy
-        model.train(max_epochs=1, cuda_graphs=graphs, **TRAIN)
+        if graphs:  # a switch that cannot act says so, at the user's line
+            with pytest.warns(UserWarning, match="cuda_graphs=True is ignored: this run trains on the CPU") as rec:
+                model.train(max_epochs=1, cuda_graphs=graphs, **TRAIN)
+            assert [w.filename for w in rec if "cuda_graphs" in str(w.message)] == [__file__]
+        else:
+            model.train(max_epochs=1, cuda_graphs=graphs, **TRAIN)
         assert seen and set(seen) == {graphs}  # the encoder's switch during the run
         assert enc.cuda_graphs is None  # restored after training
         outs.append(model.get_latent_representation())

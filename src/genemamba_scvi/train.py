@@ -19,6 +19,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from scvi.train import SaveCheckpoint, TrainingPlan
 from scvi.utils import track
 
+from genemamba_scvi._warn import user_stacklevel
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training step produces a NaN/inf loss (the weights are left unchanged)."""
@@ -251,6 +253,25 @@ class _DropLightningTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not any(noise in message for noise in self._NOISE)
+
+
+def warn_if_graphs_idle(
+    cuda_graphs: bool | None, on_gpu: bool, gradient_checkpointing: bool, encoder: torch.nn.Module
+) -> None:
+    """Warn (at the user's line) when ``cuda_graphs=True`` cannot apply to this run, and say why."""
+    if not cuda_graphs:
+        return
+    why = None
+    if not on_gpu:
+        why = "this run trains on the CPU"
+    elif encoder.resolved_backend(torch.device("cuda")) != "mamba_ssm":
+        why = "the mamba-ssm kernels are not available, so the packed path they record does not run"
+    elif gradient_checkpointing:
+        why = "gradient_checkpointing=True recomputes each layer in the backward pass, which a graph cannot hold"
+    if why:
+        warnings.warn(
+            f"cuda_graphs=True is ignored: {why}. Training runs eagerly.", UserWarning, stacklevel=user_stacklevel()
+        )
 
 
 @contextlib.contextmanager

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +16,7 @@ from scvi.data._utils import _assign_adata_uuid
 from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import ENCODER_FIELDS, MODEL_ARG_FIELDS
+from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 from genemamba_scvi.data.normalize import count_matrix, validate_counts
 
 
@@ -119,21 +118,6 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
         _assign_adata_uuid(adata, overwrite=True)
     model_cls.setup_anndata(adata, **args)
-
-
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
-_DECORATOR_FILES = ("contextlib.py",)  # torch.no_grad and contextmanager wrappers between the user and the package
-
-
-def _user_stacklevel() -> int:
-    """``stacklevel`` for a ``warnings.warn`` in the caller: the first frame outside this package (the user's)."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and (
-        frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_code.co_filename.endswith(_DECORATOR_FILES)
-    ):
-        level += 1
-        frame = frame.f_back
-    return level
 
 
 def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap: float) -> None:

@@ -18,7 +18,7 @@ from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.pretrain._data import CorpusDataModule
-from genemamba_scvi.train import GeneMambaTrainingPlan, LightningCheckpoint, training_session
+from genemamba_scvi.train import GeneMambaTrainingPlan, LightningCheckpoint, training_session, warn_if_graphs_idle
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -311,6 +311,7 @@ def pretrain_from_corpus(
         "ckpt_path": os.fspath(ckpt_path) if ckpt_path is not None else None,
         **trainer_kwargs,
     }
+    warn_if_graphs_idle(cuda_graphs, training_on_gpu(accelerator, devices), gradient_checkpointing, module.encoder)
     with training_session(module.encoder, gradient_checkpointing, cuda_graphs):
         runner = TrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
