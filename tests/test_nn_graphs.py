@@ -64,6 +64,112 @@ def test_switch_is_ignored_off_cuda():
     copy.deepcopy(enc)  # graphs are held outside the module: it still deep-copies
 
 
+def test_embed_rows_takes_any_token_shape_and_refuses_what_it_does_not_implement():
+    emb = torch.nn.Embedding(20, 4, padding_idx=0)
+    tokens = torch.tensor([[1, 2, 0], [3, 3, 5]])
+    assert torch.equal(embed_rows(emb, tokens), emb(tokens))
+    for kw in ({"scale_grad_by_freq": True}, {"sparse": True}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            embed_rows(torch.nn.Embedding(5, 2, **kw), torch.tensor([1]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CPU: the bookkeeping, with a stand-in for CUDA graphs whose replay recomputes eagerly into the same buffers
+# ---------------------------------------------------------------------------------------------------------
+class _EagerGraph:
+    def __init__(self, fn):
+        self.replay = fn
+
+
+def _eager_capture(self, enc, e, params, amp, dev):
+    """``PackedGraphs._capture`` without CUDA: 'replays' run the row eagerly on the static inputs, into the
+    shared buffers, and the backward reads what the last forward replay left (as a real graph's pool does)."""
+    live = {}
+    if not self._grad_bufs:
+        self._grad_bufs = [torch.zeros_like(p) for p in params]
+    with torch.no_grad():
+        probe = enc._forward_packed_row(e.tokens, e.cu, e.n_tokens)
+    e.out, e.grad_out = self._buffer("out", probe), self._buffer("grad_out", probe)
+
+    def fwd():
+        with torch.enable_grad(), enc.capturable():
+            live["out"] = enc._forward_packed_row(e.tokens.clone(), e.cu.clone(), e.n_tokens)
+        e.out.copy_(live["out"].detach())
+
+    def bwd():
+        grads = torch.autograd.grad(live["out"], params, e.grad_out, allow_unused=True)
+        for buf, g in zip(self._grad_bufs, grads, strict=True):
+            if g is not None:
+                buf.copy_(g)
+
+    e.fwd, e.bwd = _EagerGraph(fwd), _EagerGraph(bwd)
+    e.grads = tuple(self._grad_bufs)
+
+
+@pytest.fixture
+def eager_graphs(monkeypatch):
+    monkeypatch.setattr(PackedGraphs, "_capture", _eager_capture)
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(40, d_model=16, n_layers=2, d_state=8, headdim=8, backend="torch").train()
+    ref = copy.deepcopy(enc)
+    return enc, ref, PackedGraphs(enc, bucket_tokens=64)
+
+
+def _cpu_batch(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(5, 12, (3,), generator=g)
+    tokens = torch.randint(3, 40, (3, 12), generator=g)
+    return pack_tokens(tokens, lengths)
+
+
+def test_bookkeeping_two_forwards_one_backward_and_copied_gradients(eager_graphs):
+    enc, ref, graphs = eager_graphs
+    b = [_cpu_batch(i) for i in range(4)]
+    for tp, cu in b[:2]:  # eager, then captured and replayed
+        graphs(tp, cu, tp.shape[0]).square().mean().backward()
+    assert graphs.stats == {"eager": 1, "captured": 1, "replayed": 1}
+    enc.zero_grad(set_to_none=True)
+    # two forwards, one backward; the first output only survives inside the sum's graph (its view is dropped)
+    # (mean saves no tensor, so nothing but the autograd node keeps the first forward alive)
+    loss = graphs(b[2][0], b[2][1], b[2][0].shape[0]).mean()
+    loss = loss + graphs(b[3][0], b[3][1], b[3][0].shape[0]).square().mean()
+    assert graphs.stats["eager"] == 2  # the second forward did not replay over the first one's buffers
+    loss.backward()
+    a = ref.forward_packed(*b[2]).mean() + ref.forward_packed(*b[3]).square().mean()
+    a.backward()
+    for (n, p), q in zip(ref.named_parameters(), enc.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=n)
+    # what autograd.grad hands out are copies: a later step does not change them
+    got = torch.autograd.grad(graphs(b[2][0], b[2][1], b[2][0].shape[0]).square().mean(), list(enc.parameters()))
+    kept = [g.clone() for g in got]
+    graphs(b[3][0], b[3][1], b[3][0].shape[0]).square().mean().backward()
+    assert all(torch.equal(g, k) for g, k in zip(got, kept, strict=True))
+
+
+def test_bookkeeping_backward_after_another_replay_raises(eager_graphs):
+    graphs = eager_graphs[2]
+    b = [_cpu_batch(i) for i in range(3)]
+    for tp, cu in b[:2]:
+        graphs(tp, cu, tp.shape[0]).square().mean().backward()
+    loss = graphs(b[2][0], b[2][1], b[2][0].shape[0]).square().mean()
+    loss.backward(retain_graph=True)
+    graphs(b[0][0], b[0][1], b[0][0].shape[0]).square().mean().backward()  # another replay of the bucket
+    with pytest.raises(RuntimeError, match="cuda_graphs=False"):
+        loss.backward()  # its activations are gone: refuse rather than return wrong gradients
+
+
+def test_bookkeeping_frozen_parameter_swap_drops_the_graphs(eager_graphs):
+    enc, _, graphs = eager_graphs
+    tp, cu = _cpu_batch(0)
+    for _ in range(2):
+        graphs(tp, cu, tp.shape[0]).square().mean().backward()
+    assert graphs.entries
+    enc.layers[0].norm.weight.requires_grad_(False)
+    enc.layers[0].norm.weight.data = enc.layers[0].norm.weight.data.clone()  # new storage of a frozen weight
+    graphs(tp, cu, tp.shape[0]).square().mean().backward()
+    assert graphs.stats["eager"] == 2 and all(e.fwd is None for e in graphs.entries.values())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # GPU: the graphs against eager training, same batches
 # ---------------------------------------------------------------------------------------------------------

@@ -305,6 +305,10 @@ def training_session(
     finally:
         encoder.gradient_checkpointing = False
         encoder.cuda_graphs = graphs_before
+        if cuda_graphs:  # free the graphs' pool and buffers (the next run rebuilds them)
+            from genemamba_scvi.nn.graphs import drop_graphs
+
+            drop_graphs(encoder)
         top.propagate = propagate
         for lg in loggers:
             lg.removeFilter(tips)

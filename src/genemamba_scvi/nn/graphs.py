@@ -25,7 +25,11 @@ token buckets, nor autocast's weight cache, nor a pad cell):
   collection could free CUDA objects mid-capture), and the capture is thread-local (a pin-memory thread may
   go on).
 * The replayed output is cloned (one copy), so a kept output is not overwritten by the next step; the
-  parameter gradients go through autograd as usual (accumulation, hooks, DDP).
+  parameter gradients are copied out of the shared buffers and go through autograd as usual (accumulation,
+  hooks, DDP, ``torch.autograd.grad``). A graphed forward is "pending" while its autograd node lives and its
+  backward has not run; meanwhile other forwards run eagerly. A backward that would read activations another
+  replay has overwritten since (a retained graph backpropagated twice) raises; double backward is not
+  supported (``once_differentiable``).
 * Any change of the parameters' storage (``.to()``, a new parameter, ``requires_grad`` flipped) drops the
   graphs; they are rebuilt on the next batches. A capture that fails raises (CUDA's state may be unusable
   after it) with the advice to train without graphs.
@@ -39,12 +43,13 @@ import gc
 import logging
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
-__all__ = ["PackedGraphs", "embed_rows", "graphs_of"]
+__all__ = ["PackedGraphs", "drop_graphs", "embed_rows", "graphs_of"]
 
 logger = logging.getLogger("genemamba_scvi")
 
@@ -54,24 +59,31 @@ class _EmbedRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, tokens: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
-        ctx.save_for_backward(tokens)
+        flat = tokens.reshape(-1)
+        ctx.save_for_backward(flat)
         ctx.shape, ctx.dtype, ctx.padding_idx = weight.shape, weight.dtype, padding_idx
-        return weight.index_select(0, tokens)
+        return weight.index_select(0, flat).reshape(*tokens.shape, weight.shape[1])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        (tokens,) = ctx.saved_tensors
+        (flat,) = ctx.saved_tensors
         acc = torch.float32 if ctx.dtype in (torch.float16, torch.bfloat16) else ctx.dtype
-        gw = torch.zeros(ctx.shape, dtype=acc, device=grad.device).index_add_(0, tokens, grad.to(acc))
-        if ctx.padding_idx is not None:
+        g = grad.reshape(-1, ctx.shape[1]).to(acc)
+        gw = torch.zeros(ctx.shape, dtype=acc, device=grad.device).index_add_(0, flat, g)  # atomics: not bitwise
+        if ctx.padding_idx is not None:  # reproducible from run to run, unlike PyTorch's sorted embedding backward
             gw[ctx.padding_idx].zero_()
         return gw.to(ctx.dtype), None, None
 
 
 def embed_rows(embedding: torch.nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
-    """Same values and gradient as ``embedding(tokens)`` (no max_norm), with a backward a CUDA graph can hold."""
-    if embedding.max_norm is not None:
-        raise ValueError("embed_rows does not apply max_norm")
+    """Same values and gradient as ``embedding(tokens)``, with a backward a CUDA graph can hold.
+
+    Refuses the options it does not implement: ``max_norm``, ``scale_grad_by_freq`` and ``sparse``.
+    """
+    for name, off in (("max_norm", None), ("scale_grad_by_freq", False), ("sparse", False)):
+        if getattr(embedding, name) != off:
+            raise ValueError(f"embed_rows does not implement {name}={getattr(embedding, name)!r}")
     return _EmbedRows.apply(embedding.weight, tokens, embedding.padding_idx)
 
 
@@ -88,27 +100,36 @@ class _Entry:
     out: torch.Tensor | None = None
     grad_out: torch.Tensor | None = None
     grads: tuple[torch.Tensor | None, ...] = ()
-    pending: Any = field(default=None, repr=False)  # weakref to the output of a forward awaiting its backward
 
 
 class _Replay(torch.autograd.Function):
     """Forward: replay the bucket's forward graph. Backward: copy in the output gradient, replay, hand out grads."""
 
     @staticmethod
-    def forward(ctx, entry: _Entry, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, owner: PackedGraphs, entry: _Entry, *params: torch.Tensor) -> torch.Tensor:
         entry.fwd.replay()
-        ctx.entry = entry
+        owner.replays += 1
+        ctx.owner, ctx.entry, ctx.replay = owner, entry, owner.replays
         return entry.out.clone()  # the shared buffer is overwritten by the next replay
 
     @staticmethod
+    @once_differentiable  # the graph's gradients have no graph of their own (no double backward)
     def backward(ctx, grad: torch.Tensor):
+        owner: PackedGraphs = ctx.owner
+        if owner.replays != ctx.replay:  # the pool's activations this backward reads were overwritten since
+            raise RuntimeError(
+                "genemamba_scvi: the backward of a CUDA-graphed encoder forward ran after another graphed forward "
+                "(a retained graph backpropagated twice, or forwards interleaved in a way the graphs cannot hold); "
+                "train this model with cuda_graphs=False"
+            )
         e: _Entry = ctx.entry
         e.grad_out.copy_(grad)
         e.bwd.replay()
-        e.pending = None
-        # the shared buffers themselves (not detached aliases): this object holds them too, so autograd never
-        # adopts one as a .grad (it copies it, or adds it to an existing .grad) and accumulation stays right
-        return (None, *e.grads)
+        owner.replays += 1
+        owner.pending = None
+        # copies: the shared buffers are overwritten by the next replay, and autograd.grad or a hook may keep what
+        # it is handed (with .grad None, autograd adopts the copy instead of copying again)
+        return (None, None, *(g.clone() if g is not None else None for g in e.grads))
 
 
 class PackedGraphs:
@@ -143,6 +164,9 @@ class PackedGraphs:
         self._bufs: dict[str, torch.Tensor] = {}
         self._grad_bufs: list[torch.Tensor] = []
         self.disabled = False
+        self.replays = 0  # replays and captures so far: a backward checks that none came after its forward
+        self.pending: Any = None  # weakref to the autograd node of a graphed forward awaiting its backward
+        self._pending_fallbacks = 0
         self.stats = {"eager": 0, "captured": 0, "replayed": 0}
         self.last_error: str | None = None
 
@@ -155,12 +179,15 @@ class PackedGraphs:
         self._grad_bufs = []
 
     def _trainable(self, encoder: torch.nn.Module) -> list[torch.nn.Parameter]:
-        params = [p for p in encoder.parameters() if p.requires_grad]
-        sig = tuple((p.data_ptr(), tuple(p.shape), p.dtype) for p in params)
+        # every parameter and buffer counts (frozen ones too: the graphs read them where they were at capture)
+        sig = tuple(
+            (t.data_ptr(), tuple(t.shape), t.dtype, t.requires_grad)
+            for t in (*encoder.parameters(), *encoder.buffers())
+        )
         if sig != self.signature:
             self.reset()
             self.signature = sig
-        return params
+        return [p for p in encoder.parameters() if p.requires_grad]
 
     def bucket(self, n_tokens: int) -> int:
         """Padded row length of a batch of ``n_tokens`` real tokens (at least one pad token: the dummy cell)."""
@@ -168,7 +195,15 @@ class PackedGraphs:
         return b * ((n_tokens + b) // b)
 
     def _pending(self) -> bool:
-        return any(e.pending is not None and e.pending() is not None for e in self.entries.values())
+        waiting = self.pending is not None and self.pending() is not None
+        self._pending_fallbacks = self._pending_fallbacks + 1 if waiting else 0
+        if self._pending_fallbacks == 8:
+            logger.warning(
+                "genemamba_scvi: 8 forwards in a row ran without CUDA graphs because an earlier graphed forward "
+                "still awaits its backward (an output kept with its autograd graph, e.g. an undetached loss stored "
+                "for logging, or several forwards before one backward)"
+            )
+        return waiting
 
     def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """A ``like``-shaped view of the shared buffer ``name``, grown by a quarter when too small.
@@ -225,9 +260,10 @@ class PackedGraphs:
                     "it and train with cuda_graphs=False (GeneMambaEncoder.cuda_graphs = False)."
                 ) from err
             self.stats["captured"] += 1
+            self.replays += 1
         self.stats["replayed"] += 1
-        out = _Replay.apply(e, *params)
-        e.pending = weakref.ref(out)
+        out = _Replay.apply(self, e, *params)
+        self.pending = weakref.ref(out.grad_fn)  # the node lives exactly as long as its backward may still run
         return out[:n_tokens]
 
     def _capture(self, enc, e: _Entry, params: list[torch.nn.Parameter], amp, dev: torch.device) -> None:
@@ -275,6 +311,13 @@ class PackedGraphs:
 
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def drop_graphs(encoder: torch.nn.Module) -> None:
+    """Free the encoder's graphs, their memory pool and buffers (they are rebuilt if graphs are used again)."""
+    g = _GRAPHS.pop(encoder, None)
+    if g is not None:
+        g.reset()
 
 
 def graphs_of(encoder: torch.nn.Module, bucket_tokens: int = 1024) -> PackedGraphs:
