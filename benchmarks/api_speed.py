@@ -83,7 +83,7 @@ def build_model(adata, cfg: dict[str, Any]):
 class _StepTimer:
     """Lightning callback: wall time and real tokens of the optimiser steps after ``warmup`` steps."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, snapshot=None):
         import lightning.pytorch as pl
 
         outer = self
@@ -101,11 +101,13 @@ class _StepTimer:
             def on_train_end(self, trainer, pl_module):
                 _sync()
                 outer.t1 = time.perf_counter()
+                outer.snapshot = snapshot() if snapshot is not None else None  # before the run's clean-up
 
         self.callback = _CB()
         self.t0 = self.t1 = None
         self.tokens = 0
         self.steps = 0
+        self.snapshot = None
 
     def rate(self) -> float:
         return self.tokens / (self.t1 - self.t0)
@@ -226,8 +228,6 @@ def graphs_compare(args, result: dict[str, Any]) -> None:
     Each run: ``--graphs-warmup`` untimed steps (they hold the eager first batch and the capture of each token
     bucket), then ``--graphs-steps`` timed ones; real tokens / s between optimiser steps, peak GPU memory.
     """
-    from genemamba_scvi.nn.graphs import graphs_of
-
     adata = resampled_cells(args.cells)
     model = build_model(adata, args.cfg)
     enc = model.module.encoder
@@ -235,15 +235,14 @@ def graphs_compare(args, result: dict[str, Any]) -> None:
     for bs in args.graphs_batches:
         for rep in range(args.graphs_repeats):
             for graphs in (False, True) if rep % 2 == 0 else (True, False):
-                timer = _StepTimer(args.graphs_warmup)
+                timer = _StepTimer(args.graphs_warmup, snapshot=lambda: dict(enc._graphs().stats))
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
                 model.train(max_epochs=1, max_steps=args.graphs_warmup + args.graphs_steps, batch_size=bs,
                             train_size=1.0, cuda_graphs=graphs, callbacks=[timer.callback],
                             enable_progress_bar=False)  # fmt: skip
-                g = graphs_of(enc, enc.graph_bucket_tokens or 1024)
                 row = {"batch_size": bs, "cuda_graphs": graphs, "repeat": rep, "real_tokens_per_s": timer.rate(),
-                       "timed_steps": timer.steps, "graph_stats": dict(g.stats) if graphs else None,
+                       "timed_steps": timer.steps, "graph_stats": timer.snapshot if graphs else None,
                        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
                        if torch.cuda.is_available() else None}  # fmt: skip
                 rows.append(row)

@@ -331,10 +331,12 @@ def main(argv: list[str] | None = None) -> None:
             print(arm, prof["gpu_time_ms"], "ms", prof["host"], json.dumps(prof["gaps"])[:1500], flush=True)
     from genemamba_scvi.nn.graphs import _GRAPHS
 
-    if run.mamba in _GRAPHS:  # an arm ran with CUDA graphs: how often each path ran, and a capture's failure
-        g = _GRAPHS[run.mamba]
-        out["cuda_graphs"] = {"stats": g.stats, "buckets": len(g.entries), "bucket_tokens": g.bucket_tokens,
-                              "disabled": g.disabled, "error": g.last_error}  # fmt: skip
+    if run.mamba in _GRAPHS:  # arms ran with CUDA graphs: how often each path ran, and a capture's failure
+        out["cuda_graphs"] = [
+            {"stats": g.stats, "buckets": len(g.entries), "bucket_tokens": g.bucket_tokens, "disabled": g.disabled,
+             "error": g.last_error}
+            for g in _GRAPHS[run.mamba].values()
+        ]  # fmt: skip
         print("cuda_graphs", json.dumps(out["cuda_graphs"]), flush=True)
     if run.cuda:
         out["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -310,19 +310,19 @@ class PackedGraphs:
                 gc.enable()
 
 
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> {bucket_tokens: PackedGraphs}
 
 
 def drop_graphs(encoder: torch.nn.Module) -> None:
-    """Free the encoder's graphs, their memory pool and buffers (they are rebuilt if graphs are used again)."""
-    g = _GRAPHS.pop(encoder, None)
-    if g is not None:
+    """Free the encoder's graphs, their memory pools and buffers (they are rebuilt if graphs are used again)."""
+    for g in _GRAPHS.pop(encoder, {}).values():
         g.reset()
 
 
 def graphs_of(encoder: torch.nn.Module, bucket_tokens: int = 1024) -> PackedGraphs:
-    """The encoder's :class:`PackedGraphs` (made on first use; a new one when ``bucket_tokens`` changes)."""
-    g = _GRAPHS.get(encoder)
-    if g is None or g.bucket_tokens != bucket_tokens:
-        g = _GRAPHS[encoder] = PackedGraphs(encoder, bucket_tokens)
+    """The encoder's :class:`PackedGraphs` for ``bucket_tokens`` (made on first use)."""
+    per_bucket = _GRAPHS.setdefault(encoder, {})
+    g = per_bucket.get(bucket_tokens)
+    if g is None:
+        g = per_bucket[bucket_tokens] = PackedGraphs(encoder, bucket_tokens)
     return g
