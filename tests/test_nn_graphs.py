@@ -8,6 +8,7 @@ outputs and gradients step by step, across optimizer updates, buckets and the ea
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -71,6 +72,26 @@ def test_embed_rows_takes_any_token_shape_and_refuses_what_it_does_not_implement
     for kw in ({"scale_grad_by_freq": True}, {"sparse": True}):
         with pytest.raises(ValueError, match=next(iter(kw))):
             embed_rows(torch.nn.Embedding(5, 2, **kw), torch.tensor([1]))
+
+
+@pytest.mark.parametrize(
+    ("on_gpu", "frozen", "ckpt", "reason"),
+    [
+        (False, False, False, "trains on the CPU"),
+        (True, True, False, "encoder is frozen"),
+        (True, False, True, "gradient_checkpointing=True"),
+    ],
+)
+def test_graphs_that_cannot_act_say_why(on_gpu, frozen, ckpt, reason):
+    from genemamba_scvi.train import warn_if_graphs_idle
+
+    enc = GeneMambaEncoder(10, d_model=16, n_layers=1, d_state=8, headdim=8, backend="torch")
+    enc.requires_grad_(not frozen)
+    with pytest.warns(UserWarning, match=reason):
+        warn_if_graphs_idle(True, on_gpu, ckpt, enc)
+    with warnings.catch_warnings():  # not asked for: silent
+        warnings.simplefilter("error")
+        warn_if_graphs_idle(None, on_gpu, ckpt, enc)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -264,10 +264,12 @@ def warn_if_graphs_idle(
     why = None
     if not on_gpu:
         why = "this run trains on the CPU"
-    elif encoder.resolved_backend(torch.device("cuda")) != "mamba_ssm":
-        why = "the mamba-ssm kernels are not available, so the packed path they record does not run"
+    elif not any(p.requires_grad for p in encoder.parameters()):
+        why = "the encoder is frozen (freeze_encoder=True), so it has no backward pass to record"
     elif gradient_checkpointing:
         why = "gradient_checkpointing=True recomputes each layer in the backward pass, which a graph cannot hold"
+    elif encoder.resolved_backend(torch.device("cuda")) != "mamba_ssm":
+        why = "the mamba-ssm kernels are not available, so the packed path they record does not run"
     if why:
         warnings.warn(
             f"cuda_graphs=True is ignored: {why}. Training runs eagerly.", UserWarning, stacklevel=user_stacklevel()
