@@ -249,10 +249,12 @@ class GeneMambaTrainingMixin:
         cuda_graphs
             On a CUDA GPU with the mamba-ssm kernels: record the encoder's forward and backward pass as CUDA
             graphs (one pair per token bucket) and replay them, so the host no longer enqueues ~4,300 kernels a
-            step. Pays off when the GPU outruns the host: small batches, fast GPUs (H200, top-2048 genes: 1.3x
-            at 24 cells a step, none at 48; ``benchmarks/results/train_ab_s12_*``). Same outputs, gradients up
-            to the order of floating-point sums; ignored with ``gradient_checkpointing`` and on CPU.
-            ``None`` (default): the encoder's setting (off unless switched on).
+            step. Pays off when the GPU outruns the host: small batches, fast GPUs (H200, top-2048 genes, the
+            encoder's step: 1.34x at 24 cells, 1.22x at 32, none at 48; this whole ``train(batch_size=32)``,
+            whose LM head keeps the GPU busier: 1.05x; ``benchmarks/results/*_s12_*``). Each bucket's first batch
+            runs eagerly and its second is captured, so the gain comes after the first few dozen steps. Same
+            outputs, gradients up to the order of floating-point sums; ignored (with a warning) on CPU, with
+            ``gradient_checkpointing`` or a frozen encoder. ``None`` (default): the encoder's setting (off).
         precision
             ``"auto"`` (default): ``"bf16-mixed"`` when training runs on a CUDA GPU (float32 weights, bf16
             matrix products and kernels: about 3x the speed of float32 there), ``"32-true"`` on CPU.
