@@ -20,6 +20,7 @@ from scvi.train import SaveCheckpoint, TrainingPlan
 from scvi.utils import track
 
 from genemamba_scvi._warn import user_stacklevel
+from genemamba_scvi.nn.graphs import drop_graphs
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -278,9 +279,15 @@ def warn_if_graphs_idle(
 
 @contextlib.contextmanager
 def training_session(
-    encoder: torch.nn.Module, gradient_checkpointing: bool = False, cuda_graphs: bool | None = None
+    encoder: torch.nn.Module,
+    gradient_checkpointing: bool = False,
+    cuda_graphs: bool | None = None,
+    on_gpu: bool = False,
 ) -> Iterator[None]:
     """While training: the encoder's gradient checkpointing and CUDA graphs as asked, Lightning quiet.
+
+    ``cuda_graphs=True`` that cannot act on this run (``on_gpu``: whether it trains on a CUDA GPU) warns why
+    (:func:`warn_if_graphs_idle`); the graphs are freed when the run ends.
 
     No Lightning tips, no deprecation noise from its internals, each INFO line once: the ``lightning`` logger
     has a handler of its own *and* propagates to the root logger, so once the root logger has a handler
@@ -295,6 +302,7 @@ def training_session(
         lg.addFilter(tips)
     if top.handlers:
         top.propagate = False
+    warn_if_graphs_idle(cuda_graphs, on_gpu, gradient_checkpointing, encoder)
     encoder.gradient_checkpointing = bool(gradient_checkpointing)
     graphs_before = encoder.cuda_graphs
     if cuda_graphs is not None:
@@ -308,8 +316,6 @@ def training_session(
         encoder.gradient_checkpointing = False
         encoder.cuda_graphs = graphs_before
         if cuda_graphs:  # free the graphs' pool and buffers (the next run rebuilds them)
-            from genemamba_scvi.nn.graphs import drop_graphs
-
             drop_graphs(encoder)
         top.propagate = propagate
         for lg in loggers:

@@ -23,7 +23,7 @@ from genemamba_scvi.model._utils import (
     _save_kernel_cache,
 )
 from genemamba_scvi.module import gene_set_tensors
-from genemamba_scvi.train import LightningCheckpoint, StepProgressBar, training_session, warn_if_graphs_idle
+from genemamba_scvi.train import LightningCheckpoint, StepProgressBar, training_session
 
 
 def _label_codes(labels: pd.Series) -> tuple[np.ndarray, list[Any]]:
@@ -143,7 +143,6 @@ class GeneMambaTrainingMixin:
         ``precision``, ``early_stopping``, ``ckpt_path``, ...).
         """
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
-        warn_if_graphs_idle(cuda_graphs, on_gpu, gradient_checkpointing, self.module.encoder)
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
         _check_known_genes_expressed(self.adata, self._setup_arg("layer"), tokenizer.gene_token_ids)
@@ -180,7 +179,7 @@ class GeneMambaTrainingMixin:
             trainer_kwargs.setdefault("limit_val_batches", 0)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        with training_session(self.module.encoder, gradient_checkpointing, cuda_graphs):
+        with training_session(self.module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
             runner = self._train_runner_cls(
                 self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
             )

@@ -22,7 +22,7 @@ from genemamba_scvi.nn.bimamba import (
 )
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
 from genemamba_scvi.nn.fused_norm import add_rms_norm
-from genemamba_scvi.nn.graphs import embed_rows, graphs_of
+from genemamba_scvi.nn.graphs import PackedGraphs, embed_rows, graphs_of, pad_packed_row
 from genemamba_scvi.nn.mamba2 import RMSNorm
 from genemamba_scvi.nn.ssd import BACKENDS, load_mamba_ssm_ops, resolve_backend
 
@@ -392,19 +392,23 @@ class GeneMambaEncoder(nn.Module):
         self.last_n_sub_batches = len(outs)
         return torch.cat(outs, dim=0)
 
-    def _graphs(self):
+    def _graphs(self) -> PackedGraphs:
         bucket = _GRAPH_BUCKET_TOKENS if self.graph_bucket_tokens is None else int(self.graph_bucket_tokens)
         return graphs_of(self, bucket)
 
-    def _graphs_apply(self, tokens: torch.Tensor, n_tokens: int) -> bool:
+    def _graphs_for(self, tokens: torch.Tensor, n_tokens: int) -> PackedGraphs | None:
+        """The CUDA graphs that run this packed training row, or None (eager)."""
         on = _CUDA_GRAPHS if self.cuda_graphs is None else bool(self.cuda_graphs)
         if not (on and tokens.is_cuda and self.training and torch.is_grad_enabled()):
-            return False
+            return None
         if self.gradient_checkpointing or n_tokens == 0 or self.n_layers == 0:
-            return False
+            return None
         if not any(p.requires_grad for p in self.parameters()):  # a frozen encoder has no backward to record
-            return False
-        return not torch.cuda.is_current_stream_capturing() and not self._graphs().disabled
+            return None
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        graphs = self._graphs()
+        return None if graphs.disabled else graphs
 
     @contextlib.contextmanager
     def capturable(self) -> Iterator[None]:
@@ -416,14 +420,12 @@ class GeneMambaEncoder(nn.Module):
             self._capturable_embedding = saved
 
     def _forward_packed(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
-        if self._graphs_apply(tokens, n_tokens):
-            return self._graphs()(tokens, cu, n_tokens)
+        graphs = self._graphs_for(tokens, n_tokens)
+        if graphs is not None:
+            return graphs(tokens, cu, n_tokens)
         pad = (-n_tokens) % self._pack_multiple(tokens.device)
-        if pad and n_tokens > 0:
-            # one dummy cell of pad tokens rounds the row up; its own sequence id keeps it apart
-            tokens = torch.cat([tokens, tokens.new_zeros(pad)])
-            cu = torch.cat([cu, cu.new_full((1,), n_tokens + pad)])
-            return self._forward_packed_row(tokens, cu, n_tokens + pad)[:n_tokens]
+        if pad and n_tokens > 0:  # one dummy cell rounds the row up
+            return self._forward_packed_row(*pad_packed_row(tokens, cu, n_tokens + pad), n_tokens + pad)[:n_tokens]
         return self._forward_packed_row(tokens, cu, n_tokens)
 
     def _forward_packed_row(self, tokens: torch.Tensor, cu: torch.Tensor, n_tokens: int) -> torch.Tensor:

@@ -49,9 +49,18 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["PackedGraphs", "drop_graphs", "embed_rows", "graphs_of"]
+__all__ = ["PackedGraphs", "drop_graphs", "embed_rows", "graphs_of", "pad_packed_row"]
 
 logger = logging.getLogger("genemamba_scvi")
+
+
+def pad_packed_row(tokens: torch.Tensor, cu: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed row of ``tokens.shape[0]`` real tokens lengthened to ``length`` by one dummy cell of pad tokens (0).
+
+    The dummy cell has its own sequence id, so it cannot touch the real cells; its outputs are dropped.
+    """
+    tokens = torch.cat([tokens, tokens.new_zeros(length - tokens.shape[0])])
+    return tokens, torch.cat([cu, cu.new_full((1,), length)])
 
 
 class _EmbedRows(torch.autograd.Function):
@@ -147,12 +156,12 @@ class PackedGraphs:
     encoder
         A :class:`~genemamba_scvi.nn.GeneMambaEncoder` (referenced weakly).
     bucket_tokens
-        Token granularity of the buckets (a multiple of 16).
+        Token granularity of the buckets (a multiple of 16; the encoder's ``graph_bucket_tokens``).
     max_buckets
         Graph pairs kept (least recently used dropped first).
     """
 
-    def __init__(self, encoder: torch.nn.Module, bucket_tokens: int = 1024, max_buckets: int = 64):
+    def __init__(self, encoder: torch.nn.Module, bucket_tokens: int, max_buckets: int = 64):
         if bucket_tokens < 16 or bucket_tokens % 16:
             raise ValueError(f"bucket_tokens must be a positive multiple of 16, got {bucket_tokens}")
         self._encoder = weakref.ref(encoder)
@@ -240,8 +249,7 @@ class PackedGraphs:
             # first batch of a bucket (compiles, autotunes), or a forward while another awaits its backward (whose
             # graph still reads the static inputs): eagerly, on the same padded row, static buffers untouched
             self.stats["eager"] += 1
-            row = torch.cat([tokens, tokens.new_zeros(T - n_tokens)])
-            return enc._forward_packed_row(row, torch.cat([cu, cu.new_full((1,), T)]), T)[:n_tokens]
+            return enc._forward_packed_row(*pad_packed_row(tokens, cu, T), T)[:n_tokens]
         # static inputs: the real tokens, pad tokens (0), the cells' bounds, then the dummy cell's end
         e.tokens[:n_tokens].copy_(tokens)
         e.tokens[n_tokens:].zero_()
@@ -319,7 +327,7 @@ def drop_graphs(encoder: torch.nn.Module) -> None:
         g.reset()
 
 
-def graphs_of(encoder: torch.nn.Module, bucket_tokens: int = 1024) -> PackedGraphs:
+def graphs_of(encoder: torch.nn.Module, bucket_tokens: int) -> PackedGraphs:
     """The encoder's :class:`PackedGraphs` for ``bucket_tokens`` (made on first use)."""
     per_bucket = _GRAPHS.setdefault(encoder, {})
     g = per_bucket.get(bucket_tokens)

@@ -18,7 +18,7 @@ from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.pretrain._data import CorpusDataModule
-from genemamba_scvi.train import GeneMambaTrainingPlan, LightningCheckpoint, training_session, warn_if_graphs_idle
+from genemamba_scvi.train import GeneMambaTrainingPlan, LightningCheckpoint, training_session
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -299,20 +299,20 @@ def pretrain_from_corpus(
         )
     if max_steps == -1 and max_epochs is None:
         max_epochs = 1
+    on_gpu = training_on_gpu(accelerator, devices)
     trainer_kwargs = {
         # Lightning's defaults where scvi's Trainer has others that would change the run (cudnn autotuning, bar)
         "benchmark": None,
         "simple_progress_bar": False,
         **lightning_args,
         "devices": _lightning_devices(accelerator, devices),
-        "precision": resolve_precision(precision, training_on_gpu(accelerator, devices)),
+        "precision": resolve_precision(precision, on_gpu),
         "max_epochs": max_epochs if max_epochs is not None else -1,
         "use_distributed_sampler": False,  # CorpusBatchSampler splits the data over ranks itself
         "ckpt_path": os.fspath(ckpt_path) if ckpt_path is not None else None,
         **trainer_kwargs,
     }
-    warn_if_graphs_idle(cuda_graphs, training_on_gpu(accelerator, devices), gradient_checkpointing, module.encoder)
-    with training_session(module.encoder, gradient_checkpointing, cuda_graphs):
+    with training_session(module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
         runner = TrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
         )
