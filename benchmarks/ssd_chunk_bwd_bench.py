@@ -49,19 +49,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--cells", type=int, default=48)
-    p.add_argument("--configs", default=None, help="launch shapes 'BN,warps,stages,split;...' (default: CONFIGS)")
-    a = p.parse_args(argv)
-    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined
+def real_inputs(cells: int, seed: int = 0) -> dict:
+    """The SSD backward's inputs at a real training step's shapes (``cells`` of the shipped sample, both directions).
 
-    t0 = time.perf_counter()
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    lens = np.maximum(np.minimum(rng.choice(np.load(LENGTHS_NPY), a.cells), 2048), 1)
+    Returns a dict: ``seq`` ``[1, L]``, ``x``, ``dy`` ``[1, L, 16, 64]`` bf16, ``B``, ``C`` ``[1, L, 1, 64]``, ``A``,
+    ``dt_bias``, ``D`` ``[16]``, ``dt_raw`` ``[1, L, 16]``, mamba-ssm's ``dA_cs``, ``dt_c``, ``CB`` (fp32) and
+    ``dstates`` ``[1, nchunks, 16, 64, 64]`` bf16; ``L``, ``H``, ``P``, ``N``, ``Q``, ``G``, ``nchunks``.
+    """
+    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_state
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    lens = np.maximum(np.minimum(rng.choice(np.load(LENGTHS_NPY), cells), 2048), 1)
     lens = np.concatenate([lens, lens])  # both directions
     dev = "cuda"
     seq = torch.repeat_interleave(torch.arange(len(lens)), torch.from_numpy(lens)).to(torch.int32).to(dev)[None]
@@ -79,6 +78,24 @@ def main(argv: list[str] | None = None) -> None:
     CB = ssd_bmm._bmm_chunk_fwd(C, B, Q, seq_idx=seq, output_dtype=torch.float32)
     nchunks = CB.shape[1]
     dstates = (torch.randn(1, nchunks, H, P, N, device=dev) * 0.1).to(bf)
+    return dict(seq=seq, x=x, dy=dy, B=B, C=C, A=A, dt_bias=dt_bias, dt_raw=dt_raw, D=D, dA_cs=dA_cs, dt_c=dt_c,
+                CB=CB, dstates=dstates, L=L, H=H, P=P, N=N, Q=Q, G=G, nchunks=nchunks)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--cells", type=int, default=48)
+    p.add_argument("--configs", default=None, help="launch shapes 'BN,warps,stages,split;...' (default: CONFIGS)")
+    a = p.parse_args(argv)
+    from mamba_ssm.ops.triton import ssd_chunk_scan, ssd_combined
+
+    t0 = time.perf_counter()
+    inp = real_inputs(a.cells)
+    seq, x, dy, B, C, A, dt_bias, dt_raw, D, dA_cs, dt_c, CB, dstates = (inp[k] for k in (
+        "seq", "x", "dy", "B", "C", "A", "dt_bias", "dt_raw", "D", "dA_cs", "dt_c", "CB", "dstates"))  # fmt: skip
+    L, H, P, N, Q, G, nchunks = (inp[k] for k in ("L", "H", "P", "N", "Q", "G", "nchunks"))
     out = {"device": torch.cuda.get_device_name(), "L": L, "nchunks": nchunks, "cells": int(a.cells),
            "shape": {"H": H, "P": P, "N": N, "Q": Q, "G": G}, "reps": a.reps}  # fmt: skip
 

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Queued for the next session's first device call (H200): written in session 12, NOT yet run.
-# 1) the GPU graph tests after session 12's review fixes (they ran on CPU with an eager stand-in only), the fp32
-#    parity case included (its mamba-ssm kernels autotune: give it time); 2) interleaved A/B at 32 cells (train()'s
-#    default batch): eager vs graphs with 1,024- and 512-token buckets vs the packed transformer.
-timeout -s ABRT 300 python3 -X faulthandler -m pytest -x -q -rA tests/test_nn_graphs.py > $OUT/gpu_tests_s13_1_graphs.log 2>&1
-echo "graph tests rc=$?"; grep -E "^(PASSED|FAILED|ERROR)|^E |passed|failed" $OUT/gpu_tests_s13_1_graphs.log | head -20
+# Session 13, device call 1 (H200). The SSD backward's dx pass with the heads side by side (ssd_chunk_dx,
+# nn/_triton_ssd_dx.py): 1) compiled tests against mamba-ssm's kernel and the whole backward; 2) kernel timing at
+# real 48- and 24-cell shapes (ssd_dx_bench.py); 3) interleaved A/B at 48 cells: default (new dx) vs mamba-ssm's dx
+# vs the packed transformer, with the default's profile; 4) the GPU graph tests after session 12's review fixes
+# (bf16 at the shipped dimensions; the fp32 case deselected: its mamba-ssm kernels autotune for minutes).
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_nn_training_kernels.py \
+  -k "dx_pass or ssd_backward or dcb or encoder_training" > $OUT/gpu_tests_s13_1_dx.log 2>&1
+echo "dx tests rc=$?"; grep -E "^(FAILED|ERROR)|^E |passed|failed" $OUT/gpu_tests_s13_1_dx.log | head -12
+timeout 110 python3 benchmarks/ssd_dx_bench.py --cells 48,24 --out $OUT/ssd_dx_s13_call1_h200.json > $OUT/ssd_dx_s13_1.log 2>&1
+echo "dx bench rc=$?"; cut -c1-260 $OUT/ssd_dx_s13_1.log | grep -v Warn | tail -16
 pick() { grep -v Warn "$1" | grep -o '^[a-z0-9_]* {.*step_time_s_median": [0-9.]*\|time_ratio_median": [0-9.]*, "time_ratio_ci95": \[[0-9., ]*\]\|^cuda_graphs.*' | cut -c1-300 | tail -8; }
-timeout 200 python3 benchmarks/train_ab.py --k 2048 --cells 32 --rounds 20 --warmup-rounds 16 --batches 8 \
-  --out $OUT/train_ab_s13_call1_32cells_h200.json --arms default "graphs:encoder._CUDA_GRAPHS=true" \
-  "graphs512:encoder._CUDA_GRAPHS=true;encoder._GRAPH_BUCKET_TOKENS=512" transformer_varlen > $OUT/ab_s13_1.log 2>&1
-echo "ab32 rc=$?"; pick $OUT/ab_s13_1.log
+timeout 200 python3 benchmarks/train_ab.py --k 2048 --cells 48 --rounds 20 \
+  --out $OUT/train_ab_s13_call1_48cells_h200.json --arms default ablation_mamba_dx transformer_varlen \
+  --profile --profile-arms default > $OUT/ab_s13_1.log 2>&1
+echo "ab48 rc=$?"; pick $OUT/ab_s13_1.log
+timeout -s ABRT 100 python3 -X faulthandler -m pytest -x -q -rA tests/test_nn_graphs.py \
+  --deselect "tests/test_nn_graphs.py::test_graphed_training_matches_eager_across_updates_and_buckets[False]" \
+  > $OUT/gpu_tests_s13_1_graphs.log 2>&1
+echo "graph tests rc=$?"; grep -E "^(FAILED|ERROR)|^E |passed|failed" $OUT/gpu_tests_s13_1_graphs.log | head -10
 exit 0

@@ -288,6 +288,64 @@ def test_chunk_bwd_pass_equals_the_pairs(monkeypatch, lengths, Q, G, BN, split):
     _assert_one_token_cells_get_zero(got, lengths, Q)
 
 
+@pytest.mark.parametrize(
+    ("lengths", "Q", "G", "BM", "BK", "with_seq", "with_D"),
+    [([5, 1, 40, 17, 30], 32, 2, 16, 8, True, True), ([64], 32, 1, 32, 32, True, True),
+     ([7, 20, 50], 64, 1, 16, 32, True, False), ([77], 32, 1, 16, 16, False, True)],
+)  # fmt: skip
+def test_dx_pass_with_heads_side_by_side_equals_the_pairs(monkeypatch, lengths, Q, G, BM, BK, with_seq, with_D):
+    """``ssd_chunk_dx`` returns mamba-ssm's dx, ddt and dD (pair by pair in fp64): pairs only within a sequence,
+    the leaving state's gradient only for the chunk's last sequence, zeros past the row; tiles smaller than the
+    chunk in both directions, a partial last chunk, groups of heads."""
+    monkeypatch.setattr(fused_ssd_bwd, "DX_CONFIG", {"BM": BM, "BK": BK, "num_warps": 4, "num_stages": 1})
+    torch.manual_seed(6)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
+    L, H, P, N = seq.numel(), 4, 16, 16
+    nchunks = math.ceil(L / Q)
+    x, dy = (torch.randn(L, H, P).to(torch.bfloat16) for _ in range(2))
+    B = torch.randn(L, G, N).to(torch.bfloat16)
+    dstates = torch.randn(nchunks, H, P, N).to(torch.bfloat16)
+    dt = torch.rand(H, nchunks, Q) * 0.5
+    cs = torch.cumsum(-dt * (torch.rand(H, 1, 1) + 0.2), dim=-1)
+    CB = torch.randn(nchunks, G, Q, Q)
+    D = torch.randn(H)
+    ref_seq = seq if with_seq else torch.zeros_like(seq)
+    dx_ref, ddt_ref, dD_ref = chunk_bwd_reference(x, dy, B, CB, dt, cs, ref_seq, dstates, D, Q)
+    if not with_D:
+        dx_ref = dx_ref - D.double()[None, :, None] * dy.double()
+    dev = dict(device=DEVICE)
+    dx = torch.full((1, L, H, P), float("nan"), dtype=torch.bfloat16, **dev)
+    out, ddt, dD = fused_ssd_bwd.ssd_chunk_dx(
+        x[None].to(**dev), dt[None].to(**dev), cs[None].to(**dev), B[None].to(**dev), CB[None].to(**dev),
+        dy[None].to(**dev), dstates[None].to(**dev), D.to(**dev) if with_D else None,
+        seq[None].to(**dev) if with_seq else None, dx,
+    )  # fmt: skip
+    assert out is dx
+    torch.testing.assert_close(dx[0].cpu().double(), dx_ref, rtol=2e-2, atol=2e-2)  # bf16 output
+    lim = L - (nchunks - 1) * Q
+    torch.testing.assert_close(ddt[0, :, -1, lim:].cpu(), torch.zeros(H, Q - lim))  # past the row: zeros
+    torch.testing.assert_close(ddt[0].cpu().double(), ddt_ref, rtol=1e-3, atol=1e-3)
+    if with_D:
+        torch.testing.assert_close(dD.cpu().double(), dD_ref, rtol=1e-4, atol=1e-3)
+    else:
+        assert dD is None
+    assert float(ddt_ref.abs().max()) > 1.0 and float(dx_ref.abs().max()) > 1.0  # not a comparison of zeros
+
+
+def test_dx_pass_refuses_shapes_it_cannot_tile(monkeypatch):
+    """A chunk that is not a multiple of the tile, or a D per channel, is refused with the reason."""
+    monkeypatch.setattr(fused_ssd_bwd, "DX_CONFIG", {"BM": 16, "BK": 16, "num_warps": 4, "num_stages": 1})
+    x = torch.zeros(1, 24, 2, 16, dtype=torch.bfloat16)
+    dt = torch.zeros(1, 2, 1, 24)
+    B = torch.zeros(1, 24, 1, 16, dtype=torch.bfloat16)
+    CB = torch.zeros(1, 1, 1, 24, 24)
+    dst = torch.zeros(1, 1, 2, 16, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="powers of two"):
+        fused_ssd_bwd.ssd_chunk_dx(x, dt, dt, B, CB, x, dst, None, None, torch.empty_like(x))
+    with pytest.raises(ValueError, match="one value per head"):
+        fused_ssd_bwd.ssd_chunk_dx(x, dt, dt, B, CB, x, dst, torch.zeros(2, 16), None, torch.empty_like(x))
+
+
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
 @pytest.mark.parametrize(("dda", "intra"), [("fused", "mamba"), ("mamba", "mamba"), ("mamba", "fused")])
 def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda, intra):
@@ -348,6 +406,37 @@ def test_dcb_ddacs_equals_mamba_ssm_kernels():
     for name, g, w in (("dcb", dcb, want_dcb), ("ddA", ddA, want_ddA)):
         rel = float((g.double() - w.double()).norm() / w.double().norm())
         assert rel < 1e-4, (name, rel)
+
+
+@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
+@pytest.mark.parametrize("shape", [(64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2)])
+def test_dx_pass_equals_mamba_ssm_kernel(monkeypatch, shape):
+    """At the model's shapes (chunk 256, 16 heads of 64, d_state 64), ``ssd_chunk_dx`` returns what mamba-ssm's
+    ``_chunk_scan_chunk_state_bwd_dx`` returns (the same bf16 roundings; sums in another order)."""
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    if load_mamba_ssm_ops()["chunk_scan"] is None:
+        pytest.skip("mamba-ssm is not installed")
+    from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_state, ssd_combined
+
+    bm, bk, warps, stages = shape
+    monkeypatch.setattr(fused_ssd_bwd, "DX_CONFIG", {"BM": bm, "BK": bk, "num_warps": warps, "num_stages": stages})
+    torch.manual_seed(7)
+    lengths = [300, 5, 700, 256, 1000, 90, 2048, 1]
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).cuda()[None]
+    L, H, P, N, Q = seq.shape[1], 16, 64, 64, 256
+    x, dy = (torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    B, C = (torch.randn(1, L, 1, N, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    dt, A = torch.randn(1, L, H, device="cuda") - 2, -torch.rand(H, device="cuda") * 4 - 0.5
+    D = torch.randn(H, device="cuda")
+    dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt, A, Q, dt_bias=None, dt_softplus=True)
+    CB = ssd_bmm._bmm_chunk_fwd(C, B, Q, seq_idx=seq, output_dtype=torch.float32)
+    dstates = torch.randn(1, CB.shape[1], H, P, N, device="cuda", dtype=torch.bfloat16)
+    want = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D, seq_idx=seq)
+    got = fused_ssd_bwd.ssd_chunk_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D, seq, torch.empty_like(x))
+    for name, g, w in zip(("dx", "ddt", "dD"), got, want, strict=True):
+        rel = float((g.double() - w.double()).norm() / w.double().norm())
+        assert rel < 1e-3, (name, rel)
 
 
 @pytest.mark.parametrize("with_residual", [True, False])

@@ -34,6 +34,15 @@ import triton.language as tl
 
 
 @triton.jit
+def _dot(a, b, INTERPRET: tl.constexpr):
+    """``tl.dot``; in fp32 under the interpreter, whose bf16 dot is wrong (Triton 3.6)."""
+    if INTERPRET:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
 def chunk_pairs(seq_ptr, start, offs_m, offs_n, in_m, in_n, HAS_SEQ: tl.constexpr):
     """The interacting pairs of a chunk's tile, and the sequence ids of its columns.
 
@@ -99,10 +108,7 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
                      mask=in_m[:, None] & (offs_k[None, :] < hdim), other=0.0)
         xt = tl.load(x_ptr + tok_n[None, :] * stride_x_l + h * stride_x_h + offs_k[:, None],
                      mask=(offs_k[:, None] < hdim) & in_n[None, :], other=0.0)
-        if INTERPRET:  # the interpreter's bf16 dot is wrong (Triton 3.6)
-            d = tl.dot(dy.to(tl.float32), xt.to(tl.float32))
-        else:
-            d = tl.dot(dy, xt)
+        d = _dot(dy, xt, INTERPRET)
         hc_dt = dt_ptr + h * stride_dt_h + c * stride_dt_c
         hc_cs = cs_ptr + h * stride_cs_h + c * stride_cs_c
         dt_n = tl.load(hc_dt + offs_n, mask=in_n, other=0.0)

@@ -40,17 +40,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from genemamba_scvi.nn._triton_ssd_bwd import chunk_pairs
+from genemamba_scvi.nn._triton_ssd_bwd import _dot, chunk_pairs
 
 # fmt: off
-
-
-@triton.jit
-def _dot(a, b, INTERPRET: tl.constexpr):
-    if INTERPRET:  # the interpreter's bf16 dot is wrong (Triton 3.6)
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
-    else:
-        return tl.dot(a, b)
 
 
 @triton.jit(do_not_specialize=["L"])

@@ -50,6 +50,12 @@ _SSD_BWD_INTRA = "mamba"
 #: blocks of a chunk's second half visit only its second half's rows (a second launch). H200, 48 cells: 2.88 ms a
 #: layer against 2.61 ms for mamba-ssm's three kernels (``ssd_chunk_bwd_s8_call2_h200.json``).
 CHUNK_BWD_CONFIG = {"BN": 32, "num_warps": 8, "num_stages": 4, "split_rows": True}
+#: ``dx``, ``ddt`` and ``dD`` of the default intra-chunk path: ``"heads"`` (:func:`ssd_chunk_dx`, the heads of a tile
+#: side by side so a chunk's ``C B^T`` is read from HBM once, not once per head; session 13) or ``"mamba"``
+#: (mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx``).
+_SSD_BWD_DX = "heads"
+#: Launch shape of ``ssd_dx_kernel``: tokens per program, rows of ``dy`` per step, warps, pipeline stages.
+DX_CONFIG = {"BM": 64, "BK": 64, "num_warps": 4, "num_stages": 2}
 #: The inter-chunk share of the gradient of ``dt*A`` added in the pairs' reverse-sum kernel (``seq_rev_sum_kernel``
 #: with ``HAS_INTER``), not by six torch operations (``inter_chunk_dda``; False: an ablation). Session 11.
 _DDA_IN_REV_SUM = True
@@ -202,6 +208,66 @@ def inter_chunk_dda(prev: torch.Tensor, last: torch.Tensor, nxt: torch.Tensor) -
     return nxt + prev.flip([-1]).cumsum(dim=-1).flip([-1])
 
 
+def ssd_chunk_dx(x, dt, dA_cs, B, CB, dy, dstates, D, seq_idx, dx):
+    """``dx``, ``ddt`` and ``dD`` of the chunked SSD (``ssd_dx_kernel``), as mamba-ssm's dx kernel returns them.
+
+    Same arguments, in the same order, as mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx``; ``dx`` is written.
+
+    Parameters
+    ----------
+    x, dy
+        ``[1, L, H, P]`` the scan's input and output gradient (last dimension contiguous).
+    dt, dA_cs
+        ``[1, H, nchunks, Q]`` fp32 the per-chunk ``dt`` and cumulative ``dt*A`` (``_chunk_cumsum_fwd``).
+    B
+        ``[1, L, G, N]`` (last dimension contiguous).
+    CB
+        ``[1, nchunks, G, Q, Q]`` ``C B^T`` per chunk.
+    dstates
+        ``[1, nchunks, H, P, N]`` gradient of the state leaving each chunk.
+    D
+        ``[H]`` or None.
+    seq_idx
+        ``[1, L]`` int32 sequence ids, or None.
+    dx
+        ``[1, L, H, P]``, written.
+
+    Returns
+    -------
+    tuple
+        ``dx``; ``ddt`` ``[1, H, nchunks, Q]`` fp32 (zero past the row); ``dD`` ``[H]`` in ``D``'s dtype, or None.
+    """
+    _, L, H, P = x.shape
+    _, nchunks, G, Q, _ = CB.shape
+    N = B.shape[-1]
+    for name, t in (("x", x), ("dy", dy), ("B", B), ("dx", dx), ("dt", dt), ("dA_cs", dA_cs)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"ssd_chunk_dx: {name} needs a contiguous last dimension")
+    if D is not None and D.dim() != 1:
+        raise ValueError("ssd_chunk_dx: D must have one value per head")
+    cfg = DX_CONFIG
+    bm, bk = min(cfg["BM"], Q), min(cfg["BK"], Q)
+    if Q & (Q - 1) or P & (P - 1) or N & (N - 1) or Q % bm or Q % bk:
+        raise ValueError(f"ssd_chunk_dx: chunk {Q}, head dim {P} and state {N} must be powers of two, the chunk a "
+                         f"multiple of BM={bm} and BK={bk}")  # fmt: skip
+    n_prog = nchunks * (Q // bm) * H
+    ddt = torch.empty(1, H, nchunks, Q, dtype=torch.float32, device=x.device)
+    dd = torch.empty(n_prog, dtype=torch.float32, device=x.device) if D is not None else None
+    if n_prog:
+        _kernel_module("_triton_ssd_dx").ssd_dx_kernel[(n_prog,)](
+            x, dy, B, CB, dt, dA_cs, seq_idx if seq_idx is not None else dt, dstates, D if D is not None else dt,
+            dx, ddt, dd if dd is not None else dt, L,
+            x.stride(1), x.stride(2), dy.stride(1), dy.stride(2), B.stride(1), B.stride(2),
+            CB.stride(1), CB.stride(2), CB.stride(3), CB.stride(4), dt.stride(1), dt.stride(2),
+            dA_cs.stride(1), dA_cs.stride(2), dstates.stride(1), dstates.stride(2), dstates.stride(3),
+            dstates.stride(4), dx.stride(1), dx.stride(2),
+            H=H, HPG=H // G, Q=Q, P=P, N=N, BM=bm, BK=bk, HAS_SEQ=seq_idx is not None, HAS_D=D is not None,
+            INTERPRET=_interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    dD = dd.view(-1, H).sum(0).to(D.dtype) if dd is not None else None
+    return dx, ddt, dD
+
+
 def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
     """The intra-chunk backward of the SSD in one pass (``ssd_chunk_bwd_kernel``).
 
@@ -286,6 +352,7 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     check_choice("_SSD_BWD_STATES", _SSD_BWD_STATES, ("runs", "mamba"))
     check_choice("_SSD_BWD_DDA", _SSD_BWD_DDA, ("fused", "mamba"))
     check_choice("_SSD_BWD_INTRA", _SSD_BWD_INTRA, ("fused", "mamba"))
+    check_choice("_SSD_BWD_DX", _SSD_BWD_DX, ("heads", "mamba"))
     if _SSD_BWD_STATES == "mamba":
         _, ddt, dA, _, _, dD, _, ddt_bias, _ = ssd_combined._mamba_chunk_scan_combined_bwd(
             dy, x, dt, A, B, C, x, chunk_size, D=D, dt_bias=dt_bias, seq_idx=seq_idx, dt_softplus=dt_softplus,
@@ -321,8 +388,8 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
         ddt, dD, dCB, dda_raw = ssd_chunk_bwd(x, dy, B, CB, dt_c, dA_cs, seq_idx, dstates, D, dx)
         ddA = inter_chunk_dda(*inter) + reverse_sum_by_sequence(dda_raw.contiguous(), seq_idx, chunk_size)
     else:
-        dx, ddt, dD = ssd_combined._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D,
-                                                                 seq_idx=seq_idx, dx=dx)  # fmt: skip
+        chunk_dx = ssd_combined._chunk_scan_chunk_state_bwd_dx if _SSD_BWD_DX == "mamba" else ssd_chunk_dx
+        dx, ddt, dD = chunk_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D, seq_idx=seq_idx, dx=dx)
         if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' row and column sums from the dcb pass
             rowcol = torch.zeros(ddA_prev.shape, dtype=torch.float32, device=x.device)
             dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, rowcol)
