@@ -3,7 +3,7 @@
 At a real training step's shapes (``--cells`` of the shipped celltypist sample capped at 2048 genes, both directions
 packed in one row; 16 heads of 64, d_state 64, chunk 256, bf16; ``ssd_chunk_bwd_bench.real_inputs``), times
 ``fused_ssd_bwd.ssd_chunk_dx`` at a few launch shapes against mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` on the
-same inputs (same run, CUDA events, median of ``--reps``), compares ``dx``, ``ddt`` and ``dD`` with mamba-ssm's
+same inputs (same run, CUDA events around ``--reps`` queued calls), compares ``dx``, ``ddt`` and ``dD`` with mamba-ssm's
 (relative norm of the difference), and times the whole packed SSD backward (``ssd_varlen_bwd``) with either
 ``dx`` pass. Writes a JSON file.
 
@@ -27,9 +27,27 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from genemamba_scvi.nn import fused_ssd_bwd  # noqa: E402
-from ssd_chunk_bwd_bench import _rel, _time, real_inputs  # noqa: E402
+from ssd_chunk_bwd_bench import _rel, real_inputs  # noqa: E402
 
-SHAPES = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 3), (32, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3)]
+#: (BM, BK, warps, stages, split decay, bf16 copy of C B^T)
+SHAPES = [(64, 64, 4, 2, 0, 0), (64, 64, 4, 2, 1, 0), (64, 64, 8, 2, 1, 0), (64, 32, 4, 3, 1, 0), (64, 32, 8, 3, 1, 0),
+          (64, 64, 4, 2, 1, 1), (64, 64, 8, 2, 1, 1), (128, 64, 8, 2, 1, 0)]  # fmt: skip
+
+
+def _time_queued(fn, reps: int) -> float:
+    """Milliseconds a call: ``reps`` calls queued between one pair of CUDA events, after one untimed call.
+
+    ``ssd_chunk_bwd_bench._time`` synchronises around every call, so a wrapper's host time (mamba-ssm's autotuner
+    lookup, allocations) lands inside its events; queued calls measure the GPU as a training step sees it."""
+    fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(reps):
+        fn()
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / reps
 
 
 def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
@@ -47,7 +65,7 @@ def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
                                                            dx=dx_m)  # fmt: skip
 
     want = tuple(t.clone() for t in mamba())
-    run["mamba_ms"] = _time(mamba, reps)
+    run["mamba_ms"] = _time_queued(mamba, reps)
     print(cells, "mamba", run["mamba_ms"], flush=True)
     saved_cfg, saved_dx = dict(fused_ssd_bwd.DX_CONFIG), fused_ssd_bwd._SSD_BWD_DX
     dx = torch.empty_like(x)
@@ -56,8 +74,9 @@ def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
         return fused_ssd_bwd.ssd_chunk_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D, seq, dx)
 
     try:
-        for bm, bk, warps, stages in shapes:
-            rec = {"BM": bm, "BK": bk, "num_warps": warps, "num_stages": stages}
+        for bm, bk, warps, stages, split, cb_bf16 in shapes:
+            rec = {"BM": bm, "BK": bk, "num_warps": warps, "num_stages": stages, "split": bool(split),
+                   "cb_bf16": bool(cb_bf16)}  # fmt: skip
             fused_ssd_bwd.DX_CONFIG = dict(rec)
             try:
                 dx.fill_(float("nan"))
@@ -65,7 +84,7 @@ def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
                 torch.cuda.synchronize()
                 rec["finite"] = all(bool(torch.isfinite(t).all()) for t in got)
                 rec["rel"] = {n: _rel(g, w) for n, g, w in zip(("dx", "ddt", "dD"), got, want, strict=True)}
-                rec["ms"] = _time(ours, reps)
+                rec["ms"] = _time_queued(ours, reps)
                 rec["speedup_vs_mamba"] = run["mamba_ms"] / rec["ms"]
             except Exception as err:  # a launch shape the compiler refuses (registers, shared memory)
                 rec["error"] = f"{type(err).__name__}: {str(err)[:300]}"
@@ -84,7 +103,7 @@ def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
             ddt, dA, dD, ddt_bias = full()
             grads[mode] = {**{k: v.clone() for k, v in bufs.items()}, "ddt": ddt, "dA": dA, "dD": dD,
                            "ddt_bias": ddt_bias}  # fmt: skip
-            whole[mode + "_ms"] = _time(full, reps)
+            whole[mode + "_ms"] = _time_queued(full, reps)
         whole["rel_heads_vs_mamba"] = {k: _rel(grads["heads"][k], v) for k, v in grads["mamba"].items()}
         whole["speedup"] = whole["mamba_ms"] / whole["heads_ms"]
         run["ssd_varlen_bwd"] = whole
@@ -99,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--cells", default="48,24", help="comma-separated batch sizes")
-    p.add_argument("--shapes", default=None, help="'BM,BK,warps,stages;...' (default: SHAPES)")
+    p.add_argument("--shapes", default=None, help="'BM,BK,warps,stages,split,cb_bf16;...' (default: SHAPES)")
     a = p.parse_args(argv)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split(",")) for s in a.shapes.split(";")]
     t0 = time.perf_counter()
