@@ -76,9 +76,8 @@ CASES = [
         (dict(BM=32, BN=64), {"num_warps": 2, "num_stages": 2})]),
     ("_triton_ssd_dx", "ssd_dx_kernel",
      dict(H=16, HPG=16, Q=256, P=64, N=64, HAS_SEQ=True, HAS_D=True, INTERPRET=False), {**_SSD, "dst_ptr": "*bf16"},
-     [(dict(BM=bm, BK=bk, SPLIT_DECAY=sp), {"num_warps": w, "num_stages": st})
-      for bm, bk, w, st, sp in ((64, 64, 4, 2, False), (64, 64, 4, 2, True), (64, 64, 8, 2, True),
-                                (64, 32, 4, 3, True), (128, 64, 8, 2, True), (64, 32, 8, 3, True))]),
+     [(dict(BM=bm, BK=bk), {"num_warps": w, "num_stages": st})
+      for bm, bk, w, st in ((64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 3), (128, 64, 8, 2), (32, 64, 4, 2))]),
     ("_triton_ssd_bwd", "seq_rev_sum_kernel", dict(Q=256), _SSD,
      [(dict(HAS_INTER=False), {"num_warps": 4}), (dict(HAS_INTER=True), {"num_warps": 4})]),
     ("_triton_ssd_chunk_bwd", "ssd_chunk_bwd_kernel",

@@ -366,9 +366,9 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_DDA": "mamba"},
         "training: mamba-ssm's d(CB) and ddA kernels, not one pass (ssd_dcb_ddacs) + the per-sequence reverse sum",
     ),
-    "ablation_mamba_dx": (
-        {"fused_ssd_bwd._SSD_BWD_DX": "mamba"},
-        "training: mamba-ssm's dx kernel (head on the grid's slowest axis: C B^T read once per head), not ssd_chunk_dx",
+    "ablation_heads_dx": (
+        {"fused_ssd_bwd._SSD_BWD_DX": "heads"},
+        "training: dx, ddt, dD by ssd_chunk_dx (the heads of a tile side by side), not mamba-ssm's dx kernel",
     ),
     "ablation_fused_intra_bwd": (
         {"fused_ssd_bwd._SSD_BWD_INTRA": "fused"},
@@ -521,7 +521,7 @@ class Runner:
                 ("ablation_merge_db_sum", 2048, "train", a.train_cells_2048),
                 ("ablation_dda_torch", 2048, "train", a.train_cells_2048),
                 ("ablation_split_cat", 2048, "train", a.train_cells_2048),
-                ("ablation_mamba_dx", 2048, "train", a.train_cells_2048),
+                ("ablation_heads_dx", 2048, "train", a.train_cells_2048),
                 ("ablation_fused_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_by_token", 2048, "train", a.train_cells_2048),

@@ -1,8 +1,9 @@
 """Triton kernel: ``dx``, ``ddt`` and ``dD`` of the chunked SSD backward, with every head of a tile side by side.
 
-The default of the training path (``fused_ssd_bwd._SSD_BWD_DX = "heads"``) since session 13; it replaces
-mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` (the largest kernel of a training step: 19.6 of ~160 ms on an H200,
-``benchmarks/NOTES_throughput.md``, section 17).
+**Off by default** (``fused_ssd_bwd._SSD_BWD_DX = "mamba"``; ``"heads"`` switches it on). It was written to replace
+mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx``, the largest kernel of a training step (19.6 of ~160 ms on an H200),
+and returns the same values (relative 5e-8), but on an H200 it is not faster: 20.9 ms a step in the profile, and a
+step with mamba-ssm's kernel takes 0.974-0.988x the time (``benchmarks/NOTES_throughput.md``, section 17).
 
 Inside a chunk the SSD (Dao & Gu 2024, "Transformers are SSMs", section 6) computes, per head,
 ``y_k = sum_{m <= k} (C_k . B_m) exp(a_k - a_m) dt_m x_m + (C_k . h_in) exp(a_k) + D x_k`` (``a`` the cumulative
@@ -18,7 +19,9 @@ What differs is the order of the programs. ``C B^T`` is one fp32 ``[Q, Q]`` tile
 chunk of 256), shared by the group's heads. mamba-ssm's grid puts the head on its slowest axis, so each head walks
 every chunk of the row before the next head starts: the ~200 MB of ``C B^T`` of a 48-cell batch is read from HBM
 once per head (16 times), about 2 GB of the kernel's ~3 GB of traffic. Here the head is the fastest index of the
-program id: the programs of one tile of one chunk run side by side, and ``C B^T`` is read from HBM about once.
+program id: the programs of one tile of one chunk run side by side, and ``C B^T`` is read from HBM about once. That
+count was the premise, and the measurement refuted it: the L2 keeps more of ``C B^T`` than counted, or the kernel is
+bound inside the SM.
 Every mask is applied with ``tl.where`` (a product with a masked zero would turn a non-finite value in an unused
 lane into NaN). Written for this package.
 """
@@ -34,58 +37,44 @@ from genemamba_scvi.nn._triton_ssd_bwd import _dot
 
 
 @triton.jit
-def _pairs(acc, k0, start, limit, offs_m, in_m, cs_m, cs_ref, seq_m, hc_cs, cb_cols, seq_ptr, dy_h, stride_cb_m,
-           stride_dy_l, P: tl.constexpr, BK: tl.constexpr, HAS_SEQ: tl.constexpr, OFF_DIAG: tl.constexpr,
-           INTERPRET: tl.constexpr):
+def _pairs(acc, k0, start, limit, offs_m, in_m, cs_m, seq_m, hc_cs, cb_cols, seq_ptr, dy_h, stride_cb_m, stride_dy_l,
+           P: tl.constexpr, BK: tl.constexpr, HAS_SEQ: tl.constexpr, INTERPRET: tl.constexpr):
     """``acc`` plus the pairs of rows ``k0 .. k0 + BK`` (``[BM, P]``): ``sum_k (C_k . B_m) exp(a_k - a_m) dy_k``.
 
-    ``OFF_DIAG`` (every ``k`` after every ``m`` of the block and after ``ref``, the block's last token, whose ``a`` is
-    ``cs_ref``): the decay is split, ``exp(a_k - a_ref) exp(a_ref - a_m)``, both factors at most 1 (``a`` does not
-    increase along the chunk); the first scales the rows of ``dy`` (``BK`` exps, not ``BM * BK``) and the caller
-    applies the second to the sum, so the ``C B^T`` tile enters the dot as it is.
+    The decayed ``C B^T`` tile is the dot's first operand, built in registers; ``dy`` goes to the dot as loaded.
+    (Scaling ``dy``'s rows instead, with the decay split in two factors, was slower on an H200: the second operand
+    then passes through registers too; ``benchmarks/NOTES_throughput.md``, section 17.)
     """
     offs_k = k0 + tl.arange(0, BK)
     in_k = offs_k < limit
-    if OFF_DIAG:
-        pair = in_k[None, :] & in_m[:, None]
-    else:
-        pair = (offs_k[None, :] >= offs_m[:, None]) & in_k[None, :] & in_m[:, None]
+    pair = (offs_k[None, :] >= offs_m[:, None]) & in_k[None, :] & in_m[:, None]
     if HAS_SEQ:
         seq_k = tl.load(seq_ptr + start + offs_k, mask=in_k, other=-2)
         pair = pair & (seq_m[:, None] == seq_k[None, :])
     cs_k = tl.load(hc_cs + offs_k, mask=in_k, other=0.0)
-    cbt = tl.load(cb_cols + offs_k[None, :] * stride_cb_m).to(tl.float32)  # [BM, BK]: C_k . B_m
+    cbt = tl.load(cb_cols + offs_k[None, :] * stride_cb_m)  # [BM, BK]: C_k . B_m (inside the [Q, Q] tile)
+    w = tl.where(pair, cbt * tl.exp(tl.minimum(cs_k[None, :] - cs_m[:, None], 0.0)), 0.0)
     dy_k = tl.load(dy_h + (start + offs_k).to(tl.int64)[:, None] * stride_dy_l + tl.arange(0, P)[None, :],
                    mask=in_k[:, None], other=0.0)
-    if OFF_DIAG:
-        w = tl.where(pair, cbt, 0.0)
-        dy_s = dy_k.to(tl.float32) * tl.exp(tl.minimum(cs_k - cs_ref, 0.0))[:, None]
-        if not INTERPRET:  # bf16 for the tensor cores (the interpreter truncates)
-            w = w.to(dy_k.dtype)
-            dy_s = dy_s.to(dy_k.dtype)
-        return acc + _dot(w, dy_s, INTERPRET)
-    else:
-        w = tl.where(pair, cbt * tl.exp(tl.minimum(cs_k[None, :] - cs_m[:, None], 0.0)), 0.0)
-        if not INTERPRET:  # bf16 for the tensor cores, as mamba-ssm's dx kernel (the interpreter truncates)
-            w = w.to(dy_k.dtype)
-        return acc + _dot(w, dy_k, INTERPRET)
+    if not INTERPRET:  # bf16 for the tensor cores, as mamba-ssm's dx kernel (the interpreter truncates)
+        w = w.to(dy_k.dtype)
+    return acc + _dot(w, dy_k, INTERPRET)
 
 
 @triton.jit
-def _walk(acc, k_lo, k_hi, start, limit, offs_m, in_m, cs_m, cs_ref, seq_m, hc_cs, cb_cols, seq_ptr, dy_h,
-          stride_cb_m, stride_dy_l, P: tl.constexpr, BK: tl.constexpr, HAS_SEQ: tl.constexpr,
-          OFF_DIAG: tl.constexpr, INTERPRET: tl.constexpr):
+def _walk(acc, k_lo, k_hi, start, limit, offs_m, in_m, cs_m, seq_m, hc_cs, cb_cols, seq_ptr, dy_h, stride_cb_m,
+          stride_dy_l, P: tl.constexpr, BK: tl.constexpr, HAS_SEQ: tl.constexpr, INTERPRET: tl.constexpr):
     """``_pairs`` over the rows ``k_lo .. k_hi`` in steps of ``BK``."""
     if INTERPRET:  # the interpreter needs Python bounds
         k0 = k_lo
         while k0 < k_hi:
-            acc = _pairs(acc, k0, start, limit, offs_m, in_m, cs_m, cs_ref, seq_m, hc_cs, cb_cols, seq_ptr, dy_h,
-                         stride_cb_m, stride_dy_l, P, BK, HAS_SEQ, OFF_DIAG, INTERPRET)
+            acc = _pairs(acc, k0, start, limit, offs_m, in_m, cs_m, seq_m, hc_cs, cb_cols, seq_ptr, dy_h, stride_cb_m,
+                         stride_dy_l, P, BK, HAS_SEQ, INTERPRET)
             k0 += BK
     else:
         for k0 in range(k_lo, k_hi, BK):
-            acc = _pairs(acc, k0, start, limit, offs_m, in_m, cs_m, cs_ref, seq_m, hc_cs, cb_cols, seq_ptr, dy_h,
-                         stride_cb_m, stride_dy_l, P, BK, HAS_SEQ, OFF_DIAG, INTERPRET)
+            acc = _pairs(acc, k0, start, limit, offs_m, in_m, cs_m, seq_m, hc_cs, cb_cols, seq_ptr, dy_h, stride_cb_m,
+                         stride_dy_l, P, BK, HAS_SEQ, INTERPRET)
     return acc
 
 
@@ -99,8 +88,7 @@ def ssd_dx_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dst_ptr
     stride_dst_c, stride_dst_h, stride_dst_p, stride_dst_n,
     stride_dx_l, stride_dx_h,
     H: tl.constexpr, HPG: tl.constexpr, Q: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-    BM: tl.constexpr, BK: tl.constexpr, SPLIT_DECAY: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Head ``h``, block ``mb`` of ``BM`` tokens, chunk ``c``: program id ``(c * (Q // BM) + mb) * H + h``.
 
@@ -140,18 +128,8 @@ def ssd_dx_kernel(x_ptr, dy_ptr, b_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dst_ptr
     # the pairs (k, m) with k >= m: columns m of C B^T, weighted by the decay, against dy_k
     cb_cols = cb_ptr + c.to(tl.int64) * stride_cb_c + g * stride_cb_g + offs_m[:, None] * stride_cb_n
     dy_h = dy_ptr + h * stride_dy_h
-    if SPLIT_DECAY:  # the block's own rows with the decay per pair, the later rows with the split decay (_pairs)
-        diag_end = tl.minimum((mb + 1) * BM, limit)
-        cs_ref = tl.load(hc_cs + diag_end - 1)
-        acc = _walk(acc, mb * BM, diag_end, start, limit, offs_m, in_m, cs_m, cs_ref, seq_m, hc_cs, cb_cols, seq_ptr,
-                    dy_h, stride_cb_m, stride_dy_l, P, BK, HAS_SEQ, False, INTERPRET)
-        later = _walk(tl.zeros((BM, P), dtype=tl.float32), (mb + 1) * BM, limit, start, limit, offs_m, in_m, cs_m,
-                      cs_ref, seq_m, hc_cs, cb_cols, seq_ptr, dy_h, stride_cb_m, stride_dy_l, P, BK, HAS_SEQ, True,
-                      INTERPRET)
-        acc += later * tl.exp(tl.minimum(cs_ref - cs_m, 0.0))[:, None]
-    else:
-        acc = _walk(acc, mb * BM, limit, start, limit, offs_m, in_m, cs_m, cs_m, seq_m, hc_cs, cb_cols, seq_ptr, dy_h,
-                    stride_cb_m, stride_dy_l, P, BK, HAS_SEQ, False, INTERPRET)
+    acc = _walk(acc, mb * BM, limit, start, limit, offs_m, in_m, cs_m, seq_m, hc_cs, cb_cols, seq_ptr, dy_h,
+                stride_cb_m, stride_dy_l, P, BK, HAS_SEQ, INTERPRET)
     dt_m = tl.load(dt_ptr + h * stride_dt_h + c.to(tl.int64) * stride_dt_c + offs_m, mask=in_m, other=0.0)
     x_m = tl.load(x_ptr + tok_m[:, None] * stride_x_l + h * stride_x_h + offs_p[None, :], mask=in_m[:, None],
                   other=0.0).to(tl.float32)

@@ -50,14 +50,13 @@ _SSD_BWD_INTRA = "mamba"
 #: blocks of a chunk's second half visit only its second half's rows (a second launch). H200, 48 cells: 2.88 ms a
 #: layer against 2.61 ms for mamba-ssm's three kernels (``ssd_chunk_bwd_s8_call2_h200.json``).
 CHUNK_BWD_CONFIG = {"BN": 32, "num_warps": 8, "num_stages": 4, "split_rows": True}
-#: ``dx``, ``ddt`` and ``dD`` of the default intra-chunk path: ``"heads"`` (:func:`ssd_chunk_dx`, the heads of a tile
-#: side by side so a chunk's ``C B^T`` is read from HBM once, not once per head; session 13) or ``"mamba"``
-#: (mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx``).
-_SSD_BWD_DX = "heads"
-#: ``ssd_dx_kernel``: tokens per program, rows of ``dy`` per step, warps, pipeline stages; ``split``: the decay of
-#: the rows after the program's block split in two factors (``_triton_ssd_dx._pairs``); ``cb_bf16``: read a bf16
-#: copy of ``C B^T`` (the dot rounds it to bf16 anyway; half the bytes, one cast a layer).
-DX_CONFIG = {"BM": 64, "BK": 64, "num_warps": 4, "num_stages": 2, "split": True, "cb_bf16": False}
+#: ``dx``, ``ddt`` and ``dD`` of the default intra-chunk path: ``"mamba"`` (mamba-ssm's
+#: ``_chunk_scan_chunk_state_bwd_dx``) or ``"heads"`` (:func:`ssd_chunk_dx`: the heads of a tile side by side, so a
+#: chunk's ``C B^T`` is read from HBM once, not once per head; session 13: same values, not faster on an H200).
+_SSD_BWD_DX = "mamba"
+#: Launch shape of ``ssd_dx_kernel``: tokens per program, rows of ``dy`` per step, warps, pipeline stages (H200, 48
+#: cells, ``ssd_dx_s13_call2_h200.json``: 64 x 64 / 4 warps 0.99 ms against mamba-ssm's 1.01 ms).
+DX_CONFIG = {"BM": 64, "BK": 64, "num_warps": 4, "num_stages": 2}
 #: The inter-chunk share of the gradient of ``dt*A`` added in the pairs' reverse-sum kernel (``seq_rev_sum_kernel``
 #: with ``HAS_INTER``), not by six torch operations (``inter_chunk_dda``; False: an ablation). Session 11.
 _DDA_IN_REV_SUM = True
@@ -249,14 +248,9 @@ def ssd_chunk_dx(x, dt, dA_cs, B, CB, dy, dstates, D, seq_idx, dx):
         raise ValueError("ssd_chunk_dx: D must have one value per head")
     cfg = DX_CONFIG
     bm, bk = min(cfg["BM"], Q), min(cfg["BK"], Q)
-    split = cfg.get("split", True)
     if Q & (Q - 1) or P & (P - 1) or N & (N - 1) or Q % bm or Q % bk or min(bm, bk, P, N) < 16:
         raise ValueError(f"ssd_chunk_dx: chunk {Q}, head dim {P} and state {N} must be powers of two of at least 16, "
                          f"the chunk a multiple of BM={bm} and BK={bk} (at least 16)")  # fmt: skip
-    if split and bm % bk:
-        raise ValueError(f"ssd_chunk_dx: with the split decay, BM={bm} must be a multiple of BK={bk}")
-    if cfg.get("cb_bf16", False) and CB.dtype == torch.float32:
-        CB = CB.to(torch.bfloat16)
     n_prog = nchunks * (Q // bm) * H
     ddt = torch.empty(1, H, nchunks, Q, dtype=torch.float32, device=x.device)
     dd = torch.empty(n_prog, dtype=torch.float32, device=x.device) if D is not None else None
@@ -268,8 +262,8 @@ def ssd_chunk_dx(x, dt, dA_cs, B, CB, dy, dstates, D, seq_idx, dx):
             CB.stride(1), CB.stride(2), CB.stride(3), CB.stride(4), dt.stride(1), dt.stride(2),
             dA_cs.stride(1), dA_cs.stride(2), dstates.stride(1), dstates.stride(2), dstates.stride(3),
             dstates.stride(4), dx.stride(1), dx.stride(2),
-            H=H, HPG=H // G, Q=Q, P=P, N=N, BM=bm, BK=bk, SPLIT_DECAY=split, HAS_SEQ=seq_idx is not None,
-            HAS_D=D is not None, INTERPRET=_interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            H=H, HPG=H // G, Q=Q, P=P, N=N, BM=bm, BK=bk, HAS_SEQ=seq_idx is not None, HAS_D=D is not None,
+            INTERPRET=_interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
     dD = dd.view(-1, H).sum(0).to(D.dtype) if dd is not None else None
     return dx, ddt, dD
