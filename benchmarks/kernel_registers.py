@@ -69,8 +69,9 @@ CASES = [
       (dict(BLOCK_R=1, ROW_ITERS=32), 8), (dict(BLOCK_R=4, ROW_ITERS=8), 8)]),
     ("_triton_norm", "add_rms_norm_bwd_kernel", dict(HAS_DR=True, HAS_RES=True, BLOCK_D=512), _NORM,
      [(dict(BLOCK_R=4, ROW_ITERS=8), 4)]),
-    ("_triton_ssd_bwd", "ssd_dcb_ddacs_kernel", dict(HPG=16, HAS_SEQ=True, INTERPRET=False, BK=64), _SSD,
-     [(dict(BM=64, BN=64), {"num_warps": w, "num_stages": 2}) for w in (2, 4, 8)]
+    ("_triton_ssd_bwd", "ssd_dcb_ddacs_kernel", dict(HPG=16, HAS_SEQ=True, INTERPRET=False, BK=64, SPLIT_DECAY=False),
+     _SSD, [(dict(BM=64, BN=64), {"num_warps": w, "num_stages": 2}) for w in (2, 4, 8)]
+     + [(dict(BM=64, BN=64, SPLIT_DECAY=True), {"num_warps": w, "num_stages": 2}) for w in (2, 4)]
      + [(dict(BM=64, BN=32), {"num_warps": 4, "num_stages": 2}),
         (dict(BM=32, BN=32), {"num_warps": 1, "num_stages": 2}),
         (dict(BM=32, BN=64), {"num_warps": 2, "num_stages": 2})]),

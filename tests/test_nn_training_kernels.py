@@ -129,12 +129,15 @@ def dcb_ddA_reference(x, dt, cs, dy, CB, seq, Q):
     return dcb, ddA
 
 
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize(
     ("lengths", "Q", "G"), [([5, 1, 40, 17, 30], 32, 2), ([64], 32, 1), ([7, 20], 64, 1), ([20, 1, 30, 1, 9], 64, 1)]
 )
-def test_dcb_pass_also_gives_the_intra_chunk_ddA(monkeypatch, lengths, Q, G):
-    """``ssd_dcb_ddacs`` writes mamba-ssm's d(CB) and, after a reverse cumulative sum, its straddling-pair ddA."""
-    monkeypatch.setattr(fused_ssd_bwd, "DCB_DDA_CONFIG", {"BM": 16, "BN": 16, "num_warps": 4, "num_stages": 1})
+def test_dcb_pass_also_gives_the_intra_chunk_ddA(monkeypatch, lengths, Q, G, split):
+    """``ssd_dcb_ddacs`` writes mamba-ssm's d(CB) and, after a reverse cumulative sum, its straddling-pair ddA; with
+    the decay per pair or, on the tiles below the diagonal, split in a row and a column factor."""
+    cfg = {"BM": 16, "BN": 16, "num_warps": 4, "num_stages": 1, "split": split}
+    monkeypatch.setattr(fused_ssd_bwd, "DCB_DDA_CONFIG", cfg)
     torch.manual_seed(3)
     seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
     L, H, P = seq.numel(), 4, 16

@@ -67,9 +67,13 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
     stride_dcb_c, stride_dcb_g, stride_dcb_m, stride_dcb_n,
     stride_dd_h, stride_dd_c,
     HPG: tl.constexpr, HAS_SEQ: tl.constexpr, INTERPRET: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_DECAY: tl.constexpr,
 ):
     """One ``[BM, BN]`` tile of one chunk and one group, all the group's heads in turn.
+
+    ``SPLIT_DECAY``: on a tile whose every row comes after every column, the decay ``exp(a_m - a_n)`` is taken as
+    ``exp(a_m - a_r) exp(a_r - a_n)`` (``r`` the column block's last token; both factors at most 1, as ``a`` does not
+    increase along the chunk): ``BM + BN`` exps on the accumulator's rows and columns instead of ``BM * BN``.
 
     Grid ``(cdiv(Q, BM) * cdiv(Q, BN), nchunks, ngroups)``. ``x``, ``dy`` ``[L, H, P]`` (token stride, head
     stride, P contiguous); ``cb`` ``[nchunks, G, Q, Q]``; ``dt``, ``cs`` (cumulative ``dt*A``) ``[H, nchunks, Q]``
@@ -102,6 +106,8 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
     tok_m = (start + offs_m).to(tl.int64)
     tok_n = (start + offs_n).to(tl.int64)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    below = (pid_n + 1) * BN <= pid_m * BM  # every row of the tile after every column
+    ref = tl.minimum((pid_n + 1) * BN, limit) - 1
     for i in range(HPG):  # the group's heads
         h = g * HPG + i
         dy = tl.load(dy_ptr + tok_m[:, None] * stride_dy_l + h * stride_dy_h + offs_k[None, :],
@@ -116,7 +122,12 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
         cs_n = tl.load(hc_cs + offs_n, mask=in_n, other=0.0)
         # finite everywhere (exp of a non-positive number; rows and columns past the chunk load as zeros): the
         # pair mask is applied once to the sum over heads, and cb is zero off the strict lower pairs
-        d = d * dt_n[None, :] * tl.exp(tl.minimum(cs_m[:, None] - cs_n[None, :], 0.0))
+        if SPLIT_DECAY and below:
+            cs_ref = tl.load(hc_cs + ref)
+            col = dt_n * tl.exp(tl.minimum(cs_ref - cs_n, 0.0))
+            d = d * col[None, :] * tl.exp(tl.minimum(cs_m - cs_ref, 0.0))[:, None]
+        else:
+            d = d * dt_n[None, :] * tl.exp(tl.minimum(cs_m[:, None] - cs_n[None, :], 0.0))
         acc += d
         w = d * cb
         dd = ddacs_ptr + h * stride_dd_h + c * stride_dd_c

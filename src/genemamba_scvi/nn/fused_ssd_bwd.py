@@ -41,7 +41,7 @@ _SSD_BWD_DDA = "fused"  # or "mamba" (module docstring)
 #: Launch shape of ``ssd_dcb_ddacs_kernel``: rows and columns of a chunk's ``[Q, Q]`` tile per program, warps,
 #: pipeline stages. H200, 48 cells (``--sweep-ssd-bwd``, session 7): 64 x 64 with 2 warps the fastest of 42 shapes,
 #: 0.87 ms against 1.28 ms for mamba-ssm's two kernels (64 x 32 with 4 warps: 1.04-1.11 ms).
-DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2}
+DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2, "split": True}
 #: The intra-chunk backward: ``"mamba"`` (mamba-ssm's dx kernel, then d(CB) and ddA as ``_SSD_BWD_DDA`` says;
 #: the default) or ``"fused"`` (:func:`ssd_chunk_bwd`, one pass; off: on an H200 its kernel is 0.90x mamba-ssm's
 #: three at its best launch shape and a training step takes 1.125x the time, ``train_ab_s9_call2_h200.json``).
@@ -150,7 +150,8 @@ def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
             x.stride(1), x.stride(2), dy.stride(1), dy.stride(2), CB.stride(1), CB.stride(2), CB.stride(3),
             CB.stride(4), dt.stride(1), dt.stride(2), dA_cs.stride(1), dA_cs.stride(2), dcb.stride(1), dcb.stride(2),
             dcb.stride(3), dcb.stride(4), ddacs.stride(1), ddacs.stride(2), HPG=H // G, HAS_SEQ=seq_idx is not None,
-            INTERPRET=_interpreting(), BM=bm, BN=bn, BK=max(_next_pow2(P), 16), num_warps=cfg["num_warps"],
+            INTERPRET=_interpreting(), BM=bm, BN=bn, BK=max(_next_pow2(P), 16),
+            SPLIT_DECAY=cfg.get("split", False), num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )  # fmt: skip
     return dcb
