@@ -366,6 +366,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_BWD_DDA": "mamba"},
         "training: mamba-ssm's d(CB) and ddA kernels, not one pass (ssd_dcb_ddacs) + the per-sequence reverse sum",
     ),
+    "ablation_dcb_decay_per_pair": (
+        {"fused_ssd_bwd.DCB_DDA_CONFIG": {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2, "split": False}},
+        "training: the d(CB)+ddA pass with the decay per pair on every tile, not split on the tiles below the diagonal",
+    ),
     "ablation_heads_dx": (
         {"fused_ssd_bwd._SSD_BWD_DX": "heads"},
         "training: dx, ddt, dD by ssd_chunk_dx (the heads of a tile side by side), not mamba-ssm's dx kernel",
@@ -522,6 +526,7 @@ class Runner:
                 ("ablation_dda_torch", 2048, "train", a.train_cells_2048),
                 ("ablation_split_cat", 2048, "train", a.train_cells_2048),
                 ("ablation_heads_dx", 2048, "train", a.train_cells_2048),
+                ("ablation_dcb_decay_per_pair", 2048, "train", a.train_cells_2048),
                 ("ablation_fused_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_mamba_intra_bwd", 2048, "train", a.train_cells_2048),
                 ("ablation_norm_bwd_by_token", 2048, "train", a.train_cells_2048),
