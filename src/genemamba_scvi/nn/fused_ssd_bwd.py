@@ -40,7 +40,9 @@ _STATES_BLOCK = 1024  # elements of the flattened [P * N] state per program of t
 _SSD_BWD_DDA = "fused"  # or "mamba" (module docstring)
 #: Launch shape of ``ssd_dcb_ddacs_kernel``: rows and columns of a chunk's ``[Q, Q]`` tile per program, warps,
 #: pipeline stages. H200, 48 cells (``--sweep-ssd-bwd``, session 7): 64 x 64 with 2 warps the fastest of 42 shapes,
-#: 0.87 ms against 1.28 ms for mamba-ssm's two kernels (64 x 32 with 4 warps: 1.04-1.11 ms).
+#: 0.87 ms against 1.28 ms for mamba-ssm's two kernels (64 x 32 with 4 warps: 1.04-1.11 ms). ``split``: the decay
+#: as a row times a column factor on the tiles below the diagonal (``SPLIT_DECAY``; session 13: 18.0-18.2 -> 16.7 ms a
+#: 48-cell step, ``train_ab_s13_call3_48cells_h200.json``).
 DCB_DDA_CONFIG = {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2, "split": True}
 #: The intra-chunk backward: ``"mamba"`` (mamba-ssm's dx kernel, then d(CB) and ddA as ``_SSD_BWD_DDA`` says;
 #: the default) or ``"fused"`` (:func:`ssd_chunk_bwd`, one pass; off: on an H200 its kernel is 0.90x mamba-ssm's
