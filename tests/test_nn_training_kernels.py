@@ -214,6 +214,22 @@ def test_reverse_sum_adds_the_inter_chunk_share_in_the_same_pass(lengths, Q):
         fused_ssd_bwd.reverse_sum_by_sequence(r.to(**dev), seq[None].to(**dev), Q, (prev.to(**dev), last[:1], nxt))
 
 
+def _chunk_inputs(lengths, Q, G, seed, H=4, P=16, N=16):
+    """Random inputs of the intra-chunk backward on a packed row of sequences of ``lengths`` (CPU, bf16 activations):
+    ``seq``, ``x``, ``dy`` ``[L, H, P]``, ``B`` ``[L, G, N]``, ``dstates``, ``dt``, ``cs`` (non-increasing along each
+    chunk), ``CB`` ``[nchunks, G, Q, Q]`` and ``D``."""
+    torch.manual_seed(seed)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
+    L = seq.numel()
+    nchunks = math.ceil(L / Q)
+    x, dy = (torch.randn(L, H, P).to(torch.bfloat16) for _ in range(2))
+    B = torch.randn(L, G, N).to(torch.bfloat16)
+    dstates = torch.randn(nchunks, H, P, N).to(torch.bfloat16)
+    dt = torch.rand(H, nchunks, Q) * 0.5
+    cs = torch.cumsum(-dt * (torch.rand(H, 1, 1) + 0.2), dim=-1)
+    return seq, x, dy, B, dstates, dt, cs, torch.randn(nchunks, G, Q, Q), torch.randn(H)
+
+
 def chunk_bwd_reference(x, dy, B, CB, dt, cs, seq, dstates, D, Q, round_bf16=CUDA):
     """mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` (``dx``, ``ddt``, ``dD``) transcribed pair by pair, in fp64.
 
@@ -259,17 +275,9 @@ def test_chunk_bwd_pass_equals_the_pairs(monkeypatch, lengths, Q, G, BN, split):
     """``ssd_chunk_bwd`` returns mamba-ssm's dx, ddt, dD, d(CB) and (after a reverse cumulative sum) intra-chunk ddA."""
     cfg = {"BN": BN, "num_warps": 4, "num_stages": 1, "split_rows": split}  # split: the second half's rows alone
     monkeypatch.setattr(fused_ssd_bwd, "CHUNK_BWD_CONFIG", cfg)
-    torch.manual_seed(5)
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
-    L, H, P, N = seq.numel(), 4, 16, 16
-    nchunks = math.ceil(L / Q)
-    x, dy = (torch.randn(L, H, P).to(torch.bfloat16) for _ in range(2))
-    B = torch.randn(L, G, N).to(torch.bfloat16)
-    dstates = torch.randn(nchunks, H, P, N).to(torch.bfloat16)
-    dt = torch.rand(H, nchunks, Q) * 0.5
-    cs = torch.cumsum(-dt * (torch.rand(H, 1, 1) + 0.2), dim=-1)
-    CB = torch.randn(nchunks, G, Q, Q)
-    D = torch.randn(H)
+    seq, x, dy, B, dstates, dt, cs, CB, D = _chunk_inputs(lengths, Q, G, seed=5)
+    L, H, P = x.shape
+    nchunks = CB.shape[0]
     dx_ref, ddt_ref, dD_ref = chunk_bwd_reference(x, dy, B, CB, dt, cs, seq, dstates, D, Q)
     dcb_ref, ddA_ref = dcb_ddA_reference(x, dt, cs, dy, CB, seq, Q)
     dev = dict(device=DEVICE)
@@ -301,17 +309,9 @@ def test_dx_pass_with_heads_side_by_side_equals_the_pairs(monkeypatch, lengths, 
     the leaving state's gradient only for the chunk's last sequence, zeros past the row; tiles smaller than the
     chunk in both directions, a partial last chunk, groups of heads."""
     monkeypatch.setattr(fused_ssd_bwd, "DX_CONFIG", {"BM": BM, "BK": BK, "num_warps": 4, "num_stages": 1})
-    torch.manual_seed(6)
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32)
-    L, H, P, N = seq.numel(), 4, 16, 16
-    nchunks = math.ceil(L / Q)
-    x, dy = (torch.randn(L, H, P).to(torch.bfloat16) for _ in range(2))
-    B = torch.randn(L, G, N).to(torch.bfloat16)
-    dstates = torch.randn(nchunks, H, P, N).to(torch.bfloat16)
-    dt = torch.rand(H, nchunks, Q) * 0.5
-    cs = torch.cumsum(-dt * (torch.rand(H, 1, 1) + 0.2), dim=-1)
-    CB = torch.randn(nchunks, G, Q, Q)
-    D = torch.randn(H)
+    seq, x, dy, B, dstates, dt, cs, CB, D = _chunk_inputs(lengths, Q, G, seed=6)
+    L, H, P = x.shape
+    nchunks = CB.shape[0]
     ref_seq = seq if with_seq else torch.zeros_like(seq)
     dx_ref, ddt_ref, dD_ref = chunk_bwd_reference(x, dy, B, CB, dt, cs, ref_seq, dstates, D, Q)
     if not with_D:

@@ -212,6 +212,13 @@ def inter_chunk_dda(prev: torch.Tensor, last: torch.Tensor, nxt: torch.Tensor) -
     return nxt + prev.flip([-1]).cumsum(dim=-1).flip([-1])
 
 
+def _need_contiguous_last(fn: str, **tensors: torch.Tensor) -> None:
+    """Raise naming the first of ``tensors`` whose last dimension is not contiguous (the kernels index it by 1)."""
+    for name, t in tensors.items():
+        if t.stride(-1) != 1:
+            raise ValueError(f"{fn}: {name} needs a contiguous last dimension")
+
+
 def ssd_chunk_dx(x, dt, dA_cs, B, CB, dy, dstates, D, seq_idx, dx):
     """``dx``, ``ddt`` and ``dD`` of the chunked SSD (``ssd_dx_kernel``), as mamba-ssm's dx kernel returns them.
 
@@ -244,9 +251,7 @@ def ssd_chunk_dx(x, dt, dA_cs, B, CB, dy, dstates, D, seq_idx, dx):
     _, L, H, P = x.shape
     _, nchunks, G, Q, _ = CB.shape
     N = B.shape[-1]
-    for name, t in (("x", x), ("dy", dy), ("B", B), ("dx", dx), ("dt", dt), ("dA_cs", dA_cs)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"ssd_chunk_dx: {name} needs a contiguous last dimension")
+    _need_contiguous_last("ssd_chunk_dx", x=x, dy=dy, B=B, dx=dx, dt=dt, dA_cs=dA_cs)
     if D is not None and D.dim() != 1:
         raise ValueError("ssd_chunk_dx: D must have one value per head")
     cfg = DX_CONFIG
@@ -303,9 +308,7 @@ def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
     _, L, H, P = x.shape
     _, nchunks, G, Q, _ = CB.shape
     N = B.shape[-1]
-    for name, t in (("x", x), ("dy", dy), ("B", B), ("dx", dx)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"ssd_chunk_bwd: {name} needs a contiguous last dimension")
+    _need_contiguous_last("ssd_chunk_bwd", x=x, dy=dy, B=B, dx=dx)
     if not (CB.is_contiguous() and dt.is_contiguous() and dA_cs.is_contiguous()):
         raise ValueError("ssd_chunk_bwd: CB, dt and dA_cs must be contiguous")
     if D is not None and D.dim() != 1:
