@@ -3,8 +3,8 @@
 At a real training step's shapes (48 cells of the shipped celltypist sample capped at 2048 genes, both directions
 packed in one row; 16 heads of 64, d_state 64, chunk 256, bf16), times ``fused_ssd_bwd.ssd_chunk_bwd`` for a few
 launch shapes against mamba-ssm's ``_chunk_scan_chunk_state_bwd_dx`` + ``_chunk_scan_bwd_dcb`` +
-``_chunk_scan_bwd_ddAcs_stable`` on the same inputs (same run, CUDA events, median of ``--reps``), and compares every
-output with mamba-ssm's (relative norm of the difference). Writes a JSON file.
+``_chunk_scan_bwd_ddAcs_stable`` on the same inputs (same run, CUDA events around ``--reps`` queued calls), and
+compares every output with mamba-ssm's (relative norm of the difference). Writes a JSON file.
 
 Usage (GPU machine)::
 
@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import fused_bimamba  # noqa: E402
 from genemamba_scvi.nn import fused_ssd_bwd  # noqa: E402
 
 LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
@@ -38,10 +37,20 @@ CONFIGS = [  # BN, warps, stages, second half's rows alone
 
 
 def _time(fn, reps: int) -> float:
-    """Median of ``reps`` timed calls (CUDA events, ``fused_bimamba._time``) after one untimed call."""
+    """Milliseconds a call: ``reps`` calls queued between one pair of CUDA events, after one untimed call.
+
+    Until session 13 this took the median of ``reps`` calls with a synchronisation around each, so a wrapper's host
+    time (mamba-ssm's autotuner lookup, allocations) landed inside its events (session 8's results were measured
+    so); queued calls measure the GPU as a training step sees it."""
     fn()
     torch.cuda.synchronize()
-    return float(np.median(fused_bimamba._time(fn, reps)))
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(reps):
+        fn()
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / reps
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

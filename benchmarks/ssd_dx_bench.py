@@ -27,26 +27,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from genemamba_scvi.nn import fused_ssd_bwd  # noqa: E402
-from ssd_chunk_bwd_bench import _rel, real_inputs  # noqa: E402
+from ssd_chunk_bwd_bench import _rel, _time, real_inputs  # noqa: E402
 
 #: (BM, BK, warps, stages). Session 13 also timed a split decay and a bf16 copy of C B^T (since removed: slower).
 SHAPES = [(64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 4, 3), (64, 32, 8, 3), (128, 64, 8, 2)]
-
-
-def _time_queued(fn, reps: int) -> float:
-    """Milliseconds a call: ``reps`` calls queued between one pair of CUDA events, after one untimed call.
-
-    ``ssd_chunk_bwd_bench._time`` synchronises around every call, so a wrapper's host time (mamba-ssm's autotuner
-    lookup, allocations) lands inside its events; queued calls measure the GPU as a training step sees it."""
-    fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(reps):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / reps
 
 
 def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
@@ -64,7 +48,7 @@ def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
                                                            dx=dx_m)  # fmt: skip
 
     want = tuple(t.clone() for t in mamba())
-    run["mamba_ms"] = _time_queued(mamba, reps)
+    run["mamba_ms"] = _time(mamba, reps)
     print(cells, "mamba", run["mamba_ms"], flush=True)
     saved_cfg, saved_dx = dict(fused_ssd_bwd.DX_CONFIG), fused_ssd_bwd._SSD_BWD_DX
     dx = torch.empty_like(x)
@@ -82,7 +66,7 @@ def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
                 torch.cuda.synchronize()
                 rec["finite"] = all(bool(torch.isfinite(t).all()) for t in got)
                 rec["rel"] = {n: _rel(g, w) for n, g, w in zip(("dx", "ddt", "dD"), got, want, strict=True)}
-                rec["ms"] = _time_queued(ours, reps)
+                rec["ms"] = _time(ours, reps)
                 rec["speedup_vs_mamba"] = run["mamba_ms"] / rec["ms"]
             except Exception as err:  # a launch shape the compiler refuses (registers, shared memory)
                 rec["error"] = f"{type(err).__name__}: {str(err)[:300]}"
@@ -101,7 +85,7 @@ def bench_cells(cells: int, shapes: list[tuple[int, ...]], reps: int) -> dict:
             ddt, dA, dD, ddt_bias = full()
             grads[mode] = {**{k: v.clone() for k, v in bufs.items()}, "ddt": ddt, "dA": dA, "dD": dD,
                            "ddt_bias": ddt_bias}  # fmt: skip
-            whole[mode + "_ms"] = _time_queued(full, reps)
+            whole[mode + "_ms"] = _time(full, reps)
         whole["rel_heads_vs_mamba"] = {k: _rel(grads["heads"][k], v) for k, v in grads["mamba"].items()}
         whole["speedup"] = whole["mamba_ms"] / whole["heads_ms"]
         run["ssd_varlen_bwd"] = whole
