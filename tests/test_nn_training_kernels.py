@@ -336,31 +336,22 @@ def test_dx_pass_with_heads_side_by_side_equals_the_pairs(monkeypatch, lengths, 
 
 
 def test_dx_pass_refuses_shapes_it_cannot_tile(monkeypatch):
-    """A chunk that is not a multiple of the tile, or a D per channel, is refused with the reason."""
-    x16 = torch.zeros(1, 32, 2, 16, dtype=torch.bfloat16)
-    args = (
-        torch.zeros(1, 2, 1, 32),
-        torch.zeros(1, 2, 1, 32),
-        torch.zeros(1, 32, 1, 16, dtype=torch.bfloat16),
-        torch.zeros(1, 1, 1, 32, 32),
-        x16,
-        torch.zeros(1, 1, 2, 16, 16, dtype=torch.bfloat16),
-        None,
-        None,
-    )
+    """A tile under 16 rows, a chunk that is not a power of two, or a D per channel is refused with the reason."""
+
+    def call(Q, D=None):  # ssd_chunk_dx on zeros: 2 heads of 16, d_state 16, one chunk of Q tokens
+        x = torch.zeros(1, Q, 2, 16, dtype=torch.bfloat16)
+        dt, B = torch.zeros(1, 2, 1, Q), torch.zeros(1, Q, 1, 16, dtype=torch.bfloat16)
+        CB, dst = torch.zeros(1, 1, 1, Q, Q), torch.zeros(1, 1, 2, 16, 16, dtype=torch.bfloat16)
+        return fused_ssd_bwd.ssd_chunk_dx(x, dt, dt, B, CB, x, dst, D, None, torch.empty_like(x))
+
     monkeypatch.setattr(fused_ssd_bwd, "DX_CONFIG", {"BM": 16, "BK": 8, "num_warps": 4, "num_stages": 1})
     with pytest.raises(ValueError, match="at least 16"):  # tensor-core dots need 16
-        fused_ssd_bwd.ssd_chunk_dx(x16, *args, torch.empty_like(x16))
+        call(32)
     monkeypatch.setattr(fused_ssd_bwd, "DX_CONFIG", {"BM": 16, "BK": 16, "num_warps": 4, "num_stages": 1})
-    x = torch.zeros(1, 24, 2, 16, dtype=torch.bfloat16)
-    dt = torch.zeros(1, 2, 1, 24)
-    B = torch.zeros(1, 24, 1, 16, dtype=torch.bfloat16)
-    CB = torch.zeros(1, 1, 1, 24, 24)
-    dst = torch.zeros(1, 1, 2, 16, 16, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="powers of two"):
-        fused_ssd_bwd.ssd_chunk_dx(x, dt, dt, B, CB, x, dst, None, None, torch.empty_like(x))
+        call(24)
     with pytest.raises(ValueError, match="one value per head"):
-        fused_ssd_bwd.ssd_chunk_dx(x, dt, dt, B, CB, x, dst, torch.zeros(2, 16), None, torch.empty_like(x))
+        call(24, D=torch.zeros(2, 16))
 
 
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
