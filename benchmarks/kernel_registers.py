@@ -54,13 +54,18 @@ _SSD = dict(
 CASES = [
     ("_triton_conv", "conv_both_bwd_pre2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=16), 4)]),
-    ("_triton_conv", "conv_both_bwd_pre_tok2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
+    ("_triton_conv", "conv_both_bwd_pre_tok2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True, WGRAD=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=8), 4), (dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=8), 8),
-      (dict(BLOCK_R=16, BLOCK_C=32, ROW_ITERS=8), 4)]),
+      (dict(BLOCK_R=16, BLOCK_C=32, ROW_ITERS=8), 4)]
+     + [(dict(BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=it, WGRAD=False), w)
+        for br, bc, it, w in ((16, 64, 8, 8), (16, 64, 8, 4), (16, 128, 4, 4), (32, 128, 2, 8), (16, 128, 4, 8))]),
     ("_triton_bimamba", "conv_both_bwd_dx_kernel", dict(K=4), {}, [(dict(BLOCK_R=32, BLOCK_C=128), 4)]),
-    ("_triton_conv", "conv_both_bwd_dx_bounds_kernel", dict(K=4), {},
+    ("_triton_conv", "conv_both_bwd_dx_bounds_kernel", dict(K=4, ROW_ITERS=1, WGRAD=False), {},
      [(dict(BLOCK_R=32, BLOCK_C=128), 4), (dict(BLOCK_R=32, BLOCK_C=128), 8), (dict(BLOCK_R=16, BLOCK_C=128), 4),
-      (dict(BLOCK_R=32, BLOCK_C=64), 4)]),
+      (dict(BLOCK_R=32, BLOCK_C=64), 4)]
+     + [(dict(BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=it, WGRAD=True), w)
+        for br, bc, it, w in ((16, 64, 8, 4), (16, 64, 8, 8), (16, 128, 8, 8), (16, 128, 8, 4), (32, 128, 4, 8),
+                              (8, 128, 16, 4))]),
     ("_triton_bimamba", "conv_both_fwd_tok_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=128), 4)]),
     ("_triton_merge", "gate_merge_bwd_kernel", dict(HAS_DB=True), {}, [(dict(BLOCK_R=16, BLOCK_D=128), 4)]),
@@ -101,7 +106,13 @@ def registers(fn, constexprs: dict, options: dict, types: dict) -> dict:
     if missing:  # an untyped pointer would compile as an integer and fail deep inside Triton
         raise KeyError(f"{fn.__name__ if hasattr(fn, '__name__') else fn}: no type for {missing} (add them to TYPES)")
     signature = {n: ("constexpr" if n in constexprs else types.get(n, "i32")) for n in names}
-    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    # what Triton's launcher tells the compiler at run time: 16-byte aligned tensors, and strides and channel counts
+    # divisible by 16 (true of the model's shapes); without it loads and stores are not vectorised and the register
+    # counts are those of a kernel that never runs (this script's results before session 14)
+    aligned = [n for n in names if n not in constexprs and (n.endswith("_ptr") or n.startswith("stride") or n == "C")]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()},
+                    attrs=attrs)  # fmt: skip
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as tmp:

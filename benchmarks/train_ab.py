@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -229,8 +230,14 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], tr
             wall_ms = _timed_step(run, model, b) * 1e3
             host = _host_view(run, model, b)
         gpu_ms = sum(r[0] for r in rows) / 1e3
+        with _switched(switches):  # which Python lines launch the small operations (a separate, slower step)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof_s:
+                run.step(model, "train", b)
+                run._sync()
         out[arm] = {
             "gpu_time_ms": round(gpu_ms, 2),
+            "all_device_ops": [{"us": round(t), "calls": c, "name": n} for t, n, c in rows],
+            "aten_ops_by_stack": _aten_by_stack(prof_s),
             "wall_ms_unprofiled": round(wall_ms, 2),
             "wall_minus_gpu_ms": round(wall_ms - gpu_ms, 2),
             "device_ops_per_step": int(sum(r[2] for r in rows)),  # kernels, memsets and copies
@@ -239,6 +246,22 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], tr
             "top_kernels": [{"us": round(t), "calls": c, "name": n} for t, n, c in rows[:30]],
         }
     return out
+
+
+def _aten_by_stack(prof: Any, top: int = 60) -> list[dict[str, Any]]:
+    """aten operations with device time of their own, grouped by operator and the Python lines that called it.
+
+    Our code's and mamba-ssm's frames only (``genemamba_scvi``, ``mamba_ssm``, the benchmark), innermost first: the
+    reductions, fills and copies a step launches, and where from.
+    """
+    rows = []
+    for e in prof.key_averages(group_by_stack_n=12):
+        us = float(getattr(e, "self_device_time_total", 0.0) or 0.0)
+        if not e.key.startswith("aten::") or us <= 0:
+            continue
+        stack = [f for f in (e.stack or []) if re.search(r"genemamba_scvi|mamba_ssm|throughput|train_ab", f)]
+        rows.append({"op": e.key, "us": round(us, 1), "calls": int(e.count), "stack": [s[-110:] for s in stack[:4]]})
+    return sorted(rows, key=lambda r: -r["us"])[:top]
 
 
 def _paired(times: dict[str, list[float]], arm: str, ref: str, rng: np.random.Generator) -> dict[str, float]:
