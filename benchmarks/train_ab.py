@@ -231,7 +231,9 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], tr
             host = _host_view(run, model, b)
         gpu_ms = sum(r[0] for r in rows) / 1e3
         with _switched(switches):  # which Python lines launch the small operations (a separate, slower step)
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof_s:
+            verbose = torch._C._profiler._ExperimentalConfig(verbose=True)  # (without it the stacks stay empty)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
+                         experimental_config=verbose) as prof_s:  # fmt: skip
                 run.step(model, "train", b)
                 run._sync()
         out[arm] = {

@@ -393,6 +393,41 @@ def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda
 
 
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
+def test_own_state_gradients_without_the_split_sum_equal_mamba_ssm_wrappers():
+    """``_own_state_grad`` (dB and dC of the chunks' own states, no sum over one head split) against mamba-ssm's
+    ``_chunk_state_bwd_db`` and ``_chunk_scan_bwd_dC``, with enough chunks (>= the GPU's multiprocessors) that every
+    head of the group is in one program, as in a training batch."""
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    if load_mamba_ssm_ops()["chunk_scan"] is None:
+        pytest.skip("mamba-ssm is not installed")
+    from mamba_ssm.ops.triton import ssd_chunk_scan, ssd_chunk_state
+
+    torch.manual_seed(6)
+    n_sm = torch.cuda.get_device_properties(0).multi_processor_count
+    lengths = [700, 5, 1000, 256, 2048, 90] * (n_sm // 12 + 2)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).cuda()[None]
+    L, H, P, N, Q = seq.shape[1], 16, 64, 64, 256
+    x, dy = (torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    B, C = (torch.randn(1, L, 1, N, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    dt, A = torch.randn(1, L, H, device="cuda") - 2, -torch.rand(H, device="cuda") * 4 - 0.5
+    dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt, A, Q, dt_bias=None, dt_softplus=True)
+    nchunks = dA_cs.shape[2]
+    assert nchunks >= n_sm
+    st = torch.randn(1, nchunks, H, P, N, device="cuda")
+    st_lo = st.to(torch.bfloat16)
+    want_b = ssd_chunk_state._chunk_state_bwd_db(x, dt_c, dA_cs, st, seq_idx=seq, B=B, ngroups=1)
+    want_c = ssd_chunk_scan._chunk_scan_bwd_dC(st_lo, dA_cs, dy, seq_idx=seq, C=C, ngroups=1)
+    got_b = fused_ssd_bwd._own_state_grad("db", x, st, B, dA_cs, seq, dt=dt_c)
+    got_c = fused_ssd_bwd._own_state_grad("dc", dy, st_lo, C, dA_cs, seq)
+    for name, g, w in (("dB", got_b[0], want_b[0]), ("ddA_next", got_b[1], want_b[1]), ("dC", got_c[0], want_c[0]),
+                       ("ddA_prev", got_c[1], want_c[1])):  # fmt: skip
+        assert g.shape == w.shape, name
+        rel = float((g.double() - w.double()).norm() / w.double().norm())
+        assert rel < 1e-6, (name, rel)  # the same kernels; ddA's tiles are added atomically, in any order
+
+
+@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
 def test_dcb_ddacs_equals_mamba_ssm_kernels():
     """At the model's shapes (chunk 256, 16 heads of 64), d(CB) and ddA equal mamba-ssm's two kernels' output."""
     from genemamba_scvi.nn.ssd import load_mamba_ssm_ops

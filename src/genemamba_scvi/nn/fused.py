@@ -287,7 +287,7 @@ def _conv_bwd_two_pass(
     dx_bounds = cu is not None and _CONV_DX_BOUNDS
     wgrad_in_dx = two_d and by_token and dx_bounds and _CONV_WGRAD_IN_DX
     if wgrad_in_dx:  # the partial sums come from the second pass's programs
-        dbr, dbc, diters, dwarps = _CONV_DX_WGRAD_BLOCK
+        dbr, _, diters, _ = _CONV_DX_WGRAD_BLOCK
         n_r = max(_cdiv(T, dbr * diters), 1)
     else:
         n_r = max(_cdiv(T if by_token else 2 * T, br * iters), 1)

@@ -62,6 +62,11 @@ DX_CONFIG = {"BM": 64, "BK": 64, "num_warps": 4, "num_stages": 2}
 #: The inter-chunk share of the gradient of ``dt*A`` added in the pairs' reverse-sum kernel (``seq_rev_sum_kernel``
 #: with ``HAS_INTER``), not by six torch operations (``inter_chunk_dda``; False: an ablation). Session 11.
 _DDA_IN_REV_SUM = True
+#: ``dB`` and ``dC`` of the chunks' own states straight into ``[1, L, G, N]`` when mamba-ssm's kernels run every head
+#: of a group in one program (one "split", always so for a training batch: ``nchunks * H >= 132 * H/G``), instead of
+#: its wrappers' ``[1, L, splits, G, N]`` buffer and a sum over the splits (a 33 MB fp32 copy each at 48 cells, 48
+#: reduction launches a step). False: mamba-ssm's wrappers (an ablation).
+_SSD_NO_SPLIT_SUM = True
 
 
 def _runs() -> Any:
@@ -345,6 +350,52 @@ def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
     return ddt, dD, dcb, dda_raw
 
 
+def _own_state_grad(kind: str, a, st, bc, dA_cs, seq_idx, dt=None):
+    """``dB`` or ``dC`` of the chunks' own states, with their share of the gradient of the cumulative ``dt*A``.
+
+    ``kind="db"``: ``a = x``, ``st = dstates``, ``bc = B``, given ``dt``; ``"dc"``: ``a = dy``, ``st`` the states
+    entering each chunk, ``bc = C``. mamba-ssm's ``_chunk_state_bwd_db`` / ``_chunk_scan_bwd_dC`` without their sum
+    over head splits, called only when there is one split; else their wrappers. Same kernels (with their autotuned
+    configurations and zero-filling pre-hooks), same arguments.
+    """
+    from mamba_ssm.ops.triton import ssd_chunk_scan, ssd_chunk_state
+    from mamba_ssm.utils.determinism import alloc_tile_workspace, finalize_tile_workspace, use_deterministic_mode
+
+    batch, seqlen, nheads, headdim = a.shape
+    nchunks, Q = dA_cs.shape[2], dA_cs.shape[3]
+    ngroups, dstate = bc.shape[2], bc.shape[3]
+    ratio = nheads // ngroups
+    n_sm = torch.cuda.get_device_properties(a.device).multi_processor_count
+    per_program = max(min(_cdiv(batch * nchunks * nheads, n_sm), ratio), 1)  # (as mamba-ssm chooses it)
+    if not _SSD_NO_SPLIT_SUM or per_program < ratio:
+        if kind == "db":
+            return ssd_chunk_state._chunk_state_bwd_db(a, dt, dA_cs, st, seq_idx=seq_idx, B=bc, ngroups=ngroups)
+        return ssd_chunk_scan._chunk_scan_bwd_dC(st, dA_cs, a, seq_idx=seq_idx, C=bc, ngroups=ngroups)
+    det = use_deterministic_mode()
+    mod, name = (ssd_chunk_state, "STATE_BWD_DB") if kind == "db" else (ssd_chunk_scan, "SCAN_BWD_DC")
+    tiles = _cdiv(dstate, getattr(mod, f"_CHUNK_{name}_MIN_BLOCK_N"))
+    dda, stride_tile = alloc_tile_workspace((batch, nheads, nchunks, Q), tiles, torch.float32, a.device, det)
+    out = torch.empty(batch, seqlen, 1, ngroups, dstate, device=a.device, dtype=torch.float32)
+    t_strides = (0, 2, 1, 3)  # dt, dA_cs and ddA are [b, H, c, Q]; the kernels take (batch, chunk, head, position)
+    args = [a, st, bc, *([dt] if dt is not None else []), dA_cs, seq_idx, out, dda, Q, dstate, headdim, batch, seqlen,
+            nheads, ratio, ngroups, *a.stride(), *st.stride(), *bc.stride(),
+            *([dt.stride(i) for i in t_strides] if dt is not None else []), *(dA_cs.stride(i) for i in t_strides),
+            *((seq_idx.stride(0), seq_idx.stride(1)) if seq_idx is not None else (0, 0)), *out.stride(),
+            *(dda.stride(i) for i in t_strides), stride_tile]  # fmt: skip
+    kernel = ssd_chunk_state._chunk_state_bwd_db_kernel if kind == "db" else ssd_chunk_scan._chunk_scan_bwd_dc_kernel
+
+    def grid(meta):
+        return (_cdiv(Q, meta["BLOCK_SIZE_M"]) * _cdiv(dstate, meta["BLOCK_SIZE_N"]), batch * nchunks, ngroups)
+
+    with torch.cuda.device(a.device.index):
+        kernel[grid](*args, HAS_DDA_CS=True, HAS_SEQ_IDX=seq_idx is not None, DETERMINISTIC_REDUCTION=det,
+                     BLOCK_SIZE_K=max(_next_pow2(headdim), 16))  # fmt: skip
+    dda = finalize_tile_workspace(dda, det)
+    if kind == "db":  # (as mamba-ssm: the first position's share is zero, so a cumulative sum over all is the same)
+        torch.cumsum(dda, dim=-1, out=dda)
+    return out[:, :, 0], dda
+
+
 def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softplus, dx, dB, dC):
     """Gradients of the packed SSD (no gate, no initial state).
 
@@ -384,9 +435,8 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     )
     dstates = dstates.view(1, nchunks, nheads, headdim, dstate)
     states_lo = states_lo.view(1, nchunks, nheads, headdim, dstate)
-    dB_own, ddA_next = ssd_chunk_state._chunk_state_bwd_db(x, dt_c, dA_cs, dstates, seq_idx=seq_idx, B=B,
-                                                           ngroups=ngroups)  # fmt: skip
-    dC_own, ddA_prev = ssd_chunk_scan._chunk_scan_bwd_dC(states_lo, dA_cs, dy, seq_idx=seq_idx, C=C, ngroups=ngroups)
+    dB_own, ddA_next = _own_state_grad("db", x, dstates, B, dA_cs, seq_idx, dt=dt_c)
+    dC_own, ddA_prev = _own_state_grad("dc", dy, states_lo, C, dA_cs, seq_idx)
     # d(cumulative dt*A): the state read at each chunk's start, through the walk's scale, enters at the last
     # position of the chunk; a reverse cumulative sum turns it into d(dt*A) at each position (inter_chunk_dda, or
     # in the reverse-sum kernel of the pairs' share)
