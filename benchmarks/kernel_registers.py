@@ -54,19 +54,13 @@ _SSD = dict(
 CASES = [
     ("_triton_conv", "conv_both_bwd_pre2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=16), 4)]),
-    ("_triton_conv", "conv_both_bwd_pre_tok2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True, WGRAD=True), {},
+    ("_triton_conv", "conv_both_bwd_pre_tok2d_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=8), 4), (dict(BLOCK_R=16, BLOCK_C=64, ROW_ITERS=8), 8),
-      (dict(BLOCK_R=16, BLOCK_C=32, ROW_ITERS=8), 4)]
-     + [(dict(BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=it, WGRAD=False), w)
-        for br, bc, it, w in ((16, 64, 8, 8), (16, 64, 8, 4), (16, 128, 4, 4), (32, 128, 2, 8), (16, 128, 4, 8),
-                              (16, 64, 1, 8), (16, 128, 1, 4), (32, 64, 1, 8))]),
+      (dict(BLOCK_R=16, BLOCK_C=32, ROW_ITERS=8), 4)]),
     ("_triton_bimamba", "conv_both_bwd_dx_kernel", dict(K=4), {}, [(dict(BLOCK_R=32, BLOCK_C=128), 4)]),
-    ("_triton_conv", "conv_both_bwd_dx_bounds_kernel", dict(K=4, ROW_ITERS=1, WGRAD=False), {},
+    ("_triton_conv", "conv_both_bwd_dx_bounds_kernel", dict(K=4), {},
      [(dict(BLOCK_R=32, BLOCK_C=128), 4), (dict(BLOCK_R=32, BLOCK_C=128), 8), (dict(BLOCK_R=16, BLOCK_C=128), 4),
-      (dict(BLOCK_R=32, BLOCK_C=64), 4)]
-     + [(dict(BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=it, WGRAD=True), w)
-        for br, bc, it, w in ((16, 64, 8, 4), (16, 64, 8, 8), (16, 128, 8, 8), (16, 128, 8, 4), (32, 128, 4, 8),
-                              (8, 128, 16, 4), (16, 128, 1, 4), (32, 128, 1, 8), (16, 128, 2, 4), (32, 64, 1, 4))]),
+      (dict(BLOCK_R=32, BLOCK_C=64), 4)]),
     ("_triton_bimamba", "conv_both_fwd_tok_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=128), 4)]),
     ("_triton_merge", "gate_merge_bwd_kernel", dict(HAS_DB=True), {}, [(dict(BLOCK_R=16, BLOCK_D=128), 4)]),

@@ -48,8 +48,8 @@ def per_launch(n: int) -> dict[str, float]:
     cu = torch.tensor([0, T], device=dev)
     dpre = torch.randn(2 * T, C, device=dev, dtype=torch.bfloat16)
     dx = torch.empty(T, C, device=dev, dtype=torch.bfloat16)
-    args = (w, seq, cu, dpre, dx, T, C, w.stride(0), dx.stride(0), dx, w, w, 0)  # (no weight gradient)
-    kw = dict(K=4, BLOCK_R=16, BLOCK_C=128, ROW_ITERS=1, WGRAD=False, num_warps=4)
+    args = (w, seq, cu, dpre, dx, T, C, w.stride(0), dx.stride(0))
+    kw = dict(K=4, BLOCK_R=16, BLOCK_C=128, num_warps=4)
     dt = torch.rand(1, 64, 16, device=dev)
     A = -torch.rand(16, device=dev)
 

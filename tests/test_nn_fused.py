@@ -88,23 +88,19 @@ def _tiny_block(seed: int | None):
     return block, p, torch.randn(p.n_tokens, 16, device=DEVICE)
 
 
-@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d", "tokens2d_wdx"])
+@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d"])
 def conv_bwd_variant(request, monkeypatch):
-    """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test; ``tokens2d_wdx`` is
-    ``"tokens2d"`` with the weight gradient taken in the second pass (``_CONV_WGRAD_IN_DX``)."""
+    """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test."""
     from genemamba_scvi.nn import fused
 
-    if request.param == "tokens2d_wdx":  # several programs, several token blocks each, partial channel block
-        monkeypatch.setattr(fused, "_CONV_WGRAD_IN_DX", True)
-        monkeypatch.setattr(fused, "_CONV_DX_WGRAD_BLOCK", (8, 8, 2, 4))
-    monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", request.param.removesuffix("_wdx"))
+    monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", request.param)
     if request.param == "fused":  # several token blocks per program and a partial last block
         monkeypatch.setattr(fused, "_CONV_BWD_FUSED_BLOCK", (8, 8, 2, 4))
     if request.param in ("tokens", "span"):  # several programs, several row blocks each, partial channel block
         monkeypatch.setattr(fused, "_CONV_BWD_BLOCK", (8, 8, 2))
     if request.param == "rows2d":
         monkeypatch.setattr(fused, "_CONV_BWD_2D_BLOCK", (8, 8, 2, 4))
-    if request.param.startswith("tokens2d"):
+    if request.param == "tokens2d":
         monkeypatch.setattr(fused, "_CONV_BWD_TOK2D_BLOCK", (8, 8, 2, 4))
     return request.param
 
@@ -227,15 +223,13 @@ def test_conv_both_never_mixes_tokens_of_different_cells(conv_bwd_variant):
 
 
 @pytest.mark.parametrize("K", [1, 2, 3, 5])
-@pytest.mark.parametrize("variant", ["rows2d", "tokens2d", "tokens2d_wdx"])
+@pytest.mark.parametrize("variant", ["rows2d", "tokens2d"])
 def test_conv_both_two_dimensional_backward_takes_any_tap_count(monkeypatch, K, variant):
     """``"rows2d"`` and ``"tokens2d"`` keep one accumulator per tap for up to 4 taps (unused ones neither loaded nor
     stored) and fall back to a 3-D kernel past 4: gradients equal the reference's for each count."""
     from genemamba_scvi.nn import fused
 
-    monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", variant.removesuffix("_wdx"))
-    monkeypatch.setattr(fused, "_CONV_WGRAD_IN_DX", variant.endswith("_wdx"))
-    monkeypatch.setattr(fused, "_CONV_DX_WGRAD_BLOCK", (8, 8, 3, 4))
+    monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", variant)
     monkeypatch.setattr(fused, "_CONV_BWD_2D_BLOCK", (8, 8, 3, 4))
     monkeypatch.setattr(fused, "_CONV_BWD_TOK2D_BLOCK", (8, 8, 3, 4))
     torch.manual_seed(17)

@@ -112,58 +112,28 @@ def conv_both_bwd_pre2d_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, dout_ptr, 
 
 @triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_dx_bounds_kernel(w_ptr, seq_ptr, cu_ptr, dpre_ptr, dx_ptr, T, C, stride_w, stride_dx,
-    x_ptr, dw_part_ptr, db_part_ptr, stride_x, K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-    ROW_ITERS: tl.constexpr, WGRAD: tl.constexpr
+    K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
     """``_triton_bimamba.conv_both_bwd_dx_kernel`` with each token's cell bounds ``[s, e)`` read once.
 
     ``dx[u] = sum_m w[K-1-m] (dpre_fwd[u+m] + dpre_rev[u-m])`` over ``u + m < e`` and ``u - m >= s``: two dependent
     loads per token (cell id, then bounds) instead of one cell-id load per tap and direction before each tap's
-    gradient load, as the ``"tokens"`` forward does (``conv_both_fwd_tok_kernel``). ``ROW_ITERS`` token blocks a
-    program.
-
-    ``WGRAD``: also the program's partial weight and bias gradients. The pair that meets weight column ``K-1-m``
-    at token ``u`` is exactly the pair ``dx[u]`` reads, times ``x[u]``: ``dW[:, K-1-m] = sum_u x[u] (dpre_fwd[u+m] +
-    dpre_rev[u-m])`` (substituting ``t = u + m`` and ``t = u - m`` gives the first pass's sums over anchors ``t``),
-    and ``db = sum_u (dpre_fwd[u] + dpre_rev[u])``. The first pass then needs no accumulators
-    (``conv_both_bwd_pre_tok2d_kernel`` with ``WGRAD=False``) at the cost of one more read of ``x`` here.
+    gradient load, as the ``"tokens"`` forward does (``conv_both_fwd_tok_kernel``).
     """
-    pid_r = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    zero = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    acc_b, acc0, acc1, acc2, acc3 = zero, zero, zero, zero, zero
-    for it in range(ROW_ITERS):
-        tok, tm, mask, s, e, t64 = _token_block(pid_r, it, ROW_ITERS, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
-        if WGRAD:
-            xu = tl.load(x_ptr + t64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-        for m in tl.static_range(K):
-            wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
-            ok = tm & (tok + m < e)
-            d = tl.load(dpre_ptr + (t64 + m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
-                        other=0.0).to(tl.float32)
-            ok = tm & (tok - m >= s)
-            d += tl.load(dpre_ptr + (T + t64 - m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
-                         other=0.0).to(tl.float32)
-            acc += d * wv[None, :]
-            if WGRAD:
-                if m == 0:
-                    acc_b += d
-                    acc0 += d * xu
-                elif m == 1:
-                    acc1 += d * xu
-                elif m == 2:
-                    acc2 += d * xu
-                else:
-                    acc3 += d * xu
-        tl.store(dx_ptr + t64[:, None] * stride_dx + cols[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask)
-    if WGRAD:
-        tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
-        _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc0, 0, K)
-        _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc1, 1, K)
-        _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc2, 2, K)
-        _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc3, 3, K)
+    tok, tm, mask, s, e, t64 = _token_block(tl.program_id(0), 0, 1, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for m in tl.static_range(K):
+        wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)
+        ok = tm & (tok + m < e)
+        d = tl.load(dpre_ptr + (t64 + m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                    other=0.0).to(tl.float32)
+        ok = tm & (tok - m >= s)
+        d += tl.load(dpre_ptr + (T + t64 - m)[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :],
+                     other=0.0).to(tl.float32)
+        acc += d * wv[None, :]
+    tl.store(dx_ptr + t64[:, None] * stride_dx + cols[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -184,7 +154,7 @@ def _tok_tap(x_ptr, t64, m: tl.constexpr, ok, cols, cmask, stride_x, K: tl.const
 @triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_ptr, dpre_ptr, dw_part_ptr,
     db_part_ptr, T, C, stride_x, stride_w, stride_dout, K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr, WGRAD: tl.constexpr
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
 ):
     """``conv_both_bwd_pre2d_kernel`` by token: both rows of each token of a block, ``[tokens, channels]`` tiles.
 
@@ -194,7 +164,6 @@ def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_pt
     reversal index per row and a cell id per tap, the centre tap is loaded once for both rows, and ``dpre`` is
     stored by anchor (rows ``t`` and ``T + t``, contiguous). Tap distance ``m`` meets weight column
     ``K - 1 - m`` in both directions, so one accumulator per tap takes both rows' terms. ``K <= 4``.
-    Without ``WGRAD`` only ``dpre`` (the second pass takes the weight gradient: ``conv_both_bwd_dx_bounds_kernel``).
     """
     pid_r = tl.program_id(0)
     cols, cmask, w0, w1, w2, w3, bias = _tap_weights(w_ptr, b_ptr, C, stride_w, K, HAS_BIAS, BLOCK_C)
@@ -222,15 +191,13 @@ def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_pt
         g_r = tl.where(mask2, g_r, 0.0)
         tl.store(dpre_ptr + t64[:, None] * C + cols[None, :], g_f.to(dpre_ptr.dtype.element_ty), mask=mask2)
         tl.store(dpre_ptr + (T + t64)[:, None] * C + cols[None, :], g_r.to(dpre_ptr.dtype.element_ty), mask=mask2)
-        if WGRAD:
-            acc_b += g_f + g_r
-            acc0 += (g_f + g_r) * x0
-            acc1 += g_f * xf1 + g_r * xr1
-            acc2 += g_f * xf2 + g_r * xr2
-            acc3 += g_f * xf3 + g_r * xr3
-    if WGRAD:
-        tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
-        _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc0, 0, K)
-        _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc1, 1, K)
-        _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc2, 2, K)
-        _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc3, 3, K)
+        acc_b += g_f + g_r
+        acc0 += (g_f + g_r) * x0
+        acc1 += g_f * xf1 + g_r * xr1
+        acc2 += g_f * xf2 + g_r * xr2
+        acc3 += g_f * xf3 + g_r * xr3
+    tl.store(db_part_ptr + pid_r * C + cols, tl.sum(acc_b, axis=0), mask=cmask)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc0, 0, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc1, 1, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc2, 2, K)
+    _store_dw_col(dw_part_ptr, pid_r, C, cols, cmask, acc3, 3, K)

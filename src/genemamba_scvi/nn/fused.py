@@ -108,12 +108,6 @@ _CONV_DX_BOUNDS = True
 #: H200, interleaved A/B against 32 x 128 x 4 (train_ab_s11_call1_h200.json): 16 x 128 x 4 0.994x the step time
 #: (0.992-0.997), 32 x 128 x 8 1.028x.
 _CONV_DX_BLOCK = (16, 128, 4)
-#: "tokens2d" with the second pass's cell bounds: the weight and bias gradients in the second pass, which reads the
-#: pairs of pre-activation gradients they need anyway, so the first pass stores ``dpre`` with no accumulators
-#: (``_triton_conv.conv_both_bwd_dx_bounds_kernel``, ``WGRAD``); that pass's tokens x channels x token blocks per
-#: program x warps.
-_CONV_WGRAD_IN_DX = False
-_CONV_DX_WGRAD_BLOCK = (16, 64, 8, 4)
 _CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program x warps ("rows2d")
 #: tokens x channels x token blocks per program x warps ("tokens2d"; 166 registers a thread offline for sm_90a, 253
 #: with 4 warps)
@@ -284,13 +278,7 @@ def _conv_bwd_two_pass(
     br, bc, iters, warps = (*_CONV_BWD_BLOCK, 4) if not two_d else _CONV_BWD_2D_BLOCK
     if two_d and by_token:
         br, bc, iters, warps = _CONV_BWD_TOK2D_BLOCK
-    dx_bounds = cu is not None and _CONV_DX_BOUNDS
-    wgrad_in_dx = two_d and by_token and dx_bounds and _CONV_WGRAD_IN_DX
-    if wgrad_in_dx:  # the partial sums come from the second pass's programs
-        dbr, _, diters, _ = _CONV_DX_WGRAD_BLOCK
-        n_r = max(_cdiv(T, dbr * diters), 1)
-    else:
-        n_r = max(_cdiv(T if by_token else 2 * T, br * iters), 1)
+    n_r = max(_cdiv(T if by_token else 2 * T, br * iters), 1)
     head, consts, dw_part, db_part = _conv_bwd_setup(xbc, weight, bias, rev, seq, dout, silu, n_r)
     dpre = torch.empty(2 * T, C, dtype=dpre_dtype, device=xbc.device)
     k = _kernels()
@@ -300,10 +288,9 @@ def _conv_bwd_two_pass(
         kernel = (
             _kernel_module("_triton_conv").conv_both_bwd_pre_tok2d_kernel if two_d else k.conv_both_bwd_pre_tok_kernel
         )
-        wgrad = {"WGRAD": not wgrad_in_dx} if two_d else {}
-        kernel[(max(_cdiv(T, br * iters), 1), _cdiv(C, bc))](
+        kernel[(n_r, _cdiv(C, bc))](
             *head[:3], seq, cu, dout, dpre, dw_part, db_part, T, C, xbc.stride(0), weight.stride(0), dout.stride(0),
-            BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **wgrad, **consts,
+            BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, num_warps=warps, **consts,
         )  # fmt: skip
     elif two_d:
         _kernel_module("_triton_conv").conv_both_bwd_pre2d_kernel[(n_r, _cdiv(C, bc))](
@@ -318,11 +305,11 @@ def _conv_bwd_two_pass(
         )  # fmt: skip
     dx = torch.empty(T, C, dtype=xbc.dtype, device=xbc.device) if dx is None else dx
     br, bc = _CONV_BLOCK
-    if dx_bounds:
-        br, bc, iters, warps = _CONV_DX_WGRAD_BLOCK if wgrad_in_dx else (*_CONV_DX_BLOCK[:2], 1, _CONV_DX_BLOCK[2])
-        _kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel[(max(_cdiv(T, br * iters), 1), _cdiv(C, bc))](
-            weight, seq, cu, dpre, dx, T, C, weight.stride(0), dx.stride(0), xbc, dw_part, db_part, xbc.stride(0),
-            K=consts["K"], BLOCK_R=br, BLOCK_C=bc, ROW_ITERS=iters, WGRAD=wgrad_in_dx, num_warps=warps,
+    if cu is not None and _CONV_DX_BOUNDS:
+        br, bc, warps = _CONV_DX_BLOCK
+        _kernel_module("_triton_conv").conv_both_bwd_dx_bounds_kernel[(_cdiv(T, br), _cdiv(C, bc))](
+            weight, seq, cu, dpre, dx, T, C, weight.stride(0), dx.stride(0), K=consts["K"], BLOCK_R=br,
+            BLOCK_C=bc, num_warps=warps,
         )  # fmt: skip
     else:
         k.conv_both_bwd_dx_kernel[(_cdiv(T, br), _cdiv(C, bc))](
