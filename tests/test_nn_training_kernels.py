@@ -159,6 +159,13 @@ def test_dcb_pass_also_gives_the_intra_chunk_ddA(monkeypatch, lengths, Q, G, spl
     torch.testing.assert_close(got, ddA_ref, rtol=1e-4, atol=1e-3)
     assert float(ddA_ref.abs().max()) > 1.0  # the comparison is not between zeros
     _assert_one_token_cells_get_zero(got, lengths, Q)
+    # stored in bf16 (what mamba-ssm's _bmm_chunk_bwd rounds it to): the fp32 result rounded once
+    args = (x[None], dt[None], cs[None], dy[None], CB[None], seq[None], ddacs.clone())
+    low = fused_ssd_bwd.ssd_dcb_ddacs(*(a.to(**dev) for a in args), out_dtype=torch.bfloat16)
+    assert low.dtype == torch.bfloat16
+    # (compiled, the cast rounds to nearest even; Triton 3.6's interpreter truncates)
+    want = dcb.to(torch.bfloat16) if CUDA else (dcb.view(torch.int32) & ~0xFFFF).view(torch.float32).to(torch.bfloat16)
+    torch.testing.assert_close(low, want, rtol=0, atol=0)
 
 
 def _assert_one_token_cells_get_zero(ddA, lengths, Q):
@@ -428,6 +435,32 @@ def test_own_state_gradients_without_the_split_sum_equal_mamba_ssm_wrappers():
 
 
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
+def test_dcb_in_the_dot_dtype_gives_the_same_db_and_dc(monkeypatch):
+    """``_DCB_IN_DOT_DTYPE``: d(CB) stored in bf16, which ``_bmm_chunk_bwd`` rounds it to anyway: dB and dC are
+    bit-identical to those from the fp32 buffer."""
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    if load_mamba_ssm_ops()["chunk_scan"] is None:
+        pytest.skip("mamba-ssm is not installed")
+    torch.manual_seed(7)
+    lengths = [300, 5, 700, 256, 1000, 90]
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).cuda()[None]
+    L, H, P, N = seq.shape[1], 16, 64, 64
+    x, dy = (torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    B, C = (torch.randn(1, L, 1, N, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    dt, A = torch.randn(1, L, H, device="cuda"), -torch.rand(H, device="cuda") - 0.5
+    D, dt_bias = torch.randn(H, device="cuda"), torch.randn(H, device="cuda") * 0.1
+    out = []
+    for low in (True, False):
+        monkeypatch.setattr(fused_ssd_bwd, "_DCB_IN_DOT_DTYPE", low)
+        dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
+        fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, 256, D, dt_bias, seq, True, dx, dB, dC)
+        out.append((dB, dC))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert float(out[0][0].float().abs().max()) > 0
+
+
+@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
 def test_dcb_ddacs_equals_mamba_ssm_kernels():
     """At the model's shapes (chunk 256, 16 heads of 64), d(CB) and ddA equal mamba-ssm's two kernels' output."""
     from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
@@ -657,12 +690,43 @@ def test_mixer_training_writes_z_and_xbc_gradients_in_place(monkeypatch):
     )
     out = mixer_both(block.mixer, block.mixer.in_proj(h), p.rev, p.seq_idx[0], p.seq_idx_both, cu_seqlens=p.cu_seqlens)
     out.square().sum().backward()
-    assert copied == [[False, False, True]]  # z, xBC in place; dt copied
+    assert copied == [[False, False, False]]  # z, xBC and dt (dt_both's kernel) in place
     g = h.grad.clone()
-    h.grad = None
-    from genemamba_scvi.nn import fused
+    from genemamba_scvi.nn import fused, fused_split
 
-    monkeypatch.setattr(fused, "_SPLIT_GRAD_IN_PLACE", False)
-    out = mixer_both(block.mixer, block.mixer.in_proj(h), p.rev, p.seq_idx[0], p.seq_idx_both, cu_seqlens=p.cu_seqlens)
-    out.square().sum().backward()
-    torch.testing.assert_close(h.grad, g)
+    monkeypatch.setattr(fused_split, "_DT_BOTH_KERNEL", False)
+    for in_place, dt_copied in ((True, True), (False, True)):  # torch's dt: its gradient is copied in
+        monkeypatch.setattr(fused, "_SPLIT_GRAD_IN_PLACE", in_place)
+        copied.clear()
+        h.grad = None
+        out = mixer_both(block.mixer, block.mixer.in_proj(h), p.rev, p.seq_idx[0], p.seq_idx_both,
+                         cu_seqlens=p.cu_seqlens)  # fmt: skip
+        out.square().sum().backward()
+        assert copied == ([[False, False, dt_copied]] if in_place else [])
+        torch.testing.assert_close(h.grad, g)
+
+
+def test_dt_both_equals_cat_of_dt_and_its_reversal():
+    """``dt_both``: ``[dt; dt[rev]]`` from a strided ``[T, H]`` view, its gradient ``g[:T] + g[T:][rev]`` (into a
+    slab block when given), for ragged cells including empty and one-token ones."""
+    from genemamba_scvi.nn.bimamba import pack_cells
+    from genemamba_scvi.nn.fused_split import dt_both, split_projection
+
+    torch.manual_seed(8)
+    p = pack_cells(torch.tensor([0, 5, 5, 6, 300, 303], device=DEVICE))  # > one 256-token block, empty, one token
+    T, H = p.n_tokens, 6
+    proj = torch.randn(T, 4 + H, device=DEVICE, requires_grad=True)
+    (_, dt), slab = split_projection(proj, [4, H])
+    out = dt_both(dt, p.rev, (slab, 1))
+    ref_in = proj.detach()[:, 4:].clone().requires_grad_(True)
+    ref = torch.cat([ref_in, ref_in.index_select(0, p.rev)])
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    g = torch.randn(2 * T, H, device=DEVICE)
+    (got,) = torch.autograd.grad(out, proj, g)
+    (want,) = torch.autograd.grad(ref, ref_in, g)
+    torch.testing.assert_close(got[:, 4:], want)
+    assert torch.count_nonzero(got[:, :4]) == 0
+    # without a slab: a new tensor; the reversal is its own inverse, so g[:T] + g[T:][rev]
+    x = torch.randn(T, H, device=DEVICE, requires_grad=True)
+    (gx,) = torch.autograd.grad(dt_both(x, p.rev), x, g)
+    torch.testing.assert_close(gx, g[:T] + g[T:].index_select(0, p.rev))

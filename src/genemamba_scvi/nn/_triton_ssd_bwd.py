@@ -92,7 +92,7 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
                 + offs_n[None, :] * stride_dcb_n)
     in_q = (offs_m[:, None] < Q) & (offs_n[None, :] < Q)
     if pid_n * BN >= (pid_m + 1) * BM:  # above the diagonal: no pair
-        tl.store(dcb_ptrs, tl.zeros((BM, BN), dtype=tl.float32), mask=in_q)
+        tl.store(dcb_ptrs, tl.zeros((BM, BN), dtype=dcb_ptr.dtype.element_ty), mask=in_q)
         return
     start = c * Q
     limit = tl.minimum(Q, L - start)
@@ -133,7 +133,7 @@ def ssd_dcb_ddacs_kernel(x_ptr, dy_ptr, cb_ptr, dt_ptr, cs_ptr, seq_ptr, dcb_ptr
         dd = ddacs_ptr + h * stride_dd_h + c * stride_dd_c
         tl.atomic_add(dd + offs_m, tl.sum(w, axis=1), mask=in_m, sem="relaxed")
         tl.atomic_add(dd + offs_n, -tl.sum(w, axis=0), mask=in_n, sem="relaxed")
-    tl.store(dcb_ptrs, tl.where(pair, acc, 0.0), mask=in_q)
+    tl.store(dcb_ptrs, tl.where(pair, acc, 0.0).to(dcb_ptr.dtype.element_ty), mask=in_q)
 
 
 @triton.jit

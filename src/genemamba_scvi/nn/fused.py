@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.fused_merge import gate_merge_add_norm, gate_merge_both
-from genemamba_scvi.nn.fused_split import GradSlab, split_projection
+from genemamba_scvi.nn.fused_split import GradSlab, dt_both, split_projection
 from genemamba_scvi.nn.fused_ssd import (
     SSD_CONV_FWD_CONFIG,
     SSD_FWD_CONFIG,
@@ -572,7 +572,8 @@ def mixer_both(
                          grad_slab=(slab, 1) if slab is not None else None)  # fmt: skip
         seq_both = seq_both.to(torch.int32).contiguous()
         # inference with the one-pass scan: it reads dt at each row's token (no [2T, H] gather)
-        dt2 = None if one_pass and not needs_grad else torch.cat([dt, rev_rows(dt, rev)])
+        dt_slab = (slab, 2) if slab is not None else None  # (its backward writes dt's gradient into the slab)
+        dt2 = None if one_pass and not needs_grad else dt_both(dt, rev, dt_slab)
         if one_pass and "cu_both" not in cache:
             cu = cu_seqlens.to(torch.int64)
             cache["cu_both"] = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["GradSlab", "split_projection"]
+from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
+
+__all__ = ["GradSlab", "dt_both", "split_projection"]
+
+#: :func:`dt_both` by one Triton kernel each way (``nn/_triton_rows.py``), or by torch operations (False: an ablation;
+#: ``index_select`` + ``cat``, and autograd's zero-fill + ``index_add_`` + slice add + copy into the slab).
+_DT_BOTH_KERNEL = True
+_DT_BOTH_BLOCK = 256  # tokens per program
 
 
 class GradSlab:
@@ -93,3 +100,62 @@ def split_projection(proj: torch.Tensor, sizes: Sequence[int]) -> tuple[tuple[to
         raise ValueError(f"split_projection: expected a [rows, d] projection, got shape {list(proj.shape)}")
     slab = GradSlab(proj, sizes)
     return _SplitProjection.apply(proj, slab), slab
+
+
+class _DtBoth(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dt, rev, grad_slab):
+        T, H = dt.shape
+        out = torch.empty(2 * T, H, dtype=dt.dtype, device=dt.device)
+        _launch_dt_both(dt, rev, out, backward=False)
+        ctx.save_for_backward(rev)
+        ctx.grad_slab, ctx.shape, ctx.dtype = grad_slab, (T, H), dt.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rev,) = ctx.saved_tensors
+        T, H = ctx.shape
+        dst = None
+        if ctx.grad_slab is not None:  # straight into the projection's gradient buffer
+            slab, i = ctx.grad_slab
+            blk = slab.block(i)
+            if tuple(blk.shape) == (T, H) and blk.dtype == ctx.dtype:
+                dst = blk
+        dst = torch.empty(T, H, dtype=ctx.dtype, device=grad.device) if dst is None else dst
+        _launch_dt_both(grad.contiguous(), rev, dst, backward=True)
+        return dst, None, None
+
+
+def _launch_dt_both(src: torch.Tensor, rev: torch.Tensor, dst: torch.Tensor, backward: bool) -> None:
+    T = dst.shape[0] if backward else src.shape[0]
+    H = src.shape[1]
+    if T == 0:
+        return
+    _kernel_module("_triton_rows").dt_both_kernel[(_cdiv(T, _DT_BOTH_BLOCK),)](
+        src, rev, dst, T, H, src.stride(0), dst.stride(0), BACKWARD=backward, BLOCK_T=_DT_BOTH_BLOCK,
+        BLOCK_H=_next_pow2(H),
+    )  # fmt: skip
+
+
+def dt_both(dt: torch.Tensor, rev: torch.Tensor, grad_slab: tuple[GradSlab, int] | None = None) -> torch.Tensor:
+    """``torch.cat([dt, dt[rev]])``: the ``[2T, H]`` ``dt`` of a two-direction row from the tokens' ``[T, H]``.
+
+    Parameters
+    ----------
+    dt
+        ``[T, H]`` (rows may be strided: the ``dt`` columns of the projection).
+    rev
+        ``[T]`` per-cell reversal index (``PackedCells.rev``, its own inverse).
+    grad_slab
+        ``(slab, i)``: the backward writes ``dt``'s gradient into block ``i`` of the projection's
+        :class:`GradSlab` (no copy in the split's backward).
+
+    One Triton kernel each way (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``); torch operations with
+    ``_DT_BOTH_KERNEL = False``.
+    """
+    if not _DT_BOTH_KERNEL:
+        return torch.cat([dt, dt.index_select(0, rev)])
+    if dt.dim() != 2 or dt.stride(-1) != 1:
+        raise ValueError(f"dt_both: expected [T, H] with contiguous rows, got shape {list(dt.shape)}")
+    return _DtBoth.apply(dt, rev, grad_slab)

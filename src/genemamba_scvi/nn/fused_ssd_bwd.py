@@ -67,6 +67,11 @@ _DDA_IN_REV_SUM = True
 #: its wrappers' ``[1, L, splits, G, N]`` buffer and a sum over the splits (a 33 MB fp32 copy each at 48 cells, 48
 #: reduction launches a step). False: mamba-ssm's wrappers (an ablation).
 _SSD_NO_SPLIT_SUM = True
+#: ``d(C B^T)`` stored by ``ssd_dcb_ddacs`` in the dtype its consumer rounds it to: mamba-ssm's ``_bmm_chunk_bwd``
+#: casts both operands of its dot to bf16 when ``B`` / ``C`` are bf16, so an fp32 ``[chunks, Q, Q]`` buffer (200 MB a
+#: layer at 48 cells, read twice) carries nothing the dot uses; the same values at half the bytes. False: fp32 (an
+#: ablation).
+_DCB_IN_DOT_DTYPE = True
 
 
 def _runs() -> Any:
@@ -117,7 +122,7 @@ def state_passing_runs_bwd(out, dA_last, dout, seq_idx, chunk_size, dtype):
     return dstates, ddA.sum(-1), states_lo
 
 
-def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
+def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs, out_dtype=torch.float32):
     """``d(C B^T)`` of the chunks, and the intra-chunk gradient of the cumulative ``dt*A`` added into ``ddacs``.
 
     Parameters
@@ -132,11 +137,13 @@ def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
         ``[1, L]`` int32 sequence ids, or None.
     ddacs
         ``[1, H, nchunks, Q]`` fp32, added into in place (last dimension contiguous).
+    out_dtype
+        Of the returned ``d(C B^T)`` (summed in fp32, rounded once when stored).
 
     Returns
     -------
     torch.Tensor
-        ``[1, nchunks, G, Q, Q]`` fp32, what mamba-ssm's ``_chunk_scan_bwd_dcb`` returns. After the call,
+        ``[1, nchunks, G, Q, Q]``, what mamba-ssm's ``_chunk_scan_bwd_dcb`` returns (in fp32). After the call,
         ``ddacs`` holds its old value plus, at each position ``j``, ``sum_n W_jn - sum_m W_mj`` (module docstring
         of :mod:`genemamba_scvi.nn._triton_ssd_bwd`); its reverse cumulative sum over the positions of the same
         sequence (:func:`reverse_sum_by_sequence`) is what ``_chunk_scan_bwd_ddAcs_stable`` returns.
@@ -148,7 +155,7 @@ def ssd_dcb_ddacs(x, dt, dA_cs, dy, CB, seq_idx, ddacs):
     if dA_cs.shape != (1, H, nchunks, Q) or ddacs.shape != dA_cs.shape or dt.shape != dA_cs.shape:
         raise ValueError(f"ssd_dcb_ddacs: dt {tuple(dt.shape)}, dA_cs {tuple(dA_cs.shape)} and ddacs "
                          f"{tuple(ddacs.shape)} must all be (1, {H}, {nchunks}, {Q})")  # fmt: skip
-    dcb = torch.empty(1, nchunks, G, Q, Q, dtype=torch.float32, device=x.device)
+    dcb = torch.empty(1, nchunks, G, Q, Q, dtype=out_dtype, device=x.device)
     cfg = DCB_DDA_CONFIG
     bm, bn = cfg["BM"], cfg["BN"]
     if nchunks and L:
@@ -449,7 +456,8 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
         dx, ddt, dD = chunk_dx(x, dt_c, dA_cs, B, CB, dy, dstates, D=D, seq_idx=seq_idx, dx=dx)
         if _SSD_BWD_DDA == "fused":  # the intra-chunk pairs' row and column sums from the dcb pass
             rowcol = torch.zeros(ddA_prev.shape, dtype=torch.float32, device=x.device)
-            dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, rowcol)
+            low = _DCB_IN_DOT_DTYPE and C.dtype in (torch.bfloat16, torch.float16) and B.dtype == C.dtype
+            dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, rowcol, out_dtype=C.dtype if low else torch.float32)
             if _DDA_IN_REV_SUM:
                 ddA = reverse_sum_by_sequence(rowcol, seq_idx, chunk_size, inter)
             else:
@@ -457,7 +465,8 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
         else:
             dCB = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq_idx, ngroups=ngroups)
             ddA = inter_chunk_dda(*inter) + ssd_chunk_scan._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cs, dy, CB)
-    dCB = dCB.to(CB.dtype)
+    if dCB.dtype not in (torch.bfloat16, torch.float16):  # (a low-precision dCB is what _bmm_chunk_bwd's dot takes)
+        dCB = dCB.to(CB.dtype)
     ssd_bmm._bmm_chunk_bwd(C, dCB, residual=dB_own, out=dB)
     ssd_bmm._bmm_chunk_bwd(B, dCB.transpose(-1, -2), residual=dC_own, out=dC)
     ddt_out = torch.empty_like(dt)
