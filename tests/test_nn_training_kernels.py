@@ -624,6 +624,37 @@ def test_encoder_training_step_on_the_fused_path_equals_the_torch_backend(monkey
     assert not bad, bad
 
 
+@pytest.mark.skipif(not CUDA, reason="the fused training path runs on CUDA only (with mamba-ssm)")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_encoder_every_layers_a_at_once_equals_per_layer_on_the_fused_path(monkeypatch, checkpointing):
+    """The encoder's stacked ``-exp(A_log)`` (``fused_ssd._A_ONCE``), with and without activation checkpointing
+    (each layer recomputed in the backward reads the same cached tensors): the same output and gradients."""
+    from genemamba_scvi.nn import GeneMambaEncoder, fused_ssd
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    if load_mamba_ssm_ops()["chunk_scan"] is None:
+        pytest.skip("mamba-ssm is not installed")
+    torch.manual_seed(8)
+    enc = GeneMambaEncoder(200, backend="auto", d_model=128, n_layers=3, chunk_size=64, d_state=64, headdim=64).cuda()
+    enc.gradient_checkpointing = checkpointing
+    lengths = torch.tensor([150, 77, 9, 1, 300])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).cuda()
+    tokens = torch.randint(3, 200, (int(lengths.sum()),), device="cuda")
+    g = torch.randn(int(lengths.sum()), 128, device="cuda")
+    outs = []
+    for once in (True, False):
+        monkeypatch.setattr(fused_ssd, "_A_ONCE", once)
+        enc.zero_grad(set_to_none=True)
+        h = enc.forward_packed(tokens, cu)
+        (h * g).sum().backward()
+        outs.append((h.detach(), {n: q.grad.detach().clone() for n, q in enc.named_parameters() if q.grad is not None}))
+    (h1, g1), (h2, g2) = outs
+    torch.testing.assert_close(h1, h2)
+    assert g1.keys() == g2.keys() and any("A_log" in n for n in g1)
+    for n in g1:  # (atomic adds in the SSD backward: the same values up to their order)
+        torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
 def test_split_projection_gradient_equals_torch_split_and_keeps_in_place_blocks():
     """The split's gradient is torch.split's; blocks written in place by their consumer are not copied."""
     from genemamba_scvi.nn.fused_split import GradSlab, split_projection
@@ -704,6 +735,41 @@ def test_mixer_training_writes_z_and_xbc_gradients_in_place(monkeypatch):
         out.square().sum().backward()
         assert copied == ([[False, False, dt_copied]] if in_place else [])
         torch.testing.assert_close(h.grad, g)
+
+
+def test_every_layers_a_from_one_stack_gives_the_same_outputs_and_gradients(monkeypatch):
+    """``neg_exp_a``: the layers' ``-exp(A_log)`` from one stacked computation, read by ``mixer_both`` from the
+    batch's cache: outputs and every gradient (``A_log``'s included) as with each layer's own."""
+    from genemamba_scvi.nn import GeneMambaConfig, fused_ssd
+    from genemamba_scvi.nn.bimamba import BiMambaBlock, pack_cells
+    from genemamba_scvi.nn.fused import mixer_both
+
+    torch.manual_seed(9)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
+    blocks = [BiMambaBlock(config=cfg).to(DEVICE) for _ in range(2)]
+    for b in blocks:
+        with torch.no_grad():
+            b.mixer.A_log.uniform_(-1.0, 1.5)  # distinct per layer
+    p = pack_cells(torch.tensor([0, 5, 14, 17], device=DEVICE))
+    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    params = [q for b in blocks for q in b.mixer.parameters()]
+
+    def run(cache):
+        out = sum(mixer_both(b.mixer, b.mixer.in_proj(h), p.rev, p.seq_idx[0], p.seq_idx_both, cu_seqlens=p.cu_seqlens,
+                             batch_cache=cache).square().sum() for b in blocks)  # fmt: skip
+        return out, torch.autograd.grad(out, params)
+
+    cache = {"A": fused_ssd.neg_exp_a(b.mixer for b in blocks)}
+    assert set(cache["A"]) == {id(b.mixer.A_log) for b in blocks}
+    got, g_got = run(cache)
+    want, g_want = run({})
+    torch.testing.assert_close(got, want)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b)
+    a_logs = [i for i, q in enumerate(params) if any(q is b.mixer.A_log for b in blocks)]
+    assert len(a_logs) == 2 and all(float(g_got[i].abs().sum()) > 0 for i in a_logs)  # A_log's gradient arrives
+    monkeypatch.setattr(fused_ssd, "_A_ONCE", False)
+    assert fused_ssd.neg_exp_a(b.mixer for b in blocks) == {}
 
 
 def test_dt_both_equals_cat_of_dt_and_its_reversal():

@@ -22,6 +22,7 @@ from genemamba_scvi.nn.bimamba import (
 )
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
 from genemamba_scvi.nn.fused_norm import add_rms_norm
+from genemamba_scvi.nn.fused_ssd import neg_exp_a
 from genemamba_scvi.nn.graphs import PackedGraphs, embed_rows, graphs_of, pad_packed_row
 from genemamba_scvi.nn.mamba2 import RMSNorm
 from genemamba_scvi.nn.ssd import BACKENDS, load_mamba_ssm_ops, resolve_backend
@@ -442,6 +443,8 @@ class GeneMambaEncoder(nn.Module):
         if fused is not None and _ADD_NORM == "triton":
             fused = add_rms_norm
         residual, delta, h = x, None, None
+        if fused is not None:  # the fused mixers read every layer's -exp(A_log) from the batch's cache
+            pack.cache["A"] = neg_exp_a(layer.mixer for layer in self.layers)
         for i, layer in enumerate(self.layers):
             if h is None and fused is not None:  # (h is set when the previous block's merge pass normalised)
                 # one Triton kernel: residual += delta (float32), h = RMSNorm(residual) * weight

@@ -118,10 +118,9 @@ _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per p
 _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward ("rows")
 #: Gated-norm backward: one token (its two rows) at a time with 1-D vectors ("rows"), or [tokens, group] tiles
 #: (``nn/_triton_norm.py``, "tiles2d"). H200, training (throughput_h200_s6.json): tiles of 4 tokens x 8 blocks
-#: (8 warps) +0.5% over "rows", tiles of 2 x 16 (4 warps) +1.3% over 4 x 8. 2 x 16 with 4 warps spills 856 bytes a
-#: thread offline for sm_90a (benchmarks/kernel_registers.py); 1 x 32 (193 registers) does not. H200, interleaved
-#: A/B against 2 x 16 (train_ab_s11_call1_h200.json): 1 x 32 / 4 warps 0.978x the step time (0.975-0.980), 2 x 16
-#: / 8 warps 0.985x.
+#: (8 warps) +0.5% over "rows", 2 x 16 (4 warps) +1.3% over 4 x 8. 2 x 16 / 4 warps spills 856 bytes a thread offline
+#: (sm_90a, benchmarks/kernel_registers.py), 1 x 32 (193 registers) does not. H200, interleaved A/B against 2 x 16
+#: (train_ab_s11_call1_h200.json): 1 x 32 / 4 warps 0.978x the step time (0.975-0.980), 2 x 16 / 8 warps 0.985x.
 _NORM_BWD_VARIANT = "tiles2d"
 _NORM_BWD_2D = (1, 32, 4)  # tokens x token blocks per program x warps ("tiles2d")
 #: Gated-norm forward: one program per row ("rows"), or per block of tokens writing both rows of each token and
@@ -555,9 +554,10 @@ def mixer_both(
         (z, xbc, dt), slab = split_projection(zxbcdt, sizes)
     else:
         z, xbc, dt = torch.split(zxbcdt, sizes, dim=-1)
-    A = -torch.exp(mixer.A_log.float())
-    one_pass = scan is None and cu_seqlens is not None and ssd_varlen_supports(P, N)
     cache = batch_cache if batch_cache is not None else {}
+    A = cache.get("A", {}).get(id(mixer.A_log))  # every layer's at once (the encoder's neg_exp_a), or this one's:
+    A = -torch.exp(mixer.A_log.float()) if A is None else A
+    one_pass = scan is None and cu_seqlens is not None and ssd_varlen_supports(P, N)
     kw = dict(nheads=H, headdim=P, ngroups=G, d_state=N, D=mixer.D, dt_bias=mixer.dt_bias, dt_softplus=True)
     norm, out_proj = mixer.norm, mixer.out_proj
     fold = fold_norm and one_pass and not needs_grad and not conv_in_scan

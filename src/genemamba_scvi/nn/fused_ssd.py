@@ -36,6 +36,24 @@ _SSD_MIN_PROGRAMS = 0
 SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
 
+#: The encoder computes every layer's ``A = -exp(A_log)`` in one go per batch (:func:`neg_exp_a`: a stack, an exp
+#: and a negation, three launches) instead of two launches in each layer's forward; False: per layer (an ablation).
+_A_ONCE = True
+
+
+def neg_exp_a(mixers: Any) -> dict[int, torch.Tensor]:
+    """``{id(m.A_log): -exp(m.A_log)}`` (fp32) of the mixers, from one stacked computation (autograd-tracked).
+
+    Empty when the logs differ in shape, dtype or device (each layer then computes its own), or with ``_A_ONCE``
+    off. Call it outside any checkpointed function: a layer's recomputation must find the same tensors.
+    """
+    logs = [m.A_log for m in mixers]
+    if not _A_ONCE or len(logs) < 2 or len({(t.shape, t.dtype, t.device) for t in logs}) != 1:
+        return {}
+    A = -torch.exp(torch.stack(logs).float())
+    return {id(t): a for t, a in zip(logs, A.unbind(0))}
+
+
 def _ssd_kernels() -> Any:
     """The one-pass SSD kernels (``_triton_ssd``)."""
     return _kernel_module("_triton_ssd")
