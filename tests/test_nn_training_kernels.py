@@ -628,31 +628,35 @@ def test_encoder_training_step_on_the_fused_path_equals_the_torch_backend(monkey
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_encoder_every_layers_a_at_once_equals_per_layer_on_the_fused_path(monkeypatch, checkpointing):
     """The encoder's stacked ``-exp(A_log)`` (``fused_ssd._A_ONCE``), with and without activation checkpointing
-    (each layer recomputed in the backward reads the same cached tensors): the same output and gradients."""
+    (each layer recomputed in the backward reads the same cached tensors): the same output and gradients. bf16
+    autocast at the shipped kernel configurations' sizes (d_model 256, chunk 256), so nothing autotunes."""
     from genemamba_scvi.nn import GeneMambaEncoder, fused_ssd
     from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
 
     if load_mamba_ssm_ops()["chunk_scan"] is None:
         pytest.skip("mamba-ssm is not installed")
     torch.manual_seed(8)
-    enc = GeneMambaEncoder(200, backend="auto", d_model=128, n_layers=3, chunk_size=64, d_state=64, headdim=64).cuda()
+    enc = GeneMambaEncoder(200, backend="auto", d_model=256, n_layers=3, chunk_size=256, d_state=64, headdim=64)
+    enc = enc.cuda()
     enc.gradient_checkpointing = checkpointing
     lengths = torch.tensor([150, 77, 9, 1, 300])
     cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).cuda()
     tokens = torch.randint(3, 200, (int(lengths.sum()),), device="cuda")
-    g = torch.randn(int(lengths.sum()), 128, device="cuda")
+    g = torch.randn(int(lengths.sum()), 256, device="cuda")
     outs = []
     for once in (True, False):
         monkeypatch.setattr(fused_ssd, "_A_ONCE", once)
         enc.zero_grad(set_to_none=True)
-        h = enc.forward_packed(tokens, cu)
-        (h * g).sum().backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            h = enc.forward_packed(tokens, cu)
+        (h.float() * g).sum().backward()
         outs.append((h.detach(), {n: q.grad.detach().clone() for n, q in enc.named_parameters() if q.grad is not None}))
     (h1, g1), (h2, g2) = outs
-    torch.testing.assert_close(h1, h2)
+    rel = lambda a, b: float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+    assert rel(h1, h2) < 1e-6  # the same A values: the forward is the same computation
     assert g1.keys() == g2.keys() and any("A_log" in n for n in g1)
-    for n in g1:  # (atomic adds in the SSD backward: the same values up to their order)
-        torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-5, msg=n)
+    bad = {n: rel(g1[n], g2[n]) for n in g2 if rel(g1[n], g2[n]) > 1e-2}  # (atomic adds' order in the backward)
+    assert not bad, bad
 
 
 def test_split_projection_gradient_equals_torch_split_and_keeps_in_place_blocks():
