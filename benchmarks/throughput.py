@@ -378,11 +378,6 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_NO_SPLIT_SUM": False},
         "training: mamba-ssm's dB / dC wrappers with their sum over one head split, not the split-free launch",
     ),
-    "option_cuda_graphs": (
-        {"encoder._CUDA_GRAPHS": True},
-        "training with the opt-in CUDA graphs of the encoder's pass (GeneMambaModel.train(cuda_graphs=True)), "
-        "1,024-token buckets; not the default",
-    ),
     "ablation_dcb_decay_per_pair": (
         {"fused_ssd_bwd.DCB_DDA_CONFIG": {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2, "split": False}},
         "training: the d(CB)+ddA pass with the decay per pair on every tile, not split on the tiles below the diagonal",
@@ -519,7 +514,6 @@ class Runner:
             ]
             full = [("full", L, m, max(1, (tt if m == "train" else it) // L)) for L, m in order]
             extra = [
-                ("option_cuda_graphs", 2048, "train", a.train_cells_2048),
                 ("ablation_dt_torch", 2048, "train", a.train_cells_2048),
                 ("ablation_dcb_fp32", 2048, "train", a.train_cells_2048),
                 ("ablation_split_sum", 2048, "train", a.train_cells_2048),

@@ -11,7 +11,7 @@ python3 - <<'PY'
 import json, os
 d = json.load(open(os.environ["OUT"] + "/throughput_h200.json"))
 for r in d["results"]:
-    if r["setting"].startswith(("real_top2048", "real_top4096", "option_", "ablation_dt", "ablation_dcb_fp32", "ablation_split_sum")):
+    if r["setting"].startswith(("real_top2048", "real_top4096", "ablation_dt", "ablation_dcb_fp32", "ablation_split_sum")):
         print(r["setting"], r["model"], round(r.get("cells_per_s", 0) or 0, 1), r.get("peak_mem_gib"))
 PY
 exit 0
