@@ -776,6 +776,43 @@ def test_every_layers_a_from_one_stack_gives_the_same_outputs_and_gradients(monk
     assert fused_ssd.neg_exp_a(b.mixer for b in blocks) == {}
 
 
+@pytest.mark.parametrize("once", [True, False])
+def test_fused_training_path_under_activation_checkpointing(monkeypatch, once):
+    """The encoder's fused training path (forced on under Triton's interpreter) with activation checkpointing: the
+    output and every gradient as without it, and the fused kernels not given up. Non-reentrant checkpointing stops
+    a layer's recomputation by raising from inside it; ``_run_fused`` used to take that for a kernel failure, turn
+    the fused path off for the process and break the backward ("early_stop is set")."""
+    from genemamba_scvi.nn import GeneMambaEncoder, bimamba, fused_ssd
+    from genemamba_scvi.nn import encoder as encoder_mod
+
+    real = encoder_mod.load_mamba_ssm_ops
+    monkeypatch.setattr(encoder_mod, "load_mamba_ssm_ops", lambda: {**real(), "rms_norm_fn": object()})
+    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
+    monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
+    monkeypatch.setattr(fused_ssd, "_A_ONCE", once)
+    torch.manual_seed(8)
+    enc = GeneMambaEncoder(200, backend="torch", d_model=32, n_layers=2, chunk_size=8, d_state=16, headdim=16)
+    enc = enc.to(DEVICE)
+    enc.fused_add_norm = True
+    lengths = torch.tensor([15, 7, 9, 1, 30])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(DEVICE)
+    tokens = torch.randint(3, 200, (int(lengths.sum()),), device=DEVICE)
+    g = torch.randn(int(lengths.sum()), 32, device=DEVICE)
+    outs = []
+    for ckpt in (False, True):
+        enc.gradient_checkpointing = ckpt
+        enc.zero_grad(set_to_none=True)
+        h = enc.forward_packed(tokens, cu)
+        (h * g).sum().backward()
+        outs.append((h.detach(), {n: q.grad.clone() for n, q in enc.named_parameters() if q.grad is not None}))
+    assert bimamba._FUSED_FAILED == {}
+    (h1, g1), (h2, g2) = outs
+    torch.testing.assert_close(h2, h1)
+    assert g1.keys() == g2.keys() and len(g1) > 10
+    for n in g1:
+        torch.testing.assert_close(g2[n], g1[n], msg=n)
+
+
 def test_dt_both_equals_cat_of_dt_and_its_reversal():
     """``dt_both``: ``[dt; dt[rev]]`` from a strided ``[T, H]`` view, its gradient ``g[:T] + g[T:][rev]`` (into a
     slab block when given), for ragged cells including empty and one-token ones."""

@@ -1,10 +1,9 @@
 """Bidirectional Mamba-2 block (Bi-Mamba) with per-sequence reversal and a gated merge.
 
-One mixer (shared weights) reads the batch and its per-sequence reversal, concatenated along the
-batch axis, so both directions run in one set of kernel launches. With right padding, position ``t``
-of a cell of length ``n`` maps to ``n-1-t`` and pads stay at the end (a plain ``flip`` would put the
-pads first and run them through the reverse scan's state). The reversal is a gather with an index that
-is its own inverse, so the same index maps the backward outputs back.
+One mixer (shared weights) reads the batch and its per-sequence reversal, concatenated along the batch axis, so both
+directions run in one set of kernel launches. With right padding, position ``t`` of a cell of length ``n`` maps to
+``n-1-t`` and pads stay at the end (a plain ``flip`` would put the pads first and run them through the reverse scan's
+state). The reversal is a gather by an index that is its own inverse: the same index maps the backward outputs back.
 
 Blocks
 ------
@@ -12,15 +11,14 @@ Blocks
     ``out = x + merge(mixer(norm(x)), rev(mixer(rev(norm(x)))))``.
 ``block="official"`` (the published GeneMamba layer: ``Mamba2`` + residual, no norm)
     ``f = x + mixer(x)``, ``b = x + rev(mixer(rev(x)))``, ``out = merge(f, b)``.
-``block="official_identity"`` (the published layer of the MineSelf2016/mamba_dev copy, whose
-    ``EncoderLayer.forward`` computes ``self.mamba(X) + X`` but returns ``X``)
-    ``f = b = x``, ``out = merge(x, x)``; the mixer weights are kept (they are in the checkpoint) but
-    never run.
+``block="official_identity"`` (the published layer of the MineSelf2016/mamba_dev copy, whose ``EncoderLayer.forward``
+    computes ``self.mamba(X) + X`` but returns ``X``) ``f = b = x``, ``out = merge(x, x)``; the mixer weights are
+    kept (they are in the checkpoint) but never run.
 
 Merge modes (``f``, ``b`` the two directions): ``"mean"`` ``(f+b)/2``; ``"sum"`` ``f+b``; ``"concat"``
-``W[f; b] + c``; ``"gate"`` ``z*f + (1-z)*b`` with ``z = sigmoid(W[f; b] + c)``. ``W`` is
-``Linear(2d, d)``, per layer (``merge``) or one shared by all layers (owned by the encoder).
-``bidirectional=False`` runs the forward direction only (``x + mixer(norm(x))`` / ``x + mixer(x)``).
+``W[f; b] + c``; ``"gate"`` ``z*f + (1-z)*b`` with ``z = sigmoid(W[f; b] + c)``. ``W`` is ``Linear(2d, d)``, per
+layer (``merge``) or one shared by all layers (the encoder's). ``bidirectional=False`` runs the forward direction
+only (``x + mixer(norm(x))`` / ``x + mixer(x)``).
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
@@ -62,14 +61,18 @@ def _fused_usable(device: torch.device) -> bool:
     return fused_available(device) and str(device) not in _FUSED_FAILED
 
 
+#: Raised through :func:`_run_fused`: non-reentrant checkpointing ends a layer's recomputation early from inside it
+_PASS_THROUGH = tuple(c for c in (getattr(torch.utils.checkpoint, "_StopRecomputationError", None),) if c is not None)
+
+
 def _run_fused(device: torch.device, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, or None after a failure of the Triton kernels (then not tried again on ``device``).
 
-    Out-of-memory errors are raised: they are the user's to see, not a kernel problem.
+    Out-of-memory errors (the user's to see) and ``_PASS_THROUGH`` (control flow) are raised, not kernel problems.
     """
     try:
         return fn(*args, **kwargs)
-    except torch.cuda.OutOfMemoryError:
+    except (torch.cuda.OutOfMemoryError, *_PASS_THROUGH):
         raise
     except Exception as err:  # Triton cannot compile or launch the kernels on this GPU
         key = str(device)
@@ -369,21 +372,19 @@ class BiMambaBlock(nn.Module):
     #: Packed path: project the ``T`` tokens once and gather the projection for both directions (True),
     #: or gather the tokens and project ``2T`` rows (False; same function, the pre-issue-14 path).
     project_once: bool = True
-    #: Packed path on the mamba-ssm backend: run both directions through :func:`~genemamba_scvi.nn.fused.mixer_both`
-    #: (convolution, SSD forward and gated norm of both directions read the ``T``-token projection; no
-    #: ``[2T, d_in_proj]`` gather). False: gather the projection and call mamba-ssm's fused
-    #: ``mamba_split_conv1d_scan_combined``. On an H200 (24 x 512, bf16, ``benchmarks/results/throughput_h200.json``)
-    #: the fused path embeds 981 cells/s against 642 and trains 231-235k real tokens/s against 205-207k.
+    #: Packed path on the mamba-ssm backend: both directions by :func:`~genemamba_scvi.nn.fused.mixer_both` (conv,
+    #: SSD forward and gated norm of both directions read the ``T``-token projection; no ``[2T, d_in_proj]`` gather).
+    #: False: gather the projection, call mamba-ssm's ``mamba_split_conv1d_scan_combined``. H200 (24 x 512, bf16,
+    #: ``throughput_h200.json``): 981 against 642 cells/s embedded, 231-235k against 205-207k real tokens/s trained.
     fused_both: bool = True
     #: Also use the fused path when gradients are taken (training; +13% on the H200, two seeds).
     fused_both_training: bool = True
     #: In the fused path, run the SSD scan forward as one Triton pass per (head, sequence)
     #: (:func:`~genemamba_scvi.nn.fused.ssd_varlen`; mamba-ssm's backward). False: mamba-ssm's chunked scan.
     fused_ssd: bool = True
-    #: In inference with the one-pass SSD, convolve inside the scan kernel
-    #: (:func:`~genemamba_scvi.nn.fused.ssd_conv_varlen`): no ``[2T, C]`` convolved row is written and read back.
-    #: Off: slower on an H200, where the scan is bound by the latency of its chunk steps and the taps lengthen
-    #: each step (7.75 ms against 4.97 for conv_both + ssd_varlen; 777 against 1,069 cells/s for the model;
+    #: In inference with the one-pass SSD, convolve inside the scan (:func:`~genemamba_scvi.nn.fused.ssd_conv_varlen`):
+    #: no ``[2T, C]`` row. Off: slower on an H200, the scan bound by its chunk steps' latency, which the taps lengthen
+    #:  (7.75 ms against 4.97 for conv_both + ssd_varlen; 777 against 1,069 cells/s for the model;
     #: ``benchmarks/results/conv_ssd_sweep_h200.json``, ``throughput_h200_conv_in_scan.json``).
     fused_conv_ssd: bool = False
     #: In inference on a GPU, merge the directions by :func:`~genemamba_scvi.nn.fused.gate_merge_both` (two GEMMs,
