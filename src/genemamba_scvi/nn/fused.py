@@ -103,18 +103,18 @@ _CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "to
 #: cell-id load per tap and direction (False; an ablation). H200, interleaved A/B: the cell-id pass's step takes
 #: 1.016x the time (95% interval 1.009-1.040; benchmarks/results/train_ab_s10_call2_h200.json).
 _CONV_DX_BOUNDS = True
-#: tokens x channels x warps of that pass. 32 x 128 x 4 spills 596 bytes a thread at 255 registers, compiled offline
-#: for sm_90a (benchmarks/kernel_registers.py); 16 x 128 x 4 (215 registers) and 32 x 128 x 8 (255) do not spill.
-#: H200, interleaved A/B against 32 x 128 x 4 (train_ab_s11_call1_h200.json): 16 x 128 x 4 0.994x the step time
-#: (0.992-0.997), 32 x 128 x 8 1.028x.
+#: tokens x channels x warps of that pass. Registers a thread for sm_90a with the launcher's alignment facts
+#: (kernel_registers_s14.json): 32 x 128 x 4 170, 16 x 128 x 4 98, 32 x 128 x 8 90, none spill. H200, interleaved
+#: A/B against 32 x 128 x 4 (train_ab_s11_call1_h200.json): 16 x 128 x 4 0.994x the step time (0.992-0.997), 32 x
+#: 128 x 8 1.028x.
 _CONV_DX_BLOCK = (16, 128, 4)
 _CONV_BWD_2D_BLOCK = (16, 64, 16, 4)  # rows x channels x row blocks per program x warps ("rows2d")
-#: tokens x channels x token blocks per program x warps ("tokens2d"; 166 registers a thread offline for sm_90a, 253
-#: with 4 warps)
+#: tokens x channels x token blocks per program x warps ("tokens2d"; 128 registers a thread for sm_90a, 233 with 4
+#: warps, kernel_registers_s14.json)
 _CONV_BWD_TOK2D_BLOCK = (16, 64, 8, 8)
 _CONV_BWD_FUSED_BLOCK = (32, 32, 4, 4)  # tokens x channels x token blocks per program x warps ("fused")
-# (compiled offline for sm_90, bf16: 8 elements a thread, e.g. 32x64 with 8 warps, need ~206 registers, no spill;
-# 16 a thread, e.g. 32x64 or 64x64 with 4 warps, hit 255 registers and spill)
+# (compiled offline for sm_90 without alignment facts, session 3: 32x64 with 8 warps ~206 registers, no spill;
+# 32x64 or 64x64 with 4 warps 255 and spills; not recounted since)
 _NORM_BWD_ROWS = 16  # tokens (row pairs) per program of the gated-norm backward ("rows")
 #: Gated-norm backward: one token (its two rows) at a time with 1-D vectors ("rows"), or [tokens, group] tiles
 #: (``nn/_triton_norm.py``, "tiles2d"). H200, training (throughput_h200_s6.json): tiles of 4 tokens x 8 blocks
