@@ -5,7 +5,7 @@
 # by the Python lines that launched them).
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_nn_fused.py -k "conv_both" > $OUT/gpu_tests_s14_1.log 2>&1
 echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|^E  .*(Error|assert)|passed|failed" $OUT/gpu_tests_s14_1.log | head -12
-pick() { grep -v Warn "$1" | grep -o '^[a-z0-9_]* {.*step_time_s_median": [0-9.]*\|time_ratio_median": [0-9.]*, "time_ratio_ci95": \[[0-9., ]*\]' | sed 's/"switches": {.*}, "model"/"model"/' | cut -c1-200 | tail -12; }
+source scripts/device_lib.sh
 timeout 260 python3 benchmarks/train_ab.py --k 2048 --cells 48 --rounds 16 \
   --out $OUT/train_ab_s14_call1_48cells_h200.json --arms default "wdx:fused._CONV_WGRAD_IN_DX=true" \
   "wdx_p4:fused._CONV_WGRAD_IN_DX=true;fused._CONV_BWD_TOK2D_BLOCK=[16,64,8,4]" \

@@ -6,7 +6,7 @@
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_nn_training_kernels.py \
   -k "own_state or ssd_backward or encoder_training" > $OUT/gpu_tests_s14_2.log 2>&1
 echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|^E  .*(Error|assert)|passed|failed" $OUT/gpu_tests_s14_2.log | head -12
-pick() { grep -v Warn "$1" | grep -o '^[a-z0-9_]* {.*step_time_s_median": [0-9.]*\|time_ratio_median": [0-9.]*, "time_ratio_ci95": \[[0-9., ]*\]' | sed 's/"switches": {.*}, "model"/"model"/' | cut -c1-200 | tail -14; }
+source scripts/device_lib.sh
 timeout 280 python3 benchmarks/train_ab.py --k 2048 --cells 48 --rounds 16 \
   --out $OUT/train_ab_s14_call2_48cells_h200.json --arms default "splitsum:fused_ssd_bwd._SSD_NO_SPLIT_SUM=false" \
   "wdx1:fused._CONV_WGRAD_IN_DX=true;fused._CONV_BWD_TOK2D_BLOCK=[16,64,1,8];fused._CONV_DX_WGRAD_BLOCK=[32,128,1,8]" \

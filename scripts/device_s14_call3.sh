@@ -5,7 +5,7 @@
 timeout 170 python3 -m pytest -q -p no:cacheprovider tests/test_nn_training_kernels.py \
   -k "dt_both or mixer_training or dcb or own_state or ssd_backward or encoder_training" > $OUT/gpu_tests_s14_3.log 2>&1
 echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|^E  .*(Error|assert)|passed|failed" $OUT/gpu_tests_s14_3.log | head -12
-pick() { grep -v Warn "$1" | grep -o '^[a-z0-9_]* {.*step_time_s_median": [0-9.]*\|time_ratio_median": [0-9.]*, "time_ratio_ci95": \[[0-9., ]*\]' | sed 's/"switches": {.*}, "model"/"model"/' | cut -c1-200 | tail -12; }
+source scripts/device_lib.sh
 timeout 240 python3 benchmarks/train_ab.py --k 2048 --cells 48 --rounds 20 \
   --out $OUT/train_ab_s14_call3_48cells_h200.json --arms default "olddt:fused_split._DT_BOTH_KERNEL=false" \
   "dcb32:fused_ssd_bwd._DCB_IN_DOT_DTYPE=false" \

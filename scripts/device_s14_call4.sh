@@ -4,7 +4,7 @@
 timeout 150 python3 -m pytest -v -p no:cacheprovider tests/test_nn_training_kernels.py \
   -k "dt_both or dot_dtype or mixer_training or encoder_training or own_state" > $OUT/gpu_tests_s14_4.log 2>&1
 echo "tests rc=$?"; grep -E "PASSED|FAILED|ERROR|passed|failed" $OUT/gpu_tests_s14_4.log | cut -c1-150 | head -14
-pick() { grep -v Warn "$1" | grep -o '^[a-z0-9_]* {.*step_time_s_median": [0-9.]*\|time_ratio_median": [0-9.]*, "time_ratio_ci95": \[[0-9., ]*\]' | sed 's/"switches": {.*}, "model"/"model"/' | cut -c1-200 | tail -8; }
+source scripts/device_lib.sh
 timeout 220 python3 benchmarks/train_ab.py --k 2048 --cells 48 --rounds 24 \
   --out $OUT/train_ab_s14_call4_48cells_h200.json --arms default transformer_varlen "graphs:encoder._CUDA_GRAPHS=true" \
   --profile --profile-arms default > $OUT/ab_s14_4.log 2>&1

@@ -5,7 +5,7 @@
 timeout 100 python3 -m pytest -v -p no:cacheprovider tests/test_nn_training_kernels.py \
   -k "every_layers or dt_both" > $OUT/gpu_tests_s14_5.log 2>&1
 echo "tests rc=$?"; grep -E "PASSED|FAILED|ERROR" $OUT/gpu_tests_s14_5.log | cut -c1-150 | head -8
-pick() { grep -v Warn "$1" | grep -o '^[a-z0-9_]* {.*step_time_s_median": [0-9.]*\|time_ratio_median": [0-9.]*, "time_ratio_ci95": \[[0-9., ]*\]' | sed 's/"switches": {.*}, "model"/"model"/' | cut -c1-200 | tail -12; }
+source scripts/device_lib.sh
 timeout 250 python3 benchmarks/train_ab.py --k 2048 --cells 48 --rounds 20 --warmup-rounds 16 \
   --out $OUT/train_ab_s14_call5_48cells_h200.json --arms default transformer_varlen "perlayerA:fused_ssd._A_ONCE=false" \
   "old4:fused_ssd._A_ONCE=false;fused_split._DT_BOTH_KERNEL=false;fused_ssd_bwd._DCB_IN_DOT_DTYPE=false;fused_ssd_bwd._SSD_NO_SPLIT_SUM=false" \

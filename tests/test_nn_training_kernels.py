@@ -399,6 +399,17 @@ def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda
         assert rel < 2e-3, (name, rel)
 
 
+def _model_shaped_ssd_inputs(lengths, device="cuda"):
+    """SSD inputs at the model's shapes (16 heads of 64, one group, d_state 64; bf16 x, dy, B, C) for packed cells
+    of ``lengths``: ``seq`` ``[1, L]`` int32, ``x``, ``dy``, ``B``, ``C``, ``dt`` (fp32, ~softplus(-2)) and ``A``."""
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).to(device)[None]
+    L, H, P, N = seq.shape[1], 16, 64, 64
+    x, dy = (torch.randn(1, L, H, P, device=device, dtype=torch.bfloat16) for _ in range(2))
+    B, C = (torch.randn(1, L, 1, N, device=device, dtype=torch.bfloat16) for _ in range(2))
+    dt, A = torch.randn(1, L, H, device=device) - 2, -torch.rand(H, device=device) * 4 - 0.5
+    return seq, x, dy, B, C, dt, A
+
+
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
 def test_own_state_gradients_without_the_split_sum_equal_mamba_ssm_wrappers():
     """``_own_state_grad`` (dB and dC of the chunks' own states, no sum over one head split) against mamba-ssm's
@@ -412,12 +423,8 @@ def test_own_state_gradients_without_the_split_sum_equal_mamba_ssm_wrappers():
 
     torch.manual_seed(6)
     n_sm = torch.cuda.get_device_properties(0).multi_processor_count
-    lengths = [700, 5, 1000, 256, 2048, 90] * (n_sm // 12 + 2)
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).cuda()[None]
-    L, H, P, N, Q = seq.shape[1], 16, 64, 64, 256
-    x, dy = (torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    B, C = (torch.randn(1, L, 1, N, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    dt, A = torch.randn(1, L, H, device="cuda") - 2, -torch.rand(H, device="cuda") * 4 - 0.5
+    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs([700, 5, 1000, 256, 2048, 90] * (n_sm // 12 + 2))
+    H, P, N, Q = 16, 64, 64, 256
     dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt, A, Q, dt_bias=None, dt_softplus=True)
     nchunks = dA_cs.shape[2]
     assert nchunks >= n_sm
@@ -443,12 +450,8 @@ def test_dcb_in_the_dot_dtype_gives_the_same_db_and_dc(monkeypatch):
     if load_mamba_ssm_ops()["chunk_scan"] is None:
         pytest.skip("mamba-ssm is not installed")
     torch.manual_seed(7)
-    lengths = [300, 5, 700, 256, 1000, 90]
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).cuda()[None]
-    L, H, P, N = seq.shape[1], 16, 64, 64
-    x, dy = (torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    B, C = (torch.randn(1, L, 1, N, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    dt, A = torch.randn(1, L, H, device="cuda"), -torch.rand(H, device="cuda") - 0.5
+    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs([300, 5, 700, 256, 1000, 90])
+    H = 16
     D, dt_bias = torch.randn(H, device="cuda"), torch.randn(H, device="cuda") * 0.1
     out = []
     for low in (True, False):
@@ -470,12 +473,8 @@ def test_dcb_ddacs_equals_mamba_ssm_kernels():
     from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state
 
     torch.manual_seed(4)
-    lengths = [300, 5, 700, 256, 1000, 90, 2048]
-    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(torch.int32).cuda()[None]
-    L, H, P, N, Q = seq.shape[1], 16, 64, 64, 256
-    x, dy = (torch.randn(1, L, H, P, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    B, C = (torch.randn(1, L, 1, N, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    dt, A = torch.randn(1, L, H, device="cuda") - 2, -torch.rand(H, device="cuda") * 4 - 0.5
+    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs([300, 5, 700, 256, 1000, 90, 2048])
+    Q = 256
     dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt, A, Q, dt_bias=None, dt_softplus=True)
     CB = ssd_bmm._bmm_chunk_fwd(C, B, Q, seq_idx=seq, output_dtype=torch.float32)
     want_dcb = ssd_chunk_scan._chunk_scan_bwd_dcb(x, dt_c, dA_cs, dy, seq_idx=seq, ngroups=1)
@@ -579,6 +578,13 @@ def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, bia
         fused_merge.gate_merge_train(a[0][:-1], p.rev, a[1], None)
 
 
+def _packed_batch(lengths, d_model, device):
+    """Cell starts, random tokens (vocabulary 200) and an output gradient ``[T, d_model]`` for packed cells."""
+    n = sum(lengths)
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(lengths).cumsum(0)]).to(device)
+    return cu, torch.randint(3, 200, (n,), device=device), torch.randn(n, d_model, device=device)
+
+
 @pytest.mark.skipif(not CUDA, reason="the fused training path runs on CUDA only (with mamba-ssm)")
 def test_encoder_training_step_on_the_fused_path_equals_the_torch_backend(monkeypatch):
     """A packed training step of the encoder through every kernel of the training path (conv and gated-norm
@@ -603,10 +609,7 @@ def test_encoder_training_step_on_the_fused_path_equals_the_torch_backend(monkey
     enc = GeneMambaEncoder(200, backend="auto", **kw).cuda()
     ref = GeneMambaEncoder(200, backend="torch", **kw).cuda()
     ref.load_state_dict(enc.state_dict())
-    lengths = torch.tensor([150, 77, 9, 1, 300])
-    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).cuda()
-    tokens = torch.randint(3, 200, (int(lengths.sum()),), device="cuda")
-    g = torch.randn(int(lengths.sum()), 128, device="cuda")
+    cu, tokens, g = _packed_batch([150, 77, 9, 1, 300], 128, "cuda")
     outs = []
     for model in (enc, ref):
         model.zero_grad(set_to_none=True)
@@ -639,10 +642,7 @@ def test_encoder_every_layers_a_at_once_equals_per_layer_on_the_fused_path(monke
     enc = GeneMambaEncoder(200, backend="auto", d_model=256, n_layers=3, chunk_size=256, d_state=64, headdim=64)
     enc = enc.cuda()
     enc.gradient_checkpointing = checkpointing
-    lengths = torch.tensor([150, 77, 9, 1, 300])
-    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).cuda()
-    tokens = torch.randint(3, 200, (int(lengths.sum()),), device="cuda")
-    g = torch.randn(int(lengths.sum()), 256, device="cuda")
+    cu, tokens, g = _packed_batch([150, 77, 9, 1, 300], 256, "cuda")
     outs = []
     for once in (True, False):
         monkeypatch.setattr(fused_ssd, "_A_ONCE", once)
@@ -794,10 +794,7 @@ def test_fused_training_path_under_activation_checkpointing(monkeypatch, once):
     enc = GeneMambaEncoder(200, backend="torch", d_model=32, n_layers=2, chunk_size=8, d_state=16, headdim=16)
     enc = enc.to(DEVICE)
     enc.fused_add_norm = True
-    lengths = torch.tensor([15, 7, 9, 1, 30])
-    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(DEVICE)
-    tokens = torch.randint(3, 200, (int(lengths.sum()),), device=DEVICE)
-    g = torch.randn(int(lengths.sum()), 32, device=DEVICE)
+    cu, tokens, g = _packed_batch([15, 7, 9, 1, 30], 32, DEVICE)
     outs = []
     for ckpt in (False, True):
         enc.gradient_checkpointing = ckpt
