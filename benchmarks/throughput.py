@@ -378,6 +378,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_NO_SPLIT_SUM": False},
         "training: mamba-ssm's dB / dC wrappers with their sum over one head split, not the split-free launch",
     ),
+    "ablation_a_per_layer": (
+        {"fused_ssd._A_ONCE": False},
+        "training: each layer's -exp(A_log) in its own forward (two launches), not all layers' from one stack",
+    ),
     "ablation_dcb_decay_per_pair": (
         {"fused_ssd_bwd.DCB_DDA_CONFIG": {"BM": 64, "BN": 64, "num_warps": 2, "num_stages": 2, "split": False}},
         "training: the d(CB)+ddA pass with the decay per pair on every tile, not split on the tiles below the diagonal",
@@ -517,6 +521,7 @@ class Runner:
                 ("ablation_dt_torch", 2048, "train", a.train_cells_2048),
                 ("ablation_dcb_fp32", 2048, "train", a.train_cells_2048),
                 ("ablation_split_sum", 2048, "train", a.train_cells_2048),
+                ("ablation_a_per_layer", 2048, "train", a.train_cells_2048),
                 ("ablation_gather_then_project", 2048, "train", a.train_cells_2048),
                 ("ablation_gather_then_project", 2048, "infer", a.infer_cells_2048),
                 ("ablation_unfused_training", 2048, "train", a.train_cells_2048),

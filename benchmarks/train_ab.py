@@ -201,8 +201,9 @@ def _host_view(run: tp.Runner, model: str, b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], trace_dir: Path | None) -> dict[str, Any]:
-    """GPU time by kernel of one training step of each arm on batch ``b`` (torch.profiler, top 30), where the
-    GPU sat idle in it (:func:`trace_gaps`), and the host's share (:func:`_host_view`)."""
+    """GPU time by kernel of one training step of each arm on batch ``b`` (torch.profiler: the top 30 and every
+    device operation), where the GPU sat idle in it (:func:`trace_gaps`), the host's share (:func:`_host_view`), and
+    the aten operations by the Python lines that launched them (:func:`_aten_by_stack`, from one more step)."""
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile
@@ -231,9 +232,10 @@ def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], tr
             host = _host_view(run, model, b)
         gpu_ms = sum(r[0] for r in rows) / 1e3
         with _switched(switches):  # which Python lines launch the small operations (a separate, slower step)
-            verbose = torch._C._profiler._ExperimentalConfig(verbose=True)  # (without it the stacks stay empty)
+            config = getattr(torch._C._profiler, "_ExperimentalConfig", None)  # verbose: else the stacks stay empty
+            verbose = {"experimental_config": config(verbose=True)} if config is not None else {}
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
-                         experimental_config=verbose) as prof_s:  # fmt: skip
+                         **verbose) as prof_s:  # fmt: skip
                 run.step(model, "train", b)
                 run._sync()
         out[arm] = {

@@ -384,7 +384,7 @@ class BiMambaBlock(nn.Module):
     fused_ssd: bool = True
     #: In inference with the one-pass SSD, convolve inside the scan (:func:`~genemamba_scvi.nn.fused.ssd_conv_varlen`):
     #: no ``[2T, C]`` row. Off: slower on an H200, the scan bound by its chunk steps' latency, which the taps lengthen
-    #:  (7.75 ms against 4.97 for conv_both + ssd_varlen; 777 against 1,069 cells/s for the model;
+    #: (7.75 ms against 4.97 for conv_both + ssd_varlen; 777 against 1,069 cells/s for the model;
     #: ``benchmarks/results/conv_ssd_sweep_h200.json``, ``throughput_h200_conv_in_scan.json``).
     fused_conv_ssd: bool = False
     #: In inference on a GPU, merge the directions by :func:`~genemamba_scvi.nn.fused.gate_merge_both` (two GEMMs,
