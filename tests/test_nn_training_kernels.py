@@ -464,6 +464,28 @@ def test_dcb_in_the_dot_dtype_gives_the_same_db_and_dc(monkeypatch):
 
 
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
+def test_cb_in_bf16_stays_in_the_bf16_band(monkeypatch):
+    """``_CB_IN_BF16`` (an option): the whole SSD backward with ``C B^T`` recomputed in bf16 against fp32, every
+    gradient within bf16 rounding (one more rounding before the decay)."""
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    if load_mamba_ssm_ops()["chunk_scan"] is None:
+        pytest.skip("mamba-ssm is not installed")
+    torch.manual_seed(10)
+    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs([300, 5, 700, 256, 1000, 90, 2048])
+    D, dt_bias = torch.randn(16, device="cuda"), torch.randn(16, device="cuda") * 0.1
+    out = []
+    for low in (False, True):
+        monkeypatch.setattr(fused_ssd_bwd, "_CB_IN_BF16", low)
+        dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
+        ddt, dA, dD, ddt_bias = fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, 256, D, dt_bias, seq, True, dx, dB, dC)
+        out.append(dict(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, dD=dD, ddt_bias=ddt_bias))
+    rel = {n: float((out[1][n].double() - w.double()).norm() / w.double().norm()) for n, w in out[0].items()}
+    assert all(r < 1e-2 for r in rel.values()), rel
+    assert rel["dx"] > 0  # the option changed something
+
+
+@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
 def test_dcb_ddacs_equals_mamba_ssm_kernels():
     """At the model's shapes (chunk 256, 16 heads of 64), d(CB) and ddA equal mamba-ssm's two kernels' output."""
     from genemamba_scvi.nn.ssd import load_mamba_ssm_ops

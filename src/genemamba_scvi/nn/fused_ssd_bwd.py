@@ -72,6 +72,11 @@ _SSD_NO_SPLIT_SUM = True
 #: layer at 48 cells, read twice) carries nothing the dot uses; the same values at half the bytes. False: fp32 (an
 #: ablation).
 _DCB_IN_DOT_DTYPE = True
+#: ``C B^T`` of the chunks recomputed in bf16 (with bf16 ``B``, ``C``) instead of fp32: half of its 200 MB a layer
+#: (48 cells) written once and read by the dx and d(CB) passes, but rounded before the decay multiplies it (one more
+#: bf16 rounding in ``dx`` and in the pairs' ``ddA``). Built in session 14, not yet measured or parity-checked on a
+#: GPU: off.
+_CB_IN_BF16 = False
 
 
 def _runs() -> Any:
@@ -429,7 +434,8 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     dt_in = dt  # read only by both cumsum kernels (mamba-ssm's combined backward clones it; no need)
     # forward quantities, recomputed: cumulative dt*A per chunk, C B^T per chunk, each chunk's own state
     dA_cs, dt_c = ssd_chunk_state._chunk_cumsum_fwd(dt_in, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus)
-    CB = ssd_bmm._bmm_chunk_fwd(C, B, chunk_size, seq_idx=seq_idx, output_dtype=torch.float32)
+    low_cb = _CB_IN_BF16 and _SSD_BWD_INTRA == "mamba" and C.dtype == B.dtype == torch.bfloat16
+    CB = ssd_bmm._bmm_chunk_fwd(C, B, chunk_size, seq_idx=seq_idx, output_dtype=C.dtype if low_cb else torch.float32)
     own = ssd_chunk_state._chunk_state_fwd(B, x, dt_c, dA_cs, seq_idx=seq_idx, states_in_fp32=True)  # [1, c, H, P, N]
     nchunks = own.shape[1]
     seq = seq_idx[0]
