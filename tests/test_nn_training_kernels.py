@@ -215,6 +215,15 @@ def test_reverse_sum_adds_the_inter_chunk_share_in_the_same_pass(lengths, Q):
     got = fused_ssd_bwd.reverse_sum_by_sequence(r.to(**dev), seq[None].to(**dev), Q, inter)
     torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
     assert torch.equal(inter[0].cpu(), prev)  # prev is read, not modified
+    # next_raw: next's per-position shares, summed over the chunk from its first position by the kernel
+    raw = torch.diff(nxt, dim=-1, prepend=torch.zeros_like(nxt[..., :1]))
+    inter_raw = (prev.to(**dev), last.to(**dev), raw.to(**dev))
+    got_raw = fused_ssd_bwd.reverse_sum_by_sequence(r.to(**dev), seq[None].to(**dev), Q, inter_raw, next_raw=True)
+    torch.testing.assert_close(got_raw.cpu(), want, rtol=1e-5, atol=1e-5)
+    # the torch path (no sequence ids; inter_chunk_dda adds into prev in place, hence the copies)
+    got_raw = fused_ssd_bwd.reverse_sum_by_sequence(r, None, Q, (prev.clone(), last, raw), next_raw=True)
+    want_none = fused_ssd_bwd.reverse_sum_by_sequence(r, None, Q, (prev.clone(), last, nxt))
+    torch.testing.assert_close(got_raw, want_none, rtol=1e-5, atol=1e-5)
     share = fused_ssd_bwd.inter_chunk_dda(prev.clone(), last, nxt)  # at a chunk's first position: all of prev, last
     torch.testing.assert_close(share[0, :, :, 0], nxt[0, :, :, 0] + prev[0].sum(-1) + last)
     with pytest.raises(ValueError, match="inter needs"):
@@ -434,6 +443,7 @@ def test_own_state_gradients_without_the_split_sum_equal_mamba_ssm_wrappers():
     want_c = ssd_chunk_scan._chunk_scan_bwd_dC(st_lo, dA_cs, dy, seq_idx=seq, C=C, ngroups=1)
     got_b = fused_ssd_bwd._own_state_grad("db", x, st, B, dA_cs, seq, dt=dt_c)
     got_c = fused_ssd_bwd._own_state_grad("dc", dy, st_lo, C, dA_cs, seq)
+    assert got_b[2] and got_c[2]  # the ddA shares summed (cumsum=True, the default)
     for name, g, w in (("dB", got_b[0], want_b[0]), ("ddA_next", got_b[1], want_b[1]), ("dC", got_c[0], want_c[0]),
                        ("ddA_prev", got_c[1], want_c[1])):  # fmt: skip
         assert g.shape == w.shape, name
@@ -461,6 +471,28 @@ def test_dcb_in_the_dot_dtype_gives_the_same_db_and_dc(monkeypatch):
         out.append((dB, dC))
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
     assert float(out[0][0].float().abs().max()) > 0
+
+
+@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
+def test_db_cumsum_in_the_reverse_sum_gives_the_same_gradients(monkeypatch):
+    """``_DB_CUMSUM_IN_REV_SUM`` (an option): the ``ddA`` shares of the chunks' own states summed inside the
+    reverse-sum kernel, not by ``torch.cumsum``: the same gradients (fp32 sums in another order)."""
+    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
+
+    if load_mamba_ssm_ops()["chunk_scan"] is None:
+        pytest.skip("mamba-ssm is not installed")
+    torch.manual_seed(11)
+    n_sm = torch.cuda.get_device_properties(0).multi_processor_count  # enough chunks for the split-free launch
+    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs([700, 5, 1000, 256, 2048, 90] * (n_sm // 12 + 2))
+    D, dt_bias = torch.randn(16, device="cuda"), torch.randn(16, device="cuda") * 0.1
+    out = []
+    for fold in (False, True):
+        monkeypatch.setattr(fused_ssd_bwd, "_DB_CUMSUM_IN_REV_SUM", fold)
+        dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
+        ddt, dA, dD, ddt_bias = fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, 256, D, dt_bias, seq, True, dx, dB, dC)
+        out.append(dict(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, ddt_bias=ddt_bias))
+    rel = {n: float((out[1][n].double() - w.double()).norm() / w.double().norm()) for n, w in out[0].items()}
+    assert all(r < 1e-4 for r in rel.values()), rel
 
 
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")

@@ -145,7 +145,7 @@ def _segment_add(v1, f1, v2, f2):
 @triton.jit(do_not_specialize=["L"])
 def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, prev_ptr, last_ptr, next_ptr, L, stride_h, stride_c,
                        stride_prev_h, stride_prev_c, stride_last_h, stride_last_c, stride_next_h, stride_next_c,
-                       Q: tl.constexpr, HAS_INTER: tl.constexpr):
+                       Q: tl.constexpr, HAS_INTER: tl.constexpr, NEXT_RAW: tl.constexpr = False):
     """``out_j = sum of r_k over the positions k >= j of j's chunk that belong to j's sequence``.
 
     Grid ``(nchunks, H)``; ``r``, ``out`` ``[H, nchunks, Q]`` fp32 (``Q`` contiguous), ``seq`` ``[L]`` int32. The
@@ -157,7 +157,9 @@ def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, prev_ptr, last_ptr, next_ptr, L,
     ``HAS_INTER``: also add the inter-chunk share of the gradient of ``dt*A``, which the SSD backward otherwise
     assembles with six torch operations: ``next_j`` (``[H, nchunks, Q]``, from the chunk's own state) plus the plain
     reverse cumulative sum over the chunk of ``prev`` (``[H, nchunks, Q]``, from the state read at the chunk's start)
-    with ``last`` (``[H, nchunks]``, from the state walk's scale) added at its last position.
+    with ``last`` (``[H, nchunks]``, from the state walk's scale) added at its last position. ``NEXT_RAW``: ``next``
+    holds per-position shares whose cumulative sum over the chunk (from its first position) is ``next_j``, which this
+    sums (mamba-ssm's ``_chunk_state_bwd_db`` does it with a ``torch.cumsum``).
     """
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -175,5 +177,7 @@ def seq_rev_sum_kernel(r_ptr, seq_ptr, out_ptr, prev_ptr, last_ptr, next_ptr, L,
         last = tl.load(last_ptr + h * stride_last_h + c * stride_last_c)
         prev = tl.where(rev == 0, prev + last, prev)  # rev == 0: the chunk's last position
         nxt = tl.load(next_ptr + h * stride_next_h + c.to(tl.int64) * stride_next_c + offs)
+        if NEXT_RAW:  # next's per-position shares, not yet summed up to each position (read back to front)
+            nxt = tl.cumsum(nxt, axis=0, reverse=True)
         out = out + tl.cumsum(prev, axis=0) + nxt
     tl.store(out_ptr + base + offs, out)

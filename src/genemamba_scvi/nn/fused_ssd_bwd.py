@@ -77,6 +77,10 @@ _DCB_IN_DOT_DTYPE = True
 #: bf16 rounding in ``dx`` and in the pairs' ``ddA``). Built in session 14, not yet measured or parity-checked on a
 #: GPU: off.
 _CB_IN_BF16 = False
+#: The cumulative sum of ``_chunk_state_bwd_db``'s ``ddA`` shares over each chunk taken inside the reverse-sum kernel
+#: (``seq_rev_sum_kernel`` with ``NEXT_RAW``) instead of a ``torch.cumsum`` (0.31 ms and 24 launches a 48-cell step
+#: on an H200, session 14's profile). Built in session 14, not measured on a GPU yet: off.
+_DB_CUMSUM_IN_REV_SUM = False
 
 
 def _runs() -> Any:
@@ -181,6 +185,7 @@ def reverse_sum_by_sequence(
     seq_idx: torch.Tensor | None,
     chunk_size: int,
     inter: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    next_raw: bool = False,
 ) -> torch.Tensor:
     """The reverse cumulative sum of ``r`` over each chunk, restarted at every sequence (``seq_rev_sum_kernel``).
 
@@ -192,9 +197,12 @@ def reverse_sum_by_sequence(
     receives by ``1/sqrt(eps)`` in every RMSNorm backward, so that remainder grew to NaN through 18 layers on a
     real 48-cell batch (``benchmarks/NOTES_throughput.md``, section 13).
 
-    ``inter``: ``(prev, last, next)``, the inter-chunk shares (:func:`inter_chunk_dda`), added in the same pass.
+    ``inter``: ``(prev, last, next)``, the inter-chunk shares (:func:`inter_chunk_dda`), added in the same pass;
+    ``next_raw``: ``next`` before its cumulative sum over each chunk, which the kernel then takes.
     """
     _, H, nchunks, Q = r.shape
+    if inter is not None and next_raw and seq_idx is None:  # (the torch path takes the summed shares)
+        inter = (inter[0], inter[1], inter[2].cumsum(-1))
     if seq_idx is None:
         out = r.flip([-1]).cumsum(dim=-1).flip([-1])
         return out if inter is None else out + inter_chunk_dda(*inter)
@@ -213,7 +221,7 @@ def reverse_sum_by_sequence(
         _kernel_module("_triton_ssd_bwd").seq_rev_sum_kernel[(nchunks, H)](
             r, seq_idx, out, prev, last, nxt, L, r.stride(1), r.stride(2), prev.stride(1), prev.stride(2),
             last.stride(0), last.stride(1), nxt.stride(1), nxt.stride(2), Q=Q, HAS_INTER=inter is not None,
-            num_warps=4,
+            NEXT_RAW=inter is not None and next_raw, num_warps=4,
         )  # fmt: skip
     return out
 
@@ -362,13 +370,16 @@ def ssd_chunk_bwd(x, dy, B, CB, dt, dA_cs, seq_idx, dstates, D, dx):
     return ddt, dD, dcb, dda_raw
 
 
-def _own_state_grad(kind: str, a, st, bc, dA_cs, seq_idx, dt=None):
+def _own_state_grad(kind: str, a, st, bc, dA_cs, seq_idx, dt=None, cumsum: bool = True):
     """``dB`` or ``dC`` of the chunks' own states, with their share of the gradient of the cumulative ``dt*A``.
 
     ``kind="db"``: ``a = x``, ``st = dstates``, ``bc = B``, given ``dt``; ``"dc"``: ``a = dy``, ``st`` the states
     entering each chunk, ``bc = C``. mamba-ssm's ``_chunk_state_bwd_db`` / ``_chunk_scan_bwd_dC`` without their sum
     over head splits, called only when there is one split; else their wrappers. Same kernels (with their autotuned
-    configurations and zero-filling pre-hooks), same arguments.
+    configurations and zero-filling pre-hooks), same arguments. ``cumsum=False`` (``"db"``): the ``ddA`` shares
+    are returned before their cumulative sum over the chunk where this launches the kernel itself.
+
+    Returns ``(grad, ddA, summed)``: ``summed`` says whether ``ddA`` holds the cumulative sums.
     """
     from mamba_ssm.ops.triton import ssd_chunk_scan, ssd_chunk_state
     from mamba_ssm.utils.determinism import alloc_tile_workspace, finalize_tile_workspace, use_deterministic_mode
@@ -381,8 +392,10 @@ def _own_state_grad(kind: str, a, st, bc, dA_cs, seq_idx, dt=None):
     per_program = max(min(_cdiv(batch * nchunks * nheads, n_sm), ratio), 1)  # (as mamba-ssm chooses it)
     if not _SSD_NO_SPLIT_SUM or per_program < ratio:
         if kind == "db":
-            return ssd_chunk_state._chunk_state_bwd_db(a, dt, dA_cs, st, seq_idx=seq_idx, B=bc, ngroups=ngroups)
-        return ssd_chunk_scan._chunk_scan_bwd_dC(st, dA_cs, a, seq_idx=seq_idx, C=bc, ngroups=ngroups)
+            grad, dda = ssd_chunk_state._chunk_state_bwd_db(a, dt, dA_cs, st, seq_idx=seq_idx, B=bc, ngroups=ngroups)
+        else:
+            grad, dda = ssd_chunk_scan._chunk_scan_bwd_dC(st, dA_cs, a, seq_idx=seq_idx, C=bc, ngroups=ngroups)
+        return grad, dda, True
     det = use_deterministic_mode()
     mod, name = (ssd_chunk_state, "STATE_BWD_DB") if kind == "db" else (ssd_chunk_scan, "SCAN_BWD_DC")
     tiles = _cdiv(dstate, getattr(mod, f"_CHUNK_{name}_MIN_BLOCK_N"))
@@ -403,9 +416,9 @@ def _own_state_grad(kind: str, a, st, bc, dA_cs, seq_idx, dt=None):
         kernel[grid](*args, HAS_DDA_CS=True, HAS_SEQ_IDX=seq_idx is not None, DETERMINISTIC_REDUCTION=det,
                      BLOCK_SIZE_K=max(_next_pow2(headdim), 16))  # fmt: skip
     dda = finalize_tile_workspace(dda, det)
-    if kind == "db":  # (as mamba-ssm: the first position's share is zero, so a cumulative sum over all is the same)
+    if kind == "db" and cumsum:  # (as mamba-ssm: the first position's share is zero; a sum over all is the same)
         torch.cumsum(dda, dim=-1, out=dda)
-    return out[:, :, 0], dda
+    return out[:, :, 0], dda, kind == "dc" or cumsum
 
 
 def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softplus, dx, dB, dC):
@@ -448,8 +461,9 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
     )
     dstates = dstates.view(1, nchunks, nheads, headdim, dstate)
     states_lo = states_lo.view(1, nchunks, nheads, headdim, dstate)
-    dB_own, ddA_next = _own_state_grad("db", x, dstates, B, dA_cs, seq_idx, dt=dt_c)
-    dC_own, ddA_prev = _own_state_grad("dc", dy, states_lo, C, dA_cs, seq_idx)
+    fold = _DB_CUMSUM_IN_REV_SUM and _SSD_BWD_INTRA != "fused" and _SSD_BWD_DDA == "fused" and _DDA_IN_REV_SUM
+    dB_own, ddA_next, summed = _own_state_grad("db", x, dstates, B, dA_cs, seq_idx, dt=dt_c, cumsum=not fold)
+    dC_own, ddA_prev, _ = _own_state_grad("dc", dy, states_lo, C, dA_cs, seq_idx)
     # d(cumulative dt*A): the state read at each chunk's start, through the walk's scale, enters at the last
     # position of the chunk; a reverse cumulative sum turns it into d(dt*A) at each position (inter_chunk_dda, or
     # in the reverse-sum kernel of the pairs' share)
@@ -465,7 +479,7 @@ def ssd_varlen_bwd(dy, x, dt, A, B, C, chunk_size, D, dt_bias, seq_idx, dt_softp
             low = _DCB_IN_DOT_DTYPE and C.dtype in (torch.bfloat16, torch.float16) and B.dtype == C.dtype
             dCB = ssd_dcb_ddacs(x, dt_c, dA_cs, dy, CB, seq_idx, rowcol, out_dtype=C.dtype if low else torch.float32)
             if _DDA_IN_REV_SUM:
-                ddA = reverse_sum_by_sequence(rowcol, seq_idx, chunk_size, inter)
+                ddA = reverse_sum_by_sequence(rowcol, seq_idx, chunk_size, inter, next_raw=not summed)
             else:
                 ddA = inter_chunk_dda(*inter) + reverse_sum_by_sequence(rowcol, seq_idx, chunk_size)
         else:
