@@ -490,7 +490,7 @@ def test_db_cumsum_in_the_reverse_sum_gives_the_same_gradients(monkeypatch):
         monkeypatch.setattr(fused_ssd_bwd, "_DB_CUMSUM_IN_REV_SUM", fold)
         dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
         ddt, dA, dD, ddt_bias = fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, 256, D, dt_bias, seq, True, dx, dB, dC)
-        out.append(dict(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, ddt_bias=ddt_bias))
+        out.append(dict(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, dD=dD, ddt_bias=ddt_bias))
     rel = {n: float((out[1][n].double() - w.double()).norm() / w.double().norm()) for n, w in out[0].items()}
     assert all(r < 1e-4 for r in rel.values()), rel
 
