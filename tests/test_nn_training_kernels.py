@@ -451,47 +451,47 @@ def test_own_state_gradients_without_the_split_sum_equal_mamba_ssm_wrappers():
         assert rel < 1e-6, (name, rel)  # the same kernels; ddA's tiles are added atomically, in any order
 
 
-@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
-def test_dcb_in_the_dot_dtype_gives_the_same_db_and_dc(monkeypatch):
-    """``_DCB_IN_DOT_DTYPE``: d(CB) stored in bf16, which ``_bmm_chunk_bwd`` rounds it to anyway: dB and dC are
-    bit-identical to those from the fp32 buffer."""
+def _backward_per_switch(monkeypatch, switch, values, lengths, seed):
+    """The whole packed SSD backward (``ssd_varlen_bwd``, model shapes) for each value of a ``fused_ssd_bwd`` switch,
+    on the same inputs: one dict of gradients per value."""
     from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
 
     if load_mamba_ssm_ops()["chunk_scan"] is None:
         pytest.skip("mamba-ssm is not installed")
-    torch.manual_seed(7)
-    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs([300, 5, 700, 256, 1000, 90])
-    H = 16
-    D, dt_bias = torch.randn(H, device="cuda"), torch.randn(H, device="cuda") * 0.1
+    torch.manual_seed(seed)
+    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs(lengths)
+    D, dt_bias = torch.randn(16, device="cuda"), torch.randn(16, device="cuda") * 0.1
     out = []
-    for low in (True, False):
-        monkeypatch.setattr(fused_ssd_bwd, "_DCB_IN_DOT_DTYPE", low)
+    for value in values:
+        monkeypatch.setattr(fused_ssd_bwd, switch, value)
         dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
-        fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, 256, D, dt_bias, seq, True, dx, dB, dC)
-        out.append((dB, dC))
-    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
-    assert float(out[0][0].float().abs().max()) > 0
+        ddt, dA, dD, ddt_bias = fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, 256, D, dt_bias, seq, True, dx, dB, dC)
+        out.append(dict(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, dD=dD, ddt_bias=ddt_bias))
+    return out
+
+
+def _rel_each(got: dict, want: dict) -> dict:
+    return {n: float((got[n].double() - w.double()).norm() / w.double().norm()) for n, w in want.items()}
+
+
+@pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
+def test_dcb_in_the_dot_dtype_gives_the_same_db_and_dc(monkeypatch):
+    """``_DCB_IN_DOT_DTYPE``: d(CB) stored in bf16, which ``_bmm_chunk_bwd`` rounds it to anyway: dB and dC are
+    bit-identical to those from the fp32 buffer."""
+    low, full = _backward_per_switch(monkeypatch, "_DCB_IN_DOT_DTYPE", (True, False), [300, 5, 700, 256, 1000, 90], 7)
+    assert torch.equal(low["dB"], full["dB"]) and torch.equal(low["dC"], full["dC"])
+    assert float(low["dB"].float().abs().max()) > 0
 
 
 @pytest.mark.skipif(not CUDA, reason="mamba-ssm's chunk kernels run on CUDA only")
 def test_db_cumsum_in_the_reverse_sum_gives_the_same_gradients(monkeypatch):
     """``_DB_CUMSUM_IN_REV_SUM`` (an option): the ``ddA`` shares of the chunks' own states summed inside the
-    reverse-sum kernel, not by ``torch.cumsum``: the same gradients (fp32 sums in another order)."""
-    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
-
-    if load_mamba_ssm_ops()["chunk_scan"] is None:
-        pytest.skip("mamba-ssm is not installed")
-    torch.manual_seed(11)
-    n_sm = torch.cuda.get_device_properties(0).multi_processor_count  # enough chunks for the split-free launch
-    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs([700, 5, 1000, 256, 2048, 90] * (n_sm // 12 + 2))
-    D, dt_bias = torch.randn(16, device="cuda"), torch.randn(16, device="cuda") * 0.1
-    out = []
-    for fold in (False, True):
-        monkeypatch.setattr(fused_ssd_bwd, "_DB_CUMSUM_IN_REV_SUM", fold)
-        dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
-        ddt, dA, dD, ddt_bias = fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, 256, D, dt_bias, seq, True, dx, dB, dC)
-        out.append(dict(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, dD=dD, ddt_bias=ddt_bias))
-    rel = {n: float((out[1][n].double() - w.double()).norm() / w.double().norm()) for n, w in out[0].items()}
+    reverse-sum kernel, not by ``torch.cumsum``: the same gradients (fp32 sums in another order). Enough chunks for
+    the split-free launch of the db kernel."""
+    n_sm = torch.cuda.get_device_properties(0).multi_processor_count
+    lengths = [700, 5, 1000, 256, 2048, 90] * (n_sm // 12 + 2)
+    off, on = _backward_per_switch(monkeypatch, "_DB_CUMSUM_IN_REV_SUM", (False, True), lengths, 11)
+    rel = _rel_each(on, off)
     assert all(r < 1e-4 for r in rel.values()), rel
 
 
@@ -499,20 +499,8 @@ def test_db_cumsum_in_the_reverse_sum_gives_the_same_gradients(monkeypatch):
 def test_cb_in_bf16_stays_in_the_bf16_band(monkeypatch):
     """``_CB_IN_BF16`` (an option): the whole SSD backward with ``C B^T`` recomputed in bf16 against fp32, every
     gradient within bf16 rounding (one more rounding before the decay)."""
-    from genemamba_scvi.nn.ssd import load_mamba_ssm_ops
-
-    if load_mamba_ssm_ops()["chunk_scan"] is None:
-        pytest.skip("mamba-ssm is not installed")
-    torch.manual_seed(10)
-    seq, x, dy, B, C, dt, A = _model_shaped_ssd_inputs([300, 5, 700, 256, 1000, 90, 2048])
-    D, dt_bias = torch.randn(16, device="cuda"), torch.randn(16, device="cuda") * 0.1
-    out = []
-    for low in (False, True):
-        monkeypatch.setattr(fused_ssd_bwd, "_CB_IN_BF16", low)
-        dx, dB, dC = torch.empty_like(x), torch.empty_like(B), torch.empty_like(C)
-        ddt, dA, dD, ddt_bias = fused_ssd_bwd.ssd_varlen_bwd(dy, x, dt, A, B, C, 256, D, dt_bias, seq, True, dx, dB, dC)
-        out.append(dict(dx=dx, dB=dB, dC=dC, ddt=ddt, dA=dA, dD=dD, ddt_bias=ddt_bias))
-    rel = {n: float((out[1][n].double() - w.double()).norm() / w.double().norm()) for n, w in out[0].items()}
+    full, low = _backward_per_switch(monkeypatch, "_CB_IN_BF16", (False, True), [300, 5, 700, 256, 1000, 90, 2048], 10)
+    rel = _rel_each(low, full)
     assert all(r < 1e-2 for r in rel.values()), rel
     assert rel["dx"] > 0  # the option changed something
 
