@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.fused_merge import gate_merge_add_norm, gate_merge_both
-from genemamba_scvi.nn.fused_split import GradSlab, dt_both, split_projection
+from genemamba_scvi.nn.fused_split import GradSlab, dt_both, grad_out, split_projection
 from genemamba_scvi.nn.fused_ssd import (
     SSD_CONV_FWD_CONFIG,
     SSD_FWD_CONFIG,
@@ -167,16 +167,6 @@ class _RevRows(torch.autograd.Function):
         return grad.index_select(0, rev), None
 
 
-def _grad_out(grad_slab: tuple[GradSlab, int] | None, shape, like: torch.Tensor) -> torch.Tensor:
-    """Where a backward writes an input's gradient: its block of a ``split_projection`` slab, or a new tensor."""
-    if grad_slab is not None:
-        slab, i = grad_slab
-        blk = slab.block(i)
-        if tuple(blk.shape) == tuple(shape) and blk.dtype == like.dtype:
-            return blk
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
-
-
 def rev_rows(x: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
     """``x[rev]`` for a per-cell reversal index ``rev`` (``PackedCells.rev``, a permutation that is its own inverse).
 
@@ -227,7 +217,7 @@ class _ConvBoth(torch.autograd.Function):
             dout = dout.contiguous()
         variant = _CONV_BWD_VARIANT
         check_choice("_CONV_BWD_VARIANT", variant, _CONV_BWD_VARIANTS)
-        dx = _grad_out(ctx.grad_slab, xbc.shape, xbc)
+        dx = grad_out(ctx.grad_slab, xbc.shape, xbc.dtype, xbc.device)
         if variant == "fused":
             dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu, dx)
         else:
@@ -421,7 +411,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         if dyn.dtype != y.dtype:
             dyn = dyn.to(y.dtype)
         dy = torch.empty_like(y)
-        dz = _grad_out(ctx.grad_slab, (T, D), z)
+        dz = grad_out(ctx.grad_slab, (T, D), z.dtype, z.device)
         yn = torch.empty_like(y)
         check_choice("_NORM_BWD_VARIANT", _NORM_BWD_VARIANT, ("rows", "tiles2d"))
         strides = (y.stride(0), z.stride(0), dyn.stride(0), dy.stride(0), dz.stride(0), yn.stride(0))

@@ -17,7 +17,7 @@ import torch
 
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 
-__all__ = ["GradSlab", "dt_both", "split_projection"]
+__all__ = ["GradSlab", "dt_both", "grad_out", "split_projection"]
 
 #: :func:`dt_both` by one Triton kernel each way (``nn/_triton_rows.py``), or by torch operations (False: an ablation;
 #: ``index_select`` + ``cat``, and autograd's zero-fill + ``index_add_`` + slice add + copy into the slab).
@@ -102,6 +102,16 @@ def split_projection(proj: torch.Tensor, sizes: Sequence[int]) -> tuple[tuple[to
     return _SplitProjection.apply(proj, slab), slab
 
 
+def grad_out(grad_slab: tuple[GradSlab, int] | None, shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """Where a backward writes an input's gradient: its block of a ``split_projection`` slab, or a new tensor."""
+    if grad_slab is not None:
+        slab, i = grad_slab
+        blk = slab.block(i)
+        if tuple(blk.shape) == tuple(shape) and blk.dtype == dtype:
+            return blk
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 class _DtBoth(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dt, rev, grad_slab):
@@ -115,14 +125,7 @@ class _DtBoth(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (rev,) = ctx.saved_tensors
-        T, H = ctx.shape
-        dst = None
-        if ctx.grad_slab is not None:  # straight into the projection's gradient buffer
-            slab, i = ctx.grad_slab
-            blk = slab.block(i)
-            if tuple(blk.shape) == (T, H) and blk.dtype == ctx.dtype:
-                dst = blk
-        dst = torch.empty(T, H, dtype=ctx.dtype, device=grad.device) if dst is None else dst
+        dst = grad_out(ctx.grad_slab, ctx.shape, ctx.dtype, grad.device)  # (the projection's buffer, given a slab)
         _launch_dt_both(grad.contiguous(), rev, dst, backward=True)
         return dst, None, None
 
