@@ -2,10 +2,10 @@
 
 The 24 x 512 encoder of ``throughput.py`` (bf16 autocast, loss ``mean(h^2)``) on two batches: 48 real cells capped
 at 2048 genes, and 16 cells of 4096 tokens (a row of whole chunks, as ``throughput.py``'s prewarm uses). For each
-batch, one backward on the same weights with each set of the session-7 and -8 switches in ``CONFIGS``
-(``fused_ssd_bwd._SSD_BWD_DDA``, ``fused._SPLIT_GRAD_IN_PLACE``, ``fused_ssd_bwd._SSD_BWD_INTRA``); every gradient
-is compared with session 6's path and checked finite. Then a few AdamW steps on the default path (or
-``--steps-config``), with the outputs checked finite after each.
+batch, one backward on the same weights with each set of the session-7, -8 and -15 switches in ``CONFIGS``
+(``fused_ssd_bwd._SSD_BWD_DDA``, ``fused._SPLIT_GRAD_IN_PLACE``, ``fused_ssd_bwd._SSD_BWD_INTRA``,
+``fused_ssd_bwd._CB_IN_BF16``); every gradient is compared with session 6's path and checked finite. Then a few
+AdamW steps on the default path (or ``--steps-config``), with the outputs checked finite after each.
 
 Usage (GPU machine)::
 
@@ -33,15 +33,24 @@ sys.path.insert(0, str(ROOT / "src"))
 from genemamba_scvi.nn import GeneMambaEncoder, fused, fused_ssd_bwd, pack_tokens  # noqa: E402
 
 LENGTHS_NPY = ROOT / "benchmarks" / "data" / "celltypist_gene_counts.npy"
-CONFIGS = {  # name -> (_SSD_BWD_DDA, _SPLIT_GRAD_IN_PLACE, _SSD_BWD_INTRA)
-    "session6": ("mamba", False, "mamba"),
-    "fused_dda": ("fused", False, "mamba"),
-    "split_in_place": ("mamba", True, "mamba"),
-    "fused_both": ("fused", True, "mamba"),
-    "fused_intra": ("mamba", True, "fused"),
-    "default": (fused_ssd_bwd._SSD_BWD_DDA, fused._SPLIT_GRAD_IN_PLACE, fused_ssd_bwd._SSD_BWD_INTRA),
+CONFIGS = {  # name -> (_SSD_BWD_DDA, _SPLIT_GRAD_IN_PLACE, _SSD_BWD_INTRA, _CB_IN_BF16)
+    "session6": ("mamba", False, "mamba", False),
+    "fused_dda": ("fused", False, "mamba", False),
+    "split_in_place": ("mamba", True, "mamba", False),
+    "fused_both": ("fused", True, "mamba", False),
+    "fused_intra": ("mamba", True, "fused", False),
+    "cb_bf16": ("fused", True, "mamba", True),
+    "default": (
+        fused_ssd_bwd._SSD_BWD_DDA,
+        fused._SPLIT_GRAD_IN_PLACE,
+        fused_ssd_bwd._SSD_BWD_INTRA,
+        fused_ssd_bwd._CB_IN_BF16,
+    ),
 }
-SWITCHES = ((fused_ssd_bwd, "_SSD_BWD_DDA"), (fused, "_SPLIT_GRAD_IN_PLACE"), (fused_ssd_bwd, "_SSD_BWD_INTRA"))
+SWITCHES = (
+    (fused_ssd_bwd, "_SSD_BWD_DDA"), (fused, "_SPLIT_GRAD_IN_PLACE"), (fused_ssd_bwd, "_SSD_BWD_INTRA"),
+    (fused_ssd_bwd, "_CB_IN_BF16"),
+)  # fmt: skip
 
 
 def _set(values: tuple) -> None:
