@@ -225,10 +225,13 @@ def main(argv: list[str] | None = None) -> None:
         for m in models:  # warm: autotuning and compilation stay out of the count
             run.step(m, "train", b)
         out = {"device": run.gpu_name, "census": {m: census(run, m, b) for m in models}}
+        from genemamba_scvi.nn import fused_split
+
+        out["mm_out_dtype"] = dict(fused_split._MM_OUT_DTYPE)  # which weight-gradient GEMMs took an fp32 output
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(out, indent=1))
         for m, c in out["census"].items():
-            print(m, c["total"], c["by_phase (optimizer counted in backward)"], flush=True)
+            print(m, c["total"], c["by_phase (optimizer counted in backward)"], out["mm_out_dtype"], flush=True)
             for r in c["by_site"][:40]:
                 print(f"  {r['calls']:5d} {r['op'][:40]:40s} {r['site']}", flush=True)
         return

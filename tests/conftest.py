@@ -39,6 +39,21 @@ def triton_bounds():
     assert not bad, f"out-of-bounds accesses by Triton kernels: {bad[:5]}"
 
 
+@pytest.fixture
+def nan_empty():
+    """New tensors from ``torch.empty`` & co. filled with NaN (integers with their largest value) during the test,
+    so that a kernel which leaves part of a buffer it was given unwritten shows in the results."""
+    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
 def settings(config: GeneMambaConfig) -> dict:
     """The settings of ``config`` that differ from the defaults, as keyword arguments (``**settings(cfg)``)."""
     defaults = GeneMambaConfig().to_dict()

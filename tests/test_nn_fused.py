@@ -246,9 +246,10 @@ def test_conv_both_two_dimensional_backward_takes_any_tap_count(monkeypatch, K, 
 @pytest.mark.parametrize("bwd", ["rows", "tiles2d"])
 @pytest.mark.parametrize("variant", ["rows", "tokens"])
 @pytest.mark.parametrize("group_size", [16, 8])
-def test_gated_norm_out_proj_both_equals_gathered_gate_reference(monkeypatch, group_size, variant, bwd):
+def test_gated_norm_out_proj_both_equals_gathered_gate_reference(monkeypatch, nan_empty, group_size, variant, bwd):
     """Forward by row or by token; backward by token or by ``[tokens, group]`` tile (here 2 tokens x 3 blocks a
-    program: several programs, the last one partial)."""
+    program: several programs, the last one partial). New buffers start as NaN: the tiles' weight-gradient partial
+    sums are not zero-filled (``fused_split._LEAN_LAUNCHES``), so every one must be written."""
     import genemamba_scvi.nn.fused as fused
 
     monkeypatch.setattr(fused, "_NORM_FWD_VARIANT", variant)

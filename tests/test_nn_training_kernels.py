@@ -562,9 +562,10 @@ def test_dx_pass_equals_mamba_ssm_kernel(monkeypatch, shape):
 
 @pytest.mark.parametrize("with_residual", [True, False])
 @pytest.mark.parametrize("D", [16, 12])
-def test_add_rms_norm_equals_the_torch_stream(monkeypatch, with_residual, D):
+def test_add_rms_norm_equals_the_torch_stream(monkeypatch, nan_empty, with_residual, D):
     """``nn.fused_norm.add_rms_norm``: ``h = RMSNorm(res + x) * w`` (dtype of x) and ``r = res + x`` (fp32), and the
-    gradients of x, res and w, against torch; several programs and a partial last one, a width not a power of two."""
+    gradients of x, res and w, against torch; several programs and a partial last one, a width not a power of two.
+    New buffers start as NaN (the weight's partial sums are not zero-filled: each must be written)."""
     from genemamba_scvi.nn import fused_norm
 
     monkeypatch.setattr(fused_norm, "_ADD_NORM_BLOCK", (2, 3, 4))
@@ -591,16 +592,19 @@ def test_add_rms_norm_equals_the_torch_stream(monkeypatch, with_residual, D):
         fused_norm.add_rms_norm(x, w[:-1])
 
 
+@pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("bias,db_in_kernel", [(True, True), (True, False), (False, True)])
-def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, bias, db_in_kernel):
+def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, nan_empty, bias, db_in_kernel, lean):
     """``nn.fused_merge.gate_merge_train`` against ``merge_packed(mode="gate")``: output and the gradients of the
     two-direction rows, the weight and the bias (from the kernel's per-block column sums, or a column sum after
-    it); ragged cells, an empty one, several partial blocks."""
-    from genemamba_scvi.nn import fused_merge
+    it); ragged cells, an empty one, several partial blocks. With the weight's gradient written half by half into
+    one buffer (``_LEAN_LAUNCHES``, new buffers NaN) and concatenated."""
+    from genemamba_scvi.nn import fused_merge, fused_split
     from genemamba_scvi.nn.bimamba import merge_packed, pack_cells
 
     monkeypatch.setattr(fused_merge, "_MERGE_BLOCK", (4, 8))
     monkeypatch.setattr(fused_merge, "_MERGE_DB_IN_KERNEL", db_in_kernel)
+    monkeypatch.setattr(fused_split, "_LEAN_LAUNCHES", lean)
     torch.manual_seed(6)
     lens = torch.tensor([5, 1, 3, 0, 17, 2, 9])
     p = pack_cells(torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE))
@@ -618,6 +622,26 @@ def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, bia
         torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="do not match"):
         fused_merge.gate_merge_train(a[0][:-1], p.rev, a[1], None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_grad_gives_the_fp32_product_with_and_without_an_out_view(dtype):
+    """``fused_split.weight_grad``: ``a @ b`` in fp32 from fp32 or bf16 operands, returned or written into a column
+    block of a wider fp32 buffer without touching the rest (on CUDA with bf16: cuBLAS's fp32 output)."""
+    from genemamba_scvi.nn.fused_split import weight_grad
+
+    torch.manual_seed(2)
+    a, b = torch.randn(6, 40, device=DEVICE).to(dtype), torch.randn(40, 5, device=DEVICE).to(dtype)
+    want = a.double() @ b.double()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    got = weight_grad(a, b, torch.float32)
+    assert got.dtype == torch.float32 and got.shape == (6, 5)
+    assert float((got.double() - want).abs().max() / want.abs().max()) < tol
+    buf = torch.full((6, 12), 7.0, device=DEVICE)
+    res = weight_grad(a, b, torch.float32, out=buf[:, 5:10])
+    assert res.data_ptr() == buf[:, 5:10].data_ptr()
+    assert float((buf[:, 5:10].double() - want).abs().max() / want.abs().max()) < tol
+    assert bool((buf[:, :5] == 7).all()) and bool((buf[:, 10:] == 7).all())
 
 
 def _packed_batch(lengths, d_model, device):

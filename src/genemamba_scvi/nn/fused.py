@@ -39,10 +39,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genemamba_scvi.nn import fused_split
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 from genemamba_scvi.nn.config import check_choice
 from genemamba_scvi.nn.fused_merge import gate_merge_add_norm, gate_merge_both
-from genemamba_scvi.nn.fused_split import GradSlab, dt_both, grad_out, split_projection
+from genemamba_scvi.nn.fused_split import GradSlab, dt_both, grad_out, partial_sums, split_projection, weight_grad
 from genemamba_scvi.nn.fused_ssd import (
     SSD_CONV_FWD_CONFIG,
     SSD_FWD_CONFIG,
@@ -392,8 +393,10 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
                 *args, BLOCK_G=_next_pow2(group_size), num_warps=warps
             )
         dtype = y.dtype
-        out = F.linear(yn, out_weight.to(dtype), out_bias.to(dtype) if out_bias is not None else None)
-        ctx.save_for_backward(y, z, rev, norm_weight, rstd, out_weight)
+        w_low = out_weight.to(dtype)
+        out = F.linear(yn, w_low, out_bias.to(dtype) if out_bias is not None else None)
+        ctx.save_for_backward(y, z, rev, norm_weight, rstd, w_low if fused_split._LEAN_LAUNCHES else out_weight)
+        ctx.w_dtype = out_weight.dtype
         ctx.has_bias = out_bias is not None
         ctx.bias_dtype = out_bias.dtype if out_bias is not None else None
         ctx.eps, ctx.group_size, ctx.grad_slab = eps, group_size, grad_slab
@@ -407,7 +410,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         G = ctx.group_size
         n_groups = D // G
         dout = dout.contiguous()
-        dyn = dout @ out_weight.to(dout.dtype)  # [2T, D]
+        dyn = dout @ out_weight.to(dout.dtype)  # [2T, D] (out_weight: the forward's cast, when lean)
         if dyn.dtype != y.dtype:
             dyn = dyn.to(y.dtype)
         dy = torch.empty_like(y)
@@ -419,7 +422,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         if _NORM_BWD_VARIANT == "tiles2d":
             br, iters, warps = _NORM_BWD_2D
             n_prog = max(_cdiv(T, br * iters), 1)
-            dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=y.device)
+            dw_part = partial_sums(n_prog, D, y.device)  # every (program, group) stores its columns
             _kernel_module("_triton_norm").gated_norm_both_bwd2d_kernel[(n_prog, n_groups)](
                 *head, dw_part, T, G, n_groups, *strides, BLOCK_R=br, ROW_ITERS=iters, BLOCK_G=_next_pow2(G),
                 num_warps=warps,
@@ -431,7 +434,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
                 *head, dw_part, T, G, n_groups, *strides, ROWS=_NORM_BWD_ROWS, RECOMPUTE=True,
                 BLOCK_G=_next_pow2(G), num_warps=4 if G <= 1024 else 8,
             )  # fmt: skip
-        d_out_weight = (dout.t() @ yn.to(dout.dtype)).to(out_weight.dtype)
+        d_out_weight = weight_grad(dout.t(), yn.to(dout.dtype), ctx.w_dtype)
         d_bias = dout.sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
         d_norm_weight = dw_part.sum(0).to(norm_weight.dtype)
         return dy, dz, None, d_norm_weight, d_out_weight, d_bias, None, None, None
@@ -535,7 +538,7 @@ def mixer_both(
     T = zxbcdt.shape[0]
     d_inner, H, P = mixer.d_inner, mixer.nheads, mixer.headdim
     G, N = mixer.ngroups, mixer.d_state
-    conv_w = mixer.conv1d.weight[:, 0, :]
+    conv_w = mixer.conv1d.weight.squeeze(1)  # (a view whose backward is a view: no select_backward fill)
     params = (zxbcdt, conv_w, mixer.A_log, mixer.D, mixer.dt_bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
     sizes = [d_inner, d_inner + 2 * G * N, H]

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genemamba_scvi.nn import fused_split
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
+from genemamba_scvi.nn.fused_split import weight_grad
 
 __all__ = ["gate_merge_add_norm", "gate_merge_both", "gate_merge_train"]
 
@@ -153,8 +155,10 @@ class _GateMergeTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out2, rev, weight, bias):
         # (autograd runs forward without grad, so _merge_args' inference-only check passes)
-        y, (out2, pf, pb, *_) = _merge_launch(out2, rev, weight, bias, None, None, 0.0, "gate_merge_train")
-        ctx.save_for_backward(out2, pf, pb, rev, weight)
+        w_low = weight.to(out2.dtype)  # (its cast kept for the backward)
+        y, (out2, pf, pb, *_) = _merge_launch(out2, rev, w_low, bias, None, None, 0.0, "gate_merge_train")
+        ctx.save_for_backward(out2, pf, pb, rev, w_low if fused_split._LEAN_LAUNCHES else weight)
+        ctx.w_dtype = weight.dtype
         ctx.has_bias, ctx.b_dtype = bias is not None, bias.dtype if bias is not None else None
         return y
 
@@ -178,7 +182,12 @@ class _GateMergeTrain(torch.autograd.Function):
         # the GEMM terms: out2's rows feed pf (forward rows) and pb (reversed rows) through the two weight halves
         dout2[:T].addmm_(dpf, w[:, :d])
         dout2[T:].addmm_(dpb, w[:, d:])
-        dw = torch.cat([dpf.t() @ out2[:T], dpb.t() @ out2[T:]], dim=1).to(weight.dtype)
+        if fused_split._LEAN_LAUNCHES:  # each half's GEMM writes its columns of the fp32 gradient
+            dw = torch.empty(d, 2 * d, dtype=ctx.w_dtype, device=out2.device)
+            weight_grad(dpf.t(), out2[:T], ctx.w_dtype, out=dw[:, :d])
+            weight_grad(dpb.t(), out2[T:], ctx.w_dtype, out=dw[:, d:])
+        else:
+            dw = torch.cat([dpf.t() @ out2[:T], dpb.t() @ out2[T:]], dim=1).to(ctx.w_dtype)
         db = None
         if db_in_kernel:  # the kernel's per-block column sums: ~2k x d fp32 instead of a [T, d] bf16 column sum
             db = db_part.sum(0).to(ctx.b_dtype)

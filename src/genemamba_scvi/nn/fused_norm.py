@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
+from genemamba_scvi.nn.fused_split import partial_sums
 
 _ADD_NORM_BLOCK = (4, 8, 4)  # rows x row blocks per program x warps
 
@@ -44,7 +45,7 @@ class _AddRMSNorm(torch.autograd.Function):
         n_prog = max(_cdiv(T, br * iters), 1)
         dx = torch.empty(T, D, dtype=ctx.x_dtype, device=r.device)
         dres = torch.empty(T, D, dtype=torch.float32, device=r.device) if ctx.has_res else None
-        dw_part = torch.zeros(n_prog, D, dtype=torch.float32, device=r.device)
+        dw_part = partial_sums(n_prog, D, r.device)  # every program stores its row
         if dh is None:
             dh = torch.zeros(T, D, dtype=ctx.x_dtype, device=r.device)
         if T:

@@ -112,6 +112,41 @@ def grad_out(grad_slab: tuple[GradSlab, int] | None, shape, dtype: torch.dtype, 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+#: Training backward with fewer small launches (session 15; False: session 14's launches, kept as an A/B switch):
+#: per-program partial-sum buffers that their kernel stores whole are not zero-filled first, the forward's
+#: low-precision weight casts are kept for the backward instead of cast again, and a weight's fp32 gradient comes
+#: straight out of its GEMM (``torch.mm(..., out_dtype=torch.float32)``, cuBLAS accumulating in fp32 as before)
+#: instead of a bf16 GEMM output and a cast.
+_LEAN_LAUNCHES = True
+#: whether this torch build takes ``torch.mm(..., out_dtype=)`` on CUDA, without and with ``out=`` (first use tells)
+_MM_OUT_DTYPE: dict[str, bool] = {}
+
+
+def partial_sums(n: int, d: int, device: torch.device) -> torch.Tensor:
+    """``[n, d]`` fp32 per-program partial sums for a kernel that stores every row and column."""
+    return (torch.empty if _LEAN_LAUNCHES else torch.zeros)(n, d, dtype=torch.float32, device=device)
+
+
+def weight_grad(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` in ``dtype``: a weight's gradient from low-precision activations.
+
+    Written into ``out`` when given (a ``[m, n]`` view with unit column stride).
+    """
+    key = "mm" if out is None else "mm_out"
+    low = a.dtype in (torch.bfloat16, torch.float16) and b.dtype == a.dtype and dtype == torch.float32
+    if _LEAN_LAUNCHES and low and a.is_cuda and _MM_OUT_DTYPE.get(key, True):
+        try:
+            res = torch.mm(a, b, out_dtype=dtype) if out is None else torch.mm(a, b, out_dtype=dtype, out=out)
+            _MM_OUT_DTYPE[key] = True
+            return res
+        except (TypeError, RuntimeError, NotImplementedError):  # an older torch, or no such kernel: cast instead
+            _MM_OUT_DTYPE[key] = False
+    if out is not None and a.dtype == b.dtype == dtype:
+        return torch.mm(a, b, out=out)
+    res = (a @ b).to(dtype)
+    return res if out is None else out.copy_(res)
+
+
 class _DtBoth(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dt, rev, grad_slab):
