@@ -378,6 +378,18 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_ssd_bwd._SSD_NO_SPLIT_SUM": False},
         "training: mamba-ssm's dB / dC wrappers with their sum over one head split, not the split-free launch",
     ),
+    "ablation_cb_fp32": (
+        {"fused_ssd_bwd._CB_IN_BF16": False},
+        "training: C B^T of the chunks recomputed in fp32 for the SSD backward, not in bf16",
+    ),
+    "ablation_db_cumsum_torch": (
+        {"fused_ssd_bwd._DB_CUMSUM_IN_REV_SUM": False},
+        "training: the db kernel's ddA shares summed by a torch.cumsum, not inside the reverse-sum kernel",
+    ),
+    "ablation_fat_launches": (
+        {"fused_split._LEAN_LAUNCHES": False},
+        "training: zero-filled partial sums, weights cast again in the backward, bf16 weight gradients then cast",
+    ),
     "ablation_a_per_layer": (
         {"fused_ssd._A_ONCE": False},
         "training: each layer's -exp(A_log) in its own forward (two launches), not all layers' from one stack",
@@ -522,6 +534,8 @@ class Runner:
                 ("ablation_dcb_fp32", 2048, "train", a.train_cells_2048),
                 ("ablation_split_sum", 2048, "train", a.train_cells_2048),
                 ("ablation_a_per_layer", 2048, "train", a.train_cells_2048),
+                ("ablation_cb_fp32", 2048, "train", a.train_cells_2048),
+                ("ablation_fat_launches", 2048, "train", a.train_cells_2048),
                 ("ablation_gather_then_project", 2048, "train", a.train_cells_2048),
                 ("ablation_gather_then_project", 2048, "infer", a.infer_cells_2048),
                 ("ablation_unfused_training", 2048, "train", a.train_cells_2048),
