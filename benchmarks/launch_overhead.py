@@ -10,6 +10,8 @@ Two measurements, one JSON (``--out``):
   the source line that issued it (the innermost frame in this package or in mamba-ssm): aten operations seen by a
   ``TorchDispatchMode`` (views and allocations left out: they launch nothing) and Triton launches (wrapped
   ``JITFunction.run``). Runs on a CPU too (``--smoke``: a tiny model; the fused path only where kernels exist).
+- ``gemm_us`` (``--gemm``): a weight-gradient GEMM with an fp32 output against a bf16 one and a cast, on packed
+  lengths never met before and on one length met again (costs a library pays once per new shape).
 - ``step_host_profile``: ``cProfile`` of the host side of one training step of the default GeneMamba path on a
   real top-2048 batch (``throughput.py``'s model and batches), by own time and by cumulative time, and the
   step's host enqueue time against its wall time.
@@ -76,6 +78,39 @@ def per_launch(n: int) -> dict[str, float]:
             fn()
         out[name] = round((time.perf_counter() - t0) / n * 1e6, 2)
         torch.cuda.synchronize()
+    return out
+
+
+def gemm_new_shapes(n: int) -> dict[str, dict[str, float]]:
+    """Wall microseconds (synchronised) of a weight-gradient GEMM, ``[512, T] @ [T, 1024]`` bf16 -> fp32, by two
+    routes: ``torch.mm(..., out_dtype=torch.float32)`` and a bf16 ``mm`` then a cast; each on ``n`` packed lengths
+    ``T`` it has never met (disjoint for the two routes) and on one length met ``n`` times; medians."""
+    import numpy as np
+
+    dev = torch.device("cuda")
+
+    def fp32_out(a, b):
+        return torch.mm(a, b, out_dtype=torch.float32)
+
+    def cast(a, b):
+        return (a @ b).float()
+
+    out: dict[str, dict[str, float]] = {}
+    for i, (name, fn) in enumerate((("mm_out_dtype_fp32", fp32_out), ("mm_bf16_then_cast", cast))):
+        res = {}
+        for kind in ("new_lengths", "same_length"):
+            times = []
+            for j in range(n):
+                T = 50_001 + 7 * j + 3 * i if kind == "new_lengths" else 60_000 + i
+                x = torch.randn(T, 512, device=dev, dtype=torch.bfloat16)
+                y = torch.randn(T, 1024, device=dev, dtype=torch.bfloat16)
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn(x.t(), y)
+                torch.cuda.synchronize()
+                times.append((time.perf_counter() - t0) * 1e6)
+            res[kind] = round(float(np.median(times[1:])), 1)
+        out[name] = res
     return out
 
 
@@ -210,8 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=2000, help="launches timed per path")
     p.add_argument("--top", type=int, default=30, help="cProfile rows kept")
     p.add_argument("--census", action="store_true", help="only the census of one step's device operations")
+    p.add_argument("--gemm", action="store_true", help="only the weight-gradient GEMM on new and repeated lengths")
     p.add_argument("--smoke", action="store_true", help="with --census: tiny model on the CPU")
     a = p.parse_args(argv)
+    if a.gemm:
+        out = {"device": torch.cuda.get_device_name(0), "gemm_us": gemm_new_shapes(a.n)}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+        print(json.dumps(out), flush=True)
+        return
     if a.census:
         import numpy as np
 

@@ -7,6 +7,11 @@ allocator's state) fall on all arms alike, and each arm's step is compared with 
 same cells. An arm is ``genemamba`` with a set of switches (``throughput.BLOCK_ABLATIONS`` names, or ``name=value``
 switches as in ``throughput._switch``), or ``transformer_varlen`` (the packed transformer, the issue's baseline).
 
+``--fresh``: every arm's step in every round gets its own newly drawn batch (cells from the same distribution), so no
+arm meets a packed length it has met before, as in a real training run, where the packed length changes with every
+batch: costs paid once per new shape (library heuristics, caches keyed on sizes) then count, which the reused
+batches of the default method hide. Step times are then scaled to the mean token count (time per real token).
+
 Reported per arm: median step time, real tokens per second over all timed rounds; per arm against the first:
 the median of the per-round time ratios and its 95% bootstrap interval over rounds. Each GeneMamba arm's
 gradients are checked finite after its first and last timed step.
@@ -289,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_ab.json"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="a new batch for every arm and round (never-seen lengths)")
     p.add_argument("--profile", action="store_true", help="after the rounds: GPU time by kernel, one step per arm")
     p.add_argument("--profile-arms", nargs="*", default=None, help="arms to profile (default: every arm)")
     p.add_argument("--trace-dir", default=None, help="with --profile: also write each arm's Chrome trace (gzip) here")
@@ -308,10 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     finite: dict[str, list[bool]] = {arm: [] for arm in arms}
     names = list(arms)
     t_start = time.perf_counter()
+    arm_tok: dict[str, list[int]] = {arm: [] for arm in arms}
     for rnd in range(a.warmup_rounds + a.rounds):
         b = batches[rnd % len(batches)]
         order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
         for arm in order:
+            if a.fresh:
+                b = run.make_batch(setting, rng)
             model, switches = arms[arm]
             with _switched(switches):
                 dt = _timed_step(run, model, b)
@@ -319,15 +328,25 @@ def main(argv: list[str] | None = None) -> None:
                     finite[arm].append(_grads_finite(run.mamba))
             if rnd >= a.warmup_rounds:
                 times[arm].append(dt)
+                arm_tok[arm].append(int(b["lens"].sum()))
         if rnd == a.warmup_rounds - 1:
             print(f"warm-up done in {time.perf_counter() - t_start:.0f} s", flush=True)
     tok = [int(batches[r % len(batches)]["lens"].sum()) for r in range(a.warmup_rounds, a.warmup_rounds + a.rounds)]
+    times_raw = {arm: list(v) for arm, v in times.items()}
+    if a.fresh:  # each arm's own batches: step times scaled to the mean token count, tokens/s from its own tokens
+        mean_tok = float(np.mean([t for v in arm_tok.values() for t in v]))
+        times = {arm: [t * mean_tok / n for t, n in zip(times[arm], arm_tok[arm])] for arm in arms}
     brng = np.random.default_rng(1)
     out: dict[str, Any] = {
         "device": run.gpu_name,
-        "setting": {**setting, "rounds": a.rounds, "batches": a.batches, "seed": a.seed},
+        "setting": {**setting, "rounds": a.rounds, "batches": a.batches, "seed": a.seed, "fresh": a.fresh},
         "model_cfg": run.cfg,
-        "method": "interleaved rounds, one step per arm per round on the same batch, arm order rotated",
+        "method": "interleaved rounds, one step per arm per round, arm order rotated; "
+        + (
+            "a new batch for every arm and round, times scaled to the mean token count"
+            if a.fresh
+            else "the same batch for every arm of a round"
+        ),
         "arms": {},
     }
     ref = names[0]
@@ -337,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
             "switches": arms[arm][1],
             "model": arms[arm][0],
             "step_time_s_median": float(np.median(t)),
-            "real_tokens_per_s": float(np.sum(tok) / np.sum(t)),
+            "real_tokens_per_s": float((np.sum(arm_tok[arm]) if a.fresh else np.sum(tok)) / np.sum(times_raw[arm])),
             "grads_finite": finite[arm] or None,
         }
         if arm != ref:

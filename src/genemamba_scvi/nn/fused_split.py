@@ -114,10 +114,12 @@ def grad_out(grad_slab: tuple[GradSlab, int] | None, shape, dtype: torch.dtype, 
 
 #: Training backward with fewer small launches (session 15; False: session 14's launches, kept as an A/B switch):
 #: per-program partial-sum buffers that their kernel stores whole are not zero-filled first, the forward's
-#: low-precision weight casts are kept for the backward instead of cast again, and a weight's fp32 gradient comes
-#: straight out of its GEMM (``torch.mm(..., out_dtype=torch.float32)``, cuBLAS accumulating in fp32 as before)
-#: instead of a bf16 GEMM output and a cast.
+#: low-precision weight casts are kept for the backward instead of cast again, and the merge weight's gradient is
+#: written half by half into one buffer (no ``cat``).
 _LEAN_LAUNCHES = True
+#: With ``_LEAN_LAUNCHES``: a weight's fp32 gradient straight out of its GEMM (``torch.mm(..., out_dtype=
+#: torch.float32)``, cuBLAS accumulating in fp32 as before) instead of a bf16 GEMM output and a cast.
+_GRAD_GEMM_FP32_OUT = True
 #: whether this torch build takes ``torch.mm(..., out_dtype=)`` on CUDA, without and with ``out=`` (first use tells)
 _MM_OUT_DTYPE: dict[str, bool] = {}
 
@@ -134,7 +136,7 @@ def weight_grad(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, out: torch
     """
     key = "mm" if out is None else "mm_out"
     low = a.dtype in (torch.bfloat16, torch.float16) and b.dtype == a.dtype and dtype == torch.float32
-    if _LEAN_LAUNCHES and low and a.is_cuda and _MM_OUT_DTYPE.get(key, True):
+    if _LEAN_LAUNCHES and _GRAD_GEMM_FP32_OUT and low and a.is_cuda and _MM_OUT_DTYPE.get(key, True):
         try:
             res = torch.mm(a, b, out_dtype=dtype) if out is None else torch.mm(a, b, out_dtype=dtype, out=out)
             _MM_OUT_DTYPE[key] = True
