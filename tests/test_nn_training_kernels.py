@@ -605,6 +605,7 @@ def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, nan
     monkeypatch.setattr(fused_merge, "_MERGE_BLOCK", (4, 8))
     monkeypatch.setattr(fused_merge, "_MERGE_DB_IN_KERNEL", db_in_kernel)
     monkeypatch.setattr(fused_split, "_LEAN_LAUNCHES", lean)
+    monkeypatch.setattr(fused_split, "_GRAD_GEMM_FP32_OUT", lean)
     torch.manual_seed(6)
     lens = torch.tensor([5, 1, 3, 0, 17, 2, 9])
     p = pack_cells(torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE))
@@ -624,11 +625,16 @@ def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, nan
         fused_merge.gate_merge_train(a[0][:-1], p.rev, a[1], None)
 
 
+@pytest.mark.parametrize("fp32_out", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_weight_grad_gives_the_fp32_product_with_and_without_an_out_view(dtype):
+def test_weight_grad_gives_the_fp32_product_with_and_without_an_out_view(monkeypatch, dtype, fp32_out):
     """``fused_split.weight_grad``: ``a @ b`` in fp32 from fp32 or bf16 operands, returned or written into a column
-    block of a wider fp32 buffer without touching the rest (on CUDA with bf16: cuBLAS's fp32 output)."""
+    block of a wider fp32 buffer without touching the rest (on CUDA with bf16 and ``_GRAD_GEMM_FP32_OUT``: cuBLAS's
+    fp32 output)."""
+    from genemamba_scvi.nn import fused_split
     from genemamba_scvi.nn.fused_split import weight_grad
+
+    monkeypatch.setattr(fused_split, "_GRAD_GEMM_FP32_OUT", fp32_out)
 
     torch.manual_seed(2)
     a, b = torch.randn(6, 40, device=DEVICE).to(dtype), torch.randn(40, 5, device=DEVICE).to(dtype)

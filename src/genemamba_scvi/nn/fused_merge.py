@@ -182,7 +182,7 @@ class _GateMergeTrain(torch.autograd.Function):
         # the GEMM terms: out2's rows feed pf (forward rows) and pb (reversed rows) through the two weight halves
         dout2[:T].addmm_(dpf, w[:, :d])
         dout2[T:].addmm_(dpb, w[:, d:])
-        if fused_split._LEAN_LAUNCHES:  # each half's GEMM writes its columns of the fp32 gradient
+        if fused_split._LEAN_LAUNCHES and fused_split._GRAD_GEMM_FP32_OUT:  # each half's GEMM writes its columns
             dw = torch.empty(d, 2 * d, dtype=ctx.w_dtype, device=out2.device)
             weight_grad(dpf.t(), out2[:T], ctx.w_dtype, out=dw[:, :d])
             weight_grad(dpb.t(), out2[T:], ctx.w_dtype, out=dw[:, d:])
