@@ -2,15 +2,5 @@
 # Session 15, device call 4 (H200): the full throughput run with the session's defaults (C B^T in bf16, the db
 # cumsum fold, the lean backward) to refresh throughput_h200.json and its PNG; the new ablations run after it.
 source scripts/device_lib.sh
-timeout 300 python3 benchmarks/throughput.py --out $OUT --budget-s 245 \
-  --autotune pin:benchmarks/results/throughput_h200_s7_final.json > $OUT/throughput_h200.log 2>&1
-echo "throughput rc=$?"; grep "^target" $OUT/throughput_h200.log | tail -4
-python3 - <<'PY'
-import json, os
-d = json.load(open(os.environ["OUT"] + "/throughput_h200.json"))
-for r in d["results"]:
-    if r["setting"].startswith(("real_top2048", "real_top4096", "ablation_cb", "ablation_fat", "ablation_a_per")):
-        print(r["setting"], r["model"], round(r.get("cells_per_s", 0) or 0, 1), r.get("peak_mem_gib"))
-print(d.get("ratios_genemamba_over_transformer_varlen"))
-PY
+full_run 245 300
 exit 0
