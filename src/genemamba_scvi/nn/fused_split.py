@@ -120,8 +120,8 @@ _LEAN_LAUNCHES = True
 #: torch.float32)``, cuBLAS accumulating in fp32 as before; the merge weight's two halves written into one buffer, no
 #: ``cat``) instead of a bf16 GEMM output and a cast. Off: on an H200 with a new batch for every step (as in
 #: training), the same step time at top-2048 x 48 (1.001x, 0.993-1.015) but slower at top-4096 x 24 (tokens/s 273.5k
-#: against 286.0k without it; noisy) and in ``throughput.py``'s top-4096 training (0.83x the packed transformer
-#: against 1.10x): ``train_ab_s15_call5_fresh_*_h200.json``, ``NOTES_throughput.md`` section 19.
+#: against 286.0k without it; noisy) and in ``throughput.py``'s top-4096 training (0.83x the packed transformer with
+#: it on, 1.00x off): ``train_ab_s15_call5_fresh_*_h200.json``, ``NOTES_throughput.md`` section 19.
 _GRAD_GEMM_FP32_OUT = False
 #: whether this torch build takes ``torch.mm(..., out_dtype=)`` on CUDA, without and with ``out=`` (first use tells)
 _MM_OUT_DTYPE: dict[str, bool] = {}
