@@ -51,6 +51,26 @@ def test_cpu_run_times_every_arm_and_restores_the_switches(tmp_path):
     assert fused._SPLIT_GRAD_IN_PLACE == before
 
 
+def test_fresh_run_gives_every_arm_its_own_new_batches(tmp_path, monkeypatch):
+    """``--fresh``: a newly drawn batch for every arm and round (no arm meets a packed length twice by design), the
+    step times scaled per token, tokens/s from each arm's own tokens."""
+    seen = []
+    real_step = train_ab._timed_step
+
+    def spy(run, model, b):
+        seen.append(b)  # (kept alive, so ids cannot be reused)
+        return real_step(run, model, b)
+
+    monkeypatch.setattr(train_ab, "_timed_step", spy)
+    out = tmp_path / "ab.json"
+    train_ab.main(["--smoke", "--fresh", "--arms", "default", "ablation_split_cat", "--rounds", "2",
+                   "--warmup-rounds", "1", "--out", str(out)])  # fmt: skip
+    d = json.loads(out.read_text())
+    assert len(seen) == 6 and len({id(b) for b in seen}) == 6  # 3 rounds x 2 arms, each step its own batch
+    assert d["setting"]["fresh"] is True and "new batch" in d["method"]
+    assert all(d["arms"][a]["real_tokens_per_s"] > 0 for a in ("default", "ablation_split_cat"))
+
+
 def test_trace_gaps_tells_launch_bound_idle_from_queued_idle():
     def op(name, ts, dur, cat, corr=None):
         return {"ph": "X", "name": name, "ts": ts, "dur": dur, "cat": cat, "args": {"correlation": corr}}
