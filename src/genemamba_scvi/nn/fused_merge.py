@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genemamba_scvi.nn import fused_split
+import genemamba_scvi.nn.fused_split as fused_split
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 from genemamba_scvi.nn.fused_split import weight_grad
 
