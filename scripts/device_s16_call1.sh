@@ -4,6 +4,8 @@
 # 2) fresh-batch A/B at top-4096 x 24 without the transformer arm (does alternating with it slow GeneMamba?);
 # 3) the same with the transformer arm, for the paired ratio.
 source scripts/device_lib.sh
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_nn_training_kernels.py tests/test_nn_fused.py \
+  -k "lean_launches" 2>&1 | tail -2  # session 15's bit-identity tests, compiled
 timeout 200 python3 benchmarks/throughput.py --out $OUT --budget-s 170 --only top4096 --steps 20 \
   --autotune pin:benchmarks/results/throughput_h200_s7_final.json > $OUT/throughput_4096_s16.log 2>&1
 echo "throughput rc=$?"; grep -E "real_top4096_train|ratio" $OUT/throughput_4096_s16.log | tail -6

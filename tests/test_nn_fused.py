@@ -306,6 +306,31 @@ def test_mixer_both_equals_the_gathered_two_direction_mixer(one_pass_ssd):
         assert _rel(got, want) < (2e-2 if one_pass_ssd and CUDA else max(tol, 1e-4))
 
 
+def test_mixer_both_is_bit_identical_with_and_without_lean_launches(monkeypatch, nan_empty):
+    """``fused_split._LEAN_LAUNCHES`` (conv weight by ``squeeze``, the gated norm's partial sums unfilled, the
+    forward's ``out_proj`` cast reused) changes no value of the two-direction mixer's output or gradients."""
+    from genemamba_scvi.nn import fused_split
+
+    torch.manual_seed(4)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=2, chunk_size=8, backend="torch")
+    block = BiMambaBlock(config=cfg).to(DEVICE)
+    p = _pack()
+    h = torch.randn(p.n_tokens, 16, device=DEVICE)
+    params = list(block.mixer.parameters())
+    res = []
+    for lean in (False, True):
+        monkeypatch.setattr(fused_split, "_LEAN_LAUNCHES", lean)
+        (h1,) = _leaves(h)[0]
+        out = mixer_both(block.mixer, block.mixer.in_proj(h1), p.rev, p.seq_idx[0], p.seq_idx_both,
+                         cu_seqlens=p.cu_seqlens)  # fmt: skip
+        w = torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)
+        res.append((out.detach(), torch.autograd.grad((out * w).sum(), [h1, *params])))
+    (o1, g1), (o2, g2) = res
+    assert torch.equal(o1, o2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b) and bool(torch.isfinite(b).all())
+
+
 # ----------------------------------------------------------------------------------------------------
 # One-pass SSD forward (ssd_varlen)
 # ----------------------------------------------------------------------------------------------------

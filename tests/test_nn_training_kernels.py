@@ -882,6 +882,41 @@ def test_fused_training_path_under_activation_checkpointing(monkeypatch, once):
         torch.testing.assert_close(g2[n], g1[n], msg=n)
 
 
+def test_lean_launches_leave_the_fused_training_step_bit_identical(monkeypatch, nan_empty):
+    """``fused_split._LEAN_LAUNCHES`` only drops launches: unfilled partial sums (every entry written), the forward's
+    weight casts reused, the conv weight by ``squeeze``. The encoder's fused training step (forced on under Triton's
+    interpreter; on a GPU compiled) gives bit-identical outputs and parameter gradients with it on and off, new
+    buffers NaN-filled so that an unwritten entry would show."""
+    from genemamba_scvi.nn import GeneMambaEncoder, bimamba, fused_split
+    from genemamba_scvi.nn import encoder as encoder_mod
+
+    if not CUDA:
+        real = encoder_mod.load_mamba_ssm_ops
+        monkeypatch.setattr(encoder_mod, "load_mamba_ssm_ops", lambda: {**real(), "rms_norm_fn": object()})
+        monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
+    monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
+    torch.manual_seed(9)
+    backend = "auto" if CUDA else "torch"
+    enc = GeneMambaEncoder(200, backend=backend, d_model=32, n_layers=2, chunk_size=16, d_state=16, headdim=16)
+    enc = enc.to(DEVICE)
+    enc.fused_add_norm = True
+    cu, tokens, g = _packed_batch([15, 7, 9, 1, 30], 32, DEVICE)
+    outs = []
+    for lean in (False, True):
+        monkeypatch.setattr(fused_split, "_LEAN_LAUNCHES", lean)
+        enc.zero_grad(set_to_none=True)
+        h = enc.forward_packed(tokens, cu)
+        (h * g).sum().backward()
+        outs.append((h.detach(), {n: q.grad.clone() for n, q in enc.named_parameters() if q.grad is not None}))
+    assert bimamba._FUSED_FAILED == {}
+    (h1, g1), (h2, g2) = outs
+    assert torch.equal(h1, h2)
+    assert g1.keys() == g2.keys() and len(g1) > 10
+    for n in g1:
+        assert torch.equal(g1[n], g2[n]), n
+        assert bool(torch.isfinite(g2[n]).all()), n
+
+
 def test_dt_both_equals_cat_of_dt_and_its_reversal():
     """``dt_both``: ``[dt; dt[rev]]`` from a strided ``[T, H]`` view, its gradient ``g[:T] + g[T:][rev]`` (into a
     slab block when given), for ragged cells including empty and one-token ones."""
