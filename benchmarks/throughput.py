@@ -390,6 +390,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_split._LEAN_LAUNCHES": False},
         "training: zero-filled partial sums, weights cast again in the backward, bf16 weight gradients then cast",
     ),
+    "option_weights_once": (
+        {"fused_weights._WEIGHTS_ONCE": True},
+        "training/inference: every layer's GEMM weights cast to bf16 once per batch (an option, off by default)",
+    ),
     "ablation_a_per_layer": (
         {"fused_ssd._A_ONCE": False},
         "training: each layer's -exp(A_log) in its own forward (two launches), not all layers' from one stack",

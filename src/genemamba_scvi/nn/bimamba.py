@@ -35,6 +35,7 @@ from torch import nn
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
 from genemamba_scvi.nn.fused import fused_available, gate_merge_add_norm, gate_merge_both, mixer_both, rev_rows
 from genemamba_scvi.nn.fused_merge import gate_merge_train
+from genemamba_scvi.nn.fused_weights import linear_low
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
 
 __all__ = [
@@ -502,7 +503,7 @@ class BiMambaBlock(nn.Module):
         merged, out2 = self._one_pass_merge(h, pack, weight, bias, gate_merge_both)
         train_merge = self.fused_merge_training and torch.is_grad_enabled() and self.merge_mode == "gate"
         if merged is None and train_merge and _fused_usable(h.device):  # training only: inference has fused_merge
-            merged = _run_fused(h.device, gate_merge_train, out2, pack.rev, weight, bias)
+            merged = _run_fused(h.device, gate_merge_train, out2, pack.rev, weight, bias, cache=pack.cache)
         return merged if merged is not None else merge_packed(out2, pack.rev, self.merge_mode, weight, bias)
 
     def one_pass_merge_applies(self, device: torch.device) -> bool:
@@ -564,10 +565,9 @@ class BiMambaBlock(nn.Module):
 
         ``in_proj`` runs once on the ``T`` tokens and its output is gathered into the two-direction row
         (``in_proj(h)[rev] == in_proj(h[rev])``): half the ``in_proj`` FLOPs of gathering ``h`` first.
-        ``row_ssq`` is None unless ``fold_norm`` folded the gated norm away (see
-        :func:`~genemamba_scvi.nn.fused.mixer_both`).
+        ``row_ssq`` is None unless ``fold_norm`` folded the gated norm (:func:`~genemamba_scvi.nn.fused.mixer_both`).
         """
-        zxbcdt = self.mixer.in_proj(h) if self.project_once else None
+        zxbcdt = linear_low(h, self.mixer.in_proj, pack.cache) if self.project_once else None  # (in_proj(h))
         use_fused = self.fused_both and (self.fused_both_training or not torch.is_grad_enabled())
         if zxbcdt is not None and use_fused and self.mixer.resolved_backend(h.device) == "mamba_ssm":
             if _fused_usable(h.device):

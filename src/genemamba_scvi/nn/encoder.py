@@ -23,6 +23,7 @@ from genemamba_scvi.nn.bimamba import (
 from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
 from genemamba_scvi.nn.fused_norm import add_rms_norm
 from genemamba_scvi.nn.fused_ssd import neg_exp_a
+from genemamba_scvi.nn.fused_weights import cast_weights_once
 from genemamba_scvi.nn.graphs import PackedGraphs, embed_rows, graphs_of, pad_packed_row
 from genemamba_scvi.nn.mamba2 import RMSNorm
 from genemamba_scvi.nn.ssd import BACKENDS, load_mamba_ssm_ops, resolve_backend
@@ -445,6 +446,9 @@ class GeneMambaEncoder(nn.Module):
         residual, delta, h = x, None, None
         if fused is not None:  # the fused mixers read every layer's -exp(A_log) from the batch's cache
             pack.cache["A"] = neg_exp_a(layer.mixer for layer in self.layers)
+            dev = x.device.type
+            if torch.is_autocast_enabled(dev):  # and, with the option on, their GEMM weights cast at once
+                pack.cache["w_low"] = cast_weights_once(self._gemm_weights(), torch.get_autocast_dtype(dev))
         for i, layer in enumerate(self.layers):
             if h is None and fused is not None:  # (h is set when the previous block's merge pass normalised)
                 # one Triton kernel: residual += delta (float32), h = RMSNorm(residual) * weight
@@ -464,6 +468,12 @@ class GeneMambaEncoder(nn.Module):
             else:
                 delta, h = self._run(layer.mix_packed, h, pack, self.merge), None
         return self.norm_f(residual if delta is None else residual + delta)
+
+    def _gemm_weights(self) -> Iterator[torch.Tensor | None]:
+        """The parameters that the fused layers' GEMMs cast: ``in_proj``, ``out_proj`` and the merge's."""
+        for layer in self.layers:
+            yield from (layer.mixer.in_proj.weight, layer.mixer.in_proj.bias, layer.mixer.out_proj.weight)
+            yield from layer._merge_weights(self.merge)
 
     def pool(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Cell embeddings ``[batch, d]`` by the encoder's pooling (see :func:`pool_hidden`)."""

@@ -55,6 +55,7 @@ from genemamba_scvi.nn.fused_ssd import (
     ssd_varlen_both,
     ssd_varlen_supports,
 )
+from genemamba_scvi.nn.fused_weights import cached_low
 
 __all__ = [
     "SSD_CONV_FWD_CONFIG",
@@ -370,7 +371,7 @@ def conv_both(
 # ----------------------------------------------------------------------------------------------------
 class _GatedNormOutProjBoth(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, z, rev, norm_weight, out_weight, out_bias, eps, group_size, grad_slab):
+    def forward(ctx, y, z, rev, norm_weight, out_weight, out_bias, eps, group_size, grad_slab, w_low):
         n_rows, D = y.shape
         T = z.shape[0]
         if y.stride(-1) != 1:
@@ -393,7 +394,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
                 *args, BLOCK_G=_next_pow2(group_size), num_warps=warps
             )
         dtype = y.dtype
-        w_low = out_weight.to(dtype)
+        w_low = w_low if w_low is not None and w_low.dtype == dtype else out_weight.to(dtype)
         out = F.linear(yn, w_low, out_bias.to(dtype) if out_bias is not None else None)
         ctx.save_for_backward(y, z, rev, norm_weight, rstd, w_low if fused_split._LEAN_LAUNCHES else out_weight)
         ctx.w_dtype = out_weight.dtype
@@ -437,7 +438,7 @@ class _GatedNormOutProjBoth(torch.autograd.Function):
         d_out_weight = weight_grad(dout.t(), yn.to(dout.dtype), ctx.w_dtype)
         d_bias = dout.sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
         d_norm_weight = dw_part.sum(0).to(norm_weight.dtype)
-        return dy, dz, None, d_norm_weight, d_out_weight, d_bias, None, None, None
+        return dy, dz, None, d_norm_weight, d_out_weight, d_bias, None, None, None, None
 
 
 def gated_norm_out_proj_both(
@@ -450,6 +451,7 @@ def gated_norm_out_proj_both(
     eps: float = 1e-5,
     group_size: int | None = None,
     grad_slab: tuple[GradSlab, int] | None = None,
+    weight_low: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``out_proj(RMSNorm_group(y * silu(z_both)) * norm_weight)`` for a two-direction row.
 
@@ -469,6 +471,8 @@ def gated_norm_out_proj_both(
     grad_slab
         ``(slab, i)``: write the gradient of ``z`` into block ``i`` of a
         :func:`~genemamba_scvi.nn.fused_split.split_projection` slab.
+    weight_low
+        ``out_weight`` already cast to the dtype of ``y`` (:mod:`~genemamba_scvi.nn.fused_weights`), or None.
 
     Returns
     -------
@@ -477,7 +481,7 @@ def gated_norm_out_proj_both(
     """
     group_size = group_size or y.shape[-1]
     return _GatedNormOutProjBoth.apply(
-        y, z, rev, norm_weight, out_weight, out_bias, float(eps), int(group_size), grad_slab
+        y, z, rev, norm_weight, out_weight, out_bias, float(eps), int(group_size), grad_slab, weight_low
     )
 
 
@@ -589,5 +593,6 @@ def mixer_both(
                      dt_softplus=True, seq_idx=seq_both).reshape(2 * T, d_inner)  # fmt: skip
     z_slab = (slab, 0) if slab is not None else None
     w, b = out_proj.weight, out_proj.bias
-    out2 = gated_norm_out_proj_both(y, z, rev, norm.weight, w, b, norm.eps, norm.group_size, grad_slab=z_slab)
+    out2 = gated_norm_out_proj_both(y, z, rev, norm.weight, w, b, norm.eps, norm.group_size, grad_slab=z_slab,
+                                    weight_low=cached_low(cache, w, y.dtype))  # fmt: skip
     return (out2, None) if fold_norm else out2

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import genemamba_scvi.nn.fused_split as fused_split
 from genemamba_scvi.nn._launch import _cdiv, _kernel_module, _next_pow2
 from genemamba_scvi.nn.fused_split import weight_grad
+from genemamba_scvi.nn.fused_weights import cached_low
 
 __all__ = ["gate_merge_add_norm", "gate_merge_both", "gate_merge_train"]
 
@@ -153,10 +154,11 @@ def gate_merge_add_norm(
 
 class _GateMergeTrain(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, out2, rev, weight, bias):
+    def forward(ctx, out2, rev, weight, bias, w_low, b_low):
         # (autograd runs forward without grad, so _merge_args' inference-only check passes)
-        w_low = weight.to(out2.dtype)  # (its cast kept for the backward)
-        y, (out2, pf, pb, *_) = _merge_launch(out2, rev, w_low, bias, None, None, 0.0, "gate_merge_train")
+        w_low = w_low if w_low is not None else weight.to(out2.dtype)  # (its cast kept for the backward)
+        b_low = b_low if b_low is not None else bias
+        y, (out2, pf, pb, *_) = _merge_launch(out2, rev, w_low, b_low, None, None, 0.0, "gate_merge_train")
         ctx.save_for_backward(out2, pf, pb, rev, w_low if fused_split._LEAN_LAUNCHES else weight)
         ctx.w_dtype = weight.dtype
         ctx.has_bias, ctx.b_dtype = bias is not None, bias.dtype if bias is not None else None
@@ -193,11 +195,11 @@ class _GateMergeTrain(torch.autograd.Function):
             db = db_part.sum(0).to(ctx.b_dtype)
         elif ctx.has_bias:
             db = dpf.sum(0, dtype=torch.float32).to(ctx.b_dtype)  # no fp32 copy of dpf
-        return dout2, None, dw, db
+        return dout2, None, dw, db, None, None
 
 
 def gate_merge_train(
-    out2: torch.Tensor, rev: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    out2: torch.Tensor, rev: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cache: dict | None = None
 ) -> torch.Tensor:
     """:func:`gate_merge_both` (no folded norm) with a backward, for training.
 
@@ -210,6 +212,9 @@ def gate_merge_train(
     ----------
     out2, rev, weight, bias
         As :func:`gate_merge_both`.
+    cache
+        The batch's cache: the weight and bias already cast to the dtype of ``out2``, when it holds them
+        (:mod:`~genemamba_scvi.nn.fused_weights`).
 
     Returns
     -------
@@ -219,4 +224,5 @@ def gate_merge_train(
     if out2.dim() != 2 or out2.shape[0] != 2 * rev.shape[0] or weight.shape != (out2.shape[1], 2 * out2.shape[1]):
         raise ValueError(f"gate_merge_train: out2 {list(out2.shape)}, rev {list(rev.shape)}, weight "
                          f"{list(weight.shape)} do not match ([2T, d], [T], [d, 2d])")  # fmt: skip
-    return _GateMergeTrain.apply(out2, rev, weight, bias)
+    w_low, b_low = cached_low(cache, weight, out2.dtype), cached_low(cache, bias, out2.dtype)
+    return _GateMergeTrain.apply(out2, rev, weight, bias, w_low, b_low)
