@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
             "step_time_s_median": float(np.median(t)),
             "real_tokens_per_s": float((np.sum(arm_tok[arm]) if a.fresh else np.sum(tok)) / np.sum(times_raw[arm])),
             "grads_finite": finite[arm] or None,
+            "step_times_s": [round(x, 5) for x in times_raw[arm]],  # per timed round, unscaled
+            "real_tokens": arm_tok[arm],
         }
         if arm != ref:
             rec[f"vs_{ref}"] = _paired(times, arm, ref, brng)
