@@ -394,6 +394,10 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
         {"fused_weights._WEIGHTS_ONCE": True},
         "training/inference: every layer's GEMM weights cast to bf16 once per batch (an option, off by default)",
     ),
+    "option_merge_bmm": (
+        {"fused_merge._MERGE_BMM": True},
+        "training/inference: the merge's GEMM pairs as one batched GEMM each, the bias in the kernel (an option)",
+    ),
     "ablation_a_per_layer": (
         {"fused_ssd._A_ONCE": False},
         "training: each layer's -exp(A_log) in its own forward (two launches), not all layers' from one stack",

@@ -5,10 +5,11 @@
 # 3) the same with the transformer arm, for the paired ratio.
 source scripts/device_lib.sh
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_nn_training_kernels.py tests/test_nn_fused.py \
-  tests/test_nn_fused_weights.py -k "lean_launches or weights_once or linear_low" 2>&1 | tail -2  # compiled
+  tests/test_nn_fused_weights.py -k "lean_launches or weights_once or linear_low or merge" 2>&1 | tail -2
 timeout 120 python3 benchmarks/train_ab.py --fresh --k 2048 --cells 48 --rounds 20 --warmup-rounds 3 \
   --out $OUT/train_ab_s16_call1_fresh_48_weights_once_h200.json --arms default \
-  "wonce:fused_weights._WEIGHTS_ONCE=true" transformer_varlen > $OUT/ab_s16_1w.log 2>&1
+  "wonce:fused_weights._WEIGHTS_ONCE=true" "mbmm:fused_merge._MERGE_BMM=true" \
+  "both:fused_weights._WEIGHTS_ONCE=true;fused_merge._MERGE_BMM=true" transformer_varlen > $OUT/ab_s16_1w.log 2>&1
 echo "ab48 weights-once rc=$?"; pick $OUT/ab_s16_1w.log
 timeout 200 python3 benchmarks/throughput.py --out $OUT --budget-s 170 --only top4096 --steps 20 \
   --autotune pin:benchmarks/results/throughput_h200_s7_final.json > $OUT/throughput_4096_s16.log 2>&1

@@ -504,9 +504,14 @@ def test_block_falls_back_to_mamba_ssms_layer_once_when_the_fused_kernels_fail(m
         block._mix_both(h, p)
 
 
-def test_gate_merge_both_equals_merge_packed_and_refuses_gradients():
+@pytest.mark.parametrize("bmm", [False, True])
+def test_gate_merge_both_equals_merge_packed_and_refuses_gradients(monkeypatch, bmm):
+    """Two GEMMs, or one batched GEMM over both directions with the bias added in the kernel (``_MERGE_BMM``)."""
+    from genemamba_scvi.nn import fused_merge
     from genemamba_scvi.nn.bimamba import merge_packed
     from genemamba_scvi.nn.fused import gate_merge_both
+
+    monkeypatch.setattr(fused_merge, "_MERGE_BMM", bmm)
 
     torch.manual_seed(9)
     p = _pack()
@@ -588,9 +593,13 @@ def test_ssd_varlen_both_equals_the_scan_and_the_gate_on_the_two_direction_row(m
         fused.ssd_varlen_both(xbc2, dt, A.requires_grad_(), cu2, z, **kw)
 
 
-def test_folded_norm_with_the_scaled_merge_equals_the_gated_norm_then_the_merge():
+@pytest.mark.parametrize("bmm", [False, True])
+def test_folded_norm_with_the_scaled_merge_equals_the_gated_norm_then_the_merge(monkeypatch, bmm):
     """``mixer_both(fold_norm=True)`` + ``gate_merge_both(row_ssq=...)`` == ``mixer_both`` + ``gate_merge_both``."""
+    from genemamba_scvi.nn import fused_merge
     from genemamba_scvi.nn.fused import gate_merge_both
+
+    monkeypatch.setattr(fused_merge, "_MERGE_BMM", bmm)
 
     block, p, h = _tiny_block(12)
     m = block.mixer
@@ -632,9 +641,13 @@ def test_block_folds_the_norm_in_inference_only_when_switched_on(monkeypatch):
 # ----------------------------------------------------------------------------------------------------
 # The merge, the residual add and the next block's norm in one pass (inference)
 # ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bmm", [False, True])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_gate_merge_add_norm_equals_the_merge_then_the_residual_add_then_rmsnorm(scaled):
+def test_gate_merge_add_norm_equals_the_merge_then_the_residual_add_then_rmsnorm(monkeypatch, scaled, bmm):
+    from genemamba_scvi.nn import fused_merge
     from genemamba_scvi.nn.fused import gate_merge_add_norm, gate_merge_both
+
+    monkeypatch.setattr(fused_merge, "_MERGE_BMM", bmm)
 
     torch.manual_seed(14)
     p = _pack()

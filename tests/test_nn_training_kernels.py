@@ -592,13 +592,14 @@ def test_add_rms_norm_equals_the_torch_stream(monkeypatch, nan_empty, with_resid
         fused_norm.add_rms_norm(x, w[:-1])
 
 
+@pytest.mark.parametrize("bmm", [False, True])
 @pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("bias,db_in_kernel", [(True, True), (True, False), (False, True)])
-def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, nan_empty, bias, db_in_kernel, lean):
+def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, nan_empty, bias, db_in_kernel, lean, bmm):
     """``nn.fused_merge.gate_merge_train`` against ``merge_packed(mode="gate")``: output and the gradients of the
     two-direction rows, the weight and the bias (from the kernel's per-block column sums, or a column sum after
     it); ragged cells, an empty one, several partial blocks. With the weight's gradient written half by half into
-    one buffer (``_LEAN_LAUNCHES``, new buffers NaN) and concatenated."""
+    one buffer (``_LEAN_LAUNCHES``, new buffers NaN) and concatenated; by two GEMMs a pair or one batched GEMM."""
     from genemamba_scvi.nn import fused_merge, fused_split
     from genemamba_scvi.nn.bimamba import merge_packed, pack_cells
 
@@ -606,6 +607,7 @@ def test_gate_merge_train_equals_the_torch_merge_with_gradients(monkeypatch, nan
     monkeypatch.setattr(fused_merge, "_MERGE_DB_IN_KERNEL", db_in_kernel)
     monkeypatch.setattr(fused_split, "_LEAN_LAUNCHES", lean)
     monkeypatch.setattr(fused_split, "_GRAD_GEMM_FP32_OUT", lean)
+    monkeypatch.setattr(fused_merge, "_MERGE_BMM", bmm)  # one batched GEMM a pair, the bias in the kernels
     torch.manual_seed(6)
     lens = torch.tensor([5, 1, 3, 0, 17, 2, 9])
     p = pack_cells(torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE))

@@ -48,10 +48,10 @@ def _merge_tile(out2_ptr, pf_ptr, pb_ptr, rev_ptr, bias_ptr, ssq_ptr, T, D, stri
         f = f * sf
         b = b * sb
         p = p * sf + pb * sb
-        if HAS_BIAS:
-            p += tl.load(bias_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
     else:
         p += pb
+    if HAS_BIAS:  # (scaled rows, or pf from the batched GEMM without its bias)
+        p += tl.load(bias_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
     return b + tl.sigmoid(p) * (f - b)
 
 
@@ -95,8 +95,9 @@ def gate_merge_add_norm_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, bias_ptr, ssq_
 
 
 @triton.jit(do_not_specialize=["T"])
-def gate_merge_bwd_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, g_ptr, dout2_ptr, dpf_ptr, dpb_ptr, db_part_ptr, T, D,
-    stride_o, stride_pf, stride_pb, stride_g, HAS_DB: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+def gate_merge_bwd_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, g_ptr, dout2_ptr, dpf_ptr, dpb_ptr, db_part_ptr, bias_ptr,
+    T, D, stride_o, stride_pf, stride_pb, stride_g, HAS_DB: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr
 ):
     """Backward of ``y = b + sigmoid(pf[u] + pb[j]) * (f - b)`` (unscaled rows) through the gate's elementwise part.
 
@@ -104,6 +105,7 @@ def gate_merge_bwd_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, g_ptr, dout2_ptr, d
     the gradient of the gate's pre-activation ``dp = g (f - b) z (1 - z)`` in the rows of ``pf`` (``dpf[u]``) and
     of ``pb`` (``dpb[j]``). ``HAS_DB``: also this program's column sums of ``dp`` (fp32, before rounding), row
     ``program_id(0)`` of ``db_part`` ``[n_row_blocks, D]``, whose column sums are the gate bias' gradient.
+    ``HAS_BIAS``: ``pf`` lacks the gate bias (the batched GEMM's), which is added here.
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -115,6 +117,8 @@ def gate_merge_bwd_kernel(out2_ptr, pf_ptr, pb_ptr, rev_ptr, g_ptr, dout2_ptr, d
     b = tl.load(out2_ptr + (T + j) * stride_o + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     p = tl.load(pf_ptr + u * stride_pf + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     p += tl.load(pb_ptr + j * stride_pb + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        p += tl.load(bias_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
     g = tl.load(g_ptr + u * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     z = tl.sigmoid(p)
     dp = g * (f - b) * z * (1.0 - z)
