@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fused_steps import fused_encoder_two_ways
 from genemamba_scvi.nn import fused_weights
 
 CUDA = torch.cuda.is_available()
@@ -65,14 +66,8 @@ def test_weights_once_leave_the_fused_training_step_bit_identical(monkeypatch):
     CPU): with the option on, every layer's ``in_proj`` and merge read their casts from the batch's cache, and the
     output and every parameter gradient are bit-identical to the per-layer casts'."""
     pytest.importorskip("triton")
-    from genemamba_scvi.nn import GeneMambaEncoder, bimamba, fused_merge
-    from genemamba_scvi.nn import encoder as encoder_mod
+    from genemamba_scvi.nn import fused_merge
 
-    if not CUDA:
-        real = encoder_mod.load_mamba_ssm_ops
-        monkeypatch.setattr(encoder_mod, "load_mamba_ssm_ops", lambda: {**real(), "rms_norm_fn": object()})
-        monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
-    monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
     hits = {"linear": 0, "merge": 0}
     real_low, real_cached = fused_weights._LowLinear.apply, fused_merge.cached_low
 
@@ -87,27 +82,14 @@ def test_weights_once_leave_the_fused_training_step_bit_identical(monkeypatch):
 
     monkeypatch.setattr(fused_weights._LowLinear, "apply", low)
     monkeypatch.setattr(fused_merge, "cached_low", cached)
-    torch.manual_seed(9)
-    backend = "auto" if CUDA else "torch"
-    enc = GeneMambaEncoder(200, backend=backend, d_model=32, n_layers=2, chunk_size=16, d_state=16, headdim=16)
-    enc = enc.to(DEVICE)
-    enc.fused_add_norm = True
-    cu = torch.tensor([0, 15, 22, 31, 32, 62], device=DEVICE)
-    tokens = torch.randint(3, 200, (62,), device=DEVICE)
-    g = torch.randn(62, 32, device=DEVICE)
-    outs = []
-    for on in (False, True):
-        monkeypatch.setattr(fused_weights, "_WEIGHTS_ONCE", on)
-        enc.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-            h = enc.forward_packed(tokens, cu)
-        (h.float() * g).sum().backward()
-        outs.append((h.detach(), {n: q.grad.clone() for n, q in enc.named_parameters() if q.grad is not None}))
-        if not on:
+
+    def once(enc, on):
+        if on:  # the step with the option off read nothing from the cache
             assert hits == {"linear": 0, "merge": 0}
-    assert bimamba._FUSED_FAILED == {}
+        monkeypatch.setattr(fused_weights, "_WEIGHTS_ONCE", on)
+
+    (h1, g1), (h2, g2) = fused_encoder_two_ways(monkeypatch, once, seed=9, autocast=True)
     assert hits["linear"] == 2 and hits["merge"] == 4  # two layers: in_proj; the merge's weight and bias
-    (h1, g1), (h2, g2) = outs
     assert torch.equal(h1, h2)
     assert g1.keys() == g2.keys() and len(g1) > 10
     for n in g1:

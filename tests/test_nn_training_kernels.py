@@ -16,6 +16,7 @@ import torch
 
 pytest.importorskip("triton", reason="the state walks are Triton kernels (pip install triton)")
 
+from fused_steps import fused_encoder_two_ways
 from genemamba_scvi.nn import fused_ssd_bwd
 from genemamba_scvi.nn.fused_ssd_bwd import state_passing_runs_bwd, state_passing_runs_fwd
 
@@ -856,28 +857,14 @@ def test_fused_training_path_under_activation_checkpointing(monkeypatch, once):
     output and every gradient as without it, and the fused kernels not given up. Non-reentrant checkpointing stops
     a layer's recomputation by raising from inside it; ``_run_fused`` used to take that for a kernel failure, turn
     the fused path off for the process and break the backward ("early_stop is set")."""
-    from genemamba_scvi.nn import GeneMambaEncoder, bimamba, fused_ssd
-    from genemamba_scvi.nn import encoder as encoder_mod
+    from genemamba_scvi.nn import fused_ssd
 
-    real = encoder_mod.load_mamba_ssm_ops
-    monkeypatch.setattr(encoder_mod, "load_mamba_ssm_ops", lambda: {**real(), "rms_norm_fn": object()})
-    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
-    monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
     monkeypatch.setattr(fused_ssd, "_A_ONCE", once)
-    torch.manual_seed(8)
-    enc = GeneMambaEncoder(200, backend="torch", d_model=32, n_layers=2, chunk_size=8, d_state=16, headdim=16)
-    enc = enc.to(DEVICE)
-    enc.fused_add_norm = True
-    cu, tokens, g = _packed_batch([15, 7, 9, 1, 30], 32, DEVICE)
-    outs = []
-    for ckpt in (False, True):
-        enc.gradient_checkpointing = ckpt
-        enc.zero_grad(set_to_none=True)
-        h = enc.forward_packed(tokens, cu)
-        (h * g).sum().backward()
-        outs.append((h.detach(), {n: q.grad.clone() for n, q in enc.named_parameters() if q.grad is not None}))
-    assert bimamba._FUSED_FAILED == {}
-    (h1, g1), (h2, g2) = outs
+
+    def checkpointing(enc, on):
+        enc.gradient_checkpointing = on
+
+    (h1, g1), (h2, g2) = fused_encoder_two_ways(monkeypatch, checkpointing, seed=8, chunk_size=8, force=True)
     torch.testing.assert_close(h2, h1)
     assert g1.keys() == g2.keys() and len(g1) > 10
     for n in g1:
@@ -889,29 +876,12 @@ def test_lean_launches_leave_the_fused_training_step_bit_identical(monkeypatch, 
     weight casts reused, the conv weight by ``squeeze``. The encoder's fused training step (forced on under Triton's
     interpreter; on a GPU compiled) gives bit-identical outputs and parameter gradients with it on and off, new
     buffers NaN-filled so that an unwritten entry would show."""
-    from genemamba_scvi.nn import GeneMambaEncoder, bimamba, fused_split
-    from genemamba_scvi.nn import encoder as encoder_mod
+    from genemamba_scvi.nn import fused_split
 
-    if not CUDA:
-        real = encoder_mod.load_mamba_ssm_ops
-        monkeypatch.setattr(encoder_mod, "load_mamba_ssm_ops", lambda: {**real(), "rms_norm_fn": object()})
-        monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
-    monkeypatch.setattr(bimamba, "_FUSED_FAILED", {})
-    torch.manual_seed(9)
-    backend = "auto" if CUDA else "torch"
-    enc = GeneMambaEncoder(200, backend=backend, d_model=32, n_layers=2, chunk_size=16, d_state=16, headdim=16)
-    enc = enc.to(DEVICE)
-    enc.fused_add_norm = True
-    cu, tokens, g = _packed_batch([15, 7, 9, 1, 30], 32, DEVICE)
-    outs = []
-    for lean in (False, True):
-        monkeypatch.setattr(fused_split, "_LEAN_LAUNCHES", lean)
-        enc.zero_grad(set_to_none=True)
-        h = enc.forward_packed(tokens, cu)
-        (h * g).sum().backward()
-        outs.append((h.detach(), {n: q.grad.clone() for n, q in enc.named_parameters() if q.grad is not None}))
-    assert bimamba._FUSED_FAILED == {}
-    (h1, g1), (h2, g2) = outs
+    def lean(enc, on):
+        monkeypatch.setattr(fused_split, "_LEAN_LAUNCHES", on)
+
+    (h1, g1), (h2, g2) = fused_encoder_two_ways(monkeypatch, lean, seed=9)
     assert torch.equal(h1, h2)
     assert g1.keys() == g2.keys() and len(g1) > 10
     for n in g1:
