@@ -30,6 +30,7 @@ TYPES = dict(
     x_ptr="*bf16", w_ptr="*fp32", b_ptr="*fp32", seq_ptr="*i32", cu_ptr="*i64", rev_ptr="*i64", dout_ptr="*bf16",
     dpre_ptr="*bf16", dw_part_ptr="*fp32", db_part_ptr="*fp32", dx_ptr="*bf16", out_ptr="*bf16", out2_ptr="*bf16",
     pf_ptr="*bf16", pb_ptr="*bf16", g_ptr="*bf16", dout2_ptr="*bf16", dpf_ptr="*bf16", dpb_ptr="*bf16",
+    bias_ptr="*bf16",
 )  # fmt: skip
 _NORM = dict(
     y_ptr="*bf16",
@@ -63,7 +64,8 @@ CASES = [
       (dict(BLOCK_R=32, BLOCK_C=64), 4)]),
     ("_triton_bimamba", "conv_both_fwd_tok_kernel", dict(K=4, HAS_BIAS=True, SILU=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=128), 4)]),
-    ("_triton_merge", "gate_merge_bwd_kernel", dict(HAS_DB=True), {}, [(dict(BLOCK_R=16, BLOCK_D=128), 4)]),
+    ("_triton_merge", "gate_merge_bwd_kernel", dict(HAS_DB=True, HAS_BIAS=False), {},
+     [(dict(BLOCK_R=16, BLOCK_D=128), 4)]),
     ("_triton_norm", "gated_norm_both_bwd2d_kernel", dict(BLOCK_G=1024), _NORM,
      [(dict(BLOCK_R=2, ROW_ITERS=16), 4), (dict(BLOCK_R=2, ROW_ITERS=16), 8), (dict(BLOCK_R=1, ROW_ITERS=32), 4),
       (dict(BLOCK_R=1, ROW_ITERS=32), 8), (dict(BLOCK_R=4, ROW_ITERS=8), 8)]),
