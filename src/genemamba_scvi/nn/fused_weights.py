@@ -30,8 +30,10 @@ def cast_weights_once(params: Any, dtype: torch.dtype | None) -> dict[int, torch
     Empty when the option is off, ``dtype`` is None, fewer than two parameters are given, or they differ in dtype or
     device, or already have ``dtype`` (nothing to cast).
     """
+    if not _WEIGHTS_ONCE or dtype is None:  # (before walking the parameters: this runs on every batch)
+        return {}
     ps = list({id(p): p for p in params if p is not None}.values())
-    if not _WEIGHTS_ONCE or dtype is None or len(ps) < 2:
+    if len(ps) < 2:
         return {}
     if len({(p.dtype, p.device) for p in ps}) != 1 or ps[0].dtype == dtype or not ps[0].is_floating_point():
         return {}
@@ -79,6 +81,8 @@ def linear_low(x: torch.Tensor, linear: torch.nn.Linear, cache: dict | None) -> 
 
     Without a cached weight (the option off, no autocast, another dtype), exactly ``linear(x)``.
     """
+    if not (cache and cache.get("w_low")):  # nothing cast for this batch (the option off): no autocast queries
+        return linear(x)
     dev = x.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
     w_low = cached_low(cache, linear.weight, dtype) if dtype is not None else None
