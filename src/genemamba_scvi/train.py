@@ -8,6 +8,7 @@ progress bar, a quiet training session.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import warnings
@@ -25,6 +26,25 @@ from genemamba_scvi.nn.graphs import drop_graphs
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training step produces a NaN/inf loss (the weights are left unchanged)."""
+
+
+def _check_plan_kwargs(module, kwargs: dict[str, Any]) -> None:
+    """Refuse now, naming it, a keyword that neither scvi's plan nor ``module.loss`` takes.
+
+    scvi's ``TrainingPlan`` passes unknown keywords on to ``module.loss``, where a typo would fail only at the
+    first training step, inside Lightning.
+    """
+    loss_params = inspect.signature(module.loss).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in loss_params):
+        return  # a loss that takes any keyword (a wrapped or patched one)
+    params = [*inspect.signature(TrainingPlan.__init__).parameters.values(), *loss_params]
+    taken = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    unknown = sorted(set(kwargs) - taken)
+    if unknown:
+        raise TypeError(
+            f"unknown training-plan setting(s) {unknown}: plan_kwargs take lr, weight_decay, eps, betas, "
+            "warmup_fraction, min_lr_ratio and scvi-tools' TrainingPlan arguments"
+        )
 
 
 class GeneMambaTrainingPlan(TrainingPlan):
@@ -45,6 +65,12 @@ class GeneMambaTrainingPlan(TrainingPlan):
         Final learning rate as a fraction of ``lr``.
     betas
         AdamW betas.
+    eps
+        AdamW's epsilon, 1e-8 (torch's and Hugging Face's default). scvi-tools' plan defaults to 0.01, which is
+        far larger than the root mean square of this model's gradients and so damps every step; GeneMamba
+        trained with 0.01 until this default was set (see "The optimiser's epsilon" in ``docs/biology.md``).
+    optimizer
+        Only ``"AdamW"`` (scvi-tools' argument; another value raises :class:`ValueError`).
     **kwargs
         Passed to :class:`scvi.train.TrainingPlan`.
     """
@@ -57,9 +83,17 @@ class GeneMambaTrainingPlan(TrainingPlan):
         warmup_fraction: float = 0.05,
         min_lr_ratio: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        optimizer: str = "AdamW",
         **kwargs,
     ):
-        super().__init__(module, lr=lr, weight_decay=weight_decay, optimizer="AdamW", **kwargs)
+        if optimizer != "AdamW" or kwargs.get("optimizer_creator") is not None:
+            raise ValueError(
+                f"GeneMamba trains with AdamW and its own warm-up + cosine schedule (optimizer={optimizer!r} "
+                "was asked for): set lr, weight_decay, eps, betas, warmup_fraction or min_lr_ratio in plan_kwargs"
+            )
+        _check_plan_kwargs(module, kwargs)
+        super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, optimizer="AdamW", **kwargs)
         self.warmup_fraction = warmup_fraction
         self.min_lr_ratio = min_lr_ratio
         self.betas = tuple(betas)

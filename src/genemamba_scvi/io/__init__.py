@@ -9,6 +9,7 @@ Two formats live here.
     vocab.json           the GeneVocab
     gene_medians.npy     per-gene non-zero medians (float64, optional, never pickled)
     extra.json           anything else (scvi registry, attributes, label names)
+    adata.h5ad           the AnnData, only with ``save(..., save_anndata=True)``
     checksums.json       format name/version and the sha256 of every file above
 
 Writes are atomic: everything goes into a hidden temporary sibling directory (same parent, so the
@@ -16,8 +17,9 @@ same file system), files and directory are fsync'ed, and only then is the direct
 place. With ``overwrite=True`` the new directory is swapped in with one atomic
 ``renameat2(RENAME_EXCHANGE)`` on Linux (elsewhere: old renamed aside, new renamed in, old
 deleted), so a crash at any point leaves either the complete old or the complete new model.
-Only the files above are ever replaced: anything else a user keeps in the directory is hard-linked
-(copied where links are impossible) into the new directory before the swap, so it survives unchanged.
+Only the files above are ever replaced (``adata.h5ad`` only by a save that writes it): anything else a user
+keeps in the directory is hard-linked (copied where links are impossible) into the new directory before the
+swap, so it survives unchanged.
 Reading verifies every checksum before anything is parsed, and nothing is ever unpickled.
 
 **Official layout** (``mineself2016/GeneMamba`` on the Hugging Face Hub and the ``MambaModel``
@@ -33,6 +35,7 @@ official reader), :mod:`~genemamba_scvi.io._files` (atomic file helpers shared b
 """
 
 from genemamba_scvi.io._checkpoint import (
+    ANNDATA_FILE,
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
     CHECKSUMS_FILE,
@@ -48,6 +51,7 @@ from genemamba_scvi.io._checkpoint import (
 from genemamba_scvi.io._official import MAMBA2_PARAMS, OfficialCheckpoint, read_official_checkpoint
 
 __all__ = [
+    "ANNDATA_FILE",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "CHECKSUMS_FILE",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ VOCAB_FILE = "vocab.json"
 MEDIANS_FILE = "gene_medians.npy"
 EXTRA_FILE = "extra.json"
 CHECKSUMS_FILE = "checksums.json"
+ANNDATA_FILE = "adata.h5ad"  # written by ``GeneMambaModel.save(save_anndata=True)``, listed in the manifest
 _REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, EXTRA_FILE)
 _OWN_FILES = frozenset({*_REQUIRED_FILES, MEDIANS_FILE, CHECKSUMS_FILE})  # all that write_checkpoint replaces
 
@@ -79,6 +80,7 @@ def write_checkpoint(
     gene_medians: np.ndarray | None = None,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    extra_files: Mapping[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write a model directory in our format, atomically.
 
@@ -103,6 +105,11 @@ def write_checkpoint(
         Write into an existing directory, replacing the checkpoint files there (the files listed in
         the module docstring). Every other file or folder in it is kept. Without it an existing
         ``path`` raises :class:`FileExistsError` and nothing is touched.
+    extra_files
+        More files to write into the directory, by name: each callable writes its file to the path it is
+        given (e.g. ``{"adata.h5ad": adata.write_h5ad}``). They are written in the same atomic step, listed
+        in the checksum manifest and verified by :func:`read_checkpoint`. A file of the same name left by
+        an earlier save is replaced; when a later save does not write it, it is kept as an unlisted file.
 
     Returns
     -------
@@ -120,8 +127,12 @@ def write_checkpoint(
     if not path.exists() and not path.is_symlink():
         path.parent.mkdir(parents=True, exist_ok=True)  # as scvi-tools' save: missing parents are created
     _check_target(path, overwrite, looks_like=lambda p: True, what="genemamba-scvi checkpoint")
+    extra_files = dict(extra_files or {})
+    bad = [name for name in extra_files if name in _OWN_FILES or "/" in name or name in ("", ".", "..")]
+    if bad:
+        raise ValueError(f"extra_files cannot be named {bad}: plain file names other than the checkpoint's own")
     if overwrite and path.is_dir() and not (path / CHECKSUMS_FILE).is_file():
-        clash = sorted(name for name in _OWN_FILES if (path / name).exists())
+        clash = sorted(name for name in (*_OWN_FILES, *extra_files) if (path / name).exists())
         if clash:
             raise ValueError(
                 f"refusing to overwrite {', '.join(clash)} in {path}: it is not a genemamba-scvi checkpoint "
@@ -146,7 +157,9 @@ def write_checkpoint(
             with open(tmp / MEDIANS_FILE, "wb") as fh:
                 np.save(fh, medians, allow_pickle=False)
         (tmp / EXTRA_FILE).write_text(extra_text, encoding="utf-8")
-        names = [*_REQUIRED_FILES, *([MEDIANS_FILE] if medians is not None else [])]
+        for name, write in extra_files.items():
+            write(tmp / name)
+        names = [*_REQUIRED_FILES, *([MEDIANS_FILE] if medians is not None else []), *extra_files]
         manifest = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -155,7 +168,9 @@ def write_checkpoint(
         }
         (tmp / CHECKSUMS_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
 
-    _atomic_write_dir(path, fill, overwrite, own_files=_OWN_FILES | _manifest_files(path))
+    # files an earlier save listed but this one does not write (an old adata.h5ad) stay, unlisted
+    own = (_OWN_FILES | _manifest_files(path) | set(extra_files)) - ({ANNDATA_FILE} - set(extra_files))
+    _atomic_write_dir(path, fill, overwrite, own_files=own)
     return path
 
 

@@ -254,8 +254,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             if not copy_if_view:
                 raise ValueError("adata is a view; pass a copy (adata.copy()).")
             adata._init_as_actual(adata.copy())
-        # a query needs no labels to be embedded or predicted (and scvi would warn about rare ones)
-        args = {**self.adata_manager.registry["setup_args"], "labels_key": None}
+        # a query needs no labels or batches to be embedded or predicted (it may lack those obs columns, and
+        # scvi would warn about categories of fewer than 3 cells in a small query)
+        args = {**self.adata_manager.registry["setup_args"], "labels_key": None, "batch_key": None}
         try:
             _register_afresh(type(self), adata, args)
         except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
@@ -382,6 +383,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         *,
         precision: str | int | None = "auto",
         progress_bar: bool | None = None,
+        give_mean: bool = True,
+        mc_samples: int | None = None,
+        return_dist: bool = False,
     ) -> np.ndarray:
         """Cell embeddings (mean of the final hidden states over each cell's real gene tokens).
 
@@ -404,11 +408,21 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             float32; ``"bf16-mixed"`` / ``"16-mixed"`` force autocast. The result is float32 either way.
         progress_bar
             Show a progress bar (tqdm). ``None`` (default): only for 5,000 cells or more.
+        give_mean, mc_samples
+            scvi-tools' arguments for a variational posterior, accepted so that scvi code runs unchanged: the
+            embedding is deterministic (the model is not a VAE), so the mean and any sample are the same array.
+        return_dist
+            Must be ``False``: there is no distribution to return (``True`` raises ``ValueError``).
 
         Returns
         -------
         ``float32`` array of shape ``(n_cells, d_model)``.
         """
+        if return_dist:
+            raise ValueError(
+                "return_dist=True asks for a posterior distribution; GeneMamba's embedding is deterministic "
+                "(not a VAE): call get_latent_representation() for the embedding itself"
+            )
         return self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
 
     @torch.inference_mode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -52,6 +53,31 @@ def _history_from_json(saved: dict[str, dict[str, Any]] | None) -> dict[str, pd.
     }
 
 
+#: scvi-tools' ``save`` arguments that have no meaning here (accepted, no effect)
+_SCVI_SAVE_ARGS = frozenset({"save_kwargs", "legacy_mudata_format", "datamodule"})
+
+
+def _saved_anndata(dir_path: Path) -> AnnData:
+    """The AnnData that ``save(..., save_anndata=True)`` wrote into ``dir_path`` (its checksum already verified)."""
+    import anndata
+
+    from genemamba_scvi.io import ANNDATA_FILE, CHECKSUMS_FILE
+
+    listed = json.loads((dir_path / CHECKSUMS_FILE).read_text(encoding="utf-8")).get("files", {})
+    if ANNDATA_FILE not in listed:
+        hint = ""
+        if (dir_path / ANNDATA_FILE).exists():
+            hint = (
+                f" (the {ANNDATA_FILE} there was left by an earlier save of another model state; pass it "
+                f"yourself if it is the right one: adata=anndata.read_h5ad({str(dir_path / ANNDATA_FILE)!r}))"
+            )
+        raise ValueError(
+            f"{dir_path} was saved without its AnnData: pass the AnnData to attach, "
+            f"GeneMambaModel.load(dir_path, adata=adata), or save with save_anndata=True{hint}."
+        )
+    return anndata.read_h5ad(dir_path / ANNDATA_FILE)
+
+
 class GeneMambaSaveLoadMixin:
     """``save`` / ``load`` in our checkpoint format and ``from_pretrained`` for the official checkpoints.
 
@@ -96,14 +122,25 @@ class GeneMambaSaveLoadMixin:
             that is not a saved model but holds a file of one of those names is refused. Without
             ``overwrite`` an existing ``dir_path`` raises :class:`FileExistsError` and is not touched.
         save_anndata
-            Not supported: write the AnnData with ``adata.write_h5ad``.
+            Also write the model's AnnData to ``adata.h5ad`` in the directory (checksummed with the other files),
+            so that ``GeneMambaModel.load(dir_path)`` needs no ``adata``, as in scvi-tools.
         **kwargs
-            Ignored (scvi-tools compatibility).
+            With ``save_anndata``: passed to :meth:`anndata.AnnData.write_h5ad` (e.g. ``compression="gzip"``).
+            scvi-tools' ``save_kwargs``, ``legacy_mudata_format`` and ``datamodule`` are accepted and have no
+            effect; other keywords raise :class:`TypeError`.
         """
-        from genemamba_scvi.io import write_checkpoint
+        from genemamba_scvi.io import ANNDATA_FILE, write_checkpoint
 
+        write_kwargs = {k: v for k, v in kwargs.items() if k not in _SCVI_SAVE_ARGS}
+        if write_kwargs and not save_anndata:
+            raise TypeError(
+                f"GeneMambaModel.save() got unexpected keyword arguments {sorted(write_kwargs)}; keywords beyond "
+                "dir_path, prefix, overwrite and save_anndata go to AnnData.write_h5ad, with save_anndata=True"
+            )
+        extra_files = {}
         if save_anndata:
-            raise NotImplementedError("save_anndata=True is not supported: write the AnnData with adata.write_h5ad.")
+            adata = self.adata
+            extra_files[ANNDATA_FILE] = lambda path: adata.write_h5ad(path, **write_kwargs)
         if prefix:
             dir_path = Path(dir_path) / f"{prefix}model"
         write_checkpoint(
@@ -114,6 +151,7 @@ class GeneMambaSaveLoadMixin:
             gene_medians=self.gene_medians_,
             extra=self._checkpoint_extra(),
             overwrite=overwrite,
+            extra_files=extra_files,
         )
 
     @classmethod
@@ -148,9 +186,10 @@ class GeneMambaSaveLoadMixin:
         dir_path
             Directory written by :meth:`save`.
         adata
-            AnnData to attach (required; its genes are matched to the saved vocabulary in any order, and a
-            poor overlap raises ``ValueError``). If not set up yet, :meth:`setup_anndata` is run with the
-            saved arguments.
+            AnnData to attach (its genes are matched to the saved vocabulary in any order, and a poor overlap
+            raises ``ValueError``). If not set up yet, :meth:`setup_anndata` is run with the saved arguments.
+            ``None``: the AnnData saved with ``save(..., save_anndata=True)``; a model saved without one
+            raises ``ValueError``.
         accelerator, device
             Where to put the model.
         prefix
@@ -186,7 +225,7 @@ class GeneMambaSaveLoadMixin:
             dir_path = Path(dir_path) / f"{prefix}model"
         ckpt = read_checkpoint(dir_path)
         if adata is None:
-            raise ValueError("GeneMambaModel.load needs the AnnData to attach: load(dir_path, adata=adata).")
+            adata = _saved_anndata(ckpt.path)
         extra = ckpt.extra or {}
         config = dict(ckpt.config)
         if min_gene_overlap is not None:

@@ -156,8 +156,9 @@ class GeneMambaTrainingMixin:
             labels=labels,
             **(datasplitter_kwargs or {}),
         )
-        # loss_kwargs reach module.loss through the plan (scvi's TrainingPlan(**loss_kwargs)); plan_kwargs win
-        plan = self._training_plan_cls(self.module, lr=lr, **{**loss_kwargs, **(plan_kwargs or {})})
+        # loss_kwargs reach module.loss through the plan (scvi's TrainingPlan(**loss_kwargs)); plan_kwargs win,
+        # its lr too (scvi users set it there)
+        plan = self._training_plan_cls(self.module, **{"lr": lr, **loss_kwargs, **(plan_kwargs or {})})
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if checkpoint_dir is not None:
             callbacks.append(_ResumableCheckpoint(str(checkpoint_dir), checkpoint_every_n_steps))
@@ -260,7 +261,8 @@ class GeneMambaTrainingMixin:
             Or one of ``"bf16-mixed"``, ``"16-mixed"``, ``"32-true"`` (Lightning's names).
         plan_kwargs
             Passed to :class:`~genemamba_scvi.train.GeneMambaTrainingPlan` (``weight_decay``,
-            ``warmup_fraction``, ...).
+            ``warmup_fraction``, ``min_lr_ratio``, ``betas``, ...); an ``lr`` here wins over the ``lr`` argument,
+            as in scvi-tools.
         datasplitter_kwargs
             Passed to the data splitter / loader (``num_workers``, ...).
         **trainer_kwargs

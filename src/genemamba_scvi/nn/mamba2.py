@@ -186,7 +186,11 @@ class Mamba2Mixer(nn.Module):
         self.headdim = headdim
         self.ngroups = ngroups
         if self.d_inner % headdim:
-            raise ValueError(f"expand*d_model ({self.d_inner}) must be a multiple of headdim ({headdim})")
+            raise ValueError(
+                f"expand*d_model ({expand} x {d_model} = {self.d_inner}) must be a multiple of headdim ({headdim}): "
+                f"pick d_model as a multiple of {headdim // math.gcd(headdim, expand)} or a headdim that divides "
+                f"{self.d_inner} (e.g. headdim={math.gcd(self.d_inner, headdim)})"
+            )
         self.nheads = self.d_inner // headdim
         if self.nheads % ngroups:
             raise ValueError(f"nheads ({self.nheads}) must be a multiple of ngroups ({ngroups})")

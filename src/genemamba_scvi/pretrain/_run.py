@@ -273,7 +273,7 @@ def pretrain_from_corpus(
     module.set_gene_sets(token_sets if gamma > 0 else None)
 
     # gamma reaches module.loss through the plan (scvi's loss_kwargs)
-    plan = CorpusTrainingPlan(module, mask_seed=seed, lr=lr, **{"gamma": gamma, **(plan_kwargs or {})})
+    plan = CorpusTrainingPlan(module, mask_seed=seed, **{"lr": lr, "gamma": gamma, **(plan_kwargs or {})})
     datamodule = CorpusDataModule(
         corpus_dir,
         batch_size=batch_size,

@@ -1,0 +1,149 @@
+"""What scvi-tools users type, run against GeneMamba (session 16): each of these failed or misled before.
+
+Data: 64 real PBMCs of scanpy's ``pbmc68k_reduced`` with integer counts recovered (``datasets.load_pbmc68k_counts``);
+the model is the tests' tiny one, untrained unless a test trains it for a step or two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scvi
+import torch
+
+from conftest import TINY_MODEL as TINY
+from genemamba_scvi import GeneMambaModel
+from genemamba_scvi.datasets import load_pbmc68k_counts
+from genemamba_scvi.io import ANNDATA_FILE, read_checkpoint
+from genemamba_scvi.train import GeneMambaTrainingPlan
+
+TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 16, "max_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def cells():
+    adata = load_pbmc68k_counts()
+    adata = adata[np.random.default_rng(1).choice(adata.n_obs, 64, replace=False)].copy()
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    return adata
+
+
+@pytest.fixture(scope="module")
+def model_and_data(cells):
+    scvi.settings.seed = 0
+    adata = cells.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts", batch_key="batch")
+    return GeneMambaModel(adata, **TINY), adata
+
+
+class _Capture(Exception):
+    pass
+
+
+_CONFIGURE = GeneMambaTrainingPlan.configure_optimizers
+
+
+def _optimizer_of(model, monkeypatch, **train_kwargs):
+    """The AdamW that ``model.train(**train_kwargs)`` builds (training stops right after it is configured)."""
+    seen = {}
+
+    def capture(plan):
+        seen["opt"] = _CONFIGURE(plan)["optimizer"]
+        raise _Capture
+
+    monkeypatch.setattr(GeneMambaTrainingPlan, "configure_optimizers", capture)
+    with pytest.raises(_Capture):
+        model.train(max_epochs=1, **TRAIN, **train_kwargs)
+    return seen["opt"]
+
+
+# ------------------------------------------------------------------ plan_kwargs as scvi users pass them
+def test_lr_in_plan_kwargs_wins_as_in_scvi(model_and_data, monkeypatch):
+    model, _ = model_and_data
+    opt = _optimizer_of(model, monkeypatch, lr=1e-3, plan_kwargs={"lr": 3e-4})
+    assert opt.defaults["lr"] == pytest.approx(3e-4)
+
+
+def test_adamw_epsilon_is_torchs_default_not_scvis(model_and_data, monkeypatch):
+    model, _ = model_and_data
+    assert {g["eps"] for g in _optimizer_of(model, monkeypatch).param_groups} == {1e-8}
+    assert {g["eps"] for g in _optimizer_of(model, monkeypatch, plan_kwargs={"eps": 1e-6}).param_groups} == {1e-6}
+
+
+def test_unknown_plan_setting_and_other_optimizers_are_named(model_and_data):
+    model, _ = model_and_data
+    with pytest.raises(TypeError, match=r"unknown training-plan setting\(s\) \['learning_rate'\]"):
+        model.train(max_epochs=1, plan_kwargs={"learning_rate": 1e-3}, **TRAIN)
+    with pytest.raises(ValueError, match=r"AdamW .*optimizer='Adam'"):
+        model.train(max_epochs=1, plan_kwargs={"optimizer": "Adam"}, **TRAIN)
+
+
+def test_a_step_with_plan_kwargs_trains(model_and_data):
+    model, _ = model_and_data
+    before = model.module.encoder.embedding.weight.detach().clone()
+    model.train(max_epochs=1, plan_kwargs={"lr": 1e-2, "weight_decay": 0.0, "warmup_fraction": 0.0}, **TRAIN)
+    assert not torch.equal(before, model.module.encoder.embedding.weight.detach())
+
+
+# ------------------------------------------------------------------ save_anndata / load without adata
+def test_save_anndata_lets_load_run_without_adata(model_and_data, tmp_path):
+    model, adata = model_and_data
+    model.save(tmp_path / "m", save_anndata=True)
+    assert ANNDATA_FILE in read_checkpoint(tmp_path / "m").path.joinpath("checksums.json").read_text()
+    loaded = GeneMambaModel.load(tmp_path / "m")
+    assert loaded.adata.n_obs == adata.n_obs
+    assert list(loaded.adata.obs_names) == list(adata.obs_names)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+
+
+def test_save_anndata_passes_write_options_and_refuses_stray_keywords(model_and_data, tmp_path):
+    model, _ = model_and_data
+    model.save(tmp_path / "m", save_anndata=True, compression="gzip")
+    assert GeneMambaModel.load(tmp_path / "m").adata.n_obs == 64
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['compression'\]"):
+        model.save(tmp_path / "n", compression="gzip")
+    assert not (tmp_path / "n").exists()
+
+
+def test_overwrite_without_anndata_keeps_the_old_file_but_load_does_not_trust_it(model_and_data, tmp_path):
+    model, adata = model_and_data
+    target = tmp_path / "m"
+    model.save(target, save_anndata=True)
+    old = (target / ANNDATA_FILE).read_bytes()
+    model.save(target, overwrite=True)  # a user's file is never lost ...
+    assert (target / ANNDATA_FILE).read_bytes() == old
+    with pytest.raises(ValueError, match=r"saved without its AnnData.*earlier save"):  # ... nor silently reused
+        GeneMambaModel.load(target)
+    assert GeneMambaModel.load(target, adata=adata) is not None
+
+
+def test_load_without_adata_of_a_model_saved_without_it_says_what_to_do(model_and_data, tmp_path):
+    model, _ = model_and_data
+    model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"saved without its AnnData: pass the AnnData.*save_anndata=True"):
+        GeneMambaModel.load(tmp_path / "m")
+
+
+# ------------------------------------------------------------------ latent representation and queries
+def test_give_mean_is_accepted_and_return_dist_refused(model_and_data):
+    model, _ = model_and_data
+    z = model.get_latent_representation()
+    np.testing.assert_array_equal(model.get_latent_representation(give_mean=False, mc_samples=10), z)
+    with pytest.raises(ValueError, match="deterministic"):
+        model.get_latent_representation(return_dist=True)
+
+
+def test_query_without_the_batch_column_is_embedded_quietly(model_and_data, recwarn):
+    model, adata = model_and_data
+    query = adata[:5].copy()
+    del query.obs["batch"]
+    np.testing.assert_allclose(
+        model.get_latent_representation(query), model.get_latent_representation(indices=range(5)), atol=1e-6
+    )
+    assert not [w for w in recwarn if "fewer than 3 cells" in str(w.message)]
+
+
+def test_d_model_that_does_not_fit_the_heads_says_what_would(model_and_data):
+    _, adata = model_and_data
+    with pytest.raises(ValueError, match=r"expand\*d_model \(2 x 16 = 32\).*multiple of 32.*headdim=32"):
+        GeneMambaModel(adata, n_layers=1, d_model=16, headdim=64, max_genes=32)
