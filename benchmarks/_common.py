@@ -88,6 +88,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-2, help="peak AdamW learning rate (5%% warm-up, cosine decay)")
+    g.add_argument(
+        "--adam-eps",
+        type=float,
+        default=None,
+        help="AdamW epsilon of GeneMamba pre-training (default: the package's, 1e-8 since session 16; the runs "
+        "before it trained with scvi-tools' 0.01)",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
         "--tie-break",
@@ -136,6 +143,8 @@ def run_suffix(args: argparse.Namespace) -> str:
         parts.append(args.gene_sets)
     if getattr(args, "tie_break", "median") != "median":
         parts.append(f"tie{args.tie_break}")
+    if getattr(args, "adam_eps", None) is not None:
+        parts.append(f"eps{args.adam_eps:g}")
     if args.quick:
         parts.append("quick")
     return "".join("_" + p for p in parts)
@@ -394,6 +403,8 @@ class PretrainConfig:
         scale = getattr(args, "out_proj_init_scale", None)
         if scale is not None:
             extra["out_proj_init_scale"] = float(scale)
+        if getattr(args, "adam_eps", None) is not None:
+            extra["adam_eps"] = float(args.adam_eps)
         if extra:
             kw["extra"] = extra
         if args.quick:
@@ -507,6 +518,7 @@ def pretrain_genemamba(
             devices=1,
             precision=precision,
             train_size=1.0,
+            plan_kwargs={"eps": cfg.extra["adam_eps"]} if "adam_eps" in cfg.extra else None,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,

@@ -92,6 +92,12 @@ def _timed_step(run: tp.Runner, model: str, b: dict[str, Any]) -> float:
     return enqueue_and_wall_ms(run, model, b)[1] / 1e3
 
 
+def _allocator_counts() -> dict[str, int]:
+    """Cumulative counters of the CUDA caching allocator (device allocations, frees, retries)."""
+    stats = torch.cuda.memory_stats()
+    return {k: int(stats.get(k, 0)) for k in ("num_device_alloc", "num_device_free", "num_alloc_retries")}
+
+
 def _grads_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
@@ -315,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     names = list(arms)
     t_start = time.perf_counter()
     arm_tok: dict[str, list[int]] = {arm: [] for arm in arms}
+    alloc: dict[str, dict[str, int]] = {arm: {} for arm in arms}
     for rnd in range(a.warmup_rounds + a.rounds):
         b = batches[rnd % len(batches)]
         order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
@@ -323,7 +330,12 @@ def main(argv: list[str] | None = None) -> None:
                 b = run.make_batch(setting, rng)
             model, switches = arms[arm]
             with _switched(switches):
+                before = _allocator_counts() if run.cuda else None
                 dt = _timed_step(run, model, b)
+                if before is not None and rnd >= a.warmup_rounds:
+                    after = _allocator_counts()
+                    for key in after:
+                        alloc[arm][key] = alloc[arm].get(key, 0) + after[key] - before[key]
                 if model == "genemamba" and rnd in (a.warmup_rounds, a.warmup_rounds + a.rounds - 1):
                     finite[arm].append(_grads_finite(run.mamba))
             if rnd >= a.warmup_rounds:
@@ -360,6 +372,9 @@ def main(argv: list[str] | None = None) -> None:
             "grads_finite": finite[arm] or None,
             "step_times_s": [round(x, 5) for x in times_raw[arm]],  # per timed round, unscaled
             "real_tokens": arm_tok[arm],
+            # the caching allocator's calls to cudaMalloc / cudaFree and its retries (free-all-and-retry), summed
+            # over the timed rounds: whether alternating with another model's shapes makes it go to the driver
+            "allocator": alloc[arm] or None,
         }
         if arm != ref:
             rec[f"vs_{ref}"] = _paired(times, arm, ref, brng)

@@ -147,3 +147,13 @@ def test_d_model_that_does_not_fit_the_heads_says_what_would(model_and_data):
     _, adata = model_and_data
     with pytest.raises(ValueError, match=r"expand\*d_model \(2 x 16 = 32\).*multiple of 32.*headdim=32"):
         GeneMambaModel(adata, n_layers=1, d_model=16, headdim=64, max_genes=32)
+
+
+def test_query_without_the_count_layer_says_where_the_model_reads(model_and_data):
+    model, adata = model_and_data
+    query = adata[:5].copy()
+    query.X = query.layers.pop("counts")
+    with pytest.raises(ValueError, match=r"read raw counts from adata\.layers\['counts'\]; this AnnData has no such"):
+        model.get_latent_representation(query)
+    query.layers["counts"] = query.X.copy()
+    assert model.get_latent_representation(query).shape == (5, model.module.encoder.d_model)

@@ -257,6 +257,13 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         # a query needs no labels or batches to be embedded or predicted (it may lack those obs columns, and
         # scvi would warn about categories of fewer than 3 cells in a small query)
         args = {**self.adata_manager.registry["setup_args"], "labels_key": None, "batch_key": None}
+        layer = args.get("layer")
+        if layer is not None and layer not in adata.layers:
+            raise ValueError(
+                f"This model was set up to read raw counts from adata.layers[{layer!r}]; this AnnData has no such "
+                f"layer (layers: {list(adata.layers.keys())}). Put its raw counts there, e.g. "
+                f"adata.layers[{layer!r}] = adata.X.copy() if adata.X holds them."
+            )
         try:
             _register_afresh(type(self), adata, args)
         except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
