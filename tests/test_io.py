@@ -619,3 +619,17 @@ def test_write_official_refuses_prenorm(tmp_path, vocab):
     enc = GeneMambaEncoder(len(vocab), backend="torch", **TINY)
     with pytest.raises(ValueError, match="block='official'"):
         write_official_checkpoint(tmp_path / "o", {**TINY, "block": "prenorm"}, enc.state_dict(), None, vocab)
+
+
+def test_extra_files_are_checksummed_and_cannot_shadow_the_checkpoints_own(tmp_path, vocab):
+    path = tmp_path / "ckpt"
+    write_checkpoint(path, _state_dict(), {"a": 1}, vocab, extra_files={"notes.bin": lambda p: p.write_bytes(b"x")})
+    manifest = json.loads((path / "checksums.json").read_text())
+    assert "notes.bin" in manifest["files"]
+    (path / "notes.bin").write_bytes(b"y")  # tampered after saving
+    with pytest.raises(ValueError, match=r"checksum mismatch for .*notes\.bin"):
+        read_checkpoint(path)
+    for bad in ("config.json", "sub/file", ".."):
+        with pytest.raises(ValueError, match="extra_files cannot be named"):
+            write_checkpoint(tmp_path / "other", _state_dict(), {}, vocab, extra_files={bad: lambda p: None})
+    assert not (tmp_path / "other").exists()

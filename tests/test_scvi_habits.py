@@ -157,3 +157,12 @@ def test_query_without_the_count_layer_says_where_the_model_reads(model_and_data
         model.get_latent_representation(query)
     query.layers["counts"] = query.X.copy()
     assert model.get_latent_representation(query).shape == (5, model.module.encoder.d_model)
+
+
+@pytest.mark.parametrize(
+    "extra", [{"categorical_covariate_keys": ["batch"]}, {"size_factor_key": "n_counts"}, {"unlabeled_category": "x"}]
+)
+def test_scvi_setup_arguments_genemamba_does_not_take_are_named(cells, extra):
+    adata = cells.copy()
+    with pytest.raises(TypeError, match=rf"unexpected keyword arguments \['{next(iter(extra))}'\].*layer, batch_key"):
+        GeneMambaModel.setup_anndata(adata, layer="counts", **extra)

@@ -218,6 +218,13 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             For non-count data (floats, negatives, NaN/inf) naming the layer, empty cells, an empty or backed
             AnnData, duplicated gene ids, missing keys or NaN in ``batch_key`` / ``labels_key``.
         """
+        if kwargs and "source_registry" not in kwargs:  # scvi passes transfer settings with a source registry only
+            raise TypeError(
+                f"GeneMambaModel.setup_anndata() got unexpected keyword arguments {sorted(kwargs)}; it takes layer, "
+                "batch_key, labels_key and gene_id_key. GeneMamba reads only the counts: it is not conditioned on "
+                "covariates or size factors, and train_classifier needs every cell labelled (no unlabeled_category: "
+                "train on the labelled cells, predict the others)."
+            )
         setup_method_args = cls._get_setup_method_args(**locals())
         _validate_count_layer(adata, layer)
         _check_obs_key(adata, batch_key, "batch_key")
