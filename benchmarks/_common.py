@@ -92,8 +92,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--adam-eps",
         type=float,
         default=None,
-        help="AdamW epsilon of GeneMamba pre-training (default: the package's, 1e-8 since session 16; the runs "
-        "before it trained with scvi-tools' 0.01)",
+        help="AdamW epsilon of GeneMamba pre-training and fine-tuning (default: the package's, 1e-8 since "
+        "session 16; the runs before it trained with scvi-tools' 0.01)",
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(

@@ -230,6 +230,7 @@ def main(argv=None) -> dict:
             devices=1,
             precision=args.precision,
             train_size=1.0,
+            plan_kwargs={"eps": args.adam_eps} if args.adam_eps is not None else None,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
