@@ -116,7 +116,7 @@ def run_arm(adata, train, test, labels, *, eps: float, lr: float, seed: int, ste
     )
     train_sets, _ = pathway_split("kegg", 0.2)
     rms = _GradRMS()
-    epochs = int(np.ceil(steps / np.ceil(len(train) / args.batch_size)))
+    epochs = int(np.ceil(steps / np.ceil(train.sum() / args.batch_size)))  # train: a boolean mask of all cells
     t0 = time.perf_counter()
     model.train(
         max_epochs=epochs,
@@ -151,6 +151,7 @@ def run_arm(adata, train, test, labels, *, eps: float, lr: float, seed: int, ste
         "knn_accuracy": float((pred == labels[test]).mean()),
         "knn_macro_f1": float(f1_score(labels[test], pred, average="macro")),
         "grad_rms": rms.value,
+        "optimizer_steps": int(model.trainer.global_step),
         "wall_seconds": round(wall, 1),
     }
 
