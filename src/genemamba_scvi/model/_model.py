@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import inference_autocast, resolve_precision
-from genemamba_scvi.data.normalize import NotCountsError, compute_gene_medians
+from genemamba_scvi.data.normalize import compute_gene_medians
 from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
@@ -34,7 +34,8 @@ from genemamba_scvi.model._utils import (
     _check_known_genes_expressed,
     _check_obs_key,
     _match_query_genes,
-    _register_afresh,
+    _refuse_setup_kwargs,
+    _register_query,
     _save_kernel_cache,
     _user_stacklevel,
     _validate_count_layer,
@@ -218,13 +219,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             For non-count data (floats, negatives, NaN/inf) naming the layer, empty cells, an empty or backed
             AnnData, duplicated gene ids, missing keys or NaN in ``batch_key`` / ``labels_key``.
         """
-        if kwargs and "source_registry" not in kwargs:  # scvi passes transfer settings with a source registry only
-            raise TypeError(
-                f"GeneMambaModel.setup_anndata() got unexpected keyword arguments {sorted(kwargs)}; it takes layer, "
-                "batch_key, labels_key and gene_id_key. GeneMamba reads only the counts: it is not conditioned on "
-                "covariates or size factors, and train_classifier needs every cell labelled (no unlabeled_category: "
-                "train on the labelled cells, predict the others)."
-            )
+        _refuse_setup_kwargs(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         _validate_count_layer(adata, layer)
         _check_obs_key(adata, batch_key, "batch_key")
@@ -261,24 +256,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             if not copy_if_view:
                 raise ValueError("adata is a view; pass a copy (adata.copy()).")
             adata._init_as_actual(adata.copy())
-        # a query needs no labels or batches to be embedded or predicted (it may lack those obs columns, and
-        # scvi would warn about categories of fewer than 3 cells in a small query)
-        args = {**self.adata_manager.registry["setup_args"], "labels_key": None, "batch_key": None}
-        layer = args.get("layer")
-        if layer is not None and layer not in adata.layers:
-            raise ValueError(
-                f"This model was set up to read raw counts from adata.layers[{layer!r}]; this AnnData has no such "
-                f"layer (layers: {list(adata.layers.keys())}). Put its raw counts there, e.g. "
-                f"adata.layers[{layer!r}] = adata.X.copy() if adata.X holds them."
-            )
-        try:
-            _register_afresh(type(self), adata, args)
-        except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
-            where = f"adata.layers[{args.get('layer')!r}]" if args.get("layer") else "adata.X"
-            raise ValueError(
-                f"{err.problem}; GeneMamba needs raw counts. This model was set up to read {where}, so a query "
-                f"AnnData must hold its raw counts there too (e.g. put them in {where})."
-            ) from None
+        _register_query(type(self), adata, self.adata_manager.registry["setup_args"])
         self._register_manager_for_instance(self._get_most_recent_anndata_manager(adata, required=True))
         return adata
 

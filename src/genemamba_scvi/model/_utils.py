@@ -17,7 +17,7 @@ from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import ENCODER_FIELDS, MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
-from genemamba_scvi.data.normalize import count_matrix, validate_counts
+from genemamba_scvi.data.normalize import NotCountsError, count_matrix, validate_counts
 
 
 def _save_kernel_cache() -> None:
@@ -118,6 +118,41 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
         _assign_adata_uuid(adata, overwrite=True)
     model_cls.setup_anndata(adata, **args)
+
+
+def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args: dict[str, Any]) -> None:
+    """Set up a query AnnData with the model's arguments, with errors that say what a query must hold.
+
+    A query needs no labels or batches to be embedded or predicted (it may lack those obs columns, and scvi would
+    warn about categories of fewer than 3 cells in a small query); it must hold raw counts where the model reads them.
+    """
+    args = {**setup_args, "labels_key": None, "batch_key": None}
+    layer = args.get("layer")
+    where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+    if layer is not None and layer not in adata.layers:
+        raise ValueError(
+            f"This model was set up to read raw counts from {where}; this AnnData has no such layer (layers: "
+            f"{list(adata.layers.keys())}). Put its raw counts there, e.g. {where} = adata.X.copy() if adata.X "
+            "holds them."
+        )
+    try:
+        _register_afresh(model_cls, adata, args)
+    except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
+        raise ValueError(
+            f"{err.problem}; GeneMamba needs raw counts. This model was set up to read {where}, so a query "
+            f"AnnData must hold its raw counts there too (e.g. put them in {where})."
+        ) from None
+
+
+def _refuse_setup_kwargs(kwargs: dict[str, Any]) -> None:
+    """``setup_anndata``'s extra keywords reach scvi's ``register_fields``, which takes transfer settings only."""
+    if kwargs and "source_registry" not in kwargs:
+        raise TypeError(
+            f"GeneMambaModel.setup_anndata() got unexpected keyword arguments {sorted(kwargs)}; it takes layer, "
+            "batch_key, labels_key and gene_id_key. GeneMamba reads only the counts: it is not conditioned on "
+            "covariates or size factors, and train_classifier needs every cell labelled (no unlabeled_category: "
+            "train on the labelled cells, predict the others)."
+        )
 
 
 def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap: float) -> None:
