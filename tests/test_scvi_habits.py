@@ -166,3 +166,13 @@ def test_scvi_setup_arguments_genemamba_does_not_take_are_named(cells, extra):
     adata = cells.copy()
     with pytest.raises(TypeError, match=rf"unexpected keyword arguments \['{next(iter(extra))}'\].*layer, batch_key"):
         GeneMambaModel.setup_anndata(adata, layer="counts", **extra)
+
+
+def test_load_registry_and_view_setup_args_read_our_files(model_and_data, tmp_path, capsys):
+    model, _ = model_and_data
+    model.save(tmp_path / "m", prefix="pbmc_")
+    registry = GeneMambaModel.load_registry(tmp_path / "m", prefix="pbmc_")
+    assert registry["model_name"] == "GeneMambaModel"
+    assert registry["setup_args"]["layer"] == "counts" and registry["setup_args"]["batch_key"] == "batch"
+    GeneMambaModel.view_setup_args(tmp_path / "m", prefix="pbmc_")
+    assert "GeneMambaModel.setup_anndata" in capsys.readouterr().out

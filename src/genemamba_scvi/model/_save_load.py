@@ -154,6 +154,33 @@ class GeneMambaSaveLoadMixin:
             extra_files=extra_files,
         )
 
+    @staticmethod
+    def load_registry(dir_path: str | os.PathLike, prefix: str | None = None) -> dict[str, Any]:
+        """What a saved model was set up with, read from its files (scvi-tools' ``load_registry``).
+
+        Returns
+        -------
+        ``{"model_name", "setup_method_name", "setup_args", "genemamba_scvi_version"}``; ``setup_args`` are the
+        arguments of :meth:`setup_anndata` (``layer``, ``batch_key``, ``labels_key``, ``gene_id_key``).
+        """
+        from genemamba_scvi.io import read_checkpoint
+
+        path = Path(dir_path) / f"{prefix}model" if prefix else Path(dir_path)
+        extra = read_checkpoint(path).extra or {}
+        return {
+            "model_name": "GeneMambaModel",
+            "setup_method_name": "setup_anndata",
+            "setup_args": dict(extra.get("setup_args") or {}),
+            "genemamba_scvi_version": extra.get("genemamba_scvi_version"),
+        }
+
+    @staticmethod
+    def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
+        """Print the :meth:`setup_anndata` arguments of a saved model (scvi-tools' ``view_setup_args``)."""
+        from scvi.data import AnnDataManager
+
+        AnnDataManager.view_setup_method_args(GeneMambaSaveLoadMixin.load_registry(dir_path, prefix))
+
     @classmethod
     def _from_parts(
         cls,
