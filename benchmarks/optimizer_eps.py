@@ -33,40 +33,33 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
 
 from _common import RESULTS, environment, pathway_split, quiet, set_threads, split_cells, write_json
 
 EPS_OLD, EPS_NEW = 1e-2, 1e-8
 
 
-class _GradRMS:
-    """Lightning callback: root mean square of all gradients, averaged over the last ``n`` optimiser steps."""
+class GradRMS(Callback):
+    """Root mean square of all gradients before each optimiser step; ``value``: the mean of the last ``n`` steps."""
 
     def __init__(self, n: int = 20):
-        from lightning.pytorch.callbacks import Callback
+        self.n = n
+        self.values: list[float] = []
 
-        class _Cb(Callback):
-            def __init__(cb):
-                cb.values = []
-
-            def on_before_optimizer_step(cb, trainer, pl_module, optimizer):
-                import torch
-
-                grads = [p.grad.detach().float().ravel() for p in pl_module.parameters() if p.grad is not None]
-                cb.values.append(float(torch.cat(grads).pow(2).mean().sqrt()))
-                del cb.values[:-n]
-
-        self.callback = _Cb()
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad.detach().float().ravel() for p in pl_module.parameters() if p.grad is not None]
+        self.values.append(float(torch.cat(grads).pow(2).mean().sqrt()))
+        del self.values[: -self.n]
 
     @property
     def value(self) -> float:
-        return float(np.mean(self.callback.values)) if self.callback.values else float("nan")
+        return float(np.mean(self.values)) if self.values else float("nan")
 
 
 def _masked_eval(model, adata, cells: np.ndarray, seed: int) -> tuple[float, float]:
     """Masked-gene cross-entropy and accuracy on ``cells`` (15% masks drawn with ``seed``, the same for every arm)."""
-    import torch
-
     from _common import iter_tokens
     from genemamba_scvi.nn.losses import mask_tokens
 
@@ -115,7 +108,7 @@ def run_arm(adata, train, test, labels, *, eps: float, lr: float, seed: int, ste
         backend="torch",
     )
     train_sets, _ = pathway_split("kegg", 0.2)
-    rms = _GradRMS()
+    rms = GradRMS()
     epochs = int(np.ceil(steps / np.ceil(train.sum() / args.batch_size)))  # train: a boolean mask of all cells
     t0 = time.perf_counter()
     model.train(
@@ -128,7 +121,7 @@ def run_arm(adata, train, test, labels, *, eps: float, lr: float, seed: int, ste
         accelerator="cpu",
         train_size=1.0,
         plan_kwargs={"eps": eps},
-        callbacks=[rms.callback],
+        callbacks=[rms],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
