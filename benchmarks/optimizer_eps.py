@@ -61,22 +61,13 @@ class GradRMS(Callback):
 def _masked_eval(model, adata, cells: np.ndarray, seed: int) -> tuple[float, float]:
     """Masked-gene cross-entropy and accuracy on ``cells`` (15% masks drawn with ``seed``, the same for every arm)."""
     from _common import iter_tokens
-    from genemamba_scvi.nn.losses import mask_tokens
 
     module = model.module.eval()
     gen = torch.Generator().manual_seed(10_000 + seed)
     loss_sum, hits, n = 0.0, 0, 0
     with torch.no_grad():
         for tokens, lengths in iter_tokens(model, adata, np.flatnonzero(cells), batch_size=64):
-            inputs, labels = mask_tokens(
-                tokens,
-                lengths,
-                mask_prob=module.mask_prob,
-                mask_id=module.mask_id,
-                n_special=module.n_special,
-                vocab_size=module.vocab_size,
-                generator=gen,
-            )
+            inputs, labels = module._mask(tokens, lengths, generator=gen)  # the training masks, seeded
             hidden = module.encoder(inputs, lengths)
             selected = labels != -100
             logits = module.lm_head(hidden[selected]).float()

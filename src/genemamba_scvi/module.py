@@ -181,7 +181,9 @@ class GeneMambaModule(BaseModuleClass):
     def _get_generative_input(self, tensors, inference_outputs) -> dict:
         return {}
 
-    def _mask(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mask(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return mask_tokens(
             tokens,
             lengths,
@@ -189,6 +191,7 @@ class GeneMambaModule(BaseModuleClass):
             mask_id=self.mask_id,
             n_special=self.n_special,
             vocab_size=self.vocab_size,
+            generator=generator,
         )
 
     def forward(

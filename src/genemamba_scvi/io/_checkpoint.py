@@ -62,6 +62,8 @@ class Checkpoint:
         Everything else that was saved (scvi registry, attributes, label names, ...).
     path
         The directory it was read from.
+    files
+        The files its checksum manifest lists (and that were verified), e.g. ``adata.h5ad`` when it was saved.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -70,6 +72,7 @@ class Checkpoint:
     gene_medians: np.ndarray | None
     extra: dict[str, Any]
     path: Path | None = field(default=None, repr=False)
+    files: frozenset[str] = field(default=frozenset(), repr=False)
 
 
 def write_checkpoint(
@@ -260,4 +263,4 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
             gene_medians = np.load(path / MEDIANS_FILE, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise ValueError(f"corrupt gene medians file {path / MEDIANS_FILE}: {err}") from err
-    return Checkpoint(state_dict, config, vocab, gene_medians, extra, path)
+    return Checkpoint(state_dict, config, vocab, gene_medians, extra, path, frozenset(files))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -17,6 +16,9 @@ from genemamba_scvi import __version__
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.model._utils import _ENCODER_ARGS, _register_afresh
+
+if TYPE_CHECKING:
+    from genemamba_scvi.io import Checkpoint
 
 
 def _history_to_json(history: Any) -> dict[str, dict[str, Any]] | None:
@@ -57,14 +59,14 @@ def _history_from_json(saved: dict[str, dict[str, Any]] | None) -> dict[str, pd.
 _SCVI_SAVE_ARGS = frozenset({"save_kwargs", "legacy_mudata_format", "datamodule"})
 
 
-def _saved_anndata(dir_path: Path) -> AnnData:
-    """The AnnData that ``save(..., save_anndata=True)`` wrote into ``dir_path`` (its checksum already verified)."""
+def _saved_anndata(ckpt: Checkpoint) -> AnnData:
+    """The AnnData that ``save(..., save_anndata=True)`` wrote into the checkpoint (its checksum already verified)."""
     import anndata
 
-    from genemamba_scvi.io import ANNDATA_FILE, CHECKSUMS_FILE
+    from genemamba_scvi.io import ANNDATA_FILE
 
-    listed = json.loads((dir_path / CHECKSUMS_FILE).read_text(encoding="utf-8")).get("files", {})
-    if ANNDATA_FILE not in listed:
+    dir_path = ckpt.path
+    if ANNDATA_FILE not in ckpt.files:
         hint = ""
         if (dir_path / ANNDATA_FILE).exists():
             hint = (
@@ -252,7 +254,7 @@ class GeneMambaSaveLoadMixin:
             dir_path = Path(dir_path) / f"{prefix}model"
         ckpt = read_checkpoint(dir_path)
         if adata is None:
-            adata = _saved_anndata(ckpt.path)
+            adata = _saved_anndata(ckpt)
         extra = ckpt.extra or {}
         config = dict(ckpt.config)
         if min_gene_overlap is not None:
