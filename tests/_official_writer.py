@@ -6,9 +6,11 @@ The real weights cannot be downloaded here; this writes the layout that
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,27 @@ from genemamba_scvi.io._official_tokenizer import _special_role
 if TYPE_CHECKING:
     from genemamba_scvi.data.vocab import GeneVocab
 
-__all__ = ["write_official_checkpoint"]
+__all__ = ["cache_like_huggingface_hub", "write_official_checkpoint"]
+
+
+def cache_like_huggingface_hub(
+    cache: Path, repo_id: str, source: Path, commit: str = "0123456789abcdef" * 2 + "01234567", ref: str | None = "main"
+) -> Path:
+    """Put ``source``'s files into the Hub cache ``cache`` as ``huggingface_hub`` lays them out: blobs named by
+    content, a snapshot of relative links to them, and a ref holding the commit. Returns the snapshot."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    if ref is not None:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)  # huggingface_hub writes the hash without a newline
+    return snapshot
 
 
 def write_official_checkpoint(

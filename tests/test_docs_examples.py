@@ -70,7 +70,7 @@ def _inputs(workdir: Path) -> dict:
     import scvi
     import torch
 
-    from _official_writer import write_official_checkpoint
+    from _official_writer import cache_like_huggingface_hub, write_official_checkpoint
     from genemamba_scvi.data.vocab import GeneVocab
     from genemamba_scvi.datasets import load_celltypist_sample
     from genemamba_scvi.nn import GeneMambaEncoder, MaskedLMHead
@@ -90,6 +90,7 @@ def _inputs(workdir: Path) -> dict:
     enc_kwargs = {**kwargs, "vocab_size": len(vocab), "merge": "gate", "shared_merge": True, "block": "official"}
     for target in ("GeneMamba", "GeneMamba/small"):
         write_official_checkpoint(workdir / target, enc_kwargs, enc.state_dict(), head.state_dict(), vocab)
+    cache_like_huggingface_hub(workdir / "hf_cache", "mineself2016/GeneMamba", workdir / "GeneMamba")
     adata = sample[:40].copy()
     return {"adata": adata}
 
@@ -101,6 +102,7 @@ def test_page_code_blocks_run(page, tmp_path, monkeypatch):
         pytest.skip("no code blocks")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))  # where _inputs caches the official layout
     namespace = _inputs(tmp_path)
     from genemamba_scvi.cli import main
 

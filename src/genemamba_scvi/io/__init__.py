@@ -28,7 +28,8 @@ of ``xiamengxxx/GeneMamba``): ``config.json``, ``model.safetensors`` and ``token
 ``special_tokens_map.json`` and ``tokenizer_config.json``. :func:`read_official_checkpoint` maps it onto
 :class:`~genemamba_scvi.nn.GeneMambaEncoder` (``block="official"``) and our :class:`GeneVocab`;
 the tests fabricate official checkpoints with a writer of that layout (``tests/_official_writer.py``,
-since the real weights cannot be downloaded here). See ``docs/pretrained.md``.
+since the real weights cannot be downloaded here). A Hub repository id is looked up in the local Hugging Face
+cache (:mod:`~genemamba_scvi.io._hub_cache`, offline). See ``docs/pretrained.md``.
 
 Modules: :mod:`~genemamba_scvi.io._checkpoint` (our format), :mod:`~genemamba_scvi.io._official` (the
 official reader), :mod:`~genemamba_scvi.io._files` (atomic file helpers shared by both).

@@ -186,6 +186,29 @@ def _manifest_files(path: Path) -> set[str]:
     return {name for name in files if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
 
 
+def is_our_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory with a manifest of our format (checksums are not verified here)."""
+    manifest = Path(path) / CHECKSUMS_FILE
+    try:
+        return manifest.is_file() and _load_json(manifest).get("format") == CHECKPOINT_FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
+def _other_layout_hint(path: Path) -> str:
+    """What a directory without our manifest holds instead, when it is recognisably another model format."""
+    if (path / "model.pt").is_file():
+        return ": it holds model.pt, a model saved by scvi-tools; load it with the scvi-tools class that saved it"
+    weights = (WEIGHTS_FILE, f"{WEIGHTS_FILE}.index.json", "pytorch_model.bin")
+    has_weights = any((path / w).is_file() for w in weights)
+    if has_weights and (path / CONFIG_FILE).is_file() and not (path / EXTRA_FILE).is_file():
+        return (
+            ": it looks like an official GeneMamba checkpoint (Hugging Face / GitHub layout); load it with "
+            "GeneMambaModel.from_pretrained(path, adata)"
+        )
+    return ""
+
+
 def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     """Read a model directory written by :func:`write_checkpoint`.
 
@@ -215,7 +238,8 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         raise FileNotFoundError(f"checkpoint path {path} is not a directory")
     manifest_path = path / CHECKSUMS_FILE
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{CHECKSUMS_FILE} is missing from checkpoint directory {path}")
+        hint = _other_layout_hint(path)
+        raise FileNotFoundError(f"{CHECKSUMS_FILE} is missing from checkpoint directory {path}{hint}")
     manifest = _load_json(manifest_path)
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{manifest_path} is not a {CHECKPOINT_FORMAT} manifest (format={manifest.get('format')!r})")

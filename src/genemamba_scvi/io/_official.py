@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from genemamba_scvi.io._checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from genemamba_scvi.io._checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_our_checkpoint
 from genemamba_scvi.io._files import (
     _load_json,
     _load_safetensors,
 )
+from genemamba_scvi.io._hub_cache import looks_like_repo_id, resolve_hub_snapshot
 from genemamba_scvi.io._official_tokenizer import (
     _load_official_tokens,
     _official_vocab_map,
@@ -98,6 +99,8 @@ def read_official_checkpoint(
     pooling: str | None = None,
     keep_unk: bool = False,
     identity_layers: bool = False,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> OfficialCheckpoint:
     """Read an official GeneMamba checkpoint directory and map it onto our encoder and vocabulary.
 
@@ -105,7 +108,8 @@ def read_official_checkpoint(
     ----------
     path
         The downloaded repository (``huggingface-cli download mineself2016/GeneMamba --local-dir
-        path``) or one of its size-variant subfolders.
+        path``) or one of its size-variant subfolders; or a Hub repository id (``"mineself2016/GeneMamba"``)
+        that is not a local directory, looked up in the local Hugging Face cache (never downloaded).
     subfolder
         A size variant under ``path`` (same as passing ``path / subfolder``). If the variant
         folder has no tokenizer file, the repository root's is used.
@@ -126,6 +130,11 @@ def read_official_checkpoint(
         Build the encoder with ``block="official_identity"``: every layer returns its input, as in
         the ``EncoderLayer`` of the MineSelf2016/mamba_dev copy of the published code. Only for
         weights trained with that code (see ``docs/pretrained.md`` for how to tell).
+    revision
+        With a Hub repository id: the cached branch, tag or commit to read (default ``"main"``).
+    cache_dir
+        With a Hub repository id: the Hugging Face cache directory (default: where ``huggingface_hub``
+        keeps it, ``$HF_HUB_CACHE`` or ``~/.cache/huggingface/hub``).
 
     Returns
     -------
@@ -160,9 +169,18 @@ def read_official_checkpoint(
     :class:`UserWarning` and listed in ``info["assumptions"]``.
     """
     root = Path(path)
+    if not root.is_dir() and looks_like_repo_id(path):
+        root = resolve_hub_snapshot(str(path), revision=revision, cache_dir=cache_dir)
+    elif revision is not None or cache_dir is not None:
+        raise ValueError(f"revision= and cache_dir= select a Hub repository id's cached files; {path} is a local path")
     directory = root / subfolder if subfolder else root
     if not directory.is_dir():
         raise FileNotFoundError(f"no official checkpoint directory at {directory}")
+    if is_our_checkpoint(directory):
+        raise ValueError(
+            f"{directory} was written by GeneMambaModel.save (genemamba-scvi's own format), not by the official "
+            "GeneMamba code: load it with GeneMambaModel.load(path, adata=...) (or read_checkpoint)"
+        )
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         variants = sorted(p.name for p in directory.iterdir() if (p / CONFIG_FILE).is_file())

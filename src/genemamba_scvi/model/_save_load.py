@@ -292,6 +292,8 @@ class GeneMambaSaveLoadMixin:
         pooling: Literal["mean", "cls"] | None = None,
         tokenization: Literal["published", "ranked"] = "published",
         identity_layers: bool = False,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
         **setup_kwargs: Any,
     ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
         """Load an official GeneMamba checkpoint directory (Hugging Face or GitHub layout) offline.
@@ -306,7 +308,9 @@ class GeneMambaSaveLoadMixin:
         Parameters
         ----------
         path
-            Local checkpoint directory (or one of its size-variant subfolders).
+            Local checkpoint directory (or one of its size-variant subfolders), or a Hugging Face repository
+            id such as ``"mineself2016/GeneMamba"`` whose files are in the local Hugging Face cache (put there
+            by ``huggingface_hub`` or ``transformers``; nothing is downloaded).
         adata
             AnnData of raw counts; set up with :meth:`setup_anndata` (done here with ``setup_kwargs`` if not).
         gene_medians
@@ -332,6 +336,11 @@ class GeneMambaSaveLoadMixin:
             Every layer returns its input (``block="official_identity"``), as in the ``EncoderLayer``
             of the MineSelf2016/mamba_dev copy of the published code. Only for weights trained with
             that code; see the docs for how to tell.
+        revision
+            With a repository id: the cached branch, tag or commit (default ``"main"``).
+        cache_dir
+            With a repository id: the Hugging Face cache directory (default ``$HF_HUB_CACHE``, else
+            ``~/.cache/huggingface/hub``).
 
         Notes
         -----
@@ -351,6 +360,8 @@ class GeneMambaSaveLoadMixin:
             pooling=pooling,
             keep_unk=published,
             identity_layers=identity_layers,
+            revision=revision,
+            cache_dir=cache_dir,
         )
         if published and info.get("unk_token") is None:
             warnings.warn(

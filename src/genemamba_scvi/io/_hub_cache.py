@@ -1,0 +1,84 @@
+"""Find a Hugging Face Hub model repository in the local Hub cache, offline.
+
+A user who once ran ``huggingface_hub.snapshot_download("mineself2016/GeneMamba")`` (or loaded the model
+with ``transformers``) has its files in the Hub cache; :func:`resolve_hub_snapshot` finds that snapshot
+so that ``GeneMambaModel.from_pretrained("mineself2016/GeneMamba", adata)`` works without a network and
+without ``huggingface_hub`` installed. Nothing here downloads anything.
+
+The cache layout and its location follow the Hub's published description of the local cache
+(https://huggingface.co/docs/hub/local-cache): ``<cache>/models--<org>--<name>/refs/<revision>`` holds
+a commit hash, ``<cache>/models--<org>--<name>/snapshots/<commit>/`` the files (links into ``blobs/``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_cache_dir() -> Path:
+    """The Hub cache directory that ``huggingface_hub`` uses.
+
+    ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``.
+    """
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def looks_like_repo_id(path: str | os.PathLike) -> bool:
+    """Whether ``path`` reads as a Hub repository id (``owner/name``) rather than a local path."""
+    return isinstance(path, str) and _REPO_ID.match(path) is not None
+
+
+def resolve_hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The local snapshot directory of a Hub model repository, from the Hub cache; never downloads.
+
+    Parameters
+    ----------
+    repo_id
+        ``owner/name``, e.g. ``"mineself2016/GeneMamba"``.
+    revision
+        A branch or tag name with a ref in the cache (default ``"main"``) or a 40-character commit hash.
+    cache_dir
+        The Hub cache directory; default :func:`hub_cache_dir`.
+
+    Raises
+    ------
+    FileNotFoundError
+        The repository or the revision is not in the cache; the message says where it looked and how to
+        get the files onto this machine.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    if not repo.is_dir():
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local directory nor in the Hugging Face cache ({repo} does not exist). "
+            "genemamba-scvi never downloads: on a machine with internet access run "
+            f"`huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here and pass its path "
+            "(or copy the Hugging Face cache and set HF_HUB_CACHE, or pass cache_dir=...)"
+        )
+    revision = revision or "main"
+    snapshots = repo / "snapshots"
+    if _COMMIT.match(revision):
+        commit = revision
+    else:
+        ref = repo / "refs" / revision
+        if not ref.is_file():
+            have = sorted(p.name for p in snapshots.iterdir()) if snapshots.is_dir() else []
+            raise FileNotFoundError(
+                f"{repo_id!r} is in the Hugging Face cache ({repo}) but has no ref {revision!r}; cached commits: "
+                f"{', '.join(have) or 'none'} (pass revision=<commit>)"
+            )
+        commit = ref.read_text().strip()
+    snapshot = snapshots / commit
+    if not snapshot.is_dir():
+        raise FileNotFoundError(f"{repo_id!r} revision {revision!r} (commit {commit}) has no snapshot in {snapshots}")
+    return snapshot

@@ -1,0 +1,118 @@
+"""Where users point ``from_pretrained`` / ``load``: a Hub repository id in the local Hugging Face cache, and
+the other loader's directories (each is refused with the call that reads it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _official_writer import cache_like_huggingface_hub
+from genemamba_scvi import GeneMambaModel
+from genemamba_scvi.io import read_checkpoint, read_official_checkpoint
+from genemamba_scvi.io._hub_cache import hub_cache_dir, looks_like_repo_id
+from test_pretrained import _adata, _load, _official_tensors, _reference, _write_hf
+
+REPO = "mineself2016/GeneMamba"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # cache_like_huggingface_hub's default commit
+
+
+def test_repo_id_is_read_from_the_hugging_face_cache_offline(tmp_path, monkeypatch):
+    raw = _official_tensors("gate", seed=7)
+    source = _write_hf(tmp_path / "download", raw, mode="gate", pooling="mean")
+    cache_like_huggingface_hub(tmp_path / "hub", REPO, source)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)  # no local directory of that name
+    adata = _adata(seed=8)
+    model = _load(REPO, adata, max_genes=40)
+    expected = _reference(raw, "gate", adata, 40, "mean").numpy()
+    np.testing.assert_allclose(model.get_latent_representation(), expected, rtol=1e-4, atol=1e-4)
+    # the same commit by hash, and the same cache passed explicitly
+    monkeypatch.delenv("HF_HUB_CACHE")
+    by_hash = read_official_checkpoint(REPO, revision=COMMIT, cache_dir=tmp_path / "hub")
+    direct = read_official_checkpoint(source)
+    assert by_hash.encoder_kwargs == direct.encoder_kwargs
+    assert all((by_hash.encoder_state_dict[k] == v).all() for k, v in direct.encoder_state_dict.items())
+
+
+def test_a_local_directory_wins_over_the_cache(tmp_path, monkeypatch):
+    (tmp_path / "mineself2016").mkdir()
+    local = _write_hf(tmp_path / "mineself2016" / "GeneMamba", _official_tensors("sum", seed=1), mode="sum")
+    other = _write_hf(tmp_path / "other", _official_tensors("mean"), mode="mean")
+    cache_like_huggingface_hub(tmp_path / "hub", REPO, other)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    assert local.is_dir()
+    assert read_official_checkpoint(REPO).encoder_kwargs["merge"] == "sum"  # the local one, not the cached "mean"
+    with pytest.raises(ValueError, match="local path"):
+        read_official_checkpoint(REPO, revision="main")  # a revision cannot select a local directory's files
+
+
+def test_repo_id_not_in_the_cache_says_how_to_get_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    adata = _adata()
+    GeneMambaModel.setup_anndata(adata)
+    with pytest.raises(FileNotFoundError, match=r"never downloads.*huggingface-cli download mineself2016/Gene") as err:
+        GeneMambaModel.from_pretrained(REPO, adata)
+    assert str(tmp_path / "empty" / "models--mineself2016--GeneMamba") in str(err.value)
+
+
+def test_missing_ref_lists_the_cached_commits(tmp_path, monkeypatch):
+    source = _write_hf(tmp_path / "download", _official_tensors("mean"), mode="mean")
+    cache_like_huggingface_hub(tmp_path / "hub", REPO, source, ref=None)  # e.g. fetched by commit hash only
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"no ref 'main'; cached commits: {COMMIT}"):
+        read_official_checkpoint(REPO, cache_dir=tmp_path / "hub")
+    with pytest.raises(FileNotFoundError, match="no ref 'v2'"):
+        read_official_checkpoint(REPO, cache_dir=tmp_path / "hub", revision="v2")
+    assert read_official_checkpoint(REPO, cache_dir=tmp_path / "hub", revision=COMMIT).encoder_kwargs["merge"] == "mean"
+
+
+def test_size_variant_subfolder_of_a_cached_repo(tmp_path, monkeypatch):
+    root = _write_hf(tmp_path / "download", _official_tensors("mean", seed=2), mode="mean")
+    _write_hf(root / "12l-256d", _official_tensors("sum", seed=3), mode="sum")
+    cache_like_huggingface_hub(tmp_path / "hub", REPO, root)
+    monkeypatch.chdir(tmp_path)
+    variant = read_official_checkpoint(REPO, subfolder="12l-256d", cache_dir=tmp_path / "hub")
+    assert variant.encoder_kwargs["merge"] == "sum"
+
+
+def test_hub_cache_dir_follows_huggingface_hub_environment(monkeypatch, tmp_path):
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    assert hub_cache_dir() == Path("~/.cache/huggingface/hub").expanduser()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert hub_cache_dir() == tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "legacy"))
+    assert hub_cache_dir() == tmp_path / "legacy"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "new"))
+    assert hub_cache_dir() == tmp_path / "new"
+
+
+def test_repo_ids_and_paths_are_told_apart():
+    assert looks_like_repo_id("mineself2016/GeneMamba") and looks_like_repo_id("org/GeneMamba-v1.2_x")
+    for path in ("GeneMamba", "./GeneMamba/small", "/abs/dir", "a/b/c", "../up", Path("org/name")):
+        assert not looks_like_repo_id(path)
+
+
+def test_each_loader_names_the_other_for_its_directories(tmp_path, sample48_model):
+    model, adata = sample48_model
+    ours = tmp_path / "ours"
+    model.save(ours)
+    with pytest.raises(ValueError, match=r"written by GeneMambaModel\.save.*GeneMambaModel\.load"):
+        GeneMambaModel.from_pretrained(ours, adata)
+    official = _write_hf(tmp_path / "official", _official_tensors("mean"), mode="mean")
+    with pytest.raises(FileNotFoundError, match=r"official GeneMamba checkpoint.*from_pretrained\(path, adata\)"):
+        GeneMambaModel.load(official, adata=adata)
+    scvi_dir = tmp_path / "scvi_model"
+    scvi_dir.mkdir()
+    (scvi_dir / "model.pt").write_bytes(b"not read")
+    with pytest.raises(FileNotFoundError, match=r"model\.pt, a model saved by scvi-tools"):
+        read_checkpoint(scvi_dir)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"checksums\.json is missing from checkpoint directory \S+half$"):
+        read_checkpoint(tmp_path / "half")  # nothing recognisable: the plain message
