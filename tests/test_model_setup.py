@@ -34,6 +34,47 @@ def test_log_normalised_floats_rejected(adata):
         GeneMambaModel.setup_anndata(adata, layer="counts")
 
 
+def test_non_counts_error_says_where_this_anndata_holds_counts(adata):
+    """A scanpy-processed AnnData (log-normalised X) usually keeps its counts in a layer or in adata.raw."""
+    import scanpy as sc
+
+    counts = adata.layers.pop("counts")
+    adata.X = counts.copy()
+    adata.raw = adata.copy()  # counts in raw, for all genes
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    with pytest.raises(ValueError, match=r"adata\.X contains non-integer.*adata\.raw holds them") as err:
+        GeneMambaModel.setup_anndata(adata)
+    fix = re.search(r"adata\.layers\['counts'\] = (adata\.raw\[:, adata\.var_names\]\.X)", str(err.value))
+    assert fix is not None and "adata = adata.raw.to_adata()" in str(err.value)
+    adata.layers["counts"] = eval(fix.group(1), {"adata": adata})  # the advice, as written, works
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    np.testing.assert_array_equal(adata.layers["counts"].toarray(), counts.toarray())
+
+    adata.layers["raw_counts"] = adata.layers.pop("counts")  # counts in another layer: named, with its key
+    with pytest.raises(ValueError, match=r"adata\.layers\['raw_counts'\] holds them: set up with layer='raw_counts'"):
+        GeneMambaModel.setup_anndata(adata)
+    with pytest.raises(ValueError, match=r"layer 'log'.*non-integer.*adata\.layers\['raw_counts'\] holds them"):
+        GeneMambaModel.setup_anndata(_with_layer(adata, "log", adata.X), layer="log")
+    del adata.layers["raw_counts"], adata.layers["log"]
+    adata.raw = None  # nowhere: the general advice
+    with pytest.raises(ValueError, match=r"non-integer values.*GeneMamba needs raw counts — pass the raw-count layer"):
+        GeneMambaModel.setup_anndata(adata)
+
+
+def _with_layer(adata, key, X):
+    adata.layers[key] = X.copy()
+    return adata
+
+
+def test_non_counts_layer_beside_counts_in_x_says_layer_none(adata):
+    adata.layers["log"] = adata.layers["counts"].copy()
+    adata.layers["log"].data = np.log1p(adata.layers["log"].data)
+    del adata.layers["counts"]
+    with pytest.raises(ValueError, match=r"layer 'log'.*adata\.X holds them: set up with layer=None"):
+        GeneMambaModel.setup_anndata(adata, layer="log")
+
+
 def test_negative_counts_rejected(adata):
     adata.layers["counts"].data[3] = -2
     with pytest.raises(ValueError, match=r"layer 'counts'.*negative"):

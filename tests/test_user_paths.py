@@ -322,6 +322,26 @@ def test_query_without_counts_where_the_model_reads_them_says_where_to_put_them(
     assert "layer=..." not in str(err.value)  # no advice the query path cannot take
 
 
+def test_query_error_shows_the_copy_from_where_the_query_holds_counts(model_and_data):
+    model, adata = model_and_data
+    query = _fresh(adata)
+    query.layers["raw"] = query.layers.pop("counts")  # the counts under another layer name
+    query.X = query.layers["raw"].astype(np.float32) * 0.5
+    with pytest.raises(
+        ValueError, match=r"no such layer.*e\.g\. adata\.layers\['counts'\] = adata\.layers\['raw'\]\.copy\(\)"
+    ):
+        model.get_latent_representation(query)
+    query.layers["counts"] = query.X.copy()  # the layer exists but holds no counts
+    with pytest.raises(
+        ValueError, match=r"so a query AnnData.*e\.g\. adata\.layers\['counts'\] = adata\.layers\['raw'\]"
+    ):
+        model.get_latent_representation(query)
+    query.layers["counts"] = query.layers["raw"].copy()  # the advice followed
+    np.testing.assert_allclose(
+        model.get_latent_representation(query), model.get_latent_representation(adata), atol=1e-6
+    )
+
+
 def test_small_run_has_no_logging_interval_or_empty_validation_warning(cells):
     """Lightning's "smaller than the logging interval" warning is not shown for an epoch of a few minibatches."""
     adata = cells[:48].copy()

@@ -24,15 +24,38 @@ if TYPE_CHECKING:
 __all__ = ["GeneMedianAccumulator", "NotCountsError", "compute_gene_medians", "validate_counts"]
 
 _BLOCK = 1 << 22  # elements checked at a time by validate_counts (bounds temporary memory)
-_RAW_HINT = "GeneMamba needs raw counts — pass the raw-count layer with layer=..."
+_RAW_HINT = "pass the raw-count layer with layer=..."
 
 
 class NotCountsError(ValueError):
     """A matrix that is not raw counts; ``problem`` says what is wrong, the message adds how to fix it."""
 
-    def __init__(self, problem: str):
-        super().__init__(f"{problem}; {_RAW_HINT}")
+    def __init__(self, problem: str, hint: str | None = None):
+        super().__init__(f"{problem}; GeneMamba needs raw counts — {hint or _RAW_HINT}")
         self.problem = problem
+
+
+def find_raw_counts(adata: AnnData, checked: str | None) -> str | None:
+    """Where else ``adata`` holds raw counts, as the expression that reads them, or ``None``.
+
+    Looks at the layers (in order), ``adata.X`` and ``adata.raw.X`` (restricted to ``adata.var_names``), skipping
+    the place already found wanting (``checked``: a layer name, or ``None`` for ``adata.X``). For error messages
+    only: each candidate costs one pass over its non-zeros.
+    """
+    candidates: list[tuple[str, Any]] = [(f"adata.layers[{k!r}]", X) for k, X in adata.layers.items() if k != checked]
+    if checked is not None:
+        candidates.append(("adata.X", adata.X))
+    raw = adata.raw
+    if raw is not None and adata.var_names.isin(raw.var_names).all():
+        candidates.append(("adata.raw[:, adata.var_names].X", raw.X))
+    for expression, X in candidates:
+        try:
+            validate_counts(X, expression)
+        except NotCountsError:
+            continue
+        if np.asarray(X.sum(axis=1)).ravel().max(initial=0) > 0:  # an all-zero placeholder is not counts
+            return expression
+    return None
 
 
 def _values_of(X: Any) -> np.ndarray:

@@ -17,7 +17,7 @@ from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import ENCODER_FIELDS, MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
-from genemamba_scvi.data.normalize import NotCountsError, count_matrix, validate_counts
+from genemamba_scvi.data.normalize import NotCountsError, count_matrix, find_raw_counts, validate_counts
 
 
 def _save_kernel_cache() -> None:
@@ -67,7 +67,22 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
             "token corpus out of core with genemamba_scvi.data.build_corpus for pre-training."
         )
     X = count_matrix(adata, layer)
-    validate_counts(X, where)
+    try:
+        validate_counts(X, where)
+    except NotCountsError as err:
+        source = find_raw_counts(adata, layer)
+        if source is None:
+            raise
+        if source.startswith("adata.layers["):
+            hint = f"{source} holds them: set up with layer={source[len('adata.layers[') : -1]}"
+        elif source == "adata.X":
+            hint = "adata.X holds them: set up with layer=None"
+        else:
+            hint = (
+                f"adata.raw holds them: put them in a layer, adata.layers['counts'] = {source}, and set up with "
+                "layer='counts' (or use every gene of adata.raw: adata = adata.raw.to_adata())"
+            )
+        raise NotCountsError(err.problem, hint) from None
     totals = np.asarray(X.sum(axis=1)).ravel()
     n_empty = int((totals == 0).sum())
     if n_empty:
@@ -130,18 +145,28 @@ def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args:
     layer = args.get("layer")
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
     if layer is not None and layer not in adata.layers:
+        example = _copy_counts_example(adata, layer, where)
         raise ValueError(
             f"This model was set up to read raw counts from {where}; this AnnData has no such layer (layers: "
-            f"{list(adata.layers.keys())}). Put its raw counts there, e.g. {where} = adata.X.copy() if adata.X "
-            "holds them."
+            f"{list(adata.layers.keys())}). Put its raw counts there"
+            + (f", e.g. {example}." if example else " (neither its layers, adata.X nor adata.raw hold raw counts).")
         )
     try:
         _register_afresh(model_cls, adata, args)
     except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
+        example = _copy_counts_example(adata, layer, where) or f"put them in {where}"
         raise ValueError(
             f"{err.problem}; GeneMamba needs raw counts. This model was set up to read {where}, so a query "
-            f"AnnData must hold its raw counts there too (e.g. put them in {where})."
+            f"AnnData must hold its raw counts there too (e.g. {example})."
         ) from None
+
+
+def _copy_counts_example(adata: AnnData, layer: str | None, where: str) -> str | None:
+    """``"<where> = <where this AnnData holds raw counts>"``, for a query whose set-up place lacks them."""
+    source = find_raw_counts(adata, layer)
+    if source is None:
+        return None
+    return f"{where} = {source}" + ("" if source.startswith("adata.raw") else ".copy()")
 
 
 def _refuse_setup_kwargs(kwargs: dict[str, Any]) -> None:
