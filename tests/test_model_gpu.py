@@ -62,3 +62,31 @@ def test_shipped_configurations_are_installed_on_hopper(gpu_model):
     stats = install_tuned_configs()
     if torch.cuda.get_device_capability() == (9, 0):
         assert stats["shipped"] is not None and stats["installed"] >= 16
+
+
+def test_official_checkpoint_is_placed_on_the_gpu_by_default(tmp_path, _sample_adata_session):
+    """``from_pretrained`` puts the model where ``load`` would (it stayed on the CPU before session 17)."""
+    from _official_writer import write_official_checkpoint
+    from genemamba_scvi import GeneMambaModel
+    from genemamba_scvi.data.vocab import GeneVocab
+    from genemamba_scvi.nn import GeneMambaEncoder, MaskedLMHead
+
+    adata = _sample_adata_session[:64].copy()
+    vocab = GeneVocab.from_var_names(list(adata.var_names))
+    kwargs = {"d_model": 64, "n_layers": 2, "d_state": 16, "headdim": 32, "chunk_size": 64}
+    enc = GeneMambaEncoder(len(vocab), merge="gate", shared_merge=True, block="official", backend="torch", **kwargs)
+    path = write_official_checkpoint(
+        tmp_path / "GeneMamba",
+        {**kwargs, "vocab_size": len(vocab), "merge": "gate", "shared_merge": True, "block": "official"},
+        enc.state_dict(),
+        MaskedLMHead(64, len(vocab)).state_dict(),
+        vocab,
+    )
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    on_gpu = GeneMambaModel.from_pretrained(path, adata, pooling="mean", max_genes=256)
+    assert on_gpu.device.type == "cuda"
+    on_cpu = GeneMambaModel.from_pretrained(path, adata, pooling="mean", max_genes=256, accelerator="cpu")
+    assert on_cpu.device.type == "cpu"
+    z_gpu = on_gpu.get_latent_representation(precision="32-true")
+    z_cpu = on_cpu.get_latent_representation()
+    np.testing.assert_allclose(z_gpu, z_cpu, rtol=1e-3, atol=1e-3)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from _official_writer import cache_like_huggingface_hub
 from genemamba_scvi import GeneMambaModel
@@ -116,3 +117,11 @@ def test_each_loader_names_the_other_for_its_directories(tmp_path, sample48_mode
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match=r"checksums\.json is missing from checkpoint directory \S+half$"):
         read_checkpoint(tmp_path / "half")  # nothing recognisable: the plain message
+
+
+def test_from_pretrained_places_the_model_like_load(tmp_path):
+    path = _write_hf(tmp_path / "GeneMamba", _official_tensors("mean"), mode="mean")
+    adata = _adata()
+    model = _load(path, adata, accelerator="cpu")
+    assert model.device.type == "cpu"
+    assert _load(path, adata).device.type == ("cuda" if torch.cuda.is_available() else "cpu")  # "auto"

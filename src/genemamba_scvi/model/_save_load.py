@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scvi.data._constants import _SCVI_UUID_KEY
+from scvi.model._utils import parse_device_args
 
 from genemamba_scvi import __version__
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
@@ -246,7 +247,6 @@ class GeneMambaSaveLoadMixin:
                 f"GeneMambaModel.load() got unexpected keyword arguments {unknown}; it takes dir_path, adata, "
                 "accelerator, device, prefix and min_gene_overlap"
             )
-        from scvi.model._utils import parse_device_args
 
         from genemamba_scvi.io import read_checkpoint
 
@@ -294,6 +294,8 @@ class GeneMambaSaveLoadMixin:
         identity_layers: bool = False,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
         **setup_kwargs: Any,
     ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
         """Load an official GeneMamba checkpoint directory (Hugging Face or GitHub layout) offline.
@@ -341,6 +343,11 @@ class GeneMambaSaveLoadMixin:
         cache_dir
             With a repository id: the Hugging Face cache directory (default ``$HF_HUB_CACHE``, else
             ``~/.cache/huggingface/hub``).
+        accelerator, device
+            Where to put the model, as in :meth:`load` (default: a GPU when there is one, so that
+            :meth:`get_latent_representation` runs there).
+        **setup_kwargs
+            :meth:`setup_anndata` arguments, used when ``adata`` is not set up yet.
 
         Notes
         -----
@@ -386,6 +393,8 @@ class GeneMambaSaveLoadMixin:
         model.module.encoder.load_state_dict(enc_state, strict=True)
         if lm_state is not None:
             model.module.lm_head.load_state_dict(lm_state, strict=True)
+        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        model.to_device(dev)
         model.module.eval()
         model.is_trained_ = True
         return model
