@@ -1,4 +1,8 @@
-"""Command line: ``genemamba demo`` (the embedded default job) and ``genemamba build-corpus``."""
+"""Command line: ``genemamba demo``, ``genemamba embed`` and ``genemamba build-corpus``.
+
+``demo`` is the embedded default job; ``embed`` writes cell embeddings of an .h5ad file with a saved or a published
+model; ``build-corpus`` tokenizes many .h5ad files into shards for pre-training.
+"""
 
 from __future__ import annotations
 
@@ -118,6 +122,49 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    import anndata
+    import pandas as pd
+
+    from genemamba_scvi import GeneMambaModel, __version__
+    from genemamba_scvi.io._checkpoint import is_our_checkpoint
+    from genemamba_scvi.io._files import _atomic_write_file
+
+    source, out = Path(args.input), Path(args.out)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out {out} is the input file; genemamba embed never overwrites its input")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    adata = anndata.read_h5ad(source)
+    if args.layer is None:
+        counts = adata.X
+    elif args.layer in adata.layers:
+        counts = adata.layers[args.layer]
+    else:
+        raise ValueError(
+            f"--layer {args.layer!r} is not a layer of {source} (layers: {list(adata.layers.keys())}; "
+            "without --layer the raw counts are read from X)"
+        )
+    # the model sees a bare AnnData of the counts and genes: scvi's set-up columns never reach the written file
+    work = anndata.AnnData(X=counts, obs=pd.DataFrame(index=adata.obs_names.copy()), var=adata.var.copy())
+    if is_our_checkpoint(args.model):
+        layer = GeneMambaModel.load_registry(args.model)["setup_args"].get("layer")
+        if layer is not None:
+            work.layers[layer] = counts  # where the model was set up to read counts
+        model = GeneMambaModel.load(args.model, adata=work, accelerator=args.accelerator)
+    else:  # a published checkpoint: a directory or a Hub id in the local Hugging Face cache
+        GeneMambaModel.setup_anndata(work, gene_id_key=args.gene_id_key)
+        model = GeneMambaModel.from_pretrained(args.model, work, max_genes=args.max_genes, accelerator=args.accelerator)
+    z = model.get_latent_representation(batch_size=args.batch_size, progress_bar=not args.quiet)
+    adata.obsm[args.key] = z
+    record = {"model": str(args.model), "counts": args.layer or "X", "genemamba_scvi_version": __version__}
+    adata.uns.setdefault("genemamba", {})[args.key] = record
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_file(out, adata.write_h5ad, overwrite=args.overwrite)
+    print(f"[done] wrote {out}: obsm[{args.key!r}], {z.shape[0]} cells x {z.shape[1]} (model {args.model})")
+    return 0
+
+
 def _build_corpus(args: argparse.Namespace) -> int:
     from genemamba_scvi.data.corpus import build_corpus
 
@@ -139,24 +186,45 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a tiny GeneMamba on the shipped 559-cell sample and embed it (CPU)")
-    demo.add_argument("--out", default="demo_output")
-    demo.add_argument("--epochs", type=int, default=6)
+    demo.add_argument("--out", default="demo_output", help="output directory (created; default: %(default)s)")
+    demo.add_argument("--epochs", type=int, default=6, help="pre-training epochs (default: %(default)s)")
     demo.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
-    demo.add_argument("--d-model", type=int, default=32)
-    demo.add_argument("--n-layers", type=int, default=2)
-    demo.add_argument("--max-genes", type=int, default=256)
-    demo.add_argument("--batch-size", type=int, default=16)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--d-model", type=int, default=32, help="model width (default: %(default)s)")
+    demo.add_argument("--n-layers", type=int, default=2, help="Bi-Mamba layers (default: %(default)s)")
+    demo.add_argument("--max-genes", type=int, default=256, help="top-k genes per cell (default: %(default)s)")
+    demo.add_argument("--batch-size", type=int, default=16, help="cells per training step (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
+
+    embed = sub.add_parser(
+        "embed",
+        help="write cell embeddings of an .h5ad file (raw counts) with a saved or a published GeneMamba model",
+        description="Read INPUT (raw counts in X, or in --layer), embed every cell with MODEL and write a copy of "
+        "INPUT with the embedding in obsm[--key] to --out. MODEL is a directory written by GeneMambaModel.save, a "
+        "published GeneMamba checkpoint directory, or a Hugging Face id in the local cache. The input file is "
+        "never modified and an existing output is replaced only with --overwrite.",
+    )
+    embed.add_argument("input", help=".h5ad file of raw counts")
+    embed.add_argument("--model", required=True, help="model directory, or a Hugging Face id in the local cache")
+    embed.add_argument("--out", required=True, help=".h5ad file to write (the input plus the embedding)")
+    embed.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
+    embed.add_argument("--key", default="X_genemamba", help="obsm key of the embedding (default: %(default)s)")
+    embed.add_argument("--gene-id-key", default=None, help="published models: var column of the gene ids")
+    embed.add_argument("--max-genes", type=int, default=2048, help="published models: top-k genes (default: 2048)")
+    embed.add_argument("--batch-size", type=int, default=None, help="cells per forward pass (default: automatic)")
+    embed.add_argument("--accelerator", default="auto", help="auto (a GPU when there is one), gpu or cpu")
+    embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.set_defaults(func=_embed)
 
     corpus = sub.add_parser("build-corpus", help="tokenize many .h5ad files into on-disk shards for pre-training")
     corpus.add_argument("inputs", nargs="+", help=".h5ad files or directories of them")
-    corpus.add_argument("--out", required=True)
+    corpus.add_argument("--out", required=True, help="corpus directory (resumable)")
     corpus.add_argument("--vocab", default=None, help="vocab.json (default: built from the first file's genes)")
-    corpus.add_argument("--max-genes", type=int, default=2048)
-    corpus.add_argument("--layer", default=None)
-    corpus.add_argument("--chunk-size", type=int, default=10_000)
+    corpus.add_argument("--max-genes", type=int, default=2048, help="top-k genes per cell (default: %(default)s)")
+    corpus.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
+    corpus.add_argument("--chunk-size", type=int, default=10_000, help="cells read at a time (default: %(default)s)")
     corpus.set_defaults(func=_build_corpus)
 
     args = parser.parse_args(argv)

@@ -159,6 +159,29 @@ def _move_into_place(src: Path, dst: Path) -> None:
         os.rename(src, dst)
 
 
+def _atomic_write_file(path: Path, write: Callable[[Path], None], overwrite: bool) -> None:
+    """Write one file with ``write(tmp)`` into a hidden sibling, fsync it, then rename it into place.
+
+    A crash leaves the old file or the new one, never a part. Without ``overwrite`` an existing file is never
+    replaced.
+    """
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"parent directory {path.parent} does not exist")
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}{path.suffix}"
+    try:
+        write(tmp)
+        _fsync_path(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _move_into_place(tmp, path)
+        _fsync_path(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _keep_user_entries(old: Path, new: Path, own_files: Collection[str]) -> None:
     """Hard-link (or copy) every entry of ``old`` not named in ``own_files`` into ``new``, recursively."""
     for entry in old.iterdir():
