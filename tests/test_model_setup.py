@@ -130,8 +130,22 @@ def test_duplicated_var_names_rejected(adata):
     names = adata.var_names.to_numpy().copy()
     names[10] = names[11]
     adata.var_names = names
-    with pytest.raises(ValueError, match=r"duplicated gene ids.*var_names_make_unique"):
+    with pytest.raises(ValueError, match=r"duplicated gene ids in adata\.var_names.*var_names_make_unique"):
         GeneMambaModel.setup_anndata(adata, layer="counts")
+
+
+def test_duplicated_ids_in_the_gene_id_column_get_advice_that_works(adata):
+    ids = adata.var_names.to_numpy().copy()
+    ids[10] = ids[11]
+    adata.var["gene_ids"] = ids
+    with pytest.raises(ValueError, match=r"in adata\.var\['gene_ids'\] \(gene_id_key\)") as err:
+        GeneMambaModel.setup_anndata(adata, layer="counts", gene_id_key="gene_ids")
+    assert "var_names_make_unique" not in str(err.value)  # it would not change this column
+    fix = re.search(r"e\.g\. (adata = .*?\.copy\(\))", str(err.value)).group(1)
+    namespace = {"adata": adata}
+    exec(fix, namespace)
+    GeneMambaModel.setup_anndata(namespace["adata"], layer="counts", gene_id_key="gene_ids")
+    assert namespace["adata"].n_vars == adata.n_vars - 1
 
 
 def test_unknown_gene_ids_report_overlap(sample48_model, adata):

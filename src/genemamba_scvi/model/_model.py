@@ -229,10 +229,15 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         genes = pd.Index(adata.var[gene_id_key].astype(str) if gene_id_key else adata.var_names)
         if genes.has_duplicates:
             dup = genes[genes.duplicated()].unique()[:5].tolist()
-            raise ValueError(
-                f"{int(genes.duplicated().sum())} duplicated gene ids (e.g. {dup}); make them unique "
-                "(adata.var_names_make_unique()) or aggregate them before set-up."
-            )
+            if gene_id_key is None:
+                fix = "make them unique (adata.var_names_make_unique()) or aggregate them before set-up"
+            else:  # var_names_make_unique() would not touch this column
+                fix = (
+                    f"keep one column per id, e.g. adata = adata[:, ~adata.var[{gene_id_key!r}].duplicated()].copy(), "
+                    "or sum the duplicated columns before set-up"
+                )
+            where = "adata.var_names" if gene_id_key is None else f"adata.var[{gene_id_key!r}] (gene_id_key)"
+            raise ValueError(f"{int(genes.duplicated().sum())} duplicated gene ids in {where} (e.g. {dup}); {fix}.")
         anndata_fields = [
             # counts were checked exactly above; scvi's sampled check would refuse scipy sparse *arrays*
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
