@@ -379,3 +379,30 @@ def test_indices_outside_the_cells_are_named(model_and_data):
         model.get_latent_representation(indices=mask[:-1])
     np.testing.assert_array_equal(model.get_latent_representation(indices=[3, 1]),
                                   model.get_latent_representation()[[3, 1]])  # fmt: skip
+
+
+def test_model_set_up_with_a_gene_id_column_embeds_queries_by_their_var_names(cells, tmp_path):
+    """10x-style data: symbols in var_names, Ensembl ids in var["gene_ids"]; a query without that column (symbols
+    or versioned Ensembl ids as var_names) is matched through its var_names instead of failing."""
+    from genemamba_scvi.datasets import load_gene_id_table
+
+    table = load_gene_id_table()
+    one_to_one = table[~table["symbol"].duplicated(keep=False) & ~table["ensembl_id"].duplicated(keep=False)]
+    ensembl = dict(zip(one_to_one["symbol"], one_to_one["ensembl_id"], strict=True))
+    adata = cells[:, [g in ensembl for g in cells.var_names]].copy()
+    assert adata.n_vars > 600  # most of the 765 genes
+    adata.var["gene_ids"] = [ensembl[g] for g in adata.var_names]
+    scvi.settings.seed = 0
+    GeneMambaModel.setup_anndata(adata, layer="counts", gene_id_key="gene_ids")
+    model = GeneMambaModel(adata, **TINY)
+    assert model.vocab_.genes[0].startswith("ENSG")  # the vocabulary holds the Ensembl ids
+    expected = model.get_latent_representation()
+
+    by_symbol = _fresh(adata)  # the column dropped: symbols in var_names
+    np.testing.assert_allclose(model.get_latent_representation(by_symbol), expected, atol=1e-6)
+    by_versioned_id = _fresh(adata)
+    by_versioned_id.var_names = [f"{e}.7" for e in adata.var["gene_ids"]]
+    np.testing.assert_allclose(model.get_latent_representation(by_versioned_id), expected, atol=1e-6)
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=_fresh(adata))
+    np.testing.assert_allclose(loaded.get_latent_representation(), expected, atol=1e-6)

@@ -275,8 +275,8 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         return self.adata_manager.registry["setup_args"].get(name)
 
     def _gene_ids(self, adata: AnnData) -> list[str]:
-        key = self._setup_arg("gene_id_key")
-        return list(adata.var[key].astype(str)) if key else list(map(str, adata.var_names))
+        key = self._setup_arg("gene_id_key")  # a query without that column is matched by var_names (_register_afresh)
+        return list(adata.var[key].astype(str)) if key and key in adata.var else list(map(str, adata.var_names))
 
     def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
         medians = getattr(self, "gene_medians_", None)

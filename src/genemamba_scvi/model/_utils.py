@@ -124,12 +124,16 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
 
     scvi-tools refuses copies ("Did you make a copy?") or transfers the registry, which demands the same genes in
     the same order. GeneMamba matches genes by id, so a copy (also with permuted or fewer genes) is simply set up
-    again with the model's arguments. Query data need not carry the batch or label columns.
+    again with the model's arguments. Query data need not carry the batch or label columns, nor the model's
+    ``gene_id_key`` column: without it, the query's gene ids are its var_names (symbols or Ensembl ids, matched
+    to the vocabulary like any ids; a poor match is refused).
     """
     args = dict(setup_args)
     for key in ("batch_key", "labels_key"):
         if args.get(key) is not None and args[key] not in adata.obs:
             args[key] = None
+    if args.get("gene_id_key") is not None and args["gene_id_key"] not in adata.var:
+        args["gene_id_key"] = None
     if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
         _assign_adata_uuid(adata, overwrite=True)
     model_cls.setup_anndata(adata, **args)
