@@ -134,6 +134,18 @@ def test_duplicated_var_names_rejected(adata):
         GeneMambaModel.setup_anndata(adata, layer="counts")
 
 
+def test_duplicated_symbols_with_an_ensembl_column_point_to_gene_id_key(adata):
+    """What sc.read_10x_h5 gives: duplicated symbols in var_names, unique Ensembl ids in var["gene_ids"]."""
+    names = adata.var_names.to_numpy().copy()
+    names[10] = names[11]
+    adata.var["gene_ids"] = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    adata.var["feature_types"] = "Gene Expression"
+    adata.var_names = names
+    with pytest.raises(ValueError, match=r"adata\.var\['gene_ids'\] holds unique Ensembl ids: set up with "):
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+    GeneMambaModel.setup_anndata(adata, layer="counts", gene_id_key="gene_ids")  # the advice works
+
+
 def test_duplicated_ids_in_the_gene_id_column_get_advice_that_works(adata):
     ids = adata.var_names.to_numpy().copy()
     ids[10] = ids[11]

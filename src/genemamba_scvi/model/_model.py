@@ -37,6 +37,7 @@ from genemamba_scvi.model._utils import (
     _refuse_setup_kwargs,
     _register_query,
     _save_kernel_cache,
+    _unique_ensembl_column,
     _user_stacklevel,
     _validate_count_layer,
 )
@@ -231,6 +232,12 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             dup = genes[genes.duplicated()].unique()[:5].tolist()
             if gene_id_key is None:
                 fix = "make them unique (adata.var_names_make_unique()) or aggregate them before set-up"
+                id_column = _unique_ensembl_column(adata)
+                if id_column is not None:  # e.g. sc.read_10x_h5: duplicated symbols, unique ids in var["gene_ids"]
+                    fix = (
+                        f"adata.var[{id_column!r}] holds unique Ensembl ids: set up with gene_id_key={id_column!r} "
+                        f"(or {fix})"
+                    )
             else:  # var_names_make_unique() would not touch this column
                 fix = (
                     f"keep one column per id, e.g. adata = adata[:, ~adata.var[{gene_id_key!r}].duplicated()].copy(), "

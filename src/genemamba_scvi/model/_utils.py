@@ -165,6 +165,16 @@ def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args:
         ) from None
 
 
+def _unique_ensembl_column(adata: AnnData) -> str | None:
+    """A column of ``adata.var`` with one distinct Ensembl gene id per gene (``ENSG...``, ``ENSMUSG...``), if any."""
+    for name, column in adata.var.items():
+        if column.dtype.kind in "OSU" or isinstance(column.dtype, pd.CategoricalDtype | pd.StringDtype):
+            values = column.astype(str)
+            if values.is_unique and values.str.match(r"ENS[A-Z]*G\d").mean() >= 0.9:
+                return str(name)
+    return None
+
+
 def _copy_counts_example(adata: AnnData, layer: str | None, where: str) -> str | None:
     """``"<where> = <where this AnnData holds raw counts>"``, for a query whose set-up place lacks them."""
     source = find_raw_counts(adata, layer)
