@@ -98,3 +98,15 @@ def test_split_gene_sets():
     assert split_gene_sets(sets, 0.0)[1] == {}
     with pytest.raises(ValueError, match=r"held_out_fraction must be in \[0, 1\)"):
         split_gene_sets(sets, 1.0)
+
+
+def test_unknown_collection_name_is_named(tmp_path):
+    from genemamba_scvi.module import gene_set_tensors
+
+    vocab = GeneVocab(["CD3E", "CD3D", "CD14", "LYZ"])
+    with pytest.raises(ValueError, match=r"gene_sets='reactome' is neither a shipped collection \('go_bp', 'kegg'\)"):
+        gene_set_tensors("reactome", vocab)
+    gmt = tmp_path / "my.gmt"
+    gmt.write_text("T\tdesc\tCD3E\tCD3D\nM\tdesc\tCD14\tLYZ\n")
+    assert [t.tolist() for t in gene_set_tensors(gmt, vocab)] == [[3, 4], [5, 6]]  # genes from id 3 (specials)
+    assert len(gene_set_tensors(str(gmt), vocab)) == 2

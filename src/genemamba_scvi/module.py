@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Union
 
 import numpy as np
@@ -59,6 +60,11 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
 
         gene_sets = load_gene_sets(gene_sets)
     elif isinstance(gene_sets, str | os.PathLike):
+        if not Path(gene_sets).is_file():
+            raise ValueError(
+                f"gene_sets={str(gene_sets)!r} is neither a shipped collection ('go_bp', 'kegg') nor a GMT file; "
+                "pass one of those, a path to a .gmt file, or a {name: [genes]} mapping"
+            )
         gene_sets = read_gmt(gene_sets)
     token_sets = gene_sets_to_token_ids(gene_sets, vocab, min_size=2)
     if not token_sets:
