@@ -313,3 +313,18 @@ def test_train_without_validation_cells(small_adata):
     model.train(max_epochs=1, train_size=1.0, **TRAIN)  # no validation split: validation is skipped
     assert "validation_loss" not in model.history
     assert np.isfinite(model.history["train_loss"].astype(float).to_numpy()).all()
+
+
+def test_cpu_batches_are_packed(sample48_model, monkeypatch):
+    """A CPU batch computes only the real tokens of its cells (as the mamba-ssm path does)."""
+    import genemamba_scvi.module as module
+
+    model, _ = sample48_model
+    enc = model.module.encoder
+    seen, real_forward = [], enc.forward
+    monkeypatch.setattr(enc, "forward", lambda *a, **k: seen.append(k.get("packed")) or real_forward(*a, **k))
+    packed = model.get_latent_representation(indices=range(8))
+    monkeypatch.setattr(module, "_PACK_ON_CPU", False)
+    padded = model.get_latent_representation(indices=range(8))
+    assert seen == [True, False]
+    np.testing.assert_allclose(packed, padded, atol=1e-5)

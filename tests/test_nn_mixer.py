@@ -127,3 +127,21 @@ def test_invalid_shapes_raise():
     with pytest.raises(ValueError):
         Mamba2Mixer(30, headdim=16, backend="torch")
     assert math.isclose(Mamba2Mixer(32, headdim=16, backend="torch").nheads, 4)
+
+
+def test_cpu_scan_uses_short_chunks_and_the_same_function(monkeypatch):
+    """On a CPU the torch backend scans in chunks of at most CPU_CHUNK_SIZE (64), whatever chunk_size says."""
+    import genemamba_scvi.nn.mamba2 as mamba2
+
+    torch.manual_seed(0)
+    mixer = Mamba2Mixer(32, d_state=16, headdim=16, chunk_size=256, backend="torch").eval()
+    u = torch.randn(2, 300, 32)
+    seen = []
+    real_scan = mamba2.ssd_chunked
+    monkeypatch.setattr(mamba2, "ssd_chunked", lambda *a, **k: seen.append(a[5]) or real_scan(*a, **k))
+    with torch.no_grad():
+        short = mixer(u)
+        monkeypatch.setattr(mamba2, "CPU_CHUNK_SIZE", 256)
+        long = mixer(u)
+    assert seen == [64, 256]
+    torch.testing.assert_close(short, long, atol=1e-5, rtol=1e-5)

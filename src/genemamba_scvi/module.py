@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("genemamba_scvi")
 
 
+#: Pack the real tokens of a batch on a CPU too (``False``: the padded batch, the path before session 17; for
+#: ``benchmarks/cpu_speed.py``).
+_PACK_ON_CPU = True
+
+
 def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Tensor] | None:
     """Token-id tensors of the gene sets for the pathway InfoNCE.
 
@@ -175,9 +180,11 @@ class GeneMambaModule(BaseModuleClass):
         self.n_labels = n_labels
 
     def _encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # On the mamba-ssm kernels, pack the real tokens of all cells (each cell and its reversal as two
-        # sequences of one varlen row): pads are never computed (benchmarks/results/throughput_h100.json).
-        packed = self.encoder.resolved_backend(tokens.device) == "mamba_ssm"
+        # On the mamba-ssm kernels and on a CPU, pack the real tokens of all cells (each cell and its reversal as
+        # two sequences of one varlen row): pads are never computed (benchmarks/results/throughput_h100.json,
+        # cpu_speed.json). The torch backend on a GPU keeps the padded batch (not measured packed).
+        on_cpu = tokens.device.type == "cpu"
+        packed = self.encoder.resolved_backend(tokens.device) == "mamba_ssm" or (on_cpu and _PACK_ON_CPU)
         return self.encoder(tokens, lengths, packed=packed)
 
     # ------------------------------------------------------------------ scvi protocol

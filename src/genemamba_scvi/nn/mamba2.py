@@ -119,6 +119,13 @@ class RMSNormGated(nn.Module):
         return out.to(x.dtype)
 
 
+#: The torch backend on a CPU scans in chunks of at most this many tokens, whatever ``chunk_size`` says: its
+#: in-chunk work is quadratic in the chunk length and a CPU has no tensor cores to hide it, so 64 runs the scan
+#: several times faster than 256; the result is the same function (to float rounding; ``ssd_chunked``'s
+#: ``chunk_size`` changes no value). ``benchmarks/cpu_speed.py`` measured it (``cpu_speed.json``).
+CPU_CHUNK_SIZE = 64
+
+
 class Mamba2Mixer(nn.Module):
     """Mamba-2 mixer (``mamba_ssm.Mamba2`` drop-in) with a pure-PyTorch and a mamba-ssm backend.
 
@@ -139,7 +146,7 @@ class Mamba2Mixer(nn.Module):
     A_init_range, dt_min, dt_max, dt_init_floor
         Initialisation, as ``mamba_ssm.Mamba2``.
     chunk_size
-        SSD chunk length.
+        SSD chunk length (the torch backend on a CPU scans in chunks of at most :data:`CPU_CHUNK_SIZE`).
     backend
         ``"auto"`` (mamba_ssm on CUDA when importable, else torch), ``"torch"`` or ``"mamba_ssm"``.
     use_mem_eff_path
@@ -288,9 +295,8 @@ class Mamba2Mixer(nn.Module):
         xBC = causal_conv1d_torch(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, seq_idx, self.activation)
         x, B, C = self._ssm_inputs(xBC)
         A = -torch.exp(self.A_log.double() if self.A_log.dtype == torch.float64 else self.A_log.float())
-        y = ssd_chunked(
-            x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, seq_idx=seq_idx
-        )
+        chunk = self.chunk_size if zxbcdt.device.type != "cpu" else min(self.chunk_size, CPU_CHUNK_SIZE)
+        y = ssd_chunked(x, dt, A, B, C, chunk, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, seq_idx=seq_idx)
         y = self.norm(y.reshape(b, L, self.d_inner), z)
         return self.out_proj(y)
 
