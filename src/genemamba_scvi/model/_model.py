@@ -30,6 +30,7 @@ from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTra
 from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_choice,
+    _check_gene_ids,
     _check_indices,
     _check_known_genes_expressed,
     _check_obs_key,
@@ -37,7 +38,6 @@ from genemamba_scvi.model._utils import (
     _refuse_setup_kwargs,
     _register_query,
     _save_kernel_cache,
-    _unique_ensembl_column,
     _user_stacklevel,
     _validate_count_layer,
 )
@@ -225,26 +225,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         _validate_count_layer(adata, layer)
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
-        if gene_id_key is not None and gene_id_key not in adata.var:
-            raise ValueError(f"gene_id_key={gene_id_key!r} is not a column of adata.var.")
-        genes = pd.Index(adata.var[gene_id_key].astype(str) if gene_id_key else adata.var_names)
-        if genes.has_duplicates:
-            dup = genes[genes.duplicated()].unique()[:5].tolist()
-            if gene_id_key is None:
-                fix = "make them unique (adata.var_names_make_unique()) or aggregate them before set-up"
-                id_column = _unique_ensembl_column(adata)
-                if id_column is not None:  # e.g. sc.read_10x_h5: duplicated symbols, unique ids in var["gene_ids"]
-                    fix = (
-                        f"adata.var[{id_column!r}] holds unique Ensembl ids: set up with gene_id_key={id_column!r} "
-                        f"(or {fix})"
-                    )
-            else:  # var_names_make_unique() would not touch this column
-                fix = (
-                    f"keep one column per id, e.g. adata = adata[:, ~adata.var[{gene_id_key!r}].duplicated()].copy(), "
-                    "or sum the duplicated columns before set-up"
-                )
-            where = "adata.var_names" if gene_id_key is None else f"adata.var[{gene_id_key!r}] (gene_id_key)"
-            raise ValueError(f"{int(genes.duplicated().sum())} duplicated gene ids in {where} (e.g. {dup}); {fix}.")
+        _check_gene_ids(adata, gene_id_key)
         anndata_fields = [
             # counts were checked exactly above; scvi's sampled check would refuse scipy sparse *arrays*
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),

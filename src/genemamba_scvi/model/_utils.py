@@ -165,6 +165,28 @@ def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args:
         ) from None
 
 
+def _check_gene_ids(adata: AnnData, gene_id_key: str | None) -> None:
+    """Refuse a missing ``gene_id_key`` column or duplicated gene ids, with a fix that works for where they are."""
+    if gene_id_key is not None and gene_id_key not in adata.var:
+        raise ValueError(f"gene_id_key={gene_id_key!r} is not a column of adata.var.")
+    genes = pd.Index(adata.var[gene_id_key].astype(str) if gene_id_key else adata.var_names)
+    if not genes.has_duplicates:
+        return
+    dup = genes[genes.duplicated()].unique()[:5].tolist()
+    if gene_id_key is None:
+        fix = "make them unique (adata.var_names_make_unique()) or aggregate them before set-up"
+        id_column = _unique_ensembl_column(adata)
+        if id_column is not None:  # e.g. sc.read_10x_h5: duplicated symbols, unique ids in var["gene_ids"]
+            fix = f"adata.var[{id_column!r}] holds unique Ensembl ids: set up with gene_id_key={id_column!r} (or {fix})"
+    else:  # var_names_make_unique() would not touch this column
+        fix = (
+            f"keep one column per id, e.g. adata = adata[:, ~adata.var[{gene_id_key!r}].duplicated()].copy(), "
+            "or sum the duplicated columns before set-up"
+        )
+    where = "adata.var_names" if gene_id_key is None else f"adata.var[{gene_id_key!r}] (gene_id_key)"
+    raise ValueError(f"{int(genes.duplicated().sum())} duplicated gene ids in {where} (e.g. {dup}); {fix}.")
+
+
 def _unique_ensembl_column(adata: AnnData) -> str | None:
     """A column of ``adata.var`` with one distinct Ensembl gene id per gene (``ENSG...``, ``ENSMUSG...``), if any."""
     for name, column in adata.var.items():
