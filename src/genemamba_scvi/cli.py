@@ -133,6 +133,8 @@ def _embed(args: argparse.Namespace) -> int:
     source, out = Path(args.input), Path(args.out)
     if out.resolve() == source.resolve():
         raise ValueError(f"--out {out} is the input file; genemamba embed never overwrites its input")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; name the .h5ad file to write")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     adata = anndata.read_h5ad(source)

@@ -35,26 +35,26 @@ class NotCountsError(ValueError):
         self.problem = problem
 
 
-def find_raw_counts(adata: AnnData, checked: str | None) -> str | None:
-    """Where else ``adata`` holds raw counts, as the expression that reads them, or ``None``.
+def find_raw_counts(adata: AnnData, checked: str | None) -> tuple[str, str | None] | None:
+    """Where else ``adata`` holds raw counts: ``(expression that reads them, layer name or None)``, or ``None``.
 
     Looks at the layers (in order), ``adata.X`` and ``adata.raw.X`` (restricted to ``adata.var_names``), skipping
     the place already found wanting (``checked``: a layer name, or ``None`` for ``adata.X``). For error messages
     only: each candidate costs one pass over its non-zeros.
     """
-    candidates: list[tuple[str, Any]] = [(f"adata.layers[{k!r}]", X) for k, X in adata.layers.items() if k != checked]
+    candidates = [(f"adata.layers[{k!r}]", k, X) for k, X in adata.layers.items() if k != checked]
     if checked is not None:
-        candidates.append(("adata.X", adata.X))
+        candidates.append(("adata.X", None, adata.X))
     raw = adata.raw
     if raw is not None and adata.var_names.isin(raw.var_names).all():
-        candidates.append(("adata.raw[:, adata.var_names].X", raw.X))
-    for expression, X in candidates:
+        candidates.append(("adata.raw[:, adata.var_names].X", None, raw.X))
+    for expression, layer, X in candidates:
         try:
             validate_counts(X, expression)
         except NotCountsError:
             continue
         if np.asarray(X.sum(axis=1)).ravel().max(initial=0) > 0:  # an all-zero placeholder is not counts
-            return expression
+            return expression, layer
     return None
 
 

@@ -70,11 +70,12 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
     try:
         validate_counts(X, where)
     except NotCountsError as err:
-        source = find_raw_counts(adata, layer)
-        if source is None:
+        found = find_raw_counts(adata, layer)
+        if found is None:
             raise
-        if source.startswith("adata.layers["):
-            hint = f"{source} holds them: set up with layer={source[len('adata.layers[') : -1]}"
+        source, source_layer = found
+        if source_layer is not None:
+            hint = f"{source} holds them: set up with layer={source_layer!r}"
         elif source == "adata.X":
             hint = "adata.X holds them: set up with layer=None"
         else:
@@ -199,9 +200,10 @@ def _unique_ensembl_column(adata: AnnData) -> str | None:
 
 def _copy_counts_example(adata: AnnData, layer: str | None, where: str) -> str | None:
     """``"<where> = <where this AnnData holds raw counts>"``, for a query whose set-up place lacks them."""
-    source = find_raw_counts(adata, layer)
-    if source is None:
+    found = find_raw_counts(adata, layer)
+    if found is None:
         return None
+    source = found[0]
     return f"{where} = {source}" + ("" if source.startswith("adata.raw") else ".copy()")
 
 
