@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -203,7 +204,12 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "cpu_speed",
         "baseline": f"{BASELINE}: padded batch, chunks of 256 (the CPU path before session 17)",
         "config": {**vars(args), "out": str(args.out), "cells_picked": picked.tolist()},
-        "machine": {"processor": platform.processor(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
         "environment": environment(),
         "widths": {},
     }
@@ -217,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             "api": _api_rounds(model, args.rounds, rng),
         }
         result["widths"][str(width)] = entry
+        result["machine"]["load_average_after_" + str(width)] = list(os.getloadavg())
         for mode in ("inference", "training"):
             best = entry[mode]["arms"]["packed_q64"]
             print(
