@@ -122,8 +122,9 @@ class RMSNormGated(nn.Module):
 #: The torch backend on a CPU scans in chunks of at most this many tokens, whatever ``chunk_size`` says: its
 #: in-chunk work is quadratic in the chunk length and a CPU has no tensor cores to hide it. On 16 real cells
 #: (top-2048, 2 layers, 2 threads; ``benchmarks/cpu_speed.py`` -> ``cpu_speed.json``) 64 was the fastest of
-#: 32 / 64 / 128 / 256 for d_model 512 (packed inference 1.62x and training 1.30x faster than 256); the result is
-#: the same function (to float rounding: ``ssd_chunked``'s ``chunk_size`` changes no value).
+#: 32 / 64 / 128 / 256 for d_model 512 (packed, median times against 256: inference 18.8 -> 12.1 s, training
+#: 44.4 -> 34.6 s); the result is the same function (to float rounding: ``ssd_chunked``'s ``chunk_size`` changes
+#: no value).
 CPU_CHUNK_SIZE = 64
 
 
