@@ -69,6 +69,16 @@ def test_embed_reads_counts_from_a_layer(tmp_path, saved):
     assert main([*args, "--overwrite"]) == 2  # X is log-normalised: the count check refuses it
 
 
+def test_embed_of_non_counts_names_what_it_read_and_the_layer_to_pass(tmp_path, saved, capsys):
+    model_dir, adata, _ = saved  # the model was set up on layer "counts": the message must not name that layer
+    source = _user_file(adata, tmp_path / "cells.h5ad", counts_in="umi")
+    assert main(["embed", str(source), "--model", str(model_dir), "--out", str(tmp_path / "o.h5ad"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "X of " in err and "non-integer values" in err and "pass --layer umi" in err
+    assert "layer 'counts'" not in err and "layer=" not in err
+    assert not (tmp_path / "o.h5ad").exists()
+
+
 def test_embed_never_replaces_a_file_without_overwrite(tmp_path, saved, capsys):
     model_dir, adata, _ = saved
     source = _user_file(adata, tmp_path / "cells.h5ad")

@@ -162,3 +162,27 @@ def test_tensor_keys_and_special_tokens_live_in_constants_and_old_names_still_im
     assert vocab.SPECIAL_TOKENS == _constants.SPECIAL_TOKENS == ("<pad>", "<cls>", "<mask>")
     v = vocab.GeneVocab(["A", "B"])
     assert (v.pad_id, v.cls_id, v.mask_id) == (_constants.PAD_ID, _constants.CLS_ID, _constants.MASK_ID)
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"n_layers": -2}, r"n_layers must be an integer >= 0, got -2"),
+        ({"d_model": 0}, r"d_model must be an integer >= 1, got 0"),
+        ({"headdim": 2.5}, r"headdim must be an integer >= 1, got 2\.5"),
+        ({"chunk_size": True}, r"chunk_size must be an integer >= 1, got True"),
+        ({"mask_prob": 1.5}, r"mask_prob must be in \[0, 1\], got 1\.5"),
+        ({"norm_eps": 0.0}, r"norm_eps must be > 0"),
+    ],
+)
+def test_impossible_settings_are_refused_when_the_config_is_made(setting, match):
+    with pytest.raises(ValueError, match=match):
+        GeneMambaConfig(**setting)
+    with pytest.raises(ValueError, match=match):  # also through the encoder's keywords
+        GeneMambaEncoder(50, **setting)
+
+
+def test_model_refuses_an_impossible_max_genes_before_anything_is_built(legacy_adata):
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match=rf"max_genes must be an integer >= 1.*got {bad}"):
+            GeneMambaModel(legacy_adata, n_layers=1, d_model=16, headdim=8, max_genes=bad)

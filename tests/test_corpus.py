@@ -239,6 +239,14 @@ def test_layer_dense_given_medians_and_cli(sample, tmp_path, capsys):
     )
     d = json.loads((tmp_path / "c3" / "manifest.json").read_text())
     assert d["status"] == "complete" and d["n_cells"] == 40 and d["config"]["max_genes"] == 32
+    # the Python call's resume unit, median method, gene-id column and overlap are options of the command too
+    opts = ["--shard-size", "16", "--median-method", "exact", "--gene-id-key", "ids", "--min-gene-overlap", "0.9"]
+    a.var["ids"] = a.var_names
+    a.write_h5ad(p)
+    assert main(["build-corpus", str(p), "--out", str(tmp_path / "c6"), "--layer", "counts", *opts]) == 0
+    d = json.loads((tmp_path / "c6" / "manifest.json").read_text())
+    assert d["n_cells"] == 40 and len(d["shards"]) == 3 and d["config"]["medians_source"] == "computed (exact)"
+    assert d["config"]["gene_id_key"] == "ids" and d["config"]["shard_size"] == 16
     # bad input on the command line: one line naming the problem, exit status 2, no traceback
     assert main(["build-corpus", str(p), "--out", str(tmp_path / "c4"), "--layer", "nope"]) == 2
     err = capsys.readouterr().err

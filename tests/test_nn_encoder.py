@@ -238,3 +238,18 @@ def test_next_token_loss_refuses_bidirectional_encoder():
                 torch.cat([logits[0, :7], logits[1, :4]]), torch.cat([tokens[0, 1:8], tokens[1, 1:5]])
             )
             torch.testing.assert_close(loss, ref)
+
+
+def test_lengths_outside_the_sequence_are_refused_not_pooled_wrongly():
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=1, **TINY).eval()
+    tokens = torch.randint(3, V, (2, 5))
+    for lengths in (torch.tensor([5, 7]), torch.tensor([-2, 3])):
+        with pytest.raises(ValueError, match=r"lengths must be between 0 and the sequence length 5"):
+            enc(tokens, lengths)
+        with pytest.raises(ValueError, match=r"lengths must be between 0 and the sequence length 5"):
+            enc.embed_cells(tokens, lengths, packed=True)
+        with pytest.raises(ValueError, match=r"lengths must be between 0 and the sequence length 5"):
+            enc.pool(torch.zeros(2, 5, 32), lengths)
+    ok = torch.tensor([5, 0])  # full and empty cells are fine
+    assert enc.embed_cells(tokens, ok).shape == (2, 32)

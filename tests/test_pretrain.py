@@ -239,3 +239,57 @@ def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path):
     torch.testing.assert_close(model.module.encoder.embedding.weight.detach(), trained)
     with pytest.raises(FileExistsError):
         GeneMambaModel.pretrain(corpus_dir, tmp_path / "model", max_steps=1, accelerator="cpu", **TINY)
+
+
+def test_model_pretrain_writes_beside_its_checkpoints_and_refuses_a_foreign_directory_before_training(
+    corpus_dir, tmp_path, monkeypatch
+):
+    from genemamba_scvi import GeneMambaModel
+
+    run = {"batch_size": 16, "accelerator": "cpu", "enable_progress_bar": False, **TINY}
+    # checkpoints inside the model directory (which then exists before the model is written)
+    GeneMambaModel.pretrain(corpus_dir, tmp_path / "m", max_steps=2, checkpoint_dir=tmp_path / "m" / "ckpt", **run)
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "ckpt" / "last.ckpt").is_file()
+    # ... and resumed there after a crash that left only the checkpoints
+    (tmp_path / "r" / "ckpt").mkdir(parents=True)
+    (tmp_path / "r" / "ckpt" / "last.ckpt").write_bytes((tmp_path / "m" / "ckpt" / "last.ckpt").read_bytes())
+    GeneMambaModel.pretrain(
+        corpus_dir,
+        tmp_path / "r",
+        max_steps=3,
+        checkpoint_dir=tmp_path / "r" / "ckpt",
+        ckpt_path=tmp_path / "r" / "ckpt" / "last.ckpt",
+        **run,
+    )
+    assert (tmp_path / "r" / "model.safetensors").is_file()
+    # a directory of someone else's files is refused before a step is trained
+    import genemamba_scvi.pretrain as pretrain
+
+    monkeypatch.setattr(pretrain, "pretrain_from_corpus", lambda *a, **k: pytest.fail("trained before refusing"))
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"refusing to overwrite config\.json .*not a genemamba-scvi checkpoint"):
+        GeneMambaModel.pretrain(corpus_dir, tmp_path / "user", overwrite=True, max_steps=1, **run)
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        GeneMambaModel.pretrain(corpus_dir, tmp_path / "m", max_steps=1, checkpoint_dir=tmp_path / "m" / "ckpt", **run)
+    assert (tmp_path / "user" / "config.json").read_text() == "{}"
+
+
+def test_progress_bar_counts_minibatches_to_max_steps_and_shows_the_loss_undivided(corpus_dir, capsys):
+    history = StepLossHistory()
+    pretrain_from_corpus(
+        corpus_dir,
+        **TINY,
+        max_steps=2,
+        batch_size=64,
+        accumulate_grad_batches=2,
+        callbacks=[history],
+        seed=1,
+        accelerator="cpu",
+        enable_model_summary=False,
+    )
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert "4/4" in err and "/-" not in err  # 2 steps of 2 minibatches; no epoch limit shown as "Epoch 0/-2"
+    assert f"train_loss={history.losses[-1]:.3f}" in err
+    assert history.losses[-1] > 2.0  # the masked-gene cross-entropy over ~32k genes, not a half of it

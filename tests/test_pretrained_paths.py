@@ -125,3 +125,19 @@ def test_from_pretrained_places_the_model_like_load(tmp_path):
     model = _load(path, adata, accelerator="cpu")
     assert model.device.type == "cpu"
     assert _load(path, adata).device.type == ("cuda" if torch.cuda.is_available() else "cpu")  # "auto"
+
+
+def test_from_pretrained_on_a_copy_keeps_the_set_up_of_its_original(tmp_path):
+    raw = _official_tensors("gate", seed=5)
+    source = _write_hf(tmp_path / "GeneMamba", raw, mode="gate", pooling="mean")
+    adata = _adata(seed=6)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X.log1p()  # what a notebook holds: log-normalised X, counts in a layer
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    with pytest.warns(UserWarning):  # the genes outside the published vocabulary are reported
+        model = GeneMambaModel.from_pretrained(source, adata.copy(), backend="torch", max_genes=40)
+    assert model.adata_manager.registry["setup_args"]["layer"] == "counts"
+    counts_only = adata.copy()
+    counts_only.X = counts_only.layers["counts"]  # the published pipeline reads X: hand it the counts
+    expected = _reference(raw, "gate", counts_only, 40, "mean").numpy()
+    np.testing.assert_allclose(model.get_latent_representation(), expected, rtol=1e-4, atol=1e-4)

@@ -176,3 +176,95 @@ def test_load_registry_and_view_setup_args_read_our_files(model_and_data, tmp_pa
     assert registry["setup_args"]["layer"] == "counts" and registry["setup_args"]["batch_key"] == "batch"
     GeneMambaModel.view_setup_args(tmp_path / "m", prefix="pbmc_")
     assert "GeneMambaModel.setup_anndata" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ session 18: what a probe of scvi habits found
+def test_scvi_schedule_and_kl_settings_are_refused_not_ignored(model_and_data):
+    model, _ = model_and_data
+    with pytest.raises(TypeError, match=r"\['lr_patience', 'reduce_lr_on_plateau'\] are scvi-tools' settings"):
+        model.train(max_epochs=1, plan_kwargs={"reduce_lr_on_plateau": True, "lr_patience": 1}, **TRAIN)
+    with pytest.raises(TypeError, match=r"\['n_epochs_kl_warmup'\].*not a VAE"):
+        model.train(max_epochs=1, plan_kwargs={"n_epochs_kl_warmup": 50}, **TRAIN)
+
+
+def test_shuffle_set_split_as_a_train_argument_reaches_the_splitter(model_and_data, monkeypatch):
+    from genemamba_scvi.dataloader import TokenDataSplitter
+
+    model, _ = model_and_data
+    seen = {}
+    init = TokenDataSplitter.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TokenDataSplitter, "__init__", spy)
+    model.train(max_epochs=1, shuffle_set_split=False, load_sparse_tensor=False, **TRAIN)
+    assert seen["shuffle_set_split"] is False and seen["load_sparse_tensor"] is False
+
+
+def test_history_of_repeated_runs_is_indexed_by_epoch(cells):
+    adata = cells.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="bulk_labels")
+    model = GeneMambaModel(adata, **TINY)
+    run = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 32}
+    model.train(max_epochs=1, train_size=1.0, **run)  # epoch 0: no validation cells
+    model.train(max_epochs=2, **run)  # epochs 1, 2
+    model.train_classifier(max_epochs=1, **run)  # epoch 3
+    model.train(max_epochs=1, **run)  # epoch 4
+    history = model.history
+    assert history["train_loss"].index.tolist() == [0, 1, 2, 3, 4]
+    assert history["validation_loss"].index.tolist() == [1, 2, 3, 4]
+    assert history["lm_loss_train"].index.tolist() == [0, 1, 2, 4]
+    assert history["accuracy_train"].index.tolist() == [3]
+    assert all(frame.index.is_unique for frame in history.values())
+
+
+def test_load_sets_an_anndata_up_again_with_the_saved_arguments(model_and_data, tmp_path):
+    model, adata = model_and_data
+    model.save(tmp_path / "m")
+    other = adata.copy()
+    other.X = other.layers["counts"].copy()
+    other.X.data = np.random.default_rng(0).integers(1, 50, other.X.data.size).astype(np.float32)  # other counts
+    GeneMambaModel.setup_anndata(other, layer=None)  # the user's own earlier set-up
+    with pytest.warns(UserWarning, match=r"set up with \{'layer': None\}; the saved model .*'layer': 'counts'"):
+        loaded = GeneMambaModel.load(tmp_path / "m", adata=other, accelerator="cpu")
+    assert loaded.adata_manager.registry["setup_args"]["layer"] == "counts"
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+
+
+def test_load_onto_cells_without_labels_as_scvi_allows_missing_labels(cells, tmp_path):
+    adata = cells.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="bulk_labels")
+    model = GeneMambaModel(adata, **TINY)
+    model.train_classifier(max_epochs=1, accelerator="cpu", enable_progress_bar=False, batch_size=32)
+    model.save(tmp_path / "m")
+    query = cells[:20].copy()
+    query.obs["bulk_labels"] = np.nan  # unlabelled cells to predict
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=query, accelerator="cpu")
+    np.testing.assert_array_equal(loaded.predict(), model.predict(cells[:20].copy()))
+
+
+def test_empty_indices_give_empty_results_of_every_kind(model_and_data, tmp_path):
+    model, adata = model_and_data
+    assert model.get_latent_representation(indices=[]).shape == (0, model.module.encoder.d_model)
+    labelled = adata.copy()
+    labelled.obs["half"] = np.where(np.arange(adata.n_obs) < 32, "x", "y")
+    GeneMambaModel.setup_anndata(labelled, layer="counts", labels_key="half")
+    clf = GeneMambaModel(labelled, **TINY)
+    clf.train_classifier(max_epochs=1, accelerator="cpu", enable_progress_bar=False, batch_size=32)
+    soft = clf.predict(indices=[], soft=True)
+    assert soft.shape == (0, 2) and list(soft.columns) == ["x", "y"]
+    assert clf.predict(indices=[]).shape == (0,)
+
+
+def test_save_with_the_anndata_leaves_its_string_columns_alone(model_and_data, tmp_path):
+    model, adata = model_and_data
+    adata.obs["note"] = np.where(np.arange(adata.n_obs) % 3, "kept", "other").astype(object)
+    dtypes = adata.obs.dtypes.to_dict()
+    try:
+        model.save(tmp_path / "m", save_anndata=True)  # anndata's write would make "note" categorical in memory
+        assert adata.obs.dtypes.to_dict() == dtypes
+        assert GeneMambaModel.load(tmp_path / "m").adata.obs["note"].tolist() == adata.obs["note"].tolist()
+    finally:
+        del adata.obs["note"]

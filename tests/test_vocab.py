@@ -84,6 +84,9 @@ def test_json_round_trip_and_checksum(tmp_path, sample_adata):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         GeneVocab.from_json(path)
+    path.write_text('{"someone": "else"}')  # a vocab.json of another tool: the message names the file
+    with pytest.raises(ValueError, match=rf"{path.name}'?: not a GeneMamba vocabulary"):
+        GeneVocab.from_json(path)
 
 
 def test_sha256_is_of_the_gene_list():

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -147,6 +148,7 @@ def _embed(args: argparse.Namespace) -> int:
             f"--layer {args.layer!r} is not a layer of {source} (layers: {list(adata.layers.keys())}; "
             "without --layer the raw counts are read from X)"
         )
+    _check_cli_counts(adata, counts, args.layer, source)
     # the model sees a bare AnnData of the counts and genes: scvi's set-up columns never reach the written file
     work = anndata.AnnData(X=counts, obs=pd.DataFrame(index=adata.obs_names.copy()), var=adata.var.copy())
     if is_our_checkpoint(args.model):
@@ -167,6 +169,26 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_cli_counts(adata: Any, counts: Any, layer: str | None, source: Path) -> None:
+    """Refuse non-count input naming what the command read and the ``--layer`` that holds counts, if one does."""
+    from genemamba_scvi.data.normalize import NotCountsError, find_raw_counts, validate_counts
+
+    where = f"layer {layer!r} of {source}" if layer else f"X of {source}"
+    try:
+        validate_counts(counts, where)
+    except NotCountsError as err:
+        found = find_raw_counts(adata, layer)
+        if found is None:
+            hint = "no layer, X or raw of this file holds raw counts"
+        elif found[1] is not None:
+            hint = f"{found[0]} holds them: pass --layer {found[1]}"
+        elif found[0] == "adata.X":
+            hint = "X holds them: leave out --layer"
+        else:
+            hint = f"{found[0]} holds them: write them to a layer of the file and pass --layer with its name"
+        raise ValueError(f"{err.problem}; genemamba embed needs raw counts — {hint}") from None
+
+
 def _build_corpus(args: argparse.Namespace) -> int:
     from genemamba_scvi.data.corpus import build_corpus
 
@@ -177,6 +199,10 @@ def _build_corpus(args: argparse.Namespace) -> int:
         max_genes=args.max_genes,
         layer=args.layer,
         chunk_size=args.chunk_size,
+        shard_size=args.shard_size,
+        median_method=args.median_method,
+        gene_id_key=args.gene_id_key,
+        min_gene_overlap=args.min_gene_overlap,
         progress=True,
     )
     return 0
@@ -227,6 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     corpus.add_argument("--max-genes", type=int, default=2048, help="top-k genes per cell (default: %(default)s)")
     corpus.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
     corpus.add_argument("--chunk-size", type=int, default=10_000, help="cells read at a time (default: %(default)s)")
+    corpus.add_argument(
+        "--shard-size", type=int, default=100_000, help="cells per shard, the unit of resuming (default: %(default)s)"
+    )
+    corpus.add_argument(
+        "--median-method",
+        choices=("tdigest", "exact"),
+        default="tdigest",
+        help="gene medians by a streaming t-digest or exactly (more memory) (default: %(default)s)",
+    )
+    corpus.add_argument("--gene-id-key", default=None, help="var column with the gene ids (default: the var_names)")
+    corpus.add_argument(
+        "--min-gene-overlap",
+        type=float,
+        default=0.5,
+        help="share of a file's genes that must be in the vocabulary (default: %(default)s)",
+    )
     corpus.set_defaults(func=_build_corpus)
 
     args = parser.parse_args(argv)

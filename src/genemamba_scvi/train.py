@@ -28,12 +28,37 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a training step produces a NaN/inf loss (the weights are left unchanged)."""
 
 
+#: scvi-tools ``TrainingPlan`` settings this plan would accept and silently ignore (no KL term, own schedule).
+_SCVI_SCHEDULE_KWARGS = frozenset(
+    {
+        "reduce_lr_on_plateau",
+        "lr_factor",
+        "lr_patience",
+        "lr_threshold",
+        "lr_scheduler_metric",
+        "lr_min",
+        "n_steps_kl_warmup",
+        "n_epochs_kl_warmup",
+        "max_kl_weight",
+        "min_kl_weight",
+        "update_only_decoder",
+    }
+)
+
+
 def _check_plan_kwargs(module, kwargs: dict[str, Any]) -> None:
     """Refuse now, naming it, a keyword that neither scvi's plan nor ``module.loss`` takes.
 
     scvi's ``TrainingPlan`` passes unknown keywords on to ``module.loss``, where a typo would fail only at the
     first training step, inside Lightning.
     """
+    ignored = sorted(set(kwargs) & _SCVI_SCHEDULE_KWARGS)
+    if ignored:
+        raise TypeError(
+            f"plan_kwargs {ignored} are scvi-tools' settings of a VAE's KL warm-up, its ReduceLROnPlateau schedule "
+            "or decoder-only training; GeneMamba is not a VAE and trains with AdamW and a warm-up + cosine "
+            "schedule: set lr, weight_decay, eps, betas, warmup_fraction or min_lr_ratio instead"
+        )
     loss_params = inspect.signature(module.loss).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in loss_params):
         return  # a loss that takes any keyword (a wrapped or patched one)
@@ -205,12 +230,11 @@ class StepProgressBar(ProgressBar):
 
     def _total(self, trainer) -> int | None:
         per_epoch = trainer.num_training_batches
-        if not math.isfinite(per_epoch):
-            return None
-        total = int(per_epoch) * max(int(trainer.max_epochs or 1), 1)
-        if trainer.max_steps and trainer.max_steps > 0:
-            total = min(total, trainer.max_steps * trainer.accumulate_grad_batches)
-        return total
+        by_steps = trainer.max_steps * trainer.accumulate_grad_batches if (trainer.max_steps or 0) > 0 else None
+        if not math.isfinite(per_epoch) or trainer.max_epochs is None or trainer.max_epochs < 0:
+            return by_steps  # no epoch limit: the step limit, if any
+        total = int(per_epoch) * max(int(trainer.max_epochs), 1)
+        return total if by_steps is None else min(total, by_steps)
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Open the bar over all steps of the run."""
@@ -222,7 +246,8 @@ class StepProgressBar(ProgressBar):
         """Show the epoch."""
         super().on_train_epoch_start(trainer, pl_module)
         if self._bar is not None:
-            self._bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+            limit = f"/{trainer.max_epochs}" if trainer.max_epochs is not None and trainer.max_epochs > 0 else ""
+            self._bar.set_description(f"Epoch {trainer.current_epoch + 1}{limit}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Advance the bar by one step and show this minibatch's loss."""
@@ -231,6 +256,8 @@ class StepProgressBar(ProgressBar):
             self._bar.update(1)
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # this minibatch's loss
             if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+                if pl_module.automatic_optimization:  # Lightning hands on the loss divided for accumulation
+                    loss = loss * trainer.accumulate_grad_batches
                 self._bar.set_postfix(train_loss=f"{float(loss):.3f}", refresh=False)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -379,7 +379,10 @@ class GeneVocab:
                 d = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{os.fspath(path)!r} is not valid JSON: {e}") from e
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{os.fspath(path)!r}: {e}") from None
 
     # ---------------------------------------------------------------- matching
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,18 +129,8 @@ def write_checkpoint(
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         path.parent.mkdir(parents=True, exist_ok=True)  # as scvi-tools' save: missing parents are created
-    _check_target(path, overwrite, looks_like=lambda p: True, what="genemamba-scvi checkpoint")
     extra_files = dict(extra_files or {})
-    bad = [name for name in extra_files if name in _OWN_FILES or "/" in name or name in ("", ".", "..")]
-    if bad:
-        raise ValueError(f"extra_files cannot be named {bad}: plain file names other than the checkpoint's own")
-    if overwrite and path.is_dir() and not (path / CHECKSUMS_FILE).is_file():
-        clash = sorted(name for name in (*_OWN_FILES, *extra_files) if (path / name).exists())
-        if clash:
-            raise ValueError(
-                f"refusing to overwrite {', '.join(clash)} in {path}: it is not a genemamba-scvi checkpoint "
-                "directory, so these files are not ours to replace; save to another directory"
-            )
+    check_checkpoint_target(path, overwrite, extra_files)
     # Serialise everything up front so that bad input fails before any file is created.
     tensors, aliases = _prepare_tensors(state_dict)
     config_text = _dumps(dict(config), "config")
@@ -175,6 +165,28 @@ def write_checkpoint(
     own = (_OWN_FILES | _manifest_files(path) | set(extra_files)) - ({ANNDATA_FILE} - set(extra_files))
     _atomic_write_dir(path, fill, overwrite, own_files=own)
     return path
+
+
+def check_checkpoint_target(path: str | os.PathLike, overwrite: bool, extra_files: Collection[str] = ()) -> None:
+    """Raise now what :func:`write_checkpoint` to ``path`` would raise about the target (before hours of training).
+
+    ``FileExistsError`` for an existing ``path`` without ``overwrite``; ``ValueError`` for a target that is not a
+    directory, extra files named like the checkpoint's own, or files of a checkpoint's names (``config.json``, ...)
+    in a directory that is not a checkpoint of this format. A missing ``path`` is fine.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink() or path.parent.is_dir():
+        _check_target(path, overwrite, looks_like=lambda p: True, what="genemamba-scvi checkpoint")
+    bad = [name for name in extra_files if name in _OWN_FILES or "/" in name or name in ("", ".", "..")]
+    if bad:
+        raise ValueError(f"extra_files cannot be named {bad}: plain file names other than the checkpoint's own")
+    if overwrite and path.is_dir() and not (path / CHECKSUMS_FILE).is_file():
+        clash = sorted(name for name in (*_OWN_FILES, *extra_files) if (path / name).exists())
+        if clash:
+            raise ValueError(
+                f"refusing to overwrite {', '.join(clash)} in {path}: it is not a genemamba-scvi checkpoint "
+                "directory, so these files are not ours to replace; save to another directory"
+            )
 
 
 def _manifest_files(path: Path) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from genemamba_scvi.model._utils import (
     _check_known_genes_expressed,
     _check_obs_key,
     _match_query_genes,
+    _positions,
     _refuse_setup_kwargs,
     _register_query,
     _save_kernel_cache,
@@ -142,6 +144,10 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
         _check_choice("tokenization", tokenization, TOKENIZATIONS)
         _check_choice("tie_break", tie_break, TIE_BREAKS)
+        if not isinstance(max_genes, numbers.Integral) or isinstance(max_genes, bool) or max_genes < 1:
+            raise ValueError(
+                f"max_genes must be an integer >= 1 (genes per cell; 2048 as published), got {max_genes!r}"
+            )
         config = _model_config(config, settings)
         super().__init__(adata)
         if isinstance(vocab, str | os.PathLike):
@@ -449,7 +455,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         device = self._device()
         probs = torch.softmax(self.module.classify(z.to(device)).float(), dim=-1).cpu().numpy()
         if soft:
-            obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+            obs_names = adata.obs_names[_positions(indices, adata.n_obs)]
             return pd.DataFrame(probs, index=obs_names, columns=self.label_names_)
         return pd.Index(self.label_names_)[probs.argmax(axis=1)].to_numpy()
 

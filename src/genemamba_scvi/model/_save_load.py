@@ -16,7 +16,7 @@ from scvi.model._utils import parse_device_args
 from genemamba_scvi import __version__
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
-from genemamba_scvi.model._utils import _ENCODER_ARGS, _register_afresh
+from genemamba_scvi.model._utils import _ENCODER_ARGS, _query_setup_args, _register_afresh, _user_stacklevel
 
 if TYPE_CHECKING:
     from genemamba_scvi.io import Checkpoint
@@ -129,6 +129,8 @@ class GeneMambaSaveLoadMixin:
             so that ``GeneMambaModel.load(dir_path)`` needs no ``adata``, as in scvi-tools.
         **kwargs
             With ``save_anndata``: passed to :meth:`anndata.AnnData.write_h5ad` (e.g. ``compression="gzip"``).
+            Its ``convert_strings_to_categoricals`` is ``False`` here, so that saving leaves the AnnData's string
+            columns as they are (``True`` writes them as categoricals and changes them in memory too).
             scvi-tools' ``save_kwargs``, ``legacy_mudata_format`` and ``datamodule`` are accepted and have no
             effect; other keywords raise :class:`TypeError`.
         """
@@ -143,6 +145,8 @@ class GeneMambaSaveLoadMixin:
         extra_files = {}
         if save_anndata:
             adata = self.adata
+            # anndata's default turns the AnnData's string columns into categoricals in memory: not on save
+            write_kwargs.setdefault("convert_strings_to_categoricals", False)
             extra_files[ANNDATA_FILE] = lambda path: adata.write_h5ad(path, **write_kwargs)
         if prefix:
             dir_path = Path(dir_path) / f"{prefix}model"
@@ -192,10 +196,31 @@ class GeneMambaSaveLoadMixin:
         vocab: GeneVocab,
         gene_medians: np.ndarray | None,
         setup_args: dict[str, Any] | None,
+        saved_setup: bool = False,
     ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
+        """The model on ``adata``; ``saved_setup``: ``setup_args`` are the saved model's and win (scvi's ``load``).
+
+        Otherwise (``from_pretrained``) they apply only to an AnnData not set up yet.
+        """
         manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
+        if not saved_setup and not setup_args and manager is not None:  # a copy keeps its original's set-up
+            setup_args = dict(manager.registry["setup_args"])
+        args = _query_setup_args(adata, setup_args or {}, missing_labels_ok=saved_setup)
+        if manager is not None and manager.adata is adata and saved_setup:
+            current = dict(manager.registry["setup_args"])
+            changed = {k: current.get(k) for k in ("layer", "gene_id_key") if current.get(k) != args.get(k)}
+            if changed:
+                warnings.warn(
+                    f"this AnnData was set up with {changed}; the saved model was set up with "
+                    f"{ {k: args.get(k) for k in changed} } and reads its cells that way (as scvi-tools' load "
+                    "sets up an AnnData again with the saved arguments)",
+                    UserWarning,
+                    stacklevel=_user_stacklevel(),
+                )
+            if current != args:
+                manager = None
         if manager is None or manager.adata is not adata:  # not set up yet, or a copy of a registered AnnData
-            _register_afresh(cls, adata, setup_args or {})
+            _register_afresh(cls, adata, args)
         return cls(adata, vocab=vocab, gene_medians=gene_medians, **config)
 
     @classmethod
@@ -259,7 +284,7 @@ class GeneMambaSaveLoadMixin:
         config = dict(ckpt.config)
         if min_gene_overlap is not None:
             config["min_gene_overlap"] = float(min_gene_overlap)
-        model = cls._from_parts(adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"))
+        model = cls._from_parts(adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"), saved_setup=True)
         if extra.get("label_names"):
             model.label_names_ = list(extra["label_names"])
             model.labels_key_ = extra.get("labels_key")

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from scvi.model._utils import use_distributed_sampler
 from scvi.train import TrainRunner
+from scvi.train._trainrunner import _safe_load_logger_history
 
 from genemamba_scvi import __version__
 from genemamba_scvi._precision import resolve_precision, training_on_gpu
@@ -75,23 +76,41 @@ class _ResumableCheckpoint(LightningCheckpoint):
 
 
 class _GeneMambaTrainRunner(TrainRunner):
-    """scvi-tools' TrainRunner; a later run (``train_classifier`` after ``train``) also adds its new history keys.
+    """scvi-tools' TrainRunner; a later run (``train`` again, ``train_classifier`` after it) continues the history.
 
-    scvi keeps only the keys of the first run, so the classification loss and accuracy would be dropped.
-    New keys are indexed by the epochs of the run that logged them (continuing after the earlier runs).
+    scvi keeps only the keys of the first run (the classification loss and accuracy would be dropped) and indexes a
+    later run's values by how many values that key already has, which mislabels the epochs of a key not logged in
+    every epoch (``validation_loss`` after a run without validation cells). Here every value of a later run is
+    indexed by its epoch, counted on from the epochs of the earlier runs, and new keys are added.
     """
 
     def _update_history(self) -> None:
         previous = self.model.history_ if self.model.is_trained_ and isinstance(self.model.history_, dict) else None
-        offset = len(previous["train_loss"]) if previous and "train_loss" in previous else 0
-        super()._update_history()
-        if not previous or not self.trainer.is_global_zero:
+        new = _safe_load_logger_history(self.trainer) if previous and self.trainer.is_global_zero else None
+        if not new or any(frame.index.name != "epoch" for frame in [*previous.values(), *new.values()]):
+            super()._update_history()  # first run, other ranks, or step-indexed logs: scvi-tools' merge
             return
-        for key, frame in (getattr(self.trainer.logger, "history", None) or {}).items():
-            if key not in self.model.history_:
-                frame = frame.copy()
-                frame.index = pd.RangeIndex(offset, offset + len(frame), name="epoch")
-                self.model.history_[key] = frame
+        end = 1 + max((int(frame.index.max()) for frame in previous.values() if len(frame)), default=-1)
+        start = min((int(frame.index.min()) for frame in new.values() if len(frame)), default=0)  # >0 if resumed
+        history = dict(previous)
+        for key, frame in new.items():
+            frame = frame.copy()
+            frame.index = pd.Index(frame.index.astype(np.int64) + (end - start), name="epoch")
+            history[key] = pd.concat([previous[key], frame]) if key in previous else frame
+        self.model.history_ = history
+
+
+def _only_checkpoints(save_dir: Path, checkpoint_dir: str | os.PathLike | None) -> bool:
+    """Whether ``save_dir`` is missing or holds nothing but ``checkpoint_dir`` (Lightning's ``.ckpt`` files there)."""
+    if checkpoint_dir is None:
+        return False
+    save, ckpt = save_dir.resolve(), Path(checkpoint_dir).resolve()
+    if ckpt != save and save not in ckpt.parents:
+        return False
+    if not save.is_dir():
+        return not save.exists()
+    top = save / ckpt.relative_to(save).parts[0] if ckpt != save else None
+    return all(entry == top or (ckpt == save and entry.suffix == ".ckpt") for entry in save.iterdir())
 
 
 def _log_interval(n_train: int, batch_size: int) -> int:
@@ -142,6 +161,10 @@ class GeneMambaTrainingMixin:
         ``trainer_kwargs`` hold the runner's settings (``max_epochs``, ``accelerator``, ``devices``,
         ``precision``, ``early_stopping``, ``ckpt_path``, ...).
         """
+        datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        for key in ("shuffle_set_split", "load_sparse_tensor"):  # scvi-tools' train() arguments of its splitter
+            if key in trainer_kwargs:
+                datasplitter_kwargs.setdefault(key, trainer_kwargs.pop(key))
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
@@ -154,7 +177,7 @@ class GeneMambaTrainingMixin:
             distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
             tokenizer=tokenizer,
             labels=labels,
-            **(datasplitter_kwargs or {}),
+            **datasplitter_kwargs,
         )
         # loss_kwargs reach module.loss through the plan (scvi's TrainingPlan(**loss_kwargs)); plan_kwargs win,
         # its lr too (scvi users set it there)
@@ -264,10 +287,12 @@ class GeneMambaTrainingMixin:
             ``warmup_fraction``, ``min_lr_ratio``, ``betas``, ...); an ``lr`` here wins over the ``lr`` argument,
             as in scvi-tools.
         datasplitter_kwargs
-            Passed to the data splitter / loader (``num_workers``, ...).
+            Passed to the data splitter / loader (``num_workers``, ``shuffle_set_split``, ...).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (``accumulate_grad_batches``,
-            ``strategy="ddp"``, ``max_steps``, ...).
+            ``strategy="ddp"``, ``max_steps``, ...). scvi-tools' ``shuffle_set_split`` (``False``: the first
+            cells train, the next validate) goes to the data splitter, as there; its ``load_sparse_tensor`` is
+            accepted and changes nothing (minibatches are always tokenized from the rows of a sparse matrix).
         """
         run_args = _run_args(locals())
         self.module.set_objective(objective)
@@ -381,10 +406,13 @@ class GeneMambaTrainingMixin:
         """
         from genemamba_scvi.data.corpus import TokenCorpus
         from genemamba_scvi.io import write_checkpoint
+        from genemamba_scvi.io._checkpoint import check_checkpoint_target
         from genemamba_scvi.pretrain import pretrain_from_corpus
 
-        if Path(save_dir).exists() and not overwrite:  # fail before hours of training, not after
-            raise FileExistsError(f"{save_dir} already exists; pass overwrite=True to replace it")
+        save_dir = Path(save_dir)
+        # a save_dir that holds (or will hold) only this run's Lightning checkpoints is still ours to fill
+        overwrite = overwrite or _only_checkpoints(save_dir, kwargs.get("checkpoint_dir"))
+        check_checkpoint_target(save_dir, overwrite)  # fail before hours of training, not after
         result = pretrain_from_corpus(corpus_dir, **kwargs)
         if result.trainer.is_global_zero:
             config = {

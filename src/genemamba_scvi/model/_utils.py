@@ -101,9 +101,7 @@ def _check_known_genes_expressed(
     if known.all():
         return  # cells without any count are refused by _validate_count_layer
     known_totals = np.asarray(count_matrix(adata, layer) @ known.astype(np.float32)).ravel()
-    idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-    if idx.dtype == bool:
-        idx = np.flatnonzero(idx)
+    idx = _positions(indices, adata.n_obs)
     bad = idx[known_totals[idx] == 0]
     if bad.size:
         where = "adata.X" if layer is None else f"layer {layer!r}"
@@ -129,15 +127,26 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     ``gene_id_key`` column: without it, the query's gene ids are its var_names (symbols or Ensembl ids, matched
     to the vocabulary like any ids; a poor match is refused).
     """
-    args = dict(setup_args)
-    for key in ("batch_key", "labels_key"):
-        if args.get(key) is not None and args[key] not in adata.obs:
-            args[key] = None
-    if args.get("gene_id_key") is not None and args["gene_id_key"] not in adata.var:
-        args["gene_id_key"] = None
+    args = _query_setup_args(adata, setup_args)
     if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
         _assign_adata_uuid(adata, overwrite=True)
     model_cls.setup_anndata(adata, **args)
+
+
+def _query_setup_args(adata: AnnData, setup_args: dict[str, Any], missing_labels_ok: bool = False) -> dict[str, Any]:
+    """A model's set-up arguments for ``adata``: obs / var columns it lacks dropped (see :func:`_register_afresh`).
+
+    With ``missing_labels_ok`` (a saved model loaded onto cells to embed or predict) a labels or batch column with
+    missing values is dropped too, as scvi-tools' ``load`` allows missing labels.
+    """
+    args = dict(setup_args)
+    for key in ("batch_key", "labels_key"):
+        column = args.get(key)
+        if column is not None and (column not in adata.obs or (missing_labels_ok and adata.obs[column].isna().any())):
+            args[key] = None
+    if args.get("gene_id_key") is not None and args["gene_id_key"] not in adata.var:
+        args["gene_id_key"] = None
+    return args
 
 
 def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args: dict[str, Any]) -> None:
@@ -253,6 +262,16 @@ def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap:
             UserWarning,
             stacklevel=_user_stacklevel(),
         )
+
+
+def _positions(indices: Sequence[int] | None, n_obs: int) -> np.ndarray:
+    """Integer positions of checked ``indices`` (all cells for ``None``, a boolean mask's true entries)."""
+    if indices is None:
+        return np.arange(n_obs)
+    idx = np.asarray(indices)
+    if idx.dtype.kind == "b":
+        return np.flatnonzero(idx)
+    return idx.astype(np.int64) if idx.size == 0 else idx
 
 
 def _check_indices(indices: Sequence[int] | None, n_obs: int) -> None:

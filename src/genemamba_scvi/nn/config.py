@@ -8,6 +8,7 @@ Standard library only, so that :mod:`genemamba_scvi.nn` keeps importing nothing 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -81,6 +82,18 @@ class GeneMambaConfig:
     norm_eps: float = _internal(1e-5)
     tie_lm_head: bool = _objective(True)
     mask_prob: float = _objective(0.15)
+
+    def __post_init__(self) -> None:
+        """Refuse impossible sizes and rates now, naming the setting (not as a ZeroDivisionError, or never)."""
+        for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "chunk_size", "ngroups", "n_layers"):
+            value = getattr(self, name)
+            least = 0 if name == "n_layers" else 1
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not 0.0 <= self.mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
 
     # ------------------------------------------------------------------ dict round trip
     @classmethod

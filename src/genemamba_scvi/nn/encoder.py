@@ -51,6 +51,20 @@ _CUDA_GRAPHS = False
 _GRAPH_BUCKET_TOKENS = 1024
 
 
+def check_lengths(lengths: torch.Tensor, seq_len: int) -> None:
+    """Refuse real lengths outside ``[0, seq_len]`` (a silently wrong mean pooling otherwise).
+
+    Checked for lengths on the CPU only: on a GPU the check would make the host wait for the device every step.
+    """
+    if lengths.device.type != "cpu" or lengths.numel() == 0 or torch.compiler.is_compiling():
+        return
+    if bool(((lengths < 0) | (lengths > seq_len)).any()):
+        raise ValueError(
+            f"lengths must be between 0 and the sequence length {seq_len}, got values from {int(lengths.min())} to "
+            f"{int(lengths.max())}"
+        )
+
+
 def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
     """Cell embedding from token states.
 
@@ -76,6 +90,7 @@ def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooli
     L = hidden.shape[1]
     if lengths is None:
         return hidden.mean(dim=1)
+    check_lengths(lengths, L)
     mask = torch.arange(L, device=hidden.device).unsqueeze(0) < lengths.to(hidden.device).unsqueeze(1)
     summed = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(dim=1)
     return summed / lengths.clamp(min=1).to(summed.dtype).unsqueeze(-1)
@@ -93,6 +108,7 @@ def pack_tokens(tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> tu
     batch, L = tokens.shape
     if lengths is None:
         lengths = torch.full((batch,), L, dtype=torch.long, device=tokens.device)
+    check_lengths(lengths, L)
     lengths = lengths.to(device=tokens.device, dtype=torch.long).clamp(0, L)
     mask = torch.arange(L, device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)
     cu = F.pad(torch.cumsum(lengths, 0), (1, 0))
@@ -270,6 +286,7 @@ class GeneMambaEncoder(nn.Module):
         batch, seq_len = tokens.shape
         if lengths is None:
             lengths = torch.full((batch,), seq_len, dtype=torch.long, device=tokens.device)
+        check_lengths(lengths, seq_len)
         if packed:
             if seq_idx is not None:
                 raise ValueError("packed=True packs by lengths; do not pass seq_idx")

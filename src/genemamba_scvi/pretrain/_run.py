@@ -18,7 +18,7 @@ from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.pretrain._data import CorpusDataModule
-from genemamba_scvi.train import GeneMambaTrainingPlan, LightningCheckpoint, training_session
+from genemamba_scvi.train import GeneMambaTrainingPlan, LightningCheckpoint, StepProgressBar, training_session
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -78,6 +78,8 @@ class StepLossHistory(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        if pl_module.automatic_optimization:  # Lightning hands on the loss divided for gradient accumulation
+            loss = loss * trainer.accumulate_grad_batches
         self.records.append(
             {
                 "step": int(trainer.global_step),
@@ -297,6 +299,8 @@ def pretrain_from_corpus(
                 save_top_k=keep_checkpoints,
             )
         )
+    if enable_progress_bar:
+        cbs.append(StepProgressBar())  # by step, over max_steps (Lightning's bar showed "Epoch 0/-2", "16/4")
     if max_steps == -1 and max_epochs is None:
         max_epochs = 1
     on_gpu = training_on_gpu(accelerator, devices)
