@@ -220,8 +220,8 @@ def test_missing_obs_key(adata, what):
         GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "nope"})
 
 
-@pytest.mark.parametrize("what", ["batch_key", "labels_key"])
-def test_nan_in_obs_key(adata, what):
+def test_nan_in_obs_key(adata):
+    what = "batch_key"  # labels_key: the next test
     adata.obs["col"] = ["a"] * 20 + [np.nan] * 3 + ["b"] * 25
     with pytest.raises(ValueError, match=r"adata\.obs\['col'\].*3 missing \(NaN\)") as err:
         GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
@@ -231,6 +231,23 @@ def test_nan_in_obs_key(adata, what):
         exec(fix, {"adata": adata})
         assert adata.obs["col"].tolist() == ["a"] * 20 + ["Unknown"] * 3 + ["b"] * 25
     GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
+
+
+def test_nan_labels_advice_annotates_the_unlabelled_cells(adata):
+    from conftest import TINY_MODEL
+
+    adata.obs["col"] = ["a"] * 20 + [np.nan] * 3 + ["b"] * 25
+    with pytest.raises(ValueError, match=r"labels_key\) has 3 missing \(NaN\).*'Unknown' they would become") as err:
+        GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="col")
+    ref_code = re.search(r"\((ref = .*?\.copy\(\))\)", str(err.value)).group(1)
+    predict_code = re.search(r"\((model\.predict\(.*?\.copy\(\)\))\)", str(err.value)).group(1)
+    scope = {"adata": adata}
+    exec(ref_code, scope)  # the advice, as written in the message
+    GeneMambaModel.setup_anndata(scope["ref"], layer="counts", labels_key="col")
+    scope["model"] = GeneMambaModel(scope["ref"], **TINY_MODEL)
+    scope["model"].train_classifier(max_epochs=1, accelerator="cpu", enable_progress_bar=False, batch_size=16)
+    predicted = eval(predict_code, scope)
+    assert len(predicted) == 3 and set(predicted) <= {"a", "b"}
 
 
 def test_backed_anndata_rejected(adata, tmp_path):

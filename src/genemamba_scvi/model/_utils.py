@@ -48,6 +48,14 @@ def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
     if key not in adata.obs:
         raise ValueError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]}).")
     n_missing = int(pd.isna(adata.obs[key]).sum())
+    if n_missing and what == "labels_key":
+        raise ValueError(
+            f"adata.obs[{key!r}] (labels_key) has {n_missing} missing (NaN) values. To annotate the unlabelled cells, "
+            f"set up and fine-tune on the labelled ones (ref = adata[adata.obs[{key!r}].notna()].copy()) and "
+            f"predict the others (model.predict(adata[adata.obs[{key!r}].isna()].copy())); filled with a placeholder "
+            "such as 'Unknown' they would become a cell type the classifier learns. Cells only to embed need no "
+            "labels_key."
+        )
     if n_missing:
         raise ValueError(
             f"adata.obs[{key!r}] ({what}) has {n_missing} missing (NaN) values; fill them "
