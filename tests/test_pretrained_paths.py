@@ -3,6 +3,7 @@ the other loader's directories (each is refused with the call that reads it)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,32 @@ def test_from_pretrained_on_a_copy_keeps_the_set_up_of_its_original(tmp_path):
     counts_only.X = counts_only.layers["counts"]  # the published pipeline reads X: hand it the counts
     expected = _reference(raw, "gate", counts_only, 40, "mean").numpy()
     np.testing.assert_allclose(model.get_latent_representation(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fine_tuning_published_weights_keeps_a_history(tmp_path, recwarn):
+    raw = _official_tensors("gate", seed=9)
+    source = _write_hf(tmp_path / "GeneMamba", raw, mode="gate", pooling="mean")
+    adata = _adata(seed=10, n_cells=24)
+    adata.obs["type"] = ["x", "y"] * 12
+    GeneMambaModel.setup_anndata(adata, labels_key="type")
+    model = GeneMambaModel.from_pretrained(source, adata, backend="torch", max_genes=40)
+    run = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 12, "train_size": 1.0}
+    model.train_classifier(max_epochs=2, **run)
+    model.train_classifier(max_epochs=1, **run)
+    assert model.history["classification_loss_train"].index.tolist() == [0, 1, 2]
+    assert not [w for w in recwarn if "history cannot be updated" in str(w.message)]
+
+
+def test_a_gene_subset_of_a_published_model_is_warned_about(tmp_path):
+    raw = _official_tensors("gate", seed=11)
+    source = _write_hf(tmp_path / "GeneMamba", raw, mode="gate", pooling="mean")
+    adata = _adata(seed=12)
+    GeneMambaModel.setup_anndata(adata)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        GeneMambaModel.from_pretrained(source, adata, backend="torch", max_genes=40)
+    assert not [w for w in seen if "published model's" in str(w.message)]  # all the vocabulary's genes
+    subset = adata[:, : adata.n_vars // 4].copy()  # as after selecting highly variable genes
+    GeneMambaModel.setup_anndata(subset)
+    with pytest.warns(UserWarning, match=r"holds \d+ of the published model.s \d+ genes.*Pass all measured genes"):
+        GeneMambaModel.from_pretrained(source, subset, backend="torch", max_genes=40)

@@ -60,6 +60,19 @@ def _history_from_json(saved: dict[str, dict[str, Any]] | None) -> dict[str, pd.
 _SCVI_SAVE_ARGS = frozenset({"save_kwargs", "legacy_mudata_format", "datamodule"})
 
 
+def _warn_few_published_genes(token_ids: np.ndarray, n_vocab: int) -> None:
+    """Warn when an AnnData holds under half of a published model's genes (a gene panel or an HVG subset)."""
+    n_found = len(np.unique(token_ids[token_ids >= 0]))
+    if n_found < 0.5 * n_vocab:
+        warnings.warn(
+            f"this AnnData holds {n_found} of the published model's {n_vocab} genes: the model ranked every measured "
+            "gene of a cell, so a subset (highly variable genes, a targeted panel) gives other gene sequences than "
+            "the whole transcriptome would. Pass all measured genes if you have them.",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
 def _saved_anndata(ckpt: Checkpoint) -> AnnData:
     """The AnnData that ``save(..., save_anndata=True)`` wrote into the checkpoint (its checksum already verified)."""
     import anndata
@@ -415,6 +428,7 @@ class GeneMambaSaveLoadMixin:
             unk_token=info.get("unk_token"),
         )
         model = cls._from_parts(adata, config, vocab, gene_medians, setup_kwargs)
+        _warn_few_published_genes(model._match_genes(adata, warn_unknown=False), len(vocab.genes))
         model.module.encoder.load_state_dict(enc_state, strict=True)
         if lm_state is not None:
             model.module.lm_head.load_state_dict(lm_state, strict=True)

@@ -85,10 +85,19 @@ class _GeneMambaTrainRunner(TrainRunner):
     """
 
     def _update_history(self) -> None:
-        previous = self.model.history_ if self.model.is_trained_ and isinstance(self.model.history_, dict) else None
-        new = _safe_load_logger_history(self.trainer) if previous and self.trainer.is_global_zero else None
-        if not new or any(frame.index.name != "epoch" for frame in [*previous.values(), *new.values()]):
-            super()._update_history()  # first run, other ranks, or step-indexed logs: scvi-tools' merge
+        if not self.model.is_trained_ or not self.trainer.is_global_zero:
+            super()._update_history()  # first run, or other ranks: scvi-tools' own
+            return
+        previous, new = self.model.history_, _safe_load_logger_history(self.trainer)
+        if previous is None or (isinstance(previous, dict) and not previous):
+            # trained but without a history (from_pretrained, files saved before history was kept): start it here
+            self.model.history_ = new if new is not None else {}
+            return
+        if not isinstance(previous, dict) or not new:
+            super()._update_history()  # another logger: scvi-tools' warning
+            return
+        if any(frame.index.name != "epoch" for frame in [*previous.values(), *new.values()]):
+            super()._update_history()  # step-indexed logs: scvi-tools' merge
             return
         end = 1 + max((int(frame.index.max()) for frame in previous.values() if len(frame)), default=-1)
         start = min((int(frame.index.min()) for frame in new.values() if len(frame)), default=0)  # >0 if resumed

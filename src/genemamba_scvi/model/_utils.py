@@ -46,7 +46,9 @@ def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
     if key is None:
         return
     if key not in adata.obs:
-        raise ValueError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]}).")
+        columns = [c for c in adata.obs.columns if not str(c).startswith("_scvi_")]
+        shown = f"{columns[:30]}" + (f" ... ({len(columns)} in all)" if len(columns) > 30 else "")
+        raise ValueError(f"{what}={key!r} is not a column of adata.obs (columns: {shown}).")
     n_missing = int(pd.isna(adata.obs[key]).sum())
     if n_missing and what == "labels_key":
         raise ValueError(
