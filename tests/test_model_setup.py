@@ -271,3 +271,16 @@ def test_csc_and_dense_accepted_with_identical_embeddings(sample48_model):
         other = adata.copy()
         other.layers["counts"] = layer
         np.testing.assert_allclose(model.get_latent_representation(_fresh(other)), z, atol=1e-6)
+
+
+def test_missing_ids_in_the_gene_id_column_are_refused_not_made_a_gene_called_nan(adata):
+    adata.var["sym"] = adata.var_names.astype(object)
+    adata.var.iloc[3, adata.var.columns.get_loc("sym")] = np.nan
+    with pytest.raises(ValueError, match=r"adata\.var\['sym'\] \(gene_id_key\) has 1 missing gene ids") as err:
+        GeneMambaModel.setup_anndata(adata, layer="counts", gene_id_key="sym")
+    assert adata.var_names[3] in str(err.value)
+    fix = re.search(r"\((adata = .*?\.copy\(\))\)", str(err.value)).group(1)
+    scope = {"adata": adata}
+    exec(fix, scope)  # the advice works
+    GeneMambaModel.setup_anndata(scope["adata"], layer="counts", gene_id_key="sym")
+    assert scope["adata"].n_vars == adata.n_vars - 1

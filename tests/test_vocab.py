@@ -226,3 +226,15 @@ def test_two_names_same_token():
 def test_lookup_allows_repeats():
     vocab = GeneVocab(["TP53", "CD3E"])
     np.testing.assert_array_equal(vocab.lookup(["TP53", KNOWN["TP53"], "xx", "cd3e", "TP53"]), [3, 3, -1, 4, 3])
+
+
+def test_a_gene_held_twice_is_reported_as_a_duplicate_not_as_unknown():
+    vocab = GeneVocab(["CCR7", "CD3E", "MS4A1"])
+    match = vocab.match(["CCR7", "CD3E", "ENSG00000126353"], min_overlap=0.5)  # CCR7 again, by its Ensembl id
+    assert match.token_ids[2] == -1
+    assert match.yielded == [("ENSG00000126353", "CCR7", "CCR7")]
+    report = match.report()
+    assert "dropped, not in vocabulary:               0" in report
+    assert "ENSG00000126353->CCR7 (kept CCR7)" in report
+    alone = vocab.match(["ENSG00000126353", "CD3E"], min_overlap=0.5)  # alone, the id does map to CCR7
+    assert alone.token_ids[0] == vocab.match(["CCR7"]).token_ids[0] and not alone.yielded

@@ -144,6 +144,9 @@ class GeneMatch:
     collisions
         ``(dropped var_name, kept var_name, vocabulary gene)`` for names dropped because another name of the
         same priority took their token (only with ``on_collision="first"``).
+    yielded
+        ``(dropped var_name, kept var_name, vocabulary gene)`` for names whose gene another name holds at a higher
+        priority: the same gene twice in the data (e.g. a symbol column and an Ensembl-id column of one gene).
     """
 
     var_names: list[str]
@@ -152,6 +155,7 @@ class GeneMatch:
     n_vocab_genes: int
     min_overlap: float
     collisions: list[tuple[str, str, str]] = field(default_factory=list)
+    yielded: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def matched(self) -> np.ndarray:
@@ -183,9 +187,10 @@ class GeneMatch:
         """Human-readable coverage report: matched (by stage), dropped, duplicates, examples."""
         c = self.counts()
         n = len(self.var_names)
-        n_dup = len(self.collisions)
+        dups = [*self.collisions, *self.yielded]
+        n_dup = len(dups)
         n_missing = c["unmatched"] - n_dup
-        dup_names = {d for d, _, _ in self.collisions}
+        dup_names = {d for d, _, _ in dups}
         missing = [g for g in self.unmatched_names if g not in dup_names]
         n_hit = len(np.unique(self.token_ids[self.token_ids >= 0]))
         lines = [
@@ -198,7 +203,7 @@ class GeneMatch:
             f"  dropped, not in vocabulary:        {n_missing:>8,}"
             + (f"  e.g. {_examples(missing)}" if missing else ""),
             f"  dropped, duplicate of another gene:{n_dup:>8,}"
-            + (f"  e.g. {_examples([f'{d}->{g} (kept {k})' for d, k, g in self.collisions])}" if n_dup else ""),
+            + (f"  e.g. {_examples([f'{d}->{g} (kept {k})' for d, k, g in dups])}" if n_dup else ""),
             f"vocabulary coverage: {n_hit:,} of {self.n_vocab_genes:,} vocabulary genes present in the data "
             f"({100 * n_hit / max(self.n_vocab_genes, 1):.1f}%)",
         ]
@@ -527,6 +532,7 @@ class GeneVocab:
         method = np.full(n, -1, dtype=np.int8)
         claimed: dict[int, int] = {}  # token id -> position of the var_name holding it
         collisions: list[tuple[str, str, str]] = []
+        first_yield: dict[int, int] = {}  # position -> the token it could not take (claimed at a higher priority)
         pending = list(range(n))
         for stage, how in enumerate(_STAGE_METHOD):
             if not pending:
@@ -535,8 +541,11 @@ class GeneVocab:
             conflicts: list[tuple[int, int, int]] = []
             still: list[int] = []
             for pos in pending:
-                cands = [c for c in self._candidates(names[pos], stage) if c not in claimed]
+                found = self._candidates(names[pos], stage)
+                cands = [c for c in found if c not in claimed]
                 if not cands:
+                    if found:
+                        first_yield.setdefault(pos, found[0])
                     still.append(pos)
                     continue
                 tok = cands[0]
@@ -560,6 +569,9 @@ class GeneVocab:
             claimed.update(stage_claims)
             pending = still
 
+        yielded = [
+            (names[pos], names[claimed[tok]], self.tokens[tok]) for pos, tok in first_yield.items() if method[pos] < 0
+        ]
         result = GeneMatch(
             var_names=names,
             token_ids=token_ids,
@@ -567,6 +579,7 @@ class GeneVocab:
             n_vocab_genes=len(self.genes),
             min_overlap=float(min_overlap),
             collisions=collisions,
+            yielded=yielded,
         )
         n_matched = result.n_matched
         if n_matched == 0 or result.overlap < min_overlap:

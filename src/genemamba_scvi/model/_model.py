@@ -274,18 +274,29 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
 
     def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
         medians = getattr(self, "gene_medians_", None)
-        match = _match_query_genes(self.vocab_, self._gene_ids(adata), medians, self.min_gene_overlap)
+        ids = self._gene_ids(adata)
+        match = _match_query_genes(self.vocab_, ids, medians, self.min_gene_overlap)
         n_unknown = int((match.token_ids < 0).sum())
-        if warn_unknown and n_unknown:
+        reported = self.__dict__.setdefault("_unknown_genes_reported", set())  # once per model and gene list
+        if warn_unknown and n_unknown and hash(tuple(ids)) not in reported:
+            reported.add(hash(tuple(ids)))
             fate = "ignored"
             if self._tokenization == "published" and self._unk_token is not None:
                 fate = f"tokenised as {self._unk_token} (published tokenization)"
-            warnings.warn(
-                f"{n_unknown} of {adata.n_vars} genes of this AnnData are not in the model's vocabulary and are "
-                f"{fate}.\n{match.report()}",
-                UserWarning,
-                stacklevel=_user_stacklevel(),
-            )
+            twice = [*match.collisions, *match.yielded]
+            parts = []
+            if n_unknown > len(twice):
+                parts.append(
+                    f"{n_unknown - len(twice)} of {adata.n_vars} genes of this AnnData are not in the model's "
+                    f"vocabulary and are {fate}"
+                )
+            if twice:
+                dropped, kept, _ = twice[0]
+                parts.append(
+                    f"{len(twice)} columns repeat a gene another column holds (e.g. {dropped!r}, the gene of "
+                    f"{kept!r}): only the other column's counts are used (sum the two columns to keep both)"
+                )
+            warnings.warn(f"{'; '.join(parts)}.\n{match.report()}", UserWarning, stacklevel=_user_stacklevel())
         return match.token_ids
 
     def _medians_from(self, adata: AnnData) -> np.ndarray:

@@ -189,6 +189,15 @@ def _check_gene_ids(adata: AnnData, gene_id_key: str | None) -> None:
     """Refuse a missing ``gene_id_key`` column or duplicated gene ids, with a fix that works for where they are."""
     if gene_id_key is not None and gene_id_key not in adata.var:
         raise ValueError(f"gene_id_key={gene_id_key!r} is not a column of adata.var.")
+    if gene_id_key is not None:
+        column = adata.var[gene_id_key]
+        missing = column.isna().to_numpy() | (column.astype(str).str.strip() == "").to_numpy()
+        if missing.any():
+            raise ValueError(
+                f"adata.var[{gene_id_key!r}] (gene_id_key) has {int(missing.sum())} missing gene ids (NaN or empty), "
+                f"e.g. for var_names {adata.var_names[missing][:5].tolist()}; fill them (e.g. from adata.var_names) or "
+                f"drop those genes (adata = adata[:, adata.var[{gene_id_key!r}].notna()].copy()) before set-up."
+            )
     genes = pd.Index(adata.var[gene_id_key].astype(str) if gene_id_key else adata.var_names)
     if not genes.has_duplicates:
         return
