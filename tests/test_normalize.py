@@ -192,6 +192,8 @@ def test_validate_counts_accepts_counts(X):
     validate_counts(np.zeros((2, 2)), "adata.X")
     with pytest.raises(ValueError, match="dtype bool"):
         validate_counts(np.ones((2, 2), dtype=bool), "adata.X")
+    with pytest.raises(ValueError, match=r"^adata\.X is None \(this AnnData has no matrix there\)"):
+        validate_counts(None, "adata.X")  # AnnData(X=None) with counts in a layer, read as X
 
 
 def test_compute_gene_medians_refuses_normalised_data(sample_adata):

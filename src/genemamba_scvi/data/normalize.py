@@ -83,6 +83,8 @@ def validate_counts(X: Any, where: str) -> None:
         (a ``ValueError``) naming ``where`` and the problem with an example value: NaN or infinite values, negative
         values, non-integer values (e.g. log-normalised data), or a non-numeric dtype.
     """
+    if X is None:
+        raise NotCountsError(f"{where} is None (this AnnData has no matrix there)")
     data = _values_of(X).reshape(-1)
     if data.dtype == bool or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise NotCountsError(f"{where} has dtype {data.dtype}, not numeric counts")
