@@ -271,3 +271,53 @@ def test_leak_free_held_out_sets_keep_only_genes_in_no_training_set():
     assert pairs == {("x", "y"), ("u", "v"), ("u", "w"), ("v", "w")}
     assert not any(g in {"a", "b", "c"} for p in pairs for g in p)
     assert gene_set_pairs(held, genes={"a", "x", "b"}) == {("a", "x")}
+
+
+# ---------------------------------------------------------------------------------------------- scib wrapper
+@pytest.fixture(scope="module")
+def scored_cells():
+    import scanpy as sc
+
+    from genemamba_scvi.datasets import load_pbmc68k_counts
+
+    adata = load_pbmc68k_counts()[:120].copy()
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    logged = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, inplace=False)["X"])
+    adata.obsm["X_pca"] = sc.pp.pca(logged, n_comps=20)  # the user's own PCA
+    adata.obsm["X_genemamba"] = np.random.default_rng(0).normal(size=(adata.n_obs, 16)).astype(np.float32)
+    return adata
+
+
+def _light_metrics():
+    from scib_metrics.benchmark import BatchCorrection, BioConservation
+
+    bio = BioConservation(isolated_labels=False, nmi_ari_cluster_labels_leiden=False, clisi_knn=False)
+    batch = BatchCorrection(bras=False, ilisi_knn=False, kbet_per_label=False, graph_connectivity=False)
+    return {"bio_conservation_metrics": bio, "batch_correction_metrics": batch, "progress_bar": False}
+
+
+def test_benchmark_integration_scores_the_users_pca_and_leaves_the_anndata_alone(scored_cells):
+    from genemamba_scvi.metrics import benchmark_integration
+
+    adata = scored_cells
+    pca, keys = adata.obsm["X_pca"].copy(), (set(adata.obsm), set(adata.uns), set(adata.varm), set(adata.obs))
+    table = benchmark_integration(adata, ["X_genemamba", "X_pca"], "batch", "bulk_labels", **_light_metrics())
+    assert {"X_genemamba", "X_pca"} <= set(table.index)
+    np.testing.assert_array_equal(adata.obsm["X_pca"], pca)  # scib-metrics' own PCA did not replace it
+    assert (set(adata.obsm), set(adata.uns), set(adata.varm), set(adata.obs)) == keys
+    # the user's PCA is scored, not scib's: compared with its own unintegrated PCA its PCR score is not ~0
+    assert float(table.loc["X_pca", "PCR comparison"]) != pytest.approx(0.0, abs=1e-6)
+
+
+def test_benchmark_integration_names_missing_labels_and_bad_embeddings(scored_cells):
+    from genemamba_scvi.metrics import benchmark_integration
+
+    adata = scored_cells.copy()
+    adata.obs["with_nan"] = adata.obs["bulk_labels"].astype(object)
+    adata.obs.iloc[:10, adata.obs.columns.get_loc("with_nan")] = np.nan
+    with pytest.raises(ValueError, match=r"adata\.obs\['with_nan'\] \(label_key\) has 10 missing"):
+        benchmark_integration(adata, ["X_genemamba"], "batch", "with_nan", **_light_metrics())
+    adata.obsm["X_bad"] = adata.obsm["X_genemamba"].copy()
+    adata.obsm["X_bad"][3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"adata\.obsm\['X_bad'\] holds NaN"):
+        benchmark_integration(adata, ["X_bad"], "batch", "bulk_labels", **_light_metrics())

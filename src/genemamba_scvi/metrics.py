@@ -35,8 +35,9 @@ def benchmark_integration(
     batch_key, label_key
         ``obs`` columns with batches and cell-type labels.
     pre_integrated_key
-        ``obsm`` key of the unintegrated embedding used by some batch metrics (default: a PCA computed by
-        scib-metrics).
+        ``obsm`` key of the unintegrated embedding used by some batch metrics (default: a 50-component PCA of
+        ``adata.X``, scib-metrics' default, computed here without writing it into ``adata``: scib-metrics itself
+        would overwrite ``obsm["X_pca"]``, also when that is one of the embeddings scored).
     n_jobs
         Parallel jobs of the nearest-neighbour search.
     min_max_scale
@@ -51,16 +52,36 @@ def benchmark_integration(
 
     Returns
     -------
-    The Benchmarker's results table (embeddings x metrics, plus a ``Metric Type`` row).
+    The Benchmarker's results table (embeddings x metrics, plus a ``Metric Type`` row). ``adata`` is not changed.
     """
+    import scanpy as sc
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
-    missing = [k for k in embedding_keys if k not in adata.obsm]
+    keys = [*embedding_keys, *([pre_integrated_key] if pre_integrated_key is not None else [])]
+    missing = [k for k in keys if k not in adata.obsm]
     if missing:
         raise ValueError(f"embedding keys {missing} are not in adata.obsm (keys: {list(adata.obsm.keys())}).")
+    for key in keys:
+        if not np.isfinite(np.asarray(adata.obsm[key], dtype=np.float64)).all():
+            raise ValueError(f"adata.obsm[{key!r}] holds NaN or infinite values; scib-metrics cannot score it.")
     for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
         if key not in adata.obs:
             raise ValueError(f"{what}={key!r} is not a column of adata.obs.")
+        n_missing = int(adata.obs[key].isna().sum())
+        if n_missing:
+            raise ValueError(
+                f"adata.obs[{key!r}] ({what}) has {n_missing} missing (NaN) values; score the cells that have one "
+                f"(adata[adata.obs[{key!r}].notna()].copy())."
+            )
+    # scib-metrics writes its default PCA (and more) into the AnnData it is given: give it its own
+    work = AnnData(
+        X=adata.X,
+        obs=adata.obs[[batch_key, label_key]].copy(),
+        obsm={k: np.asarray(adata.obsm[k]) for k in keys},
+    )
+    if pre_integrated_key is None:
+        pre_integrated_key = "_unintegrated_pca"
+        work.obsm[pre_integrated_key] = sc.pp.pca(work.X, svd_solver="arpack")  # as scib-metrics does
     if batch_correction_metrics is None:
         batch_correction_metrics = BatchCorrection()
     n_batches = adata.obs[batch_key].nunique()
@@ -72,7 +93,7 @@ def benchmark_integration(
         )
         batch_correction_metrics = False
     bm = Benchmarker(
-        adata,
+        work,
         batch_key=batch_key,
         label_key=label_key,
         embedding_obsm_keys=list(embedding_keys),
