@@ -64,9 +64,15 @@ def quiet() -> None:
 
 
 def set_threads(n: int) -> None:
+    """Torch's CPU threads, and numba's: scanpy's first numba call (``normalize_total``, ``log1p``) otherwise sets
+    torch's thread count back to all cores."""
+    import numba
     import torch
 
-    torch.set_num_threads(max(1, n))
+    n = max(1, n)
+    os.environ["NUMBA_NUM_THREADS"] = str(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(n)
 
 
 DEFAULT_STEPS = 600
@@ -132,6 +138,28 @@ def resolve_steps(args: argparse.Namespace) -> int:
     return QUICK_STEPS if args.quick else DEFAULT_STEPS
 
 
+#: ``(file-name tag, argument, default)`` of the settings of model size and pre-training in ``run_suffix``.
+_SIZE_FLAGS = (
+    ("d", "d_model", 64),
+    ("L", "n_layers", 2),
+    ("k", "max_genes", 256),
+    ("steps", "steps", DEFAULT_STEPS),
+    ("bs", "batch_size", 16),
+    ("lr", "lr", 1e-2),
+)
+
+#: The arguments that define a run's configuration (what seeds pooled by ``aggregate.py`` must share).
+CONFIG_ARGS = (
+    "unidirectional",
+    "gamma",
+    "gene_sets",
+    "tie_break",
+    "adam_eps",
+    "quick",
+    *(name for _, name, _ in _SIZE_FLAGS),
+)
+
+
 def run_suffix(args: argparse.Namespace) -> str:
     """File-name suffix of a run: ``""`` for the default configuration, else the ablations / quick flag."""
     parts = []
@@ -145,6 +173,11 @@ def run_suffix(args: argparse.Namespace) -> str:
         parts.append(f"tie{args.tie_break}")
     if getattr(args, "adam_eps", None) is not None:
         parts.append(f"eps{args.adam_eps:g}")
+    # a model or schedule other than the default's gets its own files, so that aggregate.py never pools them
+    for flag, name, default in _SIZE_FLAGS:
+        value = getattr(args, name, default)
+        if value is not None and value != default and not (name == "steps" and args.quick):
+            parts.append(f"{flag}{value:g}")
     if args.quick:
         parts.append("quick")
     return "".join("_" + p for p in parts)

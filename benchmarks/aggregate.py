@@ -70,12 +70,18 @@ REFERENCES = {
 
 
 def load_seeds(out_dir: Path, benchmark: str, suffix: str) -> dict[int, dict]:
+    """The seed files of one benchmark and suffix; refuses to pool runs of different configurations."""
     pattern = re.compile(rf"^{benchmark}{re.escape(suffix)}_seed(\d+)\.json$")
-    runs = {}
+    runs, configs = {}, {}
     for f in sorted((out_dir / "seeds").glob(f"{benchmark}{suffix}_seed*.json")):
         m = pattern.match(f.name)
         if m:
             runs[int(m.group(1))] = json.loads(f.read_text())
+            run_args = runs[int(m.group(1))].get("args") or {}
+            configs[f.name] = {k: run_args.get(k) for k in C.CONFIG_ARGS if k in run_args}
+    if len({json.dumps(c, sort_keys=True) for c in configs.values()}) > 1:
+        shown = "\n".join(f"  {name}: {config}" for name, config in configs.items())
+        raise SystemExit(f"the seed files of {benchmark}{suffix} were run with different configurations:\n{shown}")
     return runs
 
 
@@ -323,6 +329,8 @@ def main(argv=None) -> dict:
             print(f"== {table} (seeds {sorted(runs)})")
             print(pd.DataFrame(means).drop(columns="per_seed").round(3).to_string(index=False))
             print(pd.DataFrame(diffs).round(3).to_string(index=False))
+    if not summary["tables"]:
+        raise SystemExit(f"no seed files {args.out_dir / 'seeds'}/{{integration,annotation}}{args.suffix}_seed*.json")
     for table, t in summary["tables"].items():
         for score in dict.fromkeys(m["score"] for m in t["means"]):
             print(f"\n{table} / {score} (seeds {t['seeds']}; * = interval excludes 0)")

@@ -92,6 +92,13 @@ def main(argv=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for name in ("biology_summary.json", f"biology_summary{args.suffix}.json"):
+        if not (args.dir / name).is_file():
+            raise SystemExit(
+                f"no {name} in {args.dir}: write it with aggregate.py --out-dir {args.dir} (--suffix {args.suffix} for "
+                "the variant), or pass --dir / --suffix of summaries that exist (the H200 seeds: "
+                "benchmarks/results/seeds_h200)"
+            )
     base = json.loads((args.dir / "biology_summary.json").read_text())
     variant = json.loads((args.dir / f"biology_summary{args.suffix}.json").read_text())
     n = len(base["tables"]["integration_pbmc68k"]["seeds"])

@@ -204,3 +204,22 @@ def test_biology_page_tables_are_the_committed_seed_summaries():
     ):
         rows = blocks[title].splitlines()[2:]
         assert rows and all(r.split(" | ", 1)[1] in doc for r in rows), title
+
+
+def test_other_model_sizes_get_their_own_files_and_are_never_pooled(tmp_path):
+    assert run_seeds.run_suffix([]) == ""
+    assert run_seeds.run_suffix(["--steps", "600", "--d-model", "64"]) == ""  # the defaults, spelled out
+    assert run_seeds.run_suffix(["--d-model", "16", "--n-layers", "1", "--steps", "4"]) == "_d16_L1_steps4"
+    assert run_seeds.run_suffix(["--quick"]) == "_quick"
+    rng = np.random.default_rng(2)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for s, d_model in ((0, 64), (1, 64), (2, 16)):  # seed 2 written by a tiny run under the default name
+        run = {**_integration_seed(s, rng), "args": {"d_model": d_model, "n_layers": 2, "seed": s}}
+        (seeds / f"integration_seed{s}.json").write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match=r"integration were run with different configurations"):
+        aggregate.main(["--out-dir", str(tmp_path)])
+    (seeds / "integration_seed2.json").unlink()
+    assert aggregate.main(["--out-dir", str(tmp_path)])["tables"]["integration_pbmc68k"]["seeds"] == [0, 1]
+    with pytest.raises(SystemExit, match=r"no seed files"):
+        aggregate.main(["--out-dir", str(tmp_path), "--suffix", "_tierandom"])
