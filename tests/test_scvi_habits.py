@@ -268,3 +268,21 @@ def test_save_with_the_anndata_leaves_its_string_columns_alone(model_and_data, t
         assert GeneMambaModel.load(tmp_path / "m").adata.obs["note"].tolist() == adata.obs["note"].tolist()
     finally:
         del adata.obs["note"]
+
+
+def test_load_keeps_the_users_set_up_where_the_saved_layer_holds_no_counts(cells, tmp_path):
+    adata = cells.copy()
+    adata.X = adata.layers["counts"].copy()
+    GeneMambaModel.setup_anndata(adata)  # the model reads adata.X
+    model = GeneMambaModel(adata, **TINY)
+    model.save(tmp_path / "m")
+    query = cells[:16].copy()  # log-normalised X, counts in layers["counts"]
+    query.X = query.layers["counts"].log1p()
+    with pytest.raises(ValueError, match=r"set up with layer='counts'"):  # the advice when nothing was set up ...
+        GeneMambaModel.load(tmp_path / "m", adata=query.copy(), accelerator="cpu")
+    GeneMambaModel.setup_anndata(query, layer="counts")  # ... followed
+    with pytest.warns(UserWarning, match=r"reads them as this AnnData was set up: \{'layer': 'counts'\}"):
+        loaded = GeneMambaModel.load(tmp_path / "m", adata=query, accelerator="cpu")
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation(indices=range(16))
+    )

@@ -16,7 +16,13 @@ from scvi.model._utils import parse_device_args
 from genemamba_scvi import __version__
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
-from genemamba_scvi.model._utils import _ENCODER_ARGS, _query_setup_args, _register_afresh, _user_stacklevel
+from genemamba_scvi.model._utils import (
+    _ENCODER_ARGS,
+    _query_setup_args,
+    _register_afresh,
+    _set_up_again_for_load,
+    _user_stacklevel,
+)
 
 if TYPE_CHECKING:
     from genemamba_scvi.io import Checkpoint
@@ -220,19 +226,8 @@ class GeneMambaSaveLoadMixin:
             setup_args = dict(manager.registry["setup_args"])
         args = _query_setup_args(adata, setup_args or {}, missing_labels_ok=saved_setup)
         if manager is not None and manager.adata is adata and saved_setup:
-            current = dict(manager.registry["setup_args"])
-            changed = {k: current.get(k) for k in ("layer", "gene_id_key") if current.get(k) != args.get(k)}
-            if changed:
-                warnings.warn(
-                    f"this AnnData was set up with {changed}; the saved model was set up with "
-                    f"{ {k: args.get(k) for k in changed} } and reads its cells that way (as scvi-tools' load "
-                    "sets up an AnnData again with the saved arguments)",
-                    UserWarning,
-                    stacklevel=_user_stacklevel(),
-                )
-            if current != args:
-                manager = None
-        if manager is None or manager.adata is not adata:  # not set up yet, or a copy of a registered AnnData
+            _set_up_again_for_load(cls, adata, dict(manager.registry["setup_args"]), args)
+        elif manager is None or manager.adata is not adata:  # not set up yet, or a copy of a registered AnnData
             _register_afresh(cls, adata, args)
         return cls(adata, vocab=vocab, gene_medians=gene_medians, **config)
 

@@ -143,6 +143,39 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     model_cls.setup_anndata(adata, **args)
 
 
+def _set_up_again_for_load(
+    model_cls: type[BaseModelClass], adata: AnnData, current: dict[str, Any], saved: dict[str, Any]
+) -> None:
+    """``load`` onto an AnnData the user set up already: the saved arguments win, as in scvi-tools' ``load``.
+
+    Where the user's set-up reads counts from another place (``layer``, ``gene_id_key``), that is said. If the saved
+    place holds no raw counts in this AnnData while the user's does (the user set it up to say where they are), the
+    user's set-up is kept, with a warning, instead of an error whose advice would be the set-up already made.
+    """
+    if current == saved:
+        return
+    changed = {k: current.get(k) for k in ("layer", "gene_id_key") if current.get(k) != saved.get(k)}
+    try:
+        _register_afresh(model_cls, adata, saved)
+    except (NotCountsError, ValueError) as err:
+        if "layer" not in changed:
+            raise
+        _register_afresh(model_cls, adata, current)
+        message = (
+            f"the saved model reads raw counts from layer={saved.get('layer')!r}, which this AnnData cannot give "
+            f"({str(err).split(';')[0]}); it reads them as this AnnData was set up: {changed}"
+        )
+    else:
+        if not changed:
+            return
+        message = (
+            f"this AnnData was set up with {changed}; the saved model was set up with "
+            f"{ {k: saved.get(k) for k in changed} } and reads its cells that way (as scvi-tools' load sets up an "
+            "AnnData again with the saved arguments)"
+        )
+    warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
+
+
 def _query_setup_args(adata: AnnData, setup_args: dict[str, Any], missing_labels_ok: bool = False) -> dict[str, Any]:
     """A model's set-up arguments for ``adata``: obs / var columns it lacks dropped (see :func:`_register_afresh`).
 
