@@ -262,6 +262,12 @@ def test_model_pretrain_writes_beside_its_checkpoints_and_refuses_a_foreign_dire
         **run,
     )
     assert (tmp_path / "r" / "model.safetensors").is_file()
+    # resuming with other settings names the setting's tensor, not Lightning's list of every mismatch
+    wider = {**run, "d_model": 48}
+    with pytest.raises(ValueError, match=r"written by a model of other settings \(module\.encoder\..* is \[.*32"):
+        GeneMambaModel.pretrain(
+            corpus_dir, tmp_path / "w", max_steps=3, ckpt_path=tmp_path / "r" / "ckpt" / "last.ckpt", **wider
+        )
     # a directory of someone else's files is refused before a step is trained
     import genemamba_scvi.pretrain as pretrain
 

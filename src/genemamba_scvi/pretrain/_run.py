@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import lightning.pytorch as pl
@@ -141,6 +142,28 @@ _LIGHTNING_ARGS = frozenset(
 )
 
 
+def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
+    """Refuse, naming a setting's tensor, a Lightning checkpoint written by a model of other settings.
+
+    Lightning would list every mismatched tensor of ``load_state_dict``; this names the first and what to do.
+    """
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
+    ours = {f"module.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in saved.items() if k.startswith("module.")}
+    differ = [k for k in ours if k in theirs and ours[k] != theirs[k]]
+    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    if differ or missing or extra:
+        what = (
+            f"{differ[0]} is {list(theirs[differ[0]])} there and {list(ours[differ[0]])} here"
+            if differ
+            else f"tensors {(missing or extra)[:3]} are only {'here' if missing else 'there'}"
+        )
+        raise ValueError(
+            f"checkpoint {path} was written by a model of other settings ({what}); resume with the settings of the "
+            "run that wrote it (d_model, n_layers, d_state, ...), or start a new run without ckpt_path"
+        )
+
+
 def pretrain_from_corpus(
     corpus_dir: str | os.PathLike,
     *,
@@ -273,6 +296,8 @@ def pretrain_from_corpus(
         module.set_objective(objective)
     token_sets = gene_set_tensors(gene_sets, vocab)
     module.set_gene_sets(token_sets if gamma > 0 else None)
+    if ckpt_path is not None and ckpt_path != "last" and Path(ckpt_path).is_file():
+        _check_checkpoint_fits(Path(ckpt_path), module)
 
     # gamma reaches module.loss through the plan (scvi's loss_kwargs)
     plan = CorpusTrainingPlan(module, mask_seed=seed, **{"lr": lr, "gamma": gamma, **(plan_kwargs or {})})
