@@ -364,11 +364,14 @@ def pathway_pair_auroc(
         for x in range(len(ids)):
             for y in range(x + 1, len(ids)):
                 positives.add((ids[x], ids[y]))
-    if exclude_pairs:
-        names = list(index)
-        positives = {(i, j) for i, j in positives if tuple(sorted((names[i], names[j]))) not in exclude_pairs}
     if not positives:
         raise ValueError("no same-set gene pair has both genes in the embeddings")
+    if exclude_pairs:
+        names = list(index)
+        n_before = len(positives)
+        positives = {(i, j) for i, j in positives if tuple(sorted((names[i], names[j]))) not in exclude_pairs}
+        if not positives:
+            raise ValueError(f"exclude_pairs removes all {n_before} same-set gene pairs of the embeddings' genes")
     pool = np.array(sorted(genes))
     n_neg = n_negative or max(len(positives), 1000)
     rng = np.random.default_rng(seed)
