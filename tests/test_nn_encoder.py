@@ -89,7 +89,9 @@ def test_pooling_mean_over_real_tokens_and_cls():
     torch.testing.assert_close(pooled[1], hidden[1, :2].mean(0))
     assert torch.all(pooled[2] == 0)
     enc_cls = GeneMambaEncoder(V, n_layers=0, pooling="cls", **TINY)
-    torch.testing.assert_close(enc_cls.pool(hidden, lengths), hidden[:, 0])
+    expected = hidden[:, 0].clone()
+    expected[2] = 0  # the empty cell: no first token
+    torch.testing.assert_close(enc_cls.pool(hidden, lengths), expected)
 
 
 def test_zero_layer_baseline_runs():
@@ -253,3 +255,33 @@ def test_lengths_outside_the_sequence_are_refused_not_pooled_wrongly():
             enc.pool(torch.zeros(2, 5, 32), lengths)
     ok = torch.tensor([5, 0])  # full and empty cells are fine
     assert enc.embed_cells(tokens, ok).shape == (2, 32)
+
+
+def test_cls_pooling_of_an_empty_cell_is_zero_on_both_paths():
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=1, pooling="cls", **TINY).eval()
+    tokens = torch.randint(3, V, (3, 4))
+    for lengths in (torch.tensor([3, 0, 3]), torch.tensor([3, 2, 0])):  # an empty cell inside, and last
+        padded = enc.embed_cells(tokens, lengths)
+        packed = enc.embed_cells(tokens, lengths, packed=True)
+        torch.testing.assert_close(packed, padded, atol=1e-6, rtol=1e-5)
+        assert packed[lengths == 0].abs().max() == 0
+
+
+def test_malformed_tokens_lengths_and_cu_seqlens_are_named():
+    enc = GeneMambaEncoder(V, n_layers=1, **TINY).eval()
+    tokens = torch.randint(3, V, (2, 5))
+    with pytest.raises(ValueError, match=r"tokens must be \[batch, L\]"):
+        enc(tokens[0])
+    for bad in (V, -1):
+        wrong = tokens.clone()
+        wrong[1, 2] = bad
+        with pytest.raises(ValueError, match=rf"token ids must be in \[0, vocab_size={V}\)"):
+            enc(wrong)
+    with pytest.raises(ValueError, match=r"lengths must be \[batch\] = \[2\]"):
+        enc(tokens, torch.tensor([5, 5, 5]))
+    for cu in ([0, 3], [1, 10], [0, 6, 4, 10]):
+        with pytest.raises(ValueError, match=r"cu_seqlens must rise from 0 to the number of packed tokens \(10\)"):
+            enc.forward_packed(tokens.reshape(-1), torch.tensor(cu))
+    empty = torch.zeros(2, 0, dtype=torch.long)  # no positions at all: both paths give [2, 0, d]
+    assert enc(empty).shape == enc(empty, packed=True).shape == (2, 0, 32)

@@ -65,6 +65,24 @@ def check_lengths(lengths: torch.Tensor, seq_len: int) -> None:
         )
 
 
+def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor | None = None) -> None:
+    """Refuse token ids outside ``[0, vocab_size)`` and malformed ``cu_seqlens``, naming them (CPU tensors only)."""
+    if tokens.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        raise ValueError(
+            f"token ids must be in [0, vocab_size={vocab_size}), got values from {int(tokens.min())} to "
+            f"{int(tokens.max())}"
+        )
+    if cu_seqlens is not None and cu_seqlens.device.type == "cpu":
+        cu = cu_seqlens.reshape(-1)
+        if cu.numel() == 0 or int(cu[0]) != 0 or int(cu[-1]) != tokens.numel() or bool((cu[1:] < cu[:-1]).any()):
+            raise ValueError(
+                f"cu_seqlens must rise from 0 to the number of packed tokens ({tokens.numel()}), got {cu.tolist()[:8]}"
+                + (" ..." if cu.numel() > 8 else "")
+            )
+
+
 def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
     """Cell embedding from token states.
 
@@ -76,15 +94,17 @@ def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooli
         ``[batch]`` real lengths (default: all ``L``).
     pooling
         ``"mean"`` over real tokens (pads excluded; a cell of length 0 gives zeros) or ``"cls"``
-        (position 0).
+        (position 0; zeros for a cell of length 0).
 
     Returns
     -------
     torch.Tensor
         ``[batch, d]``.
     """
-    if pooling == "cls":
-        return hidden[:, 0]
+    if pooling == "cls":  # position 0; a cell without tokens (its position 0 is a pad) gives zeros
+        if lengths is None or hidden.shape[1] == 0:
+            return hidden[:, 0] if hidden.shape[1] else hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
+        return hidden[:, 0] * (lengths.to(hidden.device) > 0).to(hidden.dtype).unsqueeze(-1)
     if pooling != "mean":
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     L = hidden.shape[1]
@@ -127,8 +147,11 @@ def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str = "
     """Cell embeddings ``[n_cells, d]`` from packed states ``[T, d]`` (mean over each cell, or its first token)."""
     cu = cu_seqlens.to(device=hidden.device, dtype=torch.long)
     n_cells = cu.numel() - 1
-    if pooling == "cls":
-        return hidden.index_select(0, cu[:-1].clamp(max=max(hidden.shape[0] - 1, 0)))
+    if pooling == "cls":  # a cell without tokens has no first token: zeros, as on the padded path
+        if hidden.shape[0] == 0:
+            return hidden.new_zeros(n_cells, hidden.shape[-1])
+        first = hidden.index_select(0, cu[:-1].clamp(max=hidden.shape[0] - 1))
+        return first * (cu[1:] > cu[:-1]).to(first.dtype).unsqueeze(-1)
     if pooling != "mean":
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     lengths = cu[1:] - cu[:-1]
@@ -283,10 +306,17 @@ class GeneMambaEncoder(nn.Module):
         torch.Tensor
             ``[batch, L, d_model]`` after ``norm_f``.
         """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, L] token ids, got shape {tuple(tokens.shape)}")
         batch, seq_len = tokens.shape
         if lengths is None:
             lengths = torch.full((batch,), seq_len, dtype=torch.long, device=tokens.device)
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must be [batch] = [{batch}], got shape {tuple(lengths.shape)}")
         check_lengths(lengths, seq_len)
+        check_tokens(tokens, self.vocab_size)
+        if seq_len == 0:  # no positions: nothing to compute (the padded kernels cannot take L = 0)
+            return tokens.new_zeros(batch, 0, self.d_model, dtype=self.embedding.weight.dtype)
         if packed:
             if seq_idx is not None:
                 raise ValueError("packed=True packs by lengths; do not pass seq_idx")
@@ -397,6 +427,7 @@ class GeneMambaEncoder(nn.Module):
             ``[T, d_model]`` after ``norm_f``.
         """
         tokens = tokens.reshape(-1)
+        check_tokens(tokens, self.vocab_size, cu_seqlens)
         cu = cu_seqlens.to(device=tokens.device, dtype=torch.long)
         n_tokens = tokens.shape[0]
         groups = self._packed_groups(cu, n_tokens)
