@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -40,8 +39,8 @@ from genemamba_scvi.model._utils import (
     _refuse_setup_kwargs,
     _register_query,
     _save_kernel_cache,
-    _user_stacklevel,
     _validate_count_layer,
+    _warn_unmatched_genes,
 )
 from genemamba_scvi.module import GeneMambaModule
 from genemamba_scvi.train import GeneMambaTrainingPlan
@@ -283,20 +282,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             fate = "ignored"
             if self._tokenization == "published" and self._unk_token is not None:
                 fate = f"tokenised as {self._unk_token} (published tokenization)"
-            twice = [*match.collisions, *match.yielded]
-            parts = []
-            if n_unknown > len(twice):
-                parts.append(
-                    f"{n_unknown - len(twice)} of {adata.n_vars} genes of this AnnData are not in the model's "
-                    f"vocabulary and are {fate}"
-                )
-            if twice:
-                dropped, kept, _ = twice[0]
-                parts.append(
-                    f"{len(twice)} columns repeat a gene another column holds (e.g. {dropped!r}, the gene of "
-                    f"{kept!r}): only the other column's counts are used (sum the two columns to keep both)"
-                )
-            warnings.warn(f"{'; '.join(parts)}.\n{match.report()}", UserWarning, stacklevel=_user_stacklevel())
+            _warn_unmatched_genes(match, adata.n_vars, fate)
         return match.token_ids
 
     def _medians_from(self, adata: AnnData) -> np.ndarray:

@@ -347,6 +347,25 @@ def _check_indices(indices: Sequence[int] | None, n_obs: int) -> None:
         )
 
 
+def _warn_unmatched_genes(match: Any, n_vars: int, fate: str) -> None:
+    """Warn about an AnnData's genes without a token: not in the vocabulary, or a gene another column holds."""
+    n_unknown = int((match.token_ids < 0).sum())
+    twice = [*match.collisions, *match.yielded]
+    parts = []
+    if n_unknown > len(twice):
+        parts.append(
+            f"{n_unknown - len(twice)} of {n_vars} genes of this AnnData are not in the model's vocabulary and "
+            f"are {fate}"
+        )
+    if twice:
+        dropped, kept, _ = twice[0]
+        parts.append(
+            f"{len(twice)} columns repeat a gene another column holds (e.g. {dropped!r}, the gene of {kept!r}): only "
+            "the other column's counts are used (sum the two columns to keep both)"
+        )
+    warnings.warn(f"{'; '.join(parts)}.\n{match.report()}", UserWarning, stacklevel=_user_stacklevel())
+
+
 def _match_query_genes(vocab: Any, ids: list[str], medians: np.ndarray | None, min_overlap: float) -> Any:
     """The :class:`~genemamba_scvi.data.vocab.GeneMatch` of an AnnData's gene ids against a model's vocabulary.
 
