@@ -92,6 +92,10 @@ def test_embed_never_replaces_a_file_without_overwrite(tmp_path, saved, capsys):
     assert "never overwrites its input" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "x.h5ad"), "--layer", "nope"]) == 2
     assert "--layer 'nope' is not a layer" in capsys.readouterr().err
+    assert (
+        main(["embed", str(source), "--model", str(tmp_path / "no" / "model"), "--out", str(tmp_path / "n.h5ad")]) == 2
+    )
+    assert "no such directory (give a model saved with GeneMambaModel.save" in capsys.readouterr().err
     assert main([*base, "--out", str(out), "--overwrite"]) == 0
     assert "X_genemamba" in ad.read_h5ad(out).obsm
 

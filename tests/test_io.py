@@ -633,3 +633,17 @@ def test_extra_files_are_checksummed_and_cannot_shadow_the_checkpoints_own(tmp_p
         with pytest.raises(ValueError, match="extra_files cannot be named"):
             write_checkpoint(tmp_path / "other", _state_dict(), {}, vocab, extra_files={bad: lambda p: None})
     assert not (tmp_path / "other").exists()
+
+
+def test_writing_into_the_current_directory_by_a_relative_name_or_replacing_it(tmp_path, vocab, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    _write(Path("model"), vocab)  # a relative name: the temporary sibling lies beside it, in the cwd
+    assert read_checkpoint("model").vocab == vocab
+    _write(Path("model"), vocab, overwrite=True)
+    assert sorted(p.name for p in Path(".").iterdir()) == ["model"]  # no temporary left behind
+    (tmp_path / "work" / "notes.txt").write_text("mine")
+    for target in (Path("."), tmp_path):  # "." is its own parent; replacing it would leave the process nowhere
+        with pytest.raises(ValueError, match=r"holds the current working directory"):
+            _write(target, vocab, overwrite=True)
+    assert (tmp_path / "work" / "notes.txt").read_text() == "mine" and Path.cwd() == tmp_path / "work"

@@ -218,6 +218,7 @@ def test_history_of_repeated_runs_is_indexed_by_epoch(cells):
     assert history["lm_loss_train"].index.tolist() == [0, 1, 2, 4]
     assert history["accuracy_train"].index.tolist() == [3]
     assert all(frame.index.is_unique for frame in history.values())
+    assert all(frame.dtypes.eq("float64").all() for frame in history.values())  # as after load, not object
 
 
 def test_load_sets_an_anndata_up_again_with_the_saved_arguments(model_and_data, tmp_path):
@@ -286,3 +287,36 @@ def test_load_keeps_the_users_set_up_where_the_saved_layer_holds_no_counts(cells
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation(indices=range(16))
     )
+
+
+def test_train_classifier_again_trains_the_same_head_further_and_a_trained_model_pickles(cells, tmp_path):
+    import pickle
+
+    adata = cells.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="bulk_labels")
+    model = GeneMambaModel(adata, **TINY)
+    run = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 32}
+    model.train_classifier(max_epochs=1, **run)
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata.copy(), accelerator="cpu")
+    head = {k: v.clone() for k, v in loaded.module.classifier.state_dict().items()}
+    loaded.train_classifier(max_epochs=1, lr=1e-12, **run)  # continue: a step this small changes nothing visible
+    for key, value in loaded.module.classifier.state_dict().items():
+        torch.testing.assert_close(value, head[key], rtol=0, atol=1e-6)
+    loaded.train_classifier(max_epochs=1, hidden=8, **run)  # another width: a new head
+    assert loaded.module.classifier.state_dict().keys() != head.keys()
+    again = pickle.loads(pickle.dumps(loaded))  # with its Lightning trainer and schedule
+    np.testing.assert_array_equal(again.predict(), loaded.predict())
+
+
+def test_load_takes_a_torch_device_name_and_a_backed_query_is_named(model_and_data, tmp_path):
+    import anndata as ad
+
+    model, adata = model_and_data
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata.copy(), accelerator="cpu", device="cpu")
+    assert loaded.device.type == "cpu"
+    query = adata[:8].copy()
+    query.write_h5ad(tmp_path / "q.h5ad")
+    with pytest.raises(ValueError, match=r"backed AnnData is not supported.*to_memory"):
+        model.get_latent_representation(ad.read_h5ad(tmp_path / "q.h5ad", backed="r"))

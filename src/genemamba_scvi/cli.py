@@ -130,6 +130,7 @@ def _embed(args: argparse.Namespace) -> int:
     from genemamba_scvi import GeneMambaModel, __version__
     from genemamba_scvi.io._checkpoint import is_our_checkpoint
     from genemamba_scvi.io._files import _atomic_write_file
+    from genemamba_scvi.io._hub_cache import looks_like_repo_id
 
     source, out = Path(args.input), Path(args.out)
     if out.resolve() == source.resolve():
@@ -138,6 +139,12 @@ def _embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a directory; name the .h5ad file to write")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    model_path = Path(args.model)
+    if not model_path.exists() and not looks_like_repo_id(str(args.model)):
+        raise FileNotFoundError(
+            f"--model {args.model}: no such directory (give a model saved with GeneMambaModel.save, a published "
+            "checkpoint directory, or a Hugging Face repository id such as mineself2016/GeneMamba in the local cache)"
+        )
     adata = anndata.read_h5ad(source)
     if args.layer is None:
         counts = adata.X

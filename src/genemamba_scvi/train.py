@@ -8,6 +8,7 @@ progress bar, a quiet training session.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -70,6 +71,14 @@ def _check_plan_kwargs(module, kwargs: dict[str, Any]) -> None:
             f"unknown training-plan setting(s) {unknown}: plan_kwargs take lr, weight_decay, eps, betas, "
             "warmup_fraction, min_lr_ratio and scvi-tools' TrainingPlan arguments"
         )
+
+
+def _warmup_cosine(step: int, *, warmup: int, total: int, floor: float) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class GeneMambaTrainingPlan(TrainingPlan):
@@ -180,15 +189,8 @@ class GeneMambaTrainingPlan(TrainingPlan):
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = max(int(self.warmup_fraction * total), 1) if self.warmup_fraction > 0 else 0
-        floor = self.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        schedule = functools.partial(_warmup_cosine, warmup=warmup, total=total, floor=self.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)  # a partial pickles (a model.trainer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

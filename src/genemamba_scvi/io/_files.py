@@ -119,6 +119,12 @@ def _check_target(path: Path, overwrite: bool, looks_like: Callable[[Path], bool
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     if path.is_symlink() or not path.is_dir():
         raise ValueError(f"refusing to overwrite {path}: it is not a directory")
+    cwd, target = Path.cwd().resolve(), path.resolve()
+    if cwd == target or target in cwd.parents:  # the directory is replaced by a new one: the process would be left in
+        raise ValueError(  # a deleted directory
+            f"refusing to overwrite {path}: it holds the current working directory ({cwd}); save to another "
+            "directory (e.g. a subdirectory such as 'my_model/')"
+        )
     if any(path.iterdir()) and not looks_like(path):
         raise ValueError(f"refusing to overwrite {path}: it does not look like a {what} directory")
 
@@ -211,6 +217,7 @@ def _atomic_write_dir(
 
     With ``own_files``, overwriting keeps every entry of the old directory that is not named there.
     """
+    path = Path(os.path.abspath(path))  # the parent of "." is "." itself
     parent = path.parent
     tmp = parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()

@@ -11,16 +11,17 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scvi.data._constants import _SCVI_UUID_KEY
-from scvi.model._utils import parse_device_args
 
 from genemamba_scvi import __version__
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.model._utils import (
     _ENCODER_ARGS,
+    _check_model_layer,
     _query_setup_args,
     _register_afresh,
     _set_up_again_for_load,
+    _torch_device,
     _user_stacklevel,
 )
 
@@ -228,6 +229,8 @@ class GeneMambaSaveLoadMixin:
         if manager is not None and manager.adata is adata and saved_setup:
             _set_up_again_for_load(cls, adata, dict(manager.registry["setup_args"]), args)
         elif manager is None or manager.adata is not adata:  # not set up yet, or a copy of a registered AnnData
+            if saved_setup:
+                _check_model_layer(adata, args.get("layer"))
             _register_afresh(cls, adata, args)
         return cls(adata, vocab=vocab, gene_medians=gene_medians, **config)
 
@@ -254,7 +257,8 @@ class GeneMambaSaveLoadMixin:
             ``None``: the AnnData saved with ``save(..., save_anndata=True)``; a model saved without one
             raises ``ValueError``.
         accelerator, device
-            Where to put the model.
+            Where to put the model: scvi-tools' ``accelerator`` (``"auto"``, ``"cpu"``, ``"gpu"``) and ``device``
+            (``"auto"`` or a GPU index), or a torch device name as ``device`` (``"cpu"``, ``"cuda:1"``).
         prefix
             Read ``dir_path / f"{prefix}model"`` (as :meth:`save` wrote it).
         min_gene_overlap
@@ -305,7 +309,7 @@ class GeneMambaSaveLoadMixin:
                 f"checkpoint {dir_path} does not fit this model: missing keys {missing[:5]}, "
                 f"unexpected keys {unexpected[:5]}"
             )
-        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        dev = _torch_device(accelerator, device)
         model.to_device(dev)
         model.module.eval()
         model.is_trained_ = bool(extra.get("is_trained", True))
@@ -427,7 +431,7 @@ class GeneMambaSaveLoadMixin:
         model.module.encoder.load_state_dict(enc_state, strict=True)
         if lm_state is not None:
             model.module.lm_head.load_state_dict(lm_state, strict=True)
-        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        dev = _torch_device(accelerator, device)
         model.to_device(dev)
         model.module.eval()
         model.is_trained_ = True

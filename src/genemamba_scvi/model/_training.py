@@ -85,6 +85,11 @@ class _GeneMambaTrainRunner(TrainRunner):
     """
 
     def _update_history(self) -> None:
+        self._merge_history()
+        if isinstance(self.model.history_, dict):  # scvi's logger stores objects; a loaded history is float64
+            self.model.history_ = {key: _as_float(frame) for key, frame in self.model.history_.items()}
+
+    def _merge_history(self) -> None:
         if not self.model.is_trained_ or not self.trainer.is_global_zero:
             super()._update_history()  # first run, or other ranks: scvi-tools' own
             return
@@ -107,6 +112,19 @@ class _GeneMambaTrainRunner(TrainRunner):
             frame.index = pd.Index(frame.index.astype(np.int64) + (end - start), name="epoch")
             history[key] = pd.concat([previous[key], frame]) if key in previous else frame
         self.model.history_ = history
+
+
+def _as_float(frame: pd.DataFrame) -> pd.DataFrame:
+    try:
+        return frame.astype("float64")
+    except (TypeError, ValueError):  # a logged value that is not a number: kept as it is
+        return frame
+
+
+def _set_dropout(module: torch.nn.Module, p: float) -> None:
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = float(p)
 
 
 def _only_checkpoints(save_dir: Path, checkpoint_dir: str | os.PathLike | None) -> bool:
@@ -337,7 +355,8 @@ class GeneMambaTrainingMixin:
         ----------
         labels_key
             ``adata.obs`` column with the labels; defaults to the ``labels_key`` given to
-            :meth:`setup_anndata`.
+            :meth:`setup_anndata`. A head trained before (also one loaded with the model) on the same cell types
+            with the same ``hidden`` is trained further; other cell types or another ``hidden`` get a new head.
         max_epochs
             Fine-tuning epochs.
         lr
@@ -369,10 +388,19 @@ class GeneMambaTrainingMixin:
         if len(names) < 2:
             raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
         weights = _class_weights(class_weight, codes, [str(n) for n in names])  # validate before changing state
+        same_head = (
+            self.module.classifier is not None
+            and self.label_names_ is not None
+            and list(self.label_names_) == list(names)
+            and self.classifier_hidden_ == hidden
+        )
         self.label_names_ = names
         self.labels_key_ = labels_key
         self.classifier_hidden_ = hidden
-        self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
+        if same_head:  # the same cell types and width: the trained head is trained further, as train() does
+            _set_dropout(self.module.classifier, dropout)
+        else:
+            self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
         self.module.encoder.requires_grad_(not freeze_encoder)
         try:
             return self._run_training(

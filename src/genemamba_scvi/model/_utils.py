@@ -66,16 +66,36 @@ def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
         )
 
 
-def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
-    """Raise a clear ValueError for anything GeneMamba cannot tokenize."""
-    where = "adata.X" if layer is None else f"layer {layer!r}"
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(f"AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+def _torch_device(accelerator: str, device: int | str) -> torch.device:
+    """Where ``load`` / ``from_pretrained`` put a model.
+
+    scvi-tools' ``accelerator`` / ``device`` (a GPU index or ``"auto"``), or a torch device name as ``device``
+    (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+    """
+    from scvi.model._utils import parse_device_args
+
+    if isinstance(device, str) and device != "auto":
+        named = torch.device(device)
+        if named.type == "cpu":
+            return named
+        accelerator, device = "gpu", named.index if named.index is not None else "auto"
+    return parse_device_args(accelerator=accelerator, devices=device, return_device="torch")[2]
+
+
+def _refuse_backed(adata: AnnData) -> None:
     if adata.isbacked:
         raise ValueError(
             "backed AnnData is not supported by GeneMambaModel: load it with adata.to_memory(), or build a "
             "token corpus out of core with genemamba_scvi.data.build_corpus for pre-training."
         )
+
+
+def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
+    """Raise a clear ValueError for anything GeneMamba cannot tokenize."""
+    where = "adata.X" if layer is None else f"layer {layer!r}"
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    _refuse_backed(adata)
     X = count_matrix(adata, layer)
     try:
         validate_counts(X, where)
@@ -192,6 +212,19 @@ def _query_setup_args(adata: AnnData, setup_args: dict[str, Any], missing_labels
     return args
 
 
+def _check_model_layer(adata: AnnData, layer: str | None) -> None:
+    """Refuse a backed AnnData, or one without the layer a model reads, saying where to put its counts."""
+    _refuse_backed(adata)  # before the search for counts, which cannot read a backed file
+    if layer is not None and layer not in adata.layers:
+        where = f"adata.layers[{layer!r}]"
+        example = _copy_counts_example(adata, layer, where)
+        raise ValueError(
+            f"This model was set up to read raw counts from {where}; this AnnData has no such layer (layers: "
+            f"{list(adata.layers.keys())}). Put its raw counts there"
+            + (f", e.g. {example}." if example else " (neither its layers, adata.X nor adata.raw hold raw counts).")
+        )
+
+
 def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args: dict[str, Any]) -> None:
     """Set up a query AnnData with the model's arguments, with errors that say what a query must hold.
 
@@ -201,13 +234,7 @@ def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args:
     args = {**setup_args, "labels_key": None, "batch_key": None}
     layer = args.get("layer")
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
-    if layer is not None and layer not in adata.layers:
-        example = _copy_counts_example(adata, layer, where)
-        raise ValueError(
-            f"This model was set up to read raw counts from {where}; this AnnData has no such layer (layers: "
-            f"{list(adata.layers.keys())}). Put its raw counts there"
-            + (f", e.g. {example}." if example else " (neither its layers, adata.X nor adata.raw hold raw counts).")
-        )
+    _check_model_layer(adata, layer)
     try:
         _register_afresh(model_cls, adata, args)
     except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
