@@ -173,6 +173,9 @@ def test_tensor_keys_and_special_tokens_live_in_constants_and_old_names_still_im
         ({"chunk_size": True}, r"chunk_size must be an integer >= 1, got True"),
         ({"mask_prob": 1.5}, r"mask_prob must be in \[0, 1\], got 1\.5"),
         ({"norm_eps": 0.0}, r"norm_eps must be > 0"),
+        ({"merge": "max"}, r"merge must be one of \('gate', 'mean', 'sum', 'concat'\), got 'max'"),
+        ({"backend": "cuda"}, r"backend must be one of \('auto', 'torch', 'mamba_ssm'\)"),
+        ({"pooling": "max"}, r"pooling must be one of \('mean', 'cls'\)"),
     ],
 )
 def test_impossible_settings_are_refused_when_the_config_is_made(setting, match):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,6 +25,12 @@ def _internal(default: Any) -> Any:
 def _objective(default: Any) -> Any:
     """A setting of the module's objective (not of the encoder)."""
     return field(default=default, metadata={"encoder": False})
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise :class:`ValueError` naming the setting ``name`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ class GeneMambaConfig:
             raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        for name, hint in typing.get_type_hints(type(self)).items():  # merge, block, backend, pooling
+            if typing.get_origin(hint) is Literal:
+                check_choice(name, getattr(self, name), typing.get_args(hint))
 
     # ------------------------------------------------------------------ dict round trip
     @classmethod
@@ -177,9 +187,3 @@ class GeneMambaConfig:
 ENCODER_FIELDS: tuple[str, ...] = tuple(GeneMambaConfig().encoder_dict())
 #: Names of the settings that are :class:`~genemamba_scvi.model.GeneMambaModel` arguments.
 MODEL_ARG_FIELDS: tuple[str, ...] = tuple(GeneMambaConfig().to_dict(model_args_only=True))
-
-
-def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    """Raise :class:`ValueError` naming the setting ``name`` when ``value`` is not one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
