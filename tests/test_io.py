@@ -647,3 +647,9 @@ def test_writing_into_the_current_directory_by_a_relative_name_or_replacing_it(t
         with pytest.raises(ValueError, match=r"holds the current working directory"):
             _write(target, vocab, overwrite=True)
     assert (tmp_path / "work" / "notes.txt").read_text() == "mine" and Path.cwd() == tmp_path / "work"
+
+
+def test_weights_file_gets_the_same_permissions_as_the_other_files(tmp_path, vocab):
+    path = _write(tmp_path / "model", vocab)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # safetensors alone would write model.safetensors as 0600

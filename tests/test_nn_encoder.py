@@ -285,3 +285,11 @@ def test_malformed_tokens_lengths_and_cu_seqlens_are_named():
             enc.forward_packed(tokens.reshape(-1), torch.tensor(cu))
     empty = torch.zeros(2, 0, dtype=torch.long)  # no positions at all: both paths give [2, 0, d]
     assert enc(empty).shape == enc(empty, packed=True).shape == (2, 0, 32)
+
+
+def test_classifier_head_with_a_width_but_no_hidden_layer_is_refused():
+    with pytest.raises(ValueError, match=r"n_hidden_layers must be >= 1 with hidden=8"):
+        ClassifierHead(16, 3, hidden=8, n_hidden_layers=0)
+    assert (
+        sum(isinstance(m, torch.nn.Linear) for m in ClassifierHead(16, 3, hidden=8, n_hidden_layers=2).modules()) == 3
+    )

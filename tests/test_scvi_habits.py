@@ -320,3 +320,16 @@ def test_load_takes_a_torch_device_name_and_a_backed_query_is_named(model_and_da
     query.write_h5ad(tmp_path / "q.h5ad")
     with pytest.raises(ValueError, match=r"backed AnnData is not supported.*to_memory"):
         model.get_latent_representation(ad.read_h5ad(tmp_path / "q.h5ad", backed="r"))
+
+
+def test_embeddings_of_a_diverged_model_are_refused_not_returned_as_nan(model_and_data):
+    import copy
+
+    model, _ = model_and_data
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.module.encoder.norm_f.weight.fill_(float("nan"))
+    with pytest.raises(
+        RuntimeError, match=r"embeddings of 64 of 64 cells are not finite \(the model's weights are not"
+    ):
+        broken.get_latent_representation()

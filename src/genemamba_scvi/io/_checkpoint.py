@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,7 @@ def write_checkpoint(
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         metadata = {"format": CHECKPOINT_FORMAT, _ALIAS_METADATA_KEY: json.dumps(aliases, sort_keys=True)}
         safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
+        shutil.copymode(tmp / CONFIG_FILE, tmp / WEIGHTS_FILE)  # safetensors writes 0600; the umask's mode, as config
         vocab.to_json(tmp / VOCAB_FILE)
         if medians is not None:
             with open(tmp / MEDIANS_FILE, "wb") as fh:

@@ -30,6 +30,7 @@ from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTra
 from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_choice,
+    _check_finite_embeddings,
     _check_gene_ids,
     _check_indices,
     _check_known_genes_expressed,
@@ -361,7 +362,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
                 bar.update(len(out[-1]))
         if device.type == "cuda":
             _save_kernel_cache()
-        return torch.cat(out) if out else torch.empty(0, self.module.encoder.d_model)
+        z = torch.cat(out) if out else torch.empty(0, self.module.encoder.d_model)
+        _check_finite_embeddings(z, self.module)
+        return z
 
     def get_latent_representation(
         self,

@@ -82,6 +82,18 @@ def _torch_device(accelerator: str, device: int | str) -> torch.device:
     return parse_device_args(accelerator=accelerator, devices=device, return_device="torch")[2]
 
 
+def _check_finite_embeddings(z: torch.Tensor, module: torch.nn.Module) -> None:
+    """Refuse non-finite cell embeddings (a diverged training run), naming the cause, instead of returning NaN."""
+    bad = ~torch.isfinite(z).all(dim=1)
+    if bool(bad.any()):
+        weights = "finite" if all(torch.isfinite(p).all() for p in module.parameters()) else "not finite"
+        raise RuntimeError(
+            f"the embeddings of {int(bad.sum())} of {z.shape[0]} cells are not finite (the model's weights are "
+            f"{weights}): the model diverged in training (e.g. a learning rate too high; see NonFiniteLossError) "
+            "or its weights overflow in this precision. Train again from a checkpoint or with a lower lr."
+        )
+
+
 def _refuse_backed(adata: AnnData) -> None:
     if adata.isbacked:
         raise ValueError(

@@ -93,7 +93,9 @@ class ClassifierHead(nn.Module):
             layers += [nn.Dropout(dropout), nn.Linear(d_in, n_classes)]
         else:
             width = d_in
-            for _ in range(max(1, n_hidden_layers)):
+            if n_hidden_layers < 1:
+                raise ValueError(f"n_hidden_layers must be >= 1 with hidden={hidden} (hidden=None: a linear head)")
+            for _ in range(n_hidden_layers):
                 layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
                 width = hidden
             layers.append(nn.Linear(width, n_classes))
