@@ -69,6 +69,17 @@ REFERENCES = {
 }
 
 
+def run_config(run_args: dict) -> dict:
+    """A seed file's configuration: its ``CONFIG_ARGS``, a missing one (files of older versions) at its default."""
+    parser = argparse.ArgumentParser(add_help=False)
+    C.add_common_args(parser)
+    defaults = vars(parser.parse_known_args([])[0])
+    config = {k: run_args.get(k, defaults.get(k)) for k in C.CONFIG_ARGS}
+    if config.get("steps") is None:
+        config["steps"] = C.QUICK_STEPS if config.get("quick") else C.DEFAULT_STEPS
+    return config
+
+
 def load_seeds(out_dir: Path, benchmark: str, suffix: str) -> dict[int, dict]:
     """The seed files of one benchmark and suffix; refuses to pool runs of different configurations."""
     pattern = re.compile(rf"^{benchmark}{re.escape(suffix)}_seed(\d+)\.json$")
@@ -77,8 +88,7 @@ def load_seeds(out_dir: Path, benchmark: str, suffix: str) -> dict[int, dict]:
         m = pattern.match(f.name)
         if m:
             runs[int(m.group(1))] = json.loads(f.read_text())
-            run_args = runs[int(m.group(1))].get("args") or {}
-            configs[f.name] = {k: run_args.get(k) for k in C.CONFIG_ARGS if k in run_args}
+            configs[f.name] = run_config(runs[int(m.group(1))].get("args") or {})
     if len({json.dumps(c, sort_keys=True) for c in configs.values()}) > 1:
         shown = "\n".join(f"  {name}: {config}" for name, config in configs.items())
         raise SystemExit(f"the seed files of {benchmark}{suffix} were run with different configurations:\n{shown}")

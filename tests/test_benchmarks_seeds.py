@@ -220,6 +220,10 @@ def test_other_model_sizes_get_their_own_files_and_are_never_pooled(tmp_path):
     with pytest.raises(SystemExit, match=r"integration were run with different configurations"):
         aggregate.main(["--out-dir", str(tmp_path)])
     (seeds / "integration_seed2.json").unlink()
+    # an argument a file of an older version lacks counts as its default, not as a different configuration
+    newer = json.loads((seeds / "integration_seed1.json").read_text())
+    newer["args"].update({"adam_eps": None, "steps": 600, "tie_break": "median"})
+    (seeds / "integration_seed1.json").write_text(json.dumps(newer))
     assert aggregate.main(["--out-dir", str(tmp_path)])["tables"]["integration_pbmc68k"]["seeds"] == [0, 1]
     with pytest.raises(SystemExit, match=r"no seed files"):
         aggregate.main(["--out-dir", str(tmp_path), "--suffix", "_tierandom"])

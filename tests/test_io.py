@@ -653,3 +653,13 @@ def test_weights_file_gets_the_same_permissions_as_the_other_files(tmp_path, voc
     path = _write(tmp_path / "model", vocab)
     modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
     assert len(set(modes.values())) == 1, modes  # safetensors alone would write model.safetensors as 0600
+
+
+def test_a_path_through_a_symlink_and_dotdot_is_written_where_the_os_resolves_it(tmp_path, vocab, monkeypatch):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "w").mkdir()
+    monkeypatch.chdir(tmp_path / "w")
+    os.symlink(tmp_path / "a" / "b", "lnk")
+    _write(Path("lnk/../out"), vocab)  # the OS resolves lnk first: a/out, not w/out
+    assert (tmp_path / "a" / "out" / "config.json").is_file() and not (tmp_path / "w" / "out").exists()
+    assert read_checkpoint("lnk/../out").vocab == vocab

@@ -6,6 +6,8 @@ the model is the tests' tiny one, untrained unless a test trains it for a step o
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scvi
@@ -282,7 +284,7 @@ def test_load_keeps_the_users_set_up_where_the_saved_layer_holds_no_counts(cells
     with pytest.raises(ValueError, match=r"set up with layer='counts'"):  # the advice when nothing was set up ...
         GeneMambaModel.load(tmp_path / "m", adata=query.copy(), accelerator="cpu")
     GeneMambaModel.setup_anndata(query, layer="counts")  # ... followed
-    with pytest.warns(UserWarning, match=r"reads them as this AnnData was set up: \{'layer': 'counts'\}"):
+    with pytest.warns(UserWarning, match=r"layer=None, which holds none in this AnnData; .* set up: layer='counts'"):
         loaded = GeneMambaModel.load(tmp_path / "m", adata=query, accelerator="cpu")
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation(indices=range(16))
@@ -333,3 +335,36 @@ def test_embeddings_of_a_diverged_model_are_refused_not_returned_as_nan(model_an
         RuntimeError, match=r"embeddings of 64 of 64 cells are not finite \(the model's weights are not"
     ):
         broken.get_latent_representation()
+
+
+def test_load_keeps_the_users_labels_where_the_saved_model_has_none(model_and_data, tmp_path):
+    model, adata = model_and_data  # set up without labels
+    model.save(tmp_path / "m")
+    mine = adata.copy()
+    GeneMambaModel.setup_anndata(mine, layer="counts", labels_key="bulk_labels")  # to fine-tune on my labels
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        loaded = GeneMambaModel.load(tmp_path / "m", adata=mine, accelerator="cpu")
+    assert loaded.adata_manager.registry["setup_args"]["labels_key"] == "bulk_labels"
+    assert not [w for w in seen if "set up with" in str(w.message)]
+    loaded.train_classifier(max_epochs=1, accelerator="cpu", enable_progress_bar=False, batch_size=32)
+    assert len(loaded.predict()) == mine.n_obs
+
+
+def test_a_torch_device_name_with_an_index_asks_lightning_for_that_gpu(monkeypatch):
+    import scvi.model._utils as scvi_utils
+
+    from genemamba_scvi.model._utils import _torch_device
+
+    seen = {}
+
+    def fake(accelerator, devices, return_device):
+        seen.update(accelerator=accelerator, devices=devices)
+        return accelerator, devices, torch.device("cpu")
+
+    monkeypatch.setattr(scvi_utils, "parse_device_args", fake)
+    _torch_device("auto", "cuda:1")
+    assert seen == {"accelerator": "gpu", "devices": [1]}  # a list: an int would be a number of GPUs
+    _torch_device("auto", "cuda")
+    assert seen == {"accelerator": "gpu", "devices": "auto"}
+    assert _torch_device("gpu", "cpu") == torch.device("cpu")

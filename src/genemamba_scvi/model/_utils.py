@@ -78,7 +78,7 @@ def _torch_device(accelerator: str, device: int | str) -> torch.device:
         named = torch.device(device)
         if named.type == "cpu":
             return named
-        accelerator, device = "gpu", named.index if named.index is not None else "auto"
+        accelerator, device = "gpu", [named.index] if named.index is not None else "auto"  # an int: a GPU count
     return parse_device_args(accelerator=accelerator, devices=device, return_device="torch")[2]
 
 
@@ -180,32 +180,46 @@ def _set_up_again_for_load(
 ) -> None:
     """``load`` onto an AnnData the user set up already: the saved arguments win, as in scvi-tools' ``load``.
 
-    Where the user's set-up reads counts from another place (``layer``, ``gene_id_key``), that is said. If the saved
-    place holds no raw counts in this AnnData while the user's does (the user set it up to say where they are), the
-    user's set-up is kept, with a warning, instead of an error whose advice would be the set-up already made.
+    Where the user's set-up reads counts from another place (``layer``, ``gene_id_key``), that is said. A labels or
+    batch column the saved model has none of stays the user's (to fine-tune a loaded model on their labels). If the
+    saved layer holds no raw counts in this AnnData while the user's does (the user set it up to say where they are),
+    the user's layer is kept, with a warning, instead of an error whose advice would be the set-up already made.
     """
-    if current == saved:
+    args = dict(saved)
+    for key in ("labels_key", "batch_key"):
+        if args.get(key) is None and current.get(key) is not None:
+            args[key] = current[key]
+    if current == args:
         return
-    changed = {k: current.get(k) for k in ("layer", "gene_id_key") if current.get(k) != saved.get(k)}
-    try:
-        _register_afresh(model_cls, adata, saved)
-    except (NotCountsError, ValueError) as err:
-        if "layer" not in changed:
-            raise
-        _register_afresh(model_cls, adata, current)
+    changed = {k: current.get(k) for k in ("layer", "gene_id_key") if current.get(k) != args.get(k)}
+    if "layer" in changed and not _holds_counts(adata, args.get("layer")) and _holds_counts(adata, current["layer"]):
+        args["layer"] = current["layer"]
         message = (
-            f"the saved model reads raw counts from layer={saved.get('layer')!r}, which this AnnData cannot give "
-            f"({str(err).split(';')[0]}); it reads them as this AnnData was set up: {changed}"
+            f"the saved model reads raw counts from layer={saved.get('layer')!r}, which holds none in this AnnData; it "
+            f"reads them as this AnnData was set up: layer={current['layer']!r}"
         )
-    else:
-        if not changed:
-            return
+    elif changed:
         message = (
             f"this AnnData was set up with {changed}; the saved model was set up with "
-            f"{ {k: saved.get(k) for k in changed} } and reads its cells that way (as scvi-tools' load sets up an "
+            f"{ {k: args.get(k) for k in changed} } and reads its cells that way (as scvi-tools' load sets up an "
             "AnnData again with the saved arguments)"
         )
-    warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
+    else:
+        message = None
+    _register_afresh(model_cls, adata, args)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
+
+
+def _holds_counts(adata: AnnData, layer: str | None) -> bool:
+    """Whether ``adata`` holds raw counts in ``layer`` (``None``: ``X``)."""
+    if layer is not None and layer not in adata.layers:
+        return False
+    try:
+        validate_counts(count_matrix(adata, layer), "counts")
+    except NotCountsError:
+        return False
+    return True
 
 
 def _query_setup_args(adata: AnnData, setup_args: dict[str, Any], missing_labels_ok: bool = False) -> dict[str, Any]:
