@@ -13,7 +13,7 @@ import inspect
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -71,6 +71,17 @@ def _check_plan_kwargs(module, kwargs: dict[str, Any]) -> None:
             f"unknown training-plan setting(s) {unknown}: plan_kwargs take lr, weight_decay, eps, betas, "
             "warmup_fraction, min_lr_ratio and scvi-tools' TrainingPlan arguments"
         )
+
+
+def minibatch_loss(trainer, pl_module, outputs) -> Any:
+    """The loss of the minibatch a callback's ``on_train_batch_end`` sees, undivided.
+
+    Lightning hands on the loss divided by ``accumulate_grad_batches`` under automatic optimisation.
+    """
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    if isinstance(loss, torch.Tensor) and pl_module.automatic_optimization:
+        loss = loss * trainer.accumulate_grad_batches
+    return loss
 
 
 def _warmup_cosine(step: int, *, warmup: int, total: int, floor: float) -> float:
@@ -256,10 +267,8 @@ class StepProgressBar(ProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._bar is not None:
             self._bar.update(1)
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # this minibatch's loss
+            loss = minibatch_loss(trainer, pl_module, outputs)
             if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-                if pl_module.automatic_optimization:  # Lightning hands on the loss divided for accumulation
-                    loss = loss * trainer.accumulate_grad_batches
                 self._bar.set_postfix(train_loss=f"{float(loss):.3f}", refresh=False)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -278,8 +278,8 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         match = _match_query_genes(self.vocab_, ids, medians, self.min_gene_overlap)
         n_unknown = int((match.token_ids < 0).sum())
         reported = self.__dict__.setdefault("_unknown_genes_reported", set())  # once per model and gene list
-        if warn_unknown and n_unknown and hash(tuple(ids)) not in reported:
-            reported.add(hash(tuple(ids)))
+        if warn_unknown and n_unknown and (key := hash(tuple(ids))) not in reported:
+            reported.add(key)
             fate = "ignored"
             if self._tokenization == "published" and self._unk_token is not None:
                 fate = f"tokenised as {self._unk_token} (published tokenization)"

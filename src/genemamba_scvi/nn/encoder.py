@@ -102,9 +102,10 @@ def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooli
         ``[batch, d]``.
     """
     if pooling == "cls":  # position 0; a cell without tokens (its position 0 is a pad) gives zeros
-        if lengths is None or hidden.shape[1] == 0:
-            return hidden[:, 0] if hidden.shape[1] else hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
-        return hidden[:, 0] * (lengths.to(hidden.device) > 0).to(hidden.dtype).unsqueeze(-1)
+        if hidden.shape[1] == 0:
+            return hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
+        first = hidden[:, 0]
+        return first if lengths is None else first * (lengths.to(hidden.device) > 0).to(first.dtype).unsqueeze(-1)
     if pooling != "mean":
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     L = hidden.shape[1]
@@ -314,14 +315,14 @@ class GeneMambaEncoder(nn.Module):
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must be [batch] = [{batch}], got shape {tuple(lengths.shape)}")
         check_lengths(lengths, seq_len)
-        check_tokens(tokens, self.vocab_size)
         if seq_len == 0:  # no positions: nothing to compute (the padded kernels cannot take L = 0)
             return tokens.new_zeros(batch, 0, self.d_model, dtype=self.embedding.weight.dtype)
-        if packed:
+        if packed:  # forward_packed checks the packed tokens
             if seq_idx is not None:
                 raise ValueError("packed=True packs by lengths; do not pass seq_idx")
             tokens_packed, cu = pack_tokens(tokens, lengths)
             return unpack_hidden(self.forward_packed(tokens_packed, cu), lengths, seq_len)
+        check_tokens(tokens, self.vocab_size)
         sub = self._sub_batch_size(batch, seq_len, tokens.device)
         if sub >= batch:
             self.last_n_sub_batches = 1

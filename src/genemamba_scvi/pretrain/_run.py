@@ -19,7 +19,13 @@ from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.pretrain._data import CorpusDataModule
-from genemamba_scvi.train import GeneMambaTrainingPlan, LightningCheckpoint, StepProgressBar, training_session
+from genemamba_scvi.train import (
+    GeneMambaTrainingPlan,
+    LightningCheckpoint,
+    StepProgressBar,
+    minibatch_loss,
+    training_session,
+)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -78,9 +84,7 @@ class StepLossHistory(pl.Callback):
         return [r["loss"] for r in self.records]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
-        if pl_module.automatic_optimization:  # Lightning hands on the loss divided for gradient accumulation
-            loss = loss * trainer.accumulate_grad_batches
+        loss = minibatch_loss(trainer, pl_module, outputs)
         self.records.append(
             {
                 "step": int(trainer.global_step),
