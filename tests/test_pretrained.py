@@ -161,12 +161,12 @@ def _adata(seed: int = 0, n_cells: int = 12) -> anndata.AnnData:
 
 
 def _published_tokens(counts: np.ndarray, var_names: list[str], seq_len: int, cls_id: int | None) -> list[list[int]]:
-    """permute_genes_by_expression + [:, :seq_len] + [CLS] in front, with ties in column order."""
+    """permute_genes_by_expression + [:, :seq_len] + [CLS] in front, with ties in token-id order."""
     vocab = _official_vocab()
     gene_ids = [vocab.get(name, vocab["[UNK]"]) for name in var_names]  # convert_tokens_to_ids -> [UNK]
     cells = []
     for row in counts:
-        order = sorted(range(len(row)), key=lambda j: (-float(row[j]), j))
+        order = sorted(range(len(row)), key=lambda j: (-float(row[j]), gene_ids[j]))
         ids = [gene_ids[j] for j in order][:seq_len]
         cells.append(([cls_id] if cls_id is not None else []) + ids)
     return cells
@@ -385,15 +385,30 @@ def test_published_tokenize_matches_a_slow_per_cell_reference(max_genes, add_cls
     tokens, lengths = published_tokenize(
         sp.csr_matrix(counts), ids, max_genes=max_genes, add_cls=add_cls, unk_id=99, chunk_size=7
     )
+    tok = [int(i) if i >= 0 else 99 for i in ids]
     for c, row in enumerate(counts):
-        order = sorted(range(len(row)), key=lambda j: (-row[j], j))
-        expected = ([1] if add_cls else []) + [int(ids[j]) if ids[j] >= 0 else 99 for j in order][:max_genes]
+        order = sorted(range(len(row)), key=lambda j: (-row[j], tok[j]))  # ties by token id
+        expected = ([1] if add_cls else []) + [tok[j] for j in order][:max_genes]
         assert lengths[c] == len(expected)
         assert tokens[c, : lengths[c]].tolist() == expected
         assert not tokens[c, lengths[c] :].any()
     # without an unknown token, genes outside the vocabulary are left out
     tokens, lengths = published_tokenize(counts, ids, max_genes=40)
     assert (lengths == 21).all() and not np.isin(tokens, [99, -1]).any()
+
+
+def test_published_tokenize_does_not_depend_on_the_column_order():
+    # ties (the zero-count genes above all) follow the token ids, not adata.var's order: a user's reordered or
+    # differently sorted AnnData gives the same tokens (until session 19 they followed the columns)
+    rng = np.random.default_rng(9)
+    counts = rng.poisson(0.5, size=(20, 30)).astype(np.float64)
+    ids = np.arange(3, 33)
+    ids[[2, 7]] = -1
+    perm = rng.permutation(30)
+    for unk in (99, None):
+        a = published_tokenize(sp.csr_matrix(counts), ids, max_genes=25, unk_id=unk)
+        b = published_tokenize(sp.csr_matrix(counts[:, perm]), ids[perm], max_genes=25, unk_id=unk)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_published_tokenize_is_invariant_to_library_size_and_log():
@@ -420,6 +435,16 @@ def test_model_tokens_are_the_published_ones(tmp_path):
     to_official[model.vocab_.cls_id] = len(official)
     ours = [[to_official[int(t)] for t in row[:n]] for row, n in zip(tokens, lengths, strict=True)]
     assert ours == _published_tokens(adata.X.toarray(), list(adata.var_names), 10, len(official))
+
+
+def test_published_model_embeds_a_reordered_anndata_the_same(tmp_path):
+    """docs/api.md: query genes are matched by id in any order, under the published tokenization too."""
+    path = _write_github(tmp_path / "g", _official_tensors("mean"))
+    adata = _adata(seed=10)
+    model = _load(path, adata, max_genes=10)
+    reordered = adata[:, np.random.default_rng(3).permutation(adata.n_vars)].copy()
+    z = model.get_latent_representation()
+    assert np.array_equal(z, model.get_latent_representation(reordered))
 
 
 def test_published_model_without_medians_judges_a_query_by_its_own_genes(tmp_path):

@@ -391,9 +391,10 @@ def published_tokenize(
     -----
     - Genes with a zero value are ranked like any other (after all expressed genes), so every cell
       has the same length and a cell with few expressed genes is filled up with unexpressed ones.
-    - Ties (equal values, in particular all the zeros) are ordered by column, i.e. by the order of
-      ``adata.var``. The published ``np.argsort(-x)`` uses numpy's default, unstable sort, whose tie
-      order is not specified; the stable order is the reproducible choice closest to it.
+    - Ties (equal values, in particular all the zeros) are ordered by token id, so the tokens do not
+      depend on the order of ``adata.var``. The published ``np.argsort(-x)`` uses numpy's default,
+      unstable sort over the columns of its data, whose tie order is not specified and cannot be matched;
+      the vocabulary's order is the reproducible choice that is the same for every AnnData.
     - NaN or negative values raise ``ValueError``.
     """
     Xc = _to_csr(X)
@@ -407,6 +408,10 @@ def published_tokenize(
     if max_genes < 1:
         raise ValueError(f"max_genes must be >= 1, got {max_genes}")
     columns = np.flatnonzero(tok >= 0)
+    # Columns taken in token-id order, so that the stable sort below breaks ties by token id: the tokens then
+    # depend on the cell's genes and values alone, not on the order of adata.var.
+    by_id = np.argsort(tok[columns], kind="stable")
+    columns = columns[by_id]
     col_ids = tok[columns].astype(np.int32)
     k = min(max_genes, columns.size)
     offset = int(bool(add_cls))
@@ -423,7 +428,7 @@ def published_tokenize(
                 f"X contains {'NaN' if np.isnan(dmin) else 'negative'} values (e.g. {dmin}); "
                 "published_tokenize ranks expression values, which must be >= 0"
             )
-    sub = Xc[:, columns] if columns.size < n_genes else Xc
+    sub = Xc if np.array_equal(columns, np.arange(n_genes)) else Xc[:, columns]
     step = int(chunk_size) if chunk_size is not None else max(1, _PUBLISHED_CHUNK_ELEMENTS // max(columns.size, 1))
     if step < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
