@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import scvi
 import torch
@@ -264,13 +265,20 @@ def test_empty_indices_give_empty_results_of_every_kind(model_and_data, tmp_path
 def test_save_with_the_anndata_leaves_its_string_columns_alone(model_and_data, tmp_path):
     model, adata = model_and_data
     adata.obs["note"] = np.where(np.arange(adata.n_obs) % 3, "kept", "other").astype(object)
-    dtypes = adata.obs.dtypes.to_dict()
+    # a partial annotation (object strings with NaN, as from .map(dict) or an outer concat) and pandas "string"
+    # columns: anndata writes them only as categoricals, which scvi-tools' save does in place (user probe)
+    adata.obs["partial"] = pd.Series(np.where(np.arange(adata.n_obs) % 2, "T cell", None), index=adata.obs_names)
+    adata.var["symbol"] = pd.array(adata.var_names.str.upper(), dtype="string")
+    dtypes = (adata.obs.dtypes.to_dict(), adata.var.dtypes.to_dict())
     try:
         model.save(tmp_path / "m", save_anndata=True)  # anndata's write would make "note" categorical in memory
-        assert adata.obs.dtypes.to_dict() == dtypes
-        assert GeneMambaModel.load(tmp_path / "m").adata.obs["note"].tolist() == adata.obs["note"].tolist()
+        assert (adata.obs.dtypes.to_dict(), adata.var.dtypes.to_dict()) == dtypes
+        loaded = GeneMambaModel.load(tmp_path / "m").adata
+        assert loaded.obs["note"].tolist() == adata.obs["note"].tolist()
+        assert loaded.obs["partial"].isna().tolist() == adata.obs["partial"].isna().tolist()
+        assert loaded.var["symbol"].astype(str).tolist() == adata.var["symbol"].astype(str).tolist()
     finally:
-        del adata.obs["note"]
+        del adata.obs["note"], adata.obs["partial"], adata.var["symbol"]
 
 
 def test_load_keeps_the_users_set_up_where_the_saved_layer_holds_no_counts(cells, tmp_path):

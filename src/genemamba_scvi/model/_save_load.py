@@ -21,6 +21,7 @@ from genemamba_scvi.model._utils import (
     _query_setup_args,
     _register_afresh,
     _set_up_again_for_load,
+    _shallow_copy_for_writing,
     _torch_device,
     _user_stacklevel,
 )
@@ -149,8 +150,9 @@ class GeneMambaSaveLoadMixin:
             so that ``GeneMambaModel.load(dir_path)`` needs no ``adata``, as in scvi-tools.
         **kwargs
             With ``save_anndata``: passed to :meth:`anndata.AnnData.write_h5ad` (e.g. ``compression="gzip"``).
-            Its ``convert_strings_to_categoricals`` is ``False`` here, so that saving leaves the AnnData's string
-            columns as they are (``True`` writes them as categoricals and changes them in memory too).
+            String columns are written as categoricals, as anndata and scvi-tools do (so columns with NaN and
+            pandas ``"string"`` columns can be written), but from copies of ``obs`` / ``var``: the AnnData in
+            memory keeps its columns as they are (anndata alone converts them in place).
             scvi-tools' ``save_kwargs``, ``legacy_mudata_format`` and ``datamodule`` are accepted and have no
             effect; other keywords raise :class:`TypeError`.
         """
@@ -164,9 +166,8 @@ class GeneMambaSaveLoadMixin:
             )
         extra_files = {}
         if save_anndata:
-            adata = self.adata
-            # anndata's default turns the AnnData's string columns into categoricals in memory: not on save
-            write_kwargs.setdefault("convert_strings_to_categoricals", False)
+            # anndata turns string columns into categoricals in place: it does so here on copies of the frames
+            adata = _shallow_copy_for_writing(self.adata)
             extra_files[ANNDATA_FILE] = lambda path: adata.write_h5ad(path, **write_kwargs)
         if prefix:
             dir_path = Path(dir_path) / f"{prefix}model"

@@ -441,3 +441,42 @@ def _match_query_genes(vocab: Any, ids: list[str], medians: np.ndarray | None, m
     match = dataclasses.replace(match, min_overlap=min_overlap)  # what its report prints
     _check_gene_coverage(match, known, vocab, min_overlap)
     return match
+
+
+def _shallow_copy_for_writing(adata: AnnData) -> AnnData:
+    """An AnnData sharing ``adata``'s matrices but holding copies of ``obs``, ``var`` and ``raw.var``.
+
+    anndata's ``write_h5ad`` turns string columns into categoricals *in place* (its default, and the only way
+    it writes an object column with NaN or a pandas ``"string"`` column); writing this copy instead leaves the
+    caller's data frames as they were, and copies no matrix.
+    """
+    out = AnnData(
+        X=adata.X,
+        obs=_writable_frame(adata.obs),
+        var=_writable_frame(adata.var),
+        uns=adata.uns,
+        obsm=adata.obsm,
+        varm=adata.varm,
+        layers=adata.layers,
+        obsp=adata.obsp,
+        varp=adata.varp,
+    )
+    if adata.raw is not None:
+        out.raw = AnnData(X=adata.raw.X, var=_writable_frame(adata.raw.var), varm=adata.raw.varm)
+    return out
+
+
+def _writable_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` whose pandas ``"string"`` columns and string columns with missing values are categoricals.
+
+    anndata converts string columns to categoricals only where values repeat; a column of unique strings with a
+    missing value, or a pandas ``"string"`` column, it cannot write otherwise.
+    """
+    out = df.copy()
+    for key in out.columns:
+        col = out[key]
+        if isinstance(col.dtype, pd.StringDtype) or (
+            col.dtype == object and col.isna().any() and pd.api.types.infer_dtype(col, skipna=True) == "string"
+        ):
+            out[key] = pd.Categorical(col.astype(object).where(col.notna(), None))
+    return out
