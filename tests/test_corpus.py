@@ -217,6 +217,10 @@ def test_layer_dense_given_medians_and_cli(sample, tmp_path, capsys):
     np.testing.assert_array_equal(lengths, ref_l)
     with pytest.raises(ValueError, match="layer 'nope' not found"):
         build_corpus(p, tmp_path / "c2", layer="nope")
+    # the medians of a published-tokenization model are all NaN: refused, not a corpus ranked by nothing
+    with pytest.raises(ValueError, match=r"no finite median.*tokenization='published'"):
+        build_corpus(p, tmp_path / "c4", vocab=vocab, layer="counts", gene_medians=np.full(len(vocab), np.nan))
+    assert not (tmp_path / "c4").exists()
 
     from genemamba_scvi.cli import main
 

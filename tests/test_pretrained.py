@@ -447,6 +447,34 @@ def test_published_model_embeds_a_reordered_anndata_the_same(tmp_path):
     assert np.array_equal(z, model.get_latent_representation(reordered))
 
 
+def test_from_pretrained_sets_up_with_the_arguments_given_also_on_a_set_up_anndata(tmp_path):
+    # user probe: set-up arguments were silently ignored when the AnnData was set up already
+    path = _write_github(tmp_path / "g", _official_tensors("mean"))
+    adata = _adata(seed=11)
+    adata.layers["counts"] = adata.X.copy()
+    GeneMambaModel.setup_anndata(adata)
+    with pytest.warns(UserWarning, match=r"set up again with the arguments given here: \{'layer': 'counts'\}"):
+        model = GeneMambaModel.from_pretrained(path, adata, backend="torch", layer="counts")
+    assert model.adata_manager.registry["setup_args"]["layer"] == "counts"
+    with pytest.raises((KeyError, ValueError), match="no_such_column"):
+        GeneMambaModel.from_pretrained(path, adata, backend="torch", labels_key="no_such_column")
+    fresh = _adata(seed=11)
+    with pytest.raises((KeyError, ValueError), match="no_such_column"):
+        GeneMambaModel.from_pretrained(path, fresh, backend="torch", labels_key="no_such_column")
+
+
+def test_the_unknown_gene_token_is_not_counted_or_listed_as_a_gene(tmp_path):
+    # user probe: "20 of 21 vocabulary genes present" with every gene present, and an [UNK] row of gene embeddings
+    path = _write_github(tmp_path / "g", _official_tensors("mean"))
+    adata = _adata(seed=12)
+    model = _load(path, adata)
+    assert model._unk_token is not None and model._unk_token in model.vocab_
+    emb = model.get_gene_embeddings()
+    assert list(emb.index) == GENES
+    with pytest.warns(UserWarning, match=r"vocabulary coverage: 20 of 20 vocabulary genes"):
+        model.get_latent_representation(adata[:, ::-1].copy())  # a new gene list: the unknown genes are reported
+
+
 def test_published_model_without_medians_judges_a_query_by_its_own_genes(tmp_path):
     """No gene medians (published tokenization): no coverage warning on a query, and the query-side rule refuses."""
     path = _write_github(tmp_path / "g", _official_tensors("mean"))

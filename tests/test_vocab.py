@@ -213,8 +213,10 @@ def test_duplicated_var_names_raise():
 def test_two_names_same_token():
     vocab = GeneVocab([KNOWN["TP53"], KNOWN["CD3E"]])
     query = [KNOWN["TP53"] + ".1", KNOWN["TP53"] + ".2", KNOWN["CD3E"]]
-    with pytest.raises(ValueError, match=r"'ENSG00000141510.1' and 'ENSG00000141510.2' -> 'ENSG00000141510'"):
+    with pytest.raises(ValueError, match=r"'ENSG00000141510.1' and 'ENSG00000141510.2' -> 'ENSG00000141510'") as err:
         vocab.match(query)
+    # the advice holds where the model or build_corpus matched (they take no on_collision): drop a column
+    assert "Remove one column of each pair from the data" in str(err.value)
     m = vocab.match(query, on_collision="first")
     assert m.token_ids.tolist() == [3, -1, 4]
     assert m.collisions == [(query[1], query[0], KNOWN["TP53"])]

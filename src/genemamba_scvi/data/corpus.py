@@ -276,6 +276,13 @@ def build_corpus(
         raise ValueError(f"max_genes must be >= {2 if add_cls else 1}, got {max_genes}")
     if median_method not in ("exact", "tdigest"):
         raise ValueError(f"median_method must be 'exact' or 'tdigest', got {median_method!r}")
+    if gene_medians is not None and not np.isfinite(np.asarray(gene_medians, dtype=np.float64)).any():
+        raise ValueError(
+            "gene_medians holds no finite median: a corpus ranks genes by count / cell total / gene median, and "
+            "these medians are all NaN (as a model from from_pretrained(..., tokenization='published') has: it "
+            "ranks raw values and stores no medians). Pass gene_medians=None to compute them from the files, or "
+            "the medians of a model with tokenization='ranked'"
+        )
     chunk_size, shard_size, max_genes = int(chunk_size), int(shard_size), int(max_genes)
     chunk_size = min(chunk_size, shard_size)
     paths = resolve_inputs(inputs)

@@ -562,8 +562,8 @@ class GeneVocab:
                     )
                     raise ValueError(
                         f"{len(conflicts)} var_names map to a token already taken by another var_name "
-                        f"({MATCH_METHODS[how]} match): {shown}. Remove or rename one of each pair, or pass "
-                        "on_collision='first' to keep the first"
+                        f"({MATCH_METHODS[how]} match): {shown}. Remove one column of each pair from the data (or sum "
+                        "the two into one); called directly, GeneVocab.match(..., on_collision='first') keeps the first"
                     )
                 collisions += [(names[a], names[b], self.tokens[t]) for a, b, t in conflicts]
             claimed.update(stage_claims)

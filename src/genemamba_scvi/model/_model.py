@@ -275,7 +275,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
     def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
         medians = getattr(self, "gene_medians_", None)
         ids = self._gene_ids(adata)
-        match = _match_query_genes(self.vocab_, ids, medians, self.min_gene_overlap)
+        match = _match_query_genes(self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token)
         n_unknown = int((match.token_ids < 0).sum())
         reported = self.__dict__.setdefault("_unknown_genes_reported", set())  # once per model and gene list
         if warn_unknown and n_unknown and (key := hash(tuple(ids))) not in reported:
@@ -460,6 +460,10 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         return pd.Index(self.label_names_)[probs.argmax(axis=1)].to_numpy()
 
     def get_gene_embeddings(self) -> pd.DataFrame:
-        """Input gene embeddings (the token embedding table), genes x ``d_model``, indexed by vocabulary gene."""
+        """Input gene embeddings (the token embedding table), genes x ``d_model``, indexed by vocabulary gene.
+
+        The rows of the special tokens, and of a published vocabulary's unknown-gene token, are left out.
+        """
         weight = self.module.encoder.embedding.weight.detach().float().cpu().numpy()
-        return pd.DataFrame(weight[self.vocab_.n_special :], index=pd.Index(self.vocab_.genes, name="gene"))
+        table = pd.DataFrame(weight[self.vocab_.n_special :], index=pd.Index(self.vocab_.genes, name="gene"))
+        return table.drop(index=self._unk_token) if self._unk_token is not None else table

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scvi.data._constants import _SCVI_UUID_KEY
+from scvi.data._utils import _assign_adata_uuid
 
 from genemamba_scvi import __version__
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
@@ -221,9 +222,25 @@ class GeneMambaSaveLoadMixin:
     ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
         """The model on ``adata``; ``saved_setup``: ``setup_args`` are the saved model's and win (scvi's ``load``).
 
-        Otherwise (``from_pretrained``) they apply only to an AnnData not set up yet.
+        Otherwise (``from_pretrained``) they are the user's: ``adata`` is set up with them, checked by
+        :meth:`setup_anndata`, replacing (with a warning) an earlier set-up that they change.
         """
         manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
+        if not saved_setup and setup_args:
+            before = dict(manager.registry["setup_args"]) if manager is not None and manager.adata is adata else None
+            if manager is not None and manager.adata is not adata:  # a copy of a registered AnnData: its own id
+                _assign_adata_uuid(adata, overwrite=True)
+            cls.setup_anndata(adata, **setup_args)
+            after = dict(cls._setup_adata_manager_store[adata.uns[_SCVI_UUID_KEY]].registry["setup_args"])
+            if before is not None and before != after:
+                changed = sorted(k for k in after if before.get(k) != after[k])
+                warnings.warn(
+                    f"this AnnData was set up with { {k: before.get(k) for k in changed} }; it is set up again with "
+                    f"the arguments given here: { {k: after[k] for k in changed} }",
+                    UserWarning,
+                    stacklevel=_user_stacklevel(),
+                )
+            return cls(adata, vocab=vocab, gene_medians=gene_medians, **config)
         if not saved_setup and not setup_args and manager is not None:  # a copy keeps its original's set-up
             setup_args = dict(manager.registry["setup_args"])
         args = _query_setup_args(adata, setup_args or {}, missing_labels_ok=saved_setup)
@@ -385,7 +402,9 @@ class GeneMambaSaveLoadMixin:
             Where to put the model, as in :meth:`load` (default: a GPU when there is one, so that
             :meth:`get_latent_representation` runs there).
         **setup_kwargs
-            :meth:`setup_anndata` arguments, used when ``adata`` is not set up yet.
+            :meth:`setup_anndata` arguments. Given, ``adata`` is set up with them (an earlier set-up that they change
+            is replaced, with a warning); without them an AnnData not set up yet is set up with the defaults, and
+            one set up already is read as it was set up.
 
         Notes
         -----
@@ -428,7 +447,8 @@ class GeneMambaSaveLoadMixin:
             unk_token=info.get("unk_token"),
         )
         model = cls._from_parts(adata, config, vocab, gene_medians, setup_kwargs)
-        _warn_few_published_genes(model._match_genes(adata, warn_unknown=False), len(vocab.genes))
+        n_genes = len(vocab.genes) - (info.get("unk_token") in vocab)  # the unknown-gene token is no gene
+        _warn_few_published_genes(model._match_genes(adata, warn_unknown=False), n_genes)
         model.module.encoder.load_state_dict(enc_state, strict=True)
         if lm_state is not None:
             model.module.lm_head.load_state_dict(lm_state, strict=True)

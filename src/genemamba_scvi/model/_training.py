@@ -318,8 +318,9 @@ class GeneMambaTrainingMixin:
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (``accumulate_grad_batches``,
             ``strategy="ddp"``, ``max_steps``, ...). scvi-tools' ``shuffle_set_split`` (``False``: the first
-            cells train, the next validate) goes to the data splitter, as there; its ``load_sparse_tensor`` is
-            accepted and changes nothing (minibatches are always tokenized from the rows of a sparse matrix).
+            cells validate, the next train, the rest are test cells) goes to the data splitter, as there; its
+            ``load_sparse_tensor`` is accepted and changes nothing (minibatches are always tokenized from the rows of
+            a sparse matrix).
         """
         run_args = _run_args(locals())
         self.module.set_objective(objective)

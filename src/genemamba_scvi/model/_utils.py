@@ -419,7 +419,9 @@ def _warn_unmatched_genes(match: Any, n_vars: int, fate: str) -> None:
     warnings.warn(f"{'; '.join(parts)}.\n{match.report()}", UserWarning, stacklevel=_user_stacklevel())
 
 
-def _match_query_genes(vocab: Any, ids: list[str], medians: np.ndarray | None, min_overlap: float) -> Any:
+def _match_query_genes(
+    vocab: Any, ids: list[str], medians: np.ndarray | None, min_overlap: float, unk_token: str | None = None
+) -> Any:
     """The :class:`~genemamba_scvi.data.vocab.GeneMatch` of an AnnData's gene ids against a model's vocabulary.
 
     Setting up, or a model without gene medians (the published tokenization): the share of the ids found in the
@@ -428,7 +430,7 @@ def _match_query_genes(vocab: Any, ids: list[str], medians: np.ndarray | None, m
     """
     known = np.isfinite(medians) if medians is not None else None
     if known is None or not known.any():
-        return vocab.match(ids, min_overlap=min_overlap)
+        return _without_unk(vocab.match(ids, min_overlap=min_overlap), vocab, unk_token)
     try:
         match = vocab.match(ids, min_overlap=0.0)
     except ValueError as err:  # no gene matched at all: the ids themselves are wrong
@@ -440,7 +442,14 @@ def _match_query_genes(vocab: Any, ids: list[str], medians: np.ndarray | None, m
         ) from err
     match = dataclasses.replace(match, min_overlap=min_overlap)  # what its report prints
     _check_gene_coverage(match, known, vocab, min_overlap)
-    return match
+    return _without_unk(match, vocab, unk_token)
+
+
+def _without_unk(match: Any, vocab: Any, unk_token: str | None) -> Any:
+    """``match`` whose vocabulary count leaves out the unknown-gene token of a published vocabulary (not a gene)."""
+    if unk_token is None or unk_token not in vocab:
+        return match
+    return dataclasses.replace(match, n_vocab_genes=match.n_vocab_genes - 1)
 
 
 def _shallow_copy_for_writing(adata: AnnData) -> AnnData:
