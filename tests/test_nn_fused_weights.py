@@ -64,7 +64,8 @@ def test_linear_low_equals_autocast_linear_with_gradients(monkeypatch, bias):
 def test_weights_once_leave_the_fused_training_step_bit_identical(monkeypatch):
     """The encoder's training step on the fused path under bf16 autocast (forced on under Triton's interpreter on a
     CPU): with the option on, every layer's ``in_proj`` and merge read their casts from the batch's cache, and the
-    output and every parameter gradient are bit-identical to the per-layer casts'."""
+    output and every parameter gradient are bit-identical to the per-layer casts' (on a GPU: the output bit for
+    bit, the gradients to fp32 rounding, as atomically summed gradients vary from run to run there)."""
     pytest.importorskip("triton")
     from genemamba_scvi.nn import fused_merge
 
@@ -93,4 +94,8 @@ def test_weights_once_leave_the_fused_training_step_bit_identical(monkeypatch):
     assert torch.equal(h1, h2)
     assert g1.keys() == g2.keys() and len(g1) > 10
     for n in g1:
-        assert torch.equal(g1[n], g2[n]), n
+        if h1.is_cuda:  # on a GPU some gradients (dt_bias first, session 19, H100) are summed by atomics in
+            # an order that varies from run to run: equal to fp32 rounding, not bit for bit
+            torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-6, msg=n)
+        else:
+            assert torch.equal(g1[n], g2[n]), n
