@@ -219,6 +219,33 @@ def test_resume_reproduces_uninterrupted_losses(
     assert result.vocab.genes and result.gene_medians.shape == (len(result.vocab),)
 
 
+@pytest.mark.parametrize("keep", [-1, 2])
+def test_resume_with_accumulation_writes_each_step_checkpoint_once_and_reproduces_the_run(
+    corpus_dir, tmp_path, one_thread, keep
+):
+    # 18 batches an epoch, 2 per optimiser step; keep=2 once kept step000000004-v1.ckpt and deleted the right file
+    common = {"batch_size": 32, "accumulate_grad_batches": 2, "checkpoint_every_n_steps": 2, "keep_checkpoints": keep}
+    _, ref = _train(corpus_dir, checkpoint_dir=tmp_path / "ref", **common)
+    names = sorted(p.name for p in (tmp_path / "ref").iterdir())
+    steps = [2, 4, 6] if keep == -1 else [4, 6]
+    assert names == ["last.ckpt", *(f"step{s:09d}.ckpt" for s in steps)]
+    ckpt_dir = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="simulated crash"):  # after step 4, before the window's first batch
+        _train(corpus_dir, checkpoint_dir=ckpt_dir, callbacks=[_CrashAt(4)], **common)
+    # the resumed run's first batch only accumulates: it must not write step 4 again (as step000000004-v1.ckpt)
+    _, result = _train(corpus_dir, checkpoint_dir=ckpt_dir, ckpt_path="last", **common)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == names
+    for a, b in zip(result.module.state_dict().values(), ref.module.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # every step checkpoint before the last resumes exactly (into a new directory: no collision with later files)
+    for step in steps[:-1]:
+        out = tmp_path / f"from{step}"
+        _, again = _train(corpus_dir, checkpoint_dir=out, ckpt_path=ckpt_dir / f"step{step:09d}.ckpt", **common)
+        assert not [p.name for p in out.iterdir() if "-v" in p.name]
+        for a, b in zip(again.module.state_dict().values(), ref.module.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------------------------- model wrapper
 def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path):
     from genemamba_scvi import GeneMambaModel

@@ -288,6 +288,15 @@ class LightningCheckpoint(SaveCheckpoint):
     refreshed at every save. Its state inside a checkpoint file is kept under the key Lightning's
     ``ModelCheckpoint`` uses (``state_name``), so checkpoints written with one resume with the other.
 
+    A step checkpoint (``every_n_train_steps``) is written only at the end of a batch that made an optimiser
+    step, so exactly once per checkpoint step and never in the middle of a gradient-accumulation window.
+    Lightning's ``ModelCheckpoint`` tests ``global_step % every_n_train_steps`` at the end of every batch, and
+    with ``accumulate_grad_batches > 1`` the batches after a step keep its ``global_step``; it relies on the
+    step it last saved to skip them, which it does not restore on resume: the first batch after a resume,
+    which only accumulates gradients, would write the resumed step again (``stepNNN-v1.ckpt``, one batch
+    later, without the accumulated gradients, so a resume from it would not reproduce the run, and
+    ``save_top_k`` could delete the right file in its favour).
+
     Parameters
     ----------
     dirpath
@@ -302,6 +311,7 @@ class LightningCheckpoint(SaveCheckpoint):
     def __init__(self, dirpath: str, **kwargs: Any):
         super().__init__(dirpath=dirpath, **kwargs)
         self.save_last = True  # SaveCheckpoint drops save_last from its kwargs; we want last.ckpt
+        self._step_at_batch_start: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -311,7 +321,22 @@ class LightningCheckpoint(SaveCheckpoint):
 
     # Lightning's own behaviour everywhere scvi's SaveCheckpoint would write model dirs instead.
     on_save_checkpoint = ModelCheckpoint.on_save_checkpoint
-    on_train_batch_end = ModelCheckpoint.on_train_batch_end
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Note the optimiser steps taken before this batch."""
+        self._step_at_batch_start = int(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Lightning's step (and time) checkpoints, but only after a batch that made an optimiser step.
+
+        A batch that only accumulated gradients is skipped (see the class docstring); a save it would have
+        made is made at the end of the next batch that steps (a time-triggered one included).
+        """
+        stepped = self._step_at_batch_start is None or trainer.global_step != self._step_at_batch_start
+        if pl_module.automatic_optimization and not stepped:
+            return
+        ModelCheckpoint.on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx)
+
     on_train_end = ModelCheckpoint.on_train_end
     on_exception = ModelCheckpoint.on_exception
     _update_best_and_save = ModelCheckpoint._update_best_and_save
