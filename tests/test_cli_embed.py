@@ -112,3 +112,91 @@ def test_embed_with_a_published_checkpoint(tmp_path):
     assert rc == 0
     expected = _load(checkpoint, adata.copy(), max_genes=2048).get_latent_representation()
     np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_embed_checks_the_input_file_first(tmp_path, capsys):
+    missing = tmp_path / "no_such.h5ad"
+    args = ["embed", str(missing), "--model", str(tmp_path / "no_model"), "--out", str(tmp_path / "o.h5ad")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"input {missing}: no such file" in err and "errno" not in err and "--model" not in err
+    assert main(["embed", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path / "o.h5ad")]) == 2
+    assert "is a directory, not an .h5ad file" in capsys.readouterr().err
+
+
+def test_embed_refuses_published_only_options_with_a_saved_model(tmp_path, saved, capsys):
+    model_dir, adata, _ = saved
+    source = _user_file(adata, tmp_path / "cells.h5ad")
+    base = ["embed", str(source), "--model", str(model_dir), "--out", str(tmp_path / "o.h5ad"), "--quiet"]
+    for extra in (["--max-genes", "64"], ["--subfolder", "x"], ["--revision", "main"], ["--cache-dir", "c"]):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{extra[0]} apply to published checkpoints only" in err and "GeneMambaModel.save" in err
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_embed_honours_gene_id_key_with_a_saved_model(tmp_path, saved, capsys):
+    model_dir, adata, expected = saved
+    user = ad.read_h5ad(_user_file(adata, tmp_path / "cells.h5ad"))
+    user.var["ensembl"] = list(user.var_names)  # the ids the model knows, in a column
+    user.var_names = [f"probe{i}" for i in range(user.n_vars)]  # var_names the model does not know
+    user.write_h5ad(tmp_path / "probes.h5ad")
+    out = tmp_path / "o.h5ad"
+    base = ["embed", str(tmp_path / "probes.h5ad"), "--model", str(model_dir), "--out", str(out), "--quiet"]
+    assert main([*base, "--gene-id-key", "ensembl"]) == 0
+    np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
+    assert list(ad.read_h5ad(out).var_names[:2]) == ["probe0", "probe1"]  # the file's own genes are written
+    assert main([*base, "--gene-id-key", "symbol", "--overwrite"]) == 2
+    assert "--gene-id-key 'symbol' is not a column of var" in capsys.readouterr().err
+
+
+def test_embed_never_writes_into_the_model_directory(tmp_path, saved, capsys):
+    model_dir, adata, _ = saved
+    source = _user_file(adata, tmp_path / "cells.h5ad")
+    before = {p.name: _digest(p) for p in model_dir.iterdir()}
+    for target in (
+        model_dir / "model.safetensors",
+        model_dir / "sub" / "e.h5ad",
+        model_dir / ".." / model_dir.name / "x",
+    ):
+        args = ["embed", str(source), "--model", str(model_dir), "--out", str(target), "--overwrite", "--quiet"]
+        assert main(args) == 2
+        assert "is inside the model's directory" in capsys.readouterr().err
+    assert {p.name: _digest(p) for p in model_dir.iterdir()} == before
+
+
+def test_embed_reaches_a_size_variant_of_a_cached_repository(tmp_path, monkeypatch, capsys):
+    from _official_writer import cache_like_huggingface_hub
+
+    root = _write_hf(tmp_path / "download", _official_tensors("gate", seed=3), mode="gate", pooling="mean")
+    variant = _write_hf(root / "12l-256d", _official_tensors("sum", seed=5), mode="sum", pooling="mean")
+    cache = tmp_path / "hub"
+    snapshot = cache_like_huggingface_hub(cache, "mineself2016/GeneMamba", root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    adata = _adata(seed=4)
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    expected = _load(variant, adata.copy(), max_genes=40).get_latent_representation()
+    out = tmp_path / "out.h5ad"
+    base = ["embed", "cells.h5ad", "--out", str(out), "--max-genes", "40", "--quiet", "--overwrite"]
+    spellings = (
+        ["--model", "mineself2016/GeneMamba", "--subfolder", "12l-256d"],
+        ["--model", "mineself2016/GeneMamba/12l-256d"],
+        ["--model", "mineself2016/GeneMamba", "--subfolder", "12l-256d", "--revision", snapshot.name],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for spelling in spellings:
+            assert main([*base, *spelling]) == 0, spelling
+            np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
+        assert ad.read_h5ad(out).uns["genemamba"]["X_genemamba"]["subfolder"] == "12l-256d"
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+        assert main([*base, *spellings[0], "--cache-dir", str(cache)]) == 0
+        np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
+        assert main([*base, "--model", "mineself2016/GeneMamba", "--cache-dir", str(cache), "--subfolder", "6l"]) == 2
+        assert "no size variant subfolder='6l'" in capsys.readouterr().err
+        blob = cache / "models--mineself2016--GeneMamba" / "snapshots" / snapshot.name / "x.h5ad"
+        assert (
+            main([*base[:2], "--out", str(blob), "--model", "mineself2016/GeneMamba", "--cache-dir", str(cache)]) == 2
+        )
+        assert "is inside the model's directory" in capsys.readouterr().err

@@ -171,3 +171,39 @@ def test_a_gene_subset_of_a_published_model_is_warned_about(tmp_path):
     GeneMambaModel.setup_anndata(subset)
     with pytest.warns(UserWarning, match=r"holds \d+ of the published model.s \d+ genes.*Pass all measured genes"):
         GeneMambaModel.from_pretrained(source, subset, backend="torch", max_genes=40)
+
+
+def test_repo_id_with_a_variant_reads_the_cached_subfolder(tmp_path, monkeypatch):
+    root = _write_hf(tmp_path / "download", _official_tensors("mean", seed=2), mode="mean", pooling="mean")
+    _write_hf(root / "12l-256d", _official_tensors("sum", seed=3), mode="sum", pooling="mean")
+    cache_like_huggingface_hub(tmp_path / "hub", REPO, root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert read_official_checkpoint(f"{REPO}/12l-256d").encoder_kwargs["merge"] == "sum"
+    assert read_official_checkpoint(f"{REPO}/12l-256d", revision=COMMIT).encoder_kwargs["merge"] == "sum"
+    model = _load(f"{REPO}/12l-256d", _adata(), max_genes=40)
+    assert model.module.encoder.merge_mode == "sum"
+    with pytest.raises(FileNotFoundError, match=r"no size variant subfolder='6l' in .*size variants there: 12l-256d"):
+        read_official_checkpoint(f"{REPO}/6l")
+    with pytest.raises(FileNotFoundError, match=r"no size variant subfolder='6l' in .*size variants there: 12l-256d"):
+        read_official_checkpoint(REPO, subfolder="6l")
+    with pytest.raises(FileNotFoundError, match=r"no size variant subfolder='6l' in \S+download \(size variants"):
+        read_official_checkpoint(root, subfolder="6l")  # a local directory: the same list
+
+
+def test_missing_paths_name_the_cache_and_subfolder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=r"not in the Hugging Face cache either .*huggingface-cli download"
+    ) as e:
+        read_official_checkpoint(f"{REPO}/1l-64d")
+    assert "subfolder='1l-64d'" in str(e.value) and str(tmp_path / "hub" / "models--mineself2016--GeneMamba") in str(
+        e.value
+    )
+    with pytest.raises(FileNotFoundError, match=r"does not exist\)\. A repository in the local Hugging Face cache"):
+        read_official_checkpoint(tmp_path / "nowhere" / "GeneMamba")
+    _write_hf(tmp_path / "GeneMamba", _official_tensors("mean"), mode="mean")
+    _write_hf(tmp_path / "GeneMamba" / "small", _official_tensors("mean"), mode="mean")
+    with pytest.raises(FileNotFoundError, match=r"at GeneMamba/1l-64d; size variants in GeneMamba: small"):
+        read_official_checkpoint("GeneMamba/1l-64d")  # a local spelling: the local variants

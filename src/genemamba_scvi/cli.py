@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -130,21 +131,19 @@ def _embed(args: argparse.Namespace) -> int:
     from genemamba_scvi import GeneMambaModel, __version__
     from genemamba_scvi.io._checkpoint import is_our_checkpoint
     from genemamba_scvi.io._files import _atomic_write_file
-    from genemamba_scvi.io._hub_cache import looks_like_repo_id
 
     source, out = Path(args.input), Path(args.out)
+    if not source.is_file():
+        what = "is a directory, not an .h5ad file" if source.is_dir() else "no such file"
+        raise FileNotFoundError(f"input {source}: {what}")
     if out.resolve() == source.resolve():
         raise ValueError(f"--out {out} is the input file; genemamba embed never overwrites its input")
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; name the .h5ad file to write")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    model_path = Path(args.model)
-    if not model_path.exists() and not looks_like_repo_id(str(args.model)):
-        raise FileNotFoundError(
-            f"--model {args.model}: no such directory (give a model saved with GeneMambaModel.save, a published "
-            "checkpoint directory, or a Hugging Face repository id such as mineself2016/GeneMamba in the local cache)"
-        )
+    saved = is_our_checkpoint(args.model)
+    _check_cli_model(args, out, saved)
     adata = anndata.read_h5ad(source)
     if args.layer is None:
         counts = adata.X
@@ -158,22 +157,82 @@ def _embed(args: argparse.Namespace) -> int:
     _check_cli_counts(adata, counts, args.layer, source)
     # the model sees a bare AnnData of the counts and genes: scvi's set-up columns never reach the written file
     work = anndata.AnnData(X=counts, obs=pd.DataFrame(index=adata.obs_names.copy()), var=adata.var.copy())
-    if is_our_checkpoint(args.model):
+    if saved:
+        if args.gene_id_key is not None:  # the ids in that column are the genes: matched to the saved vocabulary
+            _check_gene_id_column(work, args.gene_id_key, source)
+            work.var = pd.DataFrame(index=pd.Index(work.var[args.gene_id_key].astype(str), name=None))
         layer = GeneMambaModel.load_registry(args.model)["setup_args"].get("layer")
         if layer is not None:
             work.layers[layer] = counts  # where the model was set up to read counts
         model = GeneMambaModel.load(args.model, adata=work, accelerator=args.accelerator)
     else:  # a published checkpoint: a directory or a Hub id in the local Hugging Face cache
+        if args.gene_id_key is not None:
+            _check_gene_id_column(work, args.gene_id_key, source)
         GeneMambaModel.setup_anndata(work, gene_id_key=args.gene_id_key)
-        model = GeneMambaModel.from_pretrained(args.model, work, max_genes=args.max_genes, accelerator=args.accelerator)
+        hub = {k: getattr(args, k) for k in ("subfolder", "revision", "cache_dir") if getattr(args, k) is not None}
+        max_genes = 2048 if args.max_genes is None else args.max_genes
+        model = GeneMambaModel.from_pretrained(
+            args.model, work, max_genes=max_genes, accelerator=args.accelerator, **hub
+        )
     z = model.get_latent_representation(batch_size=args.batch_size, progress_bar=not args.quiet)
     adata.obsm[args.key] = z
     record = {"model": str(args.model), "counts": args.layer or "X", "genemamba_scvi_version": __version__}
+    record.update({k: getattr(args, k) for k in ("subfolder", "revision") if getattr(args, k) is not None})
     adata.uns.setdefault("genemamba", {})[args.key] = record
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_file(out, adata.write_h5ad, overwrite=args.overwrite)
     print(f"[done] wrote {out}: obsm[{args.key!r}], {z.shape[0]} cells x {z.shape[1]} (model {args.model})")
     return 0
+
+
+def _check_cli_model(args: argparse.Namespace, out: Path, saved: bool) -> None:
+    """Refuse a --model naming nothing, options a saved model does not take, and an --out among the model's files."""
+    from genemamba_scvi.io._hub_cache import hub_repo_dir, looks_like_repo_id, split_repo_subfolder
+
+    model_path = Path(args.model)
+    split = split_repo_subfolder(args.model)
+    repo_id = args.model if looks_like_repo_id(args.model) else (split[0] if split else None)
+    if not model_path.exists() and repo_id is None:
+        raise FileNotFoundError(
+            f"--model {args.model}: no such directory (give a model saved with GeneMambaModel.save, a published "
+            "checkpoint directory, or a Hugging Face repository id such as mineself2016/GeneMamba in the local cache, "
+            "with --subfolder <variant> or as mineself2016/GeneMamba/<variant> for a size variant)"
+        )
+    if saved:
+        given = [
+            option
+            for option, value in (
+                ("--max-genes", args.max_genes),
+                ("--subfolder", args.subfolder),
+                ("--revision", args.revision),
+                ("--cache-dir", args.cache_dir),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to published checkpoints only; --model {args.model} is a model saved with "
+                "GeneMambaModel.save, which keeps its own max_genes and files: leave them out"
+            )
+    # the model's own files are never replaced: its directory, or the cached repository of a Hub id
+    protected = [model_path] if model_path.exists() else [hub_repo_dir(repo_id, args.cache_dir)]
+    for target in {out.resolve(), Path(os.path.abspath(out))}:
+        for folder in protected:
+            if target.is_relative_to(folder.resolve()) or target.is_relative_to(Path(os.path.abspath(folder))):
+                raise ValueError(
+                    f"--out {out} is inside the model's directory {folder}; write the embedding somewhere else"
+                )
+
+
+def _check_gene_id_column(adata: Any, key: str, source: Path) -> None:
+    if key not in adata.var:
+        raise ValueError(
+            f"--gene-id-key {key!r} is not a column of var of {source} (columns: {list(adata.var.columns)}; "
+            "without --gene-id-key the var_names are the gene ids)"
+        )
+    from genemamba_scvi.model._utils import _check_gene_ids
+
+    _check_gene_ids(adata, key)
 
 
 def _check_cli_counts(adata: Any, counts: Any, layer: str | None, source: Path) -> None:
@@ -237,16 +296,22 @@ def main(argv: list[str] | None = None) -> int:
         help="write cell embeddings of an .h5ad file (raw counts) with a saved or a published GeneMamba model",
         description="Read INPUT (raw counts in X, or in --layer), embed every cell with MODEL and write a copy of "
         "INPUT with the embedding in obsm[--key] to --out. MODEL is a directory written by GeneMambaModel.save, a "
-        "published GeneMamba checkpoint directory, or a Hugging Face id in the local cache. The input file is "
-        "never modified and an existing output is replaced only with --overwrite.",
+        "published GeneMamba checkpoint directory, or a Hugging Face id in the local cache (a size variant with "
+        "--subfolder, or as OWNER/NAME/VARIANT). The input file and the model's files are never modified and an "
+        "existing output is replaced only with --overwrite.",
     )
     embed.add_argument("input", help=".h5ad file of raw counts")
     embed.add_argument("--model", required=True, help="model directory, or a Hugging Face id in the local cache")
     embed.add_argument("--out", required=True, help=".h5ad file to write (the input plus the embedding)")
     embed.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
     embed.add_argument("--key", default="X_genemamba", help="obsm key of the embedding (default: %(default)s)")
-    embed.add_argument("--gene-id-key", default=None, help="published models: var column of the gene ids")
-    embed.add_argument("--max-genes", type=int, default=2048, help="published models: top-k genes (default: 2048)")
+    embed.add_argument("--gene-id-key", default=None, help="var column of the gene ids (default: the var_names)")
+    embed.add_argument("--max-genes", type=int, default=None, help="published models: top-k genes (default: 2048)")
+    embed.add_argument("--subfolder", default=None, help="published models: size-variant subfolder of --model")
+    embed.add_argument("--revision", default=None, help="Hub id: cached branch, tag or commit (default: main)")
+    embed.add_argument(
+        "--cache-dir", default=None, help="Hub id: Hugging Face cache directory (default: $HF_HUB_CACHE or ~/.cache)"
+    )
     embed.add_argument("--batch-size", type=int, default=None, help="cells per forward pass (default: automatic)")
     embed.add_argument("--accelerator", default="auto", help="auto (a GPU when there is one), gpu or cpu")
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

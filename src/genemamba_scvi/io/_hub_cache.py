@@ -38,6 +38,25 @@ def looks_like_repo_id(path: str | os.PathLike) -> bool:
     return isinstance(path, str) and _REPO_ID.match(path) is not None
 
 
+def split_repo_subfolder(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``("owner/name", "sub/folder")`` when ``path`` reads as a Hub id and a subfolder, else ``None``.
+
+    E.g. ``"mineself2016/GeneMamba/12l-256d"``; whether it is meant so depends on the cache.
+    """
+    if not isinstance(path, str):
+        return None
+    parts = path.rstrip("/").split("/")
+    if len(parts) < 3 or any(p in ("", ".", "..") for p in parts[2:]) or not looks_like_repo_id("/".join(parts[:2])):
+        return None
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def hub_repo_dir(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the Hub cache keeps ``repo_id``'s files (``<cache>/models--<owner>--<name>``); may not exist."""
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()
+    return cache / ("models--" + repo_id.replace("/", "--"))
+
+
 def resolve_hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """The local snapshot directory of a Hub model repository, from the Hub cache; never downloads.
 
@@ -56,8 +75,7 @@ def resolve_hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: s
         The repository or the revision is not in the cache; the message says where it looked and how to
         get the files onto this machine.
     """
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    repo = hub_repo_dir(repo_id, cache_dir)
     if not repo.is_dir():
         raise FileNotFoundError(
             f"{repo_id!r} is neither a local directory nor in the Hugging Face cache ({repo} does not exist). "

@@ -16,7 +16,12 @@ from genemamba_scvi.io._files import (
     _load_json,
     _load_safetensors,
 )
-from genemamba_scvi.io._hub_cache import looks_like_repo_id, resolve_hub_snapshot
+from genemamba_scvi.io._hub_cache import (
+    hub_repo_dir,
+    looks_like_repo_id,
+    resolve_hub_snapshot,
+    split_repo_subfolder,
+)
 from genemamba_scvi.io._official_tokenizer import (
     _load_official_tokens,
     _official_vocab_map,
@@ -109,7 +114,9 @@ def read_official_checkpoint(
     path
         The downloaded repository (``huggingface-cli download mineself2016/GeneMamba --local-dir
         path``) or one of its size-variant subfolders; or a Hub repository id (``"mineself2016/GeneMamba"``)
-        that is not a local directory, looked up in the local Hugging Face cache (never downloaded).
+        that is not a local directory, looked up in the local Hugging Face cache (never downloaded);
+        ``"owner/name/<variant>"`` that is not a local path and whose repository is cached reads the
+        size-variant subfolder ``<variant>`` of the cached repository.
     subfolder
         A size variant under ``path`` (same as passing ``path / subfolder``). If the variant
         folder has no tokenizer file, the repository root's is used.
@@ -168,14 +175,10 @@ def read_official_checkpoint(
     Assumptions (a merge mode or pooling the checkpoint does not state) are warned about with a
     :class:`UserWarning` and listed in ``info["assumptions"]``.
     """
-    root = Path(path)
-    if not root.is_dir() and looks_like_repo_id(path):
-        root = resolve_hub_snapshot(str(path), revision=revision, cache_dir=cache_dir)
-    elif revision is not None or cache_dir is not None:
-        raise ValueError(f"revision= and cache_dir= select a Hub repository id's cached files; {path} is a local path")
+    root, subfolder = _checkpoint_root(path, subfolder, revision, cache_dir)
     directory = root / subfolder if subfolder else root
     if not directory.is_dir():
-        raise FileNotFoundError(f"no official checkpoint directory at {directory}")
+        raise FileNotFoundError(_no_directory_message(path, root, subfolder, cache_dir))
     if is_our_checkpoint(directory):
         raise ValueError(
             f"{directory} was written by GeneMambaModel.save (genemamba-scvi's own format), not by the official "
@@ -183,7 +186,7 @@ def read_official_checkpoint(
         )
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        variants = sorted(p.name for p in directory.iterdir() if (p / CONFIG_FILE).is_file())
+        variants = _size_variants(directory)
         hint = f"; size variants found here: {', '.join(variants)} (pass subfolder=...)" if variants else ""
         raise FileNotFoundError(f"{CONFIG_FILE} is missing from {directory}{hint}")
     config = _load_json(config_path)
@@ -286,6 +289,69 @@ def read_official_checkpoint(
         **remap_info,
     }
     return OfficialCheckpoint(encoder_kwargs, state_dict, lm_state, vocab, info)
+
+
+def _checkpoint_root(
+    path: str | os.PathLike, subfolder: str | None, revision: str | None, cache_dir: str | os.PathLike | None
+) -> tuple[Path, str | None]:
+    """The directory ``path`` names (a local one, else a Hub id's cached snapshot) and the subfolder under it.
+
+    ``"owner/name/sub"`` that is not a local path, with ``owner/name`` in the Hub cache (or with ``revision=`` or
+    ``cache_dir=`` given), is the cached repository with ``sub`` as the subfolder (in front of ``subfolder``).
+    """
+    root = Path(path)
+    if root.is_dir():
+        if revision is not None or cache_dir is not None:
+            raise ValueError(
+                f"revision= and cache_dir= select a Hub repository id's cached files; {path} is a local path"
+            )
+        return root, subfolder
+    hub_options = revision is not None or cache_dir is not None
+    local_variants = root.parent.is_dir() and bool(_size_variants(root.parent))  # "GeneMamba/<variant>", mistyped
+    if looks_like_repo_id(path) and (hub_options or hub_repo_dir(str(path)).is_dir() or not local_variants):
+        return resolve_hub_snapshot(str(path), revision=revision, cache_dir=cache_dir), subfolder
+    split = split_repo_subfolder(path)
+    if split is not None and (hub_options or hub_repo_dir(split[0], cache_dir).is_dir()):
+        repo_id, rest = split
+        snapshot = resolve_hub_snapshot(repo_id, revision=revision, cache_dir=cache_dir)
+        return snapshot, f"{rest}/{subfolder}" if subfolder else rest
+    if hub_options:
+        raise ValueError(f"revision= and cache_dir= select a Hub repository id's cached files; {path} is a local path")
+    return root, subfolder
+
+
+def _size_variants(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def _no_directory_message(
+    path: str | os.PathLike, root: Path, subfolder: str | None, cache_dir: str | os.PathLike | None
+) -> str:
+    """Why ``root / subfolder`` is no checkpoint directory: the size variants there are, or where else it looked."""
+    directory = root / subfolder if subfolder else root
+    if subfolder and root.is_dir():
+        variants = _size_variants(root)
+        have = f"size variants there: {', '.join(variants)}" if variants else "no size variants there"
+        return f"no size variant subfolder={subfolder!r} in {root} ({have}; a size variant has a {CONFIG_FILE})"
+    split = split_repo_subfolder(path)
+    if split is not None and not Path(split[0]).is_dir():
+        return (
+            f"no official checkpoint directory at {directory}; read as the Hugging Face repository {split[0]!r} "
+            f"with subfolder={split[1]!r}, it is not in the Hugging Face cache either "
+            f"({hub_repo_dir(split[0], cache_dir)} does not exist). genemamba-scvi never downloads: on a machine "
+            f"with internet access run `huggingface-cli download {split[0]} --local-dir DIR`, copy DIR here and pass "
+            f"DIR/{split[1]}"
+        )
+    if not directory.exists() and directory.parent.is_dir() and (variants := _size_variants(directory.parent)):
+        return f"no official checkpoint directory at {directory}; size variants in {directory.parent}: " + ", ".join(
+            variants
+        )
+    what = "is a file, not a directory" if directory.exists() else "does not exist"
+    return (
+        f"no official checkpoint directory at {directory} ({what}). A repository in the local Hugging Face cache "
+        "is named by its id, 'owner/name' (e.g. 'mineself2016/GeneMamba'), a size variant of it by subfolder=... "
+        "(or as 'owner/name/<variant>')"
+    )
 
 
 def _load_official_weights(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:

@@ -367,7 +367,8 @@ class GeneMambaSaveLoadMixin:
         path
             Local checkpoint directory (or one of its size-variant subfolders), or a Hugging Face repository
             id such as ``"mineself2016/GeneMamba"`` whose files are in the local Hugging Face cache (put there
-            by ``huggingface_hub`` or ``transformers``; nothing is downloaded).
+            by ``huggingface_hub`` or ``transformers``; nothing is downloaded). ``"owner/name/<variant>"``, not a
+            local path, is the same as ``"owner/name"`` with ``subfolder="<variant>"``.
         adata
             AnnData of raw counts; set up with :meth:`setup_anndata` (done here with ``setup_kwargs`` if not).
         gene_medians
@@ -377,7 +378,8 @@ class GeneMambaSaveLoadMixin:
         backend
             Mixer backend.
         subfolder
-            Size-variant subfolder of ``path`` (e.g. ``"12l-256d"``), if any.
+            Size-variant subfolder of ``path`` (e.g. ``"12l-256d"``), of a local directory or of a cached
+            repository; an unknown one is refused with the list of the variants there.
         merge
             Merge mode, only needed when ``config.json`` does not state it; without it a checkpoint
             with no ``aggr`` weights gets the published default ``"mean"`` (with a warning).
