@@ -185,6 +185,30 @@ def test_manifest_mismatch_is_a_clear_error(files, corpus, sample):
     assert Manifest.read(out).is_complete  # refused runs leave the corpus untouched
 
 
+def test_a_new_corpus_never_writes_over_a_foreign_vocab_or_medians_file(files, sample, tmp_path):
+    # user probe: a vocab.json left in out_dir without a manifest was silently taken as the corpus vocabulary
+    out = tmp_path / "c"
+    out.mkdir()
+    stale = GeneVocab(list(sample.var_names[:50]))
+    stale.to_json(out / "vocab.json")
+    before = (out / "vocab.json").read_bytes()
+    with pytest.raises(ValueError, match=r"holds a vocab.json but no manifest.json"):
+        build_corpus(files, out, max_genes=64, shard_size=64, median_method="exact")
+    assert (out / "vocab.json").read_bytes() == before and not (out / "manifest.json").exists()
+    # a vocab.json of the same content (a build stopped before its manifest) is taken up
+    (out / "vocab.json").unlink()
+    first = GeneVocab(list(anndata.read_h5ad(files[0]).var_names))
+    first.to_json(out / "vocab.json")
+    np.save(out / "gene_medians.npy", np.zeros(len(first)))  # but medians of another corpus are not overwritten
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=r"holds a gene_medians.npy but no manifest.json"):
+            build_corpus(files, out, max_genes=64, shard_size=64, median_method="exact")
+        (out / "gene_medians.npy").unlink()
+        manifest = build_corpus(files, out, max_genes=64, shard_size=64, median_method="exact")
+    assert manifest.is_complete and GeneVocab.from_json(out / "vocab.json") == first
+
+
 def test_layer_dense_given_medians_and_cli(sample, tmp_path, capsys):
     a = sample[:40].copy()
     a.layers["counts"] = a.X.toarray()  # dense layer on disk

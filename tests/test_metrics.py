@@ -309,6 +309,29 @@ def test_benchmark_integration_scores_the_users_pca_and_leaves_the_anndata_alone
     assert float(table.loc["X_pca", "PCR comparison"]) != pytest.approx(0.0, abs=1e-6)
 
 
+def test_benchmark_integration_gives_scib_copies_of_the_embeddings(scored_cells, monkeypatch):
+    # user probe: scib-metrics' KMeans centres its input in place (X -= mean; X += mean), which left rounding
+    # changes in the user's obsm arrays; the Benchmarker must get copies
+    import scib_metrics.benchmark
+
+    from genemamba_scvi.metrics import benchmark_integration
+
+    adata = scored_cells
+    before = {k: adata.obsm[k].copy() for k in ("X_genemamba", "X_pca")}
+    real = scib_metrics.benchmark.Benchmarker
+
+    class Centring(real):
+        def __init__(self, work, *args, **kwargs):
+            for k in before:
+                work.obsm[k] += np.float32(0.1)  # what an in-place metric does to the arrays it is given
+            super().__init__(work, *args, **kwargs)
+
+    monkeypatch.setattr(scib_metrics.benchmark, "Benchmarker", Centring)
+    benchmark_integration(adata, list(before), "batch", "bulk_labels", **_light_metrics())
+    for k, v in before.items():
+        np.testing.assert_array_equal(adata.obsm[k], v)
+
+
 def test_benchmark_integration_names_missing_labels_and_bad_embeddings(scored_cells):
     from genemamba_scvi.metrics import benchmark_integration
 

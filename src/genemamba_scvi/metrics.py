@@ -77,7 +77,7 @@ def benchmark_integration(
     work = AnnData(
         X=adata.X,
         obs=adata.obs[[batch_key, label_key]].copy(),
-        obsm={k: np.asarray(adata.obsm[k]) for k in keys},
+        obsm={k: np.array(adata.obsm[k], copy=True) for k in keys},
     )
     if pre_integrated_key is None:
         pre_integrated_key = "_unintegrated_pca"

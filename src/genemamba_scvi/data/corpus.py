@@ -176,16 +176,42 @@ def _progress_bar(progress: bool, total: int, initial: int, desc: str) -> Any:
 
 
 def _resolve_vocab(
-    vocab: GeneVocab | str | os.PathLike | None, out: Path, first_file: Path, gene_id_key: str | None
+    vocab: GeneVocab | str | os.PathLike | None, out: Path, first_file: Path, gene_id_key: str | None, resuming: bool
 ) -> GeneVocab:
     if isinstance(vocab, GeneVocab):
         return vocab
     if vocab is not None:
         return GeneVocab.from_json(vocab)
-    if (out / VOCAB_FILE).is_file():  # resuming a corpus whose vocabulary was built from its first file
+    if resuming and (out / VOCAB_FILE).is_file():  # a corpus whose vocabulary was built from its first file
         return GeneVocab.from_json(out / VOCAB_FILE)
     with _H5adRows(first_file, None, gene_id_key) as reader:
         return GeneVocab.from_var_names(reader.genes)
+
+
+def _same_vocab_file(path: Path, vocab: GeneVocab) -> bool:
+    try:
+        return GeneVocab.from_json(path) == vocab
+    except (ValueError, OSError, KeyError, TypeError):
+        return False
+
+
+def _load_npy(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError):
+        return None
+
+
+def _refuse_foreign_file(out: Path, name: str, same: bool) -> None:
+    """A new corpus would write ``name`` over a file of that name in ``out`` (no manifest: no corpus to resume).
+
+    Only a build stopped before its manifest leaves one of its own: then ``same`` (the content it would write anyway).
+    """
+    if not same:
+        raise ValueError(
+            f"{str(out)!r} holds a {name} but no manifest.json, so it is no corpus to resume, and this build would "
+            f"write another {name} over it. Use an empty out_dir, or remove that file if it is a stale one"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -294,7 +320,9 @@ def build_corpus(
         raise ValueError(f"{str(out)!r} has shards but no manifest.json; use an empty out_dir")
 
     # ---- inputs, vocabulary and configuration
-    vocab = _resolve_vocab(vocab, out, paths[0], gene_id_key)
+    vocab = _resolve_vocab(vocab, out, paths[0], gene_id_key, resuming=old is not None)
+    if old is None and (out / VOCAB_FILE).is_file():
+        _refuse_foreign_file(out, VOCAB_FILE, _same_vocab_file(out / VOCAB_FILE, vocab))
     files = []
     for p in paths:
         with _H5adRows(p, layer, gene_id_key) as reader:
@@ -362,6 +390,10 @@ def build_corpus(
 
     # ---- (re)start the manifest
     if old is None:
+        if (out / MEDIANS_FILE).is_file():
+            earlier = _load_npy(out / MEDIANS_FILE)
+            same = earlier is not None and _sha256_array(earlier) == config["medians_sha256"]
+            _refuse_foreign_file(out, MEDIANS_FILE, same)
         vocab.to_json(out / VOCAB_FILE)
         _atomic_save_npy(out / MEDIANS_FILE, medians)
         manifest = Manifest(config=config, files=files, created=_now(), package_version=__version__, root=out)
