@@ -9,6 +9,7 @@ import re
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -230,6 +231,23 @@ def test_nan_in_obs_key(adata):
         adata.obs["col"] = col
         exec(fix, {"adata": adata})
         assert adata.obs["col"].tolist() == ["a"] * 20 + ["Unknown"] * 3 + ["b"] * 25
+    GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
+
+
+@pytest.mark.parametrize("what", ["labels_key", "batch_key"])
+def test_mixed_value_types_in_an_obs_key_are_named(adata, what):
+    # user probe: a column of strings and integers (e.g. cluster ids beside names) crashed deep in scvi-tools with
+    # "'<' not supported between instances of 'str' and 'int'"
+    mixed = np.array(["T cell" if i % 2 else 3 for i in range(adata.n_obs)], dtype=object)
+    for col in (mixed, pd.Categorical(mixed)):
+        adata.obs["col"] = col
+        with pytest.raises(
+            ValueError, match=r"adata\.obs\['col'\] \(" + what + r"\) mixes value types \(int, str\)"
+        ) as err:
+            GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
+        exec(re.search(r"e\.g\. (adata\.obs\['col'\] = .*)\.$", str(err.value)).group(1), {"adata": adata})
+        GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})  # the advice works
+    adata.obs["col"] = np.array([1.5 if i % 2 else 2 for i in range(adata.n_obs)], dtype=object)  # numbers: fine
     GeneMambaModel.setup_anndata(adata, layer="counts", **{what: "col"})
 
 

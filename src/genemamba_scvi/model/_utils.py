@@ -64,6 +64,18 @@ def _check_obs_key(adata: AnnData, key: str | None, what: str) -> None:
             f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(object).fillna('Unknown').astype(str)) or drop "
             f"those cells (adata = adata[adata.obs[{key!r}].notna()].copy())."
         )
+    column = adata.obs[key]
+    values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column
+    kinds = sorted({type(v).__name__ for v in values})
+    if len(kinds) > 1 and pd.api.types.infer_dtype(values, skipna=True) not in (
+        "integer",
+        "floating",
+        "mixed-integer-float",
+    ):
+        raise ValueError(
+            f"adata.obs[{key!r}] ({what}) mixes value types ({', '.join(kinds)}), which cannot be sorted into "
+            f"categories; make them one type, e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)."
+        )
 
 
 def _torch_device(accelerator: str, device: int | str) -> torch.device:
