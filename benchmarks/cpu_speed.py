@@ -185,7 +185,9 @@ def _api_rounds(model: Any, rounds: int, rng: np.random.Generator) -> dict[str, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_speed.json")
-    parser.add_argument("--cells", type=int, default=32, help="cells per batch (the API's CPU batch is 64)")
+    parser.add_argument(
+        "--cells", type=int, default=32, help="cells per batch (the API's CPU batch: 8,192 tokens, at most 8 cells)"
+    )
     parser.add_argument("--max-genes", type=int, default=2048)
     parser.add_argument("--n-layers", type=int, default=2)
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 512], help="d_model of the models measured")

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/env.sh
-.venv/bin/genemamba demo --out demo_output "$@"
+.venv/bin/genemamba demo --out demo_output --overwrite "$@"

@@ -371,6 +371,7 @@ def test_a_torch_device_name_with_an_index_asks_lightning_for_that_gpu(monkeypat
         return accelerator, devices, torch.device("cpu")
 
     monkeypatch.setattr(scvi_utils, "parse_device_args", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the translation, also on a CPU machine
     _torch_device("auto", "cuda:1")
     assert seen == {"accelerator": "gpu", "devices": [1]}  # a list: an int would be a number of GPUs
     _torch_device("auto", "cuda")

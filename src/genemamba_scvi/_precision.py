@@ -63,6 +63,22 @@ def resolve_precision(precision: str | int | None, on_gpu: bool) -> str:
     return canonical
 
 
+def require_cuda_if_asked(accelerator: object, device: object = None) -> None:
+    """Refuse, naming the argument, a GPU asked for on a machine where torch sees none.
+
+    Lightning's own error names neither the argument nor the fix.
+    """
+    on_cpu = isinstance(device, str) and device.lower().startswith("cpu")  # a device named "cpu" wins
+    asked = isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda") and not on_cpu
+    named = isinstance(device, str) and device.lower().startswith("cuda")
+    if (asked or named) and not torch.cuda.is_available():
+        what = f"accelerator={accelerator!r}" if asked else f"device={device!r}"
+        raise ValueError(
+            f"{what} asks for a CUDA GPU, but torch sees none on this machine (torch.cuda.is_available() is False: "
+            "no GPU, or a CPU-only torch build); use accelerator='auto' or 'cpu'"
+        )
+
+
 def training_on_gpu(accelerator: str | None, devices: object = "auto") -> bool:
     """Whether Lightning will train on a CUDA GPU for these ``accelerator`` / ``devices`` arguments."""
     acc = (accelerator or "auto").lower() if isinstance(accelerator, str) else "custom"

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: what ``genemamba demo`` writes into ``--out``
+_DEMO_OUTPUTS = ("demo_adata.h5ad", "umap_genemamba.png", "model", "summary.json")
+
 
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
@@ -27,6 +30,14 @@ def _demo(args: argparse.Namespace) -> int:
     from genemamba_scvi.metrics import benchmark_integration
 
     out = Path(args.out)
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    earlier = [name for name in _DEMO_OUTPUTS if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise FileExistsError(
+            f"{out} already holds {earlier} (an earlier demo's, or files of yours of those names); pass --overwrite "
+            "to replace them, or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     scvi.settings.seed = args.seed
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -124,6 +135,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_h5ad(path: Path) -> None:
+    """Name a file that is no HDF5 file (h5py would say 'file signature not found' in a traceback)."""
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"input {path} is not an .h5ad file (no HDF5 signature)")
+
+
 def _embed(args: argparse.Namespace) -> int:
     import anndata
     import pandas as pd
@@ -136,12 +155,15 @@ def _embed(args: argparse.Namespace) -> int:
     if not source.is_file():
         what = "is a directory, not an .h5ad file" if source.is_dir() else "no such file"
         raise FileNotFoundError(f"input {source}: {what}")
+    _check_h5ad(source)
     if out.resolve() == source.resolve():
         raise ValueError(f"--out {out} is the input file; genemamba embed never overwrites its input")
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; name the .h5ad file to write")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    if not args.key.strip():
+        raise ValueError("--key must name the obsm key to write (an empty key makes a file anndata cannot read back)")
     saved = is_our_checkpoint(args.model)
     _check_cli_model(args, out, saved)
     adata = anndata.read_h5ad(source)
@@ -289,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--batch-size", type=int, default=16, help="cells per training step (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the outputs of an earlier run in --out (else refused)"
+    )
     demo.set_defaults(func=_demo)
 
     embed = sub.add_parser(

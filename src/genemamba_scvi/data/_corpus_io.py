@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 import scipy.sparse as sp
 
@@ -94,6 +95,9 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> l
             files.append(p)
         else:
             raise FileNotFoundError(f"input {str(p)!r} does not exist")
+    for f in files:
+        if not h5py.is_hdf5(f):
+            raise ValueError(f"input {str(f)!r} is not an .h5ad file (no HDF5 signature)")
     if not files:
         raise FileNotFoundError("no .h5ad input files given")
     resolved = [f.resolve() for f in files]

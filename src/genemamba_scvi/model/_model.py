@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -52,6 +52,8 @@ LATENT_KEY = "X_genemamba"
 _PROGRESS_MIN_CELLS = 5_000  # progress_bar=None shows a bar from this many cells on
 _MAX_INFERENCE_CELLS = 1_024  # GPU inference batch: at most this many cells ...
 _MAX_INFERENCE_TOKENS = 1 << 20  # ... and this many token slots (cells x max_genes)
+_CPU_INFERENCE_TOKENS = 8_192  # CPU inference batch: this many token slots ...
+_MAX_CPU_INFERENCE_CELLS = 8  # ... and at most this many cells (benchmarks/cpu_batch_size.py)
 
 
 def _model_config(config: GeneMambaConfig | None, settings: dict[str, Any]) -> GeneMambaConfig:
@@ -62,12 +64,34 @@ def _model_config(config: GeneMambaConfig | None, settings: dict[str, Any]) -> G
             f"GeneMambaModel got unexpected setting(s) {unknown}; the model's settings are {list(MODEL_ARG_FIELDS)} "
             "(see GeneMambaConfig) and max_genes, min_gene_overlap, tokenization, unk_token, tie_break"
         )
+    if isinstance(config, Mapping):  # a dict of settings, e.g. a config.json read by hand
+        config = GeneMambaConfig.from_dict(config)
+    elif config is not None and not isinstance(config, GeneMambaConfig):
+        raise TypeError(f"config must be a GeneMambaConfig (or a dict of its settings), got {type(config).__name__}")
     config = (config or GeneMambaConfig()).replace(**settings)
     defaults = GeneMambaConfig().to_dict()
     changed = sorted(k for k, v in config.to_dict().items() if k not in MODEL_ARG_FIELDS and v != defaults[k])
     if changed:
         raise ValueError(f"GeneMambaModel keeps the defaults of {changed} (they are not saved with a model)")
     return config
+
+
+def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torch.device) -> int:
+    """Cells per inference batch: on CPU 8,192 tokens (at most 8 cells); on a GPU, what its free memory holds.
+
+    On a CPU, time per cell and memory grow with the batch (the torch backend's scan of a packed batch): with 1 layer
+    of d_model 256 and ``max_genes=2048``, 64 cells a batch embedded 5.7 cells/s at 6.2 GB peak, 4 cells 34.4 cells/s
+    at 1.7 GB (``benchmarks/results/cpu_batch_size.json``, session 19; the same embeddings).
+    """
+    if device.type != "cuda":
+        return int(max(1, min(_MAX_CPU_INFERENCE_CELLS, _CPU_INFERENCE_TOKENS // max(max_genes, 1))))
+    free, _ = torch.cuda.mem_get_info(device)
+    # transient bytes per real token in one layer: both directions' in_proj output and about as much again for
+    # conv / scan outputs (bf16), plus a few float32 d_model vectors (residual stream, padded output); x2 for
+    # allocator slack
+    per_token = 2 * (2 * 2 * 2 * encoder.d_in_proj + 4 * 4 * encoder.d_model)
+    budget_tokens = min(int(0.25 * free) // per_token, _MAX_INFERENCE_TOKENS)
+    return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(max_genes, 1))))
 
 
 class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelClass):
@@ -160,6 +184,12 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         self._tokenization = tokenization
         self._unk_token = unk_token
         self.max_genes = int(max_genes)
+        if (
+            isinstance(min_gene_overlap, bool)
+            or not isinstance(min_gene_overlap, numbers.Real)
+            or not (0.0 <= min_gene_overlap <= 1.0)
+        ):
+            raise ValueError(f"min_gene_overlap must be a fraction in [0, 1], got {min_gene_overlap!r}")
         self.min_gene_overlap = float(min_gene_overlap)
         medians_given = gene_medians is not None
         if not medians_given:
@@ -329,17 +359,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         return next(self.module.parameters()).device
 
     def _inference_batch_size(self, device: torch.device) -> int:
-        """Cells per inference batch: 64 on CPU; on a GPU, as many as fit a token budget of its free memory."""
-        if device.type != "cuda":
-            return 64
-        free, _ = torch.cuda.mem_get_info(device)
-        enc = self.module.encoder
-        # transient bytes per real token in one layer: both directions' in_proj output and about as much
-        # again for conv / scan outputs (bf16), plus a few float32 d_model vectors (residual stream, padded
-        # output); x2 for allocator slack
-        per_token = 2 * (2 * 2 * 2 * enc.d_in_proj + 4 * 4 * enc.d_model)
-        budget_tokens = min(int(0.25 * free) // per_token, _MAX_INFERENCE_TOKENS)
-        return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(self.max_genes, 1))))
+        return _inference_batch_size(self.module.encoder, self.max_genes, device)
 
     @torch.inference_mode()
     def _embed(self, adata, indices, batch_size, precision, progress_bar) -> torch.Tensor:
@@ -390,9 +410,10 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         indices
             Cells to embed (default: all).
         batch_size
-            Cells per forward pass. ``None`` (default): 64 on CPU; on a GPU, as many cells as a token budget of
-            a quarter of its free memory allows (at most 1,024). A cell's embedding does not depend on it, and
-            batches larger than the mamba-ssm kernels' 2^31-element limit are split by the encoder.
+            Cells per forward pass. ``None`` (default): on CPU 8,192 tokens' worth (4 cells at
+            ``max_genes=2048``, at most 8: larger CPU batches are slower per cell); on a GPU, as many cells as a
+            token budget of a quarter of its free memory allows (at most 1,024). A cell's embedding does not depend
+            on it, and batches larger than the mamba-ssm kernels' 2^31-element limit are split by the encoder.
         precision
             ``"auto"`` (default): bf16 autocast on a CUDA GPU (about 4.5x faster than float32 there; cosine
             similarity to the float32 embedding above 0.9999), float32 on CPU. ``"32-true"`` forces

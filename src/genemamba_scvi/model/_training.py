@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from scvi.train import TrainRunner
 from scvi.train._trainrunner import _safe_load_logger_history
 
 from genemamba_scvi import __version__
-from genemamba_scvi._precision import resolve_precision, training_on_gpu
+from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
 from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_known_genes_expressed,
@@ -149,6 +150,18 @@ def _log_interval(n_train: int, batch_size: int) -> int:
     return max(1, min(50, -(-n_train // max(batch_size, 1))))
 
 
+def _check_epochs(max_epochs: Any, max_steps: Any) -> None:
+    """Refuse a number of epochs that would train nothing or forever, or silently Lightning's 1000 (``None``)."""
+    steps = max_steps if isinstance(max_steps, numbers.Integral) and max_steps > 0 else None
+    if max_epochs is None and steps is None:
+        raise ValueError(
+            "max_epochs=None: scvi-tools picks a number of epochs from the number of cells, GeneMamba has no such "
+            "rule (Lightning would train 1000 epochs); pass max_epochs (default 10) or max_steps"
+        )
+    if max_epochs is not None and steps is None and (not isinstance(max_epochs, numbers.Integral) or max_epochs < 1):
+        raise ValueError(f"max_epochs must be a positive number of epochs (or give max_steps), got {max_epochs!r}")
+
+
 def _run_args(args: dict[str, Any]) -> dict[str, Any]:
     """The arguments of ``train`` / ``train_classifier`` (their ``locals()``) for ``_run_training``.
 
@@ -188,10 +201,22 @@ class GeneMambaTrainingMixin:
         ``trainer_kwargs`` hold the runner's settings (``max_epochs``, ``accelerator``, ``devices``,
         ``precision``, ``early_stopping``, ``ckpt_path``, ...).
         """
+        _check_epochs(trainer_kwargs.get("max_epochs"), trainer_kwargs.get("max_steps"))
+        devices = trainer_kwargs.get("devices")
+        n_devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list | tuple) else 1
+        if n_devices > 1 and not use_distributed_sampler(trainer_kwargs.get("strategy") or "auto"):
+            raise ValueError(
+                f"devices={devices!r} trains on several devices: pass strategy='ddp' too (as scvi-tools asks), so "
+                "that each process reads its own share of the cells"
+            )
+        for key in ("max_epochs", "max_steps"):  # numpy integers: Lightning asserts a Python int
+            if isinstance(trainer_kwargs.get(key), numbers.Integral):
+                trainer_kwargs[key] = int(trainer_kwargs[key])
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         for key in ("shuffle_set_split", "load_sparse_tensor"):  # scvi-tools' train() arguments of its splitter
             if key in trainer_kwargs:
                 datasplitter_kwargs.setdefault(key, trainer_kwargs.pop(key))
+        require_cuda_if_asked(trainer_kwargs["accelerator"])
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
@@ -322,6 +347,8 @@ class GeneMambaTrainingMixin:
             ``load_sparse_tensor`` is accepted and changes nothing (minibatches are always tokenized from the rows of
             a sparse matrix).
         """
+        if not gamma >= 0:
+            raise ValueError(f"gamma (the pathway loss's weight) must be >= 0, got {gamma!r}; 0 turns it off")
         run_args = _run_args(locals())
         self.module.set_objective(objective)
         token_sets = gene_set_tensors(gene_sets, self.vocab_)
@@ -380,6 +407,8 @@ class GeneMambaTrainingMixin:
         accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
             As in :meth:`train`.
         """
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1):
+            raise ValueError(f"hidden must be a positive number of units (or None: a linear head), got {hidden!r}")
         run_args = _run_args(locals())
         labels_key = labels_key or self._setup_arg("labels_key")
         if labels_key is None:

@@ -86,6 +86,9 @@ def _torch_device(accelerator: str, device: int | str) -> torch.device:
     """
     from scvi.model._utils import parse_device_args
 
+    from genemamba_scvi._precision import require_cuda_if_asked
+
+    require_cuda_if_asked(accelerator, device)
     if isinstance(device, str) and device != "auto":
         named = torch.device(device)
         if named.type == "cpu":

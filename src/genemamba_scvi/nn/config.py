@@ -97,6 +97,13 @@ class GeneMambaConfig:
             least = 0 if name == "n_layers" else 1
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        for name in ("bidirectional", "shared_merge", "tie_lm_head"):  # "false" would be a true string
+            if not isinstance(getattr(self, name), bool) and type(getattr(self, name)).__name__ != "bool_":
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("mask_prob", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if not 0.0 <= self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob!r}")
         if not self.norm_eps > 0:

@@ -13,7 +13,7 @@ import torch
 from scvi.train import TrainRunner
 
 from genemamba_scvi._constants import LENGTHS_KEY
-from genemamba_scvi._precision import resolve_precision, training_on_gpu
+from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
 from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
@@ -332,6 +332,7 @@ def pretrain_from_corpus(
         cbs.append(StepProgressBar())  # by step, over max_steps (Lightning's bar showed "Epoch 0/-2", "16/4")
     if max_steps == -1 and max_epochs is None:
         max_epochs = 1
+    require_cuda_if_asked(accelerator)
     on_gpu = training_on_gpu(accelerator, devices)
     trainer_kwargs = {
         # Lightning's defaults where scvi's Trainer has others that would change the run (cudnn autotuning, bar)

@@ -1,0 +1,130 @@
+"""Arguments users mistype, each refused up front with a message naming it (session 19's user probes).
+
+Before: a raw Lightning / torch / h5py traceback, an argument silently misread (``bidirectional="false"``), a
+silently broken head (``hidden=0``), 1000 epochs for ``max_epochs=None``, or a demo that wrote over earlier files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scvi
+import torch
+
+from conftest import TINY_MODEL as TINY
+from genemamba_scvi import GeneMambaConfig, GeneMambaModel
+from genemamba_scvi.cli import main
+from genemamba_scvi.datasets import load_pbmc68k_counts
+
+
+@pytest.fixture(scope="module")
+def model():
+    scvi.settings.seed = 0
+    adata = load_pbmc68k_counts()[:48].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="bulk_labels")
+    return GeneMambaModel(adata, **TINY)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_epochs": None}, r"max_epochs=None: scvi-tools picks"),
+        ({"max_epochs": 0}, r"max_epochs must be a positive number of epochs"),
+        ({"max_epochs": -1}, r"max_epochs must be a positive number of epochs"),
+        ({"max_epochs": 1, "gamma": -1.0}, r"gamma .* must be >= 0"),
+    ],
+)
+def test_train_refuses_epochs_and_gamma_that_train_nothing_forever_or_wrongly(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model.train(accelerator="cpu", enable_progress_bar=False, **kwargs)
+
+
+def test_max_epochs_none_is_fine_with_max_steps(model):
+    model.train(max_epochs=None, max_steps=1, accelerator="cpu", enable_progress_bar=False, batch_size=16)
+    model.train(max_epochs=np.int64(1), max_steps=1, accelerator="cpu", enable_progress_bar=False, batch_size=16)
+
+
+@pytest.mark.parametrize("hidden", [0, -3, 2.5, True])
+def test_train_classifier_refuses_a_head_without_units(model, hidden):
+    with pytest.raises(ValueError, match=r"hidden must be a positive number of units"):
+        model.train_classifier(max_epochs=1, hidden=hidden, accelerator="cpu", enable_progress_bar=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"bidirectional": "false"}, r"bidirectional must be True or False, got 'false'"),
+        ({"tie_lm_head": "no"}, r"tie_lm_head must be True or False"),
+        ({"shared_merge": 2}, r"shared_merge must be True or False"),
+        ({"mask_prob": "a"}, r"mask_prob must be a number"),
+        ({"norm_eps": None}, r"norm_eps must be a number"),
+    ],
+)
+def test_config_refuses_values_of_the_wrong_type(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GeneMambaConfig(**kwargs)
+
+
+def test_model_takes_a_config_dict_and_names_a_wrong_config(model):
+    adata = model.adata
+    from_dict = GeneMambaModel(adata, config={"d_model": 16, "n_layers": 1, "headdim": 8, "backend": "torch"})
+    assert from_dict.module.encoder.d_model == 16
+    with pytest.raises(TypeError, match=r"config must be a GeneMambaConfig"):
+        GeneMambaModel(adata, config=5)
+    for bad in (5, -0.1, "x"):
+        with pytest.raises(ValueError, match=r"min_gene_overlap must be a fraction in \[0, 1\]"):
+            GeneMambaModel(adata, min_gene_overlap=bad, **TINY)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_a_gpu_asked_for_on_a_cpu_machine_is_named(model, tmp_path):
+    model.save(tmp_path / "m")
+    for kwargs in ({"accelerator": "gpu"}, {"device": "cuda:0"}):
+        with pytest.raises(ValueError, match=r"asks for a CUDA GPU, but torch sees none"):
+            GeneMambaModel.load(tmp_path / "m", adata=model.adata, **kwargs)
+    with pytest.raises(ValueError, match=r"accelerator='gpu' asks for a CUDA GPU"):
+        model.train(max_epochs=1, accelerator="gpu", enable_progress_bar=False)
+
+
+def test_demo_refuses_to_write_over_an_earlier_run_and_zero_epochs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "summary.json").write_text("my results")
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--quiet"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == "my results"
+    assert main(["demo", "--out", str(tmp_path / "d2"), "--epochs", "0", "--quiet"]) == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys):
+    text = tmp_path / "cells.txt"
+    text.write_text("not an h5ad")
+    model.save(tmp_path / "m")
+    assert main(["embed", str(text), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad")]) == 2
+    assert "is not an .h5ad file" in capsys.readouterr().err
+    assert main(["build-corpus", str(text), "--out", str(tmp_path / "c")]) == 2
+    assert "is not an .h5ad file" in capsys.readouterr().err
+    cells = tmp_path / "cells.h5ad"
+    model.adata.write_h5ad(cells)
+    argv = ["embed", str(cells), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad"), "--key", ""]
+    assert main(argv) == 2
+    assert "--key must name the obsm key" in capsys.readouterr().err
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_cpu_inference_batch_follows_a_token_budget(model):
+    # session 19: a CPU batch of 64 cells at max_genes=2048 was ~3x slower per cell and twice the memory of 4-8 cells
+    cpu = torch.device("cpu")
+    sizes = {}
+    for max_genes in (64, 256, 2048, 4096):
+        model.max_genes = max_genes
+        sizes[max_genes] = model._inference_batch_size(cpu)
+    model.max_genes = TINY["max_genes"]
+    assert sizes == {64: 8, 256: 8, 2048: 4, 4096: 2}
+
+
+def test_several_devices_without_a_distributed_strategy_are_named(model):
+    # user probe: Lightning's "TokenDataLoader implementation has an error where more than one __init__ argument..."
+    with pytest.raises(ValueError, match=r"devices=2 trains on several devices: pass strategy='ddp'"):
+        model.train(max_epochs=1, accelerator="cpu", devices=2, enable_progress_bar=False)
