@@ -128,3 +128,13 @@ def test_several_devices_without_a_distributed_strategy_are_named(model):
     # user probe: Lightning's "TokenDataLoader implementation has an error where more than one __init__ argument..."
     with pytest.raises(ValueError, match=r"devices=2 trains on several devices: pass strategy='ddp'"):
         model.train(max_epochs=1, accelerator="cpu", devices=2, enable_progress_bar=False)
+
+
+def test_resuming_from_last_without_a_checkpoint_dir_is_named(model, tmp_path):
+    # user probe: Lightning warned that no checkpoint was found and trained from scratch
+    with pytest.raises(ValueError, match=r"ckpt_path='last' resumes from the last checkpoint in checkpoint_dir"):
+        model.train(max_epochs=1, accelerator="cpu", ckpt_path="last", enable_progress_bar=False)
+    from genemamba_scvi.pretrain import pretrain_from_corpus
+
+    with pytest.raises(ValueError, match=r"ckpt_path='last' resumes"):
+        pretrain_from_corpus(tmp_path / "no_corpus", max_steps=1, ckpt_path="last", accelerator="cpu")

@@ -24,6 +24,12 @@ from scvi.utils import track
 from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.nn.graphs import drop_graphs
 
+#: ``ckpt_path="last"`` without ``checkpoint_dir``: Lightning finds no checkpoint, warns and trains from scratch
+LAST_NEEDS_CHECKPOINT_DIR = (
+    "ckpt_path='last' resumes from the last checkpoint in checkpoint_dir: pass the checkpoint_dir of the interrupted "
+    "run (without one there is no checkpoint to resume, and Lightning would train from scratch)"
+)
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training step produces a NaN/inf loss (the weights are left unchanged)."""

@@ -25,7 +25,7 @@ from genemamba_scvi.model._utils import (
     _save_kernel_cache,
 )
 from genemamba_scvi.module import gene_set_tensors
-from genemamba_scvi.train import LightningCheckpoint, StepProgressBar, training_session
+from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, LightningCheckpoint, StepProgressBar, training_session
 
 
 def _label_codes(labels: pd.Series) -> tuple[np.ndarray, list[Any]]:
@@ -202,6 +202,8 @@ class GeneMambaTrainingMixin:
         ``precision``, ``early_stopping``, ``ckpt_path``, ...).
         """
         _check_epochs(trainer_kwargs.get("max_epochs"), trainer_kwargs.get("max_steps"))
+        if trainer_kwargs.get("ckpt_path") == "last" and checkpoint_dir is None:
+            raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
         devices = trainer_kwargs.get("devices")
         n_devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list | tuple) else 1
         if n_devices > 1 and not use_distributed_sampler(trainer_kwargs.get("strategy") or "auto"):

@@ -20,6 +20,7 @@ from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.nn.config import GeneMambaConfig
 from genemamba_scvi.pretrain._data import CorpusDataModule
 from genemamba_scvi.train import (
+    LAST_NEEDS_CHECKPOINT_DIR,
     GeneMambaTrainingPlan,
     LightningCheckpoint,
     StepProgressBar,
@@ -273,6 +274,8 @@ def pretrain_from_corpus(
     Lightning leaves it), the corpus vocabulary and gene medians (to build a ``GeneMambaModel`` around it), and
     the trainer.
     """
+    if ckpt_path == "last" and checkpoint_dir is None:
+        raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
     lightning_args = {k: v for k, v in locals().items() if k in _LIGHTNING_ARGS}
     corpus = TokenCorpus(corpus_dir)
     vocab, medians = corpus.vocab, corpus.gene_medians
