@@ -88,3 +88,43 @@ def test_causal_conv_matches_conv1d_and_resets_at_boundaries():
     packed = causal_conv1d_torch(x, w, b, seq_idx=seq_idx)
     torch.testing.assert_close(packed[:, :5], causal_conv1d_torch(x[:, :5], w, b), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(packed[:, 5:], causal_conv1d_torch(x[:, 5:], w, b), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_inter_chunk_scan_equals_the_matrix_form(monkeypatch, packed):
+    # session 19: beyond _INTER_CHUNK_MATRIX_MAX chunk states the recurrence runs chunk by chunk (the matrix grows
+    # with the square of a long packed CPU batch's chunks); same outputs, final states and gradients (float64)
+    import genemamba_scvi.nn.ssd as ssd
+
+    lens = [7, 19, 1, 13, 24, 2, 30]  # 96 tokens, boundaries inside and across chunks of 4
+    x, dt, A, B, C, D, dt_bias = _inputs(1, sum(lens), seed=21, dtype=torch.float64)
+    seq_idx = torch.cat([torch.full((n,), i) for i, n in enumerate(lens)]).unsqueeze(0) if packed else None
+    init = None if packed else torch.randn(1, 4, 8, 6, dtype=torch.float64)
+    results = []
+    for limit in (10**9, 1):  # the matrix, then the scan
+        monkeypatch.setattr(ssd, "_INTER_CHUNK_MATRIX_MAX", limit)
+        ins = [t.detach().clone().requires_grad_() for t in (x, dt, A, B, C, D, dt_bias)]
+        xx, dd, aa, bb, cc, DD, bias = ins
+        y, final = ssd_chunked(
+            xx,
+            dd,
+            aa,
+            bb,
+            cc,
+            chunk_size=4,
+            D=DD,
+            dt_bias=bias,
+            dt_softplus=True,
+            seq_idx=seq_idx,
+            initial_states=init,
+            return_final_states=True,
+        )
+        ((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + final.sum()).backward()
+        results.append((y.detach(), final.detach(), [t.grad for t in ins]))
+    (y1, f1, g1), (y2, f2, g2) = results
+    torch.testing.assert_close(y1, y2, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(f1, f2, atol=1e-12, rtol=1e-10)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-9)
+    ref = ssd_sequential(x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True, seq_idx=seq_idx, initial_states=init)
+    torch.testing.assert_close(y2, ref, atol=1e-10, rtol=1e-9)

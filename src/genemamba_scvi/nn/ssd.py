@@ -399,13 +399,16 @@ def ssd_chunked(
         else:
             init = initial_states.to(cdt).unsqueeze(2)
         states = torch.cat([init, states], dim=2)  # [b, h, c+1, P, N]
-        decay_chunk = torch.exp(_segsum(F.pad(a.sum(-1), (1, 0))))  # [b, h, c+1, c+1]
-        if segc is not None:
-            # segment owning the state entering chunk c (= leaving chunk c-1); the initial state belongs
-            # to the first token's sequence
-            sid = torch.cat([segc[:, :1, 0], segc[:, :, -1]], dim=1)  # [b, c+1]
-            decay_chunk = decay_chunk * (sid.unsqueeze(-1) == sid.unsqueeze(-2)).unsqueeze(1).to(cdt)
-        new_states = torch.einsum("bhzc,bhcpn->bhzpn", decay_chunk, states)
+        # segment owning the state entering chunk c (= leaving chunk c-1); the initial state belongs to the
+        # first token's sequence
+        sid = torch.cat([segc[:, :1, 0], segc[:, :, -1]], dim=1) if segc is not None else None  # [b, c+1]
+        if nchunks + 1 <= _INTER_CHUNK_MATRIX_MAX:
+            decay_chunk = torch.exp(_segsum(F.pad(a.sum(-1), (1, 0))))  # [b, h, c+1, c+1]
+            if sid is not None:
+                decay_chunk = decay_chunk * (sid.unsqueeze(-1) == sid.unsqueeze(-2)).unsqueeze(1).to(cdt)
+            new_states = torch.einsum("bhzc,bhcpn->bhzpn", decay_chunk, states)
+        else:  # many chunks (a long packed batch): the same recurrence chunk by chunk, linear in the chunks
+            new_states = _inter_chunk_scan(states, a.sum(-1), sid)
         prev_states, final_state = new_states[:, :, :-1], new_states[:, :, -1]
 
         # 4. contribution of the entering state to each token (C terms)
@@ -418,6 +421,29 @@ def ssd_chunked(
         y = _add_skip(y, x, D)
     y = y.to(out_dtype)
     return (y, final_state) if return_final_states else y
+
+
+#: up to this many chunk states the inter-chunk recurrence is one (c+1) x (c+1) matrix of decays; beyond, whose
+#: cost grows with the square of the chunks (a packed CPU batch of 64 cells x 2048 genes has 2,048 chunks of 64),
+#: a scan over the chunks (``benchmarks/cpu_batch_size.py``)
+_INTER_CHUNK_MATRIX_MAX = 64
+
+
+def _inter_chunk_scan(states: torch.Tensor, chunk_a: torch.Tensor, sid: torch.Tensor | None) -> torch.Tensor:
+    """``new[z] = exp(chunk_a[z-1]) * new[z-1] * [sid[z] == sid[z-1]] + states[z]``, ``new[0] = states[0]``.
+
+    ``states``: ``[b, h, c+1, P, N]`` (the entering state, then each chunk's own end state); ``chunk_a``:
+    ``[b, h, c]`` (the sum of ``dt * A`` over each chunk); ``sid``: ``[b, c+1]`` segment of each state or ``None``.
+    The masked matrix form (``decay[z, c'] = exp(sum of chunk_a between) * [sid[z] == sid[c']]``) written as a
+    recurrence: segments are contiguous, so equal ends mean every step between is within one segment.
+    """
+    carry = torch.exp(chunk_a)  # [b, h, c]
+    if sid is not None:
+        carry = carry * (sid[:, 1:] == sid[:, :-1]).unsqueeze(1).to(carry.dtype)
+    out = [states[:, :, 0]]
+    for z in range(1, states.shape[2]):
+        out.append(carry[:, :, z - 1, None, None] * out[-1] + states[:, :, z])
+    return torch.stack(out, dim=2)
 
 
 def ssd_sequential(
