@@ -44,6 +44,10 @@ def _one_arm(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.matrix_max[0]:
+        import genemamba_scvi.nn.ssd as ssd
+
+        ssd._INTER_CHUNK_MATRIX_MAX = args.matrix_max[0]
     quiet()
     import anndata
 
@@ -78,6 +82,13 @@ def main() -> None:
     p.add_argument("--n-cells", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--matrix-max",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="nn.ssd._INTER_CHUNK_MATRIX_MAX per arm (0: the library's; a large value: always the matrix form)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, numbers meaningless")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
@@ -98,31 +109,35 @@ def main() -> None:
     settings = []
     for max_genes in args.max_genes:
         for d_model in args.d_model:
-            runs: dict[int, list[dict[str, Any]]] = {b: [] for b in args.batch_sizes}
+            keys = [(b, m) for m in args.matrix_max for b in args.batch_sizes]  # arms: batch size x scan form
+            base_key = (args.baseline, args.matrix_max[0])
+            runs: dict[tuple[int, int], list[dict[str, Any]]] = {k: [] for k in keys}
             for r in range(args.rounds):
-                order = args.batch_sizes[r % len(args.batch_sizes) :] + args.batch_sizes[: r % len(args.batch_sizes)]
-                for b in order:
+                for b, m in keys[r % len(keys) :] + keys[: r % len(keys)]:
                     cmd = [sys.executable, __file__, "--child", "--batch-size", str(b), "--max-genes", str(max_genes)]
                     cmd += ["--d-model", str(d_model), "--n-layers", str(args.n_layers), "--n-cells", str(args.n_cells)]
-                    cmd += ["--threads", str(args.threads), "--emb-out", str(tmp / f"z_{b}.npy")]
+                    cmd += ["--threads", str(args.threads), "--emb-out", str(tmp / f"z_{b}_{m}.npy")]
+                    cmd += ["--matrix-max", str(m)]
                     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
-                    runs[b].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                    print(f"max_genes {max_genes} d_model {d_model} round {r} batch {b}: {runs[b][-1]}", flush=True)
-            base = np.load(tmp / f"z_{args.baseline}.npy")
+                    runs[b, m].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(
+                        f"max_genes {max_genes} d_model {d_model} round {r} batch {b} matrix_max {m}: {runs[b, m][-1]}"
+                    )
+            base = np.load(tmp / f"z_{base_key[0]}_{base_key[1]}.npy")
             arms = []
-            for b in args.batch_sizes:
-                ratios = [
-                    x["cells_per_s"] / y["cells_per_s"] for x, y in zip(runs[b], runs[args.baseline], strict=True)
-                ]
+            for b, m in keys:
+                pairs = zip(runs[b, m], runs[base_key], strict=True)
+                ratios = [x["cells_per_s"] / y["cells_per_s"] for x, y in pairs]
                 arms.append(
                     {
                         "batch_size": b,
-                        "cells_per_s_median": float(np.median([x["cells_per_s"] for x in runs[b]])),
+                        "inter_chunk_matrix_max": m,
+                        "cells_per_s_median": float(np.median([x["cells_per_s"] for x in runs[b, m]])),
                         "speed_ratio_to_baseline_median": float(np.median(ratios)),
                         "speed_ratio_to_baseline_per_round": ratios,
-                        "peak_rss_gib_max": float(max(x["peak_rss_gib"] for x in runs[b])),
-                        "max_abs_diff_to_baseline": float(np.abs(np.load(tmp / f"z_{b}.npy") - base).max()),
-                        "runs": runs[b],
+                        "peak_rss_gib_max": float(max(x["peak_rss_gib"] for x in runs[b, m])),
+                        "max_abs_diff_to_baseline": float(np.abs(np.load(tmp / f"z_{b}_{m}.npy") - base).max()),
+                        "runs": runs[b, m],
                     }
                 )
             settings.append({"max_genes": max_genes, "d_model": d_model, "arms": arms})

@@ -424,9 +424,10 @@ def ssd_chunked(
 
 
 #: up to this many chunk states the inter-chunk recurrence is one (c+1) x (c+1) matrix of decays; beyond, whose
-#: cost grows with the square of the chunks (a packed CPU batch of 64 cells x 2048 genes has 2,048 chunks of 64),
-#: a scan over the chunks (``benchmarks/cpu_batch_size.py``)
-_INTER_CHUNK_MATRIX_MAX = 64
+#: cost grows with the square of the chunks, a scan over the chunks. Through the API on 2 CPU threads (d_model 256,
+#: top-2048, benchmarks/results/cpu_batch_size_scan.json): 64 cells a batch (2,048 chunks) 1.2x faster with the scan,
+#: 4 cells (128 chunks, the CPU default) no faster (0.74-0.93x), hence the matrix up to 256
+_INTER_CHUNK_MATRIX_MAX = 256
 
 
 def _inter_chunk_scan(states: torch.Tensor, chunk_a: torch.Tensor, sid: torch.Tensor | None) -> torch.Tensor:
