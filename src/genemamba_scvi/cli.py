@@ -135,19 +135,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_h5ad(path: Path) -> None:
-    """Name a file that is no HDF5 file (h5py would say 'file signature not found' in a traceback)."""
-    import h5py
-
-    if not h5py.is_hdf5(path):
-        raise ValueError(f"input {path} is not an .h5ad file (no HDF5 signature)")
-
-
 def _embed(args: argparse.Namespace) -> int:
     import anndata
     import pandas as pd
 
     from genemamba_scvi import GeneMambaModel, __version__
+    from genemamba_scvi.data._corpus_io import check_h5ad_file
     from genemamba_scvi.io._checkpoint import is_our_checkpoint
     from genemamba_scvi.io._files import _atomic_write_file
 
@@ -155,7 +148,7 @@ def _embed(args: argparse.Namespace) -> int:
     if not source.is_file():
         what = "is a directory, not an .h5ad file" if source.is_dir() else "no such file"
         raise FileNotFoundError(f"input {source}: {what}")
-    _check_h5ad(source)
+    check_h5ad_file(source)
     if out.resolve() == source.resolve():
         raise ValueError(f"--out {out} is the input file; genemamba embed never overwrites its input")
     if out.is_dir():

@@ -69,6 +69,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
 
 
+def check_h5ad_file(path: Path) -> None:
+    """Name a file that is no HDF5 file (h5py would say 'file signature not found' in a traceback)."""
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"input {str(path)!r} is not an .h5ad file (no HDF5 signature)")
+
+
 def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Expand ``inputs`` (files and/or directories) to the ordered list of ``.h5ad`` files.
 
@@ -96,8 +102,7 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> l
         else:
             raise FileNotFoundError(f"input {str(p)!r} does not exist")
     for f in files:
-        if not h5py.is_hdf5(f):
-            raise ValueError(f"input {str(f)!r} is not an .h5ad file (no HDF5 signature)")
+        check_h5ad_file(f)
     if not files:
         raise FileNotFoundError("no .h5ad input files given")
     resolved = [f.resolve() for f in files]

@@ -202,16 +202,15 @@ def _load_npy(path: Path) -> np.ndarray | None:
         return None
 
 
-def _refuse_foreign_file(out: Path, name: str, same: bool) -> None:
-    """A new corpus would write ``name`` over a file of that name in ``out`` (no manifest: no corpus to resume).
+def _foreign_file_error(out: Path, name: str) -> ValueError:
+    """The error for a new corpus that would write ``name`` over a different file of that name in ``out``.
 
-    Only a build stopped before its manifest leaves one of its own: then ``same`` (the content it would write anyway).
+    No manifest means no corpus to resume; a build stopped before its manifest leaves one with the same content.
     """
-    if not same:
-        raise ValueError(
-            f"{str(out)!r} holds a {name} but no manifest.json, so it is no corpus to resume, and this build would "
-            f"write another {name} over it. Use an empty out_dir, or remove that file if it is a stale one"
-        )
+    return ValueError(
+        f"{str(out)!r} holds a {name} but no manifest.json, so it is no corpus to resume, and this build would "
+        f"write another {name} over it. Use an empty out_dir, or remove that file if it is a stale one"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -321,8 +320,8 @@ def build_corpus(
 
     # ---- inputs, vocabulary and configuration
     vocab = _resolve_vocab(vocab, out, paths[0], gene_id_key, resuming=old is not None)
-    if old is None and (out / VOCAB_FILE).is_file():
-        _refuse_foreign_file(out, VOCAB_FILE, _same_vocab_file(out / VOCAB_FILE, vocab))
+    if old is None and (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
+        raise _foreign_file_error(out, VOCAB_FILE)
     files = []
     for p in paths:
         with _H5adRows(p, layer, gene_id_key) as reader:
@@ -392,8 +391,8 @@ def build_corpus(
     if old is None:
         if (out / MEDIANS_FILE).is_file():
             earlier = _load_npy(out / MEDIANS_FILE)
-            same = earlier is not None and _sha256_array(earlier) == config["medians_sha256"]
-            _refuse_foreign_file(out, MEDIANS_FILE, same)
+            if earlier is None or _sha256_array(earlier) != config["medians_sha256"]:
+                raise _foreign_file_error(out, MEDIANS_FILE)
         vocab.to_json(out / VOCAB_FILE)
         _atomic_save_npy(out / MEDIANS_FILE, medians)
         manifest = Manifest(config=config, files=files, created=_now(), package_version=__version__, root=out)

@@ -300,21 +300,16 @@ def _checkpoint_root(
     ``cache_dir=`` given), is the cached repository with ``sub`` as the subfolder (in front of ``subfolder``).
     """
     root = Path(path)
-    if root.is_dir():
-        if revision is not None or cache_dir is not None:
-            raise ValueError(
-                f"revision= and cache_dir= select a Hub repository id's cached files; {path} is a local path"
-            )
-        return root, subfolder
     hub_options = revision is not None or cache_dir is not None
-    local_variants = root.parent.is_dir() and bool(_size_variants(root.parent))  # "GeneMamba/<variant>", mistyped
-    if looks_like_repo_id(path) and (hub_options or hub_repo_dir(str(path)).is_dir() or not local_variants):
-        return resolve_hub_snapshot(str(path), revision=revision, cache_dir=cache_dir), subfolder
-    split = split_repo_subfolder(path)
-    if split is not None and (hub_options or hub_repo_dir(split[0], cache_dir).is_dir()):
-        repo_id, rest = split
-        snapshot = resolve_hub_snapshot(repo_id, revision=revision, cache_dir=cache_dir)
-        return snapshot, f"{rest}/{subfolder}" if subfolder else rest
+    if not root.is_dir():
+        local_variants = root.parent.is_dir() and bool(_size_variants(root.parent))  # "GeneMamba/<variant>", mistyped
+        if looks_like_repo_id(path) and (hub_options or hub_repo_dir(str(path)).is_dir() or not local_variants):
+            return resolve_hub_snapshot(str(path), revision=revision, cache_dir=cache_dir), subfolder
+        split = split_repo_subfolder(path)
+        if split is not None and (hub_options or hub_repo_dir(split[0], cache_dir).is_dir()):
+            repo_id, rest = split
+            snapshot = resolve_hub_snapshot(repo_id, revision=revision, cache_dir=cache_dir)
+            return snapshot, f"{rest}/{subfolder}" if subfolder else rest
     if hub_options:
         raise ValueError(f"revision= and cache_dir= select a Hub repository id's cached files; {path} is a local path")
     return root, subfolder
