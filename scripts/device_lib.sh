@@ -7,15 +7,16 @@ pick() {
     | sed 's/"switches": {.*}, "model"/"model"/' | cut -c1-200 | tail -"${2:-14}"
 }
 
-# `full_run BUDGET_S TIMEOUT_S`: benchmarks/throughput.py's full run into $OUT (the pinned autotune winners), then
+# `full_run BUDGET_S TIMEOUT_S [ARGS...]`: benchmarks/throughput.py's full run into $OUT (the pinned autotune winners), then
 # its issue-14 targets and the real-cell and named ablation rows.
 full_run() {
-  timeout "$2" python3 benchmarks/throughput.py --out "$OUT" --budget-s "$1" \
-    --autotune pin:benchmarks/results/throughput_h200_s7_final.json > "$OUT/throughput_h200.log" 2>&1
-  echo "throughput rc=$?"; grep "^target" "$OUT/throughput_h200.log" | tail -4
+  local budget=$1 limit=$2; shift 2
+  timeout "$limit" python3 benchmarks/throughput.py --out "$OUT" --budget-s "$budget" "$@" \
+    --autotune pin:benchmarks/results/throughput_h200_s7_final.json > "$OUT/throughput.log" 2>&1
+  echo "throughput rc=$?"; grep "^target" "$OUT/throughput.log" | tail -4
   python3 - <<'PY'
-import json, os
-d = json.load(open(os.environ["OUT"] + "/throughput_h200.json"))
+import glob, json, os
+d = json.load(open(sorted(glob.glob(os.environ["OUT"] + "/throughput_h[0-9]*.json"))[0]))
 for r in d["results"]:
     if r["setting"].startswith(("real_top2048", "real_top4096", "ablation_cb", "ablation_fat", "ablation_a_per")):
         print(r["setting"], r["model"], round(r.get("cells_per_s", 0) or 0, 1), r.get("peak_mem_gib"))
