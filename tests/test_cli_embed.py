@@ -194,9 +194,19 @@ def test_embed_reaches_a_size_variant_of_a_cached_repository(tmp_path, monkeypat
         assert main([*base, *spellings[0], "--cache-dir", str(cache)]) == 0
         np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
         assert main([*base, "--model", "mineself2016/GeneMamba", "--cache-dir", str(cache), "--subfolder", "6l"]) == 2
-        assert "no size variant subfolder='6l'" in capsys.readouterr().err
+        assert "no size variant --subfolder '6l'" in capsys.readouterr().err
         blob = cache / "models--mineself2016--GeneMamba" / "snapshots" / snapshot.name / "x.h5ad"
         assert (
             main([*base[:2], "--out", str(blob), "--model", "mineself2016/GeneMamba", "--cache-dir", str(cache)]) == 2
         )
         assert "is inside the model's directory" in capsys.readouterr().err
+
+
+def test_cli_errors_name_the_command_options_not_python_arguments(tmp_path, saved, capsys):
+    # the library's hints read "pass ... layer=..." / "overwrite=True"; a shell user is told the command's options
+    _, adata, _ = saved
+    source = _user_file(adata, tmp_path / "cells.h5ad", counts_in="counts")
+    assert main(["build-corpus", str(source), "--out", str(tmp_path / "corpus"), "--max-genes", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--layer" in err and "layer=" not in err
+    assert main(["build-corpus", str(source), "--out", str(tmp_path / "corpus"), "--layer", "counts"]) == 0

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -372,8 +373,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message, not a traceback
-        print(f"genemamba {args.command}: error: {err}", file=sys.stderr)
+        print(f"genemamba {args.command}: error: {_cli_spelling(str(err), sub.choices[args.command])}", file=sys.stderr)
         return 2
+
+
+def _cli_spelling(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with the library's Python spellings of this command's options written as its options.
+
+    ``layer='counts'`` becomes ``--layer 'counts'``, ``overwrite=True`` ``--overwrite``, ``subfolder=...``
+    ``--subfolder <...>``; spellings of arguments the command does not have are left as they are.
+    """
+    options = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != "help"}
+
+    def as_option(match: re.Match) -> str:
+        flag = options.get(match.group(1))
+        if flag is None:
+            return match.group(0)
+        value = match.group(2)
+        if value in ("True", "None"):
+            return flag if value == "True" else f"no {flag}"
+        return f"{flag} {'<...>' if value == '...' else value}"
+
+    return re.sub(r"(?<![\w.])([a-z_]+)=('[^']*'|\"[^\"]*\"|\.\.\.|<[^>]*>|[\w.-]+)", as_option, message)
 
 
 if __name__ == "__main__":
