@@ -138,3 +138,18 @@ def test_resuming_from_last_without_a_checkpoint_dir_is_named(model, tmp_path):
 
     with pytest.raises(ValueError, match=r"ckpt_path='last' resumes"):
         pretrain_from_corpus(tmp_path / "no_corpus", max_steps=1, ckpt_path="last", accelerator="cpu")
+
+
+@pytest.mark.parametrize("batch_size", [2.5, 8.0, 0, -3, True, "8"])
+def test_batch_sizes_that_are_not_whole_positive_numbers_are_refused(model, batch_size):
+    # before: 2.5 and True embedded silently (truncated to 2 and 1 cells), "8" raised a TypeError from the data
+    # loader, and train() built a Trainer before torch's DataLoader refused them
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1, got"):
+        model.get_latent_representation(batch_size=batch_size)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1, got"):
+        model.train(max_epochs=1, batch_size=batch_size, accelerator="cpu", enable_progress_bar=False)
+
+
+def test_numpy_integer_batch_sizes_are_taken(model):
+    z = model.get_latent_representation(batch_size=np.int64(16))
+    assert z.shape == (model.adata.n_obs, model.module.encoder.d_model)

@@ -44,6 +44,7 @@ from genemamba_scvi.model._utils import (
     _warn_unmatched_genes,
 )
 from genemamba_scvi.module import GeneMambaModule
+from genemamba_scvi.nn.config import check_count
 from genemamba_scvi.train import GeneMambaTrainingPlan
 
 LATENT_KEY = "X_genemamba"
@@ -368,9 +369,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         resolved = resolve_precision(precision, device.type == "cuda")
         if batch_size is None:
             batch_size = self._inference_batch_size(device)
-        elif int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive number of cells, got {batch_size!r}")
-        loader = self._token_loader(adata, indices, int(batch_size))
+        loader = self._token_loader(adata, indices, check_count("batch_size", batch_size))
         n_cells = len(loader.indices)
         show = n_cells >= _PROGRESS_MIN_CELLS if progress_bar is None else bool(progress_bar)
         out = []

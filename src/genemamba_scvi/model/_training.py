@@ -25,6 +25,7 @@ from genemamba_scvi.model._utils import (
     _save_kernel_cache,
 )
 from genemamba_scvi.module import gene_set_tensors
+from genemamba_scvi.nn.config import check_count
 from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, LightningCheckpoint, StepProgressBar, training_session
 
 
@@ -202,6 +203,7 @@ class GeneMambaTrainingMixin:
         ``precision``, ``early_stopping``, ``ckpt_path``, ...).
         """
         _check_epochs(trainer_kwargs.get("max_epochs"), trainer_kwargs.get("max_steps"))
+        batch_size = check_count("batch_size", batch_size)
         if trainer_kwargs.get("ckpt_path") == "last" and checkpoint_dir is None:
             raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
         devices = trainer_kwargs.get("devices")

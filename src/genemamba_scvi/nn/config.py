@@ -33,6 +33,16 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def check_count(name: str, value: Any, least: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer >= ``least``; else :class:`ValueError` naming the setting ``name``.
+
+    Booleans, floats (``2.5`` or ``8.0``) and strings are refused rather than truncated or compared as text.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class GeneMambaConfig:
     """Settings of the GeneMamba encoder and its pre-training objective.
@@ -93,10 +103,7 @@ class GeneMambaConfig:
     def __post_init__(self) -> None:
         """Refuse impossible sizes and rates now, naming the setting (not as a ZeroDivisionError, or never)."""
         for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "chunk_size", "ngroups", "n_layers"):
-            value = getattr(self, name)
-            least = 0 if name == "n_layers" else 1
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+            check_count(name, getattr(self, name), least=0 if name == "n_layers" else 1)
         for name in ("bidirectional", "shared_merge", "tie_lm_head"):  # "false" would be a true string
             if not isinstance(getattr(self, name), bool) and type(getattr(self, name)).__name__ != "bool_":
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

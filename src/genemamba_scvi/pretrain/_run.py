@@ -17,7 +17,7 @@ from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, 
 from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
-from genemamba_scvi.nn.config import GeneMambaConfig
+from genemamba_scvi.nn.config import GeneMambaConfig, check_count
 from genemamba_scvi.pretrain._data import CorpusDataModule
 from genemamba_scvi.train import (
     LAST_NEEDS_CHECKPOINT_DIR,
@@ -276,6 +276,8 @@ def pretrain_from_corpus(
     """
     if ckpt_path == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
+    batch_size = check_count("batch_size", batch_size)
+    accumulate_grad_batches = check_count("accumulate_grad_batches", accumulate_grad_batches)
     lightning_args = {k: v for k, v in locals().items() if k in _LIGHTNING_ARGS}
     corpus = TokenCorpus(corpus_dir)
     vocab, medians = corpus.vocab, corpus.gene_medians
