@@ -17,6 +17,7 @@ from genemamba_scvi.pretrain import (
     CorpusBatchSampler,
     CorpusDataModule,
     CorpusDataset,
+    CorpusSplit,
     FeistelPermutation,
     StepLossHistory,
     pretrain_from_corpus,
@@ -326,3 +327,55 @@ def test_progress_bar_counts_minibatches_to_max_steps_and_shows_the_loss_undivid
     assert "4/4" in err and "/-" not in err  # 2 steps of 2 minibatches; no epoch limit shown as "Epoch 0/-2"
     assert f"train_loss={history.losses[-1]:.3f}" in err
     assert history.losses[-1] > 2.0  # the masked-gene cross-entropy over ~32k genes, not a half of it
+
+
+# ---------------------------------------------------------------------------------------------- validation split
+@pytest.mark.parametrize(("size", "n_val"), [(0.1, 56), (100, 100), (1, 1)])
+def test_split_holds_out_a_fixed_random_subset_and_trains_on_the_rest(size, n_val):
+    split = CorpusSplit(559, size, seed=3)
+    val = split.validation_cells(np.arange(split.n_validation))
+    train = split.train_cells(np.arange(split.n_train))
+    assert split.n_validation == n_val and split.n_train == 559 - n_val
+    assert np.array_equal(np.sort(np.concatenate([val, train])), np.arange(559))  # disjoint, every cell once
+    assert np.array_equal(val, CorpusSplit(559, size, seed=3).validation_cells(np.arange(n_val)))  # fixed by seed
+    if n_val > 10:  # spread over the corpus (its input files lie in order), not its first cells
+        assert val.min() < 100 and val.max() > 459
+        assert not np.array_equal(val, CorpusSplit(559, size, seed=4).validation_cells(np.arange(n_val)))
+    # without validation cells the training part is the corpus in its own order (runs read what they read before)
+    assert np.array_equal(CorpusSplit(559, None).train_cells(np.arange(559)), np.arange(559))
+
+
+@pytest.mark.parametrize("size", [1.0, 559, 600, -0.1, True, "0.1", 1.5])
+def test_split_refuses_sizes_that_leave_a_side_empty_or_are_not_sizes(size):
+    with pytest.raises(ValueError, match=r"validation_size"):
+        CorpusSplit(559, size)
+
+
+def test_training_sampler_of_a_split_sees_each_training_cell_once_and_no_validation_cell(corpus_dir):
+    from genemamba_scvi.pretrain import CorpusDataModule
+
+    dm = CorpusDataModule(corpus_dir, batch_size=50, validation_size=0.2, seed=5, bucket_window=2)
+    for world in (1, 2):
+        samplers = [dm.make_sampler(world, r) for r in range(world)]
+        seen = np.concatenate([s.batch(0, step) for s in samplers for step in range(len(s))])
+        assert np.array_equal(np.sort(seen), np.sort(dm.split.train_cells(np.arange(dm.n_train))))
+    val = np.concatenate(list(dm.val_dataloader().sampler))
+    assert np.array_equal(np.sort(val), np.sort(dm.split.validation_cells(np.arange(dm.n_val))))
+    assert np.intersect1d(val, seen).size == 0 and dm.n_val == 112 and dm.n_train == 447
+
+
+def test_pretraining_with_held_out_cells_logs_a_reproducible_validation_loss(corpus_dir, one_thread):
+    kwargs = {"batch_size": 64, "validation_size": 0.1, "val_check_interval": 3}
+    _, first = _train(corpus_dir, **kwargs)
+    metrics = first.trainer.callback_metrics
+    assert {"validation_loss", "lm_loss_validation", "mlm_accuracy_validation"} <= set(metrics)
+    assert np.isfinite(float(metrics["validation_loss"]))
+    _, again = _train(corpus_dir, **kwargs)
+    assert float(again.trainer.callback_metrics["validation_loss"]) == float(metrics["validation_loss"])
+
+
+def test_a_run_is_not_resumed_with_another_validation_split(corpus_dir, tmp_path, one_thread):
+    ckpt_dir = tmp_path / "ckpt"
+    _train(corpus_dir, batch_size=64, validation_size=0.1, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=3)
+    with pytest.raises(ValueError, match=r"validation cells and seed|n_cells"):
+        _train(corpus_dir, batch_size=64, validation_size=0.2, ckpt_path=ckpt_dir / "last.ckpt")

@@ -23,13 +23,14 @@ from genemamba_scvi.pretrain._run import (
     _step_seed,  # noqa: F401
     pretrain_from_corpus,
 )
-from genemamba_scvi.pretrain._sampler import CorpusBatchSampler, FeistelPermutation
+from genemamba_scvi.pretrain._sampler import CorpusBatchSampler, CorpusSplit, FeistelPermutation
 
 __all__ = [
     "CorpusBatchSampler",
     "CorpusDataLoader",
     "CorpusDataModule",
     "CorpusDataset",
+    "CorpusSplit",
     "CorpusTrainingPlan",
     "FeistelPermutation",
     "PretrainResult",

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.data.corpus import TokenCorpus
-from genemamba_scvi.pretrain._sampler import CorpusBatchSampler
+from genemamba_scvi.pretrain._sampler import CorpusBatchSampler, CorpusSplit
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -78,10 +78,15 @@ class CorpusDataModule(pl.LightningDataModule):
     num_workers, pin_memory, persistent_workers
         Passed to the :class:`~torch.utils.data.DataLoader` (workers read the memory maps; the sampler runs
         in the main process).
+    validation_size
+        Cells held out of training for a validation loss: a share of the corpus (``0 < x < 1``) or a number of
+        cells; a random subset fixed by ``seed`` (:class:`~genemamba_scvi.pretrain.CorpusSplit`). ``None``
+        (default): every cell trains and there is no validation loader.
 
     Notes
     -----
-    Rank and world size are taken from the attached trainer. No validation loader is defined.
+    Rank and world size are taken from the attached trainer. The validation cells are read in a fixed order,
+    split over the ranks as the training cells are.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class CorpusDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        validation_size: float | int | None = None,
     ):
         super().__init__()
         self.corpus_dir = Path(corpus_dir)
@@ -106,18 +112,35 @@ class CorpusDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.validation_size = validation_size
         self.corpus: TokenCorpus | None = None
+        self.split: CorpusSplit | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is None:
             self.corpus = TokenCorpus(self.corpus_dir)
+        if self.split is None:
+            self.split = CorpusSplit(self.corpus.n_cells, self.validation_size, self.seed)
+
+    @property
+    def n_train(self) -> int:
+        """Training cells (scvi's ``TrainRunner`` reads it)."""
+        self.setup()
+        return self.split.n_train
+
+    @property
+    def n_val(self) -> int:
+        """Validation cells."""
+        self.setup()
+        return self.split.n_validation
 
     def make_sampler(self, num_replicas: int = 1, rank: int = 0) -> CorpusBatchSampler:
-        """The batch sampler of one rank."""
+        """The training batch sampler of one rank."""
         self.setup()
-        assert self.corpus is not None
+        split, corpus = self.split, self.corpus
+        held_out = split.n_validation > 0
         return CorpusBatchSampler(
-            self.corpus.n_cells,
+            split.n_train,
             self.batch_size,
             num_replicas=num_replicas,
             rank=rank,
@@ -125,16 +148,12 @@ class CorpusDataModule(pl.LightningDataModule):
             seed=self.seed,
             drop_last=self.drop_last,
             bucket_window=self.bucket_window,
-            lengths_fn=self.corpus.lengths_of,
+            lengths_fn=(lambda cells: corpus.lengths_of(split.train_cells(cells))) if held_out else corpus.lengths_of,
+            cell_map=split.train_cells if held_out else None,
+            split=[split.n_validation, split.seed] if held_out else None,
         )
 
-    def train_dataloader(self) -> CorpusDataLoader:
-        self.setup()
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = self.make_sampler(world, rank)
-        if trainer is not None:
-            sampler.progress_fn = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    def _loader(self, sampler: CorpusBatchSampler) -> CorpusDataLoader:
         return CorpusDataLoader(
             CorpusDataset(self.corpus),
             sampler,
@@ -142,3 +161,32 @@ class CorpusDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> CorpusDataLoader:
+        self.setup()
+        rank, world = self._ranks()
+        sampler = self.make_sampler(world, rank)
+        trainer = self.trainer
+        if trainer is not None:
+            sampler.progress_fn = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return self._loader(sampler)
+
+    def val_dataloader(self) -> CorpusDataLoader | list:
+        """The held-out cells in a fixed order (``[]``, no validation, without ``validation_size``)."""
+        self.setup()
+        if self.split.n_validation == 0:
+            return []
+        rank, world = self._ranks()
+        sampler = CorpusBatchSampler(
+            self.split.n_validation,
+            self.batch_size,
+            num_replicas=world,
+            rank=rank,
+            shuffle=False,
+            cell_map=self.split.validation_cells,
+        )
+        return self._loader(sampler)

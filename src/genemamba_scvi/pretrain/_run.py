@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +29,10 @@ from genemamba_scvi.train import (
     training_session,
 )
 
-
 # ---------------------------------------------------------------------------------------------- training
+_VALIDATION_STREAM = 0x76616C  # seeds validation masks apart from any epoch's training masks
+
+
 def _step_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
@@ -55,15 +58,25 @@ class CorpusTrainingPlan(GeneMambaTrainingPlan):
         super().__init__(module, **kwargs)
         self.mask_seed = int(mask_seed)
 
-    def training_step(self, batch, batch_idx):
-        seed = _step_seed(self.mask_seed, self.global_rank, self.current_epoch, batch_idx)
+    @contextlib.contextmanager
+    def _seeded(self, *parts: int):
+        """The global torch RNGs (CPU and this device) forked and seeded from ``parts``; restored afterwards."""
         device = self.device
         devices = (
             [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
         )
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            torch.manual_seed(seed)
+            torch.manual_seed(_step_seed(self.mask_seed, self.global_rank, *parts))
+            yield
+
+    def training_step(self, batch, batch_idx):
+        with self._seeded(self.current_epoch, batch_idx):
             return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        """Scvi's validation step with the same masks at every evaluation (seeded by rank and batch only)."""
+        with self._seeded(_VALIDATION_STREAM, batch_idx):
+            return super().validation_step(batch, batch_idx)
 
 
 class StepLossHistory(pl.Callback):
@@ -199,6 +212,7 @@ def pretrain_from_corpus(
     drop_last: bool = False,
     bucket_window: int = 0,
     num_workers: int = 0,
+    validation_size: float | int | None = None,
     plan_kwargs: dict[str, Any] | None = None,
     callbacks: Sequence[pl.Callback] | None = None,
     logger: Any = False,
@@ -259,6 +273,13 @@ def pretrain_from_corpus(
         Seeds the initialisation, the epoch shuffles and the masking.
     shuffle, drop_last, bucket_window, num_workers
         Data loading (see :class:`CorpusDataModule`).
+    validation_size
+        Hold out cells for a validation loss: a share of the corpus (``0 < x < 1``) or a number of cells, drawn
+        at random (fixed by ``seed``) from every input file. ``validation_loss``, ``lm_loss_validation`` and
+        ``mlm_accuracy_validation`` (masked-gene objective) are then logged at the end of every epoch, or every
+        ``val_check_interval`` training batches of an epoch (a Trainer argument; give it when ``max_steps`` ends
+        the run inside the first epoch), with the same masks at every evaluation; read them in
+        ``result.trainer.callback_metrics`` or a ``logger``. ``None`` (default): every cell trains.
     plan_kwargs
         Passed to :class:`CorpusTrainingPlan` (``weight_decay``, ``warmup_fraction``, ...).
     callbacks
@@ -318,8 +339,10 @@ def pretrain_from_corpus(
         drop_last=drop_last,
         bucket_window=bucket_window,
         num_workers=num_workers,
+        validation_size=validation_size,
     )
     datamodule.corpus = corpus
+    datamodule.setup()  # refuses a validation_size the corpus cannot give before anything runs
     cbs = list(callbacks or [])
     if checkpoint_dir is not None:
         cbs.append(
@@ -351,6 +374,8 @@ def pretrain_from_corpus(
         "ckpt_path": os.fspath(ckpt_path) if ckpt_path is not None else None,
         **trainer_kwargs,
     }
+    if datamodule.n_val:  # scvi's Trainer never validates unless told (its None means never)
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
     with training_session(module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
         runner = TrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -62,6 +63,65 @@ class FeistelPermutation:
         return x.astype(np.int64)
 
 
+class CorpusSplit:
+    """Cells of a corpus held out for validation: the first ``n_validation`` positions of a keyed permutation.
+
+    Position ``p`` of the validation part is cell ``P(p)`` and position ``p`` of the training part is cell
+    ``P(n_validation + p)``, with ``P`` a :class:`FeistelPermutation` of all cells keyed by ``seed``: a random
+    subset, spread over every input file of the corpus, fixed by the seed, in O(1) memory. Without validation
+    cells the training part is the corpus itself (``P`` is not applied), so a run without a split reads the
+    cells it read before splits existed.
+
+    Parameters
+    ----------
+    n_cells
+        Cells in the corpus.
+    validation_size
+        Share of the cells (``0 < x < 1``, at least one cell) or number of cells (an integer) held out; ``None``
+        or ``0``: none.
+    seed
+        Key of the permutation.
+    """
+
+    def __init__(self, n_cells: int, validation_size: float | int | None, seed: int = 0):
+        self.n_cells = int(n_cells)
+        self.seed = int(seed)
+        self.n_validation = _n_held_out(self.n_cells, validation_size)
+        self.n_train = self.n_cells - self.n_validation
+        self._perm = FeistelPermutation(self.n_cells, (self.seed, 0x76616C)) if self.n_validation else None
+
+    def train_cells(self, positions: np.ndarray) -> np.ndarray:
+        """Corpus indices of training positions (``[0, n_train)``)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return positions if self._perm is None else self._perm(positions + self.n_validation)
+
+    def validation_cells(self, positions: np.ndarray) -> np.ndarray:
+        """Corpus indices of validation positions (``[0, n_validation)``)."""
+        assert self._perm is not None, "no validation cells"
+        return self._perm(np.asarray(positions, dtype=np.int64))
+
+
+def _n_held_out(n_cells: int, validation_size: float | int | None) -> int:
+    if validation_size is None or (not isinstance(validation_size, bool) and validation_size == 0):
+        return 0
+    if isinstance(validation_size, bool) or not isinstance(validation_size, numbers.Real):
+        raise ValueError(f"validation_size must be a share in (0, 1) or a number of cells, got {validation_size!r}")
+    if isinstance(validation_size, numbers.Integral):
+        n = int(validation_size)
+    elif 0 < validation_size < 1:
+        n = max(1, round(float(validation_size) * n_cells))
+    else:
+        raise ValueError(
+            f"validation_size={validation_size!r}: give a share in (0, 1) or a whole number of cells (e.g. 500)"
+        )
+    if not 0 < n < n_cells:
+        raise ValueError(
+            f"validation_size={validation_size!r} holds out {n} of the corpus' {n_cells} cells: at least one cell "
+            "must stay on each side"
+        )
+    return n
+
+
 # ---------------------------------------------------------------------------------------------- sampler
 class CorpusBatchSampler(DistributedSampler):
     """Stateful, DDP-aware batch sampler over the cells of a corpus; yields arrays of cell indices.
@@ -99,7 +159,13 @@ class CorpusBatchSampler(DistributedSampler):
         sorted by length before being cut into batches, and the batches of the window are shuffled. The
         epoch still sees every cell once; batches hold cells of similar length (less padding).
     lengths_fn
-        Lengths of cell indices (needed for bucketing).
+        Lengths of cell indices (needed for bucketing; of the indices before ``cell_map``).
+    cell_map
+        Maps the sampler's indices ``[0, n_cells)`` to the cells it yields (a part of a :class:`CorpusSplit`);
+        ``None``: the indices themselves.
+    split
+        ``[validation cells, seed]`` of the :class:`CorpusSplit` behind ``cell_map``, kept in :meth:`state_dict`
+        so that a run is not resumed with another split.
 
     Attributes
     ----------
@@ -119,6 +185,8 @@ class CorpusBatchSampler(DistributedSampler):
         drop_last: bool = False,
         bucket_window: int = 0,
         lengths_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        cell_map: Callable[[np.ndarray], np.ndarray] | None = None,
+        split: Sequence[int] | None = None,
     ):
         # DistributedSampler.__init__ is not called on purpose: it needs a dataset and a process group.
         if n_cells <= 0:
@@ -136,6 +204,8 @@ class CorpusBatchSampler(DistributedSampler):
         self.drop_last = bool(drop_last)
         self.bucket_window = int(bucket_window)
         self.lengths_fn = lengths_fn
+        self.cell_map = cell_map
+        self.split = None if split is None else [int(v) for v in split]
         self.epoch = 0
         self.progress_fn: Callable[[], int] | None = None
         self._start_step = 0
@@ -205,13 +275,12 @@ class CorpusBatchSampler(DistributedSampler):
     def batch(self, epoch: int, step: int, rank: int | None = None) -> np.ndarray:
         """Cell indices of ``rank`` (default: this rank) at ``step`` of ``epoch``."""
         pos = self.rank_positions(step, rank)
+        out = self._order(epoch, pos)
         if self.bucket_window and self.shuffle:
             in_range = pos >= step * self.global_batch_size  # padding positions wrap to the epoch start
-            out = self._order(epoch, pos)
             if in_range.any():
                 out[in_range] = self._bucketed(epoch, step, pos[in_range])
-            return out
-        return self._order(epoch, pos)
+        return out if self.cell_map is None else self.cell_map(out)
 
     def __iter__(self):
         epoch, start = self.epoch, self._start_step
@@ -235,6 +304,7 @@ class CorpusBatchSampler(DistributedSampler):
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
             "bucket_window": self.bucket_window,
+            **({"split": self.split} if self.split is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -251,6 +321,8 @@ class CorpusBatchSampler(DistributedSampler):
             for k in ("n_cells", "seed", "shuffle", "drop_last", "bucket_window")
             if k in state and state[k] != getattr(self, k)
         ]
+        if list(state.get("split") or [0, self.seed]) != list(self.split or [0, self.seed]):
+            diffs.append(f"validation cells and seed: checkpoint {state.get('split')!r}, now {self.split!r}")
         if diffs:
             raise ValueError("cannot resume the corpus sampler from this checkpoint: " + "; ".join(diffs))
         consumed = int(state["cells_consumed"])
