@@ -3,18 +3,18 @@
 - :mod:`genemamba_scvi.model._model`: the AnnData-facing class (set-up, tokenization, inference),
 - :mod:`genemamba_scvi.model._training`: ``train``, ``train_classifier`` and corpus ``pretrain`` (a mixin),
 - :mod:`genemamba_scvi.model._save_load`: ``save``, ``load`` and ``from_pretrained`` (a mixin),
+- :mod:`genemamba_scvi.model._classifier`: the cell-type head's label codes, class weights and checks,
 - :mod:`genemamba_scvi.model._utils`: AnnData checks shared by them.
 """
 
+from genemamba_scvi.model._classifier import _class_weights, _label_codes  # noqa: F401
 from genemamba_scvi.model._model import LATENT_KEY, GeneMambaModel
 
 # private helpers, importable from here as before the split
 from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin, _history_from_json, _history_to_json  # noqa: F401
 from genemamba_scvi.model._training import (  # noqa: F401
     GeneMambaTrainingMixin,
-    _class_weights,
     _GeneMambaTrainRunner,
-    _label_codes,
     _ResumableCheckpoint,
 )
 from genemamba_scvi.model._utils import (  # noqa: F401

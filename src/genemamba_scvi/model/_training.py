@@ -18,6 +18,14 @@ from scvi.train._trainrunner import _safe_load_logger_history
 
 from genemamba_scvi import __version__
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
+from genemamba_scvi.model._classifier import (
+    _class_weights,
+    _label_codes,
+    check_classifier_split,
+    check_early_stopping_monitor,
+    logged_metrics,
+    warn_on_label_values,
+)
 from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_known_genes_expressed,
@@ -27,39 +35,6 @@ from genemamba_scvi.model._utils import (
 from genemamba_scvi.module import gene_set_tensors
 from genemamba_scvi.nn.config import check_count
 from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, LightningCheckpoint, StepProgressBar, training_session
-
-
-def _label_codes(labels: pd.Series) -> tuple[np.ndarray, list[Any]]:
-    """Integer codes and the sorted label values, which keep their type (integer labels stay integers)."""
-    try:
-        codes, uniques = pd.factorize(labels, sort=True)
-    except TypeError:  # labels of mixed types cannot be sorted
-        codes, uniques = pd.factorize(labels.astype(str), sort=True)
-    return codes, np.asarray(uniques).tolist()
-
-
-def _class_weights(
-    class_weight: str | dict[str, float] | None, codes: np.ndarray, names: Sequence[str]
-) -> torch.Tensor | None:
-    """Cross-entropy weights per label code (see :meth:`GeneMambaModel.train_classifier`)."""
-    if class_weight is None:
-        return None
-    if isinstance(class_weight, str):
-        if class_weight != "balanced":
-            raise ValueError(f"class_weight must be 'balanced', a dict or None, got {class_weight!r}")
-        counts = np.bincount(codes, minlength=len(names)).astype(np.float64)
-        weights = codes.size / (len(names) * np.maximum(counts, 1.0))
-    else:
-        by_name = {str(k): v for k, v in class_weight.items()}
-        unknown = sorted(set(by_name) - set(names))
-        if unknown:
-            raise ValueError(
-                f"class_weight names labels that are not in the data: {unknown[:5]}; labels: {list(names)[:10]}"
-            )
-        weights = np.array([float(by_name.get(n, 1.0)) for n in names])
-        if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
-            raise ValueError(f"class_weight values must be finite, non-negative and not all zero, got {class_weight}")
-    return torch.as_tensor(weights, dtype=torch.float32)
 
 
 class _ResumableCheckpoint(LightningCheckpoint):
@@ -178,6 +153,9 @@ class GeneMambaTrainingMixin:
     Mixed into :class:`~genemamba_scvi.model.GeneMambaModel` (as scvi-tools' ``UnsupervisedTrainingMixin``).
     """
 
+    #: obs_names of the cells the current head trained on in this session (validation-leak check of a continued head)
+    _head_cells: set[str] | None = None
+
     def _run_training(
         self,
         *,
@@ -235,6 +213,20 @@ class GeneMambaTrainingMixin:
             labels=labels,
             **datasplitter_kwargs,
         )
+        mode = loss_kwargs["mode"]
+        check_early_stopping_monitor(
+            trainer_kwargs, logged_metrics(mode, self.module.objective, loss_kwargs.get("gamma", 0.0))
+        )
+        if labels is not None:  # scvi's split, drawn now as the runner will draw it (seeded by scvi.settings.seed)
+            data_splitter.setup()
+            check_classifier_split(
+                labels,
+                self.label_names_,
+                data_splitter.train_idx,
+                data_splitter.val_idx,
+                self.adata.obs_names,
+                self._head_cells,
+            )
         # loss_kwargs reach module.loss through the plan (scvi's TrainingPlan(**loss_kwargs)); plan_kwargs win,
         # its lr too (scvi users set it there)
         plan = self._training_plan_cls(self.module, **{"lr": lr, **loss_kwargs, **(plan_kwargs or {})})
@@ -421,6 +413,7 @@ class GeneMambaTrainingMixin:
         codes, names = _label_codes(self.adata.obs[labels_key])
         if len(names) < 2:
             raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
+        warn_on_label_values(labels_key, codes, names)
         weights = _class_weights(class_weight, codes, [str(n) for n in names])  # validate before changing state
         same_head = (
             self.module.classifier is not None
@@ -435,13 +428,18 @@ class GeneMambaTrainingMixin:
             _set_dropout(self.module.classifier, dropout)
         else:
             self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
+        if not same_head:
+            self._head_cells = set()
         self.module.encoder.requires_grad_(not freeze_encoder)
         try:
-            return self._run_training(
+            out = self._run_training(
                 labels=codes.astype(np.int64), loss_kwargs={"mode": "classify", "class_weights": weights}, **run_args
             )
         finally:
             self.module.encoder.requires_grad_(True)
+        trained_on = self.adata.obs_names[np.asarray(self.train_indices, dtype=np.int64)]
+        self._head_cells = (self._head_cells or set()) | set(trained_on)
+        return out
 
     @classmethod
     def pretrain(

@@ -1,0 +1,129 @@
+"""Checks and settings of the cell-type head: label codes, class weights, the split and the monitored metric.
+
+The head is trained by :meth:`GeneMambaModel.train_classifier <genemamba_scvi.model.GeneMambaModel.train_classifier>`;
+what is checked here is what would make its numbers mean less than they seem without an error: a cell type with no
+training cells, placeholder labels trained as cell types, validation cells the head was trained on in an earlier
+call, and an early-stopping metric that is never logged (found only after an epoch of training).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
+
+#: Label values that read as "no label" (compared lower-cased, stripped): trained, they become a cell type.
+PLACEHOLDER_LABELS = frozenset({"", "nan", "none", "na", "n/a", "unknown", "unassigned", "unlabeled", "unlabelled"})
+
+
+def _label_codes(labels: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """Integer codes and the sorted label values, which keep their type (integer labels stay integers)."""
+    try:
+        codes, uniques = pd.factorize(labels, sort=True)
+    except TypeError:  # labels of mixed types cannot be sorted
+        codes, uniques = pd.factorize(labels.astype(str), sort=True)
+    return codes, np.asarray(uniques).tolist()
+
+
+def _class_weights(
+    class_weight: str | dict[str, float] | None, codes: np.ndarray, names: Sequence[str]
+) -> torch.Tensor | None:
+    """Cross-entropy weights per label code (see :meth:`GeneMambaModel.train_classifier`)."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be 'balanced', a dict or None, got {class_weight!r}")
+        counts = np.bincount(codes, minlength=len(names)).astype(np.float64)
+        weights = codes.size / (len(names) * np.maximum(counts, 1.0))
+    else:
+        by_name = {str(k): v for k, v in class_weight.items()}
+        unknown = sorted(set(by_name) - set(names))
+        if unknown:
+            raise ValueError(
+                f"class_weight names labels that are not in the data: {unknown[:5]}; labels: {list(names)[:10]}"
+            )
+        weights = np.array([float(by_name.get(n, 1.0)) for n in names])
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+            raise ValueError(f"class_weight values must be finite, non-negative and not all zero, got {class_weight}")
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def warn_on_label_values(labels_key: str, codes: np.ndarray, names: Sequence[Any]) -> None:
+    """Warn about labels that read as missing ("Unknown", "nan") and about columns of about one cell per label."""
+    placeholders = [n for n in names if str(n).strip().lower() in PLACEHOLDER_LABELS]
+    if placeholders:
+        first = placeholders[0]
+        warnings.warn(
+            f"adata.obs[{labels_key!r}] has the label(s) {placeholders}, which read as 'no label'; the head learns "
+            f"them as cell types of their own. To annotate those cells, fine-tune on the others (ref = "
+            f"adata[adata.obs[{labels_key!r}] != {first!r}].copy()) and predict them.",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+    counts = np.bincount(codes, minlength=len(names))
+    if len(names) > 10 and (counts == 1).sum() >= len(names) / 2:
+        warnings.warn(
+            f"adata.obs[{labels_key!r}] has {len(names)} labels for {codes.size} cells, {(counts == 1).sum()} of them "
+            "of a single cell: is it the cell-type column (and not a per-cell value)?",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
+def check_classifier_split(
+    codes: np.ndarray,
+    names: Sequence[Any],
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    obs_names: pd.Index,
+    head_cells: set[str] | None,
+) -> None:
+    """Warn when a cell type has no training cells, or validation cells trained the same head before."""
+    in_train = np.bincount(codes[np.asarray(train_idx, dtype=np.int64)], minlength=len(names))
+    absent = [(names[k], int(n)) for k, n in enumerate(np.bincount(codes, minlength=len(names))) if in_train[k] == 0]
+    if absent:
+        shown = ", ".join(f"{name!r} ({n} cell{'s' * (n > 1)})" for name, n in absent[:10])
+        warnings.warn(
+            f"cell type(s) with no training cells in this split: {shown}, all in the validation (or test) cells. "
+            "The head has an output for them that is never trained. Train on every cell (train_size=1.0), or drop "
+            "or merge such rare types before fine-tuning.",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+    if head_cells and len(val_idx):
+        seen = int(np.isin(np.asarray(obs_names[np.asarray(val_idx, dtype=np.int64)]), list(head_cells)).sum())
+        if seen:
+            warnings.warn(
+                f"{seen} of the {len(val_idx)} validation cells of this run trained this head in an earlier "
+                "train_classifier call (another split: scvi.settings.seed, train_size or validation_size changed), "
+                "so its validation metrics are optimistic. Keep the split of the first call to continue a head, or "
+                "train a new one (another hidden=).",
+                UserWarning,
+                stacklevel=_user_stacklevel(),
+            )
+
+
+def logged_metrics(mode: str, objective: str, gamma: float) -> list[str]:
+    """Names of the metrics a training run logs (``history`` keys; what ``early_stopping_monitor`` may name)."""
+    if mode == "classify":
+        terms = ["accuracy", "classification_loss"]
+    else:
+        terms = ["lm_loss", *(["mlm_accuracy"] if objective == "mlm" else []), *(["pathway_loss"] * (gamma > 0))]
+    return ["validation_loss", "train_loss"] + [f"{t}_{m}" for m in ("validation", "train") for t in terms]
+
+
+def check_early_stopping_monitor(trainer_kwargs: dict[str, Any], logged: Sequence[str]) -> None:
+    """Refuse, before training, an ``early_stopping_monitor`` the run never logs (Lightning fails after an epoch)."""
+    monitor = trainer_kwargs.get("early_stopping_monitor", "validation_loss")
+    if trainer_kwargs.get("early_stopping") and monitor not in logged:
+        raise ValueError(
+            f"early_stopping_monitor={monitor!r} is not logged by this run; it logs {list(logged)} "
+            "(e.g. early_stopping_monitor='accuracy_validation', early_stopping_mode='max')"
+        )

@@ -1,0 +1,96 @@
+"""The cell-type head: what would make its numbers mean less than they seem is named before or while training.
+
+From session 20's annotation user probe: a rare type with no training cells got an untrained output silently;
+a continued head validated on cells it was trained on; an unknown ``early_stopping_monitor`` failed after an epoch
+of training (the head already changed); "Unknown" / "nan" labels and per-cell columns became cell types silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+import torch
+
+from conftest import TINY_MODEL as TINY
+from genemamba_scvi import GeneMambaModel
+from genemamba_scvi.datasets import load_pbmc68k_counts
+
+FIT = {"accelerator": "cpu", "enable_progress_bar": False}
+
+
+def _model(labels: np.ndarray | None = None, n: int = 96) -> GeneMambaModel:
+    scvi.settings.seed = 0
+    adata = load_pbmc68k_counts()[:n].copy()
+    if labels is not None:
+        adata.obs["ct"] = pd.Categorical(labels)
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="ct" if labels is not None else "bulk_labels")
+    return GeneMambaModel(adata, **TINY)
+
+
+def _messages(record) -> list[str]:
+    return [str(w.message) for w in record]
+
+
+def test_a_cell_type_without_training_cells_is_named():
+    labels = np.array(["A"] * 48 + ["B"] * 48, dtype=object)
+    scvi.settings.seed = 0
+    model = _model(labels)
+    # a type of one cell, which scvi's split (seed 0) puts among the validation cells
+    from genemamba_scvi.dataloader import TokenDataSplitter
+
+    splitter = TokenDataSplitter(model.adata_manager, train_size=0.9, tokenizer=None)
+    splitter.setup()
+    val_cell = int(splitter.val_idx[0])
+    model.adata.obs["ct"] = model.adata.obs["ct"].cat.add_categories("rare")
+    model.adata.obs.iloc[val_cell, model.adata.obs.columns.get_loc("ct")] = "rare"
+    with pytest.warns(UserWarning, match=r"no training cells in this split: 'rare' \(1 cell\)"):
+        model.train_classifier("ct", max_epochs=1, **FIT)
+    assert val_cell in set(model.validation_indices.tolist())
+
+
+def test_continuing_a_head_on_another_split_names_the_leaked_validation_cells():
+    model = _model()
+    model.train_classifier(max_epochs=1, **FIT)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.train_classifier(max_epochs=1, **FIT)  # same seed, same split: clean
+    assert not any("trained this head" in m for m in _messages(record))
+    with pytest.warns(UserWarning, match=r"validation cells of this run trained this head"):
+        model.train_classifier(max_epochs=1, train_size=0.8, **FIT)
+    with warnings.catch_warnings(record=True) as record:  # a new head (another width) starts clean
+        warnings.simplefilter("always")
+        model.train_classifier(max_epochs=1, train_size=0.7, hidden=8, **FIT)
+    assert not any("trained this head" in m for m in _messages(record))
+
+
+def test_an_unknown_early_stopping_monitor_is_refused_before_training():
+    model = _model()
+    model.train_classifier(max_epochs=1, **FIT)
+    head = [p.detach().clone() for p in model.module.classifier.parameters()]
+    epochs = {k: len(v) for k, v in model.history.items()}
+    with pytest.raises(ValueError, match=r"early_stopping_monitor='val_accuracy' is not logged.*accuracy_validation"):
+        model.train_classifier(max_epochs=3, early_stopping=True, early_stopping_monitor="val_accuracy", **FIT)
+    assert all(torch.equal(a, b) for a, b in zip(head, model.module.classifier.parameters()))
+    assert {k: len(v) for k, v in model.history.items()} == epochs
+    stop = {"early_stopping": True, "early_stopping_monitor": "accuracy_validation", "early_stopping_mode": "max"}
+    model.train_classifier(max_epochs=1, **stop, **FIT)
+    with pytest.raises(ValueError, match=r"'mlm_accuracy_validation'"):
+        model.train(max_epochs=1, early_stopping=True, early_stopping_monitor="accuracy_validation", **FIT)
+
+
+@pytest.mark.parametrize("placeholder", ["Unknown", "nan", ""])
+def test_placeholder_labels_are_named_as_such(placeholder):
+    labels = np.array(["A", "B", placeholder] * 32, dtype=object)
+    model = _model(labels)
+    with pytest.warns(UserWarning, match=r"read as 'no label'.*ref = adata\[adata.obs\['ct'\] != "):
+        model.train_classifier("ct", max_epochs=1, **FIT)
+
+
+def test_a_per_cell_column_as_labels_is_questioned():
+    model = _model(np.arange(96).astype(float))
+    with pytest.warns(UserWarning, match=r"96 labels for 96 cells.*is it the cell-type column"):
+        model.train_classifier("ct", max_epochs=1, **FIT)
