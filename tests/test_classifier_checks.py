@@ -94,3 +94,58 @@ def test_a_per_cell_column_as_labels_is_questioned():
     model = _model(np.arange(96).astype(float))
     with pytest.warns(UserWarning, match=r"96 labels for 96 cells.*is it the cell-type column"):
         model.train_classifier("ct", max_epochs=1, **FIT)
+
+
+def test_the_split_checked_is_the_split_trained_and_a_continued_head_keeps_it_without_a_seed():
+    model = _model()
+    scvi.settings.seed = None  # scvi-tools' default: every split drawn afresh
+    try:
+        from genemamba_scvi.model import _classifier
+
+        checked = []
+        original = _classifier.check_classifier_split
+
+        def spy(codes, names, train_idx, val_idx, *args):
+            checked.append(np.sort(val_idx))
+            return original(codes, names, train_idx, val_idx, *args)
+
+        import genemamba_scvi.model._training as training
+
+        training.check_classifier_split = spy
+        try:
+            with warnings.catch_warnings(record=True) as record:
+                warnings.simplefilter("always")
+                model.train_classifier(max_epochs=1, **FIT)
+                first = np.sort(model.validation_indices)
+                model.train_classifier(max_epochs=1, **FIT)  # trained further: the same validation cells
+        finally:
+            training.check_classifier_split = original
+    finally:
+        scvi.settings.seed = 0
+    assert np.array_equal(checked[0], first) and np.array_equal(checked[1], first)
+    assert np.array_equal(np.sort(model.validation_indices), first)
+    assert not any("trained this head" in m for m in _messages(record))
+
+
+def test_save_and_load_keep_the_split_and_a_continued_head_keeps_it(tmp_path):
+    model = _model()
+    model.train_classifier(max_epochs=1, **FIT)
+    split = [np.asarray(i).copy() for i in (model.train_indices, model.validation_indices, model.test_indices)]
+    model.save(tmp_path / "m", save_anndata=True)
+    loaded = GeneMambaModel.load(tmp_path / "m")
+    for a, b in zip(split, (loaded.train_indices, loaded.validation_indices, loaded.test_indices)):
+        assert np.array_equal(a, b)
+    scvi.settings.seed = 1  # another seed would draw another split; a continued head keeps its own
+    try:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            loaded.train_classifier(max_epochs=1, **FIT)
+        assert np.array_equal(np.sort(loaded.validation_indices), np.sort(split[1]))
+        assert not any("trained this head" in m for m in _messages(record))
+        with pytest.warns(UserWarning, match=r"trained this head in an earlier train_classifier call"):
+            loaded.train_classifier(max_epochs=1, train_size=0.8, **FIT)
+    finally:
+        scvi.settings.seed = 0
+    # loaded with other cells, the saved positions would name the wrong cells: no split then
+    other = load_pbmc68k_counts()[96:160].copy()
+    assert GeneMambaModel.load(tmp_path / "m", adata=other).train_indices is None

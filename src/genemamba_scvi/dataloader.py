@@ -202,6 +202,15 @@ class TokenDataSplitter(DataSplitter):
         """Return the batch as it is (the tokenized minibatch needs no change on the device)."""
         return batch
 
+    def setup(self, stage: str | None = None) -> None:
+        """Draw the split once: a split drawn before training (to check it) is the one trained on.
+
+        scvi-tools draws it again at every ``setup``, from ``scvi.settings.seed``, which is ``None`` (a new split
+        each time) unless the user sets it.
+        """
+        if getattr(self, "train_idx", None) is None:
+            super().setup(stage)
+
     def val_dataloader(self):
         """The validation loader; no loaders (``[]``, validation skipped) when the split has no validation cells.
 

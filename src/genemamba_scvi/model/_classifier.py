@@ -8,6 +8,7 @@ call, and an early-stopping metric that is never logged (found only after an epo
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -102,9 +103,9 @@ def check_classifier_split(
         if seen:
             warnings.warn(
                 f"{seen} of the {len(val_idx)} validation cells of this run trained this head in an earlier "
-                "train_classifier call (another split: scvi.settings.seed, train_size or validation_size changed), "
-                "so its validation metrics are optimistic. Keep the split of the first call to continue a head, or "
-                "train a new one (another hidden=).",
+                "train_classifier call with another split, so its validation metrics are optimistic. A continued "
+                "head keeps its split when train_size and validation_size stay the same; or train a new head "
+                "(another hidden=).",
                 UserWarning,
                 stacklevel=_user_stacklevel(),
             )
@@ -127,3 +128,43 @@ def check_early_stopping_monitor(trainer_kwargs: dict[str, Any], logged: Sequenc
             f"early_stopping_monitor={monitor!r} is not logged by this run; it logs {list(logged)} "
             "(e.g. early_stopping_monitor='accuracy_validation', early_stopping_mode='max')"
         )
+
+
+def _obs_digest(obs_names: pd.Index) -> str:
+    return hashlib.sha256("\n".join(map(str, obs_names)).encode()).hexdigest()
+
+
+def split_to_json(model: Any) -> dict[str, Any] | None:
+    """The last run's train / validation / test cells and the head's (if another run's), for ``save``."""
+    if model.train_indices is None:
+        return None
+    last = [np.asarray(i, dtype=np.int64) for i in (model.train_indices, model.validation_indices, model.test_indices)]
+    out: dict[str, Any] = {"obs_digest": _obs_digest(model.adata.obs_names), "last": [i.tolist() for i in last]}
+    head = getattr(model, "_head_split", None)
+    if head is not None:
+        same = all(np.array_equal(a, b) for a, b in zip(head["indices"], last))
+        out["head"] = {"sizes": list(head["sizes"]), "indices": None if same else [i.tolist() for i in head["indices"]]}
+    return out
+
+
+def split_from_json(model: Any, saved: dict[str, Any] | None) -> None:
+    """Restore :func:`split_to_json`'s cells on a loaded model, if it is loaded with the same cells (obs_names)."""
+    if not saved or saved.get("obs_digest") != _obs_digest(model.adata.obs_names):
+        return  # other cells: the saved positions would name the wrong ones
+    last = [np.asarray(i, dtype=np.int64) for i in saved["last"]]
+    model.train_indices, model.validation_indices, model.test_indices = last
+    head = saved.get("head")
+    if head is not None:
+        indices = last if head["indices"] is None else [np.asarray(i, dtype=np.int64) for i in head["indices"]]
+        model._head_split = {"indices": indices, "sizes": tuple(head["sizes"])}
+        model._head_cells = set(model.adata.obs_names[indices[0]])
+
+
+def reused_head_split(model: Any, same_head: bool, train_size: Any, validation_size: Any) -> list | None:
+    """The split a continued head trained on, to train it further on the same cells (sizes unchanged)."""
+    head = getattr(model, "_head_split", None)
+    if not same_head or head is None or head["sizes"] != (train_size, validation_size):
+        return None
+    if sum(len(i) for i in head["indices"]) != model.adata.n_obs:
+        return None
+    return [np.asarray(i, dtype=np.int64) for i in head["indices"]]

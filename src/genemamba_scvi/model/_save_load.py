@@ -16,6 +16,7 @@ from scvi.data._utils import _assign_adata_uuid
 from genemamba_scvi import __version__
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
+from genemamba_scvi.model._classifier import split_from_json, split_to_json
 from genemamba_scvi.model._utils import (
     _ENCODER_ARGS,
     _check_model_layer,
@@ -119,6 +120,7 @@ class GeneMambaSaveLoadMixin:
             "objective": self.module.objective,
             "is_trained": bool(self.is_trained_),
             "history": _history_to_json(self.history_),
+            "split": split_to_json(self),
         }
 
     def save(
@@ -332,6 +334,7 @@ class GeneMambaSaveLoadMixin:
         model.module.eval()
         model.is_trained_ = bool(extra.get("is_trained", True))
         model.history_ = _history_from_json(extra.get("history"))  # None for models saved before it was kept
+        split_from_json(model, extra.get("split"))
         return model
 
     @classmethod

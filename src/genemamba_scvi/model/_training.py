@@ -24,6 +24,7 @@ from genemamba_scvi.model._classifier import (
     check_classifier_split,
     check_early_stopping_monitor,
     logged_metrics,
+    reused_head_split,
     warn_on_label_values,
 )
 from genemamba_scvi.model._utils import (
@@ -153,8 +154,10 @@ class GeneMambaTrainingMixin:
     Mixed into :class:`~genemamba_scvi.model.GeneMambaModel` (as scvi-tools' ``UnsupervisedTrainingMixin``).
     """
 
-    #: obs_names of the cells the current head trained on in this session (validation-leak check of a continued head)
+    #: obs_names of the cells the current head trained on (validation-leak check of a continued head)
     _head_cells: set[str] | None = None
+    #: the current head's last split ({"indices": [train, validation, test], "sizes": (train_size, validation_size)})
+    _head_split: dict[str, Any] | None = None
 
     def _run_training(
         self,
@@ -217,7 +220,7 @@ class GeneMambaTrainingMixin:
         check_early_stopping_monitor(
             trainer_kwargs, logged_metrics(mode, self.module.objective, loss_kwargs.get("gamma", 0.0))
         )
-        if labels is not None:  # scvi's split, drawn now as the runner will draw it (seeded by scvi.settings.seed)
+        if labels is not None:  # the split, drawn now; the runner trains on it (TokenDataSplitter draws it once)
             data_splitter.setup()
             check_classifier_split(
                 labels,
@@ -429,7 +432,11 @@ class GeneMambaTrainingMixin:
         else:
             self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
         if not same_head:
-            self._head_cells = set()
+            self._head_cells, self._head_split = set(), None
+        split = reused_head_split(self, same_head, train_size, validation_size)
+        splitter_kwargs = dict(run_args.get("datasplitter_kwargs") or {})
+        if split is not None and "external_indexing" not in splitter_kwargs:  # a continued head: the same cells
+            run_args["datasplitter_kwargs"] = {**splitter_kwargs, "external_indexing": split}
         self.module.encoder.requires_grad_(not freeze_encoder)
         try:
             out = self._run_training(
@@ -439,6 +446,8 @@ class GeneMambaTrainingMixin:
             self.module.encoder.requires_grad_(True)
         trained_on = self.adata.obs_names[np.asarray(self.train_indices, dtype=np.int64)]
         self._head_cells = (self._head_cells or set()) | set(trained_on)
+        indices = [np.asarray(i) for i in (self.train_indices, self.validation_indices, self.test_indices)]
+        self._head_split = {"indices": indices, "sizes": (train_size, validation_size)}
         return out
 
     @classmethod
