@@ -207,3 +207,41 @@ def test_missing_paths_name_the_cache_and_subfolder(tmp_path, monkeypatch):
     _write_hf(tmp_path / "GeneMamba" / "small", _official_tensors("mean"), mode="mean")
     with pytest.raises(FileNotFoundError, match=r"at GeneMamba/1l-64d; size variants in GeneMamba: small"):
         read_official_checkpoint("GeneMamba/1l-64d")  # a local spelling: the local variants
+
+
+def test_a_full_annotation_matrix_holding_the_published_genes_is_taken(tmp_path, capsys):
+    # 40,000 extra features (a full GENCODE annotation, antibody tags): under half of the var_names are in the
+    # published vocabulary, but every vocabulary gene is there; it was refused ("lower min_overlap", which no entry
+    # point took) while a saved model took the same superset
+    import anndata
+    import scipy.sparse as sp
+
+    from genemamba_scvi.cli import main
+
+    path = _write_hf(tmp_path / "hf", _official_tensors("gate"), "gate")
+    adata = _adata()
+    extra = sp.random(adata.n_obs, 40_000, density=0.01, format="csr", random_state=0)
+    extra.data[:] = 1
+    full = anndata.AnnData(sp.hstack([sp.csr_matrix(adata.X), extra]).tocsr().astype(np.float32))
+    full.obs_names = adata.obs_names
+    full.var_names = [*adata.var_names, *(f"FEATURE_{i}" for i in range(40_000))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        z = _load(path, full.copy()).get_latent_representation()
+    assert z.shape[0] == adata.n_obs and np.isfinite(z).all()
+    # a column set that matches neither way is still refused, and the threshold can be lowered where it is named
+    odd = full[:, adata.n_vars // 2 :].copy()
+    odd.var_names = [f"X{i}" if i % 50 else v for i, v in enumerate(odd.var_names)]
+    with pytest.raises(ValueError, match=r"do not fit the model.*from_pretrained\(\.\.\., min_gene_overlap"):
+        _load(path, odd.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _load(path, odd.copy(), min_gene_overlap=0.0).min_gene_overlap == 0.0
+    odd.write_h5ad(tmp_path / "odd.h5ad")
+    base = ["embed", str(tmp_path / "odd.h5ad"), "--model", str(path), "--max-genes", "40", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a.h5ad")]) == 2
+    assert "--min-gene-overlap" in capsys.readouterr().err
+    full.write_h5ad(tmp_path / "full.h5ad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*base[:1], str(tmp_path / "full.h5ad"), *base[2:], "--out", str(tmp_path / "b.h5ad")]) == 0

@@ -180,7 +180,9 @@ def _embed(args: argparse.Namespace) -> int:
         layer = GeneMambaModel.load_registry(args.model)["setup_args"].get("layer")
         if layer is not None:
             work.layers[layer] = counts  # where the model was set up to read counts
-        model = GeneMambaModel.load(args.model, adata=work, accelerator=args.accelerator)
+        model = GeneMambaModel.load(
+            args.model, adata=work, accelerator=args.accelerator, min_gene_overlap=args.min_gene_overlap
+        )
     else:  # a published checkpoint: a directory or a Hub id in the local Hugging Face cache
         if args.gene_id_key is not None:
             _check_gene_id_column(work, args.gene_id_key, source)
@@ -188,7 +190,12 @@ def _embed(args: argparse.Namespace) -> int:
         hub = {k: getattr(args, k) for k in ("subfolder", "revision", "cache_dir") if getattr(args, k) is not None}
         max_genes = 2048 if args.max_genes is None else args.max_genes
         model = GeneMambaModel.from_pretrained(
-            args.model, work, max_genes=max_genes, accelerator=args.accelerator, **hub
+            args.model,
+            work,
+            max_genes=max_genes,
+            accelerator=args.accelerator,
+            min_gene_overlap=args.min_gene_overlap,
+            **hub,
         )
     z = model.get_latent_representation(batch_size=args.batch_size, progress_bar=not args.quiet)
     adata.obsm[args.key] = z
@@ -331,6 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument(
         "--cache-dir", default=None, help="Hub id: Hugging Face cache directory (default: $HF_HUB_CACHE or ~/.cache)"
     )
+    embed.add_argument(
+        "--min-gene-overlap",
+        type=float,
+        default=None,
+        help="refuse the input only when both the share of its genes in the model's vocabulary and the share of the "
+        "model's genes it holds are below this (default: the model's, 0.5)",
+    )
     embed.add_argument("--batch-size", type=int, default=None, help="cells per forward pass (default: automatic)")
     embed.add_argument("--accelerator", default="auto", help="auto (a GPU when there is one), gpu or cpu")
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -390,11 +404,13 @@ def _cli_spelling(message: str, parser: argparse.ArgumentParser) -> str:
         if flag is None:
             return match.group(0)
         value = match.group(2)
+        if not value:  # "gene_id_key=)": the option named alone
+            return flag
         if value in ("True", "None"):
             return flag if value == "True" else f"no {flag}"
         return f"{flag} {'<...>' if value == '...' else value}"
 
-    return re.sub(r"(?<![\w.])([a-z_]+)=('[^']*'|\"[^\"]*\"|\.\.\.|<[^>]*>|[\w.-]+)", as_option, message)
+    return re.sub(r"(?<![\w.])([a-z_]+)=('[^']*'|\"[^\"]*\"|\.\.\.|<[^>]*>|[\w.-]+|(?=[),;]|$))", as_option, message)
 
 
 if __name__ == "__main__":

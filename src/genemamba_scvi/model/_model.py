@@ -116,8 +116,10 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
     max_genes
         Genes per cell (sequence length), 2048 by default; 4096 is supported.
     min_gene_overlap
-        Smallest fraction of ``adata``'s genes that must be found in the vocabulary; below it, set-up (and any
-        later query AnnData) is refused with a report of the matched and unmatched genes.
+        An AnnData (set-up or query) is refused, with a report of the matched and unmatched genes, when both the
+        fraction of its genes found in the vocabulary and the fraction of the model's genes it holds are below this
+        (wrong gene ids or species); either alone is fine (a full matrix against a model of filtered genes, or a
+        gene panel). 0.5 by default.
     tokenization
         ``"ranked"`` (default: genes ranked by count / cell total / gene median, zero counts and unknown
         genes left out, :func:`~genemamba_scvi.data.tokenize.rank_tokenize`) or ``"published"`` (the

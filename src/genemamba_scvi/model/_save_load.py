@@ -354,6 +354,7 @@ class GeneMambaSaveLoadMixin:
         cache_dir: str | os.PathLike | None = None,
         accelerator: str = "auto",
         device: int | str = "auto",
+        min_gene_overlap: float | None = None,
         **setup_kwargs: Any,
     ) -> GeneMambaModel:  # noqa: F821  (the class this is mixed into)
         """Load an official GeneMamba checkpoint directory (Hugging Face or GitHub layout) offline.
@@ -402,10 +403,13 @@ class GeneMambaSaveLoadMixin:
             With a repository id: the cached branch, tag or commit (default ``"main"``).
         cache_dir
             With a repository id: the Hugging Face cache directory (default ``$HF_HUB_CACHE``, else
-            ``~/.cache/huggingface/hub``).
+            ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``).
         accelerator, device
             Where to put the model, as in :meth:`load` (default: a GPU when there is one, so that
             :meth:`get_latent_representation` runs there).
+        min_gene_overlap
+            As in :class:`GeneMambaModel` (default 0.5): ``adata`` (and a later query) is refused only when both
+            the share of its genes in the vocabulary and the share of the vocabulary's genes it holds are below it.
         **setup_kwargs
             :meth:`setup_anndata` arguments. Given, ``adata`` is set up with them (an earlier set-up that they change
             is replaced, with a warning); without them an AnnData not set up yet is set up with the defaults, and
@@ -450,6 +454,7 @@ class GeneMambaSaveLoadMixin:
             tie_lm_head=False,
             tokenization=tokenization,
             unk_token=info.get("unk_token"),
+            **({"min_gene_overlap": float(min_gene_overlap)} if min_gene_overlap is not None else {}),
         )
         model = cls._from_parts(adata, config, vocab, gene_medians, setup_kwargs)
         n_genes = len(vocab.genes) - (info.get("unk_token") in vocab)  # the unknown-gene token is no gene

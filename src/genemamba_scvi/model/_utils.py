@@ -347,7 +347,9 @@ def _refuse_setup_kwargs(kwargs: dict[str, Any]) -> None:
         )
 
 
-def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap: float) -> None:
+def _check_gene_coverage(
+    match: Any, known: np.ndarray, vocab: Any, min_overlap: float, published: bool = False
+) -> None:
     """Refuse a query whose genes do not fit the model; warn when it lacks many of the model's genes.
 
     ``match``: the query's :class:`~genemamba_scvi.data.vocab.GeneMatch`; ``known``: per token, whether the model
@@ -356,8 +358,10 @@ def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap:
     present in the query (low for a panel, or a query filtered harder). Only both below ``min_overlap`` point to
     the wrong gene ids or species, and raise; a query with under ``_GENE_COVERAGE_WARN`` of the model's genes
     gets a warning: the missing genes rank as unexpressed in every cell, so its embeddings differ from those of
-    the same cells with all genes.
+    the same cells with all genes. ``published``: a model without gene medians, whose genes are its vocabulary's
+    (no coverage warning: ``from_pretrained`` warns below half of them).
     """
+    model_genes = "genes of the model's vocabulary" if published else "genes the model was set up with"
     n_known = int(known.sum())
     hit = np.unique(match.token_ids[match.token_ids >= 0])
     n_have = int(known[hit].sum())
@@ -366,13 +370,14 @@ def _check_gene_coverage(match: Any, known: np.ndarray, vocab: Any, min_overlap:
     if match.overlap < min_overlap and coverage < min_overlap:
         raise ValueError(
             f"this AnnData's genes do not fit the model: {match.n_matched} of its {n} var_names "
-            f"({100 * match.overlap:.1f}%) are in the model's vocabulary, and it holds {n_have} of the {n_known} genes "
-            f"the model was set up with ({100 * coverage:.1f}%); min_gene_overlap is {100 * min_overlap:.0f}%. "
+            f"({100 * match.overlap:.1f}%) are in the model's vocabulary, and it holds {n_have} of the {n_known} "
+            f"{model_genes} ({100 * coverage:.1f}%); min_gene_overlap is {100 * min_overlap:.0f}%. "
             f"Unmatched var_names e.g. {match.unmatched_names[:5]}. var_names must be human gene symbols or Ensembl "
             "gene ids (set adata.var_names from the right adata.var column, or gene_id_key in setup_anndata), or "
-            "lower min_gene_overlap (GeneMambaModel.load(..., min_gene_overlap=...), or model.min_gene_overlap)."
+            "lower min_gene_overlap (GeneMambaModel.load(..., min_gene_overlap=...), from_pretrained(..., "
+            "min_gene_overlap=...), or model.min_gene_overlap)."
         )
-    if coverage < _GENE_COVERAGE_WARN:
+    if coverage < _GENE_COVERAGE_WARN and not published:
         missing = np.flatnonzero(known)
         missing = missing[~np.isin(missing, hit)][:5]
         warnings.warn(
@@ -439,24 +444,30 @@ def _match_query_genes(
 ) -> Any:
     """The :class:`~genemamba_scvi.data.vocab.GeneMatch` of an AnnData's gene ids against a model's vocabulary.
 
-    Setting up, or a model without gene medians (the published tokenization): the share of the ids found in the
-    vocabulary must reach ``min_overlap``. A query of a model with medians: :func:`_check_gene_coverage` (a
-    superset of the model's genes is fine).
+    Refused (:func:`_check_gene_coverage`) only when both the share of the ids found in the vocabulary and the share
+    of the model's genes the AnnData holds are below ``min_overlap``: a superset of the model's genes (a full
+    annotation's 60,000 features) is fine. The model's genes are those with a gene median, or, without medians (the
+    published tokenization, or setting up), every gene of the vocabulary but ``unk_token``.
     """
     known = np.isfinite(medians) if medians is not None else None
-    if known is None or not known.any():
-        return _without_unk(vocab.match(ids, min_overlap=min_overlap), vocab, unk_token)
+    published = known is None or not known.any()
+    if published:
+        known = np.zeros(len(vocab), dtype=bool)
+        known[vocab.n_special :] = True
+        if unk_token is not None and unk_token in vocab:
+            known[vocab[unk_token]] = False
     try:
         match = vocab.match(ids, min_overlap=0.0)
     except ValueError as err:  # no gene matched at all: the ids themselves are wrong
+        genes = [g for g in vocab.genes if g != unk_token]
         raise ValueError(
-            f"0 of {len(ids)} var_names of this AnnData match the model's vocabulary of {len(vocab.genes)} genes "
-            f"(var_names e.g. {ids[:5]}; vocabulary genes e.g. {vocab.genes[:5]}). var_names must be human gene "
+            f"0 of {len(ids)} var_names of this AnnData match the model's vocabulary of {len(genes)} genes "
+            f"(var_names e.g. {ids[:5]}; vocabulary genes e.g. {genes[:5]}). var_names must be human gene "
             "symbols or Ensembl gene ids (set adata.var_names from the right adata.var column, or gene_id_key in "
             "setup_anndata)."
         ) from err
     match = dataclasses.replace(match, min_overlap=min_overlap)  # what its report prints
-    _check_gene_coverage(match, known, vocab, min_overlap)
+    _check_gene_coverage(match, known, vocab, min_overlap, published=published)
     return _without_unk(match, vocab, unk_token)
 
 
