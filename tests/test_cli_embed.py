@@ -210,3 +210,20 @@ def test_cli_errors_name_the_command_options_not_python_arguments(tmp_path, save
     err = capsys.readouterr().err
     assert "--layer" in err and "layer=" not in err
     assert main(["build-corpus", str(source), "--out", str(tmp_path / "corpus"), "--layer", "counts"]) == 0
+
+
+def test_embed_prints_warnings_as_messages_of_the_command(tmp_path, saved, capsys):
+    # a warning was printed as "<venv>/bin/genemamba:6: UserWarning: ..." followed by the source line
+    _, adata, _ = saved
+    counts = sp.hstack([adata.layers["counts"], sp.csr_matrix(np.ones((adata.n_obs, 1), dtype=np.float32))]).tocsr()
+    user = ad.AnnData(X=counts, obs=adata.obs[[]].copy())
+    user.var_names = [*adata.var_names, "NOT_A_GENE"]
+    user.write_h5ad(tmp_path / "cells.h5ad")
+    model_dir = saved[0]
+    args = ["embed", str(tmp_path / "cells.h5ad"), "--model", str(model_dir), "--out", str(tmp_path / "o.h5ad")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main([*args, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "genemamba embed: warning: " in err and "not in the model's vocabulary" in err
+    assert "UserWarning" not in err and "main()" not in err

@@ -379,3 +379,13 @@ def test_a_run_is_not_resumed_with_another_validation_split(corpus_dir, tmp_path
     _train(corpus_dir, batch_size=64, validation_size=0.1, checkpoint_dir=ckpt_dir, checkpoint_every_n_steps=3)
     with pytest.raises(ValueError, match=r"validation cells and seed|n_cells"):
         _train(corpus_dir, batch_size=64, validation_size=0.2, ckpt_path=ckpt_dir / "last.ckpt")
+
+
+def test_pretraining_without_held_out_cells_has_no_validation_loop(corpus_dir, one_thread):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = pretrain_from_corpus(
+            corpus_dir, **TINY, max_steps=2, batch_size=64, accelerator="cpu", enable_progress_bar=False
+        )
+    assert not any("across ranks is zero" in str(w.message) for w in record)  # Lightning's empty-loader warning
+    assert not any("validation" in key for key in result.trainer.callback_metrics)

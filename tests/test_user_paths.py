@@ -364,6 +364,14 @@ def test_small_run_has_no_logging_interval_or_empty_validation_warning(cells):
     assert "train_loss" in model.history
     with pytest.raises(ValueError, match="early_stopping=True monitors the validation loss"):
         model.train(max_epochs=1, early_stopping=True, **{**TRAIN, "train_size": 1.0})
+    # 5 cells at the default 0.9 keep all 5 for training: the advice names a train_size that holds one out
+    few = adata[:5].copy()
+    GeneMambaModel.setup_anndata(few, layer="counts")
+    small = GeneMambaModel(few, **TINY)
+    with pytest.raises(ValueError, match=r"split of 5 cells .* pass train_size=0.8 or less") as err:
+        small.train(max_epochs=1, early_stopping=True, **TRAIN)
+    small.train(max_epochs=1, early_stopping=True, **{**TRAIN, "train_size": 0.8})  # the advice works
+    assert "e.g. 0.9" not in str(err.value)
 
 
 def test_indices_outside_the_cells_are_named(model_and_data):
@@ -409,3 +417,37 @@ def test_model_set_up_with_a_gene_id_column_embeds_queries_by_their_var_names(ce
     model.save(tmp_path / "m")
     loaded = GeneMambaModel.load(tmp_path / "m", adata=_fresh(adata))
     np.testing.assert_allclose(loaded.get_latent_representation(), expected, atol=1e-6)
+
+
+def test_load_and_from_pretrained_take_a_view_as_queries_do(model_and_data, tmp_path):
+    # docs/api.md: "a view (query[:100]) becomes an AnnData of its own"; load / from_pretrained raised scvi's
+    # "Please run adata = adata.copy()"
+    model, adata = model_and_data
+    model.save(tmp_path / "m")
+    view = adata[:10]
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=view)
+    assert not view.is_view and loaded.adata is view
+    np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(adata[:10].copy()))
+
+
+def test_embedding_one_cell_gives_no_training_warning(model_and_data):
+    model, adata = model_and_data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.get_latent_representation(adata[[5]].copy())
+    assert not [w for w in caught if "fewer than 3 cells" in str(w.message)]
+
+
+def test_embedding_with_an_untrained_model_warns(cells):
+    # scvi-tools raises "Trying to query inferred values from an untrained model"; a notebook whose train cell was
+    # skipped got random-weight embeddings silently
+    adata = cells[:20].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    with pytest.warns(UserWarning, match=r"not trained \(model.is_trained is False\)"):
+        model.get_latent_representation()
+    model.train(max_epochs=1, **TRAIN)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.get_latent_representation()
+    assert not [w for w in caught if "not trained" in str(w.message)]

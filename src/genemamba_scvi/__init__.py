@@ -32,3 +32,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'genemamba_scvi' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy public names too (tab completion offers ``GeneMambaModel`` before its first use)."""
+    return sorted({*globals(), *_LAZY})

@@ -7,12 +7,14 @@ model; ``build-corpus`` tokenizes many .h5ad files into shards for pre-training.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -385,10 +387,16 @@ def main(argv: list[str] | None = None) -> int:
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.WARNING)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():  # the message, not the Python file and source line it was raised from
+            warnings.showwarning = functools.partial(_show_warning, args.command)
+            return int(args.func(args))
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message, not a traceback
         print(f"genemamba {args.command}: error: {_cli_spelling(str(err), sub.choices[args.command])}", file=sys.stderr)
         return 2
+
+
+def _show_warning(command: str, message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
+    print(f"genemamba {command}: warning: {message}", file=sys.stderr)
 
 
 def _cli_spelling(message: str, parser: argparse.ArgumentParser) -> str:

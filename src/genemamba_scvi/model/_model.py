@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import inference_autocast, resolve_precision
+from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 from genemamba_scvi.data.normalize import compute_gene_medians
 from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
@@ -167,6 +169,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         config: GeneMambaConfig | None = None,
         **settings: Any,
     ):
+        """Build the model on ``adata`` (set up with :meth:`setup_anndata`); the parameters are the class's above."""
         if adata is None:
             raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
         _check_choice("tokenization", tokenization, TOKENIZATIONS)
@@ -435,6 +438,14 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             raise ValueError(
                 "return_dist=True asks for a posterior distribution; GeneMamba's embedding is deterministic "
                 "(not a VAE): call get_latent_representation() for the embedding itself"
+            )
+        if not self.is_trained_:  # scvi-tools raises here; an untrained baseline is legitimate, so a warning
+            warnings.warn(
+                "this GeneMambaModel is not trained (model.is_trained is False): its embeddings come from randomly "
+                "initialised weights. Train it first (model.train()), or load trained weights (GeneMambaModel.load, "
+                "GeneMambaModel.from_pretrained); ignore this for an untrained baseline.",
+                UserWarning,
+                stacklevel=_user_stacklevel(),
             )
         return self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
 

@@ -145,7 +145,8 @@ class GeneMambaSaveLoadMixin:
         overwrite
             Write into an existing directory, as scvi-tools does: the files this package writes there
             (``model.safetensors``, ``config.json``, ``vocab.json``, ``gene_medians.npy``, ``extra.json``,
-            ``checksums.json``) are replaced; any other file or folder in it is kept unchanged. A directory
+            ``checksums.json``, and ``adata.h5ad`` with ``save_anndata=True``; without it an earlier ``adata.h5ad``
+            stays, no longer listed, and :meth:`load` does not take it) are replaced; any other file or folder in it is kept unchanged. A directory
             that is not a saved model but holds a file of one of those names is refused. Without
             ``overwrite`` an existing ``dir_path`` raises :class:`FileExistsError` and is not touched.
         save_anndata
@@ -225,8 +226,11 @@ class GeneMambaSaveLoadMixin:
         """The model on ``adata``; ``saved_setup``: ``setup_args`` are the saved model's and win (scvi's ``load``).
 
         Otherwise (``from_pretrained``) they are the user's: ``adata`` is set up with them, checked by
-        :meth:`setup_anndata`, replacing (with a warning) an earlier set-up that they change.
+        :meth:`setup_anndata`, replacing (with a warning) an earlier set-up that they change. A view becomes an
+        AnnData of its own (as a query view does in :meth:`get_latent_representation`).
         """
+        if adata.is_view:
+            adata._init_as_actual(adata.copy())
         manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
         if not saved_setup and setup_args:
             before = dict(manager.registry["setup_args"]) if manager is not None and manager.adata is adata else None
@@ -282,8 +286,8 @@ class GeneMambaSaveLoadMixin:
         prefix
             Read ``dir_path / f"{prefix}model"`` (as :meth:`save` wrote it).
         min_gene_overlap
-            Override the saved ``min_gene_overlap`` (the share of ``adata``'s genes, or of the model's genes, that
-            must be found; see :meth:`GeneMambaModel.get_latent_representation`).
+            Override the saved ``min_gene_overlap``: ``adata`` is refused only when both the share of its genes in
+            the vocabulary and the share of the model's genes it holds are below it (see :class:`GeneMambaModel`).
         **kwargs
             scvi-tools' ``backup_url`` and ``datamodule`` are refused with a clear error (files are read
             offline from ``dir_path``), its ``allowed_classes_names_list`` is accepted and has no effect (the

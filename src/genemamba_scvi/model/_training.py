@@ -246,10 +246,16 @@ class GeneMambaTrainingMixin:
             trainer_kwargs.setdefault("log_every_n_steps", _log_interval(n_train, batch_size))
         if n_val == 0:  # no validation cells (e.g. train_size=1.0): no validation loop, no empty-loader warning
             if trainer_kwargs.get("early_stopping"):
+                n = self.adata.n_obs
+                fix = (
+                    f"pass train_size={int(100 * (n - 1) / n) / 100} or less (one cell or more held out)"
+                    if n >= 2
+                    else "one cell cannot be split"
+                )
                 raise ValueError(
-                    f"early_stopping=True monitors the validation loss, but the split of {self.adata.n_obs} cells "
+                    f"early_stopping=True monitors the validation loss, but the split of {n} cells "
                     f"(train_size={train_size}, validation_size={validation_size}) leaves no validation cells: "
-                    "pass a train_size below 1.0 (e.g. 0.9) or a validation_size above 0, or early_stopping=False"
+                    f"{fix}, or early_stopping=False"
                 )
             trainer_kwargs.setdefault("limit_val_batches", 0)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")

@@ -277,7 +277,9 @@ def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args:
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
     _check_model_layer(adata, layer)
     try:
-        _register_afresh(model_cls, adata, args)
+        with warnings.catch_warnings():  # scvi's placeholder batch / label of a 1-2 cell query is no training set
+            warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_", category=UserWarning)
+            _register_afresh(model_cls, adata, args)
     except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
         example = _copy_counts_example(adata, layer, where) or f"put them in {where}"
         raise ValueError(

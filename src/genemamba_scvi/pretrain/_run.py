@@ -376,6 +376,8 @@ def pretrain_from_corpus(
     }
     if datamodule.n_val:  # scvi's Trainer never validates unless told (its None means never)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+    else:  # no validation loop (Lightning would warn about the empty validation loader)
+        trainer_kwargs.setdefault("limit_val_batches", 0)
     with training_session(module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
         runner = TrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
