@@ -146,9 +146,10 @@ class GeneMambaSaveLoadMixin:
             Write into an existing directory, as scvi-tools does: the files this package writes there
             (``model.safetensors``, ``config.json``, ``vocab.json``, ``gene_medians.npy``, ``extra.json``,
             ``checksums.json``, and ``adata.h5ad`` with ``save_anndata=True``; without it an earlier ``adata.h5ad``
-            stays, no longer listed, and :meth:`load` does not take it) are replaced; any other file or folder in it is kept unchanged. A directory
-            that is not a saved model but holds a file of one of those names is refused. Without
-            ``overwrite`` an existing ``dir_path`` raises :class:`FileExistsError` and is not touched.
+            stays, no longer listed, and :meth:`load` does not take it) are replaced; any other file or folder in
+            it is kept unchanged. A directory that is not a saved model but holds a file of one of those names is
+            refused. Without ``overwrite`` an existing ``dir_path`` raises :class:`FileExistsError` and is not
+            touched.
         save_anndata
             Also write the model's AnnData to ``adata.h5ad`` in the directory (checksummed with the other files),
             so that ``GeneMambaModel.load(dir_path)`` needs no ``adata``, as in scvi-tools.
