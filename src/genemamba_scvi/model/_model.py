@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,7 +21,6 @@ from tqdm.auto import tqdm
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import inference_autocast, resolve_precision
-from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 from genemamba_scvi.data.normalize import compute_gene_medians
 from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
@@ -43,6 +41,7 @@ from genemamba_scvi.model._utils import (
     _register_query,
     _save_kernel_cache,
     _validate_count_layer,
+    _warn_if_untrained,
     _warn_unmatched_genes,
 )
 from genemamba_scvi.module import GeneMambaModule
@@ -439,14 +438,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
                 "return_dist=True asks for a posterior distribution; GeneMamba's embedding is deterministic "
                 "(not a VAE): call get_latent_representation() for the embedding itself"
             )
-        if not self.is_trained_:  # scvi-tools raises here; an untrained baseline is legitimate, so a warning
-            warnings.warn(
-                "this GeneMambaModel is not trained (model.is_trained is False): its embeddings come from randomly "
-                "initialised weights. Train it first (model.train()), or load trained weights (GeneMambaModel.load, "
-                "GeneMambaModel.from_pretrained); ignore this for an untrained baseline.",
-                UserWarning,
-                stacklevel=_user_stacklevel(),
-            )
+        _warn_if_untrained(self.is_trained_)
         return self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
 
     @torch.inference_mode()

@@ -97,6 +97,18 @@ def _torch_device(accelerator: str, device: int | str) -> torch.device:
     return parse_device_args(accelerator=accelerator, devices=device, return_device="torch")[2]
 
 
+def _warn_if_untrained(is_trained: bool) -> None:
+    """scvi-tools raises on an untrained model's latent; an untrained baseline is legitimate, so a warning here."""
+    if not is_trained:
+        warnings.warn(
+            "this GeneMambaModel is not trained (model.is_trained is False): its embeddings come from randomly "
+            "initialised weights. Train it first (model.train()), or load trained weights (GeneMambaModel.load, "
+            "GeneMambaModel.from_pretrained); ignore this for an untrained baseline.",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
 def _check_finite_embeddings(z: torch.Tensor, module: torch.nn.Module) -> None:
     """Refuse non-finite cell embeddings (a diverged training run), naming the cause, instead of returning NaN."""
     bad = ~torch.isfinite(z).all(dim=1)
