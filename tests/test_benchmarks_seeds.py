@@ -143,6 +143,18 @@ def test_aggregate_reads_and_writes_another_out_dir(tmp_path):
         if d["method"] == "PCA (50) + LR" and d["reference"] == "GeneMamba fine-tuned" and d["score"] == "accuracy"
     )
     assert d["established"] and d["mean_difference"] == pytest.approx(np.mean([10 + s % 3 for s in range(5)]) / 40)
+    # seed 0 left out (its test split once chose the fine-tuning settings): own files, the full summary kept
+    without = aggregate.main(["--out-dir", str(tmp_path), "--exclude-seeds", "0"])
+    assert (tmp_path / "biology_summary_without_seed0.json").is_file() and without["excluded_seeds"] == [0]
+    assert without["tables"]["annotation"]["seeds"] == [1, 2, 3, 4]
+    d = next(
+        d
+        for d in without["tables"]["annotation"]["paired_differences"]
+        if d["method"] == "PCA (50) + LR" and d["reference"] == "GeneMamba fine-tuned" and d["score"] == "accuracy"
+    )
+    assert d["n_seeds"] == 4 and d["mean_difference"] == pytest.approx(np.mean([10 + s % 3 for s in range(1, 5)]) / 40)
+    full = json.loads((tmp_path / "biology_summary.json").read_text())
+    assert full["tables"]["annotation"]["seeds"] == [0, 1, 2, 3, 4]
 
 
 def test_aggregate_compares_two_variants_paired_by_seed(tmp_path):
