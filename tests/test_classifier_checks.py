@@ -149,3 +149,10 @@ def test_save_and_load_keep_the_split_and_a_continued_head_keeps_it(tmp_path):
     # loaded with other cells, the saved positions would name the wrong cells: no split then
     other = load_pbmc68k_counts()[96:160].copy()
     assert GeneMambaModel.load(tmp_path / "m", adata=other).train_indices is None
+
+
+def test_a_pathway_monitor_without_gene_sets_is_refused_before_training():
+    model = _model()
+    with pytest.raises(ValueError, match=r"'pathway_loss_validation' is not logged"):
+        model.train(max_epochs=2, early_stopping=True, early_stopping_monitor="pathway_loss_validation", **FIT)
+    assert not model.is_trained and model.history is None

@@ -389,3 +389,22 @@ def test_pretraining_without_held_out_cells_has_no_validation_loop(corpus_dir, o
         )
     assert not any("across ranks is zero" in str(w.message) for w in record)  # Lightning's empty-loader warning
     assert not any("validation" in key for key in result.trainer.callback_metrics)
+
+
+def test_early_stopping_in_pretraining_is_checked_before_the_first_step(corpus_dir, one_thread):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    # it failed after a whole epoch (scvi's Trainer monitored elbo_validation), and the model was not saved
+    _, result = _train(corpus_dir, batch_size=64, validation_size=0.1, early_stopping=True, val_check_interval=3)
+    assert result.trainer.global_step == 6 and "validation_loss" in result.trainer.callback_metrics
+    cases = [
+        ({"early_stopping": True}, r"needs held-out cells"),
+        ({"callbacks": [EarlyStopping("validation_loss")]}, r"needs held-out cells"),
+        ({"validation_size": 0.1, "early_stopping": True, "early_stopping_monitor": "val_loss"}, r"'val_loss' is not"),
+        ({"validation_size": 0.1, "early_stopping": True, "early_stopping_monitor": "pathway_loss_validation"}, "not"),
+    ]
+    for kwargs, message in cases:
+        steps = StepLossHistory()
+        with pytest.raises(ValueError, match=message):
+            _train(corpus_dir, batch_size=64, **{"callbacks": [steps], **kwargs})
+        assert steps.losses == [] or "callbacks" in kwargs  # refused before any step

@@ -487,7 +487,7 @@ def test_published_model_without_medians_judges_a_query_by_its_own_genes(tmp_pat
     assert not [w for w in caught if "genes the model was set up with" in str(w.message)]
     wrong = adata.copy()
     wrong.var_names = [f"X{i}" for i in range(adata.n_vars)]
-    with pytest.raises(ValueError, match="match the vocabulary"):
+    with pytest.raises(ValueError, match="match the model's vocabulary"):
         model.get_latent_representation(wrong)
 
 

@@ -13,7 +13,7 @@ import inspect
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,28 @@ LAST_NEEDS_CHECKPOINT_DIR = (
     "ckpt_path='last' resumes from the last checkpoint in checkpoint_dir: pass the checkpoint_dir of the interrupted "
     "run (without one there is no checkpoint to resume, and Lightning would train from scratch)"
 )
+
+
+def logged_metrics(mode: str, objective: str, pathway_loss: bool) -> list[str]:
+    """Names of the metrics a training run logs (``history`` keys; what ``early_stopping_monitor`` may name).
+
+    ``pathway_loss``: gene sets are given and ``gamma > 0`` (otherwise no pathway loss is computed or logged).
+    """
+    if mode == "classify":
+        terms = ["accuracy", "classification_loss"]
+    else:
+        terms = ["lm_loss", *(["mlm_accuracy"] if objective == "mlm" else []), *(["pathway_loss"] * pathway_loss)]
+    return ["validation_loss", "train_loss"] + [f"{t}_{m}" for m in ("validation", "train") for t in terms]
+
+
+def check_early_stopping_monitor(trainer_kwargs: dict[str, Any], logged: Sequence[str]) -> None:
+    """Refuse, before training, an ``early_stopping_monitor`` the run never logs (Lightning fails after an epoch)."""
+    monitor = trainer_kwargs.get("early_stopping_monitor", "validation_loss")
+    if trainer_kwargs.get("early_stopping") and monitor not in logged:
+        raise ValueError(
+            f"early_stopping_monitor={monitor!r} is not logged by this run; it logs {list(logged)} "
+            "(e.g. early_stopping_monitor='accuracy_validation', early_stopping_mode='max')"
+        )
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -111,25 +111,6 @@ def check_classifier_split(
             )
 
 
-def logged_metrics(mode: str, objective: str, gamma: float) -> list[str]:
-    """Names of the metrics a training run logs (``history`` keys; what ``early_stopping_monitor`` may name)."""
-    if mode == "classify":
-        terms = ["accuracy", "classification_loss"]
-    else:
-        terms = ["lm_loss", *(["mlm_accuracy"] if objective == "mlm" else []), *(["pathway_loss"] * (gamma > 0))]
-    return ["validation_loss", "train_loss"] + [f"{t}_{m}" for m in ("validation", "train") for t in terms]
-
-
-def check_early_stopping_monitor(trainer_kwargs: dict[str, Any], logged: Sequence[str]) -> None:
-    """Refuse, before training, an ``early_stopping_monitor`` the run never logs (Lightning fails after an epoch)."""
-    monitor = trainer_kwargs.get("early_stopping_monitor", "validation_loss")
-    if trainer_kwargs.get("early_stopping") and monitor not in logged:
-        raise ValueError(
-            f"early_stopping_monitor={monitor!r} is not logged by this run; it logs {list(logged)} "
-            "(e.g. early_stopping_monitor='accuracy_validation', early_stopping_mode='max')"
-        )
-
-
 def _obs_digest(obs_names: pd.Index) -> str:
     return hashlib.sha256("\n".join(map(str, obs_names)).encode()).hexdigest()
 

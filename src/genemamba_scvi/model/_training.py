@@ -22,8 +22,6 @@ from genemamba_scvi.model._classifier import (
     _class_weights,
     _label_codes,
     check_classifier_split,
-    check_early_stopping_monitor,
-    logged_metrics,
     reused_head_split,
     warn_on_label_values,
 )
@@ -35,7 +33,14 @@ from genemamba_scvi.model._utils import (
 )
 from genemamba_scvi.module import gene_set_tensors
 from genemamba_scvi.nn.config import check_count
-from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, LightningCheckpoint, StepProgressBar, training_session
+from genemamba_scvi.train import (
+    LAST_NEEDS_CHECKPOINT_DIR,
+    LightningCheckpoint,
+    StepProgressBar,
+    check_early_stopping_monitor,
+    logged_metrics,
+    training_session,
+)
 
 
 class _ResumableCheckpoint(LightningCheckpoint):
@@ -217,9 +222,8 @@ class GeneMambaTrainingMixin:
             **datasplitter_kwargs,
         )
         mode = loss_kwargs["mode"]
-        check_early_stopping_monitor(
-            trainer_kwargs, logged_metrics(mode, self.module.objective, loss_kwargs.get("gamma", 0.0))
-        )
+        pathway = self.module.pathway_loss is not None and loss_kwargs.get("gamma", 0.0) > 0
+        check_early_stopping_monitor(trainer_kwargs, logged_metrics(mode, self.module.objective, pathway))
         if labels is not None:  # the split, drawn now; the runner trains on it (TokenDataSplitter draws it once)
             data_splitter.setup()
             check_classifier_split(

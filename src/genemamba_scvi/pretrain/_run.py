@@ -11,6 +11,7 @@ from typing import Any, Literal, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from scvi.train import TrainRunner
 
 from genemamba_scvi._constants import LENGTHS_KEY
@@ -25,6 +26,8 @@ from genemamba_scvi.train import (
     GeneMambaTrainingPlan,
     LightningCheckpoint,
     StepProgressBar,
+    check_early_stopping_monitor,
+    logged_metrics,
     minibatch_loss,
     training_session,
 )
@@ -158,6 +161,23 @@ _LIGHTNING_ARGS = frozenset(
         "enable_progress_bar",
     }
 )
+
+
+def _check_early_stopping(
+    trainer_kwargs: dict[str, Any], callbacks: Sequence[pl.Callback], n_val: int, module: GeneMambaModule, gamma: float
+) -> None:
+    """Early stopping checked before the first step, not after an epoch (scvi's Trainer monitors elbo_validation)."""
+    logged = logged_metrics("pretrain", module.objective, module.pathway_loss is not None and gamma > 0)
+    monitors = [cb.monitor for cb in callbacks if isinstance(cb, EarlyStopping)]
+    if trainer_kwargs.get("early_stopping"):
+        monitors.append(trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss"))
+    for monitor in monitors:
+        if "validation" in monitor and not n_val:
+            raise ValueError(
+                f"early stopping on {monitor!r} needs held-out cells, and none are: pass validation_size= (e.g. 0.01, "
+                "or a number of cells)"
+            )
+        check_early_stopping_monitor({"early_stopping": True, "early_stopping_monitor": monitor}, logged)
 
 
 def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
@@ -378,6 +398,7 @@ def pretrain_from_corpus(
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
     else:  # no validation loop (Lightning would warn about the empty validation loader)
         trainer_kwargs.setdefault("limit_val_batches", 0)
+    _check_early_stopping(trainer_kwargs, cbs, datamodule.n_val, module, gamma)
     with training_session(module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
         runner = TrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
