@@ -94,7 +94,7 @@ def test_demo_refuses_to_write_over_an_earlier_run_and_zero_epochs(tmp_path, cap
     assert "pass --overwrite" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == "my results"
     assert main(["demo", "--out", str(tmp_path / "d2"), "--epochs", "0", "--quiet"]) == 2
-    assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert "argument --epochs: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys):

@@ -227,3 +227,34 @@ def test_embed_prints_warnings_as_messages_of_the_command(tmp_path, saved, capsy
     err = capsys.readouterr().err
     assert "genemamba embed: warning: " in err and "not in the model's vocabulary" in err
     assert "UserWarning" not in err and "main()" not in err
+
+
+def test_cli_numbers_are_checked_by_option_before_anything_runs(tmp_path, saved, capsys):
+    model_dir, adata, _ = saved
+    source = _user_file(adata, tmp_path / "cells.h5ad")
+    base = ["embed", str(source), "--model", str(model_dir), "--out", str(tmp_path / "o.h5ad")]
+    for extra, message in (
+        (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+        (["--batch-size", "2.5"], "argument --batch-size: '2.5' is not a whole number"),
+        (["--min-gene-overlap", "1.5"], "argument --min-gene-overlap: must be a fraction in [0, 1]"),
+    ):
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+    corpus = ["build-corpus", str(source), "--out", str(tmp_path / "c")]
+    assert main([*corpus, "--shard-size", "0"]) == 2 and "argument --shard-size" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_messages_keep_python_calls_and_name_options_outside_them(tmp_path):
+    import argparse
+
+    from genemamba_scvi.cli import _cli_spelling
+
+    parser = argparse.ArgumentParser()
+    for option in ("--min-gene-overlap", "--gene-id-key", "--batch-size"):
+        parser.add_argument(option)
+    message = "check ids (or gene_id_key=), or lower min_gene_overlap (GeneMambaModel.load(..., min_gene_overlap=...))"
+    assert _cli_spelling(message, parser) == (
+        "check ids (or --gene-id-key), or lower --min-gene-overlap (GeneMambaModel.load(..., min_gene_overlap=...))"
+    )
+    assert _cli_spelling("batch_size must be an integer >= 1, got 0", parser).startswith("--batch-size must")

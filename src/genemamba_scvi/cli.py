@@ -33,8 +33,6 @@ def _demo(args: argparse.Namespace) -> int:
     from genemamba_scvi.metrics import benchmark_integration
 
     out = Path(args.out)
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     earlier = [name for name in _DEMO_OUTPUTS if (out / name).exists()]
     if earlier and not args.overwrite:
         raise FileExistsError(
@@ -299,6 +297,28 @@ def _build_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (refused by argparse, naming the option, before anything runs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    """An argparse type: a fraction in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genemamba`` command."""
     parser = argparse.ArgumentParser(prog="genemamba", description=__doc__)
@@ -306,12 +326,12 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="train a tiny GeneMamba on the shipped 559-cell sample and embed it (CPU)")
     demo.add_argument("--out", default="demo_output", help="output directory (created; default: %(default)s)")
-    demo.add_argument("--epochs", type=int, default=6, help="pre-training epochs (default: %(default)s)")
+    demo.add_argument("--epochs", type=_count, default=6, help="pre-training epochs (default: %(default)s)")
     demo.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
-    demo.add_argument("--d-model", type=int, default=32, help="model width (default: %(default)s)")
-    demo.add_argument("--n-layers", type=int, default=2, help="Bi-Mamba layers (default: %(default)s)")
-    demo.add_argument("--max-genes", type=int, default=256, help="top-k genes per cell (default: %(default)s)")
-    demo.add_argument("--batch-size", type=int, default=16, help="cells per training step (default: %(default)s)")
+    demo.add_argument("--d-model", type=_count, default=32, help="model width (default: %(default)s)")
+    demo.add_argument("--n-layers", type=_count, default=2, help="Bi-Mamba layers (default: %(default)s)")
+    demo.add_argument("--max-genes", type=_count, default=256, help="top-k genes per cell (default: %(default)s)")
+    demo.add_argument("--batch-size", type=_count, default=16, help="cells per training step (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument(
@@ -334,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
     embed.add_argument("--key", default="X_genemamba", help="obsm key of the embedding (default: %(default)s)")
     embed.add_argument("--gene-id-key", default=None, help="var column of the gene ids (default: the var_names)")
-    embed.add_argument("--max-genes", type=int, default=None, help="published models: top-k genes (default: 2048)")
+    embed.add_argument("--max-genes", type=_count, default=None, help="published models: top-k genes (default: 2048)")
     embed.add_argument("--subfolder", default=None, help="published models: size-variant subfolder of --model")
     embed.add_argument("--revision", default=None, help="Hub id: cached branch, tag or commit (default: main)")
     embed.add_argument(
@@ -342,12 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     embed.add_argument(
         "--min-gene-overlap",
-        type=float,
+        type=_share,
         default=None,
         help="refuse the input only when both the share of its genes in the model's vocabulary and the share of the "
         "model's genes it holds are below this (default: the model's, 0.5)",
     )
-    embed.add_argument("--batch-size", type=int, default=None, help="cells per forward pass (default: automatic)")
+    embed.add_argument("--batch-size", type=_count, default=None, help="cells per forward pass (default: automatic)")
     embed.add_argument("--accelerator", default="auto", help="auto (a GPU when there is one), gpu or cpu")
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -357,11 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     corpus.add_argument("inputs", nargs="+", help=".h5ad files or directories of them")
     corpus.add_argument("--out", required=True, help="corpus directory (resumable)")
     corpus.add_argument("--vocab", default=None, help="vocab.json (default: built from the first file's genes)")
-    corpus.add_argument("--max-genes", type=int, default=2048, help="top-k genes per cell (default: %(default)s)")
+    corpus.add_argument("--max-genes", type=_count, default=2048, help="top-k genes per cell (default: %(default)s)")
     corpus.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
-    corpus.add_argument("--chunk-size", type=int, default=10_000, help="cells read at a time (default: %(default)s)")
+    corpus.add_argument("--chunk-size", type=_count, default=10_000, help="cells read at a time (default: %(default)s)")
     corpus.add_argument(
-        "--shard-size", type=int, default=100_000, help="cells per shard, the unit of resuming (default: %(default)s)"
+        "--shard-size",
+        type=_count,
+        default=100_000,
+        help="cells per shard, the unit of resuming (default: %(default)s)",
     )
     corpus.add_argument(
         "--median-method",
@@ -372,13 +395,16 @@ def main(argv: list[str] | None = None) -> int:
     corpus.add_argument("--gene-id-key", default=None, help="var column with the gene ids (default: the var_names)")
     corpus.add_argument(
         "--min-gene-overlap",
-        type=float,
+        type=_share,
         default=0.5,
         help="share of a file's genes that must be in the vocabulary (default: %(default)s)",
     )
     corpus.set_defaults(func=_build_corpus)
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # a bad option (argparse printed which) or --help: the exit status, returned
+        return int(exit_.code or 0)
     # Our own messages only: a handler on the root logger would print every Lightning INFO line a second time.
     package_logger = logging.getLogger("genemamba_scvi")
     if not package_logger.handlers:
@@ -403,22 +429,38 @@ def _cli_spelling(message: str, parser: argparse.ArgumentParser) -> str:
     """``message`` with the library's Python spellings of this command's options written as its options.
 
     ``layer='counts'`` becomes ``--layer 'counts'``, ``overwrite=True`` ``--overwrite``, ``subfolder=...``
-    ``--subfolder <...>``; spellings of arguments the command does not have are left as they are.
+    ``--subfolder <...>``, and a snake_case name alone (``batch_size must be ...``) its option; spellings of
+    arguments the command does not have, and those inside a Python call of the message
+    (``GeneMambaModel.load(..., min_gene_overlap=...)``), are left as they are.
     """
     options = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != "help"}
 
     def as_option(match: re.Match) -> str:
         flag = options.get(match.group(1))
-        if flag is None:
+        if flag is None or _inside_python_call(message, match.start()):
             return match.group(0)
         value = match.group(2)
+        if value is None:  # "batch_size must be ...": the name alone
+            return flag if "_" in match.group(1) else match.group(0)
         if not value:  # "gene_id_key=)": the option named alone
             return flag
         if value in ("True", "None"):
             return flag if value == "True" else f"no {flag}"
         return f"{flag} {'<...>' if value == '...' else value}"
 
-    return re.sub(r"(?<![\w.])([a-z_]+)=('[^']*'|\"[^\"]*\"|\.\.\.|<[^>]*>|[\w.-]+|(?=[),;]|$))", as_option, message)
+    value = r"'[^']*'|\"[^\"]*\"|\.\.\.|<[^>]*>|[\w.-]+|(?=[),;]|$)"
+    return re.sub(rf"(?<![\w.'-])([a-z_]+)(?:=({value})|(?![\w=(]))", as_option, message)
+
+
+def _inside_python_call(text: str, pos: int) -> bool:
+    """Whether ``pos`` lies inside the parentheses of a call (``name(...)``) in ``text``."""
+    calls = []
+    for k, char in enumerate(text[:pos]):
+        if char == "(":
+            calls.append(k > 0 and (text[k - 1].isalnum() or text[k - 1] in "_."))
+        elif char == ")" and calls:
+            calls.pop()
+    return any(calls)
 
 
 if __name__ == "__main__":

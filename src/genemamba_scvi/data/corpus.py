@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -295,10 +296,15 @@ def build_corpus(
     """
     from genemamba_scvi import __version__
 
-    if int(chunk_size) <= 0 or int(shard_size) <= 0:
-        raise ValueError(f"chunk_size and shard_size must be positive, got {chunk_size} and {shard_size}")
-    if int(max_genes) < (2 if add_cls else 1):
-        raise ValueError(f"max_genes must be >= {2 if add_cls else 1}, got {max_genes}")
+    # (data/ stays free of torch, so not nn.config.check_count)
+    sizes = (("chunk_size", chunk_size, 1), ("shard_size", shard_size, 1), ("max_genes", max_genes, 1 + add_cls))
+    for name, value, least in sizes:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    chunk_size, shard_size, max_genes = int(chunk_size), int(shard_size), int(max_genes)
+    real = isinstance(min_gene_overlap, numbers.Real) and not isinstance(min_gene_overlap, bool)
+    if not (real and 0.0 <= min_gene_overlap <= 1.0):
+        raise ValueError(f"min_gene_overlap must be a fraction in [0, 1], got {min_gene_overlap!r}")
     if median_method not in ("exact", "tdigest"):
         raise ValueError(f"median_method must be 'exact' or 'tdigest', got {median_method!r}")
     if gene_medians is not None and not np.isfinite(np.asarray(gene_medians, dtype=np.float64)).any():
@@ -308,7 +314,6 @@ def build_corpus(
             "ranks raw values and stores no medians). Pass gene_medians=None to compute them from the files, or "
             "the medians of a model with tokenization='ranked'"
         )
-    chunk_size, shard_size, max_genes = int(chunk_size), int(shard_size), int(max_genes)
     chunk_size = min(chunk_size, shard_size)
     paths = resolve_inputs(inputs)
     out = Path(out_dir).expanduser().resolve()
