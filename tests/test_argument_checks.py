@@ -153,3 +153,10 @@ def test_batch_sizes_that_are_not_whole_positive_numbers_are_refused(model, batc
 def test_numpy_integer_batch_sizes_are_taken(model):
     z = model.get_latent_representation(batch_size=np.int64(16))
     assert z.shape == (model.adata.n_obs, model.module.encoder.d_model)
+
+
+@pytest.mark.parametrize("value", ["0.5", True, "abc", 1.5])
+def test_min_gene_overlap_of_the_wrong_type_is_refused_by_name(model, tmp_path, value):
+    model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"min_gene_overlap must be a fraction in \[0, 1\]"):
+        GeneMambaModel.load(tmp_path / "m", adata=model.adata.copy(), min_gene_overlap=value)

@@ -156,3 +156,30 @@ def test_a_pathway_monitor_without_gene_sets_is_refused_before_training():
     with pytest.raises(ValueError, match=r"'pathway_loss_validation' is not logged"):
         model.train(max_epochs=2, early_stopping=True, early_stopping_monitor="pathway_loss_validation", **FIT)
     assert not model.is_trained and model.history is None
+
+
+def test_the_head_keeps_every_cell_it_trained_on_through_save_and_load(tmp_path):
+    model = _model()
+    model.train_classifier(max_epochs=1, **FIT)
+    with pytest.warns(UserWarning, match="trained this head"):
+        model.train_classifier(max_epochs=1, train_size=0.8, **FIT)
+    model.save(tmp_path / "m", save_anndata=True)
+    with pytest.warns(UserWarning, match="trained this head"):  # the 90 / 10 call's cells are remembered
+        GeneMambaModel.load(tmp_path / "m").train_classifier(max_epochs=1, train_size=0.7, **FIT)
+    # the same cells in another order: the saved positions would name other cells; said, not silently dropped
+    with pytest.warns(UserWarning, match=r"split is not restored.*validation_indices is None"):
+        loaded = GeneMambaModel.load(tmp_path / "m", adata=model.adata[::-1].copy())
+    assert loaded.validation_indices is None
+
+
+def test_the_same_split_asked_for_in_other_words_keeps_a_continued_head_on_it():
+    model = _model()
+    model.train_classifier(max_epochs=1, **FIT)  # train_size 0.9: 87 / 9 of 96 cells
+    first = np.sort(model.validation_indices)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        scvi.settings.seed = 5
+        model.train_classifier(max_epochs=1, train_size=0.9, validation_size=1 - np.ceil(0.9 * 96) / 96, **FIT)
+        scvi.settings.seed = 0
+    assert np.array_equal(np.sort(model.validation_indices), first)
+    assert not any("trained this head" in m for m in _messages(record))

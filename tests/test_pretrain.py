@@ -408,3 +408,22 @@ def test_early_stopping_in_pretraining_is_checked_before_the_first_step(corpus_d
         with pytest.raises(ValueError, match=message):
             _train(corpus_dir, batch_size=64, **{"callbacks": [steps], **kwargs})
         assert steps.losses == [] or "callbacks" in kwargs  # refused before any step
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"bucket_window": -1},
+        {"bucket_window": 2.5},
+        {"keep_checkpoints": 2.5},
+        {"keep_checkpoints": -2},
+        {"checkpoint_every_n_steps": 2.5},
+        {"checkpoint_every_n_steps": 0},
+    ],
+)
+def test_sampler_and_checkpoint_settings_are_refused_by_name(corpus_dir, tmp_path, kwargs):
+    # bucket_window=-1 raised numpy's "need at least one array to concatenate", keep_checkpoints=2.5 a KeyError after
+    # 6 steps, checkpoint_every_n_steps=2.5 wrote only step 5, -2 / -1 were named in Lightning's words
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"{name} must be an integer >="):
+        _train(corpus_dir, batch_size=64, checkpoint_dir=tmp_path / "c", **kwargs)

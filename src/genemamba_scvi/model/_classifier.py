@@ -9,6 +9,7 @@ call, and an early-stopping metric that is never logged (found only after an epo
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -115,6 +116,20 @@ def _obs_digest(obs_names: pd.Index) -> str:
     return hashlib.sha256("\n".join(map(str, obs_names)).encode()).hexdigest()
 
 
+def requested_sizes(n_obs: int, train_size: Any, validation_size: Any) -> tuple[int, int] | None:
+    """Training and validation cells that ``train_size`` / ``validation_size`` ask for.
+
+    scvi-tools' rule, before its last-batch adjustment; ``None`` for sizes scvi-tools refuses (it says why when
+    training starts).
+    """
+    try:
+        t = 0.9 if not train_size else float(train_size)
+        n_train = math.ceil(t * n_obs)
+        return n_train, (n_obs - n_train if validation_size is None else math.floor(n_obs * float(validation_size)))
+    except (TypeError, ValueError):
+        return None
+
+
 def split_to_json(model: Any) -> dict[str, Any] | None:
     """The last run's train / validation / test cells and the head's (if another run's), for ``save``."""
     if model.train_indices is None:
@@ -125,26 +140,40 @@ def split_to_json(model: Any) -> dict[str, Any] | None:
     if head is not None:
         same = all(np.array_equal(a, b) for a, b in zip(head["indices"], last))
         out["head"] = {"sizes": list(head["sizes"]), "indices": None if same else [i.tolist() for i in head["indices"]]}
+        cells = getattr(model, "_head_cells", None) or set()
+        if len(cells) > len(head["indices"][0]):  # trained on more cells than its last split's (another split before)
+            out["head"]["cells"] = np.flatnonzero(model.adata.obs_names.isin(list(cells))).tolist()
     return out
 
 
 def split_from_json(model: Any, saved: dict[str, Any] | None) -> None:
     """Restore :func:`split_to_json`'s cells on a loaded model, if it is loaded with the same cells (obs_names)."""
-    if not saved or saved.get("obs_digest") != _obs_digest(model.adata.obs_names):
-        return  # other cells: the saved positions would name the wrong ones
+    if not saved:
+        return
+    if saved.get("obs_digest") != _obs_digest(model.adata.obs_names):  # the saved positions would name other cells
+        warnings.warn(
+            "the saved train / validation / test split is not restored: this AnnData's cells differ (by name or "
+            "order) from those the model was saved with, so model.validation_indices is None, and a head trained "
+            "further cannot be checked for validation cells it trained on",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+        return
     last = [np.asarray(i, dtype=np.int64) for i in saved["last"]]
     model.train_indices, model.validation_indices, model.test_indices = last
     head = saved.get("head")
     if head is not None:
         indices = last if head["indices"] is None else [np.asarray(i, dtype=np.int64) for i in head["indices"]]
         model._head_split = {"indices": indices, "sizes": tuple(head["sizes"])}
-        model._head_cells = set(model.adata.obs_names[indices[0]])
+        cells = np.asarray(head.get("cells", indices[0]), dtype=np.int64)
+        model._head_cells = set(model.adata.obs_names[cells])
 
 
 def reused_head_split(model: Any, same_head: bool, train_size: Any, validation_size: Any) -> list | None:
-    """The split a continued head trained on, to train it further on the same cells (sizes unchanged)."""
+    """The split a continued head trained on, to train it further on the same cells (the same sizes asked for)."""
     head = getattr(model, "_head_split", None)
-    if not same_head or head is None or head["sizes"] != (train_size, validation_size):
+    asked = requested_sizes(model.adata.n_obs, train_size, validation_size)
+    if not same_head or head is None or asked is None or tuple(head["sizes"]) != asked:
         return None
     if sum(len(i) for i in head["indices"]) != model.adata.n_obs:
         return None

@@ -320,7 +320,7 @@ class GeneMambaSaveLoadMixin:
         extra = ckpt.extra or {}
         config = dict(ckpt.config)
         if min_gene_overlap is not None:
-            config["min_gene_overlap"] = float(min_gene_overlap)
+            config["min_gene_overlap"] = min_gene_overlap  # checked by GeneMambaModel
         model = cls._from_parts(adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"), saved_setup=True)
         if extra.get("label_names"):
             model.label_names_ = list(extra["label_names"])
@@ -459,7 +459,7 @@ class GeneMambaSaveLoadMixin:
             tie_lm_head=False,
             tokenization=tokenization,
             unk_token=info.get("unk_token"),
-            **({"min_gene_overlap": float(min_gene_overlap)} if min_gene_overlap is not None else {}),
+            **({"min_gene_overlap": min_gene_overlap} if min_gene_overlap is not None else {}),
         )
         model = cls._from_parts(adata, config, vocab, gene_medians, setup_kwargs)
         n_genes = len(vocab.genes) - (info.get("unk_token") in vocab)  # the unknown-gene token is no gene

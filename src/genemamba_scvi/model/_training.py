@@ -22,6 +22,7 @@ from genemamba_scvi.model._classifier import (
     _class_weights,
     _label_codes,
     check_classifier_split,
+    requested_sizes,
     reused_head_split,
     warn_on_label_values,
 )
@@ -457,7 +458,7 @@ class GeneMambaTrainingMixin:
         trained_on = self.adata.obs_names[np.asarray(self.train_indices, dtype=np.int64)]
         self._head_cells = (self._head_cells or set()) | set(trained_on)
         indices = [np.asarray(i) for i in (self.train_indices, self.validation_indices, self.test_indices)]
-        self._head_split = {"indices": indices, "sizes": (train_size, validation_size)}
+        self._head_split = {"indices": indices, "sizes": requested_sizes(self.adata.n_obs, train_size, validation_size)}
         return out
 
     @classmethod

@@ -319,6 +319,10 @@ def pretrain_from_corpus(
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
     batch_size = check_count("batch_size", batch_size)
     accumulate_grad_batches = check_count("accumulate_grad_batches", accumulate_grad_batches)
+    bucket_window = check_count("bucket_window", bucket_window, least=0)
+    keep_checkpoints = check_count("keep_checkpoints", keep_checkpoints, least=-1)  # -1: all
+    if checkpoint_every_n_steps is not None:
+        checkpoint_every_n_steps = check_count("checkpoint_every_n_steps", checkpoint_every_n_steps)
     lightning_args = {k: v for k, v in locals().items() if k in _LIGHTNING_ARGS}
     corpus = TokenCorpus(corpus_dir)
     vocab, medians = corpus.vocab, corpus.gene_medians
