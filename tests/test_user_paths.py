@@ -451,3 +451,22 @@ def test_embedding_with_an_untrained_model_warns(cells):
         warnings.simplefilter("always")
         model.get_latent_representation()
     assert not [w for w in caught if "not trained" in str(w.message)]
+
+
+def test_a_failed_run_raises_its_error_without_scvi_tools_nameerror_line(cells, capsys):
+    import lightning.pytorch as pl
+
+    class Crash(pl.Callback):
+        def on_train_batch_start(self, *args):
+            raise RuntimeError("crash for the test")
+
+    adata = cells[:20].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    with pytest.raises(RuntimeError, match="crash for the test"):
+        model.train(max_epochs=1, callbacks=[Crash()], **TRAIN)
+    out = capsys.readouterr()
+    assert "Exception raised during training" not in out.out + out.err  # scvi-tools printed "<class 'NameError'>"
+    assert not model.is_trained
+    model.train(max_epochs=1, **TRAIN)
+    assert model.is_trained and model.train_indices is not None

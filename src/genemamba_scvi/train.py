@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import logging
 import math
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from scvi.train import SaveCheckpoint, TrainingPlan
+from scvi.train import SaveCheckpoint, TrainingPlan, TrainRunner
 from scvi.utils import track
 
 from genemamba_scvi._warn import user_stacklevel
@@ -51,6 +52,34 @@ def check_early_stopping_monitor(trainer_kwargs: dict[str, Any], logged: Sequenc
             f"early_stopping_monitor={monitor!r} is not logged by this run; it logs {list(logged)} "
             "(e.g. early_stopping_monitor='accuracy_validation', early_stopping_mode='max')"
         )
+
+
+class QuietTrainRunner(TrainRunner):
+    """scvi-tools' ``TrainRunner`` without its line on a failed run.
+
+    scvi-tools 1.4 prints ``Exception raised during training. <class 'NameError'> ...`` before re-raising any error
+    of a run (naming ``NameError`` whatever the error was); here the error is raised as it is, after the same
+    clean-up (the history so far kept, the GPU cache emptied). The rest is scvi-tools' own.
+    """
+
+    def _run_training_core(self) -> None:
+        try:
+            self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
+        except BaseException:
+            self._update_history()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
+        self._update_history()
+        # the data splitter has its indices only after fit
+        self.model.train_indices = getattr(self.data_splitter, "train_idx", None)
+        self.model.test_indices = getattr(self.data_splitter, "test_idx", None)
+        self.model.validation_indices = getattr(self.data_splitter, "val_idx", None)
+        self.model.module.eval()
+        self.model.is_trained_ = True
+        self.model.to_device(self.device)
+        self.model.trainer = self.trainer
 
 
 class NonFiniteLossError(FloatingPointError):

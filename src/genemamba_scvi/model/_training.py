@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scvi.model._utils import use_distributed_sampler
-from scvi.train import TrainRunner
 from scvi.train._trainrunner import _safe_load_logger_history
 
 from genemamba_scvi import __version__
@@ -37,6 +36,7 @@ from genemamba_scvi.nn.config import check_count
 from genemamba_scvi.train import (
     LAST_NEEDS_CHECKPOINT_DIR,
     LightningCheckpoint,
+    QuietTrainRunner,
     StepProgressBar,
     check_early_stopping_monitor,
     logged_metrics,
@@ -59,7 +59,7 @@ class _ResumableCheckpoint(LightningCheckpoint):
         )
 
 
-class _GeneMambaTrainRunner(TrainRunner):
+class _GeneMambaTrainRunner(QuietTrainRunner):
     """scvi-tools' TrainRunner; a later run (``train`` again, ``train_classifier`` after it) continues the history.
 
     scvi keeps only the keys of the first run (the classification loss and accuracy would be dropped) and indexes a

@@ -12,7 +12,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from scvi.train import TrainRunner
 
 from genemamba_scvi._constants import LENGTHS_KEY
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
@@ -25,6 +24,7 @@ from genemamba_scvi.train import (
     LAST_NEEDS_CHECKPOINT_DIR,
     GeneMambaTrainingPlan,
     LightningCheckpoint,
+    QuietTrainRunner,
     StepProgressBar,
     check_early_stopping_monitor,
     logged_metrics,
@@ -404,7 +404,7 @@ def pretrain_from_corpus(
         trainer_kwargs.setdefault("limit_val_batches", 0)
     _check_early_stopping(trainer_kwargs, cbs, datamodule.n_val, module, gamma)
     with training_session(module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
-        runner = TrainRunner(
+        runner = QuietTrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
         )
         runner()
