@@ -470,3 +470,26 @@ def test_a_failed_run_raises_its_error_without_scvi_tools_nameerror_line(cells, 
     assert not model.is_trained
     model.train(max_epochs=1, **TRAIN)
     assert model.is_trained and model.train_indices is not None
+
+
+def test_training_under_ddp_as_the_error_for_several_devices_advises(tmp_path):
+    # devices=2 asks for strategy="ddp"; with it, Lightning rebuilt TokenDataLoader to add its own sampler and failed
+    # ("more than one __init__ argument ... batch_sampler"). A subprocess: the process group stays out of this one.
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import warnings; warnings.filterwarnings('ignore')\n"
+        "from genemamba_scvi import GeneMambaModel, datasets\n"
+        "if __name__ == '__main__':\n"
+        "    adata = datasets.load_pbmc68k_counts()[:64].copy()\n"
+        "    GeneMambaModel.setup_anndata(adata, layer='counts')\n"
+        "    model = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=64)\n"
+        "    model.train(max_epochs=1, accelerator='cpu', devices=2, strategy='ddp', enable_progress_bar=False)\n"
+        "    print('rank', model.trainer.global_rank, 'trained', model.is_trained)\n"
+    )
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "rank 0 trained True" in run.stdout and "rank 1 trained True" in run.stdout

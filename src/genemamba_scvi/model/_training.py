@@ -265,6 +265,8 @@ class GeneMambaTrainingMixin:
             trainer_kwargs.setdefault("limit_val_batches", 0)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        # under DDP the loaders carry their own DistributedSampler; Lightning would rebuild them to add one
+        trainer_kwargs.setdefault("use_distributed_sampler", False)
         with training_session(self.module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
             runner = self._train_runner_cls(
                 self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
