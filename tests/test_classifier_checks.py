@@ -183,3 +183,19 @@ def test_the_same_split_asked_for_in_other_words_keeps_a_continued_head_on_it():
         scvi.settings.seed = 0
     assert np.array_equal(np.sort(model.validation_indices), first)
     assert not any("trained this head" in m for m in _messages(record))
+
+
+def test_a_run_that_fails_before_training_keeps_the_earlier_head():
+    # a failed call left a new, untrained head with the new label names, and predict() used it silently
+    model = _model()
+    model.train_classifier(max_epochs=1, **FIT)
+    names, predicted = list(model.label_names_), model.predict()
+    model.adata.obs["phase"] = np.where(np.arange(model.adata.n_obs) % 2, "G1", "S")
+    with pytest.raises(ValueError):
+        model.train_classifier("phase", max_epochs=1, datasplitter_kwargs={"num_wokers": 2}, **FIT)
+    assert list(model.label_names_) == names and np.array_equal(model.predict(), predicted)
+    fresh = _model()
+    with pytest.raises(ValueError):
+        fresh.train_classifier(max_epochs=1, lr="3e-3", **FIT)
+    with pytest.raises(RuntimeError, match="No classifier has been trained"):
+        fresh.predict()

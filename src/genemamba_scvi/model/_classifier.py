@@ -178,3 +178,23 @@ def reused_head_split(model: Any, same_head: bool, train_size: Any, validation_s
     if sum(len(i) for i in head["indices"]) != model.adata.n_obs:
         return None
     return [np.asarray(i, dtype=np.int64) for i in head["indices"]]
+
+
+_HEAD_ATTRIBUTES = ("label_names_", "labels_key_", "classifier_hidden_", "_head_cells", "_head_split")
+
+
+def head_state(model: Any) -> dict[str, Any]:
+    """The cell-type head as it is (module, label names, split), to put back if a run fails before training it."""
+    return {
+        "classifier": model.module.classifier,
+        "n_labels": getattr(model.module, "n_labels", None),
+        **{name: getattr(model, name, None) for name in _HEAD_ATTRIBUTES},
+    }
+
+
+def restore_head(model: Any, state: dict[str, Any]) -> None:
+    """Put back :func:`head_state` (a failed ``train_classifier`` left a new, untrained head that predict would use)."""
+    model.module.classifier = state["classifier"]
+    model.module.n_labels = state["n_labels"]
+    for name in _HEAD_ATTRIBUTES:
+        setattr(model, name, state[name])

@@ -21,7 +21,9 @@ from genemamba_scvi.model._classifier import (
     _class_weights,
     _label_codes,
     check_classifier_split,
+    head_state,
     requested_sizes,
+    restore_head,
     reused_head_split,
     warn_on_label_values,
 )
@@ -42,6 +44,30 @@ from genemamba_scvi.train import (
     logged_metrics,
     training_session,
 )
+
+
+def _check_splitter_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse unknown ``datasplitter_kwargs`` by name now (torch's DataLoader refused them once training began)."""
+    from scvi.dataloaders import DataSplitter
+    from torch.utils.data import DataLoader
+
+    known = set(inspect.signature(DataSplitter.__init__).parameters) | set(inspect.signature(DataLoader).parameters)
+    ours = {
+        "batch_size",
+        "tokenizer",
+        "labels",
+        "distributed_sampler",
+        "adata_manager",
+        "train_size",
+        "validation_size",
+    }
+    unknown = sorted(set(kwargs) - (known - ours - {"self", "kwargs", "dataset", "sampler", "batch_sampler"}))
+    if unknown:
+        raise ValueError(
+            f"datasplitter_kwargs {unknown} are not arguments of scvi-tools' DataSplitter or torch's DataLoader "
+            "(e.g. shuffle_set_split, external_indexing, num_workers, persistent_workers, pin_memory); train_size, "
+            "validation_size and batch_size are arguments of train itself"
+        )
 
 
 class _ResumableCheckpoint(LightningCheckpoint):
@@ -203,10 +229,13 @@ class GeneMambaTrainingMixin:
         for key in ("max_epochs", "max_steps"):  # numpy integers: Lightning asserts a Python int
             if isinstance(trainer_kwargs.get(key), numbers.Integral):
                 trainer_kwargs[key] = int(trainer_kwargs[key])
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < float("inf"):
+            raise ValueError(f"lr must be a positive number (the peak learning rate), got {lr!r}")
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         for key in ("shuffle_set_split", "load_sparse_tensor"):  # scvi-tools' train() arguments of its splitter
             if key in trainer_kwargs:
                 datasplitter_kwargs.setdefault(key, trainer_kwargs.pop(key))
+        _check_splitter_kwargs(datasplitter_kwargs)
         require_cuda_if_asked(trainer_kwargs["accelerator"])
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
@@ -359,7 +388,7 @@ class GeneMambaTrainingMixin:
             ``load_sparse_tensor`` is accepted and changes nothing (minibatches are always tokenized from the rows of
             a sparse matrix).
         """
-        if not gamma >= 0:
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not gamma >= 0:
             raise ValueError(f"gamma (the pathway loss's weight) must be >= 0, got {gamma!r}; 0 turns it off")
         run_args = _run_args(locals())
         self.module.set_objective(objective)
@@ -431,6 +460,7 @@ class GeneMambaTrainingMixin:
             raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
         warn_on_label_values(labels_key, codes, names)
         weights = _class_weights(class_weight, codes, [str(n) for n in names])  # validate before changing state
+        before = head_state(self)
         same_head = (
             self.module.classifier is not None
             and self.label_names_ is not None
@@ -451,10 +481,15 @@ class GeneMambaTrainingMixin:
         if split is not None and "external_indexing" not in splitter_kwargs:  # a continued head: the same cells
             run_args["datasplitter_kwargs"] = {**splitter_kwargs, "external_indexing": split}
         self.module.encoder.requires_grad_(not freeze_encoder)
+        start = [p.detach().clone() for p in self.module.classifier.parameters()]
         try:
             out = self._run_training(
                 labels=codes.astype(np.int64), loss_kwargs={"mode": "classify", "class_weights": weights}, **run_args
             )
+        except BaseException:
+            if all(torch.equal(a, b) for a, b in zip(start, self.module.classifier.parameters())):
+                restore_head(self, before)  # failed before any step: the earlier head (or none), not an untrained one
+            raise
         finally:
             self.module.encoder.requires_grad_(True)
         trained_on = self.adata.obs_names[np.asarray(self.train_indices, dtype=np.int64)]
