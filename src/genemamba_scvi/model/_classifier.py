@@ -112,7 +112,8 @@ def check_classifier_split(
             )
 
 
-def _obs_digest(obs_names: pd.Index) -> str:
+def obs_digest(obs_names: pd.Index) -> str:
+    """A digest of the cells' names in order: split positions name the same cells only under the same digest."""
     return hashlib.sha256("\n".join(map(str, obs_names)).encode()).hexdigest()
 
 
@@ -133,9 +134,11 @@ def requested_sizes(n_obs: int, train_size: Any, validation_size: Any) -> tuple[
 def split_to_json(model: Any) -> dict[str, Any] | None:
     """The last run's train / validation / test cells and the head's (if another run's), for ``save``."""
     if model.train_indices is None:
-        return None
+        return {"lost": True} if getattr(model, "_split_lost", False) else None
+    if getattr(model, "_split_digest", None) != obs_digest(model.adata.obs_names):
+        return {"lost": True}  # the AnnData's cells changed since the split was drawn: its positions name others
     last = [np.asarray(i, dtype=np.int64) for i in (model.train_indices, model.validation_indices, model.test_indices)]
-    out: dict[str, Any] = {"obs_digest": _obs_digest(model.adata.obs_names), "last": [i.tolist() for i in last]}
+    out: dict[str, Any] = {"obs_digest": model._split_digest, "last": [i.tolist() for i in last]}
     head = getattr(model, "_head_split", None)
     if head is not None:
         same = all(np.array_equal(a, b) for a, b in zip(head["indices"], last))
@@ -150,15 +153,12 @@ def split_from_json(model: Any, saved: dict[str, Any] | None) -> None:
     """Restore :func:`split_to_json`'s cells on a loaded model, if it is loaded with the same cells (obs_names)."""
     if not saved:
         return
-    if saved.get("obs_digest") != _obs_digest(model.adata.obs_names):  # the saved positions would name other cells
-        warnings.warn(
-            "the saved train / validation / test split is not restored: this AnnData's cells differ (by name or "
-            "order) from those the model was saved with, so model.validation_indices is None, and a head trained "
-            "further cannot be checked for validation cells it trained on",
-            UserWarning,
-            stacklevel=_user_stacklevel(),
-        )
+    if saved.get("lost") or saved.get("obs_digest") != obs_digest(model.adata.obs_names):
+        # other cells (a query, or the cells reordered): the saved positions would name others; validation_indices
+        # stay None, and train_classifier says so if it trains this head further
+        model._split_lost = True
         return
+    model._split_digest = saved["obs_digest"]
     last = [np.asarray(i, dtype=np.int64) for i in saved["last"]]
     model.train_indices, model.validation_indices, model.test_indices = last
     head = saved.get("head")
@@ -198,3 +198,15 @@ def restore_head(model: Any, state: dict[str, Any]) -> None:
     model.module.n_labels = state["n_labels"]
     for name in _HEAD_ATTRIBUTES:
         setattr(model, name, state[name])
+
+
+def warn_if_head_split_lost(model: Any, same_head: bool) -> None:
+    """Warn when a head is trained further but the split it was trained on could not be restored."""
+    if same_head and getattr(model, "_head_split", None) is None and getattr(model, "_split_lost", False):
+        warnings.warn(
+            "this head was trained on a split that is not known any more (the model was saved after its AnnData's "
+            "cells changed, or loaded with other cells): the validation cells of this run may include cells it "
+            "trained on",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )

@@ -22,9 +22,11 @@ from genemamba_scvi.model._classifier import (
     _label_codes,
     check_classifier_split,
     head_state,
+    obs_digest,
     requested_sizes,
     restore_head,
     reused_head_split,
+    warn_if_head_split_lost,
     warn_on_label_values,
 )
 from genemamba_scvi.model._utils import (
@@ -188,6 +190,8 @@ class GeneMambaTrainingMixin:
 
     #: obs_names of the cells the current head trained on (validation-leak check of a continued head)
     _head_cells: set[str] | None = None
+    #: a split was saved with the model but could not be restored on the AnnData it was loaded with
+    _split_lost: bool = False
     #: the current head's last split ({"indices": [train, validation, test], "sizes": (train_size, validation_size)})
     _head_split: dict[str, Any] | None = None
 
@@ -301,9 +305,11 @@ class GeneMambaTrainingMixin:
                 self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
             )
             try:
-                return runner()
+                result = runner()
             finally:
                 _save_kernel_cache()
+        self._split_digest = obs_digest(self.adata.obs_names)  # the cells the split's positions name
+        return result
 
     def train(
         self,
@@ -476,6 +482,7 @@ class GeneMambaTrainingMixin:
             self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
         if not same_head:
             self._head_cells, self._head_split = set(), None
+        warn_if_head_split_lost(self, same_head)
         split = reused_head_split(self, same_head, train_size, validation_size)
         splitter_kwargs = dict(run_args.get("datasplitter_kwargs") or {})
         if split is not None and "external_indexing" not in splitter_kwargs:  # a continued head: the same cells
