@@ -493,3 +493,14 @@ def test_training_under_ddp_as_the_error_for_several_devices_advises(tmp_path):
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "rank 0 trained True" in run.stdout and "rank 1 trained True" in run.stdout
+
+
+def test_a_home_relative_path_is_the_home_directory_not_a_folder_named_tilde(model_and_data, tmp_path, monkeypatch):
+    # save("~/m") wrote ./~/m in the working directory (a later "rm -rf ~" away from disaster)
+    model, adata = model_and_data
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    model.save("~/models/m")
+    assert (tmp_path / "home" / "models" / "m" / "config.json").is_file() and not (tmp_path / "~").exists()
+    loaded = GeneMambaModel.load("~/models/m", adata=adata.copy())
+    np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(adata.copy()))

@@ -145,7 +145,7 @@ def _embed(args: argparse.Namespace) -> int:
     from genemamba_scvi.io._checkpoint import is_our_checkpoint
     from genemamba_scvi.io._files import _atomic_write_file
 
-    source, out = Path(args.input), Path(args.out)
+    source, out = Path(args.input).expanduser(), Path(args.out).expanduser()  # ~ too after --out= (no shell)
     if not source.is_file():
         what = "is a directory, not an .h5ad file" if source.is_dir() else "no such file"
         raise FileNotFoundError(f"input {source}: {what}")
@@ -412,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.WARNING)
+    for name in ("model", "out", "vocab"):  # "--out=~/x": the shell leaves "~" after "=" as it is
+        if isinstance(getattr(args, name, None), str) and getattr(args, name).startswith("~"):
+            setattr(args, name, os.path.expanduser(getattr(args, name)))
     try:
         with warnings.catch_warnings():  # the message, not the Python file and source line it was raised from
             warnings.showwarning = functools.partial(_show_warning, args.command)

@@ -48,9 +48,11 @@ def check_early_stopping_monitor(trainer_kwargs: dict[str, Any], logged: Sequenc
     """Refuse, before training, an ``early_stopping_monitor`` the run never logs (Lightning fails after an epoch)."""
     monitor = trainer_kwargs.get("early_stopping_monitor", "validation_loss")
     if trainer_kwargs.get("early_stopping") and monitor not in logged:
+        accuracy = next((m for m in logged if m.endswith("accuracy_validation")), None)
+        example = f"{accuracy!r}, early_stopping_mode='max'" if accuracy else "'validation_loss'"
         raise ValueError(
             f"early_stopping_monitor={monitor!r} is not logged by this run; it logs {list(logged)} "
-            "(e.g. early_stopping_monitor='accuracy_validation', early_stopping_mode='max')"
+            f"(e.g. early_stopping_monitor={example})"
         )
 
 

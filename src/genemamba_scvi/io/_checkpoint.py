@@ -127,7 +127,7 @@ def write_checkpoint(
         Something is not serialisable, or ``overwrite`` would replace a file of a checkpoint's name
         (``config.json``, ...) in a directory that is not a checkpoint of this format.
     """
-    path = Path(path).absolute()  # "." has itself as parent: the temporary sibling must be outside it
+    path = Path(path).expanduser().absolute()  # "." has itself as parent: the temporary sibling must be outside it
     if not path.exists() and not path.is_symlink():
         path.parent.mkdir(parents=True, exist_ok=True)  # as scvi-tools' save: missing parents are created
     extra_files = dict(extra_files or {})
@@ -245,7 +245,7 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         A checksum does not match (tampered or truncated file), a file is corrupt, or the format
         is not ours.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint directory at {path}{_interrupted_hint(path)}")
     if not path.is_dir():

@@ -217,7 +217,7 @@ def _atomic_write_dir(
 
     With ``own_files``, overwriting keeps every entry of the old directory that is not named there.
     """
-    path = Path(path).absolute()  # the parent of "." is "." itself ("..", symlinks: left to the OS)
+    path = Path(path).expanduser().absolute()  # the parent of "." is "." itself ("..", symlinks: left to the OS)
     parent = path.parent
     tmp = parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()

@@ -299,7 +299,7 @@ def _checkpoint_root(
     ``"owner/name/sub"`` that is not a local path, with ``owner/name`` in the Hub cache (or with ``revision=`` or
     ``cache_dir=`` given), is the cached repository with ``sub`` as the subfolder (in front of ``subfolder``).
     """
-    root = Path(path)
+    root = Path(path).expanduser()
     hub_options = revision is not None or cache_dir is not None
     if not root.is_dir():
         local_variants = root.parent.is_dir() and bool(_size_variants(root.parent))  # "GeneMamba/<variant>", mistyped

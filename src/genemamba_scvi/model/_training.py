@@ -273,7 +273,7 @@ class GeneMambaTrainingMixin:
         plan = self._training_plan_cls(self.module, **{"lr": lr, **loss_kwargs, **(plan_kwargs or {})})
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if checkpoint_dir is not None:
-            callbacks.append(_ResumableCheckpoint(str(checkpoint_dir), checkpoint_every_n_steps))
+            callbacks.append(_ResumableCheckpoint(str(Path(checkpoint_dir).expanduser()), checkpoint_every_n_steps))
         # progress within the epoch (scvi's simple bar moves once per epoch); simple_progress_bar=True restores it
         trainer_kwargs.setdefault("simple_progress_bar", False)
         if trainer_kwargs.get("enable_progress_bar", True) and not trainer_kwargs["simple_progress_bar"]:
@@ -542,7 +542,7 @@ class GeneMambaTrainingMixin:
         from genemamba_scvi.io._checkpoint import check_checkpoint_target
         from genemamba_scvi.pretrain import pretrain_from_corpus
 
-        save_dir = Path(save_dir)
+        save_dir = Path(save_dir).expanduser()
         # a save_dir that holds (or will hold) only this run's Lightning checkpoints is still ours to fill
         overwrite = overwrite or _only_checkpoints(save_dir, kwargs.get("checkpoint_dir"))
         check_checkpoint_target(save_dir, overwrite)  # fail before hours of training, not after

@@ -473,6 +473,8 @@ def _match_query_genes(
     try:
         match = vocab.match(ids, min_overlap=0.0)
     except ValueError as err:  # no gene matched at all: the ids themselves are wrong
+        if "min_overlap is" not in str(err):  # duplicated var_names, or two columns of one gene: its own message
+            raise
         genes = [g for g in vocab.genes if g != unk_token]
         raise ValueError(
             f"0 of {len(ids)} var_names of this AnnData match the model's vocabulary of {len(genes)} genes "

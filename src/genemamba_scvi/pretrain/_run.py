@@ -371,7 +371,7 @@ def pretrain_from_corpus(
     if checkpoint_dir is not None:
         cbs.append(
             LightningCheckpoint(
-                str(checkpoint_dir),
+                str(Path(checkpoint_dir).expanduser()),
                 filename="step{step:09d}",
                 auto_insert_metric_name=False,
                 every_n_train_steps=checkpoint_every_n_steps,
@@ -395,7 +395,7 @@ def pretrain_from_corpus(
         "precision": resolve_precision(precision, on_gpu),
         "max_epochs": max_epochs if max_epochs is not None else -1,
         "use_distributed_sampler": False,  # CorpusBatchSampler splits the data over ranks itself
-        "ckpt_path": os.fspath(ckpt_path) if ckpt_path is not None else None,
+        "ckpt_path": None if ckpt_path is None else "last" if ckpt_path == "last" else os.path.expanduser(ckpt_path),
         **trainer_kwargs,
     }
     if datamodule.n_val:  # scvi's Trainer never validates unless told (its None means never)
