@@ -215,3 +215,16 @@ def test_a_run_that_fails_before_training_keeps_the_earlier_head():
         fresh.train_classifier(max_epochs=1, lr="3e-3", **FIT)
     with pytest.raises(RuntimeError, match="No classifier has been trained"):
         fresh.predict()
+
+
+def test_an_embedding_stored_before_fine_tuning_is_said_to_be_stale():
+    # the README stored obsm["X_genemamba"], then fine-tuned (the encoder too) and saved: the saved embedding was
+    # another model's (max difference 1.7, Leiden ARI 0.04 in the probe)
+    model = _model()
+    model.adata.obsm["X_genemamba"] = model.get_latent_representation()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.train_classifier(max_epochs=1, freeze_encoder=True, **FIT)
+    assert not any("no longer this model's embedding" in m for m in _messages(record))
+    with pytest.warns(UserWarning, match=r"obsm\['X_genemamba'\], computed before, is no longer this model's"):
+        model.train_classifier(max_epochs=1, hidden=8, **FIT)

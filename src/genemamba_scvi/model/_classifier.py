@@ -210,3 +210,15 @@ def warn_if_head_split_lost(model: Any, same_head: bool) -> None:
             UserWarning,
             stacklevel=_user_stacklevel(),
         )
+
+
+def warn_if_embedding_stale(adata: Any, freeze_encoder: bool, key: str = "X_genemamba") -> None:
+    """After fine-tuning the encoder, an embedding stored before in ``adata.obsm`` is another model's: say so."""
+    if not freeze_encoder and key in adata.obsm:
+        warnings.warn(
+            f"train_classifier fine-tuned the encoder too (freeze_encoder=False), so adata.obsm[{key!r}], computed "
+            f"before, is no longer this model's embedding (nor are neighbours / UMAP / clusters from it): recompute "
+            f"it with model.get_latent_representation(), or pass freeze_encoder=True to keep the encoder",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )

@@ -26,6 +26,7 @@ from genemamba_scvi.model._classifier import (
     requested_sizes,
     restore_head,
     reused_head_split,
+    warn_if_embedding_stale,
     warn_if_head_split_lost,
     warn_on_label_values,
 )
@@ -501,6 +502,7 @@ class GeneMambaTrainingMixin:
             self.module.encoder.requires_grad_(True)
         trained_on = self.adata.obs_names[np.asarray(self.train_indices, dtype=np.int64)]
         self._head_cells = (self._head_cells or set()) | set(trained_on)
+        warn_if_embedding_stale(self.adata, freeze_encoder)
         indices = [np.asarray(i) for i in (self.train_indices, self.validation_indices, self.test_indices)]
         self._head_split = {"indices": indices, "sizes": requested_sizes(self.adata.n_obs, train_size, validation_size)}
         return out
