@@ -258,3 +258,17 @@ def test_cli_messages_keep_python_calls_and_name_options_outside_them(tmp_path):
         "check ids (or --gene-id-key), or lower --min-gene-overlap (GeneMambaModel.load(..., min_gene_overlap=...))"
     )
     assert _cli_spelling("batch_size must be an integer >= 1, got 0", parser).startswith("--batch-size must")
+
+
+def test_a_mistyped_model_path_beside_saved_models_is_named_as_such(tmp_path, saved, capsys, monkeypatch):
+    # "models/pbmc_v3" beside saved models was read as an official checkpoint with "size variants" pbmc_v1, ...
+    import shutil
+
+    model_dir, adata, _ = saved
+    shutil.copytree(model_dir, tmp_path / "models" / "pbmc_v1")
+    source = _user_file(adata, tmp_path / "cells.h5ad")
+    monkeypatch.chdir(tmp_path)
+    assert main(["embed", str(source), "--model", "models/pbmc_v3", "--out", str(tmp_path / "o.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert "no such directory: models/pbmc_v3 (models holds the saved models pbmc_v1" in err
+    assert "size variant" not in err

@@ -302,8 +302,8 @@ def _checkpoint_root(
     root = Path(path).expanduser()
     hub_options = revision is not None or cache_dir is not None
     if not root.is_dir():
-        local_variants = root.parent.is_dir() and bool(_size_variants(root.parent))  # "GeneMamba/<variant>", mistyped
-        if looks_like_repo_id(path) and (hub_options or hub_repo_dir(str(path)).is_dir() or not local_variants):
+        local_parent = root.parent != Path(".") and root.parent.is_dir()  # "models/<name>" or "GeneMamba/<variant>"
+        if looks_like_repo_id(path) and (hub_options or hub_repo_dir(str(path)).is_dir() or not local_parent):
             return resolve_hub_snapshot(str(path), revision=revision, cache_dir=cache_dir), subfolder
         split = split_repo_subfolder(path)
         if split is not None and (hub_options or hub_repo_dir(split[0], cache_dir).is_dir()):
@@ -316,7 +316,8 @@ def _checkpoint_root(
 
 
 def _size_variants(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if (p / CONFIG_FILE).is_file())
+    """Subfolders holding a published checkpoint's config.json (not models saved by GeneMambaModel.save)."""
+    return sorted(p.name for p in directory.iterdir() if (p / CONFIG_FILE).is_file() and not is_our_checkpoint(p))
 
 
 def _no_directory_message(
@@ -341,6 +342,13 @@ def _no_directory_message(
         return f"no official checkpoint directory at {directory}; size variants in {directory.parent}: " + ", ".join(
             variants
         )
+    if not directory.exists() and directory.parent.is_dir():
+        saved = sorted(p.name for p in directory.parent.iterdir() if is_our_checkpoint(p))
+        if saved:
+            return (
+                f"no such directory: {directory} ({directory.parent} holds the saved models {', '.join(saved[:10])}; "
+                "a saved model opens with GeneMambaModel.load)"
+            )
     what = "is a file, not a directory" if directory.exists() else "does not exist"
     return (
         f"no official checkpoint directory at {directory} ({what}). A repository in the local Hugging Face cache "
