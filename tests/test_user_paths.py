@@ -504,3 +504,9 @@ def test_a_home_relative_path_is_the_home_directory_not_a_folder_named_tilde(mod
     assert (tmp_path / "home" / "models" / "m" / "config.json").is_file() and not (tmp_path / "~").exists()
     loaded = GeneMambaModel.load("~/models/m", adata=adata.copy())
     np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(adata.copy()))
+
+
+def test_a_file_name_instead_of_an_anndata_is_named(model_and_data):
+    model, _ = model_and_data
+    with pytest.raises(TypeError, match=r"adata must be an AnnData, got str 'cells.h5ad'; read the file with"):
+        model.get_latent_representation("cells.h5ad")

@@ -33,6 +33,7 @@ from genemamba_scvi.model._utils import (
     _check_finite_embeddings,
     _check_gene_ids,
     _check_indices,
+    _check_is_anndata,
     _check_known_genes_expressed,
     _check_obs_key,
     _match_query_genes,
@@ -284,6 +285,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         GeneMamba matches genes by id through its vocabulary instead, so a query AnnData may hold its
         genes in any order, miss some, or carry genes the model never saw (ignored with a warning).
         """
+        _check_is_anndata(adata)
         if adata is None or self._registered_here(adata):
             return super()._validate_anndata(adata, copy_if_view=copy_if_view)
         if adata.is_view:

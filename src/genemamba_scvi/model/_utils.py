@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -95,6 +96,14 @@ def _torch_device(accelerator: str, device: int | str) -> torch.device:
             return named
         accelerator, device = "gpu", [named.index] if named.index is not None else "auto"  # an int: a GPU count
     return parse_device_args(accelerator=accelerator, devices=device, return_device="torch")[2]
+
+
+def _check_is_anndata(adata: Any) -> None:
+    """Refuse what is not an AnnData (a file name: scvi-tools failed on ``adata.uns`` with an AttributeError)."""
+    if adata is not None and not isinstance(adata, AnnData):
+        path = isinstance(adata, str | os.PathLike)
+        hint = f"; read the file with anndata.read_h5ad({str(adata)!r})" if path else ""
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__} {str(adata)[:80]!r}{hint}")
 
 
 def _warn_if_untrained(is_trained: bool) -> None:
