@@ -427,3 +427,15 @@ def test_sampler_and_checkpoint_settings_are_refused_by_name(corpus_dir, tmp_pat
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=rf"{name} must be an integer >="):
         _train(corpus_dir, batch_size=64, checkpoint_dir=tmp_path / "c", **kwargs)
+
+
+def test_a_corpus_missing_shard_files_is_named_when_opened(corpus_dir, tmp_path):
+    import shutil
+
+    from genemamba_scvi.data.corpus import TokenCorpus
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, copy)
+    shutil.rmtree(next((copy / "shards").iterdir()))
+    with pytest.raises(ValueError, match=r"lacks 2 shard file\(s\) its manifest lists"):
+        TokenCorpus(copy)

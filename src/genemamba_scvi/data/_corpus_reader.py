@@ -51,6 +51,17 @@ class TokenCorpus:
                 "finish it"
             )
         self.max_genes = self.manifest.max_genes
+        missing = [
+            f"{self.manifest.shard_path(s).name}/{name}"
+            for s in self.manifest.shards
+            for name in ("tokens.npy", "lengths.npy")
+            if not (self.manifest.shard_path(s) / name).is_file()
+        ]
+        if missing:  # found now, not as numpy's FileNotFoundError in the middle of a training run
+            raise ValueError(
+                f"the corpus in {str(self.root)!r} lacks {len(missing)} shard file(s) its manifest lists (e.g. "
+                f"{missing[:3]}): restore them, or build the corpus again into an empty directory"
+            )
         n = np.array([s["n"] for s in self.manifest.shards], dtype=np.int64)
         self._offsets = np.zeros(n.size + 1, dtype=np.int64)
         np.cumsum(n, out=self._offsets[1:])
