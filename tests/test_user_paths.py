@@ -510,3 +510,13 @@ def test_a_file_name_instead_of_an_anndata_is_named(model_and_data):
     model, _ = model_and_data
     with pytest.raises(TypeError, match=r"adata must be an AnnData, got str 'cells.h5ad'; read the file with"):
         model.get_latent_representation("cells.h5ad")
+
+
+def test_saving_onto_a_file_says_a_directory_is_needed(model_and_data, tmp_path):
+    # "already exists; pass overwrite=True", then with it "refusing to overwrite ...: it is not a directory"
+    model, _ = model_and_data
+    (tmp_path / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"notes.txt is a file; a .* is a directory"):
+            model.save(tmp_path / "notes.txt", overwrite=overwrite)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

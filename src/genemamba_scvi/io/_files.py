@@ -115,6 +115,8 @@ def _check_target(path: Path, overwrite: bool, looks_like: Callable[[Path], bool
         if not path.parent.is_dir():
             raise FileNotFoundError(f"parent directory {path.parent} does not exist")
         return
+    if path.is_file() and not path.is_symlink():  # overwrite=True would not help: a directory is written, not a file
+        raise FileExistsError(f"{path} is a file; a {what} is a directory: name a directory that does not exist")
     if not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     if path.is_symlink() or not path.is_dir():
