@@ -272,3 +272,10 @@ def test_a_mistyped_model_path_beside_saved_models_is_named_as_such(tmp_path, sa
     err = capsys.readouterr().err
     assert "no such directory: models/pbmc_v3 (models holds the saved models pbmc_v1" in err
     assert "size variant" not in err
+
+
+def test_build_corpus_of_log_normalised_x_names_the_layer_with_the_counts(tmp_path, saved, capsys):
+    _, adata, _ = saved
+    source = _user_file(adata, tmp_path / "cells.h5ad", counts_in="counts")  # log1p in X, counts in a layer
+    assert main(["build-corpus", str(source), "--out", str(tmp_path / "c"), "--max-genes", "32"]) == 2
+    assert "layers['counts'] of this file holds them: pass --layer 'counts'" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from .normalize import NotCountsError, validate_counts
 from .vocab import GeneVocab
 
 logger = logging.getLogger("genemamba_scvi")
@@ -172,6 +173,42 @@ class _H5adRows:
         except BaseException:
             self._file.close()
             raise
+
+    def validate(self, chunk: sp.csr_matrix) -> None:
+        """:func:`validate_counts` of a chunk, naming the file's other matrix that holds counts, if one does."""
+        try:
+            validate_counts(chunk, self.where)
+        except NotCountsError as err:
+            raise NotCountsError(err.problem, self._counts_elsewhere()) from None
+
+    def _counts_elsewhere(self) -> str | None:
+        """Where else the file holds counts (its first 1,000 rows checked), as advice; ``None`` if nowhere."""
+        import anndata.io
+        import h5py
+
+        f, here = self._file, self._matrix
+        places = [
+            (f"layers[{k!r}] of this file holds them: pass layer={k!r}", f["layers"][k]) for k in f.get("layers", {})
+        ]
+        places.append(("X of this file holds them: leave out layer", f["X"]) if "X" in f else ("", None))
+        if "raw" in f and "X" in f["raw"]:
+            places.append(
+                (
+                    "raw.X of this file holds them: write them to a layer (adata.layers['counts'] = "
+                    "adata.raw[:, adata.var_names].X, then adata.write_h5ad) and pass layer='counts'",
+                    f["raw"]["X"],
+                )
+            )
+        for advice, elem in places:
+            if elem is None or elem == getattr(here, "group", here):
+                continue
+            rows = anndata.io.sparse_dataset(elem)[:1000] if isinstance(elem, h5py.Group) else elem[:1000]
+            try:
+                validate_counts(rows, "")
+            except (NotCountsError, ValueError):
+                continue
+            return advice
+        return None
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` as CSR."""

@@ -69,7 +69,7 @@ from ._corpus_manifest import (  # noqa: F401  (names of this module before the 
     _plan_shards,
 )
 from ._corpus_reader import TokenCorpus
-from .normalize import GeneMedianAccumulator, validate_counts
+from .normalize import GeneMedianAccumulator
 from .tokenize import rank_tokenize
 from .vocab import GeneVocab
 
@@ -93,7 +93,7 @@ def _accumulate_medians(
         keep_col = token_ids >= 0
         for _, chunk in reader.chunks(0, reader.n_obs, chunk_size):
             if validate:
-                validate_counts(chunk, reader.where)
+                reader.validate(chunk)
             totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).reshape(-1)
             cols = token_ids[chunk.indices]
             keep = keep_col[chunk.indices]
@@ -141,7 +141,7 @@ def _write_shard(
         _write_header(f, dtype, (n, max_genes))
         for a, chunk in reader.chunks(row_start, row_stop, chunk_size):
             if validate:
-                validate_counts(chunk, reader.where)
+                reader.validate(chunk)
             tokens, lens = rank_tokenize(chunk, token_ids, col_medians, max_genes=max_genes, add_cls=add_cls)
             payload = tokens.astype(dtype, copy=False).tobytes()
             del tokens
