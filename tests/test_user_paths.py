@@ -520,3 +520,20 @@ def test_saving_onto_a_file_says_a_directory_is_needed(model_and_data, tmp_path)
         with pytest.raises(FileExistsError, match=r"notes.txt is a file; a .* is a directory"):
             model.save(tmp_path / "notes.txt", overwrite=overwrite)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_save_with_the_anndata_refuses_an_anndata_that_lost_its_counts(cells, tmp_path):
+    # normalize_total + log1p in place after setup: save(save_anndata=True) wrote a directory load refused
+    import scanpy as sc
+
+    adata = cells[:24].copy()
+    adata.X = adata.layers["counts"].copy()
+    del adata.layers["counts"]
+    GeneMambaModel.setup_anndata(adata)
+    model = GeneMambaModel(adata, **TINY)
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    with pytest.raises(ValueError, match=r"no longer holds raw counts in adata.X .* save without save_anndata"):
+        model.save(tmp_path / "m", save_anndata=True)
+    assert not (tmp_path / "m").exists()
+    model.save(tmp_path / "m")  # the weights alone are fine

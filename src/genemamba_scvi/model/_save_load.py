@@ -20,6 +20,7 @@ from genemamba_scvi.model._classifier import split_from_json, split_to_json
 from genemamba_scvi.model._utils import (
     _ENCODER_ARGS,
     _check_model_layer,
+    _holds_counts,
     _query_setup_args,
     _register_afresh,
     _set_up_again_for_load,
@@ -170,6 +171,13 @@ class GeneMambaSaveLoadMixin:
                 "dir_path, prefix, overwrite and save_anndata go to AnnData.write_h5ad, with save_anndata=True"
             )
         extra_files = {}
+        if save_anndata and not _holds_counts(self.adata, layer := self._setup_arg("layer")):
+            where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+            raise ValueError(
+                f"the model's AnnData no longer holds raw counts in {where} (changed after setup_anndata, e.g. by "
+                "normalize_total / log1p in place), so GeneMambaModel.load could not set it up again: save without "
+                "save_anndata=True (and load with an AnnData of counts), or keep the counts in a layer"
+            )
         if save_anndata:
             # anndata turns string columns into categoricals in place: it does so here on copies of the frames
             adata = _shallow_copy_for_writing(self.adata)
