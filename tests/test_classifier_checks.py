@@ -228,3 +228,19 @@ def test_an_embedding_stored_before_fine_tuning_is_said_to_be_stale():
     assert not any("no longer this model's embedding" in m for m in _messages(record))
     with pytest.warns(UserWarning, match=r"obsm\['X_genemamba'\], computed before, is no longer this model's"):
         model.train_classifier(max_epochs=1, hidden=8, **FIT)
+
+
+def test_a_new_head_on_a_frozen_encoder_that_fails_mid_run_gives_the_earlier_head_back():
+    import lightning.pytorch as pl
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= 1:
+                raise RuntimeError("crash after a step")
+
+    model = _model()
+    model.train_classifier(max_epochs=1, freeze_encoder=True, **FIT)
+    predicted, head = model.predict(), model.module.classifier
+    with pytest.raises(RuntimeError, match="crash after a step"):
+        model.train_classifier(max_epochs=1, hidden=16, freeze_encoder=True, callbacks=[Crash()], **FIT)
+    assert model.module.classifier is head and np.array_equal(model.predict(), predicted)

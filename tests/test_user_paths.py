@@ -473,7 +473,8 @@ def test_a_failed_run_raises_its_error_without_scvi_tools_nameerror_line(cells, 
 
 
 def test_training_under_ddp_as_the_error_for_several_devices_advises(tmp_path):
-    # devices=2 asks for strategy="ddp"; with it, Lightning rebuilt TokenDataLoader to add its own sampler and failed
+    # devices=2 asks for strategy="ddp"; with it, Lightning rebuilt TokenDataLoader to add its own sampler and failed;
+    # and with a head, DDP failed on parameters without gradient
     # ("more than one __init__ argument ... batch_sampler"). A subprocess: the process group stays out of this one.
     import subprocess
     import sys
@@ -484,9 +485,12 @@ def test_training_under_ddp_as_the_error_for_several_devices_advises(tmp_path):
         "from genemamba_scvi import GeneMambaModel, datasets\n"
         "if __name__ == '__main__':\n"
         "    adata = datasets.load_pbmc68k_counts()[:64].copy()\n"
-        "    GeneMambaModel.setup_anndata(adata, layer='counts')\n"
+        "    GeneMambaModel.setup_anndata(adata, layer='counts', labels_key='bulk_labels')\n"
         "    model = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=64)\n"
-        "    model.train(max_epochs=1, accelerator='cpu', devices=2, strategy='ddp', enable_progress_bar=False)\n"
+        "    run = dict(max_epochs=1, accelerator='cpu', devices=2, strategy='ddp', enable_progress_bar=False)\n"
+        "    model.train(**run)\n"
+        "    model.train_classifier('bulk_labels', freeze_encoder=True, **run)  # an unused encoder under DDP\n"
+        "    model.train(**run)  # an unused head\n"
         "    print('rank', model.trainer.global_rank, 'trained', model.is_trained)\n"
     )
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}

@@ -308,6 +308,28 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed numpy takes (0 to 2**32 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1}, got {value}")
+    return value
+
+
 def _share(text: str) -> float:
     """An argparse type: a fraction in [0, 1]."""
     try:
@@ -327,12 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="train a tiny GeneMamba on the shipped 559-cell sample and embed it (CPU)")
     demo.add_argument("--out", default="demo_output", help="output directory (created; default: %(default)s)")
     demo.add_argument("--epochs", type=_count, default=6, help="pre-training epochs (default: %(default)s)")
-    demo.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
+    demo.add_argument("--lr", type=_positive, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
     demo.add_argument("--d-model", type=_count, default=32, help="model width (default: %(default)s)")
     demo.add_argument("--n-layers", type=_count, default=2, help="Bi-Mamba layers (default: %(default)s)")
     demo.add_argument("--max-genes", type=_count, default=256, help="top-k genes per cell (default: %(default)s)")
     demo.add_argument("--batch-size", type=_count, default=16, help="cells per training step (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument(
         "--overwrite", action="store_true", help="replace the outputs of an earlier run in --out (else refused)"

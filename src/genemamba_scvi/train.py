@@ -56,6 +56,41 @@ def check_early_stopping_monitor(trainer_kwargs: dict[str, Any], logged: Sequenc
         )
 
 
+def ddp_strategy(strategy: Any, has_head: bool) -> Any:
+    """``strategy``, told to look for unused parameters when a step leaves some without gradient.
+
+    With a head, pre-training leaves the head unused and fine-tuning a frozen encoder; plain DDP then fails on every
+    rank ("parameters that were not used in producing the loss").
+    """
+    if has_head and strategy in ("ddp", "ddp_spawn", "ddp_notebook"):
+        return f"{strategy}_find_unused_parameters_true"
+    return strategy
+
+
+def check_splitter_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse unknown ``datasplitter_kwargs`` by name now (torch's DataLoader refused them once training began)."""
+    from scvi.dataloaders import DataSplitter
+    from torch.utils.data import DataLoader
+
+    known = set(inspect.signature(DataSplitter.__init__).parameters) | set(inspect.signature(DataLoader).parameters)
+    ours = {
+        "batch_size",
+        "tokenizer",
+        "labels",
+        "distributed_sampler",
+        "adata_manager",
+        "train_size",
+        "validation_size",
+    }
+    unknown = sorted(set(kwargs) - (known - ours - {"self", "kwargs", "dataset", "sampler", "batch_sampler"}))
+    if unknown:
+        raise ValueError(
+            f"datasplitter_kwargs {unknown} are not arguments of scvi-tools' DataSplitter or torch's DataLoader "
+            "(e.g. shuffle_set_split, external_indexing, num_workers, persistent_workers, pin_memory); train_size, "
+            "validation_size and batch_size are arguments of train itself"
+        )
+
+
 class QuietTrainRunner(TrainRunner):
     """scvi-tools' ``TrainRunner`` without its line on a failed run.
 

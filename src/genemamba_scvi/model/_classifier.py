@@ -104,9 +104,8 @@ def check_classifier_split(
         if seen:
             warnings.warn(
                 f"{seen} of the {len(val_idx)} validation cells of this run trained this head in an earlier "
-                "train_classifier call with another split, so its validation metrics are optimistic. A continued "
-                "head keeps its split when train_size and validation_size stay the same; or train a new head "
-                "(another hidden=).",
+                "train_classifier call with another split (other train_size / validation_size, or the AnnData's cells "
+                "changed since), so its validation metrics are optimistic; a new head (another hidden=) starts clean",
                 UserWarning,
                 stacklevel=_user_stacklevel(),
             )

@@ -44,33 +44,11 @@ from genemamba_scvi.train import (
     QuietTrainRunner,
     StepProgressBar,
     check_early_stopping_monitor,
+    check_splitter_kwargs,
+    ddp_strategy,
     logged_metrics,
     training_session,
 )
-
-
-def _check_splitter_kwargs(kwargs: dict[str, Any]) -> None:
-    """Refuse unknown ``datasplitter_kwargs`` by name now (torch's DataLoader refused them once training began)."""
-    from scvi.dataloaders import DataSplitter
-    from torch.utils.data import DataLoader
-
-    known = set(inspect.signature(DataSplitter.__init__).parameters) | set(inspect.signature(DataLoader).parameters)
-    ours = {
-        "batch_size",
-        "tokenizer",
-        "labels",
-        "distributed_sampler",
-        "adata_manager",
-        "train_size",
-        "validation_size",
-    }
-    unknown = sorted(set(kwargs) - (known - ours - {"self", "kwargs", "dataset", "sampler", "batch_sampler"}))
-    if unknown:
-        raise ValueError(
-            f"datasplitter_kwargs {unknown} are not arguments of scvi-tools' DataSplitter or torch's DataLoader "
-            "(e.g. shuffle_set_split, external_indexing, num_workers, persistent_workers, pin_memory); train_size, "
-            "validation_size and batch_size are arguments of train itself"
-        )
 
 
 class _ResumableCheckpoint(LightningCheckpoint):
@@ -240,7 +218,7 @@ class GeneMambaTrainingMixin:
         for key in ("shuffle_set_split", "load_sparse_tensor"):  # scvi-tools' train() arguments of its splitter
             if key in trainer_kwargs:
                 datasplitter_kwargs.setdefault(key, trainer_kwargs.pop(key))
-        _check_splitter_kwargs(datasplitter_kwargs)
+        check_splitter_kwargs(datasplitter_kwargs)
         require_cuda_if_asked(trainer_kwargs["accelerator"])
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
@@ -301,6 +279,8 @@ class GeneMambaTrainingMixin:
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         # under DDP the loaders carry their own DistributedSampler; Lightning would rebuild them to add one
         trainer_kwargs.setdefault("use_distributed_sampler", False)
+        if "strategy" in trainer_kwargs:
+            trainer_kwargs["strategy"] = ddp_strategy(trainer_kwargs["strategy"], self.module.classifier is not None)
         with training_session(self.module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
             runner = self._train_runner_cls(
                 self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
@@ -495,8 +475,9 @@ class GeneMambaTrainingMixin:
                 labels=codes.astype(np.int64), loss_kwargs={"mode": "classify", "class_weights": weights}, **run_args
             )
         except BaseException:
-            if all(torch.equal(a, b) for a, b in zip(start, self.module.classifier.parameters())):
-                restore_head(self, before)  # failed before any step: the earlier head (or none), not an untrained one
+            untouched = all(torch.equal(a, b) for a, b in zip(start, self.module.classifier.parameters()))
+            if untouched or (freeze_encoder and not same_head):  # only the new head changed: the earlier one back
+                restore_head(self, before)
             raise
         finally:
             self.module.encoder.requires_grad_(True)

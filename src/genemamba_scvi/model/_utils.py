@@ -208,7 +208,9 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     args = _query_setup_args(adata, setup_args)
     if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
         _assign_adata_uuid(adata, overwrite=True)
-    model_cls.setup_anndata(adata, **args)
+    with warnings.catch_warnings():  # scvi's "fewer than 3 cells ... may not train" on a query or a load: no training
+        warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_", category=UserWarning)
+        model_cls.setup_anndata(adata, **args)
 
 
 def _set_up_again_for_load(
@@ -298,9 +300,7 @@ def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args:
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
     _check_model_layer(adata, layer)
     try:
-        with warnings.catch_warnings():  # scvi's placeholder batch / label of a 1-2 cell query is no training set
-            warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_", category=UserWarning)
-            _register_afresh(model_cls, adata, args)
+        _register_afresh(model_cls, adata, args)  # (no "fewer than 3 cells" warnings: a query is no training set)
     except NotCountsError as err:  # its advice (layer=...) is for set-up; a query reads the set-up layer
         example = _copy_counts_example(adata, layer, where) or f"put them in {where}"
         raise ValueError(
