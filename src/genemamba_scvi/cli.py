@@ -297,48 +297,25 @@ def _build_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(text: str) -> int:
-    """An argparse type: a whole number >= 1 (refused by argparse, naming the option, before anything runs)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number(convert: type, ok: Any, bound: str) -> Any:
+    """An argparse type: ``convert(text)`` where ``ok(value)``; refused by argparse, naming the option, otherwise."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' * (convert is int)}number") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    """An argparse type: a seed numpy takes (0 to 2**32 - 1)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1}, got {value}")
-    return value
-
-
-def _share(text: str) -> float:
-    """An argparse type: a fraction in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
-    return value
+_count = _number(int, lambda v: v >= 1, ">= 1")
+_positive = _number(float, lambda v: 0 < v < float("inf"), "a number > 0")
+_seed = _number(int, lambda v: 0 <= v < 2**32, f"from 0 to {2**32 - 1}")
+_share = _number(float, lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
 
 
 def main(argv: list[str] | None = None) -> int:
