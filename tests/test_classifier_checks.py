@@ -244,3 +244,15 @@ def test_a_new_head_on_a_frozen_encoder_that_fails_mid_run_gives_the_earlier_hea
     with pytest.raises(RuntimeError, match="crash after a step"):
         model.train_classifier(max_epochs=1, hidden=16, freeze_encoder=True, callbacks=[Crash()], **FIT)
     assert model.module.classifier is head and np.array_equal(model.predict(), predicted)
+
+
+def test_a_pathway_weight_without_gene_sets_is_said_to_do_nothing():
+    model = _model()
+    with pytest.warns(UserWarning, match=r"gamma=0.5 weighs the pathway loss, which needs gene_sets"):
+        model.train(max_epochs=1, gamma=0.5, **FIT)
+    for kwargs in ({}, {"gamma": 0.0}, {"gamma": 0.1, "gene_sets": "kegg"}):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            model.train(max_epochs=1, **kwargs, **FIT)
+        assert not any("weighs the pathway loss" in m for m in _messages(record))
+    assert "pathway_loss_train" in model.history

@@ -13,6 +13,7 @@ import gc
 import inspect
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,22 @@ LAST_NEEDS_CHECKPOINT_DIR = (
     "ckpt_path='last' resumes from the last checkpoint in checkpoint_dir: pass the checkpoint_dir of the interrupted "
     "run (without one there is no checkpoint to resume, and Lightning would train from scratch)"
 )
+
+
+def check_gamma(gamma: Any, gene_sets: Any) -> float:
+    """The pathway loss's weight: 0.1 for ``None``; refused unless a number >= 0; a warning without gene sets."""
+    if gamma is None:
+        return 0.1
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not gamma >= 0:
+        raise ValueError(f"gamma (the pathway loss's weight) must be >= 0, got {gamma!r}; 0 turns it off")
+    if gamma > 0 and gene_sets is None:
+        warnings.warn(
+            f"gamma={gamma} weighs the pathway loss, which needs gene_sets (e.g. gene_sets='kegg'); without them this "
+            "run trains on the masked-gene loss alone",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return float(gamma)
 
 
 def logged_metrics(mode: str, objective: str, pathway_loss: bool) -> list[str]:

@@ -44,6 +44,7 @@ from genemamba_scvi.train import (
     QuietTrainRunner,
     StepProgressBar,
     check_early_stopping_monitor,
+    check_gamma,
     check_splitter_kwargs,
     ddp_strategy,
     logged_metrics,
@@ -298,7 +299,7 @@ class GeneMambaTrainingMixin:
         *,
         objective: Literal["mlm", "next_token"] = "mlm",
         gene_sets: str | os.PathLike | dict[str, Sequence[str]] | None = None,
-        gamma: float = 0.1,
+        gamma: float | None = None,
         lr: float = 1e-3,
         batch_size: int = 32,
         accelerator: str = "auto",
@@ -328,7 +329,8 @@ class GeneMambaTrainingMixin:
             Gene sets for the pathway InfoNCE term: ``"go_bp"`` / ``"kegg"`` (shipped GMTs), a GMT path, or a
             ``{name: [genes]}`` mapping. ``None`` trains with the LM loss alone.
         gamma
-            Weight of the pathway InfoNCE term (0.1 as in the paper).
+            Weight of the pathway InfoNCE term; ``None`` (default): 0.1 as in the paper. It needs ``gene_sets``
+            (a ``gamma`` given without them warns: there is no pathway loss to weigh).
         lr
             Peak AdamW learning rate (linear warm-up, cosine decay).
         batch_size
@@ -375,8 +377,7 @@ class GeneMambaTrainingMixin:
             ``load_sparse_tensor`` is accepted and changes nothing (minibatches are always tokenized from the rows of
             a sparse matrix).
         """
-        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not gamma >= 0:
-            raise ValueError(f"gamma (the pathway loss's weight) must be >= 0, got {gamma!r}; 0 turns it off")
+        gamma = check_gamma(gamma, gene_sets)
         run_args = _run_args(locals())
         self.module.set_objective(objective)
         token_sets = gene_set_tensors(gene_sets, self.vocab_)
