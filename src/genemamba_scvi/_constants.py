@@ -1,4 +1,4 @@
-"""Names shared across the package: minibatch tensor keys and the special tokens of the vocabulary.
+"""Names shared across the package: minibatch tensor keys, the special tokens of the vocabulary, the obsm key.
 
 Standard library only, so that any layer (data, loaders, module, pre-training) can import it.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "CLS_ID",
     "CLS_TOKEN",
+    "LATENT_KEY",
     "LENGTHS_KEY",
     "MASK_ID",
     "MASK_TOKEN",
@@ -17,6 +18,8 @@ __all__ = [
     "TOKENS_KEY",
 ]
 
+#: ``adata.obsm`` key of the cell embeddings (``get_latent_representation``), as the docs and the CLI write it.
+LATENT_KEY = "X_genemamba"
 #: Minibatch key of the ``[batch, L]`` int64 token ids (right-padded with ``PAD_ID``).
 TOKENS_KEY = "tokens"
 #: Minibatch key of the ``[batch]`` int64 numbers of real tokens per cell.

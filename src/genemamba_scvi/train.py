@@ -49,15 +49,17 @@ def check_gamma(gamma: Any, gene_sets: Any) -> float:
     return float(gamma)
 
 
-def logged_metrics(mode: str, objective: str, pathway_loss: bool) -> list[str]:
-    """Names of the metrics a training run logs (``history`` keys; what ``early_stopping_monitor`` may name).
+def logged_metrics(mode: str, module: Any, gamma: float) -> list[str]:
+    """Names of the metrics a training run of ``module`` logs (``history`` keys; what early stopping may monitor).
 
-    ``pathway_loss``: gene sets are given and ``gamma > 0`` (otherwise no pathway loss is computed or logged).
+    The pathway loss only with gene sets set on the module and ``gamma > 0``; the masked-gene accuracy only for the
+    ``"mlm"`` objective.
     """
     if mode == "classify":
         terms = ["accuracy", "classification_loss"]
     else:
-        terms = ["lm_loss", *(["mlm_accuracy"] if objective == "mlm" else []), *(["pathway_loss"] * pathway_loss)]
+        pathway = module.pathway_loss is not None and gamma > 0
+        terms = ["lm_loss", *(["mlm_accuracy"] if module.objective == "mlm" else []), *(["pathway_loss"] * pathway)]
     return ["validation_loss", "train_loss"] + [f"{t}_{m}" for m in ("validation", "train") for t in terms]
 
 

@@ -184,13 +184,13 @@ class _H5adRows:
     def _counts_elsewhere(self) -> str | None:
         """Where else the file holds counts (its first 1,000 rows checked), as advice; ``None`` if nowhere."""
         import anndata.io
-        import h5py
 
         f, here = self._file, self._matrix
         places = [
             (f"layers[{k!r}] of this file holds them: pass layer={k!r}", f["layers"][k]) for k in f.get("layers", {})
         ]
-        places.append(("X of this file holds them: leave out layer", f["X"]) if "X" in f else ("", None))
+        if "X" in f:
+            places.append(("X of this file holds them: leave out layer", f["X"]))
         if "raw" in f and "X" in f["raw"]:
             places.append(
                 (
@@ -200,12 +200,12 @@ class _H5adRows:
                 )
             )
         for advice, elem in places:
-            if elem is None or elem == getattr(here, "group", here):
+            if elem == getattr(here, "group", here):  # the matrix found wanting
                 continue
             rows = anndata.io.sparse_dataset(elem)[:1000] if isinstance(elem, h5py.Group) else elem[:1000]
             try:
                 validate_counts(rows, "")
-            except (NotCountsError, ValueError):
+            except ValueError:  # NotCountsError among them
                 continue
             return advice
         return None

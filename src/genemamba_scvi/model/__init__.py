@@ -7,8 +7,9 @@
 - :mod:`genemamba_scvi.model._utils`: AnnData checks shared by them.
 """
 
+from genemamba_scvi._constants import LATENT_KEY
 from genemamba_scvi.model._classifier import _class_weights, _label_codes  # noqa: F401
-from genemamba_scvi.model._model import LATENT_KEY, GeneMambaModel
+from genemamba_scvi.model._model import GeneMambaModel
 
 # private helpers, importable from here as before the split
 from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin, _history_from_json, _history_to_json  # noqa: F401

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from genemamba_scvi._constants import LATENT_KEY
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 
 #: Label values that read as "no label" (compared lower-cased, stripped): trained, they become a cell type.
@@ -211,7 +212,7 @@ def warn_if_head_split_lost(model: Any, same_head: bool) -> None:
         )
 
 
-def warn_if_embedding_stale(adata: Any, freeze_encoder: bool, key: str = "X_genemamba") -> None:
+def warn_if_embedding_stale(adata: Any, freeze_encoder: bool, key: str = LATENT_KEY) -> None:
     """After fine-tuning the encoder, an embedding stored before in ``adata.obsm`` is another model's: say so."""
     if not freeze_encoder and key in adata.obsm:
         warnings.warn(

@@ -49,7 +49,6 @@ from genemamba_scvi.module import GeneMambaModule
 from genemamba_scvi.nn.config import check_count
 from genemamba_scvi.train import GeneMambaTrainingPlan
 
-LATENT_KEY = "X_genemamba"
 """Default ``adata.obsm`` key for GeneMamba cell embeddings."""
 
 _PROGRESS_MIN_CELLS = 5_000  # progress_bar=None shows a bar from this many cells on

@@ -172,7 +172,7 @@ class GeneMambaTrainingMixin:
     _head_cells: set[str] | None = None
     #: a split was saved with the model but could not be restored on the AnnData it was loaded with
     _split_lost: bool = False
-    #: the current head's last split ({"indices": [train, validation, test], "sizes": (train_size, validation_size)})
+    #: the current head's last split ({"indices": [train, validation, test], "sizes": requested_sizes(...)})
     _head_split: dict[str, Any] | None = None
 
     def _run_training(
@@ -235,9 +235,8 @@ class GeneMambaTrainingMixin:
             labels=labels,
             **datasplitter_kwargs,
         )
-        mode = loss_kwargs["mode"]
-        pathway = self.module.pathway_loss is not None and loss_kwargs.get("gamma", 0.0) > 0
-        check_early_stopping_monitor(trainer_kwargs, logged_metrics(mode, self.module.objective, pathway))
+        logged = logged_metrics(loss_kwargs["mode"], self.module, loss_kwargs.get("gamma", 0.0))
+        check_early_stopping_monitor(trainer_kwargs, logged)
         if labels is not None:  # the split, drawn now; the runner trains on it (TokenDataSplitter draws it once)
             data_splitter.setup()
             check_classifier_split(

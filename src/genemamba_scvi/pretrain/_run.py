@@ -167,7 +167,7 @@ def _check_early_stopping(
     trainer_kwargs: dict[str, Any], callbacks: Sequence[pl.Callback], n_val: int, module: GeneMambaModule, gamma: float
 ) -> None:
     """Early stopping checked before the first step, not after an epoch (scvi's Trainer monitors elbo_validation)."""
-    logged = logged_metrics("pretrain", module.objective, module.pathway_loss is not None and gamma > 0)
+    logged = logged_metrics("pretrain", module, gamma)
     monitors = [cb.monitor for cb in callbacks if isinstance(cb, EarlyStopping)]
     if trainer_kwargs.get("early_stopping"):
         monitors.append(trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss"))
