@@ -453,6 +453,30 @@ def test_embedding_with_an_untrained_model_warns(cells):
     assert not [w for w in caught if "not trained" in str(w.message)]
 
 
+def test_a_head_on_a_never_trained_frozen_encoder_still_warns_and_survives_a_reload(cells, tmp_path):
+    # train_classifier(freeze_encoder=True) first set is_trained, so random-weight embeddings (and gene embeddings)
+    # came without the warning; a fine-tuned encoder or a train() afterwards makes it go away
+    adata = cells[:40].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    model.train_classifier("cell_type", max_epochs=1, freeze_encoder=True, **TRAIN)
+    assert model.is_trained
+    with pytest.warns(UserWarning, match=r"only this GeneMambaModel's cell-type head is trained"):
+        model.get_latent_representation()
+    with pytest.warns(UserWarning, match=r"cell-type head is trained"):
+        model.get_gene_embeddings()
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata)
+    with pytest.warns(UserWarning, match=r"cell-type head is trained"):
+        loaded.get_latent_representation()
+    loaded.train(max_epochs=1, **TRAIN)
+    loaded.train_classifier("cell_type", max_epochs=1, freeze_encoder=True, **TRAIN)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded.get_latent_representation()
+    assert not [w for w in caught if "randomly initialised" in str(w.message)]
+
+
 def test_a_failed_run_raises_its_error_without_scvi_tools_nameerror_line(cells, capsys):
     import lightning.pytorch as pl
 

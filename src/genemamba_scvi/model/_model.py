@@ -439,7 +439,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
                 "return_dist=True asks for a posterior distribution; GeneMamba's embedding is deterministic "
                 "(not a VAE): call get_latent_representation() for the embedding itself"
             )
-        _warn_if_untrained(self.is_trained_)
+        _warn_if_untrained(self)
         return self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
 
     @torch.inference_mode()
@@ -490,6 +490,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
 
         The rows of the special tokens, and of a published vocabulary's unknown-gene token, are left out.
         """
+        _warn_if_untrained(self)
         weight = self.module.encoder.embedding.weight.detach().float().cpu().numpy()
         table = pd.DataFrame(weight[self.vocab_.n_special :], index=pd.Index(self.vocab_.genes, name="gene"))
         return table.drop(index=self._unk_token) if self._unk_token is not None else table

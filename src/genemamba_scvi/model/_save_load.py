@@ -120,6 +120,7 @@ class GeneMambaSaveLoadMixin:
             "classifier_hidden": self.classifier_hidden_,
             "objective": self.module.objective,
             "is_trained": bool(self.is_trained_),
+            "random_encoder": bool(getattr(self, "_random_encoder", False)),
             "history": _history_to_json(self.history_),
             "split": split_to_json(self),
         }
@@ -346,6 +347,7 @@ class GeneMambaSaveLoadMixin:
         model.to_device(dev)
         model.module.eval()
         model.is_trained_ = bool(extra.get("is_trained", True))
+        model._random_encoder = bool(extra.get("random_encoder", False))
         model.history_ = _history_from_json(extra.get("history"))  # None for models saved before it was kept
         split_from_json(model, extra.get("split"))
         return model

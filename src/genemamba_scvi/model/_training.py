@@ -381,7 +381,9 @@ class GeneMambaTrainingMixin:
         self.module.set_objective(objective)
         token_sets = gene_set_tensors(gene_sets, self.vocab_)
         self.module.set_gene_sets(token_sets if gamma > 0 else None)
-        return self._run_training(labels=None, loss_kwargs={"mode": "pretrain", "gamma": gamma}, **run_args)
+        out = self._run_training(labels=None, loss_kwargs={"mode": "pretrain", "gamma": gamma}, **run_args)
+        self._random_encoder = False
+        return out
 
     def train_classifier(
         self,
@@ -468,6 +470,7 @@ class GeneMambaTrainingMixin:
         splitter_kwargs = dict(run_args.get("datasplitter_kwargs") or {})
         if split is not None and "external_indexing" not in splitter_kwargs:  # a continued head: the same cells
             run_args["datasplitter_kwargs"] = {**splitter_kwargs, "external_indexing": split}
+        random_encoder = not self.is_trained_ or getattr(self, "_random_encoder", False)
         self.module.encoder.requires_grad_(not freeze_encoder)
         start = [p.detach().clone() for p in self.module.classifier.parameters()]
         try:
@@ -481,6 +484,7 @@ class GeneMambaTrainingMixin:
             raise
         finally:
             self.module.encoder.requires_grad_(True)
+        self._random_encoder = random_encoder and freeze_encoder
         trained_on = self.adata.obs_names[np.asarray(self.train_indices, dtype=np.int64)]
         self._head_cells = (self._head_cells or set()) | set(trained_on)
         warn_if_embedding_stale(self.adata, freeze_encoder)

@@ -106,16 +106,27 @@ def _check_is_anndata(adata: Any) -> None:
         raise TypeError(f"adata must be an AnnData, got {type(adata).__name__} {str(adata)[:80]!r}{hint}")
 
 
-def _warn_if_untrained(is_trained: bool) -> None:
-    """scvi-tools raises on an untrained model's latent; an untrained baseline is legitimate, so a warning here."""
-    if not is_trained:
-        warnings.warn(
-            "this GeneMambaModel is not trained (model.is_trained is False): its embeddings come from randomly "
-            "initialised weights. Train it first (model.train()), or load trained weights (GeneMambaModel.load, "
-            "GeneMambaModel.from_pretrained); ignore this for an untrained baseline.",
-            UserWarning,
-            stacklevel=_user_stacklevel(),
+def _warn_if_untrained(model: Any) -> None:
+    """scvi-tools raises on an untrained model's latent; an untrained baseline is legitimate, so a warning here.
+
+    A cell-type head trained on a frozen, never-trained encoder (``train_classifier(freeze_encoder=True)`` first) makes
+    ``is_trained`` True while the encoder's weights stay random: that is said too.
+    """
+    if not model.is_trained_:
+        what = "this GeneMambaModel is not trained (model.is_trained is False)"
+    elif getattr(model, "_random_encoder", False):
+        what = (
+            "only this GeneMambaModel's cell-type head is trained (train_classifier(freeze_encoder=True) on an "
+            "encoder that was never trained)"
         )
+    else:
+        return
+    warnings.warn(
+        f"{what}: its embeddings come from randomly initialised weights. Train it first (model.train()), or load "
+        "trained weights (GeneMambaModel.load, GeneMambaModel.from_pretrained); ignore this for an untrained baseline.",
+        UserWarning,
+        stacklevel=_user_stacklevel(),
+    )
 
 
 def _check_finite_embeddings(z: torch.Tensor, module: torch.nn.Module) -> None:
