@@ -72,7 +72,7 @@ def test_an_unknown_early_stopping_monitor_is_refused_before_training():
     model.train_classifier(max_epochs=1, **FIT)
     head = [p.detach().clone() for p in model.module.classifier.parameters()]
     epochs = {k: len(v) for k, v in model.history.items()}
-    with pytest.raises(ValueError, match=r"early_stopping_monitor='val_accuracy' is not logged.*accuracy_validation"):
+    with pytest.raises(ValueError, match=r"monitor 'val_accuracy' is not logged.*accuracy_validation"):
         model.train_classifier(max_epochs=3, early_stopping=True, early_stopping_monitor="val_accuracy", **FIT)
     assert all(torch.equal(a, b) for a, b in zip(head, model.module.classifier.parameters()))
     assert {k: len(v) for k, v in model.history.items()} == epochs
@@ -80,6 +80,12 @@ def test_an_unknown_early_stopping_monitor_is_refused_before_training():
     model.train_classifier(max_epochs=1, **stop, **FIT)
     with pytest.raises(ValueError, match=r"'mlm_accuracy_validation'"):
         model.train(max_epochs=1, early_stopping=True, early_stopping_monitor="accuracy_validation", **FIT)
+    # a user's own EarlyStopping callback is checked the same way (Lightning failed after an epoch, weights changed)
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    with pytest.raises(ValueError, match=r"monitor 'val_loss' is not logged.*'validation_loss'"):
+        model.train(max_epochs=2, callbacks=[EarlyStopping("val_loss")], **FIT)
+    model.train(max_epochs=1, callbacks=[EarlyStopping("val_loss", strict=False)], **FIT)  # not strict: allowed
 
 
 @pytest.mark.parametrize("placeholder", ["Unknown", "nan", ""])

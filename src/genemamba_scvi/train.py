@@ -63,16 +63,27 @@ def logged_metrics(mode: str, module: Any, gamma: float) -> list[str]:
     return ["validation_loss", "train_loss"] + [f"{t}_{m}" for m in ("validation", "train") for t in terms]
 
 
-def check_early_stopping_monitor(trainer_kwargs: dict[str, Any], logged: Sequence[str]) -> None:
-    """Refuse, before training, an ``early_stopping_monitor`` the run never logs (Lightning fails after an epoch)."""
-    monitor = trainer_kwargs.get("early_stopping_monitor", "validation_loss")
-    if trainer_kwargs.get("early_stopping") and monitor not in logged:
-        accuracy = next((m for m in logged if m.endswith("accuracy_validation")), None)
-        example = f"{accuracy!r}, early_stopping_mode='max'" if accuracy else "'validation_loss'"
-        raise ValueError(
-            f"early_stopping_monitor={monitor!r} is not logged by this run; it logs {list(logged)} "
-            f"(e.g. early_stopping_monitor={example})"
-        )
+def check_early_stopping_monitor(
+    trainer_kwargs: dict[str, Any], logged: Sequence[str], callbacks: Sequence[Any] = ()
+) -> None:
+    """Refuse, before training, an early-stopping monitor the run never logs (Lightning fails after an epoch).
+
+    Both ``early_stopping_monitor`` (with ``early_stopping=True``) and the ``monitor`` of a user's own strict
+    :class:`~lightning.pytorch.callbacks.EarlyStopping` in ``callbacks`` are checked.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    monitors = [cb.monitor for cb in callbacks if isinstance(cb, EarlyStopping) and cb.strict]
+    if trainer_kwargs.get("early_stopping"):
+        monitors.append(trainer_kwargs.get("early_stopping_monitor", "validation_loss"))
+    for monitor in monitors:
+        if monitor not in logged:
+            accuracy = next((m for m in logged if m.endswith("accuracy_validation")), None)
+            example = f"{accuracy!r}, early_stopping_mode='max'" if accuracy else "'validation_loss'"
+            raise ValueError(
+                f"early stopping monitor {monitor!r} is not logged by this run; it logs {list(logged)} "
+                f"(e.g. early_stopping_monitor={example})"
+            )
 
 
 def ddp_strategy(strategy: Any, has_head: bool) -> Any:

@@ -236,7 +236,7 @@ class GeneMambaTrainingMixin:
             **datasplitter_kwargs,
         )
         logged = logged_metrics(loss_kwargs["mode"], self.module, loss_kwargs.get("gamma", 0.0))
-        check_early_stopping_monitor(trainer_kwargs, logged)
+        check_early_stopping_monitor(trainer_kwargs, logged, trainer_kwargs.get("callbacks") or ())
         if labels is not None:  # the split, drawn now; the runner trains on it (TokenDataSplitter draws it once)
             data_splitter.setup()
             check_classifier_split(

@@ -171,13 +171,13 @@ def _check_early_stopping(
     monitors = [cb.monitor for cb in callbacks if isinstance(cb, EarlyStopping)]
     if trainer_kwargs.get("early_stopping"):
         monitors.append(trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss"))
-    for monitor in monitors:
-        if "validation" in monitor and not n_val:
-            raise ValueError(
-                f"early stopping on {monitor!r} needs held-out cells, and none are: pass validation_size= (e.g. 0.01, "
-                "or a number of cells)"
-            )
-        check_early_stopping_monitor({"early_stopping": True, "early_stopping_monitor": monitor}, logged)
+    on_validation = [monitor for monitor in monitors if "validation" in monitor]
+    if on_validation and not n_val:
+        raise ValueError(
+            f"early stopping on {on_validation[0]!r} needs held-out cells, and none are: pass validation_size= (e.g. "
+            "0.01, or a number of cells)"
+        )
+    check_early_stopping_monitor(trainer_kwargs, logged, callbacks)
 
 
 def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
