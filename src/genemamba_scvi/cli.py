@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ._constants import LATENT_KEY
+
 #: what ``genemamba demo`` writes into ``--out``
 _DEMO_OUTPUTS = ("demo_adata.h5ad", "umap_genemamba.png", "model", "summary.json")
 
@@ -69,7 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     history = model.history
     train_loss = history["train_loss"]["train_loss"].to_numpy() if history else np.array([])
-    adata.obsm["X_genemamba"] = model.get_latent_representation()
+    adata.obsm[LATENT_KEY] = model.get_latent_representation()
     print(f"[train] {args.epochs} epochs; train loss {train_loss[0]:.3f} -> {train_loss[-1]:.3f}")
 
     # Reference structure: no cell-type labels ship with this sample, so Leiden clusters of a standard
@@ -86,7 +88,7 @@ def _demo(args: argparse.Namespace) -> int:
     adata.obs["leiden_pca"] = ref.obs["leiden_pca"].values
     adata.obs["batch"] = "sample"
 
-    sc.pp.neighbors(adata, use_rep="X_genemamba")
+    sc.pp.neighbors(adata, use_rep=LATENT_KEY)
     sc.tl.umap(adata)
     import matplotlib
 
@@ -105,7 +107,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     results = benchmark_integration(
         adata,
-        ["X_genemamba", "X_pca"],
+        [LATENT_KEY, "X_pca"],
         batch_key="batch",
         label_key="leiden_pca",
         pre_integrated_key="X_pca",  # the PCA above (scib-metrics would otherwise run its own, deprecated call)
@@ -115,14 +117,14 @@ def _demo(args: argparse.Namespace) -> int:
     )
     cols = [c for c in ["Leiden NMI", "Leiden ARI", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI"]]
     cols = [c for c in cols if c in results.columns]
-    table = results.loc[["X_genemamba", "X_pca"], cols].astype(float)
+    table = results.loc[[LATENT_KEY, "X_pca"], cols].astype(float)
     print("[scib] reference labels = Leiden clusters of log-normalised PCA (no ground-truth labels shipped)")
     print(table.round(3).to_string())
     adata.write_h5ad(out / "demo_adata.h5ad")
     model.save(out / "model", overwrite=True)
     summary = {
         "n_cells": int(adata.n_obs),
-        "embedding_shape": list(adata.obsm["X_genemamba"].shape),
+        "embedding_shape": list(adata.obsm[LATENT_KEY].shape),
         "train_loss_first_epoch": float(train_loss[0]),
         "train_loss_last_epoch": float(train_loss[-1]),
         "scib": {k: {c: float(v) for c, v in row.items()} for k, row in table.iterrows()},
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("--model", required=True, help="model directory, or a Hugging Face id in the local cache")
     embed.add_argument("--out", required=True, help=".h5ad file to write (the input plus the embedding)")
     embed.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
-    embed.add_argument("--key", default="X_genemamba", help="obsm key of the embedding (default: %(default)s)")
+    embed.add_argument("--key", default=LATENT_KEY, help="obsm key of the embedding (default: %(default)s)")
     embed.add_argument("--gene-id-key", default=None, help="var column of the gene ids (default: the var_names)")
     embed.add_argument("--max-genes", type=_count, default=None, help="published models: top-k genes (default: 2048)")
     embed.add_argument("--subfolder", default=None, help="published models: size-variant subfolder of --model")
