@@ -30,6 +30,7 @@ from genemamba_scvi.model._classifier import (
     warn_if_head_split_lost,
     warn_on_label_values,
 )
+from genemamba_scvi.model._run_checks import check_run_args
 from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_known_genes_expressed,
@@ -37,15 +38,12 @@ from genemamba_scvi.model._utils import (
     _save_kernel_cache,
 )
 from genemamba_scvi.module import gene_set_tensors
-from genemamba_scvi.nn.config import check_count
 from genemamba_scvi.train import (
-    LAST_NEEDS_CHECKPOINT_DIR,
     LightningCheckpoint,
     QuietTrainRunner,
     StepProgressBar,
     check_early_stopping_monitor,
     check_gamma,
-    check_splitter_kwargs,
     ddp_strategy,
     logged_metrics,
     training_session,
@@ -141,18 +139,6 @@ def _log_interval(n_train: int, batch_size: int) -> int:
     return max(1, min(50, -(-n_train // max(batch_size, 1))))
 
 
-def _check_epochs(max_epochs: Any, max_steps: Any) -> None:
-    """Refuse a number of epochs that would train nothing or forever, or silently Lightning's 1000 (``None``)."""
-    steps = max_steps if isinstance(max_steps, numbers.Integral) and max_steps > 0 else None
-    if max_epochs is None and steps is None:
-        raise ValueError(
-            "max_epochs=None: scvi-tools picks a number of epochs from the number of cells, GeneMamba has no such "
-            "rule (Lightning would train 1000 epochs); pass max_epochs (default 10) or max_steps"
-        )
-    if max_epochs is not None and steps is None and (not isinstance(max_epochs, numbers.Integral) or max_epochs < 1):
-        raise ValueError(f"max_epochs must be a positive number of epochs (or give max_steps), got {max_epochs!r}")
-
-
 def _run_args(args: dict[str, Any]) -> dict[str, Any]:
     """The arguments of ``train`` / ``train_classifier`` (their ``locals()``) for ``_run_training``.
 
@@ -199,27 +185,9 @@ class GeneMambaTrainingMixin:
         ``trainer_kwargs`` hold the runner's settings (``max_epochs``, ``accelerator``, ``devices``,
         ``precision``, ``early_stopping``, ``ckpt_path``, ...).
         """
-        _check_epochs(trainer_kwargs.get("max_epochs"), trainer_kwargs.get("max_steps"))
-        batch_size = check_count("batch_size", batch_size)
-        if trainer_kwargs.get("ckpt_path") == "last" and checkpoint_dir is None:
-            raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
-        devices = trainer_kwargs.get("devices")
-        n_devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list | tuple) else 1
-        if n_devices > 1 and not use_distributed_sampler(trainer_kwargs.get("strategy") or "auto"):
-            raise ValueError(
-                f"devices={devices!r} trains on several devices: pass strategy='ddp' too (as scvi-tools asks), so "
-                "that each process reads its own share of the cells"
-            )
-        for key in ("max_epochs", "max_steps"):  # numpy integers: Lightning asserts a Python int
-            if isinstance(trainer_kwargs.get(key), numbers.Integral):
-                trainer_kwargs[key] = int(trainer_kwargs[key])
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < float("inf"):
-            raise ValueError(f"lr must be a positive number (the peak learning rate), got {lr!r}")
-        datasplitter_kwargs = dict(datasplitter_kwargs or {})
-        for key in ("shuffle_set_split", "load_sparse_tensor"):  # scvi-tools' train() arguments of its splitter
-            if key in trainer_kwargs:
-                datasplitter_kwargs.setdefault(key, trainer_kwargs.pop(key))
-        check_splitter_kwargs(datasplitter_kwargs)
+        batch_size, datasplitter_kwargs = check_run_args(
+            trainer_kwargs, lr, batch_size, checkpoint_dir, datasplitter_kwargs
+        )
         require_cuda_if_asked(trainer_kwargs["accelerator"])
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
