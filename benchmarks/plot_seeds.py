@@ -12,6 +12,8 @@ Reads ``biology_summary.json``, ``biology_summary<suffix>.json`` and ``biology_c
 Usage::
 
     python benchmarks/plot_seeds.py --dir benchmarks/results/seeds_h200
+    python benchmarks/plot_seeds.py --dir benchmarks/results/seeds_gpu_eps1e-8_h100 --suffix none \
+        --title "5 seeds on an H100, AdamW eps 1e-8"
 """
 
 from __future__ import annotations
@@ -82,9 +84,12 @@ def _dots(ax, summaries: list[tuple[str, dict, str]], table: str, score: str, me
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, required=True, help="folder holding the biology_summary*.json")
-    parser.add_argument("--suffix", default="_tierandom", help="the variant shown next to the default")
+    parser.add_argument(
+        "--suffix", default="_tierandom", help="the variant shown next to the default ('none': the default alone)"
+    )
     parser.add_argument("--variant-label", default='tie_break="random"')
     parser.add_argument("--out", type=Path, default=None, help="default: <dir>/biology_seeds.png")
+    parser.add_argument("--title", default=None, help="a line above the panels (e.g. the machine and the settings)")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -92,7 +97,8 @@ def main(argv=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for name in ("biology_summary.json", f"biology_summary{args.suffix}.json"):
+    alone = args.suffix.lower() == "none"
+    for name in ("biology_summary.json", *(() if alone else (f"biology_summary{args.suffix}.json",))):
         if not (args.dir / name).is_file():
             raise SystemExit(
                 f"no {name} in {args.dir}: write it with aggregate.py --out-dir {args.dir} (--suffix {args.suffix} for "
@@ -100,9 +106,11 @@ def main(argv=None) -> Path:
                 "benchmarks/results/seeds_h200)"
             )
     base = json.loads((args.dir / "biology_summary.json").read_text())
-    variant = json.loads((args.dir / f"biology_summary{args.suffix}.json").read_text())
     n = len(base["tables"]["integration_pbmc68k"]["seeds"])
-    runs = [("default ranking", base, "tab:blue"), (args.variant_label, variant, "tab:orange")]
+    runs = [("default ranking", base, "tab:blue")]
+    if not alone:
+        variant = json.loads((args.dir / f"biology_summary{args.suffix}.json").read_text())
+        runs.append((args.variant_label, variant, "tab:orange"))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1.15, 1.1]})
     _dots(axes[0], runs, "integration_pbmc68k", "Bio conservation", INTEGRATION)
@@ -117,7 +125,7 @@ def main(argv=None) -> Path:
             d = _gap(summary, table, score, method, ref)
             if d is None:
                 continue
-            y = i + (0.18 if k == 0 else -0.18)
+            y = i if len(runs) == 1 else i + (0.18 if k == 0 else -0.18)
             m, lo, hi = d["mean_difference"], d["ci95_low"], d["ci95_high"]
             ax.errorbar(m, y, xerr=[[m - lo], [hi - m]], fmt="o", color=color, ms=5, capsize=3)
     ax.axvline(0, color="k", lw=0.8)
@@ -127,6 +135,8 @@ def main(argv=None) -> Path:
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel("2-layer minus its 0-layer baseline (paired by seed)", fontsize=9)
     ax.set_title("(c) 2-layer - 0-layer: mean and 95% t-interval", fontsize=10)
+    if args.title:
+        fig.suptitle(args.title, fontsize=10)
     fig.tight_layout()
     out = args.out or args.dir / "biology_seeds.png"
     fig.savefig(out, dpi=100)
