@@ -377,3 +377,54 @@ def test_a_torch_device_name_with_an_index_asks_lightning_for_that_gpu(monkeypat
     _torch_device("auto", "cuda")
     assert seen == {"accelerator": "gpu", "devices": "auto"}
     assert _torch_device("gpu", "cpu") == torch.device("cpu")
+
+
+def test_training_refuses_counts_normalised_in_place_after_setup(cells):
+    # sc.pp.normalize_total / log1p on X after set-up: train() and train_classifier() trained on the log values
+    # silently; embedding refused them with set-up advice (layer=...) it does not take
+    import scanpy as sc
+
+    adata = cells.copy()
+    adata.X = adata.layers.pop("counts")
+    GeneMambaModel.setup_anndata(adata, labels_key="bulk_labels")
+    model = GeneMambaModel(adata, **TINY)
+    counts = adata.X.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    message = r"non-integer.*this model reads adata.X, which no longer holds them.*normalize_total"
+    with pytest.raises(ValueError, match=message):
+        model.train(max_epochs=1, **TRAIN)
+    with pytest.raises(ValueError, match=message):
+        model.train_classifier(max_epochs=1, **TRAIN)
+    assert not model.is_trained and model.history is None
+    with pytest.raises(ValueError, match=message):
+        model.get_latent_representation()
+    adata.layers["counts"] = counts  # the fix the message names: the counts back where the model reads them
+    with pytest.raises(ValueError, match=r"put them back \(adata.X = adata.layers\['counts'\].copy\(\)\)"):
+        model.train(max_epochs=1, **TRAIN)
+    adata.X = adata.layers["counts"].copy()
+    model.train(max_epochs=1, **TRAIN)
+
+
+def test_no_small_last_batch_warning_from_scvi_tools(cells):
+    # scvi-tools warns of a 1-cell last minibatch "to avoid errors" (its BatchNorm); GeneMamba trains on it
+    adata = cells[:61].copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False, batch_size=27, train_size=0.9)
+    assert model.is_trained  # 55 training cells (scvi: ceil(0.9 x 61)): 27 + 27 + a last batch of 1
+    assert not [w for w in caught if "Last batch" in str(w.message)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False, batch_size=53, train_size=0.9)  # 53 + 2
+    assert not [w for w in caught if "Last batch" in str(w.message)]
+
+
+def test_convert_legacy_save_says_no_conversion_is_needed(model_and_data, tmp_path):
+    model, _ = model_and_data
+    model.save(tmp_path / "m")
+    with pytest.raises(NotImplementedError, match=r"need no conversion.*GeneMambaModel.load"):
+        GeneMambaModel.convert_legacy_save(tmp_path / "m", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ the model (its vocabulary and medians), never on which other cells are in the ba
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +198,13 @@ class TokenDataSplitter(DataSplitter):
     """scvi-tools :class:`~scvi.dataloaders.DataSplitter` that builds :class:`TokenDataLoader` s."""
 
     data_loader_cls = TokenDataLoader
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # scvi-tools warns of a last minibatch of 1-2 cells "to avoid errors during model training": its VAEs'
+        # BatchNorm fails on one cell; GeneMamba has no batch statistics and trains on any minibatch size
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Last batch will have a small size", category=UserWarning)
+            super().__init__(*args, **kwargs)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Return the batch as it is (the tokenized minibatch needs no change on the device)."""

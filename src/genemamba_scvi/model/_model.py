@@ -35,6 +35,7 @@ from genemamba_scvi.model._utils import (
     _check_indices,
     _check_is_anndata,
     _check_known_genes_expressed,
+    _check_model_counts,
     _check_obs_key,
     _match_query_genes,
     _positions,
@@ -349,7 +350,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         adata = self._validate_anndata(adata)
         _check_indices(indices, adata.n_obs)
         layer = self._setup_arg("layer")
-        _validate_count_layer(adata, layer)
+        _check_model_counts(adata, layer)
         tokenizer = self._tokenizer_for(adata)
         _check_known_genes_expressed(adata, layer, tokenizer.gene_token_ids, indices)
         return self._make_data_loader(

@@ -125,6 +125,19 @@ class GeneMambaSaveLoadMixin:
             "split": split_to_json(self),
         }
 
+    @classmethod
+    def convert_legacy_save(cls, dir_path: str | os.PathLike, output_dir_path: str | os.PathLike, *args, **kwargs):
+        """Not needed: GeneMamba checkpoints load as they are (:meth:`load`).
+
+        scvi-tools' method converts its own pre-0.15 saves (``model_params.pt``); inherited unchanged, it failed with
+        a ``FileNotFoundError`` on a GeneMamba folder after creating an empty ``output_dir_path``.
+        """
+        raise NotImplementedError(
+            f"GeneMamba checkpoints need no conversion (scvi-tools' convert_legacy_save converts scvi-tools' own "
+            f"pre-0.15 saves): load the folder with GeneMambaModel.load({str(dir_path)!r}, adata=...); nothing was "
+            f"written to {str(output_dir_path)!r}"
+        )
+
     def save(
         self,
         dir_path: str | os.PathLike,

@@ -361,6 +361,26 @@ def _unique_ensembl_column(adata: AnnData) -> str | None:
     return None
 
 
+def _check_model_counts(adata: AnnData, layer: str | None) -> None:
+    """:func:`_validate_count_layer` for a model's data: the place it reads is fixed, so its fix is to refill it.
+
+    ``setup_anndata``'s advice (``layer=...``) does not apply once a model exists; the usual cause is a scanpy step
+    (``sc.pp.normalize_total``, ``sc.pp.log1p``) run in place on the counts after set-up.
+    """
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    try:
+        _validate_count_layer(adata, layer)
+    except NotCountsError as err:
+        example = _copy_counts_example(adata, layer, where)
+        refill = f"put them back ({example})" if example else f"put the raw counts back in {where}"
+        raise NotCountsError(
+            err.problem,
+            f"this model reads {where}, which no longer holds them (changed after setup_anndata, e.g. by "
+            f"sc.pp.normalize_total / sc.pp.log1p in place): {refill}, and next time keep the counts in a layer "
+            "(adata.layers['counts'] = adata.X.copy()) before normalising",
+        ) from None
+
+
 def _copy_counts_example(adata: AnnData, layer: str | None, where: str) -> str | None:
     """``"<where> = <where this AnnData holds raw counts>"``, for a query whose set-up place lacks them."""
     found = find_raw_counts(adata, layer)
