@@ -240,3 +240,22 @@ def test_a_gene_held_twice_is_reported_as_a_duplicate_not_as_unknown():
     assert "ENSG00000126353->CCR7 (kept CCR7)" in report
     alone = vocab.match(["ENSG00000126353", "CD3E"], min_overlap=0.5)  # alone, the id does map to CCR7
     assert alone.token_ids[0] == vocab.match(["CCR7"]).token_ids[0] and not alone.yielded
+
+
+def test_two_current_gencode_genes_are_never_joined_through_org_hs():
+    # org.Hs.eg.db lists HLA-DQA2's Ensembl ids under HLA-DQA1 and MCL1's under ADAMTSL4-AS1; GENCODE v44 holds each
+    # as its own gene. A query's HLA-DQA1 counts were read as the vocabulary's HLA-DQA2, silently.
+    vocab = GeneVocab(["MCL1", "HLA-DQA2", "IGHV3-29", "NPIPA1", "CD3E"])
+    got = vocab.match(["ADAMTSL4-AS1", "HLA-DQA1", "IGHV3-32", "NPIPA2", "CD3E"], min_overlap=0.0)
+    assert [vocab.tokens[t] if t >= 0 else None for t in got.token_ids] == [None, None, None, None, "CD3E"]
+    # an Ensembl id: MCL1's id is never ADAMTSL4-AS1 (org.Hs.eg.db's link), though the vocabulary lacks MCL1
+    ids = GeneVocab(["ADAMTSL4-AS1", "TP53"]).match(["ENSG00000143384.12", "ENSG00000141510"], min_overlap=0.0)
+    assert ids.token_ids.tolist() == [-1, GeneVocab(["ADAMTSL4-AS1", "TP53"])["TP53"]]
+    # what GENCODE does not hold as another gene still maps: a symbol absent from GENCODE (GPR75-ASB3, whose only
+    # Ensembl id is ASB3's) and ids <-> symbols of one gene
+    other = GeneVocab(["GPR75-ASB3", "MCL1"])
+    assert other.match(["ASB3", "ENSG00000143384"], min_overlap=0.0).token_ids.tolist() == [
+        other["GPR75-ASB3"],
+        other["MCL1"],
+    ]
+    assert vocab.lookup(["HLA-DQA1", "hla-dqa2"]).tolist() == [-1, vocab["HLA-DQA2"]]

@@ -14,7 +14,9 @@ mixed) to token ids. Every name is resolved on its own, in this order of priorit
    see :func:`genemamba_scvi.datasets.load_gene_id_table`), in sub-steps of decreasing priority:
    Ensembl id -> symbols / symbol -> Ensembl ids with exact case, GENCODE then org.Hs.eg.db; the same
    ignoring case; then one more hop through both tables (symbol -> id -> other symbol of that id, e.g. a
-   renamed gene; id -> symbol -> other ids).
+   renamed gene; id -> symbol -> other ids). A match through org.Hs.eg.db or that hop never joins two genes that
+   GENCODE v44 holds as different genes (org.Hs.eg.db lists some paralogous or overlapping loci's ids under one
+   symbol, e.g. ``HLA-DQA1`` with ids of ``HLA-DQA2``).
 
 A name never takes a token already claimed at a higher priority (e.g. ``C1ORF220`` yields to
 ``C1orf220``); two names that claim the same token at the same priority are a collision.
@@ -123,6 +125,28 @@ def _gene_tables() -> tuple[_GeneTable, ...]:
         _build_table(by_source["orghs"]["ensembl_id"], by_source["orghs"]["symbol"]),
         _build_table(union["ensembl_id"], union["symbol"]),
     )
+
+
+def _gencode_genes(name: str) -> frozenset[str]:
+    """GENCODE v44 gene names (lower case) that ``name`` (a symbol or an Ensembl id) is; empty if GENCODE lacks it."""
+    gencode = _gene_tables()[0]
+    base = strip_ensembl_version(name)
+    if base is not None:
+        return frozenset(s.lower() for s in gencode.id2sym.get(base.removesuffix("_PAR_Y").upper(), []))
+    key = name.strip().lower()
+    return frozenset([key]) if key in gencode.sym2id_lower else frozenset()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _distinct_genes(a: str, b: str) -> bool:
+    """Whether GENCODE v44 holds ``a`` and ``b`` as two different genes (each a symbol or an Ensembl id).
+
+    org.Hs.eg.db lists Ensembl ids of overlapping or paralogous loci under some symbols (``HLA-DQA1`` with ids of
+    ``HLA-DQA2``, ``ADAMTSL4-AS1`` with ``MCL1``'s): a match through it, or through the union's extra hop, must not
+    read one current gene's counts as another's. Aliases and retired symbols (absent from GENCODE) still map.
+    """
+    ga, gb = _gencode_genes(a), _gencode_genes(b)
+    return bool(ga) and bool(gb) and ga.isdisjoint(gb)
 
 
 @dataclass(frozen=True)
@@ -457,6 +481,8 @@ class GeneVocab:
             else:
                 ids = table.sym2id_lower.get(sym.lower(), []) if any_case else table.sym2id.get(sym, [])
                 cands = [c for e in ids for c in self._id_candidates(e)]
+        if stage in (4, 6, 7):  # org.Hs.eg.db and the union's hop: never from one current GENCODE gene to another
+            cands = [c for c in cands if not _distinct_genes(name, self.genes[c - self.n_special])]
         return list(dict.fromkeys(cands))
 
     def lookup(self, names: Iterable[Any]) -> np.ndarray:
