@@ -66,3 +66,29 @@ def test_save_crash_keeps_old_model(sample48_model, tmp_path, monkeypatch):
     assert after == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp dir left behind
     GeneMambaModel.load(tmp_path / "m", adata=adata)
+
+
+def test_a_saved_gene_id_key_column_with_other_names_is_named_with_a_fix_that_works(sample48, tmp_path):
+    # lab A sets up with gene_id_key='gene_ids'; lab B's var_names hold the symbols and var['gene_ids'] something
+    # else: the error called those values "var_names" and advised gene_id_key in setup_anndata, which load overrides
+    import warnings
+
+    import numpy as np
+
+    from conftest import TINY_MODEL as TINY
+
+    cells = sample48.copy()
+    cells.var["gene_ids"] = cells.var_names.astype(str)
+    GeneMambaModel.setup_anndata(cells, layer="counts", gene_id_key="gene_ids")
+    model = GeneMambaModel(cells, **TINY)
+    model.save(tmp_path / "m")
+    query = cells.copy()
+    query.var["gene_ids"] = [f"entrez:{i}" for i in range(query.n_vars)]
+    with pytest.raises(ValueError, match=r"gene ids of adata.var\['gene_ids'\].*del adata.var\['gene_ids'\]") as err:
+        GeneMambaModel.load(tmp_path / "m", adata=query)
+    assert "0 of" in str(err.value) and "var_names e.g." not in str(err.value)
+    del query.var["gene_ids"]  # the fix the message names: the var_names are read
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=query)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained: its warning is not this test's
+        np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation(cells))

@@ -354,7 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("--out", required=True, help=".h5ad file to write (the input plus the embedding)")
     embed.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
     embed.add_argument("--key", default=LATENT_KEY, help="obsm key of the embedding (default: %(default)s)")
-    embed.add_argument("--gene-id-key", default=None, help="var column of the gene ids (default: the var_names)")
+    embed.add_argument(
+        "--gene-id-key",
+        default=None,
+        help="var column of the gene ids (default: a saved model's own gene_id_key column where the file has it, "
+        "else the var_names)",
+    )
     embed.add_argument("--max-genes", type=_count, default=None, help="published models: top-k genes (default: 2048)")
     embed.add_argument("--subfolder", default=None, help="published models: size-variant subfolder of --model")
     embed.add_argument("--revision", default=None, help="Hub id: cached branch, tag or commit (default: main)")

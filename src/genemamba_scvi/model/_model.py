@@ -312,7 +312,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
     def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
         medians = getattr(self, "gene_medians_", None)
         ids = self._gene_ids(adata)
-        match = _match_query_genes(self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token)
+        key = self._setup_arg("gene_id_key")
+        key = key if key and key in adata.var else None  # where ids came from, for the errors
+        match = _match_query_genes(self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token, key)
         n_unknown = int((match.token_ids < 0).sum())
         reported = self.__dict__.setdefault("_unknown_genes_reported", set())  # once per model and gene list
         if warn_unknown and n_unknown and (key := hash(tuple(ids))) not in reported:

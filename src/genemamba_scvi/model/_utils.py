@@ -401,8 +401,24 @@ def _refuse_setup_kwargs(kwargs: dict[str, Any]) -> None:
         )
 
 
+def _gene_id_source(gene_id_key: str | None) -> tuple[str, str]:
+    """Where a query's gene ids were read, and how to point the model at the right ones, for error messages."""
+    if gene_id_key is None:
+        return "var_names", "set adata.var_names from the right adata.var column, or gene_id_key in setup_anndata"
+    return (
+        f"gene ids of adata.var[{gene_id_key!r}]",
+        f"the model was set up with gene_id_key={gene_id_key!r}, so it reads that column wherever an AnnData has "
+        f"it; if this AnnData's var_names hold the gene ids, drop or rename the column: del adata.var[{gene_id_key!r}]",
+    )
+
+
 def _check_gene_coverage(
-    match: Any, known: np.ndarray, vocab: Any, min_overlap: float, published: bool = False
+    match: Any,
+    known: np.ndarray,
+    vocab: Any,
+    min_overlap: float,
+    published: bool = False,
+    gene_id_key: str | None = None,
 ) -> None:
     """Refuse a query whose genes do not fit the model; warn when it lacks many of the model's genes.
 
@@ -421,13 +437,14 @@ def _check_gene_coverage(
     n_have = int(known[hit].sum())
     coverage = n_have / max(n_known, 1)
     n = len(match.var_names)
+    names, fix = _gene_id_source(gene_id_key)
     if match.overlap < min_overlap and coverage < min_overlap:
         raise ValueError(
-            f"this AnnData's genes do not fit the model: {match.n_matched} of its {n} var_names "
+            f"this AnnData's genes do not fit the model: {match.n_matched} of its {n} {names} "
             f"({100 * match.overlap:.1f}%) are in the model's vocabulary, and it holds {n_have} of the {n_known} "
             f"{model_genes} ({100 * coverage:.1f}%); min_gene_overlap is {100 * min_overlap:.0f}%. "
-            f"Unmatched var_names e.g. {match.unmatched_names[:5]}. var_names must be human gene symbols or Ensembl "
-            "gene ids (set adata.var_names from the right adata.var column, or gene_id_key in setup_anndata), or "
+            f"Unmatched e.g. {match.unmatched_names[:5]}. Gene ids must be human gene symbols or Ensembl "
+            f"gene ids ({fix}), or "
             "lower min_gene_overlap (GeneMambaModel.load(..., min_gene_overlap=...), from_pretrained(..., "
             "min_gene_overlap=...), or model.min_gene_overlap)."
         )
@@ -494,14 +511,20 @@ def _warn_unmatched_genes(match: Any, n_vars: int, fate: str) -> None:
 
 
 def _match_query_genes(
-    vocab: Any, ids: list[str], medians: np.ndarray | None, min_overlap: float, unk_token: str | None = None
+    vocab: Any,
+    ids: list[str],
+    medians: np.ndarray | None,
+    min_overlap: float,
+    unk_token: str | None = None,
+    gene_id_key: str | None = None,
 ) -> Any:
     """The :class:`~genemamba_scvi.data.vocab.GeneMatch` of an AnnData's gene ids against a model's vocabulary.
 
     Refused (:func:`_check_gene_coverage`) only when both the share of the ids found in the vocabulary and the share
     of the model's genes the AnnData holds are below ``min_overlap``: a superset of the model's genes (a full
     annotation's 60,000 features) is fine. The model's genes are those with a gene median, or, without medians (the
-    published tokenization, or setting up), every gene of the vocabulary but ``unk_token``.
+    published tokenization, or setting up), every gene of the vocabulary but ``unk_token``. ``gene_id_key``: the
+    ``adata.var`` column ``ids`` come from (``None``: the var_names), named in the errors.
     """
     known = np.isfinite(medians) if medians is not None else None
     published = known is None or not known.any()
@@ -516,14 +539,14 @@ def _match_query_genes(
         if "min_overlap is" not in str(err):  # duplicated var_names, or two columns of one gene: its own message
             raise
         genes = [g for g in vocab.genes if g != unk_token]
+        names, fix = _gene_id_source(gene_id_key)
         raise ValueError(
-            f"0 of {len(ids)} var_names of this AnnData match the model's vocabulary of {len(genes)} genes "
-            f"(var_names e.g. {ids[:5]}; vocabulary genes e.g. {genes[:5]}). var_names must be human gene "
-            "symbols or Ensembl gene ids (set adata.var_names from the right adata.var column, or gene_id_key in "
-            "setup_anndata)."
+            f"0 of {len(ids)} {names} of this AnnData match the model's vocabulary of {len(genes)} genes "
+            f"(e.g. {ids[:5]}; vocabulary genes e.g. {genes[:5]}). Gene ids must be human gene "
+            f"symbols or Ensembl gene ids ({fix})."
         ) from err
     match = dataclasses.replace(match, min_overlap=min_overlap)  # what its report prints
-    _check_gene_coverage(match, known, vocab, min_overlap, published=published)
+    _check_gene_coverage(match, known, vocab, min_overlap, published=published, gene_id_key=gene_id_key)
     return _without_unk(match, vocab, unk_token)
 
 
