@@ -279,3 +279,22 @@ def test_build_corpus_of_log_normalised_x_names_the_layer_with_the_counts(tmp_pa
     source = _user_file(adata, tmp_path / "cells.h5ad", counts_in="counts")  # log1p in X, counts in a layer
     assert main(["build-corpus", str(source), "--out", str(tmp_path / "c"), "--max-genes", "32"]) == 2
     assert "layers['counts'] of this file holds them: pass --layer 'counts'" in capsys.readouterr().err
+
+
+def test_embed_of_a_saved_model_without_its_manifest_or_of_scvi_tools_says_so(tmp_path, saved, capsys):
+    # the CLI took any folder without checksums.json for a published checkpoint: "vocab.json: the vocabulary is not
+    # a token -> integer id table" for a copy that lost its manifest, "config.json is missing" for scvi-tools' model
+    import shutil
+
+    path, adata, _ = saved
+    source = _user_file(adata, tmp_path / "cells.h5ad")
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    (copy / "checksums.json").unlink()
+    scvi_dir = tmp_path / "scvi_model"
+    scvi_dir.mkdir()
+    (scvi_dir / "model.pt").write_bytes(b"\0")
+    for folder, message in ((copy, "checksums.json is missing"), (scvi_dir, "a model saved by scvi-tools")):
+        assert main(["embed", str(source), "--model", str(folder), "--out", str(tmp_path / "o.h5ad")]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "vocab.json" not in err and "config.json is missing" not in err

@@ -144,7 +144,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     from genemamba_scvi import GeneMambaModel, __version__
     from genemamba_scvi.data._corpus_io import check_h5ad_file
-    from genemamba_scvi.io._checkpoint import is_our_checkpoint
+    from genemamba_scvi.io._checkpoint import looks_saved_by_load_side
     from genemamba_scvi.io._files import _atomic_write_file
 
     source, out = Path(args.input).expanduser(), Path(args.out).expanduser()  # ~ too after --out= (no shell)
@@ -160,7 +160,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     if not args.key.strip():
         raise ValueError("--key must name the obsm key to write (an empty key makes a file anndata cannot read back)")
-    saved = is_our_checkpoint(args.model)
+    saved = looks_saved_by_load_side(args.model)  # load() then names a missing manifest or scvi-tools' model.pt
     _check_cli_model(args, out, saved)
     adata = anndata.read_h5ad(source)
     if args.layer is None:

@@ -209,6 +209,16 @@ def is_our_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
+def looks_saved_by_load_side(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is for ``GeneMambaModel.load`` rather than ``from_pretrained``.
+
+    Our manifest, or, without it, our ``extra.json`` (a copy that lost its manifest) or scvi-tools' ``model.pt``:
+    ``load`` then names what is wrong.
+    """
+    path = Path(path)
+    return is_our_checkpoint(path) or (path / EXTRA_FILE).is_file() or (path / "model.pt").is_file()
+
+
 def _other_layout_hint(path: Path) -> str:
     """What a directory without our manifest holds instead, when it is recognisably another model format."""
     if (path / "model.pt").is_file():
