@@ -663,3 +663,35 @@ def test_a_path_through_a_symlink_and_dotdot_is_written_where_the_os_resolves_it
     _write(Path("lnk/../out"), vocab)  # the OS resolves lnk first: a/out, not w/out
     assert (tmp_path / "a" / "out" / "config.json").is_file() and not (tmp_path / "w" / "out").exists()
     assert read_checkpoint("lnk/../out").vocab == vocab
+
+
+def test_a_save_killed_mid_write_leaves_a_folder_the_next_save_removes(tmp_path, vocab):
+    # kill -9 during save left a hidden .model.tmp-* folder (gigabytes with an atlas) that nothing ever removed
+    import signal
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "model", vocab)
+    before = _snapshot(path)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, genemamba_scvi.io._files as f\n"
+            "def fill(tmp):\n"
+            "    (tmp / 'part').write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
+            "f._atomic_write_dir(f.Path(sys.argv[1]), fill, overwrite=True)\n",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    leftover = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert len(leftover) == 1 and _snapshot(path) == before  # the old model untouched, the killed write left over
+    foreign = tmp_path / ".model.tmp-00000000-1-abc"  # another host's (or an old-format) folder: not ours to remove
+    foreign.mkdir()
+    write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "second"}, vocab, overwrite=True)
+    assert not leftover[0].exists() and foreign.exists()

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -167,6 +168,42 @@ def _move_into_place(src: Path, dst: Path) -> None:
         os.rename(src, dst)
 
 
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+    """A hidden sibling to write into: ``.<name>.tmp-<host>-<pid>-<random>``, so a later save can tell whose it is."""
+    return path.parent / f".{path.name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove what saves of ``path`` killed mid-write left behind (``kill -9``, a lost session).
+
+    Only hidden siblings of this host whose writing process is gone; others' (another host, a live process) stay.
+    """
+    prefix = f".{path.name}.tmp-{_host_tag()}-"
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's): maybe writing now
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _atomic_write_file(path: Path, write: Callable[[Path], None], overwrite: bool) -> None:
     """Write one file with ``write(tmp)`` into a hidden sibling, fsync it, then rename it into place.
 
@@ -177,7 +214,8 @@ def _atomic_write_file(path: Path, write: Callable[[Path], None], overwrite: boo
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"parent directory {path.parent} does not exist")
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}{path.suffix}"
+    _remove_stale_tmp(path)
+    tmp = _tmp_sibling(path, path.suffix)
     try:
         write(tmp)
         _fsync_path(tmp)
@@ -221,7 +259,8 @@ def _atomic_write_dir(
     """
     path = Path(path).expanduser().absolute()  # the parent of "." is "." itself ("..", symlinks: left to the OS)
     parent = path.parent
-    tmp = parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    _remove_stale_tmp(path)
+    tmp = _tmp_sibling(path)
     tmp.mkdir()
     try:
         fill(tmp)
