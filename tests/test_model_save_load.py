@@ -92,3 +92,22 @@ def test_a_saved_gene_id_key_column_with_other_names_is_named_with_a_fix_that_wo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # untrained: its warning is not this test's
         np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation(cells))
+
+
+def test_a_config_edited_by_hand_with_its_checksum_recomputed_gets_a_clear_error(sample48_model, tmp_path):
+    # d_model or the number of cell types changed in the JSON: torch's raw "Error(s) in loading state_dict" before
+    import hashlib
+
+    model, adata = sample48_model
+    model.save(tmp_path / "m")
+    config = tmp_path / "m" / "config.json"
+    doc = json.loads(config.read_text())
+    doc["d_model"] = 2 * doc["d_model"]
+    config.write_text(json.dumps(doc))
+    sums = tmp_path / "m" / "checksums.json"
+    manifest = json.loads(sums.read_text())
+    files = manifest["files"] if "files" in manifest else manifest
+    files["config.json"] = hashlib.sha256(config.read_bytes()).hexdigest()
+    sums.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"does not fit this model.*describe another model than its weights"):
+        GeneMambaModel.load(tmp_path / "m", adata=adata)

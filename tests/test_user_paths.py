@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import scvi
+import torch
 
 from conftest import TINY_MODEL as TINY
 from genemamba_scvi import GeneMambaModel
@@ -284,6 +285,10 @@ def test_query_missing_most_of_the_models_genes_is_warned_and_wrong_ids_refused(
     with pytest.warns(UserWarning, match=r"holds \d+ of the \d+ genes the model was set up with"):
         z = model.get_latent_representation(few)
     assert np.isfinite(z).all()
+    with warnings.catch_warnings(record=True) as caught:  # once per model and gene list (was at every call)
+        warnings.simplefilter("always")
+        model.get_latent_representation(_fresh(few))
+    assert not [w for w in caught if "genes the model was set up with" in str(w.message)]
     wrong = _fresh(adata)
     wrong.var_names = [f"{g}_x{i}" if i % 10 else g for i, g in enumerate(adata.var_names)]  # 90% unknown ids
     with pytest.raises(ValueError, match=r"do not fit the model.*min_gene_overlap"):
@@ -565,3 +570,21 @@ def test_save_with_the_anndata_refuses_an_anndata_that_lost_its_counts(cells, tm
         model.save(tmp_path / "m", save_anndata=True)
     assert not (tmp_path / "m").exists()
     model.save(tmp_path / "m")  # the weights alone are fine
+
+
+def test_csc_counts_are_read_as_csr_once_per_loader_with_the_same_embeddings(model_and_data):
+    # rows of a CSC matrix cost a pass over all of it: every minibatch was O(nnz), an epoch O(cells x nnz)
+    model, adata = model_and_data
+    query = _fresh(adata)
+    query.layers["counts"] = sp.csc_matrix(query.layers["counts"])
+    loader = model._token_loader(query, [5, 1, 5, 3], batch_size=4)
+    assert loader._local_rows is not None and loader._local_rows.format == "csr"
+    batch = next(iter(loader))
+    assert batch["ind_x"].tolist() == [5, 1, 5, 3]
+    csr = model._token_loader(adata, [5, 1, 5, 3], batch_size=4)
+    assert csr._local_rows is None
+    assert torch.equal(batch["tokens"], next(iter(csr))["tokens"])
+    perm = np.random.default_rng(0).permutation(query.n_obs)
+    np.testing.assert_array_equal(
+        model.get_latent_representation(query, indices=perm), model.get_latent_representation(adata, indices=perm)
+    )

@@ -151,6 +151,12 @@ class TokenDataLoader(DataLoader):
         if self.indices.dtype == bool:
             self.indices = np.where(self.indices)[0]
         self._matrix = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        # CSC: reading rows costs a pass over every stored value, so each minibatch cost O(nnz) and an epoch
+        # O(cells x nnz) (3x slower at 11k cells, growing). This loader's rows are taken once, as CSR, instead.
+        self._local_order = self._local_rows = None
+        if sp.issparse(self._matrix) and self._matrix.format == "csc":
+            self._local_order = np.sort(self.indices)
+            self._local_rows = sp.csr_matrix(self._matrix[self._local_order])
         registry = adata_manager.data_registry
         self._batch = (
             np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
@@ -179,7 +185,10 @@ class TokenDataLoader(DataLoader):
 
     def _collate(self, positions: list[int]) -> dict[str, torch.Tensor]:
         idx = self.indices[np.asarray(positions, dtype=np.int64)]
-        rows = _rows_as_csr(self._matrix, idx)
+        if self._local_rows is None:
+            rows = _rows_as_csr(self._matrix, idx)
+        else:  # rows of the sorted indices: positions of idx among them
+            rows = self._local_rows[np.searchsorted(self._local_order, idx)]
         tokens, lengths = self.tokenizer(rows)
         longest = max(int(lengths.max(initial=0)), 1)
         out = {

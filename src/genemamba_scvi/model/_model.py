@@ -312,12 +312,18 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
     def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
         medians = getattr(self, "gene_medians_", None)
         ids = self._gene_ids(adata)
-        key = self._setup_arg("gene_id_key")
-        key = key if key and key in adata.var else None  # where ids came from, for the errors
-        match = _match_query_genes(self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token, key)
+        column = self._setup_arg("gene_id_key")
+        column = column if column and column in adata.var else None  # where ids came from, for the errors
+        key = hash(tuple(ids))  # each warning once per model and gene list (load, embed, predict: the same genes)
+        coverage_told = self.__dict__.setdefault("_gene_coverage_reported", set())
+        match = _match_query_genes(
+            self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token, column, key not in coverage_told
+        )
+        if medians is not None:  # (set-up matches before the medians exist: nothing was checked yet)
+            coverage_told.add(key)
         n_unknown = int((match.token_ids < 0).sum())
-        reported = self.__dict__.setdefault("_unknown_genes_reported", set())  # once per model and gene list
-        if warn_unknown and n_unknown and (key := hash(tuple(ids))) not in reported:
+        reported = self.__dict__.setdefault("_unknown_genes_reported", set())
+        if warn_unknown and n_unknown and key not in reported:
             reported.add(key)
             fate = "ignored"
             if self._tokenization == "published" and self._unk_token is not None:
@@ -380,16 +386,20 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         loader = self._token_loader(adata, indices, check_count("batch_size", batch_size))
         n_cells = len(loader.indices)
         show = n_cells >= _PROGRESS_MIN_CELLS if progress_bar is None else bool(progress_bar)
-        out = []
+        # one output buffer filled in place: a list of per-batch tensors fragmented glibc's heap on CPU, whose
+        # resident memory then grew with the cells (~5 GB for 45k cells of a tiny model) though nothing held it
+        z = torch.empty(n_cells, self.module.encoder.d_model)
+        done = 0
         with tqdm(total=n_cells, desc="Embedding cells", unit="cells", disable=not show, leave=False) as bar:
             for tensors in loader:
                 with inference_autocast(resolved, device):
                     inf = self.module.inference(**self.module._get_inference_input(tensors))
-                out.append(inf["z"].float().cpu())
-                bar.update(len(out[-1]))
+                n = inf["z"].shape[0]
+                z[done : done + n] = inf["z"]
+                done += n
+                bar.update(n)
         if device.type == "cuda":
             _save_kernel_cache()
-        z = torch.cat(out) if out else torch.empty(0, self.module.encoder.d_model)
         _check_finite_embeddings(z, self.module)
         return z
 

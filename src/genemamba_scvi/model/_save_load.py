@@ -350,7 +350,14 @@ class GeneMambaSaveLoadMixin:
             model.classifier_hidden_ = extra.get("classifier_hidden")
             model.module.add_classifier(len(model.label_names_), hidden=model.classifier_hidden_)
         model.module.set_objective(extra.get("objective", "mlm"))
-        missing, unexpected = model.module.load_state_dict(ckpt.state_dict, strict=False)
+        try:
+            missing, unexpected = model.module.load_state_dict(ckpt.state_dict, strict=False)
+        except RuntimeError as err:  # a tensor's shape (config.json or extra.json edited by hand): torch's message
+            shapes = "; ".join(line.strip() for line in str(err).splitlines() if "size mismatch" in line)
+            raise ValueError(
+                f"checkpoint {dir_path} does not fit this model: its config.json / extra.json describe another "
+                f"model than its weights ({shapes[:400] or err})"
+            ) from None
         if missing or unexpected:
             raise ValueError(
                 f"checkpoint {dir_path} does not fit this model: missing keys {missing[:5]}, "

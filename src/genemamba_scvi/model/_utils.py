@@ -419,6 +419,7 @@ def _check_gene_coverage(
     min_overlap: float,
     published: bool = False,
     gene_id_key: str | None = None,
+    warn: bool = True,
 ) -> None:
     """Refuse a query whose genes do not fit the model; warn when it lacks many of the model's genes.
 
@@ -448,7 +449,7 @@ def _check_gene_coverage(
             "lower min_gene_overlap (GeneMambaModel.load(..., min_gene_overlap=...), from_pretrained(..., "
             "min_gene_overlap=...), or model.min_gene_overlap)."
         )
-    if coverage < _GENE_COVERAGE_WARN and not published:
+    if warn and coverage < _GENE_COVERAGE_WARN and not published:
         missing = np.flatnonzero(known)
         missing = missing[~np.isin(missing, hit)][:5]
         warnings.warn(
@@ -517,6 +518,7 @@ def _match_query_genes(
     min_overlap: float,
     unk_token: str | None = None,
     gene_id_key: str | None = None,
+    warn_coverage: bool = True,
 ) -> Any:
     """The :class:`~genemamba_scvi.data.vocab.GeneMatch` of an AnnData's gene ids against a model's vocabulary.
 
@@ -546,7 +548,7 @@ def _match_query_genes(
             f"symbols or Ensembl gene ids ({fix})."
         ) from err
     match = dataclasses.replace(match, min_overlap=min_overlap)  # what its report prints
-    _check_gene_coverage(match, known, vocab, min_overlap, published=published, gene_id_key=gene_id_key)
+    _check_gene_coverage(match, known, vocab, min_overlap, published, gene_id_key, warn_coverage)
     return _without_unk(match, vocab, unk_token)
 
 
