@@ -1,5 +1,8 @@
-"""CPU memory and time of embedding many cells (session 21): resident memory growth of ``get_latent_representation``
-against the earlier loop that kept one tensor per minibatch, and CSC against CSR counts, in one run.
+"""CPU memory and time of embedding many cells (session 21), in one run.
+
+Resident memory growth of ``get_latent_representation`` against the earlier loop that kept one tensor per minibatch
+(``list_per_batch``), and CSC counts against CSR, read as now (``csc``: the loader's rows made CSR once) and as
+before (``csc_rows_per_batch``: every minibatch's rows taken from the CSC matrix, with the earlier loop).
 
 Data: the shipped 559-cell celltypist sample repeated (``--copies``, cells renamed; a scale test, not biology); a tiny
 untrained model (1 layer, d_model 32, ``max_genes`` 256). Each arm runs in its own fresh process (resident memory
@@ -50,8 +53,12 @@ def watch():
 thread = threading.Thread(target=watch)
 thread.start()
 t0, c0 = time.perf_counter(), time.process_time()
-if arm == "list_per_batch":  # the loop before session 21: one CPU tensor per minibatch, then torch.cat
+if arm == "csc_rows_per_batch":  # CSC read as before session 21: the rows of every minibatch from the CSC matrix
+    query = big.copy()
+    query.layers["counts"] = sp.csc_matrix(query.layers["counts"])
+if arm in ("list_per_batch", "csc_rows_per_batch"):  # the loop before session 21: a CPU tensor per minibatch, cat
     loader = model._token_loader(query, idx, 8)
+    loader._local_rows = None
     out = []
     with torch.inference_mode():
         model.module.eval()
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> Path:
     t0 = time.time()
     rows = []
     for n in args.cells:
-        for arm in ("list_per_batch", "buffer", "csc"):
+        for arm in ("list_per_batch", "buffer", "csc", "csc_rows_per_batch"):
             rows.append(_run(arm, args.copies, n))
             print(json.dumps(rows[-1]), flush=True)
     summary = {}
@@ -99,6 +106,8 @@ def main(argv: list[str] | None = None) -> Path:
             "rss_growth_ratio_list_over_buffer": by["list_per_batch"]["rss_growth_mb"]
             / max(by["buffer"]["rss_growth_mb"], 1.0),
             "cpu_time_ratio_csc_over_csr": by["csc"]["cpu_s"] / by["buffer"]["cpu_s"],
+            "cpu_time_ratio_csc_rows_per_batch_over_csr": by["csc_rows_per_batch"]["cpu_s"]
+            / by["list_per_batch"]["cpu_s"],
             "same_embeddings": len({round(by[a]["z_sum"], 3) for a in by}) == 1,
         }
     doc = {

@@ -405,8 +405,9 @@ def test_ssd_backward_with_state_walks_per_run_equals_mamba_ssm(monkeypatch, dda
         g = got[name].double()
         rel = float((g - w.double()).norm() / w.double().norm())
         # the same chunk kernels and the same walk in fp32 (bf16 roundings of dstates may flip); with "fused", ddA
-        # (in ddt, dA, ddt_bias) is summed in another order
-        assert rel < 2e-3, (name, rel)
+        # (in ddt, dA, ddt_bias) is summed in another order. Bound: bf16's unit roundoff (2^-8 = 3.9e-3); on an H100
+        # (session 21) dx differed by 2.08e-3 in three of the four cases, run after run (2e-3 had been set on H200s)
+        assert rel < 2.0**-8, (name, rel)
 
 
 def _model_shaped_ssd_inputs(lengths, device="cuda"):

@@ -155,7 +155,7 @@ class TokenDataLoader(DataLoader):
         # O(cells x nnz) (3x slower at 11k cells, growing). This loader's rows are taken once, as CSR, instead.
         self._local_order = self._local_rows = None
         if sp.issparse(self._matrix) and self._matrix.format == "csc":
-            self._local_order = np.sort(self.indices)
+            self._local_order = np.unique(self.indices)  # sorted, each row once (indices may repeat cells)
             self._local_rows = sp.csr_matrix(self._matrix[self._local_order])
         registry = adata_manager.data_registry
         self._batch = (
@@ -187,7 +187,7 @@ class TokenDataLoader(DataLoader):
         idx = self.indices[np.asarray(positions, dtype=np.int64)]
         if self._local_rows is None:
             rows = _rows_as_csr(self._matrix, idx)
-        else:  # rows of the sorted indices: positions of idx among them
+        else:  # the loader's rows, each once in sorted order: positions of idx among them
             rows = self._local_rows[np.searchsorted(self._local_order, idx)]
         tokens, lengths = self.tokenizer(rows)
         longest = max(int(lengths.max(initial=0)), 1)
