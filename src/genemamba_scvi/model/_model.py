@@ -242,7 +242,8 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         Parameters
         ----------
         adata
-            Cells x genes AnnData with raw integer counts (CSR recommended; CSC/dense are read per batch).
+            Cells x genes AnnData with raw integer counts (CSR, CSC or dense; CSC is copied to CSR, once per data
+            loader, for the rows it reads).
         layer
             Layer holding the raw counts (``None``: ``adata.X``).
         batch_key
