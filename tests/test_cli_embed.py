@@ -298,3 +298,20 @@ def test_embed_of_a_saved_model_without_its_manifest_or_of_scvi_tools_says_so(tm
         assert main(["embed", str(source), "--model", str(folder), "--out", str(tmp_path / "o.h5ad")]) != 0
         err = capsys.readouterr().err
         assert message in err and "vocab.json" not in err and "config.json is missing" not in err
+
+
+def test_embed_of_duplicated_var_names_says_so_once_in_the_commands_terms(tmp_path, saved, capsys):
+    # anndata's "Variable names are not unique" warning came twice, then an error with Python-only advice
+    path, adata, _ = saved
+    user = ad.read_h5ad(_user_file(adata, tmp_path / "cells.h5ad"))
+    names = list(user.var_names)
+    names[1] = names[0]
+    user.var_names = names
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        user.write_h5ad(tmp_path / "dup.h5ad")
+    assert main(["embed", str(tmp_path / "dup.h5ad"), "--model", str(path), "--out", str(tmp_path / "o.h5ad")]) != 0
+    err = capsys.readouterr().err
+    assert "not unique" not in err and err.count("error:") == 1
+    assert f"1 gene names occur in more than one column of var_names (e.g. ['{names[0]}'])" in err
+    assert "--gene-id-key" in err and not (tmp_path / "o.h5ad").exists()

@@ -162,7 +162,16 @@ def _embed(args: argparse.Namespace) -> int:
         raise ValueError("--key must name the obsm key to write (an empty key makes a file anndata cannot read back)")
     saved = looks_saved_by_load_side(args.model)  # load() then names a missing manifest or scvi-tools' model.pt
     _check_cli_model(args, out, saved)
-    adata = anndata.read_h5ad(source)
+    with warnings.catch_warnings():  # anndata's "Variable names are not unique" (twice): named once, below
+        warnings.filterwarnings("ignore", message="Variable names are not unique")
+        adata = anndata.read_h5ad(source)
+    if args.gene_id_key is None and not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()
+        raise ValueError(
+            f"{source}: {len(dup)} gene names occur in more than one column of var_names (e.g. {list(dup[:5])}); a "
+            "gene must name one column: make them unique in the file (in Python: adata.var_names_make_unique(), "
+            "then adata.write_h5ad(...)), or pass --gene-id-key with a var column of unique gene ids"
+        )
     if args.layer is None:
         counts = adata.X
     elif args.layer in adata.layers:
