@@ -1,4 +1,4 @@
-"""Human Ensembl gene id <-> gene symbol tables (embedded; GENCODE v44 and org.Hs.eg.db 3.16.0).
+"""Human Ensembl gene id <-> gene symbol tables (embedded; GENCODE v44 and org.Hs.eg.db 3.16.0) and their lookups.
 
 The data layer's own copy of the tables, so that :mod:`genemamba_scvi.data.vocab` matches gene ids without
 importing :mod:`genemamba_scvi.datasets` (which imports the data layer: that was an import cycle).
@@ -7,6 +7,9 @@ importing :mod:`genemamba_scvi.datasets` (which imports the data layer: that was
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from genemamba_scvi._resources import resource_path
@@ -14,7 +17,7 @@ from genemamba_scvi._resources import resource_path
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["load_gene_id_table"]
+__all__ = ["load_gene_id_table", "strip_ensembl_version"]
 
 _GENCODE_FILE = "genes/gencode_v44_gene_id2name.csv"
 _ORGHS_FILE = "genes/human_genes_orghs_2022.tsv"
@@ -59,3 +62,75 @@ def load_gene_id_table() -> pd.DataFrame:
     A new :class:`pandas.DataFrame` with string columns ``ensembl_id`` and ``symbol``.
     """
     return _gene_id_table_cached().copy()
+
+
+# ENSG00000141510, ENSG00000141510.12, ENSMUSG..., ENSG00000182378.15_PAR_Y
+_ENSEMBL_RE = re.compile(r"^(ENS[A-Z]*G\d+)(?:\.\d+)?(_PAR_Y)?$", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def strip_ensembl_version(name: str) -> str | None:
+    """Upper-case Ensembl gene id without version suffix, or ``None`` if ``name`` is not an Ensembl gene id.
+
+    ``"ENSG00000141510.12"`` -> ``"ENSG00000141510"``; a ``_PAR_Y`` suffix is kept
+    (``"ENSG00000182378.15_PAR_Y"`` -> ``"ENSG00000182378_PAR_Y"``) because it names a different locus.
+    """
+    m = _ENSEMBL_RE.match(name.strip())
+    if m is None:
+        return None
+    return m.group(1).upper() + (m.group(2).upper() if m.group(2) else "")
+
+
+@dataclass(frozen=True)
+class _GeneTable:
+    id2sym: dict[str, list[str]]
+    sym2id: dict[str, list[str]]
+    sym2id_lower: dict[str, list[str]]
+
+
+def _build_table(ensembl_ids: Iterable[str], symbols: Iterable[str]) -> _GeneTable:
+    id2sym: dict[str, list[str]] = {}
+    sym2id: dict[str, list[str]] = {}
+    sym2id_lower: dict[str, list[str]] = {}
+    for ens, sym in zip(ensembl_ids, symbols):
+        ens = ens.upper()
+        id2sym.setdefault(ens, []).append(sym)
+        sym2id.setdefault(sym, []).append(ens)
+        lst = sym2id_lower.setdefault(sym.lower(), [])
+        if ens not in lst:
+            lst.append(ens)
+    return _GeneTable(id2sym, sym2id, sym2id_lower)
+
+
+@functools.lru_cache(maxsize=1)
+def _gene_tables() -> tuple[_GeneTable, ...]:
+    """Ensembl id <-> symbol dictionaries: GENCODE v44, org.Hs.eg.db, and their union (loaded once)."""
+    by_source = _gene_id_tables_by_source()
+    union = _gene_id_table_cached()
+    return (
+        _build_table(by_source["gencode"]["ensembl_id"], by_source["gencode"]["symbol"]),
+        _build_table(by_source["orghs"]["ensembl_id"], by_source["orghs"]["symbol"]),
+        _build_table(union["ensembl_id"], union["symbol"]),
+    )
+
+
+def _gencode_genes(name: str) -> frozenset[str]:
+    """GENCODE v44 gene names (lower case) that ``name`` (a symbol or an Ensembl id) is; empty if GENCODE lacks it."""
+    gencode = _gene_tables()[0]
+    base = strip_ensembl_version(name)
+    if base is not None:
+        return frozenset(s.lower() for s in gencode.id2sym.get(base.removesuffix("_PAR_Y").upper(), []))
+    key = name.strip().lower()
+    return frozenset([key]) if key in gencode.sym2id_lower else frozenset()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _distinct_genes(a: str, b: str) -> bool:
+    """Whether GENCODE v44 holds ``a`` and ``b`` as two different genes (each a symbol or an Ensembl id).
+
+    org.Hs.eg.db lists Ensembl ids of overlapping or paralogous loci under some symbols (``HLA-DQA1`` with ids of
+    ``HLA-DQA2``, ``ADAMTSL4-AS1`` with ``MCL1``'s): a match through it, or through the union's extra hop, must not
+    read one current gene's counts as another's. Aliases and retired symbols (absent from GENCODE) still map.
+    """
+    ga, gb = _gencode_genes(a), _gencode_genes(b)
+    return bool(ga) and bool(gb) and ga.isdisjoint(gb)

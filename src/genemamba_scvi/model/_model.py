@@ -17,20 +17,19 @@ from scvi.data import AnnDataManager
 from scvi.data._constants import _SCVI_UUID_KEY
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
-from tqdm.auto import tqdm
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
-from genemamba_scvi._precision import inference_autocast, resolve_precision
+from genemamba_scvi._precision import resolve_precision
 from genemamba_scvi.data.normalize import compute_gene_medians
 from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
+from genemamba_scvi.model._inference import embed_cells
 from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin
 from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTrainRunner
 from genemamba_scvi.model._utils import (
     _MIN_GENE_OVERLAP,
     _check_choice,
-    _check_finite_embeddings,
     _check_gene_ids,
     _check_indices,
     _check_is_anndata,
@@ -41,7 +40,6 @@ from genemamba_scvi.model._utils import (
     _positions,
     _refuse_setup_kwargs,
     _register_query,
-    _save_kernel_cache,
     _validate_count_layer,
     _warn_if_untrained,
     _warn_unmatched_genes,
@@ -387,22 +385,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         loader = self._token_loader(adata, indices, check_count("batch_size", batch_size))
         n_cells = len(loader.indices)
         show = n_cells >= _PROGRESS_MIN_CELLS if progress_bar is None else bool(progress_bar)
-        # one output buffer filled in place: a list of per-batch tensors fragmented glibc's heap on CPU, whose
-        # resident memory then grew with the cells (~5 GB for 45k cells of a tiny model) though nothing held it
-        z = torch.empty(n_cells, self.module.encoder.d_model)
-        done = 0
-        with tqdm(total=n_cells, desc="Embedding cells", unit="cells", disable=not show, leave=False) as bar:
-            for tensors in loader:
-                with inference_autocast(resolved, device):
-                    inf = self.module.inference(**self.module._get_inference_input(tensors))
-                n = inf["z"].shape[0]
-                z[done : done + n] = inf["z"]
-                done += n
-                bar.update(n)
-        if device.type == "cuda":
-            _save_kernel_cache()
-        _check_finite_embeddings(z, self.module)
-        return z
+        return embed_cells(self.module, loader, device, resolved, show)
 
     def get_latent_representation(
         self,
