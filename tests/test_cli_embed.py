@@ -315,3 +315,26 @@ def test_embed_of_duplicated_var_names_says_so_once_in_the_commands_terms(tmp_pa
     assert "not unique" not in err and err.count("error:") == 1
     assert f"1 gene names occur in more than one column of var_names (e.g. ['{names[0]}'])" in err
     assert "--gene-id-key" in err and not (tmp_path / "o.h5ad").exists()
+
+
+def test_antibody_features_of_a_cell_ranger_file_are_refused_by_the_api_and_left_out_by_the_cli(
+    tmp_path, saved, capsys
+):
+    # an antibody feature named "CD4" took the CD4 gene's token (its direct match outranks the gene's Ensembl id)
+    from genemamba_scvi import GeneMambaModel
+
+    path, adata, z = saved
+    user = ad.read_h5ad(_user_file(adata, tmp_path / "cells.h5ad"))
+    antibody = ad.AnnData(X=user.X[:, :2].copy(), obs=user.obs[[]].copy())
+    antibody.var_names = ["CD4_ab", "CD14_ab"]
+    both = ad.concat([user, antibody], axis=1, merge="first")
+    both.obs = user.obs.copy()
+    both.var["feature_types"] = ["Gene Expression"] * user.n_vars + ["Antibody Capture"] * 2
+    with pytest.raises(ValueError, match=r"marks 2 of \d+ features as other than 'Gene Expression'.*Antibody Capture"):
+        GeneMambaModel.setup_anndata(both.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both.write_h5ad(tmp_path / "both.h5ad")
+    assert main(["embed", str(tmp_path / "both.h5ad"), "--model", str(path), "--out", str(tmp_path / "o.h5ad")]) == 0
+    assert "left out 2 features of var['feature_types']" in capsys.readouterr().err
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "o.h5ad").obsm["X_genemamba"], z, rtol=0, atol=1e-6)

@@ -290,3 +290,18 @@ def test_resolve_inputs_errors(files, tmp_path):
         resolve_inputs(tmp_path)
     with pytest.raises(ValueError, match="more than once"):
         resolve_inputs([files[0], files[0]])
+
+
+def test_build_corpus_refuses_features_that_are_not_gene_expression(tmp_path):
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from genemamba_scvi.data import build_corpus
+
+    adata = ad.AnnData(X=sp.csr_matrix(np.arange(1, 13, dtype=np.float32).reshape(3, 4)))
+    adata.var_names = ["CD3E", "MS4A1", "LYZ", "CD4"]
+    adata.var["feature_types"] = ["Gene Expression"] * 3 + ["Antibody Capture"]
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    with pytest.raises(ValueError, match=r"marks 1 of 4 features as other than 'Gene Expression'.*'CD4'"):
+        build_corpus([tmp_path / "cells.h5ad"], tmp_path / "corpus", max_genes=4, progress=False)

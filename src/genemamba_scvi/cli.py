@@ -183,7 +183,9 @@ def _embed(args: argparse.Namespace) -> int:
         )
     _check_cli_counts(adata, counts, args.layer, source)
     # the model sees a bare AnnData of the counts and genes: scvi's set-up columns never reach the written file
-    work = anndata.AnnData(X=counts, obs=pd.DataFrame(index=adata.obs_names.copy()), var=adata.var.copy())
+    genes = _gene_expression_rows(adata.var, source)
+    counts, var = (counts, adata.var.copy()) if genes is None else (counts[:, genes], adata.var[genes].copy())
+    work = anndata.AnnData(X=counts, obs=pd.DataFrame(index=adata.obs_names.copy()), var=var)
     if saved:
         if args.gene_id_key is not None:  # the ids in that column are the genes: matched to the saved vocabulary
             _check_gene_id_column(work, args.gene_id_key, source)
@@ -256,6 +258,29 @@ def _check_cli_model(args: argparse.Namespace, out: Path, saved: bool) -> None:
                 raise ValueError(
                     f"--out {out} is inside the model's directory {folder}; write the embedding somewhere else"
                 )
+
+
+def _gene_expression_rows(var: Any, source: Path) -> Any:
+    """Mask of the "Gene Expression" rows of a Cell Ranger file (``None``: no such column, or only genes).
+
+    Antibody or CRISPR features are no genes (the API refuses them); the command leaves them out and says so.
+    """
+    from genemamba_scvi.data.gene_ids import FEATURE_TYPE_COLUMNS
+
+    column = next((c for c in FEATURE_TYPE_COLUMNS if c in var.columns), None)
+    if column is None:
+        return None
+    kinds = var[column].astype(str)
+    genes = (kinds == "Gene Expression").to_numpy()
+    if genes.all():
+        return None
+    warnings.warn(
+        f"{source}: left out {int((~genes).sum())} features of var[{column!r}] other than 'Gene Expression' "
+        f"({kinds[~genes].value_counts().to_dict()}); the embedding reads the {int(genes.sum())} gene rows",
+        UserWarning,
+        stacklevel=2,
+    )
+    return genes
 
 
 def _check_gene_id_column(adata: Any, key: str, source: Path) -> None:

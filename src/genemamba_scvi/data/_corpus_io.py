@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from .gene_ids import refuse_non_gene_features
 from .normalize import NotCountsError, validate_counts
 from .vocab import GeneVocab
 
@@ -162,6 +163,7 @@ class _H5adRows:
                 self.format = "dense"
             self.n_obs, self.n_vars = (int(s) for s in self._matrix.shape)
             var = anndata.io.read_elem(f["var"])
+            refuse_non_gene_features(var, source=f"{str(path)!r}: adata")
             if gene_id_key is not None:
                 if gene_id_key not in var.columns:
                     raise ValueError(f"gene_id_key={gene_id_key!r} is not a var column of {str(path)!r}")

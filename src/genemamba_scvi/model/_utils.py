@@ -18,6 +18,7 @@ from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import ENCODER_FIELDS, MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
+from genemamba_scvi.data.gene_ids import refuse_non_gene_features
 from genemamba_scvi.data.normalize import NotCountsError, count_matrix, find_raw_counts, validate_counts
 
 
@@ -155,6 +156,7 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
     _refuse_backed(adata)
+    refuse_non_gene_features(adata.var)
     X = count_matrix(adata, layer)
     try:
         validate_counts(X, where)
