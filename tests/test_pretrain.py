@@ -267,6 +267,17 @@ def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path):
     torch.testing.assert_close(model.module.encoder.embedding.weight.detach(), trained)
     with pytest.raises(FileExistsError):
         GeneMambaModel.pretrain(corpus_dir, tmp_path / "model", max_steps=1, accelerator="cpu", **TINY)
+    # never set up on an AnnData: the user's set-up is kept (it was replaced by defaults, with a warning, and a
+    # gene_id_key given there was dropped: Python and `genemamba embed --gene-id-key` then embedded differently)
+    ids = load_celltypist_sample()[:40].copy()
+    ids.var["symbol_copy"] = ids.var_names.astype(str)
+    ids.var_names = [f"feature{i}" for i in range(ids.n_vars)]
+    GeneMambaModel.setup_anndata(ids, layer="counts", gene_id_key="symbol_copy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = GeneMambaModel.load(tmp_path / "model", adata=ids)
+    assert again.adata_manager.registry["setup_args"]["gene_id_key"] == "symbol_copy"
+    np.testing.assert_array_equal(again.get_latent_representation(), z)
 
 
 def test_model_pretrain_writes_beside_its_checkpoints_and_refuses_a_foreign_directory_before_training(

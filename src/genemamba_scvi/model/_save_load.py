@@ -343,7 +343,11 @@ class GeneMambaSaveLoadMixin:
         config = dict(ckpt.config)
         if min_gene_overlap is not None:
             config["min_gene_overlap"] = min_gene_overlap  # checked by GeneMambaModel
-        model = cls._from_parts(adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"), saved_setup=True)
+        # a model pre-trained on a corpus (pretrain) was never set up on an AnnData: the user's set-up is kept
+        saved_setup = "setup_args" in extra
+        model = cls._from_parts(
+            adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"), saved_setup=saved_setup
+        )
         if extra.get("label_names"):
             model.label_names_ = list(extra["label_names"])
             model.labels_key_ = extra.get("labels_key")
