@@ -105,6 +105,13 @@ def _saved_anndata(ckpt: Checkpoint) -> AnnData:
     return anndata.read_h5ad(dir_path / ANNDATA_FILE)
 
 
+#: ``convert_legacy_save``: inherited unchanged, it failed with a FileNotFoundError after creating an empty folder
+_NO_CONVERSION = (
+    "GeneMamba checkpoints need no conversion (scvi-tools' convert_legacy_save converts scvi-tools' own pre-0.15 "
+    "saves): load the folder with GeneMambaModel.load({dir_path!r}, adata=...); nothing was written to {out!r}"
+)
+
+
 class GeneMambaSaveLoadMixin:
     """``save`` / ``load`` in our checkpoint format and ``from_pretrained`` for the official checkpoints.
 
@@ -127,16 +134,8 @@ class GeneMambaSaveLoadMixin:
 
     @classmethod
     def convert_legacy_save(cls, dir_path: str | os.PathLike, output_dir_path: str | os.PathLike, *args, **kwargs):
-        """Not needed: GeneMamba checkpoints load as they are (:meth:`load`).
-
-        scvi-tools' method converts its own pre-0.15 saves (``model_params.pt``); inherited unchanged, it failed with
-        a ``FileNotFoundError`` on a GeneMamba folder after creating an empty ``output_dir_path``.
-        """
-        raise NotImplementedError(
-            f"GeneMamba checkpoints need no conversion (scvi-tools' convert_legacy_save converts scvi-tools' own "
-            f"pre-0.15 saves): load the folder with GeneMambaModel.load({str(dir_path)!r}, adata=...); nothing was "
-            f"written to {str(output_dir_path)!r}"
-        )
+        """Not needed: GeneMamba checkpoints load as they are (scvi-tools' converts its pre-0.15 saves)."""
+        raise NotImplementedError(_NO_CONVERSION.format(dir_path=str(dir_path), out=str(output_dir_path)))
 
     def save(
         self,
