@@ -265,18 +265,16 @@ def _gene_expression_rows(var: Any, source: Path) -> Any:
 
     Antibody or CRISPR features are no genes (the API refuses them); the command leaves them out and says so.
     """
-    from genemamba_scvi.data.gene_ids import FEATURE_TYPE_COLUMNS
+    from genemamba_scvi.data.gene_ids import non_gene_features
 
-    column = next((c for c in FEATURE_TYPE_COLUMNS if c in var.columns), None)
-    if column is None:
+    found = non_gene_features(var)
+    if found is None:
         return None
-    kinds = var[column].astype(str)
-    genes = (kinds == "Gene Expression").to_numpy()
-    if genes.all():
-        return None
+    column, genes = found
     warnings.warn(
         f"{source}: left out {int((~genes).sum())} features of var[{column!r}] other than 'Gene Expression' "
-        f"({kinds[~genes].value_counts().to_dict()}); the embedding reads the {int(genes.sum())} gene rows",
+        f"({var[column].astype(str)[~genes].value_counts().to_dict()}); the embedding reads the {int(genes.sum())} "
+        "gene rows",
         UserWarning,
         stacklevel=2,
     )

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 from genemamba_scvi._resources import resource_path
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
-__all__ = ["load_gene_id_table", "refuse_non_gene_features", "strip_ensembl_version"]
+__all__ = ["load_gene_id_table", "non_gene_features", "refuse_non_gene_features", "strip_ensembl_version"]
 
 _GENCODE_FILE = "genes/gencode_v44_gene_id2name.csv"
 _ORGHS_FILE = "genes/human_genes_orghs_2022.tsv"
@@ -140,22 +141,31 @@ def _distinct_genes(a: str, b: str) -> bool:
 FEATURE_TYPE_COLUMNS = ("feature_types", "feature_type")
 
 
+def non_gene_features(var: pd.DataFrame) -> tuple[str, np.ndarray] | None:
+    """``(column, mask of the gene rows)`` of features a ``feature_types`` column marks as not "Gene Expression".
+
+    ``None`` without such a column, or when it marks only genes (antibody capture and CRISPR features are no genes).
+    """
+    column = next((c for c in FEATURE_TYPE_COLUMNS if c in var.columns), None)
+    if column is None:
+        return None
+    genes = (var[column].astype(str) == "Gene Expression").to_numpy()
+    return None if genes.all() else (column, genes)
+
+
 def refuse_non_gene_features(var: pd.DataFrame, source: str = "adata") -> None:
     """Refuse features a ``feature_types`` column marks as other than "Gene Expression" (antibody capture, CRISPR).
 
     GeneMamba reads RNA counts; an antibody feature named like a gene ("CD4") took that gene's token (a direct match
     outranks the gene's own Ensembl id), and any other feature counted in the cell totals.
     """
-    column = next((c for c in FEATURE_TYPE_COLUMNS if c in var.columns), None)
-    if column is None:
-        return
-    kinds = var[column].astype(str)
-    other = (kinds != "Gene Expression").to_numpy()
-    if other.any():
-        by_kind = kinds[other].value_counts().to_dict()
-        names = [str(g) for g in var.index[other][:5]]
+    found = non_gene_features(var)
+    if found is not None:
+        column, genes = found
+        by_kind = var[column].astype(str)[~genes].value_counts().to_dict()
+        names = [str(g) for g in var.index[~genes][:5]]
         raise ValueError(
-            f"{source}.var[{column!r}] marks {int(other.sum())} of {len(kinds)} features as other than 'Gene "
+            f"{source}.var[{column!r}] marks {int((~genes).sum())} of {genes.size} features as other than 'Gene "
             f"Expression' ({by_kind}; e.g. {names}): GeneMamba reads RNA counts, and such features would be read as "
             f"genes. Keep the gene rows: adata = adata[:, adata.var[{column!r}] == 'Gene Expression'].copy()"
         )
