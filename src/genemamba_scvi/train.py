@@ -64,19 +64,29 @@ def logged_metrics(mode: str, module: Any, gamma: float) -> list[str]:
 
 
 def check_early_stopping_monitor(
-    trainer_kwargs: dict[str, Any], logged: Sequence[str], callbacks: Sequence[Any] = ()
+    trainer_kwargs: dict[str, Any], logged: Sequence[str], callbacks: Sequence[Any] = (), n_val: int | None = None
 ) -> None:
     """Refuse, before training, an early-stopping monitor the run never logs (Lightning fails after an epoch).
 
     Both ``early_stopping_monitor`` (with ``early_stopping=True``) and the ``monitor`` of a user's own strict
-    :class:`~lightning.pytorch.callbacks.EarlyStopping` in ``callbacks`` are checked.
+    :class:`~lightning.pytorch.callbacks.EarlyStopping` in ``callbacks`` are checked; with ``n_val=0`` (a run
+    without held-out cells) so is any early stopping on a validation metric.
     """
     from lightning.pytorch.callbacks import EarlyStopping
 
-    monitors = [cb.monitor for cb in callbacks if isinstance(cb, EarlyStopping) and cb.strict]
+    stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    monitors = [cb.monitor for cb in stoppers]
+    strict = [cb.monitor for cb in stoppers if cb.strict]
     if trainer_kwargs.get("early_stopping"):
         monitors.append(trainer_kwargs.get("early_stopping_monitor", "validation_loss"))
-    for monitor in monitors:
+        strict.append(monitors[-1])
+    on_validation = [monitor for monitor in monitors if "validation" in monitor]
+    if n_val == 0 and on_validation:
+        raise ValueError(
+            f"early stopping on {on_validation[0]!r} needs held-out cells, and none are: pass validation_size= (e.g. "
+            "0.01, or a number of cells)"
+        )
+    for monitor in strict:
         if monitor not in logged:
             accuracy = next((m for m in logged if m.endswith("accuracy_validation")), None)
             example = f"{accuracy!r}, early_stopping_mode='max'" if accuracy else "'validation_loss'"

@@ -354,10 +354,12 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
     def _token_loader(
         self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None, **kwargs: Any
     ) -> TokenDataLoader:
+        query = isinstance(adata, AnnData) and not self._registered_here(adata)  # its counts checked as set up now
         adata = self._validate_anndata(adata)
         _check_indices(indices, adata.n_obs)
         layer = self._setup_arg("layer")
-        _check_model_counts(adata, layer)
+        if not query:  # data registered before: changed since (normalised in place)?
+            _check_model_counts(adata, layer)
         tokenizer = self._tokenizer_for(adata)
         _check_known_genes_expressed(adata, layer, tokenizer.gene_token_ids, indices)
         return self._make_data_loader(

@@ -127,7 +127,7 @@ class GeneMambaSaveLoadMixin:
             "classifier_hidden": self.classifier_hidden_,
             "objective": self.module.objective,
             "is_trained": bool(self.is_trained_),
-            "random_encoder": bool(getattr(self, "_random_encoder", False)),
+            "random_encoder": bool(self._random_encoder),
             "history": _history_to_json(self.history_),
             "split": split_to_json(self),
         }

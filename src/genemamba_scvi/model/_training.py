@@ -159,6 +159,8 @@ class GeneMambaTrainingMixin:
     _head_cells: set[str] | None = None
     #: a split was saved with the model but could not be restored on the AnnData it was loaded with
     _split_lost: bool = False
+    #: only a head was trained, on a frozen encoder that was never trained (its embeddings are random)
+    _random_encoder: bool = False
     #: the current head's last split ({"indices": [train, validation, test], "sizes": requested_sizes(...)})
     _head_split: dict[str, Any] | None = None
 
@@ -440,7 +442,7 @@ class GeneMambaTrainingMixin:
         splitter_kwargs = dict(run_args.get("datasplitter_kwargs") or {})
         if split is not None and "external_indexing" not in splitter_kwargs:  # a continued head: the same cells
             run_args["datasplitter_kwargs"] = {**splitter_kwargs, "external_indexing": split}
-        random_encoder = not self.is_trained_ or getattr(self, "_random_encoder", False)
+        random_encoder = not self.is_trained_ or self._random_encoder
         self.module.encoder.requires_grad_(not freeze_encoder)
         start = [p.detach().clone() for p in self.module.classifier.parameters()]
         try:

@@ -115,7 +115,7 @@ def _warn_if_untrained(model: Any) -> None:
     """
     if not model.is_trained_:
         what = "this GeneMambaModel is not trained (model.is_trained is False)"
-    elif getattr(model, "_random_encoder", False):
+    elif model._random_encoder:
         what = (
             "only this GeneMambaModel's cell-type head is trained (train_classifier(freeze_encoder=True) on an "
             "encoder that was never trained)"

@@ -11,7 +11,6 @@ from typing import Any, Literal, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 
 from genemamba_scvi._constants import LENGTHS_KEY
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
@@ -167,17 +166,9 @@ def _check_early_stopping(
     trainer_kwargs: dict[str, Any], callbacks: Sequence[pl.Callback], n_val: int, module: GeneMambaModule, gamma: float
 ) -> None:
     """Early stopping checked before the first step, not after an epoch (scvi's Trainer monitors elbo_validation)."""
-    logged = logged_metrics("pretrain", module, gamma)
-    monitors = [cb.monitor for cb in callbacks if isinstance(cb, EarlyStopping)]
     if trainer_kwargs.get("early_stopping"):
-        monitors.append(trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss"))
-    on_validation = [monitor for monitor in monitors if "validation" in monitor]
-    if on_validation and not n_val:
-        raise ValueError(
-            f"early stopping on {on_validation[0]!r} needs held-out cells, and none are: pass validation_size= (e.g. "
-            "0.01, or a number of cells)"
-        )
-    check_early_stopping_monitor(trainer_kwargs, logged, callbacks)
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+    check_early_stopping_monitor(trainer_kwargs, logged_metrics("pretrain", module, gamma), callbacks, n_val)
 
 
 def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
