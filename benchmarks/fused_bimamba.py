@@ -291,10 +291,9 @@ def sweep_conv(
     fused._CONV_BLOCK = (32, 128)
     ref = fused.conv_both(xbc, w, b, pack.rev, seq)
     saved = fused._CONV_FWD_VARIANT, fused._CONV_TOK_BLOCK
-    fused._CONV_FWD_VARIANT = "tokens"
-    for cfg in CONV_TOK_SWEEP:  # the token forward (both rows of a token from one program)
-        fused._CONV_TOK_BLOCK = cfg
-        row = {"kernel": "fwd_tokens", "config": cfg}
+    for variant, cfg in [(v, c) for v in ("tokens", "lean") for c in CONV_TOK_SWEEP]:  # both rows of a token
+        fused._CONV_FWD_VARIANT, fused._CONV_TOK_BLOCK = variant, cfg
+        row = {"kernel": "fwd_tokens" if variant == "tokens" else "fwd_lean", "config": cfg}
         try:
             got = fused.conv_both(xbc, w, b, pack.rev, seq, cu_seqlens=pack.cu_seqlens)
             row["max_abs_diff_vs_rows"] = float((got.float() - ref.float()).abs().max())
@@ -329,7 +328,14 @@ SWEEP_BWD_2D = (
 
 #: Backward variants swept by ``--sweep-conv`` (``--conv-bwd-variants`` narrows them).
 CONV_BWD_SWEEP_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
-_SWEEP_BWD = {"fused": ("_CONV_BWD_FUSED_BLOCK", SWEEP_BWD_FUSED), "rows2d": ("_CONV_BWD_2D_BLOCK", SWEEP_BWD_2D)}
+# (tokens, channels, token blocks per program, warps) of "tokens2d" and "lean2d"
+SWEEP_BWD_TOK2D = ((16, 64, 8, 8), (16, 64, 16, 8), (16, 64, 4, 8), (16, 128, 8, 8), (16, 64, 8, 4), (8, 128, 8, 4))
+_SWEEP_BWD = {
+    "fused": ("_CONV_BWD_FUSED_BLOCK", SWEEP_BWD_FUSED),
+    "rows2d": ("_CONV_BWD_2D_BLOCK", SWEEP_BWD_2D),
+    "tokens2d": ("_CONV_BWD_TOK2D_BLOCK", SWEEP_BWD_TOK2D),
+    "lean2d": ("_CONV_BWD_TOK2D_BLOCK", SWEEP_BWD_TOK2D),
+}
 
 
 def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP_VARIANTS) -> list[dict[str, Any]]:
@@ -341,7 +347,8 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP
     """
     import triton
 
-    saved = fused._CONV_BWD_VARIANT, fused._CONV_BWD_BLOCK, fused._CONV_BWD_FUSED_BLOCK, fused._CONV_BWD_2D_BLOCK
+    names = ("_CONV_BWD_VARIANT", "_CONV_BWD_BLOCK", "_CONV_BWD_FUSED_BLOCK", "_CONV_BWD_2D_BLOCK", "_CONV_BWD_TOK2D_BLOCK")
+    saved = {n: getattr(fused, n) for n in names}
     T = xbc.shape[0]
     xx = xbc.detach().requires_grad_()
     ww, bb = w.detach().requires_grad_(), b.detach().requires_grad_()
@@ -370,7 +377,8 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP
             )
             print(rows[-1], flush=True)
     finally:
-        fused._CONV_BWD_VARIANT, fused._CONV_BWD_BLOCK, fused._CONV_BWD_FUSED_BLOCK, fused._CONV_BWD_2D_BLOCK = saved
+        for n, v in saved.items():
+            setattr(fused, n, v)
     return rows
 
 
@@ -709,6 +717,7 @@ def main(argv: list[str] | None = None) -> None:
                 "bf16dpre": "BLOCK_R, BLOCK_C, ROW_ITERS (nn.fused._CONV_BWD_BLOCK)",
                 "fused": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_FUSED_BLOCK)",
                 "rows2d": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_2D_BLOCK)",
+                "tokens2d, lean2d": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_TOK2D_BLOCK)",
             },
         }
         Path(a.out).write_text(json.dumps({**info, "sweep_conv": sweep}, indent=1))

@@ -77,19 +77,20 @@ def _switched(switches: dict[str, Any]) -> Iterator[None]:
             setattr(*tp._switch(k), v)
 
 
-def enqueue_and_wall_ms(run: tp.Runner, model: str, b: dict[str, Any]) -> tuple[float, float]:
-    """Milliseconds the host takes to enqueue one training step, and the step's wall time (GPU synchronised)."""
+def enqueue_and_wall_ms(run: tp.Runner, model: str, b: dict[str, Any], mode: str = "train") -> tuple[float, float]:
+    """Milliseconds the host takes to enqueue one step (``mode``: train or infer), and the step's wall time (GPU
+    synchronised)."""
     run._sync()
     t0 = time.perf_counter()
-    run.step(model, "train", b)
+    run.step(model, mode, b)
     t_host = time.perf_counter()
     run._sync()
     return (t_host - t0) * 1e3, (time.perf_counter() - t0) * 1e3
 
 
-def _timed_step(run: tp.Runner, model: str, b: dict[str, Any]) -> float:
-    """Wall time in seconds of one training step of ``model`` on batch ``b``, the GPU synchronised around it."""
-    return enqueue_and_wall_ms(run, model, b)[1] / 1e3
+def _timed_step(run: tp.Runner, model: str, b: dict[str, Any], mode: str = "train") -> float:
+    """Wall time in seconds of one step of ``model`` on batch ``b``, the GPU synchronised around it."""
+    return enqueue_and_wall_ms(run, model, b, mode)[1] / 1e3
 
 
 def _allocator_counts() -> dict[str, int]:
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=8, help="distinct batches, used in turn")
     p.add_argument("--k", type=int, default=2048, help="cap on genes per cell (top-k)")
     p.add_argument("--cells", type=int, default=48)
+    p.add_argument("--mode", choices=("train", "infer"), default="train", help="training steps or inference passes")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_ab.json"))
     p.add_argument("--seed", type=int, default=0)
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     arms = {arm.partition(":")[0] if ":" in arm else arm: _arm_switches(arm) for arm in a.arms}  # label: arm
     if any(m == "transformer_varlen" for m, _ in arms.values()) and not (run.cuda and tp._has_varlen_attn()):
         raise SystemExit("transformer_varlen needs CUDA and torch.nn.attention.varlen")
-    setting = dict(kind="real", n=min(a.k, 128) if a.smoke else a.k, mode="train", cells=6 if a.smoke else a.cells)
+    setting = dict(kind="real", n=min(a.k, 128) if a.smoke else a.k, mode=a.mode, cells=6 if a.smoke else a.cells)
     rng = np.random.default_rng([a.seed, setting["n"], 1, setting["cells"]])
     batches = [run.make_batch(setting, rng) for _ in range(a.batches)]
     times: dict[str, list[float]] = {arm: [] for arm in arms}
@@ -331,12 +333,12 @@ def main(argv: list[str] | None = None) -> None:
             model, switches = arms[arm]
             with _switched(switches):
                 before = _allocator_counts() if run.cuda else None
-                dt = _timed_step(run, model, b)
+                dt = _timed_step(run, model, b, a.mode)
                 if before is not None and rnd >= a.warmup_rounds:
                     after = _allocator_counts()
                     for key in after:
                         alloc[arm][key] = alloc[arm].get(key, 0) + after[key] - before[key]
-                if model == "genemamba" and rnd in (a.warmup_rounds, a.warmup_rounds + a.rounds - 1):
+                if a.mode == "train" and model == "genemamba" and rnd in (a.warmup_rounds, a.warmup_rounds + a.rounds - 1):
                     finite[arm].append(_grads_finite(run.mamba))
             if rnd >= a.warmup_rounds:
                 times[arm].append(dt)
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
             if arm != "transformer_varlen"
         }
         out["vs_transformer_varlen_note"] = "per arm: median of (packed transformer step time / arm step time)"
-    if a.profile and run.cuda:
+    if a.profile and run.cuda and a.mode == "train":
         prof_names = [n for n in names if a.profile_arms is None or n in a.profile_arms]
         out["profile"] = _profile(run, arms, prof_names, batches[0], Path(a.trace_dir) if a.trace_dir else None)
         for arm, prof in out["profile"].items():

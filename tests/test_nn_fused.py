@@ -88,7 +88,7 @@ def _tiny_block(seed: int | None):
     return block, p, torch.randn(p.n_tokens, 16, device=DEVICE)
 
 
-@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d"])
+@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d", "lean2d"])
 def conv_bwd_variant(request, monkeypatch):
     """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test."""
     from genemamba_scvi.nn import fused
@@ -100,7 +100,7 @@ def conv_bwd_variant(request, monkeypatch):
         monkeypatch.setattr(fused, "_CONV_BWD_BLOCK", (8, 8, 2))
     if request.param == "rows2d":
         monkeypatch.setattr(fused, "_CONV_BWD_2D_BLOCK", (8, 8, 2, 4))
-    if request.param == "tokens2d":
+    if request.param in ("tokens2d", "lean2d"):
         monkeypatch.setattr(fused, "_CONV_BWD_TOK2D_BLOCK", (8, 8, 2, 4))
     return request.param
 
@@ -130,20 +130,22 @@ def test_conv_both_equals_gather_then_causal_conv_outputs_and_gradients(monkeypa
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv_both_token_forward_equals_the_row_forward_and_the_reference(monkeypatch, bias):
-    """``_CONV_FWD_VARIANT = "tokens"`` (taps checked against the cell bounds): ragged and empty cells, cells
-    shorter than the taps, a partial last token block and channel block, a strided column slice."""
+@pytest.mark.parametrize("variant", ["tokens", "lean"])
+def test_conv_both_token_forward_equals_the_row_forward_and_the_reference(monkeypatch, bias, variant):
+    """``_CONV_FWD_VARIANT = "tokens"`` (taps checked against the cell bounds) and ``"lean"`` (blocks inside one
+    cell unmasked): ragged and empty cells, cells shorter than the taps, token blocks inside one cell (the 30- and
+    41-token cells) and across cells, a partial last token block and channel block, a strided column slice."""
     from genemamba_scvi.nn import fused
 
     monkeypatch.setattr(fused, "_CONV_TOK_BLOCK", (8, 8, 4))
     torch.manual_seed(13)
-    p = _pack([5, 1, 3, 0, 17, 2, 9, 30])
+    p = _pack([5, 1, 3, 0, 17, 2, 9, 30, 41])
     T, C, K = p.n_tokens, 12, 4
     full = torch.randn(T, C + 7, device=DEVICE)
     w, b = torch.randn(C, K, device=DEVICE), torch.randn(C, device=DEVICE) if bias else None
     args = (full[:, 3 : 3 + C], w, b, p.rev, p.seq_idx[0])
     ref = conv_both_reference(*args)
-    monkeypatch.setattr(fused, "_CONV_FWD_VARIANT", "tokens")
+    monkeypatch.setattr(fused, "_CONV_FWD_VARIANT", variant)
     got = conv_both(*args, cu_seqlens=p.cu_seqlens)
     assert _rel(got, ref) < 1e-5
     monkeypatch.setattr(fused, "_CONV_FWD_VARIANT", "rows")
@@ -162,7 +164,7 @@ def test_conv_both_without_bias_and_every_variant_gives_the_same_gradients(monke
     (x_r, w_r), _ = _leaves(x, w)
     ref = conv_both_reference(x_r, w_r, None, p.rev, p.seq_idx[0])
     want = torch.autograd.grad(ref, [x_r, w_r], g)
-    for variant in ("v2", "bf16dpre", "fused", "tokens", "rows2d", "tokens2d"):
+    for variant in ("v2", "bf16dpre", "fused", "tokens", "rows2d", "tokens2d", "lean2d"):
         monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", variant)
         (xx, ww), _ = _leaves(x, w)
         got = torch.autograd.grad(conv_both(xx, ww, None, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens), [xx, ww], g)
@@ -223,7 +225,7 @@ def test_conv_both_never_mixes_tokens_of_different_cells(conv_bwd_variant):
 
 
 @pytest.mark.parametrize("K", [1, 2, 3, 5])
-@pytest.mark.parametrize("variant", ["rows2d", "tokens2d"])
+@pytest.mark.parametrize("variant", ["rows2d", "tokens2d", "lean2d"])
 def test_conv_both_two_dimensional_backward_takes_any_tap_count(monkeypatch, K, variant):
     """``"rows2d"`` and ``"tokens2d"`` keep one accumulator per tap for up to 4 taps (unused ones neither loaded nor
     stored) and fall back to a 3-D kernel past 4: gradients equal the reference's for each count."""

@@ -119,36 +119,68 @@ def conv_both_fwd_kernel(x_ptr, w_ptr, b_ptr, rev_ptr, seq_ptr, out_ptr, T, C, s
     )
 
 
+@triton.jit
+def _silu_fast(v):
+    """``v * sigmoid(v)`` with ``exp2`` and an approximate division (relative error ~2^-22: below bf16's rounding)."""
+    return tl.fdiv(v, 1.0 + tl.exp2(v * -1.4426950408889634), ieee_rounding=False)
+
+
 @triton.jit(do_not_specialize=["T"])
 def conv_both_fwd_tok_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, out_ptr, T, C, stride_x, stride_w, stride_out,
-    K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    LEAN: tl.constexpr = False
 ):
     """``conv_both`` forward by token: both output rows of each token of a block.
 
     Token ``t`` of cell ``[s, e)`` writes its forward row ``t`` and its reversed row ``T + s + e - 1 - t``; the two
     share the centre tap, and a tap is inside the cell when ``t - m >= s`` (forward) or ``t + m < e`` (reversed):
     the cell's bounds instead of one cell-id load per tap.
+
+    ``LEAN`` (fewer instructions a value: the kernel is about as bound by issue as by memory): a full channel block
+    whose taps all lie inside one cell (most blocks: cells have hundreds of tokens) loads them with no mask, and
+    SiLU is taken by ``exp2`` and an approximate division (:func:`_silu_fast`); other blocks take the checked path.
     """
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     tok, tm, mask, s, e, t64 = _token_block(tl.program_id(0), 0, 1, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
-    x0 = tl.load(x_ptr + t64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    xp = x_ptr + t64[:, None] * stride_x + cols[None, :]
     w_c = tl.load(w_ptr + cols * stride_w + (K - 1), mask=cmask, other=0.0).to(tl.float32)
-    acc_f = x0.to(tl.float32) * w_c[None, :]
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
     if HAS_BIAS:
-        acc_f += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    acc_r = acc_f
-    for m in tl.static_range(1, K):
-        wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)[None, :]
-        ok = tm & (tok - m >= s)
-        acc_f += tl.load(x_ptr + (t64 - m)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
-                         other=0.0).to(tl.float32) * wv
-        ok = tm & (tok + m < e)
-        acc_r += tl.load(x_ptr + (t64 + m)[:, None] * stride_x + cols[None, :], mask=ok[:, None] & cmask[None, :],
-                         other=0.0).to(tl.float32) * wv
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    inside = False
+    if LEAN:
+        t0 = tl.program_id(0) * BLOCK_R
+        first = tl.load(seq_ptr + t0)
+        last = tl.load(seq_ptr + tl.minimum(t0 + BLOCK_R - 1, T - 1))
+        inside = (first == last) & (t0 + BLOCK_R - 1 < T) & ((tl.program_id(1) + 1) * BLOCK_C <= C)
+        inside = inside & (t0 - (K - 1) >= tl.load(cu_ptr + first))
+        inside = inside & (t0 + BLOCK_R - 1 + (K - 1) < tl.load(cu_ptr + first + 1))
+    if inside:  # every tap of every token inside the block's one cell, every channel in range: no masks
+        acc_f = tl.load(xp).to(tl.float32) * w_c[None, :] + bias[None, :]
+        acc_r = acc_f
+        for m in tl.static_range(1, K):
+            wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m)).to(tl.float32)[None, :]
+            acc_f += tl.load(xp - m * stride_x).to(tl.float32) * wv
+            acc_r += tl.load(xp + m * stride_x).to(tl.float32) * wv
+    else:
+        acc_f = tl.load(xp, mask=mask, other=0.0).to(tl.float32) * w_c[None, :] + bias[None, :]
+        acc_r = acc_f
+        for m in tl.static_range(1, K):
+            wv = tl.load(w_ptr + cols * stride_w + (K - 1 - m), mask=cmask, other=0.0).to(tl.float32)[None, :]
+            ok = tm & (tok - m >= s)
+            acc_f += tl.load(x_ptr + (t64 - m)[:, None] * stride_x + cols[None, :],
+                             mask=ok[:, None] & cmask[None, :], other=0.0).to(tl.float32) * wv
+            ok = tm & (tok + m < e)
+            acc_r += tl.load(x_ptr + (t64 + m)[:, None] * stride_x + cols[None, :],
+                             mask=ok[:, None] & cmask[None, :], other=0.0).to(tl.float32) * wv
     if SILU:
-        acc_f = acc_f * tl.sigmoid(acc_f)
-        acc_r = acc_r * tl.sigmoid(acc_r)
+        if LEAN:
+            acc_f = _silu_fast(acc_f)
+            acc_r = _silu_fast(acc_r)
+        else:
+            acc_f = acc_f * tl.sigmoid(acc_f)
+            acc_r = acc_r * tl.sigmoid(acc_r)
     tl.store(out_ptr + t64[:, None] * stride_out + cols[None, :], acc_f.to(out_ptr.dtype.element_ty), mask=mask)
     r64 = (T + s + e - 1 - tok).to(tl.int64)
     tl.store(out_ptr + r64[:, None] * stride_out + cols[None, :], acc_r.to(out_ptr.dtype.element_ty), mask=mask)
