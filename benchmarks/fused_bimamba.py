@@ -328,13 +328,12 @@ SWEEP_BWD_2D = (
 
 #: Backward variants swept by ``--sweep-conv`` (``--conv-bwd-variants`` narrows them).
 CONV_BWD_SWEEP_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d")
-# (tokens, channels, token blocks per program, warps) of "tokens2d" and "lean2d"
+# (tokens, channels, token blocks per program, warps) of "tokens2d" (session 22 also swept "lean2d", since removed)
 SWEEP_BWD_TOK2D = ((16, 64, 8, 8), (16, 64, 16, 8), (16, 64, 4, 8), (16, 128, 8, 8), (16, 64, 8, 4), (8, 128, 8, 4))
 _SWEEP_BWD = {
     "fused": ("_CONV_BWD_FUSED_BLOCK", SWEEP_BWD_FUSED),
     "rows2d": ("_CONV_BWD_2D_BLOCK", SWEEP_BWD_2D),
     "tokens2d": ("_CONV_BWD_TOK2D_BLOCK", SWEEP_BWD_TOK2D),
-    "lean2d": ("_CONV_BWD_TOK2D_BLOCK", SWEEP_BWD_TOK2D),
 }
 
 
@@ -347,7 +346,8 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP
     """
     import triton
 
-    names = ("_CONV_BWD_VARIANT", "_CONV_BWD_BLOCK", "_CONV_BWD_FUSED_BLOCK", "_CONV_BWD_2D_BLOCK", "_CONV_BWD_TOK2D_BLOCK")
+    names = ("_CONV_BWD_VARIANT", "_CONV_BWD_BLOCK", "_CONV_BWD_FUSED_BLOCK", "_CONV_BWD_2D_BLOCK")
+    names += ("_CONV_BWD_TOK2D_BLOCK",)
     saved = {n: getattr(fused, n) for n in names}
     T = xbc.shape[0]
     xx = xbc.detach().requires_grad_()
@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None) -> None:
                 "bf16dpre": "BLOCK_R, BLOCK_C, ROW_ITERS (nn.fused._CONV_BWD_BLOCK)",
                 "fused": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_FUSED_BLOCK)",
                 "rows2d": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_2D_BLOCK)",
-                "tokens2d, lean2d": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_TOK2D_BLOCK)",
+                "tokens2d": "BLOCK_R, BLOCK_C, ROW_ITERS, num_warps (nn.fused._CONV_BWD_TOK2D_BLOCK)",
             },
         }
         Path(a.out).write_text(json.dumps({**info, "sweep_conv": sweep}, indent=1))

@@ -338,7 +338,8 @@ def main(argv: list[str] | None = None) -> None:
                     after = _allocator_counts()
                     for key in after:
                         alloc[arm][key] = alloc[arm].get(key, 0) + after[key] - before[key]
-                if a.mode == "train" and model == "genemamba" and rnd in (a.warmup_rounds, a.warmup_rounds + a.rounds - 1):
+                last = rnd in (a.warmup_rounds, a.warmup_rounds + a.rounds - 1)
+                if a.mode == "train" and model == "genemamba" and last:
                     finite[arm].append(_grads_finite(run.mamba))
             if rnd >= a.warmup_rounds:
                 times[arm].append(dt)

@@ -88,7 +88,7 @@ def _tiny_block(seed: int | None):
     return block, p, torch.randn(p.n_tokens, 16, device=DEVICE)
 
 
-@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d", "lean2d"])
+@pytest.fixture(params=["v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d"])
 def conv_bwd_variant(request, monkeypatch):
     """Each backward of ``conv_both`` (``nn.fused._CONV_BWD_VARIANT``), restored after the test."""
     from genemamba_scvi.nn import fused
@@ -100,7 +100,7 @@ def conv_bwd_variant(request, monkeypatch):
         monkeypatch.setattr(fused, "_CONV_BWD_BLOCK", (8, 8, 2))
     if request.param == "rows2d":
         monkeypatch.setattr(fused, "_CONV_BWD_2D_BLOCK", (8, 8, 2, 4))
-    if request.param in ("tokens2d", "lean2d"):
+    if request.param == "tokens2d":
         monkeypatch.setattr(fused, "_CONV_BWD_TOK2D_BLOCK", (8, 8, 2, 4))
     return request.param
 
@@ -164,7 +164,7 @@ def test_conv_both_without_bias_and_every_variant_gives_the_same_gradients(monke
     (x_r, w_r), _ = _leaves(x, w)
     ref = conv_both_reference(x_r, w_r, None, p.rev, p.seq_idx[0])
     want = torch.autograd.grad(ref, [x_r, w_r], g)
-    for variant in ("v2", "bf16dpre", "fused", "tokens", "rows2d", "tokens2d", "lean2d"):
+    for variant in ("v2", "bf16dpre", "fused", "tokens", "rows2d", "tokens2d"):
         monkeypatch.setattr(fused, "_CONV_BWD_VARIANT", variant)
         (xx, ww), _ = _leaves(x, w)
         got = torch.autograd.grad(conv_both(xx, ww, None, p.rev, p.seq_idx[0], cu_seqlens=p.cu_seqlens), [xx, ww], g)
@@ -225,7 +225,7 @@ def test_conv_both_never_mixes_tokens_of_different_cells(conv_bwd_variant):
 
 
 @pytest.mark.parametrize("K", [1, 2, 3, 5])
-@pytest.mark.parametrize("variant", ["rows2d", "tokens2d", "lean2d"])
+@pytest.mark.parametrize("variant", ["rows2d", "tokens2d"])
 def test_conv_both_two_dimensional_backward_takes_any_tap_count(monkeypatch, K, variant):
     """``"rows2d"`` and ``"tokens2d"`` keep one accumulator per tap for up to 4 taps (unused ones neither loaded nor
     stored) and fall back to a 3-D kernel past 4: gradients equal the reference's for each count."""

@@ -248,9 +248,11 @@ def test_resume_with_accumulation_writes_each_step_checkpoint_once_and_reproduce
 
 
 # ---------------------------------------------------------------------------------------------- model wrapper
-def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path):
+def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path, monkeypatch):
     from genemamba_scvi import GeneMambaModel
     from genemamba_scvi.datasets import load_celltypist_sample
+
+    monkeypatch.chdir(tmp_path)  # where a logger would write
 
     result = GeneMambaModel.pretrain(
         corpus_dir, tmp_path / "model", max_steps=2, batch_size=16, accelerator="cpu", enable_progress_bar=False, **TINY
@@ -262,6 +264,10 @@ def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path):
     np.testing.assert_array_equal(model.gene_medians_, result.gene_medians)
     z = model.get_latent_representation()
     assert z.shape == (40, 32) and np.isfinite(z).all()
+    # the run's loss curve came along (it was None: pretraining ran with no logger), and nothing was logged to disk
+    assert model.history["train_loss"].index.name == "epoch" and len(model.history["train_loss"]) == 1
+    assert np.isfinite(model.history["train_loss"].to_numpy()).all() and "lm_loss_train" in model.history
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     # the saved weights are the trained ones
     trained = result.module.encoder.embedding.weight.detach()
     torch.testing.assert_close(model.module.encoder.embedding.weight.detach(), trained)

@@ -523,7 +523,9 @@ def test_training_under_ddp_as_the_error_for_several_devices_advises(tmp_path):
         "    print('rank', model.trainer.global_rank, 'trained', model.is_trained)\n"
     )
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
+    run = subprocess.run(  # in tmp_path: scvi-tools' Trainer keeps a DDP run's history in ./lightning_logs
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "rank 0 trained True" in run.stdout and "rank 1 trained True" in run.stdout
 

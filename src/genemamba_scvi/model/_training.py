@@ -499,6 +499,7 @@ class GeneMambaTrainingMixin:
         from genemamba_scvi.data.corpus import TokenCorpus
         from genemamba_scvi.io import write_checkpoint
         from genemamba_scvi.io._checkpoint import check_checkpoint_target
+        from genemamba_scvi.model._save_load import _history_to_json
         from genemamba_scvi.pretrain import pretrain_from_corpus
 
         save_dir = Path(save_dir).expanduser()
@@ -517,6 +518,7 @@ class GeneMambaTrainingMixin:
                 "objective": result.module.objective,
                 "is_trained": True,
                 "pretrained_on": str(corpus_dir),
+                "history": _history_to_json(_safe_load_logger_history(result.trainer)),
             }
             write_checkpoint(
                 save_dir,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from genemamba_scvi.nn._triton_bimamba import _anchor, _cell_bounds, _silu_grad, _tap, _token_block
+from genemamba_scvi.nn._triton_bimamba import _anchor, _silu_grad, _tap, _token_block
 
 # fmt: off
 
@@ -151,24 +151,10 @@ def _tok_tap(x_ptr, t64, m: tl.constexpr, ok, cols, cmask, stride_x, K: tl.const
         return tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
 
 
-@triton.jit
-def _tok_tap_early(x_ptr, t64, m: tl.constexpr, inside, in_array, cols, cmask, stride_x, K: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
-):
-    """``_tok_tap`` whose load is masked by the array's bounds (``in_array``) only and zeroed outside the cell
-    (``inside``) afterwards: the load does not wait for the cell bounds."""
-    if m * m < K * K:
-        v = tl.load(x_ptr + (t64 + m)[:, None] * stride_x + cols[None, :], mask=in_array[:, None] & cmask[None, :],
-                    other=0.0).to(tl.float32)
-        return tl.where(inside[:, None], v, 0.0)
-    else:
-        return tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-
-
 @triton.jit(do_not_specialize=["T"])
 def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_ptr, dpre_ptr, dw_part_ptr,
     db_part_ptr, T, C, stride_x, stride_w, stride_dout, K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr, LEAN: tl.constexpr = False
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_ITERS: tl.constexpr
 ):
     """``conv_both_bwd_pre2d_kernel`` by token: both rows of each token of a block, ``[tokens, channels]`` tiles.
 
@@ -178,46 +164,20 @@ def conv_both_bwd_pre_tok2d_kernel(x_ptr, w_ptr, b_ptr, seq_ptr, cu_ptr, dout_pt
     reversal index per row and a cell id per tap, the centre tap is loaded once for both rows, and ``dpre`` is
     stored by anchor (rows ``t`` and ``T + t``, contiguous). Tap distance ``m`` meets weight column
     ``K - 1 - m`` in both directions, so one accumulator per tap takes both rows' terms. ``K <= 4``.
-
-    ``LEAN``: each block's cell bounds are loaded during the block before it, and its taps are loaded masked by the
-    array's bounds only (zeroed outside the cell afterwards), so a block's loads all start at once instead of
-    after two dependent loads (cell id, then bounds): the kernel was bound by that chain of latencies (~4x its
-    byte floor on an H200, ``benchmarks/NOTES_throughput.md`` section 24).
     """
     pid_r = tl.program_id(0)
     cols, cmask, w0, w1, w2, w3, bias = _tap_weights(w_ptr, b_ptr, C, stride_w, K, HAS_BIAS, BLOCK_C)
     zero = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     acc_b, acc0, acc1, acc2, acc3 = zero, zero, zero, zero, zero  # (immutable values: each += rebinds)
-    tok_n = pid_r * ROW_ITERS * BLOCK_R + tl.arange(0, BLOCK_R)
-    s_n, e_n = _cell_bounds(seq_ptr, cu_ptr, tok_n, tok_n < T)
     for it in range(ROW_ITERS):
-        if LEAN:
-            tok = (pid_r * ROW_ITERS + it) * BLOCK_R + tl.arange(0, BLOCK_R)
-            tm = tok < T
-            mask2 = tm[:, None] & cmask[None, :]
-            t64 = tok.to(tl.int64)
-            s, e = s_n, e_n
-            tok_n = tok + BLOCK_R  # the next block's bounds, used in the next iteration
-            s_n, e_n = _cell_bounds(seq_ptr, cu_ptr, tok_n, (tok_n < T) & (it + 1 < ROW_ITERS))
-            x0 = _tok_tap(x_ptr, t64, 0, tm, cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xf1 = _tok_tap_early(x_ptr, t64, -1, tok - 1 >= s, tm & (tok >= 1), cols, cmask, stride_x, K, BLOCK_R,
-                                 BLOCK_C)
-            xf2 = _tok_tap_early(x_ptr, t64, -2, tok - 2 >= s, tm & (tok >= 2), cols, cmask, stride_x, K, BLOCK_R,
-                                 BLOCK_C)
-            xf3 = _tok_tap_early(x_ptr, t64, -3, tok - 3 >= s, tm & (tok >= 3), cols, cmask, stride_x, K, BLOCK_R,
-                                 BLOCK_C)
-            xr1 = _tok_tap_early(x_ptr, t64, 1, tok + 1 < e, tok + 1 < T, cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xr2 = _tok_tap_early(x_ptr, t64, 2, tok + 2 < e, tok + 2 < T, cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xr3 = _tok_tap_early(x_ptr, t64, 3, tok + 3 < e, tok + 3 < T, cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-        else:
-            tok, tm, mask2, s, e, t64 = _token_block(pid_r, it, ROW_ITERS, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
-            x0 = _tok_tap(x_ptr, t64, 0, tm, cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xf1 = _tok_tap(x_ptr, t64, -1, tm & (tok - 1 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xf2 = _tok_tap(x_ptr, t64, -2, tm & (tok - 2 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xf3 = _tok_tap(x_ptr, t64, -3, tm & (tok - 3 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xr1 = _tok_tap(x_ptr, t64, 1, tm & (tok + 1 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xr2 = _tok_tap(x_ptr, t64, 2, tm & (tok + 2 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
-            xr3 = _tok_tap(x_ptr, t64, 3, tm & (tok + 3 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        tok, tm, mask2, s, e, t64 = _token_block(pid_r, it, ROW_ITERS, BLOCK_R, T, cmask, seq_ptr, cu_ptr)
+        x0 = _tok_tap(x_ptr, t64, 0, tm, cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xf1 = _tok_tap(x_ptr, t64, -1, tm & (tok - 1 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xf2 = _tok_tap(x_ptr, t64, -2, tm & (tok - 2 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xf3 = _tok_tap(x_ptr, t64, -3, tm & (tok - 3 >= s), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xr1 = _tok_tap(x_ptr, t64, 1, tm & (tok + 1 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xr2 = _tok_tap(x_ptr, t64, 2, tm & (tok + 2 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
+        xr3 = _tok_tap(x_ptr, t64, 3, tm & (tok + 3 < e), cols, cmask, stride_x, K, BLOCK_R, BLOCK_C)
         centre = x0 * w0[None, :] + bias[None, :]
         pre_f = centre + xf1 * w1[None, :] + xf2 * w2[None, :] + xf3 * w3[None, :]
         pre_r = centre + xr1 * w1[None, :] + xr2 * w2[None, :] + xr3 * w3[None, :]

@@ -79,8 +79,8 @@ _CONV_BLOCK = (32, 128)  # rows x channels of the forward conv kernel ("rows")
 # tap) or "tokens" (one program per block of tokens writes both directions' rows; taps checked against the cell's
 # bounds, given cu_seqlens). H200, 359k tokens (benchmarks/results/conv_fwd_sweep_h200.json): tokens 16x128 (4 warps)
 # 1.17 ms (2.07 TB/s), rows 32x128 1.70 ms (1.42 TB/s), best of 9 and 6 shapes.
-# "lean" (session 22): "tokens" whose blocks lying inside one cell load their taps unmasked, SiLU by exp2 and an
-# approximate division (43.5 against 61 SASS instructions a token-channel pair, sm_90 compile of 16x128, 4 warps).
+# "lean" (session 22, off): blocks inside one cell unmasked, a faster SiLU; H100 inference 0.994x the default's time
+# (benchmarks/results/infer_ab_s22_lean_256_h100.json; kernel 1.25 against 1.23 ms at each one's best shape).
 _CONV_FWD_VARIANT = "tokens"
 _CONV_TOK_BLOCK = (16, 128, 4)  # tokens x channels x warps of the "tokens" forward
 _CONV_BWD_BLOCK = (16, 64, 8)  # rows x channels x row blocks per program of the conv backward ("v2", "bf16dpre")
@@ -100,9 +100,8 @@ _CONV_BWD_VARIANT = "tokens2d"
 # cell bounds read once per token, the centre tap shared (nn/_triton_conv.py, conv_both_bwd_pre_tok2d_kernel);
 # written in session 10 after the second pass's cell-bounds kernel cut that pass by 35%. H200, interleaved A/B
 # (benchmarks/results/train_ab_s11_call1_h200.json): step time 0.993x "rows2d"'s (95% interval 0.991-0.998). Without
-# cu_seqlens it runs "rows2d"; with K > 4, "tokens". "lean2d" (session 22): "tokens2d" whose first kernel loads each
-# token block's cell bounds one block ahead and its taps without waiting for them (LEAN).
-_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d", "lean2d")
+# cu_seqlens it runs "rows2d"; with K > 4, "tokens".
+_CONV_BWD_VARIANTS = ("v2", "bf16dpre", "fused", "tokens", "span", "rows2d", "tokens2d")
 #: Second pass of the two-pass conv backward (dx from the pre-activation gradients): taps checked against each
 #: token's cell bounds, read once (given cu_seqlens; ``_triton_conv.conv_both_bwd_dx_bounds_kernel``), or one
 #: cell-id load per tap and direction (False; an ablation). H200, interleaved A/B: the cell-id pass's step takes
@@ -227,11 +226,11 @@ class _ConvBoth(torch.autograd.Function):
             dx, dw_part, db_part = _conv_bwd_fused(xbc, weight, bias, rev, seq, dout, ctx.silu, dx)
         else:
             dpre_dtype = torch.float32 if variant == "v2" else xbc.dtype
-            by_token = cu is not None and variant in ("tokens", "tokens2d", "lean2d")
+            by_token = cu is not None and variant in ("tokens", "tokens2d")
             span = _cell_span(seq, cu) if variant == "span" and cu is not None else None
-            two_d = variant in ("rows2d", "tokens2d", "lean2d") and weight.shape[-1] <= 4
+            two_d = variant in ("rows2d", "tokens2d") and weight.shape[-1] <= 4
             dx, dw_part, db_part = _conv_bwd_two_pass(xbc, weight, bias, rev, seq, dout, ctx.silu, dpre_dtype, cu,
-                                                      by_token, span, two_d, dx, variant == "lean2d")  # fmt: skip
+                                                      by_token, span, two_d, dx)  # fmt: skip
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw, db, None, None, None, None, None
@@ -258,16 +257,15 @@ def _cell_span(seq: torch.Tensor, cu: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def _conv_bwd_two_pass(
-    xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, by_token=False, span=None, two_d=False, dx=None,
-    lean=False,
+    xbc, weight, bias, rev, seq, dout, silu, dpre_dtype, cu=None, by_token=False, span=None, two_d=False, dx=None
 ):
     """Backward of ``conv_both`` through a ``[2T, C]`` pre-activation gradient buffer of ``dpre_dtype``.
 
     ``cu`` (cell starts, or None) and ``by_token``: the buffer is written by token (``conv_both_bwd_pre_tok_kernel``,
     or with ``two_d`` ``_triton_conv.conv_both_bwd_pre_tok2d_kernel``), else by row; ``span`` (``_cell_span``) checks
     the row kernel's taps against the cell's extent; ``two_d`` writes it by row with two-dimensional tiles
-    (``_triton_conv.conv_both_bwd_pre2d_kernel``); ``lean``: the by-token 2-D kernel loads bounds one block ahead.
-    Given ``cu``, the second pass checks taps against each token's cell bounds (``_CONV_DX_BOUNDS``).
+    (``_triton_conv.conv_both_bwd_pre2d_kernel``). Given ``cu``, the second pass checks taps against each token's
+    cell bounds (``_CONV_DX_BOUNDS``).
     """
     T, C = xbc.shape
     br, bc, iters, warps = (*_CONV_BWD_BLOCK, 4) if not two_d else _CONV_BWD_2D_BLOCK
@@ -279,8 +277,6 @@ def _conv_bwd_two_pass(
     k = _kernels()
     if two_d:
         consts.pop("KP")
-        if by_token:
-            consts["LEAN"] = lean
     if by_token:  # head: x, w, b, rev, seq, dout -> the token kernels take seq and cu instead of rev and seq
         kernel = (
             _kernel_module("_triton_conv").conv_both_bwd_pre_tok2d_kernel if two_d else k.conv_both_bwd_pre_tok_kernel

@@ -226,7 +226,7 @@ def pretrain_from_corpus(
     validation_size: float | int | None = None,
     plan_kwargs: dict[str, Any] | None = None,
     callbacks: Sequence[pl.Callback] | None = None,
-    logger: Any = False,
+    logger: Any = None,
     enable_progress_bar: bool = True,
     **trainer_kwargs: Any,
 ) -> PretrainResult:
@@ -295,7 +295,12 @@ def pretrain_from_corpus(
         Passed to :class:`CorpusTrainingPlan` (``weight_decay``, ``warmup_fraction``, ...).
     callbacks
         Extra Lightning callbacks.
-    logger, enable_progress_bar, **trainer_kwargs
+    logger
+        ``None`` (default): scvi-tools' in-memory logger, nothing written to disk (scvi's Trainer would write one
+        under DDP); its curves by epoch (``train_loss``, ``lm_loss_train``, the validation losses) become
+        ``model.history`` of the model :meth:`~genemamba_scvi.model.GeneMambaModel.pretrain` saves. ``False``:
+        none; or any Lightning logger.
+    enable_progress_bar, **trainer_kwargs
         Passed to :class:`scvi.train.Trainer` / :class:`lightning.pytorch.Trainer` (all but the settings of
         ``config``). Training runs through scvi's :class:`~scvi.train.TrainRunner`, with the corpus as its
         data module, as :meth:`~genemamba_scvi.model.GeneMambaModel.train` runs on an AnnData.
@@ -315,6 +320,10 @@ def pretrain_from_corpus(
     if checkpoint_every_n_steps is not None:
         checkpoint_every_n_steps = check_count("checkpoint_every_n_steps", checkpoint_every_n_steps)
     lightning_args = {k: v for k, v in locals().items() if k in _LIGHTNING_ARGS}
+    if logger is None:  # scvi's in-memory logger, never on disk (scvi's Trainer would write one under DDP)
+        from scvi.train._logger import SimpleLogger
+
+        lightning_args["logger"] = SimpleLogger(save_log_on_disk=False)
     corpus = TokenCorpus(corpus_dir)
     vocab, medians = corpus.vocab, corpus.gene_medians
     add_cls = bool(corpus.manifest.config.get("add_cls", False))
