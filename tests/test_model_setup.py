@@ -302,3 +302,22 @@ def test_missing_ids_in_the_gene_id_column_are_refused_not_made_a_gene_called_na
     exec(fix, scope)  # the advice works
     GeneMambaModel.setup_anndata(scope["adata"], layer="counts", gene_id_key="sym")
     assert scope["adata"].n_vars == adata.n_vars - 1
+
+
+def test_gene_medians_by_t_digest_for_data_too_large_for_exact_medians(adata, monkeypatch):
+    """Exact medians hold every non-zero (~3x the sparse matrix); ``gene_medians="tdigest"`` streams in bounded
+    memory. With fewer values per gene than centroids the digest is exact, so both agree here."""
+    import genemamba_scvi.model._model as model_module
+
+    methods, real = [], model_module.compute_gene_medians
+    monkeypatch.setattr(
+        model_module, "compute_gene_medians", lambda *a, **k: methods.append(k["method"]) or real(*a, **k)
+    )
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    exact = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=32)
+    digest = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=32, gene_medians="tdigest")
+    assert methods == ["exact", "tdigest"]
+    assert np.isfinite(digest.gene_medians_).sum() > 100
+    np.testing.assert_allclose(digest.gene_medians_, exact.gene_medians_, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"gene_medians must be one of \('exact', 'tdigest'\), got 'median'"):
+        GeneMambaModel(adata, n_layers=1, d_model=32, gene_medians="median")

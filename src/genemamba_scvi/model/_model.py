@@ -111,8 +111,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         A :class:`~genemamba_scvi.data.vocab.GeneVocab`, a path to its JSON, or ``None`` to build one from
         the genes of ``adata``.
     gene_medians
-        Non-zero medians per token id (length ``len(vocab)``), e.g. from a pre-trained model; ``None``
-        computes them from ``adata`` (exact, streamed over chunks).
+        Non-zero medians per token id (length ``len(vocab)``), e.g. from a pre-trained model; or computed from
+        ``adata`` in one pass over row chunks: ``None`` / ``"exact"`` (holds every non-zero's value, ~3x the
+        sparse matrix at its peak) or ``"tdigest"`` (bounded memory, a close approximation; for large data).
     max_genes
         Genes per cell (sequence length), 2048 by default; 4096 is supported.
     min_gene_overlap
@@ -158,7 +159,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         self,
         adata: AnnData | None = None,
         vocab: GeneVocab | str | os.PathLike | None = None,
-        gene_medians: np.ndarray | None = None,
+        gene_medians: np.ndarray | Literal["exact", "tdigest"] | None = None,
         max_genes: int = 2048,
         min_gene_overlap: float = _MIN_GENE_OVERLAP,
         tokenization: Literal["ranked", "published"] = "ranked",
@@ -195,9 +196,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         ):
             raise ValueError(f"min_gene_overlap must be a fraction in [0, 1], got {min_gene_overlap!r}")
         self.min_gene_overlap = float(min_gene_overlap)
-        medians_given = gene_medians is not None
+        medians_given = not (gene_medians is None or isinstance(gene_medians, str))
         if not medians_given:
-            gene_medians = self._medians_from(adata)  # (matches the genes itself)
+            gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         gene_medians = np.asarray(gene_medians, dtype=np.float64)
         if gene_medians.shape != (len(vocab),):
             raise ValueError(f"gene_medians has shape {gene_medians.shape}; expected ({len(vocab)},) (one per token).")
@@ -330,9 +331,10 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             _warn_unmatched_genes(match, adata.n_vars, fate)
         return match.token_ids
 
-    def _medians_from(self, adata: AnnData) -> np.ndarray:
+    def _medians_from(self, adata: AnnData, method: str) -> np.ndarray:
+        _check_choice("gene_medians", method, ("exact", "tdigest"))
         token_ids = self._match_genes(adata, warn_unknown=False)
-        col_medians = compute_gene_medians(adata, layer=self._setup_arg("layer"), method="exact")
+        col_medians = compute_gene_medians(adata, layer=self._setup_arg("layer"), method=method)
         medians = np.full(len(self.vocab_), np.nan)
         keep = token_ids >= 0
         medians[token_ids[keep]] = col_medians[keep]
