@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from genemamba_scvi import GeneMambaModel
 from genemamba_scvi.cli import main
 from test_pretrained import _adata, _load, _official_tensors, _write_hf
 
@@ -338,3 +339,29 @@ def test_antibody_features_of_a_cell_ranger_file_are_refused_by_the_api_and_left
     assert main(["embed", str(tmp_path / "both.h5ad"), "--model", str(path), "--out", str(tmp_path / "o.h5ad")]) == 0
     assert "left out 2 features of var['feature_types']" in capsys.readouterr().err
     np.testing.assert_allclose(ad.read_h5ad(tmp_path / "o.h5ad").obsm["X_genemamba"], z, rtol=0, atol=1e-6)
+
+
+def test_embed_reads_the_var_names_where_a_saved_models_gene_id_column_holds_other_ids(tmp_path, sample48, capsys):
+    # a model set up with gene_id_key="ensembl" reads that column wherever a file has it; a file whose "ensembl"
+    # column holds something else had no command-line way to the right ids (its var_names)
+    from conftest import TINY_MODEL
+
+    adata = sample48.copy()
+    adata.var["ensembl"] = list(adata.var_names)
+    GeneMambaModel.setup_anndata(adata, layer="counts", gene_id_key="ensembl")
+    model = GeneMambaModel(adata, **TINY_MODEL)
+    model.save(tmp_path / "keyed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # untrained
+        expected = model.get_latent_representation()
+    user = ad.read_h5ad(_user_file(sample48, tmp_path / "cells.h5ad"))
+    user.var["ensembl"] = [f"other{i}" for i in range(user.n_vars)]  # not the ids: the var_names are
+    user.write_h5ad(tmp_path / "other.h5ad")
+    out = tmp_path / "o.h5ad"
+    base = ["embed", str(tmp_path / "other.h5ad"), "--model", str(tmp_path / "keyed"), "--out", str(out), "--quiet"]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "adata.var['ensembl']" in err and "with this command: --gene-id-key var_names" in err
+    assert main([*base, "--gene-id-key", "var_names"]) == 0
+    np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
+    assert list(ad.read_h5ad(out).var["ensembl"][:1]) == ["other0"]  # the file's own columns are written back

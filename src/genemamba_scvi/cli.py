@@ -22,6 +22,7 @@ from ._constants import LATENT_KEY
 
 #: what ``genemamba demo`` writes into ``--out``
 _DEMO_OUTPUTS = ("demo_adata.h5ad", "umap_genemamba.png", "model", "summary.json")
+_VAR_NAMES = "var_names"  # the --gene-id-key value that reads the var_names
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -165,6 +166,10 @@ def _embed(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # anndata's "Variable names are not unique" (twice): named once, below
         warnings.filterwarnings("ignore", message="Variable names are not unique")
         adata = anndata.read_h5ad(source)
+    if args.gene_id_key == _VAR_NAMES and _VAR_NAMES not in adata.var:
+        args.gene_id_key, adata_var_names_only = None, True  # the var_names, even where a saved model's column is
+    else:
+        adata_var_names_only = False
     if args.gene_id_key is None and not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()
         raise ValueError(
@@ -185,6 +190,8 @@ def _embed(args: argparse.Namespace) -> int:
     # the model sees a bare AnnData of the counts and genes: scvi's set-up columns never reach the written file
     genes = _gene_expression_rows(adata.var, source)
     counts, var = (counts, adata.var.copy()) if genes is None else (counts[:, genes], adata.var[genes].copy())
+    if adata_var_names_only:  # no var column, so a saved model's gene_id_key column cannot be read
+        var = pd.DataFrame(index=var.index.copy())
     work = anndata.AnnData(X=counts, obs=pd.DataFrame(index=adata.obs_names.copy()), var=var)
     if saved:
         if args.gene_id_key is not None:  # the ids in that column are the genes: matched to the saved vocabulary
@@ -193,9 +200,14 @@ def _embed(args: argparse.Namespace) -> int:
         layer = GeneMambaModel.load_registry(args.model)["setup_args"].get("layer")
         if layer is not None:
             work.layers[layer] = counts  # where the model was set up to read counts
-        model = GeneMambaModel.load(
-            args.model, adata=work, accelerator=args.accelerator, min_gene_overlap=args.min_gene_overlap
-        )
+        try:
+            model = GeneMambaModel.load(
+                args.model, adata=work, accelerator=args.accelerator, min_gene_overlap=args.min_gene_overlap
+            )
+        except ValueError as err:  # a saved gene_id_key column holding other ids: this command's way round it
+            if "drop or rename the column" not in str(err):
+                raise
+            raise ValueError(f"{err} (with this command: --gene-id-key {_VAR_NAMES})") from None
     else:  # a published checkpoint: a directory or a Hub id in the local Hugging Face cache
         if args.gene_id_key is not None:
             _check_gene_id_column(work, args.gene_id_key, source)
@@ -390,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gene-id-key",
         default=None,
         help="var column of the gene ids (default: a saved model's own gene_id_key column where the file has it, "
-        "else the var_names)",
+        f"else the var_names; {_VAR_NAMES!r}: the var_names even where the file has that column)",
     )
     embed.add_argument("--max-genes", type=_count, default=None, help="published models: top-k genes (default: 2048)")
     embed.add_argument("--subfolder", default=None, help="published models: size-variant subfolder of --model")
