@@ -383,7 +383,7 @@ def sweep_conv_bwd(fused, xbc, w, b, rev, seq, dout, cu, variants=CONV_BWD_SWEEP
 
 
 def _sweep_shapes(
-    space: dict, config: dict, fn, ref: torch.Tensor, base_ms: float, base: str, check=None, rep: int = 200
+    space: dict | list[dict], config: dict, fn, ref: torch.Tensor, base_ms: float, base: str, check=None, rep: int = 200
 ) -> list[dict]:
     """Time ``fn`` at every launch shape of ``space`` (written into ``config``, restored after) against ``base``.
 
@@ -393,9 +393,11 @@ def _sweep_shapes(
 
     saved = dict(config)
     rows = []
-    for shape in itertools.product(*space.values()):
-        row: dict[str, Any] = dict(zip(space, shape))
-        config.update(row)
+    shapes = space if isinstance(space, list) else [dict(zip(space, s)) for s in itertools.product(*space.values())]
+    for shape in shapes:  # a product of the values of a dict, or a list of launch shapes
+        row: dict[str, Any] = dict(shape)
+        config.clear()
+        config.update({**saved, **row})
         try:
             y = (check or fn)().float()
             row[f"rel_diff_vs_{base}"] = float((y - ref).norm() / ref.norm())
@@ -415,7 +417,7 @@ def _sweep_shapes(
 SSD_SWEEP = {"Q": (16, 32), "num_warps": (4, 8), "num_stages": (2, 3), "heads": (1, 2, 4)}
 
 
-def sweep_ssd(dev: str, n_cells: int = 256) -> dict[str, Any]:
+def sweep_ssd(dev: str, n_cells: int = 256, space: dict | list[dict] | None = None) -> dict[str, Any]:
     """The SSD scan of both directions of ``n_cells`` cells: mamba-ssm's chunked scan against ``ssd_varlen``.
 
     Forward time per launch configuration of the one-pass kernel, forward + backward (mamba-ssm's backward in
@@ -452,7 +454,7 @@ def sweep_ssd(dev: str, n_cells: int = 256) -> dict[str, Any]:
     res: dict[str, Any] = {"cells": n_cells, "rows": L, "n_sequences": cu.numel() - 1, "heads": H, "headdim": P,
                            "d_state": N}  # fmt: skip
     res["mamba_fwd_ms"] = triton.testing.do_bench(mamba, warmup=25, rep=200, return_mode="median")
-    res["configs"] = _sweep_shapes(SSD_SWEEP, fused.SSD_FWD_CONFIG, ours, ref, res["mamba_fwd_ms"], "mamba")
+    res["configs"] = _sweep_shapes(space or SSD_SWEEP, fused.SSD_FWD_CONFIG, ours, ref, res["mamba_fwd_ms"], "mamba")
     ok = [r for r in res["configs"] if "ms" in r]
     res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
     dy = torch.randn(L, H * P, device=dev, generator=g).to(torch.bfloat16)
@@ -668,6 +670,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="only print the kernel table of one layer's steps")
     p.add_argument("--sweep-conv", action="store_true", help="only time conv_both's launch configurations")
     p.add_argument("--sweep-ssd", action="store_true", help="only time ssd_varlen against mamba-ssm's scan")
+    p.add_argument(
+        "--ssd-configs", type=json.loads, default=None, help="--sweep-ssd: a JSON list of SSD_FWD_CONFIG launch shapes"
+    )
     p.add_argument("--parity-only", action="store_true", help="only the parity against the float64 reference")
     p.add_argument("--conv-fwd-only", action="store_true", help="--sweep-conv: the forward shapes only")
     p.add_argument("--sweep-conv-ssd", action="store_true", help="only time ssd_conv_varlen against two kernels")
@@ -693,7 +698,7 @@ def main(argv: list[str] | None = None) -> None:
         profile(dev)
         return
     sweeps = (
-        (a.sweep_ssd, "sweep_ssd", functools.partial(sweep_ssd, n_cells=a.ssd_cells)),
+        (a.sweep_ssd, "sweep_ssd", functools.partial(sweep_ssd, n_cells=a.ssd_cells, space=a.ssd_configs)),
         (a.sweep_conv_ssd, "sweep_conv_ssd", sweep_conv_ssd),
         (a.sweep_ssd_gated, "sweep_ssd_gated", sweep_ssd_gated),
         (a.sweep_ssd_bwd, "sweep_ssd_bwd", sweep_ssd_bwd),

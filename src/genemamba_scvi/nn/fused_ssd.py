@@ -109,6 +109,8 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
         consts = dict(P=headdim, N=d_state, Q=cfg["Q"], HAS_D=D is not None, HAS_DT_BIAS=dt_bias is not None,
                       DT_SOFTPLUS=dt_softplus, NUM_STAGES=cfg["num_stages"], INTERPRET=_interpreting(),
                       GATE=ssq is not None, DT_TOKEN=gate is not None, num_warps=cfg["num_warps"])  # fmt: skip
+        if cfg.get("maxnreg"):  # registers a thread (Triton's maxnreg): more programs an SM, spilling the rest
+            consts["maxnreg"] = cfg["maxnreg"]
         k = _ssd_kernels()
         if hb > 1:
             k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, HB=hb, **consts)
