@@ -161,12 +161,14 @@ def _adata(seed: int = 0, n_cells: int = 12) -> anndata.AnnData:
 
 
 def _published_tokens(counts: np.ndarray, var_names: list[str], seq_len: int, cls_id: int | None) -> list[list[int]]:
-    """permute_genes_by_expression + [:, :seq_len] + [CLS] in front, with ties in token-id order."""
+    """permute_genes_by_expression + [:, :seq_len] + [CLS] in front, with ties in token-id order, unknown genes
+    (the unspecified tie order of the published sort) after the known ones."""
     vocab = _official_vocab()
     gene_ids = [vocab.get(name, vocab["[UNK]"]) for name in var_names]  # convert_tokens_to_ids -> [UNK]
+    unknown = [name not in vocab for name in var_names]
     cells = []
     for row in counts:
-        order = sorted(range(len(row)), key=lambda j: (-float(row[j]), gene_ids[j]))
+        order = sorted(range(len(row)), key=lambda j: (-float(row[j]), unknown[j], gene_ids[j]))
         ids = [gene_ids[j] for j in order][:seq_len]
         cells.append(([cls_id] if cls_id is not None else []) + ids)
     return cells
@@ -375,26 +377,48 @@ def test_tokenizer_config_declares_specials(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("unk", [99, 3])  # the official [UNK] is the lowest gene id (3)
 @pytest.mark.parametrize(("max_genes", "add_cls"), [(5, False), (12, True), (40, False), (40, True)])
-def test_published_tokenize_matches_a_slow_per_cell_reference(max_genes, add_cls):
+def test_published_tokenize_matches_a_slow_per_cell_reference(max_genes, add_cls, unk):
     rng = np.random.default_rng(7)
     counts = rng.poisson(0.6, size=(30, 23)).astype(np.float64)
     counts[3] = 0  # an empty cell: every gene tied at zero
-    ids = rng.permutation(np.arange(3, 3 + 23))
+    ids = rng.permutation(np.arange(4, 4 + 23))
     ids[[4, 10]] = -1  # genes outside the vocabulary
     tokens, lengths = published_tokenize(
-        sp.csr_matrix(counts), ids, max_genes=max_genes, add_cls=add_cls, unk_id=99, chunk_size=7
+        sp.csr_matrix(counts), ids, max_genes=max_genes, add_cls=add_cls, unk_id=unk, chunk_size=7
     )
-    tok = [int(i) if i >= 0 else 99 for i in ids]
+    tok = [int(i) if i >= 0 else unk for i in ids]
     for c, row in enumerate(counts):
-        order = sorted(range(len(row)), key=lambda j: (-row[j], tok[j]))  # ties by token id
+        order = sorted(range(len(row)), key=lambda j: (-row[j], ids[j] < 0, tok[j]))  # ties by id, unknown last
         expected = ([1] if add_cls else []) + [tok[j] for j in order][:max_genes]
         assert lengths[c] == len(expected)
         assert tokens[c, : lengths[c]].tolist() == expected
         assert not tokens[c, lengths[c] :].any()
     # without an unknown token, genes outside the vocabulary are left out
     tokens, lengths = published_tokenize(counts, ids, max_genes=40)
-    assert (lengths == 21).all() and not np.isin(tokens, [99, -1]).any()
+    assert (lengths == 21).all() and not np.isin(tokens, [unk, -1]).any()
+
+
+def test_published_tokenize_does_not_depend_on_zero_columns_of_unknown_genes():
+    # [UNK] took the lowest id, so every zero-count unknown column sorted before the zero-count known genes and
+    # filled the tail of every cell with fewer detected genes than max_genes (39% of the tokens of the 559-cell
+    # sample): adding, filtering or subsetting all-zero unknown columns changed the embeddings
+    rng = np.random.default_rng(4)
+    counts = rng.poisson(0.3, size=(12, 40)).astype(np.float64)
+    ids = np.arange(4, 44)
+    ids[[1, 5, 9]] = -1
+    counts[:, 5] = 0  # an unknown gene no cell expresses
+    wide = np.hstack([counts, np.zeros((12, 25))])  # + 25 all-zero unknown columns
+    wide_ids = np.concatenate([ids, np.full(25, -1)])
+    for max_genes in (20, 37):
+        a = published_tokenize(counts, ids, max_genes=max_genes, unk_id=3)
+        b = published_tokenize(wide, wide_ids, max_genes=max_genes, unk_id=3)
+        c = published_tokenize(np.delete(counts, 5, axis=1), np.delete(ids, 5), max_genes=max_genes, unk_id=3)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0])
+    expressed_unknown = counts[:, [1, 9]].sum(axis=1) > 0  # an expressed unknown gene still ranks by its count
+    tokens, _ = published_tokenize(counts, ids, max_genes=37, unk_id=3)
+    assert ((tokens == 3).any(axis=1) == expressed_unknown).all()
 
 
 def test_published_tokenize_does_not_depend_on_the_column_order():

@@ -391,26 +391,31 @@ def published_tokenize(
     -----
     - Genes with a zero value are ranked like any other (after all expressed genes), so every cell
       has the same length and a cell with few expressed genes is filled up with unexpressed ones.
-    - Ties (equal values, in particular all the zeros) are ordered by token id, so the tokens do not
-      depend on the order of ``adata.var``. The published ``np.argsort(-x)`` uses numpy's default,
-      unstable sort over the columns of its data, whose tie order is not specified and cannot be matched;
-      the vocabulary's order is the reproducible choice that is the same for every AnnData.
+    - Ties (equal values, in particular all the zeros) are ordered by token id, genes outside the
+      vocabulary (``unk_id``) after all genes of the vocabulary, so the tokens do not depend on the order
+      of ``adata.var``, and zero-count columns of unknown genes (their number varies with the reference and
+      with gene filtering) do not enter a cell while zero-count genes of the vocabulary remain. The
+      published ``np.argsort(-x)`` uses numpy's default, unstable sort over the columns of its data, whose
+      tie order is not specified and cannot be matched; the vocabulary's order is the reproducible choice
+      that is the same for every AnnData.
     - NaN or negative values raise ``ValueError``.
     """
     Xc = _to_csr(X)
     n_cells, n_genes = Xc.shape
     tok = _checked_token_ids(gene_token_ids, n_genes)
+    unknown = tok < 0
     if unk_id is not None:
         if int(unk_id) < len(SPECIAL_TOKENS):
             raise ValueError(f"unk_id must be a vocabulary entry >= {len(SPECIAL_TOKENS)}, got {unk_id}")
-        tok = np.where(tok < 0, int(unk_id), tok)
+        tok = np.where(unknown, int(unk_id), tok)
     max_genes = int(max_genes)
     if max_genes < 1:
         raise ValueError(f"max_genes must be >= 1, got {max_genes}")
     columns = np.flatnonzero(tok >= 0)
-    # Columns taken in token-id order, so that the stable sort below breaks ties by token id: the tokens then
-    # depend on the cell's genes and values alone, not on the order of adata.var.
-    by_id = np.argsort(tok[columns], kind="stable")
+    # Columns taken in token-id order, the unknown genes after the known ones, so that the stable sort below breaks
+    # ties by token id: the tokens then depend on the cell's genes and values alone, not on the order of adata.var,
+    # and zero-count genes outside the vocabulary fill a cell only after every zero-count gene of the vocabulary.
+    by_id = np.lexsort((tok[columns], unknown[columns]))
     columns = columns[by_id]
     col_ids = tok[columns].astype(np.int32)
     k = min(max_genes, columns.size)
