@@ -34,6 +34,25 @@ def test_mask_tokens_never_masks_pads_or_specials_and_has_bert_rates():
     assert replaced.any() and inputs[replaced].min() >= 3 and inputs[replaced].max() < V
 
 
+def test_mask_tokens_never_takes_the_unknown_gene_token_as_a_target_or_replacement():
+    # the published [UNK] is a gene entry (id 3, the lowest): it was masked and drawn like a gene, so on published
+    # weights about half the masked-gene targets were [UNK] (their zero-count tail)
+    g = torch.Generator().manual_seed(2)
+    V, B, L = 8, 256, 64  # few genes: replacements would often hit the unknown id
+    tokens = torch.randint(3, V, (B, L), generator=g)
+    lengths = torch.full((B,), L)
+    inputs, labels = mask_tokens(tokens, lengths, mask_prob=0.5, vocab_size=V, generator=g, unk_id=3)
+    sel = labels != -100
+    assert sel.any() and not (labels[sel] == 3).any() and torch.equal(labels[sel], tokens[sel])
+    replaced = sel & (inputs != 2) & (inputs != tokens)
+    assert replaced.sum() > 100 and not (inputs[replaced] == 3).any() and inputs[replaced].max() == V - 1
+    assert torch.equal(inputs[tokens == 3], tokens[tokens == 3])  # unknown positions stay as they are
+    for unk in (5, V - 1):  # an unknown entry inside or at the end of the range
+        inputs, labels = mask_tokens(tokens, lengths, mask_prob=0.5, vocab_size=V, generator=g, unk_id=unk)
+        sel = labels != -100
+        assert not (labels[sel] == unk).any() and not (inputs[sel & (inputs != tokens)] == unk).any()
+
+
 def test_mask_tokens_min_one_per_nonempty_cell_and_reproducible():
     tokens = torch.randint(3, 50, (8, 4))
     lengths = torch.tensor([4, 1, 2, 0, 4, 3, 1, 2])

@@ -141,6 +141,7 @@ class GeneMambaModule(BaseModuleClass):
         self.classifier: ClassifierHead | None = None
         self.mask_id = mask_id
         self.n_special = n_special
+        self.unk_id: int | None = None  # the published [UNK] kept as a gene entry: never masked (set by the model)
         self.gamma = gamma
         self.temperature = temperature
         self.pathway_loss: PathwayInfoNCE | None = None
@@ -205,6 +206,7 @@ class GeneMambaModule(BaseModuleClass):
             n_special=self.n_special,
             vocab_size=self.vocab_size,
             generator=generator,
+            unk_id=self.unk_id,
         )
 
     def forward(

@@ -196,8 +196,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         ):
             raise ValueError(f"min_gene_overlap must be a fraction in [0, 1], got {min_gene_overlap!r}")
         self.min_gene_overlap = float(min_gene_overlap)
-        medians_given = not (gene_medians is None or isinstance(gene_medians, str))
-        if not medians_given:
+        if not (medians_given := not (gene_medians is None or isinstance(gene_medians, str))):
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         gene_medians = np.asarray(gene_medians, dtype=np.float64)
         if gene_medians.shape != (len(vocab),):
@@ -217,6 +216,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             "tie_break": tie_break,
         }
         self.module = self._module_cls(len(vocab), mask_id=vocab.mask_id, n_special=vocab.n_special, config=config)
+        self.module.unk_id = None if unk_token is None else vocab[unk_token]  # never a masked-gene target
         n_params = sum(p.numel() for p in self.module.parameters())
         directions = f"bidirectional ({config.merge})" if config.bidirectional else "unidirectional"
         self._model_summary_string = (

@@ -30,6 +30,7 @@ def mask_tokens(
     vocab_size: int | None = None,
     generator: torch.Generator | None = None,
     min_masked: int = 1,
+    unk_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT-style masking (Devlin et al. 2019) of gene tokens.
 
@@ -57,6 +58,9 @@ def mask_tokens(
     min_masked
         Cells with fewer selected tokens get one more selected at random (when they have a candidate),
         so short cells still give a loss. 0 disables.
+    unk_id
+        Id of an unknown-gene token (the published ``[UNK]``, an entry at or above ``n_special``): never
+        selected and never drawn as a random replacement, like the special tokens.
 
     Returns
     -------
@@ -71,6 +75,8 @@ def mask_tokens(
     batch, L = tokens.shape
     pos = torch.arange(L, device=device).unsqueeze(0)
     candidate = (pos < lengths.to(device).unsqueeze(1)) & (tokens >= n_special)
+    if unk_id is not None:
+        candidate &= tokens != unk_id
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator, device=device)
@@ -97,8 +103,10 @@ def mask_tokens(
     n_random = int(to_random.sum())
     if n_random:
         high = int(vocab_size) if vocab_size is not None else int(tokens.max()) + 1
-        if high > n_special:
-            inputs[to_random] = torch.randint(n_special, high, (n_random,), generator=generator, device=device)
+        skip = unk_id is not None and n_special <= unk_id < high  # drawn from the genes but the unknown one
+        if high - skip > n_special:
+            draw = torch.randint(n_special, high - skip, (n_random,), generator=generator, device=device)
+            inputs[to_random] = draw + (draw >= unk_id) if skip else draw
     return inputs, labels
 
 
