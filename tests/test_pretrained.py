@@ -495,8 +495,11 @@ def test_the_unknown_gene_token_is_not_counted_or_listed_as_a_gene(tmp_path):
     assert model._unk_token is not None and model._unk_token in model.vocab_
     emb = model.get_gene_embeddings()
     assert list(emb.index) == GENES
-    with pytest.warns(UserWarning, match=r"vocabulary coverage: 20 of 20 vocabulary genes"):
+    with pytest.warns(UserWarning, match=r"vocabulary coverage: 20 of 20 vocabulary genes") as caught:
         model.get_latent_representation(adata[:, ::-1].copy())  # a new gene list: the unknown genes are reported
+    # they are tokenised as [UNK], not dropped (the report said "dropped" beside a warning that said [UNK])
+    report = next(str(w.message) for w in caught if "vocabulary coverage" in str(w.message))
+    assert "tokenised as [UNK]" in report and "not in vocabulary, as [UNK]:" in report and "dropped, not" not in report
 
 
 def test_published_model_without_medians_judges_a_query_by_its_own_genes(tmp_path):

@@ -134,8 +134,12 @@ class GeneMatch:
         out["unmatched"] = int((self.method < 0).sum())
         return out
 
-    def report(self) -> str:
-        """Human-readable coverage report: matched (by stage), dropped, duplicates, examples."""
+    def report(self, unknown_as: str | None = None) -> str:
+        """Human-readable coverage report: matched (by stage), dropped, duplicates, examples.
+
+        ``unknown_as``: the token that genes outside the vocabulary take (the published ``[UNK]``), when they are
+        not dropped.
+        """
         c = self.counts()
         n = len(self.var_names)
         dups = [*self.collisions, *self.yielded]
@@ -151,8 +155,8 @@ class GeneMatch:
             f"  after stripping version suffixes:  {c['version']:>8,}",
             f"  case-insensitively (symbols):      {c['case']:>8,}",
             f"  via symbol<->Ensembl mapping:      {c['mapped']:>8,}",
-            f"  dropped, not in vocabulary:        {n_missing:>8,}"
-            + (f"  e.g. {_examples(missing)}" if missing else ""),
+            f"  {'dropped, not in vocabulary:' if unknown_as is None else f'not in vocabulary, as {unknown_as}:':<35}"
+            f"{n_missing:>8,}" + (f"  e.g. {_examples(missing)}" if missing else ""),
             f"  dropped, duplicate of another gene:{n_dup:>8,}"
             + (f"  e.g. {_examples([f'{d}->{g} (kept {k})' for d, k, g in dups])}" if n_dup else ""),
             f"vocabulary coverage: {n_hit:,} of {self.n_vocab_genes:,} vocabulary genes present in the data "

@@ -325,10 +325,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         reported = self.__dict__.setdefault("_unknown_genes_reported", set())
         if warn_unknown and n_unknown and key not in reported:
             reported.add(key)
-            fate = "ignored"
-            if self._tokenization == "published" and self._unk_token is not None:
-                fate = f"tokenised as {self._unk_token} (published tokenization)"
-            _warn_unmatched_genes(match, adata.n_vars, fate)
+            as_unk = self._unk_token if self._tokenization == "published" else None
+            fate = "ignored" if as_unk is None else f"tokenised as {as_unk} (published tokenization)"
+            _warn_unmatched_genes(match, adata.n_vars, fate, as_unk)
         return match.token_ids
 
     def _medians_from(self, adata: AnnData, method: str) -> np.ndarray:

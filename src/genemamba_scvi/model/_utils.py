@@ -494,8 +494,8 @@ def _check_indices(indices: Sequence[int] | None, n_obs: int) -> None:
         )
 
 
-def _warn_unmatched_genes(match: Any, n_vars: int, fate: str) -> None:
-    """Warn about an AnnData's genes without a token: not in the vocabulary, or a gene another column holds."""
+def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | None = None) -> None:
+    """Warn about genes without a token: unknown (kept as ``unknown_as`` if given) or held by another column."""
     n_unknown = int((match.token_ids < 0).sum())
     twice = [*match.collisions, *match.yielded]
     parts = []
@@ -510,7 +510,7 @@ def _warn_unmatched_genes(match: Any, n_vars: int, fate: str) -> None:
             f"{len(twice)} columns repeat a gene another column holds (e.g. {dropped!r}, the gene of {kept!r}): only "
             "the other column's counts are used (sum the two columns to keep both)"
         )
-    warnings.warn(f"{'; '.join(parts)}.\n{match.report()}", UserWarning, stacklevel=_user_stacklevel())
+    warnings.warn(f"{'; '.join(parts)}.\n{match.report(unknown_as)}", UserWarning, stacklevel=_user_stacklevel())
 
 
 def _match_query_genes(
