@@ -39,6 +39,26 @@ def test_train_refuses_epochs_and_gamma_that_train_nothing_forever_or_wrongly(mo
         model.train(accelerator="cpu", enable_progress_bar=False, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [  # user probe: a negative min_lr_ratio drove the cosine below zero (training climbed the loss), a warm-up
+        # fraction past 1 never reached the peak, lr 0 (refused as lr=) trained nothing, short betas an IndexError
+        ({"min_lr_ratio": -1.0}, r"plan_kwargs min_lr_ratio must be a fraction in \[0, 1\]"),
+        ({"warmup_fraction": 1.5}, r"plan_kwargs warmup_fraction must be a fraction in \[0, 1\]"),
+        ({"lr": 0.0}, r"plan_kwargs lr must be a positive number"),
+        ({"weight_decay": -1.0}, r"plan_kwargs weight_decay must be a number >= 0"),
+        ({"eps": float("nan")}, r"plan_kwargs eps must be a positive number"),
+        ({"betas": (0.9,)}, r"plan_kwargs betas must be two numbers in \[0, 1\)"),
+        ({"betas": (0.9, 1.0)}, r"plan_kwargs betas must be two numbers in \[0, 1\)"),
+    ],
+)
+def test_plan_kwargs_values_that_train_silently_wrong_are_refused_before_training(model, plan, message):
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False, plan_kwargs=plan)
+    assert all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())
+
+
 def test_max_epochs_none_is_fine_with_max_steps(model):
     model.train(max_epochs=None, max_steps=1, accelerator="cpu", enable_progress_bar=False, batch_size=16)
     model.train(max_epochs=np.int64(1), max_steps=1, accelerator="cpu", enable_progress_bar=False, batch_size=16)

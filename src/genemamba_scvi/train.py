@@ -207,6 +207,33 @@ def _check_plan_kwargs(module, kwargs: dict[str, Any]) -> None:
         )
 
 
+def _check_optimiser_settings(lr: Any, weight_decay: Any, warmup_fraction: Any, min_lr_ratio: Any, betas: Any,
+                              eps: Any) -> None:  # fmt: skip
+    """Refuse optimiser settings that would train silently wrong or fail inside Lightning.
+
+    (A negative learning rate past the cosine's middle, a warm-up that never reaches the peak, betas not a pair.)
+    """
+
+    def number(value: Any) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+    checks = (
+        ("lr", lr, number(lr) and lr > 0, "a positive number (the peak learning rate)"),
+        ("weight_decay", weight_decay, number(weight_decay) and weight_decay >= 0, "a number >= 0"),
+        ("warmup_fraction", warmup_fraction, number(warmup_fraction) and 0 <= warmup_fraction <= 1,
+         "a fraction in [0, 1] of the optimiser steps"),
+        ("min_lr_ratio", min_lr_ratio, number(min_lr_ratio) and 0 <= min_lr_ratio <= 1,
+         "a fraction in [0, 1] of lr (where the cosine ends)"),
+        ("eps", eps, number(eps) and eps > 0, "a positive number"),
+    )  # fmt: skip
+    for name, value, ok, what in checks:
+        if not ok:
+            raise ValueError(f"plan_kwargs {name} must be {what}, got {value!r}")
+    pair = isinstance(betas, Sequence) and not isinstance(betas, str) and len(betas) == 2
+    if not (pair and all(number(b) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"plan_kwargs betas must be two numbers in [0, 1) (AdamW's), got {betas!r}")
+
+
 def minibatch_loss(trainer, pl_module, outputs) -> Any:
     """The loss of the minibatch a callback's ``on_train_batch_end`` sees, undivided.
 
@@ -272,6 +299,7 @@ class GeneMambaTrainingPlan(TrainingPlan):
                 "was asked for): set lr, weight_decay, eps, betas, warmup_fraction or min_lr_ratio in plan_kwargs"
             )
         _check_plan_kwargs(module, kwargs)
+        _check_optimiser_settings(lr, weight_decay, warmup_fraction, min_lr_ratio, betas, eps)
         super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, optimizer="AdamW", **kwargs)
         self.warmup_fraction = warmup_fraction
         self.min_lr_ratio = min_lr_ratio
