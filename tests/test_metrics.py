@@ -228,9 +228,16 @@ def test_pathway_pair_auroc_perfect_and_inverted():
 
 
 def test_pathway_pair_auroc_exclude_pairs():
-    emb = pd.DataFrame(np.eye(4), index=["a", "b", "c", "d"])
-    out = pathway_pair_auroc(emb, {"S": ["a", "b", "c"]}, exclude_pairs={("a", "b")}, n_negative=1)
-    assert out["n_positive"] == 2  # (a, c), (b, c)
+    # a and b point the same way (cosine 1), every other pair is orthogonal; (a, b) shares set S but is excluded
+    emb = pd.DataFrame(np.eye(5), index=["a", "b", "c", "d", "e"])
+    emb.loc["b"] = emb.loc["a"]
+    sets = {"S": ["a", "b", "c"], "T": ["d", "e"]}
+    out = pathway_pair_auroc(emb, sets, exclude_pairs={("a", "b")}, n_negative=100)
+    assert out["n_positive"] == 3  # (a, c), (b, c), (d, e)
+    # the negatives are the 6 pairs sharing no set: the excluded same-set pair was drawn as a negative before
+    assert out["n_negative"] == 6 and out["mean_cos_negative"] == 0.0
+    with pytest.raises(ValueError, match="no negative pair"):
+        pathway_pair_auroc(emb, {"S": ["a", "b", "c"]}, exclude_pairs={("a", "b")})
     with pytest.raises(ValueError):
         pathway_pair_auroc(emb, {"S": ["a", "zzz"]})
 

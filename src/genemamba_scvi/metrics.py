@@ -366,6 +366,7 @@ def pathway_pair_auroc(
                 positives.add((ids[x], ids[y]))
     if not positives:
         raise ValueError("no same-set gene pair has both genes in the embeddings")
+    same_set = positives  # negatives share no set, whether or not a pair is excluded from the positives
     if exclude_pairs:
         names = list(index)
         n_before = len(positives)
@@ -376,7 +377,9 @@ def pathway_pair_auroc(
     n_neg = n_negative or max(len(positives), 1000)
     rng = np.random.default_rng(seed)
     negatives: set[tuple[int, int]] = set()
-    max_pairs = len(pool) * (len(pool) - 1) // 2 - len(positives)
+    max_pairs = len(pool) * (len(pool) - 1) // 2 - len(same_set)
+    if max_pairs < 1:
+        raise ValueError("every pair of the embeddings' genes shares a set: there is no negative pair")
     n_neg = min(n_neg, max_pairs)
     while len(negatives) < n_neg:
         pairs = rng.choice(pool, size=(2 * (n_neg - len(negatives)) + 16, 2))
@@ -384,7 +387,7 @@ def pathway_pair_auroc(
             if i == j:
                 continue
             pair = (min(i, j), max(i, j))
-            if pair not in positives:
+            if pair not in same_set:
                 negatives.add(pair)
                 if len(negatives) >= n_neg:
                     break
