@@ -262,3 +262,12 @@ def test_a_pathway_weight_without_gene_sets_is_said_to_do_nothing():
             model.train(max_epochs=1, **kwargs, **FIT)
         assert not any("weighs the pathway loss" in m for m in _messages(record))
     assert "pathway_loss_train" in model.history
+
+
+@pytest.mark.parametrize("kwargs", [{"gene_sets": "kegg"}, {"objective": "mlm"}, {"gamma": 0.1}])
+def test_pretraining_settings_given_to_fine_tuning_are_named(kwargs):
+    # they reached Lightning's Trainer: "Trainer.__init__() got an unexpected keyword argument 'gene_sets'"
+    model = _model()
+    with pytest.raises(TypeError, match=rf"train_classifier got \['{next(iter(kwargs))}'\]: .*which train\(\) takes"):
+        model.train_classifier("label", max_epochs=1, **kwargs)
+    assert model.module.classifier is None

@@ -411,6 +411,11 @@ class GeneMambaTrainingMixin:
         """
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1):
             raise ValueError(f"hidden must be a positive number of units (or None: a linear head), got {hidden!r}")
+        if pretraining_only := sorted(set(trainer_kwargs) & {"gene_sets", "gamma", "objective"}):
+            raise TypeError(
+                f"train_classifier got {pretraining_only}: settings of the pre-training objective, which train() "
+                "takes; fine-tuning trains the classification loss only"
+            )
         run_args = _run_args(locals())
         labels_key = labels_key or self._setup_arg("labels_key")
         if labels_key is None:
