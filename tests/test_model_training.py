@@ -5,6 +5,7 @@ Real data: a slice of the shipped 559-cell count sample (``sample48`` in conftes
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,10 @@ def test_kill_and_resume_from_last_checkpoint(sample48, tmp_path):
     assert Counter.steps == 9 - saved_step  # continued from the checkpoint, not restarted
     assert Path(ckpt_dir / "last.ckpt").exists()
     assert np.isfinite(resumed.get_latent_representation()).all()
+    # resumed as the docstring says, ckpt_path alone: checkpoints go on in its folder (the resumed run wrote none,
+    # and Lightning asked for a private callback to be added), and nothing is said about the folder being in use
+    again = GeneMambaModel(adata, **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.train(max_epochs=4, checkpoint_every_n_steps=1, ckpt_path=str(last), **TRAIN)
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 12

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -191,6 +192,10 @@ class GeneMambaTrainingMixin:
         batch_size, datasplitter_kwargs = check_run_args(
             trainer_kwargs, lr, batch_size, checkpoint_dir, datasplitter_kwargs
         )
+        resumed = trainer_kwargs.get("ckpt_path")
+        resumed = Path(resumed).expanduser() if resumed not in (None, "last") else None
+        if checkpoint_dir is None and resumed is not None and resumed.is_file():
+            checkpoint_dir = resumed.parent  # a resumed run goes on writing checkpoints where it came from
         require_cuda_if_asked(trainer_kwargs["accelerator"])
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
@@ -258,7 +263,10 @@ class GeneMambaTrainingMixin:
                 self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
             )
             try:
-                result = runner()
+                with warnings.catch_warnings():  # resuming from checkpoint_dir: its checkpoints are expected there
+                    if trainer_kwargs.get("ckpt_path") is not None:
+                        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+                    result = runner()
             finally:
                 _save_kernel_cache()
         self._split_digest = obs_digest(self.adata.obs_names)  # the cells the split's positions name
@@ -314,7 +322,8 @@ class GeneMambaTrainingMixin:
             Stop when ``validation_loss`` stops improving (``early_stopping_patience`` etc. in kwargs).
         checkpoint_dir
             Write Lightning checkpoints (weights, optimizer, scheduler, loop state) here; ``last.ckpt`` is
-            refreshed at every save. Resume with ``ckpt_path=".../last.ckpt"``.
+            refreshed at every save. Resume with ``ckpt_path=".../last.ckpt"``: the resumed run goes on writing
+            checkpoints into that file's folder unless ``checkpoint_dir`` names another.
         checkpoint_every_n_steps
             Save every N optimiser steps (default: every epoch).
         ckpt_path
