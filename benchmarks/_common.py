@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -66,11 +67,12 @@ def quiet() -> None:
 def set_threads(n: int) -> None:
     """Torch's CPU threads, and numba's: scanpy's first numba call (``normalize_total``, ``log1p``) otherwise sets
     torch's thread count back to all cores."""
+    n = max(1, n)
+    if "numba" not in sys.modules:  # read when numba loads; once its threads run, numba refuses another value at
+        os.environ["NUMBA_NUM_THREADS"] = str(n)  # the next compile (a crash with --threads 1 on 2 cores)
     import numba
     import torch
 
-    n = max(1, n)
-    os.environ["NUMBA_NUM_THREADS"] = str(n)
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(n)
 

@@ -239,3 +239,23 @@ def test_other_model_sizes_get_their_own_files_and_are_never_pooled(tmp_path):
     assert aggregate.main(["--out-dir", str(tmp_path)])["tables"]["integration_pbmc68k"]["seeds"] == [0, 1]
     with pytest.raises(SystemExit, match=r"no seed files"):
         aggregate.main(["--out-dir", str(tmp_path), "--suffix", "_tierandom"])
+
+
+def test_one_thread_after_numba_is_loaded_does_not_break_the_next_numba_compile(tmp_path):
+    # `integration.py --threads 1` (the docs' CPU runs) died at scanpy's first numba compile: set_threads wrote
+    # NUMBA_NUM_THREADS after numba had started its threads with the core count
+    import subprocess
+
+    script = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r})\n"
+        "import numba, numpy as np\n"
+        "numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS))  # numba's threads already running\n"
+        "from _common import set_threads\n"
+        "set_threads(1)\n"
+        "f = numba.njit(parallel=True)(lambda x: x.sum())\n"
+        "print('sum', f(np.ones(10)), numba.get_num_threads())\n"
+    )
+    env = {**__import__("os").environ, "NUMBA_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert "sum 10.0 1" in run.stdout
