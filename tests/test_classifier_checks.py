@@ -7,6 +7,7 @@ of training (the head already changed); "Unknown" / "nan" labels and per-cell co
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -61,6 +62,12 @@ def test_continuing_a_head_on_another_split_names_the_leaked_validation_cells():
     assert not any("trained this head" in m for m in _messages(record))
     with pytest.warns(UserWarning, match=r"validation cells of this run trained this head"):
         model.train_classifier(max_epochs=1, train_size=0.8, **FIT)
+    # the test cells too (user probe: 53 of 70 test cells had trained the head, and only validation was named)
+    trained = set(model.adata.obs_names[model.train_indices])
+    with pytest.warns(UserWarning, match=r"\d+ of the \d+ test cells of this run trained this head") as record:
+        model.train_classifier(max_epochs=1, train_size=0.6, validation_size=0.1, **FIT)
+    n_test = int(re.search(r"(\d+) of the \d+ test cells", _messages(record)[-1]).group(1))
+    assert n_test == len(trained & set(model.adata.obs_names[model.test_indices])) > 0
     with warnings.catch_warnings(record=True) as record:  # a new head (another width) starts clean
         warnings.simplefilter("always")
         model.train_classifier(max_epochs=1, train_size=0.7, hidden=8, **FIT)

@@ -87,8 +87,9 @@ def check_classifier_split(
     val_idx: np.ndarray,
     obs_names: pd.Index,
     head_cells: set[str] | None,
+    test_idx: np.ndarray | None = None,
 ) -> None:
-    """Warn when a cell type has no training cells, or validation cells trained the same head before."""
+    """Warn when a cell type has no training cells, or validation or test cells trained the same head before."""
     in_train = np.bincount(codes[np.asarray(train_idx, dtype=np.int64)], minlength=len(names))
     absent = [(names[k], int(n)) for k, n in enumerate(np.bincount(codes, minlength=len(names))) if in_train[k] == 0]
     if absent:
@@ -100,16 +101,22 @@ def check_classifier_split(
             UserWarning,
             stacklevel=_user_stacklevel(),
         )
-    if head_cells and len(val_idx):
-        seen = int(np.isin(np.asarray(obs_names[np.asarray(val_idx, dtype=np.int64)]), list(head_cells)).sum())
-        if seen:
-            warnings.warn(
-                f"{seen} of the {len(val_idx)} validation cells of this run trained this head in an earlier "
-                "train_classifier call with another split (other train_size / validation_size, or the AnnData's cells "
-                "changed since), so its validation metrics are optimistic; a new head (another hidden=) starts clean",
-                UserWarning,
-                stacklevel=_user_stacklevel(),
-            )
+    if not head_cells:
+        return
+    leaked = []
+    for what, idx in (("validation", val_idx), ("test", test_idx if test_idx is not None else [])):
+        cells = np.asarray(obs_names[np.asarray(idx, dtype=np.int64)])
+        if seen := int(np.isin(cells, list(head_cells)).sum()):
+            leaked.append(f"{seen} of the {len(cells)} {what} cells")
+    if leaked:
+        warnings.warn(
+            f"{' and '.join(leaked)} of this run trained this head in an earlier train_classifier call with another "
+            "split (other train_size / validation_size, another seed, or the AnnData's cells changed since), so its "
+            "validation metrics and a score of predict() on model.test_indices are optimistic; a new head (another "
+            "hidden=) starts clean",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
 
 
 def obs_digest(obs_names: pd.Index) -> str:

@@ -223,6 +223,7 @@ class GeneMambaTrainingMixin:
                 data_splitter.val_idx,
                 self.adata.obs_names,
                 self._head_cells,
+                data_splitter.test_idx,
             )
         # loss_kwargs reach module.loss through the plan (scvi's TrainingPlan(**loss_kwargs)); plan_kwargs win,
         # its lr too (scvi users set it there)
