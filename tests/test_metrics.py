@@ -351,3 +351,17 @@ def test_benchmark_integration_names_missing_labels_and_bad_embeddings(scored_ce
     adata.obsm["X_bad"][3, 0] = np.nan
     with pytest.raises(ValueError, match=r"adata\.obsm\['X_bad'\] holds NaN"):
         benchmark_integration(adata, ["X_bad"], "batch", "bulk_labels", **_light_metrics())
+
+
+def test_benchmark_integration_skips_batch_metrics_when_no_cell_type_spans_two_batches(scored_cells):
+    # scib-metrics' silhouette_batch then failed with pandas' "No objects to concatenate" (user probe: Leiden
+    # clusters of two studies, each cluster in one batch)
+    from genemamba_scvi.metrics import benchmark_integration
+
+    adata = scored_cells.copy()
+    codes = adata.obs["bulk_labels"].cat.codes.to_numpy()
+    adata.obs["batch"] = np.where(codes < 5, "b1", "b2")
+    metrics = {**_light_metrics(), "batch_correction_metrics": None}  # the default: every batch metric
+    with pytest.warns(UserWarning, match=r"no cell type of adata.obs\['bulk_labels'\] occurs in two or more batches"):
+        table = benchmark_integration(adata, ["X_genemamba"], "batch", "bulk_labels", **metrics)
+    assert "X_genemamba" in table.index and "Batch correction" not in table.columns

@@ -46,7 +46,8 @@ def benchmark_integration(
     bio_conservation_metrics, batch_correction_metrics
         :class:`scib_metrics.benchmark.BioConservation` / :class:`~scib_metrics.benchmark.BatchCorrection`
         settings (default: all metrics). ``batch_correction_metrics=False`` skips batch metrics, as happens
-        automatically (with a warning) when ``batch_key`` holds a single batch.
+        automatically (with a warning) when ``batch_key`` holds a single batch or no cell type occurs in two
+        batches.
     progress_bar
         Show scib-metrics' progress bars (``False`` in notebooks rendered to HTML, where they leave fragments).
 
@@ -88,6 +89,16 @@ def benchmark_integration(
     if n_batches < 2 and batch_correction_metrics is not False:
         warnings.warn(
             f"adata.obs[{batch_key!r}] holds a single batch: batch-correction metrics are undefined and skipped.",
+            UserWarning,
+            stacklevel=2,
+        )
+        batch_correction_metrics = False
+    shared = adata.obs.groupby(label_key, observed=True)[batch_key].nunique()
+    if batch_correction_metrics is not False and n_batches >= 2 and not (shared >= 2).any():
+        warnings.warn(
+            f"no cell type of adata.obs[{label_key!r}] occurs in two or more batches of adata.obs[{batch_key!r}]: "
+            "batch mixing within a cell type (scib-metrics' silhouette_batch) is undefined, so the batch-correction "
+            "metrics are skipped.",
             UserWarning,
             stacklevel=2,
         )
