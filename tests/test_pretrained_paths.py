@@ -205,7 +205,7 @@ def test_missing_paths_name_the_cache_and_subfolder(tmp_path, monkeypatch):
         read_official_checkpoint(tmp_path / "nowhere" / "GeneMamba")
     _write_hf(tmp_path / "GeneMamba", _official_tensors("mean"), mode="mean")
     _write_hf(tmp_path / "GeneMamba" / "small", _official_tensors("mean"), mode="mean")
-    with pytest.raises(FileNotFoundError, match=r"at GeneMamba/1l-64d; size variants in GeneMamba: small"):
+    with pytest.raises(FileNotFoundError, match=r"at GeneMamba/1l-64d; checkpoint folders in GeneMamba: small"):
         read_official_checkpoint("GeneMamba/1l-64d")  # a local spelling: the local variants
 
 
@@ -245,3 +245,25 @@ def test_a_full_annotation_matrix_holding_the_published_genes_is_taken(tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main([*base[:1], str(tmp_path / "full.h5ad"), *base[2:], "--out", str(tmp_path / "b.h5ad")]) == 0
+
+
+def test_a_damaged_file_of_the_hub_cache_is_refused(tmp_path):
+    # blobs are named by their content's hash (sha256 for LFS files, git's blob sha1 for small ones); a flipped byte
+    # in the cached model.safetensors loaded silently as other weights
+    import hashlib
+
+    source = _write_hf(tmp_path / "download", _official_tensors("gate", seed=7), mode="gate", pooling="mean")
+    snapshot = cache_like_huggingface_hub(tmp_path / "hub", REPO, source)
+    config = snapshot / "config.json"  # a small file stored as huggingface_hub does, under its git blob sha1
+    data = config.read_bytes()
+    sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    config.resolve().rename(config.resolve().parent / sha1)
+    config.unlink()
+    config.symlink_to(f"../../blobs/{sha1}")
+    read_official_checkpoint(REPO, cache_dir=tmp_path / "hub")  # intact: read
+    blob = (snapshot / "model.safetensors").resolve()
+    damaged = bytearray(blob.read_bytes())
+    damaged[-1000] ^= 0xFF
+    blob.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"model.safetensors in the Hugging Face cache is damaged"):
+        read_official_checkpoint(REPO, cache_dir=tmp_path / "hub")

@@ -12,6 +12,7 @@ a commit hash, ``<cache>/models--<org>--<name>/snapshots/<commit>/`` the files (
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -100,3 +101,31 @@ def resolve_hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: s
     if not snapshot.is_dir():
         raise FileNotFoundError(f"{repo_id!r} revision {revision!r} (commit {commit}) has no snapshot in {snapshots}")
     return snapshot
+
+
+def verify_cached_files(*directories: Path) -> None:
+    """Refuse a damaged file of a Hub-cache snapshot (a link into ``blobs/``, a blob named by its content's hash).
+
+    Large (Git LFS) files are stored under their sha256, small ones under their git blob sha1; a file whose
+    content no longer matches that name (a disk error, an interrupted copy) would otherwise load as other weights.
+    Files that are not links into ``blobs/`` (a plain local folder) are not checked.
+    """
+    for directory in dict.fromkeys(directories):
+        for link in sorted(directory.iterdir()):
+            blob = link.resolve()
+            if not link.is_symlink() or blob.parent.name != "blobs" or not blob.is_file():
+                continue
+            if re.fullmatch(r"[0-9a-f]{64}", blob.name):
+                digest = hashlib.sha256()
+            elif re.fullmatch(r"[0-9a-f]{40}", blob.name):
+                digest = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode(), usedforsecurity=False)
+            else:
+                continue
+            with blob.open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 22), b""):
+                    digest.update(block)
+            if digest.hexdigest() != blob.name:
+                raise ValueError(
+                    f"{link} in the Hugging Face cache is damaged: its content does not match the hash it is stored "
+                    f"under ({blob.name}). Delete {blob} and its link and copy or download the repository again."
+                )

@@ -21,6 +21,7 @@ from genemamba_scvi.io._hub_cache import (
     looks_like_repo_id,
     resolve_hub_snapshot,
     split_repo_subfolder,
+    verify_cached_files,
 )
 from genemamba_scvi.io._official_tokenizer import (
     _load_official_tokens,
@@ -189,6 +190,7 @@ def read_official_checkpoint(
         variants = _size_variants(directory)
         hint = f"; size variants found here: {', '.join(variants)} (pass subfolder=...)" if variants else ""
         raise FileNotFoundError(f"{CONFIG_FILE} is missing from {directory}{hint}")
+    verify_cached_files(directory, root)  # a Hub-cache snapshot's files against the hashes they are stored under
     config = _load_json(config_path)
     raw, weight_files = _load_official_weights(directory)
     tokens, specials_declared, tokenizer_file = _load_official_tokens(directory)
@@ -339,8 +341,8 @@ def _no_directory_message(
             f"DIR/{split[1]}"
         )
     if not directory.exists() and directory.parent.is_dir() and (variants := _size_variants(directory.parent)):
-        return f"no official checkpoint directory at {directory}; size variants in {directory.parent}: " + ", ".join(
-            variants
+        return f"no official checkpoint directory at {directory}; checkpoint folders in {directory.parent}: " + (
+            ", ".join(variants)
         )
     if not directory.exists() and directory.parent.is_dir():
         saved = sorted(p.name for p in directory.parent.iterdir() if is_our_checkpoint(p))
