@@ -52,7 +52,9 @@ def test_embed_with_a_saved_model_writes_the_api_embedding_and_keeps_the_input(t
     assert main(["embed", str(source), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
     written = ad.read_h5ad(out)
     np.testing.assert_allclose(written.obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
-    assert written.uns["genemamba"]["X_genemamba"]["model"] == str(model_dir)
+    record = written.uns["genemamba"]["X_genemamba"]
+    assert record["model"] == str(model_dir.resolve())  # absolute: the file says which model, wherever it is read
+    assert record["max_genes"] == 64 and record["tokenization"] == "ranked" and record["pooling"] == "mean"
     assert list(written.obs.columns) == ["donor"]  # no scvi set-up columns
     assert not [k for k in written.uns if k.startswith("_scvi")]
     assert (written.X != ad.read_h5ad(source).X).nnz == 0

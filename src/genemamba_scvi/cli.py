@@ -224,8 +224,12 @@ def _embed(args: argparse.Namespace) -> int:
         )
     z = model.get_latent_representation(batch_size=args.batch_size, progress_bar=not args.quiet)
     adata.obsm[args.key] = z
-    record = {"model": str(args.model), "counts": args.layer or "X", "genemamba_scvi_version": __version__}
+    local = Path(args.model).expanduser()
+    record = {"model": str(local.resolve()) if local.is_dir() else str(args.model), "counts": args.layer or "X"}
     record.update({k: getattr(args, k) for k in ("subfolder", "revision") if getattr(args, k) is not None})
+    shaped = ("max_genes", "tokenization", "merge", "pooling")  # what shaped the embedding besides the weights
+    record.update({k: model._config[k] for k in shaped if model._config.get(k) is not None})
+    record["genemamba_scvi_version"] = __version__
     adata.uns.setdefault("genemamba", {})[args.key] = record
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_file(out, adata.write_h5ad, overwrite=args.overwrite)
