@@ -57,9 +57,9 @@ def test_fresh_run_gives_every_arm_its_own_new_batches(tmp_path, monkeypatch):
     seen = []
     real_step = train_ab._timed_step
 
-    def spy(run, model, b):
+    def spy(run, model, b, mode="train"):
         seen.append(b)  # (kept alive, so ids cannot be reused)
-        return real_step(run, model, b)
+        return real_step(run, model, b, mode)
 
     monkeypatch.setattr(train_ab, "_timed_step", spy)
     out = tmp_path / "ab.json"
@@ -107,3 +107,21 @@ def test_device_ops_sum_kernels_only_by_name():
         ]
     }
     assert train_ab._device_ops(trace) == [(12.0, "k1", 2), (1.0, "Memset", 1)]
+
+
+def test_inference_mode_times_inference_passes(tmp_path, monkeypatch):
+    """``--mode infer``: the arms' inference passes (session 22's A/B of the lean conv forward), no gradients."""
+    modes = []
+    real_step = train_ab._timed_step
+
+    def spy(run, model, b, mode="train"):
+        modes.append(mode)
+        return real_step(run, model, b, mode)
+
+    monkeypatch.setattr(train_ab, "_timed_step", spy)
+    out = tmp_path / "ab.json"
+    train_ab.main(["--smoke", "--mode", "infer", "--arms", "default", "ablation_split_cat", "--rounds", "2",
+                   "--warmup-rounds", "1", "--out", str(out)])  # fmt: skip
+    d = json.loads(out.read_text())
+    assert modes == ["infer"] * 6 and d["setting"]["mode"] == "infer"
+    assert d["arms"]["default"]["grads_finite"] is None and d["arms"]["ablation_split_cat"]["vs_default"]
