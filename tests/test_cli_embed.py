@@ -367,3 +367,57 @@ def test_embed_reads_the_var_names_where_a_saved_models_gene_id_column_holds_oth
     assert main([*base, "--gene-id-key", "var_names"]) == 0
     np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
     assert list(ad.read_h5ad(out).var["ensembl"][:1]) == ["other0"]  # the file's own columns are written back
+
+
+def test_embed_refuses_keys_and_outputs_it_cannot_write_before_embedding(tmp_path, saved, capsys, monkeypatch):
+    model_dir, adata, _ = saved
+    source = _user_file(adata, tmp_path / "cells.h5ad")
+    base = ["embed", str(source), "--model", str(model_dir), "--quiet"]
+    # a key with "/": anndata writes nested groups and cannot read the file back (the command said [done], rc 0)
+    assert main([*base, "--out", str(tmp_path / "o.h5ad"), "--key", "genemamba/v1"]) == 2
+    assert "without '/'" in capsys.readouterr().err and not (tmp_path / "o.h5ad").exists()
+    # an output folder this user cannot write into: named before the model is loaded (a traceback after it)
+    import genemamba_scvi.cli as cli
+
+    real_access = cli.os.access
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: False if "locked" in str(p) else real_access(p, mode))
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(GeneMambaModel, "load", lambda *a, **k: pytest.fail("loaded before the output was checked"))
+    assert main([*base, "--out", str(tmp_path / "locked" / "sub" / "o.h5ad")]) == 2
+    assert f"cannot write {tmp_path / 'locked' / 'sub' / 'o.h5ad'}" in capsys.readouterr().err
+
+
+def test_a_permission_error_or_ctrl_c_is_a_message_not_a_traceback(tmp_path, saved, capsys, monkeypatch):
+    import genemamba_scvi.cli as cli
+
+    model_dir, adata, _ = saved
+    source = _user_file(adata, tmp_path / "cells.h5ad")
+    base = ["embed", str(source), "--model", str(model_dir), "--out", str(tmp_path / "o.h5ad"), "--quiet"]
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".o.h5ad.tmp"))
+
+    monkeypatch.setattr("genemamba_scvi.io._files._atomic_write_file", denied)
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "error: permission denied" in err and "Traceback" not in err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_embed", interrupted)  # Ctrl-C: 130, one line (a 30-55 line traceback, exit 1)
+    assert main(base) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "genemamba embed: interrupted"
+
+
+def test_a_cell_ranger_h5_is_named_with_the_conversion(tmp_path, capsys):
+    import h5py
+
+    with h5py.File(tmp_path / "filtered_feature_bc_matrix.h5", "w") as f:
+        f.create_group("matrix").create_dataset("shape", data=np.array([3, 2]))
+    out = tmp_path / "o.h5ad"
+    cmd = ["embed", str(tmp_path / "filtered_feature_bc_matrix.h5"), "--model", str(tmp_path), "--out", str(out)]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert "10x Genomics (Cell Ranger) HDF5 file, not an .h5ad" in err and "sc.read_10x_h5(" in err

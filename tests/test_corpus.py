@@ -305,3 +305,34 @@ def test_build_corpus_refuses_features_that_are_not_gene_expression(tmp_path):
     adata.write_h5ad(tmp_path / "cells.h5ad")
     with pytest.raises(ValueError, match=r"marks 1 of 4 features as other than 'Gene Expression'.*'CD4'"):
         build_corpus([tmp_path / "cells.h5ad"], tmp_path / "corpus", max_genes=4, progress=False)
+
+
+def test_a_second_build_into_the_same_folder_is_refused_and_a_dead_builders_lock_taken_over(files, tmp_path):
+    # two builds at once shared the shards' temporary folders: one failed, the other could mark a corpus "complete"
+    # whose shard held the other run's tokens (user probe: 6 of 16 trials)
+    import os
+    import socket
+    import subprocess
+
+    out = tmp_path / "c"
+    out.mkdir()
+    lock = out / corpus_mod.LOCK_FILE
+    lock.write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process holds it
+    with pytest.raises(ValueError, match=rf"is being built by process {os.getppid()} on .*another out_dir"):
+        build_corpus(files[:1], out, max_genes=64)
+    assert not (out / "manifest.json").exists()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(f"{socket.gethostname()} {dead.pid}")  # its builder was killed: the next build goes on
+    build_corpus(files[:1], out, max_genes=64)
+    assert TokenCorpus(out).manifest.status == "complete" and not lock.exists()
+
+
+def test_a_vocabulary_of_things_that_are_not_gene_ids_is_refused(sample, tmp_path):
+    # --gene-id-key naming a column of row numbers built a "complete" corpus whose vocabulary was '0', '1', ...
+    a = sample[:50].copy()
+    a.var["junk"] = np.arange(a.n_vars).astype(str)
+    a.write_h5ad(tmp_path / "a.h5ad")
+    with pytest.raises(ValueError, match=r"only 0% of them are gene symbols or Ensembl gene ids .*'0', '1'"):
+        build_corpus(tmp_path / "a.h5ad", tmp_path / "c", max_genes=32, gene_id_key="junk")
+    build_corpus(tmp_path / "a.h5ad", tmp_path / "ok", max_genes=32)  # the symbols of the var_names are fine

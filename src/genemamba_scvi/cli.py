@@ -159,8 +159,12 @@ def _embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a directory; name the .h5ad file to write")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    if not args.key.strip():
-        raise ValueError("--key must name the obsm key to write (an empty key makes a file anndata cannot read back)")
+    if not args.key.strip() or "/" in args.key:
+        raise ValueError(
+            f"--key must name the obsm key to write, without '/' (got {args.key!r}: anndata writes such a key as "
+            "nested groups, a file it cannot read back)"
+        )
+    _check_writable(out)  # before the embedding, not after it
     saved = looks_saved_by_load_side(args.model)  # load() then names a missing manifest or scvi-tools' model.pt
     _check_cli_model(args, out, saved)
     with warnings.catch_warnings():  # anndata's "Variable names are not unique" (twice): named once, below
@@ -235,6 +239,13 @@ def _embed(args: argparse.Namespace) -> int:
     _atomic_write_file(out, adata.write_h5ad, overwrite=args.overwrite)
     print(f"[done] wrote {out}: obsm[{args.key!r}], {z.shape[0]} cells x {z.shape[1]} (model {args.model})")
     return 0
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output whose folder (or nearest existing parent folder) this user cannot write into."""
+    folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {out}: {folder} is not a folder this user can write into")
 
 
 def _check_cli_model(args: argparse.Namespace, out: Path, saved: bool) -> None:
@@ -476,6 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message, not a traceback
         print(f"genemamba {args.command}: error: {_cli_spelling(str(err), sub.choices[args.command])}", file=sys.stderr)
         return 2
+    except PermissionError as err:  # a folder or file this user may not write: the message, not a traceback
+        print(f"genemamba {args.command}: error: permission denied: {err.filename or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; outputs are written atomically, so nothing half-written
+        print(f"genemamba {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _show_warning(command: str, message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:

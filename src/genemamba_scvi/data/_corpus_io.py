@@ -75,6 +75,14 @@ def check_h5ad_file(path: Path) -> None:
     """Name a file that is no HDF5 file (h5py would say 'file signature not found' in a traceback)."""
     if not h5py.is_hdf5(path):
         raise ValueError(f"input {str(path)!r} is not an .h5ad file (no HDF5 signature)")
+    with h5py.File(path, "r") as f:
+        tenx = "matrix" in f and "X" not in f and "obs" not in f
+    if tenx:  # Cell Ranger's filtered_feature_bc_matrix.h5: anndata cannot read it as an .h5ad
+        target = Path(path).with_suffix(".h5ad")
+        raise ValueError(
+            f"input {str(path)!r} is a 10x Genomics (Cell Ranger) HDF5 file, not an .h5ad; convert it once: "
+            f"python -c \"import scanpy as sc; sc.read_10x_h5('{path}').write_h5ad('{target}')\""
+        )
 
 
 def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

@@ -115,6 +115,17 @@ def _gene_tables() -> tuple[_GeneTable, ...]:
     )
 
 
+def share_of_gene_ids(names: Iterable[str]) -> tuple[float, list[str]]:
+    """Share of ``names`` that are gene ids, and up to five that are not.
+
+    A gene id is an Ensembl gene id (any species, any version) or a known human gene symbol (case ignored).
+    """
+    union = _gene_tables()[2]
+    names = [str(n) for n in names]
+    other = [n for n in names if strip_ensembl_version(n) is None and n.strip().lower() not in union.sym2id_lower]
+    return 1.0 - len(other) / max(len(names), 1), other[:5]
+
+
 def _gencode_genes(name: str) -> frozenset[str]:
     """GENCODE v44 gene names (lower case) that ``name`` (a symbol or an Ensembl id) is; empty if GENCODE lacks it."""
     gencode = _gene_tables()[0]
