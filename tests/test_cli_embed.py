@@ -421,3 +421,21 @@ def test_a_cell_ranger_h5_is_named_with_the_conversion(tmp_path, capsys):
     assert main(cmd) == 2
     err = capsys.readouterr().err
     assert "10x Genomics (Cell Ranger) HDF5 file, not an .h5ad" in err and "sc.read_10x_h5(" in err
+
+
+def test_embed_keeps_the_inputs_compression_and_reads_csc_quietly(tmp_path, saved):
+    # the copy was written uncompressed (2.85x the gzip input of the shipped sample); CSC input warned about training
+    import h5py
+
+    model_dir, adata, expected = saved
+    user = ad.read_h5ad(_user_file(adata, tmp_path / "cells.h5ad"))
+    user.X = sp.csc_matrix(user.X)
+    user.write_h5ad(tmp_path / "gz.h5ad", compression="gzip")
+    out = tmp_path / "o.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message="this GeneMambaModel is not trained")  # the fixture's model
+        assert main(["embed", str(tmp_path / "gz.h5ad"), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    with h5py.File(out, "r") as f:
+        assert f["X/data"].compression == "gzip"
+    np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)

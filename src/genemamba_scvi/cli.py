@@ -191,6 +191,8 @@ def _embed(args: argparse.Namespace) -> int:
             "without --layer the raw counts are read from X)"
         )
     _check_cli_counts(adata, counts, args.layer, source)
+    if getattr(counts, "format", None) == "csc":  # read by rows (scvi-tools' set-up warns about CSC to no end here)
+        counts = counts.tocsr()
     # the model sees a bare AnnData of the counts and genes: scvi's set-up columns never reach the written file
     genes = _gene_expression_rows(adata.var, source)
     counts, var = (counts, adata.var.copy()) if genes is None else (counts[:, genes], adata.var[genes].copy())
@@ -236,9 +238,21 @@ def _embed(args: argparse.Namespace) -> int:
     record["genemamba_scvi_version"] = __version__
     adata.uns.setdefault("genemamba", {})[args.key] = record
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_file(out, adata.write_h5ad, overwrite=args.overwrite)
+    compression = _x_compression(source)  # a copy of the input: as compressed as it was
+    _atomic_write_file(out, functools.partial(adata.write_h5ad, compression=compression), overwrite=args.overwrite)
     print(f"[done] wrote {out}: obsm[{args.key!r}], {z.shape[0]} cells x {z.shape[1]} (model {args.model})")
     return 0
+
+
+def _x_compression(source: Path) -> str | None:
+    """The HDF5 compression of the input's X ("gzip", "lzf" or None), which the written copy keeps."""
+    import h5py
+
+    with h5py.File(source, "r") as f:
+        x = f.get("X")
+        data = x.get("data") if isinstance(x, h5py.Group) else x
+        compression = getattr(data, "compression", None)
+    return compression if compression in ("gzip", "lzf") else None
 
 
 def _check_writable(out: Path) -> None:
@@ -433,7 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         "model's genes it holds are below this (default: the model's, 0.5)",
     )
     embed.add_argument("--batch-size", type=_count, default=None, help="cells per forward pass (default: automatic)")
-    embed.add_argument("--accelerator", default="auto", help="auto (a GPU when there is one), gpu or cpu")
+    embed.add_argument(
+        "--accelerator",
+        default="auto",
+        choices=("auto", "gpu", "cuda", "cpu"),
+        help="auto (a GPU when there is one), gpu or cpu (default: %(default)s)",
+    )
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)
