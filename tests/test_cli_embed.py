@@ -261,6 +261,11 @@ def test_cli_messages_keep_python_calls_and_name_options_outside_them(tmp_path):
         "check ids (or --gene-id-key), or lower --min-gene-overlap (GeneMambaModel.load(..., min_gene_overlap=...))"
     )
     assert _cli_spelling("batch_size must be an integer >= 1, got 0", parser).startswith("--batch-size must")
+    # build_corpus's own names for --out and --min-gene-overlap (user probe: "choose a new (or empty) out_dir")
+    parser.add_argument("--out")
+    assert _cli_spelling("choose a new out_dir, or lower min_overlap", parser) == (
+        "choose a new --out, or lower --min-gene-overlap"
+    )
 
 
 def test_a_mistyped_model_path_beside_saved_models_is_named_as_such(tmp_path, saved, capsys, monkeypatch):

@@ -527,6 +527,9 @@ def _cli_spelling(message: str, parser: argparse.ArgumentParser) -> str:
     (``GeneMambaModel.load(..., min_gene_overlap=...)``), are left as they are.
     """
     options = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != "help"}
+    for python_name, dest in (("out_dir", "out"), ("min_overlap", "min_gene_overlap")):  # the library's spellings
+        if dest in options:
+            options.setdefault(python_name, options[dest])
 
     def as_option(match: re.Match) -> str:
         flag = options.get(match.group(1))
