@@ -59,6 +59,13 @@ def test_plan_kwargs_values_that_train_silently_wrong_are_refused_before_trainin
     assert all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())
 
 
+def test_plan_kwargs_betas_as_an_array_or_list_train(model):
+    # the check first took only sequences: np.array([0.9, 0.98]) (torch's AdamW takes it) was refused
+    run = {"max_epochs": 1, "max_steps": 1, "accelerator": "cpu", "enable_progress_bar": False}
+    for betas in (np.array([0.9, 0.98]), [0.9, 0.999], torch.tensor([0.9, 0.98])):
+        model.train(plan_kwargs={"betas": betas}, **run)
+
+
 def test_max_epochs_none_is_fine_with_max_steps(model):
     model.train(max_epochs=None, max_steps=1, accelerator="cpu", enable_progress_bar=False, batch_size=16)
     model.train(max_epochs=np.int64(1), max_steps=1, accelerator="cpu", enable_progress_bar=False, batch_size=16)

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from scvi.train import SaveCheckpoint, TrainingPlan, TrainRunner
@@ -229,8 +230,11 @@ def _check_optimiser_settings(lr: Any, weight_decay: Any, warmup_fraction: Any, 
     for name, value, ok, what in checks:
         if not ok:
             raise ValueError(f"plan_kwargs {name} must be {what}, got {value!r}")
-    pair = isinstance(betas, Sequence) and not isinstance(betas, str) and len(betas) == 2
-    if not (pair and all(number(b) and 0 <= b < 1 for b in betas)):
+    try:  # a tuple, a list, an array or a tensor of two numbers
+        pair = [float(b) for b in betas] if not isinstance(betas, str | bytes) and np.ndim(betas) == 1 else []
+    except (TypeError, ValueError):
+        pair = []
+    if len(pair) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in pair):
         raise ValueError(f"plan_kwargs betas must be two numbers in [0, 1) (AdamW's), got {betas!r}")
 
 
