@@ -444,3 +444,33 @@ def test_embed_keeps_the_inputs_compression_and_reads_csc_quietly(tmp_path, save
     with h5py.File(out, "r") as f:
         assert f["X/data"].compression == "gzip"
     np.testing.assert_allclose(ad.read_h5ad(out).obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_embed_reads_counts_from_raw_and_names_empty_cells_in_the_files_terms(tmp_path, saved, capsys):
+    # scanpy's layout (log-normalised X, counts in .raw) had no command-line route; empty cells of X were reported
+    # in "layer 'counts'" (the saved model's set-up layer) with a fix for Python users only
+    import scanpy as sc
+
+    model_dir, adata, expected = saved
+    user = ad.read_h5ad(_user_file(adata, tmp_path / "cells.h5ad"))
+    logged = user.copy()
+    sc.pp.normalize_total(logged)
+    sc.pp.log1p(logged)
+    logged.raw = user
+    logged.write_h5ad(tmp_path / "scanpy.h5ad")
+    base = ["embed", str(tmp_path / "scanpy.h5ad"), "--model", str(model_dir), "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "x.h5ad")]) == 2
+    assert "the file's raw holds them: pass --layer raw" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the fixture's model is untrained
+        assert main([*base, "--out", str(tmp_path / "r.h5ad"), "--layer", "raw"]) == 0
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "r.h5ad").obsm["X_genemamba"], expected, rtol=1e-5, atol=1e-6)
+    empty = user.copy()
+    X = empty.X.tolil()
+    X[:2] = 0
+    empty.X = sp.csr_matrix(X)
+    empty.write_h5ad(tmp_path / "empty.h5ad")
+    cmd = ["embed", str(tmp_path / "empty.h5ad"), "--model", str(model_dir), "--out", str(tmp_path / "e.h5ad")]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert f"2 of {user.n_obs} cells of {tmp_path / 'empty.h5ad'} have no counts in X" in err and "'counts'" not in err

@@ -181,21 +181,25 @@ def _embed(args: argparse.Namespace) -> int:
             "gene must name one column: make them unique in the file (in Python: adata.var_names_make_unique(), "
             "then adata.write_h5ad(...)), or pass --gene-id-key with a var column of unique gene ids"
         )
+    var_of_counts = adata.var
     if args.layer is None:
         counts = adata.X
     elif args.layer in adata.layers:
         counts = adata.layers[args.layer]
+    elif args.layer == "raw" and adata.raw is not None:  # scanpy's place for the counts: all genes of adata.raw
+        counts, var_of_counts = adata.raw.X, adata.raw.var
     else:
         raise ValueError(
             f"--layer {args.layer!r} is not a layer of {source} (layers: {list(adata.layers.keys())}; "
             "without --layer the raw counts are read from X)"
         )
     _check_cli_counts(adata, counts, args.layer, source)
+    _refuse_empty_cells(adata.obs_names, counts, args.layer, source)
     if getattr(counts, "format", None) == "csc":  # read by rows (scvi-tools' set-up warns about CSC to no end here)
         counts = counts.tocsr()
     # the model sees a bare AnnData of the counts and genes: scvi's set-up columns never reach the written file
-    genes = _gene_expression_rows(adata.var, source)
-    counts, var = (counts, adata.var.copy()) if genes is None else (counts[:, genes], adata.var[genes].copy())
+    genes = _gene_expression_rows(var_of_counts, source)
+    counts, var = (counts, var_of_counts.copy()) if genes is None else (counts[:, genes], var_of_counts[genes].copy())
     if adata_var_names_only:  # no var column, so a saved model's gene_id_key column cannot be read
         var = pd.DataFrame(index=var.index.copy())
     work = anndata.AnnData(X=counts, obs=pd.DataFrame(index=adata.obs_names.copy()), var=var)
@@ -348,9 +352,26 @@ def _check_cli_counts(adata: Any, counts: Any, layer: str | None, source: Path) 
             hint = f"{found[0]} holds them: pass --layer {found[1]}"
         elif found[0] == "adata.X":
             hint = "X holds them: leave out --layer"
+        elif found[0].startswith("adata.raw"):
+            hint = "the file's raw holds them: pass --layer raw"
         else:
             hint = f"{found[0]} holds them: write them to a layer of the file and pass --layer with its name"
         raise ValueError(f"{err.problem}; genemamba embed needs raw counts — {hint}") from None
+
+
+def _refuse_empty_cells(obs_names: Any, counts: Any, layer: str | None, source: Path) -> None:
+    """Name cells without counts in the file's own terms (the model's set-up would name its own layer)."""
+    import numpy as np
+
+    empty = np.asarray(counts.sum(axis=1)).ravel() == 0
+    if empty.any():
+        where = f"layer {layer!r}" if layer else "X"
+        raise ValueError(
+            f"{int(empty.sum())} of {empty.size} cells of {source} have no counts in {where} (e.g. "
+            f"{list(obs_names[empty][:5])}): a cell without counts has no genes to rank, and genemamba embed writes "
+            "every cell of its input; drop them from the file first (in Python: adata = adata[adata.X.sum(axis=1) "
+            "> 0].copy(), then adata.write_h5ad(...))"
+        )
 
 
 def _build_corpus(args: argparse.Namespace) -> int:
@@ -425,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("input", help=".h5ad file of raw counts")
     embed.add_argument("--model", required=True, help="model directory, or a Hugging Face id in the local cache")
     embed.add_argument("--out", required=True, help=".h5ad file to write (the input plus the embedding)")
-    embed.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
+    embed.add_argument(
+        "--layer", default=None, help="layer holding the raw counts, or 'raw' for the file's raw (default: X)"
+    )
     embed.add_argument("--key", default=LATENT_KEY, help="obsm key of the embedding (default: %(default)s)")
     embed.add_argument(
         "--gene-id-key",
