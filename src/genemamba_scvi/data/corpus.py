@@ -191,7 +191,7 @@ def _resolve_vocab(
     with _H5adRows(first_file, None, gene_id_key) as reader:
         genes = list(reader.genes)
     share, other = share_of_gene_ids(genes)
-    if share < 0.5:  # a column of row numbers or probe names would become the vocabulary of every later model
+    if share < 0.2:  # a column of row numbers or probe names would become the vocabulary of every later model
         where = f"var[{gene_id_key!r}]" if gene_id_key else "the var_names"
         raise ValueError(
             f"the vocabulary would be built from {where} of {first_file}, but only {100 * share:.0f}% of them are "

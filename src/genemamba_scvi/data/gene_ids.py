@@ -65,6 +65,8 @@ def load_gene_id_table() -> pd.DataFrame:
     return _gene_id_table_cached().copy()
 
 
+# RP11-30J20.1, CTD-2050I18.2, AC012345.2, XXbac-B461K10.4: clone-based gene names (GENCODE before v31 or so)
+_CLONE_RE = re.compile(r"^[A-Za-z]{1,6}[0-9A-Za-z]*(-[0-9A-Za-z]+)*\.\d+$")
 # ENSG00000141510, ENSG00000141510.12, ENSMUSG..., ENSG00000182378.15_PAR_Y
 _ENSEMBL_RE = re.compile(r"^(ENS[A-Z]*G\d+)(?:\.\d+)?(_PAR_Y)?$", re.IGNORECASE)
 
@@ -118,11 +120,16 @@ def _gene_tables() -> tuple[_GeneTable, ...]:
 def share_of_gene_ids(names: Iterable[str]) -> tuple[float, list[str]]:
     """Share of ``names`` that are gene ids, and up to five that are not.
 
-    A gene id is an Ensembl gene id (any species, any version) or a known human gene symbol (case ignored).
+    A gene id is an Ensembl gene id (any species, any version), a known human gene symbol (case ignored) or a
+    clone-based name of older GENCODE releases (``RP11-30J20.1``, ``AC012345.2``: 40% of the shipped sample's genes).
     """
     union = _gene_tables()[2]
     names = [str(n) for n in names]
-    other = [n for n in names if strip_ensembl_version(n) is None and n.strip().lower() not in union.sym2id_lower]
+    other = [
+        n
+        for n in names
+        if strip_ensembl_version(n) is None and n.strip().lower() not in union.sym2id_lower and not _CLONE_RE.match(n)
+    ]
     return 1.0 - len(other) / max(len(names), 1), other[:5]
 
 
