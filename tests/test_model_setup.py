@@ -6,6 +6,7 @@ Real data: a slice of the shipped 559-cell count sample (``sample48`` in conftes
 from __future__ import annotations
 
 import re
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -321,3 +322,16 @@ def test_gene_medians_by_t_digest_for_data_too_large_for_exact_medians(adata, mo
     np.testing.assert_allclose(digest.gene_medians_, exact.gene_medians_, rtol=1e-12)
     with pytest.raises(ValueError, match=r"gene_medians must be one of \('exact', 'tdigest'\), got 'median'"):
         GeneMambaModel(adata, n_layers=1, d_model=32, gene_medians="median")
+
+
+def test_a_vocabulary_of_things_that_are_not_gene_ids_is_questioned(adata):
+    # a model built on probe names or row numbers keeps them as its vocabulary; no other data would ever match it
+    junk = _fresh(adata.copy())
+    junk.var_names = [f"probe{i}" for i in range(junk.n_vars)]
+    GeneMambaModel.setup_anndata(junk, layer="counts")
+    with pytest.warns(UserWarning, match=r"only 0% of the genes of this AnnData are gene symbols or Ensembl gene ids"):
+        GeneMambaModel(junk, n_layers=1, d_model=32, max_genes=32)
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # real genes (symbols, clone-based lncRNA names): no word
+        GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=32)

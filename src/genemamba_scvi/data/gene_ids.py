@@ -133,6 +133,23 @@ def share_of_gene_ids(names: Iterable[str]) -> tuple[float, list[str]]:
     return 1.0 - len(other) / max(len(names), 1), other[:5]
 
 
+def warn_if_not_gene_ids(names: Iterable[str], where: str) -> None:
+    """Warn when under 20% of ``names`` are gene ids (:func:`share_of_gene_ids`): a vocabulary made of them."""
+    share, other = share_of_gene_ids(names)
+    if share < 0.2:
+        import warnings
+
+        from genemamba_scvi._warn import user_stacklevel
+
+        warnings.warn(
+            f"only {100 * share:.0f}% of {where} are gene symbols or Ensembl gene ids (e.g. {other}); the model's "
+            "vocabulary is made of them, so other data, saved models and the pathway loss can match genes by these "
+            "names only: set up with gene_id_key= naming the var column of gene ids",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
 def _gencode_genes(name: str) -> frozenset[str]:
     """GENCODE v44 gene names (lower case) that ``name`` (a symbol or an Ensembl id) is; empty if GENCODE lacks it."""
     gencode = _gene_tables()[0]

@@ -20,6 +20,7 @@ from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import resolve_precision
+from genemamba_scvi.data.gene_ids import warn_if_not_gene_ids
 from genemamba_scvi.data.normalize import compute_gene_medians
 from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
@@ -183,6 +184,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             vocab = GeneVocab.from_json(vocab)
         if vocab is None:
             vocab = GeneVocab.from_var_names(self._gene_ids(adata))
+            warn_if_not_gene_ids(vocab.genes, "the genes of this AnnData")
         if unk_token is not None and unk_token not in vocab:
             raise ValueError(f"unk_token={unk_token!r} is not an entry of the vocabulary")
         self.vocab_ = vocab
