@@ -43,6 +43,8 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from genemamba_scvi._processes import process_alive
+
 from ._corpus_io import (  # noqa: F401  (names of this module before the split)
     _FINGERPRINT_BYTES,
     _TMP_PREFIX,
@@ -71,7 +73,7 @@ from ._corpus_manifest import (  # noqa: F401  (names of this module before the 
     _plan_shards,
 )
 from ._corpus_reader import TokenCorpus
-from .gene_ids import share_of_gene_ids
+from .gene_ids import few_gene_ids
 from .normalize import GeneMedianAccumulator
 from .tokenize import rank_tokenize
 from .vocab import GeneVocab
@@ -190,12 +192,12 @@ def _resolve_vocab(
         return GeneVocab.from_json(out / VOCAB_FILE)
     with _H5adRows(first_file, None, gene_id_key) as reader:
         genes = list(reader.genes)
-    share, other = share_of_gene_ids(genes)
-    if share < 0.2:  # a column of row numbers or probe names would become the vocabulary of every later model
+    found = few_gene_ids(genes)
+    if found is not None:  # a column of row numbers or probe names would become the vocabulary of every later model
         where = f"var[{gene_id_key!r}]" if gene_id_key else "the var_names"
         raise ValueError(
-            f"the vocabulary would be built from {where} of {first_file}, but only {100 * share:.0f}% of them are "
-            f"gene symbols or Ensembl gene ids (e.g. {other}): pass gene_id_key= naming the var column of gene ids, "
+            f"the vocabulary would be built from {where} of {first_file}, but only {100 * found[0]:.0f}% of them are "
+            f"gene symbols or Ensembl gene ids (e.g. {found[1]}): pass gene_id_key= naming the var column of gene ids, "
             "or vocab= a vocabulary file"
         )
     return GeneVocab.from_var_names(genes)
@@ -240,7 +242,7 @@ def _build_lock(out: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder_host, _, pid = lock.read_text(errors="replace").strip().rpartition(" ")
-            if holder_host == host and pid.isdigit() and not _process_alive(int(pid)):
+            if holder_host == host and pid.isdigit() and not process_alive(int(pid)):
                 lock.unlink(missing_ok=True)  # its builder was killed: this run resumes the corpus
                 continue
             raise ValueError(
@@ -254,16 +256,6 @@ def _build_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's process
-    return True
 
 
 def build_corpus(

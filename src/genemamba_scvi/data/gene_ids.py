@@ -117,30 +117,36 @@ def _gene_tables() -> tuple[_GeneTable, ...]:
     )
 
 
-def share_of_gene_ids(names: Iterable[str]) -> tuple[float, list[str]]:
-    """Share of ``names`` that are gene ids, and up to five that are not.
+#: Under this share of gene ids a list of names is taken for something else (row numbers, probe names).
+MIN_GENE_ID_SHARE = 0.2
 
-    A gene id is an Ensembl gene id (any species, any version), a known human gene symbol (case ignored) or a
-    clone-based name of older GENCODE releases (``RP11-30J20.1``, ``AC012345.2``: 40% of the shipped sample's genes).
+
+def few_gene_ids(names: Iterable[str]) -> tuple[float, list[str]] | None:
+    """``(share, up to five others)`` when under :data:`MIN_GENE_ID_SHARE` of ``names`` are gene ids, else ``None``.
+
+    A gene id is an Ensembl gene id (any species, any version), a clone-based name of older GENCODE releases
+    (``RP11-30J20.1``, ``AC012345.2``: 40% of the shipped sample's genes) or a known human gene symbol (case
+    ignored). The symbol tables are loaded only when the two patterns alone leave the share below the bound.
     """
-    union = _gene_tables()[2]
     names = [str(n) for n in names]
-    other = [
-        n
-        for n in names
-        if strip_ensembl_version(n) is None and n.strip().lower() not in union.sym2id_lower and not _CLONE_RE.match(n)
-    ]
-    return 1.0 - len(other) / max(len(names), 1), other[:5]
+    other = [n for n in names if strip_ensembl_version(n) is None and not _CLONE_RE.match(n)]
+    if 1.0 - len(other) / max(len(names), 1) >= MIN_GENE_ID_SHARE:
+        return None
+    symbols = _gene_tables()[2].sym2id_lower
+    other = [n for n in other if n.strip().lower() not in symbols]
+    share = 1.0 - len(other) / max(len(names), 1)
+    return (share, other[:5]) if share < MIN_GENE_ID_SHARE else None
 
 
 def warn_if_not_gene_ids(names: Iterable[str], where: str) -> None:
-    """Warn when under 20% of ``names`` are gene ids (:func:`share_of_gene_ids`): a vocabulary made of them."""
-    share, other = share_of_gene_ids(names)
-    if share < 0.2:
+    """Warn when few of ``names`` are gene ids (:func:`few_gene_ids`): a vocabulary made of them."""
+    found = few_gene_ids(names)
+    if found is not None:
         import warnings
 
         from genemamba_scvi._warn import user_stacklevel
 
+        share, other = found
         warnings.warn(
             f"only {100 * share:.0f}% of {where} are gene symbols or Ensembl gene ids (e.g. {other}); the model's "
             "vocabulary is made of them, so other data, saved models and the pathway loss can match genes by these "

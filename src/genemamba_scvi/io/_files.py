@@ -20,6 +20,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from genemamba_scvi._processes import process_alive
+
 
 def _prepare_tensors(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Detach, move to CPU, make contiguous; tensors that are the same view are stored once."""
@@ -189,15 +191,8 @@ def _remove_stale_tmp(path: Path) -> None:
         if not entry.name.startswith(prefix):
             continue
         pid = entry.name[len(prefix) :].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or another user's): maybe writing now
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)):
+            continue  # ours, or alive (or another user's): maybe writing now
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
