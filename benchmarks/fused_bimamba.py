@@ -536,7 +536,7 @@ def sweep_ssd_bwd(dev: str, n_cells: int = 48) -> dict[str, Any]:
     return res
 
 
-def sweep_ssd_gated(dev: str) -> dict[str, Any]:
+def sweep_ssd_gated(dev: str, space: dict | list[dict] | None = None) -> dict[str, Any]:
     """Inference, both directions of a 256-cell batch: scan, gated RMSNorm and ``out_proj`` two ways.
 
     Baseline (the unfolded path): ``dt`` gathered into the ``[2T]`` row, ``ssd_varlen``, then the gated-norm kernel
@@ -584,7 +584,7 @@ def sweep_ssd_gated(dev: str) -> dict[str, Any]:
         res: dict[str, Any] = {"rows": 2 * T, "heads": H, "headdim": P, "d_state": N, "d_model": d}
         res["unfolded_ms"] = triton.testing.do_bench(unfolded, warmup=25, rep=200, return_mode="median")
         res["configs"] = _sweep_shapes(
-            SSD_SWEEP, fused.SSD_FWD_CONFIG, folded, ref, res["unfolded_ms"], "unfolded", check=folded_scaled
+            space or SSD_SWEEP, fused.SSD_FWD_CONFIG, folded, ref, res["unfolded_ms"], "unfolded", check=folded_scaled
         )
     ok = [r for r in res["configs"] if "ms" in r]
     res["best"] = min(ok, key=lambda r: r["ms"]) if ok else None
@@ -671,7 +671,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep-conv", action="store_true", help="only time conv_both's launch configurations")
     p.add_argument("--sweep-ssd", action="store_true", help="only time ssd_varlen against mamba-ssm's scan")
     p.add_argument(
-        "--ssd-configs", type=json.loads, default=None, help="--sweep-ssd: a JSON list of SSD_FWD_CONFIG launch shapes"
+        "--ssd-configs",
+        type=json.loads,
+        default=None,
+        help="--sweep-ssd(-gated): a JSON list of SSD_FWD_CONFIG launch shapes",
     )
     p.add_argument("--parity-only", action="store_true", help="only the parity against the float64 reference")
     p.add_argument("--conv-fwd-only", action="store_true", help="--sweep-conv: the forward shapes only")
@@ -700,7 +703,7 @@ def main(argv: list[str] | None = None) -> None:
     sweeps = (
         (a.sweep_ssd, "sweep_ssd", functools.partial(sweep_ssd, n_cells=a.ssd_cells, space=a.ssd_configs)),
         (a.sweep_conv_ssd, "sweep_conv_ssd", sweep_conv_ssd),
-        (a.sweep_ssd_gated, "sweep_ssd_gated", sweep_ssd_gated),
+        (a.sweep_ssd_gated, "sweep_ssd_gated", functools.partial(sweep_ssd_gated, space=a.ssd_configs)),
         (a.sweep_ssd_bwd, "sweep_ssd_bwd", sweep_ssd_bwd),
     )
     for flag, key, fn in sweeps:
