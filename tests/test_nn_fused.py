@@ -338,30 +338,16 @@ def test_mixer_both_is_bit_identical_with_and_without_lean_launches(monkeypatch,
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("q", "ngroups", "heads", "P", "extra"),
-    [
-        (16, 1, 1, 16, {}),
-        (64, 2, 1, 16, {}),
-        (16, 1, 4, 16, {}),
-        (32, 2, 2, 16, {}),
-        (16, 1, 2, 32, {"p_block": 16}),
-        (16, 1, 4, 16, {"trans": True}),
-        (32, 2, 2, 32, {"p_block": 16, "trans": True}),
-    ],
-)
-def test_ssd_varlen_equals_the_chunked_scan_outputs_and_gradients(monkeypatch, q, ngroups, heads, P, extra):
+@pytest.mark.parametrize(("q", "ngroups", "heads"), [(16, 1, 1), (64, 2, 1), (16, 1, 4), (32, 2, 2)])
+def test_ssd_varlen_equals_the_chunked_scan_outputs_and_gradients(monkeypatch, q, ngroups, heads):
     """Ragged, empty, one-row and multi-chunk sequences; the state restarts at every sequence; one head per
-    program, or several heads of a group per program (``SSD_FWD_CONFIG["heads"]``), a head's channels split over
-    programs (``"p_block"``), the transposed state (``"trans"``)."""
+    program, or several heads of a group per program (``SSD_FWD_CONFIG["heads"]``)."""
     import genemamba_scvi.nn.fused as fused
 
     monkeypatch.setitem(fused.SSD_FWD_CONFIG, "Q", q)
     monkeypatch.setitem(fused.SSD_FWD_CONFIG, "heads", heads)
-    for key, value in extra.items():
-        monkeypatch.setitem(fused.SSD_FWD_CONFIG, key, value)
     torch.manual_seed(5)
-    H, N = 4, 16
+    H, P, N = 4, 16, 16
     lens = torch.tensor([70, 1, 0, 33, 130, 5])
     cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE)
     L = int(cu[-1])
@@ -575,20 +561,15 @@ def test_block_uses_the_one_pass_merge_only_when_switched_on_and_without_gradien
 # ----------------------------------------------------------------------------------------------------
 # The gated norm folded into the scan and the merge (inference)
 # ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("heads", "P", "extra"),
-    [(1, 16, {}), (2, 16, {}), (2, 32, {"p_block": 16}), (2, 32, {"p_block": 16, "trans": True})],
-)
-def test_ssd_varlen_both_equals_the_scan_and_the_gate_on_the_two_direction_row(monkeypatch, heads, P, extra):
+@pytest.mark.parametrize("heads", [1, 2])
+def test_ssd_varlen_both_equals_the_scan_and_the_gate_on_the_two_direction_row(monkeypatch, heads):
     """Gate ``z`` and ``dt`` read at each row's token (row ``T + j`` is token ``rev[j]``); the partial sums of squares
     add up to the gated row's; an empty cell, one-token cells, cells over a chunk of 16."""
     import genemamba_scvi.nn.fused as fused
 
     monkeypatch.setitem(fused.SSD_FWD_CONFIG, "heads", heads)
-    for key, value in extra.items():
-        monkeypatch.setitem(fused.SSD_FWD_CONFIG, key, value)
     torch.manual_seed(11)
-    H, N = 4, 16
+    H, P, N = 4, 16, 16
     p = _pack([5, 1, 0, 40, 2, 17])
     T = p.n_tokens
     cu2 = torch.cat([p.cu_seqlens[:-1], p.cu_seqlens + T])
@@ -603,7 +584,7 @@ def test_ssd_varlen_both_equals_the_scan_and_the_gate_on_the_two_direction_row(m
         y_tok, none = fused.ssd_varlen_both(xbc2, dt, A, cu2, **kw)  # no gate: dt at the token only
     assert none is None and torch.equal(y_tok, y)
     want = y.float() * F.silu(torch.cat([z, z[p.rev]]))
-    assert ssq.shape == (2 * T, H // heads * (P // extra.get("p_block", P))) and ssq.dtype == torch.float32
+    assert ssq.shape == (2 * T, H // heads) and ssq.dtype == torch.float32
     assert _rel(g, want) < SSD_TOL
     assert _rel(ssq.sum(1), want.square().sum(1)) < SSD_TOL
     with pytest.raises(ValueError, match="two-direction row"):

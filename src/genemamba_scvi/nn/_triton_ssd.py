@@ -167,10 +167,10 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
 # Several heads of one group per program
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _ssd_heads_chunk(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x,
-    stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P: tl.constexpr,
-    N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    GATE: tl.constexpr, DT_TOKEN: tl.constexpr
+def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt,
+    stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P: tl.constexpr, N: tl.constexpr,
+    Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
+    DT_TOKEN: tl.constexpr
 ):
     """``_ssd_chunk`` for the ``HB`` heads ``hh`` of group ``g`` at once: ``state`` ``[HB, N, P]``.
 
@@ -189,7 +189,7 @@ def _ssd_heads_chunk(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, 
     dA = dt * A[:, None]
     cs = tl.cumsum(dA, axis=1)
     total = tl.sum(dA, axis=1)  # [HB]
-    xoff = r64[None, :, None] * stride_x + (col0[:, None, None] + p[None, None, :])
+    xoff = r64[None, :, None] * stride_x + (hh[:, None, None] * P + p[None, None, :])
     xm = tl.load(x_ptr + xoff, mask=rm[None, :, None], other=0.0)  # [HB, Q, P]
     bm = tl.load(B_ptr + r64[:, None] * stride_b + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
     cm = tl.load(C_ptr + r64[:, None] * stride_c + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
@@ -204,7 +204,7 @@ def _ssd_heads_chunk(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, 
         y += D[:, None, None] * xm.to(tl.float32)
     bw = (bm.to(tl.float32)[None, :, :] * (tl.exp(total[:, None] - cs) * dt)[:, :, None]).to(xm.dtype)  # [HB, Q, N]
     state = state * tl.exp(total)[:, None, None] + tl.dot(tl.permute(bw, (0, 2, 1)), xm)
-    cols = col0[:, None, None] + p[None, None, :]
+    cols = hh[:, None, None] * P + p[None, None, :]
     if GATE:  # off the state's chain: the next chunk does not wait for the gate
         y = _silu_gate(y, z_ptr + ztok[None, :, None] * stride_z + cols, rm[None, :, None])
         tl.store(ssq_ptr + r64 * NP + blk, tl.sum(tl.sum(y * y, axis=2), axis=0), mask=rm)
@@ -213,113 +213,40 @@ def _ssd_heads_chunk(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, 
 
 
 @triton.jit
-def _ssd_heads_chunk_t(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x,
-    stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P: tl.constexpr,
-    N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    GATE: tl.constexpr, DT_TOKEN: tl.constexpr
-):
-    """``_ssd_heads_chunk`` on the transposed state ``S^T`` ``[HB, P, N]`` (``TRANS``), outputs as ``y^T``.
-
-    ``y^T = x^T w^T + exp(cs) * (S^T C^T)`` and ``S^T <- exp(total) S^T + x^T bw``: the state is the left operand
-    of its product, and a matrix product's accumulator converts to a left operand in registers (the step from
-    ``P = softmax(Q K^T)`` to ``P V`` in FlashAttention-2, Dao 2023), where as the right operand (``C S``) it goes
-    through shared memory every chunk; ``x^T`` is the left operand of both of its products.
-    """
-    q = tl.arange(0, Q)
-    p = tl.arange(0, P)
-    n = tl.arange(0, N)
-    rows = c0 + q
-    rm = rows < end
-    r64 = rows.to(tl.int64)
-    ztok = (zbase + zsgn * rows).to(tl.int64)
-    dtok = ztok if DT_TOKEN else r64
-    dt = _dt_of(dt_ptr, dtok[None, :], stride_dt, hh[:, None], rm[None, :], dt_bias[:, None], DT_SOFTPLUS)  # [HB, Q]
-    dA = dt * A[:, None]
-    cs = tl.cumsum(dA, axis=1)
-    total = tl.sum(dA, axis=1)  # [HB]
-    cols = col0[:, None, None] + p[None, :, None]  # [HB, P, 1]
-    xt = tl.load(x_ptr + r64[None, None, :] * stride_x + cols, mask=rm[None, None, :], other=0.0)  # [HB, P, Q]
-    bm = tl.load(B_ptr + r64[:, None] * stride_b + (g * N + n)[None, :], mask=rm[:, None], other=0.0)  # [Q, N]
-    ct = tl.load(C_ptr + r64[None, :] * stride_c + (g * N + n)[:, None], mask=rm[None, :], other=0.0)  # [N, Q]
-    cbt = tl.dot(bm, ct)  # [Q(j), Q(i)] = B_j . C_i, fp32, shared by the heads
-    causal = q[:, None] <= q[None, :]
-    seg = tl.where(causal[None, :, :], cs[:, None, :] - cs[:, :, None], float("-inf"))  # cs_i - cs_j
-    wt = cbt[None, :, :] * tl.exp(seg) * dt[:, :, None]  # [HB, Q(j), Q(i)]
-    yt = tl.dot(xt, wt.to(xt.dtype))  # [HB, P, Q]
-    cth = tl.broadcast_to(ct[None, :, :], (HB, N, Q))
-    yt += tl.dot(state.to(xt.dtype), cth) * tl.exp(cs)[:, None, :]
-    if HAS_D:
-        yt += D[:, None, None] * xt.to(tl.float32)
-    bw = (bm.to(tl.float32)[None, :, :] * (tl.exp(total[:, None] - cs) * dt)[:, :, None]).to(xt.dtype)  # [HB, Q, N]
-    state = state * tl.exp(total)[:, None, None] + tl.dot(xt, bw)
-    if GATE:
-        yt = _silu_gate(yt, z_ptr + ztok[None, None, :] * stride_z + cols, rm[None, None, :])
-        tl.store(ssq_ptr + r64 * NP + blk, tl.sum(tl.sum(yt * yt, axis=1), axis=0), mask=rm)
-    tl.store(y_ptr + r64[None, None, :] * stride_y + cols, yt.to(y_ptr.dtype.element_ty), mask=rm[None, None, :])
-    return state
-
-
-@triton.jit
-def _heads_step(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt,
-    stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P: tl.constexpr, N: tl.constexpr,
-    Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
-    DT_TOKEN: tl.constexpr, TRANS: tl.constexpr
-):
-    """One chunk step of the ``HB`` heads: ``_ssd_heads_chunk_t`` with ``TRANS``, else ``_ssd_heads_chunk``."""
-    if TRANS:
-        return _ssd_heads_chunk_t(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
-            stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P, N, Q,
-            HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN)
-    else:
-        return _ssd_heads_chunk(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
-            stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P, N, Q,
-            HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN)
-
-
-@triton.jit
 def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, cu_ptr, order_ptr,
     stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads, z_ptr, ssq_ptr, stride_z, T_half,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr,
-    GATE: tl.constexpr, DT_TOKEN: tl.constexpr, TRANS: tl.constexpr, PB: tl.constexpr
+    GATE: tl.constexpr, DT_TOKEN: tl.constexpr
 ):
     """``ssd_varlen_fwd_kernel`` with ``HB`` heads per program (``HB`` divides the heads of a group).
 
-    ``PB`` (divides ``P``): each program runs ``PB`` of its heads' ``P`` channels, so a head's ``[N, P]`` state is
-    split over ``P // PB`` programs (fewer registers a program, more chains in flight; ``C B^T`` is computed by each).
-    ``TRANS``: the steps of ``_ssd_heads_chunk_t`` (the state transposed).
-
-    Grid ``(n_blocks * n_sequences,)`` with ``n_blocks = n_heads // HB * (P // PB)``: program ``i`` runs block ``b = i
-    % n_blocks`` of sequence ``order[i // n_blocks]``, i.e. heads ``HB * (b // (P // PB)) + [0, HB)`` at channels
-    ``PB * (b % (P // PB)) + [0, PB)``; with ``GATE`` its sums of squares go to column ``b`` of ``ssq``.
+    Grid ``(n_heads // HB * n_sequences,)``: program ``i`` runs heads ``HB * (i % (n_heads // HB)) + [0, HB)`` of
+    sequence ``order[i // (n_heads // HB)]``; with ``GATE`` its sums of squares go to column ``i % (n_heads // HB)``
+    of ``ssq``.
     """
     pid = tl.program_id(0)
-    n_blocks = n_heads // HB * (P // PB)  # programs of a sequence
-    blk = pid % n_blocks
-    hh = (blk // (P // PB)) * HB + tl.arange(0, HB)
-    col0 = hh * P + (blk % (P // PB)) * PB  # first column of each head's block
+    n_blocks = n_heads // HB
+    hh = (pid % n_blocks) * HB + tl.arange(0, HB)
     s = tl.load(order_ptr + pid // n_blocks)
-    g = ((blk // (P // PB)) * HB) // heads_per_group
+    g = ((pid % n_blocks) * HB) // heads_per_group
     start = tl.load(cu_ptr + s)
     end = tl.load(cu_ptr + s + 1)
     A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, D_ptr, hh, HAS_DT_BIAS, HAS_D)
     zsgn, zbase = _gate_map(start, end, T_half)
-    if TRANS:
-        state = tl.zeros((HB, PB, N), dtype=tl.float32)
-    else:
-        state = tl.zeros((HB, N, PB), dtype=tl.float32)
+    state = tl.zeros((HB, N, P), dtype=tl.float32)
     if INTERPRET:
         c0 = start
         while c0 < end:
-            state = _heads_step(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
-                stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks, blk,
-                PB, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN, TRANS)
+            state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
+                stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks,
+                pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN)
             c0 += Q
     else:
         for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
-            state = _heads_step(state, c0, end, hh, col0, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
-                stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks, blk,
-                PB, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN, TRANS)
+            state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
+                stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks,
+                pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -27,8 +27,6 @@ __all__ = [
 #: Q 16, 4 warps, 2 stages, 4 heads: the fastest of 24 shapes on an H200, 2.48 ms against 2.92 ms with one head per
 #: program (Q 16, 4 warps, 3 stages) and 6.17 ms for mamba-ssm's scan, both directions of 256 cells
 #: (benchmarks/results/ssd_sweep3_h200.json; 2 heads per program were slower than 1 at every shape).
-#: Optional keys (with ``"heads"`` > 1): ``"p_block"``, channels of a head per program (a head's state split over
-#: programs), ``"trans"``, the state held transposed (``_ssd_heads_chunk_t``), ``"maxnreg"``, Triton's register cap.
 SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 2, "heads": 4}
 #: Fewer programs than this and the scan runs one head per program (0: always ``heads``). Off: at a 48-cell
 #: training step (384 programs at 4 heads) one head per program trained 1.2% slower on an H200
@@ -96,11 +94,8 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
     hb = hb if hb > 1 and (nheads // ngroups) % hb == 0 else 1  # heads of one group per program
     if nheads // hb * (cu.numel() - 1) < _SSD_MIN_PROGRAMS:
         hb = 1
-    pb = cfg.get("p_block", headdim) if hb > 1 else headdim  # channels of a head per program
-    pb = pb if 16 <= pb <= headdim and headdim % pb == 0 else headdim
-    n_blocks = nheads // hb * (headdim // pb)  # programs of a sequence
     z, t_half = gate if gate is not None else (None, 0)
-    ssq = torch.empty(L, n_blocks, dtype=torch.float32, device=xbc.device) if z is not None else None
+    ssq = torch.empty(L, nheads // hb, dtype=torch.float32, device=xbc.device) if z is not None else None
     n_seq = cu.numel() - 1
     if L and n_seq:
         if order is None:
@@ -118,9 +113,7 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
             consts["maxnreg"] = cfg["maxnreg"]
         k = _ssd_kernels()
         if hb > 1:
-            k.ssd_varlen_heads_fwd_kernel[(n_blocks * n_seq,)](
-                *args, HB=hb, PB=pb, TRANS=bool(cfg.get("trans")), **consts
-            )
+            k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, HB=hb, **consts)
         else:
             k.ssd_varlen_fwd_kernel[(nheads * n_seq,)](*args, **consts)
     return y, ssq
