@@ -7,11 +7,12 @@ import logging
 
 import anndata as ad
 import numpy as np
+import pytest
 
 from genemamba_scvi.cli import main
 
 
-def test_demo_writes_embeddings_model_and_summary(tmp_path, recwarn):
+def test_demo_writes_embeddings_model_and_summary(tmp_path, recwarn, monkeypatch):
     out = tmp_path / "demo"
     root_handlers = list(logging.getLogger().handlers)
     rc = main(["demo", "--out", str(out), "--epochs", "1", "--d-model", "32", "--max-genes", "64", "--quiet"])
@@ -28,3 +29,20 @@ def test_demo_writes_embeddings_model_and_summary(tmp_path, recwarn):
     assert summary["embedding_shape"] == [adata.n_obs, 32]
     assert set(summary["scib"]) == {"X_genemamba", "X_pca"}
     assert np.isfinite(summary["train_loss_first_epoch"])
+
+    # --overwrite that fails half-way (after training and the picture) leaves the earlier outputs whole: it had
+    # written the new picture beside the old AnnData, model and summary
+    import genemamba_scvi.metrics
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("stopped half-way")
+
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    monkeypatch.setattr(genemamba_scvi.metrics, "benchmark_integration", fail)
+    argv = ["demo", "--out", str(out), "--epochs", "1", "--d-model", "32", "--max-genes", "64", "--quiet"]
+    with pytest.raises(RuntimeError, match="stopped half-way"):
+        main([*argv, "--overwrite"])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["demo_adata.h5ad", "umap_genemamba.png", "model", "summary.json"]
+    )

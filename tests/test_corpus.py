@@ -305,6 +305,7 @@ def test_build_corpus_refuses_features_that_are_not_gene_expression(tmp_path):
     adata.write_h5ad(tmp_path / "cells.h5ad")
     with pytest.raises(ValueError, match=r"marks 1 of 4 features as other than 'Gene Expression'.*'CD4'"):
         build_corpus([tmp_path / "cells.h5ad"], tmp_path / "corpus", max_genes=4, progress=False)
+    assert not (tmp_path / "corpus").exists()  # a refused build leaves no folder behind (it left an empty shards/)
 
 
 def test_a_second_build_into_the_same_folder_is_refused_and_a_dead_builders_lock_taken_over(files, tmp_path):
@@ -335,4 +336,11 @@ def test_a_vocabulary_of_things_that_are_not_gene_ids_is_refused(sample, tmp_pat
     a.write_h5ad(tmp_path / "a.h5ad")
     with pytest.raises(ValueError, match=r"only 0% of them are gene symbols or Ensembl gene ids .*'0', '1'"):
         build_corpus(tmp_path / "a.h5ad", tmp_path / "c", max_genes=32, gene_id_key="junk")
+    assert not (tmp_path / "c").exists()
+    mine = tmp_path / "mine"  # a folder of the user's: kept, with their file, and nothing of the failed build
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match=r"only 0% of them are gene symbols"):
+        build_corpus(tmp_path / "a.h5ad", mine, max_genes=32, gene_id_key="junk")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     build_corpus(tmp_path / "a.h5ad", tmp_path / "ok", max_genes=32)  # the symbols of the var_names are fine

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -26,6 +27,31 @@ _VAR_NAMES = "var_names"  # the --gene-id-key value that reads the var_names
 
 
 def _demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    earlier = [name for name in _DEMO_OUTPUTS if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise FileExistsError(
+            f"{out} already holds {earlier} (an earlier demo's, or files of yours of those names); pass --overwrite "
+            "to replace them, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / ".demo_partial"  # outputs land here and move into out/ together at the end, so a run stopped
+    shutil.rmtree(stage, ignore_errors=True)  # half-way never mixes its files with an earlier demo's
+    stage.mkdir()
+    try:
+        _demo_run(args, stage)
+        for name in _DEMO_OUTPUTS:  # --overwrite: a file or folder of the name is replaced
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
+            os.replace(stage / name, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print(f"[done] wrote {out}/demo_adata.h5ad (obsm['X_genemamba']), umap_genemamba.png, model/, summary.json")
+    return 0
+
+
+def _demo_run(args: argparse.Namespace, out: Path) -> None:
+    """The demo's work: every output written into ``out``."""
     import numpy as np
     import scanpy as sc
     import scvi
@@ -35,14 +61,6 @@ def _demo(args: argparse.Namespace) -> int:
     from genemamba_scvi.datasets import load_celltypist_sample
     from genemamba_scvi.metrics import benchmark_integration
 
-    out = Path(args.out)
-    earlier = [name for name in _DEMO_OUTPUTS if (out / name).exists()]
-    if earlier and not args.overwrite:
-        raise FileExistsError(
-            f"{out} already holds {earlier} (an earlier demo's, or files of yours of those names); pass --overwrite "
-            "to replace them, or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
     scvi.settings.seed = args.seed
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
@@ -132,11 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
         "seconds": time.perf_counter() - t0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(
-        f"[done] wrote {out}/demo_adata.h5ad (obsm['X_genemamba']), umap_genemamba.png, model/, summary.json "
-        f"in {summary['seconds']:.0f} s"
-    )
-    return 0
+    print(f"[time] {summary['seconds']:.0f} s")
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -337,8 +337,6 @@ def build_corpus(
     >>> manifest = build_corpus("atlas/", "corpus/", max_genes=2048, progress=True)  # doctest: +SKIP
     >>> manifest.n_cells  # doctest: +SKIP
     """
-    from genemamba_scvi import __version__
-
     # (data/ stays free of torch, so not nn.config.check_count)
     sizes = (("chunk_size", chunk_size, 1), ("shard_size", shard_size, 1), ("max_genes", max_genes, 1 + add_cls))
     for name, value, least in sizes:
@@ -360,167 +358,188 @@ def build_corpus(
     chunk_size = min(chunk_size, shard_size)
     paths = resolve_inputs(inputs)
     out = Path(out_dir).expanduser().resolve()
+    # what a build that fails before its manifest leaves behind is removed (a re-run would take it as foreign)
+    ours = (
+        [out]
+        if not out.exists()
+        else [out / n for n in (SHARD_DIR, VOCAB_FILE, MEDIANS_FILE) if not (out / n).exists()]
+    )
     out.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):  # one build at a time: two would share the shards' temporary folders
-        (out / SHARD_DIR).mkdir(exist_ok=True)
-        old = Manifest.read(out) if (out / MANIFEST_FILE).is_file() else None
-        if old is None and any(p for p in (out / SHARD_DIR).iterdir() if not p.name.startswith(_TMP_PREFIX)):
-            raise ValueError(f"{str(out)!r} has shards but no manifest.json; use an empty out_dir")
+        try:
+            return _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_method, gene_medians,
+                          gene_id_key, min_gene_overlap, add_cls, validate, progress)  # fmt: skip
+        except BaseException:
+            if not (out / MANIFEST_FILE).exists():
+                for path in ours:
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
 
-        # ---- inputs, vocabulary and configuration
-        vocab = _resolve_vocab(vocab, out, paths[0], gene_id_key, resuming=old is not None)
-        if old is None and (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
-            raise _foreign_file_error(out, VOCAB_FILE)
-        files = []
+
+def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_method, gene_medians, gene_id_key,
+           min_gene_overlap, add_cls, validate, progress) -> Manifest:  # fmt: skip
+    """:func:`build_corpus` into the existing folder ``out``, its lock held (arguments checked)."""
+    from genemamba_scvi import __version__
+
+    (out / SHARD_DIR).mkdir(exist_ok=True)
+    old = Manifest.read(out) if (out / MANIFEST_FILE).is_file() else None
+    if old is None and any(p for p in (out / SHARD_DIR).iterdir() if not p.name.startswith(_TMP_PREFIX)):
+        raise ValueError(f"{str(out)!r} has shards but no manifest.json; use an empty out_dir")
+
+    # ---- inputs, vocabulary and configuration
+    vocab = _resolve_vocab(vocab, out, paths[0], gene_id_key, resuming=old is not None)
+    if old is None and (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
+        raise _foreign_file_error(out, VOCAB_FILE)
+    files = []
+    for p in paths:
+        with _H5adRows(p, layer, gene_id_key) as reader:
+            files.append(
+                {
+                    "path": str(p),
+                    "name": p.name,
+                    "size": p.stat().st_size,
+                    "fingerprint": _fingerprint(p),
+                    "n_obs": reader.n_obs,
+                    "n_vars": reader.n_vars,
+                }
+            )
+    config: dict[str, Any] = {
+        "max_genes": max_genes,
+        "add_cls": bool(add_cls),
+        "layer": layer,
+        "gene_id_key": gene_id_key,
+        "shard_size": shard_size,
+        "token_dtype": token_dtype(len(vocab)).name,
+        "vocab_size": len(vocab),
+        "vocab_sha256": vocab.sha256(),
+    }
+    if old is not None:
+        diffs = _config_differences(old, config, files)
+        if diffs:
+            raise _mismatch_error(out, diffs)
+
+    def readers() -> Iterator[tuple[_H5adRows, np.ndarray]]:
         for p in paths:
             with _H5adRows(p, layer, gene_id_key) as reader:
-                files.append(
-                    {
-                        "path": str(p),
-                        "name": p.name,
-                        "size": p.stat().st_size,
-                        "fingerprint": _fingerprint(p),
-                        "n_obs": reader.n_obs,
-                        "n_vars": reader.n_vars,
-                    }
-                )
-        config: dict[str, Any] = {
-            "max_genes": max_genes,
-            "add_cls": bool(add_cls),
-            "layer": layer,
-            "gene_id_key": gene_id_key,
-            "shard_size": shard_size,
-            "token_dtype": token_dtype(len(vocab)).name,
-            "vocab_size": len(vocab),
-            "vocab_sha256": vocab.sha256(),
-        }
-        if old is not None:
-            diffs = _config_differences(old, config, files)
-            if diffs:
-                raise _mismatch_error(out, diffs)
+                yield reader, _match_genes(vocab, reader, min_gene_overlap)
 
-        def readers() -> Iterator[tuple[_H5adRows, np.ndarray]]:
-            for p in paths:
-                with _H5adRows(p, layer, gene_id_key) as reader:
-                    yield reader, _match_genes(vocab, reader, min_gene_overlap)
-
-        # ---- gene medians (given, saved by an earlier run, or one streaming pass)
-        total_rows = sum(f["n_obs"] for f in files)
-        if gene_medians is not None:
-            medians = np.asarray(gene_medians, dtype=np.float64)
-            if medians.shape != (len(vocab),):
-                raise ValueError(f"gene_medians has shape {medians.shape}; expected ({len(vocab)},) = one per token id")
-            source = "given"
-        elif old is not None and old.config.get("medians_sha256") and (out / MEDIANS_FILE).is_file():
-            medians = np.load(out / MEDIANS_FILE)
-            source = old.config["medians_source"]
-            if source != "given" and source != f"computed ({median_method})":
-                raise _mismatch_error(
-                    out, [f"medians_source: corpus has {source!r}, this call asks for 'computed ({median_method})'"]
-                )
-        else:
-            bar = _progress_bar(progress, total_rows, 0, "gene medians")
-            try:
-                medians = _accumulate_medians(readers(), len(vocab), chunk_size, median_method, validate, bar)
-            finally:
-                bar.close()
-            source = f"computed ({median_method})"
-        config["medians_sha256"] = _sha256_array(medians)
-        config["medians_source"] = source
-        if old is not None and old.config.get("medians_sha256") not in (None, config["medians_sha256"]):
+    # ---- gene medians (given, saved by an earlier run, or one streaming pass)
+    total_rows = sum(f["n_obs"] for f in files)
+    if gene_medians is not None:
+        medians = np.asarray(gene_medians, dtype=np.float64)
+        if medians.shape != (len(vocab),):
+            raise ValueError(f"gene_medians has shape {medians.shape}; expected ({len(vocab)},) = one per token id")
+        source = "given"
+    elif old is not None and old.config.get("medians_sha256") and (out / MEDIANS_FILE).is_file():
+        medians = np.load(out / MEDIANS_FILE)
+        source = old.config["medians_source"]
+        if source != "given" and source != f"computed ({median_method})":
             raise _mismatch_error(
-                out,
-                [
-                    f"medians_sha256: corpus has {old.config['medians_sha256'][:12]}..., this call gives "
-                    f"{config['medians_sha256'][:12]}... (different gene_medians)"
-                ],
+                out, [f"medians_source: corpus has {source!r}, this call asks for 'computed ({median_method})'"]
             )
-
-        # ---- (re)start the manifest
-        if old is None:
-            if (out / MEDIANS_FILE).is_file():
-                earlier = _load_npy(out / MEDIANS_FILE)
-                if earlier is None or _sha256_array(earlier) != config["medians_sha256"]:
-                    raise _foreign_file_error(out, MEDIANS_FILE)
-            vocab.to_json(out / VOCAB_FILE)
-            _atomic_save_npy(out / MEDIANS_FILE, medians)
-            manifest = Manifest(config=config, files=files, created=_now(), package_version=__version__, root=out)
-        else:
-            if not (out / VOCAB_FILE).is_file():
-                vocab.to_json(out / VOCAB_FILE)
-            stored = out / MEDIANS_FILE
-            if not stored.is_file() or _sha256_array(np.load(stored)) != config["medians_sha256"]:
-                _atomic_save_npy(stored, medians)
-            manifest = old
-            manifest.config = config
-            manifest.files = files  # same content; paths may have moved
-            manifest.package_version = __version__
-        plan = _plan_shards(files, shard_size)
-        done = {s["name"]: s for s in manifest.shards}
-        for s in manifest.shards:  # recorded shards must be the planned ones
-            p = plan[int(s["name"].split("_")[1])] if s["name"].startswith("shard_") else None
-            if p is None or (p["file"], p["row_start"], p["row_stop"]) != (s["file"], s["row_start"], s["row_stop"]):
-                raise _mismatch_error(out, [f"shard {s['name']} does not match the shard plan of this call"])
-            if not (out / SHARD_DIR / s["name"] / "tokens.npy").is_file():
-                raise ValueError(
-                    f"{str(out)!r}: shard {s['name']} is recorded in the manifest but its files are missing; "
-                    "the corpus is damaged (rebuild it in a new out_dir)"
-                )
-        for p in (out / SHARD_DIR).iterdir():  # half-written or unrecorded shards from an interrupted run
-            if p.name not in done:
-                logger.info("removing incomplete shard %s", p)
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        manifest.status = "building"
-        manifest.write()
-
-        # ---- tokenize the missing shards
-        todo = [s for s in plan if s["name"] not in done]
-        rows_done = sum(s["row_stop"] - s["row_start"] for s in plan if s["name"] in done)
-        bar = _progress_bar(progress, total_rows, rows_done, "tokenize")
-        dtype = token_dtype(len(vocab))
+    else:
+        bar = _progress_bar(progress, total_rows, 0, "gene medians")
         try:
-            current: tuple[int, _H5adRows, np.ndarray, np.ndarray] | None = None
-            for entry in todo:
-                fi = entry["file"]
-                if current is None or current[0] != fi:
-                    if current is not None:
-                        current[1].close()
-                    reader = _H5adRows(paths[fi], layer, gene_id_key)
-                    token_ids = _match_genes(vocab, reader, min_gene_overlap)
-                    col_medians = np.where(token_ids >= 0, medians[np.clip(token_ids, 0, None)], np.nan)
-                    current = (fi, reader, token_ids, col_medians)
-                _, reader, token_ids, col_medians = current
-                tmp = out / SHARD_DIR / (_TMP_PREFIX + entry["name"])
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                tmp.mkdir()
-                stats = _write_shard(
-                    tmp,
-                    reader,
-                    entry["row_start"],
-                    entry["row_stop"],
-                    token_ids,
-                    col_medians,
-                    max_genes=max_genes,
-                    add_cls=add_cls,
-                    dtype=dtype,
-                    chunk_size=chunk_size,
-                    validate=validate,
-                    bar=bar,
-                )
-                _fsync_dir(tmp)
-                os.replace(tmp, out / SHARD_DIR / entry["name"])
-                _fsync_dir(out / SHARD_DIR)
-                manifest.shards.append({**entry, **stats})
-                manifest.shards.sort(key=lambda s: s["name"])
-                manifest.write()
-            if current is not None:
-                current[1].close()
+            medians = _accumulate_medians(readers(), len(vocab), chunk_size, median_method, validate, bar)
         finally:
             bar.close()
-        manifest.status = "complete"
-        manifest.write()
-        logger.info(
-            "corpus %s: %d cells (%d empty) in %d shards", out, manifest.n_rows, manifest.n_empty, len(manifest.shards)
+        source = f"computed ({median_method})"
+    config["medians_sha256"] = _sha256_array(medians)
+    config["medians_source"] = source
+    if old is not None and old.config.get("medians_sha256") not in (None, config["medians_sha256"]):
+        raise _mismatch_error(
+            out,
+            [
+                f"medians_sha256: corpus has {old.config['medians_sha256'][:12]}..., this call gives "
+                f"{config['medians_sha256'][:12]}... (different gene_medians)"
+            ],
         )
-        return manifest
+
+    # ---- (re)start the manifest
+    if old is None:
+        if (out / MEDIANS_FILE).is_file():
+            earlier = _load_npy(out / MEDIANS_FILE)
+            if earlier is None or _sha256_array(earlier) != config["medians_sha256"]:
+                raise _foreign_file_error(out, MEDIANS_FILE)
+        vocab.to_json(out / VOCAB_FILE)
+        _atomic_save_npy(out / MEDIANS_FILE, medians)
+        manifest = Manifest(config=config, files=files, created=_now(), package_version=__version__, root=out)
+    else:
+        if not (out / VOCAB_FILE).is_file():
+            vocab.to_json(out / VOCAB_FILE)
+        stored = out / MEDIANS_FILE
+        if not stored.is_file() or _sha256_array(np.load(stored)) != config["medians_sha256"]:
+            _atomic_save_npy(stored, medians)
+        manifest = old
+        manifest.config = config
+        manifest.files = files  # same content; paths may have moved
+        manifest.package_version = __version__
+    plan = _plan_shards(files, shard_size)
+    done = {s["name"]: s for s in manifest.shards}
+    for s in manifest.shards:  # recorded shards must be the planned ones
+        p = plan[int(s["name"].split("_")[1])] if s["name"].startswith("shard_") else None
+        if p is None or (p["file"], p["row_start"], p["row_stop"]) != (s["file"], s["row_start"], s["row_stop"]):
+            raise _mismatch_error(out, [f"shard {s['name']} does not match the shard plan of this call"])
+        if not (out / SHARD_DIR / s["name"] / "tokens.npy").is_file():
+            raise ValueError(
+                f"{str(out)!r}: shard {s['name']} is recorded in the manifest but its files are missing; "
+                "the corpus is damaged (rebuild it in a new out_dir)"
+            )
+    for p in (out / SHARD_DIR).iterdir():  # half-written or unrecorded shards from an interrupted run
+        if p.name not in done:
+            logger.info("removing incomplete shard %s", p)
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    manifest.status = "building"
+    manifest.write()
+
+    # ---- tokenize the missing shards
+    todo = [s for s in plan if s["name"] not in done]
+    rows_done = sum(s["row_stop"] - s["row_start"] for s in plan if s["name"] in done)
+    bar = _progress_bar(progress, total_rows, rows_done, "tokenize")
+    dtype = token_dtype(len(vocab))
+    try:
+        current: tuple[int, _H5adRows, np.ndarray, np.ndarray] | None = None
+        for entry in todo:
+            fi = entry["file"]
+            if current is None or current[0] != fi:
+                if current is not None:
+                    current[1].close()
+                reader = _H5adRows(paths[fi], layer, gene_id_key)
+                token_ids = _match_genes(vocab, reader, min_gene_overlap)
+                col_medians = np.where(token_ids >= 0, medians[np.clip(token_ids, 0, None)], np.nan)
+                current = (fi, reader, token_ids, col_medians)
+            _, reader, token_ids, col_medians = current
+            tmp = out / SHARD_DIR / (_TMP_PREFIX + entry["name"])
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            stats = _write_shard(
+                tmp,
+                reader,
+                entry["row_start"],
+                entry["row_stop"],
+                token_ids,
+                col_medians,
+                max_genes=max_genes,
+                add_cls=add_cls,
+                dtype=dtype,
+                chunk_size=chunk_size,
+                validate=validate,
+                bar=bar,
+            )
+            _fsync_dir(tmp)
+            os.replace(tmp, out / SHARD_DIR / entry["name"])
+            _fsync_dir(out / SHARD_DIR)
+            manifest.shards.append({**entry, **stats})
+            manifest.shards.sort(key=lambda s: s["name"])
+            manifest.write()
+        if current is not None:
+            current[1].close()
+    finally:
+        bar.close()
+    manifest.status = "complete"
+    manifest.write()
+    logger.info(
+        "corpus %s: %d cells (%d empty) in %d shards", out, manifest.n_rows, manifest.n_empty, len(manifest.shards)
+    )
+    return manifest
