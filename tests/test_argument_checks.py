@@ -187,3 +187,15 @@ def test_min_gene_overlap_of_the_wrong_type_is_refused_by_name(model, tmp_path, 
     model.save(tmp_path / "m")
     with pytest.raises(ValueError, match=r"min_gene_overlap must be a fraction in \[0, 1\]"):
         GeneMambaModel.load(tmp_path / "m", adata=model.adata.copy(), min_gene_overlap=value)
+
+
+def test_version_flag_and_python_m(capsys):
+    import subprocess
+    import sys
+
+    import genemamba_scvi
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"genemamba {genemamba_scvi.__version__}"
+    done = subprocess.run([sys.executable, "-m", "genemamba_scvi", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"genemamba {genemamba_scvi.__version__}"

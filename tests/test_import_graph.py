@@ -24,7 +24,8 @@ def import_graph() -> dict[str, set[str]]:
 
     ``from pkg import name`` counts as importing ``pkg`` and, when ``name`` is a submodule, ``pkg.name``.
     Parent packages that Python initialises on the way are not counted (every ``__init__`` that re-exports
-    its submodules would otherwise be a cycle).
+    its submodules would otherwise be a cycle), nor the root package's ``TYPE_CHECKING`` re-exports of its lazy
+    public names (read by type checkers only; at run time the root imports nothing of the package).
     """
     modules = _modules()
     graph: dict[str, set[str]] = {}
@@ -32,7 +33,10 @@ def import_graph() -> dict[str, set[str]]:
         is_pkg = path.name == "__init__.py"
         base = name.split(".") if is_pkg else name.split(".")[:-1]
         edges: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        if name == "genemamba_scvi":
+            tree.body = [n for n in tree.body if not (isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")]
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):

@@ -240,3 +240,23 @@ def test_projecting_once_then_gathering_equals_gathering_then_projecting(cfg, mo
     torch.testing.assert_close(out_new, out_old, atol=1e-12, rtol=1e-12)
     for n in g_old:
         torch.testing.assert_close(g_new[n], g_old[n], atol=1e-10, rtol=1e-10, msg=n)
+
+
+def test_a_mamba_ssm_older_than_2_3_is_not_used_and_named(monkeypatch):
+    # user probe: the [cuda] extra allowed mamba-ssm 2.2, whose kernels import but lack the deterministic reductions
+    # of the fused backward: training failed in its first backward with "No module named mamba_ssm.utils.determinism"
+    import sys
+    import types
+
+    fake = {n: types.ModuleType(n) for n in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.triton")}
+    fake["mamba_ssm"].__version__ = "2.2.6.post3"
+    combined = types.ModuleType("mamba_ssm.ops.triton.ssd_combined")
+    combined.mamba_chunk_scan_combined = lambda *a, **k: None
+    fake["mamba_ssm.ops.triton.ssd_combined"] = combined
+    for name, module in fake.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(ssd_mod, "_OPS_CACHE", {})
+    ops = ssd_mod.load_mamba_ssm_ops()
+    assert ops["chunk_scan"] is None and not ssd_mod.mamba_ssm_available()
+    assert "mamba-ssm 2.2.6.post3 is older than 2.3, which genemamba-scvi needs" in ops["error"]
+    assert ssd_mod.resolve_backend("auto", device="cpu") == "torch"

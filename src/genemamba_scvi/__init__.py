@@ -7,9 +7,19 @@ machines without scvi-tools / anndata installed (e.g. kernel benchmarks on a GPU
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # type checkers and IDEs see the lazy names' real signatures (never run)
+    from genemamba_scvi import data as data
+    from genemamba_scvi import datasets as datasets
+    from genemamba_scvi import nn as nn
+    from genemamba_scvi.data.vocab import GeneVocab as GeneVocab
+    from genemamba_scvi.metrics import benchmark_integration as benchmark_integration
+    from genemamba_scvi.model import GeneMambaModel as GeneMambaModel
+    from genemamba_scvi.module import GeneMambaModule as GeneMambaModule
+    from genemamba_scvi.nn.config import GeneMambaConfig as GeneMambaConfig
 
 _LAZY = {
     "GeneMambaModel": "genemamba_scvi.model",

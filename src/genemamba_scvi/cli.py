@@ -8,156 +8,27 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import re
-import shutil
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+from ._cli_demo import run_demo
 from ._constants import LATENT_KEY
 
 #: what ``genemamba demo`` writes into ``--out``
-_DEMO_OUTPUTS = ("demo_adata.h5ad", "umap_genemamba.png", "model", "summary.json")
 _VAR_NAMES = "var_names"  # the --gene-id-key value that reads the var_names
-
-
-def _demo(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    earlier = [name for name in _DEMO_OUTPUTS if (out / name).exists()]
-    if earlier and not args.overwrite:
-        raise FileExistsError(
-            f"{out} already holds {earlier} (an earlier demo's, or files of yours of those names); pass --overwrite "
-            "to replace them, or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    stage = out / ".demo_partial"  # outputs land here and move into out/ together at the end, so a run stopped
-    shutil.rmtree(stage, ignore_errors=True)  # half-way never mixes its files with an earlier demo's
-    stage.mkdir()
-    try:
-        _demo_run(args, stage)
-        for name in _DEMO_OUTPUTS:  # --overwrite: a file or folder of the name is replaced
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
-            os.replace(stage / name, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    print(f"[done] wrote {out}/demo_adata.h5ad (obsm['X_genemamba']), umap_genemamba.png, model/, summary.json")
-    return 0
-
-
-def _demo_run(args: argparse.Namespace, out: Path) -> None:
-    """The demo's work: every output written into ``out``."""
-    import numpy as np
-    import scanpy as sc
-    import scvi
-    import torch
-
-    from genemamba_scvi import GeneMambaModel
-    from genemamba_scvi.datasets import load_celltypist_sample
-    from genemamba_scvi.metrics import benchmark_integration
-
-    scvi.settings.seed = args.seed
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    t0 = time.perf_counter()
-
-    adata = load_celltypist_sample()
-    n_genes = adata.n_vars
-    # genes seen in fewer than 3 cells cannot be learned from 559 cells; dropping them shrinks the vocabulary
-    # (and the LM softmax) from 32,786 to 9,810 genes
-    sc.pp.filter_genes(adata, min_cells=3)
-    print(
-        f"[data] celltypist sample: {adata.n_obs} cells x {adata.n_vars} genes detected in >= 3 cells "
-        f"(of {n_genes}; raw UMI counts)"
-    )
-    GeneMambaModel.setup_anndata(adata, layer="counts")
-    model = GeneMambaModel(
-        adata, d_model=args.d_model, n_layers=args.n_layers, max_genes=args.max_genes, backend="torch"
-    )
-    print(f"[model] {model._model_summary_string}")
-    model.train(
-        max_epochs=args.epochs,
-        lr=args.lr,
-        gene_sets="kegg",
-        gamma=0.1,
-        batch_size=args.batch_size,
-        accelerator="cpu",
-        enable_progress_bar=not args.quiet,
-    )
-    history = model.history
-    train_loss = history["train_loss"]["train_loss"].to_numpy() if history else np.array([])
-    adata.obsm[LATENT_KEY] = model.get_latent_representation()
-    print(f"[train] {args.epochs} epochs; train loss {train_loss[0]:.3f} -> {train_loss[-1]:.3f}")
-
-    # Reference structure: no cell-type labels ship with this sample, so Leiden clusters of a standard
-    # log-normalised PCA serve as reference labels. The scores measure agreement with that structure.
-    ref = adata.copy()
-    sc.pp.normalize_total(ref, target_sum=1e4)
-    sc.pp.log1p(ref)
-    sc.pp.highly_variable_genes(ref, n_top_genes=2000)
-    sc.pp.pca(ref, n_comps=30, mask_var="highly_variable")
-    sc.pp.neighbors(ref, use_rep="X_pca")
-    # scanpy's igraph flavour: needs python-igraph only (plain sc.tl.leiden needs leidenalg)
-    sc.tl.leiden(ref, resolution=0.5, key_added="leiden_pca", flavor="igraph", n_iterations=2, directed=False)
-    adata.obsm["X_pca"] = ref.obsm["X_pca"]
-    adata.obs["leiden_pca"] = ref.obs["leiden_pca"].values
-    adata.obs["batch"] = "sample"
-
-    sc.pp.neighbors(adata, use_rep=LATENT_KEY)
-    sc.tl.umap(adata)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    fig = sc.pl.umap(
-        adata,
-        color="leiden_pca",
-        return_fig=True,
-        show=False,
-        title="UMAP of the GeneMamba embedding, coloured by Leiden clusters of a PCA",
-    )
-    fig.axes[0].get_legend().set_title("Leiden cluster\n(log-normalised PCA)")
-    fig.savefig(out / "umap_genemamba.png", dpi=100, bbox_inches="tight")
-
-    from scib_metrics.benchmark import BioConservation
-
-    results = benchmark_integration(
-        adata,
-        [LATENT_KEY, "X_pca"],
-        batch_key="batch",
-        label_key="leiden_pca",
-        pre_integrated_key="X_pca",  # the PCA above (scib-metrics would otherwise run its own, deprecated call)
-        bio_conservation_metrics=BioConservation(isolated_labels=False),
-        batch_correction_metrics=False,
-        progress_bar=not args.quiet,
-    )
-    cols = [c for c in ["Leiden NMI", "Leiden ARI", "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI"]]
-    cols = [c for c in cols if c in results.columns]
-    table = results.loc[[LATENT_KEY, "X_pca"], cols].astype(float)
-    print("[scib] reference labels = Leiden clusters of log-normalised PCA (no ground-truth labels shipped)")
-    print(table.round(3).to_string())
-    adata.write_h5ad(out / "demo_adata.h5ad")
-    model.save(out / "model", overwrite=True)
-    summary = {
-        "n_cells": int(adata.n_obs),
-        "embedding_shape": list(adata.obsm[LATENT_KEY].shape),
-        "train_loss_first_epoch": float(train_loss[0]),
-        "train_loss_last_epoch": float(train_loss[-1]),
-        "scib": {k: {c: float(v) for c, v in row.items()} for k, row in table.iterrows()},
-        "seconds": time.perf_counter() - t0,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"[time] {summary['seconds']:.0f} s")
 
 
 def _embed(args: argparse.Namespace) -> int:
     import anndata
     import pandas as pd
 
-    from genemamba_scvi import GeneMambaModel, __version__
+    from genemamba_scvi import GeneMambaModel
     from genemamba_scvi.data._corpus_io import check_h5ad_file
     from genemamba_scvi.io._checkpoint import looks_saved_by_load_side
     from genemamba_scvi.io._files import _atomic_write_file
@@ -431,6 +302,7 @@ _share = _number(float, lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genemamba`` command."""
     parser = argparse.ArgumentParser(prog="genemamba", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a tiny GeneMamba on the shipped 559-cell sample and embed it (CPU)")
@@ -446,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--overwrite", action="store_true", help="replace the outputs of an earlier run in --out (else refused)"
     )
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=run_demo)
 
     embed = sub.add_parser(
         "embed",

@@ -77,6 +77,11 @@ def load_mamba_ssm_ops() -> dict[str, Any]:
     ops: dict[str, Any] = {"chunk_scan": None, "split_conv1d_scan": None, "rms_norm_fn": None, "error": None}
     try:
         mod = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
+        try:  # the fused backward reads mamba-ssm 2.3's deterministic-reduction kernels
+            importlib.import_module("mamba_ssm.utils.determinism")
+        except ModuleNotFoundError:
+            version = getattr(importlib.import_module("mamba_ssm"), "__version__", "?")
+            raise ImportError(f"mamba-ssm {version} is older than 2.3, which genemamba-scvi needs") from None
         ops["chunk_scan"] = mod.mamba_chunk_scan_combined
         if getattr(mod, "causal_conv1d_fwd_function", None) is not None:
             ops["split_conv1d_scan"] = mod.mamba_split_conv1d_scan_combined
