@@ -217,7 +217,7 @@ def _check_gene_id_column(adata: Any, key: str, source: Path) -> None:
             f"--gene-id-key {key!r} is not a column of var of {source} (columns: {list(adata.var.columns)}; "
             "without --gene-id-key the var_names are the gene ids)"
         )
-    from genemamba_scvi.model._utils import _check_gene_ids
+    from genemamba_scvi.model._genes import _check_gene_ids
 
     _check_gene_ids(adata, key)
 

@@ -25,25 +25,27 @@ from genemamba_scvi.data.normalize import compute_gene_medians
 from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
+from genemamba_scvi.model._genes import (
+    _MIN_GENE_OVERLAP,
+    _check_gene_ids,
+    _check_known_genes_expressed,
+    _match_query_genes,
+    _warn_unmatched_genes,
+)
 from genemamba_scvi.model._inference import embed_cells
 from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin
 from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTrainRunner
 from genemamba_scvi.model._utils import (
-    _MIN_GENE_OVERLAP,
     _check_choice,
-    _check_gene_ids,
     _check_indices,
     _check_is_anndata,
-    _check_known_genes_expressed,
     _check_model_counts,
     _check_obs_key,
-    _match_query_genes,
     _positions,
     _refuse_setup_kwargs,
     _register_query,
     _validate_count_layer,
     _warn_if_untrained,
-    _warn_unmatched_genes,
 )
 from genemamba_scvi.module import GeneMambaModule
 from genemamba_scvi.nn.config import check_count

@@ -31,10 +31,12 @@ from genemamba_scvi.model._classifier import (
     warn_if_head_split_lost,
     warn_on_label_values,
 )
-from genemamba_scvi.model._run_checks import check_run_args
-from genemamba_scvi.model._utils import (
+from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
     _check_known_genes_expressed,
+)
+from genemamba_scvi.model._run_checks import check_run_args
+from genemamba_scvi.model._utils import (
     _check_model_counts,
     _check_obs_key,
     _save_kernel_cache,

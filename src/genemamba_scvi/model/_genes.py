@@ -1,0 +1,210 @@
+"""Gene matching of :class:`~genemamba_scvi.model.GeneMambaModel`: ids at set-up, a query's genes, their warnings."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
+from genemamba_scvi.data.normalize import count_matrix
+from genemamba_scvi.model._utils import _positions
+
+#: Default of ``min_gene_overlap`` (also written by :meth:`GeneMambaModel.pretrain`).
+_MIN_GENE_OVERLAP = 0.5
+
+
+#: A query holding fewer of the model's genes than this share gets a warning (:func:`_check_gene_coverage`).
+_GENE_COVERAGE_WARN = 0.9
+
+
+def _check_known_genes_expressed(
+    adata: AnnData, layer: str | None, token_ids: np.ndarray, indices: Sequence[int] | None = None
+) -> None:
+    """Refuse cells whose counts all fall in genes outside the vocabulary (they have no tokens to embed)."""
+    known = np.asarray(token_ids) >= 0
+    if known.all():
+        return  # cells without any count are refused by _validate_count_layer
+    known_totals = np.asarray(count_matrix(adata, layer) @ known.astype(np.float32)).ravel()
+    idx = _positions(indices, adata.n_obs)
+    bad = idx[known_totals[idx] == 0]
+    if bad.size:
+        where = "adata.X" if layer is None else f"layer {layer!r}"
+        raise ValueError(
+            f"{bad.size} of {idx.size} cells have counts in {where} only in genes that are not in the model's "
+            f"vocabulary (e.g. {adata.obs_names[bad[:3]].tolist()}), so GeneMamba has no gene tokens to embed them. "
+            "Check the gene ids (symbols or Ensembl ids in var_names, or gene_id_key=), or remove those cells."
+        )
+
+
+def _check_gene_ids(adata: AnnData, gene_id_key: str | None) -> None:
+    """Refuse a missing ``gene_id_key`` column or duplicated gene ids, with a fix that works for where they are."""
+    if gene_id_key is not None and gene_id_key not in adata.var:
+        raise ValueError(f"gene_id_key={gene_id_key!r} is not a column of adata.var.")
+    if gene_id_key is not None:
+        column = adata.var[gene_id_key]
+        missing = column.isna().to_numpy() | (column.astype(str).str.strip() == "").to_numpy()
+        if missing.any():
+            raise ValueError(
+                f"adata.var[{gene_id_key!r}] (gene_id_key) has {int(missing.sum())} missing gene ids (NaN or empty), "
+                f"e.g. for var_names {adata.var_names[missing][:5].tolist()}; fill them (e.g. from adata.var_names) or "
+                f"drop those genes (adata = adata[:, adata.var[{gene_id_key!r}].notna()].copy()) before set-up."
+            )
+    genes = pd.Index(adata.var[gene_id_key].astype(str) if gene_id_key else adata.var_names)
+    if not genes.has_duplicates:
+        return
+    dup = genes[genes.duplicated()].unique()[:5].tolist()
+    if gene_id_key is None:
+        fix = "make them unique (adata.var_names_make_unique()) or aggregate them before set-up"
+        id_column = _unique_ensembl_column(adata)
+        if id_column is not None:  # e.g. sc.read_10x_h5: duplicated symbols, unique ids in var["gene_ids"]
+            fix = f"adata.var[{id_column!r}] holds unique Ensembl ids: set up with gene_id_key={id_column!r} (or {fix})"
+    else:  # var_names_make_unique() would not touch this column
+        fix = (
+            f"keep one column per id, e.g. adata = adata[:, ~adata.var[{gene_id_key!r}].duplicated()].copy(), "
+            "or sum the duplicated columns before set-up"
+        )
+    where = "adata.var_names" if gene_id_key is None else f"adata.var[{gene_id_key!r}] (gene_id_key)"
+    raise ValueError(f"{int(genes.duplicated().sum())} duplicated gene ids in {where} (e.g. {dup}); {fix}.")
+
+
+def _unique_ensembl_column(adata: AnnData) -> str | None:
+    """A column of ``adata.var`` with one distinct Ensembl gene id per gene (``ENSG...``, ``ENSMUSG...``), if any."""
+    for name, column in adata.var.items():
+        if column.dtype.kind in "OSU" or isinstance(column.dtype, pd.CategoricalDtype | pd.StringDtype):
+            values = column.astype(str)
+            if values.is_unique and values.str.match(r"ENS[A-Z]*G\d").mean() >= 0.9:
+                return str(name)
+    return None
+
+
+def _gene_id_source(gene_id_key: str | None) -> tuple[str, str]:
+    """Where a query's gene ids were read, and how to point the model at the right ones, for error messages."""
+    if gene_id_key is None:
+        return "var_names", "set adata.var_names from the right adata.var column, or gene_id_key in setup_anndata"
+    return (
+        f"gene ids of adata.var[{gene_id_key!r}]",
+        f"the model was set up with gene_id_key={gene_id_key!r}, so it reads that column wherever an AnnData has "
+        f"it; if this AnnData's var_names hold the gene ids, drop or rename the column: del adata.var[{gene_id_key!r}]",
+    )
+
+
+def _check_gene_coverage(
+    match: Any,
+    known: np.ndarray,
+    vocab: Any,
+    min_overlap: float,
+    published: bool = False,
+    gene_id_key: str | None = None,
+    warn: bool = True,
+) -> None:
+    """Refuse a query whose genes do not fit the model; warn when it lacks many of the model's genes.
+
+    ``match``: the query's :class:`~genemamba_scvi.data.vocab.GeneMatch`; ``known``: per token, whether the model
+    was set up with that gene (a finite median). Two shares: of the query's var_names found in the vocabulary
+    (low for a full 10x matrix against a model set up on filtered genes, which is fine), and of the model's genes
+    present in the query (low for a panel, or a query filtered harder). Only both below ``min_overlap`` point to
+    the wrong gene ids or species, and raise; a query with under ``_GENE_COVERAGE_WARN`` of the model's genes
+    gets a warning: the missing genes rank as unexpressed in every cell, so its embeddings differ from those of
+    the same cells with all genes. ``published``: a model without gene medians, whose genes are its vocabulary's
+    (no coverage warning: ``from_pretrained`` warns below half of them).
+    """
+    model_genes = "genes of the model's vocabulary" if published else "genes the model was set up with"
+    n_known = int(known.sum())
+    hit = np.unique(match.token_ids[match.token_ids >= 0])
+    n_have = int(known[hit].sum())
+    coverage = n_have / max(n_known, 1)
+    n = len(match.var_names)
+    names, fix = _gene_id_source(gene_id_key)
+    if match.overlap < min_overlap and coverage < min_overlap:
+        raise ValueError(
+            f"this AnnData's genes do not fit the model: {match.n_matched} of its {n} {names} "
+            f"({100 * match.overlap:.1f}%) are in the model's vocabulary, and it holds {n_have} of the {n_known} "
+            f"{model_genes} ({100 * coverage:.1f}%); min_gene_overlap is {100 * min_overlap:.0f}%. "
+            f"Unmatched e.g. {match.unmatched_names[:5]}. Gene ids must be human gene symbols or Ensembl "
+            f"gene ids ({fix}), or "
+            "lower min_gene_overlap (GeneMambaModel.load(..., min_gene_overlap=...), from_pretrained(..., "
+            "min_gene_overlap=...), or model.min_gene_overlap)."
+        )
+    if warn and coverage < _GENE_COVERAGE_WARN and not published:
+        missing = np.flatnonzero(known)
+        missing = missing[~np.isin(missing, hit)][:5]
+        warnings.warn(
+            f"this AnnData holds {n_have} of the {n_known} genes the model was set up with ({100 * coverage:.1f}%; "
+            f"missing e.g. {vocab.decode(missing)}). Missing genes rank as unexpressed in every cell, "
+            "so these embeddings differ from those of the same cells measured on all the model's genes.",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
+def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | None = None) -> None:
+    """Warn about genes without a token: unknown (kept as ``unknown_as`` if given) or held by another column."""
+    n_unknown = int((match.token_ids < 0).sum())
+    twice = [*match.collisions, *match.yielded]
+    parts = []
+    if n_unknown > len(twice):
+        parts.append(
+            f"{n_unknown - len(twice)} of {n_vars} genes of this AnnData are not in the model's vocabulary and "
+            f"are {fate}"
+        )
+    if twice:
+        dropped, kept, _ = twice[0]
+        parts.append(
+            f"{len(twice)} columns repeat a gene another column holds (e.g. {dropped!r}, the gene of {kept!r}): only "
+            "the other column's counts are used (sum the two columns to keep both)"
+        )
+    warnings.warn(f"{'; '.join(parts)}.\n{match.report(unknown_as)}", UserWarning, stacklevel=_user_stacklevel())
+
+
+def _match_query_genes(
+    vocab: Any,
+    ids: list[str],
+    medians: np.ndarray | None,
+    min_overlap: float,
+    unk_token: str | None = None,
+    gene_id_key: str | None = None,
+    warn_coverage: bool = True,
+) -> Any:
+    """The :class:`~genemamba_scvi.data.vocab.GeneMatch` of an AnnData's gene ids against a model's vocabulary.
+
+    Refused (:func:`_check_gene_coverage`) only when both the share of the ids found in the vocabulary and the share
+    of the model's genes the AnnData holds are below ``min_overlap``: a superset of the model's genes (a full
+    annotation's 60,000 features) is fine. The model's genes are those with a gene median, or, without medians (the
+    published tokenization, or setting up), every gene of the vocabulary but ``unk_token``. ``gene_id_key``: the
+    ``adata.var`` column ``ids`` come from (``None``: the var_names), named in the errors.
+    """
+    known = np.isfinite(medians) if medians is not None else None
+    published = known is None or not known.any()
+    if published:
+        known = np.zeros(len(vocab), dtype=bool)
+        known[vocab.n_special :] = True
+        if unk_token is not None and unk_token in vocab:
+            known[vocab[unk_token]] = False
+    try:
+        match = vocab.match(ids, min_overlap=0.0)
+    except ValueError as err:  # no gene matched at all: the ids themselves are wrong
+        if "min_overlap is" not in str(err):  # duplicated var_names, or two columns of one gene: its own message
+            raise
+        genes = [g for g in vocab.genes if g != unk_token]
+        names, fix = _gene_id_source(gene_id_key)
+        raise ValueError(
+            f"0 of {len(ids)} {names} of this AnnData match the model's vocabulary of {len(genes)} genes "
+            f"(e.g. {ids[:5]}; vocabulary genes e.g. {genes[:5]}). Gene ids must be human gene "
+            f"symbols or Ensembl gene ids ({fix})."
+        ) from err
+    match = dataclasses.replace(match, min_overlap=min_overlap)  # what its report prints
+    _check_gene_coverage(match, known, vocab, min_overlap, published, gene_id_key, warn_coverage)
+    return _without_unk(match, vocab, unk_token)
+
+
+def _without_unk(match: Any, vocab: Any, unk_token: str | None) -> Any:
+    """``match`` whose vocabulary count leaves out the unknown-gene token of a published vocabulary (not a gene)."""
+    if unk_token is None or unk_token not in vocab:
+        return match
+    return dataclasses.replace(match, n_vocab_genes=match.n_vocab_genes - 1)
