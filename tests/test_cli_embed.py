@@ -426,6 +426,15 @@ def test_a_cell_ranger_h5_is_named_with_the_conversion(tmp_path, capsys):
     assert main(cmd) == 2
     err = capsys.readouterr().err
     assert "10x Genomics (Cell Ranger) HDF5 file, not an .h5ad" in err and "sc.read_10x_h5(" in err
+    with h5py.File(tmp_path / "cells.h5mu", "w") as f:  # user probe: a MuData file was a traceback of anndata's IO
+        f.attrs["encoding-type"] = "MuData"
+        f.create_group("mod").create_group("rna")
+    cmd = ["embed", str(tmp_path / "cells.h5mu"), "--model", str(tmp_path), "--out", str(out)]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert "is a MuData (.h5mu) file of modalities ['rna'], not an .h5ad" in err and "['rna'].write_h5ad(" in err
+    assert main(["build-corpus", str(tmp_path / "cells.h5mu"), "--out", str(tmp_path / "c")]) == 2
+    assert "MuData (.h5mu)" in capsys.readouterr().err
 
 
 def test_embed_keeps_the_inputs_compression_and_reads_csc_quietly(tmp_path, saved):

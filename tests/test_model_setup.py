@@ -331,7 +331,37 @@ def test_a_vocabulary_of_things_that_are_not_gene_ids_is_questioned(adata):
     GeneMambaModel.setup_anndata(junk, layer="counts")
     with pytest.warns(UserWarning, match=r"only 0% of the genes of this AnnData are gene symbols or Ensembl gene ids"):
         GeneMambaModel(junk, n_layers=1, d_model=32, max_genes=32)
+    junk.var["gid"] = np.arange(junk.n_vars)  # a user who named a column already is told the column is the problem
+    GeneMambaModel.setup_anndata(junk, layer="counts", gene_id_key="gid")
+    with pytest.warns(UserWarning, match=r"adata.var\['gid'\] \(gene_id_key\) holds no gene ids"):
+        GeneMambaModel(junk, n_layers=1, d_model=32, max_genes=32)
     GeneMambaModel.setup_anndata(adata, layer="counts")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # real genes (symbols, clone-based lncRNA names): no word
         GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=32)
+
+
+def test_mudata_backed_views_and_layer_raw_are_named(adata, tmp_path):
+    # user probe: a MuData failed with "'NoneType' object has no attribute 'items'", a view of a backed AnnData with
+    # anndata's advice to copy it into another backed file, layer="raw" with "not found" (adata.raw holds counts)
+    small = _fresh(adata[:40].copy())
+
+    class MuData:  # the type's name is what is checked (mudata is not a dependency)
+        def __init__(self, **mod):
+            self.mod = mod
+
+    with pytest.raises(TypeError, match=r"got MuData .*pass one modality's AnnData, e.g. mdata\['rna'\]"):
+        GeneMambaModel.setup_anndata(MuData(rna=small), layer="counts")
+    GeneMambaModel.setup_anndata(small, layer="counts")
+    model = GeneMambaModel(small, n_layers=1, d_model=32, max_genes=32)
+    small.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    for query in (backed, backed[:10]):
+        with pytest.raises(ValueError, match=r"backed AnnData is not supported by GeneMambaModel: .*to_memory"):
+            model.get_latent_representation(query)
+    raw = small.copy()
+    raw.raw = raw.copy()
+    with pytest.raises(
+        ValueError, match=r"layer 'raw' not found; .*adata.raw is not a layer: adata.layers\['counts'\]"
+    ):
+        GeneMambaModel.setup_anndata(raw, layer="raw")

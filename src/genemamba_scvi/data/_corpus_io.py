@@ -77,6 +77,15 @@ def check_h5ad_file(path: Path) -> None:
         raise ValueError(f"input {str(path)!r} is not an .h5ad file (no HDF5 signature)")
     with h5py.File(path, "r") as f:
         tenx = "matrix" in f and "X" not in f and "obs" not in f
+        mod = list(f["mod"]) if f.attrs.get("encoding-type") == "MuData" and "mod" in f else None
+    if mod is not None:  # anndata cannot read a MuData file either (a traceback of its IO registry)
+        target = Path(path).with_suffix(".h5ad")
+        first = mod[0] if mod else "rna"
+        raise ValueError(
+            f"input {str(path)!r} is a MuData (.h5mu) file of modalities {mod}, not an .h5ad; write the modality of "
+            'gene counts once: python -c "import mudata as md; '
+            f"md.read_h5mu('{path}')['{first}'].write_h5ad('{target}')\""
+        )
     if tenx:  # Cell Ranger's filtered_feature_bc_matrix.h5: anndata cannot read it as an .h5ad
         target = Path(path).with_suffix(".h5ad")
         raise ValueError(

@@ -138,8 +138,8 @@ def few_gene_ids(names: Iterable[str]) -> tuple[float, list[str]] | None:
     return (share, other[:5]) if share < MIN_GENE_ID_SHARE else None
 
 
-def warn_if_not_gene_ids(names: Iterable[str], where: str) -> None:
-    """Warn when few of ``names`` are gene ids (:func:`few_gene_ids`): a vocabulary made of them."""
+def warn_if_not_gene_ids(names: Iterable[str], where: str, column: str | None = None) -> None:
+    """Warn when few of ``names`` (the var column ``column``, or the var_names) are gene ids (:func:`few_gene_ids`)."""
     found = few_gene_ids(names)
     if found is not None:
         import warnings
@@ -147,10 +147,13 @@ def warn_if_not_gene_ids(names: Iterable[str], where: str) -> None:
         from genemamba_scvi._warn import user_stacklevel
 
         share, other = found
+        fix = "set up with gene_id_key= naming the var column of gene ids"
+        if column is not None:
+            fix = f"adata.var[{column!r}] (gene_id_key) holds no gene ids: name a column that does, or None"
         warnings.warn(
             f"only {100 * share:.0f}% of {where} are gene symbols or Ensembl gene ids (e.g. {other}); the model's "
-            "vocabulary is made of them, so other data, saved models and the pathway loss can match genes by these "
-            "names only: set up with gene_id_key= naming the var column of gene ids",
+            f"vocabulary is made of them, so other data, saved models and the pathway loss can match genes by these "
+            f"names only: {fix}",
             UserWarning,
             stacklevel=user_stacklevel(),
         )

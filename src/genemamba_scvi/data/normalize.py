@@ -297,7 +297,12 @@ def count_matrix(adata: AnnData, layer: str | None) -> Any:
     if layer is None:
         return adata.X
     if layer not in adata.layers:
-        raise ValueError(f"layer {layer!r} not found; available layers: {list(adata.layers.keys())}")
+        raw = (
+            "; adata.raw is not a layer: adata.layers['counts'] = adata.raw[:, adata.var_names].X, then layer='counts'"
+            if layer == "raw" and adata.raw is not None
+            else ""
+        )
+        raise ValueError(f"layer {layer!r} not found; available layers: {list(adata.layers.keys())}{raw}")
     return adata.layers[layer]
 
 

@@ -186,7 +186,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
             vocab = GeneVocab.from_json(vocab)
         if vocab is None:
             vocab = GeneVocab.from_var_names(self._gene_ids(adata))
-            warn_if_not_gene_ids(vocab.genes, "the genes of this AnnData")
+            warn_if_not_gene_ids(vocab.genes, "the genes of this AnnData", self._setup_arg("gene_id_key"))
         if unk_token is not None and unk_token not in vocab:
             raise ValueError(f"unk_token={unk_token!r} is not an entry of the vocabulary")
         self.vocab_ = vocab

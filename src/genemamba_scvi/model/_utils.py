@@ -95,11 +95,19 @@ def _torch_device(accelerator: str, device: int | str) -> torch.device:
 
 
 def _check_is_anndata(adata: Any) -> None:
-    """Refuse what is not an AnnData (a file name: scvi-tools failed on ``adata.uns`` with an AttributeError)."""
+    """Refuse what is not an in-memory AnnData, naming it.
+
+    A file name failed in scvi-tools on ``adata.uns``, a MuData inside the search for counts, a view of a backed
+    AnnData in anndata's copy (whose advice gives another backed object).
+    """
     if adata is not None and not isinstance(adata, AnnData):
         path = isinstance(adata, str | os.PathLike)
         hint = f"; read the file with anndata.read_h5ad({str(adata)!r})" if path else ""
+        if type(adata).__name__ == "MuData":
+            hint = f"; pass one modality's AnnData, e.g. mdata[{next(iter(adata.mod), 'rna')!r}]"
         raise TypeError(f"adata must be an AnnData, got {type(adata).__name__} {str(adata)[:80]!r}{hint}")
+    if adata is not None:
+        _refuse_backed(adata)
 
 
 def _warn_if_untrained(model: Any) -> None:
@@ -147,6 +155,7 @@ def _refuse_backed(adata: AnnData) -> None:
 
 def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
     """Raise a clear ValueError for anything GeneMamba cannot tokenize."""
+    _check_is_anndata(adata)
     where = "adata.X" if layer is None else f"layer {layer!r}"
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
