@@ -278,3 +278,22 @@ def test_pretraining_settings_given_to_fine_tuning_are_named(kwargs):
     with pytest.raises(TypeError, match=rf"train_classifier got \['{next(iter(kwargs))}'\]: .*which train\(\) takes"):
         model.train_classifier("label", max_epochs=1, **kwargs)
     assert model.module.classifier is None
+
+
+def test_cells_sharing_a_name_do_not_count_as_seen_by_the_head():
+    # user probe: lanes concatenated without index_unique share their barcodes; a second call on the same split
+    # warned that 16 of 20 validation cells had trained the head (their namesakes in the other lane had)
+    import pandas as pd
+
+    from genemamba_scvi.model._classifier import check_classifier_split
+
+    obs_names = pd.Index([f"BC{i}" for i in range(10)] * 2)  # two lanes, the same 10 barcodes
+    codes = np.zeros(20, dtype=np.int64)
+    train, val = np.arange(10), np.arange(10, 20)
+    head = set(obs_names[train])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_classifier_split(codes, ["T"], train, val, obs_names, head)
+    unique = pd.Index([f"BC{i}" for i in range(20)])  # with names of their own, a leak is still told
+    with pytest.warns(UserWarning, match=r"3 of the 10 validation cells of this run trained this head"):
+        check_classifier_split(codes, ["T"], train, val, unique, set(unique[:13]))

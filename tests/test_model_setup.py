@@ -365,3 +365,23 @@ def test_mudata_backed_views_and_layer_raw_are_named(adata, tmp_path):
         ValueError, match=r"layer 'raw' not found; .*adata.raw is not a layer: adata.layers\['counts'\]"
     ):
         GeneMambaModel.setup_anndata(raw, layer="raw")
+
+
+def test_a_small_batch_and_a_csc_query_raise_no_training_warnings(adata):
+    # user probe: the batch (stored, never read by the model) warned "fewer than 3 cells ... may not train properly";
+    # embedding a CSC query warned "Training will be faster when sparse matrix is formatted as CSR"
+    small = _fresh(adata[:40].copy())
+    small.obs["lane"] = ["a"] * 39 + ["b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GeneMambaModel.setup_anndata(small, layer="counts", batch_key="lane")
+    model = GeneMambaModel(small, n_layers=1, d_model=32, max_genes=32)
+    query = small.copy()
+    query.layers["counts"] = sp.csc_matrix(query.layers["counts"])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        z = model.get_latent_representation(query)
+    assert not [w for w in record if "faster" in str(w.message) or "fewer than 3" in str(w.message)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (untrained)
+        np.testing.assert_array_equal(z, model.get_latent_representation(small))

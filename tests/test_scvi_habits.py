@@ -428,3 +428,11 @@ def test_convert_legacy_save_says_no_conversion_is_needed(model_and_data, tmp_pa
     with pytest.raises(NotImplementedError, match=r"need no conversion.*GeneMambaModel.load"):
         GeneMambaModel.convert_legacy_save(tmp_path / "m", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_scarches_query_habits_say_what_to_do_instead():
+    # user probe: the scArches habit failed with "type object 'GeneMambaModel' has no attribute 'load_query_data'"
+    with pytest.raises(NotImplementedError, match=r"no load_query_data .*get_latent_representation\(query\)"):
+        GeneMambaModel.load_query_data(object(), "reference/")
+    with pytest.raises(NotImplementedError, match=r"needs no prepare_query_anndata: pass the query as it is"):
+        GeneMambaModel.prepare_query_anndata(object(), "reference/")

@@ -12,10 +12,7 @@ import pandas as pd
 import rich.pretty  # noqa: F401  (scvi's view_anndata_setup uses rich.pretty without importing it)
 import torch
 from anndata import AnnData
-from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
 from scvi.data._constants import _SCVI_UUID_KEY
-from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
@@ -43,6 +40,7 @@ from genemamba_scvi.model._utils import (
     _check_obs_key,
     _positions,
     _refuse_setup_kwargs,
+    _register_fields,
     _register_query,
     _validate_count_layer,
     _warn_if_untrained,
@@ -250,7 +248,9 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         layer
             Layer holding the raw counts (``None``: ``adata.X``).
         batch_key
-            Optional ``adata.obs`` column with the batch of each cell (kept for evaluation).
+            Optional ``adata.obs`` column with the batch of each cell: stored with the set-up, **not used by the
+            model** (no batch correction as in scVI: the embedding is not conditioned on it). To score batch
+            mixing, :func:`~genemamba_scvi.metrics.benchmark_integration` takes its own batch column.
         labels_key
             Optional ``adata.obs`` column with cell-type labels (used by :meth:`train_classifier`).
         gene_id_key
@@ -272,15 +272,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelCl
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
         _check_gene_ids(adata, gene_id_key)
-        anndata_fields = [
-            # counts were checked exactly above; scvi's sampled check would refuse scipy sparse *arrays*
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-        ]
-        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
+        cls.register_manager(_register_fields(adata, layer, batch_key, labels_key, setup_method_args, kwargs))
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
         """Register a new AnnData by re-running :meth:`setup_anndata` with the model's arguments.

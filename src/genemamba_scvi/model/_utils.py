@@ -11,8 +11,11 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
 from scvi.data._constants import _SCVI_UUID_KEY
 from scvi.data._utils import _assign_adata_uuid
+from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import ENCODER_FIELDS, MODEL_ARG_FIELDS
@@ -208,7 +211,25 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
         _assign_adata_uuid(adata, overwrite=True)
     with warnings.catch_warnings():  # scvi's "fewer than 3 cells ... may not train" on a query or a load: no training
         warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Training will be faster when sparse", category=UserWarning)
         model_cls.setup_anndata(adata, **args)
+
+
+def _register_fields(
+    adata: AnnData, layer: str | None, batch_key: str | None, labels_key: str | None, args: dict, kwargs: dict
+) -> AnnDataManager:
+    """scvi-tools' registration of the counts, the batch and the labels (arguments checked by ``setup_anndata``)."""
+    fields = [
+        # counts were checked exactly before; scvi's sampled check would refuse scipy sparse *arrays*
+        LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+        CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+    ]
+    manager = AnnDataManager(fields=fields, setup_method_args=args)
+    with warnings.catch_warnings():  # "fewer than 3 cells ... may not train properly": the model never reads the batch
+        warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_batch'\]", category=UserWarning)
+        manager.register_fields(adata, **kwargs)
+    return manager
 
 
 def _set_up_again_for_load(
