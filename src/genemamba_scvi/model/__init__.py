@@ -3,6 +3,7 @@
 - :mod:`genemamba_scvi.model._model`: the AnnData-facing class (set-up, tokenization, inference),
 - :mod:`genemamba_scvi.model._training`: ``train``, ``train_classifier`` and corpus ``pretrain`` (a mixin),
 - :mod:`genemamba_scvi.model._save_load`: ``save``, ``load`` and ``from_pretrained`` (a mixin),
+- :mod:`genemamba_scvi.model._query`: scArches' ``load_query_data`` habit answered (a mixin),
 - :mod:`genemamba_scvi.model._classifier`: the cell-type head's label codes, class weights and checks,
 - :mod:`genemamba_scvi.model._genes`: gene ids at set-up and a query's genes against the vocabulary,
 - :mod:`genemamba_scvi.model._utils`: AnnData checks shared by them.

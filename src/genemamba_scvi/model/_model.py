@@ -30,6 +30,7 @@ from genemamba_scvi.model._genes import (
     _warn_unmatched_genes,
 )
 from genemamba_scvi.model._inference import embed_cells
+from genemamba_scvi.model._query import GeneMambaQueryMixin
 from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin
 from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTrainRunner
 from genemamba_scvi.model._utils import (
@@ -96,7 +97,7 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
     return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(max_genes, 1))))
 
 
-class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, BaseModelClass):
+class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQueryMixin, BaseModelClass):
     """GeneMamba: a bidirectional Mamba-2 foundation model of ranked gene tokens.
 
     Each cell becomes the sequence of its top ``max_genes`` genes ranked by count / cell total / the
