@@ -42,6 +42,36 @@ def test_nan_loss_stops_with_step_and_keeps_weights_finite(sample48, monkeypatch
     assert all(torch.isfinite(p).all() for p in model.module.parameters())
 
 
+def test_ctrl_c_in_train_is_a_keyboard_interrupt_and_keeps_what_was_trained(sample48):
+    # user probe: Lightning turned Ctrl-C into SystemExit(1) (a notebook's `except KeyboardInterrupt` never saw it),
+    # left Ctrl-C ignored for the rest of the session, the model "not trained" (its embeddings said to come from
+    # random weights) and the next train() replaced the interrupted run's history
+    import signal
+
+    from lightning.pytorch.callbacks import Callback
+
+    class CtrlC(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    scvi.settings.seed = 0
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match=r"training interrupted after 6 steps \(epoch 1\)"):
+        model.train(max_epochs=5, callbacks=[CtrlC()], **TRAIN)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert model.is_trained and model.train_indices is not None and not model.module.training
+    assert list(model.history["train_loss"].index) == [0]  # (epoch 1 was stopped before its loss was logged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "randomly initialised weights" warning
+        model.get_latent_representation()
+    model.train(max_epochs=1, **TRAIN)  # counted on after the interrupted epoch 1 (other keys were logged in it)
+    assert list(model.history["train_loss"].index) == [0, 2]
+
+
 def test_kill_and_resume_from_last_checkpoint(sample48, tmp_path):
     from lightning.pytorch.callbacks import Callback
 

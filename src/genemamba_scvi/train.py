@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import inspect
 import logging
 import math
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from scvi.train import SaveCheckpoint, TrainingPlan, TrainRunner
+from scvi.train import SaveCheckpoint, TrainingPlan
 from scvi.utils import track
 
 from genemamba_scvi._warn import user_stacklevel
@@ -130,34 +129,6 @@ def check_splitter_kwargs(kwargs: dict[str, Any]) -> None:
             "(e.g. shuffle_set_split, external_indexing, num_workers, persistent_workers, pin_memory); train_size, "
             "validation_size and batch_size are arguments of train itself"
         )
-
-
-class QuietTrainRunner(TrainRunner):
-    """scvi-tools' ``TrainRunner`` without its line on a failed run.
-
-    scvi-tools 1.4 prints ``Exception raised during training. <class 'NameError'> ...`` before re-raising any error
-    of a run (naming ``NameError`` whatever the error was); here the error is raised as it is, after the same
-    clean-up (the history so far kept, the GPU cache emptied). The rest is scvi-tools' own.
-    """
-
-    def _run_training_core(self) -> None:
-        try:
-            self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
-        except BaseException:
-            self._update_history()
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise
-        self._update_history()
-        # the data splitter has its indices only after fit
-        self.model.train_indices = getattr(self.data_splitter, "train_idx", None)
-        self.model.test_indices = getattr(self.data_splitter, "test_idx", None)
-        self.model.validation_indices = getattr(self.data_splitter, "val_idx", None)
-        self.model.module.eval()
-        self.model.is_trained_ = True
-        self.model.to_device(self.device)
-        self.model.trainer = self.trainer
 
 
 class NonFiniteLossError(FloatingPointError):

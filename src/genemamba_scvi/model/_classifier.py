@@ -231,3 +231,12 @@ def warn_if_embedding_stale(adata: Any, freeze_encoder: bool, key: str = LATENT_
             UserWarning,
             stacklevel=_user_stacklevel(),
         )
+
+
+def note_head(model: Any, random_encoder: bool, train_size: Any, validation_size: Any) -> None:
+    """After a head trained: whether the encoder stays random, the cells it trained on, and its split."""
+    model._random_encoder = random_encoder
+    trained_on = model.adata.obs_names[np.asarray(model.train_indices, dtype=np.int64)]
+    model._head_cells = (model._head_cells or set()) | set(trained_on)
+    indices = [np.asarray(i) for i in (model.train_indices, model.validation_indices, model.test_indices)]
+    model._head_split = {"indices": indices, "sizes": requested_sizes(model.adata.n_obs, train_size, validation_size)}

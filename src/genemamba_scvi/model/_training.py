@@ -18,13 +18,14 @@ from scvi.train._trainrunner import _safe_load_logger_history
 
 from genemamba_scvi import __version__
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
+from genemamba_scvi._train_runner import QuietTrainRunner
 from genemamba_scvi.model._classifier import (
     _class_weights,
     _label_codes,
     check_classifier_split,
     head_state,
+    note_head,
     obs_digest,
-    requested_sizes,
     restore_head,
     reused_head_split,
     warn_if_embedding_stale,
@@ -44,7 +45,6 @@ from genemamba_scvi.model._utils import (
 from genemamba_scvi.module import gene_set_tensors
 from genemamba_scvi.train import (
     LightningCheckpoint,
-    QuietTrainRunner,
     StepProgressBar,
     check_early_stopping_monitor,
     check_gamma,
@@ -270,6 +270,10 @@ class GeneMambaTrainingMixin:
                     if trainer_kwargs.get("ckpt_path") is not None:
                         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
                     result = runner()
+            except KeyboardInterrupt:  # Ctrl-C after some steps: the runner kept them, and the split they used
+                if runner.trainer.global_step > 0:
+                    self._split_digest = obs_digest(self.adata.obs_names)
+                raise
             finally:
                 _save_kernel_cache()
         self._split_digest = obs_digest(self.adata.obs_names)  # the cells the split's positions name
@@ -466,19 +470,17 @@ class GeneMambaTrainingMixin:
             out = self._run_training(
                 labels=codes.astype(np.int64), loss_kwargs={"mode": "classify", "class_weights": weights}, **run_args
             )
-        except BaseException:
+        except BaseException as err:
             untouched = all(torch.equal(a, b) for a, b in zip(start, self.module.classifier.parameters()))
             if untouched or (freeze_encoder and not same_head):  # only the new head changed: the earlier one back
                 restore_head(self, before)
+            elif isinstance(err, KeyboardInterrupt):  # Ctrl-C: the head keeps its steps, so they are recorded
+                note_head(self, random_encoder and freeze_encoder, train_size, validation_size)
             raise
         finally:
             self.module.encoder.requires_grad_(True)
-        self._random_encoder = random_encoder and freeze_encoder
-        trained_on = self.adata.obs_names[np.asarray(self.train_indices, dtype=np.int64)]
-        self._head_cells = (self._head_cells or set()) | set(trained_on)
+        note_head(self, random_encoder and freeze_encoder, train_size, validation_size)
         warn_if_embedding_stale(self.adata, freeze_encoder)
-        indices = [np.asarray(i) for i in (self.train_indices, self.validation_indices, self.test_indices)]
-        self._head_split = {"indices": indices, "sizes": requested_sizes(self.adata.n_obs, train_size, validation_size)}
         return out
 
     @classmethod

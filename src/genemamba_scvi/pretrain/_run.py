@@ -14,6 +14,7 @@ import torch
 
 from genemamba_scvi._constants import LENGTHS_KEY
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
+from genemamba_scvi._train_runner import QuietTrainRunner
 from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
@@ -23,7 +24,6 @@ from genemamba_scvi.train import (
     LAST_NEEDS_CHECKPOINT_DIR,
     GeneMambaTrainingPlan,
     LightningCheckpoint,
-    QuietTrainRunner,
     StepProgressBar,
     check_early_stopping_monitor,
     logged_metrics,

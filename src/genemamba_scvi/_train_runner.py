@@ -1,0 +1,55 @@
+"""scvi-tools' ``TrainRunner`` as GeneMamba runs it: errors raised as they are, Ctrl-C as a ``KeyboardInterrupt``."""
+
+from __future__ import annotations
+
+import gc
+import signal
+import threading
+
+import torch
+from scvi.train import TrainRunner
+
+
+class QuietTrainRunner(TrainRunner):
+    """scvi-tools' ``TrainRunner`` without its line on a failed run.
+
+    scvi-tools 1.4 prints ``Exception raised during training. <class 'NameError'> ...`` before re-raising any error
+    of a run (naming ``NameError`` whatever the error was); here the error is raised as it is, after the same
+    clean-up (the history so far kept, the GPU cache emptied). The rest is scvi-tools' own.
+    """
+
+    def _run_training_core(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        sigint = signal.getsignal(signal.SIGINT) if main else None
+        try:
+            self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
+        except BaseException as err:
+            self._update_history()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if isinstance(err, SystemExit) and self.trainer.interrupted:
+                # Ctrl-C: Lightning stops the run, ignores Ctrl-C from then on and calls sys.exit(1), which a
+                # notebook's `except KeyboardInterrupt` never sees. Ctrl-C works again, the steps taken are kept
+                # (weights, history, split) and the interrupt goes on as one.
+                if main and sigint is not None:
+                    signal.signal(signal.SIGINT, sigint)
+                if self.trainer.global_step > 0:
+                    self._finish()
+                raise KeyboardInterrupt(
+                    f"training interrupted after {self.trainer.global_step} steps (epoch {self.trainer.current_epoch});"
+                    " the model keeps the weights and history reached, and train() again continues from them"
+                ) from None
+            raise
+        self._update_history()
+        self._finish()
+
+    def _finish(self) -> None:
+        # the data splitter has its indices only after fit
+        self.model.train_indices = getattr(self.data_splitter, "train_idx", None)
+        self.model.test_indices = getattr(self.data_splitter, "test_idx", None)
+        self.model.validation_indices = getattr(self.data_splitter, "val_idx", None)
+        self.model.module.eval()
+        self.model.is_trained_ = True
+        self.model.to_device(self.device)
+        self.model.trainer = self.trainer
