@@ -119,3 +119,18 @@ def test_kill_and_resume_from_last_checkpoint(sample48, tmp_path):
         warnings.simplefilter("error")
         again.train(max_epochs=4, checkpoint_every_n_steps=1, ckpt_path=str(last), **TRAIN)
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 12
+
+
+def test_a_cpu_step_too_large_for_the_memory_is_warned_about_before_training():
+    # user probe: GeneMambaModel(adata).train() on a 23 GB laptop was killed by the system after one step (22.8 GB)
+    from genemamba_scvi.model._run_checks import warn_if_cpu_memory_short
+    from genemamba_scvi.nn.config import GeneMambaConfig
+
+    if not Path("/proc/meminfo").exists():
+        pytest.skip("the estimate reads /proc/meminfo (Linux)")
+    published = GeneMambaConfig()  # 24 layers of width 512
+    with pytest.warns(UserWarning, match=r"a CPU training step of 32 cells .* needs about \d+ GB.*batch_size="):
+        warn_if_cpu_memory_short(published, 32, 2048, gradient_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_cpu_memory_short(GeneMambaConfig(n_layers=2, d_model=32), 32, 256, gradient_checkpointing=False)

@@ -36,7 +36,7 @@ from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
     _check_known_genes_expressed,
 )
-from genemamba_scvi.model._run_checks import check_run_args
+from genemamba_scvi.model._run_checks import check_run_args, warn_if_cpu_memory_short
 from genemamba_scvi.model._utils import (
     _check_model_counts,
     _check_obs_key,
@@ -201,6 +201,8 @@ class GeneMambaTrainingMixin:
         require_cuda_if_asked(trainer_kwargs["accelerator"])
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
+        if not on_gpu:
+            warn_if_cpu_memory_short(self.module.encoder.config, batch_size, self.max_genes, gradient_checkpointing)
         _check_model_counts(self.adata, self._setup_arg("layer"))  # not normalised in place since set-up
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
         _check_known_genes_expressed(self.adata, self._setup_arg("layer"), tokenizer.gene_token_ids)
