@@ -38,7 +38,7 @@ class QuietTrainRunner(TrainRunner):
                     self._finish()
                 raise KeyboardInterrupt(
                     f"training interrupted after {self.trainer.global_step} steps (epoch {self.trainer.current_epoch});"
-                    " the model keeps the weights and history reached, and train() again continues from them"
+                    " the model keeps the weights and history reached, and training again goes on from them"
                 ) from None
             raise
         self._update_history()
