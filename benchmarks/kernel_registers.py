@@ -9,6 +9,8 @@ change before spending device time on timing it. Runs on the CPU; writes a JSON 
 Usage::
 
     TRITON_INTERPRET=0 python benchmarks/kernel_registers.py --out benchmarks/results/kernel_registers.json
+    # the SSD forward's chunk loop counted (session 23):
+    TRITON_INTERPRET=0 python benchmarks/kernel_registers.py --only fwd --sass --out .../kernel_sass_s23.json
 """
 
 from __future__ import annotations
@@ -90,8 +92,51 @@ CASES = [
       (dict(BN=16, ROW0=0), {"num_warps": 16, "num_stages": 2})]),
 ]  # fmt: skip
 
+_SSD_FWD = dict(x_ptr="*bf16", dt_ptr="*bf16", dt_bias_ptr="*fp32", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16",
+                D_ptr="*fp32", y_ptr="*bf16", cu_ptr="*i32", order_ptr="*i32", z_ptr="*bf16",
+                ssq_ptr="*fp32")  # fmt: skip
+_SSD_FWD_CONSTS = dict(P=64, N=64, Q=16, HB=4, HAS_D=True, HAS_DT_BIAS=True, DT_SOFTPLUS=True, NUM_STAGES=2,
+                       INTERPRET=False, DT_TOKEN=True)  # fmt: skip
+#: The one-pass SSD forward (``--sass`` counts its chunk loop), plain and gated (inference).
+CASES += [
+    ("_triton_ssd", "ssd_varlen_heads_fwd_kernel", {**_SSD_FWD_CONSTS, "GATE": gate}, _SSD_FWD,
+     [({}, {"num_warps": 4, "num_stages": 2})])
+    for gate in (False, True)
+] + [
+    ("_triton_bimamba", "conv_both_fwd_tok_kernel", dict(K=4, HAS_BIAS=True, SILU=True, LEAN=True), {},
+     [(dict(BLOCK_R=16, BLOCK_C=128), 4)]),
+]  # fmt: skip
 
-def registers(fn, constexprs: dict, options: dict, types: dict) -> dict:
+#: SASS opcodes counted in a kernel's longest loop (``--sass``)
+_OPS = ("HMMA", "BAR", "STS", "LDS", "LDSM", "LDL", "STL", "SHFL", "PRMT", "F2FP", "MUFU", "LDG", "LDGSTS", "STG")
+
+
+def loop_sass(cubin: bytes) -> dict:
+    """Instructions of the longest loop (a backward branch) of a compiled kernel and its opcode counts."""
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([str(cuobjdump), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+    lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", ln)]
+    addr = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", ln).group(1), 16) for ln in lines]
+    best = (0, 0, -1)
+    for i, ln in enumerate(lines):
+        m = re.search(r"BRA .*?0x([0-9a-f]+)", ln)
+        if m and int(m.group(1), 16) < addr[i] and int(m.group(1), 16) in addr:
+            j = addr.index(int(m.group(1), 16))
+            best = max(best, (i - j + 1, j, i))
+    ops: dict[str, int] = {}
+    for ln in lines[best[1] : best[2] + 1]:
+        m = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", ln)
+        if m:
+            ops[m.group(1)] = ops.get(m.group(1), 0) + 1
+    return {"loop_instructions": best[0], "loop_ops": {k: ops.get(k, 0) for k in _OPS}}
+
+
+def registers(fn, constexprs: dict, options: dict, types: dict, sass: bool = False) -> dict:
     """Compile ``fn`` for sm_90a with ``constexprs`` and report ``ptxas -v``'s registers and spill stores."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -126,6 +171,7 @@ def registers(fn, constexprs: dict, options: dict, types: dict) -> dict:
         # tensor-core instructions in the PTX: Hopper's warpgroup MMA (needs 4 warps a group) or Ampere's mma.sync
         "wgmma_instructions": ptx.count("wgmma.mma_async"),
         "mma_sync_instructions": ptx.count("mma.sync"),
+        **(loop_sass(compiled.asm["cubin"]) if sass else {}),
     }
 
 
@@ -133,7 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kernel_registers.json"))
     p.add_argument("--only", default="", help="only kernels whose name contains this")
+    p.add_argument("--sass", action="store_true", help="also count the SASS instructions of each kernel's longest loop")
+    p.add_argument("--src", default=None, help="the package's src/ folder to compile from (another commit's worktree)")
     a = p.parse_args(argv)
+    if a.src:
+        sys.path.insert(0, str(Path(a.src).resolve()))
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("run with TRITON_INTERPRET=0: the interpreter has nothing to compile")
     import importlib
@@ -145,13 +195,20 @@ def main(argv: list[str] | None = None) -> None:
         if a.only not in name:
             continue
         fn = getattr(importlib.import_module(f"genemamba_scvi.nn.{mod}"), name)
+        unknown = [k for k in consts if k not in fn.arg_names]
+        if unknown:  # a variant of other code (see CASES)
+            print(f"skipped {name} {consts}: no {unknown} in this code", flush=True)
+            continue
         for over, opts in shapes:
             opts = {"num_warps": opts} if isinstance(opts, int) else opts
             rec = {"kernel": name, "constexprs": {**consts, **over}, **opts}
-            rec.update(registers(fn, {**consts, **over}, opts, types))
+            rec.update(registers(fn, {**consts, **over}, opts, types, sass=a.sass))
             rows.append(rec)
             print(json.dumps(rec), flush=True)
-    out = {"target": "sm_90a (H100/H200), compiled offline", "triton": triton.__version__, "kernels": rows}
+    import genemamba_scvi
+
+    src = str(Path(genemamba_scvi.__file__).parents[1])
+    out = {"target": "sm_90a (H100/H200), compiled offline", "triton": triton.__version__, "src": src, "kernels": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
 
