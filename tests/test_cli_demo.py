@@ -46,3 +46,33 @@ def test_demo_writes_embeddings_model_and_summary(tmp_path, recwarn, monkeypatch
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["demo_adata.h5ad", "umap_genemamba.png", "model", "summary.json"]
     )
+
+
+def test_outputs_swapped_in_halfway_put_the_earlier_ones_back(tmp_path, monkeypatch):
+    # user probe: a Ctrl-C between two of the moves left new and old outputs mixed, and the one in flight lost
+    import os
+
+    import genemamba_scvi._cli_demo as demo
+
+    out, stage = tmp_path / "out", tmp_path / "out" / ".demo_partial"
+    for root, text in ((out, "OLD"), (stage, "NEW")):
+        (root / "model").mkdir(parents=True)
+        (root / "model" / "w").write_text(text)
+        for name in ("demo_adata.h5ad", "umap_genemamba.png", "summary.json"):
+            (root / name).write_text(text)
+    real, calls = os.replace, []
+
+    def stopped(src, dst):
+        calls.append(dst)
+        if len(calls) == 6:  # the four earlier outputs moved aside, then the second new one
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(demo.os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        demo._swap_in(stage, out)
+    monkeypatch.setattr(demo.os, "replace", real)
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == dict.fromkeys(
+        ("demo_adata.h5ad", "umap_genemamba.png", "summary.json"), "OLD"
+    )
+    assert (out / "model" / "w").read_text() == "OLD"

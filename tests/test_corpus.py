@@ -337,6 +337,9 @@ def test_a_vocabulary_of_things_that_are_not_gene_ids_is_refused(sample, tmp_pat
     with pytest.raises(ValueError, match=r"only 0% of them are gene symbols or Ensembl gene ids .*'0', '1'"):
         build_corpus(tmp_path / "a.h5ad", tmp_path / "c", max_genes=32, gene_id_key="junk")
     assert not (tmp_path / "c").exists()
+    with pytest.raises(ValueError, match=r"only 0% of them are gene symbols"):  # parents it made go too
+        build_corpus(tmp_path / "a.h5ad", tmp_path / "new" / "x" / "c", max_genes=32, gene_id_key="junk")
+    assert not (tmp_path / "new").exists()
     mine = tmp_path / "mine"  # a folder of the user's: kept, with their file, and nothing of the failed build
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")

@@ -456,3 +456,23 @@ def test_a_corpus_missing_shard_files_is_named_when_opened(corpus_dir, tmp_path)
     shutil.rmtree(next((copy / "shards").iterdir()))
     with pytest.raises(ValueError, match=r"lacks 2 shard file\(s\) its manifest lists"):
         TokenCorpus(copy)
+
+
+class _CtrlCAt(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_pretraining_says_what_was_kept(corpus_dir, tmp_path, one_thread):
+    # pretraining returns nothing when stopped: the interrupt says so, and where its checkpoints are (the message of
+    # train(), "the model keeps the weights", would be wrong here)
+    with pytest.raises(KeyboardInterrupt, match=r"after 2 steps .*nothing was saved \(pass checkpoint_dir="):
+        _train(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)])
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt, match=r"resume with ckpt_path='.*ckpt/last.ckpt'"):
+        _train(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=1)
+    assert (ckpt / "last.ckpt").is_file()

@@ -29,10 +29,7 @@ def run_demo(args: argparse.Namespace) -> int:
     stage.mkdir()
     try:
         _demo_run(args, stage)
-        for name in _DEMO_OUTPUTS:  # --overwrite: a file or folder of the name is replaced
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
-            os.replace(stage / name, target)
+        _swap_in(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     print(f"[done] wrote {out}/demo_adata.h5ad (obsm['X_genemamba']), umap_genemamba.png, model/, summary.json")
@@ -140,3 +137,25 @@ def _demo_run(args: argparse.Namespace, out: Path) -> None:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[time] {summary['seconds']:.0f} s")
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Move the new outputs from ``stage`` into ``out``; the earlier ones (--overwrite) go back if that is stopped."""
+    earlier = stage / ".earlier"
+    earlier.mkdir()
+    try:
+        for name in _DEMO_OUTPUTS:  # the earlier outputs (or files of the user's of those names) aside first
+            if (out / name).exists() or (out / name).is_symlink():
+                os.replace(out / name, earlier / name)
+        for name in _DEMO_OUTPUTS:
+            os.replace(stage / name, out / name)
+    except BaseException:
+        for name in _DEMO_OUTPUTS:
+            if (earlier / name).exists() or (earlier / name).is_symlink():
+                target = out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                os.replace(earlier / name, target)
+        raise

@@ -18,17 +18,23 @@ class QuietTrainRunner(TrainRunner):
     clean-up (the history so far kept, the GPU cache emptied). The rest is scvi-tools' own.
     """
 
+    #: What a Ctrl-C leaves, said in the ``KeyboardInterrupt`` (``pretrain`` says its own).
+    interrupt_note = "the model keeps the weights and history reached, and training again goes on from them"
+
     def _run_training_core(self) -> None:
         main = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if main else None
         try:
             self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
         except BaseException as err:
+            interrupted = isinstance(err, SystemExit) and self.trainer.interrupted
+            if interrupted:
+                _drop_unfinished_epoch(self.trainer.logger)
             self._update_history()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if isinstance(err, SystemExit) and self.trainer.interrupted:
+            if interrupted:
                 # Ctrl-C: Lightning stops the run, ignores Ctrl-C from then on and calls sys.exit(1), which a
                 # notebook's `except KeyboardInterrupt` never sees. Ctrl-C works again, the steps taken are kept
                 # (weights, history, split) and the interrupt goes on as one.
@@ -37,8 +43,8 @@ class QuietTrainRunner(TrainRunner):
                 if self.trainer.global_step > 0:
                     self._finish()
                 raise KeyboardInterrupt(
-                    f"training interrupted after {self.trainer.global_step} steps (epoch {self.trainer.current_epoch});"
-                    " the model keeps the weights and history reached, and training again goes on from them"
+                    f"training interrupted after {self.trainer.global_step} steps (epoch {self.trainer.current_epoch})"
+                    f"; {self.interrupt_note}"
                 ) from None
             raise
         self._update_history()
@@ -53,3 +59,18 @@ class QuietTrainRunner(TrainRunner):
         self.model.is_trained_ = True
         self.model.to_device(self.device)
         self.model.trainer = self.trainer
+
+
+def _drop_unfinished_epoch(logger: object) -> None:
+    """Rows of an interrupted epoch in scvi's in-memory history (validation logged, the epoch's train_loss not yet).
+
+    Without this the columns of ``model.history`` disagree on the epochs, and a later run counts on from the
+    unfinished one (``train_loss`` at 0 and 2, ``validation_loss`` at 0, 1 and 2).
+    """
+    history = getattr(logger, "history", None)
+    if not isinstance(history, dict) or "train_loss" not in history or history["train_loss"].index.name != "epoch":
+        return
+    done = history["train_loss"].index.max() if len(history["train_loss"]) else -1
+    for key, frame in history.items():
+        if frame.index.name == "epoch":
+            history[key] = frame[frame.index <= done]

@@ -359,8 +359,11 @@ def build_corpus(
     paths = resolve_inputs(inputs)
     out = Path(out_dir).expanduser().resolve()
     # what a build that fails before its manifest leaves behind is removed (a re-run would take it as foreign)
+    top = out  # the topmost folder this call creates (out, or a missing parent of it)
+    while not top.parent.exists():
+        top = top.parent
     ours = (
-        [out]
+        [top]
         if not out.exists()
         else [out / n for n in (SHARD_DIR, VOCAB_FILE, MEDIANS_FILE) if not (out / n).exists()]
     )

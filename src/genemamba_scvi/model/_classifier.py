@@ -88,8 +88,14 @@ def check_classifier_split(
     obs_names: pd.Index,
     head_cells: set[str] | None,
     test_idx: np.ndarray | None = None,
+    head_positions: np.ndarray | None = None,
 ) -> None:
-    """Warn when a cell type has no training cells, or validation or test cells trained the same head before."""
+    """Warn when a cell type has no training cells, or validation or test cells trained the same head before.
+
+    Cells are known by name (``head_cells``: a name survives subsetting and reloading); a name several cells share
+    (lanes of one barcode) tells nothing, so those cells are known by position instead (``head_positions``: the last
+    run's training cells, given while they name the same cells).
+    """
     in_train = np.bincount(codes[np.asarray(train_idx, dtype=np.int64)], minlength=len(names))
     absent = [(names[k], int(n)) for k, n in enumerate(np.bincount(codes, minlength=len(names))) if in_train[k] == 0]
     if absent:
@@ -108,7 +114,10 @@ def check_classifier_split(
     for what, idx in (("validation", val_idx), ("test", test_idx if test_idx is not None else [])):
         idx = np.asarray(idx, dtype=np.int64)
         cells = np.asarray(obs_names[idx])
-        if seen := int((np.isin(cells, list(head_cells)) & named[idx]).sum()):
+        seen = int((np.isin(cells, list(head_cells)) & named[idx]).sum())
+        if head_positions is not None:
+            seen += int((np.isin(idx, head_positions) & ~named[idx]).sum())
+        if seen:
             leaked.append(f"{seen} of the {len(cells)} {what} cells")
     if leaked:
         warnings.warn(
@@ -240,3 +249,11 @@ def note_head(model: Any, random_encoder: bool, train_size: Any, validation_size
     model._head_cells = (model._head_cells or set()) | set(trained_on)
     indices = [np.asarray(i) for i in (model.train_indices, model.validation_indices, model.test_indices)]
     model._head_split = {"indices": indices, "sizes": requested_sizes(model.adata.n_obs, train_size, validation_size)}
+
+
+def head_train_positions(model: Any) -> np.ndarray | None:
+    """The last head run's training positions while they name the same cells (its split's digest matches), else None."""
+    split = getattr(model, "_head_split", None)
+    if not split or getattr(model, "_split_digest", None) != obs_digest(model.adata.obs_names):
+        return None
+    return np.asarray(split["indices"][0], dtype=np.int64)

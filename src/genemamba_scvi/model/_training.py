@@ -24,6 +24,7 @@ from genemamba_scvi.model._classifier import (
     _label_codes,
     check_classifier_split,
     head_state,
+    head_train_positions,
     note_head,
     obs_digest,
     restore_head,
@@ -228,6 +229,7 @@ class GeneMambaTrainingMixin:
                 self.adata.obs_names,
                 self._head_cells,
                 data_splitter.test_idx,
+                head_train_positions(self),
             )
         # loss_kwargs reach module.loss through the plan (scvi's TrainingPlan(**loss_kwargs)); plan_kwargs win,
         # its lr too (scvi users set it there)

@@ -407,5 +407,10 @@ def pretrain_from_corpus(
         runner = QuietTrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
         )
+        runner.interrupt_note = (  # pretrain returns nothing when stopped: only its checkpoints keep the steps
+            f"nothing was saved but the checkpoints: resume with ckpt_path='{Path(checkpoint_dir) / 'last.ckpt'}'"
+            if checkpoint_dir is not None
+            else "nothing was saved (pass checkpoint_dir= to keep checkpoints to resume from)"
+        )
         runner()
     return PretrainResult(module, vocab, medians, runner.trainer)
