@@ -88,7 +88,7 @@ def test_pooling_mean_over_real_tokens_and_cls():
     torch.testing.assert_close(pooled[0], hidden[0].mean(0))
     torch.testing.assert_close(pooled[1], hidden[1, :2].mean(0))
     assert torch.all(pooled[2] == 0)
-    enc_cls = GeneMambaEncoder(V, n_layers=0, pooling="cls", **TINY)
+    enc_cls = GeneMambaEncoder(V, n_layers=1, pooling="cls", **TINY)  # (0 layers with cls are refused)
     expected = hidden[:, 0].clone()
     expected[2] = 0  # the empty cell: no first token
     torch.testing.assert_close(enc_cls.pool(hidden, lengths), expected)

@@ -590,3 +590,41 @@ def test_csc_counts_are_read_as_csr_once_per_loader_with_the_same_embeddings(mod
     np.testing.assert_array_equal(
         model.get_latent_representation(query, indices=perm), model.get_latent_representation(adata, indices=perm)
     )
+
+
+def test_power_user_settings_that_would_train_nothing_or_the_wrong_thing_are_refused():
+    # user probe: pooling='cls' of a causal, 0-layer or identity-layer model embedded every cell identically; a
+    # ranked model's unk_token took a real gene out of the targets; one usable gene set made the pathway loss 0;
+    # gene_sets as a list or with strings failed inside or letter by letter; numpy bools were refused; gamma=inf
+    # passed the check and stopped at step 0 with advice about the learning rate
+    from genemamba_scvi.datasets import load_celltypist_sample
+    from genemamba_scvi.nn import GeneMambaConfig
+
+    for kw, why in (
+        ({"bidirectional": False}, "a causal scan"),
+        ({"n_layers": 0}, "no layer"),
+        ({"block": "official_identity"}, "layers that return their input"),
+    ):
+        with pytest.raises(ValueError, match=rf"pooling='cls' takes the state of the <cls> token .*{why}"):
+            GeneMambaConfig(pooling="cls", **kw)
+    assert GeneMambaConfig(bidirectional=np.False_).bidirectional is False
+    adata = load_celltypist_sample()[:48].copy()
+    del adata.layers["counts"]
+    GeneMambaModel.setup_anndata(adata)
+    with pytest.raises(ValueError, match=r"unk_token='CD3E' applies to tokenization='published' only"):
+        GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=64, unk_token="CD3E")
+    model = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=64)
+    run = {"max_epochs": 1, "enable_progress_bar": False, "accelerator": "cpu"}
+    with pytest.raises(ValueError, match=r"only one gene set \('T'\) has two or more genes .*needs two or more"):
+        model.train(gene_sets={"T": ["CD3E", "CD3D", "LCK"], "typo": ["CD3EE", "NOTAGENE"]}, **run)
+    with pytest.raises(TypeError, match=r"gene_sets must be 'go_bp', 'kegg', a .gmt path or .*got a list"):
+        model.train(gene_sets=[["CD3E", "CD3D"], ["CD19", "MS4A1"]], **run)
+    with pytest.raises(TypeError, match=r"gene_sets\['t'\] must be a list of genes, got 'CD3E'"):
+        model.train(gene_sets={"t": "CD3E", "b": "CD19"}, **run)
+    with pytest.raises(ValueError, match=r"gene_sets is an empty mapping"):
+        model.train(gene_sets={}, **run)
+    with pytest.raises(ValueError, match=r"must be a finite number >= 0, got inf"):
+        model.train(gene_sets="kegg", gamma=float("inf"), **run)
+    with pytest.warns(UserWarning, match=r"1 of the 3 gene sets have fewer than two genes .*\['typo'\]"):
+        model.train(gene_sets={"T": ["CD3E", "CD3D"], "B": ["CD79A", "MS4A1"], "typo": ["CD3EE"]}, **run)
+    assert model.module.pathway_loss is not None and model.history["pathway_loss_train"].to_numpy().min() > 0

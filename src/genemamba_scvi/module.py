@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
+from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.nn import (
     ClassifierHead,
     GeneMambaConfig,
@@ -40,6 +42,21 @@ logger = logging.getLogger("genemamba_scvi")
 #: Pack the real tokens of a batch on a CPU too (``False``: the padded batch, the path before session 17; for
 #: ``benchmarks/cpu_speed.py``).
 _PACK_ON_CPU = True
+
+
+def _check_gene_set_mapping(gene_sets: Any) -> None:
+    """Refuse ``gene_sets`` that are no ``{name: [genes]}`` mapping.
+
+    A list failed inside with an AttributeError; a string per set was read letter by letter.
+    """
+    shape = "'go_bp', 'kegg', a .gmt path or a {name: [genes]} mapping"
+    if not isinstance(gene_sets, Mapping):
+        raise TypeError(f"gene_sets must be {shape}, got a {type(gene_sets).__name__}")
+    if not gene_sets:
+        raise ValueError(f"gene_sets is an empty mapping; pass {shape}, or gene_sets=None")
+    for name, members in gene_sets.items():
+        if isinstance(members, str) or not isinstance(members, Iterable):
+            raise TypeError(f"gene_sets[{name!r}] must be a list of genes, got {members!r}")
 
 
 def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Tensor] | None:
@@ -71,9 +88,24 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
                 "pass one of those, a path to a .gmt file, or a {name: [genes]} mapping"
             )
         gene_sets = read_gmt(gene_sets)
+    else:
+        _check_gene_set_mapping(gene_sets)
     token_sets = gene_sets_to_token_ids(gene_sets, vocab, min_size=2)
     if not token_sets:
         raise ValueError("none of the gene sets has two or more genes in the model's vocabulary.")
+    if len(token_sets) < 2:  # InfoNCE contrasts sets: with one its loss is 0 in every step, and gamma does nothing
+        raise ValueError(
+            f"only one gene set ({next(iter(token_sets))!r}) has two or more genes in the model's vocabulary; the "
+            "pathway loss contrasts sets with each other and needs two or more (or pass gene_sets=None)"
+        )
+    dropped = [name for name in gene_sets if name not in token_sets]
+    if dropped and isinstance(gene_sets, Mapping) and len(gene_sets) <= 100:  # a user's own sets: said by name
+        warnings.warn(
+            f"{len(dropped)} of the {len(gene_sets)} gene sets have fewer than two genes in the model's vocabulary "
+            f"and are left out of the pathway loss: {dropped[:10]}",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
     logger.info("pathway InfoNCE: %d gene sets with >= 2 vocabulary genes", len(token_sets))
     return [torch.as_tensor(np.asarray(v), dtype=torch.long) for v in token_sets.values()]
 

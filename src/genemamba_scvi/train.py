@@ -37,8 +37,10 @@ def check_gamma(gamma: Any, gene_sets: Any) -> float:
     """The pathway loss's weight: 0.1 for ``None``; refused unless a number >= 0; a warning without gene sets."""
     if gamma is None:
         return 0.1
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not gamma >= 0:
-        raise ValueError(f"gamma (the pathway loss's weight) must be >= 0, got {gamma!r}; 0 turns it off")
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
+        raise ValueError(
+            f"gamma (the pathway loss's weight) must be a finite number >= 0, got {gamma!r}; 0 turns it off"
+        )
     if gamma > 0 and gene_sets is None:
         warnings.warn(
             f"gamma={gamma} weighs the pathway loss, which needs gene_sets (e.g. gene_sets='kegg'); without them this "

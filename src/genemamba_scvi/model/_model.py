@@ -186,8 +186,13 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQu
         if vocab is None:
             vocab = GeneVocab.from_var_names(self._gene_ids(adata))
             warn_if_not_gene_ids(vocab.genes, "the genes of this AnnData", self._setup_arg("gene_id_key"))
-        if unk_token is not None and unk_token not in vocab:
-            raise ValueError(f"unk_token={unk_token!r} is not an entry of the vocabulary")
+        if unk_token is not None and (unk_token not in vocab or tokenization != "published"):
+            why = (
+                "is not an entry of the vocabulary"
+                if tokenization == "published"
+                else "applies to tokenization='published' only (here it would take a real gene out of the targets)"
+            )
+            raise ValueError(f"unk_token={unk_token!r} {why}")
         self.vocab_ = vocab
         self._tokenization = tokenization
         self._unk_token = unk_token

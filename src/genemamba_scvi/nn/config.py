@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 __all__ = ["ENCODER_FIELDS", "MODEL_ARG_FIELDS", "GeneMambaConfig", "check_choice"]
 
 
@@ -105,8 +107,9 @@ class GeneMambaConfig:
         for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "chunk_size", "ngroups", "n_layers"):
             check_count(name, getattr(self, name), least=0 if name == "n_layers" else 1)
         for name in ("bidirectional", "shared_merge", "tie_lm_head"):  # "false" would be a true string
-            if not isinstance(getattr(self, name), bool) and type(getattr(self, name)).__name__ != "bool_":
+            if not isinstance(getattr(self, name), bool | np.bool_):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))  # a numpy bool (from a grid of settings)
         for name in ("mask_prob", "norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -118,6 +121,17 @@ class GeneMambaConfig:
         for name, hint in typing.get_type_hints(type(self)).items():  # merge, block, backend, pooling
             if typing.get_origin(hint) is Literal:
                 check_choice(name, getattr(self, name), typing.get_args(hint))
+        blind = (
+            "a causal scan (bidirectional=False) reads nothing after it" if not self.bidirectional
+            else "no layer (n_layers=0) mixes tokens" if self.n_layers == 0
+            else "layers that return their input (block='official_identity') mix no tokens"
+            if self.block == "official_identity" else None
+        )  # fmt: skip
+        if self.pooling == "cls" and blind:
+            raise ValueError(
+                f"pooling='cls' takes the state of the <cls> token at position 0, and {blind}: it never sees the "
+                "cell's genes, so every cell would get the same embedding; use pooling='mean'"
+            )
 
     # ------------------------------------------------------------------ dict round trip
     @classmethod
