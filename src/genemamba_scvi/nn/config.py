@@ -69,7 +69,8 @@ class GeneMambaConfig:
     backend
         ``"auto"``, ``"torch"`` or ``"mamba_ssm"``.
     pooling
-        ``"mean"`` over real tokens or ``"cls"`` (position 0).
+        ``"mean"`` over real tokens or ``"cls"`` (position 0; refused where that state never sees the genes:
+        ``bidirectional=False``, ``n_layers=0``, ``block="official_identity"``).
     norm_eps
         RMSNorm epsilon.
     tie_lm_head
