@@ -31,7 +31,7 @@ def model():
         ({"max_epochs": None}, r"max_epochs=None: scvi-tools picks"),
         ({"max_epochs": 0}, r"max_epochs must be a positive number of epochs"),
         ({"max_epochs": -1}, r"max_epochs must be a positive number of epochs"),
-        ({"max_epochs": 1, "gamma": -1.0}, r"gamma .* must be >= 0"),
+        ({"max_epochs": 1, "gamma": -1.0}, r"gamma .* must be a finite number >= 0"),
     ],
 )
 def test_train_refuses_epochs_and_gamma_that_train_nothing_forever_or_wrongly(model, kwargs, message):

@@ -520,14 +520,17 @@ def test_training_under_ddp_as_the_error_for_several_devices_advises(tmp_path):
         "    model.train(**run)\n"
         "    model.train_classifier('bulk_labels', freeze_encoder=True, **run)  # an unused encoder under DDP\n"
         "    model.train(**run)  # an unused head\n"
-        "    print('rank', model.trainer.global_rank, 'trained', model.is_trained)\n"
+        "    print(f'rank {model.trainer.global_rank} trained {model.is_trained}', flush=True)\n"
     )
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(  # in tmp_path: scvi-tools' Trainer keeps a DDP run's history in ./lightning_logs
         [sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "rank 0 trained True" in run.stdout and "rank 1 trained True" in run.stdout
+    # the two processes write to one pipe: each line goes in one write (flush=True of a block-buffered pipe), as
+    # print's pieces interleaved once ("rankrank 1 trained True\n 0 trained True")
+    lines = sorted(line for line in run.stdout.splitlines() if "trained" in line)
+    assert lines == ["rank 0 trained True", "rank 1 trained True"], run.stdout
 
 
 def test_a_home_relative_path_is_the_home_directory_not_a_folder_named_tilde(model_and_data, tmp_path, monkeypatch):
