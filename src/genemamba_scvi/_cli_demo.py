@@ -145,17 +145,16 @@ def _swap_in(stage: Path, out: Path) -> None:
     earlier.mkdir()
     try:
         for name in _DEMO_OUTPUTS:  # the earlier outputs (or files of the user's of those names) aside first
-            if (out / name).exists() or (out / name).is_symlink():
+            if os.path.lexists(out / name):
                 os.replace(out / name, earlier / name)
         for name in _DEMO_OUTPUTS:
             os.replace(stage / name, out / name)
     except BaseException:
-        for name in _DEMO_OUTPUTS:
-            if (earlier / name).exists() or (earlier / name).is_symlink():
-                target = out / name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-                os.replace(earlier / name, target)
+        for name in (n for n in _DEMO_OUTPUTS if os.path.lexists(earlier / n)):
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                target.unlink()
+            os.replace(earlier / name, target)
         raise

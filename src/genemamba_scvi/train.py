@@ -33,11 +33,16 @@ LAST_NEEDS_CHECKPOINT_DIR = (
 )
 
 
+def _finite_number(value: Any) -> bool:
+    """A real, finite number (not a bool, not a string)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_gamma(gamma: Any, gene_sets: Any) -> float:
     """The pathway loss's weight: 0.1 for ``None``; refused unless a number >= 0; a warning without gene sets."""
     if gamma is None:
         return 0.1
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
+    if not (_finite_number(gamma) and gamma >= 0):
         raise ValueError(
             f"gamma (the pathway loss's weight) must be a finite number >= 0, got {gamma!r}; 0 turns it off"
         )
@@ -187,18 +192,14 @@ def _check_optimiser_settings(lr: Any, weight_decay: Any, warmup_fraction: Any, 
 
     (A negative learning rate past the cosine's middle, a warm-up that never reaches the peak, betas not a pair.)
     """
-
-    def number(value: Any) -> bool:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
     checks = (
-        ("lr", lr, number(lr) and lr > 0, "a positive number (the peak learning rate)"),
-        ("weight_decay", weight_decay, number(weight_decay) and weight_decay >= 0, "a number >= 0"),
-        ("warmup_fraction", warmup_fraction, number(warmup_fraction) and 0 <= warmup_fraction <= 1,
+        ("lr", lr, _finite_number(lr) and lr > 0, "a positive number (the peak learning rate)"),
+        ("weight_decay", weight_decay, _finite_number(weight_decay) and weight_decay >= 0, "a number >= 0"),
+        ("warmup_fraction", warmup_fraction, _finite_number(warmup_fraction) and 0 <= warmup_fraction <= 1,
          "a fraction in [0, 1] of the optimiser steps"),
-        ("min_lr_ratio", min_lr_ratio, number(min_lr_ratio) and 0 <= min_lr_ratio <= 1,
+        ("min_lr_ratio", min_lr_ratio, _finite_number(min_lr_ratio) and 0 <= min_lr_ratio <= 1,
          "a fraction in [0, 1] of lr (where the cosine ends)"),
-        ("eps", eps, number(eps) and eps > 0, "a positive number"),
+        ("eps", eps, _finite_number(eps) and eps > 0, "a positive number"),
     )  # fmt: skip
     for name, value, ok, what in checks:
         if not ok:
