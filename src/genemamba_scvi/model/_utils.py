@@ -158,11 +158,10 @@ def _refuse_backed(adata: AnnData) -> None:
 
 def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
     """Raise a clear ValueError for anything GeneMamba cannot tokenize."""
-    _check_is_anndata(adata)
+    _check_is_anndata(adata)  # (a backed AnnData too)
     where = "adata.X" if layer is None else f"layer {layer!r}"
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
-    _refuse_backed(adata)
     refuse_non_gene_features(adata.var)
     X = count_matrix(adata, layer)
     try:
