@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     arm_tok: dict[str, list[int]] = {arm: [] for arm in arms}
     alloc: dict[str, dict[str, int]] = {arm: {} for arm in arms}
+    enqueue: dict[str, list[float]] = {arm: [] for arm in arms}  # host ms to enqueue each timed step
     for rnd in range(a.warmup_rounds + a.rounds):
         b = batches[rnd % len(batches)]
         order = names[rnd % len(names) :] + names[: rnd % len(names)]  # rotate who goes first
@@ -333,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
             model, switches = arms[arm]
             with _switched(switches):
                 before = _allocator_counts() if run.cuda else None
-                dt = _timed_step(run, model, b, a.mode)
+                enq_ms, wall_ms = enqueue_and_wall_ms(run, model, b, a.mode)
+                dt = wall_ms / 1e3
                 if before is not None and rnd >= a.warmup_rounds:
                     after = _allocator_counts()
                     for key in after:
@@ -343,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
                     finite[arm].append(_grads_finite(run.mamba))
             if rnd >= a.warmup_rounds:
                 times[arm].append(dt)
+                enqueue[arm].append(enq_ms)
                 arm_tok[arm].append(int(b["lens"].sum()))
         if rnd == a.warmup_rounds - 1:
             print(f"warm-up done in {time.perf_counter() - t_start:.0f} s", flush=True)
@@ -375,6 +378,9 @@ def main(argv: list[str] | None = None) -> None:
             "grads_finite": finite[arm] or None,
             "step_times_s": [round(x, 5) for x in times_raw[arm]],  # per timed round, unscaled
             "real_tokens": arm_tok[arm],
+            # host ms to enqueue each timed step (to its return, before the final synchronisation): near the step's
+            # wall time, the host (or a synchronisation inside the step) sets the pace, not the GPU
+            "enqueue_ms": [round(x, 2) for x in enqueue[arm]],
             # the caching allocator's calls to cudaMalloc / cudaFree and its retries (free-all-and-retry), summed
             # over the timed rounds: whether alternating with another model's shapes makes it go to the driver
             "allocator": alloc[arm] or None,
