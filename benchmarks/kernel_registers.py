@@ -93,8 +93,8 @@ CASES = [
 ]  # fmt: skip
 
 _SSD_FWD = dict(x_ptr="*bf16", dt_ptr="*bf16", dt_bias_ptr="*fp32", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16",
-                D_ptr="*fp32", y_ptr="*bf16", cu_ptr="*i32", order_ptr="*i32", z_ptr="*bf16",
-                ssq_ptr="*fp32")  # fmt: skip
+                D_ptr="*fp32", y_ptr="*bf16", cu_ptr="*i64", order_ptr="*i64", z_ptr="*bf16",
+                ssq_ptr="*fp32", items_ptr="*i64", states_ptr="*fp32", decay_ptr="*fp32")  # fmt: skip
 _SSD_FWD_CONSTS = dict(P=64, N=64, Q=16, HB=4, HAS_D=True, HAS_DT_BIAS=True, DT_SOFTPLUS=True, NUM_STAGES=2,
                        INTERPRET=False, DT_TOKEN=True)  # fmt: skip
 #: The one-pass SSD forward (``--sass`` counts its chunk loop), plain and gated (inference).
@@ -102,6 +102,11 @@ CASES += [
     ("_triton_ssd", "ssd_varlen_heads_fwd_kernel", {**_SSD_FWD_CONSTS, "GATE": gate}, _SSD_FWD,
      [({}, {"num_warps": 4, "num_stages": 2})])
     for gate in (False, True)
+] + [  # long sequences split over programs (session 24): the walk from a folded state, and the segments' states
+    ("_triton_ssd", "ssd_varlen_heads_fwd_kernel", {**_SSD_FWD_CONSTS, "GATE": False, "SPLIT": True}, _SSD_FWD,
+     [({}, {"num_warps": 4, "num_stages": 2})]),
+    ("_triton_ssd", "ssd_split_states_kernel", {k: v for k, v in _SSD_FWD_CONSTS.items() if k != "HAS_D"}, _SSD_FWD,
+     [({}, {"num_warps": 4, "num_stages": 2})]),
 ] + [
     ("_triton_bimamba", "conv_both_fwd_tok_kernel", dict(K=4, HAS_BIAS=True, SILU=True, LEAN=True), {},
      [(dict(BLOCK_R=16, BLOCK_C=128), 4)]),
@@ -194,7 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     for mod, name, consts, types, shapes in CASES:
         if a.only not in name:
             continue
-        fn = getattr(importlib.import_module(f"genemamba_scvi.nn.{mod}"), name)
+        fn = getattr(importlib.import_module(f"genemamba_scvi.nn.{mod}"), name, None)
+        if fn is None:  # a kernel of other code (--src)
+            print(f"skipped {name}: not in this code", flush=True)
+            continue
         unknown = [k for k in consts if k not in fn.arg_names]
         if unknown:  # a variant of other code (see CASES)
             print(f"skipped {name} {consts}: no {unknown} in this code", flush=True)

@@ -371,6 +371,108 @@ def test_ssd_varlen_equals_the_chunked_scan_outputs_and_gradients(monkeypatch, q
         assert _rel(got, want) < max(SSD_TOL, 1e-4)
 
 
+def test_ssd_split_plan_covers_every_sequence_once_in_near_equal_segments(monkeypatch):
+    """The work items of a split scan: longest sequence first, a long one in near-equal segments of whole chunk
+    steps (the last shorter), short and empty ones one item each, the rest of the bound empty."""
+    import genemamba_scvi.nn.fused_ssd as fused_ssd
+
+    monkeypatch.setitem(fused_ssd.SSD_FWD_CONFIG, "Q", 16)
+    lens = torch.tensor([70, 1, 0, 33, 130, 5, 200])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+    order = fused_ssd.ssd_order(cu)
+    items = fused_ssd.ssd_split_plan(cu, order, int(cu[-1]), 32).tolist()  # split above 48 rows
+    assert len(items) == 7 + 444 // 32 + 1
+    seen: dict[int, list] = {}
+    for w, (s0, s1, c0, c1, first) in enumerate(items):
+        if (s0, s1, c0, c1) == (0, 0, 0, 0):  # past the last item: empty, its own first
+            assert first == w and w >= 19  # 7 + 5 + 3 segments of the long ones, 4 short or empty
+            continue
+        seen.setdefault((s0, s1), []).append((w, c0, c1, first))
+    for i in order.tolist():
+        s0, s1 = int(cu[i]), int(cu[i + 1])
+        segs = seen[(s0, s1)]
+        ws = [w for w, *_ in segs]
+        assert ws == list(range(ws[0], ws[0] + len(ws))) and all(f == ws[0] for *_, f in segs)
+        assert segs[0][1] == s0 and segs[-1][2] == s1
+        assert all(a[2] == b[1] for a, b in zip(segs, segs[1:]))  # contiguous, in order
+        n = s1 - s0
+        assert len(segs) == (-(-n // 32) if n > 48 else 1)
+        assert all((c1 - c0) % 16 == 0 for _, c0, c1, _ in segs[:-1])
+    assert [len(seen[(int(cu[i]), int(cu[i + 1]))]) for i in (6, 4, 0)] == [7, 5, 3]  # 200, 130, 70 rows
+    assert sum(len(v) for v in seen.values()) == 7 + 5 + 3 + 4  # and 33, 1, 5 rows and the empty one: one each
+
+
+@pytest.mark.parametrize(("heads", "split_rows"), [(2, 32), (4, 16), (4, 64)])
+def test_split_ssd_varlen_equals_the_unsplit_scan(monkeypatch, heads, split_rows):
+    """Long sequences walked in segments by separate programs (``_SSD_SPLIT_ROWS``): the same outputs as one walk
+    per sequence and as the chunked scan, the same gradients; the gated two-direction form too."""
+    import genemamba_scvi.nn.fused_ssd as fused_ssd
+
+    monkeypatch.setitem(fused_ssd.SSD_FWD_CONFIG, "heads", heads)
+    torch.manual_seed(17)
+    H, P, N = 4, 16, 16
+    p = _pack([70, 1, 0, 33, 130, 5, 200])
+    L = p.n_tokens
+    xbc = torch.randn(L, H * P + 2 * N, device=DEVICE)
+    dt, A = torch.randn(L, H, device=DEVICE), -torch.rand(H, device=DEVICE) - 0.5
+    D, dt_bias = torch.randn(H, device=DEVICE), torch.randn(H, device=DEVICE)
+    kw = dict(nheads=H, headdim=P, ngroups=1, d_state=N, D=D, dt_bias=dt_bias)
+    real = fused_ssd._ssd_kernels()
+    used = []
+
+    class Spy:
+        def __getattr__(self, name):
+            used.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(fused_ssd, "_ssd_kernels", lambda: Spy())
+    with torch.no_grad():
+        whole = fused_ssd.ssd_varlen(xbc, dt, A, p.cu_seqlens, p.seq_idx, **kw)
+        monkeypatch.setattr(fused_ssd, "_SSD_SPLIT_ROWS", split_rows)
+        cache: dict = {}
+        split = fused_ssd.ssd_varlen(xbc, dt, A, p.cu_seqlens, p.seq_idx, cache=cache, **kw)
+    assert used == ["ssd_varlen_heads_fwd_kernel", "ssd_split_states_kernel", "ssd_varlen_heads_fwd_kernel"]
+    assert list(cache) == [f"ssd_split_{split_rows}"]  # the work items, kept for the batch's other layers
+    assert _rel(split, whole) < SSD_TOL
+    x, B, C = torch.split(xbc, [H * P, N, N], dim=-1)
+    ref = ssd_chunked(x.reshape(1, L, H, P), dt.unsqueeze(0), A, B.reshape(1, L, 1, N), C.reshape(1, L, 1, N), 32,
+                      D=D, dt_bias=dt_bias, dt_softplus=True, seq_idx=p.seq_idx).reshape(L, H * P)  # fmt: skip
+    assert _rel(split, ref) < SSD_TOL
+    a, b = _leaves(xbc, dt)
+    y = fused_ssd.ssd_varlen(a[0], a[1], A, p.cu_seqlens, p.seq_idx, **kw)
+    monkeypatch.setattr(fused_ssd, "_SSD_SPLIT_ROWS", None)
+    y0 = fused_ssd.ssd_varlen(b[0], b[1], A, p.cu_seqlens, p.seq_idx, **kw)
+    w = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad((y * w).sum(), a), torch.autograd.grad((y0 * w).sum(), b)):
+        assert _rel(got, want) < SSD_TOL
+    # the gated inference form on the two-direction row, dt and z read at the token
+    cu2 = torch.cat([p.cu_seqlens[:-1], p.cu_seqlens + L])
+    xbc2 = torch.randn(2 * L, H * P + 2 * N, device=DEVICE)
+    z = torch.randn(L, H * P, device=DEVICE)
+    with torch.no_grad():
+        g0, ssq0 = fused_ssd.ssd_varlen_both(xbc2, dt, A, cu2, z, **kw)
+        monkeypatch.setattr(fused_ssd, "_SSD_SPLIT_ROWS", split_rows)
+        g1, ssq1 = fused_ssd.ssd_varlen_both(xbc2, dt, A, cu2, z, **kw)
+    assert _rel(g1, g0) < SSD_TOL and _rel(ssq1, ssq0) < SSD_TOL
+
+
+def test_ssd_split_target_splits_only_when_one_walk_would_set_the_time(monkeypatch):
+    """No split on a CPU, with the switch off, or when the row is too short for any sequence to be long enough."""
+    import genemamba_scvi.nn.fused_ssd as fused_ssd
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(fused_ssd, "_sm_count", lambda index: 132)
+    assert fused_ssd.ssd_split_target(90_000, 4, torch.device("cpu")) is None
+    # 24 cells of top-4096 in both directions: ~90k rows, 4 programs a sequence, 264 slots -> ~85 steps of 16
+    assert fused_ssd.ssd_split_target(90_000, 4, cuda) == 16 * 86
+    # 256 cells (inference): a segment would be ~10.6k rows, more than any cell of 4,096 genes but not than the row
+    assert fused_ssd.ssd_split_target(700_000, 4, cuda) == 16 * 663
+    assert fused_ssd.ssd_split_target(2_000, 4, cuda) == 256  # the shortest segment
+    assert fused_ssd.ssd_split_target(300, 4, cuda) is None  # no sequence of 300 rows is over 1.5 x 256
+    monkeypatch.setattr(fused_ssd, "_SSD_SPLIT", False)
+    assert fused_ssd.ssd_split_target(90_000, 4, cuda) is None
+
+
 def test_ssd_varlen_restarts_the_state_at_every_sequence():
     """Changing one sequence's inputs leaves every other sequence's outputs bit-identical."""
     from genemamba_scvi.nn.fused import ssd_varlen
@@ -703,6 +805,36 @@ def test_encoder_inference_merges_adds_and_normalises_in_one_pass(monkeypatch):
         monkeypatch.setattr(BiMambaBlock, "merge_add_norm", True)  # the default
         got = enc.forward_packed(tokens, cu)
     assert len(calls) == 2 and _rel(got, ref) < (5e-3 if CUDA else 1e-5)
+
+
+def test_encoder_training_with_split_scans_plans_once_per_batch(monkeypatch):
+    """A packed training step with long cells split (``_SSD_SPLIT_ROWS``): one plan for the batch's two layers,
+    the outputs and every parameter gradient of the unsplit step."""
+    import genemamba_scvi.nn.bimamba as bimamba
+    import genemamba_scvi.nn.fused_ssd as fused_ssd
+    from genemamba_scvi.nn import GeneMambaEncoder
+    from genemamba_scvi.nn.mamba2 import Mamba2Mixer
+
+    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
+    monkeypatch.setattr(Mamba2Mixer, "resolved_backend", lambda self, device=None: "mamba_ssm")
+    torch.manual_seed(18)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=4, chunk_size=16, n_layers=2, backend="torch")
+    enc = GeneMambaEncoder(50, config=cfg).to(DEVICE)
+    plans = _record_calls(monkeypatch, fused_ssd, "ssd_split_plan")
+    lens = torch.tensor([60, 3, 0, 41])
+    tokens = torch.randint(1, 50, (int(lens.sum()),), device=DEVICE)
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(DEVICE)
+    results = []
+    for rows in (None, 16):
+        monkeypatch.setattr(fused_ssd, "_SSD_SPLIT_ROWS", rows)
+        enc.zero_grad()
+        out = enc.forward_packed(tokens, cu)
+        (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in enc.parameters() if p.grad is not None]))
+    assert len(plans) == 1  # built by the first layer, read by the second
+    (ref, ref_grads), (got, got_grads) = results
+    assert _rel(got, ref) < SSD_TOL
+    assert len(got_grads) == len(ref_grads) and all(_rel(a, b) < SSD_TOL for a, b in zip(got_grads, ref_grads))
 
 
 @pytest.mark.parametrize("width", [5, 130])

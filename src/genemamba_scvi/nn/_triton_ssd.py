@@ -167,16 +167,11 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
 # Several heads of one group per program
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt,
-    stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P: tl.constexpr, N: tl.constexpr,
-    Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
-    DT_TOKEN: tl.constexpr
+def _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr, B_ptr, stride_x, stride_dt, stride_b, zbase, zsgn,
+    P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, DT_SOFTPLUS: tl.constexpr, DT_TOKEN: tl.constexpr
 ):
-    """``_ssd_chunk`` for the ``HB`` heads ``hh`` of group ``g`` at once: ``state`` ``[HB, N, P]``.
-
-    The heads share the loads of B and C and the product ``C B^T``; their chains of chunk steps are independent,
-    so one program interleaves ``HB`` of them (batched dots over the head axis).
-    """
+    """The inputs of one chunk step of heads ``hh``: rows, their mask, int64 rows and tokens, ``dt`` ``[HB, Q]``,
+    its cumulative log-decay and total, ``x`` ``[HB, Q, P]`` and ``B`` ``[Q, N]`` (0 on masked rows)."""
     q = tl.arange(0, Q)
     p = tl.arange(0, P)
     n = tl.arange(0, N)
@@ -192,6 +187,32 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
     xoff = r64[None, :, None] * stride_x + (hh[:, None, None] * P + p[None, None, :])
     xm = tl.load(x_ptr + xoff, mask=rm[None, :, None], other=0.0)  # [HB, Q, P]
     bm = tl.load(B_ptr + r64[:, None] * stride_b + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
+    return rows, rm, r64, ztok, dt, cs, total, xm, bm
+
+
+@triton.jit
+def _heads_state(state, bm, xm, dt, cs, total):
+    """The state ``[HB, N, P]`` after a chunk step: ``exp(total) S + sum_j exp(total - cs_j) dt_j B_j x_j^T``."""
+    bw = (bm.to(tl.float32)[None, :, :] * (tl.exp(total[:, None] - cs) * dt)[:, :, None]).to(xm.dtype)  # [HB, Q, N]
+    return state * tl.exp(total)[:, None, None] + tl.dot(tl.permute(bw, (0, 2, 1)), xm)
+
+
+@triton.jit
+def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr, stride_x, stride_dt,
+    stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, NP, blk, P: tl.constexpr, N: tl.constexpr,
+    Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr, DT_SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
+    DT_TOKEN: tl.constexpr
+):
+    """``_ssd_chunk`` for the ``HB`` heads ``hh`` of group ``g`` at once: ``state`` ``[HB, N, P]``.
+
+    The heads share the loads of B and C and the product ``C B^T``; their chains of chunk steps are independent,
+    so one program interleaves ``HB`` of them (batched dots over the head axis).
+    """
+    q = tl.arange(0, Q)
+    p = tl.arange(0, P)
+    n = tl.arange(0, N)
+    rows, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr, B_ptr,
+        stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
     cm = tl.load(C_ptr + r64[:, None] * stride_c + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
     cb = tl.dot(cm, tl.trans(bm))  # [Q, Q] fp32, shared by the heads
     causal = q[:, None] >= q[None, :]
@@ -202,8 +223,7 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
     y += tl.dot(cmh, state.to(cm.dtype)) * tl.exp(cs)[:, :, None]
     if HAS_D:
         y += D[:, None, None] * xm.to(tl.float32)
-    bw = (bm.to(tl.float32)[None, :, :] * (tl.exp(total[:, None] - cs) * dt)[:, :, None]).to(xm.dtype)  # [HB, Q, N]
-    state = state * tl.exp(total)[:, None, None] + tl.dot(tl.permute(bw, (0, 2, 1)), xm)
+    state = _heads_state(state, bm, xm, dt, cs, total)
     cols = hh[:, None, None] * P + p[None, None, :]
     if GATE:  # off the state's chain: the next chunk does not wait for the gate
         y = _silu_gate(y, z_ptr + ztok[None, :, None] * stride_z + cols, rm[None, :, None])
@@ -215,26 +235,36 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
 @triton.jit
 def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, cu_ptr, order_ptr,
     stride_x, stride_dt, stride_b, stride_c, stride_y, heads_per_group, n_heads, z_ptr, ssq_ptr, stride_z, T_half,
+    items_ptr, states_ptr, decay_ptr,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, HB: tl.constexpr, HAS_D: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr,
-    GATE: tl.constexpr, DT_TOKEN: tl.constexpr
+    GATE: tl.constexpr, DT_TOKEN: tl.constexpr, SPLIT: tl.constexpr = False
 ):
     """``ssd_varlen_fwd_kernel`` with ``HB`` heads per program (``HB`` divides the heads of a group).
 
     Grid ``(n_heads // HB * n_sequences,)``: program ``i`` runs heads ``HB * (i % (n_heads // HB)) + [0, HB)`` of
     sequence ``order[i // (n_heads // HB)]``; with ``GATE`` its sums of squares go to column ``i % (n_heads // HB)``
     of ``ssq``.
+
+    ``SPLIT``: grid ``(n_heads // HB * n_items,)`` over the work items of ``items`` (``fused_ssd.ssd_split_plan``)
+    instead of the sequences: program ``i`` walks segment ``i // (n_heads // HB)`` of a sequence, from the state
+    that the sequence's earlier segments leave (folded from ``ssd_split_states_kernel``'s ``states`` and ``decay``).
     """
     pid = tl.program_id(0)
     n_blocks = n_heads // HB
     hh = (pid % n_blocks) * HB + tl.arange(0, HB)
-    s = tl.load(order_ptr + pid // n_blocks)
     g = ((pid % n_blocks) * HB) // heads_per_group
-    start = tl.load(cu_ptr + s)
-    end = tl.load(cu_ptr + s + 1)
+    if SPLIT:
+        seq_start, seq_end, start, end, first = _split_item(items_ptr, pid // n_blocks)
+        state = _split_initial_state(states_ptr, decay_ptr, first, pid // n_blocks, hh, n_heads, P, N, HB)
+    else:
+        s = tl.load(order_ptr + pid // n_blocks)
+        start = tl.load(cu_ptr + s)
+        end = tl.load(cu_ptr + s + 1)
+        seq_start, seq_end = start, end
+        state = tl.zeros((HB, N, P), dtype=tl.float32)
     A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, D_ptr, hh, HAS_DT_BIAS, HAS_D)
-    zsgn, zbase = _gate_map(start, end, T_half)
-    state = tl.zeros((HB, N, P), dtype=tl.float32)
+    zsgn, zbase = _gate_map(seq_start, seq_end, T_half)
     if INTERPRET:
         c0 = start
         while c0 < end:
@@ -247,6 +277,79 @@ def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr,
             state = _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr, C_ptr, y_ptr,
                 stride_x, stride_dt, stride_b, stride_c, stride_y, z_ptr, ssq_ptr, stride_z, zbase, zsgn, n_blocks,
                 pid % n_blocks, P, N, Q, HB, HAS_D, DT_SOFTPLUS, GATE, DT_TOKEN)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Long sequences split over several programs (few cells a batch: the longest walk sets the kernel's time)
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _split_item(items_ptr, w):
+    """Work item ``w`` of ``fused_ssd.ssd_split_plan``: its sequence's bounds, its segment's bounds, and the item
+    of the sequence's first segment (the items of one sequence are neighbours, in order)."""
+    base = items_ptr + w.to(tl.int64) * 5
+    return tl.load(base), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3), tl.load(base + 4)
+
+
+@triton.jit
+def _split_initial_state(states_ptr, decay_ptr, first, w, hh, n_heads, P: tl.constexpr, N: tl.constexpr,
+    HB: tl.constexpr
+):
+    """The state ``[HB, N, P]`` entering item ``w``: its sequence's segments ``first .. w-1`` folded in order,
+    ``S <- exp(decay_m) S + S_m`` (each ``S_m`` computed from a zero state by ``ssd_split_states_kernel``)."""
+    n = tl.arange(0, N)
+    p = tl.arange(0, P)
+    off = hh[:, None, None] * (N * P) + n[None, :, None] * P + p[None, None, :]
+    state = tl.zeros((HB, N, P), dtype=tl.float32)
+    m = first
+    while m < w:
+        dec = tl.load(decay_ptr + m * n_heads + hh)
+        state = state * tl.exp(dec)[:, None, None] + tl.load(states_ptr + m * (n_heads * N * P) + off)
+        m += 1
+    return state
+
+
+@triton.jit
+def ssd_split_states_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, items_ptr, states_ptr, decay_ptr, stride_x,
+    stride_dt, stride_b, heads_per_group, n_heads, T_half, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
+    HB: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr,
+    INTERPRET: tl.constexpr, DT_TOKEN: tl.constexpr
+):
+    """First pass of a split scan. Grid ``(n_heads // HB * n_items,)``: for every segment but a sequence's last,
+    the state its rows leave from a zero state, ``states[w, h] = sum_j exp(cs_end - cs_j) dt_j B_j x_j^T``
+    ``[N, P]`` fp32, and its total log-decay ``decay[w, h] = sum_j dt_j A_h``. Only ``x``, ``B`` and ``dt`` are
+    read (no ``C B^T``, no output): the walk of the second pass without its outputs.
+    """
+    pid = tl.program_id(0)
+    n_blocks = n_heads // HB
+    hh = (pid % n_blocks) * HB + tl.arange(0, HB)
+    g = ((pid % n_blocks) * HB) // heads_per_group
+    w = pid // n_blocks
+    seq_start, seq_end, start, end, first = _split_item(items_ptr, w)
+    if end < seq_end:  # a sequence's last segment leaves no state that another segment needs
+        A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, A_ptr, hh, HAS_DT_BIAS, False)
+        zsgn, zbase = _gate_map(seq_start, seq_end, T_half)
+        state = tl.zeros((HB, N, P), dtype=tl.float32)
+        dec = tl.zeros((HB,), dtype=tl.float32)
+        if INTERPRET:
+            c0 = start
+            while c0 < end:
+                rows, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
+                    B_ptr, stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
+                state = _heads_state(state, bm, xm, dt, cs, total)
+                dec += total
+                c0 += Q
+        else:
+            for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
+                rows, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
+                    B_ptr, stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
+                state = _heads_state(state, bm, xm, dt, cs, total)
+                dec += total
+        n = tl.arange(0, N)
+        p = tl.arange(0, P)
+        w64 = w.to(tl.int64)
+        tl.store(states_ptr + w64 * (n_heads * N * P) + hh[:, None, None] * (N * P) + n[None, :, None] * P
+                 + p[None, None, :], state)
+        tl.store(decay_ptr + w64 * n_heads + hh, dec)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -578,13 +578,14 @@ def mixer_both(
             cache["cu_both"] = torch.cat([cu[:-1], cu + T])  # the cells, then the reversed cells
             cache["order"] = ssd_order(cache["cu_both"])
         if dt2 is None:
-            y, ssq = ssd_varlen_both(xbc2, dt, A, cache["cu_both"], z if fold else None, order=cache["order"], **kw)
+            y, ssq = ssd_varlen_both(xbc2, dt, A, cache["cu_both"], z if fold else None, order=cache["order"],
+                                     cache=cache, **kw)  # fmt: skip
             if fold:
                 w_out = (out_proj.weight.float() * norm.weight.float()).to(y.dtype)  # the norm's weight folded
                 return F.linear(y, w_out), ssq
         elif one_pass:
             y = ssd_varlen(xbc2, dt2, A, cache["cu_both"], seq_both, chunk_size=mixer.chunk_size,
-                           order=cache["order"], **kw)  # fmt: skip
+                           order=cache["order"], cache=cache, **kw)  # fmt: skip
         else:
             if scan is None:
                 from genemamba_scvi.nn.ssd import load_mamba_ssm_ops

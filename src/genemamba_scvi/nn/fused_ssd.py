@@ -6,9 +6,11 @@ in :mod:`genemamba_scvi.nn._triton_ssd` (imported on first use, so this module i
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from genemamba_scvi.nn._launch import _interpreting, _kernel_module
 
@@ -17,6 +19,8 @@ __all__ = [
     "SSD_FWD_CONFIG",
     "ssd_conv_varlen",
     "ssd_order",
+    "ssd_split_plan",
+    "ssd_split_target",
     "ssd_varlen",
     "ssd_varlen_both",
     "ssd_varlen_supports",
@@ -32,6 +36,17 @@ SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 2, "heads": 4}
 #: training step (384 programs at 4 heads) one head per program trained 1.2% slower on an H200
 #: (``benchmarks/results/throughput_h200_train_s5.json``, ``ablation_ssd_one_head_small`` at 528).
 _SSD_MIN_PROGRAMS = 0
+#: Few cells a batch: the scan's time is the longest sequence's walk (a chain of dependent chunk steps), while
+#: most programs have finished. A sequence longer than ``_SSD_SPLIT_FACTOR`` times the rows an SM slot would walk
+#: with the work spread evenly is then split into near-equal segments walked by separate programs, in two passes
+#: (:func:`ssd_split_plan`; the states the segments leave, then the walks from the folded states). False: never.
+_SSD_SPLIT = True
+_SSD_SPLIT_FACTOR = 1.5
+#: Shortest segment (rows), the programs of the scan resident on an SM (255 registers a thread at 4 warps: 2), and a
+#: fixed segment length (rows; tests and sweeps) instead of the rule above.
+_SSD_SPLIT_MIN_ROWS = 256
+_SSD_PROGRAMS_PER_SM = 2
+_SSD_SPLIT_ROWS: int | None = None
 #: Launch shape of :func:`ssd_conv_varlen` (the same walk, with the convolution's taps loaded in each chunk step).
 SSD_CONV_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 3}
 
@@ -78,11 +93,11 @@ def _split_xbc(xbc: torch.Tensor, nheads: int, headdim: int, ngroups: int, d_sta
     )
 
 
-def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None):
+def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None, cache=None):
     """Run the one-pass SSD forward.
 
     ``gate = (z, T_half)``: a two-direction row (``ssd_varlen_both``), ``dt`` read at the token, and with ``z`` not
-    None the outputs gated.
+    None the outputs gated. ``cache``: a batch's dict (the layers share the work items of a split scan).
 
     Returns ``y`` ``[L, H*P]`` (dtype of ``xbc``) and, with ``z``, ``ssq`` ``[L, n_blocks]`` fp32 (else None).
     """
@@ -112,20 +127,92 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
         if cfg.get("maxnreg"):  # registers a thread (Triton's maxnreg): more programs an SM, spilling the rest
             consts["maxnreg"] = cfg["maxnreg"]
         k = _ssd_kernels()
-        if hb > 1:
-            k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, HB=hb, **consts)
+        target = ssd_split_target(L, nheads // hb, xbc.device) if hb > 1 else None
+        if target is not None:  # long sequences over several programs: their segments' states first
+            items = cache.get(f"ssd_split_{target}") if cache is not None else None
+            if items is None:
+                items = ssd_split_plan(cu, order, L, target)
+                if cache is not None:
+                    cache[f"ssd_split_{target}"] = items
+            n_items = items.shape[0]
+            states = torch.empty(n_items, nheads, d_state, headdim, dtype=torch.float32, device=xbc.device)
+            decay = torch.empty(n_items, nheads, dtype=torch.float32, device=xbc.device)
+            k.ssd_split_states_kernel[(nheads // hb * n_items,)](
+                xbc, dt, args[2], A, args[4], items, states, decay, xbc.stride(0), dt.stride(0), xbc.stride(0),
+                nheads // ngroups, nheads, t_half, P=headdim, N=d_state, Q=cfg["Q"], HB=hb,
+                HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, NUM_STAGES=cfg["num_stages"],
+                INTERPRET=consts["INTERPRET"], DT_TOKEN=gate is not None, num_warps=cfg["num_warps"],
+            )  # fmt: skip
+            k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_items,)](*args, items, states, decay, HB=hb, SPLIT=True,
+                                                                     **consts)  # fmt: skip
+        elif hb > 1:
+            k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_seq,)](*args, cu, y, y, HB=hb, **consts)
         else:
             k.ssd_varlen_fwd_kernel[(nheads * n_seq,)](*args, **consts)
     return y, ssq
 
 
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def ssd_split_target(n_rows: int, n_blocks: int, device: torch.device) -> int | None:
+    """Rows a segment of a split sequence should hold in a scan of ``n_rows`` rows and ``n_blocks`` programs a
+    sequence, or None when no sequence of the row can be long enough to split (or splitting is off).
+
+    With the ``ceil(n_rows / Q) * n_blocks`` chunk steps spread evenly over the resident programs, each walks
+    ``s`` steps; a sequence longer than ``_SSD_SPLIT_FACTOR * Q * s`` rows would set the kernel's time alone, so it
+    is cut into segments of about ``Q * s`` rows (at least ``_SSD_SPLIT_MIN_ROWS``).
+    """
+    if _SSD_SPLIT_ROWS is not None:
+        return int(_SSD_SPLIT_ROWS)
+    if not _SSD_SPLIT or device.type != "cuda":
+        return None
+    q = SSD_FWD_CONFIG["Q"]
+    slots = _SSD_PROGRAMS_PER_SM * _sm_count(device.index)
+    steps = -(-(-(-n_rows // q) * n_blocks) // slots)
+    target = max(q * steps, _SSD_SPLIT_MIN_ROWS)
+    return target if _SSD_SPLIT_FACTOR * target < n_rows else None
+
+
+def ssd_split_plan(cu: torch.Tensor, order: torch.Tensor, n_rows: int, target: int) -> torch.Tensor:
+    """Work items of a split scan: ``[n_items, 5]`` int64 rows ``(sequence start, sequence end, segment start,
+    segment end, first item of the sequence)``, on the device and without a host synchronisation.
+
+    Sequences in ``order`` (longest first); one longer than ``_SSD_SPLIT_FACTOR * target`` rows becomes
+    ``ceil(length / target)`` segments of equal length (rounded up to the scan's chunk step), the others one
+    item. ``n_items = n_seq + n_rows // target + 1`` bounds the count from above; the items past the last are empty
+    (all bounds 0, their own first item).
+    """
+    q = SSD_FWD_CONFIG["Q"]
+    n_seq = cu.numel() - 1
+    lens = (cu[1:] - cu[:-1]).index_select(0, order)
+    long = lens > int(_SSD_SPLIT_FACTOR * target)
+    nseg = torch.where(long, (lens + target - 1) // target, torch.ones_like(lens))
+    seg_len = (lens + nseg - 1) // nseg
+    seg_len = (seg_len + q - 1) // q * q
+    cum = torch.cumsum(nseg, 0)
+    w = torch.arange(n_seq + n_rows // target + 1, device=cu.device)
+    k = torch.searchsorted(cum, w, right=True)
+    valid = k < n_seq
+    kc = k.clamp(max=max(n_seq - 1, 0))
+    first = cum[kc] - nseg[kc]
+    s = order[kc]
+    seq_start, seq_end = cu[s], cu[s + 1]
+    c0 = torch.minimum(seq_start + (w - first) * seg_len[kc], seq_end)
+    c1 = torch.minimum(c0 + seg_len[kc], seq_end)
+    items = torch.stack([seq_start, seq_end, c0, c1, first], dim=1)
+    return torch.where(valid[:, None], items, F.pad(w[:, None], (4, 0))).contiguous()
+
+
 class _SSDVarlen(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order):
+    def forward(ctx, xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order, cache):
         if xbc.stride(-1) != 1:
             xbc = xbc.contiguous()
         dt = dt.contiguous()
-        y, _ = _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus)
+        y, _ = _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, cache=cache)
         ctx.save_for_backward(xbc, dt, A, D, dt_bias, seq_idx)
         ctx.shape, ctx.chunk_size, ctx.dt_softplus = shape, chunk_size, dt_softplus
         return y
@@ -160,7 +247,7 @@ class _SSDVarlen(torch.autograd.Function):
                 inputs = [t for t in leaves if t is not None]
                 grads = iter(torch.autograd.grad(y, inputs, dy))
                 dxbc, ddt, dA, dD, ddt_bias = (next(grads) if t is not None else None for t in leaves)
-        return dxbc, ddt, dA, dD, ddt_bias, None, None, None, None, None, None
+        return dxbc, ddt, dA, dD, ddt_bias, None, None, None, None, None, None, None
 
 
 def ssd_varlen_supports(headdim: int, d_state: int) -> bool:
@@ -189,6 +276,7 @@ def ssd_varlen(
     dt_softplus: bool = True,
     chunk_size: int = 256,
     order: torch.Tensor | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Mamba-2's SSD scan of a packed varlen row in one Triton kernel (forward); mamba-ssm's backward.
 
@@ -212,6 +300,8 @@ def ssd_varlen(
         ``SSD_FWD_CONFIG["Q"]`` rows).
     order
         :func:`ssd_order` of ``cu_seqlens`` (computed here when omitted; a batch's layers can share it).
+    cache
+        A dict the layers of one batch share: a split scan's work items (:func:`ssd_split_plan`) are kept there.
 
     Returns
     -------
@@ -222,7 +312,7 @@ def ssd_varlen(
     _check_sizes("ssd_varlen", headdim, d_state)
     shape = (nheads, headdim, ngroups, d_state)
     cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
-    return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order)
+    return _SSDVarlen.apply(xbc, dt, A, D, dt_bias, cu, seq_idx, shape, chunk_size, dt_softplus, order, cache)
 
 
 def ssd_varlen_both(
@@ -240,6 +330,7 @@ def ssd_varlen_both(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = True,
     order: torch.Tensor | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`ssd_varlen` on a two-direction row, ``dt`` read at the token, optionally gated (inference).
 
@@ -252,7 +343,7 @@ def ssd_varlen_both(
         ``[T, H]`` raw time steps of the ``T`` tokens (read at each row's token: no ``[2T, H]`` gather).
     z
         ``[T, H*P]`` gates of the ``T`` tokens (a column slice of the projection is fine), or None: no gate.
-    nheads, headdim, ngroups, d_state, D, dt_bias, dt_softplus, order
+    nheads, headdim, ngroups, d_state, D, dt_bias, dt_softplus, order, cache
         As :func:`ssd_varlen`.
 
     Returns
@@ -277,7 +368,8 @@ def ssd_varlen_both(
         z = z.contiguous()
     cu = cu_seqlens.to(device=xbc.device, dtype=torch.int64).contiguous()
     shape = (nheads, headdim, ngroups, d_state)
-    return _launch_ssd(xbc, dt.contiguous(), A, D, dt_bias, cu, order, shape, dt_softplus, gate=(z, L // 2))
+    return _launch_ssd(xbc, dt.contiguous(), A, D, dt_bias, cu, order, shape, dt_softplus, gate=(z, L // 2),
+                       cache=cache)
 
 
 def ssd_order(cu_seqlens: torch.Tensor, both: bool = False) -> torch.Tensor:
