@@ -727,7 +727,7 @@ class Runner:
             with self._autocast(), self._sdpa_ctx(), record_function("phase:forward"):
                 if model == "genemamba":
                     tp, cu = pack_tokens(b["tokens"], b["lengths"])
-                    h = self.mamba.forward_packed(tp, cu)
+                    h = self.mamba.forward_packed(tp, cu, b["Lmax"])
                     loss = h.float().square().mean()
                 elif model == "transformer_varlen":
                     tp, cu = pack_tokens(b["tokens"], b["lengths"])
@@ -745,7 +745,7 @@ class Runner:
             with torch.inference_mode(), self._autocast(), self._sdpa_ctx():
                 if model == "genemamba":
                     tp, cu = pack_tokens(b["tokens"], b["lengths"])
-                    emb = pool_packed(self.mamba.forward_packed(tp, cu), cu)
+                    emb = pool_packed(self.mamba.forward_packed(tp, cu, b["Lmax"]), cu)
                 elif model == "transformer_varlen":
                     tp, cu = pack_tokens(b["tokens"], b["lengths"])
                     emb = pool_packed(self.transformer.forward_packed(tp, cu, b["Lmax"]), cu)

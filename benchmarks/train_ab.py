@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=20, help="timed rounds (one step of every arm each)")
     p.add_argument("--warmup-rounds", type=int, default=2)
     p.add_argument("--batches", type=int, default=8, help="distinct batches, used in turn")
-    p.add_argument("--k", type=int, default=2048, help="cap on genes per cell (top-k)")
+    p.add_argument("--k", type=int, default=2048, help="cap on genes per cell (top-k); --full: each cell's length")
+    p.add_argument("--full", action="store_true", help="full-length cells of --k tokens (as throughput.py's)")
     p.add_argument("--cells", type=int, default=48)
     p.add_argument("--mode", choices=("train", "infer"), default="train", help="training steps or inference passes")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script)")
@@ -315,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     arms = {arm.partition(":")[0] if ":" in arm else arm: _arm_switches(arm) for arm in a.arms}  # label: arm
     if any(m == "transformer_varlen" for m, _ in arms.values()) and not (run.cuda and tp._has_varlen_attn()):
         raise SystemExit("transformer_varlen needs CUDA and torch.nn.attention.varlen")
-    setting = dict(kind="real", n=min(a.k, 128) if a.smoke else a.k, mode=a.mode, cells=6 if a.smoke else a.cells)
+    setting = dict(kind="full" if a.full else "real", n=min(a.k, 128) if a.smoke else a.k, mode=a.mode,
+                   cells=6 if a.smoke else a.cells)  # fmt: skip
     rng = np.random.default_rng([a.seed, setting["n"], 1, setting["cells"]])
     batches = [run.make_batch(setting, rng) for _ in range(a.batches)]
     times: dict[str, list[float]] = {arm: [] for arm in arms}

@@ -394,7 +394,7 @@ def test_ssd_split_plan_covers_every_sequence_once_in_near_equal_segments(monkey
         ws = [w for w, *_ in segs]
         assert ws == list(range(ws[0], ws[0] + len(ws))) and all(f == ws[0] for *_, f in segs)
         assert segs[0][1] == s0 and segs[-1][2] == s1
-        assert all(a[2] == b[1] for a, b in zip(segs, segs[1:]))  # contiguous, in order
+        assert all(segs[i][2] == segs[i + 1][1] for i in range(len(segs) - 1))  # contiguous, in order
         n = s1 - s0
         assert len(segs) == (-(-n // 32) if n > 48 else 1)
         assert all((c1 - c0) % 16 == 0 for _, c0, c1, _ in segs[:-1])
@@ -457,20 +457,48 @@ def test_split_ssd_varlen_equals_the_unsplit_scan(monkeypatch, heads, split_rows
 
 
 def test_ssd_split_target_splits_only_when_one_walk_would_set_the_time(monkeypatch):
-    """No split on a CPU, with the switch off, or when the row is too short for any sequence to be long enough."""
+    """A split needs the longest sequence (``max_seqlen``) to be over 1.5x an even share of the walk; never on a CPU,
+    with the switch off, or without ``max_seqlen``."""
     import genemamba_scvi.nn.fused_ssd as fused_ssd
 
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(fused_ssd, "_sm_count", lambda index: 132)
-    assert fused_ssd.ssd_split_target(90_000, 4, torch.device("cpu")) is None
+    assert fused_ssd.ssd_split_target(90_000, 4, torch.device("cpu"), 4096) is None
+    assert fused_ssd.ssd_split_target(90_000, 4, cuda) is None  # no bound on the sequences' length
     # 24 cells of top-4096 in both directions: ~90k rows, 4 programs a sequence, 264 slots -> ~85 steps of 16
-    assert fused_ssd.ssd_split_target(90_000, 4, cuda) == 16 * 86
-    # 256 cells (inference): a segment would be ~10.6k rows, more than any cell of 4,096 genes but not than the row
-    assert fused_ssd.ssd_split_target(700_000, 4, cuda) == 16 * 663
-    assert fused_ssd.ssd_split_target(2_000, 4, cuda) == 256  # the shortest segment
-    assert fused_ssd.ssd_split_target(300, 4, cuda) is None  # no sequence of 300 rows is over 1.5 x 256
+    assert fused_ssd.ssd_split_target(90_000, 4, cuda, 4096) == 16 * 86
+    assert fused_ssd.ssd_split_target(90_000, 4, cuda, 2048) is None  # not over 1.5 x 1,376 rows
+    # 256 cells (inference): a segment would be ~10.6k rows, more than any cell of 4,096 genes
+    assert fused_ssd.ssd_split_target(700_000, 4, cuda, 4096) is None
+    assert fused_ssd.ssd_split_target(700_000, 4, cuda, 20_000) == 16 * 663
+    assert fused_ssd.ssd_split_target(2_000, 4, cuda, 2_000) == 256  # the shortest segment
     monkeypatch.setattr(fused_ssd, "_SSD_SPLIT", False)
-    assert fused_ssd.ssd_split_target(90_000, 4, cuda) is None
+    assert fused_ssd.ssd_split_target(90_000, 4, cuda, 4096) is None
+
+
+def test_the_encoder_passes_its_bound_on_a_cells_length_to_the_scan(monkeypatch):
+    """``forward(packed=True)`` and ``embed_cells`` give the padded width as ``max_seqlen``; ``forward_packed``
+    passes what it is given (nothing: None)."""
+    import genemamba_scvi.nn.bimamba as bimamba
+    import genemamba_scvi.nn.fused_ssd as fused_ssd
+    from genemamba_scvi.nn import GeneMambaEncoder
+    from genemamba_scvi.nn.encoder import pack_tokens
+    from genemamba_scvi.nn.mamba2 import Mamba2Mixer
+
+    monkeypatch.setattr(bimamba, "fused_available", lambda device: True)
+    monkeypatch.setattr(Mamba2Mixer, "resolved_backend", lambda self, device=None: "mamba_ssm")
+    seen = _record_calls(monkeypatch, fused_ssd, "ssd_split_target", lambda *a, **k: a[3] if len(a) > 3 else None)
+    cfg = GeneMambaConfig(d_model=16, d_state=16, headdim=16, expand=4, chunk_size=16, n_layers=1, backend="torch")
+    enc = GeneMambaEncoder(50, config=cfg).to(DEVICE)
+    tokens = torch.randint(1, 50, (3, 20), device=DEVICE)
+    lengths = torch.tensor([20, 7, 12], device=DEVICE)
+    with torch.no_grad():
+        enc(tokens, lengths, packed=True)
+        enc.embed_cells(tokens, lengths, packed=True)
+        packed, cu = pack_tokens(tokens, lengths)
+        enc.forward_packed(packed, cu)
+        enc.forward_packed(packed, cu, max_seqlen=20)
+    assert seen == [20, 20, None, 20]
 
 
 def test_ssd_varlen_restarts_the_state_at_every_sequence():

@@ -170,8 +170,11 @@ def ssd_varlen_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr
 def _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr, B_ptr, stride_x, stride_dt, stride_b, zbase, zsgn,
     P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr, DT_SOFTPLUS: tl.constexpr, DT_TOKEN: tl.constexpr
 ):
-    """The inputs of one chunk step of heads ``hh``: rows, their mask, int64 rows and tokens, ``dt`` ``[HB, Q]``,
-    its cumulative log-decay and total, ``x`` ``[HB, Q, P]`` and ``B`` ``[Q, N]`` (0 on masked rows)."""
+    """The inputs of one chunk step of heads ``hh``.
+
+    Rows, their mask, int64 rows and tokens, ``dt`` ``[HB, Q]``, its cumulative log-decay and total, ``x``
+    ``[HB, Q, P]`` and ``B`` ``[Q, N]`` (0 on masked rows).
+    """
     q = tl.arange(0, Q)
     p = tl.arange(0, P)
     n = tl.arange(0, N)
@@ -211,7 +214,7 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
     q = tl.arange(0, Q)
     p = tl.arange(0, P)
     n = tl.arange(0, N)
-    rows, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr, B_ptr,
+    _, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr, B_ptr,
         stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
     cm = tl.load(C_ptr + r64[:, None] * stride_c + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
     cb = tl.dot(cm, tl.trans(bm))  # [Q, Q] fp32, shared by the heads
@@ -284,8 +287,11 @@ def ssd_varlen_heads_fwd_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, C_ptr,
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _split_item(items_ptr, w):
-    """Work item ``w`` of ``fused_ssd.ssd_split_plan``: its sequence's bounds, its segment's bounds, and the item
-    of the sequence's first segment (the items of one sequence are neighbours, in order)."""
+    """Work item ``w`` of ``fused_ssd.ssd_split_plan``.
+
+    Its sequence's bounds, its segment's bounds, and the item of the sequence's first segment (the items of one
+    sequence are neighbours, in order).
+    """
     base = items_ptr + w.to(tl.int64) * 5
     return tl.load(base), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3), tl.load(base + 4)
 
@@ -294,8 +300,11 @@ def _split_item(items_ptr, w):
 def _split_initial_state(states_ptr, decay_ptr, first, w, hh, n_heads, P: tl.constexpr, N: tl.constexpr,
     HB: tl.constexpr
 ):
-    """The state ``[HB, N, P]`` entering item ``w``: its sequence's segments ``first .. w-1`` folded in order,
-    ``S <- exp(decay_m) S + S_m`` (each ``S_m`` computed from a zero state by ``ssd_split_states_kernel``)."""
+    """The state ``[HB, N, P]`` entering item ``w``.
+
+    Its sequence's segments ``first .. w-1`` folded in order, ``S <- exp(decay_m) S + S_m`` (each ``S_m`` computed
+    from a zero state by ``ssd_split_states_kernel``).
+    """
     n = tl.arange(0, N)
     p = tl.arange(0, P)
     off = hh[:, None, None] * (N * P) + n[None, :, None] * P + p[None, None, :]
@@ -314,33 +323,35 @@ def ssd_split_states_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, items_ptr,
     HB: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, NUM_STAGES: tl.constexpr,
     INTERPRET: tl.constexpr, DT_TOKEN: tl.constexpr
 ):
-    """First pass of a split scan. Grid ``(n_heads // HB * n_items,)``: for every segment but a sequence's last,
-    the state its rows leave from a zero state, ``states[w, h] = sum_j exp(cs_end - cs_j) dt_j B_j x_j^T``
-    ``[N, P]`` fp32, and its total log-decay ``decay[w, h] = sum_j dt_j A_h``. Only ``x``, ``B`` and ``dt`` are
-    read (no ``C B^T``, no output): the walk of the second pass without its outputs.
+    """First pass of a split scan.
+
+    Grid ``(n_heads // HB * n_items,)``: for every segment but a sequence's last, the state its rows leave from a
+    zero state, ``states[w, h] = sum_j exp(cs_end - cs_j) dt_j B_j x_j^T`` ``[N, P]`` fp32, and its total log-decay
+    ``decay[w, h] = sum_j dt_j A_h``. Only ``x``, ``B`` and ``dt`` are read (no ``C B^T``, no output): the walk of
+    the second pass without its outputs.
     """
     pid = tl.program_id(0)
     n_blocks = n_heads // HB
     hh = (pid % n_blocks) * HB + tl.arange(0, HB)
     g = ((pid % n_blocks) * HB) // heads_per_group
     w = pid // n_blocks
-    seq_start, seq_end, start, end, first = _split_item(items_ptr, w)
+    seq_start, seq_end, start, end, _ = _split_item(items_ptr, w)
     if end < seq_end:  # a sequence's last segment leaves no state that another segment needs
-        A, dt_bias, D = _head_params(A_ptr, dt_bias_ptr, A_ptr, hh, HAS_DT_BIAS, False)
+        A, dt_bias, _ = _head_params(A_ptr, dt_bias_ptr, A_ptr, hh, HAS_DT_BIAS, False)
         zsgn, zbase = _gate_map(seq_start, seq_end, T_half)
         state = tl.zeros((HB, N, P), dtype=tl.float32)
         dec = tl.zeros((HB,), dtype=tl.float32)
         if INTERPRET:
             c0 = start
             while c0 < end:
-                rows, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
+                _, _, _, _, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
                     B_ptr, stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
                 state = _heads_state(state, bm, xm, dt, cs, total)
                 dec += total
                 c0 += Q
         else:
             for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
-                rows, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
+                _, _, _, _, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
                     B_ptr, stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
                 state = _heads_state(state, bm, xm, dt, cs, total)
                 dec += total

@@ -208,7 +208,8 @@ class PackedCells:
         ``[1, 2 * n_tokens]`` int32: cell ids, then ``n_cells + id`` for the reversed copies.
     cache
         Tensors derived from these indices by the first layer that needs them (the fused kernels' launch
-        order), reused by the other layers of the batch.
+        order), reused by the other layers of the batch; ``"max_seqlen"``, the encoder's bound on a cell's
+        length when it has one.
     """
 
     cu_seqlens: torch.Tensor
@@ -218,7 +219,7 @@ class PackedCells:
     both_index: torch.Tensor
     seq_idx: torch.Tensor
     seq_idx_both: torch.Tensor
-    cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def pack_cells(cu_seqlens: torch.Tensor, n_tokens: int | None = None) -> PackedCells:

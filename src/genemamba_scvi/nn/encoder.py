@@ -237,6 +237,7 @@ class GeneMambaEncoder(nn.Module):
         self.cuda_graphs: bool | None = None
         self.graph_bucket_tokens: int | None = None
         self._capturable_embedding = False
+        self._max_seqlen: int | None = None  # forward_packed's bound on a cell's length, for the batch's layers
 
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.02)
@@ -321,7 +322,7 @@ class GeneMambaEncoder(nn.Module):
             if seq_idx is not None:
                 raise ValueError("packed=True packs by lengths; do not pass seq_idx")
             tokens_packed, cu = pack_tokens(tokens, lengths)
-            return unpack_hidden(self.forward_packed(tokens_packed, cu), lengths, seq_len)
+            return unpack_hidden(self.forward_packed(tokens_packed, cu, max_seqlen=seq_len), lengths, seq_len)
         check_tokens(tokens, self.vocab_size)
         sub = self._sub_batch_size(batch, seq_len, tokens.device)
         if sub >= batch:
@@ -406,7 +407,9 @@ class GeneMambaEncoder(nn.Module):
             return False
         return load_mamba_ssm_ops()["rms_norm_fn"] is not None
 
-    def forward_packed(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def forward_packed(
+        self, tokens: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | None = None
+    ) -> torch.Tensor:
         """Contextual token states of packed cells: only real tokens are computed.
 
         The real tokens of all cells form one row; each cell and its per-cell reversal are two sequences
@@ -421,12 +424,18 @@ class GeneMambaEncoder(nn.Module):
             ``[T]`` (or ``[1, T]``) token ids of all cells, concatenated (no pads).
         cu_seqlens
             ``[n_cells + 1]`` cumulative lengths starting at 0 (see :func:`pack_tokens`).
+        max_seqlen
+            The longest cell's length, or a bound on it (a host integer, as FlashAttention's varlen functions
+            take). With it, a batch of few cells may walk its long cells' scans in segments on several programs
+            (:func:`~genemamba_scvi.nn.fused_ssd.ssd_split_target`; fused CUDA path only); None: never. The result
+            is the same function either way.
 
         Returns
         -------
         torch.Tensor
             ``[T, d_model]`` after ``norm_f``.
         """
+        self._max_seqlen = None if max_seqlen is None else int(max_seqlen)
         tokens = tokens.reshape(-1)
         check_tokens(tokens, self.vocab_size, cu_seqlens)
         cu = cu_seqlens.to(device=tokens.device, dtype=torch.long)
@@ -484,6 +493,8 @@ class GeneMambaEncoder(nn.Module):
         if self.n_layers == 0 or n_tokens == 0:
             return self.norm_f(x)
         pack = pack_cells(cu, n_tokens)
+        if self._max_seqlen is not None:
+            pack.cache["max_seqlen"] = self._max_seqlen
         if self.block != "prenorm":
             for layer in self.layers:
                 x = self._run(layer.forward_packed, x, pack, self.merge)
@@ -535,4 +546,4 @@ class GeneMambaEncoder(nn.Module):
         if not packed:
             return self.pool(self(tokens, lengths), lengths)
         tokens_packed, cu = pack_tokens(tokens, lengths)
-        return pool_packed(self.forward_packed(tokens_packed, cu), cu, self.pooling)
+        return pool_packed(self.forward_packed(tokens_packed, cu, max_seqlen=tokens.shape[1]), cu, self.pooling)
