@@ -4,7 +4,7 @@
 # top-4096 x 24, full-length 8 x 8192 (training), and inference at 256 cells and training at top-2048 x 48 (no split).
 source scripts/device_lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
-timeout 150 python3 -m pytest -q tests/test_nn_fused.py -k "split or ssd_varlen or bound" -p no:cacheprovider \
+timeout 150 python3 -m pytest -q -x tests/test_nn_fused.py -k "split or ssd_varlen or bound" -p no:cacheprovider \
   > $OUT/gpu_tests_s24_3.log 2>&1
 echo "gpu tests rc=$?"; tail -3 $OUT/gpu_tests_s24_3.log
 AB="python3 benchmarks/train_ab.py --fresh --warmup-rounds 3"

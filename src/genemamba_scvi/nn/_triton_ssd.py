@@ -214,7 +214,7 @@ def _ssd_heads_chunk(state, c0, end, hh, g, A, dt_bias, D, x_ptr, dt_ptr, B_ptr,
     q = tl.arange(0, Q)
     p = tl.arange(0, P)
     n = tl.arange(0, N)
-    _, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr, B_ptr,
+    _rows, rm, r64, ztok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr, B_ptr,
         stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
     cm = tl.load(C_ptr + r64[:, None] * stride_c + (g * N + n)[None, :], mask=rm[:, None], other=0.0)
     cb = tl.dot(cm, tl.trans(bm))  # [Q, Q] fp32, shared by the heads
@@ -335,23 +335,23 @@ def ssd_split_states_kernel(x_ptr, dt_ptr, dt_bias_ptr, A_ptr, B_ptr, items_ptr,
     hh = (pid % n_blocks) * HB + tl.arange(0, HB)
     g = ((pid % n_blocks) * HB) // heads_per_group
     w = pid // n_blocks
-    seq_start, seq_end, start, end, _ = _split_item(items_ptr, w)
+    seq_start, seq_end, start, end, _first = _split_item(items_ptr, w)
     if end < seq_end:  # a sequence's last segment leaves no state that another segment needs
-        A, dt_bias, _ = _head_params(A_ptr, dt_bias_ptr, A_ptr, hh, HAS_DT_BIAS, False)
+        A, dt_bias, _no_d = _head_params(A_ptr, dt_bias_ptr, A_ptr, hh, HAS_DT_BIAS, False)
         zsgn, zbase = _gate_map(seq_start, seq_end, T_half)
         state = tl.zeros((HB, N, P), dtype=tl.float32)
         dec = tl.zeros((HB,), dtype=tl.float32)
         if INTERPRET:
             c0 = start
             while c0 < end:
-                _, _, _, _, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
+                _rows, _rm, _r64, _tok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
                     B_ptr, stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
                 state = _heads_state(state, bm, xm, dt, cs, total)
                 dec += total
                 c0 += Q
         else:
             for c0 in tl.range(start, end, Q, num_stages=NUM_STAGES):
-                _, _, _, _, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
+                _rows, _rm, _r64, _tok, dt, cs, total, xm, bm = _heads_rows(c0, end, hh, g, A, dt_bias, x_ptr, dt_ptr,
                     B_ptr, stride_x, stride_dt, stride_b, zbase, zsgn, P, N, Q, DT_SOFTPLUS, DT_TOKEN)
                 state = _heads_state(state, bm, xm, dt, cs, total)
                 dec += total

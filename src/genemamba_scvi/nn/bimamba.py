@@ -207,9 +207,8 @@ class PackedCells:
     seq_idx_both
         ``[1, 2 * n_tokens]`` int32: cell ids, then ``n_cells + id`` for the reversed copies.
     cache
-        Tensors derived from these indices by the first layer that needs them (the fused kernels' launch
-        order), reused by the other layers of the batch; ``"max_seqlen"``, the encoder's bound on a cell's
-        length when it has one.
+        Tensors derived from these indices by the first layer that needs them (the fused kernels' launch order),
+        reused by the other layers of the batch; ``"max_seqlen"``, the encoder's bound on a cell's length.
     """
 
     cu_seqlens: torch.Tensor
