@@ -569,8 +569,7 @@ def mixer_both(
     else:
         xbc2 = conv_both(xbc, conv_w, mixer.conv1d.bias, rev, seq, silu=True, cu_seqlens=cu_seqlens,
                          grad_slab=(slab, 1) if slab is not None else None)  # fmt: skip
-        seq_both = seq_both.to(torch.int32).contiguous()
-        # inference with the one-pass scan: it reads dt at each row's token (no [2T, H] gather)
+        seq_both = seq_both.to(torch.int32).contiguous()  # inference, one-pass scan: dt read at each row's token
         dt_slab = (slab, 2) if slab is not None else None  # (its backward writes dt's gradient into the slab)
         dt2 = None if one_pass and not needs_grad else dt_both(dt, rev, dt_slab)
         if one_pass and "cu_both" not in cache:
