@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Session 24, device call 3 (predictions: benchmarks/NOTES_throughput.md section 26). At most 8 files under $OUT.
-# The split SSD forward with the max_seqlen bound: compiled parity, then fresh A/Bs against the unsplit scan at
-# top-4096 x 24, full-length 8 x 8192 (training), and inference at 256 cells and training at top-2048 x 48 (no split).
+# The split SSD forward with the max_seqlen bound (arm 'split' against the default, unsplit): compiled parity,
+# then fresh A/Bs at top-4096 x 24, full-length 8 x 8192 (training), inference at 256 cells and top-2048 x 48.
 source scripts/device_lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 timeout 150 python3 -m pytest -q -x tests/test_nn_fused.py -k "split or ssd_varlen or bound" -p no:cacheprovider \
   > $OUT/gpu_tests_s24_3.log 2>&1
 echo "gpu tests rc=$?"; tail -3 $OUT/gpu_tests_s24_3.log
 AB="python3 benchmarks/train_ab.py --fresh --warmup-rounds 3"
-NS="nosplit:fused_ssd._SSD_SPLIT=false"
+NS="split:fused_ssd._SSD_SPLIT=true"  # the split is off by default since call 3 (arm name: split)
 timeout 120 $AB --rounds 24 --k 4096 --cells 24 --arms default "$NS" transformer_varlen \
   --out $OUT/ab4096_split3_s24.json > $OUT/ab_split3_s24.log 2>&1
 echo "ab4096 rc=$?"; pick $OUT/ab_split3_s24.log 6

@@ -463,6 +463,7 @@ def test_ssd_split_target_splits_only_when_one_walk_would_set_the_time(monkeypat
 
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(fused_ssd, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(fused_ssd, "_SSD_SPLIT", True)
     assert fused_ssd.ssd_split_target(90_000, 4, torch.device("cpu"), 4096) is None
     assert fused_ssd.ssd_split_target(90_000, 4, cuda) is None  # no bound on the sequences' length
     # 24 cells of top-4096 in both directions: ~90k rows, 4 programs a sequence, 264 slots -> ~85 steps of 16

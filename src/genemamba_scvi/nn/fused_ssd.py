@@ -39,8 +39,10 @@ _SSD_MIN_PROGRAMS = 0
 #: Few cells a batch: the scan's time is the longest sequence's walk (a chain of dependent chunk steps), while
 #: most programs have finished. A sequence longer than ``_SSD_SPLIT_FACTOR`` times the rows an SM slot would walk
 #: with the work spread evenly is then split into near-equal segments walked by separate programs, in two passes
-#: (:func:`ssd_split_plan`; the states the segments leave, then the walks from the folded states). False: never.
-_SSD_SPLIT = True
+#: (:func:`ssd_split_plan`; the states the segments leave, then the walks from the folded states). Off until its
+#: compiled parity and its timing are measured (session 24: one timing, top-4096 x 24, step 0.985x, not significant;
+#: the GPU parity run was lost to a compile error since fixed; ``benchmarks/NOTES_throughput.md`` section 26).
+_SSD_SPLIT = False
 _SSD_SPLIT_FACTOR = 1.5
 #: Shortest segment (rows), the programs of the scan resident on an SM (255 registers a thread at 4 warps: 2), and a
 #: fixed segment length (rows; tests and sweeps) instead of the rule above.
