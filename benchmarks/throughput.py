@@ -449,6 +449,13 @@ BLOCK_ABLATIONS = {  # setting kind -> (switches set for the run: BiMambaBlock's
 }
 
 
+def fused_failures() -> dict[str, str]:
+    """The fused Bi-Mamba kernels' failures in this process (device -> error; empty when they ran)."""
+    from genemamba_scvi.nn import bimamba
+
+    return dict(bimamba._FUSED_FAILED)
+
+
 def _has_varlen_attn() -> bool:
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
@@ -939,6 +946,9 @@ class Runner:
             "targets_issue14": self.targets_packed(),
             "targets": self.targets(ratios),
             "notes": self.notes,
+            # the devices on which the fused kernels raised: from then on GeneMamba ran mamba-ssm's layer, so its
+            # numbers are not the fused path's (session 24, call 3: a kernel that failed to compile on the GPU)
+            "fused_failed": fused_failures(),
             "fatal": self.fatal,
             "elapsed_s": round(time.perf_counter() - self.t_start, 1),
             "complete": complete,

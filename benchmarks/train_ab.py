@@ -415,8 +415,11 @@ def main(argv: list[str] | None = None) -> None:
     if run.cuda:
         out["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     out["seconds"] = round(time.perf_counter() - t_start, 1)
+    out["fused_failed"] = tp.fused_failures()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
+    if out["fused_failed"]:  # every GeneMamba arm fell back to the unfused layer: not a comparison of the arms
+        raise SystemExit(f"the fused kernels failed, the arms timed the fall-back: {out['fused_failed']}")
 
 
 if __name__ == "__main__":

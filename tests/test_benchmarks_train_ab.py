@@ -55,13 +55,13 @@ def test_fresh_run_gives_every_arm_its_own_new_batches(tmp_path, monkeypatch):
     """``--fresh``: a newly drawn batch for every arm and round (no arm meets a packed length twice by design), the
     step times scaled per token, tokens/s from each arm's own tokens."""
     seen = []
-    real_step = train_ab._timed_step
+    real_step = train_ab.enqueue_and_wall_ms
 
     def spy(run, model, b, mode="train"):
         seen.append(b)  # (kept alive, so ids cannot be reused)
         return real_step(run, model, b, mode)
 
-    monkeypatch.setattr(train_ab, "_timed_step", spy)
+    monkeypatch.setattr(train_ab, "enqueue_and_wall_ms", spy)
     out = tmp_path / "ab.json"
     train_ab.main(["--smoke", "--fresh", "--arms", "default", "ablation_split_cat", "--rounds", "2",
                    "--warmup-rounds", "1", "--out", str(out)])  # fmt: skip
@@ -112,16 +112,43 @@ def test_device_ops_sum_kernels_only_by_name():
 def test_inference_mode_times_inference_passes(tmp_path, monkeypatch):
     """``--mode infer``: the arms' inference passes (session 22's A/B of the lean conv forward), no gradients."""
     modes = []
-    real_step = train_ab._timed_step
+    real_step = train_ab.enqueue_and_wall_ms
 
     def spy(run, model, b, mode="train"):
         modes.append(mode)
         return real_step(run, model, b, mode)
 
-    monkeypatch.setattr(train_ab, "_timed_step", spy)
+    monkeypatch.setattr(train_ab, "enqueue_and_wall_ms", spy)
     out = tmp_path / "ab.json"
     train_ab.main(["--smoke", "--mode", "infer", "--arms", "default", "ablation_split_cat", "--rounds", "2",
                    "--warmup-rounds", "1", "--out", str(out)])  # fmt: skip
     d = json.loads(out.read_text())
     assert modes == ["infer"] * 6 and d["setting"]["mode"] == "infer"
     assert d["arms"]["default"]["grads_finite"] is None and d["arms"]["ablation_split_cat"]["vs_default"]
+
+
+def test_rounds_record_the_host_enqueue_time_and_a_fused_failure_stops_the_run(tmp_path, monkeypatch):
+    """Each timed round's host enqueue time (at most its wall time); a run in which the fused kernels failed (every
+    GeneMamba arm then timed the unfused fall-back) writes the failure and exits, not a comparison."""
+    out = tmp_path / "ab.json"
+    train_ab.main(["--smoke", "--arms", "default", "ablation_split_cat", "--rounds", "2", "--batches", "2",
+                   "--warmup-rounds", "1", "--out", str(out)])  # fmt: skip
+    d = json.loads(out.read_text())
+    for arm in d["arms"].values():
+        assert len(arm["enqueue_ms"]) == 2
+        assert all(0 < e <= 1e3 * w + 0.02 for e, w in zip(arm["enqueue_ms"], arm["step_times_s"]))
+    assert d["fused_failed"] == {}
+    monkeypatch.setattr(train_ab.tp, "fused_failures", lambda: {"cuda:0": "CompilationError: ..."})
+    with pytest.raises(SystemExit, match="fall-back"):
+        train_ab.main(["--smoke", "--arms", "default", "ablation_split_cat", "--rounds", "1", "--batches", "1",
+                       "--warmup-rounds", "0", "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["fused_failed"] == {"cuda:0": "CompilationError: ..."}
+
+
+def test_full_length_cells(tmp_path):
+    """``--full``: every cell ``--k`` tokens long (throughput.py's full-length settings)."""
+    out = tmp_path / "ab.json"
+    train_ab.main(["--smoke", "--full", "--k", "64", "--arms", "default", "ablation_split_cat", "--rounds", "1",
+                   "--batches", "1", "--warmup-rounds", "0", "--out", str(out)])  # fmt: skip
+    d = json.loads(out.read_text())
+    assert d["setting"]["kind"] == "full" and d["arms"]["default"]["real_tokens"] == [6 * 64]

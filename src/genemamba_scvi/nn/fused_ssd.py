@@ -7,6 +7,7 @@ in :mod:`genemamba_scvi.nn._triton_ssd` (imported on first use, so this module i
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
@@ -44,8 +45,9 @@ _SSD_MIN_PROGRAMS = 0
 #: the GPU parity run was lost to a compile error since fixed; ``benchmarks/NOTES_throughput.md`` section 26).
 _SSD_SPLIT = False
 _SSD_SPLIT_FACTOR = 1.5
-#: Shortest segment (rows), the programs of the scan resident on an SM (255 registers a thread at 4 warps: 2), and a
-#: fixed segment length (rows; tests and sweeps) instead of the rule above.
+#: A segment's rows as a multiple of an even share, the shortest segment (rows), the programs of the scan resident on
+#: an SM (255 registers a thread at 4 warps: 2), and a fixed segment length (rows; tests) instead of the rule above.
+_SSD_SPLIT_SCALE = 1.0
 _SSD_SPLIT_MIN_ROWS = 256
 _SSD_PROGRAMS_PER_SM = 2
 _SSD_SPLIT_ROWS: int | None = None
@@ -178,7 +180,7 @@ def ssd_split_target(n_rows: int, n_blocks: int, device: torch.device, max_seqle
     q = SSD_FWD_CONFIG["Q"]
     slots = _SSD_PROGRAMS_PER_SM * _sm_count(device.index)
     steps = -(-(-(-n_rows // q) * n_blocks) // slots)
-    target = max(q * steps, _SSD_SPLIT_MIN_ROWS)
+    target = max(q * math.ceil(steps * _SSD_SPLIT_SCALE), _SSD_SPLIT_MIN_ROWS)
     return target if _SSD_SPLIT_FACTOR * target < min(max_seqlen, n_rows) else None
 
 
