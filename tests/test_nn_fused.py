@@ -500,6 +500,9 @@ def test_the_encoder_passes_its_bound_on_a_cells_length_to_the_scan(monkeypatch)
         enc.forward_packed(packed, cu)
         enc.forward_packed(packed, cu, max_seqlen=20)
     assert seen == [20, 20, None, 20]
+    for bad in (-1, 2.5, True, "20"):
+        with pytest.raises(ValueError, match="max_seqlen must be a whole number"):
+            enc.forward_packed(packed, cu, max_seqlen=bad)
 
 
 def test_ssd_varlen_restarts_the_state_at_every_sequence():

@@ -435,6 +435,8 @@ class GeneMambaEncoder(nn.Module):
         torch.Tensor
             ``[T, d_model]`` after ``norm_f``.
         """
+        if max_seqlen is not None and (isinstance(max_seqlen, bool) or int(max_seqlen) != max_seqlen or max_seqlen < 0):
+            raise ValueError(f"max_seqlen must be a whole number >= 0 (the longest cell's length), not {max_seqlen!r}")
         self._max_seqlen = None if max_seqlen is None else int(max_seqlen)
         tokens = tokens.reshape(-1)
         check_tokens(tokens, self.vocab_size, cu_seqlens)
