@@ -293,3 +293,40 @@ def test_classifier_head_with_a_width_but_no_hidden_layer_is_refused():
     assert (
         sum(isinstance(m, torch.nn.Linear) for m in ClassifierHead(16, 3, hidden=8, n_hidden_layers=2).modules()) == 3
     )
+
+
+def test_packing_helpers_and_pooling_refuse_inputs_that_would_mix_cells():
+    """Shapes and values that would put one cell's states in another's rows or pool over another's tokens (user
+    probe, session 24): each refused by name; numpy arrays get a TypeError naming torch.from_numpy."""
+    import numpy as np
+
+    from genemamba_scvi.nn import pack_tokens, pool_hidden, unpack_hidden
+
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=1, **TINY).eval()
+    t = torch.randint(3, V, (3, 12))
+    lengths = torch.tensor([12, 5, 7])
+    tp, cu = pack_tokens(t, lengths)
+    with torch.no_grad():
+        h = enc.forward_packed(tp, cu)
+        assert torch.equal(unpack_hidden(h, lengths, 12)[1, :5], h[12:17])
+        for bad_len, seq_len in ((lengths, 10), (torch.tensor([12, 4, 7]), 12)):  # longest > seq_len; sum != T
+            with pytest.raises(ValueError, match="unpack_hidden takes"):
+                unpack_hidden(h, bad_len, seq_len)
+        for args in ((h[None], lengths), (h, None), (enc(t, lengths), lengths[:1])):
+            with pytest.raises(ValueError, match=r"pooling takes hidden \[batch, L, d\]"):
+                pool_hidden(*args)
+        with pytest.raises(ValueError, match="cu_seqlens must be a 1-D integer tensor"):
+            enc.forward_packed(tp, cu[None])
+        with pytest.raises(ValueError, match="lengths must be integers"):
+            enc(t, torch.tensor([12.0, 4.5, 7.0]))
+        with pytest.raises(ValueError, match="cu_seqlens must be a 1-D integer tensor"):
+            enc.forward_packed(tp, cu.double())
+        for bad in (float("nan"), float("inf"), lengths, 5):  # 5: below the longest cell (12)
+            with pytest.raises(ValueError, match="max_seqlen"):
+                enc.forward_packed(tp, cu, max_seqlen=bad)
+        for call in (lambda: enc.embed_cells(t, lengths.numpy()), lambda: enc(t.numpy()),
+                     lambda: enc.embed_cells(t.numpy(), lengths, packed=True)):  # fmt: skip
+            with pytest.raises(TypeError, match=r"torch\.from_numpy"):
+                call()
+        assert np.allclose(enc.embed_cells(t, lengths, packed=True), enc.embed_cells(t, lengths), atol=1e-5)

@@ -457,21 +457,23 @@ def test_split_ssd_varlen_equals_the_unsplit_scan(monkeypatch, heads, split_rows
 
 
 def test_ssd_split_target_splits_only_when_one_walk_would_set_the_time(monkeypatch):
-    """A split needs the longest sequence (``max_seqlen``) to be over 1.5x an even share of the walk; never on a CPU,
-    with the switch off, or without ``max_seqlen``."""
+    """A split needs the longest sequence (``max_seqlen``) to be over 2x an even share of the walk; never on a CPU,
+    with the switch off (on by default), or without ``max_seqlen``."""
     import genemamba_scvi.nn.fused_ssd as fused_ssd
 
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(fused_ssd, "_sm_count", lambda index: 132)
-    monkeypatch.setattr(fused_ssd, "_SSD_SPLIT", True)
+    assert fused_ssd._SSD_SPLIT
     assert fused_ssd.ssd_split_target(90_000, 4, torch.device("cpu"), 4096) is None
     assert fused_ssd.ssd_split_target(90_000, 4, cuda) is None  # no bound on the sequences' length
     # 24 cells of top-4096 in both directions: ~90k rows, 4 programs a sequence, 264 slots -> ~85 steps of 16
     assert fused_ssd.ssd_split_target(90_000, 4, cuda, 4096) == 16 * 86
-    assert fused_ssd.ssd_split_target(90_000, 4, cuda, 2048) is None  # not over 1.5 x 1,376 rows
+    assert fused_ssd.ssd_split_target(90_000, 4, cuda, 2048) is None  # not over 2 x 1,376 rows
+    # 32 cells of top-2048 (the model's default batch): a share of 1,360 rows, 2,048-gene cells stay whole
+    assert fused_ssd.ssd_split_target(89_000, 4, cuda, 2048) is None
     # 256 cells (inference): a segment would be ~10.6k rows, more than any cell of 4,096 genes
     assert fused_ssd.ssd_split_target(700_000, 4, cuda, 4096) is None
-    assert fused_ssd.ssd_split_target(700_000, 4, cuda, 20_000) == 16 * 663
+    assert fused_ssd.ssd_split_target(700_000, 4, cuda, 30_000) == 16 * 663
     assert fused_ssd.ssd_split_target(2_000, 4, cuda, 2_000) == 256  # the shortest segment
     monkeypatch.setattr(fused_ssd, "_SSD_SPLIT", False)
     assert fused_ssd.ssd_split_target(90_000, 4, cuda, 4096) is None

@@ -56,6 +56,9 @@ def check_lengths(lengths: torch.Tensor, seq_len: int) -> None:
 
     Checked for lengths on the CPU only: on a GPU the check would make the host wait for the device every step.
     """
+    _need_tensors(lengths=lengths)
+    if lengths.is_floating_point() or lengths.is_complex():  # (cast to integers later: 40.5 would become 40)
+        raise ValueError(f"lengths must be integers (a count of tokens per cell), got dtype {lengths.dtype}")
     if lengths.device.type != "cpu" or lengths.numel() == 0 or torch.compiler.is_compiling():
         return
     if bool(((lengths < 0) | (lengths > seq_len)).any()):
@@ -66,7 +69,11 @@ def check_lengths(lengths: torch.Tensor, seq_len: int) -> None:
 
 
 def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor | None = None) -> None:
-    """Refuse token ids outside ``[0, vocab_size)`` and malformed ``cu_seqlens``, naming them (CPU tensors only)."""
+    """Refuse token ids outside ``[0, vocab_size)`` and malformed ``cu_seqlens``, naming them (values: CPU only)."""
+    _need_tensors(tokens=tokens, cu_seqlens=cu_seqlens)
+    if cu_seqlens is not None and (cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point()):
+        raise ValueError(f"cu_seqlens must be a 1-D integer tensor [n_cells + 1], got shape "
+                         f"{tuple(cu_seqlens.shape)} and dtype {cu_seqlens.dtype}")  # fmt: skip
     if tokens.device.type != "cpu" or torch.compiler.is_compiling():
         return
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
@@ -81,6 +88,14 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor
                 f"cu_seqlens must rise from 0 to the number of packed tokens ({tokens.numel()}), got {cu.tolist()[:8]}"
                 + (" ..." if cu.numel() > 8 else "")
             )
+
+
+def _need_tensors(**named: Any) -> None:
+    """Refuse inputs that are not torch tensors (None passes), naming them: numpy arrays fail deep inside otherwise."""
+    for name, value in named.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, not {type(value).__name__} (torch.from_numpy converts "
+                            "a numpy array)")  # fmt: skip
 
 
 def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
@@ -101,6 +116,10 @@ def pool_hidden(hidden: torch.Tensor, lengths: torch.Tensor | None = None, pooli
     torch.Tensor
         ``[batch, d]``.
     """
+    _need_tensors(hidden=hidden, lengths=lengths)
+    if hidden.dim() != 3 or (lengths is not None and tuple(lengths.shape) != (hidden.shape[0],)):
+        got = None if lengths is None else tuple(lengths.shape)
+        raise ValueError(f"pooling takes hidden [batch, L, d] and lengths [batch], got {tuple(hidden.shape)} and {got}")
     if pooling == "cls":  # position 0; a cell without tokens (its position 0 is a pad) gives zeros
         if hidden.shape[1] == 0:
             return hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
@@ -138,6 +157,13 @@ def pack_tokens(tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> tu
 
 def unpack_hidden(hidden: torch.Tensor, lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Packed ``[T, d]`` states back to right-padded ``[batch, seq_len, d]`` (zeros at pads)."""
+    _need_tensors(hidden=hidden, lengths=lengths)
+    bad = hidden.dim() != 2 or lengths.dim() != 1
+    if not bad and lengths.device.type == "cpu" and lengths.numel():  # (values: CPU only, as check_lengths)
+        bad = int(lengths.sum()) != hidden.shape[0] or int(lengths.min()) < 0 or int(lengths.max()) > seq_len
+    if bad:  # a row of one cell would land in another's otherwise
+        raise ValueError(f"unpack_hidden takes packed states [T, d] and lengths [batch] that sum to T, each <= seq_len "
+                         f"({seq_len}); got {tuple(hidden.shape)} and lengths {lengths.tolist()[:8]}")  # fmt: skip
     lengths = lengths.to(device=hidden.device, dtype=torch.long).clamp(0, seq_len)
     mask = torch.arange(seq_len, device=hidden.device).unsqueeze(0) < lengths.unsqueeze(1)
     out = hidden.new_zeros(lengths.shape[0], seq_len, hidden.shape[-1])
@@ -308,6 +334,7 @@ class GeneMambaEncoder(nn.Module):
         torch.Tensor
             ``[batch, L, d_model]`` after ``norm_f``.
         """
+        _need_tensors(tokens=tokens, lengths=lengths)
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, L] token ids, got shape {tuple(tokens.shape)}")
         batch, seq_len = tokens.shape
@@ -435,11 +462,19 @@ class GeneMambaEncoder(nn.Module):
         torch.Tensor
             ``[T, d_model]`` after ``norm_f``.
         """
-        if max_seqlen is not None and (isinstance(max_seqlen, bool) or int(max_seqlen) != max_seqlen or max_seqlen < 0):
+        try:
+            ok = max_seqlen is None or (not isinstance(max_seqlen, bool) and int(max_seqlen) == max_seqlen >= 0)
+        except (TypeError, ValueError, OverflowError, RuntimeError):  # nan, inf, a tensor of several values
+            ok = False
+        if not ok:
             raise ValueError(f"max_seqlen must be a whole number >= 0 (the longest cell's length), not {max_seqlen!r}")
         self._max_seqlen = None if max_seqlen is None else int(max_seqlen)
         tokens = tokens.reshape(-1)
         check_tokens(tokens, self.vocab_size, cu_seqlens)
+        if max_seqlen is not None and cu_seqlens.device.type == "cpu" and cu_seqlens.numel() > 1:
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            if longest > max_seqlen:  # (a bound below the longest cell: refused where it costs no synchronisation)
+                raise ValueError(f"max_seqlen={max_seqlen} is below the longest cell ({longest} tokens)")
         cu = cu_seqlens.to(device=tokens.device, dtype=torch.long)
         n_tokens = tokens.shape[0]
         groups = self._packed_groups(cu, n_tokens)
@@ -545,6 +580,7 @@ class GeneMambaEncoder(nn.Module):
         self, tokens: torch.Tensor, lengths: torch.Tensor | None = None, packed: bool = False
     ) -> torch.Tensor:
         """``pool(forward(tokens, lengths), lengths)``; ``packed=True`` computes real tokens only."""
+        _need_tensors(tokens=tokens, lengths=lengths)
         if not packed:
             return self.pool(self(tokens, lengths), lengths)
         tokens_packed, cu = pack_tokens(tokens, lengths)

@@ -38,12 +38,16 @@ SSD_FWD_CONFIG = {"Q": 16, "num_warps": 4, "num_stages": 2, "heads": 4}
 #: (``benchmarks/results/throughput_h200_train_s5.json``, ``ablation_ssd_one_head_small`` at 528).
 _SSD_MIN_PROGRAMS = 0
 #: Few cells a batch: the scan's time is the longest sequence's walk (a chain of dependent chunk steps), while
-#: most programs have finished. A sequence longer than ``_SSD_SPLIT_FACTOR`` times the rows an SM slot would walk
-#: with the work spread evenly is then split into near-equal segments walked by separate programs, in two passes
-#: (:func:`ssd_split_plan`; the states the segments leave, then the walks from the folded states). Off until its
-#: compiled parity and its timing are measured (session 24: one timing, top-4096 x 24, step 0.985x, not significant;
-#: the GPU parity run was lost to a compile error since fixed; ``benchmarks/NOTES_throughput.md`` section 26).
-_SSD_SPLIT = False
+#: most programs have finished. When the longest sequence (the encoder's ``max_seqlen``) is over ``_SSD_SPLIT_WHEN``
+#: times the rows an SM slot would walk with the work spread evenly, every sequence over ``_SSD_SPLIT_FACTOR`` times
+#: that share is split into near-equal segments walked by separate programs, in two passes (:func:`ssd_split_plan`;
+#: the states the segments leave, then the walks from the folded states). On an H100, top-4096 x 24 cells (a
+#: 4,096-gene cell walks 256 steps, an even share ~86): the step 0.961x the unsplit one's (95% interval
+#: 0.920-0.984; ``train_ab_s24_split_4096_call4_h100.json``). At 32 cells of top-2048 the split (2,048-gene cells in
+#: two) measured 1.023x (0.986-1.073, n.s.), so ``_SSD_SPLIT_WHEN`` 2 leaves that batch (the model's default) unsplit.
+#: False: never (``benchmarks/NOTES_throughput.md`` section 26).
+_SSD_SPLIT = True
+_SSD_SPLIT_WHEN = 2.0
 _SSD_SPLIT_FACTOR = 1.5
 #: A segment's rows as a multiple of an even share, the shortest segment (rows), the programs of the scan resident on
 #: an SM (255 registers a thread at 4 warps: 2), and a fixed segment length (rows; tests) instead of the rule above.
@@ -167,11 +171,11 @@ def ssd_split_target(n_rows: int, n_blocks: int, device: torch.device, max_seqle
 
     The scan has ``n_rows`` rows and ``n_blocks`` programs a sequence; None without ``max_seqlen``, with no sequence
     that long, with splitting off, or not on CUDA. With the ``ceil(n_rows / Q) * n_blocks`` chunk steps spread
-    evenly over the resident programs, each walks ``s`` steps; a sequence longer than ``_SSD_SPLIT_FACTOR * Q * s``
-    rows would set the kernel's time alone, so it is cut into segments of about ``Q * s`` rows (at least
-    ``_SSD_SPLIT_MIN_ROWS``). ``max_seqlen`` (a host integer, the longest sequence or a bound on it) keeps batches
-    with nothing to split off the two-pass path, which costs a plan and a launch a layer (2% of an inference pass of
-    256 cells on an H100, session 24).
+    evenly over the resident programs, each walks ``s`` steps; a longest sequence over ``_SSD_SPLIT_WHEN * Q * s``
+    rows would set the kernel's time alone, so the sequences over ``_SSD_SPLIT_FACTOR * Q * s`` rows are cut into
+    segments of about ``Q * s`` rows (at least ``_SSD_SPLIT_MIN_ROWS``). ``max_seqlen`` (a host integer, the longest
+    sequence or a bound on it) keeps batches with nothing to split off the two-pass path, which costs a plan and a
+    launch a layer (2% of an inference pass of 256 cells on an H100, session 24).
     """
     if _SSD_SPLIT_ROWS is not None:
         return int(_SSD_SPLIT_ROWS)
@@ -181,7 +185,7 @@ def ssd_split_target(n_rows: int, n_blocks: int, device: torch.device, max_seqle
     slots = _SSD_PROGRAMS_PER_SM * _sm_count(device.index)
     steps = -(-(-(-n_rows // q) * n_blocks) // slots)
     target = max(q * math.ceil(steps * _SSD_SPLIT_SCALE), _SSD_SPLIT_MIN_ROWS)
-    return target if _SSD_SPLIT_FACTOR * target < min(max_seqlen, n_rows) else None
+    return target if _SSD_SPLIT_WHEN * target < min(max_seqlen, n_rows) else None
 
 
 def ssd_split_plan(cu: torch.Tensor, order: torch.Tensor, n_rows: int, target: int) -> torch.Tensor:
