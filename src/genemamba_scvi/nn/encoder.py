@@ -333,6 +333,11 @@ class GeneMambaEncoder(nn.Module):
         -------
         torch.Tensor
             ``[batch, L, d_model]`` after ``norm_f``.
+
+        Notes
+        -----
+        The values of ``tokens``, ``lengths`` and ``cu_seqlens`` are checked on CPU tensors in eager mode only: on a
+        GPU, or under ``torch.compile``, a check would synchronise the device or break the graph.
         """
         _need_tensors(tokens=tokens, lengths=lengths)
         if tokens.dim() != 2:
@@ -460,7 +465,7 @@ class GeneMambaEncoder(nn.Module):
         Returns
         -------
         torch.Tensor
-            ``[T, d_model]`` after ``norm_f``.
+            ``[T, d_model]`` after ``norm_f`` (input checks: see :meth:`forward`'s notes).
         """
         try:
             ok = max_seqlen is None or (not isinstance(max_seqlen, bool) and int(max_seqlen) == max_seqlen >= 0)
