@@ -483,3 +483,11 @@ def test_embed_reads_counts_from_raw_and_names_empty_cells_in_the_files_terms(tm
     assert main(cmd) == 2
     err = capsys.readouterr().err
     assert f"2 of {user.n_obs} cells of {tmp_path / 'empty.h5ad'} have no counts in X" in err and "'counts'" not in err
+    assert "--drop-empty-cells" in err and not (tmp_path / "e.h5ad").exists()
+    with warnings.catch_warnings():  # --drop-empty-cells: the other cells, embedded as they are alone
+        warnings.simplefilter("ignore", UserWarning)
+        assert main([*cmd, "--drop-empty-cells", "--quiet"]) == 0
+    assert "2 of" in capsys.readouterr().err
+    written = ad.read_h5ad(tmp_path / "e.h5ad")
+    assert list(written.obs_names) == list(user.obs_names[2:])
+    np.testing.assert_allclose(written.obsm["X_genemamba"], expected[2:], rtol=1e-5, atol=1e-6)

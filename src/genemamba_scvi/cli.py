@@ -79,7 +79,9 @@ def _embed(args: argparse.Namespace) -> int:
             "without --layer the raw counts are read from X)"
         )
     _check_cli_counts(adata, counts, args.layer, source)
-    _refuse_empty_cells(adata.obs_names, counts, args.layer, source)
+    keep = _empty_cells(adata.obs_names, counts, args.layer, source, drop=args.drop_empty_cells)
+    if keep is not None:  # --drop-empty-cells: the written file holds the other cells
+        adata, counts = adata[keep].copy(), counts[keep]
     if getattr(counts, "format", None) == "csc":  # read by rows (scvi-tools' set-up warns about CSC to no end here)
         counts = counts.tocsr()
     # the model sees a bare AnnData of the counts and genes: scvi's set-up columns never reach the written file
@@ -244,19 +246,26 @@ def _check_cli_counts(adata: Any, counts: Any, layer: str | None, source: Path) 
         raise ValueError(f"{err.problem}; genemamba embed needs raw counts — {hint}") from None
 
 
-def _refuse_empty_cells(obs_names: Any, counts: Any, layer: str | None, source: Path) -> None:
-    """Name cells without counts in the file's own terms (the model's set-up would name its own layer)."""
+def _empty_cells(obs_names: Any, counts: Any, layer: str | None, source: Path, drop: bool = False) -> Any:
+    """Cells without counts, named in the file's own terms (the model's set-up would name its own layer).
+
+    Refused; or with ``drop`` announced on stderr and the mask of the cells to keep returned (None: none empty).
+    """
     import numpy as np
 
     empty = np.asarray(counts.sum(axis=1)).ravel() == 0
-    if empty.any():
-        where = f"layer {layer!r}" if layer else "X"
-        raise ValueError(
-            f"{int(empty.sum())} of {empty.size} cells of {source} have no counts in {where} (e.g. "
-            f"{list(obs_names[empty][:5])}): a cell without counts has no genes to rank, and genemamba embed writes "
-            "every cell of its input; drop them from the file first (in Python: adata = adata[adata.X.sum(axis=1) "
-            "> 0].copy(), then adata.write_h5ad(...))"
-        )
+    if not empty.any():
+        return None
+    where = f"layer {layer!r}" if layer else "X"
+    examples = list(obs_names[empty][:5])
+    what = f"{int(empty.sum())} of {empty.size} cells of {source} have no counts in {where} (e.g. {examples})"
+    if drop:
+        print(f"[note] {what}: dropped (--drop-empty-cells); the written file holds the other cells", file=sys.stderr)
+        return ~empty
+    raise ValueError(
+        f"{what}: a cell without counts has no genes to rank, and genemamba embed writes every cell of its input; "
+        "pass --drop-empty-cells to leave them out of the written file, or drop them from the file first"
+    )
 
 
 def _build_corpus(args: argparse.Namespace) -> int:
@@ -361,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         choices=("auto", "gpu", "cuda", "cpu"),
         help="auto (a GPU when there is one), gpu or cpu (default: %(default)s)",
+    )
+    embed.add_argument(
+        "--drop-empty-cells", action="store_true", help="leave cells without counts out of --out (default: refuse)"
     )
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
