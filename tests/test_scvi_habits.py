@@ -436,3 +436,43 @@ def test_scarches_query_habits_say_what_to_do_instead():
         GeneMambaModel.load_query_data(object(), "reference/")
     with pytest.raises(NotImplementedError, match=r"needs no prepare_query_anndata: pass the query as it is"):
         GeneMambaModel.prepare_query_anndata(object(), "reference/")
+
+
+def test_history_continues_with_lightning_habits_on_later_runs(cells, tmp_path, monkeypatch):
+    """Lifecycle probe (session 24): ``enable_checkpointing=True`` (scvi's SaveCheckpoint marks the model untrained
+    at each save) used to wipe the earlier runs' history, ``learning_rate_monitor=True`` (a step-indexed key) to drop
+    the new run's keys and mislabel epochs; both now continue it."""
+    monkeypatch.chdir(tmp_path)  # (scvi's SaveCheckpoint writes under ./scvi_log)
+    adata = cells.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="bulk_labels")
+    model = GeneMambaModel(adata, **TINY)
+    run = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 32}
+    model.train(max_epochs=2, **run)  # epochs 0, 1
+    model.train(max_epochs=1, enable_checkpointing=True, **run)  # epoch 2
+    model.train_classifier(max_epochs=1, learning_rate_monitor=True, **run)  # epoch 3
+    model.train(max_epochs=2, check_val_every_n_epoch=2, learning_rate_monitor=True, **run)  # epochs 4, 5
+    h = model.history
+    assert h["train_loss"].index.tolist() == [0, 1, 2, 3, 4, 5]
+    assert h["lm_loss_train"].index.tolist() == [0, 1, 2, 4, 5]
+    assert h["accuracy_validation"].index.tolist() == [3]
+    assert h["validation_loss"].index.tolist() == [0, 1, 2, 3, 5]
+    lr = [k for k in h if k.startswith("lr-")]
+    assert lr and all(h[k].index.is_monotonic_increasing and h[k].index.is_unique for k in lr)  # steps, counted on
+    assert all(frame.index.is_unique for frame in h.values())
+
+
+def test_early_stopping_direction_patience_and_own_checkpoint_callbacks_are_told(model_and_data):
+    """An accuracy monitored with mode 'min' stopped the run as it improved; scvi's patience of 45 never stops a
+    10-epoch run; Lightning's ModelCheckpoint failed with an error naming a setting the user never passed."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model, _ = model_and_data
+    run = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 32}
+    with pytest.raises(ValueError, match="early_stopping_mode='max'"):
+        model.train(max_epochs=2, early_stopping=True, early_stopping_monitor="mlm_accuracy_validation", **run)
+    with pytest.raises(ValueError, match="early_stopping_mode='min'"):
+        model.train(max_epochs=2, early_stopping=True, early_stopping_mode="max", **run)
+    with pytest.warns(UserWarning, match="early stopping cannot end this run"):
+        model.train(max_epochs=1, early_stopping=True, **run)
+    with pytest.raises(ValueError, match="checkpoint_dir="):
+        model.train(max_epochs=1, callbacks=[ModelCheckpoint(monitor="validation_loss")], **run)

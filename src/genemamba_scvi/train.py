@@ -101,6 +101,23 @@ def check_early_stopping_monitor(
                 f"early stopping monitor {monitor!r} is not logged by this run; it logs {list(logged)} "
                 f"(e.g. early_stopping_monitor={example})"
             )
+    if trainer_kwargs.get("early_stopping"):  # scvi's own stopper: its direction and patience
+        monitor, mode = monitors[-1], trainer_kwargs.get("early_stopping_mode", "min")
+        if ("accuracy" in monitor) != (mode == "max"):  # (an accuracy rises, a loss falls)
+            raise ValueError(
+                f"early_stopping_monitor={monitor!r} improves {'upward' if 'accuracy' in monitor else 'downward'}: "
+                f"pass early_stopping_mode={'max' if 'accuracy' in monitor else 'min'!r} (got {mode!r}, which would "
+                "stop the run as it improves)"
+            )
+        patience, epochs = trainer_kwargs.get("early_stopping_patience", 45), trainer_kwargs.get("max_epochs")
+        if isinstance(epochs, int) and 0 < epochs <= patience:
+            warnings.warn(
+                f"early_stopping_patience={patience} (scvi-tools' default 45 unless given) is not below "
+                f"max_epochs={epochs}: early stopping cannot end this run; pass early_stopping_patience= (e.g. "
+                f"{max(1, epochs // 4)})",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 def ddp_strategy(strategy: Any, has_head: bool) -> Any:

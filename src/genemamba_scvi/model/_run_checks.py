@@ -44,6 +44,15 @@ def check_run_args(
     batch_size = check_count("batch_size", batch_size)
     if trainer_kwargs.get("ckpt_path") == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    own = [cb for cb in trainer_kwargs.get("callbacks") or () if isinstance(cb, ModelCheckpoint)]
+    if own and not trainer_kwargs.get("enable_checkpointing"):  # Lightning's own error named only the setting
+        raise ValueError(
+            f"a {type(own[0]).__name__} in callbacks needs checkpointing on: pass checkpoint_dir='...' instead (this "
+            "package's Lightning checkpoints of every epoch, resumable with ckpt_path), or enable_checkpointing=True "
+            "(scvi-tools then also saves model directories under ./scvi_log)"
+        )
     devices = trainer_kwargs.get("devices")
     n_devices = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list | tuple) else 1
     if n_devices > 1 and not use_distributed_sampler(trainer_kwargs.get("strategy") or "auto"):

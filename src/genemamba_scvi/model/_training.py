@@ -76,8 +76,15 @@ class _GeneMambaTrainRunner(QuietTrainRunner):
     scvi keeps only the keys of the first run (the classification loss and accuracy would be dropped) and indexes a
     later run's values by how many values that key already has, which mislabels the epochs of a key not logged in
     every epoch (``validation_loss`` after a run without validation cells). Here every value of a later run is
-    indexed by its epoch, counted on from the epochs of the earlier runs, and new keys are added.
+    indexed by its epoch (or step, for a step-indexed key such as ``learning_rate_monitor``'s), counted on from those
+    of the earlier runs, and new keys are added.
     """
+
+    def __init__(self, model: Any, *args: Any, **kwargs: Any):
+        # whether this run continues earlier ones, read now: scvi's SaveCheckpoint (enable_checkpointing=True)
+        # marks the model untrained at every save, which read at the end took a later run for a first one
+        self._continues = bool(model.is_trained_)
+        super().__init__(model, *args, **kwargs)
 
     def _update_history(self) -> None:
         self._merge_history()
@@ -85,7 +92,7 @@ class _GeneMambaTrainRunner(QuietTrainRunner):
             self.model.history_ = {key: _as_float(frame) for key, frame in self.model.history_.items()}
 
     def _merge_history(self) -> None:
-        if not self.model.is_trained_ or not self.trainer.is_global_zero:
+        if not self._continues or not self.trainer.is_global_zero:
             super()._update_history()  # first run, or other ranks: scvi-tools' own
             return
         previous, new = self.model.history_, _safe_load_logger_history(self.trainer)
@@ -96,15 +103,18 @@ class _GeneMambaTrainRunner(QuietTrainRunner):
         if not isinstance(previous, dict) or not new:
             super()._update_history()  # another logger: scvi-tools' warning
             return
-        if any(frame.index.name != "epoch" for frame in [*previous.values(), *new.values()]):
-            super()._update_history()  # step-indexed logs: scvi-tools' merge
-            return
-        end = 1 + max((int(frame.index.max()) for frame in previous.values() if len(frame)), default=-1)
-        start = min((int(frame.index.min()) for frame in new.values() if len(frame)), default=0)  # >0 if resumed
+        # per index (epochs; steps of e.g. learning_rate_monitor=True): counted on from the earlier runs' last
+        end: dict = {}
+        for frame in (f for f in previous.values() if len(f)):
+            end[frame.index.name] = max(end.get(frame.index.name, 0), int(frame.index.max()) + 1)
+        start: dict = {}  # (a resumed run's first epoch is > 0)
+        for frame in (f for f in new.values() if len(f)):
+            start[frame.index.name] = min(start.get(frame.index.name, int(frame.index.min())), int(frame.index.min()))
         history = dict(previous)
         for key, frame in new.items():
+            name = frame.index.name
             frame = frame.copy()
-            frame.index = pd.Index(frame.index.astype(np.int64) + (end - start), name="epoch")
+            frame.index = pd.Index(frame.index.astype(np.int64) + (end.get(name, 0) - start.get(name, 0)), name=name)
             history[key] = pd.concat([previous[key], frame]) if key in previous else frame
         self.model.history_ = history
 
