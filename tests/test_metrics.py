@@ -238,8 +238,11 @@ def test_pathway_pair_auroc_exclude_pairs():
     assert out["n_negative"] == 6 and out["mean_cos_negative"] == 0.0
     with pytest.raises(ValueError, match="no negative pair"):
         pathway_pair_auroc(emb, {"S": ["a", "b", "c"]}, exclude_pairs={("a", "b")})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="matched by exact name: are the sets' ids and the embeddings' index"):
         pathway_pair_auroc(emb, {"S": ["a", "zzz"]})
+    dup = pd.concat([emb, emb.loc[["a"]]])  # a gene twice: refused by name (an IndexError with exclude_pairs before)
+    with pytest.raises(ValueError, match=r"names genes more than once: \['a'\]"):
+        pathway_pair_auroc(dup, sets, exclude_pairs={("a", "b")})
 
 
 # ----------------------------------------------------------------------------- interpretable rank scores

@@ -630,4 +630,10 @@ def test_power_user_settings_that_would_train_nothing_or_the_wrong_thing_are_ref
         model.train(gene_sets="kegg", gamma=float("inf"), **run)
     with pytest.warns(UserWarning, match=r"1 of the 3 gene sets have fewer than two genes .*\['typo'\]"):
         model.train(gene_sets={"T": ["CD3E", "CD3D"], "B": ["CD79A", "MS4A1"], "typo": ["CD3EE"]}, **run)
+    # gene probe (session 24): generators as members; most of a large collection unmatched (e.g. Entrez ids) is told
+    model.train(gene_sets={"T": (g for g in ["CD3E", "CD3D"]), "B": (g for g in ["CD79A", "MS4A1"])}, **run)
+    entrez = {f"S{i}": [str(1000 + i), str(2000 + i)] for i in range(148)}
+    many = {"T": ["CD3E", "CD3D"], "B": ["CD79A", "MS4A1"], **entrez}
+    with pytest.warns(UserWarning, match=r"148 of the 150 gene sets .*\(2 used; are the sets' gene ids"):
+        model.train(gene_sets=many, **run)
     assert model.module.pathway_loss is not None and model.history["pathway_loss_train"].to_numpy().min() > 0

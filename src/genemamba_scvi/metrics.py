@@ -366,7 +366,10 @@ def pathway_pair_auroc(
     """
     from sklearn.metrics import roc_auc_score
 
-    index = {g: i for i, g in enumerate(map(str, embeddings.index))}
+    labels = pd.Index(map(str, embeddings.index))
+    if labels.has_duplicates:  # a gene's row would be chosen silently (or an index fail with exclude_pairs)
+        raise ValueError(f"the embeddings' index names genes more than once: {list(labels[labels.duplicated()][:5])}")
+    index = {g: i for i, g in enumerate(labels)}
     positives: set[tuple[int, int]] = set()
     genes: set[int] = set()
     for members in gene_sets.values():
@@ -376,7 +379,10 @@ def pathway_pair_auroc(
             for y in range(x + 1, len(ids)):
                 positives.add((ids[x], ids[y]))
     if not positives:
-        raise ValueError("no same-set gene pair has both genes in the embeddings")
+        raise ValueError(
+            f"no same-set gene pair has both genes in the embeddings (e.g. {list(labels[:3])}); genes are matched by "
+            "exact name: are the sets' ids and the embeddings' index the same kind (symbols, Ensembl ids)?"
+        )
     same_set = positives  # negatives share no set, whether or not a pair is excluded from the positives
     if exclude_pairs:
         names = list(index)

@@ -90,6 +90,7 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
         gene_sets = read_gmt(gene_sets)
     else:
         _check_gene_set_mapping(gene_sets)
+        gene_sets = {name: list(members) for name, members in gene_sets.items()}  # (generators: read once)
     token_sets = gene_sets_to_token_ids(gene_sets, vocab, min_size=2)
     if not token_sets:
         raise ValueError("none of the gene sets has two or more genes in the model's vocabulary.")
@@ -99,10 +100,12 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
             "pathway loss contrasts sets with each other and needs two or more (or pass gene_sets=None)"
         )
     dropped = [name for name in gene_sets if name not in token_sets]
-    if dropped and len(gene_sets) <= 100:  # a handful (a user's own): named; the shipped hundreds drop many by design
+    # a handful (a user's own): named; of the shipped hundreds a few drop by design, more than half is a mismatch
+    if dropped and (len(gene_sets) <= 100 or 2 * len(dropped) > len(gene_sets)):
         warnings.warn(
             f"{len(dropped)} of the {len(gene_sets)} gene sets have fewer than two genes in the model's vocabulary "
-            f"and are left out of the pathway loss: {dropped[:10]}",
+            f"and are left out of the pathway loss ({len(token_sets)} used; are the sets' gene ids those of the "
+            f"model, symbols or Ensembl ids?): {dropped[:10]}",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
