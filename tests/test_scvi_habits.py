@@ -476,3 +476,36 @@ def test_early_stopping_direction_patience_and_own_checkpoint_callbacks_are_told
         model.train(max_epochs=1, early_stopping=True, **run)
     with pytest.raises(ValueError, match="checkpoint_dir="):
         model.train(max_epochs=1, callbacks=[ModelCheckpoint(monitor="validation_loss")], **run)
+
+
+def test_a_seeded_resume_goes_on_with_the_random_streams_of_the_interrupted_run(cells, tmp_path):
+    """Lifecycle probe (session 24): a new process that seeds, builds the model and resumes from ``last.ckpt``
+    replayed the first epochs' batches and masks (the streams restarted at epoch 0). The checkpoint now carries the
+    streams: the resumed epochs' losses are the uninterrupted run's."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Crash(Callback):  # a dead kernel at the start of epoch 2
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise KeyboardInterrupt
+
+    run = {"max_epochs": 4, "accelerator": "cpu", "enable_progress_bar": False, "batch_size": 16}
+
+    def fresh():
+        scvi.settings.seed = 0
+        adata = cells.copy()
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+        return GeneMambaModel(adata, **TINY)
+
+    straight = fresh()
+    straight.train(**run)
+    first = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        first.train(checkpoint_dir=tmp_path / "ck", callbacks=[Crash()], **run)
+    resumed = fresh()  # (as a new process would: seeded again)
+    resumed.train(ckpt_path=tmp_path / "ck" / "last.ckpt", **run)
+    want = straight.history["train_loss"]["train_loss"]
+    got = resumed.history["train_loss"]["train_loss"]
+    assert got.index.tolist() == [2, 3]
+    np.testing.assert_allclose(got.to_numpy(), want.loc[[2, 3]].to_numpy(), rtol=1e-5)
+    assert not np.allclose(got.to_numpy(), want.loc[[0, 1]].to_numpy(), rtol=1e-3)  # not a replay of epochs 0-1

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gc
+import random
 import signal
 import threading
+from typing import Any
 
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from scvi.train import TrainRunner
 
 
@@ -74,3 +78,39 @@ def _drop_unfinished_epoch(logger: object) -> None:
     for key, frame in history.items():
         if frame.index.name == "epoch":
             history[key] = frame[frame.index <= done]
+
+
+class RngCheckpointState(Callback):
+    """The random streams (torch's CPU and CUDA generators, numpy's, Python's) kept in Lightning checkpoints.
+
+    A run resumed from a checkpoint (``ckpt_path``) gets them back as the checkpoint is restored, so it draws the
+    cells' order and the masks that the uninterrupted run drew after that point (the same losses, on a CPU to the
+    last digit); re-seeding a new process instead restarts the streams where epoch 0 began, and the resumed epochs
+    replayed the first ones' batches and masks (user probe, session 24). Stored as tensors and numbers only
+    (checkpoints load with ``weights_only``).
+    """
+
+    @property
+    def state_key(self) -> str:
+        return "genemamba_rng"
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (the global stream is the point)
+        version, internal, py_gauss = random.getstate()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "python": (version, torch.tensor(internal, dtype=torch.int64), py_gauss),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+        version, internal, py_gauss = state_dict["python"]
+        random.setstate((version, tuple(int(v) for v in internal.tolist()), py_gauss))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

@@ -18,7 +18,7 @@ from scvi.train._trainrunner import _safe_load_logger_history
 
 from genemamba_scvi import __version__
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
-from genemamba_scvi._train_runner import QuietTrainRunner
+from genemamba_scvi._train_runner import QuietTrainRunner, RngCheckpointState
 from genemamba_scvi.model._classifier import (
     _class_weights,
     _label_codes,
@@ -245,8 +245,9 @@ class GeneMambaTrainingMixin:
         # its lr too (scvi users set it there)
         plan = self._training_plan_cls(self.module, **{"lr": lr, **loss_kwargs, **(plan_kwargs or {})})
         callbacks = list(trainer_kwargs.pop("callbacks", []))
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None:  # (a resumed run has one: its checkpoint's folder)
             callbacks.append(_ResumableCheckpoint(str(Path(checkpoint_dir).expanduser()), checkpoint_every_n_steps))
+            callbacks.append(RngCheckpointState())
         # progress within the epoch (scvi's simple bar moves once per epoch); simple_progress_bar=True restores it
         trainer_kwargs.setdefault("simple_progress_bar", False)
         if trainer_kwargs.get("enable_progress_bar", True) and not trainer_kwargs["simple_progress_bar"]:
@@ -340,10 +341,12 @@ class GeneMambaTrainingMixin:
         train_size, validation_size
             Split of the cells (scvi-tools :class:`~scvi.dataloaders.DataSplitter` semantics).
         early_stopping
-            Stop when ``validation_loss`` stops improving (``early_stopping_patience`` etc. in kwargs).
+            Stop when ``validation_loss`` stops improving (``early_stopping_patience`` etc. in kwargs; scvi-tools'
+            patience of 45 epochs unless given, warned about when not below ``max_epochs``).
         checkpoint_dir
-            Write Lightning checkpoints (weights, optimizer, scheduler, loop state) here; ``last.ckpt`` is
-            refreshed at every save. Resume with ``ckpt_path=".../last.ckpt"``: the resumed run goes on writing
+            Write Lightning checkpoints (weights, optimizer, scheduler, loop state, random streams) here;
+            ``last.ckpt`` is refreshed at every save. Resume with ``ckpt_path=".../last.ckpt"`` (the resumed epochs
+            draw the batches and masks the uninterrupted run would have): the resumed run goes on writing
             checkpoints into that file's folder unless ``checkpoint_dir`` names another.
         checkpoint_every_n_steps
             Save every N optimiser steps (default: every epoch).

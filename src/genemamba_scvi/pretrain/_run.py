@@ -14,7 +14,7 @@ import torch
 
 from genemamba_scvi._constants import LENGTHS_KEY
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
-from genemamba_scvi._train_runner import QuietTrainRunner
+from genemamba_scvi._train_runner import QuietTrainRunner, RngCheckpointState
 from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
@@ -380,6 +380,7 @@ def pretrain_from_corpus(
                 save_top_k=keep_checkpoints,
             )
         )
+        cbs.append(RngCheckpointState())  # a resumed run goes on with the streams the checkpoint saw
     if enable_progress_bar:
         cbs.append(StepProgressBar())  # by step, over max_steps (Lightning's bar showed "Epoch 0/-2", "16/4")
     if max_steps == -1 and max_epochs is None:
