@@ -341,13 +341,10 @@ class GeneMambaTrainingMixin:
         train_size, validation_size
             Split of the cells (scvi-tools :class:`~scvi.dataloaders.DataSplitter` semantics).
         early_stopping
-            Stop when ``validation_loss`` stops improving (``early_stopping_patience`` etc. in kwargs; scvi-tools'
-            patience of 45 epochs unless given, warned about when not below ``max_epochs``).
+            Stop when ``validation_loss`` stops improving (``early_stopping_patience``, scvi's 45 unless given, etc.).
         checkpoint_dir
-            Write Lightning checkpoints (weights, optimizer, scheduler, loop state, random streams) here;
-            ``last.ckpt`` is refreshed at every save. Resume with ``ckpt_path=".../last.ckpt"`` (the resumed epochs
-            draw the batches and masks the uninterrupted run would have): the resumed run goes on writing
-            checkpoints into that file's folder unless ``checkpoint_dir`` names another.
+            Write Lightning checkpoints (weights, optimizer, scheduler, loop state, random streams) here; a resumed
+            run (``ckpt_path=".../last.ckpt"``) draws what the uninterrupted one would, and writes into that folder.
         checkpoint_every_n_steps
             Save every N optimiser steps (default: every epoch).
         ckpt_path

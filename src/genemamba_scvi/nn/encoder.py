@@ -90,6 +90,21 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor
             )
 
 
+def check_max_seqlen(max_seqlen: Any, cu_seqlens: torch.Tensor) -> int | None:
+    """``max_seqlen`` as an int (or None), refused unless a whole number >= 0 and, on the CPU, >= the longest cell."""
+    try:
+        ok = max_seqlen is None or (not isinstance(max_seqlen, bool) and int(max_seqlen) == max_seqlen >= 0)
+    except (TypeError, ValueError, OverflowError, RuntimeError):  # nan, inf, a tensor of several values
+        ok = False
+    if not ok:
+        raise ValueError(f"max_seqlen must be a whole number >= 0 (the longest cell's length), not {max_seqlen!r}")
+    if max_seqlen is not None and cu_seqlens.device.type == "cpu" and cu_seqlens.numel() > 1:
+        longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        if longest > max_seqlen:  # (a bound below the longest cell: refused where it costs no synchronisation)
+            raise ValueError(f"max_seqlen={max_seqlen} is below the longest cell ({longest} tokens)")
+    return None if max_seqlen is None else int(max_seqlen)
+
+
 def _need_tensors(**named: Any) -> None:
     """Refuse inputs that are not torch tensors (None passes), naming them: numpy arrays fail deep inside otherwise."""
     for name, value in named.items():
@@ -467,19 +482,9 @@ class GeneMambaEncoder(nn.Module):
         torch.Tensor
             ``[T, d_model]`` after ``norm_f`` (input checks: see :meth:`forward`'s notes).
         """
-        try:
-            ok = max_seqlen is None or (not isinstance(max_seqlen, bool) and int(max_seqlen) == max_seqlen >= 0)
-        except (TypeError, ValueError, OverflowError, RuntimeError):  # nan, inf, a tensor of several values
-            ok = False
-        if not ok:
-            raise ValueError(f"max_seqlen must be a whole number >= 0 (the longest cell's length), not {max_seqlen!r}")
-        self._max_seqlen = None if max_seqlen is None else int(max_seqlen)
         tokens = tokens.reshape(-1)
         check_tokens(tokens, self.vocab_size, cu_seqlens)
-        if max_seqlen is not None and cu_seqlens.device.type == "cpu" and cu_seqlens.numel() > 1:
-            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            if longest > max_seqlen:  # (a bound below the longest cell: refused where it costs no synchronisation)
-                raise ValueError(f"max_seqlen={max_seqlen} is below the longest cell ({longest} tokens)")
+        self._max_seqlen = check_max_seqlen(max_seqlen, cu_seqlens)
         cu = cu_seqlens.to(device=tokens.device, dtype=torch.long)
         n_tokens = tokens.shape[0]
         groups = self._packed_groups(cu, n_tokens)
