@@ -126,6 +126,9 @@ def test_loader_view(corpus):
     assert fi.tolist() == [0, 0, 1] and rows.tolist() == [EMPTY_ROW - 1, EMPTY_ROW + 1, 0]  # skips the empty row
     with pytest.raises(IndexError):
         c.get(np.array([559]))
+    one, one_len = c.get(200)  # one index: one row (an IndexError inside before; gene probe, session 24)
+    np.testing.assert_array_equal(one[0, : one_len[0]], tokens[2, : lengths[2]])
+    assert one.shape == (1, int(one_len[0])) and one_len.tolist() == [lengths[2]]
 
 
 def test_crash_and_resume_exactly_once(files, corpus, tmp_path, monkeypatch):

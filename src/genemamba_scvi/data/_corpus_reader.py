@@ -141,7 +141,7 @@ class TokenCorpus:
         Parameters
         ----------
         cells
-            Cell indices.
+            Cell indices (one index: one row, ``n = 1``).
         trim
             Cut the token columns to the longest cell of the request.
 
@@ -149,7 +149,7 @@ class TokenCorpus:
         -------
         ``tokens`` (storage dtype, ``[n, L]``) and ``lengths`` (``int32 [n]``).
         """
-        rows = self.rows_of(cells)
+        rows = self.rows_of(np.atleast_1d(np.asarray(cells)))
         shard = np.searchsorted(self._offsets, rows, side="right") - 1
         tokens = np.zeros((rows.size, self.max_genes), dtype=token_dtype(int(self.manifest.config["vocab_size"])))
         lengths = np.zeros(rows.size, dtype=np.int32)
