@@ -43,8 +43,9 @@ _SSD_MIN_PROGRAMS = 0
 #: that share is split into near-equal segments walked by separate programs, in two passes (:func:`ssd_split_plan`;
 #: the states the segments leave, then the walks from the folded states). On an H100, top-4096 x 24 cells (a
 #: 4,096-gene cell walks 256 steps, an even share ~86): the step 0.961x the unsplit one's (95% interval
-#: 0.920-0.984; ``train_ab_s24_split_4096_call4_h100.json``). At 32 cells of top-2048 the split (2,048-gene cells in
-#: two) measured 1.023x (0.986-1.073, n.s.), so ``_SSD_SPLIT_WHEN`` 2 leaves that batch (the model's default) unsplit.
+#: 0.920-0.984; ``train_ab_s24_split_4096_call4_h100.json``; an earlier run 0.985x, n.s.). At 32 cells of top-2048
+#: the split (2,048-gene cells in two) measured 1.023x (0.986-1.073, n.s.), so ``_SSD_SPLIT_WHEN`` 2 leaves that
+#: batch (the model's default) unsplit unless its cells are short (a mean under ~1,050 genes).
 #: False: never (``benchmarks/NOTES_throughput.md`` section 26).
 _SSD_SPLIT = True
 _SSD_SPLIT_WHEN = 2.0
