@@ -332,6 +332,21 @@ def leak_free_held_out_sets(
     return {k: v for k, v in out.items() if len(v) >= min_size}
 
 
+def _sorted_contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each of ``keys`` is in ``sorted_keys`` (binary search: no concatenation as in ``np.isin``)."""
+    at = np.searchsorted(sorted_keys, keys).clip(max=max(sorted_keys.size - 1, 0))
+    return (sorted_keys[at] == keys) if sorted_keys.size else np.zeros(keys.shape, dtype=bool)
+
+
+def _pair_cosines(x: np.ndarray, keys: np.ndarray, n: int, chunk: int = 2**20) -> np.ndarray:
+    """Dot products of the rows ``i, j`` of each pair key ``i * n + j``, a chunk at a time (gigabytes at once)."""
+    out = np.empty(keys.size)
+    for a in range(0, keys.size, chunk):
+        k = keys[a : a + chunk]
+        out[a : a + chunk] = np.einsum("ij,ij->i", x[k // n], x[k % n])
+    return out
+
+
 def pathway_pair_auroc(
     embeddings: pd.DataFrame,
     gene_sets: Mapping[str, Sequence[str]],
@@ -370,50 +385,53 @@ def pathway_pair_auroc(
     if labels.has_duplicates:  # a gene's row would be chosen silently (or an index fail with exclude_pairs)
         raise ValueError(f"the embeddings' index names genes more than once: {list(labels[labels.duplicated()][:5])}")
     index = {g: i for i, g in enumerate(labels)}
-    positives: set[tuple[int, int]] = set()
-    genes: set[int] = set()
+    n = len(labels)
+    # pairs as int64 keys i * n + j (i < j), sorted and unique: the same order as sorted (i, j) tuples, at 8 bytes a
+    # pair (a Python set of tuples took ~11 GB for the shipped GO sets over a 16k-gene vocabulary; gene probe)
+    same_set = np.zeros(0, dtype=np.int64)
+    genes = np.zeros(0, dtype=np.int64)
+    batch: list[np.ndarray] = []
     for members in gene_sets.values():
-        ids = sorted({index[g] for g in members if g in index})
-        genes.update(ids)
-        for x in range(len(ids)):
-            for y in range(x + 1, len(ids)):
-                positives.add((ids[x], ids[y]))
-    if not positives:
+        ids = np.unique(np.fromiter((index[g] for g in members if g in index), dtype=np.int64))
+        genes = np.union1d(genes, ids)
+        a, b = np.triu_indices(len(ids), k=1)
+        batch.append(ids[a] * n + ids[b])
+        if sum(v.size for v in batch) > 2**24:  # merged in batches: memory stays ~ the unique pairs
+            same_set = np.union1d(same_set, np.concatenate(batch))
+            batch = []
+    same_set = np.union1d(same_set, np.concatenate(batch)) if batch else same_set
+    if not same_set.size:
         raise ValueError(
             f"no same-set gene pair has both genes in the embeddings (e.g. {list(labels[:3])}); genes are matched by "
             "exact name: are the sets' ids and the embeddings' index the same kind (symbols, Ensembl ids)?"
         )
-    same_set = positives  # negatives share no set, whether or not a pair is excluded from the positives
+    positives = same_set  # negatives share no set, whether or not a pair is excluded from the positives
     if exclude_pairs:
-        names = list(index)
-        n_before = len(positives)
-        positives = {(i, j) for i, j in positives if tuple(sorted((names[i], names[j]))) not in exclude_pairs}
-        if not positives:
-            raise ValueError(f"exclude_pairs removes all {n_before} same-set gene pairs of the embeddings' genes")
-    pool = np.array(sorted(genes))
-    n_neg = n_negative or max(len(positives), 1000)
+        drop = [min(index[a], index[b]) * n + max(index[a], index[b]) for a, b in exclude_pairs
+                if a in index and b in index and a <= b]  # fmt: skip
+        positives = same_set[~np.isin(same_set, np.asarray(drop, dtype=np.int64))]
+        if not positives.size:
+            raise ValueError(f"exclude_pairs removes all {same_set.size} same-set gene pairs of the embeddings' genes")
+    pool = genes
+    n_neg = n_negative or max(positives.size, 1000)
     rng = np.random.default_rng(seed)
-    negatives: set[tuple[int, int]] = set()
-    max_pairs = len(pool) * (len(pool) - 1) // 2 - len(same_set)
+    max_pairs = len(pool) * (len(pool) - 1) // 2 - same_set.size
     if max_pairs < 1:
         raise ValueError("every pair of the embeddings' genes shares a set: there is no negative pair")
     n_neg = min(n_neg, max_pairs)
-    while len(negatives) < n_neg:
-        pairs = rng.choice(pool, size=(2 * (n_neg - len(negatives)) + 16, 2))
-        for i, j in pairs.tolist():
-            if i == j:
-                continue
-            pair = (min(i, j), max(i, j))
-            if pair not in same_set:
-                negatives.add(pair)
-                if len(negatives) >= n_neg:
-                    break
+    negatives = np.zeros(0, dtype=np.int64)  # in the order drawn; the first n_neg distinct pairs sharing no set
+    while negatives.size < n_neg:
+        pairs = rng.choice(pool, size=(2 * (n_neg - negatives.size) + 16, 2))
+        i, j = pairs.min(axis=1), pairs.max(axis=1)
+        keys = (i * n + j)[(i != j)]
+        keys = keys[~_sorted_contains(same_set, keys)]
+        if negatives.size:
+            keys = keys[~_sorted_contains(np.sort(negatives), keys)]
+        _, first = np.unique(keys, return_index=True)
+        negatives = np.concatenate([negatives, keys[np.sort(first)][: n_neg - negatives.size]])
     x = embeddings.to_numpy(dtype=np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    pos = np.array(sorted(positives))
-    neg = np.array(sorted(negatives))
-    cos_pos = np.einsum("ij,ij->i", x[pos[:, 0]], x[pos[:, 1]])
-    cos_neg = np.einsum("ij,ij->i", x[neg[:, 0]], x[neg[:, 1]])
+    cos_pos, cos_neg = _pair_cosines(x, positives, n), _pair_cosines(x, np.sort(negatives), n)
     y = np.r_[np.ones(len(cos_pos)), np.zeros(len(cos_neg))]
     return {
         "auroc": float(roc_auc_score(y, np.r_[cos_pos, cos_neg])),
