@@ -125,8 +125,9 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
         if order is None:
             order = ssd_order(cu)
         z = z if z is not None else y
+        bias, B = (dt_bias if dt_bias is not None else A), xbc[:, d_inner:]
         args = (
-            xbc, dt, dt_bias if dt_bias is not None else A, A, xbc[:, d_inner:], xbc[:, d_inner + gn :],
+            xbc, dt, bias, A, B, xbc[:, d_inner + gn :],
             D if D is not None else A, y, cu, order, xbc.stride(0), dt.stride(0), xbc.stride(0), xbc.stride(0),
             y.stride(0), nheads // ngroups, nheads, z, ssq if ssq is not None else y, z.stride(0), t_half,
         )  # fmt: skip
@@ -136,22 +137,21 @@ def _launch_ssd(xbc, dt, A, D, dt_bias, cu, order, shape, dt_softplus, gate=None
         if cfg.get("maxnreg"):  # registers a thread (Triton's maxnreg): more programs an SM, spilling the rest
             consts["maxnreg"] = cfg["maxnreg"]
         k = _ssd_kernels()
-        hint = cache.get("max_seqlen") if cache is not None else None  # the encoder's bound on a cell's length
-        target = ssd_split_target(L, nheads // hb, xbc.device, hint) if hb > 1 else None
+        batch = cache if cache is not None else {}  # max_seqlen: the encoder's bound on a cell's length
+        target = ssd_split_target(L, nheads // hb, xbc.device, batch.get("max_seqlen")) if hb > 1 else None
         if target is not None:  # long sequences over several programs: their segments' states first
-            items = cache.get(f"ssd_split_{target}") if cache is not None else None
-            if items is None:
-                items = ssd_split_plan(cu, order, L, target)
-                if cache is not None:
-                    cache[f"ssd_split_{target}"] = items
+            key = f"ssd_split_{target}"
+            if key not in batch:
+                batch[key] = ssd_split_plan(cu, order, L, target)
+            items = batch[key]
             n_items = items.shape[0]
             states = torch.empty(n_items, nheads, d_state, headdim, dtype=torch.float32, device=xbc.device)
             decay = torch.empty(n_items, nheads, dtype=torch.float32, device=xbc.device)
+            shared = ("P", "N", "Q", "HAS_DT_BIAS", "DT_SOFTPLUS", "NUM_STAGES", "INTERPRET", "DT_TOKEN", "num_warps")
+            first = {name: consts[name] for name in shared}  # (the walk's own settings)
             k.ssd_split_states_kernel[(nheads // hb * n_items,)](
-                xbc, dt, args[2], A, args[4], items, states, decay, xbc.stride(0), dt.stride(0), xbc.stride(0),
-                nheads // ngroups, nheads, t_half, P=headdim, N=d_state, Q=cfg["Q"], HB=hb,
-                HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, NUM_STAGES=cfg["num_stages"],
-                INTERPRET=consts["INTERPRET"], DT_TOKEN=gate is not None, num_warps=cfg["num_warps"],
+                xbc, dt, bias, A, B, items, states, decay, xbc.stride(0), dt.stride(0), xbc.stride(0),
+                nheads // ngroups, nheads, t_half, HB=hb, **first,
             )  # fmt: skip
             k.ssd_varlen_heads_fwd_kernel[(nheads // hb * n_items,)](*args, items, states, decay, HB=hb, SPLIT=True,
                                                                      **consts)  # fmt: skip
