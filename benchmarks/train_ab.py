@@ -193,23 +193,31 @@ def _device_ops(trace: dict[str, Any]) -> list[tuple[float, str, int]]:
 
 def _host_view(run: tp.Runner, model: str, b: dict[str, Any]) -> dict[str, Any]:
     """Host time to enqueue one step against its wall time, and the host synchronisations inside it."""
+    import traceback
     import warnings
 
     enqueue_ms, wall_ms = enqueue_and_wall_ms(run, model, b)
-    with warnings.catch_warnings(record=True) as caught:
+    syncs: dict[str, int] = {}
+    stacks: dict[str, list[str]] = {}
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # called while the stack is live
+        if "synchroniz" in str(message).lower():
+            where = f"{Path(filename).name}:{lineno}"
+            syncs[where] = syncs.get(where, 0) + 1
+            frames = [f"{'/'.join(Path(f.filename).parts[-2:])}:{f.lineno} {f.name}" for f in traceback.extract_stack()]
+            stacks.setdefault(where, frames[:-1][-10:])
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = show
         torch.cuda.set_sync_debug_mode(1)
         try:
             run.step(model, "train", b)
         finally:
             torch.cuda.set_sync_debug_mode(0)
         run._sync()
-    syncs: dict[str, int] = {}
-    for w in caught:
-        if "synchroniz" in str(w.message).lower():
-            where = f"{Path(w.filename).name}:{w.lineno}"
-            syncs[where] = syncs.get(where, 0) + 1
-    return {"enqueue_ms": round(enqueue_ms, 2), "wall_ms": round(wall_ms, 2), "host_syncs": syncs}
+    return {"enqueue_ms": round(enqueue_ms, 2), "wall_ms": round(wall_ms, 2), "host_syncs": syncs,
+            "host_sync_stacks": stacks}  # fmt: skip
 
 
 def _profile(run: tp.Runner, arms: dict, names: list[str], b: dict[str, Any], trace_dir: Path | None) -> dict[str, Any]:
