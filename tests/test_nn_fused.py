@@ -457,8 +457,8 @@ def test_split_ssd_varlen_equals_the_unsplit_scan(monkeypatch, heads, split_rows
 
 
 def test_ssd_split_target_splits_only_when_one_walk_would_set_the_time(monkeypatch):
-    """A split needs the longest sequence (``max_seqlen``) to be over 2x an even share of the walk; never on a CPU,
-    with the switch off (on by default), or without ``max_seqlen``."""
+    """A split needs the longest sequence (``max_seqlen``) to be over 2x an even share of the walk and 65,536 rows in
+    all; never on a CPU, with the switch off (on by default), or without ``max_seqlen``."""
     import genemamba_scvi.nn.fused_ssd as fused_ssd
 
     cuda = torch.device("cuda", 0)
@@ -474,7 +474,11 @@ def test_ssd_split_target_splits_only_when_one_walk_would_set_the_time(monkeypat
     # 256 cells (inference): a segment would be ~10.6k rows, more than any cell of 4,096 genes
     assert fused_ssd.ssd_split_target(700_000, 4, cuda, 4096) is None
     assert fused_ssd.ssd_split_target(700_000, 4, cuda, 30_000) == 16 * 663
-    assert fused_ssd.ssd_split_target(2_000, 4, cuda, 2_000) == 256  # the shortest segment
+    # 16 cells of top-2048 (~44.5k rows): a host-bound step, never split; the shortest segment is 256 rows
+    assert fused_ssd.ssd_split_target(44_500, 4, cuda, 2048) is None
+    monkeypatch.setattr(fused_ssd, "_SSD_SPLIT_MIN_TOTAL_ROWS", 0)
+    assert fused_ssd.ssd_split_target(44_500, 4, cuda, 2048) == 16 * 43
+    assert fused_ssd.ssd_split_target(2_000, 4, cuda, 2_000) == 256
     monkeypatch.setattr(fused_ssd, "_SSD_SPLIT", False)
     assert fused_ssd.ssd_split_target(90_000, 4, cuda, 4096) is None
 

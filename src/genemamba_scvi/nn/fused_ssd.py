@@ -46,10 +46,16 @@ _SSD_MIN_PROGRAMS = 0
 #: 0.920-0.984; ``train_ab_s24_split_4096_call4_h100.json``; an earlier run 0.985x, n.s.). At 32 cells of top-2048
 #: the split (2,048-gene cells in two) measured 1.023x (0.986-1.073, n.s.), so ``_SSD_SPLIT_WHEN`` 2 leaves that
 #: batch (the model's default) unsplit unless its cells are short (a mean under ~1,050 genes).
-#: False: never (``benchmarks/NOTES_throughput.md`` section 26).
+#: Full-length 8 x 8,192 cells: 0.938x (1.062-1.071 the other way; ``train_ab_s25_split_8192_h100.json``).
+#: False: never (``benchmarks/NOTES_throughput.md`` sections 26-27).
 _SSD_SPLIT = True
 _SSD_SPLIT_WHEN = 2.0
 _SSD_SPLIT_FACTOR = 1.5
+#: Nor below this many scan rows (both directions of every cell): a small batch's training step waits on the host
+#: that enqueues it, not on the GPU, so the scan's saving cannot show while its plan and second launch a layer cost
+#: host time. On an H100, 16 cells of top-2048 (~44.5k rows) ran host-bound in every round, the split ~3% slower
+#: in wall time; 24 cells of top-4096 (~90k rows) gained (``train_ab_s25_split_2048x16_h100.json``, section 27).
+_SSD_SPLIT_MIN_TOTAL_ROWS = 65_536
 #: A segment's rows as a multiple of an even share, the shortest segment (rows), the programs of the scan resident on
 #: an SM (255 registers a thread at 4 warps: 2), and a fixed segment length (rows; tests) instead of the rule above.
 _SSD_SPLIT_SCALE = 1.0
@@ -176,11 +182,12 @@ def ssd_split_target(n_rows: int, n_blocks: int, device: torch.device, max_seqle
     rows would set the kernel's time alone, so the sequences over ``_SSD_SPLIT_FACTOR * Q * s`` rows are cut into
     segments of about ``Q * s`` rows (at least ``_SSD_SPLIT_MIN_ROWS``). ``max_seqlen`` (a host integer, the longest
     sequence or a bound on it) keeps batches with nothing to split off the two-pass path, which costs a plan and a
-    launch a layer (2% of an inference pass of 256 cells on an H100, session 24).
+    launch a layer (2% of an inference pass of 256 cells on an H100, session 24); a scan of fewer than
+    ``_SSD_SPLIT_MIN_TOTAL_ROWS`` rows is not split (its step is bound by the host's launches).
     """
     if _SSD_SPLIT_ROWS is not None:
         return int(_SSD_SPLIT_ROWS)
-    if not _SSD_SPLIT or device.type != "cuda" or max_seqlen is None:
+    if not _SSD_SPLIT or device.type != "cuda" or max_seqlen is None or n_rows < _SSD_SPLIT_MIN_TOTAL_ROWS:
         return None
     q = SSD_FWD_CONFIG["Q"]
     slots = _SSD_PROGRAMS_PER_SM * _sm_count(device.index)
