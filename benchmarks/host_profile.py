@@ -117,7 +117,10 @@ class StackSampler:
             for tid, frame in sys._current_frames().items():
                 if tid == me or frame is None:
                     continue
-                thread = names.get(tid, "other (autograd)")
+                if tid not in names:  # a thread started since: Python's threads by name, others (autograd's) not
+                    names.update({t.ident: t.name for t in threading.enumerate()})
+                    names.setdefault(tid, "other (autograd)")
+                thread = names[tid]
                 self.per_thread[thread] = self.per_thread.get(thread, 0) + 1
                 seen = set()
                 f, first = frame, True
@@ -169,11 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="host_profile.json")
     a = p.parse_args(argv)
-    targs = tp.build_parser().parse_args(["--seed", str(a.seed)] + (["--smoke", "--cpu"] if a.smoke else []))
-    if a.smoke:
-        targs.dtype = "fp32"
-    run = tp.Runner(targs)
-    run.build()
+    run = tp.built_runner(a.seed, a.smoke)
     models = [m for m in a.models.split(",") if m != "transformer_varlen" or (run.cuda and tp._has_varlen_attn())]
     t_start = time.perf_counter()
     out: dict[str, Any] = {"device": run.gpu_name, "model_cfg": run.cfg, "sequence": [], "python_objects": {}}

@@ -1422,6 +1422,17 @@ def print_table(json_path: Path) -> None:
         print(f"target {k:40s} {v}")
 
 
+def built_runner(seed: int = 0, smoke: bool = False) -> Runner:
+    """A built :class:`Runner` with this script's default settings (``smoke``: the tiny fp32 model on the CPU), for
+    the scripts that time steps with it (``train_ab.py``, ``host_profile.py``)."""
+    args = build_parser().parse_args(["--seed", str(seed)] + (["--smoke", "--cpu"] if smoke else []))
+    if smoke:
+        args.dtype = "fp32"
+    run = Runner(args)
+    run.build()
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of this benchmark (also what ``train_ab.py`` builds its :class:`Runner` from)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -316,11 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile-arms", nargs="*", default=None, help="arms to profile (default: every arm)")
     p.add_argument("--trace-dir", default=None, help="with --profile: also write each arm's Chrome trace (gzip) here")
     a = p.parse_args(argv)
-    targs = tp.build_parser().parse_args(["--seed", str(a.seed)] + (["--smoke", "--cpu"] if a.smoke else []))
-    if a.smoke:
-        targs.dtype = "fp32"
-    run = tp.Runner(targs)
-    run.build()
+    run = tp.built_runner(a.seed, a.smoke)
     arms = {arm.partition(":")[0] if ":" in arm else arm: _arm_switches(arm) for arm in a.arms}  # label: arm
     if any(m == "transformer_varlen" for m, _ in arms.values()) and not (run.cuda and tp._has_varlen_attn()):
         raise SystemExit("transformer_varlen needs CUDA and torch.nn.attention.varlen")
