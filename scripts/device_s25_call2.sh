@@ -2,7 +2,7 @@
 # Session 25, device call 2 (predictions: benchmarks/NOTES_throughput.md section 27). At most 8 files under $OUT.
 # Where the host's time goes in a training step and whether throughput.py's order of settings brings the slow
 # top-4096 state (host_profile.py: per-step enqueue / wall / allocator / GC, a sampled profile of every thread,
-# steps with GC off and after empty_cache), then a fresh-process A/B at top-4096 x 24 against the packed transformer.
+# steps with GC off and after empty_cache). (A fresh-process A/B was dropped: device time.)
 source scripts/device_lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
 timeout 220 python3 benchmarks/host_profile.py --out $OUT/host_profile_s25.json > $OUT/host_profile_s25.log 2>&1
@@ -21,7 +21,4 @@ for row in h["by_own"][:25]:
 for row in d["host_functions_genemamba"]["by_own_time"][:15]:
     print("main", row)
 PY
-timeout 120 python3 benchmarks/train_ab.py --fresh --warmup-rounds 3 --rounds 16 --k 4096 --cells 24 \
-  --arms default transformer_varlen --out $OUT/ab4096_vs_t_s25.json > $OUT/ab4096_s25.log 2>&1
-echo "ab4096 rc=$?"; pick $OUT/ab4096_s25.log 4
 exit 0
