@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -199,6 +200,59 @@ def reused_head_split(model: Any, same_head: bool, train_size: Any, validation_s
 
 
 _HEAD_ATTRIBUTES = ("label_names_", "labels_key_", "classifier_hidden_", "_head_cells", "_head_split")
+
+
+def check_head_args(hidden: Any, trainer_kwargs: dict[str, Any]) -> None:
+    """Refuse a head width that is not a positive integer and the pre-training objective's settings."""
+    if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1):
+        raise ValueError(f"hidden must be a positive number of units (or None: a linear head), got {hidden!r}")
+    if pretraining_only := sorted(set(trainer_kwargs) & {"gene_sets", "gamma", "objective"}):
+        raise TypeError(
+            f"train_classifier got {pretraining_only}: settings of the pre-training objective, which train() "
+            "takes; fine-tuning trains the classification loss only"
+        )
+
+
+def classifier_labels(model: Any, labels_key: str | None) -> tuple[str, np.ndarray, list[Any]]:
+    """``(labels_key, codes, names)`` of the cells' labels in ``model.adata``.
+
+    Refused when there are none to learn (no key, a missing column, a single label); warned about when some read as
+    "no label".
+    """
+    from genemamba_scvi.model._utils import _check_obs_key
+
+    if labels_key is None:
+        raise ValueError("train_classifier needs labels: pass labels_key= or set it in setup_anndata.")
+    _check_obs_key(model.adata, labels_key, "labels_key")
+    codes, names = _label_codes(model.adata.obs[labels_key])
+    if len(names) < 2:
+        raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
+    warn_on_label_values(labels_key, codes, names)
+    return labels_key, codes, names
+
+
+def set_head(model: Any, labels_key: str, names: list[Any], hidden: int | None, dropout: float) -> bool:
+    """Make the model's head the one to train; return whether it is the trained head, continued.
+
+    The same cell types and width train the earlier head further (its dropout set to ``dropout``), as ``train()``
+    continues the encoder; otherwise a new head, whose split bookkeeping starts empty.
+    """
+    same_head = (
+        model.module.classifier is not None
+        and model.label_names_ is not None
+        and list(model.label_names_) == list(names)
+        and model.classifier_hidden_ == hidden
+    )
+    model.label_names_, model.labels_key_, model.classifier_hidden_ = names, labels_key, hidden
+    if same_head:
+        for layer in model.module.classifier.modules():
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = float(dropout)
+    else:
+        model.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
+        model._head_cells, model._head_split = set(), None
+    warn_if_head_split_lost(model, same_head)
+    return same_head
 
 
 def head_state(model: Any) -> dict[str, Any]:

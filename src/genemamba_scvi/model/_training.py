@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import numbers
 import os
 import warnings
 from collections.abc import Sequence
@@ -21,17 +20,17 @@ from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, 
 from genemamba_scvi._train_runner import QuietTrainRunner, RngCheckpointState
 from genemamba_scvi.model._classifier import (
     _class_weights,
-    _label_codes,
     check_classifier_split,
+    check_head_args,
+    classifier_labels,
     head_state,
     head_train_positions,
     note_head,
     obs_digest,
     restore_head,
     reused_head_split,
+    set_head,
     warn_if_embedding_stale,
-    warn_if_head_split_lost,
-    warn_on_label_values,
 )
 from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
@@ -40,7 +39,6 @@ from genemamba_scvi.model._genes import (
 from genemamba_scvi.model._run_checks import check_run_args, warn_if_cpu_memory_short
 from genemamba_scvi.model._utils import (
     _check_model_counts,
-    _check_obs_key,
     _save_kernel_cache,
 )
 from genemamba_scvi.module import gene_set_tensors
@@ -124,12 +122,6 @@ def _as_float(frame: pd.DataFrame) -> pd.DataFrame:
         return frame.astype("float64")
     except (TypeError, ValueError):  # a logged value that is not a number: kept as it is
         return frame
-
-
-def _set_dropout(module: torch.nn.Module, p: float) -> None:
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.Dropout):
-            layer.p = float(p)
 
 
 def _only_checkpoints(save_dir: Path, checkpoint_dir: str | os.PathLike | None) -> bool:
@@ -439,40 +431,12 @@ class GeneMambaTrainingMixin:
         accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
             As in :meth:`train`.
         """
-        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1):
-            raise ValueError(f"hidden must be a positive number of units (or None: a linear head), got {hidden!r}")
-        if pretraining_only := sorted(set(trainer_kwargs) & {"gene_sets", "gamma", "objective"}):
-            raise TypeError(
-                f"train_classifier got {pretraining_only}: settings of the pre-training objective, which train() "
-                "takes; fine-tuning trains the classification loss only"
-            )
+        check_head_args(hidden, trainer_kwargs)
         run_args = _run_args(locals())
-        labels_key = labels_key or self._setup_arg("labels_key")
-        if labels_key is None:
-            raise ValueError("train_classifier needs labels: pass labels_key= or set it in setup_anndata.")
-        _check_obs_key(self.adata, labels_key, "labels_key")
-        codes, names = _label_codes(self.adata.obs[labels_key])
-        if len(names) < 2:
-            raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")
-        warn_on_label_values(labels_key, codes, names)
+        labels_key, codes, names = classifier_labels(self, labels_key or self._setup_arg("labels_key"))
         weights = _class_weights(class_weight, codes, [str(n) for n in names])  # validate before changing state
         before = head_state(self)
-        same_head = (
-            self.module.classifier is not None
-            and self.label_names_ is not None
-            and list(self.label_names_) == list(names)
-            and self.classifier_hidden_ == hidden
-        )
-        self.label_names_ = names
-        self.labels_key_ = labels_key
-        self.classifier_hidden_ = hidden
-        if same_head:  # the same cell types and width: the trained head is trained further, as train() does
-            _set_dropout(self.module.classifier, dropout)
-        else:
-            self.module.add_classifier(len(names), hidden=hidden, dropout=dropout)
-        if not same_head:
-            self._head_cells, self._head_split = set(), None
-        warn_if_head_split_lost(self, same_head)
+        same_head = set_head(self, labels_key, names, hidden, dropout)
         split = reused_head_split(self, same_head, train_size, validation_size)
         splitter_kwargs = dict(run_args.get("datasplitter_kwargs") or {})
         if split is not None and "external_indexing" not in splitter_kwargs:  # a continued head: the same cells
