@@ -16,14 +16,7 @@ from genemamba_scvi.nn.bimamba import (
     reverse_sequences,
 )
 from genemamba_scvi.nn.config import GeneMambaConfig
-from genemamba_scvi.nn.encoder import (
-    MAMBA_SSM_MAX_CALL_ELEMENTS,
-    GeneMambaEncoder,
-    pack_tokens,
-    pool_hidden,
-    pool_packed,
-    unpack_hidden,
-)
+from genemamba_scvi.nn.encoder import MAMBA_SSM_MAX_CALL_ELEMENTS, GeneMambaEncoder
 from genemamba_scvi.nn.heads import ClassifierHead, MaskedLMHead
 from genemamba_scvi.nn.losses import (
     IGNORE_INDEX,
@@ -34,6 +27,7 @@ from genemamba_scvi.nn.losses import (
     supervised_contrastive_loss,
 )
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm, RMSNormGated
+from genemamba_scvi.nn.pooling import pack_tokens, pool_hidden, pool_packed, unpack_hidden
 from genemamba_scvi.nn.ssd import (
     INSTALL_HINT,
     causal_conv1d_available,
