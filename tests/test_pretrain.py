@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import lightning.pytorch as pl
@@ -250,6 +251,7 @@ def test_resume_with_accumulation_writes_each_step_checkpoint_once_and_reproduce
 # ---------------------------------------------------------------------------------------------- model wrapper
 def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path, monkeypatch):
     from genemamba_scvi import GeneMambaModel
+    from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
     from genemamba_scvi.datasets import load_celltypist_sample
 
     monkeypatch.chdir(tmp_path)  # where a logger would write
@@ -261,6 +263,8 @@ def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path, monkeypat
     GeneMambaModel.setup_anndata(adata, layer="counts")
     model = GeneMambaModel.load(tmp_path / "model", adata=adata)
     assert model.max_genes == 64
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())  # the corpus's tokenization, written out
+    assert {k: saved[k] for k in TOKENIZER_SETTINGS} == TokenizerSettings(max_genes=64).to_config()
     np.testing.assert_array_equal(model.gene_medians_, result.gene_medians)
     z = model.get_latent_representation()
     assert z.shape == (40, 32) and np.isfinite(z).all()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import TINY_MODEL as TINY
 from genemamba_scvi import GeneMambaModel
+from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.datasets import load_celltypist_sample
-
-TINY = {"d_model": 16, "n_layers": 1, "max_genes": 64, "backend": "torch", "chunk_size": 16, "headdim": 8}
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +46,24 @@ def test_model_saved_without_tie_break_loads_with_the_old_ranking(adata, tmp_pat
 def test_unknown_tie_break_is_refused(adata):
     with pytest.raises(ValueError, match="tie_break"):
         GeneMambaModel(adata, tie_break="alphabetical", **TINY)
+
+
+def test_every_tokenizer_setting_is_saved_and_read_back(adata, tmp_path):
+    """Each field of TokenizerSettings (the settings' one owner) set away from its default reaches config.json and
+    comes back at load: a setting added there but not saved would fail here."""
+    others = {"max_genes": 48, "tie_break": "random"}  # tokenization / unk_token: the published path, tested apart
+    model = GeneMambaModel(adata, **{**TINY, **others})
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata, accelerator="cpu")
+    saved = TokenizerSettings.from_config(loaded._config)
+    assert set(TOKENIZER_SETTINGS) <= set(model._config)
+    assert saved == TokenizerSettings.from_config(model._config) == TokenizerSettings(**others)
+    np.testing.assert_array_equal(_tokens(loaded, adata), _tokens(model, adata))
+
+
+def test_tokenizer_settings_name_what_is_wrong():
+    assert TokenizerSettings.from_config({"d_model": 8}) == TokenizerSettings()  # older saves: the defaults
+    for bad, match in (({"max_genes": 0}, "max_genes"), ({"max_genes": True}, "max_genes"),
+                       ({"tokenization": "log1p"}, "tokenization"), ({"unk_token": 3}, "unk_token")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            TokenizerSettings(**bad)

@@ -17,7 +17,10 @@ zero-count genes kept, unknown genes as ``[UNK]``), for the published weights; s
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,13 +29,72 @@ import scipy.sparse as sp
 
 from .vocab import CLS_TOKEN, SPECIAL_TOKENS
 
-__all__ = ["TIE_BREAKS", "TOKENIZATIONS", "fallback_median", "published_tokenize", "rank_tokenize", "tie_break_keys"]
+__all__ = [
+    "TIE_BREAKS",
+    "TOKENIZATIONS",
+    "TOKENIZER_SETTINGS",
+    "TokenizerSettings",
+    "fallback_median",
+    "published_tokenize",
+    "rank_tokenize",
+    "tie_break_keys",
+]
 
 TOKENIZATIONS: tuple[str, ...] = ("ranked", "published")
 """``"ranked"``: :func:`rank_tokenize` (the paper's median-normalised ranks, our default);
 ``"published"``: :func:`published_tokenize` (what the published GeneMamba code feeds its weights)."""
 
 TIE_BREAKS = ("median", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSettings:
+    """How a model turns a cell's counts into tokens: the settings a saved model keeps in its ``config.json``.
+
+    The one owner of these settings: :class:`~genemamba_scvi.model.GeneMambaModel` checks them here, writes
+    :meth:`to_config` into its configuration, and tokenizes new cells by :meth:`from_config` of it (which fills the
+    defaults of settings that older saves lack), as does a model pre-trained on a corpus.
+
+    Parameters
+    ----------
+    max_genes
+        Genes per cell (top-k), an integer >= 1.
+    tokenization
+        One of :data:`TOKENIZATIONS`.
+    unk_token
+        ``"published"`` only: the vocabulary entry of genes outside it (``None``: dropped).
+    tie_break
+        One of :data:`TIE_BREAKS` (see :func:`rank_tokenize`).
+    """
+
+    max_genes: int = 2048
+    tokenization: str = "ranked"
+    unk_token: str | None = None
+    tie_break: str = "median"
+
+    def __post_init__(self) -> None:
+        m = self.max_genes
+        if not isinstance(m, numbers.Integral) or isinstance(m, bool) or m < 1:
+            raise ValueError(f"max_genes must be an integer >= 1 (genes per cell; 2048 as published), got {m!r}")
+        object.__setattr__(self, "max_genes", int(m))
+        for name, choices in (("tokenization", TOKENIZATIONS), ("tie_break", TIE_BREAKS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.unk_token is not None and not isinstance(self.unk_token, str):
+            raise ValueError(f"unk_token must be a vocabulary entry (a string) or None, got {self.unk_token!r}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TokenizerSettings:
+        """The settings in a model's configuration; those it lacks (saved before they existed) take the defaults."""
+        return cls(**{name: config[name] for name in TOKENIZER_SETTINGS if name in config})
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings as ``config.json`` keeps them."""
+        return dataclasses.asdict(self)
+
+
+#: The names of :class:`TokenizerSettings`, in ``config.json``'s order.
+TOKENIZER_SETTINGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TokenizerSettings))
 
 _CLS_ID = SPECIAL_TOKENS.index(CLS_TOKEN)
 _TOKEN_BITS = 17

@@ -19,7 +19,7 @@ from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import resolve_precision
 from genemamba_scvi.data.gene_ids import warn_if_not_gene_ids
 from genemamba_scvi.data.normalize import compute_gene_medians
-from genemamba_scvi.data.tokenize import TIE_BREAKS, TOKENIZATIONS
+from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
 from genemamba_scvi.model._genes import (
@@ -65,7 +65,7 @@ def _model_config(config: GeneMambaConfig | None, settings: dict[str, Any]) -> G
     if unknown:
         raise TypeError(
             f"GeneMambaModel got unexpected setting(s) {unknown}; the model's settings are {list(MODEL_ARG_FIELDS)} "
-            "(see GeneMambaConfig) and max_genes, min_gene_overlap, tokenization, unk_token, tie_break"
+            f"(see GeneMambaConfig), min_gene_overlap and {', '.join(TOKENIZER_SETTINGS)} (see TokenizerSettings)"
         )
     if isinstance(config, Mapping):  # a dict of settings, e.g. a config.json read by hand
         config = GeneMambaConfig.from_dict(config)
@@ -173,12 +173,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQu
         """Build the model on ``adata`` (set up with :meth:`setup_anndata`); the parameters are the class's above."""
         if adata is None:
             raise ValueError("GeneMambaModel needs an AnnData registered with GeneMambaModel.setup_anndata.")
-        _check_choice("tokenization", tokenization, TOKENIZATIONS)
-        _check_choice("tie_break", tie_break, TIE_BREAKS)
-        if not isinstance(max_genes, numbers.Integral) or isinstance(max_genes, bool) or max_genes < 1:
-            raise ValueError(
-                f"max_genes must be an integer >= 1 (genes per cell; 2048 as published), got {max_genes!r}"
-            )
+        tokenizer = TokenizerSettings(max_genes, tokenization, unk_token, tie_break)  # checked there
         config = _model_config(config, settings)
         super().__init__(adata)
         if isinstance(vocab, str | os.PathLike):
@@ -196,7 +191,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQu
         self.vocab_ = vocab
         self._tokenization = tokenization
         self._unk_token = unk_token
-        self.max_genes = int(max_genes)
+        self.max_genes = tokenizer.max_genes
         if (
             isinstance(min_gene_overlap, bool)
             or not isinstance(min_gene_overlap, numbers.Real)
@@ -219,9 +214,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQu
             "max_genes": self.max_genes,
             **config.to_dict(model_args_only=True),
             "min_gene_overlap": self.min_gene_overlap,
-            "tokenization": tokenization,
-            "unk_token": unk_token,
-            "tie_break": tie_break,
+            **{k: v for k, v in tokenizer.to_config().items() if k != "max_genes"},
         }
         self.module = self._module_cls(len(vocab), mask_id=vocab.mask_id, n_special=vocab.n_special, config=config)
         self.module.unk_id = None if unk_token is None else vocab[unk_token]  # never a masked-gene target
@@ -351,7 +344,7 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQu
             add_cls=self._config["pooling"] == "cls",
             method=self._tokenization,
             unk_id=None if self._unk_token is None else self.vocab_[self._unk_token],
-            tie_break=self._config.get("tie_break", "median"),
+            tie_break=TokenizerSettings.from_config(self._config).tie_break,
         )
 
     def _token_loader(

@@ -494,6 +494,7 @@ class GeneMambaTrainingMixin:
         :class:`~genemamba_scvi.pretrain.PretrainResult` (module, vocab, gene medians, Lightning trainer).
         """
         from genemamba_scvi.data.corpus import TokenCorpus
+        from genemamba_scvi.data.tokenize import TokenizerSettings
         from genemamba_scvi.io import write_checkpoint
         from genemamba_scvi.io._checkpoint import check_checkpoint_target
         from genemamba_scvi.model._save_load import _history_to_json
@@ -508,7 +509,8 @@ class GeneMambaTrainingMixin:
             config = {
                 **result.module.config.to_dict(model_args_only=True),
                 "min_gene_overlap": _MIN_GENE_OVERLAP,
-                "max_genes": int(TokenCorpus(corpus_dir).max_genes),
+                # how the corpus was tokenized (rank_tokenize's defaults), so the model tokenizes new cells alike
+                **TokenizerSettings(max_genes=int(TokenCorpus(corpus_dir).max_genes)).to_config(),
             }
             extra = {
                 "genemamba_scvi_version": __version__,
