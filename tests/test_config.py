@@ -189,3 +189,25 @@ def test_model_refuses_an_impossible_max_genes_before_anything_is_built(legacy_a
     for bad in (0, -5, 2.5):
         with pytest.raises(ValueError, match=rf"max_genes must be an integer >= 1.*got {bad}"):
             GeneMambaModel(legacy_adata, n_layers=1, d_model=16, headdim=8, max_genes=bad)
+
+
+def test_the_config_literals_list_what_the_layers_accept():
+    """The settings' choices are spelled in GeneMambaConfig's type hints (for readers and type checkers) and owned by
+    the modules that act on them: a choice added to one and not the other fails here, not in a user's run."""
+    import typing
+
+    from genemamba_scvi.io._official import _POOLING
+    from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin
+    from genemamba_scvi.nn.bimamba import BLOCKS, MERGE_MODES
+    from genemamba_scvi.nn.pooling import POOLINGS
+    from genemamba_scvi.nn.ssd import BACKENDS
+
+    hints = typing.get_type_hints(GeneMambaConfig)
+    owners = {"merge": MERGE_MODES, "block": BLOCKS, "backend": BACKENDS, "pooling": POOLINGS}
+    for name, choices in owners.items():
+        assert set(typing.get_args(hints[name])) == set(choices), name
+    load_hint = typing.get_type_hints(GeneMambaSaveLoadMixin.from_pretrained, localns={"GeneMambaModel": object})
+    load_hint = load_hint["pooling"]
+    (literal,) = (a for a in typing.get_args(load_hint) if a is not type(None))  # Literal[...] | None
+    assert set(typing.get_args(literal)) == set(POOLINGS)
+    assert set(_POOLING.values()) == set(POOLINGS)  # the published configs' names map onto ours

@@ -2,7 +2,8 @@
 
 Modelled on mamba-ssm's ``MambaConfig``: the encoder, its Bi-Mamba blocks, the module and the model are
 built from one :class:`GeneMambaConfig` passed down, instead of repeating the settings as parameter lists.
-Standard library only, so that :mod:`genemamba_scvi.nn` keeps importing nothing but torch.
+Standard library and numpy only, so that :mod:`genemamba_scvi.nn` keeps importing nothing but torch (importing this
+module still runs ``genemamba_scvi.nn``'s ``__init__``, and so imports torch).
 """
 
 from __future__ import annotations
