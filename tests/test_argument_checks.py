@@ -59,6 +59,23 @@ def test_plan_kwargs_values_that_train_silently_wrong_are_refused_before_trainin
     assert all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())
 
 
+@pytest.mark.parametrize(
+    ("method", "plan", "message"),
+    [  # the next engineer's probe: these reached module.loss where the mode ignores them (or switched the mode)
+        (
+            "train",
+            {"class_weights": torch.ones(3)},
+            r"\['class_weights'\] .*class_weight= to train_classifier",
+        ),
+        ("train", {"mode": "classify"}, r"plan_kwargs \['mode'\] .*the mode follows the method"),
+        ("train_classifier", {"gamma": 0.5}, r"plan_kwargs \['gamma'\] .*gamma= to train\(\)"),
+    ],
+)
+def test_plan_kwargs_that_set_the_loss_of_the_other_mode_are_refused(model, method, plan, message):
+    with pytest.raises(TypeError, match=message):
+        getattr(model, method)(max_epochs=1, accelerator="cpu", enable_progress_bar=False, plan_kwargs=plan)
+
+
 def test_plan_kwargs_betas_as_an_array_or_list_train(model):
     # the check first took only sequences: np.array([0.9, 0.98]) (torch's AdamW takes it) was refused
     run = {"max_epochs": 1, "max_steps": 1, "accelerator": "cpu", "enable_progress_bar": False}

@@ -102,3 +102,24 @@ def warn_if_cpu_memory_short(config: Any, batch_size: int, max_genes: int, gradi
             UserWarning,
             stacklevel=user_stacklevel(),
         )
+
+
+#: The loss settings that ``train`` / ``train_classifier`` set themselves, and where a user gives each instead.
+_LOSS_SETTINGS = {
+    "mode": "train() pre-trains and train_classifier() fine-tunes; the mode follows the method",
+    "gamma": "pass gamma= to train() (the pathway InfoNCE weight of pre-training)",
+    "class_weights": "pass class_weight= to train_classifier() (the cross-entropy weights of fine-tuning)",
+}
+
+
+def check_loss_plan_kwargs(plan_kwargs: dict[str, Any] | None, mode: str) -> None:
+    """Refuse ``plan_kwargs`` that set the loss's own settings where they would be ignored or switch the objective.
+
+    ``mode`` always, ``class_weights`` in pre-training, ``gamma`` in fine-tuning (``gamma`` in pre-training stays
+    allowed: scvi users set loss weights there, and it wins over ``gamma=``, as in scvi-tools).
+    """
+    allowed = {"pretrain": {"gamma"}, "classify": set()}[mode]
+    bad = sorted(set(plan_kwargs or {}) & set(_LOSS_SETTINGS) - allowed)
+    if bad:
+        why = "; ".join(f"{k}: {_LOSS_SETTINGS[k]}" for k in bad)
+        raise TypeError(f"plan_kwargs {bad} would not reach this run's loss as meant ({why})")

@@ -36,7 +36,7 @@ from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
     _check_known_genes_expressed,
 )
-from genemamba_scvi.model._run_checks import check_run_args, warn_if_cpu_memory_short
+from genemamba_scvi.model._run_checks import check_loss_plan_kwargs, check_run_args, warn_if_cpu_memory_short
 from genemamba_scvi.model._utils import (
     _check_model_counts,
     _save_kernel_cache,
@@ -197,6 +197,7 @@ class GeneMambaTrainingMixin:
         batch_size, datasplitter_kwargs = check_run_args(
             trainer_kwargs, lr, batch_size, checkpoint_dir, datasplitter_kwargs
         )
+        check_loss_plan_kwargs(plan_kwargs, loss_kwargs["mode"])
         resumed = trainer_kwargs.get("ckpt_path")
         resumed = Path(resumed).expanduser() if resumed not in (None, "last") else None
         if checkpoint_dir is None and resumed is not None and resumed.is_file():
