@@ -74,6 +74,67 @@ def test_ctrl_c_in_train_is_a_keyboard_interrupt_and_keeps_what_was_trained(samp
     assert list(model.history["train_loss"].index) == [0, 1] == list(model.history["validation_loss"].index)
 
 
+def test_an_error_after_some_steps_keeps_them_as_ctrl_c_does(sample48):
+    # user probe: a full disk at a checkpoint (any error but Ctrl-C) left trained weights in a model that called
+    # itself untrained (its embeddings "from randomly initialised weights"), saved as is_trained false
+    from lightning.pytorch.callbacks import Callback
+
+    class DiskFull(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise OSError(28, "No space left on device")
+
+    scvi.settings.seed = 0
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    with pytest.raises(OSError, match="No space left") as err:
+        model.train(max_epochs=5, callbacks=[DiskFull()], **TRAIN)
+    assert any("training stopped after 6 steps (epoch 1)" in note for note in err.value.__notes__)
+    assert model.is_trained and model.train_indices is not None
+    assert all(list(frame.index) == [0] for frame in model.history.values())  # the unfinished epoch dropped
+
+
+def test_an_error_before_any_step_leaves_the_model_untrained(sample48):
+    from lightning.pytorch.callbacks import Callback
+
+    class Broken(Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise RuntimeError("broken callback")
+
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    with pytest.raises(RuntimeError, match="broken callback") as err:
+        model.train(max_epochs=2, callbacks=[Broken()], **TRAIN)
+    assert not getattr(err.value, "__notes__", None) and not model.is_trained
+
+
+def test_a_checkpoint_dir_that_cannot_take_a_file_is_refused_before_training(sample48, tmp_path, monkeypatch):
+    # user probe: Lightning drops the PermissionError of each checkpoint: a read-only checkpoint_dir trained with none
+    import tempfile
+
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"checkpoint_dir=.*a_file.* is a file"):
+        model.train(max_epochs=1, checkpoint_dir=tmp_path / "a_file", **TRAIN)
+    (tmp_path / "ro").mkdir()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)  # (a read-only folder: root here writes into any)
+    with pytest.raises(PermissionError, match=r"checkpoint_dir=.*ro.* cannot take a file \(Permission denied\)"):
+        model.train(max_epochs=1, checkpoint_dir=tmp_path / "ro", **TRAIN)
+    assert not model.is_trained
+    from genemamba_scvi.pretrain import pretrain_from_corpus
+
+    with pytest.raises(PermissionError, match="cannot take a file"):  # checked before the corpus is opened
+        pretrain_from_corpus(tmp_path / "no_corpus", checkpoint_dir=tmp_path / "ro")
+
+
 def test_kill_and_resume_from_last_checkpoint(sample48, tmp_path):
     from lightning.pytorch.callbacks import Callback
 

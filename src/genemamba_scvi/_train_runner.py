@@ -32,7 +32,8 @@ class QuietTrainRunner(TrainRunner):
             self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
         except BaseException as err:
             interrupted = isinstance(err, SystemExit) and self.trainer.interrupted
-            if interrupted:
+            stepped = self.trainer.global_step > 0
+            if interrupted or stepped:
                 _drop_unfinished_epoch(self.trainer.logger)
             self._update_history()
             gc.collect()
@@ -44,12 +45,20 @@ class QuietTrainRunner(TrainRunner):
                 # (weights, history, split) and the interrupt goes on as one.
                 if main and sigint is not None:
                     signal.signal(signal.SIGINT, sigint)
-                if self.trainer.global_step > 0:
+                if stepped:
                     self._finish()
                 raise KeyboardInterrupt(
                     f"training interrupted after {self.trainer.global_step} steps (epoch {self.trainer.current_epoch})"
                     f"; {self.interrupt_note}"
                 ) from None
+            if stepped and isinstance(err, Exception):  # (a full disk at a checkpoint, a callback's error, ...)
+                # the weights have moved: a model that called itself untrained would warn that its embeddings
+                # come from random weights, and save is_trained false; it is kept as a Ctrl-C keeps it
+                self._finish()
+                err.add_note(
+                    f"genemamba_scvi: training stopped after {self.trainer.global_step} steps (epoch "
+                    f"{self.trainer.current_epoch}); {self.interrupt_note}"
+                )
             raise
         self._update_history()
         self._finish()

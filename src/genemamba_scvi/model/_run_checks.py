@@ -14,7 +14,7 @@ from scvi.model._utils import use_distributed_sampler
 
 from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.nn.config import check_count
-from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, check_splitter_kwargs
+from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, check_checkpoint_dir, check_splitter_kwargs
 
 
 def check_epochs(max_epochs: Any, max_steps: Any) -> None:
@@ -44,6 +44,7 @@ def check_run_args(
     batch_size = check_count("batch_size", batch_size)
     if trainer_kwargs.get("ckpt_path") == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
+    check_checkpoint_dir(checkpoint_dir)
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     own = [cb for cb in trainer_kwargs.get("callbacks") or () if isinstance(cb, ModelCheckpoint)]

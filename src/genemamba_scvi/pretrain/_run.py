@@ -25,6 +25,7 @@ from genemamba_scvi.train import (
     GeneMambaTrainingPlan,
     LightningCheckpoint,
     StepProgressBar,
+    check_checkpoint_dir,
     check_early_stopping_monitor,
     logged_metrics,
     minibatch_loss,
@@ -313,6 +314,7 @@ def pretrain_from_corpus(
     """
     if ckpt_path == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
+    check_checkpoint_dir(checkpoint_dir)
     batch_size = check_count("batch_size", batch_size)
     accumulate_grad_batches = check_count("accumulate_grad_batches", accumulate_grad_batches)
     bucket_window = check_count("bucket_window", bucket_window, least=0)
