@@ -336,10 +336,14 @@ class GeneMambaTrainingMixin:
         early_stopping
             Stop when ``validation_loss`` stops improving (``early_stopping_patience``, scvi's 45 unless given, etc.).
         checkpoint_dir
-            Write Lightning checkpoints (weights, optimizer, scheduler, loop state, random streams) here; a resumed
-            run (``ckpt_path=".../last.ckpt"``) draws what the uninterrupted one would, and writes into that folder.
+            Write Lightning checkpoints (weights, optimizer, scheduler, loop state, random streams) here; a run
+            resumed from an epoch's end (the default checkpoints; ``ckpt_path=".../last.ckpt"``) draws what the
+            uninterrupted one would, and writes into that folder.
         checkpoint_every_n_steps
-            Save every N optimiser steps (default: every epoch).
+            Save every N optimiser steps instead (default: at every epoch's end). A run resumed from such a
+            checkpoint goes on from its weights and optimiser, but draws the rest of that epoch's cells afresh (the
+            cell loader does not resume mid-epoch), so it does not repeat the uninterrupted run exactly
+            (:meth:`pretrain` on a corpus does).
         ckpt_path
             Resume training from this Lightning checkpoint.
         gradient_checkpointing
