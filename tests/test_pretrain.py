@@ -462,6 +462,26 @@ def test_a_corpus_missing_shard_files_is_named_when_opened(corpus_dir, tmp_path)
         TokenCorpus(copy)
 
 
+def test_a_corpus_with_a_shard_cut_short_is_named_when_opened_and_when_built_again(corpus_dir, tmp_path):
+    # user probe: a truncated tokens.npy gave numpy's "mmap length is greater than file size" (no file named), and
+    # re-running build_corpus reported 100 % and left it truncated
+    import os
+    import shutil
+
+    from genemamba_scvi.data.corpus import TokenCorpus
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, copy)
+    shard = sorted((copy / "shards").iterdir())[2]
+    path = shard / "tokens.npy"
+    os.truncate(path, path.stat().st_size - 500)
+    with pytest.raises(ValueError, match=rf"1 damaged shard file\(s\) .*{shard.name}/tokens.npy: cut short"):
+        TokenCorpus(copy)
+    with pytest.raises(ValueError, match=rf"shard {shard.name} is recorded in the manifest but its files are damaged"):
+        build_corpus(resource_path("celltypist_sample_559cells_counts.h5ad"), copy, max_genes=64, shard_size=100,
+                     median_method="exact")  # fmt: skip
+
+
 class _CtrlCAt(pl.Callback):
     def __init__(self, step: int):
         self.step = step

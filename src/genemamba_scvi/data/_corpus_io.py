@@ -66,6 +66,29 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     _atomic_write_bytes(path, buf.getvalue())
 
 
+def npy_problem(path: Path, n_rows: int) -> str | None:
+    """What is wrong with a shard's ``.npy`` file of ``n_rows`` rows, or None.
+
+    Missing, an unreadable header, other rows than the manifest's, or cut short. Reads the header only, so a corpus
+    of many shards is checked in moments.
+    """
+    if not path.is_file():
+        return "missing"
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError) as err:
+        return f"unreadable header ({err})"
+    if not shape or shape[0] != n_rows:
+        return f"{shape[0] if shape else 0} rows where the manifest records {n_rows}"
+    need = offset + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    size = path.stat().st_size
+    return None if size >= need else f"cut short: {size} bytes where its header needs {need}"
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """Storage dtype of token ids: ``uint16`` for vocabularies of at most 65,536 tokens, else ``int32``."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)

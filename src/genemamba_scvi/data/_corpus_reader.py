@@ -12,6 +12,7 @@ import numpy as np
 from ._corpus_io import (
     MEDIANS_FILE,
     VOCAB_FILE,
+    npy_problem,
     token_dtype,
 )
 from ._corpus_manifest import Manifest
@@ -61,6 +62,17 @@ class TokenCorpus:
             raise ValueError(
                 f"the corpus in {str(self.root)!r} lacks {len(missing)} shard file(s) its manifest lists (e.g. "
                 f"{missing[:3]}): restore them, or build the corpus again into an empty directory"
+            )
+        damaged = [
+            f"{self.manifest.shard_path(s).name}/{name}: {why}"
+            for s in self.manifest.shards
+            for name in ("tokens.npy", "lengths.npy")
+            if (why := npy_problem(self.manifest.shard_path(s) / name, int(s["n"])))
+        ]
+        if damaged:  # found now, not as numpy's "mmap length is greater than file size" naming no file
+            raise ValueError(
+                f"the corpus in {str(self.root)!r} has {len(damaged)} damaged shard file(s) (e.g. {damaged[:2]}): "
+                "build the corpus again into an empty directory (a disk that filled up, or a copy cut short?)"
             )
         n = np.array([s["n"] for s in self.manifest.shards], dtype=np.int64)
         self._offsets = np.zeros(n.size + 1, dtype=np.int64)

@@ -62,6 +62,7 @@ from ._corpus_io import (  # noqa: F401  (names of this module before the split)
     _match_genes,
     _now,
     _sha256_array,
+    npy_problem,
     resolve_inputs,
     token_dtype,
 )
@@ -483,9 +484,11 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
         p = plan[int(s["name"].split("_")[1])] if s["name"].startswith("shard_") else None
         if p is None or (p["file"], p["row_start"], p["row_stop"]) != (s["file"], s["row_start"], s["row_stop"]):
             raise _mismatch_error(out, [f"shard {s['name']} does not match the shard plan of this call"])
-        if not (out / SHARD_DIR / s["name"] / "tokens.npy").is_file():
+        why = [f"{name}: {w}" for name in ("tokens.npy", "lengths.npy")
+               if (w := npy_problem(out / SHARD_DIR / s["name"] / name, int(s["n"])))]  # fmt: skip
+        if why:
             raise ValueError(
-                f"{str(out)!r}: shard {s['name']} is recorded in the manifest but its files are missing; "
+                f"{str(out)!r}: shard {s['name']} is recorded in the manifest but its files are damaged ({why}); "
                 "the corpus is damaged (rebuild it in a new out_dir)"
             )
     for p in (out / SHARD_DIR).iterdir():  # half-written or unrecorded shards from an interrupted run
