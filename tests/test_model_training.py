@@ -135,6 +135,32 @@ def test_a_checkpoint_dir_that_cannot_take_a_file_is_refused_before_training(sam
         pretrain_from_corpus(tmp_path / "no_corpus", checkpoint_dir=tmp_path / "ro")
 
 
+def test_the_memory_check_takes_the_job_limit_and_ulimit_into_account(tmp_path, monkeypatch):
+    # user probe: under `ulimit -v` (and SLURM --mem / docker --memory) the check read only MemAvailable, so a
+    # step that could not fit trained into the allocator's raw "can't allocate memory"
+    import subprocess
+    import sys
+
+    from genemamba_scvi.model import _run_checks
+    from genemamba_scvi.nn.config import GeneMambaConfig
+
+    if _run_checks.available_memory() is None:
+        pytest.skip("the estimate reads /proc (Linux)")
+    (tmp_path / "max").write_text(str(3 * 2**30))
+    (tmp_path / "current").write_text(str(2**30))
+    monkeypatch.setattr(_run_checks, "_CGROUP_FILES", ((str(tmp_path / "max"), str(tmp_path / "current")),))
+    free, where = _run_checks.available_memory()
+    assert free <= 2 * 2**30 and "cgroup" in where
+    with pytest.warns(UserWarning, match=r"and 2 GB are left under this job's memory limit .*batch_size="):
+        _run_checks.warn_if_cpu_memory_short(GeneMambaConfig(n_layers=4, d_model=256), 64, 2048, False)
+    (tmp_path / "max").write_text("max")  # cgroup v2 without a limit
+    assert "cgroup" not in _run_checks.available_memory()[1]
+    code = "from genemamba_scvi.model._run_checks import available_memory as a; print(a()[1])"
+    out = subprocess.run(["bash", "-c", f"ulimit -v 6000000; {sys.executable} -c '{code}'"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert "ulimit -v" in out
+
+
 def test_kill_and_resume_from_last_checkpoint(sample48, tmp_path):
     from lightning.pytorch.callbacks import Callback
 

@@ -80,17 +80,65 @@ def check_run_args(
 _CPU_STEP_BYTES = 190
 
 
+#: (limit, use) files of the memory cgroup, v2 then v1.
+_CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # ("max": no limit)
+
+
+def available_memory() -> tuple[int, str] | None:
+    """Bytes this process may still allocate, and which limit sets it; None where it cannot be told (not Linux).
+
+    The least of the system's ``MemAvailable``, the cgroup's limit less its use (SLURM ``--mem``, ``docker
+    --memory``; cgroup v2 or v1) and the address-space limit (``ulimit -v``) less this process's size: the one
+    that is hit first is the one that kills the run.
+    """
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found.append((next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")),
+                          "available on this machine"))  # fmt: skip
+    except (OSError, StopIteration, ValueError):
+        return None
+    for limit, used in _CGROUP_FILES:
+        cap, use = _read_int(limit), _read_int(used)
+        if cap is not None and use is not None and cap < 1 << 60:
+            found.append(
+                (max(cap - use, 0), "left under this job's memory limit (cgroup: SLURM --mem, docker --memory)")
+            )
+            break
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            found.append((max(soft - size, 0), "left under the address-space limit (ulimit -v)"))
+    except (ImportError, OSError, StopIteration, ValueError):
+        pass
+    return min(found)
+
+
 def warn_if_cpu_memory_short(config: Any, batch_size: int, max_genes: int, gradient_checkpointing: bool) -> None:
-    """Warn before a CPU training step that would need more memory than is available (``MemAvailable``).
+    """Warn before a CPU training step that would need more memory than :func:`available_memory`.
 
     The published size (24 x 512, 2048 genes) at the default 32 cells needs ~160 GB a step on a CPU: the process
     was killed by the system without a word. The estimate is rough (within ~2x); nothing is refused.
     """
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
+    if (free := available_memory()) is None:
         return  # not Linux: no estimate
+    available, where = free
     per_cell = max_genes * config.n_layers * config.d_model * _CPU_STEP_BYTES / (3 if gradient_checkpointing else 1)
     need = batch_size * per_cell
     if need > 0.8 * available:
@@ -98,7 +146,7 @@ def warn_if_cpu_memory_short(config: Any, batch_size: int, max_genes: int, gradi
         warnings.warn(
             f"a CPU training step of {batch_size} cells of {max_genes} genes through {config.n_layers} layers of "
             f"width {config.d_model} needs about {need / 2**30:.0f} GB, and {available / 2**30:.0f} GB are "
-            f"available: the system may kill the process. Train on a GPU, or with batch_size={max(fits, 1)} or "
+            f"{where}: the system may kill the process. Train on a GPU, or with batch_size={max(fits, 1)} or "
             "less, gradient_checkpointing=True (about a third), or a smaller model (n_layers, d_model, max_genes)",
             UserWarning,
             stacklevel=user_stacklevel(),
