@@ -415,6 +415,14 @@ def test_a_permission_error_or_ctrl_c_is_a_message_not_a_traceback(tmp_path, sav
     err = capsys.readouterr().err
     assert err.strip() == "genemamba embed: interrupted"
 
+    def disk_full(args):  # user probe: a full disk printed a 30-line traceback
+        raise OSError(28, "No space left on device", str(tmp_path / ".o.h5ad.tmp"))
+
+    monkeypatch.setattr(cli, "_embed", disk_full)
+    assert main(base) == 1
+    err = capsys.readouterr().err
+    assert "error: no space left on the disk" in err and "run the same command again" in err and "Traceback" not in err
+
 
 def test_a_cell_ranger_h5_is_named_with_the_conversion(tmp_path, capsys):
     import h5py

@@ -7,6 +7,7 @@ model; ``build-corpus`` tokenizes many .h5ad files into shards for pre-training.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import os
@@ -433,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: no traceback; outputs are written atomically, so nothing half-written
         print(f"genemamba {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"genemamba {args.command}: error: no space left on the disk ({err.filename or err}): free some and run "
+              "the same command again (outputs are written atomically; build-corpus resumes where it stopped)",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
 
 def _show_warning(command: str, message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
