@@ -146,6 +146,18 @@ def test_overwrite_replaces(tmp_path, vocab):
     assert _leftovers(tmp_path) == []
 
 
+def test_overwrite_refuses_a_write_protected_model(tmp_path, vocab, monkeypatch):
+    # user probe: `chmod a-w model` did not stop save(overwrite=True) (the swap needs only the parent writable), and
+    # the old, read-only copy stayed behind as a hidden folder no later save could remove
+    path = _write(tmp_path / "model", vocab)
+    before = _snapshot(path)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == path else real_access(p, mode, **kw))
+    with pytest.raises(PermissionError, match="it is write-protected"):  # (root writes anyway: access is mocked)
+        write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "second"}, vocab, overwrite=True)
+    assert _snapshot(path) == before and _leftovers(tmp_path) == []
+
+
 def test_overwrite_fallback_without_exchange(tmp_path, vocab, monkeypatch):
     monkeypatch.setattr(gio_files, "_exchange_dirs", lambda a, b: False)  # e.g. not Linux
     path = _write(tmp_path / "model", vocab)

@@ -132,6 +132,10 @@ def _check_target(path: Path, overwrite: bool, looks_like: Callable[[Path], bool
         )
     if any(path.iterdir()) and not looks_like(path):
         raise ValueError(f"refusing to overwrite {path}: it does not look like a {what} directory")
+    if not os.access(path, os.W_OK):  # the swap needs only the parent writable: a protected model would be replaced
+        raise PermissionError(  # (and its old copy, read-only, could not be removed after)
+            13, f"refusing to overwrite {path}: it is write-protected (make it writable first to replace it)", str(path)
+        )
 
 
 _AT_FDCWD = -100
