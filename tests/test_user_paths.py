@@ -637,3 +637,27 @@ def test_power_user_settings_that_would_train_nothing_or_the_wrong_thing_are_ref
     with pytest.warns(UserWarning, match=r"148 of the 150 gene sets .*\(2 used; are the sets' gene ids"):
         model.train(gene_sets=many, **run)
     assert model.module.pathway_loss is not None and model.history["pathway_loss_train"].to_numpy().min() > 0
+
+
+def test_saving_an_anndata_onto_a_disk_without_room_is_refused_before_writing(sample48_model, tmp_path, monkeypatch):
+    # user probe: a full disk during save(save_anndata=True) or `genemamba embed` crashed Python (h5py segfault),
+    # killing a notebook's kernel with the trained model, and left a hidden temporary folder filling the disk
+    import collections
+    import shutil
+
+    from genemamba_scvi.cli import main
+
+    model, adata = sample48_model
+    model.save(tmp_path / "m")
+    before = sorted(p.name for p in (tmp_path / "m").iterdir())
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"not enough free space in .* to write the model's AnnData .* MB needed"):
+        model.save(tmp_path / "m", save_anndata=True, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary left
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    out = tmp_path / "out.h5ad"
+    assert main(["embed", str(tmp_path / "cells.h5ad"), "--model", str(tmp_path / "m"), "--layer", "counts",
+                 "--out", str(out), "--quiet"]) == 1  # fmt: skip
+    assert not out.exists()

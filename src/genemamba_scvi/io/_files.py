@@ -203,6 +203,43 @@ def _remove_stale_tmp(path: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def anndata_write_bytes(adata: Any, compression: str | None = None) -> int:
+    """A lower bound on the bytes ``adata.write_h5ad`` writes.
+
+    Its matrices and embeddings as held in memory; a compressed file is taken as an eighth of that (count matrices
+    compress 3-6x with gzip).
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    def size(m: Any) -> int:
+        if sp.issparse(m):
+            return sum(int(getattr(m, a).nbytes) for a in ("data", "indices", "indptr") if hasattr(m, a))
+        return int(getattr(m, "nbytes", 0) or 0) if isinstance(m, np.ndarray) else 0
+
+    total = size(adata.X) + sum(size(v) for v in adata.layers.values())
+    total += sum(size(v) for v in (*adata.obsm.values(), *adata.varm.values(), *adata.obsp.values()))
+    return total // 8 if compression else total
+
+
+def check_free_space(directory: Path, need: int, what: str) -> None:
+    """Refuse (``OSError`` ENOSPC) to start writing ``what`` (about ``need`` bytes) into a disk without the room.
+
+    h5py (3.16, HDF5 2.0) crashes the Python process on a full disk: a notebook's kernel dies, and the trained
+    model in memory with it. Better refused before the first byte.
+    """
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"not enough free space in {directory} to write {what}: about {need / 2**20:.0f} MB needed, "
+            f"{free / 2**20:.0f} MB free (HDF5 crashes the process on a full disk); free some or write elsewhere",
+            str(directory),
+        )
+
+
 def _atomic_write_file(path: Path, write: Callable[[Path], None], overwrite: bool) -> None:
     """Write one file with ``write(tmp)`` into a hidden sibling, fsync it, then rename it into place.
 

@@ -112,6 +112,17 @@ _NO_CONVERSION = (
 )
 
 
+def _anndata_writer(adata: AnnData, dir_path: str | os.PathLike, write_kwargs: dict[str, Any]) -> Any:
+    """The writer of ``save(..., save_anndata=True)``'s ``adata.h5ad``, once the disk is known to have the room."""
+    from genemamba_scvi.io._files import anndata_write_bytes, check_free_space
+
+    # anndata turns string columns into categoricals in place: it does so here on copies of the frames
+    adata = _shallow_copy_for_writing(adata)
+    need = anndata_write_bytes(adata, write_kwargs.get("compression"))
+    check_free_space(Path(dir_path).expanduser(), need, "the model's AnnData (save_anndata=True)")
+    return lambda path: adata.write_h5ad(path, **write_kwargs)
+
+
 class GeneMambaSaveLoadMixin:
     """``save`` / ``load`` in our checkpoint format and ``from_pretrained`` for the official checkpoints.
 
@@ -192,9 +203,7 @@ class GeneMambaSaveLoadMixin:
                 "save_anndata=True (and load with an AnnData of counts), or keep the counts in a layer"
             )
         if save_anndata:
-            # anndata turns string columns into categoricals in place: it does so here on copies of the frames
-            adata = _shallow_copy_for_writing(self.adata)
-            extra_files[ANNDATA_FILE] = lambda path: adata.write_h5ad(path, **write_kwargs)
+            extra_files[ANNDATA_FILE] = _anndata_writer(self.adata, dir_path, write_kwargs)
         if prefix:
             dir_path = Path(dir_path) / f"{prefix}model"
         write_checkpoint(
