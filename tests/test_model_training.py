@@ -223,3 +223,22 @@ def test_a_cpu_step_too_large_for_the_memory_is_warned_about_before_training():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_cpu_memory_short(GeneMambaConfig(n_layers=2, d_model=32), 32, 256, gradient_checkpointing=False)
+
+
+@pytest.mark.parametrize(
+    ("method", "own"),
+    [
+        ("train", {"objective", "gene_sets", "gamma"}),
+        ("train_classifier", {"labels_key", "freeze_encoder", "hidden", "dropout", "class_weight"}),
+    ],
+)
+def test_every_training_argument_reaches_the_run_or_is_the_methods_own(method, own):
+    """``_run_args(locals())`` passes on the arguments it knows by name (``_RUN_TRAINING_ARGS``, ``_RUNNER_ARGS``):
+    a new argument of train / train_classifier in neither set, nor used by the method itself (``own`` here), would
+    be dropped without a word. Add it to one of them (or to ``own`` where the method uses it)."""
+    import inspect
+
+    from genemamba_scvi.model._training import _RUN_TRAINING_ARGS, _RUNNER_ARGS, GeneMambaTrainingMixin
+
+    params = set(inspect.signature(getattr(GeneMambaTrainingMixin, method)).parameters) - {"self", "trainer_kwargs"}
+    assert params - _RUN_TRAINING_ARGS - _RUNNER_ARGS == own
