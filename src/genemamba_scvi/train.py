@@ -33,34 +33,6 @@ LAST_NEEDS_CHECKPOINT_DIR = (
 )
 
 
-def check_checkpoint_dir(checkpoint_dir: Any) -> None:
-    """Refuse, before training, a ``checkpoint_dir`` that exists but cannot take a file.
-
-    Lightning (2.6) drops the ``PermissionError`` of a checkpoint it cannot write: a run of 100k steps "with
-    checkpoints" would end with none. (A folder that does not exist yet is made by Lightning, which raises if it
-    cannot.)
-    """
-    import os
-    import tempfile
-    from pathlib import Path
-
-    if checkpoint_dir is None:
-        return
-    path = Path(checkpoint_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file, not a folder for checkpoints")
-    if path.is_dir():
-        try:
-            fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as err:
-            raise PermissionError(
-                f"checkpoint_dir={str(checkpoint_dir)!r} cannot take a file ({err.strerror or err}): no checkpoint "
-                "could be written there; pass a writable folder"
-            ) from None
-
-
 def _finite_number(value: Any) -> bool:
     """A real, finite number (not a bool, not a string)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -203,6 +203,32 @@ def _remove_stale_tmp(path: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def check_checkpoint_dir(checkpoint_dir: Any) -> None:
+    """Refuse, before training, a ``checkpoint_dir`` that exists but cannot take a file.
+
+    Lightning (2.6) drops the ``PermissionError`` of a checkpoint it cannot write: a run of 100k steps "with
+    checkpoints" would end with none. (A folder that does not exist yet is made by Lightning, which raises if it
+    cannot.)
+    """
+    import tempfile
+
+    if checkpoint_dir is None:
+        return
+    path = Path(checkpoint_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file, not a folder for checkpoints")
+    if path.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise PermissionError(
+                f"checkpoint_dir={str(checkpoint_dir)!r} cannot take a file ({err.strerror or err}): no checkpoint "
+                "could be written there; pass a writable folder"
+            ) from None
+
+
 def anndata_write_bytes(adata: Any, compression: str | None = None) -> int:
     """A lower bound on the bytes ``adata.write_h5ad`` writes.
 

@@ -13,8 +13,9 @@ from typing import Any
 from scvi.model._utils import use_distributed_sampler
 
 from genemamba_scvi._warn import user_stacklevel
+from genemamba_scvi.io._files import check_checkpoint_dir
 from genemamba_scvi.nn.config import check_count
-from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, check_checkpoint_dir, check_splitter_kwargs
+from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, check_splitter_kwargs
 
 
 def check_epochs(max_epochs: Any, max_steps: Any) -> None:

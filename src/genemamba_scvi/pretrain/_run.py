@@ -17,6 +17,7 @@ from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, 
 from genemamba_scvi._train_runner import QuietTrainRunner, RngCheckpointState
 from genemamba_scvi.data.corpus import TokenCorpus
 from genemamba_scvi.data.vocab import GeneVocab
+from genemamba_scvi.io._files import check_checkpoint_dir
 from genemamba_scvi.module import GeneMambaModule, gene_set_tensors
 from genemamba_scvi.nn.config import GeneMambaConfig, check_count
 from genemamba_scvi.pretrain._data import CorpusDataModule
@@ -25,7 +26,6 @@ from genemamba_scvi.train import (
     GeneMambaTrainingPlan,
     LightningCheckpoint,
     StepProgressBar,
-    check_checkpoint_dir,
     check_early_stopping_monitor,
     logged_metrics,
     minibatch_loss,
