@@ -130,7 +130,9 @@ def t_interval(d: np.ndarray) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def summarise(long: pd.DataFrame, references: list[str]) -> tuple[list[dict], list[dict]]:
+def summarise(
+    long: pd.DataFrame, references: list[str], test_over_train: float | None = None
+) -> tuple[list[dict], list[dict]]:
     means = []
     for (method, score), g in long.groupby(["method", "score"], sort=False):
         v = g.sort_values("seed")["value"].to_numpy(float)
@@ -156,13 +158,36 @@ def summarise(long: pd.DataFrame, references: list[str]) -> tuple[list[dict], li
                 d = (wide.loc[score, method] - wide.loc[score, ref]).dropna().to_numpy(float)
                 if not d.size:
                     continue
-                diffs.append(_diff_row(d, method=method, reference=ref, score=score))
+                diffs.append(_diff_row(d, test_over_train, method=method, reference=ref, score=score))
     return means, diffs
 
 
-def _diff_row(d: np.ndarray, **keys) -> dict:
+def split_ratio(runs: dict[int, dict]) -> float | None:
+    """``n_test / n_train`` of the annotation runs' splits (the same for every seed), or None if not recorded."""
+    ratios = {(r.get("data") or {}).get("n_test_cells", 0) / max((r.get("data") or {}).get("n_train_cells", 0), 1)
+              for r in runs.values()}  # fmt: skip
+    return ratios.pop() if len(ratios) == 1 and 0 not in ratios else None
+
+
+def corrected_t_interval(d: np.ndarray, test_over_train: float) -> tuple[float, float]:
+    """95% interval of the corrected resampled t-test (Nadeau & Bengio 2003, Machine Learning 52:239-281).
+
+    The seeds' random splits of one set of cells share cells between their test sets, so the seeds' differences
+    are correlated and the plain t-interval over seeds is too narrow; the corrected variance is
+    ``(1/J + n_test/n_train) * s**2`` over ``J`` splits instead of ``s**2 / J``.
+    """
+    from scipy.stats import t
+
+    n = d.size
+    if n < 2:
+        return float("nan"), float("nan")
+    half = float(t.ppf(0.975, n - 1) * d.std(ddof=1) * np.sqrt(1 / n + test_over_train))
+    return float(d.mean()) - half, float(d.mean()) + half
+
+
+def _diff_row(d: np.ndarray, test_over_train: float | None = None, **keys) -> dict:
     mean, lo, hi = t_interval(d)
-    return {
+    row = {
         **keys,
         "n_seeds": int(d.size),
         "mean_difference": mean,
@@ -170,6 +195,11 @@ def _diff_row(d: np.ndarray, **keys) -> dict:
         "ci95_high": hi,
         "established": bool(np.isfinite(lo) and (lo > 0 or hi < 0)),
     }
+    if test_over_train is not None:  # resampled splits of the same cells (annotation): the corrected interval too
+        clo, chi = corrected_t_interval(d, test_over_train)
+        row.update(ci95_low_corrected=clo, ci95_high_corrected=chi,
+                   established_corrected=bool(np.isfinite(clo) and (clo > 0 or chi < 0)))  # fmt: skip
+    return row
 
 
 def compare(base: pd.DataFrame, variant: pd.DataFrame, references: list[str]) -> dict:
@@ -198,9 +228,13 @@ def compare(base: pd.DataFrame, variant: pd.DataFrame, references: list[str]) ->
     return {"seeds": seeds, "same_method": same, "gap_change": gaps}
 
 
-def compare_main(out_dir: Path, suffix: str, compare_suffix: str) -> dict:
-    """``--compare-suffix``: both variants' seeds, paired by seed; writes ``biology_compare*.{json,csv}``."""
-    name = f"{compare_suffix}_vs{suffix or '_default'}"
+def compare_main(out_dir: Path, suffix: str, compare_suffix: str, variant_dir: Path | None = None) -> dict:
+    """``--compare-suffix``: both variants' seeds, paired by seed; writes ``biology_compare*.{json,csv}``.
+
+    ``variant_dir`` (``--compare-dir``): the variant's seed files are the runs of ``suffix`` in that results folder
+    (another machine, another version), and the comparison is written there, named after ``out_dir``.
+    """
+    name = f"{compare_suffix}_vs{suffix or '_default'}" if variant_dir is None else f"_vs_{out_dir.name}"
     out: dict = {
         "interval": "paired by seed across the two variants; mean and 95% t-interval over seeds; "
         "established = excludes 0",
@@ -213,7 +247,7 @@ def compare_main(out_dir: Path, suffix: str, compare_suffix: str) -> dict:
     flat = []
     for benchmark in ("integration", "annotation"):
         base_runs = load_seeds(out_dir, benchmark, suffix)
-        var_runs = load_seeds(out_dir, benchmark, compare_suffix)
+        var_runs = load_seeds(variant_dir or out_dir, benchmark, compare_suffix)
         if not base_runs or not var_runs:
             continue
         base_t, var_t = tables(base_runs, benchmark), tables(var_runs, benchmark)
@@ -227,9 +261,12 @@ def compare_main(out_dir: Path, suffix: str, compare_suffix: str) -> dict:
                 ]
                 print(f"== {table}: {kind} ({compare_suffix} vs {suffix or 'default'}, seeds {res['seeds']})")
                 print(pd.DataFrame(res[kind]).round(3).to_string(index=False))
-    C.write_json(out_dir / f"biology_compare{name}.json", out)
+    if variant_dir is not None:
+        out["base_dir"], out["variant_dir"] = out_dir.name, variant_dir.name
+    where = variant_dir or out_dir
+    C.write_json(where / f"biology_compare{name}.json", out)
     if flat:
-        pd.DataFrame(flat).to_csv(out_dir / f"biology_compare{name}.csv", index=False)
+        pd.DataFrame(flat).to_csv(where / f"biology_compare{name}.csv", index=False)
     return out
 
 
@@ -317,14 +354,24 @@ def main(argv=None) -> dict:
         default=None,
         help="compare this variant (e.g. _tierandom) with --suffix's, paired by seed, instead of summarising",
     )
+    parser.add_argument(
+        "--compare-dir",
+        type=Path,
+        default=None,
+        help="compare the --suffix runs of this results folder (the variant) with --out-dir's, paired by seed",
+    )
     parser.add_argument("--exclude-seeds", type=int, nargs="+", default=[], help="leave these seeds out")
     args = parser.parse_args(argv)
     exclude = tuple(sorted(set(args.exclude_seeds)))
     out_suffix = args.suffix + "".join(f"_without_seed{s}" for s in exclude)
+    if args.compare_dir is not None:
+        return compare_main(args.out_dir, args.suffix, args.suffix, args.compare_dir)
     if args.compare_suffix is not None:
         return compare_main(args.out_dir, args.suffix, args.compare_suffix)
     summary: dict = {
-        "interval": "paired difference per seed, mean and 95% t-interval over seeds; established = excludes 0",
+        "interval": "paired difference per seed, mean and 95% t-interval over seeds; established = excludes 0. "
+        "Annotation also *_corrected: the corrected resampled t-test (Nadeau & Bengio 2003), whose seeds' random "
+        "splits of the same cells overlap in their test cells: variance (1/J + n_test/n_train) s^2",
         "tables": {},
     }
     flat = []
@@ -335,7 +382,8 @@ def main(argv=None) -> dict:
         for table, long in tables(runs, benchmark).items():
             methods = list(dict.fromkeys(long["method"]))
             refs = [m for m in REFERENCES[benchmark] if m in methods]
-            means, diffs = summarise(long, refs)
+            ratio = split_ratio(runs) if benchmark == "annotation" else None
+            means, diffs = summarise(long, refs, ratio)
             summary["tables"][table] = {"seeds": sorted(runs), "means": means, "paired_differences": diffs}
             if benchmark == "annotation":
                 boot = cell_bootstrap(runs, refs)

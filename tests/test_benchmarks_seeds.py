@@ -157,6 +157,49 @@ def test_aggregate_reads_and_writes_another_out_dir(tmp_path):
     assert full["tables"]["annotation"]["seeds"] == [0, 1, 2, 3, 4]
 
 
+def test_annotation_intervals_are_also_corrected_for_overlapping_test_sets(tmp_path):
+    """Nadeau & Bengio's corrected resampled t-interval: (1/J + n_test/n_train) s^2 instead of s^2 / J; the
+    integration tables (fixed cells, no resampling) keep the plain interval only."""
+    from scipy.stats import t as student
+
+    d = np.array([0.007, 0.071, 0.093, 0.057, 0.064])  # the session-17 CPU gaps, PCA + LR - fine-tuned
+    lo, hi = aggregate.corrected_t_interval(d, 140 / 560)
+    half = student.ppf(0.975, 4) * d.std(ddof=1) * np.sqrt(1 / 5 + 0.25)
+    assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert lo < 0 < aggregate.t_interval(d)[1]  # established by the plain interval, not by the corrected one
+    rng = np.random.default_rng(0)
+    (tmp_path / "seeds").mkdir()
+    for s in range(5):
+        ann = _annotation_seed(s)
+        ann["data"].update(n_test_cells=40, n_train_cells=160)
+        (tmp_path / "seeds" / f"annotation_seed{s}.json").write_text(json.dumps(ann))
+        (tmp_path / "seeds" / f"integration_seed{s}.json").write_text(json.dumps(_integration_seed(s, rng)))
+    summary = aggregate.main(["--out-dir", str(tmp_path)])
+    row = summary["tables"]["annotation"]["paired_differences"][0]
+    assert row["ci95_low_corrected"] < row["ci95_low"] and row["ci95_high_corrected"] > row["ci95_high"]
+    assert "ci95_low_corrected" not in summary["tables"]["integration_pbmc68k"]["paired_differences"][0]
+
+
+def test_aggregate_compares_runs_of_another_results_folder(tmp_path):
+    """``--compare-dir``: the same benchmark run elsewhere (another machine or version), paired by seed."""
+    rng = np.random.default_rng(2)
+    for where in ("a", "b"):
+        (tmp_path / where / "seeds").mkdir(parents=True)
+    for s in range(3):
+        base = _integration_seed(s, rng)
+        (tmp_path / "a" / "seeds" / f"integration_seed{s}.json").write_text(json.dumps(base))
+        res = {m: dict(row) for m, row in base["results_pbmc68k_bio_only"].items()}
+        res["GeneMamba"]["Bio conservation"] += 0.03 + 0.001 * s
+        (tmp_path / "b" / "seeds" / f"integration_seed{s}.json").write_text(
+            json.dumps({**base, "results_pbmc68k_bio_only": res})
+        )
+    out = aggregate.main(["--out-dir", str(tmp_path / "a"), "--compare-dir", str(tmp_path / "b")])
+    assert (tmp_path / "b" / "biology_compare_vs_a.json").is_file() and out["variant_dir"] == "b"
+    gm = next(d for d in out["tables"]["integration_pbmc68k"]["same_method"]
+              if d["method"] == "GeneMamba" and d["score"] == "Bio conservation")  # fmt: skip
+    assert gm["mean_difference"] == pytest.approx(0.031) and gm["established"]
+
+
 def test_aggregate_compares_two_variants_paired_by_seed(tmp_path):
     """``--compare-suffix``: same method across variants and the change of a gap, on the seeds both have."""
     rng = np.random.default_rng(1)
