@@ -158,6 +158,25 @@ def test_overwrite_refuses_a_write_protected_model(tmp_path, vocab, monkeypatch)
     assert _snapshot(path) == before and _leftovers(tmp_path) == []
 
 
+def test_overwrite_wins_a_race_with_another_save_to_a_new_directory(tmp_path, vocab, monkeypatch):
+    # user probe: two processes saving to a new directory with overwrite=True: the slower got FileExistsError
+    path = tmp_path / "model"
+    original = gio_files._move_into_place
+
+    def other_process_first(src, dst):
+        if not dst.exists():  # the other process's save lands between our check and our rename
+            monkeypatch.setattr(gio_files, "_move_into_place", original)
+            _write(dst, vocab)
+            monkeypatch.setattr(gio_files, "_move_into_place", other_process_first)
+        return original(src, dst)
+
+    monkeypatch.setattr(gio_files, "_move_into_place", other_process_first)
+    write_checkpoint(path, {"w": torch.zeros(1)}, {"note": "ours"}, vocab, overwrite=True)
+    assert read_checkpoint(path).config == {"note": "ours"} and _leftovers(tmp_path) == []
+    with pytest.raises(FileExistsError):  # without overwrite the other save stays
+        write_checkpoint(tmp_path / "model2", {"w": torch.zeros(1)}, {"note": "ours"}, vocab)
+
+
 def test_overwrite_fallback_without_exchange(tmp_path, vocab, monkeypatch):
     monkeypatch.setattr(gio_files, "_exchange_dirs", lambda a, b: False)  # e.g. not Linux
     path = _write(tmp_path / "model", vocab)

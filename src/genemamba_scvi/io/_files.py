@@ -348,7 +348,11 @@ def _atomic_write_dir(
                 _fsync_path(parent)
                 shutil.rmtree(aside, ignore_errors=True)
         else:
-            _move_into_place(tmp, path)
+            try:
+                _move_into_place(tmp, path)
+            except FileExistsError:  # another process saved there since: overwrite replaces its save too
+                if not (overwrite and _exchange_dirs(tmp, path)):
+                    raise
             _fsync_path(parent)
     finally:
         if tmp.exists():
