@@ -500,3 +500,17 @@ def test_ctrl_c_in_pretraining_says_what_was_kept(corpus_dir, tmp_path, one_thre
     with pytest.raises(KeyboardInterrupt, match=r"resume with ckpt_path='.*ckpt/last.ckpt'"):
         _train(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=1)
     assert (ckpt / "last.ckpt").is_file()
+
+
+def test_continuing_a_loaded_module_trains_it_in_training_mode(corpus_dir):
+    # user probe: GeneMambaModel.load leaves the module in eval mode and Lightning keeps it: pretrain(module=...) then
+    # skipped the masking, encoded each batch twice and dropped gradient checkpointing, with the loss looking normal
+    _, first = _train(corpus_dir)
+    module = first.module.eval()  # as a loaded model's
+    modes = []
+    hook = module.encoder.register_forward_hook(lambda mod, args, out: modes.append(mod.training))
+    try:
+        _train(corpus_dir, module=module)
+    finally:
+        hook.remove()
+    assert modes and modes[0] is True  # (validation passes, if any, come later in eval mode)

@@ -350,6 +350,9 @@ def pretrain_from_corpus(
         if module.vocab_size != len(vocab):
             raise ValueError(f"module has a vocabulary of {module.vocab_size} tokens, the corpus {len(vocab)}")
         module.set_objective(objective)
+        # a loaded model's module is in eval mode, and Lightning keeps modes as it finds them: its steps would skip
+        # the masking, encode twice and drop gradient checkpointing (a user probe)
+        module.train()
     token_sets = gene_set_tensors(gene_sets, vocab)
     module.set_gene_sets(token_sets if gamma > 0 else None)
     if ckpt_path is not None and ckpt_path != "last" and Path(ckpt_path).is_file():
