@@ -44,7 +44,7 @@ def _user_file(adata, path, counts_in: str = "X"):
     return path
 
 
-def test_embed_with_a_saved_model_writes_the_api_embedding_and_keeps_the_input(tmp_path, saved):
+def test_embed_with_a_saved_model_writes_the_api_embedding_and_keeps_the_input(tmp_path, saved, capsys):
     model_dir, adata, expected = saved
     source = _user_file(adata, tmp_path / "cells.h5ad")  # counts in X, the model reads layer "counts"
     before = _digest(source)
@@ -55,11 +55,15 @@ def test_embed_with_a_saved_model_writes_the_api_embedding_and_keeps_the_input(t
     record = written.uns["genemamba"]["X_genemamba"]
     assert record["model"] == str(model_dir.resolve())  # absolute: the file says which model, wherever it is read
     assert record["max_genes"] == 64 and record["tokenization"] == "ranked" and record["pooling"] == "mean"
+    assert record["tie_break"] == "median"  # every tokenizer setting (user probe: tie_break was left out)
     assert list(written.obs.columns) == ["donor"]  # no scvi set-up columns
     assert not [k for k in written.uns if k.startswith("_scvi")]
     assert (written.X != ad.read_h5ad(source).X).nnz == 0
     assert _digest(source) == before
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary file left behind
+    capsys.readouterr()
+    assert main(["embed", str(out), "--model", str(model_dir), "--out", str(tmp_path / "again.h5ad"), "--quiet"]) == 0
+    assert "obsm['X_genemamba'] of the input is replaced in again.h5ad" in capsys.readouterr().err
 
 
 def test_embed_reads_counts_from_a_layer(tmp_path, saved):

@@ -121,12 +121,19 @@ def _embed(args: argparse.Namespace) -> int:
             **hub,
         )
     z = model.get_latent_representation(batch_size=args.batch_size, progress_bar=not args.quiet)
+    if args.key in adata.obsm:  # the copy replaces it; the input file keeps it
+        print(f"genemamba embed: note: obsm[{args.key!r}] of the input is replaced in {out.name} (pass --key to keep "
+              "both)", file=sys.stderr)  # fmt: skip
     adata.obsm[args.key] = z
     local = Path(args.model).expanduser()
     record = {"model": str(local.resolve()) if local.is_dir() else str(args.model), "counts": args.layer or "X"}
     record.update({k: getattr(args, k) for k in ("subfolder", "revision") if getattr(args, k) is not None})
-    shaped = ("max_genes", "tokenization", "merge", "pooling")  # what shaped the embedding besides the weights
-    record.update({k: model._config[k] for k in shaped if model._config.get(k) is not None})
+    from genemamba_scvi.data.tokenize import TokenizerSettings
+
+    # what shaped the embedding besides the weights: the tokenizer's settings (all of them), the merge and pooling
+    shaped = {**TokenizerSettings.from_config(model._config).to_config(), **{k: model._config.get(k) for k in
+              ("merge", "pooling")}}  # fmt: skip
+    record.update({k: v for k, v in shaped.items() if v is not None})
     record["genemamba_scvi_version"] = __version__
     adata.uns.setdefault("genemamba", {})[args.key] = record
     out.parent.mkdir(parents=True, exist_ok=True)
