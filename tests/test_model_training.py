@@ -242,3 +242,20 @@ def test_every_training_argument_reaches_the_run_or_is_the_methods_own(method, o
 
     params = set(inspect.signature(getattr(GeneMambaTrainingMixin, method)).parameters) - {"self", "trainer_kwargs"}
     assert params - _RUN_TRAINING_ARGS - _RUNNER_ARGS == own
+
+
+def test_a_moved_checkpoint_folder_resumes_into_its_own_last_ckpt(sample48, tmp_path):
+    # user probe: after moving a project, a resume wrote last-v1.ckpt beside a stale last.ckpt (Lightning compares
+    # the folder recorded in the checkpoint), so a later ckpt_path=".../last.ckpt" silently went back in time
+    import shutil
+
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    scvi.settings.seed = 0
+    GeneMambaModel(adata, **TINY).train(max_epochs=2, checkpoint_dir=tmp_path / "a" / "ck", **TRAIN)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    ck = tmp_path / "b" / "ck"
+    resumed = GeneMambaModel(adata, **TINY)
+    resumed.train(max_epochs=3, checkpoint_dir=ck, ckpt_path=str(ck / "last.ckpt"), **TRAIN)
+    assert not list(ck.glob("last-v*.ckpt"))
+    assert torch.load(ck / "last.ckpt", weights_only=False)["epoch"] == 2  # the resumed run's last epoch (0-based)

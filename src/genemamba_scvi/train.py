@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from scvi.train import SaveCheckpoint, TrainingPlan
+from lightning.pytorch.callbacks import ProgressBar
+from scvi.train import TrainingPlan
 from scvi.utils import track
 
+from genemamba_scvi._checkpoint_callback import LightningCheckpoint  # noqa: F401  (its home before; imported from here)
 from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.nn.graphs import drop_graphs
 
@@ -434,70 +435,6 @@ class StepProgressBar(ProgressBar):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-class LightningCheckpoint(SaveCheckpoint):
-    """Lightning's ``ModelCheckpoint``, typed as scvi's :class:`~scvi.train.SaveCheckpoint`.
-
-    scvi's Trainer adds a checkpoint callback of its own (writing model directories) unless it finds a
-    ``SaveCheckpoint`` among the callbacks. This is one by type, with Lightning's behaviour wherever scvi's
-    differs: plain ``.ckpt`` files (weights, optimiser, scheduler, loop and sampler state), ``last.ckpt``
-    refreshed at every save. Its state inside a checkpoint file is kept under the key Lightning's
-    ``ModelCheckpoint`` uses (``state_name``), so checkpoints written with one resume with the other.
-
-    A step checkpoint (``every_n_train_steps``) is written only at the end of a batch that made an optimiser
-    step, so exactly once per checkpoint step and never in the middle of a gradient-accumulation window.
-    Lightning's ``ModelCheckpoint`` tests ``global_step % every_n_train_steps`` at the end of every batch, and
-    with ``accumulate_grad_batches > 1`` the batches after a step keep its ``global_step``; it relies on the
-    step it last saved to skip them, which it does not restore on resume: the first batch after a resume,
-    which only accumulates gradients, would write the resumed step again (``stepNNN-v1.ckpt``, one batch
-    later, without the accumulated gradients, so a resume from it would not reproduce the run, and
-    ``save_top_k`` could delete the right file in its favour).
-
-    Parameters
-    ----------
-    dirpath
-        Directory of the checkpoint files.
-    **kwargs
-        Passed to :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (``filename``, ``monitor``,
-        ``every_n_train_steps``, ``save_top_k``, ...).
-    """
-
-    state_name = "ModelCheckpoint"
-
-    def __init__(self, dirpath: str, **kwargs: Any):
-        super().__init__(dirpath=dirpath, **kwargs)
-        self.save_last = True  # SaveCheckpoint drops save_last from its kwargs; we want last.ckpt
-        self._step_at_batch_start: int | None = None
-
-    @property
-    def state_key(self) -> str:
-        """Key of this callback's state in a checkpoint file (see the class docstring)."""
-        key = ModelCheckpoint.state_key.fget(self)
-        return self.state_name + key[len(type(self).__qualname__) :]
-
-    # Lightning's own behaviour everywhere scvi's SaveCheckpoint would write model dirs instead.
-    on_save_checkpoint = ModelCheckpoint.on_save_checkpoint
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        """Note the optimiser steps taken before this batch."""
-        self._step_at_batch_start = int(trainer.global_step)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """Lightning's step (and time) checkpoints, but only after a batch that made an optimiser step.
-
-        A batch that only accumulated gradients is skipped (see the class docstring); a save it would have
-        made is made at the end of the next batch that steps (a time-triggered one included).
-        """
-        stepped = self._step_at_batch_start is None or trainer.global_step != self._step_at_batch_start
-        if pl_module.automatic_optimization and not stepped:
-            return
-        ModelCheckpoint.on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx)
-
-    on_train_end = ModelCheckpoint.on_train_end
-    on_exception = ModelCheckpoint.on_exception
-    _update_best_and_save = ModelCheckpoint._update_best_and_save
-    _remove_checkpoint = ModelCheckpoint._remove_checkpoint
 
 
 class _DropLightningTips(logging.Filter):
