@@ -147,10 +147,12 @@ def test_the_memory_check_takes_the_job_limit_and_ulimit_into_account(tmp_path, 
     if _run_checks.available_memory() is None:
         pytest.skip("the estimate reads /proc (Linux)")
     (tmp_path / "max").write_text(str(3 * 2**30))
-    (tmp_path / "current").write_text(str(2**30))
-    monkeypatch.setattr(_run_checks, "_CGROUP_FILES", ((str(tmp_path / "max"), str(tmp_path / "current")),))
+    (tmp_path / "current").write_text(str(2**30 + 2**29))
+    (tmp_path / "stat").write_text(f"anon 1000\ninactive_file {2**29}\nactive_file 5\n")  # cache: given back
+    files = ((str(tmp_path / "max"), str(tmp_path / "current"), str(tmp_path / "stat")),)
+    monkeypatch.setattr(_run_checks, "_CGROUP_FILES", files)
     free, where = _run_checks.available_memory()
-    assert free <= 2 * 2**30 and "cgroup" in where
+    assert free == 2 * 2**30 and "cgroup" in where
     with pytest.warns(UserWarning, match=r"and 2 GB are left under this job's memory limit .*batch_size="):
         _run_checks.warn_if_cpu_memory_short(GeneMambaConfig(n_layers=4, d_model=256), 64, 2048, False)
     (tmp_path / "max").write_text("max")  # cgroup v2 without a limit
