@@ -261,3 +261,29 @@ def test_a_moved_checkpoint_folder_resumes_into_its_own_last_ckpt(sample48, tmp_
     resumed.train(max_epochs=3, checkpoint_dir=ck, ckpt_path=str(ck / "last.ckpt"), **TRAIN)
     assert not list(ck.glob("last-v*.ckpt"))
     assert torch.load(ck / "last.ckpt", weights_only=False)["epoch"] == 2  # the resumed run's last epoch (0-based)
+
+
+def test_the_cpu_memory_estimate_counts_genes_a_cell_can_have_and_skips_a_frozen_encoder(sample48, monkeypatch):
+    # user probe: the warning fired at ~3x the real need on 765-gene data with max_genes 2048 (a cell holds at most
+    # its genes), and at ~12x for a frozen encoder (no activations kept for a backward pass)
+    from genemamba_scvi.model import _training
+
+    adata = sample48.copy()
+    adata.obs["label"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="label")
+    model = GeneMambaModel(adata, **{**TINY, "max_genes": adata.n_vars + 500})
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def record(config, batch_size, genes, gradient_checkpointing):
+        seen.append(genes)
+        raise Seen
+
+    monkeypatch.setattr(_training, "warn_if_cpu_memory_short", record)
+    with pytest.raises(Seen):
+        model.train(max_epochs=1, **TRAIN)
+    assert seen == [adata.n_vars + 1]
+    model.train_classifier(max_epochs=1, freeze_encoder=True, **TRAIN)  # not estimated: the encoder is frozen
+    assert seen == [adata.n_vars + 1]

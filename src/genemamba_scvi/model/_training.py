@@ -205,8 +205,9 @@ class GeneMambaTrainingMixin:
         require_cuda_if_asked(trainer_kwargs["accelerator"])
         on_gpu = training_on_gpu(trainer_kwargs["accelerator"], trainer_kwargs["devices"])
         trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], on_gpu)
-        if not on_gpu:
-            warn_if_cpu_memory_short(self.module.encoder.config, batch_size, self.max_genes, gradient_checkpointing)
+        if not on_gpu and any(p.requires_grad for p in self.module.encoder.parameters()):  # (frozen: no activations)
+            longest = min(self.max_genes, self.adata.n_vars + 1)  # a cell holds at most its genes (and <cls>)
+            warn_if_cpu_memory_short(self.module.encoder.config, batch_size, longest, gradient_checkpointing)
         _check_model_counts(self.adata, self._setup_arg("layer"))  # not normalised in place since set-up
         tokenizer = self._tokenizer_for(self.adata, warn_unknown=False)
         _check_known_genes_expressed(self.adata, self._setup_arg("layer"), tokenizer.gene_token_ids)
