@@ -66,7 +66,16 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     _atomic_write_bytes(path, buf.getvalue())
 
 
-def npy_problem(path: Path, n_rows: int) -> str | None:
+def shard_problems(shard_dir: Path, n_rows: int) -> dict[str, str]:
+    """What is wrong with each of a shard's two files (``tokens.npy``, ``lengths.npy``) of ``n_rows`` rows.
+
+    ``{file name: "missing" or what is wrong}``, empty when both are sound (see :func:`_npy_problem`).
+    """
+    found = {name: _npy_problem(shard_dir / name, n_rows) for name in ("tokens.npy", "lengths.npy")}
+    return {name: why for name, why in found.items() if why}
+
+
+def _npy_problem(path: Path, n_rows: int) -> str | None:
     """What is wrong with a shard's ``.npy`` file of ``n_rows`` rows, or None.
 
     Missing, an unreadable header, other rows than the manifest's, or cut short. Reads the header only, so a corpus

@@ -12,7 +12,7 @@ import numpy as np
 from ._corpus_io import (
     MEDIANS_FILE,
     VOCAB_FILE,
-    npy_problem,
+    shard_problems,
     token_dtype,
 )
 from ._corpus_manifest import Manifest
@@ -52,23 +52,18 @@ class TokenCorpus:
                 "finish it"
             )
         self.max_genes = self.manifest.max_genes
-        missing = [
-            f"{self.manifest.shard_path(s).name}/{name}"
+        problems = {
+            f"{self.manifest.shard_path(s).name}/{name}": why
             for s in self.manifest.shards
-            for name in ("tokens.npy", "lengths.npy")
-            if not (self.manifest.shard_path(s) / name).is_file()
-        ]
+            for name, why in shard_problems(self.manifest.shard_path(s), int(s["n"])).items()
+        }
+        missing = [path for path, why in problems.items() if why == "missing"]
         if missing:  # found now, not as numpy's FileNotFoundError in the middle of a training run
             raise ValueError(
                 f"the corpus in {str(self.root)!r} lacks {len(missing)} shard file(s) its manifest lists (e.g. "
                 f"{missing[:3]}): restore them, or build the corpus again into an empty directory"
             )
-        damaged = [
-            f"{self.manifest.shard_path(s).name}/{name}: {why}"
-            for s in self.manifest.shards
-            for name in ("tokens.npy", "lengths.npy")
-            if (why := npy_problem(self.manifest.shard_path(s) / name, int(s["n"])))
-        ]
+        damaged = [f"{path}: {why}" for path, why in problems.items()]
         if damaged:  # found now, not as numpy's "mmap length is greater than file size" naming no file
             raise ValueError(
                 f"the corpus in {str(self.root)!r} has {len(damaged)} damaged shard file(s) (e.g. {damaged[:2]}): "

@@ -62,8 +62,8 @@ from ._corpus_io import (  # noqa: F401  (names of this module before the split)
     _match_genes,
     _now,
     _sha256_array,
-    npy_problem,
     resolve_inputs,
+    shard_problems,
     token_dtype,
 )
 from ._corpus_manifest import (  # noqa: F401  (names of this module before the split)
@@ -484,8 +484,7 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
         p = plan[int(s["name"].split("_")[1])] if s["name"].startswith("shard_") else None
         if p is None or (p["file"], p["row_start"], p["row_stop"]) != (s["file"], s["row_start"], s["row_stop"]):
             raise _mismatch_error(out, [f"shard {s['name']} does not match the shard plan of this call"])
-        why = [f"{name}: {w}" for name in ("tokens.npy", "lengths.npy")
-               if (w := npy_problem(out / SHARD_DIR / s["name"] / name, int(s["n"])))]  # fmt: skip
+        why = [f"{name}: {w}" for name, w in shard_problems(out / SHARD_DIR / s["name"], int(s["n"])).items()]
         if why:
             raise ValueError(
                 f"{str(out)!r}: shard {s['name']} is recorded in the manifest but its files are damaged ({why}); "
