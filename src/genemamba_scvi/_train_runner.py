@@ -39,22 +39,21 @@ class QuietTrainRunner(TrainRunner):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            # Ctrl-C: Lightning stops the run, ignores Ctrl-C from then on and calls sys.exit(1), which a notebook's
+            # `except KeyboardInterrupt` never sees. Ctrl-C works again, the steps taken are kept (weights, history,
+            # split) and the interrupt goes on as one. Any other error after some steps (a full disk at a
+            # checkpoint, a callback's) keeps them too: a model that called itself untrained would warn that its
+            # embeddings come from random weights, and save is_trained false.
+            if interrupted and main and sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
+            if stepped and (interrupted or isinstance(err, Exception)):
+                self._finish()
             if interrupted:
-                # Ctrl-C: Lightning stops the run, ignores Ctrl-C from then on and calls sys.exit(1), which a
-                # notebook's `except KeyboardInterrupt` never sees. Ctrl-C works again, the steps taken are kept
-                # (weights, history, split) and the interrupt goes on as one.
-                if main and sigint is not None:
-                    signal.signal(signal.SIGINT, sigint)
-                if stepped:
-                    self._finish()
                 raise KeyboardInterrupt(
                     f"training interrupted after {self.trainer.global_step} steps (epoch {self.trainer.current_epoch})"
                     f"; {self.interrupt_note}"
                 ) from None
-            if stepped and isinstance(err, Exception):  # (a full disk at a checkpoint, a callback's error, ...)
-                # the weights have moved: a model that called itself untrained would warn that its embeddings
-                # come from random weights, and save is_trained false; it is kept as a Ctrl-C keeps it
-                self._finish()
+            if stepped and isinstance(err, Exception):
                 err.add_note(
                     f"genemamba_scvi: training stopped after {self.trainer.global_step} steps (epoch "
                     f"{self.trainer.current_epoch}); {self.interrupt_note}"

@@ -32,7 +32,7 @@ def _embed(args: argparse.Namespace) -> int:
     from genemamba_scvi import GeneMambaModel
     from genemamba_scvi.data._corpus_io import check_h5ad_file
     from genemamba_scvi.io._checkpoint import looks_saved_by_load_side
-    from genemamba_scvi.io._files import _atomic_write_file, anndata_write_bytes, check_free_space
+    from genemamba_scvi.io._files import _atomic_write_file, check_room_for_anndata
 
     source, out = Path(args.input).expanduser(), Path(args.out).expanduser()  # ~ too after --out= (no shell)
     if not source.is_file():
@@ -138,7 +138,7 @@ def _embed(args: argparse.Namespace) -> int:
     adata.uns.setdefault("genemamba", {})[args.key] = record
     out.parent.mkdir(parents=True, exist_ok=True)
     compression = _x_compression(source)  # a copy of the input: as compressed as it was
-    check_free_space(out.parent, anndata_write_bytes(adata, compression), f"{out.name}")
+    check_room_for_anndata(adata, out.parent, compression, out.name)
     _atomic_write_file(out, functools.partial(adata.write_h5ad, compression=compression), overwrite=args.overwrite)
     print(f"[done] wrote {out}: obsm[{args.key!r}], {z.shape[0]} cells x {z.shape[1]} (model {args.model})")
     return 0

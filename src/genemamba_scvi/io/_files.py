@@ -229,6 +229,11 @@ def check_checkpoint_dir(checkpoint_dir: Any) -> None:
             ) from None
 
 
+def check_room_for_anndata(adata: Any, directory: Path, compression: str | None, what: str) -> None:
+    """:func:`check_free_space` for writing ``adata`` (:func:`anndata_write_bytes`) into ``directory``."""
+    check_free_space(directory, anndata_write_bytes(adata, compression), what)
+
+
 def anndata_write_bytes(adata: Any, compression: str | None = None) -> int:
     """A lower bound on the bytes ``adata.write_h5ad`` writes.
 

@@ -114,12 +114,12 @@ _NO_CONVERSION = (
 
 def _anndata_writer(adata: AnnData, dir_path: str | os.PathLike, write_kwargs: dict[str, Any]) -> Any:
     """The writer of ``save(..., save_anndata=True)``'s ``adata.h5ad``, once the disk is known to have the room."""
-    from genemamba_scvi.io._files import anndata_write_bytes, check_free_space
+    from genemamba_scvi.io._files import check_room_for_anndata
 
     # anndata turns string columns into categoricals in place: it does so here on copies of the frames
     adata = _shallow_copy_for_writing(adata)
-    need = anndata_write_bytes(adata, write_kwargs.get("compression"))
-    check_free_space(Path(dir_path).expanduser(), need, "the model's AnnData (save_anndata=True)")
+    where = Path(dir_path).expanduser()
+    check_room_for_anndata(adata, where, write_kwargs.get("compression"), "the model's AnnData (save_anndata=True)")
     return lambda path: adata.write_h5ad(path, **write_kwargs)
 
 
