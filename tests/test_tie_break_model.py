@@ -67,3 +67,20 @@ def test_tokenizer_settings_name_what_is_wrong():
                        ({"tokenization": "log1p"}, "tokenization"), ({"unk_token": 3}, "unk_token")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             TokenizerSettings(**bad)
+
+
+def test_settings_set_on_a_model_are_what_it_uses_and_saves(adata, tmp_path):
+    """max_genes and min_gene_overlap have one copy, the configuration: setting them on a model changes its tokens
+    and what it saves (the attribute and config.json disagreed before: a saved model forgot the new max_genes)."""
+    model = GeneMambaModel(adata, **TINY)
+    model.max_genes, model.min_gene_overlap = 24, 0.2
+    assert model.tokenizer_settings == TokenizerSettings(max_genes=24)
+    assert _tokens(model, adata).shape[1] == 24
+    model.save(tmp_path / "m")
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata, accelerator="cpu")
+    assert (loaded.max_genes, loaded.min_gene_overlap) == (24, 0.2)
+    np.testing.assert_array_equal(_tokens(loaded, adata), _tokens(model, adata))
+    for name, bad in (("max_genes", 0), ("max_genes", 2.5), ("min_gene_overlap", 1.5), ("min_gene_overlap", True)):
+        with pytest.raises(ValueError, match=name):
+            setattr(model, name, bad)
+    assert (model.max_genes, model.min_gene_overlap) == (24, 0.2)  # a refused value changes nothing

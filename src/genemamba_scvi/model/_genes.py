@@ -1,8 +1,9 @@
-"""Gene matching of :class:`~genemamba_scvi.model.GeneMambaModel`: ids at set-up, a query's genes, their warnings."""
+"""Genes and tokens of :class:`~genemamba_scvi.model.GeneMambaModel`: gene ids, a query's genes, tokenizer settings."""
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -12,8 +13,10 @@ import pandas as pd
 from anndata import AnnData
 
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
-from genemamba_scvi.data.normalize import count_matrix
-from genemamba_scvi.model._utils import _positions
+from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix
+from genemamba_scvi.data.tokenize import TokenizerSettings
+from genemamba_scvi.dataloader import TokenizerSpec
+from genemamba_scvi.model._utils import _check_choice, _positions
 
 #: Default of ``min_gene_overlap`` (also written by :meth:`GeneMambaModel.pretrain`).
 _MIN_GENE_OVERLAP = 0.5
@@ -208,3 +211,98 @@ def _without_unk(match: Any, vocab: Any, unk_token: str | None) -> Any:
     if unk_token is None or unk_token not in vocab:
         return match
     return dataclasses.replace(match, n_vocab_genes=match.n_vocab_genes - 1)
+
+
+def _check_gene_overlap(value: Any) -> float:
+    """``min_gene_overlap`` as a float, or a :class:`ValueError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= value <= 1.0):
+        raise ValueError(f"min_gene_overlap must be a fraction in [0, 1], got {value!r}")
+    return float(value)
+
+
+class GeneMambaGenesMixin:
+    """How a model matches genes and makes tokens (mixed into ``GeneMambaModel``).
+
+    ``max_genes``, ``min_gene_overlap`` and :attr:`tokenizer_settings` read the model's saved configuration (its one
+    copy): setting ``max_genes`` or ``min_gene_overlap`` changes what the model does next and what it saves.
+    """
+
+    _config: dict[str, Any]
+
+    @property
+    def tokenizer_settings(self) -> TokenizerSettings:
+        """How this model turns counts into tokens (``max_genes``, ``tokenization``, ``unk_token``, ``tie_break``)."""
+        return TokenizerSettings.from_config(self._config)
+
+    @property
+    def max_genes(self) -> int:
+        """Genes per cell (top-k) the model reads; settable (e.g. more genes at inference), saved with the model."""
+        return int(self._config["max_genes"])
+
+    @max_genes.setter
+    def max_genes(self, value: int) -> None:
+        self._config["max_genes"] = TokenizerSettings(max_genes=value).max_genes  # checked there
+
+    @property
+    def min_gene_overlap(self) -> float:
+        """The gene overlap below which an AnnData is refused (see the class); settable, saved with the model."""
+        return float(self._config["min_gene_overlap"])
+
+    @min_gene_overlap.setter
+    def min_gene_overlap(self, value: float) -> None:
+        self._config["min_gene_overlap"] = _check_gene_overlap(value)
+
+    @property
+    def _tokenization(self) -> str:
+        return self.tokenizer_settings.tokenization
+
+    @property
+    def _unk_token(self) -> str | None:
+        return self.tokenizer_settings.unk_token
+
+    def _gene_ids(self, adata: AnnData) -> list[str]:
+        key = self._setup_arg("gene_id_key")  # a query without that column is matched by var_names (_register_afresh)
+        return list(adata.var[key].astype(str)) if key and key in adata.var else list(map(str, adata.var_names))
+
+    def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
+        medians = getattr(self, "gene_medians_", None)
+        ids = self._gene_ids(adata)
+        column = self._setup_arg("gene_id_key")
+        column = column if column and column in adata.var else None  # where ids came from, for the errors
+        key = hash(tuple(ids))  # each warning once per model and gene list (load, embed, predict: the same genes)
+        coverage_told = self.__dict__.setdefault("_gene_coverage_reported", set())
+        match = _match_query_genes(
+            self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token, column, key not in coverage_told
+        )
+        if medians is not None:  # (set-up matches before the medians exist: nothing was checked yet)
+            coverage_told.add(key)
+        n_unknown = int((match.token_ids < 0).sum())
+        reported = self.__dict__.setdefault("_unknown_genes_reported", set())
+        if warn_unknown and n_unknown and key not in reported:
+            reported.add(key)
+            as_unk = self._unk_token if self._tokenization == "published" else None
+            fate = "ignored" if as_unk is None else f"tokenised as {as_unk} (published tokenization)"
+            _warn_unmatched_genes(match, adata.n_vars, fate, as_unk)
+        return match.token_ids
+
+    def _medians_from(self, adata: AnnData, method: str) -> np.ndarray:
+        _check_choice("gene_medians", method, ("exact", "tdigest"))
+        token_ids = self._match_genes(adata, warn_unknown=False)
+        col_medians = compute_gene_medians(adata, layer=self._setup_arg("layer"), method=method)
+        medians = np.full(len(self.vocab_), np.nan)
+        keep = token_ids >= 0
+        medians[token_ids[keep]] = col_medians[keep]
+        return medians
+
+    def _tokenizer_for(self, adata: AnnData, warn_unknown: bool = True) -> TokenizerSpec:
+        token_ids = self._match_genes(adata, warn_unknown=warn_unknown)
+        medians = np.where(token_ids >= 0, self.gene_medians_[np.clip(token_ids, 0, None)], np.nan)
+        return TokenizerSpec(
+            gene_token_ids=token_ids,
+            gene_medians=medians,
+            max_genes=self.max_genes,
+            add_cls=self._config["pooling"] == "cls",
+            method=self._tokenization,
+            unk_id=None if self._unk_token is None else self.vocab_[self._unk_token],
+            tie_break=self.tokenizer_settings.tie_break,
+        )

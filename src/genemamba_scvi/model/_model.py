@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -18,23 +17,21 @@ from scvi.model.base import BaseModelClass
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import resolve_precision
 from genemamba_scvi.data.gene_ids import warn_if_not_gene_ids
-from genemamba_scvi.data.normalize import compute_gene_medians
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.data.vocab import GeneVocab
-from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
+from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter
 from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
+    GeneMambaGenesMixin,
     _check_gene_ids,
+    _check_gene_overlap,
     _check_known_genes_expressed,
-    _match_query_genes,
-    _warn_unmatched_genes,
 )
 from genemamba_scvi.model._inference import embed_cells
 from genemamba_scvi.model._query import GeneMambaQueryMixin
 from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin
 from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTrainRunner
 from genemamba_scvi.model._utils import (
-    _check_choice,
     _check_indices,
     _check_is_anndata,
     _check_model_counts,
@@ -97,7 +94,9 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
     return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(max_genes, 1))))
 
 
-class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQueryMixin, BaseModelClass):
+class GeneMambaModel(
+    GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaGenesMixin, GeneMambaQueryMixin, BaseModelClass
+):
     """GeneMamba: a bidirectional Mamba-2 foundation model of ranked gene tokens.
 
     Each cell becomes the sequence of its top ``max_genes`` genes ranked by count / cell total / the
@@ -189,16 +188,14 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQu
             )
             raise ValueError(f"unk_token={unk_token!r} {why}")
         self.vocab_ = vocab
-        self._tokenization = tokenization
-        self._unk_token = unk_token
-        self.max_genes = tokenizer.max_genes
-        if (
-            isinstance(min_gene_overlap, bool)
-            or not isinstance(min_gene_overlap, numbers.Real)
-            or not (0.0 <= min_gene_overlap <= 1.0)
-        ):
-            raise ValueError(f"min_gene_overlap must be a fraction in [0, 1], got {min_gene_overlap!r}")
-        self.min_gene_overlap = float(min_gene_overlap)
+        # the keys and order of config.json, as every earlier version wrote it; the one copy of the tokenizer settings
+        # and min_gene_overlap (the attributes of the same names read and write it)
+        self._config = {
+            "max_genes": tokenizer.max_genes,
+            **config.to_dict(model_args_only=True),
+            "min_gene_overlap": _check_gene_overlap(min_gene_overlap),
+            **{k: v for k, v in tokenizer.to_config().items() if k != "max_genes"},
+        }
         if not (medians_given := not (gene_medians is None or isinstance(gene_medians, str))):
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         gene_medians = np.asarray(gene_medians, dtype=np.float64)
@@ -209,13 +206,6 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQu
             self._match_genes(adata)  # refuses genes that do not fit the model, warns about unknown and missing ones
         self.label_names_: list[str] | None = None
         self.classifier_hidden_: int | None = None
-        # the keys and order of config.json, as every earlier version wrote it
-        self._config = {
-            "max_genes": self.max_genes,
-            **config.to_dict(model_args_only=True),
-            "min_gene_overlap": self.min_gene_overlap,
-            **{k: v for k, v in tokenizer.to_config().items() if k != "max_genes"},
-        }
         self.module = self._module_cls(len(vocab), mask_id=vocab.mask_id, n_special=vocab.n_special, config=config)
         self.module.unk_id = None if unk_token is None else vocab[unk_token]  # never a masked-gene target
         n_params = sum(p.numel() for p in self.module.parameters())
@@ -299,53 +289,6 @@ class GeneMambaModel(GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaQu
 
     def _setup_arg(self, name: str) -> Any:
         return self.adata_manager.registry["setup_args"].get(name)
-
-    def _gene_ids(self, adata: AnnData) -> list[str]:
-        key = self._setup_arg("gene_id_key")  # a query without that column is matched by var_names (_register_afresh)
-        return list(adata.var[key].astype(str)) if key and key in adata.var else list(map(str, adata.var_names))
-
-    def _match_genes(self, adata: AnnData, warn_unknown: bool = True) -> np.ndarray:
-        medians = getattr(self, "gene_medians_", None)
-        ids = self._gene_ids(adata)
-        column = self._setup_arg("gene_id_key")
-        column = column if column and column in adata.var else None  # where ids came from, for the errors
-        key = hash(tuple(ids))  # each warning once per model and gene list (load, embed, predict: the same genes)
-        coverage_told = self.__dict__.setdefault("_gene_coverage_reported", set())
-        match = _match_query_genes(
-            self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token, column, key not in coverage_told
-        )
-        if medians is not None:  # (set-up matches before the medians exist: nothing was checked yet)
-            coverage_told.add(key)
-        n_unknown = int((match.token_ids < 0).sum())
-        reported = self.__dict__.setdefault("_unknown_genes_reported", set())
-        if warn_unknown and n_unknown and key not in reported:
-            reported.add(key)
-            as_unk = self._unk_token if self._tokenization == "published" else None
-            fate = "ignored" if as_unk is None else f"tokenised as {as_unk} (published tokenization)"
-            _warn_unmatched_genes(match, adata.n_vars, fate, as_unk)
-        return match.token_ids
-
-    def _medians_from(self, adata: AnnData, method: str) -> np.ndarray:
-        _check_choice("gene_medians", method, ("exact", "tdigest"))
-        token_ids = self._match_genes(adata, warn_unknown=False)
-        col_medians = compute_gene_medians(adata, layer=self._setup_arg("layer"), method=method)
-        medians = np.full(len(self.vocab_), np.nan)
-        keep = token_ids >= 0
-        medians[token_ids[keep]] = col_medians[keep]
-        return medians
-
-    def _tokenizer_for(self, adata: AnnData, warn_unknown: bool = True) -> TokenizerSpec:
-        token_ids = self._match_genes(adata, warn_unknown=warn_unknown)
-        medians = np.where(token_ids >= 0, self.gene_medians_[np.clip(token_ids, 0, None)], np.nan)
-        return TokenizerSpec(
-            gene_token_ids=token_ids,
-            gene_medians=medians,
-            max_genes=self.max_genes,
-            add_cls=self._config["pooling"] == "cls",
-            method=self._tokenization,
-            unk_id=None if self._unk_token is None else self.vocab_[self._unk_token],
-            tie_break=TokenizerSettings.from_config(self._config).tie_break,
-        )
 
     def _token_loader(
         self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None, **kwargs: Any
