@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import lightning.pytorch as pl
@@ -272,6 +273,11 @@ def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path, monkeypat
     assert model.history["train_loss"].index.name == "epoch" and len(model.history["train_loss"]) == 1
     assert np.isfinite(model.history["train_loss"].to_numpy()).all() and "lm_loss_train" in model.history
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    # where the weights came from survives a re-save (it was dropped by the first save after loading)
+    assert model.pretrained_on_ == str(corpus_dir)
+    model.save(tmp_path / "resaved")
+    assert GeneMambaModel.load(tmp_path / "resaved", adata=adata).pretrained_on_ == str(corpus_dir)
+    shutil.rmtree(tmp_path / "resaved")
     # the saved weights are the trained ones
     trained = result.module.encoder.embedding.weight.detach()
     torch.testing.assert_close(model.module.encoder.embedding.weight.detach(), trained)

@@ -553,6 +553,7 @@ def test_published_tokenization_round_trips_through_save_and_load(tmp_path):
         warnings.simplefilter("ignore", UserWarning)
         loaded = GeneMambaModel.load(tmp_path / "saved", adata=adata)
     assert loaded._config["tokenization"] == "published" and loaded._config["unk_token"] == "[UNK]"
+    assert loaded.pretrained_on_ == model.pretrained_on_ == str(path)  # where the weights came from, kept
     np.testing.assert_array_equal(loaded.get_latent_representation(), before)
     # the kept [UNK] is never a masked-gene target in further training (it was half of them on real data)
     assert model.module.unk_id == loaded.module.unk_id == model.vocab_["[UNK]"] >= model.vocab_.n_special

@@ -104,6 +104,9 @@ class GeneMambaModel(
     it in both directions with shared weights, merged by a learned gate. Cell embeddings are the mean of
     the final hidden states over real tokens.
 
+    ``pretrained_on_`` records where the weights were pre-trained (the corpus of :meth:`pretrain`, the directory
+    :meth:`from_pretrained` read), or ``None``; it is saved and loaded with the model.
+
     Parameters
     ----------
     adata
@@ -206,6 +209,7 @@ class GeneMambaModel(
             self._match_genes(adata)  # refuses genes that do not fit the model, warns about unknown and missing ones
         self.label_names_: list[str] | None = None
         self.classifier_hidden_: int | None = None
+        self.pretrained_on_: str | None = None  # what the weights were pre-trained on (kept by save / load)
         self.module = self._module_cls(len(vocab), mask_id=vocab.mask_id, n_special=vocab.n_special, config=config)
         self.module.unk_id = None if unk_token is None else vocab[unk_token]  # never a masked-gene target
         n_params = sum(p.numel() for p in self.module.parameters())

@@ -141,6 +141,7 @@ class GeneMambaSaveLoadMixin:
             "random_encoder": bool(self._random_encoder),
             "history": _history_to_json(self.history_),
             "split": split_to_json(self),
+            **({"pretrained_on": self.pretrained_on_} if getattr(self, "pretrained_on_", None) else {}),
         }
 
     @classmethod
@@ -382,6 +383,7 @@ class GeneMambaSaveLoadMixin:
         model._random_encoder = bool(extra.get("random_encoder", False))
         model.history_ = _history_from_json(extra.get("history"))  # None for models saved before it was kept
         split_from_json(model, extra.get("split"))
+        model.pretrained_on_ = extra.get("pretrained_on")
         return model
 
     @classmethod
@@ -513,4 +515,5 @@ class GeneMambaSaveLoadMixin:
         model.to_device(dev)
         model.module.eval()
         model.is_trained_ = True
+        model.pretrained_on_ = info["source"]
         return model
