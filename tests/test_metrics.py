@@ -225,6 +225,15 @@ def test_pathway_pair_auroc_perfect_and_inverted():
     # crossed sets: positives (a1, b1) cos 0 and (a2, b2) cos 0.22; negatives cos 0.99, 0.11, 0.11, 0.99
     crossed = pathway_pair_auroc(emb, {"A": ["a1", "b1"], "B": ["a2", "b2"]}, n_negative=4)
     assert crossed["auroc"] == pytest.approx(2 / 8)  # only 0.22 > 0.11 (twice) of 2 x 4 comparisons
+    # set weights (a set bootstrap's draw counts): B's pair counts 3 times, A's once -> (3 x 2 + 1 x 0) / (4 x 4)
+    crossed_sets = {"A": ["a1", "b1"], "B": ["a2", "b2"]}
+    weighted = pathway_pair_auroc(emb, crossed_sets, n_negative=4, set_weights={"A": 1, "B": 3})
+    assert weighted["auroc"] == pytest.approx(6 / 16)
+    ones = pathway_pair_auroc(emb, crossed_sets, n_negative=4, set_weights={"A": 1.0, "B": 1.0})
+    assert ones == crossed
+    for bad, match in (({"C": 1}, "not in gene_sets"), ({"A": -1}, ">= 0"), ({"A": 0}, "at least one")):
+        with pytest.raises(ValueError, match=match):
+            pathway_pair_auroc(emb, crossed_sets, set_weights=bad)
 
 
 def test_pathway_pair_auroc_exclude_pairs():

@@ -347,12 +347,38 @@ def _pair_cosines(x: np.ndarray, keys: np.ndarray, n: int, chunk: int = 2**20) -
     return out
 
 
+def _checked_set_weights(
+    set_weights: Mapping[str, float] | None, gene_sets: Mapping[str, Sequence[str]]
+) -> dict[str, float] | None:
+    """``set_weights`` as floats, refusing unknown sets, negative or non-finite weights and all-zero weights."""
+    if set_weights is None:
+        return None
+    unknown = [k for k in set_weights if k not in gene_sets]
+    if unknown:
+        raise ValueError(f"set_weights names sets that are not in gene_sets: {unknown[:5]}")
+    weights = {k: float(v) for k, v in set_weights.items()}
+    if not all(np.isfinite(v) and v >= 0 for v in weights.values()) or not any(v > 0 for v in weights.values()):
+        raise ValueError("set_weights must be finite and >= 0, with at least one set above 0")
+    return weights
+
+
+def _merge_pairs(
+    keys: np.ndarray, weight: np.ndarray, batch: list[tuple[np.ndarray, float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted unique pair keys of ``keys`` and ``batch``, each with its summed weight."""
+    all_keys = np.concatenate([keys, *(k for k, _ in batch)])
+    all_weight = np.concatenate([weight, *(np.full(k.size, w) for k, w in batch)])
+    unique, inverse = np.unique(all_keys, return_inverse=True)
+    return unique, np.bincount(inverse, weights=all_weight, minlength=unique.size)
+
+
 def pathway_pair_auroc(
     embeddings: pd.DataFrame,
     gene_sets: Mapping[str, Sequence[str]],
     n_negative: int | None = None,
     exclude_pairs: set[tuple[str, str]] | None = None,
     seed: int = 0,
+    set_weights: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """How well cosine similarity of gene embeddings separates same-set gene pairs from random pairs (AUROC).
 
@@ -374,6 +400,11 @@ def pathway_pair_auroc(
         training).
     seed
         Seed of the negative sampling.
+    set_weights
+        Set name -> weight >= 0 (default: none, every same-set pair counted once). Given, a positive pair counts
+        with the summed weight of the sets it is in, sets of weight 0 (or not named) are left out, and the AUROC
+        is weighted so. A set bootstrap passes each set's number of draws: a set drawn twice then counts twice
+        (resampled sets merged by name count once).
 
     Returns
     -------
@@ -388,18 +419,21 @@ def pathway_pair_auroc(
     n = len(labels)
     # pairs as int64 keys i * n + j (i < j), sorted and unique: the same order as sorted (i, j) tuples, at 8 bytes a
     # pair (a Python set of tuples took ~11 GB for the shipped GO sets over a 16k-gene vocabulary; gene probe)
-    same_set = np.zeros(0, dtype=np.int64)
+    weights = _checked_set_weights(set_weights, gene_sets)
+    same_set, pair_weight = np.zeros(0, dtype=np.int64), np.zeros(0)
     genes = np.zeros(0, dtype=np.int64)
-    batch: list[np.ndarray] = []
-    for members in gene_sets.values():
+    batch: list[tuple[np.ndarray, float]] = []
+    for name, members in gene_sets.items():
+        if (w := weights.get(name, 0.0) if weights is not None else 1.0) <= 0:
+            continue
         ids = np.unique(np.fromiter((index[g] for g in members if g in index), dtype=np.int64))
         genes = np.union1d(genes, ids)
         a, b = np.triu_indices(len(ids), k=1)
-        batch.append(ids[a] * n + ids[b])
-        if sum(v.size for v in batch) > 2**24:  # merged in batches: memory stays ~ the unique pairs
-            same_set = np.union1d(same_set, np.concatenate(batch))
+        batch.append((ids[a] * n + ids[b], w))
+        if sum(k.size for k, _ in batch) > 2**24:  # merged in batches: memory stays ~ the unique pairs
+            same_set, pair_weight = _merge_pairs(same_set, pair_weight, batch)
             batch = []
-    same_set = np.union1d(same_set, np.concatenate(batch)) if batch else same_set
+    same_set, pair_weight = _merge_pairs(same_set, pair_weight, batch) if batch else (same_set, pair_weight)
     if not same_set.size:
         raise ValueError(
             f"no same-set gene pair has both genes in the embeddings (e.g. {list(labels[:3])}); genes are matched by "
@@ -409,7 +443,8 @@ def pathway_pair_auroc(
     if exclude_pairs:
         drop = [min(index[a], index[b]) * n + max(index[a], index[b]) for a, b in exclude_pairs
                 if a in index and b in index and a <= b]  # fmt: skip
-        positives = same_set[~np.isin(same_set, np.asarray(drop, dtype=np.int64))]
+        kept = ~np.isin(same_set, np.asarray(drop, dtype=np.int64))
+        positives, pair_weight = same_set[kept], pair_weight[kept]
         if not positives.size:
             raise ValueError(f"exclude_pairs removes all {same_set.size} same-set gene pairs of the embeddings' genes")
     pool = genes
@@ -433,8 +468,9 @@ def pathway_pair_auroc(
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     cos_pos, cos_neg = _pair_cosines(x, positives, n), _pair_cosines(x, np.sort(negatives), n)
     y = np.r_[np.ones(len(cos_pos)), np.zeros(len(cos_neg))]
+    sample_weight = None if weights is None else np.r_[pair_weight, np.ones(len(cos_neg))]
     return {
-        "auroc": float(roc_auc_score(y, np.r_[cos_pos, cos_neg])),
+        "auroc": float(roc_auc_score(y, np.r_[cos_pos, cos_neg], sample_weight=sample_weight)),
         "n_genes": len(pool),
         "n_positive": len(cos_pos),
         "n_negative": len(cos_neg),
