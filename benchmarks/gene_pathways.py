@@ -123,7 +123,8 @@ def set_bootstrap_ci(emb, sets, exclude, n_boot: int, seed: int) -> tuple[float,
         draws = np.bincount(rng.choice(len(names), len(names), replace=True), minlength=len(names))
         weights = {names[k]: int(c) for k, c in enumerate(draws) if c}
         try:
-            r = pathway_pair_auroc(emb, sets, exclude_pairs=exclude, seed=int(rng.integers(1 << 31)), set_weights=weights)
+            seed_k = int(rng.integers(1 << 31))
+            r = pathway_pair_auroc(emb, sets, exclude_pairs=exclude, seed=seed_k, set_weights=weights)
         except ValueError:  # a resample without any usable pair
             continue
         vals.append(r["auroc"])
