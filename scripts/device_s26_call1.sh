@@ -13,4 +13,6 @@ echo "ab2048x48 rc=$?"; pick $OUT/ab_graphs_s26.log 6; grep "^cuda_graphs" $OUT/
 timeout 110 $AB --k 4096 --cells 24 --arms default "$G" transformer_varlen \
   --out $OUT/ab4096_graphs_s26.json >> $OUT/ab_graphs_s26.log 2>&1
 echo "ab4096x24 rc=$?"; pick $OUT/ab_graphs_s26.log 6; grep "^cuda_graphs" $OUT/ab_graphs_s26.log | tail -1 | cut -c1-300
+# then throughput.py's real-cell, full-length and stress settings (the deliverable, on whichever card came)
+full_run 200 260 --only real_,full_L2048,full_L8192,stress --no-profile
 exit 0
