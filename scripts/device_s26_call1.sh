@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 25, device call 3 (predictions: benchmarks/NOTES_throughput.md section 27). At most 8 files under $OUT.
+# Session 26, device call 1: session 25's queued call 3 (predictions: NOTES_throughput.md sections 27-28), then throughput.py.
 # Call 2 found a GeneMamba training step host-bound or nearly so (enqueue 0.7-1.0 of wall). CUDA graphs of the
 # encoder's pass (nn/graphs.py, opt-in since session 12, when 48 cells gained nothing) against eager and the packed
 # transformer on today's kernels: top-2048 x 48 and top-4096 x 24, batches reused (each bucket captured in warm-up).
