@@ -90,3 +90,31 @@ def test_official_checkpoint_is_placed_on_the_gpu_by_default(tmp_path, _sample_a
     z_gpu = on_gpu.get_latent_representation(precision="32-true")
     z_cpu = on_cpu.get_latent_representation()
     np.testing.assert_allclose(z_gpu, z_cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_a_users_gpu_session_round_trips_to_the_cpu(tmp_path):
+    """A notebook's GPU path through the public API: train, fine-tune a head, predict, save, then load on the GPU
+    (the same embeddings and labels) and on a CPU (the torch backend in float32: the same labels for nearly every
+    cell, embeddings at cosine > 0.99 from the GPU's bf16)."""
+    from genemamba_scvi import GeneMambaModel
+    from genemamba_scvi.datasets import load_pbmc68k_counts
+
+    adata = load_pbmc68k_counts()  # 700 real PBMCs with their labels
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="bulk_labels")
+    scvi.settings.seed = 0
+    model = GeneMambaModel(adata, d_model=128, n_layers=2, max_genes=512)
+    assert model.device.type == "cuda"  # on a GPU when there is one, as load and from_pretrained
+    model.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
+    model.train_classifier(max_epochs=2, batch_size=32, enable_progress_bar=False)
+    z, labels = model.get_latent_representation(), model.predict()
+    assert np.isfinite(z).all() and len(labels) == adata.n_obs
+    model.save(tmp_path / "m")
+    again = GeneMambaModel.load(tmp_path / "m", adata=adata.copy())
+    assert again.device.type == "cuda"
+    np.testing.assert_allclose(again.get_latent_representation(), z, rtol=0, atol=0)
+    assert (again.predict() == labels).all()
+    on_cpu = GeneMambaModel.load(tmp_path / "m", adata=adata.copy(), accelerator="cpu")
+    z_cpu = on_cpu.get_latent_representation()
+    cos = (z * z_cpu).sum(1) / (np.linalg.norm(z, axis=1) * np.linalg.norm(z_cpu, axis=1))
+    assert cos.min() > 0.99, cos.min()
+    assert (on_cpu.predict() == labels).mean() >= 0.95

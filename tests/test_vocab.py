@@ -259,3 +259,16 @@ def test_two_current_gencode_genes_are_never_joined_through_org_hs():
         other["MCL1"],
     ]
     assert vocab.lookup(["HLA-DQA1", "hla-dqa2"]).tolist() == [-1, vocab["HLA-DQA2"]]
+
+
+def test_a_genes_own_ensembl_id_outranks_a_case_variant_of_its_symbol():
+    # user probe: the sample holds C2orf15 (146 UMIs) and an all-zero C2ORF15 column; with var_names converted to
+    # Ensembl ids by GENCODE, C2orf15's id lost its token to the case variant (its counts read as zeros)
+    vocab = GeneVocab(["C2orf15", "CD3E"])
+    match = vocab.match(["C2ORF15", "ENSG00000273045", "CD3E"])
+    assert match.token_ids.tolist() == [-1, vocab["C2orf15"], vocab["CD3E"]]
+    assert match.yielded == [("C2ORF15", "ENSG00000273045", "C2orf15")]
+    assert vocab.lookup(["ENSG00000273045", "c2orf15"]).tolist() == [vocab["C2orf15"]] * 2
+    # a name matched through the tables is named in the report, so that each can be checked
+    assert match.mapped == [("ENSG00000273045", "C2orf15")]
+    assert "e.g. 'ENSG00000273045->C2orf15'" in match.report()

@@ -9,14 +9,16 @@ mixed) to token ids. Every name is resolved on its own, in this order of priorit
 1. ``direct``: the name is a vocabulary gene.
 2. ``version``: both are Ensembl ids and agree once version suffixes are stripped and case ignored
    (``ENSG00000141510.12`` -> ``ENSG00000141510``; ``_PAR_Y`` suffixes are kept).
-3. ``case``: a symbol that equals exactly one vocabulary gene when case is ignored.
-4. ``mapped``: through the embedded Ensembl id <-> symbol tables (GENCODE v44 and org.Hs.eg.db 3.16.0,
-   see :func:`genemamba_scvi.datasets.load_gene_id_table`), in sub-steps of decreasing priority:
-   Ensembl id -> symbols / symbol -> Ensembl ids with exact case, GENCODE then org.Hs.eg.db; the same
-   ignoring case; then one more hop through both tables (symbol -> id -> other symbol of that id, e.g. a
-   renamed gene; id -> symbol -> other ids). A match through org.Hs.eg.db or that hop never joins two genes that
-   GENCODE v44 holds as different genes (org.Hs.eg.db lists some paralogous or overlapping loci's ids under one
-   symbol, e.g. ``HLA-DQA1`` with ids of ``HLA-DQA2``).
+3. ``mapped`` through GENCODE v44 with exact case: an Ensembl id whose GENCODE symbol is a vocabulary gene, or a
+   symbol whose GENCODE id is (a gene's own id outranks a case variant of its symbol: a query holding
+   ``ENSG00000273045`` and an unrelated ``C2ORF15`` column gives C2orf15's token to the former).
+4. ``case``: a symbol that equals exactly one vocabulary gene when case is ignored.
+5. ``mapped``: through the other embedded tables (see :func:`genemamba_scvi.datasets.load_gene_id_table`), in
+   sub-steps of decreasing priority: org.Hs.eg.db 3.16.0 with exact case; GENCODE then org.Hs.eg.db ignoring case;
+   then one more hop through both tables (symbol -> id -> other symbol of that id, e.g. a renamed gene;
+   id -> symbol -> other ids). A match through org.Hs.eg.db or that hop never joins two genes that GENCODE v44
+   holds as different genes (org.Hs.eg.db lists some paralogous or overlapping loci's ids under one symbol, e.g.
+   ``HLA-DQA1`` with ids of ``HLA-DQA2``).
 
 A name never takes a token already claimed at a higher priority (e.g. ``C1ORF220`` yields to
 ``C1orf220``); two names that claim the same token at the same priority are a collision.
@@ -54,6 +56,8 @@ MATCH_METHODS: tuple[str, ...] = ("direct", "version", "case", "mapped")
 # internal match stages in priority order -> reported method (index into MATCH_METHODS)
 # 3/4: GENCODE / org.Hs.eg.db table, exact case; 5/6: the same ignoring case; 7: two hops through the union
 _STAGE_METHOD: tuple[int, ...] = (0, 1, 2, 3, 3, 3, 3, 3)
+# the order the stages are tried in: GENCODE's exact mapping (3) before the case-insensitive symbol (2), see above
+_STAGE_ORDER: tuple[int, ...] = (0, 1, 3, 2, 4, 5, 6, 7)
 
 _FORMAT = "genemamba-scvi/vocab"
 _FORMAT_VERSION = 1
@@ -98,6 +102,9 @@ class GeneMatch:
     yielded
         ``(dropped var_name, kept var_name, vocabulary gene)`` for names whose gene another name holds at a higher
         priority: the same gene twice in the data (e.g. a symbol column and an Ensembl-id column of one gene).
+    mapped
+        ``(var_name, vocabulary gene)`` for names matched through the symbol <-> Ensembl tables (another name of
+        the gene, e.g. an alias or the gene's Ensembl id), listed in :meth:`report` so that each can be checked.
     """
 
     var_names: list[str]
@@ -107,6 +114,7 @@ class GeneMatch:
     min_overlap: float
     collisions: list[tuple[str, str, str]] = field(default_factory=list)
     yielded: list[tuple[str, str, str]] = field(default_factory=list)
+    mapped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def matched(self) -> np.ndarray:
@@ -154,7 +162,8 @@ class GeneMatch:
             f"  directly:                          {c['direct']:>8,}",
             f"  after stripping version suffixes:  {c['version']:>8,}",
             f"  case-insensitively (symbols):      {c['case']:>8,}",
-            f"  via symbol<->Ensembl mapping:      {c['mapped']:>8,}",
+            f"  via symbol<->Ensembl mapping:      {c['mapped']:>8,}"
+            + (f"  e.g. {_examples([f'{a}->{b}' for a, b in self.mapped])}" if self.mapped else ""),
             f"  {'dropped, not in vocabulary:' if unknown_as is None else f'not in vocabulary, as {unknown_as}:':<35}"
             f"{n_missing:>8,}" + (f"  e.g. {_examples(missing)}" if missing else ""),
             f"  dropped, duplicate of another gene:{n_dup:>8,}"
@@ -429,7 +438,7 @@ class GeneVocab:
         for name in names:
             name = str(name)
             tok = -1
-            for stage in range(len(_STAGE_METHOD)):
+            for stage in _STAGE_ORDER:
                 cands = self._candidates(name, stage)
                 if cands:
                     tok = cands[0]
@@ -491,7 +500,8 @@ class GeneVocab:
         collisions: list[tuple[str, str, str]] = []
         first_yield: dict[int, int] = {}  # position -> the token it could not take (claimed at a higher priority)
         pending = list(range(n))
-        for stage, how in enumerate(_STAGE_METHOD):
+        for stage in _STAGE_ORDER:
+            how = _STAGE_METHOD[stage]
             if not pending:
                 break
             stage_claims: dict[int, int] = {}
@@ -537,6 +547,10 @@ class GeneVocab:
             min_overlap=float(min_overlap),
             collisions=collisions,
             yielded=yielded,
+            mapped=[
+                (names[i], self.genes[token_ids[i] - self.n_special])
+                for i in np.flatnonzero(method == MATCH_METHODS.index("mapped"))
+            ],
         )
         n_matched = result.n_matched
         if n_matched == 0 or result.overlap < min_overlap:

@@ -251,7 +251,9 @@ class GeneMambaModel(
             ``adata.var_names``. Ids are matched to the model's vocabulary directly, then without an Ensembl
             version suffix, then case-insensitively for symbols (so ``Cd3e`` matches ``CD3E``: mouse symbols
             written this way reach the human genes of the same name), then through the shipped symbol <-> Ensembl
-            table; ``model.vocab_.match(ids).report()`` shows how each was matched.
+            table (the module docstring of :mod:`genemamba_scvi.data.vocab` gives the order);
+            ``model.vocab_.match(ids, min_overlap=0).report()`` shows how each was matched (``min_overlap=0``: the
+            model accepts a query by either of two shares, see ``min_gene_overlap`` of :class:`GeneMambaModel`).
 
         Raises
         ------
