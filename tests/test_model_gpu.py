@@ -102,9 +102,9 @@ def test_a_users_gpu_session_round_trips_to_the_cpu(tmp_path):
     adata = load_pbmc68k_counts()  # 700 real PBMCs with their labels
     GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="bulk_labels")
     scvi.settings.seed = 0
-    model = GeneMambaModel(adata, d_model=128, n_layers=2, max_genes=512)
-    assert model.device.type == "cuda"  # on a GPU when there is one, as load and from_pretrained
+    model = GeneMambaModel(adata, d_model=128, n_layers=2, max_genes=512)  # built on the CPU, as scvi-tools' models
     model.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
+    assert model.device.type == "cuda"  # train put it on the GPU, and it stays there
     model.train_classifier(max_epochs=2, batch_size=32, enable_progress_bar=False)
     z, labels = model.get_latent_representation(), model.predict()
     assert np.isfinite(z).all() and len(labels) == adata.n_obs
