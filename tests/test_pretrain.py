@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
 import warnings
 
@@ -250,6 +251,16 @@ def test_resume_with_accumulation_writes_each_step_checkpoint_once_and_reproduce
 
 
 # ---------------------------------------------------------------------------------------------- model wrapper
+class _RunsCodeWhenUnpickled:
+    """An object whose unpickling writes a file (what a malicious checkpoint would do)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
 def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path, monkeypatch):
     from genemamba_scvi import GeneMambaModel
     from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
@@ -323,6 +334,12 @@ def test_model_pretrain_writes_beside_its_checkpoints_and_refuses_a_foreign_dire
         GeneMambaModel.pretrain(
             corpus_dir, tmp_path / "w", max_steps=3, ckpt_path=tmp_path / "r" / "ckpt" / "last.ckpt", **wider
         )
+    # a checkpoint holding a pickled object is refused and nothing in it runs (the shape check unpickled it all)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsCodeWhenUnpickled(tmp_path / "ran")}, evil)
+    with pytest.raises(ValueError, match="holds objects other than tensors and numbers"):
+        GeneMambaModel.pretrain(corpus_dir, tmp_path / "e", max_steps=1, ckpt_path=evil, **run)
+    assert not (tmp_path / "ran").exists()
     # a directory of someone else's files is refused before a step is trained
     import genemamba_scvi.pretrain as pretrain
 

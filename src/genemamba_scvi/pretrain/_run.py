@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -177,7 +178,13 @@ def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
 
     Lightning would list every mismatched tensor of ``load_state_dict``; this names the first and what to do.
     """
-    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
+    try:  # tensors and numbers only, as Lightning reads it next: a pickled object in a file never runs code here
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("state_dict", {})
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"checkpoint {path} holds objects other than tensors and numbers, so it is not loaded (the checkpoints "
+            f"of train and pretrain never do; is it from another program?): {str(err).splitlines()[0]}"
+        ) from None
     ours = {f"module.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in saved.items() if k.startswith("module.")}
     differ = [k for k in ours if k in theirs and ours[k] != theirs[k]]
