@@ -151,6 +151,13 @@ def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys)
     assert "is not an .h5ad file" in capsys.readouterr().err
     cells = tmp_path / "cells.h5ad"
     model.adata.write_h5ad(cells)
+    # a file cut short (an interrupted copy or writer): named, exit 2 (h5py's traceback, exit 1, before)
+    cut = tmp_path / "cut.h5ad"
+    cut.write_bytes(cells.read_bytes()[: cells.stat().st_size // 2])
+    for argv in (["embed", str(cut), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad")],
+                 ["build-corpus", str(cut), "--out", str(tmp_path / "c")]):  # fmt: skip
+        assert main(argv) == 2
+        assert "is truncated or damaged and cannot be opened (Unable to" in capsys.readouterr().err
     argv = ["embed", str(cells), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad"), "--key", ""]
     assert main(argv) == 2
     assert "--key must name the obsm key" in capsys.readouterr().err

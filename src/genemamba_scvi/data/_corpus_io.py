@@ -107,9 +107,15 @@ def check_h5ad_file(path: Path) -> None:
     """Name a file that is no HDF5 file (h5py would say 'file signature not found' in a traceback)."""
     if not h5py.is_hdf5(path):
         raise ValueError(f"input {str(path)!r} is not an .h5ad file (no HDF5 signature)")
-    with h5py.File(path, "r") as f:
-        tenx = "matrix" in f and "X" not in f and "obs" not in f
-        mod = list(f["mod"]) if f.attrs.get("encoding-type") == "MuData" and "mod" in f else None
+    try:
+        with h5py.File(path, "r") as f:
+            tenx = "matrix" in f and "X" not in f and "obs" not in f
+            mod = list(f["mod"]) if f.attrs.get("encoding-type") == "MuData" and "mod" in f else None
+    except OSError as err:  # e.g. a copy or a write cut short: "truncated file: eof = ..., stored_eof = ..."
+        raise ValueError(
+            f"input {str(path)!r} is truncated or damaged and cannot be opened ({str(err).splitlines()[0]}); "
+            "write it again (was its copy or the step that wrote it interrupted?)"
+        ) from None
     if mod is not None:  # anndata cannot read a MuData file either (a traceback of its IO registry)
         target = Path(path).with_suffix(".h5ad")
         first = mod[0] if mod else "rna"
