@@ -111,3 +111,32 @@ def test_a_config_edited_by_hand_with_its_checksum_recomputed_gets_a_clear_error
     sums.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"does not fit this model.*describe another model than its weights"):
         GeneMambaModel.load(tmp_path / "m", adata=adata)
+
+
+def _rewrite(path, name, edit):
+    """Edit a saved model's JSON file by hand and recompute its checksum (as a newer version would write it)."""
+    import hashlib
+
+    doc = json.loads((path / name).read_text())
+    (path / name).write_text(json.dumps(edit(doc)))
+    sums = path / "checksums.json"
+    manifest = json.loads(sums.read_text())
+    manifest["files"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    sums.write_text(json.dumps(manifest))
+
+
+def test_a_model_of_a_newer_version_is_named_as_such(sample48_model, tmp_path):
+    # pipeline probe: a setting added by a later release gave "GeneMambaModel got unexpected setting(s)"; a JSON
+    # list or a string where an object belongs gave an AttributeError from deep inside
+    model, adata = sample48_model
+    model.save(tmp_path / "m")
+    _rewrite(tmp_path / "m", "extra.json", lambda d: {**d, "genemamba_scvi_version": "99.0"})
+    with pytest.warns(UserWarning, match=r"saved by genemamba-scvi 99\.0, newer than this genemamba-scvi"):
+        GeneMambaModel.load(tmp_path / "m", adata=adata)
+    _rewrite(tmp_path / "m", "config.json", lambda d: {**d, "new_setting": 1})
+    with pytest.raises(ValueError, match=r"config\.json has settings this genemamba-scvi .* \['new_setting'\] "
+                                         r"\(saved by genemamba-scvi 99\.0\)"):  # fmt: skip
+        GeneMambaModel.load(tmp_path / "m", adata=adata)
+    _rewrite(tmp_path / "m", "config.json", lambda d: [1, 2])
+    with pytest.raises(ValueError, match=r"corrupt JSON file .*config\.json: it holds a list, not an object"):
+        GeneMambaModel.load(tmp_path / "m", adata=adata)

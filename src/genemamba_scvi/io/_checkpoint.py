@@ -233,6 +233,14 @@ def _other_layout_hint(path: Path) -> str:
     return ""
 
 
+def _load_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (``{...}``), else a ValueError naming the file."""
+    value = _load_json(path)
+    if not isinstance(value, dict):
+        raise ValueError(f"corrupt JSON file {path}: it holds a {type(value).__name__}, not an object ({{...}})")
+    return value
+
+
 def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     """Read a model directory written by :func:`write_checkpoint`.
 
@@ -264,7 +272,7 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     if not manifest_path.is_file():
         hint = _other_layout_hint(path)
         raise FileNotFoundError(f"{CHECKSUMS_FILE} is missing from checkpoint directory {path}{hint}")
-    manifest = _load_json(manifest_path)
+    manifest = _load_json_object(manifest_path)
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{manifest_path} is not a {CHECKPOINT_FORMAT} manifest (format={manifest.get('format')!r})")
     version = manifest.get("format_version")
@@ -291,8 +299,8 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
                     "(the file was modified or truncated after saving)"
                 )
 
-    config = _load_json(path / CONFIG_FILE)
-    extra = _load_json(path / EXTRA_FILE)
+    config = _load_json_object(path / CONFIG_FILE)
+    extra = _load_json_object(path / EXTRA_FILE)
     state_dict, metadata = _load_safetensors(path / WEIGHTS_FILE)
     aliases = json.loads(metadata.get(_ALIAS_METADATA_KEY, "{}"))
     for alias, target in aliases.items():

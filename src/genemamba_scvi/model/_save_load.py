@@ -123,6 +123,39 @@ def _anndata_writer(adata: AnnData, dir_path: str | os.PathLike, write_kwargs: d
     return lambda path: adata.write_h5ad(path, **write_kwargs)
 
 
+def _check_saved_settings(path: str | os.PathLike, config: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``config`` of a saved model, checked against the settings this version knows.
+
+    Settings it does not know (a newer version's) are refused, naming the file and the version that wrote it; a
+    model written by a newer version that loads is warned about.
+    """
+    from packaging.version import InvalidVersion, Version
+
+    from genemamba_scvi._config import MODEL_ARG_FIELDS
+    from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS
+
+    saved_by = extra.get("genemamba_scvi_version")
+    by = f"saved by genemamba-scvi {saved_by}" if saved_by else "saved by an unknown version"
+    unknown = sorted(set(config) - {*MODEL_ARG_FIELDS, *TOKENIZER_SETTINGS, "min_gene_overlap"})
+    if unknown:
+        raise ValueError(
+            f"checkpoint {path}: its config.json has settings this genemamba-scvi ({__version__}) does not know, "
+            f"{unknown} ({by}); load it with that version or a later one (pip install -U genemamba-scvi)"
+        )
+    try:
+        newer = saved_by is not None and Version(str(saved_by)) > Version(__version__)
+    except InvalidVersion:
+        newer = False
+    if newer:
+        warnings.warn(
+            f"checkpoint {path} was {by}, newer than this genemamba-scvi ({__version__}); it loads, but results may "
+            "differ from that version's (see the changelog)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return config
+
+
 class GeneMambaSaveLoadMixin:
     """``save`` / ``load`` in our checkpoint format and ``from_pretrained`` for the official checkpoints.
 
@@ -349,7 +382,7 @@ class GeneMambaSaveLoadMixin:
         if adata is None:
             adata = _saved_anndata(ckpt)
         extra = ckpt.extra or {}
-        config = dict(ckpt.config)
+        config = _check_saved_settings(dir_path, dict(ckpt.config), extra)
         if min_gene_overlap is not None:
             config["min_gene_overlap"] = min_gene_overlap  # checked by GeneMambaModel
         # a model pre-trained on a corpus (pretrain) was never set up on an AnnData: the user's set-up is kept
