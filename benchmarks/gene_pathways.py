@@ -111,8 +111,9 @@ def _pair_stats(ev_held, ev_free, train_sets, train_pairs) -> dict:
 def set_bootstrap_ci(emb, sets, exclude, n_boot: int, seed: int) -> tuple[float, float]:
     """95% interval of the AUROC when the gene sets are resampled with replacement (sets are the unit).
 
-    A set drawn k times counts k times (``pathway_pair_auroc(set_weights=)``: its pairs weighted by k); the genes
-    of the drawn sets give the negatives. (Before session 26 a set drawn twice counted once, with 50 resamples.)
+    A set drawn k times counts k times: ``pathway_pair_auroc(set_weights=)`` weighs each pair by the mean draw count
+    of its sets (1 on average, so the replicates centre on the point estimate, which counts each pair once); the
+    genes of the drawn sets give the negatives. (Before session 26: a set drawn twice counted once, 50 resamples.)
     """
     from genemamba_scvi.metrics import pathway_pair_auroc
 
@@ -204,7 +205,7 @@ def main(argv=None) -> dict:
         "benchmark": "gene_pathways",
         "metric": "AUROC of cosine similarity, same-set gene pairs vs random pairs sharing no set",
         "ci": f"held-out rows: 2.5-97.5 percentiles over {args.n_boot} resamples of the gene sets (with replacement; "
-        "a set drawn k times weighs its pairs k times)",
+        "a pair weighs the mean draw count of its sets)",
         "gene_sets": {
             "collection": args.gene_sets,
             "n_train_sets": len(train_sets),

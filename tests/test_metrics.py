@@ -231,6 +231,14 @@ def test_pathway_pair_auroc_perfect_and_inverted():
     assert weighted["auroc"] == pytest.approx(6 / 16)
     ones = pathway_pair_auroc(emb, crossed_sets, n_negative=4, set_weights={"A": 1.0, "B": 1.0})
     assert ones == crossed
+    # a pair in two sets weighs their mean weight: {S: 2, T: 0, U: 1} -> (a, b) 1, (a, c) and (b, c) 2, (d, e) 1,
+    # T's own pairs (a, d), (b, d) 0; negatives: the 4 pairs sharing no set, all at cosine 0
+    emb5 = pd.DataFrame(np.eye(5), index=["a", "b", "c", "d", "e"])
+    emb5.loc["b"] = emb5.loc["a"]  # (a, b) cosine 1, every other pair 0
+    overlapping = {"S": ["a", "b", "c"], "T": ["a", "b", "d"], "U": ["d", "e"]}
+    w = pathway_pair_auroc(emb5, overlapping, set_weights={"S": 2, "T": 0, "U": 1})
+    assert (w["n_positive"], w["n_negative"]) == (4, 4)
+    assert w["auroc"] == pytest.approx((1 * 1 + 5 * 0.5) / 6)  # (a, b) above every negative, the rest tie
     for bad, match in (({"C": 1}, "not in gene_sets"), ({"A": -1}, ">= 0"), ({"A": 0}, "at least one")):
         with pytest.raises(ValueError, match=match):
             pathway_pair_auroc(emb, crossed_sets, set_weights=bad)

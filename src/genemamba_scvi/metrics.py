@@ -363,13 +363,18 @@ def _checked_set_weights(
 
 
 def _merge_pairs(
-    keys: np.ndarray, weight: np.ndarray, batch: list[tuple[np.ndarray, float]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The sorted unique pair keys of ``keys`` and ``batch``, each with its summed weight."""
+    keys: np.ndarray, weight: np.ndarray, count: np.ndarray, batch: list[tuple[np.ndarray, float]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sorted unique pair keys of ``keys`` and ``batch``, each with its summed weight and number of sets."""
     all_keys = np.concatenate([keys, *(k for k, _ in batch)])
     all_weight = np.concatenate([weight, *(np.full(k.size, w) for k, w in batch)])
+    all_count = np.concatenate([count, *(np.ones(k.size) for k, _ in batch)])
     unique, inverse = np.unique(all_keys, return_inverse=True)
-    return unique, np.bincount(inverse, weights=all_weight, minlength=unique.size)
+    return (
+        unique,
+        np.bincount(inverse, weights=all_weight, minlength=unique.size),
+        np.bincount(inverse, weights=all_count, minlength=unique.size),
+    )
 
 
 def pathway_pair_auroc(
@@ -402,9 +407,10 @@ def pathway_pair_auroc(
         Seed of the negative sampling.
     set_weights
         Set name -> weight >= 0 (default: none, every same-set pair counted once). Given, a positive pair counts
-        with the summed weight of the sets it is in, sets of weight 0 (or not named) are left out, and the AUROC
-        is weighted so. A set bootstrap passes each set's number of draws: a set drawn twice then counts twice
-        (resampled sets merged by name count once).
+        with the mean weight of the sets it is in (a set not named weighs 0), pairs of weight 0 are left out, the
+        negatives come from the genes of sets above 0 (still sharing no set at all), and the AUROC is weighted so.
+        A set bootstrap passes each set's number of draws: a set drawn twice counts twice, and each pair weighs 1
+        on average over the draws, so the replicates centre on the unweighted AUROC.
 
     Returns
     -------
@@ -420,37 +426,43 @@ def pathway_pair_auroc(
     # pairs as int64 keys i * n + j (i < j), sorted and unique: the same order as sorted (i, j) tuples, at 8 bytes a
     # pair (a Python set of tuples took ~11 GB for the shipped GO sets over a 16k-gene vocabulary; gene probe)
     weights = _checked_set_weights(set_weights, gene_sets)
-    same_set, pair_weight = np.zeros(0, dtype=np.int64), np.zeros(0)
+    same_set, weight_sum, n_sets = np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
     genes = np.zeros(0, dtype=np.int64)
     batch: list[tuple[np.ndarray, float]] = []
     for name, members in gene_sets.items():
-        if (w := weights.get(name, 0.0) if weights is not None else 1.0) <= 0:
-            continue
+        w = weights.get(name, 0.0) if weights is not None else 1.0
         ids = np.unique(np.fromiter((index[g] for g in members if g in index), dtype=np.int64))
-        genes = np.union1d(genes, ids)
+        if w > 0:
+            genes = np.union1d(genes, ids)
         a, b = np.triu_indices(len(ids), k=1)
         batch.append((ids[a] * n + ids[b], w))
         if sum(k.size for k, _ in batch) > 2**24:  # merged in batches: memory stays ~ the unique pairs
-            same_set, pair_weight = _merge_pairs(same_set, pair_weight, batch)
+            same_set, weight_sum, n_sets = _merge_pairs(same_set, weight_sum, n_sets, batch)
             batch = []
-    same_set, pair_weight = _merge_pairs(same_set, pair_weight, batch) if batch else (same_set, pair_weight)
+    if batch:
+        same_set, weight_sum, n_sets = _merge_pairs(same_set, weight_sum, n_sets, batch)
+    # a pair's weight: the mean weight of the sets it is in (1 without set_weights; a set bootstrap's replicate then
+    # weighs every pair 1 on average, so it is centred on the unweighted AUROC); pairs of weight 0 are no positives
+    pair_weight = weight_sum / np.maximum(n_sets, 1)
     if not same_set.size:
         raise ValueError(
             f"no same-set gene pair has both genes in the embeddings (e.g. {list(labels[:3])}); genes are matched by "
             "exact name: are the sets' ids and the embeddings' index the same kind (symbols, Ensembl ids)?"
         )
-    positives = same_set  # negatives share no set, whether or not a pair is excluded from the positives
+    # negatives share no set (of any weight), whether or not a pair is excluded from the positives
+    positives, pair_weight = same_set[pair_weight > 0], pair_weight[pair_weight > 0]
     if exclude_pairs:
         drop = [min(index[a], index[b]) * n + max(index[a], index[b]) for a, b in exclude_pairs
                 if a in index and b in index and a <= b]  # fmt: skip
-        kept = ~np.isin(same_set, np.asarray(drop, dtype=np.int64))
-        positives, pair_weight = same_set[kept], pair_weight[kept]
+        kept = ~np.isin(positives, np.asarray(drop, dtype=np.int64))
+        positives, pair_weight = positives[kept], pair_weight[kept]
         if not positives.size:
             raise ValueError(f"exclude_pairs removes all {same_set.size} same-set gene pairs of the embeddings' genes")
     pool = genes
     n_neg = n_negative or max(positives.size, 1000)
     rng = np.random.default_rng(seed)
-    max_pairs = len(pool) * (len(pool) - 1) // 2 - same_set.size
+    in_pool = same_set if weights is None else same_set[np.isin(same_set // n, pool) & np.isin(same_set % n, pool)]
+    max_pairs = len(pool) * (len(pool) - 1) // 2 - in_pool.size
     if max_pairs < 1:
         raise ValueError("every pair of the embeddings' genes shares a set: there is no negative pair")
     n_neg = min(n_neg, max_pairs)
