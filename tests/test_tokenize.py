@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -305,3 +307,16 @@ def test_unknown_tie_break_is_refused(setup):
     X, tok, med, _ = setup
     with pytest.raises(ValueError, match="tie_break"):
         rank_tokenize(X[:2], tok, med, tie_break="alphabetical")
+
+
+def test_default_threads_follow_the_process_allocation(monkeypatch):
+    # pipeline probe: a Snakemake job of `threads: 1` (OMP_NUM_THREADS=1, one CPU of affinity) started 8 threads
+    from genemamba_scvi.data.tokenize import _default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _default_workers() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _default_workers() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert _default_workers() == 8

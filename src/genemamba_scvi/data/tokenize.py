@@ -104,6 +104,22 @@ _MAX_CHUNK_ROWS = (1 << _ROW_BITS) - 1
 _TARGET_CHUNK_NNZ = 1 << 18
 
 
+def _default_workers() -> int:
+    """Tokenizer threads by default: the CPUs this process may use, at most ``OMP_NUM_THREADS`` and 8.
+
+    The CPUs are the process's affinity (a SLURM or taskset allocation); ``OMP_NUM_THREADS`` is a pipeline's
+    thread budget (e.g. Snakemake's ``threads:``).
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) >= 1:
+        usable = min(usable, int(omp))
+    return max(1, min(usable, 8))
+
+
 def fallback_median(gene_medians: np.ndarray, gene_token_ids: np.ndarray | None = None) -> float:
     """Median used for genes without a usable median (NaN, infinite or <= 0, i.e. never seen in the corpus).
 
@@ -333,8 +349,8 @@ def rank_tokenize(
         Rows per chunk (at most 65535); default: chunks of about 262,144 non-zeros (temporary memory is
         about 60 bytes per non-zero of a chunk, per worker, so about 16 MB).
     n_jobs
-        Worker threads over chunks (numpy releases the GIL in the heavy steps); default ``os.cpu_count()``,
-        at most 8.
+        Worker threads over chunks (numpy releases the GIL in the heavy steps); default: the CPUs this process
+        may use (its affinity), at most ``OMP_NUM_THREADS`` when set, and at most 8.
     tie_break
         How genes of equal raw count in a cell are ordered. ``"median"`` (default, Geneformer's ranking):
         by ``count / total / median`` like all genes, i.e. by ascending gene median, a fixed order shared by
@@ -391,7 +407,7 @@ def rank_tokenize(
     out_flat = tokens.reshape(-1)
     args = (indptr, Xc.indices, Xc.data)
     rest = (tok, med, k, bool(add_cls), out_flat, lengths, max_genes, use_keys, tie_break)
-    workers = min(n_jobs or min(os.cpu_count() or 1, 8), len(bounds))
+    workers = min(n_jobs or _default_workers(), len(bounds))
     if workers <= 1:
         for r0, r1 in bounds:
             _tokenize_chunk(*args, r0, r1, *rest)
