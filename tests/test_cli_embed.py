@@ -7,7 +7,10 @@ the one the Python API gives, and no input or existing file may be changed.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import warnings
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -419,10 +422,27 @@ def test_a_permission_error_or_ctrl_c_is_a_message_not_a_traceback(tmp_path, sav
     err = capsys.readouterr().err
     assert err.strip() == "genemamba embed: interrupted"
 
+    # SIGTERM (Snakemake, Nextflow, SLURM) mid-write: stopped as Ctrl-C is, the hidden temporary removed (pipeline
+    # probe: a 40-70 MB .o.h5ad.tmp-* stayed behind), the previous handler back afterwards
+    monkeypatch.undo()
+    real_write = ad.AnnData.write_h5ad
+
+    def write_then_terminated(self, filename, *args, **kwargs):
+        real_write(self, filename, *args, **kwargs)
+        assert Path(filename).name.startswith(".o.h5ad.tmp")  # the temporary, not the output
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", write_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(base) == 143
+    assert capsys.readouterr().err.strip().endswith("genemamba embed: terminated")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.h5ad") or p.name == "o.h5ad"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
     def disk_full(args):  # user probe: a full disk printed a 30-line traceback
         raise OSError(28, "No space left on device", str(tmp_path / ".o.h5ad.tmp"))
 
-    monkeypatch.setattr(cli, "_embed", disk_full)
+    monkeypatch.setattr(cli, "_embed", disk_full)  # (after the undo above)
     assert main(base) == 1
     err = capsys.readouterr().err
     assert "error: no space left on the disk" in err and "run the same command again" in err and "Traceback" not in err

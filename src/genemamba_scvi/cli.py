@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -429,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("model", "out", "vocab"):  # "--out=~/x": the shell leaves "~" after "=" as it is
         if isinstance(getattr(args, name, None), str) and getattr(args, name).startswith("~"):
             setattr(args, name, os.path.expanduser(getattr(args, name)))
+    previous = _stop_on_sigterm()
     try:
         with warnings.catch_warnings():  # the message, not the Python file and source line it was raised from
             warnings.showwarning = functools.partial(_show_warning, args.command)
@@ -439,9 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as err:  # a folder or file this user may not write: the message, not a traceback
         print(f"genemamba {args.command}: error: permission denied: {err.filename or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: no traceback; outputs are written atomically, so nothing half-written
-        print(f"genemamba {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: no traceback; outputs are written atomically (their
+        # temporaries removed on the way out), so nothing half-written is left
+        terminated = isinstance(stop, _Terminated)
+        print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -449,6 +453,25 @@ def main(argv: list[str] | None = None) -> int:
               "the same command again (outputs are written atomically; build-corpus resumes where it stopped)",
               file=sys.stderr)  # fmt: skip
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a pipeline's, a scheduler's or ``kill``'s stop) raised like Ctrl-C, so temporaries are removed."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM stop the command as Ctrl-C does (it left a hidden temporary output before); the old handler."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a thread): left as it is
+        return None
 
 
 def _show_warning(command: str, message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
