@@ -212,6 +212,21 @@ def test_a_new_corpus_never_writes_over_a_foreign_vocab_or_medians_file(files, s
     assert manifest.is_complete and GeneVocab.from_json(out / "vocab.json") == first
 
 
+def test_a_saved_model_as_out_dir_is_refused_before_any_pass(files, tmp_path, monkeypatch):
+    # pipeline probe: the medians' pass read every input (75 min for 10M cells) before the foreign-file error
+    import genemamba_scvi.data.corpus as corpus
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    for name in ("checksums.json", "model.safetensors", "gene_medians.npy"):
+        (model_dir / name).write_bytes(b"x")
+    before = sorted(p.name for p in model_dir.iterdir())
+    monkeypatch.setattr(corpus, "_accumulate_medians", lambda *a, **k: pytest.fail("read the inputs first"))
+    with pytest.raises(ValueError, match=r"is a saved GeneMamba model, not a corpus; build into an empty out_dir"):
+        build_corpus(files, model_dir, max_genes=64, shard_size=64)
+    assert sorted(p.name for p in model_dir.iterdir()) == before  # nothing added (no shards folder, no lock)
+
+
 def test_layer_dense_given_medians_and_cli(sample, tmp_path, capsys):
     a = sample[:40].copy()
     a.layers["counts"] = a.X.toarray()  # dense layer on disk

@@ -385,6 +385,10 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
     """:func:`build_corpus` into the existing folder ``out``, its lock held (arguments checked)."""
     from genemamba_scvi import __version__
 
+    model_files = (out / "checksums.json").is_file() and (out / "model.safetensors").is_file()
+    if model_files and not (out / MANIFEST_FILE).is_file():  # named before the medians' pass over every input
+        # (minutes to hours), not after it (pipeline probe)
+        raise ValueError(f"{str(out)!r} is a saved GeneMamba model, not a corpus; build into an empty out_dir")
     (out / SHARD_DIR).mkdir(exist_ok=True)
     old = Manifest.read(out) if (out / MANIFEST_FILE).is_file() else None
     if old is None and any(p for p in (out / SHARD_DIR).iterdir() if not p.name.startswith(_TMP_PREFIX)):
