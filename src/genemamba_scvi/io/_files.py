@@ -235,10 +235,11 @@ def check_room_for_anndata(adata: Any, directory: Path, compression: str | None,
 
 
 def anndata_write_bytes(adata: Any, compression: str | None = None) -> int:
-    """A lower bound on the bytes ``adata.write_h5ad`` writes.
+    """The bytes ``adata.write_h5ad`` writes, estimated on the high side (a refusal beats a crash on a full disk).
 
-    Its matrices and embeddings as held in memory; a compressed file is taken as an eighth of that (count matrices
-    compress 3-6x with gzip).
+    Its matrices and embeddings as held in memory; a compressed file is taken as half of that (float32 counts in CSR
+    compress 2.3-2.8x with gzip on the shipped 559-cell sample; an eighth, as assumed before, let a disk with room
+    for a third of the file pass the check).
     """
     import numpy as np
     import scipy.sparse as sp
@@ -250,7 +251,7 @@ def anndata_write_bytes(adata: Any, compression: str | None = None) -> int:
 
     total = size(adata.X) + sum(size(v) for v in adata.layers.values())
     total += sum(size(v) for v in (*adata.obsm.values(), *adata.varm.values(), *adata.obsp.values()))
-    return total // 8 if compression else total
+    return total // 2 if compression else total
 
 
 def check_free_space(directory: Path, need: int, what: str) -> None:
