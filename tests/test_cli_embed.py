@@ -173,6 +173,10 @@ def test_embed_never_writes_into_the_model_directory(tmp_path, saved, capsys):
         assert main(args) == 2
         assert "is inside the model's directory" in capsys.readouterr().err
     assert {p.name: _digest(p) for p in model_dir.iterdir()} == before
+    # a --model that is no model at all (e.g. ".", the data folder): that is named, not the --out inside it
+    args = ["embed", str(source), "--model", str(tmp_path), "--out", str(tmp_path / "e.h5ad"), "--quiet"]
+    assert main(args) == 2
+    assert f"--model {tmp_path} is not a model directory (no checksums.json" in capsys.readouterr().err
 
 
 def test_embed_reaches_a_size_variant_of_a_cached_repository(tmp_path, monkeypatch, capsys):

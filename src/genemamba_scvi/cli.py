@@ -197,6 +197,11 @@ def _check_cli_model(args: argparse.Namespace, out: Path, saved: bool) -> None:
     for target in {out.resolve(), Path(os.path.abspath(out))}:
         for folder in protected:
             if target.is_relative_to(folder.resolve()) or target.is_relative_to(Path(os.path.abspath(folder))):
+                if folder == model_path and not (saved or args.subfolder or (model_path / "config.json").is_file()):
+                    raise ValueError(  # e.g. --model . from a data folder: the model is what is wrong
+                        f"--model {args.model} is not a model directory (no checksums.json of a model saved with "
+                        "GeneMambaModel.save, no config.json of a published checkpoint)"
+                    )
                 raise ValueError(
                     f"--out {out} is inside the model's directory {folder}; write the embedding somewhere else"
                 )
