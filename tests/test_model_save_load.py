@@ -5,6 +5,7 @@ Real data: a slice of the shipped 559-cell count sample (``sample48`` in conftes
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -61,6 +62,15 @@ def test_save_crash_keeps_old_model(sample48_model, tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
     with pytest.raises(OSError, match="simulated"):
         model.save(tmp_path / "m", overwrite=True)
+
+    def full_disk(*args, **kwargs):  # what safetensors raises on a full disk: no OSError (pipeline probe)
+        raise safetensors.SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                          'message: "No space left on device" })')  # fmt: skip
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="no space left on the disk") as full:
+        model.save(tmp_path / "m", overwrite=True)
+    assert full.value.errno == errno.ENOSPC  # what the command line's full-disk message catches
     monkeypatch.undo()
     after = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
     assert after == before

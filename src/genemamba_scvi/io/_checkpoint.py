@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -145,7 +146,13 @@ def write_checkpoint(
     def fill(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         metadata = {"format": CHECKPOINT_FORMAT, _ALIAS_METADATA_KEY: json.dumps(aliases, sort_keys=True)}
-        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
+        try:
+            safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
+        except safetensors.SafetensorError as err:  # its I/O errors are no OSError: a full disk, named as one
+            if "No space left" in str(err) or "Disk quota" in str(err):
+                full = f"no space left on the disk to write {tmp / WEIGHTS_FILE}"
+                raise OSError(errno.ENOSPC, full, str(path)) from err
+            raise
         shutil.copymode(tmp / CONFIG_FILE, tmp / WEIGHTS_FILE)  # safetensors writes 0600; the umask's mode, as config
         vocab.to_json(tmp / VOCAB_FILE)
         if medians is not None:
