@@ -443,6 +443,29 @@ def test_a_permission_error_or_ctrl_c_is_a_message_not_a_traceback(tmp_path, sav
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.h5ad") or p.name == "o.h5ad"]
     assert signal.getsignal(signal.SIGTERM) is before
 
+    def write_while_a_callback_swallows_it(self, filename, *args, **kwargs):  # review: h5py runs the handler in a
+        real_write(self, filename, *args, **kwargs)  # weakref callback whose exception is only printed
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", write_while_a_callback_swallows_it)
+    assert main(base) == 143  # it finished with exit 0 and wrote the output before
+    assert capsys.readouterr().err.strip().endswith("genemamba embed: terminated")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.h5ad") or p.name == "o.h5ad"]
+
+    def training_converts_it(args):  # Lightning turns the handler's exception into its own interrupt
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(cli, "_embed", training_converts_it)
+    assert main(base) == 143
+    assert capsys.readouterr().err.strip().endswith("genemamba embed: terminated")
+    monkeypatch.undo()
+
     def disk_full(args):  # user probe: a full disk printed a 30-line traceback
         raise OSError(28, "No space left on device", str(tmp_path / ".o.h5ad.tmp"))
 

@@ -140,9 +140,20 @@ def _embed(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     compression = _x_compression(source)  # a copy of the input: as compressed as it was
     check_room_for_anndata(adata, out.parent, compression, out.name)
-    _atomic_write_file(out, functools.partial(adata.write_h5ad, compression=compression), overwrite=args.overwrite)
+    _atomic_write_file(out, functools.partial(_write_unless_terminated, adata, compression), overwrite=args.overwrite)
     print(f"[done] wrote {out}: obsm[{args.key!r}], {z.shape[0]} cells x {z.shape[1]} (model {args.model})")
     return 0
+
+
+def _write_unless_terminated(adata: Any, compression: str | None, path: Path) -> None:
+    """``adata.write_h5ad(path)``; a SIGTERM during it stops the command before the file is renamed into place.
+
+    (h5py runs Python code in callbacks whose exceptions are only printed, so the handler's own exception can be
+    lost while the file is written; its flag is not.)
+    """
+    adata.write_h5ad(path, compression=compression)
+    if _SIGTERM_RECEIVED[0]:
+        raise _Terminated
 
 
 def _x_compression(source: Path) -> str | None:
@@ -439,7 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # the message, not the Python file and source line it was raised from
             warnings.showwarning = functools.partial(_show_warning, args.command)
-            return int(args.func(args))
+            status = int(args.func(args))
+        if _SIGTERM_RECEIVED[0]:  # its exception was lost (e.g. inside a library's callback): the work finished
+            print(f"genemamba {args.command}: terminated (after its outputs were written)", file=sys.stderr)
+            return 143
+        return status
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message, not a traceback
         print(f"genemamba {args.command}: error: {_cli_spelling(str(err), sub.choices[args.command])}", file=sys.stderr)
         return 2
@@ -448,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: no traceback; outputs are written atomically (their
         # temporaries removed on the way out), so nothing half-written is left
-        terminated = isinstance(stop, _Terminated)
+        terminated = isinstance(stop, _Terminated) or _SIGTERM_RECEIVED[0]  # (Lightning re-raises its own kind)
         print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except OSError as err:
@@ -461,13 +476,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        _SIGTERM_RECEIVED[0] = False
 
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (a pipeline's, a scheduler's or ``kill``'s stop) raised like Ctrl-C, so temporaries are removed."""
 
 
+#: Whether a SIGTERM arrived during the running command (kept apart from the exception, which can be lost).
+_SIGTERM_RECEIVED = [False]
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    _SIGTERM_RECEIVED[0] = True
     raise _Terminated
 
 
