@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,7 @@ def test_settings_set_on_a_model_are_what_it_uses_and_saves(adata, tmp_path):
         with pytest.raises(ValueError, match=name):
             setattr(model, name, bad)
     assert (model.max_genes, model.min_gene_overlap) == (24, 0.2)  # a refused value changes nothing
+    assert "top-24 genes" in model._model_summary_string  # what repr(model) prints
+    variant = copy.copy(model)  # review: a shallow copy shared the settings with its original
+    variant.max_genes, variant.min_gene_overlap = 32, 0.9
+    assert (model.max_genes, model.min_gene_overlap) == (24, 0.2) and "top-24 genes" in model._model_summary_string

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -241,7 +242,10 @@ class GeneMambaGenesMixin:
 
     @max_genes.setter
     def max_genes(self, value: int) -> None:
-        self._config["max_genes"] = TokenizerSettings(max_genes=value).max_genes  # checked there
+        # a new dict (a shallow copy of the model keeps its own), the summary (repr) told
+        self._config = {**self._config, "max_genes": TokenizerSettings(max_genes=value).max_genes}  # checked there
+        summary = getattr(self, "_model_summary_string", "")
+        self._model_summary_string = re.sub(r"top-\d+ genes", f"top-{self.max_genes} genes", summary)
 
     @property
     def min_gene_overlap(self) -> float:
@@ -250,7 +254,7 @@ class GeneMambaGenesMixin:
 
     @min_gene_overlap.setter
     def min_gene_overlap(self, value: float) -> None:
-        self._config["min_gene_overlap"] = _check_gene_overlap(value)
+        self._config = {**self._config, "min_gene_overlap": _check_gene_overlap(value)}
 
     @property
     def _tokenization(self) -> str:
