@@ -112,8 +112,8 @@ def set_bootstrap_ci(emb, sets, exclude, n_boot: int, seed: int) -> tuple[float,
     """95% interval of the AUROC when the gene sets are resampled with replacement (sets are the unit).
 
     A set drawn k times counts k times: ``pathway_pair_auroc(set_weights=)`` weighs each pair by the mean draw count
-    of its sets (1 on average, so the replicates centre on the point estimate, which counts each pair once); the
-    genes of the drawn sets give the negatives. (Before session 26: a set drawn twice counted once, 50 resamples.)
+    of its sets (1 on average, as the point estimate counts each pair once); the genes of the drawn sets give the
+    negatives. (Before session 26: a set drawn twice counted once, 50 resamples.)
     """
     from genemamba_scvi.metrics import pathway_pair_auroc
 

@@ -239,6 +239,8 @@ def test_pathway_pair_auroc_perfect_and_inverted():
     w = pathway_pair_auroc(emb5, overlapping, set_weights={"S": 2, "T": 0, "U": 1})
     assert (w["n_positive"], w["n_negative"]) == (4, 4)
     assert w["auroc"] == pytest.approx((1 * 1 + 5 * 0.5) / 6)  # (a, b) above every negative, the rest tie
+    with pytest.raises(ValueError, match="no same-set gene pair of the sets weighted above 0"):  # (NaN before)
+        pathway_pair_auroc(emb5, {**overlapping, "one": ["e"]}, set_weights={"one": 1})
     for bad, match in (({"C": 1}, "not in gene_sets"), ({"A": -1}, ">= 0"), ({"A": 0}, "at least one")):
         with pytest.raises(ValueError, match=match):
             pathway_pair_auroc(emb, crossed_sets, set_weights=bad)

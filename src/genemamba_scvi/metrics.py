@@ -410,7 +410,8 @@ def pathway_pair_auroc(
         with the mean weight of the sets it is in (a set not named weighs 0), pairs of weight 0 are left out, the
         negatives come from the genes of sets above 0 (still sharing no set at all), and the AUROC is weighted so.
         A set bootstrap passes each set's number of draws: a set drawn twice counts twice, and each pair weighs 1
-        on average over the draws, so the replicates centre on the unweighted AUROC.
+        on average over the draws (the replicates' negatives come from the drawn sets' genes, so their mean can still
+        sit below the unweighted AUROC).
 
     Returns
     -------
@@ -451,13 +452,16 @@ def pathway_pair_auroc(
         )
     # negatives share no set (of any weight), whether or not a pair is excluded from the positives
     positives, pair_weight = same_set[pair_weight > 0], pair_weight[pair_weight > 0]
+    if not positives.size:  # (set weights above 0 only on sets without a pair of the embeddings' genes)
+        raise ValueError("no same-set gene pair of the sets weighted above 0 has both genes in the embeddings")
     if exclude_pairs:
         drop = [min(index[a], index[b]) * n + max(index[a], index[b]) for a, b in exclude_pairs
                 if a in index and b in index and a <= b]  # fmt: skip
+        n_before = positives.size
         kept = ~np.isin(positives, np.asarray(drop, dtype=np.int64))
         positives, pair_weight = positives[kept], pair_weight[kept]
         if not positives.size:
-            raise ValueError(f"exclude_pairs removes all {same_set.size} same-set gene pairs of the embeddings' genes")
+            raise ValueError(f"exclude_pairs removes all {n_before} same-set gene pairs of the embeddings' genes")
     pool = genes
     n_neg = n_negative or max(positives.size, 1000)
     rng = np.random.default_rng(seed)
