@@ -158,6 +158,19 @@ def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys)
                  ["build-corpus", str(cut), "--out", str(tmp_path / "c")]):  # fmt: skip
         assert main(argv) == 2
         assert "is truncated or damaged and cannot be opened (Unable to" in capsys.readouterr().err
+    # a file another process still writes (HDF5's lock): said so, not "write it again" (review)
+    import subprocess
+    import sys
+
+    hold = f"import h5py, time; f = h5py.File({str(cells)!r}, 'a'); print('open', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert main(["embed", str(cells), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad")]) == 2
+        assert "is locked by another process" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
     argv = ["embed", str(cells), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad"), "--key", ""]
     assert main(argv) == 2
     assert "--key must name the obsm key" in capsys.readouterr().err

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import errno
 import json
+import warnings
 
 import pytest
 
-from genemamba_scvi import GeneMambaModel
+from genemamba_scvi import GeneMambaModel, __version__
 
 
 # ----------------------------------------------------------------------------- model files
@@ -143,6 +144,11 @@ def test_a_model_of_a_newer_version_is_named_as_such(sample48_model, tmp_path):
     _rewrite(tmp_path / "m", "extra.json", lambda d: {**d, "genemamba_scvi_version": "99.0"})
     with pytest.warns(UserWarning, match=r"saved by genemamba-scvi 99\.0, newer than this genemamba-scvi"):
         GeneMambaModel.load(tmp_path / "m", adata=adata)
+    _rewrite(tmp_path / "m", "extra.json", lambda d: {**d, "genemamba_scvi_version": f"{__version__}+cu121"})
+    with warnings.catch_warnings():  # a local build of this release is not newer (review)
+        warnings.simplefilter("error", UserWarning)
+        GeneMambaModel.load(tmp_path / "m", adata=adata)
+    _rewrite(tmp_path / "m", "extra.json", lambda d: {**d, "genemamba_scvi_version": "99.0"})
     _rewrite(tmp_path / "m", "config.json", lambda d: {**d, "new_setting": 1})
     with pytest.raises(ValueError, match=r"config\.json has settings this genemamba-scvi .* \['new_setting'\] "
                                          r"\(saved by genemamba-scvi 99\.0\)"):  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import logging
 import os
@@ -112,6 +113,11 @@ def check_h5ad_file(path: Path) -> None:
             tenx = "matrix" in f and "X" not in f and "obs" not in f
             mod = list(f["mod"]) if f.attrs.get("encoding-type") == "MuData" and "mod" in f else None
     except OSError as err:  # e.g. a copy or a write cut short: "truncated file: eof = ..., stored_eof = ..."
+        if err.errno == errno.EAGAIN or "unable to lock file" in str(err):
+            raise ValueError(
+                f"input {str(path)!r} is locked by another process (HDF5's file lock: is it still being written, or "
+                "open in a notebook?); wait for it to be closed"
+            ) from None
         raise ValueError(
             f"input {str(path)!r} is truncated or damaged and cannot be opened ({str(err).splitlines()[0]}); "
             "write it again (was its copy or the step that wrote it interrupted?)"

@@ -143,7 +143,8 @@ def _check_saved_settings(path: str | os.PathLike, config: dict[str, Any], extra
             f"{unknown} ({by}); load it with that version or a later one (pip install -U genemamba-scvi)"
         )
     try:
-        newer = saved_by is not None and Version(str(saved_by)) > Version(__version__)
+        # by release numbers: 0.2.0+cu121 or 0.2.0.post1 is this release, not a newer one
+        newer = saved_by is not None and Version(str(saved_by)).release > Version(__version__).release
     except InvalidVersion:
         newer = False
     if newer:
