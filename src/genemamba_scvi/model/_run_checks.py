@@ -77,7 +77,9 @@ def check_run_args(
 
 #: Bytes a training step keeps per token, layer and model dimension on the CPU (activations for the backward in
 #: fp32, both directions): ~190 measured at 24 x 512 and 2048 genes (2 cells: 11.0 GB peak), 170-480 at smaller
-#: sizes (their LM head weighs more); with gradient checkpointing about a third.
+#: sizes (their LM head weighs more); with gradient checkpointing about a third. A user probe (session 26) measured
+#: 2.5-4.6x the estimate at 2 x 32 and 4 x 512 (2-32 cells of top-2048; part of it the scan's backward, since fixed:
+#: 2 x 32, 8 cells, grew 565 MB against 921 MB before, 199 MB estimated): the estimate is low for small models.
 _CPU_STEP_BYTES = 190
 
 
@@ -168,7 +170,8 @@ def warn_if_cpu_memory_short(config: Any, batch_size: int, max_genes: int, gradi
             f"a CPU training step of {batch_size} cells of {max_genes} genes through {config.n_layers} layers of "
             f"width {config.d_model} needs about {need / 2**30:.0f} GB, and {available / 2**30:.0f} GB are "
             f"{where}: the system may kill the process. Train on a GPU, or with batch_size={max(fits, 1)} or "
-            "less, gradient_checkpointing=True (about a third), or a smaller model (n_layers, d_model, max_genes)",
+            "less, gradient_checkpointing=True (about a third), or a smaller model (n_layers, d_model, max_genes); "
+            "the estimate fits the published size and can be 2-3x low for much smaller models",
             UserWarning,
             stacklevel=user_stacklevel(),
         )

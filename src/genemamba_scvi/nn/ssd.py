@@ -446,9 +446,13 @@ def _inter_chunk_scan(states: torch.Tensor, chunk_a: torch.Tensor, sid: torch.Te
     carry = torch.exp(chunk_a)  # [b, h, c]
     if sid is not None:
         carry = carry * (sid[:, 1:] == sid[:, :-1]).unsqueeze(1).to(carry.dtype)
-    out = [states[:, :, 0]]
-    for z in range(1, states.shape[2]):
-        out.append(carry[:, :, z - 1, None, None] * out[-1] + states[:, :, z])
+    # unbind, not states[:, :, z]: autograd gives each indexed slice a zero-filled gradient of the whole tensor,
+    # so the backward of the indexing loop grew with the square of the chunks (a CPU training step of 32 cells of
+    # top-2048 took ~60 s against ~3 s; user probe, benchmarks/results/cpu_scan_backward.json)
+    steps, carries = states.unbind(2), carry.unbind(2)
+    out = [steps[0]]
+    for z in range(1, len(steps)):
+        out.append(carries[z - 1][:, :, None, None] * out[-1] + steps[z])
     return torch.stack(out, dim=2)
 
 
