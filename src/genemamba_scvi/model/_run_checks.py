@@ -76,11 +76,16 @@ def check_run_args(
 
 
 #: Bytes a training step keeps per token, layer and model dimension on the CPU (activations for the backward in
-#: fp32, both directions): ~190 measured at 24 x 512 and 2048 genes (2 cells: 11.0 GB peak), 170-480 at smaller
-#: sizes (their LM head weighs more); with gradient checkpointing about a third. A user probe (session 26) measured
-#: 2.5-4.6x the estimate at 2 x 32 and 4 x 512 (2-32 cells of top-2048; part of it the scan's backward, since fixed:
-#: 2 x 32, 8 cells, grew 565 MB against 921 MB before, 199 MB estimated): the estimate is low for small models.
+#: fp32, both directions): ~190 measured at 24 x 512 and 2048 genes (2 cells: 11.0 GB peak); with gradient
+#: checkpointing about a third.
 _CPU_STEP_BYTES = 190
+#: ... plus, per token and model dimension, what does not grow with the layers (the embedding, the LM head's
+#: input and output, the loss), and a fixed cost of the first step (the trainer, the optimizer's state, the
+#: loader): fitted in session 26 to one step's peak resident growth on the sample's cells of >= 2,048 genes
+#: (2 x 32 and 2 x 128 with 8 cells: 0.97 and 2.31 GB; 2 x 512 and 4 x 256 with 2 cells: 2.01 and 2.59 GB; 24 x 512:
+#: 5.5 GB a cell). The layer term alone was 2.5-5x low for small models (a user probe's step failed unwarned).
+_CPU_TOKEN_BYTES = 450
+_CPU_STEP_FIXED_BYTES = 2**29
 
 
 #: (limit, use, stat) files of the memory cgroup, v2 then v1.
@@ -157,21 +162,22 @@ def warn_if_cpu_memory_short(config: Any, batch_size: int, max_genes: int, gradi
     """Warn before a CPU training step that would need more memory than :func:`available_memory`.
 
     The published size (24 x 512, 2048 genes) at the default 32 cells needs ~160 GB a step on a CPU: the process
-    was killed by the system without a word. The estimate is rough (within ~2x); nothing is refused.
+    was killed by the system without a word. The estimate is rough (within ~1.5x of the sizes measured, see
+    ``_CPU_TOKEN_BYTES``); nothing is refused.
     """
     if (free := available_memory()) is None:
         return  # not Linux: no estimate
     available, where = free
-    per_cell = max_genes * config.n_layers * config.d_model * _CPU_STEP_BYTES / (3 if gradient_checkpointing else 1)
-    need = batch_size * per_cell
+    layers = config.n_layers * _CPU_STEP_BYTES / (3 if gradient_checkpointing else 1)
+    per_cell = max_genes * config.d_model * (layers + _CPU_TOKEN_BYTES)
+    need = batch_size * per_cell + _CPU_STEP_FIXED_BYTES
     if need > 0.8 * available:
-        fits = int(0.8 * available // per_cell)
+        fits = int(max(0.8 * available - _CPU_STEP_FIXED_BYTES, 0) // per_cell)
         warnings.warn(
             f"a CPU training step of {batch_size} cells of {max_genes} genes through {config.n_layers} layers of "
             f"width {config.d_model} needs about {need / 2**30:.0f} GB, and {available / 2**30:.0f} GB are "
             f"{where}: the system may kill the process. Train on a GPU, or with batch_size={max(fits, 1)} or "
-            "less, gradient_checkpointing=True (about a third), or a smaller model (n_layers, d_model, max_genes); "
-            "the estimate fits the published size and can be 2-3x low for much smaller models",
+            "less, gradient_checkpointing=True (about a third), or a smaller model (n_layers, d_model, max_genes)",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
