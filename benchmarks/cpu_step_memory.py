@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for size in args.sizes:
         L, d, bs = (int(v) for v in size.split(","))
-        env = {"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         done = subprocess.run([sys.executable, "-c", _CHILD, str(L), str(d), str(bs), args.data], env=env,
                               capture_output=True, text=True, check=True)  # fmt: skip
         row = json.loads(done.stdout.strip().splitlines()[-1])

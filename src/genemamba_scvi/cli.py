@@ -129,11 +129,8 @@ def _embed(args: argparse.Namespace) -> int:
     local = Path(args.model).expanduser()
     record = {"model": str(local.resolve()) if local.is_dir() else str(args.model), "counts": args.layer or "X"}
     record.update({k: getattr(args, k) for k in ("subfolder", "revision") if getattr(args, k) is not None})
-    from genemamba_scvi.data.tokenize import TokenizerSettings
-
     # what shaped the embedding besides the weights: the tokenizer's settings (all of them), the merge and pooling
-    shaped = {**TokenizerSettings.from_config(model._config).to_config(), **{k: model._config.get(k) for k in
-              ("merge", "pooling")}}  # fmt: skip
+    shaped = {**model.tokenizer_settings.to_config(), **{k: model._config.get(k) for k in ("merge", "pooling")}}
     record.update({k: v for k, v in shaped.items() if v is not None})
     record["genemamba_scvi_version"] = __version__
     adata.uns.setdefault("genemamba", {})[args.key] = record

@@ -442,8 +442,8 @@ def pathway_pair_auroc(
             batch = []
     if batch:
         same_set, weight_sum, n_sets = _merge_pairs(same_set, weight_sum, n_sets, batch)
-    # a pair's weight: the mean weight of the sets it is in (1 without set_weights; a set bootstrap's replicate then
-    # weighs every pair 1 on average, so it is centred on the unweighted AUROC); pairs of weight 0 are no positives
+    # a pair's weight: the mean weight of the sets it is in (1 without set_weights; in a set bootstrap's replicates
+    # every pair weighs 1 on average, as in the unweighted AUROC); pairs of weight 0 are no positives
     pair_weight = weight_sum / np.maximum(n_sets, 1)
     if not same_set.size:
         raise ValueError(

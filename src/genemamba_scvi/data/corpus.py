@@ -384,8 +384,9 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
            min_gene_overlap, add_cls, validate, progress) -> Manifest:  # fmt: skip
     """:func:`build_corpus` into the existing folder ``out``, its lock held (arguments checked)."""
     from genemamba_scvi import __version__
+    from genemamba_scvi.io._checkpoint import CHECKSUMS_FILE, WEIGHTS_FILE
 
-    model_files = (out / "checksums.json").is_file() and (out / "model.safetensors").is_file()
+    model_files = (out / CHECKSUMS_FILE).is_file() and (out / WEIGHTS_FILE).is_file()
     if model_files and not (out / MANIFEST_FILE).is_file():  # named before the medians' pass over every input
         # (minutes to hours), not after it (pipeline probe)
         raise ValueError(f"{str(out)!r} is a saved GeneMamba model, not a corpus; build into an empty out_dir")

@@ -301,12 +301,13 @@ class GeneMambaGenesMixin:
     def _tokenizer_for(self, adata: AnnData, warn_unknown: bool = True) -> TokenizerSpec:
         token_ids = self._match_genes(adata, warn_unknown=warn_unknown)
         medians = np.where(token_ids >= 0, self.gene_medians_[np.clip(token_ids, 0, None)], np.nan)
+        settings = self.tokenizer_settings
         return TokenizerSpec(
             gene_token_ids=token_ids,
             gene_medians=medians,
-            max_genes=self.max_genes,
+            max_genes=settings.max_genes,
             add_cls=self._config["pooling"] == "cls",
-            method=self._tokenization,
-            unk_id=None if self._unk_token is None else self.vocab_[self._unk_token],
-            tie_break=self.tokenizer_settings.tie_break,
+            method=settings.tokenization,
+            unk_id=None if settings.unk_token is None else self.vocab_[settings.unk_token],
+            tie_break=settings.tie_break,
         )
