@@ -47,7 +47,12 @@ def test_load_never_unpickles(sample48_model, tmp_path):
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert "model.safetensors" in files
     assert not any(name.endswith((".pt", ".pkl", ".ckpt")) for name in files)
-    json.loads((tmp_path / "m" / "config.json").read_text())
+    from genemamba_scvi.model._genes import CONFIG_KEYS
+
+    # config.json holds every setting the loader accepts, in the order every version wrote them (max_genes first)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert tuple(config) == CONFIG_KEYS
+    assert CONFIG_KEYS[:2] == ("max_genes", "d_model") and "min_gene_overlap" in CONFIG_KEYS
 
 
 def test_save_crash_keeps_old_model(sample48_model, tmp_path, monkeypatch):

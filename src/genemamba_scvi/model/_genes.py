@@ -13,14 +13,26 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from genemamba_scvi._config import MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix
-from genemamba_scvi.data.tokenize import TokenizerSettings
+from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.dataloader import TokenizerSpec
 from genemamba_scvi.model._utils import _check_choice, _positions
 
 #: Default of ``min_gene_overlap`` (also written by :meth:`GeneMambaModel.pretrain`).
 _MIN_GENE_OVERLAP = 0.5
+
+#: The keys of a saved model's ``config.json`` in the order every version wrote them: ``max_genes``, the
+#: architecture (:data:`~genemamba_scvi.nn.config.MODEL_ARG_FIELDS`), ``min_gene_overlap``, then the other tokenizer
+#: settings. ``GeneMambaModel.__init__`` builds the configuration in this order, and a saved configuration with a key
+#: outside it (a newer version's setting) is refused at load.
+CONFIG_KEYS: tuple[str, ...] = (
+    "max_genes",
+    *MODEL_ARG_FIELDS,
+    "min_gene_overlap",
+    *(name for name in TOKENIZER_SETTINGS if name != "max_genes"),
+)
 
 
 #: A query holding fewer of the model's genes than this share gets a warning (:func:`_check_gene_coverage`).

@@ -22,6 +22,7 @@ from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter
 from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
+    CONFIG_KEYS,
     GeneMambaGenesMixin,
     _check_gene_ids,
     _check_gene_overlap,
@@ -191,14 +192,14 @@ class GeneMambaModel(
             )
             raise ValueError(f"unk_token={unk_token!r} {why}")
         self.vocab_ = vocab
-        # the keys and order of config.json, as every earlier version wrote it; the one copy of the tokenizer settings
-        # and min_gene_overlap (the attributes of the same names read and write it)
-        self._config = {
-            "max_genes": tokenizer.max_genes,
+        # config.json's keys in CONFIG_KEYS' order; the one copy of the tokenizer settings and min_gene_overlap (the
+        # attributes of the same names read and write it)
+        values = {
             **config.to_dict(model_args_only=True),
+            **tokenizer.to_config(),
             "min_gene_overlap": _check_gene_overlap(min_gene_overlap),
-            **{k: v for k, v in tokenizer.to_config().items() if k != "max_genes"},
         }
+        self._config = {key: values[key] for key in CONFIG_KEYS}
         if not (medians_given := not (gene_medians is None or isinstance(gene_medians, str))):
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         gene_medians = np.asarray(gene_medians, dtype=np.float64)

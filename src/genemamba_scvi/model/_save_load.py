@@ -131,12 +131,11 @@ def _check_saved_settings(path: str | os.PathLike, config: dict[str, Any], extra
     """
     from packaging.version import InvalidVersion, Version
 
-    from genemamba_scvi._config import MODEL_ARG_FIELDS
-    from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS
+    from genemamba_scvi.model._genes import CONFIG_KEYS
 
     saved_by = extra.get("genemamba_scvi_version")
     by = f"saved by genemamba-scvi {saved_by}" if saved_by else "saved by an unknown version"
-    unknown = sorted(set(config) - {*MODEL_ARG_FIELDS, *TOKENIZER_SETTINGS, "min_gene_overlap"})
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(
             f"checkpoint {path}: its config.json has settings this genemamba-scvi ({__version__}) does not know, "
