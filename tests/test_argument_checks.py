@@ -6,6 +6,8 @@ silently broken head (``hidden=0``), 1000 epochs for ``max_epochs=None``, or a d
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scvi
@@ -139,6 +141,10 @@ def test_demo_refuses_to_write_over_an_earlier_run_and_zero_epochs(tmp_path, cap
     assert (out / "summary.json").read_text() == "my results"
     assert main(["demo", "--out", str(tmp_path / "d2"), "--epochs", "0", "--quiet"]) == 2
     assert "argument --epochs: must be >= 1, got 0" in capsys.readouterr().err
+    # --out naming a file: said so (was "[Errno 17] File exists"), the file untouched
+    assert main(["demo", "--out", str(out / "summary.json"), "--epochs", "1", "--quiet"]) == 2
+    assert "is a file; the demo writes a folder of outputs" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == "my results"
 
 
 def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys):
@@ -171,6 +177,11 @@ def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys)
     finally:
         holder.kill()
         holder.wait()
+    # a folder that takes no files though os.access says it may (/proc as root, a read-only mount): named before
+    # the embedding (was reported as a full disk, then h5py's error on a hidden temporary)
+    if Path("/proc").is_dir():
+        assert main(["embed", str(cells), "--model", str(tmp_path / "m"), "--out", "/proc/o.h5ad"]) == 2
+        assert "cannot write /proc/o.h5ad: /proc " in capsys.readouterr().err  # (as root: "takes no new files")
     argv = ["embed", str(cells), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad"), "--key", ""]
     assert main(argv) == 2
     assert "--key must name the obsm key" in capsys.readouterr().err

@@ -17,6 +17,8 @@ _DEMO_OUTPUTS = ("demo_adata.h5ad", "umap_genemamba.png", "model", "summary.json
 def run_demo(args: argparse.Namespace) -> int:
     """``genemamba demo``: train a tiny model on the shipped sample, embed, plot, score; write ``args.out``."""
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; the demo writes a folder of outputs: choose a folder's name")
     earlier = [name for name in _DEMO_OUTPUTS if (out / name).exists()]
     if earlier and not args.overwrite:
         raise FileExistsError(

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,11 @@ def _check_writable(out: Path) -> None:
     folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {out}: {folder} is not a folder this user can write into")
+    try:  # a file made and removed there: a read-only mount or /proc passes os.access (root) but takes no files
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write {out}: {folder} takes no new files ({err.strerror or err})") from None
 
 
 def _check_cli_model(args: argparse.Namespace, out: Path, saved: bool) -> None:

@@ -271,8 +271,9 @@ def check_free_space(directory: Path, need: int, what: str) -> None:
     """
     while not directory.exists() and directory != directory.parent:
         directory = directory.parent
-    free = shutil.disk_usage(directory).free
-    if free < need:
+    usage = shutil.disk_usage(directory)
+    free = usage.free
+    if free < need and usage.total > 0:  # total 0: no disk (/proc, /sys); the write names its own error
         raise OSError(
             errno.ENOSPC,
             f"not enough free space in {directory} to write {what}: about {need / 2**20:.0f} MB needed, "
