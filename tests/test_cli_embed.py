@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -454,6 +455,33 @@ def test_a_permission_error_or_ctrl_c_is_a_message_not_a_traceback(tmp_path, sav
     assert main(base) == 143  # it finished with exit 0 and wrote the output before
     assert capsys.readouterr().err.strip().endswith("genemamba embed: terminated")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.h5ad") or p.name == "o.h5ad"]
+
+    def ctrl_c_swallowed(self, filename, *args, **kwargs):  # the same for Ctrl-C (pipeline probe: the write
+        real_write(self, filename, *args, **kwargs)  # finished, exit 0)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", ctrl_c_swallowed)
+    before_int = signal.getsignal(signal.SIGINT)
+    assert main(base) == 130
+    assert capsys.readouterr().err.strip().endswith("genemamba embed: interrupted")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.h5ad") or p.name == "o.h5ad"]
+    assert signal.getsignal(signal.SIGINT) is before_int
+
+    def training_exits(args):  # Lightning (trainer/call.py) stops training gracefully, then sys.exit(1): was exit 1
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    monkeypatch.setattr(cli, "_embed", training_exits)
+    assert main(base) == 143
+    assert capsys.readouterr().err.strip().endswith("genemamba embed: terminated")
+    monkeypatch.setattr(cli, "_embed", lambda args: sys.exit(3))
+    with pytest.raises(SystemExit):  # an exit without a signal: left alone
+        main(base)
 
     def training_converts_it(args):  # Lightning turns the handler's exception into its own interrupt
         try:

@@ -144,14 +144,14 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _write_unless_terminated(adata: Any, compression: str | None, path: Path) -> None:
-    """``adata.write_h5ad(path)``; a SIGTERM during it stops the command before the file is renamed into place.
+    """``adata.write_h5ad(path)``; a SIGTERM or Ctrl-C during it stops the command before the file is renamed.
 
     (h5py runs Python code in callbacks whose exceptions are only printed, so the handler's own exception can be
     lost while the file is written; its flag is not.)
     """
     adata.write_h5ad(path, compression=compression)
-    if _SIGTERM_RECEIVED[0]:
-        raise _Terminated
+    if _STOP_RECEIVED[0] is not None:
+        raise _Terminated if _STOP_RECEIVED[0] == signal.SIGTERM else KeyboardInterrupt
 
 
 def _x_compression(source: Path) -> str | None:
@@ -449,14 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("model", "out", "vocab"):  # "--out=~/x": the shell leaves "~" after "=" as it is
         if isinstance(getattr(args, name, None), str) and getattr(args, name).startswith("~"):
             setattr(args, name, os.path.expanduser(getattr(args, name)))
-    previous = _stop_on_sigterm()
+    previous = _stop_on_signals()
     try:
         with warnings.catch_warnings():  # the message, not the Python file and source line it was raised from
             warnings.showwarning = functools.partial(_show_warning, args.command)
             status = int(args.func(args))
-        if _SIGTERM_RECEIVED[0]:  # its exception was lost (e.g. inside a library's callback): the work finished
-            print(f"genemamba {args.command}: terminated (after its outputs were written)", file=sys.stderr)
-            return 143
+        if _STOP_RECEIVED[0] is not None:  # its exception was lost (e.g. inside a library's callback): work finished
+            terminated = _STOP_RECEIVED[0] == signal.SIGTERM
+            print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'} (after its outputs were "
+                  "written)", file=sys.stderr)  # fmt: skip
+            return 143 if terminated else 130
         return status
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message, not a traceback
         print(f"genemamba {args.command}: error: {_cli_spelling(str(err), sub.choices[args.command])}", file=sys.stderr)
@@ -466,7 +468,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: no traceback; outputs are written atomically (their
         # temporaries removed on the way out), so nothing half-written is left
-        terminated = isinstance(stop, _Terminated) or _SIGTERM_RECEIVED[0]  # (Lightning re-raises its own kind)
+        terminated = isinstance(stop, _Terminated) or _STOP_RECEIVED[0] == signal.SIGTERM  # (Lightning re-raises
+        # its own kind)
+        print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    except SystemExit:  # Lightning's answer to Ctrl-C or SIGTERM while it trains: a graceful stop, then exit(1)
+        if _STOP_RECEIVED[0] is None:
+            raise
+        terminated = _STOP_RECEIVED[0] == signal.SIGTERM
         print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except OSError as err:
@@ -477,30 +486,38 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        _SIGTERM_RECEIVED[0] = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _STOP_RECEIVED[0] = None
 
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (a pipeline's, a scheduler's or ``kill``'s stop) raised like Ctrl-C, so temporaries are removed."""
 
 
-#: Whether a SIGTERM arrived during the running command (kept apart from the exception, which can be lost).
-_SIGTERM_RECEIVED = [False]
+#: The stopping signal (SIGTERM or SIGINT) that arrived during the running command, kept apart from its exception,
+#: which can be lost.
+_STOP_RECEIVED: list[int | None] = [None]
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    _SIGTERM_RECEIVED[0] = True
-    raise _Terminated
+def _raise_stop(signum: int, frame: Any) -> None:
+    _STOP_RECEIVED[0] = signum
+    raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
-def _stop_on_sigterm() -> Any:
-    """Make SIGTERM stop the command as Ctrl-C does (it left a hidden temporary output before); the old handler."""
+def _stop_on_signals() -> dict[int, Any]:
+    """Make SIGTERM stop the command as Ctrl-C does, each remembered by a flag; the old handlers, by signal.
+
+    (SIGTERM left a hidden temporary output before.) A Ctrl-C its caller ignores (SIG_IGN) stays ignored.
+    """
+    previous = {}
     try:
-        return signal.signal(signal.SIGTERM, _raise_terminated)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_stop)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_stop)
     except ValueError:  # not the main thread (main() called from a thread): left as it is
-        return None
+        pass
+    return previous
 
 
 def _show_warning(command: str, message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
