@@ -214,7 +214,11 @@ def test_history_of_repeated_runs_is_indexed_by_epoch(cells):
     model.train(max_epochs=1, train_size=1.0, **run)  # epoch 0: no validation cells
     model.train(max_epochs=2, **run)  # epochs 1, 2
     model.train_classifier(max_epochs=1, **run)  # epoch 3
-    model.train(max_epochs=1, **run)  # epoch 4
+    adata.obsm["X_genemamba"] = model.get_latent_representation()
+    # notebook probe: train() after a head moved the encoder under it silently (predict() 0.57 -> 0.27 correct)
+    with pytest.warns(UserWarning, match=r"cell-type head \(of 'bulk_labels'\) was trained on the encoder") as told:
+        model.train(max_epochs=1, **run)  # epoch 4
+    assert any("adata.obsm['X_genemamba'], computed before, is no longer" in str(w.message) for w in told)
     history = model.history
     assert history["train_loss"].index.tolist() == [0, 1, 2, 3, 4]
     assert history["validation_loss"].index.tolist() == [1, 2, 3, 4]
@@ -474,6 +478,11 @@ def test_early_stopping_direction_patience_and_own_checkpoint_callbacks_are_told
         model.train(max_epochs=2, early_stopping=True, early_stopping_mode="max", **run)
     with pytest.warns(UserWarning, match="early stopping cannot end this run"):
         model.train(max_epochs=1, early_stopping=True, **run)
+    with warnings.catch_warnings(record=True) as told:  # a refused run gets the refusal only (notebook probe)
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="leaves no validation cells"):
+            model.train(max_epochs=1, early_stopping=True, train_size=1.0, **run)
+    assert not [w for w in told if "early_stopping_patience" in str(w.message)]
     with pytest.raises(ValueError, match="checkpoint_dir="):
         model.train(max_epochs=1, callbacks=[ModelCheckpoint(monitor="validation_loss")], **run)
 

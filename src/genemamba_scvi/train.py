@@ -110,6 +110,14 @@ def check_early_stopping_monitor(
                 f"pass early_stopping_mode={'max' if 'accuracy' in monitor else 'min'!r} (got {mode!r}, which would "
                 "stop the run as it improves)"
             )
+
+
+def warn_if_patience_too_long(trainer_kwargs: dict[str, Any]) -> None:
+    """Warn that scvi's early stopping cannot end a run whose ``max_epochs`` its patience reaches.
+
+    Called once every refusal of the run's settings has passed (a refused run gets no advice about its epochs).
+    """
+    if trainer_kwargs.get("early_stopping"):
         patience, epochs = trainer_kwargs.get("early_stopping_patience", 45), trainer_kwargs.get("max_epochs")
         if isinstance(epochs, int) and 0 < epochs <= patience:
             warnings.warn(
@@ -117,7 +125,7 @@ def check_early_stopping_monitor(
                 f"max_epochs={epochs}: early stopping cannot end this run; pass early_stopping_patience= (e.g. "
                 f"{max(1, epochs // 4)})",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
 

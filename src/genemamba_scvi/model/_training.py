@@ -31,6 +31,7 @@ from genemamba_scvi.model._classifier import (
     reused_head_split,
     set_head,
     warn_if_embedding_stale,
+    warn_if_stale_after_train,
 )
 from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
@@ -50,6 +51,7 @@ from genemamba_scvi.train import (
     ddp_strategy,
     logged_metrics,
     training_session,
+    warn_if_patience_too_long,
 )
 
 
@@ -264,6 +266,7 @@ class GeneMambaTrainingMixin:
                     f"{fix}, or early_stopping=False"
                 )
             trainer_kwargs.setdefault("limit_val_batches", 0)
+        warn_if_patience_too_long(trainer_kwargs)  # after the refusals: a refused run gets no advice
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         # under DDP the loaders carry their own DistributedSampler; Lightning would rebuild them to add one
@@ -381,8 +384,10 @@ class GeneMambaTrainingMixin:
         self.module.set_objective(objective)
         token_sets = gene_set_tensors(gene_sets, self.vocab_)
         self.module.set_gene_sets(token_sets if gamma > 0 else None)
+        was_trained = self.is_trained_
         out = self._run_training(labels=None, loss_kwargs={"mode": "pretrain", "gamma": gamma}, **run_args)
         self._random_encoder = False
+        warn_if_stale_after_train(self, was_trained)
         return out
 
     def train_classifier(
