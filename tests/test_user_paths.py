@@ -678,3 +678,36 @@ def test_the_free_space_check_does_not_underestimate_a_compressed_file(tmp_path)
         adata.write_h5ad(tmp_path / "a.h5ad", compression=compression)
         written = (tmp_path / "a.h5ad").stat().st_size
         assert written <= anndata_write_bytes(adata, compression) <= 2 * written, compression  # high side, not absurd
+
+
+def test_queries_are_not_kept_alive_by_the_model(sample48_model):
+    # serving probe: scvi-tools' stores kept every query AnnData a model embedded (30 requests of 50 cells: +247 MB,
+    # growing without end); a query is registered for its call only, the model's own AnnData and the user's set-up stay
+    import gc
+    import weakref
+
+    import anndata as ad
+
+    from genemamba_scvi import GeneMambaModel
+
+    model, adata = sample48_model
+    full = model.get_latent_representation()
+    stores = (GeneMambaModel._setup_adata_manager_store, GeneMambaModel._per_instance_manager_store[model.id])
+    sizes = [len(s) for s in stores]
+    gone = []
+    for i in range(4):
+        query = ad.AnnData(adata.layers["counts"][i : i + 3].copy(), var=adata.var.copy())
+        query.layers["counts"] = query.X
+        np.testing.assert_allclose(model.get_latent_representation(query), full[i : i + 3], atol=1e-5)
+        gone.append(weakref.ref(query))
+        del query
+        model.get_latent_representation(adata[i : i + 2])  # a view of the model's own cells
+    gc.collect()
+    assert [len(s) for s in stores] == sizes
+    assert all(ref() is None for ref in gone)
+    mine = adata[:5].copy()  # set up by the user: still registered after the model embeds it
+    GeneMambaModel.setup_anndata(mine, layer="counts")
+    uuid = mine.uns["_scvi_uuid"]
+    model.get_latent_representation(mine)
+    assert uuid in GeneMambaModel._setup_adata_manager_store
+    assert model.adata is adata and model.get_latent_representation().shape == full.shape

@@ -35,6 +35,11 @@ CONFIG_KEYS: tuple[str, ...] = (
 )
 
 
+def config_in_order(values: dict[str, Any]) -> dict[str, Any]:
+    """A model's ``config.json`` from ``values`` (every key of :data:`CONFIG_KEYS`, in that order; others dropped)."""
+    return {key: values[key] for key in CONFIG_KEYS}
+
+
 #: A query holding fewer of the model's genes than this share gets a warning (:func:`_check_gene_coverage`).
 _GENE_COVERAGE_WARN = 0.9
 

@@ -22,11 +22,11 @@ from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter
 from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
-    CONFIG_KEYS,
     GeneMambaGenesMixin,
     _check_gene_ids,
     _check_gene_overlap,
     _check_known_genes_expressed,
+    config_in_order,
 )
 from genemamba_scvi.model._inference import embed_cells
 from genemamba_scvi.model._query import GeneMambaQueryMixin
@@ -38,6 +38,7 @@ from genemamba_scvi.model._utils import (
     _check_model_counts,
     _check_obs_key,
     _positions,
+    _query_for_this_call,
     _refuse_setup_kwargs,
     _register_fields,
     _register_query,
@@ -199,7 +200,7 @@ class GeneMambaModel(
             **tokenizer.to_config(),
             "min_gene_overlap": _check_gene_overlap(min_gene_overlap),
         }
-        self._config = {key: values[key] for key in CONFIG_KEYS}
+        self._config = config_in_order(values)
         if not (medians_given := not (gene_medians is None or isinstance(gene_medians, str))):
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         gene_medians = np.asarray(gene_medians, dtype=np.float64)
@@ -385,7 +386,8 @@ class GeneMambaModel(
                 "(not a VAE): call get_latent_representation() for the embedding itself"
             )
         _warn_if_untrained(self)
-        return self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
+        with _query_for_this_call(self, adata):
+            return self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
 
     @torch.inference_mode()
     def predict(
@@ -420,8 +422,9 @@ class GeneMambaModel(
         """
         if self.module.classifier is None or self.label_names_ is None:
             raise RuntimeError("No classifier has been trained: call model.train_classifier(labels_key=...) first.")
-        adata = self._validate_anndata(adata)
-        z = self._embed(adata, indices, batch_size, precision, progress_bar)
+        with _query_for_this_call(self, adata):
+            adata = self._validate_anndata(adata)
+            z = self._embed(adata, indices, batch_size, precision, progress_bar)
         self.module.eval()
         device = self._device()
         probs = torch.softmax(self.module.classify(z.to(device)).float(), dim=-1).cpu().numpy()

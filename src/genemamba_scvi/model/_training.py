@@ -36,6 +36,7 @@ from genemamba_scvi.model._classifier import (
 from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
     _check_known_genes_expressed,
+    config_in_order,
 )
 from genemamba_scvi.model._run_checks import check_loss_plan_kwargs, check_run_args, warn_if_cpu_memory_short
 from genemamba_scvi.model._utils import (
@@ -517,12 +518,14 @@ class GeneMambaTrainingMixin:
         check_checkpoint_target(save_dir, overwrite)  # fail before hours of training, not after
         result = pretrain_from_corpus(corpus_dir, **kwargs)
         if result.trainer.is_global_zero:
-            config = {
-                **result.module.config.to_dict(model_args_only=True),
-                "min_gene_overlap": _MIN_GENE_OVERLAP,
-                # how the corpus was tokenized (rank_tokenize's defaults), so the model tokenizes new cells alike
-                **TokenizerSettings(max_genes=int(TokenCorpus(corpus_dir).max_genes)).to_config(),
-            }
+            config = config_in_order(
+                {
+                    **result.module.config.to_dict(model_args_only=True),
+                    "min_gene_overlap": _MIN_GENE_OVERLAP,
+                    # how the corpus was tokenized (rank_tokenize's defaults), so the model tokenizes new cells alike
+                    **TokenizerSettings(max_genes=int(TokenCorpus(corpus_dir).max_genes)).to_config(),
+                }
+            )
             extra = {
                 "genemamba_scvi_version": __version__,
                 "objective": result.module.objective,
