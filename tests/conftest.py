@@ -22,6 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 _SAMPLE = "celltypist_sample_559cells_counts.h5ad"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _scvi_logs_out_of_the_tree(tmp_path_factory):
+    """scvi-tools writes early stopping's checkpoints under ``./scvi_log``: a test run left it in the checkout."""
+    import scvi
+
+    before = scvi.settings.logging_dir
+    scvi.settings.logging_dir = tmp_path_factory.mktemp("scvi_log")
+    yield
+    scvi.settings.logging_dir = before
+
+
 @pytest.fixture
 def triton_bounds():
     """Fail the test if an interpreted Triton kernel loads, stores or adds outside its tensor arguments.

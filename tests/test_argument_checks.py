@@ -130,6 +130,13 @@ def test_a_gpu_asked_for_on_a_cpu_machine_is_named(model, tmp_path):
             GeneMambaModel.load(tmp_path / "m", adata=model.adata, **kwargs)
     with pytest.raises(ValueError, match=r"accelerator='gpu' asks for a CUDA GPU"):
         model.train(max_epochs=1, accelerator="gpu", enable_progress_bar=False)
+    # serving probe: torch's habits, a torch.device object and to_device (Lightning's "devices ... should be an
+    # int > 0" and torch's AssertionError before)
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=model.adata, device=torch.device("cpu"))
+    assert loaded.module.encoder.embedding.weight.device.type == "cpu"
+    for device in ("cuda", "cuda:0", 0, torch.device("cuda")):
+        with pytest.raises(ValueError, match=r"asks for a CUDA GPU, but torch sees none"):
+            loaded.to_device(device)
 
 
 def test_demo_refuses_to_write_over_an_earlier_run_and_zero_epochs(tmp_path, capsys):

@@ -81,6 +81,12 @@ def test_predict_hard_and_soft(trained):
     # Real cell types: a fine-tuned tiny model must beat the majority class on its training cells.
     majority = adata.obs["cell_type"].value_counts(normalize=True).max()
     assert (hard == adata.obs["cell_type"].to_numpy()).mean() > majority
+    # a module cast to bfloat16 by hand predicts as it embeds (serving probe: torch's dtype error from the head)
+    import copy
+
+    cast = copy.deepcopy(model)
+    cast.module.to(torch.bfloat16)
+    assert (cast.predict(indices=range(32)) == hard[:32]).mean() >= 0.9
 
 
 def test_celltypist_sample_pretrains_with_go_sets():

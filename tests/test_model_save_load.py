@@ -6,6 +6,7 @@ Real data: a slice of the shipped 559-cell count sample (``sample48`` in conftes
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import warnings
 
@@ -161,3 +162,24 @@ def test_a_model_of_a_newer_version_is_named_as_such(sample48_model, tmp_path):
     _rewrite(tmp_path / "m", "config.json", lambda d: [1, 2])
     with pytest.raises(ValueError, match=r"corrupt JSON file .*config\.json: it holds a list, not an object"):
         GeneMambaModel.load(tmp_path / "m", adata=adata)
+
+
+def test_the_same_weights_save_to_the_same_bytes(sample48_model, tmp_path):
+    # serving probe: safetensors wrote its metadata in a hash map's order, which changes from save to save, so the
+    # same model got other checksums (content-addressed stores saw a change)
+    import struct
+
+    model, _ = sample48_model
+    digests = set()
+    for i in range(6):
+        model.save(tmp_path / f"m{i}")
+        digests.add(hashlib.sha256((tmp_path / f"m{i}" / "model.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    raw = (tmp_path / "m0" / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta)
+    assert (
+        GeneMambaModel.load(tmp_path / "m0", adata=model.adata).module.state_dict().keys()
+        == model.module.state_dict().keys()
+    )

@@ -68,6 +68,7 @@ def require_cuda_if_asked(accelerator: object, device: object = None) -> None:
 
     Lightning's own error names neither the argument nor the fix.
     """
+    device = str(device) if isinstance(device, torch.device) else device
     on_cpu = isinstance(device, str) and device.lower().startswith("cpu")  # a device named "cpu" wins
     asked = isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda") and not on_cpu
     named = isinstance(device, str) and device.lower().startswith("cuda")

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,27 @@ class Checkpoint:
     extra: dict[str, Any]
     path: Path | None = field(default=None, repr=False)
     files: frozenset[str] = field(default=frozenset(), repr=False)
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Put the metadata of a safetensors file's header in key order, in place: the same weights, the same bytes.
+
+    safetensors (0.7) writes the metadata from a Rust hash map, whose order changes from process to process, so the
+    same model saved twice got different file checksums (serving probe: content-addressed stores and "did the model
+    change?" checks saw a change). The header is rewritten only when its JSON re-serialises to the very bytes read
+    (compact separators), so that nothing but the order can change; its length stays the same.
+    """
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(n)
+        text = raw.rstrip(b" ").decode("utf-8")
+        header = json.loads(text)
+        if json.dumps(header, separators=(",", ":"), ensure_ascii=False) != text or "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        out = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        fh.seek(8)
+        fh.write(out + b" " * (n - len(out)))
 
 
 def write_checkpoint(
@@ -153,6 +175,7 @@ def write_checkpoint(
                 full = f"no space left on the disk to write {tmp / WEIGHTS_FILE}"
                 raise OSError(errno.ENOSPC, full, str(path)) from err
             raise
+        _sort_safetensors_metadata(tmp / WEIGHTS_FILE)
         shutil.copymode(tmp / CONFIG_FILE, tmp / WEIGHTS_FILE)  # safetensors writes 0600; the umask's mode, as config
         vocab.to_json(tmp / VOCAB_FILE)
         if medians is not None:

@@ -157,8 +157,9 @@ def _check_gene_coverage(
         missing = missing[~np.isin(missing, hit)][:5]
         warnings.warn(
             f"this AnnData holds {n_have} of the {n_known} genes the model was set up with ({100 * coverage:.1f}%; "
-            f"missing e.g. {vocab.decode(missing)}). Missing genes rank as unexpressed in every cell, "
-            "so these embeddings differ from those of the same cells measured on all the model's genes.",
+            f"missing e.g. {vocab.decode(missing)}). Missing genes count as unexpressed in every cell: the "
+            "embeddings are those of the same cells measured on all the model's genes only where the missing "
+            "genes had no counts (a query holding every gene detected in its cells embeds exactly).",
             UserWarning,
             stacklevel=_user_stacklevel(),
         )

@@ -15,7 +15,7 @@ from scvi.data._constants import _SCVI_UUID_KEY
 from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
-from genemamba_scvi._precision import resolve_precision
+from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision
 from genemamba_scvi.data.gene_ids import warn_if_not_gene_ids
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.data.vocab import GeneVocab
@@ -317,6 +317,11 @@ class GeneMambaModel(
             **kwargs,
         )
 
+    def to_device(self, device: str | int | torch.device) -> None:
+        """Move the model, as scvi-tools' ``to_device``; a GPU asked for where torch sees none is named."""
+        require_cuda_if_asked(None, "cuda" if isinstance(device, int) else device)
+        super().to_device(device)
+
     # ------------------------------------------------------------------ inference
     def _device(self) -> torch.device:
         return next(self.module.parameters()).device
@@ -427,7 +432,8 @@ class GeneMambaModel(
             z = self._embed(adata, indices, batch_size, precision, progress_bar)
         self.module.eval()
         device = self._device()
-        probs = torch.softmax(self.module.classify(z.to(device)).float(), dim=-1).cpu().numpy()
+        head_dtype = next(self.module.classifier.parameters()).dtype  # (a module cast to bf16 by hand, too)
+        probs = torch.softmax(self.module.classify(z.to(device, head_dtype)).float(), dim=-1).cpu().numpy()
         if soft:
             obs_names = adata.obs_names[_positions(indices, adata.n_obs)]
             return pd.DataFrame(probs, index=obs_names, columns=self.label_names_)

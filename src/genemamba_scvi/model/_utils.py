@@ -89,6 +89,8 @@ def _torch_device(accelerator: str, device: int | str) -> torch.device:
 
     from genemamba_scvi._precision import require_cuda_if_asked
 
+    if isinstance(device, torch.device):  # torch's habit: the same as its name (Lightning refused the object)
+        device = str(device)
     require_cuda_if_asked(accelerator, device)
     if isinstance(device, str) and device != "auto":
         named = torch.device(device)
