@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import struct
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,8 +293,36 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     ValueError
         A checksum does not match (tampered or truncated file), a file is corrupt, or the format
         is not ours.
+
+    A save into ``path`` while it is read (a service reloading a model a training job saves again) is detected by
+    its checksum manifest changing during the read; the read then starts over (three tries), so it never returns
+    files of two saves mixed, nor blames the files of an intact model.
     """
     path = Path(path).expanduser()
+    for attempt in range(3):
+        before = _manifest_bytes(path)
+        try:
+            checkpoint = _read_checkpoint_once(path, verify)
+        except (ValueError, FileNotFoundError):
+            if _manifest_bytes(path) == before or attempt == 2:
+                raise
+        else:
+            if _manifest_bytes(path) == before:
+                return checkpoint
+        time.sleep(0.05 * (attempt + 1))
+    raise ValueError(f"checkpoint {path} was saved again while it was read, three times running: load it again")
+
+
+def _manifest_bytes(path: Path) -> bytes | None:
+    """The checksum manifest's bytes (None where there is none): which save a folder holds."""
+    try:
+        return (path / CHECKSUMS_FILE).read_bytes()
+    except OSError:
+        return None
+
+
+def _read_checkpoint_once(path: Path, verify: bool) -> Checkpoint:
+    """:func:`read_checkpoint` without the check for a concurrent save."""
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint directory at {path}{_interrupted_hint(path)}")
     if not path.is_dir():
