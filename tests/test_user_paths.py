@@ -711,3 +711,42 @@ def test_queries_are_not_kept_alive_by_the_model(sample48_model):
     model.get_latent_representation(mine)
     assert uuid in GeneMambaModel._setup_adata_manager_store
     assert model.adata is adata and model.get_latent_representation().shape == full.shape
+
+
+def test_a_served_gene_list_is_matched_once_and_its_settings_still_count(sample48_model):
+    # serving probe: each 1-cell request matched its 32k genes afresh (most of its time); the model now keeps the
+    # match of its last gene lists, keyed by what decides it
+    import warnings
+
+    import anndata as ad
+
+    from genemamba_scvi.model import _genes
+
+    model, adata = sample48_model
+    query = ad.AnnData(adata.layers["counts"][:3].copy(), var=adata.var[[]].copy())
+    query.layers["counts"] = query.X
+    calls = []
+    real = _genes._match_query_genes
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    _genes._match_query_genes, saved = counted, _genes._match_query_genes
+    try:
+        first = model.get_latent_representation(query)
+        again = model.get_latent_representation(query.copy())
+        assert len(calls) == 1
+        np.testing.assert_array_equal(first, again)
+        overlap = model.min_gene_overlap
+        model.min_gene_overlap = 1.0  # a setting of the match: matched again, and refused by it
+        sub = query.copy()  # half of its genes unknown to the model, half of the model's genes missing
+        sub.var_names = [f"NOT_A_GENE{i}" if i % 2 else g for i, g in enumerate(query.var_names)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(ValueError, match="do not fit the model"):
+                model.get_latent_representation(sub)
+        model.min_gene_overlap = overlap
+    finally:
+        _genes._match_query_genes = saved
+    assert len(calls) == 2

@@ -40,6 +40,13 @@ def config_in_order(values: dict[str, Any]) -> dict[str, Any]:
     return {key: values[key] for key in CONFIG_KEYS}
 
 
+#: The match of a query's genes to the vocabulary is kept for the last few gene lists a model saw (by the genes,
+#: their column, ``min_gene_overlap``, the unknown token and the medians): a service's requests share one gene list,
+#: whose match (~10 ms for 32,786 genes, unloaded) cost a 1-cell request most of its time (serving probe;
+#: ``benchmarks/request_latency.py``). False: match every call (an ablation).
+_GENE_MATCH_CACHE = True
+_GENE_MATCH_CACHE_SIZE = 8
+
 #: A query holding fewer of the model's genes than this share gets a warning (:func:`_check_gene_coverage`).
 _GENE_COVERAGE_WARN = 0.9
 
@@ -291,11 +298,22 @@ class GeneMambaGenesMixin:
         ids = self._gene_ids(adata)
         column = self._setup_arg("gene_id_key")
         column = column if column and column in adata.var else None  # where ids came from, for the errors
-        key = hash(tuple(ids))  # each warning once per model and gene list (load, embed, predict: the same genes)
+        gene_list = tuple(ids)
+        key = hash(gene_list)  # each warning once per model and gene list (load, embed, predict: the same genes)
         coverage_told = self.__dict__.setdefault("_gene_coverage_reported", set())
-        match = _match_query_genes(
-            self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token, column, key not in coverage_told
-        )
+        cache = self.__dict__.setdefault("_gene_match_cache", {})
+        cache_key = (gene_list, column, self.min_gene_overlap, self._unk_token, id(medians))
+        hit = cache.get(cache_key) if _GENE_MATCH_CACHE else None
+        if hit is not None and hit[0] is medians:  # (the entry holds its medians: their id cannot be reused)
+            match = hit[1]
+        else:
+            match = _match_query_genes(
+                self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token, column, key not in coverage_told
+            )
+            match.token_ids.flags.writeable = False  # shared by every later call with these genes
+            cache[cache_key] = (medians, match)
+            while len(cache) > _GENE_MATCH_CACHE_SIZE:
+                cache.pop(next(iter(cache)), None)  # the oldest gene list
         if medians is not None:  # (set-up matches before the medians exist: nothing was checked yet)
             coverage_told.add(key)
         n_unknown = int((match.token_ids < 0).sum())
