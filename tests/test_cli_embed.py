@@ -479,7 +479,8 @@ def test_a_permission_error_or_ctrl_c_is_a_message_not_a_traceback(tmp_path, sav
     finally:
         signal.signal(signal.SIGINT, outer)
 
-    def training_exits(args):  # Lightning (trainer/call.py) stops training gracefully, then sys.exit(1): was exit 1
+    def training_exits(args):  # Lightning (trainer/call.py) stops training gracefully, then sys.exit(1) (our runner
+        # converts it; this is the fallback for a path that does not)
         try:
             os.kill(os.getpid(), signal.SIGTERM)
         except KeyboardInterrupt:

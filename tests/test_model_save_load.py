@@ -211,3 +211,48 @@ def test_a_save_during_a_load_is_read_again_not_mixed_or_blamed(sample48_model, 
     assert saves
     weight = loaded.module.encoder.embedding.weight
     assert torch.equal(weight, other.module.encoder.embedding.weight.to(weight.device))
+
+
+def test_a_load_never_mixes_the_weights_of_one_save_and_the_anndata_of_another(sample48_model, tmp_path, monkeypatch):
+    # review: adata.h5ad was read after the checked checkpoint, so a save in between gave save 1's weights with
+    # save 2's cells; and three saves during three reads still blamed the files
+    import anndata
+
+    from genemamba_scvi.io import _checkpoint
+
+    model, adata = sample48_model
+    model.save(tmp_path / "m", save_anndata=True)
+    other = GeneMambaModel.load(tmp_path / "m")
+    with torch.no_grad():
+        other.module.encoder.embedding.weight.add_(1.0)
+    real_read = anndata.read_h5ad
+    saved = []
+
+    def save_then_read(path, *args, **kwargs):
+        if not saved:
+            saved.append(path)
+            other.save(tmp_path / "m", overwrite=True, save_anndata=True)
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(anndata, "read_h5ad", save_then_read)
+    loaded = GeneMambaModel.load(tmp_path / "m")
+    assert saved
+    weight = loaded.module.encoder.embedding.weight
+    assert torch.equal(weight, other.module.encoder.embedding.weight.to(weight.device))
+    monkeypatch.undo()
+    real_sha = _checkpoint._sha256
+    saves = []
+
+    def a_save_during_every_read(path):
+        if path.name == "model.safetensors" and not saves_in_progress:
+            saves_in_progress.append(1)
+            (model if len(saves) % 2 else other).save(tmp_path / "m", overwrite=True)
+            saves.append(1)
+            saves_in_progress.clear()
+        return real_sha(path)
+
+    saves_in_progress: list[int] = []
+    monkeypatch.setattr(_checkpoint, "_sha256", a_save_during_every_read)
+    with pytest.raises(ValueError, match="was saved again while it was read, three times running"):
+        GeneMambaModel.load(tmp_path / "m", adata=adata)
+    assert len(saves) >= 3

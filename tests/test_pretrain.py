@@ -441,6 +441,11 @@ def test_early_stopping_in_pretraining_is_checked_before_the_first_step(corpus_d
     # it failed after a whole epoch (scvi's Trainer monitored elbo_validation), and the model was not saved
     _, result = _train(corpus_dir, batch_size=64, validation_size=0.1, early_stopping=True, val_check_interval=3)
     assert result.trainer.global_step == 6 and "validation_loss" in result.trainer.callback_metrics
+    with pytest.warns(UserWarning, match="early stopping cannot end this run"):  # patience 45 > 1 epoch (review)
+        pretrain_from_corpus(
+            corpus_dir, **TINY, max_epochs=1, max_steps=1, batch_size=64, validation_size=0.1, early_stopping=True,
+            val_check_interval=1, accelerator="cpu", enable_progress_bar=False,
+        )  # fmt: skip
     cases = [
         ({"early_stopping": True}, r"needs held-out cells"),
         ({"callbacks": [EarlyStopping("validation_loss")]}, r"needs held-out cells"),

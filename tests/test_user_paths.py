@@ -682,8 +682,10 @@ def test_the_free_space_check_does_not_underestimate_a_compressed_file(tmp_path)
 
 def test_queries_are_not_kept_alive_by_the_model(sample48_model):
     # serving probe: scvi-tools' stores kept every query AnnData a model embedded (30 requests of 50 cells: +247 MB,
-    # growing without end); a query is registered for its call only, the model's own AnnData and the user's set-up stay
+    # growing without end); now the latest query stays registered (scvi-tools' lookups work on it), earlier ones go,
+    # a query shared by threads is never dropped under a running call, and the user's own set-up is kept (review)
     import gc
+    import threading
     import weakref
 
     import anndata as ad
@@ -703,13 +705,35 @@ def test_queries_are_not_kept_alive_by_the_model(sample48_model):
         del query
         model.get_latent_representation(adata[i : i + 2])  # a view of the model's own cells
     gc.collect()
-    assert [len(s) for s in stores] == sizes
+    assert [len(s) for s in stores] <= [n + 1 for n in sizes]  # the latest query (a view's copy) at most
     assert all(ref() is None for ref in gone)
-    mine = adata[:5].copy()  # set up by the user: still registered after the model embeds it
-    GeneMambaModel.setup_anndata(mine, layer="counts")
+    last = adata[:6].copy()
+    z = model.get_latent_representation(last)
+    assert model.get_anndata_manager(last) is not None  # scvi-tools' lookups work on the latest query
+    np.testing.assert_array_equal(model.get_latent_representation(last), z)
+    errors = []
+
+    def embed(rows):
+        try:
+            for _ in range(5):
+                model.get_latent_representation(shared, indices=rows)
+        except Exception as err:  # any error of a thread is the failure
+            errors.append(err)
+
+    for _ in range(3):  # threads sharing one new query: a call ending never drops it under another
+        shared = adata[10:22].copy()
+        threads = [threading.Thread(target=embed, args=([j, j + 4],)) for j in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:1]
+    mine = adata[:5].copy()  # set up by the user with labels: kept as the user set it up
+    mine.obs["lab"] = "a"
+    GeneMambaModel.setup_anndata(mine, layer="counts", labels_key="lab")
     uuid = mine.uns["_scvi_uuid"]
     model.get_latent_representation(mine)
-    assert uuid in GeneMambaModel._setup_adata_manager_store
+    assert GeneMambaModel._setup_adata_manager_store[uuid].registry["setup_args"]["labels_key"] == "lab"
     assert model.adata is adata and model.get_latent_representation().shape == full.shape
 
 
@@ -747,6 +771,25 @@ def test_a_served_gene_list_is_matched_once_and_its_settings_still_count(sample4
             with pytest.raises(ValueError, match="do not fit the model"):
                 model.get_latent_representation(sub)
         model.min_gene_overlap = overlap
+        assert len(calls) == 2
+        medians = model.gene_medians_.copy()
+        model.gene_medians_[:] = np.nan  # edited in place (review): the coverage check must see it
+        model.gene_medians_[0] = 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(ValueError, match="do not fit the model"):
+                model.min_gene_overlap = 1.0
+                model.get_latent_representation(sub)
+        model.gene_medians_[:] = medians
+        model.min_gene_overlap = overlap
+        calls.clear()
+        for i in range(10):  # the hot list stays matched among eight others (least recently used goes first)
+            model.get_latent_representation(query)
+            other = query.copy()
+            other.var_names = [f"{g}_x{i}" if j == 0 else g for j, g in enumerate(query.var_names)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.get_latent_representation(other)
+        assert len(calls) == 10  # the ten other lists only
     finally:
         _genes._match_query_genes = saved
-    assert len(calls) == 2

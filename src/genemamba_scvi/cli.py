@@ -472,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         # its own kind)
         print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
-    except SystemExit:  # Lightning's answer to Ctrl-C or SIGTERM while it trains: a graceful stop, then exit(1)
+    except SystemExit:  # Lightning's answer to a stop while it trains is exit(1); the training runner turns it
+        # into KeyboardInterrupt, so this is the fallback for a path that does not
         if _STOP_RECEIVED[0] is None:
             raise
         terminated = _STOP_RECEIVED[0] == signal.SIGTERM

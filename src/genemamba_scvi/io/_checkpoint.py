@@ -68,6 +68,9 @@ class Checkpoint:
         The directory it was read from.
     files
         The files its checksum manifest lists (and that were verified), e.g. ``adata.h5ad`` when it was saved.
+    manifest
+        The bytes of its checksum manifest as read: a reader of more files from ``path`` (the saved AnnData) compares
+        them afterwards to know that no save replaced the folder meanwhile (:func:`saved_again`).
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -77,6 +80,7 @@ class Checkpoint:
     extra: dict[str, Any]
     path: Path | None = field(default=None, repr=False)
     files: frozenset[str] = field(default=frozenset(), repr=False)
+    manifest: bytes | None = field(default=None, repr=False)
 
 
 def _sort_safetensors_metadata(path: Path) -> None:
@@ -303,14 +307,25 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         before = _manifest_bytes(path)
         try:
             checkpoint = _read_checkpoint_once(path, verify)
-        except (ValueError, FileNotFoundError):
-            if _manifest_bytes(path) == before or attempt == 2:
+        except (ValueError, FileNotFoundError) as err:
+            if _manifest_bytes(path) == before:
                 raise
+            if attempt == 2:
+                raise ValueError(_SAVED_AGAIN.format(path=path)) from err
         else:
             if _manifest_bytes(path) == before:
+                checkpoint.manifest = before
                 return checkpoint
         time.sleep(0.05 * (attempt + 1))
-    raise ValueError(f"checkpoint {path} was saved again while it was read, three times running: load it again")
+    raise ValueError(_SAVED_AGAIN.format(path=path))
+
+
+_SAVED_AGAIN = "checkpoint {path} was saved again while it was read, three times running: load it again"
+
+
+def saved_again(checkpoint: Checkpoint) -> bool:
+    """Whether a save replaced ``checkpoint``'s folder since it was read (its manifest changed)."""
+    return checkpoint.path is not None and _manifest_bytes(checkpoint.path) != checkpoint.manifest
 
 
 def _manifest_bytes(path: Path) -> bytes | None:

@@ -40,9 +40,10 @@ def config_in_order(values: dict[str, Any]) -> dict[str, Any]:
     return {key: values[key] for key in CONFIG_KEYS}
 
 
-#: The match of a query's genes to the vocabulary is kept for the last few gene lists a model saw (by the genes,
-#: their column, ``min_gene_overlap``, the unknown token and the medians): a service's requests share one gene list,
-#: whose match (~10 ms for 32,786 genes, unloaded) cost a 1-cell request most of its time (serving probe;
+#: The match of a query's genes to the vocabulary is kept for the gene lists a model used most recently (by the
+#: genes, their column, ``min_gene_overlap``, the unknown token, the vocabulary and which genes have a median): a
+#: service's requests share one gene list, whose match took a 1-cell request most of its time (32,786 genes: ~21 ms
+#: against a model of all of them, ~266 ms against a 9,810-gene model, one loaded CPU thread; serving probe,
 #: ``benchmarks/request_latency.py``). False: match every call (an ablation).
 _GENE_MATCH_CACHE = True
 _GENE_MATCH_CACHE_SIZE = 8
@@ -302,18 +303,22 @@ class GeneMambaGenesMixin:
         key = hash(gene_list)  # each warning once per model and gene list (load, embed, predict: the same genes)
         coverage_told = self.__dict__.setdefault("_gene_coverage_reported", set())
         cache = self.__dict__.setdefault("_gene_match_cache", {})
-        cache_key = (gene_list, column, self.min_gene_overlap, self._unk_token, id(medians))
-        hit = cache.get(cache_key) if _GENE_MATCH_CACHE else None
-        if hit is not None and hit[0] is medians:  # (the entry holds its medians: their id cannot be reused)
+        # what decides the match: the genes, their column, the settings, the vocabulary, and which of its genes have a
+        # median (the coverage check; an in-place edit of gene_medians_ changes this fingerprint, not the id)
+        known = None if medians is None else hash(np.isfinite(medians).tobytes())
+        cache_key = (gene_list, column, self.min_gene_overlap, self._unk_token, id(self.vocab_), known)
+        hit = cache.pop(cache_key, None) if _GENE_MATCH_CACHE else None
+        if hit is not None and hit[0] is self.vocab_:  # (the entry holds its vocabulary: its id cannot be reused)
             match = hit[1]
+            cache[cache_key] = hit  # the most recently used last
         else:
             match = _match_query_genes(
                 self.vocab_, ids, medians, self.min_gene_overlap, self._unk_token, column, key not in coverage_told
             )
             match.token_ids.flags.writeable = False  # shared by every later call with these genes
-            cache[cache_key] = (medians, match)
+            cache[cache_key] = (self.vocab_, match)
             while len(cache) > _GENE_MATCH_CACHE_SIZE:
-                cache.pop(next(iter(cache)), None)  # the oldest gene list
+                cache.pop(next(iter(cache)), None)  # the least recently used gene list
         if medians is not None:  # (set-up matches before the medians exist: nothing was checked yet)
             coverage_told.add(key)
         n_unknown = int((match.token_ids < 0).sum())

@@ -375,12 +375,20 @@ class GeneMambaSaveLoadMixin:
             )
 
         from genemamba_scvi.io import read_checkpoint
+        from genemamba_scvi.io._checkpoint import _SAVED_AGAIN, saved_again
 
         if prefix:
             dir_path = Path(dir_path) / f"{prefix}model"
-        ckpt = read_checkpoint(dir_path)
-        if adata is None:
-            adata = _saved_anndata(ckpt)
+        for _ in range(3):  # the saved AnnData, read after the checkpoint, must come from the same save (review)
+            ckpt = read_checkpoint(dir_path)
+            if adata is not None:
+                break
+            saved_adata = _saved_anndata(ckpt)
+            if not saved_again(ckpt):
+                adata = saved_adata
+                break
+        else:
+            raise ValueError(_SAVED_AGAIN.format(path=dir_path))
         extra = ckpt.extra or {}
         config = _check_saved_settings(dir_path, dict(ckpt.config), extra)
         if min_gene_overlap is not None:

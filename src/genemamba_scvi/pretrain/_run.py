@@ -31,6 +31,7 @@ from genemamba_scvi.train import (
     logged_metrics,
     minibatch_loss,
     training_session,
+    warn_if_patience_too_long,
 )
 
 # ---------------------------------------------------------------------------------------------- training
@@ -171,6 +172,7 @@ def _check_early_stopping(
     if trainer_kwargs.get("early_stopping"):
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
     check_early_stopping_monitor(trainer_kwargs, logged_metrics("pretrain", module, gamma), callbacks, n_val)
+    warn_if_patience_too_long(trainer_kwargs)
 
 
 def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
