@@ -133,6 +133,16 @@ def test_a_checkpoint_dir_that_cannot_take_a_file_is_refused_before_training(sam
 
     with pytest.raises(PermissionError, match="cannot take a file"):  # checked before the corpus is opened
         pretrain_from_corpus(tmp_path / "no_corpus", checkpoint_dir=tmp_path / "ro")
+    monkeypatch.undo()
+    # a folder still to be made where none can be (HPC probe: it failed after the first epoch), and a save_dir whose
+    # folder takes no new folders (pretrain trained to the end, then failed on a hidden path: the run was lost)
+    with pytest.raises(PermissionError, match=r"checkpoint_dir='/proc/ck' cannot be made: /proc takes no new folders"):
+        model.train(max_epochs=1, checkpoint_dir="/proc/ck", **TRAIN)
+    with pytest.raises(ValueError, match=r"cannot save to /proc/m: /proc takes no new folders"):
+        GeneMambaModel.pretrain(tmp_path / "no_corpus", "/proc/m")
+    with pytest.raises(ValueError, match=r"cannot save to /proc/m: /proc takes no new folders"):
+        model.save("/proc/m")
+    assert not model.is_trained
 
 
 def test_the_memory_check_takes_the_job_limit_and_ulimit_into_account(tmp_path, monkeypatch):

@@ -528,6 +528,9 @@ def test_ctrl_c_in_pretraining_says_what_was_kept(corpus_dir, tmp_path, one_thre
     with pytest.raises(KeyboardInterrupt, match=r"resume with ckpt_path='.*ckpt/last.ckpt'"):
         _train(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=1)
     assert (ckpt / "last.ckpt").is_file()
+    none_yet = tmp_path / "none_yet"  # stopped before its first checkpoint: no advice to resume from a missing file
+    with pytest.raises(KeyboardInterrupt, match=r"nothing was saved, and no checkpoint was written yet into"):
+        _train(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(1)], checkpoint_dir=none_yet, checkpoint_every_n_steps=5)
 
 
 def test_continuing_a_loaded_module_trains_it_in_training_mode(corpus_dir):

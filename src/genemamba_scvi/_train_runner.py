@@ -6,6 +6,7 @@ import gc
 import random
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,14 @@ class QuietTrainRunner(TrainRunner):
     clean-up (the history so far kept, the GPU cache emptied). The rest is scvi-tools' own.
     """
 
-    #: What a Ctrl-C leaves, said in the ``KeyboardInterrupt`` (``pretrain`` says its own).
-    interrupt_note = "the model keeps the weights and history reached, and training again goes on from them"
+    #: What a Ctrl-C leaves, said in the ``KeyboardInterrupt`` (``pretrain`` says its own; a callable is asked when
+    #: the run stops, so it can look at what was written).
+    interrupt_note: str | Callable[[], str] = (
+        "the model keeps the weights and history reached, and training again goes on from them"
+    )
+
+    def _note(self) -> str:
+        return self.interrupt_note() if callable(self.interrupt_note) else self.interrupt_note
 
     def _run_training_core(self) -> None:
         main = threading.current_thread() is threading.main_thread()
@@ -51,12 +58,12 @@ class QuietTrainRunner(TrainRunner):
             if interrupted:
                 raise KeyboardInterrupt(
                     f"training interrupted after {self.trainer.global_step} steps (epoch {self.trainer.current_epoch})"
-                    f"; {self.interrupt_note}"
+                    f"; {self._note()}"
                 ) from None
             if stepped and isinstance(err, Exception):
                 err.add_note(
                     f"genemamba_scvi: training stopped after {self.trainer.global_step} steps (epoch "
-                    f"{self.trainer.current_epoch}); {self.interrupt_note}"
+                    f"{self.trainer.current_epoch}); {self._note()}"
                 )
             raise
         self._update_history()

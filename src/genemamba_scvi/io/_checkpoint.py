@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -214,6 +215,7 @@ def check_checkpoint_target(path: str | os.PathLike, overwrite: bool, extra_file
     path = Path(path)
     if path.exists() or path.is_symlink() or path.parent.is_dir():
         _check_target(path, overwrite, looks_like=lambda p: True, what="genemamba-scvi checkpoint")
+    check_can_make_folders(path)
     bad = [name for name in extra_files if name in _OWN_FILES or "/" in name or name in ("", ".", "..")]
     if bad:
         raise ValueError(f"extra_files cannot be named {bad}: plain file names other than the checkpoint's own")
@@ -224,6 +226,28 @@ def check_checkpoint_target(path: str | os.PathLike, overwrite: bool, extra_file
                 f"refusing to overwrite {', '.join(clash)} in {path}: it is not a genemamba-scvi checkpoint "
                 "directory, so these files are not ours to replace; save to another directory"
             )
+
+
+def check_can_make_folders(path: str | os.PathLike) -> None:
+    """Refuse (``ValueError``) a ``path`` whose folder cannot take the hidden sibling folder a save writes first.
+
+    A save writes ``.<name>.tmp-*`` beside ``path`` and swaps it in, so the folder holding ``path`` (or its nearest
+    existing parent, where the missing ones are made) must take new folders. Tried, not judged by mode bits: root
+    passes ``os.access`` on a read-only mount or ``/proc``. Before, a shared cluster user's ``pretrain`` trained to
+    the end and then failed on that hidden path, and the run was lost (HPC probe).
+    """
+    path = Path(path).expanduser().absolute()
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is None:
+        return
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.check-", dir=folder))
+    except OSError as err:
+        raise ValueError(
+            f"cannot save to {path}: {folder} takes no new folders ({err.strerror or err}); a save writes a hidden "
+            f"folder beside {path.name} and swaps it in, so the folder holding it must be writable: choose another "
+            "place"
+        ) from None
 
 
 def _manifest_files(path: Path) -> set[str]:

@@ -207,8 +207,9 @@ def check_checkpoint_dir(checkpoint_dir: Any) -> None:
     """Refuse, before training, a ``checkpoint_dir`` that exists but cannot take a file.
 
     Lightning (2.6) drops the ``PermissionError`` of a checkpoint it cannot write: a run of 100k steps "with
-    checkpoints" would end with none. (A folder that does not exist yet is made by Lightning, which raises if it
-    cannot.)
+    checkpoints" would end with none. A folder that does not exist yet is made by Lightning at the first checkpoint,
+    so its nearest existing parent must take a new folder: tried now (a shared cluster's read-only folder failed
+    after the first epoch; HPC probe).
     """
     import tempfile
 
@@ -226,6 +227,16 @@ def check_checkpoint_dir(checkpoint_dir: Any) -> None:
             raise PermissionError(
                 f"checkpoint_dir={str(checkpoint_dir)!r} cannot take a file ({err.strerror or err}): no checkpoint "
                 "could be written there; pass a writable folder"
+            ) from None
+    elif not path.exists():
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        try:
+            if parent is not None:
+                os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".write-test-"))
+        except OSError as err:
+            raise PermissionError(
+                f"checkpoint_dir={str(checkpoint_dir)!r} cannot be made: {parent} takes no new folders "
+                f"({err.strerror or err}); pass a writable folder"
             ) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -173,6 +174,16 @@ def _check_early_stopping(
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
     check_early_stopping_monitor(trainer_kwargs, logged_metrics("pretrain", module, gamma), callbacks, n_val)
     warn_if_patience_too_long(trainer_kwargs)
+
+
+def _stopped_pretraining_note(checkpoint_dir: str | os.PathLike | None) -> str:
+    """What a stopped ``pretrain`` leaves (it returns nothing): the checkpoint to resume from, if one was written."""
+    if checkpoint_dir is None:
+        return "nothing was saved (pass checkpoint_dir= to keep checkpoints to resume from)"
+    last = Path(checkpoint_dir).expanduser() / "last.ckpt"
+    if last.is_file():
+        return f"nothing was saved but the checkpoints: resume with ckpt_path='{last}'"
+    return f"nothing was saved, and no checkpoint was written yet into {Path(checkpoint_dir).expanduser()}"
 
 
 def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
@@ -422,10 +433,6 @@ def pretrain_from_corpus(
         runner = QuietTrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
         )
-        runner.interrupt_note = (  # pretrain returns nothing when stopped: only its checkpoints keep the steps
-            f"nothing was saved but the checkpoints: resume with ckpt_path='{Path(checkpoint_dir) / 'last.ckpt'}'"
-            if checkpoint_dir is not None
-            else "nothing was saved (pass checkpoint_dir= to keep checkpoints to resume from)"
-        )
+        runner.interrupt_note = functools.partial(_stopped_pretraining_note, checkpoint_dir)
         runner()
     return PretrainResult(module, vocab, medians, runner.trainer)
