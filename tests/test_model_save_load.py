@@ -256,3 +256,21 @@ def test_a_load_never_mixes_the_weights_of_one_save_and_the_anndata_of_another(s
     with pytest.raises(ValueError, match="was saved again while it was read, three times running"):
         GeneMambaModel.load(tmp_path / "m", adata=adata)
     assert len(saves) >= 3
+
+
+def test_overwriting_keeps_the_folders_mode_and_group(sample48_model, tmp_path):
+    # HPC probe: the swapped-in folder took the saver's umask and primary group: a private model became
+    # world-readable, a lab's shared model (group lab, setgid) lost its group and colleagues could not load it
+    import os
+    import stat
+
+    model, _ = sample48_model
+    model.save(tmp_path / "m")
+    os.chmod(tmp_path / "m", 0o2750)
+    gid = 4321 if os.geteuid() == 0 else os.getgid()  # (root may give any group; a user, one of its own)
+    os.chown(tmp_path / "m", -1, gid)
+    model.save(tmp_path / "m", overwrite=True)
+    info = (tmp_path / "m").stat()
+    assert stat.S_IMODE(info.st_mode) == 0o2750
+    assert info.st_gid == gid
+    assert all(p.stat().st_gid == gid for p in (tmp_path / "m").iterdir())

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -360,6 +361,7 @@ def _atomic_write_dir(
                 raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
             if own_files is not None:
                 _keep_user_entries(path, tmp, own_files)
+            _carry_folder_access(path, tmp)
         _fsync_path(tmp)
         if path.exists():
             if _exchange_dirs(tmp, path):
@@ -384,6 +386,24 @@ def _atomic_write_dir(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _carry_folder_access(old: Path, new: Path) -> None:
+    """Give the folder replacing ``old`` its mode (setgid included) and group, and its entries that group.
+
+    The swapped-in folder is new, made with the saver's umask and primary group: a private model became
+    world-readable, and a lab's model (group ``lab``, setgid) lost its group, so colleagues could no longer load it
+    (HPC probe). The group is given where the saver may (a member of it); otherwise the folder keeps the saver's.
+    """
+    info = old.stat()
+    os.chmod(new, stat.S_IMODE(info.st_mode))
+    if info.st_gid == new.stat().st_gid:
+        return
+    try:
+        for entry in (new, *new.rglob("*")):
+            os.chown(entry, -1, info.st_gid, follow_symlinks=False)
+    except (PermissionError, NotImplementedError):  # not a member of that group (or no chown on this system)
+        pass
 
 
 def _interrupted_hint(path: Path) -> str:
