@@ -84,6 +84,25 @@ def _warn_few_published_genes(token_ids: np.ndarray, n_vocab: int) -> None:
         )
 
 
+def _read_with_anndata(dir_path: Path, adata: AnnData | None) -> tuple[Checkpoint, AnnData]:
+    """The checkpoint in ``dir_path`` and ``adata`` (None: the AnnData saved with it, from the same save).
+
+    The saved AnnData is read after the checked checkpoint: a save in between gave one save's weights with the other's
+    cells (review), so the read starts over when the folder's manifest changed meanwhile (three tries).
+    """
+    from genemamba_scvi.io import read_checkpoint
+    from genemamba_scvi.io._checkpoint import _SAVED_AGAIN, saved_again
+
+    for _ in range(3):
+        ckpt = read_checkpoint(dir_path)
+        if adata is not None:
+            return ckpt, adata
+        saved_adata = _saved_anndata(ckpt)
+        if not saved_again(ckpt):
+            return ckpt, saved_adata
+    raise ValueError(_SAVED_AGAIN.format(path=dir_path))
+
+
 def _saved_anndata(ckpt: Checkpoint) -> AnnData:
     """The AnnData that ``save(..., save_anndata=True)`` wrote into the checkpoint (its checksum already verified)."""
     import anndata
@@ -374,21 +393,9 @@ class GeneMambaSaveLoadMixin:
                 "accelerator, device, prefix and min_gene_overlap"
             )
 
-        from genemamba_scvi.io import read_checkpoint
-        from genemamba_scvi.io._checkpoint import _SAVED_AGAIN, saved_again
-
         if prefix:
             dir_path = Path(dir_path) / f"{prefix}model"
-        for _ in range(3):  # the saved AnnData, read after the checkpoint, must come from the same save (review)
-            ckpt = read_checkpoint(dir_path)
-            if adata is not None:
-                break
-            saved_adata = _saved_anndata(ckpt)
-            if not saved_again(ckpt):
-                adata = saved_adata
-                break
-        else:
-            raise ValueError(_SAVED_AGAIN.format(path=dir_path))
+        ckpt, adata = _read_with_anndata(dir_path, adata)
         extra = ckpt.extra or {}
         config = _check_saved_settings(dir_path, dict(ckpt.config), extra)
         if min_gene_overlap is not None:
