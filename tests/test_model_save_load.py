@@ -274,3 +274,13 @@ def test_overwriting_keeps_the_folders_mode_and_group(sample48_model, tmp_path):
     assert stat.S_IMODE(info.st_mode) == 0o2750
     assert info.st_gid == gid
     assert all(p.stat().st_gid == gid for p in (tmp_path / "m").iterdir())
+
+
+def test_overwriting_through_a_symbolic_link_names_the_link(sample48_model, tmp_path):
+    # HPC probe: a model folder linked into scratch; the save said "it is not a directory"
+    model, _ = sample48_model
+    model.save(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ValueError, match=r"it is a symbolic link \(to .*real\); pass the real folder's path"):
+        model.save(tmp_path / "link", overwrite=True)
+    model.save(tmp_path / "real", overwrite=True)

@@ -123,6 +123,10 @@ def _check_target(path: Path, overwrite: bool, looks_like: Callable[[Path], bool
         raise FileExistsError(f"{path} is a file; a {what} is a directory: name a directory that does not exist")
     if not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if path.is_symlink() and path.is_dir():  # the swap would replace the link, not the folder it points at
+        raise ValueError(
+            f"refusing to overwrite {path}: it is a symbolic link (to {path.resolve()}); pass the real folder's path"
+        )
     if path.is_symlink() or not path.is_dir():
         raise ValueError(f"refusing to overwrite {path}: it is not a directory")
     cwd, target = Path.cwd().resolve(), path.resolve()
