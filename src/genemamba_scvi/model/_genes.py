@@ -317,8 +317,8 @@ class GeneMambaGenesMixin:
             )
             match.token_ids.flags.writeable = False  # shared by every later call with these genes
             cache[cache_key] = (self.vocab_, match)
-            while len(cache) > _GENE_MATCH_CACHE_SIZE:
-                cache.pop(next(iter(cache)), None)  # the least recently used gene list
+            for old in list(cache)[:-_GENE_MATCH_CACHE_SIZE]:  # the least recently used lists (one C call: threads)
+                cache.pop(old, None)
         if medians is not None:  # (set-up matches before the medians exist: nothing was checked yet)
             coverage_told.add(key)
         n_unknown = int((match.token_ids < 0).sum())
