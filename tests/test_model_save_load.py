@@ -10,6 +10,7 @@ import hashlib
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -284,3 +285,15 @@ def test_overwriting_through_a_symbolic_link_names_the_link(sample48_model, tmp_
     with pytest.raises(ValueError, match=r"it is a symbolic link \(to .*real\); pass the real folder's path"):
         model.save(tmp_path / "link", overwrite=True)
     model.save(tmp_path / "real", overwrite=True)
+
+
+def test_a_model_whose_saved_anndata_is_gone_loads_with_an_anndata_given(sample48_model, tmp_path):
+    # HPC probe: adata.h5ad deleted (a quota) or unreadable to a colleague: the weights were intact, yet the model
+    # could not be loaded even with adata=; without adata= it is still named as missing
+    model, adata = sample48_model
+    model.save(tmp_path / "m", save_anndata=True)
+    (tmp_path / "m" / "adata.h5ad").unlink()
+    loaded = GeneMambaModel.load(tmp_path / "m", adata=adata)
+    np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match=r"is missing adata\.h5ad"):
+        GeneMambaModel.load(tmp_path / "m")

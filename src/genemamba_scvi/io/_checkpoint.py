@@ -300,7 +300,7 @@ def _load_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, verify: bool = True, skip: Collection[str] = ()) -> Checkpoint:
     """Read a model directory written by :func:`write_checkpoint`.
 
     Parameters
@@ -309,6 +309,9 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         The checkpoint directory.
     verify
         Check the sha256 of every file against ``checksums.json`` before parsing (default).
+    skip
+        Files of the manifest this read does not need (``adata.h5ad`` when the caller brings its own AnnData):
+        neither required nor verified, so a model whose saved AnnData was deleted or made unreadable still loads.
 
     Returns
     -------
@@ -330,7 +333,7 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     for attempt in range(3):
         before = _manifest_bytes(path)
         try:
-            checkpoint = _read_checkpoint_once(path, verify)
+            checkpoint = _read_checkpoint_once(path, verify, frozenset(skip))
         except (ValueError, FileNotFoundError) as err:
             if _manifest_bytes(path) == before:
                 raise
@@ -360,7 +363,7 @@ def _manifest_bytes(path: Path) -> bytes | None:
         return None
 
 
-def _read_checkpoint_once(path: Path, verify: bool) -> Checkpoint:
+def _read_checkpoint_once(path: Path, verify: bool, skip: frozenset[str]) -> Checkpoint:
     """:func:`read_checkpoint` without the check for a concurrent save."""
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint directory at {path}{_interrupted_hint(path)}")
@@ -382,14 +385,15 @@ def _read_checkpoint_once(path: Path, verify: bool) -> Checkpoint:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise ValueError(f"{manifest_path} has no 'files' table")
-    missing = [name for name in sorted({*_REQUIRED_FILES, *files}) if not (path / name).is_file()]
+    needed = {name: digest for name, digest in files.items() if name not in skip or name in _REQUIRED_FILES}
+    missing = [name for name in sorted({*_REQUIRED_FILES, *needed}) if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint {path} is missing {', '.join(missing)}")
     uncovered = [name for name in _REQUIRED_FILES if name not in files]
     if uncovered:
         raise ValueError(f"{manifest_path} has no checksum for {', '.join(uncovered)}")
     if verify:
-        for name, expected in files.items():
+        for name, expected in needed.items():
             actual = _sha256(path / name)
             if actual != expected:
                 raise ValueError(

@@ -90,11 +90,12 @@ def _read_with_anndata(dir_path: Path, adata: AnnData | None) -> tuple[Checkpoin
     The saved AnnData is read after the checked checkpoint: a save in between gave one save's weights with the other's
     cells (review), so the read starts over when the folder's manifest changed meanwhile (three tries).
     """
-    from genemamba_scvi.io import read_checkpoint
+    from genemamba_scvi.io import ANNDATA_FILE, read_checkpoint
     from genemamba_scvi.io._checkpoint import _SAVED_AGAIN, saved_again
 
     for _ in range(3):
-        ckpt = read_checkpoint(dir_path)
+        # an AnnData brought along: the saved one is not needed (deleted for a quota, unreadable to a colleague)
+        ckpt = read_checkpoint(dir_path, skip=(ANNDATA_FILE,) if adata is not None else ())
         if adata is not None:
             return ckpt, adata
         saved_adata = _saved_anndata(ckpt)
