@@ -155,7 +155,7 @@ def test_demo_refuses_to_write_over_an_earlier_run_and_zero_epochs(tmp_path, cap
     assert (out / "summary.json").read_text() == "my results"
 
 
-def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys):
+def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys, monkeypatch):
     text = tmp_path / "cells.txt"
     text.write_text("not an h5ad")
     model.save(tmp_path / "m")
@@ -193,6 +193,15 @@ def test_embed_and_build_corpus_name_bad_files_and_keys(model, tmp_path, capsys)
         assert "cannot write /proc/o.h5ad: /proc " in err
         if os.geteuid() == 0:  # root passes os.access: the file made there is what refuses it (review)
             assert "takes no new files" in err
+    # a write-protected output (another user's, in a shared folder; HPC probe): refused before the embedding, as save
+    # refuses a write-protected model (root here may write any file, so the permission is what os.access says)
+    theirs = tmp_path / "theirs.h5ad"
+    theirs.write_bytes(b"a colleague's file")
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == theirs else access(p, mode, **kw))
+    assert main(["embed", str(cells), "--model", str(tmp_path / "m"), "--out", str(theirs), "--overwrite"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err and theirs.read_bytes() == b"a colleague's file"
+    monkeypatch.undo()
     argv = ["embed", str(cells), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.h5ad"), "--key", ""]
     assert main(argv) == 2
     assert "--key must name the obsm key" in capsys.readouterr().err

@@ -166,7 +166,13 @@ def _x_compression(source: Path) -> str | None:
 
 
 def _check_writable(out: Path) -> None:
-    """Refuse an output whose folder (or nearest existing parent folder) this user cannot write into."""
+    """Refuse an output this user may not write: its folder (or nearest existing parent), or the file itself.
+
+    A write-protected output file would be replaced by the rename all the same (another user's file in a shared,
+    group-writable folder; HPC probe), where ``save`` refuses a write-protected model.
+    """
+    if out.is_file() and not os.access(out, os.W_OK):
+        raise ValueError(f"refusing to overwrite {out}: it is write-protected (make it writable first to replace it)")
     folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {out}: {folder} is not a folder this user can write into")
