@@ -297,3 +297,24 @@ def test_a_model_whose_saved_anndata_is_gone_loads_with_an_anndata_given(sample4
     np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-6)
     with pytest.raises(FileNotFoundError, match=r"is missing adata\.h5ad"):
         GeneMambaModel.load(tmp_path / "m")
+
+
+def test_a_file_the_saver_cannot_read_in_the_model_folder_is_named(sample48_model, tmp_path, monkeypatch):
+    # HPC probe: a colleague's private file in a shared model folder failed the save in shutil's traceback
+    import os
+    import shutil
+
+    model, _ = sample48_model
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / "notes.txt").write_text("private")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+
+    def denied(src, dst, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(os, "link", denied)  # (root reads every file: the colleague's mode is simulated)
+    monkeypatch.setattr(shutil, "copy2", denied)
+    with pytest.raises(PermissionError, match=r"cannot keep .*notes\.txt while replacing the model .*nothing was"):
+        model.save(tmp_path / "m", overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

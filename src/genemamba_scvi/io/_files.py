@@ -326,7 +326,16 @@ def _keep_user_entries(old: Path, new: Path, own_files: Collection[str]) -> None
     """Hard-link (or copy) every entry of ``old`` not named in ``own_files`` into ``new``, recursively."""
     for entry in old.iterdir():
         if entry.name not in own_files and not (new / entry.name).exists():
-            _link_tree(entry, new / entry.name)
+            try:
+                _link_tree(entry, new / entry.name)
+            except PermissionError as err:  # e.g. a colleague's private file in a shared model folder (HPC probe)
+                raise PermissionError(
+                    err.errno,
+                    f"cannot keep {err.filename or entry} while replacing the model in {old}: this user cannot read "
+                    "it (a save keeps the folder's other files); move it out or make it readable, then save again "
+                    "(nothing was changed)",
+                    str(entry),
+                ) from None
 
 
 def _link_tree(src: Path, dst: Path) -> None:
