@@ -747,6 +747,7 @@ def test_a_served_gene_list_is_matched_once_and_its_settings_still_count(sample4
     from genemamba_scvi.model import _genes
 
     model, adata = sample48_model
+    model.__dict__.pop("_gene_match_cache", None)  # (the fixture's model is shared: earlier tests matched these genes)
     query = ad.AnnData(adata.layers["counts"][:3].copy(), var=adata.var[[]].copy())
     query.layers["counts"] = query.X
     calls = []
