@@ -76,3 +76,24 @@ def test_outputs_swapped_in_halfway_put_the_earlier_ones_back(tmp_path, monkeypa
         ("demo_adata.h5ad", "umap_genemamba.png", "summary.json"), "OLD"
     )
     assert (out / "model" / "w").read_text() == "OLD"
+
+
+def test_a_read_only_home_gets_numba_a_temporary_cache(tmp_path, monkeypatch):
+    # HPC probe: with HOME not writable, `import scanpy` (the demo's) failed in numba's cache; a user's setting stays
+    import os
+
+    from genemamba_scvi import _cli_demo
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    _cli_demo._numba_cache_if_home_is_read_only()
+    assert "NUMBA_CACHE_DIR" not in os.environ  # a writable home: numba's own places
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(home) else access(p, mode, **kw))
+    _cli_demo._numba_cache_if_home_is_read_only()
+    assert os.environ["NUMBA_CACHE_DIR"].startswith(str(_cli_demo.tempfile.gettempdir()))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/my/cache")
+    _cli_demo._numba_cache_if_home_is_read_only()
+    assert os.environ["NUMBA_CACHE_DIR"] == "/my/cache"

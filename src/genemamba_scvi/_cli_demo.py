@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,9 +39,26 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numba_cache_if_home_is_read_only() -> None:
+    """Point numba's cache (scanpy's compiled functions) at a temporary folder when HOME cannot take it.
+
+    With a read-only install and an unwritable HOME (a shared cluster), ``import scanpy`` failed in numba's cache
+    ("no locator available"; HPC probe). A ``NUMBA_CACHE_DIR`` the user set is kept.
+    """
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME and no password entry
+        home = Path("/nonexistent")
+    if "NUMBA_CACHE_DIR" not in os.environ and not os.access(home if home.is_dir() else home.parent, os.W_OK):
+        user = getattr(os, "getuid", lambda: "user")()
+        os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"genemamba-numba-cache-{user}")
+
+
 def _demo_run(args: argparse.Namespace, out: Path) -> None:
     """The demo's work: every output written into ``out``."""
     import numpy as np
+
+    _numba_cache_if_home_is_read_only()
     import scanpy as sc
     import scvi
     import torch
