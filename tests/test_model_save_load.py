@@ -295,7 +295,7 @@ def test_a_model_whose_saved_anndata_is_gone_loads_with_an_anndata_given(sample4
     (tmp_path / "m" / "adata.h5ad").unlink()
     loaded = GeneMambaModel.load(tmp_path / "m", adata=adata)
     np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-6)
-    with pytest.raises(FileNotFoundError, match=r"is missing adata\.h5ad"):
+    with pytest.raises(FileNotFoundError, match=r"is missing adata\.h5ad \(.*pass adata= to load it without\)"):
         GeneMambaModel.load(tmp_path / "m")
 
 

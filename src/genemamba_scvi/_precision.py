@@ -63,7 +63,9 @@ def resolve_precision(precision: str | int | None, on_gpu: bool) -> str:
     return canonical
 
 
-def require_cuda_if_asked(accelerator: object, device: object = None) -> None:
+def require_cuda_if_asked(
+    accelerator: object, device: object = None, advice: str = "use accelerator='auto' or 'cpu'"
+) -> None:
     """Refuse, naming the argument, a GPU asked for on a machine where torch sees none.
 
     Lightning's own error names neither the argument nor the fix.
@@ -76,7 +78,7 @@ def require_cuda_if_asked(accelerator: object, device: object = None) -> None:
         what = f"accelerator={accelerator!r}" if asked else f"device={device!r}"
         raise ValueError(
             f"{what} asks for a CUDA GPU, but torch sees none on this machine (torch.cuda.is_available() is False: "
-            "no GPU, or a CPU-only torch build); use accelerator='auto' or 'cpu'"
+            f"no GPU, or a CPU-only torch build); {advice}"
         )
 
 

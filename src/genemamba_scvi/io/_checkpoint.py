@@ -388,7 +388,8 @@ def _read_checkpoint_once(path: Path, verify: bool, skip: frozenset[str]) -> Che
     needed = {name: digest for name, digest in files.items() if name not in skip or name in _REQUIRED_FILES}
     missing = [name for name in sorted({*_REQUIRED_FILES, *needed}) if not (path / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"checkpoint {path} is missing {', '.join(missing)}")
+        hint = " (the AnnData saved with the model: pass adata= to load it without)" if ANNDATA_FILE in missing else ""
+        raise FileNotFoundError(f"checkpoint {path} is missing {', '.join(missing)}{hint}")
     uncovered = [name for name in _REQUIRED_FILES if name not in files]
     if uncovered:
         raise ValueError(f"{manifest_path} has no checksum for {', '.join(uncovered)}")

@@ -319,7 +319,7 @@ class GeneMambaModel(
 
     def to_device(self, device: str | int | torch.device) -> None:
         """Move the model, as scvi-tools' ``to_device``; a GPU asked for where torch sees none is named."""
-        require_cuda_if_asked(None, "cuda" if isinstance(device, int) else device)
+        require_cuda_if_asked(None, "cuda" if isinstance(device, int) else device, "use to_device('cpu')")
         super().to_device(device)
 
     # ------------------------------------------------------------------ inference
