@@ -461,10 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = functools.partial(_show_warning, args.command)
             status = int(args.func(args))
         if _STOP_RECEIVED[0] is not None:  # its exception was lost (e.g. inside a library's callback): work finished
-            terminated = _STOP_RECEIVED[0] == signal.SIGTERM
-            print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'} (after its outputs were "
-                  "written)", file=sys.stderr)  # fmt: skip
-            return 143 if terminated else 130
+            return _stopped(args.command, _STOP_RECEIVED[0] == signal.SIGTERM, " (after its outputs were written)")
         return status
     except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message, not a traceback
         print(f"genemamba {args.command}: error: {_cli_spelling(str(err), sub.choices[args.command])}", file=sys.stderr)
@@ -473,18 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genemamba {args.command}: error: permission denied: {err.filename or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: no traceback; outputs are written atomically (their
-        # temporaries removed on the way out), so nothing half-written is left
-        terminated = isinstance(stop, _Terminated) or _STOP_RECEIVED[0] == signal.SIGTERM  # (Lightning re-raises
-        # its own kind)
-        print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
+        # temporaries removed on the way out), so nothing half-written is left; the flag too: Lightning re-raises its
+        # own kind
+        return _stopped(args.command, isinstance(stop, _Terminated) or _STOP_RECEIVED[0] == signal.SIGTERM)
     except SystemExit:  # Lightning's answer to a stop while it trains is exit(1); the training runner turns it
         # into KeyboardInterrupt, so this is the fallback for a path that does not
         if _STOP_RECEIVED[0] is None:
             raise
-        terminated = _STOP_RECEIVED[0] == signal.SIGTERM
-        print(f"genemamba {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
+        return _stopped(args.command, _STOP_RECEIVED[0] == signal.SIGTERM)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -496,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _STOP_RECEIVED[0] = None
+
+
+def _stopped(command: str, terminated: bool, after: str = "") -> int:
+    """Say that a command was stopped (SIGTERM: "terminated", Ctrl-C: "interrupted"); its exit status (143 / 130)."""
+    print(f"genemamba {command}: {'terminated' if terminated else 'interrupted'}{after}", file=sys.stderr)
+    return 143 if terminated else 130
 
 
 class _Terminated(KeyboardInterrupt):
