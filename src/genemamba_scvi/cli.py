@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -173,14 +172,13 @@ def _check_writable(out: Path) -> None:
     """
     if out.is_file() and not os.access(out, os.W_OK):
         raise ValueError(f"refusing to overwrite {out}: it is write-protected (make it writable first to replace it)")
-    folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    from genemamba_scvi.io._files import nearest_existing, new_folder_error
+
+    folder = nearest_existing(out.parent)
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {out}: {folder} is not a folder this user can write into")
-    try:  # a file made and removed there: a read-only mount or /proc passes os.access (root) but takes no files
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ValueError(f"cannot write {out}: {folder} takes no new files ({err.strerror or err})") from None
+    if (err := new_folder_error(folder)) is not None:  # (root passes os.access on /proc or a read-only mount)
+        raise ValueError(f"cannot write {out}: {folder} takes no new files ({err.strerror or err})")
 
 
 def _check_cli_model(args: argparse.Namespace, out: Path, saved: bool) -> None:

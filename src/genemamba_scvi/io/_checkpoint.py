@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from genemamba_scvi.io._files import (
     _load_safetensors,
     _prepare_tensors,
     _sha256,
+    nearest_existing,
+    new_folder_error,
 )
 
 if TYPE_CHECKING:
@@ -237,12 +238,8 @@ def check_can_make_folders(path: str | os.PathLike) -> None:
     the end and then failed on that hidden path, and the run was lost (HPC probe).
     """
     path = Path(path).expanduser().absolute()
-    folder = next((p for p in path.parents if p.exists()), None)
-    if folder is None:
-        return
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.check-", dir=folder))
-    except OSError as err:
+    folder = nearest_existing(path.parent)
+    if (err := new_folder_error(folder)) is not None:
         raise ValueError(
             f"cannot save to {path}: {folder} takes no new folders ({err.strerror or err}); a save writes a hidden "
             f"folder beside {path.name} and swaps it in, so the folder holding it must be writable: choose another "

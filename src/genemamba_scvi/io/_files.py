@@ -208,6 +208,26 @@ def _remove_stale_tmp(path: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (where missing folders would be made)."""
+    path = Path(path).absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def new_folder_error(folder: Path) -> OSError | None:
+    """The error of making (and removing) a hidden folder in ``folder``, or None where that works.
+
+    Tried, not judged by mode bits: root passes ``os.access`` on a read-only mount or ``/proc``, which take no entry.
+    """
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".write-test-"))
+    except OSError as err:
+        return err
+    return None
+
+
 def check_checkpoint_dir(checkpoint_dir: Any) -> None:
     """Refuse, before training, a ``checkpoint_dir`` that exists but cannot take a file.
 
@@ -233,16 +253,11 @@ def check_checkpoint_dir(checkpoint_dir: Any) -> None:
                 f"checkpoint_dir={str(checkpoint_dir)!r} cannot take a file ({err.strerror or err}): no checkpoint "
                 "could be written there; pass a writable folder"
             ) from None
-    elif not path.exists():
-        parent = next((p for p in path.absolute().parents if p.exists()), None)
-        try:
-            if parent is not None:
-                os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".write-test-"))
-        except OSError as err:
-            raise PermissionError(
-                f"checkpoint_dir={str(checkpoint_dir)!r} cannot be made: {parent} takes no new folders "
-                f"({err.strerror or err}); pass a writable folder"
-            ) from None
+    elif (err := new_folder_error(parent := nearest_existing(path))) is not None:
+        raise PermissionError(
+            f"checkpoint_dir={str(checkpoint_dir)!r} cannot be made: {parent} takes no new folders "
+            f"({err.strerror or err}); pass a writable folder"
+        )
 
 
 def check_room_for_anndata(adata: Any, directory: Path, compression: str | None, what: str) -> None:
@@ -285,8 +300,7 @@ def check_free_space(directory: Path, need: int, what: str) -> None:
     h5py (3.16, HDF5 2.0) crashes the Python process on a full disk: a notebook's kernel dies, and the trained
     model in memory with it. Better refused before the first byte.
     """
-    while not directory.exists() and directory != directory.parent:
-        directory = directory.parent
+    directory = nearest_existing(directory)
     usage = shutil.disk_usage(directory)
     free = usage.free
     if free < need and usage.total > 0:  # total 0: no disk (/proc, /sys); the write names its own error
