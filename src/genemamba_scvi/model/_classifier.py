@@ -284,13 +284,18 @@ def warn_if_head_split_lost(model: Any, same_head: bool) -> None:
         )
 
 
-def warn_if_embedding_stale(adata: Any, freeze_encoder: bool, key: str = LATENT_KEY) -> None:
-    """After fine-tuning the encoder, an embedding stored before in ``adata.obsm`` is another model's: say so."""
+def warn_if_embedding_stale(
+    adata: Any,
+    freeze_encoder: bool,
+    key: str = LATENT_KEY,
+    cause: str = "train_classifier fine-tuned the encoder too (freeze_encoder=False)",
+    other_fix: str = ", or pass freeze_encoder=True to keep the encoder",
+) -> None:
+    """After ``cause`` changed the encoder, an embedding stored before in ``adata.obsm`` is another model's: say so."""
     if not freeze_encoder and key in adata.obsm:
         warnings.warn(
-            f"train_classifier fine-tuned the encoder too (freeze_encoder=False), so adata.obsm[{key!r}], computed "
-            f"before, is no longer this model's embedding (nor are neighbours / UMAP / clusters from it): recompute "
-            f"it with model.get_latent_representation(), or pass freeze_encoder=True to keep the encoder",
+            f"{cause}, so adata.obsm[{key!r}], computed before, is no longer this model's embedding (nor are "
+            f"neighbours / UMAP / clusters from it): recompute it with model.get_latent_representation(){other_fix}",
             UserWarning,
             stacklevel=_user_stacklevel(),
         )
@@ -311,14 +316,8 @@ def warn_if_stale_after_train(model: Any, was_trained: bool, key: str = LATENT_K
             UserWarning,
             stacklevel=_user_stacklevel(),
         )
-    if was_trained and key in model.adata.obsm:
-        warnings.warn(
-            f"train() changed the encoder, so adata.obsm[{key!r}], computed before, is no longer this model's "
-            "embedding (nor are neighbours / UMAP / clusters from it): recompute it with "
-            "model.get_latent_representation()",
-            UserWarning,
-            stacklevel=_user_stacklevel(),
-        )
+    if was_trained:
+        warn_if_embedding_stale(model.adata, False, key, cause="train() changed the encoder", other_fix="")
 
 
 def note_head(model: Any, random_encoder: bool, train_size: Any, validation_size: Any) -> None:
