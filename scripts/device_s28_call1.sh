@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Session 28, device call 1 (predictions: benchmarks/NOTES_throughput.md section 30). At most 8 files under $OUT.
+# (1) section 29's queued A/B at the issue's training shape, top-2048 x 48, fresh batches: our dx kernel ("heads")
+# and our fused intra-chunk backward ("fused") against mamba-ssm's dx kernel (the largest kernel of the step), with
+# the packed transformer in the same rounds; (2) throughput.py's real-cell, full-length and stress settings.
+source scripts/device_lib.sh
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
+timeout 240 python3 benchmarks/train_ab.py --rounds 16 --warmup-rounds 6 --batches 4 --fresh --k 2048 --cells 48 \
+  --arms default "dxheads:fused_ssd_bwd._SSD_BWD_DX=heads" "intra:fused_ssd_bwd._SSD_BWD_INTRA=fused" \
+  transformer_varlen --profile --profile-arms default dxheads --out $OUT/ab2048x48_dx_s28.json > $OUT/ab2048_dx_s28.log 2>&1
+echo "ab2048x48 rc=$?"; pick $OUT/ab2048_dx_s28.log 8
+python3 - <<'PY'
+import json, os
+d = json.load(open(os.environ["OUT"] + "/ab2048x48_dx_s28.json"))
+for arm, p in d.get("profile", {}).items():
+    print(arm, "gpu_ms", p["gpu_time_ms"], "wall", p["wall_ms_unprofiled"], "enq", p["host"]["enqueue_ms"])
+    for k in p["top_kernels"][:10]:
+        print("  ", k["us"], k["calls"], k["name"][:60])
+PY
+full_run 200 260 --only real_,full_L2048,full_L8192,stress --no-profile
+exit 0
