@@ -330,3 +330,28 @@ def test_packing_helpers_and_pooling_refuse_inputs_that_would_mix_cells():
             with pytest.raises(TypeError, match=r"torch\.from_numpy"):
                 call()
         assert np.allclose(enc.embed_cells(t, lengths, packed=True), enc.embed_cells(t, lengths), atol=1e-5)
+
+
+def test_encoder_traces_without_graph_breaks():
+    """torch.compile traces the packed forward and the padded embedding as one graph each on a CPU (serving probe,
+    session 27: the check of ``max_seqlen`` against the lengths and the backend's log line each broke the graph;
+    packing itself, ``tokens[mask]``, has a data-dependent shape and stays outside)."""
+    import torch._dynamo as dynamo
+
+    from genemamba_scvi.nn import pack_tokens
+
+    torch.manual_seed(0)
+    enc = GeneMambaEncoder(V, n_layers=1, **TINY).eval()
+    t = torch.randint(3, V, (3, 12))
+    lengths = torch.tensor([12, 5, 7])
+    tp, cu = pack_tokens(t, lengths)
+    with torch.no_grad():
+        for fn, args in (
+            (lambda a, b: enc.forward_packed(a, b, max_seqlen=12), (tp, cu)),
+            (lambda a, b: enc.embed_cells(a, b), (t, lengths)),
+        ):
+            dynamo.reset()
+            explained = dynamo.explain(fn)(*args)
+            assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+        with pytest.raises(ValueError, match="max_seqlen"):  # eager calls still refuse a bound below the longest
+            enc.forward_packed(tp, cu, max_seqlen=5)

@@ -74,9 +74,12 @@ def check_max_seqlen(max_seqlen: Any, cu_seqlens: torch.Tensor) -> int | None:
         ok = False
     if not ok:
         raise ValueError(f"max_seqlen must be a whole number >= 0 (the longest cell's length), not {max_seqlen!r}")
-    if max_seqlen is not None and cu_seqlens.device.type == "cpu" and cu_seqlens.numel() > 1:
+    # (a bound below the longest cell is refused where it costs no synchronisation: on the CPU, and not while
+    # torch.compile traces, where reading the lengths back would break the graph)
+    cpu = cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling()
+    if max_seqlen is not None and cpu and cu_seqlens.numel() > 1:
         longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        if longest > max_seqlen:  # (a bound below the longest cell: refused where it costs no synchronisation)
+        if longest > max_seqlen:
             raise ValueError(f"max_seqlen={max_seqlen} is below the longest cell ({longest} tokens)")
     return None if max_seqlen is None else int(max_seqlen)
 

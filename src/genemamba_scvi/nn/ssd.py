@@ -115,6 +115,8 @@ def causal_conv1d_available() -> bool:
 
 
 def _log_once(message: str) -> None:
+    if torch.compiler.is_compiling():  # a logger call breaks torch.compile's graph; eager calls log it
+        return
     if message not in _LOGGED:
         _LOGGED.add(message)
         logger.info(message)
