@@ -107,6 +107,9 @@ def test_embed_never_replaces_a_file_without_overwrite(tmp_path, saved, capsys):
         main(["embed", str(source), "--model", str(tmp_path / "no" / "model"), "--out", str(tmp_path / "n.h5ad")]) == 2
     )
     assert "no such directory (give a model saved with GeneMambaModel.save" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "cells.zarr")]) == 2  # an HDF5 file named .zarr: read by nothing
+    assert "names a zarr store, but genemamba embed writes an .h5ad file" in capsys.readouterr().err
+    assert not (tmp_path / "cells.zarr").exists()
     assert main([*base, "--out", str(out), "--overwrite"]) == 0
     assert "X_genemamba" in ad.read_h5ad(out).obsm
 

@@ -24,6 +24,8 @@ from ._constants import LATENT_KEY
 
 #: what ``genemamba demo`` writes into ``--out``
 _VAR_NAMES = "var_names"  # the --gene-id-key value that reads the var_names
+#: --out suffixes of other formats, refused by name (``genemamba embed`` writes HDF5 .h5ad only)
+_OTHER_FORMATS = {".zarr": "zarr store", ".loom": "loom file", ".h5mu": "MuData file", ".csv": "CSV file"}
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -44,6 +46,12 @@ def _embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is the input file; genemamba embed never overwrites its input")
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; name the .h5ad file to write")
+    if out.suffix.lower() in _OTHER_FORMATS:  # an HDF5 file named .zarr is read by nothing (downstream probe)
+        raise ValueError(
+            f"--out {out} names a {_OTHER_FORMATS[out.suffix.lower()]}, but genemamba embed writes an .h5ad file "
+            f"(HDF5); write {out.with_suffix('.h5ad').name} and convert it (anndata.read_h5ad(...).write_zarr(...) "
+            "for zarr)"
+        )
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     if not args.key.strip() or "/" in args.key:

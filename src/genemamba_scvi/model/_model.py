@@ -361,7 +361,9 @@ class GeneMambaModel(
         ----------
         adata
             AnnData with the same kind of genes (any order; unknown genes are ignored with a warning);
-            ``None`` uses the AnnData the model was set up with.
+            ``None`` uses the AnnData the model was set up with. Another AnnData is set up with the model's
+            arguments (scvi-tools' ``uns["_scvi_uuid"]``, ``uns["_scvi_manager_uuid"]``, ``obs["_scvi_batch"]``,
+            ``obs["_scvi_labels"]`` = 0; a view becomes an AnnData of its own; the docs' API page, "AnnData keys").
         indices
             Cells to embed (default: all).
         batch_size
@@ -411,7 +413,8 @@ class GeneMambaModel(
         ----------
         adata
             AnnData to predict (genes in any order; unknown genes are ignored with a warning); ``None`` uses
-            the AnnData the model was set up with.
+            the AnnData the model was set up with. Another AnnData gets scvi-tools' set-up keys, as in
+            :meth:`get_latent_representation`.
         indices
             Cells to predict (default: all).
         soft
