@@ -518,3 +518,22 @@ def test_a_seeded_resume_goes_on_with_the_random_streams_of_the_interrupted_run(
     assert got.index.tolist() == [2, 3]
     np.testing.assert_allclose(got.to_numpy(), want.loc[[2, 3]].to_numpy(), rtol=1e-5)
     assert not np.allclose(got.to_numpy(), want.loc[[0, 1]].to_numpy(), rtol=1e-3)  # not a replay of epochs 0-1
+
+
+def test_embedding_an_anndata_set_up_for_scvi_leaves_scvis_columns_alone(model_and_data, cells):
+    # sweep probe (session 28): GeneMamba embedding the AnnData an scVI model was set up on (the usual comparison)
+    # rewrote obs["_scvi_batch"] / obs["_scvi_labels"] to 0 and the manager id; scVI's training reads those columns
+    # without checking the id, so it would have trained with one batch and no labels without a word
+    model, _ = model_and_data
+    other = cells[:40].copy()
+    scvi.model.SCVI.setup_anndata(other, layer="counts", batch_key="batch", labels_key="bulk_labels")
+    reference = scvi.model.SCVI(other, n_latent=4)
+    kept = other.obs[["_scvi_batch", "_scvi_labels"]].copy()
+    manager_id = other.uns["_scvi_manager_uuid"]
+    z = model.get_latent_representation(other)
+    pd.testing.assert_frame_equal(other.obs[["_scvi_batch", "_scvi_labels"]], kept)
+    assert other.uns["_scvi_manager_uuid"] == manager_id
+    loader = reference._make_data_loader(other, batch_size=40, shuffle=False)
+    assert len(np.unique(next(iter(loader))["batch"].numpy())) == 2  # both of scVI's batches
+    np.testing.assert_array_equal(model.get_latent_representation(other), z)  # a second call: set up again, same
+    assert model.get_anndata_manager(other) is not None  # the latest query stays registered with GeneMamba

@@ -15,7 +15,7 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data._constants import _SCVI_UUID_KEY
+from scvi.data._constants import _MANAGER_UUID_KEY, _SCVI_UUID_KEY
 from scvi.data._utils import _assign_adata_uuid
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
@@ -330,6 +330,7 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
     ``view_anndata_setup`` and a second call on it work); an earlier one's registrations are dropped when no call of
     this model still uses it (threads). A setting the user gave the same AnnData in the class store before the call
     (its own ``setup_anndata``) is put back after it: the query's set-up with the model's arguments replaced it.
+    So are the scvi-tools columns and manager id another model's set-up wrote into it (:func:`_scvi_keys_of`).
     """
     if not isinstance(adata, AnnData) or adata is model.adata:
         yield
@@ -339,6 +340,7 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
     call = (model.id, id(adata))
     with _QUERY_LOCK:
         cls_before, inst_before = dict(cls_store), set(inst_store)
+        keys_before = None if adata.is_view or any(c[1] == id(adata) for c in _QUERY_CALLS) else _scvi_keys_of(adata)
         _QUERY_CALLS[call] = _QUERY_CALLS.get(call, 0) + 1
     try:
         yield
@@ -347,6 +349,8 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
             _QUERY_CALLS[call] -= 1
             if not _QUERY_CALLS[call]:
                 del _QUERY_CALLS[call]
+            if keys_before and not any(c[1] == id(adata) for c in _QUERY_CALLS):
+                _put_back_scvi_keys(adata, keys_before)
             entries = _QUERY_ENTRIES.setdefault(model.id, {})
             for uuid, manager in list(cls_store.items()):
                 if manager.adata is not adata:
@@ -365,6 +369,31 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
                     if in_inst:
                         inst_store.pop(uuid, None)
                     del entries[uuid]
+
+
+def _scvi_keys_of(adata: AnnData) -> dict[str, Any]:
+    """The scvi-tools set-up an AnnData carries: its ``obs["_scvi_*"]`` columns and ``uns["_scvi_manager_uuid"]``.
+
+    A query's set-up with a GeneMamba model's arguments rewrites them (``_scvi_batch`` and ``_scvi_labels`` to 0):
+    another model set up on the same AnnData (an scVI beside GeneMamba, the usual comparison) would then train on
+    those zeros without a word, as its training reads the columns and does not check the manager id (sweep probe,
+    session 28). They are kept here (small integer columns) and put back after the call.
+    """
+    kept: dict[str, Any] = {c: adata.obs[c].copy() for c in adata.obs.columns if str(c).startswith("_scvi_")}
+    if kept and _MANAGER_UUID_KEY in adata.uns:
+        kept[_MANAGER_UUID_KEY] = adata.uns[_MANAGER_UUID_KEY]
+    return kept
+
+
+def _put_back_scvi_keys(adata: AnnData, kept: dict[str, Any]) -> None:
+    """Undo a query's set-up of the scvi-tools keys :func:`_scvi_keys_of` kept (where the cells are still those)."""
+    columns = {k: v for k, v in kept.items() if k != _MANAGER_UUID_KEY}
+    if any(not column.index.equals(adata.obs_names) for column in columns.values()):
+        return
+    for name, column in columns.items():
+        adata.obs[name] = column
+    if _MANAGER_UUID_KEY in kept:
+        adata.uns[_MANAGER_UUID_KEY] = kept[_MANAGER_UUID_KEY]
 
 
 def _register_query(model_cls: type[BaseModelClass], adata: AnnData, setup_args: dict[str, Any]) -> None:
