@@ -8,6 +8,7 @@ test trains it for one epoch.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 import anndata as ad
@@ -639,7 +640,9 @@ def test_power_user_settings_that_would_train_nothing_or_the_wrong_thing_are_ref
     assert model.module.pathway_loss is not None and model.history["pathway_loss_train"].to_numpy().min() > 0
 
 
-def test_saving_an_anndata_onto_a_disk_without_room_is_refused_before_writing(sample48_model, tmp_path, monkeypatch):
+def test_saving_an_anndata_onto_a_disk_without_room_is_refused_before_writing(
+    sample48_model, tmp_path, monkeypatch, capsys
+):
     # user probe: a full disk during save(save_anndata=True) or `genemamba embed` crashed Python (h5py segfault),
     # killing a notebook's kernel with the trained model, and left a hidden temporary folder filling the disk
     import collections
@@ -658,9 +661,12 @@ def test_saving_an_anndata_onto_a_disk_without_room_is_refused_before_writing(sa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary left
     adata.write_h5ad(tmp_path / "cells.h5ad")
     out = tmp_path / "out.h5ad"
+    embedded = []  # backed probe (session 28): the check came after the whole embedding, and its numbers were lost
+    monkeypatch.setattr(type(model), "get_latent_representation", lambda *a, **k: embedded.append(1))
     assert main(["embed", str(tmp_path / "cells.h5ad"), "--model", str(tmp_path / "m"), "--layer", "counts",
                  "--out", str(out), "--quiet"]) == 1  # fmt: skip
-    assert not out.exists()
+    assert not out.exists() and not embedded
+    assert re.search(r"not enough free space in .* MB needed, 0 MB free", capsys.readouterr().err)
 
 
 def test_the_free_space_check_does_not_underestimate_a_compressed_file(tmp_path):

@@ -35,7 +35,12 @@ def _embed(args: argparse.Namespace) -> int:
     from genemamba_scvi import GeneMambaModel
     from genemamba_scvi.data._corpus_io import check_h5ad_file
     from genemamba_scvi.io._checkpoint import looks_saved_by_load_side
-    from genemamba_scvi.io._files import _atomic_write_file, check_room_for_anndata
+    from genemamba_scvi.io._files import (
+        _atomic_write_file,
+        anndata_write_bytes,
+        check_free_space,
+        check_room_for_anndata,
+    )
 
     source, out = Path(args.input).expanduser(), Path(args.out).expanduser()  # ~ too after --out= (no shell)
     if not source.is_file():
@@ -129,6 +134,10 @@ def _embed(args: argparse.Namespace) -> int:
             min_gene_overlap=args.min_gene_overlap,
             **hub,
         )
+    compression = _x_compression(source)  # a copy of the input: as compressed as it was
+    # the room for the copy and its embedding (float32, d_model columns), checked before hours of embedding
+    embedding_bytes = adata.n_obs * int(model.module.encoder.d_model) * 4
+    check_free_space(out.parent, anndata_write_bytes(adata, compression) + embedding_bytes, out.name)
     z = model.get_latent_representation(batch_size=args.batch_size, progress_bar=not args.quiet)
     if args.key in adata.obsm:  # the copy replaces it; the input file keeps it
         print(f"genemamba embed: note: obsm[{args.key!r}] of the input is replaced in {out.name} (pass --key to keep "
@@ -143,8 +152,7 @@ def _embed(args: argparse.Namespace) -> int:
     record["genemamba_scvi_version"] = __version__
     adata.uns.setdefault("genemamba", {})[args.key] = record
     out.parent.mkdir(parents=True, exist_ok=True)
-    compression = _x_compression(source)  # a copy of the input: as compressed as it was
-    check_room_for_anndata(adata, out.parent, compression, out.name)
+    check_room_for_anndata(adata, out.parent, compression, out.name)  # again: the disk may have filled meanwhile
     _atomic_write_file(out, functools.partial(_write_unless_terminated, adata, compression), overwrite=args.overwrite)
     print(f"[done] wrote {out}: obsm[{args.key!r}], {z.shape[0]} cells x {z.shape[1]} (model {args.model})")
     return 0
@@ -487,9 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"genemamba {args.command}: error: no space left on the disk ({err.filename or err}): free some and run "
-              "the same command again (outputs are written atomically; build-corpus resumes where it stopped)",
-              file=sys.stderr)  # fmt: skip
+        # the free-space check's own message says how much is needed and free; the disk's own error, where
+        what = err.strerror if str(err.strerror).startswith("not enough free space") else (
+            f"no space left on the disk ({err.filename or err}): free some")  # fmt: skip
+        print(f"genemamba {args.command}: error: {what}; run the same command again when there is room (outputs are "
+              "written atomically; build-corpus resumes where it stopped)", file=sys.stderr)  # fmt: skip
         return 1
     finally:
         for signum, handler in previous.items():
