@@ -537,3 +537,24 @@ def test_embedding_an_anndata_set_up_for_scvi_leaves_scvis_columns_alone(model_a
     assert len(np.unique(next(iter(loader))["batch"].numpy())) == 2  # both of scVI's batches
     np.testing.assert_array_equal(model.get_latent_representation(other), z)  # a second call: set up again, same
     assert model.get_anndata_manager(other) is not None  # the latest query stays registered with GeneMamba
+
+
+def test_a_deleted_model_lets_its_queries_go(model_and_data, cells):
+    # sweep probe (session 28): models built, used on a query and deleted in a loop kept every query alive in
+    # scvi-tools' class-level stores (2 AnnData a model); the AnnData set up for them stays usable for a new model
+    import gc
+    import weakref
+
+    _, adata = model_and_data
+    gone, ids = [], []
+    for i in range(3):
+        model = GeneMambaModel(adata, **TINY)
+        query = cells[i * 8 : (i + 1) * 8].copy()
+        model.get_latent_representation(query)
+        gone.append(weakref.ref(query))
+        ids.append(model.id)
+        del model, query
+        gc.collect()
+    assert all(ref() is None for ref in gone)
+    assert not set(ids) & set(GeneMambaModel._per_instance_manager_store)
+    assert GeneMambaModel(adata, **TINY).get_latent_representation().shape[0] == adata.n_obs

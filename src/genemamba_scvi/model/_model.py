@@ -44,6 +44,7 @@ from genemamba_scvi.model._utils import (
     _register_query,
     _validate_count_layer,
     _warn_if_untrained,
+    release_when_deleted,
 )
 from genemamba_scvi.module import GeneMambaModule
 from genemamba_scvi.nn.config import check_count
@@ -180,6 +181,7 @@ class GeneMambaModel(
         tokenizer = TokenizerSettings(max_genes, tokenization, unk_token, tie_break)  # checked there
         config = _model_config(config, settings)
         super().__init__(adata)
+        release_when_deleted(self)  # scvi-tools' class stores would keep its AnnData and queries for good
         if isinstance(vocab, str | os.PathLike):
             vocab = GeneVocab.from_json(vocab)
         if vocab is None:

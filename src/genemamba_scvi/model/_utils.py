@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -369,6 +370,26 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
                     if in_inst:
                         inst_store.pop(uuid, None)
                     del entries[uuid]
+
+
+def release_when_deleted(model: BaseModelClass) -> None:
+    """When ``model`` is garbage-collected, drop what scvi-tools' class-level stores hold for it alone.
+
+    Its per-instance store (its own AnnData's manager and its queries') and the class-store entries its latest query
+    added: a sweep training model after model in one process kept every deleted model's queries alive (sweep probe,
+    session 28: 2 AnnData a model). The entries ``setup_anndata`` made stay (scvi-tools' design: a new model may be
+    built on that AnnData without setting it up again), so an AnnData copied and set up for each model lives as long
+    as the process, as with every scvi-tools model.
+    """
+    weakref.finalize(model, _release_model, type(model), model.id)
+
+
+def _release_model(model_cls: type[BaseModelClass], model_id: str) -> None:
+    with _QUERY_LOCK:
+        model_cls._per_instance_manager_store.pop(model_id, None)
+        for uuid, (_owner, in_cls, _in_inst) in _QUERY_ENTRIES.pop(model_id, {}).items():
+            if in_cls:
+                model_cls._setup_adata_manager_store.pop(uuid, None)
 
 
 def _scvi_keys_of(adata: AnnData) -> dict[str, Any]:
