@@ -101,6 +101,20 @@ def test_anndata_layer_and_backed(tmp_path, sample_adata, reference):
     np.testing.assert_allclose(med, reference, rtol=1e-12, equal_nan=True)
 
 
+def test_a_files_count_layer_is_streamed_not_read_whole(tmp_path, sample_adata, reference, monkeypatch):
+    # backed probe (session 28): a path's layer went through anndata's backed mode, which reads every layer whole
+    # (a 314 MB counts layer in memory); it is read in row chunks now, as X was
+    sample_adata.X = sp.csr_matrix(sample_adata.X.shape, dtype=np.float32)  # empty X: the layer must be used
+    path = tmp_path / "layered.h5ad"
+    sample_adata.write_h5ad(path)
+    monkeypatch.setattr(anndata, "read_h5ad", lambda *a, **k: pytest.fail("the file was opened by anndata"))
+    for method, rtol in (("exact", 1e-12), ("tdigest", 1e-9)):  # (200 cells: fewer values than the digest keeps)
+        med = compute_gene_medians([path], layer="counts", chunk_size=37, method=method)
+        np.testing.assert_allclose(med, reference, rtol=rtol, equal_nan=True)
+    with pytest.raises(ValueError, match=r"layer 'raw' not found in .*available layers: \['counts'\]"):
+        compute_gene_medians(path, layer="raw")
+
+
 def test_files_aligned_by_var_names(tmp_path, sample_adata):
     a = sample_adata[:300].copy()
     b = sample_adata[300:].copy()
