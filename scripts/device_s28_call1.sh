@@ -6,7 +6,7 @@
 # settings.
 source scripts/device_lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
-timeout 240 python3 benchmarks/train_ab.py --rounds 16 --warmup-rounds 6 --batches 4 --fresh --k 2048 --cells 48 \
+timeout 200 python3 benchmarks/train_ab.py --rounds 12 --warmup-rounds 5 --batches 4 --fresh --k 2048 --cells 48 \
   --arms default "dxheads:fused_ssd_bwd._SSD_BWD_DX=heads" "intra:fused_ssd_bwd._SSD_BWD_INTRA=fused" \
   transformer_varlen --profile --profile-arms default dxheads --out $OUT/ab2048x48_dx_s28.json > $OUT/ab2048_dx_s28.log 2>&1
 echo "ab2048x48 rc=$?"; pick $OUT/ab2048_dx_s28.log 8
