@@ -324,6 +324,30 @@ def test_gene_medians_by_t_digest_for_data_too_large_for_exact_medians(adata, mo
         GeneMambaModel(adata, n_layers=1, d_model=32, gene_medians="median")
 
 
+def test_medians_of_a_whole_atlas_train_a_model_on_a_subsample(adata, tmp_path):
+    """Backed probe (session 28): medians streamed over an atlas's files (one per gene) were refused by shape for a
+    model on a subsample (one per token wanted, tokens not mentioned). Per gene of the AnnData, or a Series by gene
+    id, they are mapped through the vocabulary, and give the model the same medians as the atlas itself would."""
+    from genemamba_scvi.data import compute_gene_medians
+
+    atlas = _fresh(adata.copy())
+    atlas.write_h5ad(tmp_path / "atlas.h5ad")
+    per_gene = compute_gene_medians([tmp_path / "atlas.h5ad"], layer="counts")
+    GeneMambaModel.setup_anndata(atlas, layer="counts")
+    reference = GeneMambaModel(atlas, n_layers=1, d_model=32, max_genes=32).gene_medians_
+    subsample = _fresh(adata[::3].copy())
+    GeneMambaModel.setup_anndata(subsample, layer="counts")
+    own = GeneMambaModel(subsample, n_layers=1, d_model=32, max_genes=32).gene_medians_
+    assert not np.allclose(own, reference, equal_nan=True)  # the subsample's own medians differ
+    for given in (per_gene, pd.Series(per_gene, index=atlas.var_names)[::-1]):
+        model = GeneMambaModel(subsample, n_layers=1, d_model=32, max_genes=32, gene_medians=given)
+        np.testing.assert_array_equal(model.gene_medians_, reference)
+    with pytest.raises(ValueError, match=r"one per gene of this AnnData, as compute_gene_medians gives them"):
+        GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=per_gene[:-1])
+    with pytest.raises(ValueError, match="index names no gene of the vocabulary"):
+        GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=pd.Series([1.0], index=["not_a_gene"]))
+
+
 def test_a_vocabulary_of_things_that_are_not_gene_ids_is_questioned(adata):
     # a model built on probe names or row numbers keeps them as its vocabulary; no other data would ever match it
     junk = _fresh(adata.copy())

@@ -339,6 +339,39 @@ class GeneMambaGenesMixin:
         medians[token_ids[keep]] = col_medians[keep]
         return medians
 
+    def _medians_per_token(self, adata: AnnData, given: Any) -> np.ndarray:
+        """``gene_medians`` as given, one per token (given per token, per gene of ``adata`` or by gene id).
+
+        Per gene of ``adata``: the order of :func:`~genemamba_scvi.data.compute_gene_medians` on it or on files of
+        its genes; by gene id: a pandas Series. A user with medians over a whole atlas and a model trained on a
+        subsample of it had no way to pass them: the per-gene array was refused by shape, with no word of tokens
+        (backed probe, session 28).
+        """
+        n_tokens = len(self.vocab_)
+        if isinstance(given, pd.Series):
+            ids = self.vocab_.lookup(given.index)
+            if not (ids >= 0).any():
+                raise ValueError(
+                    "gene_medians is a Series whose index names no gene of the vocabulary (index it by the genes' "
+                    f"ids, as {self._setup_arg('gene_id_key') or 'var_names'} names them)"
+                )
+            medians = np.full(n_tokens, np.nan)
+            medians[ids[ids >= 0]] = np.asarray(given, dtype=np.float64)[ids >= 0]
+            return medians
+        medians = np.asarray(given, dtype=np.float64)
+        if medians.shape == (n_tokens,):
+            return medians
+        if medians.shape == (adata.n_vars,):
+            token_ids = self._match_genes(adata, warn_unknown=False)
+            per_token = np.full(n_tokens, np.nan)
+            per_token[token_ids[token_ids >= 0]] = medians[token_ids >= 0]
+            return per_token
+        raise ValueError(
+            f"gene_medians has shape {medians.shape}; expected ({n_tokens},) (one per token of the vocabulary, "
+            f"specials included) or ({adata.n_vars},) (one per gene of this AnnData, as compute_gene_medians gives "
+            "them); a pandas Series indexed by gene ids also works"
+        )
+
     def _tokenizer_for(self, adata: AnnData, warn_unknown: bool = True) -> TokenizerSpec:
         token_ids = self._match_genes(adata, warn_unknown=warn_unknown)
         medians = np.where(token_ids >= 0, self.gene_medians_[np.clip(token_ids, 0, None)], np.nan)

@@ -118,9 +118,12 @@ class GeneMambaModel(
         A :class:`~genemamba_scvi.data.vocab.GeneVocab`, a path to its JSON, or ``None`` to build one from
         the genes of ``adata``.
     gene_medians
-        Non-zero medians per token id (length ``len(vocab)``), e.g. from a pre-trained model; or computed from
-        ``adata`` in one pass over row chunks: ``None`` / ``"exact"`` (holds every non-zero's value, ~3x the
-        sparse matrix at its peak) or ``"tdigest"`` (bounded memory, a close approximation; for large data).
+        Non-zero medians per token id (length ``len(vocab)``), e.g. from a pre-trained model; per gene of
+        ``adata`` (length ``adata.n_vars``, e.g. :func:`~genemamba_scvi.data.compute_gene_medians` streamed over
+        the ``.h5ad`` files of a whole atlas while the model trains on a subsample of it); a pandas Series indexed
+        by gene ids; or computed from ``adata`` in one pass over row chunks: ``None`` / ``"exact"`` (holds every
+        non-zero's value, ~3x the sparse matrix at its peak) or ``"tdigest"`` (bounded memory, a close
+        approximation; for large data).
     max_genes
         Genes per cell (sequence length), 2048 by default; 4096 is supported.
     min_gene_overlap
@@ -205,9 +208,8 @@ class GeneMambaModel(
         self._config = config_in_order(values)
         if not (medians_given := not (gene_medians is None or isinstance(gene_medians, str))):
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
-        gene_medians = np.asarray(gene_medians, dtype=np.float64)
-        if gene_medians.shape != (len(vocab),):
-            raise ValueError(f"gene_medians has shape {gene_medians.shape}; expected ({len(vocab)},) (one per token).")
+        else:
+            gene_medians = self._medians_per_token(adata, gene_medians)
         self.gene_medians_ = gene_medians
         if medians_given:  # after gene_medians_: a saved model judges adata as a query (superset of genes is fine)
             self._match_genes(adata)  # refuses genes that do not fit the model, warns about unknown and missing ones
