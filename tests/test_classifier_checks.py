@@ -241,6 +241,19 @@ def test_an_embedding_stored_before_fine_tuning_is_said_to_be_stale():
     assert not any("no longer this model's embedding" in m for m in _messages(record))
     with pytest.warns(UserWarning, match=r"obsm\['X_genemamba'\], computed before, is no longer this model's"):
         model.train_classifier(max_epochs=1, hidden=8, **FIT)
+    # sweep probe (session 28): another model on the same AnnData, its own embedding computed (or none, at another
+    # width), is not told that the stored embedding, not its own, is stale
+    other = GeneMambaModel(model.adata, **TINY)
+    other.get_latent_representation()
+    third = GeneMambaModel(model.adata, **{**TINY, "d_model": 2 * TINY["d_model"]})
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        other.train_classifier(max_epochs=1, **FIT)
+        third.train_classifier(max_epochs=1, **FIT)
+    assert not any("no longer this model's embedding" in m for m in _messages(record))
+    model.adata.obsm["X_genemamba"] = other.get_latent_representation()  # now it is other's embedding
+    with pytest.warns(UserWarning, match="no longer this model's embedding"):
+        other.train_classifier(max_epochs=1, **FIT)
 
 
 def test_a_new_head_on_a_frozen_encoder_that_fails_mid_run_gives_the_earlier_head_back():

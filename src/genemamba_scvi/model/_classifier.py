@@ -285,20 +285,39 @@ def warn_if_head_split_lost(model: Any, same_head: bool) -> None:
 
 
 def warn_if_embedding_stale(
-    adata: Any,
+    model: Any,
     freeze_encoder: bool,
     key: str = LATENT_KEY,
     cause: str = "train_classifier fine-tuned the encoder too (freeze_encoder=False)",
     other_fix: str = ", or pass freeze_encoder=True to keep the encoder",
 ) -> None:
-    """After ``cause`` changed the encoder, an embedding stored before in ``adata.obsm`` is another model's: say so."""
-    if not freeze_encoder and key in adata.obsm:
+    """After ``cause`` changed the encoder, an embedding stored before in ``adata.obsm`` is another model's: say so.
+
+    Only where that embedding was this model's: its first rows are those ``get_latent_representation()`` last gave
+    for the model's cells (or, for a model that never embedded them, it has the model's width). A sweep storing its
+    best model's embedding and training other models on the same AnnData was told every time that the best one's
+    was no longer "this model's" (sweep probe, session 28).
+    """
+    adata = model.adata
+    if not freeze_encoder and key in adata.obsm and _holds_embedding_of(model, adata.obsm[key]):
         warnings.warn(
             f"{cause}, so adata.obsm[{key!r}], computed before, is no longer this model's embedding (nor are "
             f"neighbours / UMAP / clusters from it): recompute it with model.get_latent_representation(){other_fix}",
             UserWarning,
             stacklevel=_user_stacklevel(),
         )
+
+
+def _holds_embedding_of(model: Any, stored: Any) -> bool:
+    """Whether ``stored`` (an ``obsm`` entry) looks like ``model``'s embedding of its cells (see the caller)."""
+    try:
+        stored = np.asarray(stored)
+    except (TypeError, ValueError):
+        return False
+    rows = getattr(model, "_embedded_rows", None)
+    if rows is None:
+        return stored.ndim == 2 and stored.shape[1] == model.module.encoder.d_model
+    return stored.shape[1:] == rows.shape[1:] and np.allclose(stored[: len(rows)], rows, rtol=1e-5, atol=1e-6)
 
 
 def warn_if_stale_after_train(model: Any, was_trained: bool, key: str = LATENT_KEY) -> None:
@@ -317,7 +336,7 @@ def warn_if_stale_after_train(model: Any, was_trained: bool, key: str = LATENT_K
             stacklevel=_user_stacklevel(),
         )
     if was_trained:
-        warn_if_embedding_stale(model.adata, False, key, cause="train() changed the encoder", other_fix="")
+        warn_if_embedding_stale(model, False, key, cause="train() changed the encoder", other_fix="")
 
 
 def note_head(model: Any, random_encoder: bool, train_size: Any, validation_size: Any) -> None:

@@ -398,7 +398,10 @@ class GeneMambaModel(
             )
         _warn_if_untrained(self)
         with _query_for_this_call(self, adata):
-            return self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
+            z = self._embed(adata, indices, batch_size, precision, progress_bar).numpy()
+        if (adata is None or adata is self.adata) and indices is None:  # what obsm may hold: its first rows
+            self._embedded_rows = z[:4].copy()
+        return z
 
     @torch.inference_mode()
     def predict(

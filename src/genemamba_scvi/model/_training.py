@@ -470,7 +470,7 @@ class GeneMambaTrainingMixin:
         finally:
             self.module.encoder.requires_grad_(True)
         note_head(self, random_encoder and freeze_encoder, train_size, validation_size)
-        warn_if_embedding_stale(self.adata, freeze_encoder)
+        warn_if_embedding_stale(self, freeze_encoder)
         return out
 
     @classmethod
