@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import scvi
 import torch
 
@@ -298,6 +299,16 @@ def test_load_keeps_the_users_set_up_where_the_saved_layer_holds_no_counts(cells
     GeneMambaModel.setup_anndata(query, layer="counts")  # ... followed
     with pytest.warns(UserWarning, match=r"layer=None, which holds none in this AnnData; .* set up: layer='counts'"):
         loaded = GeneMambaModel.load(tmp_path / "m", adata=query, accelerator="cpu")
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation(indices=range(16))
+    )
+    # backed probe (session 28): an X of zeros (a placeholder beside the counts layer) passed as counts, and every
+    # cell was refused as empty, with the advice to filter them all
+    zeros = cells[:16].copy()
+    zeros.X = sp.csr_matrix(zeros.shape, dtype=np.float32)
+    GeneMambaModel.setup_anndata(zeros, layer="counts")
+    with pytest.warns(UserWarning, match=r"layer=None, which holds none in this AnnData; .* set up: layer='counts'"):
+        loaded = GeneMambaModel.load(tmp_path / "m", adata=zeros, accelerator="cpu")
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation(indices=range(16))
     )

@@ -273,14 +273,20 @@ def _set_up_again_for_load(
 
 
 def _holds_counts(adata: AnnData, layer: str | None) -> bool:
-    """Whether ``adata`` holds raw counts in ``layer`` (``None``: ``X``)."""
+    """Whether ``adata`` holds raw counts in ``layer`` (``None``: ``X``); a matrix of zeros holds none.
+
+    (A placeholder ``X`` of zeros beside a counts layer passed as counts: a model saved reading ``X`` and loaded
+    onto such an AnnData then refused every cell as empty, advising to filter them all; backed probe, session 28.)
+    """
     if layer is not None and layer not in adata.layers:
         return False
+    matrix = count_matrix(adata, layer)
     try:
-        validate_counts(count_matrix(adata, layer), "counts")
+        validate_counts(matrix, "counts")
     except NotCountsError:
         return False
-    return True
+    values = matrix.data if hasattr(matrix, "data") and not isinstance(matrix, np.ndarray) else matrix
+    return bool(np.any(np.asarray(values)))
 
 
 def _query_setup_args(adata: AnnData, setup_args: dict[str, Any], missing_labels_ok: bool = False) -> dict[str, Any]:
