@@ -569,3 +569,15 @@ def test_a_deleted_model_lets_its_queries_go(model_and_data, cells):
     assert all(ref() is None for ref in gone)
     assert not set(ids) & set(GeneMambaModel._per_instance_manager_store)
     assert GeneMambaModel(adata, **TINY).get_latent_representation().shape[0] == adata.n_obs
+
+
+def test_setting_up_a_copy_leaves_the_original_set_up(model_and_data):
+    # sweep probe (session 28): setup_anndata on a copy of a set-up AnnData took over its scvi id, and a model on the
+    # original was then refused ("Did you make a copy?"); the copy now gets an id of its own
+    model, adata = model_and_data
+    copy = adata.copy()
+    GeneMambaModel.setup_anndata(copy, layer="counts")
+    assert copy.uns["_scvi_uuid"] != adata.uns["_scvi_uuid"]
+    assert GeneMambaModel(adata, **TINY).adata is adata
+    assert GeneMambaModel(copy, **TINY).adata is copy
+    np.testing.assert_array_equal(model.get_latent_representation(copy), model.get_latent_representation())

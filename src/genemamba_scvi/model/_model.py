@@ -12,6 +12,7 @@ import rich.pretty  # noqa: F401  (scvi's view_anndata_setup uses rich.pretty wi
 import torch
 from anndata import AnnData
 from scvi.data._constants import _SCVI_UUID_KEY
+from scvi.data._utils import _assign_adata_uuid
 from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
@@ -37,6 +38,7 @@ from genemamba_scvi.model._utils import (
     _check_is_anndata,
     _check_model_counts,
     _check_obs_key,
+    _copy_of_registered,
     _positions,
     _query_for_this_call,
     _refuse_setup_kwargs,
@@ -273,6 +275,8 @@ class GeneMambaModel(
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
         _check_gene_ids(adata, gene_id_key)
+        if _copy_of_registered(cls._setup_adata_manager_store, adata):  # its own id: the original stays set up
+            _assign_adata_uuid(adata, overwrite=True)  # (scvi-tools refused the original after: "Did you make a copy?")
         cls.register_manager(_register_fields(adata, layer, batch_key, labels_key, setup_method_args, kwargs))
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
