@@ -581,3 +581,13 @@ def test_setting_up_a_copy_leaves_the_original_set_up(model_and_data):
     assert GeneMambaModel(adata, **TINY).adata is adata
     assert GeneMambaModel(copy, **TINY).adata is copy
     np.testing.assert_array_equal(model.get_latent_representation(copy), model.get_latent_representation())
+
+
+def test_embedding_leaves_the_global_random_stream_alone(model_and_data):
+    # sweep probe (session 28): get_latent_representation() drew from torch's global generator (the loader's base
+    # seed), so a model trained after it depended on whether earlier ones were embedded, with one seed set up front
+    model, _ = model_and_data
+    state = torch.get_rng_state()
+    model.get_latent_representation()
+    model.get_latent_representation(indices=[0, 1, 2])
+    assert torch.equal(torch.get_rng_state(), state)

@@ -174,6 +174,9 @@ class TokenDataLoader(DataLoader):
             sampler = RandomSampler(dataset)
         else:
             sampler = SequentialSampler(dataset)
+            # a loader draws its workers' base seed when iterated, from the global generator unless it has its own:
+            # embedding cells then moved the random stream of whatever the user seeded next (sweep probe, session 28)
+            kwargs.setdefault("generator", torch.Generator())
         self._sampler = sampler
         batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
         super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=self._collate, **kwargs)
