@@ -10,6 +10,7 @@ pass over the data with bounded memory (``method="tdigest"``) or memory ``O(nnz)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -297,13 +298,19 @@ def count_matrix(adata: AnnData, layer: str | None) -> Any:
     if layer is None:
         return adata.X
     if layer not in adata.layers:
-        raw = (
-            "; adata.raw is not a layer: adata.layers['counts'] = adata.raw[:, adata.var_names].X, then layer='counts'"
-            if layer == "raw" and adata.raw is not None
-            else ""
-        )
-        raise ValueError(f"layer {layer!r} not found; available layers: {list(adata.layers.keys())}{raw}")
+        raise _missing_layer(layer, list(adata.layers.keys()), adata.raw is not None)
     return adata.layers[layer]
+
+
+def _missing_layer(layer: str, layers: list[str], has_raw: bool, path: str | None = None) -> ValueError:
+    """The error for a layer an AnnData (or the ``.h5ad`` file at ``path``) does not hold."""
+    raw = (
+        "; adata.raw is not a layer: adata.layers['counts'] = adata.raw[:, adata.var_names].X, then layer='counts'"
+        if layer == "raw" and has_raw
+        else ""
+    )
+    where = "" if path is None else f" in {path!r}"
+    return ValueError(f"layer {layer!r} not found{where}; available layers: {layers}{raw}")
 
 
 def _where(layer: str | None, path: str | None = None) -> str:
@@ -328,8 +335,9 @@ def compute_gene_medians(
         An :class:`~anndata.AnnData` (in memory or opened with ``backed="r"``; row chunks of ``X`` are read one
         at a time, but anndata reads a backed file's layers whole: pass the path to stream a layer), a scipy
         sparse matrix / array (cells x genes), a dense array, or a ``.h5ad`` path or list of paths (``X`` or
-        ``layer`` read in row chunks, never whole; their genes are aligned by ``var_names`` to ``genes`` or to
-        the first file's ``var_names``; genes missing from a file count as not expressed there).
+        ``layer`` read in row chunks, a CSR or dense matrix never whole; a CSC one costs more memory per chunk:
+        rewrite it as CSR; their genes are aligned by ``var_names`` to ``genes`` or to the first file's
+        ``var_names``; genes missing from a file count as not expressed there).
     layer
         Layer with raw counts; ``None`` uses ``X``.
     chunk_size
@@ -408,19 +416,12 @@ def _medians_from_files(
     genes: Sequence[str] | None,
     validate: bool,
 ) -> np.ndarray:
-    from pathlib import Path
-
-    from genemamba_scvi.data._corpus_io import _H5adRows  # (imports this module)
-
     if not paths:
         raise ValueError("no .h5ad paths given")
     ref: list[str] | None = None if genes is None else [str(g) for g in genes]
     acc: GeneMedianAccumulator | None = None
     for path in paths:
-        # h5py row chunks of X or of the layer: anndata's backed mode backs X only and reads every layer whole
-        # (backed probe, session 28: a 314 MB counts layer in memory)
-        with _H5adRows(Path(path), layer, None) as reader:
-            var_names = reader.genes
+        with _file_matrix(path, layer) as (var_names, X):
             if ref is None:
                 ref = var_names
             ref_index = {g: i for i, g in enumerate(ref)}
@@ -432,15 +433,39 @@ def _medians_from_files(
             if not (col_map >= 0).any():
                 raise ValueError(f"{path!r} shares no gene (var_names) with the reference gene list")
             identity = len(var_names) == len(ref) and bool((col_map == np.arange(len(ref))).all())
-            for _, chunk in reader.chunks(0, reader.n_obs, chunk_size):
+            where = _where(layer, path)
+            for chunk in _iter_row_chunks(X, chunk_size):
+                chunk = _as_csr(chunk)
                 if validate:
-                    reader.validate(chunk)
+                    validate_counts(chunk, where)
                 if identity:
                     acc.update(chunk)
                 else:
                     acc.update(*_realign(chunk, col_map, len(ref)))
     assert acc is not None
     return _result_warned(acc)
+
+
+@contextlib.contextmanager
+def _file_matrix(path: str, layer: str | None) -> Iterator[tuple[list[str], Any]]:
+    """``(var_names, matrix)`` of an ``.h5ad`` file, the matrix (``X`` or ``layer``) read from disk by row slices.
+
+    anndata's backed mode backs ``X`` only and reads every layer whole when it opens a file (backed probe, session
+    28: a 314 MB counts layer in memory), so the file is opened with h5py and the one matrix read lazily.
+    """
+    import anndata.io
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if layer is None:
+            elem = f["X"]
+        else:
+            layers = f["layers"] if "layers" in f else {}
+            if layer not in layers:
+                raise _missing_layer(layer, list(layers.keys()), "raw" in f, path)
+            elem = layers[layer]
+        matrix = anndata.io.sparse_dataset(elem) if isinstance(elem, h5py.Group) else elem
+        yield [str(g) for g in anndata.io.read_elem(f["var"]).index], matrix
 
 
 def _realign(chunk: sp.csr_matrix, col_map: np.ndarray, n_ref: int) -> tuple[sp.csr_matrix, np.ndarray]:
