@@ -548,6 +548,19 @@ def test_embedding_an_anndata_set_up_for_scvi_leaves_scvis_columns_alone(model_a
     assert len(np.unique(next(iter(loader))["batch"].numpy())) == 2  # both of scVI's batches
     np.testing.assert_array_equal(model.get_latent_representation(other), z)  # a second call: set up again, same
     assert model.get_anndata_manager(other) is not None  # the latest query stays registered with GeneMamba
+    # review: calls of two models overlapping on it (threads) put the columns back when the last one ends
+    from genemamba_scvi.model._utils import _query_for_this_call
+
+    second = GeneMambaModel(model.adata, **TINY)
+    first_call, second_call = _query_for_this_call(model, other), _query_for_this_call(second, other)
+    first_call.__enter__()
+    second_call.__enter__()  # starts while the first runs ...
+    second.get_latent_representation(other)
+    first_call.__exit__(None, None, None)  # ... and ends after it
+    assert (other.obs["_scvi_batch"] == 0).all()  # still the running call's set-up
+    second_call.__exit__(None, None, None)
+    pd.testing.assert_frame_equal(other.obs[["_scvi_batch", "_scvi_labels"]], kept)
+    assert other.uns["_scvi_manager_uuid"] == manager_id
 
 
 def test_a_deleted_model_lets_its_queries_go(model_and_data, cells):
@@ -566,9 +579,30 @@ def test_a_deleted_model_lets_its_queries_go(model_and_data, cells):
         ids.append(model.id)
         del model, query
         gc.collect()
+    last = GeneMambaModel(adata, **TINY)  # (deleted models are let go at the next model or query call)
     assert all(ref() is None for ref in gone)
     assert not set(ids) & set(GeneMambaModel._per_instance_manager_store)
-    assert GeneMambaModel(adata, **TINY).get_latent_representation().shape[0] == adata.n_obs
+    assert last.get_latent_representation().shape[0] == adata.n_obs
+    # review: a query the user set up after the call keeps that set-up when the model is deleted
+    query = cells[:8].copy()
+    last.get_latent_representation(query)
+    GeneMambaModel.setup_anndata(query, layer="counts", batch_key="batch")
+    del last
+    gc.collect()
+    assert GeneMambaModel(query, **TINY).summary_stats["n_batch"] == 2
+    # review: the finalizer runs wherever the garbage collector does, also under the bookkeeping's lock: it must not
+    # wait for that lock (a deadlock)
+    import threading
+
+    from genemamba_scvi.model import _utils
+
+    holder = [GeneMambaModel(adata, **TINY)]
+    holder[0].get_latent_representation(cells[:4].copy())
+    with _utils._QUERY_LOCK:  # the model is let go (and collected) in another thread, which must not hang
+        collector = threading.Thread(target=lambda: (holder.clear(), gc.collect()), daemon=True)
+        collector.start()
+        collector.join(timeout=20)
+        assert not collector.is_alive()
 
 
 def test_setting_up_a_copy_leaves_the_original_set_up(model_and_data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -322,9 +323,13 @@ def _check_model_layer(adata: AnnData, layer: str | None) -> None:
 _QUERY_LOCK = threading.Lock()
 #: ``(model id, id(adata))`` -> calls running with that query AnnData.
 _QUERY_CALLS: dict[tuple[str, int], int] = {}
-#: model id -> ``{uuid: (id(adata), added to the class store, added to the instance store)}``: registrations that
-#: calls with a query added, dropped once a later query's call ends and no call still uses them.
-_QUERY_ENTRIES: dict[str, dict[str, tuple[int, bool, bool]]] = {}
+#: model id -> ``{uuid: (id(adata), the class-store manager it added (weak) or None, added to the instance store)}``:
+#: registrations that calls with a query added, dropped once a later query's call ends and no call still uses them.
+_QUERY_ENTRIES: dict[str, dict[str, tuple[int, weakref.ref | None, bool]]] = {}
+#: ``id(adata)`` -> ``[calls of any model running with it, the scvi-tools keys it carried before the first]``.
+_QUERY_KEPT_KEYS: dict[int, list] = {}
+#: ids of deleted models whose registrations are still to be dropped (:func:`release_when_deleted`).
+_RELEASED: collections.deque[tuple[type, str]] = collections.deque()
 
 
 @contextlib.contextmanager
@@ -337,7 +342,8 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
     ``view_anndata_setup`` and a second call on it work); an earlier one's registrations are dropped when no call of
     this model still uses it (threads). A setting the user gave the same AnnData in the class store before the call
     (its own ``setup_anndata``) is put back after it: the query's set-up with the model's arguments replaced it.
-    So are the scvi-tools columns and manager id another model's set-up wrote into it (:func:`_scvi_keys_of`).
+    So are the scvi-tools columns and manager id another model's set-up wrote into it (:func:`_scvi_keys_of`), once
+    the last call of any model using that AnnData ends.
     """
     if not isinstance(adata, AnnData) or adata is model.adata:
         yield
@@ -346,8 +352,11 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
     inst_store = type(model)._per_instance_manager_store.setdefault(model.id, {})
     call = (model.id, id(adata))
     with _QUERY_LOCK:
+        _drop_released()
         cls_before, inst_before = dict(cls_store), set(inst_store)
-        keys_before = None if adata.is_view or any(c[1] == id(adata) for c in _QUERY_CALLS) else _scvi_keys_of(adata)
+        if id(adata) not in _QUERY_KEPT_KEYS:
+            _QUERY_KEPT_KEYS[id(adata)] = [0, None if adata.is_view else _scvi_keys_of(adata)]
+        _QUERY_KEPT_KEYS[id(adata)][0] += 1
         _QUERY_CALLS[call] = _QUERY_CALLS.get(call, 0) + 1
     try:
         yield
@@ -356,8 +365,12 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
             _QUERY_CALLS[call] -= 1
             if not _QUERY_CALLS[call]:
                 del _QUERY_CALLS[call]
-            if keys_before and not any(c[1] == id(adata) for c in _QUERY_CALLS):
-                _put_back_scvi_keys(adata, keys_before)
+            kept = _QUERY_KEPT_KEYS[id(adata)]
+            kept[0] -= 1
+            if not kept[0]:
+                del _QUERY_KEPT_KEYS[id(adata)]
+                if kept[1]:
+                    _put_back_scvi_keys(adata, kept[1])
             entries = _QUERY_ENTRIES.setdefault(model.id, {})
             for uuid, manager in list(cls_store.items()):
                 if manager.adata is not adata:
@@ -365,37 +378,48 @@ def _query_for_this_call(model: BaseModelClass, adata: AnnData | None) -> Iterat
                 if uuid in cls_before and cls_before[uuid] is not manager:  # the user's own set-up: back
                     cls_store[uuid] = cls_before[uuid]
                 elif uuid not in cls_before:
-                    entries[uuid] = (id(adata), True, uuid not in inst_before)
+                    entries[uuid] = (id(adata), weakref.ref(manager), uuid not in inst_before)
             for uuid, manager in list(inst_store.items()):
                 if manager.adata is adata and uuid not in inst_before and uuid not in entries:
-                    entries[uuid] = (id(adata), False, True)
-            for uuid, (owner, in_cls, in_inst) in list(entries.items()):
+                    entries[uuid] = (id(adata), None, True)
+            for uuid, (owner, added, in_inst) in list(entries.items()):
                 if owner != id(adata) and (model.id, owner) not in _QUERY_CALLS:  # an earlier query, idle
-                    if in_cls:
-                        cls_store.pop(uuid, None)
+                    _drop_entry(cls_store, uuid, added)
                     if in_inst:
                         inst_store.pop(uuid, None)
                     del entries[uuid]
+
+
+def _drop_entry(cls_store: dict, uuid: str, added: weakref.ref | None) -> None:
+    """Drop a query's class-store registration, unless the user set that AnnData up since (its entry is theirs)."""
+    if added is not None and cls_store.get(uuid) is added() is not None:
+        del cls_store[uuid]
 
 
 def release_when_deleted(model: BaseModelClass) -> None:
     """When ``model`` is garbage-collected, drop what scvi-tools' class-level stores hold for it alone.
 
     Its per-instance store (its own AnnData's manager and its queries') and the class-store entries its latest query
-    added: a sweep training model after model in one process kept every deleted model's queries alive (sweep probe,
-    session 28: 2 AnnData a model). The entries ``setup_anndata`` made stay (scvi-tools' design: a new model may be
-    built on that AnnData without setting it up again), so an AnnData copied and set up for each model lives as long
-    as the process, as with every scvi-tools model.
+    added, unless the user set that AnnData up since: a sweep training model after model in one process kept every
+    deleted model's queries alive (sweep probe, session 28: 2 AnnData a model). The entries ``setup_anndata`` made
+    stay (scvi-tools' design: a new model may be built on that AnnData without setting it up again), so an AnnData
+    copied and set up for each model lives as long as the process, as with every scvi-tools model.
+
+    The finalizer may run inside the garbage collector at any allocation, also one under :data:`_QUERY_LOCK` in this
+    thread (review: a deadlock), so it only queues the model; the queue is emptied by the next query call or model.
     """
-    weakref.finalize(model, _release_model, type(model), model.id)
-
-
-def _release_model(model_cls: type[BaseModelClass], model_id: str) -> None:
     with _QUERY_LOCK:
+        _drop_released()
+    weakref.finalize(model, _RELEASED.append, (type(model), model.id))
+
+
+def _drop_released() -> None:
+    """Drop the registrations of the deleted models queued by their finalizers (call under :data:`_QUERY_LOCK`)."""
+    while _RELEASED:
+        model_cls, model_id = _RELEASED.popleft()
         model_cls._per_instance_manager_store.pop(model_id, None)
-        for uuid, (_owner, in_cls, _in_inst) in _QUERY_ENTRIES.pop(model_id, {}).items():
-            if in_cls:
-                model_cls._setup_adata_manager_store.pop(uuid, None)
+        for uuid, (_owner, added, _in_inst) in _QUERY_ENTRIES.pop(model_id, {}).items():
+            _drop_entry(model_cls._setup_adata_manager_store, uuid, added)
 
 
 def _scvi_keys_of(adata: AnnData) -> dict[str, Any]:
