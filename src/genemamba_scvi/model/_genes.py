@@ -355,11 +355,26 @@ class GeneMambaGenesMixin:
                     "gene_medians is a Series whose index names no gene of the vocabulary (index it by the genes' "
                     f"ids, as {self._setup_arg('gene_id_key') or 'var_names'} names them)"
                 )
+            found = ids[ids >= 0]
+            if len(np.unique(found)) < len(found):  # the last of two values would win without a word
+                counts = np.bincount(found, minlength=n_tokens)
+                twice = sorted({str(g) for g, i in zip(given.index, ids, strict=True) if i >= 0 and counts[i] > 1})
+                raise ValueError(f"gene_medians names a gene twice (as the vocabulary reads it): {twice[:5]}")
             medians = np.full(n_tokens, np.nan)
-            medians[ids[ids >= 0]] = np.asarray(given, dtype=np.float64)[ids >= 0]
+            medians[found] = np.asarray(given, dtype=np.float64)[ids >= 0]
+            here = self._match_genes(adata, warn_unknown=False)
+            missing = ~np.isin(here[here >= 0], found)
+            if missing.any():  # not named in the Series: tokenized with the fallback median, ranked off
+                warnings.warn(
+                    f"gene_medians names no median for {int(missing.sum())} of the {int((here >= 0).sum())} genes of "
+                    "this AnnData in the vocabulary; they get the fallback median (a Series of NaN says 'never "
+                    "expressed' for a gene on purpose)",
+                    UserWarning,
+                    stacklevel=_user_stacklevel(),
+                )
             return medians
         medians = np.asarray(given, dtype=np.float64)
-        if medians.shape == (n_tokens,):
+        if medians.shape == (n_tokens,):  # (also where adata.n_vars == len(vocab): per token wins, as a reload needs)
             return medians
         if medians.shape == (adata.n_vars,):
             token_ids = self._match_genes(adata, warn_unknown=False)
