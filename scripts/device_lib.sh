@@ -23,3 +23,16 @@ for r in d["results"]:
 print(d.get("ratios_genemamba_over_transformer_varlen"))
 PY
 }
+
+# `show_profile JSON`: the GPU time, wall time and host enqueue time of each profiled arm of a train_ab.py result, and
+# its ten largest kernels.
+show_profile() {
+  python3 - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for arm, p in d.get("profile", {}).items():
+    print(arm, "gpu_ms", p["gpu_time_ms"], "wall", p["wall_ms_unprofiled"], "enq", p["host"]["enqueue_ms"])
+    for k in p["top_kernels"][:10]:
+        print("  ", k["us"], k["calls"], k["name"][:60])
+PY
+}

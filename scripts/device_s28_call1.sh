@@ -10,14 +10,7 @@ timeout 200 python3 benchmarks/train_ab.py --rounds 12 --warmup-rounds 5 --batch
   --arms default "dxheads:fused_ssd_bwd._SSD_BWD_DX=heads" "intra:fused_ssd_bwd._SSD_BWD_INTRA=fused" \
   transformer_varlen --profile --profile-arms default dxheads --out $OUT/ab2048x48_dx_s28.json > $OUT/ab2048_dx_s28.log 2>&1
 echo "ab2048x48 rc=$?"; pick $OUT/ab2048_dx_s28.log 8
-python3 - <<'PY'
-import json, os
-d = json.load(open(os.environ["OUT"] + "/ab2048x48_dx_s28.json"))
-for arm, p in d.get("profile", {}).items():
-    print(arm, "gpu_ms", p["gpu_time_ms"], "wall", p["wall_ms_unprofiled"], "enq", p["host"]["enqueue_ms"])
-    for k in p["top_kernels"][:10]:
-        print("  ", k["us"], k["calls"], k["name"][:60])
-PY
+show_profile $OUT/ab2048x48_dx_s28.json
 # the deliverable only on the issue's card (sessions 26-27 re-ran it on H100s; the device budget is short)
 if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
   full_run 200 260 --only real_,full_L2048,full_L8192,stress --no-profile

@@ -295,18 +295,25 @@ def test_classifier_head_with_a_width_but_no_hidden_layer_is_refused():
     )
 
 
-def test_packing_helpers_and_pooling_refuse_inputs_that_would_mix_cells():
-    """Shapes and values that would put one cell's states in another's rows or pool over another's tokens (user
-    probe, session 24): each refused by name; numpy arrays get a TypeError naming torch.from_numpy."""
-    import numpy as np
-
-    from genemamba_scvi.nn import pack_tokens, pool_hidden, unpack_hidden
+def _three_cells():
+    """A one-layer encoder and three cells of 12, 5 and 7 tokens: ``(enc, tokens, lengths, packed, cu_seqlens)``."""
+    from genemamba_scvi.nn import pack_tokens
 
     torch.manual_seed(0)
     enc = GeneMambaEncoder(V, n_layers=1, **TINY).eval()
     t = torch.randint(3, V, (3, 12))
     lengths = torch.tensor([12, 5, 7])
-    tp, cu = pack_tokens(t, lengths)
+    return (enc, t, lengths, *pack_tokens(t, lengths))
+
+
+def test_packing_helpers_and_pooling_refuse_inputs_that_would_mix_cells():
+    """Shapes and values that would put one cell's states in another's rows or pool over another's tokens (user
+    probe, session 24): each refused by name; numpy arrays get a TypeError naming torch.from_numpy."""
+    import numpy as np
+
+    from genemamba_scvi.nn import pool_hidden, unpack_hidden
+
+    enc, t, lengths, tp, cu = _three_cells()
     with torch.no_grad():
         h = enc.forward_packed(tp, cu)
         assert torch.equal(unpack_hidden(h, lengths, 12)[1, :5], h[12:17])
@@ -338,13 +345,7 @@ def test_encoder_traces_without_graph_breaks():
     packing itself, ``tokens[mask]``, has a data-dependent shape and stays outside)."""
     import torch._dynamo as dynamo
 
-    from genemamba_scvi.nn import pack_tokens
-
-    torch.manual_seed(0)
-    enc = GeneMambaEncoder(V, n_layers=1, **TINY).eval()
-    t = torch.randint(3, V, (3, 12))
-    lengths = torch.tensor([12, 5, 7])
-    tp, cu = pack_tokens(t, lengths)
+    enc, t, lengths, tp, cu = _three_cells()
     with torch.no_grad():
         for fn, args in (
             (lambda a, b: enc.forward_packed(a, b, max_seqlen=12), (tp, cu)),
