@@ -349,8 +349,31 @@ def test_medians_of_a_whole_atlas_train_a_model_on_a_subsample(adata, tmp_path):
     series = pd.Series(per_gene, index=atlas.var_names)  # review: a part of the genes, or a gene twice
     with pytest.warns(UserWarning, match=r"names no median for 10 of the \d+ genes .* get the fallback median"):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=series[10:])
-    with pytest.raises(ValueError, match=r"names a gene twice .*" + re.escape(str(series.index[0]))):
+    with pytest.raises(ValueError, match=r"names a gene twice.*" + re.escape(str(series.index[0]))):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=pd.concat([series, series[:1] * 2]))
+
+
+def test_atlas_medians_by_gene_id_prefer_the_name_the_vocabulary_holds():
+    """Claims probe (session 28): the shipped sample holds C10ORF68 and C10orf68 (and four more such pairs); a model
+    holding one of them read both as its token and refused the atlas's Series as naming a gene twice. The name the
+    vocabulary holds as it is wins."""
+    from genemamba_scvi.data import compute_gene_medians
+    from genemamba_scvi.datasets import load_celltypist_sample
+
+    atlas = load_celltypist_sample()[:60].copy()
+    names = set(atlas.var_names)
+    pairs = [g for g in atlas.var_names if g != g.upper() and g.upper() in names]
+    assert len(pairs) >= 5
+    expressed = np.asarray((atlas.layers["counts"] > 0).sum(axis=0)).ravel() > 0
+    atlas = atlas[:, expressed | atlas.var_names.isin(pairs + [g.upper() for g in pairs])].copy()
+    series = pd.Series(compute_gene_medians(atlas, layer="counts"), index=atlas.var_names)
+    part = atlas[::2, ~atlas.var_names.isin(pairs)].copy()  # the upper-case names only
+    GeneMambaModel.setup_anndata(part, layer="counts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every gene of the model is named: nothing to warn about
+        model = GeneMambaModel(part, n_layers=1, d_model=32, max_genes=32, gene_medians=series)
+    for gene in (g.upper() for g in pairs):
+        np.testing.assert_equal(model.gene_medians_[model.vocab_[gene]], series[gene])
 
 
 def test_a_vocabulary_of_things_that_are_not_gene_ids_is_questioned(adata):

@@ -54,7 +54,7 @@ def _embed(args: argparse.Namespace) -> int:
     if out.suffix.lower() in _OTHER_FORMATS:  # an HDF5 file named .zarr is read by nothing (downstream probe)
         raise ValueError(
             f"--out {out} names a {_OTHER_FORMATS[out.suffix.lower()]}, but genemamba embed writes an .h5ad file "
-            f"(HDF5); write {out.with_suffix('.h5ad').name} and convert it (anndata.read_h5ad(...).write_zarr(...) "
+            f"(HDF5); write {(out.stem if out.stem.endswith('.h5ad') else out.with_suffix('.h5ad').name)} and convert it (anndata.read_h5ad(...).write_zarr(...) "
             "for zarr)"
         )
     if out.exists() and not args.overwrite:
