@@ -52,10 +52,10 @@ def _embed(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; name the .h5ad file to write")
     if out.suffix.lower() in _OTHER_FORMATS:  # an HDF5 file named .zarr is read by nothing (downstream probe)
+        h5ad = out.stem if out.stem.endswith(".h5ad") else out.with_suffix(".h5ad").name  # (x.h5ad.zarr: x.h5ad)
         raise ValueError(
             f"--out {out} names a {_OTHER_FORMATS[out.suffix.lower()]}, but genemamba embed writes an .h5ad file "
-            f"(HDF5); write {(out.stem if out.stem.endswith('.h5ad') else out.with_suffix('.h5ad').name)} and convert it (anndata.read_h5ad(...).write_zarr(...) "
-            "for zarr)"
+            f"(HDF5); write {h5ad} and convert it (anndata.read_h5ad(...).write_zarr(...) for zarr)"
         )
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
