@@ -317,7 +317,8 @@ def _holds_embedding_of(model: Any, stored: Any) -> bool:
     rows = getattr(model, "_embedded_rows", None)
     if rows is None:
         return stored.ndim == 2 and stored.shape[1] == model.module.encoder.d_model
-    return stored.shape[1:] == rows.shape[1:] and np.allclose(stored[: len(rows)], rows, rtol=1e-5, atol=1e-6)
+    same_shape = stored.ndim == 2 and stored.shape[1:] == rows.shape[1:] and len(stored) >= len(rows)
+    return same_shape and np.allclose(stored[: len(rows)], rows, rtol=1e-5, atol=1e-6)
 
 
 def warn_if_stale_after_train(model: Any, was_trained: bool, key: str = LATENT_KEY) -> None:
