@@ -186,7 +186,7 @@ class GeneMambaModel(
         tokenizer = TokenizerSettings(max_genes, tokenization, unk_token, tie_break)  # checked there
         config = _model_config(config, settings)
         super().__init__(adata)
-        release_when_deleted(self)  # scvi-tools' class stores would keep its AnnData and queries for good
+        release_when_deleted(self)  # scvi-tools' class stores would keep its own registrations and queries for good
         if isinstance(vocab, str | os.PathLike):
             vocab = GeneVocab.from_json(vocab)
         if vocab is None:
@@ -371,7 +371,8 @@ class GeneMambaModel(
             AnnData with the same kind of genes (any order; unknown genes are ignored with a warning);
             ``None`` uses the AnnData the model was set up with. Another AnnData is set up with the model's
             arguments (scvi-tools' ``uns["_scvi_uuid"]``, ``uns["_scvi_manager_uuid"]``, ``obs["_scvi_batch"]``,
-            ``obs["_scvi_labels"]`` = 0; a view becomes an AnnData of its own; the docs' API page, "AnnData keys").
+            ``obs["_scvi_labels"]`` = 0; a view becomes an AnnData of its own; another model's set-up of it is put
+            back after the call; the docs' API page, "AnnData keys").
         indices
             Cells to embed (default: all).
         batch_size
