@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .gene_ids import refuse_non_gene_features
-from .normalize import NotCountsError, validate_counts
+from .normalize import NotCountsError, h5ad_count_matrix, validate_counts
 from .vocab import GeneVocab
 
 logger = logging.getLogger("genemamba_scvi")
@@ -202,26 +202,13 @@ class _H5adRows:
         self._file = h5py.File(path, "r")
         try:
             f = self._file
-            if layer is None:
-                if "X" not in f:
-                    raise ValueError(f"{str(path)!r} has no X matrix; pass layer=... naming the raw-count layer")
-                elem = f["X"]
-            else:
-                if "layers" not in f or layer not in f["layers"]:
-                    have = list(f["layers"].keys()) if "layers" in f else []
-                    raise ValueError(f"layer {layer!r} not found in {str(path)!r}; available layers: {have}")
-                elem = f["layers"][layer]
-            if isinstance(elem, h5py.Group):
-                self._matrix = anndata.io.sparse_dataset(elem)
-                self.format = self._matrix.format
-                if self.format == "csc":
-                    logger.warning(
-                        "%s is stored as CSC: reading row chunks of it is slow; rewrite it as CSR for large corpora",
-                        self.where,
-                    )
-            else:
-                self._matrix = elem
-                self.format = "dense"
+            self._matrix = h5ad_count_matrix(f, layer, path)
+            self.format = getattr(self._matrix, "format", "dense")  # (an h5py dataset: dense)
+            if self.format == "csc":
+                logger.warning(
+                    "%s is stored as CSC: reading row chunks of it is slow; rewrite it as CSR for large corpora",
+                    self.where,
+                )
             self.n_obs, self.n_vars = (int(s) for s in self._matrix.shape)
             var = anndata.io.read_elem(f["var"])
             refuse_non_gene_features(var, source=f"{str(path)!r}: adata")

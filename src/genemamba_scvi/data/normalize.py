@@ -457,15 +457,29 @@ def _file_matrix(path: str, layer: str | None) -> Iterator[tuple[list[str], Any]
     import h5py
 
     with h5py.File(path, "r") as f:
-        if layer is None:
-            elem = f["X"]
-        else:
-            layers = f["layers"] if "layers" in f else {}
-            if layer not in layers:
-                raise _missing_layer(layer, list(layers.keys()), "raw" in f, path)
-            elem = layers[layer]
-        matrix = anndata.io.sparse_dataset(elem) if isinstance(elem, h5py.Group) else elem
+        matrix = h5ad_count_matrix(f, layer, path)
         yield [str(g) for g in anndata.io.read_elem(f["var"]).index], matrix
+
+
+def h5ad_count_matrix(f: Any, layer: str | None, path: str | os.PathLike) -> Any:
+    """``X`` or ``layer`` of an ``.h5ad`` file open in h5py, as a matrix read by row slices (never whole).
+
+    A sparse matrix is anndata's lazy dataset (``.format`` "csr" or "csc"), a dense one the h5py dataset. The
+    corpus reader and :func:`compute_gene_medians` over paths both open files this way.
+    """
+    import anndata.io
+    import h5py
+
+    if layer is None:
+        if "X" not in f:
+            raise ValueError(f"{str(path)!r} has no X matrix; pass layer=... naming the raw-count layer")
+        elem = f["X"]
+    else:
+        layers = f["layers"] if "layers" in f else {}
+        if layer not in layers:
+            raise _missing_layer(layer, list(layers.keys()), "raw" in f, str(path))
+        elem = layers[layer]
+    return anndata.io.sparse_dataset(elem) if isinstance(elem, h5py.Group) else elem
 
 
 def _realign(chunk: sp.csr_matrix, col_map: np.ndarray, n_ref: int) -> tuple[sp.csr_matrix, np.ndarray]:

@@ -332,8 +332,12 @@ class GeneMambaGenesMixin:
 
     def _medians_from(self, adata: AnnData, method: str) -> np.ndarray:
         _check_choice("gene_medians", method, ("exact", "tdigest"))
+        self._match_genes(adata, warn_unknown=False)  # (before the pass: refuses genes that cannot be this model's)
+        return self._per_token(adata, compute_gene_medians(adata, layer=self._setup_arg("layer"), method=method))
+
+    def _per_token(self, adata: AnnData, col_medians: np.ndarray) -> np.ndarray:
+        """Medians per gene column of ``adata`` as medians per token of the vocabulary (NaN for the others)."""
         token_ids = self._match_genes(adata, warn_unknown=False)
-        col_medians = compute_gene_medians(adata, layer=self._setup_arg("layer"), method=method)
         medians = np.full(len(self.vocab_), np.nan)
         keep = token_ids >= 0
         medians[token_ids[keep]] = col_medians[keep]
@@ -383,10 +387,7 @@ class GeneMambaGenesMixin:
         if medians.shape == (n_tokens,):  # (also where adata.n_vars == len(vocab): per token wins, as a reload needs)
             return medians
         if medians.shape == (adata.n_vars,):
-            token_ids = self._match_genes(adata, warn_unknown=False)
-            per_token = np.full(n_tokens, np.nan)
-            per_token[token_ids[token_ids >= 0]] = medians[token_ids >= 0]
-            return per_token
+            return self._per_token(adata, medians)
         raise ValueError(
             f"gene_medians has shape {medians.shape}; expected ({n_tokens},) (one per token of the vocabulary, "
             f"specials included) or ({adata.n_vars},) (one per gene of this AnnData, as compute_gene_medians gives "
