@@ -313,3 +313,30 @@ def test_cells_sharing_a_name_do_not_count_as_seen_by_the_head():
     unique = pd.Index([f"BC{i}" for i in range(20)])  # with names of their own, a leak is still told
     with pytest.warns(UserWarning, match=r"3 of the 10 validation cells of this run trained this head"):
         check_classifier_split(codes, ["T"], train, val, unique, set(unique[:13]))
+
+
+def test_a_pathway_weight_of_zero_leaves_the_gene_sets_unread():
+    # panel probe (session 29): gamma=0 (the loss off) still mapped the sets: refused sets that fit no gene of the
+    # model, and warned about sets left out of a loss that was off
+    model = _model()
+    mouse_sets = {"A": ["Ly6a", "H2-K1"], "B": ["Lyz2", "Cd8b1"]}
+    with pytest.raises(ValueError, match=r"none of the gene sets has two or more genes"):
+        model.train(max_epochs=1, gene_sets=mouse_sets, **FIT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.train(max_epochs=1, gene_sets=mouse_sets, gamma=0, **FIT)
+    assert model.module.pathway_loss is None and "pathway_loss_train" not in model.history
+
+
+def test_the_advice_after_train_goes_on_with_the_head_it_names():
+    # annotation probe (session 29): a head on another column than set-up's labels_key, then train(): the advised
+    # train_classifier() trained a new head on set-up's column (or, set up without labels, failed)
+    model = _model()  # set up with labels_key="bulk_labels"
+    model.adata.obs["coarse"] = np.where(model.adata.obs["bulk_labels"].astype(str).str.contains("CD"), "T", "other")
+    model.train_classifier("coarse", max_epochs=1, hidden=16, **FIT)
+    head = model.module.classifier
+    with pytest.warns(UserWarning, match=r"Run train_classifier\(labels_key='coarse', hidden=16\) again") as record:
+        model.train(max_epochs=1, **FIT)
+    advice = re.search(r"Run (train_classifier\(.*?\)) again", next(m for m in _messages(record) if "Run" in m))
+    eval(f"model.{advice.group(1).replace(')', ', max_epochs=1, **FIT)')}")  # the advice, as written
+    assert model.module.classifier is head and model.label_names_ == ["T", "other"]

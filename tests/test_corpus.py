@@ -365,3 +365,28 @@ def test_a_vocabulary_of_things_that_are_not_gene_ids_is_refused(sample, tmp_pat
         build_corpus(tmp_path / "a.h5ad", mine, max_genes=32, gene_id_key="junk")
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     build_corpus(tmp_path / "a.h5ad", tmp_path / "ok", max_genes=32)  # the symbols of the var_names are fine
+
+
+def test_a_file_without_some_genes_tokenizes_its_cells_as_a_file_with_them(sample, tmp_path):
+    """Geneformer probe (session 29): genes without a median (medians given, as a model's) took the median of the
+    file's own genes' medians, so a file lacking genes none of its cells expresses ranked the others differently from
+    the same cells with them."""
+    a, b = sample[:280].copy(), sample[500:].copy()  # (59 cells: many genes with a median have no count there)
+    medians = compute_gene_medians(a.X, method="exact")  # a model's medians: b expresses genes a never did
+    in_b = np.asarray((b.X > 0).sum(axis=0)).ravel() > 0
+    assert (np.isnan(medians) & in_b).sum() > 100
+    silent = np.flatnonzero(np.isfinite(medians) & ~in_b)  # a median, no count in b: the low half dropped
+    drop = silent[medians[silent] < np.nanmedian(medians)]
+    assert len(drop) >= 100
+    paths = [tmp_path / "a.h5ad", tmp_path / "b.h5ad", tmp_path / "b_fewer.h5ad"]
+    for x, p in zip((a, b, b[:, ~np.isin(np.arange(b.n_vars), drop)].copy()), paths):
+        x.write_h5ad(p)
+    got = {}
+    for name, files in (("all", paths[:2]), ("fewer", [paths[0], paths[2]])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            build_corpus(
+                files, tmp_path / name, max_genes=256, shard_size=512, gene_medians=np.r_[[np.nan] * 3, medians]
+            )
+        got[name] = {key: t for key, t in _from_corpus(tmp_path / name).items() if key[0] == 1}
+    assert len(got["all"]) == b.n_obs and got["fewer"] == got["all"]

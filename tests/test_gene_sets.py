@@ -110,3 +110,22 @@ def test_unknown_collection_name_is_named(tmp_path):
     gmt.write_text("T\tdesc\tCD3E\tCD3D\nM\tdesc\tCD14\tLYZ\n")
     assert [t.tolist() for t in gene_set_tensors(gmt, vocab)] == [[3, 4], [5, 6]]  # genes from id 3 (specials)
     assert len(gene_set_tensors(str(gmt), vocab)) == 2
+
+
+def test_gene_sets_that_map_to_the_same_genes_or_only_by_case_are_told():
+    """Panel probe (session 29): sets that held the same genes of a small panel gave a pathway loss of exactly 0 in
+    every step, silently; human sets on a model of mouse symbols matched by case with no word."""
+    from genemamba_scvi.module import gene_set_tensors
+
+    vocab = GeneVocab(["CD3E", "CD3D", "CD19", "MS4A1"])
+    same = {"A": ["CD3E", "CD3D", "LCK"], "B": ["CD3E", "CD3D", "ZAP70"]}  # LCK and ZAP70 not on the panel
+    with pytest.raises(ValueError, match=r"the 2 gene sets .*all hold the same genes there \(\['CD3E', 'CD3D'\]\)"):
+        gene_set_tensors(same, vocab)
+    assert len(gene_set_tensors({**same, "C": ["CD19", "MS4A1"]}, vocab)) == 3  # (kept: other sets contrast them)
+    with pytest.raises(ValueError, match=r"none of the gene sets .*name human gene symbols: .*another species"):
+        gene_set_tensors({"A": ["Ly6a", "H2-K1"], "B": ["Lyz2", "Cd8b1"]}, GeneVocab(["CD3E", "CD19"]))
+    kegg = read_gmt(gene_set_path("kegg"))
+    mouse = GeneVocab(sorted({g.capitalize() for members in list(kegg.values())[:20] for g in members}))
+    with pytest.warns(UserWarning, match=r"gene-set genes found in the model's vocabulary match it only with their "
+                      r"case ignored .*read as the mouse genes of the same name"):  # fmt: skip
+        gene_set_tensors("kegg", mouse)

@@ -320,7 +320,7 @@ def test_gene_medians_by_t_digest_for_data_too_large_for_exact_medians(adata, mo
     assert methods == ["exact", "tdigest"]
     assert np.isfinite(digest.gene_medians_).sum() > 100
     np.testing.assert_allclose(digest.gene_medians_, exact.gene_medians_, rtol=1e-12)
-    with pytest.raises(ValueError, match=r"gene_medians must be one of \('exact', 'tdigest'\), got 'median'"):
+    with pytest.raises(ValueError, match=r"gene_medians must be 'exact' or 'tdigest' .*got 'median'"):
         GeneMambaModel(adata, n_layers=1, d_model=32, gene_medians="median")
 
 
@@ -437,3 +437,73 @@ def test_a_small_batch_and_a_csc_query_raise_no_training_warnings(adata):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (untrained)
         np.testing.assert_array_equal(z, model.get_latent_representation(small))
+
+
+def test_mouse_style_symbols_are_told_they_read_as_the_human_genes(adata):
+    """Panel probe (session 29): Title-case mouse symbols (``Cd3e``) reach a human model's genes of the same name with
+    no word (embeddings equal to the human ones); mouse Ensembl ids were told to be "Ensembl gene ids"."""
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=32)
+    mouse = _fresh(adata.copy())
+    mouse.var_names = [g.capitalize() for g in adata.var_names]
+    with pytest.warns(UserWarning, match=r"genes of this AnnData found in the model's vocabulary match it only with "
+                      r"their case ignored \(e\.g\. .*->.*mouse symbols .*not checked orthologues"):  # fmt: skip
+        z = model.get_latent_representation(mouse)
+    np.testing.assert_allclose(z, model.get_latent_representation(adata), atol=1e-5)  # (what the warning says)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.get_latent_representation(mouse)
+    assert not any("case ignored" in str(w.message) for w in record)  # once per model and gene list
+    ensmusg = _fresh(adata.copy())
+    ensmusg.var_names = [f"ENSMUSG{i:011d}" for i in range(adata.n_vars)]
+    with pytest.raises(ValueError, match=r"of the vocabulary's species .*mouse ENSMUSG\.\.\. ids never match"):
+        model.get_latent_representation(ensmusg)
+
+
+def test_a_gene_without_a_median_ranks_the_same_whatever_other_genes_a_query_holds():
+    """Geneformer probe (session 29): genes the model has no median for took the median of the query's own genes'
+    medians, so leaving out genes no query cell expresses reordered the others (192 of 279 cells)."""
+    from genemamba_scvi.datasets import load_celltypist_sample
+
+    cells = load_celltypist_sample()
+    ref, query = cells[:280].copy(), cells[280:].copy()
+    GeneMambaModel.setup_anndata(ref, layer="counts")
+    model = GeneMambaModel(ref, n_layers=1, d_model=32, max_genes=64)
+    known = np.isfinite(model.gene_medians_[model.vocab_.lookup(list(query.var_names))])
+    unseen = np.asarray((ref.layers["counts"] > 0).sum(axis=0)).ravel() == 0
+    in_query = np.asarray((query.layers["counts"] > 0).sum(axis=0)).ravel() > 0
+    assert (unseen & in_query).sum() > 100  # genes the query expresses and the model has no median for
+    silent = np.flatnonzero(known & ~in_query)  # genes with a median, no count in any query cell
+    drop = np.random.default_rng(0).choice(silent, size=len(silent) // 2, replace=False)
+    fewer = query[:, ~np.isin(np.arange(query.n_vars), drop)].copy()  # (the same cell totals)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained model; genes missing from the query
+        np.testing.assert_allclose(
+            model.get_latent_representation(fewer), model.get_latent_representation(query), atol=1e-5
+        )
+
+
+def test_a_median_dictionary_as_geneformer_ships_it(adata, tmp_path):
+    """Geneformer probe (session 29): a dict of gene id -> median failed inside float(); a path to the pickle was told
+    to be 'exact' or 'tdigest'; the warning about genes the dictionary lacks advised NaN, which tokenizes them all the
+    same. The dict is read as a Series; its advice (the dictionary's genes as the vocabulary) leaves them out."""
+    import pickle
+
+    from genemamba_scvi.data import GeneVocab, compute_gene_medians
+
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    medians = pd.Series(compute_gene_medians(adata, layer="counts"), index=adata.var_names).dropna()
+    table = dict(medians.iloc[: len(medians) // 2] * 1e4)  # half the expressed genes, Geneformer's scale
+    (tmp_path / "gene_median_dictionary.pkl").write_bytes(pickle.dumps(table))
+    with pytest.raises(ValueError, match=r"a pickled dictionary, .*gene_medians=pickle.load\(open\(path, 'rb'\)\)"):
+        GeneMambaModel(adata, n_layers=1, d_model=32, gene_medians=str(tmp_path / "gene_median_dictionary.pkl"))
+    with pytest.warns(UserWarning, match=r"names no median for .*make the model's vocabulary those genes") as record:
+        some = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=64, gene_medians=table)
+    advice = re.search(r"GeneMambaModel\(adata, vocab=.*?\)\), gene_medians=medians\)", str(record[0].message))
+    scope = {"GeneMambaModel": GeneMambaModel, "GeneVocab": GeneVocab, "medians": pd.Series(table), "adata": adata}
+    only = eval(advice.group(0).replace(")), g", ")), n_layers=1, d_model=32, max_genes=64, g"), scope)
+    np.testing.assert_allclose(only.gene_medians_[only.vocab_.lookup(list(table))], list(table.values()))
+    np.testing.assert_allclose(some.gene_medians_[some.vocab_.lookup(list(table))], list(table.values()))
+    tokens, _ = only._tokenizer_for(adata)(adata.layers["counts"].tocsr())
+    emitted = set(only.vocab_.decode(np.unique(tokens[tokens >= only.vocab_.n_special])))
+    assert emitted and emitted <= set(table)  # only the dictionary's genes are tokens

@@ -93,12 +93,26 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
         gene_sets = {name: list(members) for name, members in gene_sets.items()}  # (generators: read once)
     token_sets = gene_sets_to_token_ids(gene_sets, vocab, min_size=2)
     if not token_sets:
-        raise ValueError("none of the gene sets has two or more genes in the model's vocabulary.")
-    if len(token_sets) < 2:  # InfoNCE contrasts sets: with one its loss is 0 in every step, and gamma does nothing
         raise ValueError(
-            f"only one gene set ({next(iter(token_sets))!r}) has two or more genes in the model's vocabulary; the "
-            "pathway loss contrasts sets with each other and needs two or more (or pass gene_sets=None)"
+            "none of the gene sets has two or more genes in the model's vocabulary (the shipped 'go_bp' and 'kegg' "
+            "name human gene symbols: are the model's genes of another species, or the sets' ids of another kind?)"
         )
+    # InfoNCE contrasts sets: with one, or sets that all map to the same genes (a small panel), its loss is 0 in every
+    # step (no pair of genes is a negative), and gamma does nothing
+    if len({v.tobytes() for v in token_sets.values()}) < 2:
+        which = (
+            f"only one gene set ({next(iter(token_sets))!r}) has"
+            if len(token_sets) == 1
+            else (
+                f"the {len(token_sets)} gene sets with two or more genes in the model's vocabulary all hold the same "
+                f"genes there ({vocab.decode(next(iter(token_sets.values()))[:5])}), so none has"
+            )
+        )
+        raise ValueError(
+            f"{which} two or more genes in the model's vocabulary; the pathway loss contrasts sets with each other "
+            "and needs two or more sets of different genes (or pass gene_sets=None)"
+        )
+    _warn_case_only_sets(gene_sets, vocab)
     dropped = [name for name in gene_sets if name not in token_sets]
     # a handful (a user's own): named; of the shipped hundreds a few drop by design, more than half is a mismatch
     if dropped and (len(gene_sets) <= 100 or 2 * len(dropped) > len(gene_sets)):
@@ -111,6 +125,28 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
         )
     logger.info("pathway InfoNCE: %d gene sets with >= 2 vocabulary genes", len(token_sets))
     return [torch.as_tensor(np.asarray(v), dtype=torch.long) for v in token_sets.values()]
+
+
+def _warn_case_only_sets(gene_sets: dict[str, list[str]], vocab: GeneVocab) -> None:
+    """Warn when most of the gene sets' genes reach the vocabulary only with their case ignored.
+
+    The shipped sets name human symbols: on a model of mouse symbols (``Cd3e``) they match the mouse genes of the same
+    name, which the user should know of (as :func:`genemamba_scvi.model._genes._warn_case_only` for an AnnData).
+    """
+    genes = list(dict.fromkeys(str(g) for members in gene_sets.values() for g in members))
+    tokens = vocab.lookup(genes)
+    exact, names = set(vocab.genes), vocab.tokens
+    found = [(g, t) for g, t in zip(genes, tokens.tolist()) if t >= 0]
+    case = [(g, t) for g, t in found if g not in exact and names[t].upper() == g.upper()]
+    if len(case) >= 10 and 2 * len(case) > len(found):
+        examples = ", ".join(f"{g}->{names[t]}" for g, t in case[:3])
+        warnings.warn(
+            f"{len(case)} of the {len(found)} gene-set genes found in the model's vocabulary match it only with their "
+            f"case ignored (e.g. {examples}): human sets on mouse symbols are read as the mouse genes of the same "
+            "name, not checked orthologues",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 class GeneMambaModule(BaseModuleClass):

@@ -38,6 +38,7 @@ __all__ = [
     "published_tokenize",
     "rank_tokenize",
     "tie_break_keys",
+    "with_fallback",
 ]
 
 TOKENIZATIONS: tuple[str, ...] = ("ranked", "published")
@@ -131,6 +132,17 @@ def fallback_median(gene_medians: np.ndarray, gene_token_ids: np.ndarray | None 
     if gene_token_ids is not None:
         ok &= np.asarray(gene_token_ids) >= 0
     return float(np.median(med[ok])) if ok.any() else 1.0
+
+
+def with_fallback(gene_medians: np.ndarray) -> np.ndarray:
+    """Medians per token with :func:`fallback_median` of all of them where one is unusable (NaN, infinite, <= 0).
+
+    A model's or a corpus's medians filled once, so that a gene without a median ranks the same whatever other genes
+    an AnnData or a file holds (:func:`rank_tokenize` fills NaN from the columns it is given).
+    """
+    med = np.asarray(gene_medians, dtype=np.float64)
+    bad = ~(np.isfinite(med) & (med > 0))
+    return np.where(bad, fallback_median(med), med) if bad.any() else med
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:

@@ -51,6 +51,11 @@ __all__ = [
 
 
 MATCH_METHODS: tuple[str, ...] = ("direct", "version", "case", "mapped")
+#: What gene ids a vocabulary reads, in the errors of a failed match (mouse Ensembl ids are Ensembl ids: panel probe)
+GENE_ID_KINDS = (
+    "gene symbols or Ensembl gene ids of the vocabulary's species (the shipped and published vocabularies are human: "
+    "ENSG... ids, which mouse ENSMUSG... ids never match)"
+)
 """Names of the match stages, in priority order; ``GeneMatch.method`` holds their index (-1: unmatched)."""
 
 # internal match stages in priority order -> reported method (index into MATCH_METHODS)
@@ -559,7 +564,7 @@ class GeneVocab:
                 f"only {n_matched} of {n} var_names ({100 * result.overlap:.1f}%) match the vocabulary of "
                 f"{len(self.genes)} genes; min_overlap is {100 * min_overlap:.0f}%. "
                 f"Unmatched var_names e.g. {_examples(unmatched)}; vocabulary genes e.g. {_examples(self.genes)}. "
-                "var_names must be human gene symbols or Ensembl gene ids (set adata.var_names from the right "
-                "adata.var column), or lower min_overlap"
+                f"var_names must be {GENE_ID_KINDS} (set adata.var_names from the right adata.var column), or lower "
+                "min_overlap"
             )
         return result

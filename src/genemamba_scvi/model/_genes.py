@@ -6,7 +6,7 @@ import dataclasses
 import numbers
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,9 +16,10 @@ from anndata import AnnData
 from genemamba_scvi._config import MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix
-from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
+from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings, with_fallback
+from genemamba_scvi.data.vocab import GENE_ID_KINDS, MATCH_METHODS
 from genemamba_scvi.dataloader import TokenizerSpec
-from genemamba_scvi.model._utils import _check_choice, _positions
+from genemamba_scvi.model._utils import _positions
 
 #: Default of ``min_gene_overlap`` (also written by :meth:`GeneMambaModel.pretrain`).
 _MIN_GENE_OVERLAP = 0.5
@@ -50,6 +51,8 @@ _GENE_MATCH_CACHE_SIZE = 8
 
 #: A query holding fewer of the model's genes than this share gets a warning (:func:`_check_gene_coverage`).
 _GENE_COVERAGE_WARN = 0.9
+#: Matches of genes with their case ignored that, above half of the matched genes, get a warning (mouse symbols).
+_CASE_ONLY_WARN_MIN = 10
 
 
 def _check_known_genes_expressed(
@@ -155,8 +158,7 @@ def _check_gene_coverage(
             f"this AnnData's genes do not fit the model: {match.n_matched} of its {n} {names} "
             f"({100 * match.overlap:.1f}%) are in the model's vocabulary, and it holds {n_have} of the {n_known} "
             f"{model_genes} ({100 * coverage:.1f}%); min_gene_overlap is {100 * min_overlap:.0f}%. "
-            f"Unmatched e.g. {match.unmatched_names[:5]}. Gene ids must be human gene symbols or Ensembl "
-            f"gene ids ({fix}), or "
+            f"Unmatched e.g. {match.unmatched_names[:5]}. Gene ids must be {GENE_ID_KINDS} ({fix}), or "
             "lower min_gene_overlap (GeneMambaModel.load(..., min_gene_overlap=...), from_pretrained(..., "
             "min_gene_overlap=...), or model.min_gene_overlap)."
         )
@@ -192,6 +194,29 @@ def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | 
     warnings.warn(f"{'; '.join(parts)}.\n{match.report(unknown_as)}", UserWarning, stacklevel=_user_stacklevel())
 
 
+def _warn_case_only(match: Any, vocab: Any) -> None:
+    """Warn when most of an AnnData's matched genes reach the vocabulary only with their case ignored.
+
+    ``Cd3e`` is read as ``CD3E``: mouse symbols (Title case) reach the human genes of the same name, a mapping the
+    user should know of (the names of orthologues mostly agree, not always; mouse-only genes stay unmatched).
+    """
+    case = match.method == MATCH_METHODS.index("case")
+    n_case = int(case.sum())
+    if n_case < _CASE_ONLY_WARN_MIN or 2 * n_case <= match.n_matched:
+        return
+    first = np.flatnonzero(case)[:3]
+    examples = [f"{match.var_names[i]}->{vocab.decode([match.token_ids[i]])[0]}" for i in first]
+    warnings.warn(
+        f"{n_case} of the {match.n_matched} genes of this AnnData found in the model's vocabulary match it only with "
+        f"their case ignored (e.g. {', '.join(examples)}): they are read as the model's genes of the same name. For "
+        "mouse symbols that means the human genes of the same name, not checked orthologues (genes only mouse has "
+        "stay unmatched); lower-case human symbols are matched the same way. "
+        "model.vocab_.match(ids, min_overlap=0).report() shows each stage's count.",
+        UserWarning,
+        stacklevel=_user_stacklevel(),
+    )
+
+
 def _match_query_genes(
     vocab: Any,
     ids: list[str],
@@ -225,8 +250,8 @@ def _match_query_genes(
         names, fix = _gene_id_source(gene_id_key)
         raise ValueError(
             f"0 of {len(ids)} {names} of this AnnData match the model's vocabulary of {len(genes)} genes "
-            f"(e.g. {ids[:5]}; vocabulary genes e.g. {genes[:5]}). Gene ids must be human gene "
-            f"symbols or Ensembl gene ids ({fix})."
+            f"(e.g. {ids[:5]}; vocabulary genes e.g. {genes[:5]}). Gene ids must be {GENE_ID_KINDS} "
+            f"({fix})."
         ) from err
     match = dataclasses.replace(match, min_overlap=min_overlap)  # what its report prints
     _check_gene_coverage(match, known, vocab, min_overlap, published, gene_id_key, warn_coverage)
@@ -321,6 +346,10 @@ class GeneMambaGenesMixin:
                 cache.pop(old, None)
         if medians is not None:  # (set-up matches before the medians exist: nothing was checked yet)
             coverage_told.add(key)
+        case_told = self.__dict__.setdefault("_case_matches_reported", set())
+        if key not in case_told:  # (once per model and gene list, as the other warnings)
+            case_told.add(key)
+            _warn_case_only(match, self.vocab_)
         n_unknown = int((match.token_ids < 0).sum())
         reported = self.__dict__.setdefault("_unknown_genes_reported", set())
         if warn_unknown and n_unknown and key not in reported:
@@ -331,7 +360,13 @@ class GeneMambaGenesMixin:
         return match.token_ids
 
     def _medians_from(self, adata: AnnData, method: str) -> np.ndarray:
-        _check_choice("gene_medians", method, ("exact", "tdigest"))
+        if method not in ("exact", "tdigest"):  # a file's path (a pickled median dictionary): how to pass its values
+            raise ValueError(
+                f"gene_medians must be 'exact' or 'tdigest' (computed from adata), or the medians themselves: an array "
+                f"per token or per gene of adata, a pandas Series or a dict of gene id -> median; got {method!r} (a "
+                "pickled dictionary, as Geneformer's gene_median_dictionary.pkl: pass its values, "
+                "gene_medians=pickle.load(open(path, 'rb')))"
+            )
         self._match_genes(adata, warn_unknown=False)  # (before the pass: refuses genes that cannot be this model's)
         return self._per_token(adata, compute_gene_medians(adata, layer=self._setup_arg("layer"), method=method))
 
@@ -352,6 +387,8 @@ class GeneMambaGenesMixin:
         (backed probe, session 28).
         """
         n_tokens = len(self.vocab_)
+        if isinstance(given, Mapping):  # gene id -> median (a Geneformer median dictionary): read as a Series
+            given = pd.Series(given, dtype=np.float64)
         if isinstance(given, pd.Series):
             names = [str(g) for g in given.index]
             if given.index.has_duplicates:  # the last of two values would win without a word
@@ -377,8 +414,11 @@ class GeneMambaGenesMixin:
             if missing.any():  # not named in the Series: tokenized with the fallback median, ranked off
                 warnings.warn(
                     f"gene_medians names no median for {int(missing.sum())} of the {int((here >= 0).sum())} genes of "
-                    "this AnnData in the vocabulary; they get the fallback median (a Series of NaN says 'never "
-                    "expressed' for a gene on purpose)",
+                    "this AnnData in the vocabulary; they are still tokens, ranked with the fallback median (the "
+                    "median of the given medians; a NaN for a gene does the same, without this warning). To leave "
+                    "them out of the tokens, as Geneformer does with the genes its median dictionary lacks, make "
+                    "the model's vocabulary those genes: GeneMambaModel(adata, vocab=GeneVocab(list(medians.index)), "
+                    "gene_medians=medians)",
                     UserWarning,
                     stacklevel=_user_stacklevel(),
                 )
@@ -396,7 +436,10 @@ class GeneMambaGenesMixin:
 
     def _tokenizer_for(self, adata: AnnData, warn_unknown: bool = True) -> TokenizerSpec:
         token_ids = self._match_genes(adata, warn_unknown=warn_unknown)
-        medians = np.where(token_ids >= 0, self.gene_medians_[np.clip(token_ids, 0, None)], np.nan)
+        # genes without a median take the model's fallback (the median of all its genes' medians), fixed here: left
+        # NaN, rank_tokenize took the median of this AnnData's genes, and a gene's rank moved with the other genes
+        # a query holds (Geneformer probe, session 29: order changed in 192 of 279 cells, 5% of the genes dropped)
+        medians = np.where(token_ids >= 0, with_fallback(self.gene_medians_)[np.clip(token_ids, 0, None)], np.nan)
         settings = self.tokenizer_settings
         return TokenizerSpec(
             gene_token_ids=token_ids,

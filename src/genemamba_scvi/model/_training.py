@@ -383,8 +383,8 @@ class GeneMambaTrainingMixin:
         gamma = check_gamma(gamma, gene_sets)
         run_args = _run_args(locals())
         self.module.set_objective(objective)
-        token_sets = gene_set_tensors(gene_sets, self.vocab_)
-        self.module.set_gene_sets(token_sets if gamma > 0 else None)
+        # gamma=0 turns the pathway loss off: the sets are not read (nor refused, nor warned about)
+        self.module.set_gene_sets(gene_set_tensors(gene_sets, self.vocab_) if gamma > 0 else None)
         was_trained = self.is_trained_
         out = self._run_training(labels=None, loss_kwargs={"mode": "pretrain", "gamma": gamma}, **run_args)
         self._random_encoder = False

@@ -373,8 +373,7 @@ def pretrain_from_corpus(
         # a loaded model's module is in eval mode, and Lightning keeps modes as it finds them: its steps would skip
         # the masking, encode twice and drop gradient checkpointing (a user probe)
         module.train()
-    token_sets = gene_set_tensors(gene_sets, vocab)
-    module.set_gene_sets(token_sets if gamma > 0 else None)
+    module.set_gene_sets(gene_set_tensors(gene_sets, vocab) if gamma > 0 else None)  # (gamma=0: the sets unread)
     if ckpt_path is not None and ckpt_path != "last" and Path(ckpt_path).is_file():
         _check_checkpoint_fits(Path(ckpt_path), module)
 
