@@ -107,7 +107,7 @@ class GeneMambaModel(
     Each cell becomes the sequence of its top ``max_genes`` genes ranked by count / cell total / the
     gene's non-zero median over the training corpus (Geneformer-style). A stack of Bi-Mamba blocks reads
     it in both directions with shared weights, merged by a learned gate. Cell embeddings are the mean of
-    the final hidden states over real tokens.
+    the final hidden states over real tokens (``pooling="cls"``: the ``<cls>`` token's state).
 
     ``pretrained_on_`` records where the weights were pre-trained (the corpus of :meth:`pretrain`, the directory
     :meth:`from_pretrained` read), or ``None``; it is saved and loaded with the model.
@@ -361,7 +361,10 @@ class GeneMambaModel(
         mc_samples: int | None = None,
         return_dist: bool = False,
     ) -> np.ndarray:
-        """Cell embeddings (mean of the final hidden states over each cell's real gene tokens).
+        """Cell embeddings: the final hidden states pooled per cell.
+
+        ``pooling="mean"`` (the default): their mean over the cell's real gene tokens; ``pooling="cls"``: the state
+        of its ``<cls>`` token.
 
         Store them with ``adata.obsm["X_genemamba"] = model.get_latent_representation()``.
 
@@ -439,6 +442,12 @@ class GeneMambaModel(
         With ``soft=False`` an array of labels of the same type as the training labels (integer labels give
         integers, so ``pred == adata.obs[key]`` compares as expected); with ``soft=True`` a DataFrame of class
         probabilities (cells x labels, rows sum to 1, indexed by ``obs_names``).
+
+        Notes
+        -----
+        Every cell gets one of the labels the head was trained on: a cell of a type the training labels lack gets
+        the nearest one, often with a high probability, so the top probability is no score of novelty (the docs' API
+        page, "Cell types the reference lacks", flags such cells by their distance to the reference's embeddings).
         """
         if self.module.classifier is None or self.label_names_ is None:
             raise RuntimeError("No classifier has been trained: call model.train_classifier(labels_key=...) first.")
