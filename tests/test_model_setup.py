@@ -507,3 +507,25 @@ def test_a_median_dictionary_as_geneformer_ships_it(adata, tmp_path):
     tokens, _ = only._tokenizer_for(adata)(adata.layers["counts"].tocsr())
     emitted = set(only.vocab_.decode(np.unique(tokens[tokens >= only.vocab_.n_special])))
     assert emitted and emitted <= set(table)  # only the dictionary's genes are tokens
+
+
+def test_the_control_probes_of_an_imaging_panel_are_named(adata):
+    """Panel probe (session 29): Xenium's control probes and codewords (no feature_types column left) became gene
+    tokens and counted in the cell totals, with no word."""
+    panel = _fresh(adata[:, :300].copy())
+    names = list(panel.var_names)
+    names[:4] = ["NegControlProbe_00001", "BLANK_0006", "UnassignedCodeword_0001", "NegControlProbe_ERCC-00002"]
+    panel.var_names = names
+    with pytest.warns(
+        UserWarning, match=r"4 features of adata are named as the control probes .*Leave them out: "
+    ) as w:
+        GeneMambaModel.setup_anndata(panel, layer="counts")
+    fix = re.search(
+        r"Leave them out: (adata = .*\.copy\(\))", next(str(m.message) for m in w if "control" in str(m.message))
+    )
+    scope = {"adata": panel}
+    exec(fix.group(1), scope)  # the advice, as written
+    assert scope["adata"].n_vars == 296 and not scope["adata"].var_names.str.contains("Control|BLANK|Codeword").any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # genes only: no word
+        GeneMambaModel.setup_anndata(_fresh(scope["adata"]), layer="counts")

@@ -197,12 +197,36 @@ def non_gene_features(var: pd.DataFrame) -> tuple[str, np.ndarray] | None:
     return None if genes.all() else (column, genes)
 
 
+#: Control features of imaging panels (Xenium's negative-control probes and codewords, MERSCOPE's blanks, CosMx's
+#: negative probes): counted like genes, they would become tokens and count in the cell totals.
+_CONTROL_RE = re.compile(
+    r"^(NegControlProbe|NegControlCodeword|UnassignedCodeword|DeprecatedCodeword|Intergenic_Region|BLANK|Blank|"
+    r"NegPrb|SystemControl|FalseCode)([_-].*|\d+)?$"
+)
+
+
 def refuse_non_gene_features(var: pd.DataFrame, source: str = "adata") -> None:
     """Refuse features a ``feature_types`` column marks as other than "Gene Expression" (antibody capture, CRISPR).
 
     GeneMamba reads RNA counts; an antibody feature named like a gene ("CD4") took that gene's token (a direct match
-    outranks the gene's own Ensembl id), and any other feature counted in the cell totals.
+    outranks the gene's own Ensembl id), and any other feature counted in the cell totals. Without such a column,
+    the control features of an imaging panel, known by their names (``NegControlProbe_00001``, ``BLANK_0006``), get
+    a warning.
     """
+    controls = var.index.astype(str).str.match(_CONTROL_RE.pattern)
+    if controls.any() and not any(c in var.columns for c in FEATURE_TYPE_COLUMNS):
+        import warnings
+
+        from genemamba_scvi._warn import user_stacklevel
+
+        warnings.warn(
+            f"{int(controls.sum())} features of {source} are named as the control probes or codewords of an imaging "
+            f"panel (e.g. {[str(n) for n in var.index[controls][:3]]}): they are not genes, yet would be tokens and "
+            "count in the cell totals. Leave them out: "
+            f"adata = adata[:, ~adata.var_names.str.match({_CONTROL_RE.pattern!r})].copy()",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
     found = non_gene_features(var)
     if found is not None:
         column, genes = found
