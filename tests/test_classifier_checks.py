@@ -340,3 +340,17 @@ def test_the_advice_after_train_goes_on_with_the_head_it_names():
     advice = re.search(r"Run (train_classifier\(.*?\)) again", next(m for m in _messages(record) if "Run" in m))
     eval(f"model.{advice.group(1).replace(')', ', max_epochs=1, **FIT)')}")  # the advice, as written
     assert model.module.classifier is head and model.label_names_ == ["T", "other"]
+
+
+def test_labels_of_fewer_than_three_cells_are_named_at_set_up():
+    # annotation probe (session 29): scvi-tools' warning named a rare label by its code ("Category 4 in
+    # adata.obs['_scvi_labels']"); a query (nothing trained on it) gets no such warning
+    labels = np.array(["A"] * 46 + ["rare B"] * 2 + ["C"] * 48, dtype=object)
+    with pytest.warns(
+        UserWarning, match=r"fewer than 3 cells hold 1 of the labels of adata.obs\['ct'\]: 'rare B' \(2\)"
+    ):
+        model = _model(labels)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.get_latent_representation(model.adata[:50].copy())
+    assert not any("Category" in m or "fewer than 3" in m for m in _messages(record))

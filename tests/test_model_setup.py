@@ -347,7 +347,7 @@ def test_medians_of_a_whole_atlas_train_a_model_on_a_subsample(adata, tmp_path):
     with pytest.raises(ValueError, match="index names no gene of the vocabulary"):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=pd.Series([1.0], index=["not_a_gene"]))
     series = pd.Series(per_gene, index=atlas.var_names)  # review: a part of the genes, or a gene twice
-    with pytest.warns(UserWarning, match=r"names no median for 10 of the \d+ genes .* get the fallback median"):
+    with pytest.warns(UserWarning, match=r"names no median for 10 of the \d+ genes .* ranked with the fallback median"):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=series[10:])
     with pytest.raises(ValueError, match=r"names a gene twice.*" + re.escape(str(series.index[0]))):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=pd.concat([series, series[:1] * 2]))

@@ -328,11 +328,11 @@ def warn_if_stale_after_train(model: Any, was_trained: bool, key: str = LATENT_K
     giving confident labels from it (user probe: 0.57 -> 0.27 of the training cells right after 3 more epochs).
     """
     if model.module.classifier is not None:
-        key, hidden = getattr(model, "labels_key_", None), getattr(model, "classifier_hidden_", None)
-        labels = f" (of {key!r})" if key else ""
+        labels_key, hidden = getattr(model, "labels_key_", None), getattr(model, "classifier_hidden_", None)
+        labels = f" (of {labels_key!r})" if labels_key else ""
         # the call that goes on with this head: its labels (the default is set-up's labels_key, maybe another
         # column or none: annotation probe, session 29) and its hidden width
-        again = ", ".join([*([f"labels_key={key!r}"] if key else []), *([f"hidden={hidden}"] if hidden else [])])
+        again = ", ".join([f"labels_key={labels_key!r}"] * bool(labels_key) + [f"hidden={hidden}"] * bool(hidden))
         warnings.warn(
             f"this model's cell-type head{labels} was trained on the encoder as it was before this train() run, "
             "which changed the encoder under it: predict() now uses a head that no longer matches its embeddings. "

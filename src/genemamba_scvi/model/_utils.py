@@ -202,6 +202,10 @@ def _copy_of_registered(store: dict, adata: AnnData) -> bool:
     return manager is not None and manager.adata is not adata
 
 
+#: The start of the warning about labels of fewer than 3 cells (not given for a query, which trains nothing).
+RARE_LABELS_WARNING = "fewer than 3 cells hold"
+
+
 def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args: dict[str, Any]) -> None:
     """Run ``setup_anndata`` on ``adata``; a copy of a registered AnnData first gets its own scvi id.
 
@@ -215,7 +219,7 @@ def _register_afresh(model_cls: type[BaseModelClass], adata: AnnData, setup_args
     if _copy_of_registered(model_cls._setup_adata_manager_store, adata):
         _assign_adata_uuid(adata, overwrite=True)
     with warnings.catch_warnings():  # scvi's "fewer than 3 cells ... may not train" on a query or a load: no training
-        warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_", category=UserWarning)
+        warnings.filterwarnings("ignore", message=RARE_LABELS_WARNING, category=UserWarning)
         warnings.filterwarnings("ignore", message="Training will be faster when sparse", category=UserWarning)
         model_cls.setup_anndata(adata, **args)
 
@@ -232,8 +236,18 @@ def _register_fields(
     ]
     manager = AnnDataManager(fields=fields, setup_method_args=args)
     with warnings.catch_warnings():  # "fewer than 3 cells ... may not train properly": the model never reads the batch
-        warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_batch'\]", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_", category=UserWarning)
         manager.register_fields(adata, **kwargs)
+    if labels_key is not None:  # scvi's own warning names the label by its code ("Category 4"): by name here
+        sizes = adata.obs[labels_key].value_counts()
+        rare = sizes[(sizes > 0) & (sizes < 3)]
+        if len(rare):
+            warnings.warn(
+                f"{RARE_LABELS_WARNING} {len(rare)} of the labels of adata.obs[{labels_key!r}]: "
+                f"{', '.join(f'{k!r} ({v})' for k, v in rare.items())}; a classifier may not learn them",
+                UserWarning,
+                stacklevel=_user_stacklevel(),
+            )
     return manager
 
 
