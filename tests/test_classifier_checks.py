@@ -347,10 +347,14 @@ def test_labels_of_fewer_than_three_cells_are_named_at_set_up():
     # adata.obs['_scvi_labels']"); a query (nothing trained on it) gets no such warning
     labels = np.array(["A"] * 46 + ["rare B"] * 2 + ["C"] * 48, dtype=object)
     with pytest.warns(
-        UserWarning, match=r"fewer than 3 cells hold 1 of the labels of adata.obs\['ct'\]: 'rare B' \(2\)"
+        UserWarning, match=r"fewer than 3 cells hold 1 of the 3 labels of adata.obs\['ct'\]: 'rare B' \(2\)"
     ):
         model = _model(labels)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         model.get_latent_representation(model.adata[:50].copy())
     assert not any("Category" in m or "fewer than 3" in m for m in _messages(record))
+    # review: another column given to train_classifier is told too; a column of one label a cell is cut short
+    model.adata.obs["cell"] = model.adata.obs_names.astype(str)
+    with pytest.warns(UserWarning, match=r"hold 96 of the 96 labels .*: '[^']+' \(1\)(, '[^']+' \(1\)){9}, \.\.\.; a"):
+        model.train_classifier("cell", max_epochs=1, **FIT)

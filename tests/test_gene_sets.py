@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 
 import numpy as np
 import pytest
 
 from genemamba_scvi.data import GeneVocab, gene_sets_to_token_ids, read_gmt, split_gene_sets
-from genemamba_scvi.datasets import gene_set_path
+from genemamba_scvi.datasets import gene_set_path, load_gene_id_table
 
 
 def test_read_embedded_collections():
@@ -127,5 +128,18 @@ def test_gene_sets_that_map_to_the_same_genes_or_only_by_case_are_told():
     kegg = read_gmt(gene_set_path("kegg"))
     mouse = GeneVocab(sorted({g.capitalize() for members in list(kegg.values())[:20] for g in members}))
     with pytest.warns(UserWarning, match=r"gene-set genes found in the model's vocabulary match it only with their "
-                      r"case ignored .*read as the mouse genes of the same name"):  # fmt: skip
+                      r"case ignored .*human sets on mouse symbols, or mouse sets on a human model"):  # fmt: skip
         gene_set_tensors("kegg", mouse)
+    # review (session 29): a vocabulary of Ensembl ids (the published one's kind) matched mouse-style sets through the
+    # symbol tables with their case ignored, and no word
+    table = load_gene_id_table()
+    ids = dict(zip(table["symbol"], table["ensembl_id"]))
+    genes = sorted({g for members in list(kegg.values())[:20] for g in members if g in ids})
+    ensembl = GeneVocab(sorted({ids[g] for g in genes}))
+    mouse_sets = {name: [g.capitalize() for g in members] for name, members in list(kegg.items())[:20]}
+    with pytest.warns(UserWarning, match=r"gene-set genes found in the model's vocabulary match it only with their "
+                      r"case ignored \(e\.g\. [A-Z][a-z0-9]+->ENSG"):  # fmt: skip
+        gene_set_tensors(mouse_sets, ensembl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the human sets on the same vocabulary: no word
+        gene_set_tensors(dict(list(kegg.items())[:20]), ensembl)

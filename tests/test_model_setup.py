@@ -344,7 +344,7 @@ def test_medians_of_a_whole_atlas_train_a_model_on_a_subsample(adata, tmp_path):
         np.testing.assert_array_equal(model.gene_medians_, reference)
     with pytest.raises(ValueError, match=r"one per gene of this AnnData, as compute_gene_medians gives them"):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=per_gene[:-1])
-    with pytest.raises(ValueError, match="index names no gene of the vocabulary"):
+    with pytest.raises(ValueError, match="names no gene of the vocabulary"):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=pd.Series([1.0], index=["not_a_gene"]))
     series = pd.Series(per_gene, index=atlas.var_names)  # review: a part of the genes, or a gene twice
     with pytest.warns(UserWarning, match=r"names no median for 10 of the \d+ genes .* ranked with the fallback median"):
@@ -446,14 +446,28 @@ def test_mouse_style_symbols_are_told_they_read_as_the_human_genes(adata):
     model = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=32)
     mouse = _fresh(adata.copy())
     mouse.var_names = [g.capitalize() for g in adata.var_names]
-    with pytest.warns(UserWarning, match=r"genes of this AnnData found in the model's vocabulary match it only with "
-                      r"their case ignored \(e\.g\. .*->.*mouse symbols .*not checked orthologues"):  # fmt: skip
+    told = r"AnnData found in the model's vocabulary match it only with their case ignored \(e\.g\. \S+->"
+    with pytest.warns(UserWarning, match=told + r".*Mouse symbols on a human model .*not checked orthologues"):
         z = model.get_latent_representation(mouse)
     np.testing.assert_allclose(z, model.get_latent_representation(adata), atol=1e-5)  # (what the warning says)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         model.get_latent_representation(mouse)
     assert not any("case ignored" in str(w.message) for w in record)  # once per model and gene list
+    # review (session 29): a model of Ensembl ids (the published vocabulary's kind) matched them through the symbol
+    # tables with their case ignored, and no word
+    from genemamba_scvi.datasets import load_gene_id_table
+
+    table = load_gene_id_table().drop_duplicates("symbol", keep=False).drop_duplicates("ensembl_id", keep=False)
+    ids = dict(zip(table["symbol"], table["ensembl_id"]))
+    keep = [g for g in adata.var_names if g in ids]
+    ensembl = _fresh(adata[:, keep].copy())
+    ensembl.var_names = [ids[g] for g in keep]
+    GeneMambaModel.setup_anndata(ensembl, layer="counts")
+    by_id = GeneMambaModel(ensembl, n_layers=1, d_model=32, max_genes=32)
+    query = _fresh(mouse[:, [g.capitalize() for g in keep]].copy())
+    with pytest.warns(UserWarning, match=told + "ENSG"):
+        by_id.get_latent_representation(query)
     ensmusg = _fresh(adata.copy())
     ensmusg.var_names = [f"ENSMUSG{i:011d}" for i in range(adata.n_vars)]
     with pytest.raises(ValueError, match=r"of the vocabulary's species .*mouse ENSMUSG\.\.\. ids never match"):
@@ -495,12 +509,13 @@ def test_a_median_dictionary_as_geneformer_ships_it(adata, tmp_path):
     medians = pd.Series(compute_gene_medians(adata, layer="counts"), index=adata.var_names).dropna()
     table = dict(medians.iloc[: len(medians) // 2] * 1e4)  # half the expressed genes, Geneformer's scale
     (tmp_path / "gene_median_dictionary.pkl").write_bytes(pickle.dumps(table))
-    with pytest.raises(ValueError, match=r"a pickled dictionary, .*gene_medians=pickle.load\(open\(path, 'rb'\)\)"):
-        GeneMambaModel(adata, n_layers=1, d_model=32, gene_medians=str(tmp_path / "gene_median_dictionary.pkl"))
+    for path in (str(tmp_path / "gene_median_dictionary.pkl"), tmp_path / "gene_median_dictionary.pkl"):
+        with pytest.raises(ValueError, match=r"a pickled dictionary, .*gene_medians=pickle.load\(open\(path, 'rb'\)\)"):
+            GeneMambaModel(adata, n_layers=1, d_model=32, gene_medians=path)
     with pytest.warns(UserWarning, match=r"names no median for .*make the model's vocabulary those genes") as record:
         some = GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=64, gene_medians=table)
     advice = re.search(r"GeneMambaModel\(adata, vocab=.*?\)\), gene_medians=medians\)", str(record[0].message))
-    scope = {"GeneMambaModel": GeneMambaModel, "GeneVocab": GeneVocab, "medians": pd.Series(table), "adata": adata}
+    scope = {"GeneMambaModel": GeneMambaModel, "GeneVocab": GeneVocab, "medians": table, "adata": adata}  # the dict
     only = eval(advice.group(0).replace(")), g", ")), n_layers=1, d_model=32, max_genes=64, g"), scope)
     np.testing.assert_allclose(only.gene_medians_[only.vocab_.lookup(list(table))], list(table.values()))
     np.testing.assert_allclose(some.gene_medians_[some.vocab_.lookup(list(table))], list(table.values()))
@@ -511,21 +526,28 @@ def test_a_median_dictionary_as_geneformer_ships_it(adata, tmp_path):
 
 def test_the_control_probes_of_an_imaging_panel_are_named(adata):
     """Panel probe (session 29): Xenium's control probes and codewords (no feature_types column left) became gene
-    tokens and counted in the cell totals, with no word."""
+    tokens of a model built on the panel, with no word. Said once, where the vocabulary is made (review: not at every
+    query, whose unknown features only scale the cell totals)."""
     panel = _fresh(adata[:, :300].copy())
     names = list(panel.var_names)
     names[:4] = ["NegControlProbe_00001", "BLANK_0006", "UnassignedCodeword_0001", "NegControlProbe_ERCC-00002"]
     panel.var_names = names
-    with pytest.warns(
-        UserWarning, match=r"4 features of adata are named as the control probes .*Leave them out: "
-    ) as w:
-        GeneMambaModel.setup_anndata(panel, layer="counts")
+    GeneMambaModel.setup_anndata(panel, layer="counts")
+    told = r"4 of the genes of this AnnData are named as the control probes .*Leave them out first: "
+    with pytest.warns(UserWarning, match=told) as w:
+        model = GeneMambaModel(panel, n_layers=1, d_model=32, max_genes=32)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.get_latent_representation(panel[:20].copy())
+    assert not any("control probes" in str(m.message) for m in record)
     fix = re.search(
-        r"Leave them out: (adata = .*\.copy\(\))", next(str(m.message) for m in w if "control" in str(m.message))
+        r"Leave them out first: (adata = .*\.copy\(\))", next(str(m.message) for m in w if "control" in str(m.message))
     )
     scope = {"adata": panel}
     exec(fix.group(1), scope)  # the advice, as written
     assert scope["adata"].n_vars == 296 and not scope["adata"].var_names.str.contains("Control|BLANK|Codeword").any()
+    genes = _fresh(scope["adata"])
+    GeneMambaModel.setup_anndata(genes, layer="counts")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # genes only: no word
-        GeneMambaModel.setup_anndata(_fresh(scope["adata"]), layer="counts")
+        GeneMambaModel(genes, n_layers=1, d_model=32, max_genes=32)

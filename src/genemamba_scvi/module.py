@@ -101,16 +101,14 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
     # step (no pair of genes is a negative), and gamma does nothing
     if len({v.tobytes() for v in token_sets.values()}) < 2:
         which = (
-            f"only one gene set ({next(iter(token_sets))!r}) has"
+            f"only one gene set ({next(iter(token_sets))!r}) has two or more genes in the model's vocabulary"
             if len(token_sets) == 1
-            else (
-                f"the {len(token_sets)} gene sets with two or more genes in the model's vocabulary all hold the same "
-                f"genes there ({vocab.decode(next(iter(token_sets.values()))[:5])}), so none has"
-            )
+            else f"the {len(token_sets)} gene sets with two or more genes in the model's vocabulary all hold the same "
+            f"genes there ({vocab.decode(next(iter(token_sets.values()))[:5])})"
         )
         raise ValueError(
-            f"{which} two or more genes in the model's vocabulary; the pathway loss contrasts sets with each other "
-            "and needs two or more sets of different genes (or pass gene_sets=None)"
+            f"{which}; the pathway loss contrasts sets with each other and needs two or more sets of different genes "
+            "(or pass gene_sets=None)"
         )
     _warn_case_only_sets(gene_sets, vocab)
     dropped = [name for name in gene_sets if name not in token_sets]
@@ -131,19 +129,22 @@ def _warn_case_only_sets(gene_sets: dict[str, list[str]], vocab: GeneVocab) -> N
     """Warn when most of the gene sets' genes reach the vocabulary only with their case ignored.
 
     The shipped sets name human symbols: on a model of mouse symbols (``Cd3e``) they match the mouse genes of the same
-    name, which the user should know of (as :func:`genemamba_scvi.model._genes._warn_case_only` for an AnnData).
+    name, and mouse-style sets match a human model's genes; the user should know of either (as for an AnnData:
+    :func:`~genemamba_scvi.data.vocab.case_only_matches`).
     """
+    from genemamba_scvi.data.vocab import CASE_ONLY_WARN_MIN, case_only_matches
+
     genes = list(dict.fromkeys(str(g) for members in gene_sets.values() for g in members))
     tokens = vocab.lookup(genes)
-    exact, names = set(vocab.genes), vocab.tokens
-    found = [(g, t) for g, t in zip(genes, tokens.tolist()) if t >= 0]
-    case = [(g, t) for g, t in found if g not in exact and names[t].upper() == g.upper()]
-    if len(case) >= 10 and 2 * len(case) > len(found):
-        examples = ", ".join(f"{g}->{names[t]}" for g, t in case[:3])
+    case = case_only_matches(vocab, genes, tokens)
+    n_found = int((tokens >= 0).sum())
+    if case.sum() >= CASE_ONLY_WARN_MIN and 2 * case.sum() > n_found:
+        names = vocab.tokens
+        examples = ", ".join(f"{genes[i]}->{names[tokens[i]]}" for i in np.flatnonzero(case)[:3])
         warnings.warn(
-            f"{len(case)} of the {len(found)} gene-set genes found in the model's vocabulary match it only with their "
-            f"case ignored (e.g. {examples}): human sets on mouse symbols are read as the mouse genes of the same "
-            "name, not checked orthologues",
+            f"{int(case.sum())} of the {n_found} gene-set genes found in the model's vocabulary match it only with "
+            f"their case ignored (e.g. {examples}): they are read as the genes of that name of another species' "
+            "naming (human sets on mouse symbols, or mouse sets on a human model), not checked orthologues",
             UserWarning,
             stacklevel=user_stacklevel(),
         )

@@ -74,7 +74,7 @@ from ._corpus_manifest import (  # noqa: F401  (names of this module before the 
     _plan_shards,
 )
 from ._corpus_reader import TokenCorpus
-from .gene_ids import few_gene_ids
+from .gene_ids import few_gene_ids, warn_if_control_features
 from .normalize import GeneMedianAccumulator
 from .tokenize import rank_tokenize, with_fallback
 from .vocab import GeneVocab
@@ -201,6 +201,7 @@ def _resolve_vocab(
             f"gene symbols or Ensembl gene ids (e.g. {found[1]}): pass gene_id_key= naming the var column of gene ids, "
             "or vocab= a vocabulary file"
         )
+    warn_if_control_features(genes, f"the genes of {first_file}, the corpus's vocabulary,")
     return GeneVocab.from_var_names(genes)
 
 

@@ -205,28 +205,37 @@ _CONTROL_RE = re.compile(
 )
 
 
-def refuse_non_gene_features(var: pd.DataFrame, source: str = "adata") -> None:
-    """Refuse features a ``feature_types`` column marks as other than "Gene Expression" (antibody capture, CRISPR).
+def warn_if_control_features(names: Iterable[str], where: str) -> None:
+    """Warn when a vocabulary made of ``names`` (``where``: whose) would hold an imaging panel's control features.
 
-    GeneMamba reads RNA counts; an antibody feature named like a gene ("CD4") took that gene's token (a direct match
-    outranks the gene's own Ensembl id), and any other feature counted in the cell totals. Without such a column,
-    the control features of an imaging panel, known by their names (``NegControlProbe_00001``, ``BLANK_0006``), get
-    a warning.
+    Xenium's negative-control probes and codewords, MERSCOPE's blanks and CosMx's negative probes, known by their
+    names (``NegControlProbe_00001``, ``BLANK_0006``) where no ``feature_types`` column marks them: a model built on
+    them takes them as genes. (A model of other genes ignores them: they then only scale a cell's total, which
+    changes no rank.)
     """
-    controls = var.index.astype(str).str.match(_CONTROL_RE.pattern)
-    if controls.any() and not any(c in var.columns for c in FEATURE_TYPE_COLUMNS):
+    names = [str(n) for n in names]
+    controls = [n for n in names if _CONTROL_RE.match(n)]
+    if controls:
         import warnings
 
         from genemamba_scvi._warn import user_stacklevel
 
         warnings.warn(
-            f"{int(controls.sum())} features of {source} are named as the control probes or codewords of an imaging "
-            f"panel (e.g. {[str(n) for n in var.index[controls][:3]]}): they are not genes, yet would be tokens and "
-            "count in the cell totals. Leave them out: "
+            f"{len(controls)} of {where} are named as the control probes or codewords of an imaging panel (e.g. "
+            f"{controls[:3]}): they are not genes, yet a model built on them takes them as genes (tokens ranked "
+            "with the others). Leave them out first: "
             f"adata = adata[:, ~adata.var_names.str.match({_CONTROL_RE.pattern!r})].copy()",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
+
+
+def refuse_non_gene_features(var: pd.DataFrame, source: str = "adata") -> None:
+    """Refuse features a ``feature_types`` column marks as other than "Gene Expression" (antibody capture, CRISPR).
+
+    GeneMamba reads RNA counts; an antibody feature named like a gene ("CD4") took that gene's token (a direct match
+    outranks the gene's own Ensembl id), and any other feature counted in the cell totals.
+    """
     found = non_gene_features(var)
     if found is not None:
         column, genes = found

@@ -46,17 +46,19 @@ __all__ = [
     "SPECIAL_TOKENS",
     "GeneMatch",
     "GeneVocab",
+    "case_only_matches",
     "strip_ensembl_version",
 ]
 
 
 MATCH_METHODS: tuple[str, ...] = ("direct", "version", "case", "mapped")
+"""Names of the match stages, in priority order; ``GeneMatch.method`` holds their index (-1: unmatched)."""
+
 #: What gene ids a vocabulary reads, in the errors of a failed match (mouse Ensembl ids are Ensembl ids: panel probe)
 GENE_ID_KINDS = (
-    "gene symbols or Ensembl gene ids of the vocabulary's species (the shipped and published vocabularies are human: "
-    "ENSG... ids, which mouse ENSMUSG... ids never match)"
+    "gene symbols or Ensembl gene ids of the vocabulary's species (a human vocabulary, as GeneMamba's and "
+    "Geneformer's published ones, reads human symbols and ENSG... ids; mouse ENSMUSG... ids never match it)"
 )
-"""Names of the match stages, in priority order; ``GeneMatch.method`` holds their index (-1: unmatched)."""
 
 # internal match stages in priority order -> reported method (index into MATCH_METHODS)
 # 3/4: GENCODE / org.Hs.eg.db table, exact case; 5/6: the same ignoring case; 7: two hops through the union
@@ -568,3 +570,27 @@ class GeneVocab:
                 "min_overlap"
             )
         return result
+
+
+#: Matches of genes with their case ignored that, above half of the matched genes, get a warning (mouse symbols).
+CASE_ONLY_WARN_MIN = 10
+
+
+def case_only_matches(vocab: GeneVocab, names: Sequence[str], token_ids: np.ndarray) -> np.ndarray:
+    """Which of ``names`` reached their token (``token_ids``, -1: none) only with their case ignored.
+
+    A name the vocabulary does not hold as it is, matched to a gene of the same name in another case
+    (``Cd3e`` -> ``CD3E``), or, for a vocabulary of Ensembl ids, a symbol that is no human symbol as written but
+    is one with its case ignored (``Cd3e`` -> ``ENSG00000198851``): mouse symbols read as human genes.
+    """
+    symbols = _gene_tables()[2]
+    tokens = vocab.tokens
+    out = np.zeros(len(names), dtype=bool)
+    for i, (name, tok) in enumerate(zip(names, np.asarray(token_ids).tolist())):
+        if tok < 0 or name in vocab:
+            continue
+        if tokens[tok].upper() == name.upper():
+            out[i] = True
+        elif strip_ensembl_version(name) is None and name.strip() not in symbols.sym2id:
+            out[i] = name.strip().lower() in symbols.sym2id_lower
+    return out

@@ -219,11 +219,13 @@ def classifier_labels(model: Any, labels_key: str | None) -> tuple[str, np.ndarr
     Refused when there are none to learn (no key, a missing column, a single label); warned about when some read as
     "no label".
     """
-    from genemamba_scvi.model._utils import _check_obs_key
+    from genemamba_scvi.model._utils import _check_obs_key, warn_rare_labels
 
     if labels_key is None:
         raise ValueError("train_classifier needs labels: pass labels_key= or set it in setup_anndata.")
     _check_obs_key(model.adata, labels_key, "labels_key")
+    if labels_key != model._setup_arg("labels_key"):  # (set-up's column was told at setup_anndata)
+        warn_rare_labels(model.adata.obs[labels_key], labels_key)
     codes, names = _label_codes(model.adata.obs[labels_key])
     if len(names) < 2:
         raise ValueError(f"adata.obs[{labels_key!r}] has a single label ({names[0]!r}); nothing to classify.")

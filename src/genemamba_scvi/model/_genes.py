@@ -17,7 +17,7 @@ from genemamba_scvi._config import MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings, with_fallback
-from genemamba_scvi.data.vocab import GENE_ID_KINDS, MATCH_METHODS
+from genemamba_scvi.data.vocab import CASE_ONLY_WARN_MIN, GENE_ID_KINDS, case_only_matches
 from genemamba_scvi.dataloader import TokenizerSpec
 from genemamba_scvi.model._utils import _positions
 
@@ -51,8 +51,6 @@ _GENE_MATCH_CACHE_SIZE = 8
 
 #: A query holding fewer of the model's genes than this share gets a warning (:func:`_check_gene_coverage`).
 _GENE_COVERAGE_WARN = 0.9
-#: Matches of genes with their case ignored that, above half of the matched genes, get a warning (mouse symbols).
-_CASE_ONLY_WARN_MIN = 10
 
 
 def _check_known_genes_expressed(
@@ -197,20 +195,21 @@ def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | 
 def _warn_case_only(match: Any, vocab: Any) -> None:
     """Warn when most of an AnnData's matched genes reach the vocabulary only with their case ignored.
 
-    ``Cd3e`` is read as ``CD3E``: mouse symbols (Title case) reach the human genes of the same name, a mapping the
-    user should know of (the names of orthologues mostly agree, not always; mouse-only genes stay unmatched).
+    ``Cd3e`` is read as ``CD3E`` (or its Ensembl id): mouse symbols (Title case) reach the human genes of the same
+    name, a mapping the user should know of (the names of orthologues mostly agree, not always; mouse-only genes
+    stay unmatched). :func:`~genemamba_scvi.data.vocab.case_only_matches` tells such matches.
     """
-    case = match.method == MATCH_METHODS.index("case")
+    case = case_only_matches(vocab, match.var_names, match.token_ids)
     n_case = int(case.sum())
-    if n_case < _CASE_ONLY_WARN_MIN or 2 * n_case <= match.n_matched:
+    if n_case < CASE_ONLY_WARN_MIN or 2 * n_case <= match.n_matched:
         return
     first = np.flatnonzero(case)[:3]
     examples = [f"{match.var_names[i]}->{vocab.decode([match.token_ids[i]])[0]}" for i in first]
     warnings.warn(
         f"{n_case} of the {match.n_matched} genes of this AnnData found in the model's vocabulary match it only with "
-        f"their case ignored (e.g. {', '.join(examples)}): they are read as the model's genes of the same name. For "
-        "mouse symbols that means the human genes of the same name, not checked orthologues (genes only mouse has "
-        "stay unmatched); lower-case human symbols are matched the same way. "
+        f"their case ignored (e.g. {', '.join(examples)}): they are read as the model's genes of that name. Mouse "
+        "symbols on a human model are read as the human genes of the same name, not checked orthologues (genes "
+        "only mouse has stay unmatched); lower-case human symbols are matched the same way. "
         "model.vocab_.match(ids, min_overlap=0).report() shows each stage's count.",
         UserWarning,
         stacklevel=_user_stacklevel(),
@@ -397,7 +396,7 @@ class GeneMambaGenesMixin:
             ids = self.vocab_.lookup(names)
             if not (ids >= 0).any():
                 raise ValueError(
-                    "gene_medians is a Series whose index names no gene of the vocabulary (index it by the genes' "
+                    "gene_medians (a Series or dict by gene id) names no gene of the vocabulary (key it by the genes' "
                     f"ids, as {self._setup_arg('gene_id_key') or 'var_names'} names them)"
                 )
             # a name the vocabulary holds as it is wins over a case variant read as the same token (an atlas holds
@@ -417,7 +416,7 @@ class GeneMambaGenesMixin:
                     "this AnnData in the vocabulary; they are still tokens, ranked with the fallback median (the "
                     "median of the given medians; a NaN for a gene does the same, without this warning). To leave "
                     "them out of the tokens, as Geneformer does with the genes its median dictionary lacks, make "
-                    "the model's vocabulary those genes: GeneMambaModel(adata, vocab=GeneVocab(list(medians.index)), "
+                    "the model's vocabulary those genes: GeneMambaModel(adata, vocab=GeneVocab(list(medians.keys())), "
                     "gene_medians=medians)",
                     UserWarning,
                     stacklevel=_user_stacklevel(),

@@ -17,7 +17,7 @@ from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision
-from genemamba_scvi.data.gene_ids import warn_if_not_gene_ids
+from genemamba_scvi.data.gene_ids import warn_if_control_features, warn_if_not_gene_ids
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter
@@ -192,6 +192,7 @@ class GeneMambaModel(
         if vocab is None:
             vocab = GeneVocab.from_var_names(self._gene_ids(adata))
             warn_if_not_gene_ids(vocab.genes, "the genes of this AnnData", self._setup_arg("gene_id_key"))
+            warn_if_control_features(vocab.genes, "the genes of this AnnData")
         if unk_token is not None and (unk_token not in vocab or tokenization != "published"):
             why = (
                 "is not an entry of the vocabulary"
@@ -208,7 +209,7 @@ class GeneMambaModel(
             "min_gene_overlap": _check_gene_overlap(min_gene_overlap),
         }
         self._config = config_in_order(values)
-        if not (medians_given := not (gene_medians is None or isinstance(gene_medians, str))):
+        if not (medians_given := not (gene_medians is None or isinstance(gene_medians, str | os.PathLike))):
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         else:
             gene_medians = self._medians_per_token(adata, gene_medians)

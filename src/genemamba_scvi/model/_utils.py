@@ -239,16 +239,22 @@ def _register_fields(
         warnings.filterwarnings("ignore", message=r"Category \d+ in adata.obs\['_scvi_", category=UserWarning)
         manager.register_fields(adata, **kwargs)
     if labels_key is not None:  # scvi's own warning names the label by its code ("Category 4"): by name here
-        sizes = adata.obs[labels_key].value_counts()
-        rare = sizes[(sizes > 0) & (sizes < 3)]
-        if len(rare):
-            warnings.warn(
-                f"{RARE_LABELS_WARNING} {len(rare)} of the labels of adata.obs[{labels_key!r}]: "
-                f"{', '.join(f'{k!r} ({v})' for k, v in rare.items())}; a classifier may not learn them",
-                UserWarning,
-                stacklevel=_user_stacklevel(),
-            )
+        warn_rare_labels(adata.obs[labels_key], labels_key)
     return manager
+
+
+def warn_rare_labels(labels: pd.Series, labels_key: str) -> None:
+    """Warn about labels that fewer than 3 cells hold (named, the first 10), which a classifier may not learn."""
+    sizes = labels.value_counts()
+    rare = sizes[(sizes > 0) & (sizes < 3)]
+    if len(rare):
+        shown = ", ".join(f"{k!r} ({v})" for k, v in rare.iloc[:10].items()) + (", ..." if len(rare) > 10 else "")
+        warnings.warn(
+            f"{RARE_LABELS_WARNING} {len(rare)} of the {len(sizes[sizes > 0])} labels of adata.obs[{labels_key!r}]: "
+            f"{shown}; a classifier may not learn them",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
 
 
 def _set_up_again_for_load(
