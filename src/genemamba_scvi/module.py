@@ -110,7 +110,6 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
             f"{which}; the pathway loss contrasts sets with each other and needs two or more sets of different genes "
             "(or pass gene_sets=None)"
         )
-    _warn_case_only_sets(gene_sets, vocab)
     dropped = [name for name in gene_sets if name not in token_sets]
     # a handful (a user's own): named; of the shipped hundreds a few drop by design, more than half is a mismatch
     if dropped and (len(gene_sets) <= 100 or 2 * len(dropped) > len(gene_sets)):
@@ -123,31 +122,6 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
         )
     logger.info("pathway InfoNCE: %d gene sets with >= 2 vocabulary genes", len(token_sets))
     return [torch.as_tensor(np.asarray(v), dtype=torch.long) for v in token_sets.values()]
-
-
-def _warn_case_only_sets(gene_sets: dict[str, list[str]], vocab: GeneVocab) -> None:
-    """Warn when most of the gene sets' genes reach the vocabulary only with their case ignored.
-
-    The shipped sets name human symbols: on a model of mouse symbols (``Cd3e``) they match the mouse genes of the same
-    name, and mouse-style sets match a human model's genes; the user should know of either (as for an AnnData:
-    :func:`~genemamba_scvi.data.vocab.case_only_matches`).
-    """
-    from genemamba_scvi.data.vocab import CASE_ONLY_WARN_MIN, case_only_matches
-
-    genes = list(dict.fromkeys(str(g) for members in gene_sets.values() for g in members))
-    tokens = vocab.lookup(genes)
-    case = case_only_matches(vocab, genes, tokens)
-    n_found = int((tokens >= 0).sum())
-    if case.sum() >= CASE_ONLY_WARN_MIN and 2 * case.sum() > n_found:
-        names = vocab.tokens
-        examples = ", ".join(f"{genes[i]}->{names[tokens[i]]}" for i in np.flatnonzero(case)[:3])
-        warnings.warn(
-            f"{int(case.sum())} of the {n_found} gene-set genes found in the model's vocabulary match it only with "
-            f"their case ignored (e.g. {examples}): they are read as the genes of that name of another species' "
-            "naming (human sets on mouse symbols, or mouse sets on a human model), not checked orthologues",
-            UserWarning,
-            stacklevel=user_stacklevel(),
-        )
 
 
 class GeneMambaModule(BaseModuleClass):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genemamba_scvi._resources import resource_path
 
@@ -18,7 +18,14 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-__all__ = ["load_gene_id_table", "non_gene_features", "refuse_non_gene_features", "strip_ensembl_version"]
+__all__ = [
+    "case_only_matches",
+    "load_gene_id_table",
+    "non_gene_features",
+    "refuse_non_gene_features",
+    "strip_ensembl_version",
+    "warn_if_case_only",
+]
 
 _GENCODE_FILE = "genes/gencode_v44_gene_id2name.csv"
 _ORGHS_FILE = "genes/human_genes_orghs_2022.tsv"
@@ -246,3 +253,56 @@ def refuse_non_gene_features(var: pd.DataFrame, source: str = "adata") -> None:
             f"Expression' ({by_kind}; e.g. {names}): GeneMamba reads RNA counts, and such features would be read as "
             f"genes. Keep the gene rows: adata = adata[:, adata.var[{column!r}] == 'Gene Expression'].copy()"
         )
+
+
+#: Matches of genes with their case ignored that, above half of the matched genes, get a warning (mouse symbols).
+CASE_ONLY_WARN_MIN = 10
+
+
+def case_only_matches(vocab: Any, names: Sequence[str], token_ids: np.ndarray) -> np.ndarray:
+    """Which of ``names`` reached their token of ``vocab`` (``token_ids``, -1: none) only with their case ignored.
+
+    ``vocab``: a :class:`~genemamba_scvi.data.vocab.GeneVocab`. A name the vocabulary does not hold as it is,
+    matched to a gene of the same name in another case (``Cd3e`` -> ``CD3E``), or, for a vocabulary of Ensembl ids, a
+    symbol that is no human symbol as written but is one with its case ignored (``Cd3e`` -> ``ENSG00000198851``):
+    mouse symbols read as human genes.
+    """
+    import numpy as np
+
+    symbols = _gene_tables()[2]
+    tokens = vocab.tokens
+    out = np.zeros(len(names), dtype=bool)
+    for i, (name, tok) in enumerate(zip(names, np.asarray(token_ids).tolist())):
+        if tok < 0 or name in vocab:
+            continue
+        if tokens[tok].upper() == name.upper():
+            out[i] = True
+        elif strip_ensembl_version(name) is None and name.strip() not in symbols.sym2id:
+            out[i] = name.strip().lower() in symbols.sym2id_lower
+    return out
+
+
+def warn_if_case_only(vocab: Any, names: Sequence[str], token_ids: np.ndarray, what: str, reading: str) -> None:
+    """Warn when most of ``names`` found in ``vocab`` (``token_ids``) reach it only with their case ignored.
+
+    ``what``: whose names (e.g. "genes of this AnnData"); ``reading``: what the match means for them. Mouse symbols
+    read as human genes (or human sets on a mouse model) should be known to the user (:func:`case_only_matches`).
+    """
+    import numpy as np
+
+    case = case_only_matches(vocab, names, token_ids)
+    n_case, n_found = int(case.sum()), int((np.asarray(token_ids) >= 0).sum())
+    if n_case < CASE_ONLY_WARN_MIN or 2 * n_case <= n_found:
+        return
+    import warnings
+
+    from genemamba_scvi._warn import user_stacklevel
+
+    tokens = vocab.tokens
+    examples = ", ".join(f"{names[i]}->{tokens[token_ids[i]]}" for i in np.flatnonzero(case)[:3])
+    warnings.warn(
+        f"{n_case} of the {n_found} {what} found in the model's vocabulary match it only with their case ignored "
+        f"(e.g. {examples}): {reading}",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )

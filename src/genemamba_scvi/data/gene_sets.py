@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .gene_ids import warn_if_case_only
 from .vocab import GeneVocab
 
 __all__ = ["gene_sets_to_token_ids", "read_gmt", "split_gene_sets"]
@@ -64,7 +65,9 @@ def gene_sets_to_token_ids(
     """Map gene sets to vocabulary token ids.
 
     Genes are resolved like :meth:`GeneVocab.match` (symbols or Ensembl ids, version suffixes, case,
-    symbol <-> Ensembl tables); genes not in the vocabulary are dropped.
+    symbol <-> Ensembl tables); genes not in the vocabulary are dropped. When most of the genes found match only with
+    their case ignored (human sets on a model of mouse symbols, or mouse-style sets on a human model), a warning says
+    so.
 
     Parameters
     ----------
@@ -82,7 +85,16 @@ def gene_sets_to_token_ids(
     if min_size < 1:
         raise ValueError(f"min_size must be >= 1, got {min_size}")
     genes = list(dict.fromkeys(g for members in sets.values() for g in members))
-    ids = dict(zip(genes, vocab.lookup(genes).tolist()))
+    tokens = vocab.lookup(genes)
+    warn_if_case_only(
+        vocab,
+        [str(g) for g in genes],
+        tokens,
+        "gene-set genes",
+        "they are read as the genes of that name of another species' naming (human sets on mouse symbols, or mouse "
+        "sets on a human model), not checked orthologues",
+    )
+    ids = dict(zip(genes, tokens.tolist()))
     out: dict[str, np.ndarray] = {}
     for name, members in sets.items():
         toks = np.unique(np.fromiter((ids[g] for g in members), dtype=np.int64, count=len(members)))

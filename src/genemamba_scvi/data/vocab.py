@@ -46,7 +46,6 @@ __all__ = [
     "SPECIAL_TOKENS",
     "GeneMatch",
     "GeneVocab",
-    "case_only_matches",
     "strip_ensembl_version",
 ]
 
@@ -570,27 +569,3 @@ class GeneVocab:
                 "min_overlap"
             )
         return result
-
-
-#: Matches of genes with their case ignored that, above half of the matched genes, get a warning (mouse symbols).
-CASE_ONLY_WARN_MIN = 10
-
-
-def case_only_matches(vocab: GeneVocab, names: Sequence[str], token_ids: np.ndarray) -> np.ndarray:
-    """Which of ``names`` reached their token (``token_ids``, -1: none) only with their case ignored.
-
-    A name the vocabulary does not hold as it is, matched to a gene of the same name in another case
-    (``Cd3e`` -> ``CD3E``), or, for a vocabulary of Ensembl ids, a symbol that is no human symbol as written but
-    is one with its case ignored (``Cd3e`` -> ``ENSG00000198851``): mouse symbols read as human genes.
-    """
-    symbols = _gene_tables()[2]
-    tokens = vocab.tokens
-    out = np.zeros(len(names), dtype=bool)
-    for i, (name, tok) in enumerate(zip(names, np.asarray(token_ids).tolist())):
-        if tok < 0 or name in vocab:
-            continue
-        if tokens[tok].upper() == name.upper():
-            out[i] = True
-        elif strip_ensembl_version(name) is None and name.strip() not in symbols.sym2id:
-            out[i] = name.strip().lower() in symbols.sym2id_lower
-    return out

@@ -15,9 +15,10 @@ from anndata import AnnData
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
+from genemamba_scvi.data.gene_ids import warn_if_case_only
 from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings, with_fallback
-from genemamba_scvi.data.vocab import CASE_ONLY_WARN_MIN, GENE_ID_KINDS, case_only_matches
+from genemamba_scvi.data.vocab import GENE_ID_KINDS
 from genemamba_scvi.dataloader import TokenizerSpec
 from genemamba_scvi.model._utils import _positions
 
@@ -192,30 +193,6 @@ def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | 
     warnings.warn(f"{'; '.join(parts)}.\n{match.report(unknown_as)}", UserWarning, stacklevel=_user_stacklevel())
 
 
-def _warn_case_only(match: Any, vocab: Any) -> None:
-    """Warn when most of an AnnData's matched genes reach the vocabulary only with their case ignored.
-
-    ``Cd3e`` is read as ``CD3E`` (or its Ensembl id): mouse symbols (Title case) reach the human genes of the same
-    name, a mapping the user should know of (the names of orthologues mostly agree, not always; mouse-only genes
-    stay unmatched). :func:`~genemamba_scvi.data.vocab.case_only_matches` tells such matches.
-    """
-    case = case_only_matches(vocab, match.var_names, match.token_ids)
-    n_case = int(case.sum())
-    if n_case < CASE_ONLY_WARN_MIN or 2 * n_case <= match.n_matched:
-        return
-    first = np.flatnonzero(case)[:3]
-    examples = [f"{match.var_names[i]}->{vocab.decode([match.token_ids[i]])[0]}" for i in first]
-    warnings.warn(
-        f"{n_case} of the {match.n_matched} genes of this AnnData found in the model's vocabulary match it only with "
-        f"their case ignored (e.g. {', '.join(examples)}): they are read as the model's genes of that name. Mouse "
-        "symbols on a human model are read as the human genes of the same name, not checked orthologues (genes "
-        "only mouse has stay unmatched); lower-case human symbols are matched the same way. "
-        "model.vocab_.match(ids, min_overlap=0).report() shows each stage's count.",
-        UserWarning,
-        stacklevel=_user_stacklevel(),
-    )
-
-
 def _match_query_genes(
     vocab: Any,
     ids: list[str],
@@ -348,7 +325,16 @@ class GeneMambaGenesMixin:
         case_told = self.__dict__.setdefault("_case_matches_reported", set())
         if key not in case_told:  # (once per model and gene list, as the other warnings)
             case_told.add(key)
-            _warn_case_only(match, self.vocab_)
+            warn_if_case_only(
+                self.vocab_,
+                match.var_names,
+                match.token_ids,
+                "genes of this AnnData",
+                "they are read as the model's genes of that name. Mouse symbols on a human model are read as the human "
+                "genes of the same name, not checked orthologues (genes only mouse has stay unmatched); lower-case "
+                "human symbols are matched the same way. model.vocab_.match(ids, min_overlap=0).report() shows each "
+                "stage's count.",
+            )
         n_unknown = int((match.token_ids < 0).sum())
         reported = self.__dict__.setdefault("_unknown_genes_reported", set())
         if warn_unknown and n_unknown and key not in reported:
