@@ -326,6 +326,9 @@ def test_a_pathway_weight_of_zero_leaves_the_gene_sets_unread():
         warnings.simplefilter("error", UserWarning)
         model.train(max_epochs=1, gene_sets=mouse_sets, gamma=0, **FIT)
     assert model.module.pathway_loss is None and "pathway_loss_train" not in model.history
+    # session 30: ... but a path that is no file is still named (a mistyped path was silent with gamma=0)
+    with pytest.raises(ValueError, match=r"gene_sets='kegg.gmt' is neither a shipped collection"):
+        model.train(max_epochs=1, gene_sets="kegg.gmt", gamma=0, **FIT)
 
 
 def test_the_advice_after_train_goes_on_with_the_head_it_names():

@@ -545,3 +545,15 @@ def test_continuing_a_loaded_module_trains_it_in_training_mode(corpus_dir):
     finally:
         hook.remove()
     assert modes and modes[0] is True  # (validation passes, if any, come later in eval mode)
+
+
+@pytest.mark.parametrize("gamma", [-0.1, float("nan"), "0.1"])
+def test_pretrain_refuses_a_pathway_weight_that_is_no_weight(corpus_dir, gamma):
+    # session 30: pretrain_from_corpus compared gamma > 0 unchecked (a negative weight trained against the pathways)
+    with pytest.raises(ValueError, match=r"gamma \(the pathway loss's weight\) must be a finite number >= 0"):
+        pretrain_from_corpus(corpus_dir, max_steps=1, gamma=gamma, **TINY)
+
+
+def test_pretrain_with_the_pathway_loss_off_still_names_a_missing_gene_set_file(corpus_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"gene_sets='.*kegg_typo.gmt' is neither a shipped collection"):
+        pretrain_from_corpus(corpus_dir, max_steps=1, gamma=0, gene_sets=tmp_path / "kegg_typo.gmt", **TINY)

@@ -6,7 +6,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
@@ -73,20 +72,21 @@ def gene_set_tensors(gene_sets: GeneSetsLike, vocab: GeneVocab) -> list[torch.Te
     -------
     One ``LongTensor`` of token ids per set with at least two vocabulary genes, or ``None``.
     """
-    from genemamba_scvi.data.gene_sets import gene_sets_to_token_ids, read_gmt
+    from genemamba_scvi.data.gene_sets import (
+        SHIPPED_GENE_SETS,
+        check_gene_sets_source,
+        gene_sets_to_token_ids,
+        read_gmt,
+    )
 
     if gene_sets is None:
         return None
-    if isinstance(gene_sets, str) and gene_sets in ("go_bp", "kegg"):
+    if isinstance(gene_sets, str) and gene_sets in SHIPPED_GENE_SETS:
         from genemamba_scvi.datasets import load_gene_sets
 
         gene_sets = load_gene_sets(gene_sets)
     elif isinstance(gene_sets, str | os.PathLike):
-        if not Path(gene_sets).is_file():
-            raise ValueError(
-                f"gene_sets={str(gene_sets)!r} is neither a shipped collection ('go_bp', 'kegg') nor a GMT file; "
-                "pass one of those, a path to a .gmt file, or a {name: [genes]} mapping"
-            )
+        check_gene_sets_source(gene_sets)
         gene_sets = read_gmt(gene_sets)
     else:
         _check_gene_set_mapping(gene_sets)

@@ -25,6 +25,7 @@ from scvi.utils import track
 
 from genemamba_scvi._checkpoint_callback import LightningCheckpoint  # noqa: F401  (its home before; imported from here)
 from genemamba_scvi._warn import user_stacklevel
+from genemamba_scvi.data.gene_sets import check_gene_sets_source
 from genemamba_scvi.nn.graphs import drop_graphs
 
 #: ``ckpt_path="last"`` without ``checkpoint_dir``: Lightning finds no checkpoint, warns and trains from scratch
@@ -47,6 +48,7 @@ def check_gamma(gamma: Any, gene_sets: Any) -> float:
         raise ValueError(
             f"gamma (the pathway loss's weight) must be a finite number >= 0, got {gamma!r}; 0 turns it off"
         )
+    check_gene_sets_source(gene_sets)  # (with gamma=0 the sets are not read: a mistyped path would be silent)
     if gamma > 0 and gene_sets is None:
         warnings.warn(
             f"gamma={gamma} weighs the pathway loss, which needs gene_sets (e.g. gene_sets='kegg'); without them this "

@@ -11,7 +11,24 @@ import numpy as np
 from .gene_ids import warn_if_case_only
 from .vocab import GeneVocab
 
-__all__ = ["gene_sets_to_token_ids", "read_gmt", "split_gene_sets"]
+__all__ = ["check_gene_sets_source", "gene_sets_to_token_ids", "read_gmt", "split_gene_sets"]
+
+#: the GMT collections shipped with the package, by the name ``gene_sets=`` takes
+SHIPPED_GENE_SETS = ("go_bp", "kegg")
+
+
+def check_gene_sets_source(gene_sets: object) -> None:
+    """Refuse a ``gene_sets`` string or path that is neither a shipped collection nor an existing file.
+
+    Checked even where the sets are not read (``gamma=0``), so that a mistyped path is not silent.
+    """
+    if isinstance(gene_sets, str | os.PathLike) and not (
+        (isinstance(gene_sets, str) and gene_sets in SHIPPED_GENE_SETS) or os.path.isfile(gene_sets)
+    ):
+        raise ValueError(
+            f"gene_sets={os.fspath(gene_sets)!r} is neither a shipped collection ('go_bp', 'kegg') nor a GMT file; "
+            "pass one of those, a path to a .gmt file, or a {name: [genes]} mapping"
+        )
 
 
 def read_gmt(path: str | os.PathLike[str]) -> dict[str, list[str]]:

@@ -29,6 +29,7 @@ from genemamba_scvi.train import (
     LightningCheckpoint,
     StepProgressBar,
     check_early_stopping_monitor,
+    check_gamma,
     logged_metrics,
     minibatch_loss,
     training_session,
@@ -221,7 +222,7 @@ def pretrain_from_corpus(
     config: GeneMambaConfig | None = None,
     objective: Literal["mlm", "next_token"] = "mlm",
     gene_sets: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
-    gamma: float = 0.1,
+    gamma: float | None = None,
     max_steps: int = -1,
     max_epochs: int | None = None,
     batch_size: int = 32,
@@ -268,7 +269,8 @@ def pretrain_from_corpus(
     objective
         ``"mlm"`` or ``"next_token"`` (see :class:`~genemamba_scvi.module.GeneMambaModule`).
     gene_sets, gamma
-        Pathway InfoNCE: ``"go_bp"`` / ``"kegg"``, a GMT path or a mapping; ``None`` disables it.
+        Pathway InfoNCE: ``"go_bp"`` / ``"kegg"``, a GMT path or a mapping; ``None`` disables it. ``gamma``
+        weighs it: ``None`` (default) is 0.1, 0 turns it off (the sets are then not read).
     max_steps, max_epochs
         Training length (optimiser steps, or passes over the corpus). Without either, one epoch.
     batch_size
@@ -335,6 +337,7 @@ def pretrain_from_corpus(
     if ckpt_path == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
     check_checkpoint_dir(checkpoint_dir)
+    gamma = check_gamma(gamma, gene_sets)
     batch_size = check_count("batch_size", batch_size)
     accumulate_grad_batches = check_count("accumulate_grad_batches", accumulate_grad_batches)
     bucket_window = check_count("bucket_window", bucket_window, least=0)
