@@ -90,3 +90,9 @@ def test_settings_set_on_a_model_are_what_it_uses_and_saves(adata, tmp_path):
     variant = copy.copy(model)  # review: a shallow copy shared the settings with its original
     variant.max_genes, variant.min_gene_overlap = 32, 0.9
     assert (model.max_genes, model.min_gene_overlap) == (24, 0.2) and "top-24 genes" in model._model_summary_string
+    # session 30: a panel (fewer genes than max_genes) is read whole, and the summary says so
+    n_genes = len(model.vocab_.genes)
+    model.max_genes = n_genes + 1000
+    assert f"all expressed genes of {n_genes}," in model._model_summary_string and "top-" not in repr(model)
+    model.max_genes = 24
+    assert "top-24 genes," in model._model_summary_string

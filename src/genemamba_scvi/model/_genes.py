@@ -272,7 +272,12 @@ class GeneMambaGenesMixin:
         # a new dict (a shallow copy of the model keeps its own), the summary (repr) told
         self._config = {**self._config, "max_genes": TokenizerSettings(max_genes=value).max_genes}  # checked there
         summary = getattr(self, "_model_summary_string", "")
-        self._model_summary_string = re.sub(r"top-\d+ genes", f"top-{self.max_genes} genes", summary)
+        self._model_summary_string = re.sub(r"top-\d+ genes|all expressed genes of \d+", self._genes_read(), summary)
+
+    def _genes_read(self) -> str:
+        """The summary's words for the genes a cell becomes: top-k, or all of a panel smaller than ``max_genes``."""
+        n_genes = len(self.vocab_.genes)
+        return f"top-{self.max_genes} genes" if self.max_genes < n_genes else f"all expressed genes of {n_genes}"
 
     @property
     def min_gene_overlap(self) -> float:

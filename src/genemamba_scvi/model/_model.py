@@ -225,7 +225,7 @@ class GeneMambaModel(
         directions = f"bidirectional ({config.merge})" if config.bidirectional else "unidirectional"
         self._model_summary_string = (
             f"GeneMamba model: {config.n_layers} x d_model {config.d_model}, {directions}, vocab {len(vocab)}, "
-            f"top-{self.max_genes} genes, {n_params / 1e6:.2f}M parameters, backend {self.module.encoder.backend}"
+            f"{self._genes_read()}, {n_params / 1e6:.2f}M parameters, backend {self.module.encoder.backend}"
         )
         self.init_params_ = self._get_init_params(locals())
 
