@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -20,7 +20,7 @@ from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision
 from genemamba_scvi.data.gene_ids import warn_if_control_features, warn_if_not_gene_ids
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.data.vocab import GeneVocab
-from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter
+from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
 from genemamba_scvi.model._genes import (
     _MIN_GENE_OVERLAP,
     GeneMambaGenesMixin,
@@ -30,6 +30,7 @@ from genemamba_scvi.model._genes import (
     config_in_order,
 )
 from genemamba_scvi.model._inference import embed_cells
+from genemamba_scvi.model._perturb import GeneMambaPerturbMixin
 from genemamba_scvi.model._query import GeneMambaQueryMixin
 from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin
 from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTrainRunner
@@ -100,7 +101,12 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
 
 
 class GeneMambaModel(
-    GeneMambaSaveLoadMixin, GeneMambaTrainingMixin, GeneMambaGenesMixin, GeneMambaQueryMixin, BaseModelClass
+    GeneMambaSaveLoadMixin,
+    GeneMambaTrainingMixin,
+    GeneMambaGenesMixin,
+    GeneMambaPerturbMixin,
+    GeneMambaQueryMixin,
+    BaseModelClass,
 ):
     """GeneMamba: a bidirectional Mamba-2 foundation model of ranked gene tokens.
 
@@ -308,7 +314,12 @@ class GeneMambaModel(
         return self.adata_manager.registry["setup_args"].get(name)
 
     def _token_loader(
-        self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None, **kwargs: Any
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        perturb: Callable[[TokenizerSpec], Any] | None = None,
+        **kwargs: Any,
     ) -> TokenDataLoader:
         query = isinstance(adata, AnnData) and not self._registered_here(adata)  # its counts checked as set up now
         adata = self._validate_anndata(adata)
@@ -322,7 +333,7 @@ class GeneMambaModel(
             adata=adata,
             indices=indices,
             batch_size=batch_size or 64,
-            tokenizer=tokenizer,
+            tokenizer=tokenizer if perturb is None else perturb(tokenizer),
             **kwargs,
         )
 
@@ -339,13 +350,13 @@ class GeneMambaModel(
         return _inference_batch_size(self.module.encoder, self.max_genes, device)
 
     @torch.inference_mode()
-    def _embed(self, adata, indices, batch_size, precision, progress_bar) -> torch.Tensor:
+    def _embed(self, adata, indices, batch_size, precision, progress_bar, perturb=None) -> torch.Tensor:
         self.module.eval()
         device = self._device()
         resolved = resolve_precision(precision, device.type == "cuda")
         if batch_size is None:
             batch_size = self._inference_batch_size(device)
-        loader = self._token_loader(adata, indices, check_count("batch_size", batch_size))
+        loader = self._token_loader(adata, indices, check_count("batch_size", batch_size), perturb)
         n_cells = len(loader.indices)
         show = n_cells >= _PROGRESS_MIN_CELLS if progress_bar is None else bool(progress_bar)
         return embed_cells(self.module, loader, device, resolved, show)
