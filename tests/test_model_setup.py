@@ -29,6 +29,30 @@ def _fresh(adata):
 
 
 # ----------------------------------------------------------------------------- counts
+def test_a_selection_of_genes_with_every_gene_in_raw_is_told_to_use_them_all(adata):
+    # corrected-input probe (session 30): a Seurat-style object (highly variable genes in X, every gene's counts in
+    # raw) was advised to copy raw's counts of X's genes into a layer first, which trained on the selection silently
+    import scanpy as sc
+
+    counts = adata.layers.pop("counts")
+    adata.X = counts.copy()
+    adata.raw = adata.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    hvg = adata[:, :300].copy()  # a selection of 300 genes
+    with pytest.raises(ValueError, match=rf"adata\.raw holds them, for {adata.n_vars - 300} more genes") as err:
+        GeneMambaModel.setup_anndata(hvg)
+    assert re.search(r"use every gene, adata = adata\.raw\.to_adata\(\), and set up with layer=None", str(err.value))
+    hvg.layers["counts"] = hvg.raw[:, hvg.var_names].X  # the selection only: set up, with a warning
+    with pytest.warns(UserWarning, match=rf"adata\.raw holds raw counts of {adata.n_vars} genes and this AnnData 300"):
+        GeneMambaModel.setup_anndata(hvg, layer="counts")
+    whole = hvg.raw.to_adata()  # the advice, as written: every gene, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        GeneMambaModel.setup_anndata(whole)
+    assert whole.n_vars == adata.n_vars
+
+
 def test_log_normalised_floats_rejected(adata):
     adata.layers["counts"] = adata.layers["counts"].copy()
     adata.layers["counts"].data = np.log1p(adata.layers["counts"].data)
@@ -48,7 +72,7 @@ def test_non_counts_error_says_where_this_anndata_holds_counts(adata):
     with pytest.raises(ValueError, match=r"adata\.X contains non-integer.*adata\.raw holds them") as err:
         GeneMambaModel.setup_anndata(adata)
     fix = re.search(r"adata\.layers\['counts'\] = (adata\.raw\[:, adata\.var_names\]\.X)", str(err.value))
-    assert fix is not None and "adata = adata.raw.to_adata()" in str(err.value)
+    assert fix is not None and "set up with layer='counts'" in str(err.value)
     adata.layers["counts"] = eval(fix.group(1), {"adata": adata})  # the advice, as written, works
     GeneMambaModel.setup_anndata(adata, layer="counts")
     np.testing.assert_array_equal(adata.layers["counts"].toarray(), counts.toarray())

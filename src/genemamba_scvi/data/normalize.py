@@ -59,6 +59,49 @@ def find_raw_counts(adata: AnnData, checked: str | None) -> tuple[str, str | Non
     return None
 
 
+def raw_genes_beyond(adata: AnnData) -> int:
+    """How many more genes ``adata.raw`` holds raw counts of than ``adata`` has (0 where it holds none or no more).
+
+    A Seurat-style object keeps every gene's counts in ``.raw`` and a selection (highly variable genes) in ``X``;
+    GeneMamba ranks a cell's whole transcriptome, as Geneformer (no gene selection). One pass over ``raw``'s
+    non-zeros where it has more genes.
+    """
+    raw = adata.raw
+    if raw is None or raw.n_vars <= adata.n_vars:
+        return 0
+    try:
+        validate_counts(raw.X, "adata.raw.X")
+    except NotCountsError:
+        return 0
+    return raw.n_vars - adata.n_vars
+
+
+def warn_if_raw_holds_more_genes(adata: AnnData) -> None:
+    """Warn where ``adata.raw`` holds raw counts of more genes than the AnnData (see :func:`raw_genes_beyond`)."""
+    if extra := raw_genes_beyond(adata):
+        from genemamba_scvi._warn import user_stacklevel
+
+        warnings.warn(
+            f"adata.raw holds raw counts of {adata.raw.n_vars} genes and this AnnData {adata.n_vars} ({extra} fewer: "
+            "a selection such as highly variable genes?); GeneMamba ranks each cell's whole transcriptome, as "
+            "Geneformer does (no gene selection): for every gene, adata = adata.raw.to_adata() (obs and obsm are "
+            "kept) and set up with layer=None",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def raw_counts_hint(adata: AnnData, source: str) -> str:
+    """Advice for the raw counts ``adata.raw`` holds (``source`` reads them for these genes): every gene first."""
+    if extra := raw_genes_beyond(adata):
+        return (
+            f"adata.raw holds them, for {extra} more genes than this AnnData: use every gene, "
+            f"adata = adata.raw.to_adata(), and set up with layer=None (only these genes: "
+            f"adata.layers['counts'] = {source}, and layer='counts')"
+        )
+    return f"adata.raw holds them: adata.layers['counts'] = {source}, and set up with layer='counts'"
+
+
 def _values_of(X: Any) -> np.ndarray:
     if sp.issparse(X):
         if X.format not in ("csr", "csc", "coo", "bsr"):

@@ -18,6 +18,7 @@ from scvi.model.base import BaseModelClass
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision
 from genemamba_scvi.data.gene_ids import warn_if_control_features, warn_if_not_gene_ids
+from genemamba_scvi.data.normalize import warn_if_raw_holds_more_genes
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
@@ -279,6 +280,7 @@ class GeneMambaModel(
         _refuse_setup_kwargs(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         _validate_count_layer(adata, layer)
+        warn_if_raw_holds_more_genes(adata)  # (a Seurat-style object: highly variable genes in X, all in raw)
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
         _check_gene_ids(adata, gene_id_key)

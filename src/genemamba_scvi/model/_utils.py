@@ -25,7 +25,13 @@ from scvi.model.base import BaseModelClass
 from genemamba_scvi._config import ENCODER_FIELDS, MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 from genemamba_scvi.data.gene_ids import refuse_non_gene_features
-from genemamba_scvi.data.normalize import NotCountsError, count_matrix, find_raw_counts, validate_counts
+from genemamba_scvi.data.normalize import (
+    NotCountsError,
+    count_matrix,
+    find_raw_counts,
+    raw_counts_hint,
+    validate_counts,
+)
 
 
 def _save_kernel_cache() -> None:
@@ -182,10 +188,7 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
         elif source == "adata.X":
             hint = "adata.X holds them: set up with layer=None"
         else:
-            hint = (
-                f"adata.raw holds them: put them in a layer, adata.layers['counts'] = {source}, and set up with "
-                "layer='counts' (or use every gene of adata.raw: adata = adata.raw.to_adata())"
-            )
+            hint = raw_counts_hint(adata, source)
         raise NotCountsError(err.problem, hint) from None
     totals = np.asarray(X.sum(axis=1)).ravel()
     n_empty = int((totals == 0).sum())
