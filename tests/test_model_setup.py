@@ -53,6 +53,21 @@ def test_a_selection_of_genes_with_every_gene_in_raw_is_told_to_use_them_all(ada
     assert whole.n_vars == adata.n_vars
 
 
+def test_ambient_corrected_counts_are_told_how_to_go_on(adata):
+    # corrected-input probe (session 30): SoupX-style counts (a per-gene share of the soup taken off, not rounded) were
+    # told to "pass the raw-count layer", which this AnnData does not have
+    X = adata.layers.pop("counts").toarray().astype(np.float32)
+    soup = X.sum(axis=0) / X.sum()  # 10% of each cell's counts taken off in the soup's proportions
+    X = sp.csr_matrix(np.clip(X - 0.1 * X.sum(axis=1, keepdims=True) * soup, 0, None))
+    adata.X = X
+    with pytest.raises(ValueError, match=r"non-integer.*ambient RNA \(SoupX.*np\.round\(X\.data\)") as err:
+        GeneMambaModel.setup_anndata(adata)
+    assert "log-transformed or scaled values cannot" in str(err.value)
+    X.data = np.round(X.data)  # the advice, as written
+    adata.X = X
+    GeneMambaModel.setup_anndata(adata)
+
+
 def test_log_normalised_floats_rejected(adata):
     adata.layers["counts"] = adata.layers["counts"].copy()
     adata.layers["counts"].data = np.log1p(adata.layers["counts"].data)

@@ -275,7 +275,7 @@ def _check_gene_id_column(adata: Any, key: str, source: Path) -> None:
 
 def _check_cli_counts(adata: Any, counts: Any, layer: str | None, source: Path) -> None:
     """Refuse non-count input naming what the command read and the ``--layer`` that holds counts, if one does."""
-    from genemamba_scvi.data.normalize import NotCountsError, find_raw_counts, validate_counts
+    from genemamba_scvi.data.normalize import AMBIENT_HINT, NotCountsError, find_raw_counts, validate_counts
 
     where = f"layer {layer!r} of {source}" if layer else f"X of {source}"
     try:
@@ -284,6 +284,8 @@ def _check_cli_counts(adata: Any, counts: Any, layer: str | None, source: Path) 
         found = find_raw_counts(adata, layer)
         if found is None:
             hint = "no layer, X or raw of this file holds raw counts"
+            if err.hint.endswith(AMBIENT_HINT):  # non-integer values: corrected counts have a way forward
+                hint += f"; {AMBIENT_HINT}"
         elif found[1] is not None:
             hint = f"{found[0]} holds them: pass --layer {found[1]}"
         elif found[0] == "adata.X":

@@ -26,6 +26,12 @@ __all__ = ["GeneMedianAccumulator", "NotCountsError", "compute_gene_medians", "v
 
 _BLOCK = 1 << 22  # elements checked at a time by validate_counts (bounds temporary memory)
 _RAW_HINT = "pass the raw-count layer with layer=..."
+#: counts corrected for ambient RNA (SoupX's default output) are non-negative and non-integer: they have a way forward
+AMBIENT_HINT = (
+    "counts corrected for ambient RNA (SoupX, DecontX: non-negative, non-integer) can be rounded to integers, as "
+    "SoupX's roundToInt=TRUE does (e.g. X.data = np.round(X.data) for a sparse X), or the uncorrected counts used; "
+    "log-transformed or scaled values cannot be ranked as counts"
+)
 
 
 class NotCountsError(ValueError):
@@ -34,6 +40,7 @@ class NotCountsError(ValueError):
     def __init__(self, problem: str, hint: str | None = None):
         super().__init__(f"{problem}; GeneMamba needs raw counts — {hint or _RAW_HINT}")
         self.problem = problem
+        self.hint = hint or _RAW_HINT
 
 
 def find_raw_counts(adata: AnnData, checked: str | None) -> tuple[str, str | None] | None:
@@ -148,7 +155,8 @@ def validate_counts(X: Any, where: str) -> None:
                 bad = block[frac][0]
                 off = abs(float(bad) - round(float(bad)))
                 raise NotCountsError(
-                    f"{where} contains non-integer values (e.g. {_exact(bad)}, {off:.2g} from the nearest integer)"
+                    f"{where} contains non-integer values (e.g. {_exact(bad)}, {off:.2g} from the nearest integer)",
+                    f"{_RAW_HINT}; {AMBIENT_HINT}",
                 )
 
 
