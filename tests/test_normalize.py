@@ -235,3 +235,18 @@ def test_duplicated_entries_are_summed():
     )
     assert not X.has_canonical_format
     np.testing.assert_allclose(compute_gene_medians(X), [0.25, 0.875])
+
+
+def test_a_dask_array_of_sparse_chunks_is_told_to_be_loaded():
+    # corrected-input probe (session 30): numpy read it as an array of objects, "not numeric counts"; dask itself is
+    # not a dependency, so a stand-in with dask's module and a sparse _meta (what dask.array.from_array(csr) holds)
+    from types import SimpleNamespace
+
+    from genemamba_scvi.data.normalize import count_matrix
+
+    lazy = type("Array", (), {"__module__": "dask.array.core", "_meta": sp.csr_matrix((0, 0))})()
+    with pytest.raises(TypeError, match=r"adata\.X is a dask array of sparse chunks.*adata\.X = adata\.X\.compute\(\)"):
+        count_matrix(SimpleNamespace(X=lazy, layers={}, raw=None), None)
+    adata = SimpleNamespace(X=None, layers={"counts": lazy}, raw=None)
+    with pytest.raises(TypeError, match=r"adata\.layers\['counts'\] = adata\.layers\['counts'\]\.compute\(\)"):
+        count_matrix(adata, "counts")

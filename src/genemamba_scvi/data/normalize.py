@@ -345,12 +345,22 @@ def _iter_row_chunks(X: Any, chunk_size: int) -> Iterator[Any]:
 
 
 def count_matrix(adata: AnnData, layer: str | None) -> Any:
-    """``adata.X`` or ``adata.layers[layer]``; a missing layer is a ``ValueError`` that lists the layers."""
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
+    """``adata.X`` or ``adata.layers[layer]``; a missing layer is a ``ValueError`` that lists the layers.
+
+    A dask array of sparse chunks (anndata's lazy reading) is refused, naming the line that loads it: numpy reads it
+    as an array of objects, which was told to be "not numeric counts" (probe of corrected inputs, session 30).
+    """
+    if layer is not None and layer not in adata.layers:
         raise _missing_layer(layer, list(adata.layers.keys()), adata.raw is not None)
-    return adata.layers[layer]
+    X = adata.X if layer is None else adata.layers[layer]
+    if type(X).__module__.startswith("dask") and sp.issparse(getattr(X, "_meta", None)):
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise TypeError(
+            f"{where} is a dask array of sparse chunks, which GeneMamba does not read lazily: load it into memory "
+            f"first, {where} = {where}.compute() (for data larger than memory, build a token corpus with "
+            "genemamba_scvi.data.build_corpus from the .h5ad files)"
+        )
+    return X
 
 
 def _missing_layer(layer: str, layers: list[str], has_raw: bool, path: str | None = None) -> ValueError:
