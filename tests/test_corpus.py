@@ -390,3 +390,13 @@ def test_a_file_without_some_genes_tokenizes_its_cells_as_a_file_with_them(sampl
             )
         got[name] = {key: t for key, t in _from_corpus(tmp_path / name).items() if key[0] == 1}
     assert len(got["all"]) == b.n_obs and got["fewer"] == got["all"]
+
+
+def test_a_csc_file_is_told_once(tmp_path, caplog):
+    # corrected-input probe (session 30): the "stored as CSC" advice came once for every opening of the file (4)
+    adata = load_celltypist_sample()[:40].copy()
+    adata.X = sp.csc_matrix(adata.layers.pop("counts"))
+    adata.write_h5ad(tmp_path / "csc.h5ad")
+    with caplog.at_level("WARNING"):
+        build_corpus(tmp_path / "csc.h5ad", tmp_path / "corpus", max_genes=32, median_method="exact")
+    assert sum("is stored as CSC" in r.getMessage() for r in caplog.records) == 1

@@ -193,7 +193,7 @@ def _fingerprint(path: Path) -> str:
 class _H5adRows:
     """Row-chunk reader of the count matrix of one ``.h5ad`` file (``X`` or a layer), never the whole matrix."""
 
-    def __init__(self, path: Path, layer: str | None, gene_id_key: str | None):
+    def __init__(self, path: Path, layer: str | None, gene_id_key: str | None, tell_csc: bool = False):
         import anndata.io
         import h5py
 
@@ -204,7 +204,7 @@ class _H5adRows:
             f = self._file
             self._matrix = h5ad_count_matrix(f, layer, path)
             self.format = getattr(self._matrix, "format", "dense")  # (an h5py dataset: dense)
-            if self.format == "csc":
+            if self.format == "csc" and tell_csc:  # (once a file: a build opens it up to four times)
                 logger.warning(
                     "%s is stored as CSC: reading row chunks of it is slow; rewrite it as CSR for large corpora",
                     self.where,

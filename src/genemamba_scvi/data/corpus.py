@@ -402,7 +402,7 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
         raise _foreign_file_error(out, VOCAB_FILE)
     files = []
     for p in paths:
-        with _H5adRows(p, layer, gene_id_key) as reader:
+        with _H5adRows(p, layer, gene_id_key, tell_csc=True) as reader:
             files.append(
                 {
                     "path": str(p),
