@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Session 30, device call 3 (predictions: benchmarks/NOTES_throughput.md section 32): the public API's GPU tests (the
+# new in-silico perturbation among them; the tokens of genes without a model median changed), then throughput.py's
+# real-cell, full-length and stress settings with the packed transformer (the deliverable on an H200; on an H100 as in
+# sessions 26-27).
+source scripts/device_lib.sh
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
+timeout 170 python3 -m pytest -q -x tests/test_model_gpu.py -p no:cacheprovider > $OUT/gpu_model_tests_s30.log 2>&1
+echo "model gpu tests rc=$?"; tail -4 $OUT/gpu_model_tests_s30.log
+full_run 200 250 --only real_,full_L2048,full_L8192,stress --no-profile
+exit 0
