@@ -76,7 +76,7 @@ from ._corpus_manifest import (  # noqa: F401  (names of this module before the 
 from ._corpus_reader import TokenCorpus
 from .gene_ids import few_gene_ids, warn_if_control_features
 from .normalize import GeneMedianAccumulator
-from .tokenize import known_with_median, rank_tokenize
+from .tokenize import rank_tokenize, with_fallback
 from .vocab import GeneVocab
 
 __all__ = ["CORPUS_FORMAT", "CORPUS_VERSION", "Manifest", "TokenCorpus", "build_corpus", "resolve_inputs"]
@@ -516,8 +516,9 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
                 if current is not None:
                     current[1].close()
                 reader = _H5adRows(paths[fi], layer, gene_id_key)
-                # genes without a median (given medians that lack them) left out of the tokens, as in a model
-                token_ids, col_medians = known_with_median(_match_genes(vocab, reader, min_gene_overlap), medians)
+                token_ids = _match_genes(vocab, reader, min_gene_overlap)
+                # (the fallback of genes without a median from all the corpus's medians, not from this file's genes)
+                col_medians = np.where(token_ids >= 0, with_fallback(medians)[np.clip(token_ids, 0, None)], np.nan)
                 current = (fi, reader, token_ids, col_medians)
             _, reader, token_ids, col_medians = current
             tmp = out / SHARD_DIR / (_TMP_PREFIX + entry["name"])

@@ -35,10 +35,10 @@ __all__ = [
     "TOKENIZER_SETTINGS",
     "TokenizerSettings",
     "fallback_median",
-    "known_with_median",
     "published_tokenize",
     "rank_tokenize",
     "tie_break_keys",
+    "with_fallback",
 ]
 
 TOKENIZATIONS: tuple[str, ...] = ("ranked", "published")
@@ -134,30 +134,15 @@ def fallback_median(gene_medians: np.ndarray, gene_token_ids: np.ndarray | None 
     return float(np.median(med[ok])) if ok.any() else 1.0
 
 
-def known_with_median(token_ids: np.ndarray, gene_medians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of a matrix's columns, -1 where the gene has no usable median (NaN, infinite, <= 0), and their medians.
+def with_fallback(gene_medians: np.ndarray) -> np.ndarray:
+    """Medians per token with :func:`fallback_median` of all of them where one is unusable (NaN, infinite, <= 0).
 
-    Genes without a median (never expressed in the cells the medians came from, or missing from a given median
-    dictionary) are left out of the tokens, as Geneformer leaves out the genes its median dictionary lacks: their
-    tokens were never trained, and ranked with a stand-in median they took a rank no data gave them (a query's
-    embeddings then depended on whether the model's training data had been filtered of unexpressed genes; probe of
-    corrected inputs, session 30).
-
-    Parameters
-    ----------
-    token_ids
-        Token id of each column (-1: not in the vocabulary).
-    gene_medians
-        A model's or a corpus's medians, one per token.
-
-    Returns
-    -------
-    ``(token_ids, medians)``: the ids with -1 for genes without a median, and each column's median (NaN where -1).
+    A model's or a corpus's medians filled once, so that a gene without a median ranks the same whatever other genes
+    an AnnData or a file holds (:func:`rank_tokenize` fills NaN from the columns it is given).
     """
-    ids = np.asarray(token_ids, dtype=np.int64)
-    med = np.asarray(gene_medians, dtype=np.float64)[np.clip(ids, 0, None)]
-    usable = (ids >= 0) & np.isfinite(med) & (med > 0)
-    return np.where(usable, ids, -1), np.where(usable, med, np.nan)
+    med = np.asarray(gene_medians, dtype=np.float64)
+    bad = ~(np.isfinite(med) & (med > 0))
+    return np.where(bad, fallback_median(med), med) if bad.any() else med
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ from anndata import AnnData
 
 from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.data.perturb import PERTURB_TYPES, PerturbedTokenizer
-from genemamba_scvi.data.tokenize import known_with_median
 from genemamba_scvi.model._utils import _positions, _query_for_this_call, _warn_if_untrained
 
 #: cells tokenized at a time to find those holding a gene (tokens only, no model)
@@ -112,13 +111,6 @@ class GeneMambaPerturbMixin:
                 f"{len(bad)} of the genes to perturb are not genes of this model's vocabulary: {bad[:10]} (it holds "
                 f"{len(self.vocab_.genes)} genes, e.g. {self.vocab_.genes[:3]}; see model.vocab_.genes)"
             )
-        if self.tokenizer_settings.tokenization == "ranked":  # genes without a median are never tokens of a cell
-            _, medians = known_with_median(token_ids, self.gene_medians_)
-            if unseen := [g for g, m in zip(names, medians, strict=True) if np.isnan(m)]:
-                raise ValueError(
-                    f"the model has no median for {unseen[:10]} (never expressed in the cells its medians came from): "
-                    "such genes are left out of every cell's tokens, and their tokens were never trained"
-                )
         return token_ids
 
     def _cells_changed(self, adata: AnnData, cells: np.ndarray, token_ids: np.ndarray, perturb_type: str) -> np.ndarray:
