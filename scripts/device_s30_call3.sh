@@ -5,7 +5,7 @@
 # sessions 26-27).
 source scripts/device_lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
-timeout 170 python3 -m pytest -q -x tests/test_model_gpu.py -p no:cacheprovider > $OUT/gpu_model_tests_s30.log 2>&1
+timeout 120 python3 -m pytest -q -x tests/test_model_gpu.py -p no:cacheprovider > $OUT/gpu_model_tests_s30.log 2>&1
 echo "model gpu tests rc=$?"; tail -4 $OUT/gpu_model_tests_s30.log
-full_run 200 250 --only real_,full_L2048,full_L8192,stress --no-profile
+full_run 180 230 --only real_,full_L2048,full_L8192,stress --no-profile
 exit 0
