@@ -66,6 +66,12 @@ def test_ambient_corrected_counts_are_told_how_to_go_on(adata):
     X.data = np.round(X.data)  # the advice, as written
     adata.X = X
     GeneMambaModel.setup_anndata(adata)
+    # review (session 30): log-normalised values are not told to be rounded (they would then pass as counts)
+    adata.X = X.copy()
+    adata.X.data = np.log1p(adata.X.data / 3)
+    with pytest.raises(ValueError, match=r"non-integer values") as err:
+        GeneMambaModel.setup_anndata(adata)
+    assert "np.round" not in str(err.value) and "pass the raw-count layer" in str(err.value)
 
 
 def test_log_normalised_floats_rejected(adata):

@@ -26,6 +26,8 @@ __all__ = ["GeneMedianAccumulator", "NotCountsError", "compute_gene_medians", "v
 
 _BLOCK = 1 << 22  # elements checked at a time by validate_counts (bounds temporary memory)
 _RAW_HINT = "pass the raw-count layer with layer=..."
+#: non-integer values above this are counts-like (log1p of counts per million stays below 14), so rounding is advice
+_COUNT_LIKE_MAX = 50.0
 #: counts corrected for ambient RNA (SoupX's default output) are non-negative and non-integer: they have a way forward
 AMBIENT_HINT = (
     "counts corrected for ambient RNA (SoupX, DecontX: non-negative, non-integer) can be rounded to integers, as "
@@ -154,9 +156,12 @@ def validate_counts(X: Any, where: str) -> None:
             if frac.any():
                 bad = block[frac][0]
                 off = abs(float(bad) - round(float(bad)))
+                # rounding is advice for corrected counts only: log-transformed values (below ~15) rounded would pass
+                # as counts (review, session 30)
+                largest = float(np.max(data))
                 raise NotCountsError(
                     f"{where} contains non-integer values (e.g. {_exact(bad)}, {off:.2g} from the nearest integer)",
-                    f"{_RAW_HINT}; {AMBIENT_HINT}",
+                    f"{_RAW_HINT}; {AMBIENT_HINT}" if largest > _COUNT_LIKE_MAX else _RAW_HINT,
                 )
 
 
