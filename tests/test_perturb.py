@@ -90,6 +90,11 @@ def test_overexpression_and_indices(model_and_data):
     shift = model.in_silico_perturb("CD74", indices=cells, perturb_type="overexpress")
     assert shift.index.equals(adata.obs_names[cells]) and shift["CD74"].notna().all()
     assert ((shift["CD74"] > -1) & (shift["CD74"] <= 1 + 1e-6)).all()
+    # probe (session 30): a cell whose first gene is the one overexpressed is unchanged: 1, not NaN
+    first = [model._tokenizer_for(adata)(adata.layers["counts"][[i]])[0][0, 0] for i in cells]
+    gene = model.vocab_.decode([first[0]])[0]
+    top = model.in_silico_perturb(gene, indices=cells, perturb_type="overexpress")[gene]
+    assert (top[np.asarray(first) == first[0]] == 1.0).all() and top.notna().all()
     # the same cells one by one give the same numbers (a cell's result does not depend on its batch)
     one = model.in_silico_perturb("CD74", indices=[7], perturb_type="overexpress")
     np.testing.assert_allclose(one["CD74"].iloc[0], shift["CD74"].iloc[2], atol=1e-5)
@@ -99,6 +104,11 @@ def test_perturbing_a_gene_the_model_lacks_is_refused(model_and_data):
     model, _ = model_and_data
     with pytest.raises(ValueError, match=r"not genes of this model's vocabulary: \['NOTAGENE'\]"):
         model.in_silico_perturb(["LYZ", "NOTAGENE"])
+    with pytest.raises(ValueError, match=r"names a gene more than once: \['LYZ', 'lyz'\]"):
+        model.in_silico_perturb(["LYZ", "lyz"])  # one gene under two names
+    never = model.adata.var_names[np.asarray(model.adata.layers["counts"].sum(0)).ravel() == 0][0]
+    with pytest.warns(UserWarning, match=rf"no cell holds {never} among its tokens"):
+        assert model.in_silico_perturb(never)[never].isna().all()
     with pytest.raises(ValueError, match=r"genes is empty"):
         model.in_silico_perturb([])
     with pytest.raises(ValueError, match=r"perturb_type must be one of"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from typing import Literal
@@ -12,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
+from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.data.perturb import PERTURB_TYPES, PerturbedTokenizer
 from genemamba_scvi.model._utils import _positions, _query_for_this_call, _warn_if_untrained
 
@@ -60,15 +62,23 @@ class GeneMambaPerturbMixin:
         Returns
         -------
         DataFrame of cells x ``genes`` (indexed by ``obs_names``): the cosine similarity of each cell's embedding
-        with the gene perturbed to its embedding as it is. With ``"delete"`` it is NaN for a cell that does not
-        hold the gene among its tokens (not expressed, or ranked below its top ``max_genes``), or holds nothing
-        else. Each gene costs one embedding pass over the cells it changes.
+        with the gene perturbed to its embedding as it is; 1 where the perturbation leaves the tokens as they are
+        (overexpression of the cell's first gene). With ``"delete"`` it is NaN for a cell whose tokens do not hold
+        the gene (with ``tokenization="ranked"``: not expressed, or ranked below its top ``max_genes``; the
+        ``"published"`` tokenization keeps unexpressed genes as tokens, ranked last), or hold nothing else. Each
+        gene costs one embedding pass over the cells it changes. Store a column with
+        ``adata.obs["LYZ_deletion_shift"] = 1 - shift["LYZ"]`` (aligned by ``obs_names``; with ``indices``, the
+        other cells get NaN too).
 
         Notes
         -----
         A shift says how much the model's view of the cell depends on the gene, not that the gene matters to the
         cell's biology: compare it with the shifts of genes of similar rank (deleting a top-ranked gene moves a
         mean-pooled embedding more than deleting a low-ranked one, whatever the gene), and over several cells.
+        The score is the cosine of the cell embeddings as :meth:`get_latent_representation` pools them, the perturbed
+        gene's own state included (and, with ``"overexpress"`` in a full sequence, the loss of the last gene).
+        Geneformer's cell shift without ``cell_states_to_model`` is computed differently (per-gene similarities with
+        the perturbed gene's position left out), so compare its numbers with these only in ranking.
 
         Examples
         --------
@@ -83,12 +93,21 @@ class GeneMambaPerturbMixin:
         with _query_for_this_call(self, adata):
             adata = self._validate_anndata(adata)
             cells = _positions(indices, adata.n_obs)
-            z = self._embed(adata, indices, batch_size, precision, progress_bar)
-            changed = self._cells_changed(adata, cells, token_ids, perturb_type)
+            changed, unchanged = self._cells_changed(adata, cells, token_ids, perturb_type)
             out = np.full((len(cells), len(names)), np.nan)
+            out[unchanged] = 1.0  # (overexpression of a cell's first gene: the same tokens, the same embedding)
+            need = np.flatnonzero(changed.any(axis=1))  # only cells some gene changes are embedded as they are
+            z = torch.zeros(len(cells), self.module.encoder.d_model)
+            if need.size:
+                z[need] = self._embed(adata, cells[need], batch_size, precision, progress_bar)
             for j, token_id in enumerate(token_ids):
                 rows = np.flatnonzero(changed[:, j])
                 if rows.size == 0:
+                    warnings.warn(
+                        f"no cell holds {names[j]} among its tokens: nothing to delete (NaN for every cell)",
+                        UserWarning,
+                        stacklevel=user_stacklevel(),
+                    )
                     continue
                 perturb = partial(PerturbedTokenizer, token_id=int(token_id), perturb_type=perturb_type)
                 z_new = self._embed(adata, cells[rows], batch_size, precision, progress_bar, perturb)
@@ -100,9 +119,11 @@ class GeneMambaPerturbMixin:
         """The token id of each gene, refusing genes the vocabulary lacks (and special or unknown-gene tokens)."""
         if not names:
             raise ValueError("genes is empty: name one or more genes to perturb")
-        if len(set(names)) < len(names):
-            raise ValueError(f"genes names a gene more than once: {sorted({g for g in names if names.count(g) > 1})}")
         token_ids = self.vocab_.lookup(names)
+        known = token_ids[token_ids >= 0]
+        if len(set(known.tolist())) < len(known):  # (also one gene under two names: LYZ, lyz, its Ensembl id)
+            twice = [g for g, t in zip(names, token_ids, strict=True) if t >= 0 and (known == t).sum() > 1]
+            raise ValueError(f"genes names a gene more than once: {twice}")
         unk = getattr(self, "_unk_token", None)
         unk_id = None if unk is None else self.vocab_[unk]
         bad = [g for g, t in zip(names, token_ids, strict=True) if t < self.vocab_.n_special or t == unk_id]
@@ -113,9 +134,16 @@ class GeneMambaPerturbMixin:
             )
         return token_ids
 
-    def _cells_changed(self, adata: AnnData, cells: np.ndarray, token_ids: np.ndarray, perturb_type: str) -> np.ndarray:
-        """``(cells, genes)``: whether perturbing each gene changes the cell's tokens (and leaves it a gene)."""
+    def _cells_changed(
+        self, adata: AnnData, cells: np.ndarray, token_ids: np.ndarray, perturb_type: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Two ``(cells, genes)`` masks: the perturbation changes the cell's tokens; it leaves them as they are.
+
+        Changed: deletion of a gene the cell holds besides others, overexpression of a gene not first; unchanged:
+        overexpression of the cell's first gene.
+        """
         changed = np.zeros((len(cells), len(token_ids)), dtype=bool)
+        unchanged = np.zeros_like(changed)
         start = int(self._config["pooling"] == "cls")
         done = 0
         for batch in self._token_loader(adata, cells, _SCAN_BATCH):
@@ -128,6 +156,7 @@ class GeneMambaPerturbMixin:
                     hit = where.any(1) & (lengths - start > 1)
                 else:  # the gene not already first
                     hit = ~where[:, start] if tokens.shape[1] > start else np.ones(len(tokens), dtype=bool)
+                    unchanged[done : done + len(tokens), j] = ~hit
                 changed[done : done + len(tokens), j] = hit
             done += len(tokens)
-        return changed
+        return changed, unchanged
