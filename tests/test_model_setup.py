@@ -43,14 +43,26 @@ def test_a_selection_of_genes_with_every_gene_in_raw_is_told_to_use_them_all(ada
     with pytest.raises(ValueError, match=rf"adata\.raw holds them, for {adata.n_vars - 300} more genes") as err:
         GeneMambaModel.setup_anndata(hvg)
     assert re.search(r"use every gene, adata = adata\.raw\.to_adata\(\), and set up with layer=None", str(err.value))
-    hvg.layers["counts"] = hvg.raw[:, hvg.var_names].X  # the selection only: set up, with a warning
-    with pytest.warns(UserWarning, match=rf"adata\.raw holds raw counts of {adata.n_vars} genes and this AnnData 300"):
-        GeneMambaModel.setup_anndata(hvg, layer="counts")
+    hvg.layers["counts"] = hvg.raw[:, hvg.var_names].X  # the selection only: a model of it, with a warning
+    GeneMambaModel.setup_anndata(hvg, layer="counts")
+    expressed = int((np.asarray((adata.raw.X != 0).sum(axis=0)).ravel() > 0)[300:].sum())
+    with pytest.warns(UserWarning, match=rf"adata\.raw holds raw counts of {expressed} genes this AnnData lacks"):
+        GeneMambaModel(hvg, n_layers=1, d_model=32, headdim=16, max_genes=32)
     whole = hvg.raw.to_adata()  # the advice, as written: every gene, no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         GeneMambaModel.setup_anndata(whole)
+        GeneMambaModel(whole, n_layers=1, d_model=32, headdim=16, max_genes=32)
     assert whole.n_vars == adata.n_vars
+    # review: genes without counts beyond X (sc.pp.filter_genes after adata.raw = adata) are no reason to warn
+    filtered = whole.copy()
+    filtered.raw = filtered
+    sc.pp.filter_genes(filtered, min_cells=1)
+    assert filtered.n_vars < filtered.raw.n_vars
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        GeneMambaModel.setup_anndata(filtered)
+        GeneMambaModel(filtered, n_layers=1, d_model=32, headdim=16, max_genes=32)
 
 
 def test_ambient_corrected_counts_are_told_how_to_go_on(adata):

@@ -82,7 +82,10 @@ def raw_genes_beyond(adata: AnnData) -> int:
         validate_counts(raw.X, "adata.raw.X")
     except NotCountsError:
         return 0
-    return raw.n_vars - adata.n_vars
+    # only genes with counts: those sc.pp.filter_genes took out of X after adata.raw = adata change no token (review)
+    X = raw.X
+    expressed = np.asarray((X != 0).sum(axis=0)).ravel() > 0  # (a stored zero is no count)
+    return int((expressed & ~raw.var_names.isin(adata.var_names)).sum())
 
 
 def warn_if_raw_holds_more_genes(adata: AnnData) -> None:
@@ -91,8 +94,8 @@ def warn_if_raw_holds_more_genes(adata: AnnData) -> None:
         from genemamba_scvi._warn import user_stacklevel
 
         warnings.warn(
-            f"adata.raw holds raw counts of {adata.raw.n_vars} genes and this AnnData {adata.n_vars} ({extra} fewer: "
-            "a selection such as highly variable genes?); GeneMamba ranks each cell's whole transcriptome, as "
+            f"adata.raw holds raw counts of {extra} genes this AnnData lacks (it has {adata.n_vars}: a selection such "
+            "as highly variable genes?); GeneMamba ranks each cell's whole transcriptome, as "
             "Geneformer does (no gene selection): for every gene, adata = adata.raw.to_adata() (obs and obsm are "
             "kept) and set up with layer=None",
             UserWarning,

@@ -200,6 +200,7 @@ class GeneMambaModel(
             vocab = GeneVocab.from_var_names(self._gene_ids(adata))
             warn_if_not_gene_ids(vocab.genes, "the genes of this AnnData", self._setup_arg("gene_id_key"))
             warn_if_control_features(vocab.genes, "the genes of this AnnData")
+            warn_if_raw_holds_more_genes(adata)  # (a Seurat-style object: highly variable genes in X, all in raw)
         if unk_token is not None and (unk_token not in vocab or tokenization != "published"):
             why = (
                 "is not an entry of the vocabulary"
@@ -280,7 +281,6 @@ class GeneMambaModel(
         _refuse_setup_kwargs(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         _validate_count_layer(adata, layer)
-        warn_if_raw_holds_more_genes(adata)  # (a Seurat-style object: highly variable genes in X, all in raw)
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
         _check_gene_ids(adata, gene_id_key)
