@@ -329,6 +329,8 @@ def test_a_pathway_weight_of_zero_leaves_the_gene_sets_unread():
     # session 30: ... but a path that is no file is still named (a mistyped path was silent with gamma=0)
     with pytest.raises(ValueError, match=r"gene_sets='kegg.gmt' is neither a shipped collection"):
         model.train(max_epochs=1, gene_sets="kegg.gmt", gamma=0, **FIT)
+    with pytest.raises(ValueError, match=r"must be a finite number >= 0, got -1"):  # plan_kwargs' weight wins: checked
+        model.train(max_epochs=1, gene_sets=mouse_sets, plan_kwargs={"gamma": -1}, **FIT)
 
 
 def test_the_advice_after_train_goes_on_with_the_head_it_names():

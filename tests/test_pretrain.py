@@ -557,3 +557,9 @@ def test_pretrain_refuses_a_pathway_weight_that_is_no_weight(corpus_dir, gamma):
 def test_pretrain_with_the_pathway_loss_off_still_names_a_missing_gene_set_file(corpus_dir, tmp_path):
     with pytest.raises(ValueError, match=r"gene_sets='.*kegg_typo.gmt' is neither a shipped collection"):
         pretrain_from_corpus(corpus_dir, max_steps=1, gamma=0, gene_sets=tmp_path / "kegg_typo.gmt", **TINY)
+
+
+def test_a_pathway_weight_in_plan_kwargs_is_checked_too(corpus_dir):
+    # review (session 30): plan_kwargs={"gamma": ...} wins over gamma= and went on unchecked
+    with pytest.raises(ValueError, match=r"gamma \(the pathway loss's weight\) must be a finite number >= 0, got -5.0"):
+        pretrain_from_corpus(corpus_dir, max_steps=1, gamma=0.1, plan_kwargs={"gamma": -5.0}, **TINY)

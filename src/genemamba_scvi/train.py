@@ -40,8 +40,14 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_gamma(gamma: Any, gene_sets: Any) -> float:
-    """The pathway loss's weight: 0.1 for ``None``; refused unless a number >= 0; a warning without gene sets."""
+def check_gamma(gamma: Any, gene_sets: Any, plan_kwargs: Mapping[str, Any] | None = None) -> float:
+    """The pathway loss's weight: 0.1 for ``None``; refused unless a number >= 0; a warning without gene sets.
+
+    A ``gamma`` in ``plan_kwargs`` wins over ``gamma=`` (as a loss weight there does in scvi-tools): it is the one
+    checked and returned (it was passed on unchecked; review, session 30).
+    """
+    if plan_kwargs and "gamma" in plan_kwargs:
+        return check_gamma(plan_kwargs["gamma"], gene_sets)
     if gamma is None:
         return 0.1
     if not (_finite_number(gamma) and gamma >= 0):

@@ -26,7 +26,7 @@ def check_gene_sets_source(gene_sets: object) -> None:
         (isinstance(gene_sets, str) and gene_sets in SHIPPED_GENE_SETS) or os.path.isfile(gene_sets)
     ):
         raise ValueError(
-            f"gene_sets={os.fspath(gene_sets)!r} is neither a shipped collection ('go_bp', 'kegg') nor a GMT file; "
+            f"gene_sets={os.fspath(gene_sets)!r} is neither a shipped collection {SHIPPED_GENE_SETS} nor a GMT file; "
             "pass one of those, a path to a .gmt file, or a {name: [genes]} mapping"
         )
 

@@ -277,7 +277,8 @@ class GeneMambaGenesMixin:
     def _genes_read(self) -> str:
         """The summary's words for the genes a cell becomes: top-k, or all of a panel smaller than ``max_genes``."""
         n_genes = len(self.vocab_.genes)
-        return f"top-{self.max_genes} genes" if self.max_genes < n_genes else f"all expressed genes of {n_genes}"
+        slots = self.max_genes - int(self._config["pooling"] == "cls")  # (<cls> takes one of max_genes; review)
+        return f"top-{self.max_genes} genes" if slots < n_genes else f"all expressed genes of {n_genes}"
 
     @property
     def min_gene_overlap(self) -> float:

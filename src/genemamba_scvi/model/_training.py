@@ -380,7 +380,7 @@ class GeneMambaTrainingMixin:
             ``load_sparse_tensor`` is accepted and changes nothing (minibatches are always tokenized from the rows of
             a sparse matrix).
         """
-        gamma = check_gamma(gamma, gene_sets)
+        gamma = check_gamma(gamma, gene_sets, plan_kwargs)
         run_args = _run_args(locals())
         self.module.set_objective(objective)
         # gamma=0 turns the pathway loss off: the sets are not read (nor refused, nor warned about)

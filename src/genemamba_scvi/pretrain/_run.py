@@ -337,7 +337,7 @@ def pretrain_from_corpus(
     if ckpt_path == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
     check_checkpoint_dir(checkpoint_dir)
-    gamma = check_gamma(gamma, gene_sets)
+    gamma = check_gamma(gamma, gene_sets, plan_kwargs)
     batch_size = check_count("batch_size", batch_size)
     accumulate_grad_batches = check_count("accumulate_grad_batches", accumulate_grad_batches)
     bucket_window = check_count("bucket_window", bucket_window, least=0)
