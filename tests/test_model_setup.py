@@ -173,15 +173,24 @@ def test_zero_count_cells_rejected(adata):
         GeneMambaModel.setup_anndata(adata, layer="counts")
 
 
-def test_all_zero_genes_are_accepted_and_never_emitted(sample48_model):
+def test_all_zero_genes_are_accepted_and_left_out_of_the_vocabulary(sample48_model):
+    # probe of corrected inputs (session 30): genes without a count became tokens no cell trains, without a median,
+    # which a query expressing them ranked with a stand-in median; a model built here leaves them out
     model, adata = sample48_model
     zero_genes = np.where(np.asarray(adata.layers["counts"].sum(axis=0)).ravel() == 0)[0]
     assert len(zero_genes) >= 10
-    spec = model._tokenizer_for(adata)
-    tokens, _ = spec(adata.layers["counts"])
-    zero_tokens = spec.gene_token_ids[zero_genes]
-    assert not np.isin(tokens, zero_tokens).any()
-    assert np.isnan(model.gene_medians_[zero_tokens]).all()
+    assert (model.vocab_.lookup(adata.var_names[zero_genes]) == -1).all()
+    assert len(model.vocab_.genes) == adata.n_vars - len(zero_genes)
+    assert np.isfinite(model.gene_medians_[model.vocab_.n_special :]).all()
+    with warnings.catch_warnings():  # the set-up AnnData's genes without counts are not reported as unknown
+        warnings.simplefilter("error", UserWarning)
+        model._tokenizer_for(adata)
+    query = adata.copy()
+    more = query.layers["counts"].tolil()
+    more[0, zero_genes[:3]] = 5  # ... a query's with counts are
+    query.layers["counts"] = more.tocsr()
+    with pytest.warns(UserWarning, match=r"3 of \d+ genes of this AnnData with counts \(\d+ more without any\)"):
+        model._tokenizer_for(query)
 
 
 # ----------------------------------------------------------------------------- genes
@@ -391,14 +400,22 @@ def test_medians_of_a_whole_atlas_train_a_model_on_a_subsample(adata, tmp_path):
     atlas.write_h5ad(tmp_path / "atlas.h5ad")
     per_gene = compute_gene_medians([tmp_path / "atlas.h5ad"], layer="counts")
     GeneMambaModel.setup_anndata(atlas, layer="counts")
-    reference = GeneMambaModel(atlas, n_layers=1, d_model=32, max_genes=32).gene_medians_
+    atlas_model = GeneMambaModel(atlas, n_layers=1, d_model=32, max_genes=32)
+    reference = atlas_model.gene_medians_
     subsample = _fresh(adata[::3].copy())
     GeneMambaModel.setup_anndata(subsample, layer="counts")
-    own = GeneMambaModel(subsample, n_layers=1, d_model=32, max_genes=32).gene_medians_
-    assert not np.allclose(own, reference, equal_nan=True)  # the subsample's own medians differ
+    own_model = GeneMambaModel(subsample, n_layers=1, d_model=32, max_genes=32)
+    common = own_model.vocab_.genes
+    own = own_model.gene_medians_[own_model.vocab_.lookup(common)]
+    assert not np.allclose(own, reference[atlas_model.vocab_.lookup(common)])  # the subsample's own medians differ
+    # (a model built on the atlas holds its genes with counts; given medians keep every gene: compare by gene)
+    ref_genes = atlas_model.vocab_.genes
     for given in (per_gene, pd.Series(per_gene, index=atlas.var_names)[::-1]):
         model = GeneMambaModel(subsample, n_layers=1, d_model=32, max_genes=32, gene_medians=given)
-        np.testing.assert_array_equal(model.gene_medians_, reference)
+        by_gene = model.gene_medians_[model.vocab_.lookup(ref_genes)]
+        np.testing.assert_array_equal(by_gene, reference[atlas_model.vocab_.lookup(ref_genes)])
+        others = np.setdiff1d(model.vocab_.lookup(model.vocab_.genes), model.vocab_.lookup(ref_genes))
+        assert np.isnan(model.gene_medians_[others]).all()  # genes without counts in the atlas: no median
     with pytest.raises(ValueError, match=r"one per gene of this AnnData, as compute_gene_medians gives them"):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=per_gene[:-1])
     with pytest.raises(ValueError, match="names no gene of the vocabulary"):
@@ -586,9 +603,11 @@ def test_the_control_probes_of_an_imaging_panel_are_named(adata):
     tokens of a model built on the panel, with no word. Said once, where the vocabulary is made (review: not at every
     query, whose unknown features only scale the cell totals)."""
     panel = _fresh(adata[:, :300].copy())
-    names = list(panel.var_names)
-    names[:4] = ["NegControlProbe_00001", "BLANK_0006", "UnassignedCodeword_0001", "NegControlProbe_ERCC-00002"]
-    panel.var_names = names
+    names = np.asarray(panel.var_names, dtype=object)
+    counted = np.flatnonzero(np.asarray((panel.layers["counts"] > 0).sum(axis=0)).ravel())[:4]  # (genes without
+    # counts are no tokens of a model built here: session 30)
+    names[counted] = ["NegControlProbe_00001", "BLANK_0006", "UnassignedCodeword_0001", "NegControlProbe_ERCC-00002"]
+    panel.var_names = list(names)
     GeneMambaModel.setup_anndata(panel, layer="counts")
     told = r"4 of the genes of this AnnData are named as the control probes .*Leave them out first: "
     with pytest.warns(UserWarning, match=told) as w:

@@ -83,9 +83,14 @@ def raw_genes_beyond(adata: AnnData) -> int:
     except NotCountsError:
         return 0
     # only genes with counts: those sc.pp.filter_genes took out of X after adata.raw = adata change no token (review)
-    X = raw.X
-    expressed = np.asarray((X != 0).sum(axis=0)).ravel() > 0  # (a stored zero is no count)
-    return int((expressed & ~raw.var_names.isin(adata.var_names)).sum())
+    return int((genes_with_counts(raw.X) & ~raw.var_names.isin(adata.var_names)).sum())
+
+
+def genes_with_counts(X: Any) -> np.ndarray:
+    """Whether each column (gene) of ``X`` (dense or scipy sparse) holds a non-zero value (a stored zero is none)."""
+    if sp.issparse(X) and X.format == "csr":
+        return np.bincount(X.indices[X.data != 0], minlength=X.shape[1]) > 0
+    return np.asarray((X != 0).sum(axis=0)).ravel() > 0
 
 
 def warn_if_raw_holds_more_genes(adata: AnnData) -> None:

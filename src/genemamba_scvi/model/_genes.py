@@ -16,7 +16,7 @@ from anndata import AnnData
 from genemamba_scvi._config import MODEL_ARG_FIELDS
 from genemamba_scvi._warn import user_stacklevel as _user_stacklevel
 from genemamba_scvi.data.gene_ids import warn_if_case_only
-from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix
+from genemamba_scvi.data.normalize import compute_gene_medians, count_matrix, genes_with_counts
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings, with_fallback
 from genemamba_scvi.data.vocab import GENE_ID_KINDS
 from genemamba_scvi.dataloader import TokenizerSpec
@@ -174,16 +174,23 @@ def _check_gene_coverage(
         )
 
 
-def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | None = None) -> None:
-    """Warn about genes without a token: unknown (kept as ``unknown_as`` if given) or held by another column."""
+def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | None = None, silent: int = 0) -> bool:
+    """Warn about genes without a token: unknown (kept as ``unknown_as`` if given) or held by another column.
+
+    ``silent``: unknown genes without a count in this AnnData (no token would change), left out of the count.
+    Returns whether it warned.
+    """
     n_unknown = int((match.token_ids < 0).sum())
     twice = [*match.collisions, *match.yielded]
     parts = []
-    if n_unknown > len(twice):
+    if n_unknown - silent > len(twice):
+        counted = f" with counts ({silent} more without any)" if silent else ""
         parts.append(
-            f"{n_unknown - len(twice)} of {n_vars} genes of this AnnData are not in the model's vocabulary and "
-            f"are {fate}"
+            f"{n_unknown - silent - len(twice)} of {n_vars} genes of this AnnData{counted} are not in the model's "
+            f"vocabulary and are {fate}"
         )
+    if not parts and not twice:
+        return False
     if twice:
         dropped, kept, _ = twice[0]
         parts.append(
@@ -191,6 +198,7 @@ def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | 
             "the other column's counts are used (sum the two columns to keep both)"
         )
     warnings.warn(f"{'; '.join(parts)}.\n{match.report(unknown_as)}", UserWarning, stacklevel=_user_stacklevel())
+    return True
 
 
 def _match_query_genes(
@@ -297,6 +305,22 @@ class GeneMambaGenesMixin:
     def _unk_token(self) -> str | None:
         return self.tokenizer_settings.unk_token
 
+    def _vocabulary_genes(self, adata: AnnData, tokenization: str, gene_medians: Any) -> list[str]:
+        """The genes of a vocabulary built from ``adata``: those with counts in it, where medians come from it.
+
+        A gene without a count in any cell (an unfiltered 10x matrix holds thousands) would be a token no cell
+        trains, without a median; a query that expresses it ranked it with a stand-in median among the trained
+        genes, so that a query's embeddings depended on whether the training data had been filtered of such genes
+        (probe of corrected inputs, session 30: median cosine 0.984, lowest 0.938 on a tiny model). Left out, they
+        are unknown genes of a query, ignored, as after ``sc.pp.filter_genes(adata, min_cells=1)``. Medians given
+        (e.g. an atlas's) and the published tokenization (which ranks unexpressed genes too) keep every gene.
+        """
+        ids = self._gene_ids(adata)
+        if tokenization != "ranked" or not (gene_medians is None or isinstance(gene_medians, str)):
+            return ids
+        counted = genes_with_counts(count_matrix(adata, self._setup_arg("layer")))
+        return [gene for gene, has in zip(ids, counted, strict=True) if has]
+
     def _gene_ids(self, adata: AnnData) -> list[str]:
         key = self._setup_arg("gene_id_key")  # a query without that column is matched by var_names (_register_afresh)
         return list(adata.var[key].astype(str)) if key and key in adata.var else list(map(str, adata.var_names))
@@ -344,10 +368,16 @@ class GeneMambaGenesMixin:
         n_unknown = int((match.token_ids < 0).sum())
         reported = self.__dict__.setdefault("_unknown_genes_reported", set())
         if warn_unknown and n_unknown and key not in reported:
-            reported.add(key)
             as_unk = self._unk_token if self._tokenization == "published" else None
             fate = "ignored" if as_unk is None else f"tokenised as {as_unk} (published tokenization)"
-            _warn_unmatched_genes(match, adata.n_vars, fate, as_unk)
+            # (ranked: unknown genes without a count change no token, e.g. those a model built here left out; told
+            # once another AnnData of these genes has counts in them)
+            silent = 0
+            if as_unk is None:
+                counted = genes_with_counts(count_matrix(adata, self._setup_arg("layer")))
+                silent = int(((match.token_ids < 0) & ~counted).sum())
+            if _warn_unmatched_genes(match, adata.n_vars, fate, as_unk, silent):
+                reported.add(key)
         return match.token_ids
 
     def _medians_from(self, adata: AnnData, method: str) -> np.ndarray:

@@ -125,7 +125,10 @@ class GeneMambaModel(
         AnnData registered with :meth:`setup_anndata`.
     vocab
         A :class:`~genemamba_scvi.data.vocab.GeneVocab`, a path to its JSON, or ``None`` to build one from
-        the genes of ``adata``.
+        the genes of ``adata``: with the medians computed from ``adata`` (``gene_medians`` ``None``, ``"exact"`` or
+        ``"tdigest"``) and ``tokenization="ranked"``, its genes with a count in some cell (a gene without any would
+        be a token no cell trains; a query expressing it ignores it, as after
+        ``sc.pp.filter_genes(adata, min_cells=1)``); otherwise all of them.
     gene_medians
         Non-zero medians per token id (length ``len(vocab)``), e.g. from a pre-trained model; per gene of
         ``adata`` (length ``adata.n_vars``, e.g. :func:`~genemamba_scvi.data.compute_gene_medians` streamed over
@@ -197,7 +200,7 @@ class GeneMambaModel(
         if isinstance(vocab, str | os.PathLike):
             vocab = GeneVocab.from_json(vocab)
         if vocab is None:
-            vocab = GeneVocab.from_var_names(self._gene_ids(adata))
+            vocab = GeneVocab.from_var_names(self._vocabulary_genes(adata, tokenizer.tokenization, gene_medians))
             warn_if_not_gene_ids(vocab.genes, "the genes of this AnnData", self._setup_arg("gene_id_key"))
             warn_if_control_features(vocab.genes, "the genes of this AnnData")
             warn_if_raw_holds_more_genes(adata)  # (a Seurat-style object: highly variable genes in X, all in raw)
