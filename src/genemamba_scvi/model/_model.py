@@ -330,10 +330,13 @@ class GeneMambaModel(
         adata = self._validate_anndata(adata)
         _check_indices(indices, adata.n_obs)
         layer = self._setup_arg("layer")
-        if not query:  # data registered before: changed since (normalised in place)?
+        # (a perturbed pass comes after an unperturbed one of the same call, which checked the counts: once a gene
+        # would re-read the whole AnnData for each gene, ~12% of in_silico_perturb's time on 4,472 cells; review)
+        if not query and perturb is None:  # data registered before: changed since (normalised in place)?
             _check_model_counts(adata, layer)
         tokenizer = self._tokenizer_for(adata)
-        _check_known_genes_expressed(adata, layer, tokenizer.gene_token_ids, indices)
+        if perturb is None:
+            _check_known_genes_expressed(adata, layer, tokenizer.gene_token_ids, indices)
         return self._make_data_loader(
             adata=adata,
             indices=indices,
