@@ -69,7 +69,9 @@ def find_raw_counts(adata: AnnData, checked: str | None) -> tuple[str, str | Non
 
 
 def raw_genes_beyond(adata: AnnData) -> int:
-    """How many more genes ``adata.raw`` holds raw counts of than ``adata`` has (0 where it holds none or no more).
+    """How many genes ``adata.raw`` holds raw counts of (a non-zero in some cell) that ``adata`` lacks.
+
+    0 where ``adata.raw`` is missing, holds no raw counts, or has no more genes than ``adata``.
 
     A Seurat-style object keeps every gene's counts in ``.raw`` and a selection (highly variable genes) in ``X``;
     GeneMamba ranks a cell's whole transcriptome, as Geneformer (no gene selection). One pass over ``raw``'s
