@@ -29,6 +29,27 @@ def _fresh(adata):
 
 
 # ----------------------------------------------------------------------------- counts
+def test_a_model_of_an_unfiltered_matrix_reads_it_without_a_word():
+    # first-hour probe (session 30): genes without counts, left out of such a model's vocabulary, then matched other
+    # vocabulary genes by case (C2ORF15 -> C2orf15): a warning of "5 columns repeat a gene" on the model's own data,
+    # which also miscounted a query's unknown genes with counts
+    from genemamba_scvi.datasets import load_celltypist_sample
+
+    adata = load_celltypist_sample()  # every gene of the sample, most without a count
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, n_layers=1, d_model=32, headdim=16, max_genes=32)
+    assert len(model.vocab_.genes) < adata.n_vars
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model._tokenizer_for(adata)
+    extra = ad.AnnData(sp.csr_matrix(np.ones((adata.n_obs, 3), dtype=np.float32)), obs=adata.obs[[]])
+    extra.var_names = ["FAKE0", "FAKE1", "FAKE2"]
+    query = ad.concat([adata, extra], axis=1, merge="first")
+    query.layers["counts"] = query.X.copy()
+    with pytest.warns(UserWarning, match=r"^3 of \d+ genes of this AnnData with counts \(\d+ more without any\)"):
+        model._tokenizer_for(query)
+
+
 def test_a_selection_of_genes_with_every_gene_in_raw_is_told_to_use_them_all(adata):
     # corrected-input probe (session 30): a Seurat-style object (highly variable genes in X, every gene's counts in
     # raw) was advised to copy raw's counts of X's genes into a layer first, which trained on the selection silently

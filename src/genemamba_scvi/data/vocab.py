@@ -566,6 +566,7 @@ class GeneVocab:
                 f"{len(self.genes)} genes; min_overlap is {100 * min_overlap:.0f}%. "
                 f"Unmatched var_names e.g. {_examples(unmatched)}; vocabulary genes e.g. {_examples(self.genes)}. "
                 f"var_names must be {GENE_ID_KINDS} (set adata.var_names from the right adata.var column), or lower "
-                "min_overlap"
+                "min_overlap (a model built on an AnnData holds only its genes with a count: its own unfiltered "
+                "matrix matches with min_overlap=0)"
             )
         return result

@@ -174,29 +174,36 @@ def _check_gene_coverage(
         )
 
 
-def _warn_unmatched_genes(match: Any, n_vars: int, fate: str, unknown_as: str | None = None, silent: int = 0) -> bool:
+def _warn_unmatched_genes(
+    match: Any, n_vars: int, fate: str, unknown_as: str | None = None, counted: np.ndarray | None = None
+) -> bool:
     """Warn about genes without a token: unknown (kept as ``unknown_as`` if given) or held by another column.
 
-    ``silent``: unknown genes without a count in this AnnData (no token would change), left out of the count.
-    Returns whether it warned.
+    ``counted``: whether each column has a count in this AnnData; columns without any change no token and are not
+    reported (a model built on an AnnData leaves its genes without counts out of its vocabulary, and some of those
+    then match another vocabulary gene by case or alias: first-hour probe, session 30). Returns whether it warned.
     """
-    n_unknown = int((match.token_ids < 0).sum())
-    twice = [*match.collisions, *match.yielded]
+    counted = np.ones(len(match.token_ids), dtype=bool) if counted is None else counted
+    column = {name: i for i, name in enumerate(match.var_names)}
+    twice = [d for d in [*match.collisions, *match.yielded] if counted[column.get(d[0], 0)]]
+    unknown = match.token_ids < 0
+    n_unknown = int((unknown & counted).sum()) - len(twice)
+    silent = int((unknown & ~counted).sum())
     parts = []
-    if n_unknown - silent > len(twice):
-        counted = f" with counts ({silent} more without any)" if silent else ""
+    if n_unknown > 0:
+        with_counts = f" with counts ({silent} more without any)" if silent else ""
         parts.append(
-            f"{n_unknown - silent - len(twice)} of {n_vars} genes of this AnnData{counted} are not in the model's "
-            f"vocabulary and are {fate}"
+            f"{n_unknown} of {n_vars} genes of this AnnData{with_counts} are not in the model's vocabulary and are "
+            f"{fate}"
         )
-    if not parts and not twice:
-        return False
     if twice:
         dropped, kept, _ = twice[0]
         parts.append(
             f"{len(twice)} columns repeat a gene another column holds (e.g. {dropped!r}, the gene of {kept!r}): only "
             "the other column's counts are used (sum the two columns to keep both)"
         )
+    if not parts:
+        return False
     warnings.warn(f"{'; '.join(parts)}.\n{match.report(unknown_as)}", UserWarning, stacklevel=_user_stacklevel())
     return True
 
@@ -372,11 +379,8 @@ class GeneMambaGenesMixin:
             fate = "ignored" if as_unk is None else f"tokenised as {as_unk} (published tokenization)"
             # (ranked: unknown genes without a count change no token, e.g. those a model built here left out; told
             # once another AnnData of these genes has counts in them)
-            silent = 0
-            if as_unk is None:
-                counted = genes_with_counts(count_matrix(adata, self._setup_arg("layer")))
-                silent = int(((match.token_ids < 0) & ~counted).sum())
-            if _warn_unmatched_genes(match, adata.n_vars, fate, as_unk, silent):
+            counted = genes_with_counts(count_matrix(adata, self._setup_arg("layer"))) if as_unk is None else None
+            if _warn_unmatched_genes(match, adata.n_vars, fate, as_unk, counted):
                 reported.add(key)
         return match.token_ids
 

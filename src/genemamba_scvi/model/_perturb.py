@@ -130,7 +130,8 @@ class GeneMambaPerturbMixin:
         if bad:
             raise ValueError(
                 f"{len(bad)} of the genes to perturb are not genes of this model's vocabulary: {bad[:10]} (it holds "
-                f"{len(self.vocab_.genes)} genes, e.g. {self.vocab_.genes[:3]}; see model.vocab_.genes)"
+                f"{len(self.vocab_.genes)} genes, e.g. {self.vocab_.genes[:3]}; see model.vocab_.genes; a model "
+                "built on an AnnData leaves out its genes without a count)"
             )
         return token_ids
 
