@@ -46,8 +46,9 @@ def test_a_model_of_an_unfiltered_matrix_reads_it_without_a_word():
     extra.var_names = ["FAKE0", "FAKE1", "FAKE2"]
     query = ad.concat([adata, extra], axis=1, merge="first")
     query.layers["counts"] = query.X.copy()
-    with pytest.warns(UserWarning, match=r"^3 of \d+ genes of this AnnData with counts \(\d+ more without any\)"):
+    with pytest.warns(UserWarning, match=r"^3 of \d+ genes of this AnnData with counts \(\d+ more without any\)") as w:
         model._tokenizer_for(query)
+    assert str(w[0].message).endswith("ignored (e.g. FAKE0, FAKE1, FAKE2).")  # a few genes: one line, no report
 
 
 def test_a_selection_of_genes_with_every_gene_in_raw_is_told_to_use_them_all(adata):

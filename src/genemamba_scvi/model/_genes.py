@@ -50,6 +50,9 @@ def config_in_order(values: dict[str, Any]) -> dict[str, Any]:
 _GENE_MATCH_CACHE = True
 _GENE_MATCH_CACHE_SIZE = 8
 
+#: Unknown genes (with counts) beyond this share of an AnnData's genes (with counts) get the whole match report.
+_UNKNOWN_REPORT_SHARE = 0.05
+
 #: A query holding fewer of the model's genes than this share gets a warning (:func:`_check_gene_coverage`).
 _GENE_COVERAGE_WARN = 0.9
 
@@ -204,7 +207,12 @@ def _warn_unmatched_genes(
         )
     if not parts:
         return False
-    warnings.warn(f"{'; '.join(parts)}.\n{match.report(unknown_as)}", UserWarning, stacklevel=_user_stacklevel())
+    # the match report (per stage, examples) where it helps: many genes unknown (wrong ids, another species) or
+    # repeated columns; a few unknown genes (two a reference half never expressed) get one line (first-hour probe)
+    many = twice or n_unknown > _UNKNOWN_REPORT_SHARE * max(int(counted.sum()), 1)
+    named = [match.var_names[i] for i in np.flatnonzero(unknown & counted)[:5]]
+    told = f".\n{match.report(unknown_as)}" if many else f" (e.g. {', '.join(named)})."
+    warnings.warn(f"{'; '.join(parts)}{told}", UserWarning, stacklevel=_user_stacklevel())
     return True
 
 
