@@ -103,6 +103,8 @@ class GeneMambaPerturbMixin:
             for j, token_id in enumerate(token_ids):
                 rows = np.flatnonzero(changed[:, j])
                 if rows.size == 0:
+                    if perturb_type == "overexpress":  # (first in every cell already: 1 for each)
+                        continue
                     warnings.warn(
                         f"no cell holds {names[j]} among its tokens: nothing to delete (NaN for every cell)",
                         UserWarning,
