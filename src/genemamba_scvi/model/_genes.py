@@ -188,7 +188,7 @@ def _warn_unmatched_genes(
     """
     counted = np.ones(len(match.token_ids), dtype=bool) if counted is None else counted
     column = {name: i for i, name in enumerate(match.var_names)}
-    twice = [d for d in [*match.collisions, *match.yielded] if counted[column.get(d[0], 0)]]
+    twice = [d for d in [*match.collisions, *match.yielded] if d[0] not in column or counted[column[d[0]]]]
     unknown = match.token_ids < 0
     n_unknown = int((unknown & counted).sum()) - len(twice)
     silent = int((unknown & ~counted).sum())
@@ -320,7 +320,7 @@ class GeneMambaGenesMixin:
     def _unk_token(self) -> str | None:
         return self.tokenizer_settings.unk_token
 
-    def _vocabulary_genes(self, adata: AnnData, tokenization: str, gene_medians: Any) -> list[str]:
+    def _vocabulary_genes(self, adata: AnnData, tokenization: str, medians_given: bool) -> list[str]:
         """The genes of a vocabulary built from ``adata``: those with counts in it, where medians come from it.
 
         A gene without a count in any cell (an unfiltered 10x matrix holds thousands) would be a token no cell
@@ -331,7 +331,7 @@ class GeneMambaGenesMixin:
         (e.g. an atlas's) and the published tokenization (which ranks unexpressed genes too) keep every gene.
         """
         ids = self._gene_ids(adata)
-        if tokenization != "ranked" or not (gene_medians is None or isinstance(gene_medians, str)):
+        if tokenization != "ranked" or medians_given:
             return ids
         counted = genes_with_counts(count_matrix(adata, self._setup_arg("layer")))
         return [gene for gene, has in zip(ids, counted, strict=True) if has]

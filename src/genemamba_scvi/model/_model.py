@@ -199,8 +199,9 @@ class GeneMambaModel(
         release_when_deleted(self)  # scvi-tools' class stores would keep its own registrations and queries for good
         if isinstance(vocab, str | os.PathLike):
             vocab = GeneVocab.from_json(vocab)
+        medians_given = not (gene_medians is None or isinstance(gene_medians, str | os.PathLike))
         if vocab is None:
-            vocab = GeneVocab.from_var_names(self._vocabulary_genes(adata, tokenizer.tokenization, gene_medians))
+            vocab = GeneVocab.from_var_names(self._vocabulary_genes(adata, tokenizer.tokenization, medians_given))
             warn_if_not_gene_ids(vocab.genes, "the genes of this AnnData", self._setup_arg("gene_id_key"))
             warn_if_control_features(vocab.genes, "the genes of this AnnData")
             warn_if_raw_holds_more_genes(adata)  # (a Seurat-style object: highly variable genes in X, all in raw)
@@ -220,7 +221,7 @@ class GeneMambaModel(
             "min_gene_overlap": _check_gene_overlap(min_gene_overlap),
         }
         self._config = config_in_order(values)
-        if not (medians_given := not (gene_medians is None or isinstance(gene_medians, str | os.PathLike))):
+        if not medians_given:
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         else:
             gene_medians = self._medians_per_token(adata, gene_medians)
@@ -324,18 +325,19 @@ class GeneMambaModel(
         indices: Sequence[int] | None,
         batch_size: int | None,
         perturb: Callable[[TokenizerSpec], Any] | None = None,
+        checked: bool = False,
         **kwargs: Any,
     ) -> TokenDataLoader:
         query = isinstance(adata, AnnData) and not self._registered_here(adata)  # its counts checked as set up now
         adata = self._validate_anndata(adata)
         _check_indices(indices, adata.n_obs)
         layer = self._setup_arg("layer")
-        # (a perturbed pass comes after an unperturbed one of the same call, which checked the counts: once a gene
-        # would re-read the whole AnnData for each gene, ~12% of in_silico_perturb's time on 4,472 cells; review)
-        if not query and perturb is None:  # data registered before: changed since (normalised in place)?
+        # checked: an earlier pass of the same call checked the counts (in_silico_perturb's passes: once a gene they
+        # re-read the whole AnnData, ~12% of its time on 4,472 cells; review)
+        if not query and not checked:  # data registered before: changed since (normalised in place)?
             _check_model_counts(adata, layer)
         tokenizer = self._tokenizer_for(adata)
-        if perturb is None:
+        if not checked:
             _check_known_genes_expressed(adata, layer, tokenizer.gene_token_ids, indices)
         return self._make_data_loader(
             adata=adata,
@@ -358,13 +360,13 @@ class GeneMambaModel(
         return _inference_batch_size(self.module.encoder, self.max_genes, device)
 
     @torch.inference_mode()
-    def _embed(self, adata, indices, batch_size, precision, progress_bar, perturb=None) -> torch.Tensor:
+    def _embed(self, adata, indices, batch_size, precision, progress_bar, perturb=None, checked=False) -> torch.Tensor:
         self.module.eval()
         device = self._device()
         resolved = resolve_precision(precision, device.type == "cuda")
         if batch_size is None:
             batch_size = self._inference_batch_size(device)
-        loader = self._token_loader(adata, indices, check_count("batch_size", batch_size), perturb)
+        loader = self._token_loader(adata, indices, check_count("batch_size", batch_size), perturb, checked)
         n_cells = len(loader.indices)
         show = n_cells >= _PROGRESS_MIN_CELLS if progress_bar is None else bool(progress_bar)
         return embed_cells(self.module, loader, device, resolved, show)

@@ -93,13 +93,13 @@ class GeneMambaPerturbMixin:
         with _query_for_this_call(self, adata):
             adata = self._validate_anndata(adata)
             cells = _positions(indices, adata.n_obs)
-            changed, unchanged = self._cells_changed(adata, cells, token_ids, perturb_type)
+            changed, unchanged = self._cells_changed(adata, cells, token_ids, perturb_type)  # (checks the counts)
             out = np.full((len(cells), len(names)), np.nan)
             out[unchanged] = 1.0  # (overexpression of a cell's first gene: the same tokens, the same embedding)
             need = np.flatnonzero(changed.any(axis=1))  # only cells some gene changes are embedded as they are
             z = torch.zeros(len(cells), self.module.encoder.d_model)
             if need.size:
-                z[need] = self._embed(adata, cells[need], batch_size, precision, progress_bar)
+                z[need] = self._embed(adata, cells[need], batch_size, precision, progress_bar, checked=True)
             for j, token_id in enumerate(token_ids):
                 rows = np.flatnonzero(changed[:, j])
                 if rows.size == 0:
@@ -112,7 +112,7 @@ class GeneMambaPerturbMixin:
                     )
                     continue
                 perturb = partial(PerturbedTokenizer, token_id=int(token_id), perturb_type=perturb_type)
-                z_new = self._embed(adata, cells[rows], batch_size, precision, progress_bar, perturb)
+                z_new = self._embed(adata, cells[rows], batch_size, precision, progress_bar, perturb, checked=True)
                 out[rows, j] = torch.nn.functional.cosine_similarity(z_new.double(), z[rows].double(), dim=1).numpy()
         columns = pd.Index(names, name="gene")
         return pd.DataFrame(out, index=adata.obs_names[cells], columns=columns)
