@@ -12,7 +12,10 @@ specialisation compiled), in rounds whose arm order rotates:
 - ``embed_cells_no_grad``: the same under ``torch.no_grad``;
 - ``forward_only``: ``pack_tokens`` + ``forward_packed`` under ``torch.inference_mode``, no pooling;
 - ``pool_padded``: ``forward_packed``, then unpacked and pooled as the module does, under ``torch.inference_mode``;
-- ``api``: ``model.get_latent_representation()`` (tokenisation and transfers included).
+- ``api``: ``model.get_latent_representation()`` (tokenisation and transfers included; on a GPU the next batch is
+  tokenized in a background thread, session 31);
+- ``api_plain``: the same with that thread off (``model._inference.PREFETCH_ON_GPU = False``: tokenisation between
+  the batches, as in sessions 5-30).
 
 Every arm runs under the API's autocast. Written: ``embed_paths_<gpu>.json`` (cells/s per arm and round, the median
 of each arm's per-round ratio to ``module``, and the largest difference of each arm's embeddings from ``module``'s).
@@ -68,11 +71,21 @@ def _arms(model, batches: list[tuple[torch.Tensor, torch.Tensor]], precision: st
     def api():
         return torch.from_numpy(model.get_latent_representation(progress_bar=False)).to(dev)
 
+    def api_plain():
+        from genemamba_scvi.model import _inference
+
+        _inference.PREFETCH_ON_GPU = False
+        try:
+            return api()
+        finally:
+            _inference.PREFETCH_ON_GPU = True
+
     arms = {
         "module": run(lambda t, n: module.inference(t, n)["z"], torch.no_grad),
         "embed_cells": run(lambda t, n: enc.embed_cells(t, n, packed=packed), torch.inference_mode),
         "embed_cells_no_grad": run(lambda t, n: enc.embed_cells(t, n, packed=packed), torch.no_grad),
         "api": api,
+        "api_plain": api_plain,
     }
     if packed:  # the packed functions' arms (the torch backend on a GPU embeds the padded batch)
         arms["forward_only"] = run(forward_only, torch.inference_mode)
