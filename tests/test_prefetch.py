@@ -86,3 +86,17 @@ def test_an_error_while_embedding_stops_the_producer(sample48_model, monkeypatch
         embed_cells(module, model._token_loader(adata, None, 4), torch.device("cpu"), "32-true", False, prefetch=True)
     alive = {t for t in threading.enumerate() if t.name == "genemamba-prefetch"} - before
     assert not alive
+
+
+def test_the_iterator_is_made_in_the_callers_thread():
+    # a DataLoader draws its base seed in iter(): from the global generator unless it has its own
+    made_in = []
+
+    class Cells:
+        def __iter__(self):
+            made_in.append(threading.current_thread().name)
+            return iter([1, 2])
+
+    with Prefetched(Cells()) as batches:
+        assert list(batches) == [1, 2]
+    assert made_in == [threading.current_thread().name]

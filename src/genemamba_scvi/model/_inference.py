@@ -43,7 +43,10 @@ class Prefetched:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._produce, args=(iterable,), name="genemamba-prefetch", daemon=True)
+        # iter() here, in the caller's thread: a DataLoader draws its seed there, from the global generator unless
+        # it has its own, as a plain loop would
+        args = (iter(iterable),)
+        self._thread = threading.Thread(target=self._produce, args=args, name="genemamba-prefetch", daemon=True)
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
@@ -55,9 +58,9 @@ class Prefetched:
                 continue
         return False
 
-    def _produce(self, iterable: Iterable[Any]) -> None:
+    def _produce(self, items: Iterator[Any]) -> None:
         try:
-            for item in iterable:
+            for item in items:
                 if not self._put(item):
                     return
             self._put(_END)
