@@ -223,11 +223,13 @@ def steady_state(args, result: dict[str, Any]) -> None:
     print(json.dumps({k: result[k] for k in ("api_train_real_tokens_per_s", "encoder_train_real_tokens_per_s")}))
 
 
-def graphs_compare(args, result: dict[str, Any]) -> None:
-    """``model.train`` with ``cuda_graphs`` off and on, per batch size, same model and cells, alternating runs.
+def train_switch_compare(args, result: dict[str, Any], name: str, switch) -> None:
+    """``model.train`` with a setting off and on (``switch(model, on)`` -> ``train`` kwargs), per batch size, same
+    model and cells, alternating runs (off-on, then on-off).
 
-    Each run: ``--graphs-warmup`` untimed steps (they hold the eager first batch and the capture of each token
-    bucket), then ``--graphs-steps`` timed ones; real tokens / s between optimiser steps, peak GPU memory.
+    Each run: ``--graphs-warmup`` untimed steps (for CUDA graphs they hold the eager first batch and the capture of
+    each token bucket), then ``--graphs-steps`` timed ones; real tokens / s between optimiser steps, peak GPU memory.
+    Written to ``result[name]`` (rows) and ``result[name + "_summary"]`` (on / off per batch size).
     """
     adata = resampled_cells(args.cells)
     model = build_model(adata, args.cfg)
@@ -235,27 +237,41 @@ def graphs_compare(args, result: dict[str, Any]) -> None:
     rows: list[dict[str, Any]] = []
     for bs in args.graphs_batches:
         for rep in range(args.graphs_repeats):
-            for graphs in (False, True) if rep % 2 == 0 else (True, False):
-                timer = _StepTimer(args.graphs_warmup, snapshot=lambda: dict(enc._graphs().stats))
+            for on in (False, True) if rep % 2 == 0 else (True, False):
+                graphs = name == "graphs_compare" and on
+                timer = _StepTimer(args.graphs_warmup, snapshot=(lambda: dict(enc._graphs().stats)) if graphs else None)
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
                 model.train(max_epochs=1, max_steps=args.graphs_warmup + args.graphs_steps, batch_size=bs,
-                            train_size=1.0, cuda_graphs=graphs, callbacks=[timer.callback],
-                            enable_progress_bar=False)  # fmt: skip
-                row = {"batch_size": bs, "cuda_graphs": graphs, "repeat": rep, "real_tokens_per_s": timer.rate(),
-                       "timed_steps": timer.steps, "graph_stats": timer.snapshot if graphs else None,
+                            train_size=1.0, callbacks=[timer.callback], enable_progress_bar=False,
+                            **switch(model, on))  # fmt: skip
+                row = {"batch_size": bs, "setting": name, "on": on, "repeat": rep, "real_tokens_per_s": timer.rate(),
+                       "timed_steps": timer.steps, "graph_stats": timer.snapshot,
                        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
                        if torch.cuda.is_available() else None}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    result["graphs_compare"] = rows
+    switch(model, True)
+    result[name] = rows
     summary = {}
     for bs in args.graphs_batches:
-        on = [r["real_tokens_per_s"] for r in rows if r["batch_size"] == bs and r["cuda_graphs"]]
-        off = [r["real_tokens_per_s"] for r in rows if r["batch_size"] == bs and not r["cuda_graphs"]]
-        summary[str(bs)] = {"graphs_over_eager": float(np.mean(on) / np.mean(off)), "on": on, "off": off}
-    result["graphs_compare_summary"] = summary
-    print(json.dumps(summary), flush=True)
+        on = [r["real_tokens_per_s"] for r in rows if r["batch_size"] == bs and r["on"]]
+        off = [r["real_tokens_per_s"] for r in rows if r["batch_size"] == bs and not r["on"]]
+        summary[str(bs)] = {"on_over_off": float(np.mean(on) / np.mean(off)), "on": on, "off": off}
+    result[name + "_summary"] = summary
+    print(json.dumps({name: summary}), flush=True)
+
+
+def _graphs(model, on: bool) -> dict[str, Any]:
+    return {"cuda_graphs": on}
+
+
+def _prefetch_switch(model, on: bool) -> dict[str, Any]:
+    """The training loader's background tokenization (``genemamba_scvi._prefetch``, session 31) on or off."""
+    from genemamba_scvi import _prefetch
+
+    _prefetch.PREFETCH_ON_GPU = on
+    return {}
 
 
 def first_call_child(args) -> None:
@@ -334,7 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--train-warmup", type=int, default=5)
     p.add_argument("--skip-steady", action="store_true")
-    p.add_argument("--graphs-batches", type=int, nargs="*", default=[], help="compare cuda_graphs off/on at these")
+    p.add_argument("--graphs-batches", type=int, nargs="*", default=[], help="compare --compare off/on at these")
+    p.add_argument(
+        "--compare",
+        choices=("cuda_graphs", "prefetch"),
+        default="cuda_graphs",
+        help="the train setting --graphs-batches compares (result key graphs_compare / prefetch_compare)",
+    )
     p.add_argument("--graphs-warmup", type=int, default=30)
     p.add_argument("--graphs-steps", type=int, default=40)
     p.add_argument("--graphs-repeats", type=int, default=2)
@@ -375,7 +397,10 @@ def main(argv: list[str] | None = None) -> None:
         steady_state(args, result)
         path.write_text(json.dumps(result, indent=2))
     if args.graphs_batches:
-        graphs_compare(args, result)
+        if args.compare == "cuda_graphs":  # the result keys of sessions 12-26
+            train_switch_compare(args, result, "graphs_compare", _graphs)
+        else:
+            train_switch_compare(args, result, "prefetch_compare", _prefetch_switch)
         path.write_text(json.dumps(result, indent=2))
     if not args.skip_first_call:
         first_calls(args, result)

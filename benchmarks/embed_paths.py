@@ -14,8 +14,8 @@ specialisation compiled), in rounds whose arm order rotates:
 - ``pool_padded``: ``forward_packed``, then unpacked and pooled as the module does, under ``torch.inference_mode``;
 - ``api``: ``model.get_latent_representation()`` (tokenisation and transfers included; on a GPU the next batch is
   tokenized in a background thread, session 31);
-- ``api_plain``: the same with that thread off (``model._inference.PREFETCH_ON_GPU = False``: tokenisation between
-  the batches, as in sessions 5-30).
+- ``api_plain``: the same with that thread off (``genemamba_scvi._prefetch.PREFETCH_ON_GPU = False``: tokenisation
+  between the batches, as in sessions 5-30).
 
 Every arm runs under the API's autocast. Written: ``embed_paths_<gpu>.json`` (cells/s per arm and round, the median
 of each arm's per-round ratio to ``module``, and the largest difference of each arm's embeddings from ``module``'s).
@@ -72,13 +72,13 @@ def _arms(model, batches: list[tuple[torch.Tensor, torch.Tensor]], precision: st
         return torch.from_numpy(model.get_latent_representation(progress_bar=False)).to(dev)
 
     def api_plain():
-        from genemamba_scvi.model import _inference
+        from genemamba_scvi import _prefetch
 
-        _inference.PREFETCH_ON_GPU = False
+        _prefetch.PREFETCH_ON_GPU = False
         try:
             return api()
         finally:
-            _inference.PREFETCH_ON_GPU = True
+            _prefetch.PREFETCH_ON_GPU = True
 
     arms = {
         "module": run(lambda t, n: module.inference(t, n)["z"], torch.no_grad),

@@ -69,6 +69,26 @@ def test_gpu_training_defaults_to_bf16_mixed(gpu_model):
     assert str(gpu_model.trainer.precision) == "bf16-mixed"
 
 
+def test_gpu_training_and_embedding_tokenize_in_a_background_thread(gpu_model):
+    # session 31: on a GPU the loader makes the next minibatches in a thread while the device computes
+    import threading
+
+    import lightning.pytorch as pl
+
+    seen = []
+
+    class Threads(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append((trainer.train_dataloader.background, any(t.name == "genemamba-prefetch"
+                                                                   for t in threading.enumerate())))  # fmt: skip
+
+    gpu_model.train(max_epochs=1, max_steps=3, batch_size=16, enable_progress_bar=False, callbacks=[Threads()])
+    assert seen[0] == (True, False) and seen[-1] == (True, True)  # the first minibatch made in the caller's thread
+    assert not any(t.name == "genemamba-prefetch" for t in threading.enumerate())  # stopped after max_steps
+    z = gpu_model.get_latent_representation(batch_size=32)
+    assert np.isfinite(z).all() and not any(t.name == "genemamba-prefetch" for t in threading.enumerate())
+
+
 def test_shipped_configurations_are_installed_on_hopper(gpu_model):
     from genemamba_scvi.nn.kernel_configs import install_tuned_configs
 

@@ -8,8 +8,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from scvi import REGISTRY_KEYS
 
-from genemamba_scvi.model._inference import Prefetched, embed_cells
+from genemamba_scvi._prefetch import Prefetched
+from genemamba_scvi.model._inference import embed_cells
 
 
 def test_prefetched_keeps_order_and_runs_ahead_in_another_thread():
@@ -100,3 +102,67 @@ def test_the_iterator_is_made_in_the_callers_thread():
     with Prefetched(Cells()) as batches:
         assert list(batches) == [1, 2]
     assert made_in == [threading.current_thread().name]
+
+
+def _loader(model, adata, background, shuffle=False):
+    from genemamba_scvi.dataloader import TokenDataLoader
+
+    tokenizer = model._tokenizer_for(adata, warn_unknown=False)
+    return TokenDataLoader(model.adata_manager, tokenizer, batch_size=5, shuffle=shuffle, background=background)
+
+
+def test_a_background_loader_gives_the_same_minibatches_for_the_same_seed(sample48_model):
+    model, adata = sample48_model
+    runs = {}
+    for background in (False, True):
+        torch.manual_seed(3)
+        runs[background] = [
+            (b[REGISTRY_KEYS.INDICES_KEY], b["tokens"]) for b in _loader(model, adata, background, shuffle=True)
+        ]
+        runs[background, "next draw"] = torch.rand(1)  # the global generator moved as much
+    assert len(runs[True]) == len(runs[False]) == 10
+    for (i_bg, t_bg), (i, t) in zip(runs[True], runs[False], strict=True):
+        assert torch.equal(i_bg, i) and torch.equal(t_bg, t)
+    assert torch.equal(runs[True, "next draw"], runs[False, "next draw"])
+    assert not torch.equal(runs[True][0][0], torch.arange(5))  # shuffled
+
+
+def test_a_background_loader_left_early_stops_its_thread(sample48_model):
+    import gc
+
+    model, adata = sample48_model
+    before = {t for t in threading.enumerate() if t.name == "genemamba-prefetch"}
+    batches = iter(_loader(model, adata, True))
+    next(batches), next(batches)  # the second comes from the thread
+    assert {t for t in threading.enumerate() if t.name == "genemamba-prefetch"} - before
+    del batches  # as a run stopped by max_steps drops its iterator
+    gc.collect()
+    assert not {t for t in threading.enumerate() if t.name == "genemamba-prefetch"} - before
+
+
+def test_training_with_a_background_loader_trains_the_same_and_leaves_no_thread(sample48):
+    import lightning.pytorch as pl
+    import scvi
+
+    from conftest import TINY_MODEL
+    from genemamba_scvi import GeneMambaModel
+
+    class Threads(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            alive.append(any(t.name == "genemamba-prefetch" for t in threading.enumerate()))
+
+    weights = {}
+    for background in (False, True):
+        alive: list[bool] = []
+        adata = sample48.copy()
+        GeneMambaModel.setup_anndata(adata, layer="counts")
+        scvi.settings.seed = 0
+        model = GeneMambaModel(adata, **TINY_MODEL)
+        model.train(max_epochs=2, max_steps=5, batch_size=8, enable_progress_bar=False,
+                    datasplitter_kwargs={"background": background}, callbacks=[Threads()])  # fmt: skip
+        assert alive[1:] == [background] * 4  # (minibatch 0 of an epoch is made in the caller's thread)
+        weights[background] = {k: v.clone() for k, v in model.module.state_dict().items()}
+        assert not any(t.name == "genemamba-prefetch" for t in threading.enumerate())  # stopped by max_steps
+    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[False])  # the same 5 steps
+    with pytest.raises(ValueError, match="background"):
+        model.train(max_steps=1, datasplitter_kwargs={"background": "yes"})

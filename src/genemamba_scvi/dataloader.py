@@ -22,6 +22,7 @@ from scvi.dataloaders import DataSplitter
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
+from genemamba_scvi._prefetch import prefetched
 from genemamba_scvi.data.normalize import as_scipy_dtype
 from genemamba_scvi.data.tokenize import published_tokenize, rank_tokenize
 
@@ -125,6 +126,9 @@ class TokenDataLoader(DataLoader):
     labels
         Optional integer label codes for every cell of the AnnData (used by classifier fine-tuning);
         otherwise the registered labels are used when present.
+    background
+        Make the minibatches after the first in a background thread, two ahead (``train`` on a GPU sets it:
+        the host tokenizes while the device computes; :func:`genemamba_scvi._prefetch.prefetched`).
     **kwargs
         Passed to :class:`torch.utils.data.DataLoader` (``num_workers``, ``pin_memory``, ...). The scvi
         arguments ``load_sparse_tensor`` and ``data_and_attributes`` are accepted and ignored.
@@ -140,8 +144,10 @@ class TokenDataLoader(DataLoader):
         drop_last: bool = False,
         distributed_sampler: bool = False,
         labels: np.ndarray | None = None,
+        background: bool = False,
         **kwargs: Any,
     ):
+        self.background = background
         for ignored in ("load_sparse_tensor", "data_and_attributes", "iter_ndarray", "sampler"):
             kwargs.pop(ignored, None)
         adata = adata_manager.adata
@@ -180,6 +186,10 @@ class TokenDataLoader(DataLoader):
         self._sampler = sampler
         batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
         super().__init__(dataset, batch_sampler=batch_sampler, collate_fn=self._collate, **kwargs)
+
+    def __iter__(self):
+        """The minibatches; with ``background``, made ahead in a thread (the same minibatches, in the same order)."""
+        return prefetched(super().__iter__()) if self.background else super().__iter__()
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to a distributed sampler (so every epoch shuffles differently)."""

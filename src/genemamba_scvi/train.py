@@ -163,6 +163,9 @@ def check_splitter_kwargs(kwargs: dict[str, Any]) -> None:
         "train_size",
         "validation_size",
     }
+    known |= {"background"}  # TokenDataLoader's own
+    if not isinstance(kwargs.get("background", False), bool):
+        raise ValueError(f"datasplitter_kwargs['background'] must be True or False, got {kwargs['background']!r}")
     unknown = sorted(set(kwargs) - (known - ours - {"self", "kwargs", "dataset", "sampler", "batch_sampler"}))
     if unknown:
         raise ValueError(
