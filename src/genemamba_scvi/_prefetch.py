@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 #: On a GPU, embedding and training read their minibatches through :class:`Prefetched`; benchmarks (embed_paths.py
-#: "api_plain", api_speed.py --prefetch-compare) turn it off for their baseline arms.
+#: "api_plain", api_speed.py --compare prefetch) turn it off for their baseline arms.
 PREFETCH_ON_GPU = True
 _END = object()  # the producer's last item: the loader is exhausted
 
