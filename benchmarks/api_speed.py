@@ -268,10 +268,7 @@ def _graphs(model, on: bool) -> dict[str, Any]:
 
 def _prefetch_switch(model, on: bool) -> dict[str, Any]:
     """The training loader's background tokenization (``genemamba_scvi._prefetch``, session 31) on or off."""
-    from genemamba_scvi import _prefetch
-
-    _prefetch.PREFETCH_ON_GPU = on
-    return {}
+    return {"datasplitter_kwargs": {"background": on}}
 
 
 def first_call_child(args) -> None:

@@ -70,7 +70,8 @@ def test_gpu_training_defaults_to_bf16_mixed(gpu_model):
 
 
 def test_gpu_training_and_embedding_tokenize_in_a_background_thread(gpu_model):
-    # session 31: on a GPU the loader makes the next minibatches in a thread while the device computes
+    # session 31: on a GPU the loader makes the next minibatches in a thread while the device computes (embedding by
+    # default; training when asked)
     import threading
 
     import lightning.pytorch as pl
@@ -82,7 +83,8 @@ def test_gpu_training_and_embedding_tokenize_in_a_background_thread(gpu_model):
             seen.append((trainer.train_dataloader.background, any(t.name == "genemamba-prefetch"
                                                                    for t in threading.enumerate())))  # fmt: skip
 
-    gpu_model.train(max_epochs=1, max_steps=3, batch_size=16, enable_progress_bar=False, callbacks=[Threads()])
+    gpu_model.train(max_epochs=1, max_steps=3, batch_size=16, enable_progress_bar=False, callbacks=[Threads()],
+                    datasplitter_kwargs={"background": True})  # fmt: skip
     assert seen[0] == (True, False) and seen[-1] == (True, True)  # the first minibatch made in the caller's thread
     assert not any(t.name == "genemamba-prefetch" for t in threading.enumerate())  # stopped after max_steps
     z = gpu_model.get_latent_representation(batch_size=32)

@@ -1,9 +1,11 @@
-"""Minibatches made ahead in a background thread, while the GPU computes (embedding and training on a GPU).
+"""Minibatches made ahead in a background thread, while the GPU computes (embedding on a GPU; training when asked).
 
 Tokenizing a minibatch is host work (~21 ms for 199 cells of top-2048 on the CI machine's CPU) that a plain loop does
 while the GPU waits: ~7% of ``get_latent_representation``'s time on an H100 (``benchmarks/embed_paths.py``, session
 31: 1,087-1,092 cells/s with the thread, 1,014-1,021 without). Torch releases the GIL in its device calls, so the
-main thread's wait for the device lets this thread read and tokenize the next cells.
+main thread's wait for the device lets this thread read and tokenize the next cells. Training (48 cells a step) showed
+no gain on an H100 (``api_speed.py --compare prefetch``: 311-316k real tokens/s with the thread, 317k without, the
+cold first run aside; ``benchmarks/results/prefetch_train_h100_s31.json``), so there it is off unless asked for.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-#: On a GPU, embedding and training read their minibatches through :class:`Prefetched`; benchmarks (embed_paths.py
-#: "api_plain", api_speed.py --compare prefetch) turn it off for their baseline arms.
+#: On a GPU, embedding reads its minibatches through :class:`Prefetched`; embed_paths.py's "api_plain" arm turns it
+#: off for its baseline.
 PREFETCH_ON_GPU = True
 _END = object()  # the producer's last item: the loader is exhausted
 

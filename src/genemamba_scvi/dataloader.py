@@ -127,8 +127,8 @@ class TokenDataLoader(DataLoader):
         Optional integer label codes for every cell of the AnnData (used by classifier fine-tuning);
         otherwise the registered labels are used when present.
     background
-        Make the minibatches after the first in a background thread, two ahead (``train`` on a GPU sets it:
-        the host tokenizes while the device computes; :func:`genemamba_scvi._prefetch.prefetched`).
+        Make the minibatches after the first in a background thread, two ahead, while the model computes
+        (:func:`genemamba_scvi._prefetch.prefetched`; ``train(datasplitter_kwargs={"background": True})``).
     **kwargs
         Passed to :class:`torch.utils.data.DataLoader` (``num_workers``, ``pin_memory``, ...). The scvi
         arguments ``load_sparse_tensor`` and ``data_and_attributes`` are accepted and ignored.

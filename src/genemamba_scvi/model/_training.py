@@ -15,7 +15,7 @@ import torch
 from scvi.model._utils import use_distributed_sampler
 from scvi.train._trainrunner import _safe_load_logger_history
 
-from genemamba_scvi import __version__, _prefetch
+from genemamba_scvi import __version__
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision, training_on_gpu
 from genemamba_scvi._train_runner import QuietTrainRunner, RngCheckpointState
 from genemamba_scvi.model._classifier import (
@@ -222,12 +222,7 @@ class GeneMambaTrainingMixin:
             distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
             tokenizer=tokenizer,
             labels=labels,
-            # on a GPU the host tokenizes the next minibatches while the device computes (loader workers do it
-            # in other processes instead); datasplitter_kwargs={"background": ...} decides otherwise
-            **{
-                "background": on_gpu and _prefetch.PREFETCH_ON_GPU and not datasplitter_kwargs.get("num_workers"),
-                **datasplitter_kwargs,
-            },
+            **datasplitter_kwargs,
         )
         logged = logged_metrics(loss_kwargs["mode"], self.module, loss_kwargs.get("gamma", 0.0))
         check_early_stopping_monitor(trainer_kwargs, logged, trainer_kwargs.get("callbacks") or ())
@@ -377,9 +372,10 @@ class GeneMambaTrainingMixin:
             ``warmup_fraction``, ``min_lr_ratio``, ``betas``, ...); an ``lr`` here wins over the ``lr`` argument,
             as in scvi-tools.
         datasplitter_kwargs
-            Passed to the data splitter / loader (``num_workers``, ``shuffle_set_split``, ...). ``background``:
-            make the minibatches ahead in a thread while the model computes (default: on a GPU without
-            ``num_workers``; the same minibatches either way).
+            Passed to the data splitter / loader (``num_workers``, ``shuffle_set_split``, ...). ``background=True``
+            makes the minibatches ahead in a thread while the model computes (the same minibatches; off by default:
+            no gain measured on an H100 at batch 48, ``benchmarks/results/prefetch_train_h100_s31.json``; it may
+            help where reading cells is slow, e.g. a slow file system).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning (``accumulate_grad_batches``,
             ``strategy="ddp"``, ``max_steps``, ...). scvi-tools' ``shuffle_set_split`` (``False``: the first
