@@ -387,3 +387,33 @@ def test_benchmark_integration_skips_batch_metrics_when_no_cell_type_spans_two_b
     with pytest.warns(UserWarning, match=r"no cell type of adata.obs\['bulk_labels'\] occurs in two or more batches"):
         table = benchmark_integration(adata, ["X_genemamba"], "batch", "bulk_labels", **metrics)
     assert "X_genemamba" in table.index and "Batch correction" not in table.columns
+
+
+def test_kmeans_nmi_ari_spreads_over_initialisations_and_its_first_is_scibs_draw():
+    # session 31: scib-metrics' KMeans NMI / ARI are one k-means initialisation (repro probe: PCA's ARI moved 0.47-0.62
+    # with the cells' order); kmeans_nmi_ari gives the spread, initialisation 0 being scib's own value
+    import scanpy as sc
+    from scib_metrics import nmi_ari_cluster_labels_kmeans
+
+    from genemamba_scvi import datasets
+    from genemamba_scvi.metrics import kmeans_nmi_ari
+
+    adata = datasets.load_pbmc68k_counts()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    sc.pp.pca(adata, n_comps=20, random_state=0)
+    adata.obsm["noise"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    df = kmeans_nmi_ari(adata, ["X_pca", "noise"], "bulk_labels", n_inits=4)
+    assert list(df.columns) == ["embedding", "init_seed", "nmi", "ari"] and len(df) == 8
+    pca = df[df.embedding == "X_pca"]
+    scib = nmi_ari_cluster_labels_kmeans(adata.obsm["X_pca"], adata.obs["bulk_labels"].astype(str).to_numpy())
+    assert pca.iloc[0][["nmi", "ari"]].tolist() == pytest.approx([scib["nmi"], scib["ari"]], abs=1e-6)
+    assert pca["ari"].nunique() > 1  # other initialisations, other clusterings
+    assert (pca["nmi"] > df[df.embedding == "noise"]["nmi"].max() + 0.3).all()
+    for bad, match in ((0, "n_inits"), (True, "n_inits")):
+        with pytest.raises(ValueError, match=match):
+            kmeans_nmi_ari(adata, ["X_pca"], "bulk_labels", n_inits=bad)
+    with pytest.raises(ValueError, match=r"not in adata\.obsm"):
+        kmeans_nmi_ari(adata, ["X_genemamba"], "bulk_labels")
+    with pytest.raises(ValueError, match="not a column"):
+        kmeans_nmi_ari(adata, ["X_pca"], "cell_type")
