@@ -255,6 +255,7 @@ def test_pathway_pair_auroc_exclude_pairs():
     assert out["n_positive"] == 3  # (a, c), (b, c), (d, e)
     # the negatives are the 6 pairs sharing no set: the excluded same-set pair was drawn as a negative before
     assert out["n_negative"] == 6 and out["mean_cos_negative"] == 0.0
+    assert out["seed"] == 0  # reported with the result (repro probe, session 31)
     with pytest.raises(ValueError, match="no negative pair"):
         pathway_pair_auroc(emb, {"S": ["a", "b", "c"]}, exclude_pairs={("a", "b")})
     with pytest.raises(ValueError, match="matched by exact name: are the sets' ids and the embeddings' index"):
