@@ -297,3 +297,20 @@ def test_the_cpu_memory_estimate_counts_genes_a_cell_can_have_and_skips_a_frozen
     assert seen == [adata.n_vars + 1]
     model.train_classifier(max_epochs=1, freeze_encoder=True, **TRAIN)  # not estimated: the encoder is frozen
     assert seen == [adata.n_vars + 1]
+
+
+def test_a_new_run_into_a_folder_of_checkpoints_is_refused_and_resuming_there_works(sample48, tmp_path):
+    # corpus probe (session 31): a new run wrote beside an earlier run's checkpoints (last-v1.ckpt), so the documented
+    # ckpt_path=".../last.ckpt" resumed the earlier run
+    adata = sample48.copy()
+    GeneMambaModel.setup_anndata(adata, layer="counts")
+    model = GeneMambaModel(adata, **TINY)
+    ckpt = tmp_path / "ck"
+    model.train(max_epochs=1, checkpoint_dir=ckpt, **TRAIN)
+    before = sorted(p.name for p in ckpt.iterdir())
+    with pytest.raises(FileExistsError, match=r"holds checkpoints of an earlier run \(.*last\.ckpt.*Resume it with"):
+        GeneMambaModel(adata, **TINY).train(max_epochs=1, checkpoint_dir=ckpt, **TRAIN)
+    assert sorted(p.name for p in ckpt.iterdir()) == before
+    GeneMambaModel(adata, **TINY).train(max_epochs=2, checkpoint_dir=ckpt, ckpt_path=ckpt / "last.ckpt", **TRAIN)
+    (tmp_path / "empty").mkdir()
+    GeneMambaModel(adata, **TINY).train(max_epochs=1, checkpoint_dir=tmp_path / "empty", **TRAIN)

@@ -228,8 +228,12 @@ def new_folder_error(folder: Path) -> OSError | None:
     return None
 
 
-def check_checkpoint_dir(checkpoint_dir: Any) -> None:
-    """Refuse, before training, a ``checkpoint_dir`` that exists but cannot take a file.
+def check_checkpoint_dir(checkpoint_dir: Any, resuming: bool = True) -> None:
+    """Refuse, before training, a checkpoint folder that cannot take a file, or an earlier run's for a new run.
+
+    ``resuming=False`` (a new run): a folder holding ``*.ckpt`` files is refused. A new run into a folder of
+    checkpoints wrote beside them (Lightning names its own ``last-v1.ckpt``), so the documented
+    ``ckpt_path=".../last.ckpt"`` resumed the earlier run (corpus probe, session 31).
 
     Lightning (2.6) drops the ``PermissionError`` of a checkpoint it cannot write: a run of 100k steps "with
     checkpoints" would end with none. A folder that does not exist yet is made by Lightning at the first checkpoint,
@@ -243,6 +247,13 @@ def check_checkpoint_dir(checkpoint_dir: Any) -> None:
     path = Path(checkpoint_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file, not a folder for checkpoints")
+    if path.is_dir() and not resuming and (earlier := sorted(p.name for p in path.glob("*.ckpt"))):
+        raise FileExistsError(
+            f"checkpoint_dir={str(checkpoint_dir)!r} holds checkpoints of an earlier run ({', '.join(earlier[:3])}"
+            f"{', ...' if len(earlier) > 3 else ''}): a new run would write beside them and ckpt_path="
+            f"'{path / 'last.ckpt'}' would then resume the earlier run. Resume it with that ckpt_path, or give this "
+            "run a new checkpoint_dir (or empty this one)"
+        )
     if path.is_dir():
         try:
             fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")

@@ -45,7 +45,7 @@ def check_run_args(
     batch_size = check_count("batch_size", batch_size)
     if trainer_kwargs.get("ckpt_path") == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
-    check_checkpoint_dir(checkpoint_dir)
+    check_checkpoint_dir(checkpoint_dir, resuming=trainer_kwargs.get("ckpt_path") is not None)
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     own = [cb for cb in trainer_kwargs.get("callbacks") or () if isinstance(cb, ModelCheckpoint)]

@@ -336,7 +336,7 @@ def pretrain_from_corpus(
     """
     if ckpt_path == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
-    check_checkpoint_dir(checkpoint_dir)
+    check_checkpoint_dir(checkpoint_dir, resuming=ckpt_path is not None)
     gamma = check_gamma(gamma, gene_sets, plan_kwargs)
     batch_size = check_count("batch_size", batch_size)
     accumulate_grad_batches = check_count("accumulate_grad_batches", accumulate_grad_batches)
