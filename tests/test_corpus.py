@@ -400,3 +400,36 @@ def test_a_csc_file_is_told_once(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         build_corpus(tmp_path / "csc.h5ad", tmp_path / "corpus", max_genes=32, median_method="exact")
     assert sum("is stored as CSC" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_files_are_checked_before_the_medians_pass_and_genes_left_out_are_told(tmp_path, monkeypatch):
+    # corpus probe (session 31): with vocab=None the vocabulary is the first file's genes; a later file's own genes
+    # were left out told only at log level INFO, and a later file of too few vocabulary genes (or counts in another
+    # layer) was named only when the medians' pass reached it
+    adata = load_celltypist_sample()[:60].copy()
+    adata.X = adata.layers.pop("counts")
+    first, second = adata[:30, :20000].copy(), adata[30:, 5000:].copy()  # 12,786 of the second's genes not in first
+    first.write_h5ad(tmp_path / "a.h5ad")
+    second.write_h5ad(tmp_path / "b.h5ad")
+    with pytest.warns(
+        UserWarning, match=r"vocabulary is the genes of its first file, a\.h5ad.*b\.h5ad: 12,786 of 27,786"
+    ):
+        build_corpus([tmp_path / "a.h5ad", tmp_path / "b.h5ad"], tmp_path / "c1", max_genes=32)
+    vocab = GeneVocab.from_var_names(list(adata.var_names))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a vocabulary given: nothing to tell
+        build_corpus([tmp_path / "a.h5ad", tmp_path / "b.h5ad"], tmp_path / "c2", max_genes=32, vocab=vocab)
+
+    monkeypatch.setattr(corpus_mod, "_accumulate_medians", lambda *a, **k: pytest.fail("medians' pass began"))
+    adata[:, 19990:20300].copy().write_h5ad(tmp_path / "few.h5ad")  # 10 of its 310 genes in the vocabulary
+    with pytest.raises(
+        ValueError, match=r"few\.h5ad.*\n\(the corpus vocabulary is the genes of the first file, a\.h5ad"
+    ):
+        build_corpus([tmp_path / "a.h5ad", tmp_path / "few.h5ad"], tmp_path / "c3", max_genes=32, min_gene_overlap=0.5)
+    other = adata[:10].copy()
+    other.layers["counts"] = other.X.copy()
+    other.X = other.X.astype(np.float32) / 3.0
+    other.write_h5ad(tmp_path / "layered.h5ad")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"pass layer='counts' \(the same layer is read from every input file"):
+        build_corpus([tmp_path / "a.h5ad", tmp_path / "layered.h5ad"], tmp_path / "c4", max_genes=32)

@@ -237,10 +237,11 @@ class _H5adRows:
 
         f, here = self._file, self._matrix
         places = [
-            (f"layers[{k!r}] of this file holds them: pass layer={k!r}", f["layers"][k]) for k in f.get("layers", {})
+            (f"layers[{k!r}] of this file holds them: pass layer={k!r}{_EVERY_FILE}", f["layers"][k])
+            for k in f.get("layers", {})
         ]
         if "X" in f:
-            places.append(("X of this file holds them: leave out layer", f["X"]))
+            places.append((f"X of this file holds them: leave out layer{_EVERY_FILE}", f["X"]))
         if "raw" in f and "X" in f["raw"]:
             places.append(
                 (
@@ -283,10 +284,19 @@ class _H5adRows:
         self.close()
 
 
-def _match_genes(vocab: GeneVocab, reader: _H5adRows, min_gene_overlap: float) -> np.ndarray:
+#: ``layer`` names one place for every input file (corpus probe: the advice "pass layer='counts'" for one file
+#: failed on the next, which keeps its counts in X)
+_EVERY_FILE = (
+    " (the same layer is read from every input file: where files keep their counts in different places, write each "
+    "file's counts to the same place first, e.g. adata.X = adata.layers['counts'] and adata.write_h5ad)"
+)
+
+
+def _match_genes(vocab: GeneVocab, reader: _H5adRows, min_gene_overlap: float, log: bool = True) -> np.ndarray:
     try:
         match = vocab.match(reader.genes, min_overlap=min_gene_overlap)
     except ValueError as e:
         raise ValueError(f"{str(reader.path)!r}: {e}") from e
-    logger.info("%s\n%s", reader.path, match.report())
+    if log:
+        logger.info("%s\n%s", reader.path, match.report())
     return np.asarray(match.token_ids, dtype=np.int64)

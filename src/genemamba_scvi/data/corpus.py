@@ -36,6 +36,7 @@ import numbers
 import os
 import shutil
 import socket
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -397,12 +398,27 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
         raise ValueError(f"{str(out)!r} has shards but no manifest.json; use an empty out_dir")
 
     # ---- inputs, vocabulary and configuration
+    vocab_arg = vocab
     vocab = _resolve_vocab(vocab, out, paths[0], gene_id_key, resuming=old is not None)
     if old is None and (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
         raise _foreign_file_error(out, VOCAB_FILE)
-    files = []
-    for p in paths:
+    files, left_out = [], []
+    for i, p in enumerate(paths):
         with _H5adRows(p, layer, gene_id_key, tell_csc=True) as reader:
+            # every file's genes matched now, before the medians' pass over the files before it (a file of too few
+            # vocabulary genes was named after hours of it; corpus probe)
+            try:
+                n_unmatched = int((_match_genes(vocab, reader, min_gene_overlap, log=False) < 0).sum())
+            except ValueError as err:
+                if vocab_arg is None and i:
+                    raise ValueError(
+                        f"{err}\n(the corpus vocabulary is the genes of the first file, {paths[0].name}: pass vocab= a "
+                        "vocabulary of every file's genes, of one kind of id, or put a file of the whole "
+                        "transcriptome first)"
+                    ) from None
+                raise
+            if i and n_unmatched:
+                left_out.append((p.name, n_unmatched, reader.n_vars))
             files.append(
                 {
                     "path": str(p),
@@ -413,6 +429,16 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
                     "n_vars": reader.n_vars,
                 }
             )
+    if vocab_arg is None and left_out:  # the vocabulary is the first file's genes: the others' own genes are lost
+        shown = "; ".join(f"{name}: {n:,} of {total:,}" for name, n, total in left_out[:5])
+        warnings.warn(
+            f"the corpus vocabulary is the genes of its first file, {paths[0].name} (vocab=None), so genes of the "
+            f"other files that it lacks are left out of every cell's tokens ({shown}"
+            f"{'; ...' if len(left_out) > 5 else ''}). To keep them, pass vocab= a vocabulary of all files' genes "
+            "(GeneVocab.from_var_names of their union, one kind of id), e.g. a model's vocabulary",
+            UserWarning,
+            stacklevel=3,
+        )
     config: dict[str, Any] = {
         "max_genes": max_genes,
         "add_cls": bool(add_cls),
