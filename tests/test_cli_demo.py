@@ -29,6 +29,10 @@ def test_demo_writes_embeddings_model_and_summary(tmp_path, recwarn, monkeypatch
     assert summary["embedding_shape"] == [adata.n_obs, 32]
     assert set(summary["scib"]) == {"X_genemamba", "X_pca"}
     assert np.isfinite(summary["train_loss_first_epoch"])
+    # what made the numbers travels with them (repro probe, session 31)
+    want = {"seed": 0, "epochs": 1, "d_model": 32, "n_layers": 2, "max_genes": 64, "batch_size": 16}
+    assert {k: summary["settings"][k] for k in want} == want and "training cells" in summary["scored"]
+    assert adata.uns["genemamba"]["X_genemamba"]["max_genes"] == 64
 
     # --overwrite that fails half-way (after training and the picture) leaves the earlier outputs whole: it had
     # written the new picture beside the old AnnData, model and summary

@@ -60,6 +60,9 @@ def test_embed_with_a_saved_model_writes_the_api_embedding_and_keeps_the_input(t
     assert record["model"] == str(model_dir.resolve())  # absolute: the file says which model, wherever it is read
     assert record["max_genes"] == 64 and record["tokenization"] == "ranked" and record["pooling"] == "mean"
     assert record["tie_break"] == "median"  # every tokenizer setting (user probe: tie_break was left out)
+    import hashlib  # the model's identity, not only its path (repro probe, session 31)
+
+    assert record["model_checksums_sha256"] == hashlib.sha256((model_dir / "checksums.json").read_bytes()).hexdigest()
     assert list(written.obs.columns) == ["donor"]  # no scvi set-up columns
     assert not [k for k in written.uns if k.startswith("_scvi")]
     assert (written.X != ad.read_h5ad(source).X).nnz == 0

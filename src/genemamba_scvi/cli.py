@@ -150,6 +150,12 @@ def _embed(args: argparse.Namespace) -> int:
     shaped = {**model.tokenizer_settings.to_config(), **{k: model._config.get(k) for k in ("merge", "pooling")}}
     record.update({k: v for k, v in shaped.items() if v is not None})
     record["genemamba_scvi_version"] = __version__
+    if saved:  # the path alone names whatever is there later (a model saved over it; repro probe)
+        import hashlib
+
+        from .io._checkpoint import CHECKSUMS_FILE
+
+        record["model_checksums_sha256"] = hashlib.sha256((local / CHECKSUMS_FILE).read_bytes()).hexdigest()
     adata.uns.setdefault("genemamba", {})[args.key] = record
     out.parent.mkdir(parents=True, exist_ok=True)
     check_room_for_anndata(adata, out.parent, compression, out.name)  # again: the disk may have filled meanwhile
