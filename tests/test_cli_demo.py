@@ -101,3 +101,11 @@ def test_a_read_only_home_gets_numba_a_temporary_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NUMBA_CACHE_DIR", "/my/cache")
     _cli_demo._numba_cache_if_home_is_read_only()
     assert os.environ["NUMBA_CACHE_DIR"] == "/my/cache"
+
+
+def test_demo_names_the_widths_its_model_takes_before_making_anything(tmp_path, capsys):
+    # repro probe (session 31): the model's error advised headdim=, which the demo has no option for, and the
+    # refused run left an empty --out folder behind
+    assert main(["demo", "--out", str(tmp_path / "dx"), "--d-model", "16"]) == 2
+    assert "--d-model 16: the demo's model needs a multiple of 32 (e.g. --d-model 32)" in capsys.readouterr().err
+    assert not (tmp_path / "dx").exists()

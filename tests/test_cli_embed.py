@@ -594,3 +594,16 @@ def test_embed_reads_counts_from_raw_and_names_empty_cells_in_the_files_terms(tm
     written = ad.read_h5ad(tmp_path / "e.h5ad")
     assert list(written.obs_names) == list(user.obs_names[2:])
     np.testing.assert_allclose(written.obsm["X_genemamba"], expected[2:], rtol=1e-5, atol=1e-6)
+
+
+def test_embed_with_a_folder_holding_a_saved_model_names_it(tmp_path, saved, capsys):
+    # repro probe (session 31): --model of a demo's output folder (its model is model/) said only "config.json is
+    # missing"
+    import shutil
+
+    model_dir, adata, _ = saved
+    shutil.copytree(model_dir, tmp_path / "demo_output" / "model")
+    source = _user_file(adata, tmp_path / "cells.h5ad")
+    args = ["embed", str(source), "--model", str(tmp_path / "demo_output"), "--out", str(tmp_path / "o.h5ad")]
+    assert main([*args, "--quiet"]) == 2
+    assert f"{tmp_path / 'demo_output' / 'model'} is a model saved by GeneMambaModel.save" in capsys.readouterr().err

@@ -26,6 +26,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{out} already holds {earlier} (an earlier demo's, or files of yours of those names); pass --overwrite "
             "to replace them, or choose another --out"
         )
+    _check_demo_width(args.d_model)  # before anything is made (an empty --out was left behind)
     out.mkdir(parents=True, exist_ok=True)
     stage = out / ".demo_partial"  # outputs land here and move into out/ together at the end, so a run stopped
     shutil.rmtree(stage, ignore_errors=True)  # half-way never mixes its files with an earlier demo's
@@ -37,6 +38,21 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(stage, ignore_errors=True)
     print(f"[done] wrote {out}/demo_adata.h5ad (obsm['X_genemamba']), umap_genemamba.png, model/, summary.json")
     return 0
+
+
+def _check_demo_width(d_model: int) -> None:
+    """The demo's model takes the default ``headdim`` and ``expand``: name the ``--d-model`` values that fit them.
+
+    The model's own error advised ``headdim=``, which the demo has no option for (repro probe).
+    """
+    import math
+
+    from genemamba_scvi._config import GeneMambaConfig
+
+    cfg = GeneMambaConfig()
+    step = cfg.headdim // math.gcd(cfg.headdim, cfg.expand)
+    if d_model % step:
+        raise ValueError(f"--d-model {d_model}: the demo's model needs a multiple of {step} (e.g. --d-model {step})")
 
 
 def _numba_cache_if_home_is_read_only() -> None:

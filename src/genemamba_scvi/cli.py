@@ -230,7 +230,7 @@ def _check_cli_model(args: argparse.Namespace, out: Path, saved: bool) -> None:
         if given:
             raise ValueError(
                 f"{', '.join(given)} apply to published checkpoints only; --model {args.model} is a model saved with "
-                "GeneMambaModel.save, which keeps its own max_genes and files: leave them out"
+                "GeneMambaModel.save, which keeps its own number of genes per cell and its files: leave them out"
             )
     # the model's own files are never replaced: its directory, or the cached repository of a Hub id
     protected = [model_path] if model_path.exists() else [hub_repo_dir(repo_id, args.cache_dir)]

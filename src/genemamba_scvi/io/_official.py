@@ -189,6 +189,9 @@ def read_official_checkpoint(
     if not config_path.is_file():
         variants = _size_variants(directory)
         hint = f"; size variants found here: {', '.join(variants)} (pass subfolder=...)" if variants else ""
+        ours = sorted(p.name for p in directory.iterdir() if p.is_dir() and is_our_checkpoint(p))
+        if ours and not hint:  # e.g. a demo's output folder, whose model is model/ (repro probe)
+            hint = f"; {directory / ours[0]} is a model saved by GeneMambaModel.save: pass that folder"
         raise FileNotFoundError(f"{CONFIG_FILE} is missing from {directory}{hint}")
     verify_cached_files(directory, root)  # a Hub-cache snapshot's files against the hashes they are stored under
     config = _load_json(config_path)
