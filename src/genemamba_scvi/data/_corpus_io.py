@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from .gene_ids import refuse_non_gene_features
+from .gene_ids import few_gene_ids, refuse_non_gene_features, warn_if_control_features
 from .normalize import NotCountsError, h5ad_count_matrix, validate_counts
 from .vocab import GeneVocab
 
@@ -293,10 +293,74 @@ _EVERY_FILE = (
 
 
 def _match_genes(vocab: GeneVocab, reader: _H5adRows, min_gene_overlap: float, log: bool = True) -> np.ndarray:
+    """Token ids of the file's genes (-1: not in the vocabulary), or the file refused for too few shared genes.
+
+    Refused when both the share of its genes in the vocabulary and the share of the vocabulary's genes in it are
+    below ``min_gene_overlap``. The second share, as for a model's query: an unfiltered file (most of its genes
+    without any count) holds every gene of a vocabulary of expressed genes (a model's, or a corpus's own since
+    session 31) at a low first share.
+    """
     try:
-        match = vocab.match(reader.genes, min_overlap=min_gene_overlap)
+        match = vocab.match(reader.genes, min_overlap=0.0)
+        if match.overlap < min_gene_overlap and match.n_matched < min_gene_overlap * len(vocab.genes):
+            vocab.match(reader.genes, min_overlap=min_gene_overlap)  # raises, with its report
     except ValueError as e:
         raise ValueError(f"{str(reader.path)!r}: {e}") from e
     if log:
         logger.info("%s\n%s", reader.path, match.report())
     return np.asarray(match.token_ids, dtype=np.int64)
+
+
+#: manifest config key: genes of the first file left out of a vocabulary built here, having no count in any cell
+PRUNED_KEY = "vocab_genes_without_counts"
+
+
+def _resolve_vocab(
+    vocab: GeneVocab | str | os.PathLike | None, out: Path, first_file: Path, gene_id_key: str | None, resuming: bool
+) -> GeneVocab:
+    if isinstance(vocab, GeneVocab):
+        return vocab
+    if vocab is not None:
+        return GeneVocab.from_json(vocab)
+    if resuming and (out / VOCAB_FILE).is_file():  # a corpus whose vocabulary was built from its first file
+        return GeneVocab.from_json(out / VOCAB_FILE)
+    with _H5adRows(first_file, None, gene_id_key) as reader:
+        genes = list(reader.genes)
+    found = few_gene_ids(genes)
+    if found is not None:  # a column of row numbers or probe names would become the vocabulary of every later model
+        where = f"var[{gene_id_key!r}]" if gene_id_key else "the var_names"
+        raise ValueError(
+            f"the vocabulary would be built from {where} of {first_file}, but only {100 * found[0]:.0f}% of them are "
+            f"gene symbols or Ensembl gene ids (e.g. {found[1]}): pass gene_id_key= naming the var column of gene ids, "
+            "or vocab= a vocabulary file"
+        )
+    warn_if_control_features(genes, f"the genes of {first_file}, the corpus's vocabulary,")
+    return GeneVocab.from_var_names(genes)
+
+
+def _expressed_only(vocab: GeneVocab, medians: np.ndarray, first_file: Path) -> tuple[GeneVocab, np.ndarray]:
+    """The vocabulary (and medians) without the genes that no corpus cell expresses (no median).
+
+    They were tokens no cell trained, and a query that expressed one ranked it among trained genes with a stand-in
+    median, often near the top (corpus probe, session 31: 71% of a first file's 26k genes; 23 such genes in every
+    cell of a held-out file, at median position 2). Left out, they are a query's unknown genes, ignored with a
+    warning, as for a model built on an AnnData (session 30).
+    """
+    kept = np.flatnonzero(np.isfinite(medians[vocab.n_special :]))
+    if len(kept) == len(vocab.genes):
+        return vocab, medians
+    logger.warning(
+        "%d of the %d genes of %s (the corpus vocabulary) have no count in any corpus cell: left out of the vocabulary",
+        len(vocab.genes) - len(kept),
+        len(vocab.genes),
+        first_file.name,
+    )
+    genes = [vocab.genes[i] for i in kept]
+    return GeneVocab(genes), np.r_[medians[: vocab.n_special], medians[vocab.n_special :][kept]]
+
+
+def _same_vocab_file(path: Path, vocab: GeneVocab) -> bool:
+    try:
+        return GeneVocab.from_json(path) == vocab
+    except (ValueError, OSError, KeyError, TypeError):
+        return False

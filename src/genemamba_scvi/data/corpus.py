@@ -53,15 +53,19 @@ from ._corpus_io import (  # noqa: F401  (names of this module before the split)
     CORPUS_VERSION,
     MANIFEST_FILE,
     MEDIANS_FILE,
+    PRUNED_KEY,
     SHARD_DIR,
     VOCAB_FILE,
     _atomic_save_npy,
     _atomic_write_bytes,
+    _expressed_only,
     _fingerprint,
     _fsync_dir,
     _H5adRows,
     _match_genes,
     _now,
+    _resolve_vocab,
+    _same_vocab_file,
     _sha256_array,
     resolve_inputs,
     shard_problems,
@@ -75,7 +79,6 @@ from ._corpus_manifest import (  # noqa: F401  (names of this module before the 
     _plan_shards,
 )
 from ._corpus_reader import TokenCorpus
-from .gene_ids import few_gene_ids, warn_if_control_features
 from .normalize import GeneMedianAccumulator
 from .tokenize import rank_tokenize, with_fallback
 from .vocab import GeneVocab
@@ -181,36 +184,6 @@ def _progress_bar(progress: bool, total: int, initial: int, desc: str) -> Any:
             pass
 
     return _Null()
-
-
-def _resolve_vocab(
-    vocab: GeneVocab | str | os.PathLike | None, out: Path, first_file: Path, gene_id_key: str | None, resuming: bool
-) -> GeneVocab:
-    if isinstance(vocab, GeneVocab):
-        return vocab
-    if vocab is not None:
-        return GeneVocab.from_json(vocab)
-    if resuming and (out / VOCAB_FILE).is_file():  # a corpus whose vocabulary was built from its first file
-        return GeneVocab.from_json(out / VOCAB_FILE)
-    with _H5adRows(first_file, None, gene_id_key) as reader:
-        genes = list(reader.genes)
-    found = few_gene_ids(genes)
-    if found is not None:  # a column of row numbers or probe names would become the vocabulary of every later model
-        where = f"var[{gene_id_key!r}]" if gene_id_key else "the var_names"
-        raise ValueError(
-            f"the vocabulary would be built from {where} of {first_file}, but only {100 * found[0]:.0f}% of them are "
-            f"gene symbols or Ensembl gene ids (e.g. {found[1]}): pass gene_id_key= naming the var column of gene ids, "
-            "or vocab= a vocabulary file"
-        )
-    warn_if_control_features(genes, f"the genes of {first_file}, the corpus's vocabulary,")
-    return GeneVocab.from_var_names(genes)
-
-
-def _same_vocab_file(path: Path, vocab: GeneVocab) -> bool:
-    try:
-        return GeneVocab.from_json(path) == vocab
-    except (ValueError, OSError, KeyError, TypeError):
-        return False
 
 
 def _load_npy(path: Path) -> np.ndarray | None:
@@ -400,7 +373,9 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
     # ---- inputs, vocabulary and configuration
     vocab_arg = vocab
     vocab = _resolve_vocab(vocab, out, paths[0], gene_id_key, resuming=old is not None)
-    if old is None and (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
+    # a vocabulary built here keeps only the genes some corpus cell expresses (decided after the medians' pass)
+    prune = old is None and vocab_arg is None and gene_medians is None
+    if old is None and not prune and (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
         raise _foreign_file_error(out, VOCAB_FILE)
     files, left_out = [], []
     for i, p in enumerate(paths):
@@ -429,7 +404,7 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
                     "n_vars": reader.n_vars,
                 }
             )
-    if vocab_arg is None and left_out:  # the vocabulary is the first file's genes: the others' own genes are lost
+    if vocab_arg is None and old is None and left_out:  # the vocabulary is the first file's genes: others' are lost
         shown = "; ".join(f"{name}: {n:,} of {total:,}" for name, n, total in left_out[:5])
         warnings.warn(
             f"the corpus vocabulary is the genes of its first file, {paths[0].name} (vocab=None), so genes of the "
@@ -449,6 +424,8 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
         "vocab_size": len(vocab),
         "vocab_sha256": vocab.sha256(),
     }
+    if old is not None and PRUNED_KEY in old.config:  # kept through every resumed run
+        config[PRUNED_KEY] = old.config[PRUNED_KEY]
     if old is not None:
         diffs = _config_differences(old, config, files)
         if diffs:
@@ -480,6 +457,13 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
         finally:
             bar.close()
         source = f"computed ({median_method})"
+    if prune:
+        n_before = len(vocab)
+        vocab, medians = _expressed_only(vocab, medians, paths[0])
+        config.update(token_dtype=token_dtype(len(vocab)).name, vocab_size=len(vocab), vocab_sha256=vocab.sha256())
+        config[PRUNED_KEY] = n_before - len(vocab)  # a record (not a compared key: older corpora resume)
+        if (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
+            raise _foreign_file_error(out, VOCAB_FILE)
     config["medians_sha256"] = _sha256_array(medians)
     config["medians_source"] = source
     if old is not None and old.config.get("medians_sha256") not in (None, config["medians_sha256"]):
