@@ -438,3 +438,13 @@ def test_files_are_checked_before_the_medians_pass_and_genes_left_out_are_told(t
     monkeypatch.undo()
     with pytest.raises(ValueError, match=r"pass layer='counts' \(the same layer is read from every input file"):
         build_corpus([tmp_path / "a.h5ad", tmp_path / "layered.h5ad"], tmp_path / "c4", max_genes=32)
+
+
+def test_one_file_under_two_names_is_told(files, tmp_path):
+    # corpus probe (session 31): a copy of a file under another name was taken as a second study (its cells twice)
+    import shutil
+
+    copy = tmp_path / "copy_of_a.h5ad"
+    shutil.copy(files[0], copy)
+    with pytest.warns(UserWarning, match=r"copy_of_a\.h5ad has the same size and content fingerprint as .*a_symbols"):
+        build_corpus([files[0], copy], tmp_path / "c", max_genes=32)

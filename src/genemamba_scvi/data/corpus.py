@@ -404,6 +404,16 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
                     "n_vars": reader.n_vars,
                 }
             )
+    seen: dict[tuple[int, str], str] = {}
+    for f in files:  # one file under two names (a copy, a link): its cells would be trained on twice (corpus probe)
+        first = seen.setdefault((f["size"], f["fingerprint"]), f["path"])
+        if first != f["path"]:
+            warnings.warn(
+                f"{f['path']} has the same size and content fingerprint as {first}: the same cells twice in the "
+                "corpus? Leave one out if it is a copy",
+                UserWarning,
+                stacklevel=3,
+            )
     if vocab_arg is None and old is None and left_out:  # the vocabulary is the first file's genes: others' are lost
         shown = "; ".join(f"{name}: {n:,} of {total:,}" for name, n, total in left_out[:5])
         warnings.warn(
