@@ -251,7 +251,6 @@ def train_switch_compare(args, result: dict[str, Any], name: str, switch) -> Non
                        if torch.cuda.is_available() else None}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    switch(model, True)
     result[name] = rows
     summary = {}
     for bs in args.graphs_batches:

@@ -410,6 +410,7 @@ def test_kmeans_nmi_ari_spreads_over_initialisations_and_its_first_is_scibs_draw
     scib = nmi_ari_cluster_labels_kmeans(adata.obsm["X_pca"], adata.obs["bulk_labels"].astype(str).to_numpy())
     assert pca.iloc[0][["nmi", "ari"]].tolist() == pytest.approx([scib["nmi"], scib["ari"]], abs=1e-6)
     assert pca["ari"].nunique() > 1  # other initialisations, other clusterings
+    assert kmeans_nmi_ari(adata, "X_pca", "bulk_labels", n_inits=1)["nmi"].tolist() == [pca.iloc[0]["nmi"]]
     assert (pca["nmi"] > df[df.embedding == "noise"]["nmi"].max() + 0.3).all()
     for bad, match in ((0, "n_inits"), (True, "n_inits")):
         with pytest.raises(ValueError, match=match):

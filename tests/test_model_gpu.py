@@ -87,7 +87,15 @@ def test_gpu_training_and_embedding_tokenize_in_a_background_thread(gpu_model):
                     datasplitter_kwargs={"background": True})  # fmt: skip
     assert seen[0] == (True, False) and seen[-1] == (True, True)  # the first minibatch made in the caller's thread
     assert not any(t.name == "genemamba-prefetch" for t in threading.enumerate())  # stopped after max_steps
-    z = gpu_model.get_latent_representation(batch_size=32)
+    during = []  # embedding: the thread by default (review: the default was untested)
+    hook = gpu_model.module.encoder.register_forward_hook(
+        lambda *a: during.append(any(t.name == "genemamba-prefetch" for t in threading.enumerate()))
+    )
+    try:
+        z = gpu_model.get_latent_representation(batch_size=32)
+    finally:
+        hook.remove()
+    assert during and during[0]
     assert np.isfinite(z).all() and not any(t.name == "genemamba-prefetch" for t in threading.enumerate())
 
 

@@ -308,7 +308,8 @@ def test_a_new_run_into_a_folder_of_checkpoints_is_refused_and_resuming_there_wo
     ckpt = tmp_path / "ck"
     model.train(max_epochs=1, checkpoint_dir=ckpt, **TRAIN)
     before = sorted(p.name for p in ckpt.iterdir())
-    with pytest.raises(FileExistsError, match=r"holds checkpoints of an earlier run \(.*last\.ckpt.*Resume it with"):
+    told = r"holds checkpoints of an earlier run \(.*last\.ckpt.*give this run a new checkpoint_dir"
+    with pytest.raises(FileExistsError, match=told):
         GeneMambaModel(adata, **TINY).train(max_epochs=1, checkpoint_dir=ckpt, **TRAIN)
     assert sorted(p.name for p in ckpt.iterdir()) == before
     GeneMambaModel(adata, **TINY).train(max_epochs=2, checkpoint_dir=ckpt, ckpt_path=ckpt / "last.ckpt", **TRAIN)

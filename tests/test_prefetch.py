@@ -167,3 +167,19 @@ def test_training_with_a_background_loader_trains_the_same_and_leaves_no_thread(
     assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[False])  # the same 5 steps
     with pytest.raises(ValueError, match="background"):
         model.train(max_steps=1, datasplitter_kwargs={"background": "yes"})
+
+
+def test_a_new_iteration_stops_the_thread_of_one_left_early_and_workers_are_refused(sample48_model):
+    # review (session 31): an iteration left early (limit_train_batches) kept its thread reading beside the next one
+    model, adata = sample48_model
+    loader = _loader(model, adata, True)
+    first = iter(loader)
+    next(first), next(first)
+    assert sum(t.name == "genemamba-prefetch" for t in threading.enumerate()) == 1
+    second = iter(loader)  # (the first still referenced here)
+    assert not any(t.name == "genemamba-prefetch" for t in threading.enumerate())
+    assert next(second)[REGISTRY_KEYS.INDICES_KEY].tolist() == list(range(5))
+    with pytest.raises(ValueError, match="num_workers in worker processes"):
+        model.train(max_steps=1, datasplitter_kwargs={"background": True, "num_workers": 1})
+    with pytest.raises(ValueError, match="num_workers in worker processes"):
+        _loader(model, adata, True).__class__(model.adata_manager, loader.tokenizer, background=True, num_workers=1)

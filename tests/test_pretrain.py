@@ -349,6 +349,9 @@ def test_model_pretrain_writes_beside_its_checkpoints_and_refuses_a_foreign_dire
     with pytest.raises(ValueError, match=r"refusing to overwrite config\.json .*not a genemamba-scvi checkpoint"):
         GeneMambaModel.pretrain(corpus_dir, tmp_path / "user", overwrite=True, max_steps=1, **run)
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        GeneMambaModel.pretrain(corpus_dir, tmp_path / "m", max_steps=1, **run)
+    # the same call again: the earlier run's checkpoints named first, overwrite= being no way round them (review)
+    with pytest.raises(FileExistsError, match=r"checkpoints of an earlier run.*overwrite= replaces a saved model"):
         GeneMambaModel.pretrain(corpus_dir, tmp_path / "m", max_steps=1, checkpoint_dir=tmp_path / "m" / "ckpt", **run)
     assert (tmp_path / "user" / "config.json").read_text() == "{}"
 

@@ -26,7 +26,8 @@ class QuietTrainRunner(TrainRunner):
     #: What a Ctrl-C leaves, said in the ``KeyboardInterrupt`` (``pretrain`` says its own; a callable is asked when
     #: the run stops, so it can look at what was written).
     interrupt_note: str | Callable[[], str] = (
-        "the model keeps the weights and history reached, and training again goes on from them"
+        "the model keeps the weights and history reached, and training again goes on from them (with a "
+        "checkpoint_dir, into a new one: that folder holds this run's checkpoints, from which ckpt_path= resumes)"
     )
 
     def _note(self) -> str:

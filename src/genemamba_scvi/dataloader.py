@@ -11,6 +11,7 @@ the model (its vocabulary and medians), never on which other cells are in the ba
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +148,12 @@ class TokenDataLoader(DataLoader):
         background: bool = False,
         **kwargs: Any,
     ):
+        if background and kwargs.get("num_workers"):  # two threads then read one worker iterator (review)
+            raise ValueError(
+                "background=True makes minibatches in a thread, num_workers in worker processes: use one of them"
+            )
         self.background = background
+        self._live: weakref.ref | None = None  # the background generator of the latest iteration
         for ignored in ("load_sparse_tensor", "data_and_attributes", "iter_ndarray", "sampler"):
             kwargs.pop(ignored, None)
         adata = adata_manager.adata
@@ -189,7 +195,14 @@ class TokenDataLoader(DataLoader):
 
     def __iter__(self):
         """The minibatches; with ``background``, made ahead in a thread (the same minibatches, in the same order)."""
-        return prefetched(super().__iter__()) if self.background else super().__iter__()
+        if not self.background:
+            return super().__iter__()
+        earlier = self._live() if self._live is not None else None
+        if earlier is not None:  # an iteration left early (limit_train_batches) and still held: its thread stops
+            earlier.close()
+        batches = prefetched(super().__iter__())
+        self._live = weakref.ref(batches)  # (a strong reference would keep the thread after the last epoch)
+        return batches
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to a distributed sampler (so every epoch shuffles differently)."""

@@ -57,11 +57,12 @@ def benchmark_integration(
 
     Notes
     -----
-    scib-metrics' ``KMeans NMI`` / ``KMeans ARI`` are one k-means run (one k-means++ initialisation, seed 0): the same
-    embedding scores differently when its cells come in another order (PCA on the 700 pbmc68k cells: ARI 0.47-0.62
-    over 20 initialisations, ``benchmarks/results/kmeans_spread.json``), so one call's values are one draw, not a
-    deterministic property of the embedding. :func:`kmeans_nmi_ari` gives their spread over initialisations; the
-    other bio-conservation metrics do not depend on the order.
+    scib-metrics' ``KMeans NMI`` / ``KMeans ARI`` are one k-means run (one k-means++ initialisation, seed 0), which
+    also moves with the cells' order: one call's values are one draw, not a deterministic property of the embedding
+    (PCA on the 700 pbmc68k cells of the biology benchmark: ARI 0.47-0.64 over 20 initialisations,
+    ``benchmarks/results/kmeans_spread.json``). :func:`kmeans_nmi_ari` gives their spread over initialisations. The
+    neighbour-based metrics (cLISI, iLISI, kBET, graph connectivity) depend on the order only through approximate
+    nearest neighbours, far less.
     """
     import scanpy as sc
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
@@ -157,6 +158,8 @@ def kmeans_nmi_ari(
     from scib_metrics.utils import KMeans
     from sklearn.metrics.cluster import adjusted_rand_score, normalized_mutual_info_score
 
+    if isinstance(embedding_keys, str):  # one key, not its characters
+        embedding_keys = [embedding_keys]
     if isinstance(n_inits, bool) or not isinstance(n_inits, int | np.integer) or n_inits < 1:
         raise ValueError(f"n_inits must be a positive integer, got {n_inits!r}")
     if label_key not in adata.obs:

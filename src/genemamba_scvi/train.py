@@ -164,8 +164,13 @@ def check_splitter_kwargs(kwargs: dict[str, Any]) -> None:
         "validation_size",
     }
     known |= {"background"}  # TokenDataLoader's own
-    if not isinstance(kwargs.get("background", False), bool):
+    if not isinstance(kwargs.get("background", False), bool | np.bool_):
         raise ValueError(f"datasplitter_kwargs['background'] must be True or False, got {kwargs['background']!r}")
+    if kwargs.get("background") and kwargs.get("num_workers"):
+        raise ValueError(
+            "datasplitter_kwargs: background=True makes minibatches in a thread, num_workers in worker processes: "
+            "pass one of them"
+        )
     unknown = sorted(set(kwargs) - (known - ours - {"self", "kwargs", "dataset", "sampler", "batch_sampler"}))
     if unknown:
         raise ValueError(

@@ -374,7 +374,8 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
     vocab_arg = vocab
     vocab = _resolve_vocab(vocab, out, paths[0], gene_id_key, resuming=old is not None)
     # a vocabulary built here keeps only the genes some corpus cell expresses (decided after the medians' pass)
-    prune = old is None and vocab_arg is None and gene_medians is None
+    built_here = old is None and vocab_arg is None  # from the first file's genes, by this call
+    prune = built_here and gene_medians is None
     if old is None and not prune and (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
         raise _foreign_file_error(out, VOCAB_FILE)
     files, left_out = [], []
@@ -385,15 +386,17 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
             try:
                 n_unmatched = int((_match_genes(vocab, reader, min_gene_overlap, log=False) < 0).sum())
             except ValueError as err:
-                if vocab_arg is None and i:
+                if built_here and i:
                     raise ValueError(
-                        f"{err}\n(the corpus vocabulary is the genes of the first file, {paths[0].name}: pass vocab= a "
-                        "vocabulary of every file's genes, of one kind of id, or put a file of the whole "
-                        "transcriptome first)"
+                        f"{err}\n(the corpus vocabulary is the genes of the first file, {paths[0].name}: give a "
+                        "vocabulary of every file's genes, of one kind of id (vocab= in Python, --vocab on the "
+                        "command line), or put a file of the whole transcriptome first)"
                     ) from None
                 raise
             if i and n_unmatched:
                 left_out.append((p.name, n_unmatched, reader.n_vars))
+            if validate and reader.n_obs:  # its first rows' counts too (a file's layer was found wanting hours in)
+                reader.validate(reader.rows(0, min(reader.n_obs, 1000)))
             files.append(
                 {
                     "path": str(p),
@@ -414,13 +417,14 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
                 UserWarning,
                 stacklevel=3,
             )
-    if vocab_arg is None and old is None and left_out:  # the vocabulary is the first file's genes: others' are lost
+    if built_here and left_out:  # the vocabulary is the first file's genes: others' are lost
         shown = "; ".join(f"{name}: {n:,} of {total:,}" for name, n, total in left_out[:5])
         warnings.warn(
             f"the corpus vocabulary is the genes of its first file, {paths[0].name} (vocab=None), so genes of the "
             f"other files that it lacks are left out of every cell's tokens ({shown}"
-            f"{'; ...' if len(left_out) > 5 else ''}). To keep them, pass vocab= a vocabulary of all files' genes "
-            "(GeneVocab.from_var_names of their union, one kind of id), e.g. a model's vocabulary",
+            f"{'; ...' if len(left_out) > 5 else ''}). To keep them, give a vocabulary of all files' genes, one kind "
+            "of id (vocab= in Python, e.g. GeneVocab.from_var_names of their union or a model's vocabulary; --vocab "
+            "on the command line)",
             UserWarning,
             stacklevel=3,
         )

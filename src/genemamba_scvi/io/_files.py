@@ -248,11 +248,14 @@ def check_checkpoint_dir(checkpoint_dir: Any, resuming: bool = True) -> None:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file, not a folder for checkpoints")
     if path.is_dir() and not resuming and (earlier := sorted(p.name for p in path.glob("*.ckpt"))):
+        resume = "last.ckpt" if "last.ckpt" in earlier else earlier[-1]
         raise FileExistsError(
             f"checkpoint_dir={str(checkpoint_dir)!r} holds checkpoints of an earlier run ({', '.join(earlier[:3])}"
-            f"{', ...' if len(earlier) > 3 else ''}): a new run would write beside them and ckpt_path="
-            f"'{path / 'last.ckpt'}' would then resume the earlier run. Resume it with that ckpt_path, or give this "
-            "run a new checkpoint_dir (or empty this one)"
+            f"{', ...' if len(earlier) > 3 else ''}): a new run would write beside them, and a later "
+            f"ckpt_path='{path / resume}' would resume the earlier run. To go on from the weights the model holds "
+            "now (or to start afresh), give this run a new checkpoint_dir (or checkpoint_dir=None, or empty this "
+            f"one); to resume the earlier run from its checkpoint, pass ckpt_path='{path / resume}' (overwrite= "
+            "replaces a saved model, never checkpoints)"
         )
     if path.is_dir():
         try:

@@ -512,10 +512,13 @@ class GeneMambaTrainingMixin:
         from genemamba_scvi.data.tokenize import TokenizerSettings
         from genemamba_scvi.io import write_checkpoint
         from genemamba_scvi.io._checkpoint import check_checkpoint_target
+        from genemamba_scvi.io._files import check_checkpoint_dir
         from genemamba_scvi.model._save_load import _history_to_json
         from genemamba_scvi.pretrain import pretrain_from_corpus
 
         save_dir = Path(save_dir).expanduser()
+        # a new run into an earlier run's checkpoints is named first: overwrite= cannot help it (review)
+        check_checkpoint_dir(kwargs.get("checkpoint_dir"), resuming=kwargs.get("ckpt_path") is not None)
         # a save_dir that holds (or will hold) only this run's Lightning checkpoints is still ours to fill
         overwrite = overwrite or _only_checkpoints(save_dir, kwargs.get("checkpoint_dir"))
         check_checkpoint_target(save_dir, overwrite)  # fail before hours of training, not after
