@@ -607,3 +607,21 @@ def test_embed_with_a_folder_holding_a_saved_model_names_it(tmp_path, saved, cap
     args = ["embed", str(source), "--model", str(tmp_path / "demo_output"), "--out", str(tmp_path / "o.h5ad")]
     assert main([*args, "--quiet"]) == 2
     assert f"{tmp_path / 'demo_output' / 'model'} is a model saved by GeneMambaModel.save" in capsys.readouterr().err
+
+
+def test_the_commands_messages_go_to_the_stderr_of_the_moment(tmp_path, capsys, monkeypatch):
+    # session 31 (CI): the package's log handler kept the sys.stderr of the first command in the process, a stream
+    # closed since, and a later command's warning printed a "Logging error" traceback
+    import io
+    import logging
+
+    assert main(["build-corpus", str(tmp_path / "none.h5ad"), "--out", str(tmp_path / "c")]) == 2  # the handler made
+    capsys.readouterr()
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logging.getLogger("genemamba_scvi").warning("one")
+    first.close()
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    logging.getLogger("genemamba_scvi").warning("two")
+    assert later.getvalue() == "WARNING: two\n"
