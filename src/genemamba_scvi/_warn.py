@@ -1,7 +1,8 @@
-"""Warnings that point at the user's line."""
+"""Warnings that point at the user's line, and the command line's log handler."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -20,3 +21,19 @@ def user_stacklevel() -> int:
         level += 1
         frame = frame.f_back
     return level
+
+
+class StderrHandler(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is at each message, not as it was when the first command ran.
+
+    ``main`` called again in one process (tests, a notebook, whose kernel replaces ``sys.stderr``) printed "Logging
+    error" tracebacks into a stream closed since.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # (set by StreamHandler.__init__; the current sys.stderr is used instead)
+        pass

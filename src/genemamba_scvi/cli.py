@@ -21,6 +21,7 @@ from typing import Any
 from . import __version__
 from ._cli_demo import run_demo
 from ._constants import LATENT_KEY
+from ._warn import StderrHandler
 
 #: what ``genemamba demo`` writes into ``--out``
 _VAR_NAMES = "var_names"  # the --gene-id-key value that reads the var_names
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     # Our own messages only: a handler on the root logger would print every Lightning INFO line a second time.
     package_logger = logging.getLogger("genemamba_scvi")
     if not package_logger.handlers:
-        handler = _StderrHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.WARNING)
@@ -552,22 +553,6 @@ def _stop_on_signals() -> dict[int, Any]:
 
 def _show_warning(command: str, message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
     print(f"genemamba {command}: warning: {message}", file=sys.stderr)
-
-
-class _StderrHandler(logging.StreamHandler):
-    """A handler writing to ``sys.stderr`` as it is at each message, not as it was when the first command ran.
-
-    ``main`` called again in one process (tests, a notebook, whose kernel replaces ``sys.stderr``) printed "Logging
-    error" tracebacks into a stream closed since.
-    """
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # (set by StreamHandler.__init__; the current sys.stderr is used instead)
-        pass
 
 
 def _cli_spelling(message: str, parser: argparse.ArgumentParser) -> str:
