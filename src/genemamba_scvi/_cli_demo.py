@@ -45,12 +45,10 @@ def _check_demo_width(d_model: int) -> None:
 
     The model's own error advised ``headdim=``, which the demo has no option for (repro probe).
     """
-    import math
-
-    from genemamba_scvi._config import GeneMambaConfig
+    from genemamba_scvi.nn.config import GeneMambaConfig, d_model_step
 
     cfg = GeneMambaConfig()
-    step = cfg.headdim // math.gcd(cfg.headdim, cfg.expand)
+    step = d_model_step(cfg.headdim, cfg.expand)
     if d_model % step:
         raise ValueError(f"--d-model {d_model}: the demo's model needs a multiple of {step} (e.g. --d-model {step})")
 

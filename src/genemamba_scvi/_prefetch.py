@@ -111,3 +111,11 @@ def prefetched(items: Iterable[Any]) -> Iterator[Any]:
     yield first
     with Prefetched(it) as rest:
         yield from rest
+
+
+def check_background(background: Any, num_workers: Any) -> None:
+    """Refuse ``background`` together with loader workers: two threads would then read one worker iterator."""
+    if background and num_workers:
+        raise ValueError(
+            "background=True makes minibatches in a thread, num_workers in worker processes: pass one of them"
+        )

@@ -23,7 +23,7 @@ from scvi.dataloaders import DataSplitter
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from genemamba_scvi._constants import LENGTHS_KEY, TOKENS_KEY
-from genemamba_scvi._prefetch import prefetched
+from genemamba_scvi._prefetch import check_background, prefetched
 from genemamba_scvi.data.normalize import as_scipy_dtype
 from genemamba_scvi.data.tokenize import published_tokenize, rank_tokenize
 
@@ -148,10 +148,7 @@ class TokenDataLoader(DataLoader):
         background: bool = False,
         **kwargs: Any,
     ):
-        if background and kwargs.get("num_workers"):  # two threads then read one worker iterator (review)
-            raise ValueError(
-                "background=True makes minibatches in a thread, num_workers in worker processes: use one of them"
-            )
+        check_background(background, kwargs.get("num_workers"))  # (review)
         self.background = background
         self._live: weakref.ref | None = None  # the background generator of the latest iteration
         for ignored in ("load_sparse_tensor", "data_and_attributes", "iter_ndarray", "sampler"):

@@ -68,21 +68,7 @@ def benchmark_integration(
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
     keys = [*embedding_keys, *([pre_integrated_key] if pre_integrated_key is not None else [])]
-    missing = [k for k in keys if k not in adata.obsm]
-    if missing:
-        raise ValueError(f"embedding keys {missing} are not in adata.obsm (keys: {list(adata.obsm.keys())}).")
-    for key in keys:
-        if not np.isfinite(np.asarray(adata.obsm[key], dtype=np.float64)).all():
-            raise ValueError(f"adata.obsm[{key!r}] holds NaN or infinite values; scib-metrics cannot score it.")
-    for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
-        if key not in adata.obs:
-            raise ValueError(f"{what}={key!r} is not a column of adata.obs.")
-        n_missing = int(adata.obs[key].isna().sum())
-        if n_missing:
-            raise ValueError(
-                f"adata.obs[{key!r}] ({what}) has {n_missing} missing (NaN) values; score the cells that have one "
-                f"(adata[adata.obs[{key!r}].notna()].copy())."
-            )
+    _check_scoring_input(adata, keys, {"batch_key": batch_key, "label_key": label_key})
     # scib-metrics writes its default PCA (and more) into the AnnData it is given: give it its own
     work = AnnData(
         X=adata.X,
@@ -127,6 +113,25 @@ def benchmark_integration(
     return bm.get_results(min_max_scale=min_max_scale)
 
 
+def _check_scoring_input(adata: AnnData, keys: Sequence[str], columns: Mapping[str, str]) -> None:
+    """Refuse ``obsm`` keys that are missing or hold non-finite values, and ``obs`` columns missing or with NaN."""
+    missing = [k for k in keys if k not in adata.obsm]
+    if missing:
+        raise ValueError(f"embedding keys {missing} are not in adata.obsm (keys: {list(adata.obsm.keys())}).")
+    for key in keys:
+        if not np.isfinite(np.asarray(adata.obsm[key], dtype=np.float64)).all():
+            raise ValueError(f"adata.obsm[{key!r}] holds NaN or infinite values; scib-metrics cannot score it.")
+    for what, key in columns.items():
+        if key not in adata.obs:
+            raise ValueError(f"{what}={key!r} is not a column of adata.obs.")
+        n_missing = int(adata.obs[key].isna().sum())
+        if n_missing:
+            raise ValueError(
+                f"adata.obs[{key!r}] ({what}) has {n_missing} missing (NaN) values; score the cells that have one "
+                f"(adata[adata.obs[{key!r}].notna()].copy())."
+            )
+
+
 def kmeans_nmi_ari(
     adata: AnnData, embedding_keys: Sequence[str], label_key: str, n_inits: int = 10, seed: int = 0
 ) -> pd.DataFrame:
@@ -162,20 +167,12 @@ def kmeans_nmi_ari(
         embedding_keys = [embedding_keys]
     if isinstance(n_inits, bool) or not isinstance(n_inits, int | np.integer) or n_inits < 1:
         raise ValueError(f"n_inits must be a positive integer, got {n_inits!r}")
-    if label_key not in adata.obs:
-        raise ValueError(f"label_key={label_key!r} is not a column of adata.obs.")
-    labels = adata.obs[label_key]
-    if labels.isna().any():
-        raise ValueError(f"adata.obs[{label_key!r}] has missing (NaN) values; score the cells that have a label.")
-    labels = np.asarray(labels.astype(str))
+    _check_scoring_input(adata, embedding_keys, {"label_key": label_key})
+    labels = np.asarray(adata.obs[label_key].astype(str))
     k = len(np.unique(labels))
     rows = []
     for key in embedding_keys:
-        if key not in adata.obsm:
-            raise ValueError(f"embedding key {key!r} is not in adata.obsm (keys: {list(adata.obsm.keys())}).")
         x = np.asarray(adata.obsm[key], dtype=np.float32)
-        if not np.isfinite(x).all():
-            raise ValueError(f"adata.obsm[{key!r}] holds NaN or infinite values.")
         for init in range(int(seed), int(seed) + int(n_inits)):
             km = KMeans(k, seed=init)
             km.fit(x)

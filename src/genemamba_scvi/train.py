@@ -24,6 +24,7 @@ from scvi.train import TrainingPlan
 from scvi.utils import track
 
 from genemamba_scvi._checkpoint_callback import LightningCheckpoint  # noqa: F401  (its home before; imported from here)
+from genemamba_scvi._prefetch import check_background
 from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.data.gene_sets import check_gene_sets_source
 from genemamba_scvi.nn.graphs import drop_graphs
@@ -166,11 +167,7 @@ def check_splitter_kwargs(kwargs: dict[str, Any]) -> None:
     known |= {"background"}  # TokenDataLoader's own
     if not isinstance(kwargs.get("background", False), bool | np.bool_):
         raise ValueError(f"datasplitter_kwargs['background'] must be True or False, got {kwargs['background']!r}")
-    if kwargs.get("background") and kwargs.get("num_workers"):
-        raise ValueError(
-            "datasplitter_kwargs: background=True makes minibatches in a thread, num_workers in worker processes: "
-            "pass one of them"
-        )
+    check_background(kwargs.get("background"), kwargs.get("num_workers"))  # before training, not at its first batch
     unknown = sorted(set(kwargs) - (known - ours - {"self", "kwargs", "dataset", "sampler", "batch_sampler"}))
     if unknown:
         raise ValueError(

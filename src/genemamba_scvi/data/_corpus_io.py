@@ -292,7 +292,7 @@ _EVERY_FILE = (
 )
 
 
-def _match_genes(vocab: GeneVocab, reader: _H5adRows, min_gene_overlap: float, log: bool = True) -> np.ndarray:
+def _match_genes(vocab: GeneVocab, reader: _H5adRows, min_gene_overlap: float) -> np.ndarray:
     """Token ids of the file's genes (-1: not in the vocabulary), or the file refused for too few shared genes.
 
     Refused when both the share of its genes in the vocabulary and the share of the vocabulary's genes in it are
@@ -306,8 +306,7 @@ def _match_genes(vocab: GeneVocab, reader: _H5adRows, min_gene_overlap: float, l
             vocab.match(reader.genes, min_overlap=min_gene_overlap)  # raises, with its report
     except ValueError as e:
         raise ValueError(f"{str(reader.path)!r}: {e}") from e
-    if log:
-        logger.info("%s\n%s", reader.path, match.report())
+    logger.info("%s\n%s", reader.path, match.report())
     return np.asarray(match.token_ids, dtype=np.int64)
 
 

@@ -378,13 +378,13 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
     prune = built_here and gene_medians is None
     if old is None and not prune and (out / VOCAB_FILE).is_file() and not _same_vocab_file(out / VOCAB_FILE, vocab):
         raise _foreign_file_error(out, VOCAB_FILE)
-    files, left_out = [], []
+    files, left_out, token_ids_of = [], [], {}
     for i, p in enumerate(paths):
         with _H5adRows(p, layer, gene_id_key, tell_csc=True) as reader:
             # every file's genes matched now, before the medians' pass over the files before it (a file of too few
             # vocabulary genes was named after hours of it; corpus probe)
             try:
-                n_unmatched = int((_match_genes(vocab, reader, min_gene_overlap, log=False) < 0).sum())
+                token_ids_of[p] = _match_genes(vocab, reader, min_gene_overlap)  # (the medians' pass reads them)
             except ValueError as err:
                 if built_here and i:
                     raise ValueError(
@@ -393,7 +393,7 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
                         "command line), or put a file of the whole transcriptome first)"
                     ) from None
                 raise
-            if i and n_unmatched:
+            if i and (n_unmatched := int((token_ids_of[p] < 0).sum())):
                 left_out.append((p.name, n_unmatched, reader.n_vars))
             if validate and reader.n_obs:  # its first rows' counts too (a file's layer was found wanting hours in)
                 reader.validate(reader.rows(0, min(reader.n_obs, 1000)))
@@ -448,7 +448,7 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
     def readers() -> Iterator[tuple[_H5adRows, np.ndarray]]:
         for p in paths:
             with _H5adRows(p, layer, gene_id_key) as reader:
-                yield reader, _match_genes(vocab, reader, min_gene_overlap)
+                yield reader, token_ids_of[p]  # (matched to this vocabulary above; pruned after this pass)
 
     # ---- gene medians (given, saved by an earlier run, or one streaming pass)
     total_rows = sum(f["n_obs"] for f in files)

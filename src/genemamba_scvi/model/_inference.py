@@ -7,6 +7,8 @@ tokenized in a background thread while the device computes the current one
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from tqdm.auto import tqdm
 
@@ -32,18 +34,16 @@ def embed_cells(
     done = 0
     if prefetch is None:
         prefetch = device.type == "cuda" and _prefetch.PREFETCH_ON_GPU
-    batches = Prefetched(loader) if prefetch else iter(loader)
-    try:
-        with tqdm(total=n_cells, desc="Embedding cells", unit="cells", disable=not show, leave=False) as bar:
-            for tensors in batches:
-                with inference_autocast(precision, device):
-                    batch = module.inference(**module._get_inference_input(tensors))["z"]
-                z[done : done + batch.shape[0]] = batch
-                done += batch.shape[0]
-                bar.update(batch.shape[0])
-    finally:
-        if isinstance(batches, Prefetched):
-            batches.close()
+    with (
+        Prefetched(loader) if prefetch else contextlib.nullcontext(loader) as batches,
+        tqdm(total=n_cells, desc="Embedding cells", unit="cells", disable=not show, leave=False) as bar,
+    ):
+        for tensors in batches:
+            with inference_autocast(precision, device):
+                batch = module.inference(**module._get_inference_input(tensors))["z"]
+            z[done : done + batch.shape[0]] = batch
+            done += batch.shape[0]
+            bar.update(batch.shape[0])
     if device.type == "cuda":
         _save_kernel_cache()
     _check_finite_embeddings(z, module)

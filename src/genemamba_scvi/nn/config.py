@@ -9,6 +9,7 @@ module still runs ``genemamba_scvi.nn``'s ``__init__``, and so imports torch).
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import typing
 from collections.abc import Mapping
@@ -28,6 +29,11 @@ def _internal(default: Any) -> Any:
 def _objective(default: Any) -> Any:
     """A setting of the module's objective (not of the encoder)."""
     return field(default=default, metadata={"encoder": False})
+
+
+def d_model_step(headdim: int, expand: int) -> int:
+    """The smallest step of ``d_model`` whose ``expand * d_model`` splits into heads of ``headdim``."""
+    return headdim // math.gcd(headdim, expand)
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:

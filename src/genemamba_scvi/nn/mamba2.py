@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genemamba_scvi.nn.config import check_choice
+from genemamba_scvi.nn.config import check_choice, d_model_step
 from genemamba_scvi.nn.ssd import (
     BACKENDS,
     INSTALL_HINT,
@@ -197,7 +197,7 @@ class Mamba2Mixer(nn.Module):
         if self.d_inner % headdim:
             raise ValueError(
                 f"expand*d_model ({expand} x {d_model} = {self.d_inner}) must be a multiple of headdim ({headdim}): "
-                f"pick d_model as a multiple of {headdim // math.gcd(headdim, expand)} or a headdim that divides "
+                f"pick d_model as a multiple of {d_model_step(headdim, expand)} or a headdim that divides "
                 f"{self.d_inner} (e.g. headdim={math.gcd(self.d_inner, headdim)})"
             )
         self.nheads = self.d_inner // headdim
