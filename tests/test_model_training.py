@@ -315,3 +315,45 @@ def test_a_new_run_into_a_folder_of_checkpoints_is_refused_and_resuming_there_wo
     GeneMambaModel(adata, **TINY).train(max_epochs=2, checkpoint_dir=ckpt, ckpt_path=ckpt / "last.ckpt", **TRAIN)
     (tmp_path / "empty").mkdir()
     GeneMambaModel(adata, **TINY).train(max_epochs=1, checkpoint_dir=tmp_path / "empty", **TRAIN)
+
+
+def test_train_runs_record_what_each_run_was_asked_and_did_and_survive_save_and_load(sample48, tmp_path):
+    # repro probe (session 31): a saved model kept its losses (history) but not its training arguments (epochs,
+    # learning rate, batch size, gene sets, seed), so a methods section could not be written from the files
+    import json
+
+    from lightning.pytorch.callbacks import Callback
+
+    class CtrlC(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            raise KeyboardInterrupt
+
+    adata = sample48.copy()
+    adata.obs["label"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    GeneMambaModel.setup_anndata(adata, layer="counts", labels_key="label")
+    scvi.settings.seed = 3
+    model = GeneMambaModel(adata, **TINY)
+    assert model.train_runs == []
+    genes = list(adata.var_names[np.asarray(adata.layers["counts"].sum(axis=0)).ravel() > 0][:12])
+    model.train(max_epochs=2, lr=2e-3, gene_sets={"set1": genes[:6], "set2": genes[6:]}, **TRAIN)
+    model.train_classifier(max_epochs=1, freeze_encoder=True, hidden=8, **TRAIN)
+    with pytest.raises(KeyboardInterrupt):
+        model.train(max_epochs=3, callbacks=[CtrlC()], **TRAIN)
+    runs = model.train_runs
+    assert [r["method"] for r in runs] == ["train", "train_classifier", "train"]
+    assert [r["status"] for r in runs] == ["completed", "completed", "interrupted"]
+    first = runs[0]
+    assert first["args"]["max_epochs"] == 2 and first["args"]["lr"] == 2e-3 and first["args"]["batch_size"] == 16
+    assert first["args"]["gamma"] == 0.1  # the weight used (None was given)
+    assert first["args"]["gene_sets"] == "<mapping of 2 gene sets>"  # described, not copied
+    assert first["args"]["accelerator"] == "cpu" and first["args"]["train_size"] == 0.75
+    assert first["scvi_settings_seed"] == 3 and first["epochs_run"] == 2 and first["steps"] == 2 * 3
+    assert first["n_cells"] == {"train": 36, "validation": 12} and first["precision"] == "32-true"
+    assert runs[1]["args"]["freeze_encoder"] is True and runs[1]["args"]["hidden"] == 8
+    assert runs[2]["args"]["callbacks"] == ["<CtrlC>"] and runs[2]["steps"] == 3
+    runs[0]["args"]["lr"] = 1.0  # a copy: the model's record is not changed through it
+    assert model.train_runs[0]["args"]["lr"] == 2e-3
+    model.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "extra.json").read_text())["train_runs"]
+    assert saved == model.train_runs
+    assert GeneMambaModel.load(tmp_path / "m", adata=adata).train_runs == model.train_runs

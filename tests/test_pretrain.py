@@ -284,10 +284,15 @@ def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path, monkeypat
     assert model.history["train_loss"].index.name == "epoch" and len(model.history["train_loss"]) == 1
     assert np.isfinite(model.history["train_loss"].to_numpy()).all() and "lm_loss_train" in model.history
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    # where the weights came from survives a re-save (it was dropped by the first save after loading)
+    # what the run was asked and did (train_runs), and where the weights came from, survive a re-save
+    (run,) = model.train_runs
+    assert run["method"] == "pretrain" and run["status"] == "completed" and run["steps"] == 2
+    assert run["args"]["corpus_dir"] == str(corpus_dir) and run["args"]["max_steps"] == 2
+    assert run["args"]["batch_size"] == 16 and run["args"]["d_model"] == TINY["d_model"]
     assert model.pretrained_on_ == str(corpus_dir)
     model.save(tmp_path / "resaved")
-    assert GeneMambaModel.load(tmp_path / "resaved", adata=adata).pretrained_on_ == str(corpus_dir)
+    reloaded = GeneMambaModel.load(tmp_path / "resaved", adata=adata)
+    assert reloaded.pretrained_on_ == str(corpus_dir) and reloaded.train_runs == model.train_runs
     shutil.rmtree(tmp_path / "resaved")
     # the saved weights are the trained ones
     trained = result.module.encoder.embedding.weight.detach()

@@ -117,7 +117,8 @@ class GeneMambaModel(
     the final hidden states over real tokens (``pooling="cls"``: the ``<cls>`` token's state).
 
     ``pretrained_on_`` records where the weights were pre-trained (the corpus of :meth:`pretrain`, the directory
-    :meth:`from_pretrained` read), or ``None``; it is saved and loaded with the model.
+    :meth:`from_pretrained` read), or ``None``; :attr:`train_runs` what each training run was asked and did. Both
+    are saved and loaded with the model.
 
     Parameters
     ----------
@@ -231,6 +232,7 @@ class GeneMambaModel(
         self.label_names_: list[str] | None = None
         self.classifier_hidden_: int | None = None
         self.pretrained_on_: str | None = None  # what the weights were pre-trained on (kept by save / load)
+        self.train_runs_: list[dict[str, Any]] = []  # one record a training run (kept by save / load)
         self.module = self._module_cls(len(vocab), mask_id=vocab.mask_id, n_special=vocab.n_special, config=config)
         self.module.unk_id = None if unk_token is None else vocab[unk_token]  # never a masked-gene target
         n_params = sum(p.numel() for p in self.module.parameters())

@@ -17,6 +17,7 @@ from genemamba_scvi import __version__
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.model._classifier import split_from_json, split_to_json
+from genemamba_scvi.model._runs import runs_from_json
 from genemamba_scvi.model._utils import (
     _ENCODER_ARGS,
     _check_model_layer,
@@ -193,6 +194,7 @@ class GeneMambaSaveLoadMixin:
             "is_trained": bool(self.is_trained_),
             "random_encoder": bool(self._random_encoder),
             "history": _history_to_json(self.history_),
+            "train_runs": list(getattr(self, "train_runs_", [])),
             "split": split_to_json(self),
             **({"pretrained_on": self.pretrained_on_} if getattr(self, "pretrained_on_", None) else {}),
         }
@@ -431,6 +433,7 @@ class GeneMambaSaveLoadMixin:
         model.is_trained_ = bool(extra.get("is_trained", True))
         model._random_encoder = bool(extra.get("random_encoder", False))
         model.history_ = _history_from_json(extra.get("history"))  # None for models saved before it was kept
+        model.train_runs_ = runs_from_json(extra.get("train_runs"))
         split_from_json(model, extra.get("split"))
         model.pretrained_on_ = extra.get("pretrained_on")
         return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import warnings
@@ -39,6 +40,7 @@ from genemamba_scvi.model._genes import (
     config_in_order,
 )
 from genemamba_scvi.model._run_checks import check_loss_plan_kwargs, check_run_args, warn_if_cpu_memory_short
+from genemamba_scvi.model._runs import finish_record, start_record
 from genemamba_scvi.model._utils import (
     _check_model_counts,
     _save_kernel_cache,
@@ -173,6 +175,18 @@ class GeneMambaTrainingMixin:
     #: the current head's last split ({"indices": [train, validation, test], "sizes": requested_sizes(...)})
     _head_split: dict[str, Any] | None = None
 
+    @property
+    def train_runs(self) -> list[dict[str, Any]]:
+        """One record per training run of this model (:meth:`train`, :meth:`train_classifier`, :meth:`pretrain`).
+
+        Each holds ``method``, ``args`` (as passed; a gene-set mapping or an array by a short description),
+        ``scvi_settings_seed``, ``status`` (``"completed"``, ``"interrupted"`` or ``"failed (<error>)"``, the last two
+        only after a step), ``epochs_run``, ``steps``, ``n_cells`` (train / validation), ``precision``, ``device``,
+        the start and end times (UTC) and the package and torch versions: what a methods section needs beside
+        :attr:`history`. Saved and loaded with the model (empty for models saved before it was kept).
+        """
+        return copy.deepcopy(list(getattr(self, "train_runs_", [])))
+
     def _run_training(
         self,
         *,
@@ -188,6 +202,7 @@ class GeneMambaTrainingMixin:
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int | None = None,
         datasplitter_kwargs: dict | None = None,
+        run_record: dict[str, Any] | None = None,
         **trainer_kwargs: Any,
     ):
         """One training run through scvi's ``TrainRunner``, for :meth:`train` and :meth:`train_classifier`.
@@ -195,7 +210,8 @@ class GeneMambaTrainingMixin:
         ``labels`` (classifier codes) go to the data splitter, ``loss_kwargs`` to the module's ``loss`` through
         the training plan; the other arguments are those of :meth:`train` (see :func:`_run_args`), and
         ``trainer_kwargs`` hold the runner's settings (``max_epochs``, ``accelerator``, ``devices``,
-        ``precision``, ``early_stopping``, ``ckpt_path``, ...).
+        ``precision``, ``early_stopping``, ``ckpt_path``, ...). ``run_record`` (:func:`._runs.start_record`) is
+        finished and appended to ``train_runs_`` when the run ends or is interrupted after a step.
         """
         batch_size, datasplitter_kwargs = check_run_args(
             trainer_kwargs, lr, batch_size, checkpoint_dir, datasplitter_kwargs
@@ -278,17 +294,22 @@ class GeneMambaTrainingMixin:
             runner = self._train_runner_cls(
                 self, training_plan=plan, data_splitter=data_splitter, callbacks=callbacks, **trainer_kwargs
             )
+            status = "completed"
             try:
                 with warnings.catch_warnings():  # resuming from checkpoint_dir: its checkpoints are expected there
                     if trainer_kwargs.get("ckpt_path") is not None:
                         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
                     result = runner()
-            except KeyboardInterrupt:  # Ctrl-C after some steps: the runner kept them, and the split they used
-                if runner.trainer.global_step > 0:
+            except BaseException as err:  # Ctrl-C after some steps: the runner kept them, and the split they used
+                status = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed ({type(err).__name__})"
+                if runner.trainer.global_step > 0 and isinstance(err, KeyboardInterrupt):
                     self._split_digest = obs_digest(self.adata.obs_names)
                 raise
             finally:
                 _save_kernel_cache()
+                if run_record is not None and (status == "completed" or runner.trainer.global_step > 0):
+                    done = finish_record(run_record, runner.trainer, n_train, n_val, status)
+                    self.train_runs_ = [*getattr(self, "train_runs_", []), done]
         self._split_digest = obs_digest(self.adata.obs_names)  # the cells the split's positions name
         return result
 
@@ -383,8 +404,11 @@ class GeneMambaTrainingMixin:
             ``load_sparse_tensor`` is accepted and changes nothing (minibatches are always tokenized from the rows of
             a sparse matrix).
         """
+        record = start_record("train", locals())
         gamma = check_gamma(gamma, gene_sets, plan_kwargs)
+        record["args"]["gamma"] = gamma  # the weight used (None given: the default)
         run_args = _run_args(locals())
+        run_args["run_record"] = record
         self.module.set_objective(objective)
         # gamma=0 turns the pathway loss off: the sets are not read (nor refused, nor warned about)
         self.module.set_gene_sets(gene_set_tensors(gene_sets, self.vocab_) if gamma > 0 else None)
@@ -446,8 +470,10 @@ class GeneMambaTrainingMixin:
         accelerator, devices, train_size, validation_size, early_stopping, plan_kwargs, **trainer_kwargs
             As in :meth:`train`.
         """
+        record = start_record("train_classifier", locals())
         check_head_args(hidden, trainer_kwargs)
         run_args = _run_args(locals())
+        run_args["run_record"] = record
         labels_key, codes, names = classifier_labels(self, labels_key or self._setup_arg("labels_key"))
         weights = _class_weights(class_weight, codes, [str(n) for n in names])  # validate before changing state
         before = head_state(self)
@@ -522,6 +548,7 @@ class GeneMambaTrainingMixin:
         # a save_dir that holds (or will hold) only this run's Lightning checkpoints is still ours to fill
         overwrite = overwrite or _only_checkpoints(save_dir, kwargs.get("checkpoint_dir"))
         check_checkpoint_target(save_dir, overwrite)  # fail before hours of training, not after
+        record = start_record("pretrain", {"corpus_dir": corpus_dir, "kwargs": kwargs})
         result = pretrain_from_corpus(corpus_dir, **kwargs)
         if result.trainer.is_global_zero:
             config = config_in_order(
@@ -538,6 +565,7 @@ class GeneMambaTrainingMixin:
                 "is_trained": True,
                 "pretrained_on": str(corpus_dir),
                 "history": _history_to_json(_safe_load_logger_history(result.trainer)),
+                "train_runs": [finish_record(record, result.trainer, None, None, "completed")],
             }
             write_checkpoint(
                 save_dir,
@@ -556,6 +584,7 @@ _RUN_TRAINING_ARGS = frozenset(inspect.signature(GeneMambaTrainingMixin._run_tra
     "labels",
     "loss_kwargs",
     "trainer_kwargs",
+    "run_record",
 }
 #: The arguments of ``train`` / ``train_classifier`` that go to scvi's ``TrainRunner``.
 _RUNNER_ARGS = frozenset({"max_epochs", "accelerator", "devices", "precision", "early_stopping", "ckpt_path"})
