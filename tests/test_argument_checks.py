@@ -219,6 +219,22 @@ def test_cpu_inference_batch_follows_a_token_budget(model):
     assert sizes == {64: 8, 256: 8, 2048: 4, 4096: 2}
 
 
+def test_gpu_inference_batch_follows_the_measured_memory_per_token(monkeypatch):
+    # session 32 (benchmarks/results/embed_batch_size_h100_s32.json): on an H100, 512 cells a batch embedded 1.024x
+    # the cells/s of the 199 the estimate chose (x2 slack on 51 KB a token, a quarter of the free memory) at 9.9 GB
+    from types import SimpleNamespace
+
+    from genemamba_scvi.model._model import _inference_batch_size
+
+    published = SimpleNamespace(d_in_proj=2 * 1024 + 2 * 64 + 16, d_model=512)  # 24 x 512, d_state 64, 16 heads
+    sizes = {}
+    for free_gib in (78, 22, 1):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free_gib: (f * 2**30, 80 * 2**30))
+        sizes[free_gib] = _inference_batch_size(published, 2048, torch.device("cuda", 0))
+    assert sizes[78] == 512  # the cap of 2^20 token slots
+    assert 150 <= sizes[22] <= 190 and sizes[1] == 16  # a 24 GB card; the floor
+
+
 def test_several_devices_without_a_distributed_strategy_are_named(model):
     # user probe: Lightning's "TokenDataLoader implementation has an error where more than one __init__ argument..."
     with pytest.raises(ValueError, match=r"devices=2 trains on several devices: pass strategy='ddp'"):

@@ -115,6 +115,29 @@ def test_log_normalised_floats_rejected(adata):
         GeneMambaModel.setup_anndata(adata, layer="counts")
 
 
+def test_log_normalised_values_rounded_to_integers_are_told_they_are_not_counts(sample_adata):
+    # repro and corpus probes (session 31): normalize_total + log1p, then rounded, passed the exact counts check
+    # (non-negative integers) and was ranked as counts without a word
+    import scanpy as sc
+
+    raw = _fresh(sample_adata.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # real counts: no warning (every cell's largest count is 23 or more)
+        GeneMambaModel.setup_anndata(raw, layer="counts")
+    rounded = _fresh(sample_adata.copy())
+    rounded.X = rounded.layers.pop("counts").astype(np.float32)
+    sc.pp.normalize_total(rounded, target_sum=1e4)
+    sc.pp.log1p(rounded)
+    rounded.X.data = np.rint(rounded.X.data)
+    rounded.X.eliminate_zeros()
+    with pytest.warns(UserWarning, match=r"adata.X does not look like raw counts: in 540 of 540 cells with 500 or"):
+        GeneMambaModel.setup_anndata(rounded)
+    panel = _fresh(rounded[:, np.argsort(-rounded.X.getnnz(axis=0))[:300]].copy())  # few genes a cell: not judged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GeneMambaModel.setup_anndata(panel)
+
+
 def test_non_counts_error_says_where_this_anndata_holds_counts(adata):
     """A scanpy-processed AnnData (log-normalised X) usually keeps its counts in a layer or in adata.raw."""
     import scanpy as sc

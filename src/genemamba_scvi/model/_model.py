@@ -18,7 +18,7 @@ from scvi.model.base import BaseModelClass
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision
 from genemamba_scvi.data.gene_ids import warn_if_control_features, warn_if_not_gene_ids
-from genemamba_scvi.data.normalize import warn_if_raw_holds_more_genes
+from genemamba_scvi.data.normalize import count_matrix, warn_if_raw_holds_more_genes, warn_if_rounded_log
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec
@@ -89,15 +89,21 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
     On a CPU, time per cell and memory grow with the batch (the torch backend's scan of a packed batch): with 1 layer
     of d_model 256 and ``max_genes=2048``, 64 cells a batch embedded 5.7 cells/s at 6.2 GB peak, 4 cells 34.4 cells/s
     at 1.7 GB (``benchmarks/results/cpu_batch_size.json``, session 19; the same embeddings).
+
+    On a GPU larger batches are a little faster: ``get_latent_representation()`` on an H100 (24 x 512, top-2048)
+    embedded 1,058 cells/s at 199 cells a batch (this function's choice until session 32), 1,072 at 256, 1,084 at 512
+    (1.024x), 1,086 at 1,024, at 14.8-25.5 KB of peak memory per real token (9.9 GB above the model at 512 cells;
+    ``benchmarks/results/embed_batch_size_h100_s32.json``). The estimate below (25.7 KB a token slot for that
+    model) stays above the measurement; 40% of the free memory gives the cap of 512 such cells on an 80 GB card,
+    about 170 on a 24 GB one.
     """
     if device.type != "cuda":
         return int(max(1, min(_MAX_CPU_INFERENCE_CELLS, _CPU_INFERENCE_TOKENS // max(max_genes, 1))))
     free, _ = torch.cuda.mem_get_info(device)
-    # transient bytes per real token in one layer: both directions' in_proj output and about as much again for
-    # conv / scan outputs (bf16), plus a few float32 d_model vectors (residual stream, padded output); x2 for
-    # allocator slack
-    per_token = 2 * (2 * 2 * 2 * encoder.d_in_proj + 4 * 4 * encoder.d_model)
-    budget_tokens = min(int(0.25 * free) // per_token, _MAX_INFERENCE_TOKENS)
+    # transient bytes per token slot in one layer: both directions' in_proj output and about as much again for
+    # conv / scan outputs (bf16), plus a few float32 d_model vectors (residual stream, padded output)
+    per_token = 2 * 2 * 2 * encoder.d_in_proj + 4 * 4 * encoder.d_model
+    budget_tokens = min(int(0.4 * free) // per_token, _MAX_INFERENCE_TOKENS)
     return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(max_genes, 1))))
 
 
@@ -287,6 +293,7 @@ class GeneMambaModel(
         _refuse_setup_kwargs(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         _validate_count_layer(adata, layer)
+        warn_if_rounded_log(count_matrix(adata, layer), "adata.X" if layer is None else f"layer {layer!r}")
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
         _check_gene_ids(adata, gene_id_key)
