@@ -17,8 +17,9 @@ from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision
+from genemamba_scvi.data._count_warnings import warn_if_rounded_log
 from genemamba_scvi.data.gene_ids import warn_if_control_features, warn_if_not_gene_ids
-from genemamba_scvi.data.normalize import count_matrix, warn_if_raw_holds_more_genes, warn_if_rounded_log
+from genemamba_scvi.data.normalize import count_matrix, warn_if_raw_holds_more_genes
 from genemamba_scvi.data.tokenize import TOKENIZER_SETTINGS, TokenizerSettings
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.dataloader import TokenDataLoader, TokenDataSplitter, TokenizerSpec

@@ -534,12 +534,8 @@ class GeneMambaTrainingMixin:
         -------
         :class:`~genemamba_scvi.pretrain.PretrainResult` (module, vocab, gene medians, Lightning trainer).
         """
-        from genemamba_scvi.data.corpus import TokenCorpus
-        from genemamba_scvi.data.tokenize import TokenizerSettings
-        from genemamba_scvi.io import write_checkpoint
         from genemamba_scvi.io._checkpoint import check_checkpoint_target
         from genemamba_scvi.io._files import check_checkpoint_dir
-        from genemamba_scvi.model._save_load import _history_to_json
         from genemamba_scvi.pretrain import pretrain_from_corpus
 
         save_dir = Path(save_dir).expanduser()
@@ -551,31 +547,7 @@ class GeneMambaTrainingMixin:
         record = start_record("pretrain", {"corpus_dir": corpus_dir, "kwargs": kwargs})
         result = pretrain_from_corpus(corpus_dir, **kwargs)
         if result.trainer.is_global_zero:
-            config = config_in_order(
-                {
-                    **result.module.config.to_dict(model_args_only=True),
-                    "min_gene_overlap": _MIN_GENE_OVERLAP,
-                    # how the corpus was tokenized (rank_tokenize's defaults), so the model tokenizes new cells alike
-                    **TokenizerSettings(max_genes=int(TokenCorpus(corpus_dir).max_genes)).to_config(),
-                }
-            )
-            extra = {
-                "genemamba_scvi_version": __version__,
-                "objective": result.module.objective,
-                "is_trained": True,
-                "pretrained_on": str(corpus_dir),
-                "history": _history_to_json(_safe_load_logger_history(result.trainer)),
-                "train_runs": [finish_record(record, result.trainer, None, None, "completed")],
-            }
-            write_checkpoint(
-                save_dir,
-                result.module.state_dict(),
-                config=config,
-                vocab=result.vocab,
-                gene_medians=result.gene_medians,
-                extra=extra,
-                overwrite=overwrite,
-            )
+            _save_pretrained(save_dir, corpus_dir, result, record, overwrite)
         return result
 
 
@@ -588,3 +560,37 @@ _RUN_TRAINING_ARGS = frozenset(inspect.signature(GeneMambaTrainingMixin._run_tra
 }
 #: The arguments of ``train`` / ``train_classifier`` that go to scvi's ``TrainRunner``.
 _RUNNER_ARGS = frozenset({"max_epochs", "accelerator", "devices", "precision", "early_stopping", "ckpt_path"})
+
+
+def _save_pretrained(save_dir: Path, corpus_dir: Any, result: Any, record: dict, overwrite: bool) -> None:
+    """Write :meth:`GeneMambaTrainingMixin.pretrain`'s result in the format of ``save`` (rank 0)."""
+    from genemamba_scvi.data.corpus import TokenCorpus
+    from genemamba_scvi.data.tokenize import TokenizerSettings
+    from genemamba_scvi.io import write_checkpoint
+    from genemamba_scvi.model._save_load import _history_to_json
+
+    config = config_in_order(
+        {
+            **result.module.config.to_dict(model_args_only=True),
+            "min_gene_overlap": _MIN_GENE_OVERLAP,
+            # how the corpus was tokenized (rank_tokenize's defaults), so the model tokenizes new cells alike
+            **TokenizerSettings(max_genes=int(TokenCorpus(corpus_dir).max_genes)).to_config(),
+        }
+    )
+    extra = {
+        "genemamba_scvi_version": __version__,
+        "objective": result.module.objective,
+        "is_trained": True,
+        "pretrained_on": str(corpus_dir),
+        "history": _history_to_json(_safe_load_logger_history(result.trainer)),
+        "train_runs": [finish_record(record, result.trainer, None, None, "completed")],
+    }
+    write_checkpoint(
+        save_dir,
+        result.module.state_dict(),
+        config=config,
+        vocab=result.vocab,
+        gene_medians=result.gene_medians,
+        extra=extra,
+        overwrite=overwrite,
+    )
