@@ -75,6 +75,22 @@ class LightningCheckpoint(SaveCheckpoint):
             state_dict["best_k_models"] = {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
         ModelCheckpoint.load_state_dict(self, state_dict)
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """Take the state a checkpoint callback of other settings wrote (a resume with another cadence).
+
+        The state's key holds the callback's settings (``every_n_train_steps``, ...): a run resumed with another
+        ``checkpoint_every_n_steps`` found none under its key, forgot the ``last.ckpt`` it had written and wrote
+        ``last-v1.ckpt`` beside it, so a later ``ckpt_path=".../last.ckpt"`` went back to the older state (docs
+        probe, session 32). The one state of this callback's name under another key is taken instead (Lightning
+        then finds none under this key and leaves it).
+        """
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        others = [k for k in states if isinstance(k, str) and k.startswith(self.state_name + "{")]
+        if len(others) == 1:
+            self.load_state_dict(states[others[0]])
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Note the optimiser steps taken before this batch."""
         self._step_at_batch_start = int(trainer.global_step)
