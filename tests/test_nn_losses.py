@@ -135,3 +135,42 @@ def test_supcon_equals_infonce_for_pairs():
 def test_infonce_rejects_bad_args():
     with pytest.raises(ValueError):
         PathwayInfoNCE(_disjoint_sets(), temperature=0.0)
+
+
+def test_infonce_takes_a_mapping_and_refuses_what_would_make_its_loss_zero_silently():
+    # nn probe (session 32): the docstring's own source of sets (gene_sets_to_token_ids, a dict) raised "new():
+    # invalid data type 'str'"; n_sets=1, sets of another vocabulary and 1-D embeddings gave a loss of 0 or garbage
+    sets = _disjoint_sets()
+    table = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    from_list = PathwayInfoNCE(sets, n_sets=4)(table, generator=torch.Generator().manual_seed(1))
+    as_dict = PathwayInfoNCE({f"s{i}": s for i, s in enumerate(sets)}, n_sets=4)
+    torch.testing.assert_close(as_dict(table, generator=torch.Generator().manual_seed(1)), from_list)
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ValueError, match=r"n_sets must be an integer >= 2"):
+            PathwayInfoNCE(sets, n_sets=bad)
+    with pytest.raises(ValueError, match=r"gene sets hold token id 99, but the embedding table has 50 rows"):
+        PathwayInfoNCE([*sets, torch.tensor([98, 99])])(table)
+    with pytest.raises(ValueError, match=r"embeddings must be \[items, d\]"):
+        PathwayInfoNCE(sets)(torch.randn(50))
+
+
+def test_mask_tokens_checks_its_inputs_as_the_encoder_does():
+    # nn probe (session 32): float lengths and lengths beyond L were taken silently, numpy tokens raised an
+    # AttributeError, a lengths vector of the wrong size a broadcasting error
+    import numpy as np
+
+    from genemamba_scvi.nn import mask_tokens
+
+    tokens = torch.full((2, 5), 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"lengths must be integers"):
+        mask_tokens(tokens, torch.tensor([5.0, 3.0]))
+    with pytest.raises(ValueError, match=r"lengths must be between 0 and the sequence length 5"):
+        mask_tokens(tokens, torch.tensor([6, 3]))
+    with pytest.raises(ValueError, match=r"lengths \[batch\], got shapes \(2, 5\) and \(3,\)"):
+        mask_tokens(tokens, torch.tensor([5, 3, 1]))
+    with pytest.raises(TypeError, match=r"torch.from_numpy converts"):
+        mask_tokens(np.ones((2, 5), dtype=np.int64), torch.tensor([5, 3]))
+    with pytest.raises(ValueError, match=r"tokens must be int64 or int32 token ids, got dtype torch.float32"):
+        mask_tokens(tokens.float(), torch.tensor([5, 3]))
+    inputs, labels = mask_tokens(tokens.int(), torch.tensor([5, 3]), generator=torch.Generator().manual_seed(0))
+    assert inputs.shape == labels.shape == (2, 5) and bool((labels[1, 3:] == -100).all())

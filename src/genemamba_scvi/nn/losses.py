@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from genemamba_scvi.nn.pooling import check_lengths, check_tokens
 
 __all__ = [
     "IGNORE_INDEX",
@@ -70,6 +72,13 @@ def mask_tokens(
     """
     if not 0.0 <= mask_prob <= 1.0:
         raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+    check_tokens(tokens, torch.iinfo(torch.int64).max)  # tensors of integer ids (values: the encoder's check)
+    if tokens.dim() != 2 or lengths.shape != tokens.shape[:1]:
+        raise ValueError(
+            f"tokens must be [batch, L] and lengths [batch], got shapes {tuple(tokens.shape)} and "
+            f"{tuple(lengths.shape)}"
+        )
+    check_lengths(lengths, tokens.shape[1])
     device = tokens.device
     tokens = tokens.long()
     batch, L = tokens.shape
@@ -237,11 +246,12 @@ class PathwayInfoNCE(nn.Module):
     Parameters
     ----------
     gene_sets
-        Token ids of each set (``list[LongTensor]``), e.g. from ``data.gene_sets.gene_sets_to_token_ids``.
+        Token ids of each set: a sequence of id tensors / lists, or a mapping ``{set name: ids}`` such as
+        ``data.gene_sets.gene_sets_to_token_ids`` returns (its values are used).
     temperature
         Softmax temperature (default 0.1).
     n_sets
-        Sets sampled per call.
+        Sets sampled per call (at least 2: the other sets are the negatives).
     n_per_set
         Items drawn per sampled set (2: one anchor, one positive).
 
@@ -257,7 +267,7 @@ class PathwayInfoNCE(nn.Module):
 
     def __init__(
         self,
-        gene_sets: Sequence[torch.Tensor],
+        gene_sets: Sequence[torch.Tensor] | Mapping[str, Any],
         temperature: float = 0.1,
         n_sets: int = 64,
         n_per_set: int = 2,
@@ -267,6 +277,12 @@ class PathwayInfoNCE(nn.Module):
             raise ValueError("temperature must be > 0")
         if n_per_set < 2:
             raise ValueError("n_per_set must be >= 2")
+        if isinstance(n_sets, bool) or not isinstance(n_sets, int) or n_sets < 2:
+            raise ValueError(
+                f"n_sets must be an integer >= 2 (one set alone has no negatives: its loss is 0), got {n_sets!r}"
+            )
+        if isinstance(gene_sets, Mapping):  # {name: ids}, as gene_sets_to_token_ids returns
+            gene_sets = list(gene_sets.values())
         sets = [torch.unique(torch.as_tensor(s, dtype=torch.long).reshape(-1)) for s in gene_sets]
         sets = [s[s >= 0] for s in sets]
         self.temperature = float(temperature)
@@ -306,9 +322,16 @@ class PathwayInfoNCE(nn.Module):
         torch.Tensor
             Scalar loss; 0 (with a gradient path) when fewer than two sets have enough items.
         """
+        if embeddings.dim() != 2:
+            raise ValueError(f"embeddings must be [items, d], got shape {tuple(embeddings.shape)}")
         device = embeddings.device
         n_items = embeddings.shape[0]
         if token_ids is None:
+            if self.max_token > n_items:  # a table of genes: every set's ids must be rows of it
+                raise ValueError(
+                    f"the gene sets hold token id {self.max_token - 1}, but the embedding table has {n_items} rows: "
+                    "sets made with another vocabulary? (their genes would never be drawn and the loss would be 0)"
+                )
             token_ids = torch.arange(n_items, device=device)
         token_ids = token_ids.to(device).long().reshape(-1)
         if token_ids.shape[0] != n_items:

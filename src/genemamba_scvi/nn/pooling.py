@@ -47,6 +47,8 @@ def check_lengths(lengths: torch.Tensor, seq_len: int) -> None:
 def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor | None = None) -> None:
     """Refuse token ids outside ``[0, vocab_size)`` and malformed ``cu_seqlens``, naming them (values: CPU only)."""
     _need_tensors(tokens=tokens, cu_seqlens=cu_seqlens)
+    if tokens.dtype not in (torch.int64, torch.int32):  # (the embedding's own error names neither)
+        raise ValueError(f"tokens must be int64 or int32 token ids, got dtype {tokens.dtype} (.long() converts)")
     if cu_seqlens is not None and (cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point()):
         raise ValueError(f"cu_seqlens must be a 1-D integer tensor [n_cells + 1], got shape "
                          f"{tuple(cu_seqlens.shape)} and dtype {cu_seqlens.dtype}")  # fmt: skip
