@@ -590,3 +590,14 @@ def test_a_resume_with_another_checkpoint_cadence_keeps_last_ckpt_the_latest(
         )
     assert not list((tmp_path / "ck").glob("last-v*.ckpt"))
     assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["global_step"] == steps
+
+
+def test_a_small_corpus_is_not_warned_about_lightnings_logging_interval(corpus_dir):
+    # docs probe (session 32): train() logs once per epoch on small data, pretrain_from_corpus kept Lightning's 50
+    # steps and warned on every small corpus that the epoch was shorter than the logging interval
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*smaller than the logging interval")
+        result = pretrain_from_corpus(
+            corpus_dir, max_steps=3, batch_size=128, accelerator="cpu", enable_progress_bar=False, **TINY
+        )
+    assert result.trainer.log_every_n_steps == 5  # 559 cells, 128 a minibatch

@@ -525,6 +525,9 @@ def test_ranked_tokenization_stays_available(tmp_path):
     assert model._config["tokenization"] == "ranked" and "[UNK]" not in model.vocab_
     assert np.isfinite(model.gene_medians_[model.vocab_.n_special :]).any()
     assert model.get_latent_representation().shape == (adata.n_obs, D_MODEL)
+    # medians given with the published tokenization were kept and never used (docs probe, session 32)
+    with pytest.raises(ValueError, match=r"gene_medians are used with tokenization='ranked' only"):
+        _load(path, _adata(), gene_medians=model.gene_medians_)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="train a tiny GeneMamba on the shipped 559-cell sample and embed it (CPU)")
     demo.add_argument("--out", default="demo_output", help="output directory (created; default: %(default)s)")
     demo.add_argument("--epochs", type=_count, default=6, help="pre-training epochs (default: %(default)s)")
-    demo.add_argument("--lr", type=_positive, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
+    demo.add_argument("--lr", type=_positive, default=1e-2, help="peak learning rate (default: %(default)s)")
     demo.add_argument("--d-model", type=_count, default=32, help="model width (default: %(default)s)")
     demo.add_argument("--n-layers", type=_count, default=2, help="Bi-Mamba layers (default: %(default)s)")
     demo.add_argument("--max-genes", type=_count, default=256, help="top-k genes per cell (default: %(default)s)")
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         "--min-gene-overlap",
         type=_share,
         default=0.5,
-        help="share of a file's genes that must be in the vocabulary (default: %(default)s)",
+        help="refuse a file when its share of vocabulary genes and the vocabulary's share in it are both below this",
     )
     corpus.set_defaults(func=_build_corpus)
 

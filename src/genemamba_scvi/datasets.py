@@ -109,7 +109,7 @@ def load_pbmc68k_counts() -> AnnData:
     ``log1p`` of library-size-normalised expression of 765 genes, stored to 3 decimals. Each cell's
     smallest non-zero value corresponds to one UMI, so ``counts = round(expm1(x) / min_nonzero(expm1(x)))``
     recovers integer counts (largest rounding residual on this file: 0.11). Only these 765 genes exist,
-    so every cell has ~150-400 expressed genes: good for annotation tests and tutorials, not a substitute
+    so every cell has 183-409 expressed genes: good for annotation tests and tutorials, not a substitute
     for a full transcriptome.
 
     Returns

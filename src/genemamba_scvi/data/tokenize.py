@@ -358,8 +358,8 @@ def rank_tokenize(
     add_cls
         Put ``<cls>`` (id 1) at position 0 of every non-empty cell; at most ``max_genes - 1`` genes follow.
     chunk_size
-        Rows per chunk (at most 65535); default: chunks of about 262,144 non-zeros (temporary memory is
-        about 60 bytes per non-zero of a chunk, per worker, so about 16 MB).
+        Rows per chunk (larger values are taken as 65535); default: chunks of about 262,144 non-zeros (temporary
+        memory is about 60 bytes per non-zero of a chunk, per worker, so about 16 MB).
     n_jobs
         Worker threads over chunks (numpy releases the GIL in the heavy steps); default: the CPUs this process
         may use (its affinity), at most ``OMP_NUM_THREADS`` when set, and at most 8.

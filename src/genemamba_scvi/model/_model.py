@@ -499,7 +499,8 @@ class GeneMambaModel(
     def get_gene_embeddings(self) -> pd.DataFrame:
         """Input gene embeddings (the token embedding table), genes x ``d_model``, indexed by vocabulary gene.
 
-        The rows of the special tokens, and of a published vocabulary's unknown-gene token, are left out.
+        The rows of the special tokens, and of a published vocabulary's unknown-gene token, are left out. On a model
+        never trained (random weights) it warns: the table is then noise.
         """
         _warn_if_untrained(self)
         weight = self.module.encoder.embedding.weight.detach().float().cpu().numpy()

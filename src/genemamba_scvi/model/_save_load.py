@@ -527,6 +527,11 @@ class GeneMambaSaveLoadMixin:
         if tokenization not in TOKENIZATIONS:
             raise ValueError(f"tokenization must be one of {TOKENIZATIONS}, got {tokenization!r}")
         published = tokenization == "published"
+        if published and gene_medians is not None:  # (they were kept and never used: docs probe, session 32)
+            raise ValueError(
+                "gene_medians are used with tokenization='ranked' only; tokenization='published' (the default) ranks "
+                "raw values and reads no medians: pass tokenization='ranked' to rank by them, or leave them out"
+            )
         enc_kwargs, enc_state, lm_state, vocab, info = read_official_checkpoint(
             path,
             subfolder=subfolder,

@@ -410,7 +410,7 @@ class GeneMambaTrainingMixin:
         run_args = _run_args(locals())
         run_args["run_record"] = record
         self.module.set_objective(objective)
-        # gamma=0 turns the pathway loss off: the sets are not read (nor refused, nor warned about)
+        # gamma=0 turns the pathway loss off: the sets are not read (check_gamma checked only that a path exists)
         self.module.set_gene_sets(gene_set_tensors(gene_sets, self.vocab_) if gamma > 0 else None)
         was_trained = self.is_trained_
         out = self._run_training(labels=None, loss_kwargs={"mode": "pretrain", "gamma": gamma}, **run_args)
