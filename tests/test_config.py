@@ -211,3 +211,16 @@ def test_the_config_literals_list_what_the_layers_accept():
     (literal,) = (a for a in typing.get_args(load_hint) if a is not type(None))  # Literal[...] | None
     assert set(typing.get_args(literal)) == set(POOLINGS)
     assert set(_POOLING.values()) == set(POOLINGS)  # the published configs' names map onto ours
+
+
+def test_config_from_numpy_numbers_is_json_able():
+    # nn probe (session 32): GeneMambaConfig(d_model=np.int64(32)).to_dict() failed json.dumps (a grid of settings)
+    import json
+
+    import numpy as np
+
+    from genemamba_scvi.nn import GeneMambaConfig
+
+    config = GeneMambaConfig(d_model=np.int64(32), headdim=np.int32(16), mask_prob=np.float64(0.2))
+    assert json.loads(json.dumps(config.to_dict()))["d_model"] == 32
+    assert config == GeneMambaConfig(d_model=32, headdim=16, mask_prob=0.2)

@@ -113,7 +113,8 @@ class GeneMambaConfig:
     def __post_init__(self) -> None:
         """Refuse impossible sizes and rates now, naming the setting (not as a ZeroDivisionError, or never)."""
         for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "chunk_size", "ngroups", "n_layers"):
-            check_count(name, getattr(self, name), least=0 if name == "n_layers" else 1)
+            value = check_count(name, getattr(self, name), least=0 if name == "n_layers" else 1)
+            object.__setattr__(self, name, value)  # a plain int (a numpy one would not be JSON-able in to_dict)
         for name in ("bidirectional", "shared_merge", "tie_lm_head"):  # "false" would be a true string
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -122,6 +123,7 @@ class GeneMambaConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
         if not 0.0 <= self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob!r}")
         if not self.norm_eps > 0:
