@@ -80,6 +80,20 @@ def build_model(adata, cfg: dict[str, Any]):
     return model
 
 
+def eval_model(n_cells: int, cfg: dict[str, Any]):
+    """``(adata, model)``: ``n_cells`` resampled cells and a model of ``cfg`` on them, in eval mode, warnings and
+    Lightning's log lines off (the embedding benchmarks' start)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    adata = resampled_cells(n_cells)
+    model = build_model(adata, cfg)
+    model.module.eval()
+    return adata, model
+
+
 class _StepTimer:
     """Lightning callback: wall time and real tokens of the optimiser steps after ``warmup`` steps."""
 

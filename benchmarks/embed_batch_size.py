@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_speed import _sync, build_model, resampled_cells
+from api_speed import _sync, eval_model
 
 
 def _largest_batch_tokens(model, adata, batch_size: int) -> int:
@@ -51,15 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = {"d_model": 512, "n_layers": 24, "max_genes": 2048}
     if args.smoke:
         cfg, args.cells, args.rounds, args.sizes = {"d_model": 32, "n_layers": 2, "max_genes": 256}, 60, 2, "4,16"
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-
-    adata = resampled_cells(args.cells)
-    model = build_model(adata, cfg)
-    model.module.eval()
+    adata, model = eval_model(args.cells, cfg)
     dev = model._device()
     cuda = dev.type == "cuda"
     default_bs = model._inference_batch_size(dev)

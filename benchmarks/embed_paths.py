@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_speed import _sync, build_model, resampled_cells
+from api_speed import _sync, eval_model
 
 
 def _arms(model, batches: list[tuple[torch.Tensor, torch.Tensor]], precision: str) -> dict[str, Any]:
@@ -103,16 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = {"d_model": 512, "n_layers": 24, "max_genes": 2048}
     if args.smoke:
         cfg, args.cells, args.rounds = {"d_model": 32, "n_layers": 2, "max_genes": 256}, 200, 2
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     from genemamba_scvi._precision import resolve_precision
 
-    adata = resampled_cells(args.cells)
-    model = build_model(adata, cfg)
-    model.module.eval()
+    adata, model = eval_model(args.cells, cfg)
     dev = model._device()
     precision = resolve_precision("auto", dev.type == "cuda")
     bs = model._inference_batch_size(dev)
