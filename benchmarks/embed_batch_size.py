@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     cfg = {"d_model": 512, "n_layers": 24, "max_genes": 2048}
     if args.smoke:
-        cfg, args.cells, args.rounds, args.sizes = {"d_model": 32, "n_layers": 2, "max_genes": 256}, 60, 2, "4,16"
+        cfg, args.cells, args.rounds, args.sizes = {"d_model": 32, "n_layers": 1, "max_genes": 128}, 40, 2, "4,16"
     adata, model = eval_model(args.cells, cfg)
     dev = model._device()
     cuda = dev.type == "cuda"

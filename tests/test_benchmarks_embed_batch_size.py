@@ -14,7 +14,7 @@ def test_smoke_run_gives_every_batch_size_the_same_embeddings(tmp_path):
 
     result = embed_batch_size.main(["--smoke", "--out", str(tmp_path)])
     assert (tmp_path / "embed_batch_size_cpu_smoke.json").is_file()
-    assert result["batch_size"] == {"default": 8, "4": 4, "16": 16}  # the CPU default: 8 cells at max_genes 256
+    assert result["batch_size"] == {"default": 8, "4": 4, "16": 16}  # the CPU default: at most 8 cells
     assert result["ratio_to_default_median"]["default"] == 1.0
     assert all(len(v) == 2 and min(v) > 0 for v in result["cells_per_s"].values())
     assert max(result["max_abs_diff_to_default"].values()) < 1e-5  # the batch does not change a cell's embedding
