@@ -601,3 +601,17 @@ def test_a_small_corpus_is_not_warned_about_lightnings_logging_interval(corpus_d
             corpus_dir, max_steps=3, batch_size=128, accelerator="cpu", enable_progress_bar=False, **TINY
         )
     assert result.trainer.log_every_n_steps == 5  # 559 cells, 128 a minibatch
+
+
+def test_a_resume_from_a_runs_first_checkpoint_moves_last_ckpt_to_the_resumed_run(corpus_dir, tmp_path):
+    # upgrade probe (session 32): the first save of a run recorded no last.ckpt; resumed from it in the same folder,
+    # the run wrote last-v1.ckpt beside the abandoned run's last.ckpt, which ckpt_path=".../last.ckpt" then took
+    ck = tmp_path / "ck"
+    run = {"batch_size": 16, "accelerator": "cpu", "enable_progress_bar": False, "checkpoint_dir": ck}
+    pretrain_from_corpus(corpus_dir, max_steps=4, checkpoint_every_n_steps=2, **run, **TINY)
+    pretrain_from_corpus(
+        corpus_dir, max_steps=6, checkpoint_every_n_steps=2, ckpt_path=str(ck / "step000000002.ckpt"), **run, **TINY
+    )
+    assert not list(ck.glob("last-v*.ckpt"))
+    assert torch.load(ck / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert (ck / "step000000004.ckpt").is_file()  # the abandoned run's step 4 is kept (the resumed one's is -v1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"  # docs/changelog.md says what changed
+__version__ = "0.3.0.dev0"  # docs/changelog.md says what changed (a development version until 0.3.0)
 
 if TYPE_CHECKING:  # type checkers and IDEs see the lazy names' real signatures (never run)
     from genemamba_scvi import data as data

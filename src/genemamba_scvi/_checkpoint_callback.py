@@ -60,10 +60,17 @@ class LightningCheckpoint(SaveCheckpoint):
         Lightning compares the folder recorded in the checkpoint with this one; when they differ it forgets which
         ``last.ckpt`` it wrote and writes ``last-v1.ckpt`` beside the stale one, so ``ckpt_path=".../last.ckpt"``
         would later resume from the older state. When the recorded ``last.ckpt`` is found in this folder under its
-        name, the recorded paths are taken as this folder's.
+        name, the recorded paths are taken as this folder's. A checkpoint written before its folder had a
+        ``last.ckpt`` (the first save) and resumed in that folder takes the ``last.ckpt`` found there as its own.
         """
         old = state_dict.get("dirpath")
         last = state_dict.get("last_model_path") or ""
+        here = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}" if self.dirpath else None
+        if old == self.dirpath and not last and here is not None and here.is_file():
+            # a checkpoint saved before this folder had a last.ckpt (a run's first save), resumed here: the
+            # last.ckpt written after it is this folder's and follows the resumed run (Lightning wrote last-v1.ckpt
+            # beside it, so ckpt_path=".../last.ckpt" took the abandoned run; upgrade probe, session 32)
+            state_dict = {**state_dict, "last_model_path": str(here)}
         if self.dirpath and old and old != self.dirpath and last and (Path(self.dirpath) / Path(last).name).exists():
 
             def moved(p: Any) -> Any:
