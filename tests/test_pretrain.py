@@ -615,3 +615,13 @@ def test_a_resume_from_a_runs_first_checkpoint_moves_last_ckpt_to_the_resumed_ru
     assert not list(ck.glob("last-v*.ckpt"))
     assert torch.load(ck / "last.ckpt", weights_only=False)["global_step"] == 6
     assert (ck / "step000000004.ckpt").is_file()  # the abandoned run's step 4 is kept (the resumed one's is -v1)
+
+
+def test_a_module_of_another_vocabulary_is_told_how_to_build_its_corpus(corpus_dir):
+    # upgrade probe (session 32): an old model pre-trained further on a corpus rebuilt since (its vocabulary now holds
+    # only expressed genes) was told only the two sizes
+    from genemamba_scvi.module import GeneMambaModule
+
+    module = GeneMambaModule(len(TokenCorpus(corpus_dir).vocab) + 7, mask_id=2, n_special=3, config=TINY_MODEL_CONFIG)
+    with pytest.raises(ValueError, match=r"tokens, the corpus \d+: .*build_corpus\(files, out_dir, vocab='<model dir>"):
+        pretrain_from_corpus(corpus_dir, module=module, max_steps=1, accelerator="cpu", enable_progress_bar=False)

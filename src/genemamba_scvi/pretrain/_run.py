@@ -371,7 +371,11 @@ def pretrain_from_corpus(
         )
     else:
         if module.vocab_size != len(vocab):
-            raise ValueError(f"module has a vocabulary of {module.vocab_size} tokens, the corpus {len(vocab)}")
+            raise ValueError(
+                f"module has a vocabulary of {module.vocab_size} tokens, the corpus {len(vocab)}: a corpus to "
+                "pre-train a model further is built with the model's vocabulary and medians: build_corpus(files, "
+                "out_dir, vocab='<model dir>/vocab.json', gene_medians=model.gene_medians_)"
+            )
         module.set_objective(objective)
         # a loaded model's module is in eval mode, and Lightning keeps modes as it finds them: its steps would skip
         # the masking, encode twice and drop gradient checkpointing (a user probe)
