@@ -72,7 +72,7 @@ def test_gpu_training_defaults_to_bf16_mixed(gpu_model):
 
 
 def test_gpu_inference_batch_follows_free_memory(gpu_model):
-    free, total = torch.cuda.mem_get_info()
+    free, _ = torch.cuda.mem_get_info()
     bs = gpu_model._inference_batch_size(torch.device("cuda", torch.cuda.current_device()))
     per_slot = 8 * gpu_model.module.encoder.d_in_proj + 16 * gpu_model.module.encoder.d_model
     assert 16 <= bs <= 1024 and bs * gpu_model.max_genes * per_slot <= 0.4 * free
