@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,6 +146,7 @@ def test_infonce_takes_a_mapping_and_refuses_what_would_make_its_loss_zero_silen
     from_list = PathwayInfoNCE(sets, n_sets=4)(table, generator=torch.Generator().manual_seed(1))
     as_dict = PathwayInfoNCE({f"s{i}": s for i, s in enumerate(sets)}, n_sets=4)
     torch.testing.assert_close(as_dict(table, generator=torch.Generator().manual_seed(1)), from_list)
+    assert PathwayInfoNCE(sets, n_sets=np.int64(4)).n_sets == 4  # a numpy integer (a sweep's np.arange) is one
     for bad in (1, 0, 2.5, True):
         with pytest.raises(ValueError, match=r"n_sets must be an integer >= 2"):
             PathwayInfoNCE(sets, n_sets=bad)
@@ -170,7 +172,9 @@ def test_mask_tokens_checks_its_inputs_as_the_encoder_does():
         mask_tokens(tokens, torch.tensor([5, 3, 1]))
     with pytest.raises(TypeError, match=r"torch.from_numpy converts"):
         mask_tokens(np.ones((2, 5), dtype=np.int64), torch.tensor([5, 3]))
-    with pytest.raises(ValueError, match=r"tokens must be int64 or int32 token ids, got dtype torch.float32"):
+    with pytest.raises(ValueError, match=r"tokens must be integer token ids, got dtype torch.float32"):
         mask_tokens(tokens.float(), torch.tensor([5, 3]))
+    narrow, _ = mask_tokens(tokens.to(torch.uint16), torch.tensor([5, 3]))  # a corpus shard's dtype (review)
+    assert narrow.dtype == torch.int64
     inputs, labels = mask_tokens(tokens.int(), torch.tensor([5, 3]), generator=torch.Generator().manual_seed(0))
     assert inputs.shape == labels.shape == (2, 5) and bool((labels[1, 3:] == -100).all())

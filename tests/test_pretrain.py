@@ -573,21 +573,26 @@ def test_a_pathway_weight_in_plan_kwargs_is_checked_too(corpus_dir):
         pretrain_from_corpus(corpus_dir, max_steps=1, gamma=0.1, plan_kwargs={"gamma": -5.0}, **TINY)
 
 
-@pytest.mark.parametrize(("resumed_every", "steps"), [(None, 4), (3, 6)])
+@pytest.mark.parametrize(("resumed_every", "steps", "own"), [(None, 4, False), (3, 6, False), (3, 6, True)])
 def test_a_resume_with_another_checkpoint_cadence_keeps_last_ckpt_the_latest(
-    corpus_dir, tmp_path, resumed_every, steps
+    corpus_dir, tmp_path, resumed_every, steps, own
 ):
     # docs probe (session 32): a resume with another checkpoint_every_n_steps found no callback state under its key
-    # (the key holds the cadence), forgot its last.ckpt and wrote last-v1.ckpt beside it, with Lightning's warning
-    # to "add the following callbacks"; a later ckpt_path=".../last.ckpt" then went back to the older step
+    # (the key holds the cadence), forgot its last.ckpt and wrote last-v1.ckpt beside it; a later
+    # ckpt_path=".../last.ckpt" then went back to the older step. With a ModelCheckpoint of the user's own in both
+    # runs (its state of the same name present: review) the right state is still taken
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     run = {"batch_size": 16, "accelerator": "cpu", "enable_progress_bar": False, "checkpoint_dir": tmp_path / "ck"}
-    pretrain_from_corpus(corpus_dir, max_steps=2, checkpoint_every_n_steps=2, **run, **TINY)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="Be aware that when using")
-        last = str(tmp_path / "ck" / "last.ckpt")
-        pretrain_from_corpus(
-            corpus_dir, max_steps=steps, checkpoint_every_n_steps=resumed_every, ckpt_path=last, **run, **TINY
-        )
+
+    def users():
+        return {"callbacks": [ModelCheckpoint(dirpath=tmp_path / "user", every_n_train_steps=1)]} if own else {}
+
+    pretrain_from_corpus(corpus_dir, max_steps=2, checkpoint_every_n_steps=2, **run, **users(), **TINY)
+    last = str(tmp_path / "ck" / "last.ckpt")
+    pretrain_from_corpus(
+        corpus_dir, max_steps=steps, checkpoint_every_n_steps=resumed_every, ckpt_path=last, **run, **users(), **TINY
+    )
     assert not list((tmp_path / "ck").glob("last-v*.ckpt"))
     assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["global_step"] == steps
 

@@ -88,15 +88,18 @@ class LightningCheckpoint(SaveCheckpoint):
         The state's key holds the callback's settings (``every_n_train_steps``, ...): a run resumed with another
         ``checkpoint_every_n_steps`` found none under its key, forgot the ``last.ckpt`` it had written and wrote
         ``last-v1.ckpt`` beside it, so a later ``ckpt_path=".../last.ckpt"`` went back to the older state (docs
-        probe, session 32). The one state of this callback's name under another key is taken instead (Lightning
-        then finds none under this key and leaves it).
+        probe, session 32). The state of this callback's name under another key, of no callback of this run, written
+        for this folder (or the only such state, for a moved folder) is taken instead; Lightning then finds none under
+        this key and leaves it (its warning to "add the following callbacks" still names the other key).
         """
         states = checkpoint.get("callbacks") or {}
         if self.state_key in states:
             return
-        others = [k for k in states if isinstance(k, str) and k.startswith(self.state_name + "{")]
-        if len(others) == 1:
-            self.load_state_dict(states[others[0]])
+        present = {getattr(cb, "state_key", None) for cb in trainer.callbacks}  # (a user's own ModelCheckpoint: review)
+        others = [k for k in states if isinstance(k, str) and k.startswith(self.state_name + "{") and k not in present]
+        here = [k for k in others if isinstance(states[k], dict) and states[k].get("dirpath") == self.dirpath]
+        if len(here) == 1 or len(others) == 1:
+            self.load_state_dict(states[(here or others)[0]])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Note the optimiser steps taken before this batch."""

@@ -6,7 +6,6 @@ import gc
 import random
 import signal
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -14,12 +13,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from scvi.train import TrainRunner
-
-#: Lightning's warning on resuming when the only callback state without a callback is a checkpoint callback's
-_OTHER_CADENCE = (
-    r"(?s)Be aware that when using `ckpt_path`.*callbacks: "
-    r"\[['\"]?(_ResumableCheckpoint|ModelCheckpoint)\{[^\]]*\]"
-)
 
 
 class QuietTrainRunner(TrainRunner):
@@ -44,9 +37,7 @@ class QuietTrainRunner(TrainRunner):
         main = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if main else None
         try:
-            with warnings.catch_warnings():  # a resume with another checkpoint cadence: its state is taken over
-                warnings.filterwarnings("ignore", message=_OTHER_CADENCE)  # (LightningCheckpoint.on_load_checkpoint)
-                self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
+            self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
         except BaseException as err:
             interrupted = isinstance(err, SystemExit) and self.trainer.interrupted
             stepped = self.trainer.global_step > 0

@@ -228,7 +228,7 @@ class GeneMambaEncoder(nn.Module):
                 raise ValueError("packed=True packs by lengths; do not pass seq_idx")
             tokens_packed, cu = pack_tokens(tokens, lengths)
             return unpack_hidden(self.forward_packed(tokens_packed, cu, max_seqlen=seq_len), lengths, seq_len)
-        check_tokens(tokens, self.vocab_size)
+        tokens = check_tokens(tokens, self.vocab_size)
         sub = self._sub_batch_size(batch, seq_len, tokens.device)
         if sub >= batch:
             self.last_n_sub_batches = 1
@@ -341,7 +341,7 @@ class GeneMambaEncoder(nn.Module):
             ``[T, d_model]`` after ``norm_f`` (input checks: see :meth:`forward`'s notes).
         """
         tokens = tokens.reshape(-1)
-        check_tokens(tokens, self.vocab_size, cu_seqlens)
+        tokens = check_tokens(tokens, self.vocab_size, cu_seqlens)
         self._max_seqlen = check_max_seqlen(max_seqlen, cu_seqlens)
         cu = cu_seqlens.to(device=tokens.device, dtype=torch.long)
         n_tokens = tokens.shape[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,7 +73,7 @@ def mask_tokens(
     """
     if not 0.0 <= mask_prob <= 1.0:
         raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
-    check_tokens(tokens, torch.iinfo(torch.int64).max)  # tensors of integer ids (values: the encoder's check)
+    tokens = check_tokens(tokens, torch.iinfo(torch.int64).max)  # integer ids (their values: the encoder's check)
     if tokens.dim() != 2 or lengths.shape != tokens.shape[:1]:
         raise ValueError(
             f"tokens must be [batch, L] and lengths [batch], got shapes {tuple(tokens.shape)} and "
@@ -277,7 +278,7 @@ class PathwayInfoNCE(nn.Module):
             raise ValueError("temperature must be > 0")
         if n_per_set < 2:
             raise ValueError("n_per_set must be >= 2")
-        if isinstance(n_sets, bool) or not isinstance(n_sets, int) or n_sets < 2:
+        if isinstance(n_sets, bool) or not isinstance(n_sets, numbers.Integral) or n_sets < 2:
             raise ValueError(
                 f"n_sets must be an integer >= 2 (one set alone has no negatives: its loss is 0), got {n_sets!r}"
             )

@@ -44,16 +44,22 @@ def check_lengths(lengths: torch.Tensor, seq_len: int) -> None:
         )
 
 
-def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor | None = None) -> None:
-    """Refuse token ids outside ``[0, vocab_size)`` and malformed ``cu_seqlens``, naming them (values: CPU only)."""
+def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """Refuse token ids outside ``[0, vocab_size)`` and malformed ``cu_seqlens``, naming them (values: CPU only).
+
+    Returns ``tokens``, as int64 when another integer type than int32 / int64 (a corpus shard's uint16): the
+    embedding takes those two only. Floating-point, complex and boolean tokens are refused.
+    """
     _need_tensors(tokens=tokens, cu_seqlens=cu_seqlens)
-    if tokens.dtype not in (torch.int64, torch.int32):  # (the embedding's own error names neither)
-        raise ValueError(f"tokens must be int64 or int32 token ids, got dtype {tokens.dtype} (.long() converts)")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
+    if tokens.dtype not in (torch.int64, torch.int32):
+        tokens = tokens.long()
     if cu_seqlens is not None and (cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point()):
         raise ValueError(f"cu_seqlens must be a 1-D integer tensor [n_cells + 1], got shape "
                          f"{tuple(cu_seqlens.shape)} and dtype {cu_seqlens.dtype}")  # fmt: skip
     if tokens.device.type != "cpu" or torch.compiler.is_compiling():
-        return
+        return tokens
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
         raise ValueError(
             f"token ids must be in [0, vocab_size={vocab_size}), got values from {int(tokens.min())} to "
@@ -66,6 +72,7 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor
                 f"cu_seqlens must rise from 0 to the number of packed tokens ({tokens.numel()}), got {cu.tolist()[:8]}"
                 + (" ..." if cu.numel() > 8 else "")
             )
+    return tokens
 
 
 def check_max_seqlen(max_seqlen: Any, cu_seqlens: torch.Tensor) -> int | None:
