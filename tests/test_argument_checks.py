@@ -226,13 +226,16 @@ def test_gpu_inference_batch_follows_the_measured_memory_per_token(monkeypatch):
 
     from genemamba_scvi.model._model import _inference_batch_size
 
-    published = SimpleNamespace(d_in_proj=2 * 1024 + 2 * 64 + 16, d_model=512)  # 24 x 512, d_state 64, 16 heads
     sizes = {}
-    for free_gib in (78, 22, 1):
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free_gib: (f * 2**30, 80 * 2**30))
-        sizes[free_gib] = _inference_batch_size(published, 2048, torch.device("cuda", 0))
-    assert sizes[78] == 512  # the cap of 2^20 token slots
-    assert 150 <= sizes[22] <= 190 and sizes[1] == 16  # a 24 GB card; the floor
+    for backend in ("mamba_ssm", "torch"):  # 24 x 512, d_state 64, 16 heads
+        published = SimpleNamespace(d_in_proj=2192, d_model=512, resolved_backend=lambda d, b=backend: b)
+        for free_gib in (78, 22, 1):
+            monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free_gib: (f * 2**30, 80 * 2**30))
+            sizes[backend, free_gib] = _inference_batch_size(published, 2048, torch.device("cuda", 0))
+    assert sizes["mamba_ssm", 78] == 512  # the cap of 2^20 token slots
+    assert 150 <= sizes["mamba_ssm", 22] <= 190 and sizes["mamba_ssm", 1] == 16  # a 24 GB card; the floor
+    # the PyTorch scan on a GPU (no mamba-ssm) keeps its chunk states: ~125 KiB a token (review), 5x less a batch
+    assert 110 <= sizes["torch", 78] <= 130 and 30 <= sizes["torch", 22] <= 40
 
 
 def test_several_devices_without_a_distributed_strategy_are_named(model):

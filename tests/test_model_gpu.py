@@ -68,14 +68,20 @@ def test_gpu_training_defaults_to_bf16_mixed(gpu_model):
     gpu_model.train(max_epochs=1, max_steps=2, batch_size=16, enable_progress_bar=False)
     assert str(gpu_model.trainer.precision) == "bf16-mixed"
     run = gpu_model.train_runs[-1]  # what a methods section reads: the run on the GPU, in bf16
-    assert run["device"].startswith("cuda") and run["precision"] == "bf16-mixed" and run["steps"] == 2
+    assert run["device"].startswith("cuda") and run["precision"] == "bf16-mixed"
+    assert run["steps"] == gpu_model.trainer.global_step > 0
 
 
-def test_gpu_inference_batch_follows_free_memory(gpu_model):
-    free, _ = torch.cuda.mem_get_info()
-    bs = gpu_model._inference_batch_size(torch.device("cuda", torch.cuda.current_device()))
-    per_slot = 8 * gpu_model.module.encoder.d_in_proj + 16 * gpu_model.module.encoder.d_model
-    assert 16 <= bs <= 1024 and bs * gpu_model.max_genes * per_slot <= 0.4 * free
+def test_gpu_inference_batch_fits_the_memory_it_is_given(gpu_model):
+    # session 32: the default batch takes 40% of the free memory at a measured cost per token; check what one
+    # default-batch embedding really holds at its peak against that share (review: not the formula again)
+    device = torch.device("cuda", torch.cuda.current_device())
+    free, _ = torch.cuda.mem_get_info(device)
+    bs = gpu_model._inference_batch_size(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    gpu_model.get_latent_representation(indices=np.arange(min(bs, gpu_model.adata.n_obs)), batch_size=bs)
+    assert torch.cuda.max_memory_allocated(device) - base <= 0.4 * free
 
 
 def test_gpu_training_and_embedding_tokenize_in_a_background_thread(gpu_model):

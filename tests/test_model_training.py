@@ -339,6 +339,9 @@ def test_train_runs_record_what_each_run_was_asked_and_did_and_survive_save_and_
     model.train_classifier(max_epochs=1, freeze_encoder=True, hidden=8, **TRAIN)
     with pytest.raises(KeyboardInterrupt):
         model.train(max_epochs=3, callbacks=[CtrlC()], **TRAIN)
+    with pytest.raises(KeyboardInterrupt):  # a new head on the frozen encoder, stopped: the earlier head is back,
+        model.train_classifier(max_epochs=2, freeze_encoder=True, hidden=4, callbacks=[CtrlC()], **TRAIN)
+    assert model.classifier_hidden_ == 8  # ... and the run that left nothing is not recorded (review)
     runs = model.train_runs
     assert [r["method"] for r in runs] == ["train", "train_classifier", "train"]
     assert [r["status"] for r in runs] == ["completed", "completed", "interrupted"]
@@ -351,9 +354,27 @@ def test_train_runs_record_what_each_run_was_asked_and_did_and_survive_save_and_
     assert first["n_cells"] == {"train": 36, "validation": 12} and first["precision"] == "32-true"
     assert runs[1]["args"]["freeze_encoder"] is True and runs[1]["args"]["hidden"] == 8
     assert runs[2]["args"]["callbacks"] == ["<CtrlC>"] and runs[2]["steps"] == 3
+    assert runs[2]["args"]["gamma"] == 0.0  # no gene sets: no pathway loss, whatever the default weight
+    assert len({r["id"] for r in runs}) == 3
     runs[0]["args"]["lr"] = 1.0  # a copy: the model's record is not changed through it
     assert model.train_runs[0]["args"]["lr"] == 2e-3
     model.save(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "extra.json").read_text())["train_runs"]
     assert saved == model.train_runs
     assert GeneMambaModel.load(tmp_path / "m", adata=adata).train_runs == model.train_runs
+
+
+def test_a_run_record_describes_what_json_cannot_hold():
+    # review (session 32): GO-BP with one small set was stored gene by gene (315 kB a record), NaN as bare NaN
+    import json
+
+    from genemamba_scvi.model._runs import start_record
+
+    sets = {f"s{i}": ["A", "B", "C", "D", "E"] for i in range(5000)} | {"small": ["A", "B"]}
+    record = start_record(
+        "train", {"self": None, "gene_sets": sets, "plan_kwargs": {"betas": (0.9, 0.95), "eps": float("nan")},
+                  "trainer_kwargs": {"callbacks": [object()]}, "batch_size": np.int64(16)},
+    )  # fmt: skip
+    args = json.loads(json.dumps(record, allow_nan=False))["args"]
+    assert args["gene_sets"] == "<mapping of 5001 gene sets>" and args["batch_size"] == 16
+    assert args["plan_kwargs"] == {"betas": [0.9, 0.95], "eps": "nan"} and args["callbacks"] == ["<object>"]

@@ -93,7 +93,7 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
 
     On a GPU larger batches are a little faster: ``get_latent_representation()`` on an H100 (24 x 512, top-2048)
     embedded 1,058 cells/s at 199 cells a batch (this function's choice until session 32), 1,072 at 256, 1,084 at 512
-    (1.024x), 1,086 at 1,024, at 14.8-25.5 KB of peak memory per real token (9.9 GB above the model at 512 cells;
+    (1.024x), 1,086 at 1,024, at 14.8-25.5 KB of peak memory per real token (9.9 GiB above the model at 512 cells;
     ``benchmarks/results/embed_batch_size_h100_s32.json``). The estimate below (25.7 KB a token slot for that
     model) stays above the measurement; 40% of the free memory gives the cap of 512 such cells on an 80 GB card,
     about 170 on a 24 GB one.
@@ -104,6 +104,8 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
     # transient bytes per token slot in one layer: both directions' in_proj output and about as much again for
     # conv / scan outputs (bf16), plus a few float32 d_model vectors (residual stream, padded output)
     per_token = 2 * 2 * 2 * encoder.d_in_proj + 4 * 4 * encoder.d_model
+    if encoder.resolved_backend(device) != "mamba_ssm":  # the PyTorch scan keeps its chunk states: ~125 KiB a token
+        per_token *= 5  # at d_model 512 on a CPU in float32 (review, session 32), 5x the fused path's estimate
     budget_tokens = min(int(0.4 * free) // per_token, _MAX_INFERENCE_TOKENS)
     return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(max_genes, 1))))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,10 +32,12 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     Numbers, strings, lists and dicts as they are; a gene-set mapping, an array, a callback or any other object by a
     short description (never the data itself).
     """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)  # (JSON has no NaN or inf)
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, np.ndarray):
@@ -42,8 +45,8 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     if depth >= 3:
         return f"<{type(value).__name__}>"
     if isinstance(value, Mapping):
-        if value and all(isinstance(v, list | tuple | set | np.ndarray) and len(v) > 3 for v in value.values()):
-            return f"<mapping of {len(value)} gene sets>"  # gene_sets={name: genes}: the count, not the genes
+        if len(value) > 20:
+            return f"<mapping of {len(value)} items>"
         return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         if len(value) > 20:
@@ -60,7 +63,10 @@ def start_record(method: str, args: Mapping[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in args.items() if k not in _SKIPPED}
     given.update(args.get("trainer_kwargs") or {})
     given.update(args.get("kwargs") or {})
+    if isinstance(given.get("gene_sets"), Mapping):  # {name: genes}: the count, not the genes (GO-BP: 5,233 sets)
+        given["gene_sets"] = f"<mapping of {len(given['gene_sets'])} gene sets>"
     return {
+        "id": uuid.uuid4().hex[:12],
         "method": method,
         "started_utc": _now(),
         "args": {k: jsonable(v) for k, v in given.items()},

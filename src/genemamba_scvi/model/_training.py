@@ -179,11 +179,13 @@ class GeneMambaTrainingMixin:
     def train_runs(self) -> list[dict[str, Any]]:
         """One record per training run of this model (:meth:`train`, :meth:`train_classifier`, :meth:`pretrain`).
 
-        Each holds ``method``, ``args`` (as passed; a gene-set mapping or an array by a short description),
+        Each holds an ``id``, ``method``, ``args`` (as passed; a gene-set mapping or an array by a short description),
         ``scvi_settings_seed``, ``status`` (``"completed"``, ``"interrupted"`` or ``"failed (<error>)"``, the last two
-        only after a step), ``epochs_run``, ``steps``, ``n_cells`` (train / validation), ``precision``, ``device``,
-        the start and end times (UTC) and the package and torch versions: what a methods section needs beside
-        :attr:`history`. Saved and loaded with the model (empty for models saved before it was kept).
+        only after a step), ``epochs_run`` and ``steps`` (the trainer's counts at the end: a run resumed with
+        ``ckpt_path`` counts from the start of the run it resumed), ``n_cells`` (train / validation), ``precision``,
+        ``device``, the start and end times (UTC) and the package and torch versions: what a methods section needs
+        beside :attr:`history`. A ``train_classifier`` stopped before it changed anything kept is not recorded. Saved
+        and loaded with the model (empty for models saved before it was kept).
         """
         return copy.deepcopy(list(getattr(self, "train_runs_", [])))
 
@@ -406,7 +408,7 @@ class GeneMambaTrainingMixin:
         """
         record = start_record("train", locals())
         gamma = check_gamma(gamma, gene_sets, plan_kwargs)
-        record["args"]["gamma"] = gamma  # the weight used (None given: the default)
+        record["args"]["gamma"] = gamma if gene_sets is not None else 0.0  # the weight used (no sets: no pathway loss)
         run_args = _run_args(locals())
         run_args["run_record"] = record
         self.module.set_objective(objective)
@@ -492,7 +494,8 @@ class GeneMambaTrainingMixin:
         except BaseException as err:
             untouched = all(torch.equal(a, b) for a, b in zip(start, self.module.classifier.parameters()))
             if untouched or (freeze_encoder and not same_head):  # only the new head changed: the earlier one back
-                restore_head(self, before)
+                restore_head(self, before)  # ... and the run left nothing, so no record of it (review)
+                self.train_runs_ = [r for r in self.train_runs_ if r.get("id") != record["id"]]
             elif isinstance(err, KeyboardInterrupt):  # Ctrl-C: the head keeps its steps, so they are recorded
                 note_head(self, random_encoder and freeze_encoder, train_size, validation_size)
             raise
