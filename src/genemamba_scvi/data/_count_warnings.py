@@ -37,8 +37,9 @@ def warn_if_rounded_log(X: Any, where: str) -> None:
         warnings.warn(
             f"{where} does not look like raw counts: in {n_low} of {int(rich.sum())} cells with "
             f"{_ROUNDED_LOG_MIN_GENES} or more genes detected no gene has a value above {_ROUNDED_LOG_MAX}, where raw "
-            "counts of such cells reach tens to hundreds; log-normalised values rounded to integers look like this. "
-            f"GeneMamba ranks genes by their counts: {_RAW_HINT}",
+            "counts of such cells reach tens to hundreds; log-normalised values rounded to integers look like this "
+            "(so may the counts of a large imaging panel, thousands of genes at a few transcripts each: then this "
+            f"warning does not apply). GeneMamba ranks genes by their counts: {_RAW_HINT}",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
