@@ -18,7 +18,7 @@ import numpy as np
 
 from genemamba_scvi import __version__
 
-#: Arguments not worth a record: Lightning objects passed through (kept as their class names) are handled below.
+#: Names in a method's ``locals()`` that are not arguments to record (``trainer_kwargs`` / ``kwargs`` are merged in).
 _SKIPPED = frozenset({"self", "trainer_kwargs", "kwargs"})
 
 
@@ -29,8 +29,8 @@ def _now() -> str:
 def jsonable(value: Any, depth: int = 0) -> Any:
     """``value`` as JSON.
 
-    Numbers, strings, lists and dicts as they are; a gene-set mapping, an array, a callback or any other object by a
-    short description (never the data itself).
+    Numbers, strings, short lists and dicts as they are; an array, a long list or mapping, a non-finite number, a
+    callback or any other object by a short description (never the data itself).
     """
     if isinstance(value, np.generic):
         value = value.item()
