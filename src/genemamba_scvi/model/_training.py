@@ -184,7 +184,7 @@ class GeneMambaTrainingMixin:
         only after a step), ``epochs_run`` and ``steps`` (the trainer's counts at the end: a run resumed with
         ``ckpt_path`` counts from the start of the run it resumed), ``n_cells`` (train / validation), ``precision``,
         ``device``, the start and end times (UTC) and the package and torch versions: what a methods section needs
-        beside :attr:`history`. A ``train_classifier`` stopped before it changed anything kept is not recorded. Saved
+        beside :attr:`history`. A stopped ``train_classifier`` whose earlier head was put back is not recorded. Saved
         and loaded with the model (empty for models saved before it was kept).
         """
         return copy.deepcopy(list(getattr(self, "train_runs_", [])))
