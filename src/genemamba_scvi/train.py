@@ -66,6 +66,15 @@ def check_gamma(gamma: Any, gene_sets: Any, plan_kwargs: Mapping[str, Any] | Non
     return float(gamma)
 
 
+def log_interval(n_train: int, batch_size: int) -> int:
+    """Lightning's ``log_every_n_steps``: its default 50, or the epoch's number of minibatches if fewer.
+
+    Lightning warns on every small run that the epoch is shorter than the interval; logging once per epoch there
+    keeps the per-step sync of a logged loss as rare as with 50. (``train`` and ``pretrain_from_corpus``.)
+    """
+    return max(1, min(50, -(-n_train // max(batch_size, 1))))
+
+
 def logged_metrics(mode: str, module: Any, gamma: float) -> list[str]:
     """Names of the metrics a training run of ``module`` logs (``history`` keys; what early stopping may monitor).
 

@@ -52,6 +52,7 @@ from genemamba_scvi.train import (
     check_early_stopping_monitor,
     check_gamma,
     ddp_strategy,
+    log_interval,
     logged_metrics,
     training_session,
     warn_if_patience_too_long,
@@ -140,15 +141,6 @@ def _only_checkpoints(save_dir: Path, checkpoint_dir: str | os.PathLike | None) 
         return not save.exists()
     top = save / ckpt.relative_to(save).parts[0] if ckpt != save else None
     return all(entry == top or (ckpt == save and entry.suffix == ".ckpt") for entry in save.iterdir())
-
-
-def _log_interval(n_train: int, batch_size: int) -> int:
-    """Lightning's ``log_every_n_steps``: its default 50, or the epoch's number of minibatches if fewer.
-
-    Lightning warns on every small run that the epoch is shorter than the interval; logging once per epoch there
-    keeps the per-step sync of a logged loss as rare as with 50.
-    """
-    return max(1, min(50, -(-n_train // max(batch_size, 1))))
 
 
 def _run_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +262,7 @@ class GeneMambaTrainingMixin:
         self.module.train()  # Lightning keeps each submodule's mode; a previous inference left them in eval
         n_train, n_val = getattr(data_splitter, "n_train", None), getattr(data_splitter, "n_val", None)  # scvi's split
         if n_train is not None:
-            trainer_kwargs.setdefault("log_every_n_steps", _log_interval(n_train, batch_size))
+            trainer_kwargs.setdefault("log_every_n_steps", log_interval(n_train, batch_size))
         if n_val == 0:  # no validation cells (e.g. train_size=1.0): no validation loop, no empty-loader warning
             if trainer_kwargs.get("early_stopping"):
                 n = self.adata.n_obs

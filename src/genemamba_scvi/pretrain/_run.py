@@ -30,6 +30,7 @@ from genemamba_scvi.train import (
     StepProgressBar,
     check_early_stopping_monitor,
     check_gamma,
+    log_interval,
     logged_metrics,
     minibatch_loss,
     training_session,
@@ -430,8 +431,7 @@ def pretrain_from_corpus(
         "ckpt_path": None if ckpt_path is None else "last" if ckpt_path == "last" else os.path.expanduser(ckpt_path),
         **trainer_kwargs,
     }
-    # Lightning's 50, or an epoch's minibatches if fewer (it warned on every small corpus; train() does the same)
-    trainer_kwargs.setdefault("log_every_n_steps", max(1, min(50, -(-datamodule.n_train // max(batch_size, 1)))))
+    trainer_kwargs.setdefault("log_every_n_steps", log_interval(datamodule.n_train, batch_size))  # (as train()'s)
     if datamodule.n_val:  # scvi's Trainer never validates unless told (its None means never)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
     else:  # no validation loop (Lightning would warn about the empty validation loader)
