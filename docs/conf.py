@@ -45,9 +45,8 @@ html_theme = "sphinx_book_theme"
 html_title = "genemamba-scvi"
 nitpicky = False
 
-# scvi-tools base-class members that do not apply to GeneMamba: they raise NotImplementedError or convert
-# scvi-tools' own legacy save format.
-_HIDDEN_MEMBERS = {"differential_abundance", "get_normalized_expression", "convert_legacy_save"}
+# scvi-tools base-class members that do not apply to GeneMamba: it converts scvi-tools' own legacy save format.
+_HIDDEN_MEMBERS = {"convert_legacy_save"}
 
 # A notebook cell that calls one of these plots something; it must come out with a picture.
 _PLOT_CALL = re.compile(r"\b(sc\.pl\.\w+|plt\.\w+|sns\.\w+)\(|\.plot\(")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL_CONFIG, settings
+from genemamba_scvi import GeneMambaModel
 from genemamba_scvi.data.corpus import TokenCorpus, build_corpus
 from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
 from genemamba_scvi.datasets import resource_path
@@ -630,3 +631,20 @@ def test_a_module_of_another_vocabulary_is_told_how_to_build_its_corpus(corpus_d
     module = GeneMambaModule(len(TokenCorpus(corpus_dir).vocab) + 7, mask_id=2, n_special=3, config=TINY_MODEL_CONFIG)
     with pytest.raises(ValueError, match=r"tokens, the corpus \d+: .*build_corpus\(files, out_dir, vocab='<model dir>"):
         pretrain_from_corpus(corpus_dir, module=module, max_steps=1, accelerator="cpu", enable_progress_bar=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_steps": 0}, "max_steps must be a positive number"),
+        ({"max_steps": 2.5}, "max_steps must be a positive number"),
+        ({"max_steps": -1, "max_epochs": 0}, "max_epochs must be a positive number"),
+        ({"max_steps": 1, "max_epochs": 0}, "max_epochs must be a positive number"),
+    ],
+)
+def test_a_run_length_that_trains_nothing_is_refused(corpus_dir, tmp_path, kwargs, message):
+    # bad-input probe (session 33): max_steps=0 or max_epochs=0 ran no step and GeneMambaModel.pretrain saved the
+    # random weights as a trained model (is_trained true, no "not trained" warning at embedding)
+    with pytest.raises(ValueError, match=message):
+        GeneMambaModel.pretrain(corpus_dir, tmp_path / "m", **{**TINY, **kwargs})
+    assert not (tmp_path / "m").exists()

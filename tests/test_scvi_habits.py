@@ -180,6 +180,11 @@ def test_load_registry_and_view_setup_args_read_our_files(model_and_data, tmp_pa
     assert registry["setup_args"]["layer"] == "counts" and registry["setup_args"]["batch_key"] == "batch"
     GeneMambaModel.view_setup_args(tmp_path / "m", prefix="pbmc_")
     assert "GeneMambaModel.setup_anndata" in capsys.readouterr().out
+    # scvi-habits probe (session 33): without the prefix, load and view_setup_args said only "checksums.json is
+    # missing"; they now name the prefixed folder and the argument
+    for call in (GeneMambaModel.load, GeneMambaModel.view_setup_args):
+        with pytest.raises(FileNotFoundError, match=r"holds pbmc_model/, saved with a prefix.*prefix='pbmc_'"):
+            call(tmp_path / "m")
 
 
 # ------------------------------------------------------------------ session 18: what a probe of scvi habits found
@@ -451,6 +456,24 @@ def test_scarches_query_habits_say_what_to_do_instead():
         GeneMambaModel.load_query_data(object(), "reference/")
     with pytest.raises(NotImplementedError, match=r"needs no prepare_query_anndata: pass the query as it is"):
         GeneMambaModel.prepare_query_anndata(object(), "reference/")
+
+
+def test_scvi_generative_methods_say_what_to_use_instead(model_and_data):
+    # scvi-habits probe (session 33): get_normalized_expression raised scvi-tools' bare "not implemented", and
+    # differential_expression an AttributeError; each now names what to do instead
+    model, _ = model_and_data
+    expected = {
+        "get_normalized_expression": r"no decoder.*sc\.pp\.normalize_total.*in_silico_perturb",
+        "differential_expression": r"use_rep='X_genemamba'.*rank_genes_groups",
+        "differential_abundance": r"deterministic.*Milo",
+        "get_elbo": r"not a VAE.*model\.history",
+        "get_marginal_ll": r"not a VAE",
+        "get_reconstruction_error": r"not a VAE.*lm_loss_train",
+        "posterior_predictive_sample": r"no count distribution",
+    }
+    for name, message in expected.items():
+        with pytest.raises(NotImplementedError, match=message):
+            getattr(model, name)(groupby="bulk_labels")
 
 
 def test_history_continues_with_lightning_habits_on_later_runs(cells, tmp_path, monkeypatch):

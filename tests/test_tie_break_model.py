@@ -96,3 +96,8 @@ def test_settings_set_on_a_model_are_what_it_uses_and_saves(adata, tmp_path):
     assert f"all expressed genes of {n_genes}," in model._model_summary_string and "top-" not in repr(model)
     model.max_genes = 24
     assert "top-24 genes," in model._model_summary_string
+    # scvi-habits probe (session 33): the summary said "backend auto"; it now says what runs where
+    assert model._model_summary_string.endswith(", backend torch")  # as configured
+    from genemamba_scvi.model._model import _backend_summary
+
+    assert _backend_summary("auto").startswith("backend auto (torch on a CPU, ")

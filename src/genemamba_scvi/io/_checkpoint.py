@@ -279,6 +279,13 @@ def _other_layout_hint(path: Path) -> str:
     """What a directory without our manifest holds instead, when it is recognisably another model format."""
     if (path / "model.pt").is_file():
         return ": it holds model.pt, a model saved by scvi-tools; load it with the scvi-tools class that saved it"
+    prefixed = sorted(p.name[: -len("model")] for p in path.glob("?*model") if is_our_checkpoint(p))
+    if prefixed:  # save(dir, prefix=...) writes into dir / f"{prefix}model"
+        found = ", ".join(f"{p}model/" for p in prefixed)
+        return f": it holds {found}, saved with a prefix; load it with GeneMambaModel.load(path, prefix={prefixed[0]!r})"
+    scvi_prefixed = sorted(p.name for p in path.glob("?*model.pt"))
+    if scvi_prefixed:
+        return f": it holds {scvi_prefixed[0]}, a model saved by scvi-tools with a prefix; load it with that class"
     weights = (WEIGHTS_FILE, f"{WEIGHTS_FILE}.index.json", "pytorch_model.bin")
     has_weights = any((path / w).is_file() for w in weights)
     if has_weights and (path / CONFIG_FILE).is_file() and not (path / EXTRA_FILE).is_file():

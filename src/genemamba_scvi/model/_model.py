@@ -53,6 +53,7 @@ from genemamba_scvi.model._utils import (
 )
 from genemamba_scvi.module import GeneMambaModule
 from genemamba_scvi.nn.config import check_count
+from genemamba_scvi.nn.ssd import mamba_ssm_available
 from genemamba_scvi.train import GeneMambaTrainingPlan
 
 """Default ``adata.obsm`` key for GeneMamba cell embeddings."""
@@ -108,6 +109,14 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
         per_token *= 5  # at d_model 512 on a CPU in float32 (review, session 32), 5x the fused path's estimate
     budget_tokens = min(int(0.4 * free) // per_token, _MAX_INFERENCE_TOKENS)
     return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(max_genes, 1))))
+
+
+def _backend_summary(backend: str) -> str:
+    """The backend for ``print(model)``: what ``"auto"`` runs on a CPU and on a GPU (a probe read "auto" as unknown)."""
+    if backend != "auto":
+        return f"backend {backend}"
+    gpu = "mamba_ssm on a GPU" if mamba_ssm_available() else "also on a GPU: mamba-ssm is not installed"
+    return f"backend auto (torch on a CPU, {gpu})"
 
 
 class GeneMambaModel(
@@ -248,7 +257,7 @@ class GeneMambaModel(
         directions = f"bidirectional ({config.merge})" if config.bidirectional else "unidirectional"
         self._model_summary_string = (
             f"GeneMamba model: {config.n_layers} x d_model {config.d_model}, {directions}, vocab {len(vocab)}, "
-            f"{self._genes_read()}, {n_params / 1e6:.2f}M parameters, backend {self.module.encoder.backend}"
+            f"{self._genes_read()}, {n_params / 1e6:.2f}M parameters, {_backend_summary(config.backend)}"
         )
         self.init_params_ = self._get_init_params(locals())
 

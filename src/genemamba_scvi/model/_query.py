@@ -1,4 +1,8 @@
-"""scArches' query habits of scvi-tools, answered: :class:`GeneMambaQueryMixin`."""
+"""scvi-tools habits with no GeneMamba counterpart, answered: :class:`GeneMambaQueryMixin`.
+
+scArches' query surgery, and the generative-model methods of scVI (normalised expression, differential expression,
+ELBO, posterior samples): each raises ``NotImplementedError`` saying what to use instead.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Any
 
 
 class GeneMambaQueryMixin:
-    """``load_query_data`` / ``prepare_query_anndata`` say what to do instead (mixed into ``GeneMambaModel``)."""
+    """scvi-tools methods GeneMamba does not offer say what to do instead (mixed into ``GeneMambaModel``)."""
 
     @classmethod
     def load_query_data(cls, *args: Any, **kwargs: Any) -> Any:
@@ -41,3 +45,96 @@ class GeneMambaQueryMixin:
             "GeneMambaModel needs no prepare_query_anndata: pass the query as it is to get_latent_representation or "
             "predict; its genes are matched to the model's vocabulary by id (any order, missing or extra genes)"
         )
+
+    def get_normalized_expression(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: GeneMamba has no decoder of counts (it is not a generative model like scVI).
+
+        Raises
+        ------
+        NotImplementedError
+            Always, naming what to use instead.
+        """
+        raise NotImplementedError(
+            "GeneMambaModel has no get_normalized_expression: it is an encoder with no decoder of counts, so it "
+            "cannot denoise expression as scVI does. Normalise the counts with scanpy "
+            "(sc.pp.normalize_total(adata); sc.pp.log1p(adata)); to see how a gene moves a cell's embedding, use "
+            "model.in_silico_perturb"
+        )
+
+    def differential_expression(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: scVI's differential expression samples its count likelihood, which GeneMamba does not have.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, naming what to use instead.
+        """
+        raise NotImplementedError(
+            "GeneMambaModel has no differential_expression (scVI's samples its count model; GeneMamba has none). "
+            "Group the cells with the embedding and test the counts: sc.pp.neighbors(adata, use_rep='X_genemamba'); "
+            "sc.tl.leiden(adata); then sc.tl.rank_genes_groups(adata, 'leiden') on log-normalised counts"
+        )
+
+    def differential_abundance(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: scvi-tools' differential abundance needs a latent distribution; GeneMamba's is a point.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, naming what to use instead.
+        """
+        raise NotImplementedError(
+            "GeneMambaModel has no differential_abundance (it needs a posterior over the latent space; GeneMamba's "
+            "embedding is deterministic). Test neighbourhood abundance on obsm['X_genemamba'] with a tool such as "
+            "Milo (pertpy) after sc.pp.neighbors(adata, use_rep='X_genemamba')"
+        )
+
+    def get_elbo(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: GeneMamba is not a VAE (see :meth:`get_reconstruction_error`).
+
+        Raises
+        ------
+        NotImplementedError
+            Always, naming what to use instead.
+        """
+        raise NotImplementedError(_NO_ELBO.format(name="get_elbo"))
+
+    def get_marginal_ll(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: GeneMamba is not a VAE (see :meth:`get_reconstruction_error`).
+
+        Raises
+        ------
+        NotImplementedError
+            Always, naming what to use instead.
+        """
+        raise NotImplementedError(_NO_ELBO.format(name="get_marginal_ll"))
+
+    def get_reconstruction_error(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: GeneMamba is not a VAE; its training loss is the masked-gene (LM) loss, in ``model.history``.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, naming what to use instead.
+        """
+        raise NotImplementedError(_NO_ELBO.format(name="get_reconstruction_error"))
+
+    def posterior_predictive_sample(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: GeneMamba has no count likelihood to sample from.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, saying so.
+        """
+        raise NotImplementedError(
+            "GeneMambaModel has no posterior_predictive_sample: it models the ranked gene sequence of a cell, not "
+            "its counts, so there is no count distribution to sample"
+        )
+
+
+_NO_ELBO = (
+    "GeneMambaModel has no {name}: it is not a VAE (no ELBO, likelihood or reconstruction of counts). Its losses "
+    "are in model.history (train_loss / validation_loss, lm_loss_train, pathway_loss_train, ...); to score the "
+    "embedding, genemamba_scvi.metrics.benchmark_integration"
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -216,6 +217,20 @@ def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
         )
 
 
+def _check_length(max_steps: Any, max_epochs: Any) -> None:
+    """Refuse a run length that trains nothing (Lightning runs 0 steps and the weights stay random) or is no count.
+
+    Bad-input probe (session 33): ``max_steps=0`` or ``max_epochs=0`` saved a random model marked as trained.
+    """
+    whole = isinstance(max_steps, numbers.Integral) and not isinstance(max_steps, bool)
+    if not whole or (max_steps != -1 and max_steps < 1):
+        raise ValueError(f"max_steps must be a positive number of optimiser steps (or -1: no limit), got {max_steps!r}")
+    if max_epochs is not None and (
+        not isinstance(max_epochs, numbers.Integral) or isinstance(max_epochs, bool) or max_epochs < 1
+    ):
+        raise ValueError(f"max_epochs must be a positive number of passes over the corpus (or None), got {max_epochs!r}")
+
+
 def pretrain_from_corpus(
     corpus_dir: str | os.PathLike,
     *,
@@ -337,6 +352,7 @@ def pretrain_from_corpus(
     """
     if ckpt_path == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
+    _check_length(max_steps, max_epochs)
     check_checkpoint_dir(checkpoint_dir, resuming=ckpt_path is not None)
     gamma = check_gamma(gamma, gene_sets, plan_kwargs)
     batch_size = check_count("batch_size", batch_size)
