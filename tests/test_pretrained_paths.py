@@ -267,3 +267,18 @@ def test_a_damaged_file_of_the_hub_cache_is_refused(tmp_path):
     blob.write_bytes(bytes(damaged))
     with pytest.raises(ValueError, match=r"model.safetensors in the Hugging Face cache is damaged"):
         read_official_checkpoint(REPO, cache_dir=tmp_path / "hub")
+
+
+def test_a_parent_folders_tokenizer_is_taken_only_from_a_repository_of_size_variants(tmp_path):
+    # bad-input probe (session 33): a checkpoint without its tokenizer silently read a tokenizer one folder up (any
+    # folder: another download's, with the genes in another order, gave embeddings off by up to 0.6)
+    root = _write_hf(tmp_path / "repo", _official_tensors("mean", seed=2), mode="mean")
+    variant = _write_hf(root / "12l-256d", _official_tensors("sum", seed=3), mode="sum")
+    (variant / "tokenizer.json").unlink()
+    assert read_official_checkpoint(variant).encoder_kwargs["merge"] == "sum"  # the repository root's tokenizer
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    ckpt = _write_hf(proj / "GeneMamba", _official_tensors("mean", seed=4), mode="mean")
+    (ckpt / "tokenizer.json").rename(proj / "tokenizer.json")
+    with pytest.raises(FileNotFoundError, match=r"tokenizer.json in its parent folder is not taken.*no repository"):
+        read_official_checkpoint(ckpt)

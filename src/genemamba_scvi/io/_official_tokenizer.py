@@ -25,19 +25,41 @@ _TOKENIZER_FILES = ("tokenizer.json", "gene_tokenizer.json", "vocab.json", "voca
 def _load_official_tokens(directory: Path) -> tuple[dict[str, int], dict[str, str], Path]:
     """Token -> id from tokenizer.json / gene_tokenizer.json (any HF tokenizers model), vocab.json or vocab.txt.
 
-    A size-variant subfolder without its own tokenizer uses the repository root's (its parent).
+    A size-variant subfolder without its own tokenizer uses the repository root's (its parent), where the parent is
+    such a repository: a checkpoint itself (its ``config.json``) or a folder of several size variants. Any other
+    parent's tokenizer is not taken (bad-input probe, session 33: a same-format tokenizer of another download one level
+    up mapped every gene to another gene's embedding row, without a word).
     """
-    folders = (directory, directory.parent)
-    for folder in folders:
+    directory = directory.absolute()
+    parent = directory.parent
+    for folder in (directory, parent):
         for name in _TOKENIZER_FILES:
             candidate = folder / name
-            if candidate.is_file():
-                tokens, declared = _parse_tokenizer_file(candidate)
-                for extra in ("tokenizer_config.json", "special_tokens_map.json"):
-                    if (folder / extra).is_file():
-                        declared.update(_declared_specials(_load_json(folder / extra)))
-                return tokens, declared, candidate
-    raise FileNotFoundError(f"no {', '.join(_TOKENIZER_FILES)} in {directory} or {directory.parent}")
+            if not candidate.is_file():
+                continue
+            if folder == parent and not _is_repository_root(parent):
+                raise FileNotFoundError(
+                    f"no {', '.join(_TOKENIZER_FILES)} in {directory}; {candidate} in its parent folder is not taken, "
+                    f"as {parent} is no repository of size variants (no {_CONFIG}, fewer than two variant "
+                    "subfolders): a tokenizer of another download would map genes to the wrong embedding rows. Copy "
+                    f"this checkpoint's own tokenizer file into {directory}"
+                )
+            tokens, declared = _parse_tokenizer_file(candidate)
+            for extra in ("tokenizer_config.json", "special_tokens_map.json"):
+                if (folder / extra).is_file():
+                    declared.update(_declared_specials(_load_json(folder / extra)))
+            return tokens, declared, candidate
+    raise FileNotFoundError(f"no {', '.join(_TOKENIZER_FILES)} in {directory} or {parent}")
+
+
+_CONFIG = "config.json"
+
+
+def _is_repository_root(folder: Path) -> bool:
+    """A published repository's root: a checkpoint itself, or a folder of at least two size-variant subfolders."""
+    if (folder / _CONFIG).is_file():
+        return True
+    return sum(1 for p in folder.iterdir() if p.is_dir() and (p / _CONFIG).is_file()) >= 2
 
 
 def _declared_specials(data: Any) -> dict[str, str]:
