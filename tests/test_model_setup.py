@@ -470,6 +470,12 @@ def test_medians_of_a_whole_atlas_train_a_model_on_a_subsample(adata, tmp_path):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=series[10:])
     with pytest.raises(ValueError, match=r"names a gene twice.*" + re.escape(str(series.index[0]))):
         GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=pd.concat([series, series[:1] * 2]))
+    # bad-input probe (session 33): medians no gene can be ranked by were taken (every gene ranked by count / total)
+    for bad, message in ((np.nan, "no finite positive median"), (0.0, "no finite positive"), (np.inf, "no finite")):
+        with pytest.raises(ValueError, match=message):
+            GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=np.full_like(per_gene, bad))
+    with pytest.raises(ValueError, match=r"holds 1 negative value\(s\)"):
+        GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=np.where(np.arange(len(per_gene)) == 3, -1.0, 1.0))
 
 
 def test_atlas_medians_by_gene_id_prefer_the_name_the_vocabulary_holds():

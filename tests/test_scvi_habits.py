@@ -648,3 +648,12 @@ def test_embedding_leaves_the_global_random_stream_alone(model_and_data):
     model.get_latent_representation()
     model.get_latent_representation(indices=[0, 1, 2])
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("size", [0, 0.0, False])
+def test_a_train_size_of_zero_is_refused_not_read_as_the_default(model_and_data, size):
+    # bad-input probe (session 33): scvi-tools' splitter reads a falsy train_size as 0.9; train(train_size=0.0)
+    # trained on 90% of the cells without a word
+    model, _ = model_and_data
+    with pytest.raises(ValueError, match=r"train_size=.* would train on no cell"):
+        model.train(max_epochs=1, train_size=size, accelerator="cpu")

@@ -111,6 +111,25 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
     return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(max_genes, 1))))
 
 
+def _check_usable_medians(medians: np.ndarray) -> None:
+    """Refuse medians no gene can be ranked by: none finite and positive, or any negative (no median of counts is).
+
+    Bad-input probe (session 33): all NaN, 0, -1 or inf were taken without a word, every gene then ranked with the
+    fallback of 1.0 (by count / cell total alone), as ``build_corpus`` refuses.
+    """
+    finite = medians[np.isfinite(medians)]
+    if (finite < 0).any():
+        raise ValueError(
+            f"gene_medians holds {int((finite < 0).sum())} negative value(s): a gene's median of count / cell total "
+            "is never negative (log-scaled or centred values?); pass the medians compute_gene_medians gives"
+        )
+    if not (finite > 0).any():
+        raise ValueError(
+            "gene_medians holds no finite positive median (all NaN, infinite or 0): genes would be ranked by count / "
+            "cell total alone. Pass gene_medians=None to compute them from adata, or compute_gene_medians(files)"
+        )
+
+
 def _backend_summary(backend: str) -> str:
     """The backend for ``print(model)``: what ``"auto"`` runs on a CPU and on a GPU (a probe read "auto" as unknown)."""
     if backend != "auto":
@@ -244,6 +263,8 @@ class GeneMambaModel(
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         else:
             gene_medians = self._medians_per_token(adata, gene_medians)
+            if tokenization != "published":
+                _check_usable_medians(gene_medians)
         self.gene_medians_ = gene_medians
         if medians_given:  # after gene_medians_: a saved model judges adata as a query (superset of genes is fine)
             self._match_genes(adata)  # refuses genes that do not fit the model, warns about unknown and missing ones

@@ -30,6 +30,15 @@ def check_epochs(max_epochs: Any, max_steps: Any) -> None:
         raise ValueError(f"max_epochs must be a positive number of epochs (or give max_steps), got {max_epochs!r}")
 
 
+def check_train_size(train_size: Any) -> None:
+    """Refuse ``train_size`` 0 (or ``False``), which scvi-tools' splitter reads as its default 0.9 without a word."""
+    if train_size is not None and (isinstance(train_size, bool) or train_size == 0):
+        raise ValueError(
+            f"train_size={train_size!r} would train on no cell (scvi-tools would silently use 0.9 instead): pass the "
+            "fraction of the cells to train on, in (0, 1] (None: 0.9)"
+        )
+
+
 def check_run_args(
     trainer_kwargs: dict[str, Any],
     lr: Any,

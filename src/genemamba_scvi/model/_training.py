@@ -39,7 +39,12 @@ from genemamba_scvi.model._genes import (
     _check_known_genes_expressed,
     config_in_order,
 )
-from genemamba_scvi.model._run_checks import check_loss_plan_kwargs, check_run_args, warn_if_cpu_memory_short
+from genemamba_scvi.model._run_checks import (
+    check_loss_plan_kwargs,
+    check_run_args,
+    check_train_size,
+    warn_if_cpu_memory_short,
+)
 from genemamba_scvi.model._runs import finish_record, start_record
 from genemamba_scvi.model._utils import (
     _check_model_counts,
@@ -211,6 +216,7 @@ class GeneMambaTrainingMixin:
             trainer_kwargs, lr, batch_size, checkpoint_dir, datasplitter_kwargs
         )
         check_loss_plan_kwargs(plan_kwargs, loss_kwargs["mode"])
+        check_train_size(train_size)
         resumed = trainer_kwargs.get("ckpt_path")
         resumed = Path(resumed).expanduser() if resumed not in (None, "last") else None
         if checkpoint_dir is None and resumed is not None and resumed.is_file():
