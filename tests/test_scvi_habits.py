@@ -586,6 +586,21 @@ def test_embedding_an_anndata_set_up_for_scvi_leaves_scvis_columns_alone(model_a
     assert other.uns["_scvi_manager_uuid"] == manager_id
 
 
+def test_setting_up_genemamba_on_an_anndata_set_up_for_scvi_warns_that_scvi_would_see_its_columns(cells):
+    # scvi-habits probe (session 33): SCVI then GeneMamba's setup_anndata (without the batch) set obs["_scvi_batch"]
+    # to 0 and scVI then trained on one batch without a word; it now warns, naming the columns and the way out
+    both = cells[:40].copy()
+    scvi.model.SCVI.setup_anndata(both, layer="counts", batch_key="batch")
+    with pytest.warns(UserWarning, match=r"rewrote obs\['_scvi_batch'\], which another model set up .*adata\.copy"):
+        GeneMambaModel.setup_anndata(both, layer="counts")
+    with warnings.catch_warnings():  # GeneMamba's own set-up again, or with the same columns: nothing to say
+        warnings.filterwarnings("error", message="setup_anndata rewrote")
+        GeneMambaModel.setup_anndata(both, layer="counts", labels_key="bulk_labels")
+        same = cells[:40].copy()
+        scvi.model.SCVI.setup_anndata(same, layer="counts", batch_key="batch")
+        GeneMambaModel.setup_anndata(same, layer="counts", batch_key="batch")
+
+
 def test_a_deleted_model_lets_its_queries_go(model_and_data, cells):
     # sweep probe (session 28): models built, used on a query and deleted in a loop kept every query alive in
     # scvi-tools' class-level stores (2 AnnData a model); the AnnData set up for them stays usable for a new model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -11,12 +12,13 @@ import pandas as pd
 import rich.pretty  # noqa: F401  (scvi's view_anndata_setup uses rich.pretty without importing it)
 import torch
 from anndata import AnnData
-from scvi.data._constants import _SCVI_UUID_KEY
+from scvi.data._constants import _MANAGER_UUID_KEY, _SCVI_UUID_KEY
 from scvi.data._utils import _assign_adata_uuid
 from scvi.model.base import BaseModelClass
 
 from genemamba_scvi._config import MODEL_ARG_FIELDS, GeneMambaConfig
 from genemamba_scvi._precision import require_cuda_if_asked, resolve_precision
+from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.data._count_warnings import warn_if_rounded_log
 from genemamba_scvi.data.gene_ids import warn_if_control_features, warn_if_not_gene_ids
 from genemamba_scvi.data.normalize import count_matrix, warn_if_raw_holds_more_genes
@@ -127,6 +129,37 @@ def _check_usable_medians(medians: np.ndarray) -> None:
         raise ValueError(
             "gene_medians holds no finite positive median (all NaN, infinite or 0): genes would be ranked by count / "
             "cell total alone. Pass gene_medians=None to compute them from adata, or compute_gene_medians(files)"
+        )
+
+
+def _other_models_scvi_columns(cls: type, adata: AnnData) -> dict[str, pd.Series]:
+    """``obs["_scvi_*"]`` columns another model class's set-up wrote last into ``adata`` (empty if GeneMamba's)."""
+    mine = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
+    latest = adata.uns.get(_MANAGER_UUID_KEY)
+    if latest is None or (mine is not None and mine.id == latest):
+        return {}
+    return {c: adata.obs[c].copy() for c in adata.obs.columns if str(c).startswith("_scvi_")}
+
+
+def _warn_if_other_models_columns_changed(adata: AnnData, before: dict[str, pd.Series]) -> None:
+    """Warn that this set-up rewrote columns another model (scVI beside GeneMamba) reads when it trains.
+
+    scvi-tools probe (session 33): ``SCVI.setup_anndata(adata, batch_key=...)`` then GeneMamba's without it set
+    ``_scvi_batch`` to 0, and scVI then trained on one batch without a word (as between two scvi-tools models).
+    """
+    changed = [
+        name
+        for name, column in before.items()
+        if name in adata.obs and not np.array_equal(np.asarray(adata.obs[name]), np.asarray(column))
+    ]
+    if changed:
+        warnings.warn(
+            f"setup_anndata rewrote {', '.join(f'obs[{c!r}]' for c in changed)}, which another model set up on this "
+            "AnnData before (e.g. scVI) reads when it trains or embeds: that model would now see GeneMamba's values "
+            "(e.g. one batch). Set up each model on its own copy (adata_gm = adata.copy()), or run the other model's "
+            "setup_anndata again before using it",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -332,7 +365,9 @@ class GeneMambaModel(
         _check_gene_ids(adata, gene_id_key)
         if _copy_of_registered(cls._setup_adata_manager_store, adata):  # its own id: the original stays set up
             _assign_adata_uuid(adata, overwrite=True)  # (scvi-tools refused the original after: "Did you make a copy?")
+        others = _other_models_scvi_columns(cls, adata)
         cls.register_manager(_register_fields(adata, layer, batch_key, labels_key, setup_method_args, kwargs))
+        _warn_if_other_models_columns_changed(adata, others)
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
         """Register a new AnnData by re-running :meth:`setup_anndata` with the model's arguments.
