@@ -447,3 +447,14 @@ def test_one_file_under_two_names_is_told(files, tmp_path):
     shutil.copy(files[0], copy)
     with pytest.warns(UserWarning, match=r"copy_of_a\.h5ad has the same size and content fingerprint as .*a_symbols"):
         build_corpus([files[0], copy], tmp_path / "c", max_genes=32)
+
+
+def test_input_files_without_cells_are_refused_before_a_corpus_is_written(tmp_path):
+    # bad-input probe (session 33): build-corpus on a 0-cell file wrote a "complete" corpus of 3 special tokens and
+    # exit 0; the failure came only at pretrain ("the corpus has no cells")
+    adata = load_celltypist_sample()[:0].copy()
+    adata.X = adata.layers.pop("counts")
+    adata.write_h5ad(tmp_path / "empty.h5ad")
+    with pytest.raises(ValueError, match=r"the input files hold no cells \(empty.h5ad: 0 cells each\)"):
+        build_corpus(tmp_path / "empty.h5ad", tmp_path / "corpus")
+    assert not (tmp_path / "corpus" / "manifest.json").exists()

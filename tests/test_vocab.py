@@ -188,10 +188,11 @@ def test_case_sensitive_mapping_wins_over_case_insensitive():
 
 def test_no_overlap_raises_with_examples(sample_adata):
     vocab = GeneVocab(["GENE_X1", "GENE_X2", "GENE_X3"])
-    with pytest.raises(ValueError, match=r"only 0 of 32786 var_names \(0.0%\)") as err:
-        vocab.match(sample_adata.var_names)
-    msg = str(err.value)
-    assert "'MIR1302-10'" in msg and "'GENE_X1'" in msg
+    for threshold in (0.0, 0.5):  # bad-input probe (session 33): with nothing matched it said "lower min_overlap"
+        with pytest.raises(ValueError, match=r"none of the 32786 var_names match the vocabulary of 3 genes") as err:
+            vocab.match(sample_adata.var_names, min_overlap=threshold)
+        msg = str(err.value)
+        assert "'MIR1302-10'" in msg and "'GENE_X1'" in msg and "min_overlap" not in msg
 
 
 def test_low_overlap_raises_then_threshold_lowered(sample_adata):

@@ -407,6 +407,9 @@ def _build(out, paths, vocab, max_genes, layer, chunk_size, shard_size, median_m
                     "n_vars": reader.n_vars,
                 }
             )
+    if not any(f["n_obs"] for f in files):  # (a corpus of 0 cells was "complete" and failed only at pretrain)
+        names = ", ".join(f["name"] for f in files[:5])
+        raise ValueError(f"the input files hold no cells ({names}: 0 cells each); a corpus needs cells to tokenize")
     seen: dict[tuple[int, str], str] = {}
     for f in files:  # one file under two names (a copy, a link): its cells would be trained on twice (corpus probe)
         first = seen.setdefault((f["size"], f["fingerprint"]), f["path"])

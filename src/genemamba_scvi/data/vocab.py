@@ -561,12 +561,22 @@ class GeneVocab:
         n_matched = result.n_matched
         if n_matched == 0 or result.overlap < min_overlap:
             unmatched = result.unmatched_names
-            raise ValueError(
-                f"only {n_matched} of {n} var_names ({100 * result.overlap:.1f}%) match the vocabulary of "
+            # (with no gene matched, no threshold is to blame: bad-input probe, session 33, was told to lower 0%)
+            share = (
+                f"none of the {n} var_names match the vocabulary of {len(self.genes)} genes. "
+                if n_matched == 0
+                else f"only {n_matched} of {n} var_names ({100 * result.overlap:.1f}%) match the vocabulary of "
                 f"{len(self.genes)} genes; min_overlap is {100 * min_overlap:.0f}%. "
-                f"Unmatched var_names e.g. {_examples(unmatched)}; vocabulary genes e.g. {_examples(self.genes)}. "
-                f"var_names must be {GENE_ID_KINDS} (set adata.var_names from the right adata.var column), or lower "
-                "min_overlap (a model built on an AnnData holds only its genes with a count: its own unfiltered "
-                "matrix matches with min_overlap=0)"
+            )
+            lower = (
+                ""
+                if n_matched == 0
+                else ", or lower min_overlap (a model built on an AnnData holds only its genes with a count: its own "
+                "unfiltered matrix matches with min_overlap=0)"
+            )
+            raise ValueError(
+                f"{share}Unmatched var_names e.g. {_examples(unmatched)}; vocabulary genes e.g. "
+                f"{_examples(self.genes)}. var_names must be {GENE_ID_KINDS} (set adata.var_names from the right "
+                f"adata.var column){lower}"
             )
         return result
