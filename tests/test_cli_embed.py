@@ -284,6 +284,10 @@ def test_cli_messages_keep_python_calls_and_name_options_outside_them(tmp_path):
     assert _cli_spelling("choose a new out_dir, or lower min_overlap", parser) == (
         "choose a new --out, or lower --min-gene-overlap"
     )
+    # bad-input probe (session 33): the library's hint "or gene_id_key in setup_anndata" came out garbled
+    from genemamba_scvi.model._genes import _gene_id_source
+
+    assert _cli_spelling(_gene_id_source(None)[1], parser).endswith("or name that column with --gene-id-key <...>")
 
 
 def test_a_mistyped_model_path_beside_saved_models_is_named_as_such(tmp_path, saved, capsys, monkeypatch):

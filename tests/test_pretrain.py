@@ -640,9 +640,10 @@ def test_a_module_of_another_vocabulary_is_told_how_to_build_its_corpus(corpus_d
         ({"max_steps": 2.5}, "max_steps must be a positive number"),
         ({"max_steps": -1, "max_epochs": 0}, "max_epochs must be a positive number"),
         ({"max_steps": 1, "max_epochs": 0}, "max_epochs must be a positive number"),
+        ({"max_steps": 1, "lr": -1.0}, r"^lr must be a positive number"),  # (it said "plan_kwargs lr")
     ],
 )
-def test_a_run_length_that_trains_nothing_is_refused(corpus_dir, tmp_path, kwargs, message):
+def test_a_run_length_or_lr_that_trains_nothing_is_refused_by_its_name(corpus_dir, tmp_path, kwargs, message):
     # bad-input probe (session 33): max_steps=0 or max_epochs=0 ran no step and GeneMambaModel.pretrain saved the
     # random weights as a trained model (is_trained true, no "not trained" warning at embedding)
     with pytest.raises(ValueError, match=message):

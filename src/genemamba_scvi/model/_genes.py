@@ -120,7 +120,7 @@ def _unique_ensembl_column(adata: AnnData) -> str | None:
 def _gene_id_source(gene_id_key: str | None) -> tuple[str, str]:
     """Where a query's gene ids were read, and how to point the model at the right ones, for error messages."""
     if gene_id_key is None:
-        return "var_names", "set adata.var_names from the right adata.var column, or gene_id_key in setup_anndata"
+        return "var_names", "set adata.var_names from the right adata.var column, or name that column with gene_id_key=..."
     return (
         f"gene ids of adata.var[{gene_id_key!r}]",
         f"the model was set up with gene_id_key={gene_id_key!r}, so it reads that column wherever an AnnData has "
