@@ -475,7 +475,8 @@ def test_medians_of_a_whole_atlas_train_a_model_on_a_subsample(adata, tmp_path):
         with pytest.raises(ValueError, match=message):
             GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=np.full_like(per_gene, bad))
     with pytest.raises(ValueError, match=r"holds 1 negative value\(s\)"):
-        GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=np.where(np.arange(len(per_gene)) == 3, -1.0, 1.0))
+        one_negative = np.where(np.arange(len(per_gene)) == 3, -1.0, 1.0)
+        GeneMambaModel(subsample, n_layers=1, d_model=32, gene_medians=one_negative)
 
 
 def test_atlas_medians_by_gene_id_prefer_the_name_the_vocabulary_holds():

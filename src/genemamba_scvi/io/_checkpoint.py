@@ -282,7 +282,8 @@ def _other_layout_hint(path: Path) -> str:
     prefixed = sorted(p.name[: -len("model")] for p in path.glob("?*model") if is_our_checkpoint(p))
     if prefixed:  # save(dir, prefix=...) writes into dir / f"{prefix}model"
         found = ", ".join(f"{p}model/" for p in prefixed)
-        return f": it holds {found}, saved with a prefix; load it with GeneMambaModel.load(path, prefix={prefixed[0]!r})"
+        call = f"GeneMambaModel.load(path, prefix={prefixed[0]!r})"
+        return f": it holds {found}, saved with a prefix; load it with {call}"
     scvi_prefixed = sorted(p.name for p in path.glob("?*model.pt"))
     if scvi_prefixed:
         return f": it holds {scvi_prefixed[0]}, a model saved by scvi-tools with a prefix; load it with that class"

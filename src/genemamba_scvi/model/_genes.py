@@ -120,7 +120,8 @@ def _unique_ensembl_column(adata: AnnData) -> str | None:
 def _gene_id_source(gene_id_key: str | None) -> tuple[str, str]:
     """Where a query's gene ids were read, and how to point the model at the right ones, for error messages."""
     if gene_id_key is None:
-        return "var_names", "set adata.var_names from the right adata.var column, or name that column with gene_id_key=..."
+        how = "set adata.var_names from the right adata.var column, or name that column with gene_id_key=..."
+        return "var_names", how
     return (
         f"gene ids of adata.var[{gene_id_key!r}]",
         f"the model was set up with gene_id_key={gene_id_key!r}, so it reads that column wherever an AnnData has "

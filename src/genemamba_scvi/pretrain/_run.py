@@ -228,7 +228,7 @@ def _check_length(max_steps: Any, max_epochs: Any) -> None:
     if max_epochs is not None and (
         not isinstance(max_epochs, numbers.Integral) or isinstance(max_epochs, bool) or max_epochs < 1
     ):
-        raise ValueError(f"max_epochs must be a positive number of passes over the corpus (or None), got {max_epochs!r}")
+        raise ValueError(f"max_epochs must be a positive number of passes over the corpus or None, got {max_epochs!r}")
 
 
 def pretrain_from_corpus(
