@@ -458,3 +458,15 @@ def test_input_files_without_cells_are_refused_before_a_corpus_is_written(tmp_pa
     with pytest.raises(ValueError, match=r"the input files hold no cells \(empty.h5ad: 0 cells each\)"):
         build_corpus(tmp_path / "empty.h5ad", tmp_path / "corpus")
     assert not (tmp_path / "corpus" / "manifest.json").exists()
+
+
+def test_an_out_dir_that_is_a_file_or_inside_one_is_named(tmp_path):
+    # bad-input probe (session 33): build_corpus into a file (e.g. its own input) gave only "[Errno 17] File exists"
+    adata = load_celltypist_sample()[:20].copy()
+    adata.X = adata.layers.pop("counts")
+    adata.write_h5ad(tmp_path / "x.h5ad")
+    with pytest.raises(NotADirectoryError, match=r"out_dir '.*x\.h5ad' is a file, not a folder"):
+        build_corpus(tmp_path / "x.h5ad", tmp_path / "x.h5ad")
+    with pytest.raises(NotADirectoryError, match=r"out_dir '.*sub' is inside .*x\.h5ad, a file"):
+        build_corpus(tmp_path / "x.h5ad", tmp_path / "x.h5ad" / "sub")
+    assert anndata.read_h5ad(tmp_path / "x.h5ad").n_obs == 20  # the input is untouched

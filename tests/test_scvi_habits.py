@@ -442,6 +442,15 @@ def test_no_small_last_batch_warning_from_scvi_tools(cells):
     assert not [w for w in caught if "Last batch" in str(w.message)]
 
 
+def test_saving_inside_a_file_is_named(model_and_data, tmp_path):
+    # bad-input probe (session 33): model.save("notes.txt/sub") gave only "[Errno 17] File exists"
+    model, _ = model_and_data
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(NotADirectoryError, match=r"'.*notes\.txt' is a file, not a folder"):
+        model.save(tmp_path / "notes.txt" / "sub")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_convert_legacy_save_says_no_conversion_is_needed(model_and_data, tmp_path):
     model, _ = model_and_data
     model.save(tmp_path / "m")

@@ -343,6 +343,9 @@ def build_corpus(
         if not out.exists()
         else [out / n for n in (SHARD_DIR, VOCAB_FILE, MEDIANS_FILE) if not (out / n).exists()]
     )
+    from genemamba_scvi.io._files import refuse_file_on_the_way
+
+    refuse_file_on_the_way(out, "out_dir")
     out.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):  # one build at a time: two would share the shards' temporary folders
         try:

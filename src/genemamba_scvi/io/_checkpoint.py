@@ -29,6 +29,7 @@ from genemamba_scvi.io._files import (
     _sha256,
     nearest_existing,
     new_folder_error,
+    refuse_file_on_the_way,
 )
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ def write_checkpoint(
     """
     path = Path(path).expanduser().absolute()  # "." has itself as parent: the temporary sibling must be outside it
     if not path.exists() and not path.is_symlink():
+        refuse_file_on_the_way(path.parent, "the folder to save into")
         path.parent.mkdir(parents=True, exist_ok=True)  # as scvi-tools' save: missing parents are created
     extra_files = dict(extra_files or {})
     check_checkpoint_target(path, overwrite, extra_files)

@@ -214,6 +214,18 @@ def nearest_existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
 
 
+def refuse_file_on_the_way(path: Path, what: str) -> None:
+    """Refuse a ``path`` whose nearest existing part is a file: its folders cannot be made (``[Errno 17]`` or 20).
+
+    Bad-input probe (session 33): ``model.save("notes.txt/sub")`` and ``build_corpus(..., "x.h5ad")`` gave only
+    ``[Errno 17] File exists``.
+    """
+    existing = nearest_existing(path)
+    if existing.is_file():
+        where = "is a file" if existing == Path(path).absolute() else f"is inside {existing}, a file"
+        raise NotADirectoryError(f"{what} {str(path)!r} {where}, not a folder: pass a folder path")
+
+
 def new_folder_error(folder: Path) -> OSError | None:
     """The error of making (and removing) a hidden folder in ``folder``, or None where that works.
 
