@@ -368,7 +368,7 @@ _share = _number(float, lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genemamba`` command."""
-    parser = argparse.ArgumentParser(prog="genemamba", description=__doc__)
+    parser = argparse.ArgumentParser(prog="genemamba", description=__doc__.replace("``", ""))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
