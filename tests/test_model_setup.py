@@ -161,8 +161,8 @@ def test_non_counts_error_says_where_this_anndata_holds_counts(adata):
     with pytest.raises(ValueError, match=r"layer 'log'.*non-integer.*adata\.layers\['raw_counts'\] holds them"):
         GeneMambaModel.setup_anndata(_with_layer(adata, "log", adata.X), layer="log")
     del adata.layers["raw_counts"], adata.layers["log"]
-    adata.raw = None  # nowhere: the general advice
-    with pytest.raises(ValueError, match=r"non-integer values.*GeneMamba needs raw counts — pass the raw-count layer"):
+    adata.raw = None  # nowhere: read them again (bad-input probe, session 33: it advised layer=..., which cannot help)
+    with pytest.raises(ValueError, match=r"non-integer values.*needs raw counts — none of adata\.X holds them: read"):
         GeneMambaModel.setup_anndata(adata)
 
 

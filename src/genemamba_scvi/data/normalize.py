@@ -110,8 +110,21 @@ def warn_if_raw_holds_more_genes(adata: AnnData) -> None:
         )
 
 
-def raw_counts_hint(adata: AnnData, source: str) -> str:
-    """Advice for the raw counts ``adata.raw`` holds (``source`` reads them for these genes): every gene first."""
+def raw_counts_hint(adata: AnnData, source: str | None, hint: str | None = None) -> str:
+    """Advice for the raw counts ``adata.raw`` holds (``source`` reads them for these genes): every gene first.
+
+    ``source`` None: no place of ``adata`` holds counts; ``hint`` (a :class:`NotCountsError`'s) is kept where it is
+    specific (ambient-corrected counts), else the advice is to read the counts again: ``layer=...`` cannot help
+    (bad-input probe, session 33: an AnnData of log-normalised X and no layers was told to pass a layer).
+    """
+    if source is None:
+        if hint not in (None, _RAW_HINT):
+            return hint
+        places = ["adata.X", *(f"adata.layers[{k!r}]" for k in adata.layers)] + ["adata.raw"] * (adata.raw is not None)
+        return (
+            f"none of {', '.join(places)} holds them: read the raw counts again from the file the data came from "
+            "(e.g. Cell Ranger's filtered_feature_bc_matrix.h5 with sc.read_10x_h5)"
+        )
     if extra := raw_genes_beyond(adata):
         return (
             f"adata.raw holds them, for {extra} more genes than this AnnData: use every gene, "

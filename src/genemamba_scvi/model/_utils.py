@@ -181,7 +181,7 @@ def _validate_count_layer(adata: AnnData, layer: str | None) -> None:
     except NotCountsError as err:
         found = find_raw_counts(adata, layer)
         if found is None:
-            raise
+            raise NotCountsError(err.problem, raw_counts_hint(adata, None, err.hint)) from None
         source, source_layer = found
         if source_layer is not None:
             hint = f"{source} holds them: set up with layer={source_layer!r}"
