@@ -14,6 +14,7 @@ from scvi.data._constants import _SCVI_UUID_KEY
 from scvi.data._utils import _assign_adata_uuid
 
 from genemamba_scvi import __version__
+from genemamba_scvi.data.normalize import NotCountsError
 from genemamba_scvi.data.tokenize import TOKENIZATIONS
 from genemamba_scvi.data.vocab import GeneVocab
 from genemamba_scvi.model._classifier import split_from_json, split_to_json
@@ -405,9 +406,16 @@ class GeneMambaSaveLoadMixin:
             config["min_gene_overlap"] = min_gene_overlap  # checked by GeneMambaModel
         # a model pre-trained on a corpus (pretrain) was never set up on an AnnData: the user's set-up is kept
         saved_setup = "setup_args" in extra
-        model = cls._from_parts(
-            adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"), saved_setup=saved_setup
-        )
+        try:
+            model = cls._from_parts(
+                adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"), saved_setup=saved_setup
+            )
+        except NotCountsError as err:  # "set up with layer=..." is no argument of load (bad-input probe, session 33)
+            if ": set up with layer=" not in err.hint:
+                raise
+            where, layer = err.hint.split(": set up with layer=", 1)
+            how = f"run GeneMambaModel.setup_anndata(adata, layer={layer}) before load (load keeps that set-up)"
+            raise NotCountsError(err.problem, f"{where}: {how}") from None
         if extra.get("label_names"):
             model.label_names_ = list(extra["label_names"])
             model.labels_key_ = extra.get("labels_key")
