@@ -449,12 +449,17 @@ def test_one_file_under_two_names_is_told(files, tmp_path):
         build_corpus([files[0], copy], tmp_path / "c", max_genes=32)
 
 
+def _counts_file(path, n_cells: int) -> None:
+    """The first ``n_cells`` of the celltypist sample with their counts in X, written to ``path``."""
+    adata = load_celltypist_sample()[:n_cells].copy()
+    adata.X = adata.layers.pop("counts")
+    adata.write_h5ad(path)
+
+
 def test_input_files_without_cells_are_refused_before_a_corpus_is_written(tmp_path):
     # bad-input probe (session 33): build-corpus on a 0-cell file wrote a "complete" corpus of 3 special tokens and
     # exit 0; the failure came only at pretrain ("the corpus has no cells")
-    adata = load_celltypist_sample()[:0].copy()
-    adata.X = adata.layers.pop("counts")
-    adata.write_h5ad(tmp_path / "empty.h5ad")
+    _counts_file(tmp_path / "empty.h5ad", 0)
     with pytest.raises(ValueError, match=r"the input files hold no cells \(empty.h5ad: 0 cells each\)"):
         build_corpus(tmp_path / "empty.h5ad", tmp_path / "corpus")
     assert not (tmp_path / "corpus" / "manifest.json").exists()
@@ -462,9 +467,7 @@ def test_input_files_without_cells_are_refused_before_a_corpus_is_written(tmp_pa
 
 def test_an_out_dir_that_is_a_file_or_inside_one_is_named(tmp_path):
     # bad-input probe (session 33): build_corpus into a file (e.g. its own input) gave only "[Errno 17] File exists"
-    adata = load_celltypist_sample()[:20].copy()
-    adata.X = adata.layers.pop("counts")
-    adata.write_h5ad(tmp_path / "x.h5ad")
+    _counts_file(tmp_path / "x.h5ad", 20)
     with pytest.raises(NotADirectoryError, match=r"out_dir '.*x\.h5ad' is a file, not a folder"):
         build_corpus(tmp_path / "x.h5ad", tmp_path / "x.h5ad")
     with pytest.raises(NotADirectoryError, match=r"out_dir '.*sub' is inside .*x\.h5ad, a file"):

@@ -6,7 +6,28 @@ ELBO, posterior samples): each raises ``NotImplementedError`` saying what to use
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+_NOT_A_VAE = "GeneMamba is not a VAE: no ELBO, likelihood or reconstruction of counts"
+_NO_ELBO = (
+    "it is not a VAE (no ELBO, likelihood or reconstruction of counts). Its losses are in model.history "
+    "(train_loss / validation_loss, lm_loss_train, pathway_loss_train, ...); to score the embedding, "
+    "genemamba_scvi.metrics.benchmark_integration"
+)
+
+
+def _not_offered(name: str, why: str, instead: str) -> Callable[..., Any]:
+    """A method of scvi-tools' generative models that raises ``NotImplementedError`` saying what to use instead."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"GeneMambaModel has no {name}: {instead}")
+
+    method.__name__, method.__qualname__ = name, f"GeneMambaQueryMixin.{name}"
+    method.__doc__ = (
+        f"Not offered: {why}.\n\nRaises\n------\nNotImplementedError\n    Always, naming what to use instead.\n"
+    )
+    return method
 
 
 class GeneMambaQueryMixin:
@@ -46,95 +67,32 @@ class GeneMambaQueryMixin:
             "predict; its genes are matched to the model's vocabulary by id (any order, missing or extra genes)"
         )
 
-    def get_normalized_expression(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: GeneMamba has no decoder of counts (it is not a generative model like scVI).
-
-        Raises
-        ------
-        NotImplementedError
-            Always, naming what to use instead.
-        """
-        raise NotImplementedError(
-            "GeneMambaModel has no get_normalized_expression: it is an encoder with no decoder of counts, so it "
-            "cannot denoise expression as scVI does. Normalise the counts with scanpy "
-            "(sc.pp.normalize_total(adata); sc.pp.log1p(adata)); to see how a gene moves a cell's embedding, use "
-            "model.in_silico_perturb"
-        )
-
-    def differential_expression(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: scVI's differential expression samples its count likelihood, which GeneMamba does not have.
-
-        Raises
-        ------
-        NotImplementedError
-            Always, naming what to use instead.
-        """
-        raise NotImplementedError(
-            "GeneMambaModel has no differential_expression (scVI's samples its count model; GeneMamba has none). "
-            "Group the cells with the embedding and test the counts: sc.pp.neighbors(adata, use_rep='X_genemamba'); "
-            "sc.tl.leiden(adata); then sc.tl.rank_genes_groups(adata, 'leiden') on log-normalised counts"
-        )
-
-    def differential_abundance(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: scvi-tools' differential abundance needs a latent distribution; GeneMamba's is a point.
-
-        Raises
-        ------
-        NotImplementedError
-            Always, naming what to use instead.
-        """
-        raise NotImplementedError(
-            "GeneMambaModel has no differential_abundance (it needs a posterior over the latent space; GeneMamba's "
-            "embedding is deterministic). Test neighbourhood abundance on obsm['X_genemamba'] with a tool such as "
-            "Milo (pertpy) after sc.pp.neighbors(adata, use_rep='X_genemamba')"
-        )
-
-    def get_elbo(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: GeneMamba is not a VAE (see :meth:`get_reconstruction_error`).
-
-        Raises
-        ------
-        NotImplementedError
-            Always, naming what to use instead.
-        """
-        raise NotImplementedError(_NO_ELBO.format(name="get_elbo"))
-
-    def get_marginal_ll(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: GeneMamba is not a VAE (see :meth:`get_reconstruction_error`).
-
-        Raises
-        ------
-        NotImplementedError
-            Always, naming what to use instead.
-        """
-        raise NotImplementedError(_NO_ELBO.format(name="get_marginal_ll"))
-
-    def get_reconstruction_error(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: GeneMamba is not a VAE; its training loss is the masked-gene (LM) loss, in ``model.history``.
-
-        Raises
-        ------
-        NotImplementedError
-            Always, naming what to use instead.
-        """
-        raise NotImplementedError(_NO_ELBO.format(name="get_reconstruction_error"))
-
-    def posterior_predictive_sample(self, *args: Any, **kwargs: Any) -> Any:
-        """Not offered: GeneMamba has no count likelihood to sample from.
-
-        Raises
-        ------
-        NotImplementedError
-            Always, saying so.
-        """
-        raise NotImplementedError(
-            "GeneMambaModel has no posterior_predictive_sample: it models the ranked gene sequence of a cell, not "
-            "its counts, so there is no count distribution to sample"
-        )
-
-
-_NO_ELBO = (
-    "GeneMambaModel has no {name}: it is not a VAE (no ELBO, likelihood or reconstruction of counts). Its losses "
-    "are in model.history (train_loss / validation_loss, lm_loss_train, pathway_loss_train, ...); to score the "
-    "embedding, genemamba_scvi.metrics.benchmark_integration"
-)
+    get_normalized_expression = _not_offered(
+        "get_normalized_expression",
+        "GeneMamba has no decoder of counts (it is not a generative model like scVI)",
+        "it is an encoder with no decoder of counts, so it cannot denoise expression as scVI does. Normalise the "
+        "counts with scanpy (sc.pp.normalize_total(adata); sc.pp.log1p(adata)); to see how a gene moves a cell's "
+        "embedding, use model.in_silico_perturb",
+    )
+    differential_expression = _not_offered(
+        "differential_expression",
+        "scVI's differential expression samples its count likelihood, which GeneMamba does not have",
+        "scVI's samples its count model; GeneMamba has none. Group the cells with the embedding and test the "
+        "counts: sc.pp.neighbors(adata, use_rep='X_genemamba'); sc.tl.leiden(adata); then "
+        "sc.tl.rank_genes_groups(adata, 'leiden') on log-normalised counts",
+    )
+    differential_abundance = _not_offered(
+        "differential_abundance",
+        "scvi-tools' differential abundance needs a latent distribution; GeneMamba's embedding is a point",
+        "it needs a posterior over the latent space; GeneMamba's embedding is deterministic. Test neighbourhood "
+        "abundance on obsm['X_genemamba'] with a tool such as Milo (pertpy) after "
+        "sc.pp.neighbors(adata, use_rep='X_genemamba')",
+    )
+    get_elbo = _not_offered("get_elbo", _NOT_A_VAE, _NO_ELBO)
+    get_marginal_ll = _not_offered("get_marginal_ll", _NOT_A_VAE, _NO_ELBO)
+    get_reconstruction_error = _not_offered("get_reconstruction_error", _NOT_A_VAE, _NO_ELBO)
+    posterior_predictive_sample = _not_offered(
+        "posterior_predictive_sample",
+        "GeneMamba has no count likelihood to sample from",
+        "it models the ranked gene sequence of a cell, not its counts, so there is no count distribution to sample",
+    )
