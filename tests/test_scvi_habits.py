@@ -448,6 +448,8 @@ def test_saving_inside_a_file_is_named(model_and_data, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(NotADirectoryError, match=r"'.*notes\.txt' is a file, not a folder"):
         model.save(tmp_path / "notes.txt" / "sub")
+    with pytest.raises(ValueError, match="dir_path is empty"):  # "" was the working directory
+        model.save("", overwrite=True)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 

@@ -251,6 +251,8 @@ class GeneMambaSaveLoadMixin:
                 f"GeneMambaModel.save() got unexpected keyword arguments {sorted(write_kwargs)}; keywords beyond "
                 "dir_path, prefix, overwrite and save_anndata go to AnnData.write_h5ad, with save_anndata=True"
             )
+        if str(dir_path).strip() == "":  # Path("") is the working directory (bad-input probe, session 33)
+            raise ValueError("dir_path is empty: pass the folder to save the model into (e.g. 'my_model/')")
         extra_files = {}
         if save_anndata and not _holds_counts(self.adata, layer := self._setup_arg("layer")):
             where = f"adata.layers[{layer!r}]" if layer else "adata.X"
