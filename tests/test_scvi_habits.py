@@ -597,6 +597,11 @@ def test_embedding_an_anndata_set_up_for_scvi_leaves_scvis_columns_alone(model_a
     assert other.uns["_scvi_manager_uuid"] == manager_id
 
 
+def _scvi_set_up(adata):
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    return adata
+
+
 def test_setting_up_genemamba_on_an_anndata_set_up_for_scvi_warns_that_scvi_would_see_its_columns(cells):
     # scvi-habits probe (session 33): SCVI then GeneMamba's setup_anndata (without the batch) set obs["_scvi_batch"]
     # to 0 and scVI then trained on one batch without a word; it now warns, naming the columns and the way out
@@ -610,6 +615,13 @@ def test_setting_up_genemamba_on_an_anndata_set_up_for_scvi_warns_that_scvi_woul
         same = cells[:40].copy()
         scvi.model.SCVI.setup_anndata(same, layer="counts", batch_key="batch")
         GeneMambaModel.setup_anndata(same, layer="counts", batch_key="batch")
+        # tutorial probe (session 33): copies and views of GeneMamba's own AnnData were warned about "another model"
+        model = GeneMambaModel(both, **TINY)
+        model.get_latent_representation(both[:10].copy())
+        model.get_latent_representation(both[10:20])
+        GeneMambaModel.setup_anndata(both[:10].copy(), layer="counts")
+        # and a query call on an AnnData scVI was set up on puts scVI's columns back: nothing to warn about
+        model.get_latent_representation(_scvi_set_up(cells[:40].copy()))
 
 
 def test_a_deleted_model_lets_its_queries_go(model_and_data, cells):

@@ -39,6 +39,7 @@ from genemamba_scvi.model._query import GeneMambaQueryMixin
 from genemamba_scvi.model._save_load import GeneMambaSaveLoadMixin
 from genemamba_scvi.model._training import GeneMambaTrainingMixin, _GeneMambaTrainRunner
 from genemamba_scvi.model._utils import (
+    _QUERY_KEPT_KEYS,
     _check_indices,
     _check_is_anndata,
     _check_model_counts,
@@ -134,10 +135,10 @@ def _check_usable_medians(medians: np.ndarray) -> None:
 
 def _other_models_scvi_columns(cls: type, adata: AnnData) -> dict[str, pd.Series]:
     """``obs["_scvi_*"]`` columns another model class's set-up wrote last into ``adata`` (empty if GeneMamba's)."""
-    mine = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
-    latest = adata.uns.get(_MANAGER_UUID_KEY)
-    if latest is None or (mine is not None and mine.id == latest):
-        return {}
+    latest = adata.uns.get(_MANAGER_UUID_KEY)  # the set-up that wrote them (a copy keeps its original's id)
+    mine = any(manager.id == latest for manager in cls._setup_adata_manager_store.values())
+    if latest is None or mine or id(adata) in _QUERY_KEPT_KEYS:
+        return {}  # (a query's call puts the columns back when it ends: _query_for_this_call)
     return {c: adata.obs[c].copy() for c in adata.obs.columns if str(c).startswith("_scvi_")}
 
 
@@ -363,9 +364,9 @@ class GeneMambaModel(
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
         _check_gene_ids(adata, gene_id_key)
+        others = _other_models_scvi_columns(cls, adata)  # (before a copy's new id: its columns are GeneMamba's own)
         if _copy_of_registered(cls._setup_adata_manager_store, adata):  # its own id: the original stays set up
             _assign_adata_uuid(adata, overwrite=True)  # (scvi-tools refused the original after: "Did you make a copy?")
-        others = _other_models_scvi_columns(cls, adata)
         cls.register_manager(_register_fields(adata, layer, batch_key, labels_key, setup_method_args, kwargs))
         _warn_if_other_models_columns_changed(adata, others)
 
