@@ -318,21 +318,3 @@ def test_a_file_the_saver_cannot_read_in_the_model_folder_is_named(sample48_mode
         model.save(tmp_path / "m", overwrite=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-
-
-def test_load_into_an_anndata_with_counts_in_another_layer_says_how_load_takes_them(sample48, tmp_path):
-    # bad-input probe (session 33): the error advised "set up with layer='counts'", which load cannot take
-    adata = sample48.copy()
-    adata.X = adata.layers.pop("counts")
-    GeneMambaModel.setup_anndata(adata)
-    GeneMambaModel(adata, n_layers=1, d_model=32, max_genes=32).save(tmp_path / "m")
-    query = adata.copy()
-    query.layers["counts"] = query.X.copy()
-    query.X = np.log1p(query.X.astype(np.float32))
-    with pytest.raises(ValueError, match=r"run GeneMambaModel\.setup_anndata\(adata, layer='counts'\) before load"):
-        GeneMambaModel.load(tmp_path / "m", adata=query)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        GeneMambaModel.setup_anndata(query, layer="counts")  # the advice works
-        loaded = GeneMambaModel.load(tmp_path / "m", adata=query)
-    assert loaded.get_latent_representation().shape == (query.n_obs, 32)

@@ -105,7 +105,7 @@ def test_ambient_corrected_counts_are_told_how_to_go_on(adata):
     adata.X.data = np.log1p(adata.X.data / 3)
     with pytest.raises(ValueError, match=r"non-integer values") as err:
         GeneMambaModel.setup_anndata(adata)
-    assert "np.round" not in str(err.value) and "pass the raw-count layer" in str(err.value)
+    assert "np.round" not in str(err.value) and "read the raw counts again" in str(err.value)  # (no layer holds them)
 
 
 def test_log_normalised_floats_rejected(adata):

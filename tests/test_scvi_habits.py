@@ -299,7 +299,8 @@ def test_load_keeps_the_users_set_up_where_the_saved_layer_holds_no_counts(cells
     model.save(tmp_path / "m")
     query = cells[:16].copy()  # log-normalised X, counts in layers["counts"]
     query.X = query.layers["counts"].log1p()
-    with pytest.raises(ValueError, match=r"set up with layer='counts'"):  # the advice when nothing was set up ...
+    # the advice when nothing was set up (bad-input probe, session 33: it said "set up with layer=", no load argument)
+    with pytest.raises(ValueError, match=r"run GeneMambaModel\.setup_anndata\(adata, layer='counts'\) before load"):
         GeneMambaModel.load(tmp_path / "m", adata=query.copy(), accelerator="cpu")
     GeneMambaModel.setup_anndata(query, layer="counts")  # ... followed
     with pytest.warns(UserWarning, match=r"layer=None, which holds none in this AnnData; .* set up: layer='counts'"):

@@ -244,7 +244,7 @@ def _match_query_genes(
     try:
         match = vocab.match(ids, min_overlap=0.0)
     except ValueError as err:  # no gene matched at all: the ids themselves are wrong
-        if "min_overlap is" not in str(err):  # duplicated var_names, or two columns of one gene: its own message
+        if "match the vocabulary of" not in str(err):  # duplicated var_names, or two columns of one gene: its own
             raise
         genes = [g for g in vocab.genes if g != unk_token]
         names, fix = _gene_id_source(gene_id_key)

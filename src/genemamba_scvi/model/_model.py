@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -114,12 +115,16 @@ def _inference_batch_size(encoder: torch.nn.Module, max_genes: int, device: torc
     return int(max(16, min(_MAX_INFERENCE_CELLS, budget_tokens // max(max_genes, 1))))
 
 
-def _check_usable_medians(medians: np.ndarray) -> None:
-    """Refuse medians no gene can be ranked by: none finite and positive, or any negative (no median of counts is).
+def _check_usable_medians(medians: np.ndarray, tokenization: str) -> np.ndarray:
+    """``medians``, refused for the ranked tokenization where no gene can be ranked by them (none finite, > 0 or all).
+
+    None finite and positive, or any negative: no median of counts is.
 
     Bad-input probe (session 33): all NaN, 0, -1 or inf were taken without a word, every gene then ranked with the
-    fallback of 1.0 (by count / cell total alone), as ``build_corpus`` refuses.
+    fallback of 1.0 (by count / cell total alone), as ``build_corpus`` refuses. The published tokenization uses none.
     """
+    if tokenization == "published":
+        return medians
     finite = medians[np.isfinite(medians)]
     if (finite < 0).any():
         raise ValueError(
@@ -131,6 +136,7 @@ def _check_usable_medians(medians: np.ndarray) -> None:
             "gene_medians holds no finite positive median (all NaN, infinite or 0): genes would be ranked by count / "
             "cell total alone. Pass gene_medians=None to compute them from adata, or compute_gene_medians(files)"
         )
+    return medians
 
 
 def _other_models_scvi_columns(cls: type, adata: AnnData) -> dict[str, pd.Series]:
@@ -142,12 +148,15 @@ def _other_models_scvi_columns(cls: type, adata: AnnData) -> dict[str, pd.Series
     return {c: adata.obs[c].copy() for c in adata.obs.columns if str(c).startswith("_scvi_")}
 
 
-def _warn_if_other_models_columns_changed(adata: AnnData, before: dict[str, pd.Series]) -> None:
-    """Warn that this set-up rewrote columns another model (scVI beside GeneMamba) reads when it trains.
+@contextlib.contextmanager
+def _warn_if_other_models_columns_rewritten(cls: type, adata: AnnData) -> Iterator[None]:
+    """Warn that the set-up inside rewrote columns another model (scVI beside GeneMamba) reads when it trains.
 
     scvi-tools probe (session 33): ``SCVI.setup_anndata(adata, batch_key=...)`` then GeneMamba's without it set
     ``_scvi_batch`` to 0, and scVI then trained on one batch without a word (as between two scvi-tools models).
     """
+    before = _other_models_scvi_columns(cls, adata)  # (a copy of GeneMamba's own AnnData: still its original's id)
+    yield
     changed = [
         name
         for name, column in before.items()
@@ -296,9 +305,7 @@ class GeneMambaModel(
         if not medians_given:
             gene_medians = self._medians_from(adata, "exact" if gene_medians is None else gene_medians)
         else:
-            gene_medians = self._medians_per_token(adata, gene_medians)
-            if tokenization != "published":
-                _check_usable_medians(gene_medians)
+            gene_medians = _check_usable_medians(self._medians_per_token(adata, gene_medians), tokenization)
         self.gene_medians_ = gene_medians
         if medians_given:  # after gene_medians_: a saved model judges adata as a query (superset of genes is fine)
             self._match_genes(adata)  # refuses genes that do not fit the model, warns about unknown and missing ones
@@ -364,11 +371,10 @@ class GeneMambaModel(
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
         _check_gene_ids(adata, gene_id_key)
-        others = _other_models_scvi_columns(cls, adata)  # (before a copy's new id: its columns are GeneMamba's own)
-        if _copy_of_registered(cls._setup_adata_manager_store, adata):  # its own id: the original stays set up
-            _assign_adata_uuid(adata, overwrite=True)  # (scvi-tools refused the original after: "Did you make a copy?")
-        cls.register_manager(_register_fields(adata, layer, batch_key, labels_key, setup_method_args, kwargs))
-        _warn_if_other_models_columns_changed(adata, others)
+        with _warn_if_other_models_columns_rewritten(cls, adata):  # (asked before a copy gets its own id)
+            if _copy_of_registered(cls._setup_adata_manager_store, adata):  # its own id: the original stays set up
+                _assign_adata_uuid(adata, overwrite=True)  # (scvi-tools refused the original: "Did you make a copy?")
+            cls.register_manager(_register_fields(adata, layer, batch_key, labels_key, setup_method_args, kwargs))
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
         """Register a new AnnData by re-running :meth:`setup_anndata` with the model's arguments.

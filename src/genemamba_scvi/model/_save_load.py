@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -176,6 +178,19 @@ def _check_saved_settings(path: str | os.PathLike, config: dict[str, Any], extra
             stacklevel=3,
         )
     return config
+
+
+@contextlib.contextmanager
+def _counts_advice_for_load() -> Iterator[None]:
+    """Set-up's advice "set up with layer=..." said as load can follow it (bad-input probe, session 33)."""
+    try:
+        yield
+    except NotCountsError as err:
+        if ": set up with layer=" not in err.hint:
+            raise
+        where, layer = err.hint.split(": set up with layer=", 1)
+        how = f"run GeneMambaModel.setup_anndata(adata, layer={layer}) before load (load keeps that set-up)"
+        raise NotCountsError(err.problem, f"{where}: {how}") from None
 
 
 class GeneMambaSaveLoadMixin:
@@ -408,16 +423,10 @@ class GeneMambaSaveLoadMixin:
             config["min_gene_overlap"] = min_gene_overlap  # checked by GeneMambaModel
         # a model pre-trained on a corpus (pretrain) was never set up on an AnnData: the user's set-up is kept
         saved_setup = "setup_args" in extra
-        try:
+        with _counts_advice_for_load():
             model = cls._from_parts(
                 adata, config, ckpt.vocab, ckpt.gene_medians, extra.get("setup_args"), saved_setup=saved_setup
             )
-        except NotCountsError as err:  # "set up with layer=..." is no argument of load (bad-input probe, session 33)
-            if ": set up with layer=" not in err.hint:
-                raise
-            where, layer = err.hint.split(": set up with layer=", 1)
-            how = f"run GeneMambaModel.setup_anndata(adata, layer={layer}) before load (load keeps that set-up)"
-            raise NotCountsError(err.problem, f"{where}: {how}") from None
         if extra.get("label_names"):
             model.label_names_ = list(extra["label_names"])
             model.labels_key_ = extra.get("labels_key")
