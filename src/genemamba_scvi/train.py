@@ -41,6 +41,12 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_lr(lr: Any) -> None:
+    """Refuse a learning rate given as ``lr=`` that is no positive finite number, naming ``lr`` (for the runs)."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a positive number (the peak learning rate), got {lr!r}")
+
+
 def check_gamma(gamma: Any, gene_sets: Any, plan_kwargs: Mapping[str, Any] | None = None) -> float:
     """The pathway loss's weight: 0.1 for ``None``; refused unless a number >= 0; a warning without gene sets.
 

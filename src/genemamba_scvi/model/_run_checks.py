@@ -15,7 +15,7 @@ from scvi.model._utils import use_distributed_sampler
 from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.io._files import check_checkpoint_dir
 from genemamba_scvi.nn.config import check_count
-from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, check_splitter_kwargs
+from genemamba_scvi.train import LAST_NEEDS_CHECKPOINT_DIR, check_lr, check_splitter_kwargs
 
 
 def check_epochs(max_epochs: Any, max_steps: Any) -> None:
@@ -74,8 +74,7 @@ def check_run_args(
     for key in ("max_epochs", "max_steps"):  # numpy integers: Lightning asserts a Python int
         if isinstance(trainer_kwargs.get(key), numbers.Integral):
             trainer_kwargs[key] = int(trainer_kwargs[key])
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < float("inf"):
-        raise ValueError(f"lr must be a positive number (the peak learning rate), got {lr!r}")
+    check_lr(lr)
     datasplitter_kwargs = dict(datasplitter_kwargs or {})
     for key in ("shuffle_set_split", "load_sparse_tensor"):  # scvi-tools' train() arguments of its splitter
         if key in trainer_kwargs:

@@ -31,6 +31,7 @@ from genemamba_scvi.train import (
     StepProgressBar,
     check_early_stopping_monitor,
     check_gamma,
+    check_lr,
     log_interval,
     logged_metrics,
     minibatch_loss,
@@ -353,8 +354,7 @@ def pretrain_from_corpus(
     if ckpt_path == "last" and checkpoint_dir is None:
         raise ValueError(LAST_NEEDS_CHECKPOINT_DIR)
     _check_length(max_steps, max_epochs)
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < float("inf"):  # (named as lr=, not
-        raise ValueError(f"lr must be a positive number (the peak learning rate), got {lr!r}")  # plan_kwargs')
+    check_lr(lr)  # (named as lr=: the plan's own check would call it "plan_kwargs lr")
     check_checkpoint_dir(checkpoint_dir, resuming=ckpt_path is not None)
     gamma = check_gamma(gamma, gene_sets, plan_kwargs)
     batch_size = check_count("batch_size", batch_size)
