@@ -390,6 +390,39 @@ def test_benchmark_integration_skips_batch_metrics_when_no_cell_type_spans_two_b
     assert "X_genemamba" in table.index and "Batch correction" not in table.columns
 
 
+def test_benchmark_integration_finds_exact_neighbours_on_small_data_and_never_runs_pynndescent(
+    scored_cells, monkeypatch
+):
+    # session 34: scib-metrics' pynndescent compiled for over a minute on a process's first scoring (again, for
+    # float64, in kBET's per-label diffusion neighbours): 700 cells took 2 minutes on 2 cores. Up to 20,000 cells
+    # both searches are exact, nothing is compiled, and scib-metrics' own function is back afterwards
+    import dataclasses
+
+    import pynndescent
+    import scib_metrics.nearest_neighbors as scib_nn
+
+    from genemamba_scvi._knn import exact_neighbors
+    from genemamba_scvi.metrics import benchmark_integration
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pynndescent ran")
+
+    original = scib_nn.pynndescent
+    monkeypatch.setattr(pynndescent.NNDescent, "__init__", refuse)
+    metrics = _light_metrics()
+    metrics["batch_correction_metrics"] = dataclasses.replace(metrics["batch_correction_metrics"], kbet_per_label=True)
+    table = benchmark_integration(scored_cells, ["X_pca"], "batch", "bulk_labels", **metrics)
+    assert np.isfinite(table.drop(index="Metric Type")[["KBET", "Silhouette label"]].astype(float)).all(axis=None)
+    assert scib_nn.pynndescent is original
+    X = scored_cells.obsm["X_pca"].astype(np.float64)
+    found = exact_neighbors(X, 15)  # each cell itself first, then the true nearest cells
+    brute = np.sort(np.linalg.norm(X[:, None] - X[None], axis=-1), axis=1)[:, :15]
+    np.testing.assert_allclose(found.distances, brute, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(found.indices[:, 0], np.arange(len(X)))
+    with pytest.raises(ValueError, match="neighbors must be 'auto', 'exact' or 'pynndescent', got 'umap'"):
+        benchmark_integration(scored_cells, ["X_pca"], "batch", "bulk_labels", neighbors="umap")
+
+
 def test_kmeans_nmi_ari_spreads_over_initialisations_and_its_first_is_scibs_draw():
     # session 31: scib-metrics' KMeans NMI / ARI are one k-means initialisation (repro probe: PCA's ARI moved 0.47-0.62
     # with the cells' order); kmeans_nmi_ari gives the spread, initialisation 0 being scib's own value
