@@ -542,6 +542,54 @@ def test_ctrl_c_in_pretraining_says_what_was_kept(corpus_dir, tmp_path, one_thre
         _train(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(1)], checkpoint_dir=none_yet, checkpoint_every_n_steps=5)
 
 
+def _run(corpus_dir, **kwargs):
+    """``pretrain_from_corpus`` as ``_train`` calls it, its warnings shown, any setting overridable."""
+    defaults = {"max_steps": 6, "lr": 3e-3, "seed": 11, "accelerator": "cpu", "enable_progress_bar": False}
+    return pretrain_from_corpus(corpus_dir, **{**TINY, **defaults, "enable_model_summary": False, **kwargs})
+
+
+def test_a_run_that_ends_before_any_validation_refuses_early_stopping_and_warns_about_held_out_cells(
+    corpus_dir, one_thread
+):
+    # probe (session 34): max_steps inside the first epoch (every run of a large corpus) trained to the end, then
+    # early stopping failed for want of a validation loss, with nothing saved; validation_size alone held cells out
+    # for no loss, silently. 503 training cells at 64 a batch: 8 batches an epoch
+    steps = StepLossHistory()
+    with pytest.raises(ValueError, match=r"ends after max_steps=6 \(6 batches\), inside its first epoch of 8 batches"):
+        _run(corpus_dir, batch_size=64, validation_size=0.1, early_stopping=True, callbacks=[steps])
+    assert steps.losses == []  # refused before the first step
+    with pytest.warns(UserWarning, match=r"validation_size holds out 56 cells, but the run ends .* val_check_interval"):
+        _run(corpus_dir, batch_size=64, validation_size=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # validated within the run: nothing to say
+        _, result = _train(
+            corpus_dir, batch_size=64, validation_size=0.1, val_check_interval=6, accumulate_grad_batches=1
+        )
+    assert "validation_loss" in result.trainer.callback_metrics
+
+
+def test_continuing_a_module_refuses_other_settings_and_says_whose_medians_it_trains_on(corpus_dir, tmp_path):
+    # probe (session 34): settings given with module= were dropped silently (d_model=64 trained the 32-wide module);
+    # a corpus that computed its own medians replaced the model's in the saved model without a word
+    _, first = _train(corpus_dir, checkpoint_dir=tmp_path / "ck", checkpoint_every_n_steps=3)
+    with pytest.raises(ValueError, match=r"d_model=64 \(the module's: 32\) cannot apply"):
+        _run(corpus_dir, module=first.module, d_model=64)
+    with pytest.warns(UserWarning, match=r"gene medians computed from its own cells.*gene_medians=model.gene_medians_"):
+        _run(corpus_dir, module=first.module)
+    given = tmp_path / "given"
+    corpus = TokenCorpus(corpus_dir)
+    build_corpus(
+        resource_path("celltypist_sample_559cells_counts.h5ad"), given, max_genes=64, shard_size=100,
+        vocab=corpus.vocab, gene_medians=corpus.gene_medians,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        _run(given, module=first.module, logger=False)
+    # resuming from "last" is checked against the checkpoint's settings as a named file is (Lightning's list before)
+    with pytest.raises(ValueError, match=r"last\.ckpt was written by a model of other settings"):
+        _run(corpus_dir, checkpoint_dir=tmp_path / "ck", ckpt_path="last", d_model=64)
+
+
 def test_continuing_a_loaded_module_trains_it_in_training_mode(corpus_dir):
     # user probe: GeneMambaModel.load leaves the module in eval mode and Lightning keeps it: pretrain(module=...) then
     # skipped the masking, encoded each batch twice and dropped gradient checkpointing, with the loss looking normal

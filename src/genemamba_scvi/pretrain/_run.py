@@ -7,6 +7,7 @@ import functools
 import numbers
 import os
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -178,6 +179,86 @@ def _check_early_stopping(
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
     check_early_stopping_monitor(trainer_kwargs, logged_metrics("pretrain", module, gamma), callbacks, n_val)
     warn_if_patience_too_long(trainer_kwargs)
+
+
+def _check_validation_comes(
+    trainer_kwargs: dict[str, Any],
+    datamodule: CorpusDataModule,
+    max_steps: int,
+    accumulate: int,
+    on_gpu: bool,
+    num_nodes: int,
+) -> None:
+    """Refuse early stopping, and warn about held-out cells, when ``max_steps`` ends the run before any validation.
+
+    Validation runs at the end of an epoch unless ``val_check_interval`` asks for it every N batches. A run of
+    ``max_steps`` inside its first epoch (every run of a large corpus) then never validates: early stopping failed
+    after the last step, with nothing saved, and ``validation_size`` held cells out for no loss (a probe, session 34).
+    """
+    n_val = datamodule.n_val
+    if not n_val or max_steps == -1:
+        return
+    devices = trainer_kwargs.get("devices", 1)
+    if isinstance(devices, (list, tuple)):
+        world = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        world = devices
+    else:  # "auto" / -1: every GPU of the machine, one CPU process
+        world = max(torch.cuda.device_count(), 1) if on_gpu else 1
+    world *= max(int(num_nodes), 1)
+    per_rank = -(-datamodule.n_train // world)
+    per_epoch = per_rank // datamodule.batch_size if datamodule.drop_last else -(-per_rank // datamodule.batch_size)
+    batches = max_steps * accumulate
+    interval = trainer_kwargs.get("val_check_interval")
+    if interval is None:
+        first = per_epoch
+    elif isinstance(interval, float):
+        first = max(int(interval * per_epoch), 1)
+    else:
+        first = int(interval)
+    if batches >= first:
+        return
+    what = (
+        f"the run ends after max_steps={max_steps} ({batches} batches), inside its first epoch of {per_epoch} "
+        f"batches, before any validation"
+    )
+    advice = f"give val_check_interval=N (validate every N training batches, N <= {batches})"
+    if trainer_kwargs.get("early_stopping"):
+        raise ValueError(f"early_stopping monitors the validation loss, but {what}: {advice}, or train longer")
+    warnings.warn(
+        f"validation_size holds out {n_val} cells, but {what}: no validation loss will be logged; {advice}",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _check_module_settings(module: GeneMambaModule, config: GeneMambaConfig | None, settings: dict[str, Any]) -> None:
+    """Refuse encoder / objective settings that differ from those of a module given to continue (they were ignored)."""
+    given = {**(config.to_dict() if config is not None else {}), **settings}
+    ours = module.config.to_dict()
+    differ = {k: v for k, v in given.items() if k in ours and ours[k] != v}
+    if differ:
+        listed = ", ".join(f"{k}={v!r} (the module's: {ours[k]!r})" for k, v in differ.items())
+        raise ValueError(
+            f"module= continues a module with its own settings, so {listed} cannot apply; leave them out to continue "
+            "it, or leave out module= to pre-train a new module with them"
+        )
+
+
+def _warn_if_corpus_medians_replace_the_models(corpus: TokenCorpus) -> None:
+    """A continued module trains and is saved with the corpus's gene medians: say so when the corpus computed them."""
+    source = corpus.manifest.config.get("medians_source", "")
+    if source == "given":
+        return
+    missing = int(np.isnan(corpus.gene_medians).sum())
+    warnings.warn(
+        "this corpus ranked its cells by gene medians computed from its own cells, not given: unless it is the corpus the module was pre-trained on, the module continues on other medians than "
+        f"its own, and a model saved from this run tokenizes with the corpus's ({missing} genes of the vocabulary "
+        "without one). To keep the module's tokenization, build the corpus with build_corpus(..., "
+        "vocab='<model dir>/vocab.json', gene_medians=model.gene_medians_).",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _stopped_pretraining_note(checkpoint_dir: str | os.PathLike | None) -> str:
@@ -389,19 +470,22 @@ def pretrain_from_corpus(
             config=config,
         )
     else:
+        _check_module_settings(module, config, settings)
         if module.vocab_size != len(vocab):
             raise ValueError(
                 f"module has a vocabulary of {module.vocab_size} tokens, the corpus {len(vocab)}: a corpus to "
                 "pre-train a model further is built with the model's vocabulary and medians: build_corpus(files, "
                 "out_dir, vocab='<model dir>/vocab.json', gene_medians=model.gene_medians_)"
             )
+        _warn_if_corpus_medians_replace_the_models(corpus)
         module.set_objective(objective)
         # a loaded model's module is in eval mode, and Lightning keeps modes as it finds them: its steps would skip
         # the masking, encode twice and drop gradient checkpointing (a user probe)
         module.train()
     module.set_gene_sets(gene_set_tensors(gene_sets, vocab) if gamma > 0 else None)  # (gamma=0: the sets unread)
-    if ckpt_path is not None and ckpt_path != "last" and Path(ckpt_path).is_file():
-        _check_checkpoint_fits(Path(ckpt_path), module)
+    resume_from = Path(checkpoint_dir).expanduser() / "last.ckpt" if ckpt_path == "last" else ckpt_path
+    if resume_from is not None and Path(resume_from).expanduser().is_file():  # ("last" too: a probe, session 34)
+        _check_checkpoint_fits(Path(resume_from).expanduser(), module)
 
     # gamma reaches module.loss through the plan (scvi's loss_kwargs)
     plan = CorpusTrainingPlan(module, mask_seed=seed, **{"lr": lr, "gamma": gamma, **(plan_kwargs or {})})
@@ -455,6 +539,7 @@ def pretrain_from_corpus(
     else:  # no validation loop (Lightning would warn about the empty validation loader)
         trainer_kwargs.setdefault("limit_val_batches", 0)
     _check_early_stopping(trainer_kwargs, cbs, datamodule.n_val, module, gamma)
+    _check_validation_comes(trainer_kwargs, datamodule, max_steps, accumulate_grad_batches, on_gpu, num_nodes)
     with training_session(module.encoder, gradient_checkpointing, cuda_graphs, on_gpu):
         runner = QuietTrainRunner(
             _CorpusRun(module), training_plan=plan, data_splitter=datamodule, callbacks=cbs, **trainer_kwargs
