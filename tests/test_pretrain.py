@@ -382,6 +382,17 @@ def test_progress_bar_counts_minibatches_to_max_steps_and_shows_the_loss_undivid
     assert history.losses[-1] > 2.0  # the masked-gene cross-entropy over ~32k genes, not a half of it
 
 
+def test_progress_bar_of_a_resumed_run_starts_where_its_checkpoint_stopped(corpus_dir, tmp_path, capsys):
+    # probe (session 34): a run resumed at step 2 of 6 showed 0/6 and ended at 4/6 (67%)
+    common = {"batch_size": 64, "checkpoint_dir": tmp_path / "ck", "checkpoint_every_n_steps": 2}
+    _run(corpus_dir, max_steps=2, enable_progress_bar=True, **common)
+    capsys.readouterr()
+    _run(corpus_dir, max_steps=6, enable_progress_bar=True, ckpt_path="last", **common)
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "6/6" in shown and "4/6" in shown and "0/6" not in shown, shown[-600:]
+
+
 # ---------------------------------------------------------------------------------------------- validation split
 @pytest.mark.parametrize(("size", "n_val"), [(0.1, 56), (100, 100), (1, 1)])
 def test_split_holds_out_a_fixed_random_subset_and_trains_on_the_rest(size, n_val):

@@ -399,6 +399,14 @@ class GeneMambaTrainingPlan(TrainingPlan):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def _batches_done(trainer) -> int:
+    """Minibatches a (resumed) run has already trained, as restored from its checkpoint (0 for a new run)."""
+    try:
+        return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)  # (completed lags one at a save)
+    except AttributeError:  # (another Lightning): the optimiser steps
+        return int(trainer.global_step) * int(trainer.accumulate_grad_batches)
+
+
 class StepProgressBar(ProgressBar):
     """One progress bar over all minibatches of a training run, moved after every step.
 
@@ -447,7 +455,11 @@ class StepProgressBar(ProgressBar):
         """Open the bar over all steps of the run."""
         super().on_train_start(trainer, pl_module)
         if self.is_enabled:
-            self._bar = track(None, total=self._total(trainer), description="Training", style="tqdm", unit="step")
+            # a resumed run starts where its checkpoint stopped (it showed 0/6 and ended at 4/6: a probe)
+            done = _batches_done(trainer)
+            self._bar = track(
+                None, total=self._total(trainer), description="Training", style="tqdm", unit="step", initial=done
+            )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         """Show the epoch."""

@@ -252,8 +252,9 @@ def _warn_if_corpus_medians_replace_the_models(corpus: TokenCorpus) -> None:
         return
     missing = int(np.isnan(corpus.gene_medians).sum())
     warnings.warn(
-        "this corpus ranked its cells by gene medians computed from its own cells, not given: unless it is the corpus the module was pre-trained on, the module continues on other medians than "
-        f"its own, and a model saved from this run tokenizes with the corpus's ({missing} genes of the vocabulary "
+        "this corpus ranked its cells by gene medians computed from its own cells, not given: unless it is the "
+        "corpus the module was pre-trained on, the module continues on other medians than its own, and"
+        f" a model saved from this run tokenizes with the corpus's ({missing} genes of the vocabulary "
         "without one). To keep the module's tokenization, build the corpus with build_corpus(..., "
         "vocab='<model dir>/vocab.json', gene_medians=model.gene_medians_).",
         UserWarning,
