@@ -134,3 +134,25 @@ def sample48_model(sample48):
     adata = sample48.copy()
     GeneMambaModel.setup_anndata(adata, layer="counts")
     return GeneMambaModel(adata, **TINY_MODEL), adata
+
+
+def build_sample_corpus(out: Path, max_genes: int, shard_size: int) -> Path:
+    """A token corpus of the shipped 559-cell celltypist sample (exact medians) at ``out``."""
+    from genemamba_scvi.data.corpus import build_corpus
+    from genemamba_scvi.datasets import resource_path
+
+    sample = resource_path("celltypist_sample_559cells_counts.h5ad")
+    build_corpus(sample, out, max_genes=max_genes, shard_size=shard_size, median_method="exact")
+    return out
+
+
+def crash_callback(step: int):
+    """A Lightning callback that raises ``RuntimeError("simulated crash")`` as optimiser step ``step`` starts."""
+    import lightning.pytorch as pl
+
+    class CrashAt(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == step:
+                raise RuntimeError("simulated crash")
+
+    return CrashAt()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MODEL_CONFIG, settings
+from conftest import TINY_MODEL_CONFIG, build_sample_corpus, crash_callback, settings
 from genemamba_scvi import GeneMambaModel
 from genemamba_scvi.data.corpus import TokenCorpus, build_corpus
 from genemamba_scvi.dataloader import LENGTHS_KEY, TOKENS_KEY
@@ -32,15 +32,7 @@ TINY = settings(TINY_MODEL_CONFIG.replace(d_model=32, n_layers=2, chunk_size=32,
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrain") / "corpus"
-    build_corpus(
-        resource_path("celltypist_sample_559cells_counts.h5ad"),
-        out,
-        max_genes=64,
-        shard_size=100,
-        median_method="exact",
-    )
-    return out
+    return build_sample_corpus(tmp_path_factory.mktemp("pretrain") / "corpus", max_genes=64, shard_size=100)
 
 
 # ---------------------------------------------------------------------------------------------- permutation
@@ -160,15 +152,6 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-class _CrashAt(pl.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
 def _train(corpus_dir, **kwargs):
     history = StepLossHistory()
     callbacks = [history, *kwargs.pop("callbacks", [])]
@@ -205,7 +188,7 @@ def test_resume_reproduces_uninterrupted_losses(
             corpus_dir,
             checkpoint_dir=ckpt_dir,
             checkpoint_every_n_steps=every,
-            callbacks=[_CrashAt(crash_at)],
+            callbacks=[crash_callback(crash_at)],
             **common,
         )
     ckpt = ckpt_dir / f"step{crash_at:09d}.ckpt"
@@ -236,7 +219,7 @@ def test_resume_with_accumulation_writes_each_step_checkpoint_once_and_reproduce
     assert names == ["last.ckpt", *(f"step{s:09d}.ckpt" for s in steps)]
     ckpt_dir = tmp_path / "ckpt"
     with pytest.raises(RuntimeError, match="simulated crash"):  # after step 4, before the window's first batch
-        _train(corpus_dir, checkpoint_dir=ckpt_dir, callbacks=[_CrashAt(4)], **common)
+        _train(corpus_dir, checkpoint_dir=ckpt_dir, callbacks=[crash_callback(4)], **common)
     # the resumed run's first batch only accumulates: it must not write step 4 again (as step000000004-v1.ckpt)
     _, result = _train(corpus_dir, checkpoint_dir=ckpt_dir, ckpt_path="last", **common)
     assert sorted(p.name for p in ckpt_dir.iterdir()) == names

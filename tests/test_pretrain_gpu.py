@@ -6,11 +6,11 @@ CUDA and the mamba-ssm kernels. Run with ``pytest -m gpu tests/test_pretrain_gpu
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 
+from conftest import build_sample_corpus, crash_callback
 from genemamba_scvi.nn import mamba_ssm_available
 
 pytestmark = [
@@ -24,27 +24,7 @@ SMALL = {"d_model": 128, "n_layers": 2}  # mamba-ssm's kernels at their usual he
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
-    from genemamba_scvi.data.corpus import build_corpus
-    from genemamba_scvi.datasets import resource_path
-
-    out = tmp_path_factory.mktemp("pretrain_gpu") / "corpus"
-    build_corpus(
-        resource_path("celltypist_sample_559cells_counts.h5ad"),
-        out,
-        max_genes=512,
-        shard_size=128,
-        median_method="exact",
-    )
-    return out
-
-
-class _CrashAt(pl.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
+    return build_sample_corpus(tmp_path_factory.mktemp("pretrain_gpu") / "corpus", max_genes=512, shard_size=128)
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,7 +95,7 @@ def test_gpu_pretraining_resumes_from_a_step_checkpoint_where_it_stopped(corpus_
 
     ref, _ = run(checkpoint_dir=tmp_path / "ref", checkpoint_every_n_steps=3)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(checkpoint_dir=tmp_path / "ckpt", checkpoint_every_n_steps=3, callbacks=[_CrashAt(3)])
+        run(checkpoint_dir=tmp_path / "ckpt", checkpoint_every_n_steps=3, callbacks=[crash_callback(3)])
     resumed, result = run(
         checkpoint_dir=tmp_path / "ckpt", checkpoint_every_n_steps=3, ckpt_path=tmp_path / "ckpt" / "step000000003.ckpt"
     )
