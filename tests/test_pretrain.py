@@ -296,6 +296,21 @@ def test_model_pretrain_then_load_embeds_anndata(corpus_dir, tmp_path, monkeypat
     np.testing.assert_array_equal(again.get_latent_representation(), z)
 
 
+def test_a_model_pretrained_on_a_relative_corpus_path_records_where_the_corpus_is(corpus_dir, tmp_path, monkeypatch):
+    # probe (session 34): extra.json's pretrained_on held "corpusAB", meaningless read from another directory
+    monkeypatch.chdir(corpus_dir.parent)
+    GeneMambaModel.pretrain(
+        corpus_dir.name,
+        tmp_path / "m",
+        max_steps=1,
+        batch_size=64,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        **TINY,
+    )
+    assert json.loads((tmp_path / "m" / "extra.json").read_text())["pretrained_on"] == str(corpus_dir)
+
+
 def test_model_pretrain_writes_beside_its_checkpoints_and_refuses_a_foreign_directory_before_training(
     corpus_dir, tmp_path, monkeypatch
 ):

@@ -582,7 +582,7 @@ def _save_pretrained(save_dir: Path, corpus_dir: Any, result: Any, record: dict,
         "genemamba_scvi_version": __version__,
         "objective": result.module.objective,
         "is_trained": True,
-        "pretrained_on": str(corpus_dir),
+        "pretrained_on": os.path.abspath(os.path.expanduser(corpus_dir)),  # (a relative path meant nothing elsewhere)
         "history": _history_to_json(_safe_load_logger_history(result.trainer)),
         "train_runs": [finish_record(record, result.trainer, None, None, "completed")],
     }
