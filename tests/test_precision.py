@@ -125,3 +125,23 @@ def test_inference_autocast_is_a_no_op_for_float32():
         assert not torch.is_autocast_enabled("cpu")
     with inference_autocast("bf16-mixed", torch.device("cpu")):
         assert torch.is_autocast_enabled("cpu")
+
+
+def test_a_fused_adamw_is_clipped_by_the_plan_itself():
+    # session 34: the plan's AdamW is fused on a GPU, and Lightning's mixed-precision plugin refuses to clip the
+    # gradients of a fused optimiser (a guard for fp16's scaler); the plan clips them itself, as Lightning would
+    from genemamba_scvi.module import GeneMambaModule
+    from genemamba_scvi.train import GeneMambaTrainingPlan
+
+    torch.manual_seed(0)
+    module = GeneMambaModule(40, config=TINY_MODEL_CONFIG)
+    plan = GeneMambaTrainingPlan(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.full_like(p, 3.0)
+    fused = torch.optim.AdamW(params, fused=True)
+    plan.configure_gradient_clipping(fused, 1.0, "norm")
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert float(total) == pytest.approx(1.0, rel=1e-4)
+    plan.configure_gradient_clipping(fused, 0.5, "value")
+    assert max(float(p.grad.abs().max()) for p in params) <= 0.5
