@@ -11,6 +11,7 @@ up to :data:`EXACT_MAX_CELLS` cells.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Literal
 
@@ -38,19 +39,20 @@ def _exact_as_pynndescent(X: np.ndarray, n_neighbors: int, random_state: int = 0
     return exact_neighbors(X, n_neighbors)
 
 
-def _eigen_from_a_fixed_start(transitions_sym, n_comps: int = 15, sort: str = "decrease"):
+def _eigen_from_a_fixed_start(transitions_sym, n_comps: int = 15, sort: str = "decrease", *, scibs=None):
     """The diffusion map's leading eigenpairs, ARPACK started from a vector fixed by seed 0.
 
     scanpy's diffusion map fixes its start vector the same way. scib-metrics' ``_compute_eigen`` lets ARPACK draw it
     from a state that moves with every call of the process, so kBET of the same embedding and labels came out 0.862
-    or 0.852 by how many kBETs ran before it (session 34, four calls in a row on the 700 pbmc68k cells).
+    or 0.852 by how many kBETs ran before it (session 34, four calls in a row on the 700 pbmc68k cells). ``scibs``:
+    scib-metrics' own function, for the dense case it solves without ARPACK.
     """
     from scipy.sparse.linalg import eigsh
 
     n = transitions_sym.shape[0]
     k = min(n - 1, n_comps)
     if n_comps == 0 or k < 1:
-        return _SCIB_EIGEN[0](transitions_sym, n_comps=n_comps, sort=sort)
+        return scibs(transitions_sym, n_comps=n_comps, sort=sort)
     start = np.random.default_rng(0).uniform(-1.0, 1.0, n)
     which = "LM" if sort == "decrease" else "SM"
     values, vectors = eigsh(transitions_sym.astype(np.float64), k=k, which=which, v0=start)
@@ -58,9 +60,6 @@ def _eigen_from_a_fixed_start(transitions_sym, n_comps: int = 15, sort: str = "d
     if sort == "decrease":  # eigsh returns them in increasing order
         values, vectors = values[::-1], vectors[:, ::-1]
     return values, vectors
-
-
-_SCIB_EIGEN: list = []  # scib-metrics' own function while ours stands in for it
 
 
 def check_neighbors(neighbors: str) -> None:
@@ -83,13 +82,14 @@ def scib_neighbors(neighbors: Neighbors, n_cells: int) -> Iterator:
 
     check_neighbors(neighbors)
     exact = neighbors == "exact" or (neighbors == "auto" and n_cells <= EXACT_MAX_CELLS)
-    swaps = [(scib_diffusion, "_compute_eigen", _eigen_from_a_fixed_start)]
-    if exact:
+    swaps = []
+    if hasattr(scib_diffusion, "_compute_eigen"):
+        scibs = scib_diffusion._compute_eigen
+        swaps.append((scib_diffusion, "_compute_eigen", functools.partial(_eigen_from_a_fixed_start, scibs=scibs)))
+    if exact and hasattr(scib_nn, "pynndescent"):
         swaps.append((scib_nn, "pynndescent", _exact_as_pynndescent))
-    swaps = [(module, name, getattr(module, name), new) for module, name, new in swaps if hasattr(module, name)]
-    for module, name, old, new in swaps:
-        if name == "_compute_eigen":
-            _SCIB_EIGEN[:] = [old]
+    swaps = [(module, name, getattr(module, name), new) for module, name, new in swaps]
+    for module, name, _, new in swaps:
         setattr(module, name, new)
     try:
         yield exact_neighbors if exact else None

@@ -206,8 +206,7 @@ def _check_validation_comes(
     else:  # "auto" / -1: every GPU of the machine, one CPU process
         world = max(torch.cuda.device_count(), 1) if on_gpu else 1
     world *= max(int(num_nodes), 1)
-    per_rank = -(-datamodule.n_train // world)
-    per_epoch = per_rank // datamodule.batch_size if datamodule.drop_last else -(-per_rank // datamodule.batch_size)
+    per_epoch = len(datamodule.make_sampler(world, 0))  # the training sampler's own epoch (drop_last, world size)
     batches = max_steps * accumulate
     interval = trainer_kwargs.get("val_check_interval")
     if interval is None:
@@ -484,9 +483,9 @@ def pretrain_from_corpus(
         # the masking, encode twice and drop gradient checkpointing (a user probe)
         module.train()
     module.set_gene_sets(gene_set_tensors(gene_sets, vocab) if gamma > 0 else None)  # (gamma=0: the sets unread)
-    resume_from = Path(checkpoint_dir).expanduser() / "last.ckpt" if ckpt_path == "last" else ckpt_path
-    if resume_from is not None and Path(resume_from).expanduser().is_file():  # ("last" too: a probe, session 34)
-        _check_checkpoint_fits(Path(resume_from).expanduser(), module)
+    resume_from = Path(checkpoint_dir) / "last.ckpt" if ckpt_path == "last" else ckpt_path
+    if resume_from is not None and (resume_from := Path(resume_from).expanduser()).is_file():  # ("last" too: probe)
+        _check_checkpoint_fits(resume_from, module)
 
     # gamma reaches module.loss through the plan (scvi's loss_kwargs)
     plan = CorpusTrainingPlan(module, mask_seed=seed, **{"lr": lr, "gamma": gamma, **(plan_kwargs or {})})
