@@ -284,6 +284,14 @@ def _prefetch_switch(model, on: bool) -> dict[str, Any]:
     return {"datasplitter_kwargs": {"background": on}}
 
 
+def _fused_adamw_switch(model, on: bool) -> dict[str, Any]:
+    """The training plan's AdamW fused on a GPU (session 34) or torch's default (foreach)."""
+    import genemamba_scvi.train as plan
+
+    plan._FUSED_ADAMW = on
+    return {}
+
+
 def first_call_child(args) -> None:
     """In a fresh process: time the first embedding or the first training call (printed as JSON)."""
     t_start = time.perf_counter()
@@ -363,9 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--graphs-batches", type=int, nargs="*", default=[], help="compare --compare off/on at these")
     p.add_argument(
         "--compare",
-        choices=("cuda_graphs", "prefetch"),
+        choices=("cuda_graphs", "prefetch", "fused_adamw"),
         default="cuda_graphs",
-        help="the train setting --graphs-batches compares (result key graphs_compare / prefetch_compare)",
+        help="the train setting --graphs-batches compares (result key graphs_compare / prefetch_compare / "
+        "fused_adamw_compare)",
     )
     p.add_argument("--graphs-warmup", type=int, default=30)
     p.add_argument("--graphs-steps", type=int, default=40)
@@ -409,8 +418,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.graphs_batches:
         if args.compare == "cuda_graphs":  # the result keys of sessions 12-26
             train_switch_compare(args, result, "graphs_compare", _graphs)
-        else:
+        elif args.compare == "prefetch":
             train_switch_compare(args, result, "prefetch_compare", _prefetch_switch)
+        else:
+            train_switch_compare(args, result, "fused_adamw_compare", _fused_adamw_switch)
         path.write_text(json.dumps(result, indent=2))
     if not args.skip_first_call:
         first_calls(args, result)

@@ -35,6 +35,9 @@ LAST_NEEDS_CHECKPOINT_DIR = (
     "run (without one there is no checkpoint to resume, and Lightning would train from scratch)"
 )
 
+# the plan's AdamW fused on a GPU (one kernel for the whole update); off only for benchmarks/api_speed.py's A/B
+_FUSED_ADAMW = True
+
 
 def _finite_number(value: Any) -> bool:
     """A real, finite number (not a bool, not a string)."""
@@ -407,6 +410,7 @@ class GeneMambaTrainingPlan(TrainingPlan):
         # unfused steps by hand (benchmarks/results/pretrain_speed_h100_s34_call{1,2_fused}.json)
         # (not under "16-mixed": its gradient scaler would leave the fused kernel's gradients scaled when clipped)
         on_gpu = all(p.is_cuda for p in decay + no_decay) and not str(self.trainer.precision).startswith("16")
+        on_gpu = on_gpu and _FUSED_ADAMW
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,
