@@ -337,8 +337,13 @@ def test_train_runs_record_what_each_run_was_asked_and_did_and_survive_save_and_
     genes = list(adata.var_names[np.asarray(adata.layers["counts"].sum(axis=0)).ravel() > 0][:12])
     model.train(max_epochs=2, lr=2e-3, gene_sets={"set1": genes[:6], "set2": genes[6:]}, **TRAIN)
     model.train_classifier(max_epochs=1, freeze_encoder=True, hidden=8, **TRAIN)
-    with pytest.raises(KeyboardInterrupt):
+    # lab probe (session 34): the pathway loss of the first run was left out of this one without a word
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         model.train(max_epochs=3, callbacks=[CtrlC()], **TRAIN)
+    said = [str(w.message) for w in caught if "this run has no gene_sets" in str(w.message)]
+    assert len(said) == 1 and "last training run (train, " in said[0], said
+    assert "(gene_sets='<mapping of 2 gene sets>', gamma=0.1)" in said[0]
     with pytest.raises(KeyboardInterrupt):  # a new head on the frozen encoder, stopped: the earlier head is back,
         model.train_classifier(max_epochs=2, freeze_encoder=True, hidden=4, callbacks=[CtrlC()], **TRAIN)
     assert model.classifier_hidden_ == 8  # ... and the run that left nothing is not recorded (review)
@@ -378,3 +383,19 @@ def test_a_run_record_describes_what_json_cannot_hold():
     args = json.loads(json.dumps(record, allow_nan=False))["args"]
     assert args["gene_sets"] == "<mapping of 5001 gene sets>" and args["batch_size"] == 16
     assert args["plan_kwargs"] == {"betas": [0.9, 0.95], "eps": "nan"} and args["callbacks"] == ["<object>"]
+
+
+def test_train_after_a_pathway_pretraining_says_the_pathway_loss_is_left_out():
+    # a model from GeneMambaModel.pretrain(gene_sets="kegg") records gamma only when given (None: 0.1)
+    from genemamba_scvi.model._run_checks import warn_if_pathway_loss_dropped
+
+    runs = [{"method": "pretrain", "started_utc": "t0", "args": {"corpus_dir": "c", "gene_sets": "kegg"}}]
+    with pytest.warns(UserWarning, match=r"\(pretrain, t0\) had the pathway loss \(gene_sets='kegg', gamma=0.1\)"):
+        warn_if_pathway_loss_dropped(runs, None, None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_pathway_loss_dropped(runs, None, 0, None)  # turned off on purpose
+        warn_if_pathway_loss_dropped(runs, None, None, {"gamma": 0.0})
+        warn_if_pathway_loss_dropped(runs, "kegg", None, None)  # kept
+        warn_if_pathway_loss_dropped([{**runs[0], "args": {"gene_sets": "kegg", "gamma": 0.0}}], None, None, None)
+        warn_if_pathway_loss_dropped([*runs, {"method": "train", "args": {"gene_sets": None}}], None, None, None)

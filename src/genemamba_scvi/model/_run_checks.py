@@ -210,3 +210,28 @@ def check_loss_plan_kwargs(plan_kwargs: dict[str, Any] | None, mode: str) -> Non
     if bad:
         why = "; ".join(f"{k}: {_LOSS_SETTINGS[k]}" for k in bad)
         raise TypeError(f"plan_kwargs {bad} would not reach this run's loss as meant ({why})")
+
+
+def warn_if_pathway_loss_dropped(runs: list[dict[str, Any]], gene_sets: Any, gamma: Any, plan_kwargs: Any) -> None:
+    """Warn when ``train`` continues a model whose last training had the pathway loss, without gene sets.
+
+    ``gene_sets`` is an argument of each run, not a setting of the model, so a second ``train`` (or ``train`` after
+    ``pretrain``) left the pathway loss out without a word (lab pre-training probe, session 34). Only when neither
+    ``gene_sets`` nor a ``gamma`` is given (a ``gamma`` without sets has :func:`check_gamma`'s warning; 0 is a choice).
+    """
+    if plan_kwargs and "gamma" in plan_kwargs:
+        gamma = plan_kwargs["gamma"]
+    if gene_sets is not None or gamma is not None:
+        return
+    last = next((r for r in reversed(runs) if r.get("method") in ("train", "pretrain")), None)
+    args = (last or {}).get("args", {})
+    used = 0.1 if args.get("gamma") is None else args["gamma"]  # (pretrain records gamma only when given)
+    if args.get("gene_sets") is None or not used:
+        return
+    warnings.warn(
+        f"this model's last training run ({last['method']}, {last.get('started_utc', '?')}) had the pathway loss "
+        f"(gene_sets={args['gene_sets']!r}, gamma={used}); this run has no gene_sets and trains on the "
+        "masked-gene loss alone: pass gene_sets (and gamma) again to keep the pathway loss, or gamma=0 to silence this",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )

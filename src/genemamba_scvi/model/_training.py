@@ -44,6 +44,7 @@ from genemamba_scvi.model._run_checks import (
     check_run_args,
     check_train_size,
     warn_if_cpu_memory_short,
+    warn_if_pathway_loss_dropped,
 )
 from genemamba_scvi.model._runs import finish_record, start_record
 from genemamba_scvi.model._utils import (
@@ -405,6 +406,7 @@ class GeneMambaTrainingMixin:
             a sparse matrix).
         """
         record = start_record("train", locals())
+        warn_if_pathway_loss_dropped(self.train_runs_, gene_sets, gamma, plan_kwargs)
         gamma = check_gamma(gamma, gene_sets, plan_kwargs)
         record["args"]["gamma"] = gamma if gene_sets is not None else 0.0  # the weight used (no sets: no pathway loss)
         run_args = _run_args(locals())
