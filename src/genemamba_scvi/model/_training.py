@@ -348,7 +348,7 @@ class GeneMambaTrainingMixin:
             ``"mlm"`` (masked-gene prediction) or ``"next_token"`` (unidirectional models only).
         gene_sets
             Gene sets for the pathway InfoNCE term: ``"go_bp"`` / ``"kegg"`` (shipped GMTs), a GMT path, or a
-            ``{name: [genes]}`` mapping. ``None`` trains with the LM loss alone.
+            ``{name: [genes]}`` mapping. ``None`` trains with the LM loss alone (warned when the last run had sets).
         gamma
             Weight of the pathway InfoNCE term; ``None`` (default): 0.1 as in the paper. It needs ``gene_sets``
             (a ``gamma`` given without them warns: there is no pathway loss to weigh).
