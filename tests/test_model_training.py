@@ -214,11 +214,14 @@ def test_kill_and_resume_from_last_checkpoint(sample48, tmp_path):
     assert Path(ckpt_dir / "last.ckpt").exists()
     assert np.isfinite(resumed.get_latent_representation()).all()
     # resumed as the docstring says, ckpt_path alone: checkpoints go on in its folder (the resumed run wrote none,
-    # and Lightning asked for a private callback to be added), and nothing is said about the folder being in use
+    # and Lightning asked for a private callback to be added), and nothing is said about the folder being in use;
+    # trained on to a fourth epoch, the schedule planned over 9 steps is rebuilt over 12, and that is said (probe)
     again = GeneMambaModel(adata, **TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         again.train(max_epochs=4, checkpoint_every_n_steps=1, ckpt_path=str(last), **TRAIN)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and "schedule (warm-up 1 steps, then cosine decay) was planned over 9" in said[0], said
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 12
 
 

@@ -178,3 +178,49 @@ def test_mask_tokens_checks_its_inputs_as_the_encoder_does():
     assert narrow.dtype == torch.int64
     inputs, labels = mask_tokens(tokens.int(), torch.tensor([5, 3]), generator=torch.Generator().manual_seed(0))
     assert inputs.shape == labels.shape == (2, 5) and bool((labels[1, 3:] == -100).all())
+
+
+def test_the_network_layers_refuse_inputs_they_would_read_wrongly():
+    # nn probe (session 35): each of these gave a silently wrong answer or an error that named no input
+    from genemamba_scvi.nn import BiMambaBlock, Mamba2Mixer, next_token_loss, pool_packed
+
+    tokens = torch.randint(3, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([6, 4])
+    with pytest.raises(ValueError, match=r"vocab_size=5 must be above n_special=3 and every token id \(the largest"):
+        mask_tokens(tokens, lengths, vocab_size=5)  # replacements were drawn from {3, 4}
+    with pytest.raises(ValueError, match=r"vocab_size=3 must be above n_special=3"):
+        mask_tokens(tokens, lengths, vocab_size=3)  # replacements were skipped
+    with pytest.raises(TypeError, match="lengths"):
+        mask_tokens(tokens, [6, 4])
+    mask_tokens(tokens, lengths, vocab_size=40)  # ids up to 39: fine
+
+    torch.manual_seed(0)
+    block = BiMambaBlock(d_model=32, d_state=16, headdim=16, backend="torch")
+    x = torch.randn(2, 8, 32)
+    with pytest.raises(ValueError, match=r"lengths must be between 0 and the sequence length 8, got values from -5"):
+        block(x, torch.tensor([8, -5]))  # the backward pass read the cell unreversed
+    with pytest.raises(ValueError, match=r"lengths must be between 0 and the sequence length 8, got .* to 9"):
+        block(x, torch.tensor([8, 9]))
+    with pytest.raises(ValueError, match=r"lengths must be \[batch\] = \[2\] .*got shape \(3,\)"):
+        block(x, torch.tensor([8, 8, 8]))
+    with pytest.raises(ValueError, match=r"lengths must be integers"):
+        block(x, torch.tensor([8, 7.9]))
+    assert torch.equal(block(x, torch.tensor([8, 8])), block(x))  # full lengths as before
+    with pytest.raises(ValueError, match=r"u must be \[batch, seqlen, d_model\], got shape \(8, 32\)"):
+        Mamba2Mixer(d_model=32, d_state=16, headdim=16, backend="torch")(x[0])
+
+    logits = torch.randn(2, 6, 40)
+    with pytest.raises(ValueError, match=r"lengths must be between 0 and the sequence length 6, got .* to 50"):
+        next_token_loss(logits, tokens, torch.tensor([6, 50]), encoder=False)
+    with pytest.raises(ValueError, match=r"lengths must be integers"):
+        next_token_loss(logits, tokens, torch.tensor([6.0, 5.5]), encoder=False)
+
+    hidden = torch.randn(19, 4)
+    for cu in ([0, 10, 16, 30], [3, 10, 16, 19], [0, 5, 10, 12]):  # the last one dropped tokens without a word
+        with pytest.raises(ValueError, match=r"cu_seqlens must rise from 0 to the number of packed tokens \(19\)"):
+            pool_packed(hidden, torch.tensor(cu))
+    assert pool_packed(hidden, torch.tensor([0, 10, 19])).shape == (2, 4)
+
+    loss = PathwayInfoNCE([[3, 4, 5], [6, 7, 8]], n_per_set=2)
+    with pytest.raises(ValueError, match=r"token_ids must be token ids >= 0, got -100: MLM labels"):
+        loss(torch.randn(6, 8), torch.tensor([3, 4, 5, -100, 7, 8]))

@@ -706,3 +706,22 @@ def test_a_run_length_or_lr_that_trains_nothing_is_refused_by_its_name(corpus_di
     with pytest.raises(ValueError, match=message):
         GeneMambaModel.pretrain(corpus_dir, tmp_path / "m", **{**TINY, **kwargs})
     assert not (tmp_path / "m").exists()
+
+
+def test_resuming_over_another_length_says_the_schedule_is_rebuilt(corpus_dir, tmp_path, one_thread):
+    # lab probe (session 34): a resume to a longer max_steps rebuilt the warm-up + cosine schedule over the new
+    # length without a word (the learning rate jumps where the two schedules meet)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
+    saved = torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["genemamba_lr_schedule"] == {"total": 6, "warmup": 1}
+    with pytest.warns(UserWarning, match=r"planned over 6 optimiser steps; it is rebuilt over 9 \(warm-up 1\)"):
+        _run(corpus_dir, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt, max_steps=9)
+    ckpt2 = tmp_path / "ckpt2"
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt2, checkpoint_every_n_steps=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run(corpus_dir, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt2)  # as planned: nothing to say
+    assert not [w for w in caught if "schedule" in str(w.message)]

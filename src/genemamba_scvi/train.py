@@ -25,6 +25,7 @@ from scvi.utils import track
 
 from genemamba_scvi._checkpoint_callback import LightningCheckpoint  # noqa: F401  (its home before; imported from here)
 from genemamba_scvi._prefetch import check_background
+from genemamba_scvi._schedule import SCHEDULE_KEY, warmup_cosine, warn_if_schedule_changes
 from genemamba_scvi._warn import user_stacklevel
 from genemamba_scvi.data.gene_sets import check_gene_sets_source
 from genemamba_scvi.nn.graphs import drop_graphs
@@ -280,14 +281,6 @@ def minibatch_loss(trainer, pl_module, outputs) -> Any:
     return loss
 
 
-def _warmup_cosine(step: int, *, warmup: int, total: int, floor: float) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class GeneMambaTrainingPlan(TrainingPlan):
     """Transformer-style optimisation for GeneMamba in the scvi-tools training-plan idiom.
 
@@ -395,6 +388,14 @@ class GeneMambaTrainingPlan(TrainingPlan):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the schedule's shape, so that a resume over another length is told (``_schedule``)."""
+        checkpoint[SCHEDULE_KEY] = dict(getattr(self, "_schedule_shape", {}))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the resumed run's schedule shape for :meth:`configure_optimizers` (Lightning calls this first)."""
+        self._resumed_schedule = checkpoint.get(SCHEDULE_KEY)
+
     def configure_optimizers(self):
         """AdamW (no weight decay on biases, norms, the embedding, the SSM's A, dt bias and D), per-step schedule."""
         decay, no_decay = [], []
@@ -420,8 +421,10 @@ class GeneMambaTrainingPlan(TrainingPlan):
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = max(int(self.warmup_fraction * total), 1) if self.warmup_fraction > 0 else 0
-        schedule = functools.partial(_warmup_cosine, warmup=warmup, total=total, floor=self.min_lr_ratio)
+        schedule = functools.partial(warmup_cosine, warmup=warmup, total=total, floor=self.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)  # a partial pickles (a model.trainer)
+        self._schedule_shape = {"total": total, "warmup": warmup}
+        warn_if_schedule_changes(getattr(self, "_resumed_schedule", None), total, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

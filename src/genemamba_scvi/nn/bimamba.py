@@ -37,6 +37,7 @@ from genemamba_scvi.nn.fused import fused_available, gate_merge_add_norm, gate_m
 from genemamba_scvi.nn.fused_merge import gate_merge_train
 from genemamba_scvi.nn.fused_weights import linear_low
 from genemamba_scvi.nn.mamba2 import Mamba2Mixer, RMSNorm
+from genemamba_scvi.nn.pooling import check_lengths
 
 __all__ = [
     "BLOCKS",
@@ -443,13 +444,12 @@ class BiMambaBlock(nn.Module):
         if not self.bidirectional:
             return x + self.mixer(h, seq_idx=seq_idx)
         batch, L, _ = x.shape
-        if rev_index is None:
-            if seq_idx is not None:
-                rev_index = reversal_index_packed(seq_idx)
-            else:
-                if lengths is None:
-                    lengths = torch.full((batch,), L, dtype=torch.long, device=x.device)
-                rev_index = reversal_index(lengths, L)
+        if rev_index is None and seq_idx is not None:
+            rev_index = reversal_index_packed(seq_idx)
+        elif rev_index is None:
+            if lengths is not None:  # (a negative length read the cell unreversed, one past L was clamped: nn probe)
+                check_lengths(lengths, L, batch)
+            rev_index = reversal_index(torch.full((batch,), L, device=x.device) if lengths is None else lengths, L)
         both = torch.cat([h, reverse_sequences(h, rev_index)], dim=0)
         both_seq_idx = torch.cat([seq_idx, seq_idx], dim=0) if seq_idx is not None else None
         out = self.mixer(both, seq_idx=both_seq_idx)

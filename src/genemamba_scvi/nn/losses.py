@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genemamba_scvi.nn.pooling import check_lengths, check_tokens
+from genemamba_scvi.nn.pooling import _need_tensors, check_lengths, check_tokens
 
 __all__ = [
     "IGNORE_INDEX",
@@ -74,6 +74,14 @@ def mask_tokens(
     if not 0.0 <= mask_prob <= 1.0:
         raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
     tokens = check_tokens(tokens, torch.iinfo(torch.int64).max)  # integer ids (their values: the encoder's check)
+    _need_tensors(lengths=lengths)
+    on_cpu = tokens.device.type == "cpu" and tokens.numel() > 0  # (read back on the CPU only: no host sync on a GPU)
+    if vocab_size is not None and (vocab_size <= n_special or (on_cpu and int(tokens.max()) >= vocab_size)):
+        # (replacements were drawn from [n_special, vocab_size) below the ids, or not at all: nn probe, session 35)
+        raise ValueError(
+            f"vocab_size={vocab_size} must be above n_special={n_special} and every token id (the largest is "
+            f"{int(tokens.max()) if on_cpu else '?'}): random replacements are drawn from [n_special, vocab_size)"
+        )
     if tokens.dim() != 2 or lengths.shape != tokens.shape[:1]:
         raise ValueError(
             f"tokens must be [batch, L] and lengths [batch], got shapes {tuple(tokens.shape)} and "
@@ -184,6 +192,7 @@ def next_token_loss(
             "use masked_lm_loss, or an encoder with bidirectional=False"
         )
     L = tokens.shape[1]
+    check_lengths(lengths, L, tokens.shape[0])  # (lengths past L or 5.5 gave a loss without a word: nn probe)
     targets = tokens[:, 1:].long()
     valid = torch.arange(1, L, device=tokens.device).unsqueeze(0) < lengths.to(tokens.device).unsqueeze(1)
     labels = torch.where(valid, targets, torch.full_like(targets, IGNORE_INDEX))
@@ -343,7 +352,13 @@ class PathwayInfoNCE(nn.Module):
         zero = embeddings.sum() * 0.0
         if self.n_total_sets < 2 or n_items < 2:
             return zero
-        n_tok = max(self.max_token, int(token_ids.max()) + 1)
+        lo, hi = torch.stack(torch.aminmax(token_ids)).tolist()  # (one read back, as the max alone was)
+        if lo < 0:  # (bincount's own error named no input: nn probe, session 35)
+            raise ValueError(
+                f"token_ids must be token ids >= 0, got {lo}: MLM labels (-100 where nothing is predicted)? pass the "
+                "ids of the tokens whose states the rows of embeddings are"
+            )
+        n_tok = max(self.max_token, hi + 1)
         count = torch.bincount(token_ids, minlength=n_tok)  # occurrences of each token among the items
         # items available per set: sum of occurrences of its genes
         per_set = torch.zeros(self.n_total_sets, dtype=torch.long, device=device)

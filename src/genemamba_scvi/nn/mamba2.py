@@ -256,6 +256,10 @@ class Mamba2Mixer(nn.Module):
         torch.Tensor
             ``[batch, seqlen, d_model]``.
         """
+        if u.dim() != 3:  # (an unbatched [L, d] failed on a tuple unpacking deep inside: nn probe, session 35)
+            raise ValueError(
+                f"u must be [batch, seqlen, d_model], got shape {tuple(u.shape)} (u[None] for one sequence)"
+            )
         return self.forward_projected(self.in_proj(u), seq_idx)
 
     def forward_projected(self, zxbcdt: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -27,12 +27,16 @@ __all__ = [
 POOLINGS = ("mean", "cls")
 
 
-def check_lengths(lengths: torch.Tensor, seq_len: int) -> None:
-    """Refuse real lengths outside ``[0, seq_len]`` (a silently wrong mean pooling otherwise).
+def check_lengths(lengths: torch.Tensor, seq_len: int, batch: int | None = None) -> None:
+    """Refuse real lengths outside ``[0, seq_len]`` (a silently wrong mean pooling otherwise), or not ``[batch]``.
 
     Checked for lengths on the CPU only: on a GPU the check would make the host wait for the device every step.
     """
     _need_tensors(lengths=lengths)
+    if batch is not None and tuple(lengths.shape) != (batch,):
+        raise ValueError(
+            f"lengths must be [batch] = [{batch}] (one real length a cell), got shape {tuple(lengths.shape)}"
+        )
     if lengths.is_floating_point() or lengths.is_complex():  # (cast to integers later: 40.5 would become 40)
         raise ValueError(f"lengths must be integers (a count of tokens per cell), got dtype {lengths.dtype}")
     if lengths.device.type != "cpu" or lengths.numel() == 0 or torch.compiler.is_compiling():
@@ -65,14 +69,21 @@ def check_tokens(tokens: torch.Tensor, vocab_size: int, cu_seqlens: torch.Tensor
             f"token ids must be in [0, vocab_size={vocab_size}), got values from {int(tokens.min())} to "
             f"{int(tokens.max())}"
         )
-    if cu_seqlens is not None and cu_seqlens.device.type == "cpu":
-        cu = cu_seqlens.reshape(-1)
-        if cu.numel() == 0 or int(cu[0]) != 0 or int(cu[-1]) != tokens.numel() or bool((cu[1:] < cu[:-1]).any()):
-            raise ValueError(
-                f"cu_seqlens must rise from 0 to the number of packed tokens ({tokens.numel()}), got {cu.tolist()[:8]}"
-                + (" ..." if cu.numel() > 8 else "")
-            )
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, tokens.numel())
     return tokens
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, n_tokens: int) -> None:
+    """Refuse ``cu_seqlens`` that do not rise from 0 to ``n_tokens`` (values on the CPU only: no host sync)."""
+    if cu_seqlens.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    cu = cu_seqlens.reshape(-1)
+    if cu.numel() == 0 or int(cu[0]) != 0 or int(cu[-1]) != n_tokens or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(
+            f"cu_seqlens must rise from 0 to the number of packed tokens ({n_tokens}), got {cu.tolist()[:8]}"
+            + (" ..." if cu.numel() > 8 else "")
+        )
 
 
 def check_max_seqlen(max_seqlen: Any, cu_seqlens: torch.Tensor) -> int | None:
@@ -175,6 +186,8 @@ def unpack_hidden(hidden: torch.Tensor, lengths: torch.Tensor, seq_len: int) -> 
 
 def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     """Cell embeddings ``[n_cells, d]`` from packed states ``[T, d]`` (mean over each cell, or its first token)."""
+    _need_tensors(hidden=hidden, cu_seqlens=cu_seqlens)
+    check_cu_seqlens(cu_seqlens, hidden.shape[0])  # (a malformed one failed deep in repeat_interleave; nn probe)
     cu = cu_seqlens.to(device=hidden.device, dtype=torch.long)
     n_cells = cu.numel() - 1
     if pooling == "cls":  # a cell without tokens has no first token: zeros, as on the padded path
