@@ -725,3 +725,22 @@ def test_resuming_over_another_length_says_the_schedule_is_rebuilt(corpus_dir, t
         warnings.simplefilter("always")
         _run(corpus_dir, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt2)  # as planned: nothing to say
     assert not [w for w in caught if "schedule" in str(w.message)]
+
+
+def test_a_run_is_resumed_only_on_its_own_corpus(corpus_dir, tmp_path, one_thread):
+    # lab probe (session 34): a resume on another corpus of the same number of cells went on silently, in that
+    # corpus's order; a copy of the corpus (same tokens, another folder) is the same corpus
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
+    other = build_sample_corpus(tmp_path / "other", max_genes=48, shard_size=100)  # the same 559 cells, other tokens
+    with pytest.raises(ValueError, match=r"cannot resume from this checkpoint on the corpus '.*other': it was written "
+                                         r"while training on another corpus \('.*corpus'; its tokens differ"):  # fmt: skip
+        _run(other, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt)
+    copy = shutil.copytree(corpus_dir, tmp_path / "copy")
+    with warnings.catch_warnings(record=True) as caught:  # (nor Lightning's word on the folder's checkpoints)
+        warnings.simplefilter("always")
+        _run(copy, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
+    assert [str(w.message) for w in caught] == []

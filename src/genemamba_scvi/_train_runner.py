@@ -6,6 +6,7 @@ import gc
 import random
 import signal
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,10 @@ class QuietTrainRunner(TrainRunner):
         main = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if main else None
         try:
-            self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
+            with warnings.catch_warnings():  # resuming (train or pretrain): its checkpoints are expected in the folder
+                if self.ckpt_path is not None:
+                    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+                self.trainer.fit(self.training_plan, self.data_splitter, ckpt_path=self.ckpt_path)
         except BaseException as err:
             interrupted = isinstance(err, SystemExit) and self.trainer.interrupted
             stepped = self.trainer.global_step > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -297,10 +296,7 @@ class GeneMambaTrainingMixin:
             )
             status = "completed"
             try:
-                with warnings.catch_warnings():  # resuming from checkpoint_dir: its checkpoints are expected there
-                    if trainer_kwargs.get("ckpt_path") is not None:
-                        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-                    result = runner()
+                result = runner()  # (resuming: Lightning's word on the folder's checkpoints is left out there)
             except BaseException as err:  # Ctrl-C after some steps: the runner kept them, and the split they used
                 status = "interrupted" if isinstance(err, KeyboardInterrupt) else f"failed ({type(err).__name__})"
                 if runner.trainer.global_step > 0 and isinstance(err, KeyboardInterrupt):

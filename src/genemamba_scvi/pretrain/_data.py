@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,12 +56,33 @@ class CorpusDataLoader(DataLoader):
         super().__init__(dataset, batch_size=None, sampler=sampler, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampler's position."""
-        return self.sampler.state_dict()
+        """The sampler's position, and which corpus it is a position in (its tokens' digest and folder)."""
+        corpus = self.dataset.corpus
+        return {**self.sampler.state_dict(), "corpus_sha256": _corpus_digest(corpus), "corpus_dir": str(corpus.root)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore the sampler's position."""
-        self.sampler.load_state_dict(state_dict)
+        """Restore the sampler's position; refused on another corpus than the checkpoint's.
+
+        The sampler's own check compares the number of cells only, so a resume on another corpus of the same size
+        went on silently, in the other corpus's order (lab pre-training probe, session 34). A copy of the corpus, or
+        a rebuild with the same arguments, has the same tokens and resumes. Checkpoints written before the digest
+        are not checked.
+        """
+        state = dict(state_dict)
+        saved, where = state.pop("corpus_sha256", None), state.pop("corpus_dir", None)
+        corpus = self.dataset.corpus
+        if saved is not None and saved != _corpus_digest(corpus):
+            raise ValueError(
+                f"cannot resume from this checkpoint on the corpus {str(corpus.root)!r}: it was written while training "
+                f"on another corpus ({where!r}; its tokens differ from these). Resume on the checkpoint's corpus, or "
+                "start a new run (no ckpt_path), e.g. pretrain(module=...) to go on from the saved weights"
+            )
+        self.sampler.load_state_dict(state)
+
+
+def _corpus_digest(corpus: TokenCorpus) -> str:
+    """SHA-256 over the corpus's shard digests in order (the manifest's, of each shard's tokens and lengths)."""
+    return hashlib.sha256("".join(s.get("sha256", "") for s in corpus.manifest.shards).encode()).hexdigest()
 
 
 class CorpusDataModule(pl.LightningDataModule):
