@@ -162,6 +162,23 @@ CONFIG_ARGS = (
 )
 
 
+def run_args(args: argparse.Namespace) -> dict:
+    """A result's ``args``: the script's arguments, and the AdamW ``eps`` the runs trained with (``adam_eps_used``).
+
+    ``adam_eps`` is None for the training plan's default, which changed (0.01 until session 16, then 1e-8), so the
+    value itself is recorded too: the H200 and H100 seed runs could be told apart only by their code version
+    (reviewer probe, session 35).
+    """
+    import inspect
+
+    from genemamba_scvi.train import GeneMambaTrainingPlan
+
+    out = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    default = inspect.signature(GeneMambaTrainingPlan).parameters["eps"].default
+    out["adam_eps_used"] = float(out["adam_eps"]) if out.get("adam_eps") is not None else default
+    return out
+
+
 def run_suffix(args: argparse.Namespace) -> str:
     """File-name suffix of a run: ``""`` for the default configuration, else the ablations / quick flag."""
     parts = []

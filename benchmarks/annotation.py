@@ -324,7 +324,7 @@ def main(argv=None) -> dict:
         "y_test": list(map(str, y)),
         "timings": timings,
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "args": C.run_args(args),
         "environment": C.environment(),
     }
     C.write_json(out_dir / "seeds" / f"annotation{suffix}_seed{args.seed}.json", out)

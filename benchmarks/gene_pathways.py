@@ -228,7 +228,7 @@ def main(argv=None) -> dict:
         "models": infos,
         "results": df.to_dict(orient="records"),
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "args": C.run_args(args),
         "environment": C.environment(),
     }
     C.write_json(out_dir / f"gene_pathways{suffix}.json", out)

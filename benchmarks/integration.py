@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
         "metric_types_both_batches": res.loc["Metric Type"].to_dict() if res is not None else None,
         "timings": timings,
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "args": C.run_args(args),
         "environment": C.environment(),
     }
     C.write_json(out_dir / "seeds" / f"integration{suffix}_seed{args.seed}.json", out)

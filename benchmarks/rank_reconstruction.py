@@ -297,7 +297,7 @@ def main(argv=None) -> dict:
         "results": df.reset_index().to_dict(orient="records"),
         "eval_seconds": round(eval_seconds, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "args": C.run_args(args),
         "environment": C.environment(),
     }
     C.write_json(args.out_dir / f"rank_reconstruction{suffix}.json", out)

@@ -336,3 +336,20 @@ def test_integration_scores_the_cells_in_an_order_drawn_from_the_seed():
         for metric in ("Silhouette label", "cLISI", "Isolated labels"):
             assert float(res[seed][metric]) == pytest.approx(float(res[None][metric]), abs=1e-5)
     assert len({round(float(r["KMeans ARI"]), 6) for r in res.values()}) > 1
+
+
+def test_results_record_the_adam_eps_the_runs_trained_with():
+    # reviewer probe (session 35): `adam_eps: None` meant the plan's default, which changed (0.01, then 1e-8), so the
+    # H200 and H100 seed runs could be told apart only by their code version
+    import argparse
+    import inspect
+
+    import _common as C
+
+    from genemamba_scvi.train import GeneMambaTrainingPlan
+
+    default = inspect.signature(GeneMambaTrainingPlan).parameters["eps"].default
+    assert C.run_args(argparse.Namespace(adam_eps=None, seed=3)) == {"adam_eps": None, "seed": 3, "adam_eps_used": default}
+    assert C.run_args(argparse.Namespace(adam_eps=0.01))["adam_eps_used"] == 0.01
+    for script in ("annotation", "integration", "rank_reconstruction", "gene_pathways"):
+        assert '"args": C.run_args(args)' in (BENCH / f"{script}.py").read_text(), script
