@@ -345,11 +345,11 @@ def test_results_record_the_adam_eps_the_runs_trained_with():
     import inspect
 
     import _common as C
-
     from genemamba_scvi.train import GeneMambaTrainingPlan
 
     default = inspect.signature(GeneMambaTrainingPlan).parameters["eps"].default
-    assert C.run_args(argparse.Namespace(adam_eps=None, seed=3)) == {"adam_eps": None, "seed": 3, "adam_eps_used": default}
+    got = C.run_args(argparse.Namespace(adam_eps=None, seed=3))
+    assert got == {"adam_eps": None, "seed": 3, "adam_eps_used": default}
     assert C.run_args(argparse.Namespace(adam_eps=0.01))["adam_eps_used"] == 0.01
     for script in ("annotation", "integration", "rank_reconstruction", "gene_pathways"):
         assert '"args": C.run_args(args)' in (BENCH / f"{script}.py").read_text(), script

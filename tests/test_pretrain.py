@@ -736,8 +736,8 @@ def test_a_run_is_resumed_only_on_its_own_corpus(corpus_dir, tmp_path, one_threa
     with pytest.raises(KeyboardInterrupt):
         _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
     other = build_sample_corpus(tmp_path / "other", max_genes=48, shard_size=100)  # the same 559 cells, other tokens
-    with pytest.raises(ValueError, match=r"cannot resume from this checkpoint on the corpus '.*other': it was written "
-                                         r"while training on another corpus \('.*corpus'; its tokens differ"):  # fmt: skip
+    refused = r"cannot resume from this checkpoint on the corpus '.*other': it was written while training on another "
+    with pytest.raises(ValueError, match=refused + r"corpus \('.*corpus'; its tokens differ"):
         _run(other, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt)
     copy = shutil.copytree(corpus_dir, tmp_path / "copy")
     with warnings.catch_warnings(record=True) as caught:  # (nor Lightning's word on the folder's checkpoints)
