@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Session 35, device call 3 (NOTES section 37): this session's changes to the network layers' checks
+# (PathwayInfoNCE's id range read, BiMambaBlock's lengths), the schedule record and the corpus digest, on the GPU
+# through the pre-training and model GPU tests; on an H200 the deliverable run first.
+source scripts/device_lib.sh
+gpu=$(nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader); echo "$gpu"
+if [[ "$gpu" == *H200* ]]; then
+  full_run 170 240 --only real_,full_L2048,full_L8192,stress --no-profile
+fi
+timeout 130 python3 -m pytest -q tests/test_pretrain_gpu.py -p no:cacheprovider > $OUT/gpu_pretrain_tests_s35c3.log 2>&1
+echo "pretrain gpu tests rc=$?"; tail -2 $OUT/gpu_pretrain_tests_s35c3.log | cut -c1-600
+timeout 200 python3 -m pytest -q -x tests/test_model_gpu.py -p no:cacheprovider > $OUT/gpu_model_tests_s35c3.log 2>&1
+echo "model gpu tests rc=$?"; tail -2 $OUT/gpu_model_tests_s35c3.log | cut -c1-600
+exit 0
