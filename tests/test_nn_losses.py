@@ -221,6 +221,12 @@ def test_the_network_layers_refuse_inputs_they_would_read_wrongly():
             pool_packed(hidden, torch.tensor(cu))
     assert pool_packed(hidden, torch.tensor([0, 10, 19])).shape == (2, 4)
 
+    from genemamba_scvi.nn import GeneMambaEncoder
+
+    for bad in (0, 40.0, True):  # torch's IndexError / TypeError named no setting
+        with pytest.raises(ValueError, match=rf"vocab_size must be an integer >= 1, got {bad!r}"):
+            GeneMambaEncoder(bad, d_model=32, n_layers=1, d_state=16, headdim=16, backend="torch")
+
     loss = PathwayInfoNCE([[3, 4, 5], [6, 7, 8]], n_per_set=2)
     with pytest.raises(ValueError, match=r"token_ids must be token ids >= 0, got -100: MLM labels"):
         loss(torch.randn(6, 8), torch.tensor([3, 4, 5, -100, 7, 8]))

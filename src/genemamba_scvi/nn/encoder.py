@@ -19,7 +19,7 @@ from genemamba_scvi.nn.bimamba import (
     reversal_index,
     reversal_index_packed,
 )
-from genemamba_scvi.nn.config import GeneMambaConfig, check_choice
+from genemamba_scvi.nn.config import GeneMambaConfig, check_choice, check_count
 from genemamba_scvi.nn.fused_norm import add_rms_norm
 from genemamba_scvi.nn.fused_ssd import neg_exp_a
 from genemamba_scvi.nn.fused_weights import cast_weights_once
@@ -120,7 +120,7 @@ class GeneMambaEncoder(nn.Module):
         check_choice("merge", merge, MERGE_MODES)
         check_choice("block", block, BLOCKS)
         check_choice("pooling", pooling, POOLINGS)
-        self.vocab_size = vocab_size
+        self.vocab_size = vocab_size = check_count("vocab_size", vocab_size)  # (0 or 40.0: torch's errors; nn probe)
         self.d_model = d_model
         self.n_layers = n_layers
         self._bidirectional = bidirectional
