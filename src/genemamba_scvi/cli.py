@@ -1,7 +1,8 @@
-"""Command line: ``genemamba demo``, ``genemamba embed`` and ``genemamba build-corpus``.
+"""Command line: ``genemamba demo``, ``genemamba embed``, ``genemamba build-corpus`` and ``genemamba pretrain``.
 
 ``demo`` is the embedded default job; ``embed`` writes cell embeddings of an .h5ad file with a saved or a published
-model; ``build-corpus`` tokenizes many .h5ad files into shards for pre-training.
+model; ``build-corpus`` tokenizes many .h5ad files into shards for pre-training, and ``pretrain`` trains a model on
+them (``_cli_corpus``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._cli_args import count, positive, seed, share
+from ._cli_corpus import add_corpus_commands
 from ._cli_demo import run_demo
 from ._constants import LATENT_KEY
 from ._warn import StderrHandler
@@ -326,46 +329,6 @@ def _empty_cells(obs_names: Any, counts: Any, layer: str | None, source: Path, d
     )
 
 
-def _build_corpus(args: argparse.Namespace) -> int:
-    from genemamba_scvi.data.corpus import build_corpus
-
-    build_corpus(
-        args.inputs,
-        args.out,
-        vocab=args.vocab,
-        max_genes=args.max_genes,
-        layer=args.layer,
-        chunk_size=args.chunk_size,
-        shard_size=args.shard_size,
-        median_method=args.median_method,
-        gene_id_key=args.gene_id_key,
-        min_gene_overlap=args.min_gene_overlap,
-        progress=True,
-    )
-    return 0
-
-
-def _number(convert: type, ok: Any, bound: str) -> Any:
-    """An argparse type: ``convert(text)`` where ``ok(value)``; refused by argparse, naming the option, otherwise."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' * (convert is int)}number") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-
-    return parse
-
-
-_count = _number(int, lambda v: v >= 1, ">= 1")
-_positive = _number(float, lambda v: 0 < v < float("inf"), "a number > 0")
-_seed = _number(int, lambda v: 0 <= v < 2**32, f"from 0 to {2**32 - 1}")
-_share = _number(float, lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genemamba`` command."""
     parser = argparse.ArgumentParser(prog="genemamba", description=__doc__.replace("``", ""))
@@ -374,13 +337,13 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="train a tiny GeneMamba on the shipped 559-cell sample and embed it (CPU)")
     demo.add_argument("--out", default="demo_output", help="output directory (created; default: %(default)s)")
-    demo.add_argument("--epochs", type=_count, default=6, help="pre-training epochs (default: %(default)s)")
-    demo.add_argument("--lr", type=_positive, default=1e-2, help="peak learning rate (default: %(default)s)")
-    demo.add_argument("--d-model", type=_count, default=32, help="model width (default: %(default)s)")
-    demo.add_argument("--n-layers", type=_count, default=2, help="Bi-Mamba layers (default: %(default)s)")
-    demo.add_argument("--max-genes", type=_count, default=256, help="top-k genes per cell (default: %(default)s)")
-    demo.add_argument("--batch-size", type=_count, default=16, help="cells per training step (default: %(default)s)")
-    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
+    demo.add_argument("--epochs", type=count, default=6, help="pre-training epochs (default: %(default)s)")
+    demo.add_argument("--lr", type=positive, default=1e-2, help="peak learning rate (default: %(default)s)")
+    demo.add_argument("--d-model", type=count, default=32, help="model width (default: %(default)s)")
+    demo.add_argument("--n-layers", type=count, default=2, help="Bi-Mamba layers (default: %(default)s)")
+    demo.add_argument("--max-genes", type=count, default=256, help="top-k genes per cell (default: %(default)s)")
+    demo.add_argument("--batch-size", type=count, default=16, help="cells per training step (default: %(default)s)")
+    demo.add_argument("--seed", type=seed, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument(
         "--overwrite", action="store_true", help="replace the outputs of an earlier run in --out (else refused)"
@@ -409,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         help="var column of the gene ids (default: a saved model's own gene_id_key column where the file has it, "
         f"else the var_names; {_VAR_NAMES!r}: the var_names even where the file has that column)",
     )
-    embed.add_argument("--max-genes", type=_count, default=None, help="published models: top-k genes (default: 2048)")
+    embed.add_argument("--max-genes", type=count, default=None, help="published models: top-k genes (default: 2048)")
     embed.add_argument("--subfolder", default=None, help="published models: size-variant subfolder of --model")
     embed.add_argument("--revision", default=None, help="Hub id: cached branch, tag or commit (default: main)")
     embed.add_argument(
@@ -417,12 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     embed.add_argument(
         "--min-gene-overlap",
-        type=_share,
+        type=share,
         default=None,
         help="refuse the input only when both the share of its genes in the model's vocabulary and the share of the "
         "model's genes it holds are below this (default: the model's, 0.5)",
     )
-    embed.add_argument("--batch-size", type=_count, default=None, help="cells per forward pass (default: automatic)")
+    embed.add_argument("--batch-size", type=count, default=None, help="cells per forward pass (default: automatic)")
     embed.add_argument(
         "--accelerator",
         default="auto",
@@ -436,33 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)
 
-    corpus = sub.add_parser("build-corpus", help="tokenize many .h5ad files into on-disk shards for pre-training")
-    corpus.add_argument("inputs", nargs="+", help=".h5ad files or directories of them")
-    corpus.add_argument("--out", required=True, help="corpus directory (resumable)")
-    corpus.add_argument("--vocab", default=None, help="vocab.json (default: built from the first file's genes)")
-    corpus.add_argument("--max-genes", type=_count, default=2048, help="top-k genes per cell (default: %(default)s)")
-    corpus.add_argument("--layer", default=None, help="layer holding the raw counts (default: X)")
-    corpus.add_argument("--chunk-size", type=_count, default=10_000, help="cells read at a time (default: %(default)s)")
-    corpus.add_argument(
-        "--shard-size",
-        type=_count,
-        default=100_000,
-        help="cells per shard, the unit of resuming (default: %(default)s)",
-    )
-    corpus.add_argument(
-        "--median-method",
-        choices=("tdigest", "exact"),
-        default="tdigest",
-        help="gene medians by a streaming t-digest or exactly (more memory) (default: %(default)s)",
-    )
-    corpus.add_argument("--gene-id-key", default=None, help="var column with the gene ids (default: the var_names)")
-    corpus.add_argument(
-        "--min-gene-overlap",
-        type=_share,
-        default=0.5,
-        help="refuse a file when its share of vocabulary genes and the vocabulary's share in it are both below this",
-    )
-    corpus.set_defaults(func=_build_corpus)
+    add_corpus_commands(sub)
 
     try:
         args = parser.parse_args(argv)
@@ -475,7 +412,16 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.WARNING)
-    for name in ("model", "out", "vocab"):  # "--out=~/x": the shell leaves "~" after "=" as it is
+    for name in (
+        "model",
+        "out",
+        "vocab",
+        "save_dir",
+        "checkpoint_dir",
+        "gene_medians",
+        "corpus",
+        "resume",
+    ):  # "~" after "="
         if isinstance(getattr(args, name, None), str) and getattr(args, name).startswith("~"):
             setattr(args, name, os.path.expanduser(getattr(args, name)))
     previous = _stop_on_signals()
