@@ -357,6 +357,14 @@ def ssd_chunked(
         ``y`` ``[batch, seqlen, nheads, headdim]`` in the dtype of ``x`` (computed in float32, or float64
         for float64 inputs, with autocast off), and the final state ``[batch, nheads, headdim, d_state]``
         (float32/float64) when ``return_final_states``.
+
+    Notes
+    -----
+    Causality holds for finite inputs only: a NaN or inf in ``x``, ``B`` or ``dt`` at one position reaches the
+    earlier positions of its chunk and, through the chunk states, others (the masked products are ``0 x NaN``),
+    and in a packed row the other sequences sharing those chunks; :func:`ssd_sequential` keeps it causal.
+    Non-finite activations mean a diverged model: training stops at the first non-finite loss and embeddings are
+    refused when non-finite (nn probe, session 35; mamba-ssm's chunked kernels compute the same products).
     """
     out_dtype = x.dtype
     batch, seqlen, nheads, headdim = x.shape
