@@ -11,4 +11,5 @@ timeout 130 python3 -m pytest -q tests/test_pretrain_gpu.py -p no:cacheprovider 
 echo "pretrain gpu tests rc=$?"; tail -2 $OUT/gpu_pretrain_tests_s35c3.log | cut -c1-600
 timeout 200 python3 -m pytest -q -x tests/test_model_gpu.py -p no:cacheprovider > $OUT/gpu_model_tests_s35c3.log 2>&1
 echo "model gpu tests rc=$?"; tail -2 $OUT/gpu_model_tests_s35c3.log | cut -c1-600
+timeout 60 python3 benchmarks/nan_reach.py --out $OUT > $OUT/nan_reach.log 2>&1; echo "nan_reach rc=$?"; tail -1 $OUT/nan_reach.log
 exit 0

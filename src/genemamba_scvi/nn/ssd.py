@@ -364,7 +364,7 @@ def ssd_chunked(
     earlier positions of its chunk and, through the chunk states, others (the masked products are ``0 x NaN``),
     and in a packed row the other sequences sharing those chunks; :func:`ssd_sequential` keeps it causal.
     Non-finite activations mean a diverged model: training stops at the first non-finite loss and embeddings are
-    refused when non-finite (nn probe, session 35; mamba-ssm's chunked kernels compute the same products).
+    refused when non-finite (nn probe, session 35; ``benchmarks/nan_reach.py`` records where it reaches).
     """
     out_dtype = x.dtype
     batch, seqlen, nheads, headdim = x.shape
