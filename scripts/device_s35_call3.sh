@@ -4,9 +4,7 @@
 # through the pre-training and model GPU tests; on an H200 the deliverable run first.
 source scripts/device_lib.sh
 gpu=$(nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader); echo "$gpu"
-if [[ "$gpu" == *H200* ]]; then
-  full_run 170 240 --only real_,full_L2048,full_L8192,stress --no-profile
-fi
+# (the deliverable run does not fit the ~400 s of budget left after the failed starts: tests only, on any card)
 timeout 130 python3 -m pytest -q tests/test_pretrain_gpu.py -p no:cacheprovider > $OUT/gpu_pretrain_tests_s35c3.log 2>&1
 echo "pretrain gpu tests rc=$?"; tail -2 $OUT/gpu_pretrain_tests_s35c3.log | cut -c1-600
 timeout 200 python3 -m pytest -q -x tests/test_model_gpu.py -p no:cacheprovider > $OUT/gpu_model_tests_s35c3.log 2>&1
