@@ -46,13 +46,23 @@ def test_build_corpus_then_pretrain_then_resume_from_the_shell(tmp_path, capsys)
 
     # a new corpus tokenized as the saved model does: its vocabulary and gene medians, given to build-corpus
     like = tmp_path / "like_model"
-    assert main(["build-corpus", SAMPLE, "--out", str(like), "--max-genes", "64", "--vocab",
-                 str(model_dir / "vocab.json"), "--gene-medians", str(model_dir / "gene_medians.npy")]) == 0  # fmt: skip
+    medians = str(model_dir / "gene_medians.npy")
+    vocab = ["--vocab", str(model_dir / "vocab.json")]
+    assert (
+        main(["build-corpus", SAMPLE, "--out", str(like), "--max-genes", "64", *vocab, "--gene-medians", medians]) == 0
+    )
     np.testing.assert_array_equal(TokenCorpus(like).gene_medians, np.load(model_dir / "gene_medians.npy"))
     np.save(tmp_path / "bad.npy", np.array([["a"]]))
     bad = ["build-corpus", SAMPLE, "--out", str(tmp_path / "c2"), "--gene-medians", str(tmp_path / "bad.npy")]
     assert main(bad) == 2
     assert "must hold a 1-D float array" in capsys.readouterr().err
+    np.save(tmp_path / "zeros.npy", np.zeros_like(np.load(medians)))  # tokenized silently wrong (cluster probe)
+    bad = ["build-corpus", SAMPLE, "--out", str(tmp_path / "c3"), *vocab, "--gene-medians", str(tmp_path / "zeros.npy")]
+    assert main(bad) == 2
+    assert "--gene-medians must be > 0 and finite where given" in capsys.readouterr().err
+    # a folder given for --resume: the message, not IsADirectoryError's traceback (cluster probe)
+    assert main([*again, "--max-steps", "8", "--resume", str(ckpt)]) == 2
+    assert "genemamba pretrain: error:" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "0,0", "1.5"])
@@ -61,3 +71,25 @@ def test_devices_and_held_out_cells_are_checked_as_options(text, capsys):
     assert "--devices" in capsys.readouterr().err
     assert main(["pretrain", "c", "--save-dir", "m", "--validation-size", text]) == 2
     assert "--validation-size" in capsys.readouterr().err
+
+
+def test_a_stopped_pretrain_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    # cluster probe (session 35): a job stopped at its time limit printed "interrupted" alone
+    import lightning.pytorch as pl
+
+    import genemamba_scvi.pretrain as pretrain
+
+    class CtrlC(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 2:
+                raise KeyboardInterrupt
+
+    real = pretrain.pretrain_from_corpus
+    monkeypatch.setattr(pretrain, "pretrain_from_corpus", lambda *a, **k: real(*a, **k, callbacks=[CtrlC()]))
+    corpus = tmp_path / "corpus"
+    assert main(["build-corpus", SAMPLE, "--out", str(corpus), "--max-genes", "32", "--shard-size", "600"]) == 0
+    run = ["pretrain", str(corpus), "--save-dir", str(tmp_path / "m"), "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main([*run, "--checkpoint-every", "1", "--max-steps", "8", *SMALL]) == 130
+    err = capsys.readouterr().err
+    assert "genemamba pretrain: interrupted; its checkpoints are kept: run the same command with --resume last" in err
+    assert not (tmp_path / "m").exists()

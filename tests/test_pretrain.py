@@ -715,9 +715,18 @@ def test_resuming_over_another_length_says_the_schedule_is_rebuilt(corpus_dir, t
     with pytest.raises(KeyboardInterrupt):
         _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
     saved = torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["genemamba_lr_schedule"] == {"total": 6, "warmup": 1}
+    assert saved["genemamba_lr_schedule"] == {"total": 6, "warmup": 1, "lr": 3e-3}
     with pytest.warns(UserWarning, match=r"planned over 6 optimiser steps; it is rebuilt over 9 \(warm-up 1\)"):
         _run(corpus_dir, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt, max_steps=9)
+    # another peak lr is not used at all (the restored optimiser state holds the first run's): said (cluster probe)
+    ckpt3 = tmp_path / "ckpt3"
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt3, checkpoint_every_n_steps=2)
+    with pytest.warns(UserWarning, match=r"lr=0.01 is not used: a resumed run goes on .* peak learning rate is 0.003"):
+        _run(corpus_dir, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt3, lr=1e-2)
+    # a "last" that is not there yet (a job's first submission, or a mistyped folder): said, and a fresh start
+    with pytest.warns(UserWarning, match=r"no last.ckpt in .*nowhere yet: this run starts from step 0"):
+        _run(corpus_dir, batch_size=64, ckpt_path="last", checkpoint_dir=tmp_path / "nowhere")
     ckpt2 = tmp_path / "ckpt2"
     with pytest.raises(KeyboardInterrupt):
         _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt2, checkpoint_every_n_steps=2)

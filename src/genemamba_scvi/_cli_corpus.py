@@ -70,6 +70,9 @@ def add_corpus_commands(sub: Any) -> None:
         default=None,
         help="cells held out for a validation loss: a share (0.01) or a count (default: none)",
     )
+    opt.add_argument("--val-check-interval", type=count, default=None,
+                     help="training batches between validations (for --validation-size when --max-steps ends inside "
+                     "the first epoch; default: at the end of each epoch)")  # fmt: skip
     opt.add_argument("--seed", type=seed, default=0, help="initialisation, order and masks (default: %(default)s)")
     opt.add_argument("--gradient-checkpointing", action="store_true", help="less memory for one more forward pass")
     dev = run.add_argument_group("devices")
@@ -152,6 +155,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         checkpoint_every_n_steps=args.checkpoint_every,
         ckpt_path=args.resume,
         enable_progress_bar=not args.quiet,
+        **({"val_check_interval": args.val_check_interval} if args.val_check_interval is not None else {}),
         **settings,
     )
     if result.trainer.is_global_zero:

@@ -28,6 +28,8 @@ from ._warn import StderrHandler
 
 #: what ``genemamba demo`` writes into ``--out``
 _VAR_NAMES = "var_names"  # the --gene-id-key value that reads the var_names
+#: options holding a path, "~" expanded
+_PATH_OPTIONS = ("model", "out", "vocab", "save_dir", "checkpoint_dir", "gene_medians", "corpus", "resume", "gene_sets")
 #: --out suffixes of other formats, refused by name (``genemamba embed`` writes HDF5 .h5ad only)
 _OTHER_FORMATS = {".zarr": "zarr store", ".loom": "loom file", ".h5mu": "MuData file", ".csv": "CSV file"}
 
@@ -412,16 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.WARNING)
-    for name in (
-        "model",
-        "out",
-        "vocab",
-        "save_dir",
-        "checkpoint_dir",
-        "gene_medians",
-        "corpus",
-        "resume",
-    ):  # "~" after "="
+    for name in _PATH_OPTIONS:  # "--out=~/x": the shell leaves "~" after "=" as it is
         if isinstance(getattr(args, name, None), str) and getattr(args, name).startswith("~"):
             setattr(args, name, os.path.expanduser(getattr(args, name)))
     previous = _stop_on_signals()
@@ -432,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         if _STOP_RECEIVED[0] is not None:  # its exception was lost (e.g. inside a library's callback): work finished
             return _stopped(args.command, _STOP_RECEIVED[0] == signal.SIGTERM, " (after its outputs were written)")
         return status
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message, not a traceback
+    # bad input: the message, not a traceback (a folder given for a file, e.g. --resume ckpt/: cluster probe)
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError) as err:
         print(f"genemamba {args.command}: error: {_cli_spelling(str(err), sub.choices[args.command])}", file=sys.stderr)
         return 2
     except PermissionError as err:  # a folder or file this user may not write: the message, not a traceback
@@ -441,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: no traceback; outputs are written atomically (their
         # temporaries removed on the way out), so nothing half-written is left; the flag too: Lightning re-raises its
         # own kind
-        return _stopped(args.command, isinstance(stop, _Terminated) or _STOP_RECEIVED[0] == signal.SIGTERM)
+        last = re.search(r"ckpt_path='([^']+)'", str(stop)) if args.command == "pretrain" else None  # how to resume
+        return _stopped(args.command, isinstance(stop, _Terminated) or _STOP_RECEIVED[0] == signal.SIGTERM,
+                        f"; its checkpoints are kept: run the same command with --resume last (or --resume "
+                        f"{last.group(1)}) to go on" if last else "")  # fmt: skip
     except SystemExit:  # Lightning's answer to a stop while it trains is exit(1); the training runner turns it
         # into KeyboardInterrupt, so this is the fallback for a path that does not
         if _STOP_RECEIVED[0] is None:

@@ -423,8 +423,8 @@ class GeneMambaTrainingPlan(TrainingPlan):
         warmup = max(int(self.warmup_fraction * total), 1) if self.warmup_fraction > 0 else 0
         schedule = functools.partial(warmup_cosine, warmup=warmup, total=total, floor=self.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)  # a partial pickles (a model.trainer)
-        self._schedule_shape = {"total": total, "warmup": warmup}
-        warn_if_schedule_changes(getattr(self, "_resumed_schedule", None), total, warmup)
+        self._schedule_shape = {"total": total, "warmup": warmup, "lr": float(self.lr)}
+        warn_if_schedule_changes(getattr(self, "_resumed_schedule", None), total, warmup, self.lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -331,6 +331,14 @@ def build_corpus(
             "ranks raw values and stores no medians). Pass gene_medians=None to compute them from the files, or "
             "the medians of a model with tokenization='ranked'"
         )
+    if gene_medians is not None:  # (zeros or negatives tokenized silently wrong: cluster probe, session 35)
+        given = np.asarray(gene_medians, dtype=np.float64)
+        bad = np.isinf(given) | (given <= 0)
+        if bad.any():
+            raise ValueError(
+                f"gene_medians must be > 0 and finite where given (NaN: a gene without a median), but {int(bad.sum())} "
+                f"of {given.size} are not (e.g. {given[bad][:3].tolist()}): they divide each gene's share of a cell"
+            )
     chunk_size = min(chunk_size, shard_size)
     paths = resolve_inputs(inputs)
     out = Path(out_dir).expanduser().resolve()

@@ -486,6 +486,9 @@ def pretrain_from_corpus(
     resume_from = Path(checkpoint_dir) / "last.ckpt" if ckpt_path == "last" else ckpt_path
     if resume_from is not None and (resume_from := Path(resume_from).expanduser()).is_file():  # ("last" too: probe)
         _check_checkpoint_fits(resume_from, module)
+    elif ckpt_path == "last":  # a job's first submission, or a mistyped folder: said, not Lightning's save_last hint
+        warnings.warn(f"no last.ckpt in {checkpoint_dir} yet: this run starts from step 0", UserWarning, stacklevel=2)
+        ckpt_path = None
 
     # gamma reaches module.loss through the plan (scvi's loss_kwargs)
     plan = CorpusTrainingPlan(module, mask_seed=seed, **{"lr": lr, "gamma": gamma, **(plan_kwargs or {})})
