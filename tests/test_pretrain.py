@@ -753,3 +753,15 @@ def test_a_run_is_resumed_only_on_its_own_corpus(corpus_dir, tmp_path, one_threa
         warnings.simplefilter("always")
         _run(copy, batch_size=64, ckpt_path="last", checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
     assert [str(w.message) for w in caught] == []
+
+
+def test_step_checkpoints_need_a_folder_and_a_resume_from_a_file_goes_on_writing_beside_it(corpus_dir, tmp_path):
+    # cluster probe (session 35): checkpoint_every_n_steps without checkpoint_dir wrote nothing, silently; a resume
+    # from a file without checkpoint_dir wrote nothing either (and Lightning asked for a callback to be added)
+    with pytest.raises(ValueError, match=r"checkpoint_every_n_steps=2 needs checkpoint_dir"):
+        _run(corpus_dir, batch_size=64, checkpoint_every_n_steps=2)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
+    _run(corpus_dir, batch_size=64, ckpt_path=ckpt / "step000000002.ckpt", checkpoint_every_n_steps=2)
+    assert torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6

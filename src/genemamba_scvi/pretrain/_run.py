@@ -392,7 +392,8 @@ def pretrain_from_corpus(
         Lightning device settings, e.g. ``accelerator="gpu", devices=8, strategy="ddp"`` (launch as a script:
         Lightning starts one process per device; use ``"ddp_notebook"`` in notebooks).
     checkpoint_dir
-        Write Lightning checkpoints (weights, optimiser, scheduler, loop and sampler state) here.
+        Write Lightning checkpoints (weights, optimiser, scheduler, loop and sampler state) here. A run resumed from
+        a checkpoint file (``ckpt_path``) without it writes into that file's folder, as ``train`` does.
     checkpoint_every_n_steps
         Save every N optimiser steps (default: at the end of every epoch). ``last.ckpt`` always follows the
         latest save.
@@ -442,8 +443,13 @@ def pretrain_from_corpus(
     accumulate_grad_batches = check_count("accumulate_grad_batches", accumulate_grad_batches)
     bucket_window = check_count("bucket_window", bucket_window, least=0)
     keep_checkpoints = check_count("keep_checkpoints", keep_checkpoints, least=-1)  # -1: all
+    if checkpoint_dir is None and ckpt_path not in (None, "last"):  # checkpoints go on in the resumed run's folder,
+        checkpoint_dir = Path(ckpt_path).expanduser().parent  # as train()'s (none were written: cluster probe)
     if checkpoint_every_n_steps is not None:
         checkpoint_every_n_steps = check_count("checkpoint_every_n_steps", checkpoint_every_n_steps)
+        if checkpoint_dir is None:  # (silently no checkpoint at all: cluster probe, session 35)
+            raise ValueError(f"checkpoint_every_n_steps={checkpoint_every_n_steps} needs checkpoint_dir, the folder "
+                             "to write the checkpoints into")  # fmt: skip
     lightning_args = {k: v for k, v in locals().items() if k in _LIGHTNING_ARGS}
     if logger is None:  # scvi's in-memory logger, never on disk (scvi's Trainer would write one under DDP)
         from scvi.train._logger import SimpleLogger
