@@ -765,3 +765,22 @@ def test_step_checkpoints_need_a_folder_and_a_resume_from_a_file_goes_on_writing
         _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
     _run(corpus_dir, batch_size=64, ckpt_path=ckpt / "step000000002.ckpt", checkpoint_every_n_steps=2)
     assert torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
+
+
+def test_a_resume_on_a_corpus_of_another_vocabulary_names_the_corpus(corpus_dir, tmp_path):
+    # cluster probe (session 35): it was refused as a model of "other settings (d_model, n_layers, ...)"
+    import anndata as ad
+
+    from genemamba_scvi.datasets import load_celltypist_sample
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus_dir, batch_size=64, callbacks=[_CtrlCAt(2)], checkpoint_dir=ckpt, checkpoint_every_n_steps=2)
+    sample = load_celltypist_sample()
+    half = ad.AnnData(sample.layers["counts"][:, : sample.n_vars // 2], var=sample.var.iloc[: sample.n_vars // 2])
+    half.write_h5ad(tmp_path / "half.h5ad")
+    from genemamba_scvi.data.corpus import build_corpus
+
+    build_corpus(tmp_path / "half.h5ad", tmp_path / "other", max_genes=64, median_method="exact")
+    with pytest.raises(ValueError, match=r"written while training on a corpus of \d+ vocabulary entries, and this "):
+        _run(tmp_path / "other", batch_size=64, ckpt_path="last", checkpoint_dir=ckpt)

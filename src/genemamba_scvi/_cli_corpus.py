@@ -95,7 +95,7 @@ def add_corpus_commands(sub: Any) -> None:
 def _build_corpus(args: argparse.Namespace) -> int:
     from genemamba_scvi.data.corpus import build_corpus
 
-    build_corpus(
+    manifest = build_corpus(
         args.inputs,
         args.out,
         vocab=args.vocab,
@@ -110,6 +110,7 @@ def _build_corpus(args: argparse.Namespace) -> int:
         min_gene_overlap=args.min_gene_overlap,
         progress=True,
     )
+    print(f"[done] {manifest.n_cells} cells in {len(manifest.shards)} shards in {args.out}")
     return 0
 
 

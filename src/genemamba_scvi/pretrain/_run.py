@@ -287,6 +287,13 @@ def _check_checkpoint_fits(path: Path, module: GeneMambaModule) -> None:
     theirs = {k: tuple(v.shape) for k, v in saved.items() if k.startswith("module.")}
     differ = [k for k in ours if k in theirs and ours[k] != theirs[k]]
     missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    vocab_key = "module.encoder.embedding.weight"
+    if vocab_key in differ and set(differ) <= {vocab_key, "module.lm_head.bias", "module.lm_head.weight"}:
+        raise ValueError(  # (only the vocabulary's size differs: blamed on d_model, n_layers before; cluster probe)
+            f"checkpoint {path} was written while training on a corpus of {theirs[vocab_key][0]} vocabulary entries, "
+            f"and this corpus has {ours[vocab_key][0]}: resume on the checkpoint's corpus (another corpus's tokens "
+            "mean other genes), or start a new run without ckpt_path"
+        )
     if differ or missing or extra:
         what = (
             f"{differ[0]} is {list(theirs[differ[0]])} there and {list(ours[differ[0]])} here"
