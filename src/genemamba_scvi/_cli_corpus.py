@@ -130,7 +130,7 @@ def _read_medians(path: str) -> Any:
 def _pretrain(args: argparse.Namespace) -> int:
     from genemamba_scvi import GeneMambaModel
 
-    if args.resume is not None and args.checkpoint_dir is None and args.resume == "last":
+    if args.resume == "last" and args.checkpoint_dir is None:
         raise ValueError("--resume last needs --checkpoint-dir (the folder whose last.ckpt to resume)")
     settings = {k: getattr(args, k) for k in ("d_model", "n_layers") if getattr(args, k) is not None}
     result = GeneMambaModel.pretrain(

@@ -8,7 +8,7 @@ from typing import Any
 
 from genemamba_scvi._warn import user_stacklevel
 
-#: Key of the schedule's shape in a Lightning checkpoint of ``train`` or ``pretrain`` (``{"total", "warmup"}``).
+#: Key of the schedule's shape in a Lightning checkpoint of ``train`` or ``pretrain`` (``{"total", "warmup", "lr"}``).
 SCHEDULE_KEY = "genemamba_lr_schedule"
 
 
